@@ -1,0 +1,1 @@
+"""What the ingress and the workers both import: settings, wire formats, providers, data access, queues."""

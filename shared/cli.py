@@ -1,0 +1,54 @@
+"""``wapipe``: one console script, one module per subcommand under ``shared/commands/``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``wapipe web`` never loads worker code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shared.settings import SettingsError
+
+# name -> (module, one line for `wapipe --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("shared.commands.up", "run everything on this machine (embedded servers unless URLs are set)"),
+    "web": ("shared.commands.web", "serve the ingress with gunicorn"),
+    "worker": ("shared.commands.worker", "run a Celery worker for some queues (-Q notify,status)"),
+    "beat": ("shared.commands.beat", "run the Celery beat scheduler (maintenance jobs)"),
+    "migrate": ("shared.commands.migrate", "apply pending database migrations"),
+    "seed-demo": ("shared.commands.seed_demo", "create demo users, workspaces and projects to try"),
+    "chat": ("shared.commands.chat", "chat with the running service as a WhatsApp user would"),
+    "parse-proposal": ("shared.commands.parse_proposal", "print the proposal a text becomes, as JSON"),
+    "dlq": ("shared.commands.dlq", "list and replay dead letters"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="wapipe", description="Event-driven WhatsApp messaging pipeline.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module_name, summary) in COMMANDS.items():
+        # Only the chosen command's module is imported; the others are listed for --help.
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            sub = subparsers.add_parser(name, help=summary, description=module.HELP)
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except SettingsError as exc:
+        print(f"wapipe: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

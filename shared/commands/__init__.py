@@ -1,0 +1,1 @@
+"""One module per ``wapipe`` subcommand (see shared/cli.py)."""

@@ -1,0 +1,70 @@
+"""One psycopg-pool pool per process, made on first use (after a prefork worker has forked)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from shared.settings import get_settings
+
+_lock = threading.Lock()
+_pool: ConnectionPool | None = None
+_pool_pid: int | None = None
+
+
+def database_url() -> str:
+    url = get_settings().database_url
+    if not url:
+        raise RuntimeError(
+            "WAPIPE_DATABASE_URL is not set and no embedded database was found: "
+            "start `wapipe up`, or set WAPIPE_DATABASE_URL"
+        )
+    return url
+
+
+def get_pool() -> ConnectionPool:
+    """The process's pool; a forked child gets its own instead of sharing the parent's sockets."""
+    global _pool, _pool_pid
+    with _lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ConnectionPool(
+                database_url(),
+                min_size=1,
+                max_size=int(os.environ.get("WAPIPE_DB_POOL_SIZE", "8")),
+                kwargs={"row_factory": dict_row},
+                # A connection killed by a PostgreSQL restart is detected and replaced on checkout.
+                check=ConnectionPool.check_connection,
+                timeout=10,
+                open=True,
+                name="wapipe",
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def close_pool() -> None:
+    global _pool
+    with _lock:
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.close()
+        _pool = None
+
+
+@contextlib.contextmanager
+def connection() -> Iterator[psycopg.Connection]:
+    """A pooled connection; a block that raises rolls back, one that returns commits."""
+    with get_pool().connection() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[psycopg.Connection]:
+    """A pooled connection inside one transaction, committed when the block ends without error."""
+    with connection() as conn, conn.transaction():
+        yield conn

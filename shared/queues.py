@@ -1,0 +1,188 @@
+"""Queues, routes and the Celery configuration, in one place for both sides, plus a lean publisher.
+
+Each queue is named after the stage that consumes it; a task's queue is the part of its name before the
+dot (``notify.send`` runs on ``notify``), so routing needs no table to keep in sync.
+
+The ingress publishes with :class:`Publisher` instead of ``celery.send_task``: it writes the very message
+Celery's Redis transport would write (task protocol v2, JSON body, base64 envelope) with one Lua call
+that also does the dedupe ``SET NX``. That keeps the web image free of worker code, costs one round trip
+per event, and makes "seen before" and "enqueued" one atomic step: a Redis failure between the two can
+never mark an event seen that was not enqueued.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+QUEUES: tuple[str, ...] = (
+    "inbound",
+    "verify",
+    "commands",
+    "flows",
+    "ai",
+    "persist",
+    "notify",
+    "status",
+    "maintenance",
+)
+# Queues whose tasks take long (model calls, downloads); each worker process holds one task at a time.
+SLOW_QUEUES = frozenset({"ai", "persist", "maintenance"})
+
+# Longer than any task may run and than any countdown we schedule: a message unacked for this long is
+# assumed lost with its worker and redelivered. Longer waits go through the database, not the broker.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+TASK_TIME_LIMIT_SECONDS = 300
+MAX_COUNTDOWN_SECONDS = 1800
+
+
+def queue_for(task_name: str) -> str:
+    queue = task_name.split(".", 1)[0]
+    if queue not in QUEUES:
+        raise ValueError(f"task {task_name!r} does not name a known queue ({', '.join(QUEUES)})")
+    return queue
+
+
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **_: Any) -> dict[str, str]:
+    """Celery router: every task to the queue its name starts with."""
+    return {"queue": queue_for(name)}
+
+
+def celery_config(broker_url: str) -> dict[str, Any]:
+    """The Celery settings both the workers and the beat use."""
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        "task_routes": (route_task,),
+        "task_default_queue": "inbound",
+        "task_create_missing_queues": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "task_time_limit": TASK_TIME_LIMIT_SECONDS,
+        "task_soft_time_limit": TASK_TIME_LIMIT_SECONDS - 30,
+        "worker_prefetch_multiplier": 4,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+@dataclass(frozen=True)
+class Job:
+    """One task to enqueue: its name, its JSON-able kwargs, and the dedupe key that guards it (if any)."""
+
+    task: str
+    kwargs: Mapping[str, Any]
+    dedupe_key: str | None = None
+
+
+# KEYS: for each job, its dedupe key ("" for none) then its queue; ARGV: the dedupe TTL then each message.
+# Returns, per job, 1 if enqueued and 0 if its dedupe key was already set.
+_PUBLISH = """
+local ttl = tonumber(ARGV[1])
+local result = {}
+for i = 1, #KEYS, 2 do
+  local key, queue, message = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2 + 1]
+  if key == '' or redis.call('SET', key, '1', 'NX', 'EX', ttl) then
+    redis.call('LPUSH', queue, message)
+    result[#result + 1] = 1
+  else
+    result[#result + 1] = 0
+  end
+end
+return result
+"""
+
+
+class Publisher:
+    """Writes Celery task messages straight to their Redis lists; thread-safe, one per process."""
+
+    DEDUPE_TTL_SECONDS = 7 * 24 * 3600
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis = redis.Redis.from_url(
+            redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
+        )
+        self._script = self._redis.register_script(_PUBLISH)
+        self._origin = f"{os.getpid()}@{socket.gethostname()}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def publish(self, jobs: Iterable[Job]) -> list[bool]:
+        """Enqueue the jobs atomically; return, per job, False where its dedupe key was already set.
+
+        Raises ``redis.RedisError`` when the broker is unreachable: the caller must then answer 503 so
+        the provider retries, since nothing was enqueued.
+        """
+        jobs = list(jobs)
+        if not jobs:
+            return []
+        keys: list[str] = []
+        messages: list[bytes] = []
+        for job in jobs:
+            keys += [job.dedupe_key or "", queue_for(job.task)]
+            messages.append(self.message(job.task, job.kwargs))
+        result = self._script(keys=keys, args=[self.DEDUPE_TTL_SECONDS, *messages])
+        return [bool(flag) for flag in result]
+
+    def message(self, task: str, kwargs: Mapping[str, Any]) -> bytes:
+        """The message Celery's Redis transport stores for ``send_task(task, kwargs=kwargs)``."""
+        task_id = str(uuid.uuid4())
+        body = json.dumps([[], dict(kwargs), _EMBED], separators=(",", ":")).encode()
+        envelope = {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": task,
+                "id": task_id,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": task_id,
+                "parent_id": None,
+                # Celery logs these reprs; ours never carry message content or phone numbers.
+                "argsrepr": "()",
+                "kwargsrepr": "{...}",
+                "origin": self._origin,
+                "ignore_result": True,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue_for(task)},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

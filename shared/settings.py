@@ -1,0 +1,173 @@
+"""Configuration, read once from the environment.
+
+Providers keep their own conventional variable names (``TWILIO_AUTH_TOKEN``, ``OPENAI_API_KEY``, ...);
+everything else is ``WAPIPE_*``. A missing or malformed value fails at start with the variable's name
+(:class:`SettingsError`), never later at the first message that needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import phonenumbers
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+class ProviderName(StrEnum):
+    console = "console"
+    twilio = "twilio"
+    meta = "meta"
+    kapso = "kapso"
+
+
+class AIBackend(StrEnum):
+    openai = "openai"
+    offline = "offline"
+
+
+class Mode(StrEnum):
+    """What an inbound message from WhatsApp is for; see ARCHITECTURE.md's table of uses."""
+
+    project = "project"
+    menu = "menu"
+    assistant = "assistant"
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _env(name: str, **kwargs: Any) -> Any:
+    return Field(validation_alias=name, **kwargs)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=False)
+
+    # Where the servers are; unset means `wapipe up` runs embedded ones under data_dir.
+    database_url: str | None = _env("WAPIPE_DATABASE_URL", default=None)
+    redis_url: str | None = _env("WAPIPE_REDIS_URL", default=None)
+    data_dir: Path = _env("WAPIPE_DATA_DIR", default=Path("var"))
+
+    public_url: str = _env("WAPIPE_PUBLIC_URL", default="http://127.0.0.1:8000")
+    app_url: str | None = _env("WAPIPE_APP_URL", default=None)
+    api_keys: Annotated[list[SecretStr], NoDecode] = _env("WAPIPE_API_KEYS", default_factory=list)
+    default_region: str = _env("WAPIPE_DEFAULT_REGION", default="US")
+    mode: Mode = _env("WAPIPE_MODE", default=Mode.project)
+    flows: str | None = _env("WAPIPE_FLOWS", default=None)
+
+    provider: ProviderName | None = _env("WAPIPE_PROVIDER", default=None)
+    insecure_skip_signatures: bool = _env("WAPIPE_INSECURE_SKIP_SIGNATURES", default=False)
+    max_body_bytes: int = _env("WAPIPE_MAX_BODY_BYTES", default=3 * 1024 * 1024, gt=0)
+
+    rate_limit_per_minute: int = _env("WAPIPE_RATE_LIMIT", default=10, gt=0)
+    session_ttl_seconds: int = _env("WAPIPE_SESSION_TTL", default=30 * 60, gt=0)
+    send_rate: float = _env("WAPIPE_SEND_RATE", default=80.0, gt=0, le=1000)
+    recipient_rate_per_minute: int = _env("WAPIPE_RECIPIENT_RATE", default=20, gt=0)
+
+    log_level: str = _env("WAPIPE_LOG_LEVEL", default="INFO")
+    log_format: str = _env("WAPIPE_LOG_FORMAT", default="auto", pattern="^(auto|json|console)$")
+
+    twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", default=None)
+    twilio_auth_token: SecretStr | None = _env("TWILIO_AUTH_TOKEN", default=None)
+    twilio_whatsapp_number: str | None = _env("TWILIO_WHATSAPP_NUMBER", default=None)
+    # Only for pointing the SDK at a local fake API in tests; production leaves it unset.
+    twilio_api_url: str | None = _env("WAPIPE_TWILIO_API_URL", default=None)
+
+    meta_app_secret: SecretStr | None = _env("META_APP_SECRET", default=None)
+    meta_verify_token: SecretStr | None = _env("META_VERIFY_TOKEN", default=None)
+    meta_access_token: SecretStr | None = _env("META_ACCESS_TOKEN", default=None)
+    meta_phone_number_id: str | None = _env("META_PHONE_NUMBER_ID", default=None)
+    meta_graph_url: str = _env("META_GRAPH_URL", default="https://graph.facebook.com/v21.0")
+
+    kapso_webhook_secret: SecretStr | None = _env("KAPSO_WEBHOOK_SECRET", default=None)
+
+    ai: AIBackend | None = _env("WAPIPE_AI", default=None)
+    openai_api_key: SecretStr | None = _env("OPENAI_API_KEY", default=None)
+    openai_base_url: str | None = _env("OPENAI_BASE_URL", default=None)
+    ai_model: str = _env("WAPIPE_AI_MODEL", default="gpt-4o-mini")
+    ai_timeout_seconds: float = _env("WAPIPE_AI_TIMEOUT", default=20.0, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        region = value.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not an ISO 3166 region phonenumbers knows (e.g. US, CO, ES)")
+        return region
+
+    @field_validator("public_url", "app_url", "meta_graph_url", "twilio_api_url", "openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _provider_has_credentials(self) -> Settings:
+        needs = {
+            ProviderName.twilio: ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WHATSAPP_NUMBER"),
+            ProviderName.meta: ("META_ACCESS_TOKEN", "META_PHONE_NUMBER_ID"),
+        }.get(self.active_provider, ())
+        missing = [name for name in needs if not getattr(self, name.lower())]
+        if missing:
+            raise ValueError(f"WAPIPE_PROVIDER={self.active_provider} needs {', '.join(missing)}")
+        if self.ai == AIBackend.openai and not self.openai_api_key:
+            raise ValueError("WAPIPE_AI=openai needs OPENAI_API_KEY")
+        return self
+
+    @property
+    def active_provider(self) -> ProviderName:
+        """The outbound provider: the explicit choice, else the one whose credentials are present."""
+        if self.provider is not None:
+            return self.provider
+        if self.twilio_account_sid and self.twilio_auth_token and self.twilio_whatsapp_number:
+            return ProviderName.twilio
+        if self.meta_access_token and self.meta_phone_number_id:
+            return ProviderName.meta
+        return ProviderName.console
+
+    @property
+    def active_ai(self) -> AIBackend:
+        if self.ai is not None:
+            return self.ai
+        return AIBackend.openai if self.openai_api_key else AIBackend.offline
+
+    @property
+    def links_base_url(self) -> str:
+        return self.app_url or self.public_url
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment (plus overrides, by field name); raise SettingsError naming the variables."""
+    try:
+        fields = Settings.model_fields
+        aliased = {(fields[key].validation_alias or key): value for key, value in overrides.items()}
+        return Settings(**aliased)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "configuration"
+            problems.append(f"{where}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,139 @@
+"""The canonical events a webhook becomes, whatever the provider: what queues carry between stages.
+
+Provider modules (``twilio.py``, ``meta.py``, ``kapso.py``) parse their payloads into these; the workers
+never see a provider's own format. Events travel as JSON dicts (``model_dump(mode="json")``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Provider(StrEnum):
+    twilio = "twilio"
+    meta = "meta"
+    kapso = "kapso"
+    console = "console"
+
+
+class MessageType(StrEnum):
+    text = "text"
+    image = "image"
+    video = "video"
+    audio = "audio"
+    document = "document"
+    sticker = "sticker"
+    location = "location"
+    contacts = "contacts"
+    reaction = "reaction"
+    interactive = "interactive"  # a tapped reply button or list row
+    button = "button"  # a tapped template quick-reply button
+    order = "order"
+    system = "system"
+    unknown = "unknown"
+
+    @classmethod
+    def _missing_(cls, value: object) -> MessageType:
+        # A type a provider adds tomorrow is stored and acknowledged, never a crash.
+        return cls.unknown
+
+
+class DeliveryStatus(StrEnum):
+    """Ordered states of an outbound message; see :data:`STATUS_RANK`."""
+
+    queued = "queued"
+    sent = "sent"
+    delivered = "delivered"
+    read = "read"
+    failed = "failed"
+    undelivered = "undelivered"
+    unknown = "unknown"
+
+    @classmethod
+    def _missing_(cls, value: object) -> DeliveryStatus:
+        return cls.unknown
+
+
+# Status only moves forward; failed and undelivered are final (ARCHITECTURE.md, guarantees).
+STATUS_RANK: dict[DeliveryStatus, int] = {
+    DeliveryStatus.queued: 0,
+    DeliveryStatus.sent: 1,
+    DeliveryStatus.delivered: 2,
+    DeliveryStatus.read: 3,
+    DeliveryStatus.failed: 4,
+    DeliveryStatus.undelivered: 4,
+}
+
+
+class Media(Frozen):
+    """Media attached to an inbound message: a provider URL (Twilio) or a media id (Meta, Kapso)."""
+
+    url: str | None = None
+    media_id: str | None = None
+    mime_type: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+
+
+class Reply(Frozen):
+    """The button or list row a user tapped."""
+
+    id: str
+    title: str | None = None
+
+
+class InboundMessage(Frozen):
+    """A message a WhatsApp user sent to one of our business numbers."""
+
+    provider: Provider
+    provider_message_id: str
+    business_number: str  # our E.164 number, or Meta's phone_number_id
+    sender_phone: str | None = None  # E.164; absent when the provider only gives a business-scoped id
+    sender_bsuid: str | None = None
+    profile_name: str | None = None
+    type: MessageType = MessageType.text
+    text: str | None = None
+    media: list[Media] = Field(default_factory=list)
+    reply: Reply | None = None
+    context_message_id: str | None = None  # the message this one answers, when quoted
+    sent_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"seen:{self.provider}:{self.provider_message_id}"
+
+    @property
+    def answer_text(self) -> str:
+        """What the user said, whether typed or tapped: a tapped button counts as its title."""
+        if self.text:
+            return self.text
+        if self.reply is not None:
+            return self.reply.title or self.reply.id
+        return ""
+
+
+class StatusUpdate(Frozen):
+    """A delivery receipt for a message we sent."""
+
+    provider: Provider
+    provider_message_id: str
+    status: DeliveryStatus
+    recipient: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"seen-status:{self.provider}:{self.provider_message_id}:{self.status}"
