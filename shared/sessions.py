@@ -1,0 +1,59 @@
+"""Chat sessions in Redis, one per WhatsApp user: what they have selected and where they are in a flow.
+
+A session lives 30 minutes (``WAPIPE_SESSION_TTL``) after the user's last message, so an abandoned form
+expires by itself. It is shared by every worker process, which is why it is in Redis and not in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from shared.settings import get_settings
+
+_PREFIX = "session:"
+
+
+def _key(user_key: str) -> str:
+    return _PREFIX + user_key
+
+
+class Sessions:
+    """Load, save and clear sessions; ``user_key`` is the contact's E.164 phone (or Meta BSUID)."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int | None = None) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds or get_settings().session_ttl_seconds
+
+    def load(self, user_key: str) -> dict[str, Any]:
+        """The session's data (empty when none or expired), renewing its TTL."""
+        raw = self._redis.get(_key(user_key))
+        if raw is None:
+            return {}
+        self._redis.expire(_key(user_key), self._ttl)
+        return json.loads(raw)
+
+    def save(self, user_key: str, data: dict[str, Any]) -> None:
+        self._redis.set(_key(user_key), json.dumps(data, separators=(",", ":")), ex=self._ttl)
+
+    def update(self, user_key: str, **changes: Any) -> dict[str, Any]:
+        """Merge changes into the session (a None value removes the key) and save it."""
+        data = self.load(user_key)
+        for name, value in changes.items():
+            if value is None:
+                data.pop(name, None)
+            else:
+                data[name] = value
+        self.save(user_key, data)
+        return data
+
+    def clear(self, user_key: str) -> bool:
+        return bool(self._redis.delete(_key(user_key)))
+
+    def list(self, limit: int = 100, cursor: int = 0) -> tuple[int, list[tuple[str, int]]]:
+        """A page of live sessions as (user_key, seconds left), and the cursor for the next page (0: end)."""
+        cursor, keys = self._redis.scan(cursor=cursor, match=_PREFIX + "*", count=limit)
+        found = [(key.decode()[len(_PREFIX) :], int(self._redis.ttl(key))) for key in keys]
+        return int(cursor), found
