@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     public_url: str = _env("WAPIPE_PUBLIC_URL", default="http://127.0.0.1:8000")
     app_url: str | None = _env("WAPIPE_APP_URL", default=None)
     api_keys: Annotated[list[SecretStr], NoDecode] = _env("WAPIPE_API_KEYS", default_factory=list)
+    # Keys the HMAC of verification codes (shared/verification.py); unset: a dev key, with a warning.
+    secret_key: SecretStr | None = _env("WAPIPE_SECRET_KEY", default=None)
     default_region: str = _env("WAPIPE_DEFAULT_REGION", default="US")
     mode: Mode = _env("WAPIPE_MODE", default=Mode.project)
     flows: str | None = _env("WAPIPE_FLOWS", default=None)
