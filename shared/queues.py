@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -186,3 +187,25 @@ class Publisher:
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+_publisher_lock = threading.Lock()
+_publisher: Publisher | None = None
+_publisher_pid: int | None = None
+
+
+def get_publisher() -> Publisher:
+    """The process-wide :class:`Publisher` on ``WAPIPE_REDIS_URL``, for workers enqueueing the next stage.
+
+    Keyed by pid: a prefork worker child makes its own instead of sharing the parent's sockets.
+    """
+    global _publisher, _publisher_pid
+    with _publisher_lock:
+        if _publisher is None or _publisher_pid != os.getpid():
+            from shared.settings import get_settings
+
+            url = get_settings().redis_url
+            if not url:
+                raise RuntimeError("WAPIPE_REDIS_URL is not set: start `wapipe up`, or set WAPIPE_REDIS_URL")
+            _publisher = Publisher(url)
+            _publisher_pid = os.getpid()
+        return _publisher

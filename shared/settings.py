@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = _env("WAPIPE_SESSION_TTL", default=30 * 60, gt=0)
     send_rate: float = _env("WAPIPE_SEND_RATE", default=80.0, gt=0, le=1000)
     recipient_rate_per_minute: int = _env("WAPIPE_RECIPIENT_RATE", default=20, gt=0)
+    # Outbound retries: exponential backoff with jitter from this base, capped at 30 min; 60 attempts span
+    # about a day. Opt-out words are whole messages, compared case-insensitively.
+    send_max_attempts: int = _env("WAPIPE_SEND_MAX_ATTEMPTS", default=60, gt=0)
+    send_retry_base_seconds: float = _env("WAPIPE_SEND_RETRY_BASE", default=2.0, gt=0)
+    opt_out_words: Annotated[list[str], NoDecode] = _env(
+        "WAPIPE_OPT_OUT_WORDS", default_factory=lambda: ["STOP", "UNSUBSCRIBE", "BAJA"]
+    )
+    opt_in_words: Annotated[list[str], NoDecode] = _env(
+        "WAPIPE_OPT_IN_WORDS", default_factory=lambda: ["START"]
+    )
 
     log_level: str = _env("WAPIPE_LOG_LEVEL", default="INFO")
     log_format: str = _env("WAPIPE_LOG_FORMAT", default="auto", pattern="^(auto|json|console)$")
@@ -100,7 +110,7 @@ class Settings(BaseSettings):
     ai_model: str = _env("WAPIPE_AI_MODEL", default="gpt-4o-mini")
     ai_timeout_seconds: float = _env("WAPIPE_AI_TIMEOUT", default=20.0, gt=0)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "opt_out_words", "opt_in_words", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         return _comma_list(value)
