@@ -1,0 +1,187 @@
+"""Phone links (a verified WhatsApp number per user) and the pending verification codes behind them.
+
+Only a keyed hash of a code is ever stored (see ``shared/verification.py`` for the policy); this module
+is the SQL, the policy lives there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.db.errors import wrap_errors
+
+# --- user_links --------------------------------------------------------------------------------------
+
+_GET_LINK = "SELECT user_id, phone, linked_at FROM user_links WHERE user_id = %(user_id)s"
+_GET_LINK_BY_PHONE = "SELECT user_id, phone, linked_at FROM user_links WHERE phone = %(phone)s"
+# A user relinking moves to the new number; a number already another user's raises UniqueViolation on
+# user_links_phone_key, which the caller turns into "already linked to another account".
+_LINK = """
+INSERT INTO user_links (user_id, phone) VALUES (%(user_id)s, %(phone)s)
+ON CONFLICT (user_id) DO UPDATE SET phone = EXCLUDED.phone, linked_at = now()
+RETURNING user_id, phone, linked_at
+"""
+_UNLINK = "DELETE FROM user_links WHERE user_id = %(user_id)s"
+
+# --- verification_codes ------------------------------------------------------------------------------
+
+# One row per user: a new code replaces the old one and resets its attempts and expiry. Expiry is DB time,
+# so every process agrees on it whatever its own clock says.
+_REPLACE_CODE = """
+INSERT INTO verification_codes (user_id, phone, code_hash, attempts, expires_at, created_at)
+VALUES (%(user_id)s, %(phone)s, %(code_hash)s, 0, now() + make_interval(secs => %(ttl)s), now())
+ON CONFLICT (user_id) DO UPDATE SET
+    phone = EXCLUDED.phone, code_hash = EXCLUDED.code_hash, attempts = 0,
+    expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at
+RETURNING expires_at
+"""
+# Claim one attempt on every live, unlocked code for the phone BEFORE comparing: the row lock taken by the
+# UPDATE serialises concurrent guesses, and PostgreSQL re-checks ``attempts < max`` on the updated row, so
+# no number of parallel guesses can get more than ``max`` comparisons.
+_CLAIM_ATTEMPT = """
+UPDATE verification_codes SET attempts = attempts + 1
+WHERE phone = %(phone)s AND attempts < %(max_attempts)s AND expires_at > now()
+RETURNING user_id, code_hash, attempts
+"""
+_CODES_FOR_PHONE = """
+SELECT user_id, attempts, expires_at <= now() AS expired
+FROM verification_codes WHERE phone = %(phone)s ORDER BY created_at DESC
+"""
+_DELETE_CODES_FOR_PHONE = "DELETE FROM verification_codes WHERE phone = %(phone)s"
+_DELETE_CODE = "DELETE FROM verification_codes WHERE user_id = %(user_id)s"
+_GET_CODE = """
+SELECT user_id, phone, code_hash, attempts, expires_at, created_at
+FROM verification_codes WHERE user_id = %(user_id)s
+"""
+_DELETE_EXPIRED = """
+DELETE FROM verification_codes WHERE expires_at <= now() - make_interval(secs => %(grace)s)
+"""
+
+
+@dataclass(frozen=True)
+class Link:
+    user_id: UUID
+    phone: str
+    linked_at: datetime
+
+
+@dataclass(frozen=True)
+class ClaimedCode:
+    """A code that one attempt was just spent on: compare ``code_hash`` now, inside the same transaction."""
+
+    user_id: UUID
+    code_hash: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CodeState:
+    user_id: UUID
+    attempts: int
+    expired: bool
+
+
+def get_link(conn: psycopg.Connection, user_id: UUID) -> Link | None:
+    with wrap_errors():
+        row = conn.execute(_GET_LINK, {"user_id": user_id}).fetchone()
+    return Link(**row) if row else None
+
+
+def get_link_by_phone(conn: psycopg.Connection, phone: str) -> Link | None:
+    with wrap_errors():
+        row = conn.execute(_GET_LINK_BY_PHONE, {"phone": phone}).fetchone()
+    return Link(**row) if row else None
+
+
+def link_phone(conn: psycopg.Connection, user_id: UUID, phone: str) -> Link:
+    """Link (or relink) the user to the phone; raises ``Duplicate`` when the phone is another user's."""
+    with wrap_errors():
+        row = conn.execute(_LINK, {"user_id": user_id, "phone": phone}).fetchone()
+    assert row is not None
+    return Link(**row)
+
+
+def unlink(conn: psycopg.Connection, user_id: UUID) -> bool:
+    with wrap_errors():
+        return conn.execute(_UNLINK, {"user_id": user_id}).rowcount > 0
+
+
+def replace_code(
+    conn: psycopg.Connection, user_id: UUID, phone: str, code_hash: bytes, ttl_seconds: int
+) -> datetime:
+    """Store the user's new pending code (replacing any older one); return when it expires."""
+    with wrap_errors():
+        row = conn.execute(
+            _REPLACE_CODE, {"user_id": user_id, "phone": phone, "code_hash": code_hash, "ttl": ttl_seconds}
+        ).fetchone()
+    assert row is not None
+    return row["expires_at"]
+
+
+def claim_attempts(conn: psycopg.Connection, phone: str, max_attempts: int) -> list[ClaimedCode]:
+    with wrap_errors():
+        rows = conn.execute(_CLAIM_ATTEMPT, {"phone": phone, "max_attempts": max_attempts}).fetchall()
+    return [ClaimedCode(row["user_id"], bytes(row["code_hash"]), row["attempts"]) for row in rows]
+
+
+def codes_for_phone(conn: psycopg.Connection, phone: str) -> list[CodeState]:
+    """Every code pending for the phone, newest first, with whether it has expired (DB time)."""
+    with wrap_errors():
+        rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone}).fetchall()
+    return [CodeState(**row) for row in rows]
+
+
+def get_code(conn: psycopg.Connection, user_id: UUID) -> dict | None:
+    with wrap_errors():
+        return conn.execute(_GET_CODE, {"user_id": user_id}).fetchone()
+
+
+def delete_code(conn: psycopg.Connection, user_id: UUID) -> None:
+    with wrap_errors():
+        conn.execute(_DELETE_CODE, {"user_id": user_id})
+
+
+def delete_codes_for_phone(conn: psycopg.Connection, phone: str) -> None:
+    with wrap_errors():
+        conn.execute(_DELETE_CODES_FOR_PHONE, {"phone": phone})
+
+
+def delete_expired_codes(conn: psycopg.Connection, grace_seconds: int = 3600) -> int:
+    """Maintenance: drop codes expired for longer than ``grace_seconds`` (kept a while to say "expired")."""
+    with wrap_errors():
+        return conn.execute(_DELETE_EXPIRED, {"grace": grace_seconds}).rowcount
+
+
+# --- outcomes of WhatsApp VERIFY messages, kept on the inbound message row -----------------------------
+
+# The verify worker records what a VERIFY message did on the message itself, in the same transaction that
+# spends the attempt and links the phone. A redelivered task finds the outcome and only re-sends the reply,
+# so it can neither burn a second attempt nor link twice. FOR UPDATE serialises two concurrent deliveries.
+_LOCK_INBOUND_OUTCOME = """
+SELECT payload -> '_verify_outcome' AS outcome FROM messages
+WHERE id = %(id)s AND direction = 'in' FOR UPDATE
+"""
+_RECORD_INBOUND_OUTCOME = """
+UPDATE messages SET payload = payload || jsonb_build_object('_verify_outcome', %(outcome)s::jsonb),
+    updated_at = now()
+WHERE id = %(id)s
+"""
+
+
+def lock_inbound_outcome(conn: psycopg.Connection, message_id: int) -> tuple[bool, dict | None]:
+    """Lock the inbound message row; return (exists, the outcome already recorded for it or None)."""
+    with wrap_errors():
+        row = conn.execute(_LOCK_INBOUND_OUTCOME, {"id": message_id}).fetchone()
+    if row is None:
+        return False, None
+    return True, row["outcome"]
+
+
+def record_inbound_outcome(conn: psycopg.Connection, message_id: int, outcome: dict) -> None:
+    with wrap_errors():
+        conn.execute(_RECORD_INBOUND_OUTCOME, {"id": message_id, "outcome": Jsonb(outcome)})

@@ -1,0 +1,211 @@
+"""Phone verification codes: issue, check, link. The policy of ARCHITECTURE.md's guarantees lives here.
+
+- A code is 6 digits from :mod:`secrets` (a CSPRNG), valid 10 minutes, usable once; a new code replaces
+  the user's old one (one row per user in ``verification_codes``).
+- Only ``HMAC-SHA256(WAPIPE_SECRET_KEY, user_id:phone:code)`` is stored. Why keyed and not salted: a
+  6-digit space has 10**6 values, so any unkeyed hash (salted or not) is reversed from a database dump in
+  well under a second; a key kept outside the database (environment) makes a dump alone useless. Binding
+  the user id and phone into the message means a hash is only valid for that user and number.
+- Each check first claims an attempt with one ``UPDATE ... RETURNING`` (see ``shared/db/links.py``), so
+  concurrent guesses can't exceed 5 comparisons; after 5 wrong attempts even the right code is refused.
+- Hashes are compared with :func:`hmac.compare_digest` (constant time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from shared.db import links, users
+from shared.db.errors import Duplicate
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.settings import get_settings
+
+log = get_logger(__name__)
+
+CODE_DIGITS = 6
+CODE_TTL_SECONDS = 10 * 60
+MAX_ATTEMPTS = 5
+# Used only when WAPIPE_SECRET_KEY is unset (tests, a first local try): codes still work across processes,
+# but anyone with this source and a database dump can reverse them, hence the warning at first use.
+_DEVELOPMENT_KEY = b"wapipe-development-key:set-WAPIPE_SECRET_KEY-in-production"
+_warned = False
+
+# "VERIFY 123456", any case, any spacing (also "verify: 123 456", which people type from a copied code).
+_VERIFY = re.compile(r"^\s*verify\b[\s:]*(?P<code>[\d\s\-]*)\s*$", re.IGNORECASE)
+
+
+class PhoneTaken(Exception):
+    """The phone number is already linked to another user."""
+
+    message = "Phone number already linked to another account"
+
+
+class Outcome(StrEnum):
+    linked = "linked"
+    wrong_code = "wrong_code"
+    expired = "expired"
+    locked = "locked"
+    no_pending = "no_pending"
+    phone_taken = "phone_taken"
+    bad_format = "bad_format"
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code: str
+    phone: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    outcome: Outcome
+    user_id: UUID | None = None
+    attempts_left: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome.value,
+            "user_id": str(self.user_id) if self.user_id else None,
+            "attempts_left": self.attempts_left,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VerifyResult:
+        user_id = data.get("user_id")
+        return cls(Outcome(data["outcome"]), UUID(user_id) if user_id else None, data.get("attempts_left"))
+
+
+def _key() -> bytes:
+    global _warned
+    secret = get_settings().secret_key
+    if secret is not None and secret.get_secret_value():
+        return secret.get_secret_value().encode()
+    if not _warned:
+        _warned = True
+        log.warning("WAPIPE_SECRET_KEY is not set: verification codes are hashed with the development key")
+    return _DEVELOPMENT_KEY
+
+
+def hash_code(user_id: UUID, phone: str, code: str) -> bytes:
+    return hmac.new(_key(), f"{user_id}:{phone}:{code}".encode(), hashlib.sha256).digest()
+
+
+def generate_code() -> str:
+    return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+
+
+def parse_verify(text: str | None) -> str | None:
+    """The code in a ``VERIFY 123456`` message: "" when not 6 digits, None when it is not a VERIFY."""
+    match = _VERIFY.match(text or "")
+    if match is None:
+        return None
+    digits = re.sub(r"\D", "", match.group("code"))
+    return digits if len(digits) == CODE_DIGITS else ""
+
+
+def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCode:
+    """Record the user if new and give them a fresh code for ``phone`` (E.164); the old code stops working.
+
+    Raises :class:`PhoneTaken` when another user has already linked that number.
+    """
+    users.ensure_user(conn, user_id)
+    owner = links.get_link_by_phone(conn, phone)
+    if owner is not None and owner.user_id != user_id:
+        raise PhoneTaken(PhoneTaken.message)
+    code = generate_code()
+    expires_at = links.replace_code(conn, user_id, phone, hash_code(user_id, phone, code), CODE_TTL_SECONDS)
+    return IssuedCode(code=code, phone=phone, expires_at=expires_at)
+
+
+def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
+    """Check a code sent from (or for) ``phone`` inside the caller's transaction; link on success."""
+    if not code:
+        return VerifyResult(Outcome.bad_format)
+    claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS)
+    if not claimed:
+        return _why_not(conn, phone)
+    match = None
+    for candidate in claimed:
+        # Every candidate is compared, so the time taken says nothing about which one matched.
+        if hmac.compare_digest(candidate.code_hash, hash_code(candidate.user_id, phone, code)):
+            match = candidate
+    if match is None:
+        left = max(MAX_ATTEMPTS - candidate.attempts for candidate in claimed)
+        return VerifyResult(Outcome.wrong_code, attempts_left=left)
+    try:
+        # A savepoint: if another user linked the number meanwhile, the spent attempt still commits.
+        with conn.transaction():
+            links.link_phone(conn, match.user_id, phone)
+    except Duplicate:
+        return VerifyResult(Outcome.phone_taken, user_id=match.user_id)
+    # One-time: the code is gone, and so are other users' codes for a number that is now taken.
+    links.delete_codes_for_phone(conn, phone)
+    return VerifyResult(Outcome.linked, user_id=match.user_id)
+
+
+def _why_not(conn: psycopg.Connection, phone: str) -> VerifyResult:
+    states = links.codes_for_phone(conn, phone)
+    if not states:
+        return VerifyResult(Outcome.no_pending)
+    if any(not state.expired and state.attempts >= MAX_ATTEMPTS for state in states):
+        return VerifyResult(Outcome.locked, attempts_left=0)
+    return VerifyResult(Outcome.expired)
+
+
+def verify_phone(phone: str, code: str) -> VerifyResult:
+    """Check a code in a transaction of its own (the API's ``POST /api/v1/links/verify``)."""
+    with transaction() as conn:
+        return check_code(conn, phone, code)
+
+
+def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResult | None:
+    """Handle a WhatsApp ``VERIFY`` message once: the outcome is recorded on the message in the same
+    transaction, and a redelivery returns that outcome without spending another attempt.
+
+    Returns None when the message does not exist.
+    """
+    with transaction() as conn:
+        exists, recorded = links.lock_inbound_outcome(conn, message_id)
+        if not exists:
+            return None
+        if recorded is not None:
+            return VerifyResult.from_json(recorded)
+        result = check_code(conn, phone, parse_verify(text) or "")
+        links.record_inbound_outcome(conn, message_id, result.to_json())
+        return result
+
+
+def reply_text(result: VerifyResult) -> str:
+    """What the WhatsApp user is told about their VERIFY message."""
+    how = "Ask for a new code in the app, then send VERIFY followed by the code."
+    match result.outcome:
+        case Outcome.linked:
+            return "✅ WhatsApp linked to your account"
+        case Outcome.wrong_code if result.attempts_left:
+            plural = "s" if result.attempts_left != 1 else ""
+            return f"❌ That code is not right. {result.attempts_left} attempt{plural} left."
+        case Outcome.wrong_code | Outcome.locked:
+            return f"🔒 Too many wrong attempts: this code is locked. {how}"
+        case Outcome.expired:
+            return f"⌛ This code has expired (codes last 10 minutes). {how}"
+        case Outcome.no_pending:
+            return (
+                "There is no pending code for this number. Get a code in the app for this WhatsApp "
+                "number, then send VERIFY followed by the code."
+            )
+        case Outcome.phone_taken:
+            return "⚠️ This number is already linked to another account."
+        case _:
+            return "Send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
