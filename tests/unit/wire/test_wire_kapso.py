@@ -1,0 +1,118 @@
+"""Kapso v2 webhook payloads (tests/data/kapso) -> canonical events with provider ``kapso``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.wire.events import DeliveryStatus, MessageType, Provider
+from shared.wire.kapso import parse_delivery
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "kapso"
+BUSINESS = "597907523413541"
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{name}.json").read_bytes())
+
+
+def test_received_text() -> None:
+    parsed = parse_delivery(load("message_received"), "whatsapp.message.received")
+    [message] = parsed.messages
+    assert message.provider is Provider.kapso
+    assert message.business_number == BUSINESS
+    assert message.type is MessageType.text
+    assert message.text == "Hola, ¿cómo va mi pedido?"
+    assert message.sender_phone == "+573103055424"
+    assert message.sender_bsuid == "CO.1502576394655843"
+    assert message.profile_name == "María Gómez"
+    assert message.dedupe_key == f"seen:kapso:{message.provider_message_id}"
+    assert message.raw["conversation"]["id"] == "0e8c4f2a-6a7c-4b2e-9b9e-3f1d2c4b5a60"
+
+
+def test_received_image_uses_kapso_media_url() -> None:
+    [message] = parse_delivery(load("message_received_image"), "whatsapp.message.received").messages
+    assert message.type is MessageType.image
+    [media] = message.media
+    assert media.url == "https://api.kapso.ai/media/1479537139650973"
+    assert media.media_id == "1479537139650973"
+
+
+def test_received_without_any_phone_number_uses_the_business_scoped_id() -> None:
+    [message] = parse_delivery(load("message_received_no_phone"), "whatsapp.message.received").messages
+    assert message.sender_phone is None
+    assert message.sender_bsuid == "CO.1502576394655843"
+    assert message.text == "Sin número"
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [
+        ("message_sent", DeliveryStatus.sent),
+        ("message_delivered", DeliveryStatus.delivered),
+        ("message_read", DeliveryStatus.read),
+    ],
+)
+def test_delivery_events(name: str, status: DeliveryStatus) -> None:
+    parsed = parse_delivery(load(name), f"whatsapp.{name.replace('_', '.')}")
+    assert parsed.messages == []
+    [update] = parsed.statuses
+    assert update.provider is Provider.kapso
+    assert update.status is status
+    assert update.recipient == "+573103055424"
+    assert update.error_code is None
+
+
+def test_failed_event_carries_meta_error() -> None:
+    [update] = parse_delivery(load("message_failed"), "whatsapp.message.failed").statuses
+    assert update.status is DeliveryStatus.failed
+    assert update.error_code == "131050"
+    assert update.error_message
+    assert "stop receiving" in update.error_message
+
+
+def test_batch_fans_out_one_event_per_item() -> None:
+    parsed = parse_delivery(load("batch_received"), "whatsapp.message.received", batch_header="true")
+    assert [m.text for m in parsed.messages] == ["uno", "dos", "uno"]
+    # The repeated item keeps its id, so the publisher's per-message dedupe drops it.
+    assert parsed.messages[0].dedupe_key == parsed.messages[2].dedupe_key
+
+
+def test_batch_flag_in_body_is_enough() -> None:
+    parsed = parse_delivery(load("batch_received"), "whatsapp.message.received")
+    assert len(parsed.messages) == 3
+
+
+def test_batch_without_data_list_is_an_error() -> None:
+    with pytest.raises(ValueError, match="data"):
+        parse_delivery({"batch": True, "data": {"oops": 1}}, "whatsapp.message.received")
+
+
+def test_conversation_events_and_outbound_echoes_are_acknowledged_not_routed() -> None:
+    parsed = parse_delivery(load("message_received"), "whatsapp.conversation.created")
+    assert parsed.messages == []
+    assert parsed.ignored == 1
+    echo = load("message_received")
+    echo["message"]["kapso"]["direction"] = "outbound"
+    parsed = parse_delivery(echo, "whatsapp.message.received")
+    assert parsed.messages == []
+    assert parsed.ignored == 1
+
+
+def test_unknown_message_type_is_kept_raw() -> None:
+    body = load("message_received")
+    body["message"]["type"] = "poll_vote"
+    [message] = parse_delivery(body, "whatsapp.message.received").messages
+    assert message.type is MessageType.unknown
+    assert message.raw["message"]["type"] == "poll_vote"
+
+
+def test_payload_without_message_id_is_skipped() -> None:
+    body = load("message_received")
+    del body["message"]["id"]
+    parsed = parse_delivery(body, "whatsapp.message.received")
+    assert parsed.messages == []
+    assert parsed.skipped == 1
