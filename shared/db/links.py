@@ -19,11 +19,13 @@ from shared.db.errors import wrap_errors
 
 _GET_LINK = "SELECT user_id, phone, linked_at FROM user_links WHERE user_id = %(user_id)s"
 _GET_LINK_BY_PHONE = "SELECT user_id, phone, linked_at FROM user_links WHERE phone = %(phone)s"
-# A user relinking moves to the new number; a number already another user's raises UniqueViolation on
-# user_links_phone_key, which the caller turns into "already linked to another account".
+# A user relinking moves to the new number (the same number again keeps linked_at). A number that is
+# already another user's raises UniqueViolation on user_links_phone_key, which the caller turns into
+# "already linked to another account".
 _LINK = """
 INSERT INTO user_links (user_id, phone) VALUES (%(user_id)s, %(phone)s)
-ON CONFLICT (user_id) DO UPDATE SET phone = EXCLUDED.phone, linked_at = now()
+ON CONFLICT (user_id) DO UPDATE SET phone = EXCLUDED.phone,
+    linked_at = CASE WHEN user_links.phone = EXCLUDED.phone THEN user_links.linked_at ELSE now() END
 RETURNING user_id, phone, linked_at
 """
 _UNLINK = "DELETE FROM user_links WHERE user_id = %(user_id)s"

@@ -1,0 +1,245 @@
+"""The project bot's slash commands: ``/help /status /project /workspace /list /clear``.
+
+:func:`respond` is a plain function from a message and its sender to the reply text; the
+``commands.handle`` task (``workers/commands.py``) only loads the message, calls it and queues the reply.
+The user's selection (``workspace_id``, ``project_id``) lives in their Redis session (30-minute TTL,
+renewed on each message) and is re-checked against their memberships every time, so a stale session
+never shows a workspace they have left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from uuid import UUID
+
+import psycopg
+
+from shared.bot.matching import best_matches
+from shared.db import workspaces as repo
+from shared.db.pool import connection
+from shared.db.workspaces import Project, Workspace
+from shared.sessions import Sessions
+
+HELP_TEXT = (
+    "Commands:\n"
+    "/status - current workspace and project\n"
+    "/project [name] - list projects, or switch to one\n"
+    "/workspace [name] - list workspaces, or switch to one\n"
+    "/list projects - projects in the current workspace\n"
+    "/list tasks - tasks in the current project\n"
+    "/clear - forget the current selection\n"
+    "/help - this list\n\n"
+    "With a project selected, describe the work in a message and it becomes a proposal."
+)
+
+LINKING_INSTRUCTIONS = (
+    "👋 This WhatsApp number is not linked to an account yet.\n\n"
+    "To link it: in the app, open your profile settings and ask for a WhatsApp code, "
+    "then send it here as:\n\nVERIFY 123456\n\n(with your own 6-digit code; it is valid for 10 minutes)."
+)
+
+TASK_LIST_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class ChatUser:
+    """Who sent the message: ``key`` names their session (E.164 phone or Meta BSUID); ``user_id`` is the
+    linked host-application user, None when the number is not linked."""
+
+    key: str
+    user_id: UUID | None
+
+
+@dataclass
+class _Context:
+    conn: psycopg.Connection
+    user: ChatUser
+    user_id: UUID
+    sessions: Sessions
+    session: dict
+
+    def workspaces(self) -> list[Workspace]:
+        return repo.workspaces_for_user(self.conn, self.user_id)
+
+    def current_workspace(self) -> Workspace | None:
+        """The selected workspace, or the only one when the user has just one."""
+        mine = self.workspaces()
+        chosen = [ws for ws in mine if str(ws.id) == self.session.get("workspace_id")]
+        if chosen:
+            return chosen[0]
+        return mine[0] if len(mine) == 1 else None
+
+    def current_project(self) -> Project | None:
+        project_id = self.session.get("project_id")
+        if not project_id:
+            return None
+        found = [p for p in repo.projects_for_user(self.conn, self.user_id) if str(p.id) == project_id]
+        return found[0] if found else None
+
+
+def respond(text: str, user: ChatUser, sessions: Sessions) -> str:
+    """The bot's answer to ``text`` from ``user`` (linking instructions when the number is not linked)."""
+    if user.user_id is None:
+        return LINKING_INSTRUCTIONS
+    words = (text or "").strip().split(maxsplit=1)
+    command = words[0].casefold() if words else ""
+    argument = words[1].strip() if len(words) > 1 else ""
+    handler = _COMMANDS.get(command)
+    if handler is None:
+        if command.startswith("/"):
+            return f"I don't know {words[0]}.\n\n{HELP_TEXT}"
+        return HELP_TEXT
+    with connection() as conn:
+        ctx = _Context(conn, user, user.user_id, sessions, sessions.load(user.key))
+        return handler(ctx, argument)
+
+
+def _help(ctx: _Context, argument: str) -> str:
+    return HELP_TEXT
+
+
+def _status(ctx: _Context, argument: str) -> str:
+    workspace = ctx.current_workspace()
+    project = ctx.current_project()
+    if workspace is None:
+        return "Workspace: none selected - choose one with /workspace <name>\nProject: none"
+    lines = [f"Workspace: {workspace.name}"]
+    if project is None:
+        lines.append("Project: none - choose one with /project <name>")
+    else:
+        lines.append(f"Project: {project.name}")
+    return "\n".join(lines)
+
+
+def _workspace(ctx: _Context, argument: str) -> str:
+    mine = ctx.workspaces()
+    if not mine:
+        return "You are not a member of any workspace yet. Ask a workspace admin to add you."
+    current = ctx.current_workspace()
+    if not argument:
+        return _bullets("Your workspaces:", mine, lambda ws: ws.name, current) + (
+            "\n\nSwitch with /workspace <name>."
+        )
+    found = best_matches(argument, mine, lambda ws: ws.name)
+    if not found:
+        return f'No workspace matches "{argument}".\n\n' + _bullets("Your workspaces:", mine, _name, current)
+    if len(found) > 1:
+        return _bullets(f'Several workspaces match "{argument}":', found, _name, None) + (
+            "\n\nSend /workspace with more of the name."
+        )
+    chosen = found[0]
+    if ctx.session.get("workspace_id") != str(chosen.id):
+        # A project belongs to one workspace: switching workspace drops a project from another one.
+        project = ctx.current_project()
+        kept = str(project.id) if project is not None and project.workspace_id == chosen.id else None
+        ctx.sessions.update(ctx.user.key, workspace_id=str(chosen.id), project_id=kept)
+    return f"✅ Workspace: {chosen.name}\nChoose a project with /project <name>, or /project to list them."
+
+
+def _project(ctx: _Context, argument: str) -> str:
+    workspace = ctx.current_workspace()
+    projects = repo.projects_for_user(ctx.conn, ctx.user_id, workspace.id if workspace else None)
+    if not argument:
+        return _project_list(ctx, workspace, projects)
+    if not projects:
+        return _project_list(ctx, workspace, projects)
+    label = _project_label(ctx, workspace)
+    found = best_matches(argument, projects, _name)
+    if not found:
+        return f'No project matches "{argument}".\n\n' + _project_list(ctx, workspace, projects)
+    if len(found) > 1:
+        return _bullets(f'Several projects match "{argument}":', found, label, None) + (
+            "\n\nSend /project with more of the name."
+        )
+    chosen = found[0]
+    ctx.sessions.update(ctx.user.key, workspace_id=str(chosen.workspace_id), project_id=str(chosen.id))
+    where = "" if workspace else f" ({_workspace_names(ctx).get(chosen.workspace_id, '')})"
+    return (
+        f"✅ Project: {chosen.name}{where}\n"
+        "Describe the work in a message and it becomes a proposal for this project."
+    )
+
+
+def _project_list(ctx: _Context, workspace: Workspace | None, projects: list[Project]) -> str:
+    if not projects:
+        where = f"in {workspace.name}" if workspace else "in your workspaces"
+        return f"There are no projects {where} yet."
+    current = ctx.current_project()
+    title = f"Projects in {workspace.name}:" if workspace else "Your projects:"
+    label = _project_label(ctx, workspace)
+    return _bullets(title, projects, label, current) + "\n\nSwitch with /project <name>."
+
+
+def _list(ctx: _Context, argument: str) -> str:
+    what = argument.casefold()
+    if what in {"projects", "project", "p"}:
+        return _project(ctx, "")
+    if what in {"tasks", "task", "t"}:
+        return _tasks(ctx)
+    if what in {"workspaces", "workspace", "w"}:
+        return _workspace(ctx, "")
+    return "Use /list projects or /list tasks."
+
+
+def _tasks(ctx: _Context) -> str:
+    project = ctx.current_project()
+    if project is None:
+        return "Choose a project first with /project <name>."
+    tasks = repo.tasks_for_project(ctx.conn, project.id, TASK_LIST_LIMIT)
+    if not tasks:
+        return f"No tasks in {project.name} yet."
+    lines = [f"Tasks in {project.name}:"]
+    for task in tasks:
+        details = [task.status]
+        if task.due_date:
+            details.append(f"due {task.due_date.isoformat()}")
+        if task.estimated_hours is not None:
+            details.append(f"{task.estimated_hours.normalize():f}h")
+        lines.append(f"• {task.title} ({', '.join(details)})")
+    return "\n".join(lines)
+
+
+def _clear(ctx: _Context, argument: str) -> str:
+    ctx.sessions.clear(ctx.user.key)
+    return "Session cleared: no workspace or project selected."
+
+
+def _bullets(title: str, items: list, name: Callable, current: object | None) -> str:
+    current_id = getattr(current, "id", None)
+    lines = [title]
+    for item in items:
+        mark = " (current)" if current_id is not None and item.id == current_id else ""
+        lines.append(f"• {name(item)}{mark}")
+    return "\n".join(lines)
+
+
+def _name(item: Workspace | Project) -> str:
+    return item.name
+
+
+def _workspace_names(ctx: _Context) -> dict[UUID, str]:
+    return {ws.id: ws.name for ws in ctx.workspaces()}
+
+
+def _project_label(ctx: _Context, workspace: Workspace | None) -> Callable[[Project], str]:
+    """Project names, qualified by workspace when listing across several workspaces with the same name."""
+    if workspace is not None:
+        return _name
+    names = _workspace_names(ctx)
+    if len(names) <= 1:
+        return _name
+    return lambda project: f"{project.name} ({names.get(project.workspace_id, '?')})"
+
+
+_COMMANDS: dict[str, Callable[[_Context, str], str]] = {
+    "/help": _help,
+    "/start": _help,
+    "/status": _status,
+    "/project": _project,
+    "/projects": lambda ctx, _arg: _project(ctx, ""),
+    "/workspace": _workspace,
+    "/workspaces": lambda ctx, _arg: _workspace(ctx, ""),
+    "/list": _list,
+    "/clear": _clear,
+}

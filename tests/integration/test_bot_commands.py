@@ -1,0 +1,157 @@
+"""The slash commands as plain functions, against real PostgreSQL (seeded demo data) and Redis sessions."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from shared.bot.commands import HELP_TEXT, LINKING_INSTRUCTIONS, ChatUser, respond
+from shared.bot.matching import best_matches
+from shared.commands.seed_demo import DEMO_USER_ID, seed
+from shared.db import workspaces as repo
+from shared.db.pool import transaction
+from shared.sessions import Sessions
+
+PHONE = "+15551234567"
+
+
+@pytest.fixture
+def demo(clean: None, redis_client: redis.Redis) -> Sessions:
+    seed(PHONE)
+    return Sessions(redis_client, ttl_seconds=1800)
+
+
+def say(sessions: Sessions, text: str, user_id: uuid.UUID | None = DEMO_USER_ID) -> str:
+    return respond(text, ChatUser(PHONE, user_id), sessions)
+
+
+def test_unlinked_number_gets_linking_instructions(demo: Sessions) -> None:
+    for text in ("/project mobile", "hello", "/help"):
+        reply = say(demo, text, user_id=None)
+        assert reply == LINKING_INSTRUCTIONS
+    assert "VERIFY 123456" in LINKING_INSTRUCTIONS
+
+
+def test_help_and_unknown_commands(demo: Sessions) -> None:
+    assert say(demo, "/help") == HELP_TEXT
+    unknown = say(demo, "/dance")
+    assert unknown.startswith("I don't know /dance.")
+    assert unknown.endswith(HELP_TEXT)
+    assert say(demo, "just some text") == HELP_TEXT
+
+
+def test_project_switch_is_fuzzy_and_kept_in_the_session(demo: Sessions, redis_client: redis.Redis) -> None:
+    reply = say(demo, "/PROJECT mobile")
+    assert reply.startswith("✅ Project: Mobile App")
+    session = demo.load(PHONE)
+    with transaction() as conn:
+        projects = {p.name: p for p in repo.projects_for_user(conn, DEMO_USER_ID)}
+    assert session["project_id"] == str(projects["Mobile App"].id)
+    assert session["workspace_id"] == str(projects["Mobile App"].workspace_id)
+    assert 0 < redis_client.ttl("session:" + PHONE) <= 1800
+    assert say(demo, "/status") == "Workspace: Demo Workspace\nProject: Mobile App"
+    # A typo still finds it.
+    assert say(demo, "/project webiste").startswith("✅ Project: Website Redesign")
+
+
+def test_ambiguous_project_lists_the_choices(demo: Sessions) -> None:
+    reply = say(demo, "/project m")
+    assert reply.startswith('Several projects match "m":')
+    assert "• Marketing Site" in reply
+    assert "• Mobile App" in reply
+    assert "Website Redesign" not in reply
+    assert "project_id" not in demo.load(PHONE)
+
+
+def test_project_without_argument_lists_projects(demo: Sessions) -> None:
+    say(demo, "/project marketing")
+    reply = say(demo, "/project")
+    assert reply.splitlines()[:4] == [
+        "Projects in Demo Workspace:",
+        "• Marketing Site (current)",
+        "• Mobile App",
+        "• Website Redesign",
+    ]
+    assert say(demo, "/list projects") == reply
+
+
+def test_no_match_says_so(demo: Sessions) -> None:
+    reply = say(demo, "/project zzzz")
+    assert reply.startswith('No project matches "zzzz".')
+    assert "• Mobile App" in reply
+
+
+def test_list_tasks_needs_a_project(demo: Sessions) -> None:
+    assert say(demo, "/list tasks") == "Choose a project first with /project <name>."
+    say(demo, "/project mobile app")
+    reply = say(demo, "/list tasks")
+    assert reply.splitlines()[0] == "Tasks in Mobile App:"
+    assert "• Login screen (open, due " in reply
+    assert "8h)" in reply
+    assert say(demo, "/list nonsense") == "Use /list projects or /list tasks."
+
+
+def test_workspace_commands(demo: Sessions, db: psycopg.Connection) -> None:
+    assert say(demo, "/workspace").startswith("Your workspaces:\n• Demo Workspace (current)")
+    with transaction() as conn:
+        other = repo.upsert_workspace(conn, "Client Work")
+        repo.add_member(conn, other.id, DEMO_USER_ID)
+        repo.upsert_project(conn, other.id, "Mobile Backend")
+    # With two workspaces and none chosen, /status asks to choose.
+    assert say(demo, "/status").startswith("Workspace: none selected")
+    assert say(demo, "/workspace demo").startswith("✅ Workspace: Demo Workspace")
+    say(demo, "/project mobile")
+    assert say(demo, "/workspace client").startswith("✅ Workspace: Client Work")
+    assert "project_id" not in demo.load(PHONE)
+    assert say(demo, "/project mobile").startswith("✅ Project: Mobile Backend")
+
+
+def test_only_member_workspaces_are_visible(demo: Sessions) -> None:
+    with transaction() as conn:
+        foreign = repo.upsert_workspace(conn, "Someone Else's")
+        repo.upsert_project(conn, foreign.id, "Secret Project")
+    assert "Secret" not in say(demo, "/project")
+    assert say(demo, "/project secret").startswith('No project matches "secret"')
+    assert "Someone" not in say(demo, "/workspace")
+    # A session pointing at a foreign workspace (stale or forged) is ignored.
+    demo.save(PHONE, {"workspace_id": str(foreign.id)})
+    assert say(demo, "/status") == (
+        "Workspace: Demo Workspace\nProject: none - choose one with /project <name>"
+    )
+
+
+def test_linked_user_without_workspaces(demo: Sessions) -> None:
+    stranger = uuid.uuid4()
+    with transaction() as conn:
+        from shared.db.users import ensure_user
+
+        ensure_user(conn, stranger)
+    assert say(demo, "/workspace", stranger).startswith("You are not a member of any workspace")
+    assert say(demo, "/project", stranger) == "There are no projects in your workspaces yet."
+
+
+def test_clear_forgets_the_selection(demo: Sessions) -> None:
+    say(demo, "/project mobile")
+    assert say(demo, "/clear") == "Session cleared: no workspace or project selected."
+    assert demo.load(PHONE) == {}
+    assert say(demo, "/status").endswith("Project: none - choose one with /project <name>")
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("mobile", ["Mobile App"]),
+        ("MOBILE APP", ["Mobile App"]),
+        ("app", ["Mobile App"]),
+        ("redesign", ["Website Redesign"]),
+        ("m", ["Mobile App", "Marketing Site"]),
+        ("markting", ["Marketing Site"]),
+        ("xyz", []),
+    ],
+)
+def test_best_matches(query: str, expected: list[str]) -> None:
+    names = ["Website Redesign", "Mobile App", "Marketing Site"]
+    assert sorted(best_matches(query, names, lambda n: n)) == sorted(expected)
