@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     rate_limit_per_minute: int = _env("WAPIPE_RATE_LIMIT", default=10, gt=0)
     session_ttl_seconds: int = _env("WAPIPE_SESSION_TTL", default=30 * 60, gt=0)
+    # Maintenance (workers/maintenance.py): when a silent conversation closes; how long raw webhooks stay.
+    conversation_idle_minutes: int = _env("WAPIPE_CONVERSATION_IDLE_MINUTES", default=24 * 60, gt=0)
+    webhook_retention_days: int = _env("WAPIPE_WEBHOOK_RETENTION_DAYS", default=30, gt=0)
     send_rate: float = _env("WAPIPE_SEND_RATE", default=80.0, gt=0, le=1000)
     recipient_rate_per_minute: int = _env("WAPIPE_RECIPIENT_RATE", default=20, gt=0)
     # Outbound retries: exponential backoff with jitter from this base, capped at 30 min; 60 attempts span

@@ -1,0 +1,66 @@
+"""Housekeeping queries the ``maintenance`` jobs run: idle conversations, old webhook events, dead letters.
+
+Each statement is idempotent by construction (a second run finds nothing left to change) and touches a
+bounded batch of rows, so a job on a large table never holds one long transaction or lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from shared.db.errors import wrap_errors
+
+# SKIP LOCKED: a conversation the inbound worker is touching right now (its row is locked) is simply
+# not idle; the next run looks again. FOR UPDATE re-checks the idle condition on the row's latest version.
+_CLOSE_IDLE = """
+WITH idle AS (
+    SELECT id FROM conversations
+    WHERE status <> 'closed' AND last_message_at < now() - make_interval(mins => %(minutes)s)
+    ORDER BY last_message_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE conversations c SET status = 'closed', closed_at = now()
+FROM idle WHERE c.id = idle.id
+"""
+_PURGE_WEBHOOK_EVENTS = """
+DELETE FROM webhook_events WHERE id IN (
+    SELECT id FROM webhook_events
+    WHERE received_at < now() - make_interval(days => %(days)s)
+    ORDER BY id
+    LIMIT %(batch)s
+)
+"""
+_PENDING_DEAD_LETTERS = """
+SELECT count(*) AS count, now() - min(created_at) AS oldest_age
+FROM dead_letters WHERE replayed_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetterSummary:
+    count: int
+    oldest_age_seconds: float | None
+
+
+def close_idle_conversations(conn: psycopg.Connection, idle_minutes: int, batch: int = 1000) -> int:
+    """Close up to ``batch`` live conversations with no message for ``idle_minutes``; return how many."""
+    with wrap_errors():
+        return conn.execute(_CLOSE_IDLE, {"minutes": idle_minutes, "batch": batch}).rowcount
+
+
+def purge_webhook_events(conn: psycopg.Connection, retention_days: int, batch: int = 1000) -> int:
+    """Delete up to ``batch`` raw webhook events older than the retention; return how many."""
+    with wrap_errors():
+        return conn.execute(_PURGE_WEBHOOK_EVENTS, {"days": retention_days, "batch": batch}).rowcount
+
+
+def pending_dead_letters(conn: psycopg.Connection) -> DeadLetterSummary:
+    """How many dead letters wait for an operator, and how long the oldest has waited."""
+    with wrap_errors():
+        row = conn.execute(_PENDING_DEAD_LETTERS).fetchone()
+    assert row is not None
+    age = row["oldest_age"]
+    return DeadLetterSummary(count=row["count"], oldest_age_seconds=age.total_seconds() if age else None)

@@ -1,0 +1,124 @@
+"""Maintenance jobs against real PostgreSQL: each does its work once, and a second run changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+import structlog
+
+from workers import celery, maintenance
+
+
+def _contact(db: psycopg.Connection, phone: str) -> int:
+    return db.execute("INSERT INTO contacts (phone) VALUES (%s) RETURNING id", (phone,)).fetchone()["id"]
+
+
+def _conversation(db: psycopg.Connection, contact_id: int, status: str, idle: str) -> int:
+    return db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number, status, last_message_at)"
+        " VALUES (%s, 'twilio', '+14155238886', %s, now() - %s::interval) RETURNING id",
+        (contact_id, status, idle),
+    ).fetchone()["id"]
+
+
+def _status(db: psycopg.Connection, conversation_id: int) -> tuple[str, object]:
+    row = db.execute(
+        "SELECT status, closed_at FROM conversations WHERE id = %s", (conversation_id,)
+    ).fetchone()
+    return row["status"], row["closed_at"]
+
+
+def test_closes_only_conversations_idle_longer_than_the_setting(db: psycopg.Connection) -> None:
+    idle_open = _conversation(db, _contact(db, "+14155550101"), "open", "25 hours")
+    idle_handoff = _conversation(db, _contact(db, "+14155550102"), "handoff", "3 days")
+    recent = _conversation(db, _contact(db, "+14155550103"), "open", "23 hours")
+    already = _conversation(db, _contact(db, "+14155550104"), "closed", "40 days")
+    db.execute("UPDATE conversations SET closed_at = now() - interval '39 days' WHERE id = %s", (already,))
+    before_already = _status(db, already)
+
+    assert maintenance.close_idle_conversations(idle_minutes=24 * 60) == 2
+
+    assert _status(db, idle_open)[0] == "closed"
+    assert _status(db, idle_handoff)[0] == "closed"
+    assert _status(db, recent) == ("open", None)
+    assert _status(db, already) == before_already
+    first_closed_at = _status(db, idle_open)[1]
+    assert first_closed_at is not None
+
+    assert maintenance.close_idle_conversations(idle_minutes=24 * 60) == 0
+    assert _status(db, idle_open)[1] == first_closed_at
+
+
+def test_closing_works_through_batches(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(maintenance, "BATCH_SIZE", 2)
+    ids = [_conversation(db, _contact(db, f"+1415555{n:04d}"), "open", "2 days") for n in range(5)]
+
+    assert maintenance.close_idle_conversations(idle_minutes=60) == 5
+    assert {_status(db, i)[0] for i in ids} == {"closed"}
+
+
+def test_purges_only_codes_past_their_expiry(db: psycopg.Connection) -> None:
+    expired, live = uuid.uuid4(), uuid.uuid4()
+    for user_id, expires in ((expired, "-1 day"), (live, "5 minutes")):
+        db.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+        db.execute(
+            "INSERT INTO verification_codes (user_id, phone, code_hash, expires_at)"
+            " VALUES (%s, '+14155550101', '\\x00', now() + %s::interval)",
+            (user_id, expires),
+        )
+
+    assert maintenance.purge_expired_codes() == 1
+    assert maintenance.purge_expired_codes() == 0
+    left = [row["user_id"] for row in db.execute("SELECT user_id FROM verification_codes")]
+    assert left == [live]
+
+
+def test_purges_webhook_events_past_retention_in_batches(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "BATCH_SIZE", 3)
+    db.execute(
+        "INSERT INTO webhook_events (provider, body, received_at)"
+        " SELECT 'meta', '{}'::jsonb, now() - make_interval(days => d) + interval '12 hours'"
+        " FROM generate_series(1, 40) AS d"
+    )
+
+    assert maintenance.purge_webhook_events(retention_days=30) == 10
+    assert maintenance.purge_webhook_events(retention_days=30) == 0
+    oldest = db.execute("SELECT max(now() - received_at) AS age FROM webhook_events").fetchone()["age"]
+    assert db.execute("SELECT count(*) AS n FROM webhook_events").fetchone()["n"] == 30
+    assert oldest.days == 29  # the 29.5-day-old event stays
+
+
+def test_reports_pending_dead_letters_with_count_and_oldest_age(db: psycopg.Connection) -> None:
+    assert maintenance.report_dead_letters().count == 0
+    db.execute(
+        "INSERT INTO dead_letters (task_name, payload, error, created_at, replayed_at) VALUES"
+        " ('notify.send', '{}', 'boom', now() - interval '2 hours', NULL),"
+        " ('notify.send', '{}', 'boom', now() - interval '5 minutes', NULL),"
+        " ('notify.send', '{}', 'boom', now() - interval '3 days', now())"
+    )
+
+    with structlog.testing.capture_logs() as logs:
+        first = maintenance.report_dead_letters()
+    second = maintenance.report_dead_letters()
+
+    assert first.count == second.count == 2
+    assert first.oldest_age_seconds is not None
+    assert 2 * 3600 <= first.oldest_age_seconds < 3 * 3600
+    warning = next(entry for entry in logs if entry["log_level"] == "warning")
+    assert warning["count"] == 2
+
+
+def test_beat_schedules_every_job_on_registered_tasks() -> None:
+    schedule = celery.conf.beat_schedule
+    tasks = {entry["task"] for entry in schedule.values()}
+    assert tasks == {
+        "maintenance.close_idle_conversations",
+        "maintenance.purge_expired_codes",
+        "maintenance.purge_webhook_events",
+        "maintenance.report_dead_letters",
+    }
+    assert tasks <= set(celery.tasks)

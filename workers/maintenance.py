@@ -1,0 +1,111 @@
+"""Stage ``maintenance``: housekeeping run by Celery beat (``celery -A workers beat``).
+
+- close conversations idle longer than ``WAPIPE_CONVERSATION_IDLE_MINUTES`` (default 24 h, WhatsApp's
+  customer-service window), so the next message starts a fresh conversation and stats stay honest;
+- purge verification codes past their expiry;
+- delete raw webhook events older than ``WAPIPE_WEBHOOK_RETENTION_DAYS`` (default 30);
+- report dead letters waiting for an operator (a warning with the count and the oldest one's age).
+
+Every job is a plain function (what the tests call) that is idempotent: a second run finds nothing left to
+do. Jobs that delete or update many rows work in batches, each its own short transaction. The schedule is
+applied to the Celery app when this module is imported, which beat does through ``STAGE_MODULES``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from shared.db import links
+from shared.db import maintenance as queries
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.settings import get_settings
+from workers import celery
+
+log = get_logger(__name__)
+
+BATCH_SIZE = 1000
+# A safety stop for one run: a backlog bigger than this is finished by the next runs.
+MAX_BATCHES = 100
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "close-idle-conversations": {
+        "task": "maintenance.close_idle_conversations",
+        "schedule": timedelta(minutes=5),
+    },
+    "purge-expired-codes": {"task": "maintenance.purge_expired_codes", "schedule": timedelta(minutes=15)},
+    "purge-webhook-events": {"task": "maintenance.purge_webhook_events", "schedule": timedelta(hours=1)},
+    "report-dead-letters": {"task": "maintenance.report_dead_letters", "schedule": timedelta(minutes=15)},
+}
+celery.conf.beat_schedule = BEAT_SCHEDULE
+
+
+def _in_batches(step: Any) -> int:
+    """Run ``step(conn) -> rows changed`` in short transactions until a batch comes back short."""
+    total = 0
+    for _ in range(MAX_BATCHES):
+        with transaction() as conn:
+            changed = step(conn)
+        total += changed
+        if changed < BATCH_SIZE:
+            break
+    return total
+
+
+def close_idle_conversations(idle_minutes: int | None = None) -> int:
+    """Close every live conversation without a message for ``idle_minutes``; return how many closed."""
+    minutes = idle_minutes or get_settings().conversation_idle_minutes
+    closed = _in_batches(lambda conn: queries.close_idle_conversations(conn, minutes, BATCH_SIZE))
+    log.info("idle conversations closed", closed=closed, idle_minutes=minutes)
+    return closed
+
+
+def purge_expired_codes() -> int:
+    """Delete verification codes past their expiry (after the verify stage's short grace period)."""
+    with transaction() as conn:
+        purged = links.delete_expired_codes(conn)
+    log.info("expired verification codes purged", purged=purged)
+    return purged
+
+
+def purge_webhook_events(retention_days: int | None = None) -> int:
+    """Delete raw webhook events older than the retention, in batches; return how many."""
+    days = retention_days or get_settings().webhook_retention_days
+    purged = _in_batches(lambda conn: queries.purge_webhook_events(conn, days, BATCH_SIZE))
+    log.info("old webhook events purged", purged=purged, retention_days=days)
+    return purged
+
+
+def report_dead_letters() -> queries.DeadLetterSummary:
+    """Warn when dead letters wait for an operator (``wapipe dlq list``); return the count and age."""
+    with transaction() as conn:
+        summary = queries.pending_dead_letters(conn)
+    if summary.count:
+        log.warning(
+            "dead letters waiting for replay",
+            count=summary.count,
+            oldest_age_seconds=round(summary.oldest_age_seconds or 0),
+            hint="wapipe dlq list",
+        )
+    return summary
+
+
+@celery.task(name="maintenance.close_idle_conversations", bind=True, acks_late=True, ignore_result=True)
+def close_idle_conversations_task(self: Any) -> None:
+    close_idle_conversations()
+
+
+@celery.task(name="maintenance.purge_expired_codes", bind=True, acks_late=True, ignore_result=True)
+def purge_expired_codes_task(self: Any) -> None:
+    purge_expired_codes()
+
+
+@celery.task(name="maintenance.purge_webhook_events", bind=True, acks_late=True, ignore_result=True)
+def purge_webhook_events_task(self: Any) -> None:
+    purge_webhook_events()
+
+
+@celery.task(name="maintenance.report_dead_letters", bind=True, acks_late=True, ignore_result=True)
+def report_dead_letters_task(self: Any) -> None:
+    report_dead_letters()
