@@ -1,0 +1,250 @@
+"""Outbound through Meta's Graph API: ``POST {META_GRAPH_URL}/{phone_number_id}/messages``, bearer token.
+
+One pooled :class:`httpx.Client` per sender (per process), explicit timeouts. Graph errors become
+:class:`SendError`: throughput limits (HTTP 429, 130429, 131056, 80007) and server trouble are transient,
+honouring ``Retry-After``; re-engagement (131047), opted out (131050), invalid recipients, bad parameters
+and auth problems are permanent, so the notify stage fails them at once with the reason.
+
+- messages: https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
+- error codes: https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from shared.logging import get_logger
+from shared.providers.base import OutboundMessage, OutboundType, SendError, SendResult
+from shared.settings import Settings
+
+log = get_logger(__name__)
+
+# WhatsApp limits (https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-messages).
+TEXT_MAX = 4096
+INTERACTIVE_BODY_MAX = 1024
+BUTTONS_MAX = 3
+BUTTON_TITLE_MAX = 20
+LIST_ROWS_MAX = 10
+ROW_TITLE_MAX = 24
+
+# Throughput and pacing: back off and retry (https://developers.facebook.com/docs/whatsapp/cloud-api/overview).
+THROTTLED = frozenset({4, 80007, 130429, 131056})
+# Meta's own temporary failures.
+TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
+# Permanent for this message whatever we do: auth/permissions, recipient or content problems.
+PERMANENT = frozenset(
+    {0, 3, 10, 100, 190, 200, 368, 131008, 131009, 131021, 131026, 131030, 131031, 131047, 131050, 131051,
+     131052, 131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010, 131062}
+)  # fmt: skip
+
+_CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class MetaSender:
+    """The :class:`shared.providers.base.Sender` for the WhatsApp Cloud API."""
+
+    name = "meta"
+
+    def __init__(
+        self,
+        *,
+        access_token: str,
+        phone_number_id: str,
+        graph_url: str = "https://graph.facebook.com/v21.0",
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self._phone_number_id = phone_number_id
+        self._graph_url = graph_url.rstrip("/")
+        self._client = client or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetaSender:
+        if not settings.meta_access_token or not settings.meta_phone_number_id:
+            raise SendError(
+                "not_configured", "META_ACCESS_TOKEN and META_PHONE_NUMBER_ID are required", permanent=True
+            )
+        return cls(
+            access_token=settings.meta_access_token.get_secret_value(),
+            phone_number_id=settings.meta_phone_number_id,
+            graph_url=settings.meta_graph_url,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        body = build_payload(message)
+        # Inbound Meta messages record our phone_number_id as the business number: answer from it.
+        sender_id = message.from_number if (message.from_number or "").isdigit() else self._phone_number_id
+        response = self._post(f"{self._graph_url}/{sender_id}/messages", body)
+        if response.status_code >= 400:
+            raise graph_send_error(response)
+        try:
+            wamid = response.json()["messages"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise SendError(
+                "bad_response", "Graph API answered without a message id", permanent=False
+            ) from None
+        log.info("meta.sent", message_id=message.id, type=str(message.type))
+        return SendResult(provider=self.name, provider_message_id=wamid)
+
+    @retry(
+        # Only failures where the request surely never reached Meta, so a retry cannot double-send.
+        retry=retry_if_exception(lambda exc: isinstance(exc, _CONNECT_ERRORS)),
+        stop=stop_after_attempt(3),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        reraise=True,
+    )
+    def _post_once(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        return self._client.post(url, json=body)
+
+    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._post_once(url, body)
+        except httpx.TimeoutException as exc:
+            raise SendError(
+                "timeout", f"Graph API timed out: {type(exc).__name__}", permanent=False
+            ) from None
+        except httpx.HTTPError as exc:
+            raise SendError(
+                "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
+            ) from None
+
+
+def graph_send_error(response: httpx.Response) -> SendError:
+    """Classify a Graph API error response."""
+    try:
+        error = response.json().get("error") or {}
+    except ValueError:
+        error = {}
+    code = error.get("code")
+    details = (error.get("error_data") or {}).get("details")
+    text = str(details or error.get("message") or f"HTTP {response.status_code}")
+    label = str(code) if code is not None else f"http_{response.status_code}"
+    retry_after = _retry_after(response.headers.get("Retry-After"))
+    if response.status_code == 429 or code in THROTTLED:
+        return SendError(label, text, permanent=False, retry_after=retry_after)
+    if code in TEMPORARY or response.status_code >= 500:
+        return SendError(label, text, permanent=False, retry_after=retry_after)
+    if code in PERMANENT or response.status_code in (400, 401, 403, 404):
+        return SendError(label, text, permanent=True)
+    return SendError(label, text, permanent=response.status_code < 500)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def build_payload(message: OutboundMessage) -> dict[str, Any]:
+    """The Cloud API request body for ``message``; limits are checked here, before any call."""
+    base: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to}
+    kind = message.type
+    if kind is OutboundType.text:
+        text = message.text or ""
+        if not text.strip():
+            raise SendError("empty_text", "a text message needs a body", permanent=True)
+        if len(text) > TEXT_MAX:
+            raise SendError(
+                "text_too_long", f"text is {len(text)} characters; WhatsApp allows {TEXT_MAX}", permanent=True
+            )
+        return base | {"type": "text", "text": {"body": text, "preview_url": "http" in text}}
+    if kind is OutboundType.media and message.media is not None:
+        media = message.media
+        obj: dict[str, Any] = {"link": media.url}
+        if media.caption and media.kind not in ("audio", "sticker"):
+            obj["caption"] = media.caption
+        if media.filename and media.kind == "document":
+            obj["filename"] = media.filename
+        return base | {"type": media.kind, media.kind: obj}
+    if kind is OutboundType.interactive and message.interactive is not None:
+        return base | {"type": "interactive", "interactive": _interactive(message)}
+    if kind is OutboundType.template and message.template is not None:
+        return base | {"type": "template", "template": _template(message)}
+    if kind is OutboundType.reaction and message.reaction is not None:
+        reaction = message.reaction
+        return base | {
+            "type": "reaction",
+            "reaction": {"message_id": reaction.message_id, "emoji": reaction.emoji},
+        }
+    raise SendError("invalid_message", f"a {kind} message without its {kind} content", permanent=True)
+
+
+def _interactive(message: OutboundMessage) -> dict[str, Any]:
+    spec = message.interactive
+    assert spec is not None
+    if len(spec.body) > INTERACTIVE_BODY_MAX:
+        raise SendError(
+            "body_too_long", f"interactive body over {INTERACTIVE_BODY_MAX} characters", permanent=True
+        )
+    out: dict[str, Any] = {"body": {"text": spec.body}}
+    if spec.header:
+        out["header"] = {"type": "text", "text": spec.header}
+    if spec.footer:
+        out["footer"] = {"text": spec.footer}
+    if spec.kind == "buttons":
+        if not 1 <= len(spec.buttons) <= BUTTONS_MAX:
+            raise SendError("too_many_buttons", f"reply buttons must be 1 to {BUTTONS_MAX}", permanent=True)
+        for button in spec.buttons:
+            if len(button.title) > BUTTON_TITLE_MAX:
+                raise SendError(
+                    "button_title_too_long",
+                    f"button title {button.title!r} is over {BUTTON_TITLE_MAX} characters",
+                    permanent=True,
+                )
+        out |= {
+            "type": "button",
+            "action": {
+                "buttons": [{"type": "reply", "reply": {"id": b.id, "title": b.title}} for b in spec.buttons]
+            },
+        }
+        return out
+    rows = [row for section in spec.sections for row in section.rows]
+    if not 1 <= len(rows) <= LIST_ROWS_MAX:
+        raise SendError("too_many_rows", f"a list needs 1 to {LIST_ROWS_MAX} rows", permanent=True)
+    for row in rows:
+        if len(row.title) > ROW_TITLE_MAX:
+            raise SendError(
+                "row_title_too_long",
+                f"row title {row.title!r} is over {ROW_TITLE_MAX} characters",
+                permanent=True,
+            )
+    sections = []
+    for section in spec.sections:
+        entry: dict[str, Any] = {
+            "rows": [
+                {"id": r.id, "title": r.title} | ({"description": r.description} if r.description else {})
+                for r in section.rows
+            ]
+        }
+        if section.title:
+            entry["title"] = section.title
+        sections.append(entry)
+    out |= {"type": "list", "action": {"button": spec.button_text or "Options", "sections": sections}}
+    return out
+
+
+def _template(message: OutboundMessage) -> dict[str, Any]:
+    spec = message.template
+    assert spec is not None
+    out: dict[str, Any] = {"name": spec.name, "language": {"code": spec.language}}
+    if isinstance(spec.variables, dict):
+        parameters = [
+            {"type": "text", "parameter_name": name, "text": value} for name, value in spec.variables.items()
+        ]
+    else:
+        parameters = [{"type": "text", "text": value} for value in spec.variables]
+    if parameters:
+        out["components"] = [{"type": "body", "parameters": parameters}]
+    return out

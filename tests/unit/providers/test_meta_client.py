@@ -1,0 +1,174 @@
+"""The Meta Graph API sender against a fake Graph API on 127.0.0.1: the real httpx code runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from shared.providers.base import OutboundMessage, Sender, SendError
+from shared.providers.meta.client import MetaSender
+from shared.settings import load_settings
+from tests.fakes.meta_graph import FakeGraph, graph_error
+
+TOKEN = "EAAG-test-token"
+PHONE_NUMBER_ID = "106540352242922"
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    with FakeGraph(TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def sender(graph: FakeGraph) -> Iterator[MetaSender]:
+    settings = load_settings(
+        provider="meta",
+        meta_access_token=TOKEN,
+        meta_phone_number_id=PHONE_NUMBER_ID,
+        meta_graph_url=graph.url,
+    )
+    meta = MetaSender.from_settings(settings)
+    yield meta
+    meta.close()
+
+
+def message(**fields: object) -> OutboundMessage:
+    return OutboundMessage.model_validate(
+        {"id": 7, "to": "+573103055424", "type": "text", "text": "Hola"} | fields
+    )
+
+
+def test_it_is_a_sender(sender: MetaSender) -> None:
+    assert isinstance(sender, Sender)
+
+
+def test_text_is_posted_with_the_bearer_token(graph: FakeGraph, sender: MetaSender) -> None:
+    result = sender.send(message(text="Tu pedido está listo"))
+    assert result.provider == "meta"
+    assert result.provider_message_id.startswith("wamid.FAKE")
+    [request] = graph.received
+    assert request.path == f"/v21.0/{PHONE_NUMBER_ID}/messages"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.json["messaging_product"] == "whatsapp"
+    assert request.json["to"] == "+573103055424"
+    assert request.json["type"] == "text"
+    assert request.json["text"]["body"] == "Tu pedido está listo"
+
+
+def test_replies_go_out_from_the_number_that_received_the_message(
+    graph: FakeGraph, sender: MetaSender
+) -> None:
+    sender.send(message(from_number="209876543210987"))
+    assert graph.received[0].path == "/v21.0/209876543210987/messages"
+
+
+def test_interactive_buttons_and_lists(graph: FakeGraph, sender: MetaSender) -> None:
+    sender.send(
+        message(
+            type="interactive",
+            interactive={"kind": "buttons", "body": "¿Confirmas?", "buttons": [{"id": "y", "title": "Sí"}]},
+        )
+    )
+    sender.send(
+        message(
+            type="interactive",
+            interactive={
+                "kind": "list",
+                "body": "Menú",
+                "button_text": "Ver",
+                "sections": [{"title": "Opciones", "rows": [{"id": "1", "title": "Pedidos"}]}],
+            },
+        )
+    )
+    buttons, listing = (r.json["interactive"] for r in graph.received)
+    assert buttons["type"] == "button"
+    assert buttons["action"]["buttons"] == [{"type": "reply", "reply": {"id": "y", "title": "Sí"}}]
+    assert listing["type"] == "list"
+    assert listing["action"]["sections"][0]["rows"] == [{"id": "1", "title": "Pedidos"}]
+
+
+def test_media_template_and_reaction(graph: FakeGraph, sender: MetaSender) -> None:
+    sender.send(
+        message(
+            type="media",
+            media={
+                "kind": "document",
+                "url": "https://x.test/f.pdf",
+                "caption": "Factura",
+                "filename": "f.pdf",
+            },
+        )
+    )
+    sender.send(
+        message(type="template", template={"name": "order_ready", "language": "es", "variables": ["42"]})
+    )
+    sender.send(message(type="reaction", reaction={"message_id": "wamid.ABC", "emoji": "👍"}))
+    media, template, reaction = (r.json for r in graph.received)
+    assert media["document"] == {"link": "https://x.test/f.pdf", "caption": "Factura", "filename": "f.pdf"}
+    assert template["template"]["components"][0]["parameters"] == [{"type": "text", "text": "42"}]
+    assert reaction["reaction"] == {"message_id": "wamid.ABC", "emoji": "👍"}
+
+
+def test_over_the_limit_fails_before_any_call(graph: FakeGraph, sender: MetaSender) -> None:
+    too_many = [{"id": str(i), "title": f"B{i}"} for i in range(4)]
+    with pytest.raises(SendError) as info:
+        sender.send(
+            message(type="interactive", interactive={"kind": "buttons", "body": "x", "buttons": too_many})
+        )
+    assert info.value.permanent
+    with pytest.raises(SendError) as info:
+        sender.send(message(text="x" * 4097))
+    assert info.value.code == "text_too_long"
+    assert graph.received == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retry_after"),
+    [(429, 130429, "7"), (400, 131056, None), (429, None, "2.5"), (500, 131000, None), (503, None, None)],
+)
+def test_throttling_and_server_errors_are_transient(
+    graph: FakeGraph, sender: MetaSender, status: int, code: int | None, retry_after: str | None
+) -> None:
+    body = graph_error(code, "Rate limit hit") if code is not None else {"error": {"message": "busy"}}
+    graph.respond(status, body, {"Retry-After": retry_after} if retry_after else {})
+    with pytest.raises(SendError) as info:
+        sender.send(message())
+    assert not info.value.permanent
+    assert info.value.retry_after == (float(retry_after) if retry_after else None)
+    if code is not None:
+        assert info.value.code == str(code)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, 131047), (400, 131050), (400, 131026), (400, 100), (401, 190)],
+)
+def test_permanent_errors(graph: FakeGraph, sender: MetaSender, status: int, code: int) -> None:
+    graph.respond(status, graph_error(code, "refused", details="why it was refused"))
+    with pytest.raises(SendError) as info:
+        sender.send(message())
+    assert info.value.permanent
+    assert info.value.code == str(code)
+    assert info.value.message == "why it was refused"
+
+
+def test_a_wrong_token_is_a_permanent_auth_error(graph: FakeGraph) -> None:
+    meta = MetaSender(access_token="wrong", phone_number_id=PHONE_NUMBER_ID, graph_url=graph.url)
+    with pytest.raises(SendError) as info:
+        meta.send(message())
+    meta.close()
+    assert info.value.permanent
+    assert info.value.code == "190"
+
+
+def test_an_unreachable_graph_is_transient() -> None:
+    with FakeGraph(TOKEN) as gone:
+        url = gone.url
+    meta = MetaSender(access_token=TOKEN, phone_number_id=PHONE_NUMBER_ID, graph_url=url, timeout=2)
+    with pytest.raises(SendError) as info:
+        meta.send(message())
+    meta.close()
+    assert not info.value.permanent
+    assert info.value.code == "unreachable"
