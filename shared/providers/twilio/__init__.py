@@ -1,0 +1,4 @@
+"""Twilio: webhook signature checks (``signature.py``) and the outbound client (``client.py``).
+
+https://www.twilio.com/docs/usage/webhooks/webhooks-security
+"""
