@@ -49,32 +49,16 @@ class MetaSender:
     name = "meta"
 
     def __init__(
-        self,
-        *,
-        access_token: str,
-        phone_number_id: str,
-        graph_url: str = "https://graph.facebook.com/v21.0",
-        timeout: float = 10.0,
-        client: httpx.Client | None = None,
+        self, settings: Settings, *, timeout: float = 10.0, client: httpx.Client | None = None
     ) -> None:
-        self._phone_number_id = phone_number_id
-        self._graph_url = graph_url.rstrip("/")
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
-            headers={"Authorization": f"Bearer {access_token}"},
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MetaSender:
         if not settings.meta_access_token or not settings.meta_phone_number_id:
             raise SendError(
                 "not_configured", "META_ACCESS_TOKEN and META_PHONE_NUMBER_ID are required", permanent=True
             )
-        return cls(
-            access_token=settings.meta_access_token.get_secret_value(),
-            phone_number_id=settings.meta_phone_number_id,
-            graph_url=settings.meta_graph_url,
+        self._phone_number_id = settings.meta_phone_number_id
+        self._graph_url = settings.meta_graph_url.rstrip("/")
+        self._client = client or _pooled_client(
+            timeout, {"Authorization": f"Bearer {settings.meta_access_token.get_secret_value()}"}
         )
 
     def close(self) -> None:
@@ -117,6 +101,14 @@ class MetaSender:
             raise SendError(
                 "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
             ) from None
+
+
+def _pooled_client(timeout: float, headers: dict[str, str]) -> httpx.Client:
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=5.0),
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        headers=headers,
+    )
 
 
 def graph_send_error(response: httpx.Response) -> SendError:

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.providers import get_sender
 from shared.providers.base import OutboundMessage, Sender, SendError
 from shared.providers.meta.client import MetaSender
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 from tests.fakes.meta_graph import FakeGraph, graph_error
 
 TOKEN = "EAAG-test-token"
@@ -23,15 +24,18 @@ def graph() -> Iterator[FakeGraph]:
 
 @pytest.fixture
 def sender(graph: FakeGraph) -> Iterator[MetaSender]:
-    settings = load_settings(
-        provider="meta",
-        meta_access_token=TOKEN,
-        meta_phone_number_id=PHONE_NUMBER_ID,
-        meta_graph_url=graph.url,
-    )
-    meta = MetaSender.from_settings(settings)
+    meta = MetaSender(settings(graph.url))
     yield meta
     meta.close()
+
+
+def settings(graph_url: str, token: str = TOKEN) -> Settings:
+    return load_settings(
+        provider="meta",
+        meta_access_token=token,
+        meta_phone_number_id=PHONE_NUMBER_ID,
+        meta_graph_url=graph_url,
+    )
 
 
 def message(**fields: object) -> OutboundMessage:
@@ -40,8 +44,9 @@ def message(**fields: object) -> OutboundMessage:
     )
 
 
-def test_it_is_a_sender(sender: MetaSender) -> None:
+def test_it_is_a_sender_and_get_sender_picks_it(graph: FakeGraph, sender: MetaSender) -> None:
     assert isinstance(sender, Sender)
+    assert isinstance(get_sender(settings(graph.url)), MetaSender)
 
 
 def test_text_is_posted_with_the_bearer_token(graph: FakeGraph, sender: MetaSender) -> None:
@@ -155,7 +160,7 @@ def test_permanent_errors(graph: FakeGraph, sender: MetaSender, status: int, cod
 
 
 def test_a_wrong_token_is_a_permanent_auth_error(graph: FakeGraph) -> None:
-    meta = MetaSender(access_token="wrong", phone_number_id=PHONE_NUMBER_ID, graph_url=graph.url)
+    meta = MetaSender(settings(graph.url, token="wrong"))
     with pytest.raises(SendError) as info:
         meta.send(message())
     meta.close()
@@ -166,7 +171,7 @@ def test_a_wrong_token_is_a_permanent_auth_error(graph: FakeGraph) -> None:
 def test_an_unreachable_graph_is_transient() -> None:
     with FakeGraph(TOKEN) as gone:
         url = gone.url
-    meta = MetaSender(access_token=TOKEN, phone_number_id=PHONE_NUMBER_ID, graph_url=url, timeout=2)
+    meta = MetaSender(settings(url), timeout=2)
     with pytest.raises(SendError) as info:
         meta.send(message())
     meta.close()
