@@ -1,0 +1,148 @@
+"""The verify and commands stages as plain functions: real PostgreSQL rows in, a stored reply out."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from shared import verification
+from shared.commands.seed_demo import seed
+from shared.db.pool import transaction
+from shared.sessions import Sessions
+from workers import commands as commands_worker
+from workers import verify as verify_worker
+
+PHONE = "+14155550123"
+_sids = itertools.count(1)
+
+
+def store_inbound(db: psycopg.Connection, text: str, phone: str = PHONE) -> int:
+    """An inbound message as inbound.route stores it: contact, live conversation, message row."""
+    contact = db.execute(
+        "INSERT INTO contacts (phone) VALUES (%s) ON CONFLICT (phone) DO UPDATE SET phone = EXCLUDED.phone"
+        " RETURNING id",
+        (phone,),
+    ).fetchone()["id"]
+    conversation = db.execute(
+        "SELECT id FROM conversations WHERE contact_id = %s AND status <> 'closed'", (contact,)
+    ).fetchone()
+    if conversation is None:
+        conversation = db.execute(
+            "INSERT INTO conversations (contact_id, provider, business_number)"
+            " VALUES (%s, 'twilio', '+14155238886') RETURNING id",
+            (contact,),
+        ).fetchone()
+    return db.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body)"
+        " VALUES (%s, %s, 'in', 'twilio', %s, %s) RETURNING id",
+        (conversation["id"], contact, f"SM{next(_sids):032d}", text),
+    ).fetchone()["id"]
+
+
+def replies(db: psycopg.Connection) -> list[str]:
+    rows = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    return [row["body"] for row in rows]
+
+
+def issue(user_id: uuid.UUID, phone: str = PHONE) -> str:
+    with transaction() as conn:
+        return verification.issue_code(conn, user_id, phone).code
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 10**6:06d}"
+
+
+def test_right_code_links_and_replies(clean: None, db: psycopg.Connection) -> None:
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    message_id = store_inbound(db, f"  verify   {code} ")
+    verify_worker.check_code(message_id)
+    assert replies(db) == ["✅ WhatsApp linked to your account"]
+    assert db.execute("SELECT user_id FROM user_links WHERE phone = %s", (PHONE,)).fetchone()["user_id"] == (
+        user_id
+    )
+    handled = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert handled["handled_at"] is not None
+
+
+def test_replayed_verify_burns_no_attempt_and_sends_one_reply(clean: None, db: psycopg.Connection) -> None:
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    message_id = store_inbound(db, f"VERIFY {wrong(code)}")
+    first = verify_worker.check_code(message_id)
+    second = verify_worker.check_code(message_id)
+    assert first == second
+    assert replies(db) == ["❌ That code is not right. 4 attempts left."]
+    assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 1
+    # A replayed successful VERIFY does not link twice or answer "no pending code".
+    ok = store_inbound(db, f"VERIFY {code}")
+    verify_worker.check_code(ok)
+    verify_worker.check_code(ok)
+    assert replies(db)[1:] == ["✅ WhatsApp linked to your account"]
+
+
+def test_wrong_expired_locked_and_missing_codes_get_clear_replies(
+    clean: None, db: psycopg.Connection
+) -> None:
+    verify_worker.check_code(store_inbound(db, "VERIFY 123456"))
+    assert replies(db)[-1].startswith("There is no pending code for this number.")
+
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    db.execute("UPDATE verification_codes SET expires_at = now() - interval '1 second'")
+    verify_worker.check_code(store_inbound(db, f"VERIFY {code}"))
+    assert replies(db)[-1].startswith("⌛ This code has expired")
+
+    code = issue(user_id)
+    for _ in range(verification.MAX_ATTEMPTS):
+        verify_worker.check_code(store_inbound(db, f"VERIFY {wrong(code)}"))
+    assert replies(db)[-2] == "❌ That code is not right. 1 attempt left."
+    assert replies(db)[-1].startswith("🔒 Too many wrong attempts")
+    verify_worker.check_code(store_inbound(db, f"VERIFY {code}"))
+    assert replies(db)[-1].startswith("🔒 Too many wrong attempts")
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+
+    verify_worker.check_code(store_inbound(db, "VERIFY 12"))
+    assert replies(db)[-1] == "Send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
+
+
+def test_verify_from_a_number_linked_to_someone_else(clean: None, db: psycopg.Connection) -> None:
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    # Both asked for a code for the same number before either verified.
+    issue(owner)
+    other_code = issue(other)
+    with transaction() as conn:
+        conn.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, %s)", (owner, PHONE))
+    verify_worker.check_code(store_inbound(db, f"VERIFY {other_code}"))
+    assert replies(db) == ["⚠️ This number is already linked to another account."]
+
+
+@pytest.fixture
+def sessions(redis_client: redis.Redis) -> Sessions:
+    return Sessions(redis_client, ttl_seconds=1800)
+
+
+def test_commands_for_unlinked_and_linked_numbers(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    seed(PHONE)
+    commands_worker.handle(store_inbound(db, "/project mobile", phone="+14155550999"), sessions)
+    assert replies(db)[-1].startswith("👋 This WhatsApp number is not linked")
+
+    message_id = store_inbound(db, "/project mobile")
+    commands_worker.handle(message_id, sessions)
+    assert replies(db)[-1].startswith("✅ Project: Mobile App")
+    assert 0 < redis_client.ttl("session:" + PHONE) <= 1800
+    assert sessions.load(PHONE)["project_id"]
+
+    # A redelivery of the old /project after a later /clear must not select the project again.
+    commands_worker.handle(store_inbound(db, "/clear"), sessions)
+    count = len(replies(db))
+    commands_worker.handle(message_id, sessions)
+    assert len(replies(db)) == count
+    assert sessions.load(PHONE) == {}

@@ -1,0 +1,56 @@
+"""Queue ``verify``: a WhatsApp ``VERIFY 123456`` message links the sender's phone to the user whose
+pending code it is, and the sender is told what happened (linked, wrong, expired, locked, no code).
+
+Safe to run twice: the outcome is recorded on the inbound message in the transaction that spends the
+attempt (``shared.verification.verify_inbound``), and the reply has the idempotency key
+``reply:<message id>``, so a redelivery re-sends nothing and burns no attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.db.errors import Unavailable
+from shared.db.messages import get_inbound, mark_handled
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.replies import queue_reply
+from shared.verification import reply_text, verify_inbound
+from workers import celery
+
+log = get_logger(__name__)
+
+NO_PHONE_REPLY = (
+    "This chat does not share a phone number with us, so it can't be verified here. "
+    "Link your number in the app instead."
+)
+
+
+def check_code(message_id: int) -> int | None:
+    """Check the code in inbound message ``message_id`` and queue the reply; return the reply's id."""
+    record = get_inbound(message_id)
+    if record.phone is None:
+        return queue_reply(message_id, NO_PHONE_REPLY)
+    result = verify_inbound(message_id, record.phone, record.body)
+    if result is None:
+        log.warning("verify: inbound message not found")
+        return None
+    log.info("verify outcome", outcome=result.outcome.value, user_id=str(result.user_id or ""))
+    reply_id = queue_reply(message_id, reply_text(result))
+    with transaction() as conn:
+        mark_handled(conn, message_id)
+    return reply_id
+
+
+@celery.task(
+    name="verify.check_code",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Unavailable,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def check_code_task(self: Any, message_id: int) -> None:
+    check_code(message_id)
