@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     meta_graph_url: str = _env("META_GRAPH_URL", default="https://graph.facebook.com/v21.0")
 
     kapso_webhook_secret: SecretStr | None = _env("KAPSO_WEBHOOK_SECRET", default=None)
+    kapso_api_key: SecretStr | None = _env("KAPSO_API_KEY", default=None)
+    # Kapso's Meta-compatible proxy (https://docs.kapso.ai/docs/how-to/whatsapp/use-meta-proxy).
+    kapso_api_url: str = _env("KAPSO_API_URL", default="https://api.kapso.ai/meta/whatsapp/v24.0")
+    kapso_phone_number_id: str | None = _env("KAPSO_PHONE_NUMBER_ID", default=None)
 
     ai: AIBackend | None = _env("WAPIPE_AI", default=None)
     openai_api_key: SecretStr | None = _env("OPENAI_API_KEY", default=None)

@@ -48,8 +48,9 @@ def graph_error(code: int, message: str, *, status: int = 400, details: str = ""
 class FakeGraph:
     """Start with ``with FakeGraph(token) as graph:``; ``graph.url`` is the base to put in META_GRAPH_URL."""
 
-    def __init__(self, token: str, version: str = "v21.0") -> None:
+    def __init__(self, token: str, version: str = "v21.0", *, api_key: bool = False) -> None:
         self.token = token
+        self.api_key = api_key  # Kapso's proxy: the token travels as X-API-Key instead of a bearer
         self.version = version
         self.received: list[Received] = []
         self._script: deque[Scripted] = deque()
@@ -98,7 +99,12 @@ class FakeGraph:
         with self._lock:
             self.received.append(Received("POST", path, headers, body))
             scripted = self._script.popleft() if self._script else None
-        if headers.get("Authorization") != f"Bearer {self.token}":
+        authorized = (
+            headers.get("X-API-Key") == self.token
+            if self.api_key
+            else headers.get("Authorization") == f"Bearer {self.token}"
+        )
+        if not authorized:
             return 401, graph_error(190, "Invalid OAuth access token.", status=401), {}
         if scripted is not None:
             return scripted.status, scripted.body, scripted.headers

@@ -43,23 +43,23 @@ PERMANENT = frozenset(
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class MetaSender:
-    """The :class:`shared.providers.base.Sender` for the WhatsApp Cloud API."""
+class CloudApiSender:
+    """A :class:`shared.providers.base.Sender` for any endpoint speaking the Cloud API's messages call."""
 
     name = "meta"
 
     def __init__(
-        self, settings: Settings, *, timeout: float = 10.0, client: httpx.Client | None = None
+        self,
+        *,
+        base_url: str,
+        phone_number_id: str,
+        headers: dict[str, str],
+        timeout: float = 10.0,
+        client: httpx.Client | None = None,
     ) -> None:
-        if not settings.meta_access_token or not settings.meta_phone_number_id:
-            raise SendError(
-                "not_configured", "META_ACCESS_TOKEN and META_PHONE_NUMBER_ID are required", permanent=True
-            )
-        self._phone_number_id = settings.meta_phone_number_id
-        self._graph_url = settings.meta_graph_url.rstrip("/")
-        self._client = client or _pooled_client(
-            timeout, {"Authorization": f"Bearer {settings.meta_access_token.get_secret_value()}"}
-        )
+        self._phone_number_id = phone_number_id
+        self._graph_url = base_url.rstrip("/")
+        self._client = client or _pooled_client(timeout, headers)
 
     def close(self) -> None:
         self._client.close()
@@ -101,6 +101,27 @@ class MetaSender:
             raise SendError(
                 "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
             ) from None
+
+
+class MetaSender(CloudApiSender):
+    """Meta's own Graph API, authenticated with the system user's bearer token."""
+
+    name = "meta"
+
+    def __init__(
+        self, settings: Settings, *, timeout: float = 10.0, client: httpx.Client | None = None
+    ) -> None:
+        if not settings.meta_access_token or not settings.meta_phone_number_id:
+            raise SendError(
+                "not_configured", "META_ACCESS_TOKEN and META_PHONE_NUMBER_ID are required", permanent=True
+            )
+        super().__init__(
+            base_url=settings.meta_graph_url,
+            phone_number_id=settings.meta_phone_number_id,
+            headers={"Authorization": f"Bearer {settings.meta_access_token.get_secret_value()}"},
+            timeout=timeout,
+            client=client,
+        )
 
 
 def _pooled_client(timeout: float, headers: dict[str, str]) -> httpx.Client:
