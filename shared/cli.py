@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("shared.commands.chat", "chat with the running service as a WhatsApp user would"),
     "parse-proposal": ("shared.commands.parse_proposal", "print the proposal a text becomes, as JSON"),
     "dlq": ("shared.commands.dlq", "list and replay dead letters"),
+    "down": ("shared.commands.down", "stop the embedded PostgreSQL and Valkey that `wapipe up` left running"),
 }
 
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             subparsers.add_parser(name, help=summary, add_help=False)
     args = parser.parse_args(argv)
     try:
+        # Unset server URLs come from a running `wapipe up`'s embedded servers in the data folder.
+        from shared.embedded import use_data_dir_servers
+
+        use_data_dir_servers(getattr(args, "data_dir", None))
         return int(args._run(args) or 0)
     except SettingsError as exc:
         print(f"wapipe: {exc}", file=sys.stderr)

@@ -73,7 +73,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _render_stdlib_message,
-        structlog.processors.format_exc_info if as_json else _noop,
+        # Tracebacks become text before scrubbing in both formats: exception messages carry phone numbers.
+        structlog.processors.format_exc_info,
         scrub_processor,
     ]
     renderer: Any = (

@@ -1,0 +1,20 @@
+"""``wapipe down``: stop the embedded PostgreSQL and Valkey that ``wapipe up`` left running."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared import embedded
+
+HELP = "Stop the embedded servers of the data folder (their data stays; the next `wapipe up` reuses it)."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+
+
+def run(args: argparse.Namespace) -> int:
+    folder = embedded.resolve_data_dir(args.data_dir)
+    stopped = embedded.stop(folder)
+    print(f"stopped {' and '.join(stopped)} in {folder}" if stopped else f"nothing running in {folder}")
+    return 0

@@ -1,0 +1,144 @@
+"""``wapipe up``: everything on this machine, supervised: ingress, a worker per queue group, beat.
+
+With no ``WAPIPE_DATABASE_URL`` / ``WAPIPE_REDIS_URL`` it starts (or reuses) the embedded PostgreSQL and
+Valkey under the data folder first; they keep running after ``wapipe up`` exits, until ``wapipe down``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+from shared import embedded
+from shared.supervisor import ChildSpec, Supervisor
+
+HELP = (
+    "Run the ingress, the Celery workers for every queue and beat, supervised, on this machine. With no "
+    "database/Redis URL set, embedded PostgreSQL and Valkey are started under the data folder (they keep "
+    "running afterwards; `wapipe down` stops them)."
+)
+UP_FILE = "up.json"
+
+# (queues, processes) per worker: a small footprint for a 2-core laptop. Fast queues share one pool;
+# notify and status carry the outbound volume; the slow queues get prefetch 1 (see wapipe worker).
+WORKER_GROUPS: tuple[tuple[str, int], ...] = (
+    ("inbound,verify,commands,flows", 2),
+    ("notify,status", 2),
+    ("ai,persist,maintenance", 2),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8000, help="ingress port on 127.0.0.1 (default 8000)")
+    parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def running_up(folder: Path) -> dict[str, object] | None:
+    """What a live ``wapipe up`` on this data folder recorded (its pid, local and public URLs)."""
+    try:
+        info = json.loads((folder / UP_FILE).read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def child_specs(port: int, web_workers: int) -> list[ChildSpec]:
+    cli = [sys.executable, "-m", "shared.cli"]
+    specs = [ChildSpec("web", [*cli, "web", "--port", str(port), "--workers", str(web_workers)])]
+    for queues, processes in WORKER_GROUPS:
+        specs.append(
+            ChildSpec(f"worker {queues}", [*cli, "worker", "-Q", queues, "--concurrency", str(processes)])
+        )
+    specs.append(ChildSpec("beat", [*cli, "beat"]))
+    return specs
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared.db.migrate import migrate
+    from shared.settings import get_settings
+
+    folder = embedded.resolve_data_dir(args.data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[embedded.DATA_DIR_VAR] = str(folder)
+    other = running_up(folder)
+    if other is not None:
+        print(
+            f"wapipe up: already running for {folder} (pid {other['pid']}, {other.get('url')})",
+            file=sys.stderr,
+        )
+        return 1
+    if not _port_free(args.port):
+        print(
+            f"wapipe up: port {args.port} on 127.0.0.1 is taken; choose another with --port", file=sys.stderr
+        )
+        return 1
+
+    explicit = embedded.explicit_urls()
+    want_pg = embedded.DATABASE_URL_VAR not in explicit
+    want_redis = embedded.REDIS_URL_VAR not in explicit
+    if want_pg or want_redis:
+        print(f"wapipe up: embedded servers in {folder} ...", flush=True)
+        try:
+            servers = embedded.start(folder, postgres=want_pg, redis=want_redis)
+        except embedded.EmbeddedError as exc:
+            print(f"wapipe up: {exc}", file=sys.stderr)
+            return 1
+        if want_pg and servers.database_url:
+            os.environ[embedded.DATABASE_URL_VAR] = servers.database_url
+        if want_redis and servers.redis_url:
+            os.environ[embedded.REDIS_URL_VAR] = servers.redis_url
+    local_url = f"http://127.0.0.1:{args.port}"
+    os.environ.setdefault("WAPIPE_PUBLIC_URL", local_url)
+    if not os.environ.get("TWILIO_AUTH_TOKEN"):
+        # Webhooks are always signed, even on a laptop: `wapipe chat` signs with this dev token.
+        os.environ["TWILIO_AUTH_TOKEN"] = embedded.secret(folder, "twilio_auth_token")
+    get_settings.cache_clear()
+    settings = get_settings()  # a bad setting stops us here, naming the variable
+
+    applied = migrate(settings.database_url or "")
+    print(
+        f"wapipe up: migrations {'applied: ' + ', '.join(applied) if applied else 'up to date'}", flush=True
+    )
+
+    up_file = folder / UP_FILE
+    up_file.write_text(
+        json.dumps({"pid": os.getpid(), "url": local_url, "public_url": settings.public_url}),
+        encoding="utf-8",
+    )
+    data_flag = "" if args.data_dir is None else f" --data-dir {folder}"
+    servers_note = ""
+    if want_pg or want_redis:
+        servers_note = f" The embedded servers keep running; `wapipe down{data_flag}` stops them."
+    print(
+        f"""
+wapipe is running at {local_url}  (health: {local_url}/healthz, metrics: {local_url}/metrics)
+  provider: {settings.active_provider.value} (outbound messages are printed here with the console provider)
+  mode: {settings.mode.value}, data folder: {folder}
+
+Try it, in another terminal:
+  wapipe chat --from +15551234567{data_flag}   # talk to the bot as a WhatsApp user
+  wapipe seed-demo{data_flag}                  # demo users, workspaces and projects
+
+Ctrl-C stops wapipe.{servers_note}
+""",
+        flush=True,
+    )
+    try:
+        return Supervisor(child_specs(args.port, args.web_workers), os.environ).run()
+    finally:
+        up_file.unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""A small process supervisor for ``wapipe up``: start children, restart the ones that die, stop them all.
+
+Each child runs in its own session (so a Ctrl-C at the terminal reaches only the supervisor, which then
+stops the children in order instead of every process at once) and gets SIGTERM from the kernel if the
+supervisor itself dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``wapipe up`` leaves no orphans either.
+Stopping sends SIGTERM to each child's whole process group (gunicorn and Celery then stop their own
+workers gracefully), waits, and escalates to SIGKILL for whatever is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TextIO
+
+_PR_SET_PDEATHSIG = 1
+RESTART_BACKOFF_START = 1.0
+RESTART_BACKOFF_MAX = 30.0
+# A child that ran this long before dying is restarted at once: it was healthy, not crash-looping.
+HEALTHY_AFTER_SECONDS = 30.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the supervisor dies, however it dies."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: Ctrl-C/SIGTERM handling still stops everything
+        pass
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One supervised program: a name for messages and its argv."""
+
+    name: str
+    argv: Sequence[str]
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_START
+    restart_at: float | None = None
+    restarts: int = field(default=0)
+
+
+class Supervisor:
+    """Runs the children until SIGINT/SIGTERM/SIGHUP, restarting any that exit unexpectedly."""
+
+    def __init__(
+        self,
+        specs: Sequence[ChildSpec],
+        env: Mapping[str, str],
+        *,
+        stop_timeout: float = 20.0,
+        out: TextIO = sys.stderr,
+    ) -> None:
+        self._children = [_Child(spec) for spec in specs]
+        self._env = dict(env)
+        self._stop_timeout = stop_timeout
+        self._out = out
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self._children if c.process is not None and c.process.poll() is None]
+
+    def _say(self, text: str) -> None:
+        print(f"wapipe up: {text}", file=self._out, flush=True)
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        if not self._stopping:
+            self._say(f"{signal.Signals(signum).name} received, stopping")
+        self._stopping = True
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = subprocess.Popen(  # noqa: S603 - argv from ChildSpec, built by wapipe up
+            list(child.spec.argv),
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # safe: the supervisor runs no threads
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def run(self) -> int:
+        """Start everything, supervise until asked to stop, stop everything; return 0."""
+        previous = {
+            sig: signal.signal(sig, self._request_stop)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
+        try:
+            for child in self._children:
+                if self._stopping:
+                    break
+                self._spawn(child)
+            while not self._stopping:
+                self._check(time.monotonic())
+                time.sleep(0.2)
+        finally:
+            self.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _check(self, now: float) -> None:
+        for child in self._children:
+            if child.process is not None and child.process.poll() is not None:
+                code = child.process.returncode
+                ran = now - child.started_at
+                if ran >= HEALTHY_AFTER_SECONDS:
+                    child.backoff = RESTART_BACKOFF_START
+                self._reap_group(child.process.pid)
+                child.process = None
+                child.restart_at = now + child.backoff
+                self._say(f"{child.spec.name} exited with {code}; restarting in {child.backoff:.0f}s")
+                child.backoff = min(child.backoff * 2, RESTART_BACKOFF_MAX)
+            elif child.process is None and child.restart_at is not None and now >= child.restart_at:
+                child.restarts += 1
+                self._spawn(child)
+
+    @staticmethod
+    def _reap_group(pgid: int) -> None:
+        """Kill what a dead child left in its process group (e.g. a pool process that outlived it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        """SIGTERM every child's process group, wait, then SIGKILL what remains."""
+        running = [c.process for c in self._children if c.process is not None]
+        for process in running:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_timeout
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._say(f"pid {process.pid} did not stop in {self._stop_timeout:.0f}s; killing it")
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            # The leader is gone; anything still in its group is an orphaned worker.
+            self._reap_group(process.pid)
+        for child in self._children:
+            child.process = None

@@ -1,0 +1,129 @@
+"""The embedded default: PostgreSQL and Valkey under a data folder, detached, reused, stoppable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from shared import embedded
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "var"
+    yield folder
+    embedded.stop(folder)
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_start_connect_reuse_stop_and_keep_data(data_dir: Path) -> None:
+    servers = embedded.start(data_dir)
+    assert servers.database_url
+    assert servers.redis_url
+    with psycopg.connect(servers.database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (note text)")
+        conn.execute("INSERT INTO kept VALUES ('still here')")
+    broker = redis.Redis.from_url(servers.redis_url)
+    # The append-only file is the broker's durability (deploy/README.md).
+    assert broker.config_get("appendonly") == {"appendonly": "yes"}
+    broker.set("queued", "task")
+
+    # Listening on loopback only, on ports chosen free, under a password.
+    state = embedded.read_state(data_dir)
+    for name in ("postgres", "valkey"):
+        listening = {
+            conn.laddr.ip
+            for conn in psutil.Process(state[name]["pid"]).net_connections(kind="tcp")
+            if conn.status == psutil.CONN_LISTEN
+        }
+        assert listening == {"127.0.0.1"}
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=state["valkey"]["port"]).set("x", "y")
+    assert (data_dir / "servers.json").stat().st_mode & 0o077 == 0
+
+    # A second start reuses the running servers (same processes), as a second `wapipe up` does.
+    assert embedded.start(data_dir) == servers
+    assert embedded.read_state(data_dir) == state
+    assert embedded.discover(data_dir) == servers
+
+    assert embedded.stop(data_dir) == ["postgres", "valkey"]
+    assert embedded.discover(data_dir) == embedded.Servers()
+    for name in ("postgres", "valkey"):
+        assert not psutil.pid_exists(state[name]["pid"])
+
+    # Started again, both have kept their data: the table, and the key through the append-only file.
+    again = embedded.start(data_dir)
+    with psycopg.connect(again.database_url or "") as conn:
+        assert conn.execute("SELECT note FROM kept").fetchall() == [("still here",)]
+    assert redis.Redis.from_url(again.redis_url or "").get("queued") == b"task"
+
+
+def test_stale_pid_state_is_cleared_on_start(data_dir: Path) -> None:
+    embedded.start(data_dir)
+    state = embedded.read_state(data_dir)
+    embedded.stop(data_dir)
+    # As after a crash or a reboot: pid files and state naming processes that are gone.
+    gone = _dead_pid()
+    pgdata = data_dir / "postgres"
+    (pgdata / "postmaster.pid").write_text(
+        f"{gone}\n{pgdata}\n1700000000\n{state['postgres']['port']}\n\n127.0.0.1\n  1 2\nready   \n"
+    )
+    (data_dir / "valkey" / "valkey.pid").write_text(f"{gone}\n")
+    for name in ("postgres", "valkey"):
+        state[name]["pid"] = gone
+    (data_dir / "servers.json").write_text(json.dumps(state))
+
+    assert embedded.discover(data_dir) == embedded.Servers()
+    servers = embedded.start(data_dir)
+    with psycopg.connect(servers.database_url or "") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert redis.Redis.from_url(servers.redis_url or "").ping()
+    assert embedded.read_state(data_dir)["postgres"]["pid"] != gone
+
+
+def test_commands_find_the_servers_through_the_data_folder(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "_explicit_urls", None)
+    servers = embedded.start(data_dir, postgres=False)
+    assert servers.database_url is None
+    monkeypatch.setenv("WAPIPE_DATABASE_URL", "postgresql://explicit@127.0.0.1:1/x")
+    monkeypatch.delenv("WAPIPE_REDIS_URL")
+    monkeypatch.setenv("WAPIPE_DATA_DIR", "/nonexistent")
+
+    found = embedded.use_data_dir_servers(data_dir)
+
+    # The unset URL is filled in; the one set explicitly wins.
+    assert found == {"WAPIPE_REDIS_URL": servers.redis_url}
+    assert os.environ["WAPIPE_REDIS_URL"] == servers.redis_url
+    assert os.environ["WAPIPE_DATABASE_URL"] == "postgresql://explicit@127.0.0.1:1/x"
+    assert os.environ["WAPIPE_DATA_DIR"] == str(data_dir)
+    assert embedded.explicit_urls() == {"WAPIPE_DATABASE_URL"}
+
+    # `wapipe down` stops them.
+    env = {**os.environ}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "down", "--data-dir", str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valkey" in result.stdout
+    assert embedded.discover(data_dir) == embedded.Servers()

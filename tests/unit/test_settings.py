@@ -1,0 +1,84 @@
+"""A missing or invalid setting fails at start with a message naming the environment variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import ProviderName, SettingsError, load_settings
+
+PROVIDER_VARS = (
+    "WAPIPE_PROVIDER",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_WHATSAPP_NUMBER",
+    "META_ACCESS_TOKEN",
+    "META_PHONE_NUMBER_ID",
+)
+
+
+@pytest.fixture(autouse=True)
+def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROVIDER_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("WAPIPE_SEND_RATE", "5000"),
+        ("WAPIPE_SEND_RATE", "fast"),
+        ("WAPIPE_DEFAULT_REGION", "XX"),
+        ("WAPIPE_PUBLIC_URL", "ftp://example.com"),
+        ("WAPIPE_MODE", "chaos"),
+        ("WAPIPE_MAX_BODY_BYTES", "0"),
+    ],
+)
+def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+def test_twilio_provider_without_credentials_names_each_missing_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WAPIPE_PROVIDER", "twilio")
+    monkeypatch.setenv("TWILIO_ACCOUNT_SID", "AC" + "1" * 32)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "TWILIO_AUTH_TOKEN" in message
+    assert "TWILIO_WHATSAPP_NUMBER" in message
+    assert "TWILIO_ACCOUNT_SID" not in message
+
+
+def test_defaults_work_with_no_provider_credentials() -> None:
+    settings = load_settings()
+    assert settings.active_provider == ProviderName.console
+    assert settings.default_region == "US"
+
+
+def test_region_is_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAPIPE_DEFAULT_REGION", "co")
+    assert load_settings().default_region == "CO"
+
+
+def test_wapipe_migrate_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key not in PROVIDER_VARS}
+    env.update({"WAPIPE_SEND_RATE": "5000", "WAPIPE_DATA_DIR": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "WAPIPE_SEND_RATE" in result.stderr
+    assert "Traceback" not in result.stderr
