@@ -50,6 +50,9 @@ def _alive(pid: int) -> bool:
 
 def gunicorn_argv(host: str, port: int, workers: int) -> list[str]:
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers)]
+    # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl): two web
+    # processes on one machine would fight over it, and nothing of ours uses it.
+    argv.append("--no-control-socket")
     # H2's config module wires prometheus multiprocess mode and logging; used when present.
     if importlib.util.find_spec("ingress.gunicorn_conf") is not None:
         argv += ["--config", "python:ingress.gunicorn_conf"]

@@ -82,3 +82,15 @@ def test_wapipe_migrate_exits_2_naming_the_variable(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "WAPIPE_SEND_RATE" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_variable() -> None:
+    from shared.settings import Settings
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    undocumented = [
+        field.validation_alias
+        for field in Settings.model_fields.values()
+        if f"| `{field.validation_alias}` |" not in readme
+    ]
+    assert undocumented == []
