@@ -1,0 +1,164 @@
+"""/api/v1/links: codes for the host application, verification by code, masked lookups, unlinking."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import psycopg
+import pytest
+from flask.testing import FlaskClient
+
+from ingress import create_app
+from shared.settings import load_settings
+
+KEY = "test-api-key-1"
+AUTH = {"X-API-Key": KEY}
+USER = str(uuid.uuid4())
+PHONE = "+14155550123"  # a valid (assigned-range) US number: strict validation accepts it
+
+
+@pytest.fixture
+def client(db: psycopg.Connection) -> FlaskClient:
+    settings = load_settings(api_keys=f"other-key,{KEY}", twilio_whatsapp_number="whatsapp:+14155238886")
+    return create_app(settings).test_client()
+
+
+def create(client: FlaskClient, user_id: str = USER, phone: str = PHONE) -> dict:
+    response = client.post("/api/v1/links", json={"user_id": user_id, "phone": phone}, headers=AUTH)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_create_returns_the_code_and_the_message_to_send(client: FlaskClient, db: psycopg.Connection) -> None:
+    response = client.post("/api/v1/links", json={"user_id": USER, "phone": "(415) 555-0123"}, headers=AUTH)
+    assert response.status_code == 201
+    assert response.headers["Cache-Control"] == "no-store"
+    body = response.get_json()
+    assert set(body) == {"code", "expiresAt", "whatsappNumber", "message"}
+    assert re.fullmatch(r"\d{6}", body["code"])
+    assert body["message"] == f"Send this message to WhatsApp:\n\nVERIFY {body['code']}"
+    assert body["whatsappNumber"] == "+14155238886"
+    assert body["expiresAt"].endswith("Z")
+    # The user is recorded on first sight; the phone is stored in E.164, the code only as a hash.
+    row = db.execute("SELECT phone, code_hash FROM verification_codes WHERE user_id = %s", (USER,)).fetchone()
+    assert row["phone"] == PHONE
+    assert body["code"].encode() not in bytes(row["code_hash"])
+    assert db.execute("SELECT count(*) AS n FROM users WHERE id = %s", (USER,)).fetchone()["n"] == 1
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}], ids=["missing", "wrong", "empty"]
+)
+def test_every_route_needs_a_valid_key(client: FlaskClient, headers: dict[str, str]) -> None:
+    calls = [
+        client.post("/api/v1/links", json={"user_id": USER, "phone": PHONE}, headers=headers),
+        client.post("/api/v1/links/verify", json={"phone": PHONE, "code": "123456"}, headers=headers),
+        client.get(f"/api/v1/links/{USER}", headers=headers),
+        client.delete(f"/api/v1/links/{USER}", headers=headers),
+    ]
+    for response in calls:
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "not-a-uuid", "phone": PHONE}, "user_id"),
+        ({"phone": PHONE}, "user_id"),
+        ({"user_id": USER, "phone": "12"}, "phone"),
+        ({"user_id": USER, "phone": "+1 555 123 4567"}, "phone"),  # possible but unassigned: strict refuses
+        ({"user_id": USER}, "phone"),
+        ([], "body"),
+    ],
+)
+def test_create_rejects_bad_bodies_with_422_naming_the_field(
+    client: FlaskClient, db: psycopg.Connection, body: object, field: str
+) -> None:
+    response = client.post("/api/v1/links", json=body, headers=AUTH)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"].startswith(f"{field}:")
+    assert db.execute("SELECT count(*) AS n FROM verification_codes").fetchone()["n"] == 0
+
+
+def test_phone_linked_to_another_user_is_409(client: FlaskClient) -> None:
+    code = create(client)["code"]
+    assert (
+        client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH).status_code
+        == 200
+    )
+    response = client.post("/api/v1/links", json={"user_id": str(uuid.uuid4()), "phone": PHONE}, headers=AUTH)
+    assert response.status_code == 409
+    assert response.get_json()["error"]["message"] == "Phone number already linked to another account"
+
+
+def test_verify_then_get_shows_the_masked_phone(client: FlaskClient) -> None:
+    pending = client.get(f"/api/v1/links/{USER}", headers=AUTH)
+    assert pending.status_code == 404
+    code = create(client)["code"]
+    before = client.get(f"/api/v1/links/{USER}", headers=AUTH).get_json()
+    assert before == {"phone": "+*******0123", "verified": False, "linkedAt": None}
+
+    bad = client.post(
+        "/api/v1/links/verify",
+        json={"phone": PHONE, "code": "000000" if code != "000000" else "111111"},
+        headers=AUTH,
+    )
+    assert bad.status_code == 400
+    assert bad.get_json()["error"]["message"] == "The code is not right; 4 attempts left"
+    ok = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH)
+    assert ok.status_code == 200
+    assert ok.get_json()["status"] == "linked"
+    assert ok.get_json()["userId"] == USER
+
+    after = client.get(f"/api/v1/links/{USER}", headers=AUTH).get_json()
+    assert after["phone"] == "+*******0123"
+    assert after["verified"] is True
+    assert after["linkedAt"].endswith("Z")
+    assert PHONE not in str(after)
+
+
+def test_verify_errors(client: FlaskClient, db: psycopg.Connection) -> None:
+    none = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": "123456"}, headers=AUTH)
+    assert none.status_code == 404
+    assert none.get_json()["error"]["code"] == "no_pending_code"
+    malformed = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": "12ab56"}, headers=AUTH)
+    assert malformed.status_code == 422
+    assert malformed.get_json()["error"]["message"].startswith("code:")
+
+    code = create(client)["code"]
+    db.execute("UPDATE verification_codes SET expires_at = now() - interval '1 second'")
+    expired = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH)
+    assert expired.status_code == 410
+
+    code = create(client)["code"]
+    wrong = f"{(int(code) + 1) % 10**6:06d}"
+    for _ in range(5):
+        client.post("/api/v1/links/verify", json={"phone": PHONE, "code": wrong}, headers=AUTH)
+    locked = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH)
+    assert locked.status_code == 429
+    assert locked.get_json()["error"]["code"] == "code_locked"
+
+
+def test_delete_unlinks(client: FlaskClient, db: psycopg.Connection) -> None:
+    assert client.delete(f"/api/v1/links/{USER}", headers=AUTH).status_code == 404
+    code = create(client)["code"]
+    client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH)
+    response = client.delete(f"/api/v1/links/{USER}", headers=AUTH)
+    assert response.status_code == 204
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+    assert client.get(f"/api/v1/links/{USER}", headers=AUTH).status_code == 404
+    # The number is free again for another user.
+    create(client, user_id=str(uuid.uuid4()))
+
+
+def test_non_uuid_path_is_422(client: FlaskClient) -> None:
+    for response in (
+        client.get("/api/v1/links/nope", headers=AUTH),
+        client.delete("/api/v1/links/nope", headers=AUTH),
+    ):
+        assert response.status_code == 422
+        assert response.get_json()["error"]["message"].startswith("user_id:")
