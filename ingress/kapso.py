@@ -1,0 +1,136 @@
+"""``/webhooks/kapso``: Kapso's signed v2 webhooks, single or batched.
+
+``X-Webhook-Signature`` (hex HMAC-SHA256 of the raw body) is checked first. The event name comes from
+``X-Webhook-Event``; a batch (``X-Webhook-Batch: true`` / ``{"batch": true, "data": [...]}``) fans out to
+one canonical event per item, all enqueued in one atomic publish with per-message dedupe keys.
+``X-Idempotency-Key`` additionally marks the whole delivery as done once it is enqueued, so a redelivery
+is acknowledged without even re-parsing. Kapso wants its 200 within 10 seconds: this is a few Redis
+round trips at most.
+https://docs.kapso.ai/docs/platform/webhooks/overview
+https://docs.kapso.ai/docs/platform/webhooks/security
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, jsonify, request
+
+from ingress.enqueue import enqueue_events
+from ingress.errors import api_error
+from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
+from ingress.state import current_publisher, current_settings
+from shared.logging import get_logger
+from shared.providers.kapso import signature
+from shared.wire.kapso import parse_delivery
+
+log = get_logger(__name__)
+
+bp = Blueprint("kapso", __name__, url_prefix="/webhooks/kapso")
+
+PROVIDER = "kapso"
+EVENT_HEADER = "X-Webhook-Event"
+BATCH_HEADER = "X-Webhook-Batch"
+IDEMPOTENCY_HEADER = "X-Idempotency-Key"
+# As long as the per-message dedupe keys live (shared.queues.Publisher.DEDUPE_TTL_SECONDS).
+DELIVERY_TTL_SECONDS = 7 * 24 * 3600
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def delivery_key(idempotency_key: str) -> str:
+    return f"seen-delivery:{PROVIDER}:{idempotency_key}"
+
+
+@bp.post("")
+def receive() -> Any:
+    settings = current_settings()
+    raw = request.get_data(cache=True)
+    if not settings.insecure_skip_signatures:
+        refusal = _signature_refusal(raw)
+        if refusal is not None:
+            SIGNATURE_FAILURES.labels(PROVIDER).inc()
+            WEBHOOKS.labels(PROVIDER, "unknown", "forbidden").inc()
+            return refusal
+
+    idempotency_key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()[:MAX_IDEMPOTENCY_KEY]
+    if idempotency_key and _delivery_seen(idempotency_key):
+        WEBHOOKS.labels(PROVIDER, "unknown", "duplicate").inc()
+        DUPLICATES.labels(PROVIDER).inc()
+        return jsonify({"status": "ok", "duplicate": True})
+
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _malformed("malformed_json", "body is not valid JSON")
+    if not isinstance(body, dict):
+        return _malformed("malformed_payload", "body must be a JSON object")
+    event = request.headers.get(EVENT_HEADER)
+    try:
+        parsed = parse_delivery(
+            body, event, batch_header=request.headers.get(BATCH_HEADER), region=settings.default_region
+        )
+    except ValueError as exc:
+        return _malformed("malformed_payload", str(exc))
+    if parsed.skipped:
+        WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc(parsed.skipped)
+
+    outcome = enqueue_events(PROVIDER, parsed.messages, parsed.statuses)
+    if idempotency_key:
+        _mark_delivery(idempotency_key)
+    log.info(
+        "kapso.webhook_accepted",
+        kapso_event=event,
+        messages=len(parsed.messages),
+        statuses=len(parsed.statuses),
+        ignored=parsed.ignored,
+        duplicates=outcome.duplicates,
+    )
+    return jsonify({"status": "ok"})
+
+
+def _delivery_seen(key: str) -> bool:
+    """Whether this delivery was fully enqueued before. Without Redis the publish will answer 503."""
+    publisher = current_publisher()
+    if publisher is None:
+        return False
+    try:
+        return bool(publisher.redis.exists(delivery_key(key)))
+    except redis.RedisError as exc:
+        log.warning("kapso.idempotency_check_failed", error_type=type(exc).__name__)
+        return False  # per-message dedupe still guards the publish that follows
+
+
+def _mark_delivery(key: str) -> None:
+    """Set only after the publish succeeded, so a delivery that got a 503 is processed on its retry."""
+    publisher = current_publisher()
+    if publisher is None:
+        return
+    try:
+        publisher.redis.set(delivery_key(key), "1", ex=DELIVERY_TTL_SECONDS)
+    except redis.RedisError as exc:
+        # The events are enqueued; a redelivery is still deduped message by message.
+        log.warning("kapso.idempotency_mark_failed", error_type=type(exc).__name__)
+
+
+def _signature_refusal(raw: bytes) -> Response | None:
+    settings = current_settings()
+    secret = settings.kapso_webhook_secret.get_secret_value() if settings.kapso_webhook_secret else None
+    if secret is None:
+        return api_error(
+            403, "signature_unverifiable", "KAPSO_WEBHOOK_SECRET is not set: signatures cannot be verified"
+        )
+    header = request.headers.get(signature.HEADER)
+    if not header:
+        return api_error(403, "signature_missing", f"missing {signature.HEADER} header")
+    if not signature.is_valid(secret, raw, header):
+        log.warning("kapso.signature_invalid")
+        return api_error(403, "signature_invalid", f"{signature.HEADER} does not match this request")
+    return None
+
+
+def _malformed(code: str, message: str) -> Response:
+    WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
+    log.info("kapso.malformed_webhook", reason=message)
+    return api_error(400, code, message)
