@@ -1,0 +1,198 @@
+"""Due dates in English and Spanish, resolved against the day the message was sent.
+
+Rules (``shared/data/proposals-dev.md``): today/hoy; tomorrow/mañana (+1); "in N days"/"en N días" (+N);
+a weekday name, with or without by/on/next/para el/el/Deadline:, is its next occurrence strictly after
+today; end of month/fin de mes is the month's last day; an ISO date as written; "Dec 15"/"15 de
+diciembre" is that day this year, or next year once it has passed. Patterns run on folded text
+(lower-case, no accents) and each match's span includes its lead-in words ("by", "para el", ...), so
+removing the span from a title leaves no dangling preposition.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+WEEKDAYS = {
+    "monday": 0, "mon": 0, "lunes": 0,
+    "tuesday": 1, "tue": 1, "tues": 1, "martes": 1,
+    "wednesday": 2, "wed": 2, "miercoles": 2,
+    "thursday": 3, "thu": 3, "thur": 3, "thurs": 3, "jueves": 3,
+    "friday": 4, "fri": 4, "viernes": 4,
+    "saturday": 5, "sat": 5, "sabado": 5,
+    "sunday": 6, "sun": 6, "domingo": 6,
+}  # fmt: skip
+_ABBREVIATED_DAYS = {"mon", "tue", "tues", "wed", "thu", "thur", "thurs", "fri", "sat", "sun"}
+
+MONTHS = {
+    "january": 1, "jan": 1, "enero": 1, "ene": 1,
+    "february": 2, "feb": 2, "febrero": 2,
+    "march": 3, "mar": 3, "marzo": 3,
+    "april": 4, "apr": 4, "abril": 4, "abr": 4,
+    "may": 5, "mayo": 5,
+    "june": 6, "jun": 6, "junio": 6,
+    "july": 7, "jul": 7, "julio": 7,
+    "august": 8, "aug": 8, "agosto": 8, "ago": 8,
+    "september": 9, "sep": 9, "sept": 9, "septiembre": 9, "setiembre": 9,
+    "october": 10, "oct": 10, "octubre": 10,
+    "november": 11, "nov": 11, "noviembre": 11,
+    "december": 12, "dec": 12, "diciembre": 12, "dic": 12,
+}  # fmt: skip
+
+_NUMBER_WORDS = {
+    "a": 1, "an": 1, "one": 1, "un": 1, "uno": 1, "una": 1, "two": 2, "dos": 2, "three": 3, "tres": 3,
+    "four": 4, "cuatro": 4, "five": 5, "cinco": 5, "six": 6, "seis": 6, "seven": 7, "siete": 7,
+    "eight": 8, "ocho": 8, "nine": 9, "nueve": 9, "ten": 10, "diez": 10, "fourteen": 14, "catorce": 14,
+    "fifteen": 15, "quince": 15, "twenty": 20, "veinte": 20, "thirty": 30, "treinta": 30,
+}  # fmt: skip
+
+# Lead-in words that say "this is a deadline"; they belong to the date's span.
+_LEAD = (
+    r"(?:(?:by|on|due|due\s+(?:on|by)|before|until|till|for|no\s+later\s+than|"
+    r"deadline\s*[:\-]?|due\s+date\s*[:\-]?|fecha(?:\s+(?:limite|de\s+entrega))?\s*[:\-]?|plazo\s*[:\-]?|"
+    r"entrega\s*[:\-]?|para|para\s+el|antes\s+del?|hasta(?:\s+el)?|a\s+mas\s+tardar(?:\s+el)?|el|del|"
+    r"el\s+dia|this|next|proximo|el\s+proximo|este|esta)\s+)*"
+)
+# A time of day after a date is part of the deadline, not of the title ("tomorrow at 3pm").
+_TIME_OF_DAY = (
+    r"(?:\s+(?:(?:in|por|en|a|de)\s+)?(?:the\s+|la\s+)?(?:morning|afternoon|evening|manana|tarde|noche)"
+    r"|\s+(?:at|a\s+las?|by)\s+\d{1,2}(?::\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.|h|hs)?(?![\w]))?"
+)
+_NUM = r"(\d{1,3}|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")"
+_MONTH = r"(" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th|º|o)?"
+_YEAR = r"(\d{4})"
+
+
+@dataclass(frozen=True)
+class DateMatch:
+    start: int
+    end: int
+    value: dt.date
+
+
+def _weekday(today: dt.date, weekday: int) -> dt.date:
+    # Strictly after today: said on a Tuesday, "Tuesday" means a week later.
+    return today + dt.timedelta(days=(weekday - today.weekday()) % 7 or 7)
+
+
+def _month_day(today: dt.date, month: int, day: int, year: str | None) -> dt.date | None:
+    try:
+        if year:
+            return dt.date(int(year), month, day)
+        found = dt.date(today.year, month, day)
+        return found if found >= today else dt.date(today.year + 1, month, day)
+    except ValueError:
+        return None
+
+
+def _number(word: str) -> int:
+    return int(word) if word.isdigit() else _NUMBER_WORDS[word]
+
+
+def _end_of_week(today: dt.date) -> dt.date:
+    return today + dt.timedelta(days=(4 - today.weekday()) % 7)
+
+
+_RULES: list[tuple[re.Pattern[str], object]] = []
+
+
+def _rule(pattern: str):  # type: ignore[no-untyped-def]
+    def register(func):  # type: ignore[no-untyped-def]
+        _RULES.append(
+            (re.compile(r"(?<![\w-])" + _LEAD + "(?:" + pattern + r")(?![\w])" + _TIME_OF_DAY), func)
+        )
+        return func
+
+    return register
+
+
+@_rule(r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})")
+def _iso(m: re.Match[str], today: dt.date) -> dt.date | None:
+    try:
+        return dt.date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+@_rule(_MONTH + r"\s+" + _DAY + r"(?:,?\s+" + _YEAR + r")?")
+def _month_then_day(m: re.Match[str], today: dt.date) -> dt.date | None:
+    return _month_day(today, MONTHS[m[1]], int(m[2]), m[3])
+
+
+@_rule(_DAY + r"\s+(?:of\s+|de\s+)?" + _MONTH + r"(?:,?\s+(?:de\s+|del\s+)?" + _YEAR + r")?")
+def _day_then_month(m: re.Match[str], today: dt.date) -> dt.date | None:
+    return _month_day(today, MONTHS[m[2]], int(m[1]), m[3])
+
+
+@_rule(r"(?:the\s+)?(?:day\s+after\s+tomorrow|pasado\s+manana)")
+def _day_after_tomorrow(m: re.Match[str], today: dt.date) -> dt.date:
+    return today + dt.timedelta(days=2)
+
+
+@_rule(r"(?:today|tonight|hoy|end\s+of\s+(?:the\s+)?day|eod|esta\s+noche|this\s+evening)")
+def _today(m: re.Match[str], today: dt.date) -> dt.date:
+    return today
+
+
+# "mañana" is also "morning": "la mañana" / "por la mañana" / "esta mañana" are not tomorrow.
+@_rule(r"(?:tomorrow|tmrw|tmr|(?<!la\s)(?<!esta\s)manana)")
+def _tomorrow(m: re.Match[str], today: dt.date) -> dt.date:
+    return today + dt.timedelta(days=1)
+
+
+@_rule(
+    r"(?:in|en|within|dentro\s+de)\s+(?:the\s+next\s+|los\s+proximos\s+)?"
+    + _NUM
+    + r"\s+(days?|dias?|weeks?|semanas?)"
+)
+def _in_days(m: re.Match[str], today: dt.date) -> dt.date:
+    count = _number(m[1])
+    per = 7 if m[2].startswith(("week", "semana")) else 1
+    return today + dt.timedelta(days=count * per)
+
+
+@_rule(
+    r"(?:(?:the\s+)?end\s+of\s+(?:the\s+|this\s+)?month|eom|(?:a\s+)?(?:fin|final|finales)\s+(?:de|del)\s+(?:este\s+)?mes)"
+)
+def _end_of_month(m: re.Match[str], today: dt.date) -> dt.date:
+    return today.replace(day=calendar.monthrange(today.year, today.month)[1])
+
+
+@_rule(
+    r"(?:(?:the\s+)?end\s+of\s+(?:the\s+|this\s+)?week|eow|(?:a\s+)?(?:fin|final|finales)\s+de\s+(?:esta\s+)?semana\s+laboral)"
+)
+def _end_of_week_rule(m: re.Match[str], today: dt.date) -> dt.date:
+    return _end_of_week(today)
+
+
+@_rule(r"(?:next\s+week|la\s+(?:proxima\s+semana|semana\s+que\s+viene))")
+def _next_week(m: re.Match[str], today: dt.date) -> dt.date:
+    return today + dt.timedelta(days=7)
+
+
+@_rule(r"(" + "|".join(sorted(WEEKDAYS, key=len, reverse=True)) + r")\.?(?:\s+(?:que\s+viene|proximo))?")
+def _weekday_rule(m: re.Match[str], today: dt.date) -> dt.date | None:
+    name = m[1]
+    # "sat", "sun", "wed" are also words; an abbreviation counts only after a lead-in ("by Fri").
+    if name in _ABBREVIATED_DAYS and m.start(1) == m.start():
+        return None
+    return _weekday(today, WEEKDAYS[name])
+
+
+def find_dates(folded: str, today: dt.date) -> list[DateMatch]:
+    """Every due date in ``folded`` (non-overlapping, earlier rules win), with spans incl. lead-ins."""
+    found: list[DateMatch] = []
+    taken: list[tuple[int, int]] = []
+    for pattern, func in _RULES:
+        for m in pattern.finditer(folded):
+            if any(m.start() < end and start < m.end() for start, end in taken):
+                continue
+            value = func(m, today)  # type: ignore[operator]
+            if value is None:
+                continue
+            found.append(DateMatch(m.start(), m.end(), value))
+            taken.append((m.start(), m.end()))
+    return sorted(found, key=lambda d: d.start)

@@ -1,0 +1,144 @@
+"""Effort amounts (estimatedHours) in English and Spanish.
+
+Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos), hours (h, hr, hrs,
+hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
+Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
+A trailing "each" / "cada uno" marks an amount every item gets; "total" / "en total" (or a leading
+"should take" / "llevará") marks an amount for the whole message. "in N days" is a due date, not effort:
+:mod:`shared.ai.offline_dates` claims it first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+HOURS_PER_DAY = 8.0
+
+_NUMBER_WORDS = {
+    "a": 1, "an": 1, "one": 1, "un": 1, "uno": 1, "una": 1, "two": 2, "dos": 2, "three": 3, "tres": 3,
+    "four": 4, "cuatro": 4, "five": 5, "cinco": 5, "six": 6, "seis": 6, "seven": 7, "siete": 7,
+    "eight": 8, "ocho": 8, "nine": 9, "nueve": 9, "ten": 10, "diez": 10, "eleven": 11, "once": 11,
+    "twelve": 12, "doce": 12, "fifteen": 15, "quince": 15, "twenty": 20, "veinte": 20,
+    "thirty": 30, "treinta": 30, "forty": 40, "cuarenta": 40, "forty-five": 45, "cuarenta y cinco": 45,
+    "sixty": 60, "sesenta": 60, "ninety": 90, "noventa": 90, "a couple of": 2, "couple of": 2,
+    "a couple": 2, "a few": 3, "un par de": 2, "half an": 0.5, "half a": 0.5, "media": 0.5, "medio": 0.5,
+}  # fmt: skip
+
+_HEDGE = (
+    r"(?:(?:about|around|roughly|approx\.?|approximately|aprox\.?|aproximadamente|~|unas|unos|"
+    r"cerca\s+de|alrededor\s+de|mas\s+o\s+menos|maybe|perhaps|like|circa|ca\.|est\.?|estimated|"
+    r"estimate:?|estimado:?|some|just|only|solo|at\s+most|at\s+least|max\.?|up\s+to|hasta|"
+    r"a\s+total\s+of|un\s+total\s+de|total\s*:?|en\s+total|in\s+total|effort\s*:?|esfuerzo\s*:?)\s*)*"
+)
+_LEAD = (
+    r"(?:(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|would|might|may|could|it\s+should|this\s+should)\s+)?"
+    r"(?:takes?|taking|need|needs|requires?|cost|last)\s+|(?:deberia|debe|va\s+a)\s+(?:tomar|llevar)\s+|"
+    r"(?:lleva|llevara|tomara|toma|tardara|tarda|requiere|son|es)\s+|(?:in|for|en|durante|de)\s+)?"
+)
+_NUM_WORDS = "|".join(re.escape(w) for w in sorted(_NUMBER_WORDS, key=len, reverse=True))
+_NUM = r"(\d+(?:[.,]\d+)?|\d+/\d+|" + _NUM_WORDS + r")"
+_UNITS = {
+    "minutes": r"min(?:ute)?s?\.?|minutos?|m(?=[\s,.;)]|$)",
+    "hours": r"h(?:ou)?rs?\.?|hours?|horas?|hs\.?|h",
+    "days": r"days?|dias?|jornadas?",
+    "weeks": r"weeks?|wks?|semanas?",
+}
+_UNIT = r"(" + "|".join(_UNITS.values()) + r")"
+_TAIL = (
+    r"(?:\s+(?:of\s+(?:work|effort|dev(?:elopment)?)|de\s+(?:trabajo|esfuerzo|desarrollo)|work|"
+    r"(?:en\s+)?total|in\s+total|overall|altogether|combined|en\s+conjunto|"
+    r"(?:for\s+)?each(?:\s+(?:one|item|task))?|apiece|per\s+(?:item|task)|cada\s+un[oa]|"
+    r"(?:por|para)\s+(?:cada\s+)?(?:tarea|item|una|uno)|c/u))*"
+)
+_AMOUNT = _NUM + r"\s*-?\s*" + _UNIT
+_SPECIAL = (
+    r"(?P<half_day>(?:a\s+)?half\s*(?:a\s+|-\s*)?day|medio\s+dia|media\s+jornada)|"
+    r"(?P<and_half>(?:(?:an?|one|1|una)\s+)?(?:hour|hora)\s+(?:and\s+a\s+half|y\s+media))|"
+    r"(?P<half_hour>(?:a\s+)?half\s+(?:an\s+)?hour|media\s+hora)"
+)
+_PATTERN = re.compile(
+    r"(?<![\w#-])"
+    + _LEAD
+    + _HEDGE
+    + r"(?:"
+    + _SPECIAL
+    + r"|(?P<amounts>"
+    + _AMOUNT
+    + r"(?:\s*(?:,?\s*and\s+|y\s+)?"
+    + _NUM
+    + r"\s*"
+    + _UNIT
+    + r")*))"
+    + r"(?![\w])"
+    + _TAIL
+    + r"(?![\w])"
+)
+_ONE_AMOUNT = re.compile(_AMOUNT)
+_EACH = re.compile(r"\b(?:each|apiece|per\s+(?:item|task)|cada|c/u)\b|(?:por|para)\s+(?:tarea|item)")
+_TOTAL = re.compile(
+    r"\b(?:total|overall|altogether|combined|en\s+conjunto)\b|^(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|"
+    r"would|it\s+should|this\s+should|deberia|debe|va\s+a)\s+)?(?:take|takes|tomar|llevar|lleva|llevara|tomara)\b"
+)
+
+
+@dataclass(frozen=True)
+class EffortMatch:
+    start: int
+    end: int
+    hours: float
+    each: bool = False
+    total: bool = False
+
+
+def _number(text: str) -> float:
+    text = text.strip()
+    if "/" in text:
+        top, bottom = text.split("/", 1)
+        return float(top) / float(bottom) if float(bottom) else 0.0
+    if text in _NUMBER_WORDS:
+        return float(_NUMBER_WORDS[text])
+    return float(text.replace(",", "."))
+
+
+def _unit_hours(unit: str) -> float:
+    for name, pattern in _UNITS.items():
+        if re.fullmatch(pattern, unit):
+            return {"minutes": 1 / 60, "hours": 1.0, "days": HOURS_PER_DAY, "weeks": 5 * HOURS_PER_DAY}[name]
+    return 1.0
+
+
+def _hours(m: re.Match[str]) -> float:
+    if m["half_day"]:
+        return HOURS_PER_DAY / 2
+    if m["half_hour"]:
+        return 0.5
+    if m["and_half"]:
+        return 1.5
+    total = 0.0
+    for part in _ONE_AMOUNT.finditer(m["amounts"]):
+        total += _number(part[1]) * _unit_hours(part[2])
+    return total
+
+
+def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> list[EffortMatch]:
+    """Every effort amount in ``folded`` that does not overlap ``taken`` spans (dates found first)."""
+    taken = taken or []
+    found: list[EffortMatch] = []
+    for m in _PATTERN.finditer(folded):
+        if any(m.start() < end and start < m.end() for start, end in taken):
+            continue
+        hours = round(_hours(m), 4)
+        if hours <= 0 or hours > 10_000:
+            continue
+        text = m.group(0)
+        found.append(
+            EffortMatch(
+                m.start(),
+                m.end(),
+                hours,
+                each=bool(_EACH.search(text)),
+                total=bool(_TOTAL.search(text)),
+            )
+        )
+    return found

@@ -1,0 +1,101 @@
+"""The proposal a free-text message becomes: the same shape from the offline parser and from the model.
+
+JSON keys are camelCase exactly as the host application reads them (``estimatedHours``, ``dueDate``,
+``totalEstimatedHours``). Validation is strict so that a model's bad answer (a missing key, a negative
+estimate, a date that is not ISO, an unknown priority) is rejected and the offline parser answers instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Priority = Literal["high", "medium", "low"]
+ItemType = Literal["task", "bug", "feature", "meeting", "research", "docs"]
+
+MAX_ITEMS = 25
+MAX_TITLE = 120
+
+
+class ProposalError(ValueError):
+    """The text holds no work item a proposal can be made of; the message says why, for the user."""
+
+
+class ProposalItem(BaseModel):
+    """One work item: what to do, how long, by when, how urgent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    type: ItemType = "task"
+    title: str = Field(min_length=1, max_length=MAX_TITLE)
+    description: str = Field(default="", max_length=2000)
+    estimated_hours: float | None = Field(default=None, alias="estimatedHours", gt=0, le=10_000)
+    due_date: dt.date | None = Field(default=None, alias="dueDate")
+    priority: Priority = "medium"
+
+    @field_validator("title")
+    @classmethod
+    def _clean_title(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not value:
+            raise ValueError("title is blank")
+        return value
+
+
+class Proposal(BaseModel):
+    """A summary, the items, the total of their hours (only when every item has hours) and a confidence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    summary: str = Field(min_length=1, max_length=500)
+    items: list[ProposalItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    total_estimated_hours: float | None = Field(default=None, alias="totalEstimatedHours", ge=0)
+    confidence: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _total_is_the_sum(self) -> Proposal:
+        hours = [item.estimated_hours for item in self.items]
+        if all(h is not None for h in hours):
+            expected = round(sum(h for h in hours if h is not None), 2)
+            if self.total_estimated_hours is None or abs(self.total_estimated_hours - expected) > 0.05:
+                # The items are the source of truth; a model's arithmetic is not.
+                object.__setattr__(self, "total_estimated_hours", expected)
+        elif self.total_estimated_hours is not None:
+            object.__setattr__(self, "total_estimated_hours", None)
+        return self
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The proposal with the public camelCase keys and ISO dates, ready for json.dumps."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def json_schema_for_model() -> dict[str, Any]:
+    """The strict JSON schema sent to the model (OpenAI structured outputs: every key required,
+    no additional properties, nullable fields as ``["type", "null"]``)."""
+    nullable_number = {"type": ["number", "null"]}
+    item = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "title", "description", "estimatedHours", "dueDate", "priority"],
+        "properties": {
+            "type": {"type": "string", "enum": list(ItemType.__args__)},
+            "title": {"type": "string", "description": "short, starts with a capital, the user's own words"},
+            "description": {"type": "string"},
+            "estimatedHours": {**nullable_number, "description": "hours of work; null when not stated"},
+            "dueDate": {"type": ["string", "null"], "description": "ISO date YYYY-MM-DD or null"},
+            "priority": {"type": "string", "enum": ["high", "medium", "low"]},
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["summary", "items", "totalEstimatedHours", "confidence"],
+        "properties": {
+            "summary": {"type": "string"},
+            "items": {"type": "array", "items": item},
+            "totalEstimatedHours": nullable_number,
+            "confidence": {"type": "number"},
+        },
+    }

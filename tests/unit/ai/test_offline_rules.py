@@ -1,0 +1,421 @@
+"""The offline parser, rule by rule of ``shared/data/proposals-dev.md``, in English and Spanish.
+
+Each case: text, today, the items as (title fragment, hours, due date, priority), and the total.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from shared.ai.offline import parse_offline
+from shared.ai.proposal import Proposal, ProposalError
+
+TUE = "2026-01-27"  # a Tuesday
+FRI = "2026-11-20"  # a Friday
+
+Item = tuple[str, float | None, str | None, str]
+
+CASES: list[tuple[str, str, list[Item], float | None]] = [
+    # --- item splitting: and / y, commas, semicolons, new lines, bullets, numbered lines
+    (
+        "Fix login, add signup and write docs",
+        TUE,
+        [
+            ("Fix login", None, None, "medium"),
+            ("Add signup", None, None, "medium"),
+            ("Write docs", None, None, "medium"),
+        ],
+        None,
+    ),
+    (
+        "Fix login; add signup; write docs",
+        TUE,
+        [
+            ("Fix login", None, None, "medium"),
+            ("Add signup", None, None, "medium"),
+            ("Write docs", None, None, "medium"),
+        ],
+        None,
+    ),
+    (
+        "Arreglar el login y agregar el registro",
+        TUE,
+        [("Arreglar el login", None, None, "medium"), ("Agregar el registro", None, None, "medium")],
+        None,
+    ),
+    (
+        "Fix login\nAdd signup\nWrite docs",
+        TUE,
+        [
+            ("Fix login", None, None, "medium"),
+            ("Add signup", None, None, "medium"),
+            ("Write docs", None, None, "medium"),
+        ],
+        None,
+    ),
+    (
+        "• Fix login\n• Add signup",
+        TUE,
+        [("Fix login", None, None, "medium"), ("Add signup", None, None, "medium")],
+        None,
+    ),
+    (
+        "* Fix login (2h)\n* Add signup (3h)",
+        TUE,
+        [("Fix login", 2, None, "medium"), ("Add signup", 3, None, "medium")],
+        5,
+    ),
+    (
+        "1) Fix login 2) Add signup 3) Write docs",
+        TUE,
+        [
+            ("Fix login", None, None, "medium"),
+            ("Add signup", None, None, "medium"),
+            ("Write docs", None, None, "medium"),
+        ],
+        None,
+    ),
+    (
+        "1. Migrar la base de datos\n2. Actualizar los reportes",
+        TUE,
+        [
+            ("Migrar la base de datos", None, None, "medium"),
+            ("Actualizar los reportes", None, None, "medium"),
+        ],
+        None,
+    ),
+    # --- a shared verb distributes; words about time / effort / priority are not items
+    (
+        "Add login, signup, and password reset by Monday",
+        TUE,
+        [
+            ("Add login", None, "2026-02-02", "medium"),
+            ("Add signup", None, "2026-02-02", "medium"),
+            ("Add password reset", None, "2026-02-02", "medium"),
+        ],
+        None,
+    ),
+    (
+        "Set up CI and monitoring, 4 hours total",
+        TUE,
+        [("Set up CI", 2, None, "medium"), ("Set up monitoring", 2, None, "medium")],
+        4,
+    ),
+    (
+        "Agregar login y panel de usuario para el viernes. Debería tomar unas 8 horas.",
+        TUE,
+        [
+            ("Agregar login", 4, "2026-01-30", "medium"),
+            ("Agregar panel de usuario", 4, "2026-01-30", "medium"),
+        ],
+        8,
+    ),
+    (
+        "Fix the login bug and the session timeout",
+        TUE,
+        [("Fix the login bug", None, None, "medium"), ("Fix the session timeout", None, None, "medium")],
+        None,
+    ),
+    (
+        "Add dark mode. Should take around 3 hours and it's low priority.",
+        TUE,
+        [("Add dark mode", 3, None, "low")],
+        3,
+    ),
+    ("Need to migrate the DB. It's critical. 4 hours.", TUE, [("Migrate the DB", 4, None, "high")], 4),
+    (
+        "Para el viernes necesitamos migrar la base de datos y actualizar los reportes",
+        TUE,
+        [
+            ("Migrar la base de datos", None, "2026-01-30", "medium"),
+            ("Actualizar los reportes", None, "2026-01-30", "medium"),
+        ],
+        None,
+    ),
+    # --- effort units and hedges
+    ("Fix bug (30 min)", TUE, [("Fix bug", 0.5, None, "medium")], 0.5),
+    ("Write tests ~3h", TUE, [("Write tests", 3, None, "medium")], 3),
+    ("Write tests approx. 3 hrs", TUE, [("Write tests", 3, None, "medium")], 3),
+    ("Write tests, around 45 mins", TUE, [("Write tests", 0.75, None, "medium")], 0.75),
+    ("Escribir tests, 1,5 horas", TUE, [("Escribir tests", 1.5, None, "medium")], 1.5),
+    ("Revisar el informe, 90 minutos", TUE, [("Revisar el informe", 1.5, None, "medium")], 1.5),
+    (
+        "Limpiar la base de datos aproximadamente 2 días",
+        TUE,
+        [("Limpiar la base de datos", 16, None, "medium")],
+        16,
+    ),
+    ("Limpiar la base de datos, unos 2 dias", TUE, [("Limpiar la base de datos", 16, None, "medium")], 16),
+    ("Preparar la demo, medio día", TUE, [("Preparar la demo", 4, None, "medium")], 4),
+    ("Prepare the demo, roughly 1 hr", TUE, [("Prepare the demo", 1, None, "medium")], 1),
+    (
+        "Update the pricing page, 1 hour 30 minutes",
+        TUE,
+        [("Update the pricing page", 1.5, None, "medium")],
+        1.5,
+    ),
+    # --- per-item amounts, "each", totals split evenly
+    (
+        "Fix login - 2h, add signup - 3h",
+        TUE,
+        [("Fix login", 2, None, "medium"), ("Add signup", 3, None, "medium")],
+        5,
+    ),
+    (
+        "Fix the header (20 mins) and footer (40 mins)",
+        TUE,
+        [("Fix the header", 1 / 3, None, "medium"), ("Fix", 2 / 3, None, "medium")],
+        1,
+    ),
+    (
+        "Fix login, add dashboard and write docs, 2h each",
+        TUE,
+        [
+            ("Fix login", 2, None, "medium"),
+            ("Add dashboard", 2, None, "medium"),
+            ("Write docs", 2, None, "medium"),
+        ],
+        6,
+    ),
+    (
+        "3 tasks, 2h each: fix login, add dashboard, write docs",
+        TUE,
+        [
+            ("Fix login", 2, None, "medium"),
+            ("Add dashboard", 2, None, "medium"),
+            ("Write docs", 2, None, "medium"),
+        ],
+        6,
+    ),
+    (
+        "Comprar dominio y configurar DNS, 2 horas cada uno",
+        TUE,
+        [("Comprar dominio", 2, None, "medium"), ("Configurar DNS", 2, None, "medium")],
+        4,
+    ),
+    (
+        "Actualizar el footer y traducir la home, 6 horas en total",
+        TUE,
+        [("Actualizar el footer", 3, None, "medium"), ("Traducir la home", 3, None, "medium")],
+        6,
+    ),
+    (
+        "Fix login and add dashboard\nEstimate: 10h",
+        TUE,
+        [("Fix login", 5, None, "medium"), ("Add dashboard", 5, None, "medium")],
+        10,
+    ),
+    (
+        "Fix login (2h) and add dashboard",
+        TUE,
+        [("Fix login", 2, None, "medium"), ("Add dashboard", None, None, "medium")],
+        None,
+    ),
+    (
+        "Update logo, favicon and colors, 4 hours",
+        TUE,
+        [
+            ("Update logo", 4 / 3, None, "medium"),
+            ("Update favicon", 4 / 3, None, "medium"),
+            ("Update colors", 4 / 3, None, "medium"),
+        ],
+        4,
+    ),
+    # --- due dates
+    ("Call the client today", TUE, [("Call the client", None, "2026-01-27", "medium")], None),
+    ("Llamar al cliente hoy", TUE, [("Llamar al cliente", None, "2026-01-27", "medium")], None),
+    ("Llamar al cliente manana", TUE, [("Llamar al cliente", None, "2026-01-28", "medium")], None),
+    (
+        "Hacer el informe mañana por la mañana",
+        TUE,
+        [("Hacer el informe", None, "2026-01-28", "medium")],
+        None,
+    ),
+    ("Send the invoice in 10 days", TUE, [("Send the invoice", None, "2026-02-06", "medium")], None),
+    ("Enviar la factura en 5 días", TUE, [("Enviar la factura", None, "2026-02-01", "medium")], None),
+    ("Enviar la factura en 5 dias", TUE, [("Enviar la factura", None, "2026-02-01", "medium")], None),
+    ("Call the client Tuesday", TUE, [("Call the client", None, "2026-02-03", "medium")], None),
+    ("Call the client on Wednesday", TUE, [("Call the client", None, "2026-01-28", "medium")], None),
+    ("Send the invoice by Fri", TUE, [("Send the invoice", None, "2026-01-30", "medium")], None),
+    (
+        "Deadline: Friday\nFix login\nAdd dashboard",
+        TUE,
+        [("Fix login", None, "2026-01-30", "medium"), ("Add dashboard", None, "2026-01-30", "medium")],
+        None,
+    ),
+    ("Llamar al cliente el martes", TUE, [("Llamar al cliente", None, "2026-02-03", "medium")], None),
+    (
+        "Preparar la demo para el próximo jueves",
+        TUE,
+        [("Preparar la demo", None, "2026-01-29", "medium")],
+        None,
+    ),
+    ("Preparar la demo para el miercoles", TUE, [("Preparar la demo", None, "2026-01-28", "medium")], None),
+    ("Ship it on Friday", FRI, [("Ship it", None, "2026-11-27", "medium")], None),
+    (
+        "Planificar el sprint para fin de mes",
+        TUE,
+        [("Planificar el sprint", None, "2026-01-31", "medium")],
+        None,
+    ),
+    (
+        "Prepare release notes by the end of the month",
+        FRI,
+        [("Prepare release notes", None, "2026-11-30", "medium")],
+        None,
+    ),
+    ("Plan the sprint on 2026-02-10", TUE, [("Plan the sprint", None, "2026-02-10", "medium")], None),
+    ("Plan the sprint by Jan 5", TUE, [("Plan the sprint", None, "2027-01-05", "medium")], None),
+    ("Plan the sprint by January 30", TUE, [("Plan the sprint", None, "2026-01-30", "medium")], None),
+    (
+        "Arreglar el login para el 15 de diciembre",
+        FRI,
+        [("Arreglar el login", None, "2026-12-15", "medium")],
+        None,
+    ),
+    ("Enviar la factura el 3 de febrero", FRI, [("Enviar la factura", None, "2027-02-03", "medium")], None),
+    (
+        "Prepare slides for Dec 15th and book the room on Dec. 10",
+        FRI,
+        [("Prepare slides", None, "2026-12-15", "medium"), ("Book the room", None, "2026-12-10", "medium")],
+        None,
+    ),
+    (
+        "Fix login today and add signup, deploy tomorrow",
+        TUE,
+        [
+            ("Fix login", None, "2026-01-27", "medium"),
+            ("Add signup", None, None, "medium"),
+            ("Deploy", None, "2026-01-28", "medium"),
+        ],
+        None,
+    ),
+    # --- priority
+    (
+        "Fix the login bug ASAP and update docs when you can",
+        TUE,
+        [("Fix the login bug", None, None, "high"), ("Update docs", None, None, "low")],
+        None,
+    ),
+    (
+        "Urgent: fix the payment flow and notify customers",
+        TUE,
+        [("Fix the payment flow", None, None, "high"), ("Notify customers", None, None, "high")],
+        None,
+    ),
+    ("Deploy hotfix tomorrow, 1.5 hours, critical", TUE, [("Deploy hotfix", 1.5, "2026-01-28", "high")], 1.5),
+    ("Escribir tests, critico", TUE, [("Escribir tests", None, None, "high")], None),
+    ("Escribir tests, crítico", TUE, [("Escribir tests", None, None, "high")], None),
+    ("Hacer el informe hoy, lo antes posible", TUE, [("Hacer el informe", None, "2026-01-27", "high")], None),
+    ("Preparar informe, prioridad alta", TUE, [("Preparar informe", None, None, "high")], None),
+    ("Set up alerts, high priority", TUE, [("Set up alerts", None, None, "high")], None),
+    ("Update the README, low priority", TUE, [("Update the README", None, None, "low")], None),
+    ("Actualizar el README, baja prioridad", TUE, [("Actualizar el README", None, None, "low")], None),
+    ("Clean up the backlog when you can", TUE, [("Clean up the backlog", None, None, "low")], None),
+    (
+        "Escribir la documentación cuando puedas",
+        TUE,
+        [("Escribir la documentación", None, None, "low")],
+        None,
+    ),
+    ("Ordenar el drive, sin prisa", TUE, [("Ordenar el drive", None, None, "low")], None),
+    ("Book flights - 1 hr - no rush", TUE, [("Book flights", 1, None, "low")], 1),
+    ("This is not urgent: tidy the wiki", TUE, [("Tidy the wiki", None, None, "low")], None),
+    (
+        "Fix login\nAdd signup\n\nAll by next Monday, 4h total, ASAP",
+        TUE,
+        [("Fix login", 2, "2026-02-02", "high"), ("Add signup", 2, "2026-02-02", "high")],
+        4,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "today", "items", "total"), CASES, ids=[c[0][:45] for c in CASES])
+def test_rule(text: str, today: str, items: list[Item], total: float | None) -> None:
+    proposal = parse_offline(text, dt.date.fromisoformat(today))
+    got = proposal.items
+    assert len(got) == len(items), [i.title for i in got]
+    for item, (fragment, hours, due, priority) in zip(got, items, strict=True):
+        assert fragment.lower() in item.title.lower(), item.title
+        assert item.title[0].isupper()
+        assert item.estimated_hours == (pytest.approx(hours, abs=0.01) if hours is not None else None), (
+            item.title
+        )
+        assert (item.due_date.isoformat() if item.due_date else None) == due, item.title
+        assert item.priority == priority, item.title
+    if total is None:
+        assert proposal.total_estimated_hours is None
+    else:
+        assert proposal.total_estimated_hours == pytest.approx(total, abs=0.01)
+
+
+def test_titles_keep_the_users_words_without_the_annotations() -> None:
+    proposal = parse_offline(
+        "Necesitamos migrar la base de datos para el viernes, unas 10 horas", dt.date(2026, 1, 27)
+    )
+    assert proposal.items[0].title == "Migrar la base de datos"
+
+
+def test_long_titles_are_cut_at_a_word() -> None:
+    words = " ".join(f"word{n}" for n in range(60))
+    proposal = parse_offline(f"Write {words}", dt.date(2026, 1, 27))
+    assert len(proposal.items[0].title) <= 80
+    assert proposal.items[0].title.startswith("Write word0")
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   ", "🙂🙂", "Friday", "8 hours", "mañana, urgente", "...", "\x00\x01"]
+)
+def test_text_without_a_work_item_is_a_clear_error(text: str) -> None:
+    with pytest.raises(ProposalError) as info:
+        parse_offline(text, dt.date(2026, 1, 27))
+    assert "e.g." in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x" * 10_000,
+        "Fix login and add signup, " * 400,
+        "🙂 Fix login 🙂",
+        "((((Fix login",
+        "Fix login (2h",
+        "Fix login by 2026-02-30",
+        "Call Dec 45",
+        "- \n- \n1.\n2)",
+        "and and and fix login and and",
+        "Fix login 99999999999 hours",
+    ],
+)
+def test_odd_input_gives_a_proposal_or_a_proposal_error(text: str) -> None:
+    try:
+        proposal = parse_offline(text, dt.date(2026, 1, 27))
+    except ProposalError:
+        return
+    assert isinstance(proposal, Proposal)
+    json.dumps(proposal.to_json_dict())
+
+
+def test_the_same_text_gives_the_same_proposal() -> None:
+    text = "Write API docs (2h), add rate limiting (5h) and set up CI (1h) by Monday"
+    first = parse_offline(text, dt.date(2026, 1, 27)).to_json_dict()
+    assert parse_offline(text, dt.date(2026, 1, 27)).to_json_dict() == first
+
+
+def test_summary_names_count_hours_and_date() -> None:
+    proposal = parse_offline(
+        "Need to add login page and user dashboard by Friday. Should take about 8 hours.",
+        dt.date(2026, 1, 27),
+    )
+    assert proposal.summary == "2 items, 8h total, due 2026-01-30"
+    spanish = parse_offline("Agregar pagos con tarjeta, 12 horas, para el lunes", dt.date(2026, 11, 20))
+    assert spanish.summary == "1 tarea, 12h en total, para el 2026-11-23"
+
+
+def test_confidence_is_higher_with_more_detail() -> None:
+    bare = parse_offline("Refactor the auth module", dt.date(2026, 1, 27)).confidence
+    detailed = parse_offline("Refactor the auth module by Friday, 3 hours", dt.date(2026, 1, 27)).confidence
+    assert 0 <= bare < detailed <= 1
