@@ -57,3 +57,18 @@ class Sessions:
         cursor, keys = self._redis.scan(cursor=cursor, match=_PREFIX + "*", count=limit)
         found = [(key.decode()[len(_PREFIX) :], int(self._redis.ttl(key))) for key in keys]
         return int(cursor), found
+
+    def inspect(self, limit: int = 100, cursor: int = 0) -> tuple[int, list[tuple[str, int, dict[str, Any]]]]:
+        """Like :meth:`list` with each session's data, in one pipelined round trip, renewing no TTL."""
+        cursor, keys = self._redis.scan(cursor=cursor, match=_PREFIX + "*", count=limit)
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.ttl(key)
+        replies = pipe.execute() if keys else []
+        found = [
+            (key.decode()[len(_PREFIX) :], int(ttl), json.loads(raw))
+            for key, raw, ttl in zip(keys, replies[0::2], replies[1::2], strict=True)
+            if raw is not None and int(ttl) > 0  # expired between the scan and the read
+        ]
+        return int(cursor), found

@@ -1,0 +1,87 @@
+"""What the read APIs share: query-parameter parsing that answers 422 naming the parameter, keyset
+pagination (``limit`` + ``cursor`` -> ``next_cursor``), and JSON-ready timestamps.
+
+A cursor is the id of the last row of the previous page, as a string; callers treat it as opaque. A page
+is fetched with one row more than asked, so ``next_cursor`` is null exactly when nothing follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response
+
+from ingress.errors import api_error
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+T = TypeVar("T")
+
+
+class InvalidParam(Exception):
+    """A query parameter (or path part) is malformed; becomes a 422 whose message names it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+def handle_invalid_params(blueprint: Blueprint) -> None:
+    """Answer :class:`InvalidParam` raised in the blueprint's views with a 422 JSON error."""
+
+    def _respond(exc: InvalidParam) -> Response:
+        return api_error(422, "validation_error", str(exc))
+
+    blueprint.register_error_handler(InvalidParam, _respond)
+
+
+def int_param(
+    args: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int | None = None
+) -> int | None:
+    """The integer query parameter ``name`` (``default`` when absent) within [minimum, maximum]."""
+    raw = args.get(name)
+    if raw is None:
+        return default
+    bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+    if not raw.strip().isdigit():
+        raise InvalidParam(name, f"must be an integer {bounds}")
+    value = int(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        raise InvalidParam(name, f"must be an integer {bounds}")
+    return value
+
+
+def choice_param(args: Mapping[str, str], name: str, allowed: Sequence[str]) -> str | None:
+    raw = args.get(name)
+    if raw is None:
+        return None
+    if raw not in allowed:
+        raise InvalidParam(name, f"must be one of {', '.join(allowed)}")
+    return raw
+
+
+def page_args(args: Mapping[str, str]) -> tuple[int, int | None]:
+    """``(limit, cursor)`` from the query string; cursor None means the first page."""
+    limit = int_param(args, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
+    assert limit is not None
+    return limit, int_param(args, "cursor", None, minimum=0)
+
+
+def page(
+    rows: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]], key: Callable[[T], Any]
+) -> dict[str, Any]:
+    """The response body of a page fetched with ``limit + 1`` rows: its data and the next cursor."""
+    shown = rows[:limit]
+    more = len(rows) > limit
+    return {
+        "data": [render(row) for row in shown],
+        "next_cursor": str(key(shown[-1])) if more and shown else None,
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -1,0 +1,190 @@
+"""``/api/v1/conversations`` against real PostgreSQL through the Flask test client, plus the API-key
+check on every read/maintenance view (conversations, stats, sessions, assistant configs)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+import structlog
+from flask.testing import FlaskClient
+
+from ingress import create_app
+from shared.db import conversations
+from shared.settings import load_settings
+from tests.integration import history_seed as seed
+
+KEY = {"X-API-Key": "views-test-key"}
+
+
+@pytest.fixture
+def client(clean: None) -> FlaskClient:
+    app = create_app(load_settings(api_keys="views-test-key", default_region="US"))
+    return app.test_client()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/conversations"),
+        ("GET", "/api/v1/conversations/1/messages"),
+        ("POST", "/api/v1/conversations/1/close"),
+        ("GET", "/api/v1/stats"),
+        ("GET", "/api/v1/sessions"),
+        ("DELETE", "/api/v1/sessions/+14155550101"),
+        ("GET", "/api/v1/assistant-configs/+14155238886"),
+        ("PUT", "/api/v1/assistant-configs/+14155238886"),
+    ],
+)
+def test_every_view_refuses_a_missing_or_wrong_key(client: FlaskClient, method: str, path: str) -> None:
+    for headers in ({}, {"X-API-Key": "not-the-key"}):
+        response = client.open(path, method=method, headers=headers, json={"system_prompt": "x"})
+        assert response.status_code == 401
+        assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+def _ids(response) -> list[int]:  # type: ignore[no-untyped-def]
+    assert response.status_code == 200, response.get_json()
+    return [row["id"] for row in response.get_json()["data"]]
+
+
+def test_lists_newest_first_and_filters_by_status_provider_and_phone(
+    client: FlaskClient, db: psycopg.Connection
+) -> None:
+    ana = seed.contact(db, "+14155550101", name="Ana")
+    ben = seed.contact(db, "+14155550102")
+    cleo = seed.contact(db, None, bsuid="US.cleo0001")
+    first = seed.conversation(db, ana, status="closed")
+    second = seed.conversation(db, ana, provider="meta", number="106540352242922", status="handoff")
+    third = seed.conversation(db, ben)
+    fourth = seed.conversation(db, cleo, provider="meta", number="106540352242922")
+
+    assert _ids(client.get("/api/v1/conversations", headers=KEY)) == [fourth, third, second, first]
+    assert _ids(client.get("/api/v1/conversations?status=handoff", headers=KEY)) == [second]
+    assert _ids(client.get("/api/v1/conversations?provider=meta", headers=KEY)) == [fourth, second]
+    # The phone is normalised with WAPIPE_DEFAULT_REGION, so a national format finds the E.164 contact.
+    by_phone = client.get("/api/v1/conversations?phone=(415)%20555-0101", headers=KEY)
+    assert _ids(by_phone) == [second, first]
+    both = client.get("/api/v1/conversations?phone=%2B14155550101&status=closed", headers=KEY)
+    assert _ids(both) == [first]
+
+    row = by_phone.get_json()["data"][1]
+    assert row["contact"] == {"id": ana, "phone": "+14155550101", "bsuid": None, "name": "Ana"}
+    assert row["status"] == "closed"
+    assert row["closed_at"] is not None
+    assert row["provider"] == "twilio"
+    assert row["business_number"] == "+14155238886"
+
+
+def test_pages_follow_the_cursor_without_gaps_or_repeats(client: FlaskClient, db: psycopg.Connection) -> None:
+    contact = seed.contact(db, "+14155550101")
+    created = [seed.conversation(db, contact, status="closed") for _ in range(5)]
+
+    seen: list[int] = []
+    url = "/api/v1/conversations?limit=2"
+    pages = 0
+    while True:
+        body = client.get(url, headers=KEY).get_json()
+        seen += [row["id"] for row in body["data"]]
+        pages += 1
+        if body["next_cursor"] is None:
+            break
+        url = f"/api/v1/conversations?limit=2&cursor={body['next_cursor']}"
+    assert seen == sorted(created, reverse=True)
+    assert pages == 3
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=-4", "cursor"),
+        ("cursor=abc", "cursor"),
+        ("status=pending", "status"),
+        ("provider=telegram", "provider"),
+        ("phone=not-a-phone", "phone"),
+    ],
+)
+def test_invalid_query_parameters_are_422_naming_the_parameter(
+    client: FlaskClient, query: str, parameter: str
+) -> None:
+    response = client.get(f"/api/v1/conversations?{query}", headers=KEY)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["message"].startswith(f"{parameter}:")
+
+
+def test_history_has_both_directions_oldest_first_with_status(
+    client: FlaskClient, db: psycopg.Connection
+) -> None:
+    contact = seed.contact(db, "+14155550101")
+    conversation = seed.conversation(db, contact)
+    other = seed.conversation(db, contact, provider="meta", number="106540352242922")
+    with db.transaction():
+        first = seed.message(db, conversation, contact, "in", "10 minutes", body="hi")
+        second = seed.message(db, conversation, contact, "out", "9 minutes", body="menu", status="read")
+        third = seed.message(db, conversation, contact, "out", "8 minutes", body="oops", status="failed")
+        seed.message(db, other, contact, "in", "7 minutes", body="elsewhere")
+    db.execute(
+        "UPDATE messages SET error_code = '63016', error_message = 'outside the 24 h window' WHERE id = %s",
+        (third,),
+    )
+
+    response = client.get(f"/api/v1/conversations/{conversation}/messages", headers=KEY)
+    body = response.get_json()
+    assert response.status_code == 200
+    assert body["conversation_id"] == conversation
+    assert body["next_cursor"] is None
+    assert [(m["id"], m["direction"], m["body"], m["status"]) for m in body["data"]] == [
+        (first, "in", "hi", "received"),
+        (second, "out", "menu", "read"),
+        (third, "out", "oops", "failed"),
+    ]
+    assert body["data"][2]["error"] == {"code": "63016", "message": "outside the 24 h window"}
+    assert body["data"][0]["error"] is None
+
+    page_one = client.get(f"/api/v1/conversations/{conversation}/messages?limit=2", headers=KEY).get_json()
+    assert [m["id"] for m in page_one["data"]] == [first, second]
+    cursor = page_one["next_cursor"]
+    page_two = client.get(
+        f"/api/v1/conversations/{conversation}/messages?limit=2&cursor={cursor}", headers=KEY
+    ).get_json()
+    assert [m["id"] for m in page_two["data"]] == [third]
+    assert page_two["next_cursor"] is None
+
+
+def test_history_of_an_unknown_conversation_is_404(client: FlaskClient) -> None:
+    response = client.get("/api/v1/conversations/999/messages", headers=KEY)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert client.get("/api/v1/conversations/999/messages?limit=0", headers=KEY).status_code == 422
+
+
+def test_close_is_idempotent_and_releases_a_handoff(client: FlaskClient, db: psycopg.Connection) -> None:
+    contact = seed.contact(db, "+14155550101")
+    conversation = seed.conversation(db, contact, status="handoff")
+
+    with structlog.testing.capture_logs() as logs:
+        first = client.post(f"/api/v1/conversations/{conversation}/close", headers=KEY)
+    assert first.status_code == 200
+    assert first.get_json()["status"] == "closed"
+    assert "4155550101" not in repr(logs)
+    again = client.post(f"/api/v1/conversations/{conversation}/close", headers=KEY)
+    assert again.status_code == 200
+    assert again.get_json() == first.get_json()
+
+    # Released: the contact's next message opens a new conversation the bot answers.
+    with db.transaction():
+        live = conversations.get_or_create_live(
+            db, contact_id=contact, provider="twilio", business_number="+14155238886"
+        )
+    assert live.id != conversation
+    assert live.status == "open"
+
+
+def test_closing_an_unknown_conversation_is_404(client: FlaskClient) -> None:
+    response = client.post("/api/v1/conversations/424242/close", headers=KEY)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"

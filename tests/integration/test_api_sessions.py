@@ -1,0 +1,116 @@
+"""``/api/v1/sessions`` against the session's real Redis: masked listing, cursors, delete."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from ingress import create_app
+from shared.sessions import Sessions
+from shared.settings import load_settings
+
+KEY = {"X-API-Key": "sessions-test-key"}
+
+
+@pytest.fixture
+def client(clean: None) -> FlaskClient:
+    return create_app(load_settings(api_keys="sessions-test-key", default_region="US")).test_client()
+
+
+def test_lists_sessions_masked_with_ttl_and_flow_step_but_no_answers(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    # A short TTL, so we can see that listing does not renew it to the app's 30 minutes.
+    sessions = Sessions(redis_client, ttl_seconds=100)
+    sessions.save("+14155550101", {"workspace_id": "w-1", "project_id": "p-1"})
+    sessions.save(
+        "+14155550102",
+        {
+            "flow": {
+                "pack": "shopfloor",
+                "flow": "report_defect",
+                "step": 2,
+                "answers": {"order_number": "ORD-12345", "description": "secret detail"},
+            }
+        },
+    )
+
+    response = client.get("/api/v1/sessions", headers=KEY)
+
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "4155550101" not in text
+    assert "4155550102" not in text
+    assert "ORD-12345" not in text
+    assert "secret detail" not in text
+    body = response.get_json()
+    assert body["next_cursor"] is None
+    by_user = {row["user"]: row for row in body["data"]}
+    assert set(by_user) == {"+*******0101", "+*******0102"}
+    assert by_user["+*******0101"]["workspace_id"] == "w-1"
+    assert by_user["+*******0101"]["project_id"] == "p-1"
+    assert by_user["+*******0101"]["flow"] is None
+    assert by_user["+*******0102"]["flow"] == {"pack": "shopfloor", "flow": "report_defect", "step": 2}
+    assert all(0 < row["ttl_seconds"] <= 100 for row in body["data"])
+    assert 0 < redis_client.ttl("session:+14155550101") <= 100
+
+
+def test_listing_pages_through_every_session_once(client: FlaskClient, redis_client: redis.Redis) -> None:
+    sessions = Sessions(redis_client, ttl_seconds=600)
+    phones = {f"+1415555{n:04d}" for n in range(1000, 1025)}
+    for phone in phones:
+        sessions.save(phone, {"project_id": "p"})
+    redis_client.set("unrelated:key", "x")
+
+    seen: list[str] = []
+    url = "/api/v1/sessions?limit=10"
+    pages = 0
+    for pages in range(1, 30):  # noqa: B007 - the count of pages is asserted below
+        body = client.get(url, headers=KEY).get_json()
+        seen += [row["user"] for row in body["data"]]
+        if body["next_cursor"] is None:
+            break
+        url = f"/api/v1/sessions?limit=10&cursor={body['next_cursor']}"
+    assert sorted(seen) == sorted("+*******" + phone[-4:] for phone in phones)
+    assert pages >= 2
+
+
+def test_deletes_a_session_by_phone_in_any_format(client: FlaskClient, redis_client: redis.Redis) -> None:
+    sessions = Sessions(redis_client, ttl_seconds=600)
+    sessions.save("+14155550101", {"project_id": "p"})
+    sessions.save("+14155550102", {"project_id": "q"})
+
+    response = client.delete("/api/v1/sessions/(415)%20555-0101", headers=KEY)
+
+    assert response.status_code == 204
+    assert sessions.load("+14155550101") == {}
+    assert sessions.load("+14155550102") == {"project_id": "q"}
+    again = client.delete("/api/v1/sessions/+14155550101", headers=KEY)
+    assert again.status_code == 404
+    assert again.get_json()["error"]["code"] == "not_found"
+
+
+def test_invalid_phone_or_paging_is_422(client: FlaskClient) -> None:
+    bad_phone = client.delete("/api/v1/sessions/not-a-phone", headers=KEY)
+    assert bad_phone.status_code == 422
+    assert bad_phone.get_json()["error"]["message"].startswith("phone:")
+    for query, name in (("limit=0", "limit"), ("limit=999", "limit"), ("cursor=x", "cursor")):
+        response = client.get(f"/api/v1/sessions?{query}", headers=KEY)
+        assert response.status_code == 422
+        assert response.get_json()["error"]["message"].startswith(f"{name}:")
+
+
+def test_an_unreachable_redis_is_503_not_500(clean: None) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = load_settings(api_keys="sessions-test-key", redis_url=f"redis://127.0.0.1:{port}/0")
+    client = create_app(settings).test_client()
+
+    response = client.get("/api/v1/sessions", headers=KEY)
+
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
