@@ -42,7 +42,7 @@ _DEVELOPMENT_KEY = b"wapipe-development-key:set-WAPIPE_SECRET_KEY-in-production"
 _warned = False
 
 # "VERIFY 123456", any case, any spacing (also "verify: 123 456", which people type from a copied code).
-_VERIFY = re.compile(r"^\s*verify\b[\s:]*(?P<code>[\d\s\-]*)\s*$", re.IGNORECASE)
+_VERIFY = re.compile(r"^\s*verify(?![a-z])[\s:]*(?P<code>[\d\s\-]*)\s*$", re.IGNORECASE)
 
 
 class PhoneTaken(Exception):

@@ -182,9 +182,11 @@ def test_relinking_moves_the_user_to_the_new_number(db: psycopg.Connection) -> N
         ("verify 123456", "123456"),
         ("  Verify    123456  ", "123456"),
         ("VERIFY: 123 456", "123456"),
+        ("VERIFY123456", "123456"),
         ("VERIFY 12345", ""),
         ("VERIFY", ""),
         ("verify me please", None),
+        ("verifying 123456", None),
         ("hello", None),
     ],
 )
