@@ -15,6 +15,15 @@ celery = Celery("wapipe")
 celery.config_from_object(celery_config(get_settings().redis_url or "redis://127.0.0.1:6379/0"))
 celery.autodiscover_tasks(["workers"], related_name=None, force=True)
 
-STAGE_MODULES = ("workers.signals", "workers.maintenance", "workers.verify", "workers.commands")
+STAGE_MODULES = (
+    "workers.signals",
+    "workers.inbound",
+    "workers.notify",
+    "workers.status",
+    "workers.maintenance",
+    "workers.verify",
+    "workers.commands",
+    "workers.flows",
+)
 celery.conf.imports = STAGE_MODULES
 app = celery

@@ -1,0 +1,113 @@
+"""Contacts: the WhatsApp users who write to us, known by E.164 phone and/or Meta's business-scoped id.
+
+A contact is created on its first inbound message and refreshed on every later one (profile name, the
+time of the last inbound message that opens WhatsApp's 24-hour window). Opt-out lives here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from shared.db.errors import wrap_errors
+
+_COLUMNS = "id, phone, bsuid, profile_name, opted_out, opted_out_at, last_inbound_at, created_at"
+
+# Any unique key (phone or bsuid) already taken means the contact exists: insert nothing, then find and
+# update it below. Two first messages from one new user racing each other both end on the same row.
+_INSERT_IF_NEW = """
+INSERT INTO contacts (phone, bsuid, profile_name, last_inbound_at)
+VALUES (%(phone)s, %(bsuid)s, %(profile_name)s, now())
+ON CONFLICT DO NOTHING
+"""
+# The row matching the phone wins over one matching only the bsuid (a phone is what users link).
+_FIND_FOR_UPDATE = f"""
+SELECT {_COLUMNS} FROM contacts
+WHERE (%(phone)s::text IS NOT NULL AND phone = %(phone)s)
+   OR (%(bsuid)s::text IS NOT NULL AND bsuid = %(bsuid)s)
+ORDER BY (phone IS NOT DISTINCT FROM %(phone)s) DESC, id
+LIMIT 1
+FOR UPDATE
+"""  # noqa: S608 - constant column list and statuses, no input
+# Fill an identifier we did not know yet, unless another contact already holds it (then they stay two
+# rows rather than failing the message).
+_REFRESH = f"""
+UPDATE contacts c SET
+    phone = CASE WHEN c.phone IS NULL AND %(phone)s::text IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.phone = %(phone)s)
+             THEN %(phone)s ELSE c.phone END,
+    bsuid = CASE WHEN c.bsuid IS NULL AND %(bsuid)s::text IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.bsuid = %(bsuid)s)
+             THEN %(bsuid)s ELSE c.bsuid END,
+    profile_name = COALESCE(%(profile_name)s, c.profile_name),
+    last_inbound_at = GREATEST(c.last_inbound_at, now()),
+    updated_at = now()
+WHERE c.id = %(id)s
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list and statuses, no input
+_GET = f"SELECT {_COLUMNS} FROM contacts WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
+_GET_BY_PHONE = f"SELECT {_COLUMNS} FROM contacts WHERE phone = %(phone)s"  # noqa: S608 - constant column list, no input
+_SET_OPTED_OUT = f"""
+UPDATE contacts SET opted_out = %(opted_out)s,
+    opted_out_at = CASE WHEN %(opted_out)s THEN COALESCE(opted_out_at, now()) ELSE NULL END,
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list and statuses, no input
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: int
+    phone: str | None
+    bsuid: str | None
+    profile_name: str | None
+    opted_out: bool
+    opted_out_at: datetime | None
+    last_inbound_at: datetime | None
+    created_at: datetime
+
+    @property
+    def user_key(self) -> str:
+        """The key sessions and rate limits use: the E.164 phone, else the business-scoped id."""
+        return self.phone or self.bsuid or f"contact:{self.id}"
+
+
+def upsert_from_inbound(
+    conn: psycopg.Connection, *, phone: str | None, bsuid: str | None, profile_name: str | None
+) -> Contact:
+    """The contact who sent an inbound message, created on first sight and refreshed otherwise.
+
+    Call inside the transaction that stores the message; the contact row stays locked until it commits.
+    """
+    if not phone and not bsuid:
+        raise ValueError("an inbound message needs a sender phone or business-scoped user id")
+    params = {"phone": phone, "bsuid": bsuid, "profile_name": profile_name}
+    with wrap_errors():
+        conn.execute(_INSERT_IF_NEW, params)
+        found = conn.execute(_FIND_FOR_UPDATE, params).fetchone()
+        assert found is not None, "a contact inserted or conflicting must be found"
+        row = conn.execute(_REFRESH, {**params, "id": found["id"]}).fetchone()
+    assert row is not None
+    return Contact(**row)
+
+
+def get(conn: psycopg.Connection, contact_id: int) -> Contact | None:
+    with wrap_errors():
+        row = conn.execute(_GET, {"id": contact_id}).fetchone()
+    return Contact(**row) if row else None
+
+
+def get_by_phone(conn: psycopg.Connection, phone: str) -> Contact | None:
+    with wrap_errors():
+        row = conn.execute(_GET_BY_PHONE, {"phone": phone}).fetchone()
+    return Contact(**row) if row else None
+
+
+def set_opted_out(conn: psycopg.Connection, contact_id: int, opted_out: bool) -> Contact | None:
+    """Opt the contact out (STOP) or back in (START); the first opt-out time is kept while opted out."""
+    with wrap_errors():
+        row = conn.execute(_SET_OPTED_OUT, {"id": contact_id, "opted_out": opted_out}).fetchone()
+    return Contact(**row) if row else None

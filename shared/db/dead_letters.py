@@ -1,0 +1,99 @@
+"""Dead letters: work that exhausted its retries (or whose outcome is unknown), kept for an operator.
+
+``wapipe dlq list`` shows the pending ones; ``wapipe dlq replay`` re-enqueues their task and marks them
+replayed. The row keeps the task name and its kwargs, so any stage can dead-letter, not only notify.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.db.errors import wrap_errors
+
+_COLUMNS = "id, task_name, message_id, payload, error, attempts, created_at, replayed_at"
+
+_ADD = f"""
+INSERT INTO dead_letters (task_name, message_id, payload, error, attempts)
+VALUES (%(task_name)s, %(message_id)s, %(payload)s, %(error)s, %(attempts)s)
+RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list and statuses, no input
+_PENDING_FOR_MESSAGE = f"""
+SELECT {_COLUMNS} FROM dead_letters
+WHERE task_name = %(task_name)s AND message_id = %(message_id)s AND replayed_at IS NULL
+ORDER BY id LIMIT 1
+"""  # noqa: S608 - constant column list and statuses, no input
+_GET = f"SELECT {_COLUMNS} FROM dead_letters WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
+_LIST_PENDING = f"""
+SELECT {_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND id > %(after)s ORDER BY id LIMIT %(limit)s
+"""  # noqa: S608 - constant column list and statuses, no input
+_MARK_REPLAYED = f"""
+UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s AND replayed_at IS NULL RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list and statuses, no input
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    task_name: str
+    message_id: int | None
+    payload: dict[str, Any]  # the task's kwargs
+    error: str
+    attempts: int
+    created_at: datetime
+    replayed_at: datetime | None
+
+
+def add(
+    conn: psycopg.Connection,
+    *,
+    task_name: str,
+    payload: dict[str, Any],
+    error: str,
+    attempts: int,
+    message_id: int | None = None,
+) -> DeadLetter:
+    """Record a dead letter; a second one for the same pending (task, message) returns the first."""
+    with wrap_errors():
+        if message_id is not None:
+            row = conn.execute(
+                _PENDING_FOR_MESSAGE, {"task_name": task_name, "message_id": message_id}
+            ).fetchone()
+            if row is not None:
+                return DeadLetter(**row)
+        row = conn.execute(
+            _ADD,
+            {
+                "task_name": task_name,
+                "message_id": message_id,
+                "payload": Jsonb(payload),
+                "error": error,
+                "attempts": attempts,
+            },
+        ).fetchone()
+    assert row is not None
+    return DeadLetter(**row)
+
+
+def get(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter | None:
+    with wrap_errors():
+        row = conn.execute(_GET, {"id": dead_letter_id}).fetchone()
+    return DeadLetter(**row) if row else None
+
+
+def list_pending(conn: psycopg.Connection, limit: int = 100, after: int = 0) -> list[DeadLetter]:
+    """Dead letters not replayed yet, oldest first; page with ``after`` = the last id seen."""
+    with wrap_errors():
+        rows = conn.execute(_LIST_PENDING, {"limit": limit, "after": after}).fetchall()
+    return [DeadLetter(**row) for row in rows]
+
+
+def mark_replayed(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter | None:
+    """Mark a pending dead letter replayed; None if it was not pending (already replayed or unknown)."""
+    with wrap_errors():
+        row = conn.execute(_MARK_REPLAYED, {"id": dead_letter_id}).fetchone()
+    return DeadLetter(**row) if row else None

@@ -1,0 +1,470 @@
+"""Messages in both directions, and the timeline of an outbound message's delivery.
+
+Inbound rows are unique on (provider, provider message id), which is what makes a redelivered webhook or
+route task produce one effect. Outbound rows are unique on their idempotency key (``reply:<inbound id>``
+or an API caller's key) and move through ``queued -> sending -> sent -> delivered -> read`` (or
+``failed`` / ``undelivered``, final), never backwards: see :func:`apply_status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.db.errors import NotFound, wrap_errors
+from shared.db.pool import connection
+from shared.wire.events import STATUS_RANK, DeliveryStatus
+
+# notify.send's claim: the provider call is in flight (see workers/notify.py). Ranked with 'queued', so a
+# receipt can never be overtaken by it.
+SENDING = "sending"
+
+
+def _rank_sql(column: str) -> str:
+    """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``."""
+    cases = " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
+    return f"(CASE {column} {cases} ELSE 0 END)"
+
+
+# --- inbound -------------------------------------------------------------------------------------------
+
+_FIND_BY_PROVIDER_ID = """
+SELECT id, direction, routed_at FROM messages
+WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
+"""
+_INSERT_INBOUND = """
+INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, type, body,
+                      payload, media, status)
+VALUES (%(conversation_id)s, %(contact_id)s, 'in', %(provider)s, %(provider_message_id)s, %(type)s,
+        %(body)s, %(payload)s, %(media)s, 'received')
+ON CONFLICT (provider, provider_message_id) DO NOTHING
+RETURNING id
+"""
+_MARK_ROUTED = "UPDATE messages SET routed_at = now() WHERE id = %(id)s AND routed_at IS NULL"
+_MARK_HANDLED = (
+    "UPDATE messages SET handled_at = COALESCE(handled_at, now()), updated_at = now() WHERE id = %(id)s"
+)
+_LOG_WEBHOOK_EVENT = """
+INSERT INTO webhook_events (provider, event_key, kind, body)
+VALUES (%(provider)s, %(event_key)s, %(kind)s, %(body)s)
+"""
+_GET_INBOUND = """
+SELECT m.id, m.conversation_id, m.contact_id, m.provider, v.business_number, c.phone, c.bsuid,
+       c.profile_name, m.type, m.body, m.payload, l.user_id, m.created_at
+FROM messages m
+JOIN contacts c ON c.id = m.contact_id
+LEFT JOIN conversations v ON v.id = m.conversation_id
+LEFT JOIN user_links l ON l.phone = c.phone
+WHERE m.id = %(id)s AND m.direction = 'in'
+"""
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """A stored inbound message with who sent it, as the handler stages read it (INTERFACES.md)."""
+
+    id: int
+    conversation_id: int
+    contact_id: int
+    provider: str
+    business_number: str
+    phone: str | None  # E.164
+    bsuid: str | None
+    profile_name: str | None
+    type: str
+    body: str | None  # the text, or the title of the button / row tapped
+    payload: dict[str, Any]
+    user_id: UUID | None  # the linked user of the host application
+    created_at: datetime
+
+    @property
+    def user_key(self) -> str:
+        """The key sessions use: the E.164 phone, else the business-scoped id."""
+        return self.phone or self.bsuid or f"contact:{self.contact_id}"
+
+
+@dataclass(frozen=True)
+class StoredInbound:
+    id: int
+    routed: bool
+
+
+def find_by_provider_id(
+    conn: psycopg.Connection, provider: str, provider_message_id: str
+) -> StoredInbound | None:
+    with wrap_errors():
+        row = conn.execute(
+            _FIND_BY_PROVIDER_ID, {"provider": provider, "provider_message_id": provider_message_id}
+        ).fetchone()
+    return StoredInbound(row["id"], row["routed_at"] is not None) if row else None
+
+
+def insert_inbound(
+    conn: psycopg.Connection,
+    *,
+    conversation_id: int,
+    contact_id: int,
+    provider: str,
+    provider_message_id: str,
+    type: str,
+    body: str | None,
+    payload: dict[str, Any],
+    media: list[dict[str, Any]] | None,
+) -> int | None:
+    """Store an inbound message; None when (provider, provider message id) is already stored."""
+    params = {
+        "conversation_id": conversation_id,
+        "contact_id": contact_id,
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "type": type,
+        "body": body,
+        "payload": Jsonb(payload),
+        "media": Jsonb(media) if media else None,
+    }
+    with wrap_errors():
+        row = conn.execute(_INSERT_INBOUND, params).fetchone()
+    return row["id"] if row else None
+
+
+def log_webhook_event(
+    conn: psycopg.Connection, *, provider: str, event_key: str, kind: str, body: dict[str, Any]
+) -> None:
+    """Keep the raw event in ``webhook_events`` (audits, replays; trimmed by the retention job)."""
+    with wrap_errors():
+        conn.execute(
+            _LOG_WEBHOOK_EVENT,
+            {"provider": provider, "event_key": event_key, "kind": kind, "body": Jsonb(body)},
+        )
+
+
+def mark_routed(conn: psycopg.Connection, message_id: int) -> None:
+    with wrap_errors():
+        conn.execute(_MARK_ROUTED, {"id": message_id})
+
+
+def mark_handled(conn: psycopg.Connection, message_id: int) -> None:
+    """A handler has answered the inbound message (kept for audits and the first-answer time)."""
+    with wrap_errors():
+        conn.execute(_MARK_HANDLED, {"id": message_id})
+
+
+def get_inbound(message_id: int, conn: psycopg.Connection | None = None) -> InboundRecord:
+    """The stored inbound message with its sender; raises ``NotFound``."""
+    if conn is None:
+        with connection() as own:
+            return get_inbound(message_id, own)
+    with wrap_errors():
+        row = conn.execute(_GET_INBOUND, {"id": message_id}).fetchone()
+    if row is None:
+        raise NotFound(f"inbound message {message_id}")
+    return InboundRecord(**{**row, "payload": row["payload"] or {}})
+
+
+# --- outbound ------------------------------------------------------------------------------------------
+
+_INSERT_OUTBOUND = """
+INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, request_hash,
+                      type, body, payload, status, bypass_opt_out)
+VALUES (%(conversation_id)s, %(contact_id)s, 'out', %(provider)s, %(idempotency_key)s, %(request_hash)s,
+        %(type)s, %(body)s, %(payload)s, 'queued', %(bypass_opt_out)s)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+"""
+_ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
+_OUTBOUND_COLUMNS = """
+m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
+m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
+m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
+v.business_number
+"""
+_GET_OUTBOUND = f"""
+SELECT {_OUTBOUND_COLUMNS}
+FROM messages m
+LEFT JOIN contacts c ON c.id = m.contact_id
+LEFT JOIN conversations v ON v.id = m.conversation_id
+WHERE m.id = %(id)s AND m.direction = 'out'
+"""  # noqa: S608 - constant column list and statuses, no input
+# The claim that makes two deliveries of one notify.send task send once: only one UPDATE can move the row
+# out of 'queued'; the other finds it 'sending' (or done) and stands back.
+_CLAIM = f"""
+WITH claimed AS (
+    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now()
+    WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
+    RETURNING *
+)
+SELECT {_OUTBOUND_COLUMNS}
+FROM claimed m
+LEFT JOIN contacts c ON c.id = m.contact_id
+LEFT JOIN conversations v ON v.id = m.conversation_id
+"""  # noqa: S608 - constant column list and statuses, no input
+_MARK_SENT = f"""
+UPDATE messages SET status = 'sent', provider = %(provider)s, provider_message_id = %(provider_message_id)s,
+    error_code = NULL, error_message = NULL, updated_at = now()
+WHERE id = %(id)s AND status = '{SENDING}'
+RETURNING id
+"""  # noqa: S608 - constant column list and statuses, no input
+_RELEASE = f"""
+UPDATE messages SET status = 'queued', error_code = %(error_code)s, error_message = %(error_message)s,
+    updated_at = now()
+WHERE id = %(id)s AND status = '{SENDING}'
+RETURNING id
+"""  # noqa: S608 - constant column list and statuses, no input
+_MARK_FAILED = f"""
+UPDATE messages SET status = 'failed', error_code = %(error_code)s, error_message = %(error_message)s,
+    updated_at = now()
+WHERE id = %(id)s AND status IN ('queued', '{SENDING}')
+RETURNING id
+"""  # noqa: S608 - constant column list and statuses, no input
+_REQUEUE = """
+UPDATE messages SET status = 'queued', attempts = 0, error_code = NULL, error_message = NULL,
+    updated_at = now()
+WHERE id = %(id)s AND direction = 'out' AND status = 'failed'
+RETURNING id
+"""
+_SECONDS_SINCE_UPDATE = (
+    "SELECT extract(epoch FROM now() - updated_at)::float AS age FROM messages WHERE id = %(id)s"
+)
+
+
+@dataclass(frozen=True)
+class OutboundRecord:
+    """An outbound message with its recipient, as notify.send reads it."""
+
+    id: int
+    conversation_id: int | None
+    contact_id: int | None
+    provider: str
+    provider_message_id: str | None
+    idempotency_key: str | None
+    type: str
+    body: str | None
+    payload: dict[str, Any]
+    status: str
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    bypass_opt_out: bool
+    created_at: datetime
+    updated_at: datetime
+    phone: str | None
+    bsuid: str | None
+    opted_out: bool | None
+    conversation_provider: str | None
+    business_number: str | None
+
+
+def _outbound(row: dict[str, Any]) -> OutboundRecord:
+    return OutboundRecord(**{**row, "payload": row["payload"] or {}})
+
+
+def insert_outbound(
+    conn: psycopg.Connection,
+    *,
+    idempotency_key: str,
+    provider: str,
+    contact_id: int | None,
+    conversation_id: int | None,
+    type: str,
+    body: str | None,
+    payload: dict[str, Any] | None = None,
+    request_hash: str | None = None,
+    bypass_opt_out: bool = False,
+) -> tuple[int, bool]:
+    """Store an outbound message as ``queued``; return (its id, whether it is new).
+
+    The same idempotency key twice stores nothing new and returns the first message's id, so a redelivered
+    task or a retried API call never queues a second message.
+    """
+    params = {
+        "idempotency_key": idempotency_key,
+        "provider": provider,
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "type": type,
+        "body": body,
+        "payload": Jsonb(payload or {}),
+        "request_hash": request_hash,
+        "bypass_opt_out": bypass_opt_out,
+    }
+    with wrap_errors():
+        row = conn.execute(_INSERT_OUTBOUND, params).fetchone()
+        if row is not None:
+            add_event(conn, row["id"], "queued")
+            return row["id"], True
+        existing = conn.execute(_ID_BY_KEY, {"key": idempotency_key}).fetchone()
+    assert existing is not None, "the conflicting row holds the key"
+    return existing["id"], False
+
+
+def get_outbound(conn: psycopg.Connection, message_id: int) -> OutboundRecord:
+    """The outbound message with its recipient; raises ``NotFound``."""
+    with wrap_errors():
+        row = conn.execute(_GET_OUTBOUND, {"id": message_id}).fetchone()
+    if row is None:
+        raise NotFound(f"outbound message {message_id}")
+    return _outbound(row)
+
+
+def claim_for_sending(conn: psycopg.Connection, message_id: int) -> OutboundRecord | None:
+    """Move a queued message to 'sending' (one attempt more); None if it was not queued."""
+    with wrap_errors():
+        row = conn.execute(_CLAIM, {"id": message_id}).fetchone()
+    return _outbound(row) if row else None
+
+
+def seconds_since_update(conn: psycopg.Connection, message_id: int) -> float:
+    with wrap_errors():
+        row = conn.execute(_SECONDS_SINCE_UPDATE, {"id": message_id}).fetchone()
+    if row is None:
+        raise NotFound(f"message {message_id}")
+    return float(row["age"])
+
+
+def mark_sent(conn: psycopg.Connection, message_id: int, provider: str, provider_message_id: str) -> bool:
+    """Record the provider's id for a message being sent; append 'sent' to its timeline."""
+    with wrap_errors():
+        row = conn.execute(
+            _MARK_SENT,
+            {"id": message_id, "provider": provider, "provider_message_id": provider_message_id},
+        ).fetchone()
+        if row is not None:
+            add_event(conn, message_id, "sent")
+    return row is not None
+
+
+def release_for_retry(
+    conn: psycopg.Connection, message_id: int, error_code: str | None, error_message: str | None
+) -> bool:
+    """A transient failure: back to 'queued' (the error kept for operators) for the next attempt."""
+    with wrap_errors():
+        row = conn.execute(
+            _RELEASE, {"id": message_id, "error_code": error_code, "error_message": error_message}
+        ).fetchone()
+        if row is not None:
+            add_event(conn, message_id, "retrying", error_code=error_code, detail=error_message)
+    return row is not None
+
+
+def mark_failed(
+    conn: psycopg.Connection, message_id: int, error_code: str | None, error_message: str | None
+) -> bool:
+    """Final failure before or while sending: 'failed' with the reason, and a timeline entry."""
+    with wrap_errors():
+        row = conn.execute(
+            _MARK_FAILED, {"id": message_id, "error_code": error_code, "error_message": error_message}
+        ).fetchone()
+        if row is not None:
+            add_event(conn, message_id, "failed", error_code=error_code, detail=error_message)
+    return row is not None
+
+
+def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
+    """Dead-letter replay: a failed outbound message becomes queued again with a fresh attempt budget."""
+    with wrap_errors():
+        row = conn.execute(_REQUEUE, {"id": message_id}).fetchone()
+        if row is not None:
+            add_event(conn, message_id, "queued", detail="replayed")
+    return row is not None
+
+
+# --- delivery receipts ---------------------------------------------------------------------------------
+
+_FIND_FOR_STATUS = """
+SELECT id, status FROM messages
+WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
+"""
+# Forward only, in one statement: PostgreSQL re-checks the WHERE on the locked row, so two receipts racing
+# each other can only ever leave the higher-ranked status.
+_ADVANCE = f"""
+UPDATE messages SET status = %(status)s,
+    error_code = COALESCE(%(error_code)s, error_code),
+    error_message = COALESCE(%(error_message)s, error_message),
+    updated_at = now()
+WHERE id = %(id)s AND {_rank_sql("status")} < %(rank)s
+RETURNING id
+"""  # noqa: S608 - constant column list and statuses, no input
+_ADD_EVENT = """
+INSERT INTO message_events (message_id, status, error_code, detail, at)
+VALUES (%(message_id)s, %(status)s, %(error_code)s, %(detail)s, COALESCE(%(at)s, now()))
+"""
+_TIMELINE = """
+SELECT status, error_code, detail, at FROM message_events WHERE message_id = %(message_id)s ORDER BY at, id
+"""
+
+
+@dataclass(frozen=True)
+class StatusApplied:
+    message_id: int
+    changed: bool  # False when the receipt was older than what we already knew (still in the timeline)
+
+
+def apply_status(
+    conn: psycopg.Connection,
+    *,
+    provider: str,
+    provider_message_id: str,
+    status: DeliveryStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    at: datetime | None = None,
+) -> StatusApplied | None:
+    """Apply a delivery receipt; None when no message has that provider id (yet)."""
+    with wrap_errors():
+        row = conn.execute(
+            _FIND_FOR_STATUS, {"provider": provider, "provider_message_id": provider_message_id}
+        ).fetchone()
+        if row is None:
+            return None
+        message_id = row["id"]
+        changed = False
+        rank = STATUS_RANK.get(status)
+        if rank is not None:
+            changed = (
+                conn.execute(
+                    _ADVANCE,
+                    {
+                        "id": message_id,
+                        "status": status.value,
+                        "rank": rank,
+                        "error_code": error_code,
+                        "error_message": error_message,
+                    },
+                ).fetchone()
+                is not None
+            )
+        add_event(conn, message_id, status.value, error_code=error_code, detail=error_message, at=at)
+    return StatusApplied(message_id, changed)
+
+
+def add_event(
+    conn: psycopg.Connection,
+    message_id: int,
+    status: str,
+    *,
+    error_code: str | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    with wrap_errors():
+        conn.execute(
+            _ADD_EVENT,
+            {
+                "message_id": message_id,
+                "status": status,
+                "error_code": error_code,
+                "detail": detail,
+                "at": at,
+            },
+        )
+
+
+def timeline(conn: psycopg.Connection, message_id: int) -> list[dict[str, Any]]:
+    """The message's delivery events, oldest first (by when they happened, not when they arrived)."""
+    with wrap_errors():
+        return conn.execute(_TIMELINE, {"message_id": message_id}).fetchall()

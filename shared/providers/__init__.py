@@ -1,0 +1,42 @@
+"""Outbound providers behind one Protocol (:class:`~shared.providers.base.Sender`), picked by settings.
+
+``WAPIPE_PROVIDER`` chooses (console, twilio, meta, kapso); unset, the provider whose credentials are
+present is used, else the console provider, so the default setup sends "for real" to the terminal.
+Each provider's sender lives in its package as ``client.py`` and takes the settings.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
+from shared.settings import ProviderName, Settings, get_settings
+
+__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "get_sender"]
+
+# provider -> "module:class"; each class is constructed with the settings.
+_SENDERS: dict[ProviderName, str] = {
+    ProviderName.twilio: "shared.providers.twilio.client:TwilioSender",
+    ProviderName.meta: "shared.providers.meta.client:MetaSender",
+    ProviderName.kapso: "shared.providers.kapso.client:KapsoSender",
+}
+
+
+def get_sender(settings: Settings | None = None) -> Sender:
+    """A new sender for the configured provider (make one per process and reuse it)."""
+    settings = settings or get_settings()
+    provider = settings.active_provider
+    if provider is ProviderName.console:
+        import redis
+
+        from shared.providers.console import ConsoleSender
+
+        if not settings.redis_url:
+            raise RuntimeError("the console provider publishes on Redis: set WAPIPE_REDIS_URL")
+        return ConsoleSender(redis.Redis.from_url(settings.redis_url, socket_timeout=5))
+    module_name, _, class_name = _SENDERS[provider].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise RuntimeError(f"WAPIPE_PROVIDER={provider}: outbound sending is not available") from exc
+    return getattr(module, class_name)(settings)

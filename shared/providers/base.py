@@ -1,0 +1,158 @@
+"""What every outbound provider implements: one :class:`Sender` Protocol and the models it speaks.
+
+An :class:`OutboundMessage` is built from a stored outbound row (:meth:`OutboundMessage.from_record`): the
+row's ``body`` is the plain text (always present for replies, the fallback where a richer type cannot be
+sent), and its ``payload`` holds the typed content under the key named like the type (``media``,
+``interactive``, ``template``, ``reaction``). Providers send what they support and raise a permanent
+:class:`SendError` for what they cannot, before calling anything.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class OutboundType(StrEnum):
+    text = "text"
+    media = "media"  # image, video, audio or document: see Media.kind
+    interactive = "interactive"  # reply buttons or a list
+    template = "template"
+    reaction = "reaction"
+
+
+class Media(_Model):
+    """A media message by https URL (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media)."""
+
+    kind: Literal["image", "video", "audio", "document", "sticker"] = "image"
+    url: str
+    caption: str | None = None
+    filename: str | None = None
+
+
+class Button(_Model):
+    id: str
+    title: str
+
+
+class ListRow(_Model):
+    id: str
+    title: str
+    description: str | None = None
+
+
+class ListSection(_Model):
+    title: str | None = None
+    rows: list[ListRow] = Field(default_factory=list)
+
+
+class Interactive(_Model):
+    """Reply buttons (up to 3) or a list (up to 10 rows); limits are checked by each provider."""
+
+    kind: Literal["buttons", "list"] = "buttons"
+    body: str
+    header: str | None = None
+    footer: str | None = None
+    buttons: list[Button] = Field(default_factory=list)
+    button_text: str | None = None  # the list's opening button
+    sections: list[ListSection] = Field(default_factory=list)
+
+
+class Template(_Model):
+    """An approved template: name, language and its variables (positional or named)."""
+
+    name: str
+    language: str = "en_US"
+    variables: list[str] | dict[str, str] = Field(default_factory=list)
+    content_sid: str | None = None  # Twilio's Content API id for the same template
+
+
+class Reaction(_Model):
+    message_id: str  # the provider's id of the message reacted to
+    emoji: str
+
+
+class OutboundMessage(_Model):
+    """One message to send, whatever the provider."""
+
+    id: int  # our messages row id, for logs and the console channel
+    to: str  # E.164
+    from_number: str | None = None  # our business number when the conversation names one
+    type: OutboundType = OutboundType.text
+    text: str | None = None
+    media: Media | None = None
+    interactive: Interactive | None = None
+    template: Template | None = None
+    reaction: Reaction | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)  # the stored typed content, as stored
+
+    @classmethod
+    def from_record(
+        cls,
+        *,
+        id: int,
+        to: str,
+        type: str,
+        body: str | None,
+        payload: dict[str, Any],
+        from_number: str | None,
+    ) -> OutboundMessage:
+        kind = OutboundType(type) if type in OutboundType._value2member_map_ else OutboundType.text
+        return cls(
+            id=id,
+            to=to,
+            from_number=from_number,
+            type=kind,
+            text=body,
+            media=payload.get("media"),
+            interactive=payload.get("interactive"),
+            template=payload.get("template"),
+            reaction=payload.get("reaction"),
+            payload=payload,
+        )
+
+
+class SendResult(_Model):
+    """The provider accepted the message: its id for the message (Twilio ``SM...``, Meta ``wamid...``)."""
+
+    provider: str
+    provider_message_id: str
+    status: str = "sent"
+
+
+class SendError(Exception):
+    """The provider refused or could not be reached.
+
+    ``permanent``: retrying cannot help (invalid number, outside the 24-hour window, opted out, auth):
+    mark the message failed. Otherwise it is transient (429, 5xx, timeouts): retry later, no sooner than
+    ``retry_after`` seconds when the provider said so.
+    """
+
+    def __init__(self, code: str, message: str, *, permanent: bool, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """An outbound provider. ``send`` makes (at most) one provider API call for one message."""
+
+    name: str
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """Send the message or raise :class:`SendError`."""
+        ...
+
+
+def unsupported(provider: str, message: OutboundMessage) -> SendError:
+    """The permanent error for a type this provider cannot send (yet)."""
+    return SendError("unsupported_type", f"{provider} cannot send {message.type} messages", permanent=True)

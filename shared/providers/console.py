@@ -1,0 +1,48 @@
+"""The console provider: outbound with no accounts, so the whole pipeline works on a laptop.
+
+Each message is printed as one line (recipient masked) and published as JSON on the Redis channel
+:data:`CHANNEL`, which ``wapipe chat`` subscribes to to show the bot's replies. It is stored like any other
+message (status ``sent``, a generated ``console-<uuid>`` id); it does not enforce the 24-hour window.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from typing import TextIO
+
+import redis
+
+from shared.logging import mask_phone
+from shared.providers.base import OutboundMessage, SendError, SendResult
+
+CHANNEL = "wapipe:console:outbound"
+
+
+class ConsoleSender:
+    name = "console"
+
+    def __init__(self, client: redis.Redis, stream: TextIO | None = None) -> None:
+        self._redis = client
+        self._stream = stream
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        text = message.text or ""
+        if not text and message.interactive is not None:
+            text = message.interactive.body
+        stream = self._stream or sys.stdout
+        # One readable line; the body is what the user would read on their phone, so it is shown.
+        print(f"[console] -> {mask_phone(message.to)} ({message.type}): {text}", file=stream, flush=True)
+        event = {
+            "message_id": message.id,
+            "to": message.to,
+            "type": str(message.type),
+            "text": text,
+            "payload": message.payload,
+        }
+        try:
+            self._redis.publish(CHANNEL, json.dumps(event, ensure_ascii=False))
+        except redis.RedisError as exc:
+            raise SendError("console_unavailable", f"Redis publish failed: {exc}", permanent=False) from exc
+        return SendResult(provider=self.name, provider_message_id=f"console-{uuid.uuid4()}")

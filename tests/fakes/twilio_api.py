@@ -1,0 +1,211 @@
+"""A fake Twilio REST API on 127.0.0.1: the real ``twilio`` SDK talks to it through ``WAPIPE_TWILIO_API_URL``.
+
+It speaks enough of ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``
+(https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource): a form body,
+HTTP basic auth with the account SID and auth token, and a ``201`` JSON answer shaped like Twilio's with a
+fresh ``SM...`` sid and status ``queued``. Tests script failures first with :meth:`FakeTwilioAPI.respond`
+(for example ``respond(500)`` then the next request succeeds, or ``respond(429, retry_after=1)``, or
+``respond(400, code=21211, message="Invalid 'To' Phone Number")``); scripted answers are used in order,
+one per request, and the default answer follows.
+
+Everything received is recorded (:attr:`received`); :meth:`created` lists only the messages answered 201,
+i.e. what Twilio would really have sent. Use it as a context manager, or call :meth:`start`/:meth:`stop`::
+
+    with FakeTwilioAPI() as fake:
+        env = {"WAPIPE_TWILIO_API_URL": fake.url, **fake.credentials_env()}
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+ACCOUNT_SID = "AC" + "0" * 32
+AUTH_TOKEN = "fake-twilio-auth-token"
+WHATSAPP_NUMBER = "+14155238886"  # Twilio's WhatsApp sandbox number
+
+
+@dataclass
+class Received:
+    """One request as the fake saw it; ``form`` keeps the last value of each form field."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    form: dict[str, str]
+    status: int  # what the fake answered
+    sid: str | None = None  # the created message's sid, for 201 answers
+
+
+@dataclass
+class Scripted:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def twilio_error(status: int, code: int | None = None, message: str = "") -> dict[str, Any]:
+    """Twilio's error body (https://www.twilio.com/docs/usage/twilios-response#response-formats-exceptions)."""
+    code = code or {400: 21211, 401: 20003, 404: 20404, 429: 20429}.get(status, 20500)
+    return {
+        "code": code,
+        "message": message or f"fake error {code}",
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+
+
+class FakeTwilioAPI:
+    def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.received: list[Received] = []
+        self._script: deque[Scripted] = deque()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeTwilioAPI:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-twilio", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeTwilioAPI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def credentials_env(self, number: str = WHATSAPP_NUMBER) -> dict[str, str]:
+        """Environment for a process (worker) that should send through this fake with the real SDK."""
+        return {
+            "WAPIPE_PROVIDER": "twilio",
+            "WAPIPE_TWILIO_API_URL": self.url,
+            "TWILIO_ACCOUNT_SID": self.account_sid,
+            "TWILIO_AUTH_TOKEN": self.auth_token,
+            "TWILIO_WHATSAPP_NUMBER": number,
+        }
+
+    # --- scripting and inspection -------------------------------------------------------------------
+
+    def respond(
+        self,
+        status: int,
+        *,
+        code: int | None = None,
+        message: str = "",
+        retry_after: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` requests with this error (Twilio's error JSON, Retry-After if given)."""
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+        with self._lock:
+            for _ in range(times):
+                self._script.append(Scripted(status, twilio_error(status, code, message), headers))
+
+    def created(self) -> list[Received]:
+        """The messages the fake accepted (201): what Twilio would really have sent."""
+        with self._lock:
+            return [r for r in self.received if r.status == 201]
+
+    def requests(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
+
+    # --- the HTTP side ------------------------------------------------------------------------------
+
+    def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
+        form = {key: values[-1] for key, values in parse_qs(raw.decode("utf-8")).items()}
+        expected_path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
+        if method != "POST" or path.split("?", 1)[0] != expected_path:
+            answer = Scripted(404, twilio_error(404, 20404, f"The requested resource {path} was not found"))
+        elif not self._authorized(headers.get("authorization", "")):
+            answer = Scripted(401, twilio_error(401, 20003, "Authenticate"))
+        else:
+            with self._lock:
+                answer = self._script.popleft() if self._script else None
+            if answer is None:
+                answer = Scripted(201, self._message(form))
+        with self._lock:
+            self.received.append(Received(method, path, headers, form, answer.status, answer.body.get("sid")))
+        return answer.status, answer.body, answer.headers
+
+    def _authorized(self, header: str) -> bool:
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        return user == self.account_sid and password == self.auth_token
+
+    def _message(self, form: dict[str, str]) -> dict[str, Any]:
+        sid = "SM" + uuid.uuid4().hex
+        return {
+            "sid": sid,
+            "account_sid": self.account_sid,
+            "from": form.get("From"),
+            "to": form.get("To"),
+            "body": form.get("Body"),
+            "status": "queued",
+            "num_segments": "1",
+            "num_media": "0",
+            "direction": "outbound-api",
+            "api_version": "2010-04-01",
+            "price": None,
+            "error_code": None,
+            "error_message": None,
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
+            "date_created": None,
+            "date_sent": None,
+            "date_updated": None,
+            "messaging_service_sid": None,
+            "subresource_uris": {},
+        }
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                status, body, extra = fake._handle(self.command, self.path, headers, raw)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = _serve
+            do_GET = _serve
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler

@@ -1,0 +1,192 @@
+"""inbound.route against real PostgreSQL and Redis: stored once, opt-out, rate limit, handoff, routing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import psycopg
+import redis
+
+from shared.settings import load_settings
+from shared.wire.events import InboundMessage
+from workers import inbound
+from workers.inbound import RATE_LIMIT_TEXT, route
+
+BUSINESS = "+14155238886"
+
+
+def event(text: str, phone: str = "+15551234567", sid: str | None = None, **extra: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {"profile_name": "Ana", "raw": {"Body": text}, **extra}
+    message = InboundMessage(
+        provider="twilio",
+        provider_message_id=sid or f"SM{uuid.uuid4().hex}",
+        business_number=BUSINESS,
+        sender_phone=phone,
+        text=text,
+        **fields,
+    )
+    return message.model_dump(mode="json")
+
+
+def queued(client: redis.Redis, queue: str) -> list[tuple[str, dict[str, Any]]]:
+    """(task, kwargs) of every job waiting on a queue, oldest first (the Publisher LPUSHes)."""
+    jobs = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        args = json.loads(base64.b64decode(envelope["body"]))
+        jobs.append((envelope["headers"]["task"], args[1]))
+    return jobs
+
+
+def count(db: psycopg.Connection, table: str) -> int:
+    return db.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"]  # noqa: S608 - test table names
+
+
+def test_a_duplicate_event_is_stored_once_and_handled_once(db, redis_client) -> None:
+    first = event("hello")
+    outcome = route(first, load_settings())
+    again = route(first, load_settings())
+
+    assert outcome.action == "handler"
+    assert outcome.handler == "commands.handle"  # not linked yet: the commands stage explains linking
+    assert again.action == "duplicate"
+    assert (count(db, "contacts"), count(db, "conversations"), count(db, "messages")) == (1, 1, 1)
+    assert count(db, "webhook_events") == 1
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": outcome.message_id})]
+    row = db.execute("SELECT direction, body, routed_at, status FROM messages").fetchone()
+    assert row["direction"] == "in"
+    assert row["body"] == "hello"
+    assert row["routed_at"] is not None
+
+
+def test_a_route_redelivered_after_the_insert_enqueues_the_handler_exactly_once(db, redis_client) -> None:
+    payload = event("hello")
+    # The first delivery stored the message and died before enqueueing the handler.
+    message_id = inbound._store(InboundMessage.model_validate(payload), payload)
+    assert queued(redis_client, "commands") == []
+
+    redelivered = route(payload, load_settings())
+    third = route(payload, load_settings())
+
+    assert redelivered.message_id == message_id
+    assert redelivered.action == "handler"
+    assert third.action == "duplicate"
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": message_id})]
+    assert count(db, "messages") == 1
+
+
+def test_the_handler_job_is_deduplicated_even_if_routing_runs_twice_before_marking(db, redis_client) -> None:
+    payload = event("hello")
+    message_id = inbound._store(InboundMessage.model_validate(payload), payload)
+    # Two deliveries both decide before either marks the row routed: the dedupe key keeps one job.
+    inbound._decide(message_id, load_settings())
+    inbound._decide(message_id, load_settings())
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": message_id})]
+
+
+def test_contact_and_conversation_are_reused_and_refreshed(db, redis_client) -> None:
+    route(event("one"), load_settings())
+    route(event("two", profile_name="Ana María"), load_settings())
+    assert count(db, "contacts") == 1
+    assert count(db, "conversations") == 1
+    contact = db.execute("SELECT phone, profile_name, last_inbound_at FROM contacts").fetchone()
+    assert contact["phone"] == "+15551234567"
+    assert contact["profile_name"] == "Ana María"
+    assert contact["last_inbound_at"] is not None
+
+
+def test_routing_by_mode_and_link(db, redis_client) -> None:
+    user_id = uuid.uuid4()
+    db.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+    db.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, %s)", (user_id, "+15551234567"))
+    project = load_settings(mode="project")
+
+    assert route(event("Need a login page by Friday"), project).handler == "ai.parse_proposal"
+    assert route(event("/status"), project).handler == "commands.handle"
+    assert route(event("verify 123456"), project).handler == "verify.check_code"
+    assert route(event("hi"), load_settings(mode="menu")).handler == "flows.step"
+    assert route(event("hi there"), load_settings(mode="assistant")).handler == "ai.reply"
+    assert [task for task, _ in queued(redis_client, "ai")] == ["ai.parse_proposal", "ai.reply"]
+
+
+def test_a_tapped_button_is_routed_by_its_title(db, redis_client) -> None:
+    payload = event("", reply={"id": "opt_2", "title": "Order status"})
+    outcome = route(payload, load_settings(mode="menu"))
+    assert outcome.handler == "flows.step"
+    row = db.execute("SELECT body, payload FROM messages WHERE id = %s", (outcome.message_id,)).fetchone()
+    assert row["body"] == "Order status"
+    assert row["payload"]["reply"]["id"] == "opt_2"
+
+
+def test_stop_opts_out_with_one_confirmation_and_start_opts_back_in(db, redis_client) -> None:
+    settings = load_settings()
+    stop = route(event("  Stop "), settings)
+    assert stop.action == "opted_out"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is True
+    notice = db.execute(
+        "SELECT body, bypass_opt_out, idempotency_key FROM messages WHERE direction = 'out'"
+    ).fetchone()
+    assert "unsubscribed" in notice["body"]
+    assert notice["bypass_opt_out"] is True
+    assert notice["idempotency_key"] == f"reply:{stop.message_id}:opt-out"
+    assert [task for task, _ in queued(redis_client, "notify")] == ["notify.send"]
+
+    # Further messages are kept but not answered.
+    later = route(event("hello?"), settings)
+    assert later.action == "from_opted_out"
+    assert queued(redis_client, "commands") == []
+    assert db.execute("SELECT routed_at FROM messages WHERE id = %s", (later.message_id,)).fetchone()[
+        "routed_at"
+    ]
+
+    start = route(event("START"), settings)
+    assert start.action == "opted_in"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+    assert route(event("hello again"), settings).action == "handler"
+
+
+def test_spanish_and_configured_opt_out_words(db, redis_client) -> None:
+    assert route(event("baja"), load_settings()).action == "opted_out"
+    body = db.execute("SELECT body FROM messages WHERE direction = 'out'").fetchone()["body"]
+    assert "baja" in body
+    custom = load_settings(opt_out_words="PARAR")
+    assert route(event("parar", phone="+15557654321"), custom).action == "opted_out"
+    assert route(event("stop", phone="+15550001111"), custom).action == "handler"
+
+
+def test_eleven_messages_in_a_minute_ten_handled_one_polite_reply_all_stored(db, redis_client) -> None:
+    settings = load_settings(rate_limit_per_minute=10)
+    outcomes = [route(event(f"message {i}"), settings) for i in range(12)]
+
+    assert [o.action for o in outcomes] == ["handler"] * 10 + ["rate_limited"] * 2
+    assert len(queued(redis_client, "commands")) == 10
+    replies = db.execute("SELECT body, idempotency_key FROM messages WHERE direction = 'out'").fetchall()
+    assert [r["body"] for r in replies] == [RATE_LIMIT_TEXT]
+    assert replies[0]["idempotency_key"] == f"reply:{outcomes[10].message_id}:rate-limit"
+    assert count(db, "messages") == 12 + 1  # every inbound message is stored, plus the one reply
+
+    # Another user is not affected.
+    assert route(event("hi", phone="+15557654321"), settings).action == "handler"
+
+
+def test_a_rerun_of_a_rate_limited_route_counts_once_and_replies_once(db, redis_client) -> None:
+    settings = load_settings(rate_limit_per_minute=1)
+    route(event("first"), settings)
+    over = event("second")
+    message_id = inbound._store(InboundMessage.model_validate(over), over)
+    inbound._decide(message_id, settings)
+    inbound._decide(message_id, settings)
+    replies = db.execute("SELECT count(*) AS n FROM messages WHERE direction = 'out'").fetchone()["n"]
+    assert replies == 1
+
+
+def test_a_conversation_in_handoff_is_stored_only(db, redis_client) -> None:
+    first = route(event("hello"), load_settings())
+    db.execute("UPDATE conversations SET status = 'handoff'")
+    second = route(event("are you there?"), load_settings())
+    assert second.action == "handoff"
+    assert len(queued(redis_client, "commands")) == 1
+    assert first.message_id != second.message_id

@@ -1,0 +1,242 @@
+"""notify.send against real PostgreSQL and Redis, with the console provider and the real twilio SDK talking
+to a local fake Twilio API: sent once, retried on 5xx/429, failed on 4xx, dead-lettered when exhausted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from shared.providers.console import CHANNEL, ConsoleSender
+from shared.providers.twilio.client import TwilioSender
+from shared.replies import queue_reply
+from shared.settings import Settings, load_settings
+from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
+from tests.integration.test_inbound_routing import event, queued
+from workers import notify
+from workers.inbound import route
+from workers.notify import RetryLater, send
+
+PHONE = "+15551234567"
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilioAPI]:
+    with FakeTwilioAPI() as fake:
+        yield fake
+
+
+def twilio_settings(fake: FakeTwilioAPI, **overrides: object) -> Settings:
+    return load_settings(
+        provider="twilio",
+        twilio_api_url=fake.url,
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_whatsapp_number=WHATSAPP_NUMBER,
+        public_url="https://bot.example.com",
+        **overrides,
+    )
+
+
+def a_reply(text: str = "Hi Ana!") -> int:
+    inbound = route(event("hello", phone=PHONE), load_settings())
+    assert inbound.message_id is not None
+    return queue_reply(inbound.message_id, text)
+
+
+def message(db, message_id: int) -> dict:
+    return db.execute("SELECT * FROM messages WHERE id = %s", (message_id,)).fetchone()
+
+
+def statuses(db, message_id: int) -> list[str]:
+    rows = db.execute("SELECT status FROM message_events WHERE message_id = %s ORDER BY id", (message_id,))
+    return [row["status"] for row in rows]
+
+
+def test_queue_reply_stores_once_and_enqueues_notify(db, redis_client) -> None:
+    inbound = route(event("hello", phone=PHONE), load_settings())
+    first = queue_reply(inbound.message_id, "Hi")
+    again = queue_reply(inbound.message_id, "Hi")
+    second = queue_reply(inbound.message_id, "And another thing", key="more")
+
+    assert first == again != second
+    assert message(db, first)["idempotency_key"] == f"reply:{inbound.message_id}"
+    assert message(db, second)["idempotency_key"] == f"reply:{inbound.message_id}:more"
+    assert [kwargs for _, kwargs in queued(redis_client, "notify")] == [
+        {"message_id": first},
+        {"message_id": first},
+        {"message_id": second},
+    ]
+
+
+def test_console_provider_stores_sent_and_publishes_on_the_channel(db, redis_client, capsys) -> None:
+    message_id = a_reply("Hi Ana!")
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(CHANNEL)
+    pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    assert send(message_id, sender=ConsoleSender(redis_client)) == "sent"
+
+    row = message(db, message_id)
+    assert row["status"] == "sent"
+    assert row["provider"] == "console"
+    assert row["provider_message_id"].startswith("console-")
+    assert statuses(db, message_id) == ["queued", "sent"]
+    published = pubsub.get_message(timeout=5)
+    assert json.loads(published["data"]) == {
+        "message_id": message_id,
+        "to": PHONE,
+        "type": "text",
+        "text": "Hi Ana!",
+        "payload": {},
+    }
+    printed = capsys.readouterr().out
+    assert "Hi Ana!" in printed
+    assert PHONE not in printed  # masked
+    assert "4567" in printed
+    # A redelivered task finds it sent and does nothing.
+    assert send(message_id, sender=ConsoleSender(redis_client)) == "skipped"
+    pubsub.close()
+
+
+def test_twilio_201_stores_sent_with_the_sm_sid(db, redis_client, fake_twilio) -> None:
+    message_id = a_reply("Hi Ana!")
+    settings = twilio_settings(fake_twilio)
+
+    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+
+    [created] = fake_twilio.created()
+    assert created.form == {
+        "From": f"whatsapp:{WHATSAPP_NUMBER}",
+        "To": f"whatsapp:{PHONE}",
+        "Body": "Hi Ana!",
+        "StatusCallback": "https://bot.example.com/webhooks/twilio",
+    }
+    row = message(db, message_id)
+    assert row["status"] == "sent"
+    assert row["provider"] == "twilio"
+    assert row["provider_message_id"] == created.sid
+    assert created.sid.startswith("SM")
+    assert row["attempts"] == 1
+
+
+def test_twilio_500_then_201_sends_exactly_one_message(db, redis_client, fake_twilio) -> None:
+    message_id = a_reply()
+    fake_twilio.respond(500)
+    settings = twilio_settings(fake_twilio)
+
+    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+
+    assert [r.status for r in fake_twilio.requests()] == [500, 201]
+    assert len(fake_twilio.created()) == 1
+    assert message(db, message_id)["provider_message_id"] == fake_twilio.created()[0].sid
+
+
+def test_twilio_400_fails_with_the_code_and_is_not_retried(db, redis_client, fake_twilio) -> None:
+    message_id = a_reply()
+    fake_twilio.respond(400, code=21211, message="Invalid 'To' Phone Number")
+    settings = twilio_settings(fake_twilio)
+
+    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "failed"
+
+    assert len(fake_twilio.requests()) == 1
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"], row["error_message"]) == (
+        "failed",
+        "21211",
+        "Invalid 'To' Phone Number",
+    )
+    assert statuses(db, message_id) == ["queued", "failed"]
+    # Redelivered: nothing more is sent.
+    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "skipped"
+    assert len(fake_twilio.requests()) == 1
+
+
+def test_a_long_retry_after_goes_back_to_the_queue_for_later(db, redis_client, fake_twilio) -> None:
+    message_id = a_reply()
+    fake_twilio.respond(429, code=20429, message="Too Many Requests", retry_after=120)
+    settings = twilio_settings(fake_twilio)
+
+    with pytest.raises(RetryLater) as later:
+        send(message_id, settings=settings, sender=TwilioSender(settings))
+
+    assert later.value.countdown >= 120
+    assert len(fake_twilio.requests()) == 1  # too long to wait inside the call
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"], row["attempts"]) == ("queued", "20429", 1)
+    # The retry then sends it.
+    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+    assert len(fake_twilio.created()) == 1
+
+
+def test_exhausted_retries_fail_the_message_and_file_a_dead_letter(db, redis_client, fake_twilio) -> None:
+    message_id = a_reply()
+    fake_twilio.respond(503, times=6)
+    settings = twilio_settings(fake_twilio, send_max_attempts=2)
+    sender = TwilioSender(settings)
+
+    with pytest.raises(RetryLater):
+        send(message_id, settings=settings, sender=sender)
+    assert send(message_id, settings=settings, sender=sender) == "dead"
+
+    assert fake_twilio.created() == []
+    row = message(db, message_id)
+    assert (row["status"], row["attempts"]) == ("failed", 2)
+    [letter] = db.execute("SELECT * FROM dead_letters").fetchall()
+    assert (letter["task_name"], letter["message_id"], letter["payload"]) == (
+        "notify.send",
+        message_id,
+        {"message_id": message_id},
+    )
+    assert letter["attempts"] == 2
+
+
+def test_a_message_being_sent_by_another_delivery_is_not_sent_again(db, redis_client) -> None:
+    message_id = a_reply()
+    db.execute(
+        "UPDATE messages SET status = 'sending', attempts = 1, updated_at = now() WHERE id = %s",
+        (message_id,),
+    )
+
+    with pytest.raises(RetryLater):
+        send(message_id, sender=ConsoleSender(redis_client))
+
+    # Past the lease the worker that claimed it is presumed dead mid-call: at-most-once, dead-lettered.
+    db.execute(
+        "UPDATE messages SET updated_at = now() - make_interval(secs => %s) WHERE id = %s",
+        (notify.SEND_LEASE_SECONDS + 5, message_id),
+    )
+    assert send(message_id, sender=ConsoleSender(redis_client)) == "dead"
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
+    assert db.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 1
+
+
+def test_sends_to_an_opted_out_contact_fail_with_the_reason(db, redis_client) -> None:
+    message_id = a_reply()
+    db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+
+    assert send(message_id, sender=ConsoleSender(redis_client)) == "failed"
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"]) == ("failed", "opted_out")
+
+
+def test_the_opt_out_confirmation_itself_is_delivered(db, redis_client) -> None:
+    stop = route(event("STOP", phone=PHONE), load_settings())
+    notice_id = db.execute("SELECT id FROM messages WHERE direction = 'out'").fetchone()["id"]
+    assert stop.action == "opted_out"
+    assert send(notice_id, sender=ConsoleSender(redis_client)) == "sent"
+
+
+def test_backoff_grows_is_jittered_and_capped() -> None:
+    from shared.queues import MAX_COUNTDOWN_SECONDS
+
+    first = [notify.backoff_seconds(1, 2.0) for _ in range(50)]
+    fifth = [notify.backoff_seconds(5, 2.0) for _ in range(50)]
+    late = [notify.backoff_seconds(40, 2.0) for _ in range(50)]
+    assert all(1.0 <= s <= 2.0 for s in first)
+    assert all(16.0 <= s <= 32.0 for s in fifth)
+    assert len(set(fifth)) > 1
+    assert all(s <= MAX_COUNTDOWN_SECONDS for s in late)
+    assert notify.backoff_seconds(1, 2.0, retry_after=90) >= 90

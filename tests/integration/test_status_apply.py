@@ -1,0 +1,74 @@
+"""status.apply: delivery receipts move a message's status forward only; the timeline keeps every one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from shared.providers.console import ConsoleSender
+from shared.wire.events import StatusUpdate
+from tests.integration.test_notify_send import a_reply, message, statuses
+from workers.notify import send
+from workers.status import apply
+
+
+def receipt(sid: str, status: str, seconds: int, **extra: object) -> dict:
+    at = datetime.now(UTC) + timedelta(seconds=seconds)
+    return StatusUpdate(
+        provider="console", provider_message_id=sid, status=status, at=at, **extra
+    ).model_dump(mode="json")
+
+
+def a_sent_message(db, redis_client) -> tuple[int, str]:
+    message_id = a_reply()
+    assert send(message_id, sender=ConsoleSender(redis_client)) == "sent"
+    return message_id, message(db, message_id)["provider_message_id"]
+
+
+def test_read_before_delivered_leaves_read_and_both_in_the_timeline(db, redis_client) -> None:
+    message_id, sid = a_sent_message(db, redis_client)
+
+    read = apply(receipt(sid, "read", 20))
+    delivered = apply(receipt(sid, "delivered", 10))
+
+    assert (read.changed, delivered.changed) == (True, False)
+    assert message(db, message_id)["status"] == "read"
+    # Ordered by when each happened, not when it arrived.
+    assert statuses(db, message_id) == ["queued", "sent", "read", "delivered"]
+    timeline = db.execute(
+        "SELECT status FROM message_events WHERE message_id = %s ORDER BY at, id", (message_id,)
+    ).fetchall()
+    assert [row["status"] for row in timeline][-2:] == ["delivered", "read"]
+
+
+def test_failed_is_final_and_keeps_the_error_code(db, redis_client) -> None:
+    message_id, sid = a_sent_message(db, redis_client)
+
+    apply(receipt(sid, "undelivered", 5, error_code="63016", error_message="outside the 24h window"))
+    late = apply(receipt(sid, "delivered", 6))
+
+    assert late.changed is False
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"], row["error_message"]) == (
+        "undelivered",
+        "63016",
+        "outside the 24h window",
+    )
+
+
+def test_the_same_receipt_twice_changes_nothing_more(db, redis_client) -> None:
+    message_id, sid = a_sent_message(db, redis_client)
+    assert apply(receipt(sid, "delivered", 1)).changed is True
+    assert apply(receipt(sid, "delivered", 1)).changed is False
+    assert message(db, message_id)["status"] == "delivered"
+
+
+def test_a_receipt_for_an_unknown_message_is_reported(db, redis_client) -> None:
+    assert apply(receipt("console-unknown", "delivered", 1)) is None
+
+
+def test_an_unknown_status_only_lands_in_the_timeline(db, redis_client) -> None:
+    message_id, sid = a_sent_message(db, redis_client)
+    applied = apply(receipt(sid, "warming-up", 1))
+    assert applied.changed is False
+    assert message(db, message_id)["status"] == "sent"
+    assert statuses(db, message_id)[-1] == "unknown"

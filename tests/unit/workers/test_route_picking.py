@@ -1,0 +1,35 @@
+"""Which handler answers an inbound message (INTERFACES.md, "Routing in inbound.route")."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import Mode
+from workers.inbound import pick_handler
+
+
+@pytest.mark.parametrize("text", ["VERIFY 123456", "verify 123456", "  Verify   123456 ", "VERIFY 123 456"])
+@pytest.mark.parametrize("mode", list(Mode))
+def test_verify_codes_go_to_verify_in_every_mode(text: str, mode: Mode) -> None:
+    assert pick_handler(text, linked=False, mode=mode) == "verify.check_code"
+
+
+@pytest.mark.parametrize("text", ["VERIFY 12345", "VERIFY 1234567", "verify me", "please VERIFY 123456"])
+def test_not_quite_a_verify_code_is_not_sent_to_verify(text: str) -> None:
+    assert pick_handler(text, linked=True, mode=Mode.project) != "verify.check_code"
+
+
+def test_project_mode_commands_and_unlinked_senders_go_to_commands() -> None:
+    assert pick_handler("/help", linked=True, mode=Mode.project) == "commands.handle"
+    assert pick_handler("need a login page", linked=False, mode=Mode.project) == "commands.handle"
+    assert pick_handler("", linked=True, mode=Mode.project) == "commands.handle"
+
+
+def test_project_mode_free_text_from_a_linked_user_becomes_a_proposal() -> None:
+    assert pick_handler("Need a login page by Friday", linked=True, mode=Mode.project) == "ai.parse_proposal"
+
+
+def test_menu_and_assistant_modes() -> None:
+    assert pick_handler("hi", linked=False, mode=Mode.menu) == "flows.step"
+    assert pick_handler("/help", linked=True, mode=Mode.menu) == "flows.step"
+    assert pick_handler("hello there", linked=False, mode=Mode.assistant) == "ai.reply"

@@ -1,0 +1,73 @@
+"""``status.apply``: a delivery receipt moves its message's status forward, never back.
+
+``queued < sent < delivered < read``; ``failed`` and ``undelivered`` are final and keep the provider's
+error code. Every receipt is appended to the message's timeline (``message_events``) whatever its order,
+so a ``read`` that overtook ``delivered`` leaves the status at ``read`` and both in the timeline.
+
+A receipt can arrive before our own row knows the provider's id (the provider answers the send, the
+callback races our UPDATE): an unknown id is retried a few times with a growing countdown, then logged and
+dropped, since receipts for messages we never sent (another system on the same number) are normal too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import redis
+
+from shared.db import messages
+from shared.db.errors import Unavailable
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.wire.events import StatusUpdate
+from workers import celery
+
+log = get_logger(__name__)
+
+# 2 + 4 + 8 + 16 + 32 s: about a minute for our own row to record the provider id.
+UNKNOWN_MESSAGE_RETRIES = 5
+
+
+def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
+    """Apply the receipt; None when no message has its provider id."""
+    update = StatusUpdate.model_validate(event)
+    with transaction() as conn:
+        return messages.apply_status(
+            conn,
+            provider=update.provider.value,
+            provider_message_id=update.provider_message_id,
+            status=update.status,
+            error_code=update.error_code,
+            error_message=update.error_message,
+            at=update.at,
+        )
+
+
+@celery.task(
+    name="status.apply",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=20,
+)
+def apply_task(self: Any, event: dict[str, Any]) -> None:
+    applied = apply(event)
+    if applied is not None:
+        log.info(
+            "status applied",
+            message_id=applied.message_id,
+            status=event.get("status"),
+            changed=applied.changed,
+        )
+        return
+    retries = self.request.retries or 0
+    if retries < UNKNOWN_MESSAGE_RETRIES:
+        raise self.retry(countdown=2 ** (retries + 1))
+    log.warning(
+        "status for an unknown message dropped", provider=event.get("provider"), status=event.get("status")
+    )
