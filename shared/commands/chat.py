@@ -153,9 +153,12 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     try:
-        sender = normalize(args.sender, settings.default_region)
+        # Possible, not necessarily assigned: the point is to play any user, +1 555 numbers included.
+        sender = normalize(args.sender, settings.default_region, strict=False)
         business = normalize(
-            args.to or settings.twilio_whatsapp_number or DEFAULT_BUSINESS_NUMBER, settings.default_region
+            args.to or settings.twilio_whatsapp_number or DEFAULT_BUSINESS_NUMBER,
+            settings.default_region,
+            strict=False,
         )
     except InvalidPhone as exc:
         print(f"wapipe chat: {exc}", file=sys.stderr)
