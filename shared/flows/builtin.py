@@ -1,0 +1,163 @@
+"""The lookups and actions shipped with wapipe (the shop-floor pack uses them; other packs may too).
+
+Each is a small function registered by name; see :mod:`shared.flows.registry` for the signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.flows import repository, sla
+from shared.flows.registry import FlowContext, Rejected, action, lookup
+
+
+def when(moment: datetime | None) -> str:
+    """A time as the user reads it: ``2026-05-10 14:00 UTC``."""
+    if moment is None:
+        return "not set"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@lookup(
+    "order_exists",
+    provides=("customer", "product", "order_status", "progress", "expected_date", "sla_status", "sla_due"),
+)
+def order_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The order numbered ``value`` must exist; provides its status and SLA state for templates."""
+    order = repository.get_order(ctx.conn, value)
+    if order is None:
+        raise Rejected(f"Order {value} was not found. Please check the number and send it again.")
+    expected = order["expected_date"]
+    return {
+        "customer": order["customer"],
+        "product": order["product"] or "-",
+        "order_status": order["status"],
+        "progress": order["progress"],
+        "expected_date": expected.isoformat() if expected else "not set",
+        "sla_status": sla.order_state(
+            order["status"], order["progress"], order["created_at"], order["sla_due_at"], ctx.now
+        ),
+        "sla_due": when(order["sla_due_at"]),
+    }
+
+
+@lookup("machine_exists", provides=("machine_name", "machine_line"))
+def machine_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    machine = repository.get_machine(ctx.conn, value)
+    if machine is None:
+        raise Rejected(f"Machine {value} was not found. Please check the id on the machine's plate.")
+    return {"machine_name": machine["name"], "machine_line": machine["line"] or "-"}
+
+
+@lookup("ticket_sla", provides=("ticket_kind", "ticket_status", "sla_state", "time_remaining", "due"))
+def ticket_sla(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A ticket with an SLA; provides OK / WARNING / BREACHED and the time left."""
+    record = repository.get_record(ctx.conn, value)
+    if record is None or record["due_at"] is None:
+        raise Rejected(f"Ticket {value} was not found. Please check the reference and send it again.")
+    return {
+        "ticket_kind": record["kind"],
+        "ticket_status": record["status"],
+        "sla_state": sla.ticket_state(record["created_at"], record["due_at"], ctx.now),
+        "time_remaining": sla.describe_remaining(record["due_at"], ctx.now),
+        "due": when(record["due_at"]),
+    }
+
+
+@action("reply")
+def reply_only(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """No effect: the reply template says everything (e.g. what the lookups found)."""
+    return {}
+
+
+def _store(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[dict, bool]:
+    due_at = None
+    sla_hours = options.get("sla_hours")
+    if sla_hours is not None:
+        if isinstance(sla_hours, dict):
+            hours = sla_hours.get(str(data.get(str(options.get("sla_from", "")), "")))
+        else:
+            hours = sla_hours
+        if hours is not None:
+            due_at = ctx.now + timedelta(hours=float(hours))
+    record, created = repository.create_record(
+        ctx.conn,
+        prefix=str(options.get("prefix", "REC")),
+        flow=ctx.flow,
+        kind=str(options.get("kind", ctx.flow)),
+        contact_id=ctx.contact_id,
+        conversation_id=ctx.conversation_id,
+        source_message_id=ctx.message_id,
+        data=dict(data),
+        now=ctx.now,
+        due_at=due_at,
+    )
+    return record, created
+
+
+def _record_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    due_at = record["due_at"]
+    window = (due_at - record["created_at"]) if due_at else None
+    return {
+        "reference": record["reference"],
+        "due": when(due_at),
+        "sla_hours": int(window.total_seconds() // 3600) if window else "-",
+    }
+
+
+@action("create_record", provides=("reference", "due", "sla_hours"))
+def create_record(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Store the form as a ``flow_records`` row.
+
+    Options: ``prefix`` (reference prefix, e.g. ``MAINT``), ``kind``, and for an SLA either
+    ``sla_hours = 24`` or ``sla_from = "urgency"`` with ``sla_hours = { High = 24, ... }``.
+    """
+    with ctx.conn.transaction():
+        record, _ = _store(ctx, data, options)
+    return _record_values(record)
+
+
+@action("create_defect_report", provides=("reference", "due", "sla_hours"))
+def create_defect_report(
+    ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Store a defect report (``DEF-...``) and put its order ON HOLD, in one transaction."""
+    options = {"prefix": "DEF", "kind": "defect", **options}
+    order_field = str(options.get("order_from", "order_number"))
+    with ctx.conn.transaction():
+        record, created = _store(ctx, data, options)
+        if created and data.get(order_field):
+            repository.hold_order(ctx.conn, str(data[order_field]))
+    return _record_values(record)
+
+
+@action("list_open_tickets", provides=("tickets", "ticket_count"))
+def list_open_tickets(
+    ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The asking contact's open records, newest first, one line each (with SLA state when they have one)."""
+    records = (
+        repository.open_records(ctx.conn, ctx.contact_id, int(options.get("limit", 10)))
+        if ctx.contact_id
+        else []
+    )
+    lines = []
+    for record in records:
+        detail = record["data"].get("issue_type") or record["data"].get("defect_type") or record["kind"]
+        line = f"• {record['reference']} ({detail})"
+        if record["due_at"] is not None:
+            line += f": {sla.ticket_state(record['created_at'], record['due_at'], ctx.now)}, "
+            line += sla.describe_remaining(record["due_at"], ctx.now)
+        lines.append(line)
+    empty = str(options.get("empty", "You have no open tickets."))
+    return {"tickets": "\n".join(lines) if lines else empty, "ticket_count": len(records)}
+
+
+@action("handoff")
+def handoff(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Hand the conversation to a person: its status becomes 'handoff' and the router stops answering it."""
+    if ctx.conversation_id is not None:
+        repository.set_handoff(ctx.conn, ctx.conversation_id)
+    return {}

@@ -1,0 +1,168 @@
+"""The flow engine: given a user's flow state and their answer, the new state and what to reply.
+
+Deterministic apart from the registered lookups and actions it calls (which read and write the database
+through the context). The caller loads and saves the state (a session key) and sends the reply; see
+:mod:`shared.flows.service`.
+
+State (JSON, kept in the session under ``flow``)::
+
+    {"pack": "shopfloor", "flow": "report_defect" | None, "step": 1,
+     "answers": {"order_number": "ORD-12345"}, "found": {"customer": "..."}}
+
+Every reply has a plain-text body that works everywhere (numbered options) and, where choices are
+offered, an interactive payload (``{"type": "interactive", "interactive": {"kind": "list", ...}}``,
+the shape of :class:`shared.providers.base.Interactive`, ``kind`` "list" or "buttons") that providers
+supporting it (Meta, Kapso) send as a list or reply buttons; their tapped ids come back as answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.flows import registry
+from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step
+from shared.flows.registry import FlowContext, Rejected
+from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, validate
+
+MENU_ID_PREFIX = "menu:"
+MAX_BUTTONS = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one answer: the state to save, the text to send, and the optional interactive form."""
+
+    state: dict[str, Any]
+    text: str
+    payload: dict[str, Any] | None = None
+
+
+class _Values(dict):
+    # A template never fails at run time over a value a lookup did not return: it renders empty.
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    return template.format_map(_Values(values))
+
+
+def idle(pack: Pack) -> dict[str, Any]:
+    return {"pack": pack.name, "flow": None}
+
+
+def menu_text(pack: Pack, preface: str | None = None) -> Outcome:
+    """The numbered menu, also as an interactive list."""
+    head = "\n".join(part for part in (preface, pack.pack.menu_prompt) if part)
+    numbered = "\n".join(f"{number}. {flow.title}" for number, flow in enumerate(pack.flows, start=1))
+    rows = []
+    for flow in pack.flows:
+        row = {"id": MENU_ID_PREFIX + flow.id, "title": flow.title}
+        if flow.description:
+            row["description"] = flow.description
+        rows.append(row)
+    return Outcome(idle(pack), f"{head}\n{numbered}", _list(head, pack.pack.menu_button, rows))
+
+
+def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any]:
+    # The shape of shared.providers.base.Interactive, stored as the outbound message's payload.
+    interactive = {"kind": "list", "body": body, "button_text": button, "sections": [{"rows": rows}]}
+    return {"type": "interactive", "interactive": interactive}
+
+
+def _choice_payload(step: Step, body: str, button: str) -> dict[str, Any]:
+    options = [{"id": choice_id(step.name, n), "title": label} for n, label in enumerate(step.choices, 1)]
+    if len(options) <= MAX_BUTTONS and all(len(label) <= MAX_BUTTON_TITLE for label in step.choices):
+        return {"type": "interactive", "interactive": {"kind": "buttons", "body": body, "buttons": options}}
+    return _list(body, button, options)
+
+
+def _ask(pack: Pack, flow: Flow, state: dict[str, Any], header: str | None = None) -> Outcome:
+    """Prompt for the state's current step."""
+    step = flow.steps[state["step"]]
+    prompt = render(step.prompt, {**state["answers"], **state["found"], "flow_title": flow.title})
+    body = "\n".join(part for part in (header, prompt) if part)
+    payload = None
+    text = body
+    if step.kind == "choice":
+        numbered = "\n".join(f"{n}. {label}" for n, label in enumerate(step.choices, start=1))
+        text = f"{body}\n{numbered}"
+        payload = _choice_payload(step, body, pack.pack.menu_button)
+    return Outcome(state, f"{text}\n{pack.pack.cancel_hint}", payload)
+
+
+def _reprompt(pack: Pack, flow: Flow, state: dict[str, Any], problem: str) -> Outcome:
+    step = flow.steps[state["step"]]
+    payload = _choice_payload(step, problem, pack.pack.menu_button) if step.kind == "choice" else None
+    return Outcome(state, f"⚠️ {problem}\n{pack.pack.cancel_hint}", payload)
+
+
+def _start(pack: Pack, flow: Flow, ctx: FlowContext) -> Outcome:
+    state = {"pack": pack.name, "flow": flow.id, "step": 0, "answers": {}, "found": {}}
+    if not flow.steps:
+        return _finish(pack, flow, state, ctx)
+    return _ask(pack, flow, state, header=f"*{flow.title}*")
+
+
+def _finish(pack: Pack, flow: Flow, state: dict[str, Any], ctx: FlowContext) -> Outcome:
+    action = flow.action
+    function = registry.ACTIONS[action.name].fn
+    values = function(dataclasses.replace(ctx, flow=flow.id), dict(state["answers"]), action.options)
+    text = render(action.reply, {**state["answers"], **state["found"], **values, "flow_title": flow.title})
+    return Outcome(idle(pack), text)
+
+
+def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
+    ids = [MENU_ID_PREFIX + flow.id for flow in pack.flows]
+    index = match_choice([flow.title for flow in pack.flows], answer, ids)
+    return pack.flows[index] if index is not None else None
+
+
+def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: FlowContext) -> Outcome:
+    """Apply one answer to the state: start a flow, take a form's answer, finish it, or show the menu."""
+    state = dict(state or {})
+    folded = answer.clean.casefold()
+    flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
+
+    if flow is None or state.get("step", 0) >= len(flow.steps):
+        picked = _picked_flow(pack, answer)
+        if picked is not None:
+            return _start(pack, picked, ctx)
+        if not state or folded in pack.pack.menu_words or folded in pack.pack.cancel_words:
+            return menu_text(pack, preface=pack.pack.greeting)
+        return menu_text(pack, preface="Sorry, I didn't get that.")
+
+    if folded in pack.pack.cancel_words:
+        return menu_text(pack, preface="OK, cancelled.")
+    if answer.reply_id and answer.reply_id.startswith(MENU_ID_PREFIX):
+        # A tap on an earlier menu message switches to that flow, as the user evidently wants.
+        picked = _picked_flow(pack, answer)
+        if picked is not None:
+            return _start(pack, picked, ctx)
+
+    step = flow.steps[state["step"]]
+    try:
+        value = validate(step, answer)
+    except Invalid as problem:
+        return _reprompt(pack, flow, state, problem.message)
+    found: dict[str, Any] = {}
+    if step.lookup:
+        try:
+            found = dict(registry.LOOKUPS[step.lookup].fn(ctx, value, dict(state["answers"])))
+        except Rejected as rejected:
+            return _reprompt(pack, flow, state, rejected.message)
+    state = {
+        **state,
+        "answers": {**state["answers"], step.name: value},
+        "found": {**state["found"], **found},
+        "step": state["step"] + 1,
+    }
+    if state["step"] < len(flow.steps):
+        return _ask(pack, flow, state)
+    return _finish(pack, flow, state, dataclasses.replace(ctx, flow=flow.id))
+
+
+__all__ = ["Answer", "Outcome", "advance", "allowed", "menu_text", "render"]

@@ -1,0 +1,273 @@
+"""Flow packs: a TOML file defining a menu and step-by-step forms, validated at start.
+
+A pack is data: the menu is the list of ``[[flows]]`` in file order; each flow has ``[[flows.steps]]``
+(a prompt plus a validator: ``choice``, ``regex``, ``number`` or ``text``, and optionally a registered
+``lookup``) and one ``[flows.action]`` (a registered final action and the ``reply`` template). See
+``packs/shopfloor.toml`` for a complete, commented example.
+
+Every problem is reported with the line of the pack file it is on (``shopfloor.toml:42: ...``): TOML
+syntax errors by tomllib, shape errors by pydantic (mapped back to lines by :mod:`toml_lines`), and
+references (unknown lookup/action, a ``{placeholder}`` no earlier step or function provides) by us.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from shared.flows import registry
+from shared.flows.toml_lines import key_lines, line_of
+
+PACKS_DIR = Path(__file__).with_name("packs")
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+# WhatsApp's limits for interactive messages: list rows <= 10, row titles <= 24 characters, reply button
+# titles <= 20 characters, row descriptions <= 72.
+# https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-list-messages
+MAX_MENU_ROWS = 10
+MAX_ROW_TITLE = 24
+MAX_BUTTON_TITLE = 20
+MAX_ROW_DESCRIPTION = 72
+
+
+class PackError(Exception):
+    """A flow pack that cannot be used; ``problems`` are ``(line or None, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[int | None, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [
+            f"{source}:{line}: {message}" if line else f"{source}: {message}" for line, message in problems
+        ]
+        super().__init__("invalid flow pack\n" + "\n".join(lines))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    """One question of a form, and what counts as a valid answer."""
+
+    name: Identifier
+    prompt: str = Field(min_length=1, max_length=1024)
+    kind: Literal["choice", "regex", "number", "text"]
+    error: str | None = None  # shown instead of the generated "please answer ..." text
+    lookup: str | None = None
+    # kind = "choice"
+    choices: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ROW_TITLE)]] = Field(
+        default_factory=list, max_length=MAX_MENU_ROWS
+    )
+    # kind = "regex": matched in full, case-insensitively; `case` normalises the stored value
+    pattern: str | None = None
+    case: Literal["upper", "lower", "keep"] = "upper"
+    example: str | None = None
+    # kind = "number"
+    min: float | None = None
+    max: float | None = None
+    integer: bool = True
+    # kind = "text"
+    min_length: int = Field(default=1, ge=0)
+    max_length: int = Field(default=500, ge=1, le=4096)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value, re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("lookup")
+    @classmethod
+    def _known_lookup(cls, value: str | None) -> str | None:
+        if value is not None and value not in registry.LOOKUPS:
+            raise ValueError(f"unknown lookup {value!r} (registered: {', '.join(sorted(registry.LOOKUPS))})")
+        return value
+
+    @property
+    def compiled(self) -> re.Pattern[str]:
+        return _compile(self.pattern or "")
+
+
+@functools.cache
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE)
+
+
+class Action(BaseModel):
+    """The final action of a flow; keys other than ``name`` and ``reply`` are options for the action."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    reply: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("name")
+    @classmethod
+    def _known_action(cls, value: str) -> str:
+        if value not in registry.ACTIONS:
+            raise ValueError(f"unknown action {value!r} (registered: {', '.join(sorted(registry.ACTIONS))})")
+        return value
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Flow(_Strict):
+    """One menu option: its form (possibly empty) and its final action."""
+
+    id: Identifier
+    title: str = Field(min_length=1, max_length=MAX_ROW_TITLE)
+    description: str | None = Field(default=None, max_length=MAX_ROW_DESCRIPTION)
+    steps: list[Step] = Field(default_factory=list)
+    action: Action
+
+
+class Meta(_Strict):
+    """The ``[pack]`` table: name, greeting and the words that open the menu or leave a form."""
+
+    name: Identifier
+    greeting: str = "👋 Hello!"
+    menu_prompt: str = "What would you like to do? Reply with a number:"
+    menu_button: str = Field(default="Options", max_length=MAX_BUTTON_TITLE)
+    menu_hint: str = "Send *menu* at any time to see the options again."
+    cancel_hint: str = "(send *cancel* to go back to the menu)"
+    menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
+    cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
+
+
+class Pack(_Strict):
+    pack: Meta
+    flows: list[Flow] = Field(min_length=1, max_length=MAX_MENU_ROWS)
+
+    @property
+    def name(self) -> str:
+        return self.pack.name
+
+    def flow(self, flow_id: str) -> Flow | None:
+        return next((flow for flow in self.flows if flow.id == flow_id), None)
+
+
+def placeholders(template: str) -> set[str]:
+    """The ``{names}`` a template uses (``{a.b}`` and ``{a[0]}`` count as ``a``)."""
+    names = set()
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None:
+            names.add(re.split(r"[.\[]", field, maxsplit=1)[0])
+    return names
+
+
+def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
+    """What pydantic cannot see: duplicate names and placeholders nothing provides."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen_flows: set[str] = set()
+    for f_index, flow in enumerate(pack.flows):
+        where: tuple[str | int, ...] = ("flows", f_index)
+        if flow.id in seen_flows:
+            problems.append(((*where, "id"), f"flow id {flow.id!r} is used twice"))
+        seen_flows.add(flow.id)
+        known = {"flow_title"}
+        for s_index, step in enumerate(flow.steps):
+            at = (*where, "steps", s_index)
+            if step.name in known:
+                problems.append(((*at, "name"), f"step name {step.name!r} is used twice in flow {flow.id!r}"))
+            needs = {
+                "choice": ("choices", bool(step.choices)),
+                "regex": ("pattern", step.pattern is not None),
+            }.get(step.kind)
+            if needs and not needs[1]:
+                problems.append((at, f"a {step.kind} step needs `{needs[0]}`"))
+            if (
+                step.kind == "number"
+                and step.min is not None
+                and step.max is not None
+                and step.min > step.max
+            ):
+                problems.append(((*at, "min"), "min is greater than max"))
+            for name in sorted(placeholders(step.prompt) - known):
+                problems.append(((*at, "prompt"), f"{{{name}}} is not provided by an earlier step or lookup"))
+            known.add(step.name)
+            if step.lookup:
+                known |= registry.LOOKUPS[step.lookup].provides
+        known |= registry.ACTIONS[flow.action.name].provides
+        for name in sorted(placeholders(flow.action.reply) - known):
+            problems.append(
+                ((*where, "action", "reply"), f"{{{name}}} is not provided by a step or the action")
+            )
+    return problems
+
+
+def _describe(location: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse_pack(text: str, source: str = "<pack>") -> Pack:
+    """Validate pack text; raise :class:`PackError` naming the line of each problem."""
+    registry.ensure_builtins()
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"line (\d+)", str(exc))
+        raise PackError(source, [(int(found.group(1)) if found else None, str(exc))]) from None
+    lines = key_lines(text)
+    try:
+        pack = Pack.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            location = tuple(error["loc"])
+            problems.append((line_of(lines, location), f"{_describe(location)}: {error['msg']}"))
+        raise PackError(source, problems) from None
+    references = _check_references(pack)
+    if references:
+        raise PackError(
+            source,
+            [(line_of(lines, where), f"{_describe(where)}: {message}") for where, message in references],
+        )
+    return pack
+
+
+def resolve(name_or_path: str) -> Path:
+    """``WAPIPE_FLOWS``: a pack shipped in ``shared/flows/packs`` (``shopfloor``) or a .toml file's path."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path:
+        return Path(name_or_path).expanduser()
+    return PACKS_DIR / f"{name_or_path}.toml"
+
+
+def shipped() -> list[str]:
+    return sorted(path.stem for path in PACKS_DIR.glob("*.toml"))
+
+
+def load_pack(name_or_path: str) -> Pack:
+    path = resolve(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PackError(
+            str(path), [(None, f"no such flow pack (shipped packs: {', '.join(shipped())}, or a .toml path)")]
+        ) from None
+    return parse_pack(text, source=str(path))
+
+
+DEFAULT_PACK = "shopfloor"
+
+
+@functools.cache
+def get_pack(name_or_path: str | None = None) -> Pack:
+    """The process's pack: the one named, else ``WAPIPE_FLOWS``, else the shop-floor pack."""
+    from shared.settings import get_settings
+
+    return load_pack(name_or_path or get_settings().flows or DEFAULT_PACK)

@@ -1,0 +1,154 @@
+"""SQL of the flows stage: the shop-floor host tables, flow_records, and the inbound messages a step reads.
+
+Every function takes the caller's connection (dict rows), so a caller decides the transaction; effects
+that must happen together open ``conn.transaction()`` (a savepoint inside an outer transaction).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.db.errors import Duplicate, wrap_errors
+
+Row = dict[str, Any]
+
+_GET_ORDER = "SELECT * FROM orders WHERE number = %(number)s"
+_HOLD_ORDER = """
+UPDATE orders SET status = 'ON HOLD', updated_at = now()
+WHERE number = %(number)s AND status <> 'ON HOLD'
+"""
+_GET_MACHINE = "SELECT * FROM machines WHERE id = %(id)s"
+_INSERT_RECORD = """
+INSERT INTO flow_records
+    (reference, flow, kind, contact_id, conversation_id, source_message_id, data, status, due_at, created_at)
+VALUES
+    (%(reference)s, %(flow)s, %(kind)s, %(contact_id)s, %(conversation_id)s, %(source_message_id)s,
+     %(data)s, %(status)s, %(due_at)s, %(created_at)s)
+ON CONFLICT (source_message_id) DO NOTHING
+RETURNING *
+"""
+_RECORD_BY_SOURCE = "SELECT * FROM flow_records WHERE source_message_id = %(message_id)s"
+_RECORD_BY_REFERENCE = "SELECT * FROM flow_records WHERE reference = %(reference)s"
+_OPEN_RECORDS = """
+SELECT * FROM flow_records
+WHERE contact_id = %(contact_id)s AND status = 'open'
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+_SET_HANDOFF = """
+UPDATE conversations SET status = 'handoff'
+WHERE id = %(conversation_id)s AND status = 'open'
+"""
+_CONVERSATION_STATE = """
+SELECT c.status, k.opted_out
+FROM conversations c JOIN contacts k ON k.id = c.contact_id
+WHERE c.id = %(conversation_id)s
+"""
+# The inbound messages a step answers, oldest first: those after the last one handled for this user
+# (or, when that is unknown, those young enough to belong to the live session), up to the step's own.
+_PENDING_INBOUND = """
+SELECT id, body, payload, created_at, routed_at
+FROM messages
+WHERE conversation_id = %(conversation_id)s AND direction = 'in'
+  AND id > %(after_id)s AND id <= %(upto_id)s
+  AND ((created_at >= %(since)s AND handled_at IS NULL) OR id = %(upto_id)s)
+ORDER BY id
+"""
+_MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
+
+_REFERENCE_CONSTRAINT = "flow_records_reference_key"
+
+
+def get_order(conn: psycopg.Connection, number: str) -> Row | None:
+    return conn.execute(_GET_ORDER, {"number": number}).fetchone()
+
+
+def hold_order(conn: psycopg.Connection, number: str) -> bool:
+    """Put an order ON HOLD; False when it was already on hold (or does not exist)."""
+    return conn.execute(_HOLD_ORDER, {"number": number}).rowcount > 0
+
+
+def get_machine(conn: psycopg.Connection, machine_id: str) -> Row | None:
+    return conn.execute(_GET_MACHINE, {"id": machine_id}).fetchone()
+
+
+def get_record(conn: psycopg.Connection, reference: str) -> Row | None:
+    return conn.execute(_RECORD_BY_REFERENCE, {"reference": reference}).fetchone()
+
+
+def open_records(conn: psycopg.Connection, contact_id: int, limit: int = 10) -> list[Row]:
+    return conn.execute(_OPEN_RECORDS, {"contact_id": contact_id, "limit": limit}).fetchall()
+
+
+def create_record(
+    conn: psycopg.Connection,
+    *,
+    prefix: str,
+    flow: str,
+    kind: str,
+    contact_id: int | None,
+    conversation_id: int | None,
+    source_message_id: int | None,
+    data: dict[str, Any],
+    now: datetime,
+    due_at: datetime | None = None,
+    status: str = "open",
+    reference: str | None = None,
+) -> tuple[Row, bool]:
+    """Store a record with a fresh ``PREFIX-YYYYMMDDHHMMSS`` reference; return it and whether it is new.
+
+    Idempotent on ``source_message_id``: the same message again returns the record it made. Two records
+    in the same second get ``-2``, ``-3``... suffixes (the reference is unique, so we retry on Duplicate).
+    """
+    base = reference or f"{prefix}-{now:%Y%m%d%H%M%S}"
+    params = {
+        "flow": flow,
+        "kind": kind,
+        "contact_id": contact_id,
+        "conversation_id": conversation_id,
+        "source_message_id": source_message_id,
+        "data": Jsonb(data),
+        "status": status,
+        "due_at": due_at,
+        "created_at": now,
+    }
+    for attempt in range(1, 100):
+        params["reference"] = base if attempt == 1 else f"{base}-{attempt}"
+        try:
+            with wrap_errors(), conn.transaction():
+                row = conn.execute(_INSERT_RECORD, params).fetchone()
+        except Duplicate as exc:
+            if exc.constraint == _REFERENCE_CONSTRAINT:
+                continue
+            raise
+        if row is not None:
+            return row, True
+        existing = conn.execute(_RECORD_BY_SOURCE, {"message_id": source_message_id}).fetchone()
+        if existing is not None:
+            return existing, False
+    raise Duplicate(_REFERENCE_CONSTRAINT)
+
+
+def set_handoff(conn: psycopg.Connection, conversation_id: int) -> bool:
+    """Hand an open conversation to a human: the inbound router stops answering it."""
+    return conn.execute(_SET_HANDOFF, {"conversation_id": conversation_id}).rowcount > 0
+
+
+def conversation_state(conn: psycopg.Connection, conversation_id: int) -> Row | None:
+    """``{"status", "opted_out"}`` of a conversation and its contact."""
+    return conn.execute(_CONVERSATION_STATE, {"conversation_id": conversation_id}).fetchone()
+
+
+def pending_inbound(
+    conn: psycopg.Connection, conversation_id: int, after_id: int, upto_id: int, since: datetime
+) -> list[Row]:
+    params = {"conversation_id": conversation_id, "after_id": after_id, "upto_id": upto_id, "since": since}
+    return conn.execute(_PENDING_INBOUND, params).fetchall()
+
+
+def mark_handled(conn: psycopg.Connection, message_id: int) -> None:
+    conn.execute(_MARK_HANDLED, {"id": message_id})

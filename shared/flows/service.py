@@ -1,0 +1,228 @@
+"""One ``flows.step``: answer a user's pending messages, in the order they were sent, exactly once.
+
+Ordering and exactly-once across several ``flows`` worker processes:
+
+- A Redis lock per user (``flows:lock:<user key>``, SET NX PX with a random token, released only by its
+  holder) serialises every step that touches that user's flow state. A step that finds it held raises
+  :class:`Busy` and the task retries a moment later, so no worker blocks.
+- Inside the lock, a step does not answer only its own message: it answers *every* unanswered inbound
+  message of the conversation after the last one handled, up to its own, in id order (ids are assigned
+  when the router stores a message, i.e. in arrival order). So if the task for message 2 runs before the
+  task for message 1 (two workers, prefetching), it handles 1 then 2, and the task for 1 later finds
+  nothing to do. No task waits for another to be delivered, so a lost or delayed task cannot stall a
+  conversation, and none can overtake an earlier message.
+- The last handled message id is saved in the flow state itself (the ``flow`` session key), in the same
+  Redis write as the state it produced. The reply is queued *before* that write, under the idempotency
+  key ``reply:<inbound id>``: a worker dying in between makes the redelivered task redo the same step
+  from the same state, and the reply and any record it creates (unique on the source message) happen
+  once. A redelivered task whose message is already at or below the saved id does nothing, so a flow
+  never advances twice. The lock expires (``LOCK_SECONDS``) if its holder dies; before each save the
+  holder checks it still owns the lock, and stops if not (the next holder redoes the step, idempotently).
+- Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
+  i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
+  answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
+  (rate-limited, from an opted-out user, in a handed-off conversation) have no such key and are skipped.
+  An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
+  (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good).
+- When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
+  it; then only messages younger than the session TTL are considered.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import redis
+
+from shared.flows import engine, repository
+from shared.flows.pack import Pack
+from shared.flows.registry import FlowContext
+from shared.flows.validators import Answer
+from shared.logging import get_logger
+from shared.sessions import Sessions
+from shared.settings import get_settings
+
+log = get_logger(__name__)
+
+LOCK_SECONDS = 30
+UNROUTED_GRACE = timedelta(minutes=5)
+# The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
+ROUTED_KEY = "handle:{message_id}"
+# Sent to verify.check_code by the router in every mode (workers/inbound.py, VERIFY).
+_VERIFY = re.compile(r"^\s*verify\s*(?:\d\s*){6}$", re.IGNORECASE)
+SESSION_KEY = "flow"
+ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
+
+# Release or extend the lock only while it is still ours (a holder that outlived its lease must not
+# delete the next holder's lock).
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class Busy(Exception):
+    """Another worker is handling this user's messages; retry the step shortly."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The inbound message a step was enqueued for, and whose conversation and session it belongs to."""
+
+    message_id: int
+    conversation_id: int
+    contact_id: int | None
+    user_key: str  # E.164 phone, or the Meta BSUID when there is no phone
+
+
+def reply_id_from(payload: dict[str, Any] | None) -> str | None:
+    """The id of the button or list row the user tapped, as stored with the inbound message."""
+    if not payload:
+        return None
+    reply = payload.get("reply")
+    if isinstance(reply, dict) and reply.get("id"):
+        return str(reply["id"])
+    for key in ("reply_id", "button_id", "list_id"):
+        if payload.get(key):
+            return str(payload[key])
+    return None
+
+
+class _Lock:
+    def __init__(self, client: redis.Redis, user_key: str) -> None:
+        self._redis = client
+        self._key = f"flows:lock:{user_key}"
+        self._token = secrets.token_hex(16)
+
+    def acquire(self) -> bool:
+        return bool(self._redis.set(self._key, self._token, nx=True, px=LOCK_SECONDS * 1000))
+
+    def still_held(self) -> bool:
+        """True (and the lease renewed) while the lock is ours."""
+        return bool(self._redis.eval(_EXTEND, 1, self._key, self._token, LOCK_SECONDS * 1000))
+
+    def release(self) -> None:
+        self._redis.eval(_RELEASE, 1, self._key, self._token)
+
+
+def process(
+    target: Target,
+    *,
+    conn: psycopg.Connection,
+    redis_client: redis.Redis,
+    pack: Pack,
+    reply: ReplyFn,
+    now: datetime | None = None,
+) -> int:
+    """Answer the target's conversation up to the target message; return how many messages were handled.
+
+    Raises :class:`Busy` when another worker holds the user's lock.
+    """
+    lock = _Lock(redis_client, target.user_key)
+    if not lock.acquire():
+        raise Busy(target.message_id)
+    try:
+        return _process_locked(target, conn, redis_client, pack, reply, now, lock)
+    finally:
+        lock.release()
+
+
+def _process_locked(
+    target: Target,
+    conn: psycopg.Connection,
+    redis_client: redis.Redis,
+    pack: Pack,
+    reply: ReplyFn,
+    now: datetime | None,
+    lock: _Lock,
+) -> int:
+    sessions = Sessions(redis_client)
+    state = sessions.load(target.user_key).get(SESSION_KEY) or {}
+    cursor = state.get("last_message_id")
+    if isinstance(cursor, int) and target.message_id <= cursor:
+        log.info("flows.step_already_done", message_id=target.message_id)
+        return 0
+    ttl = get_settings().session_ttl_seconds
+    since = (now or datetime.now(UTC)) - timedelta(seconds=ttl)
+    rows = repository.pending_inbound(
+        conn, target.conversation_id, cursor if isinstance(cursor, int) else 0, target.message_id, since
+    )
+    conn.commit()
+    handled = 0
+    for row in rows:
+        if row["id"] != target.message_id:
+            verdict = _earlier_message(row, redis_client, now or datetime.now(UTC))
+            if verdict == "wait":
+                raise Busy(target.message_id)
+            if verdict == "skip":
+                continue
+        live = repository.conversation_state(conn, target.conversation_id)
+        if live is None or live["status"] != "open" or live["opted_out"]:
+            # Handed to a person, closed or opted out: the bot says nothing more in this conversation.
+            log.info("flows.conversation_not_open", conversation_id=target.conversation_id)
+            break
+        answer = Answer(row["body"] or "", reply_id_from(row["payload"]))
+        ctx = FlowContext(
+            conn=conn,
+            contact_id=target.contact_id,
+            conversation_id=target.conversation_id,
+            message_id=row["id"],
+            now=now or datetime.now(UTC),
+        )
+        engine_state = {key: value for key, value in state.items() if key != "last_message_id"}
+        outcome = engine.advance(pack, engine_state, answer, ctx)
+        conn.commit()
+        reply(row["id"], outcome.text, payload=outcome.payload)
+        if not lock.still_held():
+            log.warning("flows.lock_lost", message_id=row["id"])
+            return handled
+        state = {**outcome.state, "last_message_id": row["id"]}
+        sessions.update(target.user_key, **{SESSION_KEY: state})
+        repository.mark_handled(conn, row["id"])
+        conn.commit()
+        handled += 1
+    return handled
+
+
+def _earlier_message(row: dict[str, Any], redis_client: redis.Redis, now: datetime) -> str:
+    """``handle`` an earlier message of the conversation, ``skip`` it (not the flow's), or ``wait``."""
+    if _VERIFY.match(row["body"] or ""):
+        return "skip"
+    if row["routed_at"] is None:
+        return "skip" if row["created_at"] < now - UNROUTED_GRACE else "wait"
+    if not redis_client.exists(ROUTED_KEY.format(message_id=row["id"])):
+        return "skip"
+    return "handle"
+
+
+@functools.cache
+def _redis_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+
+
+def step(message_id: int) -> int:
+    """What the ``flows.step`` task runs: load the inbound message, then :func:`process` it."""
+    from shared.db.messages import get_inbound
+    from shared.db.pool import connection
+    from shared.flows.pack import get_pack
+    from shared.replies import queue_reply
+
+    record = get_inbound(message_id)
+    target = Target(message_id, record.conversation_id, record.contact_id, record.user_key)
+    settings = get_settings()
+    with connection() as conn:
+        return process(
+            target,
+            conn=conn,
+            redis_client=_redis_client(settings.redis_url or "redis://127.0.0.1:6379/0"),
+            pack=get_pack(),
+            reply=queue_reply,
+        )

@@ -1,0 +1,117 @@
+"""Check one answer against one step: the normalised value, or what the user should send instead.
+
+Pure functions, no I/O. A tapped button or list row arrives as its id (``defect_type:2``) and usually
+its title as the body too; both are accepted, exactly like the typed number or label.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from shared.flows.pack import Step
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the user sent: the text (typed, or the tapped title) and the tapped id, if any."""
+
+    text: str
+    reply_id: str | None = None
+
+    @property
+    def clean(self) -> str:
+        return " ".join(self.text.split())
+
+
+class Invalid(Exception):
+    """The answer does not fit the step; ``message`` says what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def choice_id(step_name: str, index: int) -> str:
+    """The id of a step's choice when sent as a button or list row (1-based, like the typed number)."""
+    return f"{step_name}:{index}"
+
+
+def _numbered(labels: list[str]) -> str:
+    return "\n".join(f"{number}. {label}" for number, label in enumerate(labels, start=1))
+
+
+def allowed(step: Step) -> str:
+    """One sentence saying what a valid answer looks like."""
+    if step.error:
+        return step.error
+    if step.kind == "choice":
+        return f"Please reply with a number from 1 to {len(step.choices)}:\n{_numbered(step.choices)}"
+    if step.kind == "regex":
+        example = f" (e.g. {step.example})" if step.example else ""
+        return f"That doesn't look right. Please send it in the format {step.pattern}{example}."
+    if step.kind == "number":
+        kind = "a whole number" if step.integer else "a number"
+        if step.min is not None and step.max is not None:
+            return f"Please send {kind} from {_fmt(step.min)} to {_fmt(step.max)}."
+        if step.min is not None:
+            return f"Please send {kind} of at least {_fmt(step.min)}."
+        if step.max is not None:
+            return f"Please send {kind} of at most {_fmt(step.max)}."
+        return f"Please send {kind}."
+    return f"Please send a text of {step.min_length} to {step.max_length} characters."
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def match_choice(labels: list[str], answer: Answer, id_of: list[str]) -> int | None:
+    """The 0-based index the answer picks: a tapped id, the number, or the label (any case)."""
+    if answer.reply_id and answer.reply_id in id_of:
+        return id_of.index(answer.reply_id)
+    text = answer.clean
+    if text.isdigit() and 1 <= int(text) <= len(labels):
+        return int(text) - 1
+    folded = text.casefold()
+    for index, label in enumerate(labels):
+        if " ".join(label.split()).casefold() == folded:
+            return index
+    return None
+
+
+def validate(step: Step, answer: Answer) -> str | int | float:
+    """The normalised value of a valid answer; raise :class:`Invalid` otherwise."""
+    text = answer.clean
+    if step.kind == "choice":
+        ids = [choice_id(step.name, number) for number in range(1, len(step.choices) + 1)]
+        index = match_choice(step.choices, answer, ids)
+        if index is None:
+            raise Invalid(allowed(step))
+        return step.choices[index]
+    if step.kind == "regex":
+        if not step.compiled.fullmatch(text):
+            raise Invalid(allowed(step))
+        return {"upper": text.upper(), "lower": text.lower(), "keep": text}[step.case]
+    if step.kind == "number":
+        return _number(step, text)
+    stripped = answer.text.strip()
+    if not step.min_length <= len(stripped) <= step.max_length:
+        raise Invalid(allowed(step))
+    return stripped
+
+
+_NUMBER = re.compile(r"^[+-]?\d+(?:[.,]\d+)?$")
+
+
+def _number(step: Step, text: str) -> int | float:
+    if not _NUMBER.match(text):
+        raise Invalid(allowed(step))
+    value: int | float = float(text.replace(",", "."))
+    if step.integer:
+        if not float(value).is_integer():
+            raise Invalid(allowed(step))
+        value = int(value)
+    if (step.min is not None and value < step.min) or (step.max is not None and value > step.max):
+        raise Invalid(allowed(step))
+    return value

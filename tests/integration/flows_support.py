@@ -1,0 +1,42 @@
+"""Rows the flows tests need: a contact, its conversation, and inbound messages as the router stores them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+
+def make_conversation(db: psycopg.Connection, phone: str = "+15550100001") -> tuple[int, int]:
+    """A contact and its open conversation: (contact_id, conversation_id)."""
+    contact = db.execute("INSERT INTO contacts (phone) VALUES (%s) RETURNING id", (phone,)).fetchone()
+    conversation = db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number)"
+        " VALUES (%s, 'twilio', '+15550009999') RETURNING id",
+        (contact["id"],),
+    ).fetchone()
+    return contact["id"], conversation["id"]
+
+
+def add_inbound(
+    db: psycopg.Connection,
+    contact_id: int,
+    conversation_id: int,
+    body: str,
+    *,
+    reply_id: str | None = None,
+    routed: bool = True,
+) -> int:
+    """Store an inbound message (a tapped button keeps its id in payload.reply, as inbound.route does)."""
+    payload: dict[str, Any] = {}
+    if reply_id:
+        payload["reply"] = {"id": reply_id, "title": body}
+    row = db.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body,"
+        " payload, status, routed_at) VALUES (%s, %s, 'in', 'twilio', %s, %s, %s, 'received',"
+        " CASE WHEN %s THEN now() END) RETURNING id",
+        (conversation_id, contact_id, f"SM{uuid.uuid4().hex}", body, Jsonb(payload), routed),
+    ).fetchone()
+    return row["id"]

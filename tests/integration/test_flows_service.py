@@ -1,0 +1,159 @@
+"""flows.step's plain function: order, exactly-once and locking, with real PostgreSQL, Redis and replies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from shared.flows.pack import Pack, load_pack
+from shared.flows.seed import seed_shopfloor
+from shared.flows.service import ROUTED_KEY, Busy, Target, process
+from shared.replies import queue_reply
+from shared.sessions import Sessions
+from tests.integration.flows_support import add_inbound, make_conversation
+
+PHONE = "+15550100001"
+
+
+class User:
+    def __init__(self, db: psycopg.Connection, redis_client: redis.Redis) -> None:
+        self.db, self.redis = db, redis_client
+        self.contact_id, self.conversation_id = make_conversation(db, PHONE)
+        self.pack: Pack = load_pack("shopfloor")
+
+    def store(
+        self, text: str, *, dispatched: bool = True, routed: bool = True, reply_id: str | None = None
+    ) -> int:
+        """Store a message as inbound.route would; ``dispatched``: it enqueued a handler for it."""
+        message_id = add_inbound(
+            self.db, self.contact_id, self.conversation_id, text, routed=routed, reply_id=reply_id
+        )
+        if dispatched:
+            self.redis.set(ROUTED_KEY.format(message_id=message_id), 1)
+        return message_id
+
+    def step(self, message_id: int, reply: Any = queue_reply, now: datetime | None = None) -> int:
+        target = Target(message_id, self.conversation_id, self.contact_id, PHONE)
+        return process(target, conn=self.db, redis_client=self.redis, pack=self.pack, reply=reply, now=now)
+
+    def replies(self) -> list[str]:
+        rows = self.db.execute(
+            "SELECT body FROM messages WHERE direction = 'out' AND conversation_id = %s ORDER BY id",
+            (self.conversation_id,),
+        )
+        return [row["body"] for row in rows]
+
+    @property
+    def flow(self) -> dict[str, Any]:
+        return Sessions(self.redis).load(PHONE).get("flow", {})
+
+
+@pytest.fixture
+def user(clean: None, db: psycopg.Connection, redis_client: redis.Redis) -> User:
+    seed_shopfloor(db)
+    return User(db, redis_client)
+
+
+def test_a_redelivered_step_does_not_advance_the_flow_twice(user: User) -> None:
+    hi, one = user.store("hi"), user.store("1")
+    assert user.step(hi) == 1
+    assert user.step(one) == 1
+    assert user.step(one) == 0
+    assert user.step(hi) == 0
+    assert user.flow["flow"] == "report_defect"
+    assert user.flow["step"] == 0
+    assert user.flow["last_message_id"] == one
+    assert len(user.replies()) == 2
+    handled = user.db.execute("SELECT count(*) AS n FROM messages WHERE handled_at IS NOT NULL").fetchone()
+    assert handled["n"] == 2
+
+
+def test_a_later_task_answers_earlier_messages_first_in_order(user: User) -> None:
+    ids = [user.store(text) for text in ("hi", "2", "ORD-12345")]
+    assert user.step(ids[2]) == 3  # its task ran first: it handles all three, oldest first
+    assert user.step(ids[0]) == 0
+    assert user.step(ids[1]) == 0
+    replies = user.replies()
+    assert "1. Report a defect" in replies[0]
+    assert "Which order?" in replies[1]
+    assert "Order ORD-12345" in replies[2]
+    assert user.flow["flow"] is None
+
+
+def test_messages_the_router_only_stored_are_skipped(user: User) -> None:
+    first = user.store("1")
+    rate_limited = user.store("ORD-12346", dispatched=False)
+    verify = user.store("VERIFY 123456")
+    answer = user.store("ORD-12345")
+    assert user.step(answer) == 2
+    assert user.step(first) == 0
+    assert user.step(rate_limited) == 0
+    assert user.step(verify) == 0
+    assert user.flow["answers"] == {"order_number": "ORD-12345"}
+    assert len(user.replies()) == 2
+
+
+def test_an_earlier_message_not_yet_routed_makes_the_step_wait(user: User) -> None:
+    first = user.store("1", routed=False)
+    second = user.store("ORD-12345")
+    with pytest.raises(Busy):
+        user.step(second)
+    user.db.execute("UPDATE messages SET routed_at = now() WHERE id = %s", (first,))
+    assert user.step(second) == 2
+    assert user.flow["step"] == 1
+
+
+def test_an_unrouted_message_older_than_the_grace_is_skipped(user: User) -> None:
+    user.store("1", routed=False)
+    hi = user.store("hi")
+    assert user.step(hi, now=datetime.now(UTC) + timedelta(minutes=6)) == 1
+    assert len(user.replies()) == 1
+
+
+def test_busy_while_another_worker_holds_the_users_lock(user: User) -> None:
+    message_id = user.store("hi")
+    user.redis.set(f"flows:lock:{PHONE}", "someone-else", px=30_000)
+    with pytest.raises(Busy):
+        user.step(message_id)
+    user.redis.delete(f"flows:lock:{PHONE}")
+    assert user.step(message_id) == 1
+
+
+def test_a_worker_dying_after_replying_replays_the_step_once(user: User) -> None:
+    for text in ("1", "ORD-12345", "Other", "High"):
+        user.step(user.store(text))
+    last = user.store("paint bubbles")
+
+    def reply_then_die(inbound_id: int, text: str, **kwargs: Any) -> int:
+        queue_reply(inbound_id, text, **kwargs)
+        raise SystemExit("worker killed")
+
+    with pytest.raises(SystemExit):
+        user.step(last, reply=reply_then_die)
+    assert user.flow["step"] == 3  # not saved: the redelivered task does the step again
+    assert user.step(last) == 1
+    records = user.db.execute("SELECT reference FROM flow_records WHERE kind = 'defect'").fetchall()
+    assert len(records) == 1
+    replies = user.replies()
+    assert len(replies) == 5
+    assert replies[-1].startswith("✅ Defect Report Created!")
+    assert user.flow == {"pack": "shopfloor", "flow": None, "last_message_id": last}
+
+
+def test_a_handed_off_conversation_gets_no_answer(user: User) -> None:
+    user.step(user.store("6"))
+    later = user.store("hello?")
+    assert user.step(later) == 0
+    assert len(user.replies()) == 1
+
+
+def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
+    user.step(user.store("1"))
+    Sessions(user.redis).clear(PHONE)  # what 30 minutes without a message does
+    outcome_id = user.store("ORD-12345")
+    assert user.step(outcome_id) == 1
+    assert "1. Report a defect" in user.replies()[-1]

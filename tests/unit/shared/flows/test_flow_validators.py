@@ -1,0 +1,80 @@
+"""Answer validators and SLA states: what a user may type or tap, and how deadlines read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.flows import sla
+from shared.flows.pack import Step
+from shared.flows.validators import Answer, Invalid, validate
+
+CHOICE = Step(name="severity", prompt="?", kind="choice", choices=["Low", "Medium", "High"])
+ORDER = Step(name="order", prompt="?", kind="regex", pattern=r"ORD-\d+", example="ORD-12345")
+QTY = Step(name="qty", prompt="?", kind="number", min=1, max=10)
+TEXT = Step(name="what", prompt="?", kind="text", max_length=10)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Answer("3"), Answer(" high "), Answer("HIGH"), Answer("High", "severity:3"), Answer("", "severity:3")],
+)
+def test_choice_accepts_number_label_any_case_and_tapped_id(answer: Answer) -> None:
+    assert validate(CHOICE, answer) == "High"
+
+
+@pytest.mark.parametrize("text", ["4", "0", "urgent", "", "Hig"])
+def test_choice_rejects_with_the_allowed_options(text: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        validate(CHOICE, Answer(text))
+    assert "1 to 3" in caught.value.message
+    assert "3. High" in caught.value.message
+
+
+def test_a_tapped_id_of_another_step_is_not_a_choice() -> None:
+    with pytest.raises(Invalid):
+        validate(CHOICE, Answer("", "defect_type:1"))
+
+
+def test_regex_is_case_insensitive_and_normalised_to_upper() -> None:
+    assert validate(ORDER, Answer(" ord-12345 ")) == "ORD-12345"
+    for bad in ("12345", "ORD-12345x", "ORD-", "order ORD-1"):
+        with pytest.raises(Invalid, match="ORD-12345"):
+            validate(ORDER, Answer(bad))
+
+
+def test_number_range() -> None:
+    assert validate(QTY, Answer("7")) == 7
+    for bad in ("0", "11", "2.5", "seven", ""):
+        with pytest.raises(Invalid, match="from 1 to 10"):
+            validate(QTY, Answer(bad))
+    decimal = Step(name="kg", prompt="?", kind="number", min=0.5, max=2, integer=False)
+    assert validate(decimal, Answer("1,5")) == 1.5
+
+
+def test_free_text_length_limit() -> None:
+    assert validate(TEXT, Answer("  scratched ")) == "scratched"
+    for bad in ("", "   ", "x" * 11):
+        with pytest.raises(Invalid, match="1 to 10 characters"):
+            validate(TEXT, Answer(bad))
+
+
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def test_ticket_sla_ok_warning_breached() -> None:
+    created = NOW - timedelta(hours=10)
+    assert sla.ticket_state(created, created + timedelta(hours=24), NOW) == "OK"  # 14 of 24 h left
+    assert sla.ticket_state(created, created + timedelta(hours=12), NOW) == "WARNING"  # 2 of 12 h left
+    assert sla.ticket_state(created, NOW, NOW) == "BREACHED"
+    assert sla.describe_remaining(NOW + timedelta(hours=5, minutes=20), NOW) == "5h 20m left"
+    assert sla.describe_remaining(NOW - timedelta(days=2, hours=3), NOW) == "overdue by 2d 3h"
+
+
+def test_order_sla_on_track_at_risk_breached_and_done() -> None:
+    created = NOW - timedelta(days=9)
+    assert sla.order_state("IN PRODUCTION", 50, created, created + timedelta(days=20), NOW) == "on track"
+    assert sla.order_state("IN PRODUCTION", 50, created, created + timedelta(days=10), NOW) == "at risk"
+    assert sla.order_state("IN PRODUCTION", 50, created, created + timedelta(days=8), NOW) == "breached"
+    assert sla.order_state("COMPLETED", 100, created, created + timedelta(days=8), NOW) == "on track"

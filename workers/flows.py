@@ -1,0 +1,57 @@
+"""Queue ``flows``: menu flows (``WAPIPE_MODE=menu``), one step per inbound message.
+
+The work is :func:`shared.flows.service.step`; its docstring explains how messages of one user are
+answered in the order they were sent, exactly once, by any number of ``flows`` worker processes. A step
+that finds the user's lock held retries after a short countdown instead of blocking a worker.
+
+The flow pack (``WAPIPE_FLOWS``) is validated when this module is imported in menu mode, so a worker
+with a broken pack fails at start with the pack's line, not at the first message.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import psycopg
+import redis
+
+from shared.db.errors import NotFound, Unavailable
+from shared.flows.pack import get_pack
+from shared.flows.service import Busy, step
+from shared.logging import get_logger
+from shared.settings import Mode, get_settings
+from workers import celery
+
+log = get_logger(__name__)
+
+# Enough retries to outlast a dead holder's lock (service.LOCK_SECONDS) at the longest countdown below.
+BUSY_RETRIES = 400
+BUSY_COUNTDOWN_MAX = 1.0
+
+if get_settings().mode is Mode.menu or get_settings().flows:
+    get_pack()
+
+
+@celery.task(
+    name="flows.step",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    max_retries=BUSY_RETRIES,
+    # PostgreSQL or Redis briefly unreachable: try again later rather than drop the answer.
+    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+)
+def step_task(self: Any, message_id: int) -> None:
+    try:
+        step(message_id)
+    except NotFound:
+        log.warning("flows.step for an unknown message", message_id=message_id)
+    except Busy:
+        # Short, jittered: the holder needs milliseconds; jitter keeps waiting tasks from colliding.
+        backoff = min(BUSY_COUNTDOWN_MAX, 0.05 * 2 ** min(self.request.retries, 5))
+        countdown = backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
+        raise self.retry(countdown=countdown, max_retries=BUSY_RETRIES) from None
