@@ -1,0 +1,56 @@
+"""Every 4xx/5xx as JSON: ``{"error": {"code": "...", "message": "..."}}``.
+
+Covers our own errors (:func:`api_error`), werkzeug's (404, 405 with its ``Allow`` header, 413 from
+``MAX_CONTENT_LENGTH``, 400 from an unreadable form or JSON body) and uncaught exceptions, which are
+logged with their traceback and answered with a 500 that reveals nothing about the internals.
+"""
+
+from __future__ import annotations
+
+import re
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+# Headers of werkzeug's own error responses that still apply to our JSON version.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
+
+
+def api_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error response; ``code`` is a stable snake_case word clients can branch on."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _code_for(exc: HTTPException) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", (exc.name or "error").lower()).strip("_")
+
+
+def handle_http_exception(exc: HTTPException) -> Response:
+    if exc.response is not None:
+        # abort(api_error(...)): the response is already ours.
+        return exc.response
+    if exc.code is None or exc.code < 400:
+        return exc.get_response()
+    response = api_error(exc.code, _code_for(exc), exc.description or exc.name)
+    for name, value in exc.get_headers():
+        if name in _KEPT_HEADERS:
+            response.headers[name] = value
+    return response
+
+
+def handle_unexpected(exc: Exception) -> Response:
+    log.error("ingress.unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
+    return api_error(500, "internal_error", "internal server error; it has been logged")
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

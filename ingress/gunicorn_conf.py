@@ -1,0 +1,58 @@
+"""gunicorn settings for the ingress: ``gunicorn -c python:ingress.gunicorn_conf 'ingress:create_app()'``.
+
+Command-line flags (``--bind``, ``--workers``) override these; ``$PORT`` and ``$WEB_CONCURRENCY`` are
+honoured by gunicorn itself.
+
+- prometheus multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus_client is
+  imported anywhere, so it is set here, in the master, before any worker exists (``wapipe web`` sets its
+  own); stale files from an earlier run are wiped at start, and a worker's live gauges are dropped when
+  it exits. https://prometheus.github.io/client_python/multiprocess/
+- no access log by default: its query strings and paths may carry phone numbers. Set
+  ``WAPIPE_ACCESS_LOG=-`` to get one anyway.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from typing import Any
+
+_created_metrics_dir: str | None = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _created_metrics_dir = tempfile.mkdtemp(prefix="wapipe-prometheus-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _created_metrics_dir
+
+worker_class = os.environ.get("WAPIPE_WEB_WORKER_CLASS", "sync")
+threads = int(os.environ.get("WAPIPE_WEB_THREADS", "1"))
+# Webhook handling is short; a request still running after this is stuck, not busy.
+timeout = 30
+graceful_timeout = 20
+# Behind a load balancer that keeps connections open (its idle timeout should be longer than this).
+keepalive = 5
+accesslog = os.environ.get("WAPIPE_ACCESS_LOG") or None
+errorlog = "-"
+# Never trust X-Forwarded-* for anything security-related: the signed URL comes from WAPIPE_PUBLIC_URL.
+forwarded_allow_ips = "127.0.0.1"
+
+
+def on_starting(server: Any) -> None:
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for stale in glob.glob(os.path.join(directory, "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    if _created_metrics_dir:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+
+
+control_socket_disable = True  # one fixed path per user: several servers on a machine would collide

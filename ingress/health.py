@@ -1,0 +1,69 @@
+"""Liveness and readiness for load balancers and orchestrators.
+
+``/healthz`` answers while the process can serve at all (no I/O, so a slow database never gets a healthy
+web process restarted). ``/readyz`` answers 200 only when PostgreSQL and Redis both respond, and says
+which one is down otherwise, so traffic is held back from an instance that could only answer 503s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import redis
+from flask import Blueprint, jsonify
+
+from ingress.state import current_publisher, current_settings
+from shared.logging import get_logger, scrub
+
+log = get_logger(__name__)
+
+bp = Blueprint("health", __name__)
+
+CHECK_TIMEOUT_SECONDS = 2
+
+
+@bp.get("/healthz")
+def healthz() -> Any:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    checks = {"postgres": _check_postgres(), "redis": _check_redis()}
+    ready = all(result == "ok" for result in checks.values())
+    if not ready:
+        log.warning("ingress.not_ready", **checks)
+    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+def _check_postgres() -> str:
+    url = current_settings().database_url
+    if not url:
+        return "not configured: WAPIPE_DATABASE_URL is not set"
+    try:
+        # A connection of its own with a short timeout: the pool could make us wait for a busy slot.
+        with psycopg.connect(url, connect_timeout=CHECK_TIMEOUT_SECONDS, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return _unreachable(exc)
+    return "ok"
+
+
+def _check_redis() -> str:
+    publisher = current_publisher()
+    if publisher is None:
+        return "not configured: WAPIPE_REDIS_URL is not set"
+    try:
+        publisher.redis.ping()
+    except redis.RedisError as exc:
+        return _unreachable(exc)
+    return "ok"
+
+
+def _unreachable(exc: Exception) -> str:
+    # First line only, scrubbed: enough for an operator, no credentials from a connection string.
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"unreachable: {scrub(detail)[:200]}"

@@ -1,0 +1,227 @@
+"""The ingress app itself: health and readiness, JSON errors, body limit, API keys, /metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from flask import Flask, jsonify, request
+
+from ingress import create_app
+from ingress.auth import require_api_key
+from shared.settings import load_settings
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def app(redis_client: redis.Redis) -> Flask:
+    return create_app(load_settings())
+
+
+def test_healthz(app: Flask) -> None:
+    response = app.test_client().get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+def test_readyz_ok_with_both_servers(app: Flask) -> None:
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}}
+
+
+def test_readyz_503_names_redis_when_unreachable() -> None:
+    app = create_app(load_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0"))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "unavailable"
+    assert body["checks"]["postgres"] == "ok"
+    assert body["checks"]["redis"].startswith("unreachable")
+
+
+def test_readyz_503_names_postgres_when_unreachable(redis_client: redis.Redis) -> None:
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{closed_port()}/nope"
+    response = create_app(load_settings(database_url=url)).test_client().get("/readyz")
+    assert response.status_code == 503
+    checks = response.get_json()["checks"]
+    assert checks["redis"] == "ok"
+    assert checks["postgres"].startswith("unreachable")
+    assert "hunter2" not in response.get_data(as_text=True)
+
+
+def test_app_creation_connects_to_nothing() -> None:
+    # Both servers unreachable: creating the app still works (it only fails requests that need them).
+    create_app(
+        load_settings(
+            redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+            database_url=f"postgresql://postgres@127.0.0.1:{closed_port()}/x",
+        )
+    )
+
+
+def test_unknown_route_and_wrong_method_are_json(app: Flask) -> None:
+    client = app.test_client()
+    response = client.get("/no/such/thing")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    response = client.delete("/healthz")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"]
+
+
+def test_body_over_limit_is_413_json(redis_client: redis.Redis) -> None:
+    app = create_app(load_settings(max_body_bytes=1024, insecure_skip_signatures=True))
+    response = app.test_client().post(
+        "/webhooks/twilio", data="Body=" + "x" * 2048, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert redis_client.dbsize() == 0
+
+
+def _with_test_routes(app: Flask) -> Flask:
+    @app.post("/_test/json")
+    def read_json() -> object:
+        return jsonify(request.get_json())
+
+    @app.get("/_test/boom")
+    def boom() -> object:
+        raise RuntimeError("db password is hunter2")
+
+    @app.get("/_test/guarded")
+    @require_api_key
+    def guarded() -> object:
+        return jsonify({"ok": True})
+
+    return app
+
+
+def test_bad_json_is_400_json_and_crash_is_500_without_internals(app: Flask) -> None:
+    client = _with_test_routes(app).test_client()
+    response = client.post("/_test/json", data="{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "bad_request"
+    response = client.get("/_test/boom")
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal_error"
+    assert "hunter2" not in response.get_data(as_text=True)
+
+
+def test_api_key_required(redis_client: redis.Redis) -> None:
+    client = _with_test_routes(create_app(load_settings(api_keys="first-key, second-key"))).test_client()
+    assert client.get("/_test/guarded").status_code == 401
+    response = client.get("/_test/guarded", headers={"X-API-Key": "first-key-but-longer"})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    for key in ("first-key", "second-key"):
+        response = client.get("/_test/guarded", headers={"X-API-Key": key})
+        assert (response.status_code, response.get_json()) == (200, {"ok": True})
+
+
+def test_no_api_keys_configured_refuses_with_a_reason(redis_client: redis.Redis) -> None:
+    client = _with_test_routes(create_app(load_settings(api_keys=""))).test_client()
+    response = client.get("/_test/guarded", headers={"X-API-Key": "anything"})
+    assert response.status_code == 401
+    assert "WAPIPE_API_KEYS" in response.get_json()["error"]["message"]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = ",".join(sorted(line[len(name) + 1 : line.index("}")].split(",")))
+            if got == wanted:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_expose_the_counters(redis_client: redis.Redis) -> None:
+    client = create_app(load_settings(twilio_auth_token="t" * 32)).test_client()
+    before = client.get("/metrics").get_data(as_text=True)
+    for _ in range(3):
+        client.post("/webhooks/twilio", data={"MessageSid": "SM1"}, headers={"X-Twilio-Signature": "x"})
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    failures = "wapipe_webhook_signature_failures_total"
+    assert _sample(text, failures, provider="twilio") - _sample(before, failures, provider="twilio") == 3
+    received = "wapipe_webhooks_received_total"
+    labels = {"provider": "twilio", "kind": "unknown", "outcome": "forbidden"}
+    assert _sample(text, received, **labels) - _sample(before, received, **labels) == 3
+    for name in ("wapipe_webhook_duplicates_total", "wapipe_enqueue_failures_total"):
+        assert f"# TYPE {name} counter" in text
+    assert re.search(r'wapipe_http_request_duration_seconds_count\{.*endpoint="twilio.receive"', text)
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path: Path) -> Iterator[str]:
+    """The ingress under real gunicorn with 2 workers and this repo's gunicorn_conf."""
+    port = closed_port()
+    env = os.environ | {
+        "TWILIO_AUTH_TOKEN": "t" * 32,
+        "WAPIPE_LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+    }
+    # Each worker is replaced after 12 requests, so the counts are spread over many processes, most
+    # of them gone by the time /metrics is scraped.
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:ingress.gunicorn_conf", "--workers", "2"]
+    proc = subprocess.Popen(
+        [*argv, "--bind", f"127.0.0.1:{port}", "--max-requests", "12", "ingress:create_app()"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(base + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("gunicorn did not start")
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)  # quick shutdown; nothing here needs draining
+        proc.wait(timeout=30)
+
+
+def _post_forged(base: str) -> int:
+    response = httpx.post(
+        base + "/webhooks/twilio",
+        content=b"MessageSid=SM1&From=x&To=y",
+        headers={"X-Twilio-Signature": "forged", "Content-Type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
+    return response.status_code
+
+
+@pytest.mark.slow
+def test_metrics_sum_across_gunicorn_workers(gunicorn_server: str, tmp_path: Path) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(_post_forged, [gunicorn_server] * 48))
+    assert codes == [403] * 48
+    # Many worker processes served them (each keeps its own counter file)...
+    assert len(list(tmp_path.glob("counter_*.db"))) >= 3
+    for _ in range(6):
+        text = httpx.get(gunicorn_server + "/metrics", timeout=5).text
+        # ...and whichever worker answers the scrape reports every worker's requests.
+        assert _sample(text, "wapipe_webhook_signature_failures_total", provider="twilio") == 48

@@ -1,0 +1,217 @@
+"""POST /webhooks/twilio against real Redis: signatures, enqueueing, duplicates, broker outages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from twilio.request_validator import RequestValidator
+
+from ingress import create_app
+from shared.settings import load_settings
+from shared.wire.twilio import parse
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "twilio"
+TOKEN = "0123456789abcdef0123456789abcdef"
+PUBLIC_URL = "https://hooks.example.com"
+URL = PUBLIC_URL + "/webhooks/twilio"
+FORM = "application/x-www-form-urlencoded"
+TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+def make_app(**overrides: object) -> Flask:
+    settings = {"twilio_auth_token": TOKEN, "public_url": PUBLIC_URL, **overrides}
+    return create_app(load_settings(**settings))
+
+
+@pytest.fixture
+def client(redis_client: redis.Redis) -> FlaskClient:
+    return make_app().test_client()
+
+
+def body(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def signed_headers(raw_body: str, url: str = URL, token: str = TOKEN) -> dict[str, str]:
+    params = dict(parse_qsl(raw_body, keep_blank_values=True))
+    return {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, params)}
+
+
+def post(client: FlaskClient, raw_body: str, headers: dict[str, str], path: str = "/webhooks/twilio"):
+    return client.post(path, data=raw_body, content_type=FORM, headers=headers)
+
+
+def queued_events(r: redis.Redis, queue: str) -> list[dict]:
+    """The ``event`` kwarg of every Celery message on the queue, oldest first."""
+    events = []
+    for raw in reversed(r.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        assert envelope["headers"]["task"] == f"{queue}.{'route' if queue == 'inbound' else 'apply'}"
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        assert args == []
+        events.append(kwargs["event"])
+    return events
+
+
+def test_get_says_hello(client: FlaskClient) -> None:
+    response = client.get("/webhooks/twilio")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "service": "whatsapp-webhook", "provider": "twilio"}
+
+
+def test_signed_message_is_enqueued_once_as_canonical_event(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    raw = body("inbound_text.txt")
+    response = post(client, raw, signed_headers(raw))
+    assert response.status_code == 200
+    assert response.mimetype == "text/xml"
+    assert response.data == TWIML
+
+    [event] = queued_events(redis_client, "inbound")
+    expected = parse(dict(parse_qsl(raw, keep_blank_values=True))).model_dump(mode="json")
+    expected.pop("sent_at")
+    assert event.pop("sent_at")
+    assert event == expected
+    assert event["sender_phone"] == "+15551234567"
+    assert redis_client.llen("status") == 0
+
+
+def test_same_message_sid_three_times_enqueues_once(client: FlaskClient, redis_client: redis.Redis) -> None:
+    raw = body("inbound_media.txt")
+    for _ in range(3):
+        response = post(client, raw, signed_headers(raw))
+        assert response.status_code == 200
+        assert response.data == TWIML
+    assert redis_client.llen("inbound") == 1
+
+
+def test_status_callback_goes_to_status_queue(client: FlaskClient, redis_client: redis.Redis) -> None:
+    raw = body("status_failed.txt")
+    assert post(client, raw, signed_headers(raw)).status_code == 200
+    [event] = queued_events(redis_client, "status")
+    assert (event["status"], event["error_code"]) == ("failed", "63016")
+    assert redis_client.llen("inbound") == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Twilio-Signature": ""},
+        {"X-Twilio-Signature": "bm90IHRoZSByaWdodCBzaWduYXR1cmU="},
+    ],
+    ids=["missing", "empty", "garbage"],
+)
+def test_missing_or_forged_signature_is_403_and_nothing_enqueued(
+    client: FlaskClient, redis_client: redis.Redis, headers: dict[str, str]
+) -> None:
+    response = post(client, body("inbound_text.txt"), headers)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"].startswith("signature_")
+    assert redis_client.dbsize() == 0
+
+
+def test_signature_by_another_token_or_for_another_body_is_refused(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    raw = body("inbound_text.txt")
+    assert post(client, raw, signed_headers(raw, token="f" * 32)).status_code == 403
+    # A replayed signature with the body altered (a different text) must not pass either.
+    tampered = raw.replace("Body=Hola", "Body=Adios")
+    assert post(client, tampered, signed_headers(raw)).status_code == 403
+    assert redis_client.dbsize() == 0
+
+
+def test_url_comes_from_public_url_not_host_header(client: FlaskClient, redis_client: redis.Redis) -> None:
+    raw = body("inbound_text.txt")
+    # Signed for the Host the request claims, not for WAPIPE_PUBLIC_URL: refused.
+    headers = signed_headers(raw, url="https://attacker.example/webhooks/twilio")
+    headers["Host"] = "attacker.example"
+    assert post(client, raw, headers).status_code == 403
+    # Signed for the public URL, whatever Host the proxy passes on: accepted.
+    good = signed_headers(raw) | {"Host": "10.0.0.7:8000"}
+    assert post(client, raw, good).status_code == 200
+    assert redis_client.llen("inbound") == 1
+
+
+def test_query_string_and_default_port_variants(redis_client: redis.Redis) -> None:
+    client = make_app().test_client()
+    raw = body("inbound_button.txt")
+    url = "https://hooks.example.com:443/webhooks/twilio?tenant=acme"
+    response = post(client, raw, signed_headers(raw, url=url), path="/webhooks/twilio?tenant=acme")
+    assert response.status_code == 200
+    assert redis_client.llen("inbound") == 1
+
+
+def test_no_auth_token_refuses_everything(redis_client: redis.Redis) -> None:
+    client = make_app(twilio_auth_token=None).test_client()
+    raw = body("inbound_text.txt")
+    response = post(client, raw, signed_headers(raw))
+    assert response.status_code == 403
+    assert "TWILIO_AUTH_TOKEN" in response.get_json()["error"]["message"]
+    assert redis_client.dbsize() == 0
+
+
+def test_insecure_mode_skips_the_check(redis_client: redis.Redis) -> None:
+    client = make_app(twilio_auth_token=None, insecure_skip_signatures=True).test_client()
+    assert post(client, body("inbound_text.txt"), {}).status_code == 200
+    assert redis_client.llen("inbound") == 1
+
+
+def test_malformed_payload_is_400_and_nothing_enqueued(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    raw = body("malformed_no_sid.txt")
+    response = post(client, raw, signed_headers(raw))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "malformed_payload"
+    assert "MessageSid" in response.get_json()["error"]["message"]
+    assert redis_client.dbsize() == 0
+
+
+def test_json_body_signed_with_body_sha256(client: FlaskClient, redis_client: redis.Redis) -> None:
+    params = dict(parse_qsl(body("inbound_text.txt"), keep_blank_values=True))
+    raw = json.dumps(params).encode()
+    digest = RequestValidator(TOKEN).compute_hash(raw.decode())
+    url = f"{URL}?bodySHA256={digest}"
+    signature = RequestValidator(TOKEN).compute_signature(url, {})
+    response = client.post(
+        f"/webhooks/twilio?bodySHA256={digest}",
+        data=raw,
+        content_type="application/json",
+        headers={"X-Twilio-Signature": signature},
+    )
+    assert response.status_code == 200
+    assert redis_client.llen("inbound") == 1
+    # The same signature and hash over a different body: refused.
+    response = client.post(
+        f"/webhooks/twilio?bodySHA256={digest}",
+        data=raw.replace(b"Hola", b"Adios"),
+        content_type="application/json",
+        headers={"X-Twilio-Signature": signature},
+    )
+    assert response.status_code == 403
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_redis_down_is_503_never_200() -> None:
+    client = make_app(redis_url=f"redis://127.0.0.1:{closed_port()}/0").test_client()
+    raw = body("inbound_text.txt")
+    response = post(client, raw, signed_headers(raw))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.get_json()["error"]["code"] == "queue_unavailable"
