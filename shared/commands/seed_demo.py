@@ -17,6 +17,7 @@ from shared.db import links, users
 from shared.db import workspaces as repo
 from shared.db.errors import Duplicate
 from shared.db.pool import transaction
+from shared.flows.seed import seed_pack
 from shared.phone import InvalidPhone, mask_phone, normalize
 from shared.settings import get_settings
 
@@ -111,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--phone", default=DEMO_PHONE, help=f"WhatsApp number to link to the demo user (default {DEMO_PHONE})"
     )
+    parser.add_argument("--flows", choices=["shopfloor"], help="also create a flow pack's demo data")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,4 +129,6 @@ def run(args: argparse.Namespace) -> int:
     print("Next, with `wapipe up` running, chat as that number:")
     print(f"  wapipe chat --from {report.phone}")
     print("and try: /help, /project mobile, /list tasks, then describe some work in plain text.")
+    if args.flows:
+        print(seed_pack(args.flows))
     return 0

@@ -95,3 +95,19 @@ def seed_shopfloor(conn: psycopg.Connection, now: datetime | None = None) -> dic
 
 
 __all__ = ["seed_shopfloor"]
+
+
+SEEDERS = {"shopfloor": seed_shopfloor}
+
+
+def seed_pack(name: str) -> str:
+    """``wapipe seed-demo --flows NAME``: seed that pack's demo data; return what to print."""
+    from shared.db.pool import transaction
+
+    with transaction() as conn:
+        created = SEEDERS[name](conn)
+    counts = ", ".join(f"{count} new {what}" for what, count in created.items())
+    return (
+        f"\nFlow pack {name}: {counts} (orders ORD-12345..., machines MACH-001..., ticket MAINT-555).\n"
+        f"Run with WAPIPE_MODE=menu WAPIPE_FLOWS={name}, then send `hi` in `wapipe chat`."
+    )

@@ -257,3 +257,13 @@ def test_seed_is_idempotent(db: psycopg.Connection) -> None:
     assert repository.get_order(db, "ORD-12345")["customer"] == "Acme Corp"
     assert repository.get_machine(db, "MACH-001")["name"] == "CNC Lathe"
     assert repository.get_record(db, "MAINT-555")["kind"] == "maintenance"
+
+
+def test_wapipe_seed_demo_flows_shopfloor(db: psycopg.Connection, capsys: pytest.CaptureFixture[str]) -> None:
+    from shared.cli import main
+
+    assert main(["seed-demo", "--flows", "shopfloor"]) == 0
+    assert "Flow pack shopfloor: 4 new orders, 4 new machines, 3 new tickets" in capsys.readouterr().out
+    assert main(["seed-demo", "--flows", "shopfloor"]) == 0
+    assert "0 new orders, 0 new machines, 0 new tickets" in capsys.readouterr().out
+    assert repository.get_order(db, "ORD-12345") is not None
