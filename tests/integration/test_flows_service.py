@@ -157,3 +157,33 @@ def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
     outcome_id = user.store("ORD-12345")
     assert user.step(outcome_id) == 1
     assert "1. Report a defect" in user.replies()[-1]
+
+
+def test_through_the_real_router_in_menu_mode(user: User) -> None:
+    """inbound.route's dispatch marker is what flows.step reads to tell the flow's messages apart."""
+    from shared.flows.service import step
+    from shared.settings import load_settings
+    from shared.wire.events import InboundMessage
+    from workers.inbound import route
+
+    settings = load_settings(mode="menu")
+    ids = []
+    for number, text in enumerate(("hi", "2", "ord-12345")):
+        event = InboundMessage(
+            provider="twilio",
+            provider_message_id=f"SMroute{number}",
+            business_number="+15550009999",
+            sender_phone="+15550100099",
+            text=text,
+        )
+        outcome = route(event.model_dump(mode="json"), settings=settings)
+        assert outcome.handler == "flows.step"
+        ids.append(outcome.message_id)
+    assert step(ids[-1]) == 3
+    assert step(ids[0]) == 0
+    bodies = [
+        row["body"]
+        for row in user.db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    ]
+    assert "Order ORD-12345" in bodies[-1]
+    assert len(bodies) == 3
