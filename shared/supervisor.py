@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 RESTART_BACKOFF_START = 1.0
 RESTART_BACKOFF_MAX = 30.0
@@ -35,6 +37,16 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: Ctrl-C/SIGTERM handling still stops everything
         pass
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
 
 
 @dataclass(frozen=True)
@@ -132,10 +144,19 @@ class Supervisor:
                 self._spawn(child)
 
     @staticmethod
-    def _reap_group(pgid: int) -> None:
-        """Kill what a dead child left in its process group (e.g. a pool process that outlived it)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+    def _reap_group(pgid: int, timeout: float = 5.0) -> None:
+        """Kill what a dead child left in its process group (e.g. a pool process that outlived it).
+
+        Waits until none of them runs any more: SIGKILL is delivered asynchronously, and "no process
+        left behind" must hold when ``wapipe up`` returns.
+        """
+        try:
             os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_members(pgid):
+            time.sleep(0.02)
 
     def stop_all(self) -> None:
         """SIGTERM every child's process group, wait, then SIGKILL what remains."""

@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("PORT", "8000")), help="default $PORT or 8000"
     )
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "2")),
+        help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
+    )
 
 
 def prometheus_dir() -> str:
