@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
 
 from shared import embedded
+from shared.settings import Settings
 from shared.supervisor import ChildSpec, Supervisor
 
 HELP = (
@@ -68,6 +70,42 @@ def child_specs(port: int, web_workers: int) -> list[ChildSpec]:
     return specs
 
 
+def command_name() -> str:
+    """How to type ``wapipe`` here: the bare name when it is on PATH, else this venv's script."""
+    script = Path(sys.executable).parent / "wapipe"
+    found = shutil.which("wapipe")
+    if found and Path(found).resolve() == script.resolve():
+        return "wapipe"
+    return str(script) if script.exists() else "wapipe"
+
+
+def banner(local_url: str, folder: Path, settings: Settings, *, custom_dir: bool, embedded_used: bool) -> str:
+    """What is running and what to try next."""
+    console = settings.active_provider.value == "console"
+    prog = command_name()
+    lines = [
+        "",
+        f"wapipe is running at {local_url}  (health: {local_url}/healthz, metrics: {local_url}/metrics)",
+        f"  provider: {settings.active_provider.value}"
+        + (" (outbound messages are printed here instead of sent)" if console else ""),
+        f"  mode: {settings.mode.value}, data folder: {folder}",
+        "",
+        "Try it, in another terminal:",
+    ]
+    if custom_dir:
+        # Every other command finds this run's servers through the same data folder.
+        lines.append(f"  export WAPIPE_DATA_DIR={folder}")
+    lines += [
+        f"  {prog} chat --from +15551234567   # talk to the bot as a WhatsApp user",
+        f"  {prog} seed-demo                  # demo users, workspaces and projects to link and use",
+        "",
+        "Ctrl-C stops wapipe."
+        + (" The embedded servers keep running; `wapipe down` stops them." if embedded_used else ""),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from shared.db.migrate import migrate
     from shared.settings import get_settings
@@ -120,23 +158,14 @@ def run(args: argparse.Namespace) -> int:
         json.dumps({"pid": os.getpid(), "url": local_url, "public_url": settings.public_url}),
         encoding="utf-8",
     )
-    data_flag = "" if args.data_dir is None else f" --data-dir {folder}"
-    servers_note = ""
-    if want_pg or want_redis:
-        servers_note = f" The embedded servers keep running; `wapipe down{data_flag}` stops them."
     print(
-        f"""
-wapipe is running at {local_url}  (health: {local_url}/healthz, metrics: {local_url}/metrics)
-  provider: {settings.active_provider.value} (outbound messages are printed here with the console provider)
-  mode: {settings.mode.value}, data folder: {folder}
-
-Try it, in another terminal:
-  wapipe chat --from +15551234567{data_flag}   # talk to the bot as a WhatsApp user
-  wapipe seed-demo{data_flag}                  # demo users, workspaces and projects
-
-Ctrl-C stops wapipe.{servers_note}
-""",
-        flush=True,
+        banner(
+            local_url,
+            folder,
+            settings,
+            custom_dir=args.data_dir is not None,
+            embedded_used=want_pg or want_redis,
+        )
     )
     try:
         return Supervisor(child_specs(args.port, args.web_workers), os.environ).run()
