@@ -24,6 +24,8 @@ STAGE_MODULES = (
     "workers.verify",
     "workers.commands",
     "workers.flows",
+    "workers.ai",
+    "workers.persist",
 )
 celery.conf.imports = STAGE_MODULES
 app = celery

@@ -10,13 +10,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 Priority = Literal["high", "medium", "low"]
 ItemType = Literal["task", "bug", "feature", "meeting", "research", "docs"]
 
 MAX_ITEMS = 25
 MAX_TITLE = 120
+
+
+def _number(value: float | None) -> float | int | None:
+    """Whole hours print as 4, not 4.0."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 class ProposalError(ValueError):
@@ -43,6 +48,10 @@ class ProposalItem(BaseModel):
             raise ValueError("title is blank")
         return value
 
+    @field_serializer("estimated_hours")
+    def _hours_out(self, value: float | None) -> float | int | None:
+        return _number(value)
+
 
 class Proposal(BaseModel):
     """A summary, the items, the total of their hours (only when every item has hours) and a confidence."""
@@ -65,6 +74,10 @@ class Proposal(BaseModel):
         elif self.total_estimated_hours is not None:
             object.__setattr__(self, "total_estimated_hours", None)
         return self
+
+    @field_serializer("total_estimated_hours")
+    def _total_out(self, value: float | None) -> float | int | None:
+        return _number(value)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The proposal with the public camelCase keys and ISO dates, ready for json.dumps."""

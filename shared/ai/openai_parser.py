@@ -1,0 +1,160 @@
+"""Proposals from an OpenAI-compatible model (OpenAI, Kimi, a local server), with the offline parser as
+the net under it.
+
+The model answers through structured outputs (``response_format`` = strict JSON schema, see
+https://platform.openai.com/docs/guides/structured-outputs) and the answer is validated again by pydantic.
+One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts and connection
+errors; the SDK's own retries are off so there is exactly one retry policy. When every attempt fails, or the
+answer is not valid JSON of the schema, the offline parser answers and the parser name says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import openai
+from pydantic import ValidationError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from shared.ai.offline import parse_offline
+from shared.ai.proposal import Proposal, json_schema_for_model
+from shared.logging import get_logger
+from shared.settings import AIBackend, Settings
+
+log = get_logger(__name__)
+
+OFFLINE = "offline"
+MAX_ATTEMPTS = 3
+MAX_RETRY_AFTER_SECONDS = 30.0
+_backoff = wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)
+
+RULES = """\
+Turn the user's message into a project proposal. Reply with JSON only, matching the schema.
+Items: one per work item; items are separated by "and"/"y", commas, semicolons, new lines, bullets or
+numbered lines. A shared verb distributes ("add login page and user dashboard" = "Add login page",
+"Add user dashboard"). Words about time, effort or priority are not items. Titles are short, start with a
+capital letter and keep the item's own words, in the user's language.
+estimatedHours: minutes/min/minutos, hours/h/hrs/horas, days/días of work = 8 hours each, half a day /
+medio día = 4. Ignore hedges (about, around, ~, unas, aproximadamente). An amount in brackets or right
+after an item is that item's; "N each"/"N cada uno" gives every item N; a total ("should take 8 hours",
+"6 hours total", "en total") with no per-item amounts is split evenly. null when not stated.
+totalEstimatedHours: the sum when every item has hours, otherwise null.
+dueDate (YYYY-MM-DD, relative to today): today/hoy; tomorrow/mañana = +1; "in N days"/"en N días" = +N;
+a weekday (with or without by/on/next/para el/el/Deadline:) is its next occurrence strictly after today;
+end of month/fin de mes = the month's last day; "Dec 15"/"15 de diciembre" = this year, or next year if
+passed. A date attached to one item is that item's; a date for the whole message applies to every item
+without its own. null when not stated.
+priority: high for urgent/urgente/ASAP/critical/crítico/high priority/prioridad alta/lo antes posible;
+low for low priority/baja prioridad/no rush/sin prisa/when you can/cuando puedas; otherwise medium. A
+message-level priority applies to every item.
+type: task, bug, feature, meeting, research or docs. description: one sentence of context.
+summary: e.g. "2 items, 8h total, due 2026-01-30". confidence: 0 to 1, how sure you are.
+"""
+
+
+class MalformedAnswer(Exception):
+    """The model answered, but not with JSON that fits the proposal schema."""
+
+
+def system_prompt(today: dt.date) -> str:
+    """The instructions: today's date (weekday included, for relative dates) and the parsing rules."""
+    return f"Today is {today.strftime('%A')} {today.isoformat()}.\n{RULES}"
+
+
+def response_format() -> dict[str, Any]:
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "proposal", "strict": True, "schema": json_schema_for_model()},
+    }
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def _wait(state: RetryCallState) -> float:
+    """Retry-After when the server sent one (429/503), else exponential backoff with jitter."""
+    exc = state.outcome.exception() if state.outcome else None
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    if header:
+        try:
+            return min(max(float(header), 0.0), MAX_RETRY_AFTER_SECONDS)
+        except ValueError:
+            pass  # an HTTP date: fall back to our own backoff
+    return _backoff(state)
+
+
+def make_client(settings: Settings) -> openai.OpenAI:
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    return openai.OpenAI(
+        api_key=key,
+        base_url=settings.openai_base_url,
+        timeout=settings.ai_timeout_seconds,
+        max_retries=0,
+    )
+
+
+def _validated(content: str | None) -> Proposal:
+    if not content:
+        raise MalformedAnswer("empty answer")
+    try:
+        return Proposal.model_validate(json.loads(content))
+    except (json.JSONDecodeError, ValidationError, TypeError) as exc:
+        raise MalformedAnswer(str(exc)[:200]) from exc
+
+
+def parse_with_model(
+    text: str, today: dt.date, settings: Settings, client: openai.OpenAI | None = None
+) -> Proposal:
+    """Ask the model; raise the SDK's error when every attempt failed, :class:`MalformedAnswer` on a bad
+    answer (not retried: the same prompt tends to give the same answer, and the offline parser is ready)."""
+    client = client or make_client(settings)
+    retrying = Retrying(
+        retry=retry_if_exception(_retryable),
+        wait=_wait,
+        stop=stop_after_attempt(MAX_ATTEMPTS),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            completion = client.chat.completions.create(
+                model=settings.ai_model,
+                messages=[
+                    {"role": "system", "content": system_prompt(today)},
+                    {"role": "user", "content": text},
+                ],
+                response_format=response_format(),  # type: ignore[arg-type]
+                temperature=0,
+            )
+    choice = completion.choices[0] if completion.choices else None
+    if choice is None or getattr(choice.message, "refusal", None):
+        raise MalformedAnswer("no answer or a refusal")
+    return _validated(choice.message.content)
+
+
+def parse_proposal(
+    text: str, today: dt.date, settings: Settings, client: openai.OpenAI | None = None
+) -> tuple[Proposal, str]:
+    """The proposal and the name of what made it: the model's name, or ``offline``.
+
+    Raises :class:`shared.ai.proposal.ProposalError` only when the offline parser finds no work item.
+    """
+    if settings.active_ai == AIBackend.openai and settings.openai_api_key:
+        try:
+            return parse_with_model(text, today, settings, client), settings.ai_model
+        except MalformedAnswer as exc:
+            log.warning("ai.malformed_answer", model=settings.ai_model, error=str(exc))
+        except openai.OpenAIError as exc:
+            log.warning("ai.model_unavailable", model=settings.ai_model, error=type(exc).__name__)
+    return parse_offline(text, today), OFFLINE

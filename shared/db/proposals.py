@@ -1,0 +1,139 @@
+"""Proposals and their items: saved in one transaction, once per source message.
+
+``proposals.source_message_id`` is unique, so a redelivered ``persist.save_proposal`` (or two racing
+workers) store one proposal: the second save finds the first's id and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from shared.ai.proposal import Proposal
+from shared.db.errors import wrap_errors
+from shared.db.pool import connection, transaction
+
+# The user and project are looked up rather than trusted: a project deleted since the user chose it (the
+# choice lives in a Redis session) leaves project_id NULL instead of failing the save on the foreign key.
+_INSERT_PROPOSAL = """
+INSERT INTO proposals (source_message_id, user_id, project_id, summary, total_estimated_hours,
+                       confidence, parser)
+VALUES (%(source_message_id)s,
+        (SELECT id FROM users WHERE id = %(user_id)s),
+        (SELECT id FROM projects WHERE id = %(project_id)s),
+        %(summary)s, %(total)s, %(confidence)s, %(parser)s)
+ON CONFLICT (source_message_id) DO NOTHING
+RETURNING id
+"""
+_ID_BY_SOURCE = "SELECT id FROM proposals WHERE source_message_id = %(source_message_id)s"
+_INSERT_ITEM = """
+INSERT INTO proposal_items (proposal_id, position, type, title, description, estimated_hours, due_date,
+                            priority)
+VALUES (%(proposal_id)s, %(position)s, %(type)s, %(title)s, %(description)s, %(hours)s, %(due)s, %(priority)s)
+"""
+_GET = """
+SELECT id, source_message_id, user_id, project_id, summary, total_estimated_hours, confidence, parser,
+       created_at
+FROM proposals WHERE id = %(id)s
+"""
+_ITEMS = """
+SELECT position, type, title, description, estimated_hours, due_date, priority
+FROM proposal_items WHERE proposal_id = %(id)s ORDER BY position
+"""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """The proposal's id, and whether this call created it (False: it existed already)."""
+
+    id: UUID
+    created: bool
+
+
+def save(
+    source_message_id: int,
+    proposal: Proposal,
+    parser: str,
+    *,
+    user_id: UUID | str | None,
+    project_id: UUID | str | None,
+    conn: psycopg.Connection | None = None,
+) -> Saved:
+    """Store ``proposal`` and its items in one transaction; idempotent on ``source_message_id``.
+
+    ``user_id`` / ``project_id`` that are not valid UUIDs or no longer exist are stored as NULL.
+    """
+    user_id, project_id = _uuid_or_none(user_id), _uuid_or_none(project_id)
+    if conn is None:
+        with transaction() as own:
+            return save(source_message_id, proposal, parser, user_id=user_id, project_id=project_id, conn=own)
+    with wrap_errors(), conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            _INSERT_PROPOSAL,
+            {
+                "source_message_id": source_message_id,
+                "user_id": user_id,
+                "project_id": project_id,
+                "summary": proposal.summary,
+                "total": proposal.total_estimated_hours,
+                "confidence": proposal.confidence,
+                "parser": parser,
+            },
+        ).fetchone()
+        if row is None:
+            existing = cur.execute(_ID_BY_SOURCE, {"source_message_id": source_message_id}).fetchone()
+            return Saved(existing["id"], created=False)
+        proposal_id = row["id"]
+        cur.executemany(
+            _INSERT_ITEM,
+            [
+                {
+                    "proposal_id": proposal_id,
+                    "position": position,
+                    "type": item.type,
+                    "title": item.title,
+                    "description": item.description,
+                    "hours": item.estimated_hours,
+                    "due": item.due_date,
+                    "priority": item.priority,
+                }
+                for position, item in enumerate(proposal.items, start=1)
+            ],
+        )
+    return Saved(proposal_id, created=True)
+
+
+def _uuid_or_none(value: UUID | str | None) -> UUID | None:
+    if value is None or isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return None
+
+
+def get(proposal_id: UUID | str, conn: psycopg.Connection | None = None) -> dict[str, Any] | None:
+    """The proposal row with its ``items`` (in order), or None."""
+    if conn is None:
+        with connection() as own:
+            return get(proposal_id, own)
+    with wrap_errors(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(_GET, {"id": proposal_id}).fetchone()
+        if row is None:
+            return None
+        items = cur.execute(_ITEMS, {"id": proposal_id}).fetchall()
+    return {**row, "items": items}
+
+
+def id_for_message(source_message_id: int, conn: psycopg.Connection | None = None) -> UUID | None:
+    """The proposal made from inbound message ``source_message_id``, if any."""
+    if conn is None:
+        with connection() as own:
+            return id_for_message(source_message_id, own)
+    with wrap_errors(), conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(_ID_BY_SOURCE, {"source_message_id": source_message_id}).fetchone()
+    return row["id"] if row is not None else None

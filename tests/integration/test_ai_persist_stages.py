@@ -1,0 +1,155 @@
+"""The ai and persist stages: plain functions on real PostgreSQL and Redis, then real worker processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from shared.commands.seed_demo import DEMO_USER_ID, seed
+from shared.queues import Job, Publisher
+from shared.sessions import Sessions
+from shared.settings import load_settings
+from tests.integration.test_bot_workers import PHONE, replies, store_inbound
+from workers import ai as ai_worker
+from workers import persist as persist_worker
+
+TEXT = "Need to add login page and user dashboard by Friday. Should take about 8 hours."
+OFFLINE = load_settings(ai="offline", app_url="https://app.example.com")
+
+
+@pytest.fixture
+def sessions(redis_client: redis.Redis) -> Sessions:
+    return Sessions(redis_client, ttl_seconds=1800)
+
+
+def _project(db: psycopg.Connection) -> uuid.UUID:
+    return db.execute("SELECT id FROM projects ORDER BY name LIMIT 1").fetchone()["id"]
+
+
+def _queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """The kwargs of every task message waiting on ``queue`` (oldest first)."""
+    found = []
+    for raw in reversed(client.lrange(queue, 0, -1)):
+        envelope = json.loads(raw)
+        _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+        found.append({"task": envelope["headers"]["task"], **kwargs})
+    return found
+
+
+def test_no_project_selected_asks_for_one(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    seed(PHONE)
+    message_id = store_inbound(db, TEXT)
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_project"
+    assert replies(db) == [ai_worker.CHOOSE_PROJECT]
+    assert "/project" in replies(db)[0]
+    assert _queued(redis_client, "persist") == []
+
+
+def test_unlinked_sender_gets_linking_instructions(
+    clean: None, db: psycopg.Connection, sessions: Sessions
+) -> None:
+    message_id = store_inbound(db, TEXT, phone="+14155550999")
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "not_linked"
+    assert replies(db) == [ai_worker.NOT_LINKED]
+
+
+def test_text_without_items_gets_a_clear_reply(
+    clean: None, db: psycopg.Connection, sessions: Sessions
+) -> None:
+    seed(PHONE)
+    sessions.update(PHONE, project_id=str(_project(db)))
+    message_id = store_inbound(db, "🙂 Friday")
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_items"
+    assert replies(db)[0].startswith("🤔 I could not find a task in that")
+
+
+def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    seed(PHONE)
+    project_id = _project(db)
+    sessions.update(PHONE, project_id=str(project_id))
+    message_id = store_inbound(db, TEXT)
+
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "parsed"
+    (job,) = _queued(redis_client, "persist")
+    assert job["task"] == "persist.save_proposal"
+    assert job["message_id"] == message_id
+    assert job["parser"] == "offline"
+    assert [i["title"] for i in job["proposal"]["items"]] == ["Add login page", "Add user dashboard"]
+
+    proposal_id = persist_worker.save_proposal(
+        job["message_id"], job["proposal"], job["parser"], job["project_id"], settings=OFFLINE
+    )
+    row = db.execute("SELECT * FROM proposals").fetchone()
+    assert row["id"] == proposal_id
+    assert row["project_id"] == project_id
+    assert row["user_id"] == DEMO_USER_ID
+    assert row["source_message_id"] == message_id
+    assert float(row["total_estimated_hours"]) == 8
+    assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 2
+    (reply,) = replies(db)
+    assert reply.startswith("✅ Proposal saved: 2 items, 8h total")
+    assert "\n1. Add login page · 4h · due 20" in reply
+    assert reply.endswith(f"https://app.example.com/proposals/{proposal_id}")
+    assert [j["task"] for j in _queued(redis_client, "notify")] == ["notify.send"]
+
+    # Redelivered tasks: nothing new is stored or sent.
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "done"
+    again = persist_worker.save_proposal(job["message_id"], job["proposal"], job["parser"], settings=OFFLINE)
+    assert again == proposal_id
+    assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 1
+    assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 2
+    assert len(replies(db)) == 1
+
+
+def test_an_invalid_proposal_dict_is_dropped(clean: None, db: psycopg.Connection) -> None:
+    message_id = store_inbound(db, TEXT)
+    assert (
+        persist_worker.save_proposal(message_id, {"summary": "x", "items": []}, "offline", settings=OFFLINE)
+        is None
+    )
+    assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 0
+
+
+@pytest.mark.slow
+def test_real_workers_turn_a_message_into_a_proposal_once(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Any,
+    wait_for: Any,
+) -> None:
+    seed(PHONE)
+    Sessions(redis_client, ttl_seconds=1800).update(PHONE, project_id=str(_project(db)))
+    message_id = store_inbound(db, TEXT)
+    worker = start_worker(
+        ["ai", "persist"], env={"WAPIPE_AI": "offline", "WAPIPE_APP_URL": "https://app.example.com"}
+    )
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    publisher.publish([Job("ai.parse_proposal", {"message_id": message_id})])
+    reply = wait_for(lambda: replies(db), what="the proposal reply")
+    assert reply[0].startswith("✅ Proposal saved: 2 items, 8h total")
+
+    # The same task delivered again (a redelivery after a lost ack): nothing new is stored or sent.
+    publisher.publish([Job("ai.parse_proposal", {"message_id": message_id})])
+    wait_for(
+        lambda: _succeeded(worker.lines(), "ai.parse_proposal") >= 2, what="the second delivery to finish"
+    )
+    assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 1
+    assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 2
+    assert len(replies(db)) == 1
+    assert _queued(redis_client, "persist") == []
+
+
+def _succeeded(lines: list[str], task: str) -> int:
+    return sum(task in line and "succeeded" in line for line in lines)

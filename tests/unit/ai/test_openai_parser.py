@@ -1,0 +1,125 @@
+"""The OpenAI-compatible parser against a fake server on 127.0.0.1: the real SDK talks real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from shared.ai.openai_parser import OFFLINE, parse_proposal
+from shared.settings import Settings, load_settings
+from tests.fakes.openai_api import VALID_PROPOSAL, FakeOpenAI
+
+TODAY = dt.date(2026, 1, 27)
+TEXT = "Need to add login page and user dashboard by Friday. Should take about 8 hours."
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+def _settings(fake: FakeOpenAI, **overrides: object) -> Settings:
+    return load_settings(
+        openai_api_key="sk-test",
+        openai_base_url=fake.url,
+        ai_model="kimi-test",
+        ai_timeout_seconds=5,
+        **overrides,
+    )
+
+
+def test_a_valid_answer_is_the_proposal_and_names_the_model(fake: FakeOpenAI) -> None:
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == "kimi-test"
+    assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
+    (request,) = fake.completions()
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.body["model"] == "kimi-test"
+    schema = request.body["response_format"]
+    assert schema["type"] == "json_schema"
+    assert schema["json_schema"]["strict"] is True
+    assert set(schema["json_schema"]["schema"]["required"]) == {
+        "summary",
+        "items",
+        "totalEstimatedHours",
+        "confidence",
+    }
+    system, user = request.body["messages"]
+    assert system["role"] == "system"
+    assert "2026-01-27" in system["content"]
+    assert "Tuesday" in system["content"]
+    assert user == {"role": "user", "content": TEXT}
+
+
+def test_malformed_json_falls_back_to_the_offline_parser(fake: FakeOpenAI) -> None:
+    fake.reply('{"summary": "2 items", "items": [')
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
+    assert len(fake.completions()) == 1
+
+
+def test_an_answer_outside_the_schema_falls_back_to_offline(fake: FakeOpenAI) -> None:
+    bad = dict(
+        VALID_PROPOSAL, items=[dict(VALID_PROPOSAL["items"][0], priority="whenever", estimatedHours=-3)]
+    )
+    fake.reply(json.dumps(bad))
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+
+
+def test_429_then_200_gives_one_proposal_from_the_model(fake: FakeOpenAI) -> None:
+    fake.fail(429, retry_after=0.1)
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == "kimi-test"
+    assert len(proposal.items) == 2
+    assert [r.status for r in fake.completions()] == [429, 200]
+
+
+def test_every_attempt_failing_with_5xx_falls_back_to_offline(fake: FakeOpenAI) -> None:
+    for _ in range(3):
+        fake.fail(503, retry_after=0)
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+    assert [r.status for r in fake.completions()] == [503, 503, 503]
+
+
+def test_500_is_retried_then_succeeds(fake: FakeOpenAI) -> None:
+    fake.fail(500)
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == "kimi-test"
+    assert [r.status for r in fake.completions()] == [500, 200]
+
+
+def test_a_client_error_is_not_retried(fake: FakeOpenAI) -> None:
+    fake.fail(401)
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert len(fake.completions()) == 1
+
+
+def test_without_a_key_the_offline_parser_answers_and_nothing_is_sent(fake: FakeOpenAI) -> None:
+    settings = load_settings(openai_base_url=fake.url, openai_api_key=None, ai=None)
+    _, parser = parse_proposal(TEXT, TODAY, settings)
+    assert parser == OFFLINE
+    assert fake.received == []
+
+
+def test_wapipe_ai_offline_wins_over_a_key(fake: FakeOpenAI) -> None:
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai="offline"))
+    assert parser == OFFLINE
+    assert fake.received == []
+
+
+def test_an_unreachable_server_falls_back_to_offline() -> None:
+    with FakeOpenAI() as gone:
+        url = gone.url
+    settings = load_settings(openai_api_key="sk-test", openai_base_url=url, ai_timeout_seconds=2)
+    _, parser = parse_proposal(TEXT, TODAY, settings)
+    assert parser == OFFLINE

@@ -1,0 +1,102 @@
+"""Queue ``persist``: store a parsed proposal once, then tell the user with a link to it.
+
+:func:`save_proposal` is the plain function the task runs. Saving is idempotent on the source message and
+the reply's idempotency key is ``reply:<message id>``, so a redelivered task stores and sends nothing new.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from shared.ai.proposal import Proposal
+from shared.db import proposals
+from shared.db.errors import Unavailable
+from shared.db.messages import get_inbound, mark_handled
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.queues import get_publisher
+from shared.replies import queue_reply
+from shared.sessions import Sessions
+from shared.settings import Settings, get_settings
+from workers import celery
+
+log = get_logger(__name__)
+
+MAX_LISTED_ITEMS = 10
+
+
+def _hours(value: float) -> str:
+    return f"{round(value, 2):g}h"
+
+
+def reply_text(proposal_id: UUID, proposal: Proposal, settings: Settings) -> str:
+    """The WhatsApp confirmation: item count, hours, summary, the items, and the link to review it."""
+    count = len(proposal.items)
+    head = f"✅ Proposal saved: {count} item" + ("s" if count != 1 else "")
+    if proposal.total_estimated_hours is not None:
+        head += f", {_hours(proposal.total_estimated_hours)} total"
+    lines = [head, proposal.summary]
+    for position, item in enumerate(proposal.items[:MAX_LISTED_ITEMS], start=1):
+        details = [item.title]
+        if item.estimated_hours is not None:
+            details.append(_hours(item.estimated_hours))
+        if item.due_date is not None:
+            details.append(f"due {item.due_date.isoformat()}")
+        if item.priority != "medium":
+            details.append(item.priority)
+        lines.append(f"{position}. " + " · ".join(details))
+    if count > MAX_LISTED_ITEMS:
+        lines.append(f"… and {count - MAX_LISTED_ITEMS} more")
+    lines.append(f"Review it: {settings.links_base_url}/proposals/{proposal_id}")
+    return "\n".join(lines)
+
+
+def save_proposal(
+    message_id: int,
+    proposal: dict[str, Any],
+    parser: str,
+    project_id: str | None = None,
+    *,
+    sessions: Sessions | None = None,
+    settings: Settings | None = None,
+) -> UUID | None:
+    """Store the proposal for inbound ``message_id`` (once) and queue the confirmation; return its id.
+
+    ``project_id`` is the project chosen when the message was parsed; without it, the sender's current
+    session project is used. An invalid proposal dict is logged and dropped (retrying cannot fix it).
+    """
+    settings = settings or get_settings()
+    try:
+        model = Proposal.model_validate(proposal)
+    except ValidationError as exc:
+        log.error("invalid proposal dropped", message_id=message_id, errors=exc.error_count())
+        return None
+    record = get_inbound(message_id)
+    if project_id is None:
+        sessions = sessions or Sessions(get_publisher().redis)
+        project_id = sessions.load(record.user_key).get("project_id")
+    saved = proposals.save(message_id, model, parser, user_id=record.user_id, project_id=project_id)
+    queue_reply(message_id, reply_text(saved.id, model, settings))
+    with transaction() as conn:
+        mark_handled(conn, message_id)
+    log.info("proposal saved", message_id=message_id, proposal_id=str(saved.id), new=saved.created)
+    return saved.id
+
+
+@celery.task(
+    name="persist.save_proposal",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Unavailable,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def save_proposal_task(
+    self: Any, message_id: int, proposal: dict[str, Any], parser: str, project_id: str | None = None
+) -> None:
+    save_proposal(message_id, proposal, parser, project_id)
