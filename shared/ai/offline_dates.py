@@ -138,7 +138,7 @@ def _today(m: re.Match[str], today: dt.date) -> dt.date:
 
 
 # "mañana" is also "morning": "la mañana" / "por la mañana" / "esta mañana" are not tomorrow.
-@_rule(r"(?:tomorrow|tmrw|tmr|(?<!la\s)(?<!esta\s)manana)")
+@_rule(r"(?:tomorrow|tmrw|tmr|(?<!\bla\s)(?<!\besta\s)manana)")
 def _tomorrow(m: re.Match[str], today: dt.date) -> dt.date:
     return today + dt.timedelta(days=1)
 

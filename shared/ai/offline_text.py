@@ -64,7 +64,7 @@ ENGLISH_VERBS = wordset(
     onboard open optimize optimise order organize organise outline pay perform pick plan polish post
     prepare present print prioritize prioritise process produce profile promote propose protect prototype
     provide publish purchase push put query raise reach read rebuild record redesign redo reduce refactor
-    refine reach remove rename reorganize repair replace reply report request research reset resolve
+    refine reach release remove rename reorganize repair replace reply report request research reset resolve
     respond restore restructure retest review revise rewrite roll run save scale schedule scope secure
     send set setup ship show sign simplify sketch sort speed split start stop store streamline study
     submit summarize summarise support switch sync take talk tell test track train transfer translate

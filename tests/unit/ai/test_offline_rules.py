@@ -293,6 +293,45 @@ CASES: list[tuple[str, str, list[Item], float | None]] = [
         ],
         None,
     ),
+    (
+        "Llamar al cliente hoy (20 minutos) y enviar la propuesta mañana (2 horas)",
+        TUE,
+        [
+            ("Llamar al cliente", 1 / 3, "2026-01-27", "medium"),
+            ("Enviar la propuesta", 2, "2026-01-28", "medium"),
+        ],
+        7 / 3,
+    ),
+    (
+        "Update the SDK in 3 days and release v2 on Jan 15, 2 hours each",
+        TUE,
+        [("Update the SDK", 2, "2026-01-30", "medium"), ("Release v2", 2, "2027-01-15", "medium")],
+        4,
+    ),
+    (
+        "Entregar el informe el 27 de enero",
+        TUE,
+        [("Entregar el informe", None, "2026-01-27", "medium")],
+        None,
+    ),
+    (
+        "Entregar el informe el 26 de enero",
+        TUE,
+        [("Entregar el informe", None, "2027-01-26", "medium")],
+        None,
+    ),
+    (
+        "Migrate DB. Update API. Both should take 10 hours total. Deadline: Dec 1",
+        TUE,
+        [("Migrate DB", 5, "2026-12-01", "medium"), ("Update API", 5, "2026-12-01", "medium")],
+        10,
+    ),
+    (
+        "Mover los logs a S3 y borrar backups viejos, 1 día, urgente",
+        TUE,
+        [("Mover los logs a S3", 4, None, "high"), ("Borrar backups viejos", 4, None, "high")],
+        8,
+    ),
     # --- priority
     (
         "Fix the login bug ASAP and update docs when you can",
