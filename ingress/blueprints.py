@@ -16,4 +16,5 @@ BLUEPRINTS: list[str] = [
     "ingress.api.stats:bp",
     "ingress.api.sessions:bp",
     "ingress.api.assistant_configs:bp",
+    "ingress.api.messages:bp",
 ]

@@ -35,6 +35,7 @@ from shared.db import dead_letters, messages
 from shared.db.errors import NotFound, Unavailable
 from shared.db.pool import transaction
 from shared.logging import get_logger
+from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.base import OutboundMessage, Sender, SendError
 from shared.queues import MAX_COUNTDOWN_SECONDS, get_publisher
@@ -89,6 +90,12 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
         return _fail(message_id, "opted_out", "the recipient opted out (STOP); send START to opt back in")
 
     sender = sender or _process_sender(settings)
+    # WhatsApp's 24-hour window (shared/policy.py): a free-form message it would refuse fails here, final.
+    refusal = check_window(
+        provider=sender.name, message_type=record.type, last_inbound_at=record.last_inbound_at
+    )
+    if refusal is not None:
+        return _fail(message_id, refusal.code, refusal.message)
     from_number = record.business_number if record.conversation_provider == sender.name else None
     wait = RateLimiter(get_publisher().redis).acquire_send_slot(
         sender=from_number or _default_sender(settings, sender.name),

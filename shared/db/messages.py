@@ -181,7 +181,7 @@ _OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number
+v.business_number, c.last_inbound_at
 """
 _GET_OUTBOUND = f"""
 SELECT {_OUTBOUND_COLUMNS}
@@ -257,6 +257,7 @@ class OutboundRecord:
     opted_out: bool | None
     conversation_provider: str | None
     business_number: str | None
+    last_inbound_at: datetime | None  # the contact's, for WhatsApp's 24-hour window (shared/policy.py)
 
 
 def _outbound(row: dict[str, Any]) -> OutboundRecord:
@@ -468,3 +469,56 @@ def timeline(conn: psycopg.Connection, message_id: int) -> list[dict[str, Any]]:
     """The message's delivery events, oldest first (by when they happened, not when they arrived)."""
     with wrap_errors():
         return conn.execute(_TIMELINE, {"message_id": message_id}).fetchall()
+
+
+# --- the notify API's idempotency and inbound media (workers/media.py) ---------------------------------
+
+_BY_KEY = """
+SELECT id, request_hash, status, error_code FROM messages
+WHERE idempotency_key = %(key)s AND direction = 'out'
+"""
+_GET_MEDIA = """
+SELECT m.id, m.provider, v.business_number, m.media FROM messages m
+LEFT JOIN conversations v ON v.id = m.conversation_id
+WHERE m.id = %(id)s AND m.direction = 'in'
+"""
+_SET_MEDIA = "UPDATE messages SET media = %(media)s, updated_at = now() WHERE id = %(id)s"
+
+
+@dataclass(frozen=True)
+class KeyedOutbound:
+    """What an idempotency key was first used for."""
+
+    id: int
+    request_hash: str | None
+    status: str
+    error_code: str | None
+
+
+def find_outbound_by_key(conn: psycopg.Connection, key: str) -> KeyedOutbound | None:
+    with wrap_errors():
+        row = conn.execute(_BY_KEY, {"key": key}).fetchone()
+    return KeyedOutbound(**row) if row else None
+
+
+@dataclass(frozen=True)
+class InboundMedia:
+    id: int
+    provider: str
+    business_number: str | None
+    media: list[dict[str, Any]]
+
+
+def get_inbound_media(conn: psycopg.Connection, message_id: int) -> InboundMedia:
+    """The media entries recorded on an inbound message; raises ``NotFound``."""
+    with wrap_errors():
+        row = conn.execute(_GET_MEDIA, {"id": message_id}).fetchone()
+    if row is None:
+        raise NotFound(f"inbound message {message_id}")
+    media = row["media"] if isinstance(row["media"], list) else []
+    return InboundMedia(row["id"], row["provider"], row["business_number"], media)
+
+
+def set_inbound_media(conn: psycopg.Connection, message_id: int, media: list[dict[str, Any]]) -> None:
+    with wrap_errors():
+        conn.execute(_SET_MEDIA, {"id": message_id, "media": Jsonb(media)})

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 
+from shared.providers import base
 from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
 from shared.settings import ProviderName, Settings, get_settings
 
-__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "get_sender"]
+__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "get_sender", "supports"]
 
 # provider -> "module:class"; each class is constructed with the settings.
 _SENDERS: dict[ProviderName, str] = {
@@ -20,6 +21,18 @@ _SENDERS: dict[ProviderName, str] = {
     ProviderName.meta: "shared.providers.meta.client:MetaSender",
     ProviderName.kapso: "shared.providers.kapso.client:KapsoSender",
 }
+
+
+def supports(kind: str, settings: Settings | None = None) -> bool:
+    """Whether the configured provider can send messages of type ``kind`` (without constructing a sender)."""
+    settings = settings or get_settings()
+    provider = settings.active_provider
+    if provider is ProviderName.console:
+        from shared.providers.console import ConsoleSender as sender_class
+    else:
+        module_name, _, class_name = _SENDERS[provider].partition(":")
+        sender_class = getattr(importlib.import_module(module_name), class_name)
+    return base.supports(sender_class, kind)
 
 
 def get_sender(settings: Settings | None = None) -> Sender:

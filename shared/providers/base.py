@@ -153,6 +153,18 @@ class Sender(Protocol):
         ...
 
 
+ALL_TYPES: frozenset[OutboundType] = frozenset(OutboundType)
+
+
+def supports(sender: object, kind: OutboundType | str) -> bool:
+    """Whether a sender (instance or class) can send ``kind``: its ``supported_types`` class attribute.
+
+    A sender that declares none sends every type. The notify API asks this before storing a message, so a
+    type the active provider cannot send is a 422 at once rather than a failure after the fact.
+    """
+    return str(kind) in {str(t) for t in getattr(sender, "supported_types", ALL_TYPES)}
+
+
 def unsupported(provider: str, message: OutboundMessage) -> SendError:
     """The permanent error for a type this provider cannot send (yet)."""
     return SendError("unsupported_type", f"{provider} cannot send {message.type} messages", permanent=True)

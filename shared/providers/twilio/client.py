@@ -81,6 +81,8 @@ class TwilioSender:
     """Sends through one Twilio account; thread-safe, one per process."""
 
     name = "twilio"
+    # What _params can send (interactive as its plain-text fallback); the notify API refuses the rest.
+    supported_types = frozenset({OutboundType.text, OutboundType.interactive})
 
     def __init__(self, settings: Settings) -> None:
         if not (

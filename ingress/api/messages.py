@@ -1,0 +1,272 @@
+"""``/api/v1/messages``: internal services send any kind of WhatsApp message and follow its delivery.
+
+- ``POST /api/v1/messages`` ``{to, type, text | media | interactive | template | reaction,
+  idempotency_key?}`` -> ``202 {id, status}``. Everything WhatsApp would refuse is a 422 naming the field
+  (:mod:`shared.wire.outbound_api`), as is a recipient that is not a valid number and a type the active
+  provider cannot send; nothing is stored then. Otherwise the message is stored ``queued`` and
+  ``notify.send`` enqueued after the commit: the caller never waits for the provider, whose answer (sent,
+  retried, failed with its reason) shows in ``GET /api/v1/messages/{id}``.
+- Idempotency: the ``Idempotency-Key`` header or the ``idempotency_key`` field. The same key with the same
+  request (compared as a hash of its canonical form) answers ``200`` with the first message; with a
+  different request, ``409``. Keys are namespaced (``api:<key>``) so they never meet reply keys.
+- ``POST /api/whatsapp/notify`` ``{to, message}``: the text-only endpoint existing callers use, answering
+  ``{"success": true, "data": {"messageId", "to"}}`` or ``{"success": false, "error": {...}}``.
+
+Every route needs an ``X-API-Key`` from ``WAPIPE_API_KEYS``. The recipient is shown in full to the caller:
+they chose it. Logs mask it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, jsonify, make_response, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from ingress.api.common import iso
+from ingress.auth import require_api_key
+from ingress.errors import api_error, handle_http_exception
+from ingress.publishing import publish
+from ingress.state import current_settings
+from shared import providers
+from shared.db import contacts, messages
+from shared.db.errors import NotFound
+from shared.db.pool import transaction
+from shared.logging import get_logger
+from shared.phone import InvalidPhone, mask_phone, normalize
+from shared.queues import Job
+from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest, error_location
+
+log = get_logger(__name__)
+
+bp = Blueprint("messages", __name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+KEY_PREFIX = "api:"
+# A message whose notify.send could not be enqueued (Redis down) is failed with this code, so it is
+# reported rather than stuck; the same idempotency key sent again queues it anew.
+QUEUE_UNAVAILABLE = "queue_unavailable"
+
+
+class _Refused(Exception):
+    """A request we answer with a 4xx; ``field`` names the part of the body at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def response(self) -> Response:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field:
+            error["field"] = self.field
+        response = jsonify({"error": error})
+        response.status_code = self.status
+        return response
+
+
+@bp.errorhandler(_Refused)
+def _on_refused(exc: _Refused) -> Response:
+    return exc.response()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: int
+    status: str
+    to: str
+    new: bool
+
+
+# --- POST /api/v1/messages ------------------------------------------------------------------------------
+
+
+@bp.post("/api/v1/messages")
+@require_api_key
+def create_message() -> Any:
+    send = _validated(SendRequest, _json_body())
+    accepted = accept(send, _idempotency_key(send.idempotency_key))
+    response = jsonify(id=accepted.id, status=accepted.status)
+    response.status_code = 202 if accepted.new else 200
+    response.headers["Location"] = f"/api/v1/messages/{accepted.id}"
+    if not accepted.new:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@bp.get("/api/v1/messages/<int:message_id>")
+@require_api_key
+def get_message(message_id: int) -> Any:
+    try:
+        with transaction() as conn:
+            record = messages.get_outbound(conn, message_id)
+            events = messages.timeline(conn, message_id)
+    except NotFound:
+        return api_error(404, "not_found", f"no outbound message {message_id}")
+    error = {"code": record.error_code, "message": record.error_message} if record.error_code else None
+    return jsonify(
+        id=record.id,
+        to=record.phone,
+        type=record.type,
+        status=record.status,
+        error=error,
+        createdAt=iso(record.created_at),
+        timeline=[
+            {"status": event["status"], "at": iso(event["at"]), "errorCode": event["error_code"]}
+            for event in events
+        ],
+    )
+
+
+# --- POST /api/whatsapp/notify (kept for existing callers) -----------------------------------------------
+
+
+@bp.post("/api/whatsapp/notify")
+def legacy_notify() -> Response:
+    """The old shape around the same pipeline: every answer, errors included, carries ``success``."""
+    try:
+        response = make_response(_legacy_notify())
+    except _Refused as exc:
+        response = exc.response()
+    except HTTPException as exc:  # 503 from publish, 413 from a huge body
+        response = handle_http_exception(exc)
+    body = response.get_json(silent=True)
+    if response.status_code >= 400 and isinstance(body, dict) and "error" in body:
+        response.set_data(json.dumps({"success": False, "error": body["error"]}))
+    return response
+
+
+@require_api_key
+def _legacy_notify() -> Any:
+    legacy = _validated(LegacyNotifyRequest, _json_body())
+    send = SendRequest(to=legacy.to, type="text", text=legacy.message)
+    accepted = accept(send, _idempotency_key(None))
+    return jsonify(success=True, data={"messageId": accepted.id, "to": accepted.to})
+
+
+# --- the pipeline both endpoints share ------------------------------------------------------------------
+
+
+def accept(send: SendRequest, key: str | None) -> Accepted:
+    """Validate what depends on configuration, store the message once, enqueue ``notify.send``."""
+    settings = current_settings()
+    try:
+        to = normalize(send.to, settings.default_region, strict=True)
+    except InvalidPhone as exc:
+        raise _Refused(422, "invalid_phone", f"to: {exc}", "to") from None
+    kind = send.outbound_type
+    if not providers.supports(kind.value, settings):
+        raise _Refused(
+            422,
+            "unsupported_type",
+            f"type: the active provider ({settings.active_provider}) cannot send {kind} messages",
+            "type",
+        )
+    message_type, body, payload = send.stored()
+    request_hash = send.request_hash(to)
+    stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
+
+    requeued = False
+    with transaction() as conn:
+        contact = contacts.get_or_create_by_phone(conn, to)
+        message_id, new = messages.insert_outbound(
+            conn,
+            idempotency_key=stored_key,
+            provider=settings.active_provider.value,
+            contact_id=contact.id,
+            conversation_id=None,
+            type=message_type,
+            body=body,
+            payload=payload,
+            request_hash=request_hash,
+        )
+        if new:
+            status = "queued"
+        else:
+            first = messages.find_outbound_by_key(conn, stored_key)
+            if first is None or first.request_hash != request_hash:
+                raise _Refused(
+                    409,
+                    "idempotency_conflict",
+                    "idempotency_key: already used for a different request; use a new key for a new message",
+                    "idempotency_key",
+                )
+            status = first.status
+            if first.status == "failed" and first.error_code == QUEUE_UNAVAILABLE:
+                requeued = messages.requeue_failed(conn, message_id)
+                status = "queued" if requeued else status
+
+    if new or requeued or status == "queued":
+        _enqueue(message_id, fail_on_error=new or requeued)
+    log.info("api message accepted", message_id=message_id, to=mask_phone(to), type=message_type, new=new)
+    return Accepted(message_id, status, to, new)
+
+
+def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
+    """After the commit, so notify.send finds the row. A second job for one message is harmless."""
+    try:
+        publish([Job("notify.send", {"message_id": message_id})])
+    except HTTPException:
+        if fail_on_error:
+            with transaction() as conn:
+                messages.mark_failed(
+                    conn,
+                    message_id,
+                    QUEUE_UNAVAILABLE,
+                    "the queue was unreachable; send it again with its key",
+                )
+        raise
+
+
+def _json_body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise _Refused(422, "validation_error", "body: must be a JSON object", "body")
+    return data
+
+
+def _idempotency_key(field: str | None) -> str | None:
+    header = request.headers.get(IDEMPOTENCY_HEADER)
+    if header is not None:
+        header = header.strip()
+        if not header or len(header) > IDEMPOTENCY_KEY_MAX:
+            raise _Refused(
+                422,
+                "validation_error",
+                f"{IDEMPOTENCY_HEADER}: 1 to {IDEMPOTENCY_KEY_MAX} characters",
+                "idempotency_key",
+            )
+        if field is not None and field != header:
+            raise _Refused(
+                422,
+                "validation_error",
+                f"idempotency_key: differs from the {IDEMPOTENCY_HEADER} header; send one of them",
+                "idempotency_key",
+            )
+    return header or field
+
+
+def _validated(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # A union (template variables: a list or an object) reports "not a list" for the branch that did
+        # not apply; the other branch's error is the one that says what is wrong.
+        specific = [e for e in errors if e["type"] not in ("list_type", "dict_type")] or errors
+        first = specific[0]
+        field = error_location(first["loc"], first.get("ctx")) or "body"
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif first["type"] == "missing":
+            message = "required"
+        raise _Refused(422, "validation_error", f"{field}: {message}", field) from None

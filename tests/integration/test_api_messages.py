@@ -1,0 +1,466 @@
+"""The notify API through the real Flask app, PostgreSQL and Redis: every outbound type accepted and stored
+once with its job queued; WhatsApp limits, bad numbers and types the provider cannot send refused with a
+422 naming the field, before anything is stored; idempotency keys; the legacy endpoint's shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from flask.testing import FlaskClient
+
+from ingress import create_app
+from shared.settings import load_settings
+from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER
+from tests.integration.test_inbound_routing import queued
+
+KEY = "notify-api-key"
+AUTH = {"X-API-Key": KEY}
+CO_MOBILE = "+573103055424"
+
+
+@pytest.fixture
+def client(db: psycopg.Connection, redis_client: redis.Redis) -> FlaskClient:
+    # Console provider (no credentials): it sends every type.
+    return create_app(load_settings(api_keys=KEY, default_region="CO")).test_client()
+
+
+def post(client: FlaskClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/api/v1/messages", json=body, headers={**AUTH, **(headers or {})})
+
+
+def stored(db: psycopg.Connection) -> list[dict[str, Any]]:
+    return db.execute(
+        "SELECT m.*, c.phone FROM messages m JOIN contacts c ON c.id = m.contact_id ORDER BY m.id"
+    ).fetchall()
+
+
+BUTTONS = {
+    "kind": "buttons",
+    "body": "Ticket #42 is assigned to you. Accept it?",
+    "header": "New ticket",
+    "footer": "Helpdesk",
+    "buttons": [{"id": "accept", "title": "Accept"}, {"id": "decline", "title": "Decline"}],
+}
+LIST = {
+    "kind": "list",
+    "body": "Pick a slot",
+    "button_text": "Slots",
+    "sections": [
+        {"title": "Morning", "rows": [{"id": "m9", "title": "9:00", "description": "Front desk"}]},
+        {"title": "Afternoon", "rows": [{"id": "a3", "title": "15:00"}]},
+    ],
+}
+
+ACCEPTED = [
+    ({"type": "text", "text": "Ticket #42 assigned to you"}, "text", "Ticket #42 assigned to you", {}),
+    (
+        {"type": "image", "media": {"url": "https://cdn.example.com/a.jpg", "caption": "The part"}},
+        "media",
+        "The part",
+        {
+            "type": "media",
+            "media": {"kind": "image", "url": "https://cdn.example.com/a.jpg", "caption": "The part"},
+        },
+    ),
+    (
+        {
+            "type": "media",
+            "media": {"kind": "document", "url": "https://cdn.example.com/r.pdf", "filename": "report.pdf"},
+        },
+        "media",
+        None,
+        {
+            "type": "media",
+            "media": {"kind": "document", "url": "https://cdn.example.com/r.pdf", "filename": "report.pdf"},
+        },
+    ),
+    (
+        {"type": "interactive", "interactive": BUTTONS},
+        "interactive",
+        "New ticket\nTicket #42 is assigned to you. Accept it?\n1. Accept\n2. Decline\nHelpdesk",
+        None,
+    ),
+    ({"type": "interactive", "interactive": LIST}, "interactive", "Pick a slot\n1. 9:00\n2. 15:00", None),
+    (
+        {"type": "template", "template": {"name": "ticket_assigned", "language": "es", "variables": ["42"]}},
+        "template",
+        None,
+        {"type": "template", "template": {"name": "ticket_assigned", "language": "es", "variables": ["42"]}},
+    ),
+    (
+        {"type": "reaction", "reaction": {"message_id": "wamid.HBgL", "emoji": "👍"}},
+        "reaction",
+        "👍",
+        {"type": "reaction", "reaction": {"message_id": "wamid.HBgL", "emoji": "👍"}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("content", "kind", "body", "payload"), ACCEPTED, ids=lambda v: None)
+def test_each_type_is_accepted_stored_queued_and_enqueued(
+    client: FlaskClient, db, redis_client, content: dict, kind: str, body: str | None, payload: dict | None
+) -> None:
+    response = post(client, {"to": "310 305 5424", **content})
+
+    assert response.status_code == 202, response.get_json()
+    answer = response.get_json()
+    assert answer == {"id": answer["id"], "status": "queued"}
+    assert response.headers["Location"] == f"/api/v1/messages/{answer['id']}"
+    [row] = stored(db)
+    assert (row["id"], row["direction"], row["status"], row["type"]) == (answer["id"], "out", "queued", kind)
+    assert row["phone"] == CO_MOBILE  # normalised with WAPIPE_DEFAULT_REGION=CO
+    assert row["body"] == body
+    if payload is not None:
+        assert row["payload"] == payload
+    assert row["idempotency_key"].startswith("api:")
+    events = db.execute("SELECT status FROM message_events WHERE message_id = %s", (row["id"],)).fetchall()
+    assert [e["status"] for e in events] == ["queued"]
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
+
+
+def test_interactive_payload_is_what_the_providers_read(client: FlaskClient, db) -> None:
+    from shared.providers.base import OutboundMessage
+    from shared.providers.meta.client import build_payload
+
+    post(client, {"to": CO_MOBILE, "type": "interactive", "interactive": LIST})
+    [row] = stored(db)
+    message = OutboundMessage.from_record(
+        id=row["id"],
+        to=row["phone"],
+        type=row["type"],
+        body=row["body"],
+        payload=row["payload"],
+        from_number=None,
+    )
+    graph = build_payload(message)
+    assert graph["interactive"]["action"]["button"] == "Slots"
+    assert [s["title"] for s in graph["interactive"]["action"]["sections"]] == ["Morning", "Afternoon"]
+
+
+REFUSED = [
+    ({"type": "text", "text": "x" * 4097}, "text", "at most 4096 characters"),
+    ({"type": "text", "text": "   "}, "text", "must not be blank"),
+    ({"type": "text"}, "text", "required for type text"),
+    ({"type": "text", "text": "hi", "media": {"url": "https://a.example/x.jpg"}}, "media", "not allowed"),
+    ({"type": "sms", "text": "hi"}, "type", "Input should be"),
+    ({"type": "text", "txt": "hi"}, "txt", "unknown field"),
+    ({"type": "image", "media": {"url": "http://a.example/x.jpg"}}, "media.url", "https://"),
+    (
+        {"type": "image", "media": {"url": "https://a.example/x.jpg", "caption": "c" * 1025}},
+        "media.caption",
+        "1024",
+    ),
+    (
+        {"type": "audio", "media": {"url": "https://a.example/x.ogg", "caption": "hi"}},
+        "media.caption",
+        "no caption",
+    ),
+    ({"type": "media", "media": {"url": "https://a.example/x.jpg"}}, "media.kind", "one of image"),
+    (
+        {"type": "interactive", "interactive": {**BUTTONS, "buttons": []}},
+        "interactive.buttons",
+        "1 to 3; got 0",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {**BUTTONS, "buttons": [{"id": str(i), "title": f"B{i}"} for i in range(4)]},
+        },
+        "interactive.buttons",
+        "1 to 3; got 4",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {**BUTTONS, "buttons": [{"id": "a", "title": "Twenty-one characters"}]},
+        },
+        "interactive.buttons[0].title",
+        "at most 20 characters (WhatsApp's limit); this one has 21",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {**BUTTONS, "buttons": [{"id": "a", "title": "A"}, {"id": "a", "title": "B"}]},
+        },
+        "interactive.buttons",
+        "'a' appears twice",
+    ),
+    (
+        {"type": "interactive", "interactive": {**BUTTONS, "header": "h" * 61}},
+        "interactive.header",
+        "at most 60",
+    ),
+    (
+        {"type": "interactive", "interactive": {**BUTTONS, "footer": "f" * 61}},
+        "interactive.footer",
+        "at most 60",
+    ),
+    (
+        {"type": "interactive", "interactive": {**BUTTONS, "body": "b" * 1025}},
+        "interactive.body",
+        "at most 1024",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                **LIST,
+                "sections": [
+                    {"title": f"S{s}", "rows": [{"id": f"{s}-{r}", "title": "r"} for r in range(4)]}
+                    for s in range(3)
+                ],
+            },
+        },
+        "interactive.sections",
+        "at most 10 rows in all; got 12",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {**LIST, "sections": [{"rows": [{"id": "1", "title": "t" * 25}]}]},
+        },
+        "interactive.sections[0].rows[0].title",
+        "at most 24",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                **LIST,
+                "sections": [{"rows": [{"id": "1", "title": "t", "description": "d" * 73}]}],
+            },
+        },
+        "interactive.sections[0].rows[0].description",
+        "at most 72",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {**LIST, "sections": [{"title": "s" * 25, "rows": [{"id": "1", "title": "t"}]}]},
+        },
+        "interactive.sections[0].title",
+        "at most 24",
+    ),
+    (
+        {"type": "interactive", "interactive": {**LIST, "button_text": "b" * 21}},
+        "interactive.button_text",
+        "at most 20",
+    ),
+    (
+        {
+            "type": "interactive",
+            "interactive": {
+                **LIST,
+                "sections": [{"rows": [{"id": "1", "title": "a"}]}, {"rows": [{"id": "2", "title": "b"}]}],
+            },
+        },
+        "interactive.sections",
+        "needs a title when there are several",
+    ),
+    (
+        {"type": "template", "template": {"name": "Ticket Assigned", "language": "es"}},
+        "template.name",
+        "template's name",
+    ),
+    (
+        {"type": "template", "template": {"name": "ticket", "language": "spanish"}},
+        "template.language",
+        "language code",
+    ),
+    (
+        {"type": "template", "template": {"name": "ticket", "language": "es", "variables": ["42", " "]}},
+        "template.variables[1]",
+        "blank",
+    ),
+    (
+        {"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": "ok"}},
+        "reaction.emoji",
+        "single emoji",
+    ),
+    ({"type": "reaction", "reaction": {"emoji": "👍"}}, "reaction.message_id", "required"),
+]
+
+
+@pytest.mark.parametrize(("content", "field", "says"), REFUSED, ids=[r[1] + ":" + r[2][:20] for r in REFUSED])
+def test_whatsapp_limits_are_a_422_naming_the_field_and_nothing_is_stored(
+    client: FlaskClient, db, redis_client, content: dict, field: str, says: str
+) -> None:
+    response = post(client, {"to": CO_MOBILE, **content})
+
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["field"] == field
+    assert error["message"].startswith(f"{field}: ")
+    assert says in error["message"]
+    assert stored(db) == []
+    assert queued(redis_client, "notify") == []
+
+
+@pytest.mark.parametrize(
+    ("to", "says"),
+    [
+        ("12", "not a valid phone number"),
+        ("+1 555 123 4567", "not a valid phone number"),
+        ("call me", "not a phone number"),
+    ],
+)
+def test_an_invalid_number_is_a_422_naming_to(client: FlaskClient, db, to: str, says: str) -> None:
+    response = post(client, {"to": to, "type": "text", "text": "hi"})
+
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_phone", "to")
+    assert error["message"].startswith("to: ")
+    assert says in error["message"]
+    assert stored(db) == []
+
+
+def test_numbers_are_read_with_the_default_region(db, redis_client) -> None:
+    us = create_app(load_settings(api_keys=KEY, default_region="US")).test_client()
+    assert post(us, {"to": "(415) 555-0123", "type": "text", "text": "hi"}).status_code == 202
+    assert post(us, {"to": "+57 310 305 5424", "type": "text", "text": "hi"}).status_code == 202
+    assert [row["phone"] for row in stored(db)] == ["+14155550123", CO_MOBILE]
+
+
+def test_a_type_the_active_provider_cannot_send_is_a_422(db, redis_client) -> None:
+    settings = load_settings(
+        api_keys=KEY,
+        provider="twilio",
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_whatsapp_number=WHATSAPP_NUMBER,
+    )
+    twilio = create_app(settings).test_client()
+    response = post(
+        twilio, {"to": "+14155550123", "type": "image", "media": {"url": "https://a.example/x.jpg"}}
+    )
+
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("unsupported_type", "type")
+    assert "(twilio) cannot send media messages" in error["message"]
+    assert stored(db) == []
+    # What it can send is accepted.
+    assert post(twilio, {"to": "+14155550123", "type": "text", "text": "hi"}).status_code == 202
+
+
+def test_same_key_same_body_is_the_same_message_and_another_body_is_a_409(
+    client: FlaskClient, db, redis_client
+) -> None:
+    body = {"to": "310 305 5424", "type": "text", "text": "Ticket #42"}
+    first = post(client, body, {"Idempotency-Key": "ticket-42"})
+    # The same request written differently: E.164 number, the key as a field, Meta's text object.
+    again = post(
+        client,
+        {"to": CO_MOBILE, "type": "text", "text": {"body": "Ticket #42"}, "idempotency_key": "ticket-42"},
+    )
+    other = post(client, {**body, "text": "Ticket #43"}, {"Idempotency-Key": "ticket-42"})
+    fresh = post(client, {**body, "text": "Ticket #43"}, {"Idempotency-Key": "ticket-43"})
+
+    assert first.status_code == 202
+    assert again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "idempotency_conflict"
+    assert fresh.status_code == 202
+    assert fresh.get_json()["id"] != first.get_json()["id"]
+    assert len(stored(db)) == 2
+    assert stored(db)[0]["idempotency_key"] == "api:ticket-42"
+
+
+def test_without_a_key_each_call_is_a_new_message(client: FlaskClient, db) -> None:
+    body = {"to": CO_MOBILE, "type": "text", "text": "hi"}
+    assert post(client, body).get_json()["id"] != post(client, body).get_json()["id"]
+
+
+def test_header_and_field_keys_must_agree(client: FlaskClient, db) -> None:
+    response = post(
+        client,
+        {"to": CO_MOBILE, "type": "text", "text": "hi", "idempotency_key": "a"},
+        {"Idempotency-Key": "b"},
+    )
+    assert response.status_code == 422
+    assert response.get_json()["error"]["field"] == "idempotency_key"
+
+
+def test_get_shows_status_error_and_timeline(client: FlaskClient, db) -> None:
+    message_id = post(client, {"to": "310 305 5424", "type": "text", "text": "hi"}).get_json()["id"]
+    db.execute(
+        "UPDATE messages SET status = 'failed', error_code = '131026',"
+        " error_message = 'Message undeliverable' WHERE id = %s",
+        (message_id,),
+    )
+    db.execute(
+        "INSERT INTO message_events (message_id, status, error_code) VALUES (%s, 'failed', '131026')",
+        (message_id,),
+    )
+
+    response = client.get(f"/api/v1/messages/{message_id}", headers=AUTH)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["id"], body["to"], body["type"], body["status"]) == (message_id, CO_MOBILE, "text", "failed")
+    assert body["error"] == {"code": "131026", "message": "Message undeliverable"}
+    assert [(e["status"], e["errorCode"]) for e in body["timeline"]] == [
+        ("queued", None),
+        ("failed", "131026"),
+    ]
+    assert all(e["at"] for e in body["timeline"])
+    assert client.get("/api/v1/messages/999999", headers=AUTH).status_code == 404
+    assert client.get(f"/api/v1/messages/{message_id}").status_code == 401
+
+
+def test_every_route_needs_the_key(client: FlaskClient, db) -> None:
+    body = {"to": CO_MOBILE, "type": "text", "text": "hi"}
+    assert client.post("/api/v1/messages", json=body).status_code == 401
+    legacy = client.post("/api/whatsapp/notify", json={"to": CO_MOBILE, "message": "hi"})
+    assert legacy.status_code == 401
+    assert legacy.get_json()["success"] is False
+    assert "X-API-Key" in legacy.get_json()["error"]["message"]
+    assert stored(db) == []
+
+
+def test_legacy_notify_keeps_its_shapes(client: FlaskClient, db, redis_client) -> None:
+    ok = client.post(
+        "/api/whatsapp/notify", json={"to": "310 305 5424", "message": "Ticket #42"}, headers=AUTH
+    )
+    assert ok.status_code == 200
+    body = ok.get_json()
+    assert body == {"success": True, "data": {"messageId": body["data"]["messageId"], "to": CO_MOBILE}}
+    [row] = stored(db)
+    assert (row["id"], row["type"], row["body"]) == (body["data"]["messageId"], "text", "Ticket #42")
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
+
+    bad_number = client.post("/api/whatsapp/notify", json={"to": "12", "message": "hi"}, headers=AUTH)
+    assert bad_number.status_code == 422
+    assert bad_number.get_json()["success"] is False
+    assert bad_number.get_json()["error"]["message"].startswith("to: ")
+    missing = client.post("/api/whatsapp/notify", json={"to": CO_MOBILE}, headers=AUTH)
+    assert missing.status_code == 422
+    assert missing.get_json() == {
+        "success": False,
+        "error": {"code": "validation_error", "message": "message: required", "field": "message"},
+    }
+    assert len(stored(db)) == 1
+
+
+def test_a_broker_outage_is_a_503_and_the_message_is_reported_not_stuck(db, redis_client) -> None:
+    settings = load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")
+    down = create_app(settings).test_client()
+    response = post(down, {"to": CO_MOBILE, "type": "text", "text": "hi"}, {"Idempotency-Key": "k1"})
+
+    assert response.status_code == 503
+    [row] = stored(db)
+    assert (row["status"], row["error_code"]) == ("failed", "queue_unavailable")
+
+    # The caller retries with the same key once the broker is back: the message is queued again.
+    up = create_app(load_settings(api_keys=KEY)).test_client()
+    again = post(up, {"to": CO_MOBILE, "type": "text", "text": "hi"}, {"Idempotency-Key": "k1"})
+    assert again.status_code == 200
+    assert again.get_json() == {"id": row["id"], "status": "queued"}
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
