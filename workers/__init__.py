@@ -9,11 +9,17 @@ from __future__ import annotations
 from celery import Celery
 
 from shared.queues import celery_config
-from shared.settings import get_settings
+from shared.settings import SettingsError, get_settings
+
+
+def _missing(variable: str) -> str:
+    raise SettingsError(f"{variable} is not set (and no running `wapipe up` found through WAPIPE_DATA_DIR)")
+
 
 celery = Celery("wapipe")
-celery.config_from_object(celery_config(get_settings().redis_url or "redis://127.0.0.1:6379/0"))
-celery.autodiscover_tasks(["workers"], related_name=None, force=True)
+# No broker URL is a configuration error for a worker; `wapipe worker` fills it in from a running
+# `wapipe up`'s data folder first (shared/embedded.py), so only a bare `celery -A workers` can get here.
+celery.config_from_object(celery_config(get_settings().redis_url or _missing("WAPIPE_REDIS_URL")))
 
 STAGE_MODULES = (
     "workers.signals",
