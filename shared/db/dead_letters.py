@@ -97,3 +97,34 @@ def mark_replayed(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter |
     with wrap_errors():
         row = conn.execute(_MARK_REPLAYED, {"id": dead_letter_id}).fetchone()
     return DeadLetter(**row) if row else None
+
+
+# --- what `wapipe dlq list` shows: each pending letter with its message's recipient ---------------------
+
+_LIST_PENDING_WITH_RECIPIENT = """
+SELECT d.id, d.task_name, d.message_id, d.payload, d.error, d.attempts, d.created_at, d.replayed_at,
+       c.phone AS recipient
+FROM dead_letters d
+LEFT JOIN messages m ON m.id = d.message_id
+LEFT JOIN contacts c ON c.id = m.contact_id
+WHERE d.replayed_at IS NULL AND d.id > %(after)s
+ORDER BY d.id LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True)
+class PendingLetter:
+    letter: DeadLetter
+    recipient: str | None  # E.164 of the message's contact; mask before showing it
+
+
+def list_pending_with_recipient(
+    conn: psycopg.Connection, limit: int = 100, after: int = 0
+) -> list[PendingLetter]:
+    """:func:`list_pending` with each letter's recipient, in one query."""
+    with wrap_errors():
+        rows = conn.execute(_LIST_PENDING_WITH_RECIPIENT, {"limit": limit, "after": after}).fetchall()
+    return [
+        PendingLetter(DeadLetter(**{k: v for k, v in row.items() if k != "recipient"}), row["recipient"])
+        for row in rows
+    ]

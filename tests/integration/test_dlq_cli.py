@@ -1,0 +1,125 @@
+"""``wapipe dlq list`` and ``wapipe dlq replay`` as subprocesses against the test database and Redis, on dead
+letters made by the real notify.send (the real twilio SDK against a fake Twilio API that keeps failing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+import redis
+
+from shared.providers.twilio.client import TwilioSender
+from shared.replies import queue_reply
+from shared.settings import load_settings
+from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
+from tests.integration.test_inbound_routing import event, queued
+from workers.inbound import route
+from workers.notify import send
+
+PHONES = ["+14155550101", "+14155550102"]
+
+
+def wapipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "dlq", *args],
+        env=dict(os.environ),  # the session's WAPIPE_DATABASE_URL / WAPIPE_REDIS_URL
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def dead(db: psycopg.Connection, redis_client: redis.Redis) -> list[int]:
+    """Two replies whose only attempt failed with Twilio 500s: dead letters; their notify jobs drained."""
+    ids = []
+    with FakeTwilioAPI() as fake:
+        settings = load_settings(
+            provider="twilio",
+            twilio_api_url=fake.url,
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_whatsapp_number=WHATSAPP_NUMBER,
+            send_max_attempts=1,
+        )
+        for phone in PHONES:
+            inbound = route(event("hello", phone=phone), load_settings())
+            message_id = queue_reply(inbound.message_id, "Your order shipped")
+            for _ in range(3):  # the SDK call's in-call retries
+                fake.respond(500)
+            assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "dead"
+            ids.append(message_id)
+    redis_client.delete("notify")
+    return ids
+
+
+def letters(db: psycopg.Connection) -> list[dict]:
+    return db.execute("SELECT id, message_id, replayed_at FROM dead_letters ORDER BY id").fetchall()
+
+
+def test_list_shows_each_pending_letter_with_a_masked_recipient(db, dead: list[int]) -> None:
+    result = wapipe("list")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["ID", "TASK", "MESSAGE", "TO", "ERROR", "ATTEMPTS", "CREATED"]
+    assert len(lines) == 3
+    for line, (letter, message_id) in zip(lines[1:], zip(letters(db), dead, strict=True), strict=True):
+        cells = line.split()
+        assert cells[:3] == [str(letter["id"]), "notify.send", str(message_id)]
+        assert "20500" in line  # the provider's error code
+    assert "0101" in result.stdout
+    for phone in PHONES:
+        assert phone not in result.stdout  # masked
+
+
+def test_replay_queues_the_message_again_once(db, redis_client, dead: list[int]) -> None:
+    first = letters(db)[0]
+
+    result = wapipe("replay", str(first["id"]))
+
+    assert result.returncode == 0, result.stderr
+    assert "replayed" in result.stdout
+    message = db.execute(
+        "SELECT status, attempts, error_code FROM messages WHERE id = %s", (dead[0],)
+    ).fetchone()
+    assert (message["status"], message["attempts"], message["error_code"]) == ("queued", 0, None)
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[0]})]
+    assert letters(db)[0]["replayed_at"] is not None
+    assert letters(db)[1]["replayed_at"] is None
+
+    again = wapipe("replay", str(first["id"]))  # idempotent: nothing more happens
+    assert again.returncode == 0
+    assert "already replayed" in again.stdout
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[0]})]
+    assert "0101" not in wapipe("list").stdout  # only the other one is pending
+
+    # The replayed message now goes out.
+    with FakeTwilioAPI() as fake:
+        settings = load_settings(
+            provider="twilio",
+            twilio_api_url=fake.url,
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_whatsapp_number=WHATSAPP_NUMBER,
+        )
+        assert send(dead[0], settings=settings, sender=TwilioSender(settings)) == "sent"
+        assert len(fake.created()) == 1
+
+
+def test_replay_all_and_bad_arguments(db, redis_client, dead: list[int]) -> None:
+    assert wapipe("replay").returncode == 2
+    assert wapipe("replay", "--all", "1").returncode == 2
+    assert wapipe("replay", "999999").returncode == 1
+
+    result = wapipe("replay", "--all")
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(kwargs["message_id"] for _, kwargs in queued(redis_client, "notify")) == sorted(dead)
+    assert all(letter["replayed_at"] is not None for letter in letters(db))
+    assert wapipe("replay", "--all").stdout.strip() == "no pending dead letters"
+    assert wapipe("list").stdout.strip() == "no pending dead letters"
