@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "WAPIPE_OPT_IN_WORDS", default_factory=lambda: ["START"]
     )
 
+    # Inbound media (workers/media.py): downloaded into this folder (default <data_dir>/media), each file at
+    # most this many bytes (WhatsApp's own cap for most media is 16 MB).
+    media_dir: Path | None = _env("WAPIPE_MEDIA_DIR", default=None)
+    media_max_bytes: int = _env("WAPIPE_MEDIA_MAX_BYTES", default=16 * 1024 * 1024, gt=0)
+
     log_level: str = _env("WAPIPE_LOG_LEVEL", default="INFO")
     log_format: str = _env("WAPIPE_LOG_FORMAT", default="auto", pattern="^(auto|json|console)$")
 
@@ -166,6 +171,11 @@ class Settings(BaseSettings):
         if self.ai is not None:
             return self.ai
         return AIBackend.openai if self.openai_api_key else AIBackend.offline
+
+    @property
+    def media_path(self) -> Path:
+        """Where inbound media are stored: ``WAPIPE_MEDIA_DIR``, else ``<data_dir>/media``."""
+        return self.media_dir or self.data_dir / "media"
 
     @property
     def links_base_url(self) -> str:

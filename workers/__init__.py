@@ -32,6 +32,7 @@ STAGE_MODULES = (
     "workers.flows",
     "workers.ai",
     "workers.persist",
+    "workers.media",
 )
 celery.conf.imports = STAGE_MODULES
 app = celery

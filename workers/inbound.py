@@ -68,6 +68,11 @@ def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutco
     if message_id is None:
         log.info("duplicate inbound message ignored", provider=inbound.provider)
         return RouteOutcome(None, "duplicate")
+    if inbound.media:
+        # Before routing: provider media links expire within minutes (workers/media.py).
+        get_publisher().publish(
+            [Job("inbound.fetch_media", {"message_id": message_id}, dedupe_key=f"media:{message_id}")]
+        )
     outcome = _decide(message_id, settings)
     with transaction() as conn:
         messages.mark_routed(conn, message_id)

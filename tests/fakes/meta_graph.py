@@ -4,10 +4,15 @@
 body (``messages[0].id`` = a fresh ``wamid``) unless a scripted response is queued with :meth:`respond`.
 A wrong token gets Meta's OAuth error (code 190, HTTP 401), as the real API does.
 https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
+
+Media (:meth:`FakeGraph.add_media`): ``GET /{version}/{media_id}`` answers the media's metadata with a
+download ``url`` on this server, and ``GET`` that URL answers the bytes; both need the token, as Meta's do.
+https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media#download-media
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import uuid
@@ -54,10 +59,19 @@ class FakeGraph:
         self.version = version
         self.received: list[Received] = []
         self._script: deque[Scripted] = deque()
+        self._media: dict[str, tuple[bytes, str, int | None]] = {}
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, headers, data = fake._get(self.path, dict(self.headers))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -120,6 +134,40 @@ class FakeGraph:
             },
             {},
         )
+
+    def add_media(
+        self, media_id: str, data: bytes, mime_type: str, *, declared_size: int | None = None
+    ) -> None:
+        """Serve a media file under ``media_id``; ``declared_size`` overrides the ``file_size`` announced."""
+        with self._lock:
+            self._media[media_id] = (data, mime_type, declared_size)
+
+    def _get(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self.received.append(Received("GET", path, headers, None))
+        if headers.get("Authorization") != f"Bearer {self.token}" and headers.get("X-API-Key") != self.token:
+            body = json.dumps(graph_error(190, "Invalid OAuth access token.", status=401)).encode()
+            return 401, {"Content-Type": "application/json", "Content-Length": str(len(body))}, body
+        host, port = self._server.server_address[:2]
+        media_id = path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        with self._lock:
+            media = self._media.get(media_id)
+        if media is None:
+            body = json.dumps(graph_error(100, "Invalid parameter")).encode()
+            return 404, {"Content-Type": "application/json", "Content-Length": str(len(body))}, body
+        data, mime_type, declared = media
+        if path.startswith("/media-download/"):
+            return 200, {"Content-Type": mime_type, "Content-Length": str(len(data))}, data
+        info = {
+            "messaging_product": "whatsapp",
+            "url": f"http://{host}:{port}/media-download/{media_id}",
+            "mime_type": mime_type,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "file_size": declared if declared is not None else len(data),
+            "id": media_id,
+        }
+        body = json.dumps(info).encode()
+        return 200, {"Content-Type": "application/json", "Content-Length": str(len(body))}, body
 
     def __enter__(self) -> FakeGraph:
         self._thread.start()

@@ -1,0 +1,204 @@
+"""inbound.fetch_media against fake provider servers: Meta's two-step download with the bearer token, Twilio's
+basic auth (never forwarded to another host), the size limit (declared and streamed), the MIME allow-list,
+idempotency, and a real inbound worker downloading what inbound.route enqueued."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.queues import Job, Publisher
+from shared.settings import Settings, load_settings
+from shared.wire.events import InboundMessage, Media
+from tests.fakes.media_host import MediaHost
+from tests.fakes.meta_graph import FakeGraph
+from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN
+from tests.integration.test_inbound_routing import queued
+from workers.inbound import route
+from workers.media import fetch_media
+
+TOKEN = "graph-media-token"
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40  # ~10 kB
+BASIC = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    with FakeGraph(TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture
+def host() -> Iterator[MediaHost]:
+    with MediaHost() as fake:
+        yield fake
+
+
+def inbound(provider: str, media: Media) -> dict:
+    return InboundMessage(
+        provider=provider,
+        provider_message_id=f"wamid.{uuid.uuid4().hex}" if provider == "meta" else f"MM{uuid.uuid4().hex}",
+        business_number="1234567890" if provider == "meta" else "+14155238886",
+        sender_phone="+14155550123",
+        type="image",
+        media=[media],
+    ).model_dump(mode="json")
+
+
+def stored_message(event: dict) -> int:
+    outcome = route(event, load_settings())
+    assert outcome.message_id is not None
+    return outcome.message_id
+
+
+def media_column(db: psycopg.Connection, message_id: int) -> list[dict]:
+    return db.execute("SELECT media FROM messages WHERE id = %s", (message_id,)).fetchone()["media"]
+
+
+def meta_settings(graph: FakeGraph, media_dir: Path, **overrides: object) -> Settings:
+    return load_settings(meta_access_token=TOKEN, meta_graph_url=graph.url, media_dir=media_dir, **overrides)
+
+
+def twilio_settings(host: MediaHost, media_dir: Path, **overrides: object) -> Settings:
+    return load_settings(
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_api_url=host.url,  # the fake stands in for api.twilio.com
+        media_dir=media_dir,
+        **overrides,
+    )
+
+
+def files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()] if folder.exists() else []
+
+
+def test_route_enqueues_the_download_for_messages_with_media(db, redis_client) -> None:
+    message_id = stored_message(inbound("meta", Media(media_id="m-1", mime_type="image/jpeg")))
+    text_only = route(
+        InboundMessage(
+            provider="meta",
+            provider_message_id="wamid.text",
+            business_number="1",
+            sender_phone="+14155550123",
+        ).model_dump(mode="json"),
+        load_settings(),
+    )
+
+    assert text_only.message_id is not None
+    assert queued(redis_client, "inbound") == [("inbound.fetch_media", {"message_id": message_id})]
+
+
+def test_meta_media_is_resolved_then_downloaded_with_the_bearer_token(
+    db, redis_client, graph: FakeGraph, tmp_path: Path
+) -> None:
+    graph.add_media("m-1", JPEG, "image/jpeg")
+    message_id = stored_message(
+        inbound("meta", Media(media_id="m-1", mime_type="image/jpeg", caption="the part"))
+    )
+
+    fetch_media(message_id, settings=meta_settings(graph, tmp_path))
+
+    [entry] = media_column(db, message_id)
+    sha256 = hashlib.sha256(JPEG).hexdigest()
+    assert entry["media_id"] == "m-1"
+    assert entry["caption"] == "the part"
+    assert entry["stored"] == {
+        "path": str((tmp_path / sha256[:2] / f"{sha256}.jpg").resolve()),
+        "size": len(JPEG),
+        "sha256": sha256,
+        "mime_type": "image/jpeg",
+    }
+    assert Path(entry["stored"]["path"]).read_bytes() == JPEG
+    assert [(r.method, r.path.split("?")[0]) for r in graph.received] == [
+        ("GET", "/v21.0/m-1"),
+        ("GET", "/media-download/m-1"),
+    ]
+    assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in graph.received)
+
+    # Safe to run twice: stored entries are not fetched again.
+    fetch_media(message_id, settings=meta_settings(graph, tmp_path))
+    assert len(graph.received) == 2
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_downloading(
+    db, redis_client, graph: FakeGraph, tmp_path: Path
+) -> None:
+    graph.add_media("big", JPEG, "image/jpeg", declared_size=50 * 1024 * 1024)
+    message_id = stored_message(inbound("meta", Media(media_id="big")))
+
+    fetch_media(message_id, settings=meta_settings(graph, tmp_path))
+
+    [entry] = media_column(db, message_id)
+    assert entry["fetch_error"]["code"] == "too_large"
+    assert "stored" not in entry
+    assert [r.path for r in graph.received] == ["/v21.0/big"]  # the bytes were never asked for
+    assert files(tmp_path) == []
+
+
+def test_a_stream_over_the_limit_is_aborted_and_leaves_no_file(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    # No Content-Length: only counting the bytes as they arrive can catch it.
+    url = host.serve("/media/huge", JPEG * 4, "image/jpeg", declare_length=False, auth=BASIC)
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+    fetch_media(message_id, settings=twilio_settings(host, tmp_path, media_max_bytes=len(JPEG)))
+
+    [entry] = media_column(db, message_id)
+    assert entry["fetch_error"]["code"] == "too_large"
+    assert files(tmp_path) == []  # the partial download was removed
+
+
+def test_a_type_outside_the_allow_list_is_refused(db, redis_client, host: MediaHost, tmp_path: Path) -> None:
+    url = host.serve("/media/tool.exe", b"MZ\x90\x00", "application/x-msdownload", auth=BASIC)
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="application/x-msdownload")))
+
+    fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+    [entry] = media_column(db, message_id)
+    assert entry["fetch_error"]["code"] == "mime_not_allowed"
+    assert "application/x-msdownload" in entry["fetch_error"]["message"]
+    assert files(tmp_path) == []
+
+
+def test_twilio_media_uses_basic_auth_which_never_follows_a_redirect_elsewhere(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    with MediaHost() as cdn:
+        cdn_url = cdn.serve("/cdn/photo.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
+        url = host.serve("/2010-04-01/Accounts/AC/Messages/MM/Media/ME1", redirect_to=cdn_url, auth=BASIC)
+        message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/png")))
+
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+        [entry] = media_column(db, message_id)
+        assert entry["stored"]["mime_type"] == "image/png"
+        assert entry["stored"]["path"].endswith(".png")
+        assert host.requests[0].headers["Authorization"] == BASIC
+        assert "Authorization" not in cdn.requests[0].headers
+
+
+def test_a_real_inbound_worker_downloads_what_route_enqueued(
+    db, redis_client, graph: FakeGraph, tmp_path: Path, test_servers, start_worker, wait_for
+) -> None:
+    graph.add_media("m-9", JPEG, "image/jpeg")
+    start_worker(
+        ["inbound"],
+        env={"META_ACCESS_TOKEN": TOKEN, "META_GRAPH_URL": graph.url, "WAPIPE_MEDIA_DIR": str(tmp_path)},
+    )
+    event = inbound("meta", Media(media_id="m-9", mime_type="image/jpeg"))
+    key = InboundMessage.model_validate(event).dedupe_key
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([Job("inbound.route", {"event": event}, key)])
+
+    row = wait_for(
+        lambda: db.execute("SELECT media FROM messages WHERE media->0 ? 'stored'").fetchone(),
+        what="the media to be stored",
+    )
+    assert Path(row["media"][0]["stored"]["path"]).read_bytes() == JPEG
