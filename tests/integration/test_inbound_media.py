@@ -44,7 +44,7 @@ def inbound(provider: str, media: Media) -> dict:
     return InboundMessage(
         provider=provider,
         provider_message_id=f"wamid.{uuid.uuid4().hex}" if provider == "meta" else f"MM{uuid.uuid4().hex}",
-        business_number="1234567890" if provider == "meta" else "+14155238886",
+        business_number="+14155238886" if provider == "twilio" else "1234567890",
         sender_phone="+14155550123",
         type="image",
         media=[media],
@@ -202,3 +202,24 @@ def test_a_real_inbound_worker_downloads_what_route_enqueued(
         what="the media to be stored",
     )
     assert Path(row["media"][0]["stored"]["path"]).read_bytes() == JPEG
+
+
+def test_kapso_media_ids_resolve_through_the_proxy_and_its_key_stays_on_kapso_hosts(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    with FakeGraph(TOKEN, version="v24.0", api_key=True) as kapso:
+        kapso.add_media("k-1", JPEG, "image/jpeg")
+        settings = load_settings(kapso_api_key=TOKEN, kapso_api_url=kapso.url, media_dir=tmp_path)
+        by_id = stored_message(inbound("kapso", Media(media_id="k-1", mime_type="image/jpeg")))
+        elsewhere = host.serve("/kapso-cdn/a.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
+        by_url = stored_message(inbound("kapso", Media(url=elsewhere, mime_type="image/png")))
+
+        fetch_media(by_id, settings=settings)
+        fetch_media(by_url, settings=settings)
+
+        assert media_column(db, by_id)[0]["stored"]["sha256"] == hashlib.sha256(JPEG).hexdigest()
+        assert [r.path.split("?")[0] for r in kapso.received] == ["/v24.0/k-1", "/media-download/k-1"]
+        assert "phone_number_id=1234567890" in kapso.received[0].path
+        assert all(r.headers["X-API-Key"] == TOKEN for r in kapso.received)
+        assert media_column(db, by_url)[0]["stored"]["mime_type"] == "image/png"
+        assert "X-API-Key" not in host.requests[0].headers  # not a Kapso host: no key
