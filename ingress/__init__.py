@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from ingress import errors, metrics
     from ingress.auth import KEYS_KEY, api_keys_from
     from ingress.blueprints import BLUEPRINTS
+    from ingress.json_body import BoundedJSONProvider
     from ingress.state import PUBLISHER_KEY, SETTINGS_KEY
     from shared.logging import configure_logging, get_logger
     from shared.queues import Publisher
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     # No static folder: the ingress serves JSON and TwiML only.
     app = Flask(__name__, static_folder=None)
+    app.json = BoundedJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions[SETTINGS_KEY] = settings
     # redis-py connects on first command, so this opens no socket; one pool per process, reused.

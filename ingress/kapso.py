@@ -12,12 +12,12 @@ https://docs.kapso.ai/docs/platform/webhooks/security
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, jsonify, request
 
+from ingress import json_body
 from ingress.enqueue import enqueue_events
 from ingress.errors import api_error
 from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
@@ -61,7 +61,7 @@ def receive() -> Any:
         return jsonify({"status": "ok", "duplicate": True})
 
     try:
-        body = json.loads(raw)
+        body = json_body.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _malformed("malformed_json", "body is not valid JSON")
     if not isinstance(body, dict):

@@ -11,12 +11,12 @@ https://developers.facebook.com/documentation/business-messaging/whatsapp/webhoo
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
+from ingress import json_body
 from ingress.enqueue import enqueue_events
 from ingress.errors import api_error
 from ingress.metrics import SIGNATURE_FAILURES, WEBHOOKS
@@ -60,7 +60,7 @@ def receive() -> Any:
             return refusal
 
     try:
-        body = json.loads(raw)
+        body = json_body.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _malformed("malformed_json", "body is not valid JSON")
     if not isinstance(body, dict):

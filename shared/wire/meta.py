@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -40,6 +40,8 @@ from shared.wire.events import (
 )
 
 log = get_logger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Model(BaseModel):
@@ -182,14 +184,18 @@ class Status(_Model):
 
 
 class Value(_Model):
-    """``entry[].changes[].value`` for ``field == "messages"``; items stay raw until parsed one by one."""
+    """``entry[].changes[].value`` for ``field == "messages"``; items stay raw until parsed one by one.
+
+    Every list is ``list[Any]`` and each item is validated on its own (:func:`_each`): one odd contact,
+    error or status must not make the whole value fail, which would drop the good messages beside it.
+    """
 
     messaging_product: str | None = None
     metadata: Metadata | None = None
-    contacts: list[Contact] = Field(default_factory=list)
-    messages: list[dict[str, Any]] = Field(default_factory=list)
-    statuses: list[dict[str, Any]] = Field(default_factory=list)
-    errors: list[MetaError] = Field(default_factory=list)
+    contacts: list[Any] = Field(default_factory=list)
+    messages: list[Any] = Field(default_factory=list)
+    statuses: list[Any] = Field(default_factory=list)
+    errors: list[Any] = Field(default_factory=list)
 
 
 class Change(_Model):
@@ -258,21 +264,26 @@ def _parse_value(raw_value: Mapping[str, Any], parsed: Parsed, region: str) -> N
         parsed.skipped += 1
         return
     business = value.metadata.phone_number_id if value.metadata else None
-    for error in value.errors:
+    for error in _each(MetaError, value.errors):
         parsed.errors.append(ReportedError(business_number=business, error=error))
     if not business:
         if value.messages or value.statuses:
             log.warning("meta.value_without_phone_number_id", items=len(value.messages) + len(value.statuses))
             parsed.skipped += len(value.messages) + len(value.statuses)
         return
+    contacts = _each(Contact, value.contacts)
     for raw in value.messages:
-        event = inbound_from_message(raw, business, value.contacts, Provider.meta, region)
+        event = (
+            inbound_from_message(raw, business, contacts, Provider.meta, region)
+            if isinstance(raw, Mapping)
+            else None
+        )
         if event is None:
             parsed.skipped += 1
         else:
             parsed.messages.append(event)
     for raw in value.statuses:
-        status = status_from_meta(raw, Provider.meta, region)
+        status = status_from_meta(raw, Provider.meta, region) if isinstance(raw, Mapping) else None
         if status is None:
             parsed.skipped += 1
         else:
@@ -411,6 +422,17 @@ def delivery_status(value: str | None) -> DeliveryStatus:
     """Meta's status word -> ours; a word we do not know becomes ``unknown`` (never a crash)."""
     word = (value or "").lower()
     return _STATUS_ALIASES.get(word) or DeliveryStatus(word)
+
+
+def _each(model: type[_M], items: list[Any]) -> list[_M]:
+    """The items that are valid ``model`` objects; the others are logged and left out."""
+    valid = []
+    for item in items:
+        try:
+            valid.append(model.model_validate(item))
+        except ValidationError as exc:
+            log.warning("meta.item_malformed", model=model.__name__, errors=exc.error_count())
+    return valid
 
 
 def _contact_for(contacts: Iterable[Contact], wa_id: str | None, bsuid: str | None) -> Contact | None:
