@@ -1,7 +1,9 @@
-"""Queue ``ai``: free text from a linked user becomes a proposal, handed to ``persist.save_proposal``.
+"""Queue ``ai``: free text from a linked user becomes a proposal, handed to ``persist.save_proposal``
+(``ai.parse_proposal``); in assistant mode, the assistant answers the conversation (``ai.reply``).
 
-The plain function :func:`parse_message` is what the task runs and what tests call. It is safe to run
-twice: a message whose proposal is already stored is not parsed again, and persisting is idempotent.
+The plain functions :func:`parse_message` and :func:`reply_message` are what the tasks run and what tests
+call. Both are safe to run twice: a message whose proposal is already stored is not parsed again, and
+persisting is idempotent; a message already answered is not sent to the model again.
 """
 
 from __future__ import annotations
@@ -9,15 +11,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import openai
+
+from shared.ai.assistant import generate_reply
 from shared.ai.openai_parser import parse_proposal
 from shared.ai.proposal import ProposalError
-from shared.db import proposals
+from shared.db import chat_context, conversations, messages, proposals
 from shared.db.errors import Unavailable
 from shared.db.messages import InboundRecord, get_inbound, mark_handled
-from shared.db.pool import transaction
+from shared.db.pool import connection, transaction
 from shared.logging import get_logger
+from shared.providers import get_sender
+from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher
-from shared.replies import queue_reply
+from shared.replies import queue_reply, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import celery
@@ -90,3 +97,93 @@ def _answer(message_id: int, text: str) -> None:
 )
 def parse_proposal_task(self: Any, message_id: int) -> None:
     parse_message(message_id)
+
+
+# --- ai.reply: the assistant ------------------------------------------------------------------------------
+
+_senders: dict[str, Sender] = {}
+
+
+def _process_sender(settings: Settings) -> Sender:
+    """One sender per process and provider (pooled HTTP client), made on first use."""
+    name = settings.active_provider.value
+    if name not in _senders:
+        _senders[name] = get_sender(settings)
+    return _senders[name]
+
+
+def show_typing(record: InboundRecord, settings: Settings, sender: Sender | None = None) -> bool:
+    """Mark the user's message read with a typing indicator while we generate, where the provider has
+    that call (Meta, Kapso) and the message came in through it; Twilio and the console have none.
+
+    Best effort: a refusal or an unreachable API is logged and the reply goes ahead. Returns whether the
+    provider accepted it.
+    """
+    if settings.active_provider.value != record.provider:
+        return False
+    try:
+        sender = sender or _process_sender(settings)
+    except (SendError, RuntimeError) as exc:
+        log.warning("typing indicator: no sender", error=str(exc))
+        return False
+    if not isinstance(sender, MarksRead):
+        return False
+    with connection() as conn:
+        provider_id = chat_context.provider_message_id(conn, record.id)
+    if not provider_id:
+        return False
+    try:
+        sender.mark_read(provider_id, typing=True, from_number=record.business_number)
+    except SendError as exc:
+        log.warning("typing indicator refused", message_id=record.id, code=exc.code)
+        return False
+    return True
+
+
+def reply_message(
+    message_id: int,
+    settings: Settings | None = None,
+    client: openai.OpenAI | None = None,
+    sender: Sender | None = None,
+) -> str:
+    """Answer inbound ``message_id`` as the assistant; return ``"done"`` when it was already answered,
+    else what produced the reply (the model's name or ``offline``).
+
+    The reply is stored with the idempotency key ``reply:<message id>`` and records its source in its
+    payload (``generated_by``); a handoff request also puts the conversation in 'handoff', before the
+    confirmation is queued so a crash in between cannot leave a confirmation for a handoff not made.
+    """
+    settings = settings or get_settings()
+    with connection() as conn:
+        existing = messages.find_outbound_by_key(conn, reply_key(message_id))
+    if existing is not None:
+        # Answered already (a redelivered task): no second model call. Enqueue the send again in case the
+        # first run died between storing the reply and enqueueing it; notify.send sends once regardless.
+        get_publisher().publish([Job("notify.send", {"message_id": existing.id})])
+        return "done"
+    record = get_inbound(message_id)
+    show_typing(record, settings, sender)
+    with connection() as conn:
+        answer = generate_reply(conn, record, settings, client)
+    if answer.handoff:
+        with transaction() as conn:
+            conversations.set_status(conn, record.conversation_id, "handoff")
+    queue_reply(message_id, answer.text, payload={"generated_by": answer.source})
+    with transaction() as conn:
+        mark_handled(conn, message_id)
+    log.info("assistant replied", message_id=message_id, source=answer.source, handoff=answer.handoff)
+    return answer.source
+
+
+@celery.task(
+    name="ai.reply",
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    autoretry_for=(Unavailable,),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+)
+def reply_task(self: Any, message_id: int) -> None:
+    reply_message(message_id)

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import redis
 
-from shared.db import contacts, conversations, messages
+from shared.db import assistant_configs, contacts, conversations, messages
 from shared.db.errors import Unavailable
 from shared.db.pool import transaction
 from shared.logging import get_logger
@@ -129,6 +129,8 @@ def _decide(message_id: int, settings: Settings) -> RouteOutcome:
         record = messages.get_inbound(message_id, conn)
         contact = contacts.get(conn, record.contact_id)
         conversation = conversations.get(conn, record.conversation_id)
+        # A number with its own assistant config is an assistant whatever WAPIPE_MODE says (issue 5).
+        assistant_number = assistant_configs.get(conn, record.business_number) is not None
     assert contact is not None
     assert conversation is not None
     text = " ".join((record.body or "").split())
@@ -160,7 +162,8 @@ def _decide(message_id: int, settings: Settings) -> RouteOutcome:
     if conversation.status == "handoff":
         return RouteOutcome(message_id, "handoff")
 
-    handler = pick_handler(text, linked=record.user_id is not None, mode=settings.mode)
+    mode = Mode.assistant if assistant_number else settings.mode
+    handler = pick_handler(text, linked=record.user_id is not None, mode=mode)
     get_publisher().publish([Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")])
     return RouteOutcome(message_id, "handler", handler)
 

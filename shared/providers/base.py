@@ -153,6 +153,20 @@ class Sender(Protocol):
         ...
 
 
+@runtime_checkable
+class MarksRead(Protocol):
+    """A sender that can mark an inbound message read with a typing indicator (Meta, Kapso); others (Twilio,
+    console) have no such call, and callers skip it."""
+
+    name: str
+
+    def mark_read(
+        self, provider_message_id: str, *, typing: bool = True, from_number: str | None = None
+    ) -> None:
+        """Mark the message read (and show typing) or raise :class:`SendError`."""
+        ...
+
+
 ALL_TYPES: frozenset[OutboundType] = frozenset(OutboundType)
 
 

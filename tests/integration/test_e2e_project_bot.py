@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import redis
 from flask.testing import FlaskClient
+from twilio.request_validator import RequestValidator
 
 from ingress import create_app
 from shared.commands.seed_demo import DEMO_USER_ID, seed
-from shared.providers.twilio.signature import sign
 from shared.sessions import Sessions
 from shared.settings import load_settings
 from tests.fakes.twilio_api import WHATSAPP_NUMBER, FakeTwilioAPI
@@ -26,9 +26,10 @@ PHONE = "+14155550123"
 _sids = itertools.count(1)
 
 
-def send_whatsapp(client: FlaskClient, token: str, text: str) -> None:
-    """What Twilio POSTs when the user sends ``text``: a form, signed over our public URL."""
-    sid = f"SM{next(_sids):032x}"
+def send_whatsapp(client: FlaskClient, token: str, text: str, sid: str | None = None) -> str:
+    """What Twilio POSTs when the user sends ``text``: a form, signed over our public URL. Pass the
+    ``sid`` of an earlier call to deliver the same message again; returns the MessageSid."""
+    sid = sid or f"SM{next(_sids):032x}"
     form = {
         "MessageSid": sid,
         "SmsMessageSid": sid,
@@ -41,9 +42,12 @@ def send_whatsapp(client: FlaskClient, token: str, text: str) -> None:
         "WaId": PHONE.lstrip("+"),
         "ApiVersion": "2010-04-01",
     }
-    headers = {"X-Twilio-Signature": sign(token, PUBLIC_URL + "/webhooks/twilio", form)}
+    # Signed by the twilio SDK itself, independently of our own check (shared/providers/twilio/signature.py).
+    signature = RequestValidator(token).compute_signature(PUBLIC_URL + "/webhooks/twilio", form)
+    headers = {"X-Twilio-Signature": signature}
     response = client.post("/webhooks/twilio", data=form, headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
+    return sid
 
 
 def test_link_verify_and_switch_project(

@@ -80,6 +80,25 @@ class CloudApiSender:
         log.info("meta.sent", message_id=message.id, type=str(message.type))
         return SendResult(provider=self.name, provider_message_id=wamid)
 
+    def mark_read(
+        self, provider_message_id: str, *, typing: bool = True, from_number: str | None = None
+    ) -> None:
+        """Mark an inbound message read (blue ticks) and, with ``typing``, show the typing indicator until
+        we reply or 25 seconds pass; raise :class:`SendError` when the Graph API refuses.
+        https://developers.facebook.com/docs/whatsapp/cloud-api/typing-indicators
+        """
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": provider_message_id,
+        }
+        if typing:
+            body["typing_indicator"] = {"type": "text"}
+        sender_id = from_number if (from_number or "").isdigit() else self._phone_number_id
+        response = self._post(f"{self._graph_url}/{sender_id}/messages", body)
+        if response.status_code >= 400:
+            raise graph_send_error(response)
+
     @retry(
         # Only failures where the request surely never reached Meta, so a retry cannot double-send.
         retry=retry_if_exception(lambda exc: isinstance(exc, _CONNECT_ERRORS)),

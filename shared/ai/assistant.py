@@ -1,0 +1,148 @@
+"""The AI assistant's reply to one inbound message: the chat model with the number's config and the
+conversation's history, or the rule-based assistant when there is no model or it keeps failing.
+
+- Config: the ``assistant_configs`` row of the conversation's business number (system prompt, model,
+  max_tokens, temperature); without one, :data:`DEFAULT_SYSTEM_PROMPT` and the deployment's
+  ``WAPIPE_AI_MODEL`` with the table's defaults.
+- Context: the conversation's last :data:`HISTORY_LIMIT` messages, both directions, oldest first, the
+  message being answered last; inbound ones are the ``user`` role, our replies the ``assistant`` role
+  (https://platform.openai.com/docs/api-reference/chat/create).
+- One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts and connection
+  errors, the same policy as the proposal parser (:mod:`shared.ai.openai_parser`); when every attempt
+  fails, or the answer is empty, the rule-based assistant (:mod:`shared.ai.offline_assistant`) answers.
+- A request for a person is honoured without asking the model: handing off changes the conversation's
+  state, which a model's text cannot do.
+
+:attr:`AssistantReply.source` says what produced the reply: the model's name, or ``offline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import psycopg
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+from shared.ai.offline_assistant import Intent, intent_of, offline_reply
+from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, make_client
+from shared.db import assistant_configs, chat_context
+from shared.db.messages import InboundRecord
+from shared.logging import get_logger
+from shared.settings import AIBackend, Settings
+
+log = get_logger(__name__)
+
+HISTORY_LIMIT = 10
+# WhatsApp's limit for a text message body (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages).
+MAX_REPLY_CHARS = 4096
+DEFAULT_SYSTEM_PROMPT = (
+    "You are the WhatsApp assistant of a business. Answer in the user's language, briefly and kindly: "
+    "a few short sentences, plain text, no markdown tables. If you do not know something about the "
+    "business, say so rather than guess. If the user wants a human, tell them to send "
+    '"talk to a person" ("hablar con una persona" in Spanish).'
+)
+# The assistant_configs columns' defaults (0001_initial.sql), for numbers without a stored config.
+DEFAULT_MAX_TOKENS = 300
+DEFAULT_TEMPERATURE = 0.3
+
+
+@dataclass(frozen=True)
+class EffectiveConfig:
+    """How to answer on one business number: the stored config, or the defaults."""
+
+    system_prompt: str
+    model: str
+    max_tokens: int
+    temperature: float
+    stored: bool  # False: the defaults (no assistant_configs row)
+
+
+@dataclass(frozen=True)
+class AssistantReply:
+    text: str
+    source: str  # the model's name, or "offline"
+    handoff: bool = False  # the user asked for a person: hand the conversation over
+
+
+def effective_config(conn: psycopg.Connection, business_number: str, settings: Settings) -> EffectiveConfig:
+    stored = assistant_configs.get(conn, business_number)
+    if stored is None:
+        return EffectiveConfig(
+            DEFAULT_SYSTEM_PROMPT, settings.ai_model, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, False
+        )
+    return EffectiveConfig(
+        system_prompt=stored.system_prompt,
+        model=stored.model or settings.ai_model,
+        max_tokens=stored.max_tokens,
+        temperature=stored.temperature,
+        stored=True,
+    )
+
+
+def history(
+    conn: psycopg.Connection, record: InboundRecord, limit: int = HISTORY_LIMIT
+) -> list[dict[str, str]]:
+    """The chat messages for the model: the conversation's last ``limit`` messages up to ``record``,
+    oldest first, as ``{"role": "user" | "assistant", "content": ...}``."""
+    chat = []
+    for message in chat_context.recent_messages(conn, record.conversation_id, record.id, limit):
+        content = (message.body or "").strip()
+        if not content:
+            if message.direction == "out":
+                continue  # nothing we said in words (a reaction, a template without text)
+            content = f"[{message.type}]"  # a photo or voice note alone: say that one came
+        chat.append({"role": "user" if message.direction == "in" else "assistant", "content": content})
+    return chat
+
+
+def ask_model(
+    settings: Settings,
+    config: EffectiveConfig,
+    chat: list[dict[str, str]],
+    client: openai.OpenAI | None = None,
+) -> str:
+    """The model's answer text; raises the SDK's error when every attempt failed, ``ValueError`` when the
+    model answered nothing usable."""
+    client = client or make_client(settings)
+    messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}, *chat]
+    retrying = Retrying(
+        retry=retry_if_exception(_retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS), reraise=True
+    )
+    for attempt in retrying:
+        with attempt:
+            completion = client.chat.completions.create(
+                model=config.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=config.max_tokens,
+                temperature=config.temperature,
+            )
+    choice = completion.choices[0] if completion.choices else None
+    text = (choice.message.content or "").strip() if choice is not None else ""
+    if not text:
+        raise ValueError("the model answered no text")
+    return text[:MAX_REPLY_CHARS]
+
+
+def generate_reply(
+    conn: psycopg.Connection,
+    record: InboundRecord,
+    settings: Settings,
+    client: openai.OpenAI | None = None,
+) -> AssistantReply:
+    """The reply to inbound ``record`` (reads config and history on ``conn``; writes nothing)."""
+    text = record.body or ""
+    if intent_of(text) is Intent.handoff:
+        return AssistantReply(offline_reply(text, record.profile_name).text, OFFLINE, handoff=True)
+    if settings.active_ai == AIBackend.openai and settings.openai_api_key:
+        config = effective_config(conn, record.business_number, settings)
+        chat = history(conn, record)
+        try:
+            return AssistantReply(ask_model(settings, config, chat, client), config.model)
+        except openai.OpenAIError as exc:
+            log.warning("assistant.model_unavailable", model=config.model, error=type(exc).__name__)
+        except ValueError as exc:
+            log.warning("assistant.empty_answer", model=config.model, error=str(exc))
+    offline = offline_reply(text, record.profile_name)
+    return AssistantReply(offline.text, OFFLINE, handoff=offline.handoff)

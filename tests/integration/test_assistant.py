@@ -1,0 +1,420 @@
+"""The AI assistant (``ai.reply``) on real PostgreSQL and Redis, against a fake OpenAI-compatible server that
+records what the real ``openai`` SDK sent it; then routing per business number and real worker processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from ingress import create_app
+from shared.ai.assistant import DEFAULT_SYSTEM_PROMPT
+from shared.ai.offline_assistant import TEXTS, Intent
+from shared.db.messages import get_inbound
+from shared.providers.meta.client import MetaSender
+from shared.providers.twilio.client import TwilioSender
+from shared.queues import Job, Publisher
+from shared.settings import Settings, load_settings
+from tests.fakes.meta_graph import FakeGraph
+from tests.fakes.openai_api import FakeOpenAI
+from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.integration.test_inbound_routing import BUSINESS, event, queued
+from workers import ai as ai_worker
+from workers.inbound import route
+
+PHONE = "+15551234567"
+API_KEY = "assistant-test-key"
+_ids = itertools.count(1)
+
+OFFLINE = load_settings(ai="offline")
+
+
+def model_settings(fake: FakeOpenAI, **overrides: Any) -> Settings:
+    return load_settings(openai_api_key="sk-test", openai_base_url=fake.url, ai_model="gpt-test", **overrides)
+
+
+# --- a conversation in the database --------------------------------------------------------------------
+
+
+def conversation(
+    db: psycopg.Connection, *, provider: str = "twilio", business: str = BUSINESS, phone: str = PHONE
+) -> tuple[int, int]:
+    """(contact id, live conversation id) for ``phone`` on ``business``."""
+    contact = db.execute(
+        "INSERT INTO contacts (phone, profile_name) VALUES (%s, 'Ana Pérez')"
+        " ON CONFLICT (phone) DO UPDATE SET phone = EXCLUDED.phone RETURNING id",
+        (phone,),
+    ).fetchone()["id"]
+    row = db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number) VALUES (%s, %s, %s) RETURNING id",
+        (contact, provider, business),
+    ).fetchone()
+    return contact, row["id"]
+
+
+def say(
+    db: psycopg.Connection,
+    convo: tuple[int, int],
+    direction: str,
+    body: str | None,
+    *,
+    status: str = "sent",
+    provider: str = "twilio",
+    type: str = "text",
+) -> int:
+    """Store one message of the conversation (inbound as the router stores it, outbound as sent)."""
+    contact, conversation_id = convo
+    sid = f"SM{next(_ids):032d}" if direction == "in" else f"SMout{next(_ids):029d}"
+    if provider == "meta" and direction == "in":
+        sid = f"wamid.TEST{next(_ids)}"
+    return db.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, type,"
+        " body, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        (conversation_id, contact, direction, provider, sid, type, body, status),
+    ).fetchone()["id"]
+
+
+def reply_row(db: psycopg.Connection, inbound_id: int) -> dict[str, Any] | None:
+    return db.execute(
+        "SELECT id, body, payload, conversation_id FROM messages WHERE idempotency_key = %s",
+        (f"reply:{inbound_id}",),
+    ).fetchone()
+
+
+def outbound_count(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) AS n FROM messages WHERE direction = 'out'").fetchone()["n"]
+
+
+def put_config(number: str, **body: Any) -> dict[str, Any]:
+    """Store an assistant config the way the host application does: ``PUT /api/v1/assistant-configs``."""
+    client = create_app(load_settings(api_keys=API_KEY)).test_client()
+    response = client.put(f"/api/v1/assistant-configs/{number}", json=body, headers={"X-API-Key": API_KEY})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+# --- the model with config and history -----------------------------------------------------------------
+
+
+def test_the_model_gets_the_numbers_config_and_the_last_ten_messages_in_order(
+    clean: None, db: psycopg.Connection
+) -> None:
+    put_config(BUSINESS, system_prompt="You are Bella, the bakery's assistant.", model="kimi-k2",
+               max_tokens=120, temperature=0.9)  # fmt: skip
+    convo = conversation(db)
+    # 14 earlier messages, alternating, one failed reply the user never got, then the new message.
+    history: list[tuple[str, str]] = []
+    for turn in range(7):
+        say(db, convo, "in", f"question {turn}")
+        history.append(("user", f"question {turn}"))
+        if turn == 3:
+            say(db, convo, "out", "lost answer", status="failed")
+        say(db, convo, "out", f"answer {turn}")
+        history.append(("assistant", f"answer {turn}"))
+    say(db, convo, "in", None, type="image")  # a photo alone
+    history.append(("user", "[image]"))
+    other = conversation(db, phone="+15559990000")
+    say(db, other, "in", "someone else's message")
+    message_id = say(db, convo, "in", "Do you have gluten-free bread?")
+    history.append(("user", "Do you have gluten-free bread?"))
+    later = say(db, convo, "in", "a message after the one answered")
+
+    with FakeOpenAI() as fake:
+        fake.reply("Yes! We bake gluten-free loaves every morning.")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "kimi-k2"
+
+    (call,) = fake.completions()
+    sent = call.body
+    assert sent["model"] == "kimi-k2"
+    assert sent["max_tokens"] == 120
+    assert sent["temperature"] == pytest.approx(0.9)
+    assert sent["messages"][0] == {"role": "system", "content": "You are Bella, the bakery's assistant."}
+    chat = [(m["role"], m["content"]) for m in sent["messages"][1:]]
+    assert chat == history[-10:]
+    assert chat[-1] == ("user", "Do you have gluten-free bread?")
+    assert call.headers["authorization"] == "Bearer sk-test"
+
+    reply = reply_row(db, message_id)
+    assert reply["body"] == "Yes! We bake gluten-free loaves every morning."
+    assert reply["payload"]["generated_by"] == "kimi-k2"
+    assert reply["conversation_id"] == convo[1]
+    assert reply_row(db, later) is None
+    handled = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert handled["handled_at"] is not None
+
+
+def test_a_number_without_config_uses_the_defaults(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "What time do you open?")
+    with FakeOpenAI() as fake:
+        fake.content = "We open at 8."
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "gpt-test"
+    sent = fake.completions()[0].body
+    assert sent["model"] == "gpt-test"
+    assert sent["max_tokens"] == 300
+    assert sent["temperature"] == pytest.approx(0.3)
+    assert sent["messages"] == [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": "What time do you open?"},
+    ]
+    assert reply_row(db, message_id)["payload"]["generated_by"] == "gpt-test"
+
+
+def test_a_redelivered_task_makes_one_reply_and_one_model_call(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    message_id = say(db, conversation(db), "in", "hello there")
+    with FakeOpenAI() as fake:
+        fake.content = "Hi! How can I help?"
+        settings = model_settings(fake)
+        assert ai_worker.reply_message(message_id, settings) == "gpt-test"
+        assert ai_worker.reply_message(message_id, settings) == "done"
+        assert ai_worker.reply_message(message_id, settings) == "done"
+    assert len(fake.completions()) == 1
+    assert outbound_count(db) == 1
+    # Each run (re)enqueues the send of the one reply; notify.send sends it once.
+    reply_id = reply_row(db, message_id)["id"]
+    assert {kwargs["message_id"] for _, kwargs in queued(redis_client, "notify")} == {reply_id}
+
+
+# --- model failing: the offline assistant answers, recorded as offline --------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_model_failing_every_attempt_gets_the_offline_reply(
+    clean: None, db: psycopg.Connection, status: int
+) -> None:
+    message_id = say(db, conversation(db), "in", "hello")
+    with FakeOpenAI() as fake:
+        for _ in range(3):
+            fake.fail(status, retry_after=0)
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert [r.status for r in fake.completions()] == [status] * 3
+    reply = reply_row(db, message_id)
+    assert reply["payload"]["generated_by"] == "offline"
+    assert reply["body"].startswith("👋 Hi Ana!")
+
+
+def test_a_429_is_retried_after_retry_after_then_the_model_answers(
+    clean: None, db: psycopg.Connection
+) -> None:
+    message_id = say(db, conversation(db), "in", "hello")
+    with FakeOpenAI() as fake:
+        fake.fail(429, retry_after=0)
+        fake.fail(500, retry_after=0)
+        fake.reply("Hello! What can I do for you?")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "gpt-test"
+    assert [r.status for r in fake.completions()] == [429, 500, 200]
+    # The three attempts sent the same conversation.
+    assert len({str(r.body["messages"]) for r in fake.completions()}) == 1
+    assert reply_row(db, message_id)["body"] == "Hello! What can I do for you?"
+
+
+def test_an_empty_model_answer_falls_back_to_offline(clean: None, db: psycopg.Connection) -> None:
+    message_id = say(db, conversation(db), "in", "menu")
+    with FakeOpenAI() as fake:
+        fake.reply("   ")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
+
+
+# --- offline (no key) ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "starts", "contains"),
+    [
+        ("hi", "👋 Hi Ana! I'm the automated assistant.", "Send *talk to a person*"),
+        ("Hola, buenos días", "👋 ¡Hola Ana! Soy el asistente automático.", "*hablar con una persona*"),
+        ("MENU", "Here's what I can do:", "Send *menu*"),
+        ("menú", "Esto es lo que puedo hacer:", "Envía *BAJA*"),
+        ("what is the meaning of life", "🤖 I can't answer that myself right now.", "Send *menu*"),
+        ("gracias!", "😊 ¡Con gusto!", "Envía *menú*"),
+    ],
+)
+def test_offline_replies_greet_and_show_the_menu_in_the_users_language(
+    clean: None, db: psycopg.Connection, text: str, starts: str, contains: str
+) -> None:
+    message_id = say(db, conversation(db), "in", text)
+    assert ai_worker.reply_message(message_id, OFFLINE) == "offline"
+    reply = reply_row(db, message_id)
+    assert reply["body"].startswith(starts)
+    assert contains in reply["body"]
+    assert reply["payload"]["generated_by"] == "offline"
+    status = db.execute("SELECT status FROM conversations").fetchone()["status"]
+    assert status == "open"
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("I want to talk to a person please", "en"),
+        ("Can I speak with someone?", "en"),
+        ("human", "en"),
+        ("Quiero hablar con una persona", "es"),
+        ("¿Me pasas con un asesor?", "es"),
+    ],
+)
+def test_a_handoff_phrase_hands_the_conversation_to_a_person(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, text: str, language: str
+) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", text)
+    assert ai_worker.reply_message(message_id, OFFLINE) == "offline"
+    assert reply_row(db, message_id)["body"] == TEXTS[language][Intent.handoff]
+    status = db.execute("SELECT status FROM conversations WHERE id = %s", (convo[1],)).fetchone()["status"]
+    assert status == "handoff"
+    # The router now stores the user's messages without answering them.
+    assert route(event("are you there?"), OFFLINE).action == "handoff"
+
+
+def test_a_handoff_phrase_is_honoured_without_asking_the_model(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "talk to a human")
+    with FakeOpenAI() as fake:
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert fake.completions() == []
+    assert db.execute("SELECT status FROM conversations").fetchone()["status"] == "handoff"
+
+
+def test_are_you_human_is_not_a_handoff(clean: None, db: psycopg.Connection) -> None:
+    message_id = say(db, conversation(db), "in", "are you human?")
+    ai_worker.reply_message(message_id, OFFLINE)
+    assert db.execute("SELECT status FROM conversations").fetchone()["status"] == "open"
+
+
+# --- read receipt + typing indicator -------------------------------------------------------------------
+
+
+def test_meta_marks_the_message_read_with_a_typing_indicator(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db, provider="meta", business="106540352242922")
+    message_id = say(db, convo, "in", "hi", provider="meta")
+    wamid = db.execute("SELECT provider_message_id FROM messages WHERE id = %s", (message_id,)).fetchone()
+    with FakeGraph("meta-token") as graph:
+        settings = load_settings(
+            ai="offline",
+            provider="meta",
+            meta_access_token="meta-token",
+            meta_phone_number_id="999999",
+            meta_graph_url=graph.url,
+        )
+        assert ai_worker.reply_message(message_id, settings, sender=MetaSender(settings)) == "offline"
+    (request,) = graph.received
+    assert request.path == "/v21.0/106540352242922/messages"  # from the number the user wrote to
+    assert request.json == {
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": wamid["provider_message_id"],
+        "typing_indicator": {"type": "text"},
+    }
+    assert reply_row(db, message_id) is not None
+
+
+def test_a_refused_typing_indicator_does_not_stop_the_reply(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db, provider="meta", business="106540352242922")
+    message_id = say(db, convo, "in", "hi", provider="meta")
+    with FakeGraph("meta-token") as graph:
+        graph.respond(400, {"error": {"message": "Invalid parameter", "code": 100}})
+        settings = load_settings(
+            ai="offline", provider="meta", meta_access_token="meta-token", meta_phone_number_id="999999",
+            meta_graph_url=graph.url,
+        )  # fmt: skip
+        assert ai_worker.reply_message(message_id, settings, sender=MetaSender(settings)) == "offline"
+    assert len(graph.received) == 1
+    assert reply_row(db, message_id) is not None
+
+
+def test_twilio_has_no_typing_indicator_call(clean: None, db: psycopg.Connection) -> None:
+    message_id = say(db, conversation(db), "in", "hi")
+    with FakeTwilioAPI() as fake:
+        settings = load_settings(
+            ai="offline", provider="twilio", twilio_account_sid=fake.account_sid,
+            twilio_auth_token=fake.auth_token, twilio_whatsapp_number=BUSINESS,
+            twilio_api_url=fake.url,
+        )  # fmt: skip
+        record = get_inbound(message_id)
+        assert ai_worker.show_typing(record, settings, TwilioSender(settings)) is False
+    assert fake.requests() == []
+
+
+# --- routing per business number -----------------------------------------------------------------------
+
+
+def test_a_number_with_an_assistant_config_routes_to_the_assistant_in_any_mode(
+    clean: None, redis_client: redis.Redis
+) -> None:
+    project = load_settings(mode="project")
+    assert route(event("hello"), project).handler == "commands.handle"
+    assert route(event("hello", phone="+15550001111"), load_settings(mode="menu")).handler == "flows.step"
+
+    put_config(BUSINESS, system_prompt="You answer for the shop.")
+    assert route(event("hello", phone="+15550002222"), project).handler == "ai.reply"
+    assert route(event("/help", phone="+15550003333"), load_settings(mode="menu")).handler == "ai.reply"
+    # Linking still works on an assistant number.
+    assert route(event("VERIFY 123456", phone="+15550004444"), project).handler == "verify.check_code"
+    assert [task for task, _ in queued(redis_client, "ai")] == ["ai.reply", "ai.reply"]
+
+
+# --- real worker processes -----------------------------------------------------------------------------
+
+
+def test_workers_answer_an_assistant_number_with_history_and_once_on_redelivery(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+    test_servers: dict[str, str],
+) -> None:
+    put_config(BUSINESS, system_prompt="You are the shop's assistant.", model="kimi-k2", max_tokens=64)
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    with FakeOpenAI() as fake:
+        fake.content = "Sure, we ship to Bogotá."
+        start_worker(
+            ["inbound", "ai"],
+            env={
+                "WAPIPE_MODE": "project",  # the number's config makes it an assistant anyway
+                "OPENAI_API_KEY": "sk-worker",
+                "OPENAI_BASE_URL": fake.url,
+                "WAPIPE_AI": "openai",
+            },
+        )
+        first = event("Hi, do you ship to Colombia?", sid=f"SM{uuid.uuid4().hex}")
+        publisher.publish([Job("inbound.route", {"event": first})])
+        first_reply = wait_for(
+            lambda: db.execute(
+                "SELECT m.body, m.payload FROM messages m WHERE m.direction = 'out'"
+            ).fetchone(),
+            what="the assistant's reply",
+        )
+        assert first_reply["body"] == "Sure, we ship to Bogotá."
+        assert first_reply["payload"]["generated_by"] == "kimi-k2"
+
+        fake.content = "Delivery takes 5 days."
+        second = event("How long does it take?", sid=f"SM{uuid.uuid4().hex}")
+        publisher.publish([Job("inbound.route", {"event": second})])
+        wait_for(lambda: outbound_count(db) == 2, what="the second reply")
+        message_id = db.execute("SELECT max(id) AS id FROM messages WHERE direction = 'in'").fetchone()["id"]
+        # The task delivered twice more (a redelivery): no new reply, no new model call.
+        redelivery = Job("ai.reply", {"message_id": message_id})
+        publisher.publish([redelivery, redelivery])
+        # Each run enqueues the send of its reply (again): 2 first runs + 2 redeliveries = 4 sends queued.
+        wait_for(lambda: len(queued(redis_client, "notify")) == 4, what="the redelivered tasks' runs")
+
+    assert len(fake.completions()) == 2
+    assert outbound_count(db) == 2
+    sent = fake.completions()[1].body
+    assert sent["model"] == "kimi-k2"
+    assert sent["max_tokens"] == 64
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("system", "You are the shop's assistant."),
+        ("user", "Hi, do you ship to Colombia?"),
+        ("assistant", "Sure, we ship to Bogotá."),
+        ("user", "How long does it take?"),
+    ]
