@@ -34,39 +34,66 @@ def _claim_redis_db() -> int:
     raise RuntimeError("every Redis database 1-15 is claimed by another wapipe test session")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def test_servers() -> Iterator[dict[str, str]]:
-    name = f"wapipe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    redis_index = _claim_redis_db()
-    urls = {
-        "WAPIPE_DATABASE_URL": _database_url(name),
-        "WAPIPE_REDIS_URL": f"{REDIS_SERVER_URL}/{redis_index}",
-    }
-    saved = {key: os.environ.get(key) for key in urls}
-    os.environ.update(urls)
-    from shared.db.migrate import migrate
-    from shared.settings import get_settings
+class _Servers:
+    """This session's database and Redis index, made before collection so that modules importing the
+    Celery app (which reads ``WAPIPE_REDIS_URL`` at import) see them, and removed after the run."""
 
-    get_settings.cache_clear()
-    migrate(urls["WAPIPE_DATABASE_URL"])
-    redis.Redis.from_url(urls["WAPIPE_REDIS_URL"]).flushdb()
-    try:
-        yield urls
-    finally:
+    def __init__(self) -> None:
+        self.urls: dict[str, str] = {}
+        self._saved: dict[str, str | None] = {}
+        self._name = ""
+        self._redis_index = 0
+
+    def create(self) -> None:
+        self._name = f"wapipe_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self._name}"')
+        self._redis_index = _claim_redis_db()
+        self.urls = {
+            "WAPIPE_DATABASE_URL": _database_url(self._name),
+            "WAPIPE_REDIS_URL": f"{REDIS_SERVER_URL}/{self._redis_index}",
+        }
+        self._saved = {key: os.environ.get(key) for key in self.urls}
+        os.environ.update(self.urls)
+        from shared.db.migrate import migrate
+        from shared.settings import get_settings
+
+        get_settings.cache_clear()
+        migrate(self.urls["WAPIPE_DATABASE_URL"])
+        redis.Redis.from_url(self.urls["WAPIPE_REDIS_URL"]).flushdb()
+
+    def remove(self) -> None:
+        if not self.urls:
+            return
         from shared.db.pool import close_pool
 
         close_pool()
-        redis.Redis.from_url(urls["WAPIPE_REDIS_URL"]).flushdb()
-        redis.Redis.from_url(f"{REDIS_SERVER_URL}/0").delete(f"wapipe:test-session-db:{redis_index}")
+        redis.Redis.from_url(self.urls["WAPIPE_REDIS_URL"]).flushdb()
+        redis.Redis.from_url(f"{REDIS_SERVER_URL}/0").delete(f"wapipe:test-session-db:{self._redis_index}")
         with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for key, value in saved.items():
+            conn.execute(f'DROP DATABASE IF EXISTS "{self._name}" WITH (FORCE)')
+        for key, value in self._saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        self.urls = {}
+
+
+_servers = _Servers()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _servers.create()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _servers.remove()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_servers() -> dict[str, str]:
+    return dict(_servers.urls)
 
 
 def _truncate_all(url: str) -> None:
