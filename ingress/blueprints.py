@@ -17,4 +17,5 @@ BLUEPRINTS: list[str] = [
     "ingress.api.sessions:bp",
     "ingress.api.assistant_configs:bp",
     "ingress.api.messages:bp",
+    "ingress.openapi:bp",
 ]

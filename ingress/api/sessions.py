@@ -28,6 +28,8 @@ handle_invalid_params(bp)
 # Redis SCAN pages by a hint, not an exact count, and may return an empty batch mid-keyspace; a listing
 # keeps scanning until it has about ``limit`` sessions or this many batches, then hands back the cursor.
 _MAX_SCANS_PER_PAGE = 20
+# A SCAN cursor is an unsigned 64-bit integer; Redis refuses a larger one ("invalid cursor").
+_MAX_CURSOR = 2**64 - 1
 
 
 def _sessions() -> Sessions | None:
@@ -71,6 +73,8 @@ def _summary(user_key: str, ttl: int, data: dict[str, Any]) -> dict[str, Any]:
 def list_sessions() -> Response:
     """Live sessions, about ``limit`` per page (Redis SCAN order); ``cursor`` continues a listing."""
     limit, cursor = page_args(request.args)
+    if cursor is not None and cursor > _MAX_CURSOR:
+        raise InvalidParam("cursor", "not a cursor this listing gave out")
     sessions = _sessions()
     if sessions is None:
         return _no_redis()

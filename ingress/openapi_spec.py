@@ -1,0 +1,680 @@
+"""What every route of the service takes and answers: the table :mod:`ingress.openapi` turns into OpenAPI.
+
+One :class:`Operation` per ``"METHOD /path"`` (the Flask rule written the OpenAPI way, ``{name}`` for
+``<converter:name>``). Request bodies are the pydantic models the routes validate with; response bodies are
+the small models below, which describe what the views' ``jsonify`` calls produce (the schemathesis test
+checks every answer against them, so they cannot drift silently). Path parameter schemas come from the
+Flask converters, the ``X-API-Key`` requirement adds its 401 and a body its 413, so each entry lists only
+what is particular to the route. A route missing here fails ``tests/unit/ingress/test_openapi_document.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ingress.api.assistant_configs import AssistantConfigBody
+from ingress.api.common import DEFAULT_LIMIT, MAX_LIMIT
+from ingress.api.conversations import STATUSES
+from ingress.api.links import CreateLinkBody, VerifyLinkBody
+from shared.wire import kapso, meta
+from shared.wire.events import Provider
+from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest
+from shared.wire.twilio import TwilioInbound, TwilioStatus
+
+Schema = type[BaseModel] | dict[str, Any]
+
+# --- building blocks ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or header parameter (path parameters are described by ``Operation.path_params``)."""
+
+    name: str
+    where: Literal["query", "header"]
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Body:
+    schema: Schema | Mapping[str, Schema]  # one schema for every media type, or one per media type
+    media: tuple[str, ...] = ("application/json",)
+    description: str = ""
+    example: dict[str, Any] | None = None  # shown on /docs and sent as is by the schemathesis test
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response. ``schema=None`` with ``error=True`` means the operation's error schema."""
+
+    description: str
+    schema: Schema | None = None
+    media: str = "application/json"
+    headers: Mapping[str, str] = field(default_factory=dict)  # header name -> description
+    error: bool = False
+
+
+def fail(description: str) -> Reply:
+    """An error response in the operation's error shape (``{"error": {"code", "message"}}``)."""
+    return Reply(description, error=True)
+
+
+@dataclass(frozen=True)
+class Operation:
+    tag: str
+    summary: str
+    responses: Mapping[int, Reply]
+    description: str = ""
+    params: tuple[Param, ...] = ()
+    path_params: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    body: Body | None = None
+    api_key: bool = False
+    error_schema: type[BaseModel] | None = None  # None: ErrorBody
+    examples: Mapping[str, Any] = field(default_factory=dict)  # parameter name -> an example value
+
+
+# --- response bodies (documentation models: what the views' jsonify calls produce) --------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorDetail(_Out):
+    code: str = Field(description="A stable snake_case word to branch on, e.g. validation_error, not_found.")
+    message: str = Field(description="What went wrong, for a person; names the field or parameter at fault.")
+    field: str | None = Field(default=None, description="The request field at fault, when there is one.")
+
+
+class ErrorBody(_Out):
+    """Every 4xx and 5xx answer of the service."""
+
+    error: ErrorDetail
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class ReadinessChecks(_Out):
+    postgres: str = Field(description='"ok", or why PostgreSQL is not usable.')
+    redis: str = Field(description='"ok", or why Redis is not usable.')
+
+
+class Readiness(_Out):
+    status: Literal["ready", "unavailable"]
+    checks: ReadinessChecks
+
+
+class TwilioHello(_Out):
+    status: Literal["ok"]
+    service: str
+    provider: Literal["twilio"]
+
+
+class WebhookAck(_Out):
+    status: Literal["ok"]
+    duplicate: bool = Field(default=False, description="Present (true) when the delivery was seen before.")
+
+
+class MetaWebhook(meta.Webhook):
+    """Meta's webhook body: entry[].changes[].value holds messages, statuses, contacts and errors."""
+
+
+class KapsoEvent(kapso.Payload):
+    """One Kapso v2 event: a Meta-compatible message with Kapso's block, and its conversation."""
+
+
+class KapsoBatch(BaseModel):
+    """A buffered Kapso delivery (``X-Webhook-Batch: true``)."""
+
+    batch: Literal[True]
+    data: list[KapsoEvent]
+
+
+class LinkCode(_Out):
+    code: str = Field(pattern=r"^\d{6}$", description="The one-time code; show it to the user.")
+    expiresAt: datetime
+    whatsappNumber: str | None = Field(description="Our WhatsApp number the user writes to, when known.")
+    message: str = Field(description="The text the user sends on WhatsApp.")
+
+
+class Linked(_Out):
+    status: Literal["linked"]
+    userId: uuid.UUID
+    phone: str = Field(description="The linked number, masked.")
+    linkedAt: datetime
+
+
+class LinkState(_Out):
+    phone: str = Field(description="The number, masked.")
+    verified: bool = Field(description="False while a code is pending.")
+    linkedAt: datetime | None
+
+
+class ContactView(_Out):
+    id: int
+    phone: str | None
+    bsuid: str | None = Field(description="Meta's business-scoped user id, when known.")
+    name: str | None
+
+
+class ConversationView(_Out):
+    id: int
+    status: Literal["open", "handoff", "closed"]
+    provider: str
+    business_number: str
+    contact: ContactView
+    started_at: datetime
+    last_message_at: datetime
+    closed_at: datetime | None
+
+
+class ConversationPage(_Out):
+    data: list[ConversationView]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last.")
+
+
+class MessageError(_Out):
+    code: str
+    message: str | None
+
+
+class HistoryMessage(_Out):
+    id: int
+    direction: Literal["in", "out"]
+    provider: str
+    provider_message_id: str | None
+    type: str
+    body: str | None
+    media: Any
+    status: str
+    error: MessageError | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessagePage(_Out):
+    conversation_id: int
+    data: list[HistoryMessage]
+    next_cursor: str | None
+
+
+class ClosedConversation(_Out):
+    id: int
+    status: Literal["closed"]
+    provider: str
+    business_number: str
+    contact_id: int
+    started_at: datetime
+    last_message_at: datetime
+    closed_at: datetime | None
+
+
+class Figures(_Out):
+    conversations: int
+    active_conversations: int
+    answered_conversations: int
+    avg_first_response_seconds: float | None
+    messages_in: int
+    messages_out: int
+    active_users_24h: int
+    active_users_7d: int
+
+
+class ProviderFigures(Figures):
+    provider: str
+
+
+class NumberFigures(Figures):
+    provider: str
+    business_number: str | None
+
+
+class Stats(_Out):
+    generated_at: datetime
+    overall: Figures
+    by_provider: list[ProviderFigures]
+    by_number: list[NumberFigures]
+
+
+class FlowPosition(_Out):
+    pack: str | None
+    flow: str | None
+    step: str | int | None
+
+
+class SessionView(_Out):
+    user: str = Field(description="The user, masked: a phone keeps its last 4 digits.")
+    ttl_seconds: int
+    workspace_id: str | int | None
+    project_id: str | int | None
+    flow: FlowPosition | None
+
+
+class SessionPage(_Out):
+    data: list[SessionView]
+    next_cursor: str | None
+
+
+class AssistantConfigView(_Out):
+    business_number: str
+    system_prompt: str
+    model: str | None = Field(description="null: the deployment's default model.")
+    max_tokens: int
+    temperature: float
+    updated_at: datetime
+
+
+class MessageAccepted(_Out):
+    id: int
+    status: str = Field(description="queued for a new message; the first one's status on a replay.")
+
+
+class TimelineEvent(_Out):
+    status: str
+    at: datetime
+    errorCode: str | None
+
+
+class OutboundMessageView(_Out):
+    id: int
+    to: str | None
+    type: str
+    status: str
+    error: MessageError | None
+    createdAt: datetime
+    timeline: list[TimelineEvent]
+
+
+class LegacyData(_Out):
+    messageId: int
+    to: str
+
+
+class LegacyAccepted(_Out):
+    success: Literal[True]
+    data: LegacyData
+
+
+class LegacyError(_Out):
+    """``POST /api/whatsapp/notify``'s errors keep the old ``success`` flag."""
+
+    success: Literal[False]
+    error: ErrorDetail
+
+
+# --- parameters used by several routes ----------------------------------------------------------------------
+
+LIMIT = Param(
+    "limit",
+    "query",
+    f"Page size (default {DEFAULT_LIMIT}).",
+    {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+)
+CURSOR = Param("cursor", "query", "next_cursor of the previous page.", {"type": "integer", "minimum": 0})
+SCAN_CURSOR = Param(
+    "cursor",
+    "query",
+    "next_cursor of the previous page.",
+    {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    "The same key with the same request answers the first message again (200); with another, 409.",
+    {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+)
+
+INVALID_PARAM = fail("validation_error: a query or path parameter is malformed; the message names it.")
+INVALID_BODY = fail(
+    "validation_error: the body is not a JSON object or breaks a limit; the message names it."
+)
+NOT_FOUND = fail("not_found: nothing with that id.")
+QUEUE_DOWN = fail(
+    "queue_unavailable: Redis cannot be reached; nothing was acknowledged. Retry after Retry-After."
+)
+RETRY_AFTER = {"Retry-After": "Seconds to wait before retrying."}
+SIGNATURE_REFUSED = fail(
+    "signature_missing / signature_invalid / signature_unverifiable (the secret is not configured)."
+)
+MALFORMED = fail("malformed_json / malformed_payload: not a webhook this endpoint understands.")
+
+WEBHOOK_NOTE = (
+    "Called by the provider, not by API clients. The signature is checked over the raw body before "
+    "anything is read; the events are acknowledged only once they are on the queue (a 503 makes the "
+    "provider retry), and a redelivery is acknowledged without a second job."
+)
+
+TAGS: dict[str, str] = {
+    "health": "Liveness, readiness and Prometheus metrics.",
+    "webhooks": "Signed provider webhooks (Twilio, Meta WhatsApp Cloud API, Kapso).",
+    "messages": "Send WhatsApp messages and follow their delivery.",
+    "links": "Link a host-application user to a WhatsApp number with a one-time code.",
+    "conversations": "Conversations and their history.",
+    "stats": "Activity figures.",
+    "sessions": "Chat sessions kept in Redis.",
+    "assistant": "The AI assistant's configuration per business number.",
+    "docs": "This document.",
+}
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+OPERATIONS: dict[str, Operation] = {
+    # health
+    "GET /healthz": Operation(
+        "health",
+        "Liveness",
+        {200: Reply("The process serves requests.", Health)},
+        description="No I/O: a slow database never gets a healthy web process restarted.",
+    ),
+    "GET /readyz": Operation(
+        "health",
+        "Readiness",
+        {
+            200: Reply("PostgreSQL and Redis both respond.", Readiness),
+            503: Reply("One of them does not; checks says which.", Readiness),
+        },
+    ),
+    "GET /metrics": Operation(
+        "health",
+        "Prometheus metrics",
+        {
+            200: Reply(
+                "Prometheus text exposition, summed over every web worker.", {"type": "string"}, "text/plain"
+            )
+        },
+    ),
+    # webhooks
+    "GET /webhooks/twilio": Operation(
+        "webhooks",
+        "Twilio webhook reachability check",
+        {200: Reply("The endpoint is up.", TwilioHello)},
+    ),
+    "POST /webhooks/twilio": Operation(
+        "webhooks",
+        "Twilio inbound message or status callback",
+        {
+            200: Reply("Enqueued (or a duplicate): an empty TwiML answer.", {"type": "string"}, "text/xml"),
+            400: fail("malformed_payload: neither a message nor a status callback (or an unreadable form)."),
+            403: SIGNATURE_REFUSED,
+            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+        },
+        description=WEBHOOK_NOTE
+        + " X-Twilio-Signature is Twilio's HMAC-SHA1 over WAPIPE_PUBLIC_URL + path and the sorted form"
+        " fields (https://www.twilio.com/docs/usage/webhooks/webhooks-security).",
+        params=(
+            Param("X-Twilio-Signature", "header", "Twilio's request signature.", required=True),
+            Param(
+                "X-Twilio-Webhooks-Signature-Settings",
+                "header",
+                "Twilio's signature algorithm settings, when it sends them.",
+            ),
+        ),
+        body=Body(
+            {"anyOf": [TwilioInbound, TwilioStatus]},
+            ("application/x-www-form-urlencoded", "application/json"),
+            "Twilio's webhook parameters: an inbound message or a status callback.",
+        ),
+    ),
+    "GET /webhooks/meta": Operation(
+        "webhooks",
+        "Meta webhook verification handshake",
+        {
+            200: Reply("hub.challenge, echoed.", {"type": "string"}, "text/plain"),
+            403: fail("verification_failed: hub.mode is not subscribe or the token does not match."),
+        },
+        description="https://developers.facebook.com/docs/graph-api/webhooks/getting-started",
+        params=(
+            Param("hub.mode", "query", "subscribe", required=True),
+            Param("hub.verify_token", "query", "Must equal META_VERIFY_TOKEN.", required=True),
+            Param("hub.challenge", "query", "Echoed back on success.", required=True),
+        ),
+    ),
+    "POST /webhooks/meta": Operation(
+        "webhooks",
+        "Meta WhatsApp Cloud API events",
+        {
+            200: Reply("Every message and status of the delivery is enqueued.", WebhookAck),
+            400: MALFORMED,
+            403: SIGNATURE_REFUSED,
+            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+        },
+        description=WEBHOOK_NOTE
+        + " X-Hub-Signature-256 is sha256=<hex HMAC of the raw body with META_APP_SECRET>.",
+        params=(Param("X-Hub-Signature-256", "header", "sha256=<hex HMAC-SHA256>.", required=True),),
+        body=Body(
+            MetaWebhook, description="https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks"
+        ),
+    ),
+    "POST /webhooks/kapso": Operation(
+        "webhooks",
+        "Kapso v2 events, single or batched",
+        {
+            200: Reply("Enqueued, or a delivery already seen (duplicate: true).", WebhookAck),
+            400: MALFORMED,
+            403: SIGNATURE_REFUSED,
+            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+        },
+        description=WEBHOOK_NOTE + " https://docs.kapso.ai/docs/platform/webhooks/overview",
+        params=(
+            Param("X-Webhook-Signature", "header", "Hex HMAC-SHA256 of the raw body.", required=True),
+            Param("X-Webhook-Event", "header", "The event, e.g. whatsapp.message.received."),
+            Param("X-Webhook-Batch", "header", "true for a buffered delivery."),
+            Param(
+                "X-Idempotency-Key",
+                "header",
+                "Marks the whole delivery; a redelivery is acknowledged without re-parsing.",
+            ),
+        ),
+        body=Body({"anyOf": [KapsoEvent, KapsoBatch]}),
+    ),
+    # messages
+    "POST /api/v1/messages": Operation(
+        "messages",
+        "Send a WhatsApp message",
+        {
+            200: Reply(
+                "A replay: the same idempotency key with the same request; the first message.",
+                MessageAccepted,
+                headers={"Location": "The message's URL.", "Idempotent-Replayed": "true"},
+            ),
+            202: Reply(
+                "Stored as queued; notify.send is enqueued. Follow it at Location.",
+                MessageAccepted,
+                headers={"Location": "The message's URL."},
+            ),
+            409: fail("idempotency_conflict: the key was used for a different request."),
+            422: fail(
+                "validation_error (a field breaks WhatsApp's limits; error.field names it), invalid_phone,"
+                " unsupported_type (the active provider cannot send it)."
+            ),
+            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+        },
+        description="Text, media, interactive buttons or list, template or reaction; everything WhatsApp"
+        " would refuse is refused here first. The caller never waits for the provider.",
+        params=(IDEMPOTENCY_KEY,),
+        body=Body(
+            SendRequest,
+            example={"to": "+14155550123", "type": "text", "text": "Ticket #42 is assigned to you"},
+        ),
+        api_key=True,
+    ),
+    "GET /api/v1/messages/{message_id}": Operation(
+        "messages",
+        "An outbound message and its delivery timeline",
+        {200: Reply("The message.", OutboundMessageView), 404: NOT_FOUND},
+        path_params={"message_id": "The id POST /api/v1/messages answered."},
+        api_key=True,
+        examples={"message_id": 1},
+    ),
+    "POST /api/whatsapp/notify": Operation(
+        "messages",
+        "Send a text message (legacy shape)",
+        {
+            200: Reply("Stored and queued.", LegacyAccepted),
+            409: fail("idempotency_conflict: the Idempotency-Key was used for a different request."),
+            422: fail("validation_error or invalid_phone."),
+            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+        },
+        description="Kept for existing callers; every answer carries success.",
+        params=(IDEMPOTENCY_KEY,),
+        body=Body(LegacyNotifyRequest, example={"to": "+14155550123", "message": "Your order has shipped"}),
+        api_key=True,
+        error_schema=LegacyError,
+    ),
+    # links
+    "POST /api/v1/links": Operation(
+        "links",
+        "Issue a linking code",
+        {
+            201: Reply(
+                "The code and the message the user sends.", LinkCode, headers={"Cache-Control": "no-store"}
+            ),
+            409: fail("phone_taken: the number is linked to another user."),
+            422: INVALID_BODY,
+        },
+        body=Body(
+            CreateLinkBody,
+            example={"user_id": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f", "phone": "+14155550123"},
+        ),
+        api_key=True,
+    ),
+    "POST /api/v1/links/verify": Operation(
+        "links",
+        "Submit a linking code",
+        {
+            200: Reply("Linked.", Linked),
+            400: fail("invalid_code: the code is not right (the message says how many attempts are left)."),
+            404: fail("no_pending_code: no code was issued for this number."),
+            409: fail("phone_taken: the number is linked to another user."),
+            410: fail("code_expired."),
+            422: INVALID_BODY,
+            429: fail("code_locked: too many wrong attempts."),
+        },
+        body=Body(VerifyLinkBody, example={"phone": "+14155550123", "code": "123456"}),
+        api_key=True,
+    ),
+    "GET /api/v1/links/{user_id}": Operation(
+        "links",
+        "A user's linked (or pending) number",
+        {200: Reply("Linked or pending.", LinkState), 404: NOT_FOUND, 422: INVALID_PARAM},
+        path_params={"user_id": "The host application's user UUID."},
+        api_key=True,
+    ),
+    "DELETE /api/v1/links/{user_id}": Operation(
+        "links",
+        "Unlink a user's number",
+        {204: Reply("Unlinked; a pending code is cancelled too."), 404: NOT_FOUND, 422: INVALID_PARAM},
+        path_params={"user_id": "The host application's user UUID."},
+        api_key=True,
+    ),
+    # conversations
+    "GET /api/v1/conversations": Operation(
+        "conversations",
+        "List conversations, newest first",
+        {200: Reply("One page.", ConversationPage), 422: INVALID_PARAM},
+        params=(
+            LIMIT,
+            CURSOR,
+            Param("status", "query", "Only this status.", {"type": "string", "enum": list(STATUSES)}),
+            Param(
+                "provider",
+                "query",
+                "Only this provider.",
+                {"type": "string", "enum": [p.value for p in Provider]},
+            ),
+            Param("phone", "query", "Only this contact's number (any usual format)."),
+        ),
+        api_key=True,
+    ),
+    "GET /api/v1/conversations/{conversation_id}/messages": Operation(
+        "conversations",
+        "A conversation's history, oldest first",
+        {200: Reply("One page.", MessagePage), 404: NOT_FOUND, 422: INVALID_PARAM},
+        params=(LIMIT, CURSOR),
+        path_params={"conversation_id": "The conversation's id."},
+        api_key=True,
+        examples={"conversation_id": 1},
+    ),
+    "POST /api/v1/conversations/{conversation_id}/close": Operation(
+        "conversations",
+        "Close a conversation (ends a human handoff)",
+        {200: Reply("Closed (closing a closed one answers the same).", ClosedConversation), 404: NOT_FOUND},
+        path_params={"conversation_id": "The conversation's id."},
+        api_key=True,
+        examples={"conversation_id": 1},
+    ),
+    # stats
+    "GET /api/v1/stats": Operation(
+        "stats",
+        "Activity figures overall, per provider and per business number",
+        {200: Reply("The figures.", Stats)},
+        api_key=True,
+    ),
+    # sessions
+    "GET /api/v1/sessions": Operation(
+        "sessions",
+        "List live chat sessions (masked)",
+        {
+            200: Reply("About limit sessions.", SessionPage),
+            422: INVALID_PARAM,
+            503: fail("unavailable: Redis cannot be reached or is not configured."),
+        },
+        params=(LIMIT, SCAN_CURSOR),
+        api_key=True,
+    ),
+    "DELETE /api/v1/sessions/{phone}": Operation(
+        "sessions",
+        "Clear a user's chat session",
+        {
+            204: Reply("Cleared."),
+            404: fail("not_found: no session for that number."),
+            422: INVALID_PARAM,
+            503: fail("unavailable: Redis cannot be reached or is not configured."),
+        },
+        path_params={"phone": "The user's full number, any usual format."},
+        api_key=True,
+        examples={"phone": "+14155550123"},
+    ),
+    # assistant configs
+    "GET /api/v1/assistant-configs/{number}": Operation(
+        "assistant",
+        "The assistant config of a business number",
+        {
+            200: Reply("The stored config.", AssistantConfigView),
+            404: fail("not_found: none stored; the deployment's defaults apply."),
+            422: INVALID_PARAM,
+        },
+        path_params={"number": "Our E.164 number (leading +) or Meta's phone_number_id."},
+        api_key=True,
+        examples={"number": "+14155238886"},
+    ),
+    "PUT /api/v1/assistant-configs/{number}": Operation(
+        "assistant",
+        "Replace the assistant config of a business number",
+        {200: Reply("The stored config.", AssistantConfigView), 422: INVALID_BODY},
+        path_params={"number": "Our E.164 number (leading +) or Meta's phone_number_id."},
+        body=Body(
+            AssistantConfigBody,
+            example={"system_prompt": "You are the helpdesk of ACME. Answer briefly.", "max_tokens": 300},
+        ),
+        api_key=True,
+        examples={"number": "+14155238886"},
+    ),
+    # this document
+    "GET /openapi.json": Operation(
+        "docs", "This OpenAPI document", {200: Reply("OpenAPI 3.1.", {"type": "object"})}
+    ),
+    "GET /docs": Operation(
+        "docs", "This document as a page", {200: Reply("HTML.", {"type": "string"}, "text/html")}
+    ),
+}
