@@ -146,8 +146,9 @@ def meta_body(
 ) -> bytes:
     body = json.loads((DATA / "meta" / "text.json").read_text())
     value = body["entry"][0]["changes"][0]["value"]
-    value["messages"][0].update(id=message_id, text={"body": text}, **{"from": phone})
-    value["contacts"][0].update(wa_id=phone, profile={"name": profile})
+    bsuid = "US." + phone.lstrip("+")  # one business-scoped user id per phone, as Meta gives
+    value["messages"][0].update(id=message_id, text={"body": text}, from_user_id=bsuid, **{"from": phone})
+    value["contacts"][0].update(wa_id=phone, user_id=bsuid, profile={"name": profile})
     return json.dumps(body).encode()
 
 
@@ -157,7 +158,9 @@ def kapso_body(
     body = json.loads((DATA / "kapso" / "message_received.json").read_text())
     body["message"].update(id=message_id, text={"body": text}, **{"from": phone.lstrip("+")})
     body["message"]["kapso"]["content"] = text
-    body["conversation"].update(phone_number=phone, contact_name=profile)
+    body["conversation"].update(
+        phone_number=phone, contact_name=profile, business_scoped_user_id="US." + phone.lstrip("+")
+    )
     return json.dumps(body).encode()
 
 
