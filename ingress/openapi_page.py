@@ -55,6 +55,7 @@ h2 { border-bottom:2px solid var(--line); padding-bottom:.3rem; margin-top:2rem;
 table { border-collapse:collapse; width:100%; margin:.4rem 0 .8rem; font-size:.88rem; }
 th, td { border:1px solid var(--line); padding:.3rem .5rem; text-align:left; vertical-align:top; }
 th { background:var(--bg); font-weight:600; }
+pre { background:var(--bg); padding:.5rem .8rem; border-radius:4px; overflow:auto; }
 code { font-family:ui-monospace,Menlo,Consolas,monospace; font-size:.85em; background:var(--bg);
        padding:0 .2rem; border-radius:3px; }
 h5 { margin:.6rem 0 .2rem; font-size:.9rem; }
@@ -157,7 +158,7 @@ def _operation_html(
                 Markup(' <span class="req">*</span>') if param.get("required") else "",
                 param["in"],
                 _type(param.get("schema", {})),
-                _describe(param.get("description", ""), param.get("schema", {})),
+                _describe(param.get("description", ""), {**param.get("schema", {}), **_example_of(param)}),
             )
             for param in op["parameters"]
         ]
@@ -183,6 +184,11 @@ def _operation_html(
         parts.append(Markup("<table><tr><th>media type</th><th>schema</th></tr>"))
         parts.extend(rows)
         parts.append(Markup("</table>"))
+        examples = [c["example"] for c in body.get("content", {}).values() if "example" in c]
+        if examples:
+            parts.append(
+                Markup("<h5>Example</h5><pre><code>{}</code></pre>").format(json.dumps(examples[0], indent=2))
+            )
 
     rows = []
     for status, response in op.get("responses", {}).items():
@@ -263,10 +269,16 @@ def _type(schema: Any) -> Markup:
     return escape(kind)
 
 
+def _example_of(param: dict[str, Any]) -> dict[str, Any]:
+    return {"x-example": param["example"]} if "example" in param else {}
+
+
 def _describe(description: str, schema: dict[str, Any]) -> Markup:
     notes = [template.format(schema[key]) for key, template in _CONSTRAINTS if key in schema]
     if "default" in schema:
         notes.append(f"default {json.dumps(schema['default'])}")
+    if "x-example" in schema:
+        notes.append(f"e.g. {json.dumps(schema['x-example'])}")
     text = _prose(description)
     if notes:
         text += Markup(' <span class="muted">({})</span>').format("; ".join(notes))

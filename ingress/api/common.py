@@ -47,7 +47,8 @@ def int_param(
     if raw is None:
         return default
     bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-    if not raw.strip().isdigit():
+    # ASCII only: str.isdigit() also accepts "²", which int() refuses (that was a 500).
+    if not (raw.strip().isascii() and raw.strip().isdigit()):
         raise InvalidParam(name, f"must be an integer {bounds}")
     value = int(raw)
     if value < minimum or (maximum is not None and value > maximum):

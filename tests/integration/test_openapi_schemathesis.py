@@ -79,3 +79,18 @@ def app(test_servers: dict[str, str]) -> Flask:
 )
 def test_rest_api_conforms_to_its_document(app: Flask, case: schemathesis.Case) -> None:
     case.call_and_validate(app=app, headers={"X-API-Key": KEY}, checks=CHECKS)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/conversations?limit=%C2%B2",  # "²": str.isdigit() says yes, int() says no
+        "/api/v1/conversations/1/messages?cursor=%C2%B2",
+        "/api/v1/sessions?cursor=%C2%B2",
+        "/api/v1/sessions?cursor=18446744073709551616",  # one past Redis's 64-bit SCAN cursor
+    ],
+)
+def test_parameters_found_by_fuzzing_are_refused_with_a_422(app: Flask, url: str) -> None:
+    response = app.test_client().get(url, headers={"X-API-Key": KEY})
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "validation_error"
