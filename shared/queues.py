@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import threading
 import uuid
@@ -61,6 +62,8 @@ def celery_config(broker_url: str) -> dict[str, Any]:
     """The Celery settings both the workers and the beat use."""
     return {
         "broker_url": broker_url,
+        # kombu's Redis transport, putting back at once what a worker held when Redis restarted.
+        "broker_transport": "shared.broker:Transport" if broker_url.startswith("redis://") else None,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
         "task_routes": (route_task,),
@@ -122,6 +125,7 @@ class Publisher:
         )
         self._script = self._redis.register_script(_PUBLISH)
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
+        self._templates: dict[str, list[str]] = {}
 
     @property
     def redis(self) -> redis.Redis:
@@ -145,11 +149,34 @@ class Publisher:
         return [bool(flag) for flag in result]
 
     def message(self, task: str, kwargs: Mapping[str, Any]) -> bytes:
-        """The message Celery's Redis transport stores for ``send_task(task, kwargs=kwargs)``."""
+        """The message Celery's Redis transport stores for ``send_task(task, kwargs=kwargs)``.
+
+        Byte for byte ``json.dumps(self.envelope(...))``, but only the body and the ids are serialised
+        per message: the rest of the envelope is the same for every message of a task, so it is dumped
+        once per task name and the per-message parts are spliced in (they are base64 and UUID text, which
+        JSON never escapes). This is the ingress's hot path; tests/unit/shared/test_queues.py holds it
+        equal to the plain dump.
+        """
         task_id = str(uuid.uuid4())
         body = json.dumps([[], dict(kwargs), _EMBED], separators=(",", ":")).encode()
-        envelope = {
-            "body": base64.b64encode(body).decode(),
+        template = self._templates.get(task)
+        if template is None:
+            template = self._templates[task] = self._template(task)
+        texts, slots = template
+        values = {
+            _BODY_SLOT: base64.b64encode(body).decode(),
+            _ID_SLOT: task_id,
+            _TAG_SLOT: str(uuid.uuid4()),
+        }
+        parts = [texts[0]]
+        for slot, text in zip(slots, texts[1:], strict=True):
+            parts += (values[slot], text)
+        return "".join(parts).encode()
+
+    def envelope(self, task: str, body_b64: str, task_id: str, delivery_tag: str) -> dict[str, Any]:
+        """Celery's task protocol v2 envelope, as kombu's Redis transport stores it."""
+        return {
+            "body": body_b64,
             "content-encoding": "utf-8",
             "content-type": "application/json",
             "headers": {
@@ -180,13 +207,24 @@ class Publisher:
                 "delivery_info": {"exchange": "", "routing_key": queue_for(task)},
                 "priority": 0,
                 "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": delivery_tag,
             },
         }
-        return json.dumps(envelope, separators=(",", ":")).encode()
+
+    def _template(self, task: str) -> tuple[list[str], list[str]]:
+        """The dumped envelope cut around its per-message values: the texts between, and which value
+        goes in each gap."""
+        text = json.dumps(self.envelope(task, _BODY_SLOT, _ID_SLOT, _TAG_SLOT), separators=(",", ":"))
+        pieces = re.split(f"({_BODY_SLOT}|{_ID_SLOT}|{_TAG_SLOT})", text)
+        return pieces[0::2], pieces[1::2]
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+# Stand-ins for the per-message values in a task's envelope template; random, so no task name, host
+# name or other envelope text can contain one.
+_BODY_SLOT = f"slot-body-{uuid.uuid4().hex}"
+_ID_SLOT = f"slot-id-{uuid.uuid4().hex}"
+_TAG_SLOT = f"slot-tag-{uuid.uuid4().hex}"
 
 _publisher_lock = threading.Lock()
 _publisher: Publisher | None = None

@@ -1,0 +1,43 @@
+"""The lean publisher's Celery message: byte for byte the plain dump of Celery's envelope."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from shared.queues import Publisher
+
+
+@pytest.fixture
+def publisher() -> Publisher:
+    # redis-py connects on first command: building messages needs no server.
+    return Publisher("redis://127.0.0.1:1/0")
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs"),
+    [
+        ("inbound.route", {"event": {"text": "Café ¿sí? 😀", "raw": {"Body": 'a "quoted" \\ line\n'}}}),
+        ("notify.send", {"message_id": 42}),
+        ("status.apply", {}),
+        ('commands.odd"name\\', {"message_id": 1}),
+    ],
+)
+def test_message_is_exactly_the_dumped_envelope(publisher: Publisher, task: str, kwargs: dict) -> None:
+    for _ in range(2):  # the first call builds the task's template, the second reuses it
+        message = publisher.message(task, kwargs)
+        decoded = json.loads(message)
+        headers, properties = decoded["headers"], decoded["properties"]
+        expected = publisher.envelope(task, decoded["body"], headers["id"], properties["delivery_tag"])
+        assert message == json.dumps(expected, separators=(",", ":")).encode()
+        assert json.loads(base64.b64decode(decoded["body"]))[1] == kwargs
+        assert headers["task"] == task
+        assert headers["root_id"] == properties["correlation_id"] == headers["id"]
+
+
+def test_every_message_has_its_own_ids(publisher: Publisher) -> None:
+    first, second = (json.loads(publisher.message("notify.send", {"message_id": 1})) for _ in range(2))
+    assert first["headers"]["id"] != second["headers"]["id"]
+    assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
