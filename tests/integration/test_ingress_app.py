@@ -178,6 +178,8 @@ def gunicorn_server(tmp_path: Path) -> Iterator[str]:
         "TWILIO_AUTH_TOKEN": "t" * 32,
         "WAPIPE_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        # A sync worker leaves queued connections to the others when --max-requests retires it.
+        "WAPIPE_WEB_WORKER_CLASS": "sync",
     }
     # Each worker is replaced after 12 requests, so the counts are spread over many processes, most
     # of them gone by the time /metrics is scraped.
