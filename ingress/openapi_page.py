@@ -39,7 +39,7 @@ header h1 { margin:0; font-size:1.6rem; } header p { margin:.3rem 0 0; opacity:.
 nav { position:sticky; top:0; width:19rem; max-height:100vh; overflow:auto; padding:1rem;
       border-right:1px solid var(--line); background:var(--bg); font-size:.85rem; }
 nav h3 { margin:.8rem 0 .2rem; font-size:.8rem; text-transform:uppercase; color:var(--muted); }
-nav a { display:block; color:var(--fg); text-decoration:none; padding:.1rem 0; }
+nav a { display:block; color:var(--fg); text-decoration:none; padding:.1rem 0; overflow-wrap:anywhere; }
 nav a:hover { color:var(--accent); }
 main { flex:1; padding:1rem 2rem 4rem; min-width:0; }
 h2 { border-bottom:2px solid var(--line); padding-bottom:.3rem; margin-top:2rem; }
