@@ -64,3 +64,11 @@ def _queue(
     get_publisher().publish([Job("notify.send", {"message_id": message_id})])
     log.info("reply queued", inbound_id=inbound_id, message_id=message_id, new=created)
     return message_id
+
+
+def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
+    """Reply to an inbound message and record that a handler answered it; return the outbound id."""
+    reply_id = queue_reply(inbound_id, text, key=key, payload=payload)
+    with transaction() as conn:
+        messages.mark_handled(conn, inbound_id)
+    return reply_id

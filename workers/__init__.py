@@ -6,8 +6,11 @@ at start, naming the variable) but connects to nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
+from shared.db.errors import Unavailable
 from shared.queues import celery_config
 from shared.settings import SettingsError, get_settings
 
@@ -35,4 +38,23 @@ STAGE_MODULES = (
     "workers.media",
 )
 celery.conf.imports = STAGE_MODULES
+
+
+def stage_task(name: str, **options: Any) -> Any:
+    """Register a handler stage's task: named ``<queue>.<verb>``, acknowledged only once it has run (a
+    killed worker's task is redelivered), no result stored, retried with backoff while PostgreSQL is
+    unreachable. ``options`` override any of these."""
+    settings: dict[str, Any] = {
+        "name": name,
+        "bind": True,
+        "acks_late": True,
+        "ignore_result": True,
+        "autoretry_for": (Unavailable,),
+        "retry_backoff": True,
+        "retry_jitter": True,
+        "max_retries": 8,
+    }
+    return celery.task(**(settings | options))
+
+
 app = celery

@@ -17,17 +17,16 @@ from shared.ai.assistant import generate_reply
 from shared.ai.openai_parser import parse_proposal
 from shared.ai.proposal import ProposalError
 from shared.db import chat_context, conversations, messages, proposals
-from shared.db.errors import Unavailable
-from shared.db.messages import InboundRecord, get_inbound, mark_handled
+from shared.db.messages import InboundRecord, get_inbound
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher
-from shared.replies import queue_reply, reply_key
+from shared.replies import answer, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
-from workers import celery
+from workers import stage_task
 
 log = get_logger(__name__)
 
@@ -53,17 +52,17 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     record = get_inbound(message_id)
     if record.user_id is None:
         # Routing sends only linked users here; a link removed meanwhile gets the instructions.
-        _answer(message_id, NOT_LINKED)
+        answer(message_id, NOT_LINKED)
         return "not_linked"
     sessions = sessions or Sessions(get_publisher().redis)
     project_id = sessions.load(record.user_key).get("project_id")
     if not project_id:
-        _answer(message_id, CHOOSE_PROJECT)
+        answer(message_id, CHOOSE_PROJECT)
         return "no_project"
     try:
         proposal, parser = parse_proposal(record.body or "", message_day(record), settings)
     except ProposalError as exc:
-        _answer(message_id, NO_ITEMS.format(reason=exc))
+        answer(message_id, NO_ITEMS.format(reason=exc))
         return "no_items"
     job = Job(
         "persist.save_proposal",
@@ -79,22 +78,7 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     return "parsed"
 
 
-def _answer(message_id: int, text: str) -> None:
-    queue_reply(message_id, text)
-    with transaction() as conn:
-        mark_handled(conn, message_id)
-
-
-@celery.task(
-    name="ai.parse_proposal",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@stage_task("ai.parse_proposal")
 def parse_proposal_task(self: Any, message_id: int) -> None:
     parse_message(message_id)
 
@@ -164,26 +148,15 @@ def reply_message(
     record = get_inbound(message_id)
     show_typing(record, settings, sender)
     with connection() as conn:
-        answer = generate_reply(conn, record, settings, client)
-    if answer.handoff:
+        generated = generate_reply(conn, record, settings, client)
+    if generated.handoff:
         with transaction() as conn:
             conversations.set_status(conn, record.conversation_id, "handoff")
-    queue_reply(message_id, answer.text, payload={"generated_by": answer.source})
-    with transaction() as conn:
-        mark_handled(conn, message_id)
-    log.info("assistant replied", message_id=message_id, source=answer.source, handoff=answer.handoff)
-    return answer.source
+    answer(message_id, generated.text, payload={"generated_by": generated.source})
+    log.info("assistant replied", message_id=message_id, source=generated.source, handoff=generated.handoff)
+    return generated.source
 
 
-@celery.task(
-    name="ai.reply",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@stage_task("ai.reply")
 def reply_task(self: Any, message_id: int) -> None:
     reply_message(message_id)

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from shared.bot.commands import ChatUser, respond
-from shared.db.errors import Unavailable, wrap_errors
-from shared.db.messages import get_inbound, mark_handled
-from shared.db.pool import connection, transaction
+from shared.db.errors import wrap_errors
+from shared.db.messages import get_inbound
+from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher
-from shared.replies import queue_reply, reply_key
+from shared.replies import answer, queue_reply, reply_key
 from shared.sessions import Sessions
-from workers import celery
+from workers import stage_task
 
 log = get_logger(__name__)
 
@@ -39,21 +39,10 @@ def handle(message_id: int, sessions: Sessions | None = None) -> int | None:
     record = get_inbound(message_id)
     sessions = sessions or Sessions(get_publisher().redis)
     text = respond(record.body or "", ChatUser(record.user_key, record.user_id), sessions)
-    reply_id = queue_reply(message_id, text)
-    with transaction() as conn:
-        mark_handled(conn, message_id)
+    reply_id = answer(message_id, text)
     return reply_id
 
 
-@celery.task(
-    name="commands.handle",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@stage_task("commands.handle")
 def handle_task(self: Any, message_id: int) -> None:
     handle(message_id)

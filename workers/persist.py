@@ -13,15 +13,13 @@ from pydantic import ValidationError
 
 from shared.ai.proposal import Proposal
 from shared.db import proposals
-from shared.db.errors import Unavailable
-from shared.db.messages import get_inbound, mark_handled
-from shared.db.pool import transaction
+from shared.db.messages import get_inbound
 from shared.logging import get_logger
 from shared.queues import get_publisher
-from shared.replies import queue_reply
+from shared.replies import answer
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
-from workers import celery
+from workers import stage_task
 
 log = get_logger(__name__)
 
@@ -79,23 +77,12 @@ def save_proposal(
         sessions = sessions or Sessions(get_publisher().redis)
         project_id = sessions.load(record.user_key).get("project_id")
     saved = proposals.save(message_id, model, parser, user_id=record.user_id, project_id=project_id)
-    queue_reply(message_id, reply_text(saved.id, model, settings))
-    with transaction() as conn:
-        mark_handled(conn, message_id)
+    answer(message_id, reply_text(saved.id, model, settings))
     log.info("proposal saved", message_id=message_id, proposal_id=str(saved.id), new=saved.created)
     return saved.id
 
 
-@celery.task(
-    name="persist.save_proposal",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@stage_task("persist.save_proposal")
 def save_proposal_task(
     self: Any, message_id: int, proposal: dict[str, Any], parser: str, project_id: str | None = None
 ) -> None:

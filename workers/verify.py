@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.db.errors import Unavailable
-from shared.db.messages import get_inbound, mark_handled
-from shared.db.pool import transaction
+from shared.db.messages import get_inbound
 from shared.logging import get_logger
-from shared.replies import queue_reply
+from shared.replies import answer, queue_reply
 from shared.verification import reply_text, verify_inbound
-from workers import celery
+from workers import stage_task
 
 log = get_logger(__name__)
 
@@ -36,21 +34,10 @@ def check_code(message_id: int) -> int | None:
         log.warning("verify: inbound message not found")
         return None
     log.info("verify outcome", outcome=result.outcome.value, user_id=str(result.user_id or ""))
-    reply_id = queue_reply(message_id, reply_text(result))
-    with transaction() as conn:
-        mark_handled(conn, message_id)
+    reply_id = answer(message_id, reply_text(result))
     return reply_id
 
 
-@celery.task(
-    name="verify.check_code",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable,),
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=8,
-)
+@stage_task("verify.check_code")
 def check_code_task(self: Any, message_id: int) -> None:
     check_code(message_id)
