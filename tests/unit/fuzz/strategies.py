@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
-# Bounded so the whole folder runs in seconds on a busy 2-core machine; no deadline (first example pays imports).
+# Bounded so the folder runs in seconds on a busy 2-core machine; no deadline (first example pays imports).
 FUZZ = settings(
     max_examples=100,
     deadline=None,
