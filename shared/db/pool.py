@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from shared.db.errors import Unavailable
 from shared.settings import get_settings
 
 _lock = threading.Lock()
@@ -58,9 +59,16 @@ def close_pool() -> None:
 
 @contextlib.contextmanager
 def connection() -> Iterator[psycopg.Connection]:
-    """A pooled connection; a block that raises rolls back, one that returns commits."""
-    with get_pool().connection() as conn:
-        yield conn
+    """A pooled connection; a block that raises rolls back, one that returns commits.
+
+    PostgreSQL unreachable anywhere here (no connection within the pool's timeout, or the server going
+    away mid-block or at COMMIT, as during a restart) raises :class:`Unavailable`, which tasks retry.
+    """
+    try:
+        with get_pool().connection() as conn:
+            yield conn
+    except psycopg.OperationalError as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 @contextlib.contextmanager
