@@ -8,6 +8,7 @@ everything else is ``WAPIPE_*``. A missing or malformed value fails at start wit
 from __future__ import annotations
 
 import functools
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +46,23 @@ def _comma_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+_CONTENT_SID_KEY = re.compile(r"^[a-z0-9_]{1,512}(:[a-z]{2,3}(_[A-Za-z]{2,4})?)?$")
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+
+
+def _content_sid_map(value: str) -> dict[str, str]:
+    """``"order_update:es=HX...,welcome=HX..."`` -> ``{"order_update:es": "HX...", "welcome": "HX..."}``."""
+    out: dict[str, str] = {}
+    for entry in _comma_list(value):
+        key, sep, sid = (part.strip() for part in entry.partition("="))
+        if not sep or not _CONTENT_SID_KEY.fullmatch(key) or not _CONTENT_SID.fullmatch(sid):
+            raise ValueError(f"{entry!r} is not template_name[:language]=HX<32 hex digits>")
+        if key in out:
+            raise ValueError(f"{key!r} appears twice")
+        out[key] = sid
+    return out
 
 
 def _env(name: str, **kwargs: Any) -> Any:
@@ -103,6 +121,11 @@ class Settings(BaseSettings):
     twilio_whatsapp_number: str | None = _env("TWILIO_WHATSAPP_NUMBER", default=None)
     # Only for pointing the SDK at a local fake API in tests; production leaves it unset.
     twilio_api_url: str | None = _env("WAPIPE_TWILIO_API_URL", default=None)
+    # Twilio sends templates by Content SID: "name:lang=HX...,name=HX..." maps the API's template names to
+    # them (shared/providers/twilio/client.py), so one API call works with every provider.
+    twilio_content_sids: Annotated[dict[str, str], NoDecode] = _env(
+        "WAPIPE_TWILIO_CONTENT_SIDS", default_factory=dict
+    )
 
     meta_app_secret: SecretStr | None = _env("META_APP_SECRET", default=None)
     meta_verify_token: SecretStr | None = _env("META_VERIFY_TOKEN", default=None)
@@ -126,6 +149,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         return _comma_list(value)
+
+    @field_validator("twilio_content_sids", mode="before")
+    @classmethod
+    def _content_sids(cls, value: Any) -> Any:
+        return _content_sid_map(value) if isinstance(value, str) else value
 
     @field_validator("default_region")
     @classmethod

@@ -38,6 +38,7 @@ from shared.db.errors import NotFound
 from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, mask_phone, normalize
+from shared.providers.base import OutboundMessage, SendError
 from shared.queues import Job
 from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest, error_location
 
@@ -171,6 +172,16 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
             "type",
         )
     message_type, body, payload = send.stored()
+    try:
+        providers.check(
+            OutboundMessage.from_record(
+                id=0, to=to, type=message_type, body=body, payload=payload, from_number=None
+            ),
+            settings,
+        )
+    except SendError as exc:
+        field = getattr(exc, "field", None) or "type"
+        raise _Refused(422, exc.code, f"{field}: {exc.message}", field) from None
     request_hash = send.request_hash(to)
     stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
 

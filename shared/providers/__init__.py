@@ -13,7 +13,7 @@ from shared.providers import base
 from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
 from shared.settings import ProviderName, Settings, get_settings
 
-__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "get_sender", "supports"]
+__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "check", "get_sender", "supports"]
 
 # provider -> "module:class"; each class is constructed with the settings.
 _SENDERS: dict[ProviderName, str] = {
@@ -33,6 +33,21 @@ def supports(kind: str, settings: Settings | None = None) -> bool:
         module_name, _, class_name = _SENDERS[provider].partition(":")
         sender_class = getattr(importlib.import_module(module_name), class_name)
     return base.supports(sender_class, kind)
+
+
+def check(message: OutboundMessage, settings: Settings | None = None) -> None:
+    """Raise a permanent :class:`SendError` when the configured provider cannot send ``message`` as given
+    (a field it cannot carry, a template it cannot name), asking its sender class's optional
+    ``check(message, settings)`` without constructing a sender. The error may name the field (``.field``).
+    """
+    settings = settings or get_settings()
+    provider = settings.active_provider
+    if provider is ProviderName.console:
+        return
+    module_name, _, class_name = _SENDERS[provider].partition(":")
+    sender_check = getattr(getattr(importlib.import_module(module_name), class_name), "check", None)
+    if sender_check is not None:
+        sender_check(message, settings)
 
 
 def get_sender(settings: Settings | None = None) -> Sender:

@@ -34,7 +34,10 @@ WHATSAPP_NUMBER = "+14155238886"  # Twilio's WhatsApp sandbox number
 
 @dataclass
 class Received:
-    """One request as the fake saw it; ``form`` keeps the last value of each form field."""
+    """One request as the fake saw it; ``form`` keeps the last value of each form field, ``fields`` every
+    value in order (``MediaUrl`` may repeat). :attr:`media_urls`, :attr:`content_sid` and
+    :attr:`content_variables` read the typed-content parameters
+    (https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource)."""
 
     method: str
     path: str
@@ -42,6 +45,21 @@ class Received:
     form: dict[str, str]
     status: int  # what the fake answered
     sid: str | None = None  # the created message's sid, for 201 answers
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def media_urls(self) -> list[str]:
+        return self.fields.get("MediaUrl", [])
+
+    @property
+    def content_sid(self) -> str | None:
+        return self.form.get("ContentSid")
+
+    @property
+    def content_variables(self) -> Any:
+        """``ContentVariables`` parsed: Twilio requires a JSON string (error 21656 otherwise)."""
+        raw = self.form.get("ContentVariables")
+        return json.loads(raw) if raw is not None else None
 
 
 @dataclass
@@ -136,7 +154,8 @@ class FakeTwilioAPI:
     # --- the HTTP side ------------------------------------------------------------------------------
 
     def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
-        form = {key: values[-1] for key, values in parse_qs(raw.decode("utf-8")).items()}
+        fields = parse_qs(raw.decode("utf-8"))
+        form = {key: values[-1] for key, values in fields.items()}
         expected_path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
         if method != "POST" or path.split("?", 1)[0] != expected_path:
             answer = Scripted(404, twilio_error(404, 20404, f"The requested resource {path} was not found"))
@@ -146,9 +165,11 @@ class FakeTwilioAPI:
             with self._lock:
                 answer = self._script.popleft() if self._script else None
             if answer is None:
-                answer = Scripted(201, self._message(form))
+                answer = Scripted(201, self._message(form, len(fields.get("MediaUrl", []))))
         with self._lock:
-            self.received.append(Received(method, path, headers, form, answer.status, answer.body.get("sid")))
+            self.received.append(
+                Received(method, path, headers, form, answer.status, answer.body.get("sid"), fields)
+            )
         return answer.status, answer.body, answer.headers
 
     def _authorized(self, header: str) -> bool:
@@ -160,7 +181,7 @@ class FakeTwilioAPI:
             return False
         return user == self.account_sid and password == self.auth_token
 
-    def _message(self, form: dict[str, str]) -> dict[str, Any]:
+    def _message(self, form: dict[str, str], num_media: int = 0) -> dict[str, Any]:
         sid = "SM" + uuid.uuid4().hex
         return {
             "sid": sid,
@@ -170,7 +191,7 @@ class FakeTwilioAPI:
             "body": form.get("Body"),
             "status": "queued",
             "num_segments": "1",
-            "num_media": "0",
+            "num_media": str(num_media),
             "direction": "outbound-api",
             "api_version": "2010-04-01",
             "price": None,

@@ -336,13 +336,13 @@ def test_a_type_the_active_provider_cannot_send_is_a_422(db, redis_client) -> No
     )
     twilio = create_app(settings).test_client()
     response = post(
-        twilio, {"to": "+14155550123", "type": "image", "media": {"url": "https://a.example/x.jpg"}}
+        twilio, {"to": "+14155550123", "type": "reaction", "reaction": {"message_id": "SM1", "emoji": "👍"}}
     )
 
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert (error["code"], error["field"]) == ("unsupported_type", "type")
-    assert "(twilio) cannot send media messages" in error["message"]
+    assert "(twilio) cannot send reaction messages" in error["message"]
     assert stored(db) == []
     # What it can send is accepted.
     assert post(twilio, {"to": "+14155550123", "type": "text", "text": "hi"}).status_code == 202

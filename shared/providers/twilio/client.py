@@ -12,14 +12,39 @@ permanent, with Twilio's error code and message (https://www.twilio.com/docs/api
 The SDK's own extension point, a custom ``http_client`` (a ``TwilioHttpClient`` subclass), is how we
 read ``Retry-After`` (the SDK's exception drops response headers) and how ``WAPIPE_TWILIO_API_URL`` points
 the real SDK code at a local fake Twilio API in tests.
+
+How each outbound type maps (:func:`content_params`; the notify API calls :meth:`TwilioSender.check` first, so
+what Twilio cannot send is a 422 naming the field, never a stored message that fails later):
+
+- text: ``Body``.
+- media: one ``MediaUrl`` (WhatsApp takes one attachment per message; Twilio ignores the rest) with the
+  caption as ``Body`` (https://www.twilio.com/docs/whatsapp/guidance-whatsapp-media-messages). Twilio cannot
+  set a document's caption or file name: the recipient sees the file name from the URL's last path
+  segment. So a document caption is refused, and a ``filename`` is accepted only when it is that name
+  (nothing is lost by not sending it); otherwise it is refused, saying to rename the URL or leave it out.
+  A ``.webp`` image arrives as a sticker; Twilio checks the URL's ``Content-Type`` itself.
+- template: ``ContentSid`` + ``ContentVariables`` (a JSON object: ``{"1": ...}`` for positional variables,
+  the names for named ones; https://www.twilio.com/docs/content/send-templates-created-with-the-content-template-builder).
+  Twilio knows WhatsApp-approved templates only by their Content SID ``HX...``: the request's
+  ``template.content_sid``, else ``WAPIPE_TWILIO_CONTENT_SIDS`` by ``name:language`` then by ``name``.
+  Without either the template is refused, naming the setting to fill in.
+- interactive (reply buttons, lists): Twilio has no ad hoc interactive messages; they exist only as
+  pre-created Content templates (``twilio/quick-reply``, ``twilio/list-picker``). Ad hoc ones go as their
+  plain-text fallback, the stored body with the options numbered, which is what the flows parse anyway.
+  A caller who created such a Content template sends it as ``type: template`` with its ``content_sid``.
+- reaction: Twilio's WhatsApp API cannot send reactions; the notify API refuses them (``supported_types``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
+from collections.abc import Mapping
+from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
@@ -30,7 +55,15 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from shared.logging import get_logger
-from shared.providers.base import OutboundMessage, OutboundType, SendError, SendResult, unsupported
+from shared.providers.base import (
+    Media,
+    OutboundMessage,
+    OutboundType,
+    SendError,
+    SendResult,
+    Template,
+    unsupported,
+)
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -42,6 +75,12 @@ RETRY_BUDGET_SECONDS = 15.0
 # Twilio error codes that mean "slow down" whatever the HTTP status: 20429 Too Many Requests,
 # 63018 rate limit exceeded for the WhatsApp channel.
 RATE_LIMIT_CODES = frozenset({"20429", "63018"})
+# Content variables (https://www.twilio.com/docs/content/using-variables-with-content-api): at most 100 per
+# message, keys without spaces of at most 16 characters, values of at most 1,600 characters.
+CONTENT_VARIABLES_MAX = 100
+CONTENT_VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,16}$")
+CONTENT_VARIABLE_VALUE_MAX = 1600
+MEDIA_GUIDE = "https://www.twilio.com/docs/whatsapp/guidance-whatsapp-media-messages"
 
 # The SDK logs every request and response at INFO; keep that out of our logs unless something is wrong.
 _sdk_logger = logging.getLogger("wapipe.twilio.http")
@@ -81,8 +120,10 @@ class TwilioSender:
     """Sends through one Twilio account; thread-safe, one per process."""
 
     name = "twilio"
-    # What _params can send (interactive as its plain-text fallback); the notify API refuses the rest.
-    supported_types = frozenset({OutboundType.text, OutboundType.interactive})
+    # What content_params can send (interactive as its plain-text fallback); the notify API refuses the rest.
+    supported_types = frozenset(
+        {OutboundType.text, OutboundType.media, OutboundType.interactive, OutboundType.template}
+    )
 
     def __init__(self, settings: Settings) -> None:
         if not (
@@ -98,6 +139,15 @@ class TwilioSender:
         )
         self._default_from = settings.twilio_whatsapp_number
         self._status_callback = f"{settings.public_url}/webhooks/twilio"
+        self._content_sids = dict(settings.twilio_content_sids)
+
+    @classmethod
+    def check(cls, message: OutboundMessage, settings: Settings) -> None:
+        """Raise :class:`Unsendable` if Twilio cannot send ``message`` as given; no call is made.
+
+        The notify API asks before storing (a 422 naming the field); ``send`` fails the same way.
+        """
+        content_params(message, settings.twilio_content_sids)
 
     def send(self, message: OutboundMessage) -> SendResult:
         params = self._params(message)
@@ -113,15 +163,12 @@ class TwilioSender:
         return SendResult(provider=self.name, provider_message_id=created.sid, status="sent")
 
     def _params(self, message: OutboundMessage) -> dict[str, Any]:
-        # Interactive content has no free-form Twilio equivalent (it needs a Content API template): its
-        # plain-text fallback is sent instead. Other types come with issue 4.
-        if message.type not in (OutboundType.text, OutboundType.interactive) or not message.text:
-            raise unsupported(self.name, message)
+        content = content_params(message, self._content_sids)
         sender = message.from_number if (message.from_number or "").startswith("+") else None
         return {
             "from_": _whatsapp(sender or self._default_from),
             "to": _whatsapp(message.to),
-            "body": message.text,
+            **content,
             "status_callback": self._status_callback,
         }
 
@@ -136,6 +183,102 @@ class TwilioSender:
             ) from exc
         except requests.ConnectionError as exc:
             raise SendError("connection_error", f"cannot reach Twilio: {exc}", permanent=False) from exc
+
+
+class Unsendable(SendError):
+    """Twilio cannot send this message as given: permanent. ``field`` names the part of the notify API
+    request at fault (``media.filename``, ``template.content_sid``...) for the API's 422."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__("unsupported_content", message, permanent=True)
+        self.field = field
+
+
+def content_params(message: OutboundMessage, content_sids: Mapping[str, str]) -> dict[str, Any]:
+    """The SDK's ``messages.create`` arguments that carry the content (everything but from, to, callback)."""
+    kind = message.type
+    if kind in (OutboundType.text, OutboundType.interactive):
+        # Interactive: the plain-text fallback with numbered options (see the module docstring).
+        if not (message.text or "").strip():
+            raise Unsendable("text", f"a {kind} message needs its plain text for Twilio")
+        return {"body": message.text}
+    if kind is OutboundType.media and message.media is not None:
+        return _media_params(message.media)
+    if kind is OutboundType.template and message.template is not None:
+        return _template_params(message.template, content_sids)
+    if kind in (OutboundType.media, OutboundType.template):
+        raise Unsendable(str(kind), f"a {kind} message without its {kind} content")
+    raise unsupported(TwilioSender.name, message)
+
+
+def _media_params(media: Media) -> dict[str, Any]:
+    if not media.url.startswith("https://"):
+        raise Unsendable("media.url", "must be an https:// URL Twilio can fetch")
+    if media.caption and media.kind in ("document", "audio", "sticker"):
+        raise Unsendable(
+            "media.caption",
+            f"Twilio sends no caption with a WhatsApp {media.kind} ({MEDIA_GUIDE}); send the text as its "
+            "own message",
+        )
+    if media.filename and media.kind == "document":
+        shown = _url_filename(media.url)
+        if media.filename != shown:
+            raise Unsendable(
+                "media.filename",
+                f"Twilio cannot name a WhatsApp document ({MEDIA_GUIDE}): the recipient sees the URL's file "
+                f"name {shown!r}; end the URL's path with {media.filename!r} or leave filename out",
+            )
+    params: dict[str, Any] = {"media_url": [media.url]}
+    if media.caption:
+        params["body"] = media.caption
+    return params
+
+
+def _url_filename(url: str) -> str:
+    return PurePosixPath(unquote(urlsplit(url).path)).name
+
+
+def _template_params(template: Template, content_sids: Mapping[str, str]) -> dict[str, Any]:
+    sid = (
+        template.content_sid
+        or content_sids.get(f"{template.name}:{template.language}")
+        or content_sids.get(template.name)
+    )
+    if sid is None:
+        raise Unsendable(
+            "template.content_sid",
+            f"Twilio sends WhatsApp templates by Content SID: give template.content_sid (HX...) or map "
+            f"{template.name}:{template.language}=HX... in WAPIPE_TWILIO_CONTENT_SIDS",
+        )
+    params: dict[str, Any] = {"content_sid": sid}
+    variables = _content_variables(template.variables)
+    if variables:
+        params["content_variables"] = json.dumps(variables, ensure_ascii=False, separators=(",", ":"))
+    return params
+
+
+def _content_variables(variables: list[str] | dict[str, str]) -> dict[str, str]:
+    """Positional variables are Twilio's ``{{1}}``, ``{{2}}``...; named ones keep their names."""
+    if isinstance(variables, dict):
+        named = dict(variables)
+    else:
+        named = {str(position): value for position, value in enumerate(variables, start=1)}
+    if len(named) > CONTENT_VARIABLES_MAX:
+        raise Unsendable(
+            "template.variables", f"Twilio takes at most {CONTENT_VARIABLES_MAX} variables; got {len(named)}"
+        )
+    for key, value in named.items():
+        if not CONTENT_VARIABLE_KEY.fullmatch(key):
+            raise Unsendable(
+                "template.variables",
+                f"variable name {key!r}: Twilio's are letters, digits or _, at most 16 characters",
+            )
+        if len(value) > CONTENT_VARIABLE_VALUE_MAX:
+            raise Unsendable(
+                "template.variables",
+                f"variable {key!r} is {len(value)} characters; Twilio allows {CONTENT_VARIABLE_VALUE_MAX}",
+            )
+    return named
 
 
 def _whatsapp(number: str) -> str:
