@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 "WAPIPE_LOG_LEVEL": "INFO",
             }
         )
-        _, bare_url = bench.gunicorn("tests.bench.bare_app:create_app()", workers=args.workers, env=env)
+        bare_proc, bare_url = bench.gunicorn(
+            "tests.bench.bare_app:create_app()", workers=args.workers, env=env
+        )
         _, ingress_url = bench.gunicorn("ingress:create_app()", port=port, workers=args.workers, env=env)
         urls = {"bare": bare_url, "twilio": ingress_url, "meta": ingress_url}
         client = bench.redis()
@@ -179,11 +181,20 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         client.flushall()
+        # What gunicorn_conf chose (worker class, threads), as gunicorn itself reports it.
+        worker_class = next(
+            (
+                line.split("Using worker: ", 1)[1]
+                for line in bare_proc.output().splitlines()
+                if "Using worker: " in line
+            ),
+            "?",
+        )
 
     print(
         f"\nmedian (min-max) over {args.runs} runs of {args.slices} interleaved {args.duration:g} s slices;"
         f" wrk -t{args.threads} -c{args.connections}; gunicorn {args.workers} workers (ingress.gunicorn_conf,"
-        f" worker class {env.get('WAPIPE_WEB_WORKER_CLASS', 'sync')}); p50/p99: median over slices"
+        f" worker class {worker_class}); p50/p99: median over slices"
     )
     print(f"{'':8s} {'req/s':>26s} {'p50 ms':>22s} {'p99 ms':>22s} {'ratio vs bare':>22s}")
     for kind in kinds:

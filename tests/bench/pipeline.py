@@ -183,12 +183,30 @@ def provider_times(stack: Stack, phones: list[str], timeout: float) -> dict[str,
     """Wait until the fake provider got one send per phone; when each arrived."""
     wanted = {f"whatsapp:{phone}" for phone in phones}
 
-    def arrived() -> dict[str, float] | None:
-        times = {to: at for at, to, _ in fake_records(stack)["records"] if to in wanted}
-        return times if len(times) == len(wanted) else None
+    def arrived() -> dict[str, float]:
+        return {to: at for at, to, _ in fake_records(stack)["records"] if to in wanted}
 
-    times = wait_until(arrived, timeout, f"{len(phones)} sends at the fake provider", interval=0.05)
-    return {to.removeprefix("whatsapp:"): at for to, at in times.items()}
+    try:
+        wait_until(lambda: len(arrived()) == len(wanted), timeout, "sends", interval=0.05)
+    except TimeoutError:
+        raise Stuck(
+            f"{len(arrived())} of {len(phones)} sends reached the provider in {timeout:g} s"
+        ) from None
+    return {to.removeprefix("whatsapp:"): at for to, at in arrived().items()}
+
+
+class Stuck(Exception):
+    """Not every message reached the provider in time; the bench reports where they are."""
+
+
+def where_are_they(database_url: str) -> str:
+    """Inbound and outbound messages by state, to show where unfinished ones wait."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT direction, status, routed_at IS NOT NULL AS routed, count(*) FROM messages"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+    return "; ".join(f"{d} {st} routed={r}: {n}" for d, st, r, n in rows)
 
 
 def delivered_count(database_url: str) -> int:
@@ -209,11 +227,11 @@ def burst(bench: Bench, stack: Stack, phones: list[str]) -> dict[str, float]:
     started = time.time()
     sent = asyncio.run(post_all(stack, phones))
     accepted = time.time()
-    arrived = provider_times(stack, phones, timeout=30 + len(phones) / 10)
+    arrived = provider_times(stack, phones, timeout=60 + len(phones) / 2)
     last = max(arrived.values())
     wait_until(
         lambda: delivered_count(bench.database_url or "") >= before + len(phones),
-        30 + len(phones) / 10,
+        60 + len(phones) / 2,
         "every delivery receipt applied",
         interval=0.1,
     )
@@ -230,7 +248,7 @@ def burst(bench: Bench, stack: Stack, phones: list[str]) -> dict[str, float]:
 
 def paced(stack: Stack, phones: list[str], rate: float) -> dict[str, float]:
     sent = asyncio.run(post_all(stack, phones, rate=rate))
-    arrived = provider_times(stack, phones, timeout=30 + len(phones) / 10)
+    arrived = provider_times(stack, phones, timeout=60 + len(phones) / 2)
     latencies = [arrived[phone] - sent[phone] for phone in phones]
     return {
         "offered": rate,
@@ -296,8 +314,16 @@ def main(argv: list[str] | None = None) -> int:
             workers = start_workers(bench, stack, processes)
             for run in range(args.runs):
                 reset_fake(stack)
-                b = burst(bench, stack, [next(phones) for _ in range(args.messages)])
-                p = paced(stack, [next(phones) for _ in range(args.messages)], b["rate"] / 2)
+                try:
+                    b = burst(bench, stack, [next(phones) for _ in range(args.messages)])
+                    p = paced(stack, [next(phones) for _ in range(args.messages)], b["rate"] / 2)
+                except Stuck as stuck:
+                    print(
+                        f"pools x{processes} run {run + 1}: STUCK: {stuck}; messages by state:"
+                        f" {where_are_they(bench.database_url)}",
+                        flush=True,
+                    )
+                    raise
                 print(
                     f"pools x{processes} run {run + 1}: burst {b['rate']:6.1f} msg/s (ingress accepted"
                     f" {b['ingress_rate']:6.1f}/s, receipts applied {b['receipts_rate']:6.1f}/s)"
