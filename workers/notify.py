@@ -1,30 +1,62 @@
-"""``notify.send``: send one stored outbound message through the configured provider, once.
+"""``notify.send``: send stored outbound messages through the configured provider, each at most once,
+many at a time.
 
-Load the message; return at once unless it is ``queued`` (already sent, failed, or being sent); refuse
-opted-out contacts; take the pacing slots (per recipient, then the sender number's token bucket); claim
-it (``queued -> sending``, one attempt more); make the provider call; record ``sent`` with the provider's
-id. Transient errors go back to ``queued`` and the task retries later with exponential backoff and
-jitter; after ``WAPIPE_SEND_MAX_ATTEMPTS`` the message fails and becomes a dead letter. Permanent errors
-fail at once with the provider's code and message.
+The contract is one task per message (``notify.send(message_id)``: the API and the replies enqueue it),
+but one message per task pull cannot go fast: measured on 2 cores against a provider answering in 150 ms,
+a prefork pool sending one message per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s
+per process at ~3 ms of CPU a send (Celery, three transactions, two Lua calls and the twilio SDK, for one
+message). So a task sends a batch (:func:`dispatch`):
+
+1. One look at its message (:func:`shared.db.messages.send_state`): already sent or failed -> done;
+   claimed by another task's batch -> done (that task answers for it); not due yet -> later.
+2. One statement claims it and up to ``BATCH_MORE`` other queued messages that are due, oldest first,
+   ``FOR UPDATE SKIP LOCKED`` (:func:`shared.db.messages.claim_batch`): ``queued -> sending``, one attempt
+   more, ``claimed_by`` = this message. The claim is still what makes a send once-only: the other
+   messages' own tasks then find them claimed (or sent) and return at once.
+3. Checks that fail a message for good, as before: no phone, opted out, WhatsApp's 24-hour window.
+4. One Lua call counts the batch against the recipients' per-minute windows; a message over its limit
+   goes back to the queue, due when the window has room.
+5. The rest go to this process's event loop (shared/providers/aio.py), which books send slots per sender
+   number from the shared GCRA bucket in bulk (:meth:`shared.ratelimit.RateLimiter.reserve`: the slots
+   of the next ``PACING_HORIZON_SECONDS``, one Lua call) and makes each provider call at its slot, all
+   concurrently on one keep-alive aiohttp session (``send_async``; a sender without it, such as the
+   console, runs its ``send`` in a thread). A 429 with Retry-After blocks the sender number in Redis for
+   every process; a send whose slot passed more than ``LATE_SLOT_SECONDS`` ago (a stalled loop) books a
+   new slot rather than go out late and crowd a one-second window.
+6. The outcomes are written in one transaction, one statement per kind (sent, failed, back to the queue)
+   (:func:`shared.db.messages.settle_batch`), dead letters beside them; only then are retries enqueued
+   (with their countdown) and the task acknowledged.
+
+Measured with ``python -m tests.bench.outbound`` (figures in the commit that introduced this): see the
+README's Performance section.
+
+Retries and failures are unchanged: transient errors go back to ``queued`` with exponential backoff and
+jitter (never sooner than Retry-After); after ``WAPIPE_SEND_MAX_ATTEMPTS`` the message fails and becomes a
+dead letter; permanent errors fail at once with the provider's code and message. Pacing waits cost no
+attempt.
 
 Sending twice is the harm we guard hardest against (a doubled WhatsApp message cannot be recalled), so
 delivery toward the provider is at-most-once when the outcome is unknown:
 
-- Two deliveries of the task at once: only one UPDATE moves the row out of ``queued``; the other finds
-  it ``sending`` and retries after the lease, by when the first has recorded its outcome.
-- A worker killed during the provider call (or unable to record its result) leaves the row
-  ``sending``. Neither Twilio nor Meta accepts an idempotency key on send, so we cannot ask whether it
-  went out. Once the lease (far longer than the call's whole retry budget) has passed, the redelivered
-  task marks it failed with ``outcome_unknown`` and files a dead letter: an operator checks the
-  provider's log and replays it with ``wapipe dlq replay`` if it was really lost. Resending blindly
-  would risk a duplicate on every crash; this risks a late message only on a crash mid-call.
+- Two claimers never get one row: the claim moves it out of ``queued`` under a row lock.
+- A worker killed during its batch leaves rows ``sending`` with ``claimed_by`` = its task's message.
+  That task is redelivered (``acks_late``, ``reject_on_worker_lost``), finds its own message still
+  ``sending`` and waits out the lease (far longer than a batch can take), then fails every row its claim
+  left behind with ``outcome_unknown`` and files dead letters: neither Twilio nor Meta accepts an
+  idempotency key on send, so an operator checks the provider's log and replays with
+  ``wapipe dlq replay``. ``notify.sweep`` (meant for beat, every minute) does the same for any claim
+  past the lease, and re-enqueues queued messages whose job was lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -33,22 +65,40 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from shared.db import dead_letters, messages
 from shared.db.errors import NotFound, Unavailable
-from shared.db.pool import transaction
+from shared.db.messages import OutboundRecord, Release
+from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.policy import check_window
 from shared.providers import get_sender
-from shared.providers.base import OutboundMessage, Sender, SendError
-from shared.queues import MAX_COUNTDOWN_SECONDS, get_publisher
-from shared.ratelimit import RateLimiter
+from shared.providers.aio import AsyncSender, LoopThread, get_loop
+from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
+from shared.queues import MAX_COUNTDOWN_SECONDS, Job, get_publisher
+from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
 from workers import celery
 
 log = get_logger(__name__)
 
 TASK = "notify.send"
-# Longer than a provider call can take with its in-call retries (see providers/twilio/client.py), so a
+SWEEP_TASK = "notify.sweep"
+# Longer than a batch can take (pacing waits are capped below, a provider call times out in 10 s), so a
 # row still 'sending' after this long was left by a worker that died.
 SEND_LEASE_SECONDS = 120
+# Other queued messages one task claims with its own; more amortises the per-batch round trips, fewer
+# keeps the wait for a pacing slot short (a batch also never holds more than ~2 s of the sender's rate).
+BATCH_MORE = 199
+BATCH_SECONDS_OF_RATE = 2.0
+# Slots are booked this far ahead: short, so a Retry-After block stops new sends within this time.
+PACING_HORIZON_SECONDS = 0.05
+# A send that would go out later than this after its slot books a new one: a stalled loop must not spend
+# the pacing margin (shared/ratelimit.py) that the network and the provider's clock need.
+LATE_SLOT_SECONDS = PACING_MARGIN / 5
+# A claimed message that cannot get a slot this soon goes back to the queue, well inside the lease.
+MAX_PACING_WAIT_SECONDS = 30.0
+OUTCOME_UNKNOWN = "outcome_unknown"
+OUTCOME_UNKNOWN_TEXT = "a worker stopped during the provider call; check the provider's log before replaying"
+# Queued messages due for this long without being sent get their job again (notify.sweep).
+OVERDUE_SECONDS = 300
 
 
 class RetryLater(Exception):
@@ -67,11 +117,372 @@ def backoff_seconds(attempt: int, base: float, retry_after: float | None = None)
     return min(float(MAX_COUNTDOWN_SECONDS), max(countdown, retry_after or 0.0))
 
 
-def send(message_id: int, *, settings: Settings | None = None, sender: Sender | None = None) -> str:
-    """Send the outbound message; return what happened (sent, failed, dead, skipped, missing).
+def _jitter(seconds: float) -> float:
+    return seconds + random.uniform(0, 0.5)  # noqa: S311 - jitter, not security
 
-    Raises :class:`RetryLater` when it should be tried again later.
+
+# --- what the task runs -------------------------------------------------------------------------------
+
+
+def dispatch(
+    message_id: int,
+    *,
+    settings: Settings | None = None,
+    sender: Sender | None = None,
+    batch_more: int | None = None,
+) -> str:
+    """Send the message and a batch of other due ones; return what happened to this message (sent,
+    failed, dead, skipped, claimed, missing). Raises :class:`RetryLater` when it should be tried later."""
+    settings = settings or get_settings()
+    with connection() as conn:
+        state = messages.send_state(conn, message_id)
+    if state is None:
+        log.warning("outbound message not found", message_id=message_id)
+        return "missing"
+    if state.status == messages.SENDING:
+        if state.claimed_by not in (None, message_id):
+            return "claimed"  # in another task's batch, which records its outcome
+        return _in_flight(message_id, state.age)
+    if state.status != "queued":
+        log.info("outbound message already handled", message_id=message_id, status=state.status)
+        return "skipped"
+    if state.due_in is not None and state.due_in > 0:
+        raise RetryLater(_jitter(state.due_in), "not due yet")
+
+    more = batch_more if batch_more is not None else _batch_more(settings)
+    with transaction() as conn:
+        batch = messages.claim_batch(conn, message_id, more)
+    if not batch:
+        return "skipped"  # another delivery of this task got there first
+    sender = sender or _process_sender(settings)
+    outcomes = _send_batch(batch, settings, sender)
+    own = outcomes.settle()
+    later = [release for release in outcomes.released if release.id != message_id]
+    if later:
+        _enqueue_later(later)
+    if isinstance(own, Release):
+        raise RetryLater(_jitter(own.delay), own.code or "pacing")
+    return own
+
+
+def _batch_more(settings: Settings) -> int:
+    return max(0, min(BATCH_MORE, int(settings.send_rate * BATCH_SECONDS_OF_RATE) - 1))
+
+
+@dataclass
+class _Outcomes:
+    """What happened to each message of a batch, until written in one transaction."""
+
+    own_id: int
+    settings: Settings
+    sent: list[tuple[int, str, str]] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)
+    dead: list[tuple[int, int, SendError]] = field(default_factory=list)  # (id, attempts, error)
+    released: list[Release] = field(default_factory=list)
+
+    def after_error(self, record: OutboundRecord, error: SendError) -> None:
+        if error.permanent:
+            log.warning("send failed permanently", message_id=record.id, code=error.code)
+            self.failed.append((record.id, error.code, error.message))
+        elif record.attempts >= self.settings.send_max_attempts:
+            self.dead.append((record.id, record.attempts, error))
+        else:
+            delay = backoff_seconds(record.attempts, self.settings.send_retry_base_seconds, error.retry_after)
+            log.warning(
+                "send failed, will retry", message_id=record.id, code=error.code, countdown=round(delay, 1)
+            )
+            self.released.append(Release(record.id, delay, True, error.code, error.message))
+
+    def settle(self) -> str | Release:
+        """Write every outcome in one transaction; this task's own message's outcome."""
+        _settle(self)
+        for message_id, _, error in self.dead:
+            log.error("send retries exhausted; dead-lettered", message_id=message_id, code=error.code)
+        own: str | Release = "skipped"
+        if any(message_id == self.own_id for message_id, _, _ in self.sent):
+            own = "sent"
+        elif any(message_id == self.own_id for message_id, _, _ in self.failed):
+            own = "failed"
+        elif any(message_id == self.own_id for message_id, _, _ in self.dead):
+            own = "dead"
+        for release in self.released:
+            if release.id == self.own_id:
+                own = release
+        return own
+
+
+# The provider has the messages: recording that must not be lost to a brief database hiccup, or the rows
+# would stay 'sending' and end as "outcome unknown".
+@retry(
+    retry=retry_if_exception_type(Unavailable),
+    stop=stop_after_attempt(5),
+    wait=wait_exponential(multiplier=0.5, max=5),
+    reraise=True,
+)
+def _settle(outcomes: _Outcomes) -> None:
+    with transaction() as conn:
+        failed = [*outcomes.failed, *((i, e.code, e.message) for i, _, e in outcomes.dead)]
+        failed_now = set(
+            messages.settle_batch(conn, sent=outcomes.sent, failed=failed, released=outcomes.released)
+        )
+        for message_id, attempts, error in outcomes.dead:
+            if message_id in failed_now:
+                _dead_letter(conn, message_id, attempts, str(error))
+
+
+def _dead_letter(conn: psycopg.Connection, message_id: int, attempts: int, error: str) -> None:
+    dead_letters.add(
+        conn,
+        task_name=TASK,
+        message_id=message_id,
+        payload={"message_id": message_id},
+        error=error,
+        attempts=attempts,
+    )
+
+
+def _enqueue_later(releases: Iterable[Release]) -> None:
+    """Each message put back in the queue gets its job again, due when the message is."""
+    for release in releases:
+        celery.send_task(TASK, kwargs={"message_id": release.id}, countdown=_jitter(release.delay))
+
+
+def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender) -> _Outcomes:
+    """Check, pace and send the claimed batch; the outcomes, not yet written."""
+    outcomes = _Outcomes(batch[0].id, settings)
+    ready: list[tuple[OutboundRecord, str | None]] = []
+    for record in batch:
+        refusal = _refusal(record, sender.name)
+        if refusal is not None:
+            outcomes.failed.append((record.id, *refusal))
+        else:
+            from_number = record.business_number if record.conversation_provider == sender.name else None
+            ready.append((record, from_number))
+    limiter = RateLimiter(get_publisher().redis)
+    waits = limiter.recipients_wait(
+        [(record.phone or "", record.id) for record, _ in ready], settings.recipient_rate_per_minute
+    )
+    to_send: list[_Send] = []
+    for (record, from_number), wait in zip(ready, waits, strict=True):
+        if wait > 0:
+            outcomes.released.append(Release(record.id, wait, False))
+            continue
+        message = OutboundMessage.from_record(
+            id=record.id,
+            to=record.phone or "",
+            type=record.type,
+            body=record.body,
+            payload=record.payload,
+            from_number=from_number,
+        )
+        pace_key = from_number or _default_sender(settings, sender.name)
+        to_send.append(_Send(record, message, pace_key))
+    if to_send:
+        loop = get_loop()
+        results = loop.run(_pacer(loop, limiter, settings).send_all(to_send, sender))
+        for send, result in zip(to_send, results, strict=True):
+            if isinstance(result, SendResult):
+                outcomes.sent.append((send.record.id, result.provider, result.provider_message_id))
+            elif isinstance(result, Release):
+                outcomes.released.append(result)
+            else:
+                outcomes.after_error(send.record, result)
+    if outcomes.sent:
+        log.info("messages sent", count=len(outcomes.sent), batch=len(batch))
+    return outcomes
+
+
+def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:
+    """Why this message must not be sent at all (final), or None."""
+    if not record.phone:
+        return "no_recipient", "the contact has no phone number to send to"
+    if record.opted_out and not record.bypass_opt_out:
+        return "opted_out", "the recipient opted out (STOP); send START to opt back in"
+    # WhatsApp's 24-hour window (shared/policy.py): a free-form message it would refuse fails here, final.
+    window = check_window(provider=provider, message_type=record.type, last_inbound_at=record.last_inbound_at)
+    return (window.code, window.message) if window is not None else None
+
+
+# --- pacing and sending on the event loop ----------------------------------------------------------------
+
+
+@dataclass
+class _Send:
+    record: OutboundRecord
+    message: OutboundMessage
+    pace_key: str  # the sender number whose bucket paces it
+    queued_at: float = 0.0
+    done: asyncio.Future[SendResult | SendError | Release] | None = None
+
+
+class _Pacer:
+    """One per process, on its loop: a queue per sender number, slots booked in bulk, sends at their slot.
+
+    Every batch in the process shares it, so their sends to one number are booked together (one Lua call
+    per ``PACING_HORIZON_SECONDS`` per number and process) instead of each batch polling the bucket.
     """
+
+    def __init__(self, loop: LoopThread, limiter: RateLimiter, settings: Settings) -> None:
+        self._loop = loop
+        self._limiter = limiter
+        self._rate = settings.send_rate
+        self._queues: dict[str, deque[_Send]] = {}
+        self._running: set[str] = set()
+        self._blocked_until: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def send_all(self, sends: list[_Send], sender: Sender) -> list[SendResult | SendError | Release]:
+        running = asyncio.get_running_loop()
+        for send in sends:
+            send.done = running.create_future()
+            send.queued_at = running.time()
+            self._enqueue(send, sender)
+        return [await send.done for send in sends if send.done is not None]
+
+    def _enqueue(self, send: _Send, sender: Sender, *, front: bool = False) -> None:
+        queue = self._queues.setdefault(send.pace_key, deque())
+        if front:
+            queue.appendleft(send)
+        else:
+            queue.append(send)
+        if send.pace_key not in self._running:
+            self._running.add(send.pace_key)
+            self._spawn(self._book(send.pace_key, sender))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _book(self, key: str, sender: Sender) -> None:
+        """Book slots for the number's queue until it is empty."""
+        running = asyncio.get_running_loop()
+        queue = self._queues[key]
+        try:
+            while queue:
+                self._give_up_waiting(queue, running.time())
+                if not queue:
+                    break
+                booking = await asyncio.to_thread(
+                    self._limiter.reserve, key, self._rate, len(queue), PACING_HORIZON_SECONDS
+                )
+                if booking.count == 0:
+                    await asyncio.sleep(min(booking.wait, 1.0))
+                    continue
+                now = running.time()
+                for offset in booking.offsets():
+                    if not queue:
+                        break  # booked a slot more than needed: unused, it only slows the number a little
+                    self._spawn(self._fire(queue.popleft(), now + offset, sender))
+                await asyncio.sleep(max(0.0, booking.first + booking.count * booking.interval - 0.01))
+        except Exception as exc:  # Redis trouble: every waiting send goes back to the queue for later
+            log.warning("pacing unavailable", error=type(exc).__name__)
+            while queue:
+                self._resolve(queue.popleft(), Release(0, _jitter(2.0), False, "pacing_unavailable"))
+        finally:
+            self._running.discard(key)
+            if queue:  # arrived while we were leaving
+                self._running.add(key)
+                self._spawn(self._book(key, sender))
+
+    def _give_up_waiting(self, queue: deque[_Send], now: float) -> None:
+        while queue and now - queue[0].queued_at > MAX_PACING_WAIT_SECONDS:
+            self._resolve(queue.popleft(), Release(0, _jitter(1.0), False, "pacing"))
+
+    async def _fire(self, send: _Send, slot: float, sender: Sender) -> None:
+        running = asyncio.get_running_loop()
+        delay = slot - running.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = running.time()
+        blocked = self._blocked_until.get(send.pace_key, 0.0) - now
+        if blocked > 0 or now - slot > LATE_SLOT_SECONDS:
+            self._enqueue(send, sender, front=True)  # book again (the block is in Redis too)
+            return
+        try:
+            if isinstance(sender, AsyncSender):
+                result: SendResult | SendError = await sender.send_async(send.message, self._loop.session())
+            else:
+                result = await asyncio.to_thread(sender.send, send.message)
+        except SendError as error:
+            result = error
+            if error.retry_after and not error.permanent:
+                self._blocked_until[send.pace_key] = running.time() + error.retry_after
+                try:
+                    await asyncio.to_thread(self._limiter.block_sender, send.pace_key, error.retry_after)
+                except redis.RedisError:
+                    log.warning("could not record the provider's Retry-After in Redis")
+        except Exception:
+            # A failure of our own code, not an answer from the provider: treat it as transient.
+            log.exception("unexpected error while sending", message_id=send.record.id)
+            result = SendError("internal_error", "unexpected error", permanent=False)
+        self._resolve(send, result)
+
+    @staticmethod
+    def _resolve(send: _Send, result: SendResult | SendError | Release) -> None:
+        if isinstance(result, Release):
+            result = Release(send.record.id, result.delay, False, result.code)
+        if send.done is not None and not send.done.done():
+            send.done.set_result(result)
+
+
+_pacers: dict[int, _Pacer] = {}
+
+
+def _pacer(loop: LoopThread, limiter: RateLimiter, settings: Settings) -> _Pacer:
+    pacer = _pacers.get(id(loop))
+    if pacer is None:
+        pacer = _pacers[id(loop)] = _Pacer(loop, limiter, settings)
+    return pacer
+
+
+# --- claims left behind ------------------------------------------------------------------------------
+
+
+def _in_flight(message_id: int, age: float) -> str:
+    """This message's own claim is still 'sending': a duplicate delivery while its batch runs, or the
+    redelivery after the worker running it died. Past the lease, settle what that claim left behind."""
+    if age < SEND_LEASE_SECONDS:
+        raise RetryLater(SEND_LEASE_SECONDS - age + 1, "another delivery is sending it")
+    dead = fail_abandoned(claimer=message_id)
+    return "dead" if message_id in dead else "skipped"
+
+
+def fail_abandoned(claimer: int | None = None) -> list[int]:
+    """Fail (``outcome_unknown``) and dead-letter the claims past the lease: ``claimer``'s, or all."""
+    with transaction() as conn:
+        abandoned = messages.fail_abandoned(
+            conn,
+            lease_seconds=SEND_LEASE_SECONDS,
+            code=OUTCOME_UNKNOWN,
+            text=OUTCOME_UNKNOWN_TEXT,
+            claimer=claimer,
+        )
+        for message_id, attempts in abandoned:
+            _dead_letter(conn, message_id, attempts, f"{OUTCOME_UNKNOWN}: {OUTCOME_UNKNOWN_TEXT}")
+    for message_id, _ in abandoned:
+        log.error("send outcome unknown; dead-lettered", message_id=message_id)
+    return [message_id for message_id, _ in abandoned]
+
+
+def sweep() -> dict[str, int]:
+    """Settle claims past the lease, and give overdue queued messages their job again."""
+    abandoned = fail_abandoned()
+    with connection() as conn:
+        overdue = messages.overdue_queued(conn, grace_seconds=OVERDUE_SECONDS)
+    if overdue:
+        get_publisher().publish([Job(TASK, {"message_id": message_id}) for message_id in overdue])
+        log.warning("re-enqueued overdue outbound messages", count=len(overdue))
+    return {"abandoned": len(abandoned), "requeued": len(overdue)}
+
+
+# --- one message, synchronously ----------------------------------------------------------------------
+
+
+def send(message_id: int, *, settings: Settings | None = None, sender: Sender | None = None) -> str:
+    """Send this one message now, in this thread, with the sender's own (synchronous) ``send``: what
+    happened (sent, failed, dead, skipped, missing). Same checks, pacing and outcomes as a batch;
+    raises :class:`RetryLater` when it should be tried again later. The task uses :func:`dispatch`."""
     settings = settings or get_settings()
     try:
         with transaction() as conn:
@@ -80,32 +491,28 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
         log.warning("outbound message not found", message_id=message_id)
         return "missing"
     if record.status == messages.SENDING:
-        return _in_flight(message_id, record.attempts)
+        with connection() as conn:
+            state = messages.send_state(conn, message_id)
+        return _in_flight(message_id, state.age if state else 0.0)
     if record.status != "queued":
         log.info("outbound message already handled", message_id=message_id, status=record.status)
         return "skipped"
-    if not record.phone:
-        return _fail(message_id, "no_recipient", "the contact has no phone number to send to")
-    if record.opted_out and not record.bypass_opt_out:
-        return _fail(message_id, "opted_out", "the recipient opted out (STOP); send START to opt back in")
-
     sender = sender or _process_sender(settings)
-    # WhatsApp's 24-hour window (shared/policy.py): a free-form message it would refuse fails here, final.
-    refusal = check_window(
-        provider=sender.name, message_type=record.type, last_inbound_at=record.last_inbound_at
-    )
+    refusal = _refusal(record, sender.name)
     if refusal is not None:
-        return _fail(message_id, refusal.code, refusal.message)
+        with transaction() as conn:
+            messages.mark_failed(conn, message_id, *refusal)
+        return "failed"
     from_number = record.business_number if record.conversation_provider == sender.name else None
     wait = RateLimiter(get_publisher().redis).acquire_send_slot(
         sender=from_number or _default_sender(settings, sender.name),
         rate_per_second=settings.send_rate,
-        recipient=record.phone,
+        recipient=record.phone or "",
         message_id=message_id,
         recipient_per_minute=settings.recipient_rate_per_minute,
     )
     if wait > 0:
-        raise RetryLater(wait + random.uniform(0, 0.5), "pacing")  # noqa: S311
+        raise RetryLater(_jitter(wait), "pacing")
 
     with transaction() as conn:
         claimed = messages.claim_for_sending(conn, message_id)
@@ -113,103 +520,34 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
         return "skipped"  # another delivery of this task got there first
     message = OutboundMessage.from_record(
         id=claimed.id,
-        to=record.phone,
+        to=record.phone or "",
         type=claimed.type,
         body=claimed.body,
         payload=claimed.payload,
         from_number=from_number,
     )
+    outcomes = _Outcomes(message_id, settings)
     try:
         result = sender.send(message)
+        outcomes.sent.append((message_id, result.provider, result.provider_message_id))
     except SendError as error:
-        return _after_error(message_id, claimed.attempts, error, settings)
+        outcomes.after_error(claimed, error)
     except Exception:
-        # A failure of our own code, not an answer from the provider: treat it as transient.
         log.exception("unexpected error while sending", message_id=message_id)
-        return _after_error(
-            message_id,
-            claimed.attempts,
-            SendError("internal_error", "unexpected error", permanent=False),
-            settings,
-        )
-    _record_sent(message_id, result.provider, result.provider_message_id)
-    log.info("message sent", message_id=message_id, provider=result.provider, attempts=claimed.attempts)
-    return "sent"
-
-
-def _in_flight(message_id: int, attempts: int) -> str:
-    with transaction() as conn:
-        age = messages.seconds_since_update(conn, message_id)
-    if age < SEND_LEASE_SECONDS:
-        raise RetryLater(SEND_LEASE_SECONDS - age + 1, "another delivery is sending it")
-    error = SendError(
-        "outcome_unknown",
-        "a worker stopped during the provider call; check the provider's log before replaying",
-        permanent=True,
-    )
-    with transaction() as conn:
-        if messages.mark_failed(conn, message_id, error.code, error.message):
-            dead_letters.add(
-                conn,
-                task_name=TASK,
-                message_id=message_id,
-                payload={"message_id": message_id},
-                error=str(error),
-                attempts=attempts,
-            )
-    log.error("send outcome unknown; dead-lettered", message_id=message_id)
-    return "dead"
-
-
-def _after_error(message_id: int, attempts: int, error: SendError, settings: Settings) -> str:
-    if error.permanent:
-        log.warning("send failed permanently", message_id=message_id, code=error.code)
-        return _fail(message_id, error.code, error.message)
-    if attempts >= settings.send_max_attempts:
-        with transaction() as conn:
-            if messages.mark_failed(conn, message_id, error.code, error.message):
-                dead_letters.add(
-                    conn,
-                    task_name=TASK,
-                    message_id=message_id,
-                    payload={"message_id": message_id},
-                    error=str(error),
-                    attempts=attempts,
-                )
-        log.error("send retries exhausted; dead-lettered", message_id=message_id, code=error.code)
-        return "dead"
-    with transaction() as conn:
-        messages.release_for_retry(conn, message_id, error.code, error.message)
-    countdown = backoff_seconds(attempts, settings.send_retry_base_seconds, error.retry_after)
-    log.warning(
-        "send failed, will retry", message_id=message_id, code=error.code, countdown=round(countdown, 1)
-    )
-    raise RetryLater(countdown, error.code)
-
-
-def _fail(message_id: int, code: str, text: str) -> str:
-    with transaction() as conn:
-        messages.mark_failed(conn, message_id, code, text)
-    return "failed"
-
-
-# The provider has the message: recording that must not be lost to a brief database hiccup, or the row
-# would stay 'sending' and end as "outcome unknown".
-@retry(
-    retry=retry_if_exception_type(Unavailable),
-    stop=stop_after_attempt(5),
-    wait=wait_exponential(multiplier=0.5, max=5),
-    reraise=True,
-)
-def _record_sent(message_id: int, provider: str, provider_message_id: str) -> None:
-    with transaction() as conn:
-        messages.mark_sent(conn, message_id, provider, provider_message_id)
+        outcomes.after_error(claimed, SendError("internal_error", "unexpected error", permanent=False))
+    own = outcomes.settle()
+    if isinstance(own, Release):
+        raise RetryLater(own.delay, own.code or "retry")
+    if own == "sent":
+        log.info("message sent", message_id=message_id, provider=sender.name, attempts=claimed.attempts)
+    return own
 
 
 def _default_sender(settings: Settings, provider: str) -> str:
     return {
         "twilio": settings.twilio_whatsapp_number,
         "meta": settings.meta_phone_number_id,
+        "kapso": settings.kapso_phone_number_id,
     }.get(provider) or provider
 
 
@@ -242,7 +580,12 @@ def _process_sender(settings: Settings) -> Sender:
 )
 def send_task(self: Any, message_id: int) -> None:
     try:
-        send(message_id)
+        dispatch(message_id)
     except RetryLater as later:
         # Attempts are counted on the message row, not by Celery: pacing waits cost no attempt.
         raise self.retry(countdown=later.countdown) from later
+
+
+@celery.task(name=SWEEP_TASK, bind=True, acks_late=True, ignore_result=True)
+def sweep_task(self: Any) -> None:
+    sweep()

@@ -8,6 +8,7 @@ or an API caller's key) and move through ``queued -> sending -> sent -> delivere
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -181,7 +182,7 @@ _OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number, c.last_inbound_at
+v.business_number, c.last_inbound_at, m.send_after, m.claimed_by
 """
 _GET_OUTBOUND = f"""
 SELECT {_OUTBOUND_COLUMNS}
@@ -194,7 +195,8 @@ WHERE m.id = %(id)s AND m.direction = 'out'
 # out of 'queued'; the other finds it 'sending' (or done) and stands back.
 _CLAIM = f"""
 WITH claimed AS (
-    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now()
+    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
+        claimed_by = id, send_after = NULL
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
     RETURNING *
 )
@@ -211,7 +213,7 @@ RETURNING id
 """  # noqa: S608 - constant column list and statuses, no input
 _RELEASE = f"""
 UPDATE messages SET status = 'queued', error_code = %(error_code)s, error_message = %(error_message)s,
-    updated_at = now()
+    updated_at = now(), send_after = now() + make_interval(secs => %(delay)s)
 WHERE id = %(id)s AND status = '{SENDING}'
 RETURNING id
 """  # noqa: S608 - constant column list and statuses, no input
@@ -258,6 +260,8 @@ class OutboundRecord:
     conversation_provider: str | None
     business_number: str | None
     last_inbound_at: datetime | None  # the contact's, for WhatsApp's 24-hour window (shared/policy.py)
+    send_after: datetime | None = None  # not before (backoff, pacing): batch claims skip it until then
+    claimed_by: int | None = None  # whose notify.send task made the current 'sending' claim
 
 
 def _outbound(row: dict[str, Any]) -> OutboundRecord:
@@ -340,13 +344,17 @@ def mark_sent(conn: psycopg.Connection, message_id: int, provider: str, provider
 
 
 def release_for_retry(
-    conn: psycopg.Connection, message_id: int, error_code: str | None, error_message: str | None
+    conn: psycopg.Connection,
+    message_id: int,
+    error_code: str | None,
+    error_message: str | None,
+    delay_seconds: float = 0.0,
 ) -> bool:
-    """A transient failure: back to 'queued' (the error kept for operators) for the next attempt."""
+    """A transient failure: back to 'queued' (the error kept for operators) for the next attempt, due
+    in ``delay_seconds`` (batch claims leave it alone until then)."""
+    params = {"id": message_id, "error_code": error_code, "error_message": error_message}
     with wrap_errors():
-        row = conn.execute(
-            _RELEASE, {"id": message_id, "error_code": error_code, "error_message": error_message}
-        ).fetchone()
+        row = conn.execute(_RELEASE, params | {"delay": delay_seconds}).fetchone()
         if row is not None:
             add_event(conn, message_id, "retrying", error_code=error_code, detail=error_message)
     return row is not None
@@ -372,6 +380,192 @@ def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
         if row is not None:
             add_event(conn, message_id, "queued", detail="replayed")
     return row is not None
+
+
+# --- notify's batches (workers/notify.py) ---------------------------------------------------------------
+
+# What a notify.send task needs to decide in one look: go ahead, stand back, or come back later.
+_SEND_STATE = """
+SELECT status, claimed_by, extract(epoch FROM now() - updated_at)::float AS age,
+       extract(epoch FROM send_after - now())::float AS due_in
+FROM messages WHERE id = %(id)s AND direction = 'out'
+"""
+# The task's own message first (nothing else is claimed unless it is), then up to %(more)s other queued
+# messages that are due, oldest first. SKIP LOCKED: two claimers never wait on, or take, the same row; the
+# status moving out of 'queued' is what makes each message's send once-only, as with a single claim.
+_CLAIM_BATCH = f"""
+WITH own AS (
+    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
+        claimed_by = id, send_after = NULL
+    WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
+    RETURNING *
+), picked AS (
+    SELECT id FROM messages
+    WHERE EXISTS (SELECT 1 FROM own) AND direction = 'out' AND status = 'queued' AND id <> %(id)s
+      AND (send_after IS NULL OR send_after <= now())
+    ORDER BY id
+    LIMIT %(more)s
+    FOR UPDATE SKIP LOCKED
+), others AS (
+    UPDATE messages m SET status = '{SENDING}', attempts = m.attempts + 1, updated_at = now(),
+        claimed_by = %(id)s, send_after = NULL
+    FROM picked WHERE m.id = picked.id
+    RETURNING m.*
+)
+SELECT {_OUTBOUND_COLUMNS}
+FROM (SELECT * FROM own UNION ALL SELECT * FROM others) m
+LEFT JOIN contacts c ON c.id = m.contact_id
+LEFT JOIN conversations v ON v.id = m.conversation_id
+ORDER BY m.id <> %(id)s, m.id
+"""  # noqa: S608 - constant column list and statuses, no input
+_SENT_MANY = f"""
+WITH done AS (
+    UPDATE messages m SET status = 'sent', provider = v.provider, provider_message_id = v.provider_message_id,
+        error_code = NULL, error_message = NULL, updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(provider_message_ids)s::text[])
+        AS v(id, provider, provider_message_id)
+    WHERE m.id = v.id AND m.status = '{SENDING}'
+    RETURNING m.id
+)
+INSERT INTO message_events (message_id, status) SELECT id, 'sent' FROM done
+"""  # noqa: S608 - constant statuses, no input
+_FAILED_MANY = f"""
+WITH done AS (
+    UPDATE messages m SET status = 'failed', error_code = v.code, error_message = v.text, updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(codes)s::text[], %(texts)s::text[]) AS v(id, code, text)
+    WHERE m.id = v.id AND m.status IN ('queued', '{SENDING}')
+    RETURNING m.id, v.code, v.text
+)
+INSERT INTO message_events (message_id, status, error_code, detail)
+SELECT id, 'failed', code, text FROM done
+RETURNING message_id
+"""  # noqa: S608 - constant statuses, no input
+# Back to 'queued', due after the delay. A message never put to the provider (a pacing wait) gives its
+# attempt back and keeps its last error; one that was tried records this error and a 'retrying' event.
+_RELEASE_MANY = f"""
+WITH done AS (
+    UPDATE messages m SET status = 'queued',
+        attempts = m.attempts - CASE WHEN v.tried THEN 0 ELSE 1 END,
+        error_code = CASE WHEN v.tried THEN v.code ELSE m.error_code END,
+        error_message = CASE WHEN v.tried THEN v.text ELSE m.error_message END,
+        send_after = now() + make_interval(secs => v.delay), updated_at = now()
+    FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(tried)s::boolean[], %(codes)s::text[],
+                %(texts)s::text[]) AS v(id, delay, tried, code, text)
+    WHERE m.id = v.id AND m.status = '{SENDING}'
+    RETURNING m.id, v.tried, v.code, v.text
+)
+INSERT INTO message_events (message_id, status, error_code, detail)
+SELECT id, 'retrying', code, text FROM done WHERE tried
+"""  # noqa: S608 - constant statuses, no input
+# Claims whose worker died mid-call: the outcome at the provider is unknown (see workers/notify.py).
+_ABANDONED = f"""
+WITH done AS (
+    UPDATE messages SET status = 'failed', error_code = %(code)s, error_message = %(text)s, updated_at = now()
+    WHERE status = '{SENDING}' AND direction = 'out'
+      AND updated_at < now() - make_interval(secs => %(lease)s)
+      AND (%(claimer)s::bigint IS NULL OR claimed_by = %(claimer)s::bigint OR id = %(claimer)s::bigint)
+    RETURNING id, attempts
+), events AS (
+    INSERT INTO message_events (message_id, status, error_code, detail)
+    SELECT id, 'failed', %(code)s, %(text)s FROM done
+)
+SELECT id, attempts FROM done ORDER BY id
+"""  # noqa: S608 - constant statuses, no input
+# Queued messages well past due: their notify.send job was lost (a worker died between a commit and the
+# publish that followed it). Re-enqueueing one that still has a job is harmless: the claim sends once.
+_OVERDUE = """
+SELECT id FROM messages
+WHERE direction = 'out' AND status = 'queued'
+  AND COALESCE(send_after, updated_at) < now() - make_interval(secs => %(grace)s)
+ORDER BY id LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True)
+class SendState:
+    """Where an outbound message stands, as a notify.send task first looks at it."""
+
+    status: str
+    claimed_by: int | None
+    age: float  # seconds since its last change
+    due_in: float | None  # seconds until its send_after; None or <= 0 when due
+
+
+@dataclass(frozen=True)
+class Release:
+    """Put a claimed message back to 'queued', due in ``delay`` seconds."""
+
+    id: int
+    delay: float
+    tried: bool  # the provider was called (and failed transiently); False for a pacing wait
+    code: str | None = None
+    text: str | None = None
+
+
+def send_state(conn: psycopg.Connection, message_id: int) -> SendState | None:
+    with wrap_errors():
+        row = conn.execute(_SEND_STATE, {"id": message_id}).fetchone()
+    return SendState(**row) if row else None
+
+
+def claim_batch(conn: psycopg.Connection, message_id: int, more: int) -> list[OutboundRecord]:
+    """Claim the message and up to ``more`` other due queued ones (``queued -> sending``, one attempt
+    more each, ``claimed_by`` = ``message_id``); the message itself first. Empty if it was not queued."""
+    with wrap_errors():
+        rows = conn.execute(_CLAIM_BATCH, {"id": message_id, "more": max(0, more)}).fetchall()
+    return [_outbound(row) for row in rows]
+
+
+def settle_batch(
+    conn: psycopg.Connection,
+    *,
+    sent: Sequence[tuple[int, str, str]] = (),
+    failed: Sequence[tuple[int, str, str]] = (),
+    released: Sequence[Release] = (),
+) -> list[int]:
+    """Record a batch's outcomes, one statement per kind: ``sent`` (id, provider, provider id),
+    ``failed`` (id, code, reason; final), ``released`` (back to queued). Returns the ids failed now."""
+    with wrap_errors():
+        if sent:
+            ids, providers, provider_ids = (list(column) for column in zip(*sent, strict=True))
+            conn.execute(
+                _SENT_MANY, {"ids": ids, "providers": providers, "provider_message_ids": provider_ids}
+            )
+        failed_now: list[int] = []
+        if failed:
+            ids, codes, texts = (list(column) for column in zip(*failed, strict=True))
+            rows = conn.execute(_FAILED_MANY, {"ids": ids, "codes": codes, "texts": texts}).fetchall()
+            failed_now = [row["message_id"] for row in rows]
+        if released:
+            conn.execute(
+                _RELEASE_MANY,
+                {
+                    "ids": [r.id for r in released],
+                    "delays": [max(0.0, r.delay) for r in released],
+                    "tried": [r.tried for r in released],
+                    "codes": [r.code for r in released],
+                    "texts": [r.text for r in released],
+                },
+            )
+    return failed_now
+
+
+def fail_abandoned(
+    conn: psycopg.Connection, *, lease_seconds: float, code: str, text: str, claimer: int | None = None
+) -> list[tuple[int, int]]:
+    """Fail the 'sending' claims older than the lease (only ``claimer``'s when given); (id, attempts)."""
+    with wrap_errors():
+        rows = conn.execute(
+            _ABANDONED, {"lease": lease_seconds, "code": code, "text": text, "claimer": claimer}
+        ).fetchall()
+    return [(row["id"], row["attempts"]) for row in rows]
+
+
+def overdue_queued(conn: psycopg.Connection, *, grace_seconds: float, limit: int = 1000) -> list[int]:
+    """Queued outbound messages due for longer than ``grace_seconds`` (their job may have been lost)."""
+    with wrap_errors():
+        rows = conn.execute(_OVERDUE, {"grace": grace_seconds, "limit": limit}).fetchall()
+    return [row["id"] for row in rows]
 
 
 # --- delivery receipts ---------------------------------------------------------------------------------

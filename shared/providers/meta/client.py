@@ -1,6 +1,8 @@
 """Outbound through Meta's Graph API: ``POST {META_GRAPH_URL}/{phone_number_id}/messages``, bearer token.
 
-One pooled :class:`httpx.Client` per sender (per process), explicit timeouts. Graph errors become
+One pooled :class:`httpx.Client` per sender (per process), explicit timeouts;
+:meth:`CloudApiSender.send_async` is the notify worker's batch path, the same call on its event loop's
+shared aiohttp session (shared/providers/aio.py). Graph errors become
 :class:`SendError`: throughput limits (HTTP 429, 130429, 131056, 80007) and server trouble are transient,
 honouring ``Retry-After``; re-engagement (131047), opted out (131050), invalid recipients, bad parameters
 and auth problems are permanent, so the notify stage fails them at once with the reason.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -59,6 +62,7 @@ class CloudApiSender:
     ) -> None:
         self._phone_number_id = phone_number_id
         self._graph_url = base_url.rstrip("/")
+        self._headers = dict(headers)
         self._client = client or _pooled_client(timeout, headers)
 
     def close(self) -> None:
@@ -69,6 +73,30 @@ class CloudApiSender:
         # Inbound Meta messages record our phone_number_id as the business number: answer from it.
         sender_id = message.from_number if (message.from_number or "").isdigit() else self._phone_number_id
         response = self._post(f"{self._graph_url}/{sender_id}/messages", body)
+        return self._result(message, response)
+
+    async def send_async(self, message: OutboundMessage, session: aiohttp.ClientSession) -> SendResult:
+        """One messages call on the event loop, with the loop's pooled session; no retries in the call
+        (the notify worker paces and retries every attempt)."""
+        body = build_payload(message)
+        sender_id = message.from_number if (message.from_number or "").isdigit() else self._phone_number_id
+        try:
+            async with session.post(
+                f"{self._graph_url}/{sender_id}/messages", json=body, headers=self._headers
+            ) as answer:
+                # The Graph API's error classification reads an httpx response: give it one.
+                response = httpx.Response(
+                    answer.status, headers=list(answer.headers.items()), content=await answer.read()
+                )
+        except TimeoutError:
+            raise SendError("timeout", "Graph API timed out", permanent=False) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SendError(
+                "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
+            ) from None
+        return self._result(message, response)
+
+    def _result(self, message: OutboundMessage, response: httpx.Response) -> SendResult:
         if response.status_code >= 400:
             raise graph_send_error(response)
         try:
