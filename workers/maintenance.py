@@ -37,6 +37,8 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "purge-expired-codes": {"task": "maintenance.purge_expired_codes", "schedule": timedelta(minutes=15)},
     "purge-webhook-events": {"task": "maintenance.purge_webhook_events", "schedule": timedelta(hours=1)},
     "report-dead-letters": {"task": "maintenance.report_dead_letters", "schedule": timedelta(minutes=15)},
+    # Fails sends left 'sending' by a dead worker and re-enqueues queued messages whose job was lost.
+    "sweep-outbound": {"task": "notify.sweep", "schedule": timedelta(minutes=1)},
 }
 celery.conf.beat_schedule = BEAT_SCHEDULE
 

@@ -120,5 +120,8 @@ def test_beat_schedules_every_job_on_registered_tasks() -> None:
         "maintenance.purge_expired_codes",
         "maintenance.purge_webhook_events",
         "maintenance.report_dead_letters",
+        "notify.sweep",
     }
+    import workers.notify  # noqa: F401 - registers notify.sweep, as a worker's imports do
+
     assert tasks <= set(celery.tasks)
