@@ -13,6 +13,7 @@ from celery import Celery
 from shared.db.errors import Unavailable
 from shared.queues import celery_config
 from shared.settings import SettingsError, get_settings
+from workers.ordering import StageTask, in_turn
 
 
 def _missing(variable: str) -> str:
@@ -40,10 +41,16 @@ STAGE_MODULES = (
 celery.conf.imports = STAGE_MODULES
 
 
-def stage_task(name: str, **options: Any) -> Any:
+def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
     """Register a handler stage's task: named ``<queue>.<verb>``, acknowledged only once it has run (a
     killed worker's task is redelivered), no result stored, retried with backoff while PostgreSQL is
-    unreachable. ``options`` override any of these."""
+    unreachable. ``options`` override any of these.
+
+    The task's first argument is an inbound message id, and it runs only on that message's turn in its
+    conversation (workers/ordering.py): earlier messages are answered first. ``ordered=False`` is for a
+    later hop of a handler whose message already had its turn (persist.save_proposal). Either way a task
+    that fails for good releases its message's turn.
+    """
     settings: dict[str, Any] = {
         "name": name,
         "bind": True,
@@ -53,8 +60,12 @@ def stage_task(name: str, **options: Any) -> Any:
         "retry_backoff": True,
         "retry_jitter": True,
         "max_retries": 8,
+        "base": StageTask,
     }
-    return celery.task(**(settings | options))
+    register = celery.task(**(settings | options))
+    if not ordered:
+        return register
+    return lambda run: register(in_turn(run))
 
 
 app = celery

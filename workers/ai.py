@@ -144,6 +144,8 @@ def reply_message(
         # Answered already (a redelivered task): no second model call. Enqueue the send again in case the
         # first run died between storing the reply and enqueueing it; notify.send sends once regardless.
         get_publisher().publish([Job("notify.send", {"message_id": existing.id})])
+        with transaction() as conn:
+            messages.mark_handled(conn, message_id)  # in case that run died before: it holds the turn
         return "done"
     record = get_inbound(message_id)
     show_typing(record, settings, sender)

@@ -15,7 +15,7 @@ from shared.db.messages import get_inbound
 from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher
-from shared.replies import answer, queue_reply, reply_key
+from shared.replies import answer, reply_key
 from shared.sessions import Sessions
 from workers import stage_task
 
@@ -35,7 +35,8 @@ def _already_answered(message_id: int) -> bool:
 def handle(message_id: int, sessions: Sessions | None = None) -> int | None:
     """Answer inbound message ``message_id``; return the reply's outbound id."""
     if _already_answered(message_id):
-        return queue_reply(message_id, _ALREADY_ANSWERED)
+        # answer(), not queue_reply(): a first run that died before marking it handled held the turn.
+        return answer(message_id, _ALREADY_ANSWERED)
     record = get_inbound(message_id)
     sessions = sessions or Sessions(get_publisher().redis)
     text = respond(record.body or "", ChatUser(record.user_key, record.user_id), sessions)

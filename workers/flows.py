@@ -22,6 +22,7 @@ from shared.flows.service import Busy, step
 from shared.logging import get_logger
 from shared.settings import Mode, get_settings
 from workers import celery
+from workers.ordering import StageTask, in_turn
 
 log = get_logger(__name__)
 
@@ -44,7 +45,12 @@ if get_settings().mode is Mode.menu or get_settings().flows:
     retry_backoff=2,
     retry_backoff_max=120,
     retry_jitter=True,
+    # Its turn in the conversation first (workers/ordering.py), against other stages' messages (a VERIFY):
+    # the lock and drain in shared/flows/service.py order the flow's own. Taken before the lock.
+    base=StageTask,
+    orders_own_messages=True,
 )
+@in_turn
 def step_task(self: Any, message_id: int) -> None:
     try:
         step(message_id)

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import redis
 
-from shared.db import assistant_configs, contacts, conversations, messages
+from shared.db import assistant_configs, contacts, conversations, messages, turns
 from shared.db.errors import Unavailable
 from shared.db.pool import transaction
 from shared.logging import get_logger
@@ -164,6 +164,10 @@ def _decide(message_id: int, settings: Settings) -> RouteOutcome:
 
     mode = Mode.assistant if assistant_number else settings.mode
     handler = pick_handler(text, linked=record.user_id is not None, mode=mode)
+    # Recorded before publishing, so the handler can never run before its dispatch is known: from now on
+    # this message holds its conversation's turn until it is answered (shared/db/turns.py).
+    with transaction() as conn:
+        turns.mark_dispatched(conn, message_id, handler)
     get_publisher().publish([Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")])
     return RouteOutcome(message_id, "handler", handler)
 

@@ -12,8 +12,9 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from shared.ai.proposal import Proposal
-from shared.db import proposals
+from shared.db import messages, proposals
 from shared.db.messages import get_inbound
+from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.queues import get_publisher
 from shared.replies import answer
@@ -71,6 +72,9 @@ def save_proposal(
         model = Proposal.model_validate(proposal)
     except ValidationError as exc:
         log.error("invalid proposal dropped", message_id=message_id, errors=exc.error_count())
+        # Nothing more will come of this message: later messages of the conversation go ahead.
+        with transaction() as conn:
+            messages.mark_handled(conn, message_id)
         return None
     record = get_inbound(message_id)
     if project_id is None:
@@ -82,7 +86,8 @@ def save_proposal(
     return saved.id
 
 
-@stage_task("persist.save_proposal")
+# The second hop of ai.parse_proposal: its message had its turn there and holds it until answered here.
+@stage_task("persist.save_proposal", ordered=False)
 def save_proposal_task(
     self: Any, message_id: int, proposal: dict[str, Any], parser: str, project_id: str | None = None
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.db.messages import get_inbound
 from shared.logging import get_logger
-from shared.replies import answer, queue_reply
+from shared.replies import answer
 from shared.verification import reply_text, verify_inbound
 from workers import stage_task
 
@@ -28,7 +28,7 @@ def check_code(message_id: int) -> int | None:
     """Check the code in inbound message ``message_id`` and queue the reply; return the reply's id."""
     record = get_inbound(message_id)
     if record.phone is None:
-        return queue_reply(message_id, NO_PHONE_REPLY)
+        return answer(message_id, NO_PHONE_REPLY)
     result = verify_inbound(message_id, record.phone, record.body)
     if result is None:
         log.warning("verify: inbound message not found")

@@ -1,0 +1,104 @@
+"""Whose turn it is in a conversation: the rows behind the handler stages' per-conversation order.
+
+ARCHITECTURE.md promises that the messages of one conversation are handled in the order they were sent.
+The router (``workers/inbound.py``) records on each inbound message that it dispatched it to a handler
+(``dispatched_at``, before publishing the task); the last hop of that handler records that it answered it
+(``handled_at``, :func:`shared.replies.answer`). Between the two, the message *holds the turn*: a handler
+task for a later message of the same conversation waits (``workers/ordering.py``).
+
+What holds the turn ahead of message N, among the earlier inbound messages of N's conversation that are
+not handled:
+
+- dispatched to a handler, unless dispatched more than :data:`STALE_AFTER` ago: a handler that died for
+  good (killed past its redeliveries, a task lost with a broker's data) must not silence the conversation;
+- not routed yet (``routed_at`` unset: the router has not decided whether a handler will answer it), for
+  the same grace counted from when it was stored: two messages routed by two inbound workers at once
+  must not let the second's handler overtake the first's.
+
+A message the router only stored (rate-limited, from an opted-out contact, handed to a person, a
+duplicate: never a second row) is routed without a dispatch and never holds the turn.
+
+Ids order the messages: they are assigned when the router stores a message, i.e. in arrival order, and
+the stores of one contact are serialised by the upsert of its contact row (the transaction that takes a
+smaller id commits before the next one can insert), so no earlier message can appear after a later one
+was seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+
+from shared.db.errors import wrap_errors
+
+# How long a dispatched (or stored but unrouted) message may hold its conversation's turn unanswered.
+# Longer than any healthy handler takes (a model call with its retries, under the 5-minute task limit).
+STALE_AFTER = timedelta(minutes=5)
+# Earlier messages stuck longer than this are not even looked at (nor warned about again).
+HORIZON = timedelta(hours=1)
+
+_MARK_DISPATCHED = """
+UPDATE messages SET dispatched_at = now(), dispatched_to = %(handler)s
+WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL
+"""
+_RELEASE = """
+UPDATE messages SET dispatched_at = NULL
+WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND dispatched_at IS NOT NULL
+RETURNING id
+"""
+# The earlier messages of the target's conversation that may hold its turn, oldest first; none when the
+# target itself is already handled (a redelivered task: its predecessors were settled the first time).
+# The WHERE on ``p`` repeats the partial index messages_turn's predicate so the planner can use it.
+_AHEAD = """
+SELECT p.id, p.dispatched_at IS NOT NULL AS dispatched,
+       COALESCE(p.dispatched_at, p.created_at) < now() - %(stale)s AS stale
+FROM messages me
+JOIN messages p ON p.conversation_id = me.conversation_id
+WHERE me.id = %(id)s AND me.direction = 'in' AND me.handled_at IS NULL
+  AND p.direction = 'in' AND p.handled_at IS NULL AND (p.dispatched_at IS NOT NULL OR p.routed_at IS NULL)
+  AND p.id < me.id
+  AND (%(own_stage)s::text IS NULL OR p.dispatched_to IS DISTINCT FROM %(own_stage)s::text)
+  AND COALESCE(p.dispatched_at, p.created_at) > now() - %(horizon)s
+ORDER BY p.id
+LIMIT 50
+"""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Who is ahead of a message: the earliest message it must wait for (None: its turn), and the
+    earlier messages passed over because they held the turn too long (:data:`STALE_AFTER`)."""
+
+    waiting_for: int | None
+    stale: tuple[int, ...] = ()
+
+
+def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> None:
+    """The router is about to publish the message's ``handler`` task: from now on it holds the turn."""
+    with wrap_errors():
+        conn.execute(_MARK_DISPATCHED, {"id": message_id, "handler": handler})
+
+
+def release(conn: psycopg.Connection, message_id: int) -> bool:
+    """The handler gave up on the message for good: it stops holding the turn. True if it held it."""
+    with wrap_errors():
+        return conn.execute(_RELEASE, {"id": message_id}).fetchone() is not None
+
+
+def ahead_of(conn: psycopg.Connection, message_id: int, own_stage: str | None = None) -> Turn:
+    """Whether inbound message ``message_id`` may be handled now, or which earlier message it waits for.
+
+    ``own_stage``: the task of a stage that answers the earlier messages dispatched to it itself, in
+    order (``flows.step``); those are then not waited for.
+    """
+    params = {"id": message_id, "stale": STALE_AFTER, "horizon": HORIZON, "own_stage": own_stage}
+    with wrap_errors():
+        rows = conn.execute(_AHEAD, params).fetchall()
+    stale: list[int] = []
+    for row in rows:
+        if not row["stale"]:
+            return Turn(row["id"], tuple(stale))
+        stale.append(row["id"])
+    return Turn(None, tuple(stale))

@@ -1,0 +1,317 @@
+"""Per conversation, messages are handled in the order they were sent, across stages and worker processes.
+
+The scenario is the project bot's: ``/project mobile``, free text, ``/project website``, free text, sent
+quickly. Each text must become a proposal in the project chosen just before it, and the replies must come
+in the order of the messages, even though commands and parsing run on different queues and processes.
+Then the turn itself, at the plain-function level: what holds it (dispatched and unanswered, not yet
+routed), what never does (rate-limited messages), and that nothing holds it for ever (a stale predecessor,
+a handler that failed for good).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+import structlog
+
+from shared.commands.seed_demo import seed
+from shared.db import turns
+from shared.db.pool import connection
+from shared.queues import Job, Publisher
+from shared.settings import load_settings
+from shared.wire.events import InboundMessage
+from tests.fakes.openai_api import FakeOpenAI
+from workers import commands as commands_worker
+from workers import ordering
+from workers.commands import handle_task
+from workers.inbound import route
+
+PHONE = "+15551230000"
+BUSINESS = "+14155238886"
+TEXT_1 = "Add a login page and a user dashboard by Friday, about 8 hours."
+TEXT_2 = "Fix the checkout bug and write the release notes tomorrow, 3 hours each."
+SCRIPT = ["/project mobile", TEXT_1, "/project website", TEXT_2]
+
+
+def event(text: str, phone: str = PHONE) -> dict[str, Any]:
+    message = InboundMessage(
+        provider="twilio",
+        provider_message_id=f"SM{uuid.uuid4().hex}",
+        business_number=BUSINESS,
+        sender_phone=phone,
+        text=text,
+        raw={"Body": text},
+    )
+    return message.model_dump(mode="json")
+
+
+def inbound_ids(db: psycopg.Connection) -> list[int]:
+    return [row["id"] for row in db.execute("SELECT id FROM messages WHERE direction = 'in' ORDER BY id")]
+
+
+def routed(db: psycopg.Connection, count: int) -> list[int] | None:
+    rows = db.execute("SELECT id FROM messages WHERE direction = 'in' AND routed_at IS NOT NULL ORDER BY id")
+    ids = [row["id"] for row in rows]
+    return ids if len(ids) == count else None
+
+
+def handled(db: psycopg.Connection, message_id: int) -> bool:
+    row = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    return row["handled_at"] is not None
+
+
+def replies(db: psycopg.Connection) -> list[dict[str, Any]]:
+    """The replies in the order they were made, with the inbound message each answers."""
+    return db.execute(
+        "SELECT o.body, i.id AS inbound_id FROM messages o"
+        " JOIN messages i ON o.idempotency_key = 'reply:' || i.id"
+        " WHERE o.direction = 'out' ORDER BY o.id"
+    ).fetchall()
+
+
+def proposal_projects(db: psycopg.Connection) -> list[tuple[int, str]]:
+    rows = db.execute(
+        "SELECT p.source_message_id, j.name FROM proposals p JOIN projects j ON j.id = p.project_id"
+        " ORDER BY p.source_message_id"
+    ).fetchall()
+    return [(row["source_message_id"], row["name"]) for row in rows]
+
+
+def assert_answered_in_order(db: psycopg.Connection, ids: list[int]) -> None:
+    assert proposal_projects(db) == [(ids[1], "Mobile App"), (ids[3], "Website Redesign")]
+    answers = replies(db)
+    assert [row["inbound_id"] for row in answers] == ids
+    assert answers[0]["body"].startswith("✅ Project: Mobile App")
+    assert answers[1]["body"].startswith("✅ Proposal saved")
+    assert answers[2]["body"].startswith("✅ Project: Website Redesign")
+    assert answers[3]["body"].startswith("✅ Proposal saved")
+
+
+# --- real worker processes -----------------------------------------------------------------------------
+
+
+def test_a_project_switch_waits_for_the_text_sent_before_it(
+    clean: None,
+    db: psycopg.Connection,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    """No ai worker at first: the first text stays unparsed, so the second switch must wait for it (it
+    would otherwise switch the project under the text). Started late, the ai workers let it through."""
+    seed(PHONE)
+    env = {"WAPIPE_MODE": "project", "WAPIPE_AI": "offline"}
+    commands = start_worker(["inbound", "commands"], env=env)
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish(
+        [Job("inbound.route", {"event": event(text)}) for text in SCRIPT]
+    )
+    ids = wait_for(lambda: routed(db, 4), what="the four messages routed")
+    wait_for(lambda: handled(db, ids[0]), what="the first project switch")
+    # The second switch's task ran: it put itself back to wait for the text before it (not answered it).
+    outcomes = wait_for(lambda: task_outcomes(commands.lines(), "commands.handle"), what="the second switch")
+    assert "retry" in outcomes
+    assert outcomes.count("succeeded") == 1
+    assert not handled(db, ids[2])
+    assert [row["inbound_id"] for row in replies(db)] == [ids[0]]
+
+    start_worker(["ai", "persist"], env=env)
+    wait_for(lambda: len(replies(db)) == 4, what="all four answers")
+    assert_answered_in_order(db, ids)
+
+
+def task_outcomes(lines: list[str], task: str) -> list[str]:
+    """What Celery logged of ``task``'s runs ("succeeded", "retry"), once there is more than one."""
+    outcomes = [
+        outcome
+        for line in lines
+        if task in line
+        for outcome in ("succeeded", "retry")
+        if f"{outcome} in" in line or f"{outcome}:" in line
+    ]
+    return outcomes if len(outcomes) >= 2 else []
+
+
+class SlowOpenAI(FakeOpenAI):
+    """A model that takes a moment to answer, so a quick command would overtake the parse if it could."""
+
+    def _next(self) -> Any:
+        time.sleep(0.3)
+        return super()._next()
+
+
+def test_rapid_messages_on_several_processes_are_answered_in_order(
+    clean: None,
+    db: psycopg.Connection,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    seed(PHONE)
+    with SlowOpenAI() as model:
+        env = {
+            "WAPIPE_MODE": "project",
+            "WAPIPE_AI": "openai",
+            "OPENAI_API_KEY": "sk-order",
+            "OPENAI_BASE_URL": model.url,
+        }
+        start_worker(["inbound"], env=env)
+        # Three processes, each taking commands, ai and persist tasks: any of them may pick any message.
+        start_worker(["commands", "ai", "persist"], concurrency=3, env=env)
+        Publisher(test_servers["WAPIPE_REDIS_URL"]).publish(
+            [Job("inbound.route", {"event": event(text)}) for text in SCRIPT]
+        )
+        wait_for(lambda: len(replies(db)) == 4, what="all four answers")
+    ids = inbound_ids(db)
+    assert_answered_in_order(db, ids)
+    assert len(model.completions()) == 2
+
+
+# --- the turn, as plain functions ----------------------------------------------------------------------
+
+
+def conversation(db: psycopg.Connection, phone: str = PHONE) -> tuple[int, int]:
+    contact = db.execute("INSERT INTO contacts (phone) VALUES (%s) RETURNING id", (phone,)).fetchone()["id"]
+    conversation_id = db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number) VALUES (%s, 'twilio', %s)"
+        " RETURNING id",
+        (contact, BUSINESS),
+    ).fetchone()["id"]
+    return contact, conversation_id
+
+
+def inbound(
+    db: psycopg.Connection,
+    convo: tuple[int, int],
+    *,
+    age: str = "0 seconds",
+    routed: bool = True,
+    dispatched: str | None = None,
+    handler: str = "commands.handle",
+    answered: bool = False,
+) -> int:
+    """An inbound message ``age`` old; ``dispatched``: how long ago the router dispatched it (None: never)."""
+    contact, conversation_id = convo
+    return db.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body,"
+        " created_at, routed_at, dispatched_at, dispatched_to, handled_at)"
+        " VALUES (%(c)s, %(k)s, 'in', 'twilio', %(sid)s, 'hi', now() - %(age)s::interval,"
+        " CASE WHEN %(routed)s THEN now() END, now() - %(dispatched)s::interval,"
+        " CASE WHEN %(dispatched)s::interval IS NOT NULL THEN %(handler)s END,"
+        " CASE WHEN %(answered)s THEN now() END) RETURNING id",
+        {
+            "c": conversation_id,
+            "k": contact,
+            "sid": f"SM{uuid.uuid4().hex}",
+            "age": age,
+            "routed": routed,
+            "dispatched": dispatched,
+            "handler": handler,
+            "answered": answered,
+        },
+    ).fetchone()["id"]
+
+
+def ahead_of(message_id: int, own_stage: str | None = None) -> turns.Turn:
+    with connection() as conn:
+        return turns.ahead_of(conn, message_id, own_stage)
+
+
+def test_a_dispatched_unanswered_or_unrouted_message_holds_the_turn(
+    clean: None, db: psycopg.Connection
+) -> None:
+    convo = conversation(db)
+    answered = inbound(db, convo, dispatched="2 seconds", answered=True)
+    stored_only = inbound(db, convo)  # routed without a dispatch: rate-limited, opted out, handed off
+    pending = inbound(db, convo, dispatched="1 second")
+    later = inbound(db, convo, dispatched="0 seconds")
+    assert ahead_of(answered) == turns.Turn(None)
+    assert ahead_of(stored_only) == turns.Turn(None)
+    assert ahead_of(pending) == turns.Turn(None)
+    assert ahead_of(later) == turns.Turn(pending)
+    # Another conversation's messages never hold this one's turn.
+    other = inbound(db, conversation(db, "+15550009999"), dispatched="0 seconds")
+    assert ahead_of(other) == turns.Turn(None)
+    # A message already answered (a redelivered task) waits for nothing.
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (later,))
+    assert ahead_of(later) == turns.Turn(None)
+
+    # Not routed yet: the router may still hand it to a handler, so what comes after it waits.
+    unrouted = inbound(db, convo, routed=False)
+    last = inbound(db, convo, dispatched="0 seconds")
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (pending,))
+    assert ahead_of(last) == turns.Turn(unrouted)
+
+
+def test_a_stale_predecessor_is_passed_over_with_a_warning(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    died = inbound(db, convo, age="6 minutes", dispatched="6 minutes")  # its handler died for good
+    never_routed = inbound(db, convo, age="6 minutes", routed=False)  # its routing failed for good
+    message = inbound(db, convo, dispatched="0 seconds")
+    assert ahead_of(message) == turns.Turn(None, (died, never_routed))
+    with structlog.testing.capture_logs() as logs:
+        assert ordering.check_turn(message) is True
+    warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
+    assert warned == [died, never_routed]
+    # Past the horizon they are not even looked at any more.
+    db.execute(
+        "UPDATE messages SET created_at = now() - interval '2 hours',"
+        " dispatched_at = dispatched_at - interval '2 hours' WHERE id <> %s",
+        (message,),
+    )
+    assert ahead_of(message) == turns.Turn(None)
+
+
+def test_a_handler_that_fails_for_good_releases_the_turn(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    failing = inbound(db, convo, dispatched="0 seconds")
+    later = inbound(db, convo, dispatched="0 seconds")
+    assert ahead_of(later) == turns.Turn(failing)
+    handle_task.on_failure(RuntimeError("boom"), "task-id", (), {"message_id": failing}, None)
+    assert ahead_of(later) == turns.Turn(None)
+    row = db.execute("SELECT dispatched_at, handled_at FROM messages WHERE id = %s", (failing,)).fetchone()
+    assert row == {"dispatched_at": None, "handled_at": None}  # released, not claimed as answered
+
+
+def test_flows_waits_only_for_other_stages_messages(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    menu_answer = inbound(db, convo, dispatched="0 seconds", handler="flows.step")
+    step = inbound(db, convo, dispatched="0 seconds", handler="flows.step")
+    # flows.step drains its own earlier messages in order under its lock (shared/flows/service.py).
+    assert ahead_of(step, own_stage="flows.step") == turns.Turn(None)
+    assert ahead_of(step) == turns.Turn(menu_answer)
+    verify = inbound(db, convo, dispatched="0 seconds", handler="verify.check_code")
+    after_verify = inbound(db, convo, dispatched="0 seconds", handler="flows.step")
+    assert ahead_of(after_verify, own_stage="flows.step") == turns.Turn(verify)
+
+
+def test_rate_limited_messages_never_hold_the_turn(
+    clean: None, db: psycopg.Connection, redis_client: Any
+) -> None:
+    """The real router: a rate-limited message is stored and routed, never dispatched."""
+    first = route(event("hello"), load_settings(rate_limit_per_minute=1))
+    limited = route(event("hello again"), load_settings(rate_limit_per_minute=1))
+    later = route(event("/help"), load_settings(rate_limit_per_minute=100))
+    assert (first.action, limited.action, later.action) == ("handler", "rate_limited", "handler")
+    dispatched = db.execute(
+        "SELECT id, dispatched_to FROM messages"
+        " WHERE direction = 'in' AND dispatched_at IS NOT NULL ORDER BY id"
+    ).fetchall()
+    assert dispatched == [
+        {"id": first.message_id, "dispatched_to": "commands.handle"},
+        {"id": later.message_id, "dispatched_to": "commands.handle"},
+    ]
+    assert first.message_id is not None
+    assert later.message_id is not None
+    assert ahead_of(later.message_id) == turns.Turn(first.message_id)
+    commands_worker.handle(first.message_id)  # answered: the rate-limited one is all that is left before
+    assert ahead_of(later.message_id) == turns.Turn(None)
+
+
+@pytest.mark.parametrize(("waits", "low", "high"), [(0, 0.025, 0.05), (3, 0.2, 0.4), (50, 0.5, 1.0)])
+def test_waits_start_short_and_stay_at_most_a_second(waits: int, low: float, high: float) -> None:
+    assert low <= ordering.wait_seconds(waits) <= high

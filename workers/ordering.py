@@ -1,0 +1,164 @@
+"""Per-conversation order for the handler stages: a handler task runs only on its message's turn.
+
+Several worker processes per queue, and several queues per conversation (``/project mobile`` goes to
+``commands``, the free text after it to ``ai``), would otherwise answer a quick succession of messages in
+whatever order the workers pick them: the text parsed before the project switch lands in the wrong
+project, a ``/status`` overtakes the ``VERIFY`` before it, the assistant answers without the previous turn
+in its history. So every handler task first takes its message's *turn* (:func:`in_turn`): if an earlier
+message of the conversation is still owed an answer (dispatched by the router and not yet handled, or not
+yet routed; see :mod:`shared.db.turns` for exactly which, and for the 5-minute grace after which a stuck
+one is passed over with a warning), the task does not run but schedules itself again a moment later
+(0.025 s at first, doubling up to 1 s, jittered so waiting tasks do not all wake together).
+
+Design notes:
+
+- The turn is in PostgreSQL, not a Redis lock: ``dispatched_at`` (set by the router *before* it publishes
+  the handler's task) and ``handled_at`` (set by :func:`shared.replies.answer` in the handler's last hop)
+  are both written where the effects are, so no lock can outlive or be lost apart from them, and a waiting
+  task holds nothing while it waits: no worker blocks, and no two tasks can wait for each other (a task
+  only ever waits for *earlier* messages; the earliest unanswered one always runs).
+- Waiting is counted apart from failures: the task is republished with the same id and retry count and a
+  ``wapipe_turn_waits`` header, so a conversation busy for a while does not eat the stage's retries for
+  PostgreSQL outages. After :data:`MAX_TURN_WAITS` (well past the stale grace) it runs anyway: better out
+  of order than never.
+- Multi-hop handlers keep the turn until their last hop answers: ``ai.parse_proposal`` does not mark its
+  message handled when it hands it to ``persist.save_proposal``; persist, which needs no turn of its own
+  (its message already had it), does.
+- A handler that gives up on its message for good (its task fails: an unexpected error, retries
+  exhausted) releases the turn at once (:class:`StageTask.on_failure`), so the conversation does not wait
+  out the grace for a message that will never be answered.
+- ``flows.step`` takes the turn too, but only against other stages' messages
+  (:attr:`StageTask.orders_own_messages`): its per-user Redis lock and drain already answer the flow's own
+  messages in order, without waiting for their tasks to be delivered (shared/flows/service.py), yet not
+  against a ``VERIFY`` answered by the verify stage. The turn is checked before the lock is taken and
+  never while it is held, so the two cannot deadlock.
+- A task called in-process (tests, ``.apply()``) runs at once: there is no queue to come back through.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis
+from celery import Task
+from celery.exceptions import Retry
+from kombu.exceptions import KombuError
+
+from shared.db import turns
+from shared.db.pool import connection, transaction
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+TURN_WAITS_HEADER = "wapipe_turn_waits"
+# At the longest wait (0.5-1 s) this outlasts turns.STALE_AFTER, after which nothing waits anyway.
+MAX_TURN_WAITS = 900
+FIRST_WAIT_SECONDS = 0.05
+LONGEST_WAIT_SECONDS = 1.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def message_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> int | None:
+    """The inbound message id a handler task was called with (its first argument, by convention)."""
+    value = (kwargs or {}).get("message_id")
+    if value is None and args:
+        value = args[0]
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def wait_seconds(waits: int) -> float:
+    """How long the ``waits``-th wait lasts: doubling from a few ms (a command takes milliseconds) to 1 s,
+    with jitter so tasks waiting for the same message do not all wake together."""
+    backoff = min(LONGEST_WAIT_SECONDS, FIRST_WAIT_SECONDS * 2 ** min(waits, 5))
+    return backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
+
+
+def check_turn(message_id: int, own_stage: str | None = None) -> bool:
+    """True when inbound message ``message_id`` may be handled now; logs each earlier message passed over
+    because it held the turn longer than :data:`shared.db.turns.STALE_AFTER`. ``own_stage``: see
+    :func:`shared.db.turns.ahead_of`."""
+    with connection() as conn:
+        turn = turns.ahead_of(conn, message_id, own_stage)
+    if turn.waiting_for is not None:
+        return False
+    for earlier in turn.stale:
+        log.warning(
+            "earlier message of the conversation left unanswered; not waiting for it any longer",
+            message_id=message_id,
+            earlier_message_id=earlier,
+            stale_after_seconds=turns.STALE_AFTER.total_seconds(),
+        )
+    return True
+
+
+def take_turn(task: Task, message_id: int) -> None:
+    """Return when it is ``message_id``'s turn; otherwise schedule ``task`` again and raise ``Retry``."""
+    request = task.request
+    own_stage = task.name if getattr(task, "orders_own_messages", False) else None
+    if request.called_directly or request.is_eager or check_turn(message_id, own_stage):
+        return
+    waits = int(getattr(request, TURN_WAITS_HEADER, None) or 0)
+    if waits >= MAX_TURN_WAITS:
+        log.warning("waited too long for an earlier message; answering now", message_id=message_id)
+        return
+    countdown = wait_seconds(waits)
+    # Same task id and retry count (failures are counted apart); only the wait count goes up.
+    again = task.signature_from_request(request, countdown=countdown, headers={TURN_WAITS_HEADER: waits + 1})
+    try:
+        again.apply_async()
+    except (KombuError, OSError, redis.RedisError) as exc:
+        # The broker is unreachable, so the wait cannot be scheduled: answering out of order beats
+        # failing the task and never answering.
+        log.warning("could not schedule the wait for the turn; answering now", error_type=type(exc).__name__)
+        return
+    log.debug("waiting for an earlier message of the conversation", message_id=message_id, waits=waits + 1)
+    raise Retry("waiting for an earlier message of the conversation", when=countdown, sig=again)
+
+
+def in_turn(run: F) -> F:
+    """Wrap a bound handler task's function: it runs only on its message's turn (see module docstring)."""
+
+    @functools.wraps(run)
+    def turn_then_run(self: Task, *args: Any, **kwargs: Any) -> Any:
+        message_id = message_id_of(args, kwargs)
+        if message_id is not None:
+            take_turn(self, message_id)
+        return run(self, *args, **kwargs)
+
+    return turn_then_run  # type: ignore[return-value]
+
+
+class StageTask(Task):
+    """Base class of the handler stages' tasks: a task that fails for good releases its message's turn."""
+
+    #: True for a stage that answers its own earlier messages in order itself (flows.step's drain): its
+    #: tasks then wait only for the messages dispatched to other stages.
+    orders_own_messages: bool = False
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        message_id = message_id_of(args, kwargs)
+        if message_id is None:
+            return
+        try:
+            with transaction() as conn:
+                released = turns.release(conn, message_id)
+        except Exception as error:  # best effort: the stale grace releases it anyway
+            log.warning(
+                "could not release the turn of a failed handler",
+                message_id=message_id,
+                error_type=type(error).__name__,
+            )
+            return
+        if released:
+            log.warning(
+                "handler gave up on a message; later messages of its conversation go ahead",
+                message_id=message_id,
+                error_type=type(exc).__name__,
+            )
