@@ -1,0 +1,113 @@
+"""Chaos: the provider is down (500s, then 429 with Retry-After), then recovers.
+
+Same shape as the issue's 30-second outage, shortened to 9 s to fit the suite's time budget: from the
+first send attempt, the fake Twilio API answers 500 for 4.5 s, then 429 with ``Retry-After: 2`` for
+4.5 s, then 201. Every message is delivered after recovery, none twice, and with ``WAPIPE_SEND_RATE=20``
+no one-second window at the provider ever holds more than 20 accepted sends, even when the whole backlog
+comes due at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from tests.fakes.twilio_api import Scripted
+from tests.integration.chaos.harness import (
+    POOLS,
+    WORKER_ENV,
+    ChaosTwilioAPI,
+    Ingress,
+    assert_exactly_one_reply_each,
+    outage_error,
+    phones,
+    queues_empty,
+    seed_linked_users,
+    sent_count,
+)
+
+MESSAGES = 150
+SEND_RATE = 20
+SERVER_ERROR_SECONDS = 4.5
+RATE_LIMITED_SECONDS = 4.5
+RETRY_AFTER_SECONDS = 2.0
+
+
+class Outage:
+    """500 for a while, then 429 with Retry-After for a while, then normal; timed from the first call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started: float | None = None
+
+    def __call__(self) -> Scripted | None:
+        now = time.monotonic()
+        with self._lock:
+            if self.started is None:
+                self.started = now
+        elapsed = now - self.started
+        if elapsed < SERVER_ERROR_SECONDS:
+            return outage_error(500)
+        if elapsed < SERVER_ERROR_SECONDS + RATE_LIMITED_SECONDS:
+            return outage_error(429, retry_after=RETRY_AFTER_SECONDS)
+        return None
+
+    @property
+    def ends(self) -> float:
+        assert self.started is not None
+        return self.started + SERVER_ERROR_SECONDS + RATE_LIMITED_SECONDS
+
+
+@pytest.mark.slow
+def test_messages_are_delivered_once_and_paced_after_a_provider_outage(
+    db: Any,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    database_url = test_servers["WAPIPE_DATABASE_URL"]
+    numbers = phones(MESSAGES, offset=6000)
+    seed_linked_users(database_url, numbers)
+    with ChaosTwilioAPI() as fake:
+        outage = Outage()
+        fake.outage = outage
+        env = {
+            **WORKER_ENV,
+            **fake.credentials_env(),
+            "WAPIPE_SEND_RATE": str(SEND_RATE),
+            # Celery-level retries start at 1 s (default 2 s) so the backlog comes due soon after recovery.
+            "WAPIPE_SEND_RETRY_BASE": "1",
+        }
+        for pool in POOLS:
+            start_worker(list(pool), concurrency=2, env=env)
+        ingress = Ingress(test_servers["WAPIPE_REDIS_URL"], fake.auth_token)
+
+        assert {ingress.send(number) for number in numbers} == {200}
+        wait_for(
+            lambda: len(fake.replies_per_recipient()) >= MESSAGES,
+            timeout=180,
+            interval=0.5,
+            what=f"a reply to each of the {MESSAGES} messages",
+        )
+        wait_for(lambda: sent_count(database_url) >= MESSAGES, timeout=60, what="replies recorded")
+        wait_for(lambda: queues_empty(redis_client), timeout=60, what="empty queues")
+
+        statuses = {a.status for a in fake.arrivals}
+        assert {500, 429, 201} <= statuses  # the outage really happened, in both shapes
+        assert all(a.at >= outage.ends for a in fake.arrivals if a.status == 201)
+        assert_exactly_one_reply_each(fake, database_url, numbers)
+        # Retry-After honoured: no recipient was tried again sooner than the provider asked.
+        last_429: dict[str, float] = {}
+        for arrival in sorted(fake.arrivals, key=lambda a: a.at):
+            if arrival.to in last_429:
+                assert arrival.at - last_429.pop(arrival.to) >= RETRY_AFTER_SECONDS
+            if arrival.status == 429:
+                last_429[arrival.to] = arrival.at
+        # Pacing held: never more than SEND_RATE requests (any answer) in any one-second window.
+        assert fake.max_per_second() <= SEND_RATE

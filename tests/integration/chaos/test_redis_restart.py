@@ -1,0 +1,108 @@
+"""Chaos: the broker (our own redis-server, AOF with ``appendfsync always``) restarts in the middle of a run.
+
+Webhooks keep arriving while Redis is down: the ingress answers 503 (so Twilio retries, as it does on any
+5xx) and acknowledges nothing it did not enqueue. Tasks in flight when Redis went away, queued ones (kept
+in the AOF) and the ones published after it came back all complete: every webhook that got a 2xx is
+answered exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.integration.chaos.harness import (
+    POOLS,
+    WORKER_ENV,
+    ChaosTwilioAPI,
+    Ingress,
+    assert_exactly_one_reply_each,
+    phones,
+    seed_linked_users,
+    sent_count,
+)
+from tests.integration.chaos.servers import PrivateRedis, private_folder
+
+MESSAGES = 300
+OUTAGE_SECONDS = 3.0
+# Four senders, one webhook each per interval: ~40/s, spread over the run.
+SEND_INTERVAL_SECONDS = 0.1
+
+
+@pytest.mark.slow
+def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
+    db: Any,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    database_url = test_servers["WAPIPE_DATABASE_URL"]
+    numbers = phones(MESSAGES, offset=2000)
+    probe = phones(1, offset=3999)[0]
+    seed_linked_users(database_url, [*numbers, probe])
+    with private_folder() as folder:
+        broker = PrivateRedis(folder / "redis").start()
+        try:
+            with ChaosTwilioAPI() as fake:
+                env = {**WORKER_ENV, **fake.credentials_env(), "WAPIPE_REDIS_URL": broker.url}
+                for pool in POOLS:
+                    start_worker(list(pool), concurrency=2, env=env)
+                ingress = Ingress(broker.url, fake.auth_token)
+
+                accepted: list[str] = []
+                lock = threading.Lock()
+
+                def deliver(phone: str) -> list[int]:
+                    time.sleep(
+                        SEND_INTERVAL_SECONDS
+                    )  # Twilio's pace, so webhooks keep coming during the outage
+                    final, codes = ingress.send_until_accepted(phone)
+                    if 200 <= final < 300:
+                        with lock:
+                            accepted.append(phone)
+                    return codes
+
+                with ThreadPoolExecutor(max_workers=4) as senders:
+                    results = senders.map(deliver, numbers)
+                    # Mid-run: a third of the webhooks in, replies flowing, tasks in flight in every pool.
+                    wait_for(
+                        lambda: len(fake.replies_per_recipient()) >= MESSAGES // 6,
+                        timeout=120,
+                        what="replies",
+                    )
+                    wait_for(lambda: len(accepted) >= MESSAGES // 3, timeout=120, what="a third acknowledged")
+                    broker.stop()
+                    down_codes = [ingress.send(probe)]
+                    time.sleep(OUTAGE_SECONDS)  # the outage itself, not an assertion
+                    down_codes.append(ingress.send(probe))
+                    broker.start()
+                    codes = [code for per_webhook in results for code in per_webhook]
+                final, _ = ingress.send_until_accepted(probe)
+                with lock:
+                    accepted.append(probe)
+
+                # While Redis was down the ingress said 503, never a 2xx it could not keep.
+                assert down_codes == [503, 503]
+                assert final == 200
+                # Webhooks arriving during the outage were refused, then accepted when Twilio retried them.
+                assert 503 in codes
+                assert set(codes) <= {200, 503}
+                assert sorted(accepted) == sorted([*numbers, probe])
+
+                wait_for(
+                    lambda: len(fake.replies_per_recipient()) >= len(accepted),
+                    timeout=180,
+                    interval=0.5,
+                    what="a reply to every acknowledged webhook",
+                )
+                wait_for(
+                    lambda: sent_count(database_url) >= len(accepted), timeout=60, what="replies recorded"
+                )
+                assert_exactly_one_reply_each(fake, database_url, accepted)
+        finally:
+            broker.stop()

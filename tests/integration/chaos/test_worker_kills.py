@@ -1,0 +1,127 @@
+"""Chaos: ``kill -9`` worker children every couple of seconds while messages flow end to end.
+
+Signed ``/help`` webhooks from linked users go through the ingress -> ``inbound.route`` ->
+``commands.handle`` -> ``notify.send`` -> the fake Twilio API, each stage in its own prefork pool. A
+killer thread SIGKILLs a random pool child of the ``inbound`` and ``commands`` pools every ~2 s; the
+parent reports the lost task (``acks_late`` + ``reject_on_worker_lost``), it is redelivered, and the
+idempotent stages turn the redelivery into no second effect.
+
+Why N = 400 and not the issue's 2,000: on this 2-core machine the three-hop pipeline through real
+prefork pools, with the ingress in the same process and a child respawned after every kill, moves about
+22 messages/s end to end when the machine is quiet (400 in 18 s) and about 7/s while other test sessions
+share the cores (600 took 87 s), so 2,000 would take 90 s to 5 minutes alone, past the chaos folder's
+budget; 400 still spans several kills in each pool.
+
+Why the ``notify`` pool is not a target here: a child killed *during the provider call* leaves an
+outcome nobody can know (neither Twilio nor Meta takes an idempotency key on send), and notify.send is
+at-most-once by design in that case: after a 120 s lease it dead-letters the message as
+``outcome_unknown`` for an operator instead of risking a duplicate (see workers/notify.py). "Exactly one
+reply" cannot hold for that window by construction, so the killer stays on the stages where
+redelivery must give exactly once.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psutil
+import pytest
+import redis
+
+from tests.integration.chaos.harness import (
+    POOLS,
+    WORKER_ENV,
+    ChaosTwilioAPI,
+    Ingress,
+    assert_exactly_one_reply_each,
+    phones,
+    queues_empty,
+    seed_linked_users,
+    sent_count,
+)
+
+MESSAGES = 400
+KILL_EVERY_SECONDS = 2.0
+KILLED_POOLS = {"inbound", "commands"}
+
+
+class Killer(threading.Thread):
+    """SIGKILLs one random pool child of the given worker processes every ``interval`` seconds."""
+
+    def __init__(self, parents: list[int], interval: float) -> None:
+        super().__init__(name="chaos-killer", daemon=True)
+        self._parents = parents
+        self._interval = interval
+        self._stop_event = threading.Event()
+        self.kills: list[int] = []
+
+    def run(self) -> None:
+        rng = random.Random()
+        while not self._stop_event.wait(self._interval):
+            children = [
+                child
+                for parent in self._parents
+                for child in _children(parent)
+                if child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+            ]
+            if not children:
+                continue
+            victim = rng.choice(children)
+            try:
+                victim.kill()
+            except psutil.NoSuchProcess:
+                continue
+            self.kills.append(victim.pid)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.slow
+def test_every_message_gets_exactly_one_reply_while_worker_children_are_killed(
+    db: Any,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    database_url = test_servers["WAPIPE_DATABASE_URL"]
+    numbers = phones(MESSAGES)
+    seed_linked_users(database_url, numbers)
+    with ChaosTwilioAPI() as fake:
+        env = {**WORKER_ENV, **fake.credentials_env()}
+        workers = {pool[0]: start_worker(list(pool), concurrency=2, env=env) for pool in POOLS}
+        ingress = Ingress(test_servers["WAPIPE_REDIS_URL"], fake.auth_token)
+
+        killer = Killer([workers[p].process.pid for p in KILLED_POOLS], KILL_EVERY_SECONDS)
+        killer.start()
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                codes = list(pool.map(ingress.send, numbers))
+            assert set(codes) == {200}
+            wait_for(
+                lambda: len(fake.replies_per_recipient()) >= MESSAGES,
+                timeout=240,
+                interval=0.5,
+                what=f"a reply to each of the {MESSAGES} messages",
+            )
+        finally:
+            killer.stop()
+        # Quiet: nothing left on any queue and every reply row final; a late duplicate would show here.
+        wait_for(lambda: queues_empty(redis_client), timeout=60, what="empty queues")
+        wait_for(lambda: sent_count(database_url) >= MESSAGES, timeout=60, what="every reply recorded sent")
+
+        assert len(killer.kills) >= 5, "the killer did not get to kill enough children to mean anything"
+        assert_exactly_one_reply_each(fake, database_url, numbers)
