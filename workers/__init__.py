@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.db.errors import Unavailable
@@ -43,8 +44,8 @@ celery.conf.imports = STAGE_MODULES
 
 def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
     """Register a handler stage's task: named ``<queue>.<verb>``, acknowledged only once it has run (a
-    killed worker's task is redelivered), no result stored, retried with backoff while PostgreSQL is
-    unreachable. ``options`` override any of these.
+    killed worker's task is redelivered), no result stored, retried with backoff while PostgreSQL or Redis
+    (where replies are enqueued and sessions live) is unreachable. ``options`` override any of these.
 
     The task's first argument is an inbound message id, and it runs only on that message's turn in its
     conversation (workers/ordering.py): earlier messages are answered first. ``ordered=False`` is for a
@@ -56,7 +57,7 @@ def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
         "bind": True,
         "acks_late": True,
         "ignore_result": True,
-        "autoretry_for": (Unavailable,),
+        "autoretry_for": (Unavailable, redis.RedisError),
         "retry_backoff": True,
         "retry_jitter": True,
         "max_retries": 8,
