@@ -11,14 +11,17 @@ the provider) before anything is stored.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from shared.providers.base import OutboundMessage
 from shared.providers.twilio.client import TwilioSender
 from shared.settings import Settings, SettingsError, load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI, Received
@@ -330,3 +333,46 @@ def test_a_reaction_is_a_422_naming_the_type_and_the_provider(api, db, fake) -> 
     assert "(twilio) cannot send reaction messages" in error["message"]
     assert outbound_rows(db) == []
     assert fake.requests() == []
+
+
+# --- the notify worker's batch path sends the same parameters --------------------------------------------
+
+
+IMAGE_URL = "https://cdn.example.com/p.jpg"
+VARIABLES = ["ORD-7", "mañana"]
+
+
+def test_the_batch_path_sends_the_same_form_as_the_sdk(settings, fake) -> None:
+    messages = [
+        OutboundMessage.from_record(
+            id=1,
+            to=PHONE,
+            type="media",
+            body="The part",
+            payload={"media": {"kind": "image", "url": IMAGE_URL, "caption": "The part"}},
+            from_number=None,
+        ),
+        OutboundMessage.from_record(
+            id=2,
+            to=PHONE,
+            type="template",
+            body=None,
+            payload={"template": {"name": "order_update", "language": "es", "variables": VARIABLES}},
+            from_number=None,
+        ),
+    ]
+    sender = TwilioSender(settings)
+
+    async def batch() -> None:
+        async with aiohttp.ClientSession() as session:
+            for message in messages:
+                await sender.send_async(message, session)
+
+    for message in messages:
+        sender.send(message)
+    asyncio.run(batch())
+
+    sdk, batched = fake.created()[:2], fake.created()[2:]
+    assert [r.fields for r in batched] == [r.fields for r in sdk]
+    assert sdk[0].media_urls == [IMAGE_URL]
+    assert (sdk[1].content_sid, sdk[1].content_variables) == (ORDER_SID, {"1": "ORD-7", "2": "mañana"})
