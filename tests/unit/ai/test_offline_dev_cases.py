@@ -11,8 +11,11 @@ import pytest
 
 from shared.ai.offline import parse_offline
 
-DEV_CASES = Path("/work/shared/data/proposals-dev.jsonl")
-_LOCAL_COPY = Path(__file__).resolve().parents[2] / "data" / "proposals" / "proposals-dev.jsonl"
+_REPO = Path(__file__).resolve().parents[3]
+# The team folder beside the repo holds the current dev set; the copy in tests/data keeps a clone without
+# it testable.
+DEV_CASES = _REPO.parent / "shared" / "data" / "proposals-dev.jsonl"
+_LOCAL_COPY = _REPO / "tests" / "data" / "proposals" / "proposals-dev.jsonl"
 
 
 def _cases() -> list[dict[str, Any]]:
