@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.logging import get_logger
 from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate
@@ -85,6 +85,16 @@ class Payload(_Model):
     conversation: Conversation | None = None
     phone_number_id: str | None = None
     is_new_conversation: bool | None = None
+
+    @field_validator("conversation", mode="wrap")
+    @classmethod
+    def _lenient_conversation(cls, value: Any, handler: Any) -> Conversation | None:
+        # The conversation block only adds who the sender is; a malformed one must not cost the message
+        # beside it (the message's own from/wa_id still identify the sender, and the raw item is kept).
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
 
 @dataclass

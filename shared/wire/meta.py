@@ -146,7 +146,7 @@ class Context(_Model):
 class Message(_Model):
     """``value.messages[]``: one message a user sent to the business number."""
 
-    id: str
+    id: str = Field(min_length=1)  # the wamid: what makes a redelivery one effect, so never empty
     from_: str | None = Field(default=None, alias="from")
     from_user_id: str | None = None
     timestamp: str | int | None = None
@@ -172,7 +172,7 @@ class Message(_Model):
 class Status(_Model):
     """``value.statuses[]``: a delivery receipt for a message the business sent."""
 
-    id: str
+    id: str = Field(min_length=1)
     status: str
     timestamp: str | int | None = None
     recipient_id: str | None = None

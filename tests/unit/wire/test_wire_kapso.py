@@ -116,3 +116,12 @@ def test_payload_without_message_id_is_skipped() -> None:
     parsed = parse_delivery(body, "whatsapp.message.received")
     assert parsed.messages == []
     assert parsed.skipped == 1
+
+
+def test_a_malformed_conversation_block_does_not_cost_the_message() -> None:
+    body = load("message_received")
+    body["conversation"] = {"id": ["not", "a", "string"], "phone_number": {"bad": True}}
+    [message] = parse_delivery(body, "whatsapp.message.received").messages
+    assert message.text == "Hola, ¿cómo va mi pedido?"
+    assert message.sender_phone == "+573103055424"  # the message's own sender still identifies them
+    assert message.raw["conversation"]["phone_number"] == {"bad": True}  # kept as received
