@@ -19,9 +19,9 @@ from flask import Blueprint, Response, jsonify, request
 
 from ingress import json_body
 from ingress.enqueue import enqueue_events
-from ingress.errors import api_error
 from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
 from ingress.state import current_publisher, current_settings
+from ingress.webhook_checks import malformed, signature_refusal
 from shared.logging import get_logger
 from shared.providers.kapso import signature
 from shared.wire.kapso import parse_delivery
@@ -115,22 +115,9 @@ def _mark_delivery(key: str) -> None:
 
 
 def _signature_refusal(raw: bytes) -> Response | None:
-    settings = current_settings()
-    secret = settings.kapso_webhook_secret.get_secret_value() if settings.kapso_webhook_secret else None
-    if secret is None:
-        return api_error(
-            403, "signature_unverifiable", "KAPSO_WEBHOOK_SECRET is not set: signatures cannot be verified"
-        )
-    header = request.headers.get(signature.HEADER)
-    if not header:
-        return api_error(403, "signature_missing", f"missing {signature.HEADER} header")
-    if not signature.is_valid(secret, raw, header):
-        log.warning("kapso.signature_invalid")
-        return api_error(403, "signature_invalid", f"{signature.HEADER} does not match this request")
-    return None
+    secret, variable = current_settings().kapso_webhook_secret, "KAPSO_WEBHOOK_SECRET"
+    return signature_refusal(PROVIDER, raw, secret, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:
-    WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
-    log.info("kapso.malformed_webhook", reason=message)
-    return api_error(400, code, message)
+    return malformed(PROVIDER, code, message)

@@ -21,6 +21,7 @@ from ingress.enqueue import enqueue_events
 from ingress.errors import api_error
 from ingress.metrics import SIGNATURE_FAILURES, WEBHOOKS
 from ingress.state import current_settings
+from ingress.webhook_checks import malformed, signature_refusal
 from shared.logging import get_logger
 from shared.providers.meta import signature
 from shared.wire.meta import parse_webhook
@@ -97,22 +98,9 @@ def receive() -> Any:
 
 
 def _signature_refusal(raw: bytes) -> Response | None:
-    settings = current_settings()
-    secret = settings.meta_app_secret.get_secret_value() if settings.meta_app_secret else None
-    if secret is None:
-        return api_error(
-            403, "signature_unverifiable", "META_APP_SECRET is not set: signatures cannot be verified"
-        )
-    header = request.headers.get(signature.HEADER)
-    if not header:
-        return api_error(403, "signature_missing", f"missing {signature.HEADER} header")
-    if not signature.is_valid(secret, raw, header):
-        log.warning("meta.signature_invalid")
-        return api_error(403, "signature_invalid", f"{signature.HEADER} does not match this request")
-    return None
+    secret, variable = current_settings().meta_app_secret, "META_APP_SECRET"
+    return signature_refusal(PROVIDER, raw, secret, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:
-    WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
-    log.info("meta.malformed_webhook", reason=message)
-    return api_error(400, code, message)
+    return malformed(PROVIDER, code, message)
