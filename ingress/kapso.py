@@ -19,7 +19,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from ingress import json_body
 from ingress.enqueue import enqueue_events
-from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
+from ingress.metrics import DUPLICATES, WEBHOOKS
 from ingress.state import current_publisher, current_settings
 from ingress.webhook_checks import malformed, signature_refusal
 from shared.logging import get_logger
@@ -47,12 +47,9 @@ def delivery_key(idempotency_key: str) -> str:
 def receive() -> Any:
     settings = current_settings()
     raw = request.get_data(cache=True)
-    if not settings.insecure_skip_signatures:
-        refusal = _signature_refusal(raw)
-        if refusal is not None:
-            SIGNATURE_FAILURES.labels(PROVIDER).inc()
-            WEBHOOKS.labels(PROVIDER, "unknown", "forbidden").inc()
-            return refusal
+    refusal = _signature_refusal(raw)
+    if refusal is not None:
+        return refusal
 
     idempotency_key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()[:MAX_IDEMPOTENCY_KEY]
     if idempotency_key and _delivery_seen(idempotency_key):

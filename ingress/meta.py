@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from ingress import json_body
 from ingress.enqueue import enqueue_events
 from ingress.errors import api_error
-from ingress.metrics import SIGNATURE_FAILURES, WEBHOOKS
+from ingress.metrics import WEBHOOKS
 from ingress.state import current_settings
 from ingress.webhook_checks import malformed, signature_refusal
 from shared.logging import get_logger
@@ -53,12 +53,9 @@ def verify_subscription() -> Any:
 def receive() -> Any:
     settings = current_settings()
     raw = request.get_data(cache=True)
-    if not settings.insecure_skip_signatures:
-        refusal = _signature_refusal(raw)
-        if refusal is not None:
-            SIGNATURE_FAILURES.labels(PROVIDER).inc()
-            WEBHOOKS.labels(PROVIDER, "unknown", "forbidden").inc()
-            return refusal
+    refusal = _signature_refusal(raw)
+    if refusal is not None:
+        return refusal
 
     try:
         body = json_body.loads(raw)

@@ -8,7 +8,8 @@ from flask import Response, request
 from pydantic import SecretStr
 
 from ingress.errors import api_error
-from ingress.metrics import WEBHOOKS
+from ingress.metrics import SIGNATURE_FAILURES, WEBHOOKS
+from ingress.state import current_settings
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -22,8 +23,26 @@ def signature_refusal(
     header: str,
     is_valid: Callable[[str, bytes, str], bool],
 ) -> Response | None:
-    """A 403 when the request's ``header`` is missing or is not the HMAC of ``raw`` with the secret that
-    the environment ``variable`` holds; None when the signature is right."""
+    """A 403 (counted) when the request's ``header`` is missing or is not the HMAC of ``raw`` with the
+    secret that the environment ``variable`` holds; None when the signature is right or the explicit
+    ``WAPIPE_INSECURE_SKIP_SIGNATURES`` is on."""
+    if current_settings().insecure_skip_signatures:
+        return None
+    refusal = _refusal(provider, raw, secret, variable, header, is_valid)
+    if refusal is not None:
+        SIGNATURE_FAILURES.labels(provider).inc()
+        WEBHOOKS.labels(provider, "unknown", "forbidden").inc()
+    return refusal
+
+
+def _refusal(
+    provider: str,
+    raw: bytes,
+    secret: SecretStr | None,
+    variable: str,
+    header: str,
+    is_valid: Callable[[str, bytes, str], bool],
+) -> Response | None:
     if secret is None:
         return api_error(
             403, "signature_unverifiable", f"{variable} is not set: signatures cannot be verified"
