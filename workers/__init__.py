@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import redis
 from celery import Celery
 
@@ -40,6 +41,23 @@ STAGE_MODULES = (
     "workers.media",
 )
 celery.conf.imports = STAGE_MODULES
+
+
+def event_task(name: str) -> Any:
+    """Register a task that takes a canonical webhook event (``inbound.route``, ``status.apply``): acked
+    late, no result, and retried for longer than a handler stage, since PostgreSQL or Redis being briefly
+    unreachable must delay a provider's event, never drop it."""
+    return celery.task(
+        name=name,
+        bind=True,
+        acks_late=True,
+        ignore_result=True,
+        autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
+        retry_backoff=2,
+        retry_backoff_max=300,
+        retry_jitter=True,
+        max_retries=20,
+    )
 
 
 def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:

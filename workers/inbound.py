@@ -17,11 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
-import redis
-
 from shared.db import assistant_configs, contacts, conversations, messages, turns
-from shared.db.errors import Unavailable
 from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
@@ -29,7 +25,7 @@ from shared.ratelimit import RateLimiter
 from shared.replies import queue_opt_out_notice, queue_reply
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage
-from workers import celery
+from workers import event_task
 
 log = get_logger(__name__)
 
@@ -187,17 +183,6 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
     return "ai.parse_proposal"
 
 
-@celery.task(
-    name="inbound.route",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    # PostgreSQL or Redis briefly unreachable: try again later rather than drop the message.
-    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=20,
-)
+@event_task("inbound.route")
 def route_task(self: Any, event: dict[str, Any]) -> None:
     route(event)

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-import redis
-
 from shared.db import messages
-from shared.db.errors import Unavailable
 from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.wire.events import StatusUpdate
-from workers import celery
+from workers import event_task
 
 log = get_logger(__name__)
 
@@ -44,17 +40,7 @@ def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
         )
 
 
-@celery.task(
-    name="status.apply",
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=20,
-)
+@event_task("status.apply")
 def apply_task(self: Any, event: dict[str, Any]) -> None:
     applied = apply(event)
     if applied is not None:
