@@ -63,10 +63,11 @@ import psycopg
 import redis
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.db import dead_letters, messages
+from shared.db import dead_letters, messages, sending
 from shared.db.errors import NotFound, Unavailable
 from shared.db.messages import OutboundRecord, Release
 from shared.db.pool import connection, transaction
+from shared.db.sending import autocommit
 from shared.logging import get_logger
 from shared.policy import check_window
 from shared.providers import get_sender
@@ -134,26 +135,15 @@ def dispatch(
     """Send the message and a batch of other due ones; return what happened to this message (sent,
     failed, dead, skipped, claimed, missing). Raises :class:`RetryLater` when it should be tried later."""
     settings = settings or get_settings()
-    with connection() as conn:
-        state = messages.send_state(conn, message_id)
-    if state is None:
+    more = batch_more if batch_more is not None else _batch_more(settings)
+    with autocommit() as conn:
+        claim = sending.claim(conn, message_id, more)
+    if claim is None:
         log.warning("outbound message not found", message_id=message_id)
         return "missing"
-    if state.status == messages.SENDING:
-        if state.claimed_by not in (None, message_id):
-            return "claimed"  # in another task's batch, which records its outcome
-        return _in_flight(message_id, state.age)
-    if state.status != "queued":
-        log.info("outbound message already handled", message_id=message_id, status=state.status)
-        return "skipped"
-    if state.due_in is not None and state.due_in > 0:
-        raise RetryLater(_jitter(state.due_in), "not due yet")
-
-    more = batch_more if batch_more is not None else _batch_more(settings)
-    with transaction() as conn:
-        batch = messages.claim_batch(conn, message_id, more)
+    batch, state = claim.batch, claim.state
     if not batch:
-        return "skipped"  # another delivery of this task got there first
+        return _not_claimed(message_id, state)
     sender = sender or _process_sender(settings)
     outcomes = _send_batch(batch, settings, sender)
     own = outcomes.settle()
@@ -163,6 +153,20 @@ def dispatch(
     if isinstance(own, Release):
         raise RetryLater(_jitter(own.delay), own.code or "pacing")
     return own
+
+
+def _not_claimed(message_id: int, state: messages.SendState) -> str:
+    """Why the claim left this task's own message alone (as it stood just before the claim)."""
+    if state.status == messages.SENDING:
+        if state.claimed_by not in (None, message_id):
+            return "claimed"  # in another task's batch, which records its outcome
+        return _in_flight(message_id, state.age)
+    if state.status != "queued":
+        log.info("outbound message already handled", message_id=message_id, status=state.status)
+        return "skipped"
+    if state.due_in is not None and state.due_in > 0:
+        raise RetryLater(_jitter(state.due_in), "not due yet")
+    return "skipped"  # queued and due a moment ago: another claimer took it, and answers for it
 
 
 def _batch_more(settings: Settings) -> int:
@@ -220,11 +224,13 @@ class _Outcomes:
     reraise=True,
 )
 def _settle(outcomes: _Outcomes) -> None:
-    with transaction() as conn:
-        failed = [*outcomes.failed, *((i, e.code, e.message) for i, _, e in outcomes.dead)]
-        failed_now = set(
-            messages.settle_batch(conn, sent=outcomes.sent, failed=failed, released=outcomes.released)
-        )
+    failed = [*outcomes.failed, *((i, e.code, e.message) for i, _, e in outcomes.dead)]
+    if not outcomes.dead:  # the usual batch: one statement, atomic on its own
+        with autocommit() as conn:
+            sending.settle(conn, sent=outcomes.sent, failed=failed, released=outcomes.released)
+        return
+    with transaction() as conn:  # dead letters are written with the failures they record
+        failed_now = set(sending.settle(conn, sent=outcomes.sent, failed=failed, released=outcomes.released))
         for message_id, attempts, error in outcomes.dead:
             if message_id in failed_now:
                 _dead_letter(conn, message_id, attempts, str(error))

@@ -1,0 +1,251 @@
+"""notify.send's and status.apply's statements, each one round trip: the per-message hot path.
+
+A message through notify used to cost three pool checkouts and three transactions (look, claim, settle:
+twelve round trips to PostgreSQL with the checkout checks, BEGIN and COMMIT) and a receipt one transaction
+of three statements. Here every step that writes is a single statement, and a single statement is atomic
+on its own, so it runs outside an explicit transaction (:func:`autocommit`): two round trips (the pool's
+checkout check, the statement) per step.
+
+- :func:`claim`: claim the task's own message and up to ``more`` other due queued ones, and in the same
+  statement say where the own message stood when it could not be claimed (sent, in another batch, not
+  due yet, missing).
+- :func:`settle`: a batch's outcomes (sent, failed, back to the queue) and their timeline events.
+- :func:`apply_status`: a delivery receipt's forward-only move and its timeline event.
+
+The rules are those of :mod:`shared.db.messages` (which holds the single-message statements and the
+status ranks): the claim moves rows out of ``queued`` under a row lock, so two claimers never get one
+row, and a status only ever moves forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+from shared.db.errors import wrap_errors
+from shared.db.messages import SENDING, OutboundRecord, Release, SendState, StatusApplied
+from shared.db.pool import connection
+from shared.wire.events import STATUS_RANK, DeliveryStatus
+
+
+@contextlib.contextmanager
+def autocommit() -> Iterator[psycopg.Connection]:
+    """A pooled connection in autocommit, for one statement: no BEGIN and COMMIT round trips. Put back
+    in the pool's usual (transactional) mode afterwards, as psycopg_pool's own checkout check does."""
+    with connection() as conn:
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(psycopg.Error):  # a broken connection is the pool's to replace
+                conn.autocommit = False
+
+
+# --- notify's claim ------------------------------------------------------------------------------------
+
+_COLUMNS = """
+m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
+m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
+m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
+v.business_number, c.last_inbound_at, m.send_after, m.claimed_by
+"""
+# ``own_state`` is the own message as it stood before this statement (the statement's snapshot): it is
+# what the task reads when nothing was claimed. The own message is claimed only when it is queued and
+# due; the others (SKIP LOCKED, oldest first) only when it is. A row joins every claimed row to the one
+# state row, so "nothing claimed" is one row with the state and NULL message columns, and "no such
+# message" is no row at all. A concurrent claimer that takes the own row between snapshot and UPDATE
+# leaves the state saying 'queued' with nothing claimed: the task then stands back.
+_CLAIM = f"""
+WITH own_state AS (
+    SELECT status AS own_status, claimed_by AS own_claimed_by,
+           extract(epoch FROM now() - updated_at)::float AS own_age,
+           extract(epoch FROM send_after - now())::float AS own_due_in
+    FROM messages WHERE id = %(id)s AND direction = 'out'
+), own AS (
+    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
+        claimed_by = id, send_after = NULL
+    WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
+      AND (send_after IS NULL OR send_after <= now())
+    RETURNING *
+), picked AS (
+    SELECT id FROM messages
+    WHERE EXISTS (SELECT 1 FROM own) AND direction = 'out' AND status = 'queued' AND id <> %(id)s
+      AND (send_after IS NULL OR send_after <= now())
+    ORDER BY id
+    LIMIT %(more)s
+    FOR UPDATE SKIP LOCKED
+), others AS (
+    UPDATE messages m SET status = '{SENDING}', attempts = m.attempts + 1, updated_at = now(),
+        claimed_by = %(id)s, send_after = NULL
+    FROM picked WHERE m.id = picked.id
+    RETURNING m.*
+), claimed AS (
+    SELECT {_COLUMNS}
+    FROM (SELECT * FROM own UNION ALL SELECT * FROM others) m
+    LEFT JOIN contacts c ON c.id = m.contact_id
+    LEFT JOIN conversations v ON v.id = m.conversation_id
+)
+SELECT own_state.*, claimed.* FROM own_state LEFT JOIN claimed ON true
+ORDER BY claimed.id <> %(id)s, claimed.id
+"""  # noqa: S608 - constant column list and statuses, no input
+_STATE_COLUMNS = ("own_status", "own_claimed_by", "own_age", "own_due_in")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim got: the batch (the own message first), or, when empty, where the own message
+    stood (sent, failed, 'sending' in some batch, queued but not due, or queued and just taken)."""
+
+    batch: list[OutboundRecord]
+    state: SendState
+
+
+def claim(conn: psycopg.Connection, message_id: int, more: int) -> Claim | None:
+    """Claim the message, if queued and due, and up to ``more`` other due queued ones (``queued ->
+    sending``, one attempt more each, ``claimed_by`` = ``message_id``). None: no such outbound message."""
+    with wrap_errors():
+        rows = conn.execute(_CLAIM, {"id": message_id, "more": max(0, more)}).fetchall()
+    if not rows:
+        return None
+    first = rows[0]
+    state = SendState(
+        status=first["own_status"],
+        claimed_by=first["own_claimed_by"],
+        age=first["own_age"],
+        due_in=first["own_due_in"],
+    )
+    batch = [_record(row) for row in rows if row["id"] is not None]
+    return Claim(batch, state)
+
+
+def _record(row: dict[str, object]) -> OutboundRecord:
+    fields = {key: value for key, value in row.items() if key not in _STATE_COLUMNS}
+    return OutboundRecord(**{**fields, "payload": fields["payload"] or {}})  # type: ignore[arg-type]
+
+
+# --- notify's outcomes ---------------------------------------------------------------------------------
+
+# Every outcome kind in one statement; each CTE touches only the ids of its own kind (disjoint: a message
+# has one outcome). A message never put to the provider (a pacing wait) gives its attempt back and keeps
+# its last error; one that was tried records this error and a 'retrying' event. Returns the ids failed
+# now (a row no longer in 'sending', say settled by the sweep, is left alone).
+_SETTLE = f"""
+WITH sent AS (
+    UPDATE messages m SET status = 'sent', provider = v.provider, provider_message_id = v.provider_message_id,
+        error_code = NULL, error_message = NULL, updated_at = now()
+    FROM unnest(%(sent_ids)s::bigint[], %(sent_providers)s::text[], %(sent_provider_ids)s::text[])
+        AS v(id, provider, provider_message_id)
+    WHERE m.id = v.id AND m.status = '{SENDING}'
+    RETURNING m.id
+), failed AS (
+    UPDATE messages m SET status = 'failed', error_code = v.code, error_message = v.text, updated_at = now()
+    FROM unnest(%(failed_ids)s::bigint[], %(failed_codes)s::text[], %(failed_texts)s::text[])
+        AS v(id, code, text)
+    WHERE m.id = v.id AND m.status IN ('queued', '{SENDING}')
+    RETURNING m.id, v.code, v.text
+), released AS (
+    UPDATE messages m SET status = 'queued',
+        attempts = m.attempts - CASE WHEN v.tried THEN 0 ELSE 1 END,
+        error_code = CASE WHEN v.tried THEN v.code ELSE m.error_code END,
+        error_message = CASE WHEN v.tried THEN v.text ELSE m.error_message END,
+        send_after = now() + make_interval(secs => v.delay), updated_at = now()
+    FROM unnest(%(released_ids)s::bigint[], %(released_delays)s::float8[], %(released_tried)s::boolean[],
+                %(released_codes)s::text[], %(released_texts)s::text[]) AS v(id, delay, tried, code, text)
+    WHERE m.id = v.id AND m.status = '{SENDING}'
+    RETURNING m.id, v.tried, v.code, v.text
+), events AS (
+    INSERT INTO message_events (message_id, status, error_code, detail)
+    SELECT id, 'sent', NULL, NULL FROM sent
+    UNION ALL SELECT id, 'failed', code, text FROM failed
+    UNION ALL SELECT id, 'retrying', code, text FROM released WHERE tried
+)
+SELECT id FROM failed
+"""  # noqa: S608 - constant statuses, no input
+
+
+def settle(
+    conn: psycopg.Connection,
+    *,
+    sent: Sequence[tuple[int, str, str]] = (),
+    failed: Sequence[tuple[int, str, str]] = (),
+    released: Sequence[Release] = (),
+) -> list[int]:
+    """Record a batch's outcomes in one statement: ``sent`` (id, provider, provider id), ``failed`` (id,
+    code, reason; final), ``released`` (back to queued). Returns the ids failed now."""
+    params = {
+        "sent_ids": [s[0] for s in sent],
+        "sent_providers": [s[1] for s in sent],
+        "sent_provider_ids": [s[2] for s in sent],
+        "failed_ids": [f[0] for f in failed],
+        "failed_codes": [f[1] for f in failed],
+        "failed_texts": [f[2] for f in failed],
+        "released_ids": [r.id for r in released],
+        "released_delays": [max(0.0, r.delay) for r in released],
+        "released_tried": [r.tried for r in released],
+        "released_codes": [r.code for r in released],
+        "released_texts": [r.text for r in released],
+    }
+    with wrap_errors():
+        rows = conn.execute(_SETTLE, params).fetchall()
+    return [row["id"] for row in rows]
+
+
+# --- delivery receipts ---------------------------------------------------------------------------------
+
+
+def _rank_sql(column: str) -> str:
+    """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``."""
+    cases = " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
+    return f"(CASE {column} {cases} ELSE 0 END)"
+
+
+# Find, move forward and append to the timeline in one statement. The UPDATE re-checks its WHERE on the
+# locked row (READ COMMITTED), so two receipts racing each other can only ever leave the higher-ranked
+# status; a status with no rank (NULL) moves nothing and is only recorded. Every receipt is appended,
+# whatever its order.
+_APPLY_STATUS = f"""
+WITH found AS (
+    SELECT id FROM messages
+    WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
+), advanced AS (
+    UPDATE messages m SET status = %(status)s,
+        error_code = COALESCE(%(error_code)s, m.error_code),
+        error_message = COALESCE(%(error_message)s, m.error_message),
+        updated_at = now()
+    FROM found WHERE m.id = found.id AND {_rank_sql("m.status")} < %(rank)s::int
+    RETURNING m.id
+), events AS (
+    INSERT INTO message_events (message_id, status, error_code, detail, at)
+    SELECT id, %(status)s, %(error_code)s, %(error_message)s, COALESCE(%(at)s, now()) FROM found
+)
+SELECT found.id, EXISTS (SELECT 1 FROM advanced) AS changed FROM found
+"""  # noqa: S608 - constant statuses, no input
+
+
+def apply_status(
+    conn: psycopg.Connection,
+    *,
+    provider: str,
+    provider_message_id: str,
+    status: DeliveryStatus,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    at: datetime | None = None,
+) -> StatusApplied | None:
+    """Apply a delivery receipt; None when no message has that provider id (yet)."""
+    params = {
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "status": status.value,
+        "rank": STATUS_RANK.get(status),
+        "error_code": error_code,
+        "error_message": error_message,
+        "at": at,
+    }
+    with wrap_errors():
+        row = conn.execute(_APPLY_STATUS, params).fetchone()
+    return StatusApplied(row["id"], row["changed"]) if row else None
