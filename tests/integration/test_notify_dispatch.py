@@ -1,0 +1,147 @@
+"""notify.send's batch path (``workers.notify.dispatch``) in-process, against real PostgreSQL and Redis with
+the console provider: the one-statement claim takes the task's own message and other due ones once each,
+and tells a task whose message it could not take why (sent, in another batch, not due, left by a dead
+worker); the one-statement settle records every outcome with its timeline event."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.db import sending
+from shared.db.messages import Release
+from shared.providers.console import ConsoleSender
+from shared.replies import queue_reply
+from shared.settings import load_settings
+from tests.integration.test_inbound_routing import event
+from tests.integration.test_notify_send import message, statuses
+from workers import notify
+from workers.inbound import route
+from workers.notify import RetryLater, dispatch
+
+
+def a_reply_to(phone: str, text: str = "Hi!") -> int:
+    inbound = route(event("hello", phone=phone), load_settings())
+    assert inbound.message_id is not None
+    return queue_reply(inbound.message_id, text)
+
+
+def replies(count: int) -> list[int]:
+    return [a_reply_to(f"+1555300{index:04d}") for index in range(count)]
+
+
+def sent_count(db) -> int:
+    return db.execute("SELECT count(*) AS n FROM message_events WHERE status = 'sent'").fetchone()["n"]
+
+
+def test_one_task_sends_its_message_and_the_other_due_ones_each_once(db, redis_client) -> None:
+    own, *others = replies(4)
+    sender = ConsoleSender(redis_client)
+
+    assert dispatch(own, sender=sender) == "sent"
+
+    for message_id in (own, *others):
+        row = message(db, message_id)
+        assert (row["status"], row["attempts"]) == ("sent", 1)
+        assert statuses(db, message_id) == ["queued", "sent"]
+    assert {message(db, i)["claimed_by"] for i in others} == {own}
+    # The others' own jobs then find them sent and send nothing more.
+    assert [dispatch(i, sender=sender) for i in others] == ["skipped"] * 3
+    assert dispatch(own, sender=sender) == "skipped"
+    assert sent_count(db) == 4
+
+
+def test_a_message_in_another_tasks_batch_is_left_to_that_task(db, redis_client) -> None:
+    claimer, other = replies(2)
+    db.execute(
+        "UPDATE messages SET status = 'sending', claimed_by = %s, attempts = 1 WHERE id IN (%s, %s)",
+        (claimer, claimer, other),
+    )
+
+    assert dispatch(other, sender=ConsoleSender(redis_client)) == "claimed"
+
+    row = message(db, other)
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("sending", 1, claimer)
+    assert sent_count(db) == 0
+
+
+def test_a_message_not_due_yet_is_neither_claimed_nor_claims_others(db, redis_client) -> None:
+    own, other = replies(2)
+    db.execute("UPDATE messages SET send_after = now() + interval '30 seconds' WHERE id = %s", (own,))
+
+    with pytest.raises(RetryLater) as later:
+        dispatch(own, sender=ConsoleSender(redis_client))
+
+    assert 25 < later.value.countdown < 31
+    for message_id in (own, other):
+        row = message(db, message_id)
+        assert (row["status"], row["attempts"]) == ("queued", 0)
+
+
+def test_an_unknown_or_inbound_id_is_missing(db, redis_client) -> None:
+    inbound = route(event("hello", phone="+15553009999"), load_settings())
+
+    assert dispatch(10**12, sender=ConsoleSender(redis_client)) == "missing"
+    assert dispatch(inbound.message_id, sender=ConsoleSender(redis_client)) == "missing"
+
+
+def test_a_claim_left_by_a_dead_worker_is_dead_lettered_past_the_lease(db, redis_client) -> None:
+    own, other = replies(2)
+    db.execute(
+        "UPDATE messages SET status = 'sending', claimed_by = %s, attempts = 1 WHERE id IN (%s, %s)",
+        (own, own, other),
+    )
+    sender = ConsoleSender(redis_client)
+
+    with pytest.raises(RetryLater):  # within the lease: its batch may still be running
+        dispatch(own, sender=sender)
+    db.execute(
+        "UPDATE messages SET updated_at = now() - make_interval(secs => %s)", (notify.SEND_LEASE_SECONDS + 5,)
+    )
+    assert dispatch(own, sender=sender) == "dead"
+
+    for message_id in (own, other):
+        row = message(db, message_id)
+        assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
+    letters = db.execute("SELECT message_id FROM dead_letters ORDER BY message_id").fetchall()
+    assert [letter["message_id"] for letter in letters] == [own, other]
+    assert sent_count(db) == 0
+
+
+def test_settle_records_every_kind_of_outcome_in_one_statement(db, redis_client) -> None:
+    sent, failed, retried, paced, elsewhere = replies(5)
+    db.execute("UPDATE messages SET status = 'sending', attempts = 1 WHERE direction = 'out'")
+    db.execute("UPDATE messages SET status = 'failed' WHERE id = %s", (elsewhere,))
+
+    with sending.autocommit() as conn:
+        failed_now = sending.settle(
+            conn,
+            sent=[(sent, "console", "console-1")],
+            failed=[(failed, "21211", "invalid number"), (elsewhere, "x", "already settled")],
+            released=[Release(retried, 30.0, True, "503", "unavailable"), Release(paced, 2.0, False)],
+        )
+
+    assert failed_now == [failed]
+    assert (message(db, sent)["status"], message(db, sent)["provider_message_id"]) == ("sent", "console-1")
+    assert statuses(db, sent) == ["queued", "sent"]
+    assert (message(db, failed)["status"], message(db, failed)["error_code"]) == ("failed", "21211")
+    assert statuses(db, failed) == ["queued", "failed"]
+    row = message(db, retried)
+    assert (row["status"], row["attempts"], row["error_code"]) == ("queued", 1, "503")
+    assert statuses(db, retried) == ["queued", "retrying"]
+    row = message(db, paced)
+    assert (row["status"], row["attempts"]) == ("queued", 0)  # a pacing wait costs no attempt
+    assert statuses(db, paced) == ["queued"]
+    assert message(db, elsewhere)["error_code"] is None
+    due = db.execute(
+        "SELECT id FROM messages WHERE send_after > now() + interval '20 seconds' ORDER BY id"
+    ).fetchall()
+    assert [row["id"] for row in due] == [retried]
+
+
+def test_the_autocommit_connection_goes_back_to_the_pool_transactional(db, redis_client) -> None:
+    from shared.db.pool import connection
+
+    with sending.autocommit() as conn:
+        assert conn.autocommit
+    with connection() as conn:
+        assert not conn.autocommit
