@@ -18,6 +18,7 @@ they chose it. Logs mask it.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -33,13 +34,14 @@ from ingress.errors import api_error, handle_http_exception
 from ingress.publishing import publish
 from ingress.state import current_settings
 from shared import providers
-from shared.db import contacts, messages
+from shared.db import messages, outbound_api
 from shared.db.errors import NotFound
-from shared.db.pool import transaction
+from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, mask_phone, normalize
 from shared.providers.base import OutboundMessage, SendError
 from shared.queues import Job
+from shared.settings import Settings
 from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest, error_location
 
 log = get_logger(__name__)
@@ -53,6 +55,7 @@ KEY_PREFIX = "api:"
 # A message whose notify.send could not be enqueued (Redis down) is failed with this code, so it is
 # reported rather than stuck; the same idempotency key sent again queues it anew.
 QUEUE_UNAVAILABLE = "queue_unavailable"
+QUEUE_UNAVAILABLE_TEXT = "the queue was unreachable; send it again with its key"
 
 
 class _Refused(Exception):
@@ -159,10 +162,68 @@ def _legacy_notify() -> Any:
 def accept(send: SendRequest, key: str | None) -> Accepted:
     """Validate what depends on configuration, store the message once, enqueue ``notify.send``."""
     settings = current_settings()
+    to = _recipient(send.to, settings.default_region)
+    message_type, body, payload = _checked_content(send, to, settings)
+    request_hash = send.request_hash(to)
+    stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
+
+    with connection() as conn:
+        stored = outbound_api.accept(
+            conn,
+            phone=to,
+            idempotency_key=stored_key,
+            provider=settings.active_provider.value,
+            type=message_type,
+            body=body,
+            payload=payload,
+            request_hash=request_hash,
+        )
+    status, requeued = stored.status, False
+    if not stored.new:
+        if stored.request_hash != request_hash:
+            raise _Refused(
+                409,
+                "idempotency_conflict",
+                "idempotency_key: already used for a different request; use a new key for a new message",
+                "idempotency_key",
+            )
+        if stored.status == "failed" and stored.error_code == QUEUE_UNAVAILABLE:
+            with transaction() as conn:
+                requeued = messages.requeue_failed(conn, stored.id)
+            status = "queued" if requeued else status
+
+    # The row is committed; the job goes to Redis before we answer (202 only when both hold). A replay
+    # of a message still queued publishes again: its first job may be the one that was lost.
+    if stored.new or requeued or status == "queued":
+        _enqueue(stored.id, fail_on_error=stored.new or requeued)
+    log.debug(
+        "api message accepted", message_id=stored.id, to=mask_phone(to), type=message_type, new=stored.new
+    )
+    return Accepted(stored.id, status, to, stored.new)
+
+
+def _recipient(raw: str, region: str) -> str:
+    """The E.164 recipient, or a 422 naming ``to``."""
+    to, problem = _normalized(raw, region)
+    if problem is not None:
+        raise _Refused(422, "invalid_phone", f"to: {problem}", "to")
+    return to
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(raw: str, region: str) -> tuple[str, str | None]:
+    """``(E.164, None)`` or ``("", why not)``; cached because notifications go to the same people again
+    and again, and parsing a number with its country's plan is the costliest check of a request."""
     try:
-        to = normalize(send.to, settings.default_region, strict=True)
+        return normalize(raw, region, strict=True), None
     except InvalidPhone as exc:
-        raise _Refused(422, "invalid_phone", f"to: {exc}", "to") from None
+        return "", str(exc)
+
+
+def _checked_content(
+    send: SendRequest, to: str, settings: Settings
+) -> tuple[str, str | None, dict[str, Any]]:
+    """``(type, body, payload)`` for the row, once the active provider has said it can send them."""
     kind = send.outbound_type
     if not providers.supports(kind.value, settings):
         raise _Refused(
@@ -182,58 +243,25 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     except SendError as exc:
         field = getattr(exc, "field", None) or "type"
         raise _Refused(422, exc.code, f"{field}: {exc.message}", field) from None
-    request_hash = send.request_hash(to)
-    stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
-
-    requeued = False
-    with transaction() as conn:
-        contact = contacts.get_or_create_by_phone(conn, to)
-        message_id, new = messages.insert_outbound(
-            conn,
-            idempotency_key=stored_key,
-            provider=settings.active_provider.value,
-            contact_id=contact.id,
-            conversation_id=None,
-            type=message_type,
-            body=body,
-            payload=payload,
-            request_hash=request_hash,
-        )
-        if new:
-            status = "queued"
-        else:
-            first = messages.find_outbound_by_key(conn, stored_key)
-            if first is None or first.request_hash != request_hash:
-                raise _Refused(
-                    409,
-                    "idempotency_conflict",
-                    "idempotency_key: already used for a different request; use a new key for a new message",
-                    "idempotency_key",
-                )
-            status = first.status
-            if first.status == "failed" and first.error_code == QUEUE_UNAVAILABLE:
-                requeued = messages.requeue_failed(conn, message_id)
-                status = "queued" if requeued else status
-
-    if new or requeued or status == "queued":
-        _enqueue(message_id, fail_on_error=new or requeued)
-    log.info("api message accepted", message_id=message_id, to=mask_phone(to), type=message_type, new=new)
-    return Accepted(message_id, status, to, new)
+    return message_type, body, payload
 
 
 def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
-    """After the commit, so notify.send finds the row. A second job for one message is harmless."""
+    """After the commit, so notify.send finds the row. A second job for one message is harmless.
+
+    When Redis refuses the job the caller gets a 503 and the message is marked failed with
+    ``queue_unavailable``: reported, not stuck, and the same key sent again queues it anew. Not if a
+    notify batch claimed the committed row meanwhile: it is being sent, and a retry is answered with its
+    status. Should the mark fail too (PostgreSQL gone as well), or the process die between the commit and
+    the publish, the row stays ``queued`` without a job: notify.sweep re-enqueues queued messages overdue
+    by ``OVERDUE_SECONDS``, so it is still sent once (the notify claim makes a late second job harmless).
+    """
     try:
         publish([Job("notify.send", {"message_id": message_id})])
     except HTTPException:
         if fail_on_error:
-            with transaction() as conn:
-                messages.mark_failed(
-                    conn,
-                    message_id,
-                    QUEUE_UNAVAILABLE,
-                    "the queue was unreachable; send it again with its key",
-                )
+            with connection() as conn:
+                outbound_api.fail_unqueued(conn, message_id, QUEUE_UNAVAILABLE, QUEUE_UNAVAILABLE_TEXT)
         raise
 
 

@@ -4,6 +4,9 @@ once with its job queued; WhatsApp limits, bad numbers and types the provider ca
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -464,3 +467,64 @@ def test_a_broker_outage_is_a_503_and_the_message_is_reported_not_stuck(db, redi
     assert again.status_code == 200
     assert again.get_json() == {"id": row["id"], "status": "queued"}
     assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
+
+
+def _at_once(calls: int, call: Callable[[int], Any]) -> list[Any]:
+    """``call(i)`` for i in range(calls), from as many threads released together."""
+    start = threading.Barrier(calls)
+
+    def run(index: int) -> Any:
+        start.wait()
+        return call(index)
+
+    with ThreadPoolExecutor(calls) as pool:
+        return list(pool.map(run, range(calls)))
+
+
+def test_concurrent_retries_with_one_key_store_one_message(db, redis_client) -> None:
+    # A caller whose first POST timed out retries on several connections at once: every answer names the
+    # same message, exactly one of them created it, and it is stored, timelined and sent once.
+    app = create_app(load_settings(api_keys=KEY, default_region="CO"))
+    body = {"to": CO_MOBILE, "type": "text", "text": "Ticket #42", "idempotency_key": "retry-42"}
+
+    answers = _at_once(8, lambda _: post(app.test_client(), body))
+
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [202]
+    assert {a.get_json()["id"] for a in answers} == {answers[0].get_json()["id"]}
+    [row] = stored(db)
+    events = db.execute("SELECT status FROM message_events WHERE message_id = %s", (row["id"],)).fetchall()
+    assert [e["status"] for e in events] == ["queued"]
+    # A replay of a queued message publishes its job again (the first may be the one that was lost);
+    # every job names the one message and notify.send's claim sends it once.
+    jobs = queued(redis_client, "notify")
+    assert jobs
+    assert all(job == ("notify.send", {"message_id": row["id"]}) for job in jobs)
+
+
+def test_concurrent_first_messages_to_a_new_number_share_one_contact(db, redis_client) -> None:
+    app = create_app(load_settings(api_keys=KEY, default_region="CO"))
+
+    answers = _at_once(
+        8, lambda i: post(app.test_client(), {"to": CO_MOBILE, "type": "text", "text": f"update {i}"})
+    )
+
+    assert [a.status_code for a in answers] == [202] * 8
+    rows = stored(db)
+    assert len(rows) == 8
+    assert {row["phone"] for row in rows} == {CO_MOBILE}
+    assert db.execute("SELECT count(*) AS n FROM contacts").fetchone()["n"] == 1
+
+
+def test_a_message_for_a_known_contact_keeps_the_contact_as_it_was(client: FlaskClient, db) -> None:
+    # The accept reads the contact without rewriting it: its window and opt-out stay what inbound set.
+    db.execute(
+        "INSERT INTO contacts (phone, profile_name, last_inbound_at)"
+        " VALUES (%s, 'Ana', now() - interval '1 hour')",
+        (CO_MOBILE,),
+    )
+    before = db.execute("SELECT * FROM contacts").fetchone()
+
+    assert post(client, {"to": CO_MOBILE, "type": "text", "text": "hi"}).status_code == 202
+
+    assert db.execute("SELECT * FROM contacts").fetchone() == before
+    assert stored(db)[0]["contact_id"] == before["id"]
