@@ -12,9 +12,10 @@ machines with skewed clocks still agree. Counting is keyed by message id, so a t
 is counted once.
 
 Batches (notify sends many messages per task, see workers/notify.py) take their pacing in bulk:
-:meth:`RateLimiter.reserve` books up to k send times from the same GCRA bucket in one call (the slots that
-fall within a short horizon, ``interval`` apart), and :meth:`RateLimiter.recipients_wait` counts a whole
-batch against its recipients' windows. Booked slots are spaced ``(1 + PACING_MARGIN) / rate`` apart rather
+:meth:`RateLimiter.reserve` books the send times of the queued sends that fall within a short horizon
+(``interval`` apart) from the same GCRA bucket, and counts each of those sends against its recipient's
+window, all in one call: a send is counted when its slot is booked, and one over its recipient's limit
+takes no slot. Booked slots are spaced ``(1 + PACING_MARGIN) / rate`` apart rather
 than ``1 / rate``: evenly spaced at exactly the rate, a closed one-second window holds rate + 1 sends, and
 the few milliseconds a send can lag its slot (event loop, network) would let a window catch one more; the
 margin keeps every one-second window at or under the rate with ``PACING_MARGIN`` seconds of lag to spare.
@@ -25,6 +26,7 @@ A provider's "slow down" (429 with Retry-After) blocks the sender number for eve
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -93,27 +95,55 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
-# GCRA booking k slots at once. KEYS: the bucket, the sender's block. ARGV: interval ms, slots wanted,
-# horizon ms. Returns {slots booked, ms from now to the first (text: Lua numbers come back as integers),
-# ms to wait when none could be booked}. Slots fall at first, first + interval, ...; all within horizon.
+# GCRA booking slots for queued sends, each counted against its recipient's per-minute window in the same
+# call. KEYS: the bucket, the sender's block, then each send's recipient window (in queue order). ARGV:
+# interval ms, horizon ms, window ms, per-window limit, then each send's member. Sends are examined in order
+# until the slots that fall within the horizon are all given: a send within its recipient's limit (or
+# already counted there) takes the next slot, one over it takes none. Returns {slots booked, ms from now to
+# the first (text: Lua numbers come back as integers), ms to wait when nothing could be examined (blocked,
+# or no slot within the horizon), sends examined, then each examined send's wait in ms (0: booked)}.
+# Slots fall at first, first + interval, ...; the bucket advances only by the slots booked.
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local blocked = redis.call('PTTL', KEYS[2])
 if blocked > 0 then
-  return {0, '0', blocked}
+  return {0, '0', blocked, 0}
 end
-local interval, wanted, horizon = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
+local window, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local fit = math.floor((now + horizon - tat) / interval) + 1
 if fit < 1 then
-  return {0, '0', math.max(1, math.ceil(tat - now - horizon))}
+  return {0, '0', math.max(1, math.ceil(tat - now - horizon)), 0}
 end
-local booked = math.min(wanted, fit)
-local new_tat = tat + booked * interval
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {booked, string.format('%.3f', tat - now), 0}
+local window_now = math.floor(now)
+local booked, waits = 0, {}
+for i = 3, #KEYS do
+  if booked >= fit then break end
+  local key, member = KEYS[i], ARGV[i + 2]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', window_now - window)
+  local wait = 0
+  if not redis.call('ZSCORE', key, member) then
+    if redis.call('ZCARD', key) < limit then
+      redis.call('ZADD', key, window_now, member)
+      redis.call('PEXPIRE', key, window)
+    else
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      wait = math.max(1, tonumber(oldest[2]) + window - window_now)
+    end
+  end
+  if wait == 0 then booked = booked + 1 end
+  waits[#waits + 1] = wait
+end
+if booked > 0 then
+  local new_tat = tat + booked * interval
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+end
+local reply = {booked, string.format('%.3f', tat - now), 0, #waits}
+for i = 1, #waits do reply[4 + i] = waits[i] end
+return reply
 """
 
 # KEYS: the block. ARGV: ms. Extends the block to at least ms from now; never shortens it.
@@ -122,31 +152,6 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 end
 return 0
-"""
-
-# The recipient window for many sends at once. KEYS: each send's recipient window. ARGV: window ms,
-# limit, then each send's member. Returns each send's wait in ms (0: counted, or already counted).
-_WINDOW_SLOTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local waits = {}
-for i = 1, #KEYS do
-  local key, member = KEYS[i], ARGV[i + 2]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  local wait = 0
-  if not redis.call('ZSCORE', key, member) then
-    if redis.call('ZCARD', key) < limit then
-      redis.call('ZADD', key, now, member)
-      redis.call('PEXPIRE', key, window)
-    else
-      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      wait = math.max(1, tonumber(oldest[2]) + window - now)
-    end
-  end
-  waits[i] = wait
-end
-return waits
 """
 
 INBOUND_WINDOW_SECONDS = 60
@@ -159,13 +164,16 @@ PACING_MARGIN = 0.1
 
 @dataclass(frozen=True)
 class Booking:
-    """Send times booked for one sender: ``count`` slots at ``first``, ``first + interval``, ... seconds
-    from now; when ``count`` is 0, ``wait`` seconds until a slot can be booked."""
+    """Send times booked for one sender's queued sends, examined in queue order: ``waits`` holds each
+    examined send's answer (0.0: it has a slot; else seconds until its recipient's window has room, and no
+    slot). The ``count`` slots fall at ``first``, ``first + interval``, ... seconds from now, in the order
+    of the sends that got one. Nothing examined: ``wait`` seconds until a slot can be booked."""
 
     count: int
     first: float
     interval: float
     wait: float
+    waits: tuple[float, ...] = ()
 
     def offsets(self) -> list[float]:
         return [self.first + index * self.interval for index in range(self.count)]
@@ -192,7 +200,6 @@ class RateLimiter:
         self._window_slot = client.register_script(_WINDOW_SLOT)
         self._reserve = client.register_script(_RESERVE)
         self._block = client.register_script(_BLOCK)
-        self._window_slots = client.register_script(_WINDOW_SLOTS)
 
     def inbound(
         self, user_key: str, message_id: int, limit: int, window_seconds: int = INBOUND_WINDOW_SECONDS
@@ -245,26 +252,35 @@ class RateLimiter:
 
     # --- batches ----------------------------------------------------------------------------------------
 
-    def reserve(self, sender: str, rate_per_second: float, wanted: int, horizon_seconds: float) -> Booking:
-        """Book up to ``wanted`` send slots for the sender number, those falling within the horizon."""
+    def reserve(
+        self,
+        sender: str,
+        rate_per_second: float,
+        sends: Sequence[tuple[str, int]],
+        horizon_seconds: float,
+        recipient_per_minute: int,
+    ) -> Booking:
+        """Book send slots for the sender number, those falling within the horizon, for ``sends``
+        ((recipient, message id), in queue order), each counted against its recipient's per-minute
+        window in the same call (a send already counted there is not counted twice)."""
         interval_ms = (1 + PACING_MARGIN) * 1000.0 / rate_per_second
-        count, first_ms, wait_ms = self._reserve(
-            keys=[f"pace:sender:{sender}", f"pace:block:{sender}"],
-            args=[f"{interval_ms:.6f}", max(1, wanted), f"{horizon_seconds * 1000:.3f}"],
+        keys = [f"pace:sender:{sender}", f"pace:block:{sender}", *(f"pace:to:{to}" for to, _ in sends)]
+        args = [
+            f"{interval_ms:.6f}",
+            f"{horizon_seconds * 1000:.3f}",
+            60_000,
+            recipient_per_minute,
+            *(_member(message_id) for _, message_id in sends),
+        ]
+        count, first_ms, wait_ms, _examined, *waits = self._reserve(keys=keys, args=args)
+        return Booking(
+            int(count),
+            float(first_ms) / 1000.0,
+            interval_ms / 1000.0,
+            int(wait_ms) / 1000.0,
+            tuple(int(wait) / 1000.0 for wait in waits),
         )
-        return Booking(int(count), float(first_ms) / 1000.0, interval_ms / 1000.0, int(wait_ms) / 1000.0)
 
     def block_sender(self, sender: str, seconds: float) -> None:
         """The provider asked this number to slow down: no slot is booked for ``seconds`` (every process)."""
         self._block(keys=[f"pace:block:{sender}"], args=[max(1, int(seconds * 1000))])
-
-    def recipients_wait(self, sends: list[tuple[str, int]], per_minute: int) -> list[float]:
-        """Count each (recipient, message id) toward the recipient's per-minute window, in one call; each
-        send's wait in seconds (0.0: within the limit, or already counted)."""
-        if not sends:
-            return []
-        waits = self._window_slots(
-            keys=[f"pace:to:{recipient}" for recipient, _ in sends],
-            args=[60_000, per_minute, *(_member(message_id) for _, message_id in sends)],
-        )
-        return [int(wait) / 1000.0 for wait in waits]

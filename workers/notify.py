@@ -7,25 +7,29 @@ a prefork pool sending one message per task makes ~25 sends/s with 4 processes, 
 per process at ~3 ms of CPU a send (Celery, three transactions, two Lua calls and the twilio SDK, for one
 message). So a task sends a batch (:func:`dispatch`):
 
-1. One look at its message (:func:`shared.db.messages.send_state`): already sent or failed -> done;
+1. One statement (:func:`shared.db.sending.claim`) claims its message, if queued and due, and up to
+   ``BATCH_MORE`` other due queued messages, oldest first, ``FOR UPDATE SKIP LOCKED``: ``queued ->
+   sending``, one attempt more, ``claimed_by`` = this message. The claim is what makes a send once-only:
+   the other messages' own tasks then find them claimed (or sent) and return at once. When its own
+   message could not be claimed, the same statement says where it stood: already sent or failed -> done;
    claimed by another task's batch -> done (that task answers for it); not due yet -> later.
-2. One statement claims it and up to ``BATCH_MORE`` other queued messages that are due, oldest first,
-   ``FOR UPDATE SKIP LOCKED`` (:func:`shared.db.messages.claim_batch`): ``queued -> sending``, one attempt
-   more, ``claimed_by`` = this message. The claim is still what makes a send once-only: the other
-   messages' own tasks then find them claimed (or sent) and return at once.
-3. Checks that fail a message for good, as before: no phone, opted out, WhatsApp's 24-hour window.
-4. One Lua call counts the batch against the recipients' per-minute windows; a message over its limit
-   goes back to the queue, due when the window has room.
-5. The rest go to this process's event loop (shared/providers/aio.py), which books send slots per sender
+2. Checks that fail a message for good, as before: no phone, opted out, WhatsApp's 24-hour window.
+3. The rest go to this process's event loop (shared/providers/aio.py), which books send slots per sender
    number from the shared GCRA bucket in bulk (:meth:`shared.ratelimit.RateLimiter.reserve`: the slots
-   of the next ``PACING_HORIZON_SECONDS``, one Lua call) and makes each provider call at its slot, all
-   concurrently on one keep-alive aiohttp session (``send_async``; a sender without it, such as the
-   console, runs its ``send`` in a thread). A 429 with Retry-After blocks the sender number in Redis for
-   every process; a send whose slot passed more than ``LATE_SLOT_SECONDS`` ago (a stalled loop) books a
-   new slot rather than go out late and crowd a one-second window.
-6. The outcomes are written in one transaction, one statement per kind (sent, failed, back to the queue)
-   (:func:`shared.db.messages.settle_batch`), dead letters beside them; only then are retries enqueued
-   (with their countdown) and the task acknowledged.
+   of the next ``PACING_HORIZON_SECONDS``, one Lua call that also counts each send against its
+   recipient's per-minute window; a send over its limit goes back to the queue, due when the window has
+   room) and makes each provider call at its slot, all concurrently on one keep-alive aiohttp session
+   (``send_async``; a sender without it, such as the console, runs its ``send`` in a thread). A 429 with
+   Retry-After blocks the sender number in Redis for every process; a send whose slot passed more than
+   ``LATE_SLOT_SECONDS`` ago (a stalled loop) books a new slot rather than go out late and crowd a
+   one-second window.
+4. The outcomes are written in one statement (sent, failed, back to the queue, and their timeline
+   events: :func:`shared.db.sending.settle`), in one transaction with the dead letters when there are
+   any; only then are retries enqueued (with their countdown) and the task acknowledged.
+
+The claim and the settle each run as a single statement outside an explicit transaction (two round
+trips to PostgreSQL each, with the pool's checkout check), so a batch of one message costs four round
+trips and one Lua call besides the provider call.
 
 Measured with ``python -m tests.bench.outbound`` (figures in the commit that introduced this): see the
 README's Performance section.
@@ -264,15 +268,8 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
         else:
             from_number = record.business_number if record.conversation_provider == sender.name else None
             ready.append((record, from_number))
-    limiter = RateLimiter(get_publisher().redis)
-    waits = limiter.recipients_wait(
-        [(record.phone or "", record.id) for record, _ in ready], settings.recipient_rate_per_minute
-    )
     to_send: list[_Send] = []
-    for (record, from_number), wait in zip(ready, waits, strict=True):
-        if wait > 0:
-            outcomes.released.append(Release(record.id, wait, False))
-            continue
+    for record, from_number in ready:
         message = OutboundMessage.from_record(
             id=record.id,
             to=record.phone or "",
@@ -285,7 +282,7 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
         to_send.append(_Send(record, message, pace_key))
     if to_send:
         loop = get_loop()
-        results = loop.run(_pacer(loop, limiter, settings).send_all(to_send, sender))
+        results = loop.run(_pacer(loop, settings).send_all(to_send, sender))
         for send, result in zip(to_send, results, strict=True):
             if isinstance(result, SendResult):
                 outcomes.sent.append((send.record.id, result.provider, result.provider_message_id))
@@ -332,6 +329,10 @@ class _Pacer:
         self._loop = loop
         self._limiter = limiter
         self._rate = settings.send_rate
+        self._per_minute = settings.recipient_rate_per_minute
+        # Sends looked at per booking call: a few more than the slots one horizon holds, so a send over its
+        # recipient's limit rarely leaves a slot unused, and the call stays small.
+        self._per_round = int(PACING_HORIZON_SECONDS * settings.send_rate) + 4
         self._queues: dict[str, deque[_Send]] = {}
         self._running: set[str] = set()
         self._blocked_until: dict[str, float] = {}
@@ -361,30 +362,45 @@ class _Pacer:
         task.add_done_callback(self._tasks.discard)
 
     async def _book(self, key: str, sender: Sender) -> None:
-        """Book slots for the number's queue until it is empty."""
+        """Book slots for the number's queue until it is empty; each send is counted against its
+        recipient's per-minute window in the same call, and one over it goes back to the queue."""
         running = asyncio.get_running_loop()
         queue = self._queues[key]
+        taken: list[_Send] = []
         try:
             while queue:
                 self._give_up_waiting(queue, running.time())
-                if not queue:
+                # Out of the queue while the call runs: the answers are per send, and a send that missed
+                # its slot meanwhile goes back to the queue's front.
+                taken = [queue.popleft() for _ in range(min(len(queue), self._per_round))]
+                if not taken:
                     break
                 booking = await asyncio.to_thread(
-                    self._limiter.reserve, key, self._rate, len(queue), PACING_HORIZON_SECONDS
+                    self._limiter.reserve,
+                    key,
+                    self._rate,
+                    [(send.record.phone or "", send.record.id) for send in taken],
+                    PACING_HORIZON_SECONDS,
+                    self._per_minute,
                 )
-                if booking.count == 0:
+                now = running.time()
+                slots = iter(booking.offsets())
+                for send, wait in zip(taken, booking.waits, strict=False):
+                    if wait > 0:  # the recipient's window is full: back to the queue, due when it has room
+                        self._resolve(send, Release(0, wait, False))
+                    else:
+                        self._spawn(self._fire(send, now + next(slots), sender))
+                queue.extendleft(reversed(taken[len(booking.waits) :]))  # not reached this round
+                taken = []
+                if not booking.waits:
                     await asyncio.sleep(min(booking.wait, 1.0))
                     continue
-                now = running.time()
-                for offset in booking.offsets():
-                    if not queue:
-                        break  # booked a slot more than needed: unused, it only slows the number a little
-                    self._spawn(self._fire(queue.popleft(), now + offset, sender))
                 await asyncio.sleep(max(0.0, booking.first + booking.count * booking.interval - 0.01))
         except Exception as exc:  # Redis trouble: every waiting send goes back to the queue for later
             log.warning("pacing unavailable", error=type(exc).__name__)
-            while queue:
-                self._resolve(queue.popleft(), Release(0, _jitter(2.0), False, "pacing_unavailable"))
+            for send in [*taken, *queue]:
+                self._resolve(send, Release(0, _jitter(2.0), False, "pacing_unavailable"))
+            queue.clear()
         finally:
             self._running.discard(key)
             if queue:  # arrived while we were leaving
@@ -435,10 +451,10 @@ class _Pacer:
 _pacers: dict[int, _Pacer] = {}
 
 
-def _pacer(loop: LoopThread, limiter: RateLimiter, settings: Settings) -> _Pacer:
+def _pacer(loop: LoopThread, settings: Settings) -> _Pacer:
     pacer = _pacers.get(id(loop))
     if pacer is None:
-        pacer = _pacers[id(loop)] = _Pacer(loop, limiter, settings)
+        pacer = _pacers[id(loop)] = _Pacer(loop, RateLimiter(get_publisher().redis), settings)
     return pacer
 
 

@@ -145,3 +145,67 @@ def test_the_autocommit_connection_goes_back_to_the_pool_transactional(db, redis
         assert conn.autocommit
     with connection() as conn:
         assert not conn.autocommit
+
+
+# --- pacing: the recipient window is counted in the same call that books the sender's slots -------------
+
+
+def test_a_recipient_over_its_limit_waits_and_is_counted_once(db, redis_client, monkeypatch) -> None:
+    monkeypatch.setattr(notify, "_pacers", {})  # a pacer keeps the settings it was made with
+    settings = load_settings(recipient_rate_per_minute=2)
+    own, second, third = (a_reply_to("+15553100000", text) for text in ("one", "two", "three"))
+    other_recipient = a_reply_to("+15553100001")
+    sender = ConsoleSender(redis_client)
+
+    assert dispatch(own, settings=settings, sender=sender) == "sent"
+
+    assert [message(db, i)["status"] for i in (own, second, third, other_recipient)] == [
+        "sent",
+        "sent",
+        "queued",
+        "sent",
+    ]
+    row = message(db, third)
+    assert row["attempts"] == 0  # a pacing wait costs no attempt
+    assert db.execute(
+        "SELECT send_after > now() + interval '30 seconds' AS later FROM messages WHERE id = %s", (third,)
+    ).fetchone()["later"]
+    assert redis_client.zcard("pace:to:+15553100000") == 2
+    # Its own job comes back before the window has room: not due, nothing counted or sent.
+    with pytest.raises(RetryLater):
+        dispatch(third, settings=settings, sender=sender)
+    assert redis_client.zcard("pace:to:+15553100000") == 2
+    assert sent_count(db) == 3
+
+
+def test_reserve_counts_a_send_once_and_books_nothing_while_the_sender_is_blocked(redis_client) -> None:
+    from shared.ratelimit import RateLimiter
+
+    limiter = RateLimiter(redis_client)
+    sends = [("+1", 1), ("+1", 2), ("+2", 3)]
+
+    first = limiter.reserve("bench", 10.0, sends, 1.0, recipient_per_minute=1)
+    again = limiter.reserve("bench", 10.0, [("+1", 1)], 1.0, recipient_per_minute=1)
+    limiter.block_sender("bench", 5.0)
+    blocked = limiter.reserve("bench", 10.0, [("+3", 4)], 1.0, recipient_per_minute=1)
+
+    assert first.waits[0] == first.waits[2] == 0.0
+    assert first.waits[1] > 50  # seconds until +1's first send leaves its one-minute window
+    assert first.count == 2  # slots only for the sends within their limit
+    assert again.waits == (0.0,)  # already counted: counted once, and it may take a slot
+    assert (blocked.count, blocked.waits) == (0, ())
+    assert 4.0 < blocked.wait <= 5.0
+    assert redis_client.zcard("pace:to:+3") == 0
+
+
+def test_reserve_examines_no_more_sends_than_the_horizon_has_slots(redis_client) -> None:
+    from shared.ratelimit import RateLimiter
+
+    limiter = RateLimiter(redis_client)
+    sends = [(f"+{i}", i) for i in range(10)]
+
+    booking = limiter.reserve("bench", 10.0, sends, 0.15, recipient_per_minute=5)
+
+    # 10/s with the pacing margin: a slot every 110 ms, so 0.15 s holds two.
+    assert (booking.count, booking.waits) == (2, (0.0, 0.0))
+    assert [redis_client.zcard(f"pace:to:+{i}") for i in range(3)] == [1, 1, 0]
