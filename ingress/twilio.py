@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
+import werkzeug.urls  # noqa: F401 - registers the "werkzeug.url_quote" codec error handler used below
 from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
@@ -55,15 +57,17 @@ def hello() -> Any:
 @bp.post("")
 def receive() -> Any:
     settings = current_settings()
+    # A form body is parsed once, here: its fields are both what Twilio signed and the event.
+    form = form_pairs(request.get_data()) if request.mimetype == FORM else None
     if not settings.insecure_skip_signatures:
-        refusal = _signature_refusal()
+        refusal = _signature_refusal(form)
         if refusal is not None:
             SIGNATURE_FAILURES.labels(PROVIDER).inc()
             WEBHOOKS.labels(PROVIDER, "unknown", "forbidden").inc()
             return refusal
 
     try:
-        event = parse(_params(), region=settings.default_region)
+        event = parse(_params(form), region=settings.default_region)
     except MalformedWebhook as exc:
         WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
         log.info("twilio.malformed_webhook", reason=str(exc))
@@ -85,7 +89,7 @@ def receive() -> Any:
     return Response(EMPTY_TWIML, mimetype="text/xml")
 
 
-def _signature_refusal() -> Response | None:
+def _signature_refusal(form: list[tuple[str, str]] | None) -> Response | None:
     """None when the request carries Twilio's signature for our public URL; else the 403 to send."""
     verifier: Verifier | None = current_app.extensions[VERIFIER_KEY]
     if verifier is None:
@@ -99,8 +103,8 @@ def _signature_refusal() -> Response | None:
     # The URL Twilio called, as WAPIPE_PUBLIC_URL + path, never the Host header (proxies rewrite it).
     path_and_query = request.path + ("?" + query if query else "")
     algorithm = request.headers.get(SETTINGS_HEADER)
-    if request.mimetype == FORM:
-        valid = verifier.is_valid_form(path_and_query, request.form.lists(), signature, algorithm)
+    if form is not None:
+        valid = verifier.is_valid_form(path_and_query, form, signature, algorithm)
     else:
         valid = verifier.is_valid_body(path_and_query, query, request.get_data(), signature, algorithm)
     if not valid:
@@ -109,11 +113,43 @@ def _signature_refusal() -> Response | None:
     return None
 
 
-def _params() -> Mapping[str, Any]:
+def _params(form: list[tuple[str, str]] | None) -> Mapping[str, Any]:
     """The webhook's parameters: form fields (first value each), or a flat JSON object."""
-    if request.mimetype == FORM:
-        return request.form.to_dict()
+    if form is not None:
+        params: dict[str, str] = {}
+        for key, value in form:
+            params.setdefault(key, value)
+        return params
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise MalformedWebhook("body is neither form-encoded parameters nor a JSON object")
     return {str(key): value for key, value in data.items() if isinstance(value, str | int | float)}
+
+
+def form_pairs(body: bytes) -> list[tuple[str, str]]:
+    """A form-encoded body's fields, in order, exactly as ``request.form`` would hold them.
+
+    werkzeug parses such a body with ``parse_qsl(body.decode(), keep_blank_values=True,
+    errors="werkzeug.url_quote")`` and answers an empty form when the body is not UTF-8; this does the
+    same (tests/unit/ingress/test_twilio_form.py holds them equal) without the request's form machinery
+    (stream wrapper, MultiDict), and unquotes only the fields that need it.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return []
+    pairs = []
+    for field in text.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((_unquote_plus(name), _unquote_plus(value)))
+    return pairs
+
+
+def _unquote_plus(text: str) -> str:
+    if "+" in text:
+        text = text.replace("+", " ")
+    if "%" in text:
+        # Percent-escapes that are not UTF-8 stay as their %XX text, as werkzeug keeps them.
+        text = unquote(text, "utf-8", "werkzeug.url_quote")
+    return text
