@@ -1,15 +1,17 @@
 """Replying to an inbound message: store the outbound message once, then enqueue ``notify.send``.
 
-Every stage answers through :func:`queue_reply`. The idempotency key ``reply:<inbound id>`` (or
-``reply:<inbound id>:<key>`` for a second reply to the same message) makes a redelivered handler task
-store nothing new; notify.send is enqueued again and is itself idempotent, so the user gets one message.
+Every stage answers through :func:`answer` (its last reply to a message: the reply and the end of the
+message's turn in one transaction) or :func:`queue_reply` (any other). The idempotency key
+``reply:<inbound id>`` (or ``reply:<inbound id>:<key>`` for a second reply to the same message) makes a
+redelivered handler task store nothing new; notify.send is enqueued again and is itself idempotent, so
+the user gets one message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shared.db import messages
+from shared.db import answers
 from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
@@ -32,43 +34,50 @@ def queue_reply(inbound_id: int, text: str, *, key: str = "", payload: dict[str,
     ``{"type": "interactive", "interactive": {"kind": "buttons", "body": ..., "buttons": [...]}}``
     (see :class:`shared.providers.base.OutboundMessage`); providers that cannot send it send ``text``.
     """
-    return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False)
+    return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=False)
 
 
 def queue_opt_out_notice(inbound_id: int, text: str, *, key: str) -> int:
     """The confirmation of a STOP: the one message an opted-out contact still receives."""
-    return _queue(inbound_id, text, key=key, payload=None, bypass_opt_out=True)
+    return _queue(inbound_id, text, key=key, payload=None, bypass_opt_out=True, handled=False)
+
+
+def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
+    """Reply to an inbound message and record that a handler answered it; return the outbound id.
+
+    The reply and the record commit together, so the message holds its conversation's turn until its
+    reply is stored, and no longer. A handler killed after the commit, before ``notify.send`` is
+    enqueued, is redelivered: answering again stores nothing new and enqueues the send again.
+    """
+    return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=True)
 
 
 def _queue(
-    inbound_id: int, text: str, *, key: str, payload: dict[str, Any] | None, bypass_opt_out: bool
+    inbound_id: int,
+    text: str,
+    *,
+    key: str,
+    payload: dict[str, Any] | None,
+    bypass_opt_out: bool,
+    handled: bool,
 ) -> int:
     if not text:
         raise ValueError("a reply needs its plain text, even when it carries typed content")
     payload = dict(payload or {})
     kind = payload.get("type") if payload.get("type") in _TYPED else "text"
     with transaction() as conn:
-        inbound = messages.get_inbound(inbound_id, conn)
-        message_id, created = messages.insert_outbound(
+        message_id, created = answers.store_reply(
             conn,
-            idempotency_key=reply_key(inbound_id, key),
+            inbound_id,
+            key=reply_key(inbound_id, key),
             provider=get_settings().active_provider.value,
-            contact_id=inbound.contact_id,
-            conversation_id=inbound.conversation_id,
-            type=kind,
+            kind=kind,
             body=text,
             payload=payload,
             bypass_opt_out=bypass_opt_out,
+            handled=handled,
         )
     # After the commit: notify.send must find the row. A second enqueue for the same message is harmless.
     get_publisher().publish([Job("notify.send", {"message_id": message_id})])
     log.info("reply queued", inbound_id=inbound_id, message_id=message_id, new=created)
     return message_id
-
-
-def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
-    """Reply to an inbound message and record that a handler answered it; return the outbound id."""
-    reply_id = queue_reply(inbound_id, text, key=key, payload=payload)
-    with transaction() as conn:
-        messages.mark_handled(conn, inbound_id)
-    return reply_id

@@ -9,41 +9,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import Task
+
 from shared.bot.commands import ChatUser, respond
-from shared.db.errors import wrap_errors
-from shared.db.messages import get_inbound
+from shared.db import answers
 from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher
 from shared.replies import answer, reply_key
 from shared.sessions import Sessions
 from workers import stage_task
+from workers.ordering import take_turn
 
 log = get_logger(__name__)
 
-# Whether the reply to an inbound message is already stored (its idempotency key is reply:<inbound id>).
-_REPLY_EXISTS = "SELECT 1 FROM messages WHERE idempotency_key = %(key)s"
-# queue_reply ignores the text when the reply already exists; it only re-enqueues notify.send.
+# answer() ignores the text when the reply already exists; it only re-enqueues notify.send.
 _ALREADY_ANSWERED = "(already answered)"
 
 
-def _already_answered(message_id: int) -> bool:
-    with connection() as conn, wrap_errors():
-        return conn.execute(_REPLY_EXISTS, {"key": reply_key(message_id)}).fetchone() is not None
+def handle(message_id: int, sessions: Sessions | None = None, task: Task | None = None) -> int | None:
+    """Answer inbound message ``message_id``; return the reply's outbound id.
 
-
-def handle(message_id: int, sessions: Sessions | None = None) -> int | None:
-    """Answer inbound message ``message_id``; return the reply's outbound id."""
-    if _already_answered(message_id):
+    ``task``: the ``commands.handle`` task running it, which takes the message's turn in its conversation
+    (workers/ordering.py) from the read that loads the message, before anything else.
+    """
+    with connection() as conn:
+        start = answers.start(conn, message_id, reply_key=reply_key(message_id))
+    if task is not None:
+        take_turn(task, message_id, start.turn)
+    if start.reply_id is not None:
         # answer(), not queue_reply(): a first run that died before marking it handled held the turn.
         return answer(message_id, _ALREADY_ANSWERED)
-    record = get_inbound(message_id)
+    record = start.record
     sessions = sessions or Sessions(get_publisher().redis)
     text = respond(record.body or "", ChatUser(record.user_key, record.user_id), sessions)
-    reply_id = answer(message_id, text)
-    return reply_id
+    return answer(message_id, text)
 
 
-@stage_task("commands.handle")
+# Ordered all the same: handle() takes the turn itself, read with the message in one statement.
+@stage_task("commands.handle", ordered=False)
 def handle_task(self: Any, message_id: int) -> None:
-    handle(message_id)
+    handle(message_id, task=self)

@@ -32,6 +32,9 @@ Design notes:
   messages in order, without waiting for their tasks to be delivered (shared/flows/service.py), yet not
   against a ``VERIFY`` answered by the verify stage. The turn is checked before the lock is taken and
   never while it is held, so the two cannot deadlock.
+- A stage that reads its message first anyway can read the turn in the same statement and hand it to
+  :func:`take_turn` from its task body, instead of having :func:`in_turn` read it apart
+  (``commands.handle``: shared/db/answers.py reads the message, its stored reply and its turn at once).
 - A task called in-process (tests, ``.apply()``) runs at once: there is no queue to come back through.
 """
 
@@ -86,6 +89,11 @@ def check_turn(message_id: int, own_stage: str | None = None) -> bool:
     :func:`shared.db.turns.ahead_of`."""
     with connection() as conn:
         turn = turns.ahead_of(conn, message_id, own_stage)
+    return allows(message_id, turn)
+
+
+def allows(message_id: int, turn: turns.Turn) -> bool:
+    """:func:`check_turn` on a turn already read (with the message: shared/db/answers.py)."""
     if turn.waiting_for is not None:
         return False
     for earlier in turn.stale:
@@ -98,11 +106,21 @@ def check_turn(message_id: int, own_stage: str | None = None) -> bool:
     return True
 
 
-def take_turn(task: Task, message_id: int) -> None:
-    """Return when it is ``message_id``'s turn; otherwise schedule ``task`` again and raise ``Retry``."""
+def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> None:
+    """Return when it is ``message_id``'s turn; otherwise schedule ``task`` again and raise ``Retry``.
+
+    ``turn``: the turn as the task already read it (read for the task's stage, see
+    :attr:`StageTask.orders_own_messages`), sparing a second read; None reads it here.
+    """
     request = task.request
-    own_stage = task.name if getattr(task, "orders_own_messages", False) else None
-    if request.called_directly or request.is_eager or check_turn(message_id, own_stage):
+    if request.called_directly or request.is_eager:
+        return
+    if turn is None:
+        own_stage = task.name if getattr(task, "orders_own_messages", False) else None
+        ready = check_turn(message_id, own_stage)
+    else:
+        ready = allows(message_id, turn)
+    if ready:
         return
     waits = int(getattr(request, TURN_WAITS_HEADER, None) or 0)
     if waits >= MAX_TURN_WAITS:

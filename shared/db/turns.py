@@ -26,6 +26,7 @@ was seen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -48,15 +49,15 @@ UPDATE messages SET dispatched_at = NULL
 WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND dispatched_at IS NOT NULL
 RETURNING id
 """
-# The earlier messages of the target's conversation that may hold its turn, oldest first; none when the
-# target itself is already handled (a redelivered task: its predecessors were settled the first time).
-# The WHERE on ``p`` repeats the partial index messages_turn's predicate so the planner can use it.
-_AHEAD = """
-SELECT p.id, p.dispatched_at IS NOT NULL AS dispatched,
-       COALESCE(p.dispatched_at, p.created_at) < now() - %(stale)s AS stale
-FROM messages me
-JOIN messages p ON p.conversation_id = me.conversation_id
-WHERE me.id = %(id)s AND me.direction = 'in' AND me.handled_at IS NULL
+# The earlier messages of ``me``'s conversation that may hold its turn, oldest first, each with whether it
+# held it too long; none when ``me`` itself is already handled (a redelivered task: its predecessors were
+# settled the first time). A subquery on ``me``, an inbound ``messages`` row of the enclosing query, so the
+# handler's first read (shared/db/answers.py) checks the turn with exactly these rules. The conditions on
+# ``p`` repeat the partial index messages_turn's predicate so the planner can use it.
+AHEAD_OF_ME = """
+SELECT p.id, COALESCE(p.dispatched_at, p.created_at) < now() - %(stale)s AS stale
+FROM messages p
+WHERE me.handled_at IS NULL AND p.conversation_id = me.conversation_id
   AND p.direction = 'in' AND p.handled_at IS NULL AND (p.dispatched_at IS NOT NULL OR p.routed_at IS NULL)
   AND p.id < me.id
   AND (%(own_stage)s::text IS NULL OR p.dispatched_to IS DISTINCT FROM %(own_stage)s::text)
@@ -64,6 +65,12 @@ WHERE me.id = %(id)s AND me.direction = 'in' AND me.handled_at IS NULL
 ORDER BY p.id
 LIMIT 50
 """
+_AHEAD = f"""
+SELECT ahead.id, ahead.stale
+FROM messages me, LATERAL ({AHEAD_OF_ME}) ahead
+WHERE me.id = %(id)s AND me.direction = 'in'
+ORDER BY ahead.id
+"""  # noqa: S608 - constant subquery, no input
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,21 @@ def ahead_of(conn: psycopg.Connection, message_id: int, own_stage: str | None = 
     ``own_stage``: the task of a stage that answers the earlier messages dispatched to it itself, in
     order (``flows.step``); those are then not waited for.
     """
-    params = {"id": message_id, "stale": STALE_AFTER, "horizon": HORIZON, "own_stage": own_stage}
     with wrap_errors():
-        rows = conn.execute(_AHEAD, params).fetchall()
+        rows = conn.execute(_AHEAD, {"id": message_id} | ahead_params(own_stage)).fetchall()
+    return turn_from([(row["id"], row["stale"]) for row in rows])
+
+
+def ahead_params(own_stage: str | None = None) -> dict[str, object]:
+    """The parameters of :data:`AHEAD_OF_ME` besides those of the enclosing query."""
+    return {"stale": STALE_AFTER, "horizon": HORIZON, "own_stage": own_stage}
+
+
+def turn_from(ahead: Sequence[tuple[int, bool]]) -> Turn:
+    """The :class:`Turn` given the rows of :data:`AHEAD_OF_ME`, (id, stale) oldest first."""
     stale: list[int] = []
-    for row in rows:
-        if not row["stale"]:
-            return Turn(row["id"], tuple(stale))
-        stale.append(row["id"])
+    for message_id, is_stale in ahead:
+        if not is_stale:
+            return Turn(message_id, tuple(stale))
+        stale.append(message_id)
     return Turn(None, tuple(stale))

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
 import redis
 
+from shared import replies as replies_module
 from shared import verification
 from shared.commands.seed_demo import seed
+from shared.db.errors import NotFound
 from shared.db.pool import transaction
 from shared.sessions import Sessions
+from tests.integration.test_inbound_routing import queued
 from workers import commands as commands_worker
 from workers import verify as verify_worker
 
@@ -146,3 +150,63 @@ def test_commands_for_unlinked_and_linked_numbers(
     commands_worker.handle(message_id, sessions)
     assert len(replies(db)) == count
     assert sessions.load(PHONE) == {}
+
+
+def notify_jobs(redis_client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
+    return queued(redis_client, "notify")
+
+
+class KilledBeforePublishing:
+    """A publisher whose process dies on the first publish: after the reply's commit, before notify.send."""
+
+    def publish(self, jobs: list[Any]) -> None:
+        raise SystemExit("worker killed")
+
+
+def test_a_command_killed_between_its_reply_and_the_send_is_sent_once_on_redelivery(
+    clean: None,
+    db: psycopg.Connection,
+    sessions: Sessions,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seed(PHONE)
+    message_id = store_inbound(db, "/project mobile")
+    with monkeypatch.context() as patched:
+        patched.setattr(replies_module, "get_publisher", KilledBeforePublishing)
+        with pytest.raises(SystemExit):
+            commands_worker.handle(message_id, sessions)
+    # The reply and the end of the message's turn were committed together; nothing was enqueued.
+    assert [body.splitlines()[0] for body in replies(db)] == ["✅ Project: Mobile App"]
+    assert db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()["handled_at"]
+    assert notify_jobs(redis_client) == []
+
+    commands_worker.handle(store_inbound(db, "/clear"), sessions)
+    redis_client.delete("notify")
+    reply_id = commands_worker.handle(message_id, sessions)  # the redelivery
+    assert len(replies(db)) == 2
+    assert sessions.load(PHONE) == {}  # the command did not run again
+    assert notify_jobs(redis_client) == [("notify.send", {"message_id": reply_id})]
+
+
+def test_answer_ends_the_turn_with_the_reply_and_queue_reply_does_not(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    message_id = store_inbound(db, "hi")
+
+    def handled_at() -> Any:
+        row = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+        return row["handled_at"]
+
+    first = replies_module.queue_reply(message_id, "first")  # flows and the router reply without ending it
+    assert handled_at() is None
+    assert replies_module.answer(message_id, "second") == first  # the key is taken: the first reply stays
+    assert handled_at() is not None
+    assert replies(db) == ["first"]
+    events = db.execute("SELECT status FROM message_events WHERE message_id = %s", (first,)).fetchall()
+    assert events == [{"status": "queued"}]
+    assert notify_jobs(redis_client) == [("notify.send", {"message_id": first})] * 2
+
+    with pytest.raises(NotFound):
+        replies_module.answer(first, "an outbound message is not answered")
+    assert len(notify_jobs(redis_client)) == 2

@@ -13,14 +13,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
 import pytest
 import structlog
+from celery.exceptions import Retry
 
 from shared.commands.seed_demo import seed
-from shared.db import turns
+from shared.db import answers, turns
 from shared.db.pool import connection
 from shared.queues import Job, Publisher
 from shared.settings import load_settings
@@ -217,8 +219,12 @@ def inbound(
 
 
 def ahead_of(message_id: int, own_stage: str | None = None) -> turns.Turn:
+    """The message's turn; a handler's first read of the message (shared/db/answers.py) must agree."""
     with connection() as conn:
-        return turns.ahead_of(conn, message_id, own_stage)
+        turn = turns.ahead_of(conn, message_id, own_stage)
+        start = answers.start(conn, message_id, reply_key=f"reply:{message_id}", own_stage=own_stage)
+    assert start.turn == turn
+    return turn
 
 
 def test_a_dispatched_unanswered_or_unrouted_message_holds_the_turn(
@@ -275,6 +281,45 @@ def test_a_handler_that_fails_for_good_releases_the_turn(clean: None, db: psycop
     assert ahead_of(later) == turns.Turn(None)
     row = db.execute("SELECT dispatched_at, handled_at FROM messages WHERE id = %s", (failing,)).fetchone()
     assert row == {"dispatched_at": None, "handled_at": None}  # released, not claimed as answered
+
+
+class QueuedTask:
+    """What :func:`workers.ordering.take_turn` sees of a ``commands.handle`` task delivered by a worker;
+    records the waits it schedules instead of publishing them."""
+
+    name = "commands.handle"
+
+    def __init__(self) -> None:
+        self.request = SimpleNamespace(called_directly=False, is_eager=False)
+        self.waits: list[dict[str, Any]] = []
+
+    def signature_from_request(self, request: Any, **options: Any) -> Any:
+        return SimpleNamespace(apply_async=lambda: self.waits.append(options))
+
+
+def test_a_command_waits_for_its_turn_before_any_effect(clean: None, db: psycopg.Connection) -> None:
+    """commands.handle checks the turn in the read that loads its message, before it answers."""
+    seed(PHONE)
+    convo = conversation(db)
+    earlier = inbound(db, convo, dispatched="0 seconds", handler="ai.parse_proposal")
+    switch = inbound(db, convo, dispatched="0 seconds")
+    db.execute("UPDATE messages SET body = '/project mobile' WHERE id = %s", (switch,))
+    task = QueuedTask()
+    with pytest.raises(Retry):
+        commands_worker.handle(switch, task=task)
+    assert [wait["headers"] for wait in task.waits] == [{ordering.TURN_WAITS_HEADER: 1}]
+    assert replies(db) == []
+    assert not handled(db, switch)
+
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (earlier,))
+    reply_id = commands_worker.handle(switch, task=task)
+    assert [row["inbound_id"] for row in replies(db)] == [switch]
+    assert handled(db, switch)
+    assert len(task.waits) == 1
+    # Redelivered after it answered: handled, so nothing is ahead of it; the same reply, sent again.
+    db.execute("UPDATE messages SET handled_at = NULL WHERE id = %s", (earlier,))
+    assert commands_worker.handle(switch, task=task) == reply_id
+    assert len(replies(db)) == 1
 
 
 def test_flows_waits_only_for_other_stages_messages(clean: None, db: psycopg.Connection) -> None:

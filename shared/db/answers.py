@@ -1,0 +1,129 @@
+"""A handler stage's two round trips to PostgreSQL around its answer to one inbound message.
+
+Before: :func:`start` reads the message with its sender, the reply already stored for it (a redelivered
+task), and whether it is the message's turn in its conversation (:mod:`shared.db.turns`), all in one
+statement. After: :func:`store_reply` stores the reply with its ``queued`` event and, for the handler's
+last hop, records the message as handled, again in one statement, so the reply and the end of the turn
+commit together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared.db.errors import NotFound, wrap_errors
+from shared.db.messages import InboundRecord
+from shared.db.turns import AHEAD_OF_ME, Turn, ahead_params, turn_from
+
+# The columns of shared.db.messages.get_inbound, the reply stored under %(reply_key)s, and the earlier
+# messages holding the turn (as arrays: the aggregate gives one row whether there are any or not).
+_START = f"""
+SELECT me.id, me.conversation_id, me.contact_id, me.provider, v.business_number, c.phone, c.bsuid,
+       c.profile_name, me.type, me.body, me.payload, l.user_id, me.created_at,
+       (SELECT r.id FROM messages r WHERE r.idempotency_key = %(reply_key)s) AS reply_id,
+       ahead.ids AS ahead_ids, ahead.stale AS ahead_stale
+FROM messages me
+JOIN contacts c ON c.id = me.contact_id
+LEFT JOIN conversations v ON v.id = me.conversation_id
+LEFT JOIN user_links l ON l.phone = c.phone
+CROSS JOIN LATERAL (
+    SELECT array_agg(p.id ORDER BY p.id) AS ids, array_agg(p.stale ORDER BY p.id) AS stale
+    FROM ({AHEAD_OF_ME}) p
+) ahead
+WHERE me.id = %(id)s AND me.direction = 'in'
+"""  # noqa: S608 - constant subquery, no input
+
+# Where the reply takes its contact and conversation from: the inbound message, as is or (the handler's
+# last hop) marked handled as shared.db.messages.mark_handled does.
+_INBOUND = "SELECT contact_id, conversation_id FROM messages WHERE id = %(inbound_id)s AND direction = 'in'"
+_INBOUND_HANDLED = """
+UPDATE messages SET handled_at = COALESCE(handled_at, now()), updated_at = now()
+WHERE id = %(inbound_id)s AND direction = 'in'
+RETURNING contact_id, conversation_id
+"""
+# Stored once per idempotency key, with the 'queued' event of its timeline, as
+# shared.db.messages.insert_outbound does. ``new_id`` is NULL when the key was taken.
+_STORE_REPLY = """
+WITH inbound AS ({inbound}), reply AS (
+    INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, type, body,
+                          payload, status, bypass_opt_out)
+    SELECT conversation_id, contact_id, 'out', %(provider)s, %(key)s, %(type)s, %(body)s, %(payload)s,
+           'queued', %(bypass_opt_out)s
+    FROM inbound
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), queued AS (
+    INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM reply
+)
+SELECT EXISTS (SELECT FROM inbound) AS found, (SELECT id FROM reply) AS new_id
+"""
+_STORE = _STORE_REPLY.format(inbound=_INBOUND)
+_STORE_AND_HANDLE = _STORE_REPLY.format(inbound=_INBOUND_HANDLED)
+# In a statement of its own: the statement above cannot see a row committed while it waited on the key.
+_ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a handler knows before it answers: the message, its stored reply if any, and its turn."""
+
+    record: InboundRecord
+    reply_id: int | None  # the reply already stored under the handler's key (a redelivered task)
+    turn: Turn
+
+
+def start(
+    conn: psycopg.Connection, message_id: int, *, reply_key: str, own_stage: str | None = None
+) -> Start:
+    """Read inbound message ``message_id`` with its sender, the reply stored under ``reply_key`` and its
+    turn (``own_stage``: see :func:`shared.db.turns.ahead_of`); raises ``NotFound``."""
+    params = {"id": message_id, "reply_key": reply_key} | ahead_params(own_stage)
+    with wrap_errors():
+        row = conn.execute(_START, params).fetchone()
+    if row is None:
+        raise NotFound(f"inbound message {message_id}")
+    reply_id, ids, stale = row.pop("reply_id"), row.pop("ahead_ids"), row.pop("ahead_stale")
+    record = InboundRecord(**{**row, "payload": row["payload"] or {}})
+    return Start(record, reply_id, turn_from(list(zip(ids or [], stale or [], strict=True))))
+
+
+def store_reply(
+    conn: psycopg.Connection,
+    inbound_id: int,
+    *,
+    key: str,
+    provider: str,
+    kind: str,
+    body: str,
+    payload: dict[str, Any],
+    bypass_opt_out: bool,
+    handled: bool,
+) -> tuple[int, bool]:
+    """Store the reply to inbound ``inbound_id`` as ``queued`` under idempotency key ``key``; return (its
+    id, whether it is new): the same key twice stores nothing new and returns the first reply's id.
+
+    ``handled``: also record that a handler answered the message (it stops holding its conversation's
+    turn), in the same statement. Raises ``NotFound`` when there is no such inbound message.
+    """
+    params = {
+        "inbound_id": inbound_id,
+        "key": key,
+        "provider": provider,
+        "type": kind,
+        "body": body,
+        "payload": Jsonb(payload),
+        "bypass_opt_out": bypass_opt_out,
+    }
+    with wrap_errors():
+        row = conn.execute(_STORE_AND_HANDLE if handled else _STORE, params).fetchone()
+        if row is None or not row["found"]:
+            raise NotFound(f"inbound message {inbound_id}")
+        if row["new_id"] is not None:
+            return row["new_id"], True
+        existing = conn.execute(_ID_BY_KEY, {"key": key}).fetchone()
+    assert existing is not None, "the conflicting row holds the key"
+    return existing["id"], False
