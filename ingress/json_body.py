@@ -23,9 +23,17 @@ def loads(data: str | bytes | bytearray, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(data)
     except RecursionError:
         raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
-    if _deeper_than(value, max_depth):
+    if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     return value
+
+
+def _may_nest_deeper(data: str | bytes | bytearray, limit: int) -> bool:
+    # Each level of nesting opens with its own "[" or "{", so a text with no more of them than the
+    # limit cannot nest deeper: counting them (in C) spares the walk over a webhook's every value.
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") > limit
+    return data.count(b"[") + data.count(b"{") > limit
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
