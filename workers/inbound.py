@@ -1,27 +1,34 @@
 """``inbound.route``: store an inbound message once, then decide who answers it.
 
-In one transaction: the contact (created or refreshed), its live conversation (opened if none), the
-message (unique on provider + provider id: a duplicate stops there) and the raw event. After the commit:
-opt-out words, the per-user rate limit, conversations handed to a person, then the handler picked by
-``WAPIPE_MODE`` (INTERFACES.md, "Routing") is enqueued with the message id.
+One transaction in the common case, with one statement for the store (shared/db/inbound_store.py): the
+contact (created or refreshed), its live conversation (opened if none), the message (unique on provider
++ provider id: a duplicate stops there), the raw event and what the decision reads; then the per-user
+rate limit and, when the handler picked by ``WAPIPE_MODE`` (INTERFACES.md, "Routing") answers it, the
+mark that it was dispatched. After the commit the handler's job is published with the message id, then
+the message is marked routed. Opt-out words, an opted-out sender, a rate-limited message and a
+conversation handed to a person are stored the same way and acted on after the commit (their replies
+read the stored message).
 
 Safe to run twice: the message row's ``routed_at`` is set only after the decision's effects are done, and
 every effect is idempotent (the handler job carries the dedupe key ``handle:<message id>``, replies have
 idempotency keys, the rate-limit window counts a message id once). So a route redelivered after the
-insert committed but before the handler was enqueued still enqueues it, exactly once.
+store committed but before the handler was enqueued decides again and enqueues it, exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from shared.db import assistant_configs, contacts, conversations, messages, turns
-from shared.db.pool import transaction
+import psycopg
+
+from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
+from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
-from shared.ratelimit import RateLimiter
+from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import queue_opt_out_notice, queue_reply
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage
@@ -57,114 +64,313 @@ def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutco
     """Store the inbound event and hand it to its handler; see the module docstring."""
     settings = settings or get_settings()
     inbound = InboundMessage.model_validate(event)
-    try:
-        message_id = _store(inbound, event)
-    except _ConcurrentDuplicate:
-        message_id = None
-    if message_id is None:
-        log.info("duplicate inbound message ignored", provider=inbound.provider)
-        return RouteOutcome(None, "duplicate")
-    if inbound.media:
-        # Before routing: provider media links expire within minutes (workers/media.py).
-        get_publisher().publish(
-            [Job("inbound.fetch_media", {"message_id": message_id}, dedupe_key=f"media:{message_id}")]
-        )
-    outcome = _decide(message_id, settings)
+    # One pooled connection for the common path: the storing transaction (which also dispatches), the
+    # publish, then the mark of routed.
+    with connection() as conn:
+        try:
+            stored = _store_and_dispatch(conn, inbound, event, settings)
+        except _ConcurrentDuplicate:
+            stored = None
+        if stored is None:
+            log.info("duplicate inbound message ignored", provider=inbound.provider)
+            return RouteOutcome(None, "duplicate")
+        _publish_stored(inbound, stored)
+        if stored.handler is not None:
+            _mark_routed_alone(conn, stored.message_id)
+            return _routed(RouteOutcome(stored.message_id, "handler", stored.handler))
+    # The rarer outcomes, and a redelivered route finishing what an earlier run began, are decided after
+    # the commit (their effects queue replies that read the stored message).
+    outcome = _decide(stored.message_id, settings, stored.facts, stored.verdict)
     with transaction() as conn:
+        messages.mark_routed(conn, outcome.message_id)
+    return _routed(outcome)
+
+
+def _mark_routed_alone(conn: psycopg.Connection, message_id: int) -> None:
+    """Mark the message routed in a transaction of its own statement alone: in autocommit mode, with no
+    BEGIN and COMMIT round trips of their own (as the pool's own connection check does)."""
+    conn.autocommit = True
+    try:
         messages.mark_routed(conn, message_id)
-    log.info("inbound message routed", message_id=message_id, action=outcome.action, handler=outcome.handler)
+    finally:
+        # Failing only on a broken connection, which the pool then discards.
+        with contextlib.suppress(psycopg.Error):
+            conn.autocommit = False
+
+
+def _routed(outcome: RouteOutcome) -> RouteOutcome:
+    log.info(
+        "inbound message routed",
+        message_id=outcome.message_id,
+        action=outcome.action,
+        handler=outcome.handler,
+    )
     return outcome
 
 
-def _store(inbound: InboundMessage, event: dict[str, Any]) -> int | None:
-    """The stored message's id, or None when it was already stored AND routed (a duplicate)."""
-    provider = inbound.provider.value
-    with transaction() as conn:
-        existing = messages.find_by_provider_id(conn, provider, inbound.provider_message_id)
-        if existing is not None:
-            # Stored before: stop if it was routed too, else finish the routing an earlier run began.
-            return None if existing.routed else existing.id
-        contact = contacts.upsert_from_inbound(
-            conn, phone=inbound.sender_phone, bsuid=inbound.sender_bsuid, profile_name=inbound.profile_name
-        )
-        conversation = conversations.get_or_create_live(
-            conn, contact_id=contact.id, provider=provider, business_number=inbound.business_number
-        )
-        payload: dict[str, Any] = {"sent_at": inbound.sent_at.isoformat()}
-        if inbound.reply is not None:
-            payload["reply"] = inbound.reply.model_dump(mode="json")
-        if inbound.context_message_id:
-            payload["context_message_id"] = inbound.context_message_id
-        message_id = messages.insert_inbound(
-            conn,
-            conversation_id=conversation.id,
-            contact_id=contact.id,
-            provider=provider,
-            provider_message_id=inbound.provider_message_id,
-            type=inbound.type.value,
-            body=inbound.answer_text or None,
-            payload=payload,
-            media=[media.model_dump(mode="json", exclude_none=True) for media in inbound.media] or None,
-        )
-        if message_id is None:
-            # A concurrent route of the same event inserted it first (the insert waited for its commit);
-            # that one routes it. Our contact refresh rolls back with this transaction.
-            raise _ConcurrentDuplicate
-        messages.log_webhook_event(
-            conn, provider=provider, event_key=inbound.dedupe_key, kind="message", body=event
-        )
-    return message_id
+@dataclass(frozen=True)
+class _Facts:
+    """What the decision reads about a stored inbound message and its sender."""
+
+    message_id: int
+    contact_id: int
+    text: str  # the body, whitespace collapsed
+    user_key: str
+    opted_out: bool
+    conversation_status: str
+    linked: bool  # the sender's phone is linked to a user of the host application
+    assistant_number: bool  # the number it came in on has its own assistant config
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The storing transaction's result. ``facts`` (and ``verdict``, when the message was counted toward
+    its sender's limit) only for a message stored by this run; ``handler`` when it was dispatched."""
+
+    message_id: int
+    facts: _Facts | None = None
+    verdict: InboundVerdict | None = None
+    handler: str | None = None
 
 
 class _ConcurrentDuplicate(Exception):
     pass
 
 
-def _decide(message_id: int, settings: Settings) -> RouteOutcome:
-    with transaction() as conn:
-        record = messages.get_inbound(message_id, conn)
-        contact = contacts.get(conn, record.contact_id)
-        conversation = conversations.get(conn, record.conversation_id)
-        # A number with its own assistant config is an assistant whatever WAPIPE_MODE says (issue 5).
-        assistant_number = assistant_configs.get(conn, record.business_number) is not None
+class _StoredBefore(Exception):
+    def __init__(self, message_id: int, routed: bool) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id
+        self.routed = routed
+
+
+def _store_and_dispatch(
+    conn: psycopg.Connection, inbound: InboundMessage, event: dict[str, Any], settings: Settings
+) -> _Stored | None:
+    """Store the message and, when it goes to a handler, mark it dispatched: one transaction. None when
+    it was stored AND routed before (a duplicate)."""
+    try:
+        with conn.transaction():
+            return _store_new(conn, inbound, event, settings)
+    except _StoredBefore as before:
+        # Rolled back (refreshing the contact is for new messages). Stop if it was routed too, else finish
+        # the routing an earlier run began.
+        return None if before.routed else _Stored(before.message_id)
+
+
+def _store_new(
+    conn: psycopg.Connection, inbound: InboundMessage, event: dict[str, Any], settings: Settings
+) -> _Stored:
+    columns = _message_columns(inbound)
+    stored = inbound_store.store(
+        conn,
+        provider=inbound.provider.value,
+        provider_message_id=inbound.provider_message_id,
+        business_number=inbound.business_number,
+        phone=inbound.sender_phone,
+        bsuid=inbound.sender_bsuid,
+        profile_name=inbound.profile_name,
+        event_key=inbound.dedupe_key,
+        event=event,
+        **columns,
+    )
+    if stored.existing_id is not None:
+        raise _StoredBefore(stored.existing_id, stored.existing_routed)
+    if stored.message_id is not None:
+        assert stored.contact_id is not None
+        assert stored.conversation_status is not None
+        facts = _Facts(
+            message_id=stored.message_id,
+            contact_id=stored.contact_id,
+            text=_collapse(columns["body"]),
+            user_key=stored.phone or stored.bsuid or f"contact:{stored.contact_id}",
+            opted_out=bool(stored.opted_out),
+            conversation_status=stored.conversation_status,
+            linked=stored.user_id is not None,
+            assistant_number=stored.assistant_number,
+        )
+    elif stored.conversation_id is not None:
+        # A concurrent route of the same event inserted it first (the insert waited for its commit);
+        # that one routes it. Our contact refresh rolls back with this transaction.
+        raise _ConcurrentDuplicate
+    else:
+        # The contact or the conversation was created by a concurrent transaction (two first messages of
+        # a new sender): the general path, statement by statement, in this transaction.
+        facts = _read_facts(conn, _insert(conn, inbound, event, columns))
+    verdict, handler = _dispatch(conn, facts, settings)
+    return _Stored(facts.message_id, facts, verdict, handler)
+
+
+def _message_columns(inbound: InboundMessage) -> dict[str, Any]:
+    payload: dict[str, Any] = {"sent_at": inbound.sent_at.isoformat()}
+    if inbound.reply is not None:
+        payload["reply"] = inbound.reply.model_dump(mode="json")
+    if inbound.context_message_id:
+        payload["context_message_id"] = inbound.context_message_id
+    return {
+        "type": inbound.type.value,
+        "body": inbound.answer_text or None,
+        "payload": payload,
+        "media": [media.model_dump(mode="json", exclude_none=True) for media in inbound.media] or None,
+    }
+
+
+def _insert(
+    conn: psycopg.Connection, inbound: InboundMessage, event: dict[str, Any], columns: dict[str, Any]
+) -> int:
+    """Store the message, creating its contact and conversation as needed; the new message's id."""
+    provider = inbound.provider.value
+    contact = contacts.upsert_from_inbound(
+        conn, phone=inbound.sender_phone, bsuid=inbound.sender_bsuid, profile_name=inbound.profile_name
+    )
+    conversation = conversations.get_or_create_live(
+        conn, contact_id=contact.id, provider=provider, business_number=inbound.business_number
+    )
+    message_id = messages.insert_inbound(
+        conn,
+        conversation_id=conversation.id,
+        contact_id=contact.id,
+        provider=provider,
+        provider_message_id=inbound.provider_message_id,
+        **columns,
+    )
+    if message_id is None:
+        raise _ConcurrentDuplicate  # as in _store_new
+    messages.log_webhook_event(
+        conn, provider=provider, event_key=inbound.dedupe_key, kind="message", body=event
+    )
+    return message_id
+
+
+def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
+    record = messages.get_inbound(message_id, conn)
+    contact = contacts.get(conn, record.contact_id)
+    conversation = conversations.get(conn, record.conversation_id)
     assert contact is not None
     assert conversation is not None
-    text = " ".join((record.body or "").split())
-    word = text.upper()
+    return _Facts(
+        message_id=message_id,
+        contact_id=contact.id,
+        text=_collapse(record.body),
+        user_key=record.user_key,
+        opted_out=contact.opted_out,
+        conversation_status=conversation.status,
+        linked=record.user_id is not None,
+        assistant_number=assistant_configs.get(conn, record.business_number) is not None,
+    )
+
+
+def _collapse(body: str | None) -> str:
+    return " ".join((body or "").split())
+
+
+def _dispatch(
+    conn: psycopg.Connection, facts: _Facts, settings: Settings
+) -> tuple[InboundVerdict | None, str | None]:
+    """In the storing transaction: the rate-limit verdict and, when the message goes to a handler, that
+    handler, marked dispatched. The other outcomes' effects are :func:`_decide`'s, after the commit."""
+    word = facts.text.upper()
+    if _is_opt_word(word, settings) or facts.opted_out:
+        return None, None
+    # Counted inside the transaction so that the dispatch can be in it too. The verdict is the same for
+    # every check of one message id, so _decide after the commit (or a redelivered route) agrees with
+    # it. Should the transaction then roll back, its id is never used and the sender's window keeps one
+    # stray entry for a minute: a sender may be limited one message early after a failed commit, never
+    # answered beyond the limit. The Redis round trip holds the contact row's lock a moment longer, which
+    # only that sender's next message waits for.
+    verdict = _count(facts, settings)
+    if not verdict.allowed or facts.conversation_status == "handoff":
+        return verdict, None
+    handler = _handler(facts, settings)
+    # Recorded before publishing (the publish follows the commit), so the handler can never run before
+    # its dispatch is known: from now on this message holds its conversation's turn until it is answered
+    # (shared/db/turns.py). routed_at is still set only after the publish: a route redelivered in between
+    # finds the message dispatched but not routed, and publishes the handler job again under the same
+    # dedupe key.
+    turns.mark_dispatched(conn, facts.message_id, handler)
+    return verdict, handler
+
+
+def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
+    """The jobs of the storing transaction, in one atomic publish: the media fetch (before routing:
+    provider media links expire within minutes, workers/media.py) and the handler it dispatched to."""
+    jobs = []
+    if inbound.media:
+        jobs.append(
+            Job(
+                "inbound.fetch_media",
+                {"message_id": stored.message_id},
+                dedupe_key=f"media:{stored.message_id}",
+            )
+        )
+    if stored.handler is not None:
+        jobs.append(_handler_job(stored.message_id, stored.handler))
+    get_publisher().publish(jobs)
+
+
+def _handler_job(message_id: int, handler: str) -> Job:
+    return Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")
+
+
+def _is_opt_word(word: str, settings: Settings) -> bool:
+    return word in {w.upper() for w in (*settings.opt_out_words, *settings.opt_in_words)}
+
+
+def _count(facts: _Facts, settings: Settings) -> InboundVerdict:
+    """Count the message toward its sender's per-minute window (once per message id)."""
+    limiter = RateLimiter(get_publisher().redis)
+    return limiter.inbound(facts.user_key, facts.message_id, settings.rate_limit_per_minute)
+
+
+def _handler(facts: _Facts, settings: Settings) -> str:
+    # A number with its own assistant config is an assistant whatever WAPIPE_MODE says (issue 5).
+    mode = Mode.assistant if facts.assistant_number else settings.mode
+    return pick_handler(facts.text, linked=facts.linked, mode=mode)
+
+
+def _decide(
+    message_id: int,
+    settings: Settings,
+    facts: _Facts | None = None,
+    verdict: InboundVerdict | None = None,
+) -> RouteOutcome:
+    """Decide a stored message's route and do its effects: every outcome, from ``facts`` (read again when
+    not given) and the rate-limit ``verdict`` (counted when not given)."""
+    if facts is None:
+        with transaction() as conn:
+            facts = _read_facts(conn, message_id)
+    word = facts.text.upper()
 
     if word in {w.upper() for w in settings.opt_out_words}:
         with transaction() as conn:
-            contacts.set_opted_out(conn, contact.id, True)
+            contacts.set_opted_out(conn, facts.contact_id, True)
         notice = OPT_OUT_TEXT_ES if word == "BAJA" else OPT_OUT_TEXT
         queue_opt_out_notice(message_id, notice, key="opt-out")
         return RouteOutcome(message_id, "opted_out")
     if word in {w.upper() for w in settings.opt_in_words}:
         with transaction() as conn:
-            contacts.set_opted_out(conn, contact.id, False)
+            contacts.set_opted_out(conn, facts.contact_id, False)
         queue_reply(message_id, OPT_IN_TEXT, key="opt-in")
         return RouteOutcome(message_id, "opted_in")
-    if contact.opted_out:
+    if facts.opted_out:
         # They asked for no messages: keep what they write, answer nothing until they send START.
         return RouteOutcome(message_id, "from_opted_out")
 
-    verdict = RateLimiter(get_publisher().redis).inbound(
-        record.user_key, message_id, settings.rate_limit_per_minute
-    )
+    if verdict is None:
+        verdict = _count(facts, settings)
     if not verdict.allowed:
         if verdict.send_notice:
             queue_reply(message_id, RATE_LIMIT_TEXT, key="rate-limit")
         return RouteOutcome(message_id, "rate_limited")
 
-    if conversation.status == "handoff":
+    if facts.conversation_status == "handoff":
         return RouteOutcome(message_id, "handoff")
 
-    mode = Mode.assistant if assistant_number else settings.mode
-    handler = pick_handler(text, linked=record.user_id is not None, mode=mode)
-    # Recorded before publishing, so the handler can never run before its dispatch is known: from now on
-    # this message holds its conversation's turn until it is answered (shared/db/turns.py).
+    handler = _handler(facts, settings)
+    # Recorded before publishing, as in _dispatch.
     with transaction() as conn:
         turns.mark_dispatched(conn, message_id, handler)
-    get_publisher().publish([Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")])
+    get_publisher().publish([_handler_job(message_id, handler)])
     return RouteOutcome(message_id, "handler", handler)
 
 

@@ -23,17 +23,18 @@ VALUES (%(phone)s, %(bsuid)s, %(profile_name)s, now())
 ON CONFLICT DO NOTHING
 """
 # The row matching the phone wins over one matching only the bsuid (a phone is what users link).
-_FIND_FOR_UPDATE = f"""
-SELECT {_COLUMNS} FROM contacts
+_MATCH = """
+FROM contacts
 WHERE (%(phone)s::text IS NOT NULL AND phone = %(phone)s)
    OR (%(bsuid)s::text IS NOT NULL AND bsuid = %(bsuid)s)
 ORDER BY (phone IS NOT DISTINCT FROM %(phone)s) DESC, id
 LIMIT 1
 FOR UPDATE
-"""  # noqa: S608 - constant column list and statuses, no input
+"""
+_FIND_FOR_UPDATE = f"SELECT {_COLUMNS} {_MATCH}"
 # Fill an identifier we did not know yet, unless another contact already holds it (then they stay two
 # rows rather than failing the message).
-_REFRESH = f"""
+_REFRESH_SET = """
 UPDATE contacts c SET
     phone = CASE WHEN c.phone IS NULL AND %(phone)s::text IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.phone = %(phone)s)
@@ -44,9 +45,12 @@ UPDATE contacts c SET
     profile_name = COALESCE(%(profile_name)s, c.profile_name),
     last_inbound_at = GREATEST(c.last_inbound_at, now()),
     updated_at = now()
-WHERE c.id = %(id)s
-RETURNING {_COLUMNS}
-"""  # noqa: S608 - constant column list and statuses, no input
+"""
+_REFRESH = f"{_REFRESH_SET} WHERE c.id = %(id)s RETURNING {_COLUMNS}"
+# The find and the refresh above in one statement, for a sender seen before (no row for a new one): the
+# common case of shared/db/inbound_store.py, which runs it as a CTE. Parameters: phone, bsuid,
+# profile_name.
+REFRESH_KNOWN = f"{_REFRESH_SET} WHERE c.id = (SELECT id {_MATCH}) RETURNING {_COLUMNS}"
 _GET = f"SELECT {_COLUMNS} FROM contacts WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
 _GET_BY_PHONE = f"SELECT {_COLUMNS} FROM contacts WHERE phone = %(phone)s"  # noqa: S608 - constant column list, no input
 _SET_OPTED_OUT = f"""

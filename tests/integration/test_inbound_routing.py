@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import redis
 
-from shared.settings import load_settings
+from shared.db.pool import connection
+from shared.settings import Settings, load_settings
 from shared.wire.events import InboundMessage
 from workers import inbound
 from workers.inbound import RATE_LIMIT_TEXT, route
@@ -62,10 +65,21 @@ def test_a_duplicate_event_is_stored_once_and_handled_once(db, redis_client) -> 
     assert row["routed_at"] is not None
 
 
-def test_a_route_redelivered_after_the_insert_enqueues_the_handler_exactly_once(db, redis_client) -> None:
+def store(payload: dict[str, Any], settings: Settings) -> int:
+    """What a first delivery that died right after its storing transaction committed left behind (the
+    message stored and, when it goes to a handler, dispatched); the stored message's id."""
+    with connection() as conn:
+        stored = inbound._store_and_dispatch(conn, InboundMessage.model_validate(payload), payload, settings)
+    assert stored is not None
+    return stored.message_id
+
+
+def test_a_route_redelivered_after_the_store_enqueues_the_handler_exactly_once(db, redis_client) -> None:
     payload = event("hello")
-    # The first delivery stored the message and died before enqueueing the handler.
-    message_id = inbound._store(InboundMessage.model_validate(payload), payload)
+    # The first delivery stored and dispatched the message, and died before enqueueing the handler.
+    message_id = store(payload, load_settings())
+    row = db.execute("SELECT dispatched_to, routed_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert (row["dispatched_to"], row["routed_at"]) == ("commands.handle", None)
     assert queued(redis_client, "commands") == []
 
     redelivered = route(payload, load_settings())
@@ -76,15 +90,106 @@ def test_a_route_redelivered_after_the_insert_enqueues_the_handler_exactly_once(
     assert third.action == "duplicate"
     assert queued(redis_client, "commands") == [("commands.handle", {"message_id": message_id})]
     assert count(db, "messages") == 1
+    assert count(db, "webhook_events") == 1
+
+
+def test_a_route_redelivered_after_the_publish_enqueues_nothing_more(db, redis_client) -> None:
+    payload = event("hello")
+    first = route(payload, load_settings())
+    # As if the first delivery died after publishing the handler job, before marking the message routed.
+    db.execute("UPDATE messages SET routed_at = NULL")
+
+    again = route(payload, load_settings())
+
+    assert (again.message_id, again.action) == (first.message_id, "handler")
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": first.message_id})]
+    assert db.execute("SELECT routed_at FROM messages").fetchone()["routed_at"] is not None
 
 
 def test_the_handler_job_is_deduplicated_even_if_routing_runs_twice_before_marking(db, redis_client) -> None:
     payload = event("hello")
-    message_id = inbound._store(InboundMessage.model_validate(payload), payload)
+    message_id = store(payload, load_settings())
     # Two deliveries both decide before either marks the row routed: the dedupe key keeps one job.
     inbound._decide(message_id, load_settings())
     inbound._decide(message_id, load_settings())
     assert queued(redis_client, "commands") == [("commands.handle", {"message_id": message_id})]
+
+
+def test_a_duplicate_refreshes_nothing(db, redis_client) -> None:
+    payload = event("hello")
+    route(payload, load_settings())
+    db.execute("UPDATE contacts SET last_inbound_at = '2020-01-01', profile_name = 'Old'")
+    db.execute("UPDATE conversations SET last_message_at = '2020-01-01'")
+
+    assert route(payload, load_settings()).action == "duplicate"
+
+    contact = db.execute("SELECT profile_name, last_inbound_at FROM contacts").fetchone()
+    assert contact["profile_name"] == "Old"
+    assert contact["last_inbound_at"].year == 2020
+    assert db.execute("SELECT last_message_at FROM conversations").fetchone()["last_message_at"].year == 2020
+
+
+def test_a_concurrent_route_of_the_same_event_stores_and_routes_it_once(db, redis_client) -> None:
+    payload = event("hello")
+    route(event("earlier"), load_settings())  # a known sender: the one-statement store
+    with ThreadPoolExecutor(1) as pool:
+        with connection() as holder, holder.transaction():
+            # The first route has stored the message and not committed yet when the second one starts.
+            first = inbound._store_and_dispatch(
+                holder, InboundMessage.model_validate(payload), payload, load_settings()
+            )
+            second = pool.submit(route, payload, load_settings())
+            time.sleep(0.3)  # let the second route reach the store and wait on the first's commit
+            assert not second.done()
+        outcome = second.result(timeout=10)
+    assert first is not None
+    assert outcome.action == "duplicate"
+    assert count(db, "messages") == 2
+    assert count(db, "webhook_events") == 2
+
+
+def test_two_first_messages_of_a_new_sender_racing_share_one_contact_and_conversation(
+    db, redis_client
+) -> None:
+    first_payload, second_payload = event("hello"), event("/help")
+    with ThreadPoolExecutor(1) as pool:
+        with connection() as holder, holder.transaction():
+            # The first message created the contact and its conversation and has not committed yet.
+            first = inbound._store_and_dispatch(
+                holder, InboundMessage.model_validate(first_payload), first_payload, load_settings()
+            )
+            second = pool.submit(route, second_payload, load_settings())
+            time.sleep(0.3)  # let the second route reach the contact insert and wait on the first's commit
+            assert not second.done()
+        outcome = second.result(timeout=10)
+    assert first is not None
+    assert (outcome.action, outcome.handler) == ("handler", "commands.handle")
+    assert outcome.message_id is not None
+    assert outcome.message_id > first.message_id
+    assert (count(db, "contacts"), count(db, "conversations"), count(db, "messages")) == (1, 1, 2)
+
+
+def test_a_closed_conversation_is_followed_by_a_new_one(db, redis_client) -> None:
+    first = route(event("hello"), load_settings())
+    db.execute("UPDATE conversations SET status = 'closed', closed_at = now()")
+
+    second = route(event("/help"), load_settings())
+
+    assert second.handler == "commands.handle"
+    rows = db.execute("SELECT id, status FROM conversations ORDER BY id").fetchall()
+    assert [r["status"] for r in rows] == ["closed", "open"]
+    conversation_of = "SELECT conversation_id FROM messages WHERE id = %s"
+    assert db.execute(conversation_of, (first.message_id,)).fetchone()["conversation_id"] == rows[0]["id"]
+    assert db.execute(conversation_of, (second.message_id,)).fetchone()["conversation_id"] == rows[1]["id"]
+    assert count(db, "contacts") == 1
+
+
+def test_a_number_with_its_own_assistant_routes_to_the_assistant(db, redis_client) -> None:
+    route(event("hello"), load_settings(mode="project"))  # a known sender from now on
+    db.execute(
+        "INSERT INTO assistant_configs (business_number, system_prompt) VALUES (%s, 'Be kind')", (BUSINESS,)
+    )
+    assert route(event("hello again"), load_settings(mode="project")).handler == "ai.reply"
 
 
 def test_contact_and_conversation_are_reused_and_refreshed(db, redis_client) -> None:
@@ -176,7 +281,7 @@ def test_a_rerun_of_a_rate_limited_route_counts_once_and_replies_once(db, redis_
     settings = load_settings(rate_limit_per_minute=1)
     route(event("first"), settings)
     over = event("second")
-    message_id = inbound._store(InboundMessage.model_validate(over), over)
+    message_id = store(over, settings)
     inbound._decide(message_id, settings)
     inbound._decide(message_id, settings)
     replies = db.execute("SELECT count(*) AS n FROM messages WHERE direction = 'out'").fetchone()["n"]
