@@ -1,17 +1,28 @@
-"""Kombu's Redis transport, plus: what a worker held when Redis went away goes back on its queue at once.
+"""Kombu's Redis transport, plus: nothing a worker held is left behind when Redis goes away and comes back.
 
-Redis has no acknowledgements of its own; kombu emulates them by keeping every message it delivers in
-the ``unacked`` hash until the worker acks it, and by putting back, when a channel closes, the messages
-that channel still holds (``QoS.restore_unacked_once``). When the channel closes *because Redis is down*
-(a restart, a failover), that put-back fails, and the messages the worker held (running, prefetched,
-or counting down to a retry; all safe in the AOF) wait in ``unacked`` until the visibility timeout
-(an hour, see shared/queues.py) makes them visible again: every message in flight during a one-second
-Redis restart would be answered an hour late.
+Redis has no acknowledgements of its own; kombu emulates them: ``BRPOP`` takes a message off its queue,
+the worker then records it in the ``unacked`` hash (and its ``unacked_index``), acking deletes it there,
+and a closing channel puts back what it still holds (``QoS.restore_unacked_once``). Anything left in
+``unacked`` is put back only after the visibility timeout (an hour, see shared/queues.py). Around a Redis
+restart three steps can fail, and each would leave a message there for that hour, or lose it:
 
-Here the failed put-back is remembered (the delivery tags only: the messages are in Redis), and the
-worker's next channel, opened once Redis answers again, puts those messages back on their queues before
-it consumes anything. Only this worker's own tags are touched, so nothing another worker is running is
-redelivered; a task that was running when Redis went away may run a second time, which every task
+- putting back, on close, what the channel held: Redis is down;
+- recording a message just taken with ``BRPOP``: Redis is going down. It may even have run the write
+  without answering (on ``SIGTERM`` Redis saves what it ran in its last event-loop turn, then exits without
+  sending those replies), so the message is in ``unacked`` while the worker believes it failed, and no
+  channel knows of it;
+- an ack or a reject while Redis is down, on a channel that lives on: kombu keeps an idle consumer's
+  channel across a dropped connection (the prefetch is full, so no ``BRPOP`` is waiting to fail), and
+  nobody tries again.
+
+So each of these becomes a debt of this process, by delivery tag, paid as soon as Redis answers again: a
+new channel pays before it consumes, and a live one each time kombu sweeps for visible messages. A debt is
+either an ack (the task ran: drop the message from ``unacked``) or a put-back (the message goes back on its
+queue, from ``unacked`` or, when the worker may hold the only copy, from the copy it kept). A reject Redis
+did not confirm is a put-back even when it asked not to requeue: during an outage Celery rejects the
+tasks whose retry it could not publish, and those must run again. Each debt is paid in one transaction
+that also removes the tag from ``unacked``, so it is paid once; only this process's own tags are touched,
+so nothing another worker is running is redelivered. A task may run a second time, which every task
 allows (ARCHITECTURE.md: every task is safe to run twice).
 
 Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``.
@@ -19,54 +30,151 @@ Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-_lock = threading.Lock()
-# Delivery tags this process held when its channel closed and Redis could not take them back.
-_stranded: set[str] = set()
 _BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+@dataclass(frozen=True)
+class Debt:
+    """What this process still owes Redis for one delivery tag."""
+
+    requeue: bool  # put the message back on its queue; False: just drop it from ``unacked`` (an ack)
+    # [payload, exchange, routing key], as kombu stores it in ``unacked``: kept when the worker may
+    # hold the only copy (BRPOP took it, recording it failed).
+    message: list[Any] | None = None
+
+
+_lock = threading.Lock()
+_debts: dict[str, Debt] = {}
+
+
+def _owe(tags: list[str], debt: Debt) -> None:
+    with _lock:
+        for tag in tags:
+            _debts[str(tag)] = debt
+    log.warning(
+        "broker unreachable; what Redis did not confirm is settled on reconnect",
+        messages=len(tags),
+        requeue=debt.requeue,
+    )
+
+
+def _forget_debts() -> None:
+    # A forked pool child starts with a copy of its parent's debts: they are the parent's to pay.
+    _debts.clear()
+
+
+os.register_at_fork(after_in_child=_forget_debts)
+
+
+def settle_debts(channel: kombu_redis.Channel) -> None:
+    """Pay this process's debts through ``channel``; stop at the first sign Redis is down again."""
+    with _lock:
+        debts = list(_debts.items())
+    if not debts:
+        return
+    paid = 0
+    for tag, debt in debts:
+        try:
+            # A client of its own (``channel.client``'s connection may be waiting on a BRPOP).
+            with channel.conn_or_acquire() as client:
+                client.transaction(functools.partial(_pay, channel, tag, debt), channel.unacked_key)
+        except (redis.RedisError, OSError):
+            break  # down again (or refusing writes): the next sweep or channel tries the rest
+        with _lock:
+            if _debts.get(tag) is debt:
+                del _debts[tag]
+        paid += 1
+    if paid:
+        log.warning("broker back; what it did not confirm is settled", messages=paid)
+
+
+def _pay(channel: kombu_redis.Channel, tag: str, debt: Debt, pipe: Any) -> None:
+    held = pipe.hget(channel.unacked_key, tag)
+    pipe.multi()
+    pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
+    if not debt.requeue:
+        return
+    # The copy in ``unacked`` if there is one; none and no copy of our own: an ack or a put-back
+    # already got through (its reply was lost), so there is nothing to put back.
+    message = loads(bytes_to_str(held)) if held else debt.message
+    if message is not None:
+        payload, exchange, routing_key = message
+        channel._do_restore_message(payload, exchange, routing_key, pipe)
+
+
 class QoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        try:
+            super().append(message, delivery_tag)
+        except _BROKER_DOWN:
+            # BRPOP already took the message off its queue: keep a copy, it may be the only one.
+            delivery = message.delivery_info
+            kept = [message._raw, delivery["exchange"], delivery["routing_key"]]
+            _owe([delivery_tag], Debt(requeue=True, message=kept))
+            raise
+
     def ack(self, delivery_tag: str) -> None:
         self._refuse_once_closed()
-        super().ack(delivery_tag)
+        try:
+            super().ack(delivery_tag)
+        except _BROKER_DOWN:
+            self._owe_instead(delivery_tag, Debt(requeue=False))
+            raise
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._refuse_once_closed()
-        super().reject(delivery_tag, requeue=requeue)
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except _BROKER_DOWN:
+            self._owe_instead(delivery_tag, Debt(requeue=True))
+            raise
+
+    def _owe_instead(self, delivery_tag: str, debt: Debt) -> None:
+        # The debt replaces the delivery: the channel forgets the tag (frees its prefetch slot, and a
+        # later close does not put it back a second time).
+        _owe([delivery_tag], debt)
+        self._quick_ack(delivery_tag)
 
     def _refuse_once_closed(self) -> None:
         # A task that was running when the connection was lost finishes later, on a channel kombu has torn
         # down: acking through it fails inside kombu with an AttributeError, which kills the consumer.
-        # A connection error instead is what Celery expects ("Couldn't ack", logged); the message itself
-        # was kept as stranded and goes back on its queue, so the task runs again (safe, see above).
+        # A connection error instead is what Celery expects ("Couldn't ack", logged). The close already
+        # put the message back (or made it a debt), so the task runs again (safe, see above); owing it a
+        # second time could put back a redelivery another worker is running.
         if self.channel.connection is None:
             raise redis.ConnectionError("the channel this message came on is closed")
 
     def restore_unacked(self, client: Any = None) -> None:
-        try:
-            super().restore_unacked(client)
-        # Redis down, or kombu already tore the connection down while closing the channel after a
-        # connection error (its client is gone: AttributeError). Either way the tags are kept, and putting
-        # a tag back later is a no-op if its message was meanwhile acked or restored.
-        except Exception as exc:
-            with _lock:
-                _stranded.update(str(tag) for tag in self._delivered)
-            log.warning(
-                "broker unreachable; held messages go back to their queues on reconnect",
-                messages=len(self._delivered),
-                error_type=type(exc).__name__,
-            )
-            self._delivered.clear()
+        tags = [str(tag) for tag in self._delivered]
+        self._delivered.clear()
+        for done, tag in enumerate(tags):
+            try:
+                self.restore_by_tag(tag, client=client)
+            # Redis down, or kombu already tore the connection down while closing the channel after a
+            # connection error (its client is gone: AttributeError). Either way the rest become debts.
+            except Exception:
+                _owe(tags[done:], Debt(requeue=True))
+                return
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        # kombu's periodic sweep (every few seconds in a worker): Redis answers, so pay what is owed.
+        settle_debts(self.channel)
+        super().restore_visible(*args, **kwargs)
 
 
 class Channel(kombu_redis.Channel):
@@ -74,23 +182,7 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # pings Redis: it answers again
-        self._restore_stranded()
-
-    def _restore_stranded(self) -> None:
-        with _lock:
-            tags = list(_stranded)
-        restored = 0
-        for tag in tags:
-            try:
-                # Back where the consumer takes its next message: these were due first.
-                self.qos.restore_by_tag(tag)
-            except _BROKER_DOWN:
-                return  # gone again: the next channel tries the rest
-            with _lock:
-                _stranded.discard(tag)
-            restored += 1
-        if restored:
-            log.warning("messages held during a broker outage put back on their queues", messages=restored)
+        settle_debts(self)
 
 
 class Transport(kombu_redis.Transport):
