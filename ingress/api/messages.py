@@ -24,11 +24,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, jsonify, make_response, request
+from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from ingress.api.common import iso
+from ingress.api.group_store import GroupStore
 from ingress.auth import require_api_key
 from ingress.errors import api_error, handle_http_exception
 from ingress.publishing import publish
@@ -36,6 +37,7 @@ from ingress.state import current_settings
 from shared import providers
 from shared.db import messages, outbound_api
 from shared.db.errors import NotFound
+from shared.db.outbound_api import NewOutbound
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, mask_phone, normalize
@@ -55,6 +57,7 @@ KEY_PREFIX = "api:"
 # A message whose notify.send could not be enqueued (Redis down) is failed with this code, so it is
 # reported rather than stuck; the same idempotency key sent again queues it anew.
 QUEUE_UNAVAILABLE = "queue_unavailable"
+GROUP_STORE_KEY = "wapipe.group_store"
 QUEUE_UNAVAILABLE_TEXT = "the queue was unreachable; send it again with its key"
 
 
@@ -167,9 +170,8 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     request_hash = send.request_hash(to)
     stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
 
-    with connection() as conn:
-        stored = outbound_api.accept(
-            conn,
+    stored = _group_store().accept(
+        NewOutbound(
             phone=to,
             idempotency_key=stored_key,
             provider=settings.active_provider.value,
@@ -178,6 +180,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
             payload=payload,
             request_hash=request_hash,
         )
+    )
     status, requeued = stored.status, False
     if not stored.new:
         if stored.request_hash != request_hash:
@@ -200,6 +203,14 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
         "api message accepted", message_id=stored.id, to=mask_phone(to), type=message_type, new=stored.new
     )
     return Accepted(stored.id, status, to, stored.new)
+
+
+def _group_store() -> GroupStore:
+    """The process's :class:`GroupStore` (one per app, made on first use in each gunicorn worker)."""
+    store = current_app.extensions.get(GROUP_STORE_KEY)
+    if store is None:
+        store = current_app.extensions.setdefault(GROUP_STORE_KEY, GroupStore())
+    return store
 
 
 def _recipient(raw: str, region: str) -> str:
@@ -276,11 +287,11 @@ def _idempotency_key(field: str | None) -> str | None:
     header = request.headers.get(IDEMPOTENCY_HEADER)
     if header is not None:
         header = header.strip()
-        if not header or len(header) > IDEMPOTENCY_KEY_MAX:
+        if not header or len(header) > IDEMPOTENCY_KEY_MAX or "\x00" in header:
             raise _Refused(
                 422,
                 "validation_error",
-                f"{IDEMPOTENCY_HEADER}: 1 to {IDEMPOTENCY_KEY_MAX} characters",
+                f"{IDEMPOTENCY_HEADER}: 1 to {IDEMPOTENCY_KEY_MAX} characters, none of them NUL",
                 "idempotency_key",
             )
         if field is not None and field != header:

@@ -1,4 +1,4 @@
-"""The notify API's write path (``POST /api/v1/messages``): one statement per accepted message.
+"""The notify API's write path (``POST /api/v1/messages``): one statement per accepted message, or fewer.
 
 What :func:`shared.db.contacts.get_or_create_by_phone` and :func:`shared.db.messages.insert_outbound`
 do in five statements inside a transaction (find or create the contact, insert the message under its
@@ -10,12 +10,13 @@ still one more; it is what replaces a connection a PostgreSQL restart killed.
 Same rows and the same guarantees as the repository functions: a contact created here has no inbound
 time (no open window), a message is inserted at most once per idempotency key, and a taken key answers
 with the first message's id, status and request hash so the API can replay it or refuse a different body.
+The statement takes many messages at once, so concurrent requests can share one round trip and one commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,35 +25,48 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import DatabaseError, wrap_errors
 
+# Several messages per statement (the API stores concurrent requests together: ingress/api/group_store.py),
+# each input row numbered ``n`` so the answer can be matched to it; the keys of one run are distinct.
+# Contacts and messages are inserted in key order, so two runs that overlap wait for each other in the same
+# order and never deadlock.
+#
 # Each step reads the statement's snapshot, so a row another transaction commits while this one runs is
 # invisible to it: a contact created concurrently (our insert did nothing, our lookup saw nothing) or a
-# key taken concurrently (ON CONFLICT waited for it, our lookup saw nothing) leaves no row in the answer.
-# Running the statement again, with a fresh snapshot, then finds it (see :func:`accept`).
+# key taken concurrently (ON CONFLICT waited for it, our lookup saw nothing) leaves that input row out of
+# the answer. Running it again, with a fresh snapshot, then finds the row (see :func:`accept_many`).
 _ACCEPT = """
-WITH known AS (
-    SELECT id FROM contacts WHERE phone = %(phone)s
+WITH input AS (
+    SELECT * FROM unnest(
+        %(phones)s::text[], %(keys)s::text[], %(providers)s::text[], %(types)s::text[], %(bodies)s::text[],
+        %(payloads)s::jsonb[], %(hashes)s::text[]
+    ) WITH ORDINALITY AS i (phone, key, provider, type, body, payload, request_hash, n)
+), known AS (
+    SELECT id, phone FROM contacts WHERE phone = ANY (%(phones)s::text[])
 ), created AS (
-    INSERT INTO contacts (phone) SELECT %(phone)s WHERE NOT EXISTS (SELECT FROM known)
+    INSERT INTO contacts (phone)
+    SELECT DISTINCT phone FROM input WHERE phone NOT IN (SELECT phone FROM known)
+    ORDER BY phone
     ON CONFLICT (phone) DO NOTHING
-    RETURNING id
+    RETURNING id, phone
 ), contact AS (
-    SELECT id FROM known UNION ALL SELECT id FROM created
+    SELECT id, phone FROM known UNION ALL SELECT id, phone FROM created
 ), inserted AS (
     INSERT INTO messages (contact_id, direction, provider, idempotency_key, request_hash, type, body,
                           payload, status)
-    SELECT id, 'out', %(provider)s, %(key)s, %(request_hash)s, %(type)s, %(body)s, %(payload)s, 'queued'
-    FROM contact
+    SELECT c.id, 'out', i.provider, i.key, i.request_hash, i.type, i.body, i.payload, 'queued'
+    FROM input i JOIN contact c ON c.phone = i.phone
+    ORDER BY i.key
     ON CONFLICT (idempotency_key) DO NOTHING
-    RETURNING id
+    RETURNING id, idempotency_key
 ), timeline AS (
     INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM inserted
 )
-SELECT id, true AS new, 'queued' AS status, %(request_hash)s::text AS request_hash,
-       NULL::text AS error_code
-FROM inserted
+SELECT i.n, s.id, true AS new, 'queued' AS status, i.request_hash, NULL::text AS error_code
+FROM input i JOIN inserted s ON s.idempotency_key = i.key
 UNION ALL
-SELECT id, false, status, request_hash, error_code FROM messages
-WHERE idempotency_key = %(key)s AND direction = 'out' AND NOT EXISTS (SELECT FROM inserted)
+SELECT i.n, m.id, false, m.status, m.request_hash, m.error_code
+FROM input i JOIN messages m ON m.idempotency_key = i.key AND m.direction = 'out'
+WHERE NOT EXISTS (SELECT FROM inserted s WHERE s.idempotency_key = i.key)
 """
 # Only while still 'queued': a notify batch may already have claimed the committed row (it picks any due
 # queued message), and failing a message in flight would let a retry with its key requeue it: two sends.
@@ -72,6 +86,19 @@ _ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
+class NewOutbound:
+    """An outbound message the API is asked to store for ``phone`` under ``idempotency_key``."""
+
+    phone: str
+    idempotency_key: str
+    provider: str
+    type: str
+    body: str | None
+    payload: dict[str, Any]
+    request_hash: str
+
+
+@dataclass(frozen=True)
 class Stored:
     """The message an idempotency key stands for: just inserted (``new``) or stored by an earlier call."""
 
@@ -82,37 +109,55 @@ class Stored:
     error_code: str | None
 
 
-def accept(
-    conn: psycopg.Connection,
-    *,
-    phone: str,
-    idempotency_key: str,
-    provider: str,
-    type: str,
-    body: str | None,
-    payload: dict[str, Any],
-    request_hash: str,
-) -> Stored:
-    """Store an outbound message for ``phone`` as ``queued`` unless its key is taken; committed on return.
+def accept(conn: psycopg.Connection, message: NewOutbound) -> Stored:
+    """Store ``message`` as ``queued`` unless its key is taken; committed on return (:func:`accept_many`)."""
+    [stored] = accept_many(conn, [message])
+    return stored
 
-    ``conn`` must be idle (no transaction open): the statement runs in autocommit, so when this returns
-    the row is durable and a notify.send job may be published for it.
+
+def accept_many(conn: psycopg.Connection, messages: Sequence[NewOutbound]) -> list[Stored]:
+    """Store each message as ``queued`` unless its key is taken; what each key stands for, in order.
+
+    ``conn`` must be idle (no transaction open): the statements run in autocommit, so when this returns
+    every row is durable and notify.send jobs may be published for them. One statement stores them all,
+    unless some lost a race with a concurrent request or share a key with an earlier one of the list:
+    those go again, in a statement that then sees the row.
     """
-    params = {
-        "phone": phone,
-        "key": idempotency_key,
-        "provider": provider,
-        "type": type,
-        "body": body,
-        "payload": Jsonb(payload),
-        "request_hash": request_hash,
-    }
+    found: list[Stored | None] = [None] * len(messages)
+    tries = [0] * len(messages)
     with wrap_errors(), _autocommit(conn):
-        for _ in range(_ATTEMPTS):
-            row = conn.execute(_ACCEPT, params).fetchone()
-            if row is not None:
-                return Stored(**row)
-    raise DatabaseError("no message stored, nor one found under its idempotency key")
+        while todo := _next_run(messages, found, tries):
+            rows = conn.execute(_ACCEPT, _params([messages[i] for i in todo])).fetchall()
+            for row in rows:
+                index = todo[row.pop("n") - 1]
+                found[index] = Stored(**row)
+    return [stored for stored in found if stored is not None]
+
+
+def _next_run(messages: Sequence[NewOutbound], found: list[Stored | None], tries: list[int]) -> list[int]:
+    """The indexes still without an answer, at most one per key (a second waits for the first's row)."""
+    todo: list[int] = []
+    keys: set[str] = set()
+    for index, message in enumerate(messages):
+        if found[index] is None and message.idempotency_key not in keys:
+            if tries[index] == _ATTEMPTS:
+                raise DatabaseError("no message stored, nor one found under its idempotency key")
+            tries[index] += 1
+            todo.append(index)
+            keys.add(message.idempotency_key)
+    return todo
+
+
+def _params(messages: Sequence[NewOutbound]) -> dict[str, list[Any]]:
+    return {
+        "phones": [m.phone for m in messages],
+        "keys": [m.idempotency_key for m in messages],
+        "providers": [m.provider for m in messages],
+        "types": [m.type for m in messages],
+        "bodies": [m.body for m in messages],
+        "payloads": [Jsonb(m.payload) for m in messages],
+        "hashes": [m.request_hash for m in messages],
+    }
 
 
 @contextlib.contextmanager

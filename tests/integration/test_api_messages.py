@@ -284,6 +284,15 @@ REFUSED = [
         "single emoji",
     ),
     ({"type": "reaction", "reaction": {"emoji": "👍"}}, "reaction.message_id", "required"),
+    # PostgreSQL cannot store U+0000: a 422 naming the field, not a 500 when the row is written.
+    ({"type": "text", "text": "a\u0000b"}, "text", "NUL character"),
+    ({"type": "image", "media": {"url": "https://a.example/x\u0000.jpg"}}, "media.url", "NUL character"),
+    (
+        {"type": "template", "template": {"name": "t", "language": "es", "variables": ["4\u00002"]}},
+        "template.variables[0]",
+        "NUL character",
+    ),
+    ({"type": "text", "text": "hi", "idempotency_key": "k\u0000"}, "idempotency_key", "NUL character"),
 ]
 
 
@@ -379,6 +388,14 @@ def test_same_key_same_body_is_the_same_message_and_another_body_is_a_409(
 def test_without_a_key_each_call_is_a_new_message(client: FlaskClient, db) -> None:
     body = {"to": CO_MOBILE, "type": "text", "text": "hi"}
     assert post(client, body).get_json()["id"] != post(client, body).get_json()["id"]
+
+
+def test_a_nul_in_the_idempotency_key_header_is_a_422(client: FlaskClient, db) -> None:
+    response = post(client, {"to": CO_MOBILE, "type": "text", "text": "hi"}, {"Idempotency-Key": "k\x00"})
+
+    assert response.status_code == 422
+    assert response.get_json()["error"]["field"] == "idempotency_key"
+    assert stored(db) == []
 
 
 def test_header_and_field_keys_must_agree(client: FlaskClient, db) -> None:

@@ -8,23 +8,27 @@ from typing import Any
 import psycopg
 
 from shared.db import outbound_api
+from shared.db.outbound_api import NewOutbound
 from shared.db.pool import connection
 
 PHONE = "+573103055424"
 
 
+def message(key: str, text: str = "hi", request_hash: str = "h1", phone: str = PHONE) -> NewOutbound:
+    return NewOutbound(
+        phone=phone,
+        idempotency_key=key,
+        provider="console",
+        type="text",
+        body=text,
+        payload={},
+        request_hash=request_hash,
+    )
+
+
 def accept(key: str, text: str = "hi", request_hash: str = "h1") -> outbound_api.Stored:
     with connection() as conn:
-        stored = outbound_api.accept(
-            conn,
-            phone=PHONE,
-            idempotency_key=key,
-            provider="console",
-            type="text",
-            body=text,
-            payload={},
-            request_hash=request_hash,
-        )
+        stored = outbound_api.accept(conn, message(key, text, request_hash))
         # Back to the pool in the mode every other caller expects (transaction() opens its own).
         assert conn.autocommit is False
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -72,9 +76,9 @@ def test_a_taken_key_answers_the_first_message_and_stores_nothing(db: psycopg.Co
     assert db.execute("SELECT count(*) AS n FROM message_events").fetchone()["n"] == 1
 
 
-def test_an_accept_is_one_statement_in_autocommit(db: psycopg.Connection, monkeypatch: Any) -> None:
-    # The point of the module: one round trip per message, with no BEGIN and COMMIT around it and no
-    # follow-up lookups.
+def test_many_messages_are_one_statement_in_autocommit(db: psycopg.Connection, monkeypatch: Any) -> None:
+    # The point of the module: one round trip for the messages of concurrent requests, with no BEGIN and
+    # COMMIT around it and no follow-up lookups.
     statements: list[tuple[str, bool]] = []
     real = psycopg.Connection.execute
 
@@ -84,16 +88,7 @@ def test_an_accept_is_one_statement_in_autocommit(db: psycopg.Connection, monkey
 
     with connection() as conn:
         monkeypatch.setattr(psycopg.Connection, "execute", counted)  # after the pool's checkout check
-        outbound_api.accept(
-            conn,
-            phone=PHONE,
-            idempotency_key="api:three",
-            provider="console",
-            type="text",
-            body="hi",
-            payload={},
-            request_hash="h",
-        )
+        outbound_api.accept_many(conn, [message("api:three"), message("api:3", phone="+14155550123")])
         monkeypatch.undo()
 
     assert statements == [("WITH", True)]
@@ -116,3 +111,30 @@ def test_a_lost_job_fails_a_queued_message_but_not_one_a_notify_batch_claimed(db
     ]
     events = db.execute("SELECT message_id, status FROM message_events WHERE status = 'failed'").fetchall()
     assert events == [{"message_id": queued_one.id, "status": "failed"}]
+
+
+def test_a_list_answers_each_message_in_order(db: psycopg.Connection) -> None:
+    # New contacts, a known one, a key stored before, and one key twice (a caller's concurrent retries
+    # landing in one batch): each answer is what that message alone would have got.
+    earlier = accept("api:earlier", request_hash="e")
+    with connection() as conn:
+        answers = outbound_api.accept_many(
+            conn,
+            [
+                message("api:a", phone="+14155550123"),
+                message("api:earlier", request_hash="other"),
+                message("api:b"),
+                message("api:a", phone="+14155550123"),
+                message("api:c", phone="+14155550123"),
+            ],
+        )
+
+    a, again, b, a_twice, c = answers
+    assert (a.new, b.new, c.new) == (True, True, True)
+    assert (again.id, again.new, again.request_hash) == (earlier.id, False, "e")
+    assert (a_twice.id, a_twice.new) == (a.id, False)
+    assert len({a.id, b.id, c.id, earlier.id}) == 4
+    assert db.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 4
+    assert db.execute("SELECT count(*) AS n FROM message_events").fetchone()["n"] == 4
+    phones = db.execute("SELECT phone FROM contacts ORDER BY phone").fetchall()
+    assert phones == [{"phone": "+14155550123"}, {"phone": PHONE}]
