@@ -5,9 +5,10 @@ dot (``notify.send`` runs on ``notify``), so routing needs no table to keep in s
 
 The ingress publishes with :class:`Publisher` instead of ``celery.send_task``: it writes the very message
 Celery's Redis transport would write (task protocol v2, JSON body, base64 envelope) with one Lua call
-that also does the dedupe ``SET NX``. That keeps the web image free of worker code, costs one round trip
-per event, and makes "seen before" and "enqueued" one atomic step: a Redis failure between the two can
-never mark an event seen that was not enqueued.
+(EVALSHA of a cached script, on a per-thread connection) that also does the dedupe ``SET NX``. That
+keeps the web image free of worker code, costs one round trip per event, and makes "seen before" and
+"enqueued" one atomic step: a Redis failure between the two can never mark an event seen that was not
+enqueued.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Publisher:
         self._script = self._redis.register_script(_PUBLISH)
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
         self._templates: dict[str, list[str]] = {}
+        self._local = threading.local()
 
     @property
     def redis(self) -> redis.Redis:
@@ -145,8 +147,43 @@ class Publisher:
         for job in jobs:
             keys += [job.dedupe_key or "", queue_for(job.task)]
             messages.append(self.message(job.task, job.kwargs))
-        result = self._script(keys=keys, args=[self.DEDUPE_TTL_SECONDS, *messages])
+        result = self._run_script(keys, [self.DEDUPE_TTL_SECONDS, *messages])
         return [bool(flag) for flag in result]
+
+    def _run_script(self, keys: list[str], args: list[Any]) -> Any:
+        """The publish script's EVALSHA, on a connection of this thread's own.
+
+        What ``self._script(keys=..., args=...)`` sends and answers, but every webhook pays for it, and
+        redis-py's per-command pool checkout, retry closure and observability hooks cost about as much
+        CPU as the round trip itself. Kept from the pool: a connection Redis has closed meanwhile (a
+        restart, an idle timeout) is noticed before sending and replaced, and a connection that failed
+        is dropped (redis-py disconnects it on any error), so the next call starts clean. A Redis that
+        lost its script cache (restart, SCRIPT FLUSH) gets the script itself, once.
+        """
+        connection = self._connection()
+        try:
+            # Data waiting on an idle connection means Redis closed it or a reply was left unread.
+            stale = connection.can_read()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            connection.disconnect()
+        try:
+            connection.send_command("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            return connection.read_response()
+        except redis.exceptions.NoScriptError:
+            connection.send_command("EVAL", self._script.script, len(keys), *keys, *args)
+            return connection.read_response()
+
+    def _connection(self) -> redis.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            # First use in this thread, or in a forked child: never share the parent's socket.
+            pool = self._redis.connection_pool
+            local.connection = pool.connection_class(**pool.connection_kwargs)
+            local.pid = os.getpid()
+        connection: redis.Connection = local.connection
+        return connection
 
     def message(self, task: str, kwargs: Mapping[str, Any]) -> bytes:
         """The message Celery's Redis transport stores for ``send_task(task, kwargs=kwargs)``.

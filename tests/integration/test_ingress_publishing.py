@@ -110,3 +110,47 @@ def test_single_thread_is_a_plain_publish(redis_client: redis.Redis, test_server
     assert group.publish([_job("s1")]) == [False]
     with pytest.raises(ValueError, match="queue"):
         group.publish([Job("nowhere.go", {})])
+
+
+def test_a_connection_redis_closed_is_replaced_before_publishing(
+    redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    # As after a Redis restart or an idle timeout: the publisher's connection is gone under it, and the
+    # next webhook must still be enqueued (not answered 503).
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    assert publisher.publish([_job("k1")]) == [True]
+    connection = publisher._connection()
+    connection.send_command("CLIENT", "ID")
+    redis_client.client_kill_filter(_id=connection.read_response())
+    assert publisher.publish([_job("k2"), _job("k1")]) == [True, False]
+    assert redis_client.llen("inbound") == 2
+
+
+def test_a_script_redis_does_not_know_is_sent_whole(
+    redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    # Redis forgets cached scripts on restart (and SCRIPT FLUSH): EVALSHA answers NOSCRIPT, which must
+    # not become a 503. A sha Redis has never seen stands in for the flushed cache.
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    publisher._script.sha = "0" * 40
+    assert publisher.publish([_job("n1"), _job("n1")]) == [True, False]
+    assert publisher.publish([_job("n1")]) == [False]
+    assert redis_client.llen("inbound") == 1
+
+
+def test_each_thread_publishes_on_its_own_connection(
+    redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    all_started = threading.Barrier(4)
+
+    def connection_of_a_thread(_: int) -> int:
+        all_started.wait(timeout=30)  # four calls in four distinct threads
+        return id(publisher._connection())
+
+    with ThreadPoolExecutor(4) as pool:
+        connections = list(pool.map(connection_of_a_thread, range(4)))
+        flags = list(pool.map(lambda i: publisher.publish([_job(f"t{i % 50}")]), range(200)))
+    assert len(set(connections)) == 4
+    assert sum(flag for [flag] in flags) == 50
+    assert redis_client.llen("inbound") == 50
