@@ -545,3 +545,17 @@ def test_a_message_for_a_known_contact_keeps_the_contact_as_it_was(client: Flask
 
     assert db.execute("SELECT * FROM contacts").fetchone() == before
     assert stored(db)[0]["contact_id"] == before["id"]
+
+
+def test_any_configured_key_opens_the_api_and_a_near_miss_does_not(db, redis_client) -> None:
+    # Keys are rotated by listing the old and the new one: both work, whatever their lengths.
+    client = create_app(
+        load_settings(api_keys="old-key,a-much-longer-new-key", default_region="CO")
+    ).test_client()
+    body = {"to": CO_MOBILE, "type": "text", "text": "hi"}
+
+    for key in ("old-key", "a-much-longer-new-key"):
+        assert client.post("/api/v1/messages", json=body, headers={"X-API-Key": key}).status_code == 202
+    for key in ("old-ke", "old-keyy", "a-much-longer-new-key,old-key", "OLD-KEY"):
+        assert client.post("/api/v1/messages", json=body, headers={"X-API-Key": key}).status_code == 401
+    assert len(stored(db)) == 2
