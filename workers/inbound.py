@@ -18,11 +18,13 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import redis
 
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import connection, transaction
@@ -318,8 +320,14 @@ def _is_opt_word(word: str, settings: Settings) -> bool:
 
 def _count(facts: _Facts, settings: Settings) -> InboundVerdict:
     """Count the message toward its sender's per-minute window (once per message id)."""
-    limiter = RateLimiter(get_publisher().redis)
+    limiter = _limiter(get_publisher().redis)
     return limiter.inbound(facts.user_key, facts.message_id, settings.rate_limit_per_minute)
+
+
+@functools.lru_cache(maxsize=4)
+def _limiter(client: redis.Redis) -> RateLimiter:
+    # One per Redis client (a forked worker child has its own): making one hashes its Lua scripts.
+    return RateLimiter(client)
 
 
 def _handler(facts: _Facts, settings: Settings) -> str:

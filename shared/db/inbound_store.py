@@ -132,6 +132,8 @@ def store(
     event: dict[str, Any],
 ) -> Stored:
     """Run the statement inside the caller's transaction; see :class:`Stored` for what to do next."""
+    if not phone and not bsuid:
+        raise ValueError("an inbound message needs a sender phone or business-scoped user id")
     params = {
         "provider": provider,
         "provider_message_id": provider_message_id,

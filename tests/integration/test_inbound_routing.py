@@ -169,6 +169,26 @@ def test_two_first_messages_of_a_new_sender_racing_share_one_contact_and_convers
     assert (count(db, "contacts"), count(db, "conversations"), count(db, "messages")) == (1, 1, 2)
 
 
+def test_a_sender_known_by_business_scoped_id_gets_its_phone_filled_in(db, redis_client) -> None:
+    def meta_event(text: str, phone: str | None) -> dict[str, Any]:
+        message = InboundMessage(
+            provider="meta",
+            provider_message_id=f"wamid.{uuid.uuid4().hex}",
+            business_number="106540352242922",
+            sender_phone=phone,
+            sender_bsuid="US.13491208655302741918",
+            text=text,
+        )
+        return message.model_dump(mode="json")
+
+    assert route(meta_event("hello", None), load_settings()).action == "handler"
+    assert route(meta_event("again", "+15551234567"), load_settings()).action == "handler"
+
+    contacts = db.execute("SELECT phone, bsuid FROM contacts").fetchall()
+    assert contacts == [{"phone": "+15551234567", "bsuid": "US.13491208655302741918"}]
+    assert count(db, "conversations") == 1
+
+
 def test_a_closed_conversation_is_followed_by_a_new_one(db, redis_client) -> None:
     first = route(event("hello"), load_settings())
     db.execute("UPDATE conversations SET status = 'closed', closed_at = now()")
