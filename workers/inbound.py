@@ -274,21 +274,22 @@ def _dispatch(
     word = facts.text.upper()
     if _is_opt_word(word, settings) or facts.opted_out:
         return None, None
-    # Counted inside the transaction so that the dispatch can be in it too. The verdict is the same for
-    # every check of one message id, so _decide after the commit (or a redelivered route) agrees with
-    # it. Should the transaction then roll back, its id is never used and the sender's window keeps one
-    # stray entry for a minute: a sender may be limited one message early after a failed commit, never
-    # answered beyond the limit. The Redis round trip holds the contact row's lock a moment longer, which
-    # only that sender's next message waits for.
+    # Counted inside the transaction so that the dispatch can be in it too (after the commit it would
+    # need a transaction of its own). The window counts a message id once, so a redelivered route
+    # counting it again changes nothing. Should the transaction roll back, the id is never used and the
+    # sender's window keeps one stray entry for a minute: after a failed commit a sender may be limited
+    # one message early, never answered beyond the limit. The Redis round trip holds the contact row's
+    # lock a moment longer, which only that sender's next message waits for.
     verdict = _count(facts, settings)
     if not verdict.allowed or facts.conversation_status == "handoff":
         return verdict, None
     handler = _handler(facts, settings)
     # Recorded before publishing (the publish follows the commit), so the handler can never run before
     # its dispatch is known: from now on this message holds its conversation's turn until it is answered
-    # (shared/db/turns.py). routed_at is still set only after the publish: a route redelivered in between
-    # finds the message dispatched but not routed, and publishes the handler job again under the same
-    # dedupe key.
+    # (shared/db/turns.py). routed_at is still set only after the publish, since flows.step reads a
+    # routed message without a ``handle:`` key as "no handler" (shared/flows/service.py); and a route
+    # redelivered in between finds the message not routed, decides again and republishes the handler
+    # job under the same dedupe key.
     turns.mark_dispatched(conn, facts.message_id, handler)
     return verdict, handler
 
