@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+from psycopg.rows import dict_row
+
+from shared.db import sending
 from shared.providers.console import ConsoleSender
-from shared.wire.events import StatusUpdate
+from shared.wire.events import DeliveryStatus, StatusUpdate
 from tests.integration.test_notify_send import a_reply, message, statuses
 from workers.notify import send
 from workers.status import apply
@@ -72,3 +78,33 @@ def test_an_unknown_status_only_lands_in_the_timeline(db, redis_client) -> None:
     assert applied.changed is False
     assert message(db, message_id)["status"] == "sent"
     assert statuses(db, message_id)[-1] == "unknown"
+
+
+def test_a_receipt_waiting_on_a_racing_one_never_moves_back(db, redis_client, test_servers) -> None:
+    """The one-statement apply re-checks the rank on the row it waited for, so the lower receipt that
+    lost the race is only recorded in the timeline."""
+    message_id, sid = a_sent_message(db, redis_client)
+    update = StatusUpdate.model_validate(receipt(sid, "delivered", 1))
+    results: list[object] = []
+
+    with psycopg.connect(test_servers["WAPIPE_DATABASE_URL"], row_factory=dict_row) as racing:
+        read = sending.apply_status(
+            racing, provider="console", provider_message_id=sid, status=DeliveryStatus("read")
+        )
+        assert read is not None
+        assert read.changed  # not committed yet: it holds the row
+        waiting = threading.Thread(target=lambda: results.append(apply(update.model_dump(mode="json"))))
+        waiting.start()
+        for _ in range(500):
+            if db.execute("SELECT count(*) AS n FROM pg_locks WHERE NOT granted").fetchone()["n"]:
+                break  # the second receipt waits for the first one's row lock
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the second receipt never waited for the first")
+        racing.commit()
+    waiting.join(timeout=30)
+
+    [delivered] = results
+    assert delivered.changed is False
+    assert message(db, message_id)["status"] == "read"
+    assert sorted(statuses(db, message_id)) == ["delivered", "queued", "read", "sent"]
