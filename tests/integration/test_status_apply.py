@@ -17,6 +17,11 @@ from workers.notify import send
 from workers.status import apply
 
 
+WAITING_ON_A_LOCK = """
+SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
+
+
 def receipt(sid: str, status: str, seconds: int, **extra: object) -> dict:
     at = datetime.now(UTC) + timedelta(seconds=seconds)
     return StatusUpdate(
@@ -96,7 +101,7 @@ def test_a_receipt_waiting_on_a_racing_one_never_moves_back(db, redis_client, te
         waiting = threading.Thread(target=lambda: results.append(apply(update.model_dump(mode="json"))))
         waiting.start()
         for _ in range(500):
-            if db.execute("SELECT count(*) AS n FROM pg_locks WHERE NOT granted").fetchone()["n"]:
+            if db.execute(WAITING_ON_A_LOCK).fetchone()["n"]:
                 break  # the second receipt waits for the first one's row lock
             time.sleep(0.01)
         else:
