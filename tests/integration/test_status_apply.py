@@ -16,7 +16,6 @@ from tests.integration.test_notify_send import a_reply, message, statuses
 from workers.notify import send
 from workers.status import apply
 
-
 WAITING_ON_A_LOCK = """
 SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
 """
