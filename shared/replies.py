@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.db import answers
-from shared.db.pool import transaction
+from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
 from shared.settings import get_settings
@@ -65,7 +65,7 @@ def _queue(
         raise ValueError("a reply needs its plain text, even when it carries typed content")
     payload = dict(payload or {})
     kind = payload.get("type") if payload.get("type") in _TYPED else "text"
-    with transaction() as conn:
+    with connection() as conn:
         message_id, created = answers.store_reply(
             conn,
             inbound_id,

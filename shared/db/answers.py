@@ -5,10 +5,15 @@ task), and whether it is the message's turn in its conversation (:mod:`shared.db
 statement. After: :func:`store_reply` stores the reply with its ``queued`` event and, for the handler's
 last hop, records the message as handled, again in one statement, so the reply and the end of the turn
 commit together.
+
+Both run in autocommit (a single statement is atomic on its own): no BEGIN and COMMIT round trips, and
+the reply is durable when :func:`store_reply` returns, so ``notify.send`` may be published for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,7 +87,7 @@ def start(
     """Read inbound message ``message_id`` with its sender, the reply stored under ``reply_key`` and its
     turn (``own_stage``: see :func:`shared.db.turns.ahead_of`); raises ``NotFound``."""
     params = {"id": message_id, "reply_key": reply_key} | ahead_params(own_stage)
-    with wrap_errors():
+    with wrap_errors(), autocommit(conn):
         row = conn.execute(_START, params).fetchone()
     if row is None:
         raise NotFound(f"inbound message {message_id}")
@@ -107,7 +112,8 @@ def store_reply(
     id, whether it is new): the same key twice stores nothing new and returns the first reply's id.
 
     ``handled``: also record that a handler answered the message (it stops holding its conversation's
-    turn), in the same statement. Raises ``NotFound`` when there is no such inbound message.
+    turn), in the same statement. ``conn`` must be idle: the reply is committed when this returns. Raises
+    ``NotFound`` when there is no such inbound message.
     """
     params = {
         "inbound_id": inbound_id,
@@ -118,7 +124,7 @@ def store_reply(
         "payload": Jsonb(payload),
         "bypass_opt_out": bypass_opt_out,
     }
-    with wrap_errors():
+    with wrap_errors(), autocommit(conn):
         row = conn.execute(_STORE_AND_HANDLE if handled else _STORE, params).fetchone()
         if row is None or not row["found"]:
             raise NotFound(f"inbound message {inbound_id}")
@@ -127,3 +133,14 @@ def store_reply(
         existing = conn.execute(_ID_BY_KEY, {"key": key}).fetchone()
     assert existing is not None, "the conflicting row holds the key"
     return existing["id"], False
+
+
+@contextlib.contextmanager
+def autocommit(conn: psycopg.Connection) -> Iterator[None]:
+    """Autocommit for the block, for single statements; the pool gets the connection back as it lent it."""
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.autocommit = False

@@ -14,7 +14,7 @@ from shared import replies as replies_module
 from shared import verification
 from shared.commands.seed_demo import seed
 from shared.db.errors import NotFound
-from shared.db.pool import transaction
+from shared.db.pool import connection, transaction
 from shared.sessions import Sessions
 from tests.integration.test_inbound_routing import queued
 from workers import commands as commands_worker
@@ -210,3 +210,23 @@ def test_answer_ends_the_turn_with_the_reply_and_queue_reply_does_not(
     with pytest.raises(NotFound):
         replies_module.answer(first, "an outbound message is not answered")
     assert len(notify_jobs(redis_client)) == 2
+
+
+def test_an_answer_is_one_statement_in_autocommit(
+    clean: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply, its timeline entry and the end of the turn: one round trip, committed as it returns."""
+    message_id = store_inbound(db, "hi")
+    statements: list[tuple[str, bool]] = []
+    execute = psycopg.Cursor.execute
+
+    def recording(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(query):  # not the pool's checkout check
+            statements.append((str(query).split()[0], self.connection.autocommit))
+        return execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    replies_module.answer(message_id, "hello")
+    assert statements == [("WITH", True)]
+    with connection() as conn:
+        assert conn.autocommit is False  # the pool gets its connection back as it lent it

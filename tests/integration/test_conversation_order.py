@@ -222,6 +222,7 @@ def ahead_of(message_id: int, own_stage: str | None = None) -> turns.Turn:
     """The message's turn; a handler's first read of the message (shared/db/answers.py) must agree."""
     with connection() as conn:
         turn = turns.ahead_of(conn, message_id, own_stage)
+    with connection() as conn:
         start = answers.start(conn, message_id, reply_key=f"reply:{message_id}", own_stage=own_stage)
     assert start.turn == turn
     return turn
