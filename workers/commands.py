@@ -38,7 +38,8 @@ def handle(message_id: int, sessions: Sessions | None = None, task: Task | None 
     if task is not None:
         take_turn(task, message_id, start.turn)
     if start.reply_id is not None:
-        # answer(), not queue_reply(): a first run that died before marking it handled held the turn.
+        # answer(), not queue_reply(): it also marks the message handled, should its reply have been stored
+        # without (by a release that marked it in a second transaction), and re-enqueues notify.send.
         return answer(message_id, _ALREADY_ANSWERED)
     record = start.record
     sessions = sessions or Sessions(get_publisher().redis)
