@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 
 import psycopg
@@ -17,6 +19,22 @@ from shared.settings import get_settings
 _lock = threading.Lock()
 _pool: ConnectionPool | None = None
 _pool_pid: int | None = None
+
+# A connection handed back this recently is taken as alive: pinging on every checkout cost a round trip
+# per transaction, on every stage. One idle for longer is pinged first, so a PostgreSQL restart during a
+# quiet spell costs nothing; one that died within the last seconds fails its first statement instead,
+# which raises Unavailable (retried by every task, a 503 at the API) and is discarded by the pool.
+CHECK_AFTER_IDLE_SECONDS = 2.0
+_returned_at: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
+
+
+def _check_if_idle(conn: psycopg.Connection) -> None:
+    if time.monotonic() - _returned_at.get(conn, 0.0) > CHECK_AFTER_IDLE_SECONDS:
+        ConnectionPool.check_connection(conn)
+
+
+def _note_returned(conn: psycopg.Connection) -> None:
+    _returned_at[conn] = time.monotonic()
 
 
 def database_url() -> str:
@@ -40,7 +58,8 @@ def get_pool() -> ConnectionPool:
                 max_size=int(os.environ.get("WAPIPE_DB_POOL_SIZE", "8")),
                 kwargs={"row_factory": dict_row},
                 # A connection killed by a PostgreSQL restart is detected and replaced on checkout.
-                check=ConnectionPool.check_connection,
+                check=_check_if_idle,
+                reset=_note_returned,
                 timeout=10,
                 open=True,
                 name="wapipe",

@@ -1,0 +1,54 @@
+"""The pool pings a connection before handing it out only when it sat idle; a dead one is replaced."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from shared.db import pool
+from shared.db.errors import Unavailable
+
+
+def _backend_pid() -> int:
+    with pool.connection() as conn:
+        row = conn.execute("SELECT pg_backend_pid() AS pid").fetchone()
+    assert row is not None
+    return int(row["pid"])
+
+
+def _terminate(db: psycopg.Connection, pid: int) -> None:
+    db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.fixture
+def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # One connection, so the one we terminate is the one the next checkout gets.
+    monkeypatch.setenv("WAPIPE_DB_POOL_SIZE", "1")
+    pool.close_pool()
+    yield
+    pool.close_pool()
+
+
+def test_an_idle_connection_killed_by_the_server_is_replaced_on_checkout(
+    db: psycopg.Connection, one_connection: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "CHECK_AFTER_IDLE_SECONDS", 0.0)
+    first = _backend_pid()
+    _terminate(db, first)
+
+    assert _backend_pid() != first  # no error: the checkout's ping found it dead and the pool replaced it
+
+
+def test_a_connection_used_just_now_is_not_pinged_so_its_death_surfaces_once_as_unavailable(
+    db: psycopg.Connection, one_connection: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "CHECK_AFTER_IDLE_SECONDS", 3600.0)
+    first = _backend_pid()
+    _terminate(db, first)
+
+    with pytest.raises(Unavailable):
+        _backend_pid()
+    # The pool discarded the broken connection when it came back: the next checkout works.
+    assert _backend_pid() != first
