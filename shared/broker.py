@@ -8,9 +8,8 @@ restart three steps can fail, and each would leave a message there for that hour
 
 - putting back, on close, what the channel held: Redis is down;
 - recording a message just taken with ``BRPOP``: Redis is going down. It may even have run the write
-  without answering (on ``SIGTERM`` Redis saves what it ran in its last event-loop turn, then exits without
-  sending those replies), so the message is in ``unacked`` while the worker believes it failed, and no
-  channel knows of it;
+  and exited before answering it (seen in the redis-restart chaos test), so the message is in ``unacked``
+  while the worker believes the write failed, and no channel knows of it;
 - an ack or a reject while Redis is down, on a channel that lives on: kombu keeps an idle consumer's
   channel across a dropped connection (the prefetch is full, so no ``BRPOP`` is waiting to fail), and
   nobody tries again.
