@@ -6,12 +6,10 @@ killer thread SIGKILLs a random pool child of the ``inbound`` and ``commands`` p
 parent reports the lost task (``acks_late`` + ``reject_on_worker_lost``), it is redelivered, and the
 idempotent stages turn the redelivery into no second effect.
 
-Why N = 400 and not the issue's 2,000: on this 2-core machine the three-hop pipeline through real
-prefork pools, with the ingress in the same process and a child respawned after every kill, moves about
-22 messages/s end to end when the machine is quiet (400 in 18 s) and about 7/s while other test sessions
-share the cores (600 took 87 s), so 2,000 would take 90 s to 5 minutes alone, past the chaos folder's
-budget. The kills come every half second so that a quick run (a quiet machine moved the 400 in ~6 s)
-still sees enough of them.
+N = 2,000, the issue's figure. The waits below only bound a failure: the run took 4.5 minutes while four
+other test sessions shared this 2-core machine (load average ~10), so this test gets a timeout of its own
+above the suite's 300 s. The kills come every half second (the issue asks for one every few seconds) so
+that even a quick run sees plenty of them.
 
 Why the ``notify`` pool is not a target here: a child killed *during the provider call* leaves an
 outcome nobody can know (neither Twilio nor Meta takes an idempotency key on send), and notify.send is
@@ -45,7 +43,7 @@ from tests.integration.chaos.harness import (
     sent_count,
 )
 
-MESSAGES = 400
+MESSAGES = 2000
 KILL_EVERY_SECONDS = 0.5
 KILLED_POOLS = {"inbound", "commands"}
 
@@ -91,6 +89,7 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_every_message_gets_exactly_one_reply_while_worker_children_are_killed(
     db: Any,
     redis_client: redis.Redis,
@@ -114,7 +113,7 @@ def test_every_message_gets_exactly_one_reply_while_worker_children_are_killed(
             assert set(codes) == {200}
             wait_for(
                 lambda: len(fake.replies_per_recipient()) >= MESSAGES,
-                timeout=240,
+                timeout=600,
                 interval=0.5,
                 what=f"a reply to each of the {MESSAGES} messages",
             )
