@@ -4,8 +4,7 @@ What :func:`shared.db.contacts.get_or_create_by_phone` and :func:`shared.db.mess
 do in five statements inside a transaction (find or create the contact, insert the message under its
 idempotency key, add its ``queued`` timeline entry, look up the first message when the key was taken)
 is one statement here, run in autocommit: a single round trip and a single commit per accept, where the
-API spent seven round trips (pool check, BEGIN, four statements, COMMIT). The pool's checkout check is
-still one more; it is what replaces a connection a PostgreSQL restart killed.
+API spent seven round trips (pool check, BEGIN, four statements, COMMIT).
 
 Same rows and the same guarantees as the repository functions: a contact created here has no inbound
 time (no open window), a message is inserted at most once per idempotency key, and a taken key answers
