@@ -27,9 +27,9 @@ message). So a task sends a batch (:func:`dispatch`):
    events: :func:`shared.db.sending.settle`), in one transaction with the dead letters when there are
    any; only then are retries enqueued (with their countdown) and the task acknowledged.
 
-The claim and the settle each run as a single statement outside an explicit transaction (two round
-trips to PostgreSQL each, with the pool's checkout check), so a batch of one message costs four round
-trips and one Lua call besides the provider call.
+The claim and the settle each run as a single statement outside an explicit transaction (one round
+trip to PostgreSQL each), so a batch of one message costs two round trips and one Lua call besides the
+provider call; a task whose message another batch took costs one round trip.
 
 Measured with ``python -m tests.bench.outbound`` (figures in the commit that introduced this): see the
 README's Performance section.

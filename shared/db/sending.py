@@ -1,10 +1,10 @@
 """notify.send's and status.apply's statements, each one round trip: the per-message hot path.
 
-A message through notify used to cost three pool checkouts and three transactions (look, claim, settle:
-twelve round trips to PostgreSQL with the checkout checks, BEGIN and COMMIT) and a receipt one transaction
-of three statements. Here every step that writes is a single statement, and a single statement is atomic
-on its own, so it runs outside an explicit transaction (:func:`autocommit`): two round trips (the pool's
-checkout check, the statement) per step.
+A message through notify used to cost three transactions (look, claim, settle: nine round trips to
+PostgreSQL with BEGIN and COMMIT) and a receipt one transaction of three statements (five). Here every
+step is a single statement, and a single statement is atomic on its own, so it runs outside an explicit
+transaction (:func:`autocommit`): one round trip per step (plus the pool's ping when the connection sat
+idle, see shared/db/pool.py).
 
 - :func:`claim`: claim the task's own message and up to ``more`` other due queued ones, and in the same
   statement say where the own message stood when it could not be claimed (sent, in another batch, not
