@@ -67,8 +67,9 @@ def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
 
     The task's first argument is an inbound message id, and it runs only on that message's turn in its
     conversation (workers/ordering.py): earlier messages are answered first. ``ordered=False`` is for a
-    later hop of a handler whose message already had its turn (persist.save_proposal). Either way a task
-    that fails for good releases its message's turn.
+    later hop of a handler whose message already had its turn (persist.save_proposal), or a stage that
+    takes its turn itself from a read it makes anyway (commands.handle). Either way a task that fails for
+    good releases its message's turn.
     """
     settings: dict[str, Any] = {
         "name": name,
