@@ -17,7 +17,6 @@ store committed but before the handler was enqueued decides again and enqueues i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import psycopg
 import redis
 
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
-from shared.db.pool import connection, transaction
+from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
 from shared.ratelimit import InboundVerdict, RateLimiter
@@ -78,7 +77,8 @@ def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutco
             return RouteOutcome(None, "duplicate")
         _publish_stored(inbound, stored)
         if stored.handler is not None:
-            _mark_routed_alone(conn, stored.message_id)
+            with autocommit(conn):  # one statement: no BEGIN and COMMIT round trips
+                messages.mark_routed(conn, stored.message_id)
             return _routed(RouteOutcome(stored.message_id, "handler", stored.handler))
     # The rarer outcomes, and a redelivered route finishing what an earlier run began, are decided after
     # the commit (their effects queue replies that read the stored message).
@@ -86,18 +86,6 @@ def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutco
     with transaction() as conn:
         messages.mark_routed(conn, outcome.message_id)
     return _routed(outcome)
-
-
-def _mark_routed_alone(conn: psycopg.Connection, message_id: int) -> None:
-    """Mark the message routed in a transaction of its own statement alone: in autocommit mode, with no
-    BEGIN and COMMIT round trips of their own (as the pool's own connection check does)."""
-    conn.autocommit = True
-    try:
-        messages.mark_routed(conn, message_id)
-    finally:
-        # Failing only on a broken connection, which the pool then discards.
-        with contextlib.suppress(psycopg.Error):
-            conn.autocommit = False
 
 
 def _routed(outcome: RouteOutcome) -> RouteOutcome:

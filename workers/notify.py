@@ -70,8 +70,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from shared.db import dead_letters, messages, sending
 from shared.db.errors import NotFound, Unavailable
 from shared.db.messages import OutboundRecord, Release
-from shared.db.pool import connection, transaction
-from shared.db.sending import autocommit
+from shared.db.pool import autocommit_connection, connection, transaction
 from shared.logging import get_logger
 from shared.policy import check_window
 from shared.providers import get_sender
@@ -140,7 +139,7 @@ def dispatch(
     failed, dead, skipped, claimed, missing). Raises :class:`RetryLater` when it should be tried later."""
     settings = settings or get_settings()
     more = batch_more if batch_more is not None else _batch_more(settings)
-    with autocommit() as conn:
+    with autocommit_connection() as conn:
         claim = sending.claim(conn, message_id, more)
     if claim is None:
         log.warning("outbound message not found", message_id=message_id)
@@ -230,7 +229,7 @@ class _Outcomes:
 def _settle(outcomes: _Outcomes) -> None:
     failed = [*outcomes.failed, *((i, e.code, e.message) for i, _, e in outcomes.dead)]
     if not outcomes.dead:  # the usual batch: one statement, atomic on its own
-        with autocommit() as conn:
+        with autocommit_connection() as conn:
             sending.settle(conn, sent=outcomes.sent, failed=failed, released=outcomes.released)
         return
     with transaction() as conn:  # dead letters are written with the failures they record

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.db import messages, sending
-from shared.db.sending import autocommit
+from shared.db.pool import autocommit_connection
 from shared.logging import get_logger
 from shared.wire.events import StatusUpdate
 from workers import event_task
@@ -28,7 +28,7 @@ UNKNOWN_MESSAGE_RETRIES = 5
 def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
     """Apply the receipt; None when no message has its provider id."""
     update = StatusUpdate.model_validate(event)
-    with autocommit() as conn:  # one statement: find, move forward, append to the timeline
+    with autocommit_connection() as conn:  # one statement: find, move forward, append to the timeline
         return sending.apply_status(
             conn,
             provider=update.provider.value,

@@ -12,8 +12,6 @@ the reply is durable when :func:`store_reply` returns, so ``notify.send`` may be
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.messages import InboundRecord
+from shared.db.pool import autocommit
 from shared.db.turns import AHEAD_OF_ME, Turn, ahead_params, turn_from
 
 # The columns of shared.db.messages.get_inbound, the reply stored under %(reply_key)s, and the earlier
@@ -133,14 +132,3 @@ def store_reply(
         existing = conn.execute(_ID_BY_KEY, {"key": key}).fetchone()
     assert existing is not None, "the conflicting row holds the key"
     return existing["id"], False
-
-
-@contextlib.contextmanager
-def autocommit(conn: psycopg.Connection) -> Iterator[None]:
-    """Autocommit for the block, for single statements; the pool gets the connection back as it lent it."""
-    conn.autocommit = True
-    try:
-        yield
-    finally:
-        if not conn.closed:
-            conn.autocommit = False

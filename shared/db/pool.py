@@ -95,3 +95,23 @@ def transaction() -> Iterator[psycopg.Connection]:
     """A pooled connection inside one transaction, committed when the block ends without error."""
     with connection() as conn, conn.transaction():
         yield conn
+
+
+@contextlib.contextmanager
+def autocommit(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """``conn`` in autocommit for the block: each statement commits on its own, with no BEGIN and COMMIT
+    round trips, for work that is one statement (atomic by itself). Put back in the pool's usual
+    transactional mode afterwards, as psycopg_pool's own connection check does."""
+    conn.autocommit = True
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(psycopg.Error):  # only on a broken connection, which the pool replaces
+            conn.autocommit = False
+
+
+@contextlib.contextmanager
+def autocommit_connection() -> Iterator[psycopg.Connection]:
+    """A pooled connection in :func:`autocommit` mode (errors as :func:`connection`)."""
+    with connection() as conn, autocommit(conn):
+        yield conn

@@ -3,8 +3,8 @@
 A message through notify used to cost three transactions (look, claim, settle: nine round trips to
 PostgreSQL with BEGIN and COMMIT) and a receipt one transaction of three statements (five). Here every
 step is a single statement, and a single statement is atomic on its own, so it runs outside an explicit
-transaction (:func:`autocommit`): one round trip per step (plus the pool's ping when the connection sat
-idle, see shared/db/pool.py).
+transaction (:func:`shared.db.pool.autocommit_connection`): one round trip per step (plus the pool's
+ping when the connection sat idle, see shared/db/pool.py).
 
 - :func:`claim`: claim the task's own message and up to ``more`` other due queued ones, and in the same
   statement say where the own message stood when it could not be claimed (sent, in another batch, not
@@ -19,8 +19,7 @@ row, and a status only ever moves forward.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,22 +27,7 @@ import psycopg
 
 from shared.db.errors import wrap_errors
 from shared.db.messages import SENDING, OutboundRecord, Release, SendState, StatusApplied
-from shared.db.pool import connection
 from shared.wire.events import STATUS_RANK, DeliveryStatus
-
-
-@contextlib.contextmanager
-def autocommit() -> Iterator[psycopg.Connection]:
-    """A pooled connection in autocommit, for one statement: no BEGIN and COMMIT round trips. Put back
-    in the pool's usual (transactional) mode afterwards, as psycopg_pool's own checkout check does."""
-    with connection() as conn:
-        conn.autocommit = True
-        try:
-            yield conn
-        finally:
-            with contextlib.suppress(psycopg.Error):  # a broken connection is the pool's to replace
-                conn.autocommit = False
-
 
 # --- notify's claim ------------------------------------------------------------------------------------
 

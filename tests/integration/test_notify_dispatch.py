@@ -9,6 +9,7 @@ import pytest
 
 from shared.db import sending
 from shared.db.messages import Release
+from shared.db.pool import autocommit_connection
 from shared.providers.console import ConsoleSender
 from shared.replies import queue_reply
 from shared.settings import load_settings
@@ -112,7 +113,7 @@ def test_settle_records_every_kind_of_outcome_in_one_statement(db, redis_client)
     db.execute("UPDATE messages SET status = 'sending', attempts = 1 WHERE direction = 'out'")
     db.execute("UPDATE messages SET status = 'failed' WHERE id = %s", (elsewhere,))
 
-    with sending.autocommit() as conn:
+    with autocommit_connection() as conn:
         failed_now = sending.settle(
             conn,
             sent=[(sent, "console", "console-1")],
@@ -141,7 +142,7 @@ def test_settle_records_every_kind_of_outcome_in_one_statement(db, redis_client)
 def test_the_autocommit_connection_goes_back_to_the_pool_transactional(db, redis_client) -> None:
     from shared.db.pool import connection
 
-    with sending.autocommit() as conn:
+    with autocommit_connection() as conn:
         assert conn.autocommit
     with connection() as conn:
         assert not conn.autocommit
