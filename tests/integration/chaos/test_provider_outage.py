@@ -1,10 +1,9 @@
-"""Chaos: the provider is down (500s, then 429 with Retry-After), then recovers.
+"""Chaos: the provider is down (500s, then 429 with Retry-After) for the issue's 30 seconds, then recovers.
 
-Same shape as the issue's 30-second outage, shortened to 9 s to fit the suite's time budget: from the
-first send attempt, the fake Twilio API answers 500 for 4.5 s, then 429 with ``Retry-After: 2`` for
-4.5 s, then 201. Every message is delivered after recovery, none twice, and with ``WAPIPE_SEND_RATE=20``
-no one-second window at the provider ever holds more than 20 accepted sends, even when the whole backlog
-comes due at once.
+From the first send attempt, the fake Twilio API answers 500 for 15 s, then 429 with ``Retry-After: 2``
+for 15 s, then 201. Every message is delivered after recovery, none twice, no recipient is tried again
+sooner than Retry-After asked, and with ``WAPIPE_SEND_RATE=20`` no one-second window at the provider ever
+holds more than 20 requests, even when the whole backlog comes due at once.
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ from tests.integration.chaos.harness import (
 
 MESSAGES = 150
 SEND_RATE = 20
-SERVER_ERROR_SECONDS = 4.5
-RATE_LIMITED_SECONDS = 4.5
+SERVER_ERROR_SECONDS = 15.0
+RATE_LIMITED_SECONDS = 15.0
 RETRY_AFTER_SECONDS = 2.0
 
 
