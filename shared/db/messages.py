@@ -8,7 +8,6 @@ or an API caller's key) and move through ``queued -> sending -> sent -> delivere
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,25 +18,14 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.pool import connection
-from shared.wire.events import STATUS_RANK, DeliveryStatus
 
 # notify.send's claim: the provider call is in flight (see workers/notify.py). Ranked with 'queued', so a
 # receipt can never be overtaken by it.
 SENDING = "sending"
 
 
-def _rank_sql(column: str) -> str:
-    """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``."""
-    cases = " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
-    return f"(CASE {column} {cases} ELSE 0 END)"
-
-
 # --- inbound -------------------------------------------------------------------------------------------
 
-_FIND_BY_PROVIDER_ID = """
-SELECT id, direction, routed_at FROM messages
-WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
-"""
 _INSERT_INBOUND = """
 INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, type, body,
                       payload, media, status)
@@ -87,22 +75,6 @@ class InboundRecord:
     def user_key(self) -> str:
         """The key sessions use: the E.164 phone, else the business-scoped id."""
         return self.phone or self.bsuid or f"contact:{self.contact_id}"
-
-
-@dataclass(frozen=True)
-class StoredInbound:
-    id: int
-    routed: bool
-
-
-def find_by_provider_id(
-    conn: psycopg.Connection, provider: str, provider_message_id: str
-) -> StoredInbound | None:
-    with wrap_errors():
-        row = conn.execute(
-            _FIND_BY_PROVIDER_ID, {"provider": provider, "provider_message_id": provider_message_id}
-        ).fetchone()
-    return StoredInbound(row["id"], row["routed_at"] is not None) if row else None
 
 
 def insert_inbound(
@@ -205,18 +177,6 @@ FROM claimed m
 LEFT JOIN contacts c ON c.id = m.contact_id
 LEFT JOIN conversations v ON v.id = m.conversation_id
 """  # noqa: S608 - constant column list and statuses, no input
-_MARK_SENT = f"""
-UPDATE messages SET status = 'sent', provider = %(provider)s, provider_message_id = %(provider_message_id)s,
-    error_code = NULL, error_message = NULL, updated_at = now()
-WHERE id = %(id)s AND status = '{SENDING}'
-RETURNING id
-"""  # noqa: S608 - constant column list and statuses, no input
-_RELEASE = f"""
-UPDATE messages SET status = 'queued', error_code = %(error_code)s, error_message = %(error_message)s,
-    updated_at = now(), send_after = now() + make_interval(secs => %(delay)s)
-WHERE id = %(id)s AND status = '{SENDING}'
-RETURNING id
-"""  # noqa: S608 - constant column list and statuses, no input
 _MARK_FAILED = f"""
 UPDATE messages SET status = 'failed', error_code = %(error_code)s, error_message = %(error_message)s,
     updated_at = now()
@@ -229,9 +189,6 @@ UPDATE messages SET status = 'queued', attempts = 0, error_code = NULL, error_me
 WHERE id = %(id)s AND direction = 'out' AND status = 'failed'
 RETURNING id
 """
-_SECONDS_SINCE_UPDATE = (
-    "SELECT extract(epoch FROM now() - updated_at)::float AS age FROM messages WHERE id = %(id)s"
-)
 
 
 @dataclass(frozen=True)
@@ -323,43 +280,6 @@ def claim_for_sending(conn: psycopg.Connection, message_id: int) -> OutboundReco
     return _outbound(row) if row else None
 
 
-def seconds_since_update(conn: psycopg.Connection, message_id: int) -> float:
-    with wrap_errors():
-        row = conn.execute(_SECONDS_SINCE_UPDATE, {"id": message_id}).fetchone()
-    if row is None:
-        raise NotFound(f"message {message_id}")
-    return float(row["age"])
-
-
-def mark_sent(conn: psycopg.Connection, message_id: int, provider: str, provider_message_id: str) -> bool:
-    """Record the provider's id for a message being sent; append 'sent' to its timeline."""
-    with wrap_errors():
-        row = conn.execute(
-            _MARK_SENT,
-            {"id": message_id, "provider": provider, "provider_message_id": provider_message_id},
-        ).fetchone()
-        if row is not None:
-            add_event(conn, message_id, "sent")
-    return row is not None
-
-
-def release_for_retry(
-    conn: psycopg.Connection,
-    message_id: int,
-    error_code: str | None,
-    error_message: str | None,
-    delay_seconds: float = 0.0,
-) -> bool:
-    """A transient failure: back to 'queued' (the error kept for operators) for the next attempt, due
-    in ``delay_seconds`` (batch claims leave it alone until then)."""
-    params = {"id": message_id, "error_code": error_code, "error_message": error_message}
-    with wrap_errors():
-        row = conn.execute(_RELEASE, params | {"delay": delay_seconds}).fetchone()
-        if row is not None:
-            add_event(conn, message_id, "retrying", error_code=error_code, detail=error_message)
-    return row is not None
-
-
 def mark_failed(
     conn: psycopg.Connection, message_id: int, error_code: str | None, error_message: str | None
 ) -> bool:
@@ -390,73 +310,6 @@ SELECT status, claimed_by, extract(epoch FROM now() - updated_at)::float AS age,
        extract(epoch FROM send_after - now())::float AS due_in
 FROM messages WHERE id = %(id)s AND direction = 'out'
 """
-# The task's own message first (nothing else is claimed unless it is), then up to %(more)s other queued
-# messages that are due, oldest first. SKIP LOCKED: two claimers never wait on, or take, the same row; the
-# status moving out of 'queued' is what makes each message's send once-only, as with a single claim.
-_CLAIM_BATCH = f"""
-WITH own AS (
-    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
-        claimed_by = id, send_after = NULL
-    WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
-    RETURNING *
-), picked AS (
-    SELECT id FROM messages
-    WHERE EXISTS (SELECT 1 FROM own) AND direction = 'out' AND status = 'queued' AND id <> %(id)s
-      AND (send_after IS NULL OR send_after <= now())
-    ORDER BY id
-    LIMIT %(more)s
-    FOR UPDATE SKIP LOCKED
-), others AS (
-    UPDATE messages m SET status = '{SENDING}', attempts = m.attempts + 1, updated_at = now(),
-        claimed_by = %(id)s, send_after = NULL
-    FROM picked WHERE m.id = picked.id
-    RETURNING m.*
-)
-SELECT {_OUTBOUND_COLUMNS}
-FROM (SELECT * FROM own UNION ALL SELECT * FROM others) m
-LEFT JOIN contacts c ON c.id = m.contact_id
-LEFT JOIN conversations v ON v.id = m.conversation_id
-ORDER BY m.id <> %(id)s, m.id
-"""  # noqa: S608 - constant column list and statuses, no input
-_SENT_MANY = f"""
-WITH done AS (
-    UPDATE messages m SET status = 'sent', provider = v.provider, provider_message_id = v.provider_message_id,
-        error_code = NULL, error_message = NULL, updated_at = now()
-    FROM unnest(%(ids)s::bigint[], %(providers)s::text[], %(provider_message_ids)s::text[])
-        AS v(id, provider, provider_message_id)
-    WHERE m.id = v.id AND m.status = '{SENDING}'
-    RETURNING m.id
-)
-INSERT INTO message_events (message_id, status) SELECT id, 'sent' FROM done
-"""  # noqa: S608 - constant statuses, no input
-_FAILED_MANY = f"""
-WITH done AS (
-    UPDATE messages m SET status = 'failed', error_code = v.code, error_message = v.text, updated_at = now()
-    FROM unnest(%(ids)s::bigint[], %(codes)s::text[], %(texts)s::text[]) AS v(id, code, text)
-    WHERE m.id = v.id AND m.status IN ('queued', '{SENDING}')
-    RETURNING m.id, v.code, v.text
-)
-INSERT INTO message_events (message_id, status, error_code, detail)
-SELECT id, 'failed', code, text FROM done
-RETURNING message_id
-"""  # noqa: S608 - constant statuses, no input
-# Back to 'queued', due after the delay. A message never put to the provider (a pacing wait) gives its
-# attempt back and keeps its last error; one that was tried records this error and a 'retrying' event.
-_RELEASE_MANY = f"""
-WITH done AS (
-    UPDATE messages m SET status = 'queued',
-        attempts = m.attempts - CASE WHEN v.tried THEN 0 ELSE 1 END,
-        error_code = CASE WHEN v.tried THEN v.code ELSE m.error_code END,
-        error_message = CASE WHEN v.tried THEN v.text ELSE m.error_message END,
-        send_after = now() + make_interval(secs => v.delay), updated_at = now()
-    FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(tried)s::boolean[], %(codes)s::text[],
-                %(texts)s::text[]) AS v(id, delay, tried, code, text)
-    WHERE m.id = v.id AND m.status = '{SENDING}'
-    RETURNING m.id, v.tried, v.code, v.text
-)
-INSERT INTO message_events (message_id, status, error_code, detail)
-SELECT id, 'retrying', code, text FROM done WHERE tried
-"""  # noqa: S608 - constant statuses, no input
 # Claims whose worker died mid-call: the outcome at the provider is unknown (see workers/notify.py).
 _ABANDONED = f"""
 WITH done AS (
@@ -508,48 +361,6 @@ def send_state(conn: psycopg.Connection, message_id: int) -> SendState | None:
     return SendState(**row) if row else None
 
 
-def claim_batch(conn: psycopg.Connection, message_id: int, more: int) -> list[OutboundRecord]:
-    """Claim the message and up to ``more`` other due queued ones (``queued -> sending``, one attempt
-    more each, ``claimed_by`` = ``message_id``); the message itself first. Empty if it was not queued."""
-    with wrap_errors():
-        rows = conn.execute(_CLAIM_BATCH, {"id": message_id, "more": max(0, more)}).fetchall()
-    return [_outbound(row) for row in rows]
-
-
-def settle_batch(
-    conn: psycopg.Connection,
-    *,
-    sent: Sequence[tuple[int, str, str]] = (),
-    failed: Sequence[tuple[int, str, str]] = (),
-    released: Sequence[Release] = (),
-) -> list[int]:
-    """Record a batch's outcomes, one statement per kind: ``sent`` (id, provider, provider id),
-    ``failed`` (id, code, reason; final), ``released`` (back to queued). Returns the ids failed now."""
-    with wrap_errors():
-        if sent:
-            ids, providers, provider_ids = (list(column) for column in zip(*sent, strict=True))
-            conn.execute(
-                _SENT_MANY, {"ids": ids, "providers": providers, "provider_message_ids": provider_ids}
-            )
-        failed_now: list[int] = []
-        if failed:
-            ids, codes, texts = (list(column) for column in zip(*failed, strict=True))
-            rows = conn.execute(_FAILED_MANY, {"ids": ids, "codes": codes, "texts": texts}).fetchall()
-            failed_now = [row["message_id"] for row in rows]
-        if released:
-            conn.execute(
-                _RELEASE_MANY,
-                {
-                    "ids": [r.id for r in released],
-                    "delays": [max(0.0, r.delay) for r in released],
-                    "tried": [r.tried for r in released],
-                    "codes": [r.code for r in released],
-                    "texts": [r.text for r in released],
-                },
-            )
-    return failed_now
-
-
 def fail_abandoned(
     conn: psycopg.Connection, *, lease_seconds: float, code: str, text: str, claimer: int | None = None
 ) -> list[tuple[int, int]]:
@@ -570,20 +381,6 @@ def overdue_queued(conn: psycopg.Connection, *, grace_seconds: float, limit: int
 
 # --- delivery receipts ---------------------------------------------------------------------------------
 
-_FIND_FOR_STATUS = """
-SELECT id, status FROM messages
-WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
-"""
-# Forward only, in one statement: PostgreSQL re-checks the WHERE on the locked row, so two receipts racing
-# each other can only ever leave the higher-ranked status.
-_ADVANCE = f"""
-UPDATE messages SET status = %(status)s,
-    error_code = COALESCE(%(error_code)s, error_code),
-    error_message = COALESCE(%(error_message)s, error_message),
-    updated_at = now()
-WHERE id = %(id)s AND {_rank_sql("status")} < %(rank)s
-RETURNING id
-"""  # noqa: S608 - constant column list and statuses, no input
 _ADD_EVENT = """
 INSERT INTO message_events (message_id, status, error_code, detail, at)
 VALUES (%(message_id)s, %(status)s, %(error_code)s, %(detail)s, COALESCE(%(at)s, now()))
@@ -597,44 +394,6 @@ SELECT status, error_code, detail, at FROM message_events WHERE message_id = %(m
 class StatusApplied:
     message_id: int
     changed: bool  # False when the receipt was older than what we already knew (still in the timeline)
-
-
-def apply_status(
-    conn: psycopg.Connection,
-    *,
-    provider: str,
-    provider_message_id: str,
-    status: DeliveryStatus,
-    error_code: str | None = None,
-    error_message: str | None = None,
-    at: datetime | None = None,
-) -> StatusApplied | None:
-    """Apply a delivery receipt; None when no message has that provider id (yet)."""
-    with wrap_errors():
-        row = conn.execute(
-            _FIND_FOR_STATUS, {"provider": provider, "provider_message_id": provider_message_id}
-        ).fetchone()
-        if row is None:
-            return None
-        message_id = row["id"]
-        changed = False
-        rank = STATUS_RANK.get(status)
-        if rank is not None:
-            changed = (
-                conn.execute(
-                    _ADVANCE,
-                    {
-                        "id": message_id,
-                        "status": status.value,
-                        "rank": rank,
-                        "error_code": error_code,
-                        "error_message": error_message,
-                    },
-                ).fetchone()
-                is not None
-            )
-        add_event(conn, message_id, status.value, error_code=error_code, detail=error_message, at=at)
-    return StatusApplied(message_id, changed)
 
 
 def add_event(
