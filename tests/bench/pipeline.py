@@ -1,13 +1,14 @@
 """Benchmark 2: inbound ``/help`` from linked users through the whole pipeline, end to end.
 
-    .venv/bin/python -m tests.bench.pipeline [--messages 600] [--runs 3] [--pools 1,2]
+    .venv/bin/python -m tests.bench.pipeline [--messages 600] [--runs 3] [--pools 1,2] [--pool prefork]
 
 webhook (signed Twilio, real gunicorn ingress) -> ``inbound.route`` -> ``commands.handle`` ->
 ``notify.send`` -> fake Twilio API 201 -> signed ``delivered`` status callback posted back to the
 ingress -> ``status.apply``. Users and their links are seeded in the bench's own database; every message
 comes from a different linked user (so the per-user rate limit and per-recipient pacing never hold one
 back, and the reply's recipient identifies the message). Worker pools as ``wapipe up`` groups them
-(``inbound,verify,commands,flows`` and ``notify,status``), each with 1 then 2 prefork processes.
+(``inbound,verify,commands,flows`` and ``notify,status``), each with 1 then 2 prefork processes
+(``--pool threads``: that many threads in one process per group, as ``wapipe worker --pool threads``).
 ``WAPIPE_SEND_RATE`` is raised to 1000/s (the default 80/s would be the limit measured).
 
 Per pool size and run:
@@ -217,8 +218,8 @@ def delivered_count(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def start_workers(bench: Bench, stack: Stack, processes: int) -> list[Proc]:
-    return [bench.worker(queues, concurrency=processes, env=stack.env) for queues in WORKER_GROUPS]
+def start_workers(bench: Bench, stack: Stack, processes: int, pool: str = "prefork") -> list[Proc]:
+    return [bench.worker(queues, concurrency=processes, env=stack.env, pool=pool) for queues in WORKER_GROUPS]
 
 
 def burst(bench: Bench, stack: Stack, phones: list[str]) -> dict[str, float]:
@@ -257,13 +258,13 @@ def paced(stack: Stack, phones: list[str], rate: float) -> dict[str, float]:
     }
 
 
-def noop_chains(bench: Bench, processes: int, count: int) -> float:
+def noop_chains(bench: Bench, processes: int, count: int, pool: str = "prefork") -> float:
     """Chains/s of ``count`` bare 3-task chains through worker pools of ``processes`` each."""
     from tests.bench import noop_app
 
     env = bench.env()
     workers = [
-        bench.worker(queues, concurrency=processes, env=env, app="tests.bench.noop_app")
+        bench.worker(queues, concurrency=processes, env=env, app="tests.bench.noop_app", pool=pool)
         for queues in NOOP_GROUPS
     ]
     client = bench.redis()
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=600, help="messages per burst (default 600)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--pools", default="1,2", help="worker processes per pool to try (default 1,2)")
+    parser.add_argument(
+        "--pool", choices=["prefork", "threads"], default="prefork", help="Celery pool (default prefork)"
+    )
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
     pools = [int(part) for part in args.pools.split(",")]
@@ -311,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             bench.stop(worker)
         for processes in pools:
             runs: dict[str, list[float]] = defaultdict(list)
-            workers = start_workers(bench, stack, processes)
+            workers = start_workers(bench, stack, processes, args.pool)
             for run in range(args.runs):
                 reset_fake(stack)
                 try:
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             for worker in workers:
                 bench.stop(worker)
             for run in range(args.runs):
-                rate = noop_chains(bench, processes, args.messages)
+                rate = noop_chains(bench, processes, args.messages, args.pool)
                 runs["chains"].append(rate)
                 print(
                     f"pools x{processes} run {run + 1}: bare 3-task chains {rate:6.1f} chains/s", flush=True
