@@ -53,7 +53,7 @@ def behind_a_statement(
         assert running.wait(10)
         futures = [pool.submit(store.accept, m) for m in later]
         deadline = time.monotonic() + 10
-        while len(store._queue) < len(later) and time.monotonic() < deadline:
+        while store.waiting < len(later) and time.monotonic() < deadline:
             time.sleep(0.01)
         release.set()
         assert isinstance(first.result(10), Stored)

@@ -57,7 +57,7 @@ def test_requests_arriving_during_a_round_trip_share_the_next_one(
         while not batches:
             time.sleep(0.01)
         rest = [pool.submit(group.publish, [_job(f"r{i}")]) for i in range(11)]
-        while len(group._queue) < 11:
+        while group.waiting < 11:
             time.sleep(0.01)
         release.set()
         assert first.result() == [True]
@@ -154,3 +154,32 @@ def test_each_thread_publishes_on_its_own_connection(
     assert len(set(connections)) == 4
     assert sum(flag for [flag] in flags) == 50
     assert redis_client.llen("inbound") == 50
+
+
+def test_a_request_no_publish_took_in_time_gets_a_redis_timeout_and_is_not_published(
+    redis_client: redis.Redis, test_servers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stuck leader: the request behind it gives up (503 upstream, the provider retries) and its job is
+    # never published by the batch it left. A zero wait stands in for WAIT_SECONDS having passed.
+    monkeypatch.setattr("ingress.publishing.WAIT_SECONDS", 0.0)
+    base = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    real_publish = base.publish
+    running, release = threading.Event(), threading.Event()
+
+    def stuck_publish(jobs: list[Job]) -> list[bool]:
+        running.set()
+        release.wait(timeout=30)
+        return real_publish(jobs)
+
+    base.publish = stuck_publish  # type: ignore[method-assign]
+    group = GroupPublisher(base)
+    with ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(group.publish, [_job("stuck")])
+        assert running.wait(timeout=30)
+        with pytest.raises(redis.TimeoutError, match="shared publish"):
+            group.publish([_job("late")])
+        release.set()
+        assert stuck.result() == [True]
+    assert group.waiting == 0
+    assert redis_client.llen("inbound") == 1
+    assert group.publish([_job("late")]) == [True]  # the lead was released; the retry goes through
