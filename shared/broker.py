@@ -15,14 +15,14 @@ restart three steps can fail, and each would leave a message there for that hour
   nobody tries again.
 
 So each of these becomes a debt of this process, by delivery tag, paid as soon as Redis answers again: a
-new channel pays before it consumes, and a live one each time kombu sweeps for visible messages. A debt is
-either an ack (the task ran: drop the message from ``unacked``) or a put-back (the message goes back on its
-queue, from ``unacked`` or, when the worker may hold the only copy, from the copy it kept). A reject Redis
-did not confirm is a put-back even when it asked not to requeue: during an outage Celery rejects the
-tasks whose retry it could not publish, and those must run again. Each debt is paid in one transaction
-that also removes the tag from ``unacked``, so it is paid once; only this process's own tags are touched,
-so nothing another worker is running is redelivered. A task may run a second time, which every task
-allows (ARCHITECTURE.md: every task is safe to run twice).
+new channel pays before it consumes, and a live one each time kombu sweeps for visible messages. Every
+debt is a put-back: the message goes back on its queue, from ``unacked`` or, when the worker may hold the
+only copy, from the copy it kept. Even an ack Redis did not confirm is a put-back, not an ack to retry:
+the transport cannot tell a task that ran from one that failed because Redis was down (Celery acks those
+too, and rejects without requeue the ones whose retry it could not publish), and only running it again is
+safe for both. Each debt is paid in one transaction that also removes the tag from ``unacked``, so it is
+paid once; only this process's own tags are touched, so nothing another worker is running is redelivered.
+A task may run a second time, which every task allows (ARCHITECTURE.md: every task is safe to run twice).
 
 Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``.
 """
@@ -49,9 +49,8 @@ _BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 @dataclass(frozen=True)
 class Debt:
-    """What this process still owes Redis for one delivery tag."""
+    """A message this process must put back on its queue once Redis answers again."""
 
-    requeue: bool  # put the message back on its queue; False: just drop it from ``unacked`` (an ack)
     # [payload, exchange, routing key], as kombu stores it in ``unacked``: kept when the worker may
     # hold the only copy (BRPOP took it, recording it failed).
     message: list[Any] | None = None
@@ -66,9 +65,8 @@ def _owe(tags: list[str], debt: Debt) -> None:
         for tag in tags:
             _debts[str(tag)] = debt
     log.warning(
-        "broker unreachable; what Redis did not confirm is settled on reconnect",
+        "broker unreachable; what Redis did not confirm goes back on its queue on reconnect",
         messages=len(tags),
-        requeue=debt.requeue,
     )
 
 
@@ -99,15 +97,13 @@ def settle_debts(channel: kombu_redis.Channel) -> None:
                 del _debts[tag]
         paid += 1
     if paid:
-        log.warning("broker back; what it did not confirm is settled", messages=paid)
+        log.warning("broker back; what it did not confirm is back on its queue", messages=paid)
 
 
 def _pay(channel: kombu_redis.Channel, tag: str, debt: Debt, pipe: Any) -> None:
     held = pipe.hget(channel.unacked_key, tag)
     pipe.multi()
     pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
-    if not debt.requeue:
-        return
     # The copy in ``unacked`` if there is one; none and no copy of our own: an ack or a put-back
     # already got through (its reply was lost), so there is nothing to put back.
     message = loads(bytes_to_str(held)) if held else debt.message
@@ -124,7 +120,7 @@ class QoS(kombu_redis.QoS):
             # BRPOP already took the message off its queue: keep a copy, it may be the only one.
             delivery = message.delivery_info
             kept = [message._raw, delivery["exchange"], delivery["routing_key"]]
-            _owe([delivery_tag], Debt(requeue=True, message=kept))
+            _owe([delivery_tag], Debt(message=kept))
             raise
 
     def ack(self, delivery_tag: str) -> None:
@@ -132,7 +128,7 @@ class QoS(kombu_redis.QoS):
         try:
             super().ack(delivery_tag)
         except _BROKER_DOWN:
-            self._owe_instead(delivery_tag, Debt(requeue=False))
+            self._owe_instead(delivery_tag)
             raise
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -140,13 +136,13 @@ class QoS(kombu_redis.QoS):
         try:
             super().reject(delivery_tag, requeue=requeue)
         except _BROKER_DOWN:
-            self._owe_instead(delivery_tag, Debt(requeue=True))
+            self._owe_instead(delivery_tag)
             raise
 
-    def _owe_instead(self, delivery_tag: str, debt: Debt) -> None:
+    def _owe_instead(self, delivery_tag: str) -> None:
         # The debt replaces the delivery: the channel forgets the tag (frees its prefetch slot, and a
         # later close does not put it back a second time).
-        _owe([delivery_tag], debt)
+        _owe([delivery_tag], Debt())
         self._quick_ack(delivery_tag)
 
     def _refuse_once_closed(self) -> None:
@@ -167,7 +163,7 @@ class QoS(kombu_redis.QoS):
             # Redis down, or kombu already tore the connection down while closing the channel after a
             # connection error (its client is gone: AttributeError). Either way the rest become debts.
             except Exception:
-                _owe(tags[done:], Debt(requeue=True))
+                _owe(tags[done:], Debt())
                 return
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:

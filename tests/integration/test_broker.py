@@ -7,7 +7,8 @@ moment it fails in a real restart.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -99,37 +100,29 @@ def test_a_fetched_message_whose_unacked_record_was_not_confirmed_goes_back_on_i
     assert state(server) == (0, 0)
 
 
-def test_an_ack_redis_missed_is_applied_once_it_answers_on_the_same_channel(server: PrivateRedis) -> None:
-    """The task ran; its ack failed because Redis was down; the consumer's channel lived on. The ack is
-    applied when kombu next sweeps: the message is neither left in ``unacked`` nor run again."""
-    connection = connect(server)
-    publish(connection, {"n": 2})
-    (message,) = receive(connection)
-    server.stop()
-    with pytest.raises(redis.ConnectionError):
-        message.ack()
-    server.start()
-    assert state(server) == (0, 1)
-
-    message.channel.qos.restore_visible()  # kombu's periodic sweep, on the channel that lived on
-    assert state(server) == (0, 0)
-    connection.collect()
-    with connect(server) as connection:
-        assert receive(connection) == []
-
-
-@pytest.mark.parametrize("requeue", [False, True])
-def test_a_reject_redis_missed_puts_the_message_back(server: PrivateRedis, requeue: bool) -> None:
-    """Celery rejects (without requeue) a task whose retry it could not publish: while Redis is down, that
-    is the outage itself, so the message goes back on its queue once Redis answers."""
+@pytest.mark.parametrize(
+    "settle",
+    [Message.ack, Message.reject, functools.partial(Message.reject, requeue=True)],
+    ids=["ack", "reject", "requeue"],
+)
+def test_an_ack_or_reject_redis_missed_puts_the_message_back_once_it_answers(
+    server: PrivateRedis, settle: Callable[[Message], None]
+) -> None:
+    """Redis was down when the worker settled the message, and the consumer's channel lived on. Whether
+    the task ran, failed because Redis was down (Celery acks that too), or could not publish its retry
+    (Celery then rejects without requeue), running it again is the safe answer: the message goes back on
+    its queue when kombu next sweeps, and only once."""
     connection = connect(server)
     publish(connection, {"n": 3})
     (message,) = receive(connection)
     server.stop()
     with pytest.raises(redis.ConnectionError):
-        message.reject(requeue=requeue)
+        settle(message)
     server.start()
+    assert state(server) == (0, 1)
 
+    message.channel.qos.restore_visible()  # kombu's periodic sweep, on the channel that lived on
+    assert state(server) == (1, 0)
     message.channel.qos.restore_visible()
     assert state(server) == (1, 0)
     connection.collect()
