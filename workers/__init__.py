@@ -15,6 +15,7 @@ from celery import Celery
 from shared.db.errors import Unavailable
 from shared.queues import celery_config
 from shared.settings import SettingsError, get_settings
+from workers.base import WapipeTask
 from workers.ordering import StageTask, in_turn
 
 
@@ -22,7 +23,8 @@ def _missing(variable: str) -> str:
     raise SettingsError(f"{variable} is not set (and no running `wapipe up` found through WAPIPE_DATA_DIR)")
 
 
-celery = Celery("wapipe")
+# Every task, the stages' and beat's alike: a retry that cannot be published puts the message back.
+celery = Celery("wapipe", task_cls=WapipeTask)
 # No broker URL is a configuration error for a worker; `wapipe worker` fills it in from a running
 # `wapipe up`'s data folder first (shared/embedded.py), so only a bare `celery -A workers` can get here.
 celery.config_from_object(celery_config(get_settings().redis_url or _missing("WAPIPE_REDIS_URL")))

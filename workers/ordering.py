@@ -53,6 +53,7 @@ from kombu.exceptions import KombuError
 from shared.db import turns
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
+from workers.base import WapipeTask
 
 log = get_logger(__name__)
 
@@ -153,7 +154,7 @@ def in_turn(run: F) -> F:
     return turn_then_run  # type: ignore[return-value]
 
 
-class StageTask(Task):
+class StageTask(WapipeTask):
     """Base class of the handler stages' tasks: a task that fails for good releases its message's turn."""
 
     #: True for a stage that answers its own earlier messages in order itself (flows.step's drain): its
