@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -44,6 +45,8 @@ PYTHON = sys.executable
 ADMIN_DATABASE_URL = os.environ.get(
     "WAPIPE_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+# How often the bench analyzes its database when the server's autovacuum is off (Bench.database).
+ANALYZE_SECONDS = 5.0
 
 
 def free_port() -> int:
@@ -98,6 +101,7 @@ class Bench:
     _started: int = field(init=False, default=0)
     _database: str | None = field(init=False, default=None)
     _redis_proc: Proc | None = field(init=False, default=None)
+    _analyzing: threading.Event | None = field(init=False, default=None)
 
     def __enter__(self) -> Bench:
         self.folder = Path(tempfile.mkdtemp(prefix=f"wapipe-bench-{self.name}-"))
@@ -111,6 +115,8 @@ class Bench:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._analyzing is not None:
+            self._analyzing.set()
         for proc in reversed(self._procs):
             self.stop(proc)
         if self._database:
@@ -148,7 +154,32 @@ class Bench:
         self._database = name
         self.database_url = psycopg.conninfo.make_conninfo(ADMIN_DATABASE_URL, dbname=name)
         migrate(self.database_url)
+        self._stand_in_for_autovacuum()
         return self.database_url
+
+    def _stand_in_for_autovacuum(self) -> None:
+        """Run ``ANALYZE`` every few seconds when the server's autovacuum is off, as on the test machines.
+
+        wapipe's statements are prepared (psycopg does so from a statement's sixth run), and a plan made
+        while a table was nearly empty scans it whole; in production autovacuum's ANALYZE of a growing
+        table replaces such plans within a minute. With autovacuum off nothing does, and every run would
+        measure sequential scans of an ever larger ``messages`` table rather than wapipe.
+        """
+        assert self.database_url is not None
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute("SHOW autovacuum").fetchone()
+        if row is None or row[0] == "on":
+            return
+        print(f"[bench] autovacuum is off on this server: ANALYZE every {ANALYZE_SECONDS:g} s in its place")
+        stop = self._analyzing = threading.Event()
+        url = self.database_url
+
+        def analyze() -> None:
+            while not stop.wait(ANALYZE_SECONDS):
+                with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("ANALYZE")
+
+        threading.Thread(target=analyze, name="bench-analyze", daemon=True).start()
 
     # --- processes ---------------------------------------------------------------------------------
 
