@@ -374,6 +374,12 @@ class _Pacer:
                 taken = [queue.popleft() for _ in range(min(len(queue), self._per_round))]
                 if not taken:
                     break
+                # The slots are offsets from the moment Redis ran the call, which is known only to lie
+                # between these two readings: each send goes out at the latest reading plus its offset
+                # (never before its slot) and is booked again if that is over LATE_SLOT_SECONDS past the
+                # earliest one (a reply that sat unread would otherwise push a whole booking late, onto
+                # the slots other processes booked after it).
+                asked = running.time()
                 booking = await asyncio.to_thread(
                     self._limiter.reserve,
                     key,
@@ -388,7 +394,8 @@ class _Pacer:
                     if wait > 0:  # the recipient's window is full: back to the queue, due when it has room
                         self._resolve(send, Release(0, wait, False))
                     else:
-                        self._spawn(self._fire(send, now + next(slots), sender))
+                        offset = next(slots)
+                        self._spawn(self._fire(send, now + offset, asked + offset, sender))
                 queue.extendleft(reversed(taken[len(booking.waits) :]))  # not reached this round
                 taken = []
                 if not booking.waits:
@@ -410,14 +417,14 @@ class _Pacer:
         while queue and now - queue[0].queued_at > MAX_PACING_WAIT_SECONDS:
             self._resolve(queue.popleft(), Release(0, _jitter(1.0), False, "pacing"))
 
-    async def _fire(self, send: _Send, slot: float, sender: Sender) -> None:
+    async def _fire(self, send: _Send, slot: float, earliest_slot: float, sender: Sender) -> None:
         running = asyncio.get_running_loop()
         delay = slot - running.time()
         if delay > 0:
             await asyncio.sleep(delay)
         now = running.time()
         blocked = self._blocked_until.get(send.pace_key, 0.0) - now
-        if blocked > 0 or now - slot > LATE_SLOT_SECONDS:
+        if blocked > 0 or now - earliest_slot > LATE_SLOT_SECONDS:
             self._enqueue(send, sender, front=True)  # book again (the block is in Redis too)
             return
         try:

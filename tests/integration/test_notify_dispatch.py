@@ -5,12 +5,15 @@ worker); the one-statement settle records every outcome with its timeline event.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from shared.db import sending
 from shared.db.messages import Release
 from shared.db.pool import autocommit_connection
 from shared.providers.console import ConsoleSender
+from shared.ratelimit import RateLimiter
 from shared.replies import queue_reply
 from shared.settings import load_settings
 from tests.integration.test_inbound_routing import event
@@ -210,3 +213,32 @@ def test_reserve_examines_no_more_sends_than_the_horizon_has_slots(redis_client)
     # 10/s with the pacing margin: a slot every 110 ms, so 0.15 s holds two.
     assert (booking.count, booking.waits) == (2, (0.0, 0.0))
     assert [redis_client.zcard(f"pace:to:+{i}") for i in range(3)] == [1, 1, 0]
+
+
+def test_slots_from_a_booking_whose_answer_came_back_late_are_not_used(db, redis_client, monkeypatch) -> None:
+    # The slots are offsets from when Redis ran the booking; an answer read 100 ms later cannot say
+    # where within those 100 ms that was, so sending at the latest reading could crowd the slots other
+    # processes booked after it. Such slots are booked again, and here (every answer late) never used.
+    real_reserve = RateLimiter.reserve
+
+    def late_answer(self: RateLimiter, *args: object, **kwargs: object) -> object:
+        booking = real_reserve(self, *args, **kwargs)
+        time.sleep(5 * notify.LATE_SLOT_SECONDS)
+        return booking
+
+    monkeypatch.setattr(RateLimiter, "reserve", late_answer)
+    monkeypatch.setattr(notify, "MAX_PACING_WAIT_SECONDS", 1.0)
+    own, other = replies(2)
+
+    with pytest.raises(RetryLater):
+        dispatch(own, sender=ConsoleSender(redis_client))
+
+    assert sent_count(db) == 0
+    for message_id in (own, other):
+        row = message(db, message_id)
+        assert (row["status"], row["attempts"]) == ("queued", 0)  # a pacing wait costs no attempt
+
+    monkeypatch.setattr(RateLimiter, "reserve", real_reserve)
+    db.execute("UPDATE messages SET send_after = NULL WHERE id IN (%s, %s)", (own, other))
+    assert dispatch(own, sender=ConsoleSender(redis_client)) == "sent"
+    assert sent_count(db) == 2
