@@ -150,14 +150,15 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING id
 """
 _ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
-_OUTBOUND_COLUMNS = """
+# An outbound message with its recipient, as notify reads it (also shared/db/sending.py's claim).
+OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
 v.business_number, c.last_inbound_at, m.send_after, m.claimed_by
 """
 _GET_OUTBOUND = f"""
-SELECT {_OUTBOUND_COLUMNS}
+SELECT {OUTBOUND_COLUMNS}
 FROM messages m
 LEFT JOIN contacts c ON c.id = m.contact_id
 LEFT JOIN conversations v ON v.id = m.conversation_id
@@ -172,7 +173,7 @@ WITH claimed AS (
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
     RETURNING *
 )
-SELECT {_OUTBOUND_COLUMNS}
+SELECT {OUTBOUND_COLUMNS}
 FROM claimed m
 LEFT JOIN contacts c ON c.id = m.contact_id
 LEFT JOIN conversations v ON v.id = m.conversation_id

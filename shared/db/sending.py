@@ -26,17 +26,11 @@ from datetime import datetime
 import psycopg
 
 from shared.db.errors import wrap_errors
-from shared.db.messages import SENDING, OutboundRecord, Release, SendState, StatusApplied
+from shared.db.messages import OUTBOUND_COLUMNS, SENDING, OutboundRecord, Release, SendState, StatusApplied
 from shared.wire.events import STATUS_RANK, DeliveryStatus
 
 # --- notify's claim ------------------------------------------------------------------------------------
 
-_COLUMNS = """
-m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
-m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
-m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number, c.last_inbound_at, m.send_after, m.claimed_by
-"""
 # ``own_state`` is the own message as it stood before this statement (the statement's snapshot): it is
 # what the task reads when nothing was claimed. The own message is claimed only when it is queued and
 # due; the others (SKIP LOCKED, oldest first) only when it is. A row joins every claimed row to the one
@@ -68,7 +62,7 @@ WITH own_state AS (
     FROM picked WHERE m.id = picked.id
     RETURNING m.*
 ), claimed AS (
-    SELECT {_COLUMNS}
+    SELECT {OUTBOUND_COLUMNS}
     FROM (SELECT * FROM own UNION ALL SELECT * FROM others) m
     LEFT JOIN contacts c ON c.id = m.contact_id
     LEFT JOIN conversations v ON v.id = m.conversation_id
