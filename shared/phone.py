@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 from shared.logging import mask_phone
 
-__all__ = ["InvalidPhone", "mask_phone", "normalize"]
+__all__ = ["InvalidPhone", "mask_phone", "normalize", "provider_number"]
 
 
 class InvalidPhone(ValueError):
@@ -21,6 +23,22 @@ def normalize(raw: str, region: str = "US", *, strict: bool = True) -> str:
     ``strict`` checks the number is assigned in its country's plan (input from API callers); numbers that
     a provider delivered to us only need to be possible, since the provider has already reached them.
     """
+    return _normalize(raw, region, strict)
+
+
+def provider_number(raw: str, region: str) -> str | None:
+    """A number a provider delivered (not strict, see :func:`normalize`) -> E.164; None when unusable."""
+    try:
+        return normalize(raw, region, strict=False)
+    except InvalidPhone:
+        return None
+
+
+# Cached: parsing with phonenumbers is the dearest step of a webhook or an API call, the same numbers come
+# again and again (senders, our own numbers, notification recipients), and the answer depends on nothing
+# but the arguments. A number that is refused is parsed again each time (exceptions are not cached).
+@functools.lru_cache(maxsize=8192)
+def _normalize(raw: str, region: str, strict: bool) -> str:
     text = (raw or "").strip()
     if text.lower().startswith("whatsapp:"):
         text = text[len("whatsapp:") :]

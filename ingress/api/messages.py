@@ -18,7 +18,6 @@ they chose it. Logs mask it.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import uuid
@@ -219,20 +218,10 @@ def _group_store() -> GroupStore:
 
 def _recipient(raw: str, region: str) -> str:
     """The E.164 recipient, or a 422 naming ``to``."""
-    to, problem = _normalized(raw, region)
-    if problem is not None:
-        raise _Refused(422, "invalid_phone", f"to: {problem}", "to")
-    return to
-
-
-@functools.lru_cache(maxsize=4096)
-def _normalized(raw: str, region: str) -> tuple[str, str | None]:
-    """``(E.164, None)`` or ``("", why not)``; cached because notifications go to the same people again
-    and again, and parsing a number with its country's plan is the costliest check of a request."""
     try:
-        return normalize(raw, region, strict=True), None
+        return normalize(raw, region, strict=True)
     except InvalidPhone as exc:
-        return "", str(exc)
+        raise _Refused(422, "invalid_phone", f"to: {exc}", "to") from None
 
 
 def _checked_content(

@@ -20,7 +20,6 @@ change on Meta's side is stored and acknowledged rather than lost or crashing th
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.logging import get_logger
-from shared.phone import InvalidPhone, normalize
+from shared.phone import provider_number
 from shared.wire.events import (
     DeliveryStatus,
     InboundMessage,
@@ -449,17 +448,7 @@ def provider_phone(raw: Any, region: str) -> str | None:
     """A provider-delivered number -> E.164, or None when absent/empty (username users) or unusable."""
     if not isinstance(raw, str) or not raw.strip():
         return None
-    return _normalize_cached(raw, region)
-
-
-@functools.lru_cache(maxsize=8192)
-def _normalize_cached(raw: str, region: str) -> str | None:
-    # phonenumbers parsing is the dearest step of a webhook (as in shared/wire/twilio.py); senders and
-    # our own number repeat a lot, and the answer depends on nothing but the text and the region.
-    try:
-        return normalize(raw, region, strict=False)
-    except InvalidPhone:
-        return None
+    return provider_number(raw, region)
 
 
 def _str(raw: Any) -> str | None:

@@ -20,13 +20,12 @@ Only a payload that cannot be an event at all (no ``MessageSid``, no sender or b
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.phone import InvalidPhone, normalize
+from shared.phone import provider_number
 from shared.wire.events import (
     DeliveryStatus,
     InboundMessage,
@@ -190,16 +189,7 @@ def provider_phone(raw: str | None, region: str) -> str | None:
     """A Twilio address (``whatsapp:+15551234567``) -> E.164, or None when absent or unusable."""
     if not raw:
         return None
-    return _normalize_cached(raw, region)
-
-
-@functools.lru_cache(maxsize=8192)
-def _normalize_cached(raw: str, region: str) -> str | None:
-    # phonenumbers parsing is the dearest step of a webhook; senders and our own number repeat a lot.
-    try:
-        return normalize(raw, region, strict=False)
-    except InvalidPhone:
-        return None
+    return provider_number(raw, region)
 
 
 def _media(raw: Mapping[str, Any], num_media: str | None) -> list[Media]:
