@@ -14,8 +14,7 @@ The statement takes many messages at once, so concurrent requests can share one 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.db.errors import DatabaseError, wrap_errors
+from shared.db.pool import autocommit
 
 # Several messages per statement (the API stores concurrent requests together: ingress/api/group_store.py),
 # each input row numbered ``n`` so the answer can be matched to it; the keys of one run are distinct. The
@@ -125,7 +125,7 @@ def accept_many(conn: psycopg.Connection, messages: Sequence[NewOutbound]) -> li
     """
     found: list[Stored | None] = [None] * len(messages)
     tries = [0] * len(messages)
-    with wrap_errors(), _autocommit(conn):
+    with wrap_errors(), autocommit(conn):
         while todo := _next_run(messages, found, tries):
             rows = conn.execute(_ACCEPT, _params([messages[i] for i in todo])).fetchall()
             for row in rows:
@@ -167,22 +167,10 @@ def _params(messages: Sequence[NewOutbound]) -> dict[str, Any]:
     return {"messages": Jsonb(rows)}
 
 
-@contextlib.contextmanager
-def _autocommit(conn: psycopg.Connection) -> Iterator[None]:
-    """Autocommit for the block, so no BEGIN and COMMIT round trips; the pool gets the connection back as
-    it lent it."""
-    conn.autocommit = True
-    try:
-        yield
-    finally:
-        if not conn.closed:
-            conn.autocommit = False
-
-
 def fail_unqueued(conn: psycopg.Connection, message_id: int, code: str, message: str) -> bool:
     """Mark a message whose job could not be published ``failed`` (with its timeline entry), unless a
     notify batch has claimed it meanwhile; whether it was marked. Committed on return, like :func:`accept`.
     """
-    with wrap_errors(), _autocommit(conn):
+    with wrap_errors(), autocommit(conn):
         row = conn.execute(_FAIL_UNQUEUED, {"id": message_id, "code": code, "message": message}).fetchone()
     return row is not None
