@@ -49,8 +49,8 @@ UPDATE messages SET handled_at = COALESCE(handled_at, now()), updated_at = now()
 WHERE id = %(inbound_id)s AND direction = 'in'
 RETURNING contact_id, conversation_id
 """
-# Stored once per idempotency key, with the 'queued' event of its timeline, as
-# shared.db.messages.insert_outbound does. ``new_id`` is NULL when the key was taken.
+# Stored once per idempotency key, with the 'queued' event of its timeline. ``new_id`` is NULL when the
+# key was taken.
 _STORE_REPLY = """
 WITH inbound AS ({inbound}), reply AS (
     INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, type, body,

@@ -115,18 +115,3 @@ def set_opted_out(conn: psycopg.Connection, contact_id: int, opted_out: bool) ->
     with wrap_errors():
         row = conn.execute(_SET_OPTED_OUT, {"id": contact_id, "opted_out": opted_out}).fetchone()
     return Contact(**row) if row else None
-
-
-_INSERT_PHONE = "INSERT INTO contacts (phone) VALUES (%(phone)s) ON CONFLICT (phone) DO NOTHING"
-
-
-def get_or_create_by_phone(conn: psycopg.Connection, phone: str) -> Contact:
-    """The contact with this E.164 phone, created (with no inbound time: no open window) if unknown.
-
-    For messages an API caller sends to someone who may never have written to us.
-    """
-    with wrap_errors():
-        conn.execute(_INSERT_PHONE, {"phone": phone})
-        row = conn.execute(_GET_BY_PHONE, {"phone": phone}).fetchone()
-    assert row is not None, "inserted or already there"
-    return Contact(**row)

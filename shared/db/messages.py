@@ -141,15 +141,6 @@ def get_inbound(message_id: int, conn: psycopg.Connection | None = None) -> Inbo
 
 # --- outbound ------------------------------------------------------------------------------------------
 
-_INSERT_OUTBOUND = """
-INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, request_hash,
-                      type, body, payload, status, bypass_opt_out)
-VALUES (%(conversation_id)s, %(contact_id)s, 'out', %(provider)s, %(idempotency_key)s, %(request_hash)s,
-        %(type)s, %(body)s, %(payload)s, 'queued', %(bypass_opt_out)s)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING id
-"""
-_ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
 # An outbound message with its recipient, as notify reads it (also shared/db/sending.py's claim).
 OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
@@ -224,45 +215,6 @@ class OutboundRecord:
 
 def _outbound(row: dict[str, Any]) -> OutboundRecord:
     return OutboundRecord(**{**row, "payload": row["payload"] or {}})
-
-
-def insert_outbound(
-    conn: psycopg.Connection,
-    *,
-    idempotency_key: str,
-    provider: str,
-    contact_id: int | None,
-    conversation_id: int | None,
-    type: str,
-    body: str | None,
-    payload: dict[str, Any] | None = None,
-    request_hash: str | None = None,
-    bypass_opt_out: bool = False,
-) -> tuple[int, bool]:
-    """Store an outbound message as ``queued``; return (its id, whether it is new).
-
-    The same idempotency key twice stores nothing new and returns the first message's id, so a redelivered
-    task or a retried API call never queues a second message.
-    """
-    params = {
-        "idempotency_key": idempotency_key,
-        "provider": provider,
-        "contact_id": contact_id,
-        "conversation_id": conversation_id,
-        "type": type,
-        "body": body,
-        "payload": Jsonb(payload or {}),
-        "request_hash": request_hash,
-        "bypass_opt_out": bypass_opt_out,
-    }
-    with wrap_errors():
-        row = conn.execute(_INSERT_OUTBOUND, params).fetchone()
-        if row is not None:
-            add_event(conn, row["id"], "queued")
-            return row["id"], True
-        existing = conn.execute(_ID_BY_KEY, {"key": idempotency_key}).fetchone()
-    assert existing is not None, "the conflicting row holds the key"
-    return existing["id"], False
 
 
 def get_outbound(conn: psycopg.Connection, message_id: int) -> OutboundRecord:

@@ -1,14 +1,13 @@
 """The notify API's write path (``POST /api/v1/messages``): one statement per accepted message, or fewer.
 
-What :func:`shared.db.contacts.get_or_create_by_phone` and :func:`shared.db.messages.insert_outbound`
-do in five statements inside a transaction (find or create the contact, insert the message under its
-idempotency key, add its ``queued`` timeline entry, look up the first message when the key was taken)
-is one statement here, run in autocommit: a single round trip and a single commit per accept, where the
-API spent seven round trips (pool check, BEGIN, four statements, COMMIT).
+Finding or creating the contact, inserting the message under its idempotency key, adding its ``queued``
+timeline entry and looking up the first message when the key was taken is one statement here, run in
+autocommit: a single round trip and a single commit per accept, where the API used to spend seven
+(pool check, BEGIN, four statements, COMMIT).
 
-Same rows and the same guarantees as the repository functions: a contact created here has no inbound
-time (no open window), a message is inserted at most once per idempotency key, and a taken key answers
-with the first message's id, status and request hash so the API can replay it or refuse a different body.
+A contact created here has no inbound time (no open window), a message is inserted at most once per
+idempotency key, and a taken key answers with the first message's id, status and request hash so the
+API can replay it or refuse a different body.
 The statement takes many messages at once, so concurrent requests can share one round trip and one commit.
 """
 

@@ -15,8 +15,9 @@ from urllib.parse import parse_qs
 import psycopg
 import pytest
 
-from shared.db import contacts, messages
-from shared.db.pool import transaction
+from shared.db import outbound_api
+from shared.db.outbound_api import NewOutbound
+from shared.db.pool import connection
 from shared.queues import Job, Publisher
 from tests.fakes.twilio_api import FakeTwilioAPI
 
@@ -60,21 +61,22 @@ def busiest_second(times: list[float]) -> int:
 def queue_messages(redis_url: str, count: int, prefix: str = "+1415") -> list[int]:
     """``count`` texts, each to its own recipient who wrote a minute ago (inside the 24-hour window), and
     their notify.send jobs, as the notify API stores and enqueues them."""
-    ids = []
-    with transaction() as conn:
-        for index in range(count):
-            contact = contacts.get_or_create_by_phone(conn, f"{prefix}{5550000 + index:07d}")
-            conn.execute("UPDATE contacts SET last_inbound_at = now() WHERE id = %s", (contact.id,))
-            message_id, _ = messages.insert_outbound(
-                conn,
-                idempotency_key=f"pacing-test:{prefix}:{index}",
-                provider="twilio",
-                contact_id=contact.id,
-                conversation_id=None,
-                type="text",
-                body=f"Your ticket #{index} was updated.",
-            )
-            ids.append(message_id)
+    phones = [f"{prefix}{5550000 + index:07d}" for index in range(count)]
+    requests = [
+        NewOutbound(
+            phone=phone,
+            idempotency_key=f"pacing-test:{prefix}:{index}",
+            provider="twilio",
+            type="text",
+            body=f"Your ticket #{index} was updated.",
+            payload={},
+            request_hash=f"pacing-test:{index}",
+        )
+        for index, phone in enumerate(phones)
+    ]
+    with connection() as conn:
+        ids = [stored.id for stored in outbound_api.accept_many(conn, requests)]
+        conn.execute("UPDATE contacts SET last_inbound_at = now() WHERE phone = ANY(%s)", (phones,))
     Publisher(redis_url).publish([Job("notify.send", {"message_id": message_id}) for message_id in ids])
     return ids
 
