@@ -259,8 +259,7 @@ def _dispatch(
 ) -> tuple[InboundVerdict | None, str | None]:
     """In the storing transaction: the rate-limit verdict and, when the message goes to a handler, that
     handler, marked dispatched. The other outcomes' effects are :func:`_decide`'s, after the commit."""
-    word = facts.text.upper()
-    if _is_opt_word(word, settings) or facts.opted_out:
+    if _uncounted_action(facts, settings) is not None:
         return None, None
     # Counted inside the transaction so that the dispatch can be in it too (after the commit it would
     # need a transaction of its own). The window counts a message id once, so a redelivered route
@@ -269,7 +268,7 @@ def _dispatch(
     # one message early, never answered beyond the limit. The Redis round trip holds the contact row's
     # lock a moment longer, which only that sender's next message waits for.
     verdict = _count(facts, settings)
-    if not verdict.allowed or facts.conversation_status == "handoff":
+    if _counted_action(facts, verdict) != "handler":
         return verdict, None
     handler = _handler(facts, settings)
     # Recorded before publishing (the publish follows the commit), so the handler can never run before
@@ -280,6 +279,28 @@ def _dispatch(
     # job under the same dedupe key.
     turns.mark_dispatched(conn, facts.message_id, handler)
     return verdict, handler
+
+
+def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
+    """The outcome decided before the sender's rate limit is counted, or None to count it."""
+    word = facts.text.upper()
+    if word in {w.upper() for w in settings.opt_out_words}:
+        return "opted_out"
+    if word in {w.upper() for w in settings.opt_in_words}:
+        return "opted_in"
+    if facts.opted_out:
+        # They asked for no messages: keep what they write, answer nothing until they send START.
+        return "from_opted_out"
+    return None
+
+
+def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
+    """The outcome once the message was counted: rate_limited, handoff or handler."""
+    if not verdict.allowed:
+        return "rate_limited"
+    if facts.conversation_status == "handoff":
+        return "handoff"
+    return "handler"
 
 
 def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
@@ -301,10 +322,6 @@ def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
 
 def _handler_job(message_id: int, handler: str) -> Job:
     return Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")
-
-
-def _is_opt_word(word: str, settings: Settings) -> bool:
-    return word in {w.upper() for w in (*settings.opt_out_words, *settings.opt_in_words)}
 
 
 def _count(facts: _Facts, settings: Settings) -> InboundVerdict:
@@ -336,39 +353,34 @@ def _decide(
     if facts is None:
         with transaction() as conn:
             facts = _read_facts(conn, message_id)
-    word = facts.text.upper()
+    action = _uncounted_action(facts, settings)
+    if action is None:
+        if verdict is None:
+            verdict = _count(facts, settings)
+        action = _counted_action(facts, verdict)
 
-    if word in {w.upper() for w in settings.opt_out_words}:
+    if action == "opted_out":
         with transaction() as conn:
             contacts.set_opted_out(conn, facts.contact_id, True)
-        notice = OPT_OUT_TEXT_ES if word == "BAJA" else OPT_OUT_TEXT
+        notice = OPT_OUT_TEXT_ES if facts.text.upper() == "BAJA" else OPT_OUT_TEXT
         queue_opt_out_notice(message_id, notice, key="opt-out")
-        return RouteOutcome(message_id, "opted_out")
-    if word in {w.upper() for w in settings.opt_in_words}:
+    elif action == "opted_in":
         with transaction() as conn:
             contacts.set_opted_out(conn, facts.contact_id, False)
         queue_reply(message_id, OPT_IN_TEXT, key="opt-in")
-        return RouteOutcome(message_id, "opted_in")
-    if facts.opted_out:
-        # They asked for no messages: keep what they write, answer nothing until they send START.
-        return RouteOutcome(message_id, "from_opted_out")
-
-    if verdict is None:
-        verdict = _count(facts, settings)
-    if not verdict.allowed:
+    elif action == "rate_limited":
+        assert verdict is not None
         if verdict.send_notice:
             queue_reply(message_id, RATE_LIMIT_TEXT, key="rate-limit")
-        return RouteOutcome(message_id, "rate_limited")
-
-    if facts.conversation_status == "handoff":
-        return RouteOutcome(message_id, "handoff")
-
-    handler = _handler(facts, settings)
-    # Recorded before publishing, as in _dispatch.
-    with transaction() as conn:
-        turns.mark_dispatched(conn, message_id, handler)
-    get_publisher().publish([_handler_job(message_id, handler)])
-    return RouteOutcome(message_id, "handler", handler)
+    elif action == "handler":
+        handler = _handler(facts, settings)
+        # Recorded before publishing, as in _dispatch.
+        with transaction() as conn:
+            turns.mark_dispatched(conn, message_id, handler)
+        get_publisher().publish([_handler_job(message_id, handler)])
+        return RouteOutcome(message_id, "handler", handler)
+    # from_opted_out and handoff: stored, nothing more to do.
+    return RouteOutcome(message_id, action)
 
 
 def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
