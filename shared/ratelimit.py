@@ -76,24 +76,34 @@ redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_t
 return 0
 """
 
+# A recipient's per-minute window, as both scripts below check it: 0 when the send (``member``) is counted
+# in window ``key`` (or was already), else ms until the oldest send leaves the window. ``now`` in whole ms.
+_WINDOW_WAIT = """
+local function window_wait(key, member, now, window, limit)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZSCORE', key, member) then
+    return 0
+  end
+  if redis.call('ZCARD', key) < limit then
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, window)
+    return 0
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return math.max(1, tonumber(oldest[2]) + window - now)
+end
+"""
+
 # KEYS: the recipient's window. ARGV: window ms, limit, member. Returns 0 when the send is counted (or
 # was already), else ms until the oldest send leaves the window.
-_WINDOW_SLOT = """
+_WINDOW_SLOT = (
+    _WINDOW_WAIT
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window, limit, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZSCORE', KEYS[1], member) then
-  return 0
-end
-if redis.call('ZCARD', KEYS[1]) < limit then
-  redis.call('ZADD', KEYS[1], now, member)
-  redis.call('PEXPIRE', KEYS[1], window)
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+return window_wait(KEYS[1], ARGV[3], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
+)
 
 # GCRA booking slots for queued sends, each counted against its recipient's per-minute window in the same
 # call. KEYS: the bucket, the sender's block, then each send's recipient window (in queue order). ARGV:
@@ -103,7 +113,9 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 # the first (text: Lua numbers come back as integers), ms to wait when nothing could be examined (blocked,
 # or no slot within the horizon), sends examined, then each examined send's wait in ms (0: booked)}.
 # Slots fall at first, first + interval, ...; the bucket advances only by the slots booked.
-_RESERVE = """
+_RESERVE = (
+    _WINDOW_WAIT
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local blocked = redis.call('PTTL', KEYS[2])
@@ -122,18 +134,7 @@ local window_now = math.floor(now)
 local booked, waits = 0, {}
 for i = 3, #KEYS do
   if booked >= fit then break end
-  local key, member = KEYS[i], ARGV[i + 2]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', window_now - window)
-  local wait = 0
-  if not redis.call('ZSCORE', key, member) then
-    if redis.call('ZCARD', key) < limit then
-      redis.call('ZADD', key, window_now, member)
-      redis.call('PEXPIRE', key, window)
-    else
-      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      wait = math.max(1, tonumber(oldest[2]) + window - window_now)
-    end
-  end
+  local wait = window_wait(KEYS[i], ARGV[i + 2], window_now, window, limit)
   if wait == 0 then booked = booked + 1 end
   waits[#waits + 1] = wait
 end
@@ -145,6 +146,7 @@ local reply = {booked, string.format('%.3f', tat - now), 0, #waits}
 for i = 1, #waits do reply[4 + i] = waits[i] end
 return reply
 """
+)
 
 # KEYS: the block. ARGV: ms. Extends the block to at least ms from now; never shortens it.
 _BLOCK = """
