@@ -19,21 +19,17 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
-from shared.db.messages import InboundRecord
+from shared.db.messages import INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
 from shared.db.pool import autocommit
 from shared.db.turns import AHEAD_OF_ME, Turn, ahead_params, turn_from
 
 # The columns of shared.db.messages.get_inbound, the reply stored under %(reply_key)s, and the earlier
 # messages holding the turn (as arrays: the aggregate gives one row whether there are any or not).
 _START = f"""
-SELECT me.id, me.conversation_id, me.contact_id, me.provider, v.business_number, c.phone, c.bsuid,
-       c.profile_name, me.type, me.body, me.payload, l.user_id, me.created_at,
+SELECT {INBOUND_COLUMNS},
        (SELECT r.id FROM messages r WHERE r.idempotency_key = %(reply_key)s) AS reply_id,
        ahead.ids AS ahead_ids, ahead.stale AS ahead_stale
-FROM messages me
-JOIN contacts c ON c.id = me.contact_id
-LEFT JOIN conversations v ON v.id = me.conversation_id
-LEFT JOIN user_links l ON l.phone = c.phone
+{INBOUND_FROM}
 CROSS JOIN LATERAL (
     SELECT array_agg(p.id ORDER BY p.id) AS ids, array_agg(p.stale ORDER BY p.id) AS stale
     FROM ({AHEAD_OF_ME}) p

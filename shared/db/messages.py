@@ -42,14 +42,22 @@ _LOG_WEBHOOK_EVENT = """
 INSERT INTO webhook_events (provider, event_key, kind, body)
 VALUES (%(provider)s, %(event_key)s, %(kind)s, %(body)s)
 """
-_GET_INBOUND = """
-SELECT m.id, m.conversation_id, m.contact_id, m.provider, v.business_number, c.phone, c.bsuid,
-       c.profile_name, m.type, m.body, m.payload, l.user_id, m.created_at
-FROM messages m
-JOIN contacts c ON c.id = m.contact_id
-LEFT JOIN conversations v ON v.id = m.conversation_id
+# An inbound message with its sender, as InboundRecord holds it; also the first read of a handler
+# (shared/db/answers.py). On ``me``, the alias under which shared.db.turns.AHEAD_OF_ME reads its message.
+INBOUND_COLUMNS = """
+me.id, me.conversation_id, me.contact_id, me.provider, v.business_number, c.phone, c.bsuid,
+c.profile_name, me.type, me.body, me.payload, l.user_id, me.created_at
+"""
+INBOUND_FROM = """
+FROM messages me
+JOIN contacts c ON c.id = me.contact_id
+LEFT JOIN conversations v ON v.id = me.conversation_id
 LEFT JOIN user_links l ON l.phone = c.phone
-WHERE m.id = %(id)s AND m.direction = 'in'
+"""
+_GET_INBOUND = f"""
+SELECT {INBOUND_COLUMNS}
+{INBOUND_FROM}
+WHERE me.id = %(id)s AND me.direction = 'in'
 """
 
 
