@@ -19,7 +19,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
-from shared.db.messages import INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
+from shared.db.messages import HANDLED_SET, INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
 from shared.db.pool import autocommit
 from shared.db.turns import AHEAD_OF_ME, Turn, ahead_params, turn_from
 
@@ -40,11 +40,11 @@ WHERE me.id = %(id)s AND me.direction = 'in'
 # Where the reply takes its contact and conversation from: the inbound message, as is or (the handler's
 # last hop) marked handled as shared.db.messages.mark_handled does.
 _INBOUND = "SELECT contact_id, conversation_id FROM messages WHERE id = %(inbound_id)s AND direction = 'in'"
-_INBOUND_HANDLED = """
-UPDATE messages SET handled_at = COALESCE(handled_at, now()), updated_at = now()
+_INBOUND_HANDLED = f"""
+UPDATE messages SET {HANDLED_SET}
 WHERE id = %(inbound_id)s AND direction = 'in'
 RETURNING contact_id, conversation_id
-"""
+"""  # noqa: S608 - constant, no input
 # Stored once per idempotency key, with the 'queued' event of its timeline. ``new_id`` is NULL when the
 # key was taken.
 _STORE_REPLY = """

@@ -35,9 +35,10 @@ ON CONFLICT (provider, provider_message_id) DO NOTHING
 RETURNING id
 """
 _MARK_ROUTED = "UPDATE messages SET routed_at = now() WHERE id = %(id)s AND routed_at IS NULL"
-_MARK_HANDLED = (
-    "UPDATE messages SET handled_at = COALESCE(handled_at, now()), updated_at = now() WHERE id = %(id)s"
-)
+# What recording an inbound message as handled sets: here and, in the statement that stores the reply,
+# shared/db/answers.py. The first answer's time is kept.
+HANDLED_SET = "handled_at = COALESCE(handled_at, now()), updated_at = now()"
+_MARK_HANDLED = f"UPDATE messages SET {HANDLED_SET} WHERE id = %(id)s"  # noqa: S608 - constant, no input
 _LOG_WEBHOOK_EVENT = """
 INSERT INTO webhook_events (provider, event_key, kind, body)
 VALUES (%(provider)s, %(event_key)s, %(kind)s, %(body)s)
