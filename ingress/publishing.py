@@ -23,7 +23,7 @@ from flask import abort, current_app
 from ingress.errors import api_error
 from ingress.metrics import ENQUEUE_FAILURES
 from ingress.state import PUBLISHER_KEY
-from shared.group_commit import GroupCommit, Outcomes, WaitTimeout
+from shared.group_commit import GroupCommit, WaitTimeout
 from shared.logging import get_logger
 from shared.queues import Job, Publisher, queue_for
 
@@ -41,7 +41,10 @@ class GroupPublisher:
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
         self._group: GroupCommit[list[Job], list[bool]] = GroupCommit(
-            self._publish_batch, wait_timeout=WAIT_SECONDS
+            self._publish_together,
+            wait_timeout=WAIT_SECONDS,
+            run_one=publisher.publish,
+            one_at_fault=_one_request_at_fault,
         )
 
     @property
@@ -60,31 +63,22 @@ class GroupPublisher:
         except WaitTimeout as exc:
             raise redis.TimeoutError("timed out waiting for a shared publish") from exc
 
-    def _publish_batch(self, requests: list[list[Job]]) -> Outcomes[list[bool]]:
-        """One publish for every request's jobs; per request, its flags (or, when one request's jobs
-        break the shared call, each request's own outcome). A Redis error fails every request."""
-        try:
-            flags = self._publisher.publish([job for jobs in requests for job in jobs])
-        except redis.RedisError:
-            raise  # the broker is away: each request would have failed alone too
-        except Exception:
-            if len(requests) == 1:
-                raise
-            # A job that cannot even be serialised must fail its own request only: nothing was
-            # written (messages are built before the script runs), so publish each on its own.
-            return [self._publish_alone(jobs) for jobs in requests]
-        answers: list[list[bool] | BaseException] = []
+    def _publish_together(self, requests: list[list[Job]]) -> list[list[bool]]:
+        """One publish for every request's jobs; per request, its flags."""
+        flags = self._publisher.publish([job for jobs in requests for job in jobs])
+        answers: list[list[bool]] = []
         start = 0
         for jobs in requests:
             answers.append(flags[start : start + len(jobs)])
             start += len(jobs)
         return answers
 
-    def _publish_alone(self, jobs: list[Job]) -> list[bool] | BaseException:
-        try:
-            return self._publisher.publish(jobs)
-        except Exception as exc:
-            return exc
+
+def _one_request_at_fault(exc: Exception) -> bool:
+    """A job that cannot even be serialised must fail its own request only: nothing was written (messages
+    are built before the script runs), so each request is published on its own. Not when the broker is
+    away (a Redis error): each request would have failed alone too."""
+    return not isinstance(exc, redis.RedisError)
 
 
 def publish(jobs: Iterable[Job]) -> list[bool]:

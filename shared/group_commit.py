@@ -11,6 +11,10 @@ the batch function's, unchanged. With one submitter at a time it degenerates to 
 
 It is the leader/follower group commit of database write-ahead logs, without a commit delay: a batch
 grows by itself while the previous round trip is in flight, so an idle process adds no latency.
+
+Sharing a round trip must not let one submitter's bad item fail the others: given ``run_one``, a batch
+whose shared call fails in a way one item can cause is run again one item at a time, so each submitter
+gets the outcome its item would have had alone.
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ class GroupCommit(Generic[T, R]):
     result, or an exception for that item's submitter alone. An exception it raises goes to every
     submitter of the batch. It runs in the leader's thread, never in two threads at once.
 
+    ``run_one(item)`` (optional) does the same for one item. When ``run_batch`` raises for two or more
+    items an exception ``one_at_fault`` accepts (by default any ``Exception``), the shared call may have
+    failed for one item only, so each item is run alone with ``run_one`` and gets its own result or
+    exception. ``one_at_fault`` says no to what would fail every item alone too (the server is away), so
+    such a batch fails at once instead of taking one more round trip per item. ``run_batch`` must have
+    written nothing when it raises an exception ``one_at_fault`` accepts.
+
     ``wait_timeout`` (seconds, or None to wait as long as the batch in flight takes) bounds how long a
     submitter waits for a stuck leader before its item is taken into a batch: it then raises
     :class:`WaitTimeout` and its item is never run. Once taken into a batch it waits for that batch's
@@ -56,9 +67,16 @@ class GroupCommit(Generic[T, R]):
     """
 
     def __init__(
-        self, run_batch: Callable[[list[T]], Outcomes[R]], *, wait_timeout: float | None = None
+        self,
+        run_batch: Callable[[list[T]], Outcomes[R]],
+        *,
+        wait_timeout: float | None = None,
+        run_one: Callable[[T], R] | None = None,
+        one_at_fault: Callable[[Exception], bool] = lambda exc: True,
     ) -> None:
         self._run_batch = run_batch
+        self._run_one = run_one
+        self._one_at_fault = one_at_fault
         self._wait_timeout = wait_timeout
         self._lock = Lock()
         self._queue: list[_Waiter[T, R]] = []
@@ -116,7 +134,7 @@ class GroupCommit(Generic[T, R]):
 
     def _answer(self, batch: list[_Waiter[T, R]]) -> None:
         try:
-            outcomes = self._run_batch([waiter.item for waiter in batch])
+            outcomes = self._outcomes([waiter.item for waiter in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"batch of {len(batch)} answered with {len(outcomes)} outcomes")
         except BaseException as exc:
@@ -128,3 +146,20 @@ class GroupCommit(Generic[T, R]):
                 waiter.error = outcome
             else:
                 waiter.result = outcome
+
+    def _outcomes(self, items: list[T]) -> Outcomes[R]:
+        """``run_batch``'s outcomes, or each item's own when the shared call failed (see ``run_one``)."""
+        run_one = self._run_one
+        try:
+            return self._run_batch(items)
+        except Exception as exc:
+            if run_one is None or len(items) == 1 or not self._one_at_fault(exc):
+                raise
+        return [_alone(run_one, item) for item in items]
+
+
+def _alone(run_one: Callable[[T], R], item: T) -> R | BaseException:
+    try:
+        return run_one(item)
+    except Exception as exc:
+        return exc

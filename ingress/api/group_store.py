@@ -16,7 +16,7 @@ from shared.db import outbound_api
 from shared.db.errors import DatabaseError, Unavailable
 from shared.db.outbound_api import NewOutbound, Stored
 from shared.db.pool import connection
-from shared.group_commit import GroupCommit, Outcomes
+from shared.group_commit import GroupCommit
 
 
 class GroupStore:
@@ -25,7 +25,9 @@ class GroupStore:
     def __init__(self) -> None:
         # No waiter timeout: the leader's statement is bounded like any request's (the pool's checkout
         # timeout, the server's answer); it then answers us or hands us the lead.
-        self._group: GroupCommit[NewOutbound, Stored] = GroupCommit(self._store)
+        self._group: GroupCommit[NewOutbound, Stored] = GroupCommit(
+            _store_together, run_one=_store_alone, one_at_fault=_one_message_at_fault
+        )
 
     @property
     def waiting(self) -> int:
@@ -36,24 +38,24 @@ class GroupStore:
         """Like :func:`shared.db.outbound_api.accept`: committed when it returns, or raises."""
         return self._group.submit(message)
 
-    def _store(self, messages: list[NewOutbound]) -> Outcomes[Stored]:
-        """One statement for every message; when PostgreSQL refuses it, each message's own outcome."""
-        try:
-            with connection() as conn:
-                return outbound_api.accept_many(conn, messages)
-        except (Unavailable, pg_errors.OperationalError):
-            raise  # PostgreSQL is away: every request of the batch would have failed alone too
-        except (DatabaseError, pg_errors.Error):
-            if len(messages) == 1:
-                raise
-            # Something in one message (text PostgreSQL refuses) must fail its own request only, so store
-            # each on its own. The failed statement stored nothing; a message an earlier run of the same
-            # call stored (after a lost race) is found under its key and answered as a replay, still queued.
-            return [self._store_alone(message) for message in messages]
 
-    def _store_alone(self, message: NewOutbound) -> Stored | BaseException:
-        try:
-            with connection() as conn:
-                return outbound_api.accept(conn, message)
-        except Exception as exc:
-            return exc
+def _store_together(messages: list[NewOutbound]) -> list[Stored]:
+    with connection() as conn:
+        return outbound_api.accept_many(conn, messages)
+
+
+def _store_alone(message: NewOutbound) -> Stored:
+    with connection() as conn:
+        return outbound_api.accept(conn, message)
+
+
+def _one_message_at_fault(exc: Exception) -> bool:
+    """PostgreSQL refused the shared statement for something in one message (text it refuses), so each
+    is stored on its own; not when PostgreSQL is away: every message would have failed alone too.
+
+    The failed statement stored nothing; a message an earlier run of the same call stored (after a lost
+    race) is found under its key and answered as a replay, still queued.
+    """
+    if isinstance(exc, Unavailable | pg_errors.OperationalError):
+        return False
+    return isinstance(exc, DatabaseError | pg_errors.Error)

@@ -253,3 +253,83 @@ def test_a_waiter_taken_into_a_batch_waits_for_its_answer_past_the_timeout(
 
     assert taken_timed_out.is_set()
     assert batches == [["first"], ["older", "taken"]]
+
+
+class Fragile:
+    """A batch function that refuses a whole batch holding ``"bad"`` (``ValueError``) or ``"down"``
+    (``ConnectionError``), and its ``one`` counterpart; records what each ran. The first batch is held
+    until ``release`` so that the submitters behind it share the next one."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.alone: list[str] = []
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def together(self, items: list[str]) -> list[str]:
+        self.batches.append(items)
+        if len(self.batches) == 1:
+            self.running.set()
+            assert self.release.wait(PATIENCE)
+        if "down" in items:
+            raise ConnectionError("server away")
+        if "bad" in items:
+            raise ValueError("a bad item")
+        return [item.upper() for item in items]
+
+    def one(self, item: str) -> str:
+        self.alone.append(item)
+        if item == "bad":
+            raise ValueError("the bad item")
+        return item.upper()
+
+
+def behind_a_held_batch(group: GroupCommit[str, str], fragile: Fragile, items: list[str]) -> list[Any]:
+    """Submit ``items`` while a first batch is in flight, then let it end: each one's outcome."""
+    with ThreadPoolExecutor(len(items) + 1) as pool:
+        first = pool.submit(group.submit, "first")
+        assert fragile.running.wait(PATIENCE)
+        futures = [pool.submit(group.submit, item) for item in items]
+        until(lambda: group.waiting == len(items))
+        fragile.release.set()
+        assert outcome(first) == "FIRST"
+        return [outcome(future) for future in futures]
+
+
+def test_a_batch_one_item_broke_is_run_again_item_by_item() -> None:
+    fragile = Fragile()
+    group: GroupCommit[str, str] = GroupCommit(fragile.together, run_one=fragile.one)
+
+    good_one, bad, good_two = behind_a_held_batch(group, fragile, ["a", "bad", "b"])
+
+    assert (good_one, good_two) == ("A", "B")
+    assert isinstance(bad, ValueError)
+    assert bad.args == ("the bad item",)  # its own run's error, not the batch's
+    assert fragile.batches == [["first"], ["a", "bad", "b"]]
+    assert fragile.alone == ["a", "bad", "b"]
+
+
+def test_a_batch_failure_one_at_fault_declines_fails_every_item_without_running_them_alone() -> None:
+    fragile = Fragile()
+    group: GroupCommit[str, str] = GroupCommit(
+        fragile.together,
+        run_one=fragile.one,
+        one_at_fault=lambda exc: not isinstance(exc, ConnectionError),
+    )
+
+    answers = behind_a_held_batch(group, fragile, ["a", "down", "b"])
+
+    assert [type(answer) for answer in answers] == [ConnectionError] * 3
+    assert answers[0] is answers[1] is answers[2]
+    assert fragile.alone == []
+
+
+def test_a_lone_item_whose_batch_failed_is_not_run_again() -> None:
+    fragile = Fragile()
+    fragile.release.set()
+    group: GroupCommit[str, str] = GroupCommit(fragile.together, run_one=fragile.one)
+
+    with pytest.raises(ValueError, match="a bad item"):  # the batch's error: the same call failed alone
+        group.submit("bad")
+    assert fragile.alone == []
+    assert group.submit("ok") == "OK"
