@@ -22,6 +22,7 @@ from flask import abort, current_app
 
 from ingress.errors import api_error
 from ingress.metrics import ENQUEUE_FAILURES
+from ingress.per_app import per_app
 from ingress.state import PUBLISHER_KEY
 from shared.group_commit import GroupCommit, WaitTimeout
 from shared.logging import get_logger
@@ -98,11 +99,12 @@ def publish(jobs: Iterable[Job]) -> list[bool]:
 
 
 def _group_publisher() -> GroupPublisher | None:
-    extensions = current_app.extensions
-    group = extensions.get(GROUP_KEY)
-    if group is None and extensions.get(PUBLISHER_KEY) is not None:
-        group = extensions.setdefault(GROUP_KEY, GroupPublisher(extensions[PUBLISHER_KEY]))
-    return group
+    """The process's :class:`GroupPublisher` (as :func:`ingress.per_app.per_app` makes it); None when the
+    app has no publisher (``WAPIPE_REDIS_URL`` is not set)."""
+    publisher: Publisher | None = current_app.extensions.get(PUBLISHER_KEY)
+    if publisher is None:
+        return None
+    return per_app(GROUP_KEY, lambda: GroupPublisher(publisher))
 
 
 def _unavailable(jobs: list[Job], message: str) -> NoReturn:

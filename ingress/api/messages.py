@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, jsonify, make_response, request
+from flask import Blueprint, Response, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -32,6 +32,7 @@ from ingress.api.common import iso
 from ingress.api.group_store import GroupStore
 from ingress.auth import require_api_key
 from ingress.errors import api_error, handle_http_exception
+from ingress.per_app import per_app
 from ingress.publishing import publish
 from ingress.state import current_settings
 from shared import providers
@@ -210,10 +211,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
 
 def _group_store() -> GroupStore:
     """The process's :class:`GroupStore` (one per app, made on first use in each gunicorn worker)."""
-    store = current_app.extensions.get(GROUP_STORE_KEY)
-    if store is None:
-        store = current_app.extensions.setdefault(GROUP_STORE_KEY, GroupStore())
-    return store
+    return per_app(GROUP_STORE_KEY, GroupStore)
 
 
 def _recipient(raw: str, region: str) -> str:
