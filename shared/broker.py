@@ -1,48 +1,60 @@
-"""Kombu's Redis transport, plus: nothing a worker held is left behind when Redis goes away and comes back.
+"""Kombu's Redis transport, plus: no message is lost, or left behind, when Redis goes away and comes back.
 
 Redis has no acknowledgements of its own; kombu emulates them: ``BRPOP`` takes a message off its queue,
 the worker then records it in the ``unacked`` hash (and its ``unacked_index``), acking deletes it there,
 and a closing channel puts back what it still holds (``QoS.restore_unacked_once``). Anything left in
-``unacked`` is put back only after the visibility timeout (an hour, see shared/queues.py). Around a Redis
-restart three steps can fail, and each would leave a message there for that hour, or lose it:
+``unacked`` is put back only after the visibility timeout (an hour, see shared/queues.py).
+
+That fetch has a hole no client can close: on ``SIGTERM`` Redis may run a command in its last turn and
+exit before answering it (seen in the redis-restart chaos test). A message ``BRPOP`` took then is off its
+queue, and the reply that carried it is never sent: no worker has it, nothing knows of it, it is lost.
+So here the fetch is one Lua call (``_TAKE``) that pops the message and records it in ``unacked`` in the
+same step, on the server; kombu's ``BRPOP`` now waits on a *bell* per queue instead (``bell_key``), a
+list every publish and every put-back pushes a token onto, so a worker still sleeps until there is work
+and wakes at once. A token is only a wake-up: a worker whose ``BRPOP`` times out (every second when idle)
+looks anyway, so a message pushed without one waits at most that second; and a fetch that leaves a queue
+non-empty rings its bell again, so one token per burst wakes every worker it needs.
+
+Around a restart four steps can still fail, and each would leave a message in ``unacked`` for that hour:
 
 - putting back, on close, what the channel held: Redis is down;
-- recording a message just taken with ``BRPOP``: Redis is going down. It may even have run the write
-  and exited before answering it (seen in the redis-restart chaos test), so the message is in ``unacked``
-  while the worker believes the write failed, and no channel knows of it;
+- the fetch itself: Redis ran it and exited before answering. Each fetch that records also writes its
+  delivery tag, under a number of this fetch's own, to the channel's ``last take`` key, so the worker
+  can find the message it never received;
+- recording a message fetched by kombu's plain ``basic_get`` (``RPOP``, then the record): Redis is going
+  down; the worker keeps a copy, which may be the only one;
 - an ack or a reject while Redis is down, on a channel that lives on: kombu keeps an idle consumer's
   channel across a dropped connection (the prefetch is full, so no ``BRPOP`` is waiting to fail), and
   nobody tries again.
 
-So each of these becomes a debt of this process, by delivery tag, paid as soon as Redis answers again: a
-new channel pays before it consumes, and a live one each time kombu sweeps for visible messages. Every
-debt is a put-back: the message goes back on its queue, from ``unacked`` or, when the worker may hold the
-only copy, from the copy it kept. Even an ack Redis did not confirm is a put-back, not an ack to retry:
-the transport cannot tell a task that ran from one that failed because Redis was down (Celery acks those
-too, and rejects without requeue the ones whose retry it could not publish), and only running it again is
-safe for both. Each debt is paid in one transaction that also removes the tag from ``unacked``, so it is
-paid once; only this process's own tags are touched, so nothing another worker is running is redelivered.
-A task may run a second time, which every task allows (ARCHITECTURE.md: every task is safe to run twice).
+So each of these becomes a debt of this process, paid as soon as Redis answers again: a new channel pays
+before it consumes, and a live one each time kombu sweeps for visible messages. Every debt is a put-back:
+the message goes back on its queue, from ``unacked`` or, when the worker may hold the only copy, from the
+copy it kept. Even an ack Redis did not confirm is a put-back, not an ack to retry: the transport cannot
+tell a task that ran from one that failed because Redis was down (Celery acks those too, and rejects
+without requeue the ones whose retry it could not publish), and only running it again is safe for both.
+Each debt is paid in one transaction that also removes the tag from ``unacked``, so it is paid once; only
+this process's own tags are touched, so nothing another worker is running is redelivered. A task may run
+a second time, which every task allows (ARCHITECTURE.md: every task is safe to run twice).
 
-Not covered: a message ``BRPOP`` took in Redis's last turn before it exits is off its queue, and the
-reply that carried it is never sent, so no worker ever has it and nothing here can know of it. Closing
-that needs a fetch that records the message on the server in the same step (``BLMOVE`` into a list of
-the consumer's own for a worker on one queue, or a Lua pop-and-record); chaos/test_redis_restart.py is
-marked xfail until then.
-
-Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``.
+Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``. Not
+for a ``global_keyprefix`` (wapipe sets none).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import threading
+import uuid
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
@@ -53,13 +65,86 @@ log = get_logger(__name__)
 _BROKER_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+# kombu's separator, as in its per-priority lists ("queue\x06\x163"): no queue name holds it.
+_BELL_SUFFIX = kombu_redis.Channel.sep + "bell"
+
+
+def bell_key(queue: str) -> str:
+    """The list a worker waiting on ``queue`` blocks on: one token means "look", never a message."""
+    return queue + _BELL_SUFFIX
+
+
+def _ring(queue: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The commands that ring ``queue``'s bell: one token, never more (a fetch that leaves work behind
+    rings again, so one token wakes the waiting workers in turn). shared/queues.py's publish script
+    rings the same way."""
+    bell = bell_key(queue)
+    return [("lpush", (bell, "1")), ("ltrim", (bell, 0, 0))]
+
+
+# The fetch: pop the first message by priority then queue (kombu's BRPOP order) and, in the same step,
+# record it in ``unacked`` exactly as kombu's QoS.append does, plus, under this fetch's number, in the
+# channel's last-take key. Queues a fetch leaves non-empty get their bell rung.
+# KEYS: unacked hash, its index, the channel's last-take key, then per queue: its bell and its lists (one
+#   per priority step, highest priority first).
+# ARGV: lists per queue, this fetch's number, the last-take key's lifetime (s), then per queue 1 to record
+#   what is taken from it (a consumer that acks) or 0 (one that does not: kombu records nothing for it).
+# Returns nil, or {queue index from 0, message, 1 if recorded}.
+_TAKE = """
+local lists, number, lifetime = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local width = lists + 1
+local queues = (#KEYS - 3) / width
+local item, from
+for p = 1, lists do
+  for q = 1, queues do
+    item = redis.call('RPOP', KEYS[3 + (q - 1) * width + 1 + p])
+    if item then from = q break end
+  end
+  if item then break end
+end
+for q = 1, queues do
+  local bell = 3 + (q - 1) * width + 1
+  if redis.call('LLEN', KEYS[bell]) == 0 then
+    for p = 1, lists do
+      if redis.call('LLEN', KEYS[bell + p]) > 0 then
+        redis.call('LPUSH', KEYS[bell], '1')
+        break
+      end
+    end
+  end
+end
+if not item then return false end
+local recorded = 0
+if ARGV[3 + from] == '1' then
+  local ok, tag, exchange, routing_key = pcall(function()
+    local properties = cjson.decode(item)['properties']
+    local info = properties['delivery_info']
+    return properties['delivery_tag'], info['exchange'], info['routing_key']
+  end)
+  if ok and type(tag) == 'string' then
+    local now = redis.call('TIME')
+    redis.call('ZADD', KEYS[2], now[1] .. '.' .. string.format('%06d', now[2]), tag)
+    -- The message verbatim: decoding and encoding it again would turn its empty lists into objects.
+    redis.call('HSET', KEYS[1], tag,
+      '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+    redis.call('SET', KEYS[3], number .. ' ' .. tag, 'EX', lifetime)
+    recorded = 1
+  end
+end
+return {from - 1, item, recorded}
+"""
+
+
 @dataclass(frozen=True)
 class Debt:
     """A message this process must put back on its queue once Redis answers again."""
 
     # [payload, exchange, routing key], as kombu stores it in ``unacked``: kept when the worker may
-    # hold the only copy (BRPOP took it, recording it failed).
+    # hold the only copy (a plain RPOP took it, recording it failed).
     message: list[Any] | None = None
+    # For a fetch Redis did not answer: the channel's last-take key and the fetch's number. The key
+    # holds "number tag" only if that fetch ran; otherwise its message is still on its queue.
+    take: tuple[str, str] | None = None
 
 
 _lock = threading.Lock()
@@ -91,22 +176,26 @@ def settle_debts(channel: kombu_redis.Channel) -> None:
     if not debts:
         return
     paid = 0
-    for tag, debt in debts:
+    for key, debt in debts:
+        watched = [channel.unacked_key] + ([debt.take[0]] if debt.take else [])
         try:
             # A client of its own (``channel.client``'s connection may be waiting on a BRPOP).
             with channel.conn_or_acquire() as client:
-                client.transaction(functools.partial(_pay, channel, tag, debt), channel.unacked_key)
+                client.transaction(functools.partial(_pay, channel, key, debt), *watched)
         except (redis.RedisError, OSError):
             break  # down again (or refusing writes): the next sweep or channel tries the rest
         with _lock:
-            if _debts.get(tag) is debt:
-                del _debts[tag]
+            if _debts.get(key) is debt:
+                del _debts[key]
         paid += 1
     if paid:
         log.warning("broker back; what it did not confirm is back on its queue", messages=paid)
 
 
-def _pay(channel: kombu_redis.Channel, tag: str, debt: Debt, pipe: Any) -> None:
+def _pay(channel: kombu_redis.Channel, key: str, debt: Debt, pipe: Any) -> None:
+    tag = key if debt.take is None else _taken_tag(pipe, *debt.take)
+    if tag is None:
+        return  # the fetch never ran: its message is still on its queue
     held = pipe.hget(channel.unacked_key, tag)
     pipe.multi()
     pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
@@ -118,8 +207,19 @@ def _pay(channel: kombu_redis.Channel, tag: str, debt: Debt, pipe: Any) -> None:
         channel._do_restore_message(payload, exchange, routing_key, pipe)
 
 
+def _taken_tag(pipe: Any, last_take_key: str, number: str) -> str | None:
+    last = pipe.get(last_take_key)
+    if not last:
+        return None
+    taken_by, _, tag = bytes_to_str(last).partition(" ")
+    return tag if taken_by == number else None
+
+
 class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel.taken_and_recorded(delivery_tag):
+            virtual.QoS.append(self, message, delivery_tag)  # the channel's bookkeeping, no write
+            return
         try:
             super().append(message, delivery_tag)
         except _BROKER_DOWN:
@@ -182,8 +282,119 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._no_ack_queues: set[str] = set()
+        self._waiting_on: list[str] = []
+        self._recorded: set[str] = set()
+        self._last_take_key = f"wapipe:last-take:{uuid.uuid4().hex}"
+        self._takes = itertools.count()
         super().__init__(*args, **kwargs)  # pings Redis: it answers again
+        self._take_script = self.client.register_script(_TAKE)
         settle_debts(self)
+
+    # -- consuming: BRPOP on the bells, then the fetch -------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        self._no_ack_queues.discard(self._tag_to_queue.get(consumer_tag, ""))
+        return super().basic_cancel(consumer_tag)
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._waiting_on = list(queues)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command("BRPOP", *map(bell_key, queues), wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                # A token or the timeout: look either way, so a message that came without a token (a
+                # ring lost in a restart) waits no longer than the timeout.
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
+                taken = self._take(self._waiting_on)
+            except self.connection_errors:
+                # As kombu's: disconnect, so the next turn of the loop reconnects.
+                self.client.connection.disconnect()
+                raise
+            if taken is None:
+                raise virtual.Empty()
+            queue, payload = taken
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _take(self, queues: list[str]) -> tuple[str, dict[str, Any]] | None:
+        number = str(next(self._takes))
+        records = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
+        keys = [self.unacked_key, self.unacked_index_key, self._last_take_key]
+        for queue in queues:
+            keys += [bell_key(queue), *(self._q_for_pri(queue, step) for step in self.priority_steps)]
+        args = [len(self.priority_steps), number, self.visibility_timeout, *records]
+        try:
+            answer = self._take_script(keys=keys, args=args, client=self.client)
+        except _BROKER_DOWN:
+            if "1" in records:
+                # It may have run: then its message is in ``unacked`` and only this fetch's number says so.
+                _owe([f"{self._last_take_key} {number}"], Debt(take=(self._last_take_key, number)))
+            raise
+        if not answer:
+            return None
+        index, item, recorded = answer
+        payload: dict[str, Any] = loads(bytes_to_str(item))
+        if recorded:
+            self._recorded.add(payload["properties"]["delivery_tag"])
+        return queues[index], payload
+
+    def taken_and_recorded(self, delivery_tag: str) -> bool:
+        """Whether the fetch already recorded this delivery in ``unacked`` (asked once, by QoS.append)."""
+        try:
+            self._recorded.remove(delivery_tag)
+        except KeyError:
+            return False
+        return True
+
+    # -- publishing and putting back: each rings the queue's bell --------------------------------------
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        batch = kwargs.pop("_publish_batch", None)
+        # kombu's own commands for the message (LPUSH, and PEXPIREs for a queue declared with x-expires),
+        # collected so the ring goes with them.
+        commands = batch if batch is not None else _Commands()
+        super()._put(queue, message, _publish_batch=commands, **kwargs)
+        for name, args in _ring(queue):
+            commands.add(name, *args)
+        if batch is None:
+            with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+                for name, args in commands:
+                    getattr(pipe, name)(*args)
+                pipe.execute()
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        for queue in self._lookup(exchange, routing_key):
+            for name, args in _ring(queue):
+                getattr(pipe, name)(*args)
+
+
+class _Commands(list[tuple[str, tuple[Any, ...]]]):
+    """Collects the Redis commands kombu's ``_put`` would send, as its publish batch does."""
+
+    def add(self, name: str, *args: Any) -> None:
+        self.append((name, args))
 
 
 class Transport(kombu_redis.Transport):

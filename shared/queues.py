@@ -26,6 +26,8 @@ from typing import Any
 
 import redis
 
+from shared.broker import bell_key
+
 QUEUES: tuple[str, ...] = (
     "inbound",
     "verify",
@@ -97,15 +99,18 @@ class Job:
     dedupe_key: str | None = None
 
 
-# KEYS: for each job, its dedupe key ("" for none) then its queue; ARGV: the dedupe TTL then each message.
-# Returns, per job, 1 if enqueued and 0 if its dedupe key was already set.
+# KEYS: for each job, its dedupe key ("" for none), its queue, then its queue's bell; ARGV: the dedupe TTL
+# then each message. Returns, per job, 1 if enqueued and 0 if its dedupe key was already set. The ring is
+# shared/broker.py's: one token on the bell wakes a worker waiting on the queue.
 _PUBLISH = """
 local ttl = tonumber(ARGV[1])
 local result = {}
-for i = 1, #KEYS, 2 do
-  local key, queue, message = KEYS[i], KEYS[i + 1], ARGV[(i + 1) / 2 + 1]
+for i = 1, #KEYS, 3 do
+  local key, queue, bell, message = KEYS[i], KEYS[i + 1], KEYS[i + 2], ARGV[(i + 2) / 3 + 1]
   if key == '' or redis.call('SET', key, '1', 'NX', 'EX', ttl) then
     redis.call('LPUSH', queue, message)
+    redis.call('LPUSH', bell, '1')
+    redis.call('LTRIM', bell, 0, 0)
     result[#result + 1] = 1
   else
     result[#result + 1] = 0
@@ -145,7 +150,8 @@ class Publisher:
         keys: list[str] = []
         messages: list[bytes] = []
         for job in jobs:
-            keys += [job.dedupe_key or "", queue_for(job.task)]
+            queue = queue_for(job.task)
+            keys += [job.dedupe_key or "", queue, bell_key(queue)]
             messages.append(self.message(job.task, job.kwargs))
         result = self._run_script(keys, [self.DEDUPE_TTL_SECONDS, *messages])
         return [bool(flag) for flag in result]

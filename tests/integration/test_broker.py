@@ -8,6 +8,7 @@ moment it fails in a real restart.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
+from redis.commands.core import Script
 
 from shared import broker
 from tests.integration.chaos.servers import PrivateRedis, private_folder
@@ -68,36 +70,88 @@ def state(server: PrivateRedis) -> tuple[int, int]:
         client.close()
 
 
-@pytest.mark.parametrize("redis_ran_it", [True, False], ids=["reply-lost", "write-lost"])
-def test_a_fetched_message_whose_unacked_record_was_not_confirmed_goes_back_on_its_queue(
-    server: PrivateRedis, monkeypatch: pytest.MonkeyPatch, redis_ran_it: bool
-) -> None:
-    """BRPOP took the message; recording it in ``unacked`` failed as Redis went down (on SIGTERM Redis
-    may run the write and exit without answering). The worker's next channel puts it back, once."""
+def test_a_fetch_takes_the_message_and_records_it_in_unacked_in_one_step(server: PrivateRedis) -> None:
+    """What kombu's QoS.append would have written after its BRPOP, written by the fetch itself: the
+    message verbatim (its empty list and object stay what they were), its exchange and routing key."""
+    with connect(server) as connection:
+        publish(connection, {"n": 0, "empty": [], "none": {}})
+        (message,) = receive(connection)
+        assert state(server) == (0, 1)
+        client = redis.Redis.from_url(server.url)
+        record = json.loads(client.hget("unacked", message.delivery_tag))
+        assert record == [message._raw, "broker-test", "broker-test"]
+        assert client.zscore("unacked_index", message.delivery_tag) is not None
+        client.close()
+        message.ack()
+    assert state(server) == (0, 0)
+
+
+def test_a_consumer_that_does_not_ack_leaves_nothing_in_unacked(server: PrivateRedis) -> None:
+    with connect(server) as connection:
+        publish(connection, {"n": 0})
+        got: list[Message] = []
+        with Consumer(connection.channel(), [QUEUE], callbacks=[lambda body, m: got.append(m)], no_ack=True):
+            connection.drain_events(timeout=5)
+    assert len(got) == 1
+    assert state(server) == (0, 0)
+
+
+def test_every_publish_and_put_back_rings_its_queues_bell_once(server: PrivateRedis) -> None:
+    client = redis.Redis.from_url(server.url)
+    bell = broker.bell_key("broker-test")
     with connect(server) as connection:
         publish(connection, {"n": 1})
-        real_execute = redis.client.Pipeline.execute
+        publish(connection, {"n": 2})
+        assert client.lrange(bell, 0, -1) == [b"1"]  # one token, however many messages
+        client.delete(bell)
+        (first, second) = receive(connection)
+        first.reject(requeue=True)
+        assert client.lrange(bell, 0, -1) == [b"1"]
+        second.ack()
+    client.close()
 
-        def redis_goes_down(pipe: Any, raise_on_error: bool = True) -> Any:
-            if not any(args[:2] == ("HSET", "unacked") for args, _ in pipe.command_stack):
-                return real_execute(pipe, raise_on_error)
+
+def test_a_message_pushed_without_a_ring_is_still_fetched(server: PrivateRedis) -> None:
+    """A token is only a wake-up (one can be lost in a restart): a worker looks at every BRPOP timeout."""
+    with connect(server) as connection:
+        publish(connection, {"n": 1})
+        redis.Redis.from_url(server.url).delete(broker.bell_key("broker-test"))
+        (message,) = receive(connection)
+        assert message.payload == {"n": 1}
+        message.ack()
+    assert state(server) == (0, 0)
+
+
+@pytest.mark.parametrize("redis_ran_it", [True, False], ids=["reply-lost", "never-ran"])
+def test_a_fetch_redis_did_not_answer_leaves_its_message_on_its_queue_once_redis_is_back(
+    server: PrivateRedis, monkeypatch: pytest.MonkeyPatch, redis_ran_it: bool
+) -> None:
+    """On SIGTERM Redis may run the fetch and exit without answering it: the message is then in
+    ``unacked`` and the worker never saw it. Its next channel puts it back, once; a fetch that never ran
+    left its message where it was."""
+    with connect(server) as connection:
+        publish(connection, {"n": 1})
+        real_call = Script.__call__
+
+        def redis_goes_down(script: Script, *args: Any, **kwargs: Any) -> Any:
+            if script.script is not broker._TAKE:
+                return real_call(script, *args, **kwargs)
             if redis_ran_it:
-                real_execute(pipe, raise_on_error)
-            else:
-                pipe.reset()
+                real_call(script, *args, **kwargs)
             raise redis.ConnectionError("Connection closed by server.")
 
-        monkeypatch.setattr(redis.client.Pipeline, "execute", redis_goes_down)
+        monkeypatch.setattr(Script, "__call__", redis_goes_down)
         with pytest.raises(redis.ConnectionError):
             receive(connection)
         monkeypatch.undo()
-        assert state(server) == (0, 1 if redis_ran_it else 0)  # off its queue, and no channel holds it
+        assert state(server) == ((0, 1) if redis_ran_it else (1, 0))
 
     with connect(server) as connection:  # what the worker does on reconnect
         (message,) = receive(connection)
         assert message.payload == {"n": 1}
         message.ack()
     assert state(server) == (0, 0)
+    assert not broker._debts
 
 
 @pytest.mark.parametrize(
@@ -137,8 +191,8 @@ def test_what_a_closing_channel_held_while_redis_was_down_goes_back_on_the_next_
     server: PrivateRedis,
 ) -> None:
     with connect(server) as connection:
-        publish(connection, {"n": 4})
-        publish(connection, {"n": 5})
+        publish(connection, {"n": 4, "empty": []})
+        publish(connection, {"n": 5, "empty": {}})
         held = receive(connection)
         assert len(held) == 2
         server.stop()
@@ -148,7 +202,7 @@ def test_what_a_closing_channel_held_while_redis_was_down_goes_back_on_the_next_
 
     with connect(server) as connection:
         again = receive(connection)
-        assert sorted(m.payload["n"] for m in again) == [4, 5]
+        assert sorted((m.payload["n"], m.payload["empty"]) for m in again) == [(4, []), (5, {})]
         for message in again:
             message.ack()
     assert state(server) == (0, 0)

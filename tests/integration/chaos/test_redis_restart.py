@@ -5,12 +5,12 @@ Webhooks keep arriving while Redis is down: the ingress answers 503 (so Twilio r
 in the AOF) and the ones published after it came back all complete: every webhook that got a 2xx is
 answered exactly once.
 
-This test found what shared/broker.py settles on reconnect: on ``SIGTERM`` Redis may run a command and
-exit before answering it, so a worker recorded a message it had just taken in ``unacked`` without knowing
-it, and the message waited there for the hour-long visibility timeout (tests/integration/test_broker.py
-holds each such step on its own). The same unanswered last turn can also swallow a message whole: one
-that ``BRPOP`` took in it is off its queue, and no worker ever saw it (see shared/broker.py); until the
-fetch itself records the message on the server, this test can lose one and is marked xfail.
+This test found what shared/broker.py guards against: on ``SIGTERM`` Redis may run a command in its last
+turn and exit before answering it. A worker then recorded a message it had just taken in ``unacked``
+without knowing it (the message waited there for the hour-long visibility timeout), and a message a plain
+``BRPOP`` took in that turn was lost outright (about 1 run in 5). The fetch is now one step on the server
+that takes and records, and whatever Redis did not answer is settled on reconnect
+(tests/integration/test_broker.py holds each step on its own).
 """
 
 from __future__ import annotations
@@ -42,14 +42,6 @@ SEND_INTERVAL_SECONDS = 0.1
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason=(
-        "known gap: a message BRPOP took in Redis's last event-loop turn before SIGTERM is off its queue"
-        " and its reply never sent, so no worker has it (kombu's BRPOP fetch; see shared/broker.py);"
-        " seen in about 1 run in 5"
-    ),
-    strict=False,
-)
 def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
     db: Any,
     test_servers: dict[str, str],
