@@ -5,10 +5,10 @@ against real HTTP."""
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.fakes.http_server import FakeServer, Incoming, Reply
 
 
 @dataclass
@@ -26,54 +26,15 @@ class Request:
     headers: dict[str, str]
 
 
-class MediaHost:
+class MediaHost(FakeServer):
     """``with MediaHost() as host: host.serve("/m/1", data, "image/png"); url = host.url + "/m/1"``."""
 
+    methods = ("GET",)
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Request] = []
         self._files: dict[str, Served] = {}
-        self._lock = threading.Lock()
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"  # a body without Content-Length ends at the close
-
-            def do_GET(self) -> None:
-                with host._lock:
-                    host.requests.append(Request(self.path, dict(self.headers)))
-                    served = host._files.get(self.path)
-                if served is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                if served.auth is not None and self.headers.get("Authorization") != served.auth:
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                if served.redirect_to is not None:
-                    self.send_response(307)
-                    self.send_header("Location", served.redirect_to)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", served.content_type)
-                if served.declare_length:
-                    self.send_header("Content-Length", str(len(served.data)))
-                self.end_headers()
-                self.wfile.write(served.data)
-
-            def log_message(self, *_args: Any) -> None:
-                return
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     def serve(self, path: str, data: bytes = b"", content_type: str = "image/jpeg", **options: Any) -> str:
         """Serve ``data`` at ``path``; return its full URL."""
@@ -81,10 +42,17 @@ class MediaHost:
             self._files[path] = Served(data, content_type, **options)
         return self.url + path
 
-    def __enter__(self) -> MediaHost:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def answer(self, request: Incoming) -> Reply:
+        with self._lock:
+            self.requests.append(Request(request.path, request.headers))
+            served = self._files.get(request.path)
+        if served is None:
+            return Reply(404)
+        if served.auth is not None and request.headers.get("Authorization") != served.auth:
+            return Reply(401)
+        if served.redirect_to is not None:
+            return Reply(307, headers={"Location": served.redirect_to})
+        headers = {"Content-Type": served.content_type}
+        if served.declare_length:
+            headers["Content-Length"] = str(len(served.data))
+        return Reply(200, served.data, headers)

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from tests.fakes.http_server import FakeServer, Incoming, Reply, Scripted, json_reply, retry_after_header
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "fake-twilio-auth-token"
@@ -62,13 +61,6 @@ class Received:
         return json.loads(raw) if raw is not None else None
 
 
-@dataclass
-class Scripted:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 def twilio_error(status: int, code: int | None = None, message: str = "") -> dict[str, Any]:
     """Twilio's error body (https://www.twilio.com/docs/usage/twilios-response#response-formats-exceptions)."""
     code = code or {400: 21211, 401: 20003, 404: 20404, 429: 20429}.get(status, 20500)
@@ -80,40 +72,12 @@ def twilio_error(status: int, code: int | None = None, message: str = "") -> dic
     }
 
 
-class FakeTwilioAPI:
+class FakeTwilioAPI(FakeServer):
     def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.received: list[Received] = []
-        self._script: deque[Scripted] = deque()
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ----------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeTwilioAPI:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-twilio", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> FakeTwilioAPI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def credentials_env(self, number: str = WHATSAPP_NUMBER) -> dict[str, str]:
         """Environment for a process (worker) that should send through this fake with the real SDK."""
@@ -137,7 +101,7 @@ class FakeTwilioAPI:
         times: int = 1,
     ) -> None:
         """Answer the next ``times`` requests with this error (Twilio's error JSON, Retry-After if given)."""
-        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+        headers = retry_after_header(retry_after)
         with self._lock:
             for _ in range(times):
                 self._script.append(Scripted(status, twilio_error(status, code, message), headers))
@@ -153,6 +117,11 @@ class FakeTwilioAPI:
 
     # --- the HTTP side ------------------------------------------------------------------------------
 
+    def answer(self, request: Incoming) -> Reply:
+        headers = request.lower_headers()
+        status, body, extra = self._handle(request.method, request.path, headers, request.raw)
+        return json_reply(status, body, extra)
+
     def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
         fields = parse_qs(raw.decode("utf-8"))
         form = {key: values[-1] for key, values in fields.items()}
@@ -162,8 +131,7 @@ class FakeTwilioAPI:
         elif not self._authorized(headers.get("authorization", "")):
             answer = Scripted(401, twilio_error(401, 20003, "Authenticate"))
         else:
-            with self._lock:
-                answer = self._script.popleft() if self._script else None
+            answer = self._scripted()
             if answer is None:
                 answer = Scripted(201, self._message(form, len(fields.get("MediaUrl", []))))
         with self._lock:
@@ -204,29 +172,3 @@ class FakeTwilioAPI:
             "messaging_service_sid": None,
             "subresource_uris": {},
         }
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                status, body, extra = fake._handle(self.command, self.path, headers, raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in extra.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_POST = _serve
-            do_GET = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler

@@ -1,0 +1,147 @@
+"""What every fake provider server in this folder shares: a real HTTP server on 127.0.0.1 (a free port) in a
+background thread, started and stopped as a context manager or by :meth:`FakeServer.start` /
+:meth:`FakeServer.stop`, a lock for what its handler threads record, and a queue of scripted answers.
+
+A fake subclasses :class:`FakeServer`, names the HTTP methods it speaks in ``methods`` and answers each
+request in :meth:`FakeServer.answer` (an :class:`Incoming` in, a :class:`Reply` out); its routes, bodies,
+credentials and what it records are its own. The real client code (the ``twilio`` and ``openai`` SDKs, our
+httpx clients) runs against it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One request as it arrived; ``headers`` keep the names as the client sent them."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    def lower_headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
+    def json(self, default: Any = None) -> Any:
+        """The body parsed as JSON, or ``default`` when it is empty or not JSON."""
+        if not self.raw:
+            return default
+        try:
+            return json.loads(self.raw)
+        except ValueError:
+            return default
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer as sent: only the headers given (no ``Content-Length`` unless it is among them)."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Scripted:
+    """A JSON answer queued ahead of a fake's usual one."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    data = json.dumps(payload).encode()
+    return Reply(
+        status,
+        data,
+        {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})},
+    )
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """The ``Retry-After`` header for a scripted error, none when ``seconds`` is None."""
+    return {"Retry-After": f"{seconds:g}"} if seconds is not None else {}
+
+
+class FakeServer:
+    """The server side of a fake; ``origin`` is ``http://127.0.0.1:<port>``."""
+
+    methods: tuple[str, ...] = ("GET", "POST")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._script: deque[Any] = deque()  # scripted answers, first in first used
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def origin(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        return self.origin
+
+    def answer(self, request: Incoming) -> Reply:
+        raise NotImplementedError
+
+    def _scripted(self) -> Any:
+        """The next scripted answer, or None when none is queued."""
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=type(self).__name__,
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.0: one request per connection, and a body sent without Content-Length ends at the close
+            protocol_version = "HTTP/1.0"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                reply = fake.answer(Incoming(self.command, self.path, dict(self.headers), raw))
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        for method in self.methods:
+            setattr(Handler, f"do_{method}", Handler._serve)
+        return Handler
