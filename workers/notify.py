@@ -1,11 +1,13 @@
 """``notify.send``: send stored outbound messages through the configured provider, each at most once,
 many at a time.
 
-The contract is one task per message (``notify.send(message_id)``: the API and the replies enqueue it),
-but one message per task pull cannot go fast: measured on 2 cores against a provider answering in 150 ms,
-a prefork pool sending one message per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s
-per process at ~3 ms of CPU a send (Celery, three transactions, two Lua calls and the twilio SDK, for one
-message). So a task sends a batch (:func:`dispatch`):
+The contract is one job per message (``notify.send(message_id)``: the API and the replies enqueue it;
+the API's concurrent calls share a publish, and there their jobs go as one ``notify.send_many`` that
+runs each message as its own job would, :func:`dispatch_many`), but one message per task pull cannot
+go fast: measured on 2 cores against a provider answering in 150 ms, a prefork pool sending one message
+per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s per process at ~3 ms of CPU a send
+(Celery, three transactions, two Lua calls and the twilio SDK, for one message). So a task sends a batch
+(:func:`dispatch`):
 
 1. One statement (:func:`shared.db.sending.claim`) claims its message, if queued and due, and up to
    ``BATCH_MORE`` other due queued messages, oldest first, ``FOR UPDATE SKIP LOCKED``: ``queued ->
@@ -76,7 +78,7 @@ from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.aio import AsyncSender, LoopThread, get_loop
 from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
-from shared.queues import MAX_COUNTDOWN_SECONDS, Job, get_publisher
+from shared.queues import BATCHED, MAX_COUNTDOWN_SECONDS, Job, get_publisher, merge_batched
 from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
 from workers import celery
@@ -84,6 +86,8 @@ from workers import celery
 log = get_logger(__name__)
 
 TASK = "notify.send"
+# Several messages' notify.send jobs as one: the notify API's concurrent calls (shared/queues.py BATCHED).
+BATCH_TASK = BATCHED[TASK].together
 SWEEP_TASK = "notify.sweep"
 # Longer than a batch can take (pacing waits are capped below, a provider call times out in 10 s), so a
 # row still 'sending' after this long was left by a worker that died.
@@ -137,25 +141,60 @@ def dispatch(
 ) -> str:
     """Send the message and a batch of other due ones; return what happened to this message (sent,
     failed, dead, skipped, claimed, missing). Raises :class:`RetryLater` when it should be tried later."""
+    outcome, _ = _dispatch(message_id, settings or get_settings(), sender, batch_more)
+    if isinstance(outcome, RetryLater):
+        raise outcome
+    return outcome
+
+
+def dispatch_many(
+    message_ids: Iterable[int], *, settings: Settings | None = None, sender: Sender | None = None
+) -> dict[int, str]:
+    """``notify.send_many``: each message as its own ``notify.send`` would be, in batches that share
+    claims: a message an earlier claim of this call took (and settled) is not looked at again. One that
+    should be tried later gets its own ``notify.send`` job, due then. Per message, what happened
+    ("batched" when an earlier claim of this call took it, "later" when it got its own job)."""
     settings = settings or get_settings()
+    outcomes: dict[int, str] = {}
+    for message_id in message_ids:
+        if message_id in outcomes:
+            continue
+        outcome, claimed = _dispatch(message_id, settings, sender, None)
+        for other in claimed:
+            outcomes.setdefault(other, "batched")
+        if isinstance(outcome, RetryLater):
+            celery.send_task(TASK, kwargs={"message_id": message_id}, countdown=outcome.countdown)
+            outcome = "later"
+        outcomes[message_id] = outcome
+    return outcomes
+
+
+def _dispatch(
+    message_id: int, settings: Settings, sender: Sender | None, batch_more: int | None
+) -> tuple[str | RetryLater, list[int]]:
+    """:func:`dispatch`'s work: this message's outcome (or when to try it again), and the ids claimed."""
     more = batch_more if batch_more is not None else _batch_more(settings)
     with autocommit_connection() as conn:
         claim = sending.claim(conn, message_id, more)
     if claim is None:
         log.warning("outbound message not found", message_id=message_id)
-        return "missing"
+        return "missing", []
     batch, state = claim.batch, claim.state
     if not batch:
-        return _not_claimed(message_id, state)
+        try:
+            return _not_claimed(message_id, state), []
+        except RetryLater as later:
+            return later, []
     sender = sender or _process_sender(settings)
     outcomes = _send_batch(batch, settings, sender)
     own = outcomes.settle()
     later = [release for release in outcomes.released if release.id != message_id]
     if later:
         _enqueue_later(later)
+    claimed = [record.id for record in batch]
     if isinstance(own, Release):
-        raise RetryLater(_jitter(own.delay), own.code or "pacing")
-    return own
+        return RetryLater(_jitter(own.delay), own.code or "pacing"), claimed
+    return own, claimed
 
 
 def _not_claimed(message_id: int, state: messages.SendState) -> str:
@@ -499,7 +538,8 @@ def sweep() -> dict[str, int]:
     with connection() as conn:
         overdue = messages.overdue_queued(conn, grace_seconds=OVERDUE_SECONDS)
     if overdue:
-        get_publisher().publish([Job(TASK, {"message_id": message_id}) for message_id in overdue])
+        jobs, _ = merge_batched([Job(TASK, {"message_id": message_id}) for message_id in overdue])
+        get_publisher().publish(jobs)
         log.warning("re-enqueued overdue outbound messages", count=len(overdue))
     return {"abandoned": len(abandoned), "requeued": len(overdue)}
 
@@ -612,6 +652,22 @@ def send_task(self: Any, message_id: int) -> None:
     except RetryLater as later:
         # Attempts are counted on the message row, not by Celery: pacing waits cost no attempt.
         raise self.retry(countdown=later.countdown) from later
+
+
+@celery.task(
+    name=BATCH_TASK,
+    bind=True,
+    acks_late=True,
+    ignore_result=True,
+    # As notify.send: running it again is safe, each message's claim makes its send once-only.
+    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=None,
+)
+def send_many_task(self: Any, message_ids: list[int]) -> None:
+    dispatch_many(message_ids)
 
 
 @celery.task(name=SWEEP_TASK, bind=True, acks_late=True, ignore_result=True)

@@ -5,6 +5,8 @@ worker); the one-statement settle records every outcome with its timeline event.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import pytest
@@ -20,7 +22,7 @@ from tests.integration.test_inbound_routing import event
 from tests.integration.test_notify_send import message, statuses
 from workers import notify
 from workers.inbound import route
-from workers.notify import RetryLater, dispatch
+from workers.notify import RetryLater, dispatch, dispatch_many
 
 
 def a_reply_to(phone: str, text: str = "Hi!") -> int:
@@ -79,6 +81,34 @@ def test_a_message_not_due_yet_is_neither_claimed_nor_claims_others(db, redis_cl
     for message_id in (own, other):
         row = message(db, message_id)
         assert (row["status"], row["attempts"]) == ("queued", 0)
+
+
+def test_a_batched_job_sends_each_of_its_messages_once_and_gives_one_not_due_a_job_of_its_own(
+    db, redis_client
+) -> None:
+    first, done, batched, not_due = replies(4)
+    db.execute("UPDATE messages SET status = 'sent' WHERE id = %s", (done,))
+    db.execute("UPDATE messages SET send_after = now() + interval '30 seconds' WHERE id = %s", (not_due,))
+
+    outcomes = dispatch_many([first, done, batched, not_due], sender=ConsoleSender(redis_client))
+
+    # The first claim took the other due message with its own; the one already sent is left alone.
+    assert outcomes == {first: "sent", batched: "batched", done: "skipped", not_due: "later"}
+    assert sent_count(db) == 2
+    for message_id in (first, batched):
+        row = message(db, message_id)
+        assert (row["status"], row["attempts"], row["claimed_by"]) == ("sent", 1, first)
+    assert (message(db, not_due)["status"], message(db, not_due)["attempts"]) == ("queued", 0)
+    # Due in 30 s: its own notify.send, with Celery's countdown (the others are the replies' own jobs).
+    jobs = map(json.loads, redis_client.lrange("notify", 0, -1))
+    [envelope] = [job for job in jobs if job["headers"]["eta"]]
+    task, kwargs = envelope["headers"]["task"], json.loads(base64.b64decode(envelope["body"]))[1]
+    assert (task, kwargs) == ("notify.send", {"message_id": not_due})
+
+    # Delivered again (acks_late): nothing is sent twice.
+    again = dispatch_many([first, done, batched], sender=ConsoleSender(redis_client))
+    assert again == {first: "skipped", done: "skipped", batched: "skipped"}
+    assert sent_count(db) == 2
 
 
 def test_an_unknown_or_inbound_id_is_missing(db, redis_client) -> None:
