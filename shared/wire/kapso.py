@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.logging import get_logger
 from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate
-from shared.wire.meta import MetaError, delivery_status, inbound_from_message, provider_phone, unix_time
+from shared.wire.meta.base import MetaError, provider_phone, unix_time
+from shared.wire.meta.message import inbound_from_message
+from shared.wire.meta.status import delivery_status
 
 log = get_logger(__name__)
 

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.wire.events import InboundMessage, StatusUpdate
-from shared.wire.meta import inbound_from_message, parse_webhook, status_from_meta
+from shared.wire.meta import parse_webhook
+from shared.wire.meta.message import inbound_from_message
+from shared.wire.meta.status import status_from_meta
 from tests.unit.fuzz.strategies import FUZZ, json_fixtures, json_values, mutated
 
 BODIES = json_fixtures("meta")
