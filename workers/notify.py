@@ -151,17 +151,28 @@ def dispatch_many(
     message_ids: Iterable[int], *, settings: Settings | None = None, sender: Sender | None = None
 ) -> dict[int, str]:
     """``notify.send_many``: each message as its own ``notify.send`` would be, in batches that share
-    claims: a message an earlier claim of this call took (and settled) is not looked at again. One that
-    should be tried later gets its own ``notify.send`` job, due then. Per message, what happened
-    ("batched" when an earlier claim of this call took it, "later" when it got its own job)."""
+    claims. One statement first says where each stands: usually an earlier batch has taken most of them,
+    and only the queued ones get a claim; a message a claim of this call took (and settled) is not looked
+    at again. One that should be tried later gets its own ``notify.send`` job, due then. Per message,
+    what happened ("batched" when a claim of this call took it, "later" when it got its own job)."""
     settings = settings or get_settings()
+    message_ids = list(dict.fromkeys(message_ids))
+    with autocommit_connection() as conn:
+        standing = sending.states(conn, message_ids)
     outcomes: dict[int, str] = {}
     for message_id in message_ids:
         if message_id in outcomes:
             continue
-        outcome, claimed = _dispatch(message_id, settings, sender, None)
-        for other in claimed:
-            outcomes.setdefault(other, "batched")
+        state = standing.get(message_id)
+        outcome: str | RetryLater
+        if state is None:
+            log.warning("outbound message not found", message_id=message_id)
+            outcome = "missing"
+        elif state.status == "queued":
+            outcome, claimed = _dispatch(message_id, settings, sender, None)
+            outcomes.update(dict.fromkeys(set(claimed) - outcomes.keys(), "batched"))
+        else:
+            outcome = _not_claimed_or_later(message_id, state)
         if isinstance(outcome, RetryLater):
             celery.send_task(TASK, kwargs={"message_id": message_id}, countdown=outcome.countdown)
             outcome = "later"
@@ -181,10 +192,7 @@ def _dispatch(
         return "missing", []
     batch, state = claim.batch, claim.state
     if not batch:
-        try:
-            return _not_claimed(message_id, state), []
-        except RetryLater as later:
-            return later, []
+        return _not_claimed_or_later(message_id, state), []
     sender = sender or _process_sender(settings)
     outcomes = _send_batch(batch, settings, sender)
     own = outcomes.settle()
@@ -195,6 +203,13 @@ def _dispatch(
     if isinstance(own, Release):
         return RetryLater(_jitter(own.delay), own.code or "pacing"), claimed
     return own, claimed
+
+
+def _not_claimed_or_later(message_id: int, state: messages.SendState) -> str | RetryLater:
+    try:
+        return _not_claimed(message_id, state)
+    except RetryLater as later:
+        return later
 
 
 def _not_claimed(message_id: int, state: messages.SendState) -> str:

@@ -19,9 +19,10 @@ row, and a status only ever moves forward.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 
@@ -37,11 +38,12 @@ from shared.wire.events import STATUS_RANK, DeliveryStatus
 # state row, so "nothing claimed" is one row with the state and NULL message columns, and "no such
 # message" is no row at all. A concurrent claimer that takes the own row between snapshot and UPDATE
 # leaves the state saying 'queued' with nothing claimed: the task then stands back.
+_STATE = """status AS own_status, claimed_by AS own_claimed_by,
+           extract(epoch FROM now() - updated_at)::float AS own_age,
+           extract(epoch FROM send_after - now())::float AS own_due_in"""
 _CLAIM = f"""
 WITH own_state AS (
-    SELECT status AS own_status, claimed_by AS own_claimed_by,
-           extract(epoch FROM now() - updated_at)::float AS own_age,
-           extract(epoch FROM send_after - now())::float AS own_due_in
+    SELECT {_STATE}
     FROM messages WHERE id = %(id)s AND direction = 'out'
 ), own AS (
     UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
@@ -89,15 +91,30 @@ def claim(conn: psycopg.Connection, message_id: int, more: int) -> Claim | None:
         rows = conn.execute(_CLAIM, {"id": message_id, "more": max(0, more)}).fetchall()
     if not rows:
         return None
-    first = rows[0]
-    state = SendState(
-        status=first["own_status"],
-        claimed_by=first["own_claimed_by"],
-        age=first["own_age"],
-        due_in=first["own_due_in"],
-    )
     batch = [_record(row) for row in rows if row["id"] is not None]
-    return Claim(batch, state)
+    return Claim(batch, _state(rows[0]))
+
+
+_STATES = f"""
+SELECT id, {_STATE} FROM messages WHERE id = ANY(%(ids)s::bigint[]) AND direction = 'out'
+"""  # noqa: S608 - constant column list, no input
+
+
+def states(conn: psycopg.Connection, message_ids: Sequence[int]) -> dict[int, SendState]:
+    """Where each of these outbound messages stands, as a claim that could not take it would say (one
+    statement for a batched job's messages, most of which an earlier batch has usually taken)."""
+    with wrap_errors():
+        rows = conn.execute(_STATES, {"ids": list(message_ids)}).fetchall()
+    return {row["id"]: _state(row) for row in rows}
+
+
+def _state(row: Mapping[str, Any]) -> SendState:
+    return SendState(
+        status=row["own_status"],
+        claimed_by=row["own_claimed_by"],
+        age=row["own_age"],
+        due_in=row["own_due_in"],
+    )
 
 
 def _record(row: dict[str, object]) -> OutboundRecord:

@@ -86,14 +86,25 @@ def test_a_message_not_due_yet_is_neither_claimed_nor_claims_others(db, redis_cl
 def test_a_batched_job_sends_each_of_its_messages_once_and_gives_one_not_due_a_job_of_its_own(
     db, redis_client
 ) -> None:
-    first, done, batched, not_due = replies(4)
+    first, done, batched, not_due, elsewhere = replies(5)
     db.execute("UPDATE messages SET status = 'sent' WHERE id = %s", (done,))
     db.execute("UPDATE messages SET send_after = now() + interval '30 seconds' WHERE id = %s", (not_due,))
+    db.execute("UPDATE messages SET status = 'sending', claimed_by = %s WHERE id = %s", (done, elsewhere))
 
-    outcomes = dispatch_many([first, done, batched, not_due], sender=ConsoleSender(redis_client))
+    outcomes = dispatch_many(
+        [first, done, batched, not_due, elsewhere, 10**12], sender=ConsoleSender(redis_client)
+    )
 
-    # The first claim took the other due message with its own; the one already sent is left alone.
-    assert outcomes == {first: "sent", batched: "batched", done: "skipped", not_due: "later"}
+    # The first claim took the other due message with its own; the one already sent and the one in
+    # another task's batch are left alone.
+    assert outcomes == {
+        first: "sent",
+        batched: "batched",
+        done: "skipped",
+        not_due: "later",
+        elsewhere: "claimed",
+        10**12: "missing",
+    }
     assert sent_count(db) == 2
     for message_id in (first, batched):
         row = message(db, message_id)
