@@ -93,12 +93,12 @@ def publish(jobs: Iterable[Job]) -> list[bool]:
     jobs = list(jobs)
     group = _group_publisher()
     if group is None:
-        _unavailable(jobs, "WAPIPE_REDIS_URL is not set: nothing can be enqueued")
+        unavailable(jobs, "WAPIPE_REDIS_URL is not set: nothing can be enqueued")
     try:
         return group.publish(jobs)
     except redis.RedisError as exc:
         log.error("ingress.enqueue_failed", error_type=type(exc).__name__, jobs=len(jobs))
-        _unavailable(jobs, "the queue is unreachable; retry later")
+        unavailable(jobs, "the queue is unreachable; retry later")
 
 
 def _group_publisher() -> GroupPublisher | None:
@@ -110,7 +110,8 @@ def _group_publisher() -> GroupPublisher | None:
     return per_app(GROUP_KEY, lambda: GroupPublisher(publisher))
 
 
-def _unavailable(jobs: list[Job], message: str) -> NoReturn:
+def unavailable(jobs: list[Job], message: str) -> NoReturn:
+    """Abort the request with the 503 a provider or caller retries on; count it against the jobs' queues."""
     for queue in {queue_for(job.task) for job in jobs} or {"none"}:
         ENQUEUE_FAILURES.labels(queue).inc()
     abort(api_error(503, "queue_unavailable", message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}))

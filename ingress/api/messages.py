@@ -22,9 +22,9 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from flask import Blueprint, Response, jsonify, make_response, request
+from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -33,12 +33,12 @@ from ingress.api.group_store import GroupStore
 from ingress.auth import require_api_key
 from ingress.errors import api_error, handle_http_exception
 from ingress.per_app import per_app
-from ingress.publishing import publish
-from ingress.state import current_settings
+from ingress.publishing import publish, unavailable
+from ingress.state import PUBLISHER_KEY, current_settings
 from shared import providers
 from shared.db import messages, outbound_api
 from shared.db.errors import NotFound
-from shared.db.outbound_api import NewOutbound
+from shared.db.outbound_api import NewOutbound, Stored
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, mask_phone, normalize
@@ -171,7 +171,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     request_hash = send.request_hash(to)
     stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
 
-    stored = _group_store().accept(
+    filed = _group_store().accept(
         NewOutbound(
             phone=to,
             idempotency_key=stored_key,
@@ -182,7 +182,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
             request_hash=request_hash,
         )
     )
-    status, requeued = stored.status, False
+    stored, status = filed.stored, filed.stored.status
     if not stored.new:
         if stored.request_hash != request_hash:
             raise _Refused(
@@ -194,12 +194,15 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
         if stored.status == "failed" and stored.error_code == QUEUE_UNAVAILABLE:
             with transaction() as conn:
                 requeued = messages.requeue_failed(conn, stored.id)
-            status = "queued" if requeued else status
+            if requeued:
+                status = "queued"
+                _enqueue(stored.id, fail_on_error=True)
 
-    # The row is committed; the job goes to Redis before we answer (202 only when both hold). A replay
-    # of a message still queued publishes again: its first job may be the one that was lost.
-    if stored.new or requeued or status == "queued":
-        _enqueue(stored.id, fail_on_error=stored.new or requeued)
+    # The row is committed and, when it needed one, its job published with it (202 only when both hold;
+    # ingress/api/group_store.py): a new message, or a replay still queued, whose first job may be the
+    # one that was lost.
+    if filed.unqueued is not None:
+        _unqueued(stored, filed.unqueued)
     # Per request, so debug (the caller has the id; GET shows the timeline). Guarded because structlog runs
     # its whole processor chain even for a line the level then drops.
     if log.isEnabledFor(logging.DEBUG):
@@ -211,7 +214,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
 
 def _group_store() -> GroupStore:
     """The process's :class:`GroupStore` (one per app, made on first use in each gunicorn worker)."""
-    return per_app(GROUP_STORE_KEY, GroupStore)
+    return per_app(GROUP_STORE_KEY, lambda: GroupStore(current_app.extensions.get(PUBLISHER_KEY)))
 
 
 def _recipient(raw: str, region: str) -> str:
@@ -252,19 +255,32 @@ def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
     """After the commit, so notify.send finds the row. A second job for one message is harmless.
 
     When Redis refuses the job the caller gets a 503 and the message is marked failed with
-    ``queue_unavailable``: reported, not stuck, and the same key sent again queues it anew. Not if a
-    notify batch claimed the committed row meanwhile: it is being sent, and a retry is answered with its
-    status. Should the mark fail too (PostgreSQL gone as well), or the process die between the commit and
-    the publish, the row stays ``queued`` without a job: notify.sweep re-enqueues queued messages overdue
-    by ``OVERDUE_SECONDS``, so it is still sent once (the notify claim makes a late second job harmless).
+    ``queue_unavailable`` (:func:`_unqueued`).
     """
     try:
         publish([Job("notify.send", {"message_id": message_id})])
     except HTTPException:
         if fail_on_error:
-            with connection() as conn:
-                outbound_api.fail_unqueued(conn, message_id, QUEUE_UNAVAILABLE, QUEUE_UNAVAILABLE_TEXT)
+            _mark_unqueued(message_id)
         raise
+
+
+def _unqueued(stored: Stored, reason: str) -> NoReturn:
+    """The row is committed but its job is not on the broker: a 503, and a new message is marked failed
+    with ``queue_unavailable``: reported, not stuck, and the same key sent again queues it anew. Not if a
+    notify batch claimed the committed row meanwhile: it is being sent, and a retry is answered with its
+    status. Should the mark fail too (PostgreSQL gone as well), or the process die between the commit and
+    the publish, the row stays ``queued`` without a job: notify.sweep re-enqueues queued messages overdue
+    by ``OVERDUE_SECONDS``, so it is still sent once (the notify claim makes a late second job harmless).
+    """
+    if stored.new:
+        _mark_unqueued(stored.id)
+    unavailable([Job("notify.send", {"message_id": stored.id})], reason)
+
+
+def _mark_unqueued(message_id: int) -> None:
+    with connection() as conn:
+        outbound_api.fail_unqueued(conn, message_id, QUEUE_UNAVAILABLE, QUEUE_UNAVAILABLE_TEXT)
 
 
 def _json_body() -> dict[str, Any]:
