@@ -26,7 +26,7 @@ from ingress.per_app import per_app
 from ingress.state import PUBLISHER_KEY
 from shared.group_commit import GroupCommit, WaitTimeout
 from shared.logging import get_logger
-from shared.queues import Job, Publisher, merge_batched, queue_for
+from shared.queues import Job, Publisher, queue_for
 
 log = get_logger(__name__)
 
@@ -65,11 +65,8 @@ class GroupPublisher:
             raise redis.TimeoutError("timed out waiting for a shared publish") from exc
 
     def _publish_together(self, requests: list[list[Job]]) -> list[list[bool]]:
-        """One publish for every request's jobs; per request, its flags. The jobs of a task that takes
-        them several at a time (``notify.send`` from concurrent notify API calls) go as one job."""
-        merged, carrier = merge_batched([job for jobs in requests for job in jobs])
-        published = self._publisher.publish(merged)
-        flags = [published[index] for index in carrier]
+        """One publish for every request's jobs; per request, its flags."""
+        flags = self._publisher.publish([job for jobs in requests for job in jobs])
         answers: list[list[bool]] = []
         start = 0
         for jobs in requests:

@@ -109,7 +109,7 @@ class Batched:
     plural: str
 
 
-# notify.send: the notify API's concurrent requests publish together (ingress/publishing.py), and one
+# notify.send: the notify API's concurrent requests publish together (ingress/api/group_store.py), and one
 # Celery task pull per message costs more CPU than sending it (workers/notify.py).
 BATCHED: dict[str, Batched] = {"notify.send": Batched("notify.send_many", "message_id", "message_ids")}
 # Items per batched job: one notify batch's worth, so a job is one claim.

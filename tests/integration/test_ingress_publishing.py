@@ -12,7 +12,6 @@ import redis
 
 from ingress.publishing import GroupPublisher
 from shared.queues import Job, Publisher
-from tests.integration.test_inbound_routing import queued
 
 
 def _job(key: str, payload: object = "x") -> Job:
@@ -65,41 +64,6 @@ def test_requests_arriving_during_a_round_trip_share_the_next_one(
         assert [future.result() for future in rest] == [[True]] * 11
     assert batches == [1, 11]
     assert redis_client.llen("inbound") == 12
-
-
-def test_notify_jobs_of_requests_sharing_a_round_trip_go_as_one_batched_job(
-    redis_client: redis.Redis, test_servers: dict[str, str]
-) -> None:
-    """The notify API's concurrent calls: one ``notify.send_many`` for the messages of one round trip, so
-    the notify worker pulls one task for them; each request still gets its own answer."""
-    base = Publisher(test_servers["WAPIPE_REDIS_URL"])
-    real_publish = base.publish
-    release = threading.Event()
-    published: list[list[Job]] = []
-
-    def held_publish(jobs: list[Job]) -> list[bool]:
-        published.append(jobs)
-        if len(published) == 1:
-            release.wait(timeout=30)
-        return real_publish(jobs)
-
-    base.publish = held_publish  # type: ignore[method-assign]  # observe what goes out; the real publish runs
-    group = GroupPublisher(base)
-    with ThreadPoolExecutor(6) as pool:
-        first = pool.submit(group.publish, [Job("notify.send", {"message_id": 1})])
-        while not published:
-            time.sleep(0.01)
-        rest = [pool.submit(group.publish, [Job("notify.send", {"message_id": 2 + i})]) for i in range(4)]
-        inbound = pool.submit(group.publish, [_job("with-a-key")])
-        while group.waiting < 5:
-            time.sleep(0.01)
-        release.set()
-        assert [first.result(), *(future.result() for future in rest), inbound.result()] == [[True]] * 6
-    assert queued(redis_client, "notify") == [
-        ("notify.send", {"message_id": 1}),  # alone in its round trip: as it was
-        ("notify.send_many", {"message_ids": [2, 3, 4, 5]}),
-    ]
-    assert redis_client.llen("inbound") == 1
 
 
 def test_broker_down_fails_every_waiter_and_recovers(redis_client: redis.Redis) -> None:

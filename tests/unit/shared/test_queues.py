@@ -77,6 +77,7 @@ def test_a_lone_job_of_a_batched_task_stays_as_it_is_and_big_batches_split() -> 
 
 
 def test_every_batched_task_is_a_worker_task_of_the_same_queue() -> None:
+    celery.loader.import_default_modules()  # the task modules, as a worker loads them
     for task, spec in BATCHED.items():
         assert queue_for(spec.together) == queue_for(task)
         assert {task, spec.together} <= set(celery.tasks)
