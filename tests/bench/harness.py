@@ -217,6 +217,22 @@ class Bench:
         self._procs.append(proc)
         return proc
 
+    def start_provider(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Proc:
+        """The fake provider, ahead of everything else for the CPU: a real provider has machines of its
+        own, and its arrival times are what pacing is judged by. Starved of CPU it would run a backlog of
+        requests at once and stamp them as arriving together (seen: 1,125 "arrivals" in one second at a
+        rate of 1,000/s, while with priority the same runs peaked at 947)."""
+        proc = self.start("fake provider", argv, env)
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, -10)
+        except OSError:
+            print(
+                "[bench] could not raise the fake provider's priority (needs root): under load its"
+                " arrival times bunch, and the busiest second reads high",
+                flush=True,
+            )
+        return proc
+
     def stop(self, proc: Proc, timeout: float = 20) -> None:
         if proc.popen.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)

@@ -110,7 +110,7 @@ def start_stack(bench: Bench, *, send_rate: float = 1000.0, web_workers: int = 2
         PYTHON, "-m", "tests.bench.fake_provider", "--port", str(fake_port),
         "--account-sid", ACCOUNT_SID, "--token", token, "--status-callbacks",
     ]  # fmt: skip
-    bench.start("fake provider", fake_argv, env)
+    bench.start_provider(fake_argv, env)
     wait_until(lambda: http_ok(fake + "/_bench/records"), 20, "the fake provider")
     bench.gunicorn("ingress:create_app()", port=ingress_port, workers=web_workers, env=env)
     return Stack(ingress, fake, token, env)

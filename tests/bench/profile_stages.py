@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             PYTHON, "-m", "tests.bench.fake_provider", "--port", str(fake_port),
             "--account-sid", ACCOUNT_SID, "--token", token,
         ]  # fmt: skip
-        bench.start("fake provider", fake_argv, env)
+        bench.start_provider(fake_argv, env)
         wait_until(lambda: http_ok(fake + "/_bench/records"), 20, "the fake provider")
         os.environ.update(env)
         from shared.settings import get_settings
