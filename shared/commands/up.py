@@ -27,10 +27,12 @@ UP_FILE = "up.json"
 
 # (queues, processes) per worker: a small footprint for a 2-core laptop. Fast queues share one pool;
 # notify and status carry the outbound volume; the slow queues get prefetch 1 (see wapipe worker).
-WORKER_GROUPS: tuple[tuple[str, int], ...] = (
-    ("inbound,verify,commands,flows", 2),
-    ("notify,status", 2),
-    ("ai,persist,maintenance", 2),
+# (queues, pool size, pool). notify on threads: its batches wait on the provider, and a process of
+# threads shares one event loop and one pacer among its batches (README, Performance: outbound).
+WORKER_GROUPS: tuple[tuple[str, int, str], ...] = (
+    ("inbound,verify,commands,flows", 2, "prefork"),
+    ("notify,status", 4, "threads"),
+    ("ai,persist,maintenance", 2, "prefork"),
 )
 
 
@@ -62,10 +64,9 @@ def running_up(folder: Path) -> dict[str, object] | None:
 def child_specs(port: int, web_workers: int) -> list[ChildSpec]:
     cli = [sys.executable, "-m", "shared.cli"]
     specs = [ChildSpec("web", [*cli, "web", "--port", str(port), "--workers", str(web_workers)])]
-    for queues, processes in WORKER_GROUPS:
-        specs.append(
-            ChildSpec(f"worker {queues}", [*cli, "worker", "-Q", queues, "--concurrency", str(processes)])
-        )
+    for queues, size, pool in WORKER_GROUPS:
+        argv = [*cli, "worker", "-Q", queues, "--concurrency", str(size), "--pool", pool]
+        specs.append(ChildSpec(f"worker {queues}", argv))
     specs.append(ChildSpec("beat", [*cli, "beat"]))
     return specs
 

@@ -40,7 +40,9 @@ T = TypeVar("T")
 class WorkerProcess:
     """A running ``celery worker`` subprocess; its combined stdout/stderr is collected line by line."""
 
-    def __init__(self, queues: list[str], concurrency: int, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, queues: list[str], concurrency: int, env: Mapping[str, str], pool: str = "prefork"
+    ) -> None:
         self.queues = queues
         self.name = f"test-{'-'.join(queues)}-{uuid.uuid4().hex[:8]}"
         command = [
@@ -53,7 +55,7 @@ class WorkerProcess:
             "-Q",
             ",".join(queues),
             "--pool",
-            "prefork",
+            pool,
             "-c",
             str(concurrency),
             "--without-mingle",
@@ -129,16 +131,20 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 @pytest.fixture
 def start_worker(test_servers: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: ``start_worker(["inbound", "notify"], concurrency=1, env={...})`` -> a ready worker."""
+    """Factory: ``start_worker(["inbound", "notify"], concurrency=1, env={...}, pool="prefork")`` -> a
+    ready worker."""
     started: list[WorkerProcess] = []
 
     def start(
-        queues: Iterable[str] | str, concurrency: int = 1, env: Mapping[str, str] | None = None
+        queues: Iterable[str] | str,
+        concurrency: int = 1,
+        env: Mapping[str, str] | None = None,
+        pool: str = "prefork",
     ) -> WorkerProcess:
         queue_list = [queues] if isinstance(queues, str) else list(queues)
         full_env = {**os.environ, **test_servers, "PYTHONUNBUFFERED": "1", "WAPIPE_LOG_FORMAT": "json"}
         full_env.update(env or {})
-        worker = WorkerProcess(queue_list, concurrency, full_env)
+        worker = WorkerProcess(queue_list, concurrency, full_env, pool)
         started.append(worker)
         return worker.wait_ready()
 

@@ -88,20 +88,22 @@ def settled(db: psycopg.Connection, ids: list[int]) -> list[dict] | None:
     return rows if all(row["status"] in ("sent", "failed") for row in rows) else None
 
 
-def start_senders(start_worker, fake: FakeTwilioAPI) -> None:
+def start_senders(start_worker, fake: FakeTwilioAPI, pool: str = "prefork") -> None:
     env = {
         **fake.credentials_env(),
         "WAPIPE_SEND_RATE": str(RATE),
         "WAPIPE_PUBLIC_URL": "https://bot.example",
     }
     for _ in range(WORKERS):
-        start_worker(["notify"], concurrency=2, env=env)
+        start_worker(["notify"], concurrency=2 if pool == "prefork" else 4, env=env, pool=pool)
 
 
+# threads: how the Procfile and `wapipe up` run notify (its batches wait on the provider, not the CPU).
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_two_workers_never_exceed_the_rate_in_any_second_and_send_each_message_once(
-    db, redis_client, start_worker, wait_for, fake, test_servers
+    db, redis_client, start_worker, wait_for, fake, test_servers, pool
 ) -> None:
-    start_senders(start_worker, fake)
+    start_senders(start_worker, fake, pool)
     ids = queue_messages(test_servers["WAPIPE_REDIS_URL"], 500)
 
     rows = wait_for(lambda: settled(db, ids), timeout=90, what="all 500 messages to be sent")
