@@ -1,7 +1,7 @@
 """Benchmark 3: a burst of ``POST /api/v1/messages`` to a fake provider that answers after 150 ms.
 
     .venv/bin/python -m tests.bench.outbound [--messages 20000] [--time-limit 120] [--runs 3]
-        [--processes 2] [--pool prefork] [--send-rate 1000]
+        [--processes 4] [--pool threads] [--send-rate 1000]
 
 The real ingress (gunicorn) takes the burst (32 concurrent API calls, each a text to its own recipient,
 so per-recipient pacing never holds one back; recipients are seeded as contacts who wrote within 24 h,
@@ -186,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per run (default 120)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--processes", type=int, default=2, help="notify worker pool size (default 2)")
-    parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
+    parser.add_argument("--processes", type=int, default=4, help="notify worker pool size (default 4)")
+    # As the Procfile runs notify.
+    parser.add_argument("--pool", choices=["prefork", "threads"], default="threads")
     parser.add_argument("--send-rate", type=float, default=1000.0, help="WAPIPE_SEND_RATE (default 1000)")
     parser.add_argument("--delay", type=float, default=0.15, help="fake provider answer time (default 0.15)")
     parser.add_argument("--keep-logs", action="store_true")
