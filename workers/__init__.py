@@ -26,7 +26,7 @@ def _missing(variable: str) -> str:
 # Every task, the stages' and beat's alike: a retry that cannot be published puts the message back.
 celery = Celery("wapipe", task_cls=WapipeTask)
 # No broker URL is a configuration error for a worker; `wapipe worker` fills it in from a running
-# `wapipe up`'s data folder first (shared/embedded.py), so only a bare `celery -A workers` can get here.
+# `wapipe up`'s data folder first (shared/embedded/), so only a bare `celery -A workers` can get here.
 celery.config_from_object(celery_config(get_settings().redis_url or _missing("WAPIPE_REDIS_URL")))
 
 STAGE_MODULES = (

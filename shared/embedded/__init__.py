@@ -64,11 +64,6 @@ __all__ = [
 DATABASE_URL_VAR = "WAPIPE_DATABASE_URL"
 REDIS_URL_VAR = "WAPIPE_REDIS_URL"
 
-# tests/integration/chaos/servers.py restarts PostgreSQL with pg_ctl itself, through these names.
-_run_as = postgres_server.run_as
-_postgres_account = postgres_server.server_account
-_postgres_bin = postgres_server.tool_path
-
 
 @dataclass(frozen=True)
 class Servers:

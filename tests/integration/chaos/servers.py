@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from shared import embedded
+from shared.embedded import postgres
 
 READY_TIMEOUT_SECONDS = 60
 
@@ -104,7 +105,7 @@ class PrivateRedis:
 
 
 class PrivatePostgres:
-    """wapipe's embedded PostgreSQL (shared/embedded.py) in a temporary data folder, restartable."""
+    """wapipe's embedded PostgreSQL (shared/embedded/) in a temporary data folder, restartable."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -119,11 +120,11 @@ class PrivatePostgres:
     def restart(self) -> None:
         """``pg_ctl restart -m fast``: every connection is cut, open transactions roll back."""
         pgdata = self.data_dir / "postgres"
-        # -l: the new postmaster must not inherit (and hold open) the pipe _run_as reads to its end.
+        # -l: the new postmaster must not inherit (and hold open) the pipe run_as reads to its end.
         log = ["-l", str(pgdata / "server.log")]
-        embedded._run_as(
-            embedded._postgres_account(),
-            [embedded._postgres_bin("pg_ctl"), "-D", str(pgdata), *log, "-m", "fast", "-w", "restart"],
+        postgres.run_as(
+            postgres.server_account(),
+            [postgres.tool_path("pg_ctl"), "-D", str(pgdata), *log, "-m", "fast", "-w", "restart"],
             cwd=pgdata,
             timeout=90,
         )
