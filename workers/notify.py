@@ -650,19 +650,22 @@ def _process_sender(settings: Settings) -> Sender:
         return _senders[pid]
 
 
-@celery.task(
-    name=TASK,
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
+# notify.send and notify.send_many: safe to run again (each message's claim makes its send once-only).
+_SEND_TASK_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "ignore_result": True,
+    "autoretry_for": (Unavailable, psycopg.OperationalError, redis.RedisError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
     # Unbounded here on purpose: the attempt budget that matters is the provider attempts counted on the
     # message row (WAPIPE_SEND_MAX_ATTEMPTS); pacing waits and database outages just wait their turn.
-    max_retries=None,
-)
+    "max_retries": None,
+}
+
+
+@celery.task(name=TASK, **_SEND_TASK_OPTIONS)
 def send_task(self: Any, message_id: int) -> None:
     try:
         dispatch(message_id)
@@ -671,18 +674,7 @@ def send_task(self: Any, message_id: int) -> None:
         raise self.retry(countdown=later.countdown) from later
 
 
-@celery.task(
-    name=BATCH_TASK,
-    bind=True,
-    acks_late=True,
-    ignore_result=True,
-    # As notify.send: running it again is safe, each message's claim makes its send once-only.
-    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=None,
-)
+@celery.task(name=BATCH_TASK, **_SEND_TASK_OPTIONS)
 def send_many_task(self: Any, message_ids: list[int]) -> None:
     dispatch_many(message_ids)
 

@@ -10,11 +10,11 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 from shared import embedded
+from shared.embedded.processes import port_is_free
 from shared.settings import Settings
 from shared.supervisor import ChildSpec, Supervisor
 
@@ -40,15 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="ingress port on 127.0.0.1 (default 8000)")
     parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def running_up(folder: Path) -> dict[str, object] | None:
@@ -121,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if not _port_free(args.port):
+    if not port_is_free(args.port):
         print(
             f"wapipe up: port {args.port} on 127.0.0.1 is taken; choose another with --port", file=sys.stderr
         )

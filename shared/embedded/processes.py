@@ -41,7 +41,8 @@ def find_process(pid: Any, name_part: str) -> psutil.Process | None:
     return None
 
 
-def _port_is_free(port: Any) -> bool:
+def port_is_free(port: Any) -> bool:
+    """Whether ``port`` is a port number nothing listens on at 127.0.0.1 (we can bind it)."""
     if not isinstance(port, int) or not 0 < port < 65536:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -54,7 +55,7 @@ def _port_is_free(port: Any) -> bool:
 
 def free_port(preferred: Any = None) -> int:
     """The previous run's port when it is still free (stable URLs), else one the kernel picks."""
-    if _port_is_free(preferred):
+    if port_is_free(preferred):
         return int(preferred)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
