@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,9 @@ class Incoming:
     path: str
     headers: dict[str, str]
     raw: bytes
+    # time.monotonic() when the connection's thread started (one request per connection), before the
+    # request was read: what a provider's rate limiter would count, as near as this process can see it.
+    arrived: float = 0.0
 
     def lower_headers(self) -> dict[str, str]:
         return {name.lower(): value for name, value in self.headers.items()}
@@ -129,10 +133,14 @@ class FakeServer:
             # HTTP/1.0: one request per connection, and a body sent without Content-Length ends at the close
             protocol_version = "HTTP/1.0"
 
+            def setup(self) -> None:
+                self.arrived = time.monotonic()
+                super().setup()
+
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                reply = fake.answer(Incoming(self.command, self.path, dict(self.headers), raw))
+                reply = fake.answer(Incoming(self.command, self.path, dict(self.headers), raw, self.arrived))
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import parse_qs
@@ -19,6 +18,7 @@ from shared.db import outbound_api
 from shared.db.outbound_api import NewOutbound
 from shared.db.pool import connection
 from shared.queues import Job, Publisher
+from tests.fakes.http_server import Incoming, Reply
 from tests.fakes.twilio_api import FakeTwilioAPI
 
 RATE = 50
@@ -26,20 +26,19 @@ WORKERS = 2
 
 
 class TimedTwilioAPI(FakeTwilioAPI):
-    """The fake Twilio API, also noting when each request arrived (after its body was read)."""
+    """The fake Twilio API, also noting when each request arrived (its connection came in)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.arrivals: list[tuple[float, str, int]] = []  # (time, To, status answered)
+        self.arrivals: list[tuple[float, str, int]] = []  # (time.monotonic(), To, status answered)
         self._arrivals_lock = threading.Lock()
 
-    def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
-        arrived = time.time()
-        status, body, extra = super()._handle(method, path, headers, raw)
-        to = parse_qs(raw.decode("utf-8")).get("To", [""])[-1]
+    def answer(self, request: Incoming) -> Reply:
+        reply = super().answer(request)
+        to = parse_qs(request.raw.decode("utf-8")).get("To", [""])[-1]
         with self._arrivals_lock:
-            self.arrivals.append((arrived, to, status))
-        return status, body, extra
+            self.arrivals.append((request.arrived, to, reply.status))
+        return reply
 
     def times(self) -> list[float]:
         with self._arrivals_lock:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 import psycopg
 import redis
@@ -27,6 +28,7 @@ from shared.db import links, users
 from shared.providers.twilio.signature import sign
 from shared.queues import QUEUES
 from shared.settings import load_settings
+from tests.fakes.http_server import Incoming, Reply
 from tests.fakes.twilio_api import WHATSAPP_NUMBER, FakeTwilioAPI, Scripted, twilio_error
 
 PUBLIC_URL = "https://hooks.example.com"
@@ -110,7 +112,7 @@ class Ingress:
 
 @dataclass(frozen=True)
 class Arrival:
-    at: float  # time.monotonic() when the request arrived
+    at: float  # time.monotonic() when the request arrived (its connection was accepted)
     status: int  # what the fake answered
     to: str
     body: str
@@ -127,16 +129,19 @@ class ChaosTwilioAPI(FakeTwilioAPI):
         self.arrivals: list[Arrival] = []
         self.outage: Callable[[], Scripted | None] = lambda: None
 
-    def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
+    def answer(self, request: Incoming) -> Reply:
         scripted = self.outage()
         if scripted is not None:
             with self._lock:
                 self._script.appendleft(scripted)
-        status, body, extra = super()._handle(method, path, headers, raw)
+        reply = super().answer(request)
+        form = {key: values[-1] for key, values in parse_qs(request.raw.decode("utf-8")).items()}
+        # Stamped when the connection came in, not after the answer was made: under a loaded CPU this
+        # process may run a backlog of requests at once, and stamps taken then would bunch them.
+        arrival = Arrival(request.arrived, reply.status, form.get("To", ""), form.get("Body", ""))
         with self._lock:
-            form = self.received[-1].form
-            self.arrivals.append(Arrival(time.monotonic(), status, form.get("To", ""), form.get("Body", "")))
-        return status, body, extra
+            self.arrivals.append(arrival)
+        return reply
 
     def replies_per_recipient(self) -> collections.Counter[str]:
         """How many messages the fake accepted (201) per recipient E.164 number."""
