@@ -99,54 +99,28 @@ class Job:
     dedupe_key: str | None = None
 
 
-@dataclass(frozen=True)
-class Batched:
-    """A task whose jobs a worker can take several at a time: ``together`` gets the list of the ``each``
-    keyword argument of each job under ``plural`` (the task must treat every item as its own job)."""
-
-    together: str
-    each: str
-    plural: str
-
-
-# notify.send: the notify API's concurrent requests publish together (ingress/api/group_store.py), and one
-# Celery task pull per message costs more CPU than sending it (workers/notify.py).
-BATCHED: dict[str, Batched] = {"notify.send": Batched("notify.send_many", "message_id", "message_ids")}
-# Items per batched job: one notify batch's worth, so a job is one claim.
-BATCH_ITEMS_MAX = 100
+# Sending stored outbound messages (workers/notify.py). One Celery task pull per message costs more CPU
+# than sending it, so several messages published together (the notify API's concurrent requests,
+# ingress/api/group_store.py; the sweep) go as one notify.send_many, which runs each as its notify.send
+# would.
+NOTIFY_TASK = "notify.send"
+NOTIFY_MANY_TASK = "notify.send_many"
+# Messages per notify.send_many job: one notify batch's worth, so a job is one claim.
+NOTIFY_MANY_MAX = 100
 
 
-def merge_batched(jobs: list[Job]) -> tuple[list[Job], list[int]]:
-    """``jobs`` with those of a :data:`BATCHED` task merged into jobs of its ``together`` task, and for
-    each given job the index of the job carrying it. An item named twice is carried once (concurrent
-    retries of one API call name one message); a lone item keeps its own job, as it was.
-
-    Only jobs without a dedupe key merge: a key guards one job.
-    """
-    merged: list[Job] = []
-    carrier: list[int] = [-1] * len(jobs)
-    groups: dict[str, list[int]] = {}
-    for index, job in enumerate(jobs):
-        if job.dedupe_key is None and job.task in BATCHED:
-            groups.setdefault(job.task, []).append(index)
-        else:
-            carrier[index] = len(merged)
-            merged.append(job)
-    for task, indexes in groups.items():
-        spec = BATCHED[task]
-        first_job = {}  # item -> the first job naming it, in order
-        for index in indexes:
-            first_job.setdefault(jobs[index].kwargs[spec.each], jobs[index])
-        items = list(first_job)
-        position: dict[Any, int] = {}
-        for start in range(0, len(items), BATCH_ITEMS_MAX):
-            chunk = items[start : start + BATCH_ITEMS_MAX]
-            alone = len(chunk) == 1
-            merged.append(first_job[chunk[0]] if alone else Job(spec.together, {spec.plural: chunk}))
-            position.update(dict.fromkeys(chunk, len(merged) - 1))
-        for index in indexes:
-            carrier[index] = position[jobs[index].kwargs[spec.each]]
-    return merged, carrier
+def notify_jobs(message_ids: Iterable[int]) -> list[Job]:
+    """The jobs that send these messages: each id once (concurrent retries of one API call name one
+    message), in notify.send_many jobs of up to :data:`NOTIFY_MANY_MAX`; a lone id keeps its own
+    notify.send."""
+    ids = list(dict.fromkeys(message_ids))
+    chunks = [ids[start : start + NOTIFY_MANY_MAX] for start in range(0, len(ids), NOTIFY_MANY_MAX)]
+    return [
+        Job(NOTIFY_TASK, {"message_id": chunk[0]})
+        if len(chunk) == 1
+        else Job(NOTIFY_MANY_TASK, {"message_ids": chunk})
+        for chunk in chunks
+    ]
 
 
 # KEYS: for each job, its dedupe key ("" for none), its queue, then its queue's bell; ARGV: the dedupe TTL

@@ -14,7 +14,7 @@ from typing import Any
 from shared.db import answers
 from shared.db.pool import connection
 from shared.logging import get_logger
-from shared.queues import Job, get_publisher
+from shared.queues import get_publisher, notify_jobs
 from shared.settings import get_settings
 
 log = get_logger(__name__)
@@ -78,6 +78,6 @@ def _queue(
             handled=handled,
         )
     # After the commit: notify.send must find the row. A second enqueue for the same message is harmless.
-    get_publisher().publish([Job("notify.send", {"message_id": message_id})])
+    get_publisher().publish(notify_jobs([message_id]))
     log.info("reply queued", inbound_id=inbound_id, message_id=message_id, new=created)
     return message_id

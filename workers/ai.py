@@ -22,7 +22,7 @@ from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
-from shared.queues import Job, get_publisher
+from shared.queues import Job, get_publisher, notify_jobs
 from shared.replies import answer, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
@@ -143,7 +143,7 @@ def reply_message(
     if existing is not None:
         # Answered already (a redelivered task): no second model call. Enqueue the send again in case the
         # first run died between storing the reply and enqueueing it; notify.send sends once regardless.
-        get_publisher().publish([Job("notify.send", {"message_id": existing.id})])
+        get_publisher().publish(notify_jobs([existing.id]))
         with transaction() as conn:
             messages.mark_handled(conn, message_id)  # in case that run died before: it holds the turn
         return "done"

@@ -78,16 +78,16 @@ from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.aio import AsyncSender, LoopThread, get_loop
 from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
-from shared.queues import BATCHED, MAX_COUNTDOWN_SECONDS, Job, get_publisher, merge_batched
+from shared.queues import MAX_COUNTDOWN_SECONDS, NOTIFY_MANY_TASK, NOTIFY_TASK, get_publisher, notify_jobs
 from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
 from workers import celery
 
 log = get_logger(__name__)
 
-TASK = "notify.send"
-# Several messages' notify.send jobs as one: the notify API's concurrent calls (shared/queues.py BATCHED).
-BATCH_TASK = BATCHED[TASK].together
+TASK = NOTIFY_TASK
+# Several messages' notify.send jobs as one (shared/queues.py notify_jobs).
+BATCH_TASK = NOTIFY_MANY_TASK
 SWEEP_TASK = "notify.sweep"
 # Longer than a batch can take (pacing waits are capped below, a provider call times out in 10 s), so a
 # row still 'sending' after this long was left by a worker that died.
@@ -555,8 +555,7 @@ def sweep() -> dict[str, int]:
     with connection() as conn:
         overdue = messages.overdue_queued(conn, grace_seconds=OVERDUE_SECONDS)
     if overdue:
-        jobs, _ = merge_batched([Job(TASK, {"message_id": message_id}) for message_id in overdue])
-        get_publisher().publish(jobs)
+        get_publisher().publish(notify_jobs(overdue))
         log.warning("re-enqueued overdue outbound messages", count=len(overdue))
     return {"abandoned": len(abandoned), "requeued": len(overdue)}
 

@@ -4,7 +4,7 @@ gunicorn's threaded workers have several ``POST /api/v1/messages`` in flight at 
 PostgreSQL round trip and one commit each, the first request to arrive stores everything pending in one
 :func:`shared.db.outbound_api.accept_many` call, then publishes the ``notify.send`` jobs of the rows that
 need one in one ``Publisher.publish`` call, where they go as one ``notify.send_many``
-(:func:`shared.queues.merge_batched`): the notify worker pulls one task for the group instead of one per
+(:func:`shared.queues.notify_jobs`): the notify worker pulls one task for the group instead of one per
 message, which costs more CPU than sending it. The requests that arrived meanwhile wait for that answer.
 A request still returns only after its own row is committed and its job is on the broker (or it is told
 the job could not be published), so nothing changes for the caller; with one request at a time it is a
@@ -27,11 +27,10 @@ from shared.db.outbound_api import NewOutbound, Stored
 from shared.db.pool import connection
 from shared.group_commit import GroupCommit
 from shared.logging import get_logger
-from shared.queues import Job, Publisher, merge_batched
+from shared.queues import Job, Publisher, notify_jobs
 
 log = get_logger(__name__)
 
-NOTIFY_TASK = "notify.send"
 NO_BROKER = "WAPIPE_REDIS_URL is not set: nothing can be enqueued"
 BROKER_DOWN = "the queue is unreachable; retry later"
 
@@ -87,7 +86,7 @@ class GroupStore:
             for i, (row, message) in enumerate(zip(stored, messages, strict=True))
             if _needs_job(row, message)
         ]
-        jobs, _ = merge_batched([Job(NOTIFY_TASK, {"message_id": stored[i].id}) for i in needing])
+        jobs = notify_jobs(stored[i].id for i in needing)
         unqueued = self._publish(jobs) if jobs else None
         return [Filed(row, unqueued if i in needing else None) for i, row in enumerate(stored)]
 

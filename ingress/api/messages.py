@@ -43,7 +43,7 @@ from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, mask_phone, normalize
 from shared.providers.base import OutboundMessage, SendError
-from shared.queues import Job
+from shared.queues import notify_jobs
 from shared.settings import Settings
 from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest, error_location
 
@@ -258,7 +258,7 @@ def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
     ``queue_unavailable`` (:func:`_unqueued`).
     """
     try:
-        publish([Job("notify.send", {"message_id": message_id})])
+        publish(notify_jobs([message_id]))
     except HTTPException:
         if fail_on_error:
             _mark_unqueued(message_id)
@@ -275,7 +275,7 @@ def _unqueued(stored: Stored, reason: str) -> NoReturn:
     """
     if stored.new:
         _mark_unqueued(stored.id)
-    unavailable([Job("notify.send", {"message_id": stored.id})], reason)
+    unavailable(notify_jobs([stored.id]), reason)
 
 
 def _mark_unqueued(message_id: int) -> None:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from shared.db import dead_letters, messages
 from shared.db.pool import transaction
 from shared.logging import mask_phone
-from shared.queues import Job, get_publisher
+from shared.queues import NOTIFY_TASK, Job, get_publisher
 
 HELP = "List dead letters, or replay them (re-enqueue their task; a failed message is queued again)."
 
-NOTIFY_TASK = "notify.send"
 PAGE = 200
 ERROR_WIDTH = 60
 

@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from shared.queues import BATCH_ITEMS_MAX, BATCHED, Job, Publisher, merge_batched, queue_for
+from shared.queues import (
+    NOTIFY_MANY_MAX,
+    NOTIFY_MANY_TASK,
+    NOTIFY_TASK,
+    Job,
+    Publisher,
+    notify_jobs,
+    queue_for,
+)
 from workers import celery
 
 
@@ -44,40 +52,23 @@ def test_every_message_has_its_own_ids(publisher: Publisher) -> None:
     assert first["properties"]["delivery_tag"] != second["properties"]["delivery_tag"]
 
 
-def test_jobs_of_a_batched_task_merge_and_each_keeps_its_carrier() -> None:
-    jobs = [
-        Job("notify.send", {"message_id": 1}),
-        Job("inbound.route", {"event": {}}, dedupe_key="seen:1"),
-        Job("notify.send", {"message_id": 2}),
-        Job("notify.send", {"message_id": 3}, dedupe_key="guarded"),  # a key guards one job: not merged
-        Job("notify.send", {"message_id": 4}),
-        Job("notify.send", {"message_id": 2}),  # named twice (concurrent retries of one call): carried once
+def test_messages_published_together_go_as_one_notify_send_many_each_once() -> None:
+    # 2 named twice (concurrent retries of one API call): carried once.
+    assert notify_jobs([1, 2, 4, 2]) == [Job("notify.send_many", {"message_ids": [1, 2, 4]})]
+    assert notify_jobs([7, 7]) == [Job("notify.send", {"message_id": 7})]
+    assert notify_jobs([]) == []
+
+
+def test_a_lone_message_keeps_its_notify_send_and_big_batches_split() -> None:
+    assert notify_jobs([1]) == [Job("notify.send", {"message_id": 1})]
+
+    assert notify_jobs(range(NOTIFY_MANY_MAX + 1)) == [
+        Job("notify.send_many", {"message_ids": list(range(NOTIFY_MANY_MAX))}),
+        Job("notify.send", {"message_id": NOTIFY_MANY_MAX}),
     ]
 
-    merged, carrier = merge_batched(jobs)
 
-    assert merged == [jobs[1], jobs[3], Job("notify.send_many", {"message_ids": [1, 2, 4]})]
-    assert carrier == [2, 0, 2, 1, 2, 2]
-    twice = [Job("notify.send", {"message_id": 7}), Job("notify.send", {"message_id": 7})]
-    assert merge_batched(twice) == ([twice[0]], [0, 0])
-
-
-def test_a_lone_job_of_a_batched_task_stays_as_it_is_and_big_batches_split() -> None:
-    lone = Job("notify.send", {"message_id": 1})
-    assert merge_batched([lone]) == ([lone], [0])
-
-    many = [Job("notify.send", {"message_id": i}) for i in range(BATCH_ITEMS_MAX + 1)]
-    merged, carrier = merge_batched(many)
-
-    assert merged == [
-        Job("notify.send_many", {"message_ids": list(range(BATCH_ITEMS_MAX))}),
-        Job("notify.send", {"message_id": BATCH_ITEMS_MAX}),
-    ]
-    assert carrier == [0] * BATCH_ITEMS_MAX + [1]
-
-
-def test_every_batched_task_is_a_worker_task_of_the_same_queue() -> None:
+def test_both_notify_tasks_are_worker_tasks_of_the_notify_queue() -> None:
     celery.loader.import_default_modules()  # the task modules, as a worker loads them
-    for task, spec in BATCHED.items():
-        assert queue_for(spec.together) == queue_for(task)
-        assert {task, spec.together} <= set(celery.tasks)
+    assert queue_for(NOTIFY_TASK) == queue_for(NOTIFY_MANY_TASK) == "notify"
+    assert {NOTIFY_TASK, NOTIFY_MANY_TASK} <= set(celery.tasks)
