@@ -34,6 +34,9 @@ RETRY_AFTER_SECONDS = 5
 GROUP_KEY = "wapipe.group_publisher"
 # Longer than the publisher's socket timeouts (connect + read): a waiter only gives up on a stuck leader.
 WAIT_SECONDS = 10.0
+# Why a job is not on the broker (the 503's message).
+NO_BROKER = "WAPIPE_REDIS_URL is not set: nothing can be enqueued"
+BROKER_DOWN = "the queue is unreachable; retry later"
 
 
 class GroupPublisher:
@@ -90,12 +93,12 @@ def publish(jobs: Iterable[Job]) -> list[bool]:
     jobs = list(jobs)
     group = _group_publisher()
     if group is None:
-        unavailable(jobs, "WAPIPE_REDIS_URL is not set: nothing can be enqueued")
+        unavailable(jobs, NO_BROKER)
     try:
         return group.publish(jobs)
     except redis.RedisError as exc:
         log.error("ingress.enqueue_failed", error_type=type(exc).__name__, jobs=len(jobs))
-        unavailable(jobs, "the queue is unreachable; retry later")
+        unavailable(jobs, BROKER_DOWN)
 
 
 def _group_publisher() -> GroupPublisher | None:

@@ -176,7 +176,7 @@ def dispatch_many(
         else:
             outcome = _not_claimed_or_later(message_id, state)
         if isinstance(outcome, RetryLater):
-            celery.send_task(TASK, kwargs={"message_id": message_id}, countdown=outcome.countdown)
+            _send_later(message_id, outcome.countdown)
             outcome = "later"
         outcomes[message_id] = outcome
     return outcomes
@@ -309,7 +309,12 @@ def _dead_letter(conn: psycopg.Connection, message_id: int, attempts: int, error
 def _enqueue_later(releases: Iterable[Release]) -> None:
     """Each message put back in the queue gets its job again, due when the message is."""
     for release in releases:
-        celery.send_task(TASK, kwargs={"message_id": release.id}, countdown=_jitter(release.delay))
+        _send_later(release.id, _jitter(release.delay))
+
+
+def _send_later(message_id: int, countdown: float) -> None:
+    """The message's own notify.send, due in ``countdown`` seconds."""
+    celery.send_task(TASK, kwargs={"message_id": message_id}, countdown=countdown)
 
 
 def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender) -> _Outcomes:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis
 from psycopg import errors as pg_errors
 
+from ingress.publishing import BROKER_DOWN, NO_BROKER
 from shared.db import outbound_api
 from shared.db.errors import DatabaseError, Unavailable
 from shared.db.outbound_api import NewOutbound, Stored
@@ -30,9 +31,6 @@ from shared.logging import get_logger
 from shared.queues import Job, Publisher, notify_jobs
 
 log = get_logger(__name__)
-
-NO_BROKER = "WAPIPE_REDIS_URL is not set: nothing can be enqueued"
-BROKER_DOWN = "the queue is unreachable; retry later"
 
 
 @dataclass(frozen=True)
