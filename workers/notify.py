@@ -581,7 +581,7 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
         return "missing"
     if record.status == messages.SENDING:
         with connection() as conn:
-            state = messages.send_state(conn, message_id)
+            state = sending.states(conn, [message_id]).get(message_id)
         return _in_flight(message_id, state.age if state else 0.0)
     if record.status != "queued":
         log.info("outbound message already handled", message_id=message_id, status=record.status)

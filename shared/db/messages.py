@@ -267,11 +267,6 @@ def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
 # --- notify's batches (workers/notify.py) ---------------------------------------------------------------
 
 # What a notify.send task needs to decide in one look: go ahead, stand back, or come back later.
-_SEND_STATE = """
-SELECT status, claimed_by, extract(epoch FROM now() - updated_at)::float AS age,
-       extract(epoch FROM send_after - now())::float AS due_in
-FROM messages WHERE id = %(id)s AND direction = 'out'
-"""
 # Claims whose worker died mid-call: the outcome at the provider is unknown (see workers/notify.py).
 _ABANDONED = f"""
 WITH done AS (
@@ -315,12 +310,6 @@ class Release:
     tried: bool  # the provider was called (and failed transiently); False for a pacing wait
     code: str | None = None
     text: str | None = None
-
-
-def send_state(conn: psycopg.Connection, message_id: int) -> SendState | None:
-    with wrap_errors():
-        row = conn.execute(_SEND_STATE, {"id": message_id}).fetchone()
-    return SendState(**row) if row else None
 
 
 def fail_abandoned(
