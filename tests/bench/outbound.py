@@ -44,6 +44,7 @@ from tests.bench.harness import (
     wait_until,
 )
 from tests.bench.pipeline import ACCOUNT_SID, BUSINESS_NUMBER, Stack, fake_records, reset_fake
+from tests.fakes.twilio_api import busiest_second
 
 MODULE = "tests.bench.outbound"
 API_KEY = "bench-" + secrets.token_hex(8)
@@ -137,14 +138,6 @@ async def bare_client(stack: Stack, count: int, concurrency: int = 256) -> float
         return count / (time.monotonic() - started)
 
 
-def max_per_second(times: list[float]) -> int:
-    """The most sends within any one-second window."""
-    ordered = sorted(times)
-    return max(
-        (bisect.bisect_right(ordered, at + 1.0) - index for index, at in enumerate(ordered)), default=0
-    )
-
-
 def run_once(stack: Stack, phones: list[str], time_limit: float) -> dict[str, Any]:
     reset_fake(stack)
     started = time.time()
@@ -175,7 +168,7 @@ def run_once(stack: Stack, phones: list[str], time_limit: float) -> dict[str, An
         "send_rate": len(times) / span if span and span > 0 else float("nan"),
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
-        "max_per_second": max_per_second([at for _, at in every]),
+        "max_per_second": busiest_second(at for _, at in every),
         "complete": len(times) == len(phones),
         "sent_twice": len(every) - len(arrived),
     }

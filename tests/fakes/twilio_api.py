@@ -18,8 +18,10 @@ i.e. what Twilio would really have sent. Use it as a context manager, or call :m
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,6 +47,9 @@ class Received:
     status: int  # what the fake answered
     sid: str | None = None  # the created message's sid, for 201 answers
     fields: dict[str, list[str]] = field(default_factory=dict)
+    # time.monotonic() when its connection came in (tests/fakes/http_server.py Incoming.arrived): what a
+    # provider's rate limiter would count.
+    arrived: float = 0.0
 
     @property
     def media_urls(self) -> list[str]:
@@ -59,6 +64,12 @@ class Received:
         """``ContentVariables`` parsed: Twilio requires a JSON string (error 21656 otherwise)."""
         raw = self.form.get("ContentVariables")
         return json.loads(raw) if raw is not None else None
+
+
+def busiest_second(times: Iterable[float]) -> int:
+    """The most requests in any closed one-second window [t, t + 1]: what pacing is judged by."""
+    ordered = sorted(times)
+    return max((bisect.bisect_right(ordered, at + 1.0) - i for i, at in enumerate(ordered)), default=0)
 
 
 def twilio_error(status: int, code: int | None = None, message: str = "") -> dict[str, Any]:
@@ -115,14 +126,23 @@ class FakeTwilioAPI(FakeServer):
         with self._lock:
             return list(self.received)
 
+    def arrival_times(self, statuses: Iterable[int] | None = None) -> list[float]:
+        """When each request (answered with one of ``statuses``, default any) arrived, in order."""
+        wanted = set(statuses) if statuses is not None else None
+        return sorted(r.arrived for r in self.requests() if wanted is None or r.status in wanted)
+
     # --- the HTTP side ------------------------------------------------------------------------------
 
     def answer(self, request: Incoming) -> Reply:
         headers = request.lower_headers()
-        status, body, extra = self._handle(request.method, request.path, headers, request.raw)
+        status, body, extra = self._handle(
+            request.method, request.path, headers, request.raw, request.arrived
+        )
         return json_reply(status, body, extra)
 
-    def _handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict, dict]:
+    def _handle(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes, arrived: float = 0.0
+    ) -> tuple[int, dict, dict]:
         fields = parse_qs(raw.decode("utf-8"))
         form = {key: values[-1] for key, values in fields.items()}
         expected_path = f"/2010-04-01/Accounts/{self.account_sid}/Messages.json"
@@ -136,7 +156,7 @@ class FakeTwilioAPI(FakeServer):
                 answer = Scripted(201, self._message(form, len(fields.get("MediaUrl", []))))
         with self._lock:
             self.received.append(
-                Received(method, path, headers, form, answer.status, answer.body.get("sid"), fields)
+                Received(method, path, headers, form, answer.status, answer.body.get("sid"), fields, arrived)
             )
         return answer.status, answer.body, answer.headers
 

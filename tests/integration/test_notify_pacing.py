@@ -5,11 +5,8 @@ error is never retried."""
 
 from __future__ import annotations
 
-import bisect
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from urllib.parse import parse_qs
 
 import psycopg
 import pytest
@@ -18,43 +15,21 @@ from shared.db import outbound_api
 from shared.db.outbound_api import NewOutbound
 from shared.db.pool import connection
 from shared.queues import Job, Publisher
-from tests.fakes.http_server import Incoming, Reply
-from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.fakes.twilio_api import FakeTwilioAPI, busiest_second
 
 RATE = 50
 WORKERS = 2
 
 
-class TimedTwilioAPI(FakeTwilioAPI):
-    """The fake Twilio API, also noting when each request arrived (its connection came in)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrivals: list[tuple[float, str, int]] = []  # (time.monotonic(), To, status answered)
-        self._arrivals_lock = threading.Lock()
-
-    def answer(self, request: Incoming) -> Reply:
-        reply = super().answer(request)
-        to = parse_qs(request.raw.decode("utf-8")).get("To", [""])[-1]
-        with self._arrivals_lock:
-            self.arrivals.append((request.arrived, to, reply.status))
-        return reply
-
-    def times(self) -> list[float]:
-        with self._arrivals_lock:
-            return sorted(at for at, _, _ in self.arrivals)
-
-
 @pytest.fixture
-def fake() -> Iterator[TimedTwilioAPI]:
-    with TimedTwilioAPI() as api:
+def fake() -> Iterator[FakeTwilioAPI]:
+    with FakeTwilioAPI() as api:
         yield api
 
 
-def busiest_second(times: list[float]) -> int:
-    """The most requests in any closed one-second window [t, t + 1]."""
-    ordered = sorted(times)
-    return max((bisect.bisect_right(ordered, at + 1.0) - i for i, at in enumerate(ordered)), default=0)
+def arrivals(fake: FakeTwilioAPI) -> list[tuple[float, str, int]]:
+    """(when it arrived, To, status answered) per request."""
+    return [(r.arrived, r.form.get("To", ""), r.status) for r in fake.requests()]
 
 
 def queue_messages(redis_url: str, count: int, prefix: str = "+1415") -> list[int]:
@@ -112,7 +87,7 @@ def test_two_workers_never_exceed_the_rate_in_any_second_and_send_each_message_o
     assert len(created) == 500
     assert len({request.form["To"] for request in created}) == 500  # each recipient once
     assert len(fake.requests()) == 500  # nothing refused, nothing retried
-    assert busiest_second(fake.times()) <= RATE
+    assert busiest_second(fake.arrival_times()) <= RATE
     events = db.execute(
         "SELECT count(*) AS n FROM message_events WHERE status = 'sent' AND message_id = ANY(%s)", (ids,)
     ).fetchone()
@@ -131,17 +106,19 @@ def test_retry_after_stops_every_send_from_the_number_until_it_passes(
 
     assert Counter(row["status"] for row in rows) == {"sent": 80}
     assert len({request.form["To"] for request in fake.created()}) == 80
-    [(throttled_at, throttled_to, _)] = [a for a in fake.arrivals if a[2] == 429]
+    [(throttled_at, throttled_to, _)] = [a for a in arrivals(fake) if a[2] == 429]
     # Sends already on their way when the 429 was answered (slots are booked at most 50 ms ahead) may
     # still arrive just after it; after that, nothing until Retry-After has passed.
     in_flight = 0.25
-    too_soon = [at for at in fake.times() if throttled_at + in_flight < at < throttled_at + retry_after]
+    too_soon = [
+        at for at in fake.arrival_times() if throttled_at + in_flight < at < throttled_at + retry_after
+    ]
     assert too_soon == []
     # The throttled message itself was sent again, once, no sooner.
-    retried = [at for at, to, status in fake.arrivals if to == throttled_to and status == 201]
+    retried = [at for at, to, status in arrivals(fake) if to == throttled_to and status == 201]
     assert len(retried) == 1
     assert retried[0] >= throttled_at + retry_after
-    assert busiest_second(fake.times()) <= RATE
+    assert busiest_second(fake.arrival_times()) <= RATE
 
 
 def test_a_permanent_error_fails_the_message_once_and_is_never_retried(
@@ -156,8 +133,8 @@ def test_a_permanent_error_fails_the_message_once_and_is_never_retried(
     [failed] = [row for row in rows if row["status"] == "failed"]
     assert (failed["error_code"], failed["attempts"]) == ("21211", 1)
     assert sum(row["status"] == "sent" for row in rows) == 9
-    refused_to = [a[1] for a in fake.arrivals if a[2] == 400]
+    refused_to = [a[1] for a in arrivals(fake) if a[2] == 400]
     # Every notify.send job has run (the queue is empty) and the refused recipient was asked once only.
     wait_for(lambda: redis_client.llen("notify") == 0, what="the notify queue to drain")
-    assert [a[1] for a in fake.arrivals].count(refused_to[0]) == 1
+    assert [a[1] for a in arrivals(fake)].count(refused_to[0]) == 1
     assert len(fake.requests()) == 10

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 import psycopg
 import redis
@@ -29,7 +28,7 @@ from shared.providers.twilio.signature import sign
 from shared.queues import QUEUES
 from shared.settings import load_settings
 from tests.fakes.http_server import Incoming, Reply
-from tests.fakes.twilio_api import WHATSAPP_NUMBER, FakeTwilioAPI, Scripted, twilio_error
+from tests.fakes.twilio_api import WHATSAPP_NUMBER, FakeTwilioAPI, Scripted, busiest_second, twilio_error
 
 PUBLIC_URL = "https://hooks.example.com"
 WEBHOOK_PATH = "/webhooks/twilio"
@@ -112,7 +111,7 @@ class Ingress:
 
 @dataclass(frozen=True)
 class Arrival:
-    at: float  # time.monotonic() when the request arrived (its connection was accepted)
+    at: float  # time.monotonic() when the request arrived (its connection came in)
     status: int  # what the fake answered
     to: str
     body: str
@@ -126,7 +125,6 @@ class ChaosTwilioAPI(FakeTwilioAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.arrivals: list[Arrival] = []
         self.outage: Callable[[], Scripted | None] = lambda: None
 
     def answer(self, request: Incoming) -> Reply:
@@ -134,33 +132,22 @@ class ChaosTwilioAPI(FakeTwilioAPI):
         if scripted is not None:
             with self._lock:
                 self._script.appendleft(scripted)
-        reply = super().answer(request)
-        form = {key: values[-1] for key, values in parse_qs(request.raw.decode("utf-8")).items()}
-        # Stamped when the connection came in, not after the answer was made: under a loaded CPU this
-        # process may run a backlog of requests at once, and stamps taken then would bunch them.
-        arrival = Arrival(request.arrived, reply.status, form.get("To", ""), form.get("Body", ""))
-        with self._lock:
-            self.arrivals.append(arrival)
-        return reply
+        return super().answer(request)
+
+    @property
+    def arrivals(self) -> list[Arrival]:
+        return [
+            Arrival(r.arrived, r.status, r.form.get("To", ""), r.form.get("Body", ""))
+            for r in self.requests()
+        ]
 
     def replies_per_recipient(self) -> collections.Counter[str]:
         """How many messages the fake accepted (201) per recipient E.164 number."""
-        with self._lock:
-            return collections.Counter(
-                a.to.removeprefix("whatsapp:") for a in self.arrivals if a.status == 201
-            )
+        return collections.Counter(a.to.removeprefix("whatsapp:") for a in self.arrivals if a.status == 201)
 
     def max_per_second(self, statuses: Iterable[int] | None = None) -> int:
         """The most requests (with these statuses, default all) inside any one-second window."""
-        wanted = set(statuses) if statuses is not None else None
-        with self._lock:
-            times = sorted(a.at for a in self.arrivals if wanted is None or a.status in wanted)
-        best, start = 0, 0
-        for end, at in enumerate(times):
-            while at - times[start] >= 1.0:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return busiest_second(self.arrival_times(statuses))
 
 
 def outage_error(status: int, retry_after: float | None = None) -> Scripted:
@@ -213,8 +200,7 @@ def assert_exactly_one_reply_each(fake: ChaosTwilioAPI, database_url: str, numbe
     assert not missing, f"{len(missing)} messages got no reply, e.g. {missing[:5]}"
     assert not doubled, f"{len(doubled)} recipients got more than one reply: {list(doubled.items())[:5]}"
     assert not strangers, f"replies to numbers that wrote nothing: {sorted(strangers)[:5]}"
-    with fake._lock:
-        bodies = {a.body for a in fake.arrivals if a.status == 201}
+    bodies = {a.body for a in fake.arrivals if a.status == 201}
     assert bodies == {HELP_TEXT}
 
     rows = reply_rows(database_url)
