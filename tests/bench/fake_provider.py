@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 
 from shared.providers.twilio.signature import HEADER, sign
+from tests.fakes.twilio_api import message_resource
 
 
 class Fake:
@@ -56,27 +57,7 @@ class Fake:
             task = asyncio.create_task(self.status_callback(callback, sid, to))
             self.pending.add(task)
             task.add_done_callback(self.pending.discard)
-        body = {
-            "sid": sid,
-            "account_sid": self.account_sid,
-            "from": form.get("From"),
-            "to": to,
-            "body": form.get("Body"),
-            "status": "queued",
-            "num_segments": "1",
-            "num_media": "0",
-            "direction": "outbound-api",
-            "api_version": "2010-04-01",
-            "price": None,
-            "error_code": None,
-            "error_message": None,
-            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
-            "date_created": None,
-            "date_sent": None,
-            "date_updated": None,
-            "messaging_service_sid": None,
-            "subresource_uris": {},
-        }
+        body = message_resource(self.account_sid, sid, form)
         return web.json_response(body, status=201)
 
     async def status_callback(self, url: str, sid: str, to: str) -> None:

@@ -21,7 +21,7 @@ import base64
 import bisect
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -80,6 +80,33 @@ def twilio_error(status: int, code: int | None = None, message: str = "") -> dic
         "message": message or f"fake error {code}",
         "more_info": f"https://www.twilio.com/docs/errors/{code}",
         "status": status,
+    }
+
+
+def message_resource(
+    account_sid: str, sid: str, form: Mapping[str, Any], num_media: int = 0
+) -> dict[str, Any]:
+    """The Message resource Twilio answers a create with (201), for the form that created it."""
+    return {
+        "sid": sid,
+        "account_sid": account_sid,
+        "from": form.get("From"),
+        "to": form.get("To"),
+        "body": form.get("Body"),
+        "status": "queued",
+        "num_segments": "1",
+        "num_media": str(num_media),
+        "direction": "outbound-api",
+        "api_version": "2010-04-01",
+        "price": None,
+        "error_code": None,
+        "error_message": None,
+        "uri": f"/2010-04-01/Accounts/{account_sid}/Messages/{sid}.json",
+        "date_created": None,
+        "date_sent": None,
+        "date_updated": None,
+        "messaging_service_sid": None,
+        "subresource_uris": {},
     }
 
 
@@ -170,25 +197,4 @@ class FakeTwilioAPI(FakeServer):
         return user == self.account_sid and password == self.auth_token
 
     def _message(self, form: dict[str, str], num_media: int = 0) -> dict[str, Any]:
-        sid = "SM" + uuid.uuid4().hex
-        return {
-            "sid": sid,
-            "account_sid": self.account_sid,
-            "from": form.get("From"),
-            "to": form.get("To"),
-            "body": form.get("Body"),
-            "status": "queued",
-            "num_segments": "1",
-            "num_media": str(num_media),
-            "direction": "outbound-api",
-            "api_version": "2010-04-01",
-            "price": None,
-            "error_code": None,
-            "error_message": None,
-            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
-            "date_created": None,
-            "date_sent": None,
-            "date_updated": None,
-            "messaging_service_sid": None,
-            "subresource_uris": {},
-        }
+        return message_resource(self.account_sid, "SM" + uuid.uuid4().hex, form, num_media)

@@ -27,7 +27,7 @@ from shared.db import links, users
 from shared.providers.twilio.signature import sign
 from shared.queues import QUEUES
 from shared.settings import load_settings
-from tests.fakes.http_server import Incoming, Reply
+from tests.fakes.http_server import Incoming, Reply, retry_after_header
 from tests.fakes.twilio_api import WHATSAPP_NUMBER, FakeTwilioAPI, Scripted, busiest_second, twilio_error
 
 PUBLIC_URL = "https://hooks.example.com"
@@ -151,8 +151,7 @@ class ChaosTwilioAPI(FakeTwilioAPI):
 
 
 def outage_error(status: int, retry_after: float | None = None) -> Scripted:
-    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
-    return Scripted(status, twilio_error(status), headers)
+    return Scripted(status, twilio_error(status), retry_after_header(retry_after))
 
 
 # The concurrent-script race in ChaosTwilioAPI._handle (another request popping our scripted answer) is
