@@ -45,13 +45,20 @@ Sending twice is the harm we guard hardest against (a doubled WhatsApp message c
 delivery toward the provider is at-most-once when the outcome is unknown:
 
 - Two claimers never get one row: the claim moves it out of ``queued`` under a row lock.
+- The claim marks every row it takes as unsent (``unsent_claim``, its transaction id). Each booking
+  round clears the marks of its sends in one conditional statement (:func:`shared.db.sending.calling`)
+  before any of them goes to the provider, so a row still marked is proof it never reached it.
 - A worker killed during its batch leaves rows ``sending`` with ``claimed_by`` = its task's message.
   That task is redelivered (``acks_late``, ``reject_on_worker_lost``), finds its own message still
-  ``sending`` and waits out the lease (far longer than a batch can take), then fails every row its claim
-  left behind with ``outcome_unknown`` and files dead letters: neither Twilio nor Meta accepts an
-  idempotency key on send, so an operator checks the provider's log and replays with
-  ``wapipe dlq replay``. ``notify.sweep`` (meant for beat, every minute) does the same for any claim
-  past the lease, and re-enqueues queued messages whose job was lost.
+  ``sending`` and waits out the lease (far longer than a batch can take), then settles every row its
+  claim left behind: a row still marked unsent goes back to the queue with its attempt given back and a
+  new job (usually most of a batch: the sends waiting for their pacing slots); any other fails with
+  ``outcome_unknown`` and becomes a dead letter: neither Twilio nor Meta accepts an idempotency key on
+  send, so an operator checks the provider's log and replays with ``wapipe dlq replay``. That is at
+  most the sends booked in the last ``PACING_HORIZON_SECONDS`` and those awaiting the provider's answer.
+  ``notify.sweep`` (meant for beat, every minute) does the same for any claim past the lease, and
+  re-enqueues queued messages whose job was lost. Should a worker outlive its lease after all, the
+  statement that clears the marks finds its rows taken back and it withdraws those sends.
 """
 
 from __future__ import annotations
@@ -295,6 +302,12 @@ def _settle(outcomes: _Outcomes) -> None:
                 _dead_letter(conn, message_id, attempts, str(error))
 
 
+def _calling(sends: list[_Send]) -> set[int]:
+    """Of these sends, the ids their claims still hold, now marked as put to the provider."""
+    with autocommit_connection() as conn:
+        return sending.calling(conn, [(send.record.id, send.record.unsent_claim or 0) for send in sends])
+
+
 def _dead_letter(conn: psycopg.Connection, message_id: int, attempts: int, error: str) -> None:
     dead_letters.add(
         conn,
@@ -348,7 +361,7 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
                 outcomes.sent.append((send.record.id, result.provider, result.provider_message_id))
             elif isinstance(result, Release):
                 outcomes.released.append(result)
-            else:
+            elif isinstance(result, SendError):
                 outcomes.after_error(send.record, result)
     if outcomes.sent:
         log.info("messages sent", count=len(outcomes.sent), batch=len(batch))
@@ -375,7 +388,21 @@ class _Send:
     message: OutboundMessage
     pace_key: str  # the sender number whose bucket paces it
     queued_at: float = 0.0
-    done: asyncio.Future[SendResult | SendError | Release] | None = None
+    done: asyncio.Future[_Result] | None = None
+    # Its claim's unsent mark is cleared (sending.calling): from here on a dead worker leaves it unknown.
+    calling: bool = False
+
+    def __post_init__(self) -> None:
+        self.calling = self.record.unsent_claim is None  # no mark to clear: nothing proves it unsent
+
+
+class _Withdrawn:
+    """A send its claim no longer holds (a sweep put the message back in the queue): not sent, and not
+    settled by this batch either."""
+
+
+WITHDRAWN = _Withdrawn()
+_Result = SendResult | SendError | Release | _Withdrawn
 
 
 class _Pacer:
@@ -398,7 +425,7 @@ class _Pacer:
         self._blocked_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def send_all(self, sends: list[_Send], sender: Sender) -> list[SendResult | SendError | Release]:
+    async def send_all(self, sends: list[_Send], sender: Sender) -> list[_Result]:
         running = asyncio.get_running_loop()
         for send in sends:
             send.done = running.create_future()
@@ -435,6 +462,9 @@ class _Pacer:
                 taken = [queue.popleft() for _ in range(min(len(queue), self._per_round))]
                 if not taken:
                     break
+                taken = await self._still_held(taken)
+                if not taken:
+                    continue
                 # The slots are offsets from the moment Redis ran the call, which is known only to lie
                 # between these two readings: each send goes out at the latest reading plus its offset
                 # (never before its slot) and is booked again if that is over LATE_SLOT_SECONDS past the
@@ -474,6 +504,21 @@ class _Pacer:
                 self._running.add(key)
                 self._spawn(self._book(key, sender))
 
+    async def _still_held(self, taken: list[_Send]) -> list[_Send]:
+        """Clear the unsent mark of the sends about to be booked for the first time, before any of them can
+        go to the provider; a send whose claim a sweep took back is withdrawn."""
+        first = [send for send in taken if not send.calling]
+        if not first:
+            return taken
+        held = await asyncio.to_thread(_calling, first)
+        for send in first:
+            if send.record.id in held:
+                send.calling = True
+            else:
+                log.warning("send withdrawn: its claim was taken back", message_id=send.record.id)
+                self._resolve(send, WITHDRAWN)
+        return [send for send in taken if send.calling]
+
     def _give_up_waiting(self, queue: deque[_Send], now: float) -> None:
         while queue and now - queue[0].queued_at > MAX_PACING_WAIT_SECONDS:
             self._resolve(queue.popleft(), Release(0, _jitter(1.0), False, "pacing"))
@@ -508,7 +553,7 @@ class _Pacer:
         self._resolve(send, result)
 
     @staticmethod
-    def _resolve(send: _Send, result: SendResult | SendError | Release) -> None:
+    def _resolve(send: _Send, result: _Result) -> None:
         if isinstance(result, Release):
             result = Release(send.record.id, result.delay, False, result.code)
         if send.done is not None and not send.done.done():
@@ -533,36 +578,43 @@ def _in_flight(message_id: int, age: float) -> str:
     redelivery after the worker running it died. Past the lease, settle what that claim left behind."""
     if age < SEND_LEASE_SECONDS:
         raise RetryLater(SEND_LEASE_SECONDS - age + 1, "another delivery is sending it")
-    dead = fail_abandoned(claimer=message_id)
-    return "dead" if message_id in dead else "skipped"
+    abandoned = settle_abandoned(claimer=message_id)
+    if message_id in abandoned.returned:
+        return "returned"
+    return "dead" if message_id in (i for i, _ in abandoned.failed) else "skipped"
 
 
-def fail_abandoned(claimer: int | None = None) -> list[int]:
-    """Fail (``outcome_unknown``) and dead-letter the claims past the lease: ``claimer``'s, or all."""
+def settle_abandoned(claimer: int | None = None) -> messages.Abandoned:
+    """Settle the claims past the lease (``claimer``'s, or all): what they never put to the provider goes
+    back to the queue with its job; the rest fails (``outcome_unknown``) and is dead-lettered."""
     with transaction() as conn:
-        abandoned = messages.fail_abandoned(
+        abandoned = messages.settle_abandoned(
             conn,
             lease_seconds=SEND_LEASE_SECONDS,
             code=OUTCOME_UNKNOWN,
             text=OUTCOME_UNKNOWN_TEXT,
             claimer=claimer,
         )
-        for message_id, attempts in abandoned:
+        for message_id, attempts in abandoned.failed:
             _dead_letter(conn, message_id, attempts, f"{OUTCOME_UNKNOWN}: {OUTCOME_UNKNOWN_TEXT}")
-    for message_id, _ in abandoned:
+    for message_id, _ in abandoned.failed:
         log.error("send outcome unknown; dead-lettered", message_id=message_id)
-    return [message_id for message_id, _ in abandoned]
+    if abandoned.returned:
+        log.warning("claims a stopped worker never sent are queued again", count=len(abandoned.returned))
+        # Committed first: should this publish fail, notify.sweep finds them overdue and enqueues them.
+        get_publisher().publish(notify_jobs(abandoned.returned))
+    return abandoned
 
 
 def sweep() -> dict[str, int]:
     """Settle claims past the lease, and give overdue queued messages their job again."""
-    abandoned = fail_abandoned()
+    abandoned = settle_abandoned()
     with connection() as conn:
         overdue = messages.overdue_queued(conn, grace_seconds=OVERDUE_SECONDS)
     if overdue:
         get_publisher().publish(notify_jobs(overdue))
         log.warning("re-enqueued overdue outbound messages", count=len(overdue))
-    return {"abandoned": len(abandoned), "requeued": len(overdue)}
+    return {"abandoned": len(abandoned.failed), "returned": len(abandoned.returned), "requeued": len(overdue)}
 
 
 # --- one message, synchronously ----------------------------------------------------------------------

@@ -155,7 +155,7 @@ OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number, c.last_inbound_at, m.send_after, m.claimed_by
+v.business_number, c.last_inbound_at, m.send_after, m.claimed_by, m.unsent_claim
 """
 _GET_OUTBOUND = f"""
 SELECT {OUTBOUND_COLUMNS}
@@ -169,7 +169,7 @@ WHERE m.id = %(id)s AND m.direction = 'out'
 _CLAIM = f"""
 WITH claimed AS (
     UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
-        claimed_by = id, send_after = NULL
+        claimed_by = id, send_after = NULL, unsent_claim = NULL
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
     RETURNING *
 )
@@ -220,6 +220,8 @@ class OutboundRecord:
     last_inbound_at: datetime | None  # the contact's, for WhatsApp's 24-hour window (shared/policy.py)
     send_after: datetime | None = None  # not before (backoff, pacing): batch claims skip it until then
     claimed_by: int | None = None  # whose notify.send task made the current 'sending' claim
+    # The batch claim holding it, while its send is not yet booked for the provider call (0008's comment).
+    unsent_claim: int | None = None
 
 
 def _outbound(row: dict[str, Any]) -> OutboundRecord:
@@ -266,12 +268,23 @@ def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
 
 # --- notify's batches (workers/notify.py) ---------------------------------------------------------------
 
-# What a notify.send task needs to decide in one look: go ahead, stand back, or come back later.
-# Claims whose worker died mid-call: the outcome at the provider is unknown (see workers/notify.py).
+# Claims past the lease (their worker died): a message its batch never booked for the provider call
+# (unsent_claim still set) goes back to the queue with its attempt given back; any other may have reached
+# the provider and fails as outcome unknown. The two UPDATEs see the same snapshot and split its rows by
+# unsent_claim. A booking that clears unsent_claim meanwhile is serialised with them by the row lock: the
+# return re-checks the row and leaves it, so either the return wins and the booking finds nothing to clear
+# (and does not send), or the booking wins and the row stays 'sending' for the next sweep to fail.
 _ABANDONED = f"""
-WITH done AS (
+WITH returned AS (
+    UPDATE messages SET status = 'queued', attempts = GREATEST(attempts - 1, 0), unsent_claim = NULL,
+        updated_at = now()
+    WHERE status = '{SENDING}' AND direction = 'out' AND unsent_claim IS NOT NULL
+      AND updated_at < now() - make_interval(secs => %(lease)s)
+      AND (%(claimer)s::bigint IS NULL OR claimed_by = %(claimer)s::bigint OR id = %(claimer)s::bigint)
+    RETURNING id
+), done AS (
     UPDATE messages SET status = 'failed', error_code = %(code)s, error_message = %(text)s, updated_at = now()
-    WHERE status = '{SENDING}' AND direction = 'out'
+    WHERE status = '{SENDING}' AND direction = 'out' AND unsent_claim IS NULL
       AND updated_at < now() - make_interval(secs => %(lease)s)
       AND (%(claimer)s::bigint IS NULL OR claimed_by = %(claimer)s::bigint OR id = %(claimer)s::bigint)
     RETURNING id, attempts
@@ -279,7 +292,9 @@ WITH done AS (
     INSERT INTO message_events (message_id, status, error_code, detail)
     SELECT id, 'failed', %(code)s, %(text)s FROM done
 )
-SELECT id, attempts FROM done ORDER BY id
+SELECT id, attempts, false AS unsent FROM done
+UNION ALL SELECT id, NULL, true FROM returned
+ORDER BY id
 """  # noqa: S608 - constant statuses, no input
 # Queued messages well past due: their notify.send job was lost (a worker died between a commit and the
 # publish that followed it). Re-enqueueing one that still has a job is harmless: the claim sends once.
@@ -312,15 +327,27 @@ class Release:
     text: str | None = None
 
 
-def fail_abandoned(
+@dataclass(frozen=True)
+class Abandoned:
+    """What :func:`settle_abandoned` did with the claims past the lease."""
+
+    returned: list[int]  # never put to the provider: queued again (each needs its notify.send job)
+    failed: list[tuple[int, int]]  # (id, attempts): may have reached the provider, failed as unknown
+
+
+def settle_abandoned(
     conn: psycopg.Connection, *, lease_seconds: float, code: str, text: str, claimer: int | None = None
-) -> list[tuple[int, int]]:
-    """Fail the 'sending' claims older than the lease (only ``claimer``'s when given); (id, attempts)."""
+) -> Abandoned:
+    """Settle the 'sending' claims older than the lease (only ``claimer``'s when given): back to the queue
+    when provably never sent, failed with ``code`` otherwise."""
     with wrap_errors():
         rows = conn.execute(
             _ABANDONED, {"lease": lease_seconds, "code": code, "text": text, "claimer": claimer}
         ).fetchall()
-    return [(row["id"], row["attempts"]) for row in rows]
+    return Abandoned(
+        returned=[row["id"] for row in rows if row["unsent"]],
+        failed=[(row["id"], row["attempts"]) for row in rows if not row["unsent"]],
+    )
 
 
 def overdue_queued(conn: psycopg.Connection, *, grace_seconds: float, limit: int = 1000) -> list[int]:

@@ -9,6 +9,8 @@ ping when the connection sat idle, see shared/db/pool.py).
 - :func:`claim`: claim the task's own message and up to ``more`` other due queued ones, and in the same
   statement say where the own message stood when it could not be claimed (sent, in another batch, not
   due yet, missing).
+- :func:`calling`: the sends of a booking are about to be put to the provider (proof, until then, that a
+  claim left by a dead worker never reached it).
 - :func:`settle`: a batch's outcomes (sent, failed, back to the queue) and their timeline events.
 - :func:`apply_status`: a delivery receipt's forward-only move and its timeline event.
 
@@ -47,7 +49,7 @@ WITH own_state AS (
     FROM messages WHERE id = %(id)s AND direction = 'out'
 ), own AS (
     UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
-        claimed_by = id, send_after = NULL
+        claimed_by = id, send_after = NULL, unsent_claim = txid_current()
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
       AND (send_after IS NULL OR send_after <= now())
     RETURNING *
@@ -60,7 +62,7 @@ WITH own_state AS (
     FOR UPDATE SKIP LOCKED
 ), others AS (
     UPDATE messages m SET status = '{SENDING}', attempts = m.attempts + 1, updated_at = now(),
-        claimed_by = %(id)s, send_after = NULL
+        claimed_by = %(id)s, send_after = NULL, unsent_claim = txid_current()
     FROM picked WHERE m.id = picked.id
     RETURNING m.*
 ), claimed AS (
@@ -120,6 +122,29 @@ def _state(row: Mapping[str, Any]) -> SendState:
 def _record(row: dict[str, object]) -> OutboundRecord:
     fields = {key: value for key, value in row.items() if key not in _STATE_COLUMNS}
     return OutboundRecord(**{**fields, "payload": fields["payload"] or {}})  # type: ignore[arg-type]
+
+
+# --- notify's provider calls -----------------------------------------------------------------------------
+
+# Before a booking's sends go to the provider: clear their claims' unsent mark, but only where the claim
+# still holds the row (a sweep that found the worker past its lease may have put it back in the queue;
+# then the row is no longer this claim's to send).
+_CALLING = f"""
+UPDATE messages m SET unsent_claim = NULL
+FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[]) AS v(id, claim)
+WHERE m.id = v.id AND m.unsent_claim = v.claim AND m.status = '{SENDING}'
+RETURNING m.id
+"""  # noqa: S608 - constant status, no input
+
+
+def calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int]]) -> set[int]:
+    """These (message id, claim) sends are about to be put to the provider: from now on their outcome is
+    unknown should the worker die. The ids whose claim still held them; send only those."""
+    with wrap_errors():
+        rows = conn.execute(
+            _CALLING, {"ids": [c[0] for c in claims], "claims": [c[1] for c in claims]}
+        ).fetchall()
+    return {row["id"] for row in rows}
 
 
 # --- notify's outcomes ---------------------------------------------------------------------------------

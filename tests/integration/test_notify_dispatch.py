@@ -152,6 +152,84 @@ def test_a_claim_left_by_a_dead_worker_is_dead_lettered_past_the_lease(db, redis
     assert sent_count(db) == 0
 
 
+def notify_jobs_in_redis(redis_client) -> list[tuple[str, dict]]:
+    envelopes = map(json.loads, redis_client.lrange("notify", 0, -1))
+    return [
+        (envelope["headers"]["task"], json.loads(base64.b64decode(envelope["body"]))[1])
+        for envelope in envelopes
+    ]
+
+
+def past_the_lease(db) -> None:
+    db.execute(
+        "UPDATE messages SET updated_at = now() - make_interval(secs => %s) WHERE status = 'sending'",
+        (notify.SEND_LEASE_SECONDS + 5,),
+    )
+
+
+def test_a_dead_workers_sends_that_never_reached_the_provider_go_back_to_the_queue(db, redis_client) -> None:
+    own, booked, *waiting = replies(4)
+    # A worker claimed all four, booked one for its provider call, and died with the rest waiting.
+    with autocommit_connection() as conn:
+        batch = sending.claim(conn, own, 10).batch
+        claims = {record.id: record.unsent_claim for record in batch}
+        assert sending.calling(conn, [(booked, claims[booked])]) == {booked}
+    assert len(batch) == 4
+    assert None not in claims.values()
+    past_the_lease(db)
+    redis_client.delete("notify")
+
+    assert dispatch(own, sender=ConsoleSender(redis_client)) == "returned"
+
+    for message_id in (own, *waiting):
+        row = message(db, message_id)
+        assert (row["status"], row["attempts"], row["unsent_claim"]) == ("queued", 0, None)
+    row = message(db, booked)
+    assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
+    letters = db.execute("SELECT message_id FROM dead_letters").fetchall()
+    assert [letter["message_id"] for letter in letters] == [booked]
+    # Their job is published again, and they are then sent once each.
+    assert notify_jobs_in_redis(redis_client) == [("notify.send_many", {"message_ids": [own, *waiting]})]
+    assert dispatch_many([own, *waiting], sender=ConsoleSender(redis_client))[own] == "sent"
+    assert [message(db, i)["status"] for i in (own, *waiting)] == ["sent"] * 3
+    assert sent_count(db) == 3
+
+
+def test_the_sweep_returns_unsent_claims_and_fails_the_rest(db, redis_client) -> None:
+    first, second, alone = replies(3)
+    with autocommit_connection() as conn:
+        [record, _] = sending.claim(conn, first, 1).batch
+        sending.calling(conn, [(record.id, record.unsent_claim)])
+    # The single-message path claims and calls at once: nothing proves its claim unsent.
+    notify.messages.claim_for_sending(db, alone)
+    past_the_lease(db)
+
+    assert notify.sweep() == {"abandoned": 2, "returned": 1, "requeued": 0}
+
+    assert [message(db, i)["status"] for i in (first, second, alone)] == ["failed", "queued", "failed"]
+
+
+def test_a_worker_past_its_lease_withdraws_the_sends_taken_back_from_it(db, redis_client) -> None:
+    own, other = replies(2)
+    with autocommit_connection() as conn:
+        batch = sending.claim(conn, own, 1).batch
+    past_the_lease(db)
+    assert notify.sweep()["returned"] == 2
+    redis_client.delete("notify")
+    # The worker was only stalled: it now goes on with the batch it claimed, and must send none of it
+    # (the rows are queued again, another claim may hold them by now), nor settle any.
+    with autocommit_connection() as conn:
+        assert sending.calling(conn, [(r.id, r.unsent_claim) for r in batch]) == set()
+        sending.claim(conn, other, 0)  # another task's claim has the other one now
+    sender = ConsoleSender(redis_client)
+
+    outcomes = notify._send_batch(batch, load_settings(), sender)
+
+    assert (outcomes.sent, outcomes.released, outcomes.failed) == ([], [], [])
+    assert sent_count(db) == 0
+    assert (message(db, own)["status"], message(db, other)["status"]) == ("queued", "sending")
+
+
 def test_settle_records_every_kind_of_outcome_in_one_statement(db, redis_client) -> None:
     sent, failed, retried, paced, elsewhere = replies(5)
     db.execute("UPDATE messages SET status = 'sending', attempts = 1 WHERE direction = 'out'")
