@@ -27,6 +27,13 @@ from prometheus_client import (
 
 bp = Blueprint("metrics", __name__)
 
+# Every label value is a new series kept for the life of the process (and of its file in the multiprocess
+# directory), so a label may only take values from a fixed set: gunicorn passes on any method token a
+# client invents, and each one would otherwise become another histogram.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED = "unmatched"  # no route (404) or a route without this method (405): URLs are not labels
+
 WEBHOOKS = Counter(
     "wapipe_webhooks_received",
     "Webhook requests by provider, kind (message, status, unknown) and outcome "
@@ -50,7 +57,8 @@ ENQUEUE_FAILURES = Counter(
 )
 REQUEST_LATENCY = Histogram(
     "wapipe_http_request_duration_seconds",
-    "Time from request start to response, by Flask endpoint and method.",
+    "Time from request start to response, by Flask endpoint (unmatched for 404/405) and method "
+    "(other for a non-standard one).",
     ["endpoint", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
@@ -73,9 +81,8 @@ def _start_timer() -> None:
 def _observe(response: Response) -> Response:
     started = g.get("wapipe_started")
     if started is not None:
-        REQUEST_LATENCY.labels(request.endpoint or "unmatched", request.method).observe(
-            time.perf_counter() - started
-        )
+        method = request.method if request.method in STANDARD_METHODS else OTHER_METHOD
+        REQUEST_LATENCY.labels(request.endpoint or UNMATCHED, method).observe(time.perf_counter() - started)
     return response
 
 

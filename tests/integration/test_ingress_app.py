@@ -170,6 +170,28 @@ def test_metrics_expose_the_counters(redis_client: redis.Redis) -> None:
     assert re.search(r'wapipe_http_request_duration_seconds_count\{.*endpoint="twilio.receive"', text)
 
 
+def _latency_series(text: str) -> set[tuple[str, str]]:
+    """The (endpoint, method) pairs /metrics has a request-latency histogram for."""
+    series = r'wapipe_http_request_duration_seconds_count\{endpoint="([^"]*)",method="([^"]*)"\}'
+    return set(re.findall(series, text))
+
+
+def test_invented_methods_and_paths_do_not_become_new_metric_series(redis_client: redis.Redis) -> None:
+    # gunicorn hands on any method token, and every label value is a series kept for the process's
+    # life: a client inventing methods or URLs must not grow /metrics (or memory) without bound.
+    client = create_app(load_settings()).test_client()
+    for i in range(20):
+        client.open(f"/webhooks/meta/nothing-{i}", method=f"ZZ{i}")
+        client.open("/healthz", method=f"QQ{i}")
+        client.get(f"/no-such-page-{i}")
+    series = _latency_series(client.get("/metrics").get_data(as_text=True))
+    methods = {method for _endpoint, method in series}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert ("unmatched", "other") in series
+    assert ("unmatched", "GET") in series
+    assert not any("nothing" in endpoint or "no-such" in endpoint for endpoint, _method in series)
+
+
 @pytest.fixture
 def gunicorn_server(tmp_path: Path) -> Iterator[str]:
     """The ingress under real gunicorn with 2 workers and this repo's gunicorn_conf."""
