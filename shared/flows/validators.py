@@ -66,12 +66,18 @@ def _fmt(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
+_CHOICE_DIGITS = 3  # no menu has a thousand choices
+
+
 def match_choice(labels: list[str], answer: Answer, id_of: list[str]) -> int | None:
     """The 0-based index the answer picks: a tapped id, the number, or the label (any case)."""
     if answer.reply_id and answer.reply_id in id_of:
         return id_of.index(answer.reply_id)
     text = answer.clean
-    if text.isdigit() and 1 <= int(text) <= len(labels):
+    # isdecimal, not isdigit: "²" and "①" are digits int() refuses. Any decimal digits convert ("٢" from an
+    # Arabic keyboard is 2), but only a short run: int() refuses more than 4,300 of them. Either would
+    # escape as a ValueError and fail the step, instead of the re-prompt any wrong choice gets.
+    if text.isdecimal() and len(text) <= _CHOICE_DIGITS and 1 <= int(text) <= len(labels):
         return int(text) - 1
     folded = text.casefold()
     for index, label in enumerate(labels):
@@ -101,7 +107,10 @@ def validate(step: Step, answer: Answer) -> str | int | float:
     return stripped
 
 
-_NUMBER = re.compile(r"^[+-]?\d+(?:[.,]\d+)?$")
+# At most 15 digits each side of the point, which no real answer needs: a longer number would lose its
+# last digits as a float, or become inf, which JSON (the flow's record) cannot hold. \d is any decimal
+# digit ("٣" from an Arabic keyboard), which float() converts.
+_NUMBER = re.compile(r"^[+-]?\d{1,15}(?:[.,]\d{1,15})?$")
 
 
 def _number(step: Step, text: str) -> int | float:

@@ -32,6 +32,18 @@ def test_choice_rejects_with_the_allowed_options(text: str) -> None:
     assert "3. High" in caught.value.message
 
 
+@pytest.mark.parametrize("text", ["²", "³", "①", "1" * 4301, "0" * 5000 + "1"])
+def test_odd_digits_are_a_wrong_choice_not_a_crash(text: str) -> None:
+    # "²" is a long press of 2 on a phone keyboard: str.isdigit() takes it, int() does not.
+    with pytest.raises(Invalid, match="1 to 3"):
+        validate(CHOICE, Answer(text))
+
+
+def test_a_choice_typed_with_native_digits_is_that_choice() -> None:
+    assert validate(CHOICE, Answer("٢")) == "Medium"  # Arabic-Indic 2
+    assert validate(CHOICE, Answer("３")) == "High"  # full-width 3
+
+
 def test_a_tapped_id_of_another_step_is_not_a_choice() -> None:
     with pytest.raises(Invalid):
         validate(CHOICE, Answer("", "defect_type:1"))
@@ -51,6 +63,16 @@ def test_number_range() -> None:
             validate(QTY, Answer(bad))
     decimal = Step(name="kg", prompt="?", kind="number", min=0.5, max=2, integer=False)
     assert validate(decimal, Answer("1,5")) == 1.5
+
+
+@pytest.mark.parametrize("text", ["9" * 400, "1" * 16, "1." + "5" * 16, "²"])
+def test_an_absurdly_long_number_is_refused_not_stored_as_inf(text: str) -> None:
+    # Unbounded, "9" * 400 became float("inf"), which the flow's JSON record cannot hold.
+    unbounded = Step(name="kg", prompt="?", kind="number", integer=False)
+    with pytest.raises(Invalid, match="Please send a number"):
+        validate(unbounded, Answer(text))
+    assert validate(unbounded, Answer("9" * 15)) == 999_999_999_999_999
+    assert validate(unbounded, Answer("١٢")) == 12  # Arabic-Indic digits
 
 
 def test_free_text_length_limit() -> None:
