@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.logging import get_logger
 from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate
@@ -42,35 +42,54 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
 
-class KapsoBlock(_Model):
-    """``message.kapso``: Kapso's own view of the message."""
+class _Lenient(_Model):
+    """A block whose optional fields fall back to their default when Kapso sends another shape.
+
+    Kapso documents several ``message.kapso`` fields loosely (``content`` may be the whole interactive
+    payload, an object) and may change others: a field we read only to help must not cost the message
+    beside it, which is acked with a 200 and never redelivered. The raw item is kept either way.
+    """
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _default_when_malformed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            field = cls.model_fields[info.field_name or ""]
+            if field.is_required():
+                raise
+            return field.get_default(call_default_factory=True)
+
+
+class KapsoBlock(_Lenient):
+    """``message.kapso``: Kapso's own view of the message. Only what we read is modelled: everything
+    else (status, processing_status, origin, has_media, content, transcript, media_data...) may be any
+    JSON and stays in the raw item."""
 
     direction: str | None = None
-    status: str | None = None
-    processing_status: str | None = None
-    origin: str | None = None
-    has_media: bool | None = None
-    content: str | None = None
-    transcript: Any = None
     media_url: str | None = None
-    media_data: dict[str, Any] | None = None
     contact_name: str | None = None
-    statuses: list[dict[str, Any]] = Field(default_factory=list)
+    statuses: list[Any] = Field(default_factory=list)  # each a Meta status object; others are skipped
     error: Any = None
 
 
-class KapsoMessage(_Model):
-    id: str
+class KapsoMessage(_Lenient):
+    """The fields of ``message`` the status path reads (inbound messages go through the Meta parser)."""
+
+    id: str = Field(min_length=1)  # the wamid: what makes a redelivery one effect, so never empty
     from_: str | None = Field(default=None, alias="from")
     from_user_id: str | None = None
     to: str | None = None
     timestamp: str | int | None = None
     type: str | None = None
-    errors: list[MetaError] = Field(default_factory=list)
+    errors: list[Any] = Field(default_factory=list)  # Meta error objects; malformed ones are skipped
     kapso: KapsoBlock | None = None
 
 
-class Conversation(_Model):
+class Conversation(_Lenient):
+    # The conversation block only adds who the sender is; a malformed field must not cost the message
+    # beside it (the message's own from/wa_id still identify the sender, and the raw item is kept).
     id: str | None = None
     phone_number: str | None = None
     phone_number_id: str | None = None
@@ -80,23 +99,13 @@ class Conversation(_Model):
     contact_name: str | None = None
 
 
-class Payload(_Model):
-    """One event's payload (one item of a batch's ``data``)."""
+class Payload(_Lenient):
+    """One event's payload (one item of a batch's ``data``). ``is_new_conversation`` and the rest are not
+    read, so they may be anything."""
 
     message: dict[str, Any] | None = None
     conversation: Conversation | None = None
     phone_number_id: str | None = None
-    is_new_conversation: bool | None = None
-
-    @field_validator("conversation", mode="wrap")
-    @classmethod
-    def _lenient_conversation(cls, value: Any, handler: Any) -> Conversation | None:
-        # The conversation block only adds who the sender is; a malformed one must not cost the message
-        # beside it (the message's own from/wa_id still identify the sender, and the raw item is kept).
-        try:
-            return handler(value)
-        except ValidationError:
-            return None
 
 
 @dataclass
@@ -143,9 +152,17 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
         return
     try:
         payload = Payload.model_validate(item)
-        message = KapsoMessage.model_validate(payload.message or {})
     except ValidationError as exc:
         log.warning("kapso.payload_malformed", kapso_event=event, errors=exc.error_count())
+        parsed.skipped += 1
+        return
+    raw_message = payload.message or {}
+    try:
+        message = KapsoMessage.model_validate(raw_message)
+    except ValidationError:
+        # Only a missing or empty id gets here (every other field falls back): nothing to dedupe or
+        # store it by, as on the Meta path.
+        log.warning("kapso.message_without_id", kapso_event=event)
         parsed.skipped += 1
         return
     conversation = payload.conversation or Conversation()
@@ -160,8 +177,9 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
         if block.direction not in (None, "inbound"):
             parsed.ignored += 1  # an echo of our own outbound message
             return
+        # A message whose fields do not have the shapes we expect still becomes an unknown event here.
         inbound = inbound_from_message(
-            payload.message or {},
+            raw_message,
             business,
             (),
             Provider.kapso,
@@ -198,14 +216,12 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
 
 def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str | None]:
     """The error of a failed message: Meta's own errors[], from the message or its latest status."""
-    errors = list(message.errors)
+    errors = _meta_errors(message.errors)
     for status in reversed(block.statuses):
+        if not isinstance(status, Mapping):
+            continue
         if delivery_status(_str(status.get("status"))) is DeliveryStatus.failed:
-            for raw in status.get("errors") or []:
-                try:
-                    errors.append(MetaError.model_validate(raw))
-                except ValidationError:
-                    continue
+            errors += _meta_errors(status.get("errors") or [])
             break
     if errors:
         first = errors[0]
@@ -216,6 +232,17 @@ def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str 
     if isinstance(block.error, str):
         return None, block.error
     return None, None
+
+
+def _meta_errors(raw: list[Any]) -> list[MetaError]:
+    """The well-formed Meta error objects of an ``errors`` list; a malformed one is skipped, not fatal."""
+    errors = []
+    for item in raw:
+        try:
+            errors.append(MetaError.model_validate(item))
+        except ValidationError:
+            continue
+    return errors
 
 
 def _str(raw: Any) -> str | None:

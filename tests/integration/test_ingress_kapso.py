@@ -166,3 +166,19 @@ def test_a_delivery_that_got_503_is_processed_on_retry(redis_client: redis.Redis
     up = create_app(load_settings(kapso_webhook_secret=SECRET)).test_client()
     assert post(up, body, "whatsapp.message.received", idempotency_key="r").status_code == 200
     assert len(queued(redis_client, "inbound")) == 1
+
+
+def test_a_button_tap_whose_kapso_content_is_an_object_is_enqueued(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    # Kapso documents message.kapso.content as possibly the whole interactive payload: the tap a menu
+    # flow waits for must not be acked with a 200 and dropped.
+    body = json.loads(raw("message_received"))
+    tap = {"type": "button_reply", "button_reply": {"id": "opt_1", "title": "Sí"}}
+    body["message"].update(type="interactive", interactive=tap)
+    body["message"]["kapso"]["content"] = tap
+    del body["message"]["text"]
+    response = post(client, json.dumps(body).encode(), "whatsapp.message.received")
+    assert response.status_code == 200
+    [event] = queued(redis_client, "inbound")
+    assert (event["type"], event["reply"]["id"]) == ("interactive", "opt_1")

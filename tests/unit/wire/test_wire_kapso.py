@@ -125,3 +125,73 @@ def test_a_malformed_conversation_block_does_not_cost_the_message() -> None:
     assert message.text == "Hola, ¿cómo va mi pedido?"
     assert message.sender_phone == "+573103055424"  # the message's own sender still identifies them
     assert message.raw["conversation"]["phone_number"] == {"bad": True}  # kept as received
+
+
+def _button_tap() -> dict[str, Any]:
+    body = load("message_received")
+    tap = {"type": "button_reply", "button_reply": {"id": "opt_1", "title": "Sí"}}
+    body["message"].update(type="interactive", interactive=tap)
+    del body["message"]["text"]
+    return body
+
+
+def test_a_kapso_content_object_does_not_cost_the_button_tap() -> None:
+    # Kapso documents message.kapso.content as possibly the whole interactive payload, an object.
+    body = _button_tap()
+    body["message"]["kapso"]["content"] = body["message"]["interactive"]
+    [message] = parse_delivery(body, "whatsapp.message.received").messages
+    assert message.type is MessageType.interactive
+    assert message.reply is not None
+    assert message.reply.id == "opt_1"
+    assert message.raw["message"]["kapso"]["content"]["button_reply"]["id"] == "opt_1"
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value"),
+    [
+        ("kapso", "has_media", "maybe"),
+        ("kapso", "media_data", ["not", "an", "object"]),
+        ("kapso", "statuses", "none yet"),
+        ("kapso", "direction", {"odd": True}),
+        ("message", "kapso", "not an object"),
+        ("body", "is_new_conversation", "maybe"),
+        ("body", "conversation", ["not", "an", "object"]),
+    ],
+)
+def test_fields_we_do_not_need_may_have_any_shape(where: str, key: str, value: Any) -> None:
+    body = load("message_received")
+    target = {"body": body, "message": body["message"], "kapso": body["message"]["kapso"]}[where]
+    target[key] = value
+    parsed = parse_delivery(body, "whatsapp.message.received")
+    [message] = parsed.messages
+    assert (parsed.skipped, message.text) == (0, "Hola, ¿cómo va mi pedido?")
+
+
+def test_a_message_whose_own_fields_are_malformed_is_kept_as_unknown_not_dropped() -> None:
+    # As on the Meta path: stored and acknowledged with its raw JSON rather than lost after a 200.
+    body = load("message_received")
+    body["message"]["from"] = 573103055424
+    body["message"]["timestamp"] = ["1761000000"]
+    parsed = parse_delivery(body, "whatsapp.message.received")
+    [message] = parsed.messages
+    assert parsed.skipped == 0
+    assert message.type is MessageType.unknown
+    assert message.business_number == BUSINESS
+    assert message.sender_phone == "+573103055424"  # from the conversation block
+    assert message.raw["message"]["from"] == 573103055424
+
+
+def test_an_empty_message_id_is_skipped() -> None:
+    body = load("message_received")
+    body["message"]["id"] = ""
+    parsed = parse_delivery(body, "whatsapp.message.received")
+    assert (parsed.messages, parsed.skipped) == ([], 1)
+
+
+def test_a_status_with_malformed_errors_keeps_the_well_formed_ones() -> None:
+    body = load("message_failed")
+    body["message"]["errors"] = [{"code": "not a number"}, "oops"]
+    body["message"]["kapso"]["statuses"].insert(0, "not a status")
+    [update] = parse_delivery(body, "whatsapp.message.failed").statuses
+    assert update.status is DeliveryStatus.failed
+    assert update.error_code == "131050"  # from the latest failed status
