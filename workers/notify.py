@@ -84,7 +84,7 @@ from shared.logging import get_logger
 from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.aio import AsyncSender, LoopThread, get_loop
-from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
+from shared.providers.base import OutboundMessage, OutcomeUnknown, Sender, SendError, SendResult
 from shared.queues import MAX_COUNTDOWN_SECONDS, NOTIFY_MANY_TASK, NOTIFY_TASK, get_publisher, notify_jobs
 from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
@@ -112,7 +112,7 @@ PACING_HORIZON_SECONDS = 0.05
 LATE_SLOT_SECONDS = PACING_MARGIN / 5
 # A claimed message that cannot get a slot this soon goes back to the queue, well inside the lease.
 MAX_PACING_WAIT_SECONDS = 30.0
-OUTCOME_UNKNOWN = "outcome_unknown"
+OUTCOME_UNKNOWN = OutcomeUnknown.CODE
 OUTCOME_UNKNOWN_TEXT = "a worker stopped during the provider call; check the provider's log before replaying"
 # Queued messages due for this long without being sent get their job again (notify.sweep).
 OVERDUE_SECONDS = 300
@@ -251,7 +251,9 @@ class _Outcomes:
     released: list[Release] = field(default_factory=list)
 
     def after_error(self, record: OutboundRecord, error: SendError) -> None:
-        if error.permanent:
+        if isinstance(error, OutcomeUnknown):  # never sent again: failed, and a dead letter to check
+            self.dead.append((record.id, record.attempts, error))
+        elif error.permanent:
             log.warning("send failed permanently", message_id=record.id, code=error.code)
             self.failed.append((record.id, error.code, error.message))
         elif record.attempts >= self.settings.send_max_attempts:
@@ -267,7 +269,7 @@ class _Outcomes:
         """Write every outcome in one transaction; this task's own message's outcome."""
         _settle(self)
         for message_id, _, error in self.dead:
-            log.error("send retries exhausted; dead-lettered", message_id=message_id, code=error.code)
+            log.error("send dead-lettered", message_id=message_id, code=error.code)
         own: str | Release = "skipped"
         if any(message_id == self.own_id for message_id, _, _ in self.sent):
             own = "sent"

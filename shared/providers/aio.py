@@ -20,15 +20,31 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 
-from shared.providers.base import OutboundMessage, SendResult
+from shared.providers.base import OutboundMessage, OutcomeUnknown, SendError, SendResult
 
 T = TypeVar("T")
 
-# A request that has not completed in this time is a transient failure (retried later).
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10.0, sock_connect=5.0)
+# A request gets a connection (from the pool, or a new one) within ``connect`` seconds, or fails before
+# anything was sent, and is retried later; one not answered within ``total`` seconds may have reached the
+# provider (:func:`transport_error`).
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=5.0)
 # Enough connections that a send never queues for one behind its pacing slot (a queued send would reach
 # the provider late, and lateness is what pacing margins pay for).
 MAX_CONNECTIONS = 1024
+
+
+def transport_error(exc: BaseException, provider: str) -> SendError:
+    """A provider call that failed without an answer, as a :class:`SendError`.
+
+    Retried later only when the request surely never left this process: no connection could be made or
+    had in time. Anything after that (a timeout while the provider had the request, a connection reset or
+    closed before the whole answer came) may have sent the message: :class:`OutcomeUnknown`.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return SendError(
+            "connection_error", f"cannot reach {provider}: {type(exc).__name__}", permanent=False
+        )
+    return OutcomeUnknown(f"{provider} may have the message, but its answer was lost ({type(exc).__name__})")
 
 
 @runtime_checkable

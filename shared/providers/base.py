@@ -142,6 +142,21 @@ class SendError(Exception):
         self.retry_after = retry_after
 
 
+class OutcomeUnknown(SendError):
+    """The request may have reached the provider, but its answer was lost: a timeout once the request was
+    on its way, a connection dropped before the answer, a 2xx without the message's id.
+
+    Neither Twilio nor Meta takes an idempotency key on send, so sending again could deliver the message
+    twice, and a doubled WhatsApp message cannot be recalled. It is never retried: notify fails it as
+    ``outcome_unknown`` with a dead letter, for an operator to check the provider's log before replaying.
+    """
+
+    CODE = "outcome_unknown"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.CODE, message, permanent=True)
+
+
 @runtime_checkable
 class Sender(Protocol):
     """An outbound provider. ``send`` makes (at most) one provider API call for one message."""

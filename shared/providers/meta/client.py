@@ -20,7 +20,8 @@ import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.logging import get_logger
-from shared.providers.base import OutboundMessage, OutboundType, SendError, SendResult
+from shared.providers.aio import transport_error
+from shared.providers.base import OutboundMessage, OutboundType, OutcomeUnknown, SendError, SendResult
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -88,12 +89,8 @@ class CloudApiSender:
                 response = httpx.Response(
                     answer.status, headers=list(answer.headers.items()), content=await answer.read()
                 )
-        except TimeoutError:
-            raise SendError("timeout", "Graph API timed out", permanent=False) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise SendError(
-                "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
-            ) from None
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise transport_error(exc, "Graph API") from None
         return self._result(message, response)
 
     def _result(self, message: OutboundMessage, response: httpx.Response) -> SendResult:
@@ -102,9 +99,8 @@ class CloudApiSender:
         try:
             wamid = response.json()["messages"][0]["id"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise SendError(
-                "bad_response", "Graph API answered without a message id", permanent=False
-            ) from None
+            # It took the request: the message may exist without our knowing its id.
+            raise OutcomeUnknown("Graph API answered without a message id") from None
         log.info("meta.sent", message_id=message.id, type=str(message.type))
         return SendResult(provider=self.name, provider_message_id=wamid)
 
@@ -140,13 +136,13 @@ class CloudApiSender:
     def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
         try:
             return self._post_once(url, body)
-        except httpx.TimeoutException as exc:
-            raise SendError(
-                "timeout", f"Graph API timed out: {type(exc).__name__}", permanent=False
-            ) from None
-        except httpx.HTTPError as exc:
+        except _CONNECT_ERRORS as exc:  # still none after the retries: nothing was sent
             raise SendError(
                 "unreachable", f"Graph API unreachable: {type(exc).__name__}", permanent=False
+            ) from None
+        except httpx.HTTPError as exc:  # a read timeout, a dropped connection: Meta may have it
+            raise OutcomeUnknown(
+                f"Graph API may have the message, but its answer was lost ({type(exc).__name__})"
             ) from None
 
 

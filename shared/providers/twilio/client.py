@@ -56,6 +56,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import requests
+import urllib3
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential_jitter
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -64,10 +65,12 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from shared.logging import get_logger
+from shared.providers.aio import transport_error
 from shared.providers.base import (
     Media,
     OutboundMessage,
     OutboundType,
+    OutcomeUnknown,
     SendError,
     SendResult,
     Template,
@@ -199,18 +202,16 @@ class TwilioSender:
             ) as response:
                 status, text = response.status, await response.text()
                 retry_after = _seconds(response.headers.get("Retry-After"))
-        except TimeoutError as exc:
-            raise SendError("timeout", "Twilio did not answer in time", permanent=False) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise SendError("connection_error", f"cannot reach Twilio: {exc!r}", permanent=False) from exc
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise transport_error(exc, "Twilio") from exc
         try:
             body = json.loads(text) if text else {}
         except ValueError:
             body = {}
         if status in (200, 201) and isinstance(body, dict) and body.get("sid"):
             return SendResult(provider=self.name, provider_message_id=str(body["sid"]), status="sent")
-        if status < 400:
-            raise SendError("bad_response", f"Twilio answered {status} without a sid", permanent=False)
+        if status < 400:  # it took the request: the message may exist without our knowing its sid
+            raise OutcomeUnknown(f"Twilio answered {status} without a message sid")
         body = body if isinstance(body, dict) else {}
         error = _classify(status, str(body.get("code") or status), str(body.get("message") or ""))
         raise _with_retry_after(error, retry_after)
@@ -230,12 +231,14 @@ class TwilioSender:
             return self._client.messages.create(**params)
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _error(exc, self._http.last_retry_after) from exc
-        except requests.Timeout as exc:
-            raise SendError(
-                "timeout", f"Twilio did not answer in {REQUEST_TIMEOUT_SECONDS:g}s", permanent=False
+        except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+            if isinstance(exc, requests.ConnectTimeout) or _no_connection(exc):
+                raise SendError("connection_error", f"cannot reach Twilio: {exc}", permanent=False) from exc
+            raise OutcomeUnknown(f"Twilio may have the message, but its answer was lost: {exc}") from exc
+        except requests.Timeout as exc:  # read timeout: Twilio had the request
+            raise OutcomeUnknown(
+                f"Twilio did not answer in {REQUEST_TIMEOUT_SECONDS:g}s; it may have the message"
             ) from exc
-        except requests.ConnectionError as exc:
-            raise SendError("connection_error", f"cannot reach Twilio: {exc}", permanent=False) from exc
 
 
 class Unsendable(SendError):
@@ -359,6 +362,13 @@ def _with_retry_after(error: SendError, retry_after: float | None) -> SendError:
     if not error.permanent:
         error.retry_after = retry_after
     return error
+
+
+def _no_connection(exc: requests.ConnectionError) -> bool:
+    """requests' ConnectionError also covers a connection lost after the request was sent; this is only
+    the case where none was made (refused, unresolvable)."""
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _retry_now(exc: BaseException) -> bool:
