@@ -221,7 +221,7 @@ def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str 
         if not isinstance(status, Mapping):
             continue
         if delivery_status(_str(status.get("status"))) is DeliveryStatus.failed:
-            errors += _meta_errors(status.get("errors") or [])
+            errors += _meta_errors(status.get("errors"))
             break
     if errors:
         first = errors[0]
@@ -234,8 +234,11 @@ def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str 
     return None, None
 
 
-def _meta_errors(raw: list[Any]) -> list[MetaError]:
-    """The well-formed Meta error objects of an ``errors`` list; a malformed one is skipped, not fatal."""
+def _meta_errors(raw: Any) -> list[MetaError]:
+    """The well-formed Meta error objects of an ``errors`` list; a malformed one, or an ``errors`` that is
+    not a list at all, is skipped: the failure itself still counts, and a 500 would only make Kapso retry."""
+    if not isinstance(raw, list):
+        return []
     errors = []
     for item in raw:
         try:

@@ -182,3 +182,14 @@ def test_a_button_tap_whose_kapso_content_is_an_object_is_enqueued(
     assert response.status_code == 200
     [event] = queued(redis_client, "inbound")
     assert (event["type"], event["reply"]["id"]) == ("interactive", "opt_1")
+
+
+def test_a_failed_status_whose_errors_are_not_a_list_is_a_200_not_a_500(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = json.loads(raw("message_failed"))
+    body["message"]["kapso"]["statuses"][-1]["errors"] = 5
+    response = post(client, json.dumps(body).encode(), "whatsapp.message.failed")
+    assert response.status_code == 200
+    [event] = queued(redis_client, "status")
+    assert event["status"] == "failed"

@@ -195,3 +195,13 @@ def test_a_status_with_malformed_errors_keeps_the_well_formed_ones() -> None:
     [update] = parse_delivery(body, "whatsapp.message.failed").statuses
     assert update.status is DeliveryStatus.failed
     assert update.error_code == "131050"  # from the latest failed status
+
+
+@pytest.mark.parametrize("errors", [5, "rate limited", {"code": 131050}, None])
+def test_a_failed_status_whose_errors_are_not_a_list_is_still_a_failure(errors: Any) -> None:
+    body = load("message_failed")
+    for status in body["message"]["kapso"]["statuses"]:
+        status["errors"] = errors
+    [update] = parse_delivery(body, "whatsapp.message.failed").statuses
+    assert update.status is DeliveryStatus.failed
+    assert update.error_code is None
