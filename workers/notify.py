@@ -72,6 +72,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import kombu.exceptions
 import psycopg
 import redis
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -353,7 +354,7 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
             payload=record.payload,
             from_number=from_number,
         )
-        pace_key = from_number or _default_sender(settings, sender.name)
+        pace_key = _pace_key(settings, sender.name, from_number)
         to_send.append(_Send(record, message, pace_key))
     if to_send:
         loop = get_loop()
@@ -648,7 +649,7 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
         return "failed"
     from_number = record.business_number if record.conversation_provider == sender.name else None
     wait = RateLimiter(get_publisher().redis).acquire_send_slot(
-        sender=from_number or _default_sender(settings, sender.name),
+        sender=_pace_key(settings, sender.name, from_number),
         rate_per_second=settings.send_rate,
         recipient=record.phone or "",
         message_id=message_id,
@@ -686,6 +687,13 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
     return own
 
 
+def _pace_key(settings: Settings, provider: str, from_number: str | None) -> str:
+    """The number whose bucket paces a send: the one it goes out from, written one way. A Twilio number
+    may be configured as ``whatsapp:+1...`` (as Twilio's console shows it) while replies carry the
+    conversation's E.164 number; both must meet in one bucket, or that number gets twice the rate."""
+    return (from_number or _default_sender(settings, provider)).removeprefix("whatsapp:")
+
+
 def _default_sender(settings: Settings, provider: str) -> str:
     return {
         "twilio": settings.twilio_whatsapp_number,
@@ -713,7 +721,13 @@ _SEND_TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "ignore_result": True,
-    "autoretry_for": (Unavailable, psycopg.OperationalError, redis.RedisError),
+    # kombu's OperationalError: celery.send_task (a message's job for later) wraps a broker error in it.
+    "autoretry_for": (
+        Unavailable,
+        psycopg.OperationalError,
+        redis.RedisError,
+        kombu.exceptions.OperationalError,
+    ),
     "retry_backoff": 2,
     "retry_backoff_max": 300,
     "retry_jitter": True,

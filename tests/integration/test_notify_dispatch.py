@@ -9,6 +9,7 @@ import base64
 import json
 import time
 
+import kombu.exceptions
 import pytest
 
 from shared.db import sending
@@ -361,3 +362,33 @@ def test_slots_from_a_booking_whose_answer_came_back_late_are_not_used(db, redis
     db.execute("UPDATE messages SET send_after = NULL WHERE id IN (%s, %s)", (own, other))
     assert dispatch(own, sender=ConsoleSender(redis_client)) == "sent"
     assert sent_count(db) == 2
+
+
+def test_a_twilio_number_written_with_its_prefix_paces_replies_and_api_messages_in_one_bucket() -> None:
+    settings = load_settings(
+        provider="twilio",
+        twilio_account_sid="AC" + "0" * 32,
+        twilio_auth_token="token",
+        twilio_whatsapp_number="whatsapp:+14155238886",
+    )
+
+    api_message = notify._pace_key(settings, "twilio", None)
+    reply = notify._pace_key(settings, "twilio", "+14155238886")
+
+    assert api_message == reply == "+14155238886"
+
+
+def test_a_broker_error_while_scheduling_a_later_send_retries_the_task(db, redis_client, monkeypatch) -> None:
+    not_due, due = replies(2)
+    db.execute("UPDATE messages SET send_after = now() + interval '30 seconds' WHERE id = %s", (not_due,))
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:6379")
+
+    monkeypatch.setattr(notify.celery, "send_task", broker_down)
+    with pytest.raises(kombu.exceptions.OperationalError) as raised:
+        dispatch_many([not_due, due], sender=ConsoleSender(redis_client))
+
+    # The task is retried (every id looked at again), not acknowledged with the rest never looked at.
+    assert isinstance(raised.value, notify.send_many_task.autoretry_for)
+    assert isinstance(raised.value, notify.send_task.autoretry_for)
