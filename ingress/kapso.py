@@ -1,8 +1,10 @@
 """``/webhooks/kapso``: Kapso's signed v2 webhooks, single or batched.
 
-``X-Webhook-Signature`` (hex HMAC-SHA256 of the raw body) is checked first. The event name comes from
-``X-Webhook-Event``; a batch (``X-Webhook-Batch: true`` / ``{"batch": true, "data": [...]}``) fans out to
-one canonical event per item, all enqueued in one atomic publish with per-message dedupe keys.
+``X-Webhook-Signature`` (hex HMAC-SHA256 of the raw body) is checked first. The event name comes from the
+signed body when it names one (a batch's ``type``), else from the unsigned ``X-Webhook-Event``; a
+delivery naming none is a 400 (see :func:`shared.wire.kapso.parse_delivery`). A batch
+(``X-Webhook-Batch: true`` / ``{"batch": true, "data": [...]}``) fans out to one canonical event per item,
+all enqueued in one atomic publish with per-message dedupe keys.
 ``X-Idempotency-Key`` additionally marks the whole delivery as done once it is enqueued, so a redelivery
 is acknowledged without even re-parsing. Kapso wants its 200 within 10 seconds: this is a few Redis
 round trips at most.

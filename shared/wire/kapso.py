@@ -3,13 +3,16 @@
 Kapso wraps a Meta-compatible ``message`` (same ``type`` and per-type objects as the Cloud API) with a
 ``message.kapso`` block (direction, status, statuses history, content, media_url...), a ``conversation``
 (id, phone_number, phone_number_id, business_scoped_user_id, username) and a top-level
-``phone_number_id``. The event name travels in the ``X-Webhook-Event`` header; buffered deliveries
-arrive as ``{"batch": true, "data": [payload, ...]}`` with ``X-Webhook-Batch: true``.
+``phone_number_id``. The event name travels in the ``X-Webhook-Event`` header, which the signature does
+not cover, so a name in the signed body wins; buffered deliveries arrive as
+``{"type": "whatsapp.message.received", "batch": true, "data": [payload, ...]}`` with
+``X-Webhook-Batch: true``.
 Phone number, ``from``, ``to`` and ``wa_id`` may all be absent (business-scoped user ids).
 
 - https://docs.kapso.ai/docs/platform/webhooks/overview
 - https://docs.kapso.ai/docs/platform/webhooks/event-types
 - https://docs.kapso.ai/docs/platform/webhooks/security
+- https://docs.kapso.ai/docs/platform/webhooks/advanced (message buffering, the batch format)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from shared.wire.meta.status import delivery_status
 
 log = get_logger(__name__)
 
+EVENT_HEADER = "X-Webhook-Event"
 RECEIVED = "whatsapp.message.received"
 # Delivery events -> the status they report (failed carries its error in the message's statuses).
 STATUS_EVENTS: dict[str, DeliveryStatus] = {
@@ -118,8 +122,7 @@ class Parsed:
 
 def payloads(body: Mapping[str, Any], batch_header: str | None = None) -> list[Mapping[str, Any]]:
     """The individual payloads of one delivery: ``data[]`` of a batch, else the body itself."""
-    is_batch = (batch_header or "").strip().lower() == "true" or body.get("batch") is True
-    if is_batch:
+    if _is_batch(body, batch_header):
         data = body.get("data")
         if not isinstance(data, list):
             raise ValueError("a batched delivery needs a data list")
@@ -136,13 +139,36 @@ def parse_delivery(
 ) -> Parsed:
     """Every event in one Kapso delivery. ``event`` is the ``X-Webhook-Event`` header.
 
-    Raises ValueError when the body claims to be a batch but has no ``data`` list.
+    The signature covers the body only, so an event name in the body (an item's ``event``/``type``, a
+    batch's top-level ``type``) wins over the header: a captured delivery replayed with another header
+    must not turn "delivered" into "failed". The header is used only when the body names no event, and a
+    batch that names none anywhere is ``whatsapp.message.received``, the one event Kapso buffers
+    (https://docs.kapso.ai/docs/platform/webhooks/advanced).
+
+    Raises ValueError when the body claims to be a batch but has no ``data`` list, or when neither the
+    body nor the header names the event (nothing would say what the items are).
     """
     parsed = Parsed()
-    for item in payloads(body, batch_header):
-        name = event or _str(item.get("event")) or _str(item.get("type")) or ""
+    items = payloads(body, batch_header)
+    fallback = _event_name(body) or _str(event) or (RECEIVED if _is_batch(body, batch_header) else None)
+    overruled = False
+    for item in items:
+        name = _event_name(item) or fallback
+        if name is None:
+            raise ValueError(f"the event type is missing: no {EVENT_HEADER} header and none in the body")
+        overruled = overruled or (bool(event) and name != event)
         _parse_payload(item, name, parsed, region)
+    if overruled:
+        log.warning("kapso.event_header_overruled_by_body", header_event=(event or "")[:100])
     return parsed
+
+
+def _is_batch(body: Mapping[str, Any], batch_header: str | None) -> bool:
+    return (batch_header or "").strip().lower() == "true" or body.get("batch") is True
+
+
+def _event_name(payload: Mapping[str, Any]) -> str | None:
+    return _str(payload.get("event")) or _str(payload.get("type"))
 
 
 def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: str) -> None:

@@ -193,3 +193,38 @@ def test_a_failed_status_whose_errors_are_not_a_list_is_a_200_not_a_500(
     assert response.status_code == 200
     [event] = queued(redis_client, "status")
     assert event["status"] == "failed"
+
+
+def test_a_batch_without_the_event_header_is_enqueued_by_its_signed_type(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = raw("batch_received")
+    headers = {"X-Webhook-Signature": sign(SECRET, body), "X-Webhook-Batch": "true"}
+    response = client.post(URL, data=body, content_type="application/json", headers=headers)
+    assert response.status_code == 200
+    assert [e["text"] for e in queued(redis_client, "inbound")] == ["uno", "dos"]
+
+
+def test_a_replay_with_another_event_header_cannot_change_what_the_body_says(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = json.loads(raw("message_delivered"))
+    body["type"] = "whatsapp.message.delivered"
+    signed = json.dumps(body).encode()
+    assert post(client, signed, "whatsapp.message.delivered").status_code == 200
+    # The same signed body again, with the unsigned header claiming the message failed.
+    assert post(client, signed, "whatsapp.message.failed").status_code == 200
+    assert [e["status"] for e in queued(redis_client, "status")] == ["delivered"]
+
+
+def test_a_delivery_naming_no_event_is_a_400_not_a_silent_200(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = raw("message_received")
+    response = client.post(
+        URL, data=body, content_type="application/json", headers={"X-Webhook-Signature": sign(SECRET, body)}
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "malformed_payload"
+    assert "X-Webhook-Event" in response.get_json()["error"]["message"]
+    assert redis_client.llen("inbound") == 0

@@ -205,3 +205,36 @@ def test_a_failed_status_whose_errors_are_not_a_list_is_still_a_failure(errors: 
     [update] = parse_delivery(body, "whatsapp.message.failed").statuses
     assert update.status is DeliveryStatus.failed
     assert update.error_code is None
+
+
+def test_the_signed_batch_type_wins_over_the_unsigned_header() -> None:
+    # The batch's own "type" is signed; X-Webhook-Event is not.
+    parsed = parse_delivery(load("batch_received"), "whatsapp.message.failed", batch_header="true")
+    assert [m.text for m in parsed.messages] == ["uno", "dos", "uno"]
+    assert parsed.statuses == []
+
+
+def test_a_batch_without_the_header_takes_its_type_from_the_body() -> None:
+    parsed = parse_delivery(load("batch_received"), None)
+    assert len(parsed.messages) == 3
+
+
+def test_a_batch_naming_no_event_anywhere_is_received_messages() -> None:
+    # Kapso buffers whatsapp.message.received only (docs.kapso.ai/docs/platform/webhooks/advanced).
+    body = load("batch_received")
+    del body["type"]
+    assert len(parse_delivery(body, None, batch_header="true").messages) == 3
+
+
+def test_an_event_named_in_the_body_wins_over_the_header() -> None:
+    body = load("message_delivered")
+    body["type"] = "whatsapp.message.delivered"
+    [update] = parse_delivery(body, "whatsapp.message.failed").statuses
+    assert update.status is DeliveryStatus.delivered
+
+
+def test_a_single_event_named_nowhere_is_an_error() -> None:
+    with pytest.raises(ValueError, match="event type is missing"):
+        parse_delivery(load("message_received"), None)
+    with pytest.raises(ValueError, match="event type is missing"):
+        parse_delivery(load("message_received"), "")
