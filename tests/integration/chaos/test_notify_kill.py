@@ -15,7 +15,6 @@ rather than dead-lettered for an operator as a whole batch used to be.
 from __future__ import annotations
 
 import collections
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,45 +22,13 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.db import outbound_api
-from shared.db.outbound_api import NewOutbound
-from shared.queues import Publisher, notify_jobs
 from tests.fakes.twilio_api import FakeTwilioAPI
-from tests.integration.chaos.harness import phones
+from tests.integration.test_notify_pacing import queue_messages
 from workers import notify
 
 MESSAGES = 400
 SEND_RATE = 40
 KILL_AFTER = MESSAGES // 4
-
-
-def store_messages(database_url: str, redis_url: str, numbers: list[str]) -> list[int]:
-    """Contacts who wrote a minute ago (WhatsApp's window allows free text) and one queued text each,
-    published as the API publishes them: one ``notify.send_many`` per group of 20."""
-    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
-        with conn.cursor().copy("COPY contacts (phone, last_inbound_at) FROM STDIN") as copy:
-            for number in numbers:
-                copy.write_row((number, "now"))
-        stored = outbound_api.accept_many(
-            conn,
-            [
-                NewOutbound(
-                    phone=number,
-                    idempotency_key=f"api:chaos-{number}",
-                    provider="twilio",
-                    type="text",
-                    body=f"Your order for {number[-4:]} has shipped.",
-                    payload={},
-                    request_hash=hashlib.sha256(number.encode()).hexdigest(),
-                )
-                for number in numbers
-            ],
-        )
-    ids = [row.id for row in stored]
-    publisher = Publisher(redis_url)
-    for start in range(0, len(ids), 20):
-        publisher.publish(notify_jobs(ids[start : start + 20]))
-    return ids
 
 
 def time_passes(database_url: str) -> dict[str, int]:
@@ -93,11 +60,10 @@ def test_a_killed_notify_worker_sends_nothing_twice_and_loses_nothing(
     wait_for: Callable[..., Any],
 ) -> None:
     database_url, redis_url = test_servers["WAPIPE_DATABASE_URL"], test_servers["WAPIPE_REDIS_URL"]
-    numbers = phones(MESSAGES, offset=5000)
     with FakeTwilioAPI() as fake:
         env = {**fake.credentials_env(), "WAPIPE_SEND_RATE": str(SEND_RATE)}
         worker = start_worker(["notify"], concurrency=4, env=env, pool="threads")
-        store_messages(database_url, redis_url, numbers)
+        queue_messages(redis_url, MESSAGES, prefix="+1212")
         wait_for(lambda: len(fake.created()) >= KILL_AFTER, timeout=120, what=f"{KILL_AFTER} sends")
         worker.kill()
         sent_before_kill = len(fake.created())
