@@ -14,8 +14,8 @@ Two kinds of POST reach ``/webhooks/twilio``:
 
 Twilio adds parameters without notice, so unknown ones are ignored (and kept in ``raw``); an unknown
 ``MessageStatus`` becomes ``unknown`` and an unknown ``MessageType`` an ``unknown`` message, never an error.
-Only a payload that cannot be an event at all (no ``MessageSid``, no sender or business number) raises
-:class:`MalformedWebhook`, which the ingress answers with a 400.
+Only a payload that cannot be an event at all (no ``MessageSid`` in Twilio's SID format, no sender or
+business number) raises :class:`MalformedWebhook`, which the ingress answers with a 400.
 """
 
 from __future__ import annotations
@@ -66,6 +66,15 @@ _MEDIA_KINDS: tuple[tuple[str, MessageType], ...] = (
 )
 
 
+# A Message SID: SM (or MM for media) and 32 hex digits, the form Twilio itself validates
+# (https://www.twilio.com/docs/api/errors/90001, https://www.twilio.com/docs/glossary/what-is-a-sid).
+# Enforced because Twilio signs ``key1value1key2value2...`` with no separator: in a captured request
+# ``MessageSid`` is followed by ``MessageType`` (or ``MessageStatus``), so without a fixed shape a replay
+# with ``MessageSid=SM...MessageTypetext`` and no MessageType verifies yet names a new message, and slips
+# past the per-message dedupe. A well-formed SID cannot absorb a neighbouring key's letters.
+MESSAGE_SID_PATTERN = r"^(SM|MM)[0-9a-fA-F]{32}$"
+
+
 class MalformedWebhook(ValueError):
     """The payload cannot be a Twilio message or status callback; the message says what is missing."""
 
@@ -77,7 +86,7 @@ class _Model(BaseModel):
 class TwilioInbound(_Model):
     """The fields of an inbound WhatsApp message webhook that we use."""
 
-    message_sid: str = Field(alias="MessageSid", min_length=1)
+    message_sid: str = Field(alias="MessageSid", pattern=MESSAGE_SID_PATTERN)
     from_: str = Field(alias="From", min_length=1)
     to: str = Field(alias="To", min_length=1)
     account_sid: str | None = Field(default=None, alias="AccountSid")
@@ -100,7 +109,9 @@ class TwilioInbound(_Model):
 class TwilioStatus(_Model):
     """The fields of a status callback that we use."""
 
-    message_sid: str = Field(alias="MessageSid", min_length=1)
+    message_sid: str = Field(alias="MessageSid", pattern=MESSAGE_SID_PATTERN)
+    # Not read, but the same message's id under its older name: one that is not a SID is not Twilio.
+    sms_sid: str | None = Field(default=None, alias="SmsSid", pattern=MESSAGE_SID_PATTERN)
     message_status: str = Field(alias="MessageStatus", min_length=1)
     to: str | None = Field(default=None, alias="To")
     error_code: str | None = Field(default=None, alias="ErrorCode")

@@ -6,7 +6,7 @@ import base64
 import json
 import socket
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import redis
@@ -176,6 +176,29 @@ def test_malformed_payload_is_400_and_nothing_enqueued(
     assert response.get_json()["error"]["code"] == "malformed_payload"
     assert "MessageSid" in response.get_json()["error"]["message"]
     assert redis_client.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "next_key", "queue"),
+    [("inbound_text.txt", "MessageType", "inbound"), ("status_delivered.txt", "MessageStatus", "status")],
+)
+def test_a_replay_with_the_sid_boundary_shifted_is_400_and_not_a_second_job(
+    client: FlaskClient, redis_client: redis.Redis, name: str, next_key: str, queue: str
+) -> None:
+    raw = body(name)
+    signature = signed_headers(raw)
+    assert post(client, raw, signature).status_code == 200
+    # Twilio signs key1value1key2value2... unseparated: folding the next key into MessageSid keeps the
+    # signed string, so the original signature verifies, but the SID would be new and pass the dedupe.
+    params = dict(parse_qsl(raw, keep_blank_values=True))
+    params["MessageSid"] += next_key + params.pop(next_key)
+    forged = urlencode(params)
+    assert signed_headers(forged) == signature
+    response = post(client, forged, signature)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "malformed_payload"
+    assert "MessageSid" in response.get_json()["error"]["message"]
+    assert redis_client.llen(queue) == 1
 
 
 def test_json_body_signed_with_body_sha256(client: FlaskClient, redis_client: redis.Redis) -> None:

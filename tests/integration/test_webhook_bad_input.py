@@ -28,6 +28,7 @@ from tests.integration.webhook_signing import (
     forged,
     kapso_body,
     meta_body,
+    provider_message_id,
     queue_lengths,
     queued,
     settings,
@@ -148,7 +149,7 @@ def test_bad_body_is_a_4xx_json_error_and_nothing_is_enqueued(
     response = valid(app, provider, f"after-{case}").send(client)
     assert response.status_code == 200, response.get_data()
     assert [job["event"]["provider_message_id"] for job in queued(redis_client, "inbound")] == [
-        f"after-{case}"
+        provider_message_id(provider, f"after-{case}")
     ]
 
 

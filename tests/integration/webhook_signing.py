@@ -8,7 +8,9 @@ headers that provider would send for a body, using the production signing code, 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from shared.providers.kapso import signature as kapso_signature
 from shared.providers.meta import signature as meta_signature
 from shared.providers.twilio import signature as twilio_signature
 from shared.settings import Settings, load_settings
+from shared.wire.twilio import MESSAGE_SID_PATTERN
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 PUBLIC_URL = "https://hooks.example.com"
@@ -125,14 +128,32 @@ def unsigned(request: Request) -> Request:
 # --- valid payloads ---------------------------------------------------------------------------------
 
 
+def twilio_sid(message_id: str) -> str:
+    """``message_id`` as a Twilio Message SID (SM + 32 hex), which the ingress requires: unchanged when it
+    already is one, else derived from it, so tests can keep naming messages readably. A short id is
+    spelled in hex, so SIDs sort as their ids do; a longer one is hashed."""
+    if re.fullmatch(MESSAGE_SID_PATTERN, message_id):
+        return message_id
+    raw = message_id.encode()
+    if len(raw) <= 16:
+        return "SM" + raw.hex().ljust(32, "0")
+    return "SM" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def provider_message_id(provider: str, message_id: str) -> str:
+    """The id the event of :func:`valid` ``(app, provider, message_id)`` carries."""
+    return twilio_sid(message_id) if provider == "twilio" else message_id
+
+
 def twilio_form(
     message_id: str, text: str = "hello", phone: str = "+15551234567", profile: str = "Ana"
 ) -> bytes:
     form = dict(parse_qsl((DATA / "twilio" / "inbound_text.txt").read_text(), keep_blank_values=True))
+    sid = twilio_sid(message_id)
     form.update(
-        MessageSid=message_id,
-        SmsSid=message_id,
-        SmsMessageSid=message_id,
+        MessageSid=sid,
+        SmsSid=sid,
+        SmsMessageSid=sid,
         Body=text,
         ProfileName=profile,
         From=f"whatsapp:{phone}",

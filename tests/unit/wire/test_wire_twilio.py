@@ -97,6 +97,44 @@ def test_missing_message_sid_is_malformed() -> None:
         parse(load("malformed_no_sid.txt"))
 
 
+def _shifted(params: dict[str, str], next_key: str) -> dict[str, str]:
+    """``params`` with the key after MessageSid folded into its value: the same string Twilio signs."""
+    shifted = dict(params)
+    shifted["MessageSid"] += next_key + shifted.pop(next_key)
+    return shifted
+
+
+@pytest.mark.parametrize(
+    ("name", "next_key"), [("inbound_text.txt", "MessageType"), ("status_delivered.txt", "MessageStatus")]
+)
+def test_a_message_sid_with_a_neighbouring_key_folded_in_is_malformed(name: str, next_key: str) -> None:
+    # Twilio signs key1value1key2value2... with no separator, so this forgery verifies: the SID's fixed
+    # shape is what stops it from naming a new message.
+    with pytest.raises(MalformedWebhook, match="MessageSid"):
+        parse(_shifted(load(name), next_key))
+
+
+@pytest.mark.parametrize(
+    "sid",
+    ["SM1", "", "SMforged" + "0" * 26, "XX" + "0" * 32, "SM" + "0" * 33, "sm" + "0" * 32, "SM" + "g" * 32],
+)
+@pytest.mark.parametrize("name", ["inbound_text.txt", "status_failed.txt"])
+def test_a_message_sid_not_in_twilios_format_is_malformed(name: str, sid: str) -> None:
+    with pytest.raises(MalformedWebhook, match="MessageSid"):
+        parse(load(name) | {"MessageSid": sid})
+
+
+def test_a_status_callback_whose_sms_sid_is_not_a_sid_is_malformed() -> None:
+    with pytest.raises(MalformedWebhook, match="SmsSid"):
+        parse(load("status_read.txt") | {"SmsSid": "SM44445555666677778888999900001111MessageStatusread"})
+
+
+@pytest.mark.parametrize("sid", ["MM" + "ab" * 16, "SM" + "AB" * 16])
+def test_media_and_upper_case_sids_are_accepted(sid: str) -> None:
+    # Twilio's own check: ^(SM|MM)[0-9a-fA-F]{32}$ (https://www.twilio.com/docs/api/errors/90001).
+    assert parse(load("inbound_text.txt") | {"MessageSid": sid}).provider_message_id == sid
+
+
 @pytest.mark.parametrize("field", ["From", "To"])
 def test_unusable_phone_is_malformed(field: str) -> None:
     params = load("inbound_text.txt") | {field: "whatsapp:not-a-number", "WaId": ""}
