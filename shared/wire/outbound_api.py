@@ -51,22 +51,30 @@ TEMPLATE_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Za-z]{2,4})?$")
 CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text and jsonb cannot hold U+0000 (JSON lets a body carry it as \u0000): refused here as a
-    # 422 naming the field, not a 500 when the message is stored.
+def _storable(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold U+0000, and UTF-8 cannot encode a lone surrogate half; JSON
+    # lets a body carry either (\u0000, \ud800). Refused here as a 422 naming the field, not a 500 when
+    # the request is hashed or the message stored.
     if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain the NUL character (\\u0000)")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PydanticCustomError(
+                "lone_surrogate", "must be valid Unicode text (it contains a lone surrogate such as \\ud800)"
+            ) from None
     return value
 
 
-NoNul = AfterValidator(_no_nul)
+Storable = AfterValidator(_storable)
 
 
 def _text(limit: int, *, what: str = "text") -> Any:
     """A non-blank string of at most ``limit`` characters, with an error that says both numbers."""
 
     def check(value: str) -> str:
-        _no_nul(value)
+        _storable(value)
         if not value.strip():
             raise PydanticCustomError("blank", f"{what} must not be blank")
         if len(value) > limit:
@@ -81,7 +89,7 @@ def _text(limit: int, *, what: str = "text") -> Any:
 
 
 def _https(value: str) -> str:
-    _no_nul(value)
+    _storable(value)
     if not value.startswith("https://") or len(value) <= len("https://"):
         raise PydanticCustomError("https_only", "must be an https:// URL WhatsApp can fetch")
     if len(value) > URL_MAX:
@@ -91,6 +99,7 @@ def _https(value: str) -> str:
 
 def _emoji(value: str) -> str:
     # One emoji, possibly a ZWJ sequence with modifiers: short, and no letters, digits or spaces.
+    _storable(value)
     if not value or len(value) > 16 or any(ch.isascii() for ch in value):
         raise PydanticCustomError("not_emoji", "must be a single emoji")
     return value
@@ -186,7 +195,7 @@ def _unique(values: list[str], where: str, what: str) -> None:
 
 
 def _variable(value: str) -> str:
-    _no_nul(value)
+    _storable(value)
     if not value.strip():
         raise PydanticCustomError("blank", "template variables must not be blank (WhatsApp refuses them)")
     if len(value) > TEXT_MAX:
@@ -240,7 +249,9 @@ class SendRequest(_Strict):
     interactive: InteractiveIn | None = None
     template: TemplateIn | None = None
     reaction: ReactionIn | None = None
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=IDEMPOTENCY_KEY_MAX), NoNul] | None = None
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=IDEMPOTENCY_KEY_MAX), Storable] | None = (
+        None
+    )
 
     @model_validator(mode="before")
     @classmethod

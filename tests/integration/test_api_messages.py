@@ -293,6 +293,15 @@ REFUSED = [
         "NUL character",
     ),
     ({"type": "text", "text": "hi", "idempotency_key": "k\u0000"}, "idempotency_key", "NUL character"),
+    # Nor can UTF-8 encode a lone surrogate half (JSON's "\ud800"): a 422, not a 500 when it is hashed.
+    ({"type": "text", "text": "\ud800"}, "text", "lone surrogate"),
+    ({"type": "image", "media": {"url": "https://a.example/\udfff.jpg"}}, "media.url", "lone surrogate"),
+    (
+        {"type": "template", "template": {"name": "t", "language": "es", "variables": ["x\ud800"]}},
+        "template.variables[0]",
+        "lone surrogate",
+    ),
+    ({"type": "reaction", "reaction": {"message_id": "w", "emoji": "\ud83d"}}, "reaction.emoji", "surrogate"),
 ]
 
 
@@ -467,6 +476,24 @@ def test_legacy_notify_keeps_its_shapes(client: FlaskClient, db, redis_client) -
         "error": {"code": "validation_error", "message": "message: required", "field": "message"},
     }
     assert len(stored(db)) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "field"),
+    [
+        ("/api/v1/messages", b'{"to": "+573103055424", "type": "text", "text": "\\ud800"}', "text"),
+        ("/api/whatsapp/notify", b'{"to": "+573103055424", "message": "\\udfff x"}', "message"),
+    ],
+)
+def test_a_lone_surrogate_sent_as_a_json_escape_is_a_422_naming_the_field(
+    client: FlaskClient, db, path: str, raw: bytes, field: str
+) -> None:
+    response = client.post(path, data=raw, content_type="application/json", headers=AUTH)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert (error["field"], error["code"]) == (field, "validation_error")
+    assert "lone surrogate" in error["message"]
+    assert stored(db) == []
 
 
 def test_a_broker_outage_is_a_503_and_the_message_is_reported_not_stuck(db, redis_client) -> None:
