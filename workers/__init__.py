@@ -45,27 +45,40 @@ STAGE_MODULES = (
 celery.conf.imports = STAGE_MODULES
 
 
+# Retries while PostgreSQL or Redis is unreachable (a failover, a restart), for the webhook events and the
+# handler stages alike: countdowns of 2, 4, 8 ... s, capped at 300 s, each drawn at random below its cap
+# (full jitter), so 20 retries last up to about 68 minutes, 34 expected. An outage of a few minutes must
+# delay a provider's event or a reply, never drop it; the task that gives up after that is a dead letter
+# (workers/signals.py).
+OUTAGE_RETRIES: dict[str, Any] = {
+    "autoretry_for": (Unavailable, psycopg.OperationalError, redis.RedisError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": True,
+    "max_retries": 20,
+}
+
+
 def event_task(name: str) -> Any:
     """Register a task that takes a canonical webhook event (``inbound.route``, ``status.apply``): acked
-    late, no result, and retried for longer than a handler stage, since PostgreSQL or Redis being briefly
-    unreachable must delay a provider's event, never drop it."""
+    late, no result, retried through outages (:data:`OUTAGE_RETRIES`), and kept as a dead letter when it
+    gives up for good: the provider's event was acknowledged, so it must not vanish."""
     return celery.task(
         name=name,
         bind=True,
         acks_late=True,
         ignore_result=True,
-        autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-        retry_backoff=2,
-        retry_backoff_max=300,
-        retry_jitter=True,
-        max_retries=20,
+        dead_letter_on_failure=True,
+        **OUTAGE_RETRIES,
     )
 
 
 def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
     """Register a handler stage's task: named ``<queue>.<verb>``, acknowledged only once it has run (a
-    killed worker's task is redelivered), no result stored, retried with backoff while PostgreSQL or Redis
-    (where replies are enqueued and sessions live) is unreachable. ``options`` override any of these.
+    killed worker's task is redelivered), no result stored, retried while PostgreSQL or Redis (where replies
+    are enqueued and sessions live) is unreachable (:data:`OUTAGE_RETRIES`). ``options`` override any of
+    these. A task that gives up for good is kept as a dead letter and its sender told to try again
+    (workers/signals.py).
 
     The task's first argument is an inbound message id, and it runs only on that message's turn in its
     conversation (workers/ordering.py): earlier messages are answered first. ``ordered=False`` is for a
@@ -78,10 +91,7 @@ def stage_task(name: str, *, ordered: bool = True, **options: Any) -> Any:
         "bind": True,
         "acks_late": True,
         "ignore_result": True,
-        "autoretry_for": (Unavailable, redis.RedisError),
-        "retry_backoff": True,
-        "retry_jitter": True,
-        "max_retries": 8,
+        **OUTAGE_RETRIES,
         "base": StageTask,
     }
     register = celery.task(**(settings | options))

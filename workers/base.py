@@ -16,6 +16,11 @@ from celery.exceptions import Reject
 
 
 class WapipeTask(Task):
+    #: Kept as a dead letter (``wapipe dlq``) when it fails for good: an unexpected error, or retries
+    #: exhausted. The webhook events' tasks set it (workers/__init__.py); the handler stages' tasks
+    #: (workers.ordering.StageTask) always are, and their sender is told too (workers/signals.py).
+    dead_letter_on_failure: bool = False
+
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().retry(*args, **kwargs)

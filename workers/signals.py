@@ -1,14 +1,35 @@
-"""Per-process and per-task wiring: our logging in every worker, task ids bound to every log line."""
+"""Per-process and per-task wiring: our logging in every worker, task ids bound to every log line, and
+what a task that gives up for good leaves behind.
+
+A task fails for good on an unexpected error or once its retries are spent (workers/__init__.py,
+``OUTAGE_RETRIES``); Celery then acknowledges its message, so it is gone. A handler stage's task
+(:class:`workers.ordering.StageTask`: verify, commands, flows, ai, persist) and a webhook event's task
+(``inbound.route``, ``status.apply``) are kept as a dead letter, which ``wapipe dlq replay`` publishes again
+with the same kwargs. A handler's sender is also told, once, to try again: the apology is the message's
+reply under its usual key (shared/replies.py), so it is not sent when the reply already exists, and a
+replayed handler finds the key taken and sends nothing more. The handler's turn in its conversation is
+released first, as before (``StageTask.on_failure``).
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from celery import signals
+from celery import Task, signals
 
-from shared.logging import configure_logging
+from shared.db import dead_letters
+from shared.db.pool import transaction
+from shared.logging import configure_logging, get_logger, scrub
+from shared.replies import answer
 from shared.settings import get_settings
+from workers.ordering import StageTask, message_id_of
+
+log = get_logger(__name__)
+
+APOLOGY = "Sorry, something went wrong with your last message. Please send it again."
 
 
 @signals.setup_logging.connect
@@ -41,3 +62,67 @@ def _bind_task(
 @signals.task_postrun.connect
 def _unbind_task(**_: Any) -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@signals.task_failure.connect
+def _record_give_up(
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    # Sent after the task's own on_failure (celery/app/trace.py), so a handler's turn is already released.
+    handler = isinstance(sender, StageTask)
+    if sender is None or not (handler or getattr(sender, "dead_letter_on_failure", False)):
+        return  # Celery's own tasks, notify's (it files its own letters), beat's
+    record_give_up(sender, task_id, exception, args or (), kwargs or {}, apologise=handler)
+
+
+def record_give_up(
+    task: Task,
+    task_id: str | None,
+    exc: BaseException | None,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    apologise: bool,
+) -> None:
+    """Keep a task that failed for good as a dead letter and, with ``apologise``, tell its message's
+    sender to try again. Never raises: the database may be what failed, and the worker must go on."""
+    message_id = message_id_of(args, kwargs)
+    error_type = type(exc).__name__
+    ids = {"task": task.name, "task_id": task_id, "message_id": message_id, "error_type": error_type}
+    try:
+        with transaction() as conn:
+            letter = dead_letters.add(
+                conn,
+                task_name=task.name,
+                message_id=message_id,
+                payload=_kwargs_of(task, args, kwargs),
+                # The operator reads this in `wapipe dlq list`: no phone number or secret in it.
+                error=scrub(f"{error_type}: {exc}"),
+                attempts=(task.request.retries or 0) + 1,
+            )
+    except Exception as failure:  # most likely the outage that made the task give up
+        log.error("task gave up; its dead letter could not be stored", **ids, cause=type(failure).__name__)
+    else:
+        log.error("task gave up; kept as a dead letter", **ids, dead_letter_id=letter.id)
+    if not apologise or message_id is None:
+        return
+    try:
+        answer(message_id, APOLOGY)
+    except Exception as failure:  # as above; a reply stored but not published is sent by notify.sweep
+        log.error("could not queue the apology of a task that gave up", **ids, cause=type(failure).__name__)
+
+
+def _kwargs_of(task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's arguments as kwargs, which is how a replay publishes them (shared/commands/dlq.py).
+    Our jobs carry kwargs only (shared.queues.Job); positional ones are named from the task's signature."""
+    if not args:
+        return dict(kwargs)
+    try:
+        return dict(inspect.signature(task.run).bind_partial(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return dict(kwargs)
