@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -41,8 +42,10 @@ MAX_ATTEMPTS = 5
 _DEVELOPMENT_KEY = b"wapipe-development-key:set-WAPIPE_SECRET_KEY-in-production"
 _warned = False
 
-# "VERIFY 123456", any case, any spacing (also "verify: 123 456", which people type from a copied code).
-_VERIFY = re.compile(r"^\s*verify(?![a-z])[\s:]*(?P<code>[\d\s\-]*)\s*$", re.IGNORECASE)
+# "VERIFY 123456", any case, any spacing (also "verify: 123 456" or "VERIFY 123-456", which people type
+# from a copied code). Possessive (*+): the separator and the code both take whitespace, and with
+# backtracking between them (and a trailing \s*) "verify", a few thousand spaces and an "x" took minutes.
+_VERIFY = re.compile(r"^\s*+verify(?![a-z])[\s:]*+(?P<code>[\d\s\-]*+)$", re.IGNORECASE)
 
 
 class PhoneTaken(Exception):
@@ -106,13 +109,20 @@ def generate_code() -> str:
     return f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
 
 
+def ascii_digits(text: str) -> str:
+    """``text`` with every decimal digit as its ASCII one: "١٢٣" (Arabic keyboard), "۱۲۳" (Persian) and
+    "１２３" (a Chinese or Japanese input method) are all "123"; codes are hashed as ASCII digits."""
+    return "".join(str(unicodedata.decimal(char)) if char.isdecimal() else char for char in text)
+
+
 def parse_verify(text: str | None) -> str | None:
-    """The code in a ``VERIFY 123456`` message: "" when not 6 digits, None when it is not a VERIFY."""
+    """The code in a ``VERIFY 123456`` message, in ASCII digits: "" when not 6 digits, None when it is not
+    a VERIFY."""
     match = _VERIFY.match(text or "")
     if match is None:
         return None
-    digits = re.sub(r"\D", "", match.group("code"))
-    return digits if len(digits) == CODE_DIGITS else ""
+    digits = re.sub(r"\D", "", match.group("code"))  # \d, \D: any script's decimal digits
+    return ascii_digits(digits) if len(digits) == CODE_DIGITS else ""
 
 
 def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCode:
@@ -131,7 +141,10 @@ def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCod
 
 def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
     """Check a code sent from (or for) ``phone`` inside the caller's transaction; link on success."""
-    if not code:
+    # The API's pattern (\d) takes any script's digits too; the hash is of the ASCII ones. Anything else
+    # is refused before an attempt is spent.
+    code = ascii_digits(code)
+    if len(code) != CODE_DIGITS or not (code.isascii() and code.isdecimal()):
         return VerifyResult(Outcome.bad_format)
     claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS)
     if not claimed:
