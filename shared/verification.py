@@ -125,6 +125,12 @@ def parse_verify(text: str | None) -> str | None:
     return ascii_digits(digits) if len(digits) == CODE_DIGITS else ""
 
 
+def is_verify_code(text: str | None) -> bool:
+    """Whether the verify stage answers this message: a VERIFY with a 6-digit code. The router's rule
+    (workers/inbound.py), and the flows' for skipping such messages (shared/flows/service.py)."""
+    return bool(parse_verify(text))
+
+
 def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCode:
     """Record the user if new and give them a fresh code for ``phone`` (E.164); the old code stops working.
 

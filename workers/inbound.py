@@ -18,13 +18,13 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import redis
 
+from shared import verification
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
@@ -36,9 +36,6 @@ from shared.wire.events import InboundMessage
 from workers import event_task
 
 log = get_logger(__name__)
-
-# "VERIFY 123456", any case, spaces anywhere around or inside the code.
-VERIFY = re.compile(r"^\s*verify\s*(?:\d\s*){6}$", re.IGNORECASE)
 
 OPT_OUT_TEXT = (
     "You have been unsubscribed and will receive no more messages from us. Send START to subscribe again."
@@ -385,7 +382,7 @@ def _decide(
 
 def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
     """The task that answers a message (INTERFACES.md, "Routing in inbound.route")."""
-    if VERIFY.match(text):
+    if verification.is_verify_code(text):  # the very rule the verify stage reads the code by
         return "verify.check_code"
     if mode is Mode.menu:
         return "flows.step"

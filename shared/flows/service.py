@@ -31,7 +31,6 @@ Ordering and exactly-once across several ``flows`` worker processes:
 from __future__ import annotations
 
 import functools
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Any
 import psycopg
 import redis
 
+from shared import verification
 from shared.flows import engine, repository
 from shared.flows.pack import Pack
 from shared.flows.registry import FlowContext
@@ -55,8 +55,6 @@ LOCK_SECONDS = 30
 UNROUTED_GRACE = timedelta(minutes=5)
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
 ROUTED_KEY = "handle:{message_id}"
-# Sent to verify.check_code by the router in every mode (workers/inbound.py, VERIFY).
-_VERIFY = re.compile(r"^\s*verify\s*(?:\d\s*){6}$", re.IGNORECASE)
 SESSION_KEY = "flow"
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
@@ -194,7 +192,7 @@ def _process_locked(
 
 def _earlier_message(row: dict[str, Any], redis_client: redis.Redis, now: datetime) -> str:
     """``handle`` an earlier message of the conversation, ``skip`` it (not the flow's), or ``wait``."""
-    if _VERIFY.match(row["body"] or ""):
+    if verification.is_verify_code(row["body"]):  # the router sends it to verify.check_code, in every mode
         return "skip"
     if row["routed_at"] is None:
         return "skip" if row["created_at"] < now - UNROUTED_GRACE else "wait"

@@ -1,5 +1,5 @@
-"""VERIFY codes as people type them: other scripts' digits, a copied "verify: 123-456" (real PostgreSQL
-rows in, a stored reply out)."""
+"""VERIFY codes as people type them: other scripts' digits, a copied "verify: 123-456", and the one rule
+that decides which messages the verify stage answers (real PostgreSQL rows in, a stored reply out)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import uuid
 
 import psycopg
 import pytest
+import redis
 
 from shared import verification
+from shared.flows.pack import load_pack
+from shared.flows.seed import seed_shopfloor
+from shared.flows.service import ROUTED_KEY, Target, process
+from shared.replies import queue_reply
+from tests.integration.flows_support import add_inbound, make_conversation
 from tests.integration.test_bot_workers import PHONE, issue, replies, store_inbound
 from workers import verify as verify_worker
 
@@ -68,3 +74,23 @@ def test_a_long_run_of_spaces_is_read_at_once() -> None:
     # made 4,000 spaces and an "x" take over a minute (cubic), and 50,000 hours, holding a worker.
     assert verification.parse_verify("verify" + " " * 50_000 + "x") is None
     assert verification.parse_verify("verify" + " \n" * 25_000 + "123456") == "123456"
+
+
+def test_a_copied_verify_is_left_to_the_verify_stage_by_the_menu_bot(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    # The router sends "verify: 123-456" to verify.check_code (workers/inbound.py); a later menu message's
+    # drain must skip it too, not answer it a second time as a menu choice.
+    seed_shopfloor(db)
+    contact_id, conversation_id = make_conversation(db, PHONE)
+    ids = []
+    for text in ("hi", "verify: 123-456", "2"):
+        ids.append(add_inbound(db, contact_id, conversation_id, text))
+        redis_client.set(ROUTED_KEY.format(message_id=ids[-1]), 1)
+    target = Target(ids[2], conversation_id, contact_id, PHONE)
+    assert (
+        process(target, conn=db, redis_client=redis_client, pack=load_pack("shopfloor"), reply=queue_reply)
+        == 2
+    )
+    handled = db.execute("SELECT id FROM messages WHERE handled_at IS NOT NULL ORDER BY id").fetchall()
+    assert [row["id"] for row in handled] == [ids[0], ids[2]]

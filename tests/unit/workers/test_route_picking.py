@@ -8,13 +8,29 @@ from shared.settings import Mode
 from workers.inbound import pick_handler
 
 
-@pytest.mark.parametrize("text", ["VERIFY 123456", "verify 123456", "  Verify   123456 ", "VERIFY 123 456"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "VERIFY 123456",
+        "verify 123456",
+        "  Verify   123456 ",
+        "VERIFY 123 456",
+        # What verify reads a code from (shared/verification.py), so these reach it too:
+        "verify: 123456",
+        "VERIFY 123-456",
+        "VERIFY123456",
+        "VERIFY ١٢٣٤٥٦",
+        "VERIFY １２３４５６",
+    ],
+)
 @pytest.mark.parametrize("mode", list(Mode))
 def test_verify_codes_go_to_verify_in_every_mode(text: str, mode: Mode) -> None:
     assert pick_handler(text, linked=False, mode=mode) == "verify.check_code"
 
 
-@pytest.mark.parametrize("text", ["VERIFY 12345", "VERIFY 1234567", "verify me", "please VERIFY 123456"])
+@pytest.mark.parametrize(
+    "text", ["VERIFY 12345", "VERIFY 1234567", "verify me", "please VERIFY 123456", "VERIFY ²²²²²²"]
+)
 def test_not_quite_a_verify_code_is_not_sent_to_verify(text: str) -> None:
     assert pick_handler(text, linked=True, mode=Mode.project) != "verify.check_code"
 
