@@ -6,15 +6,64 @@ never see a provider's own format. Events travel as JSON dicts (``model_dump(mod
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        # PostgreSQL text and jsonb cannot hold U+0000, nor a lone surrogate (UTF-8 has no encoding for
+        # it), and a webhook can carry both: JSON as \u0000 or \ud800, a Twilio form as %00. Stored as is,
+        # the message failed inbound.route for good after the provider had its 200. So every event's
+        # strings, the raw payload's included, get U+FFFD instead, once, where the event is made (the
+        # ingress, before it is queued), and the message is stored and answered.
+        return _storable(data) if _unstorable(data) else data
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        # A copy's update is not validated: the same replacement (Kapso's parser sets raw this way).
+        if update is not None and _unstorable(dict(update)):
+            update = _storable(dict(update))
+        return super().model_copy(update=update, deep=deep)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unstorable(value: Any) -> bool:
+    # Every event passes here, on the ingress's hot path: a loop, not recursion through generators, and
+    # the pattern only for text that is not ASCII.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or (not item.isascii() and _SURROGATE.search(item)):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        # else numbers, None, and nested events (cleaned when they were made)
+    return False
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", "\ufffd"))
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(item) for item in value]
+    return value
 
 
 class Provider(StrEnum):
