@@ -13,15 +13,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import psycopg
-import redis
-
-from shared.db.errors import NotFound, Unavailable
+from shared.db.errors import NotFound
 from shared.flows.pack import get_pack
 from shared.flows.service import Busy, step
 from shared.logging import get_logger
 from shared.settings import Mode, get_settings
-from workers import celery
+from workers import OUTAGE_RETRIES, celery
 from workers.ordering import StageTask, in_turn
 
 log = get_logger(__name__)
@@ -39,12 +36,8 @@ if get_settings().mode is Mode.menu or get_settings().flows:
     bind=True,
     acks_late=True,
     ignore_result=True,
-    max_retries=BUSY_RETRIES,
     # PostgreSQL or Redis briefly unreachable: try again later rather than drop the answer.
-    autoretry_for=(Unavailable, psycopg.OperationalError, redis.RedisError),
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
+    **(OUTAGE_RETRIES | {"max_retries": BUSY_RETRIES, "retry_backoff_max": 120}),
     # Its turn in the conversation first (workers/ordering.py), against other stages' messages (a VERIFY):
     # the lock and drain in shared/flows/service.py order the flow's own. Taken before the lock.
     base=StageTask,

@@ -89,7 +89,7 @@ from shared.providers.base import OutboundMessage, OutcomeUnknown, Sender, SendE
 from shared.queues import MAX_COUNTDOWN_SECONDS, NOTIFY_MANY_TASK, NOTIFY_TASK, get_publisher, notify_jobs
 from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
-from workers import celery
+from workers import OUTAGE_RETRIES, celery
 
 log = get_logger(__name__)
 
@@ -721,16 +721,9 @@ _SEND_TASK_OPTIONS: dict[str, Any] = {
     "bind": True,
     "acks_late": True,
     "ignore_result": True,
-    # kombu's OperationalError: celery.send_task (a message's job for later) wraps a broker error in it.
-    "autoretry_for": (
-        Unavailable,
-        psycopg.OperationalError,
-        redis.RedisError,
-        kombu.exceptions.OperationalError,
-    ),
-    "retry_backoff": 2,
-    "retry_backoff_max": 300,
-    "retry_jitter": True,
+    **OUTAGE_RETRIES,
+    # And kombu's OperationalError: celery.send_task (a message's job for later) wraps a broker error in it.
+    "autoretry_for": (*OUTAGE_RETRIES["autoretry_for"], kombu.exceptions.OperationalError),
     # Unbounded here on purpose: the attempt budget that matters is the provider attempts counted on the
     # message row (WAPIPE_SEND_MAX_ATTEMPTS); pacing waits and database outages just wait their turn.
     "max_retries": None,
