@@ -38,14 +38,19 @@ class Frozen(BaseModel):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a surrogate half (JSON's \\ud800), which UTF-8, and so PostgreSQL, cannot
+    encode; the pattern only for text that is not ASCII."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
 def _unstorable(value: Any) -> bool:
-    # Every event passes here, on the ingress's hot path: a loop, not recursion through generators, and
-    # the pattern only for text that is not ASCII.
+    # Every event passes here, on the ingress's hot path: a loop, not recursion through generators.
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item or (not item.isascii() and _SURROGATE.search(item)):
+            if "\x00" in item or has_lone_surrogate(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item.keys())

@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic_core import PydanticCustomError
 
 from shared.providers import base
+from shared.wire.events import has_lone_surrogate
 
 TEXT_MAX = 4096
 CAPTION_MAX = 1024
@@ -57,13 +58,10 @@ def _storable(value: str) -> str:
     # the request is hashed or the message stored.
     if "\x00" in value:
         raise PydanticCustomError("nul_character", "must not contain the NUL character (\\u0000)")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PydanticCustomError(
-                "lone_surrogate", "must be valid Unicode text (it contains a lone surrogate such as \\ud800)"
-            ) from None
+    if has_lone_surrogate(value):
+        raise PydanticCustomError(
+            "lone_surrogate", "must be valid Unicode text (it contains a lone surrogate such as \\ud800)"
+        )
     return value
 
 
