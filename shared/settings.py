@@ -155,6 +155,13 @@ class Settings(BaseSettings):
     def _content_sids(cls, value: Any) -> Any:
         return _content_sid_map(value) if isinstance(value, str) else value
 
+    @field_validator("twilio_whatsapp_number")
+    @classmethod
+    def _bare_twilio_number(cls, value: str | None) -> str | None:
+        # Twilio's console writes the number as whatsapp:+1...; kept in one form (E.164) for every reader
+        # (notify's pacing bucket, the links API, chat), and the Twilio client adds the prefix to send.
+        return value.removeprefix("whatsapp:") if value else value
+
     @field_validator("default_region")
     @classmethod
     def _known_region(cls, value: str) -> str:

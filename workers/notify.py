@@ -688,10 +688,10 @@ def send(message_id: int, *, settings: Settings | None = None, sender: Sender | 
 
 
 def _pace_key(settings: Settings, provider: str, from_number: str | None) -> str:
-    """The number whose bucket paces a send: the one it goes out from, written one way. A Twilio number
-    may be configured as ``whatsapp:+1...`` (as Twilio's console shows it) while replies carry the
-    conversation's E.164 number; both must meet in one bucket, or that number gets twice the rate."""
-    return (from_number or _default_sender(settings, provider)).removeprefix("whatsapp:")
+    """The number whose bucket paces a send: the one it goes out from. Replies carry the conversation's
+    E.164 number and other messages the configured one (E.164 too, shared/settings.py): both meet in one
+    bucket, or that number would get twice the rate."""
+    return from_number or _default_sender(settings, provider)
 
 
 def _default_sender(settings: Settings, provider: str) -> str:

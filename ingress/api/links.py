@@ -87,8 +87,7 @@ def _iso(moment: datetime) -> str:
 
 def _whatsapp_number() -> str | None:
     """Our number the user writes to (shown by the host application), when the provider has one."""
-    number = current_settings().twilio_whatsapp_number
-    return number.removeprefix("whatsapp:") if number else None
+    return current_settings().twilio_whatsapp_number
 
 
 @bp.errorhandler(_Invalid)
