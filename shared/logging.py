@@ -6,6 +6,8 @@ Masking is a processor in the shared chain, so it applies to our own events and,
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import re
 import sys
@@ -15,14 +17,54 @@ from typing import Any
 import structlog
 
 # Anything shaped like a phone number: an optional +, then 8 or more digits possibly split by spaces,
-# dots or dashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone.
-_PHONE = re.compile(r"(?<![\w])\+?\d(?:[ .\-]?\d){7,}(?![\w])")
-_SECRET_KEY = re.compile(
-    r"(secret|token|passw|api[_-]?key|authorization|signature|credential|code_hash|^code$|auth)", re.I
+# dots or dashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone. A run also starts
+# right after a percent-escape, because Twilio form bodies and callback URLs in exception texts and HTTP
+# client logs carry numbers URL-encoded: ``To=whatsapp%3A%2B15551234567`` (the ``%2B`` is kept as the +),
+# or encoded twice (``%252B``) when a callback URL travels inside another URL's query.
+_PHONE_SHAPE = (
+    r"(?:(?<!\w)|(?<=%[0-9A-F]{{2}})|(?<=%25[0-9A-F]{{2}}))"
+    r"(?P<plus>\+|%2B)?(?P<digits>\d(?:[ .\-]?\d){{{more},}})(?!\w)"
 )
+_PHONE = re.compile(_PHONE_SHAPE.format(more=7), re.I)
+# Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
+_PHONE_UNDER_PHONE_KEY = re.compile(_PHONE_SHAPE.format(more=4), re.I)
+_NON_DIGIT = re.compile(r"\D")
+_SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
 # Bearer tokens, Twilio auth tokens/SIDs and OpenAI-style keys that end up inside free text.
 _SECRET_VALUE = re.compile(r"(Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b)", re.I)
 REDACTED = "[redacted]"
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Keys are judged word by word whatever their spelling: ``verifyCode``, ``verify_code`` and ``VERIFY_CODE``.
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+# A ``code`` is a secret (verification/OTP codes) unless a word before it says what harmless kind it is:
+# provider error codes, HTTP statuses and country codes are logged on purpose and needed to debug a send.
+_HARMLESS_CODE_KINDS = _words(
+    "error err status http response country calling dial region language lang locale currency "
+    "area postal zip iso exit return result reason event failure sub provider twilio meta kapso "
+    "template sql"
+)
+_SECRET_WORDS = _words("otp totp hotp pin pins passcode passcodes")
+# Glued spellings (``verifycode``, ``smscode``) are secret only with a known secret prefix: many harmless
+# words end in "code" (``errorcode``, ``subcode``, ``unicode``, ``decode``).
+_SECRET_CODE_PREFIXES = _words(
+    "verify verification sms otp pin pass auth access login confirm confirmation security reset "
+    "one onetime recovery activation magic"
+)
+# Keys whose value is a phone number whatever its type: Meta sends ``wa_id`` and ``recipient_id`` as digit
+# strings that callers may turn into ints, and ``to``/``from`` carry the number in every provider. The
+# weaker words name a phone only when the key does not end in an id or count word (``to_user_id``).
+_PHONE_WORDS = _words("phone phones mobile msisdn waid recipient recipients")
+_WEAK_PHONE_WORDS = _words("from to sender number numbers")
+# Keys that count or identify something of our own. Only here may an int of 8+ digits stay as it is: a busy
+# install's message ids pass 10**8 and are the key to every investigation, and sizes/times are no phones.
+_COUNTER_WORDS = _words("id ids pk count size bytes total seq offset ms ns us seconds timestamp ts epoch")
+
+_PLAIN, _SECRET, _PHONE_KEY, _COUNTER = "plain", "secret", "phone", "counter"
 
 
 def mask_phone(text: str) -> str:
@@ -31,28 +73,122 @@ def mask_phone(text: str) -> str:
 
 
 def _mask_match(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group(0))
-    prefix = "+" if match.group(0).startswith("+") else ""
-    return prefix + "*" * (len(digits) - 4) + digits[-4:]
+    digits = _NON_DIGIT.sub("", match["digits"])
+    return (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
+
+
+def _mask_digits(number: int) -> str:
+    digits = str(abs(number))
+    return "*" * (len(digits) - 4) + digits[-4:]
+
+
+def _judge_key(key: str) -> str:
+    """What a field name says of its value: secret (dropped), phone, counter (an id or measure) or plain."""
+    if _SECRET_KEY.search(key):
+        return _SECRET
+    words = [word.lower() for word in _KEY_WORDS.findall(key)]
+    for index, word in enumerate(words):
+        if word in _SECRET_WORDS:
+            return _SECRET
+        if word in ("code", "codes"):
+            if index == 0 or words[index - 1] not in _HARMLESS_CODE_KINDS:
+                return _SECRET
+        elif word.endswith("code") and word[:-4] in _SECRET_CODE_PREFIXES:
+            return _SECRET
+    counter = bool(words) and words[-1] in _COUNTER_WORDS
+    if _PHONE_WORDS.intersection(words) or "waid" in {a + b for a, b in itertools.pairwise(words)}:
+        return _PHONE_KEY
+    if _WEAK_PHONE_WORDS.intersection(words) and not counter:
+        return _PHONE_KEY
+    return _COUNTER if counter else _PLAIN
+
+
+# Field names repeat on every line, so their verdict is cached; only identifier-like keys are, so that a
+# key which is itself a phone number (a payload keyed by number) never sits in the cache.
+_judge_field_name = functools.lru_cache(maxsize=2048)(_judge_key)
+
+
+def _key_kind(key: Any) -> str:
+    if not isinstance(key, str):
+        return _PLAIN
+    return _judge_field_name(key) if key.isidentifier() else _judge_key(key)
+
+
+def _scrub_text(text: str, kind: str) -> str:
+    text = mask_phone(text)
+    if kind == _PHONE_KEY:
+        text = _PHONE_UNDER_PHONE_KEY.sub(_mask_match, text)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+def _scrub_number(number: int | float, kind: str) -> Any:
+    # Ints carry phone numbers too (``phone=15551234567``, a wa_id parsed from JSON). Rule: under a phone key
+    # any number of 5+ digits is masked; under a counter/id key it stays; anywhere else 8+ digits is masked,
+    # as a digit run in text would be. Floats follow only when whole (a phone read as 1.5551234567e10);
+    # fractional ones are durations and epoch times.
+    if isinstance(number, float):
+        if not number.is_integer():
+            return number
+        whole = int(number)
+    else:
+        whole = number
+    if kind == _COUNTER:
+        return number
+    if abs(whole) >= (10_000 if kind == _PHONE_KEY else 10_000_000):
+        return _mask_digits(whole)
+    return number
+
+
+def _scrub_key(key: Any) -> Any:
+    # Payload dicts keyed by number (``{"+15551234567": ...}``) would otherwise print the number as a key.
+    if isinstance(key, str):
+        # An identifier (every field name) is all word characters, so no phone run can start inside it.
+        return _SECRET_VALUE.sub(REDACTED, key) if key.isidentifier() else _scrub_text(key, _PLAIN)
+    if isinstance(key, int) and not isinstance(key, bool):
+        return _scrub_number(key, _PLAIN)
+    return key
+
+
+def _scrub(value: Any, kind: str) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _scrub_text(value, kind)
+    if isinstance(value, int | float):
+        return _scrub_number(value, kind)
+    if isinstance(value, Mapping):
+        scrubbed = {}
+        for key, item in value.items():
+            item_kind = _key_kind(key)
+            scrubbed[_scrub_key(key)] = REDACTED if item_kind == _SECRET else _scrub(item, item_kind)
+        return scrubbed
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub(item, kind) for item in value]
+    if isinstance(value, bytes | bytearray):
+        # Raw request bodies (a Twilio form, a Meta JSON): latin-1 maps each byte to one char and back.
+        return _scrub_text(bytes(value).decode("latin-1"), kind).encode("latin-1")
+    # Any other object is rendered with repr() by both renderers; an exception or a model passed as a field
+    # prints its text (``ValueError('bad number +1555...')``), so mask that text here.
+    return _scrub_text(repr(value), kind)
 
 
 def scrub(value: Any) -> Any:
-    """Mask phones and secrets in a value of any shape; keys that look secret lose their value."""
-    if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, mask_phone(value))
-    if isinstance(value, Mapping):
-        return {
-            key: (REDACTED if isinstance(key, str) and _SECRET_KEY.search(key) else scrub(item))
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple | set):
-        return [scrub(item) for item in value]
-    return value
+    """Mask phones and secrets in a value of any shape; keys that look secret lose their value.
+
+    Text, bytes, numbers, dict keys and the text of other objects are all masked; how a number is treated
+    depends on the key it sits under (see ``_scrub_number``).
+    """
+    return _scrub(value, _PLAIN)
+
+
+_FORMATTER_META = ("_record", "_from_structlog")
 
 
 def scrub_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """structlog processor: drop secret-looking fields, mask phones everywhere (event text included)."""
-    return scrub(dict(event_dict))
+    # ProcessorFormatter's own entries hold the LogRecord and a flag it reads back; they are never rendered.
+    meta = {key: event_dict.pop(key) for key in _FORMATTER_META if key in event_dict}
+    return {**scrub(event_dict), **meta}
 
 
 def _render_stdlib_message(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:

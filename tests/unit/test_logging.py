@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from shared.logging import configure_logging, get_logger, mask_phone
+from shared.logging import REDACTED, configure_logging, get_logger, mask_phone, scrub
 
 PHONE = "+15551234567"
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
@@ -66,4 +66,111 @@ def test_stdlib_logger_is_scrubbed_too(captured: io.StringIO) -> None:
     out = captured.getvalue()
     assert "sending to +*******4567" in out
     for secret in ("5551234567", TWILIO_TOKEN, OPENAI_KEY):
+        assert secret not in out
+
+
+def test_mask_phone_sees_url_encoded_numbers() -> None:
+    # A Twilio form body or callback URL quoted in an exception or an HTTP client's debug line.
+    body = "To=whatsapp%3A%2B15551234567&From=whatsapp%3a%2b14155550123&Body=hi"
+    assert mask_phone(body) == "To=whatsapp%3A%2B*******4567&From=whatsapp%3a%2b*******0123&Body=hi"
+    assert mask_phone("GET /status?to=%2B15551234567") == "GET /status?to=%2B*******4567"
+    assert mask_phone("cb=https%3A%2F%2Fx%2Fs%3Fto%3D%252B15551234567") == (
+        "cb=https%3A%2F%2Fx%2Fs%3Fto%3D%252B*******4567"
+    )
+    assert "5551234567" not in mask_phone("whatsapp%3A15551234567")
+    # Word-glued digits are still no phone: a SID or hash is not masked into nonsense.
+    assert mask_phone("SM15551234567") == "SM15551234567"
+
+
+def test_numbers_that_are_phones_are_masked_whatever_their_type() -> None:
+    assert scrub({"phone": 15551234567}) == {"phone": "*******4567"}
+    assert scrub({"wa_id": 15551234567.0, "recipients": [15551234567, 14155550123]}) == {
+        "wa_id": "*******4567",
+        "recipients": ["*******4567", "*******0123"],
+    }
+    # Under a phone key a short (local or partial) number is masked too, in text or as an int.
+    assert scrub({"to": "5551234", "from_": 5551234}) == {"to": "***1234", "from_": "***1234"}
+    # Under any other key an 8+ digit int is masked as an 8+ digit run in text would be.
+    assert scrub({"value": 15551234567, "items": [15551234567]}) == {
+        "value": "*******4567",
+        "items": ["*******4567"],
+    }
+
+
+def test_ids_counts_and_times_keep_their_numbers() -> None:
+    fields = {
+        "message_id": 123_456_789,
+        "message_ids": [123_456_789],
+        "to_user_id": 987_654_321,
+        "size": 12_345_678,
+        "attempts": 3,
+        "elapsed": 1_718_000_000.25,
+        "handoff": True,
+        "error_code": 63016,
+    }
+    assert scrub(fields) == fields
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "verification_code",
+        "verify_code",
+        "sms_code",
+        "otp",
+        "otp_code",
+        "pin",
+        "passcode",
+        "verifyCode",
+        "SMSCode",
+    ],
+)
+def test_verification_codes_lose_their_value_whatever_the_key_spelling(key: str) -> None:
+    assert scrub({key: CODE}) == {key: REDACTED}
+
+
+@pytest.mark.parametrize(
+    "key", ["error_code", "status_code", "http_status_code", "country_code", "errorCode", "error_subcode"]
+)
+def test_harmless_codes_stay_readable(key: str) -> None:
+    assert scrub({key: "63016"}) == {key: "63016"}
+
+
+def test_phones_in_raw_bodies_are_masked() -> None:
+    assert scrub({"body": b"To=whatsapp%3A%2B15551234567&Body=hi"}) == {
+        "body": b"To=whatsapp%3A%2B*******4567&Body=hi"
+    }
+
+
+def test_payload_keyed_by_phone_number_is_masked() -> None:
+    assert scrub({"by_number": {PHONE: "sent", 15551234567: "read"}}) == {
+        "by_number": {"+*******4567": "sent", "*******4567": "read"}
+    }
+
+
+def test_objects_logged_as_fields_are_masked_in_their_text() -> None:
+    # Renderers print unknown objects with repr(); an exception passed as a field carries the number.
+    assert scrub({"error": ValueError(f"bad number {PHONE}")}) == {
+        "error": "ValueError('bad number +*******4567')"
+    }
+
+
+def test_every_leak_is_masked_in_rendered_lines(captured: io.StringIO) -> None:
+    get_logger("wapipe.test").warning(
+        "send failed",
+        phone=15551234567,
+        verification_code=CODE,
+        error_code=63016,
+        request=b"To=whatsapp%3A%2B15551234567",
+        error=ValueError(f"bad number {PHONE}"),
+        statuses={PHONE: "read"},
+    )
+    try:
+        raise RuntimeError("POST /Messages.json To=whatsapp%3A%2B15551234567 failed")
+    except RuntimeError:
+        logging.getLogger("twilio.http_client").exception("payload To=%s", "whatsapp%3A%2B15551234567")
+    out = captured.getvalue()
+    assert "63016" in out
+    assert "*******4567" in out
+    for secret in ("5551234567", CODE):
         assert secret not in out
