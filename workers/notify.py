@@ -15,6 +15,10 @@ per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s per proces
    the other messages' own tasks then find them claimed (or sent) and return at once. When its own
    message could not be claimed, the same statement says where it stood: already sent or failed -> done;
    claimed by another task's batch -> done (that task answers for it); not due yet -> later.
+   A recipient's messages go to the provider one at a time, in the order they were stored: the claim
+   passes over a message while an earlier one to its contact is being sent or is queued and due, so a
+   batch holds at most one message per recipient, and a task whose own message waits looks again in
+   ``BEHIND_SECONDS``.
 2. Checks that fail a message for good, as before: no phone, opted out, WhatsApp's 24-hour window.
 3. The rest go to this process's event loop (shared/providers/aio.py), which books send slots per sender
    number from the shared GCRA bucket in bulk (:meth:`shared.ratelimit.RateLimiter.reserve`: the slots
@@ -115,6 +119,9 @@ LATE_SLOT_SECONDS = PACING_MARGIN / 5
 MAX_PACING_WAIT_SECONDS = 30.0
 OUTCOME_UNKNOWN = OutcomeUnknown.CODE
 OUTCOME_UNKNOWN_TEXT = "a worker stopped during the provider call; check the provider's log before replaying"
+# A message waiting for an earlier one to its recipient (shared/db/sending.py) looks again this soon: about
+# a provider's answer and a settle later.
+BEHIND_SECONDS = 1.0
 # Queued messages due for this long without being sent get their job again (notify.sweep).
 OVERDUE_SECONDS = 300
 
@@ -233,6 +240,8 @@ def _not_claimed(message_id: int, state: messages.SendState) -> str:
         return "skipped"
     if state.due_in is not None and state.due_in > 0:
         raise RetryLater(_jitter(state.due_in), "not due yet")
+    if state.behind:
+        raise RetryLater(_jitter(BEHIND_SECONDS), "an earlier message to the recipient goes first")
     return "skipped"  # queued and due a moment ago: another claimer took it, and answers for it
 
 

@@ -34,15 +34,30 @@ from shared.wire.events import STATUS_RANK, DeliveryStatus
 
 # --- notify's claim ------------------------------------------------------------------------------------
 
+# A recipient's messages go to the provider one at a time, in the order they were stored (replies to
+# "/help" then "/project" sent concurrently reached the user the other way round): a message is claimed
+# only when no earlier one to its contact is being sent, or queued and due (the batch that takes that one
+# leaves this one for later). One waiting out a retry after a provider error holds nothing back: with up to
+# WAPIPE_SEND_MAX_ATTEMPTS attempts, it could otherwise stop a recipient's messages for hours. The
+# partial index messages_outbound_pending_contact (migration 0009) keeps it to the contact's pending rows.
+_EARLIER_PENDING = f"""EXISTS (
+    SELECT 1 FROM messages earlier
+    WHERE earlier.contact_id = messages.contact_id AND earlier.direction = 'out'
+      AND earlier.id < messages.id AND earlier.status IN ('queued', '{SENDING}')
+      AND (earlier.status = '{SENDING}' OR earlier.send_after IS NULL OR earlier.send_after <= now())
+)"""  # noqa: S608 - constant status, no input
+
 # ``own_state`` is the own message as it stood before this statement (the statement's snapshot): it is
-# what the task reads when nothing was claimed. The own message is claimed only when it is queued and
-# due; the others (SKIP LOCKED, oldest first) only when it is. A row joins every claimed row to the one
+# what the task reads when nothing was claimed. The own message is claimed only when it is queued, due
+# and next for its recipient; the others (SKIP LOCKED, oldest first, each next for its recipient) only
+# when it is. A row joins every claimed row to the one
 # state row, so "nothing claimed" is one row with the state and NULL message columns, and "no such
 # message" is no row at all. A concurrent claimer that takes the own row between snapshot and UPDATE
 # leaves the state saying 'queued' with nothing claimed: the task then stands back.
-_STATE = """status AS own_status, claimed_by AS own_claimed_by,
+_STATE = f"""status AS own_status, claimed_by AS own_claimed_by,
            extract(epoch FROM now() - updated_at)::float AS own_age,
-           extract(epoch FROM send_after - now())::float AS own_due_in"""
+           extract(epoch FROM send_after - now())::float AS own_due_in,
+           {_EARLIER_PENDING} AS own_behind"""
 _CLAIM = f"""
 WITH own_state AS (
     SELECT {_STATE}
@@ -51,12 +66,12 @@ WITH own_state AS (
     UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
         claimed_by = id, send_after = NULL, unsent_claim = txid_current()
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
-      AND (send_after IS NULL OR send_after <= now())
+      AND (send_after IS NULL OR send_after <= now()) AND NOT {_EARLIER_PENDING}
     RETURNING *
 ), picked AS (
     SELECT id FROM messages
     WHERE EXISTS (SELECT 1 FROM own) AND direction = 'out' AND status = 'queued' AND id <> %(id)s
-      AND (send_after IS NULL OR send_after <= now())
+      AND (send_after IS NULL OR send_after <= now()) AND NOT {_EARLIER_PENDING}
     ORDER BY id
     LIMIT %(more)s
     FOR UPDATE SKIP LOCKED
@@ -74,7 +89,7 @@ WITH own_state AS (
 SELECT own_state.*, claimed.* FROM own_state LEFT JOIN claimed ON true
 ORDER BY claimed.id <> %(id)s, claimed.id
 """  # noqa: S608 - constant column list and statuses, no input
-_STATE_COLUMNS = ("own_status", "own_claimed_by", "own_age", "own_due_in")
+_STATE_COLUMNS = ("own_status", "own_claimed_by", "own_age", "own_due_in", "own_behind")
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,7 @@ def _state(row: Mapping[str, Any]) -> SendState:
         claimed_by=row["own_claimed_by"],
         age=row["own_age"],
         due_in=row["own_due_in"],
+        behind=row["own_behind"],
     )
 
 

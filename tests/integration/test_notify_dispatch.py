@@ -281,8 +281,13 @@ def test_a_recipient_over_its_limit_waits_and_is_counted_once(db, redis_client, 
     other_recipient = a_reply_to("+15553100001")
     sender = ConsoleSender(redis_client)
 
+    # A batch takes one message per recipient (tests/integration/test_notify_order.py): three jobs.
     assert dispatch(own, settings=settings, sender=sender) == "sent"
+    assert dispatch(second, settings=settings, sender=sender) == "sent"
+    with pytest.raises(RetryLater) as later:
+        dispatch(third, settings=settings, sender=sender)
 
+    assert later.value.countdown > 30
     assert [message(db, i)["status"] for i in (own, second, third, other_recipient)] == [
         "sent",
         "sent",
