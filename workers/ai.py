@@ -119,7 +119,7 @@ def show_typing(record: InboundRecord, settings: Settings, sender: Sender | None
     try:
         sender.mark_read(provider_id, typing=True, from_number=record.business_number)
     except SendError as exc:
-        log.warning("typing indicator refused", message_id=record.id, code=exc.code)
+        log.warning("typing indicator refused", message_id=record.id, error_code=exc.code)
         return False
     return True
 

@@ -104,7 +104,7 @@ def fetch_media(message_id: int, *, settings: Settings | None = None) -> list[di
             try:
                 stored = fetcher.fetch(entry)
             except MediaRefused as refused:
-                log.warning("inbound media refused", message_id=message_id, code=refused.code)
+                log.warning("inbound media refused", message_id=message_id, error_code=refused.code)
                 entry = {**entry, "fetch_error": {"code": refused.code, "message": refused.message}}
             else:
                 log.info("inbound media stored", message_id=message_id, size=stored["size"])

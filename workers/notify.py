@@ -264,14 +264,17 @@ class _Outcomes:
         if isinstance(error, OutcomeUnknown):  # never sent again: failed, and a dead letter to check
             self.dead.append((record.id, record.attempts, error))
         elif error.permanent:
-            log.warning("send failed permanently", message_id=record.id, code=error.code)
+            log.warning("send failed permanently", message_id=record.id, error_code=error.code)
             self.failed.append((record.id, error.code, error.message))
         elif record.attempts >= self.settings.send_max_attempts:
             self.dead.append((record.id, record.attempts, error))
         else:
             delay = backoff_seconds(record.attempts, self.settings.send_retry_base_seconds, error.retry_after)
             log.warning(
-                "send failed, will retry", message_id=record.id, code=error.code, countdown=round(delay, 1)
+                "send failed, will retry",
+                message_id=record.id,
+                error_code=error.code,
+                countdown=round(delay, 1),
             )
             self.released.append(Release(record.id, delay, True, error.code, error.message))
 
@@ -279,7 +282,7 @@ class _Outcomes:
         """Write every outcome in one transaction; this task's own message's outcome."""
         _settle(self)
         for message_id, _, error in self.dead:
-            log.error("send dead-lettered", message_id=message_id, code=error.code)
+            log.error("send dead-lettered", message_id=message_id, error_code=error.code)
         own: str | Release = "skipped"
         if any(message_id == self.own_id for message_id, _, _ in self.sent):
             own = "sent"
