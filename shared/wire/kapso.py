@@ -4,7 +4,8 @@ Kapso wraps a Meta-compatible ``message`` (same ``type`` and per-type objects as
 ``message.kapso`` block (direction, status, statuses history, content, media_url...), a ``conversation``
 (id, phone_number, phone_number_id, business_scoped_user_id, username) and a top-level
 ``phone_number_id``. The event name travels in the ``X-Webhook-Event`` header, which the signature does
-not cover, so a name in the signed body wins; buffered deliveries arrive as
+not cover, so a name in the signed body wins, and a delivery event's status is the message's signed
+``kapso.status`` when it names one; buffered deliveries arrive as
 ``{"type": "whatsapp.message.received", "batch": true, "data": [payload, ...]}`` with
 ``X-Webhook-Batch: true``.
 Phone number, ``from``, ``to`` and ``wa_id`` may all be absent (business-scoped user ids).
@@ -68,10 +69,11 @@ class _Lenient(_Model):
 
 class KapsoBlock(_Lenient):
     """``message.kapso``: Kapso's own view of the message. Only what we read is modelled: everything
-    else (status, processing_status, origin, has_media, content, transcript, media_data...) may be any
+    else (processing_status, origin, has_media, content, transcript, media_data...) may be any
     JSON and stays in the raw item."""
 
     direction: str | None = None
+    status: str | None = None  # the message's delivery status as Kapso signed it
     media_url: str | None = None
     contact_name: str | None = None
     statuses: list[Any] = Field(default_factory=list)  # each a Meta status object; others are skipped
@@ -228,7 +230,7 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
         StatusUpdate(
             provider=Provider.kapso,
             provider_message_id=message.id,
-            status=STATUS_EVENTS[event],
+            status=_signed_status(block, event),
             recipient=provider_phone(message.to, region)
             or provider_phone(conversation.phone_number, region)
             or conversation.business_scoped_user_id,
@@ -238,6 +240,19 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
             raw=dict(item),
         )
     )
+
+
+def _signed_status(block: KapsoBlock, event: str) -> DeliveryStatus:
+    """The status a delivery event reports. A single event names itself only in the unsigned header, so
+    ``message.kapso.status`` (signed, and the event's own status in Kapso's payloads) decides when it names
+    one of the delivery statuses: a captured "delivered" replayed with a "failed" header stays delivered."""
+    named = STATUS_EVENTS[event]
+    signed = delivery_status(block.status) if block.status else None
+    if signed is None or signed not in STATUS_EVENTS.values():
+        return named
+    if signed is not named:
+        log.warning("kapso.event_header_disagrees_with_status", header_event=event, status=signed.value)
+    return signed
 
 
 def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str | None]:

@@ -233,6 +233,20 @@ def test_an_event_named_in_the_body_wins_over_the_header() -> None:
     assert update.status is DeliveryStatus.delivered
 
 
+@pytest.mark.parametrize("name", ["message_sent", "message_delivered", "message_read"])
+def test_a_single_delivery_event_replayed_with_another_header_keeps_its_signed_status(name: str) -> None:
+    # A single event names itself only in the unsigned header; message.kapso.status is signed.
+    [update] = parse_delivery(load(name), "whatsapp.message.failed").statuses
+    assert update.status.value == name.removeprefix("message_")
+
+
+def test_a_delivery_event_without_a_signed_status_takes_the_headers() -> None:
+    body = load("message_delivered")
+    body["message"]["kapso"]["status"] = "processing"
+    [update] = parse_delivery(body, "whatsapp.message.delivered").statuses
+    assert update.status is DeliveryStatus.delivered
+
+
 def test_a_single_event_named_nowhere_is_an_error() -> None:
     with pytest.raises(ValueError, match="event type is missing"):
         parse_delivery(load("message_received"), None)
