@@ -5,13 +5,17 @@ message's turn in one transaction) or :func:`queue_reply` (any other). The idemp
 ``reply:<inbound id>`` (or ``reply:<inbound id>:<key>`` for a second reply to the same message) makes a
 redelivered handler task store nothing new; notify.send is enqueued again and is itself idempotent, so
 the user gets one message.
+
+A handler that gives up on a message for good has its sender told to send it again: :func:`apologise`,
+under a key of its own (``reply:<inbound id>:apology``), so the reply's key stays free for the handler's
+real reply when an operator replays it (``wapipe dlq replay``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shared.db import answers
+from shared.db import answers, messages
 from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher, notify_jobs
@@ -20,6 +24,9 @@ from shared.settings import get_settings
 log = get_logger(__name__)
 
 _TYPED = ("interactive", "media", "template", "reaction")
+
+APOLOGY = "Sorry, something went wrong with your last message. Please send it again."
+APOLOGY_KEY = "apology"
 
 
 def reply_key(inbound_id: int, key: str = "") -> str:
@@ -50,6 +57,27 @@ def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any]
     enqueued, is redelivered: answering again stores nothing new and enqueues the send again.
     """
     return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=True)
+
+
+def apologise(inbound_id: int) -> int | None:
+    """Tell the sender of inbound ``inbound_id``, once, that it was not handled and to send it again, and
+    end its turn as :func:`answer` does; return the apology's outbound id, None when it has its reply.
+
+    Not under the reply's key: a replay of the handler that gave up must still be able to store its real
+    reply (before, the apology held ``reply:<id>`` and the replayed stage's answer was silently dropped).
+    Under a key of its own, it is sent once however often the message's handlers give up, replays
+    included. A handler that stores its reply at the same moment as another run of it gives up can cost
+    the user one needless apology, never a lost reply.
+    """
+    with connection() as conn:
+        reply = messages.find_outbound_by_key(conn, reply_key(inbound_id))
+    if reply is not None:
+        # Answered after all: nothing to apologise for. With its key taken, answer() stores nothing; it marks
+        # the message handled and enqueues the reply's send again, should the run that stored it have died
+        # before either (notify.send sends it once regardless).
+        answer(inbound_id, "(already answered)")
+        return None
+    return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
 
 
 def _queue(

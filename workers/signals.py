@@ -5,10 +5,10 @@ A task fails for good on an unexpected error or once its retries are spent (work
 ``OUTAGE_RETRIES``); Celery then acknowledges its message, so it is gone. A handler stage's task
 (:class:`workers.ordering.StageTask`: verify, commands, flows, ai, persist) and a webhook event's task
 (``inbound.route``, ``status.apply``) are kept as a dead letter, which ``wapipe dlq replay`` publishes again
-with the same kwargs. A handler's sender is also told, once, to try again: the apology is the message's
-reply under its usual key (shared/replies.py), so it is not sent when the reply already exists, and a
-replayed handler finds the key taken and sends nothing more. The handler's turn in its conversation is
-released first, as before (``StageTask.on_failure``).
+with the same kwargs. A handler's sender is also told, once, to try again (``shared.replies.apologise``):
+not when the message has its reply already, and under a key of its own, so a replayed handler still
+stores and sends its real reply under ``reply:<id>``, and gives no second apology if it gives up again.
+The handler's turn in its conversation is released first, as before (``StageTask.on_failure``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
+from shared import replies
 from shared.db import dead_letters
 from shared.db.pool import transaction
 from shared.logging import configure_logging, get_logger, scrub
-from shared.replies import answer
 from shared.settings import get_settings
 from workers.ordering import StageTask, message_id_of
 
 log = get_logger(__name__)
 
-APOLOGY = "Sorry, something went wrong with your last message. Please send it again."
+APOLOGY = replies.APOLOGY  # what the sender of a message its handler gave up on is told
 
 
 @signals.setup_logging.connect
@@ -112,7 +112,7 @@ def record_give_up(
     if not apologise or message_id is None:
         return
     try:
-        answer(message_id, APOLOGY)
+        replies.apologise(message_id)
     except Exception as failure:  # as above; a reply stored but not published is sent by notify.sweep
         log.error("could not queue the apology of a task that gave up", **ids, cause=type(failure).__name__)
 

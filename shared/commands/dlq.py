@@ -7,6 +7,19 @@
   replayed. In one transaction, then the enqueue after the commit. Replaying a replayed letter does
   nothing: the UPDATE that marks it only matches pending letters.
 
+A handler stage's letter (verify, commands, flows, ai, persist) does its work again and its sender gets
+the stage's real reply, under the reply's usual key ``reply:<message id>``: the apology they were sent
+when it gave up has a key of its own (shared/replies.py), so however often the message is replayed or
+redelivered it is answered once. Its sender, though, was told to send the message again, and may have;
+so such a letter is refused, and stays pending, unless ``--force``:
+
+- when its sender has written in the conversation since: the message sent again is answered already
+  (replaying would save a proposal twice), and any later one would see this old one answered after it
+  (a late ``/project`` undoing a later choice);
+- when the message is more than 24 hours old: WhatsApp's customer-service window (shared/policy.py) has
+  closed, so the work would be done (a proposal saved, a phone linked) and its reply refused, leaving
+  the user none the wiser.
+
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered.
 """
 
@@ -16,15 +29,21 @@ import argparse
 import sys
 from dataclasses import dataclass
 
+import psycopg
+
 from shared.db import dead_letters, messages
 from shared.db.pool import transaction
 from shared.logging import mask_phone
-from shared.queues import NOTIFY_TASK, Job, get_publisher
+from shared.policy import WINDOW
+from shared.queues import NOTIFY_TASK, Job, get_publisher, queue_for
+from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
 
 HELP = "List dead letters, or replay them (re-enqueue their task; a failed message is queued again)."
 
 PAGE = 200
 ERROR_WIDTH = 60
+# The queues of the handler stages, whose tasks answer an inbound message (workers/ordering.py).
+HANDLER_QUEUES = frozenset({"verify", "commands", "flows", "ai", "persist"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay = actions.add_parser("replay", help="replay dead letters by id, or --all pending ones")
     replay.add_argument("ids", nargs="*", type=int, metavar="ID")
     replay.add_argument("--all", action="store_true", help="replay every pending dead letter")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="replay a handler's letter even when its sender has written since or it is over 24 hours old",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
         print("wapipe dlq replay: give dead letter ids or --all (not both)", file=sys.stderr)
         return 2
     ids = args.ids or _all_pending_ids()
-    outcomes = [replay(letter_id) for letter_id in ids]
+    outcomes = [replay(letter_id, force=args.force) for letter_id in ids]
     for outcome in outcomes:
         print(outcome.describe())
     if not outcomes:
         print("no pending dead letters")
-    return 1 if any(outcome.result == "unknown" for outcome in outcomes) else 0
+    return 1 if any(outcome.result in ("unknown", "refused") for outcome in outcomes) else 0
 
 
 def list_letters(limit: int) -> int:
@@ -79,7 +103,7 @@ def list_letters(limit: int) -> int:
 @dataclass(frozen=True)
 class Replayed:
     letter_id: int
-    result: str  # replayed | already_replayed | unknown | not_failed
+    result: str  # replayed | already_replayed | unknown | not_failed | refused
     detail: str = ""
 
     def describe(self) -> str:
@@ -88,13 +112,31 @@ class Replayed:
         )
 
 
-def replay(letter_id: int) -> Replayed:
-    """Replay one dead letter; safe to call twice (the second call finds it replayed and does nothing)."""
+def replay(letter_id: int, *, force: bool = False) -> Replayed:
+    """Replay one dead letter; safe to call twice (the second call finds it replayed and does nothing).
+
+    A handler stage's letter is refused (and stays pending) when its message is no longer worth answering,
+    unless ``force``; see the module docstring.
+    """
     with transaction() as conn:
+        pending = dead_letters.get(conn, letter_id)
+        if pending is None:
+            return Replayed(letter_id, "unknown")
+        inbound_id = pending.message_id if _is_handler(pending.task_name) else None
+        if inbound_id is not None and pending.replayed_at is None:
+            refusal = None if force else _why_not_answer(conn, inbound_id)
+            if refusal is not None:
+                return Replayed(letter_id, "refused", f"{refusal}; --force to replay it anyway")
+            # An apology stored before it had a key of its own would swallow the stage's reply.
+            dead_letters.move_apology_aside(
+                conn,
+                reply_key=reply_key(inbound_id),
+                apology_key=reply_key(inbound_id, APOLOGY_KEY),
+                apology=APOLOGY,
+            )
         letter = dead_letters.mark_replayed(conn, letter_id)
         if letter is None:
-            existing = dead_letters.get(conn, letter_id)
-            return Replayed(letter_id, "already_replayed" if existing else "unknown")
+            return Replayed(letter_id, "already_replayed")
         message_id = letter.message_id if letter.task_name == NOTIFY_TASK else None
         if message_id is not None and not messages.requeue_failed(conn, message_id):
             # Sent or queued since (someone resent it): enqueueing could only send it twice.
@@ -104,6 +146,33 @@ def replay(letter_id: int) -> Replayed:
     get_publisher().publish([Job(letter.task_name, dict(letter.payload))])
     target = f"message {letter.message_id}" if letter.message_id is not None else "payload"
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
+
+
+def _is_handler(task_name: str) -> bool:
+    try:
+        return queue_for(task_name) in HANDLER_QUEUES
+    except ValueError:  # a task of a queue this release does not know
+        return False
+
+
+def _why_not_answer(conn: psycopg.Connection, inbound_id: int) -> str | None:
+    """Why the handler's work on inbound ``inbound_id`` should not be done now, if it should not."""
+    since = dead_letters.inbound_since(conn, inbound_id)
+    if since is None:
+        return None  # no such inbound message: the task finds that out and says so
+    if since.later:
+        plural = "" if since.later == 1 else "s"
+        return (
+            f"its sender has sent {since.later} message{plural} since, perhaps this one again as the"
+            " apology asked: replaying would do its work twice or answer it out of order"
+        )
+    if since.age > WINDOW:
+        hours = int(since.age.total_seconds() // 3600)
+        return (
+            f"message {inbound_id} came {hours} h ago: WhatsApp's 24-hour window has closed, so its work"
+            " would be done and its reply refused"
+        )
+    return None
 
 
 def _all_pending_ids() -> list[int]:

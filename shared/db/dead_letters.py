@@ -7,7 +7,7 @@ replayed. The row keeps the task name and its kwargs, so any stage can dead-lett
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -128,3 +128,45 @@ def list_pending_with_recipient(
         PendingLetter(DeadLetter(**{k: v for k, v in row.items() if k != "recipient"}), row["recipient"])
         for row in rows
     ]
+
+
+# --- before replaying a handler stage's letter: is its message still worth answering? ------------------
+
+# The message's age by the database's clock (the one that stamped it), and how many messages its sender
+# has written in the conversation since (ids are assigned in arrival order).
+_INBOUND_SINCE = """
+SELECT now() - m.created_at AS age,
+       (SELECT count(*) FROM messages l
+        WHERE l.conversation_id = m.conversation_id AND l.direction = 'in' AND l.id > m.id) AS later
+FROM messages m
+WHERE m.id = %(id)s AND m.direction = 'in'
+"""
+# An apology stored under the reply's own key (before apologies had a key of their own) moves to the
+# apology's key, freeing the reply's for the replayed stage. Never the stage's real reply: matched on text.
+_MOVE_APOLOGY = """
+UPDATE messages SET idempotency_key = %(apology_key)s, updated_at = now()
+WHERE idempotency_key = %(reply_key)s AND direction = 'out' AND body = %(apology)s
+  AND NOT EXISTS (SELECT FROM messages a WHERE a.idempotency_key = %(apology_key)s)
+"""
+
+
+@dataclass(frozen=True)
+class InboundSince:
+    """How long ago an inbound message came, and how many its sender has sent since in its conversation."""
+
+    age: timedelta
+    later: int
+
+
+def inbound_since(conn: psycopg.Connection, message_id: int) -> InboundSince | None:
+    """:class:`InboundSince` for inbound message ``message_id``; None when there is no such message."""
+    with wrap_errors():
+        row = conn.execute(_INBOUND_SINCE, {"id": message_id}).fetchone()
+    return InboundSince(row["age"], row["later"]) if row else None
+
+
+def move_apology_aside(conn: psycopg.Connection, *, reply_key: str, apology_key: str, apology: str) -> bool:
+    """Move an apology stored under ``reply_key`` to ``apology_key``; True if there was one to move."""
+    params = {"reply_key": reply_key, "apology_key": apology_key, "apology": apology}
+    with wrap_errors():
+        return conn.execute(_MOVE_APOLOGY, params).rowcount > 0

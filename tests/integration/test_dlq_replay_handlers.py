@@ -1,0 +1,231 @@
+"""Replaying a handler stage's dead letter (``wapipe dlq replay``): the stage's work runs again and the
+sender gets its real reply, once; the apology they got when it gave up does not swallow it. A letter the
+user has moved on from (they wrote again, as the apology asked) or whose 24-hour reply window has closed is
+refused unless forced, and stays pending.
+
+The stage gives up as in test_stage_give_up.py: PostgreSQL refuses its first read until its retries are
+spent; the task runs in-process (``.apply()``), on the real database and Redis, and so does the replayed
+job read back from its queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from shared.cli import main as wapipe
+from shared.commands.dlq import replay
+from shared.commands.seed_demo import seed
+from shared.db.errors import Unavailable
+from shared.sessions import Sessions
+from tests.integration.test_bot_workers import PHONE, replies, store_inbound
+from tests.integration.test_inbound_routing import queued
+from tests.integration.test_stage_give_up import database_down, dispatched, letters
+from workers import ai as ai_worker
+from workers import commands as commands_worker
+from workers import persist  # noqa: F401 - registers persist.save_proposal, which a replayed parse enqueues
+from workers import signals as give_up  # connects the task_failure handler in this process, as a worker does
+
+TEXT = "Need to add login page and user dashboard by Friday. Should take about 8 hours."
+
+
+def run_queued(redis_client: redis.Redis, queue: str) -> list[str]:
+    """Run the jobs waiting on ``queue`` in-process, as a worker would; return their tasks' states."""
+    from workers import celery
+
+    jobs = queued(redis_client, queue)
+    redis_client.delete(queue)
+    return [celery.tasks[task].apply(kwargs=kwargs).state for task, kwargs in jobs]
+
+
+def keys(db: psycopg.Connection) -> list[str]:
+    rows = db.execute("SELECT idempotency_key FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    return [row["idempotency_key"] for row in rows]
+
+
+def proposal_count(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"]
+
+
+def given_up_command(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, text: str = "/help") -> int:
+    """A ``commands.handle`` that gave up on its message; returns the message id."""
+    message_id = dispatched(db, text)
+    with monkeypatch.context() as outage:
+        database_down(outage)
+        assert commands_worker.handle_task.apply(kwargs={"message_id": message_id}).state == "FAILURE"
+    assert replies(db) == [give_up.APOLOGY]
+    return message_id
+
+
+def given_up_parse(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> int:
+    """An ``ai.parse_proposal`` that gave up on a message; returns the message id."""
+    message_id = dispatched(db, TEXT)
+    db.execute("UPDATE messages SET dispatched_to = 'ai.parse_proposal' WHERE id = %s", (message_id,))
+
+    def refused(*_: Any) -> None:
+        raise Unavailable("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(ai_worker.proposals, "id_for_message", refused)
+        assert ai_worker.parse_proposal_task.apply(kwargs={"message_id": message_id}).state == "FAILURE"
+    assert replies(db) == [give_up.APOLOGY]
+    return message_id
+
+
+@pytest.fixture
+def project_chosen(db: psycopg.Connection, redis_client: redis.Redis) -> uuid.UUID:
+    seed(PHONE)
+    project_id = db.execute("SELECT id FROM projects ORDER BY name LIMIT 1").fetchone()["id"]
+    Sessions(redis_client, ttl_seconds=1800).update(PHONE, project_id=str(project_id))
+    return project_id
+
+
+def test_a_replayed_command_sends_its_real_reply_once(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    redis_client.delete("notify")
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "commands") == ["SUCCESS"]
+
+    # Before: the command's answer was swallowed by the apology holding reply:<id>; the user had only that.
+    [apology, answer] = replies(db)
+    assert apology == give_up.APOLOGY
+    assert answer not in (give_up.APOLOGY, commands_worker._ALREADY_ANSWERED)
+    assert keys(db)[1] == f"reply:{message_id}"
+    assert len(queued(redis_client, "notify")) == 1  # the answer's send; the apology is not sent again
+
+    # Replayed again, or the replayed task redelivered: nothing more is stored.
+    assert replay(letter["id"]).result == "already_replayed"
+    commands_worker.handle_task.apply(kwargs={"message_id": message_id})
+    assert len(replies(db)) == 2
+
+
+def test_a_replayed_proposal_is_saved_and_confirmed(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    project_chosen: uuid.UUID,
+) -> None:
+    given_up_parse(db, monkeypatch)
+    [letter] = letters(db)
+    assert letter["task_name"] == "ai.parse_proposal"
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "ai") == ["SUCCESS"]
+    assert run_queued(redis_client, "persist") == ["SUCCESS"]
+
+    # Before: the proposal was saved and its confirmation swallowed; the user was only told to resend it.
+    assert proposal_count(db) == 1
+    [apology, confirmation] = replies(db)
+    assert apology == give_up.APOLOGY
+    assert confirmation.startswith("✅ Proposal saved: 2 items")
+
+
+def test_a_letter_the_user_has_written_after_is_refused_unless_forced(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    project_chosen: uuid.UUID,
+) -> None:
+    message_id = given_up_parse(db, monkeypatch)
+    [letter] = letters(db)
+    # As the apology asked, the user sends it again, and that one is saved and confirmed.
+    again = store_inbound(db, TEXT)
+    assert ai_worker.parse_message(again) == "parsed"
+    assert run_queued(redis_client, "persist") == ["SUCCESS"]
+    assert proposal_count(db) == 1
+
+    refused = replay(letter["id"])
+
+    # Before: replayed, and the first message's proposal was saved as well, a duplicate.
+    assert refused.result == "refused"
+    assert "1 message since" in refused.detail
+    assert "--force" in refused.detail
+    assert queued(redis_client, "ai") == []
+    assert letters(db)[0]["replayed_at"] is None  # still pending: the operator may force it
+
+    assert replay(letter["id"], force=True).result == "replayed"
+    assert queued(redis_client, "ai") == [("ai.parse_proposal", {"message_id": message_id})]
+
+
+def test_a_letter_past_the_24_hour_reply_window_is_refused_unless_forced(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    message_id = given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    db.execute("UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = %s", (message_id,))
+
+    assert wapipe(["dlq", "replay", str(letter["id"])]) == 1
+
+    out = capsys.readouterr().out
+    assert f"dead letter {letter['id']}: refused" in out
+    assert "24-hour window" in out
+    assert "--force" in out
+    assert queued(redis_client, "commands") == []
+    assert letters(db)[0]["replayed_at"] is None
+
+    assert wapipe(["dlq", "replay", "--force", str(letter["id"])]) == 0
+    assert f"dead letter {letter['id']}: replayed" in capsys.readouterr().out
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": message_id})]
+
+
+def test_a_replayed_handler_that_gives_up_again_sends_no_second_apology(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = given_up_command(db, monkeypatch)
+    [first] = letters(db)
+    assert replay(first["id"]).result == "replayed"
+    redis_client.delete("commands")
+
+    with monkeypatch.context() as outage:
+        database_down(outage)
+        assert commands_worker.handle_task.apply(kwargs={"message_id": message_id}).state == "FAILURE"
+
+    assert [letter["replayed_at"] is None for letter in letters(db)] == [False, True]  # a new letter
+    assert replies(db) == [give_up.APOLOGY]
+
+
+def test_an_apology_stored_as_the_reply_before_this_release_is_moved_aside_on_replay(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Letters already pending when this release is deployed had their apology stored as the reply itself.
+    message_id = given_up_command(db, monkeypatch)
+    db.execute("UPDATE messages SET idempotency_key = %s WHERE direction = 'out'", (f"reply:{message_id}",))
+    [letter] = letters(db)
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "commands") == ["SUCCESS"]
+
+    assert len(replies(db)) == 2
+    assert keys(db) == [f"reply:{message_id}:apology", f"reply:{message_id}"]
+
+
+def test_a_command_that_answered_before_it_gave_up_is_not_answered_again_on_replay(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = dispatched(db, "/help")
+    commands_worker.handle(message_id)  # answered; the task then died before it was acknowledged
+    answered = replies(db)
+    with monkeypatch.context() as outage:
+        database_down(outage)
+        commands_worker.handle_task.apply(kwargs={"message_id": message_id})
+    assert replies(db) == answered  # no apology: the user has the answer
+    [letter] = letters(db)
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "commands") == ["SUCCESS"]
+
+    assert replies(db) == answered
