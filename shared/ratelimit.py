@@ -19,7 +19,10 @@ takes no slot. Booked slots are spaced ``(1 + PACING_MARGIN) / rate`` apart rath
 than ``1 / rate``: evenly spaced at exactly the rate, a closed one-second window holds rate + 1 sends, and
 the few milliseconds a send can lag its slot (event loop, network) would let a window catch one more; the
 margin keeps every one-second window at or under the rate with ``PACING_MARGIN`` seconds of lag to spare.
-A provider's "slow down" (429 with Retry-After) blocks the sender number for every process
+A process that cannot tell closely when Redis ran its call (a slow round trip: the slots count from that
+moment, anywhere between asking and reading the answer) sends its slots up to a round trip late, so it
+books a pad that long after them (``pad_seconds``): the next slots anyone books keep their distance from
+its late sends. A provider's "slow down" (429 with Retry-After) blocks the sender number for every process
 (:meth:`RateLimiter.block_sender`): no slot is booked until it passes.
 """
 
@@ -107,12 +110,13 @@ return window_wait(KEYS[1], ARGV[3], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
 
 # GCRA booking slots for queued sends, each counted against its recipient's per-minute window in the same
 # call. KEYS: the bucket, the sender's block, then each send's recipient window (in queue order). ARGV:
-# interval ms, horizon ms, window ms, per-window limit, then each send's member. Sends are examined in order
-# until the slots that fall within the horizon are all given: a send within its recipient's limit (or
+# interval ms, horizon ms, window ms, per-window limit, pad ms, then each send's member. Sends are examined
+# in order until the slots that fall within the horizon are all given: a send within its recipient's limit (or
 # already counted there) takes the next slot, one over it takes none. Returns {slots booked, ms from now to
 # the first (text: Lua numbers come back as integers), ms to wait when nothing could be examined (blocked,
 # or no slot within the horizon), sends examined, then each examined send's wait in ms (0: booked)}.
-# Slots fall at first, first + interval, ...; the bucket advances only by the slots booked.
+# Slots fall at first, first + interval, ...; the bucket advances only by the slots booked, plus the pad
+# after them when any was booked (the next slot anyone books is then at least interval + pad after ours).
 _RESERVE = (
     _WINDOW_WAIT
     + """
@@ -123,7 +127,7 @@ if blocked > 0 then
   return {0, '0', blocked, 0}
 end
 local interval, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
-local window, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local window, limit, pad = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local fit = math.floor((now + horizon - tat) / interval) + 1
@@ -134,12 +138,12 @@ local window_now = math.floor(now)
 local booked, waits = 0, {}
 for i = 3, #KEYS do
   if booked >= fit then break end
-  local wait = window_wait(KEYS[i], ARGV[i + 2], window_now, window, limit)
+  local wait = window_wait(KEYS[i], ARGV[i + 3], window_now, window, limit)
   if wait == 0 then booked = booked + 1 end
   waits[#waits + 1] = wait
 end
 if booked > 0 then
-  local new_tat = tat + booked * interval
+  local new_tat = tat + booked * interval + pad
   redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 end
 local reply = {booked, string.format('%.3f', tat - now), 0, #waits}
@@ -261,10 +265,13 @@ class RateLimiter:
         sends: Sequence[tuple[str, int]],
         horizon_seconds: float,
         recipient_per_minute: int,
+        pad_seconds: float = 0.0,
     ) -> Booking:
         """Book send slots for the sender number, those falling within the horizon, for ``sends``
         ((recipient, message id), in queue order), each counted against its recipient's per-minute
-        window in the same call (a send already counted there is not counted twice)."""
+        window in the same call (a send already counted there is not counted twice). When any slot is
+        booked, the bucket also keeps ``pad_seconds`` free after them: room for this booking's sends to go
+        out that much late without crowding the slots booked next."""
         interval_ms = (1 + PACING_MARGIN) * 1000.0 / rate_per_second
         keys = [f"pace:sender:{sender}", f"pace:block:{sender}", *(f"pace:to:{to}" for to, _ in sends)]
         args = [
@@ -272,6 +279,7 @@ class RateLimiter:
             f"{horizon_seconds * 1000:.3f}",
             60_000,
             recipient_per_minute,
+            f"{pad_seconds * 1000:.3f}",
             *(_member(message_id) for _, message_id in sends),
         ]
         count, first_ms, wait_ms, _examined, *waits = self._reserve(keys=keys, args=args)

@@ -28,7 +28,8 @@ per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s per proces
    (``send_async``; a sender without it, such as the console, runs its ``send`` in a thread). A 429 with
    Retry-After blocks the sender number in Redis for every process; a send whose slot passed more than
    ``LATE_SLOT_SECONDS`` ago (a stalled loop) books a new slot rather than go out late and crowd a
-   one-second window.
+   one-second window. A slow Redis (its answer read up to a round trip after it booked the slots) gets
+   its bookings padded by the round trip (``MAX_PACING_PAD_SECONDS`` at most, logged when it is not enough).
 4. The outcomes are written in one statement (sent, failed, back to the queue, and their timeline
    events: :func:`shared.db.sending.settle`), in one transaction with the dead letters when there are
    any; only then are retries enqueued (with their countdown) and the task acknowledged.
@@ -115,6 +116,25 @@ PACING_HORIZON_SECONDS = 0.05
 # A send that would go out later than this after its slot books a new one: a stalled loop must not spend
 # the pacing margin (shared/ratelimit.py) that the network and the provider's clock need.
 LATE_SLOT_SECONDS = PACING_MARGIN / 5
+# A booking's sends go out up to its Redis round trip late (the slots count from when Redis ran the call,
+# somewhere within the round trip), so a booking keeps a pad that long free after its slots (the longest
+# round trip of the last ROUND_TRIP_MEMORY_SECONDS). Round trips this short fit in LATE_SLOT_SECONDS with
+# room for a stalled loop and need none (a Redis on the same host).
+UNPADDED_ROUND_TRIP_SECONDS = LATE_SLOT_SECONDS / 4
+ROUND_TRIP_MEMORY_SECONDS = 5.0
+# A Redis slower than this gets no longer pad: its bookings come back too late to use, and are re-booked
+# (and logged, see PACING_WARNING_EVERY_SECONDS) rather than let sends crowd a one-second window.
+MAX_PACING_PAD_SECONDS = 0.5
+# A padded booking holds this many pads' worth of slots, so the pads cost at most a tenth of the rate;
+# never more than MAX_PACING_HORIZON_SECONDS, how late a Retry-After may stop another process's sends.
+SLOTS_PER_PAD = 9
+MAX_PACING_HORIZON_SECONDS = 1.0
+# A sender's pacing trouble is logged, at most once per PACING_WARNING_EVERY_SECONDS each: its sends kept
+# missing their slots, none going out on time, for this long (a loop stalled that long, or every booking
+# coming back too late), or sends waited past MAX_PACING_WAIT_SECONDS and went back to the queue. Misses
+# further apart than this (longer than a padded booking round) are separate spells.
+PACING_STUCK_WARNING_SECONDS = 2.0
+PACING_WARNING_EVERY_SECONDS = 30.0
 # A claimed message that cannot get a slot this soon goes back to the queue, well inside the lease.
 MAX_PACING_WAIT_SECONDS = 30.0
 OUTCOME_UNKNOWN = OutcomeUnknown.CODE
@@ -424,7 +444,8 @@ class _Pacer:
     """One per process, on its loop: a queue per sender number, slots booked in bulk, sends at their slot.
 
     Every batch in the process shares it, so their sends to one number are booked together (one Lua call
-    per ``PACING_HORIZON_SECONDS`` per number and process) instead of each batch polling the bucket.
+    per ``PACING_HORIZON_SECONDS`` per number and process, longer when Redis is slow to answer) instead of
+    each batch polling the bucket.
     """
 
     def __init__(self, loop: LoopThread, limiter: RateLimiter, settings: Settings) -> None:
@@ -432,13 +453,13 @@ class _Pacer:
         self._limiter = limiter
         self._rate = settings.send_rate
         self._per_minute = settings.recipient_rate_per_minute
-        # Sends looked at per booking call: a few more than the slots one horizon holds, so a send over its
-        # recipient's limit rarely leaves a slot unused, and the call stays small.
-        self._per_round = int(PACING_HORIZON_SECONDS * settings.send_rate) + 4
         self._queues: dict[str, deque[_Send]] = {}
         self._running: set[str] = set()
         self._blocked_until: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._round_trips: deque[tuple[float, float]] = deque()  # (when it ended, how long it took)
+        self._missing: dict[str, tuple[float, float]] = {}  # per number: (first, latest) missed slot
+        self._warned_at: dict[tuple[str, str], float] = {}
 
     async def send_all(self, sends: list[_Send], sender: Sender) -> list[_Result]:
         running = asyncio.get_running_loop()
@@ -471,10 +492,13 @@ class _Pacer:
         taken: list[_Send] = []
         try:
             while queue:
-                self._give_up_waiting(queue, running.time())
+                self._give_up_waiting(key, queue, running.time())
+                pad = self._pad(running.time())
+                horizon = self._horizon(pad)
                 # Out of the queue while the call runs: the answers are per send, and a send that missed
-                # its slot meanwhile goes back to the queue's front.
-                taken = [queue.popleft() for _ in range(min(len(queue), self._per_round))]
+                # its slot meanwhile goes back to the queue's front. A few more than the slots the horizon
+                # holds, so a send over its recipient's limit rarely leaves a slot unused.
+                taken = [queue.popleft() for _ in range(min(len(queue), int(horizon * self._rate) + 4))]
                 if not taken:
                     break
                 taken = await self._still_held(taken)
@@ -482,26 +506,31 @@ class _Pacer:
                     continue
                 # The slots are offsets from the moment Redis ran the call, which is known only to lie
                 # between these two readings: each send goes out at the latest reading plus its offset
-                # (never before its slot) and is booked again if that is over LATE_SLOT_SECONDS past the
-                # earliest one (a reply that sat unread would otherwise push a whole booking late, onto
-                # the slots other processes booked after it).
+                # (never before its slot), so up to the round trip late. The pad booked after the slots
+                # covers that much; what the round trip took beyond the pad comes out of the
+                # LATE_SLOT_SECONDS a send may lag, and a send later than that is booked again (a reply
+                # that sat unread would otherwise push a whole booking late, onto the slots other
+                # processes booked after it).
                 asked = running.time()
                 booking = await asyncio.to_thread(
                     self._limiter.reserve,
                     key,
                     self._rate,
                     [(send.record.phone or "", send.record.id) for send in taken],
-                    PACING_HORIZON_SECONDS,
+                    horizon,
                     self._per_minute,
+                    pad,
                 )
                 now = running.time()
+                self._round_trips.append((now, now - asked))
+                allowance = LATE_SLOT_SECONDS - max(0.0, now - asked - pad)
                 slots = iter(booking.offsets())
                 for send, wait in zip(taken, booking.waits, strict=False):
                     if wait > 0:  # the recipient's window is full: back to the queue, due when it has room
                         self._resolve(send, Release(0, wait, False))
                     else:
                         offset = next(slots)
-                        self._spawn(self._fire(send, now + offset, asked + offset, sender))
+                        self._spawn(self._fire(send, now + offset, allowance, sender))
                 queue.extendleft(reversed(taken[len(booking.waits) :]))  # not reached this round
                 taken = []
                 if not booking.waits:
@@ -534,20 +563,66 @@ class _Pacer:
                 self._resolve(send, WITHDRAWN)
         return [send for send in taken if send.calling]
 
-    def _give_up_waiting(self, queue: deque[_Send], now: float) -> None:
+    def _pad(self, now: float) -> float:
+        """Time to keep free after the next booking's slots: the longest recent round trip to Redis
+        (the latest is always remembered, so a slow Redis is padded for after an idle spell too)."""
+        trips = self._round_trips
+        while len(trips) > 1 and now - trips[0][0] > ROUND_TRIP_MEMORY_SECONDS:
+            trips.popleft()
+        longest = max((took for _, took in trips), default=0.0)
+        return 0.0 if longest < UNPADDED_ROUND_TRIP_SECONDS else min(longest, MAX_PACING_PAD_SECONDS)
+
+    @staticmethod
+    def _horizon(pad: float) -> float:
+        return min(MAX_PACING_HORIZON_SECONDS, max(PACING_HORIZON_SECONDS, SLOTS_PER_PAD * pad))
+
+    def _give_up_waiting(self, key: str, queue: deque[_Send], now: float) -> None:
+        given_up = 0
         while queue and now - queue[0].queued_at > MAX_PACING_WAIT_SECONDS:
             self._resolve(queue.popleft(), Release(0, _jitter(1.0), False, "pacing"))
+            given_up += 1
+        if given_up:
+            self._warn(key, "sends waited too long for a pacing slot; back to the queue", now, count=given_up)
 
-    async def _fire(self, send: _Send, slot: float, earliest_slot: float, sender: Sender) -> None:
+    def _warn(self, key: str, event: str, now: float, **fields: Any) -> None:
+        """Log the sender number's pacing trouble, at most once per PACING_WARNING_EVERY_SECONDS each."""
+        if (
+            now - self._warned_at.get((key, event), -PACING_WARNING_EVERY_SECONDS)
+            < PACING_WARNING_EVERY_SECONDS
+        ):
+            return
+        self._warned_at[(key, event)] = now
+        round_trip = max((took for _, took in self._round_trips), default=0.0)
+        log.warning(event, sender=key, redis_round_trip_ms=round(round_trip * 1000), **fields)
+
+    def _missed(self, key: str, now: float) -> None:
+        """A send of this number missed its slot: warn when that has gone on, with none sent on time."""
+        first, latest = self._missing.get(key, (now, now))
+        if now - latest > PACING_STUCK_WARNING_SECONDS:
+            first = now
+        self._missing[key] = (first, now)
+        if now - first >= PACING_STUCK_WARNING_SECONDS:
+            self._warn(
+                key, "sends keep missing their pacing slots; booking again", now, for_s=round(now - first, 1)
+            )
+
+    async def _fire(self, send: _Send, slot: float, allowance: float, sender: Sender) -> None:
+        """Send at the slot; book again if blocked meanwhile or later than ``allowance`` past it."""
         running = asyncio.get_running_loop()
+        key = send.pace_key
         delay = slot - running.time()
         if delay > 0:
             await asyncio.sleep(delay)
         now = running.time()
-        blocked = self._blocked_until.get(send.pace_key, 0.0) - now
-        if blocked > 0 or now - earliest_slot > LATE_SLOT_SECONDS:
+        blocked = self._blocked_until.get(key, 0.0) - now
+        if blocked > 0:
             self._enqueue(send, sender, front=True)  # book again (the block is in Redis too)
             return
+        if now - slot > allowance:
+            self._missed(key, now)
+            self._enqueue(send, sender, front=True)
+            return
+        self._missing.pop(key, None)
         try:
             if isinstance(sender, AsyncSender):
                 result: SendResult | SendError = await sender.send_async(send.message, self._loop.session())
