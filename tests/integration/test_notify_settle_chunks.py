@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import aiohttp
+import psycopg
 import pytest
+import tenacity
 
+from shared.db.errors import Unavailable
 from shared.providers import aio
 from shared.providers.twilio.client import TwilioSender
 from shared.wire.events import StatusUpdate
@@ -90,10 +93,8 @@ def test_sends_answered_while_the_batch_runs_are_recorded_before_it_ends(db, red
     # The batch is still running (its last send awaits the provider), and the provider's ids are known.
     assert batch.is_alive()
     assert message(db, held)["status"] == "sending"
-    sids = {r.form["To"].removeprefix("whatsapp:"): r.sid for r in fake.created()}
-    for message_id in answered:
-        row = message(db, message_id)
-        assert row["provider_message_id"] == sids[row_phone(db, message_id)]
+    sids = sids_by_id(db, fake)
+    assert [message(db, i)["provider_message_id"] for i in answered] == [sids[i] for i in answered]
     # A receipt this early finds its message (status.apply looks for an unknown id only about a minute).
     first_sid = message(db, answered[1])["provider_message_id"]
     receipt = StatusUpdate(provider="twilio", provider_message_id=first_sid, status="delivered")
@@ -116,8 +117,53 @@ def test_sends_answered_while_the_batch_runs_are_recorded_before_it_ends(db, red
     assert len(fake.created()) == 5
 
 
-def row_phone(db, message_id: int) -> str:
-    row = db.execute(
-        "SELECT c.phone FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.id = %s", (message_id,)
-    ).fetchone()
-    return row["phone"]
+def test_a_chunk_the_database_could_not_take_is_written_with_a_later_one(
+    db, redis_client, fake, monkeypatch
+) -> None:
+    answered = [a_reply_to(f"+1555320000{index}") for index in range(4)]
+    held = a_reply_to(HELD_PHONE)
+    settings = twilio_settings(fake)
+    # PostgreSQL is away while the last send is held: every attempt of every chunk written meanwhile fails
+    # (no waits between the attempts here).
+    monkeypatch.setattr(notify._settle.retry, "wait", tenacity.wait_none())
+    give_up = notify._settle.retry.stop.max_attempt_number
+    real_settle = notify.sending.settle
+    attempts: list[int] = []
+
+    def away_while_held(conn: psycopg.Connection, **outcomes: object) -> list[int]:
+        attempts.append(len(attempts))
+        if not fake.release.is_set():
+            raise Unavailable("the database is restarting")
+        return real_settle(conn, **outcomes)
+
+    monkeypatch.setattr(notify.sending, "settle", away_while_held)
+    outcome: list[str] = []
+    batch = threading.Thread(
+        target=lambda: outcome.append(dispatch(answered[0], settings=settings, sender=TwilioSender(settings)))
+    )
+    batch.start()
+
+    assert fake.holding.wait(timeout=15), "the held send never reached the provider"
+    wait_for(lambda: len(attempts) >= give_up, "the first chunk's settle to give up")
+    # The batch goes on: its last send is still running, and what it knows is kept for its next settle.
+    assert batch.is_alive()
+    assert [message(db, i)["status"] for i in answered] == ["sending"] * 4
+
+    fake.release.set()
+    batch.join(timeout=30)
+    assert not batch.is_alive()
+    assert outcome == ["sent"]
+    for message_id in (*answered, held):
+        row = message(db, message_id)
+        assert (row["status"], row["provider_message_id"]) == ("sent", sids_by_id(db, fake)[message_id])
+        assert statuses(db, message_id) == ["queued", "sent"]
+    assert len(fake.created()) == 5
+
+
+def sids_by_id(db, fake: HoldingTwilio) -> dict[int, str | None]:
+    sids = {r.form["To"].removeprefix("whatsapp:"): r.sid for r in fake.created()}
+    rows = db.execute(
+        "SELECT m.id, c.phone FROM messages m JOIN contacts c ON c.id = m.contact_id"
+        " WHERE m.direction = 'out'"
+    ).fetchall()
+    return {row["id"]: sids[row["phone"]] for row in rows}
