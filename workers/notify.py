@@ -30,13 +30,18 @@ per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s per proces
    ``LATE_SLOT_SECONDS`` ago (a stalled loop) books a new slot rather than go out late and crowd a
    one-second window. A slow Redis (its answer read up to a round trip after it booked the slots) gets
    its bookings padded by the round trip (``MAX_PACING_PAD_SECONDS`` at most, logged when it is not enough).
-4. The outcomes are written in one statement (sent, failed, back to the queue, and their timeline
-   events: :func:`shared.db.sending.settle`), in one transaction with the dead letters when there are
-   any; only then are retries enqueued (with their countdown) and the task acknowledged.
+4. The outcomes are written as they come, a chunk at a time: the task's thread waits for the answers
+   the loop hands it and writes those that came within ``SETTLE_EVERY_SECONDS`` of each other in one
+   statement (sent, failed, back to the queue, and their timeline events:
+   :func:`shared.db.sending.settle`), in one transaction with the dead letters when there are any; only
+   then are that chunk's retries enqueued (with their countdown). A provider id is so recorded about a
+   second after the provider gave it, long before its delivery receipt stops looking for it
+   (workers/status.py), and the database work stays off the loop the process's tasks share. The task is
+   acknowledged once the last chunk is written.
 
-The claim and the settle each run as a single statement outside an explicit transaction (one round
-trip to PostgreSQL each), so a batch of one message costs two round trips and one Lua call besides the
-provider call; a task whose message another batch took costs one round trip.
+The claim and each settle run as a single statement outside an explicit transaction (one round trip to
+PostgreSQL each), so a batch of one message (one chunk) costs two round trips and one Lua call besides
+the provider call; a task whose message another batch took costs one round trip.
 
 Measured with ``python -m tests.bench.outbound`` (figures in the commit that introduced this): see the
 README's Performance section.
@@ -56,11 +61,13 @@ delivery toward the provider is at-most-once when the outcome is unknown:
 - A worker killed during its batch leaves rows ``sending`` with ``claimed_by`` = its task's message.
   That task is redelivered (``acks_late``, ``reject_on_worker_lost``), finds its own message still
   ``sending`` and waits out the lease (far longer than a batch can take), then settles every row its
-  claim left behind: a row still marked unsent goes back to the queue with its attempt given back and a
-  new job (usually most of a batch: the sends waiting for their pacing slots); any other fails with
-  ``outcome_unknown`` and becomes a dead letter: neither Twilio nor Meta accepts an idempotency key on
-  send, so an operator checks the provider's log and replays with ``wapipe dlq replay``. That is at
-  most the sends booked in the last ``PACING_HORIZON_SECONDS`` and those awaiting the provider's answer.
+  claim left behind: the chunks already written stand (sent, failed, back in the queue); a row still
+  marked unsent goes back to the queue with its attempt given back and a new job (usually most of a
+  batch: the sends waiting for their pacing slots); any other fails with ``outcome_unknown`` and
+  becomes a dead letter: neither Twilio nor Meta accepts an idempotency key on send, so an operator
+  checks the provider's log and replays with ``wapipe dlq replay``. That is at most the sends booked in
+  the last ``PACING_HORIZON_SECONDS``, those awaiting the provider's answer, and those answered in the
+  chunk not yet written (about the last ``SETTLE_EVERY_SECONDS``).
   ``notify.sweep`` (meant for beat, every minute) does the same for any claim past the lease, and
   re-enqueues queued messages whose job was lost. Should a worker outlive its lease after all, the
   statement that clears the marks finds its rows taken back and it withdraws those sends.
@@ -69,11 +76,14 @@ delivery toward the provider is at-most-once when the outcome is unknown:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
+import queue
 import random
 import threading
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +147,10 @@ PACING_STUCK_WARNING_SECONDS = 2.0
 PACING_WARNING_EVERY_SECONDS = 30.0
 # A claimed message that cannot get a slot this soon goes back to the queue, well inside the lease.
 MAX_PACING_WAIT_SECONDS = 30.0
+# A running batch writes the answers that came within this long of each other in one statement: a kill
+# loses at most that much of what the provider answered, and a receipt finds its provider id recorded about
+# a second after the answer (status.apply looks for an unknown id for only about a minute).
+SETTLE_EVERY_SECONDS = 0.5
 OUTCOME_UNKNOWN = OutcomeUnknown.CODE
 OUTCOME_UNKNOWN_TEXT = "a worker stopped during the provider call; check the provider's log before replaying"
 # A message waiting for an earlier one to its recipient (shared/db/sending.py) looks again this soon: about
@@ -232,10 +246,8 @@ def _dispatch(
         return _not_claimed_or_later(message_id, state), []
     sender = sender or _process_sender(settings)
     outcomes = _send_batch(batch, settings, sender)
-    own = outcomes.settle()
-    later = [release for release in outcomes.released if release.id != message_id]
-    if later:
-        _enqueue_later(later)
+    own = outcomes.settle()  # the last chunk, before the task acks
+    outcomes.publish_later()
     claimed = [record.id for record in batch]
     if isinstance(own, Release):
         return RetryLater(_jitter(own.delay), own.code or "pacing"), claimed
@@ -271,7 +283,8 @@ def _batch_more(settings: Settings) -> int:
 
 @dataclass
 class _Outcomes:
-    """What happened to each message of a batch, until written in one transaction."""
+    """What happened to the messages of a batch: the outcomes not yet written, written a chunk at a time
+    while the batch runs (:meth:`settle`), and what the written ones said of this task's own message."""
 
     own_id: int
     settings: Settings
@@ -279,6 +292,18 @@ class _Outcomes:
     failed: list[tuple[int, str, str]] = field(default_factory=list)
     dead: list[tuple[int, int, SendError]] = field(default_factory=list)  # (id, attempts, error)
     released: list[Release] = field(default_factory=list)
+    # Written so far: the own message's outcome, and the other messages back in the queue whose job is not
+    # published yet (:meth:`publish_later`).
+    own: str | Release = "skipped"
+    later: list[Release] = field(default_factory=list)
+
+    def add(self, record: OutboundRecord, result: _Result) -> None:
+        if isinstance(result, SendResult):
+            self.sent.append((record.id, result.provider, result.provider_message_id))
+        elif isinstance(result, Release):
+            self.released.append(result)
+        elif isinstance(result, SendError):
+            self.after_error(record, result)
 
     def after_error(self, record: OutboundRecord, error: SendError) -> None:
         if isinstance(error, OutcomeUnknown):  # never sent again: failed, and a dead letter to check
@@ -299,21 +324,37 @@ class _Outcomes:
             self.released.append(Release(record.id, delay, True, error.code, error.message))
 
     def settle(self) -> str | Release:
-        """Write every outcome in one transaction; this task's own message's outcome."""
-        _settle(self)
+        """Write the outcomes gathered since the last settle in one transaction; this task's own message's
+        outcome (``skipped`` until written)."""
+        if not (self.sent or self.failed or self.dead or self.released):
+            return self.own
+        _settle(self)  # raises with nothing cleared: the next settle writes these too
         for message_id, _, error in self.dead:
             log.error("send dead-lettered", message_id=message_id, error_code=error.code)
-        own: str | Release = "skipped"
-        if any(message_id == self.own_id for message_id, _, _ in self.sent):
-            own = "sent"
-        elif any(message_id == self.own_id for message_id, _, _ in self.failed):
-            own = "failed"
-        elif any(message_id == self.own_id for message_id, _, _ in self.dead):
-            own = "dead"
+        written = [
+            *((i, "sent") for i, _, _ in self.sent),
+            *((i, "failed") for i, _, _ in self.failed),
+            *((i, "dead") for i, _, _ in self.dead),
+        ]
+        for message_id, outcome in written:
+            if message_id == self.own_id:
+                self.own = outcome
         for release in self.released:
             if release.id == self.own_id:
-                own = release
-        return own
+                self.own = release  # its RetryLater, not a job of its own
+            else:
+                self.later.append(release)
+        self.sent, self.failed, self.dead, self.released = [], [], [], []
+        return self.own
+
+    def publish_later(self) -> None:
+        """Give each message the settles put back in the queue its job again, due when it is."""
+        later, self.later = self.later, []
+        try:
+            _enqueue_later(later)
+        except BaseException:
+            self.later = later  # published again next time: a second job finds its message claimed or sent
+            raise
 
 
 # The provider has the messages: recording that must not be lost to a brief database hiccup, or the rows
@@ -366,7 +407,8 @@ def _send_later(message_id: int, countdown: float) -> None:
 
 
 def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender) -> _Outcomes:
-    """Check, pace and send the claimed batch; the outcomes, not yet written."""
+    """Check, pace and send the claimed batch, writing the outcomes a chunk at a time as they come; the
+    outcomes of the last chunk, not yet written."""
     outcomes = _Outcomes(batch[0].id, settings)
     ready: list[tuple[OutboundRecord, str | None]] = []
     for record in batch:
@@ -388,19 +430,78 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
         )
         pace_key = _pace_key(settings, sender.name, from_number)
         to_send.append(_Send(record, message, pace_key))
+    sent = 0
     if to_send:
         loop = get_loop()
-        results = loop.run(_pacer(loop, settings).send_all(to_send, sender))
-        for send, result in zip(to_send, results, strict=True):
-            if isinstance(result, SendResult):
-                outcomes.sent.append((send.record.id, result.provider, result.provider_message_id))
-            elif isinstance(result, Release):
-                outcomes.released.append(result)
-            elif isinstance(result, SendError):
-                outcomes.after_error(send.record, result)
-    if outcomes.sent:
-        log.info("messages sent", count=len(outcomes.sent), batch=len(batch))
+        answers: queue.SimpleQueue[tuple[_Send, _Result]] = queue.SimpleQueue()
+        # The sends run on the loop; this thread waits for their answers and writes them, so the database
+        # work never holds up the loop that the process's other tasks share.
+        running = loop.submit(_send_each(_pacer(loop, settings), to_send, sender, answers.put))
+        try:
+            left = len(to_send)
+            for chunk in _chunks(answers, left, running):
+                for send, result in chunk:
+                    outcomes.add(send.record, result)
+                    sent += isinstance(result, SendResult)
+                left -= len(chunk)
+                if left:
+                    _settle_meanwhile(outcomes)
+            running.result()
+        except Exception:
+            _settle_meanwhile(outcomes)  # what is known, before the task fails
+            raise
+    if sent:
+        log.info("messages sent", count=sent, batch=len(batch))
     return outcomes
+
+
+async def _send_each(
+    pacer: _Pacer, sends: list[_Send], sender: Sender, answer: Callable[[tuple[_Send, _Result]], None]
+) -> None:
+    """The batch's sends through the pacer, each answer handed to ``answer`` (which must not block: it
+    runs on the loop) the moment it comes rather than when the whole batch is done. The sends are queued
+    in their order before the pacer's first booking runs, as one call for the batch would."""
+
+    async def one(send: _Send) -> None:
+        [result] = await pacer.send_all([send], sender)
+        answer((send, result))
+
+    await asyncio.gather(*(one(send) for send in sends))
+
+
+def _chunks(
+    answers: queue.SimpleQueue[tuple[_Send, _Result]], count: int, running: concurrent.futures.Future[None]
+) -> Iterator[list[tuple[_Send, _Result]]]:
+    """The ``count`` answers as they come, in chunks: what arrives within ``SETTLE_EVERY_SECONDS`` of a
+    chunk's first answer (the rest at once, should they all be in sooner)."""
+    while count:
+        try:
+            chunk = [answers.get(timeout=SETTLE_EVERY_SECONDS)]
+        except queue.Empty:
+            if running.done():
+                running.result()  # the sends failed: their error
+                raise RuntimeError("the batch's sends ended without an answer for each") from None
+            continue
+        ends = time.monotonic() + SETTLE_EVERY_SECONDS
+        while len(chunk) < count:
+            try:
+                chunk.append(answers.get(timeout=max(0.0, ends - time.monotonic())))
+            except queue.Empty:
+                break
+        count -= len(chunk)
+        yield chunk
+
+
+def _settle_meanwhile(outcomes: _Outcomes) -> None:
+    """Write a chunk of a running batch and publish its retries' jobs. Should that fail, the next chunk
+    writes these outcomes too; the batch's last settle (before the task acks) raises instead."""
+    try:
+        outcomes.settle()
+        outcomes.publish_later()
+    except (Unavailable, psycopg.Error, redis.RedisError, kombu.exceptions.OperationalError) as exc:
+        log.warning(
+            "could not record a chunk of the batch yet; the next chunk will", error=type(exc).__name__
+        )
 
 
 def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:

@@ -1,11 +1,13 @@
 """An asyncio event loop of the process's own, for sending many outbound messages at once.
 
 Celery runs a task in a plain thread (or a prefork child); ``notify.send`` hands its batch to this loop
-(:meth:`LoopThread.run`) and waits for the outcome, so the task still acknowledges only once its sends are
-recorded. The loop keeps one :class:`aiohttp.ClientSession` with HTTP keep-alive for every provider call
-the process makes. aiohttp, not httpx: measured against a fake provider answering after 150 ms with a few
-hundred requests in flight, httpx's ``AsyncClient`` spent ~14 ms of CPU per request (its connection pool
-scans every connection), aiohttp ~0.6 ms (twilio's own async client is aiohttp too).
+(:meth:`LoopThread.submit`) and, in its own thread, records the sends' outcomes as they come, so the task
+still acknowledges only once every send is recorded, and the database work stays off the loop that the
+process's other tasks share. The loop keeps one :class:`aiohttp.ClientSession` with HTTP keep-alive for
+every provider call the process makes. aiohttp, not httpx: measured against a fake provider answering
+after 150 ms with a few hundred requests in flight, httpx's ``AsyncClient`` spent ~14 ms of CPU per
+request (its connection pool scans every connection), aiohttp ~0.6 ms (twilio's own async client is
+aiohttp too).
 
 One loop per process, made on first use, so a prefork child makes its own after the fork.
 """
@@ -13,6 +15,7 @@ One loop per process, made on first use, so a prefork child makes its own after 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from collections.abc import Coroutine
@@ -73,7 +76,11 @@ class LoopThread:
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run the coroutine on the loop; block the calling thread until it is done and return its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start the coroutine on the loop and return at once: its result, for the calling thread."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
     def session(self) -> aiohttp.ClientSession:
         """The loop's session (call from the loop)."""
