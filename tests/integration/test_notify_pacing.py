@@ -35,6 +35,13 @@ def arrivals(fake: FakeTwilioAPI) -> list[tuple[float, str, int]]:
 def queue_messages(redis_url: str, count: int, prefix: str = "+1415") -> list[int]:
     """``count`` texts, each to its own recipient who wrote a minute ago (inside the 24-hour window), and
     their notify.send jobs, as the notify API stores and enqueues them."""
+    ids = store_messages(count, prefix)
+    Publisher(redis_url).publish([Job("notify.send", {"message_id": message_id}) for message_id in ids])
+    return ids
+
+
+def store_messages(count: int, prefix: str = "+1415") -> list[int]:
+    """The texts of :func:`queue_messages`, stored without their jobs (for a test that runs the task)."""
     phones = [f"{prefix}{5550000 + index:07d}" for index in range(count)]
     requests = [
         NewOutbound(
@@ -51,7 +58,6 @@ def queue_messages(redis_url: str, count: int, prefix: str = "+1415") -> list[in
     with connection() as conn:
         ids = [stored.id for stored in outbound_api.accept_many(conn, requests)]
         conn.execute("UPDATE contacts SET last_inbound_at = now() WHERE phone = ANY(%s)", (phones,))
-    Publisher(redis_url).publish([Job("notify.send", {"message_id": message_id}) for message_id in ids])
     return ids
 
 

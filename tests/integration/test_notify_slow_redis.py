@@ -17,14 +17,11 @@ import pytest
 import redis
 import structlog.testing
 
-from shared.db import outbound_api
-from shared.db.outbound_api import NewOutbound
-from shared.db.pool import connection
 from shared.providers import get_sender
 from shared.providers.aio import get_loop
 from shared.ratelimit import RateLimiter
 from tests.fakes.twilio_api import FakeTwilioAPI, busiest_second
-from tests.integration.test_notify_pacing import queue_messages, settled
+from tests.integration.test_notify_pacing import queue_messages, settled, store_messages
 from tests.integration.test_notify_send import twilio_settings
 from workers import notify
 from workers.notify import RetryLater, dispatch
@@ -126,23 +123,7 @@ def fake() -> Iterator[FakeTwilioAPI]:
 def store_texts(count: int) -> list[int]:
     """``count`` queued texts, each to its own recipient who wrote a minute ago; no jobs: the test runs
     the task body itself."""
-    phones = [f"+1415{6660000 + index:07d}" for index in range(count)]
-    requests = [
-        NewOutbound(
-            phone=phone,
-            idempotency_key=f"slow-redis:{index}",
-            provider="twilio",
-            type="text",
-            body=f"Your order #{index} shipped.",
-            payload={},
-            request_hash=f"slow-redis:{index}",
-        )
-        for index, phone in enumerate(phones)
-    ]
-    with connection() as conn:
-        ids = [stored.id for stored in outbound_api.accept_many(conn, requests)]
-        conn.execute("UPDATE contacts SET last_inbound_at = now() WHERE phone = ANY(%s)", (phones,))
-    return ids
+    return store_messages(count, prefix="+1416")
 
 
 def queued(db: psycopg.Connection, ids: list[int]) -> list[int]:
@@ -220,11 +201,12 @@ def test_a_redis_too_slow_to_pace_by_is_logged_and_its_sends_go_back_to_the_queu
     monkeypatch.setattr(notify, "MAX_PACING_WAIT_SECONDS", 2 * notify.PACING_STUCK_WARNING_SECONDS)
     ids = store_texts(10)
 
-    with structlog.testing.capture_logs() as logs, pytest.raises(RetryLater):
+    with structlog.testing.capture_logs() as logs:
         # A logger made inside the capture: notify's own may have cached the processors of an earlier
         # configure_logging in this process (cache_logger_on_first_use), which the capture would not see.
         monkeypatch.setattr(notify, "log", structlog.get_logger(notify.__name__))
-        dispatch(ids[0], settings=settings, sender=get_sender(settings))
+        with pytest.raises(RetryLater):
+            dispatch(ids[0], settings=settings, sender=get_sender(settings))
 
     assert fake.requests() == []  # nothing goes out late, crowding the slots booked after it
     assert queued(db, ids) == ids
