@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -20,6 +21,7 @@ import structlog.testing
 from shared.providers import get_sender
 from shared.providers.aio import get_loop
 from shared.ratelimit import RateLimiter
+from shared.settings import load_settings
 from tests.fakes.twilio_api import FakeTwilioAPI, busiest_second
 from tests.integration.test_notify_pacing import queue_messages, settled, store_messages
 from tests.integration.test_notify_send import twilio_settings
@@ -214,3 +216,14 @@ def test_a_redis_too_slow_to_pace_by_is_logged_and_its_sends_go_back_to_the_queu
     # Each kind of trouble once: the warnings are limited to one per sender number every 30 s.
     assert warnings["sends keep missing their pacing slots; booking again"] == 1
     assert warnings["sends waited too long for a pacing slot; back to the queue"] == 1
+
+
+def test_one_slow_reply_among_fast_ones_pads_nothing(redis_client) -> None:
+    # A busy host's occasional slow reply must not pad every booking (a tenth of the rate, and latency).
+    pacer = notify._Pacer(get_loop(), RateLimiter(redis_client), load_settings())
+    now = time.monotonic()
+    pacer._round_trips.extend([(now, 0.002)] * 9 + [(now, 0.08)])
+    assert pacer._pad(now) == 0.0
+    # A Redis slow on most replies is padded for by its typical round trip.
+    pacer._round_trips.extend([(now, 0.05)] * 12)
+    assert pacer._pad(now) == pytest.approx(0.05)
