@@ -460,12 +460,11 @@ async def _send_each(
     pacer: _Pacer, sends: list[_Send], sender: Sender, answer: Callable[[tuple[_Send, _Result]], None]
 ) -> None:
     """The batch's sends through the pacer, each answer handed to ``answer`` (which must not block: it
-    runs on the loop) the moment it comes rather than when the whole batch is done. The sends are queued
-    in their order before the pacer's first booking runs, as one call for the batch would."""
+    runs on the loop) the moment it comes rather than when the whole batch is done. Each send is queued
+    when its task first runs, in the batch's order, so all of them are before the pacer's first booking."""
 
     async def one(send: _Send) -> None:
-        [result] = await pacer.send_all([send], sender)
-        answer((send, result))
+        answer((send, await pacer.send(send, sender)))
 
     await asyncio.gather(*(one(send) for send in sends))
 
@@ -563,13 +562,13 @@ class _Pacer:
         self._missing: dict[str, tuple[float, float]] = {}  # per number: (first, latest) missed slot
         self._warned_at: dict[tuple[str, str], float] = {}
 
-    async def send_all(self, sends: list[_Send], sender: Sender) -> list[_Result]:
+    async def send(self, send: _Send, sender: Sender) -> _Result:
+        """Queue the send for its number's next booking (before this first awaits) and wait for its answer."""
         running = asyncio.get_running_loop()
-        for send in sends:
-            send.done = running.create_future()
-            send.queued_at = running.time()
-            self._enqueue(send, sender)
-        return [await send.done for send in sends if send.done is not None]
+        send.done = running.create_future()
+        send.queued_at = running.time()
+        self._enqueue(send, sender)
+        return await send.done
 
     def _enqueue(self, send: _Send, sender: Sender, *, front: bool = False) -> None:
         queue = self._queues.setdefault(send.pace_key, deque())
