@@ -50,14 +50,15 @@ _EARLIER_PENDING = f"""EXISTS (
 # ``own_state`` is the own message as it stood before this statement (the statement's snapshot): it is
 # what the task reads when nothing was claimed. The own message is claimed only when it is queued, due
 # and next for its recipient; the others (SKIP LOCKED, oldest first, each next for its recipient) only
-# when it is. A row joins every claimed row to the one
-# state row, so "nothing claimed" is one row with the state and NULL message columns, and "no such
-# message" is no row at all. A concurrent claimer that takes the own row between snapshot and UPDATE
-# leaves the state saying 'queued' with nothing claimed: the task then stands back.
+# when it is. A row joins every claimed row to the one state row, so "nothing claimed" is one row with
+# the state and NULL message columns, and "no such message" is no row at all. A concurrent claimer that
+# takes the own row between snapshot and UPDATE leaves the state saying 'queued' with nothing claimed:
+# the task then stands back. ``own_behind`` is looked up only for a queued message, the one case that
+# reads it: most jobs find their message already taken by another batch.
 _STATE = f"""status AS own_status, claimed_by AS own_claimed_by,
            extract(epoch FROM now() - updated_at)::float AS own_age,
            extract(epoch FROM send_after - now())::float AS own_due_in,
-           {_EARLIER_PENDING} AS own_behind"""
+           (status = 'queued' AND {_EARLIER_PENDING}) AS own_behind"""
 _CLAIM = f"""
 WITH own_state AS (
     SELECT {_STATE}
