@@ -41,6 +41,9 @@ QUEUES: tuple[str, ...] = (
 )
 # Queues whose tasks take long (model calls, downloads); each worker process holds one task at a time.
 SLOW_QUEUES = frozenset({"ai", "persist", "maintenance"})
+# The handler stages' queues: their tasks (workers.ordering.StageTask) answer an inbound message, in its
+# conversation's turn. Named here for what cannot import the workers (``wapipe dlq replay``).
+HANDLER_QUEUES = frozenset({"verify", "commands", "flows", "ai", "persist"})
 
 # Longer than any task may run and than any countdown we schedule: a message unacked for this long is
 # assumed lost with its worker and redelivered. Longer waits go through the database, not the broker.

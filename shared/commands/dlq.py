@@ -35,15 +35,13 @@ from shared.db import dead_letters, messages
 from shared.db.pool import transaction
 from shared.logging import mask_phone
 from shared.policy import WINDOW
-from shared.queues import NOTIFY_TASK, Job, get_publisher, queue_for
+from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
 from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
 
 HELP = "List dead letters, or replay them (re-enqueue their task; a failed message is queued again)."
 
 PAGE = 200
 ERROR_WIDTH = 60
-# The queues of the handler stages, whose tasks answer an inbound message (workers/ordering.py).
-HANDLER_QUEUES = frozenset({"verify", "commands", "flows", "ai", "persist"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from shared.queues import (
+    HANDLER_QUEUES,
     NOTIFY_MANY_MAX,
     NOTIFY_MANY_TASK,
     NOTIFY_TASK,
@@ -17,6 +18,7 @@ from shared.queues import (
     queue_for,
 )
 from workers import celery
+from workers.ordering import StageTask
 
 
 @pytest.fixture
@@ -72,3 +74,9 @@ def test_both_notify_tasks_are_worker_tasks_of_the_notify_queue() -> None:
     celery.loader.import_default_modules()  # the task modules, as a worker loads them
     assert queue_for(NOTIFY_TASK) == queue_for(NOTIFY_MANY_TASK) == "notify"
     assert {NOTIFY_TASK, NOTIFY_MANY_TASK} <= set(celery.tasks)
+
+
+def test_the_handler_queues_are_exactly_the_queues_of_the_stage_tasks() -> None:
+    celery.loader.import_default_modules()  # the task modules, as a worker loads them
+    stages = {queue_for(name) for name, task in celery.tasks.items() if isinstance(task, StageTask)}
+    assert stages == HANDLER_QUEUES
