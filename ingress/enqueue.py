@@ -15,8 +15,20 @@ from werkzeug.exceptions import HTTPException
 
 from ingress.metrics import DUPLICATES, WEBHOOKS
 from ingress.publishing import publish
+from shared.arrivals import line_of
 from shared.queues import Job
 from shared.wire.events import InboundMessage, StatusUpdate
+
+
+def route_job(message: InboundMessage) -> Job:
+    """The job that stores and routes an inbound message; it joins its conversation's arrival line, so the
+    router stores the conversation's messages in the order they were accepted here (shared/arrivals.py)."""
+    event = message.model_dump(mode="json")
+    return Job("inbound.route", {"event": event}, message.dedupe_key, line_of(message))
+
+
+def status_job(status: StatusUpdate) -> Job:
+    return Job("status.apply", {"event": status.model_dump(mode="json")}, status.dedupe_key)
 
 
 @dataclass(frozen=True)
@@ -28,8 +40,8 @@ class Outcome:
 def enqueue_events(
     provider: str, messages: Sequence[InboundMessage], statuses: Sequence[StatusUpdate]
 ) -> Outcome:
-    jobs = [Job("inbound.route", {"event": m.model_dump(mode="json")}, m.dedupe_key) for m in messages]
-    jobs += [Job("status.apply", {"event": s.model_dump(mode="json")}, s.dedupe_key) for s in statuses]
+    jobs = [route_job(m) for m in messages]
+    jobs += [status_job(s) for s in statuses]
     kinds = ["message"] * len(messages) + ["status"] * len(statuses)
     if not jobs:
         return Outcome(0, 0)

@@ -20,13 +20,13 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
+from ingress.enqueue import route_job, status_job
 from ingress.errors import api_error
 from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
 from ingress.publishing import publish
 from ingress.state import SETTINGS_KEY, current_settings
 from shared.logging import get_logger
 from shared.providers.twilio.signature import HEADER, SETTINGS_HEADER, Verifier
-from shared.queues import Job
 from shared.wire.events import InboundMessage
 from shared.wire.twilio import MalformedWebhook, parse
 
@@ -73,9 +73,10 @@ def receive() -> Any:
         log.info("twilio.malformed_webhook", reason=str(exc))
         return api_error(400, "malformed_payload", str(exc))
 
-    inbound = isinstance(event, InboundMessage)
-    kind, task = ("message", "inbound.route") if inbound else ("status", "status.apply")
-    job = Job(task, {"event": event.model_dump(mode="json")}, event.dedupe_key)
+    if isinstance(event, InboundMessage):
+        kind, job = "message", route_job(event)
+    else:
+        kind, job = "status", status_job(event)
     try:
         [enqueued] = publish([job])
     except HTTPException:

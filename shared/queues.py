@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 
+from shared import arrivals
 from shared.broker import bell_key
 
 QUEUES: tuple[str, ...] = (
@@ -95,11 +96,14 @@ def celery_config(broker_url: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Job:
-    """One task to enqueue: its name, its JSON-able kwargs, and the dedupe key that guards it (if any)."""
+    """One task to enqueue: its name, its JSON-able kwargs, the dedupe key that guards it (if any), and
+    the conversation's arrival line its dedupe key joins when it is enqueued (an inbound message's
+    ``inbound.route``: shared/arrivals.py)."""
 
     task: str
     kwargs: Mapping[str, Any]
     dedupe_key: str | None = None
+    line: str | None = None
 
 
 # Sending stored outbound messages (workers/notify.py). One Celery task pull per message costs more CPU
@@ -126,15 +130,26 @@ def notify_jobs(message_ids: Iterable[int]) -> list[Job]:
     ]
 
 
-# KEYS: for each job, its dedupe key ("" for none), its queue, then its queue's bell; ARGV: the dedupe TTL
-# then each message. Returns, per job, 1 if enqueued and 0 if its dedupe key was already set. The ring is
-# shared/broker.py's: one token on the bell wakes a worker waiting on the queue.
-_PUBLISH = """
-local ttl = tonumber(ARGV[1])
-local result = {}
-for i = 1, #KEYS, 3 do
-  local key, queue, bell, message = KEYS[i], KEYS[i + 1], KEYS[i + 2], ARGV[(i + 2) / 3 + 1]
+# KEYS: for each job, its dedupe key ("" for none), its queue, its queue's bell, then its arrival line
+# ("" for none); ARGV: the dedupe TTL, the lines' TTL, then each message. Returns, per job, 1 if enqueued
+# and 0 if its dedupe key was already set. The ring is shared/broker.py's: one token on the bell wakes a
+# worker waiting on the queue. The arrival is recorded only with the message it describes.
+_PUBLISH = f"""
+local ttl, line_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now_us
+local result = {{}}
+for i = 1, #KEYS, 4 do
+  local key, queue, bell, line = KEYS[i], KEYS[i + 1], KEYS[i + 2], KEYS[i + 3]
+  local message = ARGV[(i + 3) / 4 + 2]
   if key == '' or redis.call('SET', key, '1', 'NX', 'EX', ttl) then
+    if line ~= '' and key ~= '' then
+      if not now_us then
+        local now = redis.call('TIME')
+        now_us = now[1] * 1000000 + now[2]
+      end
+      local entry = key
+      {arrivals.RECORD_LUA}
+    end
     redis.call('LPUSH', queue, message)
     redis.call('LPUSH', bell, '1')
     redis.call('LTRIM', bell, 0, 0)
@@ -178,9 +193,9 @@ class Publisher:
         messages: list[bytes] = []
         for job in jobs:
             queue = queue_for(job.task)
-            keys += [job.dedupe_key or "", queue, bell_key(queue)]
+            keys += [job.dedupe_key or "", queue, bell_key(queue), job.line or ""]
             messages.append(self.message(job.task, job.kwargs))
-        result = self._run_script(keys, [self.DEDUPE_TTL_SECONDS, *messages])
+        result = self._run_script(keys, [self.DEDUPE_TTL_SECONDS, arrivals.LINE_TTL_SECONDS, *messages])
         return [bool(flag) for flag in result]
 
     def _run_script(self, keys: list[str], args: list[Any]) -> Any:

@@ -59,10 +59,11 @@ OUTAGE_RETRIES: dict[str, Any] = {
 }
 
 
-def event_task(name: str) -> Any:
+def event_task(name: str, **options: Any) -> Any:
     """Register a task that takes a canonical webhook event (``inbound.route``, ``status.apply``): acked
     late, no result, retried through outages (:data:`OUTAGE_RETRIES`), and kept as a dead letter when it
-    gives up for good: the provider's event was acknowledged, so it must not vanish."""
+    gives up for good: the provider's event was acknowledged, so it must not vanish. ``options``: more
+    task options (a ``base`` class)."""
     return celery.task(
         name=name,
         bind=True,
@@ -70,6 +71,7 @@ def event_task(name: str) -> Any:
         ignore_result=True,
         dead_letter_on_failure=True,
         **OUTAGE_RETRIES,
+        **options,
     )
 
 

@@ -9,6 +9,10 @@ the message is marked routed. Opt-out words, an opted-out sender, a rate-limited
 conversation handed to a person are stored the same way and acted on after the commit (their replies
 read the stored message).
 
+Before it stores anything, a route task waits for the messages that reached the ingress before its own in
+the same conversation to be stored (shared/arrivals.py): ids, and so the order the handlers answer in,
+follow arrival order even when two router processes take two messages of a conversation at once.
+
 Safe to run twice: the message row's ``routed_at`` is set only after the decision's effects are done, and
 every effect is idempotent (the handler job carries the dedupe key ``handle:<message id>``, replies have
 idempotency keys, the rate-limit window counts a message id once). So a route redelivered after the
@@ -23,8 +27,10 @@ from typing import Any
 
 import psycopg
 import redis
+from celery import Task
 
-from shared import verification
+from shared import arrivals, verification
+from shared.arrivals import line_of
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
@@ -32,8 +38,10 @@ from shared.queues import Job, get_publisher
 from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import queue_opt_out_notice, queue_reply
 from shared.settings import Mode, Settings, get_settings
-from shared.wire.events import InboundMessage
+from shared.wire.events import InboundMessage, inbound_key_parts
 from workers import event_task
+from workers.base import WapipeTask
+from workers.ordering import wait_a_moment
 
 log = get_logger(__name__)
 
@@ -58,10 +66,13 @@ class RouteOutcome:
     handler: str | None = None
 
 
-def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutcome:
-    """Store the inbound event and hand it to its handler; see the module docstring."""
+def route(
+    event: dict[str, Any], settings: Settings | None = None, inbound: InboundMessage | None = None
+) -> RouteOutcome:
+    """Store the inbound event and hand it to its handler; see the module docstring. ``inbound``: the
+    event already validated."""
     settings = settings or get_settings()
-    inbound = InboundMessage.model_validate(event)
+    inbound = inbound or InboundMessage.model_validate(event)
     # One pooled connection for the common path: the storing transaction (which also dispatches), the
     # publish, then the mark of routed.
     with connection() as conn:
@@ -69,6 +80,8 @@ def route(event: dict[str, Any], settings: Settings | None = None) -> RouteOutco
             stored = _store_and_dispatch(conn, inbound, event, settings)
         except _ConcurrentDuplicate:
             stored = None
+        # Stored (now, or before): the next message of the conversation may be stored.
+        _leave_line(inbound)
         if stored is None:
             log.info("duplicate inbound message ignored", provider=inbound.provider)
             return RouteOutcome(None, "duplicate")
@@ -395,6 +408,71 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
     return "ai.parse_proposal"
 
 
-@event_task("inbound.route")
+class RouteTask(WapipeTask):
+    """``inbound.route``'s class: a route that fails for good leaves its conversation's arrival line, so
+    the conversation's later messages do not wait out the stale age for it (shared/arrivals.py)."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        event = (kwargs or {}).get("event", args[0] if args else None)
+        try:
+            _leave_line(InboundMessage.model_validate(event))
+        except (ValueError, redis.RedisError):  # not an event, or Redis away: the stale age frees it
+            return
+
+
+@event_task("inbound.route", base=RouteTask)
 def route_task(self: Any, event: dict[str, Any]) -> None:
-    route(event)
+    inbound = InboundMessage.model_validate(event)
+    _take_place(self, inbound)
+    route(event, inbound=inbound)
+
+
+def _take_place(task: Task, inbound: InboundMessage) -> None:
+    """Return once every message that arrived before ``inbound`` in its conversation is stored; until
+    then, wait a moment and come back (shared/arrivals.py). An earlier entry whose message is stored
+    after all (its router died before leaving the line) is taken out of the line here."""
+    request = task.request
+    if request.called_directly or request.is_eager:
+        return
+    line, entry = line_of(inbound), inbound.dedupe_key
+    for _ in range(_MAX_LOOKS):
+        ahead = _line().ahead(line, entry).ahead
+        if not ahead:
+            return
+        stored = _stored_entries(ahead)
+        if stored:
+            _line().leave(line, *stored)
+        if len(stored) < len(ahead):
+            wait_a_moment(task, waiting_for=next(key for key in ahead if key not in stored))
+            return  # it may not wait any longer: go ahead
+    # Every look found only stored entries (a line of dead routers): take the next look after a wait.
+    wait_a_moment(task)
+
+
+# Looks at the line per run: each drops up to arrivals.LOOK_AHEAD entries stored but left in it.
+_MAX_LOOKS = 3
+
+
+def _stored_entries(entries: tuple[str, ...]) -> set[str]:
+    """Which of these line entries (inbound dedupe keys, all of one provider) name a stored message."""
+    named = {entry: part for entry in entries if (part := inbound_key_parts(entry)) is not None}
+    if not named:
+        return set()
+    provider = next(iter(named.values()))[0]
+    with connection() as conn:
+        stored = messages.stored_provider_ids(conn, provider, [ident for _, ident in named.values()])
+    return {entry for entry, (_, ident) in named.items() if ident in stored}
+
+
+def _leave_line(inbound: InboundMessage) -> None:
+    _line().leave(line_of(inbound), inbound.dedupe_key)
+
+
+def _line() -> arrivals.Line:
+    return _line_for(get_publisher().redis)
+
+
+@functools.lru_cache(maxsize=4)
+def _line_for(client: redis.Redis) -> arrivals.Line:
+    # One per Redis client (a forked worker child has its own): making one hashes its Lua script.
+    return arrivals.Line(client)

@@ -121,23 +121,37 @@ def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> No
         ready = check_turn(message_id, own_stage)
     else:
         ready = allows(message_id, turn)
-    if ready:
-        return
+    if not ready:
+        wait_a_moment(task, message_id=message_id)
+
+
+def wait_a_moment(task: Task, **log_fields: Any) -> None:
+    """Schedule the running ``task`` again a moment later, to wait for an earlier message of its
+    conversation, and raise ``Retry``; return instead when it may wait no longer (then it goes ahead).
+
+    A wait is not a failure: the task keeps its id and retry count, and counts its waits in a header of
+    its own (:data:`TURN_WAITS_HEADER`), up to :data:`MAX_TURN_WAITS`.
+    """
+    request = task.request
     waits = int(getattr(request, TURN_WAITS_HEADER, None) or 0)
     if waits >= MAX_TURN_WAITS:
-        log.warning("waited too long for an earlier message; answering now", message_id=message_id)
+        log.warning("waited too long for an earlier message; going ahead", task=task.name, **log_fields)
         return
     countdown = wait_seconds(waits)
-    # Same task id and retry count (failures are counted apart); only the wait count goes up.
     again = task.signature_from_request(request, countdown=countdown, headers={TURN_WAITS_HEADER: waits + 1})
     try:
         again.apply_async()
     except (KombuError, OSError, redis.RedisError) as exc:
-        # The broker is unreachable, so the wait cannot be scheduled: answering out of order beats
-        # failing the task and never answering.
-        log.warning("could not schedule the wait for the turn; answering now", error_type=type(exc).__name__)
+        # The broker is unreachable, so the wait cannot be scheduled: out of order beats failing the task
+        # and never answering.
+        log.warning(
+            "could not schedule the wait for an earlier message; going ahead",
+            task=task.name,
+            error_type=type(exc).__name__,
+            **log_fields,
+        )
         return
-    log.debug("waiting for an earlier message of the conversation", message_id=message_id, waits=waits + 1)
+    log.debug("waiting for an earlier message", task=task.name, waits=waits + 1, **log_fields)
     raise Retry("waiting for an earlier message of the conversation", when=countdown, sig=again)
 
 

@@ -125,6 +125,16 @@ def log_webhook_event(
         )
 
 
+def stored_provider_ids(conn: psycopg.Connection, provider: str, provider_message_ids: list[str]) -> set[str]:
+    """Which of these provider message ids are stored (the unique index on provider + provider id)."""
+    with wrap_errors():
+        rows = conn.execute(
+            "SELECT provider_message_id FROM messages WHERE provider = %s AND provider_message_id = ANY(%s)",
+            (provider, provider_message_ids),
+        ).fetchall()
+    return {row["provider_message_id"] for row in rows}
+
+
 def mark_routed(conn: psycopg.Connection, message_id: int) -> None:
     with wrap_errors():
         conn.execute(_MARK_ROUTED, {"id": message_id})

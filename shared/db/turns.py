@@ -18,10 +18,11 @@ not handled:
 A message the router only stored (rate-limited, from an opted-out contact, handed to a person, a
 duplicate: never a second row) is routed without a dispatch and never holds the turn.
 
-Ids order the messages: they are assigned when the router stores a message, i.e. in arrival order, and
-the stores of one contact are serialised by the upsert of its contact row (the transaction that takes a
-smaller id commits before the next one can insert), so no earlier message can appear after a later one
-was seen.
+Ids order the messages: they are assigned when the router stores a message, in arrival order (a router
+stores a message only once the messages that reached the ingress before it in its conversation are
+stored: shared/arrivals.py), and the stores of one contact are serialised by the upsert of its contact
+row (the transaction that takes a smaller id commits before the next one can insert), so no earlier
+message can appear after a later one was seen.
 """
 
 from __future__ import annotations

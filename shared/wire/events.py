@@ -145,6 +145,18 @@ class Reply(Frozen):
     title: str | None = None
 
 
+INBOUND_KEY_PREFIX = "seen:"
+
+
+def inbound_key_parts(key: str) -> tuple[str, str] | None:
+    """The provider and provider message id an :attr:`InboundMessage.dedupe_key` names; None for another
+    key."""
+    if not key.startswith(INBOUND_KEY_PREFIX):
+        return None
+    provider, _, provider_message_id = key.removeprefix(INBOUND_KEY_PREFIX).partition(":")
+    return (provider, provider_message_id) if provider and provider_message_id else None
+
+
 class InboundMessage(Frozen):
     """A message a WhatsApp user sent to one of our business numbers."""
 
@@ -164,7 +176,7 @@ class InboundMessage(Frozen):
 
     @property
     def dedupe_key(self) -> str:
-        return f"seen:{self.provider}:{self.provider_message_id}"
+        return f"{INBOUND_KEY_PREFIX}{self.provider}:{self.provider_message_id}"
 
     @property
     def answer_text(self) -> str:

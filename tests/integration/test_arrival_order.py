@@ -1,0 +1,195 @@
+"""A conversation's messages are stored in the order the ingress accepted them, whichever router runs first.
+
+The ingress records each message's arrival in its conversation's line in the same publish as its route
+task (shared/arrivals.py); a router stores a message only once every earlier one of its line is stored.
+Here: the line as the publisher writes it, the router's look at it, and real worker processes given the
+later message before the earlier one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import redis
+
+from ingress.enqueue import route_job, status_job
+from shared.arrivals import STALE_AFTER_SECONDS, Line, line_of
+from shared.queues import Job, Publisher
+from shared.wire.events import DeliveryStatus, InboundMessage, StatusUpdate
+from workers.inbound import route, route_task
+
+BUSINESS = "+14155238886"
+PHONE = "+15551230000"
+OTHER_PHONE = "+15551239999"
+
+
+def message(text: str, phone: str = PHONE) -> InboundMessage:
+    return InboundMessage(
+        provider="twilio",
+        provider_message_id=f"SM{uuid.uuid4().hex}",
+        business_number=BUSINESS,
+        sender_phone=phone,
+        text=text,
+        raw={"Body": text},
+    )
+
+
+def line_entries(client: redis.Redis, of: InboundMessage) -> list[tuple[str, float]]:
+    return [(entry.decode(), score) for entry, score in client.zrange(line_of(of), 0, -1, withscores=True)]
+
+
+def stored_order(db: psycopg.Connection) -> list[str]:
+    """The provider ids of the inbound messages, in the order of their ids (the order they are answered)."""
+    rows = db.execute("SELECT provider_message_id FROM messages WHERE direction = 'in' ORDER BY id")
+    return [row["provider_message_id"] for row in rows]
+
+
+# --- the line, as the ingress's publish writes it ------------------------------------------------------
+
+
+def test_each_accepted_message_joins_its_conversations_line_in_publish_order(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    first, second, third = message("/help"), message("/project mobile"), message("/status")
+    elsewhere = message("hi", phone=OTHER_PHONE)
+    # Two publishes in one script run (same microsecond on Redis's clock), then one more.
+    publisher.publish([route_job(first), route_job(second), route_job(elsewhere)])
+    publisher.publish([route_job(third)])
+
+    entries = line_entries(redis_client, first)
+    assert [entry for entry, _ in entries] == [m.dedupe_key for m in (first, second, third)]
+    scores = [score for _, score in entries]
+    assert scores == sorted(scores)
+    assert len(set(scores)) == 3
+    assert [entry for entry, _ in line_entries(redis_client, elsewhere)] == [elsewhere.dedupe_key]
+    assert line_of(first) != line_of(elsewhere)
+    assert PHONE.lstrip("+") not in line_of(first)  # no phone number in a key
+
+
+def test_a_duplicate_a_status_and_a_job_without_a_line_join_no_line(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    first = message("/help")
+    assert publisher.publish([route_job(first)]) == [True]
+    assert publisher.publish([route_job(first)]) == [False]  # the provider's retry
+    receipt = StatusUpdate(provider="twilio", provider_message_id="SMout", status=DeliveryStatus.delivered)
+    publisher.publish([status_job(receipt), Job("inbound.route", {"event": {}}, None, line_of(first))])
+    assert [entry for entry, _ in line_entries(redis_client, first)] == [first.dedupe_key]
+    assert redis_client.keys("arrivals:*") == [line_of(first).encode()]
+
+
+# --- the router's look at the line ---------------------------------------------------------------------
+
+
+def test_a_place_lists_the_earlier_entries_and_drops_stale_ones(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
+    stuck, first, second = message("lost"), message("/help"), message("/project mobile")
+    publisher.publish([route_job(first), route_job(second)])
+    line = Line(redis_client)
+    key = line_of(first)
+    assert line.ahead(key, first.dedupe_key).ahead == ()
+    assert line.ahead(key, second.dedupe_key).ahead == (first.dedupe_key,)
+    assert line.ahead(key, message("not in line").dedupe_key).ahead == ()
+
+    # An entry older than the stale age (its route task lost) is dropped by the next look.
+    first_score = line_entries(redis_client, first)[0][1]
+    redis_client.zadd(key, {stuck.dedupe_key: first_score - STALE_AFTER_SECONDS * 1_000_000 - 1})
+    place = line.ahead(key, second.dedupe_key)
+    assert place.stale == (stuck.dedupe_key,)
+    assert place.ahead == (first.dedupe_key,)
+
+    line.leave(key, first.dedupe_key)
+    assert line.ahead(key, second.dedupe_key).ahead == ()
+
+
+def test_storing_a_message_takes_it_out_of_the_line(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    first = message("/help")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first)])
+    route(first.model_dump(mode="json"))
+    assert line_entries(redis_client, first) == []
+
+
+def test_a_route_that_fails_for_good_leaves_the_line(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    first = message("/help")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first)])
+    route_task.on_failure(RuntimeError("boom"), "task-id", (), {"event": first.model_dump(mode="json")}, None)
+    assert line_entries(redis_client, first) == []
+    # Nothing to leave for what is not an event.
+    route_task.on_failure(RuntimeError("boom"), "task-id", ({"not": "an event"},), {}, None)
+
+
+# --- real worker processes -----------------------------------------------------------------------------
+
+
+def test_a_router_given_the_later_message_first_waits_for_the_earlier_one(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    """The earlier message's route task is held back (taken off the queue) while the router runs the later
+    one's: the later one must wait, not take the smaller id; once the earlier task is back, both are
+    stored, earlier first."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    held = redis_client.rpop("inbound")  # the oldest message on the queue
+    assert held is not None
+    assert routed_event(held)["provider_message_id"] == first.provider_message_id
+    worker = start_worker(["inbound"], env={"WAPIPE_MODE": "project"})
+    wait_for(lambda: waits(worker.lines()) >= 3, what="the later message's route waiting")
+    assert stored_order(db) == []
+
+    redis_client.lpush("inbound", held)
+    wait_for(lambda: len(stored_order(db)) == 2, what="both messages stored")
+    assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
+    assert line_entries(redis_client, first) == []
+
+
+def test_an_earlier_entry_whose_message_is_stored_does_not_hold_the_line(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    """A router that died between its commit and leaving the line left its entry behind: the next
+    message's router finds the message stored, drops the entry and goes on, long before the stale age."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first)])
+    [(entry, score)] = line_entries(redis_client, first)
+    route(first.model_dump(mode="json"))
+    redis_client.zadd(line_of(first), {entry: score})  # as if it had never left
+    redis_client.delete("inbound")  # the first route task, already run above
+
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(second)])
+    start_worker(["inbound"], env={"WAPIPE_MODE": "project"})
+    wait_for(lambda: len(stored_order(db)) == 2, what="the later message stored")
+    assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
+    assert line_entries(redis_client, first) == []
+
+
+def routed_event(task_message: bytes) -> dict[str, Any]:
+    """The event an ``inbound.route`` task message carries."""
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(task_message)["body"]))
+    return kwargs["event"]
+
+
+def waits(lines: list[str]) -> int:
+    """How many times a route task put itself back to wait."""
+    return sum(1 for line in lines if "inbound.route" in line and "retry" in line.lower())
