@@ -21,13 +21,60 @@ import structlog
 # right after a percent-escape, because Twilio form bodies and callback URLs in exception texts and HTTP
 # client logs carry numbers URL-encoded: ``To=whatsapp%3A%2B15551234567`` (the ``%2B`` is kept as the +),
 # or encoded twice (``%252B``) when a callback URL travels inside another URL's query.
-_PHONE_SHAPE = (
-    r"(?:(?<!\w)|(?<=%[0-9A-F]{{2}})|(?<=%25[0-9A-F]{{2}}))"
-    r"(?P<plus>\+|%2B)?(?P<digits>\d(?:[ .\-]?\d){{{more},}})(?!\w)"
+# People (and the error texts that quote them) also bracket the area code: ``(555) 123-4567``,
+# ``+1 (555) 123-4567``, ``+44 (0)20 7946 0958``, so a parenthesis may open or close a group; still one
+# separator at most between two digits, so words or punctuation between numbers never join them into one.
+# A parenthesis is taken only with its pair around a group of 1-5 digits: in ``(555-123-4567)`` both stay
+# out of the match and the masked number keeps its brackets.
+_PHONE_OPEN = r"(?:\((?=\d{1,5}\)))"
+_PHONE_CLOSE = r"(?:" + "|".join(rf"(?<=\(\d{{{n}}})" for n in range(1, 6)) + r")\)"
+_PHONE_SEPARATOR = rf"(?:[ .\-]?{_PHONE_OPEN}|{_PHONE_CLOSE}[ .\-]?|[ .\-])"
+
+
+def _phone_shape(min_digits: int) -> str:
+    return (
+        r"(?:(?<!\w)|(?<=%[0-9A-F]{2})|(?<=%25[0-9A-F]{2}))"
+        rf"(?P<plus>\+|%2B)?(?P<digits>{_PHONE_OPEN}?\d(?:{_PHONE_SEPARATOR}?\d){{{min_digits - 1},}})(?!\w)"
+    )
+
+
+# Numbers every log line carries that the shape above would take for a phone. They are matched in the same
+# pass, as an alternative tried first at each position, and kept as they are: the scan then resumes after
+# them, so a phone right beside one (``2026-12-07 555 123 4567``) is still masked on its own. Each is
+# narrow enough that no phone format fits it, and none may run on into more digits (the closing lookahead):
+# a phone that merely starts like one is no match here and is masked.
+_NOT_PHONE = "|".join(
+    (
+        # ISO dates (and dotted calendar versions), with the time of an ISO stamp or of stdlib's asctime.
+        r"(?:19|20)\d\d(?P<date_sep>[-.])(?:0[1-9]|1[0-2])(?P=date_sep)(?:0[1-9]|[12]\d|3[01])"
+        r"(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?)?",
+        # Clock times, whose fraction alone (``03:10:00.123456``) would be 8 digits after a separator.
+        r"\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?",
+        # UUIDs (Celery task ids, request ids): the last group may be all digits.
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        # IPv4 addresses (a port after the colon is too short to matter).
+        r"(?:\d{1,3}\.){3}\d{1,3}",
+        # Versions of three groups or more with a one-digit group after the first (``Chrome/120.0.6099.109``
+        # in an access log's user agent); dotted phones have no one-digit group past the country code.
+        r"\d{1,4}(?=(?:\.\d{1,4})*\.\d(?!\d))(?:\.\d{1,4}){2,}",
+        # Decimals (durations, epoch seconds, float reprs) with a non-zero fraction. As in _scrub_number, a
+        # whole one (``15551234567.0``) may be a phone read as a float; a leading 0 before more digits is a
+        # trunk prefix (``030.12345678``), not a decimal.
+        r"(?:0|[1-9]\d*)\.\d*[1-9]\d*",
+        # The status after the request line of an access log, glued otherwise to the response size.
+        r'HTTP/\d(?:\.\d)?"? [1-5]\d\d',
+    )
 )
-_PHONE = re.compile(_PHONE_SHAPE.format(more=7), re.I)
+# Both guards are for speed, as this runs on every line: most positions (letters, spaces, punctuation)
+# can start neither alternative and are passed over with one character test, and an exception, like a
+# phone, starts only at a word's start, so the inside of a hex id or a long number is not tried for one.
+_PHONE = re.compile(
+    r"(?=[\d(+%a-fh])(?:(?P<keep>(?<!\w)(?:" + _NOT_PHONE + r")(?![.\-]?\d))|" + _phone_shape(8) + ")",
+    re.I,
+)
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
-_PHONE_UNDER_PHONE_KEY = re.compile(_PHONE_SHAPE.format(more=4), re.I)
+# No exception is kept there: whatever sits under such a key is taken for a phone.
+_PHONE_UNDER_PHONE_KEY = re.compile(_phone_shape(5), re.I)
 _NON_DIGIT = re.compile(r"\D")
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
 # Bearer tokens, Twilio auth tokens/SIDs and OpenAI-style keys that end up inside free text.
@@ -68,11 +115,21 @@ _PLAIN, _SECRET, _PHONE_KEY, _COUNTER = "plain", "secret", "phone", "counter"
 
 
 def mask_phone(text: str) -> str:
-    """Mask each phone-shaped run, keeping its last 4 digits: ``+15551234567`` -> ``+*******4567``."""
-    return _PHONE.sub(_mask_match, text)
+    """Mask each phone-shaped run, keeping its last 4 digits: ``+15551234567`` -> ``+*******4567``.
+
+    Written forms are masked alike: ``(555) 123-4567`` -> ``******4567``.
+    """
+    return _PHONE.sub(_mask_unless_kept, text)
+
+
+def _mask_unless_kept(match: re.Match[str]) -> str:
+    return match[0] if match["keep"] is not None else _mask_match(match)
 
 
 def _mask_match(match: re.Match[str]) -> str:
+    # Separators and parentheses are dropped, not kept: a number reads the same masked whatever way it was
+    # written (one grep finds every line about a recipient), and the grouping would tell its country and
+    # format. Only the + stays, the one sign that the number is international.
     digits = _NON_DIGIT.sub("", match["digits"])
     return (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
 

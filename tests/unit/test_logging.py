@@ -174,3 +174,80 @@ def test_every_leak_is_masked_in_rendered_lines(captured: io.StringIO) -> None:
     assert "*******4567" in out
     for secret in ("5551234567", CODE):
         assert secret not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("call (555) 123-4567 now", "call ******4567 now"),
+        ("call 555-123-4567 now", "call ******4567 now"),
+        ("call 555.123.4567 now", "call ******4567 now"),
+        ("call +1 (555) 123-4567 now", "call +*******4567 now"),
+        ("call +1(555)123-4567 now", "call +*******4567 now"),
+        ("call +1-555-123-4567 now", "call +*******4567 now"),
+        ("call +1.555.123.4567 now", "call +*******4567 now"),
+        ("call +44 20 7946 0958 now", "call +********0958 now"),
+        ("call +44 (0)20 7946 0958 now", "call +*********0958 now"),
+        ("call 06.12.34.56.78 now", "call ******5678 now"),
+        ("call 030.12345678 now", "call *******5678 now"),
+        # Brackets around the whole number are no area code: they stay, balanced, outside the mask.
+        ("bad number (555-123-4567)", "bad number (******4567)"),
+        ("bad number (+1 555 123 4567)", "bad number (+*******4567)"),
+        # A phone beside a date, time, decimal or address is masked on its own, the other kept.
+        ("2026-12-07 555 123 4567", "2026-12-07 ******4567"),
+        ("at 03:10 (555) 123-4567", "at 03:10 ******4567"),
+        ("took 12.5 s for 555.123.4567", "took 12.5 s for ******4567"),
+        ("from 10.0.0.1 to 555-123-4567", "from 10.0.0.1 to ******4567"),
+        # Shapes that only start like an exception are phones: a whole float, a date running on.
+        ("wa_id 15551234567.0", "wa_id ********5670"),
+        ("ref 2026-12-07-5551234567", "ref **************4567"),
+    ],
+)
+def test_phones_in_written_formats_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-07",
+        "2026-12-07T03:10:00",
+        "2026-12-07T03:10:00.123456+00:00",
+        "2026-12-07 03:10:00,123 INFO started",
+        "release 2024.10.15",
+        "took 12.345 s, p50 0.025 s",
+        "at 1718000000.25 ratio 0.30000000000000004",
+        "task 123e4567-e89b-12d3-a456-426614174000 done",
+        "redis 127.0.0.1:6379 and 192.168.100.200:6379",
+        '10.0.0.1 - - "POST /webhook HTTP/1.1" 200 12345 "-" "Chrome/120.0.6099.109"',
+        "status 503 after 3 attempts",
+        "sid SM0123456789abcdef0123456789abcdef",
+        "id wamid.HBgLMTU1NTEyMzQ1NjcVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3NEIA",
+        "redis 5.7.0, kombu 5.3.4",
+        "sent 1234567 of 1234568 messages",
+        "retry (3) in 120 s",
+    ],
+)
+def test_numbers_that_are_no_phones_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
+
+
+def test_under_a_phone_key_no_exception_is_kept() -> None:
+    # Whatever sits under a phone key is taken for a number, even when shaped like a date or decimal.
+    assert scrub({"to": "2026-12-07", "phone": "(555) 1234", "recipient": "555.1234.5"}) == {
+        "to": "****1207",
+        "phone": "***1234",
+        "recipient": "****2345",
+    }
+
+
+def test_written_phones_are_masked_in_rendered_lines(captured: io.StringIO) -> None:
+    logging.getLogger("gunicorn.access").info(
+        '10.0.0.1 - - "POST /webhook HTTP/1.1" 200 12345 "-" "Chrome/120.0.6099.109"'
+    )
+    get_logger("wapipe.test").warning("send failed for +1 (555) 123-4567", note="call (555) 123-4567")
+    out = captured.getvalue()
+    assert "HTTP/1.1" in out
+    for kept in (" 200 12345 ", "Chrome/120.0.6099.109", "+*******4567", "call ******4567"):
+        assert kept in out
+    assert "123-4567" not in out
