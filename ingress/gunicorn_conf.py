@@ -54,6 +54,15 @@ def on_starting(server: Any) -> None:
         os.remove(stale)
 
 
+def post_worker_init(worker: Any) -> None:
+    # The app is loaded: its modules and objects live as long as the worker. Frozen, the garbage
+    # collector's full collections stop walking them (a pause of every request thread; workers/signals.py
+    # freeze_startup_heap does the same in the Celery workers).
+    import gc
+
+    gc.freeze()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 

@@ -13,6 +13,7 @@ The handler's turn in its conversation is released first, as before (``StageTask
 
 from __future__ import annotations
 
+import gc
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,6 +46,21 @@ def _reset_after_fork(**_: Any) -> None:
     from shared.db.pool import close_pool
 
     close_pool()
+
+
+@signals.worker_process_init.connect
+@signals.worker_ready.connect
+def freeze_startup_heap(**_: Any) -> None:
+    """Move every object alive once the worker is up (modules, settings, templates: ~140,000, nearly all
+    kept for the process's life) out of the garbage collector's sight.
+
+    A full collection walks them all: ~70 ms on these machines, a pause of every thread of the process,
+    that a notify batch pays in late sends and a burst after it. Frozen, they are never walked again;
+    what tasks allocate is collected as before. Prefork children freeze after the fork
+    (``worker_process_init``), a thread pool's process once it is ready (``worker_ready``).
+    https://docs.python.org/3/library/gc.html#gc.freeze
+    """
+    gc.freeze()
 
 
 @signals.task_prerun.connect
