@@ -1,7 +1,9 @@
 """Dead letters: work that exhausted its retries (or whose outcome is unknown), kept for an operator.
 
 ``wapipe dlq list`` shows the pending ones; ``wapipe dlq replay`` re-enqueues their task and marks them
-replayed. The row keeps the task name and its kwargs, so any stage can dead-letter, not only notify.
+replayed; ``wapipe dlq discard`` closes them without doing anything, keeping the operator's reason. A letter
+is pending while it is neither replayed nor discarded, and it is never both (0010_dead_letter_discard.sql).
+The row keeps the task name and its kwargs, so any stage can dead-letter, not only notify.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import wrap_errors
 
-_COLUMNS = "id, task_name, message_id, payload, error, attempts, created_at, replayed_at"
+_COLUMNS = (
+    "id, task_name, message_id, payload, error, attempts, created_at, replayed_at,"
+    " discarded_at, discard_reason"
+)
+# Matches the partial index dead_letters_pending.
+_IS_PENDING = "replayed_at IS NULL AND discarded_at IS NULL"
 
 _ADD = f"""
 INSERT INTO dead_letters (task_name, message_id, payload, error, attempts)
@@ -24,15 +31,20 @@ RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
 _PENDING_FOR_MESSAGE = f"""
 SELECT {_COLUMNS} FROM dead_letters
-WHERE task_name = %(task_name)s AND message_id = %(message_id)s AND replayed_at IS NULL
+WHERE task_name = %(task_name)s AND message_id = %(message_id)s AND {_IS_PENDING}
 ORDER BY id LIMIT 1
 """  # noqa: S608 - constant column list and statuses, no input
 _GET = f"SELECT {_COLUMNS} FROM dead_letters WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
+_GET_FOR_UPDATE = _GET + " FOR UPDATE"
 _LIST_PENDING = f"""
-SELECT {_COLUMNS} FROM dead_letters WHERE replayed_at IS NULL AND id > %(after)s ORDER BY id LIMIT %(limit)s
+SELECT {_COLUMNS} FROM dead_letters WHERE {_IS_PENDING} AND id > %(after)s ORDER BY id LIMIT %(limit)s
 """  # noqa: S608 - constant column list and statuses, no input
 _MARK_REPLAYED = f"""
-UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s AND replayed_at IS NULL RETURNING {_COLUMNS}
+UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s AND {_IS_PENDING} RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list and statuses, no input
+_MARK_DISCARDED = f"""
+UPDATE dead_letters SET discarded_at = now(), discard_reason = %(reason)s
+WHERE id = %(id)s AND {_IS_PENDING} RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
 
 
@@ -46,6 +58,12 @@ class DeadLetter:
     attempts: int
     created_at: datetime
     replayed_at: datetime | None
+    discarded_at: datetime | None
+    discard_reason: str | None  # the operator's words, set with discarded_at
+
+    @property
+    def pending(self) -> bool:
+        return self.replayed_at is None and self.discarded_at is None
 
 
 def add(
@@ -79,23 +97,35 @@ def add(
     return DeadLetter(**row)
 
 
-def get(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter | None:
+def get(conn: psycopg.Connection, dead_letter_id: int, *, lock: bool = False) -> DeadLetter | None:
+    """The letter, or None; ``lock`` holds its row until the transaction ends, against a concurrent change."""
     with wrap_errors():
-        row = conn.execute(_GET, {"id": dead_letter_id}).fetchone()
+        row = conn.execute(_GET_FOR_UPDATE if lock else _GET, {"id": dead_letter_id}).fetchone()
     return DeadLetter(**row) if row else None
 
 
 def list_pending(conn: psycopg.Connection, limit: int = 100, after: int = 0) -> list[DeadLetter]:
-    """Dead letters not replayed yet, oldest first; page with ``after`` = the last id seen."""
+    """Pending dead letters (neither replayed nor discarded), oldest first; page with ``after`` = the last
+    id seen."""
     with wrap_errors():
         rows = conn.execute(_LIST_PENDING, {"limit": limit, "after": after}).fetchall()
     return [DeadLetter(**row) for row in rows]
 
 
 def mark_replayed(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter | None:
-    """Mark a pending dead letter replayed; None if it was not pending (already replayed or unknown)."""
+    """Mark a pending dead letter replayed; None if it was not pending (replayed, discarded or unknown)."""
     with wrap_errors():
         row = conn.execute(_MARK_REPLAYED, {"id": dead_letter_id}).fetchone()
+    return DeadLetter(**row) if row else None
+
+
+def mark_discarded(conn: psycopg.Connection, dead_letter_id: int, reason: str) -> DeadLetter | None:
+    """Mark a pending dead letter discarded for ``reason``; None if it was not pending.
+
+    Only the letter changes: its task is not enqueued and its message keeps its status.
+    """
+    with wrap_errors():
+        row = conn.execute(_MARK_DISCARDED, {"id": dead_letter_id, "reason": reason}).fetchone()
     return DeadLetter(**row) if row else None
 
 
@@ -103,11 +133,11 @@ def mark_replayed(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter |
 
 _LIST_PENDING_WITH_RECIPIENT = """
 SELECT d.id, d.task_name, d.message_id, d.payload, d.error, d.attempts, d.created_at, d.replayed_at,
-       c.phone AS recipient
+       d.discarded_at, d.discard_reason, c.phone AS recipient
 FROM dead_letters d
 LEFT JOIN messages m ON m.id = d.message_id
 LEFT JOIN contacts c ON c.id = m.contact_id
-WHERE d.replayed_at IS NULL AND d.id > %(after)s
+WHERE d.replayed_at IS NULL AND d.discarded_at IS NULL AND d.id > %(after)s
 ORDER BY d.id LIMIT %(limit)s
 """
 

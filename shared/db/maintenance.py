@@ -35,7 +35,7 @@ DELETE FROM webhook_events WHERE id IN (
 """
 _PENDING_DEAD_LETTERS = """
 SELECT count(*) AS count, now() - min(created_at) AS oldest_age
-FROM dead_letters WHERE replayed_at IS NULL
+FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL
 """
 
 

@@ -100,6 +100,10 @@ def test_reports_pending_dead_letters_with_count_and_oldest_age(db: psycopg.Conn
         " ('notify.send', '{}', 'boom', now() - interval '5 minutes', NULL),"
         " ('notify.send', '{}', 'boom', now() - interval '3 days', now())"
     )
+    db.execute(  # closed by an operator (`wapipe dlq discard`): not waiting any more
+        "INSERT INTO dead_letters (task_name, payload, error, created_at, discarded_at, discard_reason)"
+        " VALUES ('notify.send', '{}', 'boom', now() - interval '4 days', now(), 'delivered')"
+    )
 
     with structlog.testing.capture_logs() as logs:
         first = maintenance.report_dead_letters()
