@@ -1,7 +1,8 @@
-"""``wapipe dlq``: list and replay dead letters (work that exhausted its retries, or with unknown outcome).
+"""``wapipe dlq``: list, replay and discard dead letters (work that exhausted its retries, or with unknown
+outcome).
 
-- ``wapipe dlq list``: pending letters, oldest first: id, task, message id, masked recipient, error,
-  attempts, when.
+- ``wapipe dlq list``: pending letters (neither replayed nor discarded), oldest first: id, task, message id,
+  masked recipient, error, attempts, when.
 - ``wapipe dlq replay ID [ID ...]`` or ``wapipe dlq replay --all``: for ``notify.send``, the failed message
   becomes ``queued`` again with a fresh attempt budget; the task is enqueued again; the letter is marked
   replayed. In one transaction, then the enqueue after the commit. Replaying a replayed letter does
@@ -21,6 +22,13 @@ so such a letter is refused, and stays pending, unless ``--force``:
   the user none the wiser.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered.
+
+- ``wapipe dlq discard ID [ID ...] --reason TEXT``: closes letters an operator decided not to replay (a
+  refused handler letter, an ``outcome_unknown`` send the provider's log shows delivered). The letter is
+  marked discarded with the time and the reason, which is required and stored so whoever reads the row
+  later learns why nothing was done; nothing is enqueued and its message is left as it is (a failed send
+  stays failed). Only a pending letter is discarded: a replayed, discarded or unknown one is reported and
+  left alone, and the exit code is 1. A discarded letter is never replayed.
 """
 
 from __future__ import annotations
@@ -38,7 +46,10 @@ from shared.policy import WINDOW
 from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
 from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
 
-HELP = "List dead letters, or replay them (re-enqueue their task; a failed message is queued again)."
+HELP = (
+    "List dead letters, replay them (re-enqueue their task; a failed message is queued again), or discard"
+    " them (close them without doing anything, with a reason)."
+)
 
 PAGE = 200
 ERROR_WIDTH = 60
@@ -56,11 +67,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replay a handler's letter even when its sender has written since or it is over 24 hours old",
     )
+    discard = actions.add_parser(
+        "discard",
+        help="close pending dead letters without replaying them (nothing is enqueued, messages untouched)",
+    )
+    discard.add_argument("ids", nargs="+", type=int, metavar="ID")
+    discard.add_argument(
+        "--reason",
+        required=True,
+        help="why it is not replayed (e.g. 'delivered per the Twilio log'); stored with the letter, so"
+        " whoever reads it later knows why nothing was done",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "list":
         return list_letters(args.limit)
+    if args.action == "discard":
+        return discard_letters(args.ids, args.reason)
     if args.all == bool(args.ids):
         print("wapipe dlq replay: give dead letter ids or --all (not both)", file=sys.stderr)
         return 2
@@ -70,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(outcome.describe())
     if not outcomes:
         print("no pending dead letters")
-    return 1 if any(outcome.result in ("unknown", "refused") for outcome in outcomes) else 0
+    return 1 if any(outcome.result in ("unknown", "refused", "discarded") for outcome in outcomes) else 0
 
 
 def list_letters(limit: int) -> int:
@@ -101,7 +125,7 @@ def list_letters(limit: int) -> int:
 @dataclass(frozen=True)
 class Replayed:
     letter_id: int
-    result: str  # replayed | already_replayed | unknown | not_failed | refused
+    result: str  # replayed | already_replayed | discarded | unknown | not_failed | refused
     detail: str = ""
 
     def describe(self) -> str:
@@ -117,11 +141,14 @@ def replay(letter_id: int, *, force: bool = False) -> Replayed:
     unless ``force``; see the module docstring.
     """
     with transaction() as conn:
-        pending = dead_letters.get(conn, letter_id)
+        # Locked until the commit: a `dlq discard` of it waits, so it is not discarded while it is replayed.
+        pending = dead_letters.get(conn, letter_id, lock=True)
         if pending is None:
             return Replayed(letter_id, "unknown")
+        if pending.discarded_at is not None:
+            return Replayed(letter_id, "discarded", "an operator closed it; not replayed")
         inbound_id = pending.message_id if _is_handler(pending.task_name) else None
-        if inbound_id is not None and pending.replayed_at is None:
+        if inbound_id is not None and pending.pending:
             refusal = None if force else _why_not_answer(conn, inbound_id)
             if refusal is not None:
                 return Replayed(letter_id, "refused", f"{refusal}; --force to replay it anyway")
@@ -144,6 +171,37 @@ def replay(letter_id: int, *, force: bool = False) -> Replayed:
     get_publisher().publish([Job(letter.task_name, dict(letter.payload))])
     target = f"message {letter.message_id}" if letter.message_id is not None else "payload"
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
+
+
+def discard_letters(ids: list[int], reason: str) -> int:
+    reason = reason.strip()
+    if not reason:
+        print("wapipe dlq discard: --reason must say why the letters are not replayed", file=sys.stderr)
+        return 2
+    results = [discard(letter_id, reason) for letter_id in ids]
+    for letter_id, result in zip(ids, results, strict=True):
+        print(f"dead letter {letter_id}: {result.replace('_', ' ')}")
+    return 0 if all(result == "discarded" for result in results) else 1
+
+
+def discard(letter_id: int, reason: str) -> str:
+    """Discard one pending dead letter: discarded | already_replayed | already_discarded | unknown.
+
+    Only the letter's row changes, in one conditional UPDATE, so a letter being replayed at the same
+    moment ends up either replayed or discarded, never both.
+    """
+    with transaction() as conn:
+        if dead_letters.mark_discarded(conn, letter_id, reason) is not None:
+            return "discarded"
+        return _not_pending(conn, letter_id)
+
+
+def _not_pending(conn: psycopg.Connection, letter_id: int) -> str:
+    """Why letter ``letter_id`` is not pending: already_replayed | already_discarded | unknown."""
+    letter = dead_letters.get(conn, letter_id)
+    if letter is None:
+        return "unknown"
+    return "already_discarded" if letter.discarded_at is not None else "already_replayed"
 
 
 def _is_handler(task_name: str) -> bool:

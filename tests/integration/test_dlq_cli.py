@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from shared.providers.twilio.client import TwilioSender
+from shared.queues import QUEUES
 from shared.replies import queue_reply
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
@@ -123,3 +124,99 @@ def test_replay_all_and_bad_arguments(db, redis_client, dead: list[int]) -> None
     assert all(letter["replayed_at"] is not None for letter in letters(db))
     assert wapipe("replay", "--all").stdout.strip() == "no pending dead letters"
     assert wapipe("list").stdout.strip() == "no pending dead letters"
+
+
+def discards(db: psycopg.Connection) -> list[dict]:
+    return db.execute(
+        "SELECT id, replayed_at, discarded_at, discard_reason FROM dead_letters ORDER BY id"
+    ).fetchall()
+
+
+def messages_rows(db: psycopg.Connection) -> list[dict]:
+    return db.execute("SELECT * FROM messages ORDER BY id").fetchall()
+
+
+def nothing_queued(redis_client: redis.Redis) -> bool:
+    return all(queued(redis_client, queue) == [] for queue in QUEUES)
+
+
+@pytest.fixture
+def no_jobs(redis_client: redis.Redis, dead: list[int]) -> None:
+    """Every queue empty (the fixture's inbound messages left their handler jobs), so any job seen was
+    enqueued by the command under test."""
+    redis_client.delete(*QUEUES)
+
+
+def test_discard_closes_pending_letters_with_their_reason_and_enqueues_nothing(
+    db, redis_client, dead: list[int], no_jobs: None
+) -> None:
+    before = messages_rows(db)
+    ids = [str(letter["id"]) for letter in letters(db)]
+
+    result = wapipe("discard", *ids, "--reason", "delivered, per the Twilio log")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"dead letter {i}: discarded" for i in ids]
+    for letter in discards(db):
+        assert letter["discarded_at"] is not None
+        assert letter["discard_reason"] == "delivered, per the Twilio log"
+        assert letter["replayed_at"] is None
+    assert wapipe("list").stdout.strip() == "no pending dead letters"
+    assert nothing_queued(redis_client)
+    assert messages_rows(db) == before  # the failed messages stay failed, untouched
+    for phone in PHONES:
+        assert phone not in result.stdout
+
+
+def test_discard_needs_a_reason_and_ids(db, dead: list[int]) -> None:
+    letter_id = str(letters(db)[0]["id"])
+
+    assert wapipe("discard", letter_id).returncode == 2
+    assert wapipe("discard", letter_id, "--reason", "  ").returncode == 2
+    assert wapipe("discard", "--reason", "why").returncode == 2
+    assert all(letter["discarded_at"] is None for letter in discards(db))
+
+
+def test_discard_of_a_letter_not_pending_changes_nothing_and_exits_non_zero(
+    db, redis_client, dead: list[int], no_jobs: None
+) -> None:
+    replayed, pending = (letter["id"] for letter in letters(db))
+    assert wapipe("replay", str(replayed)).returncode == 0
+    redis_client.delete("notify")
+    before = discards(db)
+
+    result = wapipe("discard", str(replayed), "999999", str(pending), "--reason", "not worth it")
+
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"dead letter {replayed}: already replayed",
+        "dead letter 999999: unknown",
+        f"dead letter {pending}: discarded",
+    ]
+    after = discards(db)
+    assert after[0] == before[0]  # the replayed one keeps its state, no reason added
+    assert after[1]["discard_reason"] == "not worth it"
+
+    again = wapipe("discard", str(pending), "--reason", "changed my mind")
+    assert again.returncode == 1
+    assert again.stdout.strip() == f"dead letter {pending}: already discarded"
+    assert discards(db)[1] == after[1]  # first reason and time kept
+    assert nothing_queued(redis_client)
+
+
+def test_replay_of_a_discarded_letter_does_nothing(db, redis_client, dead: list[int], no_jobs: None) -> None:
+    letter_id = str(letters(db)[0]["id"])
+    assert wapipe("discard", letter_id, "--reason", "resent by hand").returncode == 0
+    before = messages_rows(db)
+
+    result = wapipe("replay", letter_id)
+
+    assert result.returncode == 1
+    assert f"dead letter {letter_id}: discarded" in result.stdout
+    assert nothing_queued(redis_client)
+    assert messages_rows(db) == before  # still failed, not queued again
+    assert discards(db)[0]["replayed_at"] is None
+
+    result = wapipe("replay", "--all")  # only the other letter is pending
+    assert result.returncode == 0, result.stderr
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[1]})]
