@@ -1,7 +1,7 @@
 """Replaying a handler stage's dead letter (``wapipe dlq replay``): the stage's work runs again and the
 sender gets its real reply, once; the apology they got when it gave up does not swallow it. A letter the
 user has moved on from (they wrote again, as the apology asked) or whose 24-hour reply window has closed is
-refused unless forced, and stays pending.
+refused unless forced, and stays pending until an operator discards it; a discarded one is never replayed.
 
 The stage gives up as in test_stage_give_up.py: PostgreSQL refuses its first read until its retries are
 spent; the task runs in-process (``.apply()``), on the real database and Redis, and so does the replayed
@@ -229,3 +229,27 @@ def test_a_command_that_answered_before_it_gave_up_is_not_answered_again_on_repl
     assert run_queued(redis_client, "commands") == ["SUCCESS"]
 
     assert replies(db) == answered
+
+
+def test_a_refused_letter_can_be_discarded_and_then_is_never_replayed(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    message_id = given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    db.execute("UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = %s", (message_id,))
+    assert wapipe(["dlq", "replay", str(letter["id"])]) == 1  # refused: the window has closed
+    before = keys(db)
+
+    assert wapipe(["dlq", "discard", str(letter["id"]), "--reason", "window closed, user moved on"]) == 0
+    assert wapipe(["dlq", "replay", "--force", str(letter["id"])]) == 1
+
+    out = capsys.readouterr().out
+    assert f"dead letter {letter['id']}: discarded" in out
+    assert queued(redis_client, "commands") == []
+    assert keys(db) == before  # the apology was not moved aside for a reply that will not come
+    assert replies(db) == [give_up.APOLOGY]
+    assert letters(db)[0]["replayed_at"] is None
