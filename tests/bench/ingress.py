@@ -92,7 +92,7 @@ def wrk(
     threads: int,
 ) -> dict[str, Any]:
     argv = [
-        shutil.which("wrk") or "wrk",
+        "wrk",
         f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s",
         "-s", str(LUA), url, "--", str(requests_file), str(threads),
     ]  # fmt: skip
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rate", type=int, default=6000, help="req/s the fresh ids suffice for")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(f"{MODULE}: needs wrk, the HTTP load generator (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
     shown = sys.argv[1:] if argv is None else argv
     print_header("ingress: signed webhooks vs bare Flask, same gunicorn", MODULE, shown)
 
