@@ -157,6 +157,14 @@ def test_a_letter_the_user_has_written_after_is_refused_unless_forced(
     assert queued(redis_client, "ai") == [("ai.parse_proposal", {"message_id": message_id})]
 
 
+def letter_past_the_window(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict]:
+    """A command's letter whose message is 25 hours old: (the message id, the letter)."""
+    message_id = given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    db.execute("UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = %s", (message_id,))
+    return message_id, letter
+
+
 def test_a_letter_past_the_24_hour_reply_window_is_refused_unless_forced(
     clean: None,
     db: psycopg.Connection,
@@ -164,9 +172,7 @@ def test_a_letter_past_the_24_hour_reply_window_is_refused_unless_forced(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    message_id = given_up_command(db, monkeypatch)
-    [letter] = letters(db)
-    db.execute("UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = %s", (message_id,))
+    message_id, letter = letter_past_the_window(db, monkeypatch)
 
     assert wapipe(["dlq", "replay", str(letter["id"])]) == 1
 
@@ -238,9 +244,7 @@ def test_a_refused_letter_can_be_discarded_and_then_is_never_replayed(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    message_id = given_up_command(db, monkeypatch)
-    [letter] = letters(db)
-    db.execute("UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = %s", (message_id,))
+    _, letter = letter_past_the_window(db, monkeypatch)
     assert wapipe(["dlq", "replay", str(letter["id"])]) == 1  # refused: the window has closed
     before = keys(db)
 
