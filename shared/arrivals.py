@@ -9,56 +9,55 @@ So the ingress records each message's arrival where it publishes the message's r
 atomic publish (:class:`shared.queues.Publisher`): a sorted set per conversation (provider, business
 number, sender), the message's dedupe key scored by the arrival time in microseconds on Redis's clock,
 strictly increasing within the set. The router then takes a message's place in line before it stores it
-(:func:`ahead`): while a message that arrived earlier in the same conversation is still in the set, i.e.
+(:meth:`Line.ahead`): while a message that arrived earlier in the same conversation is still in the set, i.e.
 not stored yet, the route task waits a moment (workers/ordering.py) instead of storing. Once a message is
-stored its router leaves the line (:func:`leave`), after the commit, so the next one can go.
+stored its router leaves the line (:meth:`Line.leave`), after the commit, so the next one can go.
 
 Nothing waits for ever, and a stuck message cannot silence its conversation:
 
-- an entry older than :data:`STALE_AFTER_SECONDS` is dropped from the line with a warning (its route
-  task is lost, or still failing after minutes of retries);
+- a route task that has waited :data:`GIVE_UP_AFTER_SECONDS` drops the entries still ahead of it, with a
+  warning, and goes on: their route tasks are lost, or still failing after minutes of retries. Counted
+  from when it began to wait, not from arrival: after a backlog (routers stopped for a deploy, a database
+  outage) every entry is old, yet each message's route task is on its way;
 - an earlier entry whose message is in fact stored (its router died between commit and leaving the line)
   is dropped when a later message finds it, so leaving the line is an optimisation, not a duty;
 - a route task that fails for good leaves the line (:class:`workers.inbound.RouteTask`);
 - a message with no entry (published before this existed, replayed from the dead letters, or the set was
   lost with Redis's data, together with the tasks it described) waits for nothing.
 
-Keys hold no phone number: the conversation's part of the key is a hash.
+The key holds a hash of the conversation, not its phone number in clear. That is tidiness, not secrecy:
+phone numbers are few enough to find by trying them, and Redis holds them in clear elsewhere anyway (the
+rate limiter's keys), so Redis is to be protected as the database is (deploy/README.md).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 
 import redis
 
-from shared.logging import get_logger
 from shared.wire.events import InboundMessage
 
-log = get_logger(__name__)
-
 # As long as a dispatched message may hold its conversation's turn (shared/db/turns.py STALE_AFTER).
-STALE_AFTER_SECONDS = 300
+GIVE_UP_AFTER_SECONDS = 300.0
 # An idle conversation's line disappears; a live one's is refreshed by each arrival.
 LINE_TTL_SECONDS = 24 * 3600
 # At most this many earlier entries come back from one look at the line.
 LOOK_AHEAD = 20
 
-# KEYS[1]: the line; ARGV[1]: this message's entry (its dedupe key), ARGV[2]: the stale age in µs.
-# Returns {entries ahead of this one, oldest first (at most LOOK_AHEAD), entries dropped as stale}; both
-# empty when this message has no entry. Scores are integers below 2^53, exact in Lua's doubles, and go
-# back to Redis as %.0f text so no digit is lost to Lua's 14-digit number formatting.
+# KEYS[1]: the line; ARGV[1]: this message's entry (its dedupe key). The entries ahead of it, oldest first
+# (at most LOOK_AHEAD); none when it has no entry. Its score goes back as Redis wrote it, so no digit is
+# lost to Lua's 14-digit number formatting.
 _AHEAD = f"""
 local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return {{{{}}, {{}}}} end
-local now = redis.call('TIME')
-local stale_before = now[1] * 1000000 + now[2] - tonumber(ARGV[2])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%.0f', stale_before),
-                         'LIMIT', 0, 100)
-if #stale > 0 then redis.call('ZREM', KEYS[1], unpack(stale)) end
-local ahead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
-return {{ahead, stale}}
+if not mine then return {{}} end
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
+"""
+# Same KEYS and ARGV: drop every entry ahead of this one; how many.
+_DROP_AHEAD = """
+local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not mine then return 0 end
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine)
 """
 
 # The publish side, run inside shared/queues.py's publish script for each message it enqueues: a Lua
@@ -87,38 +86,27 @@ def line_of(message: InboundMessage) -> str:
     return line_key(message.provider.value, message.business_number, sender)
 
 
-@dataclass(frozen=True)
-class Place:
-    """A message's place in its conversation's line: the entries (dedupe keys) of messages that arrived
-    before it and are not stored yet, oldest first, and those dropped just now as stale."""
-
-    ahead: tuple[str, ...] = ()
-    stale: tuple[str, ...] = ()
-
-
 class Line:
     """Reads and leaves the lines; one per Redis client (thread-safe, as the client is)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._ahead = client.register_script(_AHEAD)
+        self._drop_ahead = client.register_script(_DROP_AHEAD)
 
-    def ahead(self, line: str, entry: str) -> Place:
-        """Where ``entry`` stands in ``line``; drops (and logs) entries older than the stale age."""
-        ahead, stale = self._ahead(keys=[line], args=[entry, STALE_AFTER_SECONDS * 1_000_000])
-        place = Place(tuple(_text(item) for item in ahead), tuple(_text(item) for item in stale))
-        for dropped in place.stale:
-            log.warning(
-                "an earlier message was not stored in time; later messages of its conversation go ahead",
-                earlier=dropped,
-                stale_after_seconds=STALE_AFTER_SECONDS,
-            )
-        return place
+    def ahead(self, line: str, entry: str) -> tuple[str, ...]:
+        """The entries (dedupe keys) of the messages that arrived before ``entry`` in ``line`` and are not
+        stored yet, oldest first, at most :data:`LOOK_AHEAD`."""
+        return tuple(_text(item) for item in self._ahead(keys=[line], args=[entry]))
 
     def leave(self, line: str, *entries: str) -> None:
         """Take these entries out of the line: their messages are stored."""
         if entries:
             self._client.zrem(line, *entries)
+
+    def drop_ahead(self, line: str, entry: str) -> int:
+        """Take every entry ahead of ``entry`` out of the line, stored or not; how many there were."""
+        return int(self._drop_ahead(keys=[line], args=[entry]))
 
 
 def _text(value: bytes | str) -> str:

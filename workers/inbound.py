@@ -22,6 +22,8 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import functools
+import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +41,8 @@ from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import queue_opt_out_notice, queue_reply
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage, inbound_key_parts
-from workers import event_task
+from workers import event_task, ordering
 from workers.base import WapipeTask
-from workers.ordering import wait_a_moment
 
 log = get_logger(__name__)
 
@@ -429,28 +430,50 @@ def route_task(self: Any, event: dict[str, Any]) -> None:
 
 def _take_place(task: Task, inbound: InboundMessage) -> None:
     """Return once every message that arrived before ``inbound`` in its conversation is stored; until
-    then, wait a moment and come back (shared/arrivals.py). An earlier entry whose message is stored
-    after all (its router died before leaving the line) is taken out of the line here."""
+    then, wait a moment and come back (shared/arrivals.py)."""
     request = task.request
     if request.called_directly or request.is_eager:
         return
     line, entry = line_of(inbound), inbound.dedupe_key
+    waits = ordering.waits_of(task)
     for _ in range(_MAX_LOOKS):
-        ahead = _line().ahead(line, entry).ahead
+        ahead = _line().ahead(line, entry)
         if not ahead:
             return
-        stored = _stored_entries(ahead)
-        if stored:
-            _line().leave(line, *stored)
-        if len(stored) < len(ahead):
-            wait_a_moment(task, waiting_for=next(key for key in ahead if key not in stored))
-            return  # it may not wait any longer: go ahead
-    # Every look found only stored entries (a line of dead routers): take the next look after a wait.
-    wait_a_moment(task)
+        if waits >= _LOOK_UP_AFTER_WAITS:
+            # The line has not moved for a while: an entry may be a stored message's whose router died
+            # between its commit and leaving the line. Those are taken out, and the line looked at again.
+            stored = _stored_entries(ahead)
+            if stored:
+                _line().leave(line, *stored)
+                continue
+        waited = time.time() - ordering.waiting_since(task)
+        if waited >= arrivals.GIVE_UP_AFTER_SECONDS:
+            dropped = _line().drop_ahead(line, entry)
+            log.warning(
+                "earlier messages of the conversation were not stored in time; storing this one first",
+                earlier_messages=dropped,
+                waited_seconds=round(waited),
+            )
+            return
+        ordering.wait_a_moment(task, countdown=_poll_seconds(len(ahead)))
+        return  # it may not wait any longer: go ahead
+    ordering.wait_a_moment(task, countdown=_poll_seconds(1))
 
 
-# Looks at the line per run: each drops up to arrivals.LOOK_AHEAD entries stored but left in it.
+# Looks at the line per run: each may find up to arrivals.LOOK_AHEAD entries of stored messages.
 _MAX_LOOKS = 3
+# Waits after which the entries ahead are looked up in the database (~0.1-0.2 s for the next in line).
+_LOOK_UP_AFTER_WAITS = 4
+
+
+def _poll_seconds(place: int) -> float:
+    """How long a route task waits before it looks at the line again, with ``place`` messages ahead of it:
+    the next in line looks every few tens of milliseconds (a store takes milliseconds), one further back
+    less often, at most every second, so a burst from one sender drains at the store's pace without every
+    waiter polling at that pace."""
+    backoff = min(ordering.LONGEST_WAIT_SECONDS, ordering.FIRST_WAIT_SECONDS * place)
+    return backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
 
 
 def _stored_entries(entries: tuple[str, ...]) -> set[str]:
@@ -465,7 +488,12 @@ def _stored_entries(entries: tuple[str, ...]) -> set[str]:
 
 
 def _leave_line(inbound: InboundMessage) -> None:
-    _line().leave(line_of(inbound), inbound.dedupe_key)
+    """Take the stored message out of its line. Best effort: a later message's router that finds the entry
+    looks the message up, and drops it as stored (:func:`_take_place`)."""
+    try:
+        _line().leave(line_of(inbound), inbound.dedupe_key)
+    except redis.RedisError as exc:
+        log.warning("could not leave the arrival line", error_type=type(exc).__name__)
 
 
 def _line() -> arrivals.Line:

@@ -19,7 +19,7 @@ Design notes:
   only ever waits for *earlier* messages; the earliest unanswered one always runs).
 - Waiting is counted apart from failures: the task is republished with the same id and retry count and a
   ``wapipe_turn_waits`` header, so a conversation busy for a while does not eat the stage's retries for
-  PostgreSQL outages. After :data:`MAX_TURN_WAITS` (well past the stale grace) it runs anyway: better out
+  PostgreSQL outages. After :data:`MAX_WAIT_SECONDS` (well past the stale grace) it runs anyway: better out
   of order than never.
 - Multi-hop handlers keep the turn until their last hop answers: ``ai.parse_proposal`` does not mark its
   message handled when it hands it to ``persist.save_proposal``; persist, which needs no turn of its own
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -58,8 +59,10 @@ from workers.base import WapipeTask
 log = get_logger(__name__)
 
 TURN_WAITS_HEADER = "wapipe_turn_waits"
-# At the longest wait (0.5-1 s) this outlasts turns.STALE_AFTER, after which nothing waits anyway.
-MAX_TURN_WAITS = 900
+# When the task first waited (epoch seconds, the worker's clock), carried from wait to wait.
+WAITING_SINCE_HEADER = "wapipe_waiting_since"
+# Well past turns.STALE_AFTER, after which nothing waits anyway: a wait this long is a bug, not a turn.
+MAX_WAIT_SECONDS = 900.0
 FIRST_WAIT_SECONDS = 0.05
 LONGEST_WAIT_SECONDS = 1.0
 
@@ -125,20 +128,23 @@ def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> No
         wait_a_moment(task, message_id=message_id)
 
 
-def wait_a_moment(task: Task, **log_fields: Any) -> None:
+def wait_a_moment(task: Task, countdown: float | None = None, **log_fields: Any) -> None:
     """Schedule the running ``task`` again a moment later, to wait for an earlier message of its
     conversation, and raise ``Retry``; return instead when it may wait no longer (then it goes ahead).
 
-    A wait is not a failure: the task keeps its id and retry count, and counts its waits in a header of
-    its own (:data:`TURN_WAITS_HEADER`), up to :data:`MAX_TURN_WAITS`.
+    A wait is not a failure: the task keeps its id and retry count, counts its waits in a header of its
+    own (:data:`TURN_WAITS_HEADER`), which ``countdown`` defaults to :func:`wait_seconds` of, and keeps
+    when it began to wait (:data:`WAITING_SINCE_HEADER`), up to :data:`MAX_WAIT_SECONDS`.
     """
     request = task.request
-    waits = int(getattr(request, TURN_WAITS_HEADER, None) or 0)
-    if waits >= MAX_TURN_WAITS:
+    waits = waits_of(task)
+    since = waiting_since(task)
+    if time.time() - since >= MAX_WAIT_SECONDS:
         log.warning("waited too long for an earlier message; going ahead", task=task.name, **log_fields)
         return
-    countdown = wait_seconds(waits)
-    again = task.signature_from_request(request, countdown=countdown, headers={TURN_WAITS_HEADER: waits + 1})
+    countdown = wait_seconds(waits) if countdown is None else countdown
+    headers = {TURN_WAITS_HEADER: waits + 1, WAITING_SINCE_HEADER: since}
+    again = task.signature_from_request(request, countdown=countdown, headers=headers)
     try:
         again.apply_async()
     except (KombuError, OSError, redis.RedisError) as exc:
@@ -153,6 +159,20 @@ def wait_a_moment(task: Task, **log_fields: Any) -> None:
         return
     log.debug("waiting for an earlier message", task=task.name, waits=waits + 1, **log_fields)
     raise Retry("waiting for an earlier message of the conversation", when=countdown, sig=again)
+
+
+def waiting_since(task: Task) -> float:
+    """When the running ``task`` first waited for an earlier message (epoch seconds); now if never."""
+    since = getattr(task.request, WAITING_SINCE_HEADER, None)
+    try:
+        return float(since) if since is not None else time.time()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+def waits_of(task: Task) -> int:
+    """How many times the running ``task`` has waited for an earlier message."""
+    return int(getattr(task.request, TURN_WAITS_HEADER, None) or 0)
 
 
 def in_turn(run: F) -> F:

@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
+import pytest
 import redis
+import structlog
+from celery.exceptions import Retry
 
 from ingress.enqueue import route_job, status_job
-from shared.arrivals import STALE_AFTER_SECONDS, Line, line_of
+from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_of
 from shared.queues import Job, Publisher
 from shared.wire.events import DeliveryStatus, InboundMessage, StatusUpdate
-from workers.inbound import route, route_task
+from workers import inbound as inbound_worker
+from workers import ordering
+from workers.inbound import _take_place, route, route_task
 
 BUSINESS = "+14155238886"
 PHONE = "+15551230000"
@@ -88,27 +95,89 @@ def test_a_duplicate_a_status_and_a_job_without_a_line_join_no_line(
 # --- the router's look at the line ---------------------------------------------------------------------
 
 
-def test_a_place_lists_the_earlier_entries_and_drops_stale_ones(
+def test_a_place_lists_the_earlier_entries(
     clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
 ) -> None:
     publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
-    stuck, first, second = message("lost"), message("/help"), message("/project mobile")
-    publisher.publish([route_job(first), route_job(second)])
+    first, second, third = message("/help"), message("/project mobile"), message("/status")
+    publisher.publish([route_job(first), route_job(second), route_job(third)])
     line = Line(redis_client)
     key = line_of(first)
-    assert line.ahead(key, first.dedupe_key).ahead == ()
-    assert line.ahead(key, second.dedupe_key).ahead == (first.dedupe_key,)
-    assert line.ahead(key, message("not in line").dedupe_key).ahead == ()
-
-    # An entry older than the stale age (its route task lost) is dropped by the next look.
-    first_score = line_entries(redis_client, first)[0][1]
-    redis_client.zadd(key, {stuck.dedupe_key: first_score - STALE_AFTER_SECONDS * 1_000_000 - 1})
-    place = line.ahead(key, second.dedupe_key)
-    assert place.stale == (stuck.dedupe_key,)
-    assert place.ahead == (first.dedupe_key,)
+    assert line.ahead(key, first.dedupe_key) == ()
+    assert line.ahead(key, third.dedupe_key) == (first.dedupe_key, second.dedupe_key)
+    assert line.ahead(key, message("not in line").dedupe_key) == ()
 
     line.leave(key, first.dedupe_key)
-    assert line.ahead(key, second.dedupe_key).ahead == ()
+    assert line.ahead(key, third.dedupe_key) == (second.dedupe_key,)
+    assert line.drop_ahead(key, third.dedupe_key) == 1
+    assert [entry for entry, _ in line_entries(redis_client, first)] == [third.dedupe_key]
+
+
+class RouteRun:
+    """What :func:`workers.inbound._take_place` sees of an ``inbound.route`` task delivered by a worker,
+    having waited ``waits`` times since ``waiting_since``; records the waits it schedules."""
+
+    name = "inbound.route"
+
+    def __init__(self, waits: int = 0, waiting_since: float | None = None) -> None:
+        headers = {} if waiting_since is None else {ordering.WAITING_SINCE_HEADER: waiting_since}
+        self.request = SimpleNamespace(
+            called_directly=False, is_eager=False, **{ordering.TURN_WAITS_HEADER: waits}, **headers
+        )
+        self.waits: list[dict[str, Any]] = []
+
+    def signature_from_request(self, request: Any, **options: Any) -> Any:
+        return SimpleNamespace(apply_async=lambda: self.waits.append(options))
+
+
+def test_the_next_in_line_looks_again_soon_and_one_further_back_later(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    messages = [message(f"photo {index}") for index in range(12)]
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(m) for m in messages])
+    countdowns = []
+    for later in (messages[1], messages[11]):
+        run = RouteRun()
+        with pytest.raises(Retry):
+            _take_place(run, later)
+        [wait] = run.waits
+        assert wait["headers"][ordering.TURN_WAITS_HEADER] == 1
+        countdowns.append(wait["countdown"])
+    assert countdowns[0] <= ordering.FIRST_WAIT_SECONDS
+    assert countdowns[1] >= 11 * ordering.FIRST_WAIT_SECONDS / 2
+
+
+def test_old_entries_are_waited_for_when_the_wait_has_just_begun(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    """After a backlog (routers stopped for a while) every entry arrived long ago, yet each message's route
+    task is on its way: a router that has just begun to wait keeps its place, and no entry is dropped."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    long_ago = 1_000_000 * (time.time() - 3 * GIVE_UP_AFTER_SECONDS)
+    redis_client.zadd(line_of(first), {first.dedupe_key: long_ago, second.dedupe_key: long_ago + 1})
+    run = RouteRun()
+    with pytest.raises(Retry):
+        _take_place(run, second)
+    assert [entry for entry, _ in line_entries(redis_client, first)] == [first.dedupe_key, second.dedupe_key]
+
+
+def test_a_router_that_waited_too_long_drops_the_entries_ahead_and_goes_on(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lost, first, second = message("lost"), message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(m) for m in (lost, first, second)])
+    run = RouteRun(waits=40, waiting_since=time.time() - GIVE_UP_AFTER_SECONDS - 1)
+    with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's may have cached an earlier configuration's
+        # processors (cache_logger_on_first_use), which the capture would not see.
+        monkeypatch.setattr(inbound_worker, "log", structlog.get_logger(inbound_worker.__name__))
+        _take_place(run, second)  # returns: it stores now
+    assert run.waits == []
+    assert [entry for entry, _ in line_entries(redis_client, first)] == [second.dedupe_key]
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["earlier_messages"] == 2
+    assert "seen:" not in repr(logs)  # no provider id: a Meta id encodes the sender's number
 
 
 def test_storing_a_message_takes_it_out_of_the_line(
@@ -157,7 +226,7 @@ def test_a_router_given_the_later_message_first_waits_for_the_earlier_one(
     redis_client.lpush("inbound", held)
     wait_for(lambda: len(stored_order(db)) == 2, what="both messages stored")
     assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
-    assert line_entries(redis_client, first) == []
+    wait_for(lambda: line_entries(redis_client, first) == [], what="the line emptied")
 
 
 def test_an_earlier_entry_whose_message_is_stored_does_not_hold_the_line(
@@ -181,7 +250,7 @@ def test_an_earlier_entry_whose_message_is_stored_does_not_hold_the_line(
     start_worker(["inbound"], env={"WAPIPE_MODE": "project"})
     wait_for(lambda: len(stored_order(db)) == 2, what="the later message stored")
     assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
-    assert line_entries(redis_client, first) == []
+    wait_for(lambda: line_entries(redis_client, first) == [], what="the line emptied")
 
 
 def routed_event(task_message: bytes) -> dict[str, Any]:
