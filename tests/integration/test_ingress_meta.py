@@ -12,8 +12,10 @@ import redis
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from shared.arrivals import line_of
 from shared.providers.meta.signature import sign
 from shared.settings import load_settings
+from shared.wire.events import InboundMessage
 from shared.wire.meta import parse_webhook
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "meta"
@@ -112,6 +114,18 @@ def test_several_entries_and_changes_go_out_in_one_post(
         "Segundo número",
     ]
     assert [e["status"] for e in queued(redis_client, "status")] == ["delivered", "read"]
+
+
+def test_the_messages_of_one_post_join_their_conversations_arrival_lines_in_order(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    assert post(client, raw("multi_entry")).status_code == 200
+    events = [InboundMessage.model_validate(event) for event in queued(redis_client, "inbound")]
+    lines = {line_of(event) for event in events}
+    in_lines = {line: [entry.decode() for entry in redis_client.zrange(line, 0, -1)] for line in lines}
+    for line, entries in in_lines.items():
+        assert entries == [event.dedupe_key for event in events if line_of(event) == line]
+    assert sorted(len(entries) for entries in in_lines.values()) == [1, 2]  # "Hola", then its follow-up
 
 
 def test_failed_status_goes_to_the_status_queue_with_its_error(
