@@ -10,7 +10,9 @@ import sys
 import psycopg
 import pytest
 import redis
+import tenacity
 
+from shared.providers.twilio import client as twilio_client
 from shared.providers.twilio.client import TwilioSender
 from shared.queues import QUEUES
 from shared.replies import queue_reply
@@ -35,8 +37,10 @@ def wapipe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def dead(db: psycopg.Connection, redis_client: redis.Redis) -> list[int]:
+def dead(db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Two replies whose only attempt failed with Twilio 500s: dead letters; their notify jobs drained."""
+    # The call's own retries back off for seconds; what matters here is only that they all fail.
+    monkeypatch.setattr(twilio_client, "_backoff", tenacity.wait_none())
     ids = []
     with FakeTwilioAPI() as fake:
         settings = load_settings(
