@@ -411,13 +411,14 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
 
 class RouteTask(WapipeTask):
     """``inbound.route``'s class: a route that fails for good leaves its conversation's arrival line, so
-    the conversation's later messages do not wait out the stale age for it (shared/arrivals.py)."""
+    the conversation's later messages do not wait the 5 minutes before giving up on it
+    (shared/arrivals.py)."""
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         event = (kwargs or {}).get("event", args[0] if args else None)
         try:
             _leave_line(InboundMessage.model_validate(event))
-        except (ValueError, redis.RedisError):  # not an event, or Redis away: the stale age frees it
+        except ValueError:  # not an event: it has no entry
             return
 
 
