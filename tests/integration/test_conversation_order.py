@@ -254,13 +254,19 @@ def test_a_dispatched_unanswered_or_unrouted_message_holds_the_turn(
     assert ahead_of(last) == turns.Turn(unrouted)
 
 
-def test_a_stale_predecessor_is_passed_over_with_a_warning(clean: None, db: psycopg.Connection) -> None:
+def test_a_stale_predecessor_is_passed_over_with_a_warning(
+    clean: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     convo = conversation(db)
     died = inbound(db, convo, age="6 minutes", dispatched="6 minutes")  # its handler died for good
     never_routed = inbound(db, convo, age="6 minutes", routed=False)  # its routing failed for good
     message = inbound(db, convo, dispatched="0 seconds")
     assert ahead_of(message) == turns.Turn(None, (died, never_routed))
     with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's may have cached an earlier configuration's
+        # processors (cache_logger_on_first_use) when an earlier test used it, which the capture would not
+        # see.
+        monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))
         assert ordering.check_turn(message) is True
     warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
     assert warned == [died, never_routed]
