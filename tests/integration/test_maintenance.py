@@ -92,7 +92,9 @@ def test_purges_webhook_events_past_retention_in_batches(
     assert oldest.days == 29  # the 29.5-day-old event stays
 
 
-def test_reports_pending_dead_letters_with_count_and_oldest_age(db: psycopg.Connection) -> None:
+def test_reports_pending_dead_letters_with_count_and_oldest_age(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert maintenance.report_dead_letters().count == 0
     db.execute(
         "INSERT INTO dead_letters (task_name, payload, error, created_at, replayed_at) VALUES"
@@ -106,6 +108,9 @@ def test_reports_pending_dead_letters_with_count_and_oldest_age(db: psycopg.Conn
     )
 
     with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's may have cached an earlier configuration's
+        # processors (cache_logger_on_first_use), which the capture would not see.
+        monkeypatch.setattr(maintenance, "log", structlog.get_logger(maintenance.__name__))
         first = maintenance.report_dead_letters()
     second = maintenance.report_dead_letters()
 
