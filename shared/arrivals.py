@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 
 import redis
+from kombu.utils.encoding import bytes_to_str
 
 from shared.wire.events import InboundMessage
 
@@ -97,7 +98,7 @@ class Line:
     def ahead(self, line: str, entry: str) -> tuple[str, ...]:
         """The entries (dedupe keys) of the messages that arrived before ``entry`` in ``line`` and are not
         stored yet, oldest first, at most :data:`LOOK_AHEAD`."""
-        return tuple(_text(item) for item in self._ahead(keys=[line], args=[entry]))
+        return tuple(bytes_to_str(item) for item in self._ahead(keys=[line], args=[entry]))
 
     def leave(self, line: str, *entries: str) -> None:
         """Take these entries out of the line: their messages are stored."""
@@ -107,7 +108,3 @@ class Line:
     def drop_ahead(self, line: str, entry: str) -> int:
         """Take every entry ahead of ``entry`` out of the line, stored or not; how many there were."""
         return int(self._drop_ahead(keys=[line], args=[entry]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
