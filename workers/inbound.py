@@ -22,7 +22,6 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import functools
-import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -473,8 +472,7 @@ def _poll_seconds(place: int) -> float:
     the next in line looks every few tens of milliseconds (a store takes milliseconds), one further back
     less often, at most every second, so a burst from one sender drains at the store's pace without every
     waiter polling at that pace."""
-    backoff = min(ordering.LONGEST_WAIT_SECONDS, ordering.FIRST_WAIT_SECONDS * place)
-    return backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
+    return ordering.jittered_wait(place)
 
 
 def _stored_entries(entries: tuple[str, ...]) -> set[str]:

@@ -81,9 +81,14 @@ def message_id_of(args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) 
 
 
 def wait_seconds(waits: int) -> float:
-    """How long the ``waits``-th wait lasts: doubling from a few ms (a command takes milliseconds) to 1 s,
-    with jitter so tasks waiting for the same message do not all wake together."""
-    backoff = min(LONGEST_WAIT_SECONDS, FIRST_WAIT_SECONDS * 2 ** min(waits, 5))
+    """How long the ``waits``-th wait lasts: doubling from a few ms (a command takes milliseconds) to 1 s."""
+    return jittered_wait(2 ** min(waits, 5))
+
+
+def jittered_wait(steps: float) -> float:
+    """``steps`` times the first wait, at most the longest, with jitter so tasks waiting for the same
+    message do not all wake together."""
+    backoff = min(LONGEST_WAIT_SECONDS, FIRST_WAIT_SECONDS * steps)
     return backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
 
 
