@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -26,24 +25,12 @@ from ingress.enqueue import route_job, status_job
 from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_of
 from shared.queues import Job, Publisher
 from shared.wire.events import DeliveryStatus, InboundMessage, StatusUpdate
+from tests.integration.test_conversation_order import PHONE, message
 from workers import inbound as inbound_worker
 from workers import ordering
 from workers.inbound import _take_place, route, route_task
 
-BUSINESS = "+14155238886"
-PHONE = "+15551230000"
 OTHER_PHONE = "+15551239999"
-
-
-def message(text: str, phone: str = PHONE) -> InboundMessage:
-    return InboundMessage(
-        provider="twilio",
-        provider_message_id=f"SM{uuid.uuid4().hex}",
-        business_number=BUSINESS,
-        sender_phone=phone,
-        text=text,
-        raw={"Body": text},
-    )
 
 
 def line_entries(client: redis.Redis, of: InboundMessage) -> list[tuple[str, float]]:

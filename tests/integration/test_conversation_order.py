@@ -40,8 +40,9 @@ TEXT_2 = "Fix the checkout bug and write the release notes tomorrow, 3 hours eac
 SCRIPT = ["/project mobile", TEXT_1, "/project website", TEXT_2]
 
 
-def event(text: str, phone: str = PHONE) -> dict[str, Any]:
-    message = InboundMessage(
+def message(text: str, phone: str = PHONE) -> InboundMessage:
+    """A Twilio text from ``phone`` to the business number, with a message id of its own."""
+    return InboundMessage(
         provider="twilio",
         provider_message_id=f"SM{uuid.uuid4().hex}",
         business_number=BUSINESS,
@@ -49,7 +50,10 @@ def event(text: str, phone: str = PHONE) -> dict[str, Any]:
         text=text,
         raw={"Body": text},
     )
-    return message.model_dump(mode="json")
+
+
+def event(text: str, phone: str = PHONE) -> dict[str, Any]:
+    return message(text, phone).model_dump(mode="json")
 
 
 def inbound_ids(db: psycopg.Connection) -> list[int]:
