@@ -130,9 +130,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 @pytest.fixture
-def start_worker(test_servers: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(test_servers: dict[str, str], redis_client: Any) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: ``start_worker(["inbound", "notify"], concurrency=1, env={...}, pool="prefork")`` -> a
-    ready worker."""
+    ready worker, on a flushed broker (``redis_client``): jobs an earlier test left queued or scheduled
+    would otherwise run against this test's rows, whose ids start again at 1."""
     started: list[WorkerProcess] = []
 
     def start(
