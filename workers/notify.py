@@ -57,7 +57,9 @@ delivery toward the provider is at-most-once when the outcome is unknown:
 - Two claimers never get one row: the claim moves it out of ``queued`` under a row lock.
 - The claim marks every row it takes as unsent (``unsent_claim``, its transaction id). Each booking
   round clears the marks of its sends in one conditional statement (:func:`shared.db.sending.calling`)
-  before any of them goes to the provider, so a row still marked is proof it never reached it.
+  before any of them goes to the provider, so a row still marked is proof it never reached it. A send the
+  booking did not reach, left to wait longer than a booked one would (a Retry-After, slots other
+  processes took), is marked again (:func:`shared.db.sending.not_calling`).
 - A worker killed during its batch leaves rows ``sending`` with ``claimed_by`` = its task's message.
   That task is redelivered (``acks_late``, ``reject_on_worker_lost``), finds its own message still
   ``sending`` and waits out the lease (far longer than a batch can take), then settles every row its
@@ -65,9 +67,9 @@ delivery toward the provider is at-most-once when the outcome is unknown:
   marked unsent goes back to the queue with its attempt given back and a new job (usually most of a
   batch: the sends waiting for their pacing slots); any other fails with ``outcome_unknown`` and
   becomes a dead letter: neither Twilio nor Meta accepts an idempotency key on send, so an operator
-  checks the provider's log and replays with ``wapipe dlq replay``. That is at most the sends booked in
-  the last ``PACING_HORIZON_SECONDS``, those awaiting the provider's answer, and those answered in the
-  chunk not yet written (about the last ``SETTLE_EVERY_SECONDS``).
+  checks the provider's log and replays with ``wapipe dlq replay``. That is at most the sends booked (or
+  taken to be) in the last ``PACING_HORIZON_SECONDS``, those awaiting the provider's answer, and those
+  answered in the chunk not yet written (about the last ``SETTLE_EVERY_SECONDS``).
   ``notify.sweep`` (meant for beat, every minute) does the same for any claim past the lease, and
   re-enqueues queued messages whose job was lost. Should a worker outlive its lease after all, the
   statement that clears the marks finds its rows taken back and it withdraws those sends.
@@ -385,6 +387,13 @@ def _calling(sends: list[_Send]) -> set[int]:
         return sending.calling(conn, [(send.record.id, send.record.unsent_claim or 0) for send in sends])
 
 
+def _not_calling(sends: list[_Send]) -> set[int]:
+    """Of these sends, the ids marked unsent again (:func:`shared.db.sending.not_calling`)."""
+    claims = [(s.record.id, s.record.unsent_claim or 0, s.record.claimed_by or 0) for s in sends]
+    with autocommit_connection() as conn:
+        return sending.not_calling(conn, claims)
+
+
 def _dead_letter(conn: psycopg.Connection, message_id: int, attempts: int, error: str) -> None:
     dead_letters.add(
         conn,
@@ -632,12 +641,17 @@ class _Pacer:
                     else:
                         offset = next(slots)
                         self._spawn(self._fire(send, now + offset, allowance, sender))
-                queue.extendleft(reversed(taken[len(booking.waits) :]))  # not reached this round
+                unreached = taken[len(booking.waits) :]
+                queue.extendleft(reversed(unreached))
                 taken = []
-                if not booking.waits:
-                    await asyncio.sleep(min(booking.wait, 1.0))
-                    continue
-                await asyncio.sleep(max(0.0, booking.first + booking.count * booking.interval - 0.01))
+                if booking.waits:
+                    pause = max(0.0, booking.first + booking.count * booking.interval - 0.01)
+                else:
+                    pause = min(booking.wait, 1.0)
+                if pause > horizon:  # longer than a send booked now waits for its slot
+                    await self._not_calling(unreached)
+                    pause -= running.time() - now
+                await asyncio.sleep(pause)
         except Exception as exc:  # Redis trouble: every waiting send goes back to the queue for later
             log.warning("pacing unavailable", error=type(exc).__name__)
             for send in [*taken, *queue]:
@@ -663,6 +677,23 @@ class _Pacer:
                 log.warning("send withdrawn: its claim was taken back", message_id=send.record.id)
                 self._resolve(send, WITHDRAWN)
         return [send for send in taken if send.calling]
+
+    async def _not_calling(self, sends: list[_Send]) -> None:
+        """Mark unsent again the sends that had theirs cleared for a booking that did not reach them and
+        now wait longer than a booked send does (a Retry-After, a rate other processes have taken): a
+        worker dying meanwhile then leaves them to be sent again, not outcome unknown. Best effort: on a
+        database error they stay cleared, which is only the less useful of two safe states."""
+        cleared = [send for send in sends if send.calling and send.record.unsent_claim is not None]
+        if not cleared:
+            return
+        try:
+            marked = await asyncio.to_thread(_not_calling, cleared)
+        except (Unavailable, psycopg.Error) as exc:
+            log.warning("could not mark waiting sends unsent again", error_type=type(exc).__name__)
+            return
+        for send in cleared:
+            if send.record.id in marked:
+                send.calling = False
 
     def _pad(self, now: float) -> float:
         """Time to keep free after the next booking's slots: the typical (median) recent round trip to

@@ -10,7 +10,7 @@ ping when the connection sat idle, see shared/db/pool.py).
   statement say where the own message stood when it could not be claimed (sent, in another batch, not
   due yet, missing).
 - :func:`calling`: the sends of a booking are about to be put to the provider (proof, until then, that a
-  claim left by a dead worker never reached it).
+  claim left by a dead worker never reached it); :func:`not_calling`: some were not booked after all.
 - :func:`settle`: a batch's outcomes (sent, failed, back to the queue) and their timeline events.
 - :func:`apply_status`: a delivery receipt's forward-only move and its timeline event.
 
@@ -160,6 +160,35 @@ def calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int]]) -> set[
     with wrap_errors():
         rows = conn.execute(
             _CALLING, {"ids": [c[0] for c in claims], "claims": [c[1] for c in claims]}
+        ).fetchall()
+    return {row["id"] for row in rows}
+
+
+# A send taken for a booking that did not reach it (the slots ran out, or the number is blocked) is no
+# nearer the provider than before, so its mark goes back on while it waits for the next booking: a worker
+# dying meanwhile leaves it provably unsent, to be sent again, instead of outcome unknown. The row is this
+# batch's alone while the mark is off: only its own settle, or the sweep past the lease (which fails it),
+# moves a 'sending' row with no mark, and the send is still waiting, so neither has. The claimer check is
+# a second lock on that door.
+_NOT_CALLING = f"""
+UPDATE messages m SET unsent_claim = v.claim
+FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[], %(claimers)s::bigint[]) AS v(id, claim, claimer)
+WHERE m.id = v.id AND m.unsent_claim IS NULL AND m.status = '{SENDING}' AND m.claimed_by = v.claimer
+RETURNING m.id
+"""  # noqa: S608 - constant status, no input
+
+
+def not_calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int, int]]) -> set[int]:
+    """These (message id, claim, claimed_by) sends, cleared by :func:`calling`, were not booked after all:
+    mark them unsent again. The ids marked."""
+    with wrap_errors():
+        rows = conn.execute(
+            _NOT_CALLING,
+            {
+                "ids": [c[0] for c in claims],
+                "claims": [c[1] for c in claims],
+                "claimers": [c[2] for c in claims],
+            },
         ).fetchall()
     return {row["id"] for row in rows}
 

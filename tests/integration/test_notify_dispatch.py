@@ -6,7 +6,9 @@ worker); the one-statement settle records every outcome with its timeline event.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
+import threading
 import time
 
 import kombu.exceptions
@@ -193,6 +195,51 @@ def test_a_dead_workers_sends_that_never_reached_the_provider_go_back_to_the_que
     assert notify_jobs_in_redis(redis_client) == [("notify.send_many", {"message_ids": [own, *waiting]})]
     assert dispatch_many([own, *waiting], sender=ConsoleSender(redis_client))[own] == "sent"
     assert [message(db, i)["status"] for i in (own, *waiting)] == ["sent"] * 3
+    assert sent_count(db) == 3
+
+
+def unsent_marks(db, ids: list[int]) -> list[int | None]:
+    rows = db.execute("SELECT unsent_claim FROM messages WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
+    return [row["unsent_claim"] for row in rows]
+
+
+def test_sends_waiting_out_a_retry_after_are_marked_unsent_again(db, redis_client, monkeypatch) -> None:
+    monkeypatch.setattr(notify, "_pacers", {})
+    settings = load_settings()
+    sender = ConsoleSender(redis_client)
+    own, *_ = replies(3)
+    with autocommit_connection() as conn:
+        batch = sending.claim(conn, own, 10).batch
+    ids = sorted(record.id for record in batch)
+    claims = unsent_marks(db, ids)
+    # The provider asked the number to wait: the batch's first booking, its marks cleared just before it,
+    # books nothing, and the sends wait seconds for the next.
+    for record in batch:
+        from_number = record.business_number if record.conversation_provider == sender.name else None
+        RateLimiter(redis_client).block_sender(notify._pace_key(settings, sender.name, from_number), 4.0)
+    cleared = threading.Event()
+    calling = notify._calling
+
+    def clear_then_tell(sends: list) -> set[int]:
+        held = calling(sends)
+        cleared.set()
+        return held
+
+    monkeypatch.setattr(notify, "_calling", clear_then_tell)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(notify._send_batch, batch, settings, sender)
+        assert cleared.wait(10)
+
+        # A worker dying now must leave them unsent (back to the queue), not outcome unknown.
+        deadline = time.monotonic() + 2.5
+        while unsent_marks(db, ids) != claims and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert unsent_marks(db, ids) == claims
+        assert not running.done()
+
+        notify._settle(running.result(timeout=30))
+    # Once the wait is over they are sent, once each.
+    assert [message(db, i)["status"] for i in ids] == ["sent"] * 3
     assert sent_count(db) == 3
 
 
