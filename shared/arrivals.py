@@ -16,9 +16,21 @@ stored its router leaves the line (:meth:`Line.leave`), after the commit, so the
 Nothing waits for ever, and a stuck message cannot silence its conversation:
 
 - a route task that has waited :data:`GIVE_UP_AFTER_SECONDS` drops the entries still ahead of it, with a
-  warning, and goes on: their route tasks are lost, or still failing after minutes of retries. Counted
-  from when it began to wait, not from arrival: after a backlog (routers stopped for a deploy, a database
-  outage) every entry is old, yet each message's route task is on its way;
+  warning, and goes on: their route tasks are lost. Counted from when it began to wait, not from
+  arrival: after a backlog (routers stopped for a deploy, a database outage) every entry is old, yet each
+  message's route task is on its way. And counted afresh after each of its own failures: Celery's retry
+  keeps a task's headers, so the clock would otherwise run through a database outage that the waiter
+  spent failing and retrying, and give up as soon as the database is back;
+- an entry whose route task is retrying after a failure (PostgreSQL or Redis unreachable, retried with a
+  backoff of up to 5 minutes) is not lost: before its retry is published the task marks the entry with
+  when the retry is due (:meth:`Line.retrying`: a hash beside the line, in epoch seconds on the workers'
+  clocks, as the waiting clock is), and a waiter gives up on the entries ahead only
+  :data:`GIVE_UP_AFTER_SECONDS` after the latest such time (:meth:`Line.drop_ahead`). So a long outage
+  delays a conversation but does not reorder it, and still nothing waits for ever: retries are bounded
+  (workers/__init__.py ``OUTAGE_RETRIES``), the last one that fails takes its entry out of the line, and a
+  mark that is not renewed lapses. Marks are written only on a failure's retry and read only by a waiter
+  about to give up, so the usual path costs no Redis call more. A mark is not cleared when its entry
+  leaves the line (nothing reads the mark of an entry not in the line): the hash expires instead;
 - an earlier entry whose message is in fact stored (its router died between commit and leaving the line)
   is dropped when a later message finds it, so leaving the line is an optimisation, not a duty;
 - a route task that fails for good leaves the line (:class:`workers.inbound.RouteTask`);
@@ -33,6 +45,9 @@ rate limiter's keys), so Redis is to be protected as the database is (deploy/REA
 from __future__ import annotations
 
 import hashlib
+import math
+import time
+from typing import NamedTuple
 
 import redis
 from kombu.utils.encoding import bytes_to_str
@@ -54,11 +69,33 @@ local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not mine then return {{}} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
 """
-# Same KEYS and ARGV: drop every entry ahead of this one; how many.
+# KEYS[1]: the line, KEYS[2]: its retrying marks; ARGV[1]: this message's entry, ARGV[2]: a time (epoch
+# seconds). Drop every entry ahead of this one, unless one of them is marked retrying with its retry due
+# after ARGV[2]. {dropped, ''}, or {0, the latest such due time, as it was written}. The marks are few: only
+# entries whose route failed in the last minutes.
 _DROP_AHEAD = """
 local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return 0 end
-return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine)
+if not mine then return {0, ''} end
+local latest, latest_text = tonumber(ARGV[2]), ''
+local marks = redis.call('HGETALL', KEYS[2])
+for i = 1, #marks, 2 do
+  local due = tonumber(marks[i + 1])
+  if due and due > latest then
+    local score = redis.call('ZSCORE', KEYS[1], marks[i])
+    if score and tonumber(score) < tonumber(mine) then latest, latest_text = due, marks[i + 1] end
+  end
+end
+if latest_text ~= '' then return {0, latest_text} end
+return {redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine), ''}
+"""
+# KEYS[1]: the line, KEYS[2]: its retrying marks; ARGV[1]: an entry, ARGV[2]: when its retry is due (epoch
+# seconds, as text), ARGV[3]: how long the mark must last (whole seconds). Only an entry still in the line
+# is marked (its message may be stored already); the hash lives as long as its longest-lived mark.
+_RETRYING = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
 """
 
 # The publish side, run inside shared/queues.py's publish script for each message it enqueues: a Lua
@@ -81,6 +118,11 @@ def line_key(provider: str, business_number: str, sender: str) -> str:
     return f"arrivals:{digest.hexdigest()}"
 
 
+def retrying_key(line: str) -> str:
+    """The key of the hash of ``line``'s entries whose route task is retrying after a failure."""
+    return f"{line}:retrying"
+
+
 def line_of(message: InboundMessage) -> str:
     """The key of ``message``'s conversation's line."""
     sender = message.sender_phone or message.sender_bsuid or ""
@@ -94,6 +136,7 @@ class Line:
         self._client = client
         self._ahead = client.register_script(_AHEAD)
         self._drop_ahead = client.register_script(_DROP_AHEAD)
+        self._retrying = client.register_script(_RETRYING)
 
     def ahead(self, line: str, entry: str) -> tuple[str, ...]:
         """The entries (dedupe keys) of the messages that arrived before ``entry`` in ``line`` and are not
@@ -105,6 +148,25 @@ class Line:
         if entries:
             self._client.zrem(line, *entries)
 
-    def drop_ahead(self, line: str, entry: str) -> int:
-        """Take every entry ahead of ``entry`` out of the line, stored or not; how many there were."""
-        return int(self._drop_ahead(keys=[line], args=[entry]))
+    def drop_ahead(self, line: str, entry: str, now: float | None = None) -> Dropped:
+        """Take every entry ahead of ``entry`` out of the line, stored or not, unless one of them is
+        retrying with its retry due less than :data:`GIVE_UP_AFTER_SECONDS` before ``now`` (epoch
+        seconds; default the clock's): then none, and the latest due time comes back."""
+        cutoff = (time.time() if now is None else now) - GIVE_UP_AFTER_SECONDS
+        dropped, due = self._drop_ahead(keys=[line, retrying_key(line)], args=[entry, repr(cutoff)])
+        return Dropped(int(dropped), float(bytes_to_str(due)) if due else None)
+
+    def retrying(self, line: str, entry: str, due: float, now: float | None = None) -> bool:
+        """Mark ``entry`` as retrying, its route task due again at ``due`` (epoch seconds): waiters behind it
+        keep waiting until :data:`GIVE_UP_AFTER_SECONDS` past then. False when it is not in the line."""
+        now = time.time() if now is None else now
+        lasts = max(1, math.ceil(due - now + GIVE_UP_AFTER_SECONDS))
+        return bool(self._retrying(keys=[line, retrying_key(line)], args=[entry, repr(due), lasts]))
+
+
+class Dropped(NamedTuple):
+    """What :meth:`Line.drop_ahead` did: how many entries it dropped, or, when an entry ahead is retrying,
+    none and when that retry is due (epoch seconds)."""
+
+    count: int
+    retry_due: float | None

@@ -409,16 +409,48 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
 
 
 class RouteTask(WapipeTask):
-    """``inbound.route``'s class: a route that fails for good leaves its conversation's arrival line, so
-    the conversation's later messages do not wait the 5 minutes before giving up on it
-    (shared/arrivals.py)."""
+    """``inbound.route``'s class: a route retried after a failure keeps its place in its conversation's
+    arrival line, and one that fails for good leaves it, so the conversation's later messages neither
+    overtake the first nor wait the 5 minutes before giving up on the second (shared/arrivals.py)."""
+
+    def retry(self, *args: Any, **options: Any) -> Any:
+        request = self.request
+        if not (request.called_directly or request.is_eager):
+            countdown = options.get("countdown")
+            _mark_retrying(request, self.default_retry_delay if countdown is None else countdown)
+            # Celery's retry keeps the request's headers: without this, a route that was waiting for an
+            # earlier message when the failure came would count its retries' backoff as waiting, and give up
+            # on that message as soon as a long outage ends.
+            headers = dict(request.headers or {})
+            headers.pop(ordering.WAITING_SINCE_HEADER, None)
+            options["headers"] = headers
+        return super().retry(*args, **options)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
-        event = (kwargs or {}).get("event", args[0] if args else None)
-        try:
-            _leave_line(InboundMessage.model_validate(event))
-        except ValueError:  # not an event: it has no entry
-            return
+        inbound = _inbound_of(args, kwargs)
+        if inbound is not None:
+            _leave_line(inbound)
+
+
+def _inbound_of(args: Any, kwargs: Any) -> InboundMessage | None:
+    """The inbound message a route task was called with; None when it is not an event (it has no entry)."""
+    event = (kwargs or {}).get("event", args[0] if args else None)
+    try:
+        return InboundMessage.model_validate(event)
+    except ValueError:
+        return None
+
+
+def _mark_retrying(request: Any, countdown: float) -> None:
+    """Mark the retried route's entry as retrying, due again in ``countdown`` seconds. Best effort: without
+    the mark, a message that has waited behind it for 5 minutes already may go first."""
+    inbound = _inbound_of(request.args, request.kwargs)
+    if inbound is None:
+        return
+    try:
+        _line().retrying(line_of(inbound), inbound.dedupe_key, time.time() + countdown)
+    except redis.RedisError as exc:
+        log.warning("could not mark the arrival line's entry as retrying", error_type=type(exc).__name__)
 
 
 @event_task("inbound.route", base=RouteTask)
@@ -447,16 +479,25 @@ def _take_place(task: Task, inbound: InboundMessage) -> None:
             if stored:
                 _line().leave(line, *stored)
                 continue
+        since = None  # as the request says
         waited = time.time() - ordering.waiting_since(task)
         if waited >= arrivals.GIVE_UP_AFTER_SECONDS:
-            dropped = _line().drop_ahead(line, entry)
-            log.warning(
-                "earlier messages of the conversation were not stored in time; storing this one first",
-                earlier_messages=dropped,
-                waited_seconds=round(waited),
+            dropped, retry_due = _line().drop_ahead(line, entry)
+            if retry_due is None:
+                log.warning(
+                    "earlier messages of the conversation were not stored in time; storing this one first",
+                    earlier_messages=dropped,
+                    waited_seconds=round(waited),
+                )
+                return
+            # An earlier message's route is retrying after a failure: not lost, so wait for it, and give up
+            # only that long after its retry is due.
+            log.info(
+                "an earlier message of the conversation is being retried; waiting for it",
+                retry_due_in_seconds=round(retry_due - time.time()),
             )
-            return
-        ordering.wait_a_moment(task, countdown=_poll_seconds(len(ahead)))
+            since = retry_due
+        ordering.wait_a_moment(task, countdown=_poll_seconds(len(ahead)), since=since)
         return  # it may not wait any longer: go ahead
     ordering.wait_a_moment(task, countdown=_poll_seconds(1))
 

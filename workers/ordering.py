@@ -133,17 +133,20 @@ def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> No
         wait_a_moment(task, message_id=message_id)
 
 
-def wait_a_moment(task: Task, countdown: float | None = None, **log_fields: Any) -> None:
+def wait_a_moment(
+    task: Task, countdown: float | None = None, since: float | None = None, **log_fields: Any
+) -> None:
     """Schedule the running ``task`` again a moment later, to wait for an earlier message of its
     conversation, and raise ``Retry``; return instead when it may wait no longer (then it goes ahead).
 
     A wait is not a failure: the task keeps its id and retry count, counts its waits in a header of its
     own (:data:`TURN_WAITS_HEADER`), which ``countdown`` defaults to :func:`wait_seconds` of, and keeps
-    when it began to wait (:data:`WAITING_SINCE_HEADER`), up to :data:`MAX_WAIT_SECONDS`.
+    when it began to wait (:data:`WAITING_SINCE_HEADER`), up to :data:`MAX_WAIT_SECONDS`. ``since``: count
+    the wait from then instead (epoch seconds), from now on.
     """
     request = task.request
     waits = waits_of(task)
-    since = waiting_since(task)
+    since = waiting_since(task) if since is None else since
     if time.time() - since >= MAX_WAIT_SECONDS:
         log.warning("waited too long for an earlier message; going ahead", task=task.name, **log_fields)
         return

@@ -96,7 +96,7 @@ def test_a_place_lists_the_earlier_entries(
 
     line.leave(key, first.dedupe_key)
     assert line.ahead(key, third.dedupe_key) == (second.dedupe_key,)
-    assert line.drop_ahead(key, third.dedupe_key) == 1
+    assert line.drop_ahead(key, third.dedupe_key) == (1, None)
     assert [entry for entry, _ in line_entries(redis_client, first)] == [third.dedupe_key]
 
 

@@ -1,0 +1,186 @@
+"""A database outage delays a conversation's messages but does not reorder them (shared/arrivals.py).
+
+Through a PostgreSQL outage the earlier message's route fails and retries with a backoff of up to 5
+minutes, and the later message's route, waiting behind it, fails too (its look-up of the entries ahead).
+Celery's retry keeps a task's headers, the later route's waiting clock with them; and a retried route's
+entry is not lost, only due back later. Here: the line's retrying marks, the retry of a real
+``inbound.route`` task published to the real broker, and real worker processes through an outage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from celery.exceptions import Retry
+
+from ingress.enqueue import route_job
+from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_of, retrying_key
+from shared.db.errors import Unavailable
+from shared.queues import Publisher
+from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
+from tests.integration.test_conversation_order import message
+from workers import ordering
+from workers.inbound import _take_place, route_task
+
+# Nothing listens there: a worker given this database sees PostgreSQL down.
+DOWN_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/wapipe"
+
+
+# --- the line's retrying marks -------------------------------------------------------------------------
+
+
+def test_an_entry_retrying_ahead_holds_the_line_until_well_past_its_retry(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    first, second, third = message("/help"), message("/project mobile"), message("/status")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(m) for m in (first, second, third)])
+    line, key, now = Line(redis_client), line_of(first), time.time()
+
+    assert line.retrying(key, third.dedupe_key, due=now + 60, now=now)
+    assert line.drop_ahead(key, second.dedupe_key, now=now) == (1, None)  # a mark behind holds nothing
+    redis_client.zadd(key, {first.dedupe_key: 1})  # back in line, first
+
+    assert line.retrying(key, first.dedupe_key, due=now + 60, now=now)
+    assert line.drop_ahead(key, third.dedupe_key, now=now + 60 + GIVE_UP_AFTER_SECONDS - 1) == (0, now + 60)
+    everyone = [m.dedupe_key for m in (first, second, third)]
+    assert [entry for entry, _ in line_entries(redis_client, first)] == everyone
+    # Its retry long overdue, the mark no longer holds: the task is lost after all.
+    assert line.drop_ahead(key, third.dedupe_key, now=now + 60 + GIVE_UP_AFTER_SECONDS + 1) == (2, None)
+    assert 0 < redis_client.ttl(retrying_key(key)) <= 60 + GIVE_UP_AFTER_SECONDS + 1
+
+
+def test_only_an_entry_still_in_line_is_marked_retrying(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    first = message("/help")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first)])
+    line = Line(redis_client)
+    line.leave(line_of(first), first.dedupe_key)  # stored: its route failed after the commit
+    assert not line.retrying(line_of(first), first.dedupe_key, due=time.time() + 60)
+    assert redis_client.exists(retrying_key(line_of(first))) == 0
+
+
+def test_a_router_that_waited_long_keeps_waiting_for_an_earlier_message_being_retried(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    """The earlier message's route failed and is due back in two minutes; the later one has waited past
+    the give-up age. It keeps its place, and counts its next give-up from when the retry is due."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    due = time.time() + 120
+    Line(redis_client).retrying(line_of(first), first.dedupe_key, due)
+    run = RouteRun(waits=40, waiting_since=time.time() - 2 * GIVE_UP_AFTER_SECONDS)
+    with pytest.raises(Retry):
+        _take_place(run, second)
+    [wait] = run.waits
+    assert wait["headers"][ordering.WAITING_SINCE_HEADER] == due
+    assert [entry for entry, _ in line_entries(redis_client, first)] == [first.dedupe_key, second.dedupe_key]
+
+
+# --- a route's retry, through Celery's own Task.retry, published to the broker -------------------------
+
+
+def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    """A route that had waited for an earlier message, then failed on the database: its retry keeps its
+    count of waits, but not when it began to wait (Celery's retry would keep that header, and the backoff
+    through an outage would count as waiting); and its entry holds the line until the retry is due."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    redis_client.delete("inbound")
+    began = time.time() - 3 * GIVE_UP_AFTER_SECONDS
+    # The request as a worker builds it from the message: custom headers beside Celery's own.
+    route_task.push_request(
+        id=str(uuid.uuid4()),
+        args=[],
+        kwargs={"event": second.model_dump(mode="json")},
+        retries=2,
+        called_directly=False,
+        delivery_info={"exchange": "", "routing_key": "inbound"},
+        **{ordering.TURN_WAITS_HEADER: 7, ordering.WAITING_SINCE_HEADER: began},
+    )
+    try:
+        with pytest.raises(Retry):
+            route_task.retry(exc=Unavailable("connection refused"), countdown=240)
+    finally:
+        route_task.pop_request()
+
+    [published] = [json.loads(raw) for raw in redis_client.lrange("inbound", 0, -1)]
+    headers = published["headers"]
+    assert headers["retries"] == 3
+    assert headers[ordering.TURN_WAITS_HEADER] == 7
+    assert ordering.WAITING_SINCE_HEADER not in headers
+    # The entry is due back with the retry: a router behind it that has waited long does not drop it.
+    third = message("/status")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(third)])
+    dropped, due = Line(redis_client).drop_ahead(line_of(first), third.dedupe_key, now=time.time() + 240)
+    assert dropped == 0
+    assert due is not None
+    assert due >= began + 3 * GIVE_UP_AFTER_SECONDS + 240
+
+
+# --- real worker processes through an outage -----------------------------------------------------------
+
+
+def test_a_database_outage_does_not_let_the_later_message_overtake_the_earlier_one(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    """Both routes fail while PostgreSQL is down and are retried. Then, the database back, the later one
+    has waited past the give-up age (its clock moved on here, instead of waiting minutes) while the
+    earlier one's retry is still pending: the later one keeps waiting, and both are stored in order."""
+    first, second = message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    task_ids = [headers_of(raw)["id"] for raw in queued(redis_client)]
+
+    outage = start_worker(["inbound"], concurrency=2, env={"WAPIPE_DATABASE_URL": DOWN_DATABASE_URL})
+    wait_for(
+        lambda: all(failure_retried(outage.lines(), task_id) for task_id in task_ids),
+        timeout=60,
+        what="both routes retried after failing on the database",
+    )
+    outage.stop()  # its retries still pending go back on the queue
+    held = {routed_event(raw)["provider_message_id"]: raw for raw in queued(redis_client)}
+    assert held.keys() == {first.provider_message_id, second.provider_message_id}, "a retry was not put back"
+    redis_client.delete("inbound")
+    later = json.loads(held[second.provider_message_id])
+    assert later["headers"][ordering.TURN_WAITS_HEADER] >= 4  # it looked the entries ahead up, and failed
+    assert ordering.WAITING_SINCE_HEADER not in later["headers"]
+
+    later["headers"][ordering.WAITING_SINCE_HEADER] = time.time() - 2 * GIVE_UP_AFTER_SECONDS
+    redis_client.lpush("inbound", json.dumps(later))
+    back = start_worker(["inbound"], env={"WAPIPE_MODE": "project"})
+    wait_for(
+        lambda: waits(back.lines()) >= 3 or stored_order(db),
+        what="the later message's route waiting, or stored",
+    )
+    assert stored_order(db) == []
+
+    redis_client.lpush("inbound", held[first.provider_message_id])  # the earlier one's retry comes
+    wait_for(lambda: len(stored_order(db)) == 2, what="both messages stored")
+    assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
+
+
+def queued(client: redis.Redis) -> list[bytes]:
+    return client.lrange("inbound", 0, -1)
+
+
+def headers_of(task_message: bytes) -> dict[str, Any]:
+    return json.loads(task_message)["headers"]
+
+
+def failure_retried(lines: list[str], task_id: str) -> bool:
+    """Whether the worker logged a retry of task ``task_id`` after a failure (not a wait)."""
+    return any(task_id in line and "Unavailable" in line and "retry" in line.lower() for line in lines)
