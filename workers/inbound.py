@@ -418,13 +418,9 @@ class RouteTask(WapipeTask):
         if not (request.called_directly or request.is_eager):
             countdown = options.get("countdown")
             _mark_retrying(request, self.default_retry_delay if countdown is None else countdown)
-            # Celery's retry keeps the request's headers: without this, a route that was waiting for an
-            # earlier message when the failure came would count its retries' backoff as waiting, and give up
-            # on that message as soon as a long outage ends.
-            headers = dict(request.headers or {})
-            headers.pop(ordering.WAITING_SINCE_HEADER, None)
-            options["headers"] = headers
-        return super().retry(*args, **options)
+        # A route that was waiting for an earlier message when the failure came would otherwise count its
+        # retries' backoff as waiting, and give up on that message as soon as a long outage ends.
+        return super().retry(*args, **ordering.with_fresh_clock(self, options))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         inbound = _inbound_of(args, kwargs)

@@ -20,7 +20,8 @@ Design notes:
 - Waiting is counted apart from failures: the task is republished with the same id and retry count and a
   ``wapipe_turn_waits`` header, so a conversation busy for a while does not eat the stage's retries for
   PostgreSQL outages. After :data:`MAX_WAIT_SECONDS` (well past the stale grace) it runs anyway: better out
-  of order than never.
+  of order than never. A retry after a failure starts that clock afresh (:func:`with_fresh_clock`): an
+  outage is not waiting.
 - Multi-hop handlers keep the turn until their last hop answers: ``ai.parse_proposal`` does not mark its
   message handled when it hands it to ``persist.save_proposal``; persist, which needs no turn of its own
   (its message already had it), does.
@@ -196,12 +197,30 @@ def in_turn(run: F) -> F:
     return turn_then_run  # type: ignore[return-value]
 
 
+def with_fresh_clock(task: Task, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for the running ``task``'s retry after a failure, without its waiting clock
+    (:data:`WAITING_SINCE_HEADER`). Celery's retry keeps the request's headers, so a task that was waiting
+    for an earlier message when the failure came would count its retries' backoff as waiting: through a
+    database outage of 15 minutes it would pass :data:`MAX_WAIT_SECONDS` and go ahead of that message as
+    soon as the database is back. Its count of waits stays."""
+    request = task.request
+    if request.called_directly or request.is_eager:
+        return options
+    headers = dict(request.headers or {})
+    headers.pop(WAITING_SINCE_HEADER, None)
+    return {**options, "headers": headers}
+
+
 class StageTask(WapipeTask):
-    """Base class of the handler stages' tasks: a task that fails for good releases its message's turn."""
+    """Base class of the handler stages' tasks: a task that fails for good releases its message's turn,
+    and one retried after a failure waits afresh (:func:`with_fresh_clock`)."""
 
     #: True for a stage that answers its own earlier messages in order itself (flows.step's drain): its
     #: tasks then wait only for the messages dispatched to other stages.
     orders_own_messages: bool = False
+
+    def retry(self, *args: Any, **options: Any) -> Any:
+        return super().retry(*args, **with_fresh_clock(self, options))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         message_id = message_id_of(args, kwargs)

@@ -27,6 +27,7 @@ from shared.queues import Publisher
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
 from tests.integration.test_conversation_order import message
 from workers import ordering
+from workers.commands import handle_task
 from workers.inbound import _take_place, route_task
 
 # Nothing listens there: a worker given this database sees PostgreSQL down.
@@ -125,6 +126,36 @@ def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     assert dropped == 0
     assert due is not None
     assert due >= began + 3 * GIVE_UP_AFTER_SECONDS + 240
+
+
+def test_a_failed_handler_retries_waiting_afresh(redis_client: redis.Redis) -> None:
+    """The handler stages' tasks (workers.ordering.StageTask) likewise: a handler that waited for an earlier
+    message's turn, then failed, would otherwise pass MAX_WAIT_SECONDS through a long outage and answer
+    out of turn as soon as the database is back."""
+    redis_client.delete("commands")
+    handle_task.push_request(
+        id=str(uuid.uuid4()),
+        args=[41],
+        kwargs={},
+        retries=0,
+        called_directly=False,
+        delivery_info={"exchange": "", "routing_key": "commands"},
+        **{ordering.TURN_WAITS_HEADER: 3, ordering.WAITING_SINCE_HEADER: time.time() - 600},
+    )
+    try:
+        with pytest.raises(Retry):
+            handle_task.retry(exc=Unavailable("connection refused"), countdown=120)
+    finally:
+        handle_task.pop_request()
+
+    [published] = [json.loads(raw) for raw in redis_client.lrange("commands", 0, -1)]
+    headers = published["headers"]
+    assert (headers["task"], headers["retries"], headers[ordering.TURN_WAITS_HEADER]) == (
+        "commands.handle",
+        1,
+        3,
+    )
+    assert ordering.WAITING_SINCE_HEADER not in headers
 
 
 # --- real worker processes through an outage -----------------------------------------------------------
