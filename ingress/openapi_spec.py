@@ -342,6 +342,12 @@ NOT_FOUND = fail("not_found: nothing with that id.")
 QUEUE_DOWN = fail(
     "queue_unavailable: Redis cannot be reached; nothing was acknowledged. Retry after Retry-After."
 )
+# The notify API's: the message was stored before its job could not be published.
+MESSAGE_QUEUE_DOWN = fail(
+    "queue_unavailable: Redis cannot be reached. Without an idempotency key the message is stored as"
+    " failed and never sent: send it again. With one it stays queued and is sent once the queue is back:"
+    " retry with the same key after Retry-After to get it."
+)
 RETRY_AFTER = {"Retry-After": "Seconds to wait before retrying."}
 SIGNATURE_REFUSED = fail(
     "signature_missing / signature_invalid / signature_unverifiable (the secret is not configured)."
@@ -497,7 +503,7 @@ OPERATIONS: dict[str, Operation] = {
                 "validation_error (a field breaks WhatsApp's limits; error.field names it), invalid_phone,"
                 " unsupported_type (the active provider cannot send it)."
             ),
-            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+            503: Reply(MESSAGE_QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
         },
         description="Text, media, interactive buttons or list, template or reaction; everything WhatsApp"
         " would refuse is refused here first. The caller never waits for the provider.",
@@ -523,7 +529,7 @@ OPERATIONS: dict[str, Operation] = {
             200: Reply("Stored and queued.", LegacyAccepted),
             409: fail("idempotency_conflict: the Idempotency-Key was used for a different request."),
             422: fail("validation_error or invalid_phone."),
-            503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
+            503: Reply(MESSAGE_QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
         },
         description="Kept for existing callers; every answer carries success.",
         params=(IDEMPOTENCY_KEY,),

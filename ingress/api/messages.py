@@ -59,7 +59,7 @@ KEY_PREFIX = "api:"
 # reported rather than stuck; the same idempotency key sent again queues it anew.
 QUEUE_UNAVAILABLE = "queue_unavailable"
 GROUP_STORE_KEY = "wapipe.group_store"
-QUEUE_UNAVAILABLE_TEXT = "the queue was unreachable; send it again with its key"
+QUEUE_UNAVAILABLE_TEXT = "the queue was unreachable when it was accepted; not sent"
 
 
 class _Refused(Exception):
@@ -202,7 +202,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     # ingress/api/group_store.py): a new message, or a replay still queued, whose first job may be the
     # one that was lost.
     if filed.unqueued is not None:
-        _unqueued(stored, filed.unqueued)
+        _unqueued(stored, filed.unqueued, keyed=key is not None)
     # Per request, so debug (the caller has the id; GET shows the timeline). Guarded because structlog runs
     # its whole processor chain even for a line the level then drops.
     if log.isEnabledFor(logging.DEBUG):
@@ -265,15 +265,20 @@ def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
         raise
 
 
-def _unqueued(stored: Stored, reason: str) -> NoReturn:
-    """The row is committed but its job is not on the broker: a 503, and a new message is marked failed
-    with ``queue_unavailable``: reported, not stuck, and the same key sent again queues it anew. Not if a
-    notify batch claimed the committed row meanwhile: it is being sent, and a retry is answered with its
-    status. Should the mark fail too (PostgreSQL gone as well), or the process die between the commit and
-    the publish, the row stays ``queued`` without a job: notify.sweep re-enqueues queued messages overdue
-    by ``OVERDUE_SECONDS``, so it is still sent once (the notify claim makes a late second job harmless).
+def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> NoReturn:
+    """The row is committed but its job is not on the broker: a 503.
+
+    A new message the caller gave no key is marked failed with ``queue_unavailable`` (unless a notify
+    batch claimed the committed row meanwhile: it is being sent): the caller can only send it again as a
+    new message, so this one must not also go out. One with the caller's key stays ``queued``, to be sent
+    once: the caller's retry with the key publishes its job again and is answered with the message, and
+    notify.sweep re-enqueues queued messages overdue by ``OVERDUE_SECONDS`` should no retry come (the
+    notify claim makes a second job harmless). Failing it instead would race that retry, which can find
+    the row queued, publish its job and answer 200 before the mark lands: a message the caller was told
+    is queued, failed for good. The same holds when the mark fails (PostgreSQL gone as well) or the
+    process dies between the commit and the publish.
     """
-    if stored.new:
+    if stored.new and not keyed:
         _mark_unqueued(stored.id)
     unavailable(notify_jobs([stored.id]), reason)
 

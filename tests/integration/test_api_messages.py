@@ -496,21 +496,36 @@ def test_a_lone_surrogate_sent_as_a_json_escape_is_a_422_naming_the_field(
     assert stored(db) == []
 
 
-def test_a_broker_outage_is_a_503_and_the_message_is_reported_not_stuck(db, redis_client) -> None:
+def test_a_broker_outage_is_a_503_and_a_message_without_a_key_is_reported_not_stuck(db, redis_client) -> None:
+    settings = load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")
+    down = create_app(settings).test_client()
+    response = post(down, {"to": CO_MOBILE, "type": "text", "text": "hi"})
+
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "queue_unavailable"
+    # The caller can only send it again as a new message: this one must never go out as well.
+    [row] = stored(db)
+    assert (row["status"], row["error_code"]) == ("failed", "queue_unavailable")
+
+
+def test_a_broker_outage_leaves_a_keyed_message_queued_for_the_retry_with_its_key(db, redis_client) -> None:
     settings = load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")
     down = create_app(settings).test_client()
     response = post(down, {"to": CO_MOBILE, "type": "text", "text": "hi"}, {"Idempotency-Key": "k1"})
 
     assert response.status_code == 503
+    # Queued, not failed: a retry with the key may already have published its job and been told so
+    # (notify.sweep re-enqueues it if no retry comes).
     [row] = stored(db)
-    assert (row["status"], row["error_code"]) == ("failed", "queue_unavailable")
+    assert (row["status"], row["error_code"]) == ("queued", None)
 
-    # The caller retries with the same key once the broker is back: the message is queued again.
+    # The caller retries with the same key once the broker is back: the one message, its job published.
     up = create_app(load_settings(api_keys=KEY)).test_client()
     again = post(up, {"to": CO_MOBILE, "type": "text", "text": "hi"}, {"Idempotency-Key": "k1"})
     assert again.status_code == 200
     assert again.get_json() == {"id": row["id"], "status": "queued"}
     assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
+    assert len(stored(db)) == 1
 
 
 def _at_once(calls: int, call: Callable[[int], Any]) -> list[Any]:
