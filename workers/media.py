@@ -30,14 +30,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psycopg
 
 from shared.db import messages
-from shared.db.errors import NotFound, Unavailable
+from shared.db.errors import NotFound
 from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.settings import Settings, get_settings
-from workers import celery
+from workers import OUTAGE_RETRIES, celery
 
 log = get_logger(__name__)
 
@@ -277,13 +276,12 @@ def _same_host(url: str, base: str) -> bool:
     bind=True,
     acks_late=True,
     ignore_result=True,
-    # Provider or database briefly unavailable: a few quick retries (Meta's media ids last 30 days,
-    # Twilio's media until deleted; only the resolved URLs are short-lived, and they are resolved anew).
-    autoretry_for=(MediaUnavailable, Unavailable, psycopg.OperationalError),
-    retry_backoff=2,
-    retry_backoff_max=120,
-    retry_jitter=True,
-    max_retries=8,
+    # The provider's media service, PostgreSQL or Redis unavailable: retried as long as an outage is for
+    # the other tasks (Meta's media ids last 30 days, Twilio's media until deleted; only the resolved URLs
+    # are short-lived, and they are resolved anew), then kept as a dead letter to replay, as is a file
+    # that failed in a way nobody foresaw: the provider had its 200, so the media must not just vanish.
+    **{**OUTAGE_RETRIES, "autoretry_for": (MediaUnavailable, *OUTAGE_RETRIES["autoretry_for"])},
+    dead_letter_on_failure=True,
 )
 def fetch_media_task(self: Any, message_id: int) -> None:
     fetch_media(message_id)

@@ -20,8 +20,10 @@ from tests.fakes.media_host import MediaHost
 from tests.fakes.meta_graph import FakeGraph
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN
 from tests.integration.test_inbound_routing import queued
+from workers import media
+from workers import signals as _give_up  # noqa: F401 - connects the task_failure handler, as a worker does
 from workers.inbound import route
-from workers.media import fetch_media
+from workers.media import MediaUnavailable, fetch_media
 
 TOKEN = "graph-media-token"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40  # ~10 kB
@@ -223,3 +225,33 @@ def test_kapso_media_ids_resolve_through_the_proxy_and_its_key_stays_on_kapso_ho
         assert all(r.headers["X-API-Key"] == TOKEN for r in kapso.received)
         assert media_column(db, by_url)[0]["stored"]["mime_type"] == "image/png"
         assert "X-API-Key" not in host.requests[0].headers  # not a Kapso host: no key
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [MediaUnavailable("the provider answered HTTP 503"), OSError(28, "No space left on device")],
+    ids=["provider down past every retry", "unforeseen"],
+)
+def test_a_download_that_gives_up_is_kept_as_a_dead_letter(
+    db, redis_client, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    # The provider had its 200 for the message: its media must not just vanish when the task gives up.
+    message_id = stored_message(inbound("meta", Media(media_id="m1")))
+    attempts: list[int] = []
+
+    def fails(_: int) -> None:
+        attempts.append(1)
+        raise failure
+
+    monkeypatch.setattr(media, "fetch_media", fails)
+
+    assert media.fetch_media_task.apply(kwargs={"message_id": message_id}).state == "FAILURE"
+
+    expected = 1 + media.fetch_media_task.max_retries if isinstance(failure, MediaUnavailable) else 1
+    assert len(attempts) == expected
+    [letter] = db.execute("SELECT task_name, message_id, payload FROM dead_letters").fetchall()
+    assert letter == {
+        "task_name": "inbound.fetch_media",
+        "message_id": message_id,
+        "payload": {"message_id": message_id},
+    }
