@@ -5,8 +5,9 @@ outcome).
   masked recipient, error, attempts, when.
 - ``wapipe dlq replay ID [ID ...]`` or ``wapipe dlq replay --all``: for ``notify.send``, the failed message
   becomes ``queued`` again with a fresh attempt budget; the task is enqueued again; the letter is marked
-  replayed. In one transaction, then the enqueue after the commit. Replaying a replayed letter does
-  nothing: the UPDATE that marks it only matches pending letters.
+  replayed. In one transaction, then the enqueue after the commit; should the enqueue fail (Redis
+  unreachable), the letter is marked pending again and the exit code is 1. Replaying a replayed letter
+  does nothing: the UPDATE that marks it only matches pending letters.
 
 A handler stage's letter (verify, commands, flows, ai, persist) does its work again and its sender gets
 the stage's real reply, under the reply's usual key ``reply:<message id>``: the apology they were sent
@@ -38,8 +39,10 @@ import sys
 from dataclasses import dataclass
 
 import psycopg
+import redis
 
 from shared.db import dead_letters, messages
+from shared.db.errors import DatabaseError
 from shared.db.pool import transaction
 from shared.logging import mask_phone
 from shared.policy import WINDOW
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print(outcome.describe())
     if not outcomes:
         print("no pending dead letters")
-    return 1 if any(outcome.result in ("unknown", "refused", "discarded") for outcome in outcomes) else 0
+    failed = ("unknown", "refused", "discarded", "not_enqueued")
+    return 1 if any(outcome.result in failed for outcome in outcomes) else 0
 
 
 def list_letters(limit: int) -> int:
@@ -125,7 +129,7 @@ def list_letters(limit: int) -> int:
 @dataclass(frozen=True)
 class Replayed:
     letter_id: int
-    result: str  # replayed | already_replayed | discarded | unknown | not_failed | refused
+    result: str  # replayed | already_replayed | discarded | unknown | not_failed | refused | not_enqueued
     detail: str = ""
 
     def describe(self) -> str:
@@ -140,6 +144,7 @@ def replay(letter_id: int, *, force: bool = False) -> Replayed:
     A handler stage's letter is refused (and stays pending) when its message is no longer worth answering,
     unless ``force``; see the module docstring.
     """
+    publisher = get_publisher()  # before anything changes: with no broker configured, nothing is replayed
     with transaction() as conn:
         # Locked until the commit: a `dlq discard` of it waits, so it is not discarded while it is replayed.
         pending = dead_letters.get(conn, letter_id, lock=True)
@@ -167,10 +172,32 @@ def replay(letter_id: int, *, force: bool = False) -> Replayed:
             # Sent or queued since (someone resent it): enqueueing could only send it twice.
             status = messages.get_outbound(conn, message_id).status
             return Replayed(letter_id, "not_failed", f"message {message_id} is {status}; marked replayed")
-    # After the commit, so the task finds the message queued.
-    get_publisher().publish([Job(letter.task_name, dict(letter.payload))])
+    # After the commit, so the task finds the message queued (and a handler's apology moved aside).
+    try:
+        publisher.publish([Job(letter.task_name, dict(letter.payload))])
+    except (redis.RedisError, OSError) as exc:
+        return _reopened(letter_id, exc)
     target = f"message {letter.message_id}" if letter.message_id is not None else "payload"
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
+
+
+def _reopened(letter_id: int, error: Exception) -> Replayed:
+    """The letter was marked replayed but its task could not be enqueued: mark it pending again, so it is
+    listed, alerted on and replayed later, rather than closed with nothing done. What the replay already
+    did stands and is harmless: a message queued again is re-enqueued by notify.sweep, an apology moved
+    aside stays aside."""
+    cause = type(error).__name__
+    try:
+        with transaction() as conn:
+            dead_letters.reopen(conn, letter_id)
+    except (DatabaseError, psycopg.Error) as failure:
+        return Replayed(
+            letter_id,
+            "not_enqueued",
+            f"the queue could not be reached ({cause}) nor the letter marked pending again"
+            f" ({type(failure).__name__}): it shows replayed, but its task was not enqueued",
+        )
+    return Replayed(letter_id, "not_enqueued", f"the queue could not be reached ({cause}); still pending")
 
 
 def discard_letters(ids: list[int], reason: str) -> int:

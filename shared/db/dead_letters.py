@@ -42,6 +42,9 @@ SELECT {_COLUMNS} FROM dead_letters WHERE {_IS_PENDING} AND id > %(after)s ORDER
 _MARK_REPLAYED = f"""
 UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s AND {_IS_PENDING} RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
+_REOPEN = f"""
+UPDATE dead_letters SET replayed_at = NULL WHERE id = %(id)s AND replayed_at IS NOT NULL RETURNING {_COLUMNS}
+"""  # noqa: S608 - constant column list, no input
 _MARK_DISCARDED = f"""
 UPDATE dead_letters SET discarded_at = now(), discard_reason = %(reason)s
 WHERE id = %(id)s AND {_IS_PENDING} RETURNING {_COLUMNS}
@@ -117,6 +120,12 @@ def mark_replayed(conn: psycopg.Connection, dead_letter_id: int) -> DeadLetter |
     with wrap_errors():
         row = conn.execute(_MARK_REPLAYED, {"id": dead_letter_id}).fetchone()
     return DeadLetter(**row) if row else None
+
+
+def reopen(conn: psycopg.Connection, dead_letter_id: int) -> bool:
+    """Make a replayed dead letter pending again (its task could not be enqueued); whether it was replayed."""
+    with wrap_errors():
+        return conn.execute(_REOPEN, {"id": dead_letter_id}).fetchone() is not None
 
 
 def mark_discarded(conn: psycopg.Connection, dead_letter_id: int, reason: str) -> DeadLetter | None:

@@ -224,3 +224,26 @@ def test_replay_of_a_discarded_letter_does_nothing(db, redis_client, dead: list[
     result = wapipe("replay", "--all")  # only the other letter is pending
     assert result.returncode == 0, result.stderr
     assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[1]})]
+
+
+def test_a_replay_whose_task_cannot_be_enqueued_leaves_the_letter_pending(
+    db, redis_client, dead: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = letters(db)[0]
+    monkeypatch.setenv("WAPIPE_REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
+
+    down = wapipe("replay", str(first["id"]))
+
+    assert down.returncode == 1
+    assert "not enqueued" in down.stdout
+    assert "still pending" in down.stdout
+    # Not closed with nothing done: still listed, and replayed once the broker is back.
+    assert letters(db)[0]["replayed_at"] is None
+    monkeypatch.undo()
+    assert "0101" in wapipe("list").stdout
+    up = wapipe("replay", str(first["id"]))
+    assert up.returncode == 0, up.stdout
+    # The first attempt had queued the message again already (notify.sweep enqueues a queued message whose
+    # job is overdue), so this one only closes the letter.
+    assert f"message {dead[0]} is queued" in up.stdout
+    assert letters(db)[0]["replayed_at"] is not None
