@@ -28,6 +28,17 @@ Design notes:
 - A handler that gives up on its message for good (its task fails: an unexpected error, retries
   exhausted) releases the turn at once (:class:`StageTask.on_failure`), so the conversation does not wait
   out the grace for a message that will never be answered.
+- A handler retrying after a failure is not dead, though the database cannot tell the two apart: through a
+  PostgreSQL outage longer than the stale grace, the earlier message's handler and the later one's both
+  retry with a backoff of up to 5 minutes, and whichever runs first once the database is back would win.
+  So a stage task's retry after a failure (not a wait: waits never call ``retry``) first marks its message
+  in Redis as retrying, with when the retry is due (:func:`mark_retrying`, ``turn:retrying:<message id>``,
+  expiring a while after the grace), and a stale predecessor so marked, its retry due less than the grace
+  ago (or still to come), is waited for instead of passed over, the wait's cap counted from that due time
+  (:func:`waits_for`). Retries are bounded, the last failure removes the mark with the turn, and a mark
+  not renewed lapses, so still nothing waits for ever. The marks are read (one ``MGET``) only when there
+  are stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
+  warning, and the stale predecessor is passed over as without the mark.
 - ``flows.step`` takes the turn too, but only against other stages' messages
   (:attr:`StageTask.orders_own_messages`): its per-user Redis lock and drain already answer the flow's own
   messages in order, without waiting for their tasks to be delivered (shared/flows/service.py), yet not
@@ -42,10 +53,11 @@ Design notes:
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import redis
 from celery import Task
@@ -55,6 +67,7 @@ from kombu.exceptions import KombuError
 from shared.db import turns
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
+from shared.queues import get_publisher
 from workers.base import WapipeTask
 
 log = get_logger(__name__)
@@ -66,6 +79,8 @@ WAITING_SINCE_HEADER = "wapipe_waiting_since"
 MAX_WAIT_SECONDS = 900.0
 FIRST_WAIT_SECONDS = 0.05
 LONGEST_WAIT_SECONDS = 1.0
+# How much longer than the grace after its due time a retrying mark is kept: a clock's skew between workers.
+RETRYING_MARK_MARGIN_SECONDS = 60
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,15 +112,44 @@ def check_turn(message_id: int, own_stage: str | None = None) -> bool:
     """True when inbound message ``message_id`` may be handled now; logs each earlier message passed over
     because it held the turn longer than :data:`shared.db.turns.STALE_AFTER`. ``own_stage``: see
     :func:`shared.db.turns.ahead_of`."""
+    return allows(message_id, read_turn(message_id, own_stage))
+
+
+def read_turn(message_id: int, own_stage: str | None = None) -> turns.Turn:
+    """Who is ahead of ``message_id`` in its conversation (:func:`shared.db.turns.ahead_of`)."""
     with connection() as conn:
-        turn = turns.ahead_of(conn, message_id, own_stage)
-    return allows(message_id, turn)
+        return turns.ahead_of(conn, message_id, own_stage)
 
 
 def allows(message_id: int, turn: turns.Turn) -> bool:
     """:func:`check_turn` on a turn already read (with the message: shared/db/answers.py)."""
+    return waits_for(message_id, turn) is None
+
+
+class Wait(NamedTuple):
+    """Why a message is not handled yet: an earlier one holds the turn. ``since``: when that one's retry
+    after a failure is due (epoch seconds) if it is stale but retrying; the wait's cap counts from then."""
+
+    since: float | None = None
+
+
+def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wait | None:
+    """None when ``message_id`` may be handled now (logging each stale predecessor it passes over);
+    otherwise what it waits for. A stale predecessor whose handler is retrying after a failure, due less
+    than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for."""
     if turn.waiting_for is not None:
-        return False
+        return Wait()
+    if not turn.stale:
+        return None
+    now = time.time() if now is None else now
+    due = retry_due(message_id, turn.stale)
+    if due is not None and due > now - turns.STALE_AFTER.total_seconds():
+        log.info(
+            "an earlier message of the conversation is being retried; waiting for it",
+            message_id=message_id,
+            retry_due_in_seconds=round(due - now),
+        )
+        return Wait(due)
     for earlier in turn.stale:
         log.warning(
             "earlier message of the conversation left unanswered; not waiting for it any longer",
@@ -113,7 +157,7 @@ def allows(message_id: int, turn: turns.Turn) -> bool:
             earlier_message_id=earlier,
             stale_after_seconds=turns.STALE_AFTER.total_seconds(),
         )
-    return True
+    return None
 
 
 def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> None:
@@ -127,11 +171,44 @@ def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> No
         return
     if turn is None:
         own_stage = task.name if getattr(task, "orders_own_messages", False) else None
-        ready = check_turn(message_id, own_stage)
-    else:
-        ready = allows(message_id, turn)
-    if not ready:
-        wait_a_moment(task, message_id=message_id)
+        turn = read_turn(message_id, own_stage)
+    wait = waits_for(message_id, turn)
+    if wait is not None:
+        wait_a_moment(task, since=wait.since, message_id=message_id)
+
+
+def retrying_key(message_id: int) -> str:
+    """The Redis key marking inbound message ``message_id``'s handler as retrying after a failure."""
+    return f"turn:retrying:{message_id}"
+
+
+def mark_retrying(message_id: int, due: float, now: float | None = None) -> None:
+    """Mark ``message_id``'s handler as retrying, due again at ``due`` (epoch seconds), until the stale
+    grace (and a margin) past then. Best effort: without it, a later message may pass this one over."""
+    now = time.time() if now is None else now
+    lasts = due - now + turns.STALE_AFTER.total_seconds() + RETRYING_MARK_MARGIN_SECONDS
+    try:
+        get_publisher().redis.set(retrying_key(message_id), repr(due), ex=max(1, math.ceil(lasts)))
+    except redis.RedisError as exc:
+        log.warning(
+            "could not mark a handler as retrying", message_id=message_id, error_type=type(exc).__name__
+        )
+
+
+def retry_due(message_id: int, earlier: Sequence[int]) -> float | None:
+    """The latest time (epoch seconds) a retry is due among the ``earlier`` messages' handlers marked as
+    retrying; None when none is. ``message_id``: whose turn it is, for the log."""
+    try:
+        marks = get_publisher().redis.mget([retrying_key(earlier_id) for earlier_id in earlier])
+    except redis.RedisError as exc:
+        log.warning(
+            "could not look up whether earlier handlers are retrying",
+            message_id=message_id,
+            error_type=type(exc).__name__,
+        )
+        return None
+    dues = [float(mark) for mark in marks if mark is not None]
+    return max(dues, default=None)
 
 
 def wait_a_moment(
@@ -213,19 +290,35 @@ def with_fresh_clock(task: Task, options: dict[str, Any]) -> dict[str, Any]:
 
 class StageTask(WapipeTask):
     """Base class of the handler stages' tasks: a task that fails for good releases its message's turn,
-    and one retried after a failure waits afresh (:func:`with_fresh_clock`)."""
+    and one retried after a failure holds it (:func:`mark_retrying`) and waits afresh
+    (:func:`with_fresh_clock`)."""
 
     #: True for a stage that answers its own earlier messages in order itself (flows.step's drain): its
     #: tasks then wait only for the messages dispatched to other stages.
     orders_own_messages: bool = False
 
     def retry(self, *args: Any, **options: Any) -> Any:
+        request = self.request
+        message_id = message_id_of(request.args, request.kwargs)
+        if message_id is not None and not (request.called_directly or request.is_eager):
+            # Before the retry is published, so no later message sees it pending without the mark.
+            countdown = options.get("countdown")
+            countdown = self.default_retry_delay if countdown is None else countdown
+            mark_retrying(message_id, time.time() + countdown)
         return super().retry(*args, **with_fresh_clock(self, options))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         message_id = message_id_of(args, kwargs)
         if message_id is None:
             return
+        try:
+            get_publisher().redis.delete(retrying_key(message_id))
+        except redis.RedisError as error:  # best effort: the mark lapses anyway
+            log.warning(
+                "could not clear the retrying mark of a failed handler",
+                message_id=message_id,
+                error_type=type(error).__name__,
+            )
         try:
             with transaction() as conn:
                 released = turns.release(conn, message_id)

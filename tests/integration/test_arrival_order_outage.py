@@ -9,6 +9,7 @@ entry is not lost, only due back later. Here: the line's retrying marks, the ret
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -23,9 +24,10 @@ from celery.exceptions import Retry
 from ingress.enqueue import route_job
 from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_of, retrying_key
 from shared.db.errors import Unavailable
-from shared.queues import Publisher
+from shared.db.turns import STALE_AFTER
+from shared.queues import Job, Publisher
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
-from tests.integration.test_conversation_order import message
+from tests.integration.test_conversation_order import conversation, inbound, message, replies
 from workers import ordering
 from workers.commands import handle_task
 from workers.inbound import _take_place, route_task
@@ -128,11 +130,13 @@ def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     assert due >= began + 3 * GIVE_UP_AFTER_SECONDS + 240
 
 
-def test_a_failed_handler_retries_waiting_afresh(redis_client: redis.Redis) -> None:
+def test_a_failed_handler_retries_waiting_afresh_marked_as_retrying(redis_client: redis.Redis) -> None:
     """The handler stages' tasks (workers.ordering.StageTask) likewise: a handler that waited for an earlier
     message's turn, then failed, would otherwise pass MAX_WAIT_SECONDS through a long outage and answer
-    out of turn as soon as the database is back."""
+    out of turn as soon as the database is back. And its message is marked as retrying, due when the retry
+    is, so a later message does not pass it over once it has held the turn past the stale grace."""
     redis_client.delete("commands")
+    before = time.time()
     handle_task.push_request(
         id=str(uuid.uuid4()),
         args=[41],
@@ -147,6 +151,11 @@ def test_a_failed_handler_retries_waiting_afresh(redis_client: redis.Redis) -> N
             handle_task.retry(exc=Unavailable("connection refused"), countdown=120)
     finally:
         handle_task.pop_request()
+
+    mark = ordering.retrying_key(41)
+    assert before + 120 <= float(redis_client.get(mark)) <= time.time() + 120
+    grace = STALE_AFTER.total_seconds()
+    assert 120 + grace <= redis_client.ttl(mark) <= 120 + grace + ordering.RETRYING_MARK_MARGIN_SECONDS + 1
 
     [published] = [json.loads(raw) for raw in redis_client.lrange("commands", 0, -1)]
     headers = published["headers"]
@@ -204,8 +213,61 @@ def test_a_database_outage_does_not_let_the_later_message_overtake_the_earlier_o
     assert stored_order(db) == [first.provider_message_id, second.provider_message_id]
 
 
-def queued(client: redis.Redis) -> list[bytes]:
-    return client.lrange("inbound", 0, -1)
+def test_a_database_outage_longer_than_the_grace_does_not_let_a_later_handler_answer_first(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    """Two commands dispatched 20 minutes ago (an outage longer than the stale grace, without its wait), both
+    handlers failing on the database and retried. Then, the database back, the later one's retry comes
+    first: the earlier one is stale, but retrying, so the later one waits for it; both answered in order."""
+    convo = conversation(db)
+    first, second = (inbound(db, convo, age="20 minutes", dispatched="20 minutes") for _ in range(2))
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish(
+        [Job("commands.handle", {"message_id": message_id}) for message_id in (first, second)]
+    )
+    task_ids = {headers_of(raw)["id"] for raw in queued(redis_client, "commands")}
+
+    outage = start_worker(["commands"], concurrency=2, env={"WAPIPE_DATABASE_URL": DOWN_DATABASE_URL})
+    wait_for(
+        lambda: all(failure_retried(outage.lines(), task_id) for task_id in task_ids),
+        timeout=60,
+        what="both handlers retried after failing on the database",
+    )
+    outage.stop()  # its retries still pending go back on the queue
+    held = {handled_message(raw): raw for raw in queued(redis_client, "commands")}
+    assert held.keys() == {first, second}, "a retry was not put back"
+    redis_client.delete("commands")
+
+    redis_client.lpush("commands", held[second])
+    back = start_worker(["commands"])
+    wait_for(
+        lambda: turn_waits(back.lines()) >= 3 or replies(db),
+        what="the later message's handler waiting, or answering",
+    )
+    assert replies(db) == []
+
+    redis_client.lpush("commands", held[first])  # the earlier one's retry comes
+    wait_for(lambda: len(replies(db)) == 2, what="both messages answered")
+    assert [row["inbound_id"] for row in replies(db)] == [first, second]
+
+
+def queued(client: redis.Redis, queue: str = "inbound") -> list[bytes]:
+    return client.lrange(queue, 0, -1)
+
+
+def handled_message(task_message: bytes) -> int:
+    """The message id a handler task message carries."""
+    _, kwargs, _ = json.loads(base64.b64decode(json.loads(task_message)["body"]))
+    return kwargs["message_id"]
+
+
+def turn_waits(lines: list[str]) -> int:
+    """How many times a handler task put itself back to wait for its turn."""
+    return sum(1 for line in lines if "commands.handle" in line and "waiting for an earlier" in line)
 
 
 def headers_of(task_message: bytes) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 import structlog
 from celery.exceptions import Retry
 
@@ -283,15 +284,63 @@ def test_a_stale_predecessor_is_passed_over_with_a_warning(
     assert ahead_of(message) == turns.Turn(None)
 
 
-def test_a_handler_that_fails_for_good_releases_the_turn(clean: None, db: psycopg.Connection) -> None:
+def test_a_handler_that_fails_for_good_releases_the_turn(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
     convo = conversation(db)
     failing = inbound(db, convo, dispatched="0 seconds")
     later = inbound(db, convo, dispatched="0 seconds")
     assert ahead_of(later) == turns.Turn(failing)
+    ordering.mark_retrying(failing, due=time.time() + 60)  # its retries ran out after this one
     handle_task.on_failure(RuntimeError("boom"), "task-id", (), {"message_id": failing}, None)
     assert ahead_of(later) == turns.Turn(None)
     row = db.execute("SELECT dispatched_at, handled_at FROM messages WHERE id = %s", (failing,)).fetchone()
     assert row == {"dispatched_at": None, "handled_at": None}  # released, not claimed as answered
+    assert redis_client.exists(ordering.retrying_key(failing)) == 0  # nor claimed as retrying
+
+
+def test_a_stale_predecessor_being_retried_is_waited_for(clean: None, db: psycopg.Connection) -> None:
+    """A database outage longer than the grace: the earlier message's handler is retrying after failing, not
+    dead. The later message waits for it (however the stage reads its turn), its wait counted from when
+    that retry is due, and still while the retry is a little overdue (a busy queue)."""
+    convo = conversation(db)
+    died = inbound(db, convo, age="20 minutes", dispatched="20 minutes")
+    retrying = inbound(db, convo, age="20 minutes", dispatched="20 minutes")
+    later = inbound(db, convo, age="20 minutes", dispatched="20 minutes")
+    assert ahead_of(later) == turns.Turn(None, (died, retrying))
+    now = time.time()
+    ordering.mark_retrying(retrying, due=now + 120, now=now)
+
+    task = QueuedTask()
+    with pytest.raises(Retry):
+        ordering.take_turn(task, later)
+    with pytest.raises(Retry):
+        commands_worker.handle(later, task=task)  # the turn read with the message
+    assert [wait["headers"][ordering.WAITING_SINCE_HEADER] for wait in task.waits] == [now + 120] * 2
+    assert ordering.check_turn(later) is False
+
+    overdue = now - turns.STALE_AFTER.total_seconds() + 10
+    ordering.mark_retrying(retrying, due=overdue, now=now)
+    assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(overdue)
+    assert replies(db) == []
+
+
+def test_a_stale_predecessor_whose_retry_is_long_overdue_is_passed_over(
+    clean: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its retry due longer than the grace ago, a handler marked as retrying is lost after all."""
+    convo = conversation(db)
+    lost = inbound(db, convo, age="20 minutes", dispatched="20 minutes")
+    later = inbound(db, convo, dispatched="0 seconds")
+    now = time.time()
+    due = now - turns.STALE_AFTER.total_seconds() - 1
+    ordering.mark_retrying(lost, due=due, now=due - 60)  # the mark itself is still there
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))  # see above
+        assert ordering.waits_for(later, ahead_of(later), now=now) is None
+        assert ordering.check_turn(later) is True
+    warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
+    assert warned == [lost, lost]
 
 
 class QueuedTask:
