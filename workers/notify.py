@@ -99,7 +99,7 @@ from shared.db import dead_letters, messages, sending
 from shared.db.errors import NotFound, Unavailable
 from shared.db.messages import OutboundRecord, Release
 from shared.db.pool import autocommit_connection, connection, transaction
-from shared.logging import get_logger
+from shared.logging import get_logger, scrub
 from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.aio import AsyncSender, LoopThread, get_loop
@@ -400,7 +400,8 @@ def _dead_letter(conn: psycopg.Connection, message_id: int, attempts: int, error
         task_name=TASK,
         message_id=message_id,
         payload={"message_id": message_id},
-        error=error,
+        # The operator reads this in `wapipe dlq list`, and a provider's error text can name the number.
+        error=scrub(error),
         attempts=attempts,
     )
 

@@ -172,7 +172,7 @@ def test_a_long_retry_after_goes_back_to_the_queue_for_later(db, redis_client, f
 
 def test_exhausted_retries_fail_the_message_and_file_a_dead_letter(db, redis_client, fake_twilio) -> None:
     message_id = a_reply()
-    fake_twilio.respond(503, times=6)
+    fake_twilio.respond(503, message=f"Service unavailable for {PHONE}", times=6)
     settings = twilio_settings(fake_twilio, send_max_attempts=2)
     sender = TwilioSender(settings)
 
@@ -190,6 +190,9 @@ def test_exhausted_retries_fail_the_message_and_file_a_dead_letter(db, redis_cli
         {"message_id": message_id},
     )
     assert letter["attempts"] == 2
+    # `wapipe dlq list` shows the error: the provider's text, with the number masked.
+    assert "Service unavailable for" in letter["error"]
+    assert PHONE not in letter["error"]
 
 
 def test_a_message_being_sent_by_another_delivery_is_not_sent_again(db, redis_client) -> None:
