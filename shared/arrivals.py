@@ -56,6 +56,9 @@ from shared.wire.events import InboundMessage
 
 # As long as a dispatched message may hold its conversation's turn (shared/db/turns.py STALE_AFTER).
 GIVE_UP_AFTER_SECONDS = 300.0
+# How much longer than the give-up time after its due time a retrying mark is kept: clocks differ a little
+# between workers. The handlers' marks (workers/ordering.py) keep the same margin.
+MARK_MARGIN_SECONDS = 60
 # An idle conversation's line disappears; a live one's is refreshed by each arrival.
 LINE_TTL_SECONDS = 24 * 3600
 # At most this many earlier entries come back from one look at the line.
@@ -160,7 +163,7 @@ class Line:
         """Mark ``entry`` as retrying, its route task due again at ``due`` (epoch seconds): waiters behind it
         keep waiting until :data:`GIVE_UP_AFTER_SECONDS` past then. False when it is not in the line."""
         now = time.time() if now is None else now
-        lasts = max(1, math.ceil(due - now + GIVE_UP_AFTER_SECONDS))
+        lasts = max(1, math.ceil(due - now + GIVE_UP_AFTER_SECONDS + MARK_MARGIN_SECONDS))
         return bool(self._retrying(keys=[line, retrying_key(line)], args=[entry, repr(due), lasts]))
 
 

@@ -488,7 +488,7 @@ def _take_place(task: Task, inbound: InboundMessage) -> None:
                 return
             # An earlier message's route is retrying after a failure: not lost, so wait for it, and give up
             # only that long after its retry is due.
-            log.info(
+            log.debug(  # on every poll while it waits: debug
                 "an earlier message of the conversation is being retried; waiting for it",
                 retry_due_in_seconds=round(retry_due - time.time()),
             )

@@ -682,16 +682,19 @@ class _Pacer:
     async def _not_calling(self, sends: list[_Send]) -> None:
         """Mark unsent again the sends that had theirs cleared for a booking that did not reach them and
         now wait longer than a booked send does (a Retry-After, a rate other processes have taken): a
-        worker dying meanwhile then leaves them to be sent again, not outcome unknown. Best effort: on a
-        database error they stay cleared, which is only the less useful of two safe states."""
+        worker dying meanwhile then leaves them to be sent again, not outcome unknown."""
         cleared = [send for send in sends if send.calling and send.record.unsent_claim is not None]
         if not cleared:
             return
         try:
             marked = await asyncio.to_thread(_not_calling, cleared)
         except (Unavailable, psycopg.Error) as exc:
+            # The statement may have run all the same (an answer lost after its commit): then a send still
+            # taken as cleared would go to the provider marked unsent, and be sent again should the worker
+            # die. Each is cleared again before its booking instead; one the statement did not mark is then
+            # withdrawn, and becomes outcome unknown past the lease: never sent twice.
             log.warning("could not mark waiting sends unsent again", error_type=type(exc).__name__)
-            return
+            marked = {send.record.id for send in cleared}
         for send in cleared:
             if send.record.id in marked:
                 send.calling = False

@@ -64,6 +64,7 @@ from celery import Task
 from celery.exceptions import Retry
 from kombu.exceptions import KombuError
 
+from shared import arrivals
 from shared.db import turns
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
@@ -79,8 +80,6 @@ WAITING_SINCE_HEADER = "wapipe_waiting_since"
 MAX_WAIT_SECONDS = 900.0
 FIRST_WAIT_SECONDS = 0.05
 LONGEST_WAIT_SECONDS = 1.0
-# How much longer than the grace after its due time a retrying mark is kept: a clock's skew between workers.
-RETRYING_MARK_MARGIN_SECONDS = 60
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,7 +143,7 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
     now = time.time() if now is None else now
     due = retry_due(message_id, turn.stale)
     if due is not None and due > now - turns.STALE_AFTER.total_seconds():
-        log.info(
+        log.debug(  # on every poll while it waits: debug
             "an earlier message of the conversation is being retried; waiting for it",
             message_id=message_id,
             retry_due_in_seconds=round(due - now),
@@ -186,7 +185,7 @@ def mark_retrying(message_id: int, due: float, now: float | None = None) -> None
     """Mark ``message_id``'s handler as retrying, due again at ``due`` (epoch seconds), until the stale
     grace (and a margin) past then. Best effort: without it, a later message may pass this one over."""
     now = time.time() if now is None else now
-    lasts = due - now + turns.STALE_AFTER.total_seconds() + RETRYING_MARK_MARGIN_SECONDS
+    lasts = due - now + turns.STALE_AFTER.total_seconds() + arrivals.MARK_MARGIN_SECONDS
     try:
         get_publisher().redis.set(retrying_key(message_id), repr(due), ex=max(1, math.ceil(lasts)))
     except redis.RedisError as exc:
@@ -207,7 +206,12 @@ def retry_due(message_id: int, earlier: Sequence[int]) -> float | None:
             error_type=type(exc).__name__,
         )
         return None
-    dues = [float(mark) for mark in marks if mark is not None]
+    dues = []
+    for mark in marks:
+        try:
+            dues.append(float(mark))
+        except (TypeError, ValueError):  # none, or not ours: no mark
+            continue
     return max(dues, default=None)
 
 

@@ -196,7 +196,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
                 requeued = messages.requeue_failed(conn, stored.id)
             if requeued:
                 status = "queued"
-                _enqueue(stored.id, fail_on_error=True)
+                _enqueue(stored.id)
 
     # The row is committed and, when it needed one, its job published with it (202 only when both hold;
     # ingress/api/group_store.py): a new message, or a replay still queued, whose first job may be the
@@ -251,18 +251,11 @@ def _checked_content(
     return message_type, body, payload
 
 
-def _enqueue(message_id: int, *, fail_on_error: bool) -> None:
-    """After the commit, so notify.send finds the row. A second job for one message is harmless.
-
-    When Redis refuses the job the caller gets a 503 and the message is marked failed with
-    ``queue_unavailable`` (:func:`_unqueued`).
-    """
-    try:
-        publish(notify_jobs([message_id]))
-    except HTTPException:
-        if fail_on_error:
-            _mark_unqueued(message_id)
-        raise
+def _enqueue(message_id: int) -> None:
+    """After the commit, so notify.send finds the row. A second job for one message is harmless. When
+    Redis refuses it the caller gets a 503 and the row, which has the caller's key, stays queued
+    (:func:`_unqueued`)."""
+    publish(notify_jobs([message_id]))
 
 
 def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> NoReturn:

@@ -232,9 +232,11 @@ def test_sends_waiting_out_a_retry_after_are_marked_unsent_again(db, redis_clien
 
         # A worker dying now must leave them unsent (back to the queue), not outcome unknown.
         deadline = time.monotonic() + 2.5
-        while unsent_marks(db, ids) != claims and time.monotonic() < deadline:
+        marks = unsent_marks(db, ids)
+        while marks != claims and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert unsent_marks(db, ids) == claims
+            marks = unsent_marks(db, ids)
+        assert marks == claims
         assert not running.done()
 
         notify._settle(running.result(timeout=30))
