@@ -428,7 +428,8 @@ OPERATIONS: dict[str, Operation] = {
         body=Body(
             {"anyOf": [TwilioInbound, TwilioStatus]},
             ("application/x-www-form-urlencoded", "application/json"),
-            "Twilio's webhook parameters: an inbound message or a status callback.",
+            "Twilio's webhook parameters: an inbound message or a status callback. At most 128 KB (413"
+            " beyond, unparsed): Twilio's are a few kilobytes.",
         ),
     ),
     "GET /webhooks/meta": Operation(

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from twilio.request_validator import RequestValidator
 
 from ingress import create_app
+from ingress import twilio as twilio_route
 from shared.settings import load_settings
 from shared.wire.twilio import parse
 
@@ -118,6 +119,52 @@ def test_missing_or_forged_signature_is_403_and_nothing_enqueued(
     assert response.status_code == 403
     assert response.get_json()["error"]["code"].startswith("signature_")
     assert redis_client.dbsize() == 0
+
+
+@pytest.fixture
+def parsed_forms(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every body the Twilio route parses as a form."""
+    sizes: list[int] = []
+    parse_form = twilio_route.form_pairs
+
+    def spy(raw: bytes) -> list[tuple[str, str]]:
+        sizes.append(len(raw))
+        return parse_form(raw)
+
+    monkeypatch.setattr(twilio_route, "form_pairs", spy)
+    return sizes
+
+
+@pytest.mark.parametrize("signature", [None, "forged"], ids=["unsigned", "forged"])
+def test_a_body_larger_than_twilio_sends_is_refused_unparsed(
+    client: FlaskClient, redis_client: redis.Redis, parsed_forms: list[int], signature: str | None
+) -> None:
+    # A 3 MB form of empty fields cost 0.3 s of CPU and 140 MB to parse, before the 403.
+    huge = "a=&" * (twilio_route.MAX_BODY_BYTES // 3 + 1)
+    headers = {} if signature is None else {"X-Twilio-Signature": signature}
+
+    response = post(client, huge, headers)
+
+    assert response.status_code == (403 if signature is None else 413)
+    assert response.get_json()["error"]["code"] in ("signature_missing", "request_entity_too_large")
+    assert parsed_forms == []
+    assert redis_client.dbsize() == 0
+
+
+def test_the_longest_message_twilio_sends_is_accepted(
+    client: FlaskClient, redis_client: redis.Redis, parsed_forms: list[int]
+) -> None:
+    # 4,096 characters of 4-byte UTF-8, each percent-encoded: the largest Body a message can have.
+    params = dict(parse_qsl(body("inbound_text.txt"), keep_blank_values=True))
+    params["Body"] = "\U0001f600" * 4096
+    raw = urlencode(params)
+
+    response = post(client, raw, signed_headers(raw))
+
+    assert response.status_code == 200
+    assert parsed_forms == [len(raw)]
+    [event] = queued_events(redis_client, "inbound")
+    assert event["text"] == params["Body"]
 
 
 def test_signature_by_another_token_or_for_another_body_is_refused(

@@ -19,6 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from ingress import twilio as twilio_route
 from tests.integration.webhook_signing import (
     DATA,
     FORM,
@@ -137,9 +138,13 @@ def test_bad_body_is_a_4xx_json_error_and_nothing_is_enqueued(
     request = signed(app, provider, body, content_type)
 
     # Without a signature, or with one from the wrong secret: refused before the body is looked at.
-    for bad in (unsigned(request), forged(request)):
-        code = _assert_json_error(bad.send(client), {403})
-        assert code.startswith("signature_")
+    code = _assert_json_error(unsigned(request).send(client), {403})
+    assert code.startswith("signature_")
+    # A body larger than any Twilio sends cannot be checked without parsing it: refused unparsed (413), as a
+    # body over WAPIPE_MAX_BODY_BYTES is for every provider.
+    too_large = provider == "twilio" and len(body) > twilio_route.MAX_BODY_BYTES
+    code = _assert_json_error(forged(request).send(client), {413} if too_large else {403})
+    assert code == "request_entity_too_large" if too_large else code.startswith("signature_")
 
     # Correctly signed: the parser's own refusal, never a 5xx.
     _assert_json_error(request.send(client), {400, 413, 415, 422})
