@@ -201,7 +201,18 @@ def _variable(value: str) -> str:
     return value
 
 
+def _variable_name(value: str) -> str:
+    # Names are stored in the payload (jsonb) as much as values are, so the same text is refused. The
+    # error's field is the variables object, not the name (see error_location): a client is not handed
+    # its NUL or lone surrogate back.
+    try:
+        return _storable(value)
+    except PydanticCustomError as exc:
+        raise PydanticCustomError(exc.type, f"a variable name {exc.message()}") from None
+
+
 Variable = Annotated[str, AfterValidator(_variable)]
+VariableName = Annotated[str, AfterValidator(_variable_name)]
 
 
 def _matches(pattern: re.Pattern[str], what: str) -> Any:
@@ -216,7 +227,7 @@ def _matches(pattern: re.Pattern[str], what: str) -> Any:
 class TemplateIn(_Strict):
     name: Annotated[str, _matches(TEMPLATE_NAME, "an approved template's name (a-z, 0-9 and _)")]
     language: Annotated[str, _matches(TEMPLATE_LANGUAGE, "a template language code such as es or en_US")]
-    variables: list[Variable] | dict[str, Variable] = Field(default_factory=list)
+    variables: list[Variable] | dict[VariableName, Variable] = Field(default_factory=list)
     content_sid: Annotated[str, _matches(CONTENT_SID, "a Twilio Content SID (HX + 32 hex digits)")] | None = (
         None
     )
@@ -395,11 +406,15 @@ def error_location(loc: tuple[int | str, ...], ctx: dict[str, Any] | None = None
     """``("interactive", "buttons", 1, "title")`` -> ``interactive.buttons[1].title``.
 
     A model-level error names its field in its context (:func:`_fail`); it is appended to the location.
+    An error in a dict key (``(..., "variables", "dict[...]", "a\\x00", "[key]")``) names the dict: the
+    key is the bad text itself.
     """
     extra = (ctx or {}).get("field")
     parts = list(loc) + (str(extra).split(".") if extra else [])
     out = ""
-    for part in parts:
+    for index, part in enumerate(parts):
+        if parts[index + 1 : index + 2] == ["[key]"]:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif (

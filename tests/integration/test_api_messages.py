@@ -293,12 +293,24 @@ REFUSED = [
         "NUL character",
     ),
     ({"type": "text", "text": "hi", "idempotency_key": "k\u0000"}, "idempotency_key", "NUL character"),
+    # A variable's name too: it is stored in the payload (jsonb) as much as its value. The field is the
+    # variables object, not the name itself, which an error should not echo back.
+    (
+        {"type": "template", "template": {"name": "t", "language": "es", "variables": {"a\u0000": "x"}}},
+        "template.variables",
+        "NUL character",
+    ),
     # Nor can UTF-8 encode a lone surrogate half (JSON's "\ud800"): a 422, not a 500 when it is hashed.
     ({"type": "text", "text": "\ud800"}, "text", "lone surrogate"),
     ({"type": "image", "media": {"url": "https://a.example/\udfff.jpg"}}, "media.url", "lone surrogate"),
     (
         {"type": "template", "template": {"name": "t", "language": "es", "variables": ["x\ud800"]}},
         "template.variables[0]",
+        "lone surrogate",
+    ),
+    (
+        {"type": "template", "template": {"name": "t", "language": "es", "variables": {"\udc00": "x"}}},
+        "template.variables",
         "lone surrogate",
     ),
     ({"type": "reaction", "reaction": {"message_id": "w", "emoji": "\ud83d"}}, "reaction.emoji", "surrogate"),
