@@ -9,7 +9,7 @@ case the ``ai`` worker uses the deployment's defaults.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,6 +22,7 @@ from shared.db import assistant_configs
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger, mask_phone
 from shared.phone import InvalidPhone, normalize
+from shared.wire.outbound_api import Storable
 
 log = get_logger(__name__)
 
@@ -37,8 +38,10 @@ class AssistantConfigBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    system_prompt: str = Field(min_length=1, max_length=20_000)
-    model: str | None = Field(default=None, min_length=1, max_length=200)
+    # Storable: PostgreSQL text cannot hold U+0000 (a 500 when the row was written), nor UTF-8 a lone
+    # surrogate; either is a 422 naming the field.
+    system_prompt: Annotated[str, Field(min_length=1, max_length=20_000), Storable]
+    model: Annotated[str, Field(min_length=1, max_length=200), Storable] | None = None
     max_tokens: int = Field(default=300, ge=1, le=4096)
     temperature: float = Field(default=0.3, ge=0, le=2)
 
@@ -81,10 +84,13 @@ def get_config(number: str) -> Response:
 @require_api_key
 def put_config(number: str) -> Response:
     business_number = _business_number(number)
-    if request.get_json(silent=True) is None:
+    data = request.get_json(silent=True)
+    if data is None:
         return api_error(422, "validation_error", "body: must be a JSON object")
     try:
-        body = AssistantConfigBody.model_validate_json(request.get_data())
+        # The parsed body, not the raw bytes: pydantic's JSON parser refuses a lone surrogate (\ud800) as
+        # "Invalid JSON" for the whole body, where the Storable check names the field.
+        body = AssistantConfigBody.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"

@@ -85,6 +85,10 @@ def test_meta_phone_number_ids_are_keys_as_they_are(client: FlaskClient) -> None
         ({"system_prompt": ""}, "system_prompt"),
         ({"max_tokens": 100}, "system_prompt"),
         ({"system_prompt": "x", "max_token": 100}, "max_token"),
+        # PostgreSQL text cannot hold U+0000: refused here, not a 500 when the row is written.
+        ({"system_prompt": "a\u0000"}, "system_prompt"),
+        ({"system_prompt": "x", "model": "gpt\u0000"}, "model"),
+        ({"system_prompt": "\ud800"}, "system_prompt"),
     ],
 )
 def test_put_rejects_invalid_values_with_422_naming_the_field(
