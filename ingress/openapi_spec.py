@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingress.api.assistant_configs import AssistantConfigBody
-from ingress.api.common import DEFAULT_LIMIT, MAX_LIMIT
+from ingress.api.common import BIGINT_MAX, DEFAULT_LIMIT, MAX_LIMIT
 from ingress.api.conversations import STATUSES
 from ingress.api.links import CreateLinkBody, VerifyLinkBody
 from shared.wire import kapso, meta
@@ -320,7 +320,12 @@ LIMIT = Param(
     f"Page size (default {DEFAULT_LIMIT}).",
     {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
 )
-CURSOR = Param("cursor", "query", "next_cursor of the previous page.", {"type": "integer", "minimum": 0})
+CURSOR = Param(
+    "cursor",
+    "query",
+    "next_cursor of the previous page.",
+    {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX},
+)
 SCAN_CURSOR = Param(
     "cursor",
     "query",

@@ -17,6 +17,8 @@ from ingress.errors import api_error
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# Ids are PostgreSQL bigint: a larger cursor made the query's ::bigint cast fail (a 500).
+BIGINT_MAX = 2**63 - 1
 
 T = TypeVar("T")
 
@@ -40,19 +42,21 @@ def handle_invalid_params(blueprint: Blueprint) -> None:
 
 
 def int_param(
-    args: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int | None = None
+    args: Mapping[str, str], name: str, default: int | None, *, minimum: int = 1, maximum: int = BIGINT_MAX
 ) -> int | None:
     """The integer query parameter ``name`` (``default`` when absent) within [minimum, maximum]."""
     raw = args.get(name)
     if raw is None:
         return default
-    bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-    # ASCII only: str.isdigit() also accepts "²", which int() refuses (that was a 500).
-    if not (raw.strip().isascii() and raw.strip().isdigit()):
-        raise InvalidParam(name, f"must be an integer {bounds}")
-    value = int(raw)
-    if value < minimum or (maximum is not None and value > maximum):
-        raise InvalidParam(name, f"must be an integer {bounds}")
+    problem = f"must be an integer between {minimum} and {maximum}"
+    digits = raw.strip()
+    # ASCII only: str.isdigit() also accepts "²", which int() refuses (that was a 500). Too many digits
+    # for the maximum are refused before int(), which raises past 4300 of them (a 500 too).
+    if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > len(str(maximum)):
+        raise InvalidParam(name, problem)
+    value = int(digits)
+    if not minimum <= value <= maximum:
+        raise InvalidParam(name, problem)
     return value
 
 
@@ -65,11 +69,14 @@ def choice_param(args: Mapping[str, str], name: str, allowed: Sequence[str]) -> 
     return raw
 
 
-def page_args(args: Mapping[str, str]) -> tuple[int, int | None]:
-    """``(limit, cursor)`` from the query string; cursor None means the first page."""
+def page_args(args: Mapping[str, str], *, max_cursor: int = BIGINT_MAX) -> tuple[int, int | None]:
+    """``(limit, cursor)`` from the query string; cursor None means the first page.
+
+    ``max_cursor``: a row id by default; a listing whose cursor is something else says its own bound.
+    """
     limit = int_param(args, "limit", DEFAULT_LIMIT, maximum=MAX_LIMIT)
     assert limit is not None
-    return limit, int_param(args, "cursor", None, minimum=0)
+    return limit, int_param(args, "cursor", None, minimum=0, maximum=max_cursor)
 
 
 def page(

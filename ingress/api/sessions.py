@@ -72,9 +72,7 @@ def _summary(user_key: str, ttl: int, data: dict[str, Any]) -> dict[str, Any]:
 @require_api_key
 def list_sessions() -> Response:
     """Live sessions, about ``limit`` per page (Redis SCAN order); ``cursor`` continues a listing."""
-    limit, cursor = page_args(request.args)
-    if cursor is not None and cursor > _MAX_CURSOR:
-        raise InvalidParam("cursor", "not a cursor this listing gave out")
+    limit, cursor = page_args(request.args, max_cursor=_MAX_CURSOR)
     sessions = _sessions()
     if sessions is None:
         return _no_redis()

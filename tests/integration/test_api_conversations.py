@@ -101,6 +101,12 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(client: FlaskClient, db
         ("limit=ten", "limit"),
         ("cursor=-4", "cursor"),
         ("cursor=abc", "cursor"),
+        # Ids are bigint: a larger cursor was a 500 when PostgreSQL cast it, and a few thousand digits a
+        # 500 in int() itself.
+        ("cursor=9223372036854775808", "cursor"),
+        ("cursor=99999999999999999999999", "cursor"),
+        ("cursor=" + "9" * 5000, "cursor"),
+        ("limit=" + "9" * 5000, "limit"),
         ("status=pending", "status"),
         ("provider=telegram", "provider"),
         ("phone=not-a-phone", "phone"),
@@ -114,6 +120,18 @@ def test_invalid_query_parameters_are_422_naming_the_parameter(
     error = response.get_json()["error"]
     assert error["code"] == "validation_error"
     assert error["message"].startswith(f"{parameter}:")
+
+
+def test_the_largest_bigint_is_a_cursor_and_one_more_is_not(
+    client: FlaskClient, db: psycopg.Connection
+) -> None:
+    conversation = seed.conversation(db, seed.contact(db, "+14155550101"))
+    for path in ("/api/v1/conversations", f"/api/v1/conversations/{conversation}/messages"):
+        largest = client.get(f"{path}?cursor={2**63 - 1}", headers=KEY)
+        assert largest.status_code == 200, path
+        beyond = client.get(f"{path}?cursor={2**63}", headers=KEY)
+        assert beyond.status_code == 422, path
+        assert beyond.get_json()["error"]["message"].startswith("cursor:")
 
 
 def test_history_has_both_directions_oldest_first_with_status(

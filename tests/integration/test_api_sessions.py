@@ -97,7 +97,14 @@ def test_invalid_phone_or_paging_is_422(client: FlaskClient) -> None:
     bad_phone = client.delete("/api/v1/sessions/not-a-phone", headers=KEY)
     assert bad_phone.status_code == 422
     assert bad_phone.get_json()["error"]["message"].startswith("phone:")
-    for query, name in (("limit=0", "limit"), ("limit=999", "limit"), ("cursor=x", "cursor")):
+    # A SCAN cursor is unsigned 64-bit; thousands of digits were a 500 in int() itself.
+    for query, name in (
+        ("limit=0", "limit"),
+        ("limit=999", "limit"),
+        ("cursor=x", "cursor"),
+        (f"cursor={2**64}", "cursor"),
+        ("cursor=" + "9" * 5000, "cursor"),
+    ):
         response = client.get(f"/api/v1/sessions?{query}", headers=KEY)
         assert response.status_code == 422
         assert response.get_json()["error"]["message"].startswith(f"{name}:")
