@@ -105,8 +105,14 @@ class Health(_Out):
 
 
 class ReadinessChecks(_Out):
-    postgres: str = Field(description='"ok", or why PostgreSQL is not usable.')
-    redis: str = Field(description='"ok", or why Redis is not usable.')
+    postgres: str = Field(
+        description='"ok", "unreachable: <error type>" (e.g. OperationalError; never the error\'s text), or'
+        ' "not configured: ...".'
+    )
+    redis: str = Field(
+        description='"ok", "unreachable: <error type>" (e.g. ConnectionError; never the error\'s text), or'
+        ' "not configured: ...".'
+    )
 
 
 class Readiness(_Out):
@@ -392,7 +398,7 @@ OPERATIONS: dict[str, Operation] = {
         "Readiness",
         {
             200: Reply("PostgreSQL and Redis both respond.", Readiness),
-            503: Reply("One of them does not; checks says which.", Readiness),
+            503: Reply("One of them does not; checks says which, and the error's type only.", Readiness),
         },
     ),
     "GET /metrics": Operation(
