@@ -9,6 +9,7 @@ import structlog
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from ingress.api import conversations as conversations_api
 from shared.db import conversations
 from shared.settings import load_settings
 from tests.integration import history_seed as seed
@@ -180,14 +181,19 @@ def test_history_of_an_unknown_conversation_is_404(client: FlaskClient) -> None:
     assert client.get("/api/v1/conversations/999/messages?limit=0", headers=KEY).status_code == 422
 
 
-def test_close_is_idempotent_and_releases_a_handoff(client: FlaskClient, db: psycopg.Connection) -> None:
+def test_close_is_idempotent_and_releases_a_handoff(
+    client: FlaskClient, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     contact = seed.contact(db, "+14155550101")
     conversation = seed.conversation(db, contact, status="handoff")
 
     with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's own is cached on first use, past capture_logs.
+        monkeypatch.setattr(conversations_api, "log", structlog.get_logger(conversations_api.__name__))
         first = client.post(f"/api/v1/conversations/{conversation}/close", headers=KEY)
     assert first.status_code == 200
     assert first.get_json()["status"] == "closed"
+    assert [entry["event"] for entry in logs] == ["conversation closed through the API"]
     assert "4155550101" not in repr(logs)
     again = client.post(f"/api/v1/conversations/{conversation}/close", headers=KEY)
     assert again.status_code == 200
