@@ -13,7 +13,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -90,6 +90,37 @@ def test_a_router_that_waited_long_keeps_waiting_for_an_earlier_message_being_re
 # --- a route's retry, through Celery's own Task.retry, published to the broker -------------------------
 
 
+def retried_after_a_failure(
+    redis_client: redis.Redis,
+    task: Any,
+    queue: str,
+    kwargs: dict[str, Any],
+    retries: int,
+    waits: int,
+    waiting_since: float,
+    countdown: float,
+) -> dict[str, Any]:
+    """Run ``task``'s retry after a database failure, through Celery's own ``Task.retry``, on a request
+    built as a worker builds it from a message (custom headers beside Celery's own); the headers of the
+    retry it published to ``queue``."""
+    task.push_request(
+        id=str(uuid.uuid4()),
+        args=[],
+        kwargs=kwargs,
+        retries=retries,
+        called_directly=False,
+        delivery_info={"exchange": "", "routing_key": queue},
+        **{ordering.TURN_WAITS_HEADER: waits, ordering.WAITING_SINCE_HEADER: waiting_since},
+    )
+    try:
+        with pytest.raises(Retry):
+            task.retry(exc=Unavailable("connection refused"), countdown=countdown)
+    finally:
+        task.pop_request()
+    [published] = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+    return published["headers"]
+
+
 def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
 ) -> None:
@@ -100,24 +131,11 @@ def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
     redis_client.delete("inbound")
     began = time.time() - 3 * GIVE_UP_AFTER_SECONDS
-    # The request as a worker builds it from the message: custom headers beside Celery's own.
-    route_task.push_request(
-        id=str(uuid.uuid4()),
-        args=[],
-        kwargs={"event": second.model_dump(mode="json")},
-        retries=2,
-        called_directly=False,
-        delivery_info={"exchange": "", "routing_key": "inbound"},
-        **{ordering.TURN_WAITS_HEADER: 7, ordering.WAITING_SINCE_HEADER: began},
-    )
-    try:
-        with pytest.raises(Retry):
-            route_task.retry(exc=Unavailable("connection refused"), countdown=240)
-    finally:
-        route_task.pop_request()
 
-    [published] = [json.loads(raw) for raw in redis_client.lrange("inbound", 0, -1)]
-    headers = published["headers"]
+    headers = retried_after_a_failure(
+        redis_client, route_task, "inbound", {"event": second.model_dump(mode="json")}, 2, 7, began, 240
+    )
+
     assert headers["retries"] == 3
     assert headers[ordering.TURN_WAITS_HEADER] == 7
     assert ordering.WAITING_SINCE_HEADER not in headers
@@ -137,28 +155,15 @@ def test_a_failed_handler_retries_waiting_afresh_marked_as_retrying(redis_client
     is, so a later message does not pass it over once it has held the turn past the stale grace."""
     redis_client.delete("commands")
     before = time.time()
-    handle_task.push_request(
-        id=str(uuid.uuid4()),
-        args=[41],
-        kwargs={},
-        retries=0,
-        called_directly=False,
-        delivery_info={"exchange": "", "routing_key": "commands"},
-        **{ordering.TURN_WAITS_HEADER: 3, ordering.WAITING_SINCE_HEADER: time.time() - 600},
+
+    headers = retried_after_a_failure(
+        redis_client, handle_task, "commands", {"message_id": 41}, 0, 3, time.time() - 600, 120
     )
-    try:
-        with pytest.raises(Retry):
-            handle_task.retry(exc=Unavailable("connection refused"), countdown=120)
-    finally:
-        handle_task.pop_request()
 
     mark = ordering.retrying_key(41)
     assert before + 120 <= float(redis_client.get(mark)) <= time.time() + 120
     grace = STALE_AFTER.total_seconds()
     assert 120 + grace <= redis_client.ttl(mark) <= 120 + grace + MARK_MARGIN_SECONDS + 1
-
-    [published] = [json.loads(raw) for raw in redis_client.lrange("commands", 0, -1)]
-    headers = published["headers"]
     assert (headers["task"], headers["retries"], headers[ordering.TURN_WAITS_HEADER]) == (
         "commands.handle",
         1,
@@ -168,6 +173,20 @@ def test_a_failed_handler_retries_waiting_afresh_marked_as_retrying(redis_client
 
 
 # --- real worker processes through an outage -----------------------------------------------------------
+
+
+def fail_through_an_outage(
+    start_worker: Callable[..., Any], wait_for: Callable[..., Any], queue: str, task_ids: Iterable[str]
+) -> None:
+    """A worker of ``queue`` that sees PostgreSQL down runs these tasks until each has failed and scheduled
+    its retry, then stops: the retries still pending go back on the queue."""
+    outage = start_worker([queue], concurrency=2, env={"WAPIPE_DATABASE_URL": DOWN_DATABASE_URL})
+    wait_for(
+        lambda: all(failure_retried(outage.lines(), task_id) for task_id in task_ids),
+        timeout=60,
+        what=f"the {queue} tasks retried after failing on the database",
+    )
+    outage.stop()
 
 
 def test_a_database_outage_does_not_let_the_later_message_overtake_the_earlier_one(
@@ -185,13 +204,7 @@ def test_a_database_outage_does_not_let_the_later_message_overtake_the_earlier_o
     Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
     task_ids = [headers_of(raw)["id"] for raw in queued(redis_client)]
 
-    outage = start_worker(["inbound"], concurrency=2, env={"WAPIPE_DATABASE_URL": DOWN_DATABASE_URL})
-    wait_for(
-        lambda: all(failure_retried(outage.lines(), task_id) for task_id in task_ids),
-        timeout=60,
-        what="both routes retried after failing on the database",
-    )
-    outage.stop()  # its retries still pending go back on the queue
+    fail_through_an_outage(start_worker, wait_for, "inbound", task_ids)
     held = {routed_event(raw)["provider_message_id"]: raw for raw in queued(redis_client)}
     assert held.keys() == {first.provider_message_id, second.provider_message_id}, "a retry was not put back"
     redis_client.delete("inbound")
@@ -231,13 +244,7 @@ def test_a_database_outage_longer_than_the_grace_does_not_let_a_later_handler_an
     )
     task_ids = {headers_of(raw)["id"] for raw in queued(redis_client, "commands")}
 
-    outage = start_worker(["commands"], concurrency=2, env={"WAPIPE_DATABASE_URL": DOWN_DATABASE_URL})
-    wait_for(
-        lambda: all(failure_retried(outage.lines(), task_id) for task_id in task_ids),
-        timeout=60,
-        what="both handlers retried after failing on the database",
-    )
-    outage.stop()  # its retries still pending go back on the queue
+    fail_through_an_outage(start_worker, wait_for, "commands", task_ids)
     held = {handled_message(raw): raw for raw in queued(redis_client, "commands")}
     assert held.keys() == {first, second}, "a retry was not put back"
     redis_client.delete("commands")
