@@ -26,7 +26,7 @@ import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from shared.ai.offline_assistant import Intent, intent_of, offline_reply
-from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, make_client
+from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, first_message, make_client
 from shared.db import assistant_configs, chat_context
 from shared.db.messages import InboundRecord
 from shared.logging import get_logger
@@ -118,8 +118,8 @@ def ask_model(
                 max_tokens=config.max_tokens,
                 temperature=config.temperature,
             )
-    choice = completion.choices[0] if completion.choices else None
-    text = (choice.message.content or "").strip() if choice is not None else ""
+    message = first_message(completion)
+    text = (message.content or "").strip() if message is not None else ""
     if not text:
         raise ValueError("the model answered no text")
     return text[:MAX_REPLY_CHARS]

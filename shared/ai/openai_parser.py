@@ -105,13 +105,30 @@ def make_client(settings: Settings) -> openai.OpenAI:
     )
 
 
+def first_message(completion: Any) -> Any | None:
+    """The first choice's message of a chat completion; None when it has none. A 200 whose body is not a
+    completion (a proxy's error page: the SDK then hands back its text) raises ``ValueError``, as a body
+    that is not JSON at all does in the SDK, so the callers fall back as for any unusable answer."""
+    try:
+        choices = completion.choices
+        return choices[0].message if choices else None
+    except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        raise ValueError(f"not a chat completion ({type(exc).__name__})") from None
+
+
 def _validated(content: str | None) -> Proposal:
     if not content:
         raise MalformedAnswer("empty answer")
     try:
         return Proposal.model_validate(json.loads(content))
-    except (json.JSONDecodeError, ValidationError, TypeError) as exc:
-        raise MalformedAnswer(str(exc)[:200]) from exc
+    except json.JSONDecodeError as exc:
+        raise MalformedAnswer(f"not JSON: {exc.msg} at {exc.pos}") from exc
+    except ValidationError as exc:
+        # Where and what kind, never the values: they are the user's own words, which logs do not keep.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['type']}" for e in exc.errors())
+        raise MalformedAnswer(f"outside the schema: {problems}"[:300]) from exc
+    except TypeError as exc:
+        raise MalformedAnswer(f"not a proposal ({type(exc).__name__})") from exc
 
 
 def parse_with_model(
@@ -126,21 +143,24 @@ def parse_with_model(
         stop=stop_after_attempt(MAX_ATTEMPTS),
         reraise=True,
     )
-    for attempt in retrying:
-        with attempt:
-            completion = client.chat.completions.create(
-                model=settings.ai_model,
-                messages=[
-                    {"role": "system", "content": system_prompt(today)},
-                    {"role": "user", "content": text},
-                ],
-                response_format=response_format(),  # type: ignore[arg-type]
-                temperature=0,
-            )
-    choice = completion.choices[0] if completion.choices else None
-    if choice is None or getattr(choice.message, "refusal", None):
+    try:
+        for attempt in retrying:
+            with attempt:
+                completion = client.chat.completions.create(
+                    model=settings.ai_model,
+                    messages=[
+                        {"role": "system", "content": system_prompt(today)},
+                        {"role": "user", "content": text},
+                    ],
+                    response_format=response_format(),  # type: ignore[arg-type]
+                    temperature=0,
+                )
+        message = first_message(completion)
+    except ValueError as exc:  # a 200 that is not a completion
+        raise MalformedAnswer(str(exc) if not isinstance(exc, json.JSONDecodeError) else "not JSON") from exc
+    if message is None or getattr(message, "refusal", None):
         raise MalformedAnswer("no answer or a refusal")
-    return _validated(choice.message.content)
+    return _validated(message.content)
 
 
 def parse_proposal(

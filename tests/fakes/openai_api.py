@@ -58,6 +58,7 @@ class Scripted:
     status: int
     content: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: Reply | None = None  # sent as is: a body that is not a chat completion
 
 
 class FakeOpenAI(FakeServer):
@@ -82,6 +83,11 @@ class FakeOpenAI(FakeServer):
         """The next request gets ``status`` with an OpenAI-shaped error body."""
         self._script.append(Scripted(status, None, retry_after_header(retry_after)))
 
+    def answer_raw(self, body: bytes, content_type: str) -> None:
+        """The next request gets a 200 with this body, completion or not (a proxy's page, a cut answer)."""
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        self._script.append(Scripted(200, raw=Reply(200, body, headers)))
+
     def completions(self) -> list[Received]:
         return [r for r in self.received if r.path.endswith("/chat/completions")]
 
@@ -93,6 +99,8 @@ class FakeOpenAI(FakeServer):
             return json_reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         answer: Scripted = self._scripted() or Scripted(200, self.content)
         self.received.append(Received("POST", request.path, headers, body, answer.status))
+        if answer.raw is not None:
+            return answer.raw
         if answer.status != 200:
             error = {
                 "error": {"message": f"fake error {answer.status}", "type": "server_error", "code": None}

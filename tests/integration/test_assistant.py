@@ -224,6 +224,14 @@ def test_an_empty_model_answer_falls_back_to_offline(clean: None, db: psycopg.Co
     assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
 
 
+def test_a_200_that_is_not_a_completion_falls_back_to_offline(clean: None, db: psycopg.Connection) -> None:
+    message_id = say(db, conversation(db), "in", "menu")
+    with FakeOpenAI() as fake:
+        fake.answer_raw(b"<html><body>502 Bad Gateway</body></html>", "text/html")  # a proxy's page
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
+
+
 # --- offline (no key) ----------------------------------------------------------------------------------
 
 

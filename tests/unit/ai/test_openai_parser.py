@@ -7,7 +7,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
+from shared.ai import openai_parser
 from shared.ai.openai_parser import OFFLINE, parse_proposal
 from shared.settings import Settings, load_settings
 from tests.fakes.openai_api import VALID_PROPOSAL, FakeOpenAI
@@ -123,3 +125,37 @@ def test_an_unreachable_server_falls_back_to_offline() -> None:
     settings = load_settings(openai_api_key="sk-test", openai_base_url=url, ai_timeout_seconds=2)
     _, parser = parse_proposal(TEXT, TODAY, settings)
     assert parser == OFFLINE
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"id": "chatcmpl-1", "choices": [{"index": 0, "mess', "application/json"),
+        (b"<html><body>502 Bad Gateway</body></html>", "text/html"),
+    ],
+    ids=["cut short", "a proxy's page"],
+)
+def test_a_200_that_is_not_a_completion_falls_back_to_offline(
+    fake: FakeOpenAI, body: bytes, content_type: str
+) -> None:
+    fake.answer_raw(body, content_type)
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
+
+
+def test_an_answer_outside_the_schema_is_logged_without_the_users_words(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_words = "Tell Bob the divorce papers are ready " * 10
+    item = dict(VALID_PROPOSAL["items"][0], title=secret_words)  # over the title's 120 characters
+    fake.reply(json.dumps(dict(VALID_PROPOSAL, items=[item])))
+    with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's own is cached on first use, past capture_logs.
+        monkeypatch.setattr(openai_parser, "log", structlog.get_logger(openai_parser.__name__))
+        _, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+
+    assert parser == OFFLINE
+    [warning] = [entry for entry in logs if entry["event"] == "ai.malformed_answer"]
+    assert "items.0.title: string_too_long" in warning["error"]
+    assert "divorce" not in repr(logs)
