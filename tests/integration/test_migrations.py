@@ -5,9 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
+import pytest
 
+from shared.db import migrate as migrate_module
 from shared.db.migrate import available, migrate
 from tests.conftest import ADMIN_DATABASE_URL, _database_url
 
@@ -74,3 +78,44 @@ def test_schema_has_the_architecture_tables(db: psycopg.Connection) -> None:
         "dead_letters",
         "schema_migrations",
     } <= tables
+
+
+def _with_a_new_migration(folder: Path, sql: str) -> Path:
+    """The real migrations plus ``9999_probe.sql``."""
+    folder.mkdir()
+    for migration in available():
+        (folder / migration.path.name).write_text(migration.sql, encoding="utf-8")
+    (folder / "9999_probe.sql").write_text(sql, encoding="utf-8")
+    return folder
+
+
+def test_a_migration_does_not_queue_behind_a_long_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queued for its lock, an ALTER TABLE holds every later query on the table behind it: on a live
+    # pipeline, every worker. It gives up the wait after lock_timeout and tries again instead.
+    monkeypatch.setattr(migrate_module, "LOCK_TIMEOUT", "100ms")
+    monkeypatch.setattr(migrate_module, "RETRY_PAUSE_SECONDS", 0.05)
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url)
+        folder = _with_a_new_migration(tmp_path / "migrations", "ALTER TABLE messages ADD COLUMN probe int;")
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT count(*) FROM messages")  # a long transaction's lock on the table
+            monkeypatch.setattr(migrate_module, "ATTEMPTS", 3)
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(migrate, url, folder)
+                with pytest.raises(RuntimeError, match="stayed locked"):
+                    waiting.result(timeout=30)
+
+            monkeypatch.setattr(migrate_module, "ATTEMPTS", 200)
+            with ThreadPoolExecutor(1) as pool:
+                retrying = pool.submit(migrate, url, folder)
+                with psycopg.connect(url, autocommit=True) as other:
+                    # Meanwhile the table still answers (each try waits 100 ms at most, then steps aside).
+                    assert other.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+                holder.rollback()  # the long transaction ends
+                assert retrying.result(timeout=30) == ["9999_probe"]
+    finally:
+        _drop(name)
