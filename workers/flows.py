@@ -1,8 +1,8 @@
 """Queue ``flows``: menu flows (``WAPIPE_MODE=menu``), one step per inbound message.
 
-The work is :func:`shared.flows.service.step`; its docstring explains how messages of one user are
-answered in the order they were sent, exactly once, by any number of ``flows`` worker processes. A step
-that finds the user's lock held retries after a short countdown instead of blocking a worker.
+The work is :func:`shared.flows.service.step`; its docstring explains how messages of one conversation
+are answered in the order they were sent, exactly once, by any number of ``flows`` worker processes. A
+step that finds the conversation's lock held retries after a short countdown instead of blocking a worker.
 
 The flow pack (``WAPIPE_FLOWS``) is validated when this module is imported in menu mode, so a worker
 with a broken pack fails at start with the pack's line, not at the first message.

@@ -1,23 +1,28 @@
-"""One ``flows.step``: answer a user's pending messages, in the order they were sent, exactly once.
+"""One ``flows.step``: answer a conversation's pending messages, in the order they were sent, exactly once.
 
 Ordering and exactly-once across several ``flows`` worker processes:
 
-- A Redis lock per user (``flows:lock:<user key>``, SET NX PX with a random token, released only by its
-  holder) serialises every step that touches that user's flow state. A step that finds it held raises
-  :class:`Busy` and the task retries a moment later, so no worker blocks.
+- Flow state is per conversation, not per user: a contact writing to two of our business numbers has two
+  conversations (migration 0001, ``conversations_live``), each its own menu, form and cursor. The handler
+  stages do not order one conversation against another, so a state shared between them would let one
+  conversation's step skip the other's message as already done, or feed it into the other's form.
+- A Redis lock per conversation (``flows:lock:conversation:<id>``, SET NX PX with a random token, released
+  only by its holder) serialises every step that touches that conversation's flow state. A step that finds
+  it held raises :class:`Busy` and the task retries a moment later, so no worker blocks.
 - Inside the lock, a step does not answer only its own message: it answers *every* unanswered inbound
   message of the conversation after the last one handled, up to its own, in id order (ids are assigned
   when the router stores a message, i.e. in arrival order). So if the task for message 2 runs before the
   task for message 1 (two workers, prefetching), it handles 1 then 2, and the task for 1 later finds
   nothing to do. No task waits for another to be delivered, so a lost or delayed task cannot stall a
   conversation, and none can overtake an earlier message.
-- The last handled message id is saved in the flow state itself (the ``flow`` session key), in the same
-  Redis write as the state it produced. The reply is queued *before* that write, under the idempotency
-  key ``reply:<inbound id>``: a worker dying in between makes the redelivered task redo the same step
-  from the same state, and the reply and any record it creates (unique on the source message) happen
-  once. A redelivered task whose message is already at or below the saved id does nothing, so a flow
-  never advances twice. The lock expires (``LOCK_SECONDS``) if its holder dies; before each save the
-  holder checks it still owns the lock, and stops if not (the next holder redoes the step, idempotently).
+- The last handled message id is saved in the flow state itself (the ``flow`` key of the conversation's
+  session, :func:`session_key`), in the same Redis write as the state it produced. The reply is queued
+  *before* that write, under the idempotency key ``reply:<inbound id>``: a worker dying in between makes
+  the redelivered task redo the same step from the same state, and the reply and any record it creates
+  (unique on the source message) happen once. A redelivered task whose message is already at or below
+  the saved id does nothing, so a flow never advances twice. The lock expires (``LOCK_SECONDS``) if its
+  holder dies; before each save the holder checks it still owns the lock, and stops if not (the next
+  holder redoes the step, idempotently).
 - Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
   i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
@@ -25,7 +30,9 @@ Ordering and exactly-once across several ``flows`` worker processes:
   An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
   (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good).
 - When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
-  it; then only messages younger than the session TTL are considered.
+  it; then only messages younger than the session TTL are considered. So is a flow state left in the
+  user's own session by a version that kept one per user: it is ignored, and the conversation starts
+  over at the menu.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ LOCK_SECONDS = 30
 UNROUTED_GRACE = timedelta(minutes=5)
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
 ROUTED_KEY = "handle:{message_id}"
+LOCK_KEY = "flows:lock:conversation:{conversation_id}"
 SESSION_KEY = "flow"
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
@@ -68,7 +76,7 @@ return 0
 
 
 class Busy(Exception):
-    """Another worker is handling this user's messages; retry the step shortly."""
+    """Another worker is handling this conversation's messages; retry the step shortly."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,15 @@ class Target:
     conversation_id: int
     contact_id: int | None
     user_key: str  # E.164 phone, or the Meta BSUID when there is no phone
+
+
+def session_key(target: Target) -> str:
+    """The session (:class:`shared.sessions.Sessions`) that holds the target conversation's flow state.
+
+    The conversation id makes it one per conversation; the user key in front lets the sessions listing
+    (``/api/v1/sessions``) show whose it is, masked like the user's own session.
+    """
+    return f"{target.user_key}/conversation/{target.conversation_id}"
 
 
 def reply_id_from(payload: dict[str, Any] | None) -> str | None:
@@ -95,9 +112,9 @@ def reply_id_from(payload: dict[str, Any] | None) -> str | None:
 
 
 class _Lock:
-    def __init__(self, client: redis.Redis, user_key: str) -> None:
+    def __init__(self, client: redis.Redis, conversation_id: int) -> None:
         self._redis = client
-        self._key = f"flows:lock:{user_key}"
+        self._key = LOCK_KEY.format(conversation_id=conversation_id)
         self._token = secrets.token_hex(16)
 
     def acquire(self) -> bool:
@@ -122,9 +139,9 @@ def process(
 ) -> int:
     """Answer the target's conversation up to the target message; return how many messages were handled.
 
-    Raises :class:`Busy` when another worker holds the user's lock.
+    Raises :class:`Busy` when another worker holds the conversation's lock.
     """
-    lock = _Lock(redis_client, target.user_key)
+    lock = _Lock(redis_client, target.conversation_id)
     if not lock.acquire():
         raise Busy(target.message_id)
     try:
@@ -143,7 +160,7 @@ def _process_locked(
     lock: _Lock,
 ) -> int:
     sessions = Sessions(redis_client)
-    state = sessions.load(target.user_key).get(SESSION_KEY) or {}
+    state = sessions.load(session_key(target)).get(SESSION_KEY) or {}
     cursor = state.get("last_message_id")
     if isinstance(cursor, int) and target.message_id <= cursor:
         log.info("flows.step_already_done", message_id=target.message_id)
@@ -183,7 +200,7 @@ def _process_locked(
             log.warning("flows.lock_lost", message_id=row["id"])
             return handled
         state = {**outcome.state, "last_message_id": row["id"]}
-        sessions.update(target.user_key, **{SESSION_KEY: state})
+        sessions.update(session_key(target), **{SESSION_KEY: state})
         repository.mark_handled(conn, row["id"])
         conn.commit()
         handled += 1

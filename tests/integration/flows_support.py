@@ -20,6 +20,16 @@ def make_conversation(db: psycopg.Connection, phone: str = "+15550100001") -> tu
     return contact["id"], conversation["id"]
 
 
+def add_conversation(db: psycopg.Connection, contact_id: int, business_number: str) -> int:
+    """Another open conversation of the contact: the same user writing to another of our numbers."""
+    row = db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number)"
+        " VALUES (%s, 'twilio', %s) RETURNING id",
+        (contact_id, business_number),
+    ).fetchone()
+    return row["id"]
+
+
 def add_inbound(
     db: psycopg.Connection,
     contact_id: int,

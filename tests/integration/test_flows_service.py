@@ -11,10 +11,10 @@ import redis
 
 from shared.flows.pack import Pack, load_pack
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import ROUTED_KEY, Busy, Target, process
+from shared.flows.service import LOCK_KEY, ROUTED_KEY, Busy, Target, process, session_key
 from shared.replies import queue_reply
 from shared.sessions import Sessions
-from tests.integration.flows_support import add_inbound, make_conversation
+from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
 
 PHONE = "+15550100001"
 
@@ -36,20 +36,29 @@ class User:
             self.redis.set(ROUTED_KEY.format(message_id=message_id), 1)
         return message_id
 
+    @property
+    def target(self) -> Target:
+        """Any message of the conversation: what its session and lock are keyed by."""
+        return Target(0, self.conversation_id, self.contact_id, PHONE)
+
     def step(self, message_id: int, reply: Any = queue_reply, now: datetime | None = None) -> int:
         target = Target(message_id, self.conversation_id, self.contact_id, PHONE)
         return process(target, conn=self.db, redis_client=self.redis, pack=self.pack, reply=reply, now=now)
 
-    def replies(self) -> list[str]:
+    def replies(self, conversation_id: int | None = None) -> list[str]:
         rows = self.db.execute(
             "SELECT body FROM messages WHERE direction = 'out' AND conversation_id = %s ORDER BY id",
-            (self.conversation_id,),
+            (conversation_id or self.conversation_id,),
         )
         return [row["body"] for row in rows]
 
+    def handled(self, message_id: int) -> bool:
+        row = self.db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+        return row["handled_at"] is not None
+
     @property
     def flow(self) -> dict[str, Any]:
-        return Sessions(self.redis).load(PHONE).get("flow", {})
+        return Sessions(self.redis).load(session_key(self.target)).get("flow", {})
 
 
 @pytest.fixture
@@ -114,12 +123,13 @@ def test_an_unrouted_message_older_than_the_grace_is_skipped(user: User) -> None
     assert len(user.replies()) == 1
 
 
-def test_busy_while_another_worker_holds_the_users_lock(user: User) -> None:
+def test_busy_while_another_worker_holds_the_conversations_lock(user: User) -> None:
     message_id = user.store("hi")
-    user.redis.set(f"flows:lock:{PHONE}", "someone-else", px=30_000)
+    lock = LOCK_KEY.format(conversation_id=user.conversation_id)
+    user.redis.set(lock, "someone-else", px=30_000)
     with pytest.raises(Busy):
         user.step(message_id)
-    user.redis.delete(f"flows:lock:{PHONE}")
+    user.redis.delete(lock)
     assert user.step(message_id) == 1
 
 
@@ -153,7 +163,7 @@ def test_a_handed_off_conversation_gets_no_answer(user: User) -> None:
 
 def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
     user.step(user.store("1"))
-    Sessions(user.redis).clear(PHONE)  # what 30 minutes without a message does
+    Sessions(user.redis).clear(session_key(user.target))  # what 30 minutes without a message does
     outcome_id = user.store("ORD-12345")
     assert user.step(outcome_id) == 1
     assert "1. Report a defect" in user.replies()[-1]
@@ -187,3 +197,43 @@ def test_through_the_real_router_in_menu_mode(user: User) -> None:
     ]
     assert "Order ORD-12345" in bodies[-1]
     assert len(bodies) == 3
+
+
+def test_each_business_number_is_its_own_menu_with_its_own_cursor(user: User) -> None:
+    """One contact writing to two of our numbers has two conversations, which do not wait for each other:
+    the later message's step may run first, and must neither skip the earlier one nor fill its form."""
+    number_2 = add_conversation(user.db, user.contact_id, "+15550008888")
+    user.step(user.store("1"))  # number 1: report a defect, which order?
+    to_number_1 = user.store("ORD-12345")
+    to_number_2 = add_inbound(user.db, user.contact_id, number_2, "ORD-12345")
+    user.redis.set(ROUTED_KEY.format(message_id=to_number_2), 1)
+    target_2 = Target(to_number_2, number_2, user.contact_id, PHONE)
+    assert process(target_2, conn=user.db, redis_client=user.redis, pack=user.pack, reply=queue_reply) == 1
+    assert user.step(to_number_1) == 1
+    assert user.handled(to_number_1)
+    assert user.handled(to_number_2)
+    assert "1. Report a defect" in user.replies(number_2)[-1]  # number 2 had no form going: the menu
+    assert "What type of defect?" in user.replies()[-1]  # number 1's form took its own answer
+
+
+def test_a_flow_state_in_the_users_own_session_is_ignored(user: User) -> None:
+    """A deploy finds sessions kept per user by the previous version: the conversation starts over."""
+    old_cursor = user.store("hi")
+    user.db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (old_cursor,))
+    Sessions(user.redis).save(
+        PHONE,
+        {
+            "flow": {
+                "pack": "shopfloor",
+                "flow": "report_defect",
+                "step": 0,
+                "answers": {},
+                "found": {},
+                "last_message_id": old_cursor + 5,
+            }
+        },
+    )
+    answer = user.store("ORD-12345")
+    assert user.step(answer) == 1
+    assert "1. Report a defect" in user.replies()[-1]
+    assert user.flow["last_message_id"] == answer

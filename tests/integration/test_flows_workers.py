@@ -10,7 +10,7 @@ import psycopg
 import redis
 
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import ROUTED_KEY
+from shared.flows.service import ROUTED_KEY, Target, session_key
 from shared.queues import Job, get_publisher
 from shared.sessions import Sessions
 from tests.integration.flows_support import add_inbound, make_conversation
@@ -73,7 +73,8 @@ def test_twenty_rapid_answers_across_four_workers(
         "SELECT data FROM flow_records WHERE kind = 'maintenance' AND contact_id = %s", (contact_id,)
     )
     assert ticket.fetchone()["data"] == {"machine_id": "MACH-001", "issue_type": "Bearing", "urgency": "High"}
-    flow = Sessions(redis_client).load(PHONE)["flow"]
+    conversation = Target(ids[-1], conversation_id, contact_id, PHONE)
+    flow = Sessions(redis_client).load(session_key(conversation))["flow"]
     assert flow["flow"] == "report_maintenance"
     assert flow["step"] == 0
     assert flow["last_message_id"] == ids[-1]
