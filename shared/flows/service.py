@@ -20,9 +20,11 @@ Ordering and exactly-once across several ``flows`` worker processes:
   *before* that write, under the idempotency key ``reply:<inbound id>``: a worker dying in between makes
   the redelivered task redo the same step from the same state, and the reply and any record it creates
   (unique on the source message) happen once. A redelivered task whose message is already at or below
-  the saved id does nothing, so a flow never advances twice. The lock expires (``LOCK_SECONDS``) if its
-  holder dies; before each save the holder checks it still owns the lock, and stops if not (the next
-  holder redoes the step, idempotently).
+  the saved id does nothing, so a flow never advances twice. The message is marked handled only after
+  that write; a step stopped in between (a killed worker, a database error) leaves it unmarked, holding
+  the conversation's turn, so every step first marks the saved id's message handled (idempotent). The
+  lock expires (``LOCK_SECONDS``) if its holder dies; before each save the holder checks it still owns
+  the lock, and stops if not (the next holder redoes the step, idempotently).
 - Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
   i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
@@ -162,9 +164,16 @@ def _process_locked(
     sessions = Sessions(redis_client)
     state = sessions.load(session_key(target)).get(SESSION_KEY) or {}
     cursor = state.get("last_message_id")
-    if isinstance(cursor, int) and target.message_id <= cursor:
-        log.info("flows.step_already_done", message_id=target.message_id)
-        return 0
+    if isinstance(cursor, int):
+        # The state is saved before its message is marked handled, so a step stopped in between (a killed
+        # worker, a database error) left the cursor's message answered but unmarked, holding its
+        # conversation's turn; mark it now (a no-op when it is marked). Only the cursor: an earlier id may be
+        # a message the drain passed over, which the flow never answered.
+        repository.mark_handled(conn, cursor)
+        if target.message_id <= cursor:
+            conn.commit()
+            log.info("flows.step_already_done", message_id=target.message_id)
+            return 0
     ttl = get_settings().session_ttl_seconds
     since = (now or datetime.now(UTC)) - timedelta(seconds=ttl)
     rows = repository.pending_inbound(

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 import redis
 
+from shared.flows import repository
 from shared.flows.pack import Pack, load_pack
 from shared.flows.seed import seed_shopfloor
 from shared.flows.service import LOCK_KEY, ROUTED_KEY, Busy, Target, process, session_key
@@ -237,3 +238,56 @@ def test_a_flow_state_in_the_users_own_session_is_ignored(user: User) -> None:
     assert user.step(answer) == 1
     assert "1. Report a defect" in user.replies()[-1]
     assert user.flow["last_message_id"] == answer
+
+
+def _mark_handled_fails_once(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """The database (or the worker) fails right after the step saved its state, before marking it handled."""
+    real = repository.mark_handled
+
+    def fail_once(conn: psycopg.Connection, message_id: int) -> None:
+        monkeypatch.setattr(repository, "mark_handled", real)
+        raise error
+
+    monkeypatch.setattr(repository, "mark_handled", fail_once)
+
+
+@pytest.mark.parametrize(
+    "error", [psycopg.OperationalError("server closed the connection"), SystemExit("worker killed")]
+)
+def test_a_step_stopped_before_marking_its_message_marks_it_when_redelivered(
+    user: User, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """Else the answered message would hold its conversation's turn until the stale grace (5 minutes)."""
+    hi = user.store("hi")
+    _mark_handled_fails_once(monkeypatch, error)
+    with pytest.raises(type(error)):
+        user.step(hi)
+    assert user.flow["last_message_id"] == hi
+    assert not user.handled(hi)
+    assert user.step(hi) == 0  # the task again, retried or redelivered: nothing to answer twice
+    assert user.handled(hi)
+    assert len(user.replies()) == 1
+
+
+def test_an_earlier_message_drained_but_not_marked_is_marked_by_the_next_step(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hi, one = user.store("hi"), user.store("1")
+    _mark_handled_fails_once(monkeypatch, SystemExit("worker killed"))
+    with pytest.raises(SystemExit):
+        user.step(one)  # drains hi first, and dies after saving it
+    assert user.step(one) == 1
+    assert user.handled(hi)
+    assert user.handled(one)
+    assert len(user.replies()) == 2
+
+
+def test_a_message_the_drain_passed_over_is_not_marked_handled_by_its_late_task(user: User) -> None:
+    """Its routing failed for good, so the flow never answered it: it must not look answered."""
+    lost = user.store("1", routed=False)
+    hi = user.store("hi")
+    assert user.step(hi, now=datetime.now(UTC) + timedelta(minutes=6)) == 1
+    user.db.execute("UPDATE messages SET routed_at = now() WHERE id = %s", (lost,))
+    assert user.step(lost) == 0
+    assert not user.handled(lost)
+    assert user.handled(hi)
