@@ -48,14 +48,16 @@ SELECT c.status, k.opted_out
 FROM conversations c JOIN contacts k ON k.id = c.contact_id
 WHERE c.id = %(conversation_id)s
 """
-# The inbound messages a step answers, oldest first: those after the last one handled for this user
-# (or, when that is unknown, those young enough to belong to the live session), up to the step's own.
+# The inbound messages a step answers, oldest first: those not yet handled after the last one the
+# conversation's flow handled (or, when that is unknown, those young enough to belong to the live
+# session), up to the step's own, which is there however old, unless it is handled too (a task
+# redelivered after its session expired must not replay its step on an empty state).
 _PENDING_INBOUND = """
 SELECT id, body, payload, created_at, routed_at
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'
-  AND id > %(after_id)s AND id <= %(upto_id)s
-  AND ((created_at >= %(since)s AND handled_at IS NULL) OR id = %(upto_id)s)
+  AND id > %(after_id)s AND id <= %(upto_id)s AND handled_at IS NULL
+  AND (created_at >= %(since)s OR id = %(upto_id)s)
 ORDER BY id
 """
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"

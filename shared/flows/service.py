@@ -32,7 +32,8 @@ Ordering and exactly-once across several ``flows`` worker processes:
   An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
   (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good).
 - When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
-  it; then only messages younger than the session TTL are considered. So is a flow state left in the
+  it; then only messages younger than the session TTL and not handled are considered, and a step whose
+  own message is handled does nothing. So is a flow state left in the
   user's own session by a version that kept one per user: it is ignored, and the conversation starts
   over at the menu.
 """
@@ -180,6 +181,11 @@ def _process_locked(
         conn, target.conversation_id, cursor if isinstance(cursor, int) else 0, target.message_id, since
     )
     conn.commit()
+    if not rows or rows[-1]["id"] != target.message_id:
+        # Already handled, by a step whose state has since expired: nothing to redo. Earlier messages
+        # still unanswered have tasks of their own.
+        log.info("flows.step_already_handled", message_id=target.message_id)
+        return 0
     handled = 0
     for row in rows:
         if row["id"] != target.message_id:

@@ -291,3 +291,12 @@ def test_a_message_the_drain_passed_over_is_not_marked_handled_by_its_late_task(
     assert user.step(lost) == 0
     assert not user.handled(lost)
     assert user.handled(hi)
+
+
+def test_a_handled_message_redelivered_after_the_session_expired_changes_nothing(user: User) -> None:
+    one = user.store("1")
+    assert user.step(one) == 1
+    Sessions(user.redis).clear(session_key(user.target))  # 30 minutes go by, then the task comes again
+    assert user.step(one) == 0
+    assert user.flow == {}  # not a defect report begun behind the user's back
+    assert len(user.replies()) == 1
