@@ -20,6 +20,11 @@ def _key(user_key: str) -> str:
     return _PREFIX + user_key
 
 
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
 class Sessions:
     """Load, save and clear sessions; ``user_key`` is the contact's E.164 phone (or Meta BSUID)."""
 
@@ -51,6 +56,13 @@ class Sessions:
 
     def clear(self, user_key: str) -> bool:
         return bool(self._redis.delete(_key(user_key)))
+
+    def clear_all(self, user_key: str) -> int:
+        """Clear the user's session and the menu states of each of their conversations
+        (``<user key>/conversation/<id>``, shared/flows/service.py); how many there were."""
+        pattern = _key(_glob_escaped(user_key)) + "/conversation/*"
+        keys = [_key(user_key), *self._redis.scan_iter(match=pattern, count=500)]
+        return int(self._redis.delete(*keys))
 
     def list(self, limit: int = 100, cursor: int = 0) -> tuple[int, list[tuple[str, int]]]:
         """A page of live sessions as (user_key, seconds left), and the cursor for the next page (0: end)."""

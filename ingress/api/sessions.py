@@ -89,7 +89,8 @@ def list_sessions() -> Response:
 @bp.delete("/<string:phone>")
 @require_api_key
 def delete_session(phone: str) -> Response:
-    """Clear the session of the user with this phone number (any usual format); 404 if there is none."""
+    """Clear the session of the user with this phone number (any usual format), and the menu state of each
+    of their conversations; 404 if there is none."""
     try:
         user_key = normalize(phone, current_settings().default_region, strict=False)
     except InvalidPhone as exc:
@@ -97,6 +98,6 @@ def delete_session(phone: str) -> Response:
     sessions = _sessions()
     if sessions is None:
         return _no_redis()
-    if not sessions.clear(user_key):
+    if not sessions.clear_all(user_key):
         return api_error(404, "not_found", "no session for that phone number")
     return Response(status=204)

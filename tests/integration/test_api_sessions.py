@@ -82,12 +82,17 @@ def test_deletes_a_session_by_phone_in_any_format(client: FlaskClient, redis_cli
     sessions = Sessions(redis_client, ttl_seconds=600)
     sessions.save("+14155550101", {"project_id": "p"})
     sessions.save("+14155550102", {"project_id": "q"})
+    # The menu state of each of their conversations (shared/flows/service.py session_key) goes too.
+    for key in ("+14155550101/conversation/7", "+14155550101/conversation/8", "+14155550102/conversation/9"):
+        sessions.save(key, {"flow": {"name": "order"}})
 
     response = client.delete("/api/v1/sessions/(415)%20555-0101", headers=KEY)
 
     assert response.status_code == 204
     assert sessions.load("+14155550101") == {}
+    assert sessions.load("+14155550101/conversation/7") == sessions.load("+14155550101/conversation/8") == {}
     assert sessions.load("+14155550102") == {"project_id": "q"}
+    assert sessions.load("+14155550102/conversation/9") == {"flow": {"name": "order"}}
     again = client.delete("/api/v1/sessions/+14155550101", headers=KEY)
     assert again.status_code == 404
     assert again.get_json()["error"]["code"] == "not_found"
