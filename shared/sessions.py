@@ -2,12 +2,20 @@
 
 A session lives 30 minutes (``WAPIPE_SESSION_TTL``) after the user's last message, so an abandoned form
 expires by itself. It is shared by every worker process, which is why it is in Redis and not in memory.
+
+A session is keyed by phone, but a phone can change hands (unlinked, then linked to another account), so
+the workspace and project selection is stored with the id of the user who made it (``user_id``) and read
+back only for that user: :meth:`Sessions.selected`. Binding the selection, rather than clearing sessions
+wherever a link changes (the verify worker, the links API, a user moving to a new number), holds whatever
+path changed the link, and costs a user whose session predates it one ``/project``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import redis
 
@@ -23,6 +31,14 @@ def _key(user_key: str) -> str:
 def _glob_escaped(text: str) -> str:
     """``text`` matched literally by a Redis SCAN pattern."""
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The workspace and project ids (as stored, strings) a user has chosen; None when not chosen."""
+
+    workspace_id: str | None = None
+    project_id: str | None = None
 
 
 class Sessions:
@@ -53,6 +69,26 @@ class Sessions:
                 data[name] = value
         self.save(user_key, data)
         return data
+
+    def selected(self, user_key: str, user_id: UUID | None) -> Selection:
+        """What ``user_id`` selected on this number: nothing when another user made the selection."""
+        data = self.load(user_key)
+        if user_id is None or data.get("user_id") != str(user_id):
+            return Selection()
+        return Selection(data.get("workspace_id"), data.get("project_id"))
+
+    def select(
+        self, user_key: str, user_id: UUID, *, workspace_id: str | None, project_id: str | None
+    ) -> None:
+        """Record ``user_id``'s selection (a None id removes it), replacing whoever's was there."""
+        self.update(user_key, user_id=str(user_id), workspace_id=workspace_id, project_id=project_id)
+
+    def forget_project(self, user_key: str, project_id: str | None) -> None:
+        """Drop the selected project if it is still ``project_id``: one found unusable, not a newer choice."""
+        data = self.load(user_key)
+        if project_id is not None and data.get("project_id") == project_id:
+            data.pop("project_id")
+            self.save(user_key, data)
 
     def clear(self, user_key: str) -> bool:
         return bool(self._redis.delete(_key(user_key)))

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from uuid import UUID
 
 import openai
 
 from shared.ai.assistant import generate_reply
 from shared.ai.openai_parser import parse_proposal
 from shared.ai.proposal import ProposalError
-from shared.db import chat_context, conversations, messages, proposals
+from shared.bot.commands import CHOOSE_PROJECT
+from shared.db import chat_context, conversations, messages, proposals, workspaces
 from shared.db.messages import InboundRecord, get_inbound
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
@@ -30,10 +32,6 @@ from workers import stage_task
 
 log = get_logger(__name__)
 
-CHOOSE_PROJECT = (
-    "📁 Choose a project first: send /project <name> (or /list projects to see them), "
-    "then send your message again."
-)
 NOT_LINKED = "🔗 Link your WhatsApp to your account first: ask the app for a code and send VERIFY <code>."
 NO_ITEMS = "🤔 I could not find a task in that: {reason}"
 
@@ -55,7 +53,12 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
         answer(message_id, NOT_LINKED)
         return "not_linked"
     sessions = sessions or Sessions(get_publisher().redis)
-    project_id = sessions.load(record.user_key).get("project_id")
+    project_id = sessions.selected(record.user_key, record.user_id).project_id
+    if project_id and not _may_use(record.user_id, project_id):
+        # Left the workspace or archived since /project: answered as if none were chosen, before a model
+        # call. persist.save_proposal checks again as it writes.
+        sessions.forget_project(record.user_key, project_id)
+        project_id = None
     if not project_id:
         answer(message_id, CHOOSE_PROJECT)
         return "no_project"
@@ -76,6 +79,11 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     get_publisher().publish([job])
     log.info("proposal parsed", message_id=message_id, parser=parser, items=len(proposal.items))
     return "parsed"
+
+
+def _may_use(user_id: UUID, project_id: str) -> bool:
+    with connection() as conn:
+        return workspaces.usable_project(conn, user_id, project_id) is not None
 
 
 @stage_task("ai.parse_proposal")

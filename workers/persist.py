@@ -12,6 +12,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from shared.ai.proposal import Proposal
+from shared.bot.commands import CHOOSE_PROJECT
 from shared.db import messages, proposals
 from shared.db.messages import get_inbound
 from shared.db.pool import transaction
@@ -66,6 +67,8 @@ def save_proposal(
 
     ``project_id`` is the project chosen when the message was parsed; without it, the sender's current
     session project is used. An invalid proposal dict is logged and dropped (retrying cannot fix it).
+    When the sender may no longer use the project nothing is stored: the selection is dropped and they are
+    asked to choose a project, and None is returned.
     """
     settings = settings or get_settings()
     try:
@@ -79,8 +82,16 @@ def save_proposal(
     record = get_inbound(message_id)
     if project_id is None:
         sessions = sessions or Sessions(get_publisher().redis)
-        project_id = sessions.load(record.user_key).get("project_id")
+        project_id = sessions.selected(record.user_key, record.user_id).project_id
     saved = proposals.save(message_id, model, parser, user_id=record.user_id, project_id=project_id)
+    if saved is None:
+        # Removed from the workspace, project archived, or number relinked since the parse: the check is
+        # the insert's own, so nothing was written. A redelivery refuses the same way and answers nothing new.
+        sessions = sessions or Sessions(get_publisher().redis)
+        sessions.forget_project(record.user_key, project_id)
+        answer(message_id, CHOOSE_PROJECT)
+        log.warning("proposal refused: project not usable", message_id=message_id)
+        return None
     answer(message_id, reply_text(saved.id, model, settings))
     log.info("proposal saved", message_id=message_id, proposal_id=str(saved.id), new=saved.created)
     return saved.id

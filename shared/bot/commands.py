@@ -3,8 +3,9 @@
 :func:`respond` is a plain function from a message and its sender to the reply text; the
 ``commands.handle`` task (``workers/commands.py``) only loads the message, calls it and queues the reply.
 The user's selection (``workspace_id``, ``project_id``) lives in their Redis session (30-minute TTL,
-renewed on each message) and is re-checked against their memberships every time, so a stale session
-never shows a workspace they have left.
+renewed on each message), bound to their user id (a number relinked to another account starts with
+none), and is re-checked against their memberships every time, so a stale session never shows a
+workspace they have left.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from shared.bot.matching import best_matches
 from shared.db import workspaces as repo
 from shared.db.pool import connection
 from shared.db.workspaces import Project, Workspace
-from shared.sessions import Sessions
+from shared.sessions import Selection, Sessions
 
 HELP_TEXT = (
     "Commands:\n"
@@ -37,6 +38,13 @@ LINKING_INSTRUCTIONS = (
     "👋 This WhatsApp number is not linked to an account yet.\n\n"
     "To link it: in the app, open your profile settings and ask for a WhatsApp code, "
     "then send it here as:\n\nVERIFY 123456\n\n(with your own 6-digit code; it is valid for 10 minutes)."
+)
+
+# Free text without a usable project: none chosen, or one the user may no longer use (workers/ai.py and
+# workers/persist.py).
+CHOOSE_PROJECT = (
+    "📁 Choose a project first: send /project <name> (or /list projects to see them), "
+    "then send your message again."
 )
 
 TASK_LIST_LIMIT = 20
@@ -57,7 +65,7 @@ class _Context:
     user: ChatUser
     user_id: UUID
     sessions: Sessions
-    session: dict
+    selection: Selection
 
     def workspaces(self) -> list[Workspace]:
         return repo.workspaces_for_user(self.conn, self.user_id)
@@ -65,13 +73,13 @@ class _Context:
     def current_workspace(self) -> Workspace | None:
         """The selected workspace, or the only one when the user has just one."""
         mine = self.workspaces()
-        chosen = [ws for ws in mine if str(ws.id) == self.session.get("workspace_id")]
+        chosen = [ws for ws in mine if str(ws.id) == self.selection.workspace_id]
         if chosen:
             return chosen[0]
         return mine[0] if len(mine) == 1 else None
 
     def current_project(self) -> Project | None:
-        project_id = self.session.get("project_id")
+        project_id = self.selection.project_id
         if not project_id:
             return None
         found = [p for p in repo.projects_for_user(self.conn, self.user_id) if str(p.id) == project_id]
@@ -91,7 +99,7 @@ def respond(text: str, user: ChatUser, sessions: Sessions) -> str:
             return f"I don't know {words[0]}.\n\n{HELP_TEXT}"
         return HELP_TEXT
     with connection() as conn:
-        ctx = _Context(conn, user, user.user_id, sessions, sessions.load(user.key))
+        ctx = _Context(conn, user, user.user_id, sessions, sessions.selected(user.key, user.user_id))
         return handler(ctx, argument)
 
 
@@ -129,11 +137,11 @@ def _workspace(ctx: _Context, argument: str) -> str:
             "\n\nSend /workspace with more of the name."
         )
     chosen = found[0]
-    if ctx.session.get("workspace_id") != str(chosen.id):
+    if ctx.selection.workspace_id != str(chosen.id):
         # A project belongs to one workspace: switching workspace drops a project from another one.
         project = ctx.current_project()
         kept = str(project.id) if project is not None and project.workspace_id == chosen.id else None
-        ctx.sessions.update(ctx.user.key, workspace_id=str(chosen.id), project_id=kept)
+        ctx.sessions.select(ctx.user.key, ctx.user_id, workspace_id=str(chosen.id), project_id=kept)
     return f"✅ Workspace: {chosen.name}\nChoose a project with /project <name>, or /project to list them."
 
 
@@ -153,7 +161,9 @@ def _project(ctx: _Context, argument: str) -> str:
             "\n\nSend /project with more of the name."
         )
     chosen = found[0]
-    ctx.sessions.update(ctx.user.key, workspace_id=str(chosen.workspace_id), project_id=str(chosen.id))
+    ctx.sessions.select(
+        ctx.user.key, ctx.user_id, workspace_id=str(chosen.workspace_id), project_id=str(chosen.id)
+    )
     where = "" if workspace else f" ({_workspace_names(ctx).get(chosen.workspace_id, '')})"
     return (
         f"✅ Project: {chosen.name}{where}\n"

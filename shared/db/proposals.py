@@ -16,16 +16,18 @@ from psycopg.rows import dict_row
 from shared.ai.proposal import Proposal
 from shared.db.errors import wrap_errors
 from shared.db.pool import connection, transaction
+from shared.db.workspaces import USABLE_PROJECTS
 
-# The user and project are looked up rather than trusted: a project deleted since the user chose it (the
-# choice lives in a Redis session) leaves project_id NULL instead of failing the save on the foreign key.
-_INSERT_PROPOSAL = """
+# The project comes from the sender's Redis session, chosen when /project checked their membership. It is
+# taken only if the user may still use it (shared/db/workspaces.py's USABLE_PROJECTS), checked by this
+# INSERT itself so no removal or archiving can slip between a check and the write: no row selected, none
+# inserted. The casts type the parameters, which a SELECT (unlike VALUES) does not take from the columns.
+_INSERT_PROPOSAL = f"""
 INSERT INTO proposals (source_message_id, user_id, project_id, summary, total_estimated_hours,
                        confidence, parser)
-VALUES (%(source_message_id)s,
-        (SELECT id FROM users WHERE id = %(user_id)s),
-        (SELECT id FROM projects WHERE id = %(project_id)s),
-        %(summary)s, %(total)s, %(confidence)s, %(parser)s)
+SELECT %(source_message_id)s::bigint, m.user_id, p.id, %(summary)s::text, %(total)s::numeric,
+       %(confidence)s::real, %(parser)s::text
+{USABLE_PROJECTS} AND p.id = %(project_id)s
 ON CONFLICT (source_message_id) DO NOTHING
 RETURNING id
 """
@@ -62,10 +64,12 @@ def save(
     user_id: UUID | str | None,
     project_id: UUID | str | None,
     conn: psycopg.Connection | None = None,
-) -> Saved:
-    """Store ``proposal`` and its items in one transaction; idempotent on ``source_message_id``.
+) -> Saved | None:
+    """Store ``proposal`` and its items in ``project_id`` in one transaction; idempotent on
+    ``source_message_id`` (a proposal already stored for it is returned as it is).
 
-    ``user_id`` / ``project_id`` that are not valid UUIDs or no longer exist are stored as NULL.
+    Returns None, storing nothing, when ``user_id`` may not use ``project_id`` (not a member of its
+    workspace, archived, unknown, or either is missing).
     """
     user_id, project_id = _uuid_or_none(user_id), _uuid_or_none(project_id)
     if conn is None:
@@ -86,7 +90,7 @@ def save(
         ).fetchone()
         if row is None:
             existing = cur.execute(_ID_BY_SOURCE, {"source_message_id": source_message_id}).fetchone()
-            return Saved(existing["id"], created=False)
+            return Saved(existing["id"], created=False) if existing is not None else None
         proposal_id = row["id"]
         cur.executemany(
             _INSERT_ITEM,

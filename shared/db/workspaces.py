@@ -42,13 +42,20 @@ FROM workspaces w JOIN workspace_members m ON m.workspace_id = w.id
 WHERE m.user_id = %(user_id)s
 ORDER BY w.name, w.id
 """
-_PROJECTS_FOR_USER = """
-SELECT p.id, p.workspace_id, p.name, p.archived, p.created_at
+# The projects a chat user may use: live ones in a workspace they belong to. /project offers these, and a
+# proposal is only inserted into one of them (shared/db/proposals.py), so a selection kept in the Redis
+# session is worth nothing once its user has left the workspace or the project is archived.
+USABLE_PROJECTS = """
 FROM projects p JOIN workspace_members m ON m.workspace_id = p.workspace_id
 WHERE m.user_id = %(user_id)s AND NOT p.archived
+"""
+_PROJECT_COLUMNS = "p.id, p.workspace_id, p.name, p.archived, p.created_at"
+_PROJECTS_FOR_USER = f"""
+SELECT {_PROJECT_COLUMNS} {USABLE_PROJECTS}
   AND (%(workspace_id)s::uuid IS NULL OR p.workspace_id = %(workspace_id)s::uuid)
 ORDER BY p.name, p.id
 """
+_USABLE_PROJECT = f"SELECT {_PROJECT_COLUMNS} {USABLE_PROJECTS} AND p.id = %(project_id)s"
 _TASKS_FOR_PROJECT = """
 SELECT id, project_id, title, status, priority, estimated_hours, due_date, created_at
 FROM tasks WHERE project_id = %(project_id)s
@@ -145,6 +152,17 @@ def projects_for_user(
     with wrap_errors():
         rows = conn.execute(_PROJECTS_FOR_USER, {"user_id": user_id, "workspace_id": workspace_id}).fetchall()
     return [Project(**row) for row in rows]
+
+
+def usable_project(conn: psycopg.Connection, user_id: UUID, project_id: UUID | str) -> Project | None:
+    """The project if ``user_id`` may use it now (see ``USABLE_PROJECTS``), else None."""
+    try:
+        project_id = UUID(str(project_id))
+    except ValueError:
+        return None
+    with wrap_errors():
+        row = conn.execute(_USABLE_PROJECT, {"user_id": user_id, "project_id": project_id}).fetchone()
+    return Project(**row) if row else None
 
 
 def tasks_for_project(conn: psycopg.Connection, project_id: UUID, limit: int = 20) -> list[Task]:

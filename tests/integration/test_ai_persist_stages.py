@@ -65,7 +65,7 @@ def test_text_without_items_gets_a_clear_reply(
     clean: None, db: psycopg.Connection, sessions: Sessions
 ) -> None:
     seed(PHONE)
-    sessions.update(PHONE, project_id=str(_project(db)))
+    sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db)))
     message_id = store_inbound(db, "🙂 Friday")
     assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_items"
     assert replies(db)[0].startswith("🤔 I could not find a task in that")
@@ -76,7 +76,7 @@ def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
 ) -> None:
     seed(PHONE)
     project_id = _project(db)
-    sessions.update(PHONE, project_id=str(project_id))
+    sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(project_id))
     message_id = store_inbound(db, TEXT)
 
     assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "parsed"
@@ -130,7 +130,9 @@ def test_real_workers_turn_a_message_into_a_proposal_once(
     wait_for: Any,
 ) -> None:
     seed(PHONE)
-    Sessions(redis_client, ttl_seconds=1800).update(PHONE, project_id=str(_project(db)))
+    Sessions(redis_client, ttl_seconds=1800).select(
+        PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db))
+    )
     message_id = store_inbound(db, TEXT)
     worker = start_worker(
         ["ai", "persist"], env={"WAPIPE_AI": "offline", "WAPIPE_APP_URL": "https://app.example.com"}

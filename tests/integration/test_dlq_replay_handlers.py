@@ -19,7 +19,7 @@ import redis
 
 from shared.cli import main as wapipe
 from shared.commands.dlq import replay
-from shared.commands.seed_demo import seed
+from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.db.errors import Unavailable
 from shared.sessions import Sessions
 from tests.integration.test_bot_workers import PHONE, replies, store_inbound
@@ -80,7 +80,9 @@ def given_up_parse(db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> i
 def project_chosen(db: psycopg.Connection, redis_client: redis.Redis) -> uuid.UUID:
     seed(PHONE)
     project_id = db.execute("SELECT id FROM projects ORDER BY name LIMIT 1").fetchone()["id"]
-    Sessions(redis_client, ttl_seconds=1800).update(PHONE, project_id=str(project_id))
+    Sessions(redis_client, ttl_seconds=1800).select(
+        PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(project_id)
+    )
     return project_id
 
 

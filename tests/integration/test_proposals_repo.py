@@ -10,7 +10,8 @@ import psycopg
 
 from shared.ai.offline import parse_offline
 from shared.commands.seed_demo import DEMO_USER_ID, seed
-from shared.db import proposals
+from shared.db import proposals, users, workspaces
+from shared.db.pool import transaction
 from tests.integration.test_bot_workers import store_inbound
 
 TEXT = "Write API docs (2h), add rate limiting (5h) and set up CI (1h) by Monday"
@@ -42,10 +43,11 @@ def test_saves_the_proposal_and_its_items(clean: None, db: psycopg.Connection) -
 
 
 def test_a_second_save_returns_the_same_id_and_changes_nothing(clean: None, db: psycopg.Connection) -> None:
+    seed()
     message_id = store_inbound(db, TEXT)
-    first = proposals.save(message_id, PROPOSAL, "offline", user_id=None, project_id=None)
+    first = proposals.save(message_id, PROPOSAL, "offline", user_id=DEMO_USER_ID, project_id=_project(db))
     other = parse_offline("Refactor the auth module", dt.date(2026, 1, 27))
-    second = proposals.save(message_id, other, "gpt-4o-mini", user_id=None, project_id=None)
+    second = proposals.save(message_id, other, "gpt-4o-mini", user_id=DEMO_USER_ID, project_id=_project(db))
     assert second.id == first.id
     assert not second.created
     assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 1
@@ -55,13 +57,17 @@ def test_a_second_save_returns_the_same_id_and_changes_nothing(clean: None, db: 
 
 
 def test_concurrent_saves_store_one_proposal(clean: None, db: psycopg.Connection) -> None:
+    seed()
     message_id = store_inbound(db, TEXT)
+    project_id = _project(db)
     ids: list[uuid.UUID] = []
     barrier = threading.Barrier(4)
 
     def save() -> None:
         barrier.wait()
-        ids.append(proposals.save(message_id, PROPOSAL, "offline", user_id=None, project_id=None).id)
+        saved = proposals.save(message_id, PROPOSAL, "offline", user_id=DEMO_USER_ID, project_id=project_id)
+        assert saved is not None
+        ids.append(saved.id)
 
     threads = [threading.Thread(target=save) for _ in range(4)]
     for thread in threads:
@@ -73,21 +79,41 @@ def test_concurrent_saves_store_one_proposal(clean: None, db: psycopg.Connection
     assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 3
 
 
-def test_an_unknown_project_or_user_is_stored_as_null(clean: None, db: psycopg.Connection) -> None:
+def test_nothing_is_saved_in_a_project_the_user_may_not_use(clean: None, db: psycopg.Connection) -> None:
+    seed()
     message_id = store_inbound(db, TEXT)
-    saved = proposals.save(message_id, PROPOSAL, "offline", user_id=uuid.uuid4(), project_id="not-a-uuid")
-    stored = proposals.get(saved.id)
-    assert stored is not None
-    assert stored["project_id"] is None
-    assert stored["user_id"] is None
+    project_id = _project(db)
+    outsider = uuid.uuid4()
+    with transaction() as conn:
+        users.ensure_user(conn, outsider)
+        other = workspaces.upsert_workspace(conn, "Other")
+        workspaces.add_member(conn, other.id, outsider)
+    refused = [
+        (outsider, project_id),  # not a member of the project's workspace
+        (uuid.uuid4(), project_id),  # no such user
+        (DEMO_USER_ID, uuid.uuid4()),  # no such project
+        (DEMO_USER_ID, "not-a-uuid"),
+        (DEMO_USER_ID, None),
+        (None, project_id),
+    ]
+    for user_id, project in refused:
+        assert proposals.save(message_id, PROPOSAL, "offline", user_id=user_id, project_id=project) is None
+    db.execute("UPDATE projects SET archived = true WHERE id = %s", (project_id,))
+    assert (
+        proposals.save(message_id, PROPOSAL, "offline", user_id=DEMO_USER_ID, project_id=project_id) is None
+    )
+    assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 0
+    assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 0
 
 
 def test_a_failed_item_insert_leaves_no_proposal(clean: None, db: psycopg.Connection) -> None:
+    seed()
     message_id = store_inbound(db, TEXT)
+    project_id = _project(db)
     db.execute("ALTER TABLE proposal_items ADD CONSTRAINT test_no_ci CHECK (title <> 'Set up CI')")
     try:
         try:
-            proposals.save(message_id, PROPOSAL, "offline", user_id=None, project_id=None)
+            proposals.save(message_id, PROPOSAL, "offline", user_id=DEMO_USER_ID, project_id=project_id)
         except psycopg.errors.CheckViolation:
             pass
         else:
