@@ -40,10 +40,10 @@ Design notes:
   are stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
   warning, and the stale predecessor is passed over as without the mark.
 - ``flows.step`` takes the turn too, but only against other stages' messages
-  (:attr:`StageTask.orders_own_messages`): its per-user Redis lock and drain already answer the flow's own
-  messages in order, without waiting for their tasks to be delivered (shared/flows/service.py), yet not
-  against a ``VERIFY`` answered by the verify stage. The turn is checked before the lock is taken and
-  never while it is held, so the two cannot deadlock.
+  (:attr:`StageTask.orders_own_messages`): its per-conversation Redis lock and drain already answer the
+  flow's own messages in order, without waiting for their tasks to be delivered
+  (shared/flows/service.py), yet not against a ``VERIFY`` answered by the verify stage. The turn is
+  checked before the lock is taken and never while it is held, so the two cannot deadlock.
 - A stage that reads its message first anyway can read the turn in the same statement and hand it to
   :func:`take_turn` from its task body, instead of having :func:`in_turn` read it apart
   (``commands.handle``: shared/db/answers.py reads the message, its stored reply and its turn at once).
