@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from shared import embedded
 
@@ -15,6 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     folder = embedded.resolve_data_dir(args.data_dir)
-    stopped = embedded.stop(folder)
+    try:
+        stopped = embedded.stop(folder)
+    except embedded.EmbeddedError as exc:
+        print(f"wapipe down: {exc}", file=sys.stderr)
+        return 1
     print(f"stopped {' and '.join(stopped)} in {folder}" if stopped else f"nothing running in {folder}")
     return 0

@@ -41,7 +41,7 @@ from shared.embedded.folder import (
     secret,
     write_private_json,
 )
-from shared.embedded.processes import EmbeddedError, find_process
+from shared.embedded.processes import EmbeddedError
 
 __all__ = [
     "DATABASE_URL_VAR",
@@ -100,27 +100,34 @@ def stop(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
         return []
     stopped = []
     with locked(folder, "servers"):
+        state = read_state(folder)
         if postgres_server.stop(folder):
             stopped.append("postgres")
-        if valkey_server.stop(folder):
+        if valkey_server.stop(folder, state.get("valkey") or {}):
             stopped.append("valkey")
-        state = read_state(folder)
         for entry in state.values():
             if isinstance(entry, dict):
                 entry.pop("pid", None)
+                entry.pop("started", None)
         if state:
             write_private_json(folder / STATE_FILE, state)
     return stopped
 
 
 def discover(data_dir: str | os.PathLike[str] | None = None) -> Servers:
-    """URLs of the embedded servers running for this data folder (per servers.json, pids checked)."""
+    """URLs of the embedded servers running for this data folder (per servers.json, processes identified)."""
     folder = resolve_data_dir(data_dir)
     state = read_state(folder)
     urls: dict[str, str | None] = {"postgres": None, "valkey": None}
     for name in urls:
         entry = state.get(name)
-        if isinstance(entry, dict) and find_process(entry.get("pid"), name) is not None:
+        if not isinstance(entry, dict) or entry.get("pid") is None:
+            continue
+        if name == "postgres":
+            pid = postgres_server.running_pid(folder)
+        else:
+            pid = valkey_server.running_pid(folder, entry)
+        if pid == entry.get("pid"):
             urls[name] = entry.get("url")
     return Servers(database_url=urls["postgres"], redis_url=urls["valkey"])
 

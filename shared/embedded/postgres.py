@@ -9,6 +9,7 @@ on 127.0.0.1 only with password (scram) logins and no Unix socket.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import pwd
 import stat
@@ -24,10 +25,12 @@ from shared.embedded.processes import (
     START_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     EmbeddedError,
-    find_process,
     free_port,
+    live_process,
     log_tail,
+    started_near,
     terminate,
+    working_dir,
 )
 
 DATABASE_NAME = "wapipe"
@@ -143,21 +146,56 @@ def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> Non
         pw_path.unlink(missing_ok=True)
 
 
-def _postmaster(pgdata: Path) -> tuple[psutil.Process | None, int | None]:
-    """The running postmaster of ``pgdata`` and its port, per postmaster.pid; clears a stale file."""
+def _server_dir(proc: psutil.Process) -> Path | None:
+    """The data directory ``proc`` serves: its working folder (a postmaster chdirs to PGDATA), else -D."""
+    folder = working_dir(proc)
+    if folder is not None:
+        return folder
+    try:
+        argv = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for flag, value in itertools.pairwise(argv):
+        if flag == "-D":
+            return Path(value).resolve()
+    return None
+
+
+def _postmaster(pgdata: Path, *, clear_stale: bool = True) -> tuple[psutil.Process | None, int | None]:
+    """The running postmaster of ``pgdata`` and its port, per postmaster.pid; clears a stale file.
+
+    The file's documented lines (https://www.postgresql.org/docs/current/storage-file-layout.html,
+    ``src/include/miscadmin.h``): 1 pid, 2 data directory, 3 start time (epoch seconds), 4 port. The pid
+    is ours only if that process started at that time and serves this directory; a pid recycled after a
+    crash or a reboot (another cluster's postmaster, a ``psql``) is left alone and reported not running.
+    """
     pid_file = pgdata / "postmaster.pid"
     try:
         lines = pid_file.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return None, None
-    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
-    port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
-    proc = find_process(pid, "postgres")
-    if proc is None:
-        # A crash or a reboot left it behind; PostgreSQL itself would refuse a recycled pid that is alive.
+    fields = [*lines, "", "", "", ""]
+    pid = int(fields[0]) if fields[0].strip().isdigit() else None
+    recorded_dir = Path(fields[1].strip()).resolve() if fields[1].strip() else None
+    started = int(fields[2]) if fields[2].strip().isdigit() else None
+    port = int(fields[3]) if fields[3].strip().isdigit() else None
+    here = pgdata.resolve()
+    proc = live_process(pid)
+    same_start = proc is not None and started_near(proc, started)
+    serves = _server_dir(proc) if proc is not None else None
+    if proc is not None and same_start and serves == here and recorded_dir == here:
+        return proc, port
+    if clear_stale and (proc is None or not same_start or (serves is not None and serves != here)):
+        # Certainly not this folder's postmaster (gone, a recycled pid, or another folder's server whose
+        # file was copied here). PostgreSQL would refuse to start while the pid is alive as our user.
         pid_file.unlink(missing_ok=True)
-        return None, None
-    return proc, port
+    return None, None
+
+
+def running_pid(data_dir: Path) -> int | None:
+    """The pid of the postmaster serving this data folder, None when it is not running (nothing changed)."""
+    proc, _port = _postmaster(data_dir / "postgres", clear_stale=False)
+    return proc.pid if proc is not None else None
 
 
 def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
@@ -228,5 +266,8 @@ def stop(data_dir: Path) -> bool:
             timeout=STOP_TIMEOUT_SECONDS + 40,
         )
     except (EmbeddedError, subprocess.TimeoutExpired):
-        terminate(proc)
+        if not terminate(proc):
+            raise EmbeddedError(
+                f"PostgreSQL (pid {proc.pid}) did not stop and may not be signalled by this user"
+            ) from None
     return True

