@@ -2,16 +2,25 @@
 
 With no ``WAPIPE_DATABASE_URL`` / ``WAPIPE_REDIS_URL`` it starts (or reuses) the embedded PostgreSQL and
 Valkey under the data folder first; they keep running after ``wapipe up`` exits, until ``wapipe down``.
+
+One ``wapipe up`` per data folder: it holds an exclusive ``flock`` on ``<data_dir>/up.lock`` for its whole
+life, and "running" means that lock is held. The kernel drops the lock when the process dies however it
+dies, so a kill -9 or a reboot leaves nothing to clean up and no pid to guess about; ``up.json`` only says
+where the running one listens.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from shared import embedded
 from shared.embedded.processes import port_is_free
@@ -24,6 +33,7 @@ HELP = (
     "running afterwards; `wapipe down` stops them)."
 )
 UP_FILE = "up.json"
+LOCK_FILE = "up.lock"
 
 # (queues, processes) per worker: a small footprint for a 2-core laptop. Fast queues share one pool;
 # notify and status carry the outbound volume; the slow queues get prefetch 1 (see wapipe worker).
@@ -42,14 +52,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
 
 
+def _try_lock(path: Path) -> IO[str] | None:
+    """``path`` opened and exclusively locked, or None when another process holds the lock."""
+    handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the caller's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextlib.contextmanager
+def up_lock(folder: Path) -> Iterator[bool]:
+    """Hold this data folder's ``wapipe up`` lock for the block; yields False when another ``up`` has it.
+
+    The file is never deleted (a process could lock a deleted file while another creates a new one), and
+    it is opened close-on-exec, so the children and the detached servers do not keep it after we exit.
+    """
+    handle = _try_lock(folder / LOCK_FILE)
+    try:
+        yield handle is not None
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
+
+
+def up_is_running(folder: Path) -> bool:
+    """Whether a ``wapipe up`` runs on this data folder: its lock is held (taken and released to test)."""
+    if not (folder / LOCK_FILE).exists():
+        return False
+    with up_lock(folder) as acquired:
+        return not acquired
+
+
 def running_up(folder: Path) -> dict[str, object] | None:
-    """What a live ``wapipe up`` on this data folder recorded (its pid, local and public URLs)."""
+    """What the live ``wapipe up`` on this data folder recorded (its pid, local and public URLs).
+
+    None when none runs; empty while it is still starting (before its migrations are applied).
+    """
+    if not up_is_running(folder):
+        return None
     try:
         info = json.loads((folder / UP_FILE).read_text(encoding="utf-8"))
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return info if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def child_specs(port: int, web_workers: int) -> list[ChildSpec]:
@@ -99,19 +147,22 @@ def banner(local_url: str, folder: Path, settings: Settings, *, custom_dir: bool
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.db.migrate import migrate
-    from shared.settings import get_settings
-
     folder = embedded.resolve_data_dir(args.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[embedded.DATA_DIR_VAR] = str(folder)
-    other = running_up(folder)
-    if other is not None:
-        print(
-            f"wapipe up: already running for {folder} (pid {other['pid']}, {other.get('url')})",
-            file=sys.stderr,
-        )
-        return 1
+    with up_lock(folder) as acquired:
+        if not acquired:
+            other = running_up(folder) or {}
+            where = f" (pid {other['pid']}, {other.get('url')})" if "pid" in other else ""
+            print(f"wapipe up: already running for {folder}{where}", file=sys.stderr)
+            return 1
+        return _run_locked(args, folder)
+
+
+def _run_locked(args: argparse.Namespace, folder: Path) -> int:
+    from shared.db.migrate import migrate
+    from shared.settings import get_settings
+
     if not port_is_free(args.port):
         print(
             f"wapipe up: port {args.port} on 127.0.0.1 is taken; choose another with --port", file=sys.stderr

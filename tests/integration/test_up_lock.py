@@ -1,0 +1,86 @@
+"""One `wapipe up` per data folder, known by the lock it holds rather than by a pid that can be recycled."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.commands.up import running_up
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "var"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def other_up(data_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the data folder's `wapipe up` lock, as a running `wapipe up` does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(data_dir / "up.lock")], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "locked\n"
+    yield holder
+    holder.kill()
+    holder.wait()
+
+
+def _wapipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    # Unreachable explicit URLs: nothing embedded is started, and an `up` that got past its checks fails
+    # quickly on its migrations instead of running.
+    env = {
+        **os.environ,
+        "WAPIPE_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+        "WAPIPE_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_second_up_refuses_while_the_first_holds_the_folder(
+    data_dir: Path, other_up: subprocess.Popen[str]
+) -> None:
+    # The first `up` is still applying migrations: it has written no up.json yet.
+    assert running_up(data_dir) == {}
+
+    second = _wapipe("up", "--data-dir", str(data_dir), "--port", "1")
+
+    assert second.returncode == 1
+    assert f"already running for {data_dir}" in second.stderr
+
+
+def test_an_up_json_left_by_a_killed_up_does_not_block_the_next(data_dir: Path) -> None:
+    # kill -9 or a reboot: up.json stays behind and its pid now belongs to a live, unrelated process.
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (data_dir / "up.json").write_text(json.dumps({"pid": unrelated.pid, "url": "http://127.0.0.1:8000"}))
+
+        assert running_up(data_dir) is None
+        again = _wapipe("up", "--data-dir", str(data_dir), "--port", "1")
+        assert "already running" not in again.stderr
+    finally:
+        unrelated.kill()
+        unrelated.wait()
