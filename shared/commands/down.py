@@ -1,4 +1,8 @@
-"""``wapipe down``: stop the embedded PostgreSQL and Valkey that ``wapipe up`` left running."""
+"""``wapipe down``: stop the embedded PostgreSQL and Valkey that ``wapipe up`` left running.
+
+Not under a running ``wapipe up``: its workers would lose their servers mid-task (a send in flight ends
+``outcome_unknown``). ``--force`` stops them anyway.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,24 @@ HELP = "Stop the embedded servers of the data folder (their data stays; the next
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+    parser.add_argument(
+        "--force", action="store_true", help="stop the servers even while `wapipe up` runs on this folder"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from shared.commands.up import running_up
+
     folder = embedded.resolve_data_dir(args.data_dir)
+    up = running_up(folder)
+    if up is not None and not args.force:
+        pid = f" (pid {up['pid']})" if "pid" in up else ""
+        print(
+            f"wapipe down: wapipe up is running for {folder}{pid}; stop it first (Ctrl-C in its terminal, "
+            "or SIGTERM), then run wapipe down again. --force stops the servers under it.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         stopped = embedded.stop(folder)
     except embedded.EmbeddedError as exc:

@@ -1,4 +1,5 @@
-"""One `wapipe up` per data folder, known by the lock it holds rather than by a pid that can be recycled."""
+"""One `wapipe up` per data folder, known by the lock it holds rather than by a pid that can be recycled;
+`wapipe down` does not pull the embedded servers from under it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import embedded
 from shared.commands.up import running_up
 
 HOLD_LOCK = """
@@ -23,10 +25,11 @@ time.sleep(120)
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
+def data_dir(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "var"
     folder.mkdir()
-    return folder
+    yield folder
+    embedded.stop(folder)
 
 
 @pytest.fixture
@@ -84,3 +87,33 @@ def test_an_up_json_left_by_a_killed_up_does_not_block_the_next(data_dir: Path) 
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_down_refuses_under_a_running_up_unless_forced(
+    data_dir: Path, other_up: subprocess.Popen[str]
+) -> None:
+    servers = embedded.start(data_dir, postgres=False)
+
+    refused = _wapipe("down", "--data-dir", str(data_dir))
+
+    assert refused.returncode == 1
+    assert "wapipe up is running" in refused.stderr
+    assert "stop it first" in refused.stderr
+    assert embedded.discover(data_dir) == servers
+
+    forced = _wapipe("down", "--data-dir", str(data_dir), "--force")
+
+    assert forced.returncode == 0, forced.stderr
+    assert "stopped valkey" in forced.stdout
+    assert embedded.discover(data_dir) == embedded.Servers()
+
+
+def test_down_stops_the_servers_once_up_has_exited(data_dir: Path, other_up: subprocess.Popen[str]) -> None:
+    embedded.start(data_dir, postgres=False)
+    other_up.kill()
+    other_up.wait()
+
+    down = _wapipe("down", "--data-dir", str(data_dir))
+
+    assert down.returncode == 0, down.stderr
+    assert "stopped valkey" in down.stdout
