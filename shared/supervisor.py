@@ -3,8 +3,11 @@
 Each child runs in its own session (so a Ctrl-C at the terminal reaches only the supervisor, which then
 stops the children in order instead of every process at once) and gets SIGTERM from the kernel if the
 supervisor itself dies (``PR_SET_PDEATHSIG``), so a ``kill -9`` of ``wapipe up`` leaves no orphans either.
-Stopping sends SIGTERM to each child's whole process group (gunicorn and Celery then stop their own
-workers gracefully), waits, and escalates to SIGKILL for whatever is left.
+Stopping sends SIGTERM to each child's main process only, never to its whole process group: gunicorn's
+master and Celery's main process then stop their own workers gracefully (Celery's warm shutdown lets each
+pool process finish its current task, while a pool process that got SIGTERM itself would abort the task:
+billiard resets the signal's handling in its children). It waits, then escalates to SIGKILL for the whole
+group of whatever is left.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ RESTART_BACKOFF_START = 1.0
 RESTART_BACKOFF_MAX = 30.0
 # A child that ran this long before dying is restarted at once: it was healthy, not crash-looping.
 HEALTHY_AFTER_SECONDS = 30.0
+# How long a stop waits for the children before killing them. gunicorn bounds its own graceful stop
+# (graceful_timeout = 20 in ingress/gunicorn_conf.py); Celery's warm shutdown waits for the tasks running
+# right now, which is unbounded short of the task time limit (5 minutes: too long for a Ctrl-C). 30 s lets
+# the usual task finish (a webhook's stages, a send batch, one model request) and the rare longer one
+# (a model call in its retries) is killed and redelivered: tasks are acks_late and safe to run twice.
+STOP_TIMEOUT_SECONDS = 30.0
 
 
 def _die_with_parent() -> None:
@@ -75,7 +84,7 @@ class Supervisor:
         specs: Sequence[ChildSpec],
         env: Mapping[str, str],
         *,
-        stop_timeout: float = 20.0,
+        stop_timeout: float = STOP_TIMEOUT_SECONDS,
         out: TextIO = sys.stderr,
     ) -> None:
         self._children = [_Child(spec) for spec in specs]
@@ -159,19 +168,21 @@ class Supervisor:
             time.sleep(0.02)
 
     def stop_all(self) -> None:
-        """SIGTERM every child's process group, wait, then SIGKILL what remains."""
+        """SIGTERM every child's main process, wait, then SIGKILL the process group of what remains."""
         running = [c.process for c in self._children if c.process is not None]
         for process in running:
             if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
+                # Popen.send_signal, not os.kill: it does nothing once the child has been reaped, so it
+                # cannot hit a recycled pid.
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self._stop_timeout
         for process in running:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._say(f"pid {process.pid} did not stop in {self._stop_timeout:.0f}s; killing it")
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             # The leader is gone; anything still in its group is an orphaned worker.
             self._reap_group(process.pid)

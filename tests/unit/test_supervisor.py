@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -84,3 +85,57 @@ def test_a_child_that_dies_is_restarted_with_growing_backoff() -> None:
     supervisor._check(now + 1.1)
     assert "restarting in 2s" in out.getvalue()
     supervisor.stop_all()
+
+
+# Like a Celery worker: the leader starts a pool process in its process group, which runs a "task". The
+# pool process aborts its task on SIGTERM (billiard's pool children do); the leader, on SIGTERM, waits for
+# the pool process's current task to finish, then exits (Celery's warm shutdown). Both note what happened
+# in the file $STOP_LOG.
+NOTE = "import os; note = lambda line: open(os.environ['STOP_LOG'], 'a').write(line + chr(10))"
+POOL_CHILD = f"""
+import signal, sys, time
+{NOTE}
+def abort(signum, frame):
+    note("pool child got SIGTERM")
+    sys.exit(1)
+signal.signal(signal.SIGTERM, abort)
+note("task started")
+time.sleep(2)
+note("task finished")
+"""
+WARM_SHUTDOWN_LEADER = f"""
+import signal, subprocess, sys
+{NOTE}
+stop = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+pool = subprocess.Popen([sys.executable, "-c", {POOL_CHILD!r}])
+while not stop:
+    signal.pause()
+note("leader got SIGTERM")
+pool.wait()
+note("leader stopped")
+"""
+
+
+def test_stop_lets_a_worker_finish_the_task_its_pool_child_is_running(tmp_path: Path) -> None:
+    log = tmp_path / "stop.log"
+    supervisor = Supervisor(
+        [ChildSpec("worker", [sys.executable, "-c", WARM_SHUTDOWN_LEADER])],
+        {"STOP_LOG": str(log)},
+        stop_timeout=15.0,
+        out=io.StringIO(),
+    )
+    supervisor._spawn(supervisor._children[0])
+    for _ in range(200):
+        if log.exists() and "task started" in log.read_text():
+            break
+        time.sleep(0.05)
+
+    supervisor.stop_all()
+
+    assert log.read_text().splitlines() == [
+        "task started",
+        "leader got SIGTERM",
+        "task finished",
+        "leader stopped",
+    ]
