@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.providers.base import MAX_RETRY_AFTER_SECONDS
+
 # KEYS: the user's window, the notice marker. ARGV: window ms, limit, member (the zero-padded message id).
 # Returns {allowed, send_notice}. The message's rank in the window (not the count) decides, so running the
 # check again for the same message gives the same answer; the notice marker remembers WHICH message got
@@ -292,5 +294,9 @@ class RateLimiter:
         )
 
     def block_sender(self, sender: str, seconds: float) -> None:
-        """The provider asked this number to slow down: no slot is booked for ``seconds`` (every process)."""
-        self._block(keys=[f"pace:block:{sender}"], args=[max(1, int(seconds * 1000))])
+        """The provider asked this number to slow down: no slot is booked for ``seconds`` (every process),
+        at most MAX_RETRY_AFTER_SECONDS: one answer must not stop the number for days."""
+        if not seconds > 0:  # also NaN: nothing to wait for
+            return
+        milliseconds = int(min(seconds, MAX_RETRY_AFTER_SECONDS) * 1000)
+        self._block(keys=[f"pace:block:{sender}"], args=[max(1, milliseconds)])

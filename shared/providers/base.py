@@ -9,6 +9,7 @@ sent), and its ``payload`` holds the typed content under the key named like the 
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -124,6 +125,29 @@ class SendResult(_Model):
     provider: str
     provider_message_id: str
     status: str = "sent"
+
+
+# The longest wait a provider's Retry-After is taken at. It blocks the sender number for every process
+# (shared/ratelimit.py block_sender), so one huge value (a proxy's, a misconfigured gateway's) must not stop
+# every send from the number for days. Real throttles ask for seconds to a minute; a longer outage is still
+# waited out, as a 429 after the block blocks again and each send's own backoff grows to the broker's
+# MAX_COUNTDOWN_SECONDS (shared/queues.py).
+MAX_RETRY_AFTER_SECONDS = 300.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """The delay a ``Retry-After`` header asks for, finite, at most :data:`MAX_RETRY_AFTER_SECONDS`; None
+    when absent or not a non-negative number (an HTTP date is rare from these providers: the backoff
+    schedule applies instead). https://www.rfc-editor.org/rfc/rfc9110#field.retry-after"""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 class SendError(Exception):

@@ -74,9 +74,12 @@ def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None)
     )
 
 
-def retry_after_header(seconds: float | None) -> dict[str, str]:
-    """The ``Retry-After`` header for a scripted error, none when ``seconds`` is None."""
-    return {"Retry-After": f"{seconds:g}"} if seconds is not None else {}
+def retry_after_header(seconds: float | str | None) -> dict[str, str]:
+    """The ``Retry-After`` header for a scripted error, none when ``seconds`` is None; a string is sent
+    as it is (a huge number written out, ``inf``, an HTTP date)."""
+    if seconds is None:
+        return {}
+    return {"Retry-After": seconds if isinstance(seconds, str) else f"{seconds:g}"}
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -135,7 +135,7 @@ class FakeTwilioAPI(FakeServer):
         *,
         code: int | None = None,
         message: str = "",
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         times: int = 1,
     ) -> None:
         """Answer the next ``times`` requests with this error (Twilio's error JSON, Retry-After if given)."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.providers.base import MAX_RETRY_AFTER_SECONDS
 from shared.providers.console import CHANNEL, ConsoleSender
 from shared.providers.twilio.client import TwilioSender
 from shared.replies import queue_reply
@@ -168,6 +169,24 @@ def test_a_long_retry_after_goes_back_to_the_queue_for_later(db, redis_client, f
     # The retry then sends it.
     assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
     assert len(fake_twilio.created()) == 1
+
+
+@pytest.mark.parametrize("retry_after", ["999999999", "inf"])
+def test_a_huge_retry_after_blocks_the_number_no_longer_than_the_cap(
+    db, redis_client, fake_twilio, monkeypatch, retry_after: str
+) -> None:
+    monkeypatch.setattr(notify, "_pacers", {})  # a pacer keeps the settings it was made with
+    message_id = a_reply()
+    fake_twilio.respond(429, code=20429, message="Too Many Requests", retry_after=retry_after)
+    settings = twilio_settings(fake_twilio)
+
+    notify.dispatch_many([message_id], settings=settings, sender=TwilioSender(settings))
+
+    [block] = redis_client.keys("pace:block:*")
+    assert 0 < redis_client.pttl(block) <= MAX_RETRY_AFTER_SECONDS * 1000
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"], row["attempts"]) == ("queued", "20429", 1)
+    assert len(fake_twilio.requests()) == 1
 
 
 def test_exhausted_retries_fail_the_message_and_file_a_dead_letter(db, redis_client, fake_twilio) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.providers.base import MAX_RETRY_AFTER_SECONDS
 from shared.ratelimit import RateLimiter
 
 
@@ -40,3 +41,10 @@ def test_acquire_send_slot_returns_the_wait_instead_of_blocking_long(redis_clien
     assert (
         limiter.acquire_send_slot(**kwargs, message_id=2, recipient_per_minute=1, max_wait_seconds=0.5) > 0.5
     )
+
+
+def test_block_sender_blocks_for_at_most_the_cap_whatever_it_is_given(redis_client) -> None:
+    limiter = RateLimiter(redis_client)
+    for seconds in (999_999_999.0, float("inf"), float("nan")):
+        limiter.block_sender("capped", seconds)
+        assert 0 < redis_client.pttl("pace:block:capped") <= MAX_RETRY_AFTER_SECONDS * 1000

@@ -21,7 +21,14 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from shared.logging import get_logger
 from shared.providers.aio import transport_error
-from shared.providers.base import OutboundMessage, OutboundType, OutcomeUnknown, SendError, SendResult
+from shared.providers.base import (
+    OutboundMessage,
+    OutboundType,
+    OutcomeUnknown,
+    SendError,
+    SendResult,
+    retry_after_seconds,
+)
 from shared.settings import Settings
 
 log = get_logger(__name__)
@@ -185,7 +192,7 @@ def graph_send_error(response: httpx.Response) -> SendError:
     details = (error.get("error_data") or {}).get("details")
     text = str(details or error.get("message") or f"HTTP {response.status_code}")
     label = str(code) if code is not None else f"http_{response.status_code}"
-    retry_after = _retry_after(response.headers.get("Retry-After"))
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     if response.status_code == 429 or code in THROTTLED:
         return SendError(label, text, permanent=False, retry_after=retry_after)
     if code in TEMPORARY or response.status_code >= 500:
@@ -193,14 +200,6 @@ def graph_send_error(response: httpx.Response) -> SendError:
     if code in PERMANENT or response.status_code in (400, 401, 403, 404):
         return SendError(label, text, permanent=True)
     return SendError(label, text, permanent=response.status_code < 500)
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and seconds >= 0 else None
 
 
 def build_payload(message: OutboundMessage) -> dict[str, Any]:

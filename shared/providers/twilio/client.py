@@ -74,6 +74,7 @@ from shared.providers.base import (
     SendError,
     SendResult,
     Template,
+    retry_after_seconds,
     unsupported,
 )
 from shared.settings import Settings
@@ -124,19 +125,14 @@ class _HttpClient(TwilioHttpClient):
             url = urlunsplit((self._base.scheme, self._base.netloc, parts.path, parts.query, ""))
         self._local.retry_after = None
         response = super().request(method, url, *args, **kwargs)
-        self._local.retry_after = _seconds(response.headers.get("Retry-After")) if response.headers else None
+        self._local.retry_after = (
+            retry_after_seconds(response.headers.get("Retry-After")) if response.headers else None
+        )
         return response
 
     @property
     def last_retry_after(self) -> float | None:
         return getattr(self._local, "retry_after", None)
-
-
-def _seconds(value: Any) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except (TypeError, ValueError):
-        return None  # an HTTP date: rare from Twilio; the backoff schedule applies instead
 
 
 class TwilioSender:
@@ -201,7 +197,7 @@ class TwilioSender:
                 self._messages_url, data=form, headers={"Authorization": self._authorization}
             ) as response:
                 status, text = response.status, await response.text()
-                retry_after = _seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             raise transport_error(exc, "Twilio") from exc
         try:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.providers import get_sender
-from shared.providers.base import OutboundMessage, Sender, SendError
+from shared.providers.base import MAX_RETRY_AFTER_SECONDS, OutboundMessage, Sender, SendError
 from shared.providers.meta.client import MetaSender
 from shared.settings import Settings, load_settings
 from tests.fakes.meta_graph import FakeGraph, graph_error
@@ -144,6 +144,27 @@ def test_throttling_and_server_errors_are_transient(
     assert info.value.retry_after == (float(retry_after) if retry_after else None)
     if code is not None:
         assert info.value.code == str(code)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("999999999", MAX_RETRY_AFTER_SECONDS),
+        ("inf", MAX_RETRY_AFTER_SECONDS),
+        ("nan", None),
+        ("-5", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ],
+)
+def test_a_retry_after_is_finite_and_capped(
+    graph: FakeGraph, sender: MetaSender, header: str, seconds: float | None
+) -> None:
+    # It blocks the sender number for every process: a huge value must not stop every send for days.
+    graph.respond(429, graph_error(130429, "Rate limit hit"), {"Retry-After": header})
+    with pytest.raises(SendError) as info:
+        sender.send(message())
+    assert not info.value.permanent
+    assert info.value.retry_after == seconds
 
 
 @pytest.mark.parametrize(
