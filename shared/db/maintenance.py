@@ -33,6 +33,9 @@ DELETE FROM webhook_events WHERE id IN (
     LIMIT %(batch)s
 )
 """
+_COUNT_EXPIRED_WEBHOOK_EVENTS = """
+SELECT count(*) AS n FROM webhook_events WHERE received_at < now() - make_interval(days => %(days)s)
+"""
 _PENDING_DEAD_LETTERS = """
 SELECT count(*) AS count, now() - min(created_at) AS oldest_age
 FROM dead_letters WHERE replayed_at IS NULL AND discarded_at IS NULL
@@ -55,6 +58,14 @@ def purge_webhook_events(conn: psycopg.Connection, retention_days: int, batch: i
     """Delete up to ``batch`` raw webhook events older than the retention; return how many."""
     with wrap_errors():
         return conn.execute(_PURGE_WEBHOOK_EVENTS, {"days": retention_days, "batch": batch}).rowcount
+
+
+def count_expired_webhook_events(conn: psycopg.Connection, retention_days: int) -> int:
+    """How many raw webhook events are older than the retention (an index range scan on received_at)."""
+    with wrap_errors():
+        row = conn.execute(_COUNT_EXPIRED_WEBHOOK_EVENTS, {"days": retention_days}).fetchone()
+    assert row is not None
+    return int(row["n"])
 
 
 def pending_dead_letters(conn: psycopg.Connection) -> DeadLetterSummary:

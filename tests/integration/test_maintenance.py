@@ -92,6 +92,45 @@ def test_purges_webhook_events_past_retention_in_batches(
     assert oldest.days == 29  # the 29.5-day-old event stays
 
 
+def _webhook_events(db: psycopg.Connection, count: int, age: str) -> None:
+    db.execute(
+        "INSERT INTO webhook_events (provider, body, received_at)"
+        " SELECT 'meta', '{}'::jsonb, now() - %s::interval FROM generate_series(1, %s)",
+        (age, count),
+    )
+
+
+def test_a_backlog_of_many_batches_is_purged_in_one_run(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 250 batches of 2: more than a run took when it stopped after 100 batches, whatever the backlog.
+    monkeypatch.setattr(maintenance, "BATCH_SIZE", 2)
+    _webhook_events(db, 500, "31 days")
+    _webhook_events(db, 5, "29 days")
+
+    assert maintenance.purge_webhook_events(retention_days=30) == 500
+
+    assert db.execute("SELECT count(*) AS n FROM webhook_events").fetchone()["n"] == 5
+
+
+def test_a_run_out_of_time_says_how_many_events_it_left(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "BATCH_SIZE", 2)
+    monkeypatch.setattr(maintenance, "RUN_BUDGET_SECONDS", 0.0)  # spent after the first batch
+    _webhook_events(db, 7, "31 days")
+    _webhook_events(db, 1, "1 day")
+
+    with structlog.testing.capture_logs() as logs:
+        # A logger made inside the capture: the module's may have cached an earlier configuration.
+        monkeypatch.setattr(maintenance, "log", structlog.get_logger(maintenance.__name__))
+        assert maintenance.purge_webhook_events(retention_days=30) == 2
+
+    [left] = [entry["left"] for entry in logs if entry["log_level"] == "warning"]
+    assert left == 5
+    assert db.execute("SELECT count(*) AS n FROM webhook_events").fetchone()["n"] == 6
+
+
 def test_reports_pending_dead_letters_with_count_and_oldest_age(
     db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
