@@ -14,7 +14,7 @@ from uuid import UUID
 
 import openai
 
-from shared.ai.assistant import generate_reply
+from shared.ai.assistant import generate_reply, model_prompt
 from shared.ai.openai_parser import parse_proposal
 from shared.ai.proposal import ProposalError
 from shared.bot.commands import CHOOSE_PROJECT
@@ -157,8 +157,12 @@ def reply_message(
         return "done"
     record = get_inbound(message_id)
     show_typing(record, settings, sender)
+    # The prompt is read and its transaction ended before the model call (up to a minute with retries):
+    # no pooled connection waits idle in a transaction for the model. The reply is written afterwards
+    # in its own transaction, under the idempotency key checked above.
     with connection() as conn:
-        generated = generate_reply(conn, record, settings, client)
+        prompt = model_prompt(conn, record, settings)
+    generated = generate_reply(record, settings, prompt, client)
     if generated.handoff:
         with transaction() as conn:
             conversations.set_status(conn, record.conversation_id, "handoff")

@@ -60,6 +60,14 @@ class EffectiveConfig:
 
 
 @dataclass(frozen=True)
+class ModelPrompt:
+    """What the model is asked with, read from the database before the call (:func:`model_prompt`)."""
+
+    config: EffectiveConfig
+    chat: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
 class AssistantReply:
     text: str
     source: str  # the model's name, or "offline"
@@ -125,21 +133,35 @@ def ask_model(
     return text[:MAX_REPLY_CHARS]
 
 
+def model_prompt(conn: psycopg.Connection, record: InboundRecord, settings: Settings) -> ModelPrompt | None:
+    """The number's config and the conversation's history for answering ``record`` (reads on ``conn``),
+    or None when the model is not asked (a handoff request, no model configured)."""
+    if intent_of(record.body or "") is Intent.handoff:
+        return None
+    if settings.active_ai != AIBackend.openai or not settings.openai_api_key:
+        return None
+    return ModelPrompt(effective_config(conn, record.business_number, settings), history(conn, record))
+
+
 def generate_reply(
-    conn: psycopg.Connection,
     record: InboundRecord,
     settings: Settings,
+    prompt: ModelPrompt | None,
     client: openai.OpenAI | None = None,
 ) -> AssistantReply:
-    """The reply to inbound ``record`` (reads config and history on ``conn``; writes nothing)."""
+    """The reply to inbound ``record``: the model's, asked with ``prompt``, else the offline one.
+
+    Takes no database connection: the model call can take a minute with its retries, and a transaction
+    held open across it would keep a pooled connection and its locks ("idle in transaction") that long.
+    Read the prompt with :func:`model_prompt` and end that transaction first.
+    """
     text = record.body or ""
     if intent_of(text) is Intent.handoff:
         return AssistantReply(offline_reply(text, record.profile_name).text, OFFLINE, handoff=True)
-    if settings.active_ai == AIBackend.openai and settings.openai_api_key:
-        config = effective_config(conn, record.business_number, settings)
-        chat = history(conn, record)
+    if prompt is not None:
+        config = prompt.config
         try:
-            return AssistantReply(ask_model(settings, config, chat, client), config.model)
+            return AssistantReply(ask_model(settings, config, prompt.chat, client), config.model)
         except openai.OpenAIError as exc:
             log.warning("assistant.model_unavailable", model=config.model, error=type(exc).__name__)
         except ValueError as exc:

@@ -14,6 +14,7 @@ check the model, the JSON schema and the prompt that were sent::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ class FakeOpenAI(FakeServer):
         super().__init__()
         self.content: str = json.dumps(VALID_PROPOSAL)
         self.received: list[Received] = []
+        # Called in the server's thread while a chat completion request waits for its answer: what a
+        # test looks at "during the model call" (it should record, not raise).
+        self.while_answering: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -97,6 +101,8 @@ class FakeOpenAI(FakeServer):
         if not request.path.endswith("/chat/completions"):
             self.received.append(Received("POST", request.path, headers, body, 404))
             return json_reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+        if self.while_answering is not None:
+            self.while_answering()
         answer: Scripted = self._scripted() or Scripted(200, self.content)
         self.received.append(Received("POST", request.path, headers, body, answer.status))
         if answer.raw is not None:

@@ -183,6 +183,34 @@ def test_a_redelivered_task_makes_one_reply_and_one_model_call(
     assert {kwargs["message_id"] for _, kwargs in queued(redis_client, "notify")} == {reply_id}
 
 
+def test_no_database_connection_waits_in_a_transaction_for_the_model(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # The model call can take a minute with its retries: a transaction open across it holds a pooled
+    # connection and its locks ("idle in transaction") all that time.
+    put_config(BUSINESS, system_prompt="You are Bella.", model="kimi-k2")
+    convo = conversation(db)
+    say(db, convo, "in", "earlier question")
+    message_id = say(db, convo, "in", "What time do you open?")
+    waiting: list[list[tuple[str, str]]] = []
+
+    def look() -> None:
+        rows = db.execute(
+            "SELECT state, query FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND state LIKE 'idle in%%'"
+        ).fetchall()
+        waiting.append([(row["state"], row["query"]) for row in rows])
+
+    with FakeOpenAI() as fake:
+        fake.fail(500, retry_after=0)  # a retry too: no transaction across any attempt
+        fake.content = "We open at 8."
+        fake.while_answering = look
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "kimi-k2"
+
+    assert waiting == [[], []]
+    assert reply_row(db, message_id)["body"] == "We open at 8."
+
+
 # --- model failing: the offline assistant answers, recorded as offline --------------------------------
 
 
