@@ -27,6 +27,7 @@ from tenacity import (
 from shared.ai.offline import parse_offline
 from shared.ai.proposal import Proposal, json_schema_for_model
 from shared.logging import get_logger
+from shared.providers.base import retry_after_seconds
 from shared.settings import AIBackend, Settings
 
 log = get_logger(__name__)
@@ -86,13 +87,10 @@ def _wait(state: RetryCallState) -> float:
     """Retry-After when the server sent one (429/503), else exponential backoff with jitter."""
     exc = state.outcome.exception() if state.outcome else None
     response = getattr(exc, "response", None)
-    header = response.headers.get("retry-after") if response is not None else None
-    if header:
-        try:
-            return min(max(float(header), 0.0), MAX_RETRY_AFTER_SECONDS)
-        except ValueError:
-            pass  # an HTTP date: fall back to our own backoff
-    return _backoff(state)
+    asked = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
+    if asked is not None:
+        return min(asked, MAX_RETRY_AFTER_SECONDS)
+    return _backoff(state)  # none, or not a number of seconds (an HTTP date, NaN): our own backoff
 
 
 def make_client(settings: Settings) -> openai.OpenAI:

@@ -83,7 +83,7 @@ class FakeOpenAI(FakeServer):
         """The next request gets a 200 whose message content is ``content`` (valid or not)."""
         self._script.append(Scripted(200, content))
 
-    def fail(self, status: int, retry_after: float | None = None) -> None:
+    def fail(self, status: int, retry_after: float | str | None = None) -> None:
         """The next request gets ``status`` with an OpenAI-shaped error body."""
         self._script.append(Scripted(status, None, retry_after_header(retry_after)))
 

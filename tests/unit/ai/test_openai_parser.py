@@ -75,8 +75,10 @@ def test_an_answer_outside_the_schema_falls_back_to_offline(fake: FakeOpenAI) ->
     assert proposal.total_estimated_hours == 8
 
 
-def test_429_then_200_gives_one_proposal_from_the_model(fake: FakeOpenAI) -> None:
-    fake.fail(429, retry_after=0.1)
+@pytest.mark.parametrize("retry_after", [0.1, "nan", "-1"], ids=["seconds", "nan", "negative"])
+def test_429_then_200_gives_one_proposal_from_the_model(fake: FakeOpenAI, retry_after: float | str) -> None:
+    # A Retry-After that is not a number of seconds falls back to the backoff, not into the retry's wait.
+    fake.fail(429, retry_after=retry_after)
     proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
     assert parser == "kimi-test"
     assert len(proposal.items) == 2
