@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import phonenumbers
 
@@ -27,11 +28,31 @@ def normalize(raw: str, region: str = "US", *, strict: bool = True) -> str:
 
 
 def provider_number(raw: str, region: str) -> str | None:
-    """A number a provider delivered (not strict, see :func:`normalize`) -> E.164; None when unusable."""
+    """A number a provider delivered (not strict, see :func:`normalize`) -> E.164; None when unusable.
+
+    WhatsApp numbers always carry their country code (a ``wa_id`` is E.164 without the plus), so digits
+    alone are read as international, never in ``region``: the 10-digit id ``3546123456`` is Iceland's
+    +354 612 3456, not a US number. And a number in E.164's shape that the numbering plan calls impossible
+    is kept as the provider wrote it: Mexican mobiles reach WhatsApp as +52 1 and ten digits, which
+    phonenumbers refuses since Mexico dropped that 1, yet it is the id the provider answers to; refusing it
+    lost the message (a 400 to Twilio, a route that could never store it for Meta).
+    """
+    text = _without_prefix((raw or "").strip())
+    digits = text.removeprefix("+")
+    if digits.isdigit():
+        text = "+" + digits
     try:
-        return normalize(raw, region, strict=False)
+        return normalize(text, region, strict=False)
     except InvalidPhone:
-        return None
+        return text if _E164_SHAPE.fullmatch(text) else None
+
+
+# E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
+_E164_SHAPE = re.compile(r"\+[1-9]\d{7,14}")
+
+
+def _without_prefix(text: str) -> str:
+    return text[len("whatsapp:") :] if text.lower().startswith("whatsapp:") else text
 
 
 # Cached: parsing with phonenumbers is the dearest step of a webhook or an API call, the same numbers come
@@ -39,9 +60,7 @@ def provider_number(raw: str, region: str) -> str | None:
 # but the arguments. A number that is refused is parsed again each time (exceptions are not cached).
 @functools.lru_cache(maxsize=8192)
 def _normalize(raw: str, region: str, strict: bool) -> str:
-    text = (raw or "").strip()
-    if text.lower().startswith("whatsapp:"):
-        text = text[len("whatsapp:") :]
+    text = _without_prefix((raw or "").strip())
     if not text:
         raise InvalidPhone("phone number is empty")
     # WhatsApp ids (wa_id) are E.164 digits without the plus.

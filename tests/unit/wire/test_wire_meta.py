@@ -226,3 +226,22 @@ def test_items_without_ids_are_skipped_not_fatal() -> None:
     parsed = parse_webhook(body)
     assert len(parsed.messages) == 1
     assert parsed.skipped == 2
+
+
+@pytest.mark.parametrize(
+    ("wa_id", "phone"),
+    [
+        ("5215512345678", "+5215512345678"),  # a Mexican mobile as WhatsApp writes it: kept, not lost
+        ("3546123456", "+3546123456"),  # ten digits, Iceland's: not read as a US number
+    ],
+)
+def test_every_wa_id_is_read_with_its_country_code(wa_id: str, phone: str) -> None:
+    body = load("text")
+    value = body["entry"][0]["changes"][0]["value"]
+    value["messages"][0]["from"] = wa_id
+    for contact in value.get("contacts", []):
+        contact["wa_id"] = wa_id
+
+    [message] = parse_webhook(body, region="US").messages
+
+    assert message.sender_phone == phone

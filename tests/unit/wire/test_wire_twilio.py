@@ -147,3 +147,11 @@ def test_absurd_num_media_is_bounded() -> None:
     event = parse(params)
     assert [m.url for m in event.media] == ["https://x/0"]  # type: ignore[union-attr]
     assert parse(load("inbound_text.txt") | {"NumMedia": "lots"}).media == []  # type: ignore[union-attr]
+
+
+def test_a_mexican_mobile_as_whatsapp_writes_it_is_kept() -> None:
+    # +52 1 and ten digits: the numbering plan dropped that 1, WhatsApp did not; refused, it was a 400.
+    params = {**load("inbound_text.txt"), "From": "whatsapp:+5215512345678", "WaId": "5215512345678"}
+    event = parse(params)
+    assert isinstance(event, InboundMessage)
+    assert event.sender_phone == "+5215512345678"
