@@ -22,7 +22,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from pydantic import BaseModel, ValidationError
@@ -258,12 +258,15 @@ def _enqueue(message_id: int) -> None:
     publish(notify_jobs([message_id]))
 
 
-def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> NoReturn:
-    """The row is committed but its job is not on the broker: a 503.
+def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> None:
+    """The row is committed but its job may not be on the broker: a 503, or, for a message a notify batch
+    has claimed meanwhile, nothing (it is being sent: the caller gets it as accepted).
 
-    A new message the caller gave no key is marked failed with ``queue_unavailable`` (unless a notify
-    batch claimed the committed row meanwhile: it is being sent): the caller can only send it again as a
-    new message, so this one must not also go out. One with the caller's key stays ``queued``, to be sent
+    A new message the caller gave no key is marked failed with ``queue_unavailable``: the caller can only
+    send it again as a new message, so this one must not also go out. Unless a notify batch claimed the
+    committed row first, which happens when the publish reached Redis and only its answer was lost: then
+    a 503 ("never sent, send it again") would have the caller send it twice, so it is accepted as it is.
+    One with the caller's key stays ``queued``, to be sent
     once: the caller's retry with the key publishes its job again and is answered with the message, and
     notify.sweep re-enqueues queued messages overdue by ``OVERDUE_SECONDS`` should no retry come (the
     notify claim makes a second job harmless). Failing it instead would race that retry, which can find
@@ -271,14 +274,16 @@ def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> NoReturn:
     is queued, failed for good. The same holds when the mark fails (PostgreSQL gone as well) or the
     process dies between the commit and the publish.
     """
-    if stored.new and not keyed:
-        _mark_unqueued(stored.id)
+    if stored.new and not keyed and not _mark_unqueued(stored.id):
+        log.info("api message claimed for sending although its publish failed", message_id=stored.id)
+        return
     unavailable(notify_jobs([stored.id]), reason)
 
 
-def _mark_unqueued(message_id: int) -> None:
+def _mark_unqueued(message_id: int) -> bool:
+    """Whether the message was still queued, and is now failed with ``queue_unavailable``."""
     with connection() as conn:
-        outbound_api.fail_unqueued(conn, message_id, QUEUE_UNAVAILABLE, QUEUE_UNAVAILABLE_TEXT)
+        return outbound_api.fail_unqueued(conn, message_id, QUEUE_UNAVAILABLE, QUEUE_UNAVAILABLE_TEXT)
 
 
 def _json_body() -> dict[str, Any]:

@@ -15,6 +15,7 @@ import redis
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from shared.db import outbound_api
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER
 from tests.integration.test_inbound_routing import queued
@@ -518,6 +519,28 @@ def test_a_broker_outage_is_a_503_and_a_message_without_a_key_is_reported_not_st
     # The caller can only send it again as a new message: this one must never go out as well.
     [row] = stored(db)
     assert (row["status"], row["error_code"]) == ("failed", "queue_unavailable")
+
+
+def test_a_keyless_message_claimed_for_sending_after_all_is_accepted_not_a_503(
+    db, redis_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The publish reached Redis and only its answer was lost: a notify batch claims the row before the
+    # ingress marks it failed. A 503 ("never sent, send it again") would have the caller send it twice.
+    fail_unqueued = outbound_api.fail_unqueued
+
+    def claimed_first(conn, message_id: int, code: str, message: str) -> bool:
+        db.execute("UPDATE messages SET status = 'sending' WHERE id = %s", (message_id,))
+        return fail_unqueued(conn, message_id, code, message)
+
+    monkeypatch.setattr(outbound_api, "fail_unqueued", claimed_first)
+    down = create_app(load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")).test_client()
+
+    response = post(down, {"to": CO_MOBILE, "type": "text", "text": "hi"})
+
+    [row] = stored(db)
+    assert response.status_code == 202
+    assert response.get_json()["id"] == row["id"]
+    assert (row["status"], row["error_code"]) == ("sending", None)
 
 
 def test_a_broker_outage_leaves_a_keyed_message_queued_for_the_retry_with_its_key(db, redis_client) -> None:
