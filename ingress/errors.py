@@ -1,21 +1,27 @@
 """Every 4xx/5xx as JSON: ``{"error": {"code": "...", "message": "..."}}``.
 
 Covers our own errors (:func:`api_error`), werkzeug's (404, 405 with its ``Allow`` header, 413 from
-``MAX_CONTENT_LENGTH``, 400 from an unreadable form or JSON body) and uncaught exceptions, which are
-logged with their traceback and answered with a 500 that reveals nothing about the internals.
+``MAX_CONTENT_LENGTH``, 400 from an unreadable form or JSON body), PostgreSQL being unreachable (a 503
+with Retry-After) and other uncaught exceptions, which are logged with their traceback and answered with a
+500 that reveals nothing about the internals.
 """
 
 from __future__ import annotations
 
 import re
 
+import psycopg
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from shared.db.errors import Unavailable
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
+# PostgreSQL unreachable, as the pool (a timeout waiting for a connection) or a repository says it.
+_DATABASE_DOWN = (Unavailable, psycopg.OperationalError)
+DATABASE_RETRY_AFTER_SECONDS = 5
 # Headers of werkzeug's own error responses that still apply to our JSON version.
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
@@ -47,6 +53,16 @@ def handle_http_exception(exc: HTTPException) -> Response:
 
 
 def handle_unexpected(exc: Exception) -> Response:
+    if isinstance(exc, _DATABASE_DOWN):
+        # Not a bug of ours: the database is away (a restart, a failover). Nothing was stored; a 503 says
+        # to try again, as the broker's absence does.
+        log.warning("ingress.database_unavailable", error_type=type(exc).__name__)
+        return api_error(
+            503,
+            "database_unavailable",
+            "the database cannot be reached; nothing was stored. Retry after Retry-After.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     log.error("ingress.unhandled_exception", error_type=type(exc).__name__, exc_info=exc)
     return api_error(500, "internal_error", "internal server error; it has been logged")
 

@@ -209,6 +209,15 @@ def _operation(
         replies.setdefault(
             401, Reply(f"unauthorized: {API_KEY_HEADER} is missing or not a configured key.", error=True)
         )
+        replies.setdefault(
+            503,
+            Reply(
+                "database_unavailable: PostgreSQL cannot be reached; nothing was stored. Retry after"
+                " Retry-After.",
+                headers={"Retry-After": "Seconds to wait before retrying."},
+                error=True,
+            ),
+        )
     if op.body is not None:
         replies.setdefault(
             413, Reply("request_entity_too_large: the body exceeds WAPIPE_MAX_BODY_BYTES.", error=True)

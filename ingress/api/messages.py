@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from ingress.api.common import iso
 from ingress.api.group_store import GroupStore
 from ingress.auth import require_api_key
-from ingress.errors import api_error, handle_http_exception
+from ingress.errors import api_error, handle_http_exception, handle_unexpected
 from ingress.per_app import per_app
 from ingress.publishing import publish, unavailable
 from ingress.state import PUBLISHER_KEY, current_settings
@@ -146,6 +146,8 @@ def legacy_notify() -> Response:
         response = exc.response()
     except HTTPException as exc:  # 503 from publish, 413 from a huge body
         response = handle_http_exception(exc)
+    except Exception as exc:  # the database away (503) or a bug (500): this answer carries success too
+        response = handle_unexpected(exc)
     body = response.get_json(silent=True)
     if response.status_code >= 400 and isinstance(body, dict) and "error" in body:
         response.set_data(json.dumps({"success": False, "error": body["error"]}))

@@ -15,7 +15,9 @@ import redis
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from ingress.api.group_store import GroupStore
 from shared.db import outbound_api
+from shared.db.errors import Unavailable
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER
 from tests.integration.test_inbound_routing import queued
@@ -636,3 +638,24 @@ def test_any_configured_key_opens_the_api_and_a_near_miss_does_not(db, redis_cli
     for key in ("old-ke", "old-keyy", "a-much-longer-new-key,old-key", "OLD-KEY"):
         assert client.post("/api/v1/messages", json=body, headers={"X-API-Key": key}).status_code == 401
     assert len(stored(db)) == 2
+
+
+@pytest.mark.parametrize("error", [Unavailable("connection refused"), psycopg.OperationalError("gone")])
+def test_a_database_outage_is_a_503_with_retry_after_in_both_shapes(
+    client: FlaskClient, db, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def down(*_: object, **__: object) -> None:
+        raise error
+
+    monkeypatch.setattr(GroupStore, "accept", down)
+
+    response = post(client, {"to": CO_MOBILE, "type": "text", "text": "hi"})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.get_json()["error"]["code"] == "database_unavailable"
+
+    legacy = client.post("/api/whatsapp/notify", json={"to": CO_MOBILE, "message": "hi"}, headers=AUTH)
+    assert legacy.status_code == 503
+    assert legacy.get_json()["success"] is False  # every answer of the old shape carries success
+    assert legacy.get_json()["error"]["code"] == "database_unavailable"
+    assert stored(db) == []
