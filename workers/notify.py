@@ -93,7 +93,7 @@ from typing import Any
 import kombu.exceptions
 import psycopg
 import redis
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.db import dead_letters, messages, sending
 from shared.db.errors import NotFound, Unavailable
@@ -326,12 +326,12 @@ class _Outcomes:
             )
             self.released.append(Release(record.id, delay, True, error.code, error.message))
 
-    def settle(self) -> str | Release:
+    def settle(self, *, last: bool = True) -> str | Release:
         """Write the outcomes gathered since the last settle in one transaction; this task's own message's
-        outcome (``skipped`` until written)."""
+        outcome (``skipped`` until written). ``last``: the batch's last settle, which is patient."""
         if not (self.sent or self.failed or self.dead or self.released):
             return self.own
-        _settle(self)  # raises with nothing cleared: the next settle writes these too
+        (_settle_patiently if last else _settle)(self)  # raises with nothing cleared: a next settle retries
         for message_id, _, error in self.dead:
             log.error("send dead-lettered", message_id=message_id, error_code=error.code)
         written = [
@@ -361,7 +361,8 @@ class _Outcomes:
 
 
 # The provider has the messages: recording that must not be lost to a brief database hiccup, or the rows
-# would stay 'sending' and end as "outcome unknown".
+# would stay 'sending' and end as "outcome unknown". A chunk written while the batch runs that fails even
+# so is written with the next one; the batch's last settle is patient (:func:`_settle_patiently`).
 @retry(
     retry=retry_if_exception_type(Unavailable),
     stop=stop_after_attempt(5),
@@ -379,6 +380,23 @@ def _settle(outcomes: _Outcomes) -> None:
         for message_id, attempts, error in outcomes.dead:
             if message_id in failed_now:
                 _dead_letter(conn, message_id, attempts, str(error))
+
+
+# The batch's last settle keeps trying for half the lease through a database restart or failover: given
+# up, the delivered messages it records would end as "outcome unknown" dead letters, inviting a replay that
+# sends them twice (five tries gave up after ~7 s). Past the lease it changes nothing: the sweep has taken
+# the rows, and a settle moves only rows still 'sending'.
+SETTLE_PATIENCE_SECONDS = SEND_LEASE_SECONDS / 2
+
+
+@retry(
+    retry=retry_if_exception_type(Unavailable),
+    stop=stop_after_delay(SETTLE_PATIENCE_SECONDS),
+    wait=wait_exponential(multiplier=1, max=10),
+    reraise=True,
+)
+def _settle_patiently(outcomes: _Outcomes) -> None:
+    _settle(outcomes)
 
 
 def _calling(sends: list[_Send]) -> set[int]:
@@ -506,7 +524,7 @@ def _settle_meanwhile(outcomes: _Outcomes) -> None:
     """Write a chunk of a running batch and publish its retries' jobs. Should that fail, the next chunk
     writes these outcomes too; the batch's last settle (before the task acks) raises instead."""
     try:
-        outcomes.settle()
+        outcomes.settle(last=False)
         outcomes.publish_later()
     except (Unavailable, psycopg.Error, redis.RedisError, kombu.exceptions.OperationalError) as exc:
         log.warning(

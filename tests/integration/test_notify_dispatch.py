@@ -13,10 +13,13 @@ import time
 
 import kombu.exceptions
 import pytest
+import tenacity
 
 from shared.db import sending
+from shared.db.errors import Unavailable
 from shared.db.messages import Release
 from shared.db.pool import autocommit_connection
+from shared.providers.base import SendResult
 from shared.providers.console import ConsoleSender
 from shared.ratelimit import RateLimiter
 from shared.replies import queue_reply
@@ -448,3 +451,29 @@ def test_a_broker_error_while_scheduling_a_later_send_retries_the_task(db, redis
     # The task is retried (every id looked at again), not acknowledged with the rest never looked at.
     assert isinstance(raised.value, notify.send_many_task.autoretry_for)
     assert isinstance(raised.value, notify.send_task.autoretry_for)
+
+
+def test_a_settle_outlasts_a_database_restart(db, redis_client, monkeypatch) -> None:
+    # The provider has the message: its record must not give up after a few seconds of PostgreSQL away, or
+    # the row ends as an outcome-unknown dead letter and a replay sends it twice.
+    for settle_with_retries in (notify._settle, notify._settle_patiently):
+        monkeypatch.setattr(settle_with_retries.retry, "wait", tenacity.wait_none())
+    own = a_reply_to("+15553200000")
+    with autocommit_connection() as conn:
+        [record] = sending.claim(conn, own, 0).batch
+        sending.calling(conn, [(record.id, record.unsent_claim)])
+    outcomes = notify._Outcomes(own, load_settings())
+    outcomes.add(record, SendResult(provider="console", provider_message_id="console-1"))
+    settle, failures = sending.settle, []
+
+    def restarting(*args: object, **kwargs: object) -> list[int]:
+        if len(failures) < 12:  # more failures than the old five tries
+            failures.append(1)
+            raise Unavailable("the database system is starting up")
+        return settle(*args, **kwargs)
+
+    monkeypatch.setattr(sending, "settle", restarting)
+
+    assert outcomes.settle() == "sent"  # the batch's last settle
+
+    assert message(db, own)["status"] == "sent"
