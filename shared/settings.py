@@ -98,14 +98,18 @@ class Settings(BaseSettings):
     send_rate: float = _env("WAPIPE_SEND_RATE", default=80.0, gt=0, le=1000)
     recipient_rate_per_minute: int = _env("WAPIPE_RECIPIENT_RATE", default=20, gt=0)
     # Outbound retries: exponential backoff with jitter from this base, capped at 30 min; 60 attempts span
-    # about a day. Opt-out words are whole messages, compared case-insensitively.
+    # about a day.
     send_max_attempts: int = _env("WAPIPE_SEND_MAX_ATTEMPTS", default=60, gt=0)
     send_retry_base_seconds: float = _env("WAPIPE_SEND_RETRY_BASE", default=2.0, gt=0)
+    # Opt-out and opt-in words are whole messages (or a tapped button's title or id), compared without case,
+    # accents, or punctuation and emoji around them (workers/inbound.py). The router's notices tell people
+    # to send START / ALTA and STOP / BAJA: keep those in the lists. "Stop promotions" is the title of
+    # Meta's marketing opt-out quick-reply button.
     opt_out_words: Annotated[list[str], NoDecode] = _env(
-        "WAPIPE_OPT_OUT_WORDS", default_factory=lambda: ["STOP", "UNSUBSCRIBE", "BAJA"]
+        "WAPIPE_OPT_OUT_WORDS", default_factory=lambda: ["STOP", "UNSUBSCRIBE", "BAJA", "STOP PROMOTIONS"]
     )
     opt_in_words: Annotated[list[str], NoDecode] = _env(
-        "WAPIPE_OPT_IN_WORDS", default_factory=lambda: ["START"]
+        "WAPIPE_OPT_IN_WORDS", default_factory=lambda: ["START", "ALTA"]
     )
 
     # Inbound media (workers/media.py): downloaded into this folder (default <data_dir>/media), each file at

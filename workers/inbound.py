@@ -22,7 +22,9 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import functools
+import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +50,16 @@ log = get_logger(__name__)
 OPT_OUT_TEXT = (
     "You have been unsubscribed and will receive no more messages from us. Send START to subscribe again."
 )
+# Each notice names words that opt back in or out by default (shared/settings.py): a Spanish speaker is
+# told the Spanish word.
 OPT_OUT_TEXT_ES = (
-    "Te has dado de baja y no recibirás más mensajes nuestros. Envía START para volver a suscribirte."
+    "Te has dado de baja y no recibirás más mensajes nuestros. Envía ALTA para volver a suscribirte."
 )
 OPT_IN_TEXT = "You are subscribed again. Send STOP at any time to unsubscribe."
+OPT_IN_TEXT_ES = "Vuelves a estar suscrito. Envía BAJA cuando quieras darte de baja."
+# The words, as :func:`_keyword` leaves them, answered in Spanish.
+_SPANISH_OPT_OUT = "baja"
+_SPANISH_OPT_IN = "alta"
 RATE_LIMIT_TEXT = (
     "You're sending messages too fast. Please wait a minute: messages sent meanwhile won't be answered."
 )
@@ -115,6 +123,7 @@ class _Facts:
     message_id: int
     contact_id: int
     text: str  # the body, whitespace collapsed
+    reply_id: str | None  # the id (payload) of the button or list row tapped
     user_key: str
     opted_out: bool
     conversation_status: str
@@ -183,6 +192,7 @@ def _store_new(
             message_id=stored.message_id,
             contact_id=stored.contact_id,
             text=_collapse(columns["body"]),
+            reply_id=inbound.reply.id if inbound.reply is not None else None,
             user_key=stored.phone or stored.bsuid or f"contact:{stored.contact_id}",
             opted_out=bool(stored.opted_out),
             conversation_status=stored.conversation_status,
@@ -252,6 +262,7 @@ def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
         message_id=message_id,
         contact_id=contact.id,
         text=_collapse(record.body),
+        reply_id=(record.payload.get("reply") or {}).get("id"),
         user_key=record.user_key,
         opted_out=contact.opted_out,
         conversation_status=conversation.status,
@@ -293,15 +304,38 @@ def _dispatch(
 
 def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
     """The outcome decided before the sender's rate limit is counted, or None to count it."""
-    word = facts.text.upper()
-    if word in {w.upper() for w in settings.opt_out_words}:
+    said = _said(facts)
+    if said & _keywords(settings.opt_out_words):
         return "opted_out"
-    if word in {w.upper() for w in settings.opt_in_words}:
+    if said & _keywords(settings.opt_in_words):
         return "opted_in"
     if facts.opted_out:
         # They asked for no messages: keep what they write, answer nothing until they send START.
         return "from_opted_out"
     return None
+
+
+def _said(facts: _Facts) -> set[str]:
+    """The message as opt-out and opt-in words are compared: its whole text and, for a tapped button or
+    list row, its id too (a template's quick-reply payload may say STOP where its title does not)."""
+    return {_keyword(facts.text), _keyword(facts.reply_id or "")} - {""}
+
+
+def _keywords(words: list[str]) -> set[str]:
+    return {_keyword(word) for word in words}
+
+
+# Anything but letters and digits (punctuation, emoji, symbols, joiners) around the words.
+_AROUND = re.compile(r"^[\W_]+|[\W_]+$")
+
+
+def _keyword(text: str) -> str:
+    """``text`` folded the way people vary an opt-out: case, accents, punctuation and emoji around it,
+    spacing (``¡Baja!`` and ``STOP 🙏`` are ``baja`` and ``stop``). Still the whole message: words around
+    the keyword are kept, so "please don't stop the service" never matches ``stop``."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(char for char in decomposed if unicodedata.category(char) != "Mn")
+    return " ".join(_AROUND.sub("", plain.casefold()).split())
 
 
 def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
@@ -372,12 +406,13 @@ def _decide(
     if action == "opted_out":
         with transaction() as conn:
             contacts.set_opted_out(conn, facts.contact_id, True)
-        notice = OPT_OUT_TEXT_ES if facts.text.upper() == "BAJA" else OPT_OUT_TEXT
+        notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
         queue_opt_out_notice(message_id, notice, key="opt-out")
     elif action == "opted_in":
         with transaction() as conn:
             contacts.set_opted_out(conn, facts.contact_id, False)
-        queue_reply(message_id, OPT_IN_TEXT, key="opt-in")
+        confirmation = OPT_IN_TEXT_ES if _SPANISH_OPT_IN in _said(facts) else OPT_IN_TEXT
+        queue_reply(message_id, confirmation, key="opt-in")
     elif action == "rate_limited":
         assert verdict is not None
         if verdict.send_notice:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 
 from shared.db.pool import connection
@@ -280,6 +281,49 @@ def test_spanish_and_configured_opt_out_words(db, redis_client) -> None:
     custom = load_settings(opt_out_words="PARAR")
     assert route(event("parar", phone="+15557654321"), custom).action == "opted_out"
     assert route(event("stop", phone="+15550001111"), custom).action == "handler"
+
+
+@pytest.mark.parametrize(
+    "text", ["Stop.", "STOP!", "¡Baja!", "STOP 🙏", "  Unsubscribe 😡😡 ", "¿BÁJA?", "stop\u200d", "ＳＴＯＰ"]
+)
+def test_an_opt_out_word_with_any_case_accents_punctuation_or_emoji_around_opts_out(
+    db, redis_client, text: str
+) -> None:
+    assert route(event(text), load_settings()).action == "opted_out"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is True
+
+
+@pytest.mark.parametrize("text", ["please don't stop the service", "stop stop", "STOP?! why", "stopped"])
+def test_an_opt_out_word_inside_a_longer_message_does_not_opt_out(db, redis_client, text: str) -> None:
+    assert route(event(text), load_settings()).action == "handler"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+
+
+def test_a_tapped_button_opts_out_by_its_title_or_its_id(db, redis_client) -> None:
+    # Meta's marketing opt-out quick-reply of a template, and a button whose id says what its title doesn't.
+    promotions = event("", reply={"id": "Stop promotions", "title": "Stop promotions"})
+    assert route(promotions, load_settings()).action == "opted_out"
+    by_id = event("", phone="+15557654321", reply={"id": "unsubscribe", "title": "No more offers"})
+    assert route(by_id, load_settings()).action == "opted_out"
+
+
+def test_spanish_opt_out_names_a_spanish_opt_in_word_that_works(db, redis_client) -> None:
+    settings = load_settings()
+    assert route(event("¡Baja!"), settings).action == "opted_out"
+    notice = db.execute("SELECT body FROM messages WHERE direction = 'out'").fetchone()["body"]
+    assert "Envía ALTA" in notice
+
+    assert route(event("Alta."), settings).action == "opted_in"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+    replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    assert "BAJA" in replies[-1]["body"]  # answered in Spanish, naming the Spanish word
+
+
+def test_configured_words_are_matched_as_loosely(db, redis_client) -> None:
+    custom = load_settings(opt_out_words="Parar,no más", opt_in_words="Volver")
+    assert route(event("¡PARAR!"), custom).action == "opted_out"
+    assert route(event("volver 🙂"), custom).action == "opted_in"
+    assert route(event("No  mas."), custom).action == "opted_out"
 
 
 def test_eleven_messages_in_a_minute_ten_handled_one_polite_reply_all_stored(db, redis_client) -> None:
