@@ -405,9 +405,17 @@ def _decide(
 
     if action == "opted_out":
         with transaction() as conn:
-            contacts.set_opted_out(conn, facts.contact_id, True)
-        notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
-        queue_opt_out_notice(message_id, notice, key="opt-out")
+            contact = contacts.set_opted_out(conn, facts.contact_id, True)
+            arrived = messages.get_inbound(message_id, conn).created_at
+        assert contact is not None
+        assert contact.opted_out_at is not None
+        # Opted out before this message arrived (an earlier STOP, or the API): that was confirmed, and each
+        # STOP has its own reply key, so confirming again would repeat it. The opt-out time (kept while
+        # opted out), not facts.opted_out: a route redelivered after its first run opted the contact out
+        # but died before queueing the confirmation must still send it.
+        if contact.opted_out_at >= arrived:
+            notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
+            queue_opt_out_notice(message_id, notice, key="opt-out")
     elif action == "opted_in":
         with transaction() as conn:
             contacts.set_opted_out(conn, facts.contact_id, False)

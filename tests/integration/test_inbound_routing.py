@@ -274,6 +274,28 @@ def test_stop_opts_out_with_one_confirmation_and_start_opts_back_in(db, redis_cl
     assert route(event("hello again"), settings).action == "handler"
 
 
+def test_a_stop_from_a_contact_already_opted_out_gets_no_second_confirmation(db, redis_client) -> None:
+    settings = load_settings()
+    route(event("STOP"), settings)
+    again = route(event("stop!!"), settings)
+
+    assert again.action == "opted_out"
+    assert count(db, "messages WHERE direction = 'out'") == 1
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is True
+
+
+def test_a_stop_redelivered_after_opting_out_still_sends_its_confirmation(db, redis_client) -> None:
+    settings = load_settings()
+    payload = event("STOP")
+    message_id = store(payload, settings)
+    # The first delivery opted the contact out and died before queueing the confirmation.
+    db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+
+    assert route(payload, settings).action == "opted_out"
+    notice = db.execute("SELECT idempotency_key FROM messages WHERE direction = 'out'").fetchall()
+    assert [row["idempotency_key"] for row in notice] == [f"reply:{message_id}:opt-out"]
+
+
 def test_spanish_and_configured_opt_out_words(db, redis_client) -> None:
     assert route(event("baja"), load_settings()).action == "opted_out"
     body = db.execute("SELECT body FROM messages WHERE direction = 'out'").fetchone()["body"]
