@@ -289,7 +289,7 @@ def _dispatch(
     # one message early, never answered beyond the limit. The Redis round trip holds the contact row's
     # lock a moment longer, which only that sender's next message waits for.
     verdict = _count(facts, settings)
-    if _counted_action(facts, verdict) != "handler":
+    if _counted_action(verdict) != "handler":
         return verdict, None
     handler = _handler(facts, settings)
     # Recorded before publishing (the publish follows the commit), so the handler can never run before
@@ -312,6 +312,10 @@ def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
     if facts.opted_out:
         # They asked for no messages: keep what they write, answer nothing until they send START.
         return "from_opted_out"
+    if facts.conversation_status == "handoff":
+        # A person answers this conversation: the bot says nothing, not even that they type too fast, and
+        # the message does not count toward a limit that is the bot's.
+        return "handoff"
     return None
 
 
@@ -338,13 +342,9 @@ def _keyword(text: str) -> str:
     return " ".join(_AROUND.sub("", plain.casefold()).split())
 
 
-def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
-    """The outcome once the message was counted: rate_limited, handoff or handler."""
-    if not verdict.allowed:
-        return "rate_limited"
-    if facts.conversation_status == "handoff":
-        return "handoff"
-    return "handler"
+def _counted_action(verdict: InboundVerdict) -> str:
+    """The outcome once the message was counted: rate_limited or handler."""
+    return "handler" if verdict.allowed else "rate_limited"
 
 
 def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
@@ -401,7 +401,7 @@ def _decide(
     if action is None:
         if verdict is None:
             verdict = _count(facts, settings)
-        action = _counted_action(facts, verdict)
+        action = _counted_action(verdict)
 
     if action == "opted_out":
         with transaction() as conn:

@@ -381,3 +381,17 @@ def test_a_conversation_in_handoff_is_stored_only(db, redis_client) -> None:
     assert second.action == "handoff"
     assert len(queued(redis_client, "commands")) == 1
     assert first.message_id != second.message_id
+
+
+def test_fast_typing_in_a_handed_over_conversation_gets_no_rate_limit_reply(db, redis_client) -> None:
+    settings = load_settings(rate_limit_per_minute=2)
+    route(event("I want a person"), settings)
+    db.execute("UPDATE conversations SET status = 'handoff'")
+
+    outcomes = [route(event(f"hurry {i}"), settings) for i in range(4)]
+
+    assert [o.action for o in outcomes] == ["handoff"] * 4
+    assert count(db, "messages WHERE direction = 'out'") == 0
+    # Not counted either: back with the bot, the sender has the rest of their window.
+    db.execute("UPDATE conversations SET status = 'open'")
+    assert route(event("thanks"), settings).action == "handler"
