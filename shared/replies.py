@@ -41,12 +41,12 @@ def queue_reply(inbound_id: int, text: str, *, key: str = "", payload: dict[str,
     ``{"type": "interactive", "interactive": {"kind": "buttons", "body": ..., "buttons": [...]}}``
     (see :class:`shared.providers.base.OutboundMessage`); providers that cannot send it send ``text``.
     """
-    return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=False)
+    return _queued(_queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=False))
 
 
 def queue_opt_out_notice(inbound_id: int, text: str, *, key: str) -> int:
     """The confirmation of a STOP: the one message an opted-out contact still receives."""
-    return _queue(inbound_id, text, key=key, payload=None, bypass_opt_out=True, handled=False)
+    return _queued(_queue(inbound_id, text, key=key, payload=None, bypass_opt_out=True, handled=False))
 
 
 def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
@@ -56,7 +56,16 @@ def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any]
     reply is stored, and no longer. A handler killed after the commit, before ``notify.send`` is
     enqueued, is redelivered: answering again stores nothing new and enqueues the send again.
     """
-    return _queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=True)
+    return _queued(_queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=True))
+
+
+def answer_as_bot(inbound_id: int, text: str, *, payload: dict[str, Any] | None = None) -> int | None:
+    """:func:`answer`, unless the conversation was handed to a person or its contact opted out meanwhile
+    (checked in the statement that stores the reply): then no reply is stored, the message is still
+    recorded as handled so its conversation's turn moves on, and None is returned."""
+    return _queue(
+        inbound_id, text, key="", payload=payload, bypass_opt_out=False, handled=True, only_if_bot_may=True
+    )
 
 
 def apologise(inbound_id: int) -> int | None:
@@ -80,6 +89,11 @@ def apologise(inbound_id: int) -> int | None:
     return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
 
 
+def _queued(message_id: int | None) -> int:
+    assert message_id is not None, "a reply not guarded by only_if_bot_may is always stored"
+    return message_id
+
+
 def _queue(
     inbound_id: int,
     text: str,
@@ -88,13 +102,14 @@ def _queue(
     payload: dict[str, Any] | None,
     bypass_opt_out: bool,
     handled: bool,
-) -> int:
+    only_if_bot_may: bool = False,
+) -> int | None:
     if not text:
         raise ValueError("a reply needs its plain text, even when it carries typed content")
     payload = dict(payload or {})
     kind = payload.get("type") if payload.get("type") in _TYPED else "text"
     with connection() as conn:
-        message_id, created = answers.store_reply(
+        stored = answers.store_reply(
             conn,
             inbound_id,
             key=reply_key(inbound_id, key),
@@ -104,7 +119,12 @@ def _queue(
             payload=payload,
             bypass_opt_out=bypass_opt_out,
             handled=handled,
+            only_if_bot_may=only_if_bot_may,
         )
+    if stored is None:
+        log.info("reply dropped: conversation handed over or contact opted out", inbound_id=inbound_id)
+        return None
+    message_id, created = stored
     # After the commit: notify.send must find the row. A second enqueue for the same message is harmless.
     get_publisher().publish(notify_jobs([message_id]))
     log.info("reply queued", inbound_id=inbound_id, message_id=message_id, new=created)

@@ -25,7 +25,7 @@ from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher, notify_jobs
-from shared.replies import answer, reply_key
+from shared.replies import answer, answer_as_bot, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
@@ -139,7 +139,9 @@ def reply_message(
     sender: Sender | None = None,
 ) -> str:
     """Answer inbound ``message_id`` as the assistant; return ``"done"`` when it was already answered,
-    else what produced the reply (the model's name or ``offline``).
+    ``"silent"`` when the conversation is handed to a person or its contact opted out (before the model
+    call or while it ran: nothing is sent, the message is marked handled), else what produced the reply
+    (the model's name or ``offline``).
 
     The reply is stored with the idempotency key ``reply:<message id>`` and records its source in its
     payload (``generated_by``); a handoff request also puts the conversation in 'handoff', before the
@@ -156,6 +158,13 @@ def reply_message(
             messages.mark_handled(conn, message_id)  # in case that run died before: it holds the turn
         return "done"
     record = get_inbound(message_id)
+    with transaction() as conn:
+        # Routed while the conversation was open, it may have waited for its turn behind the message that
+        # handed it to a person (or a STOP): the bot says nothing more. Marked handled, so the turn moves on.
+        if not conversations.bot_may_answer(conn, record.conversation_id):
+            messages.mark_handled(conn, message_id)
+            log.info("assistant silent: conversation handed over or contact opted out", message_id=message_id)
+            return "silent"
     show_typing(record, settings, sender)
     # The prompt is read and its transaction ended before the model call (up to a minute with retries):
     # no pooled connection waits idle in a transaction for the model. The reply is written afterwards
@@ -163,10 +172,14 @@ def reply_message(
     with connection() as conn:
         prompt = model_prompt(conn, record, settings)
     generated = generate_reply(record, settings, prompt, client)
+    payload = {"generated_by": generated.source}
     if generated.handoff:
         with transaction() as conn:
             conversations.set_status(conn, record.conversation_id, "handoff")
-    answer(message_id, generated.text, payload={"generated_by": generated.source})
+        answer(message_id, generated.text, payload=payload)  # the handoff's own confirmation: always sent
+    elif answer_as_bot(message_id, generated.text, payload=payload) is None:
+        # Handed to a person or opted out during the model call (up to a minute): the answer is dropped.
+        return "silent"
     log.info("assistant replied", message_id=message_id, source=generated.source, handoff=generated.handoff)
     return generated.source
 

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from shared.db.conversations import BOT_MAY_ANSWER
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.messages import HANDLED_SET, INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
 from shared.db.pool import autocommit
@@ -45,8 +46,8 @@ UPDATE messages SET {HANDLED_SET}
 WHERE id = %(inbound_id)s AND direction = 'in'
 RETURNING contact_id, conversation_id
 """  # noqa: S608 - constant, no input
-# Stored once per idempotency key, with the 'queued' event of its timeline. ``new_id`` is NULL when the
-# key was taken.
+# Stored once per idempotency key, with the 'queued' event of its timeline, when {guard} holds. ``new_id``
+# is NULL when the key was taken or the guard did not hold.
 _STORE_REPLY = """
 WITH inbound AS ({inbound}), reply AS (
     INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, type, body,
@@ -54,6 +55,7 @@ WITH inbound AS ({inbound}), reply AS (
     SELECT conversation_id, contact_id, 'out', %(provider)s, %(key)s, %(type)s, %(body)s, %(payload)s,
            'queued', %(bypass_opt_out)s
     FROM inbound
+    WHERE {guard}
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id
 ), queued AS (
@@ -61,8 +63,10 @@ WITH inbound AS ({inbound}), reply AS (
 )
 SELECT EXISTS (SELECT FROM inbound) AS found, (SELECT id FROM reply) AS new_id
 """
-_STORE = _STORE_REPLY.format(inbound=_INBOUND)
-_STORE_AND_HANDLE = _STORE_REPLY.format(inbound=_INBOUND_HANDLED)
+_BOT_GUARD = BOT_MAY_ANSWER.format(conversation_id="inbound.conversation_id")
+_STORE = _STORE_REPLY.format(inbound=_INBOUND, guard="true")
+_STORE_AND_HANDLE = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, guard="true")
+_STORE_AND_HANDLE_IF_BOT_MAY = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, guard=_BOT_GUARD)
 # In a statement of its own: the statement above cannot see a row committed while it waited on the key.
 _ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
 
@@ -102,14 +106,19 @@ def store_reply(
     payload: dict[str, Any],
     bypass_opt_out: bool,
     handled: bool,
-) -> tuple[int, bool]:
+    only_if_bot_may: bool = False,
+) -> tuple[int, bool] | None:
     """Store the reply to inbound ``inbound_id`` as ``queued`` under idempotency key ``key``; return (its
     id, whether it is new): the same key twice stores nothing new and returns the first reply's id.
 
     ``handled``: also record that a handler answered the message (it stops holding its conversation's
-    turn), in the same statement. ``conn`` must be idle: the reply is committed when this returns. Raises
-    ``NotFound`` when there is no such inbound message.
+    turn), in the same statement. ``only_if_bot_may`` (with ``handled``): store it only while the
+    conversation is not handed to a person and its contact has not opted out, checked in that statement;
+    None when it was not stored (the message is still recorded as handled). ``conn`` must be idle: the
+    reply is committed when this returns. Raises ``NotFound`` when there is no such inbound message.
     """
+    if only_if_bot_may and not handled:
+        raise ValueError("a reply stored only if the bot may answer is a handler's last one")
     params = {
         "inbound_id": inbound_id,
         "key": key,
@@ -120,11 +129,17 @@ def store_reply(
         "bypass_opt_out": bypass_opt_out,
     }
     with wrap_errors(), autocommit(conn):
-        row = conn.execute(_STORE_AND_HANDLE if handled else _STORE, params).fetchone()
+        if only_if_bot_may:
+            statement = _STORE_AND_HANDLE_IF_BOT_MAY
+        else:
+            statement = _STORE_AND_HANDLE if handled else _STORE
+        row = conn.execute(statement, params).fetchone()
         if row is None or not row["found"]:
             raise NotFound(f"inbound message {inbound_id}")
         if row["new_id"] is not None:
             return row["new_id"], True
         existing = conn.execute(_ID_BY_KEY, {"key": key}).fetchone()
-    assert existing is not None, "the conflicting row holds the key"
+    if existing is None:
+        assert only_if_bot_may, "the conflicting row holds the key"
+        return None
     return existing["id"], False

@@ -34,6 +34,15 @@ WHERE id = %(id)s AND status <> 'closed'
 RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
 
+# Whether the bot may still answer in conversation {conversation_id} (a parameter or a column): not
+# handed to a person, its contact not opted out. Read again as late as the answer is stored, since a
+# handoff or a STOP can land while a handler works (workers/ai.py).
+BOT_MAY_ANSWER = """EXISTS (
+    SELECT FROM conversations bv JOIN contacts bc ON bc.id = bv.contact_id
+    WHERE bv.id = {conversation_id} AND bv.status <> 'handoff' AND NOT bc.opted_out
+)"""
+_BOT_MAY_ANSWER = f"SELECT {BOT_MAY_ANSWER.format(conversation_id='%(id)s')} AS may"
+
 
 @dataclass(frozen=True)
 class Conversation:
@@ -72,3 +81,10 @@ def set_status(conn: psycopg.Connection, conversation_id: int, status: str) -> C
     with wrap_errors():
         row = conn.execute(_SET_STATUS, {"id": conversation_id, "status": status}).fetchone()
     return Conversation(**row) if row else None
+
+
+def bot_may_answer(conn: psycopg.Connection, conversation_id: int) -> bool:
+    """See :data:`BOT_MAY_ANSWER`."""
+    with wrap_errors():
+        row = conn.execute(_BOT_MAY_ANSWER, {"id": conversation_id}).fetchone()
+    return bool(row and row["may"])

@@ -325,6 +325,60 @@ def test_are_you_human_is_not_a_handoff(clean: None, db: psycopg.Connection) -> 
     assert db.execute("SELECT status FROM conversations").fetchone()["status"] == "open"
 
 
+def handled(db: psycopg.Connection, message_id: int) -> bool:
+    row = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    return row["handled_at"] is not None
+
+
+def test_a_message_routed_before_the_handoff_it_waited_behind_gets_no_ai_reply(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # "I want a person", then "hurry please" while the assistant still answers the first: the second was
+    # routed to the assistant while the conversation was open, and runs once the first set 'handoff'.
+    convo = conversation(db)
+    first = say(db, convo, "in", "I want to talk to a person")
+    second = say(db, convo, "in", "hurry please")
+    assert ai_worker.reply_message(first, OFFLINE) == "offline"
+
+    with FakeOpenAI() as fake:
+        assert ai_worker.reply_message(second, model_settings(fake)) == "silent"
+    assert fake.completions() == []
+    assert reply_row(db, second) is None
+    assert outbound_count(db) == 1  # the handoff confirmation only
+    assert handled(db, second)  # its turn is over: the conversation's next message is not held up
+
+
+def test_an_opted_out_contact_gets_no_ai_reply(clean: None, db: psycopg.Connection) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "hello")
+    db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+    with FakeOpenAI() as fake:
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "silent"
+    assert fake.completions() == []
+    assert outbound_count(db) == 0
+    assert handled(db, message_id)
+
+
+@pytest.mark.parametrize(
+    "meanwhile",
+    [
+        "UPDATE conversations SET status = 'handoff'",  # an agent took the conversation over
+        "UPDATE contacts SET opted_out = true, opted_out_at = now()",  # STOP was routed
+    ],
+)
+def test_a_reply_is_dropped_when_the_conversation_is_taken_over_during_the_model_call(
+    clean: None, db: psycopg.Connection, meanwhile: str
+) -> None:
+    message_id = say(db, conversation(db), "in", "What time do you open?")
+    with FakeOpenAI() as fake:
+        fake.content = "We open at 8."
+        fake.while_answering = lambda: db.execute(meanwhile)
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "silent"
+    assert len(fake.completions()) == 1
+    assert outbound_count(db) == 0
+    assert handled(db, message_id)
+
+
 # --- read receipt + typing indicator -------------------------------------------------------------------
 
 
