@@ -5,9 +5,10 @@ contact (created or refreshed), its live conversation (opened if none), the mess
 + provider id: a duplicate stops there), the raw event and what the decision reads; then the per-user
 rate limit and, when the handler picked by ``WAPIPE_MODE`` (INTERFACES.md, "Routing") answers it, the
 mark that it was dispatched. After the commit the handler's job is published with the message id, then
-the message is marked routed. Opt-out words, an opted-out sender, a rate-limited message and a
-conversation handed to a person are stored the same way and acted on after the commit (their replies
-read the stored message).
+the message is marked routed. Reactions and WhatsApp's system notices (never answered nor counted),
+opt-out words, an opted-out sender, a conversation handed to a person, a rate-limited message and one we
+cannot read are stored the same way and acted on after the commit (their replies read the stored
+message).
 
 Before it stores anything, a route task waits for the messages that reached the ingress before its own in
 the same conversation to be stored (shared/arrivals.py): ids, and so the order the handlers answer in,
@@ -41,7 +42,7 @@ from shared.queues import Job, get_publisher
 from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import queue_opt_out_notice, queue_reply
 from shared.settings import Mode, Settings, get_settings
-from shared.wire.events import InboundMessage, inbound_key_parts
+from shared.wire.events import InboundMessage, MessageType, inbound_key_parts
 from workers import event_task, ordering
 from workers.base import WapipeTask
 
@@ -63,6 +64,12 @@ _SPANISH_OPT_IN = "alta"
 RATE_LIMIT_TEXT = (
     "You're sending messages too fast. Please wait a minute: messages sent meanwhile won't be answered."
 )
+UNREADABLE_TEXT = "Sorry, I can't read this kind of message. Please send it as text, a photo or a document."
+
+# Events that arrive as messages but say nothing to answer: a reaction to one of ours (or its removal),
+# WhatsApp's own notices (the user changed number). Stored, never dispatched, not counted toward the
+# sender's limit: a handler would read the emoji or the notice as typed text.
+_NOT_MESSAGES = frozenset({MessageType.reaction, MessageType.system})
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,9 @@ class RouteOutcome:
     """What routing did with the message; ``action`` is one of the names below."""
 
     message_id: int | None
-    action: str  # duplicate | opted_out | opted_in | from_opted_out | rate_limited | handoff | handler
+    # duplicate | not_a_message | opted_out | opted_in | from_opted_out | handoff | rate_limited | unreadable
+    # | handler
+    action: str
     handler: str | None = None
 
 
@@ -122,6 +131,7 @@ class _Facts:
 
     message_id: int
     contact_id: int
+    type: MessageType
     text: str  # the body, whitespace collapsed
     reply_id: str | None  # the id (payload) of the button or list row tapped
     user_key: str
@@ -191,6 +201,7 @@ def _store_new(
         facts = _Facts(
             message_id=stored.message_id,
             contact_id=stored.contact_id,
+            type=inbound.type,
             text=_collapse(columns["body"]),
             reply_id=inbound.reply.id if inbound.reply is not None else None,
             user_key=stored.phone or stored.bsuid or f"contact:{stored.contact_id}",
@@ -261,6 +272,7 @@ def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
     return _Facts(
         message_id=message_id,
         contact_id=contact.id,
+        type=MessageType(record.type),
         text=_collapse(record.body),
         reply_id=(record.payload.get("reply") or {}).get("id"),
         user_key=record.user_key,
@@ -289,7 +301,7 @@ def _dispatch(
     # one message early, never answered beyond the limit. The Redis round trip holds the contact row's
     # lock a moment longer, which only that sender's next message waits for.
     verdict = _count(facts, settings)
-    if _counted_action(verdict) != "handler":
+    if _counted_action(facts, verdict) != "handler":
         return verdict, None
     handler = _handler(facts, settings)
     # Recorded before publishing (the publish follows the commit), so the handler can never run before
@@ -304,6 +316,8 @@ def _dispatch(
 
 def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
     """The outcome decided before the sender's rate limit is counted, or None to count it."""
+    if facts.type in _NOT_MESSAGES:
+        return "not_a_message"
     said = _said(facts)
     if said & _keywords(settings.opt_out_words):
         return "opted_out"
@@ -342,9 +356,17 @@ def _keyword(text: str) -> str:
     return " ".join(_AROUND.sub("", plain.casefold()).split())
 
 
-def _counted_action(verdict: InboundVerdict) -> str:
-    """The outcome once the message was counted: rate_limited or handler."""
-    return "handler" if verdict.allowed else "rate_limited"
+def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
+    """The outcome once the message was counted: rate_limited, unreadable or handler."""
+    if not verdict.allowed:
+        return "rate_limited"
+    if facts.type is MessageType.unknown:
+        # Meta's "unsupported" (a poll, a view-once photo, an edit...), a type a provider added, or a message
+        # of a known type that did not parse: there is nothing a handler could read (a menu would answer
+        # "invalid option", the assistant a guess). Silence would leave the sender waiting for an answer
+        # that never comes, so they are told, once per message, to send it another way.
+        return "unreadable"
+    return "handler"
 
 
 def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
@@ -401,7 +423,7 @@ def _decide(
     if action is None:
         if verdict is None:
             verdict = _count(facts, settings)
-        action = _counted_action(verdict)
+        action = _counted_action(facts, verdict)
 
     if action == "opted_out":
         with transaction() as conn:
@@ -425,6 +447,8 @@ def _decide(
         assert verdict is not None
         if verdict.send_notice:
             queue_reply(message_id, RATE_LIMIT_TEXT, key="rate-limit")
+    elif action == "unreadable":
+        queue_reply(message_id, UNREADABLE_TEXT, key="unreadable")
     elif action == "handler":
         handler = _handler(facts, settings)
         # Recorded before publishing, as in _dispatch.
@@ -432,7 +456,7 @@ def _decide(
             turns.mark_dispatched(conn, message_id, handler)
         get_publisher().publish([_handler_job(message_id, handler)])
         return RouteOutcome(message_id, "handler", handler)
-    # from_opted_out and handoff: stored, nothing more to do.
+    # not_a_message, from_opted_out and handoff: stored, nothing more to do.
     return RouteOutcome(message_id, action)
 
 

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,8 +17,9 @@ import redis
 from shared.db.pool import connection
 from shared.settings import Settings, load_settings
 from shared.wire.events import InboundMessage
+from shared.wire.meta import parse_webhook
 from workers import inbound
-from workers.inbound import RATE_LIMIT_TEXT, route
+from workers.inbound import RATE_LIMIT_TEXT, UNREADABLE_TEXT, route
 
 BUSINESS = "+14155238886"
 
@@ -395,3 +397,61 @@ def test_fast_typing_in_a_handed_over_conversation_gets_no_rate_limit_reply(db, 
     # Not counted either: back with the bot, the sender has the rest of their window.
     db.execute("UPDATE conversations SET status = 'open'")
     assert route(event("thanks"), settings).action == "handler"
+
+
+def meta_event(name: str) -> dict[str, Any]:
+    """The one message of a captured Meta webhook (tests/data/meta), as the ingress queues it."""
+    body = json.loads((Path(__file__).parents[1] / "data" / "meta" / f"{name}.json").read_text())
+    return parse_webhook(body).messages[0].model_dump(mode="json")
+
+
+@pytest.mark.parametrize("mode", ["project", "menu", "assistant"])
+@pytest.mark.parametrize("name", ["reaction", "system"])
+def test_a_reaction_or_system_message_is_stored_but_not_answered(
+    db, redis_client, name: str, mode: str
+) -> None:
+    outcome = route(meta_event(name), load_settings(mode=mode))
+
+    assert outcome.action == "not_a_message"
+    assert outcome.handler is None
+    for queue in ("commands", "flows", "ai", "verify", "notify"):
+        assert queued(redis_client, queue) == []
+    row = db.execute("SELECT type, routed_at, dispatched_to FROM messages").fetchone()
+    assert row["type"] == name
+    assert row["routed_at"] is not None
+    assert row["dispatched_to"] is None
+    assert count(db, "messages") == 1
+
+
+def test_a_removed_reaction_is_not_answered(db, redis_client) -> None:
+    removed = event("", type="reaction")  # Meta sends the reaction with no emoji
+    assert route(removed, load_settings()).action == "not_a_message"
+    assert queued(redis_client, "commands") == []
+
+
+def test_reactions_do_not_count_toward_the_rate_limit(db, redis_client) -> None:
+    settings = load_settings(rate_limit_per_minute=2)
+    for emoji in ("👍", "❤️", "😂", "👍"):
+        assert route(event(emoji, type="reaction"), settings).action == "not_a_message"
+    assert [route(event(f"hi {i}"), settings).action for i in range(2)] == ["handler", "handler"]
+
+
+def test_an_unsupported_message_gets_a_short_reply_and_no_handler(db, redis_client) -> None:
+    outcome = route(meta_event("unsupported"), load_settings(mode="menu"))
+
+    assert outcome.action == "unreadable"
+    assert queued(redis_client, "flows") == []
+    reply = db.execute("SELECT body, idempotency_key FROM messages WHERE direction = 'out'").fetchone()
+    assert reply["body"] == UNREADABLE_TEXT
+    assert reply["idempotency_key"] == f"reply:{outcome.message_id}:unreadable"
+    # Redelivered before it was marked routed: the same one reply.
+    db.execute("UPDATE messages SET routed_at = NULL")
+    assert route(meta_event("unsupported"), load_settings(mode="menu")).action == "unreadable"
+    assert count(db, "messages WHERE direction = 'out'") == 1
+
+
+def test_an_unsupported_message_in_a_handed_over_conversation_gets_no_reply(db, redis_client) -> None:
+    route(meta_event("text"), load_settings())
+    db.execute("UPDATE conversations SET status = 'handoff'")
+    assert route(meta_event("unsupported"), load_settings()).action == "handoff"
+    assert count(db, "messages WHERE direction = 'out'") == 0
