@@ -623,6 +623,9 @@ OPERATIONS: dict[str, Operation] = {
         path_params={"conversation_id": "The conversation's id."},
         api_key=True,
         examples={"conversation_id": 1},
+        description="Pages by message id. An id is taken when a message is stored, not when its"
+        " transaction commits, so at the live end a message can appear just after a later one: a client"
+        " following a conversation as it happens reads again from a cursor a few messages back.",
     ),
     "POST /api/v1/conversations/{conversation_id}/close": Operation(
         "conversations",

@@ -2,8 +2,12 @@
 
 Lists page by id (keyset pagination): a page is ``WHERE id < cursor`` (conversations, newest first) or
 ``WHERE id > cursor`` (a conversation's messages, oldest first), so a page costs the same however deep the
-caller has scrolled and rows arriving meanwhile never shift or repeat entries. Writes on the inbound path
-live in ``conversations.py`` / ``messages.py``; this module only adds the API's close.
+caller has scrolled and rows arriving meanwhile never shift or repeat entries. One limit: an id is taken
+when a row is inserted, not when it commits, so at the live end of a list a row can become visible after
+a later one has (a message stored in a transaction still open when its reply committed). A client that
+follows a conversation as it happens reads again from a cursor a little behind its last one (the OpenAPI
+description of the messages listing says so). Writes on the inbound path live in ``conversations.py`` /
+``messages.py``; this module only adds the API's close.
 """
 
 from __future__ import annotations
