@@ -481,10 +481,9 @@ class RouteTask(WapipeTask):
     overtake the first nor wait the 5 minutes before giving up on the second (shared/arrivals.py)."""
 
     def retry(self, *args: Any, **options: Any) -> Any:
-        request = self.request
-        if not (request.called_directly or request.is_eager):
-            countdown = options.get("countdown")
-            _mark_retrying(request, self.default_retry_delay if countdown is None else countdown)
+        due = ordering.retry_due_at(self, options)
+        if due is not None:
+            _mark_retrying(self.request, due)
         # A route that was waiting for an earlier message when the failure came would otherwise count its
         # retries' backoff as waiting, and give up on that message as soon as a long outage ends.
         return super().retry(*args, **ordering.with_fresh_clock(self, options))
@@ -504,14 +503,14 @@ def _inbound_of(args: Any, kwargs: Any) -> InboundMessage | None:
         return None
 
 
-def _mark_retrying(request: Any, countdown: float) -> None:
-    """Mark the retried route's entry as retrying, due again in ``countdown`` seconds. Best effort: without
-    the mark, a message that has waited behind it for 5 minutes already may go first."""
+def _mark_retrying(request: Any, due: float) -> None:
+    """Mark the retried route's entry as retrying, due again at ``due`` (epoch seconds). Best effort:
+    without the mark, a message that has waited behind it for 5 minutes already may go first."""
     inbound = _inbound_of(request.args, request.kwargs)
     if inbound is None:
         return
     try:
-        _line().retrying(line_of(inbound), inbound.dedupe_key, time.time() + countdown)
+        _line().retrying(line_of(inbound), inbound.dedupe_key, due)
     except redis.RedisError as exc:
         log.warning("could not mark the arrival line's entry as retrying", error_type=type(exc).__name__)
 

@@ -389,14 +389,7 @@ def _settle(outcomes: _Outcomes) -> None:
 SETTLE_PATIENCE_SECONDS = SEND_LEASE_SECONDS / 2
 
 
-@retry(
-    retry=retry_if_exception_type(Unavailable),
-    stop=stop_after_delay(SETTLE_PATIENCE_SECONDS),
-    wait=wait_exponential(multiplier=1, max=10),
-    reraise=True,
-)
-def _settle_patiently(outcomes: _Outcomes) -> None:
-    _settle(outcomes)
+_settle_patiently = _settle.retry_with(stop=stop_after_delay(SETTLE_PATIENCE_SECONDS))
 
 
 def _calling(sends: list[_Send]) -> set[int]:

@@ -278,6 +278,17 @@ def in_turn(run: F) -> F:
     return turn_then_run  # type: ignore[return-value]
 
 
+def retry_due_at(task: Task, options: Mapping[str, Any]) -> float | None:
+    """When the running ``task``'s retry after a failure, with these ``Task.retry`` options, is due
+    (epoch seconds): its countdown, or the task's default retry delay, from now. None when it runs
+    in-process (no queue to come back through)."""
+    request = task.request
+    if request.called_directly or request.is_eager:
+        return None
+    countdown = options.get("countdown")
+    return time.time() + (task.default_retry_delay if countdown is None else countdown)
+
+
 def with_fresh_clock(task: Task, options: dict[str, Any]) -> dict[str, Any]:
     """``options`` for the running ``task``'s retry after a failure, without its waiting clock
     (:data:`WAITING_SINCE_HEADER`). Celery's retry keeps the request's headers, so a task that was waiting
@@ -302,13 +313,11 @@ class StageTask(WapipeTask):
     orders_own_messages: bool = False
 
     def retry(self, *args: Any, **options: Any) -> Any:
-        request = self.request
-        message_id = message_id_of(request.args, request.kwargs)
-        if message_id is not None and not (request.called_directly or request.is_eager):
+        message_id = message_id_of(self.request.args, self.request.kwargs)
+        due = retry_due_at(self, options)
+        if message_id is not None and due is not None:
             # Before the retry is published, so no later message sees it pending without the mark.
-            countdown = options.get("countdown")
-            countdown = self.default_retry_delay if countdown is None else countdown
-            mark_retrying(message_id, time.time() + countdown)
+            mark_retrying(message_id, due)
         return super().retry(*args, **with_fresh_clock(self, options))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
