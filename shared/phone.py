@@ -23,6 +23,9 @@ def normalize(raw: str, region: str = "US", *, strict: bool = True) -> str:
     ``"310 305 5424"`` is ``+573103055424``. Provider prefixes such as ``whatsapp:`` are dropped.
     ``strict`` checks the number is assigned in its country's plan (input from API callers); numbers that
     a provider delivered to us only need to be possible, since the provider has already reached them.
+
+    A number in WhatsApp's own form for a country whose plan has moved on is given in the plan's form
+    (:func:`_plan_form`), so one person is one contact whichever way the number reached us.
     """
     return _normalize(raw, region, strict)
 
@@ -32,10 +35,10 @@ def provider_number(raw: str, region: str) -> str | None:
 
     WhatsApp numbers always carry their country code (a ``wa_id`` is E.164 without the plus), so digits
     alone are read as international, never in ``region``: the 10-digit id ``3546123456`` is Iceland's
-    +354 612 3456, not a US number. And a number in E.164's shape that the numbering plan calls impossible
-    is kept as the provider wrote it: Mexican mobiles reach WhatsApp as +52 1 and ten digits, which
-    phonenumbers refuses since Mexico dropped that 1, yet it is the id the provider answers to; refusing it
-    lost the message (a 400 to Twilio, a route that could never store it for Meta).
+    +354 612 3456, not a US number. WhatsApp's older forms of Mexican and Brazilian mobiles are given in
+    the plan's form (:func:`_plan_form`). And any other number in E.164's shape that the numbering plan
+    calls impossible is kept as the provider wrote it: it is the id the provider answers to, and refusing
+    it lost the message (a 400 to Twilio, a route that could never store it for Meta).
     """
     text = _without_prefix((raw or "").strip())
     digits = text.removeprefix("+")
@@ -70,7 +73,32 @@ def _normalize(raw: str, region: str, strict: bool) -> str:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhone(f"not a phone number: {exc}") from None
+    parsed = _plan_form(parsed) or parsed
     valid = phonenumbers.is_valid_number if strict else phonenumbers.is_possible_number
     if not valid(parsed):
         raise InvalidPhone("not a valid phone number for its country")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _plan_form(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
+    """The numbering plan's form of a mobile that WhatsApp still writes the old way; None for any other.
+
+    WhatsApp ids keep forms the plans dropped: Mexican mobiles as +52 1 and ten digits (Mexico dropped the
+    1 in 2019), Brazilian mobiles registered before the ninth digit without it (+55, area, eight digits
+    from 6 to 9). The same person then reaches us as +52 1 55... in a webhook and as +52 55... from an API
+    caller: two contacts, so an opt-out sent from one form did not stop messages to the other. Both
+    providers deliver to the plan's form (it is the form API callers already send to), so it is the one
+    kept. Only a number the plan calls invalid, whose plan form is valid, is rewritten: a Brazilian
+    landline (area, then 2 to 5) is left alone.
+    """
+    if phonenumbers.is_valid_number(parsed):
+        return None
+    national = str(parsed.national_number)
+    if parsed.country_code == 52 and len(national) == 11 and national.startswith("1"):
+        plan = national[1:]
+    elif parsed.country_code == 55 and len(national) == 10 and national[2] in "6789":
+        plan = national[:2] + "9" + national[2:]
+    else:
+        return None
+    candidate = phonenumbers.PhoneNumber(country_code=parsed.country_code, national_number=int(plan))
+    return candidate if phonenumbers.is_valid_number(candidate) else None

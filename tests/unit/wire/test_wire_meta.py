@@ -231,7 +231,7 @@ def test_items_without_ids_are_skipped_not_fatal() -> None:
 @pytest.mark.parametrize(
     ("wa_id", "phone"),
     [
-        ("5215512345678", "+5215512345678"),  # a Mexican mobile as WhatsApp writes it: kept, not lost
+        ("5215512345678", "+525512345678"),  # a Mexican mobile as WhatsApp writes it, in the plan's form
         ("3546123456", "+3546123456"),  # ten digits, Iceland's: not read as a US number
     ],
 )

@@ -149,9 +149,10 @@ def test_absurd_num_media_is_bounded() -> None:
     assert parse(load("inbound_text.txt") | {"NumMedia": "lots"}).media == []  # type: ignore[union-attr]
 
 
-def test_a_mexican_mobile_as_whatsapp_writes_it_is_kept() -> None:
+def test_a_mexican_mobile_as_whatsapp_writes_it_is_kept_in_the_plans_form() -> None:
     # +52 1 and ten digits: the numbering plan dropped that 1, WhatsApp did not; refused, it was a 400.
+    # Kept as +52 and ten digits, the form API callers send to, so both are one contact.
     params = {**load("inbound_text.txt"), "From": "whatsapp:+5215512345678", "WaId": "5215512345678"}
     event = parse(params)
     assert isinstance(event, InboundMessage)
-    assert event.sender_phone == "+5215512345678"
+    assert event.sender_phone == "+525512345678"
