@@ -22,22 +22,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.commands.up import running_up
+    from shared.commands.up import running_up, up_lock
 
     folder = embedded.resolve_data_dir(args.data_dir)
-    up = running_up(folder)
-    if up is not None and not args.force:
-        pid = f" (pid {up['pid']})" if "pid" in up else ""
-        print(
-            f"wapipe down: wapipe up is running for {folder}{pid}; stop it first (Ctrl-C in its terminal, "
-            "or SIGTERM), then run wapipe down again. --force stops the servers under it.",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        stopped = embedded.stop(folder)
-    except embedded.EmbeddedError as exc:
-        print(f"wapipe down: {exc}", file=sys.stderr)
-        return 1
+    if not folder.is_dir():
+        print(f"nothing running in {folder}")
+        return 0
+    # The up lock is held while the servers stop, so an `up` started meanwhile refuses instead of
+    # starting its workers on servers about to go.
+    with up_lock(folder) as no_up_running:
+        if not no_up_running and not args.force:
+            up = running_up(folder) or {}
+            pid = f" (pid {up['pid']})" if "pid" in up else ""
+            print(
+                f"wapipe down: wapipe up is running for {folder}{pid}; stop it first (Ctrl-C in its "
+                "terminal, or SIGTERM), then run wapipe down again. --force stops the servers under it.",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            stopped = embedded.stop(folder)
+        except embedded.EmbeddedError as exc:
+            print(f"wapipe down: {exc}", file=sys.stderr)
+            return 1
     print(f"stopped {' and '.join(stopped)} in {folder}" if stopped else f"nothing running in {folder}")
     return 0

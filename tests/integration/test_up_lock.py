@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -117,3 +118,34 @@ def test_down_stops_the_servers_once_up_has_exited(data_dir: Path, other_up: sub
 
     assert down.returncode == 0, down.stderr
     assert "stopped valkey" in down.stdout
+
+
+def test_down_holds_the_up_lock_while_it_stops_the_servers(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An `up` started while `down` stops the servers must refuse, not start workers on servers about to
+    # go: while the real stop runs, the folder's up lock is taken (flock conflicts within a process too).
+    from shared.commands import down
+
+    embedded.start(data_dir, postgres=False)
+    real_stop = embedded.stop
+    locked_during_stop: list[bool] = []
+
+    def stop_and_look(folder: Path) -> list[str]:
+        locked_during_stop.append(running_up(folder) is not None)
+        return real_stop(folder)
+
+    monkeypatch.setattr(embedded, "stop", stop_and_look)
+
+    assert down.run(argparse.Namespace(data_dir=str(data_dir), force=False)) == 0
+    assert locked_during_stop == [True]
+    assert embedded.discover(data_dir) == embedded.Servers()
+    assert running_up(data_dir) is None  # released once done
+
+
+def test_down_on_a_folder_never_used_stops_nothing(tmp_path: Path) -> None:
+    down = _wapipe("down", "--data-dir", str(tmp_path / "never"))
+
+    assert down.returncode == 0, down.stderr
+    assert "nothing running" in down.stdout
+    assert not (tmp_path / "never").exists()
