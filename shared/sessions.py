@@ -22,6 +22,12 @@ import redis
 from shared.settings import get_settings
 
 _PREFIX = "session:"
+# SET KEYS[1] only while the lock KEYS[2] holds the token ARGV[3]: a check and a write with nothing between.
+_SET_WHILE_HELD = """
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
 
 
 def _key(user_key: str) -> str:
@@ -56,8 +62,19 @@ class Sessions:
         self._redis.expire(_key(user_key), self._ttl)
         return json.loads(raw)
 
-    def save(self, user_key: str, data: dict[str, Any]) -> None:
-        self._redis.set(_key(user_key), json.dumps(data, separators=(",", ":")), ex=self._ttl)
+    def save(self, user_key: str, data: dict[str, Any], *, while_held: tuple[str, str] | None = None) -> bool:
+        """Save the session; return whether it was saved.
+
+        ``while_held`` is a lock (its Redis key and its holder's token): the session is then saved only
+        if that key still holds the token, checked and set in one step, so a holder whose lease ran out
+        cannot overwrite what the next holder saved (shared/flows/service.py saves flow state this way).
+        """
+        raw = json.dumps(data, separators=(",", ":"))
+        if while_held is None:
+            self._redis.set(_key(user_key), raw, ex=self._ttl)
+            return True
+        lock_key, token = while_held
+        return bool(self._redis.eval(_SET_WHILE_HELD, 2, _key(user_key), lock_key, raw, self._ttl, token))
 
     def update(self, user_key: str, **changes: Any) -> dict[str, Any]:
         """Merge changes into the session (a None value removes the key) and save it."""

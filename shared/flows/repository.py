@@ -61,6 +61,7 @@ WHERE conversation_id = %(conversation_id)s AND direction = 'in'
 ORDER BY id
 """
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
+_IS_HANDLED = "SELECT handled_at IS NOT NULL AS handled FROM messages WHERE id = %(id)s"
 
 _REFERENCE_CONSTRAINT = "flow_records_reference_key"
 
@@ -154,3 +155,9 @@ def pending_inbound(
 
 def mark_handled(conn: psycopg.Connection, message_id: int) -> None:
     conn.execute(_MARK_HANDLED, {"id": message_id})
+
+
+def is_handled(conn: psycopg.Connection, message_id: int) -> bool:
+    """Whether the message was answered; a message no longer stored counts as answered (nothing to do)."""
+    row = conn.execute(_IS_HANDLED, {"id": message_id}).fetchone()
+    return row is None or bool(row["handled"])

@@ -16,15 +16,19 @@ Ordering and exactly-once across several ``flows`` worker processes:
   nothing to do. No task waits for another to be delivered, so a lost or delayed task cannot stall a
   conversation, and none can overtake an earlier message.
 - The last handled message id is saved in the flow state itself (the ``flow`` key of the conversation's
-  session, :func:`session_key`), in the same Redis write as the state it produced. The reply is queued
-  *before* that write, under the idempotency key ``reply:<inbound id>``: a worker dying in between makes
-  the redelivered task redo the same step from the same state, and the reply and any record it creates
-  (unique on the source message) happen once. A redelivered task whose message is already at or below
-  the saved id does nothing, so a flow never advances twice. The message is marked handled only after
-  that write; a step stopped in between (a killed worker, a database error) leaves it unmarked, holding
-  the conversation's turn, so every step first marks the saved id's message handled (idempotent). The
-  lock expires (``LOCK_SECONDS``) if its holder dies; before each save the holder checks it still owns
-  the lock, and stops if not (the next holder redoes the step, idempotently).
+  session, :func:`session_key`), in the same Redis write as the state and the reply it produced. That
+  write is made only while the step still holds the lock: one Lua script compares the lock's token and
+  sets the state (:meth:`shared.sessions.Sessions.save`), so a holder whose lease ran out during a long
+  step or a pause cannot overwrite what the next holder saved. A step that finds its lock lost saves
+  nothing, queues no reply and raises :class:`Busy`: its task retries, and finds its message answered or
+  answers it. Records a step creates before the save are unique on their source message, so the holder
+  that redoes the step gets the same ones.
+- Only after the save is the reply queued (idempotency key ``reply:<inbound id>``) and the message
+  marked handled. A step stopped in between (a killed worker, a database error) leaves the message
+  unmarked, holding the conversation's turn; so every step first finishes the saved id's message when it
+  is unmarked: queues the saved reply (stored once, under its key) and marks it handled. A redelivered
+  task whose message is at or below the saved id does nothing more, so a flow never advances twice. The
+  lock expires (``LOCK_SECONDS``) if its holder dies.
 - Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
   i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
@@ -67,6 +71,9 @@ UNROUTED_GRACE = timedelta(minutes=5)
 ROUTED_KEY = "handle:{message_id}"
 LOCK_KEY = "flows:lock:conversation:{conversation_id}"
 SESSION_KEY = "flow"
+# Besides the engine's state, the flow state keeps the last handled message id and the reply to it.
+CURSOR_FIELD = "last_message_id"
+REPLY_FIELD = "reply"
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
 # Release or extend the lock only while it is still ours (a holder that outlived its lease must not
@@ -123,6 +130,11 @@ class _Lock:
     def acquire(self) -> bool:
         return bool(self._redis.set(self._key, self._token, nx=True, px=LOCK_SECONDS * 1000))
 
+    @property
+    def claim(self) -> tuple[str, str]:
+        """The lock's key and our token: what a write made only while we hold the lock compares."""
+        return self._key, self._token
+
     def still_held(self) -> bool:
         """True (and the lease renewed) while the lock is ours."""
         return bool(self._redis.eval(_EXTEND, 1, self._key, self._token, LOCK_SECONDS * 1000))
@@ -163,14 +175,14 @@ def _process_locked(
     lock: _Lock,
 ) -> int:
     sessions = Sessions(redis_client)
-    state = sessions.load(session_key(target)).get(SESSION_KEY) or {}
-    cursor = state.get("last_message_id")
+    session = sessions.load(session_key(target))
+    state = session.get(SESSION_KEY) or {}
+    cursor = state.get(CURSOR_FIELD)
     if isinstance(cursor, int):
-        # The state is saved before its message is marked handled, so a step stopped in between (a killed
-        # worker, a database error) left the cursor's message answered but unmarked, holding its
-        # conversation's turn; mark it now (a no-op when it is marked). Only the cursor: an earlier id may be
-        # a message the drain passed over, which the flow never answered.
-        repository.mark_handled(conn, cursor)
+        # Only the cursor: an earlier id may be a message the drain passed over, which the flow never
+        # answered. (A state saved by a version that queued the reply before the save has no reply to send.)
+        if not repository.is_handled(conn, cursor):
+            _finish(conn, cursor, state, reply)
         if target.message_id <= cursor:
             conn.commit()
             log.info("flows.step_already_done", message_id=target.message_id)
@@ -194,6 +206,8 @@ def _process_locked(
                 raise Busy(target.message_id)
             if verdict == "skip":
                 continue
+        if not lock.still_held():  # renews the lease for this message's step; the save checks it again
+            raise _lost(row["id"], target)
         live = repository.conversation_state(conn, target.conversation_id)
         if live is None or live["status"] != "open" or live["opted_out"]:
             # Handed to a person, closed or opted out: the bot says nothing more in this conversation.
@@ -207,19 +221,35 @@ def _process_locked(
             message_id=row["id"],
             now=now or datetime.now(UTC),
         )
-        engine_state = {key: value for key, value in state.items() if key != "last_message_id"}
+        engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
         outcome = engine.advance(pack, engine_state, answer, ctx)
         conn.commit()
-        reply(row["id"], outcome.text, payload=outcome.payload)
-        if not lock.still_held():
-            log.warning("flows.lock_lost", message_id=row["id"])
-            return handled
-        state = {**outcome.state, "last_message_id": row["id"]}
-        sessions.update(session_key(target), **{SESSION_KEY: state})
-        repository.mark_handled(conn, row["id"])
-        conn.commit()
+        state = {
+            **outcome.state,
+            CURSOR_FIELD: row["id"],
+            REPLY_FIELD: {"text": outcome.text, "payload": outcome.payload},
+        }
+        session = {**session, SESSION_KEY: state}
+        if not sessions.save(session_key(target), session, while_held=lock.claim):
+            raise _lost(row["id"], target)
+        _finish(conn, row["id"], state, reply)
         handled += 1
     return handled
+
+
+def _finish(conn: psycopg.Connection, message_id: int, state: dict[str, Any], reply: ReplyFn) -> None:
+    """After the state answering ``message_id`` is saved: queue the reply saved with it, mark it handled."""
+    saved = state.get(REPLY_FIELD)
+    if isinstance(saved, dict):
+        reply(message_id, saved["text"], payload=saved.get("payload"))
+    repository.mark_handled(conn, message_id)
+    conn.commit()
+
+
+def _lost(message_id: int, target: Target) -> Busy:
+    """The lock's lease ran out (a long step, a pause) and another worker may hold it: stop, and retry."""
+    log.warning("flows.lock_lost", message_id=message_id, conversation_id=target.conversation_id)
+    return Busy(target.message_id)
 
 
 def _earlier_message(row: dict[str, Any], redis_client: redis.Redis, now: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -134,25 +135,37 @@ def test_busy_while_another_worker_holds_the_conversations_lock(user: User) -> N
     assert user.step(message_id) == 1
 
 
-def test_a_worker_dying_after_replying_replays_the_step_once(user: User) -> None:
+def _die_before_queuing(inbound_id: int, text: str, **kwargs: Any) -> int:
+    raise SystemExit("worker killed")
+
+
+def _die_after_queuing(inbound_id: int, text: str, **kwargs: Any) -> int:
+    queue_reply(inbound_id, text, **kwargs)
+    raise SystemExit("worker killed")
+
+
+@pytest.mark.parametrize("reply_then_die", [_die_before_queuing, _die_after_queuing])
+def test_a_worker_dying_after_saving_its_step_sends_the_saved_reply_once(
+    user: User, reply_then_die: Any
+) -> None:
+    """The state is saved before the reply is queued: the redelivered task sends the saved reply, and
+    neither redoes the step nor creates a second record."""
     for text in ("1", "ORD-12345", "Other", "High"):
         user.step(user.store(text))
     last = user.store("paint bubbles")
-
-    def reply_then_die(inbound_id: int, text: str, **kwargs: Any) -> int:
-        queue_reply(inbound_id, text, **kwargs)
-        raise SystemExit("worker killed")
-
     with pytest.raises(SystemExit):
         user.step(last, reply=reply_then_die)
-    assert user.flow["step"] == 3  # not saved: the redelivered task does the step again
-    assert user.step(last) == 1
+    assert user.flow["last_message_id"] == last
+    assert not user.handled(last)
+    assert user.step(last) == 0
+    assert user.handled(last)
     records = user.db.execute("SELECT reference FROM flow_records WHERE kind = 'defect'").fetchall()
     assert len(records) == 1
     replies = user.replies()
     assert len(replies) == 5
     assert replies[-1].startswith("✅ Defect Report Created!")
-    assert user.flow == {"pack": "shopfloor", "flow": None, "last_message_id": last}
+    assert records[0]["reference"] in replies[-1]
+    assert user.flow["flow"] is None
 
 
 def test_a_handed_off_conversation_gets_no_answer(user: User) -> None:
@@ -300,3 +313,62 @@ def test_a_handled_message_redelivered_after_the_session_expired_changes_nothing
     assert user.step(one) == 0
     assert user.flow == {}  # not a defect report begun behind the user's back
     assert len(user.replies()) == 1
+
+
+class _Recorded:
+    """The replies one worker's step queued (through the real queue_reply)."""
+
+    def __init__(self) -> None:
+        self.inbound_ids: list[int] = []
+
+    def __call__(self, inbound_id: int, text: str, **kwargs: Any) -> int:
+        self.inbound_ids.append(inbound_id)
+        return queue_reply(inbound_id, text, **kwargs)
+
+
+def _lease_runs_out_before_the_save(user: User, monkeypatch: pytest.MonkeyPatch, takeover: int) -> None:
+    """The next flow-state save pauses (a GC, a slow call) past the lock's lease: the lock expires and
+    another worker takes the conversation and steps it up to ``takeover`` before the save goes on."""
+    real_save = Sessions.save
+
+    def pause_then_save(self: Sessions, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(Sessions, "save", real_save)
+        user.redis.delete(LOCK_KEY.format(conversation_id=user.conversation_id))  # the lease ran out
+        user.step(takeover)  # the other worker, under a lock of its own
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Sessions, "save", pause_then_save)
+
+
+def test_a_step_that_lost_its_lock_neither_saves_its_state_nor_replies(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the stale state overwrites the newer one: the other worker's answer is lost, and the user's
+    next answer is taken for the question they already answered."""
+    user.step(user.store("hi"))
+    two, order = user.store("2"), user.store("ORD-12345")
+    _lease_runs_out_before_the_save(user, monkeypatch, takeover=order)
+    stale = _Recorded()
+    with contextlib.suppress(Busy):  # its task retries (the next test), to find its message answered
+        user.step(two, reply=stale)
+    assert user.flow["last_message_id"] == order
+    assert user.flow["flow"] is None  # the order status was given: back at the menu
+    assert stale.inbound_ids == []
+    assert user.step(two) == 0
+    replies = user.replies()
+    assert len(replies) == 3
+    assert "Order ORD-12345" in replies[-1]
+
+
+def test_a_step_that_lost_its_lock_retries_rather_than_leave_its_own_message_unanswered(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that took over stepped only up to its own, earlier message."""
+    one, order = user.store("1"), user.store("ORD-12345")
+    _lease_runs_out_before_the_save(user, monkeypatch, takeover=one)
+    with pytest.raises(Busy):
+        user.step(order)  # drains "1" first, and loses the lock saving it
+    assert user.step(order) == 1  # the retry
+    assert user.handled(order)
+    assert user.flow["answers"] == {"order_number": "ORD-12345"}
+    assert len(user.replies()) == 2
