@@ -53,8 +53,11 @@ def machine_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dic
 
 @lookup("ticket_sla", provides=("ticket_kind", "ticket_status", "sla_state", "time_remaining", "due"))
 def ticket_sla(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    """A ticket with an SLA; provides OK / WARNING / BREACHED and the time left."""
-    record = repository.get_record(ctx.conn, value)
+    """A ticket with an SLA the sender may see; provides OK / WARNING / BREACHED and the time left.
+
+    Another sender's ticket reads as not found, so a guessed reference tells nothing, not even that it exists.
+    """
+    record = repository.senders_record(ctx.conn, value, ctx.contact_id)
     if record is None or record["due_at"] is None:
         raise Rejected(f"Ticket {value} was not found. Please check the reference and send it again.")
     return {

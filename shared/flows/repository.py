@@ -33,6 +33,13 @@ RETURNING *
 """
 _RECORD_BY_SOURCE = "SELECT * FROM flow_records WHERE source_message_id = %(message_id)s"
 _RECORD_BY_REFERENCE = "SELECT * FROM flow_records WHERE reference = %(reference)s"
+# A record a chat sender may look up by its reference: one they opened, or a shop-wide one (no contact:
+# seeded, or opened outside WhatsApp), like the orders and machines every menu user may look up. Never
+# another sender's: references are timestamps, easy to guess.
+_SENDERS_RECORD = """
+SELECT * FROM flow_records
+WHERE reference = %(reference)s AND (contact_id IS NULL OR contact_id = %(contact_id)s)
+"""
 _OPEN_RECORDS = """
 SELECT * FROM flow_records
 WHERE contact_id = %(contact_id)s AND status = 'open'
@@ -81,6 +88,11 @@ def get_machine(conn: psycopg.Connection, machine_id: str) -> Row | None:
 
 def get_record(conn: psycopg.Connection, reference: str) -> Row | None:
     return conn.execute(_RECORD_BY_REFERENCE, {"reference": reference}).fetchone()
+
+
+def senders_record(conn: psycopg.Connection, reference: str, contact_id: int | None) -> Row | None:
+    """The record ``reference`` if the contact may see it (theirs, or shop-wide); else None."""
+    return conn.execute(_SENDERS_RECORD, {"reference": reference, "contact_id": contact_id}).fetchone()
 
 
 def open_records(conn: psycopg.Connection, contact_id: int, limit: int = 10) -> list[Row]:

@@ -210,6 +210,22 @@ def test_sla_status_of_a_ticket(chat: Chat, reference: str, state: str) -> None:
     assert expected in outcome.text
 
 
+def test_the_sla_of_a_ticket_another_sender_opened_is_not_shown(
+    chat: Chat, db: psycopg.Connection, pack: Pack
+) -> None:
+    """A reference is a timestamp anyone can guess: it must not show someone else's ticket."""
+    for answer in ("3", "MACH-001", "Hydraulic", "High"):
+        chat.send(answer)
+    other = Chat(db, pack, phone="+15550100002")
+    other.send("5")
+    outcome = other.send("MAINT-20260501120000")
+    assert "Ticket MAINT-20260501120000 was not found" in outcome.text
+    assert "left" not in outcome.text
+    assert other.state["flow"] == "ticket_sla"
+    chat.send("5")
+    assert "Ticket MAINT-20260501120000: OK" in chat.send("MAINT-20260501120000").text
+
+
 def test_sla_status_of_an_unknown_ticket_asks_again(chat: Chat) -> None:
     chat.send("5")
     assert "MAINT-1 was not found" in chat.send("MAINT-1").text
