@@ -96,7 +96,7 @@ import redis
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.db import dead_letters, messages, sending
-from shared.db.errors import NotFound, Unavailable
+from shared.db.errors import Unavailable
 from shared.db.messages import OutboundRecord, Release
 from shared.db.pool import autocommit_connection, connection, transaction
 from shared.logging import get_logger, scrub
@@ -857,71 +857,7 @@ def sweep() -> dict[str, int]:
     return {"abandoned": len(abandoned.failed), "returned": len(abandoned.returned), "requeued": len(overdue)}
 
 
-# --- one message, synchronously ----------------------------------------------------------------------
-
-
-def send(message_id: int, *, settings: Settings | None = None, sender: Sender | None = None) -> str:
-    """Send this one message now, in this thread, with the sender's own (synchronous) ``send``: what
-    happened (sent, failed, dead, skipped, missing). Same checks, pacing and outcomes as a batch;
-    raises :class:`RetryLater` when it should be tried again later. The task uses :func:`dispatch`."""
-    settings = settings or get_settings()
-    try:
-        with transaction() as conn:
-            record = messages.get_outbound(conn, message_id)
-    except NotFound:
-        log.warning("outbound message not found", message_id=message_id)
-        return "missing"
-    if record.status == messages.SENDING:
-        with connection() as conn:
-            state = sending.states(conn, [message_id]).get(message_id)
-        return _in_flight(message_id, state.age if state else 0.0)
-    if record.status != "queued":
-        log.info("outbound message already handled", message_id=message_id, status=record.status)
-        return "skipped"
-    sender = sender or _process_sender(settings)
-    refusal = _refusal(record, sender.name)
-    if refusal is not None:
-        with transaction() as conn:
-            messages.mark_failed(conn, message_id, *refusal)
-        return "failed"
-    from_number = record.business_number if record.conversation_provider == sender.name else None
-    wait = RateLimiter(get_publisher().redis).acquire_send_slot(
-        sender=_pace_key(settings, sender.name, from_number),
-        rate_per_second=settings.send_rate,
-        recipient=record.phone or "",
-        message_id=message_id,
-        recipient_per_minute=settings.recipient_rate_per_minute,
-    )
-    if wait > 0:
-        raise RetryLater(_jitter(wait), "pacing")
-
-    with transaction() as conn:
-        claimed = messages.claim_for_sending(conn, message_id)
-    if claimed is None:
-        return "skipped"  # another delivery of this task got there first
-    message = OutboundMessage.from_record(
-        id=claimed.id,
-        to=record.phone or "",
-        type=claimed.type,
-        body=claimed.body,
-        payload=claimed.payload,
-        from_number=from_number,
-    )
-    outcomes = _Outcomes(message_id, settings)
-    try:
-        result = sender.send(message)
-        outcomes.sent.append((message_id, result.provider, result.provider_message_id))
-    except SendError as error:
-        outcomes.after_error(claimed, error)
-    except Exception:
-        log.exception("unexpected error while sending", message_id=message_id)
-        outcomes.after_error(claimed, SendError("internal_error", "unexpected error", permanent=False))
-    own = outcomes.settle()
-    if isinstance(own, Release):
-        raise RetryLater(own.delay, own.code or "retry")
-    if own == "sent":
-        log.info("message sent", message_id=message_id, provider=sender.name, attempts=claimed.attempts)
-    return own
+# --- the sender -----------------------------------------------------------------------------------------
 
 
 def _pace_key(settings: Settings, provider: str, from_number: str | None) -> str:

@@ -5,7 +5,8 @@
 Seeds linked users in the bench's own database, then calls what the workers' task bodies call, stage by
 stage, for ``--messages`` ``/help`` events: ``workers.inbound.route`` (store + decide + enqueue the
 handler), ``workers.commands.handle`` (answer + store the reply + enqueue notify) and
-``workers.notify.send`` (pace, claim, send through the Twilio SDK to the bench's fake provider, record).
+``workers.notify.dispatch`` (claim a batch, pace, send on the event loop to the bench's fake provider,
+record; the later messages' calls find theirs sent by an earlier batch, as their tasks would).
 Prints wall and CPU milliseconds per call and the SQL statements each stage runs per message, then the
 functions with the most cumulative time per stage. Celery's own per-hop cost is not in these figures:
 compare with the bare chain reference of tests/bench/pipeline.py.
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         stages: list[tuple[str, Callable[[], Any]]] = [
             ("inbound.route", lambda: [inbound_ids.append(inbound.route(e).message_id) for e in events]),
             ("commands.handle", lambda: [reply_ids.append(commands.handle(i)) for i in inbound_ids]),
-            ("notify.send", lambda: [notify.send(i) for i in reply_ids]),
+            ("notify.send", lambda: [notify.dispatch(i) for i in reply_ids]),
         ]
         results = []
         for name, run in stages:

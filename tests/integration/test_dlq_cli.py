@@ -1,5 +1,5 @@
 """``wapipe dlq list`` and ``wapipe dlq replay`` as subprocesses against the test database and Redis, on dead
-letters made by the real notify.send (the real twilio SDK against a fake Twilio API that keeps failing)."""
+letters made by notify.send's real path (the Twilio sender against a fake Twilio API that answers 500)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import sys
 import psycopg
 import pytest
 import redis
-import tenacity
 
-from shared.providers.twilio import client as twilio_client
 from shared.providers.twilio.client import TwilioSender
 from shared.queues import QUEUES
 from shared.replies import queue_reply
@@ -20,7 +18,7 @@ from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
 from tests.integration.test_inbound_routing import event, queued
 from workers.inbound import route
-from workers.notify import send
+from workers.notify import dispatch
 
 PHONES = ["+14155550101", "+14155550102"]
 
@@ -37,10 +35,8 @@ def wapipe(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def dead(db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Two replies whose only attempt failed with Twilio 500s: dead letters; their notify jobs drained."""
-    # The call's own retries back off for seconds; what matters here is only that they all fail.
-    monkeypatch.setattr(twilio_client, "_backoff", tenacity.wait_none())
+def dead(db: psycopg.Connection, redis_client: redis.Redis) -> list[int]:
+    """Two replies whose only attempt failed with a Twilio 500: dead letters; their notify jobs drained."""
     ids = []
     with FakeTwilioAPI() as fake:
         settings = load_settings(
@@ -54,9 +50,8 @@ def dead(db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.
         for phone in PHONES:
             inbound = route(event("hello", phone=phone), load_settings())
             message_id = queue_reply(inbound.message_id, "Your order shipped")
-            for _ in range(3):  # the SDK call's in-call retries
-                fake.respond(500)
-            assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "dead"
+            fake.respond(500)  # the one attempt WAPIPE_SEND_MAX_ATTEMPTS allows
+            assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "dead"
             ids.append(message_id)
     redis_client.delete("notify")
     return ids
@@ -112,7 +107,7 @@ def test_replay_queues_the_message_again_once(db, redis_client, dead: list[int])
             twilio_auth_token=AUTH_TOKEN,
             twilio_whatsapp_number=WHATSAPP_NUMBER,
         )
-        assert send(dead[0], settings=settings, sender=TwilioSender(settings)) == "sent"
+        assert dispatch(dead[0], settings=settings, sender=TwilioSender(settings)) == "sent"
         assert len(fake.created()) == 1
 
 

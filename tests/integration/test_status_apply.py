@@ -13,7 +13,7 @@ from shared.db import sending
 from shared.providers.console import ConsoleSender
 from shared.wire.events import DeliveryStatus, StatusUpdate
 from tests.integration.test_notify_send import a_reply, message, statuses
-from workers.notify import send
+from workers.notify import dispatch
 from workers.status import apply
 
 WAITING_ON_A_LOCK = """
@@ -30,7 +30,7 @@ def receipt(sid: str, status: str, seconds: int, **extra: object) -> dict:
 
 def a_sent_message(db, redis_client) -> tuple[int, str]:
     message_id = a_reply()
-    assert send(message_id, sender=ConsoleSender(redis_client)) == "sent"
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "sent"
     return message_id, message(db, message_id)["provider_message_id"]
 
 

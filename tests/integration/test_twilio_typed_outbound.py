@@ -1,8 +1,8 @@
 """Every outbound type through the notify API with WAPIPE_PROVIDER=twilio: accepted by
-``POST /api/v1/messages``, sent by notify.send with the real twilio SDK to a local fake Twilio API, which
-records the parameters as Twilio documents them (``MediaUrl``, ``Body`` as the caption, ``ContentSid``,
-``ContentVariables`` as a JSON string). What Twilio cannot send is a 422 naming the field (or the type and
-the provider) before anything is stored.
+``POST /api/v1/messages``, sent by notify.send's path (``workers.notify.dispatch``) to a local fake Twilio
+API, which records the parameters as Twilio documents them (``MediaUrl``, ``Body`` as the caption,
+``ContentSid``, ``ContentVariables`` as a JSON string). What Twilio cannot send is a 422 naming the field
+(or the type and the provider) before anything is stored.
 
 - https://www.twilio.com/docs/messaging/api/message-resource#create-a-message-resource
 - https://www.twilio.com/docs/whatsapp/guidance-whatsapp-media-messages
@@ -27,7 +27,7 @@ from shared.settings import Settings, SettingsError, load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI, Received
 from tests.integration.test_inbound_routing import event
 from workers.inbound import route
-from workers.notify import send
+from workers.notify import dispatch
 
 KEY = "twilio-typed-key"
 PHONE = "+14155550123"
@@ -77,11 +77,11 @@ def open_window(phone: str = PHONE) -> None:
 
 
 def sent(api: FlaskClient, settings: Settings, fake: FakeTwilioAPI, content: dict[str, Any]) -> Received:
-    """Accept ``content`` through the API, send it with notify.send and the real SDK; what Twilio got."""
+    """Accept ``content`` through the API, send it as notify.send does; what Twilio got."""
     response = post(api, content)
     assert response.status_code == 202, response.get_json()
     message_id = response.get_json()["id"]
-    assert send(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
+    assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
     [created] = fake.created()
     return created
 
@@ -274,7 +274,7 @@ def test_a_template_unsendable_by_the_time_it_is_sent_fails_at_once_without_a_ca
     assert response.status_code == 202
     changed = twilio_settings(fake)
 
-    assert send(response.get_json()["id"], settings=changed, sender=TwilioSender(changed)) == "failed"
+    assert dispatch(response.get_json()["id"], settings=changed, sender=TwilioSender(changed)) == "failed"
 
     [row] = outbound_rows(db)
     assert (row["status"], row["error_code"]) == ("failed", "unsupported_content")
