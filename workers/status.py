@@ -7,6 +7,10 @@ so a ``read`` that overtook ``delivered`` leaves the status at ``read`` and both
 A receipt can arrive before our own row knows the provider's id (the provider answers the send, the
 callback races our UPDATE): an unknown id is retried a few times with a growing countdown, then logged and
 dropped, since receipts for messages we never sent (another system on the same number) are normal too.
+Those retries are counted in a header of their own (:data:`UNKNOWN_ID_RETRIES_HEADER`), not by Celery's
+``retries``, which the same task's retries through a database or Redis outage (``OUTAGE_RETRIES``) also
+count: after an outage, a receipt that came before its provider id would get fewer looks, or none, and its
+message's status would never move.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = get_logger(__name__)
 
 # 2 + 4 + 8 + 16 + 32 s: about a minute for our own row to record the provider id.
 UNKNOWN_MESSAGE_RETRIES = 5
+# How many times this receipt has looked again for its provider id; Celery's retry keeps custom headers.
+UNKNOWN_ID_RETRIES_HEADER = "wapipe_unknown_id_retries"
 
 
 def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
@@ -51,9 +57,17 @@ def apply_task(self: Any, event: dict[str, Any]) -> None:
             changed=applied.changed,
         )
         return
-    retries = self.request.retries or 0
-    if retries < UNKNOWN_MESSAGE_RETRIES:
-        raise self.retry(countdown=2 ** (retries + 1))
+    looked = unknown_id_retries(self.request)
+    if looked < UNKNOWN_MESSAGE_RETRIES:
+        log.info("status for an unknown provider id; looking again", looked=looked)
+        headers = {**(self.request.headers or {}), UNKNOWN_ID_RETRIES_HEADER: looked + 1}
+        raise self.retry(countdown=2 ** (looked + 1), headers=headers)
     log.warning(
         "status for an unknown message dropped", provider=event.get("provider"), status=event.get("status")
     )
+
+
+def unknown_id_retries(request: Any) -> int:
+    """How many times the running receipt's task has been retried for an unknown provider id (its outage
+    retries not counted)."""
+    return int((request.headers or {}).get(UNKNOWN_ID_RETRIES_HEADER) or 0)

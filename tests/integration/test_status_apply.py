@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from celery.exceptions import Retry
 from psycopg.rows import dict_row
 
 from shared.db import sending
 from shared.providers.console import ConsoleSender
 from shared.wire.events import DeliveryStatus, StatusUpdate
 from tests.integration.test_notify_send import a_reply, message, statuses
+from workers import status
 from workers.notify import dispatch
-from workers.status import apply
+from workers.status import apply, apply_task
 
 WAITING_ON_A_LOCK = """
 SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
@@ -112,3 +116,69 @@ def test_a_receipt_waiting_on_a_racing_one_never_moves_back(db, redis_client, te
     assert delivered.changed is False
     assert message(db, message_id)["status"] == "read"
     assert sorted(statuses(db, message_id)) == ["delivered", "queued", "read", "sent"]
+
+
+# --- a receipt ahead of its provider id, after an outage -------------------------------------------------
+
+
+def test_a_receipt_retried_through_an_outage_still_waits_for_its_provider_id(
+    clean, db, redis_client, start_worker, wait_for
+) -> None:
+    """A receipt's task that Celery already retried through a database outage (its ``retries`` count
+    spent on the outage, not on looking for the id) arrives before notify records the provider id: it
+    keeps looking for the id as long as any receipt does, and moves the message once the id lands."""
+    message_id = a_reply()
+    sid = "console-arrived-first"
+    # As Celery's autoretry republishes it after as many failures on the database as it may look for an id.
+    apply_task.apply_async(
+        kwargs={"event": receipt(sid, "delivered", 1)}, retries=status.UNKNOWN_MESSAGE_RETRIES
+    )
+    worker = start_worker(["status"])
+    wait_for(lambda: looked_for_an_unknown_id(worker.lines()), what="the receipt's first look for its id")
+
+    # notify records the provider's answer, with the statements its batch uses.
+    sending.claim(db, message_id, 0)
+    sending.settle(db, sent=[(message_id, "console", sid)])
+
+    wait_for(lambda: message(db, message_id)["status"] == "delivered", what="the receipt applied")
+    assert statuses(db, message_id) == ["queued", "sent", "delivered"]
+
+
+def looked_for_an_unknown_id(lines: list[str]) -> bool:
+    return any("status.apply" in line and "unknown" in line for line in lines)
+
+
+def looked_again(redis_client, event: dict, retries: int, looked: int) -> dict | None:
+    """Run the receipt's task on a request as a worker builds it from a message that Celery retried
+    ``retries`` times, ``looked`` of them for an unknown id; the headers of the retry it published to the
+    real broker, None when it published none."""
+    apply_task.push_request(
+        id=str(uuid.uuid4()),
+        args=[],
+        kwargs={"event": event},
+        retries=retries,
+        called_directly=False,
+        delivery_info={"exchange": "", "routing_key": "status"},
+        **{status.UNKNOWN_ID_RETRIES_HEADER: looked},
+    )
+    try:
+        apply_task.run(event)
+    except Retry:
+        [published] = [json.loads(raw) for raw in redis_client.lrange("status", 0, -1)]
+        return published["headers"]
+    finally:
+        apply_task.pop_request()
+    return None
+
+
+def test_a_receipt_counts_its_looks_for_the_id_apart_from_its_outage_retries(clean, db, redis_client) -> None:
+    event = receipt("console-not-ours", "delivered", 1)
+
+    headers = looked_again(redis_client, event, retries=12, looked=2)  # ten of them through an outage
+
+    assert headers is not None
+    assert (headers["retries"], headers[status.UNKNOWN_ID_RETRIES_HEADER]) == (13, 3)
+    redis_client.delete("status")
+    # Its looks spent, it is dropped: receipts for messages we never sent are normal.
+    assert looked_again(redis_client, event, retries=1, looked=status.UNKNOWN_MESSAGE_RETRIES) is None
+    assert redis_client.llen("status") == 0
