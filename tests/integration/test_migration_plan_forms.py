@@ -1,0 +1,128 @@
+"""Migration 0011: contacts stored in WhatsApp's older forms of Mexican and Brazilian mobiles take the
+numbering plan's form, the one shared/phone.py now gives every number, and a person stored both ways
+becomes one contact that keeps the opt-out."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from shared.db.migrate import MIGRATIONS_DIR, available, migrate
+from shared.phone import provider_number
+from tests.conftest import _database_url
+from tests.integration.test_migrations import _drop, _fresh_database
+
+VERSION = "0011_whatsapp_plan_forms"
+BUSINESS = "+14155238886"
+
+
+@pytest.fixture
+def before_0011(tmp_path: Path) -> Iterator[psycopg.Connection]:
+    """A database with every migration before 0011 applied, then 0011's file ready to apply."""
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for migration in available():
+        if migration.version < VERSION:
+            shutil.copy(migration.path, earlier)
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url, earlier)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            yield conn
+    finally:
+        _drop(name)
+
+
+def contact(conn: psycopg.Connection, phone: str, **columns: object) -> int:
+    names = ["phone", *columns]
+    values = ", ".join(["%s"] * len(names))
+    row = conn.execute(
+        f"INSERT INTO contacts ({', '.join(names)}) VALUES ({values}) RETURNING id",  # noqa: S608 - test columns
+        [phone, *columns.values()],
+    ).fetchone()
+    return row["id"]
+
+
+def conversation(conn: psycopg.Connection, contact_id: int, last_message_at: str) -> int:
+    row = conn.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number, last_message_at)"
+        " VALUES (%s, 'twilio', %s, %s) RETURNING id",
+        (contact_id, BUSINESS, last_message_at),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, body)"
+        " VALUES (%s, %s, 'in', 'twilio', 'hola')",
+        (row["id"], contact_id),
+    )
+    return row["id"]
+
+
+def apply_0011(conn: psycopg.Connection) -> None:
+    assert migrate(conn.info.dsn, MIGRATIONS_DIR) == [VERSION]
+
+
+def phones(conn: psycopg.Connection) -> dict[int, str]:
+    return {row["id"]: row["phone"] for row in conn.execute("SELECT id, phone FROM contacts")}
+
+
+def test_a_contact_in_an_older_form_takes_the_form_the_code_now_gives(
+    before_0011: psycopg.Connection,
+) -> None:
+    db = before_0011
+    stored = {
+        "+5215512345678": contact(db, "+5215512345678", opted_out=True),  # Mexico's +52 1
+        "+551187654321": contact(db, "+551187654321"),  # Brazil, before the ninth digit
+        "+554532782153": contact(db, "+554532782153"),  # a Brazilian landline: no ninth digit to add
+        "+5210012345678": contact(db, "+5210012345678"),  # impossible either way: kept as written
+        "+14155550123": contact(db, "+14155550123"),
+    }
+
+    apply_0011(db)
+
+    now = phones(db)
+    for old, contact_id in stored.items():
+        assert now[contact_id] == provider_number(old, "US"), old  # the migration and the code agree
+    assert now[stored["+5215512345678"]] == "+525512345678"
+    assert now[stored["+551187654321"]] == "+5511987654321"
+    opted = db.execute("SELECT opted_out FROM contacts WHERE phone = '+525512345678'").fetchone()
+    assert opted["opted_out"] is True
+
+
+def test_a_person_stored_both_ways_becomes_one_contact_that_keeps_the_opt_out(
+    before_0011: psycopg.Connection,
+) -> None:
+    db = before_0011
+    old = contact(
+        db,
+        "+5213312345678",
+        opted_out=True,
+        opted_out_at="2026-12-01T10:00:00Z",
+        bsuid="MX.old",
+        profile_name="Ana",
+        last_inbound_at="2026-12-01T10:00:00Z",
+    )
+    kept = contact(db, "+523312345678", last_inbound_at="2026-12-06T10:00:00Z")
+    old_conversation = conversation(db, old, "2026-12-01T10:00:00Z")
+    kept_conversation = conversation(db, kept, "2026-12-06T10:00:00Z")
+
+    apply_0011(db)
+
+    [merged] = db.execute("SELECT * FROM contacts").fetchall()
+    assert merged["id"] == kept
+    assert merged["phone"] == "+523312345678"
+    assert (merged["opted_out"], merged["bsuid"], merged["profile_name"]) == (True, "MX.old", "Ana")
+    assert merged["opted_out_at"].isoformat().startswith("2026-12-01T10:00:00")
+    assert merged["last_inbound_at"].isoformat().startswith("2026-12-06T10:00:00")
+    conversations = {
+        row["id"]: (row["contact_id"], row["status"])
+        for row in db.execute("SELECT id, contact_id, status FROM conversations")
+    }
+    # Both are the kept contact's now; only the one written to last stays live.
+    assert conversations == {old_conversation: (kept, "closed"), kept_conversation: (kept, "open")}
+    assert {row["contact_id"] for row in db.execute("SELECT contact_id FROM messages")} == {kept}
