@@ -34,8 +34,18 @@ def score(query: str, name: str) -> float:
         return _WORD_PREFIX
     if q in n:
         return _SUBSTRING
-    ratio = max(difflib.SequenceMatcher(None, q, candidate).ratio() for candidate in [n, *words])
+    ratio = max(_similarity(q, candidate) for candidate in [n, *words])
     return ratio * _SIMILAR_MAX if ratio >= _SIMILAR_MIN_RATIO else 0.0
+
+
+def _similarity(query: str, name: str) -> float:
+    """difflib's ratio, or 0 when its cheap upper bounds already fall short (as ``get_close_matches``
+    does): the full ratio costs time quadratic in the text, and the text is whatever a user sent, up to
+    4,096 characters; compared with every name and word of every project, it held a worker for seconds."""
+    matcher = difflib.SequenceMatcher(None, query, name)
+    if matcher.real_quick_ratio() < _SIMILAR_MIN_RATIO or matcher.quick_ratio() < _SIMILAR_MIN_RATIO:
+        return 0.0
+    return matcher.ratio()
 
 
 def best_matches(query: str, items: Sequence[T], name: Callable[[T], str]) -> list[T]:
