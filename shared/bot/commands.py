@@ -48,6 +48,13 @@ CHOOSE_PROJECT = (
 )
 
 TASK_LIST_LIMIT = 20
+# Twilio refuses a WhatsApp body over 1,600 characters (Meta over 4,096), for good: a longer reply would
+# never reach the user. Lists stop within LIST_BUDGET with a count of the rest, names and titles are cut at
+# NAME_MAX and what the user typed is echoed at most ECHO_MAX long, so every reply fits the smaller limit.
+REPLY_MAX = 1600
+LIST_BUDGET = 1200
+NAME_MAX = 80
+ECHO_MAX = 60
 
 
 @dataclass(frozen=True)
@@ -96,11 +103,11 @@ def respond(text: str, user: ChatUser, sessions: Sessions) -> str:
     handler = _COMMANDS.get(command)
     if handler is None:
         if command.startswith("/"):
-            return f"I don't know {words[0]}.\n\n{HELP_TEXT}"
+            return f"I don't know {_echo(words[0])}.\n\n{HELP_TEXT}"
         return HELP_TEXT
     with connection() as conn:
         ctx = _Context(conn, user, user.user_id, sessions, sessions.selected(user.key, user.user_id))
-        return handler(ctx, argument)
+        return _clipped(handler(ctx, argument), REPLY_MAX)
 
 
 def _help(ctx: _Context, argument: str) -> str:
@@ -131,9 +138,11 @@ def _workspace(ctx: _Context, argument: str) -> str:
         )
     found = best_matches(argument, mine, lambda ws: ws.name)
     if not found:
-        return f'No workspace matches "{argument}".\n\n' + _bullets("Your workspaces:", mine, _name, current)
+        return f'No workspace matches "{_echo(argument)}".\n\n' + _bullets(
+            "Your workspaces:", mine, _name, current
+        )
     if len(found) > 1:
-        return _bullets(f'Several workspaces match "{argument}":', found, _name, None) + (
+        return _bullets(f'Several workspaces match "{_echo(argument)}":', found, _name, None) + (
             "\n\nSend /workspace with more of the name."
         )
     chosen = found[0]
@@ -155,9 +164,9 @@ def _project(ctx: _Context, argument: str) -> str:
     label = _project_label(ctx, workspace)
     found = best_matches(argument, projects, _name)
     if not found:
-        return f'No project matches "{argument}".\n\n' + _project_list(ctx, workspace, projects)
+        return f'No project matches "{_echo(argument)}".\n\n' + _project_list(ctx, workspace, projects)
     if len(found) > 1:
-        return _bullets(f'Several projects match "{argument}":', found, label, None) + (
+        return _bullets(f'Several projects match "{_echo(argument)}":', found, label, None) + (
             "\n\nSend /project with more of the name."
         )
     chosen = found[0]
@@ -199,15 +208,15 @@ def _tasks(ctx: _Context) -> str:
     tasks = repo.tasks_for_project(ctx.conn, project.id, TASK_LIST_LIMIT)
     if not tasks:
         return f"No tasks in {project.name} yet."
-    lines = [f"Tasks in {project.name}:"]
+    lines = []
     for task in tasks:
         details = [task.status]
         if task.due_date:
             details.append(f"due {task.due_date.isoformat()}")
         if task.estimated_hours is not None:
             details.append(f"{task.estimated_hours.normalize():f}h")
-        lines.append(f"• {task.title} ({', '.join(details)})")
-    return "\n".join(lines)
+        lines.append(f"• {_clipped(task.title, NAME_MAX)} ({', '.join(details)})")
+    return "\n".join([f"Tasks in {_clipped(project.name, NAME_MAX)}:", *_within_budget(lines)])
 
 
 def _clear(ctx: _Context, argument: str) -> str:
@@ -217,11 +226,31 @@ def _clear(ctx: _Context, argument: str) -> str:
 
 def _bullets(title: str, items: list, name: Callable, current: object | None) -> str:
     current_id = getattr(current, "id", None)
-    lines = [title]
+    lines = []
     for item in items:
         mark = " (current)" if current_id is not None and item.id == current_id else ""
-        lines.append(f"• {name(item)}{mark}")
-    return "\n".join(lines)
+        lines.append(f"• {_clipped(name(item), NAME_MAX)}{mark}")
+    return "\n".join([title, *_within_budget(lines)])
+
+
+def _within_budget(lines: list[str]) -> list[str]:
+    """The first lines that fit in :data:`LIST_BUDGET` characters, then how many more there are."""
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > LIST_BUDGET:
+            return [*kept, f"…and {len(lines) - len(kept)} more"]
+        kept.append(line)
+        used += len(line) + 1
+    return kept
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _echo(argument: str) -> str:
+    return _clipped(" ".join(argument.split()), ECHO_MAX)
 
 
 def _name(item: Workspace | Project) -> str:

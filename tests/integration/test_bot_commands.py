@@ -155,3 +155,48 @@ def test_clear_forgets_the_selection(demo: Sessions) -> None:
 def test_best_matches(query: str, expected: list[str]) -> None:
     names = ["Website Redesign", "Mobile App", "Marketing Site"]
     assert sorted(best_matches(query, names, lambda n: n)) == sorted(expected)
+
+
+def _many_projects(count: int, *, name_length: int = 40) -> None:
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for index in range(count):
+            name = f"Project {index:03d} " + "x" * (name_length - 12)
+            conn.execute("INSERT INTO projects (workspace_id, name) VALUES (%s, %s)", (workspace.id, name))
+
+
+def test_every_reply_fits_in_one_whatsapp_message(demo: Sessions) -> None:
+    # Twilio refuses a body over 1,600 characters for good: a longer reply never reaches the user.
+    _many_projects(60)
+    say(demo, "/project mobile")
+    with transaction() as conn:
+        [mobile] = [p for p in repo.projects_for_user(conn, DEMO_USER_ID) if p.name == "Mobile App"]
+        for index in range(25):
+            conn.execute(
+                "INSERT INTO tasks (project_id, title) VALUES (%s, %s)",
+                (mobile.id, f"Task {index} " + "t" * 300),
+            )
+
+    replies = {
+        text: say(demo, text)
+        for text in ("/project", "/list tasks", "/workspace", "/project " + "q" * 4100, "/" + "d" * 4100)
+    }
+
+    for text, reply in replies.items():
+        assert len(reply) <= 1600, (text[:20], len(reply))
+    assert replies["/project"].count("• ") < 63
+    assert replies["/project"].splitlines()[-3].startswith("…and ")
+    assert replies["/project"].endswith("Switch with /project <name>.")
+    assert replies["/list tasks"].startswith("Tasks in Mobile App:\n• ")
+    assert replies["/list tasks"].endswith(" more")
+    assert replies["/project " + "q" * 4100].startswith('No project matches "qqq')
+
+
+def test_a_very_long_project_argument_is_answered_without_matching_every_name_for_seconds(
+    demo: Sessions,
+) -> None:
+    _many_projects(300)
+    reply = say(demo, "/project " + "mobile app " * 370)  # 4,070 characters, close to a few names
+
+    assert reply.startswith('No project matches "mobile app mobile app')
+    assert "project_id" not in demo.load(PHONE)
