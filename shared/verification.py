@@ -76,6 +76,9 @@ class VerifyResult:
     outcome: Outcome
     user_id: UUID | None = None
     attempts_left: int | None = None
+    # The link made, when linked: read in the transaction that made it, so the API answers with it even
+    # if the link is removed the moment after. Not carried in to_json (a task's result needs no more).
+    link: links.Link | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,12 +169,12 @@ def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
     try:
         # A savepoint: if another user linked the number meanwhile, the spent attempt still commits.
         with conn.transaction():
-            links.link_phone(conn, match.user_id, phone)
+            link = links.link_phone(conn, match.user_id, phone)
     except Duplicate:
         return VerifyResult(Outcome.phone_taken, user_id=match.user_id)
     # One-time: the code is gone, and so are other users' codes for a number that is now taken.
     links.delete_codes_for_phone(conn, phone)
-    return VerifyResult(Outcome.linked, user_id=match.user_id)
+    return VerifyResult(Outcome.linked, user_id=match.user_id, link=link)
 
 
 def _why_not(conn: psycopg.Connection, phone: str) -> VerifyResult:

@@ -143,10 +143,8 @@ def verify_link() -> Any:
         if result.outcome is Outcome.wrong_code:
             message = f"{message}; {result.attempts_left} attempts left"
         return api_error(status, code, message)
-    assert result.user_id is not None
-    with transaction() as conn:
-        link = links.get_link(conn, result.user_id)
-    assert link is not None
+    link = result.link
+    assert link is not None  # check_code sets it with Outcome.linked
     log.info("phone linked via API", user_id=str(link.user_id), phone=mask_phone(link.phone))
     return jsonify(
         status="linked", userId=str(link.user_id), phone=mask_phone(link.phone), linkedAt=_iso(link.linked_at)

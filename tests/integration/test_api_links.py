@@ -162,3 +162,28 @@ def test_non_uuid_path_is_422(client: FlaskClient) -> None:
     ):
         assert response.status_code == 422
         assert response.get_json()["error"]["message"].startswith("user_id:")
+
+
+def test_a_link_removed_the_moment_it_is_made_still_answers_linked(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host app's DELETE lands between the verifying transaction and the answer: the verification did
+    # link the number, so the answer says so (it read the link back afterwards and failed with a 500,
+    # and the caller's retry then got a 404 for a code that had worked).
+    from ingress.api import links as links_api
+
+    code = create(client)["code"]
+    real_verify = links_api.verification.verify_phone
+
+    def verify_then_unlinked_elsewhere(phone: str, typed: str):  # type: ignore[no-untyped-def]
+        result = real_verify(phone, typed)
+        assert client.delete(f"/api/v1/links/{USER}", headers=AUTH).status_code == 204
+        return result
+
+    monkeypatch.setattr(links_api.verification, "verify_phone", verify_then_unlinked_elsewhere)
+
+    ok = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": code}, headers=AUTH)
+
+    assert ok.status_code == 200, ok.get_json()
+    assert (ok.get_json()["status"], ok.get_json()["userId"]) == ("linked", USER)
+    assert ok.get_json()["linkedAt"].endswith("Z")
