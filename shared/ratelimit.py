@@ -1,8 +1,8 @@
 """Rate limits in Redis, so they hold across every worker process and machine.
 
 - Inbound, per WhatsApp user: at most ``WAPIPE_RATE_LIMIT`` messages a minute are answered (a sliding
-  window). The first message over the limit gets one polite reply; the rest are stored, not answered,
-  until the window has room again.
+  window of the answered ones). The first message over the limit gets one polite reply; the rest are
+  stored, not answered, and not counted, until the window has room again.
 - Outbound pacing, shared by every notify process: a GCRA token bucket per sender number at
   ``WAPIPE_SEND_RATE`` messages a second (grants at least 1/rate apart, so no one-second window ever holds
   more than the rate), and a sliding window per recipient at ``WAPIPE_RECIPIENT_RATE`` a minute.
@@ -37,20 +37,23 @@ import redis
 from shared.providers.base import MAX_RETRY_AFTER_SECONDS
 
 # KEYS: the user's window, the notice marker. ARGV: window ms, limit, member (the zero-padded message id).
-# Returns {allowed, send_notice}. The message's rank in the window (not the count) decides, so running the
-# check again for the same message gives the same answer; the notice marker remembers WHICH message got
-# the polite reply, so a re-run for that message still says "send it" (the reply itself is idempotent).
+# Returns {allowed, send_notice}. Only answered messages enter the window: one refused while it is full
+# takes no room, so a sender who keeps writing while limited is answered again as soon as the messages
+# answered a minute ago leave it (counting the refused ones kept them limited for as long as they wrote).
+# A message already in the window is allowed again (a redelivered route); one refused is refused again
+# while the window is still full, and the notice marker remembers WHICH message got the polite reply, so
+# a re-run for that message still says "send it" (the reply itself is idempotent).
 _INBOUND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window, limit, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if not redis.call('ZSCORE', KEYS[1], member) then
-  redis.call('ZADD', KEYS[1], now, member)
+if redis.call('ZSCORE', KEYS[1], member) then
+  return {1, 0}
 end
-redis.call('PEXPIRE', KEYS[1], window)
-local rank = redis.call('ZRANK', KEYS[1], member)
-if rank < limit then
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, member)
+  redis.call('PEXPIRE', KEYS[1], window)
   return {1, 0}
 end
 local holder = redis.call('GET', KEYS[2])
