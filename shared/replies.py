@@ -4,7 +4,8 @@ Every stage answers through :func:`answer` (its last reply to a message: the rep
 message's turn in one transaction) or :func:`queue_reply` (any other). The idempotency key
 ``reply:<inbound id>`` (or ``reply:<inbound id>:<key>`` for a second reply to the same message) makes a
 redelivered handler task store nothing new; notify.send is enqueued again and is itself idempotent, so
-the user gets one message.
+the user gets one message. A STOP or START is confirmed through :func:`confirm_opt_out` or
+:func:`confirm_opt_in`, which store the confirmation in the statement that opts the contact out or in.
 
 A handler that gives up on a message for good has its sender told to send it again: :func:`apologise`,
 under a key of its own (``reply:<inbound id>:apology``), so the reply's key stays free for the handler's
@@ -44,9 +45,18 @@ def queue_reply(inbound_id: int, text: str, *, key: str = "", payload: dict[str,
     return _queued(_queue(inbound_id, text, key=key, payload=payload, bypass_opt_out=False, handled=False))
 
 
-def queue_opt_out_notice(inbound_id: int, text: str, *, key: str) -> int:
-    """The confirmation of a STOP: the one message an opted-out contact still receives."""
-    return _queued(_queue(inbound_id, text, key=key, payload=None, bypass_opt_out=True, handled=False))
+def confirm_opt_out(inbound_id: int, text: str, *, key: str) -> int | None:
+    """Opt the sender of inbound ``inbound_id`` out and queue ``text``, the confirmation (the one message an
+    opted-out contact still receives), only when this message is what opted them out: not a STOP from a
+    contact opted out already, nor the second of two STOPs routed at once. Return its id, or None."""
+    return _queue_opting(inbound_id, text, key=key, opted_out=True)
+
+
+def confirm_opt_in(inbound_id: int, text: str, *, key: str) -> int | None:
+    """Opt the sender of inbound ``inbound_id`` back in and queue ``text``, the confirmation, only when this
+    message is what opted them in: not a START from a contact subscribed already, nor the second of two
+    STARTs routed at once. Return its id, or None."""
+    return _queue_opting(inbound_id, text, key=key, opted_out=False)
 
 
 def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
@@ -124,6 +134,29 @@ def _queue(
     if stored is None:
         log.info("reply dropped: conversation handed over or contact opted out", inbound_id=inbound_id)
         return None
+    return _publish(inbound_id, stored)
+
+
+def _queue_opting(inbound_id: int, text: str, *, key: str, opted_out: bool) -> int | None:
+    # The change and its confirmation in one statement: of two routes deciding at once, only the one whose
+    # statement changed the contact stores it, and a redelivered route finds it stored exactly when its
+    # first run made the change (then only the send is enqueued again).
+    with connection() as conn:
+        stored = answers.store_opting_reply(
+            conn,
+            inbound_id,
+            opted_out=opted_out,
+            key=reply_key(inbound_id, key),
+            provider=get_settings().active_provider.value,
+            body=text,
+        )
+    if stored is None:
+        log.info("not confirmed: the contact was opted out or in already", inbound_id=inbound_id)
+        return None
+    return _publish(inbound_id, stored)
+
+
+def _publish(inbound_id: int, stored: tuple[int, bool]) -> int:
     message_id, created = stored
     # After the commit: notify.send must find the row. A second enqueue for the same message is harmless.
     get_publisher().publish(notify_jobs([message_id]))

@@ -40,7 +40,7 @@ from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
 from shared.queues import Job, get_publisher
 from shared.ratelimit import InboundVerdict, RateLimiter
-from shared.replies import queue_opt_out_notice, queue_reply
+from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage, MessageType, inbound_key_parts
 from workers import event_task, ordering
@@ -426,23 +426,16 @@ def _decide(
         action = _counted_action(facts, verdict)
 
     if action == "opted_out":
-        with transaction() as conn:
-            contact = contacts.set_opted_out(conn, facts.contact_id, True)
-            arrived = messages.get_inbound(message_id, conn).created_at
-        assert contact is not None
-        assert contact.opted_out_at is not None
-        # Opted out before this message arrived (an earlier STOP, or the API): that was confirmed, and each
-        # STOP has its own reply key, so confirming again would repeat it. The opt-out time (kept while
-        # opted out), not facts.opted_out: a route redelivered after its first run opted the contact out
-        # but died before queueing the confirmation must still send it.
-        if contact.opted_out_at >= arrived:
-            notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
-            queue_opt_out_notice(message_id, notice, key="opt-out")
+        # Confirmed by the message that opted the contact out, decided by the statement that does it: a
+        # contact opted out before this message came (an earlier STOP, or one routed at the same moment)
+        # had that one confirmed, and each STOP has its own reply key, so confirming again would repeat it.
+        notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
+        confirm_opt_out(message_id, notice, key="opt-out")
     elif action == "opted_in":
-        with transaction() as conn:
-            contacts.set_opted_out(conn, facts.contact_id, False)
+        # Likewise: confirmed by the message that opted the contact back in, not by a START from a contact
+        # subscribed already (routed later, or at the same moment as the one that did).
         confirmation = OPT_IN_TEXT_ES if _SPANISH_OPT_IN in _said(facts) else OPT_IN_TEXT
-        queue_reply(message_id, confirmation, key="opt-in")
+        confirm_opt_in(message_id, confirmation, key="opt-in")
     elif action == "rate_limited":
         assert verdict is not None
         if verdict.send_notice:

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from shared.db.contacts import SET_OPTED_OUT_IF_CHANGED
 from shared.db.conversations import BOT_MAY_ANSWER
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.messages import HANDLED_SET, INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
@@ -46,10 +47,11 @@ UPDATE messages SET {HANDLED_SET}
 WHERE id = %(inbound_id)s AND direction = 'in'
 RETURNING contact_id, conversation_id
 """  # noqa: S608 - constant, no input
-# Stored once per idempotency key, with the 'queued' event of its timeline, when {guard} holds. ``new_id``
-# is NULL when the key was taken or the guard did not hold.
+# Stored once per idempotency key, with the 'queued' event of its timeline, when {guard} holds, after the
+# change it confirms ({change}: a CTE and its comma, or nothing). ``new_id`` is NULL when the key was taken
+# or the guard did not hold.
 _STORE_REPLY = """
-WITH inbound AS ({inbound}), reply AS (
+WITH inbound AS ({inbound}), {change}reply AS (
     INSERT INTO messages (conversation_id, contact_id, direction, provider, idempotency_key, type, body,
                           payload, status, bypass_opt_out)
     SELECT conversation_id, contact_id, 'out', %(provider)s, %(key)s, %(type)s, %(body)s, %(payload)s,
@@ -64,9 +66,17 @@ WITH inbound AS ({inbound}), reply AS (
 SELECT EXISTS (SELECT FROM inbound) AS found, (SELECT id FROM reply) AS new_id
 """
 _BOT_GUARD = BOT_MAY_ANSWER.format(conversation_id="inbound.conversation_id")
-_STORE = _STORE_REPLY.format(inbound=_INBOUND, guard="true")
-_STORE_AND_HANDLE = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, guard="true")
-_STORE_AND_HANDLE_IF_BOT_MAY = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, guard=_BOT_GUARD)
+_STORE = _STORE_REPLY.format(inbound=_INBOUND, change="", guard="true")
+_STORE_AND_HANDLE = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, change="", guard="true")
+_STORE_AND_HANDLE_IF_BOT_MAY = _STORE_REPLY.format(inbound=_INBOUND_HANDLED, change="", guard=_BOT_GUARD)
+# A STOP's or START's confirmation, stored by the statement that opts the sender out or in, and only when
+# that changed the contact: the confirmation and the change commit together, so a redelivered route finds
+# its confirmation stored exactly when its first run made the change.
+_OPT_INBOUND_SENDER = SET_OPTED_OUT_IF_CHANGED.format(contact_id="(SELECT contact_id FROM inbound)")
+_OPTING = f"opting AS ({_OPT_INBOUND_SENDER}), "
+_STORE_IF_OPTING_CHANGED = _STORE_REPLY.format(
+    inbound=_INBOUND, change=_OPTING, guard="EXISTS (SELECT FROM opting)"
+)
 # In a statement of its own: the statement above cannot see a row committed while it waited on the key.
 _ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
 
@@ -128,18 +138,50 @@ def store_reply(
         "payload": Jsonb(payload),
         "bypass_opt_out": bypass_opt_out,
     }
+    if only_if_bot_may:
+        return _store(conn, _STORE_AND_HANDLE_IF_BOT_MAY, params, may_skip=True)
+    return _store(conn, _STORE_AND_HANDLE if handled else _STORE, params, may_skip=False)
+
+
+def store_opting_reply(
+    conn: psycopg.Connection,
+    inbound_id: int,
+    *,
+    opted_out: bool,
+    key: str,
+    provider: str,
+    body: str,
+) -> tuple[int, bool] | None:
+    """Opt the sender of inbound ``inbound_id`` out (``opted_out``) or back in and store the text reply that
+    confirms it, as :func:`store_reply` does, in one statement: the reply only when that statement changed
+    the contact, so of two STOPs (or STARTs) stored at once one is confirmed. None when nothing was stored;
+    the stored reply's id when ``key`` was taken (a redelivered route). A STOP's confirmation is sent
+    although its contact opted out: the one message they still receive."""
+    params = {
+        "inbound_id": inbound_id,
+        "key": key,
+        "provider": provider,
+        "type": "text",
+        "body": body,
+        "payload": Jsonb({}),
+        "bypass_opt_out": opted_out,
+        "opted_out": opted_out,
+    }
+    return _store(conn, _STORE_IF_OPTING_CHANGED, params, may_skip=True)
+
+
+def _store(
+    conn: psycopg.Connection, statement: str, params: dict[str, Any], *, may_skip: bool
+) -> tuple[int, bool] | None:
+    """Run one of the store statements above; ``may_skip``: its guard may store nothing."""
     with wrap_errors(), autocommit(conn):
-        if only_if_bot_may:
-            statement = _STORE_AND_HANDLE_IF_BOT_MAY
-        else:
-            statement = _STORE_AND_HANDLE if handled else _STORE
         row = conn.execute(statement, params).fetchone()
         if row is None or not row["found"]:
-            raise NotFound(f"inbound message {inbound_id}")
+            raise NotFound(f"inbound message {params['inbound_id']}")
         if row["new_id"] is not None:
             return row["new_id"], True
-        existing = conn.execute(_ID_BY_KEY, {"key": key}).fetchone()
+        existing = conn.execute(_ID_BY_KEY, {"key": params["key"]}).fetchone()
     if existing is None:
-        assert only_if_bot_may, "the conflicting row holds the key"
+        assert may_skip, "the conflicting row holds the key"
         return None
     return existing["id"], False

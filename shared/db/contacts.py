@@ -53,13 +53,17 @@ _REFRESH = f"{_REFRESH_SET} WHERE c.id = %(id)s RETURNING {_COLUMNS}"
 REFRESH_KNOWN = f"{_REFRESH_SET} WHERE c.id = (SELECT id {_MATCH}) RETURNING {_COLUMNS}"
 _GET = f"SELECT {_COLUMNS} FROM contacts WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
 _GET_BY_PHONE = f"SELECT {_COLUMNS} FROM contacts WHERE phone = %(phone)s"  # noqa: S608 - constant column list, no input
-_SET_OPTED_OUT = f"""
+# Opt contact {contact_id} (a parameter or a column) out (%(opted_out)s true) or back in, returning its id
+# only when that changed it. The statement that opts out says whether it did, so it decides who confirms:
+# of two STOPs routed at once, the second waits on the row's lock, then finds the contact opted out and
+# changes nothing (shared/db/answers.py stores the confirmation in the same statement).
+SET_OPTED_OUT_IF_CHANGED = """
 UPDATE contacts SET opted_out = %(opted_out)s,
-    opted_out_at = CASE WHEN %(opted_out)s THEN COALESCE(opted_out_at, now()) ELSE NULL END,
+    opted_out_at = CASE WHEN %(opted_out)s THEN now() END,
     updated_at = now()
-WHERE id = %(id)s
-RETURNING {_COLUMNS}
-"""  # noqa: S608 - constant column list and statuses, no input
+WHERE id = {contact_id} AND opted_out <> %(opted_out)s
+RETURNING id
+"""
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,4 @@ def get(conn: psycopg.Connection, contact_id: int) -> Contact | None:
 def get_by_phone(conn: psycopg.Connection, phone: str) -> Contact | None:
     with wrap_errors():
         row = conn.execute(_GET_BY_PHONE, {"phone": phone}).fetchone()
-    return Contact(**row) if row else None
-
-
-def set_opted_out(conn: psycopg.Connection, contact_id: int, opted_out: bool) -> Contact | None:
-    """Opt the contact out (STOP) or back in (START); the first opt-out time is kept while opted out."""
-    with wrap_errors():
-        row = conn.execute(_SET_OPTED_OUT, {"id": contact_id, "opted_out": opted_out}).fetchone()
     return Contact(**row) if row else None

@@ -286,16 +286,61 @@ def test_a_stop_from_a_contact_already_opted_out_gets_no_second_confirmation(db,
     assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is True
 
 
+def route_at_once(payloads: list[dict[str, Any]], settings: Settings) -> list[inbound.RouteOutcome]:
+    """Route these messages, already stored, in threads of their own at once: what two inbound worker
+    processes do with two messages of one sender stored before either decided."""
+    message_ids = [store(payload, settings) for payload in payloads]
+    with ThreadPoolExecutor(len(payloads)) as pool:
+        outcomes = list(pool.map(lambda payload: route(payload, settings), payloads))
+    assert [outcome.message_id for outcome in outcomes] == message_ids
+    return outcomes
+
+
+def test_two_stops_routed_at_once_get_one_confirmation(db, redis_client) -> None:
+    outcomes = route_at_once([event("STOP"), event("stop!!")], load_settings())
+
+    assert [outcome.action for outcome in outcomes] == ["opted_out", "opted_out"]
+    notices = db.execute("SELECT body FROM messages WHERE direction = 'out'").fetchall()
+    assert len(notices) == 1
+    assert "unsubscribed" in notices[0]["body"]
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is True
+
+
+def test_two_starts_routed_at_once_get_one_confirmation(db, redis_client) -> None:
+    settings = load_settings()
+    route(event("STOP"), settings)
+    outcomes = route_at_once([event("START"), event("start!")], settings)
+
+    assert [outcome.action for outcome in outcomes] == ["opted_in", "opted_in"]
+    replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    assert [reply["body"] for reply in replies] == [replies[0]["body"], inbound.OPT_IN_TEXT]
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+
+
+def test_a_start_from_a_contact_subscribed_already_gets_no_second_confirmation(db, redis_client) -> None:
+    settings = load_settings()
+    route(event("STOP"), settings)
+    route(event("START"), settings)
+    again = route(event("start"), settings)
+
+    assert again.action == "opted_in"
+    replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    assert [reply["body"] for reply in replies][1:] == [inbound.OPT_IN_TEXT]
+
+
 def test_a_stop_redelivered_after_opting_out_still_sends_its_confirmation(db, redis_client) -> None:
     settings = load_settings()
     payload = event("STOP")
-    message_id = store(payload, settings)
-    # The first delivery opted the contact out and died before queueing the confirmation.
-    db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+    message_id = route(payload, settings).message_id
+    # The first delivery opted the contact out and stored its confirmation (one statement), and died
+    # before publishing the confirmation's send and marking the message routed.
+    redis_client.delete("notify")
+    db.execute("UPDATE messages SET routed_at = NULL WHERE id = %s", (message_id,))
 
     assert route(payload, settings).action == "opted_out"
-    notice = db.execute("SELECT idempotency_key FROM messages WHERE direction = 'out'").fetchall()
+    notice = db.execute("SELECT id, idempotency_key FROM messages WHERE direction = 'out'").fetchall()
     assert [row["idempotency_key"] for row in notice] == [f"reply:{message_id}:opt-out"]
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": notice[0]["id"]})]
 
 
 def test_spanish_and_configured_opt_out_words(db, redis_client) -> None:
