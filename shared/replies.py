@@ -70,8 +70,8 @@ def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any]
 
 
 def answer_as_bot(inbound_id: int, text: str, *, payload: dict[str, Any] | None = None) -> int | None:
-    """:func:`answer`, unless the conversation was handed to a person or its contact opted out meanwhile
-    (checked in the statement that stores the reply): then no reply is stored, the message is still
+    """:func:`answer`, unless the conversation was handed to a person or closed, or its contact opted out,
+    meanwhile (checked in the statement that stores the reply): then no reply is stored, the message is still
     recorded as handled so its conversation's turn moves on, and None is returned."""
     return _queue(
         inbound_id, text, key="", payload=payload, bypass_opt_out=False, handled=True, only_if_bot_may=True
@@ -132,7 +132,9 @@ def _queue(
             only_if_bot_may=only_if_bot_may,
         )
     if stored is None:
-        log.info("reply dropped: conversation handed over or contact opted out", inbound_id=inbound_id)
+        log.info(
+            "reply dropped: conversation handed over or closed, or contact opted out", inbound_id=inbound_id
+        )
         return None
     return _publish(inbound_id, stored)
 

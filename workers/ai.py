@@ -139,8 +139,8 @@ def reply_message(
     sender: Sender | None = None,
 ) -> str:
     """Answer inbound ``message_id`` as the assistant; return ``"done"`` when it was already answered,
-    ``"silent"`` when the conversation is handed to a person or its contact opted out (before the model
-    call or while it ran: nothing is sent, the message is marked handled), else what produced the reply
+    ``"silent"`` when the conversation is handed to a person or closed, or its contact opted out (before the
+    model call or while it ran: nothing is sent, the message is marked handled), else what produced the reply
     (the model's name or ``offline``).
 
     The reply is stored with the idempotency key ``reply:<message id>`` and records its source in its
@@ -160,10 +160,14 @@ def reply_message(
     record = get_inbound(message_id)
     with transaction() as conn:
         # Routed while the conversation was open, it may have waited for its turn behind the message that
-        # handed it to a person (or a STOP): the bot says nothing more. Marked handled, so the turn moves on.
+        # handed it to a person (or a STOP), or been closed meanwhile: the bot says nothing more. Marked
+        # handled, so the turn moves on.
         if not conversations.bot_may_answer(conn, record.conversation_id):
             messages.mark_handled(conn, message_id)
-            log.info("assistant silent: conversation handed over or contact opted out", message_id=message_id)
+            log.info(
+                "assistant silent: conversation handed over or closed, or contact opted out",
+                message_id=message_id,
+            )
             return "silent"
     show_typing(record, settings, sender)
     # The prompt is read and its transaction ended before the model call (up to a minute with retries):
@@ -175,10 +179,16 @@ def reply_message(
     payload = {"generated_by": generated.source}
     if generated.handoff:
         with transaction() as conn:
-            conversations.set_status(conn, record.conversation_id, "handoff")
+            handed = conversations.set_status(conn, record.conversation_id, "handoff")
+            if handed is None:
+                # Closed meanwhile (a closed conversation is never reopened): no handoff was made, so none
+                # is confirmed. Marked handled, so the turn moves on.
+                messages.mark_handled(conn, message_id)
+                return "silent"
         answer(message_id, generated.text, payload=payload)  # the handoff's own confirmation: always sent
     elif answer_as_bot(message_id, generated.text, payload=payload) is None:
-        # Handed to a person or opted out during the model call (up to a minute): the answer is dropped.
+        # Handed to a person or closed, or opted out, during the model call (up to a minute): the answer is
+        # dropped.
         return "silent"
     log.info("assistant replied", message_id=message_id, source=generated.source, handoff=generated.handoff)
     return generated.source

@@ -123,7 +123,8 @@ def store_reply(
 
     ``handled``: also record that a handler answered the message (it stops holding its conversation's
     turn), in the same statement. ``only_if_bot_may`` (with ``handled``): store it only while the
-    conversation is not handed to a person and its contact has not opted out, checked in that statement;
+    conversation is open (not handed to a person nor closed) and its contact has not opted out, checked in
+    that statement;
     None when it was not stored (the message is still recorded as handled). ``conn`` must be idle: the
     reply is committed when this returns. Raises ``NotFound`` when there is no such inbound message.
     """

@@ -34,12 +34,12 @@ WHERE id = %(id)s AND status <> 'closed'
 RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
 
-# Whether the bot may still answer in conversation {conversation_id} (a parameter or a column): not
-# handed to a person, its contact not opted out. Read again as late as the answer is stored, since a
-# handoff or a STOP can land while a handler works (workers/ai.py).
+# Whether the bot may still answer in conversation {conversation_id} (a parameter or a column): open (not
+# handed to a person, nor closed), its contact not opted out. Read again as late as the answer is stored,
+# since a handoff, a close or a STOP can land while a handler works (workers/ai.py).
 BOT_MAY_ANSWER = """EXISTS (
     SELECT FROM conversations bv JOIN contacts bc ON bc.id = bv.contact_id
-    WHERE bv.id = {conversation_id} AND bv.status <> 'handoff' AND NOT bc.opted_out
+    WHERE bv.id = {conversation_id} AND bv.status = 'open' AND NOT bc.opted_out
 )"""
 _BOT_MAY_ANSWER = f"SELECT {BOT_MAY_ANSWER.format(conversation_id='%(id)s')} AS may"
 

@@ -359,11 +359,57 @@ def test_an_opted_out_contact_gets_no_ai_reply(clean: None, db: psycopg.Connecti
     assert handled(db, message_id)
 
 
+def test_a_message_of_a_conversation_closed_before_its_turn_gets_no_ai_reply(
+    clean: None, db: psycopg.Connection
+) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "What time do you open?")
+    db.execute("UPDATE conversations SET status = 'closed', closed_at = now() WHERE id = %s", (convo[1],))
+    with FakeOpenAI() as fake:
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "silent"
+    assert fake.completions() == []
+    assert outbound_count(db) == 0
+    assert handled(db, message_id)
+
+
+class ClosingWhileTyping:
+    """A Meta sender whose typing indicator call stands for an operator closing the conversation (through
+    the API) just after the assistant started on the message."""
+
+    name = "meta"
+
+    def __init__(self, db: psycopg.Connection, conversation_id: int) -> None:
+        self.db, self.conversation_id = db, conversation_id
+
+    def mark_read(
+        self, provider_message_id: str, *, typing: bool = True, from_number: str | None = None
+    ) -> None:
+        self.db.execute(
+            "UPDATE conversations SET status = 'closed', closed_at = now() WHERE id = %s",
+            (self.conversation_id,),
+        )
+
+
+def test_a_handoff_asked_for_in_a_conversation_closed_meanwhile_is_neither_made_nor_confirmed(
+    clean: None, db: psycopg.Connection
+) -> None:
+    convo = conversation(db, provider="meta", business="106540352242922")
+    message_id = say(db, convo, "in", "I want to talk to a person", provider="meta")
+    settings = load_settings(ai="offline", provider="meta", meta_access_token="t", meta_phone_number_id="9")
+
+    assert ai_worker.reply_message(message_id, settings, sender=ClosingWhileTyping(db, convo[1])) == "silent"
+    assert outbound_count(db) == 0
+    status = db.execute("SELECT status FROM conversations WHERE id = %s", (convo[1],)).fetchone()["status"]
+    assert status == "closed"
+    assert handled(db, message_id)
+
+
 @pytest.mark.parametrize(
     "meanwhile",
     [
         "UPDATE conversations SET status = 'handoff'",  # an agent took the conversation over
         "UPDATE contacts SET opted_out = true, opted_out_at = now()",  # STOP was routed
+        "UPDATE conversations SET status = 'closed', closed_at = now()",  # closed through the API
     ],
 )
 def test_a_reply_is_dropped_when_the_conversation_is_taken_over_during_the_model_call(
