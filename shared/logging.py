@@ -17,25 +17,51 @@ from typing import Any
 import structlog
 
 # Anything shaped like a phone number: an optional +, then 8 or more digits possibly split by spaces,
-# dots or dashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone. A run also starts
-# right after a percent-escape, because Twilio form bodies and callback URLs in exception texts and HTTP
-# client logs carry numbers URL-encoded: ``To=whatsapp%3A%2B15551234567`` (the ``%2B`` is kept as the +),
-# or encoded twice (``%252B``) when a callback URL travels inside another URL's query.
+# dots or dashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone.
 # People (and the error texts that quote them) also bracket the area code: ``(555) 123-4567``,
 # ``+1 (555) 123-4567``, ``+44 (0)20 7946 0958``, so a parenthesis may open or close a group; still one
 # separator at most between two digits, so words or punctuation between numbers never join them into one.
 # A parenthesis is taken only with its pair around a group of 1-5 digits: in ``(555-123-4567)`` both stay
 # out of the match and the masked number keeps its brackets.
-_PHONE_OPEN = r"(?:\((?=\d{1,5}\)))"
-_PHONE_CLOSE = r"(?:" + "|".join(rf"(?<=\(\d{{{n}}})" for n in range(1, 6)) + r")\)"
-_PHONE_SEPARATOR = rf"(?:[ .\-]?{_PHONE_OPEN}|{_PHONE_CLOSE}[ .\-]?|[ .\-])"
+# Twilio form bodies and callback URLs in exception texts and HTTP client logs carry numbers URL-encoded:
+# ``To=whatsapp%3A%2B15551234567`` (the ``%2B`` is kept as the +), ``q=%28555%29%20123-4567``, or encoded
+# twice (``%252B``) when a callback URL travels inside another URL's query. So the +, the brackets and the
+# space are each taken as written or encoded, and a run also starts right after a percent-escape.
+
+
+def _written_or_encoded(written: str, hex_code: str) -> str:
+    """A character as written or percent-encoded once or twice: ``(``, ``%28`` or ``%2528``."""
+    return rf"(?:{written}|%(?:25)?{hex_code})"
+
+
+# Never inside an escape, though: the 20 of ``%20`` is no digit of the number after it.
+_RUN_START = r"(?:(?<![\w%])|(?<=%[0-9A-F]{2})|(?<=%25[0-9A-F]{2}))"
+_PLUS = _written_or_encoded(r"\+", "2B")
+# A form body encodes a space as + (``Body=call+me+at+555+123+4567``).
+_GAP = rf"(?:{_written_or_encoded('[ +]', '20')}|[.\-])"
+# Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
+_BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
+
+
+def _opening_bracket(opening: str, closing: str) -> str:
+    return rf"{opening}(?=\d{{1,5}}{closing})"
+
+
+def _closing_bracket(opening: str, closing: str) -> str:
+    # Python's look-behind is fixed-width: one per length of the bracketed group.
+    after_opening = "|".join(rf"(?<={opening}\d{{{n}}}{closing})" for n in range(1, 6))
+    return rf"{closing}(?:{after_opening})"
+
+
+_PHONE_OPEN = "(?:" + "|".join(_opening_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"
+_PHONE_CLOSE = "(?:" + "|".join(_closing_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"
+_PHONE_SEPARATOR = rf"(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
 
 
 def _phone_shape(min_digits: int) -> str:
-    return (
-        r"(?:(?<!\w)|(?<=%[0-9A-F]{2})|(?<=%25[0-9A-F]{2}))"
-        rf"(?P<plus>\+|%2B)?(?P<digits>{_PHONE_OPEN}?\d(?:{_PHONE_SEPARATOR}?\d){{{min_digits - 1},}})(?!\w)"
-    )
+    """The number itself, to be tried only where a run may start (_RUN_START)."""
+    digit_run = rf"{_PHONE_OPEN}?\d(?:{_PHONE_SEPARATOR}?\d){{{min_digits - 1},}}"
+    return rf"(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
 
 
 # Numbers every log line carries that the shape above would take for a phone. They are matched in the same
@@ -66,16 +92,17 @@ _NOT_PHONE = "|".join(
     )
 )
 # Both guards are for speed, as this runs on every line: most positions (letters, spaces, punctuation)
-# can start neither alternative and are passed over with one character test, and an exception, like a
-# phone, starts only at a word's start, so the inside of a hex id or a long number is not tried for one.
+# can start neither alternative and are passed over with one character test, and an exception starts only
+# where a phone may (_RUN_START), so the inside of a hex id or a long number is not tried for one.
 _PHONE = re.compile(
-    r"(?=[\d(+%a-fh])(?:(?P<keep>(?<!\w)(?:" + _NOT_PHONE + r")(?![.\-]?\d))|" + _phone_shape(8) + ")",
+    rf"(?=[\d(+%a-fh]){_RUN_START}(?:(?P<keep>(?:{_NOT_PHONE})(?![.\-]?\d))|{_phone_shape(8)})",
     re.I,
 )
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
 # No exception is kept there: whatever sits under such a key is taken for a phone.
-_PHONE_UNDER_PHONE_KEY = re.compile(_phone_shape(5), re.I)
+_PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5), re.I)
 _NON_DIGIT = re.compile(r"\D")
+_PERCENT_ESCAPE = re.compile(r"%(?:25)?[0-9A-F]{2}", re.I)
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
 # Bearer tokens, Twilio auth tokens/SIDs and OpenAI-style keys that end up inside free text.
 _SECRET_VALUE = re.compile(r"(Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b)", re.I)
@@ -130,7 +157,7 @@ def _mask_match(match: re.Match[str]) -> str:
     # Separators and parentheses are dropped, not kept: a number reads the same masked whatever way it was
     # written (one grep finds every line about a recipient), and the grouping would tell its country and
     # format. Only the + stays, the one sign that the number is international.
-    digits = _NON_DIGIT.sub("", match["digits"])
+    digits = _NON_DIGIT.sub("", _PERCENT_ESCAPE.sub("", match["digits"]))
     return (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
 
 

@@ -251,3 +251,38 @@ def test_written_phones_are_masked_in_rendered_lines(captured: io.StringIO) -> N
     for kept in (" 200 12345 ", "Chrome/120.0.6099.109", "+*******4567", "call ******4567"):
         assert kept in out
     assert "123-4567" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # Brackets and spaces percent-encoded, as a logged URL or form body carries them.
+        ("GET /lookup?q=%28555%29%20123-4567", "GET /lookup?q=******4567"),
+        ("To=tel%3A%2B1%28555%29123-4567", "To=tel%3A%2B*******4567"),
+        ("To=tel%3A%2B1%20%28555%29%20123-4567", "To=tel%3A%2B*******4567"),
+        ("to=%2B44%20%280%2920%207946%200958", "to=%2B*********0958"),
+        ("to=%2B1%20555%20123%204567", "to=%2B*******4567"),
+        ("q=%2B1%20(415)%20555-0123", "q=%2B*******0123"),
+        # A form body encodes a space as +.
+        ("Body=call+me+at+555+123+4567", "Body=call+me+at+******4567"),
+        # Encoded twice when a URL travels inside another URL's query.
+        ("cb=x%3Fq%3D%2528555%2529%2520123-4567", "cb=x%3Fq%3D******4567"),
+        # The hex digits of an escape are no digits of the number after it.
+        ("q=%2014155550123", "q=%20*******0123"),
+    ],
+)
+def test_phones_written_url_encoded_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "next=%2Fapi%3Fsince%3D2026-12-07",
+        "q=sent%202026-12-07%2007%3A21%3A03",
+        "forwarded%3D192.168.100.200%3A6379",
+        "q=page%2012%20of%2034",
+    ],
+)
+def test_numbers_in_url_encoded_text_that_are_no_phones_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
