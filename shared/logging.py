@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 # Anything shaped like a phone number: an optional +, then 8 or more digits possibly split by spaces,
-# dots or dashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone.
+# dots, dashes or (see _SLASH) slashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone.
 # People (and the error texts that quote them) also bracket the area code: ``(555) 123-4567``,
 # ``+1 (555) 123-4567``, ``+44 (0)20 7946 0958``, so a parenthesis may open or close a group; still one
 # separator at most between two digits, so words or punctuation between numbers never join them into one.
@@ -37,8 +37,12 @@ def _written_or_encoded(written: str, hex_code: str) -> str:
 # Never inside an escape, though: the 20 of ``%20`` is no digit of the number after it.
 _RUN_START = r"(?:(?<![\w%])|(?<=%[0-9A-F]{2})|(?<=%25[0-9A-F]{2}))"
 _PLUS = _written_or_encoded(r"\+", "2B")
+# A slash splits a number only the German way (``030/1234567``, ``+49 30/1234567``, ``(030) 123/4567``):
+# in a run that opens with a trunk 0, a + or a bracketed area code (the slash_cue group, see _phone_shape).
+# Elsewhere a slash is a ratio or a path (``1200/5000``, ``/messages/12345/67890``): the numbers stay apart.
+_SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
 # A form body encodes a space as + (``Body=call+me+at+555+123+4567``).
-_GAP = rf"(?:{_written_or_encoded('[ +]', '20')}|[.\-])"
+_GAP = rf"(?:{_written_or_encoded('[ +]', '20')}|[.\-]|{_SLASH})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 
@@ -58,10 +62,13 @@ _PHONE_CLOSE = "(?:" + "|".join(_closing_bracket(*pair) for pair in _BRACKET_PAI
 _PHONE_SEPARATOR = rf"(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
 
 
-def _phone_shape(min_digits: int) -> str:
+def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
     """The number itself, to be tried only where a run may start (_RUN_START)."""
+    # An empty group that takes part lets a slash split any run; a look-ahead only when it sees the cue. A
+    # bracket here needs no check for its pair: without one the run cannot start on it.
+    slash_cue = r"(?P<slash_cue>(?=[+(]|0\d|%(?:25)?2[B8]))?" if slash_needs_cue else "(?P<slash_cue>)"
     digit_run = rf"{_PHONE_OPEN}?\d(?:{_PHONE_SEPARATOR}?\d){{{min_digits - 1},}}"
-    return rf"(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
+    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
 
 
 # Numbers every log line carries that the shape above would take for a phone. They are matched in the same
@@ -72,8 +79,11 @@ def _phone_shape(min_digits: int) -> str:
 _NOT_PHONE = "|".join(
     (
         # ISO dates (and dotted calendar versions), with the time of an ISO stamp or of stdlib's asctime.
-        r"(?:19|20)\d\d(?P<date_sep>[-.])(?:0[1-9]|1[0-2])(?P=date_sep)(?:0[1-9]|[12]\d|3[01])"
+        r"(?:19|20)\d\d(?P<date_sep>[-./])(?:0[1-9]|1[0-2])(?P=date_sep)(?:0[1-9]|[12]\d|3[01])"
         r"(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?)?",
+        # Dates written day or month first (``07.12.2026``, ``12/31/2026``): 8 digits, and a leading 0 would
+        # also let a slash join them as in a German phone.
+        r"(?:0[1-9]|[12]\d|3[01])(?P<day_first_sep>[-./])(?:0[1-9]|[12]\d|3[01])(?P=day_first_sep)(?:19|20)\d\d",
         # Clock times, whose fraction alone (``03:10:00.123456``) would be 8 digits after a separator.
         r"\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?",
         # UUIDs (Celery task ids, request ids): the last group may be all digits.
@@ -99,8 +109,8 @@ _PHONE = re.compile(
     re.I,
 )
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
-# No exception is kept there: whatever sits under such a key is taken for a phone.
-_PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5), re.I)
+# No exception is kept there, and a slash always splits: whatever sits under such a key is taken for a phone.
+_PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5, slash_needs_cue=False), re.I)
 _NON_DIGIT = re.compile(r"\D")
 _PERCENT_ESCAPE = re.compile(r"%(?:25)?[0-9A-F]{2}", re.I)
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)

@@ -286,3 +286,42 @@ def test_phones_written_url_encoded_are_masked(text: str, masked: str) -> None:
 )
 def test_numbers_in_url_encoded_text_that_are_no_phones_stay_readable(text: str) -> None:
     assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # German style: a slash after the area code, or between the subscriber digits.
+        ("call 030/1234567 now", "call ******4567 now"),
+        ("call +49 30/1234567 now", "call +*******4567 now"),
+        ("call (030) 123/4567 now", "call ******4567 now"),
+        ("Mobil 0171/1234567", "Mobil *******4567"),
+        ("call 0049 30/123 4567 now", "call *********4567 now"),
+        ("to=030%2F1234567", "to=******4567"),
+    ],
+)
+def test_phones_split_by_a_slash_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Without a trunk 0, a + or a bracketed area code a slash is a ratio or a path, not a phone.
+        "batch 1200/5000 done",
+        "sent 0/1234567",
+        "GET /api/v1/messages/12345/67890",
+        "on 2026/12/07 at 07:21",
+        # Dates written day or month first.
+        "on 07/12/2026 at 07:21",
+        "on 12/31/2026",
+        "am 07.12.2026 um 07:21",
+        "am 31.12.2026",
+    ],
+)
+def test_ratios_paths_and_dates_with_slashes_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
+
+
+def test_under_a_phone_key_a_slash_always_splits_a_number() -> None:
+    assert scrub({"phone": "555/1234"}) == {"phone": "***1234"}
