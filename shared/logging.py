@@ -71,6 +71,9 @@ def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
     return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
 
 
+# One part of an IPv4 address as inet_ntoa writes it: 0-255, no leading 0.
+_IPV4_PART = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+
 # Numbers every log line carries that the shape above would take for a phone. They are matched in the same
 # pass, as an alternative tried first at each position, and kept as they are: the scan then resumes after
 # them, so a phone right beside one (``2026-12-07 555 123 4567``) is still masked on its own. Each is
@@ -88,11 +91,16 @@ _NOT_PHONE = "|".join(
         r"\d{1,2}:\d\d(?::\d\d(?:[.,]\d+)?)?",
         # UUIDs (Celery task ids, request ids): the last group may be all digits.
         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-        # IPv4 addresses (a port after the colon is too short to matter).
-        r"(?:\d{1,3}\.){3}\d{1,3}",
-        # Versions of three groups or more with a one-digit group after the first (``Chrome/120.0.6099.109``
-        # in an access log's user agent); dotted phones have no one-digit group past the country code.
-        r"\d{1,4}(?=(?:\.\d{1,4})*\.\d(?!\d))(?:\.\d{1,4}){2,}",
+        # IPv4 addresses (a port after the colon is too short to matter), each part 0-255 written without
+        # a leading 0: Swiss and Belgian phones are dotted in groups of up to three digits too
+        # (``044.668.18.00``, ``02.123.45.67``). An 8-digit number written in dotted pairs (``12.34.56.78``,
+        # as Danes write theirs) still reads as an address and stays: ops need addresses, and nothing in the
+        # text tells the two apart.
+        rf"{_IPV4_PART}(?:\.{_IPV4_PART}){{3}}",
+        # Versions of three or four groups with a one-digit group after the first (``Chrome/120.0.6099.109``
+        # in an access log's user agent); dotted phones have no one-digit group past the country code, or
+        # have more groups (``33.6.12.34.56.78``).
+        r"\d{1,4}(?=(?:\.\d{1,4}){0,2}\.\d(?!\d))(?:\.\d{1,4}){2,3}",
         # Decimals (durations, epoch seconds, float reprs) with a non-zero fraction. As in _scrub_number, a
         # whole one (``15551234567.0``) may be a phone read as a float; a leading 0 before more digits is a
         # trunk prefix (``030.12345678``), not a decimal.

@@ -325,3 +325,37 @@ def test_ratios_paths_and_dates_with_slashes_stay_readable(text: str) -> None:
 
 def test_under_a_phone_key_a_slash_always_splits_a_number() -> None:
     assert scrub({"phone": "555/1234"}) == {"phone": "***1234"}
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("call 415.555.0123 now", "call ******0123 now"),
+        ("call +33.6.12.34.56.78 now", "call +*******5678 now"),
+        # Four dotted groups of up to three digits are an address only when each is 0-255 without a
+        # leading 0: Swiss and Belgian numbers are written so too.
+        ("call 044.668.18.00 now", "call ******1800 now"),
+        ("call 02.123.45.67 now", "call *****4567 now"),
+        ("call 999.999.999.999 now", "call ********9999 now"),
+        # A version has at most four groups; more, with a one-digit group, is a dotted phone.
+        ("call 33.6.12.34.56.78 now", "call *******5678 now"),
+        ("call 0033.6.12.34.56.78 now", "call *********5678 now"),
+    ],
+)
+def test_dotted_phones_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # An address that could also be an 8-digit number in pairs (as Danes write theirs) stays readable:
+        # ops need the addresses, and nothing in the text tells the two apart.
+        "from 12.34.56.78",
+        "from 255.255.255.255 and 0.0.0.0",
+        "from 8.8.8.8 via 192.168.100.200:6379",
+        "Chrome/120.0.6099.109 and 1.2.3.4567",
+    ],
+)
+def test_ip_addresses_and_versions_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
