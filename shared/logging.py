@@ -41,8 +41,12 @@ _PLUS = _written_or_encoded(r"\+", "2B")
 # in a run that opens with a trunk 0, a + or a bracketed area code (the slash_cue group, see _phone_shape).
 # Elsewhere a slash is a ratio or a path (``1200/5000``, ``/messages/12345/67890``): the numbers stay apart.
 _SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
-# A form body encodes a space as + (``Body=call+me+at+555+123+4567``).
-_GAP = rf"(?:{_written_or_encoded('[ +]', '20')}|[.\-]|{_SLASH})"
+# A form body encodes a space as + (``Body=call+me+at+555+123+4567``). Contacts apps copy a number with
+# no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the no-break U+2011); word processors turn a dash
+# into an en dash (U+2013).
+_SPACE = _written_or_encoded(r"[ +\u00a0\u202f]", "20")
+_DOT_OR_DASH = r"[.\-\u2010\u2011\u2013]"
+_GAP = rf"(?:{_SPACE}|{_DOT_OR_DASH}|{_SLASH})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 

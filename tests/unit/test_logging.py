@@ -359,3 +359,17 @@ def test_dotted_phones_are_masked(text: str, masked: str) -> None:
 )
 def test_ip_addresses_and_versions_stay_readable(text: str) -> None:
     assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A phone's contacts app copies numbers with no-break spaces and hyphens (and bidi marks around).
+        ("call +1\u00a0(415)\u00a0555\u20110123 now", "call +*******0123 now"),
+        ("call \u202d+1 (415) 555\u20110123\u202c now", "call \u202d+*******0123\u202c now"),
+        ("call +33\u202f6\u202f12\u202f34\u202f56\u202f78 now", "call +*******5678 now"),
+        ("call +1 415 555\u20130123 now", "call +*******0123 now"),
+    ],
+)
+def test_phones_written_with_typographic_spaces_and_dashes_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
