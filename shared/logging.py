@@ -34,8 +34,13 @@ def _written_or_encoded(written: str, hex_code: str) -> str:
     return rf"(?:{written}|%(?:25)?{hex_code})"
 
 
-# Never inside an escape, though: the 20 of ``%20`` is no digit of the number after it.
-_RUN_START = r"(?:(?<![\w%])|(?<=%[0-9A-F]{2})|(?<=%25[0-9A-F]{2}))"
+# A run starts where a word does, and never inside an escape: the 20 of ``%20`` is no digit of the number
+# after it. It may also be glued to an escape before it: a percent-escape (``whatsapp%3A15551234567``) or a
+# line break or tab escaped with a backslash, as an object's repr or a raw JSON body writes it
+# (``ValueError('To:\n4155550123')``). That escape is matched as the run's lead and written back as it
+# was, rather than looked behind for: a look-behind is tried at every letter and digit inside every word.
+# An encoded + or bracket is no lead: it belongs to the number.
+_RUN_START = r"(?:(?<![\w%])|(?=[%\\]))(?P<lead>%(?!(?:25)?2[8B])(?:25)?[0-9A-F]{2}|\\[nrt])?"
 _PLUS = _written_or_encoded(r"\+", "2B")
 # A slash splits a number only the German way (``030/1234567``, ``+49 30/1234567``, ``(030) 123/4567``):
 # in a run that opens with a trunk 0, a + or a bracketed area code (the slash_cue group, see _phone_shape).
@@ -71,7 +76,8 @@ def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
     # An empty group that takes part lets a slash split any run; a look-ahead only when it sees the cue. A
     # bracket here needs no check for its pair: without one the run cannot start on it.
     slash_cue = r"(?P<slash_cue>(?=[+(]|0\d|%(?:25)?2[B8]))?" if slash_needs_cue else "(?P<slash_cue>)"
-    digit_run = rf"{_PHONE_OPEN}?\d(?:{_PHONE_SEPARATOR}?\d){{{min_digits - 1},}}"
+    # A digit is tried before a separator: most steps of a run are digits, and a separator has many forms.
+    digit_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
     return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
 
 
@@ -117,7 +123,7 @@ _NOT_PHONE = "|".join(
 # can start neither alternative and are passed over with one character test, and an exception starts only
 # where a phone may (_RUN_START), so the inside of a hex id or a long number is not tried for one.
 _PHONE = re.compile(
-    rf"(?=[\d(+%a-fh]){_RUN_START}(?:(?P<keep>(?:{_NOT_PHONE})(?![.\-]?\d))|{_phone_shape(8)})",
+    rf"(?=[\d(+%a-fh\\]){_RUN_START}(?:(?P<keep>(?:{_NOT_PHONE})(?![.\-]?\d))|{_phone_shape(8)})",
     re.I,
 )
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
@@ -180,7 +186,7 @@ def _mask_match(match: re.Match[str]) -> str:
     # written (one grep finds every line about a recipient), and the grouping would tell its country and
     # format. Only the + stays, the one sign that the number is international.
     digits = _NON_DIGIT.sub("", _PERCENT_ESCAPE.sub("", match["digits"]))
-    return (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
+    return (match["lead"] or "") + (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
 
 
 def _mask_digits(number: int) -> str:

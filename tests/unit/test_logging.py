@@ -267,6 +267,7 @@ def test_written_phones_are_masked_in_rendered_lines(captured: io.StringIO) -> N
         ("Body=call+me+at+555+123+4567", "Body=call+me+at+******4567"),
         # Encoded twice when a URL travels inside another URL's query.
         ("cb=x%3Fq%3D%2528555%2529%2520123-4567", "cb=x%3Fq%3D******4567"),
+        ("q=%2528555%2529%2520123-4567", "q=******4567"),
         # The hex digits of an escape are no digits of the number after it.
         ("q=%2014155550123", "q=%20*******0123"),
     ],
@@ -373,3 +374,12 @@ def test_ip_addresses_and_versions_stay_readable(text: str) -> None:
 )
 def test_phones_written_with_typographic_spaces_and_dashes_are_masked(text: str, masked: str) -> None:
     assert mask_phone(text) == masked
+
+
+def test_phones_after_an_escaped_line_break_are_masked() -> None:
+    # An object's repr and a raw JSON body write a line break as backslash-n, glued to the next word.
+    assert scrub({"error": ValueError("To:\n4155550123")}) == {"error": "ValueError('To:\\n******0123')"}
+    assert scrub({"body": b'{"text": {"body": "call me\\n4155550123\\t(415) 555-0124"}}'}) == {
+        "body": b'{"text": {"body": "call me\\n******0123\\t******0124"}}'
+    }
+    assert mask_phone("'a\\r\\n2026-12-07 07:21:03'") == "'a\\r\\n2026-12-07 07:21:03'"
