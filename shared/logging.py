@@ -78,7 +78,9 @@ def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
     slash_cue = r"(?P<slash_cue>(?=[+(]|0\d|%(?:25)?2[B8]))?" if slash_needs_cue else "(?P<slash_cue>)"
     # A digit is tried before a separator: most steps of a run are digits, and a separator has many forms.
     digit_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
-    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?!\w)"
+    # No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
+    # (``555-0123x12``), which is left readable.
+    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?:(?!\w)|(?=x\d{{1,6}}(?!\w)))"
 
 
 # One part of an IPv4 address as inet_ntoa writes it: 0-255, no leading 0.

@@ -383,3 +383,10 @@ def test_phones_after_an_escaped_line_break_are_masked() -> None:
         "body": b'{"text": {"body": "call me\\n******0123\\t******0124"}}'
     }
     assert mask_phone("'a\\r\\n2026-12-07 07:21:03'") == "'a\\r\\n2026-12-07 07:21:03'"
+
+
+def test_a_phone_with_its_extension_glued_on_is_masked_and_the_extension_kept() -> None:
+    assert mask_phone("call +1 415 555 0123x12 now") == "call +*******0123x12 now"
+    assert mask_phone("call (415) 555-0123X1234") == "call ******0123X1234"
+    # A word glued to the digits is still no phone.
+    assert mask_phone("id 14155550123xyz and 14155550123abc") == "id 14155550123xyz and 14155550123abc"
