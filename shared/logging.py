@@ -36,21 +36,34 @@ def _written_or_encoded(written: str, hex_code: str) -> str:
 
 # A run starts where a word does, and never inside an escape: the 20 of ``%20`` is no digit of the number
 # after it. It may also be glued to an escape before it: a percent-escape (``whatsapp%3A15551234567``) or a
-# line break or tab escaped with a backslash, as an object's repr or a raw JSON body writes it
-# (``ValueError('To:\n4155550123')``). That escape is matched as the run's lead and written back as it
-# was, rather than looked behind for: a look-behind is tried at every letter and digit inside every word.
-# An encoded + or bracket is no lead: it belongs to the number.
-_RUN_START = r"(?:(?<![\w%])|(?=[%\\]))(?P<lead>%(?!(?:25)?2[8B])(?:25)?[0-9A-F]{2}|\\[nrt])?"
+# line break, tab or other character escaped with a backslash, as an object's repr or a raw JSON body
+# writes it (``ValueError('To:\n4155550123')``, ``'Tel:\xa04155550123'``). That escape is matched as the
+# run's lead and written back as it was, rather than looked behind for: a look-behind is tried at every
+# letter and digit inside every word. An encoded + or bracket is no lead: it belongs to the number.
+_RUN_START = (
+    r"(?:(?<![\w%])|(?=[%\\]))"
+    r"(?P<lead>%(?!(?:25)?2[8B])(?:25)?[0-9A-F]{2}|\\(?:[nrt]|x[0-9A-F]{2}|u[0-9A-F]{4}))?"
+)
 _PLUS = _written_or_encoded(r"\+", "2B")
 # A slash splits a number only the German way (``030/1234567``, ``+49 30/1234567``, ``(030) 123/4567``):
 # in a run that opens with a trunk 0, a + or a bracketed area code (the slash_cue group, see _phone_shape).
 # Elsewhere a slash is a ratio or a path (``1200/5000``, ``/messages/12345/67890``): the numbers stay apart.
 _SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
+
+
+def _written_or_escaped(*code_points: int) -> str:
+    r"""Characters as written or backslash-escaped, as repr() (``\xa0``) or JSON (``\u00a0``) writes them."""
+    written = "".join(rf"\u{code_point:04x}" for code_point in code_points)
+    escaped = [f"u{code_point:04x}" for code_point in code_points]
+    escaped += [f"x{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
+    return rf"(?:[{written}]|\\(?:{'|'.join(escaped)}))"
+
+
 # A form body encodes a space as + (``Body=call+me+at+555+123+4567``). Contacts apps copy a number with
 # no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the no-break U+2011); word processors turn a dash
 # into an en dash (U+2013).
-_SPACE = _written_or_encoded(r"[ +\u00a0\u202f]", "20")
-_DOT_OR_DASH = r"[.\-\u2010\u2011\u2013]"
+_SPACE = rf"(?:{_written_or_encoded('[ +]', '20')}|{_written_or_escaped(0x00A0, 0x202F)})"
+_DOT_OR_DASH = rf"(?:[.\-]|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
 _GAP = rf"(?:{_SPACE}|{_DOT_OR_DASH}|{_SLASH})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
@@ -68,7 +81,10 @@ def _closing_bracket(opening: str, closing: str) -> str:
 
 _PHONE_OPEN = "(?:" + "|".join(_opening_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"
 _PHONE_CLOSE = "(?:" + "|".join(_closing_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"
-_PHONE_SEPARATOR = rf"(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
+# Every form above starts with one of these characters: at the end of a run (most numbers in a log line are
+# too short for a phone) one test rules out all the forms, which are many.
+_SEPARATOR_START = r"[ +%.\-/\\()\u00a0\u202f\u2010\u2011\u2013]"
+_PHONE_SEPARATOR = rf"(?={_SEPARATOR_START})(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
 
 
 def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
@@ -132,7 +148,8 @@ _PHONE = re.compile(
 # No exception is kept there, and a slash always splits: whatever sits under such a key is taken for a phone.
 _PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5, slash_needs_cue=False), re.I)
 _NON_DIGIT = re.compile(r"\D")
-_PERCENT_ESCAPE = re.compile(r"%(?:25)?[0-9A-F]{2}", re.I)
+# An escaped separator inside a matched number, whose hex digits are none of the number's.
+_ESCAPED_CHAR = re.compile(r"%(?:25)?[0-9A-F]{2}|\\(?:x[0-9A-F]{2}|u[0-9A-F]{4})", re.I)
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
 # Bearer tokens, Twilio auth tokens/SIDs and OpenAI-style keys that end up inside free text.
 _SECRET_VALUE = re.compile(r"(Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b)", re.I)
@@ -187,7 +204,7 @@ def _mask_match(match: re.Match[str]) -> str:
     # Separators and parentheses are dropped, not kept: a number reads the same masked whatever way it was
     # written (one grep finds every line about a recipient), and the grouping would tell its country and
     # format. Only the + stays, the one sign that the number is international.
-    digits = _NON_DIGIT.sub("", _PERCENT_ESCAPE.sub("", match["digits"]))
+    digits = _NON_DIGIT.sub("", _ESCAPED_CHAR.sub("", match["digits"]))
     return (match["lead"] or "") + (match["plus"] or "") + "*" * (len(digits) - 4) + digits[-4:]
 
 

@@ -370,6 +370,7 @@ def test_ip_addresses_and_versions_stay_readable(text: str) -> None:
         ("call \u202d+1 (415) 555\u20110123\u202c now", "call \u202d+*******0123\u202c now"),
         ("call +33\u202f6\u202f12\u202f34\u202f56\u202f78 now", "call +*******5678 now"),
         ("call +1 415 555\u20130123 now", "call +*******0123 now"),
+        ("call +1\u2010415\u2010555\u20100123 now", "call +*******0123 now"),
     ],
 )
 def test_phones_written_with_typographic_spaces_and_dashes_are_masked(text: str, masked: str) -> None:
@@ -390,3 +391,41 @@ def test_a_phone_with_its_extension_glued_on_is_masked_and_the_extension_kept() 
     assert mask_phone("call (415) 555-0123X1234") == "call ******0123X1234"
     # A word glued to the digits is still no phone.
     assert mask_phone("id 14155550123xyz and 14155550123abc") == "id 14155550123xyz and 14155550123abc"
+
+
+def test_phones_in_urls_payloads_and_reprs_are_masked_in_rendered_lines(captured: io.StringIO) -> None:
+    url = (
+        "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json"
+        "?To=whatsapp%3A%2B14155550123&StatusCallback=https%3A%2F%2Fx%2Fs%3Fq%3D%2528415%2529%2520555-0124"
+    )
+    logging.getLogger("twilio.http_client").info("POST %s at 2026-12-07 07:21:03 took 12.345 s", url)
+    get_logger("wapipe.test").warning(
+        "lookup failed",
+        payload='{"to": "+14155550125", "wa_id": "14155550126", "note": "Festnetz 030/1234567"}',
+        error=ValueError("To:\n+1\u00a0(415)\u00a0555\u20110127"),
+        query="q=%28415%29%20555-0128",
+        message_id="SM0123456789abcdef0123456789abcdef",
+        task_id="123e4567-e89b-12d3-a456-426614174000",
+        peer="192.168.100.200:6379",
+    )
+    out = captured.getvalue()
+    for kept in ("2026-12-07 07:21:03", "12.345", "SM0123456789abcdef0123456789abcdef", "192.168.100.200"):
+        assert kept in out
+    assert "123e4567-e89b-12d3-a456-426614174000" in out
+    for last_four in ("0123", "0124", "0125", "0126", "4567", "0127", "0128"):
+        assert f"*{last_four}" in out
+    for leak in ("14155550123", "%2528415", "14155550125", "14155550126", "030/", "(415)", "%28415"):
+        assert leak not in out
+
+
+def test_phones_with_escaped_no_break_spaces_are_masked() -> None:
+    # repr() escapes a no-break space (``\xa0``); a provider's JSON body may escape every non-ASCII one.
+    assert scrub({"error": ValueError("+1\u00a0(415)\u00a0555-0123")}) == {
+        "error": "ValueError('+*******0123')"
+    }
+    assert mask_phone('"+33\\u202f6\\u202f12\\u202f34\\u202f56\\u202f78"') == '"+*******5678"'
+    assert mask_phone('"+1\\u00A0415\\u00A0555\\u20110123"') == '"+*******0123"'
+    # Glued to the escape before it, as a run is to an escaped line break.
+    assert scrub({"error": ValueError("Tel:\u00a014155550123")}) == {
+        "error": "ValueError('Tel:\\xa0*******0123')"
+    }
