@@ -16,7 +16,7 @@ from uuid import UUID
 
 import psycopg
 
-from shared.bot.matching import best_matches
+from shared.bot.matching import best_matches, namesake, namesake_numbers
 from shared.db import workspaces as repo
 from shared.db.pool import connection
 from shared.db.workspaces import Project, Workspace
@@ -136,14 +136,14 @@ def _workspace(ctx: _Context, argument: str) -> str:
         return _bullets("Your workspaces:", mine, lambda ws: ws.name, current) + (
             "\n\nSwitch with /workspace <name>."
         )
-    found = best_matches(argument, mine, lambda ws: ws.name)
+    found = _matches(argument, mine, _name)
     if not found:
         return f'No workspace matches "{_echo(argument)}".\n\n' + _bullets(
             "Your workspaces:", mine, _name, current
         )
     if len(found) > 1:
-        return _bullets(f'Several workspaces match "{_echo(argument)}":', found, _name, None) + (
-            "\n\nSend /workspace with more of the name."
+        return _bullets(f'Several workspaces match "{_echo(argument)}":', found, _name, None) + _narrow_hint(
+            "/workspace", found
         )
     chosen = found[0]
     if ctx.selection.workspace_id != str(chosen.id):
@@ -162,12 +162,12 @@ def _project(ctx: _Context, argument: str) -> str:
     if not projects:
         return _project_list(ctx, workspace, projects)
     label = _project_label(ctx, workspace)
-    found = best_matches(argument, projects, _name)
+    found = _matches(argument, projects, _name)
     if not found:
         return f'No project matches "{_echo(argument)}".\n\n' + _project_list(ctx, workspace, projects)
     if len(found) > 1:
-        return _bullets(f'Several projects match "{_echo(argument)}":', found, label, None) + (
-            "\n\nSend /project with more of the name."
+        return _bullets(f'Several projects match "{_echo(argument)}":', found, label, None) + _narrow_hint(
+            "/project", found
         )
     chosen = found[0]
     ctx.sessions.select(
@@ -226,11 +226,34 @@ def _clear(ctx: _Context, argument: str) -> str:
 
 def _bullets(title: str, items: list, name: Callable, current: object | None) -> str:
     current_id = getattr(current, "id", None)
+    numbers = namesake_numbers(items, _name)  # by the name itself, as "/project <name> <n>" is matched
     lines = []
-    for item in items:
+    for position, item in enumerate(items):
+        number = f" {numbers[position]}" if position in numbers else ""
         mark = " (current)" if current_id is not None and item.id == current_id else ""
-        lines.append(f"• {_clipped(name(item), NAME_MAX)}{mark}")
+        lines.append(f"• {_clipped(name(item), NAME_MAX)}{number}{mark}")
     return "\n".join([title, *_within_budget(lines)])
+
+
+def _matches(argument: str, items: list, name: Callable) -> list:
+    """The items ``argument`` names (see :func:`best_matches`); among several with exactly the same name,
+    the one its number picks ("/workspace Demo 2", as the lists number them)."""
+    found = best_matches(argument, items, name)
+    if len(found) == 1:
+        return found
+    picked = namesake(argument, items, name)
+    return [picked] if picked is not None else found
+
+
+def _narrow_hint(command: str, found: list) -> str:
+    numbers = namesake_numbers(found, _name)
+    if not numbers:
+        return f"\n\nSend {command} with more of the name."
+    example = found[next(iter(numbers))]
+    return (
+        f"\n\nSend {command} with more of the name, or the name and its number "
+        f"({command} {_clipped(example.name, NAME_MAX)} 2)."
+    )
 
 
 def _within_budget(lines: list[str]) -> list[str]:

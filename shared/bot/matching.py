@@ -57,3 +57,27 @@ def best_matches(query: str, items: Sequence[T], name: Callable[[T], str]) -> li
     top = max(value for value, _ in scored)
     margin = _SIMILAR_TIE if top <= _SIMILAR_MAX else 0.0
     return [item for value, item in scored if value >= top - margin]
+
+
+def namesake(query: str, items: Sequence[T], name: Callable[[T], str]) -> T | None:
+    """The item ``"<name> <n>"`` picks: the n-th, in ``items``' order, of several items with exactly that
+    name (two workspaces called "Demo"), which no more of the name could ever tell apart; else None."""
+    head, _, number = query.strip().rpartition(" ")
+    if not number.isdecimal() or not head:
+        return None
+    same = [item for item in items if _fold(name(item)) == _fold(head)]
+    index = int(number) - 1
+    return same[index] if len(same) > 1 and 0 <= index < len(same) else None
+
+
+def namesake_numbers(items: Sequence[T], name: Callable[[T], str]) -> dict[int, int]:
+    """Items that share their exact name with another: position in ``items`` -> n, for :func:`namesake`."""
+    seen: dict[str, list[int]] = {}
+    for position, item in enumerate(items):
+        seen.setdefault(_fold(name(item)), []).append(position)
+    return {
+        position: n
+        for positions in seen.values()
+        if len(positions) > 1
+        for n, position in enumerate(positions, start=1)
+    }

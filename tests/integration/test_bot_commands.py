@@ -200,3 +200,38 @@ def test_a_very_long_project_argument_is_answered_without_matching_every_name_fo
 
     assert reply.startswith('No project matches "mobile app mobile app')
     assert "project_id" not in demo.load(PHONE)
+
+
+def test_workspaces_and_projects_of_the_same_name_are_told_apart_by_number(demo: Sessions) -> None:
+    # Two workspaces called "Demo Workspace": no more of the name could ever choose one of them.
+    with transaction() as conn:
+        [first] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        second = conn.execute(
+            "INSERT INTO workspaces (name) VALUES (%s) RETURNING id", (first.name,)
+        ).fetchone()["id"]
+        conn.execute(
+            "INSERT INTO workspace_members (workspace_id, user_id) VALUES (%s, %s)", (second, DEMO_USER_ID)
+        )
+        conn.execute("INSERT INTO projects (workspace_id, name) VALUES (%s, 'Mobile App')", (second,))
+
+    listed = say(demo, "/workspace")
+    assert "• Demo Workspace 1\n• Demo Workspace 2" in listed
+    ambiguous = say(demo, "/workspace demo workspace")
+    assert ambiguous.startswith('Several workspaces match "demo workspace":')
+    assert "(/workspace Demo Workspace 2)" in ambiguous
+
+    with transaction() as conn:
+        workspaces = repo.workspaces_for_user(conn, DEMO_USER_ID)  # in the order the lists number them
+    assert say(demo, "/workspace demo workspace 2").startswith("✅ Workspace: Demo Workspace")
+    assert demo.load(PHONE)["workspace_id"] == str(workspaces[1].id)
+    assert say(demo, "/workspace Demo Workspace 1").startswith("✅ Workspace: Demo Workspace")
+    assert demo.load(PHONE)["workspace_id"] == str(workspaces[0].id)
+
+    say(demo, "/clear")
+    assert say(demo, "/project mobile app").startswith('Several projects match "mobile app":')
+    assert say(demo, "/project mobile app 2").startswith("✅ Project: Mobile App")
+    with transaction() as conn:
+        mobiles = [p for p in repo.projects_for_user(conn, DEMO_USER_ID) if p.name == "Mobile App"]
+    assert demo.load(PHONE)["project_id"] == str(mobiles[1].id)
+    say(demo, "/clear")
+    assert say(demo, "/project mobile app 3").startswith('Several projects match "mobile app 3":')  # no third
