@@ -12,6 +12,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 import pytest
 import redis
@@ -41,6 +42,11 @@ from tests.integration.webhook_signing import (
 
 TEN_MB = 10 * 1024 * 1024
 DEEP_ARRAYS = b"[" * 100_000 + b"]" * 100_000
+# Twilio refuses a body over twilio_route.MAX_BODY_BYTES unread (413), so its nesting bomb must be smaller
+# to reach the JSON parser at all; 5,000 levels still overflow json.loads's recursion.
+DEEP_ARRAYS_TWILIO = b"[" * 5_000 + b"]" * 5_000
+# The cases whose body nests too deep: each must reach its parser and be refused there as malformed.
+NESTING_BOMBS = {"deep_arrays", "deep_inside_payload"}
 _rng = random.Random(20260127)
 RANDOM_BYTES = [_rng.randbytes(n) for n in (1, 64, 4096)]
 
@@ -50,6 +56,16 @@ def _deep_inside(body: bytes, depth: int = 300) -> bytes:
     data = json.loads(body)
     data["x"] = "DEEP"
     return json.dumps(data).replace('"DEEP"', "[" * depth + "]" * depth).encode()
+
+
+def _twilio_json(message_id: str) -> bytes:
+    """A real Twilio message as a flat JSON object, which the Twilio webhook accepts as well as a form."""
+    return json.dumps(dict(parse_qsl(twilio_form(message_id).decode()))).encode()
+
+
+def _deep_payload(provider: str) -> bytes:
+    real = {"twilio": _twilio_json("SMdeep"), "meta": meta_body("wamid.deep"), "kapso": kapso_body("k.deep")}
+    return _deep_inside(real[provider])
 
 
 # name -> provider -> (body, content type). Every one must be refused with a 4xx.
@@ -77,13 +93,8 @@ CASES: dict[str, BodyFor] = {
     ),
     "json_array": lambda p: (b"[1, 2, 3]", JSON),
     "json_string": lambda p: (b'"entry"', JSON),
-    "deep_arrays_100k": lambda p: (DEEP_ARRAYS, JSON),
-    "deep_inside_payload": lambda p: (
-        _deep_inside(meta_body("wamid.deep") if p == "meta" else kapso_body("k.deep"))
-        if p != "twilio"
-        else DEEP_ARRAYS,
-        JSON,
-    ),
+    "deep_arrays": lambda p: (DEEP_ARRAYS_TWILIO if p == "twilio" else DEEP_ARRAYS, JSON),
+    "deep_inside_payload": lambda p: (_deep_payload(p), JSON),
     "invalid_utf8_json": lambda p: (b'{"entry": [{"id": "\xff\xfe\xc3\x28"}], "MessageSid": "\xff"}', JSON),
     "invalid_utf8_form": lambda p: (b"From=\xff\xfe&To=\xc3\x28&Body=%FF%FE", FORM),
     "nan_and_huge_numbers": lambda p: (
@@ -147,7 +158,13 @@ def test_bad_body_is_a_4xx_json_error_and_nothing_is_enqueued(
     assert code == "request_entity_too_large" if too_large else code.startswith("signature_")
 
     # Correctly signed: the parser's own refusal, never a 5xx.
-    _assert_json_error(request.send(client), {400, 413, 415, 422})
+    if case in NESTING_BOMBS:
+        # Refused by the parser for its depth (malformed_json, or Twilio's malformed_payload): not unread
+        # for its size, nor taken for the real message around it with the deep field dropped.
+        code = _assert_json_error(request.send(client), {400})
+        assert code in {"malformed_json", "malformed_payload"}
+    else:
+        _assert_json_error(request.send(client), {400, 413, 415, 422})
     _assert_nothing_enqueued(redis_client)
 
     # And the next real delivery goes through as usual.
