@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import threading
 import time
+from datetime import datetime
 
 import kombu.exceptions
 import pytest
@@ -39,6 +40,22 @@ def a_reply_to(phone: str, text: str = "Hi!") -> int:
 
 def replies(count: int) -> list[int]:
     return [a_reply_to(f"+1555300{index:04d}") for index in range(count)]
+
+
+# What workers.notify adds to every wait it hands Celery, so tasks due together do not all come back at once.
+JITTER_SECONDS = 0.5
+
+
+def db_clock(db) -> datetime:
+    """PostgreSQL's clock, which stamps send_after: waits are checked against readings taken around the
+    call, not against fixed margins a slow machine could overrun."""
+    return db.execute("SELECT clock_timestamp() AS now").fetchone()["now"]
+
+
+def redis_clock(redis_client) -> float:
+    """Redis's clock in seconds, which times the pacing windows."""
+    seconds, micros = redis_client.time()
+    return seconds + micros / 1_000_000
 
 
 def sent_count(db) -> int:
@@ -80,10 +97,15 @@ def test_a_message_not_due_yet_is_neither_claimed_nor_claims_others(db, redis_cl
     own, other = replies(2)
     db.execute("UPDATE messages SET send_after = now() + interval '30 seconds' WHERE id = %s", (own,))
 
+    before = db_clock(db)
     with pytest.raises(RetryLater) as later:
         dispatch(own, sender=ConsoleSender(redis_client))
+    after = db_clock(db)
 
-    assert 25 < later.value.countdown < 31
+    # Its job comes back when the message is due, counted from when the claim looked at it.
+    due = message(db, own)["send_after"]
+    earliest, latest = (due - after).total_seconds(), (due - before).total_seconds() + JITTER_SECONDS
+    assert earliest <= later.value.countdown <= latest
     for message_id in (own, other):
         row = message(db, message_id)
         assert (row["status"], row["attempts"]) == ("queued", 0)
@@ -336,10 +358,17 @@ def test_a_recipient_over_its_limit_waits_and_is_counted_once(db, redis_client, 
     # A batch takes one message per recipient (tests/integration/test_notify_order.py): three jobs.
     assert dispatch(own, settings=settings, sender=sender) == "sent"
     assert dispatch(second, settings=settings, sender=sender) == "sent"
+    db_before, redis_before = db_clock(db), redis_clock(redis_client)
     with pytest.raises(RetryLater) as later:
         dispatch(third, settings=settings, sender=sender)
+    db_after, redis_after = db_clock(db), redis_clock(redis_client)
 
-    assert later.value.countdown > 30
+    # It waits until the older of the two sends counted leaves the recipient's minute, as Redis measured
+    # it during the call (to the millisecond), and is due in the database then too.
+    [(_, oldest_ms)] = redis_client.zrange("pace:to:+15553100000", 0, 0, withscores=True)
+    room_at = (oldest_ms + 60_000) / 1000
+    shortest, longest = room_at - redis_after - 0.001, room_at - redis_before + 0.001
+    assert shortest <= later.value.countdown <= longest + JITTER_SECONDS
     assert [message(db, i)["status"] for i in (own, second, third, other_recipient)] == [
         "sent",
         "sent",
@@ -348,9 +377,9 @@ def test_a_recipient_over_its_limit_waits_and_is_counted_once(db, redis_client, 
     ]
     row = message(db, third)
     assert row["attempts"] == 0  # a pacing wait costs no attempt
-    assert db.execute(
-        "SELECT send_after > now() + interval '30 seconds' AS later FROM messages WHERE id = %s", (third,)
-    ).fetchone()["later"]
+    due = row["send_after"]
+    assert (due - db_before).total_seconds() >= shortest
+    assert (due - db_after).total_seconds() <= longest
     assert redis_client.zcard("pace:to:+15553100000") == 2
     # Its own job comes back before the window has room: not due, nothing counted or sent.
     with pytest.raises(RetryLater):
