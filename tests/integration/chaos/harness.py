@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 
 from ingress import create_app
 from shared.bot.commands import HELP_TEXT
+from shared.broker import Channel
 from shared.db import links, users
 from shared.providers.twilio.signature import sign
 from shared.queues import QUEUES
@@ -159,8 +160,10 @@ def outage_error(status: int, retry_after: float | None = None) -> Scripted:
 
 
 def queues_empty(client: redis.Redis) -> bool:
-    """No task waiting on any queue (retries counting down sit in a worker, tracked by the DB state)."""
-    return all(client.llen(queue) == 0 for queue in QUEUES)
+    """No task waiting on any queue, nor held by a worker: a message a worker took (running, prefetched,
+    or a retry counting down) stays in the broker's ``unacked`` hash until acked, so a task stuck there,
+    lost with its worker until the visibility timeout, keeps this False."""
+    return all(client.llen(queue) == 0 for queue in QUEUES) and client.hlen(Channel.unacked_key) == 0
 
 
 def reply_rows(database_url: str) -> list[dict[str, Any]]:
