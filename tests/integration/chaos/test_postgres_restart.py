@@ -29,6 +29,8 @@ from tests.integration.chaos.harness import (
 from tests.integration.chaos.servers import PrivatePostgres, private_folder
 
 MESSAGES = 300
+# What a task fails with when PostgreSQL goes away under it, which the workers retry (workers/__init__.py).
+DATABASE_LOST = ("Unavailable", "OperationalError", "AdminShutdown")
 # Four senders, one webhook each per interval: ~40/s, so the restart lands while messages still arrive.
 SEND_INTERVAL_SECONDS = 0.1
 
@@ -48,8 +50,7 @@ def test_every_message_is_answered_once_across_a_postgres_restart(
             seed_linked_users(database.url, numbers)
             with ChaosTwilioAPI() as fake:
                 env = {**WORKER_ENV, **fake.credentials_env(), "WAPIPE_DATABASE_URL": database.url}
-                for pool in POOLS:
-                    start_worker(list(pool), concurrency=2, env=env)
+                workers = [start_worker(list(pool), concurrency=2, env=env) for pool in POOLS]
                 ingress = Ingress(test_servers["WAPIPE_REDIS_URL"], fake.auth_token)
 
                 def deliver(phone: str) -> int:
@@ -63,6 +64,7 @@ def test_every_message_is_answered_once_across_a_postgres_restart(
                         timeout=120,
                         what="replies flowing before the restart",
                     )
+                    answered_before = len(fake.replies_per_recipient())
                     database.restart()
                     codes = list(results)
                 # The ingress does not touch PostgreSQL: every webhook was acknowledged.
@@ -76,5 +78,18 @@ def test_every_message_is_answered_once_across_a_postgres_restart(
                 )
                 wait_for(lambda: sent_count(database.url) >= MESSAGES, timeout=60, what="replies recorded")
                 assert_exactly_one_reply_each(fake, database.url, numbers)
+
+                # The restart hit work in flight, not only idle pooled connections (which the pool may
+                # replace unnoticed): messages were still unanswered when it came, and a task failed on it
+                # and retried.
+                assert answered_before < MESSAGES
+                lines = [line for worker in workers for line in worker.lines()]
+                retried = [line for line in lines if _retried_after_losing_the_database(line)]
+                assert retried, "no task failed on the restart and retried"
         finally:
             database.stop()
+
+
+def _retried_after_losing_the_database(line: str) -> bool:
+    """Whether a worker line is Celery's "Task ...[id] retry: ..." for a task that lost PostgreSQL."""
+    return " retry: " in line and any(error in line for error in DATABASE_LOST)
