@@ -52,6 +52,26 @@ VISIBILITY_TIMEOUT_SECONDS = 3600
 TASK_TIME_LIMIT_SECONDS = 300
 MAX_COUNTDOWN_SECONDS = 1800
 
+# Retries while PostgreSQL or Redis is unreachable (workers/__init__.py OUTAGE_RETRIES): countdowns doubling
+# from OUTAGE_BACKOFF_SECONDS up to OUTAGE_BACKOFF_MAX_SECONDS. Here rather than with the tasks because what
+# waits for a retrying task must know how long it may retry (shared/db/turns.py HORIZON).
+OUTAGE_BACKOFF_SECONDS = 2
+OUTAGE_BACKOFF_MAX_SECONDS = 300
+OUTAGE_MAX_RETRIES = 20
+
+
+def outage_retry_span_seconds(
+    backoff: int = OUTAGE_BACKOFF_SECONDS,
+    backoff_max: int = OUTAGE_BACKOFF_MAX_SECONDS,
+    retries: int = OUTAGE_MAX_RETRIES,
+) -> float:
+    """The longest a task retried through an outage may go on from its first run to its last retry: each
+    countdown at its cap (Celery draws it at random below, ``retry_jitter``), 2 + 4 + ... + 256 + 12 x 300
+    = 4110 s by default, and each failed run at the task time limit (a run that fails on the database
+    usually ends within the pool's 10-second timeout; one that hangs is stopped at the limit)."""
+    countdowns = sum(min(backoff_max, backoff * 2**retry) for retry in range(retries))
+    return countdowns + retries * TASK_TIME_LIMIT_SECONDS
+
 
 def queue_for(task_name: str) -> str:
     queue = task_name.split(".", 1)[0]

@@ -13,7 +13,12 @@ import redis
 from celery import Celery
 
 from shared.db.errors import Unavailable
-from shared.queues import celery_config
+from shared.queues import (
+    OUTAGE_BACKOFF_MAX_SECONDS,
+    OUTAGE_BACKOFF_SECONDS,
+    OUTAGE_MAX_RETRIES,
+    celery_config,
+)
 from shared.settings import SettingsError, get_settings
 from workers.base import WapipeTask
 from workers.ordering import StageTask, in_turn
@@ -49,13 +54,13 @@ celery.conf.imports = STAGE_MODULES
 # handler stages alike: countdowns of 2, 4, 8 ... s, capped at 300 s, each drawn at random below its cap
 # (full jitter), so 20 retries last up to about 68 minutes, 34 expected. An outage of a few minutes must
 # delay a provider's event or a reply, never drop it; the task that gives up after that is a dead letter
-# (workers/signals.py).
+# (workers/signals.py). The numbers are shared/queues.py's: a message's turn outlasts these retries.
 OUTAGE_RETRIES: dict[str, Any] = {
     "autoretry_for": (Unavailable, psycopg.OperationalError, redis.RedisError),
-    "retry_backoff": 2,
-    "retry_backoff_max": 300,
+    "retry_backoff": OUTAGE_BACKOFF_SECONDS,
+    "retry_backoff_max": OUTAGE_BACKOFF_MAX_SECONDS,
     "retry_jitter": True,
-    "max_retries": 20,
+    "max_retries": OUTAGE_MAX_RETRIES,
 }
 
 

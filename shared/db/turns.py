@@ -38,12 +38,16 @@ from datetime import timedelta
 import psycopg
 
 from shared.db.errors import wrap_errors
+from shared.queues import outage_retry_span_seconds
 
 # How long a dispatched (or stored but unrouted) message may hold its conversation's turn unanswered.
 # Longer than any healthy handler takes (a model call with its retries, under the 5-minute task limit).
 STALE_AFTER = timedelta(minutes=5)
-# Earlier messages stuck longer than this are not even looked at (nor warned about again).
-HORIZON = timedelta(hours=1)
+# Earlier messages stuck longer than this are not even looked at (nor warned about again). A handler
+# retrying through an outage keeps its message's turn until the grace past its last retry, which may come
+# this long after the message was dispatched (its retries' countdowns alone add up to 68 minutes): a shorter
+# horizon would hide a message still retrying, and a later one would go first.
+HORIZON = timedelta(seconds=outage_retry_span_seconds()) + STALE_AFTER
 
 _MARK_DISPATCHED = """
 UPDATE messages SET dispatched_at = now(), dispatched_to = %(handler)s

@@ -29,8 +29,8 @@ from shared.queues import Job, Publisher
 from shared.settings import load_settings
 from shared.wire.events import InboundMessage
 from tests.fakes.openai_api import FakeOpenAI
+from workers import OUTAGE_RETRIES, ordering
 from workers import commands as commands_worker
-from workers import ordering
 from workers.commands import handle_task
 from workers.inbound import route
 
@@ -277,9 +277,9 @@ def test_a_stale_predecessor_is_passed_over_with_a_warning(
     assert warned == [died, never_routed]
     # Past the horizon they are not even looked at any more.
     db.execute(
-        "UPDATE messages SET created_at = now() - interval '2 hours',"
-        " dispatched_at = dispatched_at - interval '2 hours' WHERE id <> %s",
-        (message,),
+        "UPDATE messages SET created_at = now() - %(horizon)s,"
+        " dispatched_at = dispatched_at - %(horizon)s WHERE id <> %(id)s",
+        {"horizon": turns.HORIZON, "id": message},
     )
     assert ahead_of(message) == turns.Turn(None)
 
@@ -323,6 +323,30 @@ def test_a_stale_predecessor_being_retried_is_waited_for(clean: None, db: psycop
     ordering.mark_retrying(retrying, due=overdue, now=now)
     assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(overdue)
     assert replies(db) == []
+
+
+def longest_outage_retries() -> float:
+    """How long a task retried through an outage (OUTAGE_RETRIES) may take to give up: the most each of its
+    countdowns may be (Celery's exponential backoff, each drawn below its cap), added up."""
+    backoff, cap = OUTAGE_RETRIES["retry_backoff"], OUTAGE_RETRIES["retry_backoff_max"]
+    return sum(min(cap, backoff * 2**retry) for retry in range(OUTAGE_RETRIES["max_retries"]))
+
+
+def test_a_predecessor_retried_through_the_longest_outage_is_still_waited_for(
+    clean: None, db: psycopg.Connection
+) -> None:
+    """Its handler failing through an outage of more than an hour, the earlier message's last retry is due
+    about 68 minutes after it was dispatched, and holds the turn for the grace past then: until then, a
+    later message waits for it, however long ago it was dispatched."""
+    convo = conversation(db)
+    grace = turns.STALE_AFTER.total_seconds()
+    dispatched = f"{longest_outage_retries() + grace - 60} seconds"  # its last retry due a while ago
+    retrying = inbound(db, convo, age=dispatched, dispatched=dispatched)
+    later = inbound(db, convo, dispatched="0 seconds")
+    now = time.time()
+    ordering.mark_retrying(retrying, due=now - grace + 60, now=now)
+    assert ahead_of(later) == turns.Turn(None, (retrying,))
+    assert ordering.check_turn(later) is False
 
 
 def test_a_stale_predecessor_whose_retry_is_long_overdue_is_passed_over(
