@@ -26,6 +26,7 @@ import functools
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,10 +85,14 @@ class RouteOutcome:
 
 
 def route(
-    event: dict[str, Any], settings: Settings | None = None, inbound: InboundMessage | None = None
+    event: dict[str, Any],
+    settings: Settings | None = None,
+    inbound: InboundMessage | None = None,
+    on_stored: Callable[[int], None] | None = None,
 ) -> RouteOutcome:
     """Store the inbound event and hand it to its handler; see the module docstring. ``inbound``: the
-    event already validated."""
+    event already validated. ``on_stored``: called with the message's id once it is stored (by this run
+    or an earlier one) and not routed yet."""
     settings = settings or get_settings()
     inbound = inbound or InboundMessage.model_validate(event)
     # One pooled connection for the common path: the storing transaction (which also dispatches), the
@@ -97,6 +102,8 @@ def route(
             stored = _store_and_dispatch(conn, inbound, event, settings)
         except _ConcurrentDuplicate:
             stored = None
+        if stored is not None and on_stored is not None:
+            on_stored(stored.message_id)
         # Stored (now, or before): the next message of the conversation may be stored.
         _leave_line(inbound)
         if stored is None:
@@ -471,12 +478,20 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
 class RouteTask(WapipeTask):
     """``inbound.route``'s class: a route retried after a failure keeps its place in its conversation's
     arrival line, and one that fails for good leaves it, so the conversation's later messages neither
-    overtake the first nor wait the 5 minutes before giving up on the second (shared/arrivals.py)."""
+    overtake the first nor wait the 5 minutes before giving up on the second (shared/arrivals.py).
+
+    A route that fails after its message is stored (the handler's task could not be published, the
+    message not marked routed) is retried with the message already holding its turn (shared/db/turns.py),
+    and no handler task yet to mark it retrying: so its retry marks the message as a handler's does, and a
+    route that fails for good releases the turn as a handler does (workers/ordering.py)."""
 
     def retry(self, *args: Any, **options: Any) -> Any:
         due = ordering.retry_due_at(self, options)
         if due is not None:
             _mark_retrying(self.request, due)
+            stored = _stored_by(self.request)
+            if stored is not None:
+                ordering.mark_retrying(stored, due)
         # A route that was waiting for an earlier message when the failure came would otherwise count its
         # retries' backoff as waiting, and give up on that message as soon as a long outage ends.
         return super().retry(*args, **ordering.with_fresh_clock(self, options))
@@ -485,6 +500,19 @@ class RouteTask(WapipeTask):
         inbound = _inbound_of(args, kwargs)
         if inbound is not None:
             _leave_line(inbound)
+        stored = _stored_by(self.request)
+        if stored is not None:
+            ordering.give_up_turn(stored, exc)
+
+
+# Where a route task's request keeps the id of the message its run stored (or found stored), for its retry
+# or its failure: Celery builds a fresh request for the retry, so the next run records it again.
+_STORED_MESSAGE_ID = "wapipe_stored_message_id"
+
+
+def _stored_by(request: Any) -> int | None:
+    """The id of the message the route task running ``request`` stored; None before it is stored."""
+    return getattr(request, _STORED_MESSAGE_ID, None)
 
 
 def _inbound_of(args: Any, kwargs: Any) -> InboundMessage | None:
@@ -512,7 +540,7 @@ def _mark_retrying(request: Any, due: float) -> None:
 def route_task(self: Any, event: dict[str, Any]) -> None:
     inbound = InboundMessage.model_validate(event)
     _take_place(self, inbound)
-    route(event, inbound=inbound)
+    route(event, inbound=inbound, on_stored=functools.partial(setattr, self.request, _STORED_MESSAGE_ID))
 
 
 def _take_place(task: Task, inbound: InboundMessage) -> None:

@@ -322,29 +322,34 @@ class StageTask(WapipeTask):
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         message_id = message_id_of(args, kwargs)
-        if message_id is None:
-            return
-        try:
-            get_publisher().redis.delete(retrying_key(message_id))
-        except redis.RedisError as error:  # best effort: the mark lapses anyway
-            log.warning(
-                "could not clear the retrying mark of a failed handler",
-                message_id=message_id,
-                error_type=type(error).__name__,
-            )
-        try:
-            with transaction() as conn:
-                released = turns.release(conn, message_id)
-        except Exception as error:  # best effort: the stale grace releases it anyway
-            log.warning(
-                "could not release the turn of a failed handler",
-                message_id=message_id,
-                error_type=type(error).__name__,
-            )
-            return
-        if released:
-            log.warning(
-                "handler gave up on a message; later messages of its conversation go ahead",
-                message_id=message_id,
-                error_type=type(exc).__name__,
-            )
+        if message_id is not None:
+            give_up_turn(message_id, exc)
+
+
+def give_up_turn(message_id: int, exc: BaseException) -> None:
+    """The task answering (or routing) inbound message ``message_id`` failed for good with ``exc``: clear
+    its retrying mark and release its turn, so its conversation's later messages go ahead at once."""
+    try:
+        get_publisher().redis.delete(retrying_key(message_id))
+    except redis.RedisError as error:  # best effort: the mark lapses anyway
+        log.warning(
+            "could not clear the retrying mark of a failed handler",
+            message_id=message_id,
+            error_type=type(error).__name__,
+        )
+    try:
+        with transaction() as conn:
+            released = turns.release(conn, message_id)
+    except Exception as error:  # best effort: the stale grace releases it anyway
+        log.warning(
+            "could not release the turn of a failed handler",
+            message_id=message_id,
+            error_type=type(error).__name__,
+        )
+        return
+    if released:
+        log.warning(
+            "handler gave up on a message; later messages of its conversation go ahead",
+            message_id=message_id,
+            error_type=type(exc).__name__,
+        )

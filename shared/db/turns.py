@@ -12,9 +12,10 @@ not handled:
 - dispatched to a handler, unless dispatched more than :data:`STALE_AFTER` ago: a handler that died for
   good (killed past its redeliveries, a task lost with a broker's data) must not silence the conversation.
   In these rows a handler retrying after a failure looks the same as a dead one (through a database
-  outage longer than the grace, both are just old), so the handler tasks mark a retry in Redis with when
-  it is due, and a stale message so marked still holds the turn until :data:`STALE_AFTER` past that due
-  time (``workers/ordering.py``, :func:`~workers.ordering.waits_for`): this module only reports it stale;
+  outage longer than the grace, both are just old), so the handler tasks (and the router, retrying after
+  it stored the message) mark a retry in Redis with when it is due, and a stale message so marked still
+  holds the turn until :data:`STALE_AFTER` past that due time (``workers/ordering.py``,
+  :func:`~workers.ordering.waits_for`): this module only reports it stale;
 - not routed yet (``routed_at`` unset: the router has not decided whether a handler will answer it), for
   the same grace counted from when it was stored: two messages routed by two inbound workers at once
   must not let the second's handler overtake the first's.

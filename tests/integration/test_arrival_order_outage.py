@@ -10,10 +10,11 @@ entry is not lost, only due back later. Here: the line's retrying marks, the ret
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -25,12 +26,12 @@ from ingress.enqueue import route_job
 from shared.arrivals import GIVE_UP_AFTER_SECONDS, MARK_MARGIN_SECONDS, Line, line_of, retrying_key
 from shared.db.errors import Unavailable
 from shared.db.turns import STALE_AFTER
-from shared.queues import Job, Publisher
+from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
-from tests.integration.test_conversation_order import conversation, inbound, message, replies
+from tests.integration.test_conversation_order import conversation, event, inbound, message, replies
 from workers import ordering
 from workers.commands import handle_task
-from workers.inbound import _take_place, route_task
+from workers.inbound import _take_place, route, route_task
 
 # Nothing listens there: a worker given this database sees PostgreSQL down.
 DOWN_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/wapipe"
@@ -103,6 +104,17 @@ def retried_after_a_failure(
     """Run ``task``'s retry after a database failure, through Celery's own ``Task.retry``, on a request
     built as a worker builds it from a message (custom headers beside Celery's own); the headers of the
     retry it published to ``queue``."""
+    headers = {ordering.TURN_WAITS_HEADER: waits, ordering.WAITING_SINCE_HEADER: waiting_since}
+    with delivered(task, queue, kwargs, retries, **headers), pytest.raises(Retry):
+        task.retry(exc=Unavailable("connection refused"), countdown=countdown)
+    [published] = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
+    return published["headers"]
+
+
+@contextlib.contextmanager
+def delivered(task: Any, queue: str, kwargs: dict[str, Any], retries: int, **headers: Any) -> Iterator[None]:
+    """``task``'s request, as a worker builds it from a message of ``queue`` (``headers`` beside Celery's
+    own), while the block runs."""
     task.push_request(
         id=str(uuid.uuid4()),
         args=[],
@@ -110,15 +122,56 @@ def retried_after_a_failure(
         retries=retries,
         called_directly=False,
         delivery_info={"exchange": "", "routing_key": queue},
-        **{ordering.TURN_WAITS_HEADER: waits, ordering.WAITING_SINCE_HEADER: waiting_since},
+        **headers,
     )
     try:
-        with pytest.raises(Retry):
-            task.retry(exc=Unavailable("connection refused"), countdown=countdown)
+        yield
     finally:
         task.pop_request()
-    [published] = [json.loads(raw) for raw in redis_client.lrange(queue, 0, -1)]
-    return published["headers"]
+
+
+def test_a_route_that_fails_after_storing_keeps_its_message_turn(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route stored the message and dispatched it, then could not publish its handler's task (Redis
+    failing) and is retried: its message holds the turn with no handler task to mark it retrying. Through
+    an outage longer than the grace the message looks stale, yet its route is due back: a later message's
+    handler waits for it instead of answering first."""
+    first = message("/help")
+    first_event = first.model_dump(mode="json")
+
+    def refused(self: Publisher, jobs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(Publisher, "publish", refused)
+        with delivered(route_task, "inbound", {"event": first_event}, 8), pytest.raises(Retry):
+            route_task.run(event=first_event)
+    [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in' AND dispatched_at IS NOT NULL")
+    assert redis_client.llen("commands") == 0  # its handler was never published
+    db.execute(  # the outage outlasted the grace
+        "UPDATE messages SET created_at = now() - interval '20 minutes',"
+        " dispatched_at = now() - interval '20 minutes' WHERE id = %s",
+        (stored["id"],),
+    )
+
+    later = route(event("/status"))
+    assert later.message_id is not None
+    assert ordering.check_turn(later.message_id) is False
+
+    # Its last retry fails too: the route gives up for good, and the later message goes at once.
+    with monkeypatch.context() as outage:
+        outage.setattr(Publisher, "publish", refused)
+        with delivered(route_task, "inbound", {"event": first_event}, OUTAGE_MAX_RETRIES):
+            with pytest.raises(redis.ConnectionError) as failure:
+                route_task.run(event=first_event)
+            route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
+    assert redis_client.exists(ordering.retrying_key(stored["id"])) == 0
+    assert ordering.check_turn(later.message_id) is True
 
 
 def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
