@@ -35,9 +35,11 @@ Design notes:
   in Redis as retrying, with when the retry is due (:func:`mark_retrying`, ``turn:retrying:<message id>``,
   expiring a while after the grace), and a stale predecessor so marked, its retry due less than the grace
   ago (or still to come), is waited for instead of passed over, the wait's cap counted from that due time
-  (:func:`waits_for`). Retries are bounded, the last failure removes the mark with the turn, and a mark
-  not renewed lapses, so still nothing waits for ever. The marks are read (one ``MGET``) only when there
-  are stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
+  (:func:`waits_for`). A task waiting for such a predecessor marks its own message likewise, due now, at
+  each look: it may be stale itself by then, and the messages after it must wait for it in turn. Retries
+  are bounded, the last failure removes the mark with the turn, and a mark not renewed lapses, so still
+  nothing waits for ever. The marks are read (one ``MGET``) and a waiter's written only when there are
+  stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
   warning, and the stale predecessor is passed over as without the mark.
 - ``flows.step`` takes the turn too, but only against other stages' messages
   (:attr:`StageTask.orders_own_messages`): its per-conversation Redis lock and drain already answer the
@@ -135,7 +137,8 @@ class Wait(NamedTuple):
 def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wait | None:
     """None when ``message_id`` may be handled now (logging each stale predecessor it passes over);
     otherwise what it waits for. A stale predecessor whose handler is retrying after a failure, due less
-    than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for."""
+    than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for, and
+    ``message_id`` is then marked as retrying too, due ``now``."""
     if turn.waiting_for is not None:
         return Wait()
     if not turn.stale:
@@ -148,6 +151,9 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
             message_id=message_id,
             retry_due_in_seconds=round(due - now),
         )
+        # Waiting out an outage's tail, this message may be stale too, its own retry's mark (if any) long
+        # due: marked as due now, at each look, it keeps its turn against the messages after it.
+        mark_retrying(message_id, due=now, now=now)
         return Wait(due)
     for earlier in turn.stale:
         log.warning(

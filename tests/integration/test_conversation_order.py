@@ -325,6 +325,27 @@ def test_a_stale_predecessor_being_retried_is_waited_for(clean: None, db: psycop
     assert replies(db) == []
 
 
+def test_a_message_waiting_for_a_retried_one_is_waited_for_in_turn(
+    clean: None, db: psycopg.Connection
+) -> None:
+    """Through an outage longer than the grace, three handlers failed and were retried. The second's retry
+    came back long ago and has been waiting since for the first, which is still retrying. Once the first is
+    answered, the second is about to go: the third waits for it, though the second's own retry was due
+    longer ago than the grace."""
+    convo = conversation(db)
+    first, second, third = (inbound(db, convo, age="20 minutes", dispatched="20 minutes") for _ in range(3))
+    now, grace = time.time(), turns.STALE_AFTER.total_seconds()
+    ordering.mark_retrying(first, due=now + 120, now=now)
+    ordering.mark_retrying(second, due=now - grace - 1, now=now)
+    with pytest.raises(Retry):
+        ordering.take_turn(QueuedTask(), second)
+
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (first,))
+    for _ in range(2):  # however many times it looks
+        assert ordering.check_turn(third) is False
+    assert ordering.check_turn(second) is True
+
+
 def longest_outage_retries() -> float:
     """How long a task retried through an outage (OUTAGE_RETRIES) may take to give up: the most each of its
     countdowns may be (Celery's exponential backoff, each drawn below its cap), added up."""
