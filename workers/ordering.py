@@ -41,6 +41,12 @@ Design notes:
   nothing waits for ever. The marks are read (one ``MGET``) and a waiter's written only when there are
   stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
   warning, and the stale predecessor is passed over as without the mark.
+- Passing over stale messages takes two looks. A stale predecessor may be a task as alive as this one,
+  waiting for the same earlier message (dispatched at the same moment, or both back from an outage): both
+  find that message stale at once and, unmarked, would go in either order. So a task about to pass over
+  stale messages first marks its own (due now) and looks again once every waiting task has looked
+  (:data:`PASS_OVER_LOOK_SECONDS`): the earlier then goes, and the later finds it marked and waits for it.
+  Only a conversation with a stale message pays for this (a second, one ``SET``), never the usual path.
 - ``flows.step`` takes the turn too, but only against other stages' messages
   (:attr:`StageTask.orders_own_messages`): its per-conversation Redis lock and drain already answer the
   flow's own messages in order, without waiting for their tasks to be delivered
@@ -82,6 +88,9 @@ WAITING_SINCE_HEADER = "wapipe_waiting_since"
 MAX_WAIT_SECONDS = 900.0
 FIRST_WAIT_SECONDS = 0.05
 LONGEST_WAIT_SECONDS = 1.0
+# A task about to pass over stale messages marks itself and looks again this much later: by then every
+# task waiting in its conversation has looked (each at least once a second, LONGEST_WAIT_SECONDS).
+PASS_OVER_LOOK_SECONDS = 2 * LONGEST_WAIT_SECONDS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,23 +138,48 @@ def allows(message_id: int, turn: turns.Turn) -> bool:
 
 class Wait(NamedTuple):
     """Why a message is not handled yet: an earlier one holds the turn. ``since``: when that one's retry
-    after a failure is due (epoch seconds) if it is stale but retrying; the wait's cap counts from then."""
+    after a failure is due (epoch seconds) if it is stale but retrying; the wait's cap counts from then.
+    ``countdown``: when to look again, if not after the usual wait (:func:`wait_seconds`)."""
 
     since: float | None = None
+    countdown: float | None = None
 
 
 def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wait | None:
     """None when ``message_id`` may be handled now (logging each stale predecessor it passes over);
     otherwise what it waits for. A stale predecessor whose handler is retrying after a failure, due less
     than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for, and
-    ``message_id`` is then marked as retrying too, due ``now``."""
+    ``message_id`` is then marked as retrying too, due ``now``. Stale predecessors are passed over only
+    once ``message_id`` is so marked itself: the first look that would pass them marks it and waits."""
     if turn.waiting_for is not None:
         return Wait()
     if not turn.stale:
         return None
     now = time.time() if now is None else now
-    due = retry_due(message_id, turn.stale)
-    if due is not None and due > now - turns.STALE_AFTER.total_seconds():
+    marks = retry_marks(message_id, (*turn.stale, message_id))
+    if marks is not None:
+        *ahead, own = marks
+        wait = wait_for_marked(message_id, ahead, own, now)
+        if wait is not None:
+            return wait
+    for earlier in turn.stale:
+        log.warning(
+            "earlier message of the conversation left unanswered; not waiting for it any longer",
+            message_id=message_id,
+            earlier_message_id=earlier,
+            stale_after_seconds=turns.STALE_AFTER.total_seconds(),
+        )
+    return None
+
+
+def wait_for_marked(
+    message_id: int, ahead: Sequence[float | None], own: float | None, now: float
+) -> Wait | None:
+    """What ``message_id`` waits for, given when the retries marked on its stale predecessors are due
+    (``ahead``) and its own (``own``); None when it may pass them over."""
+    fresh_after = now - turns.STALE_AFTER.total_seconds()
+    due = max((mark for mark in ahead if mark is not None), default=None)
+    if due is not None and due > fresh_after:
         log.debug(  # on every poll while it waits: debug
             "an earlier message of the conversation is being retried; waiting for it",
             message_id=message_id,
@@ -155,13 +189,11 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
         # due: marked as due now, at each look, it keeps its turn against the messages after it.
         mark_retrying(message_id, due=now, now=now)
         return Wait(due)
-    for earlier in turn.stale:
-        log.warning(
-            "earlier message of the conversation left unanswered; not waiting for it any longer",
-            message_id=message_id,
-            earlier_message_id=earlier,
-            stale_after_seconds=turns.STALE_AFTER.total_seconds(),
-        )
+    if (own is None or own <= fresh_after) and mark_retrying(message_id, due=now, now=now):
+        # A stale predecessor may be a task waiting as this one does, that finds the message before it
+        # stale at the same moment: both would go, in either order. So each first marks itself and looks
+        # again once every waiting task has looked; the later one then finds the earlier marked.
+        return Wait(countdown=PASS_OVER_LOOK_SECONDS)
     return None
 
 
@@ -179,7 +211,7 @@ def take_turn(task: Task, message_id: int, turn: turns.Turn | None = None) -> No
         turn = read_turn(message_id, own_stage)
     wait = waits_for(message_id, turn)
     if wait is not None:
-        wait_a_moment(task, since=wait.since, message_id=message_id)
+        wait_a_moment(task, countdown=wait.countdown, since=wait.since, message_id=message_id)
 
 
 def retrying_key(message_id: int) -> str:
@@ -187,9 +219,10 @@ def retrying_key(message_id: int) -> str:
     return f"turn:retrying:{message_id}"
 
 
-def mark_retrying(message_id: int, due: float, now: float | None = None) -> None:
+def mark_retrying(message_id: int, due: float, now: float | None = None) -> bool:
     """Mark ``message_id``'s handler as retrying, due again at ``due`` (epoch seconds), until the stale
-    grace (and a margin) past then. Best effort: without it, a later message may pass this one over."""
+    grace (and a margin) past then. Best effort: without it, a later message may pass this one over. False
+    when Redis refused it."""
     now = time.time() if now is None else now
     lasts = due - now + turns.STALE_AFTER.total_seconds() + arrivals.MARK_MARGIN_SECONDS
     try:
@@ -198,13 +231,15 @@ def mark_retrying(message_id: int, due: float, now: float | None = None) -> None
         log.warning(
             "could not mark a handler as retrying", message_id=message_id, error_type=type(exc).__name__
         )
+        return False
+    return True
 
 
-def retry_due(message_id: int, earlier: Sequence[int]) -> float | None:
-    """The latest time (epoch seconds) a retry is due among the ``earlier`` messages' handlers marked as
-    retrying; None when none is. ``message_id``: whose turn it is, for the log."""
+def retry_marks(message_id: int, messages: Sequence[int]) -> list[float | None] | None:
+    """When the retries marked on these ``messages``' handlers are due (epoch seconds), None for each not
+    marked; None when Redis could not tell. ``message_id``: whose turn it is, for the log."""
     try:
-        marks = get_publisher().redis.mget([retrying_key(earlier_id) for earlier_id in earlier])
+        marks = get_publisher().redis.mget([retrying_key(marked) for marked in messages])
     except redis.RedisError as exc:
         log.warning(
             "could not look up whether earlier handlers are retrying",
@@ -212,13 +247,15 @@ def retry_due(message_id: int, earlier: Sequence[int]) -> float | None:
             error_type=type(exc).__name__,
         )
         return None
-    dues = []
-    for mark in marks:
-        try:
-            dues.append(float(mark))
-        except (TypeError, ValueError):  # none, or not ours: no mark
-            continue
-    return max(dues, default=None)
+    return [due_of(mark) for mark in marks]
+
+
+def due_of(mark: bytes | None) -> float | None:
+    """The due time a retrying mark holds; None for none (or not ours)."""
+    try:
+        return float(mark) if mark is not None else None
+    except ValueError:
+        return None
 
 
 def wait_a_moment(

@@ -272,6 +272,8 @@ def test_a_stale_predecessor_is_passed_over_with_a_warning(
         # processors (cache_logger_on_first_use) when an earlier test used it, which the capture would not
         # see.
         monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))
+        # Its first look marks it, in case a message between is a waiter about to go too; the next goes.
+        assert ordering.check_turn(message) is False
         assert ordering.check_turn(message) is True
     warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
     assert warned == [died, never_routed]
@@ -346,6 +348,26 @@ def test_a_message_waiting_for_a_retried_one_is_waited_for_in_turn(
     assert ordering.check_turn(second) is True
 
 
+def test_two_waiters_finding_the_same_message_stale_go_in_turn(clean: None, db: psycopg.Connection) -> None:
+    """The first message's handler died; the next two were dispatched the same moment and waited for it.
+    Both find it stale at once, and the second is stale by then too: whichever looks first, the second is
+    answered before the third."""
+    convo = conversation(db)
+    died, second, third = (inbound(db, convo, age="6 minutes", dispatched="6 minutes") for _ in range(3))
+    assert ahead_of(third) == turns.Turn(None, (died, second))
+    third_went = False
+    for _ in range(3):  # the third looks first each time
+        third_went = third_went or ordering.check_turn(third)
+        if ordering.check_turn(second):
+            break
+    else:
+        pytest.fail("the second message never went")
+    assert not third_went
+    assert ordering.check_turn(third) is False  # the second is being answered
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (second,))
+    assert ordering.check_turn(third) or ordering.check_turn(third)
+
+
 def longest_outage_retries() -> float:
     """How long a task retried through an outage (OUTAGE_RETRIES) may take to give up: the most each of its
     countdowns may be (Celery's exponential backoff, each drawn below its cap), added up."""
@@ -382,6 +404,9 @@ def test_a_stale_predecessor_whose_retry_is_long_overdue_is_passed_over(
     ordering.mark_retrying(lost, due=due, now=due - 60)  # the mark itself is still there
     with structlog.testing.capture_logs() as logs:
         monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))  # see above
+        assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(
+            countdown=ordering.PASS_OVER_LOOK_SECONDS
+        )  # its first look: marked, it looks again
         assert ordering.waits_for(later, ahead_of(later), now=now) is None
         assert ordering.check_turn(later) is True
     warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
