@@ -28,9 +28,15 @@ Nothing waits for ever, and a stuck message cannot silence its conversation:
   :data:`GIVE_UP_AFTER_SECONDS` after the latest such time (:meth:`Line.drop_ahead`). So a long outage
   delays a conversation but does not reorder it, and still nothing waits for ever: retries are bounded
   (workers/__init__.py ``OUTAGE_RETRIES``), the last one that fails takes its entry out of the line, and a
-  mark that is not renewed lapses. Marks are written only on a failure's retry and read only by a waiter
-  about to give up, so the usual path costs no Redis call more. A mark is not cleared when its entry
-  leaves the line (nothing reads the mark of an entry not in the line): the hash expires instead;
+  mark that is not renewed lapses. Marks are written only on a failure's retry or by a waiter about to
+  give up (below), and read only by the latter, so the usual path costs no Redis call more. A mark is
+  not cleared when its entry leaves the line (nothing reads the mark of an entry not in the line): the
+  hash expires instead;
+- giving up takes two looks: an entry ahead may be a router as alive as this one, waiting for the same lost
+  entry since the same moment (after a backlog), and dropping it would store the later message first. So
+  a router about to drop the entries ahead first marks its own entry as due now (unless it is marked
+  already) and looks again once every waiting router has (``workers.ordering.PASS_OVER_LOOK_SECONDS``):
+  a router behind it finds it marked and keeps waiting;
 - an earlier entry whose message is in fact stored (its router died between commit and leaving the line)
   is dropped when a later message finds it, so leaving the line is an optimisation, not a duty;
 - a route task that fails for good leaves the line (:class:`workers.inbound.RouteTask`);
@@ -73,23 +79,32 @@ if not mine then return {{}} end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
 """
 # KEYS[1]: the line, KEYS[2]: its retrying marks; ARGV[1]: this message's entry, ARGV[2]: a time (epoch
-# seconds). Drop every entry ahead of this one, unless one of them is marked retrying with its retry due
-# after ARGV[2]. {dropped, ''}, or {0, the latest such due time, as it was written}. The marks are few: only
-# entries whose route failed in the last minutes.
+# seconds), ARGV[3]: now (epoch seconds, as text), ARGV[4]: how long a mark due now must last (whole
+# seconds). Drop every entry ahead of this one, unless one of them is marked with its retry due after
+# ARGV[2], or this one is not: then mark it, due now, and drop nothing. {dropped, '', 0}, {0, the latest
+# such due time ahead, as it was written, 0}, or {0, '', 1} when it marked this entry. The marks are few:
+# only entries whose route failed, or that gave up, in the last minutes.
 _DROP_AHEAD = """
 local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return {0, ''} end
-local latest, latest_text = tonumber(ARGV[2]), ''
+if not mine then return {0, '', 0} end
+local cutoff = tonumber(ARGV[2])
+local latest, latest_text, own = cutoff, '', nil
 local marks = redis.call('HGETALL', KEYS[2])
 for i = 1, #marks, 2 do
   local due = tonumber(marks[i + 1])
+  if marks[i] == ARGV[1] then own = due end
   if due and due > latest then
     local score = redis.call('ZSCORE', KEYS[1], marks[i])
     if score and tonumber(score) < tonumber(mine) then latest, latest_text = due, marks[i + 1] end
   end
 end
-if latest_text ~= '' then return {0, latest_text} end
-return {redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine), ''}
+if latest_text ~= '' then return {0, latest_text, 0} end
+if not own or own <= cutoff then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  if redis.call('TTL', KEYS[2]) < tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+  return {0, '', 1}
+end
+return {redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine), '', 0}
 """
 # KEYS[1]: the line, KEYS[2]: its retrying marks; ARGV[1]: an entry, ARGV[2]: when its retry is due (epoch
 # seconds, as text), ARGV[3]: how long the mark must last (whole seconds). Only an entry still in the line
@@ -154,10 +169,15 @@ class Line:
     def drop_ahead(self, line: str, entry: str, now: float | None = None) -> Dropped:
         """Take every entry ahead of ``entry`` out of the line, stored or not, unless one of them is
         retrying with its retry due less than :data:`GIVE_UP_AFTER_SECONDS` before ``now`` (epoch
-        seconds; default the clock's): then none, and the latest due time comes back."""
-        cutoff = (time.time() if now is None else now) - GIVE_UP_AFTER_SECONDS
-        dropped, due = self._drop_ahead(keys=[line, retrying_key(line)], args=[entry, repr(cutoff)])
-        return Dropped(int(dropped), float(bytes_to_str(due)) if due else None)
+        seconds; default the clock's): then none, and the latest due time comes back. Nor when ``entry``
+        itself is not so marked: it is marked then, due ``now``, and its router looks again before it drops
+        anything (a router behind it, giving up at the same moment, then keeps waiting for it)."""
+        now = time.time() if now is None else now
+        cutoff, lasts = now - GIVE_UP_AFTER_SECONDS, GIVE_UP_AFTER_SECONDS + MARK_MARGIN_SECONDS
+        dropped, due, marked = self._drop_ahead(
+            keys=[line, retrying_key(line)], args=[entry, repr(cutoff), repr(now), math.ceil(lasts)]
+        )
+        return Dropped(int(dropped), float(bytes_to_str(due)) if due else None, bool(marked))
 
     def retrying(self, line: str, entry: str, due: float, now: float | None = None) -> bool:
         """Mark ``entry`` as retrying, its route task due again at ``due`` (epoch seconds): waiters behind it
@@ -169,7 +189,8 @@ class Line:
 
 class Dropped(NamedTuple):
     """What :meth:`Line.drop_ahead` did: how many entries it dropped, or, when an entry ahead is retrying,
-    none and when that retry is due (epoch seconds)."""
+    none and when that retry is due (epoch seconds), or none because it marked the entry (``marked``)."""
 
     count: int
     retry_due: float | None
+    marked: bool = False

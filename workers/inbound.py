@@ -565,7 +565,11 @@ def _take_place(task: Task, inbound: InboundMessage) -> None:
         since = None  # as the request says
         waited = time.time() - ordering.waiting_since(task)
         if waited >= arrivals.GIVE_UP_AFTER_SECONDS:
-            dropped, retry_due = _line().drop_ahead(line, entry)
+            dropped, retry_due, marked = _line().drop_ahead(line, entry)
+            if marked:
+                # Not dropped yet: marked first, so a router behind that gives up now too waits for this one.
+                ordering.wait_a_moment(task, countdown=ordering.PASS_OVER_LOOK_SECONDS)
+                return  # it may not wait any longer: go ahead
             if retry_due is None:
                 log.warning(
                     "earlier messages of the conversation were not stored in time; storing this one first",

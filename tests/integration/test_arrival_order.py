@@ -9,6 +9,7 @@ later message before the earlier one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -96,7 +97,8 @@ def test_a_place_lists_the_earlier_entries(
 
     line.leave(key, first.dedupe_key)
     assert line.ahead(key, third.dedupe_key) == (second.dedupe_key,)
-    assert line.drop_ahead(key, third.dedupe_key) == (1, None)
+    assert line.drop_ahead(key, third.dedupe_key) == (0, None, True)  # it marks itself first
+    assert line.drop_ahead(key, third.dedupe_key) == (1, None, False)
     assert [entry for entry, _ in line_entries(redis_client, first)] == [third.dedupe_key]
 
 
@@ -159,12 +161,36 @@ def test_a_router_that_waited_too_long_drops_the_entries_ahead_and_goes_on(
         # A logger made inside the capture: the module's may have cached an earlier configuration's
         # processors (cache_logger_on_first_use), which the capture would not see.
         monkeypatch.setattr(inbound_worker, "log", structlog.get_logger(inbound_worker.__name__))
+        with pytest.raises(Retry):
+            _take_place(run, second)  # it marks its own entry first, and looks again
         _take_place(run, second)  # returns: it stores now
-    assert run.waits == []
+    [wait] = run.waits
+    assert wait["countdown"] == ordering.PASS_OVER_LOOK_SECONDS
     assert [entry for entry, _ in line_entries(redis_client, first)] == [second.dedupe_key]
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
     assert warning["earlier_messages"] == 2
     assert "seen:" not in repr(logs)  # no provider id: a Meta id encodes the sender's number
+
+
+def test_two_routers_giving_up_at_once_store_in_arrival_order(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    """The first message's route task was lost; the next two began to wait for it at the same moment (after
+    a backlog) and both reach the give-up age at once. Whichever gives up first, the second is stored
+    before the third: a live router's entry is not dropped with the lost one."""
+    lost, second, third = message("lost"), message("/help"), message("/project mobile")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(m) for m in (lost, second, third)])
+    began = time.time() - GIVE_UP_AFTER_SECONDS - 1
+    stored: list[InboundMessage] = []
+    for _ in range(3):
+        for waiter in (third, second):  # the third looks first each time
+            if waiter in stored:
+                continue
+            with contextlib.suppress(Retry):
+                _take_place(RouteRun(waits=40, waiting_since=began), waiter)
+                route(waiter.model_dump(mode="json"), inbound=waiter)
+                stored.append(waiter)
+    assert stored_order(db) == [second.provider_message_id, third.provider_message_id]
 
 
 def test_storing_a_message_takes_it_out_of_the_line(

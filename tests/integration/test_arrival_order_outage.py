@@ -48,15 +48,22 @@ def test_an_entry_retrying_ahead_holds_the_line_until_well_past_its_retry(
     line, key, now = Line(redis_client), line_of(first), time.time()
 
     assert line.retrying(key, third.dedupe_key, due=now + 60, now=now)
-    assert line.drop_ahead(key, second.dedupe_key, now=now) == (1, None)  # a mark behind holds nothing
+    assert line.drop_ahead(key, second.dedupe_key, now=now) == (0, None, True)  # itself marked first
+    assert line.drop_ahead(key, second.dedupe_key, now=now) == (1, None, False)  # a mark behind holds nothing
     redis_client.zadd(key, {first.dedupe_key: 1})  # back in line, first
 
     assert line.retrying(key, first.dedupe_key, due=now + 60, now=now)
-    assert line.drop_ahead(key, third.dedupe_key, now=now + 60 + GIVE_UP_AFTER_SECONDS - 1) == (0, now + 60)
+    assert line.drop_ahead(key, third.dedupe_key, now=now + 60 + GIVE_UP_AFTER_SECONDS - 1) == (
+        0,
+        now + 60,
+        False,
+    )
     everyone = [m.dedupe_key for m in (first, second, third)]
     assert [entry for entry, _ in line_entries(redis_client, first)] == everyone
     # Its retry long overdue, the mark no longer holds: the task is lost after all.
-    assert line.drop_ahead(key, third.dedupe_key, now=now + 60 + GIVE_UP_AFTER_SECONDS + 1) == (2, None)
+    later = now + 60 + GIVE_UP_AFTER_SECONDS + 1
+    assert line.drop_ahead(key, third.dedupe_key, now=later) == (0, None, True)  # its own mark is old too
+    assert line.drop_ahead(key, third.dedupe_key, now=later) == (2, None, False)
     assert 0 < redis_client.ttl(retrying_key(key)) <= 60 + GIVE_UP_AFTER_SECONDS + MARK_MARGIN_SECONDS + 1
 
 
@@ -195,7 +202,7 @@ def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     # The entry is due back with the retry: a router behind it that has waited long does not drop it.
     third = message("/status")
     Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(third)])
-    dropped, due = Line(redis_client).drop_ahead(line_of(first), third.dedupe_key, now=time.time() + 240)
+    dropped, due, _ = Line(redis_client).drop_ahead(line_of(first), third.dedupe_key, now=time.time() + 240)
     assert dropped == 0
     assert due is not None
     assert due >= began + 3 * GIVE_UP_AFTER_SECONDS + 240
