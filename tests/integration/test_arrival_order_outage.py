@@ -168,7 +168,8 @@ def test_a_route_that_fails_after_storing_keeps_its_message_turn(
 
     later = route(event("/status"))
     assert later.message_id is not None
-    assert ordering.check_turn(later.message_id) is False
+    for _ in range(2):  # however many times it looks
+        assert ordering.check_turn(later.message_id) is False
 
     # Its last retry fails too: the route gives up for good, and the later message goes at once.
     with monkeypatch.context() as outage:

@@ -389,7 +389,7 @@ def test_a_predecessor_retried_through_the_longest_outage_is_still_waited_for(
     now = time.time()
     ordering.mark_retrying(retrying, due=now - grace + 60, now=now)
     assert ahead_of(later) == turns.Turn(None, (retrying,))
-    assert ordering.check_turn(later) is False
+    assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(now - grace + 60)
 
 
 def test_a_stale_predecessor_whose_retry_is_long_overdue_is_passed_over(
