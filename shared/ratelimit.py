@@ -28,7 +28,6 @@ its late sends. A provider's "slow down" (429 with Retry-After) blocks the sende
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,24 +66,7 @@ end
 return {0, 0}
 """
 
-# GCRA (https://en.wikipedia.org/wiki/Generic_cell_rate_algorithm). KEYS: the bucket. ARGV: emission
-# interval ms (1000 / rate), burst (>= 1). Returns 0 when a token was taken, else ms to wait.
-_GCRA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local wait = tat - now - (burst - 1) * interval
-if wait > 0 then
-  return math.ceil(wait)
-end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
-"""
-
-# A recipient's per-minute window, as both scripts below check it: 0 when the send (``member``) is counted
+# A recipient's per-minute window, as the booking below checks it: 0 when the send (``member``) is counted
 # in window ``key`` (or was already), else ms until the oldest send leaves the window. ``now`` in whole ms.
 _WINDOW_WAIT = """
 local function window_wait(key, member, now, window, limit)
@@ -101,17 +83,6 @@ local function window_wait(key, member, now, window, limit)
   return math.max(1, tonumber(oldest[2]) + window - now)
 end
 """
-
-# KEYS: the recipient's window. ARGV: window ms, limit, member. Returns 0 when the send is counted (or
-# was already), else ms until the oldest send leaves the window.
-_WINDOW_SLOT = (
-    _WINDOW_WAIT
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return window_wait(KEYS[1], ARGV[3], now, tonumber(ARGV[1]), tonumber(ARGV[2]))
-"""
-)
 
 # GCRA booking slots for queued sends, each counted against its recipient's per-minute window in the same
 # call. KEYS: the bucket, the sender's block, then each send's recipient window (in queue order). ARGV:
@@ -207,8 +178,6 @@ class RateLimiter:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._inbound = client.register_script(_INBOUND)
-        self._gcra = client.register_script(_GCRA)
-        self._window_slot = client.register_script(_WINDOW_SLOT)
         self._reserve = client.register_script(_RESERVE)
         self._block = client.register_script(_BLOCK)
 
@@ -221,45 +190,6 @@ class RateLimiter:
             args=[window_seconds * 1000, limit, _member(message_id)],
         )
         return InboundVerdict(bool(allowed), bool(notice))
-
-    def sender_wait(self, sender: str, rate_per_second: float, burst: int = 1) -> float:
-        """Take a token from the sender number's bucket: 0.0 if taken, else seconds to wait first."""
-        wait_ms = self._gcra(keys=[f"pace:sender:{sender}"], args=[1000.0 / rate_per_second, burst])
-        return int(wait_ms) / 1000.0
-
-    def recipient_wait(self, recipient: str, message_id: int, per_minute: int) -> float:
-        """Count a send to the recipient: 0.0 if within the per-minute limit, else seconds to wait."""
-        wait_ms = self._window_slot(
-            keys=[f"pace:to:{recipient}"], args=[60_000, per_minute, _member(message_id)]
-        )
-        return int(wait_ms) / 1000.0
-
-    def acquire_send_slot(
-        self,
-        *,
-        sender: str,
-        rate_per_second: float,
-        recipient: str,
-        message_id: int,
-        recipient_per_minute: int,
-        max_wait_seconds: float = 2.0,
-    ) -> float:
-        """Wait (up to ``max_wait_seconds`` in all) for the recipient's and then the sender's slot.
-
-        Returns 0.0 when the message may be sent now, else how long to wait before trying again (the
-        caller then retries the task later instead of holding a worker). The recipient comes first: a
-        sender token taken for a message that then waits on its recipient would be wasted.
-        """
-        deadline = time.monotonic() + max_wait_seconds
-        for check in (
-            lambda: self.recipient_wait(recipient, message_id, recipient_per_minute),
-            lambda: self.sender_wait(sender, rate_per_second),
-        ):
-            while (wait := check()) > 0:
-                if time.monotonic() + wait > deadline:
-                    return wait
-                time.sleep(wait)
-        return 0.0
 
     # --- batches ----------------------------------------------------------------------------------------
 

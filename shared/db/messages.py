@@ -176,18 +176,6 @@ WHERE m.id = %(id)s AND m.direction = 'out'
 """  # noqa: S608 - constant column list and statuses, no input
 # The claim that makes two deliveries of one notify.send task send once: only one UPDATE can move the row
 # out of 'queued'; the other finds it 'sending' (or done) and stands back.
-_CLAIM = f"""
-WITH claimed AS (
-    UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
-        claimed_by = id, send_after = NULL, unsent_claim = NULL
-    WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
-    RETURNING *
-)
-SELECT {OUTBOUND_COLUMNS}
-FROM claimed m
-LEFT JOIN contacts c ON c.id = m.contact_id
-LEFT JOIN conversations v ON v.id = m.conversation_id
-"""  # noqa: S608 - constant column list and statuses, no input
 _MARK_FAILED = f"""
 UPDATE messages SET status = 'failed', error_code = %(error_code)s, error_message = %(error_message)s,
     updated_at = now()
@@ -245,13 +233,6 @@ def get_outbound(conn: psycopg.Connection, message_id: int) -> OutboundRecord:
     if row is None:
         raise NotFound(f"outbound message {message_id}")
     return _outbound(row)
-
-
-def claim_for_sending(conn: psycopg.Connection, message_id: int) -> OutboundRecord | None:
-    """Move a queued message to 'sending' (one attempt more); None if it was not queued."""
-    with wrap_errors():
-        row = conn.execute(_CLAIM, {"id": message_id}).fetchone()
-    return _outbound(row) if row else None
 
 
 def mark_failed(

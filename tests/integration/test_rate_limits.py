@@ -1,4 +1,5 @@
-"""The Redis rate limits: per-user inbound window, per-sender token bucket, per-recipient window."""
+"""The Redis rate limits: the per-user inbound window and the sender block (notify's booking of send slots
+is tested with the batches, in test_notify_dispatch.py and test_notify_pacing.py)."""
 
 from __future__ import annotations
 
@@ -35,32 +36,6 @@ def _sent_a_minute_ago(client: redis.Redis, user: str, message_ids: tuple[int, .
     seconds, microseconds = client.time()
     minute_ago_ms = seconds * 1000 + microseconds // 1000 - INBOUND_WINDOW_SECONDS * 1000 - 1
     client.zadd(f"ratelimit:in:{user}", {f"{ident:020d}": minute_ago_ms for ident in message_ids}, xx=True)
-
-
-def test_sender_bucket_spaces_sends_at_the_rate(redis_client) -> None:
-    limiter = RateLimiter(redis_client)
-    assert limiter.sender_wait("+14155238886", rate_per_second=5) == 0.0
-    wait = limiter.sender_wait("+14155238886", rate_per_second=5)
-    assert 0.0 < wait <= 0.2
-    assert limiter.sender_wait("+14150000000", rate_per_second=5) == 0.0  # another number, its own bucket
-
-
-def test_recipient_window_counts_each_message_once(redis_client) -> None:
-    limiter = RateLimiter(redis_client)
-    assert limiter.recipient_wait("+15551234567", 1, per_minute=2) == 0.0
-    assert limiter.recipient_wait("+15551234567", 2, per_minute=2) == 0.0
-    wait = limiter.recipient_wait("+15551234567", 3, per_minute=2)
-    assert 0.0 < wait <= 60.0
-    assert limiter.recipient_wait("+15551234567", 1, per_minute=2) == 0.0  # a retry of a counted send
-
-
-def test_acquire_send_slot_returns_the_wait_instead_of_blocking_long(redis_client) -> None:
-    limiter = RateLimiter(redis_client)
-    kwargs = {"sender": "+14155238886", "rate_per_second": 1000.0, "recipient": "+15551234567"}
-    assert limiter.acquire_send_slot(**kwargs, message_id=1, recipient_per_minute=1) == 0.0
-    assert (
-        limiter.acquire_send_slot(**kwargs, message_id=2, recipient_per_minute=1, max_wait_seconds=0.5) > 0.5
-    )
 
 
 def test_block_sender_blocks_for_at_most_the_cap_whatever_it_is_given(redis_client) -> None:
