@@ -43,7 +43,8 @@ def handle(message_id: int, sessions: Sessions | None = None, task: Task | None 
         return answer(message_id, _ALREADY_ANSWERED)
     record = start.record
     sessions = sessions or Sessions(get_publisher().redis)
-    text = respond(record.body or "", ChatUser(record.user_key, record.user_id), sessions)
+    user = ChatUser(record.user_key, record.user_id, has_phone=record.phone is not None)
+    text = respond(record.body or "", user, sessions)
     return answer(message_id, text)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.bot.commands import NO_PHONE_TEXT
 from shared.db.messages import get_inbound
 from shared.logging import get_logger
 from shared.replies import answer
@@ -18,17 +19,12 @@ from workers import stage_task
 
 log = get_logger(__name__)
 
-NO_PHONE_REPLY = (
-    "This chat does not share a phone number with us, so it can't be verified here. "
-    "Link your number in the app instead."
-)
-
 
 def check_code(message_id: int) -> int | None:
     """Check the code in inbound message ``message_id`` and queue the reply; return the reply's id."""
     record = get_inbound(message_id)
     if record.phone is None:
-        return answer(message_id, NO_PHONE_REPLY)
+        return answer(message_id, NO_PHONE_TEXT)
     result = verify_inbound(message_id, record.phone, record.body)
     if result is None:
         log.warning("verify: inbound message not found")

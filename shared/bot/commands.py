@@ -40,6 +40,13 @@ LINKING_INSTRUCTIONS = (
     "then send it here as:\n\nVERIFY 123456\n\n(with your own 6-digit code; it is valid for 10 minutes)."
 )
 
+# A chat that hides the phone number (a WhatsApp username: Meta gives only its business-scoped id) can
+# never be linked: accounts are linked by phone number, and a code would have nothing to match.
+NO_PHONE_TEXT = (
+    "This chat does not share your phone number with us, so it can't be linked to an account and the "
+    "project bot can't answer it. Write to us from a chat that shows your number."
+)
+
 # Free text without a usable project: none chosen, or one the user may no longer use (workers/ai.py and
 # workers/persist.py).
 CHOOSE_PROJECT = (
@@ -60,10 +67,12 @@ ECHO_MAX = 60
 @dataclass(frozen=True)
 class ChatUser:
     """Who sent the message: ``key`` names their session (E.164 phone or Meta BSUID); ``user_id`` is the
-    linked host-application user, None when the number is not linked."""
+    linked host-application user, None when the number is not linked; ``has_phone``: whether the chat
+    shares a phone number (the only thing a link can match)."""
 
     key: str
     user_id: UUID | None
+    has_phone: bool = True
 
 
 @dataclass
@@ -96,7 +105,7 @@ class _Context:
 def respond(text: str, user: ChatUser, sessions: Sessions) -> str:
     """The bot's answer to ``text`` from ``user`` (linking instructions when the number is not linked)."""
     if user.user_id is None:
-        return LINKING_INSTRUCTIONS
+        return LINKING_INSTRUCTIONS if user.has_phone else NO_PHONE_TEXT
     words = (text or "").strip().split(maxsplit=1)
     command = words[0].casefold() if words else ""
     argument = words[1].strip() if len(words) > 1 else ""

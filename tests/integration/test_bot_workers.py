@@ -230,3 +230,32 @@ def test_an_answer_is_one_statement_in_autocommit(
     assert statements == [("WITH", True)]
     with connection() as conn:
         assert conn.autocommit is False  # the pool gets its connection back as it lent it
+
+
+def test_a_chat_without_a_phone_number_is_told_once_and_alike_that_it_cannot_be_linked(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    # A WhatsApp username hides the number: Meta gives only a business-scoped id, and accounts are linked
+    # by phone, so "send VERIFY" (the commands' linking instructions) could never work.
+    contact = db.execute("INSERT INTO contacts (bsuid) VALUES ('US.13491208655302741918') RETURNING id")
+    contact_id = contact.fetchone()["id"]
+    conversation_id = db.execute(
+        "INSERT INTO conversations (contact_id, provider, business_number)"
+        " VALUES (%s, 'meta', '106540352242922') RETURNING id",
+        (contact_id,),
+    ).fetchone()["id"]
+
+    def inbound(text: str) -> int:
+        return db.execute(
+            "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id,"
+            " body) VALUES (%s, %s, 'in', 'meta', %s, %s) RETURNING id",
+            (conversation_id, contact_id, f"wamid.{next(_sids)}", text),
+        ).fetchone()["id"]
+
+    commands_worker.handle(inbound("/help"), sessions=Sessions(redis_client))
+    verify_worker.check_code(inbound("VERIFY 123456"))
+
+    first, second = replies(db)
+    assert first == second
+    assert "can't be linked" in first
+    assert "VERIFY" not in first
