@@ -1,4 +1,8 @@
-"""Apply ``shared/db/migrations/NNNN_name.sql`` in order, each once, each in its own transaction.
+"""Apply ``shared/db/migrations/NNNN_name.sql`` (or ``.py``) in order, each once, each in its own transaction.
+
+A ``.py`` migration is for a change of data that only our own code can decide row by row (0011: which
+stored phone numbers ``shared.phone`` now writes another way); its ``migrate(conn)`` runs in the
+migration's transaction, under the same lock rules as SQL.
 
 Two processes starting together (``wapipe up`` and a ``wapipe migrate``, or several web replicas) are
 serialised by a session-level advisory lock, so each file runs exactly once.
@@ -12,6 +16,7 @@ fast lets them through between attempts.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +37,21 @@ class Migration:
     version: str
     path: Path
 
-    @property
-    def sql(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+    def run(self, conn: psycopg.Connection) -> None:
+        if self.path.suffix == ".py":
+            spec = importlib.util.spec_from_file_location(f"wapipe_migration_{self.version}", self.path)
+            assert spec is not None
+            assert spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.migrate(conn)
+        else:
+            conn.execute(self.path.read_text(encoding="utf-8"))
 
 
 def available(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    return [Migration(path.stem, path) for path in sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))]
+    paths = [path for path in directory.glob("[0-9][0-9][0-9][0-9]_*") if path.suffix in (".sql", ".py")]
+    return [Migration(path.stem, path) for path in sorted(paths)]
 
 
 def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
@@ -69,7 +82,7 @@ def _apply(conn: psycopg.Connection, migration: Migration) -> None:
         try:
             with conn.transaction():
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                conn.execute(migration.sql)
+                migration.run(conn)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,))
             return
         except errors.LockNotAvailable:

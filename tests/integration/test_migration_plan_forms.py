@@ -1,6 +1,6 @@
-"""Migration 0011: contacts stored in WhatsApp's older forms of Mexican and Brazilian mobiles take the
-numbering plan's form, the one shared/phone.py now gives every number, and a person stored both ways
-becomes one contact that keeps the opt-out."""
+"""Migration 0011 (in Python: shared.phone decides each number): contacts stored in WhatsApp's older
+forms of Mexican and Brazilian mobiles take the numbering plan's form, the one shared/phone.py now gives
+every number, and a person stored both ways becomes one contact that keeps the opt-out."""
 
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ def test_a_contact_in_an_older_form_takes_the_form_the_code_now_gives(
         "+5215512345678": contact(db, "+5215512345678", opted_out=True),  # Mexico's +52 1
         "+551187654321": contact(db, "+551187654321"),  # Brazil, before the ninth digit
         "+554532782153": contact(db, "+554532782153"),  # a Brazilian landline: no ninth digit to add
+        "+553178765432": contact(db, "+553178765432"),  # from 7: a valid mobile to the plan, kept
         "+5210012345678": contact(db, "+5210012345678"),  # impossible either way: kept as written
         "+14155550123": contact(db, "+14155550123"),
     }
@@ -90,6 +91,7 @@ def test_a_contact_in_an_older_form_takes_the_form_the_code_now_gives(
         assert now[contact_id] == provider_number(old, "US"), old  # the migration and the code agree
     assert now[stored["+5215512345678"]] == "+525512345678"
     assert now[stored["+551187654321"]] == "+5511987654321"
+    assert now[stored["+553178765432"]] == "+553178765432"
     opted = db.execute("SELECT opted_out FROM contacts WHERE phone = '+525512345678'").fetchone()
     assert opted["opted_out"] is True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -84,7 +85,7 @@ def _with_a_new_migration(folder: Path, sql: str) -> Path:
     """The real migrations plus ``9999_probe.sql``."""
     folder.mkdir()
     for migration in available():
-        (folder / migration.path.name).write_text(migration.sql, encoding="utf-8")
+        shutil.copy(migration.path, folder)
     (folder / "9999_probe.sql").write_text(sql, encoding="utf-8")
     return folder
 
