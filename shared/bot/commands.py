@@ -238,7 +238,7 @@ def _bullets(title: str, items: list, name: Callable, current: object | None) ->
     numbers = namesake_numbers(items, _name)  # by the name itself, as "/project <name> <n>" is matched
     lines = []
     for position, item in enumerate(items):
-        number = f" {numbers[position]}" if position in numbers else ""
+        number = f" #{numbers[position]}" if position in numbers else ""
         mark = " (current)" if current_id is not None and item.id == current_id else ""
         lines.append(f"• {_clipped(name(item), NAME_MAX)}{number}{mark}")
     return "\n".join([title, *_within_budget(lines)])
@@ -246,12 +246,9 @@ def _bullets(title: str, items: list, name: Callable, current: object | None) ->
 
 def _matches(argument: str, items: list, name: Callable) -> list:
     """The items ``argument`` names (see :func:`best_matches`); among several with exactly the same name,
-    the one its number picks ("/workspace Demo 2", as the lists number them)."""
-    found = best_matches(argument, items, name)
-    if len(found) == 1:
-        return found
+    the one its number picks ("/workspace Demo #2", as the lists number them)."""
     picked = namesake(argument, items, name)
-    return [picked] if picked is not None else found
+    return [picked] if picked is not None else best_matches(argument, items, name)
 
 
 def _narrow_hint(command: str, found: list) -> str:
@@ -261,7 +258,7 @@ def _narrow_hint(command: str, found: list) -> str:
     example = found[next(iter(numbers))]
     return (
         f"\n\nSend {command} with more of the name, or the name and its number "
-        f"({command} {_clipped(example.name, NAME_MAX)} 2)."
+        f"({command} {_clipped(example.name, NAME_MAX)} #2)."
     )
 
 

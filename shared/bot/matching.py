@@ -60,9 +60,11 @@ def best_matches(query: str, items: Sequence[T], name: Callable[[T], str]) -> li
 
 
 def namesake(query: str, items: Sequence[T], name: Callable[[T], str]) -> T | None:
-    """The item ``"<name> <n>"`` picks: the n-th, in ``items``' order, of several items with exactly that
-    name (two workspaces called "Demo"), which no more of the name could ever tell apart; else None."""
-    head, _, number = query.strip().rpartition(" ")
+    """The item ``"<name> #<n>"`` picks: the n-th, in ``items``' order, of several items with exactly that
+    name (two workspaces called "Demo"), which no more of the name could ever tell apart; else None. A
+    ``#`` rather than a bare number: "Sprint 2" may be a name of its own."""
+    head, _, number = query.strip().rpartition("#")
+    head, number = head.strip(), number.strip()
     if not number.isdecimal() or not head:
         return None
     same = [item for item in items if _fold(name(item)) == _fold(head)]

@@ -215,23 +215,40 @@ def test_workspaces_and_projects_of_the_same_name_are_told_apart_by_number(demo:
         conn.execute("INSERT INTO projects (workspace_id, name) VALUES (%s, 'Mobile App')", (second,))
 
     listed = say(demo, "/workspace")
-    assert "• Demo Workspace 1\n• Demo Workspace 2" in listed
+    assert "• Demo Workspace #1\n• Demo Workspace #2" in listed
     ambiguous = say(demo, "/workspace demo workspace")
     assert ambiguous.startswith('Several workspaces match "demo workspace":')
-    assert "(/workspace Demo Workspace 2)" in ambiguous
+    assert "(/workspace Demo Workspace #2)" in ambiguous
 
     with transaction() as conn:
         workspaces = repo.workspaces_for_user(conn, DEMO_USER_ID)  # in the order the lists number them
-    assert say(demo, "/workspace demo workspace 2").startswith("✅ Workspace: Demo Workspace")
+    assert say(demo, "/workspace demo workspace #2").startswith("✅ Workspace: Demo Workspace")
     assert demo.load(PHONE)["workspace_id"] == str(workspaces[1].id)
-    assert say(demo, "/workspace Demo Workspace 1").startswith("✅ Workspace: Demo Workspace")
+    assert say(demo, "/workspace Demo Workspace # 1").startswith("✅ Workspace: Demo Workspace")
     assert demo.load(PHONE)["workspace_id"] == str(workspaces[0].id)
 
     say(demo, "/clear")
     assert say(demo, "/project mobile app").startswith('Several projects match "mobile app":')
-    assert say(demo, "/project mobile app 2").startswith("✅ Project: Mobile App")
+    assert say(demo, "/project mobile app #2").startswith("✅ Project: Mobile App")
     with transaction() as conn:
         mobiles = [p for p in repo.projects_for_user(conn, DEMO_USER_ID) if p.name == "Mobile App"]
     assert demo.load(PHONE)["project_id"] == str(mobiles[1].id)
     say(demo, "/clear")
-    assert say(demo, "/project mobile app 3").startswith('Several projects match "mobile app 3":')  # no third
+    no_third = say(demo, "/project mobile app #3")
+    assert no_third.startswith('Several projects match "mobile app #3":')
+
+
+def test_a_name_ending_in_a_number_is_not_taken_for_a_namesakes_number(demo: Sessions) -> None:
+    with transaction() as conn:
+        for name in ("Sprint", "Sprint", "Sprint 2"):
+            workspace = conn.execute("INSERT INTO workspaces (name) VALUES (%s) RETURNING id", (name,))
+            conn.execute(
+                "INSERT INTO workspace_members (workspace_id, user_id) VALUES (%s, %s)",
+                (workspace.fetchone()["id"], DEMO_USER_ID),
+            )
+        sprints = [ws for ws in repo.workspaces_for_user(conn, DEMO_USER_ID) if ws.name.startswith("Sprint")]
+
+    assert say(demo, "/workspace sprint 2").startswith("✅ Workspace: Sprint 2")
+    assert demo.load(PHONE)["workspace_id"] == str(sprints[2].id)
+    assert say(demo, "/workspace sprint #2").startswith("✅ Workspace: Sprint\n")
+    assert demo.load(PHONE)["workspace_id"] == str(sprints[1].id)
