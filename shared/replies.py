@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared import providers
 from shared.db import answers, messages
 from shared.db.pool import connection
 from shared.logging import get_logger
@@ -99,6 +100,18 @@ def apologise(inbound_id: int) -> int | None:
     return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
 
 
+def _within(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, at a word, with an ellipsis: a reply longer than the provider
+    takes (an assistant's long answer, a long list) would be refused for good and reach the user as
+    nothing. Each handler keeps its replies short; this is the backstop."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    at_word = cut.rsplit(maxsplit=1)[0].rstrip()
+    log.warning("reply cut to the provider's length", length=len(text), limit=limit)
+    return (at_word if len(at_word) > limit // 2 else cut) + "…"
+
+
 def _queued(message_id: int | None) -> int:
     assert message_id is not None, "a reply not guarded by only_if_bot_may is always stored"
     return message_id
@@ -116,6 +129,7 @@ def _queue(
 ) -> int | None:
     if not text:
         raise ValueError("a reply needs its plain text, even when it carries typed content")
+    text = _within(text, providers.text_max())
     payload = dict(payload or {})
     kind = payload.get("type") if payload.get("type") in _TYPED else "text"
     with connection() as conn:

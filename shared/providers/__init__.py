@@ -13,7 +13,16 @@ from shared.providers import base
 from shared.providers.base import OutboundMessage, Sender, SendError, SendResult
 from shared.settings import ProviderName, Settings, get_settings
 
-__all__ = ["OutboundMessage", "SendError", "SendResult", "Sender", "check", "get_sender", "supports"]
+__all__ = [
+    "OutboundMessage",
+    "SendError",
+    "SendResult",
+    "Sender",
+    "check",
+    "get_sender",
+    "supports",
+    "text_max",
+]
 
 # provider -> "module:class"; each class is constructed with the settings.
 _SENDERS: dict[ProviderName, str] = {
@@ -25,14 +34,22 @@ _SENDERS: dict[ProviderName, str] = {
 
 def supports(kind: str, settings: Settings | None = None) -> bool:
     """Whether the configured provider can send messages of type ``kind`` (without constructing a sender)."""
-    settings = settings or get_settings()
+    return base.supports(_sender_class(settings or get_settings()), kind)
+
+
+def text_max(settings: Settings | None = None) -> int:
+    """The longest plain text the configured provider sends in one message (Twilio 1,600, WhatsApp 4,096)."""
+    return base.text_max(_sender_class(settings or get_settings()))
+
+
+def _sender_class(settings: Settings) -> type:
     provider = settings.active_provider
     if provider is ProviderName.console:
-        from shared.providers.console import ConsoleSender as sender_class
-    else:
-        module_name, _, class_name = _SENDERS[provider].partition(":")
-        sender_class = getattr(importlib.import_module(module_name), class_name)
-    return base.supports(sender_class, kind)
+        from shared.providers.console import ConsoleSender
+
+        return ConsoleSender
+    module_name, _, class_name = _SENDERS[provider].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def check(message: OutboundMessage, settings: Settings | None = None) -> None:

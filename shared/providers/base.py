@@ -207,6 +207,14 @@ class MarksRead(Protocol):
 
 
 ALL_TYPES: frozenset[OutboundType] = frozenset(OutboundType)
+# The longest text body WhatsApp delivers; a sender whose API takes less says so in a ``text_max`` class
+# attribute (Twilio's Messages API refuses a body over 1,600 characters, on every channel).
+TEXT_MAX = 4096
+
+
+def text_max(sender: object) -> int:
+    """The longest plain text a sender (instance or class) can send in one message."""
+    return int(getattr(sender, "text_max", TEXT_MAX))
 
 
 def supports(sender: object, kind: OutboundType | str) -> bool:

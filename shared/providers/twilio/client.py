@@ -139,6 +139,8 @@ class TwilioSender:
     """Sends through one Twilio account; thread-safe, one per process."""
 
     name = "twilio"
+    # Twilio's Messages API refuses a longer Body for good (error 21617), whatever WhatsApp itself takes.
+    text_max = 1600
     # What content_params can send (interactive as its plain-text fallback); the notify API refuses the rest.
     supported_types = frozenset(
         {OutboundType.text, OutboundType.media, OutboundType.interactive, OutboundType.template}
@@ -253,6 +255,9 @@ def content_params(message: OutboundMessage, content_sids: Mapping[str, str]) ->
         # Interactive: the plain-text fallback with numbered options (see the module docstring).
         if not (message.text or "").strip():
             raise Unsendable("text", f"a {kind} message needs its plain text for Twilio")
+        if len(message.text) > TwilioSender.text_max:
+            limit, length = TwilioSender.text_max, len(message.text)
+            raise Unsendable("text", f"Twilio sends at most {limit} characters; this text has {length}")
         return {"body": message.text}
     if kind is OutboundType.media and message.media is not None:
         return _media_params(message.media)
