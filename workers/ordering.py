@@ -47,6 +47,14 @@ Design notes:
   stale messages first marks its own (due now) and looks again once every waiting task has looked
   (:data:`PASS_OVER_LOOK_SECONDS`): the earlier then goes, and the later finds it marked and waits for it.
   Only a conversation with a stale message pays for this (a second, one ``SET``), never the usual path.
+  And not every message behind a dead one (passing over does not release it: until it is past the
+  horizon, each later message of the conversation finds it stale): a message dispatched less than
+  :data:`PASS_AT_ONCE_UNDER_SECONDS` ago, with one stale message ahead, passes over it at once. No later
+  task can find this message stale before it is answered or running, so it needs no mark; and the lone
+  stale message has nothing ahead of it to be waiting for, so it is no waiter about to pass over either.
+  With two or more stale messages ahead, the later ones may be such waiters, not marked yet: then even a
+  fresh message looks twice. So does one whose turn was read for its stage only (``flows.step``), its
+  stale predecessor possibly waiting for a message the read left out.
 - ``flows.step`` takes the turn too, but only against other stages' messages
   (:attr:`StageTask.orders_own_messages`): its per-conversation Redis lock and drain already answer the
   flow's own messages in order, without waiting for their tasks to be delivered
@@ -91,6 +99,10 @@ LONGEST_WAIT_SECONDS = 1.0
 # A task about to pass over stale messages marks itself and looks again this much later: by then every
 # task waiting in its conversation has looked (each at least once a second, LONGEST_WAIT_SECONDS).
 PASS_OVER_LOOK_SECONDS = 2 * LONGEST_WAIT_SECONDS
+# A message dispatched less than this long ago cannot be found stale by a later task before it goes (with
+# a margin for the time between its look and its answer, and for a busy queue), so it passes a lone stale
+# predecessor over at once, without a mark and a second look.
+PASS_AT_ONCE_UNDER_SECONDS = turns.STALE_AFTER.total_seconds() - PASS_OVER_LOOK_SECONDS - 30
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -150,7 +162,8 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
     otherwise what it waits for. A stale predecessor whose handler is retrying after a failure, due less
     than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for, and
     ``message_id`` is then marked as retrying too, due ``now``. Stale predecessors are passed over only
-    once ``message_id`` is so marked itself: the first look that would pass them marks it and waits."""
+    once ``message_id`` is so marked itself (the first look that would pass them marks it and waits),
+    unless it may pass them over at once (:func:`passes_over_at_once`)."""
     if turn.waiting_for is not None:
         return Wait()
     if not turn.stale:
@@ -159,7 +172,7 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
     marks = retry_marks(message_id, (*turn.stale, message_id))
     if marks is not None:
         *ahead, own = marks
-        wait = wait_for_marked(message_id, ahead, own, now)
+        wait = wait_for_marked(message_id, ahead, own, now, looks_twice=not passes_over_at_once(turn))
         if wait is not None:
             return wait
     for earlier in turn.stale:
@@ -172,11 +185,24 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
     return None
 
 
+def passes_over_at_once(turn: turns.Turn) -> bool:
+    """Whether a message may pass over the stale messages of its ``turn`` in one look: dispatched a short
+    while ago, with a lone stale message ahead of it (see the module docstring)."""
+    fresh = turn.own_age is not None and turn.own_age < PASS_AT_ONCE_UNDER_SECONDS
+    return fresh and len(turn.stale) == 1
+
+
 def wait_for_marked(
-    message_id: int, ahead: Sequence[float | None], own: float | None, now: float
+    message_id: int,
+    ahead: Sequence[float | None],
+    own: float | None,
+    now: float,
+    *,
+    looks_twice: bool = True,
 ) -> Wait | None:
     """What ``message_id`` waits for, given when the retries marked on its stale predecessors are due
-    (``ahead``) and its own (``own``); None when it may pass them over."""
+    (``ahead``) and its own (``own``); None when it may pass them over. ``looks_twice``: pass them over
+    only once it is marked itself."""
     fresh_after = now - turns.STALE_AFTER.total_seconds()
     due = max((mark for mark in ahead if mark is not None), default=None)
     if due is not None and due > fresh_after:
@@ -189,7 +215,7 @@ def wait_for_marked(
         # due: marked as due now, at each look, it keeps its turn against the messages after it.
         mark_retrying(message_id, due=now, now=now)
         return Wait(due)
-    if (own is None or own <= fresh_after) and mark_retrying(message_id, due=now, now=now):
+    if looks_twice and (own is None or own <= fresh_after) and mark_retrying(message_id, due=now, now=now):
         # A stale predecessor may be a task waiting as this one does, that finds the message before it
         # stale at the same moment: both would go, in either order. So each first marks itself and looks
         # again once every waiting task has looked; the later one then finds the earlier marked.

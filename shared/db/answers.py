@@ -23,14 +23,15 @@ from shared.db.conversations import BOT_MAY_ANSWER
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.messages import HANDLED_SET, INBOUND_COLUMNS, INBOUND_FROM, InboundRecord
 from shared.db.pool import autocommit
-from shared.db.turns import AHEAD_OF_ME, Turn, ahead_params, turn_from
+from shared.db.turns import AHEAD_OF_ME, OWN_AGE, Turn, ahead_params, turn_from
 
 # The columns of shared.db.messages.get_inbound, the reply stored under %(reply_key)s, and the earlier
-# messages holding the turn (as arrays: the aggregate gives one row whether there are any or not).
+# messages holding the turn (as arrays: the aggregate gives one row whether there are any or not), with
+# the message's own age as the turn reads it.
 _START = f"""
 SELECT {INBOUND_COLUMNS},
        (SELECT r.id FROM messages r WHERE r.idempotency_key = %(reply_key)s) AS reply_id,
-       ahead.ids AS ahead_ids, ahead.stale AS ahead_stale
+       ahead.ids AS ahead_ids, ahead.stale AS ahead_stale, {OWN_AGE} AS own_age
 {INBOUND_FROM}
 CROSS JOIN LATERAL (
     SELECT array_agg(p.id ORDER BY p.id) AS ids, array_agg(p.stale ORDER BY p.id) AS stale
@@ -101,8 +102,10 @@ def start(
     if row is None:
         raise NotFound(f"inbound message {message_id}")
     reply_id, ids, stale = row.pop("reply_id"), row.pop("ahead_ids"), row.pop("ahead_stale")
+    own_age = row.pop("own_age")
     record = InboundRecord(**{**row, "payload": row["payload"] or {}})
-    return Start(record, reply_id, turn_from(list(zip(ids or [], stale or [], strict=True))))
+    ahead = list(zip(ids or [], stale or [], strict=True))
+    return Start(record, reply_id, turn_from(ahead, own_age, own_stage))
 
 
 def store_reply(

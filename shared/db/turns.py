@@ -33,7 +33,7 @@ message can appear after a later one was seen.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psycopg
@@ -75,8 +75,11 @@ WHERE me.handled_at IS NULL AND p.conversation_id = me.conversation_id
 ORDER BY p.id
 LIMIT 50
 """
+# How long ago ``me`` was dispatched (or stored, not routed yet), in seconds, as AHEAD_OF_ME ages the
+# messages before it: whether a later message could soon find ``me`` stale (workers/ordering.py).
+OWN_AGE = "EXTRACT(EPOCH FROM now() - COALESCE(me.dispatched_at, me.created_at))::float8"
 _AHEAD = f"""
-SELECT ahead.id, ahead.stale
+SELECT ahead.id, ahead.stale, {OWN_AGE} AS own_age
 FROM messages me, LATERAL ({AHEAD_OF_ME}) ahead
 WHERE me.id = %(id)s AND me.direction = 'in'
 ORDER BY ahead.id
@@ -86,10 +89,16 @@ ORDER BY ahead.id
 @dataclass(frozen=True)
 class Turn:
     """Who is ahead of a message: the earliest message it must wait for (None: its turn), and the
-    earlier messages passed over because they held the turn too long (:data:`STALE_AFTER`)."""
+    earlier messages passed over because they held the turn too long (:data:`STALE_AFTER`).
+
+    ``own_age``: how long ago the message itself was dispatched (seconds), read with the turn when there
+    are earlier messages; None when not known, or when the turn was read for one stage only (its earlier
+    messages may then wait for messages not listed here). A measure, not part of who is ahead: not
+    compared."""
 
     waiting_for: int | None
     stale: tuple[int, ...] = ()
+    own_age: float | None = field(default=None, compare=False)
 
 
 def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> None:
@@ -112,7 +121,8 @@ def ahead_of(conn: psycopg.Connection, message_id: int, own_stage: str | None = 
     """
     with wrap_errors():
         rows = conn.execute(_AHEAD, {"id": message_id} | ahead_params(own_stage)).fetchall()
-    return turn_from([(row["id"], row["stale"]) for row in rows])
+    own_age = rows[0]["own_age"] if rows else None
+    return turn_from([(row["id"], row["stale"]) for row in rows], own_age, own_stage)
 
 
 def ahead_params(own_stage: str | None = None) -> dict[str, object]:
@@ -120,11 +130,15 @@ def ahead_params(own_stage: str | None = None) -> dict[str, object]:
     return {"stale": STALE_AFTER, "horizon": HORIZON, "own_stage": own_stage}
 
 
-def turn_from(ahead: Sequence[tuple[int, bool]]) -> Turn:
-    """The :class:`Turn` given the rows of :data:`AHEAD_OF_ME`, (id, stale) oldest first."""
+def turn_from(
+    ahead: Sequence[tuple[int, bool]], own_age: float | None = None, own_stage: str | None = None
+) -> Turn:
+    """The :class:`Turn` given the rows of :data:`AHEAD_OF_ME`, (id, stale) oldest first, the message's
+    :data:`OWN_AGE` and the ``own_stage`` they were read for."""
+    own_age = None if own_stage is not None else own_age
     stale: list[int] = []
     for message_id, is_stale in ahead:
         if not is_stale:
-            return Turn(message_id, tuple(stale))
+            return Turn(message_id, tuple(stale), own_age)
         stale.append(message_id)
-    return Turn(None, tuple(stale))
+    return Turn(None, tuple(stale), own_age)

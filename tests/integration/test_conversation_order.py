@@ -264,26 +264,75 @@ def test_a_stale_predecessor_is_passed_over_with_a_warning(
 ) -> None:
     convo = conversation(db)
     died = inbound(db, convo, age="6 minutes", dispatched="6 minutes")  # its handler died for good
-    never_routed = inbound(db, convo, age="6 minutes", routed=False)  # its routing failed for good
     message = inbound(db, convo, dispatched="0 seconds")
-    assert ahead_of(message) == turns.Turn(None, (died, never_routed))
+    assert ahead_of(message) == turns.Turn(None, (died,))
     with structlog.testing.capture_logs() as logs:
         # A logger made inside the capture: the module's may have cached an earlier configuration's
         # processors (cache_logger_on_first_use) when an earlier test used it, which the capture would not
         # see.
         monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))
-        # Its first look marks it, in case a message between is a waiter about to go too; the next goes.
-        assert ordering.check_turn(message) is False
+        # Dispatched just now, and nothing but the dead message ahead: it goes at once, each time, and so
+        # does every message after it.
+        assert ordering.check_turn(message) is True
         assert ordering.check_turn(message) is True
     warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
-    assert warned == [died, never_routed]
-    # Past the horizon they are not even looked at any more.
+    assert warned == [died, died]
+    task = QueuedTask()  # likewise with the turn read with the message
+    commands_worker.handle(message, task=task)
+    assert task.waits == []
+    assert [row["inbound_id"] for row in replies(db)] == [message]
+    # Past the horizon it is not even looked at any more.
     db.execute(
         "UPDATE messages SET created_at = now() - %(horizon)s,"
         " dispatched_at = dispatched_at - %(horizon)s WHERE id <> %(id)s",
         {"horizon": turns.HORIZON, "id": message},
     )
     assert ahead_of(message) == turns.Turn(None)
+
+
+def test_a_message_that_may_be_found_stale_itself_looks_twice_before_passing_over(
+    clean: None, db: psycopg.Connection
+) -> None:
+    """Dispatched long ago (waiting through a backlog), a message that would pass over a dead one is close
+    to stale itself: a later message may soon pass it over, so it marks itself first and looks again."""
+    convo = conversation(db)
+    died = inbound(db, convo, age="6 minutes", dispatched="6 minutes")
+    old = inbound(db, convo, age="280 seconds", dispatched="280 seconds")
+    assert ahead_of(old) == turns.Turn(None, (died,))
+    assert ordering.check_turn(old) is False
+    assert ordering.check_turn(old) is True
+
+
+def test_a_fresh_message_behind_two_stale_ones_looks_twice(clean: None, db: psycopg.Connection) -> None:
+    """The second stale message may be a waiter about to pass over the first, not yet marked: a message
+    dispatched just now still looks again before passing both, and then waits for it if it was."""
+    convo = conversation(db)
+    died, waiter = (inbound(db, convo, age="6 minutes", dispatched="6 minutes") for _ in range(2))
+    fresh = inbound(db, convo, dispatched="0 seconds")
+    assert ordering.check_turn(fresh) is False  # its first look
+    assert ordering.check_turn(waiter) is False  # the waiter's first look marks it
+    assert ordering.check_turn(fresh) is False  # so the fresh one waits for it
+    assert ordering.check_turn(waiter) is True
+
+    # Both dead: the second look passes them over.
+    convo = conversation(db, "+15550001111")
+    died, lost = (inbound(db, convo, age="6 minutes", dispatched="6 minutes") for _ in range(2))
+    fresh = inbound(db, convo, dispatched="0 seconds")
+    assert ahead_of(fresh) == turns.Turn(None, (died, lost))
+    assert ordering.check_turn(fresh) is False
+    assert ordering.check_turn(fresh) is True
+
+
+def test_a_flows_step_behind_a_stale_message_looks_twice(clean: None, db: psycopg.Connection) -> None:
+    """flows.step reads its turn without the other flows.step messages: its lone stale predecessor may be
+    a waiter about to pass over one of those, so it looks twice, however fresh."""
+    convo = conversation(db)
+    inbound(db, convo, age="6 minutes", dispatched="6 minutes", handler="flows.step")
+    verify = inbound(db, convo, age="6 minutes", dispatched="6 minutes", handler="verify.check_code")
+    step = inbound(db, convo, dispatched="0 seconds", handler="flows.step")
+    assert ahead_of(step, own_stage="flows.step") == turns.Turn(None, (verify,))
+    assert ordering.check_turn(step, own_stage="flows.step") is False
+    assert ordering.check_turn(step, own_stage="flows.step") is True
 
 
 def test_a_handler_that_fails_for_good_releases_the_turn(
@@ -404,9 +453,6 @@ def test_a_stale_predecessor_whose_retry_is_long_overdue_is_passed_over(
     ordering.mark_retrying(lost, due=due, now=due - 60)  # the mark itself is still there
     with structlog.testing.capture_logs() as logs:
         monkeypatch.setattr(ordering, "log", structlog.get_logger(ordering.__name__))  # see above
-        assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(
-            countdown=ordering.PASS_OVER_LOOK_SECONDS
-        )  # its first look: marked, it looks again
         assert ordering.waits_for(later, ahead_of(later), now=now) is None
         assert ordering.check_turn(later) is True
     warned = [entry["earlier_message_id"] for entry in logs if entry["log_level"] == "warning"]
