@@ -405,7 +405,12 @@ def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
 
 
 def _handler_job(message_id: int, handler: str) -> Job:
-    return Job(handler, {"message_id": message_id}, dedupe_key=f"handle:{message_id}")
+    return Job(handler, {"message_id": message_id}, dedupe_key=_handler_key(message_id))
+
+
+def _handler_key(message_id: int) -> str:
+    """The dedupe key of the message's handler job: set, in the publish itself, once that job is queued."""
+    return f"handle:{message_id}"
 
 
 def _count(facts: _Facts, settings: Settings) -> InboundVerdict:
@@ -494,7 +499,9 @@ class RouteTask(WapipeTask):
     A route that fails after its message is stored (the handler's task could not be published, the
     message not marked routed) is retried with the message already holding its turn (shared/db/turns.py),
     and no handler task yet to mark it retrying: so its retry marks the message as a handler's does, and a
-    route that fails for good releases the turn as a handler does (workers/ordering.py)."""
+    route that fails for good releases the turn as a handler does (workers/ordering.py). Unless a run of
+    the route published the handler's task already (it failed after that, marking the message routed):
+    the turn and the retrying mark are then the handler's, which may be queued or retrying still."""
 
     def retry(self, *args: Any, **options: Any) -> Any:
         due = ordering.retry_due_at(self, options)
@@ -512,8 +519,23 @@ class RouteTask(WapipeTask):
         if inbound is not None:
             _leave_line(inbound)
         stored = _stored_by(self.request)
-        if stored is not None:
+        if stored is not None and not _handler_published(stored):
             ordering.give_up_turn(stored, exc)
+
+
+def _handler_published(message_id: int) -> bool:
+    """Whether a run of the route published the message's handler task. True when Redis cannot tell: a turn
+    held for nothing is released by the stale grace, but one released under a live handler lets a later
+    message be answered first."""
+    try:
+        return bool(get_publisher().redis.exists(_handler_key(message_id)))
+    except redis.RedisError as exc:
+        log.warning(
+            "could not tell whether a failed route published its handler; keeping its turn",
+            message_id=message_id,
+            error_type=type(exc).__name__,
+        )
+        return True
 
 
 # Where a route task's request keeps the id of the message its run stored (or found stored), for its retry

@@ -33,10 +33,12 @@ Design notes:
   retry with a backoff of up to 5 minutes, and whichever runs first once the database is back would win.
   So a stage task's retry after a failure (not a wait: waits never call ``retry``) first marks its message
   in Redis as retrying, with when the retry is due (:func:`mark_retrying`, ``turn:retrying:<message id>``,
-  expiring a while after the grace), and a stale predecessor so marked, its retry due less than the grace
-  ago (or still to come), is waited for instead of passed over, the wait's cap counted from that due time
-  (:func:`waits_for`). A task waiting for such a predecessor marks its own message likewise, due now, at
-  each look: it may be stale itself by then, and the messages after it must wait for it in turn. Retries
+  expiring a while after the grace; a mark due sooner never replaces it, as the route retrying after it
+  published the handler shares the key with that handler), and a stale predecessor so marked, its retry
+  due less than the grace ago (or still to come), is waited for instead of passed over, the wait's cap
+  counted from that due time (:func:`waits_for`). A task waiting for such a predecessor marks its own
+  message likewise, due now, at each look: it may be stale itself by then, and the messages after it must
+  wait for it in turn. Retries
   are bounded, the last failure removes the mark with the turn, and a mark not renewed lapses, so still
   nothing waits for ever. The marks are read (one ``MGET``) and a waiter's written only when there are
   stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
@@ -245,14 +247,33 @@ def retrying_key(message_id: int) -> str:
     return f"turn:retrying:{message_id}"
 
 
+# KEYS[1]: a message's retrying mark; ARGV[1]: when its retry is due (epoch seconds, as text), ARGV[2]: how
+# long the mark must last (whole seconds). A mark due later is kept as it is, and lasts longer already: it
+# is another task's for the same message (its handler's, while its route retries too), still to come.
+_MARK_RETRYING = """
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current and current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+@functools.lru_cache(maxsize=4)
+def _mark_retrying_script(client: redis.Redis) -> Any:
+    # One per Redis client (a forked worker child has its own): making one hashes the script.
+    return client.register_script(_MARK_RETRYING)
+
+
 def mark_retrying(message_id: int, due: float, now: float | None = None) -> bool:
     """Mark ``message_id``'s handler as retrying, due again at ``due`` (epoch seconds), until the stale
-    grace (and a margin) past then. Best effort: without it, a later message may pass this one over. False
-    when Redis refused it."""
+    grace (and a margin) past then; a mark due later stays. Best effort: without it, a later message may
+    pass this one over. False when Redis refused it."""
     now = time.time() if now is None else now
     lasts = due - now + turns.STALE_AFTER.total_seconds() + arrivals.MARK_MARGIN_SECONDS
     try:
-        get_publisher().redis.set(retrying_key(message_id), repr(due), ex=max(1, math.ceil(lasts)))
+        client = get_publisher().redis
+        script = _mark_retrying_script(client)
+        script(keys=[retrying_key(message_id)], args=[repr(due), max(1, math.ceil(lasts))])
     except redis.RedisError as exc:
         log.warning(
             "could not mark a handler as retrying", message_id=message_id, error_type=type(exc).__name__

@@ -29,6 +29,7 @@ from shared.db.turns import STALE_AFTER
 from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
 from tests.integration.test_conversation_order import conversation, event, inbound, message, replies
+from workers import inbound as inbound_worker
 from workers import ordering
 from workers.commands import handle_task
 from workers.inbound import _take_place, route, route_task
@@ -180,6 +181,56 @@ def test_a_route_that_fails_after_storing_keeps_its_message_turn(
             route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
     assert redis_client.exists(ordering.retrying_key(stored["id"])) == 0
     assert ordering.check_turn(later.message_id) is True  # marked while it waited: it goes at once
+
+
+def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handler_its_turn(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first run of the route stored the message and published its handler's task, then could not mark
+    it routed; the handler, failing through the same outage, retries. The route's later runs fail too: its
+    retries do not bring the handler's mark forward, and its failure for good neither clears that mark nor
+    releases the turn. The handler still owes the answer: a later message waits for it."""
+    first = message("/help")
+    first_event = first.model_dump(mode="json")
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise Unavailable("connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(inbound_worker.messages, "mark_routed", unavailable)
+        with delivered(route_task, "inbound", {"event": first_event}, 0), pytest.raises(Retry):
+            route_task.run(event=first_event)
+    [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in' AND routed_at IS NULL")
+    assert redis_client.llen("commands") == 1  # its handler was published
+    handler_due = time.time() + 240
+    ordering.mark_retrying(stored["id"], due=handler_due)  # the handler failed on the database too
+    db.execute(  # the outage outlasted the grace
+        "UPDATE messages SET created_at = now() - interval '20 minutes',"
+        " dispatched_at = now() - interval '20 minutes' WHERE id = %s",
+        (stored["id"],),
+    )
+    later = route(event("/status"))
+    assert later.message_id is not None
+
+    mark = ordering.retrying_key(stored["id"])
+    with monkeypatch.context() as outage:
+        outage.setattr(inbound_worker, "_read_facts", unavailable)
+        with delivered(route_task, "inbound", {"event": first_event}, 1), pytest.raises(Retry):
+            route_task.run(event=first_event)
+        assert float(redis_client.get(mark)) == handler_due  # not brought forward to the route's retry
+        with delivered(route_task, "inbound", {"event": first_event}, OUTAGE_MAX_RETRIES):
+            with pytest.raises(Unavailable) as failure:
+                route_task.run(event=first_event)
+            route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
+
+    assert float(redis_client.get(mark)) == handler_due
+    row = db.execute("SELECT dispatched_at FROM messages WHERE id = %s", (stored["id"],)).fetchone()
+    assert row["dispatched_at"] is not None  # still the handler's turn
+    for _ in range(2):  # however many times it looks
+        assert ordering.check_turn(later.message_id) is False
 
 
 def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(

@@ -350,7 +350,9 @@ def test_a_handler_that_fails_for_good_releases_the_turn(
     assert redis_client.exists(ordering.retrying_key(failing)) == 0  # nor claimed as retrying
 
 
-def test_a_stale_predecessor_being_retried_is_waited_for(clean: None, db: psycopg.Connection) -> None:
+def test_a_stale_predecessor_being_retried_is_waited_for(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
     """A database outage longer than the grace: the earlier message's handler is retrying after failing, not
     dead. The later message waits for it (however the stage reads its turn), its wait counted from when
     that retry is due, and still while the retry is a little overdue (a busy queue)."""
@@ -371,6 +373,7 @@ def test_a_stale_predecessor_being_retried_is_waited_for(clean: None, db: psycop
     assert ordering.check_turn(later) is False
 
     overdue = now - turns.STALE_AFTER.total_seconds() + 10
+    redis_client.delete(ordering.retrying_key(retrying))  # a mark never goes back: set it afresh
     ordering.mark_retrying(retrying, due=overdue, now=now)
     assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(overdue)
     assert replies(db) == []
