@@ -205,8 +205,10 @@ def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handle
             route_task.run(event=first_event)
     [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in' AND routed_at IS NULL")
     assert redis_client.llen("commands") == 1  # its handler was published
-    handler_due = time.time() + 240
-    ordering.mark_retrying(stored["id"], due=handler_due)  # the handler failed on the database too
+    # The handler failed on the database too; its retry is due after any the route's own retries (their
+    # countdown is capped at 300 s, with jitter) could write, so the mark must stay exactly this.
+    handler_due = time.time() + 900
+    ordering.mark_retrying(stored["id"], due=handler_due)
     db.execute(  # the outage outlasted the grace
         "UPDATE messages SET created_at = now() - interval '20 minutes',"
         " dispatched_at = now() - interval '20 minutes' WHERE id = %s",
