@@ -126,6 +126,13 @@ class Job:
     line: str | None = None
 
 
+def handler_key(message_id: int) -> str:
+    """The dedupe key of an inbound message's handler job (workers/inbound.py): set, in the publish itself,
+    once that job is queued, so it also says whether the router handed the message to a handler (read by
+    the flows' drain and by a route that gives up)."""
+    return f"handle:{message_id}"
+
+
 # Sending stored outbound messages (workers/notify.py). One Celery task pull per message costs more CPU
 # than sending it, so several messages published together (the notify API's concurrent requests,
 # ingress/api/group_store.py; the sweep) go as one notify.send_many, which runs each as its notify.send

@@ -40,7 +40,7 @@ from shared.db import assistant_configs, contacts, conversations, inbound_store,
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
 from shared.phone import provider_number
-from shared.queues import Job, get_publisher
+from shared.queues import Job, get_publisher, handler_key
 from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply
 from shared.settings import Mode, Settings, get_settings
@@ -405,12 +405,7 @@ def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
 
 
 def _handler_job(message_id: int, handler: str) -> Job:
-    return Job(handler, {"message_id": message_id}, dedupe_key=_handler_key(message_id))
-
-
-def _handler_key(message_id: int) -> str:
-    """The dedupe key of the message's handler job: set, in the publish itself, once that job is queued."""
-    return f"handle:{message_id}"
+    return Job(handler, {"message_id": message_id}, dedupe_key=handler_key(message_id))
 
 
 def _count(facts: _Facts, settings: Settings) -> InboundVerdict:
@@ -528,7 +523,7 @@ def _handler_published(message_id: int) -> bool:
     held for nothing is released by the stale grace, but one released under a live handler lets a later
     message be answered first."""
     try:
-        return bool(get_publisher().redis.exists(_handler_key(message_id)))
+        return bool(get_publisher().redis.exists(handler_key(message_id)))
     except redis.RedisError as exc:
         log.warning(
             "could not tell whether a failed route published its handler; keeping its turn",

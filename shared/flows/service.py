@@ -60,6 +60,7 @@ from shared.flows.pack import Pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
 from shared.logging import get_logger
+from shared.queues import handler_key
 from shared.sessions import Sessions
 from shared.settings import get_settings
 
@@ -68,7 +69,6 @@ log = get_logger(__name__)
 LOCK_SECONDS = 30
 UNROUTED_GRACE = timedelta(minutes=5)
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
-ROUTED_KEY = "handle:{message_id}"
 LOCK_KEY = "flows:lock:conversation:{conversation_id}"
 SESSION_KEY = "flow"
 # Besides the engine's state, the flow state keeps the last handled message id and the reply to it.
@@ -258,7 +258,7 @@ def _earlier_message(row: dict[str, Any], redis_client: redis.Redis, now: dateti
         return "skip"
     if row["routed_at"] is None:
         return "skip" if row["created_at"] < now - UNROUTED_GRACE else "wait"
-    if not redis_client.exists(ROUTED_KEY.format(message_id=row["id"])):
+    if not redis_client.exists(handler_key(row["id"])):
         return "skip"
     return "handle"
 

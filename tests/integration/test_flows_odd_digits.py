@@ -9,7 +9,8 @@ import redis
 
 from shared.flows.pack import load_pack
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import ROUTED_KEY, Target, process
+from shared.flows.service import Target, process
+from shared.queues import handler_key
 from shared.replies import queue_reply
 from tests.integration.flows_support import add_inbound, make_conversation
 
@@ -26,7 +27,7 @@ def test_odd_digits_at_the_menu_are_re_prompted_and_do_not_block_the_chat(
 
     def send(text: str) -> int:
         message_id = add_inbound(db, contact_id, conversation_id, text)
-        redis_client.set(ROUTED_KEY.format(message_id=message_id), 1)
+        redis_client.set(handler_key(message_id), 1)
         target = Target(message_id, conversation_id, contact_id, PHONE)
         return process(target, conn=db, redis_client=redis_client, pack=pack, reply=queue_reply)
 

@@ -13,7 +13,8 @@ import redis
 from shared.flows import repository
 from shared.flows.pack import Pack, load_pack
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import LOCK_KEY, ROUTED_KEY, Busy, Target, process, session_key
+from shared.flows.service import LOCK_KEY, Busy, Target, process, session_key
+from shared.queues import handler_key
 from shared.replies import queue_reply
 from shared.sessions import Sessions
 from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
@@ -35,7 +36,7 @@ class User:
             self.db, self.contact_id, self.conversation_id, text, routed=routed, reply_id=reply_id
         )
         if dispatched:
-            self.redis.set(ROUTED_KEY.format(message_id=message_id), 1)
+            self.redis.set(handler_key(message_id), 1)
         return message_id
 
     @property
@@ -220,7 +221,7 @@ def test_each_business_number_is_its_own_menu_with_its_own_cursor(user: User) ->
     user.step(user.store("1"))  # number 1: report a defect, which order?
     to_number_1 = user.store("ORD-12345")
     to_number_2 = add_inbound(user.db, user.contact_id, number_2, "ORD-12345")
-    user.redis.set(ROUTED_KEY.format(message_id=to_number_2), 1)
+    user.redis.set(handler_key(to_number_2), 1)
     target_2 = Target(to_number_2, number_2, user.contact_id, PHONE)
     assert process(target_2, conn=user.db, redis_client=user.redis, pack=user.pack, reply=queue_reply) == 1
     assert user.step(to_number_1) == 1

@@ -10,8 +10,8 @@ import psycopg
 import redis
 
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import ROUTED_KEY, Target, session_key
-from shared.queues import Job, get_publisher
+from shared.flows.service import Target, session_key
+from shared.queues import Job, get_publisher, handler_key
 from shared.sessions import Sessions
 from tests.integration.flows_support import add_inbound, make_conversation
 
@@ -39,7 +39,7 @@ def test_twenty_rapid_answers_across_four_workers(
     contact_id, conversation_id = make_conversation(db, PHONE)
     ids = [add_inbound(db, contact_id, conversation_id, text) for text in ANSWERS]
     for message_id in ids:
-        redis_client.set(ROUTED_KEY.format(message_id=message_id), 1)  # as inbound.route does
+        redis_client.set(handler_key(message_id), 1)  # as inbound.route does
     for _ in range(4):
         start_worker(["flows"], env={"WAPIPE_MODE": "menu", "WAPIPE_FLOWS": "shopfloor"})
     # Delivery order across four prefetching workers is arbitrary anyway; shuffle to make that certain.

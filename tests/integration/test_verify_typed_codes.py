@@ -12,7 +12,8 @@ import redis
 from shared import verification
 from shared.flows.pack import load_pack
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import ROUTED_KEY, Target, process
+from shared.flows.service import Target, process
+from shared.queues import handler_key
 from shared.replies import queue_reply
 from tests.integration.flows_support import add_inbound, make_conversation
 from tests.integration.test_bot_workers import PHONE, issue, replies, store_inbound
@@ -86,7 +87,7 @@ def test_a_copied_verify_is_left_to_the_verify_stage_by_the_menu_bot(
     ids = []
     for text in ("hi", "verify: 123-456", "2"):
         ids.append(add_inbound(db, contact_id, conversation_id, text))
-        redis_client.set(ROUTED_KEY.format(message_id=ids[-1]), 1)
+        redis_client.set(handler_key(ids[-1]), 1)
     target = Target(ids[2], conversation_id, contact_id, PHONE)
     assert (
         process(target, conn=db, redis_client=redis_client, pack=load_pack("shopfloor"), reply=queue_reply)
