@@ -80,7 +80,7 @@ class MediaRefused(Exception):
 
 
 class MediaUnavailable(Exception):
-    """The provider could not be reached or answered 429/5xx: try again later."""
+    """The provider could not be reached, answered 429/5xx or refused our credentials: try again later."""
 
 
 def fetch_media(message_id: int, *, settings: Settings | None = None) -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ class _Fetcher:
             response = self._client.get(url, headers=headers, params=params)
         except httpx.HTTPError as exc:
             raise MediaUnavailable(f"media lookup failed: {type(exc).__name__}") from None
-        _raise_for_status(response)
+        _raise_for_status(response, credentialed=True)
         try:
             body = response.json()
         except ValueError:
@@ -213,7 +213,7 @@ class _Fetcher:
         folder.mkdir(parents=True, exist_ok=True)
         try:
             with self._client.stream("GET", url, headers=headers) as response:
-                _raise_for_status(response)
+                _raise_for_status(response, credentialed=bool(headers) and _same_host(str(response.url), url))
                 mime = _check_mime(response.headers.get("Content-Type"))
                 _check_declared_size(response.headers.get("Content-Length"), limit)
                 digest = hashlib.sha256()
@@ -241,12 +241,20 @@ class _Fetcher:
         return {"path": str(target.resolve()), "size": size, "sha256": sha256, "mime_type": mime}
 
 
-def _raise_for_status(response: httpx.Response) -> None:
+def _raise_for_status(response: httpx.Response, *, credentialed: bool) -> None:
+    """Refuse what is gone for good; leave for a retry what an outage or our credentials could explain.
+
+    A 401/403 from the host our credentials went to means the credentials (an expired Meta token, a
+    rotated Twilio auth token), not the media: Meta keeps media 30 days and Twilio until it is deleted, so
+    it waits for the fix, and the task keeps it as a dead letter if retries run out first.
+    """
     status = response.status_code
     if status < 400:
         return
     if status == 429 or status >= 500:
         raise MediaUnavailable(f"the provider answered HTTP {status}")
+    if status in (401, 403) and credentialed:
+        raise MediaUnavailable(f"the provider refused our credentials (HTTP {status})")
     raise MediaRefused(f"http_{status}", f"the provider answered HTTP {status} (gone, or not ours to read)")
 
 

@@ -64,16 +64,19 @@ def media_column(db: psycopg.Connection, message_id: int) -> list[dict]:
 
 
 def meta_settings(graph: FakeGraph, media_dir: Path, **overrides: object) -> Settings:
-    return load_settings(meta_access_token=TOKEN, meta_graph_url=graph.url, media_dir=media_dir, **overrides)
+    defaults = {"meta_access_token": TOKEN, "meta_graph_url": graph.url, "media_dir": media_dir}
+    return load_settings(**{**defaults, **overrides})
 
 
 def twilio_settings(host: MediaHost, media_dir: Path, **overrides: object) -> Settings:
     return load_settings(
-        twilio_account_sid=ACCOUNT_SID,
-        twilio_auth_token=AUTH_TOKEN,
-        twilio_api_url=host.url,  # the fake stands in for api.twilio.com
-        media_dir=media_dir,
-        **overrides,
+        **{
+            "twilio_account_sid": ACCOUNT_SID,
+            "twilio_auth_token": AUTH_TOKEN,
+            "twilio_api_url": host.url,  # the fake stands in for api.twilio.com
+            "media_dir": media_dir,
+            **overrides,
+        }
     )
 
 
@@ -255,3 +258,34 @@ def test_a_download_that_gives_up_is_kept_as_a_dead_letter(
         "message_id": message_id,
         "payload": {"message_id": message_id},
     }
+
+
+def test_an_expired_meta_token_keeps_the_media_for_a_retry(
+    db, redis_client, graph: FakeGraph, tmp_path: Path
+) -> None:
+    # Graph answers 401 to an expired token; Meta keeps the media 30 days, so it must wait for a new token.
+    graph.add_media("m-1", JPEG, "image/jpeg")
+    message_id = stored_message(inbound("meta", Media(media_id="m-1", mime_type="image/jpeg")))
+
+    with pytest.raises(MediaUnavailable):
+        fetch_media(message_id, settings=meta_settings(graph, tmp_path, meta_access_token="expired"))
+
+    [entry] = media_column(db, message_id)
+    assert "fetch_error" not in entry
+    fetch_media(message_id, settings=meta_settings(graph, tmp_path))
+    assert Path(media_column(db, message_id)[0]["stored"]["path"]).read_bytes() == JPEG
+
+
+def test_twilio_refusing_the_credentials_keeps_the_media_for_a_retry(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    url = host.serve("/2010-04-01/Accounts/AC/Messages/MM/Media/ME1", JPEG, "image/jpeg", auth=BASIC)
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+    with pytest.raises(MediaUnavailable):
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path, twilio_auth_token="rotated"))
+
+    [entry] = media_column(db, message_id)
+    assert "fetch_error" not in entry
+    fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+    assert Path(media_column(db, message_id)[0]["stored"]["path"]).read_bytes() == JPEG
