@@ -65,6 +65,17 @@ def _content_sid_map(value: str) -> dict[str, str]:
     return out
 
 
+_MEDIA_HOST = re.compile(r"^(https?://)?(\*\.)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/\S*)?$")
+
+
+def _media_host(entry: Any) -> str:
+    """One WAPIPE_MEDIA_HOSTS entry, checked as workers/media.py reads it: a host, ``*.domain`` or an
+    http(s) URL prefix; nothing else, so a typo fails at start instead of refusing every download."""
+    if not isinstance(entry, str) or not _MEDIA_HOST.fullmatch(entry):
+        raise ValueError(f"{entry!r} is not a host, *.domain or http(s):// URL")
+    return entry
+
+
 def _env(name: str, **kwargs: Any) -> Any:
     return Field(validation_alias=name, **kwargs)
 
@@ -116,6 +127,9 @@ class Settings(BaseSettings):
     # most this many bytes (WhatsApp's own cap for most media is 16 MB).
     media_dir: Path | None = _env("WAPIPE_MEDIA_DIR", default=None)
     media_max_bytes: int = _env("WAPIPE_MEDIA_MAX_BYTES", default=16 * 1024 * 1024, gt=0)
+    # Places media may also be downloaded from, besides the providers' own hosts (a Kapso storage host):
+    # "host" (https), "*.domain" (its subdomains, https), or an http(s) URL prefix.
+    media_hosts: Annotated[list[str], NoDecode] = _env("WAPIPE_MEDIA_HOSTS", default_factory=list)
 
     log_level: str = _env("WAPIPE_LOG_LEVEL", default="INFO")
     log_format: str = _env("WAPIPE_LOG_FORMAT", default="auto", pattern="^(auto|json|console)$")
@@ -153,6 +167,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         return _comma_list(value)
+
+    @field_validator("media_hosts", mode="before")
+    @classmethod
+    def _media_hosts(cls, value: Any) -> Any:
+        return [_media_host(entry) for entry in _comma_list(value)]
 
     @field_validator("twilio_content_sids", mode="before")
     @classmethod

@@ -15,19 +15,29 @@ then the bytes as they stream, aborting above the limit). It is stored content-a
 reader never sees half a file), and the message's ``media`` entry gets ``stored: {path, size, sha256,
 mime_type}`` or ``fetch_error: {code, message}`` when it was refused.
 
-Safe to run twice: entries already stored (file present) or refused are left as they are. Credentials go
-only to the provider's own hosts: a URL elsewhere is fetched without them.
+Only the provider's own hosts are asked, over https (:func:`media_hosts`: its API, the media hosts it hands
+out or redirects to, the API URLs the settings name, and ``WAPIPE_MEDIA_HOSTS``), so a forged webhook cannot
+make a worker fetch an internal address; redirects are followed here, hop by hop, so each hop is checked
+too. Credentials go only to the hosts that need them: Meta's bearer token to graph.facebook.com and its
+media host, Twilio's basic auth to api.twilio.com, Kapso's ``X-API-Key`` to its API, never along a redirect
+elsewhere. A whole download has :data:`DOWNLOAD_SECONDS`, so a server that sends a little now and then
+cannot hold a worker; it is tried again later, as is one that refuses our credentials (they may be fixed).
+
+Safe to run twice: entries already stored (file present) or refused are left as they are.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -65,9 +75,25 @@ EXTENSIONS: dict[str, str] = {
 }
 ALLOWED_MIME_TYPES = frozenset(EXTENSIONS)
 
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+CONNECT_SECONDS = 5.0
+READ_SECONDS = 30.0
+# One entry's whole download (lookup, redirects, bytes). The check runs as the bytes arrive, so a stalled
+# server holds a worker at most this plus one read's timeout.
+DOWNLOAD_SECONDS = 60.0
+MAX_REDIRECTS = 5
+
+# Where each provider's media may come from: an https host, "*.domain" for its subdomains, or a host with
+# a path prefix. The API hosts (and the API URLs the settings name) get the credentials; the rest do not.
 TWILIO_API = "https://api.twilio.com"
-CHUNK_BYTES = 64 * 1024
+META_GRAPH = "https://graph.facebook.com"
+META_MEDIA = "https://lookaside.fbsbx.com"  # Meta's media download URLs; they need the bearer token too
+KAPSO_API = "https://api.kapso.ai"
+# https://www.twilio.com/docs/messaging/api/media-resource: the MediaUrl on api.twilio.com redirects to
+# Twilio's media CDN (mms.twiliocdn.com, media.twiliocdn.com; earlier, its S3 bucket of that name).
+TWILIO_MEDIA = ("*.twiliocdn.com", "s3-external-1.amazonaws.com/media.twiliocdn.com/")
+# Kapso's media_url is on its API host; its Meta-compatible proxy resolves ids to Kapso or WhatsApp CDN
+# URLs, which its own SDK fetches without the key (https://docs.kapso.ai/docs/whatsapp/typescript-sdk/media).
+KAPSO_MEDIA = ("*.kapso.ai", META_MEDIA)
 
 
 class MediaRefused(Exception):
@@ -94,7 +120,7 @@ def fetch_media(message_id: int, *, settings: Settings | None = None) -> list[di
         return []
     updated: list[dict[str, Any]] = []
     changed = False
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=True) as client:
+    with httpx.Client(follow_redirects=False) as client:
         fetcher = _Fetcher(client, settings, record.provider, record.business_number)
         for entry in record.media:
             if _done(entry):
@@ -123,6 +149,104 @@ def _done(entry: dict[str, Any]) -> bool:
     return isinstance(stored, dict) and Path(str(stored.get("path", ""))).is_file()
 
 
+@dataclass(frozen=True)
+class _Place:
+    """A scheme, host (``*.domain``: any of its subdomains) and port, and a path the URL must start with."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = ""
+
+    @classmethod
+    def parse(cls, entry: str) -> _Place:
+        url = httpx.URL(entry if "://" in entry else f"https://{entry}")
+        return cls(url.scheme, url.host, _port(url), url.raw_path.decode() if url.raw_path != b"/" else "")
+
+    def holds(self, url: httpx.URL) -> bool:
+        if self.host.startswith("*."):
+            host_matches = url.host.endswith(self.host[1:])
+        else:
+            host_matches = url.host == self.host
+        return (
+            url.scheme == self.scheme
+            and host_matches
+            and _port(url) == self.port
+            and url.raw_path.decode().startswith(self.path)
+        )
+
+
+def _port(url: httpx.URL) -> int:
+    return url.port or {"https": 443, "http": 80}.get(url.scheme, 0)
+
+
+class MediaHosts:
+    """Where one provider's media may be downloaded from, and which of those places get its credentials."""
+
+    def __init__(self, allowed: list[str], credentialed: list[str], credentials: dict[str, str]) -> None:
+        self._allowed = [_Place.parse(entry) for entry in allowed + credentialed]
+        self._credentialed = [_Place.parse(entry) for entry in credentialed]
+        self._credentials = credentials
+
+    def allows(self, url: str) -> bool:
+        parsed = _parse(url)
+        return parsed is not None and not parsed.userinfo and any(p.holds(parsed) for p in self._allowed)
+
+    def is_credentialed(self, url: str) -> bool:
+        """Whether the provider's credentials go to ``url`` (set or not): its 401/403 speaks of them."""
+        parsed = _parse(url)
+        return parsed is not None and any(place.holds(parsed) for place in self._credentialed)
+
+    def credentials_for(self, url: str) -> dict[str, str]:
+        return dict(self._credentials) if self.allows(url) and self.is_credentialed(url) else {}
+
+
+def _parse(url: str) -> httpx.URL | None:
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+
+
+def media_hosts(provider: str, settings: Settings) -> MediaHosts:
+    """The places ``provider``'s media may come from, with the credentials its API hosts get."""
+    extra = list(settings.media_hosts)
+    if provider == "twilio":
+        api = [TWILIO_API, *_origins(settings.twilio_api_url)]
+        sid, token = settings.twilio_account_sid, settings.twilio_auth_token
+        basic = {"Authorization": _basic_auth(sid, token.get_secret_value())} if sid and token else {}
+        return MediaHosts([*TWILIO_MEDIA, *extra], api, basic)
+    if provider == "meta":
+        api = [META_GRAPH, META_MEDIA, *_origins(settings.meta_graph_url)]
+        token = settings.meta_access_token
+        bearer = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+        return MediaHosts(extra, api, bearer)
+    if provider == "kapso":
+        api = [KAPSO_API, *_origins(settings.kapso_api_url)]
+        key = settings.kapso_api_key
+        return MediaHosts([*KAPSO_MEDIA, *extra], api, {"X-API-Key": key.get_secret_value()} if key else {})
+    return MediaHosts([], [], {})
+
+
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _where(url: str) -> str:
+    """A URL's scheme and host, to say which was refused without its path's ids and signatures."""
+    parsed = _parse(url)
+    return f"{parsed.scheme}://{parsed.host}" if parsed is not None else "an unreadable URL"
+
+
+def _origins(url: str | None) -> list[str]:
+    """The scheme, host and port of an API URL from the settings (a local fake's http:// in tests)."""
+    parsed = _parse(url) if url else None
+    if parsed is None or not parsed.host:
+        return []
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host  # an IPv6 address
+    return [f"{parsed.scheme}://{host}:{_port(parsed)}"]
+
+
 class _Fetcher:
     """Resolves and downloads one provider's media with that provider's credentials."""
 
@@ -133,8 +257,11 @@ class _Fetcher:
         self._settings = settings
         self._provider = provider
         self._business_number = business_number
+        self._hosts = media_hosts(provider, settings)
+        self._deadline = 0.0
 
     def fetch(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self._deadline = time.monotonic() + DOWNLOAD_SECONDS
         if self._provider == "meta":
             return self._meta(entry)
         if self._provider == "kapso":
@@ -144,61 +271,46 @@ class _Fetcher:
         raise MediaRefused("unsupported_provider", f"no media download for provider {self._provider}")
 
     def _meta(self, entry: dict[str, Any]) -> dict[str, Any]:
-        token = self._settings.meta_access_token
-        if token is None:
+        if self._settings.meta_access_token is None:
             raise MediaRefused("not_configured", "META_ACCESS_TOKEN is needed to download Meta media")
-        headers = {"Authorization": f"Bearer {token.get_secret_value()}"}
-        base = self._settings.meta_graph_url
         url = entry.get("url")
         if entry.get("media_id"):
             # Step 1: the media id -> a short-lived URL (and its declared type and size).
-            info = self._json(f"{base}/{entry['media_id']}", headers)
+            info = self._json(f"{self._settings.meta_graph_url}/{entry['media_id']}")
             _check_mime(info.get("mime_type") or entry.get("mime_type"))
             _check_declared_size(info.get("file_size"), self._settings.media_max_bytes)
             url = info.get("url")
         if not url:
             raise MediaRefused("no_url", "the media has neither a media id nor a URL")
         # Step 2: the bytes, with the same bearer token (Meta's media host, lookaside.fbsbx.com).
-        return self._download(str(url), headers)
+        return self._download(str(url))
 
     def _kapso(self, entry: dict[str, Any]) -> dict[str, Any]:
-        key = self._settings.kapso_api_key
-        api = self._settings.kapso_api_url
-        headers = {"X-API-Key": key.get_secret_value()} if key is not None else {}
         url = entry.get("url")
         if not url and entry.get("media_id"):
-            if not headers:
+            if self._settings.kapso_api_key is None:
                 raise MediaRefused("not_configured", "KAPSO_API_KEY is needed to resolve Kapso media ids")
             params = {"phone_number_id": self._business_number} if self._business_number else None
-            info = self._json(f"{api}/{entry['media_id']}", headers, params)
+            info = self._json(f"{self._settings.kapso_api_url}/{entry['media_id']}", params)
             _check_mime(info.get("mime_type") or entry.get("mime_type"))
             _check_declared_size(info.get("file_size"), self._settings.media_max_bytes)
             url = info.get("download_url") or info.get("url")
         if not url:
             raise MediaRefused("no_url", "the media has neither a media id nor a URL")
-        return self._download(str(url), headers if _same_host(str(url), api) else {})
+        return self._download(str(url))
 
     def _twilio(self, entry: dict[str, Any]) -> dict[str, Any]:
         url = entry.get("url")
         if not url:
             raise MediaRefused("no_url", "the media has no URL")
-        sid, token = self._settings.twilio_account_sid, self._settings.twilio_auth_token
-        hosts = [TWILIO_API, self._settings.twilio_api_url or TWILIO_API]
-        headers: dict[str, str] = {}
-        if sid and token and any(_same_host(str(url), host) for host in hosts):
-            # httpx drops Authorization when Twilio redirects to its CDN (another origin).
-            credentials = base64.b64encode(f"{sid}:{token.get_secret_value()}".encode()).decode()
-            headers["Authorization"] = f"Basic {credentials}"
-        return self._download(str(url), headers)
+        return self._download(str(url))
 
-    def _json(
-        self, url: str, headers: dict[str, str], params: dict[str, str] | None = None
-    ) -> dict[str, Any]:
+    def _json(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         try:
-            response = self._client.get(url, headers=headers, params=params)
+            with self._open(url, params) as response:
+                response.read()
         except httpx.HTTPError as exc:
             raise MediaUnavailable(f"media lookup failed: {type(exc).__name__}") from None
-        _raise_for_status(response, credentialed=True)
         try:
             body = response.json()
         except ValueError:
@@ -207,13 +319,45 @@ class _Fetcher:
             raise MediaUnavailable("media lookup answered something that is not an object")
         return body
 
-    def _download(self, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _open(self, url: str, params: dict[str, str] | None = None) -> Iterator[httpx.Response]:
+        """GET ``url``, following redirects here so each hop is checked against the provider's hosts and
+        gets only its own credentials (httpx would carry ``X-API-Key`` to any host); refuse what is gone."""
+        for _ in range(MAX_REDIRECTS + 1):
+            if not self._hosts.allows(url):
+                raise MediaRefused("host_not_allowed", f"{_where(url)} is not a {self._provider} media host")
+            request = self._client.build_request(
+                "GET", url, params=params, headers=self._hosts.credentials_for(url), timeout=self._timeout()
+            )
+            response = self._client.send(request, stream=True)
+            if response.next_request is None:
+                break
+            response.close()
+            url, params = str(response.next_request.url), None
+        else:
+            raise MediaRefused("too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
+        try:
+            _raise_for_status(response, credentialed=self._hosts.is_credentialed(url))
+            yield response
+        finally:
+            response.close()
+
+    def _timeout(self) -> httpx.Timeout:
+        left = self._check_deadline()
+        return httpx.Timeout(min(READ_SECONDS, left), connect=min(CONNECT_SECONDS, left))
+
+    def _check_deadline(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise MediaUnavailable(f"not downloaded within {DOWNLOAD_SECONDS:g} s")
+        return left
+
+    def _download(self, url: str) -> dict[str, Any]:
         limit = self._settings.media_max_bytes
         folder = self._settings.media_path
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            with self._client.stream("GET", url, headers=headers) as response:
-                _raise_for_status(response, credentialed=bool(headers) and _same_host(str(response.url), url))
+            with self._open(url) as response:
                 mime = _check_mime(response.headers.get("Content-Type"))
                 _check_declared_size(response.headers.get("Content-Length"), limit)
                 digest = hashlib.sha256()
@@ -221,7 +365,10 @@ class _Fetcher:
                 handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
                 try:
                     with os.fdopen(handle, "wb") as out:
-                        for chunk in response.iter_bytes(CHUNK_BYTES):
+                        # As the bytes arrive (not in fixed chunks), so the deadline is checked while a
+                        # slow server trickles them.
+                        for chunk in response.iter_bytes():
+                            self._check_deadline()
                             size += len(chunk)
                             if size > limit:
                                 raise MediaRefused(
@@ -272,11 +419,6 @@ def _check_declared_size(value: Any, limit: int) -> None:
         declared = None
     if declared is not None and declared > limit:
         raise MediaRefused("too_large", f"{declared} bytes, over WAPIPE_MEDIA_MAX_BYTES ({limit})")
-
-
-def _same_host(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 @celery.task(

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
@@ -49,10 +50,11 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Reply:
-    """An answer as sent: only the headers given (no ``Content-Length`` unless it is among them)."""
+    """An answer as sent: only the headers given (no ``Content-Length`` unless it is among them). A body
+    given as parts is sent part by part as they come, for a server that is slow to send."""
 
     status: int
-    body: bytes = b""
+    body: bytes | Iterable[bytes] = b""
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -169,7 +171,9 @@ class FakeServer:
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(reply.body)
+                for part in [reply.body] if isinstance(reply.body, bytes) else reply.body:
+                    self.wfile.write(part)
+                    self.wfile.flush()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -1,10 +1,12 @@
 """A fake media host on 127.0.0.1 (Twilio's ``MediaUrl``s, a CDN, Kapso's ``media_url``s): serves files at
 paths, records every request with its headers, and can answer without a ``Content-Length`` (the body
-ends when the connection closes) or redirect elsewhere, so size limits and credential handling are tested
-against real HTTP."""
+ends when the connection closes), send it slowly, or redirect elsewhere, so size limits, the download
+deadline and credential handling are tested against real HTTP."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ class Served:
     declare_length: bool = True
     redirect_to: str | None = None
     auth: str | None = None  # the Authorization header required, if any
+    trickle: float | None = None  # seconds to wait before each kilobyte, for a server slow to send
 
 
 @dataclass
@@ -55,4 +58,12 @@ class MediaHost(FakeServer):
         headers = {"Content-Type": served.content_type}
         if served.declare_length:
             headers["Content-Length"] = str(len(served.data))
-        return Reply(200, served.data, headers)
+        return Reply(
+            200, served.data if served.trickle is None else _slowly(served.data, served.trickle), headers
+        )
+
+
+def _slowly(data: bytes, pause: float) -> Iterator[bytes]:
+    for start in range(0, len(data), 1024):
+        time.sleep(pause)
+        yield data[start : start + 1024]

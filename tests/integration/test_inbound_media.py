@@ -1,6 +1,7 @@
 """inbound.fetch_media against fake provider servers: Meta's two-step download with the bearer token, Twilio's
 basic auth (never forwarded to another host), the size limit (declared and streamed), the MIME allow-list,
-idempotency, and a real inbound worker downloading what inbound.route enqueued."""
+the hosts media may come from (every redirect hop too), the download deadline, idempotency, and a real
+inbound worker downloading what inbound.route enqueued."""
 
 from __future__ import annotations
 
@@ -181,7 +182,7 @@ def test_twilio_media_uses_basic_auth_which_never_follows_a_redirect_elsewhere(
         url = host.serve("/2010-04-01/Accounts/AC/Messages/MM/Media/ME1", redirect_to=cdn_url, auth=BASIC)
         message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/png")))
 
-        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path, media_hosts=[cdn.origin]))
 
         [entry] = media_column(db, message_id)
         assert entry["stored"]["mime_type"] == "image/png"
@@ -214,7 +215,9 @@ def test_kapso_media_ids_resolve_through_the_proxy_and_its_key_stays_on_kapso_ho
 ) -> None:
     with FakeGraph(TOKEN, version="v24.0", api_key=True) as kapso:
         kapso.add_media("k-1", JPEG, "image/jpeg")
-        settings = load_settings(kapso_api_key=TOKEN, kapso_api_url=kapso.url, media_dir=tmp_path)
+        settings = load_settings(
+            kapso_api_key=TOKEN, kapso_api_url=kapso.url, media_dir=tmp_path, media_hosts=[host.origin]
+        )
         by_id = stored_message(inbound("kapso", Media(media_id="k-1", mime_type="image/jpeg")))
         elsewhere = host.serve("/kapso-cdn/a.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
         by_url = stored_message(inbound("kapso", Media(url=elsewhere, mime_type="image/png")))
@@ -289,3 +292,87 @@ def test_twilio_refusing_the_credentials_keeps_the_media_for_a_retry(
     assert "fetch_error" not in entry
     fetch_media(message_id, settings=twilio_settings(host, tmp_path))
     assert Path(media_column(db, message_id)[0]["stored"]["path"]).read_bytes() == JPEG
+
+
+def test_twilio_media_urls_off_twilio_hosts_are_refused_unfetched(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    # A forged webhook's MediaUrl could name an internal service; nothing is requested from it.
+    with MediaHost() as internal:
+        url = internal.serve("/admin/export.jpg", JPEG, "image/jpeg")
+        message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+        [entry] = media_column(db, message_id)
+        assert entry["fetch_error"]["code"] == "host_not_allowed"
+        assert internal.requests == []
+        assert files(tmp_path) == []
+
+
+def test_a_meta_url_off_meta_hosts_never_gets_the_bearer_token(
+    db, redis_client, graph: FakeGraph, tmp_path: Path
+) -> None:
+    with MediaHost() as elsewhere:
+        url = elsewhere.serve("/collect.jpg", JPEG, "image/jpeg")
+        message_id = stored_message(inbound("meta", Media(url=url, mime_type="image/jpeg")))
+
+        fetch_media(message_id, settings=meta_settings(graph, tmp_path))
+
+        assert media_column(db, message_id)[0]["fetch_error"]["code"] == "host_not_allowed"
+        assert elsewhere.requests == []
+
+
+def test_a_redirect_off_the_provider_hosts_is_not_followed(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    with MediaHost() as internal:
+        target = internal.serve("/metadata", JPEG, "image/jpeg")
+        url = host.serve("/2010-04-01/Accounts/AC/Messages/MM/Media/ME1", redirect_to=target, auth=BASIC)
+        message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+        assert media_column(db, message_id)[0]["fetch_error"]["code"] == "host_not_allowed"
+        assert len(host.requests) == 1
+        assert internal.requests == []
+
+
+def test_the_kapso_key_stays_behind_when_a_redirect_leaves_the_kapso_api(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    # httpx drops Authorization on a redirect to another origin, but not X-API-Key.
+    with MediaHost() as storage:
+        stored_at = storage.serve("/bucket/a.png", b"\x89PNG\r\n\x1a\nfake", "image/png")
+        url = host.serve("/media/1479537139650973", redirect_to=stored_at)
+        message_id = stored_message(inbound("kapso", Media(url=url, mime_type="image/png")))
+        settings = load_settings(
+            kapso_api_key=TOKEN,
+            kapso_api_url=f"{host.origin}/meta/whatsapp/v24.0",
+            media_dir=tmp_path,
+            media_hosts=[storage.origin],
+        )
+
+        fetch_media(message_id, settings=settings)
+
+        assert media_column(db, message_id)[0]["stored"]["mime_type"] == "image/png"
+        assert host.requests[0].headers["X-API-Key"] == TOKEN
+        assert "X-API-Key" not in storage.requests[0].headers
+
+
+def test_a_download_past_its_deadline_is_left_for_a_retry(
+    db, redis_client, host: MediaHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server sending a kilobyte now and then never trips the per-read timeout; the deadline stops it,
+    # and the media waits for the task's next attempt instead of holding the worker.
+    monkeypatch.setattr(media, "DOWNLOAD_SECONDS", 0.5)
+    url = host.serve("/media/slow", JPEG, "image/jpeg", auth=BASIC, trickle=0.1)
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+    with pytest.raises(MediaUnavailable):
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+    [entry] = media_column(db, message_id)
+    assert "stored" not in entry
+    assert "fetch_error" not in entry
+    assert files(tmp_path) == []
