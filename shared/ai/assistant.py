@@ -26,7 +26,7 @@ import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from shared.ai.offline_assistant import Intent, intent_of, offline_reply
-from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, first_message, make_client
+from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, answer_text, make_client
 from shared.db import assistant_configs, chat_context
 from shared.db.messages import InboundRecord
 from shared.logging import get_logger
@@ -112,7 +112,7 @@ def ask_model(
     client: openai.OpenAI | None = None,
 ) -> str:
     """The model's answer text; raises the SDK's error when every attempt failed, ``ValueError`` when the
-    model answered nothing usable."""
+    model answered nothing usable (no text, or an answer of another shape)."""
     client = client or make_client(settings)
     messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}, *chat]
     retrying = Retrying(
@@ -126,8 +126,7 @@ def ask_model(
                 max_tokens=config.max_tokens,
                 temperature=config.temperature,
             )
-    message = first_message(completion)
-    text = (message.content or "").strip() if message is not None else ""
+    text = answer_text(completion).strip()
     if not text:
         raise ValueError("the model answered no text")
     return text[:MAX_REPLY_CHARS]
@@ -164,7 +163,7 @@ def generate_reply(
             return AssistantReply(ask_model(settings, config, prompt.chat, client), config.model)
         except openai.OpenAIError as exc:
             log.warning("assistant.model_unavailable", model=config.model, error=type(exc).__name__)
-        except ValueError as exc:
-            log.warning("assistant.empty_answer", model=config.model, error=str(exc))
+        except ValueError as exc:  # no text, or not text: MalformedAnswer is a ValueError
+            log.warning("assistant.unusable_answer", model=config.model, error=str(exc))
     offline = offline_reply(text, record.profile_name)
     return AssistantReply(offline.text, OFFLINE, handoff=offline.handoff)

@@ -35,6 +35,7 @@ log = get_logger(__name__)
 OFFLINE = "offline"
 MAX_ATTEMPTS = 3
 MAX_RETRY_AFTER_SECONDS = 30.0
+_NO_CONTENT = object()
 _backoff = wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)
 
 RULES = """\
@@ -61,8 +62,8 @@ summary: e.g. "2 items, 8h total, due 2026-01-30". confidence: 0 to 1, how sure 
 """
 
 
-class MalformedAnswer(Exception):
-    """The model answered, but not with JSON that fits the proposal schema."""
+class MalformedAnswer(ValueError):
+    """The model answered, but not with JSON that fits the proposal schema, or not with text at all."""
 
 
 def system_prompt(today: dt.date) -> str:
@@ -105,16 +106,35 @@ def make_client(settings: Settings) -> openai.OpenAI:
 
 def first_message(completion: Any) -> Any | None:
     """The first choice's message of a chat completion; None when it has none. A 200 whose body is not a
-    completion (a proxy's error page: the SDK then hands back its text) raises ``ValueError``, as a body
-    that is not JSON at all does in the SDK, so the callers fall back as for any unusable answer."""
+    completion (a proxy's error page: the SDK then hands back its text) raises :class:`MalformedAnswer`,
+    as a body that is not JSON at all raises ``ValueError`` in the SDK, so the callers fall back as for any
+    unusable answer."""
     try:
         choices = completion.choices
         return choices[0].message if choices else None
     except (AttributeError, TypeError, IndexError, KeyError) as exc:
-        raise ValueError(f"not a chat completion ({type(exc).__name__})") from None
+        raise MalformedAnswer(f"not a chat completion ({type(exc).__name__})") from None
 
 
-def _validated(content: str | None) -> Proposal:
+def answer_text(completion: Any) -> str:
+    """The text of the completion's first message ("" when it has none); raises :class:`MalformedAnswer`
+    for a refusal or a message of another shape. The SDK builds its models without validating them, so an
+    OpenAI-compatible server's message that is a string, or content that is a list of parts or a number,
+    arrives as it was sent and must be checked here, not trusted."""
+    message = first_message(completion)
+    if message is None:
+        return ""
+    if getattr(message, "refusal", None):
+        raise MalformedAnswer("a refusal")
+    content = getattr(message, "content", _NO_CONTENT)
+    if content is _NO_CONTENT:
+        raise MalformedAnswer(f"the message is a {type(message).__name__}, not a message")
+    if content is not None and not isinstance(content, str):
+        raise MalformedAnswer(f"the content is a {type(content).__name__}, not text")
+    return content or ""
+
+
+def _validated(content: str) -> Proposal:
     if not content:
         raise MalformedAnswer("empty answer")
     try:
@@ -127,6 +147,8 @@ def _validated(content: str | None) -> Proposal:
         raise MalformedAnswer(f"outside the schema: {problems}"[:300]) from exc
     except TypeError as exc:
         raise MalformedAnswer(f"not a proposal ({type(exc).__name__})") from exc
+    except RecursionError as exc:  # "[[[[..." thousands deep: json's decoder recurses once per level
+        raise MalformedAnswer("nested too deeply") from exc
 
 
 def parse_with_model(
@@ -153,12 +175,9 @@ def parse_with_model(
                     response_format=response_format(),  # type: ignore[arg-type]
                     temperature=0,
                 )
-        message = first_message(completion)
-    except ValueError as exc:  # a 200 that is not a completion
-        raise MalformedAnswer(str(exc) if not isinstance(exc, json.JSONDecodeError) else "not JSON") from exc
-    if message is None or getattr(message, "refusal", None):
-        raise MalformedAnswer("no answer or a refusal")
-    return _validated(message.content)
+    except ValueError as exc:  # a 200 whose body is not JSON: the SDK's json.loads failed
+        raise MalformedAnswer("not JSON") from exc
+    return _validated(answer_text(completion))
 
 
 def parse_proposal(

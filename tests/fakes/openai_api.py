@@ -92,6 +92,14 @@ class FakeOpenAI(FakeServer):
         headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
         self._script.append(Scripted(200, raw=Reply(200, body, headers)))
 
+    def answer_message(self, message: Any) -> None:
+        """The next request gets a 200 completion whose first message is ``message`` as given, whatever its
+        shape (a string, content that is a list of parts or a number): what an OpenAI-compatible server
+        may send, and the SDK hands on without validating."""
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = json.dumps({"id": "chatcmpl-odd", "object": "chat.completion", "choices": [choice]})
+        self.answer_raw(body.encode(), "application/json")
+
     def completions(self) -> list[Received]:
         return [r for r in self.received if r.path.endswith("/chat/completions")]
 

@@ -260,6 +260,27 @@ def test_a_200_that_is_not_a_completion_falls_back_to_offline(clean: None, db: p
     assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "a plain string",
+        {"role": "assistant", "content": [{"type": "text", "text": "We open at 8."}]},
+        {"role": "assistant", "content": 42},
+    ],
+    ids=["message is a string", "content is a list of parts", "content is a number"],
+)
+def test_an_answer_of_the_wrong_shape_falls_back_to_offline(
+    clean: None, db: psycopg.Connection, message: object
+) -> None:
+    # An OpenAI-compatible server's odd answer must not kill the task: the user would get the apology,
+    # and "send it again" would fail the same way.
+    message_id = say(db, conversation(db), "in", "menu")
+    with FakeOpenAI() as fake:
+        fake.answer_message(message)
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
+
+
 # --- offline (no key) ----------------------------------------------------------------------------------
 
 

@@ -161,3 +161,21 @@ def test_an_answer_outside_the_schema_is_logged_without_the_users_words(
     [warning] = [entry for entry in logs if entry["event"] == "ai.malformed_answer"]
     assert "items.0.title: string_too_long" in warning["error"]
     assert "divorce" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "a plain string",
+        {"role": "assistant", "content": [{"type": "text", "text": json.dumps(VALID_PROPOSAL)}]},
+        {"role": "assistant", "content": 42},
+        {"role": "assistant", "content": "[" * 5000},
+    ],
+    ids=["message is a string", "content is a list of parts", "content is a number", "deep nesting"],
+)
+def test_an_answer_of_the_wrong_shape_falls_back_to_offline(fake: FakeOpenAI, message: object) -> None:
+    fake.answer_message(message)
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
+    assert len(fake.completions()) == 1
