@@ -25,6 +25,7 @@ import openai
 import psycopg
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
+from shared.ai.clean_text import storable_text
 from shared.ai.offline_assistant import Intent, intent_of, offline_reply
 from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, answer_text, make_client
 from shared.db import assistant_configs, chat_context
@@ -126,7 +127,7 @@ def ask_model(
                 max_tokens=config.max_tokens,
                 temperature=config.temperature,
             )
-    text = answer_text(completion).strip()
+    text = storable_text(answer_text(completion)).strip()
     if not text:
         raise ValueError("the model answered no text")
     return text[:MAX_REPLY_CHARS]

@@ -3,6 +3,7 @@
 JSON keys are camelCase exactly as the host application reads them (``estimatedHours``, ``dueDate``,
 ``totalEstimatedHours``). Validation is strict so that a model's bad answer (a missing key, a negative
 estimate, a date that is not ISO, an unknown priority) is rejected and the offline parser answers instead.
+Control characters are taken out of the texts (:mod:`shared.ai.clean_text`): PostgreSQL refuses NUL.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import datetime as dt
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from shared.ai.clean_text import storable_text
 
 Priority = Literal["high", "medium", "low"]
 ItemType = Literal["task", "bug", "feature", "meeting", "research", "docs"]
@@ -43,10 +46,15 @@ class ProposalItem(BaseModel):
     @field_validator("title")
     @classmethod
     def _clean_title(cls, value: str) -> str:
-        value = " ".join(value.split())
+        value = " ".join(storable_text(value).split())
         if not value:
             raise ValueError("title is blank")
         return value
+
+    @field_validator("description")
+    @classmethod
+    def _clean_description(cls, value: str) -> str:
+        return storable_text(value)
 
     @field_serializer("estimated_hours")
     def _hours_out(self, value: float | None) -> float | int | None:
@@ -62,6 +70,14 @@ class Proposal(BaseModel):
     items: list[ProposalItem] = Field(min_length=1, max_length=MAX_ITEMS)
     total_estimated_hours: float | None = Field(default=None, alias="totalEstimatedHours", ge=0)
     confidence: float = Field(ge=0, le=1)
+
+    @field_validator("summary")
+    @classmethod
+    def _clean_summary(cls, value: str) -> str:
+        value = storable_text(value)
+        if not value.strip():
+            raise ValueError("summary is blank")
+        return value
 
     @model_validator(mode="after")
     def _total_is_the_sum(self) -> Proposal:

@@ -15,6 +15,7 @@ from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.queues import Job, Publisher
 from shared.sessions import Sessions
 from shared.settings import load_settings
+from tests.fakes.openai_api import VALID_PROPOSAL, FakeOpenAI
 from tests.integration.test_bot_workers import PHONE, replies, store_inbound
 from workers import ai as ai_worker
 from workers import persist as persist_worker
@@ -118,6 +119,49 @@ def test_an_invalid_proposal_dict_is_dropped(clean: None, db: psycopg.Connection
         is None
     )
     assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 0
+
+
+def test_control_characters_in_the_models_answer_are_not_stored(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    # PostgreSQL refuses text holding NUL: kept, it failed persist.save_proposal on every replay.
+    seed(PHONE)
+    sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db)))
+    message_id = store_inbound(db, TEXT)
+    item = dict(
+        VALID_PROPOSAL["items"][0], title="Add\u0000 login\u0007 page", description="For\u0000 the app\u001b"
+    )
+    answer = dict(VALID_PROPOSAL, summary="2 items\u0000, 8h", items=[item, VALID_PROPOSAL["items"][1]])
+    with FakeOpenAI() as fake:
+        fake.reply(json.dumps(answer))
+        settings = load_settings(openai_api_key="sk-test", openai_base_url=fake.url, ai_model="kimi-test")
+        assert ai_worker.parse_message(message_id, sessions, settings) == "parsed"
+    (job,) = _queued(redis_client, "persist")
+    assert job["parser"] == "kimi-test"
+    persist_worker.save_proposal(
+        message_id, job["proposal"], job["parser"], job["project_id"], settings=OFFLINE
+    )
+
+    assert db.execute("SELECT summary FROM proposals").fetchone()["summary"] == "2 items, 8h"
+    first = db.execute("SELECT title, description FROM proposal_items WHERE position = 1").fetchone()
+    assert first == {"title": "Add login page", "description": "For the app"}
+    assert replies(db)[0].startswith("✅ Proposal saved: 2 items")
+
+
+def test_a_models_answer_of_control_characters_only_falls_back_to_offline(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    seed(PHONE)
+    sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db)))
+    message_id = store_inbound(db, TEXT)
+    item = dict(VALID_PROPOSAL["items"][0], title="\u0000\u0001")
+    with FakeOpenAI() as fake:
+        fake.reply(json.dumps(dict(VALID_PROPOSAL, items=[item])))
+        settings = load_settings(openai_api_key="sk-test", openai_base_url=fake.url, ai_model="kimi-test")
+        assert ai_worker.parse_message(message_id, sessions, settings) == "parsed"
+    (job,) = _queued(redis_client, "persist")
+    assert job["parser"] == "offline"
+    assert [i["title"] for i in job["proposal"]["items"]] == ["Add login page", "Add user dashboard"]
 
 
 @pytest.mark.slow

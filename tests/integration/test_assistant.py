@@ -281,6 +281,17 @@ def test_an_answer_of_the_wrong_shape_falls_back_to_offline(
     assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
 
 
+def test_control_characters_are_taken_out_of_the_models_reply(clean: None, db: psycopg.Connection) -> None:
+    # PostgreSQL refuses text holding NUL, and WhatsApp shows the other control characters as boxes.
+    message_id = say(db, conversation(db), "in", "What time do you open?")
+    with FakeOpenAI() as fake:
+        fake.reply(
+            "We open\u0000 at 8.\u0007\nSee you\ud800!\u001b"
+        )  # and a lone surrogate, which UTF-8 lacks
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "gpt-test"
+    assert reply_row(db, message_id)["body"] == "We open at 8.\nSee you\ufffd!"
+
+
 # --- offline (no key) ----------------------------------------------------------------------------------
 
 
