@@ -13,12 +13,11 @@ from pydantic import ValidationError
 
 from shared.ai.proposal import Proposal
 from shared.bot.commands import CHOOSE_PROJECT
-from shared.db import messages, proposals
+from shared.db import proposals
 from shared.db.messages import get_inbound
-from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.queues import get_publisher
-from shared.replies import answer
+from shared.replies import answer, apologise
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
@@ -66,7 +65,8 @@ def save_proposal(
     """Store the proposal for inbound ``message_id`` (once) and queue the confirmation; return its id.
 
     ``project_id`` is the project chosen when the message was parsed; without it, the sender's current
-    session project is used. An invalid proposal dict is logged and dropped (retrying cannot fix it).
+    session project is used. An invalid proposal dict is logged and dropped (retrying cannot fix it), and
+    its sender gets the apology.
     When the sender may no longer use the project nothing is stored: the selection is dropped and they are
     asked to choose a project, and None is returned.
     """
@@ -75,9 +75,10 @@ def save_proposal(
         model = Proposal.model_validate(proposal)
     except ValidationError as exc:
         log.error("invalid proposal dropped", message_id=message_id, errors=exc.error_count())
-        # Nothing more will come of this message: later messages of the conversation go ahead.
-        with transaction() as conn:
-            messages.mark_handled(conn, message_id)
+        # Nothing more will come of this message (a job an older release queued, or a dead letter edited
+        # before its replay): its sender is told to send it again, which also ends its turn so later
+        # messages of the conversation go ahead.
+        apologise(message_id)
         return None
     record = get_inbound(message_id)
     if project_id is None:

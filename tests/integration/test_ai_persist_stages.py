@@ -13,6 +13,7 @@ import redis
 
 from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.queues import Job, Publisher
+from shared.replies import APOLOGY
 from shared.sessions import Sessions
 from shared.settings import load_settings
 from tests.fakes.openai_api import VALID_PROPOSAL, FakeOpenAI
@@ -112,13 +113,20 @@ def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
     assert len(replies(db)) == 1
 
 
-def test_an_invalid_proposal_dict_is_dropped(clean: None, db: psycopg.Connection) -> None:
+def test_an_invalid_proposal_dict_is_dropped_and_its_sender_told_to_send_it_again(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # A job a release's tighter validation refuses, or a dead letter edited before its replay: nothing will
+    # come of it, and the user who sent the message must not wait for an answer forever.
     message_id = store_inbound(db, TEXT)
     assert (
         persist_worker.save_proposal(message_id, {"summary": "x", "items": []}, "offline", settings=OFFLINE)
         is None
     )
     assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 0
+    assert replies(db) == [APOLOGY]
+    handled = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert handled["handled_at"] is not None
 
 
 def test_control_characters_in_the_models_answer_are_not_stored(
