@@ -93,9 +93,44 @@ def save_proposal(
         answer(message_id, CHOOSE_PROJECT)
         log.warning("proposal refused: project not usable", message_id=message_id)
         return None
-    answer(message_id, reply_text(saved.id, model, settings))
+    # A rerun after a crash between the save and the answer may hold another parse of the message (the ai
+    # stage ran twice: another model answer, or the offline parser): the user is told what was stored.
+    confirmed = model if saved.created else _stored_or(saved.id, model)
+    answer(message_id, reply_text(saved.id, confirmed, settings))
     log.info("proposal saved", message_id=message_id, proposal_id=str(saved.id), new=saved.created)
     return saved.id
+
+
+def _stored_or(proposal_id: UUID, fallback: Proposal) -> Proposal:
+    """The proposal as stored under ``proposal_id``; ``fallback`` when it is gone or no longer validates
+    (stored by another release), since a confirmation is better than none."""
+    row = proposals.get(proposal_id)
+    if row is None:
+        return fallback
+    items = [
+        {
+            "type": item["type"],
+            "title": item["title"],
+            "description": item["description"] or "",
+            "estimated_hours": item["estimated_hours"],
+            "due_date": item["due_date"],
+            "priority": item["priority"],
+        }
+        for item in row["items"]
+    ]
+    stored = {
+        "summary": row["summary"],
+        "items": items,
+        "total_estimated_hours": row["total_estimated_hours"],
+        "confidence": row["confidence"],
+    }
+    try:
+        return Proposal.model_validate(stored)
+    except ValidationError as exc:
+        log.warning(
+            "stored proposal does not validate", proposal_id=str(proposal_id), errors=exc.error_count()
+        )
+        return fallback
 
 
 # The second hop of ai.parse_proposal: its message had its turn there and holds it until answered here.

@@ -11,7 +11,9 @@ import psycopg
 import pytest
 import redis
 
+from shared.ai.proposal import Proposal
 from shared.commands.seed_demo import DEMO_USER_ID, seed
+from shared.db import proposals
 from shared.queues import Job, Publisher
 from shared.replies import APOLOGY
 from shared.sessions import Sessions
@@ -127,6 +129,30 @@ def test_an_invalid_proposal_dict_is_dropped_and_its_sender_told_to_send_it_agai
     assert replies(db) == [APOLOGY]
     handled = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
     assert handled["handled_at"] is not None
+
+
+def test_a_rerun_confirms_the_stored_proposal_not_its_own_parse(
+    clean: None, db: psycopg.Connection, sessions: Sessions
+) -> None:
+    # The first run stored the model's proposal and died before answering; the rerun's job holds another
+    # parse of the same message (the ai stage ran twice, the second time offline).
+    seed(PHONE)
+    project_id = _project(db)
+    message_id = store_inbound(db, TEXT)
+    stored = Proposal.model_validate(
+        dict(VALID_PROPOSAL, items=[dict(VALID_PROPOSAL["items"][0], title="Build login")])
+    )
+    saved = proposals.save(message_id, stored, "kimi-test", user_id=DEMO_USER_ID, project_id=project_id)
+    assert saved is not None
+
+    other = dict(VALID_PROPOSAL, summary="another parse")
+    again = persist_worker.save_proposal(message_id, other, "offline", str(project_id), settings=OFFLINE)
+
+    assert again == saved.id
+    (reply,) = replies(db)
+    assert reply.startswith("✅ Proposal saved: 1 item, 4h total")
+    assert "\n1. Build login · 4h · due 2026-01-30" in reply
+    assert "another parse" not in reply
 
 
 def test_control_characters_in_the_models_answer_are_not_stored(
