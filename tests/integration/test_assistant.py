@@ -351,6 +351,34 @@ def test_a_handoff_phrase_is_honoured_without_asking_the_model(clean: None, db: 
     assert db.execute("SELECT status FROM conversations").fetchone()["status"] == "handoff"
 
 
+def test_a_handoff_whose_confirmation_was_not_stored_is_confirmed_on_the_rerun(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # The first run committed 'handoff' and died (or lost the database) before storing the confirmation:
+    # the user who asked for a person must still be told, once.
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "I want to talk to a person please")
+    db.execute("UPDATE conversations SET status = 'handoff' WHERE id = %s", (convo[1],))
+
+    assert ai_worker.reply_message(message_id, OFFLINE) == "offline"
+    assert ai_worker.reply_message(message_id, OFFLINE) == "done"
+    assert reply_row(db, message_id)["body"] == TEXTS["en"][Intent.handoff]
+    assert outbound_count(db) == 1
+    assert handled(db, message_id)
+
+
+def test_a_handoff_request_from_an_opted_out_contact_is_not_confirmed(
+    clean: None, db: psycopg.Connection
+) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "I want to talk to a person please")
+    db.execute("UPDATE conversations SET status = 'handoff' WHERE id = %s", (convo[1],))
+    db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+    assert ai_worker.reply_message(message_id, OFFLINE) == "silent"
+    assert outbound_count(db) == 0
+    assert handled(db, message_id)
+
+
 def test_are_you_human_is_not_a_handoff(clean: None, db: psycopg.Connection) -> None:
     message_id = say(db, conversation(db), "in", "are you human?")
     ai_worker.reply_message(message_id, OFFLINE)
