@@ -7,9 +7,10 @@ conversation's history, or the rule-based assistant when there is no model or it
 - Context: the conversation's last :data:`HISTORY_LIMIT` messages, both directions, oldest first, the
   message being answered last; inbound ones are the ``user`` role, our replies the ``assistant`` role
   (https://platform.openai.com/docs/api-reference/chat/create).
-- One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts and connection
-  errors, the same policy as the proposal parser (:mod:`shared.ai.openai_parser`); when every attempt
-  fails, or the answer is empty, the rule-based assistant (:mod:`shared.ai.offline_assistant`) answers.
+- One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts (once) and
+  connection errors, the same policy as the proposal parser (:mod:`shared.ai.openai_parser`); when every
+  attempt fails, or the answer is empty, the rule-based assistant (:mod:`shared.ai.offline_assistant`)
+  answers.
 - A request for a person is honoured without asking the model: handing off changes the conversation's
   state, which a model's text cannot do.
 
@@ -23,11 +24,10 @@ from typing import Any
 
 import openai
 import psycopg
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from shared.ai.clean_text import storable_text
 from shared.ai.offline_assistant import Intent, intent_of, offline_reply
-from shared.ai.openai_parser import MAX_ATTEMPTS, OFFLINE, _retryable, _wait, answer_text, make_client
+from shared.ai.openai_parser import OFFLINE, answer_text, create_completion, make_client
 from shared.db import assistant_configs, chat_context
 from shared.db.messages import InboundRecord
 from shared.logging import get_logger
@@ -116,17 +116,13 @@ def ask_model(
     model answered nothing usable (no text, or an answer of another shape)."""
     client = client or make_client(settings)
     messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}, *chat]
-    retrying = Retrying(
-        retry=retry_if_exception(_retryable), wait=_wait, stop=stop_after_attempt(MAX_ATTEMPTS), reraise=True
+    completion = create_completion(
+        client,
+        model=config.model,
+        messages=messages,
+        max_tokens=config.max_tokens,
+        temperature=config.temperature,
     )
-    for attempt in retrying:
-        with attempt:
-            completion = client.chat.completions.create(
-                model=config.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=config.max_tokens,
-                temperature=config.temperature,
-            )
     text = storable_text(answer_text(completion)).strip()
     if not text:
         raise ValueError("the model answered no text")

@@ -3,9 +3,10 @@ the net under it.
 
 The model answers through structured outputs (``response_format`` = strict JSON schema, see
 https://platform.openai.com/docs/guides/structured-outputs) and the answer is validated again by pydantic.
-One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts and connection
-errors; the SDK's own retries are off so there is exactly one retry policy. When every attempt fails, or the
-answer is not valid JSON of the schema, the offline parser answers and the parser name says so.
+One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts (once) and
+connection errors; the SDK's own retries are off so there is exactly one retry policy. When every attempt
+fails, or the answer is not valid JSON of the schema, the offline parser answers and the parser name says
+so.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ log = get_logger(__name__)
 
 OFFLINE = "offline"
 MAX_ATTEMPTS = 3
+# A timed-out request may still be generating on the server, and is billed as it goes on: a read timeout
+# is retried once, not until MAX_ATTEMPTS.
+MAX_TIMEOUTS = 2
 MAX_RETRY_AFTER_SECONDS = 30.0
+# The longest answer a proposal needs: MAX_ITEMS items, each a title up to MAX_TITLE characters, the one
+# sentence of description the rules ask for and the other keys (about 450 characters of JSON, 110 to 230
+# tokens as the language goes), and the summary. An answer cut there is not JSON and the offline parser
+# answers; without the bound a model that runs on is billed for every token, past any timeout of ours.
+MAX_ANSWER_TOKENS = 4096
 _NO_CONTENT = object()
 _backoff = wait_exponential_jitter(multiplier=0.5, max=8, jitter=0.5)
 
@@ -92,6 +101,34 @@ def _wait(state: RetryCallState) -> float:
     if asked is not None:
         return min(asked, MAX_RETRY_AFTER_SECONDS)
     return _backoff(state)  # none, or not a number of seconds (an HTTP date, NaN): our own backoff
+
+
+class _StopAfterTimeouts:
+    """A tenacity stop: after :data:`MAX_TIMEOUTS` timed-out attempts of one call."""
+
+    def __init__(self) -> None:
+        self.timeouts = 0
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if state.outcome is not None and isinstance(state.outcome.exception(), openai.APITimeoutError):
+            self.timeouts += 1
+        return self.timeouts >= MAX_TIMEOUTS
+
+
+def create_completion(client: openai.OpenAI, **request: Any) -> Any:
+    """One chat completion (``request`` as ``chat.completions.create`` takes it) under the one retry
+    policy: 429 honouring ``Retry-After``, 5xx, timeouts (once) and connection errors, at most
+    :data:`MAX_ATTEMPTS` attempts. Raises the SDK's error when every attempt failed."""
+    retrying = Retrying(
+        retry=retry_if_exception(_retryable),
+        wait=_wait,
+        stop=stop_after_attempt(MAX_ATTEMPTS) | _StopAfterTimeouts(),
+        reraise=True,
+    )
+    for attempt in retrying:
+        with attempt:
+            completion = client.chat.completions.create(**request)
+    return completion
 
 
 def make_client(settings: Settings) -> openai.OpenAI:
@@ -157,24 +194,18 @@ def parse_with_model(
     """Ask the model; raise the SDK's error when every attempt failed, :class:`MalformedAnswer` on a bad
     answer (not retried: the same prompt tends to give the same answer, and the offline parser is ready)."""
     client = client or make_client(settings)
-    retrying = Retrying(
-        retry=retry_if_exception(_retryable),
-        wait=_wait,
-        stop=stop_after_attempt(MAX_ATTEMPTS),
-        reraise=True,
-    )
     try:
-        for attempt in retrying:
-            with attempt:
-                completion = client.chat.completions.create(
-                    model=settings.ai_model,
-                    messages=[
-                        {"role": "system", "content": system_prompt(today)},
-                        {"role": "user", "content": text},
-                    ],
-                    response_format=response_format(),  # type: ignore[arg-type]
-                    temperature=0,
-                )
+        completion = create_completion(
+            client,
+            model=settings.ai_model,
+            messages=[
+                {"role": "system", "content": system_prompt(today)},
+                {"role": "user", "content": text},
+            ],
+            response_format=response_format(),
+            temperature=0,
+            max_tokens=MAX_ANSWER_TOKENS,
+        )
     except ValueError as exc:  # a 200 whose body is not JSON: the SDK's json.loads failed
         raise MalformedAnswer("not JSON") from exc
     return _validated(answer_text(completion))

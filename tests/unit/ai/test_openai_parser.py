@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,11 +27,13 @@ def fake() -> Iterator[FakeOpenAI]:
 
 def _settings(fake: FakeOpenAI, **overrides: object) -> Settings:
     return load_settings(
-        openai_api_key="sk-test",
-        openai_base_url=fake.url,
-        ai_model="kimi-test",
-        ai_timeout_seconds=5,
-        **overrides,
+        **{
+            "openai_api_key": "sk-test",
+            "openai_base_url": fake.url,
+            "ai_model": "kimi-test",
+            "ai_timeout_seconds": 5,
+            **overrides,
+        }
     )
 
 
@@ -179,3 +182,25 @@ def test_an_answer_of_the_wrong_shape_falls_back_to_offline(fake: FakeOpenAI, me
     assert parser == OFFLINE
     assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
     assert len(fake.completions()) == 1
+
+
+def test_the_answer_is_bounded_to_what_the_largest_proposal_needs(fake: FakeOpenAI) -> None:
+    # Without max_tokens a model that goes on generating is billed for all of it, past any timeout of ours.
+    parse_proposal(TEXT, TODAY, _settings(fake))
+    (request,) = fake.completions()
+    assert request.body["max_tokens"] == openai_parser.MAX_ANSWER_TOKENS
+
+
+def test_a_read_timeout_is_retried_once_then_the_offline_parser_answers(fake: FakeOpenAI) -> None:
+    # A timed-out request may still be generating (and billed) on the server: a third one would pay again.
+    asked: list[int] = []
+
+    def too_slow() -> None:
+        asked.append(len(asked) + 1)
+        time.sleep(1.5)
+
+    fake.while_answering = too_slow
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_timeout_seconds=0.5))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+    assert asked == [1, 2]
