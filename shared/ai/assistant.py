@@ -118,6 +118,7 @@ def ask_model(
     messages: list[dict[str, Any]] = [{"role": "system", "content": config.system_prompt}, *chat]
     completion = create_completion(
         client,
+        settings.ai_timeout_seconds,
         model=config.model,
         messages=messages,
         max_tokens=config.max_tokens,

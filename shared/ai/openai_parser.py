@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from typing import Any
 
 import openai
@@ -22,6 +23,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -39,6 +41,11 @@ MAX_ATTEMPTS = 3
 # is retried once, not until MAX_ATTEMPTS.
 MAX_TIMEOUTS = 2
 MAX_RETRY_AFTER_SECONDS = 30.0
+# One model call with its retries and waits, overall: well under the ai tasks' soft time limit (270 s,
+# shared/queues.py), which must leave time for the offline answer and its storing. Each attempt's timeout
+# is what is left of it, at most WAPIPE_AI_TIMEOUT; no attempt starts with less than MIN_ATTEMPT_SECONDS.
+MODEL_BUDGET_SECONDS = 120.0
+MIN_ATTEMPT_SECONDS = 1.0
 # The longest answer a proposal needs: MAX_ITEMS items, each a title up to MAX_TITLE characters, the one
 # sentence of description the rules ask for and the other keys (about 450 characters of JSON, 110 to 230
 # tokens as the language goes), and the summary. An answer cut there is not JSON and the offline parser
@@ -115,19 +122,28 @@ class _StopAfterTimeouts:
         return self.timeouts >= MAX_TIMEOUTS
 
 
-def create_completion(client: openai.OpenAI, **request: Any) -> Any:
+def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: Any) -> Any:
     """One chat completion (``request`` as ``chat.completions.create`` takes it) under the one retry
     policy: 429 honouring ``Retry-After``, 5xx, timeouts (once) and connection errors, at most
-    :data:`MAX_ATTEMPTS` attempts. Raises the SDK's error when every attempt failed."""
+    :data:`MAX_ATTEMPTS` attempts within :data:`MODEL_BUDGET_SECONDS`, each attempt's timeout
+    ``timeout_seconds`` or what is left of the budget. Raises the SDK's error when every attempt failed."""
+    budget = MODEL_BUDGET_SECONDS
     retrying = Retrying(
         retry=retry_if_exception(_retryable),
         wait=_wait,
-        stop=stop_after_attempt(MAX_ATTEMPTS) | _StopAfterTimeouts(),
+        # stop_before_delay counts the coming wait: no sleeping into the budget only to give up after.
+        stop=(
+            stop_after_attempt(MAX_ATTEMPTS)
+            | _StopAfterTimeouts()
+            | stop_before_delay(max(budget - MIN_ATTEMPT_SECONDS, 0))
+        ),
         reraise=True,
     )
     for attempt in retrying:
         with attempt:
-            completion = client.chat.completions.create(**request)
+            left = budget - (time.monotonic() - attempt.retry_state.start_time)
+            timeout = min(timeout_seconds, max(left, MIN_ATTEMPT_SECONDS))
+            completion = client.chat.completions.create(**request, timeout=timeout)
     return completion
 
 
@@ -197,6 +213,7 @@ def parse_with_model(
     try:
         completion = create_completion(
             client,
+            settings.ai_timeout_seconds,
             model=settings.ai_model,
             messages=[
                 {"role": "system", "content": system_prompt(today)},

@@ -36,6 +36,7 @@ def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WAPIPE_PUBLIC_URL", "ftp://example.com"),
         ("WAPIPE_MODE", "chaos"),
         ("WAPIPE_MAX_BODY_BYTES", "0"),
+        ("WAPIPE_AI_TIMEOUT", "600"),  # past the model call's budget, and the task's time limit
     ],
 )
 def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:

@@ -204,3 +204,22 @@ def test_a_read_timeout_is_retried_once_then_the_offline_parser_answers(fake: Fa
     assert parser == OFFLINE
     assert proposal.total_estimated_hours == 8
     assert asked == [1, 2]
+
+
+def test_a_model_call_past_its_overall_budget_gives_way_to_the_offline_parser(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Attempts times WAPIPE_AI_TIMEOUT can outlast the task's soft time limit, and then the user gets the
+    # apology, not even the offline answer: each attempt gets only what is left of the budget.
+    monkeypatch.setattr(openai_parser, "MODEL_BUDGET_SECONDS", 1.0)
+    asked: list[int] = []
+
+    def slower_than_the_budget() -> None:
+        asked.append(len(asked) + 1)
+        time.sleep(2.5)
+
+    fake.while_answering = slower_than_the_budget
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_timeout_seconds=5))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+    assert asked == [1]
