@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 from pydantic import ValidationError
 from tenacity import (
@@ -147,13 +149,54 @@ def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: 
     return completion
 
 
+class _AnswerDeadline(httpx2.BaseTransport):
+    """The request's read timeout as a deadline for its whole answer, on the SDK's HTTP client (httpx2,
+    https://github.com/openai/openai-python/tree/main/httpx2.md). Its read timeout is per read, so
+    a server that sends a byte now and then (a proxy's keep-alive, a slow generation) never trips it, and
+    an attempt could outlast the model call's budget and the task's time limit."""
+
+    def __init__(self, inner: httpx2.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        read_timeout = request.extensions.get("timeout", {}).get("read")
+        deadline = time.monotonic() + read_timeout if read_timeout is not None else None
+        response = self._inner.handle_request(request)
+        if deadline is None:
+            return response
+        if time.monotonic() > deadline:
+            response.close()
+            raise httpx2.ReadTimeout("no whole answer within the read timeout", request=request)
+        response.stream = _DeadlineStream(response.stream, deadline, request)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _DeadlineStream(httpx2.SyncByteStream):
+    def __init__(self, inner: Any, deadline: float, request: httpx2.Request) -> None:
+        self._inner, self._deadline, self._request = inner, deadline, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if time.monotonic() > self._deadline:
+                raise httpx2.ReadTimeout("no whole answer within the read timeout", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def make_client(settings: Settings) -> openai.OpenAI:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    transport = _AnswerDeadline(httpx2.HTTPTransport())
     return openai.OpenAI(
         api_key=key,
         base_url=settings.openai_base_url,
         timeout=settings.ai_timeout_seconds,
         max_retries=0,
+        http_client=openai.DefaultHttpxClient(transport=transport),
     )
 
 

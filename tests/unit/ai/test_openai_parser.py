@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import structlog
@@ -223,3 +225,49 @@ def test_a_model_call_past_its_overall_budget_gives_way_to_the_offline_parser(
     assert parser == OFFLINE
     assert proposal.total_estimated_hours == 8
     assert asked == [1]
+
+
+class _Trickling(BaseHTTPRequestHandler):
+    """A server that answers a valid completion one byte at a time: every read gets a byte well within any
+    read timeout, so httpx's per-read timeout alone never ends it."""
+
+    protocol_version = "HTTP/1.0"
+    seconds_per_byte = 0.05
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        choice = {"index": 0, "message": {"role": "assistant", "content": json.dumps(VALID_PROPOSAL)}}
+        body = json.dumps({"id": "chatcmpl-slow", "object": "chat.completion", "choices": [choice]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(self.seconds_per_byte)
+        except OSError:
+            pass  # the client gave up: what it should do
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_answer_trickling_in_past_the_timeout_is_timed_out() -> None:
+    # The body takes half a minute at a byte per 50 ms; a 1 s timeout must end it, not restart with each
+    # byte (twice: a timeout is retried once).
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Trickling)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        host, port = server.server_address[:2]
+        settings = load_settings(
+            openai_api_key="sk-test", openai_base_url=f"http://{host}:{port}/v1", ai_timeout_seconds=1
+        )
+        proposal, parser = parse_proposal(TEXT, TODAY, settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
