@@ -245,6 +245,8 @@ def _validated(content: str) -> Proposal:
         raise MalformedAnswer(f"not a proposal ({type(exc).__name__})") from exc
     except RecursionError as exc:  # "[[[[..." thousands deep: json's decoder recurses once per level
         raise MalformedAnswer("nested too deeply") from exc
+    except ValueError as exc:  # an integer past Python's 4300 digits, which json.loads refuses
+        raise MalformedAnswer(f"not JSON we read ({type(exc).__name__})") from exc
 
 
 def parse_with_model(

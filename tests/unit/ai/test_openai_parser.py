@@ -175,8 +175,15 @@ def test_an_answer_outside_the_schema_is_logged_without_the_users_words(
         {"role": "assistant", "content": [{"type": "text", "text": json.dumps(VALID_PROPOSAL)}]},
         {"role": "assistant", "content": 42},
         {"role": "assistant", "content": "[" * 5000},
+        {"role": "assistant", "content": "7" * 5000},  # past Python's 4300 digits for an int
     ],
-    ids=["message is a string", "content is a list of parts", "content is a number", "deep nesting"],
+    ids=[
+        "message is a string",
+        "content is a list of parts",
+        "content is a number",
+        "deep nesting",
+        "a number too long",
+    ],
 )
 def test_an_answer_of_the_wrong_shape_falls_back_to_offline(fake: FakeOpenAI, message: object) -> None:
     fake.answer_message(message)
