@@ -13,6 +13,7 @@ and auth problems are permanent, so the notify stage fails them at once with the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -52,6 +53,8 @@ PERMANENT = frozenset(
 )  # fmt: skip
 
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Headers describing the body as it came over the wire, not as aiohttp hands it over (decompressed).
+_DECODED_BY_AIOHTTP = frozenset({"content-encoding", "content-length"})
 
 
 class CloudApiSender:
@@ -92,10 +95,7 @@ class CloudApiSender:
             async with session.post(
                 f"{self._graph_url}/{sender_id}/messages", json=body, headers=self._headers
             ) as answer:
-                # The Graph API's error classification reads an httpx response: give it one.
-                response = httpx.Response(
-                    answer.status, headers=list(answer.headers.items()), content=await answer.read()
-                )
+                response = _as_httpx_response(answer.status, answer.headers, await answer.read())
         except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
             raise transport_error(exc, "Graph API") from None
         return self._result(message, response)
@@ -180,6 +180,17 @@ def _pooled_client(timeout: float, headers: dict[str, str]) -> httpx.Client:
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         headers=headers,
     )
+
+
+def _as_httpx_response(status: int, headers: Mapping[str, str], body: bytes) -> httpx.Response:
+    """An aiohttp answer as the httpx response the Graph API's error classification reads.
+
+    aiohttp has already decompressed a gzip or deflate body but keeps its ``Content-Encoding`` (and the
+    compressed ``Content-Length``): an httpx response given both would decompress the body again and fail,
+    on a 2xx that sent the message as much as on a 429 whose Retry-After must be kept.
+    """
+    kept = [(name, value) for name, value in headers.items() if name.lower() not in _DECODED_BY_AIOHTTP]
+    return httpx.Response(status, headers=kept, content=body)
 
 
 def graph_send_error(response: httpx.Response) -> SendError:
