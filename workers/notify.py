@@ -787,7 +787,8 @@ class _Pacer:
                 except redis.RedisError:
                     log.warning("could not record the provider's Retry-After in Redis")
         except Exception:
-            # A failure of our own code, not an answer from the provider: treat it as transient.
+            # A failure of our own code before any request (an async sender turns one after it into
+            # OutcomeUnknown: shared/providers/aio.py provider_call), not an answer: treat it as transient.
             log.exception("unexpected error while sending", message_id=send.record.id)
             result = SendError("internal_error", "unexpected error", permanent=False)
         self._resolve(send, result)

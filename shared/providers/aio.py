@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiohttp
 
+from shared.logging import get_logger
 from shared.providers.base import OutboundMessage, OutcomeUnknown, SendError, SendResult
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -48,6 +52,27 @@ def transport_error(exc: BaseException, provider: str) -> SendError:
             "connection_error", f"cannot reach {provider}: {type(exc).__name__}", permanent=False
         )
     return OutcomeUnknown(f"{provider} may have the message, but its answer was lost ({type(exc).__name__})")
+
+
+@contextlib.contextmanager
+def provider_call(provider: str) -> Iterator[None]:
+    """Around a provider call and the reading of its answer: what can go wrong once the request may be on
+    its way. The provider's own answer (a :class:`SendError`) passes as it is, a transport failure is
+    :func:`transport_error`, and anything else (an answer our code cannot read, a bug of ours) is
+    :class:`OutcomeUnknown`: the provider may have the message, so sending it again could deliver it twice.
+    Build the request before entering: a failure there sent nothing and is handled as before.
+    """
+    try:
+        yield
+    except SendError:
+        raise
+    except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+        raise transport_error(exc, provider) from None
+    except Exception as exc:
+        log.exception("provider answer unreadable; outcome unknown", provider=provider)
+        raise OutcomeUnknown(
+            f"{provider} may have the message, but its answer could not be read ({type(exc).__name__})"
+        ) from None
 
 
 @runtime_checkable

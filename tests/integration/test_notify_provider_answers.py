@@ -4,23 +4,29 @@ notify's batch path (``workers.notify.dispatch``) with the real senders' ``send_
 Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
 
 - a compressed answer is read like any other: a gzipped 200 is one send, a gzipped 429 keeps its
-  Retry-After.
+  Retry-After;
+- a 2xx whose body cannot be read (an id that is not a string, bytes that are not UTF-8) may be a
+  delivered message: outcome unknown, a dead letter, never a second request.
 """
 
 from __future__ import annotations
 
 import gzip
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from shared.providers.base import SendResult
 from shared.providers.kapso.client import KapsoSender
 from shared.providers.meta.client import CloudApiSender, MetaSender
+from shared.providers.twilio.client import TwilioSender
 from shared.settings import Settings, load_settings
 from tests.fakes.http_server import Incoming, Reply
 from tests.fakes.meta_graph import FakeGraph, graph_error
-from tests.integration.test_notify_send import a_reply, message
+from tests.fakes.twilio_api import FakeTwilioAPI
+from tests.integration.test_notify_send import a_reply, message, twilio_settings
 from workers import notify
 from workers.notify import RetryLater, dispatch
 
@@ -110,3 +116,85 @@ def test_a_compressed_throttle_keeps_its_retry_after(db, redis_client, provider:
         assert later.value.countdown >= 30
         row = message(db, own)
         assert (row["status"], row["error_code"]) == ("queued", "130429")
+
+
+# --- 2xx answers that cannot be read -------------------------------------------------------------------
+
+
+class GarbledTwilio(FakeTwilioAPI):
+    """Creates the message, but its 201 answer is bytes that are not the UTF-8 its header promises."""
+
+    def answer(self, request: Incoming) -> Reply:
+        super().answer(request)
+        body = b'{"sid": "SM\xff\xfe", "status": "queued"}'
+        return Reply(
+            201,
+            body,
+            {"Content-Type": "application/json; charset=utf-8", "Content-Length": str(len(body))},
+        )
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    with FakeGraph(TOKEN) as fake:
+        yield fake
+
+
+def meta_settings(graph: FakeGraph, token: str = TOKEN) -> Settings:
+    return load_settings(
+        provider="meta",
+        meta_access_token=token,
+        meta_phone_number_id=PHONE_NUMBER_ID,
+        meta_graph_url=graph.url,
+    )
+
+
+def dead_letters(db: Any) -> list[dict[str, Any]]:
+    return db.execute("SELECT id, message_id, error FROM dead_letters ORDER BY id").fetchall()
+
+
+def assert_unknown_and_dead_lettered(db: Any, message_id: int) -> None:
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
+    assert [letter["message_id"] for letter in dead_letters(db)] == [message_id]
+
+
+def test_a_graph_id_that_is_not_a_string_is_an_unknown_outcome(db, redis_client, graph: FakeGraph) -> None:
+    settings = meta_settings(graph)
+    graph.respond(200, {"messaging_product": "whatsapp", "messages": [{"id": 123}]})
+    own = a_reply("Your code is 1234")
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "dead"
+
+    assert_unknown_and_dead_lettered(db, own)
+    assert len(graph.received) == 1
+
+
+def test_a_twilio_answer_that_is_not_utf8_is_an_unknown_outcome(db, redis_client) -> None:
+    with GarbledTwilio() as fake:
+        settings = twilio_settings(fake)
+        own = a_reply("Your code is 1234")
+
+        assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "dead"
+
+        assert_unknown_and_dead_lettered(db, own)
+        assert len(fake.created()) == 1
+
+
+def test_an_unexpected_failure_reading_the_answer_is_an_unknown_outcome(
+    db, redis_client, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever goes wrong once the request is on its way (here the result cannot be built), the
+    # provider may have the message: it is not sent again.
+    def broken(*_args: object, **_kwargs: object) -> SendResult:
+        raise RuntimeError("a bug of ours")
+
+    settings = meta_settings(graph)
+    sender = MetaSender(settings)
+    monkeypatch.setattr(sender, "_result", broken)
+    own = a_reply("Your code is 1234")
+
+    assert dispatch(own, settings=settings, sender=sender) == "dead"
+
+    assert_unknown_and_dead_lettered(db, own)
+    assert len(graph.received) == 1

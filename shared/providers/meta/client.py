@@ -21,7 +21,7 @@ import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from shared.logging import get_logger
-from shared.providers.aio import transport_error
+from shared.providers.aio import provider_call
 from shared.providers.base import (
     OutboundMessage,
     OutboundType,
@@ -91,14 +91,12 @@ class CloudApiSender:
         (the notify worker paces and retries every attempt)."""
         body = build_payload(message)
         sender_id = message.from_number if (message.from_number or "").isdigit() else self._phone_number_id
-        try:
+        with provider_call("Graph API"):
             async with session.post(
                 f"{self._graph_url}/{sender_id}/messages", json=body, headers=self._headers
             ) as answer:
                 response = _as_httpx_response(answer.status, answer.headers, await answer.read())
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise transport_error(exc, "Graph API") from None
-        return self._result(message, response)
+            return self._result(message, response)
 
     def _result(self, message: OutboundMessage, response: httpx.Response) -> SendResult:
         if response.status_code >= 400:
@@ -106,8 +104,10 @@ class CloudApiSender:
         try:
             wamid = response.json()["messages"][0]["id"]
         except (ValueError, KeyError, IndexError, TypeError):
+            wamid = None
+        if not isinstance(wamid, str) or not wamid:
             # It took the request: the message may exist without our knowing its id.
-            raise OutcomeUnknown("Graph API answered without a message id") from None
+            raise OutcomeUnknown("Graph API answered without a message id")
         log.info("meta.sent", message_id=message.id, type=str(message.type))
         return SendResult(provider=self.name, provider_message_id=wamid)
 

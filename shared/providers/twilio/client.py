@@ -65,7 +65,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from shared.logging import get_logger
-from shared.providers.aio import transport_error
+from shared.providers.aio import provider_call
 from shared.providers.base import (
     Media,
     OutboundMessage,
@@ -194,23 +194,20 @@ class TwilioSender:
             for name, value in self._params(message).items()
             for item in (value if isinstance(value, list) else [value])
         ]
-        try:
+        with provider_call("Twilio"):
             async with session.post(
                 self._messages_url, data=form, headers={"Authorization": self._authorization}
             ) as response:
-                status, text = response.status, await response.text()
+                status, raw = response.status, await response.read()
                 retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
-            raise transport_error(exc, "Twilio") from exc
-        try:
-            body = json.loads(text) if text else {}
-        except ValueError:
-            body = {}
-        if status in (200, 201) and isinstance(body, dict) and body.get("sid"):
+            return self._created(status, _json_object(raw), retry_after)
+
+    def _created(self, status: int, body: dict[str, Any], retry_after: float | None) -> SendResult:
+        """The create call's answer: the message's sid, or the error it is."""
+        if status in (200, 201) and isinstance(body.get("sid"), str) and body["sid"]:
             return SendResult(provider=self.name, provider_message_id=str(body["sid"]), status="sent")
         if status < 400:  # it took the request: the message may exist without our knowing its sid
             raise OutcomeUnknown(f"Twilio answered {status} without a message sid")
-        body = body if isinstance(body, dict) else {}
         error = _classify(status, str(body.get("code") or status), str(body.get("message") or ""))
         raise _with_retry_after(error, retry_after)
 
@@ -336,6 +333,16 @@ def _content_variables(variables: list[str] | dict[str, str]) -> dict[str, str]:
                 f"variable {key!r} is {len(value)} characters; Twilio allows {CONTENT_VARIABLE_VALUE_MAX}",
             )
     return named
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """Twilio's JSON answer as an object; empty when it is none (not JSON, not UTF-8, not an object), which
+    leaves its HTTP status to say what happened."""
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:  # UnicodeDecodeError included
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _whatsapp(number: str) -> str:
