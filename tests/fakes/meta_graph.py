@@ -56,8 +56,11 @@ class FakeGraph(FakeServer):
     def url(self) -> str:
         return f"{self.origin}/{self.version}"
 
-    def respond(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        """Queue the answer to the next request (one per call; later requests fall back to success)."""
+    def respond(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        """Queue the answer to the next request (one per call; later requests fall back to success).
+
+        ``body`` is any JSON value: a proxy in front of the Graph API may answer one not shaped like Graph's.
+        """
         with self._lock:
             self._script.append(Scripted(status, body, headers or {}))
 

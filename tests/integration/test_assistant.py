@@ -512,11 +512,22 @@ def test_meta_marks_the_message_read_with_a_typing_indicator(clean: None, db: ps
     assert reply_row(db, message_id) is not None
 
 
-def test_a_refused_typing_indicator_does_not_stop_the_reply(clean: None, db: psycopg.Connection) -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"error": {"message": "Invalid parameter", "code": 100}},
+        {"error": "Invalid API key"},  # a proxy's error bodies, not shaped like Graph's
+        ["not", "an", "object"],
+        {"error": {"code": 100, "error_data": "no details"}},
+    ],
+)
+def test_a_refused_typing_indicator_does_not_stop_the_reply(
+    clean: None, db: psycopg.Connection, refusal: Any
+) -> None:
     convo = conversation(db, provider="meta", business="106540352242922")
     message_id = say(db, convo, "in", "hi", provider="meta")
     with FakeGraph("meta-token") as graph:
-        graph.respond(400, {"error": {"message": "Invalid parameter", "code": 100}})
+        graph.respond(400, refusal)
         settings = load_settings(
             ai="offline", provider="meta", meta_access_token="meta-token", meta_phone_number_id="999999",
             meta_graph_url=graph.url,

@@ -6,7 +6,8 @@ Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
 - a compressed answer is read like any other: a gzipped 200 is one send, a gzipped 429 keeps its
   Retry-After;
 - a 2xx whose body cannot be read (an id that is not a string, bytes that are not UTF-8) may be a
-  delivered message: outcome unknown, a dead letter, never a second request.
+  delivered message: outcome unknown, a dead letter, never a second request;
+- an error body that is not shaped like Graph's is classified by its HTTP status.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from shared.settings import Settings, load_settings
 from tests.fakes.http_server import Incoming, Reply
 from tests.fakes.meta_graph import FakeGraph, graph_error
 from tests.fakes.twilio_api import FakeTwilioAPI
-from tests.integration.test_notify_send import a_reply, message, twilio_settings
+from tests.integration.test_notify_send import a_reply, due_now, message, twilio_settings
 from workers import notify
 from workers.notify import RetryLater, dispatch
 
@@ -198,3 +199,43 @@ def test_an_unexpected_failure_reading_the_answer_is_an_unknown_outcome(
 
     assert_unknown_and_dead_lettered(db, own)
     assert len(graph.received) == 1
+
+
+# --- error bodies not shaped like Graph's -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"error": "Invalid API key"}, "http_400"),
+        (["not", "an", "object"], "http_400"),
+        ({"error": {"code": 131026, "message": "undeliverable", "error_data": "no details"}}, "131026"),
+    ],
+)
+def test_an_odd_error_body_fails_the_message_by_its_status(
+    db, redis_client, graph: FakeGraph, body: Any, code: str
+) -> None:
+    settings = meta_settings(graph)
+    graph.respond(400, body)
+    own = a_reply()
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "failed"
+
+    row = message(db, own)
+    assert (row["status"], row["error_code"]) == ("failed", code)
+    assert len(graph.received) == 1
+
+
+def test_an_odd_server_error_body_is_retried_later(db, redis_client, graph: FakeGraph) -> None:
+    settings = meta_settings(graph)
+    graph.respond(503, ["busy"])
+    own = a_reply()
+
+    with pytest.raises(RetryLater):
+        dispatch(own, settings=settings, sender=MetaSender(settings))
+
+    row = message(db, own)
+    assert (row["status"], row["error_code"], row["attempts"]) == ("queued", "http_503", 1)
+    due_now(db, own)
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "sent"
+    assert len(graph.received) == 2

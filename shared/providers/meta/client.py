@@ -194,13 +194,12 @@ def _as_httpx_response(status: int, headers: Mapping[str, str], body: bytes) -> 
 
 
 def graph_send_error(response: httpx.Response) -> SendError:
-    """Classify a Graph API error response."""
-    try:
-        error = response.json().get("error") or {}
-    except ValueError:
-        error = {}
-    code = error.get("code")
-    details = (error.get("error_data") or {}).get("details")
+    """Classify a Graph API error response; one not shaped like Graph's (a proxy's ``{"error": "..."}``, a
+    list, an HTML page) is classified by its HTTP status alone."""
+    error = _graph_error_object(response)
+    code = _graph_code(error.get("code"))
+    error_data = error.get("error_data")
+    details = error_data.get("details") if isinstance(error_data, dict) else None
     text = str(details or error.get("message") or f"HTTP {response.status_code}")
     label = str(code) if code is not None else f"http_{response.status_code}"
     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
@@ -211,6 +210,28 @@ def graph_send_error(response: httpx.Response) -> SendError:
     if code in PERMANENT or response.status_code in (400, 401, 403, 404):
         return SendError(label, text, permanent=True)
     return SendError(label, text, permanent=response.status_code < 500)
+
+
+def _graph_error_object(response: httpx.Response) -> dict[str, Any]:
+    """The ``error`` object of a Graph error body, or what can be taken from another shape: a bare string
+    error is its message; anything else is nothing."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return {"message": error}
+    return error if isinstance(error, dict) else {}
+
+
+def _graph_code(value: Any) -> int | None:
+    """Graph's numeric error code; a proxy may write it as a string of digits, and anything else is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
 
 
 def build_payload(message: OutboundMessage) -> dict[str, Any]:

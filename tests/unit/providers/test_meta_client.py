@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -178,6 +179,38 @@ def test_permanent_errors(graph: FakeGraph, sender: MetaSender, status: int, cod
     assert info.value.permanent
     assert info.value.code == str(code)
     assert info.value.message == "why it was refused"
+
+
+# Error bodies of proxies and gateways in front of the Graph API, not shaped like Graph's own.
+ODD_ERROR_BODIES = [
+    {"error": "Invalid API key"},
+    ["not", "an", "object"],
+    {"error": {"code": 131026, "message": "undeliverable", "error_data": "no details"}},
+    {"error": {"code": {"nested": 1}, "message": "a code that is not a number"}},
+    {"error": ["a", "list"]},
+]
+
+
+@pytest.mark.parametrize("status", [400, 503])
+@pytest.mark.parametrize("body", ODD_ERROR_BODIES)
+def test_an_odd_error_body_is_classified_by_its_status(
+    graph: FakeGraph, sender: MetaSender, body: Any, status: int
+) -> None:
+    graph.respond(status, body)
+    with pytest.raises(SendError) as info:
+        sender.send(message())
+    assert info.value.permanent is (status < 500)
+
+
+@pytest.mark.parametrize("body", ODD_ERROR_BODIES)
+def test_a_typing_indicator_refused_with_an_odd_body_is_a_send_error(
+    graph: FakeGraph, sender: MetaSender, body: Any
+) -> None:
+    # The assistant's typing indicator is best effort: it catches a SendError and replies all the same.
+    graph.respond(400, body)
+    with pytest.raises(SendError) as info:
+        sender.mark_read("wamid.HBgLMTU1NTEyMzQ1NjcVAgASGBQzQTg5")
+    assert info.value.permanent
 
 
 def test_a_wrong_token_is_a_permanent_auth_error(graph: FakeGraph) -> None:
