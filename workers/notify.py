@@ -48,8 +48,9 @@ README's Performance section.
 
 Retries and failures are unchanged: transient errors go back to ``queued`` with exponential backoff and
 jitter (never sooner than Retry-After); after ``WAPIPE_SEND_MAX_ATTEMPTS`` the message fails and becomes a
-dead letter; permanent errors fail at once with the provider's code and message. Pacing waits cost no
-attempt.
+dead letter; permanent errors fail at once with the provider's code and message, and one refusing our
+credentials (:class:`~shared.providers.base.AccountRefused`) is a dead letter too, to replay once they are
+fixed. Pacing waits cost no attempt.
 
 Sending twice is the harm we guard hardest against (a doubled WhatsApp message cannot be recalled), so
 delivery toward the provider is at-most-once when the outcome is unknown:
@@ -103,7 +104,14 @@ from shared.logging import get_logger, scrub
 from shared.policy import check_window
 from shared.providers import get_sender
 from shared.providers.aio import AsyncSender, LoopThread, get_loop
-from shared.providers.base import OutboundMessage, OutcomeUnknown, Sender, SendError, SendResult
+from shared.providers.base import (
+    AccountRefused,
+    OutboundMessage,
+    OutcomeUnknown,
+    Sender,
+    SendError,
+    SendResult,
+)
 from shared.queues import MAX_COUNTDOWN_SECONDS, NOTIFY_MANY_TASK, NOTIFY_TASK, get_publisher, notify_jobs
 from shared.ratelimit import PACING_MARGIN, RateLimiter
 from shared.settings import Settings, get_settings
@@ -310,6 +318,13 @@ class _Outcomes:
 
     def after_error(self, record: OutboundRecord, error: SendError) -> None:
         if isinstance(error, OutcomeUnknown):  # never sent again: failed, and a dead letter to check
+            self.dead.append((record.id, record.attempts, error))
+        elif isinstance(error, AccountRefused):  # every send fails alike: keep it to replay once fixed
+            log.error(
+                "provider refused our credentials; kept as a dead letter to replay once they are fixed",
+                message_id=record.id,
+                error_code=error.code,
+            )
             self.dead.append((record.id, record.attempts, error))
         elif error.permanent:
             log.warning("send failed permanently", message_id=record.id, error_code=error.code)

@@ -181,6 +181,16 @@ class OutcomeUnknown(SendError):
         super().__init__(self.CODE, message, permanent=True)
 
 
+class AccountRefused(SendError):
+    """The provider refused our credentials or the account's permissions, not this message: an expired or
+    rotated token, a revoked permission. Every message fails alike until an operator fixes the
+    configuration, so notify keeps each one as a dead letter (failed, with the provider's code), to send
+    with ``wapipe dlq replay`` once the credentials work again, and logs an error naming the cause."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message, permanent=True)
+
+
 @runtime_checkable
 class Sender(Protocol):
     """An outbound provider. ``send`` makes (at most) one provider API call for one message."""

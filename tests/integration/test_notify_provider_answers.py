@@ -7,18 +7,24 @@ Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
   Retry-After;
 - a 2xx whose body cannot be read (an id that is not a string, bytes that are not UTF-8) may be a
   delivered message: outcome unknown, a dead letter, never a second request;
-- an error body that is not shaped like Graph's is classified by its HTTP status.
+- an error body that is not shaped like Graph's is classified by its HTTP status;
+- refused credentials are the account's fault, not the message's: the message is kept as a dead letter,
+  replayed once the credentials are fixed.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
+from pydantic import SecretStr
 
+from shared.commands import dlq
 from shared.providers.base import SendResult
 from shared.providers.kapso.client import KapsoSender
 from shared.providers.meta.client import CloudApiSender, MetaSender
@@ -239,3 +245,66 @@ def test_an_odd_server_error_body_is_retried_later(db, redis_client, graph: Fake
     due_now(db, own)
     assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "sent"
     assert len(graph.received) == 2
+
+
+# --- refused credentials -------------------------------------------------------------------------------
+
+
+def replay_with(db: Any, own: int, send: Callable[[], str]) -> None:
+    """Replay the message's dead letter (`wapipe dlq replay`), then send it as its job would."""
+    [letter] = dead_letters(db)
+    assert dlq.replay(letter["id"]).result == "replayed"
+    assert send() == "sent"
+    assert message(db, own)["status"] == "sent"
+
+
+def test_a_refused_graph_token_keeps_the_message_for_replay(
+    db, redis_client, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expired = meta_settings(graph, token="expired-token")
+    own = a_reply("Your order shipped")
+
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(notify, "log", structlog.get_logger(notify.__name__))
+        assert dispatch(own, settings=expired, sender=MetaSender(expired)) == "dead"
+
+    row = message(db, own)
+    assert (row["status"], row["error_code"]) == ("failed", "190")
+    assert [letter["message_id"] for letter in dead_letters(db)] == [own]
+    refusals = [entry for entry in logs if "credentials" in entry["event"]]
+    assert [(entry["log_level"], entry["error_code"]) for entry in refusals] == [("error", "190")]
+    assert "expired-token" not in repr(logs)
+    fixed = meta_settings(graph)
+    replay_with(db, own, lambda: dispatch(own, settings=fixed, sender=MetaSender(fixed)))
+    assert len(graph.received) == 2
+
+
+@pytest.mark.parametrize(("status", "code"), [(403, 10), (400, 200), (403, None)])
+def test_graph_permission_errors_keep_the_message(
+    db, redis_client, graph: FakeGraph, status: int, code: int | None
+) -> None:
+    settings = meta_settings(graph)
+    body = graph_error(code, "not allowed") if code is not None else {"error": {"message": "Forbidden"}}
+    graph.respond(status, body)
+    own = a_reply()
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "dead"
+
+    assert message(db, own)["status"] == "failed"
+    assert [letter["message_id"] for letter in dead_letters(db)] == [own]
+
+
+def test_a_refused_twilio_token_keeps_the_message_for_replay(db, redis_client) -> None:
+    with FakeTwilioAPI() as fake:
+        wrong = twilio_settings(fake).model_copy(update={"twilio_auth_token": SecretStr("rotated-away")})
+        own = a_reply("Your order shipped")
+
+        assert dispatch(own, settings=wrong, sender=TwilioSender(wrong)) == "dead"
+
+        row = message(db, own)
+        assert (row["status"], row["error_code"]) == ("failed", "20003")
+        assert [letter["message_id"] for letter in dead_letters(db)] == [own]
+        assert "rotated-away" not in json.dumps([dict(letter) for letter in dead_letters(db)], default=str)
+        fixed = twilio_settings(fake)
+        replay_with(db, own, lambda: dispatch(own, settings=fixed, sender=TwilioSender(fixed)))
+        assert len(fake.created()) == 1

@@ -4,8 +4,9 @@ One pooled :class:`httpx.Client` per sender (per process), explicit timeouts;
 :meth:`CloudApiSender.send_async` is the notify worker's batch path, the same call on its event loop's
 shared aiohttp session (shared/providers/aio.py). Graph errors become
 :class:`SendError`: throughput limits (HTTP 429, 130429, 131056, 80007) and server trouble are transient,
-honouring ``Retry-After``; re-engagement (131047), opted out (131050), invalid recipients, bad parameters
-and auth problems are permanent, so the notify stage fails them at once with the reason.
+honouring ``Retry-After``; re-engagement (131047), opted out (131050), invalid recipients and bad parameters
+are permanent, so the notify stage fails them at once with the reason; a refused token or permission is
+:class:`AccountRefused`, which notify keeps as a dead letter to replay once the credentials are fixed.
 
 - messages: https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
 - error codes: https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
@@ -23,6 +24,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
+    AccountRefused,
     OutboundMessage,
     OutboundType,
     OutcomeUnknown,
@@ -46,9 +48,14 @@ ROW_TITLE_MAX = 24
 THROTTLED = frozenset({4, 80007, 130429, 131056})
 # Meta's own temporary failures.
 TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
-# Permanent for this message whatever we do: auth/permissions, recipient or content problems.
+# Our token or the app's permissions refused: the account's problem, not the message's
+# (https://developers.facebook.com/docs/graph-api/guides/error-handling: 0 AuthException, 10 and 200-299
+# permissions, 190 access token expired or invalid).
+ACCOUNT = frozenset({0, 10, 190, *range(200, 300)})
+ACCOUNT_STATUSES = frozenset({401, 403})
+# Permanent for this message whatever we do: recipient or content problems.
 PERMANENT = frozenset(
-    {0, 3, 10, 100, 190, 200, 368, 131008, 131009, 131021, 131026, 131030, 131031, 131047, 131050, 131051,
+    {3, 100, 368, 131008, 131009, 131021, 131026, 131030, 131031, 131047, 131050, 131051,
      131052, 131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010, 131062}
 )  # fmt: skip
 
@@ -207,7 +214,9 @@ def graph_send_error(response: httpx.Response) -> SendError:
         return SendError(label, text, permanent=False, retry_after=retry_after)
     if code in TEMPORARY or response.status_code >= 500:
         return SendError(label, text, permanent=False, retry_after=retry_after)
-    if code in PERMANENT or response.status_code in (400, 401, 403, 404):
+    if code in ACCOUNT or response.status_code in ACCOUNT_STATUSES:
+        return AccountRefused(label, text)
+    if code in PERMANENT or response.status_code in (400, 404):
         return SendError(label, text, permanent=True)
     return SendError(label, text, permanent=response.status_code < 500)
 

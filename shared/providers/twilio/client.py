@@ -7,7 +7,8 @@ pointing at our ``/webhooks/twilio`` so delivery receipts come back through the 
 Two levels of retry (STYLE.md): tenacity retries this one HTTP call a few times within a short budget on
 429 / 5xx / timeouts (honouring Retry-After when it fits the budget); past that the transient
 :class:`SendError` goes back to notify.send, which retries later through Celery. 4xx answers are
-permanent, with Twilio's error code and message (https://www.twilio.com/docs/api/errors).
+permanent, with Twilio's error code and message (https://www.twilio.com/docs/api/errors); refused
+credentials (401, 403, 20003) are :class:`AccountRefused`, kept as a dead letter to replay once fixed.
 
 The SDK's own extension point, a custom ``http_client`` (a ``TwilioHttpClient`` subclass), is how we
 read ``Retry-After`` (the SDK's exception drops response headers) and how ``WAPIPE_TWILIO_API_URL`` points
@@ -67,6 +68,7 @@ from twilio.rest import Client
 from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
+    AccountRefused,
     Media,
     OutboundMessage,
     OutboundType,
@@ -88,6 +90,10 @@ RETRY_BUDGET_SECONDS = 15.0
 # Twilio error codes that mean "slow down" whatever the HTTP status: 20429 Too Many Requests,
 # 63018 rate limit exceeded for the WhatsApp channel.
 RATE_LIMIT_CODES = frozenset({"20429", "63018"})
+# Our credentials refused (20003 Authenticate, with a 401), or the account's access (a 403): the account's
+# problem, not the message's.
+ACCOUNT_CODES = frozenset({"20003"})
+ACCOUNT_STATUSES = frozenset({401, 403})
 API_URL = "https://api.twilio.com"
 # The SDK's ``messages.create`` arguments -> Twilio's form fields (a list value repeats the field).
 FORM_FIELDS = {
@@ -361,8 +367,11 @@ def _error(exc: TwilioRestException | TwilioServiceException, retry_after: float
 
 
 def _classify(status: int, code: str, text: str) -> SendError:
-    """429, 5xx and Twilio's rate-limit codes are transient; every other error answer is permanent."""
+    """429, 5xx and Twilio's rate-limit codes are transient; refused credentials are the account's
+    (:class:`AccountRefused`); every other error answer is permanent."""
     transient = status == 429 or status >= 500 or code in RATE_LIMIT_CODES
+    if not transient and (code in ACCOUNT_CODES or status in ACCOUNT_STATUSES):
+        return AccountRefused(code, text or f"HTTP {status}")
     return SendError(code, text or f"HTTP {status}", permanent=not transient)
 
 
