@@ -9,7 +9,8 @@ Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
   delivered message: outcome unknown, a dead letter, never a second request;
 - an error body that is not shaped like Graph's is classified by its HTTP status;
 - refused credentials are the account's fault, not the message's: the message is kept as a dead letter,
-  replayed once the credentials are fixed.
+  replayed once the credentials are fixed;
+- Twilio's 21611 (the sender's queue is full) is a "retry later".
 """
 
 from __future__ import annotations
@@ -308,3 +309,25 @@ def test_a_refused_twilio_token_keeps_the_message_for_replay(db, redis_client) -
         fixed = twilio_settings(fake)
         replay_with(db, own, lambda: dispatch(own, settings=fixed, sender=TwilioSender(fixed)))
         assert len(fake.created()) == 1
+
+
+# --- Twilio's queue for the sender is full -------------------------------------------------------------
+
+
+def test_twilio_21611_goes_back_to_the_queue_and_is_then_sent(db, redis_client) -> None:
+    with FakeTwilioAPI() as fake:
+        settings = twilio_settings(fake)
+        fake.respond(
+            400, code=21611, message="This 'From' number has exceeded the maximum number of queued messages"
+        )
+        own = a_reply("Your order shipped")
+
+        with pytest.raises(RetryLater):
+            dispatch(own, settings=settings, sender=TwilioSender(settings))
+
+        row = message(db, own)
+        assert (row["status"], row["error_code"]) == ("queued", "21611")
+        due_now(db, own)
+        assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "sent"
+        assert len(fake.created()) == 1
+        assert dead_letters(db) == []

@@ -88,8 +88,9 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 RETRY_ATTEMPTS = 3
 RETRY_BUDGET_SECONDS = 15.0
 # Twilio error codes that mean "slow down" whatever the HTTP status: 20429 Too Many Requests,
-# 63018 rate limit exceeded for the WhatsApp channel.
-RATE_LIMIT_CODES = frozenset({"20429", "63018"})
+# 63018 rate limit exceeded for the WhatsApp channel, 21611 the From number's queue of messages is full
+# (https://www.twilio.com/docs/api/errors/21611: sent once the queue drains, so the message waits too).
+RATE_LIMIT_CODES = frozenset({"20429", "63018", "21611"})
 # Our credentials refused (20003 Authenticate, with a 401), or the account's access (a 403): the account's
 # problem, not the message's.
 ACCOUNT_CODES = frozenset({"20003"})
