@@ -191,6 +191,22 @@ class AccountRefused(SendError):
         super().__init__(code, message, permanent=True)
 
 
+# A gateway's answer about the provider's server behind it, which had our request: 502, that server's answer
+# was invalid; 504, none came in time (https://www.rfc-editor.org/rfc/rfc9110#section-15.6.3 and 15.6.5).
+# Whether the message went out is as unknown as after a timeout of our own. A 500 or 503 is the answering
+# server's own "not done" (an unexpected condition, unavailable), and is retried.
+GATEWAY_STATUSES = frozenset({502, 504})
+
+
+def gateway_outcome(status: int, provider: str) -> OutcomeUnknown | None:
+    """The :class:`OutcomeUnknown` a gateway's 502 or 504 is; None for any other status."""
+    if status not in GATEWAY_STATUSES:
+        return None
+    return OutcomeUnknown(
+        f"{provider}'s gateway answered HTTP {status}: the server behind it may have the message"
+    )
+
+
 @runtime_checkable
 class Sender(Protocol):
     """An outbound provider. ``send`` makes (at most) one provider API call for one message."""

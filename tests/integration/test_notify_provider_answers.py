@@ -10,7 +10,9 @@ Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
 - an error body that is not shaped like Graph's is classified by its HTTP status;
 - refused credentials are the account's fault, not the message's: the message is kept as a dead letter,
   replayed once the credentials are fixed;
-- Twilio's 21611 (the sender's queue is full) is a "retry later".
+- Twilio's 21611 (the sender's queue is full) is a "retry later";
+- a gateway's 502 or 504 means the server behind it had the request: outcome unknown, no second call,
+  while the provider's own 500 or 503 is still retried (as the chaos outage test expects).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import structlog
 from pydantic import SecretStr
 
 from shared.commands import dlq
-from shared.providers.base import SendResult
+from shared.providers.base import OutboundMessage, OutcomeUnknown, SendResult
 from shared.providers.kapso.client import KapsoSender
 from shared.providers.meta.client import CloudApiSender, MetaSender
 from shared.providers.twilio.client import TwilioSender
@@ -331,3 +333,56 @@ def test_twilio_21611_goes_back_to_the_queue_and_is_then_sent(db, redis_client) 
         assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "sent"
         assert len(fake.created()) == 1
         assert dead_letters(db) == []
+
+
+# --- a gateway's 502 or 504 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_graph_gateway_error_is_an_unknown_outcome(db, redis_client, graph: FakeGraph, status: int) -> None:
+    settings = meta_settings(graph)
+    graph.respond(status, {"error": {"message": "Bad gateway"}})
+    own = a_reply("Your code is 1234")
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "dead"
+
+    assert_unknown_and_dead_lettered(db, own)
+    assert len(graph.received) == 1
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_twilio_gateway_error_is_an_unknown_outcome(db, redis_client, status: int) -> None:
+    with FakeTwilioAPI() as fake:
+        settings = twilio_settings(fake)
+        fake.respond(status)
+        own = a_reply("Your code is 1234")
+
+        assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "dead"
+
+        assert_unknown_and_dead_lettered(db, own)
+        assert len(fake.requests()) == 1
+
+
+def test_twilio_sync_send_makes_no_second_call_after_a_gateway_error() -> None:
+    # The SDK path retries transient errors within the call: a 504 must not be one of them.
+    with FakeTwilioAPI() as fake:
+        fake.respond(504)
+        with pytest.raises(OutcomeUnknown):
+            TwilioSender(twilio_settings(fake)).send(OutboundMessage(id=1, to="+15551234567", text="Hi"))
+        assert len(fake.requests()) == 1
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_server_error_of_the_provider_itself_is_retried(db, redis_client, status: int) -> None:
+    # The chaos outage (chaos/test_provider_outage.py) answers 500s: the server's own "not done", retried.
+    with FakeTwilioAPI() as fake:
+        settings = twilio_settings(fake)
+        fake.respond(status)
+        own = a_reply("Your code is 1234")
+
+        with pytest.raises(RetryLater):
+            dispatch(own, settings=settings, sender=TwilioSender(settings))
+
+        due_now(db, own)
+        assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "sent"
+        assert len(fake.created()) == 1

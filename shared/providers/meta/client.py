@@ -4,7 +4,8 @@ One pooled :class:`httpx.Client` per sender (per process), explicit timeouts;
 :meth:`CloudApiSender.send_async` is the notify worker's batch path, the same call on its event loop's
 shared aiohttp session (shared/providers/aio.py). Graph errors become
 :class:`SendError`: throughput limits (HTTP 429, 130429, 131056, 80007) and server trouble are transient,
-honouring ``Retry-After``; re-engagement (131047), opted out (131050), invalid recipients and bad parameters
+honouring ``Retry-After``, but a gateway's 502 or 504 is :class:`OutcomeUnknown` (the server behind it had
+the request); re-engagement (131047), opted out (131050), invalid recipients and bad parameters
 are permanent, so the notify stage fails them at once with the reason; a refused token or permission is
 :class:`AccountRefused`, which notify keeps as a dead letter to replay once the credentials are fixed.
 
@@ -30,6 +31,7 @@ from shared.providers.base import (
     OutcomeUnknown,
     SendError,
     SendResult,
+    gateway_outcome,
     retry_after_seconds,
 )
 from shared.settings import Settings
@@ -203,6 +205,9 @@ def _as_httpx_response(status: int, headers: Mapping[str, str], body: bytes) -> 
 def graph_send_error(response: httpx.Response) -> SendError:
     """Classify a Graph API error response; one not shaped like Graph's (a proxy's ``{"error": "..."}``, a
     list, an HTML page) is classified by its HTTP status alone."""
+    unknown = gateway_outcome(response.status_code, "Graph API")
+    if unknown is not None:
+        return unknown
     error = _graph_error_object(response)
     code = _graph_code(error.get("code"))
     error_data = error.get("error_data")

@@ -6,7 +6,9 @@ pointing at our ``/webhooks/twilio`` so delivery receipts come back through the 
 
 Two levels of retry (STYLE.md): tenacity retries this one HTTP call a few times within a short budget on
 429 / 5xx / timeouts (honouring Retry-After when it fits the budget); past that the transient
-:class:`SendError` goes back to notify.send, which retries later through Celery. 4xx answers are
+:class:`SendError` goes back to notify.send, which retries later through Celery. A gateway's 502 or 504
+is never retried: the server behind it had the request (:func:`shared.providers.base.gateway_outcome`).
+4xx answers are
 permanent, with Twilio's error code and message (https://www.twilio.com/docs/api/errors); refused
 credentials (401, 403, 20003) are :class:`AccountRefused`, kept as a dead letter to replay once fixed.
 
@@ -76,6 +78,7 @@ from shared.providers.base import (
     SendError,
     SendResult,
     Template,
+    gateway_outcome,
     retry_after_seconds,
     unsupported,
 )
@@ -368,8 +371,12 @@ def _error(exc: TwilioRestException | TwilioServiceException, retry_after: float
 
 
 def _classify(status: int, code: str, text: str) -> SendError:
-    """429, 5xx and Twilio's rate-limit codes are transient; refused credentials are the account's
-    (:class:`AccountRefused`); every other error answer is permanent."""
+    """A gateway's 502 or 504 is an unknown outcome; 429, other 5xx and Twilio's rate-limit codes are
+    transient; refused credentials are the account's (:class:`AccountRefused`); every other error answer
+    is permanent."""
+    unknown = gateway_outcome(status, "Twilio")
+    if unknown is not None:
+        return unknown
     transient = status == 429 or status >= 500 or code in RATE_LIMIT_CODES
     if not transient and (code in ACCOUNT_CODES or status in ACCOUNT_STATUSES):
         return AccountRefused(code, text or f"HTTP {status}")
