@@ -5,10 +5,11 @@
 pointing at our ``/webhooks/twilio`` so delivery receipts come back through the ingress.
 
 Two levels of retry (STYLE.md): tenacity retries this one HTTP call a few times within a short budget on
-429 / 5xx / timeouts (honouring Retry-After when it fits the budget); past that the transient
-:class:`SendError` goes back to notify.send, which retries later through Celery. A gateway's 502 or 504
-is never retried: the server behind it had the request (:func:`shared.providers.base.gateway_outcome`).
-4xx answers are
+429 / 500 / 503 and on a connection that was never made (honouring Retry-After when it fits the budget);
+past that the transient :class:`SendError` goes back to notify.send, which retries later through Celery.
+What may have reached Twilio is never retried: a read timeout, a connection dropped after the request went
+out, a gateway's 502 or 504 (the server behind it had the request,
+:func:`shared.providers.base.gateway_outcome`): the outcome is unknown. 4xx answers are
 permanent, with Twilio's error code and message (https://www.twilio.com/docs/api/errors); refused
 credentials (401, 403, 20003) are :class:`AccountRefused`, kept as a dead letter to replay once fixed.
 
