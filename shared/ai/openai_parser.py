@@ -12,7 +12,9 @@ so.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -189,12 +191,21 @@ class _DeadlineStream(httpx2.SyncByteStream):
 
 
 def make_client(settings: Settings) -> openai.OpenAI:
+    """The process's client for these settings. One per process, not per message: its pooled connections
+    (and their TLS handshakes) carry over from one model call to the next, where a client per message
+    paid a new handshake each time and left its sockets for the garbage collector. Made again in a forked
+    child, which must not share its parent's sockets; thread-safe, as the SDK's client is."""
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+    return _process_client(os.getpid(), key, settings.openai_base_url, settings.ai_timeout_seconds)
+
+
+@functools.lru_cache(maxsize=8)
+def _process_client(pid: int, key: str, base_url: str | None, timeout: float) -> openai.OpenAI:
     transport = _AnswerDeadline(httpx2.HTTPTransport())
     return openai.OpenAI(
         api_key=key,
-        base_url=settings.openai_base_url,
-        timeout=settings.ai_timeout_seconds,
+        base_url=base_url,
+        timeout=timeout,
         max_retries=0,
         http_client=openai.DefaultHttpxClient(transport=transport),
     )

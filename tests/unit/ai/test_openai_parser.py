@@ -278,3 +278,21 @@ def test_an_answer_trickling_in_past_the_timeout_is_timed_out() -> None:
         server.server_close()
     assert parser == OFFLINE
     assert proposal.total_estimated_hours == 8
+
+
+def test_one_client_per_process_and_settings_so_connections_are_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A client per message paid a TLS handshake per model call and left its sockets to the garbage collector.
+    from shared.ai import openai_parser
+
+    settings = load_settings(
+        ai="openai", openai_api_key="sk-test-key", openai_base_url="http://127.0.0.1:9/v1"
+    )
+    first = openai_parser.make_client(settings)
+
+    assert openai_parser.make_client(settings) is first
+    other = load_settings(ai="openai", openai_api_key="sk-test-key", openai_base_url="http://127.0.0.1:8/v1")
+    assert openai_parser.make_client(other) is not first
+    monkeypatch.setattr(openai_parser.os, "getpid", lambda: -1)  # as in a forked child
+    assert openai_parser.make_client(settings) is not first
