@@ -99,7 +99,10 @@ def response_format() -> dict[str, Any]:
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
+    if isinstance(exc, openai.RateLimitError):
+        # OpenAI answers 429 for a spent billing quota too: no retry changes that, the offline answer now.
+        return exc.code != "insufficient_quota"
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
         return True
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
 

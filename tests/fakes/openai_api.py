@@ -60,6 +60,7 @@ class Scripted:
     content: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     raw: Reply | None = None  # sent as is: a body that is not a chat completion
+    code: str | None = None  # an error's code, as OpenAI names it (insufficient_quota, ...)
 
 
 class FakeOpenAI(FakeServer):
@@ -83,9 +84,9 @@ class FakeOpenAI(FakeServer):
         """The next request gets a 200 whose message content is ``content`` (valid or not)."""
         self._script.append(Scripted(200, content))
 
-    def fail(self, status: int, retry_after: float | str | None = None) -> None:
-        """The next request gets ``status`` with an OpenAI-shaped error body."""
-        self._script.append(Scripted(status, None, retry_after_header(retry_after)))
+    def fail(self, status: int, retry_after: float | str | None = None, code: str | None = None) -> None:
+        """The next request gets ``status`` with an OpenAI-shaped error body (its ``code``, if given)."""
+        self._script.append(Scripted(status, None, retry_after_header(retry_after), code=code))
 
     def answer_raw(self, body: bytes, content_type: str) -> None:
         """The next request gets a 200 with this body, completion or not (a proxy's page, a cut answer)."""
@@ -116,9 +117,8 @@ class FakeOpenAI(FakeServer):
         if answer.raw is not None:
             return answer.raw
         if answer.status != 200:
-            error = {
-                "error": {"message": f"fake error {answer.status}", "type": "server_error", "code": None}
-            }
+            message = f"fake error {answer.status}"
+            error = {"error": {"message": message, "type": "server_error", "code": answer.code}}
             return json_reply(answer.status, error, answer.headers)
         completion = {
             "id": f"chatcmpl-fake{len(self.received)}",

@@ -90,6 +90,15 @@ def test_429_then_200_gives_one_proposal_from_the_model(fake: FakeOpenAI, retry_
     assert [r.status for r in fake.completions()] == [429, 200]
 
 
+def test_a_spent_quota_is_not_retried(fake: FakeOpenAI) -> None:
+    # OpenAI answers 429 for a spent billing quota as for a rate limit; no retry changes it.
+    fake.fail(429, retry_after=0, code="insufficient_quota")
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+    assert [r.status for r in fake.completions()] == [429]
+
+
 def test_every_attempt_failing_with_5xx_falls_back_to_offline(fake: FakeOpenAI) -> None:
     for _ in range(3):
         fake.fail(503, retry_after=0)
