@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from shared.providers import get_sender
-from shared.providers.base import MAX_RETRY_AFTER_SECONDS, OutboundMessage, Sender, SendError
+from shared.providers.base import (
+    MAX_RETRY_AFTER_SECONDS,
+    AccountRefused,
+    OutboundMessage,
+    Sender,
+    SendError,
+)
 from shared.providers.meta.client import MetaSender
 from shared.settings import Settings, load_settings
 from tests.fakes.meta_graph import FakeGraph, graph_error
@@ -179,6 +185,19 @@ def test_permanent_errors(graph: FakeGraph, sender: MetaSender, status: int, cod
     assert info.value.permanent
     assert info.value.code == str(code)
     assert info.value.message == "why it was refused"
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_locked_business_account_is_the_accounts_fault(
+    graph: FakeGraph, sender: MetaSender, status: int
+) -> None:
+    # 131031: the WhatsApp Business Account is locked (a policy lock or a wrong two-step PIN). Every send
+    # fails alike until an operator has it unlocked, so the message is kept to replay, not failed for good.
+    graph.respond(status, graph_error(131031, "Business Account locked", details="account restricted"))
+    with pytest.raises(AccountRefused) as info:
+        sender.send(message())
+    assert info.value.code == "131031"
+    assert info.value.message == "account restricted"
 
 
 # Error bodies of proxies and gateways in front of the Graph API, not shaped like Graph's own.
