@@ -282,7 +282,7 @@ def test_a_refused_graph_token_keeps_the_message_for_replay(
     assert len(graph.received) == 2
 
 
-@pytest.mark.parametrize(("status", "code"), [(403, 10), (400, 200), (403, None), (400, 131031)])
+@pytest.mark.parametrize(("status", "code"), [(403, 10), (400, 200), (403, None), (400, 131031), (400, 368)])
 def test_graph_permission_errors_keep_the_message(
     db, redis_client, graph: FakeGraph, status: int, code: int | None
 ) -> None:

@@ -7,8 +7,8 @@ shared aiohttp session (shared/providers/aio.py). Graph errors become
 honouring ``Retry-After``, but a gateway's 502 or 504 is :class:`OutcomeUnknown` (the server behind it had
 the request); re-engagement (131047), opted out (131050), invalid recipients and bad parameters
 are permanent, so the notify stage fails them at once with the reason; a refused token or permission, or
-a locked business account (131031), is :class:`AccountRefused`, which notify keeps as a dead letter to
-replay once the account is fixed.
+a locked or policy-blocked business account (131031, 368), is :class:`AccountRefused`, which notify keeps
+as a dead letter to replay once the account is fixed.
 
 - messages: https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
 - error codes: https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
@@ -54,12 +54,13 @@ TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
 # Our token or the app's permissions refused, or the business account locked: the account's problem, not
 # the message's (https://developers.facebook.com/docs/graph-api/guides/error-handling: 0 AuthException, 10
 # and 200-299 permissions, 190 access token expired or invalid; WhatsApp's 131031, the WhatsApp Business
-# Account restricted for a policy or a wrong two-step PIN, refuses every send until it is unlocked).
-ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 131031})
+# Account restricted for a policy or a wrong two-step PIN, and 368, temporarily blocked for policy
+# violations, refuse every send until lifted).
+ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 368, 131031})
 ACCOUNT_STATUSES = frozenset({401, 403})
 # Permanent for this message whatever we do: recipient or content problems.
 PERMANENT = frozenset(
-    {3, 100, 368, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,
+    {3, 100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,
      131052, 131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010, 131062}
 )  # fmt: skip
 
