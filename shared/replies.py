@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared import providers
 from shared.db import answers, messages
 from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher, notify_jobs
 from shared.settings import get_settings
+from shared.wire.outbound_api import InteractiveIn
 
 log = get_logger(__name__)
 
@@ -100,6 +103,21 @@ def apologise(inbound_id: int) -> int | None:
     return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
 
 
+def _sendable(payload: dict[str, Any]) -> dict[str, Any]:
+    """The typed content, or none when WhatsApp would refuse it: a menu flow's step filled in past an
+    interactive body's 1,024 characters (its answers quoted back) is refused for good by the provider and
+    would reach the user as nothing. Without it the reply goes as its plain text, the numbered version every
+    provider sends. Checked by the same model the notify API checks interactive messages with."""
+    if payload.get("type") != "interactive":
+        return payload
+    try:
+        InteractiveIn.model_validate(payload.get("interactive"))
+    except ValidationError as exc:
+        log.warning("interactive reply sent as plain text", errors=exc.error_count())
+        return {}
+    return payload
+
+
 def _within(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, at a word, with an ellipsis: a reply longer than the provider
     takes (an assistant's long answer, a long list) would be refused for good and reach the user as
@@ -130,7 +148,7 @@ def _queue(
     if not text:
         raise ValueError("a reply needs its plain text, even when it carries typed content")
     text = _within(text, providers.text_max())
-    payload = dict(payload or {})
+    payload = _sendable(dict(payload or {}))
     kind = payload.get("type") if payload.get("type") in _TYPED else "text"
     with connection() as conn:
         stored = answers.store_reply(

@@ -74,3 +74,22 @@ def test_the_api_refuses_a_text_twilio_would_refuse_before_storing_it(db, redis_
     assert response.get_json()["error"]["field"] == "text"
     assert "at most 1600 characters" in response.get_json()["error"]["message"]
     assert db.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 0
+
+
+def test_an_interactive_reply_whatsapp_would_refuse_goes_as_its_plain_text(db, redis_client) -> None:
+    # A menu step's body with the user's answers quoted back can pass an interactive body's 1,024
+    # characters: refused for good by the provider, it reached the user as nothing.
+    inbound = route(event("report a defect"), get_settings()).message_id
+    assert inbound is not None
+    rows = [{"id": "menu:a", "title": "Report a defect"}]
+
+    def menu(body: str) -> dict:
+        interactive = {"kind": "list", "body": body, "button_text": "Options", "sections": [{"rows": rows}]}
+        return {"type": "interactive", "interactive": interactive}
+
+    fits = queue_reply(inbound, "1. Report a defect", key="fits", payload=menu("Choose one"))
+    too_long = queue_reply(inbound, "1. Report a defect", key="too-long", payload=menu("x" * 1025))
+
+    rows = db.execute("SELECT id, type, payload FROM messages WHERE id = ANY(%s)", ([fits, too_long],))
+    stored = {row["id"]: (row["type"], "interactive" in row["payload"]) for row in rows}
+    assert stored == {fits: ("interactive", True), too_long: ("text", False)}
