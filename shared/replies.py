@@ -63,6 +63,26 @@ def confirm_opt_in(inbound_id: int, text: str, *, key: str) -> int | None:
     return _queue_opting(inbound_id, text, key=key, opted_out=False)
 
 
+def hand_over(inbound_id: int, text: str, *, payload: dict[str, Any] | None = None) -> int | None:
+    """Hand the conversation of inbound ``inbound_id`` to a person and queue ``text``, the confirmation, in
+    one statement, only when this message is what handed it over: not in a conversation taken over, closed
+    or opted out of meanwhile, nor for a second request. The message is recorded as handled either way.
+    Return the confirmation's id, or None."""
+    with connection() as conn:
+        stored = answers.store_handoff_reply(
+            conn,
+            inbound_id,
+            key=reply_key(inbound_id),
+            provider=get_settings().active_provider.value,
+            body=_within(text, providers.text_max()),
+            payload=payload or {},
+        )
+    if stored is None:
+        log.info("handoff not made: the conversation was not open to the bot", inbound_id=inbound_id)
+        return None
+    return _publish(inbound_id, stored)
+
+
 def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
     """Reply to an inbound message and record that a handler answered it; return the outbound id.
 

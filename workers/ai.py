@@ -13,21 +13,19 @@ from typing import Any
 from uuid import UUID
 
 import openai
-import psycopg
 
-from shared.ai.assistant import AssistantReply, generate_reply, model_prompt
-from shared.ai.offline_assistant import Intent, intent_of
+from shared.ai.assistant import generate_reply, model_prompt
 from shared.ai.openai_parser import parse_proposal
 from shared.ai.proposal import ProposalError
 from shared.bot.commands import CHOOSE_PROJECT
-from shared.db import chat_context, contacts, conversations, messages, proposals, workspaces
+from shared.db import chat_context, conversations, messages, proposals, workspaces
 from shared.db.messages import InboundRecord, get_inbound
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher, notify_jobs
-from shared.replies import answer, answer_as_bot, reply_key
+from shared.replies import answer, answer_as_bot, hand_over, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
@@ -146,9 +144,8 @@ def reply_message(
     (the model's name or ``offline``).
 
     The reply is stored with the idempotency key ``reply:<message id>`` and records its source in its
-    payload (``generated_by``); a handoff request also puts the conversation in 'handoff', before the
-    confirmation is queued so a crash in between cannot leave a confirmation for a handoff not made; a
-    rerun after such a crash finds the conversation handed over and sends the confirmation then.
+    payload (``generated_by``); a handoff request also puts the conversation in 'handoff', in the statement
+    that stores its confirmation (:func:`shared.replies.hand_over`).
     """
     settings = settings or get_settings()
     with connection() as conn:
@@ -162,22 +159,16 @@ def reply_message(
         return "done"
     record = get_inbound(message_id)
     with transaction() as conn:
-        may_answer = conversations.bot_may_answer(conn, record.conversation_id)
-        unconfirmed_handoff = not may_answer and _handed_over_on_request(conn, record)
         # Routed while the conversation was open, it may have waited for its turn behind the message that
         # handed it to a person (or a STOP), or been closed meanwhile: the bot says nothing more. Marked
         # handled, so the turn moves on.
-        if not may_answer and not unconfirmed_handoff:
+        if not conversations.bot_may_answer(conn, record.conversation_id):
             messages.mark_handled(conn, message_id)
             log.info(
                 "assistant silent: conversation handed over or closed, or contact opted out",
                 message_id=message_id,
             )
             return "silent"
-    if unconfirmed_handoff:
-        # A run that committed the handoff died, or lost the database, before storing its confirmation:
-        # the user asked for a person and is told so (once: the reply's key was checked above).
-        return _confirm_handoff(message_id, generate_reply(record, settings, None))
     show_typing(record, settings, sender)
     # The prompt is read and its transaction ended before the model call (up to a minute with retries):
     # no pooled connection waits idle in a transaction for the model. The reply is written afterwards
@@ -187,41 +178,18 @@ def reply_message(
     generated = generate_reply(record, settings, prompt, client)
     payload = {"generated_by": generated.source}
     if generated.handoff:
-        with transaction() as conn:
-            handed = conversations.set_status(conn, record.conversation_id, "handoff")
-            if handed is None:
-                # Closed meanwhile (a closed conversation is never reopened): no handoff was made, so none
-                # is confirmed. Marked handled, so the turn moves on.
-                messages.mark_handled(conn, message_id)
-                return "silent"
-        return _confirm_handoff(message_id, generated)
+        # The handoff and its confirmation commit together (a crash between them left one without the
+        # other), and only when this message made it: not in a conversation closed, taken over or opted out
+        # of meanwhile, nor twice for two requests.
+        if hand_over(message_id, generated.text, payload=payload) is None:
+            return "silent"
+        log.info("assistant replied", message_id=message_id, source=generated.source, handoff=True)
+        return generated.source
     if answer_as_bot(message_id, generated.text, payload=payload) is None:
         # Handed to a person or closed, or opted out, during the model call (up to a minute): the answer is
         # dropped.
         return "silent"
     log.info("assistant replied", message_id=message_id, source=generated.source, handoff=generated.handoff)
-    return generated.source
-
-
-def _handed_over_on_request(conn: psycopg.Connection, record: InboundRecord) -> bool:
-    """Whether ``record`` asks for a person in a conversation handed to one, its contact not opted out:
-    what a run that made the handoff leaves, and owes a confirmation."""
-    if intent_of(record.body or "") is not Intent.handoff:
-        return False
-    conversation = conversations.get(conn, record.conversation_id)
-    contact = contacts.get(conn, record.contact_id)
-    return (
-        conversation is not None
-        and conversation.status == "handoff"
-        and contact is not None
-        and not contact.opted_out
-    )
-
-
-def _confirm_handoff(message_id: int, generated: AssistantReply) -> str:
-    """Store and queue the handoff's own confirmation: sent although the bot no longer answers there."""
-    answer(message_id, generated.text, payload={"generated_by": generated.source})
-    log.info("assistant replied", message_id=message_id, source=generated.source, handoff=True)
     return generated.source
 
 

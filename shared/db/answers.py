@@ -78,6 +78,20 @@ _OPTING = f"opting AS ({_OPT_INBOUND_SENDER}), "
 _STORE_IF_OPTING_CHANGED = _STORE_REPLY.format(
     inbound=_INBOUND, change=_OPTING, guard="EXISTS (SELECT FROM opting)"
 )
+# A request for a person: the conversation handed over and the confirmation stored by one statement, and
+# the confirmation only when that statement handed it over (open, its contact not opted out), so neither
+# commits without the other, and a second request, or one in a conversation an operator took over, is
+# not confirmed again. The message is recorded as handled either way.
+_HANDING = """handing AS (
+    UPDATE conversations hv SET status = 'handoff', closed_at = NULL
+    FROM inbound
+    WHERE hv.id = inbound.conversation_id AND hv.status = 'open'
+      AND NOT EXISTS (SELECT FROM contacts hc WHERE hc.id = inbound.contact_id AND hc.opted_out)
+    RETURNING hv.id
+), """
+_STORE_IF_HANDED_OVER = _STORE_REPLY.format(
+    inbound=_INBOUND_HANDLED, change=_HANDING, guard="EXISTS (SELECT FROM handing)"
+)
 # In a statement of its own: the statement above cannot see a row committed while it waited on the key.
 _ID_BY_KEY = "SELECT id FROM messages WHERE idempotency_key = %(key)s"
 
@@ -172,6 +186,31 @@ def store_opting_reply(
         "opted_out": opted_out,
     }
     return _store(conn, _STORE_IF_OPTING_CHANGED, params, may_skip=True)
+
+
+def store_handoff_reply(
+    conn: psycopg.Connection,
+    inbound_id: int,
+    *,
+    key: str,
+    provider: str,
+    body: str,
+    payload: dict[str, Any],
+) -> tuple[int, bool] | None:
+    """Hand the conversation of inbound ``inbound_id`` to a person and store the text reply that confirms
+    it, as :func:`store_reply` does, in one statement, recording the message as handled: the reply only
+    when that statement handed the conversation over. None when nothing was stored; the stored reply's id
+    when ``key`` was taken (a redelivered task)."""
+    params = {
+        "inbound_id": inbound_id,
+        "key": key,
+        "provider": provider,
+        "type": "text",
+        "body": body,
+        "payload": Jsonb(payload),
+        "bypass_opt_out": False,
+    }
+    return _store(conn, _STORE_IF_HANDED_OVER, params, may_skip=True)
 
 
 def _store(

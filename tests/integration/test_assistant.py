@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from ingress import create_app
+from shared import replies as replies_module
 from shared.ai.assistant import DEFAULT_SYSTEM_PROMPT
 from shared.ai.offline_assistant import TEXTS, Intent
+from shared.db.errors import Unavailable
 from shared.db.messages import get_inbound
 from shared.providers.meta.client import MetaSender
 from shared.providers.twilio.client import TwilioSender
@@ -351,19 +353,53 @@ def test_a_handoff_phrase_is_honoured_without_asking_the_model(clean: None, db: 
     assert db.execute("SELECT status FROM conversations").fetchone()["status"] == "handoff"
 
 
-def test_a_handoff_whose_confirmation_was_not_stored_is_confirmed_on_the_rerun(
-    clean: None, db: psycopg.Connection
+def test_a_handoff_and_its_confirmation_commit_together_once(
+    clean: None, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The first run committed 'handoff' and died (or lost the database) before storing the confirmation:
-    # the user who asked for a person must still be told, once.
+    # The handoff and its confirmation are one statement: a run that dies before it leaves the
+    # conversation open and the rerun makes both; none leaves a handoff without its confirmation.
     convo = conversation(db)
     message_id = say(db, convo, "in", "I want to talk to a person please")
-    db.execute("UPDATE conversations SET status = 'handoff' WHERE id = %s", (convo[1],))
+
+    def lost_database(*args: object, **kwargs: object) -> None:
+        raise Unavailable("connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(replies_module.answers, "store_handoff_reply", lost_database)
+        with pytest.raises(Unavailable):
+            ai_worker.reply_message(message_id, OFFLINE)
+    status = db.execute("SELECT status FROM conversations WHERE id = %s", (convo[1],)).fetchone()["status"]
+    assert status == "open"
 
     assert ai_worker.reply_message(message_id, OFFLINE) == "offline"
     assert ai_worker.reply_message(message_id, OFFLINE) == "done"
     assert reply_row(db, message_id)["body"] == TEXTS["en"][Intent.handoff]
     assert outbound_count(db) == 1
+    assert handled(db, message_id)
+
+
+def test_a_second_request_for_a_person_is_not_confirmed_again(clean: None, db: psycopg.Connection) -> None:
+    # "I want to talk to a person", then "human please", both routed while the conversation was open: the
+    # first hands it over and is confirmed; the second finds it handed over and the bot says nothing.
+    convo = conversation(db)
+    first = say(db, convo, "in", "I want to talk to a person")
+    second = say(db, convo, "in", "human please")
+
+    assert ai_worker.reply_message(first, OFFLINE) == "offline"
+    assert ai_worker.reply_message(second, OFFLINE) == "silent"
+    assert outbound_count(db) == 1
+    assert handled(db, second)
+
+
+def test_a_request_for_a_person_in_a_conversation_an_operator_took_over_is_not_confirmed(
+    clean: None, db: psycopg.Connection
+) -> None:
+    convo = conversation(db)
+    message_id = say(db, convo, "in", "I want to talk to a person please")
+    db.execute("UPDATE conversations SET status = 'handoff' WHERE id = %s", (convo[1],))
+
+    assert ai_worker.reply_message(message_id, OFFLINE) == "silent"
+    assert outbound_count(db) == 0
     assert handled(db, message_id)
 
 
