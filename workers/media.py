@@ -80,6 +80,10 @@ READ_SECONDS = 30.0
 # One entry's whole download (lookup, redirects, bytes). The check runs as the bytes arrive, so a stalled
 # server holds a worker at most this plus one read's timeout.
 DOWNLOAD_SECONDS = 60.0
+# All of one task's downloads (Twilio allows 10 media per message): the rest waits for the retry, which
+# skips what is stored. With a last read's timeout on top it stays under the task's soft time limit
+# (shared/queues.py), so a slow message is retried rather than killed into a dead letter.
+TASK_DOWNLOAD_SECONDS = 200.0
 MAX_REDIRECTS = 5
 
 # Where each provider's media may come from: an https host, "*.domain" for its subdomains, or a host with
@@ -121,7 +125,8 @@ def fetch_media(message_id: int, *, settings: Settings | None = None) -> list[di
     updated: list[dict[str, Any]] = []
     changed = False
     with httpx.Client(follow_redirects=False) as client:
-        fetcher = _Fetcher(client, settings, record.provider, record.business_number)
+        until = time.monotonic() + TASK_DOWNLOAD_SECONDS
+        fetcher = _Fetcher(client, settings, record.provider, record.business_number, until=until)
         for entry in record.media:
             if _done(entry):
                 updated.append(entry)
@@ -203,9 +208,11 @@ class MediaHosts:
 
 def _parse(url: str) -> httpx.URL | None:
     try:
-        return httpx.URL(url)
-    except httpx.InvalidURL:
+        parsed = httpx.URL(url)
+        parsed.host  # noqa: B018 - an IDNA host (xn--...) that does not decode fails only when read
+    except (httpx.InvalidURL, ValueError):  # idna's errors are ValueErrors
         return None
+    return parsed
 
 
 def media_hosts(provider: str, settings: Settings) -> MediaHosts:
@@ -251,17 +258,24 @@ class _Fetcher:
     """Resolves and downloads one provider's media with that provider's credentials."""
 
     def __init__(
-        self, client: httpx.Client, settings: Settings, provider: str, business_number: str | None
+        self,
+        client: httpx.Client,
+        settings: Settings,
+        provider: str,
+        business_number: str | None,
+        *,
+        until: float = float("inf"),
     ) -> None:
         self._client = client
         self._settings = settings
         self._provider = provider
         self._business_number = business_number
         self._hosts = media_hosts(provider, settings)
+        self._until = until  # the task's own deadline (time.monotonic()), over all its entries
         self._deadline = 0.0
 
     def fetch(self, entry: dict[str, Any]) -> dict[str, Any]:
-        self._deadline = time.monotonic() + DOWNLOAD_SECONDS
+        self._deadline = min(time.monotonic() + DOWNLOAD_SECONDS, self._until)
         if self._provider == "meta":
             return self._meta(entry)
         if self._provider == "kapso":

@@ -43,14 +43,14 @@ def host() -> Iterator[MediaHost]:
         yield fake
 
 
-def inbound(provider: str, media: Media) -> dict:
+def inbound(provider: str, *media: Media) -> dict:
     return InboundMessage(
         provider=provider,
         provider_message_id=f"wamid.{uuid.uuid4().hex}" if provider == "meta" else f"MM{uuid.uuid4().hex}",
         business_number="+14155238886" if provider == "twilio" else "1234567890",
         sender_phone="+14155550123",
         type="image",
-        media=[media],
+        media=list(media),
     ).model_dump(mode="json")
 
 
@@ -376,3 +376,23 @@ def test_a_download_past_its_deadline_is_left_for_a_retry(
     assert "stored" not in entry
     assert "fetch_error" not in entry
     assert files(tmp_path) == []
+
+
+def test_a_message_of_many_slow_media_stops_at_the_tasks_own_deadline(
+    db, redis_client, host: MediaHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each entry has its own deadline, but a message of ten slow media (as Twilio allows) would add them up
+    # past the task's soft time limit, and a task killed there is a dead letter, not a retry. The task's
+    # deadline stops it after the first: that one is kept, the rest wait for the retry.
+    monkeypatch.setattr(media, "TASK_DOWNLOAD_SECONDS", 0.8)
+    fast = host.serve("/media/fast", JPEG, "image/jpeg", auth=BASIC)
+    slow = [host.serve(f"/media/slow{n}", JPEG, "image/jpeg", auth=BASIC, trickle=0.1) for n in range(3)]
+    entries = [Media(url=url, mime_type="image/jpeg") for url in (fast, *slow)]
+    message_id = stored_message(inbound("twilio", *entries))
+
+    with pytest.raises(MediaUnavailable):
+        fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+    stored = media_column(db, message_id)
+    assert "stored" in stored[0]
+    assert all("stored" not in entry and "fetch_error" not in entry for entry in stored[1:])

@@ -68,6 +68,7 @@ def test_the_providers_hosts_are_allowed_and_only_their_api_gets_credentials(
         ("kapso", "https://kapso.ai.attacker.example/x"),
         ("kapso", "file:///etc/passwd"),
         ("console", "https://api.twilio.com/2010-04-01/Accounts"),
+        ("twilio", "https://xn--mms-twiliocdn.com/a"),  # an IDNA host that does not decode: refused, no crash
     ],
 )
 def test_anywhere_else_is_refused(provider: str, url: str) -> None:
