@@ -162,7 +162,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = _env("OPENAI_BASE_URL", default=None)
     ai_model: str = _env("WAPIPE_AI_MODEL", default="gpt-4o-mini")
     # Per attempt; one model call's attempts share 120 s (shared/ai/openai_parser.py MODEL_BUDGET_SECONDS).
-    ai_timeout_seconds: float = _env("WAPIPE_AI_TIMEOUT", default=20.0, gt=0, le=120)
+    # At most half the model call's budget (shared/ai/openai_parser.py): an attempt can take twice its
+    # timeout (a server that goes quiet just after the whole-answer deadline was last checked).
+    ai_timeout_seconds: float = _env("WAPIPE_AI_TIMEOUT", default=20.0, gt=0, le=60)
 
     @field_validator("api_keys", "opt_out_words", "opt_in_words", mode="before")
     @classmethod

@@ -47,7 +47,7 @@ MAX_TIMEOUTS = 2
 MAX_RETRY_AFTER_SECONDS = 30.0
 # One model call with its retries and waits, overall: well under the ai tasks' soft time limit (270 s,
 # shared/queues.py), which must leave time for the offline answer and its storing. Each attempt's timeout
-# is what is left of it, at most WAPIPE_AI_TIMEOUT; no attempt starts with less than MIN_ATTEMPT_SECONDS.
+# is half what is left of it, at most WAPIPE_AI_TIMEOUT; no attempt starts with less than MIN_ATTEMPT_SECONDS.
 MODEL_BUDGET_SECONDS = 120.0
 MIN_ATTEMPT_SECONDS = 1.0
 # The longest answer a proposal needs: MAX_ITEMS items, each a title up to MAX_TITLE characters, the one
@@ -149,7 +149,9 @@ def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: 
     for attempt in retrying:
         with attempt:
             left = budget - (time.monotonic() - attempt.retry_state.start_time)
-            timeout = min(timeout_seconds, max(left, MIN_ATTEMPT_SECONDS))
+            # Half of what is left: the whole-answer deadline is checked as bytes arrive, so a server going
+            # quiet just after a check holds the attempt one more read timeout, twice this in all.
+            timeout = min(timeout_seconds, max(left / 2, MIN_ATTEMPT_SECONDS))
             completion = client.chat.completions.create(**request, timeout=timeout)
     return completion
 

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import structlog
@@ -305,3 +306,31 @@ def test_one_client_per_process_and_settings_so_connections_are_reused(
     assert openai_parser.make_client(other) is not first
     monkeypatch.setattr(openai_parser.os, "getpid", lambda: -1)  # as in a forked child
     assert openai_parser.make_client(settings) is not first
+
+
+def test_an_attempt_gets_at_most_half_of_what_is_left_of_the_budget(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole-answer deadline is checked as bytes arrive: a server going quiet right after a check holds
+    # an attempt one more read timeout, so an attempt may take twice its timeout, and that must still fit.
+    from shared.ai import openai_parser
+
+    monkeypatch.setattr(openai_parser, "MODEL_BUDGET_SECONDS", 8.0)
+    client = openai_parser.make_client(_settings(fake, ai_timeout_seconds=60))
+    timeouts: list[float] = []
+    create = client.chat.completions.create
+
+    def recording(**request: Any) -> Any:
+        timeouts.append(request["timeout"])
+        return create(**request)
+
+    monkeypatch.setattr(client.chat.completions, "create", recording)
+    fake.fail(503, retry_after=0)
+
+    openai_parser.create_completion(
+        client, 60, model="kimi-test", messages=[{"role": "user", "content": "hi"}]
+    )
+
+    assert len(timeouts) == 2
+    assert timeouts[0] <= 8.0 / 2
+    assert timeouts[1] <= 8.0 / 2
