@@ -145,7 +145,8 @@ def _within(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: limit - 1]
-    at_word = cut.rsplit(maxsplit=1)[0].rstrip()
+    words = cut.rsplit(maxsplit=1)
+    at_word = words[0].rstrip() if words else ""
     log.warning("reply cut to the provider's length", length=len(text), limit=limit)
     return (at_word if len(at_word) > limit // 2 else cut) + "…"
 
