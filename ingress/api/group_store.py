@@ -67,10 +67,18 @@ class GroupStore:
         one that was lost). A second job for one message is harmless (notify's claim sends it once)."""
         return self._group.submit(message)
 
-    def _file_together(self, messages: list[NewOutbound]) -> list[Filed]:
+    def _file_together(self, messages: list[NewOutbound]) -> list[Filed | DatabaseError]:
         with connection() as conn:
-            stored = outbound_api.accept_many(conn, messages)
-        return self._enqueue(messages, stored)
+            outcomes = outbound_api.accept_many(conn, messages)
+        # Those the database stored get their jobs, whatever became of the others (their own error).
+        rows = [outcome for outcome in outcomes if isinstance(outcome, Stored)]
+        stored = [
+            message
+            for message, outcome in zip(messages, outcomes, strict=True)
+            if isinstance(outcome, Stored)
+        ]
+        filed = iter(self._enqueue(stored, rows))
+        return [next(filed) if isinstance(outcome, Stored) else outcome for outcome in outcomes]
 
     def _file_alone(self, message: NewOutbound) -> Filed:
         with connection() as conn:

@@ -37,7 +37,7 @@ from ingress.publishing import publish, unavailable
 from ingress.state import PUBLISHER_KEY, current_settings
 from shared import providers
 from shared.db import messages, outbound_api
-from shared.db.errors import NotFound
+from shared.db.errors import DatabaseError, NotFound
 from shared.db.outbound_api import NewOutbound, Stored
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
@@ -273,12 +273,22 @@ def _unqueued(stored: Stored, reason: str, *, keyed: bool) -> None:
     notify.sweep re-enqueues queued messages overdue by ``OVERDUE_SECONDS`` should no retry come (the
     notify claim makes a second job harmless). Failing it instead would race that retry, which can find
     the row queued, publish its job and answer 200 before the mark lands: a message the caller was told
-    is queued, failed for good. The same holds when the mark fails (PostgreSQL gone as well) or the
-    process dies between the commit and the publish.
+    is queued, failed for good. The same holds when the process dies between the commit and the publish;
+    and a keyless one whose mark fails (PostgreSQL gone as well) is accepted as it is, left for the sweep.
     """
-    if stored.new and not keyed and not _mark_unqueued(stored.id):
-        log.info("api message claimed for sending although its publish failed", message_id=stored.id)
-        return
+    if stored.new and not keyed:
+        try:
+            marked = _mark_unqueued(stored.id)
+        except DatabaseError:
+            # PostgreSQL went away too: the row stays queued, and notify.sweep sends it once Redis and
+            # PostgreSQL are back. A 503 ("send it again") would have the caller send it twice.
+            log.warning(
+                "api message left queued for the sweep: not published, not failed", message_id=stored.id
+            )
+            return
+        if not marked:
+            log.info("api message claimed for sending although its publish failed", message_id=stored.id)
+            return
     unavailable(notify_jobs([stored.id]), reason)
 
 

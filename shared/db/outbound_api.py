@@ -110,26 +110,38 @@ class Stored:
 
 def accept(conn: psycopg.Connection, message: NewOutbound) -> Stored:
     """Store ``message`` as ``queued`` unless its key is taken; committed on return (:func:`accept_many`)."""
-    [stored] = accept_many(conn, [message])
-    return stored
+    [outcome] = accept_many(conn, [message])
+    if isinstance(outcome, DatabaseError):
+        raise outcome
+    return outcome
 
 
-def accept_many(conn: psycopg.Connection, messages: Sequence[NewOutbound]) -> list[Stored]:
+def accept_many(conn: psycopg.Connection, messages: Sequence[NewOutbound]) -> list[Stored | DatabaseError]:
     """Store each message as ``queued`` unless its key is taken; what each key stands for, in order.
 
     ``conn`` must be idle (no transaction open): the statements run in autocommit, so when this returns
     every row is durable and notify.send jobs may be published for them. One statement stores them all,
     unless some lost a race with a concurrent request or share a key with an earlier one of the list:
     those go again, in a statement that then sees the row.
+
+    When that later statement fails, the messages the first one stored are committed all the same: they
+    are answered with their rows, and only the others with the error (raised when no message was
+    stored). Answering them all with the error told callers "nothing was stored" of rows notify.sweep
+    would send, and a caller without a key sent its message again.
     """
     found: list[Stored | None] = [None] * len(messages)
     tries = [0] * len(messages)
-    with wrap_errors(), autocommit(conn):
-        while todo := _next_run(messages, found, tries):
-            rows = conn.execute(_ACCEPT, _params([messages[i] for i in todo])).fetchall()
-            for row in rows:
-                index = todo[row.pop("n") - 1]
-                found[index] = Stored(**row)
+    try:
+        with wrap_errors(), autocommit(conn):
+            while todo := _next_run(messages, found, tries):
+                rows = conn.execute(_ACCEPT, _params([messages[i] for i in todo])).fetchall()
+                for row in rows:
+                    index = todo[row.pop("n") - 1]
+                    found[index] = Stored(**row)
+    except DatabaseError as exc:
+        if not any(found):
+            raise
+        return [stored if stored is not None else exc for stored in found]
     return [stored for stored in found if stored is not None]
 
 

@@ -16,6 +16,7 @@ import pytest
 from ingress.api import group_store
 from ingress.api.group_store import BROKER_DOWN, NO_BROKER, Filed, GroupStore
 from shared.db import outbound_api
+from shared.db.errors import Unavailable
 from shared.db.outbound_api import NewOutbound
 from shared.queues import Publisher
 from tests.integration.test_inbound_routing import queued
@@ -134,3 +135,32 @@ def test_a_message_postgresql_refuses_fails_only_its_own_request(
     assert good_two.stored.new
     keys = db.execute("SELECT idempotency_key FROM messages ORDER BY id").fetchall()
     assert sorted(row["idempotency_key"] for row in keys) == ["api:1", "api:2", "api:first"]
+
+
+def test_requests_stored_before_a_later_statement_failed_are_answered_with_their_rows(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, publisher: Publisher, redis_client: Any
+) -> None:
+    # The second of two requests with one key goes in a second statement, and PostgreSQL goes away then.
+    # The first statement's rows are committed: answering their callers "nothing was stored" (503) had a
+    # caller without a key send its message again while notify.sweep sent the stored one.
+    real_params, calls = outbound_api._params, []
+
+    def database_gone_on_the_third(messages: list[NewOutbound]) -> Any:
+        calls.append(len(messages))
+        if len(calls) == 3:
+            raise Unavailable("connection refused")
+        return real_params(messages)
+
+    monkeypatch.setattr(outbound_api, "_params", database_gone_on_the_third)
+    later = [message("api:keyless"), message("api:k"), message("api:k")]
+    _, answers = behind_a_statement(monkeypatch, later, publisher)
+
+    keyless, keyed, same_key = answers
+    assert calls == [1, 2, 1]  # the first request, then two of the three, then the one sharing a key
+    assert [type(keyless), type(keyed)] == [Filed, Filed]
+    assert keyless.stored.new
+    assert keyless.unqueued is None  # its job published
+    assert isinstance(same_key, Unavailable)
+    jobs = [args for _, args in queued(redis_client, "notify")]
+    published = {i for args in jobs for i in args.get("message_ids", [args.get("message_id")])}
+    assert {keyless.stored.id, keyed.stored.id} <= published

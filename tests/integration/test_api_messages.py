@@ -545,6 +545,25 @@ def test_a_keyless_message_claimed_for_sending_after_all_is_accepted_not_a_503(
     assert (row["status"], row["error_code"]) == ("sending", None)
 
 
+def test_a_keyless_message_neither_published_nor_marked_failed_is_accepted_for_the_sweep(
+    db, redis_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redis refused the job and PostgreSQL went away before the row could be marked failed: the row stays
+    # queued and notify.sweep sends it. A 503 ("send it again") had the caller send a second message.
+    def database_gone(conn, message_id: int, code: str, message: str) -> bool:
+        raise Unavailable("connection refused")
+
+    monkeypatch.setattr(outbound_api, "fail_unqueued", database_gone)
+    down = create_app(load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")).test_client()
+
+    response = post(down, {"to": CO_MOBILE, "type": "text", "text": "hi"})
+
+    [row] = stored(db)
+    assert response.status_code == 202
+    assert response.get_json()["id"] == row["id"]
+    assert (row["status"], row["error_code"]) == ("queued", None)
+
+
 def test_a_broker_outage_leaves_a_keyed_message_queued_for_the_retry_with_its_key(db, redis_client) -> None:
     settings = load_settings(api_keys=KEY, redis_url="redis://127.0.0.1:1/0")
     down = create_app(settings).test_client()
