@@ -51,7 +51,7 @@ def provider_number(raw: str, region: str) -> str | None:
 
 
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
-_E164_SHAPE = re.compile(r"\+[1-9]\d{7,14}")
+_E164_SHAPE = re.compile(r"\+[1-9][0-9]{7,14}")
 
 
 def _without_prefix(text: str) -> str:

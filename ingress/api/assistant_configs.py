@@ -29,7 +29,7 @@ log = get_logger(__name__)
 bp = Blueprint("assistant_configs_api", __name__, url_prefix="/api/v1/assistant-configs")
 handle_invalid_params(bp)
 
-_PHONE_NUMBER_ID = re.compile(r"^\d{1,32}$")
+_PHONE_NUMBER_ID = re.compile(r"^[0-9]{1,32}$")  # ASCII: \d would take other scripts' digits too
 
 
 class AssistantConfigBody(BaseModel):

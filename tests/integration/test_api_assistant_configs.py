@@ -107,7 +107,8 @@ def test_put_rejects_a_body_that_is_not_json_and_a_malformed_number(client: Flas
     not_json = client.put(URL + "+14155238886", headers=KEY, data="system_prompt=x")
     assert not_json.status_code == 422
     assert not_json.get_json()["error"]["message"].startswith("body:")
-    for number in ("shop-one", "+1", "+999999999999999999"):
+    # "١٢٣٤٥٦٧٨٩٠": Arabic-Indic digits, a phone_number_id no message can ever carry.
+    for number in ("shop-one", "+1", "+999999999999999999", "١٢٣٤٥٦٧٨٩٠"):
         response = client.get(URL + number, headers=KEY)
         assert response.status_code == 422, number
         assert response.get_json()["error"]["message"].startswith("number:")
