@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Iterator
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -37,6 +38,27 @@ def _note_returned(conn: psycopg.Connection) -> None:
     _returned_at[conn] = time.monotonic()
 
 
+# No statement of ours runs long (batches are bounded, scans indexed); one that does is waiting on a lock or
+# a stalled server, and holds its caller (and, through the API's group commit, every request sharing its
+# statement) for as long. Cancelled after this it raises Unavailable like a lost server: a task retries,
+# the API answers 503; under gunicorn's 30 s request timeout, so the answer comes before the worker is
+# killed. Per connection, set once when the pool opens it.
+STATEMENT_TIMEOUT_MS = 20_000
+# TCP keepalives, unless the URL sets its own: a connection to a server that vanished (a failover, a
+# dropped route) is found dead in about a minute, not after the kernel's two hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
+    conn.commit()
+
+
+def _connect_kwargs(url: str) -> dict[str, object]:
+    given = conninfo_to_dict(url)
+    return {"row_factory": dict_row, **{key: value for key, value in KEEPALIVES.items() if key not in given}}
+
+
 def database_url() -> str:
     url = get_settings().database_url
     if not url:
@@ -56,7 +78,8 @@ def get_pool() -> ConnectionPool:
                 database_url(),
                 min_size=1,
                 max_size=int(os.environ.get("WAPIPE_DB_POOL_SIZE", "8")),
-                kwargs={"row_factory": dict_row},
+                kwargs=_connect_kwargs(database_url()),
+                configure=_configure,
                 # A connection killed by a PostgreSQL restart is detected and replaced on checkout.
                 check=_check_if_idle,
                 reset=_note_returned,

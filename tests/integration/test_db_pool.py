@@ -52,3 +52,24 @@ def test_a_connection_used_just_now_is_not_pinged_so_its_death_surfaces_once_as_
         _backend_pid()
     # The pool discarded the broken connection when it came back: the next checkout works.
     assert _backend_pid() != first
+
+
+def test_a_statement_stuck_on_a_lock_is_cancelled_as_unavailable(
+    db: psycopg.Connection, one_connection: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A statement waiting on a lock (or a stalled server) held its caller, and every API request sharing
+    # its statement, for as long as the lock was held; cancelled, it is retried or answered 503.
+    monkeypatch.setattr(pool, "STATEMENT_TIMEOUT_MS", 300)
+    pool.close_pool()
+    db.execute("INSERT INTO contacts (phone) VALUES ('+14155550123')")
+    with psycopg.connect(db.info.dsn) as holder:
+        holder.execute("SELECT * FROM contacts WHERE phone = '+14155550123' FOR UPDATE")
+        with pytest.raises(Unavailable), pool.connection() as conn:
+            conn.execute("UPDATE contacts SET profile_name = 'x' WHERE phone = '+14155550123'")
+    with pool.connection() as conn:  # the pool carries on
+        assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "300ms"
+
+
+def test_the_pool_adds_tcp_keepalives_unless_the_url_sets_them() -> None:
+    assert pool._connect_kwargs("postgresql://u@h/db")["keepalives_idle"] == 30
+    assert "keepalives_idle" not in pool._connect_kwargs("postgresql://u@h/db?keepalives_idle=5")
