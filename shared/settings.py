@@ -171,6 +171,17 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         return _comma_list(value)
 
+    @field_validator("api_keys")
+    @classmethod
+    def _header_safe_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # Callers send a key in the X-API-Key header, which carries visible ASCII only: a key with a space,
+        # an accent or a control character could never match, and its caller would just get 401s.
+        for key in value:
+            text = key.get_secret_value()
+            if not all("!" <= char <= "~" for char in text):
+                raise ValueError("an API key must be visible ASCII characters only (it travels in a header)")
+        return value
+
     @field_validator("media_hosts", mode="before")
     @classmethod
     def _media_hosts(cls, value: Any) -> Any:

@@ -37,6 +37,7 @@ def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WAPIPE_MODE", "chaos"),
         ("WAPIPE_MAX_BODY_BYTES", "0"),
         ("WAPIPE_AI_TIMEOUT", "61"),  # an attempt may take twice it: past half the model call's budget
+        ("WAPIPE_API_KEYS", "good-key,clé-secrète"),  # not header-safe: it could never match
     ],
 )
 def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
