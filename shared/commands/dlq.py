@@ -22,7 +22,11 @@ so such a letter is refused, and stays pending, unless ``--force``:
   closed, so the work would be done (a proposal saved, a phone linked) and its reply refused, leaving
   the user none the wiser.
 
-Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered.
+Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
+doubled WhatsApp message cannot be recalled. So ``--all`` refuses such a letter (it stays pending), unless
+``--force``: the operator replays it by naming its id, once the log shows it was not delivered, or
+discards it. ``--all`` is for a batch of letters alike, such as the ``AccountRefused`` sends after a token
+is fixed, and must not sweep up a send that may have gone out.
 
 - ``wapipe dlq discard ID [ID ...] --reason TEXT``: closes letters an operator decided not to replay (a
   refused handler letter, an ``outcome_unknown`` send the provider's log shows delivered). The letter is
@@ -46,6 +50,7 @@ from shared.db.errors import DatabaseError
 from shared.db.pool import transaction
 from shared.logging import mask_phone
 from shared.policy import WINDOW
+from shared.providers.base import OutcomeUnknown
 from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
 from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
 
@@ -64,11 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--limit", type=int, default=100, help="show at most this many (default 100)")
     replay = actions.add_parser("replay", help="replay dead letters by id, or --all pending ones")
     replay.add_argument("ids", nargs="*", type=int, metavar="ID")
-    replay.add_argument("--all", action="store_true", help="replay every pending dead letter")
+    replay.add_argument(
+        "--all",
+        action="store_true",
+        help="replay every pending dead letter, but a send whose outcome is unknown (it may have been"
+        " delivered: check the provider's log, then name its id)",
+    )
     replay.add_argument(
         "--force",
         action="store_true",
-        help="replay a handler's letter even when its sender has written since or it is over 24 hours old",
+        help="replay a handler's letter even when its sender has written since or it is over 24 hours old,"
+        " and with --all a send whose outcome is unknown",
     )
     discard = actions.add_parser(
         "discard",
@@ -92,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         print("wapipe dlq replay: give dead letter ids or --all (not both)", file=sys.stderr)
         return 2
     ids = args.ids or _all_pending_ids()
-    outcomes = [replay(letter_id, force=args.force) for letter_id in ids]
+    named = bool(args.ids)
+    outcomes = [replay(letter_id, force=args.force, named=named) for letter_id in ids]
     for outcome in outcomes:
         print(outcome.describe())
     if not outcomes:
@@ -138,11 +150,12 @@ class Replayed:
         )
 
 
-def replay(letter_id: int, *, force: bool = False) -> Replayed:
+def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replayed:
     """Replay one dead letter; safe to call twice (the second call finds it replayed and does nothing).
 
     A handler stage's letter is refused (and stays pending) when its message is no longer worth answering,
-    unless ``force``; see the module docstring.
+    unless ``force``; so is a send whose outcome is unknown when the operator did not name it (``named``
+    is False under ``--all``). See the module docstring.
     """
     publisher = get_publisher()  # before anything changes: with no broker configured, nothing is replayed
     with transaction() as conn:
@@ -152,6 +165,13 @@ def replay(letter_id: int, *, force: bool = False) -> Replayed:
             return Replayed(letter_id, "unknown")
         if pending.discarded_at is not None:
             return Replayed(letter_id, "discarded", "an operator closed it; not replayed")
+        if pending.pending and not (force or named) and _outcome_unknown(pending):
+            return Replayed(
+                letter_id,
+                "refused",
+                "its send's outcome is unknown, it may have been delivered: check the provider's log, then"
+                " replay it by id or discard it",
+            )
         inbound_id = pending.message_id if _is_handler(pending.task_name) else None
         if inbound_id is not None and pending.pending:
             refusal = None if force else _why_not_answer(conn, inbound_id)
@@ -236,6 +256,12 @@ def _is_handler(task_name: str) -> bool:
         return queue_for(task_name) in HANDLER_QUEUES
     except ValueError:  # a task of a queue this release does not know
         return False
+
+
+def _outcome_unknown(letter: dead_letters.DeadLetter) -> bool:
+    """Whether ``letter`` is a send that may have reached the provider (workers/notify.py records its
+    error as ``outcome_unknown: ...``)."""
+    return letter.task_name == NOTIFY_TASK and letter.error.startswith(f"{OutcomeUnknown.CODE}:")
 
 
 def _why_not_answer(conn: psycopg.Connection, inbound_id: int) -> str | None:

@@ -17,6 +17,7 @@ from shared.replies import queue_reply
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
 from tests.integration.test_inbound_routing import event, queued
+from tests.integration.test_notify_unknown_outcome import SidlessTwilio
 from workers.inbound import route
 from workers.notify import dispatch
 
@@ -242,3 +243,56 @@ def test_a_replay_whose_task_cannot_be_enqueued_leaves_the_letter_pending(
     # job is overdue), so this one only closes the letter.
     assert f"message {dead[0]} is queued" in up.stdout
     assert letters(db)[0]["replayed_at"] is not None
+
+
+@pytest.fixture
+def unknown_outcome(db: psycopg.Connection, redis_client: redis.Redis, dead: list[int]) -> int:
+    """Beside the two letters of ``dead``, a reply Twilio created but answered without its sid: failed as
+    ``outcome_unknown`` with a dead letter (the provider may well have delivered it)."""
+    with SidlessTwilio() as fake:
+        settings = load_settings(
+            provider="twilio",
+            twilio_api_url=fake.url,
+            twilio_account_sid=ACCOUNT_SID,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_whatsapp_number=WHATSAPP_NUMBER,
+        )
+        inbound = route(event("hello", phone="+14155550103"), load_settings())
+        message_id = queue_reply(inbound.message_id, "Your code is 1234")
+        assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "dead"
+    redis_client.delete(*QUEUES)
+    return message_id
+
+
+def test_replay_all_leaves_an_outcome_unknown_send_to_be_named(
+    db, redis_client, dead: list[int], unknown_outcome: int
+) -> None:
+    unknown_letter = letters(db)[-1]
+    assert unknown_letter["message_id"] == unknown_outcome
+
+    result = wapipe("replay", "--all")
+
+    assert result.returncode == 1  # something was left for the operator
+    assert f"dead letter {unknown_letter['id']}: refused" in result.stdout
+    assert "provider's log" in result.stdout
+    # The two failed sends are queued again; the one that may have been delivered is not.
+    assert sorted(kwargs["message_id"] for _, kwargs in queued(redis_client, "notify")) == sorted(dead)
+    assert letters(db)[-1]["replayed_at"] is None
+    status = db.execute("SELECT status FROM messages WHERE id = %s", (unknown_outcome,)).fetchone()
+    assert status["status"] == "failed"
+
+    named = wapipe("replay", str(unknown_letter["id"]))  # the operator checked the log and names it
+
+    assert named.returncode == 0, named.stdout
+    assert ("notify.send", {"message_id": unknown_outcome}) in queued(redis_client, "notify")
+    assert letters(db)[-1]["replayed_at"] is not None
+
+
+def test_replay_all_with_force_replays_an_outcome_unknown_send(
+    db, redis_client, dead: list[int], unknown_outcome: int
+) -> None:
+    result = wapipe("replay", "--all", "--force")
+
+    assert result.returncode == 0, result.stdout
+    queued_ids = sorted(kwargs["message_id"] for _, kwargs in queued(redis_client, "notify"))
+    assert queued_ids == sorted([*dead, unknown_outcome])
