@@ -48,7 +48,7 @@ import redis
 from shared.db import dead_letters, messages
 from shared.db.errors import DatabaseError
 from shared.db.pool import transaction
-from shared.logging import mask_phone
+from shared.logging import mask_phone, scrub
 from shared.policy import WINDOW
 from shared.providers.base import OutcomeUnknown
 from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
@@ -297,5 +297,7 @@ def _all_pending_ids() -> list[int]:
 
 
 def _short(error: str) -> str:
-    line = " ".join(error.split())
+    # Masked before it is cut, so a number cut short is still masked. Letters stored before notify scrubbed
+    # its errors may hold the recipient's number (or a token) in the provider's text.
+    line = " ".join(scrub(error).split())
     return line if len(line) <= ERROR_WIDTH else line[: ERROR_WIDTH - 1] + "…"

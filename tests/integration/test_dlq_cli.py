@@ -10,6 +10,7 @@ import sys
 import psycopg
 import pytest
 import redis
+from psycopg.types.json import Jsonb
 
 from shared.providers.twilio.client import TwilioSender
 from shared.queues import QUEUES
@@ -296,3 +297,18 @@ def test_replay_all_with_force_replays_an_outcome_unknown_send(
     assert result.returncode == 0, result.stdout
     queued_ids = sorted(kwargs["message_id"] for _, kwargs in queued(redis_client, "notify"))
     assert queued_ids == sorted([*dead, unknown_outcome])
+
+
+def test_list_masks_a_phone_number_in_a_letter_stored_before_errors_were_scrubbed(db) -> None:
+    # A letter as an older release wrote it: the provider's error text, number and all.
+    db.execute(
+        "INSERT INTO dead_letters (task_name, payload, error, attempts) VALUES ('notify.send', %s, %s, 60)",
+        (Jsonb({"message_id": 1}), "SendError: 63024 Invalid recipient whatsapp:+15551234567"),
+    )
+
+    result = wapipe("list")
+
+    assert result.returncode == 0, result.stderr
+    assert "63024" in result.stdout
+    assert "4567" in result.stdout  # enough to tell the recipient apart, as elsewhere
+    assert "5551234" not in result.stdout
