@@ -8,6 +8,8 @@ outcome).
   replayed. In one transaction, then the enqueue after the commit; should the enqueue fail (Redis
   unreachable), the letter is marked pending again and the exit code is 1. Replaying a replayed letter
   does nothing: the UPDATE that marks it only matches pending letters.
+  A letter whose task names a queue this release does not know is reported (``unknown task``, exit code
+  1) and left pending, untouched, for an operator to discard; ``--all`` goes on with the rest.
 
 A handler stage's letter (verify, commands, flows, ai, persist) does its work again and its sender gets
 the stage's real reply, under the reply's usual key ``reply:<message id>``: the apology they were sent
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(outcome.describe())
     if not outcomes:
         print("no pending dead letters")
-    failed = ("unknown", "refused", "discarded", "not_enqueued")
+    failed = ("unknown", "unknown_task", "refused", "discarded", "not_enqueued")
     return 1 if any(outcome.result in failed for outcome in outcomes) else 0
 
 
@@ -141,7 +143,8 @@ def list_letters(limit: int) -> int:
 @dataclass(frozen=True)
 class Replayed:
     letter_id: int
-    result: str  # replayed | already_replayed | discarded | unknown | not_failed | refused | not_enqueued
+    # replayed | already_replayed | discarded | unknown | unknown_task | not_failed | refused | not_enqueued
+    result: str
     detail: str = ""
 
     def describe(self) -> str:
@@ -165,6 +168,10 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
             return Replayed(letter_id, "unknown")
         if pending.discarded_at is not None:
             return Replayed(letter_id, "discarded", "an operator closed it; not replayed")
+        if pending.pending and not _known_task(pending.task_name):
+            # Checked before anything changes: its job could not be enqueued, and a letter marked replayed
+            # with nothing done would leave the list and the alert for good.
+            return Replayed(letter_id, "unknown_task", f"{pending.task_name}: no such queue; discard it")
         if pending.pending and not (force or named) and _outcome_unknown(pending):
             return Replayed(
                 letter_id,
@@ -249,6 +256,14 @@ def _not_pending(conn: psycopg.Connection, letter_id: int) -> str:
     if letter is None:
         return "unknown"
     return "already_discarded" if letter.discarded_at is not None else "already_replayed"
+
+
+def _known_task(task_name: str) -> bool:
+    try:
+        queue_for(task_name)
+    except ValueError:  # a task of a queue this release does not know
+        return False
+    return True
 
 
 def _is_handler(task_name: str) -> bool:

@@ -312,3 +312,24 @@ def test_list_masks_a_phone_number_in_a_letter_stored_before_errors_were_scrubbe
     assert "63024" in result.stdout
     assert "4567" in result.stdout  # enough to tell the recipient apart, as elsewhere
     assert "5551234" not in result.stdout
+
+
+def test_a_letter_of_an_unknown_task_is_reported_left_pending_and_the_rest_replayed(
+    db, redis_client, dead: list[int], no_jobs: None
+) -> None:
+    # A task of a queue this release does not know (renamed or removed since the letter was written).
+    stray = db.execute(
+        "INSERT INTO dead_letters (task_name, payload, error, attempts) VALUES ('outbox.relay', %s, 'x', 1)"
+        " RETURNING id",
+        (Jsonb({}),),
+    ).fetchone()["id"]
+
+    result = wapipe("replay", "--all")
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"dead letter {stray}: unknown task" in result.stdout
+    assert sorted(kwargs["message_id"] for _, kwargs in queued(redis_client, "notify")) == sorted(dead)
+    pending = db.execute("SELECT replayed_at FROM dead_letters WHERE id = %s", (stray,)).fetchone()
+    assert pending["replayed_at"] is None  # still listed, for an operator to discard
+    assert "outbox.relay" in wapipe("list").stdout
