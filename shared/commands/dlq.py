@@ -17,9 +17,9 @@ when it gave up has a key of its own (shared/replies.py), so however often the m
 redelivered it is answered once. Its sender, though, was told to send the message again, and may have;
 so such a letter is refused, and stays pending, unless ``--force``:
 
-- when its sender has written in the conversation since: the message sent again is answered already
-  (replaying would save a proposal twice), and any later one would see this old one answered after it
-  (a late ``/project`` undoing a later choice);
+- when its sender has written to the same business number since, in any conversation: the message sent
+  again is answered already (replaying would save a proposal twice), and any later one would see this
+  old one answered after it (a late ``/project`` undoing a later choice);
 - when the message is more than 24 hours old: WhatsApp's customer-service window (shared/policy.py) has
   closed, so the work would be done (a proposal saved, a phone linked) and its reply refused, leaving
   the user none the wiser.

@@ -172,12 +172,15 @@ def list_pending_with_recipient(
 # --- before replaying a handler stage's letter: is its message still worth answering? ------------------
 
 # The message's age by the database's clock (the one that stamped it), and how many messages its sender
-# has written in the conversation since (ids are assigned in arrival order).
+# has written to the same business number since (ids are assigned in arrival order): in any conversation,
+# since a conversation closed meanwhile (idle, or by an operator) puts the user's resend in a new one.
+# messages_contact (contact_id, id) finds the later ones.
 _INBOUND_SINCE = """
 SELECT now() - m.created_at AS age,
-       (SELECT count(*) FROM messages l
-        WHERE l.conversation_id = m.conversation_id AND l.direction = 'in' AND l.id > m.id) AS later
-FROM messages m
+       (SELECT count(*) FROM messages l JOIN conversations lc ON lc.id = l.conversation_id
+        WHERE l.contact_id = m.contact_id AND l.id > m.id AND l.direction = 'in'
+          AND lc.business_number = c.business_number) AS later
+FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = %(id)s AND m.direction = 'in'
 """
 # An apology stored under the reply's own key (before apologies had a key of their own) moves to the
@@ -191,7 +194,7 @@ WHERE idempotency_key = %(reply_key)s AND direction = 'out' AND body = %(apology
 
 @dataclass(frozen=True)
 class InboundSince:
-    """How long ago an inbound message came, and how many its sender has sent since in its conversation."""
+    """How long ago an inbound message came, and how many its sender has sent since to the same number."""
 
     age: timedelta
     later: int

@@ -259,3 +259,33 @@ def test_a_refused_letter_can_be_discarded_and_then_is_never_replayed(
     assert keys(db) == before  # the apology was not moved aside for a reply that will not come
     assert replies(db) == [give_up.APOLOGY]
     assert letters(db)[0]["replayed_at"] is None
+
+
+def test_a_letter_is_refused_when_its_sender_wrote_since_in_a_later_conversation(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    # The conversation is closed (idle, or by an operator); the user's resend starts a new one.
+    db.execute("UPDATE conversations SET status = 'closed', closed_at = now()")
+    store_inbound(db, "/help")
+    assert db.execute("SELECT count(DISTINCT conversation_id) AS n FROM messages").fetchone()["n"] == 2
+
+    refused = replay(letter["id"])
+
+    # Before: replayed, since only the old conversation was looked at; the command was done twice.
+    assert refused.result == "refused"
+    assert "1 message since" in refused.detail
+    assert queued(redis_client, "commands") == []
+    assert letters(db)[0]["replayed_at"] is None
+
+
+def test_a_message_from_someone_else_does_not_refuse_a_letter(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = given_up_command(db, monkeypatch)
+    [letter] = letters(db)
+    store_inbound(db, "/help", phone="+14155550199")
+
+    assert replay(letter["id"]).result == "replayed"
+    assert ("commands.handle", {"message_id": message_id}) in queued(redis_client, "commands")
