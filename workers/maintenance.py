@@ -1,7 +1,9 @@
 """Stage ``maintenance``: housekeeping run by Celery beat (``celery -A workers beat``).
 
 - close conversations idle longer than ``WAPIPE_CONVERSATION_IDLE_MINUTES`` (default 24 h, WhatsApp's
-  customer-service window), so the next message starts a fresh conversation and stats stay honest;
+  customer-service window), so the next message starts a fresh conversation and stats stay honest; not
+  one with a message whose handler may still answer it (retrying through an outage, shared/db/turns.py
+  HORIZON), which would leave its user without an answer;
 - purge verification codes past their expiry;
 - delete raw webhook events older than ``WAPIPE_WEBHOOK_RETENTION_DAYS`` (default 30);
 - report dead letters waiting for an operator (a warning with the count and the oldest one's age).

@@ -11,13 +11,26 @@ from dataclasses import dataclass
 import psycopg
 
 from shared.db.errors import wrap_errors
+from shared.db.turns import HORIZON
 
 # SKIP LOCKED: a conversation the inbound worker is touching right now (its row is locked) is simply
 # not idle; the next run looks again. FOR UPDATE re-checks the idle condition on the row's latest version.
+# Nor is a conversation idle while a message of it still waits for its answer: a handler retrying through
+# an outage may answer up to turns.HORIZON after its dispatch, and an idle setting shorter than that would
+# close the conversation under it, leaving the user with no answer. A message past the horizon is stale
+# (its handler is gone for good) and keeps nothing open. The subquery repeats the predicate of the partial
+# index messages_turn, as shared/db/turns.py AHEAD_OF_ME does, so it reads only that small index.
 _CLOSE_IDLE = """
 WITH idle AS (
     SELECT id FROM conversations
     WHERE status <> 'closed' AND last_message_at < now() - make_interval(mins => %(minutes)s)
+      AND NOT EXISTS (
+          SELECT FROM messages p
+          WHERE p.conversation_id = conversations.id
+            AND p.direction = 'in' AND p.handled_at IS NULL
+            AND (p.dispatched_at IS NOT NULL OR p.routed_at IS NULL)
+            AND COALESCE(p.dispatched_at, p.created_at) > now() - %(horizon)s
+      )
     ORDER BY last_message_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -49,9 +62,16 @@ class DeadLetterSummary:
 
 
 def close_idle_conversations(conn: psycopg.Connection, idle_minutes: int, batch: int = 1000) -> int:
-    """Close up to ``batch`` live conversations with no message for ``idle_minutes``; return how many."""
+    """Close up to ``batch`` live conversations with no message for ``idle_minutes`` and none still
+    waiting for its answer; return how many."""
+    params = {"minutes": idle_minutes, "batch": batch} | close_idle_params()
     with wrap_errors():
-        return conn.execute(_CLOSE_IDLE, {"minutes": idle_minutes, "batch": batch}).rowcount
+        return conn.execute(_CLOSE_IDLE, params).rowcount
+
+
+def close_idle_params() -> dict[str, object]:
+    """The parameters of the idle close besides the idle time and batch size."""
+    return {"horizon": HORIZON}
 
 
 def purge_webhook_events(conn: psycopg.Connection, retention_days: int, batch: int = 1000) -> int:

@@ -8,6 +8,8 @@ import psycopg
 import pytest
 import structlog
 
+from shared.db import maintenance as queries
+from shared.db.turns import HORIZON
 from workers import celery, maintenance
 
 
@@ -173,3 +175,56 @@ def test_beat_schedules_every_job_on_registered_tasks() -> None:
     import workers.notify  # noqa: F401 - registers notify.sweep, as a worker's imports do
 
     assert tasks <= set(celery.tasks)
+
+
+def _inbound(db: psycopg.Connection, conversation_id: int, dispatched: str, handled: bool) -> int:
+    """An inbound message of the conversation, dispatched to a handler ``dispatched`` ago."""
+    return db.execute(
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body,"
+        " status, created_at, routed_at, dispatched_at, dispatched_to, handled_at)"
+        " SELECT id, contact_id, 'in', 'twilio', %(sid)s, 'hello', 'received', now() - %(ago)s::interval,"
+        " now() - %(ago)s::interval, now() - %(ago)s::interval, 'ai.reply',"
+        " CASE WHEN %(handled)s THEN now() - %(ago)s::interval END"
+        " FROM conversations WHERE id = %(conversation)s RETURNING id",
+        {
+            "sid": f"SM{uuid.uuid4().hex}",
+            "ago": dispatched,
+            "handled": handled,
+            "conversation": conversation_id,
+        },
+    ).fetchone()["id"]
+
+
+def test_a_conversation_whose_message_still_waits_for_its_answer_is_not_closed(
+    db: psycopg.Connection,
+) -> None:
+    # WAPIPE_CONVERSATION_IDLE_MINUTES shorter than a handler's retries through an outage (about 70 min).
+    waiting = _conversation(db, _contact(db, "+14155550101"), "open", "40 minutes")
+    _inbound(db, waiting, "40 minutes", handled=False)  # its handler is still retrying
+    answered = _conversation(db, _contact(db, "+14155550102"), "open", "40 minutes")
+    _inbound(db, answered, "40 minutes", handled=True)
+    past_retries = f"{HORIZON.total_seconds() + 3600} seconds"  # its handler is gone for good: stale
+    abandoned = _conversation(db, _contact(db, "+14155550103"), "open", past_retries)
+    _inbound(db, abandoned, past_retries, handled=False)
+
+    assert maintenance.close_idle_conversations(idle_minutes=30) == 2
+
+    # Before: closed, so the handler's answer found its conversation closed and the user got nothing.
+    assert _status(db, waiting) == ("open", None)
+    assert _status(db, answered)[0] == "closed"
+    assert _status(db, abandoned)[0] == "closed"
+
+
+def test_the_idle_close_reads_only_the_indexes(db: psycopg.Connection) -> None:
+    # Tables this small are read whole anyway: ask the planner what it would do at scale.
+    db.execute("SET enable_seqscan = off")
+    try:
+        plan = db.execute(
+            "EXPLAIN " + queries._CLOSE_IDLE, {"minutes": 30, "batch": 1000} | queries.close_idle_params()
+        ).fetchall()
+    finally:
+        db.execute("RESET enable_seqscan")
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+
+    assert "messages_turn" in text
+    assert "Seq Scan" not in text
