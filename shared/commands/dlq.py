@@ -24,6 +24,11 @@ so such a letter is refused, and stays pending, unless ``--force``:
   closed, so the work would be done (a proposal saved, a phone linked) and its reply refused, leaving
   the user none the wiser.
 
+An ``inbound.route`` letter (the router gave up on an event, perhaps before storing it) is refused alike,
+unless ``--force``, judged by its stored message or else by when the event was sent: replayed, an old event
+would be stored as a new message after the ones its sender wrote since, answered, and would reopen the
+contact's 24-hour window as if they had just written.
+
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
 doubled WhatsApp message cannot be recalled. So ``--all`` refuses such a letter (it stays pending), unless
 ``--force``: the operator replays it by naming its id, once the log shows it was not delivered, or
@@ -46,21 +51,25 @@ from dataclasses import dataclass
 
 import psycopg
 import redis
+from pydantic import ValidationError
 
 from shared.db import dead_letters, messages
 from shared.db.errors import DatabaseError
 from shared.db.pool import transaction
 from shared.logging import mask_phone, scrub
+from shared.phone import provider_number
 from shared.policy import WINDOW
 from shared.providers.base import OutcomeUnknown
 from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
 from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
+from shared.wire.events import InboundMessage
 
 HELP = (
     "List dead letters, replay them (re-enqueue their task; a failed message is queued again), or discard"
     " them (close them without doing anything, with a reason)."
 )
 
+ROUTE_TASK = "inbound.route"
 PAGE = 200
 ERROR_WIDTH = 60
 
@@ -80,8 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay.add_argument(
         "--force",
         action="store_true",
-        help="replay a handler's letter even when its sender has written since or it is over 24 hours old,"
-        " and with --all a send whose outcome is unknown",
+        help="replay a handler's or the router's letter even when its sender has written since or it is over"
+        " 24 hours old, and with --all a send whose outcome is unknown",
     )
     discard = actions.add_parser(
         "discard",
@@ -179,11 +188,11 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
                 "its send's outcome is unknown, it may have been delivered: check the provider's log, then"
                 " replay it by id or discard it",
             )
+        refusal = None if force or not pending.pending else _why_not_replay(conn, pending)
+        if refusal is not None:
+            return Replayed(letter_id, "refused", f"{refusal}; --force to replay it anyway")
         inbound_id = pending.message_id if _is_handler(pending.task_name) else None
         if inbound_id is not None and pending.pending:
-            refusal = None if force else _why_not_answer(conn, inbound_id)
-            if refusal is not None:
-                return Replayed(letter_id, "refused", f"{refusal}; --force to replay it anyway")
             # An apology stored before it had a key of its own would swallow the stage's reply.
             dead_letters.move_apology_aside(
                 conn,
@@ -279,11 +288,53 @@ def _outcome_unknown(letter: dead_letters.DeadLetter) -> bool:
     return letter.task_name == NOTIFY_TASK and letter.error.startswith(f"{OutcomeUnknown.CODE}:")
 
 
+def _why_not_replay(conn: psycopg.Connection, letter: dead_letters.DeadLetter) -> str | None:
+    """Why a handler's or the router's letter should not be replayed now, if it should not."""
+    if letter.task_name == ROUTE_TASK:
+        return _why_not_route(conn, letter)
+    if letter.message_id is not None and _is_handler(letter.task_name):
+        return _why_not_answer(conn, letter.message_id)
+    return None
+
+
 def _why_not_answer(conn: psycopg.Connection, inbound_id: int) -> str | None:
     """Why the handler's work on inbound ``inbound_id`` should not be done now, if it should not."""
     since = dead_letters.inbound_since(conn, inbound_id)
     if since is None:
         return None  # no such inbound message: the task finds that out and says so
+    return _stale(since, f"message {inbound_id}", "its work would be done and its reply refused")
+
+
+def _why_not_route(conn: psycopg.Connection, letter: dead_letters.DeadLetter) -> str | None:
+    """Why the router's event should not be routed now, if it should not: replayed, an old event would be
+    stored after the messages its sender wrote since, answered, and would reopen the 24-hour window as if
+    they had just written."""
+    try:
+        inbound = InboundMessage.model_validate(letter.payload["event"])
+    except (KeyError, TypeError, ValidationError):
+        return None  # not an event: the task finds that out and says so
+    # The event was received before its letter was written, whatever the provider's clock says.
+    sent_at = min(inbound.sent_at, letter.created_at)
+    event = dead_letters.InboundEvent(
+        provider=inbound.provider.value,
+        provider_message_id=inbound.provider_message_id,
+        business_number=inbound.business_number,
+        phone=_contact_phone(inbound.sender_phone),
+        bsuid=inbound.sender_bsuid,
+        sent_at=sent_at,
+    )
+    since = dead_letters.event_since(conn, event)
+    return _stale(since, "its message", "it would be answered outside it")
+
+
+def _contact_phone(phone: str | None) -> str | None:
+    """The sender's phone as inbound.route stores its contact (workers/inbound.py ``_contact_phone``): an
+    event queued by an earlier release may carry WhatsApp's older form of the number."""
+    return (provider_number(phone, "US") or phone) if phone else None
+
+
+def _stale(since: dead_letters.InboundSince, message: str, outcome: str) -> str | None:
+    """Why a message is no longer worth the work: its sender wrote since, or its window has closed."""
     if since.later:
         plural = "" if since.later == 1 else "s"
         return (
@@ -292,10 +343,7 @@ def _why_not_answer(conn: psycopg.Connection, inbound_id: int) -> str | None:
         )
     if since.age > WINDOW:
         hours = int(since.age.total_seconds() // 3600)
-        return (
-            f"message {inbound_id} came {hours} h ago: WhatsApp's 24-hour window has closed, so its work"
-            " would be done and its reply refused"
-        )
+        return f"{message} came {hours} h ago: WhatsApp's 24-hour window has closed, so {outcome}"
     return None
 
 

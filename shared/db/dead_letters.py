@@ -183,6 +183,22 @@ SELECT now() - m.created_at AS age,
 FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = %(id)s AND m.direction = 'in'
 """
+# An event inbound.route gave up on before storing it: how long ago it was sent, and how many messages its
+# sender has written to the same business number since (stored after it was sent), in any conversation.
+# The contact by its unique phone or BSUID, then messages_contact (contact_id, id).
+_EVENT_SINCE = """
+SELECT now() - %(sent_at)s AS age,
+       (SELECT count(*) FROM contacts ct
+        JOIN messages l ON l.contact_id = ct.id
+        JOIN conversations lc ON lc.id = l.conversation_id
+        WHERE (ct.phone = %(phone)s OR ct.bsuid = %(bsuid)s)
+          AND l.direction = 'in' AND l.created_at > %(sent_at)s
+          AND lc.business_number = %(business_number)s) AS later
+"""
+_STORED_EVENT = """
+SELECT id FROM messages
+WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s AND direction = 'in'
+"""
 # An apology stored under the reply's own key (before apologies had a key of their own) moves to the
 # apology's key, freeing the reply's for the replayed stage. Never the stage's real reply: matched on text.
 _MOVE_APOLOGY = """
@@ -205,6 +221,40 @@ def inbound_since(conn: psycopg.Connection, message_id: int) -> InboundSince | N
     with wrap_errors():
         row = conn.execute(_INBOUND_SINCE, {"id": message_id}).fetchone()
     return InboundSince(row["age"], row["later"]) if row else None
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """What identifies an event inbound.route was given, and when it was sent."""
+
+    provider: str
+    provider_message_id: str
+    business_number: str
+    phone: str | None
+    bsuid: str | None
+    sent_at: datetime
+
+
+def event_since(conn: psycopg.Connection, event: InboundEvent) -> InboundSince:
+    """:class:`InboundSince` for an event: by its stored message when the router stored it before it gave
+    up (the message's own age and the messages after it), else by when it was sent."""
+    with wrap_errors():
+        stored = conn.execute(
+            _STORED_EVENT, {"provider": event.provider, "provider_message_id": event.provider_message_id}
+        ).fetchone()
+        if stored is not None:
+            since = inbound_since(conn, stored["id"])
+            if since is not None:
+                return since
+        params = {
+            "sent_at": event.sent_at,
+            "phone": event.phone,
+            "bsuid": event.bsuid,
+            "business_number": event.business_number,
+        }
+        row = conn.execute(_EVENT_SINCE, params).fetchone()
+    assert row is not None
+    return InboundSince(row["age"], row["later"])
 
 
 def move_apology_aside(conn: psycopg.Connection, *, reply_key: str, apology_key: str, apology: str) -> bool:

@@ -1,0 +1,109 @@
+"""Replaying an ``inbound.route`` letter (``wapipe dlq replay``): the same checks as a handler's letter,
+on the event the router gave up on. An event over 24 hours old, or from a sender who has written to the
+same number since, is refused unless forced: replayed, it would be stored as a new message after the later
+ones and answered, and it would reopen the contact's 24-hour window as if they had just written.
+
+The later messages are routed by the real router (``workers.inbound.route``) on the real database and Redis;
+the letter is the row signals.record_give_up keeps for a route that gave up: the task's kwargs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg.types.json import Jsonb
+
+from shared.commands.dlq import replay
+from shared.settings import load_settings
+from tests.integration.test_inbound_routing import event, queued
+from workers.inbound import route
+
+PHONE = "+15551234567"
+
+
+def route_letter(db: psycopg.Connection, routed_event: dict[str, Any]) -> int:
+    """The dead letter of an ``inbound.route`` that gave up on ``routed_event`` before storing it."""
+    return db.execute(
+        "INSERT INTO dead_letters (task_name, payload, error, attempts)"
+        " VALUES ('inbound.route', %s, 'Unavailable: connection refused', 6) RETURNING id",
+        (Jsonb({"event": routed_event}),),
+    ).fetchone()["id"]
+
+
+def sent_ago(text: str, ago: timedelta, phone: str = PHONE) -> dict[str, Any]:
+    return event(text, phone=phone, sent_at=datetime.now(UTC) - ago)
+
+
+def last_inbound_at(db: psycopg.Connection) -> datetime | None:
+    row = db.execute("SELECT last_inbound_at FROM contacts WHERE phone = %s", (PHONE,)).fetchone()
+    return row["last_inbound_at"] if row else None
+
+
+def pending(db: psycopg.Connection, letter_id: int) -> bool:
+    row = db.execute("SELECT replayed_at FROM dead_letters WHERE id = %s", (letter_id,)).fetchone()
+    return row["replayed_at"] is None
+
+
+def test_an_event_over_24_hours_old_is_refused_unless_forced(db, redis_client: redis.Redis) -> None:
+    letter = route_letter(db, sent_ago("/help", timedelta(days=3)))
+
+    refused = replay(letter)
+
+    # Before: replayed, stored as a new message, answered outside the window, and the window reopened.
+    assert refused.result == "refused"
+    assert "24-hour window" in refused.detail
+    assert "--force" in refused.detail
+    assert queued(redis_client, "inbound") == []
+    assert pending(db, letter)
+
+    assert replay(letter, force=True).result == "replayed"
+    assert len(queued(redis_client, "inbound")) == 1
+
+
+def test_an_event_whose_sender_wrote_since_is_refused(db, redis_client: redis.Redis) -> None:
+    old = sent_ago("/project Alpha", timedelta(hours=1))
+    route(sent_ago("/project Alpha", timedelta(minutes=30)), load_settings())  # sent again, as asked
+    db.execute("UPDATE conversations SET status = 'closed', closed_at = now()")  # closed since: no matter
+    window_opened = last_inbound_at(db)
+    redis_client.flushdb()
+    letter = route_letter(db, old)
+
+    refused = replay(letter)
+
+    assert refused.result == "refused"
+    assert "1 message since" in refused.detail
+    assert queued(redis_client, "inbound") == []
+    assert pending(db, letter)
+    assert last_inbound_at(db) == window_opened
+
+
+def test_a_recent_event_nobody_wrote_after_is_replayed(db, redis_client: redis.Redis) -> None:
+    route(sent_ago("hello", timedelta(minutes=10), phone="+15550001111"), load_settings())  # someone else
+    redis_client.flushdb()
+    recent = sent_ago("/help", timedelta(hours=1))
+    letter = route_letter(db, recent)
+
+    result = replay(letter)
+
+    assert result.result == "replayed", result.detail
+    assert queued(redis_client, "inbound") == [("inbound.route", {"event": recent})]
+
+
+@pytest.mark.parametrize("ago", [timedelta(days=3), timedelta(hours=1)])
+def test_an_event_already_stored_is_judged_by_its_stored_message(db, redis_client, ago: timedelta) -> None:
+    # The route stored the message, then gave up before routing it: its replay finishes the routing.
+    stored = sent_ago("/help", ago)
+    message_id = route(stored, load_settings()).message_id
+    db.execute(
+        "UPDATE messages SET routed_at = NULL, created_at = now() - %s WHERE id = %s", (ago, message_id)
+    )
+    redis_client.flushdb()
+    letter = route_letter(db, stored)
+
+    result = replay(letter).result
+
+    assert result == ("refused" if ago > timedelta(days=1) else "replayed")
