@@ -9,7 +9,7 @@ import phonenumbers
 
 from shared.logging import mask_phone
 
-__all__ = ["InvalidPhone", "mask_phone", "normalize", "provider_number"]
+__all__ = ["InvalidPhone", "contact_phone", "mask_phone", "normalize", "provider_number"]
 
 
 class InvalidPhone(ValueError):
@@ -48,6 +48,15 @@ def provider_number(raw: str, region: str) -> str | None:
         return normalize(text, region, strict=False)
     except InvalidPhone:
         return text if _E164_SHAPE.fullmatch(text) else None
+
+
+def contact_phone(phone: str | None) -> str | None:
+    """A sender's phone as its contact is stored: the ingress gave it in the numbering plan's form, but an
+    event an earlier release's ingress queued (before migration 0011, or while the release rolled out)
+    may carry WhatsApp's older form (:func:`_plan_form`): given again here (cached, and a no-op on a number
+    already in that form), so one person stays one contact. Used by the router and by dead-letter replay,
+    which must find the contact the router would."""
+    return (provider_number(phone, "US") or phone) if phone else None
 
 
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.

@@ -39,7 +39,7 @@ from shared.arrivals import line_of
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
-from shared.phone import provider_number
+from shared.phone import contact_phone
 from shared.queues import Job, get_publisher, handler_key
 from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply
@@ -194,7 +194,7 @@ def _store_new(
         provider=inbound.provider.value,
         provider_message_id=inbound.provider_message_id,
         business_number=inbound.business_number,
-        phone=_contact_phone(inbound),
+        phone=contact_phone(inbound.sender_phone),
         bsuid=inbound.sender_bsuid,
         profile_name=inbound.profile_name,
         event_key=inbound.dedupe_key,
@@ -244,23 +244,16 @@ def _message_columns(inbound: InboundMessage) -> dict[str, Any]:
     }
 
 
-def _contact_phone(inbound: InboundMessage) -> str | None:
-    """The sender's phone as its contact is stored. The ingress gave it in the numbering plan's form, but an
-    event an earlier release's ingress queued (before migration 0011, or while the release rolled out) may
-    carry WhatsApp's older form (shared/phone.py, ``_plan_form``): given again here (cached, and a no-op
-    on a number already in that form), so one person stays one contact. The arrival line keeps the event's
-    own form (shared/arrivals.py: the ingress named the line with it)."""
-    phone = inbound.sender_phone
-    return (provider_number(phone, "US") or phone) if phone else None
-
-
 def _insert(
     conn: psycopg.Connection, inbound: InboundMessage, event: dict[str, Any], columns: dict[str, Any]
 ) -> int:
     """Store the message, creating its contact and conversation as needed; the new message's id."""
     provider = inbound.provider.value
     contact = contacts.upsert_from_inbound(
-        conn, phone=_contact_phone(inbound), bsuid=inbound.sender_bsuid, profile_name=inbound.profile_name
+        conn,
+        phone=contact_phone(inbound.sender_phone),
+        bsuid=inbound.sender_bsuid,
+        profile_name=inbound.profile_name,
     )
     conversation = conversations.get_or_create_live(
         conn, contact_id=contact.id, provider=provider, business_number=inbound.business_number

@@ -57,7 +57,7 @@ from shared.db import dead_letters, messages
 from shared.db.errors import DatabaseError
 from shared.db.pool import transaction
 from shared.logging import mask_phone, scrub
-from shared.phone import provider_number
+from shared.phone import contact_phone
 from shared.policy import WINDOW
 from shared.providers.base import OutcomeUnknown
 from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
@@ -319,18 +319,12 @@ def _why_not_route(conn: psycopg.Connection, letter: dead_letters.DeadLetter) ->
         provider=inbound.provider.value,
         provider_message_id=inbound.provider_message_id,
         business_number=inbound.business_number,
-        phone=_contact_phone(inbound.sender_phone),
+        phone=contact_phone(inbound.sender_phone),
         bsuid=inbound.sender_bsuid,
         sent_at=sent_at,
     )
     since = dead_letters.event_since(conn, event)
     return _stale(since, "its message", "it would be answered outside it")
-
-
-def _contact_phone(phone: str | None) -> str | None:
-    """The sender's phone as inbound.route stores its contact (workers/inbound.py ``_contact_phone``): an
-    event queued by an earlier release may carry WhatsApp's older form of the number."""
-    return (provider_number(phone, "US") or phone) if phone else None
 
 
 def _stale(since: dead_letters.InboundSince, message: str, outcome: str) -> str | None:
