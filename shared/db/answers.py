@@ -147,15 +147,7 @@ def store_reply(
     """
     if only_if_bot_may and not handled:
         raise ValueError("a reply stored only if the bot may answer is a handler's last one")
-    params = {
-        "inbound_id": inbound_id,
-        "key": key,
-        "provider": provider,
-        "type": kind,
-        "body": body,
-        "payload": Jsonb(payload),
-        "bypass_opt_out": bypass_opt_out,
-    }
+    params = _reply_params(inbound_id, key, provider, kind, body, payload, bypass_opt_out=bypass_opt_out)
     if only_if_bot_may:
         return _store(conn, _STORE_AND_HANDLE_IF_BOT_MAY, params, may_skip=True)
     return _store(conn, _STORE_AND_HANDLE if handled else _STORE, params, may_skip=False)
@@ -175,17 +167,8 @@ def store_opting_reply(
     the contact, so of two STOPs (or STARTs) stored at once one is confirmed. None when nothing was stored;
     the stored reply's id when ``key`` was taken (a redelivered route). A STOP's confirmation is sent
     although its contact opted out: the one message they still receive."""
-    params = {
-        "inbound_id": inbound_id,
-        "key": key,
-        "provider": provider,
-        "type": "text",
-        "body": body,
-        "payload": Jsonb({}),
-        "bypass_opt_out": opted_out,
-        "opted_out": opted_out,
-    }
-    return _store(conn, _STORE_IF_OPTING_CHANGED, params, may_skip=True)
+    params = _reply_params(inbound_id, key, provider, "text", body, {}, bypass_opt_out=opted_out)
+    return _store(conn, _STORE_IF_OPTING_CHANGED, params | {"opted_out": opted_out}, may_skip=True)
 
 
 def store_handoff_reply(
@@ -201,16 +184,30 @@ def store_handoff_reply(
     it, as :func:`store_reply` does, in one statement, recording the message as handled: the reply only
     when that statement handed the conversation over. None when nothing was stored; the stored reply's id
     when ``key`` was taken (a redelivered task)."""
-    params = {
+    params = _reply_params(inbound_id, key, provider, "text", body, payload, bypass_opt_out=False)
+    return _store(conn, _STORE_IF_HANDED_OVER, params, may_skip=True)
+
+
+def _reply_params(
+    inbound_id: int,
+    key: str,
+    provider: str,
+    kind: str,
+    body: str,
+    payload: dict[str, Any],
+    *,
+    bypass_opt_out: bool,
+) -> dict[str, Any]:
+    """The parameters every store statement above takes."""
+    return {
         "inbound_id": inbound_id,
         "key": key,
         "provider": provider,
-        "type": "text",
+        "type": kind,
         "body": body,
         "payload": Jsonb(payload),
-        "bypass_opt_out": False,
+        "bypass_opt_out": bypass_opt_out,
     }
-    return _store(conn, _STORE_IF_HANDED_OVER, params, may_skip=True)
 
 
 def _store(
