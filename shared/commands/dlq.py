@@ -30,8 +30,8 @@ would be stored as a new message after the ones its sender wrote since, answered
 contact's 24-hour window as if they had just written.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
-doubled WhatsApp message cannot be recalled. So ``--all`` refuses such a letter (it stays pending), unless
-``--force``: the operator replays it by naming its id, once the log shows it was not delivered, or
+doubled WhatsApp message cannot be recalled. So ``--all`` refuses such a letter (it stays pending), even
+with ``--force``: the operator replays it by naming its id, once the log shows it was not delivered, or
 discards it. ``--all`` is for a batch of letters alike, such as the ``AccountRefused`` sends after a token
 is fixed, and must not sweep up a send that may have gone out.
 
@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--force",
         action="store_true",
         help="replay a handler's or the router's letter even when its sender has written since or it is over"
-        " 24 hours old, and with --all a send whose outcome is unknown",
+        " 24 hours old (a send whose outcome is unknown is replayed only when named by its id)",
     )
     discard = actions.add_parser(
         "discard",
@@ -115,9 +115,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ids = args.ids or _all_pending_ids()
     named = bool(args.ids)
-    outcomes = [replay(letter_id, force=args.force, named=named) for letter_id in ids]
-    for outcome in outcomes:
-        print(outcome.describe())
+    outcomes = []
+    for letter_id in ids:
+        # Each said as it happens: a failure further on (the database gone) must not take with it the
+        # report of the letters already replayed.
+        try:
+            outcome = replay(letter_id, force=args.force, named=named)
+        except DatabaseError as exc:
+            outcome = Replayed(
+                letter_id, "not_enqueued", f"the database failed ({type(exc).__name__}); try again"
+            )
+        print(outcome.describe(), flush=True)
+        outcomes.append(outcome)
     if not outcomes:
         print("no pending dead letters")
     failed = ("unknown", "unknown_task", "refused", "discarded", "not_enqueued")
@@ -166,8 +175,8 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
     """Replay one dead letter; safe to call twice (the second call finds it replayed and does nothing).
 
     A handler stage's letter is refused (and stays pending) when its message is no longer worth answering,
-    unless ``force``; so is a send whose outcome is unknown when the operator did not name it (``named``
-    is False under ``--all``). See the module docstring.
+    unless ``force``; a send whose outcome is unknown is refused when the operator did not name it
+    (``named`` is False under ``--all``), whatever ``force``. See the module docstring.
     """
     publisher = get_publisher()  # before anything changes: with no broker configured, nothing is replayed
     with transaction() as conn:
@@ -181,7 +190,9 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
             # Checked before anything changes: its job could not be enqueued, and a letter marked replayed
             # with nothing done would leave the list and the alert for good.
             return Replayed(letter_id, "unknown_task", f"{pending.task_name}: no such queue; discard it")
-        if pending.pending and not (force or named) and _outcome_unknown(pending):
+        # Not even with --force: one flag must not also resend, in bulk, messages that may have been
+        # delivered; each is replayed by naming it, once the provider's log says it was not.
+        if pending.pending and not named and _outcome_unknown(pending):
             return Replayed(
                 letter_id,
                 "refused",
@@ -332,8 +343,8 @@ def _stale(since: dead_letters.InboundSince, message: str, outcome: str) -> str 
     if since.later:
         plural = "" if since.later == 1 else "s"
         return (
-            f"its sender has sent {since.later} message{plural} since, perhaps this one again as the"
-            " apology asked: replaying would do its work twice or answer it out of order"
+            f"its sender has sent {since.later} message{plural} since, perhaps this one again: replaying"
+            " would do its work twice or answer it out of order"
         )
     if since.age > WINDOW:
         hours = int(since.age.total_seconds() // 3600)

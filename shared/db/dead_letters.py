@@ -184,7 +184,8 @@ FROM messages m LEFT JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = %(id)s AND m.direction = 'in'
 """
 # An event inbound.route gave up on before storing it: how long ago it was sent, and how many messages its
-# sender has written to the same business number since (stored after it was sent), in any conversation.
+# sender has written to the same business number since, in any conversation: sent after it, by each
+# message's own sent time (a message sent just before the event is often stored just after it was sent).
 # The contact by its unique phone or BSUID, then messages_contact (contact_id, id).
 _EVENT_SINCE = """
 SELECT now() - %(sent_at)s AS age,
@@ -192,7 +193,8 @@ SELECT now() - %(sent_at)s AS age,
         JOIN messages l ON l.contact_id = ct.id
         JOIN conversations lc ON lc.id = l.conversation_id
         WHERE (ct.phone = %(phone)s OR ct.bsuid = %(bsuid)s)
-          AND l.direction = 'in' AND l.created_at > %(sent_at)s
+          AND l.direction = 'in'
+          AND COALESCE((l.payload->>'sent_at')::timestamptz, l.created_at) > %(sent_at)s
           AND lc.business_number = %(business_number)s) AS later
 """
 _STORED_EVENT = """

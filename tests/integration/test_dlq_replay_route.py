@@ -81,6 +81,21 @@ def test_an_event_whose_sender_wrote_since_is_refused(db, redis_client: redis.Re
     assert last_inbound_at(db) == window_opened
 
 
+def test_a_message_sent_before_the_event_but_stored_after_it_does_not_refuse_it(
+    db, redis_client: redis.Redis
+) -> None:
+    # "first" was sent 10 s ago, "second" (lost) 5 s ago: "first" was stored after the second was sent, as
+    # two messages a second apart often are, yet it came before and says nothing of a resend.
+    lost = sent_ago("second", timedelta(seconds=5))
+    route(sent_ago("first", timedelta(seconds=10)), load_settings())
+    redis_client.flushdb()
+    letter = route_letter(db, lost)
+
+    result = replay(letter)
+
+    assert result.result == "replayed", result.detail
+
+
 def test_a_recent_event_nobody_wrote_after_is_replayed(db, redis_client: redis.Redis) -> None:
     route(sent_ago("hello", timedelta(minutes=10), phone="+15550001111"), load_settings())  # someone else
     redis_client.flushdb()
