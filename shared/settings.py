@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     database_url: str | None = _env("WAPIPE_DATABASE_URL", default=None)
     redis_url: str | None = _env("WAPIPE_REDIS_URL", default=None)
     data_dir: Path = _env("WAPIPE_DATA_DIR", default=Path("var"))
+    # Pooled connections cancel a statement after this long (shared/db/pool.py); 0 leaves it to the server
+    # (a role's own statement_timeout, or behind PgBouncer's transaction pooling, where a session SET does
+    # not hold).
+    db_statement_timeout_seconds: float = _env("WAPIPE_DB_STATEMENT_TIMEOUT", default=20.0, ge=0, le=3600)
 
     public_url: str = _env("WAPIPE_PUBLIC_URL", default="http://127.0.0.1:8000")
     app_url: str | None = _env("WAPIPE_APP_URL", default=None)

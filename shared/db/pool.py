@@ -38,20 +38,22 @@ def _note_returned(conn: psycopg.Connection) -> None:
     _returned_at[conn] = time.monotonic()
 
 
-# No statement of ours runs long (batches are bounded, scans indexed); one that does is waiting on a lock or
-# a stalled server, and holds its caller (and, through the API's group commit, every request sharing its
-# statement) for as long. Cancelled after this it raises Unavailable like a lost server: a task retries,
-# the API answers 503; under gunicorn's 30 s request timeout, so the answer comes before the worker is
-# killed. Per connection, set once when the pool opens it.
-STATEMENT_TIMEOUT_MS = 20_000
+# No statement of ours on the hot paths runs long (batches are bounded, scans indexed); one that does is
+# waiting on a lock or a stalled server, and holds its caller (and, through the API's group commit, every
+# request sharing its statement) for as long. Cancelled after WAPIPE_DB_STATEMENT_TIMEOUT (20 s) it raises
+# Unavailable like a lost server: a task retries, the API answers 503, under gunicorn's 30 s request
+# timeout. Set once per connection as the pool opens it; the few reads that may take longer on a big
+# database (the stats aggregates) raise it for their own transaction.
 # TCP keepalives, unless the URL sets its own: a connection to a server that vanished (a failover, a
 # dropped route) is found dead in about a minute, not after the kernel's two hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _configure(conn: psycopg.Connection) -> None:
-    conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT_MS)}")
-    conn.commit()
+    milliseconds = int(get_settings().db_statement_timeout_seconds * 1000)
+    if milliseconds:
+        conn.execute(f"SET statement_timeout = {milliseconds}")
+        conn.commit()
 
 
 def _connect_kwargs(url: str) -> dict[str, object]:

@@ -58,6 +58,7 @@ GROUP BY GROUPING SETS ((), (provider), (provider, business_number))
 """
 
 _OVERALL, _PER_PROVIDER, _PER_NUMBER = 3, 1, 0
+STATS_TIMEOUT_MS = 120_000
 
 
 @dataclass
@@ -93,6 +94,9 @@ def compute(conn: psycopg.Connection, now: datetime | None = None) -> Stats:
         return stats.by_number.setdefault((row["provider"], row["business_number"]), Figures())
 
     with wrap_errors():
+        # Whole-table aggregates: longer than the pool's statement timeout allows on a big database, and
+        # only for this transaction (the caller's: SET LOCAL ends with it).
+        conn.execute(f"SET LOCAL statement_timeout = {STATS_TIMEOUT_MS}")
         anchor = now or conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
         conversation_rows = conn.execute(_CONVERSATIONS).fetchall()
         message_rows = conn.execute(_MESSAGES, {"now": anchor}).fetchall()

@@ -9,6 +9,7 @@ import pytest
 
 from shared.db import pool
 from shared.db.errors import Unavailable
+from shared.settings import get_settings
 
 
 def _backend_pid() -> int:
@@ -59,7 +60,8 @@ def test_a_statement_stuck_on_a_lock_is_cancelled_as_unavailable(
 ) -> None:
     # A statement waiting on a lock (or a stalled server) held its caller, and every API request sharing
     # its statement, for as long as the lock was held; cancelled, it is retried or answered 503.
-    monkeypatch.setattr(pool, "STATEMENT_TIMEOUT_MS", 300)
+    monkeypatch.setenv("WAPIPE_DB_STATEMENT_TIMEOUT", "0.3")
+    get_settings.cache_clear()
     pool.close_pool()
     db.execute("INSERT INTO contacts (phone) VALUES ('+14155550123')")
     with psycopg.connect(db.info.dsn) as holder:
@@ -68,6 +70,8 @@ def test_a_statement_stuck_on_a_lock_is_cancelled_as_unavailable(
             conn.execute("UPDATE contacts SET profile_name = 'x' WHERE phone = '+14155550123'")
     with pool.connection() as conn:  # the pool carries on
         assert conn.execute("SHOW statement_timeout").fetchone()["statement_timeout"] == "300ms"
+    monkeypatch.delenv("WAPIPE_DB_STATEMENT_TIMEOUT")
+    get_settings.cache_clear()
 
 
 def test_the_pool_adds_tcp_keepalives_unless_the_url_sets_them() -> None:
