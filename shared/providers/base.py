@@ -181,6 +181,11 @@ class OutcomeUnknown(SendError):
         super().__init__(self.CODE, message, permanent=True)
 
 
+# HTTP statuses that refuse the caller rather than the request (401 unauthenticated, 403 forbidden): every
+# provider's are the account's problem, whatever its own error code says.
+ACCOUNT_STATUSES = frozenset({401, 403})
+
+
 class AccountRefused(SendError):
     """The provider refused our credentials or the account's permissions, not this message: an expired or
     rotated token, a revoked permission. Every message fails alike until an operator fixes the

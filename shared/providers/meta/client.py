@@ -26,6 +26,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
+    ACCOUNT_STATUSES,
     AccountRefused,
     OutboundMessage,
     OutboundType,
@@ -57,7 +58,6 @@ TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
 # Account restricted for a policy or a wrong two-step PIN, and 368, temporarily blocked for policy
 # violations, refuse every send until lifted).
 ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 368, 131031})
-ACCOUNT_STATUSES = frozenset({401, 403})
 # Permanent for this message whatever we do: recipient or content problems.
 PERMANENT = frozenset(
     {3, 100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,

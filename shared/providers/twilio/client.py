@@ -71,6 +71,7 @@ from twilio.rest import Client
 from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
+    ACCOUNT_STATUSES,
     AccountRefused,
     Media,
     OutboundMessage,
@@ -95,10 +96,9 @@ RETRY_BUDGET_SECONDS = 15.0
 # 63018 rate limit exceeded for the WhatsApp channel, 21611 the From number's queue of messages is full
 # (https://www.twilio.com/docs/api/errors/21611: sent once the queue drains, so the message waits too).
 RATE_LIMIT_CODES = frozenset({"20429", "63018", "21611"})
-# Our credentials refused (20003 Authenticate, with a 401), or the account's access (a 403): the account's
-# problem, not the message's.
+# Our credentials refused (20003 Authenticate, with a 401), or the account's access (a 403,
+# ACCOUNT_STATUSES): the account's problem, not the message's.
 ACCOUNT_CODES = frozenset({"20003"})
-ACCOUNT_STATUSES = frozenset({401, 403})
 API_URL = "https://api.twilio.com"
 # The SDK's ``messages.create`` arguments -> Twilio's form fields (a list value repeats the field).
 FORM_FIELDS = {
