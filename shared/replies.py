@@ -77,10 +77,7 @@ def hand_over(inbound_id: int, text: str, *, payload: dict[str, Any] | None = No
             body=_within(text, providers.text_max()),
             payload=payload or {},
         )
-    if stored is None:
-        log.info("handoff not made: the conversation was not open to the bot", inbound_id=inbound_id)
-        return None
-    return _publish(inbound_id, stored)
+    return _published(inbound_id, stored, "handoff not made: the conversation was not open to the bot")
 
 
 def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
@@ -184,12 +181,9 @@ def _queue(
             handled=handled,
             only_if_bot_may=only_if_bot_may,
         )
-    if stored is None:
-        log.info(
-            "reply dropped: conversation handed over or closed, or contact opted out", inbound_id=inbound_id
-        )
-        return None
-    return _publish(inbound_id, stored)
+    return _published(
+        inbound_id, stored, "reply dropped: conversation handed over or closed, or contact opted out"
+    )
 
 
 def _queue_opting(inbound_id: int, text: str, *, key: str, opted_out: bool) -> int | None:
@@ -205,13 +199,15 @@ def _queue_opting(inbound_id: int, text: str, *, key: str, opted_out: bool) -> i
             provider=get_settings().active_provider.value,
             body=text,
         )
+    return _published(inbound_id, stored, "not confirmed: the contact was opted out or in already")
+
+
+def _published(inbound_id: int, stored: tuple[int, bool] | None, why_not_stored: str) -> int | None:
+    """The stored reply's id once its send is enqueued; None, saying ``why_not_stored``, when the store
+    statement's guard stored nothing."""
     if stored is None:
-        log.info("not confirmed: the contact was opted out or in already", inbound_id=inbound_id)
+        log.info(why_not_stored, inbound_id=inbound_id)
         return None
-    return _publish(inbound_id, stored)
-
-
-def _publish(inbound_id: int, stored: tuple[int, bool]) -> int:
     message_id, created = stored
     # After the commit: notify.send must find the row. A second enqueue for the same message is harmless.
     get_publisher().publish(notify_jobs([message_id]))

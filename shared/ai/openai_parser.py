@@ -133,7 +133,8 @@ def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: 
     """One chat completion (``request`` as ``chat.completions.create`` takes it) under the one retry
     policy: 429 honouring ``Retry-After``, 5xx, timeouts (once) and connection errors, at most
     :data:`MAX_ATTEMPTS` attempts within :data:`MODEL_BUDGET_SECONDS`, each attempt's timeout
-    ``timeout_seconds`` or what is left of the budget. Raises the SDK's error when every attempt failed."""
+    ``timeout_seconds`` or half what is left of the budget. Raises the SDK's error when every attempt
+    failed."""
     budget = MODEL_BUDGET_SECONDS
     retrying = Retrying(
         retry=retry_if_exception(_retryable),
