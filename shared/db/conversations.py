@@ -27,12 +27,6 @@ WHERE contact_id = %(contact_id)s AND provider = %(provider)s AND business_numbe
 RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list and statuses, no input
 _GET = f"SELECT {_COLUMNS} FROM conversations WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
-_SET_STATUS = f"""
-UPDATE conversations SET status = %(status)s,
-    closed_at = CASE WHEN %(status)s = 'closed' THEN now() ELSE NULL END
-WHERE id = %(id)s AND status <> 'closed'
-RETURNING {_COLUMNS}
-"""  # noqa: S608 - constant column list and statuses, no input
 
 # Whether the bot may still answer in conversation {conversation_id} (a parameter or a column): open (not
 # handed to a person, nor closed), its contact not opted out. Read again as late as the answer is stored,
@@ -71,15 +65,6 @@ def get_or_create_live(
 def get(conn: psycopg.Connection, conversation_id: int) -> Conversation | None:
     with wrap_errors():
         row = conn.execute(_GET, {"id": conversation_id}).fetchone()
-    return Conversation(**row) if row else None
-
-
-def set_status(conn: psycopg.Connection, conversation_id: int, status: str) -> Conversation | None:
-    """Hand a live conversation to a person ('handoff'), back to the bot ('open'), or close it."""
-    if status not in ("open", "handoff", "closed"):
-        raise ValueError(f"unknown conversation status {status!r}")
-    with wrap_errors():
-        row = conn.execute(_SET_STATUS, {"id": conversation_id, "status": status}).fetchone()
     return Conversation(**row) if row else None
 
 

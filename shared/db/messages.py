@@ -174,14 +174,6 @@ LEFT JOIN contacts c ON c.id = m.contact_id
 LEFT JOIN conversations v ON v.id = m.conversation_id
 WHERE m.id = %(id)s AND m.direction = 'out'
 """  # noqa: S608 - constant column list and statuses, no input
-# The claim that makes two deliveries of one notify.send task send once: only one UPDATE can move the row
-# out of 'queued'; the other finds it 'sending' (or done) and stands back.
-_MARK_FAILED = f"""
-UPDATE messages SET status = 'failed', error_code = %(error_code)s, error_message = %(error_message)s,
-    updated_at = now()
-WHERE id = %(id)s AND status IN ('queued', '{SENDING}')
-RETURNING id
-"""  # noqa: S608 - constant column list and statuses, no input
 _REQUEUE = """
 UPDATE messages SET status = 'queued', attempts = 0, error_code = NULL, error_message = NULL,
     updated_at = now()
@@ -233,19 +225,6 @@ def get_outbound(conn: psycopg.Connection, message_id: int) -> OutboundRecord:
     if row is None:
         raise NotFound(f"outbound message {message_id}")
     return _outbound(row)
-
-
-def mark_failed(
-    conn: psycopg.Connection, message_id: int, error_code: str | None, error_message: str | None
-) -> bool:
-    """Final failure before or while sending: 'failed' with the reason, and a timeline entry."""
-    with wrap_errors():
-        row = conn.execute(
-            _MARK_FAILED, {"id": message_id, "error_code": error_code, "error_message": error_message}
-        ).fetchone()
-        if row is not None:
-            add_event(conn, message_id, "failed", error_code=error_code, detail=error_message)
-    return row is not None
 
 
 def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
