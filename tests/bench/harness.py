@@ -320,6 +320,48 @@ def tree_rss(pids: Iterable[int], *, unique: bool = False) -> int:
     return sum(seen.values())
 
 
+def _role(proc: psutil.Process) -> str:
+    """Which part of the stack a process is, from its command line (the CPU accounting's groups)."""
+    if proc.pid == os.getpid():
+        return "bench client"
+    argv = proc.cmdline()
+    line = " ".join(argv)
+    if "-Q" in argv:
+        return "worker " + argv[argv.index("-Q") + 1]
+    if "gunicorn" in line:
+        return "gunicorn"
+    if "fake_provider" in line:
+        return "fake provider"
+    if proc.name().startswith(("postgres", "postmaster")):
+        return "postgresql"
+    if proc.name().startswith(("redis-server", "valkey")):
+        return "redis"
+    return "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """Every process's role and CPU seconds (user + system) so far; two of them give ``cpu_by_role``."""
+    snapshot: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            snapshot[proc.pid] = (_role(proc), times.user + times.system)
+    return snapshot
+
+
+def cpu_by_role(
+    before: Mapping[int, tuple[str, float]], after: Mapping[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds each role spent between two snapshots (a process started in between counts whole; one
+    that ended in between is missed, so take both around a steady stretch)."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        earlier = before.get(pid)
+        start = earlier[1] if earlier and earlier[0] == role else 0.0
+        spent[role] = spent.get(role, 0.0) + max(0.0, seconds - start)
+    return spent
+
+
 @dataclass(frozen=True)
 class Spread:
     median: float

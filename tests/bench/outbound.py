@@ -36,6 +36,8 @@ from tests.bench.harness import (
     PYTHON,
     Bench,
     Spread,
+    cpu_by_role,
+    cpu_snapshot,
     free_port,
     http_ok,
     machine,
@@ -140,6 +142,7 @@ async def bare_client(stack: Stack, count: int, concurrency: int = 256) -> float
 
 def run_once(stack: Stack, phones: list[str], time_limit: float) -> dict[str, Any]:
     reset_fake(stack)
+    cpu_before = cpu_snapshot()
     started = time.time()
     accepted = asyncio.run(post_messages(stack, phones))
     accept_rate = len(phones) / (time.time() - started)
@@ -151,6 +154,7 @@ def run_once(stack: Stack, phones: list[str], time_limit: float) -> dict[str, An
 
     while time.time() < deadline and len({to for to, _ in arrivals()}) < len(phones):
         time.sleep(0.5)
+    cpu = cpu_by_role(cpu_before, cpu_snapshot())
     every = arrivals()
     arrived = dict(every)  # one message per recipient: a recipient seen twice was sent twice
     times = sorted(arrived.values())
@@ -161,6 +165,7 @@ def run_once(stack: Stack, phones: list[str], time_limit: float) -> dict[str, An
     during = bisect.bisect_right(times, burst_end)
     after_span = times[-1] - burst_end if times and times[-1] > burst_end else float("nan")
     return {
+        **{f"cpu_ms {role}": seconds * 1000 / max(1, len(every)) for role, seconds in cpu.items()},
         "during_burst": during / (burst_end - started),
         "after_burst": (len(times) - during) / after_span,
         "accept_rate": accept_rate,
@@ -235,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  busiest second (sends)     {busiest}  vs WAPIPE_SEND_RATE {args.send_rate:g}")
     print(f"  sent within the limit      {spreads['sent'].fmt()} of {args.messages:,}")
     print(f"  sent twice                 {spreads['sent_twice'].fmt()}")
+    print("  CPU per message sent, by process (ms; the burst and its sends):")
+    for key in sorted(key for key in spreads if key.startswith("cpu_ms ")):
+        print(f"    {key.removeprefix('cpu_ms '):28s} {spreads[key].fmt(2)}")
     print("machine after:", machine())
     return 0
 

@@ -48,6 +48,8 @@ from tests.bench.harness import (
     Bench,
     Proc,
     Spread,
+    cpu_by_role,
+    cpu_snapshot,
     free_port,
     http_ok,
     machine,
@@ -225,6 +227,7 @@ def start_workers(bench: Bench, stack: Stack, processes: int, pool: str = "prefo
 def burst(bench: Bench, stack: Stack, phones: list[str]) -> dict[str, float]:
     assert bench.database_url is not None
     before = delivered_count(bench.database_url)
+    cpu_before = cpu_snapshot()
     started = time.time()
     sent = asyncio.run(post_all(stack, phones))
     accepted = time.time()
@@ -237,8 +240,10 @@ def burst(bench: Bench, stack: Stack, phones: list[str]) -> dict[str, float]:
         interval=0.1,
     )
     receipts = time.time()
+    cpu = cpu_by_role(cpu_before, cpu_snapshot())
     latencies = [arrived[phone] - sent[phone] for phone in phones]
     return {
+        **{f"cpu_ms {role}": seconds * 1000 / len(phones) for role, seconds in cpu.items()},
         "rate": len(phones) / (last - started),
         "ingress_rate": len(phones) / (accepted - started),
         "receipts_rate": len(phones) / (receipts - started),
@@ -350,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             runs["ratio"] = [mine / ref for mine, ref in zip(runs["burst_rate"], runs["chains"], strict=True)]
             table.append((processes, {key: Spread.of(values) for key, values in runs.items()}))
+            print(f"pools x{processes}: CPU per message during the bursts, by process (ms, median of runs):")
+            for key in sorted(key for key in runs if key.startswith("burst_cpu_ms ")):
+                print(f"    {key.removeprefix('burst_cpu_ms '):32s} {statistics.median(runs[key]):7.2f}")
             print(f"pools x{processes}: mean task run time per stage (from the workers' logs):")
             for task, values in sorted(stages.items()):
                 print(f"    {task:18s} {statistics.mean(values) * 1000:7.2f} ms  over {len(values)} tasks")
