@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def create_app(settings: Settings | None = None) -> Flask:
     from flask import Flask
 
-    from ingress import errors, metrics
+    from ingress import auth, errors, metrics
     from ingress.auth import KEYS_KEY, api_keys_from
     from ingress.blueprints import BLUEPRINTS
     from ingress.json_body import BoundedJSONProvider
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     errors.register(app)
     metrics.register(app)
+    auth.register(app)
     for path in dict.fromkeys(BLUEPRINTS):  # a line added twice by two edits registers once
         app.register_blueprint(_load(path))
     return app

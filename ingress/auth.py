@@ -1,4 +1,10 @@
-"""API keys for the REST API called by internal services (``X-API-Key``, from ``WAPIPE_API_KEYS``)."""
+"""API keys for the REST API called by internal services (``X-API-Key``, from ``WAPIPE_API_KEYS``).
+
+Each call a key lets through is logged once (``api.request``), and every line logged while it is served
+carries ``caller_key``: the key's position in ``WAPIPE_API_KEYS``, 1 for the first. The position and
+never the key, nor a hash of it: a short key's hash is as good as the key to whoever reads the log. So
+an operator rotating a key sees when its callers have moved to the new one.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,18 @@ import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, request
+import structlog
+from flask import Flask, Response, current_app, g, request
 
 from ingress.errors import api_error
+from shared.logging import get_logger
 
 HEADER = "X-API-Key"
 KEYS_KEY = "wapipe.api_keys"
+# Not ``api_key``: the log scrubber drops the value of any field whose name looks like a secret's.
+CALLER_FIELD = "caller_key"
+
+log = get_logger(__name__)
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -50,11 +62,36 @@ def require_api_key(view: View) -> View:
         if not given:
             return api_error(401, "unauthorized", f"missing {HEADER} header")
         given_digest = _digest(given)
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(given_digest, key)
-        if not matched:
+        position = 0
+        for index, key in enumerate(keys, start=1):
+            if hmac.compare_digest(given_digest, key) and not position:
+                position = index
+        if not position:
             return api_error(401, "unauthorized", f"invalid {HEADER}")
+        g.wapipe_caller_key = position
+        g.wapipe_caller_tokens = structlog.contextvars.bind_contextvars(**{CALLER_FIELD: position})
         return view(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
+
+
+def register(app: Flask) -> None:
+    """Log each call an API key let through, and forget its key when the request ends."""
+    app.after_request(_log_call)
+    app.teardown_request(_forget_caller)
+
+
+def _log_call(response: Response) -> Response:
+    if g.get("wapipe_caller_key") is not None:
+        # The route's rule, not the path: a path may hold a phone number (/api/v1/sessions/<phone>).
+        route = request.url_rule.rule if request.url_rule is not None else None
+        log.info("api.request", method=request.method, route=route, status=response.status_code)
+    return response
+
+
+def _forget_caller(_exc: BaseException | None) -> None:
+    # A server thread serves request after request in one context: left bound, the key would be named
+    # on the lines of the next request, a webhook's or another caller's.
+    tokens = g.pop("wapipe_caller_tokens", None)
+    if tokens is not None:
+        structlog.contextvars.reset_contextvars(**tokens)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import re
 import signal
@@ -16,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import structlog
 from flask import Flask, jsonify, request
 
 from ingress import create_app
 from ingress.auth import require_api_key
+from shared.logging import configure_logging
 from shared.settings import load_settings
 
 
@@ -160,6 +165,49 @@ def test_no_api_keys_configured_refuses_with_a_reason(redis_client: redis.Redis)
     response = client.get("/_test/guarded", headers={"X-API-Key": "anything"})
     assert response.status_code == 401
     assert "WAPIPE_API_KEYS" in response.get_json()["error"]["message"]
+
+
+@pytest.fixture
+def app_log() -> Iterator[io.StringIO]:
+    """What the app logs during the test, as JSON lines; the logging set-up is restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_config = structlog.get_config()
+    stream = io.StringIO()
+    try:
+        yield stream
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        structlog.configure(**saved_config)
+
+
+def test_each_api_call_logs_which_key_made_it_by_its_position(
+    redis_client: redis.Redis, app_log: io.StringIO
+) -> None:
+    # Short keys: a hash of one would be as good as the key itself to whoever reads the log.
+    keys = ("k1-alpha", "k2-bravo", "k3-charlie")
+    app = create_app(load_settings(api_keys=",".join(keys), default_region="US"))
+    configure_logging("INFO", "json", stream=app_log)  # the app's own pipeline, into a buffer
+    client = app.test_client()
+
+    response = client.delete("/api/v1/sessions/+14155550123", headers={"X-API-Key": keys[1]})
+    assert response.status_code == 404  # no such session: any answer is a call made
+    assert client.get("/api/v1/sessions", headers={"X-API-Key": "k9-wrong"}).status_code == 401
+
+    lines = [json.loads(line) for line in app_log.getvalue().splitlines()]
+    calls = [line for line in lines if line["event"] == "api.request"]
+    assert len(calls) == 1, lines  # the refused call made no audit line
+    assert calls[0]["caller_key"] == 2
+    assert calls[0]["method"] == "DELETE"
+    assert calls[0]["route"] == "/api/v1/sessions/<string:phone>"  # the rule, not the path with its number
+    assert calls[0]["status"] == 404
+    text = app_log.getvalue()
+    for key in keys:
+        assert key not in text
+    assert "5550123" not in text
+    # Bound for the request only: the next one on this thread (a webhook, a refused call) is not key 2's.
+    assert "caller_key" not in structlog.contextvars.get_contextvars()
 
 
 def _sample(text: str, name: str, **labels: str) -> float:
