@@ -151,8 +151,26 @@ _NON_DIGIT = re.compile(r"\D")
 # An escaped separator inside a matched number, whose hex digits are none of the number's.
 _ESCAPED_CHAR = re.compile(r"%(?:25)?[0-9A-F]{2}|\\(?:x[0-9A-F]{2}|u[0-9A-F]{4})", re.I)
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
-# Bearer tokens, Twilio auth tokens/SIDs and OpenAI-style keys that end up inside free text.
-_SECRET_VALUE = re.compile(r"(Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b)", re.I)
+# Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
+# - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
+#   since a token is often sent as the user name alone (``https://TOKEN@host``); "://" is kept;
+# - a query parameter's value (``?token=...``, ``&api_key=...``), when its name is judged secret as a
+#   field name would be (_key_kind) or is one of _SECRET_PARAMS; any other parameter's value is searched in
+#   turn (see _redact_secrets), as it may hold a URL (a callback inside another URL's query);
+# - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys.
+# This runs on every line: the look-ahead passes over, with one character test, each position where no
+# alternative can start (on most text, several times faster than trying each in turn).
+_SECRET_VALUE = re.compile(
+    r"(?=[:?&;bs0-9a-f])(?:"
+    r"(?P<url>://)[^\s/?#@\"'<>]+(?=@)"
+    r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
+    r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
+    r")",
+    re.I,
+)
+# A query parameter's value, read only after a secret name: matched with the name, every harmless
+# parameter would be read to the end of its value, and ``?k=v?k=v...`` re-read to the end each time.
+_PARAM_VALUE = re.compile(r"[^&\s#\"'<>]*")
 REDACTED = "[redacted]"
 
 
@@ -186,6 +204,9 @@ _WEAK_PHONE_WORDS = _words("from to sender number numbers")
 _COUNTER_WORDS = _words("id ids pk count size bytes total seq offset ms ns us seconds timestamp ts epoch")
 
 _PLAIN, _SECRET, _PHONE_KEY, _COUNTER = "plain", "secret", "phone", "counter"
+# Query parameters that carry a key or a password by convention, though as field names they would not
+# say so: Google's ``key``, Azure SAS ``sig``, ``pwd`` and ``pass`` (_SECRET_KEY wants ``passw``).
+_SECRET_PARAMS = _words("key sig pwd pass")
 
 
 def mask_phone(text: str) -> str:
@@ -245,11 +266,47 @@ def _key_kind(key: Any) -> str:
     return _judge_field_name(key) if key.isidentifier() else _judge_key(key)
 
 
+def _redact_secrets(text: str) -> str:
+    """Replace each secret found in free text with ``[redacted]`` (see _SECRET_VALUE); idempotent."""
+    match = _SECRET_VALUE.search(text)
+    if match is None:
+        return text
+    parts: list[str] = []
+    start = 0
+    # A loop, not sub(): after a harmless parameter's name the scan goes on inside its value (it may hold
+    # a URL). Not recursion either: a query of nested URLs (``?a=?a=?a=...``, from anyone) would go as
+    # deep as it is long.
+    while match is not None:
+        parts.append(text[start : match.start()])
+        if match["url"] is not None:
+            parts.append(match["url"] + REDACTED)
+            start = match.end()
+        elif match["param"] is None:
+            parts.append(REDACTED)
+            start = match.end()
+        else:
+            parts.append(match["param"])
+            start = match.end()
+            if _secret_param(match["name"]):
+                value = _PARAM_VALUE.match(text, start)
+                assert value is not None  # it matches the empty string
+                if value.end() > start:
+                    parts.append(REDACTED)
+                    start = value.end()
+        match = _SECRET_VALUE.search(text, start)
+    parts.append(text[start:])
+    return "".join(parts)
+
+
+def _secret_param(name: str) -> bool:
+    return name.lower() in _SECRET_PARAMS or _key_kind(name) == _SECRET
+
+
 def _scrub_text(text: str, kind: str) -> str:
     text = mask_phone(text)
     if kind == _PHONE_KEY:
         text = _PHONE_UNDER_PHONE_KEY.sub(_mask_match, text)
-    return _SECRET_VALUE.sub(REDACTED, text)
+    return _redact_secrets(text)
 
 
 def _scrub_number(number: int | float, kind: str) -> Any:
@@ -274,7 +331,7 @@ def _scrub_key(key: Any) -> Any:
     # Payload dicts keyed by number (``{"+15551234567": ...}``) would otherwise print the number as a key.
     if isinstance(key, str):
         # An identifier (every field name) is all word characters, so no phone run can start inside it.
-        return _SECRET_VALUE.sub(REDACTED, key) if key.isidentifier() else _scrub_text(key, _PLAIN)
+        return _redact_secrets(key) if key.isidentifier() else _scrub_text(key, _PLAIN)
     if isinstance(key, int) and not isinstance(key, bool):
         return _scrub_number(key, _PLAIN)
     return key

@@ -2,7 +2,7 @@
 outcome).
 
 - ``wapipe dlq list``: pending letters (neither replayed nor discarded), oldest first: id, task, message id,
-  masked recipient, error, attempts, when.
+  masked recipient, error (scrubbed as a log line is), attempts, when.
 - ``wapipe dlq replay ID [ID ...]`` or ``wapipe dlq replay --all``: for ``notify.send``, the failed message
   becomes ``queued`` again with a fresh attempt budget; the task is enqueued again; the letter is marked
   replayed. In one transaction, then the enqueue after the commit; should the enqueue fail (Redis
@@ -365,7 +365,8 @@ def _all_pending_ids() -> list[int]:
 
 
 def _short(error: str) -> str:
-    # Masked before it is cut, so a number cut short is still masked. Letters stored before notify scrubbed
-    # its errors may hold the recipient's number (or a token) in the provider's text.
+    # Scrubbed before it is cut, so a number or secret cut short is still masked. Letters are scrubbed when
+    # written, but with the patterns of their day: an older one may hold the recipient's number, a token or
+    # a URL's credentials in the provider's or HTTP client's text. scrub is idempotent.
     line = " ".join(scrub(error).split())
     return line if len(line) <= ERROR_WIDTH else line[: ERROR_WIDTH - 1] + "…"

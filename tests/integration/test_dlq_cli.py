@@ -317,6 +317,32 @@ def test_list_masks_a_phone_number_in_a_letter_stored_before_errors_were_scrubbe
     assert "5551234" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        "HTTPError: GET https://ops:Pa55w0rdZ@api.example.com/v1",
+        "HTTPError: https://cb.example.com/s?token=Tok3nValueZ&x=1",
+        "HTTPError: https://maps.example.com/g?q=a&api_key=K3yValueZ",
+        "AuthError: Authorization: Bearer Tok3nValueZ.abc",
+        "AuthError: OpenAI refused sk-proj-Tok3nValueZ123",
+        "AuthError: token 0123456789abcdef0123456789abcdef",
+    ],
+)
+def test_list_redacts_a_secret_in_a_letter_stored_before_errors_were_scrubbed(db, error: str) -> None:
+    # A letter as an older release wrote it: the client's error text, credentials and all.
+    db.execute(
+        "INSERT INTO dead_letters (task_name, payload, error, attempts) VALUES ('verify.check', %s, %s, 3)",
+        (Jsonb({"message_id": 1}), error),
+    )
+
+    result = wapipe("list")
+
+    assert result.returncode == 0, result.stderr
+    for secret in ("Pa55w0rdZ", "Tok3nValueZ", "K3yValueZ", "0123456789abcdef0123456789abcdef"):
+        assert secret not in result.stdout
+    assert "[redacted]" in result.stdout
+
+
 def test_a_letter_of_an_unknown_task_is_reported_left_pending_and_the_rest_replayed(
     db, redis_client, dead: list[int], no_jobs: None
 ) -> None:
