@@ -59,22 +59,40 @@ UPDATE messages SET dispatched_at = NULL
 WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND dispatched_at IS NOT NULL
 RETURNING id
 """
+# Whether ``{p}`` is an earlier inbound message of ``me``'s conversation that may hold its turn: not
+# handled, and dispatched or not routed yet (the predicate of the partial index messages_turn, repeated so
+# the planner can use it), and not left to ``me``'s own stage (``own_stage``, see ahead_of).
+_OWED_BEFORE_ME = """
+{p}.conversation_id = me.conversation_id
+  AND {p}.direction = 'in' AND {p}.handled_at IS NULL
+  AND ({p}.dispatched_at IS NOT NULL OR {p}.routed_at IS NULL)
+  AND {p}.id < me.id
+  AND (%(own_stage)s::text IS NULL OR {p}.dispatched_to IS DISTINCT FROM %(own_stage)s::text)
+"""
 # The earlier messages of ``me``'s conversation that may hold its turn, oldest first, each with whether it
-# held it too long; none when ``me`` itself is already handled (a redelivered task: its predecessors were
-# settled the first time). A subquery on ``me``, an inbound ``messages`` row of the enclosing query, so the
-# handler's first read (shared/db/answers.py) checks the turn with exactly these rules. The conditions on
-# ``p`` repeat the partial index messages_turn's predicate so the planner can use it.
-AHEAD_OF_ME = """
+# held it too long: every stale one (within the horizon) up to the earliest that is not, and that one;
+# none when ``me`` itself is already handled (a redelivered task: its predecessors were settled the first
+# time). Not a window of the first n: past n stale ones, it would hide the message still holding the turn
+# after them, or a stale one whose handler is retrying (workers/ordering.py reads their marks). Both scans
+# stop early on the index: the earliest live message is one probe in the usual case (the oldest unanswered
+# message is live), and the rows up to it are those before it. The stale rows are bounded by the horizon
+# and the sender's rate limit (a rate-limited message never holds the turn). A subquery on ``me``, an
+# inbound ``messages`` row of the enclosing query, so the handler's first read (shared/db/answers.py)
+# checks the turn with exactly these rules.
+AHEAD_OF_ME = f"""
 SELECT p.id, COALESCE(p.dispatched_at, p.created_at) < now() - %(stale)s AS stale
 FROM messages p
-WHERE me.handled_at IS NULL AND p.conversation_id = me.conversation_id
-  AND p.direction = 'in' AND p.handled_at IS NULL AND (p.dispatched_at IS NOT NULL OR p.routed_at IS NULL)
-  AND p.id < me.id
-  AND (%(own_stage)s::text IS NULL OR p.dispatched_to IS DISTINCT FROM %(own_stage)s::text)
+WHERE me.handled_at IS NULL AND {_OWED_BEFORE_ME.format(p="p")}
   AND COALESCE(p.dispatched_at, p.created_at) > now() - %(horizon)s
+  AND p.id <= COALESCE((
+      SELECT q.id FROM messages q
+      WHERE {_OWED_BEFORE_ME.format(p="q")}
+        AND COALESCE(q.dispatched_at, q.created_at) >= now() - %(stale)s
+      ORDER BY q.id
+      LIMIT 1
+  ), me.id)
 ORDER BY p.id
-LIMIT 50
-"""
+"""  # noqa: S608 - constant subqueries, no input
 # How long ago ``me`` was dispatched (or stored, not routed yet), in seconds, as AHEAD_OF_ME ages the
 # messages before it: whether a later message could soon find ``me`` stale (workers/ordering.py).
 OWN_AGE = "EXTRACT(EPOCH FROM now() - COALESCE(me.dispatched_at, me.created_at))::float8"

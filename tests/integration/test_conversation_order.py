@@ -420,6 +420,27 @@ def test_two_waiters_finding_the_same_message_stale_go_in_turn(clean: None, db: 
     assert ordering.check_turn(third) or ordering.check_turn(third)
 
 
+def test_more_than_fifty_stale_messages_hide_nothing_after_them(clean: None, db: psycopg.Connection) -> None:
+    """A burst from one sender whose handlers were lost (the broker's data with them), then a message
+    being answered now: every message after it waits for it, however many dead ones come first; and among
+    the dead ones, one whose handler is retrying is waited for wherever it is."""
+    convo = conversation(db)
+    dead = [inbound(db, convo, age="20 minutes", dispatched="20 minutes") for _ in range(60)]
+    live = inbound(db, convo, dispatched="10 seconds")
+    later = inbound(db, convo, dispatched="0 seconds")
+    for _ in range(3):  # however many times it looks
+        assert ordering.check_turn(later) is False
+    assert ahead_of(later) == turns.Turn(live, tuple(dead))
+
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (live,))
+    now = time.time()
+    ordering.mark_retrying(dead[-5], due=now + 60, now=now)
+    assert ahead_of(later) == turns.Turn(None, tuple(dead))
+    assert ordering.waits_for(later, ahead_of(later), now=now) == ordering.Wait(now + 60)
+    for _ in range(3):
+        assert ordering.check_turn(later) is False
+
+
 def longest_outage_retries() -> float:
     """How long a task retried through an outage (OUTAGE_RETRIES) may take to give up: the most each of its
     countdowns may be (Celery's exponential backoff, each drawn below its cap), added up."""
