@@ -38,11 +38,15 @@ Design notes:
   due less than the grace ago (or still to come), is waited for instead of passed over, the wait's cap
   counted from that due time (:func:`waits_for`). A task waiting for such a predecessor marks its own
   message likewise, due now, at each look: it may be stale itself by then, and the messages after it must
-  wait for it in turn. Retries
+  wait for it in turn. So does a task waiting behind a message that is not stale, once its own message
+  may be found stale (dispatched :data:`PASS_AT_ONCE_UNDER_SECONDS` ago): the message it waits for may be
+  younger than its own (dispatched again by its retried route), and once that one is answered, a later
+  message would find this one stale, unmarked, and pass it over just as it goes. Retries
   are bounded, the last failure removes the mark with the turn, and a mark not renewed lapses, so still
-  nothing waits for ever. The marks are read (one ``MGET``) and a waiter's written only when there are
-  stale predecessors, so the usual path costs no Redis call; both are best effort: a Redis error is a
-  warning, and the stale predecessor is passed over as without the mark.
+  nothing waits for ever. The marks are read (one ``MGET``) only when there are stale predecessors, and a
+  waiter's written only then or when it is that old itself, so the usual path costs no Redis call; both
+  are best effort: a Redis error is a warning, and the stale predecessor is passed over as without the
+  mark.
 - Passing over stale messages takes two looks. A stale predecessor may be a task as alive as this one,
   waiting for the same earlier message (dispatched at the same moment, or both back from an outage): both
   find that message stale at once and, unmarked, would go in either order. So a task about to pass over
@@ -163,14 +167,20 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
     """None when ``message_id`` may be handled now (logging each stale predecessor it passes over);
     otherwise what it waits for. A stale predecessor whose handler is retrying after a failure, due less
     than :data:`shared.db.turns.STALE_AFTER` before ``now`` (default the clock's), is waited for, and
-    ``message_id`` is then marked as retrying too, due ``now``. Stale predecessors are passed over only
-    once ``message_id`` is so marked itself (the first look that would pass them marks it and waits),
-    unless it may pass them over at once (:func:`passes_over_at_once`)."""
+    ``message_id`` is then marked as retrying too, due ``now``; so it is while it waits for a predecessor
+    that is not stale, once it may be found stale itself (:func:`may_be_found_stale`). Stale predecessors
+    are passed over only once ``message_id`` is so marked itself (the first look that would pass them marks
+    it and waits), unless it may pass them over at once (:func:`passes_over_at_once`)."""
+    now = time.time() if now is None else now
     if turn.waiting_for is not None:
+        if may_be_found_stale(turn):
+            # Waiting behind a message that is not stale (dispatched again by its retried route, later than
+            # this one), this one may be stale itself: once that message is answered, it is about to go,
+            # and a later message must not pass it over as dead. Marked as due now, at each look.
+            mark_retrying(message_id, due=now, now=now)
         return Wait()
     if not turn.stale:
         return None
-    now = time.time() if now is None else now
     marks = retry_marks(message_id, (*turn.stale, message_id))
     if marks is not None:
         *ahead, own = marks
@@ -189,9 +199,15 @@ def waits_for(message_id: int, turn: turns.Turn, now: float | None = None) -> Wa
 
 def passes_over_at_once(turn: turns.Turn) -> bool:
     """Whether a message may pass over the stale messages of its ``turn`` in one look: dispatched a short
-    while ago, with a lone stale message ahead of it (see the module docstring)."""
-    fresh = turn.own_age is not None and turn.own_age < PASS_AT_ONCE_UNDER_SECONDS
-    return fresh and len(turn.stale) == 1
+    while ago, with a lone stale message ahead of it, its turn read for every stage (see the module
+    docstring)."""
+    return not turn.one_stage and not may_be_found_stale(turn) and len(turn.stale) == 1
+
+
+def may_be_found_stale(turn: turns.Turn) -> bool:
+    """Whether a later message may find this ``turn``'s message stale before its next look: dispatched
+    :data:`PASS_AT_ONCE_UNDER_SECONDS` ago or more (or when, unknown)."""
+    return turn.own_age is None or turn.own_age >= PASS_AT_ONCE_UNDER_SECONDS
 
 
 def wait_for_marked(

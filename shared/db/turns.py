@@ -110,13 +110,14 @@ class Turn:
     earlier messages passed over because they held the turn too long (:data:`STALE_AFTER`).
 
     ``own_age``: how long ago the message itself was dispatched (seconds), read with the turn when there
-    are earlier messages; None when not known, or when the turn was read for one stage only (its earlier
-    messages may then wait for messages not listed here). A measure, not part of who is ahead: not
+    are earlier messages; None when not known. ``one_stage``: the turn was read for one stage only (its
+    earlier messages may then wait for messages not listed here). Measures, not part of who is ahead: not
     compared."""
 
     waiting_for: int | None
     stale: tuple[int, ...] = ()
     own_age: float | None = field(default=None, compare=False)
+    one_stage: bool = field(default=False, compare=False)
 
 
 def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> None:
@@ -153,10 +154,10 @@ def turn_from(
 ) -> Turn:
     """The :class:`Turn` given the rows of :data:`AHEAD_OF_ME`, (id, stale) oldest first, the message's
     :data:`OWN_AGE` and the ``own_stage`` they were read for."""
-    own_age = None if own_stage is not None else own_age
+    one_stage = own_stage is not None
     stale: list[int] = []
     for message_id, is_stale in ahead:
         if not is_stale:
-            return Turn(message_id, tuple(stale), own_age)
+            return Turn(message_id, tuple(stale), own_age, one_stage)
         stale.append(message_id)
-    return Turn(None, tuple(stale), own_age)
+    return Turn(None, tuple(stale), own_age, one_stage)

@@ -420,6 +420,34 @@ def test_two_waiters_finding_the_same_message_stale_go_in_turn(clean: None, db: 
     assert ordering.check_turn(third) or ordering.check_turn(third)
 
 
+def test_a_waiter_stale_behind_a_live_message_keeps_its_turn(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    """The earlier message's route failed after storing it and was retried: it dispatched it again a
+    moment ago, long after the second message was dispatched. The second has waited all along, stale
+    itself by now, behind a message that is not: once the first is answered, the second is about to go,
+    so the third, however fresh, waits for it instead of passing it over as dead."""
+    convo = conversation(db)
+    first = inbound(db, convo, age="8 minutes", dispatched="10 seconds")
+    second = inbound(db, convo, age="8 minutes", dispatched="8 minutes")
+    third = inbound(db, convo, dispatched="0 seconds")
+    assert ahead_of(second) == turns.Turn(first)
+    assert ordering.check_turn(second) is False
+    assert ordering.check_turn(third) is False
+
+    db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (first,))
+    for _ in range(2):  # however many times it looks
+        assert ordering.check_turn(third) is False
+    assert ordering.check_turn(second) is True
+
+    # A waiter dispatched a moment ago cannot be found stale before its next look: it costs no mark.
+    convo = conversation(db, "+15550002222")
+    inbound(db, convo, dispatched="10 seconds")
+    fresh = inbound(db, convo, dispatched="0 seconds")
+    assert ordering.check_turn(fresh) is False
+    assert redis_client.exists(ordering.retrying_key(fresh)) == 0
+
+
 def test_more_than_fifty_stale_messages_hide_nothing_after_them(clean: None, db: psycopg.Connection) -> None:
     """A burst from one sender whose handlers were lost (the broker's data with them), then a message
     being answered now: every message after it waits for it, however many dead ones come first; and among
