@@ -10,12 +10,13 @@ with a broken pack fails at start with the pack's line, not at the first message
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
 from shared.db.errors import NotFound
 from shared.flows.pack import get_pack
-from shared.flows.service import Busy, step
+from shared.flows.service import LOCK_SECONDS, MAX_HOLD_SECONDS, Busy, step
 from shared.logging import get_logger
 from shared.settings import Mode, get_settings
 from workers import OUTAGE_RETRIES, celery
@@ -23,9 +24,11 @@ from workers.ordering import StageTask, in_turn
 
 log = get_logger(__name__)
 
-# Enough retries to outlast a dead holder's lock (service.LOCK_SECONDS) at the longest countdown below.
-BUSY_RETRIES = 400
 BUSY_COUNTDOWN_MAX = 1.0
+# Enough retries, at the shortest countdown below (half the longest, jittered), to outlast the longest a
+# live holder keeps the conversation's lock: renewed while its step runs, up to service.MAX_HOLD_SECONDS
+# (the task's time limit), then lapsing a lease (service.LOCK_SECONDS) later if its worker died.
+BUSY_RETRIES = math.ceil((MAX_HOLD_SECONDS + LOCK_SECONDS) / (BUSY_COUNTDOWN_MAX / 2)) + 10
 
 if get_settings().mode is Mode.menu or get_settings().flows:
     get_pack()
@@ -50,7 +53,7 @@ def step_task(self: Any, message_id: int) -> None:
     except NotFound:
         log.warning("flows.step for an unknown message", message_id=message_id)
     except Busy:
-        # Short, jittered: the holder needs milliseconds; jitter keeps waiting tasks from colliding.
+        # Short, jittered: the holder usually needs milliseconds; jitter keeps waiting tasks from colliding.
         backoff = min(BUSY_COUNTDOWN_MAX, 0.05 * 2 ** min(self.request.retries, 5))
         countdown = backoff * random.uniform(0.5, 1)  # noqa: S311 (jitter, not a secret)
         raise self.retry(countdown=countdown, max_retries=BUSY_RETRIES) from None

@@ -9,6 +9,13 @@ Ordering and exactly-once across several ``flows`` worker processes:
 - A Redis lock per conversation (``flows:lock:conversation:<id>``, SET NX PX with a random token, released
   only by its holder) serialises every step that touches that conversation's flow state. A step that finds
   it held raises :class:`Busy` and the task retries a moment later, so no worker blocks.
+- The lock has a short lease (``LOCK_SECONDS``), so a dead holder's lapses soon, and the step holding it
+  renews it every third of the lease from a thread of its own, for as long as it runs: a step slowed past
+  the lease (a database under load, a slow lookup or action) keeps its conversation and saves its answer,
+  where it would otherwise find its lock lapsed at the save and retry, every retry as slow, the user never
+  answered. The renewal compares the token (as the release does): it only extends a lock still ours, and
+  stops once it finds it another's. It stops too at ``MAX_HOLD_SECONDS``, the task's time limit, past
+  which Celery has stopped the step: a step stuck for good does not hold its conversation for good.
 - Inside the lock, a step does not answer only its own message: it answers *every* unanswered inbound
   message of the conversation after the last one handled, up to its own, in id order (ids are assigned
   when the router stores a message, i.e. in arrival order). So if the task for message 2 runs before the
@@ -18,11 +25,11 @@ Ordering and exactly-once across several ``flows`` worker processes:
 - The last handled message id is saved in the flow state itself (the ``flow`` key of the conversation's
   session, :func:`session_key`), in the same Redis write as the state and the reply it produced. That
   write is made only while the step still holds the lock: one Lua script compares the lock's token and
-  sets the state (:meth:`shared.sessions.Sessions.save`), so a holder whose lease ran out during a long
-  step or a pause cannot overwrite what the next holder saved. A step that finds its lock lost saves
-  nothing, queues no reply and raises :class:`Busy`: its task retries, and finds its message answered or
-  answers it. Records a step creates before the save are unique on their source message, so the holder
-  that redoes the step gets the same ones.
+  sets the state (:meth:`shared.sessions.Sessions.save`), so a holder whose lease ran out all the same
+  (its process stood still past the lease, Redis lost the key) cannot overwrite what the next holder
+  saved. A step that finds its lock lost saves nothing, queues no reply and raises :class:`Busy`: its
+  task retries, and finds its message answered or answers it. Records a step creates before the save are
+  unique on their source message, so the holder that redoes the step gets the same ones.
 - Only after the save is the reply queued (idempotency key ``reply:<inbound id>``) and the message
   marked handled. A step stopped in between (a killed worker, a database error) leaves the message
   unmarked, holding the conversation's turn; so every step first finishes the saved id's message when it
@@ -44,9 +51,12 @@ Ordering and exactly-once across several ``flows`` worker processes:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import secrets
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,13 +70,15 @@ from shared.flows.pack import Pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
 from shared.logging import get_logger
-from shared.queues import handler_key
+from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_key
 from shared.sessions import Sessions
 from shared.settings import get_settings
 
 log = get_logger(__name__)
 
 LOCK_SECONDS = 30
+# A step's lock is renewed no longer than this: Celery stops a task at its time limit (shared/queues.py).
+MAX_HOLD_SECONDS = TASK_TIME_LIMIT_SECONDS
 UNROUTED_GRACE = timedelta(minutes=5)
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
 LOCK_KEY = "flows:lock:conversation:{conversation_id}"
@@ -122,13 +134,14 @@ def reply_id_from(payload: dict[str, Any] | None) -> str | None:
 
 
 class _Lock:
-    def __init__(self, client: redis.Redis, conversation_id: int) -> None:
+    def __init__(self, client: redis.Redis, conversation_id: int, lease_seconds: float) -> None:
         self._redis = client
         self._key = LOCK_KEY.format(conversation_id=conversation_id)
         self._token = secrets.token_hex(16)
+        self._lease_ms = max(1, round(lease_seconds * 1000))
 
     def acquire(self) -> bool:
-        return bool(self._redis.set(self._key, self._token, nx=True, px=LOCK_SECONDS * 1000))
+        return bool(self._redis.set(self._key, self._token, nx=True, px=self._lease_ms))
 
     @property
     def claim(self) -> tuple[str, str]:
@@ -137,10 +150,38 @@ class _Lock:
 
     def still_held(self) -> bool:
         """True (and the lease renewed) while the lock is ours."""
-        return bool(self._redis.eval(_EXTEND, 1, self._key, self._token, LOCK_SECONDS * 1000))
+        return bool(self._redis.eval(_EXTEND, 1, self._key, self._token, self._lease_ms))
 
     def release(self) -> None:
         self._redis.eval(_RELEASE, 1, self._key, self._token)
+
+    @contextlib.contextmanager
+    def renewed(self) -> Iterator[None]:
+        """Renew the lease every third of it while the block runs, from a thread: a step's slow database
+        call or action has no point at which it could renew the lease itself."""
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(done,), name=f"renew {self._key}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
+    def _renew(self, done: threading.Event) -> None:
+        until = time.monotonic() + MAX_HOLD_SECONDS
+        while not done.wait(self._lease_ms / 3000):
+            if time.monotonic() >= until:
+                log.warning("flows.lock_renewal_stopped", lock=self._key, held_seconds=MAX_HOLD_SECONDS)
+                return
+            try:
+                if not self.still_held():
+                    # Another's now: the step's next check or its guarded save finds it out and stops.
+                    log.warning("flows.lock_renewal_refused", lock=self._key)
+                    return
+            except redis.RedisError as error:
+                # Try again at the next third: a lease lapsed meanwhile makes the save refuse, nothing worse.
+                log.warning("flows.lock_renewal_failed", lock=self._key, error=type(error).__name__)
 
 
 def process(
@@ -151,16 +192,18 @@ def process(
     pack: Pack,
     reply: ReplyFn,
     now: datetime | None = None,
+    lease_seconds: float = LOCK_SECONDS,
 ) -> int:
     """Answer the target's conversation up to the target message; return how many messages were handled.
 
     Raises :class:`Busy` when another worker holds the conversation's lock.
     """
-    lock = _Lock(redis_client, target.conversation_id)
+    lock = _Lock(redis_client, target.conversation_id, lease_seconds)
     if not lock.acquire():
         raise Busy(target.message_id)
     try:
-        return _process_locked(target, conn, redis_client, pack, reply, now, lock)
+        with lock.renewed():
+            return _process_locked(target, conn, redis_client, pack, reply, now, lock)
     finally:
         lock.release()
 
@@ -206,7 +249,7 @@ def _process_locked(
                 raise Busy(target.message_id)
             if verdict == "skip":
                 continue
-        if not lock.still_held():  # renews the lease for this message's step; the save checks it again
+        if not lock.still_held():  # lost while the last message's step ran: stop before this one's
             raise _lost(row["id"], target)
         live = repository.conversation_state(conn, target.conversation_id)
         if live is None or live["status"] != "open" or live["opted_out"]:
@@ -247,7 +290,7 @@ def _finish(conn: psycopg.Connection, message_id: int, state: dict[str, Any], re
 
 
 def _lost(message_id: int, target: Target) -> Busy:
-    """The lock's lease ran out (a long step, a pause) and another worker may hold it: stop, and retry."""
+    """The lock's lease ran out (a pause, a lost key) and another worker may hold it: stop, and retry."""
     log.warning("flows.lock_lost", message_id=message_id, conversation_id=target.conversation_id)
     return Busy(target.message_id)
 

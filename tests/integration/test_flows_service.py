@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,10 +12,11 @@ import psycopg
 import pytest
 import redis
 
-from shared.flows import repository
-from shared.flows.pack import Pack, load_pack
+from shared.flows import builtin, registry, repository
+from shared.flows.pack import Pack, load_pack, parse_pack
+from shared.flows.registry import FlowContext
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import LOCK_KEY, Busy, Target, process, session_key
+from shared.flows.service import LOCK_KEY, LOCK_SECONDS, Busy, Target, process, session_key
 from shared.queues import handler_key
 from shared.replies import queue_reply
 from shared.sessions import Sessions
@@ -44,9 +47,29 @@ class User:
         """Any message of the conversation: what its session and lock are keyed by."""
         return Target(0, self.conversation_id, self.contact_id, PHONE)
 
-    def step(self, message_id: int, reply: Any = queue_reply, now: datetime | None = None) -> int:
+    def step(
+        self,
+        message_id: int,
+        reply: Any = queue_reply,
+        now: datetime | None = None,
+        *,
+        pack: Pack | None = None,
+        lease_seconds: float = LOCK_SECONDS,
+    ) -> int:
         target = Target(message_id, self.conversation_id, self.contact_id, PHONE)
-        return process(target, conn=self.db, redis_client=self.redis, pack=self.pack, reply=reply, now=now)
+        return process(
+            target,
+            conn=self.db,
+            redis_client=self.redis,
+            pack=pack or self.pack,
+            reply=reply,
+            now=now,
+            lease_seconds=lease_seconds,
+        )
+
+    @property
+    def lock(self) -> str:
+        return LOCK_KEY.format(conversation_id=self.conversation_id)
 
     def replies(self, conversation_id: int | None = None) -> list[str]:
         rows = self.db.execute(
@@ -373,3 +396,83 @@ def test_a_step_that_lost_its_lock_retries_rather_than_leave_its_own_message_una
     assert user.handled(order)
     assert user.flow["answers"] == {"order_number": "ORD-12345"}
     assert len(user.replies()) == 2
+
+
+# The lock's lease in the slow-step tests: short, so a step outlasts it without the tests taking 30 s.
+SHORT_LEASE = 1.0
+SLOW_PACK = """
+[pack]
+name = "slow"
+
+[[flows]]
+id = "report"
+title = "Report"
+
+[flows.action]
+name = "slow_record"
+prefix = "SLOW"
+reply = "Recorded as {reference}."
+"""
+
+
+def _slow_pack(monkeypatch: pytest.MonkeyPatch, meanwhile: Callable[[], None]) -> Pack:
+    """A pack whose one flow (no questions: "1" runs it) stores a record, then takes as long as
+    ``meanwhile`` (a slow database under load, a slow call) before it answers."""
+
+    def slow_record(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        values = builtin.create_record(ctx, data, options)
+        meanwhile()
+        return values
+
+    slow = registry.Registered("slow_record", slow_record, registry.ACTIONS["create_record"].provides)
+    monkeypatch.setitem(registry.ACTIONS, "slow_record", slow)
+    return parse_pack(SLOW_PACK, source="slow.toml")
+
+
+def test_a_step_slower_than_its_lease_keeps_the_lock_and_answers_once(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else the save finds the lock lapsed, the task retries, each retry as slow: the user never gets an
+    answer, and meanwhile another worker may take the conversation and answer out of order."""
+    taken_by_another: list[Any] = []
+
+    def past_the_lease() -> None:
+        time.sleep(2.5 * SHORT_LEASE)
+        # Another worker's step for this conversation, trying the lock as it does (SET NX).
+        taken_by_another.append(user.redis.set(user.lock, "another-worker", nx=True, px=30_000))
+
+    pack = _slow_pack(monkeypatch, past_the_lease)
+    report = user.store("1")
+    assert user.step(report, pack=pack, lease_seconds=SHORT_LEASE) == 1
+    assert taken_by_another == [None]  # the lock was still the slow step's
+    assert user.flow["last_message_id"] == report
+    assert user.handled(report)
+    assert not user.redis.exists(user.lock)  # released, not renewed after the step
+    assert user.step(report, pack=pack, lease_seconds=SHORT_LEASE) == 0  # its task again: nothing to redo
+    records = user.db.execute("SELECT reference FROM flow_records WHERE kind = 'report'").fetchall()
+    assert len(records) == 1
+    assert user.replies() == [f"Recorded as {records[0]['reference']}."]
+
+
+def test_a_step_whose_lock_was_taken_over_while_it_ran_neither_saves_nor_replies(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewing keeps a running step's lock, but cannot win it back: once another worker holds it (the
+    step's process stood still past the lease, a Redis failover lost the key), the step saves nothing,
+    queues no reply, and leaves the other worker's lock as it is."""
+
+    def taken_over() -> None:
+        user.redis.set(user.lock, "another-worker", px=30_000)
+        time.sleep(2.5 * SHORT_LEASE)  # the renewals due meanwhile find the lock another's
+
+    pack = _slow_pack(monkeypatch, taken_over)
+    report = user.store("1")
+    stale = _Recorded()
+    with pytest.raises(Busy):
+        user.step(report, reply=stale, pack=pack, lease_seconds=SHORT_LEASE)
+    assert user.flow == {}
+    assert stale.inbound_ids == []
+    assert user.replies() == []
+    assert not user.handled(report)
+    assert user.redis.get(user.lock) == b"another-worker"
+    assert user.redis.pttl(user.lock) > 2.5 * SHORT_LEASE * 1000  # not renewed to our lease either
