@@ -20,7 +20,8 @@ import structlog
 # dots, dashes or (see _SLASH) slashes. Shorter digit runs (ids, counts, years, 6-digit codes) are left alone.
 # People (and the error texts that quote them) also bracket the area code: ``(555) 123-4567``,
 # ``+1 (555) 123-4567``, ``+44 (0)20 7946 0958``, so a parenthesis may open or close a group; still one
-# separator at most between two digits, so words or punctuation between numbers never join them into one.
+# separator at most between two digits (a dash with its spaces counts as one, see _GAP), so words or
+# punctuation between numbers never join them into one.
 # A parenthesis is taken only with its pair around a group of 1-5 digits: in ``(555-123-4567)`` both stay
 # out of the match and the masked number keeps its brackets.
 # Twilio form bodies and callback URLs in exception texts and HTTP client logs carry numbers URL-encoded:
@@ -63,8 +64,10 @@ def _written_or_escaped(*code_points: int) -> str:
 # no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the no-break U+2011); word processors turn a dash
 # into an en dash (U+2013).
 _SPACE = rf"(?:{_written_or_encoded('[ +]', '20')}|{_written_or_escaped(0x00A0, 0x202F)})"
-_DOT_OR_DASH = rf"(?:[.\-]|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
-_GAP = rf"(?:{_SPACE}|{_DOT_OR_DASH}|{_SLASH})"
+_DASH = rf"(?:-|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
+# People type a dash with a space on either side (``415 - 555 - 0123``). A dot takes no space: so spaced, it
+# ends a sentence (``sent 1234. 5678 more``). Each form is spelt one way only, so no text splits two ways.
+_GAP = rf"(?:{_SPACE}(?:{_DASH}{_SPACE}?)?|{_DASH}{_SPACE}?|\.|{_SLASH})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 

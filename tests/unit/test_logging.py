@@ -480,3 +480,37 @@ def test_a_query_of_nested_urls_is_scrubbed_however_deep() -> None:
     # A query string comes from anyone: each nested URL must not cost the scrubber a level of recursion.
     text = "GET /x" + "?next=" * 5000 + "?token=abc"
     assert scrub(text) == "GET /x" + "?next=" * 5000 + "?token=[redacted]"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # People type a dash with a space on either side, or on one side only.
+        ("call 415 - 555 - 0123 now", "call ******0123 now"),
+        ("call +1 415 - 555 - 0123 now", "call +*******0123 now"),
+        ("call (415) 555 - 0123 now", "call ******0123 now"),
+        ("call 415- 555 -0123 now", "call ******0123 now"),
+        ("call 415 \u2013 555 \u2013 0123 now", "call ******0123 now"),
+        ("q=415%20-%20555%20-%200123", "q=******0123"),
+    ],
+)
+def test_phones_with_spaces_around_a_dash_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Only a dash may have spaces around it: a dot so spaced ends a sentence, and numbers either side
+        # of it stay apart.
+        "sent 1234. 5678 more",
+        "sent 1234 . 5678 more",
+        # A date or time beside a spaced dash keeps its digits.
+        "from 2026-12-01 - 2026-12-07",
+        "at 03:10:00 - 03:10:05",
+        "2026-12-07 03:10:00,123 - celery.worker - INFO - 12 tasks",
+        "10.0.0.1 - - [07/Dec/2026:03:10:00 +0000]",
+    ],
+)
+def test_numbers_beside_a_spaced_dash_or_dot_that_are_no_phones_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
