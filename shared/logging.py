@@ -64,10 +64,12 @@ def _written_or_escaped(*code_points: int) -> str:
 # no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the no-break U+2011); word processors turn a dash
 # into an en dash (U+2013).
 _SPACE = rf"(?:{_written_or_encoded('[ +]', '20')}|{_written_or_escaped(0x00A0, 0x202F)})"
+# A stray double space between groups (``+1 415  555  0123``), as typed or as a template justifies text.
+_SPACES = rf"(?:{_SPACE}{{1,2}})"
 _DASH = rf"(?:-|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
 # People type a dash with a space on either side (``415 - 555 - 0123``). A dot takes no space: so spaced, it
 # ends a sentence (``sent 1234. 5678 more``). Each form is spelt one way only, so no text splits two ways.
-_GAP = rf"(?:{_SPACE}(?:{_DASH}{_SPACE}?)?|{_DASH}{_SPACE}?|\.|{_SLASH})"
+_GAP = rf"(?:{_SPACES}(?:{_DASH}{_SPACES}?)?|{_DASH}{_SPACES}?|\.|{_SLASH})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 

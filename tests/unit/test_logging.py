@@ -514,3 +514,19 @@ def test_phones_with_spaces_around_a_dash_are_masked(text: str, masked: str) -> 
 )
 def test_numbers_beside_a_spaced_dash_or_dot_that_are_no_phones_stay_readable(text: str) -> None:
     assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A stray double space between groups, as typed or as text justified by a template.
+        ("call +1 415  555  0123 now", "call +*******0123 now"),
+        ("call 415  555 0123 now", "call ******0123 now"),
+        ("call (415)  555  0123 now", "call ******0123 now"),
+        ("call 415  -  555  -  0123 now", "call ******0123 now"),
+        ("call +1\u00a0 415 \u00a0555 0123 now", "call +*******0123 now"),
+        ("q=%2B1%20%20415%20%20555%200123", "q=%2B*******0123"),
+    ],
+)
+def test_phones_with_double_spaces_between_groups_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
