@@ -35,6 +35,11 @@ def _written_or_encoded(written: str, hex_code: str) -> str:
     return rf"(?:{written}|%(?:25)?{hex_code})"
 
 
+# A letter or digit: a run may neither start nor end glued to one. An underscore is no such character,
+# though ``\w`` counts it: names built from a number (``user_14155550123``, ``14155550123_retry``) carry it
+# whole, and digits glued to a letter (``SM15551234567``) are an id, but those glued to an underscore are not.
+_LETTER_OR_DIGIT = r"[^\W_]"
+
 # A run starts where a word does, and never inside an escape: the 20 of ``%20`` is no digit of the number
 # after it. It may also be glued to an escape before it: a percent-escape (``whatsapp%3A15551234567``) or a
 # line break, tab or other character escaped with a backslash, as an object's repr or a raw JSON body
@@ -42,7 +47,7 @@ def _written_or_encoded(written: str, hex_code: str) -> str:
 # run's lead and written back as it was, rather than looked behind for: a look-behind is tried at every
 # letter and digit inside every word. An encoded + or bracket is no lead: it belongs to the number.
 _RUN_START = (
-    r"(?:(?<![\w%])|(?=[%\\]))"
+    rf"(?:(?<!{_LETTER_OR_DIGIT}|%)|(?=[%\\]))"
     r"(?P<lead>%(?!(?:25)?2[8B])(?:25)?[0-9A-F]{2}|\\(?:[nrt]|x[0-9A-F]{2}|u[0-9A-F]{4}))?"
 )
 _PLUS = _written_or_encoded(r"\+", "2B")
@@ -101,7 +106,8 @@ def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
     digit_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
     # No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
     # (``555-0123x12``), which is left readable.
-    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run})(?:(?!\w)|(?=x\d{{1,6}}(?!\w)))"
+    end = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
+    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){end}"
 
 
 # One part of an IPv4 address as inet_ntoa writes it: 0-255, no leading 0.
@@ -260,15 +266,24 @@ def _judge_key(key: str) -> str:
     return _COUNTER if counter else _PLAIN
 
 
-# Field names repeat on every line, so their verdict is cached; only identifier-like keys are, so that a
-# key which is itself a phone number (a payload keyed by number) never sits in the cache.
+# Inside an identifier a phone run can only start right after an underscore (``user_14155550123``).
+_DIGIT_AFTER_UNDERSCORE = re.compile(r"_\d")
+
+
+def _is_field_name(key: str) -> bool:
+    """An identifier with no digit after an underscore, so no phone run inside: nearly every field name."""
+    return key.isidentifier() and _DIGIT_AFTER_UNDERSCORE.search(key) is None
+
+
+# Field names repeat on every line, so their verdict is cached; only field names are (_is_field_name), so
+# that a key which is or holds a phone number (a payload keyed by number) never sits in the cache.
 _judge_field_name = functools.lru_cache(maxsize=2048)(_judge_key)
 
 
 def _key_kind(key: Any) -> str:
     if not isinstance(key, str):
         return _PLAIN
-    return _judge_field_name(key) if key.isidentifier() else _judge_key(key)
+    return _judge_field_name(key) if _is_field_name(key) else _judge_key(key)
 
 
 def _redact_secrets(text: str) -> str:
@@ -335,8 +350,7 @@ def _scrub_number(number: int | float, kind: str) -> Any:
 def _scrub_key(key: Any) -> Any:
     # Payload dicts keyed by number (``{"+15551234567": ...}``) would otherwise print the number as a key.
     if isinstance(key, str):
-        # An identifier (every field name) is all word characters, so no phone run can start inside it.
-        return _redact_secrets(key) if key.isidentifier() else _scrub_text(key, _PLAIN)
+        return _redact_secrets(key) if _is_field_name(key) else _scrub_text(key, _PLAIN)
     if isinstance(key, int) and not isinstance(key, bool):
         return _scrub_number(key, _PLAIN)
     return key

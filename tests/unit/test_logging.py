@@ -530,3 +530,43 @@ def test_numbers_beside_a_spaced_dash_or_dot_that_are_no_phones_stay_readable(te
 )
 def test_phones_with_double_spaces_between_groups_are_masked(text: str, masked: str) -> None:
     assert mask_phone(text) == masked
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A number glued to an underscore: lock, cache and file names built from it.
+        ("lock user_14155550123 taken", "lock user_*******0123 taken"),
+        ("retry 14155550123_retry", "retry *******0123_retry"),
+        ("key conv:_+14155550123_", "key conv:_+*******0123_"),
+        ("file export_415-555-0123_2026-12-07.csv", "file export_******0123_2026-12-07.csv"),
+    ],
+)
+def test_phones_glued_to_an_underscore_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+def test_field_names_with_a_phone_glued_to_an_underscore_are_masked() -> None:
+    assert scrub({"user_14155550123": "sent", "message_id": 1}) == {
+        "user_*******0123": "sent",
+        "message_id": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Digits glued to an underscore that are no phone keep their numbers.
+        "run_2026-12-07T03:10:00 done",
+        "backup_2026-12-07.sql",
+        "task_123e4567-e89b-12d3-a456-426614174000",
+        "peer_10.0.0.1:6379",
+        "wapipe_1.2.3",
+        "retry_3_of_5 after 120_s",
+        "user_1234567",
+        # A letter glued to the digits still makes a word of them.
+        "id user_14155550123abc",
+    ],
+)
+def test_short_or_kept_numbers_glued_to_an_underscore_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
