@@ -65,10 +65,12 @@ def _written_or_escaped(*code_points: int) -> str:
     return rf"(?:[{written}]|\\(?:{'|'.join(escaped)}))"
 
 
-# A form body encodes a space as + (``Body=call+me+at+555+123+4567``). Contacts apps copy a number with
-# no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the no-break U+2011); word processors turn a dash
-# into an en dash (U+2013).
-_SPACE = rf"(?:{_written_or_encoded('[ +]', '20')}|{_written_or_escaped(0x00A0, 0x202F)})"
+# A form body encodes a space as + (``Body=call+me+at+555+123+4567``), but only there: elsewhere a + between
+# numbers is a sum (``1024+2048+4096``), so it splits a number only in a run with the form_cue (see
+# _phone_shape). Contacts apps copy a number with no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the
+# no-break U+2011); word processors turn a dash into an en dash (U+2013).
+_FORM_SPACE = r"(?(form_cue)\+|(?!))"
+_SPACE = rf"(?:{_written_or_encoded(' ', '20')}|{_FORM_SPACE}|{_written_or_escaped(0x00A0, 0x202F)})"
 # A stray double space between groups (``+1 415  555  0123``), as typed or as a template justifies text.
 _SPACES = rf"(?:{_SPACE}{{1,2}})"
 _DASH = rf"(?:-|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
@@ -97,17 +99,25 @@ _SEPARATOR_START = r"[ +%.\-/\\()\u00a0\u202f\u2010\u2011\u2013]"
 _PHONE_SEPARATOR = rf"(?={_SEPARATOR_START})(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
 
 
-def _phone_shape(min_digits: int, *, slash_needs_cue: bool = True) -> str:
+def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
     """The number itself, to be tried only where a run may start (_RUN_START)."""
-    # An empty group that takes part lets a slash split any run; a look-ahead only when it sees the cue. A
-    # bracket here needs no check for its pair: without one the run cannot start on it.
-    slash_cue = r"(?P<slash_cue>(?=[+(]|0\d|%(?:25)?2[B8]))?" if slash_needs_cue else "(?P<slash_cue>)"
+    # An empty group that takes part lets a slash (or a +) split any run; a look-around only when it sees the
+    # cue. A bracket here needs no check for its pair: without one the run cannot start on it.
+    slash_cue = r"(?P<slash_cue>(?=[+(]|0\d|%(?:25)?2[B8]))?" if needs_cues else "(?P<slash_cue>)"
+    # A form value: the run follows a field's =, a word, an escape or a character encoders leave as written
+    # (``at+555``, ``%3A+555``, ``Hi!+555``) and its +, is glued to an escape (``%22555``) or opens with an
+    # encoded + or bracket. A digit and its + before the run are no cue: that is a sum (``1024+2048``).
+    form_cue = (
+        r"(?P<form_cue>(?<==)|(?<=[a-z.~*!'_\-]\+)|(?<=%[0-9a-f]{2})|(?<=%[0-9a-f]{2}\+)|(?=%(?:25)?2[B8]))?"
+        if needs_cues
+        else "(?P<form_cue>)"
+    )
     # A digit is tried before a separator: most steps of a run are digits, and a separator has many forms.
     digit_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
     # No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
     # (``555-0123x12``), which is left readable.
     end = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
-    return rf"{slash_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){end}"
+    return rf"{slash_cue}{form_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){end}"
 
 
 # One part of an IPv4 address as inet_ntoa writes it: 0-255, no leading 0.
@@ -156,8 +166,9 @@ _PHONE = re.compile(
     re.I,
 )
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
-# No exception is kept there, and a slash always splits: whatever sits under such a key is taken for a phone.
-_PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5, slash_needs_cue=False), re.I)
+# No exception is kept there, and a slash or a + always splits: whatever sits under such a key is taken for a
+# phone.
+_PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5, needs_cues=False), re.I)
 _NON_DIGIT = re.compile(r"\D")
 # An escaped separator inside a matched number, whose hex digits are none of the number's.
 _ESCAPED_CHAR = re.compile(r"%(?:25)?[0-9A-F]{2}|\\(?:x[0-9A-F]{2}|u[0-9A-F]{4})", re.I)

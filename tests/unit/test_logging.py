@@ -570,3 +570,37 @@ def test_field_names_with_a_phone_glued_to_an_underscore_are_masked() -> None:
 )
 def test_short_or_kept_numbers_glued_to_an_underscore_stay_readable(text: str) -> None:
     assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Sums and byte counts joined by + are no form-encoded phone.
+        "1024+2048+4096",
+        "buffers 1024+2048+4096 bytes",
+        "total (1024+2048+4096)",
+        "sizes: 1024+2048, 4096+8192",
+    ],
+)
+def test_numbers_joined_by_plus_signs_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # In a form body a + is a space: after the = of a field, a word or an escape before it.
+        ("Body=555+123+4567&To=x", "Body=******4567&To=x"),
+        ("Body=my+number%3A+555+123+4567", "Body=my+number%3A+******4567"),
+        ("Body=Hi!+555+123+4567", "Body=Hi!+******4567"),
+        ("Body=%22555+123+4567%22", "Body=%22******4567%22"),
+        ("Body=Tel%3A%2B1+415+555+0123", "Body=Tel%3A%2B*******0123"),
+        ("Body=%28415%29+555-0123", "Body=******0123"),
+    ],
+)
+def test_phones_in_form_bodies_with_plus_for_space_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
+
+
+def test_under_a_phone_key_a_plus_always_splits_a_number() -> None:
+    assert scrub({"phone": "555+1234"}) == {"phone": "***1234"}
