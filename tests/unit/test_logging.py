@@ -604,3 +604,50 @@ def test_phones_in_form_bodies_with_plus_for_space_are_masked(text: str, masked:
 
 def test_under_a_phone_key_a_plus_always_splits_a_number() -> None:
     assert scrub({"phone": "555+1234"}) == {"phone": "***1234"}
+
+
+# Every separator form side by side, in runs too short for a phone: each run is tried from each of its starts.
+_SHORT_RUNS = "1 - 2  3+4_(5) 6%20-%207\u2013 8.9/0 x "
+
+
+@pytest.mark.parametrize(
+    ("line", "masked"),
+    [
+        ((_SHORT_RUNS * 600)[:20_000], (_SHORT_RUNS * 600)[:20_000]),
+        # One run of 5,000 digits whose last is glued to a letter: the match gives back one digit only.
+        ("1 - " * 5_000 + "1a", "*" * 4_996 + "1111 - 1a"),
+        ("1  " * 6_667 + "1a", "*" * 6_663 + "1111  1a"),
+        ("1024+" * 4_000, "1024+" * 4_000),
+        ("=" + "1+" * 10_000 + "a", "=" + "*" * 9_996 + "1111+a"),
+        ("(1) (2)  (3) - " * 1_333 + "a", "(1) (2)  (3) - " * 1_333 + "a"),
+        ("_1" * 10_000 + "a", "_1" * 10_000 + "a"),
+    ],
+)
+def test_a_long_line_of_digits_and_separators_is_masked_in_one_pass(line: str, masked: str) -> None:
+    # A pattern that could split the same text two ways would try exponentially many splits here and never
+    # return; no time is asserted, finishing at all (within the suite's timeout) is the check.
+    assert mask_phone(line) == masked
+
+
+def test_a_long_line_under_a_phone_key_is_masked_in_one_pass() -> None:
+    line = (_SHORT_RUNS * 600)[:20_000]
+    # Under a phone key 5 digits are a number: the bracketed group and what follows it (6 digits) are.
+    expected = line.replace("(5) 6%20-%207\u2013 8.9/0", "**7890")
+    assert scrub({"to": line}) == {"to": expected}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Padded and dash-joined log formats, now that two spaces or a spaced dash may sit inside a phone.
+        "2026-12-07 03:10:00,123  INFO      celery.worker  task 123e4567-e89b-12d3-a456-426614174000 ok",
+        "[2026-12-07 03:10:00,123: INFO/ForkPoolWorker-2] Task notify.send"
+        "[123e4567-e89b-12d3-a456-426614174000] succeeded in 0.0251s: None",
+        '10.0.0.1 - - [07/Dec/2026:03:10:00 +0000] "POST /webhooks/twilio HTTP/1.1" 200 2 "-" '
+        '"TwilioProxy/1.1"',
+        "wapipe 1.2.3 - 2026-12-07 - redis 7.2.4  db 0  pool 10 - 20",
+        "peer 10.0.0.1  -  192.168.100.200:6379",
+    ],
+)
+def test_padded_and_dash_joined_log_lines_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
