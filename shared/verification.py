@@ -9,6 +9,9 @@
 - Each check first claims an attempt with one ``UPDATE ... RETURNING`` (see ``shared/db/links.py``), so
   concurrent guesses can't exceed 5 comparisons; after 5 wrong attempts even the right code is refused.
 - Hashes are compared with :func:`hmac.compare_digest` (constant time).
+- Any user may hold a code for any unlinked number, so a VERIFY must match exactly one of them: a code is
+  never handed out equal to another user's live code for the same phone, and a VERIFY that still matches
+  two (rows from before that rule) counts as a wrong code rather than linking one of the users.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ log = get_logger(__name__)
 CODE_DIGITS = 6
 CODE_TTL_SECONDS = 10 * 60
 MAX_ATTEMPTS = 5
+# Redraws when a new code equals another live code for the phone. With k such codes a draw collides with
+# probability k/10**6, so running out takes hundreds of thousands of users holding codes for one number.
+MAX_DRAWS = 64
 # Used only when WAPIPE_SECRET_KEY is unset (tests, a first local try): codes still work across processes,
 # but anyone with this source and a database dump can reverse them, hence the warning at first use.
 _DEVELOPMENT_KEY = b"wapipe-development-key:set-WAPIPE_SECRET_KEY-in-production"
@@ -140,12 +146,24 @@ def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCod
     Raises :class:`PhoneTaken` when another user has already linked that number.
     """
     users.ensure_user(conn, user_id)
+    # Held until commit: another issue for this phone waits, then sees this code among the live ones.
+    links.lock_phone_codes(conn, phone)
     owner = links.get_link_by_phone(conn, phone)
     if owner is not None and owner.user_id != user_id:
         raise PhoneTaken(PhoneTaken.message)
-    code = generate_code()
+    code = _unused_code(links.other_live_codes(conn, user_id, phone), phone)
     expires_at = links.replace_code(conn, user_id, phone, hash_code(user_id, phone, code), CODE_TTL_SECONDS)
     return IssuedCode(code=code, phone=phone, expires_at=expires_at)
+
+
+def _unused_code(others: list[tuple[UUID, bytes]], phone: str) -> str:
+    """A fresh code equal to none of ``others`` (user id, code hash): each hash binds its own user, so the
+    draw is hashed as each of them, the way :func:`check_code` compares a VERIFY."""
+    for _ in range(MAX_DRAWS):
+        code = generate_code()
+        if not any(hmac.compare_digest(hashed, hash_code(other, phone, code)) for other, hashed in others):
+            return code
+    raise RuntimeError(f"no free verification code after {MAX_DRAWS} draws ({len(others)} live codes)")
 
 
 def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
@@ -158,14 +176,18 @@ def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
     claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS)
     if not claimed:
         return _why_not(conn, phone)
-    match = None
-    for candidate in claimed:
-        # Every candidate is compared, so the time taken says nothing about which one matched.
-        if hmac.compare_digest(candidate.code_hash, hash_code(candidate.user_id, phone, code)):
-            match = candidate
-    if match is None:
+    # Every candidate is compared, so the time taken says nothing about which one matched.
+    matches = [
+        candidate
+        for candidate in claimed
+        if hmac.compare_digest(candidate.code_hash, hash_code(candidate.user_id, phone, code))
+    ]
+    # Two matches mean two users hold these digits for this phone (issued before issue_code kept live codes
+    # apart): nothing says which of them owns it, so neither is linked and the attempt stays spent.
+    if len(matches) != 1:
         left = max(MAX_ATTEMPTS - candidate.attempts for candidate in claimed)
         return VerifyResult(Outcome.wrong_code, attempts_left=left)
+    match = matches[0]
     try:
         # A savepoint: if another user linked the number meanwhile, the spent attempt still commits.
         with conn.transaction():

@@ -50,6 +50,19 @@ UPDATE verification_codes SET attempts = attempts + 1
 WHERE phone = %(phone)s AND attempts < %(max_attempts)s AND expires_at > now()
 RETURNING user_id, code_hash, attempts
 """
+# Serialises the issuing of codes for one phone, so an issue that compares its new code with the other
+# live codes for the number sees every one of them, including one issued a moment ago: a row lock can't do
+# it, as the row that would conflict may not exist yet. Transaction-scoped (released at commit, so safe
+# behind PgBouncer's transaction pooling); the two-key form is a key space apart from the migrations'
+# one-key lock, and two phones sharing a hashtext only wait for each other.
+_CODE_LOCK_NAMESPACE = 0x76657269  # "veri"
+_LOCK_PHONE_CODES = "SELECT pg_advisory_xact_lock(%(namespace)s, hashtext(%(phone)s))"
+# The codes a VERIFY from the phone could still match, other than the user's own (which is being
+# replaced). Locked ones (attempts used up) are included: they are live until they expire.
+_OTHER_LIVE_CODES = """
+SELECT user_id, code_hash FROM verification_codes
+WHERE phone = %(phone)s AND user_id <> %(user_id)s AND expires_at > now()
+"""
 _CODES_FOR_PHONE = """
 SELECT user_id, attempts, expires_at <= now() AS expired
 FROM verification_codes WHERE phone = %(phone)s ORDER BY created_at DESC
@@ -123,6 +136,19 @@ def replace_code(
         ).fetchone()
     assert row is not None
     return row["expires_at"]
+
+
+def lock_phone_codes(conn: psycopg.Connection, phone: str) -> None:
+    """Wait for (then hold, until the transaction ends) the right to issue a code for ``phone``."""
+    with wrap_errors():
+        conn.execute(_LOCK_PHONE_CODES, {"namespace": _CODE_LOCK_NAMESPACE, "phone": phone})
+
+
+def other_live_codes(conn: psycopg.Connection, user_id: UUID, phone: str) -> list[tuple[UUID, bytes]]:
+    """(user id, code hash) of every unexpired code for ``phone`` that is not ``user_id``'s."""
+    with wrap_errors():
+        rows = conn.execute(_OTHER_LIVE_CODES, {"user_id": user_id, "phone": phone}).fetchall()
+    return [(row["user_id"], bytes(row["code_hash"])) for row in rows]
 
 
 def claim_attempts(conn: psycopg.Connection, phone: str, max_attempts: int) -> list[ClaimedCode]:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hmac
 import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 
 from shared import verification
-from shared.db import links
+from shared.db import links, users
 from shared.db.pool import transaction
 from shared.verification import MAX_ATTEMPTS, Outcome, PhoneTaken
 
 PHONE = "+14155550123"
 OTHER_PHONE = "+14155550199"
+WAITING_ON_A_LOCK = """
+SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
 
 
 def issue(user_id: uuid.UUID, phone: str = PHONE) -> verification.IssuedCode:
@@ -192,3 +197,67 @@ def test_relinking_moves_the_user_to_the_new_number(db: psycopg.Connection) -> N
 )
 def test_parse_verify(text: str, code: str | None) -> None:
     assert verification.parse_verify(text) == code
+
+
+def draws(monkeypatch: pytest.MonkeyPatch, *codes: str) -> None:
+    """The CSPRNG's next draws, in order: a collision of two 6-digit codes, made certain."""
+    queue = iter(codes)
+    monkeypatch.setattr(verification, "generate_code", lambda: next(queue))
+
+
+def test_no_two_live_codes_for_a_phone_are_the_same(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any user may ask for a code for any unlinked number: had the second user been handed the first
+    # user's digits, the owner's VERIFY would link the number to whichever row matched last.
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    draws(monkeypatch, "123456", "123456", "654321")
+    assert issue(owner).code == "123456"
+    assert issue(other).code == "654321"
+    result = verification.verify_phone(PHONE, "123456")
+    assert (result.outcome, result.user_id) == (Outcome.linked, owner)
+
+
+def test_a_user_may_be_given_their_own_old_code_again(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user's old row is the one being replaced: it is no other live code.
+    user_id = uuid.uuid4()
+    draws(monkeypatch, "123456", "123456")
+    issue(user_id)
+    assert issue(user_id).code == "123456"
+
+
+def test_two_users_issuing_at_once_get_different_codes(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, wait_for: Callable[..., Any]
+) -> None:
+    # The first issue has not committed when the second compares: without a lock on the phone's codes,
+    # the second could not see the first's row and would hand out the same digits.
+    first, second = uuid.uuid4(), uuid.uuid4()
+    draws(monkeypatch, "123456", "123456", "654321")
+    got: list[verification.IssuedCode] = []
+    thread = threading.Thread(target=lambda: got.append(issue(second)))
+    with transaction() as conn:
+        assert verification.issue_code(conn, first, PHONE).code == "123456"
+        thread.start()
+        wait_for(
+            lambda: not thread.is_alive() or db.execute(WAITING_ON_A_LOCK).fetchone()["n"] > 0,
+            what="the second issue to finish or to wait for the first",
+        )
+    thread.join()
+    assert [issued.code for issued in got] == ["654321"]
+
+
+def test_a_code_two_live_rows_match_links_no_one(db: psycopg.Connection) -> None:
+    # Rows issued before codes were kept apart may still hold the same digits for one phone: the VERIFY
+    # must not pick one of the two users, it counts as a wrong code.
+    owner, other = uuid.uuid4(), uuid.uuid4()
+    code = issue(owner).code
+    with transaction() as conn:
+        users.ensure_user(conn, other)
+        links.replace_code(conn, other, PHONE, verification.hash_code(other, PHONE, code), 600)
+    result = verification.verify_phone(PHONE, code)
+    assert (result.outcome, result.attempts_left) == (Outcome.wrong_code, MAX_ATTEMPTS - 1)
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+    attempts = [row["attempts"] for row in db.execute("SELECT attempts FROM verification_codes")]
+    assert attempts == [1, 1]
