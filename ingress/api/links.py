@@ -170,9 +170,12 @@ def get_link(user_id: str) -> Any:
 def delete_link(user_id: str) -> Any:
     uid = _user_id(user_id)
     with transaction() as conn:
-        removed = links.unlink(conn, uid)
-        # Unlinking also cancels a verification in progress, so an old code can't relink the number.
+        # Unlinking also cancels a verification in progress, so an old code can't relink the number. The
+        # code goes first, in the order a verify takes them (it claims the code, then links): a verify
+        # holding the code is waited for, and the link it made is then seen and removed, where looking for
+        # the link first found none, answered 404 and left the verify's link in place.
         links.delete_code(conn, uid)
+        removed = links.unlink(conn, uid)
     if not removed:
         return api_error(404, "not_found", "No WhatsApp number is linked to this user")
     log.info("phone unlinked", user_id=str(uid))

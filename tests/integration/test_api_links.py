@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import re
+import threading
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from shared import verification
+from shared.db.pool import transaction
 from shared.settings import load_settings
 
 KEY = "test-api-key-1"
 AUTH = {"X-API-Key": KEY}
 USER = str(uuid.uuid4())
 PHONE = "+14155550123"  # a valid (assigned-range) US number: strict validation accepts it
+WAITING_ON_A_LOCK = """
+SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'
+"""
 
 
 @pytest.fixture
@@ -187,3 +195,42 @@ def test_a_link_removed_the_moment_it_is_made_still_answers_linked(
     assert ok.status_code == 200, ok.get_json()
     assert (ok.get_json()["status"], ok.get_json()["userId"]) == ("linked", USER)
     assert ok.get_json()["linkedAt"].endswith("Z")
+
+
+def test_delete_during_a_verify_waits_for_it_and_unlinks(
+    client: FlaskClient, db: psycopg.Connection, wait_for: Callable[..., Any]
+) -> None:
+    # A VERIFY holds the user's code row (its claim) until it has linked and committed. A DELETE that
+    # looked for the link first found none (404) and the VERIFY then linked: the user asked to disconnect
+    # and stayed linked. Taking the code first, as the VERIFY does, it waits and then removes the link.
+    code = create(client)["code"]
+    holding, release = threading.Event(), threading.Event()
+    outcomes: list[verification.Outcome] = []
+
+    def verify_and_hold() -> None:
+        with transaction() as conn:
+            outcomes.append(verification.check_code(conn, PHONE, code).outcome)
+            holding.set()
+            release.wait(30)
+
+    verifier = threading.Thread(target=verify_and_hold)
+    verifier.start()
+    try:
+        assert holding.wait(30)
+        answers: list[int] = []
+        deleter = threading.Thread(
+            target=lambda: answers.append(client.delete(f"/api/v1/links/{USER}", headers=AUTH).status_code)
+        )
+        deleter.start()
+        wait_for(
+            lambda: not deleter.is_alive() or db.execute(WAITING_ON_A_LOCK).fetchone()["n"] > 0,
+            what="the DELETE to wait for the verify (or to finish)",
+        )
+    finally:
+        release.set()
+        verifier.join()
+    deleter.join()
+    assert outcomes == [verification.Outcome.linked]
+    assert answers == [204]
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+    assert client.get(f"/api/v1/links/{USER}", headers=AUTH).status_code == 404
