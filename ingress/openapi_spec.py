@@ -579,7 +579,19 @@ OPERATIONS: dict[str, Operation] = {
             422: INVALID_BODY,
             429: fail("code_locked: too many wrong attempts."),
         },
-        body=Body(VerifyLinkBody, example={"phone": "+14155550123", "code": "123456"}),
+        description="For a host that has proved the user holds the number itself: the code was handed to"
+        " the caller by POST /api/v1/links, so submitting it proves nothing about the phone. The proof of"
+        " possession is the user sending VERIFY <code> from that number on WhatsApp, which needs no call"
+        " here. Send user_id, so the code can link the number to the user it was issued to and no one"
+        " else; without it, any user's pending code for the number may match.",
+        body=Body(
+            VerifyLinkBody,
+            example={
+                "phone": "+14155550123",
+                "code": "123456",
+                "user_id": "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
+            },
+        ),
         api_key=True,
     ),
     "GET /api/v1/links/{user_id}": Operation(

@@ -166,16 +166,20 @@ def _unused_code(others: list[tuple[UUID, bytes]], phone: str) -> str:
     raise RuntimeError(f"no free verification code after {MAX_DRAWS} draws ({len(others)} live codes)")
 
 
-def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
-    """Check a code sent from (or for) ``phone`` inside the caller's transaction; link on success."""
+def check_code(conn: psycopg.Connection, phone: str, code: str, user_id: UUID | None = None) -> VerifyResult:
+    """Check a code sent from (or for) ``phone`` inside the caller's transaction; link on success.
+
+    With ``user_id`` only that user's code is tried (and has an attempt spent), so a code can link the
+    phone to no one but the user it was issued to; without, every user's code for the phone is.
+    """
     # The API's pattern (\d) takes any script's digits too; the hash is of the ASCII ones. Anything else
     # is refused before an attempt is spent.
     code = ascii_digits(code)
     if len(code) != CODE_DIGITS or not (code.isascii() and code.isdecimal()):
         return VerifyResult(Outcome.bad_format)
-    claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS)
+    claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS, user_id)
     if not claimed:
-        return _why_not(conn, phone)
+        return _why_not(conn, phone, user_id)
     # Every candidate is compared, so the time taken says nothing about which one matched.
     matches = [
         candidate
@@ -199,8 +203,8 @@ def check_code(conn: psycopg.Connection, phone: str, code: str) -> VerifyResult:
     return VerifyResult(Outcome.linked, user_id=match.user_id, link=link)
 
 
-def _why_not(conn: psycopg.Connection, phone: str) -> VerifyResult:
-    states = links.codes_for_phone(conn, phone)
+def _why_not(conn: psycopg.Connection, phone: str, user_id: UUID | None) -> VerifyResult:
+    states = links.codes_for_phone(conn, phone, user_id)
     if not states:
         return VerifyResult(Outcome.no_pending)
     if any(not state.expired and state.attempts >= MAX_ATTEMPTS for state in states):
@@ -208,10 +212,11 @@ def _why_not(conn: psycopg.Connection, phone: str) -> VerifyResult:
     return VerifyResult(Outcome.expired)
 
 
-def verify_phone(phone: str, code: str) -> VerifyResult:
-    """Check a code in a transaction of its own (the API's ``POST /api/v1/links/verify``)."""
+def verify_phone(phone: str, code: str, user_id: UUID | None = None) -> VerifyResult:
+    """Check a code in a transaction of its own (the API's ``POST /api/v1/links/verify``), only
+    ``user_id``'s when given."""
     with transaction() as conn:
-        return check_code(conn, phone, code)
+        return check_code(conn, phone, code, user_id)
 
 
 def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResult | None:

@@ -2,7 +2,10 @@
 
 The host application asks for a code (``POST /api/v1/links``) and shows the user the message to send;
 the user sends ``VERIFY 123456`` on WhatsApp (handled by the ``verify`` worker), or the host application
-submits the code itself (``POST /api/v1/links/verify``). Codes are the policy of ``shared/verification.py``.
+submits the code itself (``POST /api/v1/links/verify``). Only the WhatsApp message proves the user holds
+the phone: the host was handed the code, so submitting it proves nothing, and that route is for a host
+that has proved possession of the number itself (and says whose code it is, ``user_id``). Codes are the
+policy of ``shared/verification.py``.
 Every route needs an ``X-API-Key`` from ``WAPIPE_API_KEYS``.
 """
 
@@ -44,6 +47,12 @@ class VerifyLinkBody(BaseModel):
 
     phone: str = Field(min_length=1, max_length=64)
     code: str = Field(pattern=r"^\s*\d{6}\s*$")
+    # Optional, as callers written before it send none; without it any user's code for the phone may match.
+    user_id: uuid.UUID | None = Field(
+        default=None,
+        description="The user the code was issued to (POST /api/v1/links): only their code is tried, so the"
+        " phone can be linked to no one else. Send it.",
+    )
 
 
 class _Invalid(Exception):
@@ -137,7 +146,7 @@ _VERIFY_ERRORS: dict[Outcome, tuple[int, str, str]] = {
 def verify_link() -> Any:
     body = _body(VerifyLinkBody)
     phone = _phone(body.phone)
-    result = verification.verify_phone(phone, body.code.strip())
+    result = verification.verify_phone(phone, body.code.strip(), body.user_id)
     if result.outcome is not Outcome.linked:
         status, code, message = _VERIFY_ERRORS[result.outcome]
         if result.outcome is Outcome.wrong_code:

@@ -44,10 +44,12 @@ RETURNING expires_at
 """
 # Claim one attempt on every live, unlocked code for the phone BEFORE comparing: the row lock taken by the
 # UPDATE serialises concurrent guesses, and PostgreSQL re-checks ``attempts < max`` on the updated row, so
-# no number of parallel guesses can get more than ``max`` comparisons.
+# no number of parallel guesses can get more than ``max`` comparisons. With a user id, only that user's
+# code is claimed (a host that says whose code it submits), otherwise every user's code for the phone.
 _CLAIM_ATTEMPT = """
 UPDATE verification_codes SET attempts = attempts + 1
 WHERE phone = %(phone)s AND attempts < %(max_attempts)s AND expires_at > now()
+    AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 RETURNING user_id, code_hash, attempts
 """
 # Serialises the issuing of codes for one phone, so an issue that compares its new code with the other
@@ -65,7 +67,8 @@ WHERE phone = %(phone)s AND user_id <> %(user_id)s AND expires_at > now()
 """
 _CODES_FOR_PHONE = """
 SELECT user_id, attempts, expires_at <= now() AS expired
-FROM verification_codes WHERE phone = %(phone)s ORDER BY created_at DESC
+FROM verification_codes WHERE phone = %(phone)s AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ORDER BY created_at DESC
 """
 _DELETE_CODES_FOR_PHONE = "DELETE FROM verification_codes WHERE phone = %(phone)s"
 _DELETE_CODE = "DELETE FROM verification_codes WHERE user_id = %(user_id)s"
@@ -151,16 +154,22 @@ def other_live_codes(conn: psycopg.Connection, user_id: UUID, phone: str) -> lis
     return [(row["user_id"], bytes(row["code_hash"])) for row in rows]
 
 
-def claim_attempts(conn: psycopg.Connection, phone: str, max_attempts: int) -> list[ClaimedCode]:
+def claim_attempts(
+    conn: psycopg.Connection, phone: str, max_attempts: int, user_id: UUID | None = None
+) -> list[ClaimedCode]:
+    """Spend an attempt on every live code for ``phone`` (only ``user_id``'s, when given) and return them."""
     with wrap_errors():
-        rows = conn.execute(_CLAIM_ATTEMPT, {"phone": phone, "max_attempts": max_attempts}).fetchall()
+        rows = conn.execute(
+            _CLAIM_ATTEMPT, {"phone": phone, "max_attempts": max_attempts, "user_id": user_id}
+        ).fetchall()
     return [ClaimedCode(row["user_id"], bytes(row["code_hash"]), row["attempts"]) for row in rows]
 
 
-def codes_for_phone(conn: psycopg.Connection, phone: str) -> list[CodeState]:
-    """Every code pending for the phone, newest first, with whether it has expired (DB time)."""
+def codes_for_phone(conn: psycopg.Connection, phone: str, user_id: UUID | None = None) -> list[CodeState]:
+    """Every code pending for the phone (only ``user_id``'s, when given), newest first, with whether it has
+    expired (DB time)."""
     with wrap_errors():
-        rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone}).fetchall()
+        rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone, "user_id": user_id}).fetchall()
     return [CodeState(**row) for row in rows]
 
 

@@ -183,8 +183,10 @@ def test_a_link_removed_the_moment_it_is_made_still_answers_linked(
     code = create(client)["code"]
     real_verify = links_api.verification.verify_phone
 
-    def verify_then_unlinked_elsewhere(phone: str, typed: str):  # type: ignore[no-untyped-def]
-        result = real_verify(phone, typed)
+    def verify_then_unlinked_elsewhere(
+        phone: str, typed: str, user_id: uuid.UUID | None = None
+    ) -> verification.VerifyResult:
+        result = real_verify(phone, typed, user_id)
         assert client.delete(f"/api/v1/links/{USER}", headers=AUTH).status_code == 204
         return result
 
@@ -234,3 +236,49 @@ def test_delete_during_a_verify_waits_for_it_and_unlinks(
     assert answers == [204]
     assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
     assert client.get(f"/api/v1/links/{USER}", headers=AUTH).status_code == 404
+
+
+def test_verify_with_a_user_id_tries_only_that_users_code(
+    client: FlaskClient, db: psycopg.Connection
+) -> None:
+    # The code was handed to the API caller by POST /links, so it proves nothing about the phone: with
+    # user_id the caller says whose code it submits, and another user's code for the number is not tried
+    # (nor has an attempt spent on it).
+    other = str(uuid.uuid4())
+    code = create(client)["code"]
+    other_code = create(client, user_id=other)["code"]
+
+    crossed = client.post(
+        "/api/v1/links/verify", json={"phone": PHONE, "code": code, "user_id": other}, headers=AUTH
+    )
+    assert crossed.status_code == 400, crossed.get_json()
+    assert crossed.get_json()["error"]["code"] == "invalid_code"
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+    attempts = db.execute(
+        "SELECT user_id::text, attempts FROM verification_codes ORDER BY attempts"
+    ).fetchall()
+    assert [(row["user_id"], row["attempts"]) for row in attempts] == [(USER, 0), (other, 1)]
+
+    stranger = client.post(
+        "/api/v1/links/verify",
+        json={"phone": PHONE, "code": code, "user_id": str(uuid.uuid4())},
+        headers=AUTH,
+    )
+    assert stranger.status_code == 404
+    assert stranger.get_json()["error"]["code"] == "no_pending_code"
+
+    ok = client.post(
+        "/api/v1/links/verify", json={"phone": PHONE, "code": other_code, "user_id": other}, headers=AUTH
+    )
+    assert ok.status_code == 200, ok.get_json()
+    assert ok.get_json()["userId"] == other
+
+
+def test_verify_user_id_must_be_a_uuid(client: FlaskClient, db: psycopg.Connection) -> None:
+    code = create(client)["code"]
+    response = client.post(
+        "/api/v1/links/verify", json={"phone": PHONE, "code": code, "user_id": "nope"}, headers=AUTH
+    )
+    assert response.status_code == 422
+    assert response.get_json()["error"]["message"].startswith("user_id:")
+    assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 0
