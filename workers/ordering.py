@@ -21,7 +21,8 @@ Design notes:
   ``wapipe_turn_waits`` header, so a conversation busy for a while does not eat the stage's retries for
   PostgreSQL outages. After :data:`MAX_WAIT_SECONDS` (well past the stale grace) it runs anyway: better out
   of order than never. A retry after a failure starts that clock afresh (:func:`with_fresh_clock`): an
-  outage is not waiting.
+  outage is not waiting. ``flows.step``'s waits for its conversation's lock are no failures either
+  (:meth:`StageTask.again`, counted in a header of their own), and a wait for the turn keeps that count.
 - Multi-hop handlers keep the turn until their last hop answers: ``ai.parse_proposal`` does not mark its
   message handled when it hands it to ``persist.save_proposal``; persist, which needs no turn of its own
   (its message already had it), does.
@@ -83,7 +84,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from kombu.exceptions import KombuError
 
 from shared import arrivals
@@ -327,10 +328,10 @@ def wait_a_moment(
     """Schedule the running ``task`` again a moment later, to wait for an earlier message of its
     conversation, and raise ``Retry``; return instead when it may wait no longer (then it goes ahead).
 
-    A wait is not a failure: the task keeps its id and retry count, counts its waits in a header of its
-    own (:data:`TURN_WAITS_HEADER`), which ``countdown`` defaults to :func:`wait_seconds` of, and keeps
-    when it began to wait (:data:`WAITING_SINCE_HEADER`), up to :data:`MAX_WAIT_SECONDS`. ``since``: count
-    the wait from then instead (epoch seconds), from now on.
+    A wait is not a failure: the task keeps its id, retry count and other headers, counts its waits in a
+    header of its own (:data:`TURN_WAITS_HEADER`), which ``countdown`` defaults to :func:`wait_seconds` of,
+    and keeps when it began to wait (:data:`WAITING_SINCE_HEADER`), up to :data:`MAX_WAIT_SECONDS`.
+    ``since``: count the wait from then instead (epoch seconds), from now on.
     """
     request = task.request
     waits = waits_of(task)
@@ -339,7 +340,10 @@ def wait_a_moment(
         log.warning("waited too long for an earlier message; going ahead", task=task.name, **log_fields)
         return
     countdown = wait_seconds(waits) if countdown is None else countdown
-    headers = {TURN_WAITS_HEADER: waits + 1, WAITING_SINCE_HEADER: since}
+    # The task's other headers too (Celery's retry keeps them): a flows.step's count of waits for its
+    # conversation's lock must not start afresh because it also waited for its turn.
+    kept = getattr(request, "headers", None) or {}
+    headers = {**kept, TURN_WAITS_HEADER: waits + 1, WAITING_SINCE_HEADER: since}
     again = task.signature_from_request(request, countdown=countdown, headers=headers)
     try:
         again.apply_async()
@@ -425,6 +429,30 @@ class StageTask(WapipeTask):
             # Before the retry is published, so no later message sees it pending without the mark.
             mark_retrying(message_id, due)
         return super().retry(*args, **with_fresh_clock(self, options))
+
+    def again(self, countdown: float, headers: Mapping[str, Any]) -> Retry:
+        """The ``Retry`` to raise to run the task again ``countdown`` seconds later, not as a failure: as
+        :meth:`retry` (its message marked as retrying, its waiting clock dropped, a publish that fails puts
+        the delivery back), but with its retry count kept. Celery's count (``retries``) is what bounds and
+        spaces the task's retries through an outage (``OUTAGE_RETRIES``, which
+        :data:`shared.db.turns.HORIZON` is derived from), so a task that also waits for something of its
+        own (flows.step for its conversation's lock) counts those waits in ``headers``, added to the
+        request's (kept, as Celery's retry keeps them). In-process (tests, ``.apply()``) this is Celery's
+        retry: there is no queue to come back through."""
+        request = self.request
+        if request.called_directly or request.is_eager:
+            return self.retry(countdown=countdown, headers={**(request.headers or {}), **headers})
+        kept = with_fresh_clock(self, {})["headers"]
+        message_id = message_id_of(request.args, request.kwargs)
+        if message_id is not None:
+            mark_retrying(message_id, time.time() + countdown)  # before the publish, as retry marks it
+        again = self.signature_from_request(request, countdown=countdown, headers={**kept, **headers})
+        try:
+            again.apply_async()
+        except Exception as exc:
+            # As Task.retry would, then WapipeTask: not scheduled, so the delivery goes back on its queue.
+            raise Reject(exc, requeue=True) from exc
+        return Retry(f"{self.name} again in {countdown:.2f}s", when=countdown, sig=again)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         message_id = message_id_of(args, kwargs)

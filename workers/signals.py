@@ -2,7 +2,8 @@
 what a task that gives up for good leaves behind.
 
 A task fails for good on an unexpected error or once its retries are spent (workers/__init__.py,
-``OUTAGE_RETRIES``); Celery then acknowledges its message, so it is gone. A handler stage's task
+``OUTAGE_RETRIES``; a ``flows.step`` also once its waits for its conversation's lock are, workers/flows.py);
+Celery then acknowledges its message, so it is gone. A handler stage's task
 (:class:`workers.ordering.StageTask`: verify, commands, flows, ai, persist) and a webhook event's task
 (``inbound.route``, ``status.apply``) are kept as a dead letter, which ``wapipe dlq replay`` publishes again
 with the same kwargs. A handler's sender is also told, once, to try again (``shared.replies.apologise``):

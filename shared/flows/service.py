@@ -8,7 +8,8 @@ Ordering and exactly-once across several ``flows`` worker processes:
   conversation's step skip the other's message as already done, or feed it into the other's form.
 - A Redis lock per conversation (``flows:lock:conversation:<id>``, SET NX PX with a random token, released
   only by its holder) serialises every step that touches that conversation's flow state. A step that finds
-  it held raises :class:`Busy` and the task retries a moment later, so no worker blocks.
+  it held raises :class:`Busy` and the task runs again a moment later, so no worker blocks (those waits
+  are bounded and counted apart from the task's retries through an outage: workers/flows.py).
 - The lock has a short lease (``LOCK_SECONDS``), so a dead holder's lapses soon, and the step holding it
   renews it every third of the lease from a thread of its own, for as long as it runs: a step slowed past
   the lease (a database under load, a slow lookup or action) keeps its conversation and saves its answer,
