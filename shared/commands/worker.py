@@ -37,7 +37,10 @@ def celery_argv(queues: list[str], concurrency: int | None, pool: str, loglevel:
     argv = [
         sys.executable, "-m", "celery", "-A", "workers", "worker",
         "-Q", ",".join(queues),
-        "-n", f"{'-'.join(queues)}@%h",
+        # The process id too (execv keeps it): several processes of one pool on a host (honcho -c, a
+        # container per process sharing a hostname) would otherwise share a node name, and a control
+        # command (ping, inspect, shutdown) would reach only one of them.
+        "-n", f"{'-'.join(queues)}.{os.getpid()}@%h",
         "--prefetch-multiplier", str(prefetch),
         "--pool", pool,
         "--loglevel", loglevel,
