@@ -7,6 +7,7 @@ section so other deployments (menu flows, assistant) can add their own demo data
 from __future__ import annotations
 
 import argparse
+import sys
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = seed(args.phone)
     except SeedError as exc:
-        print(f"wapipe seed-demo: {exc}")
+        print(f"wapipe seed-demo: {exc}", file=sys.stderr)
         return 1
     print(f"Demo user:      {report.user_id}")
     print(f"Workspace:      {report.workspace}")

@@ -41,6 +41,7 @@ def test_seed_demo_refuses_a_phone_of_another_user(
     db.execute("INSERT INTO users (id) VALUES (%s)", (other,))
     db.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, '+15550001111')", (other,))
     assert main(["seed-demo", "--phone", "+1 555 000 1111"]) == 1
-    assert "already linked to another user" in capsys.readouterr().out
+    # On stderr, where a script running it looks for why it failed.
+    assert "already linked to another user" in capsys.readouterr().err
     # Nothing half-written: the demo user was not created either.
     assert db.execute("SELECT count(*) AS n FROM workspaces").fetchone()["n"] == 0
