@@ -11,6 +11,11 @@ a malformed URL quotes the part it could not parse, which can be the password.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -47,13 +52,46 @@ def _check_postgres() -> str:
     url = current_settings().database_url
     if not url:
         return "not configured: WAPIPE_DATABASE_URL is not set"
+    timed_out = threading.Event()
     try:
         # A connection of its own with a short timeout: the pool could make us wait for a busy slot.
-        with psycopg.connect(url, connect_timeout=CHECK_TIMEOUT_SECONDS, autocommit=True) as conn:
+        with (
+            psycopg.connect(url, connect_timeout=CHECK_TIMEOUT_SECONDS, autocommit=True) as conn,
+            _bounded(conn, timed_out),
+        ):
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        return _unreachable(exc)
+        return "unreachable: timed out" if timed_out.is_set() else _unreachable(exc)
     return "ok"
+
+
+@contextlib.contextmanager
+def _bounded(conn: psycopg.Connection, timed_out: threading.Event) -> Iterator[None]:
+    """Break ``conn`` off if the block still waits on it after CHECK_TIMEOUT_SECONDS.
+
+    connect_timeout bounds only the login. Behind PgBouncer with PostgreSQL down or saturated the login
+    succeeds and the query waits for a server connection (up to query_wait_timeout, 120 s), and gunicorn's
+    timeout does not stop a request thread: probes would pile up until webhooks found no thread. Neither
+    a cancel request nor a statement_timeout helps there (the query never reached PostgreSQL), so the
+    socket is shut down under the waiting driver, which then fails at once. Shut down through a duplicate
+    of the descriptor: it stays ours however late the timer fires, so it can never hit a reused number.
+    """
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+
+    def cut() -> None:
+        timed_out.set()
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(CHECK_TIMEOUT_SECONDS, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        sock.close()
 
 
 def _check_redis() -> str:

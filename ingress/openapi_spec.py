@@ -106,8 +106,9 @@ class Health(_Out):
 
 class ReadinessChecks(_Out):
     postgres: str = Field(
-        description='"ok", "unreachable: <error type>" (e.g. OperationalError; never the error\'s text), or'
-        ' "not configured: ...".'
+        description='"ok", "unreachable: <error type>" (e.g. OperationalError; never the error\'s text),'
+        ' "unreachable: timed out" (logged in but no answer within 2 s, as behind PgBouncer with PostgreSQL'
+        ' down), or "not configured: ...".'
     )
     redis: str = Field(
         description='"ok", "unreachable: <error type>" (e.g. ConnectionError; never the error\'s text), or'

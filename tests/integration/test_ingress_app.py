@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +22,13 @@ import pytest
 import redis
 import structlog
 from flask import Flask, jsonify, request
+from psycopg.conninfo import conninfo_to_dict
 
 from ingress import create_app
 from ingress.auth import require_api_key
 from shared.logging import configure_logging
 from shared.settings import load_settings
+from tests.fakes.stalling_postgres import StallingPostgres
 
 
 def closed_port() -> int:
@@ -70,6 +73,33 @@ def test_readyz_503_names_postgres_when_unreachable(redis_client: redis.Redis) -
     assert response.get_json()["checks"] == {"postgres": "unreachable: OperationalError", "redis": "ok"}
     for secret in ("hunter2", str(port), "nope"):
         assert secret not in response.get_data(as_text=True)
+
+
+def test_readyz_answers_when_postgres_lets_the_login_through_then_never_answers(
+    redis_client: redis.Redis,
+) -> None:
+    # Behind PgBouncer with PostgreSQL down or saturated the login succeeds and the query waits (up to
+    # PgBouncer's query_wait_timeout, 120 s): an unbounded check held a request thread that long, and
+    # probes piled up until webhooks found no thread. The proxy holds the query for ever.
+    database_url = os.environ["WAPIPE_DATABASE_URL"]
+    given = conninfo_to_dict(database_url)
+    with StallingPostgres(str(given.get("host", "127.0.0.1")), int(given.get("port", 5432))) as proxy:
+        app = create_app(load_settings(database_url=proxy.url(database_url)))
+        answers: list[tuple[int, dict[str, object]]] = []
+
+        def probe() -> None:
+            response = app.test_client().get("/readyz")
+            answers.append((response.status_code, response.get_json()))
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        # A guard, not a measure: far above the check's bound, only so a hang fails instead of blocking.
+        prober.join(timeout=30)
+        assert not prober.is_alive(), "/readyz never answered"
+        assert proxy.held > 0  # the query did reach the proxy and was held: the stall was real
+    assert answers == [
+        (503, {"status": "unavailable", "checks": {"postgres": "unreachable: timed out", "redis": "ok"}})
+    ]
 
 
 def test_readyz_shows_and_logs_nothing_of_a_malformed_database_url(
