@@ -1,8 +1,12 @@
 """Liveness and readiness for load balancers and orchestrators.
 
 ``/healthz`` answers while the process can serve at all (no I/O, so a slow database never gets a healthy
-web process restarted). ``/readyz`` answers 200 only when PostgreSQL and Redis both respond, and says
-which one is down otherwise, so traffic is held back from an instance that could only answer 503s.
+web process restarted). ``/readyz`` answers 200 while Redis responds: the webhooks, what an instance is
+for, need only Redis (events are queued, and the workers retry through a PostgreSQL outage), so an
+outage of PostgreSQL alone must not take every replica out of the load balancer, where providers' webhooks
+would be refused and lost (Twilio does not retry a 5xx or a timeout). With PostgreSQL down the answer is
+still 200, with ``"status": "degraded"`` and the PostgreSQL check's result; with Redis down it is 503
+(``"unavailable"``). Either way ``checks`` says what each server answered, each check bounded in time.
 
 ``/readyz`` needs no API key, so a failed check says only the error's type
 (``unreachable: OperationalError``): the driver's text names internal hosts, ports and databases, and for
@@ -40,11 +44,17 @@ def healthz() -> Any:
 @bp.get("/readyz")
 def readyz() -> Any:
     checks = {"postgres": _check_postgres(), "redis": _check_redis()}
-    ready = all(result == "ok" for result in checks.values())
-    if not ready:
+    if checks["redis"] != "ok":
+        status, code = "unavailable", 503
         log.warning("ingress.not_ready", **checks)
-    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
-    response.status_code = 200 if ready else 503
+    elif checks["postgres"] != "ok":
+        # Still ready for webhooks; the API's database calls answer 503 until PostgreSQL is back.
+        status, code = "degraded", 200
+        log.warning("ingress.degraded", **checks)
+    else:
+        status, code = "ready", 200
+    response = jsonify({"status": status, "checks": checks})
+    response.status_code = code
     return response
 
 

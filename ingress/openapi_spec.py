@@ -117,7 +117,7 @@ class ReadinessChecks(_Out):
 
 
 class Readiness(_Out):
-    status: Literal["ready", "unavailable"]
+    status: Literal["ready", "degraded", "unavailable"]
     checks: ReadinessChecks
 
 
@@ -399,8 +399,12 @@ OPERATIONS: dict[str, Operation] = {
         "health",
         "Readiness",
         {
-            200: Reply("PostgreSQL and Redis both respond.", Readiness),
-            503: Reply("One of them does not; checks says which, and the error's type only.", Readiness),
+            200: Reply(
+                "Redis responds, so webhooks are taken: status ready when PostgreSQL responds too, degraded"
+                " (with the PostgreSQL check's result) when it does not.",
+                Readiness,
+            ),
+            503: Reply("Redis does not respond; checks says so, with the error's type only.", Readiness),
         },
     ),
     "GET /metrics": Operation(
