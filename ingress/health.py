@@ -9,8 +9,8 @@ still 200, with ``"status": "degraded"`` and the PostgreSQL check's result; with
 (``"unavailable"``). Either way ``checks`` says what each server answered, each check bounded in time.
 
 ``/readyz`` needs no API key, so a failed check says only the error's type
-(``unreachable: OperationalError``): the driver's text names internal hosts, ports and databases, and for
-a malformed URL quotes the part it could not parse, which can be the password.
+(``unreachable: OperationalError``): the driver's text names internal hosts, ports and databases. (A
+malformed URL, whose error would quote the password, is refused at start by shared/settings.py.)
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import phonenumbers
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     # (a role's own statement_timeout, or behind PgBouncer's transaction pooling, where a session SET does
     # not hold).
     db_statement_timeout_seconds: float = _env("WAPIPE_DB_STATEMENT_TIMEOUT", default=20.0, ge=0, le=3600)
+    # PostgreSQL connections per process (shared/db/pool.py).
+    db_pool_size: int = _env("WAPIPE_DB_POOL_SIZE", default=8, ge=1)
 
     public_url: str = _env("WAPIPE_PUBLIC_URL", default="http://127.0.0.1:8000")
     app_url: str | None = _env("WAPIPE_APP_URL", default=None)
@@ -184,6 +188,23 @@ class Settings(BaseSettings):
             text = key.get_secret_value()
             if not all("!" <= char <= "~" for char in text):
                 raise ValueError("an API key must be visible ASCII characters only (it travels in a header)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_database_url(cls, value: str | None) -> str | None:
+        # Parsed as libpq will at the first connection, where a malformed URL (a password with "%zz" or a
+        # space) failed every task with an error that is no outage, each message acked and lost. Neither
+        # the value nor the driver's text is shown: that text quotes the part it cannot parse, which can be
+        # the password.
+        if value:
+            try:
+                conninfo_to_dict(value)
+            except psycopg.Error:
+                raise ValueError(
+                    "is malformed (not a PostgreSQL URL or key=value string libpq can parse; check that"
+                    " special characters in the password are percent-encoded)"
+                ) from None
         return value
 
     @field_validator("media_hosts", mode="before")

@@ -79,7 +79,7 @@ def get_pool() -> ConnectionPool:
             _pool = ConnectionPool(
                 database_url(),
                 min_size=1,
-                max_size=int(os.environ.get("WAPIPE_DB_POOL_SIZE", "8")),
+                max_size=get_settings().db_pool_size,
                 kwargs=_connect_kwargs(database_url()),
                 configure=_configure,
                 # A connection killed by a PostgreSQL restart is detected and replaced on checkout.

@@ -27,9 +27,16 @@ def _terminate(db: psycopg.Connection, pid: int) -> None:
 def one_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # One connection, so the one we terminate is the one the next checkout gets.
     monkeypatch.setenv("WAPIPE_DB_POOL_SIZE", "1")
+    get_settings.cache_clear()
     pool.close_pool()
     yield
     pool.close_pool()
+    monkeypatch.delenv("WAPIPE_DB_POOL_SIZE")
+    get_settings.cache_clear()
+
+
+def test_the_pool_is_as_big_as_the_setting(one_connection: None) -> None:
+    assert pool.get_pool().max_size == 1
 
 
 def test_an_idle_connection_killed_by_the_server_is_replaced_on_checkout(

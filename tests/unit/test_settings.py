@@ -38,12 +38,59 @@ def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WAPIPE_MAX_BODY_BYTES", "0"),
         ("WAPIPE_AI_TIMEOUT", "61"),  # an attempt may take twice it: past half the model call's budget
         ("WAPIPE_API_KEYS", "good-key,clé-secrète"),  # not header-safe: it could never match
+        # Read at the first connection, it failed every task that needed one, each acked and lost.
+        ("WAPIPE_DB_POOL_SIZE", ""),
+        ("WAPIPE_DB_POOL_SIZE", "eight"),
+        ("WAPIPE_DB_POOL_SIZE", "0"),
     ],
 )
 def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=variable):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://wp:S3cret%zzPass@db.internal.example/wapipe_prod",  # not percent-encoding
+        "postgresql://wp:S3cret Pass@db.internal.example/wapipe_prod",  # a space
+        "postgresql://wp:S3cretPass@db.internal.example/wapipe_prod?no_such_option=1",
+        "host=db.internal.example password='S3cretPass",  # key=value form, unterminated quote
+    ],
+)
+def test_malformed_database_url_is_named_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    # Accepted at start, it failed every task at its first connection (a ProgrammingError, not an outage:
+    # each message acked and lost). The driver's error quotes the part it cannot parse: the password.
+    monkeypatch.setenv("WAPIPE_DATABASE_URL", url)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "WAPIPE_DATABASE_URL" in message
+    assert "malformed" in message
+    for part in ("S3cret", "Pass", "db.internal", "wapipe_prod", "no_such_option"):
+        assert part not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://wp:p%40ss%20word@db.example:6432/wapipe?sslmode=require",
+        "postgresql:///wapipe?host=/var/run/postgresql",
+        "host=db.example dbname=wapipe user=wp password='a b'",
+    ],
+)
+def test_wellformed_database_urls_are_kept_as_given(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("WAPIPE_DATABASE_URL", url)
+    assert load_settings().database_url == url
+
+
+def test_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().db_pool_size == 8
+    monkeypatch.setenv("WAPIPE_DB_POOL_SIZE", "3")
+    assert load_settings().db_pool_size == 3
 
 
 def test_twilio_provider_without_credentials_names_each_missing_variable(
