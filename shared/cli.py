@@ -10,6 +10,9 @@ import argparse
 import importlib
 import sys
 
+import psycopg
+
+from shared.db.errors import DatabaseError
 from shared.settings import SettingsError
 
 # name -> (module, one line for `wapipe --help`)
@@ -51,6 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wapipe: {exc}", file=sys.stderr)
         return 2
+    except (psycopg.Error, DatabaseError) as exc:
+        # The type only, as /readyz does: the driver's text names internal hosts, ports and databases, and
+        # a traceback ends in it on a terminal or in a deploy log. Our own errors wrap the driver's.
+        cause = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ is not None else exc
+        print(
+            f"wapipe: the database failed ({type(cause).__name__}); check that PostgreSQL is reachable at"
+            " WAPIPE_DATABASE_URL with the given credentials",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,60 @@
+"""The ``wapipe`` console script's top level, run as a real process: a failure says what failed, never a
+traceback, and never the database URL's secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wapipe(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
+    environ.update({"WAPIPE_DATA_DIR": str(tmp_path), **env})
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["dlq", "list"]])
+def test_a_database_error_says_its_type_only(tmp_path: Path, command: list[str]) -> None:
+    # The driver's text names hosts, ports and databases (and for some errors the part of the URL it
+    # could not use); a traceback ended in it, on a terminal or in a deploy log. (The pool's own warnings
+    # while it retries name the host and port, never the password.)
+    port = closed_port()
+    url = f"postgresql://wp:Hunter2Secret@127.0.0.1:{port}/wapipe_prod"
+    result = wapipe(tmp_path, *command, WAPIPE_DATABASE_URL=url)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    # OperationalError, or for a pooled command the pool's PoolTimeout (its subclass).
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"wapipe: the database failed \((OperationalError|PoolTimeout)\); .*", last), last
+    for secret in ("Hunter2Secret", str(port), "wapipe_prod"):
+        assert secret not in last
+    assert "Hunter2Secret" not in result.stdout + result.stderr
+
+
+def test_a_malformed_database_url_exits_2_naming_the_variable_only(tmp_path: Path) -> None:
+    url = "postgresql://wp:Hunter2 Secret@db.internal.example/wapipe_prod"
+    result = wapipe(tmp_path, "migrate", WAPIPE_DATABASE_URL=url)
+    assert result.returncode == 2, result.stderr
+    assert "WAPIPE_DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    for secret in ("Hunter2", "Secret", "db.internal", "wapipe_prod"):
+        assert secret not in result.stdout + result.stderr
