@@ -78,6 +78,9 @@ def _media_host(entry: Any) -> str:
     return entry
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _env(name: str, **kwargs: Any) -> Any:
     return Field(validation_alias=name, **kwargs)
 
@@ -139,6 +142,7 @@ class Settings(BaseSettings):
     # "host" (https), "*.domain" (its subdomains, https), or an http(s) URL prefix.
     media_hosts: Annotated[list[str], NoDecode] = _env("WAPIPE_MEDIA_HOSTS", default_factory=list)
 
+    # A name both logging and Celery's --loglevel take (shared/logging.py, wapipe worker and beat).
     log_level: str = _env("WAPIPE_LOG_LEVEL", default="INFO")
     log_format: str = _env("WAPIPE_LOG_FORMAT", default="auto", pattern="^(auto|json|console)$")
 
@@ -206,6 +210,14 @@ class Settings(BaseSettings):
                     " special characters in the password are percent-encoded)"
                 ) from None
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
+        return level
 
     @field_validator("media_hosts", mode="before")
     @classmethod

@@ -42,6 +42,8 @@ def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WAPIPE_DB_POOL_SIZE", ""),
         ("WAPIPE_DB_POOL_SIZE", "eight"),
         ("WAPIPE_DB_POOL_SIZE", "0"),
+        ("WAPIPE_LOG_LEVEL", "verbose"),  # failed later, in logging or Celery, without the variable's name
+        ("WAPIPE_LOG_LEVEL", ""),
     ],
 )
 def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -85,6 +87,11 @@ def test_malformed_database_url_is_named_without_showing_it(
 def test_wellformed_database_urls_are_kept_as_given(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("WAPIPE_DATABASE_URL", url)
     assert load_settings().database_url == url
+
+
+def test_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAPIPE_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
 
 
 def test_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
