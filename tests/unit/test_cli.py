@@ -58,3 +58,13 @@ def test_a_malformed_database_url_exits_2_naming_the_variable_only(tmp_path: Pat
     assert "Traceback" not in result.stderr
     for secret in ("Hunter2", "Secret", "db.internal", "wapipe_prod"):
         assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "many"])
+def test_dlq_list_limit_below_one_is_a_usage_error(tmp_path: Path, limit: str) -> None:
+    # -1 gave a traceback and 0 said "no pending dead letters", which an operator would believe.
+    result = wapipe(tmp_path, "dlq", "list", "--limit", limit)
+    assert result.returncode == 2, result.stderr
+    assert "--limit" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no pending dead letters" not in result.stdout
