@@ -175,7 +175,10 @@ _ESCAPED_CHAR = re.compile(r"%(?:25)?[0-9A-F]{2}|\\(?:x[0-9A-F]{2}|u[0-9A-F]{4})
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
-#   since a token is often sent as the user name alone (``https://TOKEN@host``); "://" is kept;
+#   since a token is often sent as the user name alone (``https://TOKEN@host``); "://" is kept. It runs to
+#   the last @ before the authority ends (a /, ?, #, space or quote, or the end of the text), where urllib
+#   and redis-py split it: a password may hold a raw @ (``redis://:p@ss@host``). One greedy run, given back
+#   to that @, so linear: a run stops at the next /, so no two runs from different "://" overlap;
 # - a query parameter's value (``?token=...``, ``&api_key=...``), when its name is judged secret as a
 #   field name would be (_key_kind) or is one of _SECRET_PARAMS; any other parameter's value is searched in
 #   turn (see _redact_secrets), as it may hold a URL (a callback inside another URL's query);
@@ -184,7 +187,7 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
     r"(?=[:?&;bs0-9a-f])(?:"
-    r"(?P<url>://)[^\s/?#@\"'<>]+(?=@)"
+    r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
     r")",

@@ -439,6 +439,10 @@ def test_phones_with_escaped_no_break_spaces_are_masked() -> None:
             "GET https://[redacted]@api.example.com/v1 failed",
         ),
         ("redis://:hunter2pw@10.0.0.5:6379/0 refused", "redis://[redacted]@10.0.0.5:6379/0 refused"),
+        # A raw @ in a password: urllib and redis-py take the userinfo up to the last @ before the host.
+        ("redis://:p@ss@10.0.0.5:6379/0 refused", "redis://[redacted]@10.0.0.5:6379/0 refused"),
+        ("GET https://ops:p@s@w0rd@api.example.com", "GET https://[redacted]@api.example.com"),
+        ('url="https://u:a@b@h.example.com"', 'url="https://[redacted]@h.example.com"'),
         # A token sent as the user name alone is as secret as a password.
         ("cloning https://ghp_tok3n@github.com/x.git", "cloning https://[redacted]@github.com/x.git"),
         (
@@ -467,6 +471,9 @@ def test_credentials_in_urls_are_redacted(text: str, scrubbed: str) -> None:
         "https://graph.facebook.com/v21.0/1234567/messages?limit=10&after=QVFIUj",
         "/api/v1/conversations?status=open&cursor=12",
         "mail ops@example.com about https://example.com/status",
+        # An @ after the authority ended (path, query, fragment, next word) is no credentials' end.
+        "https://example.com/users/@alice and https://example.com?q=a@b#c@d",
+        "see https://example.com mail ops@example.com",
         "text/html; charset=utf-8",
         "SQL: a = 1 AND b = 2; count=3",
         "?error_code=131047&status=failed",
