@@ -77,6 +77,12 @@ _DASH = rf"(?:-|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
 # People type a dash with a space on either side (``415 - 555 - 0123``). A dot takes no space: so spaced, it
 # ends a sentence (``sent 1234. 5678 more``). Each form is spelt one way only, so no text splits two ways.
 _GAP = rf"(?:{_SPACES}(?:{_DASH}{_SPACES}?)?|{_DASH}{_SPACES}?|\.|{_SLASH})"
+# The same forms in two sets. A tight gap is one character: a space, a dash, a dot or a slash. A loose gap, a
+# dash with a space on either side or two spaces, is also how ranges, sums of times and padded columns are
+# written (``ports 8000 - 8080``, ``took 1500 - 2500 ms``, ``msgs 1234  5678``), so it joins groups only into
+# a phone-like whole (see _LOOSE_RUN).
+_TIGHT_GAP = rf"(?:{_SPACE}|{_DASH}|\.|{_SLASH})"
+_LOOSE_GAP = rf"(?:{_SPACES}{_DASH}{_SPACES}?|{_DASH}{_SPACES}|{_SPACE}{_SPACE})"
 # Each bracket pair as written, encoded once and encoded twice; an opening matches only its own closing.
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 
@@ -97,6 +103,32 @@ _PHONE_CLOSE = "(?:" + "|".join(_closing_bracket(*pair) for pair in _BRACKET_PAI
 # too short for a phone) one test rules out all the forms, which are many.
 _SEPARATOR_START = r"[ +%.\-/\\()\u00a0\u202f\u2010\u2011\u2013]"
 _PHONE_SEPARATOR = rf"(?={_SEPARATOR_START})(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
+_TIGHT_SEPARATOR = (
+    rf"(?={_SEPARATOR_START})(?:{_TIGHT_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_TIGHT_GAP}?|{_TIGHT_GAP})"
+)
+_LOOSE_SEPARATOR = (
+    rf"(?={_SEPARATOR_START})(?:{_LOOSE_GAP}{_PHONE_OPEN}|{_PHONE_CLOSE}{_LOOSE_GAP}|{_LOOSE_GAP})"
+)
+# No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
+# (``555-0123x12``), which is left readable.
+_RUN_END = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
+# A group of digits between separators, whole: a longer one is no group of a phone-like run.
+_GROUP = r"\d{1,4}(?!\d)"
+_GROUP_AHEAD = r"(?=\d{1,4}(?!\d))"
+# A run joined by a loose gap is taken without a + only when phone-like: groups of at most 4 digits, 10 or
+# more digits in all (``415 - 555 - 0123``, ``020 - 7946 - 0958``), one loose gap at least (a run of tight
+# gaps only is the tight run's to take, whatever its groups). The look-ahead counts 10 digits through such
+# groups and checks that the group holding the tenth is followed by another or may end the run: the run
+# gives back at most its last group (when a letter is glued to it), so it keeps the tenth digit. The count
+# stops at 10 and a group is taken whole or not at all, so this stays linear.
+_TEN_DIGITS_AHEAD = (
+    rf"(?={_PHONE_OPEN}?{_GROUP_AHEAD}\d(?:\d|{_PHONE_SEPARATOR}{_GROUP_AHEAD}\d){{9}}"
+    rf"\d*(?:{_PHONE_SEPARATOR}\d|{_RUN_END}))"
+)
+_LOOSE_RUN = (
+    rf"{_TEN_DIGITS_AHEAD}{_PHONE_OPEN}?{_GROUP}(?:{_TIGHT_SEPARATOR}{_GROUP})*"
+    rf"{_LOOSE_SEPARATOR}{_GROUP}(?:{_PHONE_SEPARATOR}{_GROUP})*"
+)
 
 
 def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
@@ -113,11 +145,15 @@ def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
         else "(?P<form_cue>)"
     )
     # A digit is tried before a separator: most steps of a run are digits, and a separator has many forms.
-    digit_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
-    # No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
-    # (``555-0123x12``), which is left readable.
-    end = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
-    return rf"{slash_cue}{form_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){end}"
+    any_run = rf"{_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{{min_digits - 1},}}"
+    if needs_cues:
+        # After a + any gap joins; without one a loose gap joins only a phone-like run, tried first so that
+        # the tight run does not take a part of it.
+        tight_run = rf"{_PHONE_OPEN}?\d(?:\d|{_TIGHT_SEPARATOR}\d){{{min_digits - 1},}}"
+        digit_run = rf"(?(plus){any_run}|(?:{_LOOSE_RUN}|{tight_run}))"
+    else:
+        digit_run = any_run
+    return rf"{slash_cue}{form_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){_RUN_END}"
 
 
 # One part of an IPv4 address as inet_ntoa writes it: 0-255, no leading 0.
@@ -166,8 +202,8 @@ _PHONE = re.compile(
     re.I,
 )
 # Under a key that names a phone (see _PHONE_WORDS) a shorter run is a number too: a local or partial one.
-# No exception is kept there, and a slash or a + always splits: whatever sits under such a key is taken for a
-# phone.
+# No exception is kept there, a slash or a + always splits and a loose gap always joins: whatever sits under
+# such a key is taken for a phone.
 _PHONE_UNDER_PHONE_KEY = re.compile(_RUN_START + _phone_shape(5, needs_cues=False), re.I)
 _NON_DIGIT = re.compile(r"\D")
 # An escaped separator inside a matched number, whose hex digits are none of the number's.

@@ -658,3 +658,40 @@ def test_a_long_line_under_a_phone_key_is_masked_in_one_pass() -> None:
 )
 def test_padded_and_dash_joined_log_lines_stay_readable(text: str) -> None:
     assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A spaced dash or a double space joins numbers only into a phone-like whole (a + before it, or
+        # groups of at most 4 digits making 10 or more): ranges, padded columns and pairs of ids stay.
+        "ports 8000 - 8080",
+        "ids 400389 - 400688",
+        "took 1500 - 2500 ms",
+        "msgs 1234  5678",
+        "ids 400389  400688 and 12345 - 678901",
+        "rows 1 - 5000000 of 5000001",
+        "q=8000%20-%208080",
+    ],
+)
+def test_numbers_joined_by_a_spaced_dash_or_double_space_that_are_no_phones_stay_readable(text: str) -> None:
+    assert mask_phone(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("call 020 - 7946 - 0958 now", "call *******0958 now"),
+        ("call 415 - 555 - 0123 now", "call ******0123 now"),
+        ("call +1 415  555  0123 now", "call +*******0123 now"),
+        ("call +44 7946 - 095812 now", "call +********5812 now"),
+        # A phone-like run after a number that is none is still masked on its own.
+        ("ids 400389 - 415 - 555 - 0123", "ids 400389 - ******0123"),
+        # The single-space and plain-dash forms join as before, whatever the groups.
+        ("call 1234 5678 - 9012 now", "call ********9012 now"),
+        ("call 415 555 0123 45678 now", "call ***********5678 now"),
+        ("ids 12345678  1", "ids ****5678  1"),
+    ],
+)
+def test_phones_joined_by_a_spaced_dash_or_double_space_are_masked(text: str, masked: str) -> None:
+    assert mask_phone(text) == masked
