@@ -6,6 +6,7 @@ Masking is a processor in the shared chain, so it applies to our own events and,
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import logging
@@ -217,7 +218,9 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 #   to that @, so linear: a run stops at the next /, so no two runs from different "://" overlap;
 # - a query parameter's value (``?token=...``, ``&api_key=...``), when its name is judged secret as a
 #   field name would be (_key_kind) or is one of _SECRET_PARAMS; any other parameter's value is searched in
-#   turn (see _redact_secrets), as it may hold a URL (a callback inside another URL's query);
+#   turn (see _secret_spans), as it may hold a URL (a callback inside another URL's query). Such a URL is
+#   percent-encoded once (``&redirect=http%3A%2F%2Fu%3Apw%40host``, ``?next=%3Ftoken%3Dabc``), so the text
+#   is also searched with one level of percent-escapes decoded (see _redact_secrets);
 # - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
@@ -336,35 +339,75 @@ def _key_kind(key: Any) -> str:
     return _judge_field_name(key) if _is_field_name(key) else _judge_key(key)
 
 
-def _redact_secrets(text: str) -> str:
-    """Replace each secret found in free text with ``[redacted]`` (see _SECRET_VALUE); idempotent."""
+def _secret_spans(text: str) -> list[tuple[int, int]]:
+    """Where each secret found in free text lies (see _SECRET_VALUE), in order."""
+    spans: list[tuple[int, int]] = []
     match = _SECRET_VALUE.search(text)
-    if match is None:
-        return text
-    parts: list[str] = []
-    start = 0
-    # A loop, not sub(): after a harmless parameter's name the scan goes on inside its value (it may hold
-    # a URL). Not recursion either: a query of nested URLs (``?a=?a=?a=...``, from anyone) would go as
-    # deep as it is long.
+    # A loop, not finditer(): after a harmless parameter's name the scan goes on inside its value (it may
+    # hold a URL), after a secret one it skips the value. Not recursion either: a query of nested URLs
+    # (``?a=?a=?a=...``, from anyone) would go as deep as it is long.
     while match is not None:
-        parts.append(text[start : match.start()])
+        start = match.end()
         if match["url"] is not None:
-            parts.append(match["url"] + REDACTED)
-            start = match.end()
+            spans.append((match.end("url"), start))
         elif match["param"] is None:
-            parts.append(REDACTED)
-            start = match.end()
-        else:
-            parts.append(match["param"])
-            start = match.end()
-            if _secret_param(match["name"]):
-                value = _PARAM_VALUE.match(text, start)
-                assert value is not None  # it matches the empty string
-                if value.end() > start:
-                    parts.append(REDACTED)
-                    start = value.end()
+            spans.append((match.start(), start))
+        elif _secret_param(match["name"]):
+            value = _PARAM_VALUE.match(text, start)
+            assert value is not None  # it matches the empty string
+            if value.end() > start:
+                spans.append((start, value.end()))
+                start = value.end()
         match = _SECRET_VALUE.search(text, start)
-    parts.append(text[start:])
+    return spans
+
+
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}", re.I)
+
+
+def _decode_escape(match: re.Match[str]) -> str:
+    return chr(int(match[0][1:], 16))
+
+
+def _decoded_secret_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of the secrets found in ``text`` with one level of percent-escapes decoded, in ``text``."""
+    decoded, count = _PERCENT_ESCAPE.subn(_decode_escape, text)
+    if count == 0:
+        return []
+    spans = _secret_spans(decoded)
+    if not spans:
+        return []
+    # Each escape is three characters written and one decoded: a position in the decoded text lies two
+    # further on in ``text`` for each escape before it. Decoded once only: ``%253F`` stays ``%3F``, as a
+    # second level would be a search of its own for each level a text may nest.
+    decoded_at = [escape.start() - 2 * index for index, escape in enumerate(_PERCENT_ESCAPE.finditer(text))]
+    return [
+        (start + 2 * bisect.bisect_left(decoded_at, start), end + 2 * bisect.bisect_left(decoded_at, end))
+        for start, end in spans
+    ]
+
+
+def _redact_secrets(text: str) -> str:
+    """Replace each secret found in free text, as written or percent-decoded once, with ``[redacted]``."""
+    spans = _secret_spans(text)
+    if "%" in text:
+        spans += _decoded_secret_spans(text)
+    if not spans:
+        return text
+    spans.sort()
+    parts: list[str] = []
+    written = 0
+    span_start, span_end = spans[0]
+    # The two searches may find one secret each (a value written, a URL in it decoded): overlapping spans
+    # are one redaction.
+    for start, end in spans[1:]:
+        if start < span_end:
+            span_end = max(span_end, end)
+            continue
+        parts += (text[written:span_start], REDACTED)
+        written = span_end
+        span_start, span_end = start, end
+    parts += (text[written:span_start], REDACTED, text[span_end:])
     return "".join(parts)
 
 

@@ -713,3 +713,40 @@ def test_scrub_reaches_its_fixed_point_in_one_pass(text: str, scrubbed: str) -> 
     # Dead letters are scrubbed when written and again when listed; both must read the same.
     assert scrub(text) == scrubbed
     assert scrub(scrubbed) == scrubbed
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # A URL inside another's query is percent-encoded: its credentials and secret parameters are found
+        # in the decoded text and redacted in the text as written.
+        (
+            "GET /login?x=1&redirect=http%3A%2F%2Fu%3Apw%40h.example.com%2Fcb refused",
+            "GET /login?x=1&redirect=http%3A%2F%2F[redacted]%40h.example.com%2Fcb refused",
+        ),
+        ("GET /x?next=%3Ftoken%3Dabc", "GET /x?next=%3Ftoken%3D[redacted]"),
+        (
+            "cb=https%3A%2F%2Fx%2Fs%3Faccess_token%3DEAAG%2Bx%26n%3D1&page=2",
+            "cb=https%3A%2F%2Fx%2Fs%3Faccess_token%3D[redacted]%26n%3D1&page=2",
+        ),
+        ("Body=Authorization%3A%20Bearer%20abc.def", "Body=Authorization%3A%20[redacted]"),
+        # Found in either form, written and decoded, the redactions join.
+        ("?next=%3Fkey%3Dabc&token=xyz", "?next=%3Fkey%3D[redacted]&token=[redacted]"),
+    ],
+)
+def test_secrets_in_percent_encoded_urls_are_redacted(text: str, scrubbed: str) -> None:
+    assert scrub(text) == scrubbed
+    assert scrub(scrubbed) == scrubbed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "next=%2Fapi%3Fsince%3D2026-12-07%26page%3D2",
+        "cb=https%3A%2F%2Fx.example.com%2Fs%3Fq%3D1",
+        "q=100%25%20done%2C%20ops%40example.com",
+        "bad escape %zz and 50%",
+    ],
+)
+def test_percent_encoded_text_without_secrets_stays_readable(text: str) -> None:
+    assert scrub(text) == text
