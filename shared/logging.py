@@ -23,8 +23,10 @@ import structlog
 # ``+1 (555) 123-4567``, ``+44 (0)20 7946 0958``, so a parenthesis may open or close a group; still one
 # separator at most between two digits (a dash with its spaces counts as one, see _GAP), so words or
 # punctuation between numbers never join them into one.
-# A parenthesis is taken only with its pair around a group of 1-5 digits: in ``(555-123-4567)`` both stay
-# out of the match and the masked number keeps its brackets.
+# A parenthesis is taken only with its pair around a group of 1-5 digits, or around a trunk prefix and an
+# area code with one separator between them, as national formats write them (Hungary ``(06 1) 234 5678``,
+# Lithuania ``(0-612) 34567``, Turkmenistan ``(8 12) 34-56-78``): in ``(555-123-4567)`` both stay out of
+# the match and the masked number keeps its brackets.
 # Twilio form bodies and callback URLs in exception texts and HTTP client logs carry numbers URL-encoded:
 # ``To=whatsapp%3A%2B15551234567`` (the ``%2B`` is kept as the +), ``q=%28555%29%20123-4567``, or encoded
 # twice (``%252B``) when a callback URL travels inside another URL's query. So the +, the brackets and the
@@ -88,14 +90,23 @@ _LOOSE_GAP = rf"(?:{_SPACES}{_DASH}{_SPACES}?|{_DASH}{_SPACES}|{_SPACE}{_SPACE})
 _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 
 
+# Between a trunk prefix (1-2 digits) and its area code (1-3): one separator as written, of those in _GAP.
+_TRUNK_SEPARATOR = r"[ .\-\u00a0\u202f\u2010\u2011\u2013]"
+_TRUNK_AND_AREA = ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3))
+
+
 def _opening_bracket(opening: str, closing: str) -> str:
-    return rf"{opening}(?=\d{{1,5}}{closing})"
+    return rf"{opening}(?=(?:\d{{1,5}}|\d{{1,2}}{_TRUNK_SEPARATOR}\d{{1,3}}){closing})"
 
 
 def _closing_bracket(opening: str, closing: str) -> str:
-    # Python's look-behind is fixed-width: one per length of the bracketed group.
-    after_opening = "|".join(rf"(?<={opening}\d{{{n}}}{closing})" for n in range(1, 6))
-    return rf"{closing}(?:{after_opening})"
+    # Python's look-behind is fixed-width: one per length of the bracketed group (and of its two parts).
+    after_opening = [rf"(?<={opening}\d{{{n}}}{closing})" for n in range(1, 6)]
+    after_opening += [
+        rf"(?<={opening}\d{{{trunk}}}{_TRUNK_SEPARATOR}\d{{{area}}}{closing})"
+        for trunk, area in _TRUNK_AND_AREA
+    ]
+    return rf"{closing}(?:{'|'.join(after_opening)})"
 
 
 _PHONE_OPEN = "(?:" + "|".join(_opening_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"

@@ -1,0 +1,93 @@
+"""No phone number survives ``mask_phone`` or ``scrub``, whatever text or structure it sits in.
+
+The numbers are phonenumbers' example numbers of every region (mobile and fixed line), written as the
+numbering plan writes them (E.164, international, national) with the separators people use, inside hostile
+text. A number counts as leaked when its national significant digits can be read off the line with the
+separators left out. ``scrub`` runs on every log call's fields: it must also take any nested value
+without raising (the log call would raise in the middle of a task) and give the same on a second pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import phonenumbers
+from hypothesis import example, given
+from hypothesis import strategies as st
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
+
+from shared.logging import mask_phone
+from tests.unit.fuzz.strategies import FUZZ, hostile_text
+
+EXAMPLE_NUMBERS = [
+    number
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+    for kind in (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE)
+    if (number := phonenumbers.example_number_for_type(region, kind)) is not None
+    # Shorter numbers are left readable on purpose (ids, counts, codes); see shared/logging.py.
+    and len(phonenumbers.national_significant_number(number)) >= 8
+]
+FORMATS = st.sampled_from(
+    [PhoneNumberFormat.E164, PhoneNumberFormat.INTERNATIONAL, PhoneNumberFormat.NATIONAL]
+)
+# What people and contacts apps put between groups, in place of the plan's spaces.
+SEPARATORS = st.sampled_from([" ", "-", ".", "\u00a0", "\u202f", "  ", " - ", "\u2011", "\u2013"])
+# What ends a word before and after the number (a letter or digit glued on makes an id of it).
+_BOUNDARY_CHARACTERS = st.characters(categories=["P", "S", "Z", "Cc", "Cf"])
+# Not a bare % or backslash: glued to the digits they would read as an escape (``%02``), which logs write.
+BEFORE = st.one_of(
+    _BOUNDARY_CHARACTERS.filter(lambda char: char not in "%\\"),
+    st.sampled_from([" ", "\n", ": ", "=", "tel:", "whatsapp:", "%3A", "\\n", " ("]),
+)
+AFTER = st.one_of(_BOUNDARY_CHARACTERS.filter(lambda char: char != "x"), st.sampled_from(["\\n", "%0A"]))
+_BRACKETED = re.compile(r"(\([^)]*\))")
+_SEPARATOR_CHARACTERS = re.compile(r"[ \-.()/+\u00a0\u202f\u2010\u2011\u2013]")
+
+
+def _digits_shown(text: str) -> str:
+    return _SEPARATOR_CHARACTERS.sub("", text)
+
+
+def _kept_on_purpose(written: str) -> bool:
+    """Numbers written the one way shared/logging.py keeps readable: as an IPv4 address (``12.34.56.78``,
+    as Danes write theirs) or a decimal (``3600.1234``): nothing in the text tells them apart."""
+    try:
+        ipaddress.IPv4Address(written)
+    except ValueError:
+        return re.fullmatch(r"(?:0|[1-9]\d*)\.\d*[1-9]\d*", written) is not None
+    return True
+
+
+@st.composite
+def written_numbers(draw: st.DrawFn) -> tuple[str, str]:
+    """(national significant number, the number as written)."""
+    number = draw(st.sampled_from(EXAMPLE_NUMBERS))
+    separator = draw(SEPARATORS)
+    # A bracketed trunk prefix and area code keep the plan's one separator: "(06 1)", "(0-612)".
+    parts = _BRACKETED.split(phonenumbers.format_number(number, draw(FORMATS)))
+    written = "".join(part if _BRACKETED.fullmatch(part) else part.replace(" ", separator) for part in parts)
+    return phonenumbers.national_significant_number(number), written
+
+
+@FUZZ
+@given(number=written_numbers(), before=hostile_text, after=hostile_text, start=BEFORE, end=AFTER)
+# National formats that bracket the trunk prefix with the area code: Hungary, Lithuania, Turkmenistan.
+@example(number=("12345678", "(06 1) 234 5678"), before="", after="", start=" ", end=" ")
+@example(number=("61234567", "(0-612) 34567"), before="", after="", start=" ", end=" ")
+@example(number=("12345678", "(8 12) 34-56-78"), before="", after="", start=" ", end=" ")
+def test_a_written_phone_in_any_text_is_masked(
+    number: tuple[str, str], before: str, after: str, start: str, end: str
+) -> None:
+    national, written = number
+    if _kept_on_purpose(written):
+        return
+    masked = mask_phone(before + start + written + end + after)
+    assert national not in _digits_shown(masked), masked
+
+
+@FUZZ
+@given(number=written_numbers(), text=hostile_text, cut=st.integers(0, 200))
+def test_masking_twice_is_masking_once(number: tuple[str, str], text: str, cut: int) -> None:
+    once = mask_phone(text[:cut] + " " + number[1] + " " + text[cut:])
+    assert mask_phone(once) == once
