@@ -486,9 +486,14 @@ def _scrub_key(key: Any) -> Any:
     # Payload dicts keyed by number (``{"+15551234567": ...}``) would otherwise print the number as a key.
     if isinstance(key, str):
         return _redact_secrets(key) if _is_field_name(key) else _scrub_text(key, _PLAIN)
-    if isinstance(key, int) and not isinstance(key, bool):
+    if key is None or isinstance(key, bool):
+        return key
+    if isinstance(key, int | float):
         return _scrub_number(key, _PLAIN)
-    return key
+    # Any other key (bytes from a Redis hash read back, a tuple, an object) is printed by the console
+    # renderer with its repr, number and all, and refused by the JSON one: its masked repr is both readable
+    # and a key each renderer takes.
+    return _scrub_text(repr(key), _PLAIN)
 
 
 def _scrub(value: Any, kind: str) -> Any:

@@ -148,6 +148,19 @@ def test_payload_keyed_by_phone_number_is_masked() -> None:
     }
 
 
+def test_payload_keyed_by_phone_bytes_or_tuples_is_masked_in_rendered_lines(captured: io.StringIO) -> None:
+    # A Redis hash read back is keyed by bytes; the JSON renderer refused such keys (the line was lost and
+    # the logging error printed the number whole), the console renderer printed them.
+    get_logger("wapipe.test").info(
+        "session read", data={PHONE.encode(): b"1", (PHONE, 1): 2, float(PHONE): 3}
+    )
+
+    line = captured.getvalue()
+    assert "session read" in line
+    assert "5551234567" not in line
+    assert line.count("*******4567") == 3
+
+
 def test_objects_logged_as_fields_are_masked_in_their_text() -> None:
     # Renderers print unknown objects with repr(); an exception passed as a field carries the number.
     assert scrub({"error": ValueError(f"bad number {PHONE}")}) == {

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
+from typing import Any
 
 import phonenumbers
 from hypothesis import example, given
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
-from shared.logging import mask_phone
+from shared.logging import mask_phone, scrub
 from tests.unit.fuzz.strategies import FUZZ, hostile_text
 
 EXAMPLE_NUMBERS = [
@@ -91,3 +93,56 @@ def test_a_written_phone_in_any_text_is_masked(
 def test_masking_twice_is_masking_once(number: tuple[str, str], text: str, cut: int) -> None:
     once = mask_phone(text[:cut] + " " + number[1] + " " + text[cut:])
     assert mask_phone(once) == once
+
+
+def _placed(how: str, number: phonenumbers.PhoneNumber) -> Any:
+    """The number as a log field may carry it."""
+    written = phonenumbers.format_number(number, PhoneNumberFormat.INTERNATIONAL)
+    digits = int(phonenumbers.format_number(number, PhoneNumberFormat.E164))
+    return {
+        "text": {"note": f"from {written}"},
+        "bytes": {"body": f"From={written}".encode()},
+        "str key": {written: "x"},
+        "bytes key": {written.encode(): "x"},  # a Redis hash read back, keyed by number
+        "tuple key": {(written, 1): "x"},
+        "int": {"wa": digits},
+        "int key": {digits: "x"},
+        "float": {"wa": float(digits)},
+        "float key": {float(digits): "x"},
+        "object": {"error": ValueError(f"bad number {written}")},
+        "set": {"to": frozenset([written])},
+    }[how]
+
+
+PLACES = st.sampled_from(
+    [
+        "text",
+        "bytes",
+        "str key",
+        "bytes key",
+        "tuple key",
+        "int",
+        "int key",
+        "float",
+        "float key",
+        "object",
+        "set",
+    ]
+)
+
+
+@FUZZ
+@given(
+    number=st.sampled_from(EXAMPLE_NUMBERS),
+    how=PLACES,
+    wrappers=st.lists(st.sampled_from([list, tuple, lambda value: {"data": value}]), max_size=3),
+)
+@example(number=phonenumbers.parse("+971501234567"), how="bytes key", wrappers=[])
+def test_no_phone_survives_scrub_wherever_it_sits(
+    number: phonenumbers.PhoneNumber, how: str, wrappers: list[Callable[[Any], Any]]
+) -> None:
+    value = _placed(how, number)
+    for wrap in wrappers:
+        value = wrap([value]) if wrap is list else wrap((value,)) if wrap is tuple else wrap(value)
+    rendered = repr(scrub(value))
+    assert phonenumbers.national_significant_number(number) not in _digits_shown(rendered), rendered
