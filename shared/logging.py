@@ -496,21 +496,24 @@ def _scrub_key(key: Any) -> Any:
     return _scrub_text(repr(key), _PLAIN)
 
 
-def _scrub(value: Any, kind: str) -> Any:
+def _scrub(value: Any, kind: str, inside: set[int]) -> Any:
+    """``value`` masked; ``inside``: the ids of the containers it sits in, from the outermost."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         return _scrub_text(value, kind)
     if isinstance(value, int | float):
         return _scrub_number(value, kind)
-    if isinstance(value, Mapping):
-        scrubbed = {}
-        for key, item in value.items():
-            item_kind = _key_kind(key)
-            scrubbed[_scrub_key(key)] = REDACTED if item_kind == _SECRET else _scrub(item, item_kind)
-        return scrubbed
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_scrub(item, kind) for item in value]
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        if id(value) in inside:
+            # A container that holds itself (an object graph's back reference): written as repr() writes
+            # it, where following it would recurse until RecursionError, raised by the log call.
+            return "{...}" if isinstance(value, Mapping) else "[...]"
+        inside.add(id(value))
+        try:
+            return _scrub_container(value, kind, inside)
+        finally:
+            inside.discard(id(value))
     if isinstance(value, bytes | bytearray):
         # Raw request bodies (a Twilio form, a Meta JSON): latin-1 maps each byte to one char and back.
         return _scrub_text(bytes(value).decode("latin-1"), kind).encode("latin-1")
@@ -519,13 +522,23 @@ def _scrub(value: Any, kind: str) -> Any:
     return _scrub_text(repr(value), kind)
 
 
+def _scrub_container(value: Mapping | list | tuple | set | frozenset, kind: str, inside: set[int]) -> Any:
+    if isinstance(value, Mapping):
+        scrubbed = {}
+        for key, item in value.items():
+            item_kind = _key_kind(key)
+            scrubbed[_scrub_key(key)] = REDACTED if item_kind == _SECRET else _scrub(item, item_kind, inside)
+        return scrubbed
+    return [_scrub(item, kind, inside) for item in value]
+
+
 def scrub(value: Any) -> Any:
     """Mask phones and secrets in a value of any shape; keys that look secret lose their value.
 
     Text, bytes, numbers, dict keys and the text of other objects are all masked; how a number is treated
     depends on the key it sits under (see ``_scrub_number``).
     """
-    return _scrub(value, _PLAIN)
+    return _scrub(value, _PLAIN, set())
 
 
 _FORMATTER_META = ("_record", "_from_structlog")
