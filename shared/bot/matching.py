@@ -14,6 +14,8 @@ T = TypeVar("T")
 # closer than this to the best are shown as choices rather than guessed between.
 _EXACT, _PREFIX, _WORD_PREFIX, _SUBSTRING = 100.0, 80.0, 70.0, 60.0
 _SIMILAR_MAX, _SIMILAR_MIN_RATIO, _SIMILAR_TIE = 50.0, 0.6, 2.5
+# No one has ten thousand workspaces or projects of one name.
+_NAMESAKE_DIGITS = 4
 
 
 def _fold(text: str) -> str:
@@ -65,7 +67,9 @@ def namesake(query: str, items: Sequence[T], name: Callable[[T], str]) -> T | No
     ``#`` rather than a bare number: "Sprint 2" may be a name of its own."""
     head, _, number = query.strip().rpartition("#")
     head, number = head.strip(), number.strip()
-    if not number.isdecimal() or not head:
+    # Only a short number can pick a namesake: int() refuses a run of over 4,300 digits, a ValueError that
+    # failed the command instead of answering that nothing matches.
+    if not number.isdecimal() or len(number) > _NAMESAKE_DIGITS or not head:
         return None
     same = [item for item in items if _fold(name(item)) == _fold(head)]
     index = int(number) - 1
