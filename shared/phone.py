@@ -78,15 +78,25 @@ def _normalize(raw: str, region: str, strict: bool) -> str:
     # WhatsApp ids (wa_id) are E.164 digits without the plus.
     if text.isdigit() and len(text) > 10:
         text = "+" + text
+    parsed = _parsed(text, region)
+    valid = phonenumbers.is_valid_number if strict else phonenumbers.is_possible_number
+    if not valid(parsed):
+        raise InvalidPhone("not a valid phone number for its country")
+    number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    # phonenumbers reads a trunk prefix off an international number too, while what is left is possible:
+    # "000000" in DE is +4900000, which reads back as +490000, then +49000. Stored, such a number would be
+    # another one at each lookup; it is no one's (a plan calls it invalid, so only strict=False gets here).
+    if phonenumbers.format_number(_parsed(number, region), phonenumbers.PhoneNumberFormat.E164) != number:
+        raise InvalidPhone("not a phone number: its E.164 form reads as another number")
+    return number
+
+
+def _parsed(text: str, region: str) -> phonenumbers.PhoneNumber:
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhone(f"not a phone number: {exc}") from None
-    parsed = _plan_form(parsed) or parsed
-    valid = phonenumbers.is_valid_number if strict else phonenumbers.is_possible_number
-    if not valid(parsed):
-        raise InvalidPhone("not a valid phone number for its country")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return _plan_form(parsed) or parsed
 
 
 def _plan_form(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from shared.phone import InvalidPhone, contact_phone, normalize, provider_number
@@ -54,6 +54,8 @@ def _normalized(raw: str, region: str, strict: bool) -> str | None:
 
 @FUZZ
 @given(raw=phone_text, region=REGIONS, strict=st.booleans())
+# The trunk 0 is read off again: "+4900000" is +490000 when given back, and so on at each pass.
+@example(raw="000000", region="DE", strict=False)
 def test_any_text_gives_one_e164_number_or_invalid_phone(raw: str, region: str, strict: bool) -> None:
     number = _normalized(raw, region, strict)
     if number is None:
