@@ -61,6 +61,7 @@ def contact_phone(phone: str | None) -> str | None:
 
 # E.164: a plus, a country code that does not start with 0, at most 15 digits in all.
 _E164_SHAPE = re.compile(r"\+[1-9][0-9]{7,14}")
+_E164_MAX_LENGTH = len("+") + 15
 
 
 def _without_prefix(text: str) -> str:
@@ -83,6 +84,10 @@ def _normalize(raw: str, region: str, strict: bool) -> str:
     if not valid(parsed):
         raise InvalidPhone("not a valid phone number for its country")
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    # A plan's possible lengths may run past E.164's 15 digits, which providers address (German national
+    # numbers run to 15 digits, 17 with the country code).
+    if len(number) > _E164_MAX_LENGTH:
+        raise InvalidPhone("not a phone number: longer than the 15 digits E.164 allows")
     # phonenumbers reads a trunk prefix off an international number too, while what is left is possible:
     # "000000" in DE is +4900000, which reads back as +490000, then +49000. Stored, such a number would be
     # another one at each lookup; it is no one's (a plan calls it invalid, so only strict=False gets here).

@@ -56,6 +56,8 @@ def _normalized(raw: str, region: str, strict: bool) -> str | None:
 @given(raw=phone_text, region=REGIONS, strict=st.booleans())
 # The trunk 0 is read off again: "+4900000" is +490000 when given back, and so on at each pass.
 @example(raw="000000", region="DE", strict=False)
+# Germany's plan allows national numbers of up to 15 digits, E.164 numbers of up to 15 with the country code.
+@example(raw="+4910000000000000", region="US", strict=False)
 def test_any_text_gives_one_e164_number_or_invalid_phone(raw: str, region: str, strict: bool) -> None:
     number = _normalized(raw, region, strict)
     if number is None:
@@ -70,6 +72,7 @@ def test_any_text_gives_one_e164_number_or_invalid_phone(raw: str, region: str, 
 
 @FUZZ
 @given(raw=phone_text, region=REGIONS)
+@example(raw="4910000000000000", region="US")
 def test_a_provider_number_is_e164_or_none_and_kept_when_given_again(raw: str, region: str) -> None:
     number = provider_number(raw, region)
     if number is not None:
