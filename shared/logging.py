@@ -127,18 +127,28 @@ _RUN_END = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
 # A group of digits between separators, whole: a longer one is no group of a phone-like run.
 _GROUP = r"\d{1,4}(?!\d)"
 _GROUP_AHEAD = r"(?=\d{1,4}(?!\d))"
-# A run joined by a loose gap is taken without a + only when phone-like: groups of at most 4 digits, 10 or
-# more digits in all (``415 - 555 - 0123``, ``020 - 7946 - 0958``), one loose gap at least (a run of tight
-# gaps only is the tight run's to take, whatever its groups). The look-ahead counts 10 digits through such
-# groups and checks that the group holding the tenth is followed by another or may end the run: the run
-# gives back at most its last group (when a letter is glued to it), so it keeps the tenth digit. The count
-# stops at 10 and a group is taken whole or not at all, so this stays linear.
-_TEN_DIGITS_AHEAD = (
-    rf"(?={_PHONE_OPEN}?{_GROUP_AHEAD}\d(?:\d|{_PHONE_SEPARATOR}{_GROUP_AHEAD}\d){{9}}"
+# A run joined by a loose gap is taken without a + only when phone-like: groups of at most 4 digits, three
+# groups or more and 8 digits or more in all (``415 - 555 - 0123``, ``02  234  5678``, ``12  34  56  78``),
+# one loose gap at least (a run of tight gaps only is the tight run's to take, whatever its groups). Two
+# groups are a range, a sum of times or a padded column (``ports 8000 - 8080``, ``msgs 1234  5678``). The
+# look-aheads check the third group's start, and count 8 digits through such groups checking that the group
+# holding the eighth is followed by another or may end the run: the run gives back at most its last group
+# (when a letter is glued to it), so it keeps the eighth digit. Each stops at its count and a group is
+# taken whole or not at all, so this stays linear.
+_THREE_GROUPS_AHEAD = rf"(?={_PHONE_OPEN}?\d{{1,4}}{_PHONE_SEPARATOR}\d{{1,4}}{_PHONE_SEPARATOR}\d)"
+_EIGHT_DIGITS_AHEAD = (
+    rf"(?={_PHONE_OPEN}?{_GROUP_AHEAD}\d(?:\d|{_PHONE_SEPARATOR}{_GROUP_AHEAD}\d){{7}}"
     rf"\d*(?:{_PHONE_SEPARATOR}\d|{_RUN_END}))"
 )
+# A national number as its plan writes it, the trunk prefix first or the area code in brackets
+# (``077 - 123456``, ``(010)  123456``, ``0664 - 123456``), is phone-like whatever its groups: ids, ports
+# and times are not written with a leading 0 or a bracket. 8 digits or more, as for any run.
+_TRUNK_LOOSE_RUN = (
+    rf"(?={_PHONE_OPEN}|0)(?={_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{7}})"
+    rf"{_PHONE_OPEN}?\d+(?:{_TIGHT_SEPARATOR}\d+)*{_LOOSE_SEPARATOR}\d+(?:{_PHONE_SEPARATOR}\d+)*"
+)
 _LOOSE_RUN = (
-    rf"{_TEN_DIGITS_AHEAD}{_PHONE_OPEN}?{_GROUP}(?:{_TIGHT_SEPARATOR}{_GROUP})*"
+    rf"{_THREE_GROUPS_AHEAD}{_EIGHT_DIGITS_AHEAD}{_PHONE_OPEN}?{_GROUP}(?:{_TIGHT_SEPARATOR}{_GROUP})*"
     rf"{_LOOSE_SEPARATOR}{_GROUP}(?:{_PHONE_SEPARATOR}{_GROUP})*"
 )
 
@@ -162,7 +172,7 @@ def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
         # After a + any gap joins; without one a loose gap joins only a phone-like run, tried first so that
         # the tight run does not take a part of it.
         tight_run = rf"{_PHONE_OPEN}?\d(?:\d|{_TIGHT_SEPARATOR}\d){{{min_digits - 1},}}"
-        digit_run = rf"(?(plus){any_run}|(?:{_LOOSE_RUN}|{tight_run}))"
+        digit_run = rf"(?(plus){any_run}|(?:{_LOOSE_RUN}|{_TRUNK_LOOSE_RUN}|{tight_run}))"
     else:
         digit_run = any_run
     return rf"{slash_cue}{form_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){_RUN_END}"

@@ -51,14 +51,28 @@ def _digits_shown(text: str) -> str:
     return _SEPARATOR_CHARACTERS.sub("", text)
 
 
+# A loose gap (a spaced dash or two spaces) between groups, as ranges and padded columns are written.
+_LOOSE_GAP = re.compile(r" - |  ")
+
+
 def _kept_on_purpose(written: str) -> bool:
-    """Numbers written the one way shared/logging.py keeps readable: as an IPv4 address (``12.34.56.78``,
-    as Danes write theirs) or a decimal (``3600.1234``): nothing in the text tells them apart."""
+    """Numbers written the ways shared/logging.py keeps readable, as nothing in the text tells them apart
+    from what a log line must keep: an IPv4 address (``12.34.56.78``, as Danes write theirs), a decimal
+    (``3600.1234``), and a range or padded column (``8312 - 3456`` as ``ports 8000 - 8080``, ``321  1234567``
+    as ``ids 400389  400688``): a loose gap without a +, a trunk 0 or a bracket first, in two groups or
+    with a group past 4 digits."""
     try:
         ipaddress.IPv4Address(written)
     except ValueError:
-        return re.fullmatch(r"(?:0|[1-9]\d*)\.\d*[1-9]\d*", written) is not None
-    return True
+        pass
+    else:
+        return True
+    if re.fullmatch(r"(?:0|[1-9]\d*)\.\d*[1-9]\d*", written):
+        return True
+    if _LOOSE_GAP.search(written) and not written.startswith(("+", "0", "(")):
+        groups = re.findall(r"\d+", written)
+        return len(groups) < 3 or any(len(group) > 4 for group in groups)
+    return False
 
 
 @st.composite
