@@ -67,10 +67,16 @@ def working_dir(proc: psutil.Process) -> Path | None:
 
 
 def port_is_free(port: Any) -> bool:
-    """Whether ``port`` is a port number nothing listens on at 127.0.0.1 (we can bind it)."""
-    if not isinstance(port, int) or not 0 < port < 65536:
+    """Whether ``port`` is a port number nothing listens on at 127.0.0.1 (we can bind it).
+
+    SO_REUSEADDR, as every server sets it: without it a connection of the previous run left in TIME_WAIT
+    (gunicorn closes idle keepalive connections itself) would make the port look taken for a minute after
+    a restart. Linux still refuses the bind while a socket listens on the port (127.0.0.1 or 0.0.0.0).
+    """
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
