@@ -107,8 +107,8 @@ def stop(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
             stopped.append("valkey")
         for entry in state.values():
             if isinstance(entry, dict):
-                entry.pop("pid", None)
-                entry.pop("started", None)
+                for key in ("pid", "started", "start_ticks", "boot_id"):
+                    entry.pop(key, None)
         if state:
             write_private_json(folder / STATE_FILE, state)
     return stopped

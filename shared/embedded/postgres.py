@@ -161,13 +161,25 @@ def _server_dir(proc: psutil.Process) -> Path | None:
     return None
 
 
+def _is_postgres(proc: psutil.Process) -> bool:
+    """Whether ``proc`` runs the PostgreSQL server program (its executable's name, not its argv)."""
+    try:
+        return proc.name() == "postgres"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 def _postmaster(pgdata: Path, *, clear_stale: bool = True) -> tuple[psutil.Process | None, int | None]:
     """The running postmaster of ``pgdata`` and its port, per postmaster.pid; clears a stale file.
 
     The file's documented lines (https://www.postgresql.org/docs/current/storage-file-layout.html,
     ``src/include/miscadmin.h``): 1 pid, 2 data directory, 3 start time (epoch seconds), 4 port. The pid
-    is ours only if that process started at that time and serves this directory; a pid recycled after a
-    crash or a reboot (another cluster's postmaster, a ``psql``) is left alone and reported not running.
+    is ours only if that process serves this directory and either started at that time or is a
+    ``postgres`` (a clock step since it started moves the start time we read, not the one it recorded,
+    and only this cluster's postgres processes run in this folder); a pid recycled after a crash or a
+    reboot (another cluster's postmaster, a ``psql``) is left alone and reported not running. The file of
+    a live postgres serving this folder is never deleted: PostgreSQL relies on it to refuse a second
+    postmaster on the same data.
     """
     pid_file = pgdata / "postmaster.pid"
     try:
@@ -183,8 +195,11 @@ def _postmaster(pgdata: Path, *, clear_stale: bool = True) -> tuple[psutil.Proce
     proc = live_process(pid)
     same_start = proc is not None and started_near(proc, started)
     serves = _server_dir(proc) if proc is not None else None
-    if proc is not None and same_start and serves == here and recorded_dir == here:
+    postgres_here = proc is not None and serves == here and _is_postgres(proc)
+    if proc is not None and (same_start or postgres_here) and serves == here and recorded_dir == here:
         return proc, port
+    if postgres_here:
+        return None, None
     if clear_stale and (proc is None or not same_start or (serves is not None and serves != here)):
         # Certainly not this folder's postmaster (gone, a recycled pid, or another folder's server whose
         # file was copied here). PostgreSQL would refuse to start while the pid is alive as our user.

@@ -6,11 +6,18 @@ by a crash, an OOM kill or a reboot can name a recycled pid: another PostgreSQL,
 started when the server did (its start time, which a recycled pid cannot share) and, where the server
 records it, runs in the server's folder; anything else is "not running" and is never signalled. Ports are
 taken on 127.0.0.1, the previous run's port first so URLs stay the same from one run to the next.
+
+A start time in epoch seconds is not enough on its own: the kernel keeps a process's start as clock ticks
+since boot, and psutil adds the boot time, which it derives from the wall clock, so a clock step (NTP, a
+VM resumed) moves every process's start time by as much. Where we record it, the start is kept as those
+ticks plus the boot's id (``/proc/<pid>/stat`` field 22, ``/proc/sys/kernel/random/boot_id``, see
+proc(5)), which no clock step changes and no other process of the same boot shares with the same pid.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +63,49 @@ def started_near(proc: psutil.Process, recorded: Any) -> bool:
     if started is None or not isinstance(recorded, int | float) or isinstance(recorded, bool):
         return False
     return abs(started - float(recorded)) <= START_TIME_SLACK_SECONDS
+
+
+def boot_id() -> str | None:
+    """This boot's random id (changes at each boot), None where the kernel does not offer it."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (proc(5) field 22), None when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    # Field 2, the command name in parentheses, may hold spaces and parentheses: split after the last ")".
+    fields = stat.rpartition(")")[2].split()
+    # fields[0] is field 3 (state), so field 22 (starttime) is fields[19].
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def identity(proc: psutil.Process) -> dict[str, Any]:
+    """What to record of a server we started to know it again: its start as ticks, boot id, and time."""
+    recorded: dict[str, Any] = {"started": started_at(proc)}
+    ticks, boot = start_ticks(proc.pid), boot_id()
+    if ticks is not None and boot is not None:
+        recorded.update(start_ticks=ticks, boot_id=boot)
+    return recorded
+
+
+def same_process(proc: psutil.Process, recorded: Mapping[str, Any]) -> bool:
+    """Whether ``proc`` is the process ``recorded`` by :func:`identity` (its pid is the caller's check).
+
+    Compared by start ticks and boot id where both were recorded and can be read now (immune to clock
+    steps), else by start time to the second.
+    """
+    ticks, boot = recorded.get("start_ticks"), recorded.get("boot_id")
+    if isinstance(ticks, int) and not isinstance(ticks, bool) and isinstance(boot, str):
+        now_ticks, now_boot = start_ticks(proc.pid), boot_id()
+        if now_ticks is not None and now_boot is not None:
+            return now_ticks == ticks and now_boot == boot
+    return started_near(proc, recorded.get("started"))
 
 
 def working_dir(proc: psutil.Process) -> Path | None:

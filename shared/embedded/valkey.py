@@ -4,8 +4,9 @@
 command that started it. Its config is rewritten at each start: 127.0.0.1 only, a password, and the
 append-only file on, which is what makes the Celery broker durable.
 
-Valkey writes ``valkey.pid`` but no start time, so the ``servers.json`` entry records the pid, start time
-and port of the server we started; a pid in ``valkey.pid`` is ours only with that start time.
+Valkey writes ``valkey.pid`` but no start time, so the ``servers.json`` entry records the pid, start (ticks
+since boot, boot id, time) and port of the server we started; a pid in ``valkey.pid`` is ours only with
+that start.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from shared.embedded.processes import (
     START_TIMEOUT_SECONDS,
     EmbeddedError,
     free_port,
+    identity,
     live_process,
     log_tail,
-    started_at,
-    started_near,
+    same_process,
     terminate,
     working_dir,
 )
@@ -82,8 +83,8 @@ def _running(folder: Path, recorded: dict[str, Any], *, clear_stale: bool = True
     proc = live_process(pid)
     if proc is None:
         ours = False
-    elif "started" in recorded:
-        ours = recorded.get("pid") == pid and started_near(proc, recorded["started"])
+    elif "started" in recorded or "start_ticks" in recorded:
+        ours = recorded.get("pid") == pid and same_process(proc, recorded)
     else:
         # Recorded by a wapipe that kept no start time: a valkey-server running in this folder.
         try:
@@ -157,10 +158,10 @@ def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
     if proc is None:
         # The server we just started wrote its pid file before it loaded the AOF and answered.
         proc = live_process(_pid_in_file(folder))
-    started = started_at(proc) if proc is not None else None
-    if proc is None or started is None:
+    known = identity(proc) if proc is not None else {}
+    if proc is None or known["started"] is None:
         raise EmbeddedError(f"valkey wrote no pid file; its log:\n{log_tail(folder / 'valkey.log')}")
-    return {"pid": proc.pid, "port": port, "started": started, "url": url}
+    return {"pid": proc.pid, "port": port, "url": url, **known}
 
 
 def stop(data_dir: Path, recorded: dict[str, Any]) -> bool:

@@ -218,3 +218,30 @@ def test_commands_find_the_servers_through_the_data_folder(
     assert result.returncode == 0, result.stderr
     assert "valkey" in result.stdout
     assert embedded.discover(data_dir) == embedded.Servers()
+
+
+def test_servers_stay_known_after_the_wall_clock_is_stepped(data_dir: Path) -> None:
+    # NTP or a VM resume steps the clock: the start time derived from it for a running process moves by as
+    # much, so the start times recorded when the servers started no longer match. Simulated by shifting
+    # the recorded times instead of the clock.
+    servers = embedded.start(data_dir)
+    state = embedded.read_state(data_dir)
+    state["valkey"]["started"] += 3600
+    (data_dir / "servers.json").write_text(json.dumps(state))
+    pid_file = data_dir / "postgres" / "postmaster.pid"
+    lines = pid_file.read_text().splitlines(keepends=True)
+    lines[2] = f"{int(lines[2]) + 3600}\n"
+    pid_file.write_text("".join(lines))
+
+    # Still running: found, reused (no second valkey-server on the same append-only file), and stopped.
+    assert embedded.discover(data_dir) == servers
+    assert embedded.start(data_dir) == servers
+    again = embedded.read_state(data_dir)
+    assert (again["postgres"]["pid"], again["valkey"]["pid"]) == (
+        state["postgres"]["pid"],
+        state["valkey"]["pid"],
+    )
+    assert pid_file.exists()
+    assert embedded.stop(data_dir) == ["postgres", "valkey"]
+    for name in ("postgres", "valkey"):
+        assert not psutil.pid_exists(state[name]["pid"])
