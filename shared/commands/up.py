@@ -187,7 +187,11 @@ def _run_locked(args: argparse.Namespace, folder: Path) -> int:
     os.environ.setdefault("WAPIPE_PUBLIC_URL", local_url)
     if not os.environ.get("TWILIO_AUTH_TOKEN"):
         # Webhooks are always signed, even on a laptop: `wapipe chat` signs with this dev token.
-        os.environ["TWILIO_AUTH_TOKEN"] = embedded.secret(folder, "twilio_auth_token")
+        try:
+            os.environ["TWILIO_AUTH_TOKEN"] = embedded.secret(folder, "twilio_auth_token")
+        except embedded.EmbeddedError as exc:
+            print(f"wapipe up: {exc}", file=sys.stderr)
+            return 1
     get_settings.cache_clear()
     settings = get_settings()  # a bad setting stops us here, naming the variable
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from shared.embedded.processes import EmbeddedError
+
 DATA_DIR_VAR = "WAPIPE_DATA_DIR"
 DEFAULT_DATA_DIR = "var"
 STATE_FILE = "servers.json"
@@ -60,13 +62,31 @@ def read_secrets(data_dir: Path) -> dict[str, Any]:
     return read_json(data_dir / SECRETS_FILE)
 
 
-def secret(data_dir: Path, name: str) -> str:
-    """A dev secret generated once per data folder and kept in ``secrets.json`` (mode 0600)."""
+def secret(data_dir: Path, name: str, *, lost: str | None = None) -> str:
+    """A dev secret generated once per data folder and kept in ``secrets.json`` (mode 0600).
+
+    ``lost`` says why the secret must already exist (data made with it) and how to recover: then a missing
+    secret is an error instead of a new one, which that data would refuse. A ``secrets.json`` that is not
+    a JSON object is never overwritten: the secrets in it may be the only key to the data folder.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     with locked(data_dir, "secrets"):
         path = data_dir / SECRETS_FILE
-        stored = read_json(path)
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            stored = {}
+        except (OSError, ValueError) as exc:
+            raise EmbeddedError(
+                f"{path} cannot be read ({type(exc).__name__}); restore it from a backup, or remove it "
+                "to have new secrets generated (the embedded PostgreSQL data, made with the old password, "
+                "must then go too)"
+            ) from None
+        if not isinstance(stored, dict):
+            raise EmbeddedError(f"{path} is not a JSON object; restore it from a backup, or remove it")
         if not isinstance(stored.get(name), str) or not stored[name]:
+            if lost is not None:
+                raise EmbeddedError(f"{path} holds no {name}, but {lost}")
             stored[name] = secrets.token_hex(16)
             write_private_json(path, stored)
         return str(stored[name])

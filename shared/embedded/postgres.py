@@ -217,7 +217,12 @@ def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
     """Start PostgreSQL unless it runs (initdb first if needed); return its ``servers.json`` entry."""
     pgdata = data_dir / "postgres"
     account = server_account()
-    password = secret(data_dir, "postgres_password")
+    # PGDATA keeps the password it was made with: a new one would never log in.
+    lost = (
+        f"{pgdata} was created with one: restore that secrets.json from a backup, or remove {pgdata} "
+        "to start afresh (its data is lost)"
+    )
+    password = secret(data_dir, "postgres_password", lost=lost if (pgdata / "PG_VERSION").exists() else None)
     if account is not None:
         _let_account_reach(data_dir)
     if not (pgdata / "PG_VERSION").exists():
@@ -253,17 +258,28 @@ def ensure_running(data_dir: Path, previous: dict[str, Any]) -> dict[str, Any]:
         if proc is None or port is None:
             raise EmbeddedError(f"PostgreSQL did not stay up; its log:\n{log_tail(log)}")
     url = f"postgresql://postgres:{password}@127.0.0.1:{port}/{DATABASE_NAME}"
-    _ensure_database(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres")
+    _ensure_database(pgdata, port, password)
     return {"pid": proc.pid, "port": port, "url": url}
 
 
-def _ensure_database(admin_url: str) -> None:
+def _ensure_database(pgdata: Path, port: int, password: str) -> None:
+    """Create the wapipe database unless it exists; a refusal is an EmbeddedError naming the way out."""
     import psycopg
 
-    with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    admin_url = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+            if not found:
+                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+    except psycopg.Error as exc:
+        # The driver's text names host, port and user, never the password; masked all the same.
+        reason = str(exc).strip().replace(password, "***")
+        raise EmbeddedError(
+            f"PostgreSQL on 127.0.0.1:{port} refused wapipe ({reason}). If secrets.json was replaced, "
+            f"restore the one {pgdata} was created with, or remove {pgdata} to start afresh (its data is "
+            f"lost); the server's log is {pgdata / 'server.log'}"
+        ) from None
 
 
 def stop(data_dir: Path) -> bool:

@@ -245,3 +245,39 @@ def test_servers_stay_known_after_the_wall_clock_is_stepped(data_dir: Path) -> N
     assert embedded.stop(data_dir) == ["postgres", "valkey"]
     for name in ("postgres", "valkey"):
         assert not psutil.pid_exists(state[name]["pid"])
+
+
+def test_a_lost_or_broken_secrets_file_never_replaces_the_postgres_password(data_dir: Path) -> None:
+    # PGDATA keeps the password it was created with; a new one in secrets.json could never log in.
+    embedded.start(data_dir, redis=False)
+    secrets_file = data_dir / "secrets.json"
+    kept = secrets_file.read_text()
+    password = json.loads(kept)["postgres_password"]
+    pgdata = data_dir / "postgres"
+
+    secrets_file.unlink()
+    with pytest.raises(embedded.EmbeddedError) as lost:
+        embedded.start(data_dir, redis=False)
+    assert "secrets.json" in str(lost.value)
+    assert str(pgdata) in str(lost.value)  # remove it to start afresh
+    assert "postgres_password" not in embedded.read_secrets(data_dir)
+
+    secrets_file.write_text(kept[: len(kept) // 2])  # cut short, as by a full disk
+    with pytest.raises(embedded.EmbeddedError) as broken:
+        embedded.start(data_dir, redis=False)
+    assert "secrets.json" in str(broken.value)
+    assert secrets_file.read_text() == kept[: len(kept) // 2]  # left for the user to repair
+
+    # Another data folder's secrets.json: the server refuses the password, said without a traceback or it.
+    wrong = "0" * len(password)
+    secrets_file.write_text(json.dumps({"postgres_password": wrong}))
+    with pytest.raises(embedded.EmbeddedError) as refused:
+        embedded.start(data_dir, redis=False)
+    assert "secrets.json" in str(refused.value)
+    assert wrong not in str(refused.value)
+    assert refused.value.__cause__ is None
+
+    secrets_file.write_text(kept)
+    servers = embedded.start(data_dir, redis=False)
+    with psycopg.connect(servers.database_url or "") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
