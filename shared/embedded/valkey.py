@@ -71,7 +71,10 @@ def _pid_in_file(folder: Path) -> int | None:
 
 
 def _running(folder: Path, recorded: dict[str, Any], *, clear_stale: bool = True) -> psutil.Process | None:
-    """Our Valkey per ``valkey.pid``: the process with the pid and start time recorded when we started it.
+    """Our Valkey per ``valkey.pid``: the process with the pid and start recorded when we started it, or a
+    ``valkey-server`` running in this folder (only ours does: ``dir`` in its config), which servers.json
+    may have missed (a command killed between starting it and recording it) and which must never get a
+    second server beside it on the same append-only file.
 
     A pid recycled after a crash or a reboot (a ``tail -f valkey.log``, another Valkey) is not ours: it is
     reported not running and never signalled.
@@ -83,10 +86,9 @@ def _running(folder: Path, recorded: dict[str, Any], *, clear_stale: bool = True
     proc = live_process(pid)
     if proc is None:
         ours = False
-    elif "started" in recorded or "start_ticks" in recorded:
-        ours = recorded.get("pid") == pid and same_process(proc, recorded)
+    elif recorded.get("pid") == pid and same_process(proc, recorded):
+        ours = True
     else:
-        # Recorded by a wapipe that kept no start time: a valkey-server running in this folder.
         try:
             ours = proc.name().startswith("valkey-server") and working_dir(proc) == folder.resolve()
         except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -281,3 +281,21 @@ def test_a_lost_or_broken_secrets_file_never_replaces_the_postgres_password(data
     servers = embedded.start(data_dir, redis=False)
     with psycopg.connect(servers.database_url or "") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_running_valkey_is_reused_when_servers_json_missed_its_start(data_dir: Path) -> None:
+    # A command killed between starting Valkey and recording it: servers.json still names the server
+    # before it. A second valkey-server on the same append-only file would corrupt the broker.
+    servers = embedded.start(data_dir, postgres=False)
+    state = embedded.read_state(data_dir)
+    running = state["valkey"]["pid"]
+    state["valkey"].update(pid=_dead_pid(), started=1_700_000_000.0, start_ticks=1, boot_id="an earlier boot")
+    (data_dir / "servers.json").write_text(json.dumps(state))
+
+    assert embedded.start(data_dir, postgres=False) == servers
+    assert embedded.read_state(data_dir)["valkey"]["pid"] == running
+    assert [
+        p.pid
+        for p in psutil.process_iter()
+        if p.name().startswith("valkey-server") and p.cwd() == str(data_dir / "valkey")
+    ] == [running]
