@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TextIO
@@ -37,6 +37,8 @@ HEALTHY_AFTER_SECONDS = 30.0
 # the usual task finish (a webhook's stages, a send batch, one model request) and the rare longer one
 # (a model call in its retries) is killed and redelivered: tasks are acks_late and safe to run twice.
 STOP_TIMEOUT_SECONDS = 30.0
+# How often the servers the children need are checked (``watch``): a dead one is noticed within this.
+WATCH_EVERY_SECONDS = 5.0
 
 
 def _die_with_parent() -> None:
@@ -86,9 +88,16 @@ class Supervisor:
         *,
         stop_timeout: float = STOP_TIMEOUT_SECONDS,
         out: TextIO = sys.stderr,
+        watch: Callable[[], Mapping[str, str]] | None = None,
+        watch_every: float = WATCH_EVERY_SECONDS,
     ) -> None:
+        """``watch`` is called every ``watch_every`` seconds to keep the children's servers running; it
+        returns the environment variables whose values changed (a server now at another address), and the
+        children are then restarted with them."""
         self._children = [_Child(spec) for spec in specs]
         self._env = dict(env)
+        self._watch = watch
+        self._watch_every = watch_every
         self._stop_timeout = stop_timeout
         self._out = out
         self._stopping = False
@@ -127,14 +136,33 @@ class Supervisor:
                 if self._stopping:
                     break
                 self._spawn(child)
+            next_watch = time.monotonic() + self._watch_every
             while not self._stopping:
-                self._check(time.monotonic())
+                now = time.monotonic()
+                self._check(now)
+                if now >= next_watch:
+                    self.watch_servers()
+                    next_watch = time.monotonic() + self._watch_every
                 time.sleep(0.2)
         finally:
             self.stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 0
+
+    def watch_servers(self) -> None:
+        """Run ``watch`` once; restart the children when a server they use moved to another address."""
+        if self._watch is None:
+            return
+        changed = self._watch()
+        if not changed or self._stopping:
+            return
+        self._env.update(changed)
+        self._say(f"{', '.join(sorted(changed))} changed; restarting every process with the new value")
+        self.stop_all()
+        for child in self._children:
+            if not self._stopping:
+                self._spawn(child)
 
     def _check(self, now: float) -> None:
         for child in self._children:

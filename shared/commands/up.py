@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -146,6 +146,55 @@ def banner(local_url: str, folder: Path, settings: Settings, *, custom_dir: bool
     return "\n".join(lines)
 
 
+def watch_embedded(folder: Path, *, postgres: bool, redis: bool) -> Callable[[], dict[str, str]]:
+    """What the supervisor calls every few seconds: start again an embedded server that died under us.
+
+    Without it a Valkey killed (OOM, kill -9) stays dead and every worker and /readyz fail until someone
+    restarts ``wapipe up``. Started again on its data (Valkey replays its append-only file, PostgreSQL
+    its WAL), so the work they acknowledged comes back. Returns the URL variables that changed (the old
+    port was taken meanwhile), for the supervisor to restart the children with.
+    """
+    last_error = ""
+
+    def gone(name: str, pid: int) -> None:
+        print(
+            f"wapipe up: the embedded {name} (pid {pid}) has stopped; starting it again",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def watch() -> dict[str, str]:
+        nonlocal last_error
+        try:
+            revived = embedded.revive(folder, postgres=postgres, redis=redis, on_gone=gone)
+        except embedded.EmbeddedError as exc:
+            if str(exc) != last_error:  # said once, not every few seconds while it keeps failing
+                print(f"wapipe up: could not start it again, retrying: {exc}", file=sys.stderr, flush=True)
+            last_error = str(exc)
+            return {}
+        last_error = ""
+        if not revived:
+            return {}
+        servers = embedded.discover(folder)
+        verb = "are" if len(revived) > 1 else "is"
+        print(
+            f"wapipe up: the embedded {' and '.join(revived)} {verb} running again",
+            file=sys.stderr,
+            flush=True,
+        )
+        changed: dict[str, str] = {}
+        for name, url in (
+            (embedded.DATABASE_URL_VAR, servers.database_url),
+            (embedded.REDIS_URL_VAR, servers.redis_url),
+        ):
+            if url and name not in embedded.explicit_urls() and os.environ.get(name) != url:
+                os.environ[name] = url
+                changed[name] = url
+        return changed
+
+    return watch
+
+
 def run(args: argparse.Namespace) -> int:
     folder = embedded.resolve_data_dir(args.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -215,6 +264,7 @@ def _run_locked(args: argparse.Namespace, folder: Path) -> int:
         )
     )
     try:
-        return Supervisor(child_specs(args.port, args.web_workers), os.environ).run()
+        watch = watch_embedded(folder, postgres=want_pg, redis=want_redis) if want_pg or want_redis else None
+        return Supervisor(child_specs(args.port, args.web_workers), os.environ, watch=watch).run()
     finally:
         up_file.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # Aliased: start()'s ``postgres``/``redis`` flags would shadow the module names.
@@ -55,6 +56,7 @@ __all__ = [
     "read_state",
     "remove_data_dir",
     "resolve_data_dir",
+    "revive",
     "secret",
     "start",
     "stop",
@@ -91,6 +93,44 @@ def start(
             state["valkey"] = valkey_server.ensure_running(folder, state.get("valkey") or {})
         write_private_json(folder / STATE_FILE, state)
     return discover(folder)
+
+
+def revive(
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    postgres: bool = True,
+    redis: bool = True,
+    on_gone: Callable[[str, int], None] | None = None,
+) -> list[str]:
+    """Start again those of the servers that died (killed, crashed); return their names.
+
+    Called by a running ``wapipe up`` every few seconds. A server ``wapipe down`` stopped is left stopped:
+    it dropped the server's pid from ``servers.json``, where a server that died still has it. Each is
+    started as ``start`` does (same data, same port when still free), ``on_gone(name, pid)`` told first.
+    """
+    folder = resolve_data_dir(data_dir)
+    revived: list[str] = []
+    with locked(folder, "servers"):
+        state = read_state(folder)
+        for name, wanted in (("postgres", postgres), ("valkey", redis)):
+            entry = state.get(name)
+            if not wanted or not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
+                continue
+            if name == "postgres":
+                if postgres_server.running_pid(folder) == entry["pid"]:
+                    continue
+                if on_gone is not None:
+                    on_gone(name, entry["pid"])
+                state[name] = postgres_server.ensure_running(folder, entry)
+            else:
+                if valkey_server.running_pid(folder, entry) == entry["pid"]:
+                    continue
+                if on_gone is not None:
+                    on_gone(name, entry["pid"])
+                state[name] = valkey_server.ensure_running(folder, entry)
+            revived.append(name)
+            write_private_json(folder / STATE_FILE, state)
+    return revived
 
 
 def stop(data_dir: str | os.PathLike[str] | None = None) -> list[str]:

@@ -283,6 +283,37 @@ def test_a_lost_or_broken_secrets_file_never_replaces_the_postgres_password(data
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_an_embedded_server_that_dies_under_up_is_started_again(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.commands.up import watch_embedded
+    from shared.supervisor import Supervisor
+
+    servers = embedded.start(data_dir, postgres=False)
+    redis.Redis.from_url(servers.redis_url or "").rpush("celery", "an acknowledged task")
+    valkey = psutil.Process(embedded.read_state(data_dir)["valkey"]["pid"])
+    supervisor = Supervisor([], {}, watch=watch_embedded(data_dir, postgres=False, redis=True))
+
+    supervisor.watch_servers()  # all well: nothing said or done
+    assert capsys.readouterr().err == ""
+    assert embedded.read_state(data_dir)["valkey"]["pid"] == valkey.pid
+
+    valkey.kill()
+    valkey.wait(10)
+    assert embedded.discover(data_dir) == embedded.Servers()
+    supervisor.watch_servers()
+
+    said = capsys.readouterr().err
+    assert f"the embedded valkey (pid {valkey.pid}) has stopped; starting it again" in said
+    assert embedded.discover(data_dir) == servers  # same port and password: the workers' URL still holds
+    assert redis.Redis.from_url(servers.redis_url or "").lrange("celery", 0, -1) == [b"an acknowledged task"]
+
+    # Stopped on purpose by `wapipe down --force`: left stopped.
+    embedded.stop(data_dir)
+    supervisor.watch_servers()
+    assert embedded.discover(data_dir) == embedded.Servers()
+
+
 def test_a_running_valkey_is_reused_when_servers_json_missed_its_start(data_dir: Path) -> None:
     # A command killed between starting Valkey and recording it: servers.json still names the server
     # before it. A second valkey-server on the same append-only file would corrupt the broker.

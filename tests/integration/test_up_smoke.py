@@ -4,6 +4,7 @@ server URLs, a signed Twilio webhook saying "hi" gets a console-provider reply, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -60,6 +61,29 @@ def _wait_healthy(up: subprocess.Popen[bytes], url: str, log: Path) -> None:
             pass
         time.sleep(0.3)
     pytest.fail(f"/healthz never answered:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _wait_ready(up: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + START_LIMIT
+    while time.monotonic() < deadline:
+        assert up.poll() is None, f"wapipe up exited:\n{log.read_text(errors='replace')[-4000:]}"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    pytest.fail(f"/readyz never answered 200:\n{log.read_text(errors='replace')[-4000:]}")
+
+
+def _wait_logged(up: subprocess.Popen[bytes], *words: str, log: Path) -> None:
+    """Until a line of the log has every one of ``words``."""
+    deadline = time.monotonic() + START_LIMIT
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if any(all(word in line for word in words) for line in text.splitlines()):
+            return
+        assert up.poll() is None, f"wapipe up exited:\n{text[-4000:]}"
+        time.sleep(0.3)
+    pytest.fail(f"never logged {words}:\n{log.read_text(errors='replace')[-4000:]}")
 
 
 def _next_reply(pubsub: redis.client.PubSub, log: Path) -> dict[str, object]:
@@ -132,6 +156,26 @@ def test_up_answers_a_signed_webhook_and_stops_cleanly(folder: Path) -> None:
         )
         assert chat.returncode == 0, chat.stderr
         assert "bot> " in chat.stdout, chat.stdout + chat.stderr
+
+        # The embedded Valkey killed under the running `up`: said, started again with its append-only file
+        # (what it acknowledged is back), and the service answers again.
+        broker = redis.Redis.from_url(servers.redis_url)
+        broker.set("wapipe:smoke:acknowledged", "kept")
+        valkey = psutil.Process(embedded.read_state(data_dir)["valkey"]["pid"])
+        valkey.kill()
+        valkey.wait(10)
+        _wait_logged(up, "valkey", "has stopped; starting it again", log=log)
+        _wait_logged(up, "valkey", "is running again", log=log)
+        _wait_ready(up, url, log)
+        assert broker.get("wapipe:smoke:acknowledged") == b"kept"
+        assert embedded.discover(data_dir) == servers  # the same port and password: the same URL
+        pubsub = redis.Redis.from_url(servers.redis_url).pubsub()
+        pubsub.subscribe("wapipe:console:outbound")
+        pubsub.get_message(timeout=1.0)
+        form, headers = twilio_request(url, token, USER, BUSINESS, "Smoke Test", "hi again")
+        response = httpx.post(url + "/webhooks/twilio", data=form, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        assert _next_reply(pubsub, log)["text"]
 
         tree = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in tree)

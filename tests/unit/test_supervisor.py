@@ -139,3 +139,36 @@ def test_stop_lets_a_worker_finish_the_task_its_pool_child_is_running(tmp_path: 
         "task finished",
         "leader stopped",
     ]
+
+
+def test_children_restart_with_the_new_address_of_a_server_that_moved(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    child = f"import os, time; open({str(seen)!r}, 'a').write(os.environ['URL'] + chr(10)); time.sleep(600)"
+    changes: list[dict[str, str]] = [{}, {"URL": "redis://127.0.0.1:2"}]
+    out = io.StringIO()
+    supervisor = Supervisor(
+        [ChildSpec("worker", [sys.executable, "-c", child])],
+        {"URL": "redis://127.0.0.1:1"},
+        out=out,
+        watch=lambda: changes.pop(0),
+    )
+
+    def urls_seen(count: int) -> list[str]:
+        for _ in range(200):
+            if seen.exists() and len(seen.read_text().splitlines()) >= count:
+                break
+            time.sleep(0.05)
+        return seen.read_text().splitlines()
+
+    supervisor._spawn(supervisor._children[0])
+    first = psutil.Process(supervisor.pids[0])
+    assert urls_seen(1) == ["redis://127.0.0.1:1"]
+
+    supervisor.watch_servers()  # nothing changed: nothing restarted
+    assert supervisor.pids == [first.pid]
+    supervisor.watch_servers()
+
+    assert "URL changed; restarting every process" in out.getvalue()
+    assert _gone([first])
+    assert urls_seen(2) == ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]
+    supervisor.stop_all()
