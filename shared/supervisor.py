@@ -7,7 +7,7 @@ Stopping sends SIGTERM to each child's main process only, never to its whole pro
 master and Celery's main process then stop their own workers gracefully (Celery's warm shutdown lets each
 pool process finish its current task, while a pool process that got SIGTERM itself would abort the task:
 billiard resets the signal's handling in its children). It waits, then escalates to SIGKILL for the whole
-group of whatever is left.
+group of whatever is left; a second Ctrl-C escalates at once.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Supervisor:
         self._stop_timeout = stop_timeout
         self._out = out
         self._stopping = False
+        self._kill_now = False
 
     @property
     def pids(self) -> list[int]:
@@ -110,9 +111,17 @@ class Supervisor:
         print(f"wapipe up: {text}", file=self._out, flush=True)
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        # Each flag is set before saying so: a second signal can run this handler again in the middle of
+        # the first's print.
+        name = signal.Signals(signum).name
         if not self._stopping:
-            self._say(f"{signal.Signals(signum).name} received, stopping")
-        self._stopping = True
+            self._stopping = True
+            self._say(f"{name} received, stopping (again to kill everything now)")
+        elif not self._kill_now:
+            # Whoever presses Ctrl-C twice will not sit through the graceful stop: the tasks cut short are
+            # redelivered (acks_late), as after a crash.
+            self._kill_now = True
+            self._say(f"{name} again: killing every process now instead of waiting for them")
 
     def _spawn(self, child: _Child) -> None:
         child.process = subprocess.Popen(  # noqa: S603 - argv from ChildSpec, built by wapipe up
@@ -205,10 +214,13 @@ class Supervisor:
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self._stop_timeout
         for process in running:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self._say(f"pid {process.pid} did not stop in {self._stop_timeout:.0f}s; killing it")
+            # Polled rather than one wait(timeout), so a second Ctrl-C (the signal handler sets _kill_now)
+            # cuts the wait short.
+            while process.poll() is None and not self._kill_now and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if process.poll() is None:
+                if not self._kill_now:
+                    self._say(f"pid {process.pid} did not stop in {self._stop_timeout:.0f}s; killing it")
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

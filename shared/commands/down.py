@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.commands.up import running_up, up_lock
+    from shared.commands.up import down_lock, running_up, up_lock
 
     folder = embedded.resolve_data_dir(args.data_dir)
     if not folder.is_dir():
@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
             )
             return 1
         try:
-            stopped = embedded.stop(folder)
+            if no_up_running:
+                with down_lock(folder):
+                    stopped = embedded.stop(folder)
+            else:
+                stopped = embedded.stop(folder)
         except embedded.EmbeddedError as exc:
             print(f"wapipe down: {exc}", file=sys.stderr)
             return 1

@@ -34,6 +34,8 @@ HELP = (
 )
 UP_FILE = "up.json"
 LOCK_FILE = "up.lock"
+# Held by `wapipe down` while it stops the servers (under the up lock), so a refused `up` can say why.
+DOWN_LOCK_FILE = "down.lock"
 
 # (queues, processes) per worker: a small footprint for a 2-core laptop. Fast queues share one pool;
 # notify and status carry the outbound volume; the slow queues get prefetch 1 (see wapipe worker).
@@ -76,6 +78,28 @@ def up_lock(folder: Path) -> Iterator[bool]:
     finally:
         if handle is not None:
             handle.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def down_lock(folder: Path) -> Iterator[None]:
+    """Held by ``wapipe down`` while it stops the servers (it holds the up lock too)."""
+    handle = _try_lock(folder / DOWN_LOCK_FILE)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def down_in_progress(folder: Path) -> bool:
+    """Whether a ``wapipe down`` is stopping this data folder's servers right now (its lock is held)."""
+    if not (folder / DOWN_LOCK_FILE).exists():
+        return False
+    handle = _try_lock(folder / DOWN_LOCK_FILE)
+    if handle is None:
+        return True
+    handle.close()
+    return False
 
 
 def up_is_running(folder: Path) -> bool:
@@ -201,6 +225,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ[embedded.DATA_DIR_VAR] = str(folder)
     with up_lock(folder) as acquired:
         if not acquired:
+            if down_in_progress(folder):
+                print(
+                    f"wapipe up: a `wapipe down` is stopping the servers of {folder}; run wapipe up again "
+                    "once it has finished",
+                    file=sys.stderr,
+                )
+                return 1
             other = running_up(folder) or {}
             where = f" (pid {other['pid']}, {other.get('url')})" if "pid" in other else ""
             print(f"wapipe up: already running for {folder}{where}", file=sys.stderr)

@@ -130,15 +130,21 @@ def test_down_holds_the_up_lock_while_it_stops_the_servers(
     embedded.start(data_dir, postgres=False)
     real_stop = embedded.stop
     locked_during_stop: list[bool] = []
+    up_during_stop: list[subprocess.CompletedProcess[str]] = []
 
     def stop_and_look(folder: Path) -> list[str]:
         locked_during_stop.append(running_up(folder) is not None)
+        up_during_stop.append(_wapipe("up", "--data-dir", str(folder), "--port", "1"))
         return real_stop(folder)
 
     monkeypatch.setattr(embedded, "stop", stop_and_look)
 
     assert down.run(argparse.Namespace(data_dir=str(data_dir), force=False)) == 0
     assert locked_during_stop == [True]
+    # The `up` refused, and said why: not another `up`, a `down` under way.
+    assert up_during_stop[0].returncode == 1
+    assert "a `wapipe down` is stopping the servers" in up_during_stop[0].stderr
+    assert "already running" not in up_during_stop[0].stderr
     assert embedded.discover(data_dir) == embedded.Servers()
     assert running_up(data_dir) is None  # released once done
 

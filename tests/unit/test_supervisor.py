@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -172,3 +174,36 @@ def test_children_restart_with_the_new_address_of_a_server_that_moved(tmp_path: 
     assert _gone([first])
     assert urls_seen(2) == ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]
     supervisor.stop_all()
+
+
+def test_a_second_ctrl_c_kills_the_children_instead_of_waiting() -> None:
+    # A stop waits up to its timeout for the children (here far longer than anyone would sit through).
+    runner = (
+        "import sys\n"
+        "from shared.supervisor import ChildSpec, Supervisor\n"
+        f"spec = ChildSpec('stubborn', [sys.executable, '-c', {STUBBORN!r}])\n"
+        "Supervisor([spec], {}, stop_timeout=3600).run()\n"
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-c", runner], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert up.stdout is not None
+        assert up.stderr is not None
+        assert up.stdout.readline() == "ready\n"
+        tree = _wait_for_children(up.pid, 3)
+        up.send_signal(signal.SIGINT)
+        assert "SIGINT received, stopping" in up.stderr.readline()
+        assert all(p.is_running() for p in tree)  # still waiting for the stubborn child
+
+        up.send_signal(signal.SIGINT)
+
+        assert up.wait(timeout=60) == 0  # a hang limit only
+        assert "SIGINT again: killing" in up.stderr.read()
+        assert _gone(tree)
+    finally:
+        if up.poll() is None:
+            for proc in psutil.Process(up.pid).children(recursive=True):
+                proc.kill()
+            up.kill()
+            up.wait()
