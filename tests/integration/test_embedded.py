@@ -330,3 +330,30 @@ def test_a_running_valkey_is_reused_when_servers_json_missed_its_start(data_dir:
         for p in psutil.process_iter()
         if p.name().startswith("valkey-server") and p.cwd() == str(data_dir / "valkey")
     ] == [running]
+
+
+def test_an_embedded_postgres_killed_under_up_is_started_again_with_its_data(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared.commands.up import watch_embedded
+    from shared.supervisor import Supervisor
+
+    servers = embedded.start(data_dir, redis=False)
+    with psycopg.connect(servers.database_url or "", autocommit=True) as conn:
+        conn.execute("CREATE TABLE acknowledged (note text)")
+        conn.execute("INSERT INTO acknowledged VALUES ('committed')")
+    postmaster = psutil.Process(embedded.read_state(data_dir)["postgres"]["pid"])
+    supervisor = Supervisor([], {}, watch=watch_embedded(data_dir, postgres=True, redis=False))
+
+    postmaster.kill()
+    postmaster.wait(10)
+    # Its backends may still hold the shared memory for a moment: then it is retried at the next look.
+    for _ in range(100):
+        supervisor.watch_servers()
+        if embedded.discover(data_dir) == servers:
+            break
+    said = capsys.readouterr().err
+    assert f"the embedded postgres (pid {postmaster.pid}) has stopped; starting it again" in said
+    assert embedded.discover(data_dir) == servers
+    with psycopg.connect(servers.database_url or "") as conn:
+        assert conn.execute("SELECT note FROM acknowledged").fetchall() == [("committed",)]
