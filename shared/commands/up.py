@@ -179,8 +179,12 @@ def watch_embedded(folder: Path, *, postgres: bool, redis: bool) -> Callable[[],
     port was taken meanwhile), for the supervisor to restart the children with.
     """
     last_error = ""
+    said_gone: set[tuple[str, int]] = set()
 
     def gone(name: str, pid: int) -> None:
+        if (name, pid) in said_gone:  # a start being retried (its log says why): said once
+            return
+        said_gone.add((name, pid))
         print(
             f"wapipe up: the embedded {name} (pid {pid}) has stopped; starting it again",
             file=sys.stderr,
