@@ -59,12 +59,15 @@ WHERE c.id = %(conversation_id)s
 # conversation's flow handled (or, when that is unknown, those young enough to belong to the live
 # session), up to the step's own, which is there however old, unless it is handled too (a task
 # redelivered after its session expired must not replay its step on an empty state).
+# Ages are measured with the database's now(), the clock that stamped created_at: a worker whose own clock
+# runs fast or slow must neither pass over a message the router is still deciding on nor wait too long.
 _PENDING_INBOUND = """
-SELECT id, body, payload, created_at, routed_at
+SELECT id, body, payload, created_at, routed_at,
+       created_at < now() - make_interval(secs => %(grace_seconds)s) AS past_grace
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'
   AND id > %(after_id)s AND id <= %(upto_id)s AND handled_at IS NULL
-  AND (created_at >= %(since)s OR id = %(upto_id)s)
+  AND (created_at >= now() - make_interval(secs => %(max_age_seconds)s) OR id = %(upto_id)s)
 ORDER BY id
 """
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
@@ -159,10 +162,32 @@ def conversation_state(conn: psycopg.Connection, conversation_id: int) -> Row | 
 
 
 def pending_inbound(
-    conn: psycopg.Connection, conversation_id: int, after_id: int, upto_id: int, since: datetime
+    conn: psycopg.Connection,
+    conversation_id: int,
+    after_id: int,
+    upto_id: int,
+    *,
+    max_age_seconds: float,
+    grace_seconds: float,
 ) -> list[Row]:
-    params = {"conversation_id": conversation_id, "after_id": after_id, "upto_id": upto_id, "since": since}
+    """Unhandled inbound messages after ``after_id`` up to ``upto_id``, those stored more than
+    ``max_age_seconds`` ago left out (``upto_id`` itself always in); ``past_grace``: stored more than
+    ``grace_seconds`` ago. Both ages by the database's clock."""
+    params = {
+        "conversation_id": conversation_id,
+        "after_id": after_id,
+        "upto_id": upto_id,
+        "max_age_seconds": max_age_seconds,
+        "grace_seconds": grace_seconds,
+    }
     return conn.execute(_PENDING_INBOUND, params).fetchall()
+
+
+def db_now(conn: psycopg.Connection) -> datetime:
+    """The database's clock: the one every stored time was stamped with."""
+    row = conn.execute("SELECT now() AS now").fetchone()
+    assert row is not None
+    return row["now"]
 
 
 def mark_handled(conn: psycopg.Connection, message_id: int) -> None:

@@ -42,7 +42,9 @@ Ordering and exactly-once across several ``flows`` worker processes:
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
   (rate-limited, from an opted-out user, in a handed-off conversation) have no such key and are skipped.
   An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
-  (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good).
+  (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good). That age,
+  like the session TTL's below, is measured by the database, whose clock stamped ``created_at``: a worker
+  whose clock runs fast would otherwise pass over a message still being routed and answer the next first.
 - When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
   it; then only messages younger than the session TTL and not handled are considered, and a step whose
   own message is handled does nothing. So is a flow state left in the
@@ -59,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -197,6 +199,9 @@ def process(
 ) -> int:
     """Answer the target's conversation up to the target message; return how many messages were handled.
 
+    ``now`` is the time the flow itself sees (an SLA's "time remaining"), the database's when not given;
+    which messages are too old to wait for or to answer is always the database's to say.
+
     Raises :class:`Busy` when another worker holds the conversation's lock.
     """
     lock = _Lock(redis_client, target.conversation_id, lease_seconds)
@@ -231,10 +236,13 @@ def _process_locked(
             conn.commit()
             log.info("flows.step_already_done", message_id=target.message_id)
             return 0
-    ttl = get_settings().session_ttl_seconds
-    since = (now or datetime.now(UTC)) - timedelta(seconds=ttl)
     rows = repository.pending_inbound(
-        conn, target.conversation_id, cursor if isinstance(cursor, int) else 0, target.message_id, since
+        conn,
+        target.conversation_id,
+        cursor if isinstance(cursor, int) else 0,
+        target.message_id,
+        max_age_seconds=get_settings().session_ttl_seconds,
+        grace_seconds=UNROUTED_GRACE.total_seconds(),
     )
     conn.commit()
     if not rows or rows[-1]["id"] != target.message_id:
@@ -245,7 +253,7 @@ def _process_locked(
     handled = 0
     for row in rows:
         if row["id"] != target.message_id:
-            verdict = _earlier_message(row, redis_client, now or datetime.now(UTC))
+            verdict = _earlier_message(row, redis_client)
             if verdict == "wait":
                 raise Busy(target.message_id)
             if verdict == "skip":
@@ -263,7 +271,8 @@ def _process_locked(
             contact_id=target.contact_id,
             conversation_id=target.conversation_id,
             message_id=row["id"],
-            now=now or datetime.now(UTC),
+            # The database's clock, as the records the flow compares it with (created_at, due_at) use.
+            now=now or repository.db_now(conn),
         )
         engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
         outcome = engine.advance(pack, engine_state, answer, ctx)
@@ -296,12 +305,13 @@ def _lost(message_id: int, target: Target) -> Busy:
     return Busy(target.message_id)
 
 
-def _earlier_message(row: dict[str, Any], redis_client: redis.Redis, now: datetime) -> str:
+def _earlier_message(row: dict[str, Any], redis_client: redis.Redis) -> str:
     """``handle`` an earlier message of the conversation, ``skip`` it (not the flow's), or ``wait``."""
     if verification.is_verify_code(row["body"]):  # the router sends it to verify.check_code, in every mode
         return "skip"
     if row["routed_at"] is None:
-        return "skip" if row["created_at"] < now - UNROUTED_GRACE else "wait"
+        # past_grace is the database's verdict (repository.pending_inbound), not this worker's clock's.
+        return "skip" if row["past_grace"] else "wait"
     if not redis_client.exists(handler_key(row["id"])):
         return "skip"
     return "handle"

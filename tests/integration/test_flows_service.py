@@ -142,10 +142,49 @@ def test_an_earlier_message_not_yet_routed_makes_the_step_wait(user: User) -> No
     assert user.flow["step"] == 1
 
 
+def stored_ago(user: User, message_id: int, minutes: float) -> None:
+    """Backdate a message by the database's own clock, as if the router stored it ``minutes`` ago."""
+    user.db.execute(
+        "UPDATE messages SET created_at = now() - make_interval(mins => %s) WHERE id = %s",
+        (minutes, message_id),
+    )
+
+
 def test_an_unrouted_message_older_than_the_grace_is_skipped(user: User) -> None:
-    user.store("1", routed=False)
+    lost = user.store("1", routed=False)
+    stored_ago(user, lost, 6)
     hi = user.store("hi")
-    assert user.step(hi, now=datetime.now(UTC) + timedelta(minutes=6)) == 1
+    assert user.step(hi) == 1
+    assert len(user.replies()) == 1
+
+
+def test_a_worker_whose_clock_runs_fast_still_waits_for_an_earlier_unrouted_message(user: User) -> None:
+    # The grace is measured on the database's clock, which stamped created_at: a worker 6 minutes ahead
+    # must not pass over a message the router is still deciding on and answer the next one first.
+    first = user.store("1", routed=False)
+    second = user.store("ORD-12345")
+    with pytest.raises(Busy):
+        user.step(second, now=datetime.now(UTC) + timedelta(minutes=6))
+    user.db.execute("UPDATE messages SET routed_at = now() WHERE id = %s", (first,))
+    assert user.step(second, now=datetime.now(UTC) + timedelta(minutes=6)) == 2
+    assert user.flow["step"] == 1
+
+
+def test_a_worker_whose_clock_runs_slow_skips_an_unrouted_message_past_the_grace(user: User) -> None:
+    lost = user.store("1", routed=False)
+    stored_ago(user, lost, 6)
+    hi = user.store("hi")
+    assert user.step(hi, now=datetime.now(UTC) - timedelta(minutes=10)) == 1
+    assert len(user.replies()) == 1
+
+
+def test_a_worker_whose_clock_runs_slow_does_not_answer_messages_older_than_the_session(user: User) -> None:
+    # With the session gone, only messages younger than its TTL (by the database's clock) are answered.
+    stale = user.store("1")
+    stored_ago(user, stale, 31)
+    hi = user.store("hi")
+    assert user.step(hi, now=datetime.now(UTC) - timedelta(minutes=10)) == 1
+    assert not user.handled(stale)
     assert len(user.replies()) == 1
 
 
@@ -322,8 +361,9 @@ def test_an_earlier_message_drained_but_not_marked_is_marked_by_the_next_step(
 def test_a_message_the_drain_passed_over_is_not_marked_handled_by_its_late_task(user: User) -> None:
     """Its routing failed for good, so the flow never answered it: it must not look answered."""
     lost = user.store("1", routed=False)
+    stored_ago(user, lost, 6)
     hi = user.store("hi")
-    assert user.step(hi, now=datetime.now(UTC) + timedelta(minutes=6)) == 1
+    assert user.step(hi) == 1
     user.db.execute("UPDATE messages SET routed_at = now() WHERE id = %s", (lost,))
     assert user.step(lost) == 0
     assert not user.handled(lost)
