@@ -11,7 +11,7 @@ does not enforce the window, so local trials of the notify API just work.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 WINDOW = timedelta(hours=24)
 # Providers that deliver over WhatsApp and so are bound by its window.
@@ -31,12 +31,16 @@ class Refusal:
 
 
 def check_window(
-    *, provider: str, message_type: str, last_inbound_at: datetime | None, now: datetime | None = None
+    *, provider: str, message_type: str, last_inbound_at: datetime | None, now: datetime
 ) -> Refusal | None:
-    """None when the message may be sent; a :class:`Refusal` when it falls outside the 24-hour window."""
+    """None when the message may be sent; a :class:`Refusal` when it falls outside the 24-hour window.
+
+    ``now`` must come from the clock that stamped ``last_inbound_at``, the database's (read with the
+    record): a worker's own clock running fast would refuse messages WhatsApp still accepts, and one
+    running slow would send messages bound to fail.
+    """
     if provider not in WINDOW_PROVIDERS or message_type in ALWAYS_ALLOWED_TYPES:
         return None
-    now = now or datetime.now(UTC)
     if last_inbound_at is None:
         return Refusal(
             OUTSIDE_WINDOW,

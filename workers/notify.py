@@ -547,7 +547,12 @@ def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:
     if record.opted_out and not record.bypass_opt_out:
         return "opted_out", "the recipient opted out (STOP); send START to opt back in"
     # WhatsApp's 24-hour window (shared/policy.py): a free-form message it would refuse fails here, final.
-    window = check_window(provider=provider, message_type=record.type, last_inbound_at=record.last_inbound_at)
+    window = check_window(
+        provider=provider,
+        message_type=record.type,
+        last_inbound_at=record.last_inbound_at,
+        now=record.read_at,
+    )
     return (window.code, window.message) if window is not None else None
 
 

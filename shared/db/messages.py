@@ -165,7 +165,7 @@ OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number, c.last_inbound_at, m.send_after, m.claimed_by, m.unsent_claim
+v.business_number, c.last_inbound_at, now() AS read_at, m.send_after, m.claimed_by, m.unsent_claim
 """
 _GET_OUTBOUND = f"""
 SELECT {OUTBOUND_COLUMNS}
@@ -208,6 +208,9 @@ class OutboundRecord:
     conversation_provider: str | None
     business_number: str | None
     last_inbound_at: datetime | None  # the contact's, for WhatsApp's 24-hour window (shared/policy.py)
+    # The database's clock when this was read: what last_inbound_at is measured against, as both are the
+    # database's (a worker's own clock may run fast or slow).
+    read_at: datetime
     send_after: datetime | None = None  # not before (backoff, pacing): batch claims skip it until then
     claimed_by: int | None = None  # whose notify.send task made the current 'sending' claim
     # The batch claim holding it, while its send is not yet booked for the provider call (0008's comment).

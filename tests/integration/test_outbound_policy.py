@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -47,10 +48,19 @@ def api_message(client: FlaskClient, content: dict) -> int:
 
 
 def last_inbound(db: psycopg.Connection, ago: timedelta | None) -> None:
-    db.execute(
-        "UPDATE contacts SET last_inbound_at = %s WHERE phone = %s",
-        (datetime.now(UTC) - ago if ago is not None else None, PHONE),
-    )
+    """The contact last wrote ``ago`` before now, by the database's clock (the one that stamps it)."""
+    db.execute("UPDATE contacts SET last_inbound_at = now() - %s::interval WHERE phone = %s", (ago, PHONE))
+
+
+def skew_worker_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
+    """The worker's own clock runs ``by`` ahead of the database's (behind when negative)."""
+
+    class Skewed(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return datetime.now(tz) + by
+
+    monkeypatch.setattr("shared.policy.datetime", Skewed)
 
 
 def row(db: psycopg.Connection, message_id: int) -> dict:
@@ -100,6 +110,33 @@ def test_free_form_inside_the_window_is_sent(db, redis_client, graph: FakeGraph)
     assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
     [request] = graph.received
     assert request.json["text"]["body"] == TEXT["text"]
+
+
+def test_a_worker_clock_running_fast_does_not_close_the_window_early(
+    db, redis_client, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = meta_settings(graph)
+    message_id = api_message(create_app(settings).test_client(), TEXT)
+    last_inbound(db, timedelta(hours=23))
+    skew_worker_clock(monkeypatch, timedelta(hours=2))
+
+    # WhatsApp's window is still open for another hour: the message goes out.
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "sent"
+    assert len(graph.received) == 1
+
+
+def test_a_worker_clock_running_slow_does_not_keep_the_window_open(
+    db, redis_client, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = meta_settings(graph)
+    message_id = api_message(create_app(settings).test_client(), TEXT)
+    last_inbound(db, timedelta(hours=25))
+    skew_worker_clock(monkeypatch, -timedelta(hours=2))
+
+    # Closed an hour ago: refused here, with a reason, instead of failing at the provider (131047).
+    assert dispatch(message_id, settings=settings, sender=MetaSender(settings)) == "failed"
+    assert row(db, message_id)["error_code"] == OUTSIDE_WINDOW
+    assert graph.received == []
 
 
 def test_a_template_is_sent_outside_the_window(db, redis_client, graph: FakeGraph) -> None:
