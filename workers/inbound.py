@@ -197,6 +197,7 @@ def _store_new(
         phone=contact_phone(inbound.sender_phone),
         bsuid=inbound.sender_bsuid,
         profile_name=inbound.profile_name,
+        sent_at=inbound.sent_at,
         event_key=inbound.dedupe_key,
         event=event,
         **columns,
@@ -254,6 +255,7 @@ def _insert(
         phone=contact_phone(inbound.sender_phone),
         bsuid=inbound.sender_bsuid,
         profile_name=inbound.profile_name,
+        sent_at=inbound.sent_at,
     )
     conversation = conversations.get_or_create_live(
         conn, contact_id=contact.id, provider=provider, business_number=inbound.business_number

@@ -15,13 +15,18 @@ from shared.db.errors import wrap_errors
 
 _COLUMNS = "id, phone, bsuid, profile_name, opted_out, opted_out_at, last_inbound_at, created_at"
 
+# When the user wrote: the provider's time for the message (Meta's and Kapso's ``timestamp``, else when
+# ingress received it), never later than the database's now(). WhatsApp's 24-hour window runs from then, not
+# from when the router got to it: after a backlog of hours the window must not look open when WhatsApp's has
+# closed (free-form sends would fail with Meta 131047 / Twilio 63016 instead of asking for a template).
+WROTE_AT = "LEAST(now(), %(sent_at)s::timestamptz)"
 # Any unique key (phone or bsuid) already taken means the contact exists: insert nothing, then find and
 # update it below. Two first messages from one new user racing each other both end on the same row.
-_INSERT_IF_NEW = """
+_INSERT_IF_NEW = f"""
 INSERT INTO contacts (phone, bsuid, profile_name, last_inbound_at)
-VALUES (%(phone)s, %(bsuid)s, %(profile_name)s, now())
+VALUES (%(phone)s, %(bsuid)s, %(profile_name)s, {WROTE_AT})
 ON CONFLICT DO NOTHING
-"""
+"""  # noqa: S608 - constant SQL text, no input
 # The row matching the phone wins over one matching only the bsuid (a phone is what users link).
 _MATCH = """
 FROM contacts
@@ -33,8 +38,8 @@ FOR UPDATE
 """
 _FIND_FOR_UPDATE = f"SELECT {_COLUMNS} {_MATCH}"
 # Fill an identifier we did not know yet, unless another contact already holds it (then they stay two
-# rows rather than failing the message).
-_REFRESH_SET = """
+# rows rather than failing the message). A message routed late does not move the window back.
+_REFRESH_SET = f"""
 UPDATE contacts c SET
     phone = CASE WHEN c.phone IS NULL AND %(phone)s::text IS NOT NULL
                   AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.phone = %(phone)s)
@@ -43,13 +48,13 @@ UPDATE contacts c SET
                   AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.bsuid = %(bsuid)s)
              THEN %(bsuid)s ELSE c.bsuid END,
     profile_name = COALESCE(%(profile_name)s, c.profile_name),
-    last_inbound_at = GREATEST(c.last_inbound_at, now()),
+    last_inbound_at = GREATEST(c.last_inbound_at, {WROTE_AT}),
     updated_at = now()
-"""
+"""  # noqa: S608 - constant SQL text, no input
 _REFRESH = f"{_REFRESH_SET} WHERE c.id = %(id)s RETURNING {_COLUMNS}"
 # The find and the refresh above in one statement, for a sender seen before (no row for a new one): the
 # common case of shared/db/inbound_store.py, which runs it as a CTE. Parameters: phone, bsuid,
-# profile_name.
+# profile_name, sent_at.
 REFRESH_KNOWN = f"{_REFRESH_SET} WHERE c.id = (SELECT id {_MATCH}) RETURNING {_COLUMNS}"
 _GET = f"SELECT {_COLUMNS} FROM contacts WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
 _GET_BY_PHONE = f"SELECT {_COLUMNS} FROM contacts WHERE phone = %(phone)s"  # noqa: S608 - constant column list, no input
@@ -84,15 +89,23 @@ class Contact:
 
 
 def upsert_from_inbound(
-    conn: psycopg.Connection, *, phone: str | None, bsuid: str | None, profile_name: str | None
+    conn: psycopg.Connection,
+    *,
+    phone: str | None,
+    bsuid: str | None,
+    profile_name: str | None,
+    sent_at: datetime,
 ) -> Contact:
     """The contact who sent an inbound message, created on first sight and refreshed otherwise.
+
+    ``sent_at`` is when the user sent it (the provider's time, :attr:`InboundMessage.sent_at`): the
+    contact's 24-hour window runs from then, capped at the database's now() (:data:`WROTE_AT`).
 
     Call inside the transaction that stores the message; the contact row stays locked until it commits.
     """
     if not phone and not bsuid:
         raise ValueError("an inbound message needs a sender phone or business-scoped user id")
-    params = {"phone": phone, "bsuid": bsuid, "profile_name": profile_name}
+    params = {"phone": phone, "bsuid": bsuid, "profile_name": profile_name, "sent_at": sent_at}
     with wrap_errors():
         conn.execute(_INSERT_IF_NEW, params)
         found = conn.execute(_FIND_FOR_UPDATE, params).fetchone()

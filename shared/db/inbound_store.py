@@ -16,13 +16,14 @@ conversation was created by a transaction that committed after this statement's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.db.contacts import REFRESH_KNOWN
+from shared.db.contacts import REFRESH_KNOWN, WROTE_AT
 from shared.db.errors import wrap_errors
 
 # One row, always: the LEFT JOINs from a single-row seed keep it even when a CTE returned nothing.
@@ -39,7 +40,7 @@ WITH existing AS (
 known_contact AS ({REFRESH_KNOWN}),
 new_contact AS (
     INSERT INTO contacts (phone, bsuid, profile_name, last_inbound_at)
-    SELECT %(phone)s, %(bsuid)s, %(profile_name)s, now()
+    SELECT %(phone)s, %(bsuid)s, %(profile_name)s, {WROTE_AT}
     WHERE NOT EXISTS (SELECT 1 FROM known_contact)
     ON CONFLICT DO NOTHING
     RETURNING id, phone, bsuid, opted_out
@@ -124,6 +125,7 @@ def store(
     phone: str | None,
     bsuid: str | None,
     profile_name: str | None,
+    sent_at: datetime,
     type: str,
     body: str | None,
     payload: dict[str, Any],
@@ -131,7 +133,10 @@ def store(
     event_key: str,
     event: dict[str, Any],
 ) -> Stored:
-    """Run the statement inside the caller's transaction; see :class:`Stored` for what to do next."""
+    """Run the statement inside the caller's transaction; see :class:`Stored` for what to do next.
+
+    ``sent_at``: when the user sent the message, which opens the contact's 24-hour window
+    (:data:`shared.db.contacts.WROTE_AT`)."""
     if not phone and not bsuid:
         raise ValueError("an inbound message needs a sender phone or business-scoped user id")
     params = {
@@ -141,6 +146,7 @@ def store(
         "phone": phone,
         "bsuid": bsuid,
         "profile_name": profile_name,
+        "sent_at": sent_at,
         "type": type,
         "body": body,
         "payload": Jsonb(payload),
