@@ -21,18 +21,20 @@ _COLUMNS = (
     "id, task_name, message_id, payload, error, attempts, created_at, replayed_at,"
     " discarded_at, discard_reason"
 )
-# Matches the partial index dead_letters_pending.
+# Matches the partial indexes dead_letters_pending and dead_letters_one_pending.
 _IS_PENDING = "replayed_at IS NULL AND discarded_at IS NULL"
 
+# One pending letter per (task, message): the unique index dead_letters_one_pending (0014). A second letter
+# for it, even one added while the first's transaction has not committed (it waits for that commit),
+# updates nothing and returns the first: a look-then-insert let both in, and a replay --all then enqueued
+# the message twice. (DO UPDATE, not DO NOTHING: it returns the conflicting row.) A letter without a
+# message never conflicts (NULLs are distinct).
 _ADD = f"""
 INSERT INTO dead_letters (task_name, message_id, payload, error, attempts)
 VALUES (%(task_name)s, %(message_id)s, %(payload)s, %(error)s, %(attempts)s)
+ON CONFLICT (task_name, message_id) WHERE {_IS_PENDING}
+DO UPDATE SET task_name = dead_letters.task_name
 RETURNING {_COLUMNS}
-"""  # noqa: S608 - constant column list and statuses, no input
-_PENDING_FOR_MESSAGE = f"""
-SELECT {_COLUMNS} FROM dead_letters
-WHERE task_name = %(task_name)s AND message_id = %(message_id)s AND {_IS_PENDING}
-ORDER BY id LIMIT 1
 """  # noqa: S608 - constant column list and statuses, no input
 _GET = f"SELECT {_COLUMNS} FROM dead_letters WHERE id = %(id)s"  # noqa: S608 - constant column list, no input
 _GET_FOR_UPDATE = _GET + " FOR UPDATE"
@@ -80,12 +82,6 @@ def add(
 ) -> DeadLetter:
     """Record a dead letter; a second one for the same pending (task, message) returns the first."""
     with wrap_errors():
-        if message_id is not None:
-            row = conn.execute(
-                _PENDING_FOR_MESSAGE, {"task_name": task_name, "message_id": message_id}
-            ).fetchone()
-            if row is not None:
-                return DeadLetter(**row)
         row = conn.execute(
             _ADD,
             {
