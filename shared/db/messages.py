@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.pool import connection
+from shared.wire.events import STATUS_RANK
 
 # notify.send's claim: the provider call is in flight (see workers/notify.py). Ranked with 'queued', so a
 # receipt can never be overtaken by it.
@@ -235,7 +236,7 @@ def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
     with wrap_errors():
         row = conn.execute(_REQUEUE, {"id": message_id}).fetchone()
         if row is not None:
-            add_event(conn, message_id, "queued", detail="replayed")
+            add_event(conn, message_id, "queued", detail=REPLAYED)
     return row is not None
 
 
@@ -338,9 +339,29 @@ _ADD_EVENT = """
 INSERT INTO message_events (message_id, status, error_code, detail, at)
 VALUES (%(message_id)s, %(status)s, %(error_code)s, %(detail)s, COALESCE(%(at)s, now()))
 """
-_TIMELINE = """
-SELECT status, error_code, detail, at FROM message_events WHERE message_id = %(message_id)s ORDER BY at, id
-"""
+# The detail of the 'queued' event a dead-letter replay adds (requeue_failed): the message's delivery
+# starts over from there.
+REPLAYED = "replayed"
+# The timeline's order. ``at`` mixes two clocks: the database's for our own events (queued, retrying, sent,
+# failed: sent is stamped once the provider call returned and the batch settled) and the provider's for
+# receipts (Meta's in whole seconds), so by time alone a quick "delivered" could come before our "sent".
+# So, within each delivery attempt (the first, then one per replay), events go by the forward-only rank
+# the status itself follows (shared/wire/events.py STATUS_RANK: queued < sent < delivered < read <
+# failed), then by time: receipts that arrive out of order, and retries, still read as they happened. A
+# status with no rank (a provider's unknown one) is a receipt about a sent message: it goes with "sent".
+_TIMELINE_RANK = (
+    "CASE status "
+    + " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
+    + " WHEN 'retrying' THEN 0 ELSE 1 END"
+)
+_TIMELINE = f"""
+SELECT status, error_code, detail, at FROM (
+    SELECT status, error_code, detail, at, id,
+           count(*) FILTER (WHERE status = 'queued' AND detail = '{REPLAYED}') OVER (ORDER BY id) AS attempt
+    FROM message_events WHERE message_id = %(message_id)s
+) e
+ORDER BY attempt, {_TIMELINE_RANK}, at, id
+"""  # noqa: S608 - constant statuses, no input
 
 
 @dataclass(frozen=True)
@@ -372,7 +393,8 @@ def add_event(
 
 
 def timeline(conn: psycopg.Connection, message_id: int) -> list[dict[str, Any]]:
-    """The message's delivery events, oldest first (by when they happened, not when they arrived)."""
+    """The message's delivery events in the order they happened (see :data:`_TIMELINE`), not as they
+    arrived."""
     with wrap_errors():
         return conn.execute(_TIMELINE, {"message_id": message_id}).fetchall()
 

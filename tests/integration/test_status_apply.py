@@ -12,8 +12,10 @@ import psycopg
 from celery.exceptions import Retry
 from psycopg.rows import dict_row
 
-from shared.db import sending
+from ingress import create_app
+from shared.db import messages, sending
 from shared.providers.console import ConsoleSender
+from shared.settings import load_settings
 from shared.wire.events import DeliveryStatus, StatusUpdate
 from tests.integration.test_notify_send import a_reply, message, statuses
 from workers import status
@@ -182,3 +184,46 @@ def test_a_receipt_counts_its_looks_for_the_id_apart_from_its_outage_retries(cle
     # Its looks spent, it is dropped: receipts for messages we never sent are normal.
     assert looked_again(redis_client, event, retries=1, looked=status.UNKNOWN_MESSAGE_RETRIES) is None
     assert redis_client.llen("status") == 0
+
+
+def receipt_at(sid: str, status: str, at: datetime) -> dict:
+    return StatusUpdate(provider="console", provider_message_id=sid, status=status, at=at).model_dump(
+        mode="json"
+    )
+
+
+def api_timeline(message_id: int) -> list[str]:
+    client = create_app(load_settings(api_keys="timeline-key")).test_client()
+    body = client.get(f"/api/v1/messages/{message_id}", headers={"X-API-Key": "timeline-key"}).get_json()
+    return [event["status"] for event in body["timeline"]]
+
+
+def test_receipts_stamped_before_our_sent_event_still_follow_it_in_the_timeline(db, redis_client) -> None:
+    # Our 'sent' is the database's time once the provider call returned and the batch settled; a receipt
+    # carries the provider's time (Meta's in whole seconds): a quick delivery can be stamped earlier.
+    message_id, sid = a_sent_message(db, redis_client)
+    sent = db.execute(
+        "SELECT at FROM message_events WHERE message_id = %s AND status = 'sent'", (message_id,)
+    ).fetchone()["at"]
+
+    apply(receipt_at(sid, "read", sent - timedelta(seconds=1)))
+    apply(receipt_at(sid, "delivered", sent - timedelta(seconds=2)))
+    apply(receipt_at(sid, "sent", sent - timedelta(seconds=3)))  # the provider's own "sent" receipt
+
+    assert api_timeline(message_id) == ["queued", "sent", "sent", "delivered", "read"]
+
+
+def test_a_replayed_message_shows_its_failure_before_the_replay(db, redis_client) -> None:
+    message_id, sid = a_sent_message(db, redis_client)
+    db.execute("DELETE FROM message_events WHERE message_id = %s AND status = 'sent'", (message_id,))
+    start = db.execute("SELECT at FROM message_events WHERE message_id = %s", (message_id,)).fetchone()["at"]
+    for state, seconds, detail in [
+        ("retrying", 1, "timeout"),
+        ("failed", 2, "timeout"),
+        ("queued", 3, "replayed"),
+        ("sent", 4, None),
+    ]:
+        messages.add_event(db, message_id, state, detail=detail, at=start + timedelta(seconds=seconds))
+    apply(receipt_at(sid, "delivered", start + timedelta(seconds=3.5)))
+
+    assert api_timeline(message_id) == ["queued", "retrying", "failed", "queued", "sent", "delivered"]
