@@ -5,6 +5,7 @@ every number, and a person stored both ways becomes one contact that keeps the o
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,8 +65,11 @@ def conversation(conn: psycopg.Connection, contact_id: int, last_message_at: str
 
 
 def apply_0011(conn: psycopg.Connection) -> None:
-    # 0011 first; later migrations (0014 ...) apply after it and do not touch contacts.
-    assert migrate(conn.info.dsn, MIGRATIONS_DIR)[:1] == [VERSION]
+    # 0011 alone: later migrations have tests of their own.
+    [migration] = [m for m in available(MIGRATIONS_DIR) if m.version == VERSION]
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(migration.path, folder)
+        assert migrate(conn.info.dsn, Path(folder)) == [VERSION]
 
 
 def phones(conn: psycopg.Connection) -> dict[int, str]:
