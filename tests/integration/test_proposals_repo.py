@@ -122,3 +122,28 @@ def test_a_failed_item_insert_leaves_no_proposal(clean: None, db: psycopg.Connec
         assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 0
     finally:
         db.execute("ALTER TABLE proposal_items DROP CONSTRAINT test_no_ci")
+
+
+def test_a_user_or_a_workspace_can_be_erased_once_it_has_proposals(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # A host erasing a user (GDPR) or deleting a workspace must not be refused because the user once
+    # made a proposal: the proposal stays, no longer anyone's, with its items.
+    seed()
+    project_id = _project(db)
+    first = proposals.save(
+        store_inbound(db, TEXT), PROPOSAL, "offline", user_id=DEMO_USER_ID, project_id=project_id
+    )
+    assert first is not None
+
+    db.execute("DELETE FROM users WHERE id = %s", (DEMO_USER_ID,))
+
+    stored = proposals.get(first.id)
+    assert stored is not None
+    assert (stored["user_id"], stored["project_id"], len(stored["items"])) == (None, project_id, 3)
+
+    db.execute("DELETE FROM workspaces")
+
+    stored = proposals.get(first.id)
+    assert stored is not None
+    assert (stored["user_id"], stored["project_id"], len(stored["items"])) == (None, None, 3)
