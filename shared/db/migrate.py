@@ -5,7 +5,12 @@ stored phone numbers ``shared.phone`` now writes another way); its ``migrate(con
 migration's transaction, under the same lock rules as SQL.
 
 Two processes starting together (``wapipe up`` and a ``wapipe migrate``, or several web replicas) are
-serialised by a session-level advisory lock, so each file runs exactly once.
+serialised by a transaction-level advisory lock: each migration's transaction takes it first, then looks
+again whether the migration is applied (another process may have applied it while this one waited), so
+each file runs exactly once. Transaction-level because behind PgBouncer in transaction pooling (which
+deploy/README.md supports) a connection is one server connection only for the length of a transaction: a
+session lock and its unlock could run on two server connections, leaving concurrent runs unserialised and
+the lock held on a pooled connection, where the next release's migrations waited for it for ever.
 
 A migration waits at most :data:`LOCK_TIMEOUT` for each table lock it needs, then is rolled back and
 tried again a moment later (up to :data:`ATTEMPTS` times). Against a live pipeline that matters: an
@@ -25,8 +30,11 @@ import psycopg
 from psycopg import errors
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-# Any fixed 64-bit number, unique to this purpose: "wapipe" in ASCII.
-_LOCK_KEY = 0x776170697065
+# Any fixed 64-bit number, unique to this purpose: "wapipe" and "m" in ASCII. Not the "wapipe" that
+# earlier releases took as a session lock, which one of them may have left held on a pooled connection.
+_LOCK_KEY = 0x7761706970656D
+_TAKE_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_IS_APPLIED = "SELECT 1 FROM schema_migrations WHERE version = %s"
 LOCK_TIMEOUT = "5s"
 ATTEMPTS = 20
 RETRY_PAUSE_SECONDS = 1.0
@@ -58,33 +66,35 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply what is not yet applied; return the versions applied now (empty when up to date)."""
     applied_now: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-        try:
+        # Under the lock: two processes creating it at once could both find it missing, and one fail.
+        with conn.transaction():
+            conn.execute(_TAKE_LOCK, (_LOCK_KEY,))
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in available(directory):
-                if migration.version in done:
-                    continue
-                _apply(conn, migration)
+        # Read without the lock, so only a hint: each migration looks again under it.
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        for migration in available(directory):
+            if migration.version not in done and _apply(conn, migration):
                 applied_now.append(migration.version)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
 
 
-def _apply(conn: psycopg.Connection, migration: Migration) -> None:
+def _apply(conn: psycopg.Connection, migration: Migration) -> bool:
     """Run one migration in its own transaction, waiting at most LOCK_TIMEOUT per lock, tried again while
-    a lock is not to be had."""
+    a lock is not to be had; False when another process applied it first."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with conn.transaction():
+                # Before lock_timeout is set: another process's migration may rightly take longer than it.
+                conn.execute(_TAKE_LOCK, (_LOCK_KEY,))
+                if conn.execute(_IS_APPLIED, (migration.version,)).fetchone() is not None:
+                    return False
                 conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 migration.run(conn)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,))
-            return
+            return True
         except errors.LockNotAvailable:
             if attempt == ATTEMPTS:
                 raise RuntimeError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,10 +52,14 @@ def test_two_processes_migrating_at_once_apply_each_file_once() -> None:
             subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
             for _ in range(2)
         ]
-        counts = sorted(int(proc.communicate(timeout=60)[0].strip()) for proc in procs)
+        counts = [int(proc.communicate(timeout=60)[0].strip()) for proc in procs]
         assert all(proc.returncode == 0 for proc in procs)
-        # One process did all the work; the other waited on the lock and found nothing left.
-        assert counts == [0, len(available())]
+        # Between them they applied every file once: each migration's transaction waits for the other's,
+        # then finds what the other applied (which of them applies which file is the race's to decide).
+        assert sum(counts) == len(available())
+        with psycopg.connect(url) as conn:
+            versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+        assert versions == [m.version for m in available()]
     finally:
         _drop(name)
 
@@ -118,5 +123,125 @@ def test_a_migration_does_not_queue_behind_a_long_transaction(
                     assert other.execute("SELECT count(*) FROM messages").fetchone() == (0,)
                 holder.rollback()  # the long transaction ends
                 assert retrying.result(timeout=30) == ["9999_probe"]
+    finally:
+        _drop(name)
+
+
+def test_many_runs_at_once_apply_each_migration_exactly_once(tmp_path: Path) -> None:
+    # Each probe migration fails if it runs twice (a second CREATE TABLE) and records each run, so a run
+    # that applied a migration another had applied meanwhile would fail or be counted. Each takes a moment,
+    # so the later processes start while the first is still applying them.
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for migration in available():
+        shutil.copy(migration.path, folder)
+    probes = [f"9{index:03d}_probe" for index in range(8)]
+    for probe in probes:
+        (folder / f"{probe}.sql").write_text(
+            f"SELECT pg_sleep(0.2); CREATE TABLE t_{probe} (); INSERT INTO probe_runs VALUES ('{probe}');",  # noqa: S608 - test's own names
+            encoding="utf-8",
+        )
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE probe_runs (version text NOT NULL)")
+        code = (
+            "import sys, pathlib; from shared.db.migrate import migrate;"
+            " print(len(migrate(sys.argv[1], pathlib.Path(sys.argv[2]))))"
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, url, str(folder)], stdout=subprocess.PIPE, text=True
+            )
+            for _ in range(4)
+        ]
+        counts = [int(proc.communicate(timeout=60)[0].strip()) for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs)
+        assert sum(counts) == len(probes)
+        with psycopg.connect(url) as conn:
+            runs = [row[0] for row in conn.execute("SELECT version FROM probe_runs ORDER BY 1")]
+            applied = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+        assert runs == probes
+        assert applied == [m.version for m in available()] + probes
+    finally:
+        _drop(name)
+
+
+def _lock_outside_a_transaction(monitor: psycopg.Connection, pid: int) -> tuple[bool, bool]:
+    """(the backend was seen idle, it held an advisory lock while idle): read as state, locks, state again,
+    with the state's change time unchanged between the two reads, so no transaction ran in between."""
+    query = "SELECT state, state_change FROM pg_stat_activity WHERE pid = %s"
+    before = monitor.execute(query, (pid,)).fetchone()
+    locks = monitor.execute(
+        "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted", (pid,)
+    ).fetchone()[0]
+    after = monitor.execute(query, (pid,)).fetchone()
+    idle = before is not None and before == after and before[0] == "idle"
+    return idle, idle and locks > 0
+
+
+def test_no_lock_outlives_its_transaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind PgBouncer in transaction pooling a client's connection is a server connection only for the
+    # length of a transaction: a lock held past it stays on a server connection other clients get (and is
+    # never released there). So the migrator holds its lock only inside its transactions: while it waits
+    # between two tries of a migration that cannot have its table lock, it holds none.
+    monkeypatch.setattr(migrate_module, "LOCK_TIMEOUT", "50ms")
+    monkeypatch.setattr(migrate_module, "RETRY_PAUSE_SECONDS", 0.5)
+    monkeypatch.setattr(migrate_module, "ATTEMPTS", 200)
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url)
+        folder = _with_a_new_migration(tmp_path / "migrations", "ALTER TABLE messages ADD COLUMN probe int;")
+        with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as monitor:
+            holder.execute("SELECT count(*) FROM messages")
+            mine = {holder.info.backend_pid, monitor.info.backend_pid}
+            with ThreadPoolExecutor(1) as pool:
+                retrying = pool.submit(migrate, url, folder)
+                seen_idle = held_idle = False
+                for _ in range(2000):
+                    pids = [
+                        row[0]
+                        for row in monitor.execute(
+                            "SELECT pid FROM pg_stat_activity"
+                            " WHERE datname = %s AND backend_type = 'client backend'",
+                            (name,),
+                        )
+                        if row[0] not in mine
+                    ]
+                    for pid in pids:
+                        idle, held = _lock_outside_a_transaction(monitor, pid)
+                        seen_idle, held_idle = seen_idle or idle, held_idle or held
+                    if seen_idle and len(pids) == 1:
+                        break
+                    time.sleep(0.01)
+                holder.rollback()
+                assert retrying.result(timeout=30) == ["9999_probe"]
+        assert seen_idle  # the migrator was caught between two tries
+        assert not held_idle
+    finally:
+        _drop(name)
+
+
+def test_a_lock_an_earlier_release_left_on_a_pooled_connection_does_not_stop_the_next(tmp_path: Path) -> None:
+    # Earlier releases took a session lock and released it in another statement, which PgBouncer may
+    # have sent to another server connection: the lock then stayed held on the first. The next release's
+    # migrations must not wait for it for ever.
+    old_session_lock_key = 0x776170697065
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url)
+        folder = _with_a_new_migration(tmp_path / "migrations", "ALTER TABLE messages ADD COLUMN probe int;")
+        with psycopg.connect(url, autocommit=True) as pooled:
+            pooled.execute("SELECT pg_advisory_lock(%s)", (old_session_lock_key,))
+            with ThreadPoolExecutor(1) as pool:
+                applying = pool.submit(migrate, url, folder)
+                try:
+                    assert applying.result(timeout=30) == ["9999_probe"]
+                finally:
+                    pooled.close()  # lets a migrator stuck behind it finish, so the test ends
     finally:
         _drop(name)
