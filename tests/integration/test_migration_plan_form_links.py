@@ -182,3 +182,25 @@ def test_our_own_number_in_the_older_form_keeps_its_assistant_and_its_conversati
         "SELECT contact_id, count(*) AS n FROM conversations WHERE status <> 'closed' GROUP BY contact_id"
     ).fetchall()
     assert sorted(row["n"] for row in live) == [1, 1]
+
+
+def test_running_it_again_changes_nothing(before_0011: psycopg.Connection) -> None:
+    # A release step that died after the commit but before it said so runs it again, as any rerun does.
+    db = before_0011
+    user(db, "+5215512345678", "2026-11-01T10:00:00Z")
+    user(db, "+525512345678", "2026-12-01T10:00:00Z")
+    user(db, "+551187654321")
+    db.execute(
+        "INSERT INTO assistant_configs (business_number, system_prompt) VALUES (%s, 'Hi.')",
+        ("+5215599998888",),
+    )
+    inbound(db, "+14155550123", "+5215599998888")
+    upgrade(db)
+    tables = ("user_links", "verification_codes", "assistant_configs", "conversations")
+    before = {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in tables}  # noqa: S608
+
+    [again] = [m for m in available() if m.version.startswith("0012")]
+    with db.transaction():
+        again.run(db)
+
+    assert {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall() for table in tables} == before  # noqa: S608
