@@ -269,14 +269,15 @@ def _rank_sql(column: str) -> str:
     return f"(CASE {column} {cases} ELSE 0 END)"
 
 
-# Find, move forward and append to the timeline in one statement. The UPDATE re-checks its WHERE on the
-# locked row (READ COMMITTED), so two receipts racing each other can only ever leave the higher-ranked
-# status; a status with no rank (NULL) moves nothing and is only recorded. Every receipt is appended,
-# whatever its order.
+# Find, move forward and append to the timeline in one statement. Only our outbound messages take
+# receipts: an inbound message's provider id (a provider's mix-up, a forged id) finds nothing. The UPDATE
+# re-checks its WHERE on the locked row (READ COMMITTED), so two receipts racing each other can only ever
+# leave the higher-ranked status; a status with no rank (NULL) moves nothing and is only recorded. Every
+# receipt is appended, whatever its order.
 _APPLY_STATUS = f"""
 WITH found AS (
     SELECT id FROM messages
-    WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s
+    WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s AND direction = 'out'
 ), advanced AS (
     UPDATE messages m SET status = %(status)s,
         error_code = COALESCE(%(error_code)s, m.error_code),

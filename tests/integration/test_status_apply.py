@@ -227,3 +227,23 @@ def test_a_replayed_message_shows_its_failure_before_the_replay(db, redis_client
     apply(receipt_at(sid, "delivered", start + timedelta(seconds=3.5)))
 
     assert api_timeline(message_id) == ["queued", "retrying", "failed", "queued", "sent", "delivered"]
+
+
+def test_a_receipt_naming_an_inbound_message_leaves_it_alone(db, redis_client) -> None:
+    """Receipts are for messages we sent: one whose id is an inbound message's (a provider's mix-up, or
+    a forged id) must not move that message's status, nor add to its timeline."""
+    a_reply()
+    row = db.execute(
+        "SELECT id, provider, provider_message_id, status FROM messages WHERE direction = 'in'"
+    ).fetchone()
+
+    applied = sending.apply_status(
+        db,
+        provider=row["provider"],
+        provider_message_id=row["provider_message_id"],
+        status=DeliveryStatus.read,
+    )
+
+    assert applied is None
+    assert message(db, row["id"])["status"] == row["status"]
+    assert statuses(db, row["id"]) == []
