@@ -195,7 +195,8 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
             )
         if stored.status == "failed" and stored.error_code == QUEUE_UNAVAILABLE:
             with transaction() as conn:
-                requeued = messages.requeue_failed(conn, stored.id)
+                # Only while it still is failed for want of the broker: the read above is a snapshot.
+                requeued = messages.requeue_failed(conn, stored.id, only_code=QUEUE_UNAVAILABLE)
             if requeued:
                 status = "queued"
                 _enqueue(stored.id)

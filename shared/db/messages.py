@@ -179,6 +179,7 @@ _REQUEUE = """
 UPDATE messages SET status = 'queued', attempts = 0, error_code = NULL, error_message = NULL,
     updated_at = now()
 WHERE id = %(id)s AND direction = 'out' AND status = 'failed'
+  AND (%(only_code)s::text IS NULL OR error_code = %(only_code)s::text)
 RETURNING id
 """
 
@@ -231,10 +232,14 @@ def get_outbound(conn: psycopg.Connection, message_id: int) -> OutboundRecord:
     return _outbound(row)
 
 
-def requeue_failed(conn: psycopg.Connection, message_id: int) -> bool:
-    """Dead-letter replay: a failed outbound message becomes queued again with a fresh attempt budget."""
+def requeue_failed(conn: psycopg.Connection, message_id: int, *, only_code: str | None = None) -> bool:
+    """Dead-letter replay: a failed outbound message becomes queued again with a fresh attempt budget.
+
+    ``only_code``: only while it failed with this error code. A caller that decided from an earlier read
+    (the notify API, for a message it could not enqueue) must not requeue one that has failed otherwise
+    since, as ``outcome_unknown`` (the provider may have it): that would send it twice."""
     with wrap_errors():
-        row = conn.execute(_REQUEUE, {"id": message_id}).fetchone()
+        row = conn.execute(_REQUEUE, {"id": message_id, "only_code": only_code}).fetchone()
         if row is not None:
             add_event(conn, message_id, "queued", detail=REPLAYED)
     return row is not None

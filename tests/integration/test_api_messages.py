@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 
 from ingress import create_app
 from ingress.api.group_store import GroupStore
-from shared.db import outbound_api
+from shared.db import messages, outbound_api
 from shared.db.errors import Unavailable
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER
@@ -521,6 +521,32 @@ def test_a_broker_outage_is_a_503_and_a_message_without_a_key_is_reported_not_st
     # The caller can only send it again as a new message: this one must never go out as well.
     [row] = stored(db)
     assert (row["status"], row["error_code"]) == ("failed", "queue_unavailable")
+
+
+def test_a_keyed_retry_never_requeues_a_message_that_failed_otherwise_since_it_looked(
+    client: FlaskClient, db, redis_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The retry read the row as failed for want of the broker (as a keyed message was once marked), but
+    # meanwhile (another retry requeued it, its send's answer was lost) it failed as outcome_unknown: the
+    # provider may have it, so requeueing it would send it twice.
+    body = {"to": CO_MOBILE, "type": "text", "text": "hi"}
+    assert post(client, body, {"Idempotency-Key": "ticket-7"}).status_code == 202
+    db.execute("UPDATE messages SET status = 'failed', error_code = 'queue_unavailable'")
+    redis_client.delete("notify")
+    requeue_failed = messages.requeue_failed
+
+    def failed_otherwise_first(conn, message_id: int, **options: Any) -> bool:
+        db.execute("UPDATE messages SET error_code = 'outcome_unknown' WHERE id = %s", (message_id,))
+        return requeue_failed(conn, message_id, **options)
+
+    monkeypatch.setattr(messages, "requeue_failed", failed_otherwise_first)
+
+    response = post(client, body, {"Idempotency-Key": "ticket-7"})
+
+    [row] = stored(db)
+    assert (row["status"], row["error_code"]) == ("failed", "outcome_unknown")
+    assert response.get_json()["status"] == "failed"
+    assert queued(redis_client, "notify") == []
 
 
 def test_a_keyless_message_claimed_for_sending_after_all_is_accepted_not_a_503(
