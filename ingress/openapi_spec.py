@@ -191,7 +191,7 @@ class ConversationPage(_Out):
 
 
 class MessageError(_Out):
-    code: str
+    code: str | None = Field(description="The provider's error code; null when it gave only a reason.")
     message: str | None
 
 

@@ -93,3 +93,11 @@ def page(
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def message_error(code: str | None, message: str | None) -> dict[str, str | None] | None:
+    """A message's error as the read APIs show it: present when either part is known. A provider can give
+    the reason alone (Kapso's failures may carry text and no code), which the caller must still see."""
+    if code is None and message is None:
+        return None
+    return {"code": code, "message": message}

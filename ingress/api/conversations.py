@@ -16,6 +16,7 @@ from ingress.api.common import (
     choice_param,
     handle_invalid_params,
     iso,
+    message_error,
     page,
     page_args,
 )
@@ -64,7 +65,7 @@ def _message(row: history.MessageRow) -> dict[str, Any]:
         "body": row.body,
         "media": row.media,
         "status": row.status,
-        "error": {"code": row.error_code, "message": row.error_message} if row.error_code else None,
+        "error": message_error(row.error_code, row.error_message),
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
     }

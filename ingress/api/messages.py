@@ -28,7 +28,7 @@ from flask import Blueprint, Response, current_app, jsonify, make_response, requ
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from ingress.api.common import iso
+from ingress.api.common import iso, message_error
 from ingress.api.group_store import GroupStore
 from ingress.auth import require_api_key
 from ingress.errors import api_error, handle_http_exception, handle_unexpected
@@ -119,13 +119,12 @@ def get_message(message_id: int) -> Any:
             events = messages.timeline(conn, message_id)
     except NotFound:
         return api_error(404, "not_found", f"no outbound message {message_id}")
-    error = {"code": record.error_code, "message": record.error_message} if record.error_code else None
     return jsonify(
         id=record.id,
         to=record.phone,
         type=record.type,
         status=record.status,
-        error=error,
+        error=message_error(record.error_code, record.error_message),
         createdAt=iso(record.created_at),
         timeline=[
             {"status": event["status"], "at": iso(event["at"]), "errorCode": event["error_code"]}

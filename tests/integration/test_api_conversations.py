@@ -150,6 +150,9 @@ def test_history_has_both_directions_oldest_first_with_status(
         "UPDATE messages SET error_code = '63016', error_message = 'outside the 24 h window' WHERE id = %s",
         (third,),
     )
+    # A failure reported with its reason alone (Kapso can give no code) still shows the reason.
+    fourth = seed.message(db, conversation, contact, "out", "7 minutes", body="again", status="failed")
+    db.execute("UPDATE messages SET error_message = 'Recipient blocked' WHERE id = %s", (fourth,))
 
     response = client.get(f"/api/v1/conversations/{conversation}/messages", headers=KEY)
     body = response.get_json()
@@ -160,8 +163,10 @@ def test_history_has_both_directions_oldest_first_with_status(
         (first, "in", "hi", "received"),
         (second, "out", "menu", "read"),
         (third, "out", "oops", "failed"),
+        (fourth, "out", "again", "failed"),
     ]
     assert body["data"][2]["error"] == {"code": "63016", "message": "outside the 24 h window"}
+    assert body["data"][3]["error"] == {"code": None, "message": "Recipient blocked"}
     assert body["data"][0]["error"] is None
 
     page_one = client.get(f"/api/v1/conversations/{conversation}/messages?limit=2", headers=KEY).get_json()
@@ -170,7 +175,7 @@ def test_history_has_both_directions_oldest_first_with_status(
     page_two = client.get(
         f"/api/v1/conversations/{conversation}/messages?limit=2&cursor={cursor}", headers=KEY
     ).get_json()
-    assert [m["id"] for m in page_two["data"]] == [third]
+    assert [m["id"] for m in page_two["data"]] == [third, fourth]
     assert page_two["next_cursor"] is None
 
 

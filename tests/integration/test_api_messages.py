@@ -704,3 +704,16 @@ def test_a_database_outage_is_a_503_with_retry_after_in_both_shapes(
     assert legacy.get_json()["success"] is False  # every answer of the old shape carries success
     assert legacy.get_json()["error"]["code"] == "database_unavailable"
     assert stored(db) == []
+
+
+def test_get_shows_a_failure_that_has_only_its_reason(client: FlaskClient, db) -> None:
+    # Kapso can report a failure with its text and no code: the caller must still see why.
+    message_id = post(client, {"to": CO_MOBILE, "type": "text", "text": "hi"}).get_json()["id"]
+    db.execute(
+        "UPDATE messages SET status = 'failed', error_message = 'Recipient blocked' WHERE id = %s",
+        (message_id,),
+    )
+
+    body = client.get(f"/api/v1/messages/{message_id}", headers=AUTH).get_json()
+
+    assert (body["status"], body["error"]) == ("failed", {"code": None, "message": "Recipient blocked"})
