@@ -84,7 +84,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import redis
 from celery import Task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Retry
 from kombu.exceptions import KombuError
 
 from shared import arrivals
@@ -446,13 +446,7 @@ class StageTask(WapipeTask):
         message_id = message_id_of(request.args, request.kwargs)
         if message_id is not None:
             mark_retrying(message_id, time.time() + countdown)  # before the publish, as retry marks it
-        again = self.signature_from_request(request, countdown=countdown, headers={**kept, **headers})
-        try:
-            again.apply_async()
-        except Exception as exc:
-            # As Task.retry would, then WapipeTask: not scheduled, so the delivery goes back on its queue.
-            raise Reject(exc, requeue=True) from exc
-        return Retry(f"{self.name} again in {countdown:.2f}s", when=countdown, sig=again)
+        return self.republish(countdown, {**kept, **headers})
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         message_id = message_id_of(args, kwargs)

@@ -7,10 +7,10 @@ so a ``read`` that overtook ``delivered`` leaves the status at ``read`` and both
 A receipt can arrive before our own row knows the provider's id (the provider answers the send, the
 callback races our UPDATE): an unknown id is retried a few times with a growing countdown, then logged and
 dropped, since receipts for messages we never sent (another system on the same number) are normal too.
-Those retries are counted in a header of their own (:data:`UNKNOWN_ID_RETRIES_HEADER`), not by Celery's
-``retries``, which the same task's retries through a database or Redis outage (``OUTAGE_RETRIES``) also
-count: after an outage, a receipt that came before its provider id would get fewer looks, or none, and its
-message's status would never move.
+Those looks are counted in a header of their own (:data:`UNKNOWN_ID_RETRIES_HEADER`) and republished
+without Celery's ``retries`` (:meth:`workers.base.WapipeTask.again`), which bounds the same task's retries
+through a database or Redis outage (``OUTAGE_RETRIES``): sharing it, a receipt after a long outage would get
+fewer looks, or fail for good at the outage's ``max_retries``, and its message's status would never move.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def apply_task(self: Any, event: dict[str, Any]) -> None:
     looked = unknown_id_retries(self.request)
     if looked < UNKNOWN_MESSAGE_RETRIES:
         log.info("status for an unknown provider id; looking again", looked=looked)
-        headers = {**(self.request.headers or {}), UNKNOWN_ID_RETRIES_HEADER: looked + 1}
-        raise self.retry(countdown=2 ** (looked + 1), headers=headers)
+        # Republished with its retry count kept: a look is not an outage retry (see the module docstring).
+        raise self.again(2 ** (looked + 1), {UNKNOWN_ID_RETRIES_HEADER: looked + 1})
     log.warning(
         "status for an unknown message dropped", provider=event.get("provider"), status=event.get("status")
     )
