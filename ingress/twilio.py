@@ -29,7 +29,7 @@ from ingress.state import SETTINGS_KEY, current_settings
 from shared.logging import get_logger
 from shared.providers.twilio.signature import HEADER, SETTINGS_HEADER, Verifier
 from shared.wire.events import InboundMessage
-from shared.wire.twilio import MalformedWebhook, parse
+from shared.wire.twilio import OUR_ID_PARAM, MalformedWebhook, parse
 
 log = get_logger(__name__)
 
@@ -76,7 +76,9 @@ def receive() -> Any:
             return _forbidden(refusal)
 
     try:
-        event = parse(_params(form), region=settings.default_region)
+        event = parse(
+            _params(form), region=settings.default_region, our_message_id=request.args.get(OUR_ID_PARAM)
+        )
     except MalformedWebhook as exc:
         WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
         log.info("twilio.malformed_webhook", reason=str(exc))

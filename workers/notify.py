@@ -407,10 +407,11 @@ SETTLE_PATIENCE_SECONDS = SEND_LEASE_SECONDS / 2
 _settle_patiently = _settle.retry_with(stop=stop_after_delay(SETTLE_PATIENCE_SECONDS))
 
 
-def _calling(sends: list[_Send]) -> set[int]:
-    """Of these sends, the ids their claims still hold, now marked as put to the provider."""
+def _calling(sends: list[_Send], provider: str) -> set[int]:
+    """Of these sends, the ids their claims still hold, now marked as put to ``provider``."""
     with autocommit_connection() as conn:
-        return sending.calling(conn, [(send.record.id, send.record.unsent_claim or 0) for send in sends])
+        claims = [(send.record.id, send.record.unsent_claim or 0) for send in sends]
+        return sending.calling(conn, claims, provider)
 
 
 def _not_calling(sends: list[_Send]) -> set[int]:
@@ -643,7 +644,7 @@ class _Pacer:
                 taken = [queue.popleft() for _ in range(min(len(queue), int(horizon * self._rate) + 4))]
                 if not taken:
                     break
-                taken = await self._still_held(taken)
+                taken = await self._still_held(taken, sender.name)
                 if not taken:
                     continue
                 # The slots are offsets from the moment Redis ran the call, which is known only to lie
@@ -695,13 +696,13 @@ class _Pacer:
                 self._running.add(key)
                 self._spawn(self._book(key, sender))
 
-    async def _still_held(self, taken: list[_Send]) -> list[_Send]:
+    async def _still_held(self, taken: list[_Send], provider: str) -> list[_Send]:
         """Clear the unsent mark of the sends about to be booked for the first time, before any of them can
-        go to the provider; a send whose claim a sweep took back is withdrawn."""
+        go to ``provider``; a send whose claim a sweep took back is withdrawn."""
         first = [send for send in taken if not send.calling]
         if not first:
             return taken
-        held = await asyncio.to_thread(_calling, first)
+        held = await asyncio.to_thread(_calling, first, provider)
         for send in first:
             if send.record.id in held:
                 send.calling = True

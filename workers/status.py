@@ -43,6 +43,7 @@ def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
             error_code=update.error_code,
             error_message=update.error_message,
             at=update.at,
+            our_message_id=update.our_message_id,
         )
 
 
@@ -50,6 +51,13 @@ def apply(event: dict[str, Any]) -> messages.StatusApplied | None:
 def apply_task(self: Any, event: dict[str, Any]) -> None:
     applied = apply(event)
     if applied is not None:
+        if applied.adopted:
+            # A send we had failed as outcome unknown (or still had in flight): the provider has it.
+            log.warning(
+                "status settled a send whose outcome was unknown",
+                message_id=applied.message_id,
+                status=event.get("status"),
+            )
         log.info(
             "status applied",
             message_id=applied.message_id,

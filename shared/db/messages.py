@@ -373,6 +373,8 @@ ORDER BY attempt, {_TIMELINE_RANK}, at, id
 class StatusApplied:
     message_id: int
     changed: bool  # False when the receipt was older than what we already knew (still in the timeline)
+    # The receipt named the message by our own id: a send whose outcome was unknown, settled by it now.
+    adopted: bool = False
 
 
 def add_event(

@@ -30,6 +30,8 @@ import psycopg
 
 from shared.db.errors import wrap_errors
 from shared.db.messages import OUTBOUND_COLUMNS, SENDING, OutboundRecord, Release, SendState, StatusApplied
+from shared.providers.base import OutcomeUnknown
+from shared.queues import NOTIFY_TASK
 from shared.wire.events import STATUS_RANK, DeliveryStatus
 
 # --- notify's claim ------------------------------------------------------------------------------------
@@ -145,21 +147,27 @@ def _record(row: dict[str, object]) -> OutboundRecord:
 
 # Before a booking's sends go to the provider: clear their claims' unsent mark, but only where the claim
 # still holds the row (a sweep that found the worker past its lease may have put it back in the queue;
-# then the row is no longer this claim's to send).
+# then the row is no longer this claim's to send). The row records the provider it goes to, which may not
+# be the one it was stored for (the configured provider changed meanwhile): should the answer be lost,
+# only that provider's receipts may settle it (_APPLY_STATUS).
 _CALLING = f"""
-UPDATE messages m SET unsent_claim = NULL
+UPDATE messages m SET unsent_claim = NULL, provider = COALESCE(%(provider)s, m.provider)
 FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[]) AS v(id, claim)
 WHERE m.id = v.id AND m.unsent_claim = v.claim AND m.status = '{SENDING}'
 RETURNING m.id
 """  # noqa: S608 - constant status, no input
 
 
-def calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int]]) -> set[int]:
-    """These (message id, claim) sends are about to be put to the provider: from now on their outcome is
-    unknown should the worker die. The ids whose claim still held them; send only those."""
+def calling(
+    conn: psycopg.Connection, claims: Sequence[tuple[int, int]], provider: str | None = None
+) -> set[int]:
+    """These (message id, claim) sends are about to be put to ``provider`` (recorded on each row when
+    given): from now on their outcome is unknown should the worker die. The ids whose claim still held
+    them; send only those."""
     with wrap_errors():
         rows = conn.execute(
-            _CALLING, {"ids": [c[0] for c in claims], "claims": [c[1] for c in claims]}
+            _CALLING,
+            {"ids": [c[0] for c in claims], "claims": [c[1] for c in claims], "provider": provider},
         ).fetchall()
     return {row["id"] for row in rows}
 
@@ -262,6 +270,9 @@ def settle(
 
 # --- delivery receipts ---------------------------------------------------------------------------------
 
+OUTCOME_UNKNOWN = OutcomeUnknown.CODE
+_SENT_RANK = STATUS_RANK[DeliveryStatus.sent]
+
 
 def _rank_sql(column: str) -> str:
     """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``."""
@@ -274,23 +285,53 @@ def _rank_sql(column: str) -> str:
 # re-checks its WHERE on the locked row (READ COMMITTED), so two receipts racing each other can only ever
 # leave the higher-ranked status; a status with no rank (NULL) moves nothing and is only recorded. Every
 # receipt is appended, whatever its order.
+#
+# When the provider id names no message, the receipt may still name ours (``our_id``, echoed from the send:
+# shared/wire/events.py OUR_ID_PREFIX): a send whose answer was lost, failed as outcome_unknown, or still
+# 'sending' past the provider call (its claim booked: unsent_claim NULL). That message is ``adopted``: it
+# takes the provider id, and the receipt's status even from 'failed' (the receipt is the outcome that was
+# unknown): sent, delivered or read, or, for a failure, the provider's error as a plain failure; a receipt
+# that only says the provider has it (Twilio's queued) makes it sent. Its pending notify dead letter is
+# closed, so `wapipe dlq replay` no longer offers to send it again. Our id alone is never trusted further:
+# only a message of the receipt's provider with no provider id of its own, in one of those two states.
+# The row lock serialises two receipts adopting one message: the second re-checks provider_message_id and
+# finds nothing, then the provider id on its next look.
 _APPLY_STATUS = f"""
-WITH found AS (
+WITH known AS (
     SELECT id FROM messages
     WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s AND direction = 'out'
+), adopted AS (
+    UPDATE messages m SET provider_message_id = %(provider_message_id)s,
+        status = CASE WHEN %(rank)s::int >= {_SENT_RANK} THEN %(status)s ELSE 'sent' END,
+        error_code = CASE WHEN %(failure)s THEN %(error_code)s END,
+        error_message = CASE WHEN %(failure)s THEN %(error_message)s END,
+        unsent_claim = NULL, send_after = NULL, updated_at = now()
+    WHERE m.id = %(our_id)s AND NOT EXISTS (SELECT 1 FROM known) AND %(rank)s::int IS NOT NULL
+      AND m.direction = 'out' AND m.provider = %(provider)s AND m.provider_message_id IS NULL
+      AND ((m.status = '{SENDING}' AND m.unsent_claim IS NULL)
+           OR (m.status = 'failed' AND m.error_code = '{OUTCOME_UNKNOWN}'))
+    RETURNING m.id
+), resolved AS (
+    UPDATE dead_letters SET discarded_at = now(), discard_reason = %(resolution)s
+    WHERE task_name = '{NOTIFY_TASK}' AND message_id IN (SELECT id FROM adopted)
+      AND replayed_at IS NULL AND discarded_at IS NULL
 ), advanced AS (
     UPDATE messages m SET status = %(status)s,
         error_code = COALESCE(%(error_code)s, m.error_code),
         error_message = COALESCE(%(error_message)s, m.error_message),
         updated_at = now()
-    FROM found WHERE m.id = found.id AND {_rank_sql("m.status")} < %(rank)s::int
+    FROM known WHERE m.id = known.id AND {_rank_sql("m.status")} < %(rank)s::int
     RETURNING m.id
+), found AS (
+    SELECT id FROM known UNION ALL SELECT id FROM adopted
 ), events AS (
     INSERT INTO message_events (message_id, status, error_code, detail, at)
     SELECT id, %(status)s, %(error_code)s, %(error_message)s, COALESCE(%(at)s, now()) FROM found
 )
-SELECT found.id, EXISTS (SELECT 1 FROM advanced) AS changed FROM found
-"""  # noqa: S608 - constant statuses, no input
+SELECT found.id, EXISTS (SELECT 1 FROM advanced UNION ALL SELECT 1 FROM adopted) AS changed,
+    EXISTS (SELECT 1 FROM adopted) AS adopted
+FROM found
+"""  # noqa: S608 - constant statuses and task name, no input
 
 
 def apply_status(
@@ -302,17 +343,24 @@ def apply_status(
     error_code: str | None = None,
     error_message: str | None = None,
     at: datetime | None = None,
+    our_message_id: int | None = None,
 ) -> StatusApplied | None:
-    """Apply a delivery receipt; None when no message has that provider id (yet)."""
+    """Apply a delivery receipt; None when no message has that provider id (yet). ``our_message_id``: the
+    message the receipt names by our own id, adopted when the provider id names none and it is a send
+    whose outcome we never learnt (see _APPLY_STATUS)."""
+    rank = STATUS_RANK.get(status)
     params = {
         "provider": provider,
         "provider_message_id": provider_message_id,
         "status": status.value,
-        "rank": STATUS_RANK.get(status),
+        "rank": rank,
+        "failure": rank is not None and rank >= STATUS_RANK[DeliveryStatus.failed],
         "error_code": error_code,
         "error_message": error_message,
         "at": at,
+        "our_id": our_message_id,
+        "resolution": f"settled by the provider's receipt: {status.value}",
     }
     with wrap_errors():
         row = conn.execute(_APPLY_STATUS, params).fetchone()
-    return StatusApplied(row["id"], row["changed"]) if row else None
+    return StatusApplied(row["id"], row["changed"], row["adopted"]) if row else None

@@ -188,6 +188,35 @@ class InboundMessage(Frozen):
         return ""
 
 
+# How a send names our own message to the provider, so its receipts can name it back: Meta's (and Kapso's
+# proxy's) ``biz_opaque_callback_data``, echoed in status webhooks
+# (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages), and a query parameter of
+# Twilio's StatusCallback URL (shared/wire/twilio.py).
+OUR_ID_PREFIX = "wapipe:"
+# Ids are PostgreSQL bigint; a longer run of digits is nobody's message.
+_OUR_ID_DIGITS_MAX = 18
+
+
+def our_id_tag(message_id: int) -> str:
+    """Our outbound message id as sent in ``biz_opaque_callback_data``."""
+    return f"{OUR_ID_PREFIX}{message_id}"
+
+
+def our_id_from_tag(tag: object) -> int | None:
+    """The message id a receipt's ``biz_opaque_callback_data`` names; None for anything else (another
+    system's data on the same number, nothing at all)."""
+    if not isinstance(tag, str) or not tag.startswith(OUR_ID_PREFIX):
+        return None
+    return our_id_from_digits(tag.removeprefix(OUR_ID_PREFIX))
+
+
+def our_id_from_digits(raw: object) -> int | None:
+    """A positive message id written as plain digits; None for anything else."""
+    if not isinstance(raw, str) or not raw.isascii() or not raw.isdigit() or len(raw) > _OUR_ID_DIGITS_MAX:
+        return None
+    return int(raw) or None
+
+
 class StatusUpdate(Frozen):
     """A delivery receipt for a message we sent."""
 
@@ -197,6 +226,10 @@ class StatusUpdate(Frozen):
     recipient: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    # Our message id as the provider echoed it from the send (:data:`OUR_ID_PREFIX`): a hint only, looked
+    # at when the provider id names no message (a send whose answer was lost), and trusted then only for
+    # an outbound message of the same provider that has no provider id yet (shared/db/sending.py).
+    our_message_id: int | None = None
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     raw: dict[str, Any] = Field(default_factory=dict)
 

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.logging import get_logger
-from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate
+from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate, our_id_from_tag
 from shared.wire.meta.base import MetaError, provider_phone, unix_time
 from shared.wire.meta.message import inbound_from_message
 from shared.wire.meta.status import delivery_status
@@ -237,9 +237,21 @@ def _parse_payload(item: Mapping[str, Any], event: str, parsed: Parsed, region: 
             error_code=code,
             error_message=reason,
             at=unix_time(message.timestamp),
+            our_message_id=_our_message_id(raw_message, block),
             raw=dict(item),
         )
     )
+
+
+def _our_message_id(raw_message: Mapping[str, Any], block: KapsoBlock) -> int | None:
+    """Our id, sent as ``biz_opaque_callback_data`` through Kapso's Meta proxy, as Meta echoes it: in the
+    raw Meta statuses Kapso keeps (``message.kapso.statuses``), or on the message itself."""
+    for status in reversed(block.statuses):
+        if isinstance(status, Mapping):
+            found = our_id_from_tag(status.get("biz_opaque_callback_data"))
+            if found is not None:
+                return found
+    return our_id_from_tag(raw_message.get("biz_opaque_callback_data"))
 
 
 def _signed_status(block: KapsoBlock, event: str) -> DeliveryStatus:

@@ -34,7 +34,13 @@ from shared.wire.events import (
     Provider,
     Reply,
     StatusUpdate,
+    our_id_from_digits,
 )
+
+# The query parameter of our StatusCallback URL that names our outbound message
+# (shared/providers/twilio/client.py): Twilio signs the URL with its query, so it is as trusted as the
+# callback's fields (https://www.twilio.com/docs/usage/webhooks/webhooks-security).
+OUR_ID_PARAM = "wapipe_message"
 
 # WhatsApp allows at most 10 media per message; a bigger NumMedia is not Twilio talking.
 MAX_MEDIA = 10
@@ -124,13 +130,16 @@ def is_status_callback(params: Mapping[str, Any]) -> bool:
     return bool(status) and str(status).lower() not in _INBOUND_STATUSES
 
 
-def parse(params: Mapping[str, Any], *, region: str = "US") -> InboundMessage | StatusUpdate:
+def parse(
+    params: Mapping[str, Any], *, region: str = "US", our_message_id: str | None = None
+) -> InboundMessage | StatusUpdate:
     """A webhook's parameters (first value per key, e.g. ``request.form.to_dict()``) -> one event.
+    ``our_message_id``: the :data:`OUR_ID_PARAM` query parameter of the URL Twilio called (signed with it).
 
     Raises :class:`MalformedWebhook` when required fields are missing or unusable.
     """
     if is_status_callback(params):
-        return parse_status(params, region=region)
+        return parse_status(params, region=region, our_message_id=our_message_id)
     return parse_inbound(params, region=region)
 
 
@@ -174,7 +183,9 @@ def parse_inbound(params: Mapping[str, Any], *, region: str = "US") -> InboundMe
     )
 
 
-def parse_status(params: Mapping[str, Any], *, region: str = "US") -> StatusUpdate:
+def parse_status(
+    params: Mapping[str, Any], *, region: str = "US", our_message_id: str | None = None
+) -> StatusUpdate:
     raw = dict(params)
     try:
         status = TwilioStatus.model_validate(raw)
@@ -187,6 +198,7 @@ def parse_status(params: Mapping[str, Any], *, region: str = "US") -> StatusUpda
         recipient=provider_phone(status.to, region),
         error_code=status.error_code or None,
         error_message=status.error_message or None,
+        our_message_id=our_id_from_digits(our_message_id),
         raw=raw,
     )
 

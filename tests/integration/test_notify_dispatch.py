@@ -245,8 +245,8 @@ def test_sends_waiting_out_a_retry_after_are_marked_unsent_again(db, redis_clien
     cleared = threading.Event()
     calling = notify._calling
 
-    def clear_then_tell(sends: list) -> set[int]:
-        held = calling(sends)
+    def clear_then_tell(sends: list, provider: str) -> set[int]:
+        held = calling(sends, provider)
         cleared.set()
         return held
 

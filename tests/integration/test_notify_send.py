@@ -118,7 +118,8 @@ def test_twilio_201_stores_sent_with_the_sm_sid(db, redis_client, fake_twilio) -
         "From": f"whatsapp:{WHATSAPP_NUMBER}",
         "To": f"whatsapp:{PHONE}",
         "Body": "Hi Ana!",
-        "StatusCallback": "https://bot.example.com/webhooks/twilio",
+        # Our message id in the callback: its receipts name it even should this answer be lost.
+        "StatusCallback": f"https://bot.example.com/webhooks/twilio?wapipe_message={message_id}",
     }
     row = message(db, message_id)
     assert row["status"] == "sent"

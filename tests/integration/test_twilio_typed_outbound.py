@@ -83,6 +83,8 @@ def sent(api: FlaskClient, settings: Settings, fake: FakeTwilioAPI, content: dic
     message_id = response.get_json()["id"]
     assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
     [created] = fake.created()
+    # The callback names our message, so its receipts can settle it should this answer be lost.
+    assert created.form["StatusCallback"] == f"{CALLBACK}?wapipe_message={message_id}"
     return created
 
 
@@ -112,7 +114,7 @@ def test_an_image_goes_as_one_media_url_with_its_caption_as_the_body(api, settin
         "To": f"whatsapp:{PHONE}",
         "Body": "The part",
         "MediaUrl": "https://cdn.example.com/part.jpg",
-        "StatusCallback": CALLBACK,
+        "StatusCallback": created.form["StatusCallback"],  # checked by sent()
     }
     assert created.media_urls == ["https://cdn.example.com/part.jpg"]  # exactly one attachment
     [row] = outbound_rows(db)
@@ -206,7 +208,7 @@ def test_a_template_with_its_content_sid_sends_content_sid_and_positional_variab
         "To": f"whatsapp:{PHONE}",
         "ContentSid": EXPLICIT_SID,
         "ContentVariables": '{"1":"Ana","2":"#42"}',
-        "StatusCallback": CALLBACK,
+        "StatusCallback": created.form["StatusCallback"],  # checked by sent()
     }
     assert created.content_variables == {"1": "Ana", "2": "#42"}
 
@@ -321,7 +323,7 @@ def test_interactive_goes_as_its_numbered_plain_text(api, settings, fake, intera
         "From": f"whatsapp:{WHATSAPP_NUMBER}",
         "To": f"whatsapp:{PHONE}",
         "Body": body,
-        "StatusCallback": CALLBACK,
+        "StatusCallback": created.form["StatusCallback"],  # checked by sent()
     }
 
 

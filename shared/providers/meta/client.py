@@ -37,6 +37,7 @@ from shared.providers.base import (
     retry_after_seconds,
 )
 from shared.settings import Settings
+from shared.wire.events import our_id_tag
 
 log = get_logger(__name__)
 
@@ -252,8 +253,17 @@ def _graph_code(value: Any) -> int | None:
 
 
 def build_payload(message: OutboundMessage) -> dict[str, Any]:
-    """The Cloud API request body for ``message``; limits are checked here, before any call."""
-    base: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": message.to}
+    """The Cloud API request body for ``message``; limits are checked here, before any call.
+
+    It names our message in ``biz_opaque_callback_data``, which Meta echoes in the message's status
+    webhooks: should the answer to this call be lost, its receipts still name the message, which then
+    settles as sent or delivered instead of outcome unknown (workers/status.py)."""
+    base: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": message.to,
+        "biz_opaque_callback_data": our_id_tag(message.id),
+    }
     kind = message.type
     if kind is OutboundType.text:
         text = message.text or ""

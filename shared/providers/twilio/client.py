@@ -56,7 +56,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import requests
@@ -85,6 +85,7 @@ from shared.providers.base import (
     unsupported,
 )
 from shared.settings import Settings
+from shared.wire.twilio import OUR_ID_PARAM
 
 log = get_logger(__name__)
 
@@ -229,7 +230,9 @@ class TwilioSender:
             "from_": _whatsapp(sender or self._default_from),
             "to": _whatsapp(message.to),
             **content,
-            "status_callback": self._status_callback,
+            # Our message id in the callback's URL (signed by Twilio with it): should the answer to this
+            # call be lost, its receipts still name the message (workers/status.py).
+            "status_callback": f"{self._status_callback}?{urlencode({OUR_ID_PARAM: message.id})}",
         }
 
     def _create(self, params: dict[str, Any]) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from shared.wire.events import DeliveryStatus, Provider, StatusUpdate
+from shared.wire.events import DeliveryStatus, Provider, StatusUpdate, our_id_from_tag
 from shared.wire.meta.base import MetaError, MetaModel, log, provider_phone, unix_time
 
 # A voice note that has been played has necessarily been read; status only moves forward.
@@ -53,6 +53,7 @@ def status_from_meta(
         error_code=str(error.code) if error and error.code is not None else None,
         error_message=(error.title or error.message) if error else None,
         at=unix_time(status.timestamp),
+        our_message_id=our_id_from_tag(status.biz_opaque_callback_data),
         raw=raw,
     )
 
