@@ -30,7 +30,8 @@ would be stored as a new message after the ones its sender wrote since, answered
 contact's 24-hour window as if they had just written.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
-doubled WhatsApp message cannot be recalled. So ``--all`` refuses such a letter (it stays pending), even
+doubled WhatsApp message cannot be recalled. (A receipt naming the send by our id settles it and closes its
+letter on its own: workers/status.py.) So ``--all`` refuses such a letter (it stays pending), even
 with ``--force``: the operator replays it by naming its id, once the log shows it was not delivered, or
 discards it. ``--all`` is for a batch of letters alike, such as the ``AccountRefused`` sends after a token
 is fixed, and must not sweep up a send that may have gone out.
