@@ -124,33 +124,19 @@ _LOOSE_SEPARATOR = (
 # No word may follow the digits (a hex id or a word is no phone), save an extension glued on with an x
 # (``555-0123x12``), which is left readable.
 _RUN_END = rf"(?:(?!{_LETTER_OR_DIGIT})|(?=x\d{{1,6}}(?!{_LETTER_OR_DIGIT})))"
-# A group of digits between separators, whole: a longer one is no group of a phone-like run.
-_GROUP = r"\d{1,4}(?!\d)"
-_GROUP_AHEAD = r"(?=\d{1,4}(?!\d))"
-# A run joined by a loose gap is taken without a + only when phone-like: groups of at most 4 digits, three
-# groups or more and 8 digits or more in all (``415 - 555 - 0123``, ``02  234  5678``, ``12  34  56  78``),
-# one loose gap at least (a run of tight gaps only is the tight run's to take, whatever its groups). Two
-# groups are a range, a sum of times or a padded column (``ports 8000 - 8080``, ``msgs 1234  5678``). The
-# look-aheads check the third group's start, and count 8 digits through such groups checking that the group
-# holding the eighth is followed by another or may end the run: the run gives back at most its last group
-# (when a letter is glued to it), so it keeps the eighth digit. Each stops at its count and a group is
-# taken whole or not at all, so this stays linear.
-_THREE_GROUPS_AHEAD = rf"(?={_PHONE_OPEN}?\d{{1,4}}{_PHONE_SEPARATOR}\d{{1,4}}{_PHONE_SEPARATOR}\d)"
-_EIGHT_DIGITS_AHEAD = (
-    rf"(?={_PHONE_OPEN}?{_GROUP_AHEAD}\d(?:\d|{_PHONE_SEPARATOR}{_GROUP_AHEAD}\d){{7}}"
-    rf"\d*(?:{_PHONE_SEPARATOR}\d|{_RUN_END}))"
-)
-# A national number as its plan writes it, the trunk prefix first or the area code in brackets
-# (``077 - 123456``, ``(010)  123456``, ``0664 - 123456``), is phone-like whatever its groups: ids, ports
-# and times are not written with a leading 0 or a bracket. 8 digits or more, as for any run.
-_TRUNK_LOOSE_RUN = (
-    rf"(?={_PHONE_OPEN}|0)(?={_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{7}})"
-    rf"{_PHONE_OPEN}?\d+(?:{_TIGHT_SEPARATOR}\d+)*{_LOOSE_SEPARATOR}\d+(?:{_PHONE_SEPARATOR}\d+)*"
-)
+# A run joined by a loose gap, a dash with a space on either side or two spaces, is how people type a
+# number (``415 - 555 - 0123``, ``02  234  5678``, ``98765 - 4321``, ``077 - 123456``) and also how ranges
+# and padded columns are written (``ports 8000 - 8080``, ``ids 400389 - 400688``, ``msgs 1234  5678``). It is
+# taken here whatever its groups once it holds 8 digits (a look-ahead that stops at its count), and
+# _mask_unless_kept then keeps the one shape a range or a column has: two groups of equal length, with no
+# trunk 0 or bracket first, or from a small first one (``rows 1 - 5000000``). A phone typed that way
+# (``8123 - 4567``) is the price of readable ranges. The
+# run's groups are whole digit runs between separators, so it stays linear.
 _LOOSE_RUN = (
-    rf"{_THREE_GROUPS_AHEAD}{_EIGHT_DIGITS_AHEAD}{_PHONE_OPEN}?{_GROUP}(?:{_TIGHT_SEPARATOR}{_GROUP})*"
-    rf"{_LOOSE_SEPARATOR}{_GROUP}(?:{_PHONE_SEPARATOR}{_GROUP})*"
+    rf"(?={_PHONE_OPEN}?\d(?:\d|{_PHONE_SEPARATOR}\d){{7}})"
+    rf"(?P<loose>{_PHONE_OPEN}?\d+(?:{_TIGHT_SEPARATOR}\d+)*{_LOOSE_SEPARATOR}\d+(?:{_PHONE_SEPARATOR}\d+)*)"
 )
+_DIGIT_GROUPS = re.compile(r"\d+")
 
 
 def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
@@ -172,7 +158,7 @@ def _phone_shape(min_digits: int, *, needs_cues: bool = True) -> str:
         # After a + any gap joins; without one a loose gap joins only a phone-like run, tried first so that
         # the tight run does not take a part of it.
         tight_run = rf"{_PHONE_OPEN}?\d(?:\d|{_TIGHT_SEPARATOR}\d){{{min_digits - 1},}}"
-        digit_run = rf"(?(plus){any_run}|(?:{_LOOSE_RUN}|{_TRUNK_LOOSE_RUN}|{tight_run}))"
+        digit_run = rf"(?(plus){any_run}|(?:{_LOOSE_RUN}|{tight_run}))"
     else:
         digit_run = any_run
     return rf"{slash_cue}{form_cue}(?P<plus>{_PLUS})?(?P<digits>{digit_run}){_RUN_END}"
@@ -303,7 +289,21 @@ def mask_phone(text: str) -> str:
 
 
 def _mask_unless_kept(match: re.Match[str]) -> str:
-    return match[0] if match["keep"] is not None else _mask_match(match)
+    return match[0] if match["keep"] is not None or _range_or_column(match["loose"]) else _mask_match(match)
+
+
+def _range_or_column(loose: str | None) -> bool:
+    """Whether a run joined by a loose gap (see _LOOSE_RUN) reads as a range or a padded column: two groups,
+    the first not a trunk prefix (``077 - 123456``), of equal length (``8000 - 8080``, ``400389  400688``)
+    or from a small first one (``rows 1 - 5000000``), each too short to be a number on its own (8 digits
+    would be masked written alone). Escapes (``%20``) are no groups."""
+    if loose is None or loose.startswith("0") or not loose[0].isdigit():
+        return False
+    groups = _DIGIT_GROUPS.findall(_ESCAPED_CHAR.sub(" ", loose))
+    if len(groups) != 2 or max(len(group) for group in groups) >= 8:
+        return False
+    first, second = groups
+    return len(first) == len(second) or len(first) <= 2
 
 
 def _mask_match(match: re.Match[str]) -> str:

@@ -676,13 +676,13 @@ def test_padded_and_dash_joined_log_lines_stay_readable(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        # A spaced dash or a double space joins numbers only into a phone-like whole (a + before it, or
-        # groups of at most 4 digits making 10 or more): ranges, padded columns and pairs of ids stay.
+        # A spaced dash or a double space joins numbers into a phone unless the run reads as a range or a
+        # column: two groups of equal length, or from a small first one, without a trunk 0 first.
         "ports 8000 - 8080",
         "ids 400389 - 400688",
         "took 1500 - 2500 ms",
         "msgs 1234  5678",
-        "ids 400389  400688 and 12345 - 678901",
+        "ids 400389  400688 and 12345 - 67890",
         "rows 1 - 5000000 of 5000001",
         "q=8000%20-%208080",
     ],
@@ -698,12 +698,19 @@ def test_numbers_joined_by_a_spaced_dash_or_double_space_that_are_no_phones_stay
         ("call 415 - 555 - 0123 now", "call ******0123 now"),
         ("call +1 415  555  0123 now", "call +*******0123 now"),
         ("call +44 7946 - 095812 now", "call +********5812 now"),
-        # A phone-like run after a number that is none is still masked on its own.
-        ("ids 400389 - 415 - 555 - 0123", "ids 400389 - ******0123"),
+        # A phone-like run after a number that is none is masked with it: more is masked, nothing leaks.
+        ("ids 400389 - 415 - 555 - 0123", "ids ************0123"),
+        # Two groups of unequal length read as a number typed in two parts (a US number, a mobile).
+        ("from 415 - 5550123", "from ******0123"),
+        ("call 98765 - 4321", "call *****4321"),
+        ("call 11  98765  4321", "call *******4321"),
+        ("via 9876  54321", "via *****4321"),
+        ("call 077 - 123456", "call *****3456"),
         # The single-space and plain-dash forms join as before, whatever the groups.
         ("call 1234 5678 - 9012 now", "call ********9012 now"),
         ("call 415 555 0123 45678 now", "call ***********5678 now"),
-        ("ids 12345678  1", "ids ****5678  1"),
+        ("ids 12345678  1", "ids *****6781"),
+        ("ids 12345678  12345678", "ids ************5678"),
     ],
 )
 def test_phones_joined_by_a_spaced_dash_or_double_space_are_masked(text: str, masked: str) -> None:

@@ -58,9 +58,9 @@ _LOOSE_GAP = re.compile(r" - |  ")
 def _kept_on_purpose(written: str) -> bool:
     """Numbers written the ways shared/logging.py keeps readable, as nothing in the text tells them apart
     from what a log line must keep: an IPv4 address (``12.34.56.78``, as Danes write theirs), a decimal
-    (``3600.1234``), and a range or padded column (``8312 - 3456`` as ``ports 8000 - 8080``, ``321  1234567``
-    as ``ids 400389  400688``): a loose gap without a +, a trunk 0 or a bracket first, in two groups or
-    with a group past 4 digits."""
+    (``3600.1234``), and a range or padded column (``8123 - 4567`` as ``ports 8000 - 8080``, ``2 - 2123456``
+    as ``rows 1 - 5000000``): a loose gap between two groups of equal length or from one of 1 or 2 digits,
+    without a +, a trunk 0 or a bracket first."""
     try:
         ipaddress.IPv4Address(written)
     except ValueError:
@@ -71,7 +71,9 @@ def _kept_on_purpose(written: str) -> bool:
         return True
     if _LOOSE_GAP.search(written) and not written.startswith(("+", "0", "(")):
         groups = re.findall(r"\d+", written)
-        return len(groups) < 3 or any(len(group) > 4 for group in groups)
+        if len(groups) != 2 or max(len(group) for group in groups) >= 8:
+            return False
+        return len(groups[0]) == len(groups[1]) or len(groups[0]) <= 2
     return False
 
 
