@@ -215,6 +215,8 @@ class Settings(BaseSettings):
     @classmethod
     def _known_log_level(cls, value: str) -> str:
         level = value.strip().upper()
+        # The stdlib's and Celery's older names, which deployments may still set.
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
         if level not in LOG_LEVELS:
             raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)} (any case)")
         return level

@@ -94,6 +94,17 @@ def test_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_settings().log_level == "DEBUG"
 
 
+@pytest.mark.parametrize(
+    ("given", "level"), [("warn", "WARNING"), ("WARN", "WARNING"), ("fatal", "CRITICAL")]
+)
+def test_the_older_log_level_names_still_start(
+    monkeypatch: pytest.MonkeyPatch, given: str, level: str
+) -> None:
+    # logging's setLevel and Celery took them, so a deployment that set one must not stop at the upgrade.
+    monkeypatch.setenv("WAPIPE_LOG_LEVEL", given)
+    assert load_settings().log_level == level
+
+
 def test_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().db_pool_size == 8
     monkeypatch.setenv("WAPIPE_DB_POOL_SIZE", "3")
