@@ -6,6 +6,12 @@
 -- A database may already hold such duplicates: the oldest pending letter of each (task, message) stays
 -- pending, the later ones are discarded (0010) naming the one kept, so nothing is deleted and the
 -- operator can still read them. Letters without a message (message_id NULL) are never duplicates.
+--
+-- Locked first, against writes only: a worker of the release before, which still looks then inserts, could
+-- add a duplicate between the UPDATE and the index, whose build would then fail. Reads go on; the runner
+-- waits at most its lock_timeout for the lock and tries again.
+LOCK TABLE dead_letters IN SHARE ROW EXCLUSIVE MODE;
+
 UPDATE dead_letters d
 SET discarded_at = now(),
     discard_reason = 'duplicate of dead letter ' || kept.id || ', kept pending (migration 0014)'
