@@ -13,6 +13,7 @@ import sys
 import psycopg
 
 from shared.db.errors import DatabaseError
+from shared.logging import scrub
 from shared.settings import SettingsError
 
 # name -> (module, one line for `wapipe --help`)
@@ -55,17 +56,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wapipe: {exc}", file=sys.stderr)
         return 2
     except (psycopg.Error, DatabaseError) as exc:
-        # The type only, as /readyz does: the driver's text names internal hosts, ports and databases, and
-        # a traceback ends in it on a terminal or in a deploy log. Our own errors wrap the driver's.
-        cause = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ is not None else exc
-        print(
-            f"wapipe: the database failed ({type(cause).__name__}); check that PostgreSQL is reachable at"
-            " WAPIPE_DATABASE_URL with the given credentials",
-            file=sys.stderr,
-        )
+        print(f"wapipe: {database_failure(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# SQLSTATE classes of a server that cannot be reached or will not let us in: connection (08), login (28),
+# no such database (3D), shutting down (57P).
+_UNREACHABLE_STATES = ("08", "28", "3D", "57P")
+
+
+def database_failure(exc: Exception) -> str:
+    """One line on a database error, never a traceback: the driver's text on a failed connection names
+    internal hosts, ports and databases (and for some errors the part of the URL it could not use), so that
+    says the error's type only, as /readyz does. A statement the server refused (a failed migration, a
+    missing table) says its SQLSTATE and the server's message, masked, and the migration it was in."""
+    cause = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ is not None else exc
+    where = "".join(f" in {note}" for note in getattr(exc, "__notes__", ()))
+    state = getattr(cause, "sqlstate", None)
+    if not isinstance(cause, psycopg.Error) or state is None or state.startswith(_UNREACHABLE_STATES):
+        return (
+            f"the database failed ({type(cause).__name__}){where}; check that PostgreSQL is reachable at"
+            " WAPIPE_DATABASE_URL with the given credentials"
+        )
+    return f"the database refused a statement{where}: {state} {scrub(cause.diag.message_primary or '')}"
 
 
 if __name__ == "__main__":

@@ -95,10 +95,15 @@ def _apply(conn: psycopg.Connection, migration: Migration) -> bool:
                 migration.run(conn)
                 conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (migration.version,))
             return True
-        except errors.LockNotAvailable:
+        except (errors.LockNotAvailable, errors.DeadlockDetected):
+            # A deadlock with a live worker's statement (a migration locking tables it shares) is rolled
+            # back whole like a lock wait that ran out: tried again a moment later.
             if attempt == ATTEMPTS:
                 raise RuntimeError(
                     f"migration {migration.version}: a table it changes stayed locked through {ATTEMPTS}"
                     f" tries of {LOCK_TIMEOUT} (a long transaction? see pg_stat_activity)"
                 ) from None
             time.sleep(RETRY_PAUSE_SECONDS)
+        except psycopg.Error as exc:
+            exc.add_note(f"migration {migration.version}")  # `wapipe migrate` says which one failed
+            raise
