@@ -4,9 +4,6 @@ connection failure says its error's type only."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 from shared.cli import database_failure
 from shared.db.migrate import migrate
 from tests.conftest import ADMIN_DATABASE_URL
+from tests.unit.test_cli import wapipe
 
 
 @pytest.fixture
@@ -29,19 +27,6 @@ def empty_database() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def wapipe(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
-    environ.update({"WAPIPE_DATA_DIR": str(tmp_path), **env})
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_a_statement_the_database_refuses_says_its_sqlstate_and_message(
