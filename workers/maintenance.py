@@ -4,6 +4,9 @@
   customer-service window), so the next message starts a fresh conversation and stats stay honest; not
   one with a message whose handler may still answer it (retrying through an outage, shared/db/turns.py
   HORIZON), which would leave its user without an answer;
+- release the turns still held, past shared/db/turns.py HORIZON, by inbound messages whose handler task was
+  lost without failing (so nothing released them): they would stay in the turn index for ever, read by
+  every later message's turn check in their conversation;
 - purge verification codes past their expiry;
 - delete raw webhook events older than ``WAPIPE_WEBHOOK_RETENTION_DAYS`` (default 30);
 - report dead letters waiting for an operator (a warning with the count and the oldest one's age).
@@ -40,6 +43,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "maintenance.close_idle_conversations",
         "schedule": timedelta(minutes=5),
     },
+    "release-lost-turns": {"task": "maintenance.release_lost_turns", "schedule": timedelta(minutes=15)},
     "purge-expired-codes": {"task": "maintenance.purge_expired_codes", "schedule": timedelta(minutes=15)},
     "purge-webhook-events": {"task": "maintenance.purge_webhook_events", "schedule": timedelta(hours=1)},
     "report-dead-letters": {"task": "maintenance.report_dead_letters", "schedule": timedelta(minutes=15)},
@@ -72,6 +76,20 @@ def close_idle_conversations(idle_minutes: int | None = None) -> int:
     if not done:
         log.warning("idle conversations left for the next run", budget_seconds=RUN_BUDGET_SECONDS)
     return closed
+
+
+def release_lost_turns() -> int:
+    """Release the turns of inbound messages dispatched longer than turns.HORIZON ago and never answered
+    (their handler task was lost); return how many."""
+    released, done = _in_batches(lambda conn: queries.release_lost_turns(conn, BATCH_SIZE))
+    if released:
+        # A count only (no ids, no phones): a lost handler is worth a look, its messages are not logged.
+        log.warning("lost turns released", released=released)
+    else:
+        log.info("lost turns released", released=released)
+    if not done:
+        log.warning("lost turns left for the next run", budget_seconds=RUN_BUDGET_SECONDS)
+    return released
 
 
 def purge_expired_codes() -> int:
@@ -116,6 +134,11 @@ def report_dead_letters() -> queries.DeadLetterSummary:
 @celery.task(name="maintenance.close_idle_conversations", bind=True, acks_late=True, ignore_result=True)
 def close_idle_conversations_task(self: Any) -> None:
     close_idle_conversations()
+
+
+@celery.task(name="maintenance.release_lost_turns", bind=True, acks_late=True, ignore_result=True)
+def release_lost_turns_task(self: Any) -> None:
+    release_lost_turns()
 
 
 @celery.task(name="maintenance.purge_expired_codes", bind=True, acks_late=True, ignore_result=True)

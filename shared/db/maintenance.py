@@ -1,4 +1,5 @@
-"""Housekeeping queries the ``maintenance`` jobs run: idle conversations, old webhook events, dead letters.
+"""Housekeeping queries the ``maintenance`` jobs run: idle conversations, turns held by lost handlers, old
+webhook events, dead letters.
 
 Each statement is idempotent by construction (a second run finds nothing left to change) and touches a
 bounded batch of rows, so a job on a large table never holds one long transaction or lock.
@@ -38,6 +39,25 @@ WITH idle AS (
 UPDATE conversations c SET status = 'closed', closed_at = now()
 FROM idle WHERE c.id = idle.id
 """
+# turns.release for the messages whose handler was lost without failing (so StageTask.on_failure never
+# released them): past turns.HORIZON no handler can still answer, and the turn check already passes them
+# over, but they stay in messages_turn and every later turn check of their conversation reads them. The
+# same change as turns.release (only dispatched_at), so the row keeps what else it says. The predicate of
+# messages_turn is repeated so the planner reads that small index; SKIP LOCKED leaves a row a worker is
+# answering right now to the next run.
+_RELEASE_LOST_TURNS = """
+UPDATE messages SET dispatched_at = NULL
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE direction = 'in' AND handled_at IS NULL
+      AND (dispatched_at IS NOT NULL OR routed_at IS NULL)
+      AND dispatched_at < now() - %(horizon)s
+    ORDER BY id
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+AND direction = 'in' AND handled_at IS NULL AND dispatched_at < now() - %(horizon)s
+"""
 _PURGE_WEBHOOK_EVENTS = """
 DELETE FROM webhook_events WHERE id IN (
     SELECT id FROM webhook_events
@@ -72,6 +92,13 @@ def close_idle_conversations(conn: psycopg.Connection, idle_minutes: int, batch:
 def close_idle_params() -> dict[str, object]:
     """The parameters of the idle close besides the idle time and batch size."""
     return {"horizon": HORIZON}
+
+
+def release_lost_turns(conn: psycopg.Connection, batch: int = 1000) -> int:
+    """Release the turns of up to ``batch`` inbound messages dispatched more than turns.HORIZON ago and
+    still unanswered; return how many."""
+    with wrap_errors():
+        return conn.execute(_RELEASE_LOST_TURNS, {"horizon": HORIZON, "batch": batch}).rowcount
 
 
 def purge_webhook_events(conn: psycopg.Connection, retention_days: int, batch: int = 1000) -> int:

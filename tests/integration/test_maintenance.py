@@ -169,6 +169,7 @@ def test_beat_schedules_every_job_on_registered_tasks() -> None:
         "maintenance.close_idle_conversations",
         "maintenance.purge_expired_codes",
         "maintenance.purge_webhook_events",
+        "maintenance.release_lost_turns",
         "maintenance.report_dead_letters",
         "notify.sweep",
     }
@@ -221,6 +222,54 @@ def test_the_idle_close_reads_only_the_indexes(db: psycopg.Connection) -> None:
     try:
         plan = db.execute(
             "EXPLAIN " + queries._CLOSE_IDLE, {"minutes": 30, "batch": 1000} | queries.close_idle_params()
+        ).fetchall()
+    finally:
+        db.execute("RESET enable_seqscan")
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+
+    assert "messages_turn" in text
+    assert "Seq Scan" not in text
+
+
+def _turn_of(db: psycopg.Connection, message_id: int) -> tuple[object, object]:
+    row = db.execute("SELECT dispatched_at, handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    return row["dispatched_at"], row["handled_at"]
+
+
+def test_turns_held_past_the_horizon_by_a_lost_handler_are_released(
+    db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(maintenance, "BATCH_SIZE", 2)  # three lost ones: more than one batch
+    conversation = _conversation(db, _contact(db, "+14155550101"), "open", "1 minute")
+    past = f"{HORIZON.total_seconds() + 60} seconds"
+    within = f"{HORIZON.total_seconds() - 60} seconds"
+    lost = [_inbound(db, conversation, past, handled=False) for _ in range(3)]
+    retrying = _inbound(db, conversation, within, handled=False)
+    answered = _inbound(db, conversation, past, handled=True)
+    before = {m: _turn_of(db, m) for m in (retrying, answered)}
+
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(maintenance, "log", structlog.get_logger(maintenance.__name__))
+        assert maintenance.release_lost_turns() == 3
+    assert maintenance.release_lost_turns() == 0
+
+    # Before: these rows stayed in messages_turn for ever, read by every later message's turn check.
+    assert [_turn_of(db, m)[0] for m in lost] == [None] * 3
+    assert {m: _turn_of(db, m) for m in (retrying, answered)} == before
+    assert [entry["released"] for entry in logs if entry["event"] == "lost turns released"] == [3]
+    in_index = db.execute(
+        "SELECT count(*) AS n FROM messages WHERE conversation_id = %s AND direction = 'in'"
+        " AND handled_at IS NULL AND (dispatched_at IS NOT NULL OR routed_at IS NULL)",
+        (conversation,),
+    ).fetchone()["n"]
+    assert in_index == 1  # only the message whose handler may still answer it
+
+
+def test_the_lost_turns_sweep_reads_only_the_turn_index(db: psycopg.Connection) -> None:
+    db.execute("SET enable_seqscan = off")  # as for the idle close: the plan at scale
+    try:
+        plan = db.execute(
+            "EXPLAIN " + queries._RELEASE_LOST_TURNS, {"horizon": HORIZON, "batch": 1000}
         ).fetchall()
     finally:
         db.execute("RESET enable_seqscan")
