@@ -6,8 +6,10 @@ outcome).
 - ``wapipe dlq replay ID [ID ...]`` or ``wapipe dlq replay --all``: for ``notify.send``, the failed message
   becomes ``queued`` again with a fresh attempt budget; the task is enqueued again; the letter is marked
   replayed. In one transaction, then the enqueue after the commit; should the enqueue fail (Redis
-  unreachable), the letter is marked pending again and the exit code is 1. Replaying a replayed letter
-  does nothing: the UPDATE that marks it only matches pending letters.
+  unreachable), the letter is marked pending again and the exit code is 1; should the enqueue time out
+  having landed, and the task fail again at once, the letter stays replayed, the report names the new
+  pending one (``failed again``) and the exit code is 1. Replaying a replayed letter does nothing: the
+  UPDATE that marks it only matches pending letters.
   A letter whose task names a queue this release does not know is reported (``unknown task``, exit code
   1) and left pending, untouched, for an operator to discard; ``--all`` goes on with the rest.
 
@@ -55,7 +57,7 @@ import redis
 from pydantic import ValidationError
 
 from shared.db import dead_letters, messages
-from shared.db.errors import DatabaseError
+from shared.db.errors import DatabaseError, Duplicate
 from shared.db.pool import transaction
 from shared.logging import mask_phone, scrub
 from shared.phone import contact_phone
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         outcomes.append(outcome)
     if not outcomes:
         print("no pending dead letters")
-    failed = ("unknown", "unknown_task", "refused", "discarded", "not_enqueued")
+    # failed_again: the task ran, but a letter for its message is pending again.
+    failed = ("unknown", "unknown_task", "refused", "discarded", "not_enqueued", "failed_again")
     return 1 if any(outcome.result in failed for outcome in outcomes) else 0
 
 
@@ -177,6 +180,7 @@ def list_letters(limit: int) -> int:
 class Replayed:
     letter_id: int
     # replayed | already_replayed | discarded | unknown | unknown_task | not_failed | refused | not_enqueued
+    # | failed_again
     result: str
     detail: str = ""
 
@@ -238,20 +242,28 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
     try:
         publisher.publish([Job(letter.task_name, dict(letter.payload))])
     except (redis.RedisError, OSError) as exc:
-        return _reopened(letter_id, exc)
+        return _reopened(letter, exc)
     target = f"message {letter.message_id}" if letter.message_id is not None else "payload"
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
 
 
-def _reopened(letter_id: int, error: Exception) -> Replayed:
+def _reopened(letter: dead_letters.DeadLetter, error: Exception) -> Replayed:
     """The letter was marked replayed but its task could not be enqueued: mark it pending again, so it is
     listed, alerted on and replayed later, rather than closed with nothing done. What the replay already
     did stands and is harmless: a message queued again is re-enqueued by notify.sweep, an apology moved
-    aside stays aside."""
+    aside stays aside.
+
+    A publish that timed out may have landed all the same: its task may have run and failed again at once,
+    leaving a new pending letter for the same task and message, and the unique index
+    dead_letters_one_pending (migration 0014) then refuses to reopen this one. Its task was enqueued and
+    ran: this letter stays replayed, and the operator is sent to the new one."""
+    letter_id = letter.id
     cause = type(error).__name__
     try:
         with transaction() as conn:
             dead_letters.reopen(conn, letter_id)
+    except Duplicate:
+        return _failed_again(letter, cause)
     except (DatabaseError, psycopg.Error) as failure:
         return Replayed(
             letter_id,
@@ -260,6 +272,24 @@ def _reopened(letter_id: int, error: Exception) -> Replayed:
             f" ({type(failure).__name__}): it shows replayed, but its task was not enqueued",
         )
     return Replayed(letter_id, "not_enqueued", f"the queue could not be reached ({cause}); still pending")
+
+
+def _failed_again(letter: dead_letters.DeadLetter, cause: str) -> Replayed:
+    """The letter could not be reopened because its task, enqueued after all, failed again: name the
+    letter that failure left pending (looked up, so a failure to read it is said as such)."""
+    again = None
+    if letter.message_id is not None:
+        try:
+            with transaction() as conn:
+                again = dead_letters.pending_for(conn, letter.task_name, letter.message_id)
+        except (DatabaseError, psycopg.Error):
+            again = None
+    where = f"see dead letter {again.id}" if again is not None else "see `wapipe dlq list`"
+    return Replayed(
+        letter.id,
+        "failed_again",
+        f"the queue's answer was lost ({cause}), yet its task ran again and failed: {where}",
+    )
 
 
 def discard_letters(ids: list[int], reason: str) -> int:

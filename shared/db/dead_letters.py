@@ -47,6 +47,10 @@ UPDATE dead_letters SET replayed_at = now() WHERE id = %(id)s AND {_IS_PENDING} 
 _REOPEN = f"""
 UPDATE dead_letters SET replayed_at = NULL WHERE id = %(id)s AND replayed_at IS NOT NULL RETURNING {_COLUMNS}
 """  # noqa: S608 - constant column list, no input
+_PENDING_FOR = f"""
+SELECT {_COLUMNS} FROM dead_letters
+WHERE task_name = %(task_name)s AND message_id = %(message_id)s AND {_IS_PENDING}
+"""  # noqa: S608 - constant column list and statuses, no input
 _MARK_DISCARDED = f"""
 UPDATE dead_letters SET discarded_at = now(), discard_reason = %(reason)s
 WHERE id = %(id)s AND {_IS_PENDING} RETURNING {_COLUMNS}
@@ -122,6 +126,13 @@ def reopen(conn: psycopg.Connection, dead_letter_id: int) -> bool:
     """Make a replayed dead letter pending again (its task could not be enqueued); whether it was replayed."""
     with wrap_errors():
         return conn.execute(_REOPEN, {"id": dead_letter_id}).fetchone() is not None
+
+
+def pending_for(conn: psycopg.Connection, task_name: str, message_id: int) -> DeadLetter | None:
+    """The pending letter of ``task_name`` for ``message_id`` (at most one: dead_letters_one_pending)."""
+    with wrap_errors():
+        row = conn.execute(_PENDING_FOR, {"task_name": task_name, "message_id": message_id}).fetchone()
+    return DeadLetter(**row) if row else None
 
 
 def mark_discarded(conn: psycopg.Connection, dead_letter_id: int, reason: str) -> DeadLetter | None:

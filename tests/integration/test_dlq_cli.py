@@ -3,17 +3,20 @@ letters made by notify.send's real path (the Twilio sender against a fake Twilio
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 
 import psycopg
 import pytest
 import redis
 from psycopg.types.json import Jsonb
 
+from shared.commands import dlq
 from shared.providers.twilio.client import TwilioSender
-from shared.queues import QUEUES
+from shared.queues import QUEUES, Job, Publisher, get_publisher
 from shared.replies import queue_reply
 from shared.settings import load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
@@ -362,3 +365,51 @@ def test_a_letter_of_an_unknown_task_is_reported_left_pending_and_the_rest_repla
     pending = db.execute("SELECT replayed_at FROM dead_letters WHERE id = %s", (stray,)).fetchone()
     assert pending["replayed_at"] is None  # still listed, for an operator to discard
     assert "outbox.relay" in wapipe("list").stdout
+
+
+class LandedButTimedOut:
+    """The broker takes the job, and its answer is lost (a timeout): the publish raises though it landed.
+    Before raising, the job runs and fails again at once, as a worker taking it that moment would."""
+
+    def __init__(self, real: Publisher, run_job: Callable[[], None]) -> None:
+        self._real = real
+        self._run_job = run_job
+        self.redis = real.redis
+
+    def publish(self, jobs: Iterable[Job]) -> list[bool]:
+        self._real.publish(jobs)
+        self._run_job()
+        raise redis.TimeoutError("Timeout reading from socket")
+
+
+def test_a_replay_whose_task_landed_and_failed_again_says_so(
+    db, redis_client, dead: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = letters(db)[0]
+
+    def fail_again() -> None:
+        redis_client.delete("notify")  # taken by the worker below
+        with FakeTwilioAPI() as fake:
+            settings = load_settings(
+                provider="twilio",
+                twilio_api_url=fake.url,
+                twilio_account_sid=ACCOUNT_SID,
+                twilio_auth_token=AUTH_TOKEN,
+                twilio_whatsapp_number=WHATSAPP_NUMBER,
+                send_max_attempts=1,
+            )
+            fake.respond(500)
+            assert dispatch(dead[0], settings=settings, sender=TwilioSender(settings)) == "dead"
+
+    monkeypatch.setattr(dlq, "get_publisher", lambda: LandedButTimedOut(get_publisher(), fail_again))
+
+    code = dlq.run(argparse.Namespace(action="replay", ids=[first["id"]], all=False, force=False))
+
+    out = capsys.readouterr().out
+    [again] = [row for row in letters(db) if row["message_id"] == dead[0] and row["id"] != first["id"]]
+    # Before: "it shows replayed, but its task was not enqueued", while it had run and failed again.
+    assert "not enqueued" not in out
+    assert f"see dead letter {again['id']}" in out
+    assert code == 1  # a letter for the message is still pending
+    assert letters(db)[0]["replayed_at"] is not None  # its task did run: closed, the new one is pending
+    assert again["replayed_at"] is None
