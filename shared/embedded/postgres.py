@@ -14,6 +14,7 @@ import os
 import pwd
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,26 @@ def server_account() -> pwd.struct_passwd | None:
 
 
 def _let_account_reach(path: Path) -> None:
-    """Give "others" search (x) permission on each folder above ``path`` that lacks it.
+    """Give "others" search (x) permission on each folder above ``path`` that lacks it, and say which.
 
     The PostgreSQL account must traverse down to its PGDATA; search permission lets it pass through a
-    folder without listing or reading anything in it. pytest's and mkdtemp's folders are 0700.
+    folder without listing or reading anything in it. pytest's and mkdtemp's folders are 0700, and so is
+    /root: run as root, ``wapipe up`` changes the modes of folders it does not own, which the operator must
+    hear of (once, on stderr, as the other notices of ``wapipe up``), not find out later.
     """
+    changed: list[Path] = []
     for folder in [path, *path.parents]:
         mode = folder.stat().st_mode
         if not mode & stat.S_IXOTH:
             folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+            changed.append(folder)
+    if changed:
+        print(
+            "wapipe: added search permission for others (o+x), so the PostgreSQL account can reach its"
+            f" data folder, on: {', '.join(str(folder) for folder in changed)}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_as(account: pwd.struct_passwd | None, argv: list[str], cwd: Path, timeout: float) -> None:
