@@ -42,7 +42,7 @@ from shared.embedded.folder import (
     secret,
     write_private_json,
 )
-from shared.embedded.processes import EmbeddedError
+from shared.embedded.processes import IDENTITY_KEYS, EmbeddedError
 
 __all__ = [
     "DATABASE_URL_VAR",
@@ -112,22 +112,24 @@ def revive(
     revived: list[str] = []
     with locked(folder, "servers"):
         state = read_state(folder)
-        for name, wanted in (("postgres", postgres), ("valkey", redis)):
+        for name, wanted, server in (
+            ("postgres", postgres, postgres_server),
+            ("valkey", redis, valkey_server),
+        ):
             entry = state.get(name)
             if not wanted or not isinstance(entry, dict) or not isinstance(entry.get("pid"), int):
                 continue
-            if name == "postgres":
-                if postgres_server.running_pid(folder) == entry["pid"]:
-                    continue
-                if on_gone is not None:
-                    on_gone(name, entry["pid"])
-                state[name] = postgres_server.ensure_running(folder, entry)
-            else:
-                if valkey_server.running_pid(folder, entry) == entry["pid"]:
-                    continue
-                if on_gone is not None:
-                    on_gone(name, entry["pid"])
-                state[name] = valkey_server.ensure_running(folder, entry)
+            # PostgreSQL's pid file says its start itself; Valkey's is checked against what we recorded.
+            running = (
+                postgres_server.running_pid(folder)
+                if name == "postgres"
+                else valkey_server.running_pid(folder, entry)
+            )
+            if running == entry["pid"]:
+                continue
+            if on_gone is not None:
+                on_gone(name, entry["pid"])
+            state[name] = server.ensure_running(folder, entry)
             revived.append(name)
             write_private_json(folder / STATE_FILE, state)
     return revived
@@ -147,7 +149,7 @@ def stop(data_dir: str | os.PathLike[str] | None = None) -> list[str]:
             stopped.append("valkey")
         for entry in state.values():
             if isinstance(entry, dict):
-                for key in ("pid", "started", "start_ticks", "boot_id"):
+                for key in ("pid", *IDENTITY_KEYS):
                     entry.pop(key, None)
         if state:
             write_private_json(folder / STATE_FILE, state)

@@ -85,6 +85,10 @@ def start_ticks(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
 
 
+# The keys :func:`identity` may record; a server that is stopped has none of them (nor its pid).
+IDENTITY_KEYS = ("started", "start_ticks", "boot_id")
+
+
 def identity(proc: psutil.Process) -> dict[str, Any]:
     """What to record of a server we started to know it again: its start as ticks, boot id, and time."""
     recorded: dict[str, Any] = {"started": started_at(proc)}
