@@ -8,6 +8,7 @@ or an API caller's key) and move through ``queued -> sending -> sent -> delivere
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -354,18 +355,23 @@ REPLAYED = "replayed"
 # the status itself follows (shared/wire/events.py STATUS_RANK: queued < sent < delivered < read <
 # failed), then by time: receipts that arrive out of order, and retries, still read as they happened. A
 # status with no rank (a provider's unknown one) is a receipt about a sent message: it goes with "sent".
-_TIMELINE_RANK = (
-    "CASE status "
-    + " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
-    + " WHEN 'retrying' THEN 0 ELSE 1 END"
-)
+
+
+def rank_sql(column: str, *, otherwise: int = 0, also: Mapping[str, int] | None = None) -> str:
+    """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``. ``also``:
+    ranks for statuses of our own that receipts never carry; ``otherwise``: the rank of any other."""
+    ranks = {status.value: rank for status, rank in STATUS_RANK.items()} | dict(also or {})
+    cases = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in ranks.items())
+    return f"(CASE {column} {cases} ELSE {otherwise} END)"
+
+
 _TIMELINE = f"""
 SELECT status, error_code, detail, at FROM (
     SELECT status, error_code, detail, at, id,
            count(*) FILTER (WHERE status = 'queued' AND detail = '{REPLAYED}') OVER (ORDER BY id) AS attempt
     FROM message_events WHERE message_id = %(message_id)s
 ) e
-ORDER BY attempt, {_TIMELINE_RANK}, at, id
+ORDER BY attempt, {rank_sql("status", also={"retrying": 0}, otherwise=1)}, at, id
 """  # noqa: S608 - constant statuses, no input
 
 

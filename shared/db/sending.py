@@ -29,7 +29,15 @@ from typing import Any
 import psycopg
 
 from shared.db.errors import wrap_errors
-from shared.db.messages import OUTBOUND_COLUMNS, SENDING, OutboundRecord, Release, SendState, StatusApplied
+from shared.db.messages import (
+    OUTBOUND_COLUMNS,
+    SENDING,
+    OutboundRecord,
+    Release,
+    SendState,
+    StatusApplied,
+    rank_sql,
+)
 from shared.providers.base import OutcomeUnknown
 from shared.queues import NOTIFY_TASK
 from shared.wire.events import STATUS_RANK, DeliveryStatus
@@ -274,12 +282,6 @@ OUTCOME_UNKNOWN = OutcomeUnknown.CODE
 _SENT_RANK = STATUS_RANK[DeliveryStatus.sent]
 
 
-def _rank_sql(column: str) -> str:
-    """SQL for the forward-only rank of a status column; one source of truth: ``STATUS_RANK``."""
-    cases = " ".join(f"WHEN '{status.value}' THEN {rank}" for status, rank in STATUS_RANK.items())
-    return f"(CASE {column} {cases} ELSE 0 END)"
-
-
 # Find, move forward and append to the timeline in one statement. Only our outbound messages take
 # receipts: an inbound message's provider id (a provider's mix-up, a forged id) finds nothing. The UPDATE
 # re-checks its WHERE on the locked row (READ COMMITTED), so two receipts racing each other can only ever
@@ -320,7 +322,7 @@ WITH known AS (
         error_code = COALESCE(%(error_code)s, m.error_code),
         error_message = COALESCE(%(error_message)s, m.error_message),
         updated_at = now()
-    FROM known WHERE m.id = known.id AND {_rank_sql("m.status")} < %(rank)s::int
+    FROM known WHERE m.id = known.id AND {rank_sql("m.status")} < %(rank)s::int
     RETURNING m.id
 ), found AS (
     SELECT id FROM known UNION ALL SELECT id FROM adopted
