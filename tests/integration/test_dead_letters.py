@@ -4,7 +4,6 @@ database may already hold before it makes that a rule."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +13,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from shared.db import dead_letters
-from shared.db.migrate import available, migrate
-from tests.conftest import _database_url
-from tests.integration.test_migrations import _drop, _fresh_database
+from shared.db.migrate import migrate
+from tests.integration.test_migrations import copy_migrations, migrated_before
 
 VERSION = "0014_dead_letters_one_pending"
 
@@ -82,22 +80,9 @@ def test_a_letter_is_added_again_once_the_pending_one_is_replayed(db) -> None:
 @pytest.fixture
 def before_0014(tmp_path: Path) -> Iterator[tuple[psycopg.Connection, str, Path]]:
     """A database with every migration before 0014 applied, and a folder with 0014 too."""
-    earlier, every = tmp_path / "earlier", tmp_path / "every"
-    earlier.mkdir()
-    every.mkdir()
-    for migration in available():
-        if migration.version <= VERSION:
-            shutil.copy(migration.path, every)
-        if migration.version < VERSION:
-            shutil.copy(migration.path, earlier)
-    name = _fresh_database()
-    try:
-        url = _database_url(name)
-        migrate(url, earlier)
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            yield conn, url, every
-    finally:
-        _drop(name)
+    every = copy_migrations(tmp_path / "every", lambda each: each <= VERSION)
+    with migrated_before(VERSION, tmp_path) as (conn, url):
+        yield conn, url, every
 
 
 def test_the_migration_keeps_the_oldest_of_duplicate_pending_letters(

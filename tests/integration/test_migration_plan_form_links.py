@@ -5,7 +5,6 @@ form), and our own Twilio numbers keep their assistant and their live conversati
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,14 +12,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import structlog.testing
-from psycopg.rows import dict_row
 
 from shared.db import assistant_configs
 from shared.db.messages import get_inbound
 from shared.db.migrate import MIGRATIONS_DIR, available, migrate
 from shared.logging import mask_phone
-from tests.conftest import _database_url
-from tests.integration.test_migrations import _drop, _fresh_database
+from tests.integration.test_migrations import migrated_before
 
 BUSINESS = "+14155238886"
 
@@ -28,19 +25,8 @@ BUSINESS = "+14155238886"
 @pytest.fixture
 def before_0011(tmp_path: Path) -> Iterator[psycopg.Connection]:
     """A database of the release before 0011: what production held when it first ran the plan forms."""
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in available():
-        if migration.version < "0011":
-            shutil.copy(migration.path, earlier)
-    name = _fresh_database()
-    try:
-        url = _database_url(name)
-        migrate(url, earlier)
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            yield conn
-    finally:
-        _drop(name)
+    with migrated_before("0011", tmp_path) as (conn, _url):
+        yield conn
 
 
 def upgrade(conn: psycopg.Connection) -> None:

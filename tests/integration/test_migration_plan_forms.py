@@ -11,12 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from shared.db.migrate import MIGRATIONS_DIR, available, migrate
 from shared.phone import provider_number
-from tests.conftest import _database_url
-from tests.integration.test_migrations import _drop, _fresh_database
+from tests.integration.test_migrations import migrated_before
 
 VERSION = "0011_whatsapp_plan_forms"
 BUSINESS = "+14155238886"
@@ -25,19 +23,8 @@ BUSINESS = "+14155238886"
 @pytest.fixture
 def before_0011(tmp_path: Path) -> Iterator[psycopg.Connection]:
     """A database with every migration before 0011 applied, then 0011's file ready to apply."""
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in available():
-        if migration.version < VERSION:
-            shutil.copy(migration.path, earlier)
-    name = _fresh_database()
-    try:
-        url = _database_url(name)
-        migrate(url, earlier)
-        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            yield conn
-    finally:
-        _drop(name)
+    with migrated_before(VERSION, tmp_path) as (conn, _url):
+        yield conn
 
 
 def contact(conn: psycopg.Connection, phone: str, **columns: object) -> int:

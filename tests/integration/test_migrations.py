@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from shared.db import migrate as migrate_module
 from shared.db.migrate import available, migrate
@@ -28,6 +31,30 @@ def _fresh_database() -> str:
 def _drop(name: str) -> None:
     with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def copy_migrations(folder: Path, keep: Callable[[str], bool]) -> Path:
+    """A folder holding the project's migrations whose version ``keep`` takes."""
+    folder.mkdir()
+    for migration in available():
+        if keep(migration.version):
+            shutil.copy(migration.path, folder)
+    return folder
+
+
+@contextlib.contextmanager
+def migrated_before(version: str, tmp_path: Path) -> Iterator[tuple[psycopg.Connection, str]]:
+    """A database of its own with every migration before ``version`` applied (what a release before it
+    held), dropped after: a connection to it and its URL."""
+    earlier = copy_migrations(tmp_path / "earlier", lambda each: each < version)
+    name = _fresh_database()
+    try:
+        url = _database_url(name)
+        migrate(url, earlier)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            yield conn, url
+    finally:
+        _drop(name)
 
 
 def test_applies_every_migration_once_then_nothing() -> None:
