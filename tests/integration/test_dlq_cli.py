@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +19,7 @@ from shared.commands import dlq
 from shared.providers.twilio.client import TwilioSender
 from shared.queues import QUEUES, Job, Publisher, get_publisher
 from shared.replies import queue_reply
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
 from tests.integration.test_inbound_routing import event, queued
 from tests.integration.test_notify_unknown_outcome import SidlessTwilio
@@ -39,19 +40,24 @@ def wapipe(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def twilio_settings(api_url: str, **more: Any) -> Settings:
+    """Settings sending through the fake Twilio API at ``api_url``."""
+    return load_settings(
+        provider="twilio",
+        twilio_api_url=api_url,
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        twilio_whatsapp_number=WHATSAPP_NUMBER,
+        **more,
+    )
+
+
 @pytest.fixture
 def dead(db: psycopg.Connection, redis_client: redis.Redis) -> list[int]:
     """Two replies whose only attempt failed with a Twilio 500: dead letters; their notify jobs drained."""
     ids = []
     with FakeTwilioAPI() as fake:
-        settings = load_settings(
-            provider="twilio",
-            twilio_api_url=fake.url,
-            twilio_account_sid=ACCOUNT_SID,
-            twilio_auth_token=AUTH_TOKEN,
-            twilio_whatsapp_number=WHATSAPP_NUMBER,
-            send_max_attempts=1,
-        )
+        settings = twilio_settings(fake.url, send_max_attempts=1)
         for phone in PHONES:
             inbound = route(event("hello", phone=phone), load_settings())
             message_id = queue_reply(inbound.message_id, "Your order shipped")
@@ -105,13 +111,7 @@ def test_replay_queues_the_message_again_once(db, redis_client, dead: list[int])
 
     # The replayed message now goes out.
     with FakeTwilioAPI() as fake:
-        settings = load_settings(
-            provider="twilio",
-            twilio_api_url=fake.url,
-            twilio_account_sid=ACCOUNT_SID,
-            twilio_auth_token=AUTH_TOKEN,
-            twilio_whatsapp_number=WHATSAPP_NUMBER,
-        )
+        settings = twilio_settings(fake.url)
         assert dispatch(dead[0], settings=settings, sender=TwilioSender(settings)) == "sent"
         assert len(fake.created()) == 1
 
@@ -254,13 +254,7 @@ def unknown_outcome(db: psycopg.Connection, redis_client: redis.Redis, dead: lis
     """Beside the two letters of ``dead``, a reply Twilio created but answered without its sid: failed as
     ``outcome_unknown`` with a dead letter (the provider may well have delivered it)."""
     with SidlessTwilio() as fake:
-        settings = load_settings(
-            provider="twilio",
-            twilio_api_url=fake.url,
-            twilio_account_sid=ACCOUNT_SID,
-            twilio_auth_token=AUTH_TOKEN,
-            twilio_whatsapp_number=WHATSAPP_NUMBER,
-        )
+        settings = twilio_settings(fake.url)
         inbound = route(event("hello", phone="+14155550103"), load_settings())
         message_id = queue_reply(inbound.message_id, "Your code is 1234")
         assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "dead"
@@ -390,14 +384,7 @@ def test_a_replay_whose_task_landed_and_failed_again_says_so(
     def fail_again() -> None:
         redis_client.delete("notify")  # taken by the worker below
         with FakeTwilioAPI() as fake:
-            settings = load_settings(
-                provider="twilio",
-                twilio_api_url=fake.url,
-                twilio_account_sid=ACCOUNT_SID,
-                twilio_auth_token=AUTH_TOKEN,
-                twilio_whatsapp_number=WHATSAPP_NUMBER,
-                send_max_attempts=1,
-            )
+            settings = twilio_settings(fake.url, send_max_attempts=1)
             fake.respond(500)
             assert dispatch(dead[0], settings=settings, sender=TwilioSender(settings)) == "dead"
 
