@@ -604,9 +604,5 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
     root.setLevel(level.upper())
 
 
-def _noop(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    return event_dict
-
-
 def get_logger(name: str | None = None) -> Any:
     return structlog.stdlib.get_logger(name)
