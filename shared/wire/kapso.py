@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError
 
 from shared.logging import get_logger
 from shared.wire.events import DeliveryStatus, InboundMessage, Provider, StatusUpdate, our_id_from_tag
-from shared.wire.meta.base import MetaError, provider_phone, unix_time
+from shared.wire.meta.base import LenientModel, meta_errors, provider_phone, unix_time
 from shared.wire.meta.message import inbound_from_message
 from shared.wire.meta.status import delivery_status
 
@@ -43,31 +43,7 @@ STATUS_EVENTS: dict[str, DeliveryStatus] = {
 }
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
-
-
-class _Lenient(_Model):
-    """A block whose optional fields fall back to their default when Kapso sends another shape.
-
-    Kapso documents several ``message.kapso`` fields loosely (``content`` may be the whole interactive
-    payload, an object) and may change others: a field we read only to help must not cost the message
-    beside it, which is acked with a 200 and never redelivered. The raw item is kept either way.
-    """
-
-    @field_validator("*", mode="wrap")
-    @classmethod
-    def _default_when_malformed(cls, value: Any, handler: Any, info: ValidationInfo) -> Any:
-        try:
-            return handler(value)
-        except ValidationError:
-            field = cls.model_fields[info.field_name or ""]
-            if field.is_required():
-                raise
-            return field.get_default(call_default_factory=True)
-
-
-class KapsoBlock(_Lenient):
+class KapsoBlock(LenientModel):
     """``message.kapso``: Kapso's own view of the message. Only what we read is modelled: everything
     else (processing_status, origin, has_media, content, transcript, media_data...) may be any
     JSON and stays in the raw item."""
@@ -80,7 +56,7 @@ class KapsoBlock(_Lenient):
     error: Any = None
 
 
-class KapsoMessage(_Lenient):
+class KapsoMessage(LenientModel):
     """The fields of ``message`` the status path reads (inbound messages go through the Meta parser)."""
 
     id: str = Field(min_length=1)  # the wamid: what makes a redelivery one effect, so never empty
@@ -93,7 +69,7 @@ class KapsoMessage(_Lenient):
     kapso: KapsoBlock | None = None
 
 
-class Conversation(_Lenient):
+class Conversation(LenientModel):
     # The conversation block only adds who the sender is; a malformed field must not cost the message
     # beside it (the message's own from/wa_id still identify the sender, and the raw item is kept).
     id: str | None = None
@@ -105,7 +81,7 @@ class Conversation(_Lenient):
     contact_name: str | None = None
 
 
-class Payload(_Lenient):
+class Payload(LenientModel):
     """One event's payload (one item of a batch's ``data``). ``is_new_conversation`` and the rest are not
     read, so they may be anything."""
 
@@ -269,12 +245,12 @@ def _signed_status(block: KapsoBlock, event: str) -> DeliveryStatus:
 
 def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str | None]:
     """The error of a failed message: Meta's own errors[], from the message or its latest status."""
-    errors = _meta_errors(message.errors)
+    errors = meta_errors(message.errors)
     for status in reversed(block.statuses):
         if not isinstance(status, Mapping):
             continue
         if delivery_status(_str(status.get("status"))) is DeliveryStatus.failed:
-            errors += _meta_errors(status.get("errors"))
+            errors += meta_errors(status.get("errors"))
             break
     if errors:
         first = errors[0]
@@ -285,20 +261,6 @@ def _failure(message: KapsoMessage, block: KapsoBlock) -> tuple[str | None, str 
     if isinstance(block.error, str):
         return None, block.error
     return None, None
-
-
-def _meta_errors(raw: Any) -> list[MetaError]:
-    """The well-formed Meta error objects of an ``errors`` list; a malformed one, or an ``errors`` that is
-    not a list at all, is skipped: the failure itself still counts, and a 500 would only make Kapso retry."""
-    if not isinstance(raw, list):
-        return []
-    errors = []
-    for item in raw:
-        try:
-            errors.append(MetaError.model_validate(item))
-        except ValidationError:
-            continue
-    return errors
 
 
 def _str(raw: Any) -> str | None:

@@ -14,21 +14,22 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from shared.wire.events import DeliveryStatus, Provider, StatusUpdate, our_id_from_tag
-from shared.wire.meta.base import MetaError, MetaModel, log, provider_phone, unix_time
+from shared.wire.meta.base import LenientModel, log, meta_errors, provider_phone, unix_time
 
 # A voice note that has been played has necessarily been read; status only moves forward.
 _STATUS_ALIASES = {"played": DeliveryStatus.read}
 
 
-class Status(MetaModel):
-    """``value.statuses[]``: a delivery receipt for a message the business sent."""
+class Status(LenientModel):
+    """``value.statuses[]``: a delivery receipt for a message the business sent. Only the id and the status
+    word are required; any other field of an odd shape is read as absent."""
 
     id: str = Field(min_length=1)
     status: str
     timestamp: str | int | None = None
     recipient_id: str | None = None
     recipient_user_id: str | None = None
-    errors: list[MetaError] = Field(default_factory=list)
+    errors: list[Any] = Field(default_factory=list)  # error objects; malformed ones are skipped
     conversation: dict[str, Any] | None = None
     pricing: dict[str, Any] | None = None
     biz_opaque_callback_data: str | None = None
@@ -44,7 +45,8 @@ def status_from_meta(
     except ValidationError as exc:
         log.warning("meta.status_malformed", errors=exc.error_count(), message_id=raw.get("id"))
         return None
-    error = status.errors[0] if status.errors else None
+    errors = meta_errors(status.errors)
+    error = errors[0] if errors else None
     return StatusUpdate(
         provider=provider,
         provider_message_id=status.id,

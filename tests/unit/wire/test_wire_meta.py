@@ -182,6 +182,29 @@ def test_failed_status_carries_the_error_code_and_title() -> None:
     assert update.error_message == "Re-engagement message"
 
 
+@pytest.mark.parametrize(
+    ("field", "odd"),
+    [
+        ("errors", [{"code": 131026, "error_data": "odd"}, {"code": 131047, "title": "Re-engagement"}]),
+        ("errors", {"code": 131047}),
+        ("conversation", "not an object"),
+        ("pricing", ["not", "an", "object"]),
+        ("biz_opaque_callback_data", 42),
+        ("recipient_user_id", {"id": "US.1"}),
+    ],
+)
+def test_a_receipt_with_an_odd_optional_field_still_reports_its_status(field: str, odd: Any) -> None:
+    # Acknowledged with a 200, a dropped receipt is never redelivered: the message would stay "sent".
+    body = load("status_failed")
+    body["entry"][0]["changes"][0]["value"]["statuses"][0][field] = odd
+    [update] = parse_webhook(body).statuses
+    assert update.status is DeliveryStatus.failed
+    assert update.recipient == USER
+    assert update.raw[field] == odd
+    if field == "errors" and isinstance(odd, list):
+        assert (update.error_code, update.error_message) == ("131047", "Re-engagement")
+
+
 def test_unknown_and_played_statuses() -> None:
     body = load("status_read")
     body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"] = "played"
