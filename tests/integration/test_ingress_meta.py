@@ -128,6 +128,16 @@ def test_the_messages_of_one_post_join_their_conversations_arrival_lines_in_orde
     assert sorted(len(entries) for entries in in_lines.values()) == [1, 2]  # "Hola", then its follow-up
 
 
+def test_an_odd_entry_does_not_cost_the_other_entries_their_messages(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    body = json.loads(raw("multi_entry"))
+    body["entry"].append({"id": 102290129340398, "changes": [{"field": "messages", "value": None}]})
+    assert post(client, json.dumps(body).encode()).status_code == 200
+    assert len(queued(redis_client, "inbound")) == 3
+    assert len(queued(redis_client, "status")) == 2
+
+
 def test_failed_status_goes_to_the_status_queue_with_its_error(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:

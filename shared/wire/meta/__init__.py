@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.wire.events import InboundMessage, Provider, StatusUpdate
-from shared.wire.meta.base import MetaError, MetaModel, log
+from shared.wire.meta.base import LenientModel, MetaError, MetaModel, log
 from shared.wire.meta.message import Contact, inbound_from_message
 from shared.wire.meta.status import status_from_meta
 
@@ -63,16 +63,18 @@ class Change(MetaModel):
     value: dict[str, Any] = Field(default_factory=dict)
 
 
-class Entry(MetaModel):
+class Entry(LenientModel):
+    """``entry[]``: its changes stay raw until parsed one by one, as the value's items do."""
+
     id: str | None = None
-    changes: list[Change] = Field(default_factory=list)
+    changes: list[Any] = Field(default_factory=list)
 
 
-class Webhook(MetaModel):
-    """The whole POST body."""
+class Webhook(LenientModel):
+    """The whole POST body: only a missing ``entry`` list makes it no webhook at all."""
 
     object: str | None = None
-    entry: list[Entry]
+    entry: list[Any]
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,25 @@ def parse_webhook(body: Mapping[str, Any], *, region: str = "US") -> Parsed:
     """
     webhook = Webhook.model_validate(body)
     parsed = Parsed()
-    for entry in webhook.entry:
-        for change in entry.changes:
-            if change.field not in (None, "messages"):
-                # Other subscriptions (template status, account updates) carry no messages for us.
-                log.info("meta.change_ignored", field=change.field)
-                continue
-            _parse_value(change.value, parsed, region)
+    for raw_entry in webhook.entry:
+        entry = _one(Entry, raw_entry)
+        if entry is None:
+            parsed.skipped += 1
+            continue
+        for raw_change in entry.changes:
+            _parse_change(raw_change, parsed, region)
     return parsed
+
+
+def _parse_change(raw_change: Any, parsed: Parsed, region: str) -> None:
+    change = _one(Change, raw_change)
+    if change is None:
+        parsed.skipped += 1
+    elif change.field not in (None, "messages"):
+        # Other subscriptions (template status, account updates) carry no messages for us.
+        log.info("meta.change_ignored", field=change.field)
+    else:
+        _parse_value(change.value, parsed, region)
 
 
 def _parse_value(raw_value: Mapping[str, Any], parsed: Parsed, region: str) -> None:
@@ -147,10 +160,13 @@ def _parse_value(raw_value: Mapping[str, Any], parsed: Parsed, region: str) -> N
 
 def _each(model: type[_M], items: list[Any]) -> list[_M]:
     """The items that are valid ``model`` objects; the others are logged and left out."""
-    valid = []
-    for item in items:
-        try:
-            valid.append(model.model_validate(item))
-        except ValidationError as exc:
-            log.warning("meta.item_malformed", model=model.__name__, errors=exc.error_count())
-    return valid
+    return [valid for item in items if (valid := _one(model, item)) is not None]
+
+
+def _one(model: type[_M], item: Any) -> _M | None:
+    """``item`` as a ``model`` object; None (logged) when it is not one."""
+    try:
+        return model.model_validate(item)
+    except ValidationError as exc:
+        log.warning("meta.item_malformed", model=model.__name__, errors=exc.error_count())
+        return None

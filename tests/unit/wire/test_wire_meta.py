@@ -236,6 +236,25 @@ def test_several_entries_and_changes_in_one_post() -> None:
     assert [s.status for s in parsed.statuses] == [DeliveryStatus.delivered, DeliveryStatus.read]
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "not an entry",
+        {"id": 102290129340398, "changes": []},  # a number where Meta writes the account id as a string
+        {"id": "1", "changes": "not a list"},
+        {"id": "1", "changes": [{"field": "messages", "value": None}]},
+        {"id": "1", "changes": ["not a change", {"field": ["messages"], "value": {}}]},
+    ],
+)
+def test_an_odd_entry_or_change_does_not_cost_the_others_their_messages(odd: Any) -> None:
+    # A 400 would make Meta redeliver the same body, refused again each time, until it gives up on it.
+    body = load("multi_entry")
+    body["entry"].insert(1, odd)
+    parsed = parse_webhook(body)
+    assert len(parsed.messages) == 3
+    assert len(parsed.statuses) == 2
+
+
 def test_a_body_without_entry_is_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_webhook({"object": "whatsapp_business_account"})
