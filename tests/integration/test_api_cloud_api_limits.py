@@ -167,3 +167,59 @@ def test_at_every_limit_it_is_accepted_and_the_cloud_api_sender_sends_it(
         sender.close()
     [request] = graph.received
     assert request.json["interactive"]["body"]["text"] == "b" * 1024
+
+
+def post_template(client: FlaskClient, variables: list[str] | dict[str, str]) -> Any:
+    template = {"name": "ticket_assigned", "language": "es", "variables": variables}
+    body = {"to": TO, "type": "template", "template": template}
+    return client.post("/api/v1/messages", json=body, headers={"X-API-Key": KEY})
+
+
+# WhatsApp refuses such a parameter with error 132018, "Param text cannot have new-line/tab characters or
+# more than 4 consecutive spaces", whatever the approved template says.
+REFUSED_PARAMETERS = [
+    (["42", "line one\nline two"], "template.variables[1]"),
+    (["a\r\nb"], "template.variables[0]"),
+    (["tab\there"], "template.variables[0]"),
+    (["five     spaces"], "template.variables[0]"),
+    ({"ticket": "42", "note": "line one\nline two"}, "template.variables"),
+]
+
+
+@pytest.mark.parametrize(("variables", "field"), REFUSED_PARAMETERS, ids=lambda v: None)
+def test_a_template_parameter_whatsapp_refuses_is_a_422_and_nothing_is_stored(
+    client: FlaskClient, db, redis_client, variables: list[str] | dict[str, str], field: str
+) -> None:
+    response = post_template(client, variables)
+
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert error["field"] == field
+    assert "new line" in error["message"] or "spaces" in error["message"]
+    assert db.execute("SELECT count(*) AS n FROM messages").fetchone()["n"] == 0
+    assert queued(redis_client, "notify") == []
+
+
+def test_a_template_parameter_with_four_spaces_in_a_row_is_sent(
+    client: FlaskClient, graph: FakeGraph, settings: Settings, provider: str, db
+) -> None:
+    response = post_template(client, ["four    spaces", "one line"])
+
+    assert response.status_code == 202, response.get_json()
+    stored = db.execute("SELECT * FROM messages WHERE id = %s", (response.get_json()["id"],)).fetchone()
+    message = OutboundMessage.from_record(
+        id=stored["id"],
+        to=TO,
+        type=stored["type"],
+        body=stored["body"],
+        payload=stored["payload"],
+        from_number=None,
+    )
+    sender: CloudApiSender = MetaSender(settings) if provider == "meta" else KapsoSender(settings)
+    try:
+        sender.send(message)
+    finally:
+        sender.close()
+    [request] = graph.received
+    parameters = request.json["template"]["components"][0]["parameters"]
+    assert [p["text"] for p in parameters] == ["four    spaces", "one line"]

@@ -16,6 +16,7 @@ as a dead letter to replay once the account is fixed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +66,11 @@ PERMANENT = frozenset(
      131052, 131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010, 131062}
 )  # fmt: skip
 
+# WhatsApp refuses a template parameter holding a line break or tab, or more than 4 spaces in a row, whatever
+# the approved template says (error 132018, "Param text cannot have new-line/tab characters or more than 4
+# consecutive spaces"): checked before storing, so the caller gets a 422 rather than a failed message.
+_PARAMETER_REFUSED = re.compile(r"[\r\n\t]| {5,}")
+
 _CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Headers describing the body as it came over the wire, not as aiohttp hands it over (decompressed).
 _DECODED_BY_AIOHTTP = frozenset({"content-encoding", "content-length"})
@@ -88,6 +94,13 @@ class CloudApiSender:
         self._graph_url = base_url.rstrip("/")
         self._headers = dict(headers)
         self._client = client or _pooled_client(timeout, headers)
+
+    @classmethod
+    def check(cls, message: OutboundMessage, settings: Settings) -> None:
+        """Raise :class:`TemplateParameterRefused` if WhatsApp would refuse ``message``'s template
+        parameters; no call is made. The notify API asks before storing (a 422 naming the field)."""
+        if message.type is OutboundType.template and message.template is not None:
+            _check_parameters(message.template.variables)
 
     def close(self) -> None:
         self._client.close()
@@ -349,9 +362,30 @@ def _interactive(message: OutboundMessage) -> dict[str, Any]:
     return out
 
 
+class TemplateParameterRefused(SendError):
+    """A template parameter WhatsApp refuses: permanent. ``field`` names it in the notify API request."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__("invalid_parameter", message, permanent=True)
+        self.field = field
+
+
+def _check_parameters(variables: list[str] | dict[str, str]) -> None:
+    problem = "WhatsApp refuses a template parameter with a new line, a tab or more than 4 spaces in a row"
+    if isinstance(variables, dict):
+        for name, value in variables.items():
+            if _PARAMETER_REFUSED.search(value):
+                raise TemplateParameterRefused("template.variables", f"variable {name!r}: {problem}")
+        return
+    for position, value in enumerate(variables):
+        if _PARAMETER_REFUSED.search(value):
+            raise TemplateParameterRefused(f"template.variables[{position}]", problem)
+
+
 def _template(message: OutboundMessage) -> dict[str, Any]:
     spec = message.template
     assert spec is not None
+    _check_parameters(spec.variables)
     out: dict[str, Any] = {"name": spec.name, "language": {"code": spec.language}}
     if isinstance(spec.variables, dict):
         parameters = [
