@@ -519,7 +519,9 @@ OPERATIONS: dict[str, Operation] = {
             409: fail("idempotency_conflict: the key was used for a different request."),
             422: fail(
                 "validation_error (a field breaks WhatsApp's limits; error.field names it), invalid_phone,"
-                " unsupported_type (the active provider cannot send it)."
+                " unsupported_type (the active provider cannot send it), unsupported_content (Twilio cannot"
+                " carry a field as given) or invalid_parameter (a template parameter WhatsApp refuses);"
+                " error.field names the field for each."
             ),
             503: Reply(MESSAGE_QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
         },
