@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 
 from ingress import create_app
 from ingress.api import conversations as conversations_api
-from shared.db import conversations
+from shared.db import conversations, history
 from shared.settings import load_settings
 from tests.integration import history_seed as seed
 
@@ -92,6 +92,22 @@ def test_pages_follow_the_cursor_without_gaps_or_repeats(client: FlaskClient, db
         url = f"/api/v1/conversations?limit=2&cursor={body['next_cursor']}"
     assert seen == sorted(created, reverse=True)
     assert pages == 3
+
+
+def test_the_phone_filter_reads_the_contacts_conversations_by_index(db: psycopg.Connection) -> None:
+    # Tables this small are read whole anyway: ask the planner what it would do at scale. Before, only a
+    # live conversation was indexed by its contact, so a contact's history (closed ones included) meant
+    # reading every conversation ever held.
+    params = {"status": None, "provider": None, "phone": "+14155550101", "before": None, "limit": 51}
+    db.execute("SET enable_seqscan = off")
+    try:
+        plan = db.execute("EXPLAIN " + history._LIST_CONVERSATIONS, params).fetchall()
+    finally:
+        db.execute("RESET enable_seqscan")
+    text = "\n".join(row["QUERY PLAN"] for row in plan)
+
+    assert "conversations_contact" in text
+    assert "Seq Scan" not in text
 
 
 @pytest.mark.parametrize(
