@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 import time
@@ -85,6 +86,9 @@ DOWNLOAD_SECONDS = 60.0
 # (shared/queues.py), so a slow message is retried rather than killed into a dead letter.
 TASK_DOWNLOAD_SECONDS = 200.0
 MAX_REDIRECTS = 5
+# A media lookup's answer (Graph's media object, Kapso's) is a few hundred bytes of JSON: one far longer is
+# a broken or hostile endpoint, not read into the worker's memory.
+LOOKUP_MAX_BYTES = 64 * 1024
 
 # Where each provider's media may come from: an https host, "*.domain" for its subdomains, or a host with
 # a path prefix. The API hosts (and the API URLs the settings name) get the credentials; the rest do not.
@@ -322,16 +326,29 @@ class _Fetcher:
     def _json(self, url: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             with self._open(url, params) as response:
-                response.read()
+                raw = self._read_lookup(response)
         except httpx.HTTPError as exc:
             raise MediaUnavailable(f"media lookup failed: {type(exc).__name__}") from None
         try:
-            body = response.json()
-        except ValueError:
+            body = json.loads(raw)
+        except ValueError:  # UnicodeDecodeError included
             raise MediaUnavailable("media lookup answered something that is not JSON") from None
         if not isinstance(body, dict):
             raise MediaUnavailable("media lookup answered something that is not an object")
         return body
+
+    def _read_lookup(self, response: httpx.Response) -> bytes:
+        """The lookup's answer, read as the bytes arrive (so the deadline holds while a server trickles
+        them) and refused past :data:`LOOKUP_MAX_BYTES`."""
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            self._check_deadline()
+            size += len(chunk)
+            if size > LOOKUP_MAX_BYTES:
+                raise MediaUnavailable(f"media lookup answered more than {LOOKUP_MAX_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     @contextlib.contextmanager
     def _open(self, url: str, params: dict[str, str] | None = None) -> Iterator[httpx.Response]:

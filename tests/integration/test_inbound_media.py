@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,6 +377,26 @@ def test_a_download_past_its_deadline_is_left_for_a_retry(
     assert "stored" not in entry
     assert "fetch_error" not in entry
     assert files(tmp_path) == []
+
+
+def test_a_media_lookup_answer_far_longer_than_a_media_object_is_not_read_whole(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    # Graph's media object is a few hundred bytes of JSON. An answer megabytes long is a broken or hostile
+    # endpoint: it was read whole into the worker's memory (and one without end, until memory ran out).
+    image = host.serve("/files/a.jpg", JPEG, "image/jpeg", auth=f"Bearer {TOKEN}")
+    lookup = {"url": image, "mime_type": "image/jpeg", "file_size": len(JPEG)}
+    padded = json.dumps(lookup).encode() + b" " * (2 * 1024 * 1024)
+    host.serve("/m-huge", padded, "application/json", auth=f"Bearer {TOKEN}")
+    message_id = stored_message(inbound("meta", Media(media_id="m-huge", mime_type="image/jpeg")))
+    settings = load_settings(meta_access_token=TOKEN, meta_graph_url=host.url, media_dir=tmp_path)
+
+    with pytest.raises(MediaUnavailable):
+        fetch_media(message_id, settings=settings)
+
+    [entry] = media_column(db, message_id)
+    assert "stored" not in entry
+    assert [request.path for request in host.requests] == ["/m-huge"]
 
 
 def test_a_message_of_many_slow_media_stops_at_the_tasks_own_deadline(
