@@ -14,13 +14,15 @@ import psycopg
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from shared.db.errors import Unavailable
+from shared.db.errors import TimedOut, Unavailable
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
 # PostgreSQL unreachable, as the pool (a timeout waiting for a connection) or a repository says it.
 _DATABASE_DOWN = (Unavailable, psycopg.OperationalError)
+# A statement cancelled by its statement_timeout: psycopg's OperationalError too, but the server is there.
+_DATABASE_SLOW = (TimedOut, psycopg.errors.QueryCanceled)
 DATABASE_RETRY_AFTER_SECONDS = 5
 # Headers of werkzeug's own error responses that still apply to our JSON version.
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
@@ -53,6 +55,15 @@ def handle_http_exception(exc: HTTPException) -> Response:
 
 
 def handle_unexpected(exc: Exception) -> Response:
+    if isinstance(exc, _DATABASE_SLOW):
+        log.warning("ingress.database_timeout", error_type=type(exc).__name__)
+        return api_error(
+            503,
+            "database_timeout",
+            "the database did not answer in time (a statement timeout); nothing was stored."
+            " Retry after Retry-After.",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, _DATABASE_DOWN):
         # Not a bug of ours: the database is away (a restart, a failover). Nothing was stored; a 503 says
         # to try again, as the broker's absence does.

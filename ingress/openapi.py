@@ -212,8 +212,8 @@ def _operation(
         replies.setdefault(
             503,
             Reply(
-                "database_unavailable: PostgreSQL cannot be reached; nothing was stored. Retry after"
-                " Retry-After.",
+                "database_unavailable: PostgreSQL cannot be reached; database_timeout: it did not answer"
+                " within its statement timeout. Nothing was stored. Retry after Retry-After.",
                 headers={"Retry-After": "Seconds to wait before retrying."},
                 error=True,
             ),

@@ -359,7 +359,7 @@ MESSAGE_QUEUE_DOWN = fail(
     "queue_unavailable: Redis cannot be reached. Without an idempotency key the message is stored as"
     " failed and never sent: send it again. With one it stays queued and is sent once the queue is back:"
     " retry with the same key after Retry-After to get it. database_unavailable: PostgreSQL cannot be"
-    " reached; nothing was stored."
+    " reached; database_timeout: it did not answer within its statement timeout. Nothing was stored."
 )
 RETRY_AFTER = {"Retry-After": "Seconds to wait before retrying."}
 SIGNATURE_REFUSED = fail(

@@ -29,6 +29,14 @@ class Unavailable(DatabaseError):
     """PostgreSQL could not be reached; the caller may retry."""
 
 
+class TimedOut(Unavailable):
+    """A statement ran past its ``statement_timeout`` (a lock held elsewhere, a long scan) and was cancelled.
+
+    The server is there but did not answer in time; retried as an outage is, but said apart, so nobody
+    hunts for a network fault, and nothing of the cancelled transaction was kept.
+    """
+
+
 @contextlib.contextmanager
 def wrap_errors() -> Iterator[None]:
     """Turn driver errors into ours inside a repository function."""
@@ -37,4 +45,11 @@ def wrap_errors() -> Iterator[None]:
     except pg_errors.UniqueViolation as exc:
         raise Duplicate(exc.diag.constraint_name) from exc
     except psycopg.OperationalError as exc:
-        raise Unavailable(str(exc)) from exc
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: psycopg.OperationalError) -> Unavailable:
+    """Ours for a driver's OperationalError: psycopg counts a cancelled statement as one too."""
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return TimedOut(str(exc))
+    return Unavailable(str(exc))

@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from shared.db.errors import Unavailable
+from shared.db.errors import unavailable
 from shared.settings import get_settings
 
 _lock = threading.Lock()
@@ -41,7 +41,7 @@ def _note_returned(conn: psycopg.Connection) -> None:
 # No statement of ours on the hot paths runs long (batches are bounded, scans indexed); one that does is
 # waiting on a lock or a stalled server, and holds its caller (and, through the API's group commit, every
 # request sharing its statement) for as long. Cancelled after WAPIPE_DB_STATEMENT_TIMEOUT (20 s) it raises
-# Unavailable like a lost server: a task retries, the API answers 503, under gunicorn's 30 s request
+# TimedOut, an Unavailable: a task retries, the API answers 503, under gunicorn's 30 s request
 # timeout. Set once per connection as the pool opens it; the few reads that may take longer on a big
 # database (the stats aggregates) raise it for their own transaction.
 # TCP keepalives, unless the URL sets its own: a connection to a server that vanished (a failover, a
@@ -112,7 +112,7 @@ def connection() -> Iterator[psycopg.Connection]:
         with get_pool().connection() as conn:
             yield conn
     except psycopg.OperationalError as exc:
-        raise Unavailable(str(exc)) from exc
+        raise unavailable(exc) from exc
 
 
 @contextlib.contextmanager

@@ -16,9 +16,9 @@ from flask.testing import FlaskClient
 
 from ingress import create_app
 from ingress.api.group_store import GroupStore
-from shared.db import messages, outbound_api
+from shared.db import messages, outbound_api, pool
 from shared.db.errors import Unavailable
-from shared.settings import load_settings
+from shared.settings import get_settings, load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER
 from tests.integration.test_inbound_routing import queued
 
@@ -703,6 +703,28 @@ def test_a_database_outage_is_a_503_with_retry_after_in_both_shapes(
     assert legacy.status_code == 503
     assert legacy.get_json()["success"] is False  # every answer of the old shape carries success
     assert legacy.get_json()["error"]["code"] == "database_unavailable"
+    assert stored(db) == []
+
+
+def test_a_statement_timeout_is_a_503_that_says_so_and_stores_nothing(
+    client: FlaskClient, db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Waiting on a lock past the statement timeout is no lost server: the operator is told which it was.
+    monkeypatch.setenv("WAPIPE_DB_STATEMENT_TIMEOUT", "0.3")
+    get_settings.cache_clear()
+    pool.close_pool()
+    try:
+        with psycopg.connect(db.info.dsn) as holder:
+            holder.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            response = post(client, {"to": CO_MOBILE, "type": "text", "text": "hi"})
+    finally:
+        monkeypatch.delenv("WAPIPE_DB_STATEMENT_TIMEOUT")
+        get_settings.cache_clear()
+        pool.close_pool()
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.get_json()["error"]["code"] == "database_timeout"
     assert stored(db) == []
 
 
