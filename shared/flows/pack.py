@@ -145,6 +145,13 @@ class Meta(_Strict):
     menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
     cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
 
+    @field_validator("menu_words", "cancel_words")
+    @classmethod
+    def _folded(cls, words: list[str]) -> list[str]:
+        # The engine compares them with the answer folded (any case, spacing collapsed): a word written
+        # "Cancelar" in the pack would otherwise match nothing anyone sends, and no form could be left.
+        return [" ".join(word.split()).casefold() for word in words]
+
 
 class Pack(_Strict):
     pack: Meta

@@ -1,0 +1,60 @@
+"""The engine with a pack of its own: words a pack author spells as people write them still work."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from shared.flows.engine import advance
+from shared.flows.pack import Pack, parse_pack
+from shared.flows.registry import FlowContext
+from shared.flows.validators import Answer
+
+# Capitalised words, as they would read in the pack's own language: a choice step and the "reply" action
+# touch no database, so the context needs no connection.
+SPANISH = """\
+[pack]
+name = "taller"
+greeting = "¡Hola!"
+menu_words = ["Hola", "Menú"]
+cancel_words = ["Cancelar", "Menú"]
+cancel_hint = "(envía *Cancelar* para volver al menú)"
+
+[[flows]]
+id = "urgencia"
+title = "Urgencia"
+
+  [[flows.steps]]
+  name = "nivel"
+  prompt = "¿Qué tan urgente?"
+  kind = "choice"
+  choices = ["Baja", "Alta"]
+
+  [flows.action]
+  name = "reply"
+  reply = "Urgencia {nivel}."
+"""
+
+
+def _send(pack: Pack, state: dict[str, Any], text: str) -> tuple[dict[str, Any], str]:
+    ctx = FlowContext(conn=None, contact_id=1, conversation_id=1, message_id=1, now=datetime.now(UTC))  # type: ignore[arg-type]
+    outcome = advance(pack, state, Answer(text), ctx)
+    return outcome.state, outcome.text
+
+
+@pytest.mark.parametrize("word", ["Cancelar", "cancelar", "CANCELAR", "menú"])
+def test_a_capitalised_cancel_word_of_the_pack_leaves_the_form(word: str) -> None:
+    pack = parse_pack(SPANISH)
+    state, _ = _send(pack, {}, "1")
+    assert state["flow"] == "urgencia"
+    state, text = _send(pack, state, word)
+    assert state == {"pack": "taller", "flow": None}
+    assert "1. Urgencia" in text
+
+
+def test_a_capitalised_menu_word_of_the_pack_greets() -> None:
+    pack = parse_pack(SPANISH)
+    _, text = _send(pack, {"pack": "taller", "flow": None}, "hola")
+    assert text.startswith("¡Hola!")
