@@ -26,6 +26,7 @@ from shared.flows import registry
 from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step
 from shared.flows.registry import FlowContext, Rejected
 from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, validate
+from shared.flows.words import keyword
 
 MENU_ID_PREFIX = "menu:"
 MAX_BUTTONS = 3
@@ -124,7 +125,7 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
 def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: FlowContext) -> Outcome:
     """Apply one answer to the state: start a flow, take a form's answer, finish it, or show the menu."""
     state = dict(state or {})
-    folded = answer.clean.casefold()
+    folded = keyword(answer.text)
     flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
 
     if flow is None or state.get("step", 0) >= len(flow.steps):

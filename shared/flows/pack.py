@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from shared.flows import registry
 from shared.flows.toml_lines import key_lines, line_of
+from shared.flows.words import keyword
 
 PACKS_DIR = Path(__file__).with_name("packs")
 
@@ -148,9 +149,9 @@ class Meta(_Strict):
     @field_validator("menu_words", "cancel_words")
     @classmethod
     def _folded(cls, words: list[str]) -> list[str]:
-        # The engine compares them with the answer folded (any case, spacing collapsed): a word written
-        # "Cancelar" in the pack would otherwise match nothing anyone sends, and no form could be left.
-        return [" ".join(word.split()).casefold() for word in words]
+        # The engine compares them with the answer folded the same way: a word written "Cancelar" in the
+        # pack would otherwise match nothing anyone sends, and no form could be left.
+        return [keyword(word) for word in words]
 
 
 class Pack(_Strict):

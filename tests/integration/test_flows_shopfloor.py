@@ -131,6 +131,23 @@ def test_cancel_menu_or_zero_goes_back_to_the_menu(chat: Chat, word: str, db: ps
     assert "order number" in chat.send("1").text
 
 
+@pytest.mark.parametrize("word", ["Cancel!", "cancel 🙏", "*cancel*", "Menu.", "0."])
+def test_a_cancel_word_with_punctuation_or_emoji_leaves_a_text_step(
+    chat: Chat, word: str, db: psycopg.Connection
+) -> None:
+    # At a free-text step anything is an answer: read as the description, it filed the report and put
+    # the order on hold, the opposite of what the sender asked for.
+    chat.send("1")
+    chat.send("ORD-12345")
+    chat.send("1")
+    assert "Describe the defect" in chat.send("2").text
+    outcome = chat.send(word)
+    assert "1. Report a defect" in outcome.text
+    assert chat.state == {"pack": "shopfloor", "flow": None}
+    assert db.execute("SELECT count(*) AS n FROM flow_records WHERE kind = 'defect'").fetchone()["n"] == 0
+    assert repository.get_order(db, "ORD-12345")["status"] != "ON HOLD"
+
+
 def test_menu_option_by_tapped_row_or_title(chat: Chat) -> None:
     assert "Which order?" in chat.send("Order status", reply_id="menu:order_status").text
     chat.send("0")
