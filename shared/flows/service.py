@@ -262,9 +262,14 @@ def _process_locked(
             raise _lost(row["id"], target)
         live = repository.conversation_state(conn, target.conversation_id)
         if live is None or live["status"] != "open" or live["opted_out"]:
-            # Handed to a person, closed or opted out: the bot says nothing more in this conversation.
+            # Handed to a person, closed or opted out: the bot says nothing more in this conversation. The
+            # message is settled all the same (as replies.answer_as_bot settles it): left unhandled, it
+            # kept its turn, and the drain after the conversation was handed back answered it, long after
+            # the person had.
             log.info("flows.conversation_not_open", conversation_id=target.conversation_id)
-            break
+            repository.mark_handled(conn, row["id"])
+            conn.commit()
+            continue
         answer = Answer(row["body"] or "", reply_id_from(row["payload"]))
         ctx = FlowContext(
             conn=conn,

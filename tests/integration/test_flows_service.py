@@ -238,6 +238,22 @@ def test_a_handed_off_conversation_gets_no_answer(user: User) -> None:
     assert len(user.replies()) == 1
 
 
+def test_a_message_sent_as_the_conversation_was_handed_over_is_not_answered_once_it_is_handed_back(
+    user: User,
+) -> None:
+    """Dispatched to the flow before the handover, it is settled, not left for a later drain to answer."""
+    six, hello = user.store("6"), user.store("hello?")
+    assert user.step(hello) == 1  # "6" hands the conversation over; "hello?" is for the person
+    assert user.handled(hello)  # its turn ends: the conversation's later messages do not wait for it
+    user.db.execute("UPDATE conversations SET status = 'open' WHERE id = %s", (user.conversation_id,))
+    assert user.step(user.store("2")) == 1
+    assert user.step(six) == 0
+    replies = user.replies()
+    assert len(replies) == 2
+    assert "a member of the team" in replies[0]
+    assert "Which order?" in replies[1]
+
+
 def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
     user.step(user.store("1"))
     Sessions(user.redis).clear(session_key(user.target))  # what 30 minutes without a message does
