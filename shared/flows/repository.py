@@ -7,7 +7,7 @@ that must happen together open ``conn.transaction()`` (a savepoint inside an out
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -15,6 +15,14 @@ from psycopg.types.json import Jsonb
 from shared.db.errors import Duplicate, wrap_errors
 
 Row = dict[str, Any]
+
+
+class ReplyKeys(NamedTuple):
+    """The idempotency keys of a message's reply and of the apology for it (shared/replies.py)."""
+
+    reply_key: str
+    apology_key: str
+
 
 _GET_ORDER = "SELECT * FROM orders WHERE number = %(number)s"
 _HOLD_ORDER = """
@@ -61,15 +69,26 @@ WHERE c.id = %(conversation_id)s
 # redelivered after its session expired must not replay its step on an empty state).
 # Ages are measured with the database's now(), the clock that stamped created_at: a worker whose own clock
 # runs fast or slow must neither pass over a message the router is still deciding on nor wait too long.
-_PENDING_INBOUND = """
+# Whether a message was answered only by the apology of a run that gave up on it (shared/replies.py
+# apologise, under ``%(apology_key)s``): handled, yet its own reply (``%(reply_key)s``) is still owed, which a
+# replay of its dead letter (``wapipe dlq replay``) is there to send.
+_APOLOGISED_ONLY = """(
+    EXISTS (SELECT FROM messages a WHERE a.idempotency_key = %(apology_key)s)
+    AND NOT EXISTS (SELECT FROM messages r WHERE r.idempotency_key = %(reply_key)s)
+)"""
+# The step's own message is also there when it is handled but _APOLOGISED_ONLY (its keys are the
+# step's own message's).
+_PENDING_INBOUND = f"""
 SELECT id, body, payload, created_at, routed_at,
        created_at < now() - make_interval(secs => %(grace_seconds)s) AS past_grace
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'
-  AND id > %(after_id)s AND id <= %(upto_id)s AND handled_at IS NULL
+  AND id > %(after_id)s AND id <= %(upto_id)s
+  AND (handled_at IS NULL OR (id = %(upto_id)s AND {_APOLOGISED_ONLY}))
   AND (created_at >= now() - make_interval(secs => %(max_age_seconds)s) OR id = %(upto_id)s)
 ORDER BY id
-"""
+"""  # noqa: S608 - constant subquery, no input
+_IS_APOLOGISED_ONLY = f"SELECT {_APOLOGISED_ONLY} AS owed"
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
 _IS_HANDLED = "SELECT handled_at IS NOT NULL AS handled FROM messages WHERE id = %(id)s"
 
@@ -169,9 +188,11 @@ def pending_inbound(
     *,
     max_age_seconds: float,
     grace_seconds: float,
+    reply_keys: ReplyKeys,
 ) -> list[Row]:
     """Unhandled inbound messages after ``after_id`` up to ``upto_id``, those stored more than
-    ``max_age_seconds`` ago left out (``upto_id`` itself always in); ``past_grace``: stored more than
+    ``max_age_seconds`` ago left out (``upto_id`` itself always in, and also when handled, if only by an
+    apology: ``reply_keys`` are its reply's and its apology's); ``past_grace``: stored more than
     ``grace_seconds`` ago. Both ages by the database's clock."""
     params = {
         "conversation_id": conversation_id,
@@ -179,8 +200,15 @@ def pending_inbound(
         "upto_id": upto_id,
         "max_age_seconds": max_age_seconds,
         "grace_seconds": grace_seconds,
+        **reply_keys._asdict(),
     }
     return conn.execute(_PENDING_INBOUND, params).fetchall()
+
+
+def apologised_only(conn: psycopg.Connection, reply_keys: ReplyKeys) -> bool:
+    """Whether a message was answered only by an apology: its reply (``reply_keys``) is still owed."""
+    row = conn.execute(_IS_APOLOGISED_ONLY, reply_keys._asdict()).fetchone()
+    return bool(row and row["owed"])
 
 
 def db_now(conn: psycopg.Connection) -> datetime:

@@ -37,6 +37,11 @@ Ordering and exactly-once across several ``flows`` worker processes:
   is unmarked: queues the saved reply (stored once, under its key) and marks it handled. A redelivered
   task whose message is at or below the saved id does nothing more, so a flow never advances twice. The
   lock expires (``LOCK_SECONDS``) if its holder dies.
+- A step that gave up on its message for good had its sender sent an apology, which marks the message
+  handled (shared/replies.py ``apologise``). Its dead letter replayed (``wapipe dlq replay``), the step
+  still answers its own message while its reply is missing: the saved reply if the state was saved, else
+  the step itself. Never another's: a drain passes such an earlier message over, its sender asked to send
+  it again.
 - Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
   i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
@@ -74,6 +79,7 @@ from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
 from shared.logging import get_logger
 from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_key
+from shared.replies import APOLOGY_KEY, reply_key
 from shared.sessions import Sessions
 from shared.settings import get_settings
 
@@ -227,10 +233,14 @@ def _process_locked(
     session = sessions.load(session_key(target))
     state = session.get(SESSION_KEY) or {}
     cursor = state.get(CURSOR_FIELD)
+    keys = reply_keys(target.message_id)
     if isinstance(cursor, int):
         # Only the cursor: an earlier id may be a message the drain passed over, which the flow never
         # answered. (A state saved by a version that queued the reply before the save has no reply to send.)
-        if not repository.is_handled(conn, cursor):
+        # The step's own message, saved but answered only by an apology, is owed its reply (a replay).
+        if not repository.is_handled(conn, cursor) or (
+            cursor == target.message_id and repository.apologised_only(conn, keys)
+        ):
             _finish(conn, cursor, state, reply)
         if target.message_id <= cursor:
             conn.commit()
@@ -243,6 +253,7 @@ def _process_locked(
         target.message_id,
         max_age_seconds=get_settings().session_ttl_seconds,
         grace_seconds=UNROUTED_GRACE.total_seconds(),
+        reply_keys=keys,
     )
     conn.commit()
     if not rows or rows[-1]["id"] != target.message_id:
@@ -293,6 +304,11 @@ def _process_locked(
         _finish(conn, row["id"], state, reply)
         handled += 1
     return handled
+
+
+def reply_keys(message_id: int) -> repository.ReplyKeys:
+    """The keys of the reply to inbound ``message_id`` and of the apology of a step that gave up on it."""
+    return repository.ReplyKeys(reply_key(message_id), reply_key(message_id, APOLOGY_KEY))
 
 
 def _finish(conn: psycopg.Connection, message_id: int, state: dict[str, Any], reply: ReplyFn) -> None:

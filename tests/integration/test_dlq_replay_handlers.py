@@ -17,16 +17,20 @@ import psycopg
 import pytest
 import redis
 
+from shared import replies as replies_module
 from shared.cli import main as wapipe
 from shared.commands.dlq import replay
 from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.db.errors import Unavailable
+from shared.queues import handler_key
 from shared.sessions import Sessions
+from tests.integration.flows_support import add_inbound, make_conversation
 from tests.integration.test_bot_workers import PHONE, replies, store_inbound
 from tests.integration.test_inbound_routing import queued
 from tests.integration.test_stage_give_up import database_down, dispatched, letters
 from workers import ai as ai_worker
 from workers import commands as commands_worker
+from workers import flows as flows_worker
 from workers import persist  # noqa: F401 - registers persist.save_proposal, which a replayed parse enqueues
 from workers import signals as give_up  # connects the task_failure handler in this process, as a worker does
 
@@ -129,6 +133,68 @@ def test_a_replayed_proposal_is_saved_and_confirmed(
     [apology, confirmation] = replies(db)
     assert apology == give_up.APOLOGY
     assert confirmation.startswith("✅ Proposal saved: 2 items")
+
+
+def given_up_step(
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    where: tuple[Any, str] = (flows_worker, "step"),
+) -> int:
+    """A menu flow's ``flows.step`` that gave up on a "hi", ``where`` (an object and the name on it) refusing
+    with PostgreSQL unreachable; returns the message id."""
+    contact_id, conversation_id = make_conversation(db, PHONE)
+    message_id = add_inbound(db, contact_id, conversation_id, "hi")
+    db.execute(
+        "UPDATE messages SET dispatched_at = now(), dispatched_to = 'flows.step' WHERE id = %s", (message_id,)
+    )
+    redis_client.set(handler_key(message_id), 1)
+
+    def refused(*_: Any) -> None:
+        raise Unavailable("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(*where, refused)
+        assert flows_worker.step_task.apply(kwargs={"message_id": message_id}).state == "FAILURE"
+    assert replies(db) == [give_up.APOLOGY]
+    return message_id
+
+
+def test_a_replayed_menu_step_sends_its_real_reply_once(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id = given_up_step(db, redis_client, monkeypatch)
+    [letter] = letters(db)
+    assert letter["task_name"] == "flows.step"
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "flows") == ["SUCCESS"]
+
+    # Before: the step found its message handled (by the apology) and did nothing; "replayed", all the same.
+    [apology, menu] = replies(db)
+    assert apology == give_up.APOLOGY
+    assert "1. Report a defect" in menu
+    assert keys(db)[1] == f"reply:{message_id}"
+
+    # The replayed task redelivered: nothing more is stored, the flow does not advance twice.
+    flows_worker.step_task.apply(kwargs={"message_id": message_id})
+    assert len(replies(db)) == 2
+
+
+def test_a_replayed_menu_step_that_had_saved_its_answer_sends_the_saved_reply(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The step saved its new state, then could not store its reply: the state says the message is done.
+    message_id = given_up_step(db, redis_client, monkeypatch, where=(replies_module, "queue_reply"))
+    [letter] = letters(db)
+
+    assert replay(letter["id"]).result == "replayed"
+    assert run_queued(redis_client, "flows") == ["SUCCESS"]
+
+    [apology, menu] = replies(db)
+    assert apology == give_up.APOLOGY
+    assert "1. Report a defect" in menu
+    assert keys(db)[1] == f"reply:{message_id}"
 
 
 def test_a_letter_the_user_has_written_after_is_refused_unless_forced(
