@@ -1,4 +1,5 @@
-"""Queue ``commands``: slash commands from linked users, and linking instructions for unlinked ones.
+"""Queue ``commands``: slash commands from linked users, and linking instructions for unlinked ones (or,
+when the sender's VERIFY was handled after routing, the proposal their free text is).
 
 The answer comes from the plain function ``shared.bot.commands.respond``; the reply is queued with the
 idempotency key ``reply:<message id>``. A redelivered task whose reply already exists does not run the
@@ -18,7 +19,8 @@ from shared.logging import get_logger
 from shared.queues import get_publisher
 from shared.replies import answer, reply_key
 from shared.sessions import Sessions
-from workers import stage_task
+from shared.settings import Mode
+from workers import ai, inbound, stage_task
 from workers.ordering import take_turn
 
 log = get_logger(__name__)
@@ -43,9 +45,21 @@ def handle(message_id: int, sessions: Sessions | None = None, task: Task | None 
         return answer(message_id, _ALREADY_ANSWERED)
     record = start.record
     sessions = sessions or Sessions(get_publisher().redis)
+    if record.user_id is not None and _proposal_once_linked(record.body):
+        # Routing sends a linked user's free text to ai.parse_proposal; this one came here because it was
+        # routed before the sender's VERIFY, sent just ahead of it, was handled. Handled in its turn, the
+        # link is there now: the text becomes the proposal it would have been, not the help.
+        ai.parse_message(message_id, sessions)
+        return None
     user = ChatUser(record.user_key, record.user_id, has_phone=record.phone is not None)
     text = respond(record.body or "", user, sessions)
     return answer(message_id, text)
+
+
+def _proposal_once_linked(body: str | None) -> bool:
+    # Routing's own rule, with the link it could not see yet (only project mode routes here).
+    handler = inbound.pick_handler(inbound.collapse(body), linked=True, mode=Mode.project)
+    return handler == "ai.parse_proposal"
 
 
 # Ordered all the same: handle() takes the turn itself, read with the message in one statement.

@@ -211,7 +211,7 @@ def _store_new(
             message_id=stored.message_id,
             contact_id=stored.contact_id,
             type=inbound.type,
-            text=_collapse(columns["body"]),
+            text=collapse(columns["body"]),
             reply_id=inbound.reply.id if inbound.reply is not None else None,
             user_key=stored.phone or stored.bsuid or f"contact:{stored.contact_id}",
             opted_out=bool(stored.opted_out),
@@ -286,7 +286,7 @@ def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
         message_id=message_id,
         contact_id=contact.id,
         type=MessageType(record.type),
-        text=_collapse(record.body),
+        text=collapse(record.body),
         reply_id=(record.payload.get("reply") or {}).get("id"),
         user_key=record.user_key,
         opted_out=contact.opted_out,
@@ -296,7 +296,8 @@ def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
     )
 
 
-def _collapse(body: str | None) -> str:
+def collapse(body: str | None) -> str:
+    """A message's text as routing reads it: whitespace runs as one space, none at the ends."""
     return " ".join((body or "").split())
 
 

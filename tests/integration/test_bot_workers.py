@@ -152,6 +152,24 @@ def test_commands_for_unlinked_and_linked_numbers(
     assert sessions.load(PHONE) == {}
 
 
+def test_free_text_routed_before_its_verify_was_handled_still_becomes_a_proposal(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    # "VERIFY 123456" then "fix the login page" at once: routing picks the second's handler before the
+    # first is handled, so it saw no link and sent the text here. Handled in turn, after the VERIFY, the
+    # link is there: the text is the user's first proposal, not the help.
+    seed(PHONE)
+    commands_worker.handle(store_inbound(db, "/project mobile"), sessions)
+    answered = len(replies(db))
+
+    message_id = store_inbound(db, "fix the login page by Friday")
+    commands_worker.handle(message_id, sessions)
+
+    assert len(replies(db)) == answered
+    assert [task for task, _ in queued(redis_client, "persist")] == ["persist.save_proposal"]
+    assert queued(redis_client, "persist")[0][1]["message_id"] == message_id
+
+
 def notify_jobs(redis_client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
     return queued(redis_client, "notify")
 
