@@ -48,8 +48,11 @@ def allowed(step: Step) -> str:
     if step.kind == "choice":
         return f"Please reply with a number from 1 to {len(step.choices)}:\n{_numbered(step.choices)}"
     if step.kind == "regex":
-        example = f" (e.g. {step.example})" if step.example else ""
-        return f"That doesn't look right. Please send it in the format {step.pattern}{example}."
+        # Never the pattern itself: "ORD-\d+" means nothing to the person typing; a pack whose step has
+        # no example should give it an error text that says what is wanted.
+        if step.example:
+            return f"That doesn't look right. Please send it like {step.example}."
+        return "That doesn't look right. Please check it and send it again."
     if step.kind == "number":
         kind = "a whole number" if step.integer else "a number"
         if step.min is not None and step.max is not None:

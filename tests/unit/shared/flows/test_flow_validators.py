@@ -8,7 +8,7 @@ import pytest
 
 from shared.flows import sla
 from shared.flows.pack import Step
-from shared.flows.validators import Answer, Invalid, validate
+from shared.flows.validators import Answer, Invalid, allowed, validate
 
 CHOICE = Step(name="severity", prompt="?", kind="choice", choices=["Low", "Medium", "High"])
 ORDER = Step(name="order", prompt="?", kind="regex", pattern=r"ORD-\d+", example="ORD-12345")
@@ -54,6 +54,13 @@ def test_regex_is_case_insensitive_and_normalised_to_upper() -> None:
     for bad in ("12345", "ORD-12345x", "ORD-", "order ORD-1"):
         with pytest.raises(Invalid, match="ORD-12345"):
             validate(ORDER, Answer(bad))
+
+
+def test_a_wrong_format_is_explained_by_its_example_never_by_the_raw_pattern() -> None:
+    # A WhatsApp user cannot read "ORD-\d+"; the example says the same to them.
+    assert allowed(ORDER) == "That doesn't look right. Please send it like ORD-12345."
+    bare = Step(name="code", prompt="?", kind="regex", pattern=r"[A-Z]{3}\d{4}")
+    assert allowed(bare) == "That doesn't look right. Please check it and send it again."
 
 
 def test_number_range() -> None:
