@@ -37,7 +37,7 @@ UNMATCHED = "unmatched"  # no route (404) or a route without this method (405): 
 WEBHOOKS = Counter(
     "wapipe_webhooks_received",
     "Webhook requests by provider, kind (message, status, unknown) and outcome "
-    "(enqueued, duplicate, forbidden, malformed, too_large, unavailable).",
+    "(enqueued, duplicate, forbidden, malformed, too_large, unavailable, other_channel).",
     ["provider", "kind", "outcome"],
 )
 SIGNATURE_FAILURES = Counter(

@@ -29,7 +29,7 @@ from ingress.state import SETTINGS_KEY, current_settings
 from shared.logging import get_logger
 from shared.providers.twilio.signature import HEADER, SETTINGS_HEADER, Verifier
 from shared.wire.events import InboundMessage
-from shared.wire.twilio import OUR_ID_PARAM, MalformedWebhook, parse
+from shared.wire.twilio import OUR_ID_PARAM, MalformedWebhook, OtherChannel, parse
 
 log = get_logger(__name__)
 
@@ -83,6 +83,12 @@ def receive() -> Any:
         WEBHOOKS.labels(PROVIDER, "unknown", "malformed").inc()
         log.info("twilio.malformed_webhook", reason=str(exc))
         return api_error(400, "malformed_payload", str(exc))
+    except OtherChannel as exc:
+        # Acknowledged, so Twilio neither retries it nor reports an error, and left unanswered: a reply would
+        # go by WhatsApp to someone who wrote by SMS.
+        WEBHOOKS.labels(PROVIDER, "message", "other_channel").inc()
+        log.info("twilio.other_channel_ignored", channel=exc.channel[:16])
+        return Response(EMPTY_TWIML, mimetype="text/xml")
 
     if isinstance(event, InboundMessage):
         kind, job = "message", route_job(event)

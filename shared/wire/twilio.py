@@ -85,6 +85,20 @@ class MalformedWebhook(ValueError):
     """The payload cannot be a Twilio message or status callback; the message says what is missing."""
 
 
+class OtherChannel(Exception):
+    """An inbound message that came by another channel than WhatsApp (SMS, Messenger, RCS) to a number that
+    also takes those on the same webhook URL: not ours to answer."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"a message by {channel}, not WhatsApp")
+        self.channel = channel
+
+
+# Twilio addresses a WhatsApp user as ``whatsapp:+E164``; an SMS sender is a bare number, other channels
+# have their own prefix (``messenger:``, ``rcs:``).
+WHATSAPP_PREFIX = "whatsapp:"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, coerce_numbers_to_str=True)
 
@@ -136,7 +150,8 @@ def parse(
     """A webhook's parameters (first value per key, e.g. ``request.form.to_dict()``) -> one event.
     ``our_message_id``: the :data:`OUR_ID_PARAM` query parameter of the URL Twilio called (signed with it).
 
-    Raises :class:`MalformedWebhook` when required fields are missing or unusable.
+    Raises :class:`MalformedWebhook` when required fields are missing or unusable, and
+    :class:`OtherChannel` for an inbound message that did not come by WhatsApp.
     """
     if is_status_callback(params):
         return parse_status(params, region=region, our_message_id=our_message_id)
@@ -149,6 +164,9 @@ def parse_inbound(params: Mapping[str, Any], *, region: str = "US") -> InboundMe
         msg = TwilioInbound.model_validate(raw)
     except ValidationError as exc:
         raise MalformedWebhook(_missing("inbound message", exc)) from None
+    if not msg.from_.lower().startswith(WHATSAPP_PREFIX):
+        channel, colon, _ = msg.from_.partition(":")
+        raise OtherChannel(channel.lower() if colon else "sms")
     business = provider_phone(msg.to, region)
     if business is None:
         raise MalformedWebhook("To is not a phone number")

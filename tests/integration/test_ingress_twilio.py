@@ -95,6 +95,20 @@ def test_same_message_sid_three_times_enqueues_once(client: FlaskClient, redis_c
     assert redis_client.llen("inbound") == 1
 
 
+@pytest.mark.parametrize("channel", ["", "messenger:", "rcs:"])
+def test_a_message_of_another_channel_is_acknowledged_and_not_enqueued(
+    client: FlaskClient, redis_client: redis.Redis, channel: str
+) -> None:
+    # A Twilio number can take SMS (or Messenger, RCS) on the same webhook URL: answering those would mean
+    # WhatsApp replies to people who wrote by SMS. Acknowledged, so Twilio neither retries nor logs 11200.
+    raw = body("inbound_text.txt").replace("whatsapp%3A", channel.replace(":", "%3A"))
+    assert "whatsapp" not in raw
+    response = post(client, raw, signed_headers(raw))
+    assert response.status_code == 200
+    assert response.data == TWIML
+    assert redis_client.llen("inbound") == 0
+
+
 def test_status_callback_goes_to_status_queue(client: FlaskClient, redis_client: redis.Redis) -> None:
     raw = body("status_failed.txt")
     assert post(client, raw, signed_headers(raw)).status_code == 200
