@@ -118,8 +118,8 @@ def _mark_delivery(key: str) -> None:
 
 
 def _signature_refusal(raw: bytes) -> Response | None:
-    secret, variable = current_settings().kapso_webhook_secret, "KAPSO_WEBHOOK_SECRET"
-    return signature_refusal(PROVIDER, raw, secret, variable, signature.HEADER, signature.is_valid)
+    secrets, variable = current_settings().signing_secrets("kapso_webhook_secret"), "KAPSO_WEBHOOK_SECRET"
+    return signature_refusal(PROVIDER, raw, secrets, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:

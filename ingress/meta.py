@@ -99,8 +99,8 @@ def receive() -> Any:
 
 
 def _signature_refusal(raw: bytes) -> Response | None:
-    secret, variable = current_settings().meta_app_secret, "META_APP_SECRET"
-    return signature_refusal(PROVIDER, raw, secret, variable, signature.HEADER, signature.is_valid)
+    secrets, variable = current_settings().signing_secrets("meta_app_secret"), "META_APP_SECRET"
+    return signature_refusal(PROVIDER, raw, secrets, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:

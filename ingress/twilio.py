@@ -48,10 +48,8 @@ MAX_BODY_BYTES = 128 * 1024
 @bp.record_once
 def _prepare_verifier(state: BlueprintSetupState) -> None:
     settings = state.app.extensions[SETTINGS_KEY]
-    token = settings.twilio_auth_token
-    state.app.extensions[VERIFIER_KEY] = (
-        Verifier(token.get_secret_value(), settings.public_url) if token else None
-    )
+    tokens = settings.signing_secrets("twilio_auth_token")
+    state.app.extensions[VERIFIER_KEY] = Verifier(tokens, settings.public_url) if tokens else None
 
 
 @bp.get("")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flask import Response, request
-from pydantic import SecretStr
 
 from ingress.errors import api_error
 from ingress.metrics import SIGNATURE_FAILURES, WEBHOOKS
@@ -18,17 +17,18 @@ log = get_logger(__name__)
 def signature_refusal(
     provider: str,
     raw: bytes,
-    secret: SecretStr | None,
+    secrets: Sequence[str],
     variable: str,
     header: str,
     is_valid: Callable[[str, bytes, str], bool],
 ) -> Response | None:
-    """A 403 (counted) when the request's ``header`` is missing or is not the HMAC of ``raw`` with the
-    secret that the environment ``variable`` holds; None when the signature is right or the explicit
+    """A 403 (counted) when the request's ``header`` is missing or is not the HMAC of ``raw`` with one of
+    ``secrets``: the one the environment ``variable`` holds, and its secondary during a rotation
+    (:meth:`Settings.signing_secrets`). None when the signature is right or the explicit
     ``WAPIPE_INSECURE_SKIP_SIGNATURES`` is on."""
     if current_settings().insecure_skip_signatures:
         return None
-    refusal = _refusal(provider, raw, secret, variable, header, is_valid)
+    refusal = _refusal(provider, raw, secrets, variable, header, is_valid)
     if refusal is not None:
         SIGNATURE_FAILURES.labels(provider).inc()
         WEBHOOKS.labels(provider, "unknown", "forbidden").inc()
@@ -38,19 +38,19 @@ def signature_refusal(
 def _refusal(
     provider: str,
     raw: bytes,
-    secret: SecretStr | None,
+    secrets: Sequence[str],
     variable: str,
     header: str,
     is_valid: Callable[[str, bytes, str], bool],
 ) -> Response | None:
-    if secret is None:
+    if not secrets:
         return api_error(
             403, "signature_unverifiable", f"{variable} is not set: signatures cannot be verified"
         )
     value = request.headers.get(header)
     if not value:
         return api_error(403, "signature_missing", f"missing {header} header")
-    if not is_valid(secret.get_secret_value(), raw, value):
+    if not any(is_valid(secret, raw, value) for secret in secrets):
         log.warning(f"{provider}.signature_invalid")
         return api_error(403, "signature_invalid", f"{header} does not match this request")
     return None

@@ -85,6 +85,15 @@ def _env(name: str, **kwargs: Any) -> Any:
     return Field(validation_alias=name, **kwargs)
 
 
+# The webhook secrets that may have a secondary, accepted beside them during a rotation (Settings' fields).
+_SECONDARY_SECRETS = {
+    "twilio_secondary_auth_token": "twilio_auth_token",
+    "meta_secondary_app_secret": "meta_app_secret",
+    "kapso_secondary_webhook_secret": "kapso_webhook_secret",
+}
+_SECONDARY_OF = {primary: secondary for secondary, primary in _SECONDARY_SECRETS.items()}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=False)
 
@@ -148,6 +157,11 @@ class Settings(BaseSettings):
 
     twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", default=None)
     twilio_auth_token: SecretStr | None = _env("TWILIO_AUTH_TOKEN", default=None)
+    # Each provider signs webhooks with its new secret the moment it is rotated (Twilio's promoted secondary
+    # token, a reset Meta app secret, a regenerated Kapso secret), and Twilio does not retry a refused
+    # webhook. A secondary is accepted for webhook signatures beside the primary while a rotation lasts;
+    # never used to call the providers' APIs.
+    twilio_secondary_auth_token: SecretStr | None = _env("WAPIPE_TWILIO_SECONDARY_AUTH_TOKEN", default=None)
     twilio_whatsapp_number: str | None = _env("TWILIO_WHATSAPP_NUMBER", default=None)
     # Only for pointing the SDK at a local fake API in tests; production leaves it unset.
     twilio_api_url: str | None = _env("WAPIPE_TWILIO_API_URL", default=None)
@@ -158,12 +172,16 @@ class Settings(BaseSettings):
     )
 
     meta_app_secret: SecretStr | None = _env("META_APP_SECRET", default=None)
+    meta_secondary_app_secret: SecretStr | None = _env("WAPIPE_META_SECONDARY_APP_SECRET", default=None)
     meta_verify_token: SecretStr | None = _env("META_VERIFY_TOKEN", default=None)
     meta_access_token: SecretStr | None = _env("META_ACCESS_TOKEN", default=None)
     meta_phone_number_id: str | None = _env("META_PHONE_NUMBER_ID", default=None)
     meta_graph_url: str = _env("META_GRAPH_URL", default="https://graph.facebook.com/v21.0")
 
     kapso_webhook_secret: SecretStr | None = _env("KAPSO_WEBHOOK_SECRET", default=None)
+    kapso_secondary_webhook_secret: SecretStr | None = _env(
+        "WAPIPE_KAPSO_SECONDARY_WEBHOOK_SECRET", default=None
+    )
     kapso_api_key: SecretStr | None = _env("KAPSO_API_KEY", default=None)
     # Kapso's Meta-compatible proxy (https://docs.kapso.ai/docs/how-to/whatsapp/use-meta-proxy).
     kapso_api_url: str = _env("KAPSO_API_URL", default="https://api.kapso.ai/meta/whatsapp/v24.0")
@@ -254,6 +272,14 @@ class Settings(BaseSettings):
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
+    def _secondary_secrets_beside_their_primary(self) -> Settings:
+        # A secondary alone would go on checking webhooks after the rotation it was set for, unnoticed.
+        for secondary, primary in _SECONDARY_SECRETS.items():
+            if getattr(self, secondary) and not getattr(self, primary):
+                raise ValueError(f"{_variable(secondary)} is only accepted beside {_variable(primary)}")
+        return self
+
+    @model_validator(mode="after")
     def _provider_has_credentials(self) -> Settings:
         needs = {
             ProviderName.twilio: ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "TWILIO_WHATSAPP_NUMBER"),
@@ -265,6 +291,12 @@ class Settings(BaseSettings):
         if self.ai == AIBackend.openai and not self.openai_api_key:
             raise ValueError("WAPIPE_AI=openai needs OPENAI_API_KEY")
         return self
+
+    def signing_secrets(self, primary: str) -> list[str]:
+        """The secrets a webhook may be signed with, for the field ``primary`` (``meta_app_secret``...): the
+        primary, then its secondary when set; none when the primary is unset."""
+        chosen = (getattr(self, primary), getattr(self, _SECONDARY_OF[primary]))
+        return [secret.get_secret_value() for secret in chosen if secret is not None and chosen[0]]
 
     @property
     def active_provider(self) -> ProviderName:
@@ -311,3 +343,8 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read on first use."""
     return load_settings()
+
+
+def _variable(field: str) -> str:
+    """The environment variable a field of :class:`Settings` is read from."""
+    return str(Settings.model_fields[field].validation_alias)

@@ -102,18 +102,22 @@ class Verifier:
     """Checks Twilio signatures for requests to ``public_url`` + path; one per process, thread-safe.
 
     ``public_url`` is ``WAPIPE_PUBLIC_URL``: the scheme, host and any path prefix Twilio calls (the part
-    a reverse proxy strips before the request reaches us).
+    a reverse proxy strips before the request reaches us). ``auth_tokens``: the account's auth token, and
+    during a rotation its secondary; a signature by any of them is valid.
     """
 
-    def __init__(self, auth_token: str, public_url: str) -> None:
-        key = auth_token.encode()
+    def __init__(self, auth_tokens: Sequence[str], public_url: str) -> None:
+        if isinstance(auth_tokens, str):
+            # One token passed bare would be taken as one token per character.
+            raise TypeError("auth_tokens is a sequence of tokens, not one token")
         self._prepared: dict[str, tuple[Any, ...]] = {}
         for algorithm, digest in _DIGESTS.items():
             states = []
-            for base in url_variants(public_url.rstrip("/")):
-                state = hmac.new(key, digestmod=digest)
-                state.update(base.encode())
-                states.append(state)
+            for token in auth_tokens:
+                for base in url_variants(public_url.rstrip("/")):
+                    state = hmac.new(token.encode(), digestmod=digest)
+                    state.update(base.encode())
+                    states.append(state)
             self._prepared[algorithm] = tuple(states)
 
     def is_valid_form(
@@ -161,6 +165,6 @@ class Verifier:
         for prepared in states:
             mac = prepared.copy()
             mac.update(suffix)
-            # No early exit: both variants are always computed and compared.
+            # No early exit: every variant (and token) is always computed and compared.
             valid |= hmac.compare_digest(base64.b64encode(mac.digest()), given)
         return valid

@@ -74,7 +74,7 @@ def _signature(rng: random.Random, url: str, params: object, token: str) -> str:
 def test_form_signatures_match_request_validator(seed: int) -> None:
     rng = random.Random(seed)
     sdk = RequestValidator(TOKEN)
-    verifiers = {base: Verifier(TOKEN, base) for base in BASES}
+    verifiers = {base: Verifier([TOKEN], base) for base in BASES}
     agreed_valid = 0
     for _ in range(1500):
         base = rng.choice(BASES)
@@ -98,7 +98,7 @@ def test_form_signatures_match_request_validator(seed: int) -> None:
 def test_json_body_signatures_match_request_validator(seed: int) -> None:
     rng = random.Random(100 + seed)
     sdk = RequestValidator(TOKEN)
-    verifiers = {base: Verifier(TOKEN, base) for base in BASES}
+    verifiers = {base: Verifier([TOKEN], base) for base in BASES}
     agreed_valid = 0
     for _ in range(800):
         base = rng.choice(BASES)
@@ -122,7 +122,7 @@ def test_json_body_signatures_match_request_validator(seed: int) -> None:
 
 
 def test_json_body_without_body_hash_is_refused() -> None:
-    verifier = Verifier(TOKEN, "https://example.com")
+    verifier = Verifier([TOKEN], "https://example.com")
     url = "https://example.com/webhooks/twilio"
     signature = RequestValidator(TOKEN).compute_signature(url, {})
     assert not verifier.is_valid_body("/webhooks/twilio", "", b'{"a": 1}', signature)
@@ -136,13 +136,13 @@ def test_repeated_keys_and_unicode_sign_like_the_sdk() -> None:
     url = "https://example.com/webhooks/twilio"
     expected = RequestValidator(TOKEN).compute_signature(url, form)
     assert sign(TOKEN, url, form.lists()) == expected
-    assert Verifier(TOKEN, "https://example.com").is_valid_form("/webhooks/twilio", form.lists(), expected)
+    assert Verifier([TOKEN], "https://example.com").is_valid_form("/webhooks/twilio", form.lists(), expected)
 
 
 def test_sha256_algorithm_header_like_the_sdk() -> None:
     url = "https://example.com/webhooks/twilio"
     form = MultiDict([("MessageSid", "SM1"), ("Body", "hi")])
-    verifier = Verifier(TOKEN, "https://example.com")
+    verifier = Verifier([TOKEN], "https://example.com")
     header = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
     assert algorithm_from_header(header) == get_signature_algorithm(header).upper()
     sha256_sig = RequestValidator(TOKEN).compute_signature(url, form, "HMAC_SHA256")
@@ -155,5 +155,5 @@ def test_sha256_algorithm_header_like_the_sdk() -> None:
 
 @pytest.mark.parametrize("signature", [None, "", "ñ-not-base64"])
 def test_missing_or_garbage_signature_is_invalid(signature: str | None) -> None:
-    verifier = Verifier(TOKEN, "https://example.com")
+    verifier = Verifier([TOKEN], "https://example.com")
     assert not verifier.is_valid_form("/webhooks/twilio", [("Body", "hi")], signature)
