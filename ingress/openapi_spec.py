@@ -658,7 +658,12 @@ OPERATIONS: dict[str, Operation] = {
     "GET /api/v1/stats": Operation(
         "stats",
         "Activity figures overall, per provider and per business number",
-        {200: Reply("The figures.", Stats)},
+        {
+            200: Reply(
+                "The figures, computed at most every 30 s by each server process: generated_at says when.",
+                Stats,
+            )
+        },
         api_key=True,
     ),
     # sessions

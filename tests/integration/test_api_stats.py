@@ -7,6 +7,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from ingress.api import stats as stats_api
 from shared.settings import load_settings
 from tests.integration import history_seed as seed
 
@@ -97,3 +98,24 @@ def test_stats_of_an_empty_database_are_zero(client: FlaskClient) -> None:
     assert body["overall"] == _figures(0, 0, 0, None, 0, 0, 0, 0)
     assert body["by_provider"] == []
     assert body["by_number"] == []
+
+
+def test_one_answer_serves_every_caller_for_a_while(client: FlaskClient, db: psycopg.Connection) -> None:
+    # Each answer is two scans of the biggest tables: a dashboard polling every few seconds must not keep
+    # PostgreSQL scanning. Within MAX_AGE_SECONDS a process answers what it computed, dated when it did.
+    first = client.get("/api/v1/stats", headers=KEY).get_json()
+    _seed(db)
+    again = client.get("/api/v1/stats", headers=KEY).get_json()
+    assert again == first
+    assert again["overall"]["messages_in"] == 0
+
+
+def test_an_answer_older_than_its_max_age_is_computed_again(
+    client: FlaskClient, db: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = client.get("/api/v1/stats", headers=KEY).get_json()
+    _seed(db)
+    monkeypatch.setattr(stats_api, "MAX_AGE_SECONDS", 0.0)
+    later = client.get("/api/v1/stats", headers=KEY).get_json()
+    assert later["generated_at"] > first["generated_at"]
+    assert later["overall"]["messages_in"] == 7
