@@ -64,7 +64,10 @@ _EARLIER_PENDING = f"""EXISTS (
 # the state and NULL message columns, and "no such message" is no row at all. A concurrent claimer that
 # takes the own row between snapshot and UPDATE leaves the state saying 'queued' with nothing claimed:
 # the task then stands back. ``own_behind`` is looked up only for a queued message, the one case that
-# reads it: most jobs find their message already taken by another batch.
+# reads it: most jobs find their message already taken by another batch. ``picked`` writes "due" as
+# ``COALESCE(send_after, '-infinity') <= now()``, the expression messages_outbound_queued_due (migration
+# 0016) holds beside the id: its walk, oldest first, passes over messages backed off to a later send_after
+# inside the index rather than reading each from the table (see the migration for the figures).
 _STATE = f"""status AS own_status, claimed_by AS own_claimed_by,
            extract(epoch FROM now() - updated_at)::float AS own_age,
            extract(epoch FROM send_after - now())::float AS own_due_in,
@@ -82,7 +85,7 @@ WITH own_state AS (
 ), picked AS (
     SELECT id FROM messages
     WHERE EXISTS (SELECT 1 FROM own) AND direction = 'out' AND status = 'queued' AND id <> %(id)s
-      AND (send_after IS NULL OR send_after <= now()) AND NOT {_EARLIER_PENDING}
+      AND COALESCE(send_after, '-infinity') <= now() AND NOT {_EARLIER_PENDING}
     ORDER BY id
     LIMIT %(more)s
     FOR UPDATE SKIP LOCKED
