@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import redis
 
+from shared.broker import Channel
 from tests.integration.chaos.harness import (
     POOLS,
     WORKER_ENV,
@@ -39,6 +41,19 @@ MESSAGES = 300
 OUTAGE_SECONDS = 3.0
 # Four senders, one webhook each per interval: ~40/s, spread over the run.
 SEND_INTERVAL_SECONDS = 0.1
+# What a worker logs when Redis went away while it held messages (shared/broker.py), and once it put them
+# back: the proof that the restart hit tasks in flight, not idle workers.
+HELD_WHEN_REDIS_WENT = "what Redis did not confirm goes back on its queue on reconnect"
+PUT_BACK = "broker back; what it did not confirm is back on its queue"
+
+
+def workers_hold_messages(broker_url: str) -> bool:
+    """Whether a worker holds a message now (taken, not yet acked: running, prefetched or counting down)."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        return int(client.hlen(Channel.unacked_key)) > 0
+    finally:
+        client.close()
 
 
 @pytest.mark.slow
@@ -57,8 +72,7 @@ def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
         try:
             with ChaosTwilioAPI() as fake:
                 env = {**WORKER_ENV, **fake.credentials_env(), "WAPIPE_REDIS_URL": broker.url}
-                for pool in POOLS:
-                    start_worker(list(pool), concurrency=2, env=env)
+                workers = [start_worker(list(pool), concurrency=2, env=env) for pool in POOLS]
                 ingress = Ingress(broker.url, fake.auth_token)
 
                 accepted: list[str] = []
@@ -83,6 +97,13 @@ def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
                         what="replies",
                     )
                     wait_for(lambda: len(accepted) >= MESSAGES // 3, timeout=120, what="a third acknowledged")
+                    # Stopped the moment workers hold messages, so the restart lands on tasks in flight.
+                    wait_for(
+                        lambda: workers_hold_messages(broker.url),
+                        timeout=60,
+                        interval=0.005,
+                        what="workers holding messages",
+                    )
                     broker.stop()
                     down_codes = [ingress.send(probe)]
                     time.sleep(OUTAGE_SECONDS)  # the outage itself, not an assertion
@@ -111,5 +132,11 @@ def test_webhooks_acknowledged_around_a_redis_restart_are_answered_exactly_once(
                     lambda: sent_count(database_url) >= len(accepted), timeout=60, what="replies recorded"
                 )
                 assert_exactly_one_reply_each(fake, database_url, accepted)
+
+                # The restart hit work in flight: a worker held messages when Redis went away and put them
+                # back once it returned (a restart between tasks would prove nothing about them).
+                lines = [line for worker in workers for line in worker.lines()]
+                assert any(HELD_WHEN_REDIS_WENT in line for line in lines), "no worker held a message"
+                assert any(PUT_BACK in line for line in lines), "no worker put back what it held"
         finally:
             broker.stop()
