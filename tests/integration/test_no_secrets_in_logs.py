@@ -3,8 +3,10 @@
 Real worker processes for every stage of the project bot (inbound, verify, commands, ai, persist, notify,
 status) with DEBUG logging, the real Twilio SDK against a fake Twilio API, and the ingress app. The host
 application links a number through the API, the user sends ``VERIFY <code>``, ``/project mobile`` and a
-free-text task list (offline proposal parser), and a delivery receipt comes back. Every worker's
-stdout/stderr and the ingress's log are written to files, then every line is scanned.
+free-text task list (offline proposal parser), and a delivery receipt comes back; then a job of a task
+the workers do not know arrives (an ingress newer than its workers, mid-deploy), whose body Celery's own
+logger prints, the user's number in it. Every worker's stdout/stderr and the ingress's log are written to
+files, then every line is scanned.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from ingress import create_app
 from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.logging import configure_logging
 from shared.providers.twilio.signature import sign
+from shared.queues import Job, Publisher
 from shared.settings import get_settings, load_settings
 from tests.fakes.twilio_api import ACCOUNT_SID, WHATSAPP_NUMBER, FakeTwilioAPI
 
 PUBLIC_URL = "https://hooks.example.com"
 PHONE = "+14155550123"
+# A task name no worker registers: Celery logs such a message's whole body before discarding it.
+UNREGISTERED_TASK = "inbound.route_v2"
 _sids = itertools.count(1)
 
 
@@ -67,6 +72,7 @@ def test_full_run_logs_no_phone_token_key_code_or_secret(
     clean: None,
     db: psycopg.Connection,
     redis_client: redis.Redis,
+    test_servers: dict[str, str],
     start_worker: Callable[..., Any],
     wait_for: Callable[..., Any],
     tmp_path: Path,
@@ -154,6 +160,14 @@ def test_full_run_logs_no_phone_token_key_code_or_secret(
                 timeout=90,
                 what="the delivered status",
             )
+            Publisher(test_servers["WAPIPE_REDIS_URL"]).publish(
+                [Job(UNREGISTERED_TASK, {"event": {"from_phone": PHONE, "text": "hello"}})]
+            )
+            wait_for(
+                lambda: any(UNREGISTERED_TASK in line for worker in workers for line in worker.lines()),
+                timeout=30,
+                what="Celery's line about the unregistered task",
+            )
         finally:
             for worker in workers:
                 worker.stop()
@@ -200,6 +214,10 @@ def test_full_run_logs_no_phone_token_key_code_or_secret(
     ):
         assert stage in everything, f"no log line mentions {stage}"
     assert "*******0123" in everything
+    # Celery's own logger in a worker went through the masking too: its line about the unregistered task
+    # printed the body, number masked (the workers' own lines never name the number at all).
+    unregistered = [line for line in everything.splitlines() if UNREGISTERED_TASK in line]
+    assert any("*******0123" in line for line in unregistered), unregistered[:1]
     # The ingress's own lines were scanned too: the links API logged the code it issued, phone masked. (The
     # masked phone above comes only from the ingress today, but one worker line masking it would pass it.)
     issued = [line for line in files["ingress.log"].splitlines() if "link code issued" in line]
