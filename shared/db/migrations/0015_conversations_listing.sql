@@ -1,3 +1,4 @@
+-- wapipe: no-transaction
 -- The API's conversation listing (GET /api/v1/conversations), newest first, filtered by phone or provider:
 -- - by phone it finds the contact by its unique phone, then its conversations. Only live conversations were
 --   indexed by their contact (conversations_live), so a contact's history, closed ones included, was a read
@@ -6,7 +7,7 @@
 --   provider with few (the one a deployment moved away from).
 -- (contact_id, id) and (provider, id) answer each, and its pages (id < cursor), from the index.
 --
--- Plain builds: each holds writes to conversations (inbound routing waits, nothing is lost) for one pass
--- over the table; the runner waits at most its lock_timeout for the lock and tries again.
-CREATE INDEX conversations_contact ON conversations (contact_id, id);
-CREATE INDEX conversations_provider ON conversations (provider, id);
+-- Built concurrently, so inbound routing goes on writing conversations meanwhile (see
+-- shared/db/migrate.py).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS conversations_contact ON conversations (contact_id, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS conversations_provider ON conversations (provider, id);
