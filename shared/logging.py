@@ -228,14 +228,17 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 #   turn (see _secret_spans), as it may hold a URL (a callback inside another URL's query). Such a URL is
 #   percent-encoded once (``&redirect=http%3A%2F%2Fu%3Apw%40host``, ``?next=%3Ftoken%3Dabc``), so the text
 #   is also searched with one level of percent-escapes decoded (see _redact_secrets);
-# - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys.
+# - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys;
+# - the code of a ``VERIFY 123456`` quoted in free text (Celery logs the body of a task it does not know, an
+#   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py).
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
-    r"(?=[:?&;bs0-9a-f])(?:"
+    r"(?=[:?&;bsv0-9a-f])(?:"
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
+    r"|(?<![a-z])verify(?![a-z])[\s:+]*+(?P<code>\d(?:[\s\-+]?\d){5})(?!\d)"
     r")",
     re.I,
 )
@@ -371,6 +374,8 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
         start = match.end()
         if match["url"] is not None:
             spans.append((match.end("url"), start))
+        elif match["code"] is not None:
+            spans.append((match.start("code"), start))
         elif match["param"] is None:
             spans.append((match.start(), start))
         elif _secret_param(match["name"]):

@@ -770,3 +770,25 @@ def test_secrets_in_percent_encoded_urls_are_redacted(text: str, scrubbed: str) 
 )
 def test_percent_encoded_text_without_secrets_stays_readable(text: str) -> None:
     assert scrub(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # Celery logs the body of a task it does not know (mid-deploy), and an error may quote a message's
+        # text: a VERIFY's code must not be readable in either, however it was typed or encoded.
+        ("{'text': 'VERIFY 123456', 'from': 'x'}", "{'text': 'VERIFY [redacted]', 'from': 'x'}"),
+        ("Received verify:123-456 from a user", "Received verify:[redacted] from a user"),
+        ("Body=VERIFY+123+456&To=x", "Body=VERIFY+[redacted]&To=x"),
+        ("Body=verify%20123456", "Body=verify%20[redacted]"),
+    ],
+)
+def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) -> None:
+    assert scrub(text) == scrubbed
+
+
+@pytest.mark.parametrize(
+    "text", ["verify 3 items", "verified 123456 rows", "verify 1234567 is not a code", "reverify 12"]
+)
+def test_verify_words_without_a_code_stay_readable(text: str) -> None:
+    assert scrub(text) == text
