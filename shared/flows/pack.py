@@ -13,6 +13,7 @@ references (unknown lookup/action, a ``{placeholder}`` no earlier step or functi
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
 import tomllib
@@ -202,6 +203,8 @@ def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
                 and step.min > step.max
             ):
                 problems.append(((*at, "min"), "min is greater than max"))
+            for word in _unanswerable(step, pack.pack.cancel_words):
+                problems.append((at, f"{word!r} is a cancel word, so nobody could give it as this answer"))
             for name in sorted(placeholders(step.prompt) - known):
                 problems.append(((*at, "prompt"), f"{{{name}}} is not provided by an earlier step or lookup"))
             known.add(step.name)
@@ -213,6 +216,26 @@ def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
                 ((*where, "action", "reply"), f"{{{name}}} is not provided by a step or the action")
             )
     return problems
+
+
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _unanswerable(step: Step, cancel_words: list[str]) -> list[str]:
+    """The cancel words this step would take as an answer: the engine reads a cancel word first, so the
+    user sending one is sent back to the menu instead (a range with 0 when "0" cancels, as by default)."""
+    numbers = [word for word in cancel_words if _PLAIN_NUMBER.fullmatch(word)]
+    if step.kind == "choice":
+        return [word for word in numbers if "." not in word and 1 <= int(word) <= len(step.choices)]
+    if step.kind != "number":
+        return []
+    low = step.min if step.min is not None else -math.inf
+    high = step.max if step.max is not None else math.inf
+    return [
+        word
+        for word in numbers
+        if low <= float(word) <= high and not (step.integer and not float(word).is_integer())
+    ]
 
 
 def _describe(location: tuple[str | int, ...]) -> str:

@@ -104,6 +104,26 @@ def test_choice_step_without_choices_names_the_step() -> None:
     assert "needs `choices`" in str(caught.value)
 
 
+def test_a_number_answer_that_is_also_a_cancel_word_is_refused() -> None:
+    # The engine reads a cancel word before the step's answer: with "0" a cancel word (the default), a step
+    # taking 0 could never be given it, and the user would be sent back to the menu instead.
+    text = GOOD.replace("min = 1", "min = 0")
+    with pytest.raises(PackError) as caught:
+        parse_pack(text, "tiny.toml")
+    assert _lines(caught.value) == [8]
+    assert "'0' is a cancel word" in str(caught.value)
+    # Valid once "0" no longer cancels.
+    parse_pack(text.replace('name = "tiny"', 'name = "tiny"\ncancel_words = ["x"]'))
+
+
+def test_a_choice_whose_number_is_a_cancel_word_is_refused() -> None:
+    text = GOOD.replace('kind = "number"', 'kind = "choice"\n  choices = ["a", "b"]').replace(
+        'name = "tiny"', 'name = "tiny"\ncancel_words = ["2", "stop"]'
+    )
+    with pytest.raises(PackError, match="'2' is a cancel word"):
+        parse_pack(text, "tiny.toml")
+
+
 def test_toml_syntax_error_names_the_line() -> None:
     text = GOOD.replace('title = "Ask"', 'title = "Ask')
     with pytest.raises(PackError) as caught:
