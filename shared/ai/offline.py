@@ -27,7 +27,7 @@ from shared.ai.offline_dates import find_dates
 from shared.ai.offline_effort import find_efforts
 from shared.ai.offline_priority import find_priorities
 from shared.ai.offline_text import fold, is_spanish, starts_with_verb, verb_phrase, wordset
-from shared.ai.proposal import MAX_ITEMS, Proposal, ProposalError, ProposalItem
+from shared.ai.proposal import MAX_ITEM_HOURS, MAX_ITEMS, Proposal, ProposalError, ProposalItem
 
 MAX_INPUT_CHARS = 10_000
 MAX_TITLE_CHARS = 80
@@ -333,10 +333,16 @@ def _drafts_for(pieces: list[_Piece], drafts: list[_Draft]) -> list[_Draft | Non
     return [next(it) if piece.is_item else None for piece in pieces]
 
 
+def _holdable(hours: float) -> float | None:
+    """``hours`` when an item can hold it, else None (not stated): a tenth of a minute rounds to 0 h, and an
+    item's amounts added up can pass :data:`MAX_ITEM_HOURS`, which its validation would refuse."""
+    return hours if 0 < hours <= MAX_ITEM_HOURS else None
+
+
 def _resolve_own(draft: _Draft) -> None:
     efforts = [n.value for n in draft.notes if n.kind == "effort"]
     if efforts:
-        draft.hours = round(sum(efforts), 2)
+        draft.hours = _holdable(round(sum(efforts), 2))
     dates = [n.value for n in draft.notes if n.kind == "date"]
     if dates:
         draft.due = dates[0]
@@ -367,7 +373,7 @@ def _apply_scope(scope: _Scope, drafts: list[_Draft]) -> None:
         remainder = total if len(missing) == len(drafts) else total - known
         if missing and remainder > 0:
             # Four decimals keep an uneven split summing to the stated total (4h over 3 items).
-            share = round(remainder / len(missing), 4)
+            share = _holdable(round(remainder / len(missing), 4))
             for draft in missing:
                 draft.hours = share
 

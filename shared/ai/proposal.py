@@ -20,6 +20,7 @@ ItemType = Literal["task", "bug", "feature", "meeting", "research", "docs"]
 
 MAX_ITEMS = 25
 MAX_TITLE = 120
+MAX_ITEM_HOURS = 10_000
 
 
 def _number(value: float | None) -> float | int | None:
@@ -39,7 +40,7 @@ class ProposalItem(BaseModel):
     type: ItemType = "task"
     title: str = Field(min_length=1, max_length=MAX_TITLE)
     description: str = Field(default="", max_length=2000)
-    estimated_hours: float | None = Field(default=None, alias="estimatedHours", gt=0, le=10_000)
+    estimated_hours: float | None = Field(default=None, alias="estimatedHours", gt=0, le=MAX_ITEM_HOURS)
     due_date: dt.date | None = Field(default=None, alias="dueDate")
     priority: Priority = "medium"
 

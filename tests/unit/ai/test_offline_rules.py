@@ -438,6 +438,22 @@ def test_odd_input_gives_a_proposal_or_a_proposal_error(text: str) -> None:
     json.dumps(proposal.to_json_dict())
 
 
+@pytest.mark.parametrize(
+    ("text", "titles"),
+    [
+        ("Fix login (0.1 min)", ["Fix login"]),
+        ("Fix login 6000 hours, 6000 hours", ["Fix login"]),
+        ("Fix login (0.1 min) and add signup (2h)", ["Fix login", "Add signup"]),
+    ],
+)
+def test_an_items_hours_a_proposal_cannot_hold_are_left_unstated(text: str, titles: list[str]) -> None:
+    # A tenth of a minute rounds to 0 h and two amounts of one item add up past what an item holds: the
+    # item failed validation, so did the task, and its sender was asked to send the same text again.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == titles
+    assert proposal.items[0].estimated_hours is None
+
+
 def test_the_same_text_gives_the_same_proposal() -> None:
     text = "Write API docs (2h), add rate limiting (5h) and set up CI (1h) by Monday"
     first = parse_offline(text, dt.date(2026, 1, 27)).to_json_dict()
