@@ -29,7 +29,7 @@ _HEDGE = (
     r"(?:(?:about|around|roughly|approx\.?|approximately|aprox\.?|aproximadamente|~|unas|unos|"
     r"cerca\s+de|alrededor\s+de|mas\s+o\s+menos|maybe|perhaps|like|circa|ca\.|est\.?|estimated|"
     r"estimate:?|estimado:?|some|just|only|solo|at\s+most|at\s+least|max\.?|up\s+to|hasta|"
-    r"a\s+total\s+of|un\s+total\s+de|total\s*:?|en\s+total|in\s+total|effort\s*:?|esfuerzo\s*:?)\s*)*"
+    r"a\s+total\s+of|un\s+total\s+de|total(?:\s*:)?|en\s+total|in\s+total|effort(?:\s*:)?|esfuerzo(?:\s*:)?)\s*)*"
 )
 _LEAD = (
     r"(?:(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|would|might|may|could|it\s+should|this\s+should)\s+)?"

@@ -454,6 +454,20 @@ def test_an_items_hours_a_proposal_cannot_hold_are_left_unstated(text: str, titl
     assert proposal.items[0].estimated_hours is None
 
 
+# Two readings each: a lead-in that is two others in a row, or spaces that go before a colon or after it.
+AMBIGUOUS_LEAD_INS = ["para el ", "hasta el ", "el próximo ", "a más tardar el ", "due on "]
+SPACED_LEAD_INS = ["deadline", "due date", "fecha", "plazo", "entrega", "total", "effort", "esfuerzo"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("run", AMBIGUOUS_LEAD_INS + [word + "   " for word in SPACED_LEAD_INS])
+def test_a_run_of_lead_in_words_is_read_at_once(run: str) -> None:
+    # The backtracking doubled with each one of a run that ends in no date or amount: twenty held a worker
+    # for seconds, thirty for days.
+    proposal = parse_offline("Fix login " + run * 30, dt.date(2026, 1, 27))
+    assert proposal.items[0].title.startswith("Fix login")
+
+
 def test_the_same_text_gives_the_same_proposal() -> None:
     text = "Write API docs (2h), add rate limiting (5h) and set up CI (1h) by Monday"
     first = parse_offline(text, dt.date(2026, 1, 27)).to_json_dict()
