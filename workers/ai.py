@@ -2,8 +2,8 @@
 (``ai.parse_proposal``); in assistant mode, the assistant answers the conversation (``ai.reply``).
 
 The plain functions :func:`parse_message` and :func:`reply_message` are what the tasks run and what tests
-call. Both are safe to run twice: a message whose proposal is already stored is not parsed again, and
-persisting is idempotent; a message already answered is not sent to the model again.
+call. Both are safe to run twice: a message whose proposal is already stored, or that was answered, is not
+parsed again, and persisting is idempotent; a message already answered is not sent to the model again.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def message_day(record: InboundRecord) -> dt.date:
 
 def parse_message(message_id: int, sessions: Sessions | None = None, settings: Settings | None = None) -> str:
     """Parse inbound ``message_id`` and enqueue its persistence; return what happened (for logs/tests):
-    ``"done"`` (already stored), ``"not_linked"``, ``"no_project"``, ``"no_items"`` or ``"parsed"``."""
-    if proposals.id_for_message(message_id) is not None:
+    ``"done"`` (already stored or answered), ``"not_linked"``, ``"no_project"``, ``"no_items"`` or
+    ``"parsed"``."""
+    if proposals.id_for_message(message_id) is not None or _answered_before(message_id):
         return "done"
     settings = settings or get_settings()
     record = get_inbound(message_id)
@@ -79,6 +80,18 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     get_publisher().publish([job])
     log.info("proposal parsed", message_id=message_id, parser=parser, items=len(proposal.items))
     return "parsed"
+
+
+def _answered_before(message_id: int) -> bool:
+    """Whether a run before this one answered the message (asked for a link or a project, found no task), in
+    which case its send is enqueued again, should that run have died before: notify.send sends it once.
+    Parsed again, the text would make a proposal under the answer's taken key, which its sender is never
+    told of: the answer ended the message's turn, so their /project may have come in between."""
+    with connection() as conn:
+        existing = messages.find_outbound_by_key(conn, reply_key(message_id))
+    if existing is not None:
+        get_publisher().publish(notify_jobs([existing.id]))
+    return existing is not None
 
 
 def _may_use(user_id: UUID, project_id: str) -> bool:

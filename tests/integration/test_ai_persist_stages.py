@@ -57,6 +57,26 @@ def test_no_project_selected_asks_for_one(
     assert _queued(redis_client, "persist") == []
 
 
+def test_a_rerun_of_an_answered_message_makes_no_proposal(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    # The first run asked for a project and was run again (killed before its task was acknowledged, or
+    # retried when enqueueing the send failed); the answer ended the message's turn, so the sender's
+    # /project could come first. The rerun parsed the text into that project under the answer's taken key:
+    # a proposal the sender was never told of, doubled when they send the text again as asked.
+    seed(PHONE)
+    message_id = store_inbound(db, TEXT)
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_project"
+    sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db)))
+
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "done"
+
+    assert _queued(redis_client, "persist") == []
+    assert replies(db) == [ai_worker.CHOOSE_PROJECT]
+    # Its send is enqueued again, should the first run have died before: notify.send sends it once.
+    assert [j["task"] for j in _queued(redis_client, "notify")] == ["notify.send", "notify.send"]
+
+
 def test_unlinked_sender_gets_linking_instructions(
     clean: None, db: psycopg.Connection, sessions: Sessions
 ) -> None:
