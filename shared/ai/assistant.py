@@ -10,7 +10,7 @@ conversation's history, or the rule-based assistant when there is no model or it
 - One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts (once) and
   connection errors, the same policy as the proposal parser (:mod:`shared.ai.openai_parser`); when every
   attempt fails, or the answer is empty, the rule-based assistant (:mod:`shared.ai.offline_assistant`)
-  answers.
+  answers. An answer cut at ``max_tokens`` is sent up to its last whole sentence.
 - A request for a person is honoured without asking the model: handing off changes the conversation's
   state, which a model's text cannot do.
 
@@ -19,6 +19,7 @@ conversation's history, or the rule-based assistant when there is no model or it
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "business, say so rather than guess. If the user wants a human, tell them to send "
     '"talk to a person" ("hablar con una persona" in Spanish).'
 )
+# A sentence's end: its mark before a space or the end, a CJK one, or a line break.
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|[。！？]|\n")
 # The assistant_configs columns' defaults (0001_initial.sql), for numbers without a stored config.
 DEFAULT_MAX_TOKENS = 300
 DEFAULT_TEMPERATURE = 0.3
@@ -125,9 +128,25 @@ def ask_model(
         temperature=config.temperature,
     )
     text = storable_text(answer_text(completion)).strip()
+    if text and _finish_reason(completion) == "length":
+        text = _whole_sentences(text)
     if not text:
         raise ValueError("the model answered no text")
     return text[:MAX_REPLY_CHARS]
+
+
+def _finish_reason(completion: Any) -> str | None:
+    """Why the model stopped; called once :func:`answer_text` found the first choice a message."""
+    return getattr(completion.choices[0], "finish_reason", None)
+
+
+def _whole_sentences(cut: str) -> str:
+    """A reply the model ran out of tokens in (the number's ``max_tokens``): up to its last whole sentence,
+    else what there is with an ellipsis, rather than a message that stops mid-word."""
+    ends = list(_SENTENCE_END.finditer(cut))
+    if not ends:
+        return cut + "…"
+    return cut[: ends[-1].end()].rstrip()
 
 
 def model_prompt(conn: psycopg.Connection, record: InboundRecord, settings: Settings) -> ModelPrompt | None:

@@ -61,6 +61,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     raw: Reply | None = None  # sent as is: a body that is not a chat completion
     code: str | None = None  # an error's code, as OpenAI names it (insufficient_quota, ...)
+    finish_reason: str = "stop"  # "length": the answer was cut at max_tokens
 
 
 class FakeOpenAI(FakeServer):
@@ -80,9 +81,10 @@ class FakeOpenAI(FakeServer):
     def url(self) -> str:
         return f"{self.origin}/v1"
 
-    def reply(self, content: str) -> None:
-        """The next request gets a 200 whose message content is ``content`` (valid or not)."""
-        self._script.append(Scripted(200, content))
+    def reply(self, content: str, finish_reason: str = "stop") -> None:
+        """The next request gets a 200 whose message content is ``content`` (valid or not), ended for
+        ``finish_reason``."""
+        self._script.append(Scripted(200, content, finish_reason=finish_reason))
 
     def fail(self, status: int, retry_after: float | str | None = None, code: str | None = None) -> None:
         """The next request gets ``status`` with an OpenAI-shaped error body (its ``code``, if given)."""
@@ -129,7 +131,7 @@ class FakeOpenAI(FakeServer):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": answer.content, "refusal": None},
-                    "finish_reason": "stop",
+                    "finish_reason": answer.finish_reason,
                     "logprobs": None,
                 }
             ],

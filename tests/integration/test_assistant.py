@@ -246,6 +246,26 @@ def test_a_429_is_retried_after_retry_after_then_the_model_answers(
     assert reply_row(db, message_id)["body"] == "Hello! What can I do for you?"
 
 
+@pytest.mark.parametrize(
+    ("cut", "sent"),
+    [
+        ("We open at 8. On Sundays we open at ten, and the bak", "We open at 8."),
+        ("Yes!\nThe gluten-free loaves come out of the ov", "Yes!"),
+        ("We bake gluten-free loaves every mor", "We bake gluten-free loaves every mor…"),
+        ("We open at 8.", "We open at 8."),
+    ],
+)
+def test_a_reply_the_model_ran_out_of_tokens_in_ends_at_its_last_whole_sentence(
+    clean: None, db: psycopg.Connection, cut: str, sent: str
+) -> None:
+    # The number's max_tokens stops the model mid-word (finish_reason "length"); the user read the cut.
+    message_id = say(db, conversation(db), "in", "When do you open?")
+    with FakeOpenAI() as fake:
+        fake.reply(cut, finish_reason="length")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "gpt-test"
+    assert reply_row(db, message_id)["body"] == sent
+
+
 def test_an_empty_model_answer_falls_back_to_offline(clean: None, db: psycopg.Connection) -> None:
     message_id = say(db, conversation(db), "in", "menu")
     with FakeOpenAI() as fake:
