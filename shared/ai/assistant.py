@@ -39,6 +39,10 @@ log = get_logger(__name__)
 HISTORY_LIMIT = 10
 # WhatsApp's limit for a text message body (https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages).
 MAX_REPLY_CHARS = 4096
+# What the model reads of each message of the history. A user's message may hold 65,536 characters: a
+# few of them whole are past a model's context, and each reply would be refused until they left the
+# history. Cut to a WhatsApp text, ten messages and the longest system prompt are about 60,000 characters.
+MAX_HISTORY_MESSAGE_CHARS = MAX_REPLY_CHARS
 DEFAULT_SYSTEM_PROMPT = (
     "You are the WhatsApp assistant of a business. Answer in the user's language, briefly and kindly: "
     "a few short sentences, plain text, no markdown tables. If you do not know something about the "
@@ -97,7 +101,8 @@ def history(
     conn: psycopg.Connection, record: InboundRecord, limit: int = HISTORY_LIMIT
 ) -> list[dict[str, str]]:
     """The chat messages for the model: the conversation's last ``limit`` messages up to ``record``,
-    oldest first, as ``{"role": "user" | "assistant", "content": ...}``."""
+    oldest first, as ``{"role": "user" | "assistant", "content": ...}``, each at most
+    :data:`MAX_HISTORY_MESSAGE_CHARS` long."""
     chat = []
     for message in chat_context.recent_messages(conn, record.conversation_id, record.id, limit):
         content = (message.body or "").strip()
@@ -105,6 +110,8 @@ def history(
             if message.direction == "out":
                 continue  # nothing we said in words (a reaction, a template without text)
             content = f"[{message.type}]"  # a photo or voice note alone: say that one came
+        if len(content) > MAX_HISTORY_MESSAGE_CHARS:
+            content = content[: MAX_HISTORY_MESSAGE_CHARS - 1] + "…"
         chat.append({"role": "user" if message.direction == "in" else "assistant", "content": content})
     return chat
 

@@ -15,7 +15,7 @@ import redis
 
 from ingress import create_app
 from shared import replies as replies_module
-from shared.ai.assistant import DEFAULT_SYSTEM_PROMPT
+from shared.ai.assistant import DEFAULT_SYSTEM_PROMPT, MAX_HISTORY_MESSAGE_CHARS
 from shared.ai.offline_assistant import TEXTS, Intent
 from shared.db.errors import Unavailable
 from shared.db.messages import get_inbound
@@ -149,6 +149,30 @@ def test_the_model_gets_the_numbers_config_and_the_last_ten_messages_in_order(
     assert reply_row(db, later) is None
     handled = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
     assert handled["handled_at"] is not None
+
+
+def test_each_message_of_the_history_is_at_most_a_whatsapp_text_long(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # One WhatsApp message may hold 65,536 characters. Sent whole, a few pasted texts put the history past
+    # the model's context: every reply for the next ten messages was refused (context_length_exceeded, not
+    # retried) and came from the offline assistant, each refused call still sending all of it.
+    convo = conversation(db)
+    pasted = "word " * 13_000
+    for _ in range(3):
+        say(db, convo, "in", pasted)
+        say(db, convo, "out", "Thanks, noted.")
+    question = "What did I send you?"
+    message_id = say(db, convo, "in", question)
+    with FakeOpenAI() as fake:
+        fake.reply("Three long texts.")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "gpt-test"
+    chat = [m["content"] for m in fake.completions()[0].body["messages"][1:]]
+    assert chat[0::2] == [chat[0]] * 3 + [question]
+    assert len(chat[0]) == MAX_HISTORY_MESSAGE_CHARS
+    assert chat[0].startswith("word word")
+    assert chat[0].endswith("…")
+    assert chat[1::2] == ["Thanks, noted."] * 3
 
 
 def test_a_number_without_config_uses_the_defaults(clean: None, db: psycopg.Connection) -> None:
