@@ -32,7 +32,7 @@ from tenacity import (
 )
 
 from shared.ai.offline import parse_offline
-from shared.ai.proposal import Proposal, json_schema_for_model
+from shared.ai.proposal import Proposal, ProposalItem, json_schema_for_model
 from shared.logging import get_logger
 from shared.providers.base import retry_after_seconds
 from shared.settings import AIBackend, Settings
@@ -247,6 +247,22 @@ def answer_text(completion: Any) -> str:
     return content or ""
 
 
+# The keys of the proposal's schema, as the model writes them and as pydantic names them.
+_SCHEMA_KEYS = frozenset(
+    key
+    for model in (Proposal, ProposalItem)
+    for name, field in model.model_fields.items()
+    for key in (name, field.alias)
+    if key
+)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """Where in the answer an error is, as ``items.0.title``, with every key the schema does not know shown
+    as ``<key>``: a model outside strict mode may key an item by its title, the user's own words."""
+    return ".".join(str(part) if isinstance(part, int) or part in _SCHEMA_KEYS else "<key>" for part in loc)
+
+
 def _validated(content: str) -> Proposal:
     if not content:
         raise MalformedAnswer("empty answer")
@@ -256,7 +272,7 @@ def _validated(content: str) -> Proposal:
         raise MalformedAnswer(f"not JSON: {exc.msg} at {exc.pos}") from exc
     except ValidationError as exc:
         # Where and what kind, never the values: they are the user's own words, which logs do not keep.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['type']}" for e in exc.errors())
+        problems = "; ".join(f"{_where(e['loc']) or 'answer'}: {e['type']}" for e in exc.errors())
         raise MalformedAnswer(f"outside the schema: {problems}"[:300]) from exc
     except TypeError as exc:
         raise MalformedAnswer(f"not a proposal ({type(exc).__name__})") from exc

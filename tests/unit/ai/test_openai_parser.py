@@ -161,12 +161,27 @@ def test_a_200_that_is_not_a_completion_falls_back_to_offline(
     assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
 
 
+SECRET_WORDS = "Tell Bob the divorce papers are ready "
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"),
+    [
+        # over the title's 120 characters
+        (
+            dict(VALID_PROPOSAL, items=[dict(VALID_PROPOSAL["items"][0], title=SECRET_WORDS * 10)]),
+            "items.0.title: string_too_long",
+        ),
+        # a model outside strict mode keying an item by its title, here or at the top
+        (dict(VALID_PROPOSAL, items=[{SECRET_WORDS: 2}]), "items.0.<key>: extra_forbidden"),
+        ({**VALID_PROPOSAL, SECRET_WORDS: {"estimatedHours": 2}}, "<key>: extra_forbidden"),
+    ],
+    ids=["a value", "an item's key", "a key"],
+)
 def test_an_answer_outside_the_schema_is_logged_without_the_users_words(
-    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any], logged: str
 ) -> None:
-    secret_words = "Tell Bob the divorce papers are ready " * 10
-    item = dict(VALID_PROPOSAL["items"][0], title=secret_words)  # over the title's 120 characters
-    fake.reply(json.dumps(dict(VALID_PROPOSAL, items=[item])))
+    fake.reply(json.dumps(answer))
     with structlog.testing.capture_logs() as logs:
         # A logger made inside the capture: the module's own is cached on first use, past capture_logs.
         monkeypatch.setattr(openai_parser, "log", structlog.get_logger(openai_parser.__name__))
@@ -174,7 +189,7 @@ def test_an_answer_outside_the_schema_is_logged_without_the_users_words(
 
     assert parser == OFFLINE
     [warning] = [entry for entry in logs if entry["event"] == "ai.malformed_answer"]
-    assert "items.0.title: string_too_long" in warning["error"]
+    assert logged in warning["error"]
     assert "divorce" not in repr(logs)
 
 
