@@ -25,11 +25,14 @@ _NUMBER_WORDS = {
     "a couple": 2, "a few": 3, "un par de": 2, "half an": 0.5, "half a": 0.5, "media": 0.5, "medio": 0.5,
 }  # fmt: skip
 
+# At most eight hedges in a row: the pattern is tried from every word of a run, to its end, so a message
+# of hedges only took seconds (quadratic).
 _HEDGE = (
     r"(?:(?:about|around|roughly|approx\.?|approximately|aprox\.?|aproximadamente|~|unas|unos|"
     r"cerca\s+de|alrededor\s+de|mas\s+o\s+menos|maybe|perhaps|like|circa|ca\.|est\.?|estimated|"
     r"estimate:?|estimado:?|some|just|only|solo|at\s+most|at\s+least|max\.?|up\s+to|hasta|"
-    r"a\s+total\s+of|un\s+total\s+de|total(?:\s*:)?|en\s+total|in\s+total|effort(?:\s*:)?|esfuerzo(?:\s*:)?)\s*)*"
+    r"a\s+total\s+of|un\s+total\s+de|total(?:\s*:)?|en\s+total|in\s+total|effort(?:\s*:)?|"
+    r"esfuerzo(?:\s*:)?)\s*){0,8}"
 )
 _LEAD = (
     r"(?:(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|would|might|may|could|it\s+should|this\s+should)\s+)?"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_LEAD = r"(?:(?:it\s*'?s|it\s+is|this\s+is|is|es|son|muy|very|super|really|quite|bastante|kind\s+of)\s+)*"
+# At most eight in a row: tried from every word of a longer run, to its end, they took seconds (quadratic).
+_LEAD = r"(?:(?:it\s*'?s|it\s+is|this\s+is|is|es|son|muy|very|super|really|quite|bastante|kind\s+of)\s+){0,8}"
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
         "low",
