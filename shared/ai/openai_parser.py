@@ -15,6 +15,7 @@ import datetime as dt
 import functools
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -263,9 +264,17 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) if isinstance(part, int) or part in _SCHEMA_KEYS else "<key>" for part in loc)
 
 
+# A whole answer inside a Markdown code block, as OpenAI-compatible servers that ignore response_format
+# (OPENAI_BASE_URL) tend to write JSON: the block's text is the answer.
+_CODE_BLOCK = re.compile(r"\s*```(?:json)?\s*(?P<inside>.*?)\s*```\s*", re.DOTALL | re.IGNORECASE)
+
+
 def _validated(content: str) -> Proposal:
     if not content:
         raise MalformedAnswer("empty answer")
+    block = _CODE_BLOCK.fullmatch(content)
+    if block is not None:
+        content = block["inside"]
     try:
         return Proposal.model_validate(json.loads(content))
     except json.JSONDecodeError as exc:

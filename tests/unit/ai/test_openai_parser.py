@@ -71,6 +71,17 @@ def test_malformed_json_falls_back_to_the_offline_parser(fake: FakeOpenAI) -> No
     assert len(fake.completions()) == 1
 
 
+@pytest.mark.parametrize(
+    "fence", ["```json\n{}\n```", "```\n{}\n```", "  ```JSON\n{}```\n", "```json {} ```"]
+)
+def test_an_answer_in_a_markdown_code_block_is_still_the_models(fake: FakeOpenAI, fence: str) -> None:
+    # OpenAI-compatible servers that ignore response_format (OPENAI_BASE_URL) often wrap the JSON so.
+    fake.reply(fence.replace("{}", json.dumps(VALID_PROPOSAL)))
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == "kimi-test"
+    assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
+
+
 def test_an_answer_outside_the_schema_falls_back_to_offline(fake: FakeOpenAI) -> None:
     bad = dict(
         VALID_PROPOSAL, items=[dict(VALID_PROPOSAL["items"][0], priority="whenever", estimatedHours=-3)]
