@@ -135,7 +135,11 @@ def ask_model(
         temperature=config.temperature,
     )
     text = storable_text(answer_text(completion)).strip()
-    if text and _finish_reason(completion) == "length":
+    reason = _finish_reason(completion)
+    if reason == "content_filter":
+        # The provider stopped the answer part way: a fragment is no reply (the offline one is sent).
+        raise ValueError("the provider filtered the model's answer")
+    if text and reason == "length":
         text = _whole_sentences(text)
     if not text:
         raise ValueError("the model answered no text")

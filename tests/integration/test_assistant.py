@@ -290,6 +290,15 @@ def test_a_reply_the_model_ran_out_of_tokens_in_ends_at_its_last_whole_sentence(
     assert reply_row(db, message_id)["body"] == sent
 
 
+def test_an_answer_the_provider_filtered_falls_back_to_offline(clean: None, db: psycopg.Connection) -> None:
+    # finish_reason "content_filter": what came is a fragment the provider stopped, not a reply to send.
+    message_id = say(db, conversation(db), "in", "menu")
+    with FakeOpenAI() as fake:
+        fake.reply("Sure, here is how to", finish_reason="content_filter")
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
+
+
 def test_an_empty_model_answer_falls_back_to_offline(clean: None, db: psycopg.Connection) -> None:
     message_id = say(db, conversation(db), "in", "menu")
     with FakeOpenAI() as fake:
