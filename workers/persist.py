@@ -21,6 +21,7 @@ from shared.replies import answer, apologise
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
+from workers.ai import NOT_LINKED
 
 log = get_logger(__name__)
 
@@ -85,6 +86,11 @@ def save_proposal(
         sessions = sessions or Sessions(get_publisher().redis)
         project_id = sessions.selected(record.user_key, record.user_id).project_id
     saved = proposals.save(message_id, model, parser, user_id=record.user_id, project_id=project_id)
+    if saved is None and record.user_id is None:
+        # Unlinked since the parse: nothing was written, and choosing a project would not help them.
+        answer(message_id, NOT_LINKED)
+        log.warning("proposal refused: sender no longer linked", message_id=message_id)
+        return None
     if saved is None:
         # Removed from the workspace, project archived, or number relinked since the parse: the check is
         # the insert's own, so nothing was written. A redelivery refuses the same way and answers nothing new.

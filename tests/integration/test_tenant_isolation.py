@@ -197,3 +197,19 @@ def test_a_relinked_number_does_not_show_the_previous_users_selection(
     assert "Mobile App" not in status
     assert "Project: none" in status
     assert command(db, sessions, "/list tasks") == "Choose a project first with /project <name>."
+
+
+def test_a_sender_unlinked_between_the_parse_and_the_save_is_told_to_link(
+    db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    # Choosing a project would not help someone whose number is no longer linked: linking again would.
+    choose_mobile_app(db, sessions)
+    message_id = store_inbound(db, TEXT)
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "parsed"
+    with transaction() as conn:
+        links.unlink(conn, DEMO_USER_ID)
+
+    (job,) = _queued(redis_client, "persist")
+    assert save(job, sessions) is None
+    assert proposal_projects(db) == []
+    assert reply_to(db, message_id) == ai_worker.NOT_LINKED
