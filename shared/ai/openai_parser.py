@@ -14,10 +14,11 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx2
@@ -112,10 +113,24 @@ def _wait(state: RetryCallState) -> float:
     """Retry-After when the server sent one (429/503), else exponential backoff with jitter."""
     exc = state.outcome.exception() if state.outcome else None
     response = getattr(exc, "response", None)
-    asked = retry_after_seconds(response.headers.get("retry-after")) if response is not None else None
+    asked = asked_delay(response.headers) if response is not None else None
     if asked is not None:
         return min(asked, MAX_RETRY_AFTER_SECONDS)
     return _backoff(state)  # none, or not a number of seconds (an HTTP date, NaN): our own backoff
+
+
+def asked_delay(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: OpenAI's ``retry-after-ms`` (finer, and the one its own SDK
+    reads first), else ``Retry-After``; None when neither is a usable number."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            seconds = float(millis) / 1000
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return retry_after_seconds(headers.get("retry-after"))
 
 
 class _StopAfterTimeouts:

@@ -360,3 +360,18 @@ def test_an_attempt_gets_at_most_half_of_what_is_left_of_the_budget(
     assert len(timeouts) == 2
     assert timeouts[0] <= 8.0 / 2
     assert timeouts[1] <= 8.0 / 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),  # OpenAI sends both; the finer one wins
+        ({"retry-after": "2"}, 2.0),
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3.0),
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "-5"}, None),
+        ({}, None),
+    ],
+)
+def test_the_wait_a_server_asks_for(headers: dict[str, str], seconds: float | None) -> None:
+    assert openai_parser.asked_delay(headers) == seconds
