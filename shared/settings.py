@@ -294,9 +294,12 @@ class Settings(BaseSettings):
 
     def signing_secrets(self, primary: str) -> list[str]:
         """The secrets a webhook may be signed with, for the field ``primary`` (``meta_app_secret``...): the
-        primary, then its secondary when set; none when the primary is unset."""
+        primary, then its secondary when set; none when the primary is unset. An empty value (a variable
+        left set to nothing) is no secret: anybody can sign with the empty key."""
         chosen = (getattr(self, primary), getattr(self, _SECONDARY_OF[primary]))
-        return [secret.get_secret_value() for secret in chosen if secret is not None and chosen[0]]
+        if not chosen[0]:
+            return []
+        return [secret.get_secret_value() for secret in chosen if secret]
 
     @property
     def active_provider(self) -> ProviderName:

@@ -99,3 +99,15 @@ def test_a_secondary_secret_without_its_primary_stops_the_process(secondary: str
     # Webhooks checked by the secondary alone would outlive the rotation it is for, unnoticed.
     with pytest.raises(SettingsError, match=primary):
         load_settings(**{secondary: NEW})
+
+
+def test_an_empty_secondary_secret_accepts_no_signature(redis_client: redis.Redis) -> None:
+    # A variable left set but empty after a rotation (``WAPIPE_TWILIO_SECONDARY_AUTH_TOKEN=``) is no secret:
+    # taken as one, anybody could sign a webhook with the empty key.
+    client = twilio_client(twilio_auth_token=OLD, twilio_secondary_auth_token="")
+    assert post_twilio(client, "") == 403
+    assert post_twilio(client, OLD) == 200
+    client = create_app(load_settings(meta_app_secret=OLD, meta_secondary_app_secret="")).test_client()
+    assert post_meta(client, "") == 403
+    settings = load_settings(kapso_webhook_secret=OLD, kapso_secondary_webhook_secret="")
+    assert post_kapso(create_app(settings).test_client(), "") == 403
