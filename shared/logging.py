@@ -230,7 +230,9 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 #   is also searched with one level of percent-escapes decoded (see _redact_secrets);
 # - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys;
 # - the code of a ``VERIFY 123456`` quoted in free text (Celery logs the body of a task it does not know, an
-#   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py).
+#   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py:
+#   any run of spaces, hyphens and, before the code, colons), also as a repr or JSON escapes them (``\n``).
+#   Separators and digits are apart, so the possessive runs never backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
@@ -238,7 +240,7 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    r"|(?<![a-z])verify(?![a-z])[\s:+]*+(?P<code>\d(?:[\s\-+]?\d){5})(?!\d)"
+    r"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|\\[nrt])*+(?P<code>\d(?:(?:[\s\-+]|\\[nrt])*+\d){5})(?!\d)"
     r")",
     re.I,
 )

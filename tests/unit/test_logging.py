@@ -781,6 +781,12 @@ def test_percent_encoded_text_without_secrets_stays_readable(text: str) -> None:
         ("Received verify:123-456 from a user", "Received verify:[redacted] from a user"),
         ("Body=VERIFY+123+456&To=x", "Body=VERIFY+[redacted]&To=x"),
         ("Body=verify%20123456", "Body=verify%20[redacted]"),
+        # The verify stage takes any run of spaces and hyphens around the digits, and a code on its own
+        # line; a repr or JSON dump (Celery's) writes that line break as the two characters \n.
+        ("VERIFY 123 - 456 from x", "VERIFY [redacted] from x"),
+        ("verify-123  456", "verify-[redacted]"),
+        ("{'text': 'VERIFY\\n123456'}", "{'text': 'VERIFY\\n[redacted]'}"),
+        ('{"text": "verify:\\t123\\t456"}', '{"text": "verify:\\t[redacted]"}'),
     ],
 )
 def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) -> None:
@@ -788,7 +794,14 @@ def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) 
 
 
 @pytest.mark.parametrize(
-    "text", ["verify 3 items", "verified 123456 rows", "verify 1234567 is not a code", "reverify 12"]
+    "text",
+    [
+        "verify 3 items",
+        "verified 123456 rows",
+        "verify 1234567 is not a code",
+        "verify 123 - 4567 neither",
+        "reverify 12",
+    ],
 )
 def test_verify_words_without_a_code_stay_readable(text: str) -> None:
     assert scrub(text) == text
