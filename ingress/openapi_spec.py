@@ -132,8 +132,17 @@ class WebhookAck(_Out):
     duplicate: bool = Field(default=False, description="Present (true) when the delivery was seen before.")
 
 
+class MetaEntry(meta.Entry):
+    """One ``entry[]`` of a Meta webhook. The parser takes its changes raw, to skip an odd one alone; this
+    is the shape they have."""
+
+    changes: list[meta.Change] = Field(default_factory=list)
+
+
 class MetaWebhook(meta.Webhook):
     """Meta's webhook body: entry[].changes[].value holds messages, statuses, contacts and errors."""
+
+    entry: list[MetaEntry]
 
 
 class KapsoEvent(kapso.Payload):

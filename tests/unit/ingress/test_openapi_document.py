@@ -115,6 +115,18 @@ def test_webhooks_document_their_signature_headers_and_bodies(doc: dict[str, Any
         assert {"403", "503"} <= set(doc["paths"][path]["post"]["responses"])
 
 
+def test_the_meta_webhook_body_documents_its_entries_and_changes(doc: dict[str, Any]) -> None:
+    # The parser takes entries and changes raw to skip odd ones; the document still shows their shape.
+    def resolved(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        return resolved(doc["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else schema
+
+    body = doc["paths"]["/webhooks/meta"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    entry = resolved(resolved(body)["properties"]["entry"]["items"])
+    change = resolved(entry["properties"]["changes"]["items"])
+    assert {"field", "value"} <= set(change["properties"])
+
+
 def test_path_parameters_follow_the_flask_converters(doc: dict[str, Any]) -> None:
     [param] = doc["paths"]["/api/v1/conversations/{conversation_id}/close"]["post"]["parameters"]
     assert param["in"] == "path"
