@@ -64,10 +64,11 @@ class Change(MetaModel):
 
 
 class Entry(LenientModel):
-    """``entry[]``: its changes stay raw until parsed one by one, as the value's items do."""
+    """``entry[]``: its changes stay raw until parsed one by one, as the value's items do. Required, so an
+    entry whose changes are not a list is counted as skipped rather than read as empty."""
 
     id: str | None = None
-    changes: list[Any] = Field(default_factory=list)
+    changes: list[Any]
 
 
 class Webhook(LenientModel):

@@ -287,3 +287,13 @@ def test_every_wa_id_is_read_with_its_country_code(wa_id: str, phone: str) -> No
     [message] = parse_webhook(body, region="US").messages
 
     assert message.sender_phone == phone
+
+
+@pytest.mark.parametrize("changes", ["not a list", {"field": "messages"}, None])
+def test_an_entry_whose_changes_cannot_be_read_is_counted_as_skipped(changes: Any) -> None:
+    # Whatever it held is lost with it: the operator sees it in wapipe_webhooks_received{outcome="malformed"}.
+    body = load("multi_entry")
+    body["entry"].insert(1, {"id": "1", "changes": changes})
+    parsed = parse_webhook(body)
+    assert len(parsed.messages) == 3
+    assert parsed.skipped == 1
