@@ -482,7 +482,8 @@ OPERATIONS: dict[str, Operation] = {
             503: Reply(QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
         },
         description=WEBHOOK_NOTE
-        + " X-Hub-Signature-256 is sha256=<hex HMAC of the raw body with META_APP_SECRET> (or, during a rotation, WAPIPE_META_SECONDARY_APP_SECRET).",
+        + " X-Hub-Signature-256 is sha256=<hex HMAC of the raw body with META_APP_SECRET> (or, during a"
+        " rotation, WAPIPE_META_SECONDARY_APP_SECRET).",
         params=(Param("X-Hub-Signature-256", "header", "sha256=<hex HMAC-SHA256>.", required=True),),
         body=Body(
             MetaWebhook, description="https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks"
