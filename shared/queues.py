@@ -68,7 +68,8 @@ def outage_retry_span_seconds(
     """The longest a task retried through an outage may go on from its first run to its last retry: each
     countdown at its cap (Celery draws it at random below, ``retry_jitter``), 2 + 4 + ... + 256 + 12 x 300
     = 4110 s by default, and each failed run at the task time limit (a run that fails on the database
-    usually ends within the pool's 10-second timeout; one that hangs is stopped at the limit)."""
+    usually ends within the pool's timeout, WAPIPE_DB_POOL_TIMEOUT; one that hangs is stopped at the
+    limit)."""
     countdowns = sum(min(backoff_max, backoff * 2**retry) for retry in range(retries))
     return countdowns + retries * TASK_TIME_LIMIT_SECONDS
 

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     db_statement_timeout_seconds: float = _env("WAPIPE_DB_STATEMENT_TIMEOUT", default=20.0, ge=0, le=3600)
     # PostgreSQL connections per process (shared/db/pool.py).
     db_pool_size: int = _env("WAPIPE_DB_POOL_SIZE", default=8, ge=1)
+    # How long a task, a request or a CLI command waits for a pooled connection before PostgreSQL counts as
+    # unreachable (a task retries, the API answers 503, the CLI says so).
+    db_pool_timeout_seconds: float = _env("WAPIPE_DB_POOL_TIMEOUT", default=10.0, gt=0, le=300)
 
     public_url: str = _env("WAPIPE_PUBLIC_URL", default="http://127.0.0.1:8000")
     app_url: str | None = _env("WAPIPE_APP_URL", default=None)

@@ -85,7 +85,7 @@ def get_pool() -> ConnectionPool:
                 # A connection killed by a PostgreSQL restart is detected and replaced on checkout.
                 check=_check_if_idle,
                 reset=_note_returned,
-                timeout=10,
+                timeout=get_settings().db_pool_timeout_seconds,
                 open=True,
                 name="wapipe",
             )

@@ -166,7 +166,8 @@ def test_with_the_database_down_the_worker_logs_what_it_lost_and_goes_on(
     message_id = dispatched(db, "/help")
     # Nothing listens on port 1: PostgreSQL refuses every connection, as while it restarts.
     down = "postgresql://wapipe@127.0.0.1:1/wapipe?connect_timeout=1"
-    worker = start_worker(["commands"], env={"WAPIPE_DATABASE_URL": down})
+    # A short wait for a connection: each attempt to store the letter or the apology waits it out.
+    worker = start_worker(["commands"], env={"WAPIPE_DATABASE_URL": down, "WAPIPE_DB_POOL_TIMEOUT": "1"})
     publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
     publisher.publish([Job("commands.handle", {"message_id": message_id, "added_later": True})])
 

@@ -39,7 +39,7 @@ def test_a_database_error_says_its_type_only(tmp_path: Path, command: list[str])
     # while it retries name the host and port, never the password.)
     port = closed_port()
     url = f"postgresql://wp:Hunter2Secret@127.0.0.1:{port}/wapipe_prod"
-    result = wapipe(tmp_path, *command, WAPIPE_DATABASE_URL=url)
+    result = wapipe(tmp_path, *command, WAPIPE_DATABASE_URL=url, WAPIPE_DB_POOL_TIMEOUT="1")
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     # OperationalError, or for a pooled command the pool's PoolTimeout (its subclass).
