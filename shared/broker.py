@@ -3,7 +3,9 @@
 Redis has no acknowledgements of its own; kombu emulates them: ``BRPOP`` takes a message off its queue,
 the worker then records it in the ``unacked`` hash (and its ``unacked_index``), acking deletes it there,
 and a closing channel puts back what it still holds (``QoS.restore_unacked_once``). Anything left in
-``unacked`` is put back only after the visibility timeout (an hour, see shared/queues.py).
+``unacked`` is put back only after the visibility timeout (an hour, see shared/queues.py): kombu's answer
+to a worker killed outright (``kill -9``, OOM, a lost host), which closes nothing. Here leases (below)
+bring that back to well under a minute.
 
 That fetch has a hole no client can close: on ``SIGTERM`` Redis may run a command in its last turn and
 exit before answering it (seen in the redis-restart chaos test). A message ``BRPOP`` took then is off its
@@ -37,6 +39,25 @@ Each debt is paid in one transaction that also removes the tag from ``unacked``,
 this process's own tags are touched, so nothing another worker is running is redelivered. A task may run
 a second time, which every task allows (ARCHITECTURE.md: every task is safe to run twice).
 
+A worker killed outright puts nothing back, and a task countdown may be up to half an hour, so the
+visibility timeout cannot be short. Instead each consuming process holds a lease, a key that lives
+``LEASE_SECONDS`` (30 s) and that its event loop renews every ``LEASE_RENEW_SECONDS`` (5 s), a timer of its
+own that runs while the prefetch is full and no ``BRPOP`` is sent (a pool child never renews, nor takes:
+its parent holds the messages). The fetch records the taking process as the message's owner
+(``unacked_owner``), in the same step; an ack, a reject and every put-back remove that entry. Every
+consuming process, every 5 s, puts back the messages whose owner's lease is gone, each in one Lua step
+that first checks, on the server, that the owner still holds it and its lease is still gone: of several
+workers sweeping at once exactly one puts it back. Only a process that has itself renewed without a gap
+for a whole lease sweeps, so after Redis was away (or this process stalled) longer than a lease, every
+live worker gets a lease's time to renew before its messages count as abandoned. The visibility timeout
+stays as the last resort (a message recorded without an owner).
+
+A worker that stalls longer than a lease (a long GC pause, a starved CPU) may find its messages put back
+while it lives: another worker then runs the task too, which every task allows (see above). Its own late
+ack, reject or put-back of such a message leaves it alone when another process owns it now (same delivery
+tag, taken again): only the worker that holds it settles it. One more ``HSET`` per fetch and ``HDEL`` per
+ack; the ack is one Lua call, as kombu's was one pipeline.
+
 Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``. Not
 for a ``global_keyprefix`` (wapipe sets none).
 """
@@ -46,6 +67,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import socket
 import threading
 import uuid
 from dataclasses import dataclass
@@ -85,25 +107,27 @@ def _ring(queue: str) -> list[tuple[str, tuple[Any, ...]]]:
 # The fetch: pop the first message by priority then queue (kombu's BRPOP order) and, in the same step,
 # record it in ``unacked`` exactly as kombu's QoS.append does, plus, under this fetch's number, in the
 # channel's last-take key. Queues a fetch leaves non-empty get their bell rung.
-# KEYS: unacked hash, its index, the channel's last-take key, then per queue: its bell and its lists (one
-#   per priority step, highest priority first).
-# ARGV: lists per queue, this fetch's number, the last-take key's lifetime (s), then per queue 1 to record
-#   what is taken from it (a consumer that acks) or 0 (one that does not: kombu records nothing for it).
+# The taking process is recorded as the message's owner (``unacked_owner``), in the same step.
+# KEYS: unacked hash, its index, the channel's last-take key, the owner hash, then per queue: its bell and
+#   its lists (one per priority step, highest priority first).
+# ARGV: lists per queue, this fetch's number, the last-take key's lifetime (s), this process's owner id,
+#   then per queue 1 to record what is taken from it (a consumer that acks) or 0 (one that does not: kombu
+#   records nothing for it).
 # Returns nil, or {queue index from 0, message, 1 if recorded}.
 _TAKE = """
-local lists, number, lifetime = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local lists, number, lifetime, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local width = lists + 1
-local queues = (#KEYS - 3) / width
+local queues = (#KEYS - 4) / width
 local item, from
 for p = 1, lists do
   for q = 1, queues do
-    item = redis.call('RPOP', KEYS[3 + (q - 1) * width + 1 + p])
+    item = redis.call('RPOP', KEYS[4 + (q - 1) * width + 1 + p])
     if item then from = q break end
   end
   if item then break end
 end
 for q = 1, queues do
-  local bell = 3 + (q - 1) * width + 1
+  local bell = 4 + (q - 1) * width + 1
   if redis.call('LLEN', KEYS[bell]) == 0 then
     for p = 1, lists do
       if redis.call('LLEN', KEYS[bell + p]) > 0 then
@@ -115,7 +139,7 @@ for q = 1, queues do
 end
 if not item then return false end
 local recorded = 0
-if ARGV[3 + from] == '1' then
+if ARGV[4 + from] == '1' then
   local ok, tag, exchange, routing_key = pcall(function()
     local properties = cjson.decode(item)['properties']
     local info = properties['delivery_info']
@@ -127,12 +151,174 @@ if ARGV[3 + from] == '1' then
     -- The message verbatim: decoding and encoding it again would turn its empty lists into objects.
     redis.call('HSET', KEYS[1], tag,
       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+    redis.call('HSET', KEYS[4], tag, owner)
     redis.call('SET', KEYS[3], number .. ' ' .. tag, 'EX', lifetime)
     recorded = 1
   end
 end
 return {from - 1, item, recorded}
 """
+
+
+# A settle of this process's own (an ack, a reject without requeue): drop the message from ``unacked``
+# unless another process owns it now. A process paused past its lease may find its messages reclaimed
+# and taken again by another worker (same delivery tag): its late ack must not erase that worker's record.
+# A message without an owner (taken before owners were recorded) is settled as kombu would.
+# KEYS: unacked hash, its index, the owner hash. ARGV: the delivery tag, this process's owner id.
+_SETTLE = """
+local owner = redis.call('HGET', KEYS[3], ARGV[1])
+if owner and owner ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+# The reclaim of one message whose owner is dead: only if that owner still holds it and its lease is
+# still gone, drop it from ``unacked`` and run the put-back commands (the message on its queue, the bell),
+# all in one step, so of several workers sweeping at once exactly one puts it back. An owner entry left
+# without its message in ``unacked`` is dropped with nothing put back.
+# KEYS: unacked hash, its index, the owner hash, the owner's lease key, then one key per command.
+# ARGV: the delivery tag, the owner id, then per command: its name, its argument count, its arguments.
+# Returns 1 if this call put the message back.
+_RECLAIM = """
+local tag = ARGV[1]
+if redis.call('HGET', KEYS[3], tag) ~= ARGV[2] or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('HDEL', KEYS[3], tag)
+redis.call('ZREM', KEYS[2], tag)
+if redis.call('HDEL', KEYS[1], tag) == 0 then return 0 end
+local a = 3
+for k = 5, #KEYS do
+  local count = tonumber(ARGV[a + 1])
+  redis.call(ARGV[a], KEYS[k], unpack(ARGV, a + 2, a + 1 + count))
+  a = a + 2 + count
+end
+return 1
+"""
+
+OWNER_HASH = "unacked_owner"
+# A consuming process's lease: renewed every LEASE_RENEW_SECONDS while its event loop turns (whether or not
+# its prefetch is full), so missing for LEASE_SECONDS means the process is gone (or stalled that long).
+LEASE_SECONDS = 30
+LEASE_RENEW_SECONDS = 5
+
+
+def lease_key(owner: str) -> str:
+    return f"wapipe:lease:{owner}"
+
+
+class _Owner:
+    """This process as the owner of what it takes: its id, its lease, and when it last swept."""
+
+    def __init__(self) -> None:
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.key = lease_key(self.id)
+        self.renewed_at: float | None = None
+        # Since when this process has renewed without a gap longer than a lease: only after a whole lease
+        # of that may it judge other leases (after an outage or a stall of its own, every live worker
+        # gets that long to renew before its messages count as abandoned).
+        self.steady_since: float | None = None
+        self.swept_at: float | None = None
+        self.lock = threading.Lock()
+
+    def renew_if_due(self, client: Any, now: float) -> None:
+        if self.renewed_at is not None and now - self.renewed_at < LEASE_RENEW_SECONDS:
+            return
+        try:
+            client.set(self.key, "1", ex=LEASE_SECONDS)
+        except Exception:
+            self.steady_since = None
+            raise
+        if self.steady_since is None or self.renewed_at is None or now - self.renewed_at >= LEASE_SECONDS:
+            self.steady_since = now
+        self.renewed_at = now
+
+    def may_sweep(self, now: float) -> bool:
+        if self.steady_since is None or now - self.steady_since < LEASE_SECONDS:
+            return False
+        return self.swept_at is None or now - self.swept_at >= LEASE_RENEW_SECONDS
+
+
+_owner = _Owner()
+
+
+def _new_owner() -> None:
+    # A forked pool child is not the process that took its parent's messages, nor does it consume.
+    global _owner
+    _owner = _Owner()
+
+
+os.register_at_fork(after_in_child=_new_owner)
+
+
+def owner_id() -> str:
+    return _owner.id
+
+
+def tend(channel: Channel) -> None:
+    """Renew this process's lease when due, and when due put back what dead owners held."""
+    owner = _owner
+    now = monotonic()
+    try:
+        with owner.lock, channel.conn_or_acquire() as client:
+            owner.renew_if_due(client, now)
+            if not owner.may_sweep(now):
+                return
+            owner.swept_at = now
+            reclaimed = reclaim_abandoned(channel, client, skip=owner.id)
+    except (redis.RedisError, OSError):
+        # Redis is away (the consumer's own handling reconnects) or refuses writes: the next turn tries.
+        log.debug("broker lease not renewed", exc_info=True)
+        return
+    if reclaimed:
+        log.warning("put back messages held by workers that are gone", messages=reclaimed)
+
+
+def reclaim_abandoned(channel: Channel, client: Any, skip: str | None = None) -> int:
+    """Put back every message whose owner's lease is gone; return how many this call put back."""
+    owners = {bytes_to_str(tag): bytes_to_str(owner) for tag, owner in client.hgetall(OWNER_HASH).items()}
+    candidates = sorted({owner for owner in owners.values() if owner != skip})
+    if not candidates:
+        return 0
+    with client.pipeline(transaction=False) as pipe:
+        for owner in candidates:
+            pipe.exists(lease_key(owner))
+        alive = dict(zip(candidates, pipe.execute(), strict=True))
+    reclaimed = 0
+    for tag, owner in owners.items():
+        if owner == skip or alive[owner]:
+            continue
+        commands = _put_back_commands(channel, client.hget(channel.unacked_key, tag))
+        keys = [channel.unacked_key, channel.unacked_index_key, OWNER_HASH, lease_key(owner)]
+        args: list[Any] = [tag, owner]
+        for name, (key, *rest) in commands:
+            keys.append(key)
+            args += [name, len(rest), *rest]
+        reclaimed += int(channel._reclaim_script(keys=keys, args=args, client=client))
+    return reclaimed
+
+
+def _put_back_commands(channel: kombu_redis.Channel, held: bytes | None) -> list[tuple[str, tuple[Any, ...]]]:
+    # The commands a put-back from ``unacked`` sends (kombu's, plus the bell), to run inside the reclaim.
+    commands = _Commands()
+    if held:
+        payload, exchange, routing_key = loads(bytes_to_str(held))
+        channel._do_restore_message(payload, exchange, routing_key, _Recorder(commands))
+    return commands
+
+
+class _Recorder:
+    """Stands in for a pipeline: records the commands sent to it."""
+
+    def __init__(self, commands: _Commands) -> None:
+        self._commands = commands
+
+    def __getattr__(self, name: str) -> Any:
+        return functools.partial(self._commands.add, name)
+
+
+def _held_by_another(owner: bytes | None) -> bool:
+    return owner is not None and bytes_to_str(owner) != _owner.id
 
 
 @dataclass(frozen=True)
@@ -177,7 +363,7 @@ def settle_debts(channel: kombu_redis.Channel) -> None:
         return
     paid = 0
     for key, debt in debts:
-        watched = [channel.unacked_key] + ([debt.take[0]] if debt.take else [])
+        watched = [channel.unacked_key, OWNER_HASH] + ([debt.take[0]] if debt.take else [])
         try:
             # A client of its own (``channel.client``'s connection may be waiting on a BRPOP).
             with channel.conn_or_acquire() as client:
@@ -196,9 +382,11 @@ def _pay(channel: kombu_redis.Channel, key: str, debt: Debt, pipe: Any) -> None:
     tag = key if debt.take is None else _taken_tag(pipe, *debt.take)
     if tag is None:
         return  # the fetch never ran: its message is still on its queue
+    if _held_by_another(pipe.hget(OWNER_HASH, tag)):
+        return  # reclaimed while Redis was away from us, and taken again: that worker has it now
     held = pipe.hget(channel.unacked_key, tag)
     pipe.multi()
-    pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag)
+    pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag).hdel(OWNER_HASH, tag)
     # The copy in ``unacked`` if there is one; none and no copy of our own: an ack or a put-back
     # already got through (its reply was lost), so there is nothing to put back.
     message = loads(bytes_to_str(held)) if held else debt.message
@@ -232,18 +420,50 @@ class QoS(kombu_redis.QoS):
     def ack(self, delivery_tag: str) -> None:
         self._refuse_once_closed()
         try:
-            super().ack(delivery_tag)
+            self._settle(delivery_tag)
         except _BROKER_DOWN:
             self._owe_instead(delivery_tag)
             raise
+        virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         self._refuse_once_closed()
         try:
-            super().reject(delivery_tag, requeue=requeue)
+            if requeue:
+                self.restore_by_tag(delivery_tag, leftmost=True, mine_only=True)
+            else:
+                self._settle(delivery_tag)
         except _BROKER_DOWN:
             self._owe_instead(delivery_tag)
             raise
+        virtual.QoS.ack(self, delivery_tag)
+
+    def _settle(self, delivery_tag: str) -> None:
+        with self.channel.conn_or_acquire() as client:
+            keys = [self.unacked_key, self.unacked_index_key, OWNER_HASH]
+            self.channel._settle_script(keys=keys, args=[delivery_tag, _owner.id], client=client)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        return super()._remove_from_indices(delivery_tag, pipe).hdel(OWNER_HASH, delivery_tag)
+
+    def restore_by_tag(
+        self, tag: str, client: Any = None, leftmost: bool = False, mine_only: bool = False
+    ) -> None:
+        """kombu's put-back from ``unacked``; ``mine_only``: unless another process owns the message now
+        (this one's lease lapsed, the message was reclaimed and taken again)."""
+
+        def restore(pipe: Any) -> None:
+            if mine_only and _held_by_another(pipe.hget(OWNER_HASH, tag)):
+                return
+            held = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if held:
+                payload, exchange, routing_key = loads(bytes_to_str(held))
+                self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore, self.unacked_key, OWNER_HASH)
 
     def _owe_instead(self, delivery_tag: str) -> None:
         # The debt replaces the delivery: the channel forgets the tag (frees its prefetch slot, and a
@@ -265,7 +485,7 @@ class QoS(kombu_redis.QoS):
         self._delivered.clear()
         for done, tag in enumerate(tags):
             try:
-                self.restore_by_tag(tag, client=client)
+                self.restore_by_tag(tag, client=client, mine_only=True)
             # Redis down, or kombu already tore the connection down while closing the channel after a
             # connection error (its client is gone: AttributeError). Either way the rest become debts.
             except Exception:
@@ -275,6 +495,9 @@ class QoS(kombu_redis.QoS):
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         # kombu's periodic sweep (every few seconds in a worker): Redis answers, so pay what is owed.
         settle_debts(self.channel)
+        # A consumer without an event loop (``drain_events``) sweeps here, on every empty poll.
+        if self.channel.active_queues:
+            tend(self.channel)
         super().restore_visible(*args, **kwargs)
 
 
@@ -289,6 +512,8 @@ class Channel(kombu_redis.Channel):
         self._takes = itertools.count()
         super().__init__(*args, **kwargs)  # pings Redis: it answers again
         self._take_script = self.client.register_script(_TAKE)
+        self._settle_script = self.client.register_script(_SETTLE)
+        self._reclaim_script = self.client.register_script(_RECLAIM)
         settle_debts(self)
 
     # -- consuming: BRPOP on the bells, then the fetch -------------------------------------------------
@@ -338,10 +563,13 @@ class Channel(kombu_redis.Channel):
     def _take(self, queues: list[str]) -> tuple[str, dict[str, Any]] | None:
         number = str(next(self._takes))
         records = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
-        keys = [self.unacked_key, self.unacked_index_key, self._last_take_key]
+        keys = [self.unacked_key, self.unacked_index_key, self._last_take_key, OWNER_HASH]
         for queue in queues:
             keys += [bell_key(queue), *(self._q_for_pri(queue, step) for step in self.priority_steps)]
-        args = [len(self.priority_steps), number, self.visibility_timeout, *records]
+        args = [len(self.priority_steps), number, self.visibility_timeout, _owner.id, *records]
+        # Never take under a lease that is not there: a sweeper could put the message back at once.
+        with _owner.lock:
+            _owner.renew_if_due(self.client, monotonic())
         try:
             answer = self._take_script(keys=keys, args=args, client=self.client)
         except _BROKER_DOWN:
@@ -399,3 +627,22 @@ class _Commands(list[tuple[str, tuple[Any, ...]]]):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        cycle = self.cycle
+        # Re-registered on every reconnect: one timer, not one more each time (as kombu does for its own).
+        old = getattr(cycle, "_wapipe_tend_tref", None)
+        if old is not None:
+            old.cancel()
+        # A timer of the event loop, not kombu's restore sweep: that one runs only every 10 s, while the
+        # lease must be renewed well within LEASE_SECONDS even when the prefetch is full and no BRPOP runs.
+        tend_cycle = functools.partial(_tend_cycle, cycle)
+        cycle._wapipe_tend_tref = loop.call_repeatedly(LEASE_RENEW_SECONDS, tend_cycle)
+
+
+def _tend_cycle(cycle: Any) -> None:
+    for channel in list(cycle._channels):
+        if channel.active_queues:
+            tend(channel)
+            return

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.asynchronous import Hub
 from kombu.message import Message
 from redis.commands.core import Script
 
 from shared import broker
 from tests.integration.chaos.servers import PrivateRedis, private_folder
+from tests.integration.conftest import REPO_ROOT
 
 QUEUE = Queue("broker-test", Exchange("broker-test", type="direct"), routing_key="broker-test")
 
@@ -206,3 +215,210 @@ def test_what_a_closing_channel_held_while_redis_was_down_goes_back_on_the_next_
         for message in again:
             message.ack()
     assert state(server) == (0, 0)
+
+
+# Another worker process: takes ``count`` messages and holds them, printing its owner id; then acks the
+# next one it holds each time it reads a line.
+_HOLDER = """
+import sys
+from kombu import Connection, Consumer, Exchange, Queue
+from shared import broker
+url, count = sys.argv[1], int(sys.argv[2])
+queue = Queue("broker-test", Exchange("broker-test", type="direct"), routing_key="broker-test")
+held = []
+with Connection(url, transport="shared.broker:Transport") as connection:
+    with Consumer(connection.channel(), [queue], callbacks=[lambda body, message: held.append(message)]):
+        while len(held) < count:
+            connection.drain_events(timeout=10)
+        print("owner", broker.owner_id(), flush=True)
+        for line in sys.stdin:
+            held.pop(0).ack()
+            print("acked", flush=True)
+"""
+
+
+class Holder:
+    """A real worker process of its own holding messages, which the test can stall or kill -9."""
+
+    def __init__(self, server: PrivateRedis, count: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, server.url, str(count)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdin is not None
+        self._out, self._in = self.process.stdout, self.process.stdin
+        self.owner = self._answer("owner ")
+        assert self.owner, "the holder did not take its messages"
+
+    def ack_next(self) -> None:
+        self._in.write("ack\n")
+        self._in.flush()
+        assert self._answer("acked") == ""
+
+    def _answer(self, prefix: str) -> str:
+        # Its log lines, if any, go to the same output: skip them.
+        for line in self._out:
+            if line.startswith(prefix):
+                return line.removeprefix(prefix).strip()
+        raise AssertionError(f"the holder exited without answering {prefix!r}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self._in.close()
+        self._out.close()
+
+
+@pytest.fixture
+def holders() -> Iterator[Callable[[PrivateRedis, int], Holder]]:
+    started: list[Holder] = []
+
+    def start(server: PrivateRedis, count: int) -> Holder:
+        started.append(Holder(server, count))
+        return started[-1]
+
+    yield start
+    for holder in started:
+        holder.kill()
+
+
+def owners(server: PrivateRedis) -> dict[str, str]:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        return client.hgetall(broker.OWNER_HASH)
+    finally:
+        client.close()
+
+
+def lease_lapses(server: PrivateRedis, owner: str) -> None:
+    """What LEASE_SECONDS without a renewal does to the owner's lease."""
+    redis.Redis.from_url(server.url).delete(broker.lease_key(owner))
+
+
+def sweep(connection: Connection) -> int:
+    channel = connection.default_channel
+    with channel.conn_or_acquire() as client:
+        return broker.reclaim_abandoned(channel, client)
+
+
+def test_what_a_killed_worker_held_goes_back_once_when_its_lease_is_gone_and_sweepers_race(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """A worker killed with ``kill -9`` cannot put back what it held: live workers do, each message once
+    however many sweep at the same moment, and neither what it acked nor what a live worker holds."""
+    with connect(server) as connection:
+        for n in range(3):
+            publish(connection, {"n": n})
+    holder = holders(server, 3)
+    holder.ack_next()
+    assert state(server) == (0, 2)
+    assert set(owners(server).values()) == {holder.owner}
+
+    with connect(server) as first, connect(server) as second:
+        assert sweep(first) == 0  # alive: its lease is there
+        assert state(server) == (0, 2)
+
+        holder.kill()
+        lease_lapses(server, holder.owner)
+        start = threading.Barrier(2)
+
+        def race(connection: Connection) -> int:
+            start.wait()
+            return sweep(connection)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            reclaimed = list(pool.map(race, [first, second]))
+        assert sum(reclaimed) == 2
+        assert state(server) == (2, 0)
+        assert owners(server) == {}
+        assert redis.Redis.from_url(server.url).lrange(broker.bell_key("broker-test"), 0, -1) == [b"1"]
+
+        again = receive(first)
+        assert sorted(m.payload["n"] for m in again) == [1, 2]  # the acked one stays done
+        assert all(m.delivery_info["redelivered"] for m in again)
+        assert sweep(second) == 0  # held by a live worker now: untouched
+        for message in again:
+            message.ack()
+    assert state(server) == (0, 0)
+    assert owners(server) == {}
+
+
+def test_a_late_ack_from_a_worker_whose_messages_were_reclaimed_leaves_the_new_holders_record(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """A worker stalled past its lease (GC, a starved CPU) finds its message reclaimed and taken again
+    by another; the task runs twice, which every task allows, and the stalled worker's ack when it wakes
+    must not erase the record of the copy the other holds (lost with it if that one died next)."""
+    with connect(server) as connection:
+        publish(connection, {"n": 7})
+    stalled = holders(server, 1)
+    lease_lapses(server, stalled.owner)
+    with connect(server) as connection:
+        assert sweep(connection) == 1
+        (message,) = receive(connection)
+        assert owners(server) == {message.delivery_tag: broker.owner_id()}
+
+        stalled.ack_next()
+        assert state(server) == (0, 1)
+        assert owners(server) == {message.delivery_tag: broker.owner_id()}
+        message.ack()
+    assert state(server) == (0, 0)
+
+
+def test_a_worker_whose_prefetch_is_full_keeps_renewing_its_lease(
+    server: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker holding all it may hold sends no BRPOP and takes nothing, for as long as its tasks (or
+    countdowns) last: its event loop alone must keep its lease, or live workers would put back what it
+    holds and run it a second time."""
+    monkeypatch.setattr(broker, "LEASE_RENEW_SECONDS", 0.2)  # so the test need not wait 5 s
+    client = redis.Redis.from_url(server.url)
+    hub = Hub()
+    with connect(server) as connection:
+        publish(connection, {"n": 1})
+        publish(connection, {"n": 2})
+        got: list[Message] = []
+        connection.register_with_event_loop(hub)
+        consumer = Consumer(connection.channel(), [QUEUE], callbacks=[lambda body, m: got.append(m)])
+        consumer.qos(prefetch_count=1)
+        with consumer:
+            deadline = monotonic() + 10
+            while not got and monotonic() < deadline:
+                hub.run_once()
+            assert len(got) == 1
+            client.delete(broker.lease_key(broker.owner_id()))
+            until = monotonic() + 1
+            while monotonic() < until:
+                hub.run_once()
+            assert client.exists(broker.lease_key(broker.owner_id()))
+            assert len(got) == 1  # it took nothing meanwhile: the prefetch stayed full
+            got[0].ack()
+    hub.close()
+    client.close()
+
+
+def test_a_worker_judges_other_leases_only_after_a_whole_lease_of_its_own_renewals(
+    server: PrivateRedis,
+) -> None:
+    """After Redis was away longer than a lease (or this worker stalled that long), every lease is gone:
+    the first worker back must give the others a whole lease to renew before it takes theirs for dead."""
+    client = redis.Redis.from_url(server.url)
+    owner = broker._Owner()
+    lease = broker.LEASE_SECONDS
+    owner.renew_if_due(client, 1000.0)
+    assert client.ttl(owner.key) > 0
+    assert not owner.may_sweep(1000.0 + lease - 1)
+    for step in range(1, 7):
+        owner.renew_if_due(client, 1000.0 + step * broker.LEASE_RENEW_SECONDS)
+    assert owner.may_sweep(1000.0 + lease)
+
+    owner.swept_at = 1000.0 + lease
+    owner.renew_if_due(client, 1000.0 + 3 * lease)  # back after a gap longer than a lease
+    assert not owner.may_sweep(1000.0 + 3 * lease + 1)
+    assert owner.may_sweep(1000.0 + 4 * lease)
+    client.close()

@@ -1,4 +1,5 @@
-"""Chaos: ``kill -9`` a worker child every half second while messages flow end to end.
+"""Chaos: ``kill -9`` a worker child every half second while messages flow end to end; and ``kill -9`` a
+worker's main process while it holds messages.
 
 Signed ``/help`` webhooks from linked users go through the ingress -> ``inbound.route`` ->
 ``commands.handle`` -> ``notify.send`` -> the fake Twilio API, each stage in its own prefork pool. A
@@ -17,11 +18,17 @@ at-most-once by design in that case: after a 120 s lease it dead-letters the mes
 ``outcome_unknown`` for an operator instead of risking a duplicate (see workers/notify.py). "Exactly one
 reply" cannot hold for that window by construction, so the killer stays on the stages where
 redelivery must give exactly once.
+
+A worker's main process is the one that takes messages from Redis and holds them (running in a child,
+prefetched, or an ETA countdown): killed, it puts nothing back, and its lease (shared/broker.py) runs out;
+the workers still alive then put back what it held, well before the hour-long visibility timeout.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +38,7 @@ import psutil
 import pytest
 import redis
 
+from shared import broker
 from tests.integration.chaos.harness import (
     POOLS,
     WORKER_ENV,
@@ -46,6 +54,7 @@ from tests.integration.chaos.harness import (
 MESSAGES = 2000
 KILL_EVERY_SECONDS = 0.5
 KILLED_POOLS = {"inbound", "commands"}
+MAIN_KILL_MESSAGES = 200
 
 
 class Killer(threading.Thread):
@@ -129,3 +138,49 @@ def test_every_message_gets_exactly_one_reply_while_worker_children_are_killed(
         lost = [line for pool in KILLED_POOLS for line in workers[pool].lines() if "WorkerLostError" in line]
         assert lost, "no kill hit a running task"
         assert_exactly_one_reply_each(fake, database_url, numbers)
+
+
+def held_by(client: redis.Redis, pid: int) -> list[str]:
+    """The delivery tags the worker process ``pid`` holds (owner ids read "host:pid:random")."""
+    owners = client.hgetall(broker.OWNER_HASH)
+    return [tag.decode() for tag, owner in owners.items() if owner.decode().split(":")[1] == str(pid)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_what_a_killed_worker_main_process_held_is_answered_exactly_once_soon_after(
+    db: Any,
+    redis_client: redis.Redis,
+    test_servers: dict[str, str],
+    start_worker: Callable[..., Any],
+    wait_for: Callable[..., Any],
+) -> None:
+    database_url = test_servers["WAPIPE_DATABASE_URL"]
+    numbers = phones(MAIN_KILL_MESSAGES, offset=5000)
+    seed_linked_users(database_url, numbers)
+    with ChaosTwilioAPI() as fake:
+        env = {**WORKER_ENV, **fake.credentials_env()}
+        workers = {pool[0]: start_worker(list(pool), concurrency=2, env=env) for pool in POOLS}
+        ingress = Ingress(test_servers["WAPIPE_REDIS_URL"], fake.auth_token)
+        victim = workers["inbound"].process.pid
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            codes = pool.map(ingress.send, numbers)
+            wait_for(lambda: held_by(redis_client, victim), timeout=60, interval=0.01, what="inbound holding")
+            os.kill(victim, signal.SIGKILL)  # the main process alone; its pool children are orphaned
+            assert set(codes) == {200}
+        held = held_by(redis_client, victim)
+        assert held, "the killed worker held nothing"
+        start_worker(["inbound"], concurrency=2, env=env)
+
+        # Bounds a failure only: the lease runs out in 30 s, and the next sweep puts the messages back.
+        wait_for(
+            lambda: len(fake.replies_per_recipient()) >= MAIN_KILL_MESSAGES,
+            timeout=120,
+            interval=0.5,
+            what=f"a reply to each of the {MAIN_KILL_MESSAGES} messages, the {len(held)} held ones included",
+        )
+        wait_for(lambda: queues_empty(redis_client), timeout=60, what="empty queues")
+        wait_for(lambda: sent_count(database_url) >= MAIN_KILL_MESSAGES, timeout=60, what="replies recorded")
+        assert_exactly_one_reply_each(fake, database_url, numbers)
+        assert not held_by(redis_client, victim)
