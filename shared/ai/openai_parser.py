@@ -16,7 +16,6 @@ import functools
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -279,17 +278,27 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) if isinstance(part, int) or part in _SCHEMA_KEYS else "<key>" for part in loc)
 
 
-# A whole answer inside a Markdown code block, as OpenAI-compatible servers that ignore response_format
-# (OPENAI_BASE_URL) tend to write JSON: the block's text is the answer.
-_CODE_BLOCK = re.compile(r"\s*```(?:json)?\s*(?P<inside>.*?)\s*```\s*", re.DOTALL | re.IGNORECASE)
+_FENCE = "```"
+
+
+def _unfenced(content: str) -> str:
+    """The text of a whole answer inside a Markdown code block, as OpenAI-compatible servers that ignore
+    response_format (OPENAI_BASE_URL) tend to write JSON; any other answer as it is. Plain string work: a
+    pattern backtracked for minutes over the whitespace a model in JSON mode may write up to its
+    max_tokens."""
+    stripped = content.strip()
+    if len(stripped) < 2 * len(_FENCE) or not (stripped.startswith(_FENCE) and stripped.endswith(_FENCE)):
+        return content
+    inside = stripped[len(_FENCE) : -len(_FENCE)]
+    if inside[:4].casefold() == "json":
+        inside = inside[4:]
+    return inside.strip()
 
 
 def _validated(content: str) -> Proposal:
     if not content:
         raise MalformedAnswer("empty answer")
-    block = _CODE_BLOCK.fullmatch(content)
-    if block is not None:
-        content = block["inside"]
+    content = _unfenced(content)
     try:
         return Proposal.model_validate(json.loads(content))
     except json.JSONDecodeError as exc:

@@ -82,6 +82,17 @@ def test_an_answer_in_a_markdown_code_block_is_still_the_models(fake: FakeOpenAI
     assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("tail", ["", "``"], ids=["unclosed", "half-closed"])
+def test_a_code_block_of_whitespace_to_the_token_limit_is_read_at_once(fake: FakeOpenAI, tail: str) -> None:
+    # A model in JSON mode may write whitespace until max_tokens; opened as a code block, the block's
+    # pattern backtracked over it: 5,000 spaces took 30 s, the model's 4,096 tokens of them many minutes.
+    fake.reply("```json\n" + " " * 6_000 + tail + " " * 6_000 + "}")
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
+
+
 def test_an_answer_outside_the_schema_falls_back_to_offline(fake: FakeOpenAI) -> None:
     bad = dict(
         VALID_PROPOSAL, items=[dict(VALID_PROPOSAL["items"][0], priority="whenever", estimatedHours=-3)]
