@@ -80,6 +80,11 @@ def hand_over(inbound_id: int, text: str, *, payload: dict[str, Any] | None = No
     return _published(inbound_id, stored, "handoff not made: the conversation was not open to the bot")
 
 
+# What a handler answers with when it finds the message's reply stored already: the text is ignored (nothing
+# new is stored); the call enqueues the send again and marks the message handled, should it not be.
+ALREADY_ANSWERED = "(already answered)"
+
+
 def answer(inbound_id: int, text: str, *, key: str = "", payload: dict[str, Any] | None = None) -> int:
     """Reply to an inbound message and record that a handler answered it; return the outbound id.
 

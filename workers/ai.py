@@ -25,7 +25,7 @@ from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher, notify_jobs
-from shared.replies import answer, answer_as_bot, hand_over, reply_key
+from shared.replies import ALREADY_ANSWERED, answer, answer_as_bot, hand_over, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
@@ -90,7 +90,9 @@ def _answered_before(message_id: int) -> bool:
     with connection() as conn:
         existing = messages.find_outbound_by_key(conn, reply_key(message_id))
     if existing is not None:
-        get_publisher().publish(notify_jobs([existing.id]))
+        # answer(), not the send alone, as commands.handle does: it stores nothing new, enqueues the send
+        # again and marks the message handled, should its reply have been stored without that mark.
+        answer(message_id, ALREADY_ANSWERED)
     return existing is not None
 
 

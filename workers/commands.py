@@ -17,16 +17,13 @@ from shared.db import answers
 from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher
-from shared.replies import answer, reply_key
+from shared.replies import ALREADY_ANSWERED, answer, reply_key
 from shared.sessions import Sessions
 from shared.settings import Mode
 from workers import ai, inbound, stage_task
 from workers.ordering import take_turn
 
 log = get_logger(__name__)
-
-# answer() ignores the text when the reply already exists; it only re-enqueues notify.send.
-_ALREADY_ANSWERED = "(already answered)"
 
 
 def handle(message_id: int, sessions: Sessions | None = None, task: Task | None = None) -> int | None:
@@ -42,7 +39,7 @@ def handle(message_id: int, sessions: Sessions | None = None, task: Task | None 
     if start.reply_id is not None:
         # answer(), not queue_reply(): it also marks the message handled, should its reply have been stored
         # without (by a release that marked it in a second transaction), and re-enqueues notify.send.
-        return answer(message_id, _ALREADY_ANSWERED)
+        return answer(message_id, ALREADY_ANSWERED)
     record = start.record
     sessions = sessions or Sessions(get_publisher().redis)
     if record.user_id is not None and _proposal_once_linked(record.body):

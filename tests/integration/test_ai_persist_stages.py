@@ -77,6 +77,23 @@ def test_a_rerun_of_an_answered_message_makes_no_proposal(
     assert [j["task"] for j in _queued(redis_client, "notify")] == ["notify.send", "notify.send"]
 
 
+def test_a_rerun_finding_a_reply_stored_without_its_handled_mark_ends_the_turn(
+    clean: None, db: psycopg.Connection, sessions: Sessions
+) -> None:
+    # A reply stored without the message marked handled (by a release that marked it in a second step)
+    # held the conversation's turn for good: the rerun that finds it answered marks it, as commands do.
+    seed(PHONE)
+    message_id = store_inbound(db, TEXT)
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_project"
+    db.execute("UPDATE messages SET handled_at = NULL WHERE id = %s", (message_id,))
+
+    assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "done"
+
+    row = db.execute("SELECT handled_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert row["handled_at"] is not None
+    assert replies(db) == [ai_worker.CHOOSE_PROJECT]
+
+
 def test_unlinked_sender_gets_linking_instructions(
     clean: None, db: psycopg.Connection, sessions: Sessions
 ) -> None:

@@ -103,7 +103,7 @@ def test_a_replayed_command_sends_its_real_reply_once(
     # Before: the command's answer was swallowed by the apology holding reply:<id>; the user had only that.
     [apology, answer] = replies(db)
     assert apology == give_up.APOLOGY
-    assert answer not in (give_up.APOLOGY, commands_worker._ALREADY_ANSWERED)
+    assert answer not in (give_up.APOLOGY, replies_module.ALREADY_ANSWERED)
     assert keys(db)[1] == f"reply:{message_id}"
     assert len(queued(redis_client, "notify")) == 1  # the answer's send; the apology is not sent again
 
