@@ -336,9 +336,10 @@ def _drafts_for(pieces: list[_Piece], drafts: list[_Draft]) -> list[_Draft | Non
 
 
 def _holdable(hours: float) -> float | None:
-    """``hours`` when an item can hold it, else None (not stated): a tenth of a minute rounds to 0 h, and an
+    """``hours`` when an item can hold it, else None (not stated): what rounds to 0 h in the item's two
+    decimals (a tenth of a minute, 0.001 h each, a tiny total shared out) would be stored as 0, and an
     item's amounts added up can pass :data:`MAX_ITEM_HOURS`, which its validation would refuse."""
-    return hours if 0 < hours <= MAX_ITEM_HOURS else None
+    return hours if round(hours, 2) > 0 and hours <= MAX_ITEM_HOURS else None
 
 
 def _resolve_own(draft: _Draft) -> None:
@@ -367,7 +368,7 @@ def _apply_scope(scope: _Scope, drafts: list[_Draft]) -> None:
         if levels and draft.priority is None:
             draft.priority = "high" if "high" in levels else levels[0]
         if each and draft.hours is None:
-            draft.hours = each[0]
+            draft.hours = _holdable(each[0])
     if totals:
         total = round(sum(totals), 2)
         missing = [d for d in drafts if d.hours is None]

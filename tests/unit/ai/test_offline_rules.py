@@ -444,6 +444,12 @@ def test_odd_input_gives_a_proposal_or_a_proposal_error(text: str) -> None:
         ("Fix login (0.1 min)", ["Fix login"]),
         ("Fix login 6000 hours, 6000 hours", ["Fix login"]),
         ("Fix login (0.1 min) and add signup (2h)", ["Fix login", "Add signup"]),
+        # Hours given per item, or a total shared out, that the item's two decimals would store as 0.
+        ("Fix login and fix logout, 0.001 hours each", ["Fix login", "Fix logout"]),
+        (
+            "Fix login, fix logout and fix signup, 0.01 hours in total",
+            ["Fix login", "Fix logout", "Fix signup"],
+        ),
     ],
 )
 def test_an_items_hours_a_proposal_cannot_hold_are_left_unstated(text: str, titles: list[str]) -> None:
