@@ -9,6 +9,7 @@ and the real twilio SDK talking to :class:`ChaosTwilioAPI` on 127.0.0.1.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 import uuid
@@ -164,6 +165,16 @@ def queues_empty(client: redis.Redis) -> bool:
     or a retry counting down) stays in the broker's ``unacked`` hash until acked, so a task stuck there,
     lost with its worker until the visibility timeout, keeps this False."""
     return all(client.llen(queue) == 0 for queue in QUEUES) and client.hlen(Channel.unacked_key) == 0
+
+
+def held_tasks(client: redis.Redis) -> list[tuple[str, str | None]]:
+    """(task, eta) of every message a worker holds: what keeps :func:`queues_empty` False."""
+    held = []
+    for raw in client.hvals(Channel.unacked_key):
+        payload = json.loads(raw)[0]
+        headers = payload.get("headers") or {}
+        held.append((str(headers.get("task")), headers.get("eta")))
+    return sorted(held, key=lambda item: (item[0], item[1] or ""))
 
 
 def reply_rows(database_url: str) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from tests.integration.chaos.harness import (
     ChaosTwilioAPI,
     Ingress,
     assert_exactly_one_reply_each,
+    held_tasks,
     outage_error,
     phones,
     queues_empty,
@@ -95,7 +96,12 @@ def test_messages_are_delivered_once_and_paced_after_a_provider_outage(
             what=f"a reply to each of the {MESSAGES} messages",
         )
         wait_for(lambda: sent_count(database_url) >= MESSAGES, timeout=60, what="replies recorded")
-        wait_for(lambda: queues_empty(redis_client), timeout=60, what="empty queues")
+        # Quiet: a send's retries scheduled during the outage (doubling from 1 s, jittered) may still count
+        # down after every message went out, and end finding it sent; the last can be a minute or more off.
+        try:
+            wait_for(lambda: queues_empty(redis_client), timeout=240, what="empty queues")
+        except pytest.fail.Exception:
+            pytest.fail(f"still held after 240 s: {held_tasks(redis_client)}")
 
         statuses = {a.status for a in fake.arrivals}
         assert {500, 429, 201} <= statuses  # the outage really happened, in both shapes
