@@ -23,7 +23,6 @@ store committed but before the handler was enqueued decides again and enqueues i
 from __future__ import annotations
 
 import functools
-import re
 import time
 import unicodedata
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from shared.ratelimit import InboundVerdict, RateLimiter
 from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage, MessageType, inbound_key_parts
+from shared.words import trimmed
 from workers import event_task, ordering
 from workers.base import WapipeTask
 
@@ -357,17 +357,13 @@ def _keywords(words: list[str]) -> set[str]:
     return {_keyword(word) for word in words}
 
 
-# Anything but letters and digits (punctuation, emoji, symbols, joiners) around the words.
-_AROUND = re.compile(r"^[\W_]+|[\W_]+$")
-
-
 def _keyword(text: str) -> str:
     """``text`` folded the way people vary an opt-out: case, accents, punctuation and emoji around it,
     spacing (``¡Baja!`` and ``STOP 🙏`` are ``baja`` and ``stop``). Still the whole message: words around
     the keyword are kept, so "please don't stop the service" never matches ``stop``."""
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(char for char in decomposed if unicodedata.category(char) != "Mn")
-    return " ".join(_AROUND.sub("", plain.casefold()).split())
+    return " ".join(trimmed(plain.casefold()).split())
 
 
 def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
