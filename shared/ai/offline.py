@@ -28,6 +28,7 @@ from shared.ai.offline_effort import find_efforts
 from shared.ai.offline_priority import find_priorities
 from shared.ai.offline_text import fold, is_spanish, starts_with_verb, verb_phrase, wordset
 from shared.ai.proposal import MAX_ITEM_HOURS, MAX_ITEMS, Proposal, ProposalError, ProposalItem
+from shared.words import trimmed
 
 MAX_INPUT_CHARS = 10_000
 MAX_TITLE_CHARS = 80
@@ -242,8 +243,9 @@ def _clean_title(text: str) -> str:
     for _ in range(6):
         before = text
         text = text[len(_LEADIN.match(fold(text))[0]) :] if _LEADIN.match(fold(text)) else text
-        text = re.sub(r"^[^\w(#@\"'¿¡]+|[^\w)\"'%?!]+$", "", text).strip()
-        text = re.sub(r"^[¿¡]+|[?!]+$", "", text).strip()
+        # By hand, not patterns anchored at the end: those are quadratic on a run inside the title.
+        text = trimmed(text, keep_first="_(#@\"'¿¡", keep_last="_)\"'%?!").strip()
+        text = text.lstrip("¿¡").rstrip("?!").strip()
         words = text.split()
         while words and fold(words[-1]).strip(".,;:") in _TRAILING_WORDS:
             words.pop()
