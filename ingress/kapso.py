@@ -49,10 +49,10 @@ def delivery_key(idempotency_key: str) -> str:
 @bp.post("")
 def receive() -> Any:
     settings = current_settings()
-    raw = request.get_data(cache=True)
-    refusal = _signature_refusal(raw)
+    refusal = _signature_refusal()
     if refusal is not None:
         return refusal
+    raw = request.get_data(cache=True)
 
     idempotency_key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()[:MAX_IDEMPOTENCY_KEY]
     if idempotency_key and _delivery_seen(idempotency_key):
@@ -117,9 +117,9 @@ def _mark_delivery(key: str) -> None:
         log.warning("kapso.idempotency_mark_failed", error_type=type(exc).__name__)
 
 
-def _signature_refusal(raw: bytes) -> Response | None:
+def _signature_refusal() -> Response | None:
     secrets, variable = current_settings().signing_secrets("kapso_webhook_secret"), "KAPSO_WEBHOOK_SECRET"
-    return signature_refusal(PROVIDER, raw, secrets, variable, signature.HEADER, signature.is_valid)
+    return signature_refusal(PROVIDER, secrets, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:

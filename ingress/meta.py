@@ -53,10 +53,10 @@ def verify_subscription() -> Any:
 @bp.post("")
 def receive() -> Any:
     settings = current_settings()
-    raw = request.get_data(cache=True)
-    refusal = _signature_refusal(raw)
+    refusal = _signature_refusal()
     if refusal is not None:
         return refusal
+    raw = request.get_data(cache=True)
 
     try:
         body = json_body.loads(raw)
@@ -98,9 +98,9 @@ def receive() -> Any:
     return jsonify({"status": "ok"})
 
 
-def _signature_refusal(raw: bytes) -> Response | None:
+def _signature_refusal() -> Response | None:
     secrets, variable = current_settings().signing_secrets("meta_app_secret"), "META_APP_SECRET"
-    return signature_refusal(PROVIDER, raw, secrets, variable, signature.HEADER, signature.is_valid)
+    return signature_refusal(PROVIDER, secrets, variable, signature.HEADER, signature.is_valid)
 
 
 def _malformed(code: str, message: str) -> Response:

@@ -1,4 +1,4 @@
-"""The checks every HMAC-signed JSON webhook (Meta, Kapso) makes before it reads a byte of the body."""
+"""The checks every HMAC-signed JSON webhook (Meta, Kapso) makes before it reads the body as an event."""
 
 from __future__ import annotations
 
@@ -16,40 +16,45 @@ log = get_logger(__name__)
 
 def signature_refusal(
     provider: str,
-    raw: bytes,
     secrets: Sequence[str],
     variable: str,
     header: str,
     is_valid: Callable[[str, bytes, str], bool],
 ) -> Response | None:
-    """A 403 (counted) when the request's ``header`` is missing or is not the HMAC of ``raw`` with one of
-    ``secrets``: the one the environment ``variable`` holds, and its secondary during a rotation
+    """A 403 (counted) when the request's ``header`` is missing or is not the HMAC of its raw body with one
+    of ``secrets``: the one the environment ``variable`` holds, and its secondary during a rotation
     (:meth:`Settings.signing_secrets`). None when the signature is right or the explicit
-    ``WAPIPE_INSECURE_SKIP_SIGNATURES`` is on."""
+    ``WAPIPE_INSECURE_SKIP_SIGNATURES`` is on.
+
+    The body is read (and cached, for the caller's ``request.get_data(cache=True)``) only once there is a
+    header and a secret to check it with: a request that cannot be signed costs nothing but its headers,
+    not the read of up to ``WAPIPE_MAX_BODY_BYTES``."""
     if current_settings().insecure_skip_signatures:
         return None
-    refusal = _refusal(provider, raw, secrets, variable, header, is_valid)
+    refusal = _unsigned_refusal(secrets, variable, header) or _mismatch_refusal(
+        provider, secrets, header, is_valid
+    )
     if refusal is not None:
         SIGNATURE_FAILURES.labels(provider).inc()
         WEBHOOKS.labels(provider, "unknown", "forbidden").inc()
     return refusal
 
 
-def _refusal(
-    provider: str,
-    raw: bytes,
-    secrets: Sequence[str],
-    variable: str,
-    header: str,
-    is_valid: Callable[[str, bytes, str], bool],
-) -> Response | None:
+def _unsigned_refusal(secrets: Sequence[str], variable: str, header: str) -> Response | None:
     if not secrets:
         return api_error(
             403, "signature_unverifiable", f"{variable} is not set: signatures cannot be verified"
         )
-    value = request.headers.get(header)
-    if not value:
+    if not request.headers.get(header):
         return api_error(403, "signature_missing", f"missing {header} header")
+    return None
+
+
+def _mismatch_refusal(
+    provider: str, secrets: Sequence[str], header: str, is_valid: Callable[[str, bytes, str], bool]
+) -> Response | None:
+    raw = request.get_data(cache=True)
+    value = request.headers[header]
     if not any(is_valid(secret, raw, value) for secret in secrets):
         log.warning(f"{provider}.signature_invalid")
         return api_error(403, "signature_invalid", f"{header} does not match this request")

@@ -6,6 +6,7 @@ Real Flask app (``create_app``), real PostgreSQL and Redis; the stages run as th
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from datetime import UTC, datetime
@@ -133,6 +134,40 @@ def test_no_secret_configured_refuses_every_webhook(redis_client: redis.Redis, p
     assert response.status_code == 403
     assert response.get_json()["error"]["code"] == "signature_unverifiable"
     assert queue_lengths(redis_client) == {"inbound": 0, "status": 0}
+
+
+def _sent_as_a_stream(client: FlaskClient, request: Request) -> tuple[int, int]:
+    """The status of ``request`` sent with its body as the WSGI input stream, and how many bytes of that
+    body the app read (where the stream stands once the answer is out)."""
+    stream = io.BytesIO(request.body)
+    response = client.post(
+        request.path,
+        input_stream=stream,
+        content_length=len(request.body),
+        content_type=request.content_type,
+        headers=request.headers,
+    )
+    return response.status_code, stream.tell()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", ["no_header", "no_secret"])
+def test_an_unsigned_or_uncheckable_webhook_is_refused_before_its_body_is_read(
+    redis_client: redis.Redis, provider: str, case: str
+) -> None:
+    """A request that cannot be signed by the provider costs nothing but its headers: the body (up to
+    WAPIPE_MAX_BODY_BYTES of it) is not even read."""
+    secrets = {"twilio_auth_token": None, "meta_app_secret": None, "kapso_webhook_secret": None}
+    app = create_app(settings(**secrets) if case == "no_secret" else settings())
+    client = app.test_client()
+    good = valid(create_app(settings()), provider, "wamid.unread")
+    refused = unsigned(good) if case == "no_header" else good
+
+    assert _sent_as_a_stream(client, refused) == (403, 0)
+    assert queue_lengths(redis_client) == {"inbound": 0, "status": 0}
+    if case == "no_header":
+        # The same delivery signed is read, whole, and accepted: the stream does show a read.
+        assert _sent_as_a_stream(client, good) == (200, len(good.body))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
