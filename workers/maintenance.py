@@ -9,7 +9,9 @@
   every later message's turn check in their conversation;
 - purge verification codes past their expiry;
 - delete raw webhook events older than ``WAPIPE_WEBHOOK_RETENTION_DAYS`` (default 30);
-- report dead letters waiting for an operator (a warning with the count and the oldest one's age).
+- report dead letters waiting for an operator (a warning with the count and the oldest one's age);
+- remove the temporary files of media downloads whose worker was killed mid-download (``.part-*`` in
+  ``WAPIPE_MEDIA_DIR``), which nothing else ever removes.
 
 Every job is a plain function (what the tests call) that is idempotent: a second run finds nothing left to
 do. Jobs that delete or update many rows work in batches, each its own short transaction. The schedule is
@@ -18,8 +20,11 @@ applied to the Celery app when this module is imported, which beat does through 
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from shared.db import links
@@ -28,6 +33,7 @@ from shared.db.pool import transaction
 from shared.logging import get_logger
 from shared.settings import get_settings
 from workers import celery
+from workers.media import PART_PREFIX
 
 log = get_logger(__name__)
 
@@ -37,6 +43,11 @@ BATCH_SIZE = 1000
 # delete come faster (webhook events above ~28/s), however quick each batch is. Well under the task's time
 # limit (shared/queues.py TASK_TIME_LIMIT_SECONDS, 300 s), so a run always ends on its own.
 RUN_BUDGET_SECONDS = 60.0
+# A download writes its .part file as the bytes arrive, then renames or removes it. No download goes on
+# longer than the task's hard time limit (shared/queues.py TASK_TIME_LIMIT_SECONDS, 300 s; workers/media.py
+# gives one file DOWNLOAD_SECONDS plus a read's timeout), so a .part file unwritten for an hour is no live
+# download's. The margin also covers the clocks of machines sharing a network folder disagreeing by minutes.
+STALE_DOWNLOAD_AGE = timedelta(hours=1)
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "close-idle-conversations": {
@@ -47,6 +58,10 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "purge-expired-codes": {"task": "maintenance.purge_expired_codes", "schedule": timedelta(minutes=15)},
     "purge-webhook-events": {"task": "maintenance.purge_webhook_events", "schedule": timedelta(hours=1)},
     "report-dead-letters": {"task": "maintenance.report_dead_letters", "schedule": timedelta(minutes=15)},
+    "remove-stale-downloads": {
+        "task": "maintenance.remove_stale_downloads",
+        "schedule": timedelta(hours=1),
+    },
     # Fails sends left 'sending' by a dead worker and re-enqueues queued messages whose job was lost.
     "sweep-outbound": {"task": "notify.sweep", "schedule": timedelta(minutes=1)},
 }
@@ -131,6 +146,44 @@ def report_dead_letters() -> queries.DeadLetterSummary:
     return summary
 
 
+def remove_stale_downloads(folder: Path | None = None, max_age: timedelta = STALE_DOWNLOAD_AGE) -> int:
+    """Remove the media downloads' temporary files in ``folder`` (``WAPIPE_MEDIA_DIR``) not written for
+    ``max_age``: left by workers killed mid-download, they would fill the disk over the months. Return how
+    many were removed."""
+    folder = folder or get_settings().media_path
+    cutoff = time.time() - max_age.total_seconds()
+    removed = freed = 0
+    for path, size in _stale_downloads(folder, cutoff):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile, by another run
+        removed += 1
+        freed += size
+    log.info("stale media downloads removed", removed=removed, freed_bytes=freed)
+    return removed
+
+
+def _stale_downloads(folder: Path, cutoff: float) -> Iterator[tuple[Path, int]]:
+    """Each .part file directly in ``folder`` (where workers/media.py makes them) last written before
+    ``cutoff``, with its size."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return  # no media downloaded yet
+    for entry in entries:
+        if not entry.name.startswith(PART_PREFIX):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # renamed into place or removed since the listing
+        if stat.st_mtime < cutoff:
+            yield Path(entry.path), stat.st_size
+
+
 @celery.task(name="maintenance.close_idle_conversations", bind=True, acks_late=True, ignore_result=True)
 def close_idle_conversations_task(self: Any) -> None:
     close_idle_conversations()
@@ -154,3 +207,8 @@ def purge_webhook_events_task(self: Any) -> None:
 @celery.task(name="maintenance.report_dead_letters", bind=True, acks_late=True, ignore_result=True)
 def report_dead_letters_task(self: Any) -> None:
     report_dead_letters()
+
+
+@celery.task(name="maintenance.remove_stale_downloads", bind=True, acks_late=True, ignore_result=True)
+def remove_stale_downloads_task(self: Any) -> None:
+    remove_stale_downloads()

@@ -86,6 +86,9 @@ DOWNLOAD_SECONDS = 60.0
 # (shared/queues.py), so a slow message is retried rather than killed into a dead letter.
 TASK_DOWNLOAD_SECONDS = 200.0
 MAX_REDIRECTS = 5
+# A download's temporary file in WAPIPE_MEDIA_DIR, until it is renamed to its content address or removed; a
+# worker killed mid-download leaves it for maintenance.remove_stale_downloads.
+PART_PREFIX = ".part-"
 # A media lookup's answer (Graph's media object, Kapso's) is a few hundred bytes of JSON: one far longer is
 # a broken or hostile endpoint, not read into the worker's memory.
 LOOKUP_MAX_BYTES = 64 * 1024
@@ -393,7 +396,7 @@ class _Fetcher:
                 _check_declared_size(response.headers.get("Content-Length"), limit)
                 digest = hashlib.sha256()
                 size = 0
-                handle, temporary = tempfile.mkstemp(dir=folder, prefix=".part-")
+                handle, temporary = tempfile.mkstemp(dir=folder, prefix=PART_PREFIX)
                 try:
                     with os.fdopen(handle, "wb") as out:
                         # As the bytes arrive (not in fixed chunks), so the deadline is checked while a

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -10,7 +14,7 @@ import structlog
 
 from shared.db import maintenance as queries
 from shared.db.turns import HORIZON
-from workers import celery, maintenance
+from workers import celery, maintenance, media
 
 
 def _contact(db: psycopg.Connection, phone: str) -> int:
@@ -170,6 +174,7 @@ def test_beat_schedules_every_job_on_registered_tasks() -> None:
         "maintenance.purge_expired_codes",
         "maintenance.purge_webhook_events",
         "maintenance.release_lost_turns",
+        "maintenance.remove_stale_downloads",
         "maintenance.report_dead_letters",
         "notify.sweep",
     }
@@ -277,3 +282,36 @@ def test_the_lost_turns_sweep_reads_only_the_turn_index(db: psycopg.Connection) 
 
     assert "messages_turn" in text
     assert "Seq Scan" not in text
+
+
+def _file(path: Path, size: int, age: timedelta) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    then = time.time() - age.total_seconds()
+    os.utime(path, (then, then))
+    return path
+
+
+def test_downloads_left_by_a_killed_worker_are_removed_once_no_download_can_be_writing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    age = maintenance.STALE_DOWNLOAD_AGE
+    left = [_file(tmp_path / f"{media.PART_PREFIX}{n}", 1000, age + timedelta(minutes=n)) for n in (1, 90)]
+    writing = _file(tmp_path / f"{media.PART_PREFIX}now", 10, age - timedelta(minutes=5))
+    stored = _file(tmp_path / "ab" / ("ab" + "0" * 62 + ".jpg"), 10, timedelta(days=400))
+    other = _file(tmp_path / "notes.txt", 10, timedelta(days=400))
+
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(maintenance, "log", structlog.get_logger(maintenance.__name__))
+        assert maintenance.remove_stale_downloads(tmp_path) == 2
+    assert maintenance.remove_stale_downloads(tmp_path) == 0
+
+    # Before: nothing removed them, and each killed download's bytes stayed on disk for good.
+    assert [path.exists() for path in left] == [False, False]
+    assert [path.exists() for path in (writing, stored, other)] == [True, True, True]
+    [line] = [entry for entry in logs if entry["event"] == "stale media downloads removed"]
+    assert (line["removed"], line["freed_bytes"]) == (2, 2000)
+
+
+def test_no_media_folder_yet_is_nothing_to_remove(tmp_path: Path) -> None:
+    assert maintenance.remove_stale_downloads(tmp_path / "media") == 0
