@@ -204,6 +204,38 @@ class MessageError(_Out):
     message: str | None
 
 
+class StoredMedia(_Out):
+    # Closed, so the schemathesis test fails on a stored file's server path (or anything else) showing up.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(description="Bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the stored bytes.")
+    mime_type: str
+
+
+class MediaFetchError(_Out):
+    code: str = Field(description="Why the file was not stored for good, e.g. too_large, mime_not_allowed.")
+    message: str
+
+
+class HistoryMedia(_Out):
+    """One media file of an inbound message: what the provider sent (each field only when it sent it),
+    then what the download made of it. Nothing says where the server keeps the file."""
+
+    url: str | None = Field(default=None, description="The provider's media URL (Twilio, Kapso).")
+    media_id: str | None = Field(default=None, description="The provider's media id (Meta, Kapso).")
+    mime_type: str | None = None
+    caption: str | None = None
+    filename: str | None = None
+    sha256: str | None = Field(default=None, description="The digest the provider gave, when it gave one.")
+    stored: StoredMedia | None = Field(
+        default=None, description="Present once the file is downloaded and stored."
+    )
+    fetch_error: MediaFetchError | None = Field(
+        default=None, description="Present when the file was refused (too large, a type not accepted, gone)."
+    )
+
+
 class HistoryMessage(_Out):
     id: int
     direction: Literal["in", "out"]
@@ -211,7 +243,9 @@ class HistoryMessage(_Out):
     provider_message_id: str | None
     type: str
     body: str | None
-    media: Any
+    media: list[HistoryMedia] | None = Field(
+        description="An inbound message's media files; null for a message without any."
+    )
     status: str
     error: MessageError | None
     created_at: datetime

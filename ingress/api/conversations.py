@@ -27,7 +27,7 @@ from shared.db import history
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, normalize
-from shared.wire.events import Provider
+from shared.wire.events import Media, Provider
 
 log = get_logger(__name__)
 
@@ -35,6 +35,13 @@ bp = Blueprint("conversations_api", __name__, url_prefix="/api/v1/conversations"
 handle_invalid_params(bp)
 
 STATUSES = ("open", "handoff", "closed")
+# What a caller learns of an inbound message's media: what the provider sent, then whether the file was
+# stored (its size, digest and type) or why not (workers/media.py). Named field by field, so the stored
+# file's path, which says where the server keeps its data and is nothing a caller can open, stays out,
+# and so does anything the workers record there later.
+MEDIA_FIELDS = tuple(Media.model_fields)
+STORED_MEDIA_FIELDS = ("size", "sha256", "mime_type")
+MEDIA_ERROR_FIELDS = ("code", "message")
 
 
 def _conversation(row: history.ConversationRow) -> dict[str, Any]:
@@ -63,12 +70,30 @@ def _message(row: history.MessageRow) -> dict[str, Any]:
         "provider_message_id": row.provider_message_id,
         "type": row.type,
         "body": row.body,
-        "media": row.media,
+        "media": _media(row.media),
         "status": row.status,
         "error": message_error(row.error_code, row.error_message),
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
     }
+
+
+def _media(entries: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(entries, list):
+        return None
+    return [_media_entry(entry) for entry in entries if isinstance(entry, dict)]
+
+
+def _media_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    view = _picked(entry, MEDIA_FIELDS)
+    for name, fields in (("stored", STORED_MEDIA_FIELDS), ("fetch_error", MEDIA_ERROR_FIELDS)):
+        if isinstance(entry.get(name), dict):
+            view[name] = _picked(entry[name], fields)
+    return view
+
+
+def _picked(entry: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    return {name: entry[name] for name in fields if name in entry}
 
 
 def _phone_filter(raw: str | None) -> str | None:

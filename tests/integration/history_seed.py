@@ -7,8 +7,10 @@ relative to the moment the test runs, whatever the clock says.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 _ids = itertools.count(1)
 
@@ -47,11 +49,12 @@ def message(
     provider: str = "twilio",
     body: str = "hello",
     status: str | None = None,
+    media: list[dict[str, Any]] | None = None,
 ) -> int:
     sql = (
         "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body,"
-        " status, created_at, updated_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, now() - %s::interval, now() - %s::interval) RETURNING id"
+        " media, status, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now() - %s::interval, now() - %s::interval) RETURNING id"
     )
     status = status or ("received" if direction == "in" else "sent")
     params = (
@@ -61,6 +64,7 @@ def message(
         provider,
         f"SM{next(_ids):032d}",
         body,
+        Jsonb(media) if media is not None else None,
         status,
         ago,
         ago,

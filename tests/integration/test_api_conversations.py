@@ -209,6 +209,45 @@ def test_history_has_both_directions_oldest_first_with_status(
     assert page_two["next_cursor"] is None
 
 
+def test_history_shows_what_became_of_each_media_file_but_never_where_the_server_keeps_it(
+    client: FlaskClient, db: psycopg.Connection
+) -> None:
+    contact = seed.contact(db, "+14155550101")
+    conversation = seed.conversation(db, contact, provider="meta", number="106540352242922")
+    sha256 = "ab" * 32
+    path = f"/var/lib/wapipe/media/ab/{sha256}.jpg"
+    media = [  # as workers/media.py leaves them: stored, refused, not fetched yet
+        {
+            "media_id": "m-1",
+            "mime_type": "image/jpeg",
+            "caption": "the crack",
+            "stored": {"path": path, "size": 2048, "sha256": sha256, "mime_type": "image/jpeg"},
+        },
+        {"media_id": "m-2", "fetch_error": {"code": "too_large", "message": "over 16777216 bytes"}},
+        {"media_id": "m-3", "mime_type": "audio/ogg"},
+    ]
+    message = seed.message(db, conversation, contact, "in", "1 minute", provider="meta", media=media)
+    text_only = seed.message(db, conversation, contact, "out", "1 minute", provider="meta")
+
+    response = client.get(f"/api/v1/conversations/{conversation}/messages", headers=KEY)
+
+    assert response.status_code == 200
+    by_id = {m["id"]: m["media"] for m in response.get_json()["data"]}
+    assert by_id[message] == [
+        {
+            "media_id": "m-1",
+            "mime_type": "image/jpeg",
+            "caption": "the crack",
+            "stored": {"size": 2048, "sha256": sha256, "mime_type": "image/jpeg"},
+        },
+        {"media_id": "m-2", "fetch_error": {"code": "too_large", "message": "over 16777216 bytes"}},
+        {"media_id": "m-3", "mime_type": "audio/ogg"},
+    ]
+    assert by_id[text_only] is None
+    # Before: the stored file's path on the worker's disk was in the answer.
+    assert "/var/lib/wapipe" not in response.get_data(as_text=True)
+
+
 def test_history_of_an_unknown_conversation_is_404(client: FlaskClient) -> None:
     response = client.get("/api/v1/conversations/999/messages", headers=KEY)
     assert response.status_code == 404

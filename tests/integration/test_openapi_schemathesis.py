@@ -59,7 +59,17 @@ def app(test_servers: dict[str, str]) -> Flask:
     ) as db:
         contact = seed.contact(db, "+14155550123", name="Ana")
         conversation = seed.conversation(db, contact, provider="twilio", number="+14155238886")
-        seed.message(db, conversation, contact, "in", "2 hours", body="hi")
+        # With media as the download leaves it, stored and refused, so their documented shape is checked.
+        photo = {"media_id": "m-1", "mime_type": "image/jpeg", "caption": "the crack"}
+        stored = {
+            "path": "/srv/media/ab/ab.jpg",
+            "size": 2048,
+            "sha256": "ab" * 32,
+            "mime_type": "image/jpeg",
+        }
+        refused = {"code": "too_large", "message": "over WAPIPE_MEDIA_MAX_BYTES"}
+        media = [{**photo, "stored": stored}, {"url": "https://api.twilio.com/m", "fetch_error": refused}]
+        seed.message(db, conversation, contact, "in", "2 hours", body="hi", media=media)
         seed.message(db, conversation, contact, "out", "1 hour", body="Hello Ana")
         db.execute(
             "INSERT INTO assistant_configs (business_number, system_prompt) VALUES (%s, %s)",
