@@ -278,9 +278,14 @@ ORDER BY id
 """  # noqa: S608 - constant statuses, no input
 # Queued messages well past due: their notify.send job was lost (a worker died between a commit and the
 # publish that followed it). Re-enqueueing one that still has a job is harmless: the claim sends once.
+# The first test on the due time is the expression messages_outbound_queued_due (migration 0016) holds
+# beside the id, so the walk passes over messages backed off to a later send_after inside the index
+# rather than reading each from the table; the second is the one that counts (a message with no send_after
+# is due since it last changed) and reads only the rows the first could not rule out.
 _OVERDUE = """
 SELECT id FROM messages
 WHERE direction = 'out' AND status = 'queued'
+  AND COALESCE(send_after, '-infinity') < now() - make_interval(secs => %(grace)s)
   AND COALESCE(send_after, updated_at) < now() - make_interval(secs => %(grace)s)
 ORDER BY id LIMIT %(limit)s
 """
