@@ -23,9 +23,13 @@ from shared.settings import get_settings
 
 _PREFIX = "session:"
 # SET KEYS[1] only while the lock KEYS[2] holds the token ARGV[3]: a check and a write with nothing between.
+# With a KEYS[3] (a :class:`Beside`), set it to ARGV[4] for ARGV[5] seconds, or delete it without an ARGV[4].
 _SET_WHILE_HELD = """
 if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if KEYS[3] then
+  if ARGV[4] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) else redis.call('DEL', KEYS[3]) end
+end
 return 1
 """
 
@@ -47,6 +51,16 @@ class Selection:
     project_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Beside:
+    """A key written in the same step as a session: set to ``value`` for ``ttl_seconds``, or deleted when
+    ``value`` is None. It may outlive the session (shared/flows/service.py notes a form under way in one)."""
+
+    key: str
+    value: str | None = None
+    ttl_seconds: int = 0
+
+
 class Sessions:
     """Load, save and clear sessions; ``user_key`` is the contact's E.164 phone (or Meta BSUID)."""
 
@@ -62,19 +76,35 @@ class Sessions:
         self._redis.expire(_key(user_key), self._ttl)
         return json.loads(raw)
 
-    def save(self, user_key: str, data: dict[str, Any], *, while_held: tuple[str, str] | None = None) -> bool:
+    def save(
+        self,
+        user_key: str,
+        data: dict[str, Any],
+        *,
+        while_held: tuple[str, str] | None = None,
+        beside: Beside | None = None,
+    ) -> bool:
         """Save the session; return whether it was saved.
 
         ``while_held`` is a lock (its Redis key and its holder's token): the session is then saved only
         if that key still holds the token, checked and set in one step, so a holder whose lease ran out
         cannot overwrite what the next holder saved (shared/flows/service.py saves flow state this way).
+        ``beside`` is written (or deleted) in that same step, only with ``while_held``.
         """
         raw = json.dumps(data, separators=(",", ":"))
         if while_held is None:
+            if beside is not None:
+                raise ValueError("a key beside the session is written only under a lock (while_held)")
             self._redis.set(_key(user_key), raw, ex=self._ttl)
             return True
         lock_key, token = while_held
-        return bool(self._redis.eval(_SET_WHILE_HELD, 2, _key(user_key), lock_key, raw, self._ttl, token))
+        keys = [_key(user_key), lock_key]
+        args: list[str | int] = [raw, self._ttl, token]
+        if beside is not None:
+            keys.append(beside.key)
+            if beside.value is not None:
+                args += [beside.value, beside.ttl_seconds]
+        return bool(self._redis.eval(_SET_WHILE_HELD, len(keys), *keys, *args))
 
     def update(self, user_key: str, **changes: Any) -> dict[str, Any]:
         """Merge changes into the session (a None value removes the key) and save it."""

@@ -68,6 +68,13 @@ def menu_text(pack: Pack, preface: str | None = None) -> Outcome:
     return Outcome(idle(pack), f"{head}\n{numbered}", _list(head, pack.pack.menu_button, rows))
 
 
+def timed_out(pack: Pack, form: Mapping[str, Any], *, minutes: int) -> Outcome:
+    """The menu, prefaced by the pack's notice that ``form`` (its ``title``) timed out: the answer that
+    came after it was meant for a question no longer asked, so it is not read at all."""
+    notice = render(pack.pack.form_timed_out, {"flow_title": form.get("title") or "", "minutes": minutes})
+    return menu_text(pack, preface=notice)
+
+
 def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any]:
     # The shape of shared.providers.base.Interactive, stored as the outbound message's payload.
     interactive = {"kind": "list", "body": body, "button_text": button, "sections": [{"rows": rows}]}
@@ -166,4 +173,4 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
     return _finish(pack, flow, state, dataclasses.replace(ctx, flow=flow.id))
 
 
-__all__ = ["Answer", "Outcome", "advance", "allowed", "menu_text", "render"]
+__all__ = ["Answer", "Outcome", "advance", "allowed", "menu_text", "render", "timed_out"]

@@ -36,6 +36,8 @@ MAX_MENU_ROWS = 10
 MAX_ROW_TITLE = 24
 MAX_BUTTON_TITLE = 20
 MAX_ROW_DESCRIPTION = 72
+# What the [pack] table's form_timed_out may name: the form's title and the session's time to live.
+TIMED_OUT_VALUES = frozenset({"flow_title", "minutes"})
 
 
 class PackError(Exception):
@@ -144,8 +146,22 @@ class Meta(_Strict):
     menu_button: str = Field(default="Options", max_length=MAX_BUTTON_TITLE)
     menu_hint: str = "Send *menu* at any time to see the options again."
     cancel_hint: str = "(send *cancel* to go back to the menu)"
+    # Before the menu, to the first message of a conversation whose form was left unanswered past the
+    # session's time to live (shared/flows/service.py): that message answered a question no longer asked.
+    form_timed_out: str = (
+        "⏱️ Your *{flow_title}* form timed out after {minutes} minutes without an answer, so nothing was"
+        " submitted and its answers were not kept."
+    )
     menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
     cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
+
+    @field_validator("form_timed_out")
+    @classmethod
+    def _timed_out_values(cls, template: str) -> str:
+        unknown = placeholders(template) - TIMED_OUT_VALUES
+        if unknown:
+            raise ValueError(f"{_braced(unknown)}: only {_braced(TIMED_OUT_VALUES)} are known here")
+        return template
 
     @field_validator("menu_words", "cancel_words")
     @classmethod
@@ -165,6 +181,10 @@ class Pack(_Strict):
 
     def flow(self, flow_id: str) -> Flow | None:
         return next((flow for flow in self.flows if flow.id == flow_id), None)
+
+
+def _braced(names: set[str] | frozenset[str]) -> str:
+    return ", ".join(f"{{{name}}}" for name in sorted(names))
 
 
 def placeholders(template: str) -> set[str]:

@@ -55,12 +55,20 @@ Ordering and exactly-once across several ``flows`` worker processes:
   own message is handled does nothing. So is a flow state left in the
   user's own session by a version that kept one per user: it is ignored, and the conversation starts
   over at the menu.
+- A form does not expire silently. Each save of a state with a form under way also writes, in the same
+  guarded step, a note of it (``flows:form:conversation:<id>``, :data:`FORM_NOTE_KEY`) that outlives the
+  session by as long as the conversation stays open (``WAPIPE_CONVERSATION_IDLE_MINUTES``); a save with
+  no form under way deletes it. The first message to find the state expired and the note there was
+  written to answer a question no longer asked (a "2" for a choice would start the menu's option 2): it
+  is not read, its sender is told the form timed out and nothing of it was kept, and shown the menu
+  (:func:`shared.flows.engine.timed_out`). The note goes with that answer's save, so it is told once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import secrets
 import threading
 import time
@@ -80,7 +88,7 @@ from shared.flows.validators import Answer
 from shared.logging import get_logger
 from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_key
 from shared.replies import APOLOGY_KEY, reply_key
-from shared.sessions import Sessions
+from shared.sessions import Beside, Sessions
 from shared.settings import get_settings
 
 log = get_logger(__name__)
@@ -92,6 +100,8 @@ UNROUTED_GRACE = timedelta(minutes=5)
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
 LOCK_KEY = "flows:lock:conversation:{conversation_id}"
 SESSION_KEY = "flow"
+# The note of a form under way, which outlives the conversation's session (module docstring).
+FORM_NOTE_KEY = "flows:form:conversation:{conversation_id}"
 # Besides the engine's state, the flow state keeps the last handled message id and the reply to it.
 CURSOR_FIELD = "last_message_id"
 REPLY_FIELD = "reply"
@@ -232,6 +242,7 @@ def _process_locked(
     sessions = Sessions(redis_client)
     session = sessions.load(session_key(target))
     state = session.get(SESSION_KEY) or {}
+    lapsed = None if state else _lapsed_form(redis_client, target)
     cursor = state.get(CURSOR_FIELD)
     keys = reply_keys(target.message_id)
     if isinstance(cursor, int):
@@ -281,17 +292,8 @@ def _process_locked(
             repository.mark_handled(conn, row["id"])
             conn.commit()
             continue
-        answer = Answer(row["body"] or "", reply_id_from(row["payload"]))
-        ctx = FlowContext(
-            conn=conn,
-            contact_id=target.contact_id,
-            conversation_id=target.conversation_id,
-            message_id=row["id"],
-            # The database's clock, as the records the flow compares it with (created_at, due_at) use.
-            now=now or repository.db_now(conn),
-        )
-        engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
-        outcome = engine.advance(pack, engine_state, answer, ctx)
+        outcome = _respond(row, target, conn, pack, state, lapsed, now)
+        lapsed = None  # told once, with the first answer after the form's state expired
         conn.commit()
         state = {
             **outcome.state,
@@ -299,11 +301,64 @@ def _process_locked(
             REPLY_FIELD: {"text": outcome.text, "payload": outcome.payload},
         }
         session = {**session, SESSION_KEY: state}
-        if not sessions.save(session_key(target), session, while_held=lock.claim):
+        note = _form_note(pack, target, state)
+        if not sessions.save(session_key(target), session, while_held=lock.claim, beside=note):
             raise _lost(row["id"], target)
         _finish(conn, row["id"], state, reply)
         handled += 1
     return handled
+
+
+def _respond(
+    row: dict[str, Any],
+    target: Target,
+    conn: psycopg.Connection,
+    pack: Pack,
+    state: dict[str, Any],
+    lapsed: dict[str, Any] | None,
+    now: datetime | None,
+) -> engine.Outcome:
+    """The flow's answer to the message ``row``: the engine's step from ``state``, or, when a form
+    ``lapsed``, the notice that it timed out and the menu, the message not read."""
+    if lapsed is not None:
+        log.info("flows.form_timed_out", conversation_id=target.conversation_id, flow=lapsed.get("flow"))
+        return engine.timed_out(pack, lapsed, minutes=_ttl_minutes())
+    answer = Answer(row["body"] or "", reply_id_from(row["payload"]))
+    ctx = FlowContext(
+        conn=conn,
+        contact_id=target.contact_id,
+        conversation_id=target.conversation_id,
+        message_id=row["id"],
+        # The database's clock, as the records the flow compares it with (created_at, due_at) use.
+        now=now or repository.db_now(conn),
+    )
+    engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
+    return engine.advance(pack, engine_state, answer, ctx)
+
+
+def _lapsed_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | None:
+    """The form under way when the conversation's flow state expired (its ``flow`` id and ``title``), if
+    one was: read only when the state is gone."""
+    raw = redis_client.get(FORM_NOTE_KEY.format(conversation_id=target.conversation_id))
+    return json.loads(raw) if raw is not None else None
+
+
+def _form_note(pack: Pack, target: Target, state: dict[str, Any]) -> Beside:
+    """The note saved with ``state``: of its form under way, or the note's deletion when none is."""
+    key = FORM_NOTE_KEY.format(conversation_id=target.conversation_id)
+    flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
+    if flow is None:
+        return Beside(key)
+    settings = get_settings()
+    # A message after the conversation closes (idle that long) opens a new one, with no state and no
+    # note: past that the note is of no use. The session's TTL on top keeps it past the session's end.
+    ttl = settings.conversation_idle_minutes * 60 + settings.session_ttl_seconds
+    return Beside(key, json.dumps({"flow": flow.id, "title": flow.title}), ttl)
+
+
+def _ttl_minutes() -> int:
+    """The session's time to live as the timed-out notice says it, in whole minutes."""
+    return max(1, round(get_settings().session_ttl_seconds / 60))
 
 
 def reply_keys(message_id: int) -> repository.ReplyKeys:

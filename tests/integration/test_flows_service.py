@@ -262,6 +262,45 @@ def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
     assert "1. Report a defect" in user.replies()[-1]
 
 
+def test_an_answer_to_a_form_that_timed_out_is_told_so_and_not_read_as_a_menu_choice(user: User) -> None:
+    """Half a defect report, then 30 minutes of silence: the "2" that answers its next question (Return)
+    must not start the menu's option 2 (Order status) on the user's behalf."""
+    user.step(user.store("1"))
+    user.step(user.store("ORD-12345"))  # what type of defect? 1. Internal Reject 2. Return 3. Other
+    Sessions(user.redis).clear(session_key(user.target))  # what 30 minutes without a message does
+    assert user.step(user.store("2")) == 1
+    notice = user.replies()[-1]
+    assert "*Report a defect* form timed out after 30 minutes" in notice
+    assert "nothing was submitted" in notice
+    assert "1. Report a defect" in notice  # the menu again
+    assert user.flow["flow"] is None
+    mine = user.db.execute("SELECT count(*) AS n FROM flow_records WHERE contact_id = %s", (user.contact_id,))
+    assert mine.fetchone()["n"] == 0
+    user.step(user.store("2"))  # told once: now it is a menu choice
+    assert "Which order?" in user.replies()[-1]
+
+
+@pytest.mark.parametrize("ending", [["cancel"], ["ORD-12345", "1", "1", "Scratched"]])
+def test_a_form_cancelled_or_finished_is_not_reported_as_timed_out(user: User, ending: list[str]) -> None:
+    user.step(user.store("1"))
+    for text in ending:
+        user.step(user.store(text))
+    Sessions(user.redis).clear(session_key(user.target))
+    user.step(user.store("2"))
+    assert "Which order?" in user.replies()[-1]
+
+
+def test_a_timed_out_form_of_one_conversation_is_not_reported_in_another(user: User) -> None:
+    number_2 = add_conversation(user.db, user.contact_id, "+15550008888")
+    user.step(user.store("1"))
+    Sessions(user.redis).clear(session_key(user.target))
+    to_number_2 = add_inbound(user.db, user.contact_id, number_2, "2")
+    user.redis.set(handler_key(to_number_2), 1)
+    target_2 = Target(to_number_2, number_2, user.contact_id, PHONE)
+    assert process(target_2, conn=user.db, redis_client=user.redis, pack=user.pack, reply=queue_reply) == 1
+    assert "Which order?" in user.replies(number_2)[-1]
+
+
 def test_through_the_real_router_in_menu_mode(user: User) -> None:
     """inbound.route's dispatch marker is what flows.step reads to tell the flow's messages apart."""
     from shared.flows.service import step

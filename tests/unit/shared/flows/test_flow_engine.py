@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.flows.engine import advance
+from shared.flows.engine import advance, timed_out
 from shared.flows.pack import Pack, parse_pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
@@ -79,3 +79,16 @@ def test_a_long_answer_of_punctuation_between_words_is_read_at_once() -> None:
     state, text = _send(pack, state, "a" + "!" * 65_534 + "a")
     assert state["flow"] == "urgencia"
     assert "1 to 2" in text
+
+
+def test_a_timed_out_form_is_told_in_the_packs_own_words_before_its_menu() -> None:
+    pack = parse_pack(
+        SPANISH.replace(
+            'greeting = "¡Hola!"',
+            'greeting = "¡Hola!"\nform_timed_out = "⏱️ *{flow_title}*: sin respuesta en {minutes} minutos."',
+        )
+    )
+    outcome = timed_out(pack, {"flow": "urgencia", "title": "Urgencia"}, minutes=30)
+    assert outcome.state == {"pack": "taller", "flow": None}
+    assert outcome.text.startswith("⏱️ *Urgencia*: sin respuesta en 30 minutos.\n")
+    assert "1. Urgencia" in outcome.text

@@ -138,3 +138,11 @@ def test_multiline_strings_do_not_confuse_line_numbers() -> None:
         parse_pack(text, "tiny.toml")
     # A header-looking line inside the string (line 18) neither counts as a flow nor shifts the lines.
     assert "tiny.toml:22: flows[1].id" in str(caught.value)
+
+
+def test_a_timed_out_notice_naming_an_unknown_value_names_its_line() -> None:
+    text = GOOD.replace('name = "tiny"', 'name = "tiny"\nform_timed_out = "{flow_title} expired at {when}"')
+    with pytest.raises(PackError) as caught:
+        parse_pack(text, "tiny.toml")
+    assert "tiny.toml:3: pack.form_timed_out" in str(caught.value)
+    assert "{when}" in str(caught.value)
