@@ -1,7 +1,11 @@
-"""Chat sessions in Redis, one per WhatsApp user: what they have selected and where they are in a flow.
+"""Chat sessions in Redis: what a WhatsApp user has selected, and where each of their conversations is in
+a menu flow.
 
 A session lives 30 minutes (``WAPIPE_SESSION_TTL``) after the user's last message, so an abandoned form
 expires by itself. It is shared by every worker process, which is why it is in Redis and not in memory.
+The user's own session (keyed by their phone) holds their selection; the menu flows keep one session per
+conversation (``<phone>/conversation/<id>``, shared/flows/service.py), so a person writing to two of our
+business numbers has a form going in each, neither overwriting the other.
 
 A session is keyed by phone, but a phone can change hands (unlinked, then linked to another account), so
 the workspace and project selection is stored with the id of the user who made it (``user_id``) and read
@@ -75,6 +79,11 @@ class Sessions:
             return {}
         self._redis.expire(_key(user_key), self._ttl)
         return json.loads(raw)
+
+    def peek(self, user_key: str) -> dict[str, Any]:
+        """The session's data (empty when none or expired), its TTL left as it is."""
+        raw = self._redis.get(_key(user_key))
+        return {} if raw is None else json.loads(raw)
 
     def save(
         self,

@@ -91,6 +91,15 @@ ORDER BY id
 _IS_APOLOGISED_ONLY = f"SELECT {_APOLOGISED_ONLY} AS owed"
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
 _IS_HANDLED = "SELECT handled_at IS NOT NULL AS handled FROM messages WHERE id = %(id)s"
+_LAST_ANSWERED = """
+SELECT NOT EXISTS (
+    SELECT FROM messages later
+    WHERE later.conversation_id = m.conversation_id AND later.id > m.id
+      AND later.direction = 'in' AND later.handled_at IS NOT NULL
+) AS last
+FROM messages m
+WHERE m.id = %(id)s AND m.conversation_id = %(conversation_id)s AND m.direction = 'in'
+"""
 
 _REFERENCE_CONSTRAINT = "flow_records_reference_key"
 
@@ -220,6 +229,12 @@ def db_now(conn: psycopg.Connection) -> datetime:
 
 def mark_handled(conn: psycopg.Connection, message_id: int) -> None:
     conn.execute(_MARK_HANDLED, {"id": message_id})
+
+
+def last_answered_in(conn: psycopg.Connection, conversation_id: int, message_id: int) -> bool:
+    """Whether inbound ``message_id`` is the conversation's, and none of its later messages was answered."""
+    row = conn.execute(_LAST_ANSWERED, {"id": message_id, "conversation_id": conversation_id}).fetchone()
+    return bool(row and row["last"])
 
 
 def is_handled(conn: psycopg.Connection, message_id: int) -> bool:

@@ -52,9 +52,12 @@ Ordering and exactly-once across several ``flows`` worker processes:
   whose clock runs fast would otherwise pass over a message still being routed and answer the next first.
 - When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
   it; then only messages younger than the session TTL and not handled are considered, and a step whose
-  own message is handled does nothing. So is a flow state left in the
-  user's own session by a version that kept one per user: it is ignored, and the conversation starts
-  over at the menu.
+  own message is handled does nothing.
+- A flow state left in the user's own session by a version that kept one per user (keyed by phone) is
+  carried over, so a form under way at a deploy goes on: by the conversation its cursor (the last message
+  it answered) belongs to, while that conversation has no state of its own and none of its messages after
+  the cursor was answered; once one is, it is never taken up again. Any other conversation of the user
+  starts at the menu, as does this one when the cursor is not its.
 - A form does not expire silently. Each save of a state with a form under way also writes, in the same
   guarded step, a note of it (``flows:form:conversation:<id>``, :data:`FORM_NOTE_KEY`) that outlives the
   session by as long as the conversation stays open (``WAPIPE_CONVERSATION_IDLE_MINUTES``); a save with
@@ -241,7 +244,7 @@ def _process_locked(
 ) -> int:
     sessions = Sessions(redis_client)
     session = sessions.load(session_key(target))
-    state = session.get(SESSION_KEY) or {}
+    state = session.get(SESSION_KEY) or _carried_over(conn, sessions, target)
     lapsed = None if state else _lapsed_form(redis_client, target)
     cursor = state.get(CURSOR_FIELD)
     keys = reply_keys(target.message_id)
@@ -334,6 +337,18 @@ def _respond(
     )
     engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
     return engine.advance(pack, engine_state, answer, ctx)
+
+
+def _carried_over(conn: psycopg.Connection, sessions: Sessions, target: Target) -> dict[str, Any]:
+    """The flow state a version keeping one per user left in the user's own session, when it is the target
+    conversation's to go on with (module docstring); else none."""
+    legacy = sessions.peek(target.user_key).get(SESSION_KEY)
+    if not isinstance(legacy, dict) or not isinstance(legacy.get(CURSOR_FIELD), int):
+        return {}
+    if not repository.last_answered_in(conn, target.conversation_id, legacy[CURSOR_FIELD]):
+        return {}
+    log.info("flows.state_carried_over", conversation_id=target.conversation_id, flow=legacy.get("flow"))
+    return legacy
 
 
 def _lapsed_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | None:

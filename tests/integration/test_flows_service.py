@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,10 +17,10 @@ from shared.flows import builtin, registry, repository
 from shared.flows.pack import Pack, load_pack, parse_pack
 from shared.flows.registry import FlowContext
 from shared.flows.seed import seed_shopfloor
-from shared.flows.service import LOCK_KEY, LOCK_SECONDS, Busy, Target, process, session_key
+from shared.flows.service import FORM_NOTE_KEY, LOCK_KEY, LOCK_SECONDS, Busy, Target, process, session_key
 from shared.queues import handler_key
 from shared.replies import queue_reply
-from shared.sessions import Sessions
+from shared.sessions import Selection, Sessions
 from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
 
 PHONE = "+15550100001"
@@ -348,23 +349,62 @@ def test_each_business_number_is_its_own_menu_with_its_own_cursor(user: User) ->
     assert "What type of defect?" in user.replies()[-1]  # number 1's form took its own answer
 
 
-def test_a_flow_state_in_the_users_own_session_is_ignored(user: User) -> None:
-    """A deploy finds sessions kept per user by the previous version: the conversation starts over."""
-    old_cursor = user.store("hi")
-    user.db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (old_cursor,))
+def _step_other(user: User, conversation_id: int, text: str) -> int:
+    """The contact's message to another of our numbers (conversation ``conversation_id``), stepped."""
+    message_id = add_inbound(user.db, user.contact_id, conversation_id, text)
+    user.redis.set(handler_key(message_id), 1)
+    target = Target(message_id, conversation_id, user.contact_id, PHONE)
+    return process(target, conn=user.db, redis_client=user.redis, pack=user.pack, reply=queue_reply)
+
+
+def test_two_conversations_of_one_phone_keep_their_own_flow_choice(user: User) -> None:
+    """One person writing to two of our numbers: each number's menu choice is its own, and the person's
+    project selection, kept per phone, is left as it was."""
+    chooser = uuid.uuid4()
+    Sessions(user.redis).select(PHONE, chooser, workspace_id="w1", project_id="p1")
+    number_2 = add_conversation(user.db, user.contact_id, "+15550008888")
+    user.step(user.store("1"))  # number 1: report a defect
+    _step_other(user, number_2, "2")  # number 2: order status
+    user.step(user.store("ORD-12345"))
+    _step_other(user, number_2, "ORD-12345")
+    assert "What type of defect?" in user.replies()[-1]
+    assert "📦 Order ORD-12345" in user.replies(number_2)[-1]
+    assert Sessions(user.redis).selected(PHONE, chooser) == Selection("w1", "p1")
+
+
+def _legacy_session(user: User, cursor: int, **flow: Any) -> None:
+    """The flow state as a version keeping one per phone left it, in the person's own session, beside
+    their project selection."""
+    state = {"pack": "shopfloor", "flow": None, "step": 0, "answers": {}, "found": {}, **flow}
+    user.db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (cursor,))
     Sessions(user.redis).save(
-        PHONE,
-        {
-            "flow": {
-                "pack": "shopfloor",
-                "flow": "report_defect",
-                "step": 0,
-                "answers": {},
-                "found": {},
-                "last_message_id": old_cursor + 5,
-            }
-        },
+        PHONE, {"user_id": "u1", "project_id": "p1", "flow": {**state, "last_message_id": cursor}}
     )
+
+
+def test_a_form_under_way_in_the_phones_session_goes_on_after_the_upgrade(user: User) -> None:
+    """A deploy finds a form half-filled under the phone's key: the conversation of its last answer
+    carries on with it, once; the person's other conversation does not take it."""
+    number_2 = add_conversation(user.db, user.contact_id, "+15550008888")
+    _legacy_session(user, user.store("1"), flow="report_defect")  # which order?
+    assert _step_other(user, number_2, "ORD-12345") == 1
+    assert "1. Report a defect" in user.replies(number_2)[-1]
+    answer = user.store("ORD-12345")
+    assert user.step(answer) == 1
+    assert "What type of defect?" in user.replies()[-1]
+    assert user.flow["last_message_id"] == answer
+    Sessions(user.redis).clear(session_key(user.target))  # the form expires, the old state is still there
+    user.redis.delete(FORM_NOTE_KEY.format(conversation_id=user.conversation_id))
+    user.step(user.store("2"))
+    assert "Which order?" in user.replies()[-1]  # not the old form's defect type, taken up again
+    assert Sessions(user.redis).load(PHONE)["project_id"] == "p1"
+
+
+def test_a_flow_state_in_the_phones_session_whose_message_is_unknown_is_ignored(user: User) -> None:
+    """Its last answer gone (or never stored here), it belongs to no conversation: they start over."""
+    hi = user.store("hi")
+    _legacy_session(user, hi + 5, flow="report_defect")
+    user.db.execute("UPDATE messages SET handled_at = now() WHERE id = %s", (hi,))
     answer = user.store("ORD-12345")
     assert user.step(answer) == 1
     assert "1. Report a defect" in user.replies()[-1]
