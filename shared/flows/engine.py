@@ -141,10 +141,10 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
             return _start(pack, picked, ctx)
         if not state or folded in pack.pack.menu_words or folded in pack.pack.cancel_words:
             return menu_text(pack, preface=pack.pack.greeting)
-        return menu_text(pack, preface="Sorry, I didn't get that.")
+        return menu_text(pack, preface=render(pack.pack.not_understood, {}))
 
     if folded in pack.pack.cancel_words:
-        return menu_text(pack, preface="OK, cancelled.")
+        return menu_text(pack, preface=render(pack.pack.cancelled, {"flow_title": flow.title}))
     if answer.reply_id and answer.reply_id.startswith(MENU_ID_PREFIX):
         # A tap on an earlier menu message switches to that flow, as the user evidently wants.
         picked = _picked_flow(pack, answer)

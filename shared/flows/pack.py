@@ -20,7 +20,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from shared.flows import registry
 from shared.flows.toml_lines import key_lines, line_of
@@ -36,8 +44,13 @@ MAX_MENU_ROWS = 10
 MAX_ROW_TITLE = 24
 MAX_BUTTON_TITLE = 20
 MAX_ROW_DESCRIPTION = 72
-# What the [pack] table's form_timed_out may name: the form's title and the session's time to live.
-TIMED_OUT_VALUES = frozenset({"flow_title", "minutes"})
+# The values each [pack] text that is a template may name: {flow_title}, the form's title, and {minutes},
+# the session's time to live. The engine renders them (shared/flows/engine.py).
+PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
+    "form_timed_out": frozenset({"flow_title", "minutes"}),
+    "cancelled": frozenset({"flow_title"}),
+    "not_understood": frozenset(),
+}
 
 
 class PackError(Exception):
@@ -138,7 +151,7 @@ class Flow(_Strict):
 
 
 class Meta(_Strict):
-    """The ``[pack]`` table: name, greeting and the words that open the menu or leave a form."""
+    """The ``[pack]`` table: name, the bot's own texts and the words that open the menu or leave a form."""
 
     name: Identifier
     greeting: str = "👋 Hello!"
@@ -152,15 +165,24 @@ class Meta(_Strict):
         "⏱️ Your *{flow_title}* form timed out after {minutes} minutes without an answer, so nothing was"
         " submitted and its answers were not kept."
     )
+    # Before the menu, to a cancel word sent during a form, and to an answer the menu does not know.
+    cancelled: str = "OK, cancelled."
+    not_understood: str = "Sorry, I didn't get that."
     menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
     cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
 
-    @field_validator("form_timed_out")
+    @field_validator(*PACK_TEXT_VALUES)
     @classmethod
-    def _timed_out_values(cls, template: str) -> str:
-        unknown = placeholders(template) - TIMED_OUT_VALUES
+    def _known_values(cls, template: str, info: ValidationInfo) -> str:
+        known = PACK_TEXT_VALUES[info.field_name or ""]
+        try:
+            unknown = placeholders(template) - known
+        except ValueError:
+            # Rendered as a template: a brace of its own would stop the reply when it is sent, not here.
+            raise ValueError("a lone { or }: write {{ or }} for a brace of its own") from None
         if unknown:
-            raise ValueError(f"{_braced(unknown)}: only {_braced(TIMED_OUT_VALUES)} are known here")
+            allowed = f"only {_braced(known)} are known here" if known else "no {values} are known here"
+            raise ValueError(f"{_braced(unknown)}: {allowed}")
         return template
 
     @field_validator("menu_words", "cancel_words")

@@ -92,3 +92,36 @@ def test_a_timed_out_form_is_told_in_the_packs_own_words_before_its_menu() -> No
     assert outcome.state == {"pack": "taller", "flow": None}
     assert outcome.text.startswith("⏱️ *Urgencia*: sin respuesta en 30 minutos.\n")
     assert "1. Urgencia" in outcome.text
+
+
+SPANISH_TEXTS = SPANISH.replace(
+    'greeting = "¡Hola!"',
+    'greeting = "¡Hola!"\n'
+    'cancelled = "Vale, *{flow_title}* cancelado."\n'
+    'not_understood = "Perdona, no te entendí."',
+)
+
+
+def test_a_cancelled_form_is_told_in_the_packs_own_words() -> None:
+    pack = parse_pack(SPANISH_TEXTS)
+    state, _ = _send(pack, {}, "1")
+    state, text = _send(pack, state, "Cancelar")
+    assert state == {"pack": "taller", "flow": None}
+    assert text.startswith("Vale, *Urgencia* cancelado.\n")
+    assert "OK, cancelled." not in text
+
+
+def test_an_answer_the_menu_does_not_know_is_told_in_the_packs_own_words() -> None:
+    pack = parse_pack(SPANISH_TEXTS)
+    state, text = _send(pack, {"pack": "taller", "flow": None}, "quizá")
+    assert state == {"pack": "taller", "flow": None}
+    assert text.startswith("Perdona, no te entendí.\n")
+    assert "1. Urgencia" in text
+    assert "Sorry" not in text
+
+
+def test_a_pack_without_these_texts_answers_in_english() -> None:
+    pack = parse_pack(SPANISH)
+    state, _ = _send(pack, {}, "1")
+    assert _send(pack, state, "Cancelar")[1].startswith("OK, cancelled.\n")
+    assert _send(pack, {"pack": "taller", "flow": None}, "quizá")[1].startswith("Sorry, I didn't get that.\n")

@@ -146,3 +146,26 @@ def test_a_timed_out_notice_naming_an_unknown_value_names_its_line() -> None:
         parse_pack(text, "tiny.toml")
     assert "tiny.toml:3: pack.form_timed_out" in str(caught.value)
     assert "{when}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "unknown"),
+    [
+        ('cancelled = "{flow_title} cancelled at {step}"', "cancelled", "{step}"),
+        ('not_understood = "Sorry, {flow_title}?"', "not_understood", "{flow_title}"),
+    ],
+)
+def test_a_cancel_or_not_understood_text_naming_an_unknown_value_names_its_line(
+    line: str, field: str, unknown: str
+) -> None:
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{line}'), "tiny.toml")
+    assert f"tiny.toml:3: pack.{field}" in str(caught.value)
+    assert unknown in str(caught.value)
+
+
+def test_a_stray_brace_in_a_pack_text_is_found_when_the_pack_loads() -> None:
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nnot_understood = "Sorry :-{"'), "tiny.toml")
+    assert "tiny.toml:3: pack.not_understood" in str(caught.value)
+    assert "{{" in str(caught.value)  # how to write a brace of its own
