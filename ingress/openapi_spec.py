@@ -726,7 +726,10 @@ OPERATIONS: dict[str, Operation] = {
         "sessions",
         "Clear a user's chat session",
         {
-            204: Reply("Cleared."),
+            204: Reply(
+                "Cleared: the user's session and, for each of their conversations, the menu state and the"
+                " note of a form under way (their next message is not told the form timed out)."
+            ),
             404: fail("not_found: no session for that number."),
             422: INVALID_PARAM,
             503: fail("unavailable: Redis cannot be reached or is not configured."),

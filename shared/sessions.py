@@ -17,6 +17,7 @@ path changed the link, and costs a user whose session predates it one ``/project
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -149,12 +150,20 @@ class Sessions:
     def clear(self, user_key: str) -> bool:
         return bool(self._redis.delete(_key(user_key)))
 
-    def clear_all(self, user_key: str) -> int:
+    def clear_all(self, user_key: str, *, beside: Callable[[str], str] | None = None) -> int:
         """Clear the user's session and the menu states of each of their conversations
-        (``<user key>/conversation/<id>``, shared/flows/service.py); how many there were."""
-        pattern = _key(_glob_escaped(user_key)) + "/conversation/*"
-        keys = [_key(user_key), *self._redis.scan_iter(match=pattern, count=500)]
-        return int(self._redis.delete(*keys))
+        (``<user key>/conversation/<id>``, shared/flows/service.py); how many sessions there were.
+
+        ``beside`` names, from a conversation's id, the key kept beside its menu state (a :class:`Beside`),
+        cleared in the same step: left there, it would speak of a state no longer there.
+        """
+        prefix = _key(user_key) + "/conversation/"
+        found = [key.decode() for key in self._redis.scan_iter(match=_glob_escaped(prefix) + "*", count=500)]
+        steps = self._redis.pipeline(transaction=True)
+        steps.delete(_key(user_key), *found)
+        if beside is not None and found:
+            steps.delete(*(beside(key[len(prefix) :]) for key in found))
+        return int(steps.execute()[0])
 
     def list(self, limit: int = 100, cursor: int = 0) -> tuple[int, list[tuple[str, int]]]:
         """A page of live sessions as (user_key, seconds left), and the cursor for the next page (0: end)."""

@@ -16,6 +16,7 @@ from ingress.api.common import InvalidParam, handle_invalid_params, page_args
 from ingress.auth import require_api_key
 from ingress.errors import api_error
 from ingress.state import current_publisher, current_settings
+from shared.flows.service import form_note_key
 from shared.logging import get_logger, mask_phone
 from shared.phone import InvalidPhone, normalize
 from shared.sessions import Sessions
@@ -90,7 +91,11 @@ def list_sessions() -> Response:
 @require_api_key
 def delete_session(phone: str) -> Response:
     """Clear the session of the user with this phone number (any usual format), and the menu state of each
-    of their conversations; 404 if there is none."""
+    of their conversations with its note of a form under way; 404 if there is none.
+
+    Left there, a note would have the user's next message told that their form timed out (and not read),
+    when it was ended here.
+    """
     try:
         user_key = normalize(phone, current_settings().default_region, strict=False)
     except InvalidPhone as exc:
@@ -98,6 +103,6 @@ def delete_session(phone: str) -> Response:
     sessions = _sessions()
     if sessions is None:
         return _no_redis()
-    if not sessions.clear_all(user_key):
+    if not sessions.clear_all(user_key, beside=form_note_key):
         return api_error(404, "not_found", "no session for that phone number")
     return Response(status=204)

@@ -65,6 +65,8 @@ Ordering and exactly-once across several ``flows`` worker processes:
   written to answer a question no longer asked (a "2" for a choice would start the menu's option 2): it
   is not read, its sender is told the form timed out and nothing of it was kept, and shown the menu
   (:func:`shared.flows.engine.timed_out`). The note goes with that answer's save, so it is told once.
+  An operator clearing the user's sessions (``DELETE /api/v1/sessions/<phone>``) clears the notes of the
+  conversations whose state it clears (:func:`form_note_key`): their forms did not time out.
 """
 
 from __future__ import annotations
@@ -351,16 +353,21 @@ def _carried_over(conn: psycopg.Connection, sessions: Sessions, target: Target) 
     return legacy
 
 
+def form_note_key(conversation_id: int | str) -> str:
+    """The key of the note of a form under way in the conversation (module docstring)."""
+    return FORM_NOTE_KEY.format(conversation_id=conversation_id)
+
+
 def _lapsed_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | None:
     """The form under way when the conversation's flow state expired (its ``flow`` id and ``title``), if
     one was: read only when the state is gone."""
-    raw = redis_client.get(FORM_NOTE_KEY.format(conversation_id=target.conversation_id))
+    raw = redis_client.get(form_note_key(target.conversation_id))
     return json.loads(raw) if raw is not None else None
 
 
 def _form_note(pack: Pack, target: Target, state: dict[str, Any]) -> Beside:
     """The note saved with ``state``: of its form under way, or the note's deletion when none is."""
-    key = FORM_NOTE_KEY.format(conversation_id=target.conversation_id)
+    key = form_note_key(target.conversation_id)
     flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
     if flow is None:
         return Beside(key)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import socket
 
+import psycopg
 import pytest
 import redis
 from flask.testing import FlaskClient
 
 from ingress import create_app
+from shared.flows.pack import load_pack
+from shared.flows.seed import seed_shopfloor
+from shared.flows.service import FORM_NOTE_KEY, Target, process, session_key
+from shared.queues import handler_key
+from shared.replies import queue_reply
 from shared.sessions import Sessions
 from shared.settings import load_settings
+from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
 
 KEY = {"X-API-Key": "sessions-test-key"}
 
@@ -96,6 +103,54 @@ def test_deletes_a_session_by_phone_in_any_format(client: FlaskClient, redis_cli
     again = client.delete("/api/v1/sessions/+14155550101", headers=KEY)
     assert again.status_code == 404
     assert again.get_json()["error"]["code"] == "not_found"
+
+
+class MenuUser:
+    """A contact of the shop-floor menu bot, its messages answered by the real flows step."""
+
+    def __init__(self, db: psycopg.Connection, redis_client: redis.Redis, phone: str) -> None:
+        self.db, self.redis, self.phone = db, redis_client, phone
+        self.contact_id, self.conversation_id = make_conversation(db, phone)
+
+    def send(self, text: str, conversation_id: int | None = None) -> str:
+        """Store ``text`` as the router would, answer it, and return the reply."""
+        conversation_id = conversation_id or self.conversation_id
+        message_id = add_inbound(self.db, self.contact_id, conversation_id, text)
+        self.redis.set(handler_key(message_id), 1)
+        target = Target(message_id, conversation_id, self.contact_id, self.phone)
+        process(target, conn=self.db, redis_client=self.redis, pack=load_pack("shopfloor"), reply=queue_reply)
+        reply = self.db.execute(
+            "SELECT body FROM messages WHERE direction = 'out' AND conversation_id = %s"
+            " ORDER BY id DESC LIMIT 1",
+            (conversation_id,),
+        ).fetchone()
+        return reply["body"]
+
+
+def test_a_user_cleared_mid_form_is_not_told_next_that_the_form_timed_out(
+    client: FlaskClient, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    """The note of a form under way outlives the menu state (shared/flows/service.py), so that a message
+    after the state expired is told the form timed out: a clear must take the note with the state."""
+    seed_shopfloor(db)
+    cleared = MenuUser(db, redis_client, "+14155550101")
+    other_number = add_conversation(db, cleared.contact_id, "+15550008888")
+    for conversation_id in (cleared.conversation_id, other_number):
+        cleared.send("1", conversation_id)  # Report a defect: which order?
+    cleared.send("ORD-12345")  # what type of defect? 1. Internal Reject 2. Return 3. Other
+    untouched = MenuUser(db, redis_client, "+14155550102")
+    untouched.send("1")
+
+    assert client.delete("/api/v1/sessions/+14155550101", headers=KEY).status_code == 204
+
+    for conversation_id in (cleared.conversation_id, other_number):
+        reply = cleared.send("2", conversation_id)
+        assert "timed out" not in reply
+        assert "Which order?" in reply  # the menu's option 2, the form being gone
+    # Another user's form, its state expired: still told, once, that it timed out.
+    Sessions(redis_client).clear(session_key(Target(0, untouched.conversation_id, None, untouched.phone)))
+    assert redis_client.exists(FORM_NOTE_KEY.format(conversation_id=untouched.conversation_id))
+    assert "*Report a defect* form timed out" in untouched.send("2")
 
 
 def test_invalid_phone_or_paging_is_422(client: FlaskClient) -> None:
