@@ -297,6 +297,35 @@ def test_graph_permission_errors_keep_the_message(
     assert [letter["message_id"] for letter in dead_letters(db)] == [own]
 
 
+def test_a_sender_number_the_token_cannot_reach_keeps_the_message(db, redis_client, graph: FakeGraph) -> None:
+    # Graph's answer when the phone number id in the URL is not one the token may use (permission revoked,
+    # number moved to another account): every send fails alike, so the message waits to be replayed.
+    settings = meta_settings(graph)
+    error = graph_error(
+        100,
+        "Unsupported post request. Object with ID '999999' does not exist, cannot be"
+        " loaded due to missing permissions, or does not support this operation.",
+    )
+    error["error"] |= {"type": "GraphMethodException", "error_subcode": 33}
+    graph.respond(400, error)
+    own = a_reply()
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "dead"
+
+    assert (message(db, own)["status"], message(db, own)["error_code"]) == ("failed", "100")
+    assert [letter["message_id"] for letter in dead_letters(db)] == [own]
+
+
+def test_an_invalid_parameter_still_fails_the_message_alone(db, redis_client, graph: FakeGraph) -> None:
+    settings = meta_settings(graph)
+    graph.respond(400, graph_error(100, "(#100) Invalid parameter"))
+    own = a_reply()
+
+    assert dispatch(own, settings=settings, sender=MetaSender(settings)) == "failed"
+
+    assert dead_letters(db) == []
+
+
 def test_a_refused_twilio_token_keeps_the_message_for_replay(db, redis_client) -> None:
     with FakeTwilioAPI() as fake:
         wrong = twilio_settings(fake).model_copy(update={"twilio_auth_token": SecretStr("rotated-away")})

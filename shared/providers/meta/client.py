@@ -7,7 +7,8 @@ shared aiohttp session (shared/providers/aio.py). Graph errors become
 honouring ``Retry-After``, but a gateway's 502 or 504 is :class:`OutcomeUnknown` (the server behind it had
 the request); re-engagement (131047), opted out (131050), invalid recipients and bad parameters
 are permanent, so the notify stage fails them at once with the reason; a refused token or permission, or
-a locked or policy-blocked business account (131031, 368), is :class:`AccountRefused`, which notify keeps
+a locked or policy-blocked business account (131031, 368), or a phone number id the token cannot reach
+(100 with subcode 33), is :class:`AccountRefused`, which notify keeps
 as a dead letter to replay once the account is fixed.
 
 - messages: https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
@@ -60,6 +61,11 @@ TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
 # Account restricted for a policy or a wrong two-step PIN, and 368, temporarily blocked for policy
 # violations, refuse every send until lifted).
 ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 368, 131031})
+# Graph's 100 is mostly a bad parameter of this message, but with subcode 33 it says the node the call
+# names, our phone number id, "does not exist, cannot be loaded due to missing permissions": the token lost
+# the number (a revoked asset, a number moved to another account), so every send from it fails alike.
+# https://developers.facebook.com/docs/graph-api/guides/error-handling
+UNREACHABLE_NODE = (100, 33)
 # Permanent for this message whatever we do: recipient or content problems.
 PERMANENT = frozenset(
     {3, 100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,
@@ -237,6 +243,8 @@ def graph_send_error(response: httpx.Response) -> SendError:
     if code in TEMPORARY or response.status_code >= 500:
         return SendError(label, text, permanent=False, retry_after=retry_after)
     if code in ACCOUNT or response.status_code in ACCOUNT_STATUSES:
+        return AccountRefused(label, text)
+    if (code, _graph_code(error.get("error_subcode"))) == UNREACHABLE_NODE:
         return AccountRefused(label, text)
     if code in PERMANENT or response.status_code in (400, 404):
         return SendError(label, text, permanent=True)
