@@ -282,7 +282,11 @@ def test_a_refused_graph_token_keeps_the_message_for_replay(
     assert len(graph.received) == 2
 
 
-@pytest.mark.parametrize(("status", "code"), [(403, 10), (400, 200), (403, None), (400, 131031), (400, 368)])
+# 3 (a capability or permission the app lacks) comes with HTTP 500, but is no server trouble to retry for a
+# day; 33 says the business phone number was deleted.
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, 10), (400, 200), (403, None), (400, 131031), (400, 368), (500, 3), (400, 33)]
+)
 def test_graph_permission_errors_keep_the_message(
     db, redis_client, graph: FakeGraph, status: int, code: int | None
 ) -> None:

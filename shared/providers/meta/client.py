@@ -7,8 +7,8 @@ shared aiohttp session (shared/providers/aio.py). Graph errors become
 honouring ``Retry-After``, but a gateway's 502 or 504 is :class:`OutcomeUnknown` (the server behind it had
 the request); re-engagement (131047), opted out (131050), invalid recipients and bad parameters
 are permanent, so the notify stage fails them at once with the reason; a refused token or permission, or
-a locked or policy-blocked business account (131031, 368), or a phone number id the token cannot reach
-(100 with subcode 33), is :class:`AccountRefused`, which notify keeps
+a locked or policy-blocked business account (131031, 368), or a business number deleted or out of the
+token's reach (33, 100 with subcode 33), is :class:`AccountRefused`, which notify keeps
 as a dead letter to replay once the account is fixed.
 
 - messages: https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
@@ -56,11 +56,13 @@ THROTTLED = frozenset({4, 80007, 130429, 131056})
 # Meta's own temporary failures.
 TEMPORARY = frozenset({1, 2, 131000, 131016, 133004})
 # Our token or the app's permissions refused, or the business account locked: the account's problem, not
-# the message's (https://developers.facebook.com/docs/graph-api/guides/error-handling: 0 AuthException, 10
-# and 200-299 permissions, 190 access token expired or invalid; WhatsApp's 131031, the WhatsApp Business
-# Account restricted for a policy or a wrong two-step PIN, and 368, temporarily blocked for policy
-# violations, refuse every send until lifted).
-ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 368, 131031})
+# the message's (https://developers.facebook.com/docs/graph-api/guides/error-handling: 0 AuthException, 3
+# a capability or permission the app lacks, 10 and 200-299 permissions, 190 access token expired or
+# invalid; WhatsApp's 33, the business phone number deleted, 131031, the WhatsApp Business Account
+# restricted for a policy or a wrong two-step PIN, and 368, temporarily blocked for policy violations,
+# refuse every send until lifted). Checked before the HTTP status: Meta sends 3 with a 500, which is no
+# server trouble to retry for a day.
+ACCOUNT = frozenset({0, 3, 10, 33, 190, *range(200, 300), 368, 131031})
 # Graph's 100 is mostly a bad parameter of this message, but with subcode 33 it says the node the call
 # names, our phone number id, "does not exist, cannot be loaded due to missing permissions": the token lost
 # the number (a revoked asset, a number moved to another account), so every send from it fails alike.
@@ -68,7 +70,7 @@ ACCOUNT = frozenset({0, 10, 190, *range(200, 300), 368, 131031})
 UNREACHABLE_NODE = (100, 33)
 # Permanent for this message whatever we do: recipient or content problems.
 PERMANENT = frozenset(
-    {3, 100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,
+    {100, 131008, 131009, 131021, 131026, 131030, 131047, 131050, 131051,
      131052, 131053, 132000, 132001, 132005, 132007, 132012, 132015, 132016, 133010, 131062}
 )  # fmt: skip
 
@@ -240,9 +242,11 @@ def graph_send_error(response: httpx.Response) -> SendError:
     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     if response.status_code == 429 or code in THROTTLED:
         return SendError(label, text, permanent=False, retry_after=retry_after)
+    if code in ACCOUNT:
+        return AccountRefused(label, text)
     if code in TEMPORARY or response.status_code >= 500:
         return SendError(label, text, permanent=False, retry_after=retry_after)
-    if code in ACCOUNT or response.status_code in ACCOUNT_STATUSES:
+    if response.status_code in ACCOUNT_STATUSES:
         return AccountRefused(label, text)
     if (code, _graph_code(error.get("error_subcode"))) == UNREACHABLE_NODE:
         return AccountRefused(label, text)
