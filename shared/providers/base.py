@@ -196,6 +196,12 @@ class AccountRefused(SendError):
         super().__init__(code, message, permanent=True)
 
 
+# A 4xx that is no refusal: 408, the server (or a proxy before it) stopped waiting before it had the whole
+# request, so it did nothing with it, and the client may send it again
+# (https://www.rfc-editor.org/rfc/rfc9110#section-15.5.9). Retried later, as a 503 is.
+RETRIED_4XX_STATUSES = frozenset({408})
+
+
 # A gateway's answer about the provider's server behind it, which had our request: 502, that server's answer
 # was invalid; 504, none came in time (https://www.rfc-editor.org/rfc/rfc9110#section-15.6.3 and 15.6.5).
 # Whether the message went out is as unknown as after a timeout of our own. A 500 or 503 is the answering

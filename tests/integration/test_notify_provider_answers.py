@@ -13,6 +13,7 @@ Graph API (Meta, and Kapso's proxy of it) and the fake Twilio API:
 - Twilio's 21611 (the sender's queue is full) is a "retry later";
 - a gateway's 502 or 504 means the server behind it had the request: outcome unknown, no second call,
   while the provider's own 500 or 503 is still retried (as the chaos outage test expects).
+- a 408 (the server stopped waiting for the request, and did nothing with it) is retried, not a refusal.
 """
 
 from __future__ import annotations
@@ -419,3 +420,33 @@ def test_a_server_error_of_the_provider_itself_is_retried(db, redis_client, stat
         due_now(db, own)
         assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "sent"
         assert len(fake.created()) == 1
+
+
+# --- a server that gave up waiting for the request -----------------------------------------------------
+
+
+def test_a_graph_408_goes_back_to_the_queue(db, redis_client, provider: Provider) -> None:
+    # 408: the server (or a proxy before it) stopped waiting before it had the whole request, so it did
+    # nothing with it, and RFC 9110 section 15.5.9 lets the client send it again.
+    sender_class, settings_for, api_key = provider
+    with FakeGraph(TOKEN, api_key=api_key) as graph:
+        settings = settings_for(graph)
+        graph.respond(408, "<html>Request Timeout</html>")
+        own = a_reply("Your order shipped")
+
+        with pytest.raises(RetryLater):
+            dispatch(own, settings=settings, sender=sender_class(settings))
+
+        assert message(db, own)["status"] == "queued"
+
+
+def test_a_twilio_408_goes_back_to_the_queue(db, redis_client) -> None:
+    with FakeTwilioAPI() as fake:
+        settings = twilio_settings(fake)
+        fake.respond(408, message="Request Timeout")
+        own = a_reply("Your order shipped")
+
+        with pytest.raises(RetryLater):
+            dispatch(own, settings=settings, sender=TwilioSender(settings))
+
+        assert message(db, own)["status"] == "queued"

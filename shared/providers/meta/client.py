@@ -29,6 +29,7 @@ from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
     ACCOUNT_STATUSES,
+    RETRIED_4XX_STATUSES,
     AccountRefused,
     OutboundMessage,
     OutboundType,
@@ -244,7 +245,7 @@ def graph_send_error(response: httpx.Response) -> SendError:
         return SendError(label, text, permanent=False, retry_after=retry_after)
     if code in ACCOUNT:
         return AccountRefused(label, text)
-    if code in TEMPORARY or response.status_code >= 500:
+    if code in TEMPORARY or response.status_code >= 500 or response.status_code in RETRIED_4XX_STATUSES:
         return SendError(label, text, permanent=False, retry_after=retry_after)
     if response.status_code in ACCOUNT_STATUSES:
         return AccountRefused(label, text)

@@ -72,6 +72,7 @@ from shared.logging import get_logger
 from shared.providers.aio import provider_call
 from shared.providers.base import (
     ACCOUNT_STATUSES,
+    RETRIED_4XX_STATUSES,
     AccountRefused,
     Media,
     OutboundMessage,
@@ -375,13 +376,13 @@ def _error(exc: TwilioRestException | TwilioServiceException, retry_after: float
 
 
 def _classify(status: int, code: str, text: str) -> SendError:
-    """A gateway's 502 or 504 is an unknown outcome; 429, other 5xx and Twilio's rate-limit codes are
+    """A gateway's 502 or 504 is an unknown outcome; 408, 429, other 5xx and Twilio's rate-limit codes are
     transient; refused credentials are the account's (:class:`AccountRefused`); every other error answer
     is permanent."""
     unknown = gateway_outcome(status, "Twilio")
     if unknown is not None:
         return unknown
-    transient = status == 429 or status >= 500 or code in RATE_LIMIT_CODES
+    transient = status in (429, *RETRIED_4XX_STATUSES) or status >= 500 or code in RATE_LIMIT_CODES
     if not transient and (code in ACCOUNT_CODES or status in ACCOUNT_STATUSES):
         return AccountRefused(code, text or f"HTTP {status}")
     return SendError(code, text or f"HTTP {status}", permanent=not transient)
