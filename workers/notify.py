@@ -16,9 +16,9 @@ per task makes ~25 sends/s with 4 processes, and a thread pool ~330/s per proces
    message could not be claimed, the same statement says where it stood: already sent or failed -> done;
    claimed by another task's batch -> done (that task answers for it); not due yet -> later.
    A recipient's messages go to the provider one at a time, in the order they were stored: the claim
-   passes over a message while an earlier one to its contact is being sent or is queued and due, so a
-   batch holds at most one message per recipient, and a task whose own message waits looks again in
-   ``BEHIND_SECONDS``.
+   passes over a message while an earlier one to its contact is being sent, is queued and due, or was
+   put back to wait for a pacing slot, so a batch holds at most one message per recipient, and a task
+   whose own message waits looks again in ``BEHIND_SECONDS``.
 2. Checks that fail a message for good, as before: no phone, opted out, WhatsApp's 24-hour window.
 3. The rest go to this process's event loop (shared/providers/aio.py), which books send slots per sender
    number from the shared GCRA bucket in bulk (:meth:`shared.ratelimit.RateLimiter.reserve`: the slots

@@ -299,7 +299,8 @@ class SendState:
     claimed_by: int | None
     age: float  # seconds since its last change
     due_in: float | None  # seconds until its send_after; None or <= 0 when due
-    # An earlier message to the same contact is being sent, or queued and due: this one waits its turn.
+    # An earlier message to the same contact is being sent, queued and due, or put back to wait for a
+    # pacing slot: this one waits its turn.
     behind: bool = False
 
 

@@ -47,14 +47,17 @@ from shared.wire.events import STATUS_RANK, DeliveryStatus
 # A recipient's messages go to the provider one at a time, in the order they were stored (replies to
 # "/help" then "/project" sent concurrently reached the user the other way round): a message is claimed
 # only when no earlier one to its contact is being sent, or queued and due (the batch that takes that one
-# leaves this one for later). One waiting out a retry after a provider error holds nothing back: with up to
+# leaves this one for later), or queued a moment later but never yet put to the provider (attempts 0: a
+# batch put it back to wait for a pacing slot, giving its attempt back; a later one taken meanwhile would
+# reach the provider first). One waiting out a retry after a provider error holds nothing back: with up to
 # WAPIPE_SEND_MAX_ATTEMPTS attempts, it could otherwise stop a recipient's messages for hours. The
 # partial index messages_outbound_pending_contact (migration 0009) keeps it to the contact's pending rows.
 _EARLIER_PENDING = f"""EXISTS (
     SELECT 1 FROM messages earlier
     WHERE earlier.contact_id = messages.contact_id AND earlier.direction = 'out'
       AND earlier.id < messages.id AND earlier.status IN ('queued', '{SENDING}')
-      AND (earlier.status = '{SENDING}' OR earlier.send_after IS NULL OR earlier.send_after <= now())
+      AND (earlier.status = '{SENDING}' OR earlier.send_after IS NULL OR earlier.send_after <= now()
+           OR earlier.attempts = 0)
 )"""  # noqa: S608 - constant status, no input
 
 # ``own_state`` is the own message as it stood before this statement (the statement's snapshot): it is

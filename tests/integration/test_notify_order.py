@@ -1,8 +1,9 @@
 """A recipient's messages reach the provider one at a time, in the order they were stored.
 
 notify's batch path against real PostgreSQL and Redis: the claim passes over a message while an earlier
-one to its contact is being sent or is queued and due, so a batch holds one message per recipient and
-the next one's job looks again a moment later; one waiting out a retry holds nothing back. Then three
+one to its contact is being sent, is queued and due, or was put back to wait for a pacing slot, so a batch
+holds one message per recipient and the next one's job looks again a moment later; one waiting out a
+retry holds nothing back. Then three
 tasks racing over one recipient's replies, against the fake Twilio API through the real sender: each call
 is made only after the previous one's answer.
 """
@@ -17,6 +18,9 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from shared.db import sending
+from shared.db.messages import Release
+from shared.db.pool import autocommit_connection
 from shared.providers.console import ConsoleSender
 from shared.providers.twilio.client import TwilioSender
 from shared.replies import queue_reply
@@ -89,6 +93,23 @@ def test_an_earlier_message_waiting_out_a_retry_holds_nothing_back(db, redis_cli
 
     assert dispatch(second, sender=ConsoleSender(redis_client)) == "sent"
     assert status_and_attempts(db, first) == ("queued", 1)
+
+
+def test_an_earlier_message_put_back_to_wait_for_pacing_still_goes_first(db, redis_client) -> None:
+    first, second = replies_to(ANA, "one", "two")
+    # What a batch does with a send that found no pacing slot in time, or could not book one (Redis away):
+    # back to the queue, due a moment later, its attempt given back. It never reached the provider.
+    with autocommit_connection() as conn:
+        assert [record.id for record in sending.claim(conn, first, 0).batch] == [first]
+        sending.settle(conn, released=[Release(first, 2.0, False, "pacing")])
+    assert status_and_attempts(db, first) == ("queued", 0)
+
+    # The second one's job, running meanwhile, would have it reach Ana first.
+    with pytest.raises(RetryLater) as later:
+        dispatch(second, sender=ConsoleSender(redis_client))
+
+    assert later.value.reason == "an earlier message to the recipient goes first"
+    assert status_and_attempts(db, second) == ("queued", 0)
 
 
 class AnsweringSlowly(FakeTwilioAPI):
