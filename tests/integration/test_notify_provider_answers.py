@@ -347,6 +347,32 @@ def test_a_refused_twilio_token_keeps_the_message_for_replay(db, redis_client) -
         assert len(fake.created()) == 1
 
 
+# Twilio's answers about our From number, whatever the message: 63007, no WhatsApp sender (channel) for it;
+# 21212, not a valid From; 21606, not a number of this account that can send. Every send fails alike until
+# the configuration is fixed.
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (63007, "Twilio could not find a Channel with the specified From address"),
+        (21212, "The 'From' number whatsapp:+15550001111 is not a valid phone number"),
+        (21606, "The From phone number is not a valid, message-capable Twilio phone number"),
+    ],
+)
+def test_a_twilio_from_number_refused_keeps_the_message_for_replay(
+    db, redis_client, code: int, text: str
+) -> None:
+    with FakeTwilioAPI() as fake:
+        settings = twilio_settings(fake)
+        fake.respond(400, code=code, message=text)
+        own = a_reply("Your order shipped")
+
+        assert dispatch(own, settings=settings, sender=TwilioSender(settings)) == "dead"
+
+        row = message(db, own)
+        assert (row["status"], row["error_code"]) == ("failed", str(code))
+        assert [letter["message_id"] for letter in dead_letters(db)] == [own]
+
+
 # --- Twilio's queue for the sender is full -------------------------------------------------------------
 
 

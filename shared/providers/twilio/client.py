@@ -11,7 +11,8 @@ What may have reached Twilio is never retried: a read timeout, a connection drop
 out, a gateway's 502 or 504 (the server behind it had the request,
 :func:`shared.providers.base.gateway_outcome`): the outcome is unknown. 4xx answers are
 permanent, with Twilio's error code and message (https://www.twilio.com/docs/api/errors); refused
-credentials (401, 403, 20003) are :class:`AccountRefused`, kept as a dead letter to replay once fixed.
+credentials (401, 403, 20003) or From number (63007, 21212, 21606) are :class:`AccountRefused`, kept as a
+dead letter to replay once fixed.
 
 The SDK's own extension point, a custom ``http_client`` (a ``TwilioHttpClient`` subclass), is how we
 read ``Retry-After`` (the SDK's exception drops response headers) and how ``WAPIPE_TWILIO_API_URL`` points
@@ -99,8 +100,10 @@ RETRY_BUDGET_SECONDS = 15.0
 # (https://www.twilio.com/docs/api/errors/21611: sent once the queue drains, so the message waits too).
 RATE_LIMIT_CODES = frozenset({"20429", "63018", "21611"})
 # Our credentials refused (20003 Authenticate, with a 401), or the account's access (a 403,
-# ACCOUNT_STATUSES): the account's problem, not the message's.
-ACCOUNT_CODES = frozenset({"20003"})
+# ACCOUNT_STATUSES), or our From number (https://www.twilio.com/docs/api/errors: 63007 no WhatsApp sender
+# for it, 21212 not a valid From, 21606 not a number of the account that can send): the account's
+# problem, not the message's; every send fails alike until the configuration is fixed.
+ACCOUNT_CODES = frozenset({"20003", "63007", "21212", "21606"})
 API_URL = "https://api.twilio.com"
 # The SDK's ``messages.create`` arguments -> Twilio's form fields (a list value repeats the field).
 FORM_FIELDS = {
