@@ -94,6 +94,7 @@ from typing import Any
 import kombu.exceptions
 import psycopg
 import redis
+from pydantic import ValidationError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.db import dead_letters, messages, sending
@@ -448,26 +449,15 @@ def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender)
     """Check, pace and send the claimed batch, writing the outcomes a chunk at a time as they come; the
     outcomes of the last chunk, not yet written."""
     outcomes = _Outcomes(batch[0].id, settings)
-    ready: list[tuple[OutboundRecord, str | None]] = []
-    for record in batch:
-        refusal = _refusal(record, sender.name)
-        if refusal is not None:
-            outcomes.failed.append((record.id, *refusal))
-        else:
-            from_number = record.business_number if record.conversation_provider == sender.name else None
-            ready.append((record, from_number))
     to_send: list[_Send] = []
-    for record, from_number in ready:
-        message = OutboundMessage.from_record(
-            id=record.id,
-            to=record.phone or "",
-            type=record.type,
-            body=record.body,
-            payload=record.payload,
-            from_number=from_number,
-        )
-        pace_key = _pace_key(settings, sender.name, from_number)
-        to_send.append(_Send(record, message, pace_key))
+    for record in batch:
+        from_number = record.business_number if record.conversation_provider == sender.name else None
+        message_or_refusal = _refusal(record, sender.name) or _outbound_message(record, from_number)
+        if isinstance(message_or_refusal, OutboundMessage):
+            pace_key = _pace_key(settings, sender.name, from_number)
+            to_send.append(_Send(record, message_or_refusal, pace_key))
+        else:
+            outcomes.failed.append((record.id, *message_or_refusal))
     sent = 0
     if to_send:
         loop = get_loop()
@@ -539,6 +529,26 @@ def _settle_meanwhile(outcomes: _Outcomes) -> None:
         log.warning(
             "could not record a chunk of the batch yet; the next chunk will", error=type(exc).__name__
         )
+
+
+def _outbound_message(record: OutboundRecord, from_number: str | None) -> OutboundMessage | tuple[str, str]:
+    """The message to send, or why the stored row cannot be one (final): a payload this version's models
+    cannot read, written by another version or by hand, must fail alone rather than fail its whole batch
+    and, put back in the queue with the rest, every batch that claims it after."""
+    try:
+        return OutboundMessage.from_record(
+            id=record.id,
+            to=record.phone or "",
+            type=record.type,
+            body=record.body,
+            payload=record.payload,
+            from_number=from_number,
+        )
+    except ValidationError as exc:
+        # The fields at fault, not the error's text: it quotes the values (a caption, a URL, a number).
+        fields = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
+        log.error("stored outbound message cannot be read", message_id=record.id, fields=fields)
+        return "invalid_message", f"the stored message cannot be read ({', '.join(fields)})"
 
 
 def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:

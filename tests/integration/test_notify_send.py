@@ -284,3 +284,21 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
     assert len(set(fifth)) > 1
     assert all(s <= MAX_COUNTDOWN_SECONDS for s in late)
     assert notify.backoff_seconds(1, 2.0, retry_after=90) >= 90
+
+
+def test_a_stored_message_that_cannot_be_read_fails_alone_and_its_batch_goes_out(db, redis_client) -> None:
+    # A payload this version's models cannot read (written by another version, or by hand in the database):
+    # it must neither stop the messages claimed with it nor, put back in the queue, stop every next batch.
+    broken = a_reply("Here is the picture")
+    db.execute(
+        """UPDATE messages SET type = 'media', payload = '{"media": {"kind": "hologram"}}' WHERE id = %s""",
+        (broken,),
+    )
+    inbound = route(event("hello", phone="+15551234500"), load_settings())
+    other = queue_reply(inbound.message_id, "Welcome")
+
+    assert dispatch(other, sender=ConsoleSender(redis_client)) == "sent"
+
+    row = message(db, broken)
+    assert (row["status"], row["error_code"]) == ("failed", "invalid_message")
+    assert message(db, other)["status"] == "sent"
