@@ -72,6 +72,20 @@ def test_failed_is_final_and_keeps_the_error_code(db, redis_client) -> None:
     )
 
 
+def test_a_failure_after_delivery_leaves_the_message_delivered(db, redis_client) -> None:
+    # Delivered is the recipient's phone saying it has the message: a failure receipt that comes after it
+    # (out of order, or a provider's mistake) must not tell the API's caller it failed, inviting a resend.
+    message_id, sid = a_sent_message(db, redis_client)
+    apply(receipt(sid, "delivered", 5))
+
+    late = apply(receipt(sid, "failed", 6, error_code="131000", error_message="Something went wrong"))
+
+    assert late.changed is False
+    row = message(db, message_id)
+    assert (row["status"], row["error_code"]) == ("delivered", None)
+    assert statuses(db, message_id)[-1] == "failed"  # kept in the timeline all the same
+
+
 def test_the_same_receipt_twice_changes_nothing_more(db, redis_client) -> None:
     message_id, sid = a_sent_message(db, redis_client)
     assert apply(receipt(sid, "delivered", 1)).changed is True
