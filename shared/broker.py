@@ -43,20 +43,33 @@ A worker killed outright puts nothing back, and a task countdown may be up to ha
 visibility timeout cannot be short. Instead each consuming process holds a lease, a key that lives
 ``LEASE_SECONDS`` (30 s) and that its event loop renews every ``LEASE_RENEW_SECONDS`` (5 s), a timer of its
 own that runs while the prefetch is full and no ``BRPOP`` is sent (a pool child never renews, nor takes:
-its parent holds the messages). The fetch records the taking process as the message's owner
-(``unacked_owner``), in the same step; an ack, a reject and every put-back remove that entry. Every
-consuming process, every 5 s, puts back the messages whose owner's lease is gone, each in one Lua step
-that first checks, on the server, that the owner still holds it and its lease is still gone: of several
-workers sweeping at once exactly one puts it back. Only a process that has itself renewed without a gap
-for a whole lease sweeps, so after Redis was away (or this process stalled) longer than a lease, every
-live worker gets a lease's time to renew before its messages count as abandoned. The visibility timeout
-stays as the last resort (a message recorded without an owner).
+its parent holds the messages). The fetch records the taking process as the message's owner, in the
+same step and in three places: the owner hash (``unacked_owner``: tag -> owner, which a settle reads), the
+owner's held set (``wapipe:held:<owner>``: its tags) and the set of owners (``wapipe:owners``); an ack, a
+reject and every put-back remove the first two entries. Every consuming process, every 5 s, reads the set
+of owners and their leases, in one transaction: work in the number of owners, however many messages they
+hold (a worker may hold tens of thousands of countdowns through a provider outage). It walks only a dead
+owner's held set, ``SWEEP_CHUNK`` tags at a time, and puts back each message in one Lua step that first
+checks, on the server, that the owner still holds it and its lease is still gone: of several workers
+sweeping at once exactly one puts it back. A dead owner that holds nothing any more leaves the set of
+owners. Only a process that has itself renewed without a gap for a whole lease sweeps, so after Redis was
+away (or this process stalled) longer than a lease, every live worker gets a lease's time to renew before
+its messages count as abandoned. The visibility timeout stays as the last resort (a message recorded
+without an owner).
+
+The release before the held sets recorded owners in the hash alone, and its workers may run beside this
+one's during a rolling deploy. A sweep that finds more entries in the hash than the held sets name adopts
+them (a chunked ``HSCAN``: each entry into its owner's set, the owner into the set of owners and the
+adopted owners) and scans again on each sweep while an adopted owner is in the set of owners, since it may
+still be taking; once the last of them is gone and what it held is put back, the scans stop. Such a
+release settles and sweeps through the hash alone, so a held set may name a tag the hash no longer gives
+to its owner: the sweep drops it with nothing put back.
 
 A worker that stalls longer than a lease (a long GC pause, a starved CPU) may find its messages put back
 while it lives: another worker then runs the task too, which every task allows (see above). Its own late
 ack, reject or put-back of such a message leaves it alone when another process owns it now (same delivery
-tag, taken again): only the worker that holds it settles it. One more ``HSET`` per fetch and ``HDEL`` per
-ack; the ack is one Lua call, as kombu's was one pipeline.
+tag, taken again): only the worker that holds it settles it. The fetch writes one ``HSET`` and two ``SADD``
+for the owner, the ack one ``HDEL`` and one ``SREM``; the ack is one Lua call, as kombu's was one pipeline.
 
 Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``. Not
 for a ``global_keyprefix`` (wapipe sets none).
@@ -70,6 +83,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -107,9 +121,10 @@ def _ring(queue: str) -> list[tuple[str, tuple[Any, ...]]]:
 # The fetch: pop the first message by priority then queue (kombu's BRPOP order) and, in the same step,
 # record it in ``unacked`` exactly as kombu's QoS.append does, plus, under this fetch's number, in the
 # channel's last-take key. Queues a fetch leaves non-empty get their bell rung.
-# The taking process is recorded as the message's owner (``unacked_owner``), in the same step.
-# KEYS: unacked hash, its index, the channel's last-take key, the owner hash, then per queue: its bell and
-#   its lists (one per priority step, highest priority first).
+# The taking process is recorded as the message's owner, in the same step: in the owner hash (tag ->
+# owner), in the owner's set of held tags, and the owner in the set of owners the sweep reads.
+# KEYS: unacked hash, its index, the channel's last-take key, the owner hash, the set of owners, this
+#   owner's held set, then per queue: its bell and its lists (one per priority step, highest priority first).
 # ARGV: lists per queue, this fetch's number, the last-take key's lifetime (s), this process's owner id,
 #   then per queue 1 to record what is taken from it (a consumer that acks) or 0 (one that does not: kombu
 #   records nothing for it).
@@ -117,17 +132,17 @@ def _ring(queue: str) -> list[tuple[str, tuple[Any, ...]]]:
 _TAKE = """
 local lists, number, lifetime, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local width = lists + 1
-local queues = (#KEYS - 4) / width
+local queues = (#KEYS - 6) / width
 local item, from
 for p = 1, lists do
   for q = 1, queues do
-    item = redis.call('RPOP', KEYS[4 + (q - 1) * width + 1 + p])
+    item = redis.call('RPOP', KEYS[6 + (q - 1) * width + 1 + p])
     if item then from = q break end
   end
   if item then break end
 end
 for q = 1, queues do
-  local bell = 4 + (q - 1) * width + 1
+  local bell = 6 + (q - 1) * width + 1
   if redis.call('LLEN', KEYS[bell]) == 0 then
     for p = 1, lists do
       if redis.call('LLEN', KEYS[bell + p]) > 0 then
@@ -152,6 +167,8 @@ if ARGV[4 + from] == '1' then
     redis.call('HSET', KEYS[1], tag,
       '[' .. item .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
     redis.call('HSET', KEYS[4], tag, owner)
+    redis.call('SADD', KEYS[6], tag)
+    redis.call('SADD', KEYS[5], owner)
     redis.call('SET', KEYS[3], number .. ' ' .. tag, 'EX', lifetime)
     recorded = 1
   end
@@ -164,31 +181,38 @@ return {from - 1, item, recorded}
 # unless another process owns it now. A process paused past its lease may find its messages reclaimed
 # and taken again by another worker (same delivery tag): its late ack must not erase that worker's record.
 # A message without an owner (taken before owners were recorded) is settled as kombu would.
-# KEYS: unacked hash, its index, the owner hash. ARGV: the delivery tag, this process's owner id.
+# KEYS: unacked hash, its index, the owner hash, this process's held set. ARGV: the delivery tag, this
+#   process's owner id.
 _SETTLE = """
 local owner = redis.call('HGET', KEYS[3], ARGV[1])
 if owner and owner ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
 return 1
 """
 
-# The reclaim of one message whose owner is dead: only if that owner still holds it and its lease is
-# still gone, drop it from ``unacked`` and run the put-back commands (the message on its queue, the bell),
-# all in one step, so of several workers sweeping at once exactly one puts it back. An owner entry left
-# without its message in ``unacked`` is dropped with nothing put back.
-# KEYS: unacked hash, its index, the owner hash, the owner's lease key, then one key per command.
+# The reclaim of one message a dead owner's held set names: only while that owner's lease is still gone,
+# drop the tag from its set and, if the owner hash still names that owner, drop the message from
+# ``unacked`` and run the put-back commands (the message on its queue, the bell), all in one step, so of
+# several workers sweeping at once exactly one puts it back. A tag the hash no longer gives to that owner
+# (settled by a release that kept no sets, or put back and taken again since) is dropped from the set
+# with nothing put back, and so is one without its message in ``unacked``.
+# KEYS: unacked hash, its index, the owner hash, the owner's lease key, the owner's held set, then one key
+#   per command.
 # ARGV: the delivery tag, the owner id, then per command: its name, its argument count, its arguments.
 # Returns 1 if this call put the message back.
 _RECLAIM = """
 local tag = ARGV[1]
-if redis.call('HGET', KEYS[3], tag) ~= ARGV[2] or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('SREM', KEYS[5], tag)
+if redis.call('HGET', KEYS[3], tag) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[3], tag)
 redis.call('ZREM', KEYS[2], tag)
 if redis.call('HDEL', KEYS[1], tag) == 0 then return 0 end
 local a = 3
-for k = 5, #KEYS do
+for k = 6, #KEYS do
   local count = tonumber(ARGV[a + 1])
   redis.call(ARGV[a], KEYS[k], unpack(ARGV, a + 2, a + 1 + count))
   a = a + 2 + count
@@ -196,7 +220,47 @@ end
 return 1
 """
 
+# An owner whose lease is gone and who holds nothing any more leaves the set of owners (and the set of
+# owners adopted from the old layout). A fetch adds its owner back in the same step that records a
+# message, so an owner that comes back from a stall is never left out while it holds something.
+# KEYS: the set of owners, the adopted owners, the owner's lease key, the owner's held set. ARGV: the owner.
+_FORGET = """
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# The upgrade from the layout that kept the owner hash alone (a release before the held sets, still
+# running beside this one during a rolling deploy): each entry of the hash that no held set names yet is
+# added to its owner's set, and the owner to the set of owners and to the adopted owners, who keep the
+# sweep looking for more such entries while they may still be taking. An entry the hash no longer gives
+# to that owner (settled or reclaimed since the scan read it) is left alone.
+# KEYS: the owner hash, the set of owners, the adopted owners, then one held set per entry.
+# ARGV: per entry: its delivery tag, its owner. Returns how many entries were adopted.
+_ADOPT = """
+local adopted = 0
+for k = 4, #KEYS do
+  local tag, owner = ARGV[2 * (k - 3) - 1], ARGV[2 * (k - 3)]
+  if redis.call('HGET', KEYS[1], tag) == owner and redis.call('SADD', KEYS[k], tag) == 1 then
+    redis.call('SADD', KEYS[2], owner)
+    redis.call('SADD', KEYS[3], owner)
+    adopted = adopted + 1
+  end
+end
+return adopted
+"""
+
+# Who holds what: the owner hash (delivery tag -> owner id, for the O(1) check of a settle), the owners
+# who may hold something, and per owner the tags it holds, so that a sweep reads the owners and their
+# leases, and walks only a dead owner's tags.
 OWNER_HASH = "unacked_owner"
+OWNERS_KEY = "wapipe:owners"
+# Owners found in the owner hash without a held set (a release before the held sets wrote it).
+ADOPTED_OWNERS_KEY = "wapipe:owners:adopted"
+# How many tags one command of a sweep reads or puts back at most: a dead owner with tens of thousands of
+# countdowns, or an upgrade's owner hash that size, never holds Redis's single thread for long.
+SWEEP_CHUNK = 500
 # A consuming process's lease: renewed every LEASE_RENEW_SECONDS while its event loop turns (whether or not
 # its prefetch is full), so missing for LEASE_SECONDS means the process is gone (or stalled that long).
 LEASE_SECONDS = 30
@@ -205,6 +269,11 @@ LEASE_RENEW_SECONDS = 5
 
 def lease_key(owner: str) -> str:
     return f"wapipe:lease:{owner}"
+
+
+def held_key(owner: str) -> str:
+    """The set of delivery tags ``owner`` took and has not settled yet."""
+    return f"wapipe:held:{owner}"
 
 
 class _Owner:
@@ -265,7 +334,10 @@ def tend(channel: Channel) -> None:
             if not owner.may_sweep(now):
                 return
             owner.swept_at = now
-            reclaimed = reclaim_abandoned(channel, client, skip=owner.id)
+            # A long walk (a dead owner with tens of thousands of countdowns) must not cost this
+            # process its own lease: it renews between chunks.
+            keep_alive = functools.partial(_renew_now, owner, client)
+            reclaimed = reclaim_abandoned(channel, client, skip=owner.id, keep_alive=keep_alive)
     except (redis.RedisError, OSError):
         # Redis is away (the consumer's own handling reconnects) or refuses writes: the next turn tries.
         log.debug("broker lease not renewed", exc_info=True)
@@ -274,28 +346,127 @@ def tend(channel: Channel) -> None:
         log.warning("put back messages held by workers that are gone", messages=reclaimed)
 
 
-def reclaim_abandoned(channel: Channel, client: Any, skip: str | None = None) -> int:
-    """Put back every message whose owner's lease is gone; return how many this call put back."""
-    owners = {bytes_to_str(tag): bytes_to_str(owner) for tag, owner in client.hgetall(OWNER_HASH).items()}
-    candidates = sorted({owner for owner in owners.values() if owner != skip})
-    if not candidates:
-        return 0
-    with client.pipeline(transaction=False) as pipe:
-        for owner in candidates:
-            pipe.exists(lease_key(owner))
-        alive = dict(zip(candidates, pipe.execute(), strict=True))
+def _renew_now(owner: _Owner, client: Any) -> None:
+    owner.renew_if_due(client, monotonic())
+
+
+def reclaim_abandoned(
+    channel: Channel, client: Any, skip: str | None = None, keep_alive: Callable[[], None] | None = None
+) -> int:
+    """Put back every message whose owner's lease is gone; return how many this call put back.
+
+    Reads the owners and their leases (work in the number of owners, however much they hold), then walks
+    only dead owners' held sets, ``SWEEP_CHUNK`` tags at a time. ``keep_alive`` runs between chunks."""
+    census = _census(client)
+    old_layout = census.unadopted > 0 or census.adopted_owners > 0
+    if old_layout and _adopt_old_layout(channel, client, keep_alive):
+        census = _census(client)
     reclaimed = 0
-    for tag, owner in owners.items():
-        if owner == skip or alive[owner]:
-            continue
-        commands = _put_back_commands(channel, client.hget(channel.unacked_key, tag))
-        keys = [channel.unacked_key, channel.unacked_index_key, OWNER_HASH, lease_key(owner)]
-        args: list[Any] = [tag, owner]
-        for name, (key, *rest) in commands:
-            keys.append(key)
-            args += [name, len(rest), *rest]
-        reclaimed += int(channel._reclaim_script(keys=keys, args=args, client=client))
+    for owner, alive in census.leases.items():
+        if owner != skip and not alive:
+            reclaimed += _reclaim_from(channel, client, owner, keep_alive)
     return reclaimed
+
+
+@dataclass(frozen=True)
+class _Census:
+    """What a sweep reads first, all in one transaction."""
+
+    leases: dict[str, bool]  # each owner in the set of owners: whether its lease is there
+    # Entries of the owner hash no held set names: records of a release that kept no held sets (exact
+    # once every process runs this one; see _adopt_old_layout).
+    unadopted: int
+    adopted_owners: int
+
+
+def _census(client: Any) -> _Census:
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                # Watched so that an owner joining or leaving between the two reads does not count its
+                # records as unadopted (SADD of an owner already there does not touch the key).
+                pipe.watch(OWNERS_KEY)
+                owners = sorted(bytes_to_str(owner) for owner in pipe.smembers(OWNERS_KEY))
+                pipe.multi()
+                for owner in owners:
+                    pipe.exists(lease_key(owner))
+                for owner in owners:
+                    pipe.scard(held_key(owner))
+                pipe.hlen(OWNER_HASH)
+                pipe.scard(ADOPTED_OWNERS_KEY)
+                answers = pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    count = len(owners)
+    leases, held, (recorded, adopted_owners) = answers[:count], answers[count:-2], answers[-2:]
+    return _Census(
+        leases={owner: bool(lease) for owner, lease in zip(owners, leases, strict=True)},
+        unadopted=int(recorded) - sum(held),
+        adopted_owners=int(adopted_owners),
+    )
+
+
+def _adopt_old_layout(channel: Channel, client: Any, keep_alive: Callable[[], None] | None) -> int:
+    """Give each owner hash entry no held set names to its owner's set; return how many were adopted.
+
+    A release before the held sets recorded owners in the hash alone; its processes may still run beside
+    this one (a rolling deploy), taking more. So this runs whenever the hash holds more entries than the
+    sets name, and again on every sweep while an adopted owner is in the set of owners (it may still be
+    alive and taking): a whole scan of the hash, in chunks, as that release's own sweep was. Once its
+    last process is gone and what it held has been put back, sweeps no longer scan."""
+    adopted, cursor = 0, 0
+    while True:
+        cursor, entries = client.hscan(OWNER_HASH, cursor, count=SWEEP_CHUNK)
+        if entries:
+            pairs = [(bytes_to_str(tag), bytes_to_str(owner)) for tag, owner in entries.items()]
+            keys = [OWNER_HASH, OWNERS_KEY, ADOPTED_OWNERS_KEY, *(held_key(owner) for _, owner in pairs)]
+            args = [value for pair in pairs for value in pair]
+            adopted += int(channel._adopt_script(keys=keys, args=args, client=client))
+        if keep_alive is not None:
+            keep_alive()
+        if not cursor:
+            break
+    if adopted:
+        log.info("broker records of an earlier release adopted", messages=adopted)
+    return adopted
+
+
+def _reclaim_from(channel: Channel, client: Any, owner: str, keep_alive: Callable[[], None] | None) -> int:
+    """Put back what dead ``owner`` still holds, a chunk of its held set at a time; then, if it holds
+    nothing and its lease is still gone, drop it from the set of owners."""
+    reclaimed, cursor = 0, 0
+    while True:
+        cursor, tags = client.sscan(held_key(owner), cursor, count=SWEEP_CHUNK)
+        reclaimed += _reclaim_tags(channel, client, owner, [bytes_to_str(tag) for tag in tags])
+        if keep_alive is not None:
+            keep_alive()
+        if not cursor:
+            break
+    keys = [OWNERS_KEY, ADOPTED_OWNERS_KEY, lease_key(owner), held_key(owner)]
+    channel._forget_script(keys=keys, args=[owner], client=client)
+    return reclaimed
+
+
+def _reclaim_tags(channel: Channel, client: Any, owner: str, tags: list[str]) -> int:
+    if not tags:
+        return 0
+    messages = client.hmget(channel.unacked_key, tags)
+    with client.pipeline(transaction=False) as pipe:
+        for tag, held in zip(tags, messages, strict=True):
+            keys = [
+                channel.unacked_key,
+                channel.unacked_index_key,
+                OWNER_HASH,
+                lease_key(owner),
+                held_key(owner),
+            ]
+            args: list[Any] = [tag, owner]
+            for name, (key, *rest) in _put_back_commands(channel, held):
+                keys.append(key)
+                args += [name, len(rest), *rest]
+            channel._reclaim_script(keys=keys, args=args, client=pipe)
+        return sum(int(done) for done in pipe.execute())
 
 
 def _put_back_commands(channel: kombu_redis.Channel, held: bytes | None) -> list[tuple[str, tuple[Any, ...]]]:
@@ -387,6 +558,7 @@ def _pay(channel: kombu_redis.Channel, key: str, debt: Debt, pipe: Any) -> None:
     held = pipe.hget(channel.unacked_key, tag)
     pipe.multi()
     pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag).hdel(OWNER_HASH, tag)
+    pipe.srem(held_key(_owner.id), tag)
     # The copy in ``unacked`` if there is one; none and no copy of our own: an ack or a put-back
     # already got through (its reply was lost), so there is nothing to put back.
     message = loads(bytes_to_str(held)) if held else debt.message
@@ -440,11 +612,8 @@ class QoS(kombu_redis.QoS):
 
     def _settle(self, delivery_tag: str) -> None:
         with self.channel.conn_or_acquire() as client:
-            keys = [self.unacked_key, self.unacked_index_key, OWNER_HASH]
+            keys = [self.unacked_key, self.unacked_index_key, OWNER_HASH, held_key(_owner.id)]
             self.channel._settle_script(keys=keys, args=[delivery_tag, _owner.id], client=client)
-
-    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
-        return super()._remove_from_indices(delivery_tag, pipe).hdel(OWNER_HASH, delivery_tag)
 
     def restore_by_tag(
         self, tag: str, client: Any = None, leftmost: bool = False, mine_only: bool = False
@@ -453,11 +622,14 @@ class QoS(kombu_redis.QoS):
         (this one's lease lapsed, the message was reclaimed and taken again)."""
 
         def restore(pipe: Any) -> None:
-            if mine_only and _held_by_another(pipe.hget(OWNER_HASH, tag)):
+            owner = pipe.hget(OWNER_HASH, tag)
+            if mine_only and _held_by_another(owner):
                 return
             held = pipe.hget(self.unacked_key, tag)
             pipe.multi()
-            self._remove_from_indices(tag, pipe)
+            self._remove_from_indices(tag, pipe).hdel(OWNER_HASH, tag)
+            if owner is not None:
+                pipe.srem(held_key(bytes_to_str(owner)), tag)
             if held:
                 payload, exchange, routing_key = loads(bytes_to_str(held))
                 self.channel._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
@@ -514,6 +686,8 @@ class Channel(kombu_redis.Channel):
         self._take_script = self.client.register_script(_TAKE)
         self._settle_script = self.client.register_script(_SETTLE)
         self._reclaim_script = self.client.register_script(_RECLAIM)
+        self._forget_script = self.client.register_script(_FORGET)
+        self._adopt_script = self.client.register_script(_ADOPT)
         settle_debts(self)
 
     # -- consuming: BRPOP on the bells, then the fetch -------------------------------------------------
@@ -564,6 +738,7 @@ class Channel(kombu_redis.Channel):
         number = str(next(self._takes))
         records = ["0" if queue in self._no_ack_queues else "1" for queue in queues]
         keys = [self.unacked_key, self.unacked_index_key, self._last_take_key, OWNER_HASH]
+        keys += [OWNERS_KEY, held_key(_owner.id)]
         for queue in queues:
             keys += [bell_key(queue), *(self._q_for_pri(queue, step) for step in self.priority_steps)]
         args = [len(self.priority_steps), number, self.visibility_timeout, _owner.id, *records]

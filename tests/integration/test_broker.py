@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
@@ -91,8 +92,10 @@ def test_a_fetch_takes_the_message_and_records_it_in_unacked_in_one_step(server:
         assert record == [message._raw, "broker-test", "broker-test"]
         assert client.zscore("unacked_index", message.delivery_tag) is not None
         client.close()
+        assert records(server) == {broker.owner_id(): {message.delivery_tag}}
         message.ack()
     assert state(server) == (0, 0)
+    assert records(server) == {}
 
 
 def test_a_consumer_that_does_not_ack_leaves_nothing_in_unacked(server: PrivateRedis) -> None:
@@ -116,8 +119,10 @@ def test_every_publish_and_put_back_rings_its_queues_bell_once(server: PrivateRe
         (first, second) = receive(connection)
         first.reject(requeue=True)
         assert client.lrange(bell, 0, -1) == [b"1"]
+        assert records(server) == {broker.owner_id(): {second.delivery_tag}}
         second.ack()
     client.close()
+    assert records(server) == {}
 
 
 def test_a_message_pushed_without_a_ring_is_still_fetched(server: PrivateRedis) -> None:
@@ -186,6 +191,7 @@ def test_an_ack_or_reject_redis_missed_puts_the_message_back_once_it_answers(
 
     message.channel.qos.restore_visible()  # kombu's periodic sweep, on the channel that lived on
     assert state(server) == (1, 0)
+    assert records(server) == {}
     message.channel.qos.restore_visible()
     assert state(server) == (1, 0)
     connection.collect()
@@ -215,10 +221,11 @@ def test_what_a_closing_channel_held_while_redis_was_down_goes_back_on_the_next_
         for message in again:
             message.ack()
     assert state(server) == (0, 0)
+    assert records(server) == {}
 
 
-# Another worker process: takes ``count`` messages and holds them, printing its owner id; then acks the
-# next one it holds each time it reads a line.
+# Another worker process: takes ``count`` messages and holds them, printing its owner id; then, for each
+# line it reads, takes N more ("take N") or acks the first one it holds.
 _HOLDER = """
 import sys
 from kombu import Connection, Consumer, Exchange, Queue
@@ -228,12 +235,19 @@ queue = Queue("broker-test", Exchange("broker-test", type="direct"), routing_key
 held = []
 with Connection(url, transport="shared.broker:Transport") as connection:
     with Consumer(connection.channel(), [queue], callbacks=[lambda body, message: held.append(message)]):
-        while len(held) < count:
-            connection.drain_events(timeout=10)
+        def take(more):
+            target = len(held) + more
+            while len(held) < target:
+                connection.drain_events(timeout=10)
+        take(count)
         print("owner", broker.owner_id(), flush=True)
         for line in sys.stdin:
-            held.pop(0).ack()
-            print("acked", flush=True)
+            if line.startswith("take "):
+                take(int(line.split()[1]))
+                print("took", flush=True)
+            else:
+                held.pop(0).ack()
+                print("acked", flush=True)
 """
 
 
@@ -258,6 +272,11 @@ class Holder:
         self._in.write("ack\n")
         self._in.flush()
         assert self._answer("acked") == ""
+
+    def take(self, count: int) -> None:
+        self._in.write(f"take {count}\n")
+        self._in.flush()
+        assert self._answer("took") == ""
 
     def _answer(self, prefix: str) -> str:
         # Its log lines, if any, go to the same output: skip them.
@@ -295,9 +314,45 @@ def owners(server: PrivateRedis) -> dict[str, str]:
         client.close()
 
 
+def records(server: PrivateRedis) -> dict[str, set[str]]:
+    """Each owner in the set of owners that holds something, with its held tags; checked against the
+    owner hash, which must give each of those tags to that owner and no other tag to anyone."""
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        held = {
+            owner: client.smembers(broker.held_key(owner)) for owner in client.smembers(broker.OWNERS_KEY)
+        }
+        assert client.hgetall(broker.OWNER_HASH) == {
+            tag: owner for owner, tags in held.items() for tag in tags
+        }
+        return {owner: tags for owner, tags in held.items() if tags}
+    finally:
+        client.close()
+
+
+def as_an_earlier_release_left_them(server: PrivateRedis, owner: str, tags: set[str] | None = None) -> None:
+    """What a release before the held sets writes: the owner hash alone. ``tags``: only these are left
+    out of the owner's held set (taken by such a release after this one adopted the others)."""
+    client = redis.Redis.from_url(server.url)
+    if tags is None:
+        client.delete(broker.held_key(owner))
+        client.srem(broker.OWNERS_KEY, owner)
+    else:
+        client.srem(broker.held_key(owner), *tags)
+    client.close()
+
+
 def lease_lapses(server: PrivateRedis, owner: str) -> None:
     """What LEASE_SECONDS without a renewal does to the owner's lease."""
     redis.Redis.from_url(server.url).delete(broker.lease_key(owner))
+
+
+def known_owners(server: PrivateRedis) -> set[str]:
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        return client.smembers(broker.OWNERS_KEY)
+    finally:
+        client.close()
 
 
 def sweep(connection: Connection) -> int:
@@ -336,6 +391,8 @@ def test_what_a_killed_worker_held_goes_back_once_when_its_lease_is_gone_and_swe
         assert sum(reclaimed) == 2
         assert state(server) == (2, 0)
         assert owners(server) == {}
+        assert records(server) == {}
+        assert holder.owner not in known_owners(server)  # gone, holding nothing: the sweeps skip it
         assert redis.Redis.from_url(server.url).lrange(broker.bell_key("broker-test"), 0, -1) == [b"1"]
 
         again = receive(first)
@@ -346,6 +403,7 @@ def test_what_a_killed_worker_held_goes_back_once_when_its_lease_is_gone_and_swe
             message.ack()
     assert state(server) == (0, 0)
     assert owners(server) == {}
+    assert records(server) == {}
 
 
 def test_a_late_ack_from_a_worker_whose_messages_were_reclaimed_leaves_the_new_holders_record(
@@ -366,8 +424,156 @@ def test_a_late_ack_from_a_worker_whose_messages_were_reclaimed_leaves_the_new_h
         stalled.ack_next()
         assert state(server) == (0, 1)
         assert owners(server) == {message.delivery_tag: broker.owner_id()}
+        assert records(server) == {broker.owner_id(): {message.delivery_tag}}
         message.ack()
     assert state(server) == (0, 0)
+    assert records(server) == {}
+
+
+@dataclass(frozen=True)
+class SweepCost:
+    calls: dict[str, int]  # Redis commands the sweep sent, by name
+    sent: int  # bytes Redis wrote back
+
+
+def sweep_cost(server: PrivateRedis, connection: Connection) -> SweepCost:
+    client = redis.Redis.from_url(server.url)
+    client.config_resetstat()
+    before = client.info("stats")["total_net_output_bytes"]
+    sweep(connection)
+    sent = client.info("stats")["total_net_output_bytes"] - before
+    ours = {"cmdstat_info", "cmdstat_config|resetstat"}
+    calls = {name: stat["calls"] for name, stat in client.info("commandstats").items() if name not in ours}
+    client.close()
+    return SweepCost(calls, sent)
+
+
+def test_a_sweep_costs_redis_the_same_however_many_messages_live_workers_hold(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """Every consuming process sweeps every 5 s, and a worker may hold tens of thousands of countdowns
+    (a provider outage): reading every held message's record each time stalled Redis for everyone. With
+    the owners alive the sweep reads their leases, never what they hold."""
+    with connect(server) as connection:
+        for n in range(2):
+            publish(connection, {"n": n})
+    holder = holders(server, 2)
+    with connect(server) as connection:
+        sweep(connection)  # its first use connects; not part of a sweep's cost
+        few = sweep_cost(server, connection)
+        for n in range(300):
+            publish(connection, {"n": n})
+        holder.take(300)
+        assert len(records(server)[holder.owner]) == 302
+        many = sweep_cost(server, connection)
+    assert many.calls == few.calls
+    # Only the digits of the counts differ (INFO's own included); reading the records was ~30 kB more.
+    assert many.sent - few.sent < 500
+
+
+def test_a_dead_owner_holding_more_than_a_chunk_has_all_of_it_put_back_once(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broker, "SWEEP_CHUNK", 2)
+    with connect(server) as connection:
+        for n in range(9):
+            publish(connection, {"n": n})
+    holder = holders(server, 9)
+    holder.kill()
+    lease_lapses(server, holder.owner)
+    with connect(server) as first, connect(server) as second:
+        start = threading.Barrier(2)
+
+        def race(connection: Connection) -> int:
+            start.wait()
+            return sweep(connection)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            assert sum(pool.map(race, [first, second])) == 9
+    assert state(server) == (9, 0)
+    assert records(server) == {}
+    assert known_owners(server) == set()
+
+
+def test_what_a_dead_worker_of_the_earlier_release_held_goes_back_once(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """Upgrading: Redis holds the owner hash of a release that kept no held sets, and one of its workers
+    died. The new sweep finds those records (and only once)."""
+    with connect(server) as connection:
+        for n in range(3):
+            publish(connection, {"n": n})
+    holder = holders(server, 3)
+    holder.kill()
+    as_an_earlier_release_left_them(server, holder.owner)
+    lease_lapses(server, holder.owner)
+    with connect(server) as first, connect(server) as second:
+        assert sweep(first) + sweep(second) == 3
+        assert sweep(first) == 0
+    assert state(server) == (3, 0)
+    assert owners(server) == {}
+    assert known_owners(server) == set()
+    assert not redis.Redis.from_url(server.url).exists(broker.ADOPTED_OWNERS_KEY)
+
+
+def test_a_live_worker_of_the_earlier_release_keeps_what_it_holds_and_it_all_goes_back_when_it_dies(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """A rolling deploy: a worker of the earlier release runs beside this one. Its records are adopted
+    but nothing it holds is put back while its lease lives; it goes on taking (records the sweep has
+    not seen) and acking (records its held set still names); when it dies, what it still held goes back,
+    once, and what it acked does not."""
+    with connect(server) as connection:
+        for n in range(2):
+            publish(connection, {"n": n})
+    old = holders(server, 2)
+    as_an_earlier_release_left_them(server, old.owner)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    with connect(server) as connection:
+        assert sweep(connection) == 0
+        assert state(server) == (0, 2)
+        first_two = records(server)[old.owner]
+        assert len(first_two) == 2
+
+        old.ack_next()  # as that release acks: the owner hash alone
+        client.sadd(broker.held_key(old.owner), *first_two)
+        for n in range(2, 4):
+            publish(connection, {"n": n})
+        old.take(2)
+        as_an_earlier_release_left_them(server, old.owner, set(owners(server)) - first_two)
+        assert sweep(connection) == 0
+        assert state(server) == (0, 3)
+
+        old.kill()
+        lease_lapses(server, old.owner)
+        assert sweep(connection) == 3
+        assert sweep(connection) == 0
+    assert state(server) == (3, 0)
+    assert owners(server) == {}
+    assert known_owners(server) == set()
+    assert not client.exists(broker.ADOPTED_OWNERS_KEY)
+    client.close()
+
+
+def test_what_the_earlier_releases_sweep_put_back_is_not_put_back_again(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder]
+) -> None:
+    """A rolling deploy: a worker of the earlier release sweeps first and puts back what a dead worker of
+    this release held, dropping its owner hash entries but not its held set."""
+    with connect(server) as connection:
+        for n in range(2):
+            publish(connection, {"n": n})
+    holder = holders(server, 2)
+    holder.kill()
+    lease_lapses(server, holder.owner)
+    with connect(server) as connection:
+        for tag in owners(server):
+            redis.Redis.from_url(server.url).hdel(broker.OWNER_HASH, tag)
+            connection.default_channel.qos.restore_by_tag(tag)
+        assert state(server) == (2, 0)
+        assert sweep(connection) == 0
+    assert state(server) == (2, 0)
+    assert known_owners(server) == set()
 
 
 def test_a_worker_whose_prefetch_is_full_keeps_renewing_its_lease(

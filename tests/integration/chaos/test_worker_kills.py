@@ -243,3 +243,6 @@ def test_what_a_killed_worker_main_process_held_is_answered_exactly_once_soon_af
         wait_for(lambda: sent_count(database_url) >= MAIN_KILL_MESSAGES, timeout=60, what="replies recorded")
         assert_exactly_one_reply_each(fake, database_url, numbers)
         assert not held_by(redis_client, victim)
+        # Gone and holding nothing: the sweeps no longer look at it.
+        owners = [owner.decode() for owner in redis_client.smembers(broker.OWNERS_KEY)]
+        assert not [owner for owner in owners if owner.split(":")[1] == str(victim)]
