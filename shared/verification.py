@@ -1,7 +1,8 @@
 """Phone verification codes: issue, check, link. The policy of ARCHITECTURE.md's guarantees lives here.
 
-- A code is 6 digits from :mod:`secrets` (a CSPRNG), valid 10 minutes, usable once; a new code replaces
-  the user's old one (one row per user in ``verification_codes``).
+- A code is 6 digits from :mod:`secrets` (a CSPRNG), valid 10 minutes (for a WhatsApp VERIFY, up to when
+  the message came in, not when its task runs), usable once; a new code replaces the user's old one (one
+  row per user in ``verification_codes``).
 - Only ``HMAC-SHA256(WAPIPE_SECRET_KEY, user_id:phone:code)`` is stored. Why keyed and not salted: a
   6-digit space has 10**6 values, so any unkeyed hash (salted or not) is reversed from a database dump in
   well under a second; a key kept outside the database (environment) makes a dump alone useless. Binding
@@ -166,20 +167,27 @@ def _unused_code(others: list[tuple[UUID, bytes]], phone: str) -> str:
     raise RuntimeError(f"no free verification code after {MAX_DRAWS} draws ({len(others)} live codes)")
 
 
-def check_code(conn: psycopg.Connection, phone: str, code: str, user_id: UUID | None = None) -> VerifyResult:
+def check_code(
+    conn: psycopg.Connection,
+    phone: str,
+    code: str,
+    user_id: UUID | None = None,
+    at: datetime | None = None,
+) -> VerifyResult:
     """Check a code sent from (or for) ``phone`` inside the caller's transaction; link on success.
 
     With ``user_id`` only that user's code is tried (and has an attempt spent), so a code can link the
-    phone to no one but the user it was issued to; without, every user's code for the phone is.
+    phone to no one but the user it was issued to; without, every user's code for the phone is. ``at``:
+    when the code was presented (DB time), for its expiry; default now.
     """
     # The API's pattern (\d) takes any script's digits too; the hash is of the ASCII ones. Anything else
     # is refused before an attempt is spent.
     code = ascii_digits(code)
     if len(code) != CODE_DIGITS or not (code.isascii() and code.isdecimal()):
         return VerifyResult(Outcome.bad_format)
-    claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS, user_id)
+    claimed = links.claim_attempts(conn, phone, MAX_ATTEMPTS, user_id, at)
     if not claimed:
-        return _why_not(conn, phone, user_id)
+        return _why_not(conn, phone, user_id, at)
     # Every candidate is compared, so the time taken says nothing about which one matched.
     matches = [
         candidate
@@ -203,8 +211,8 @@ def check_code(conn: psycopg.Connection, phone: str, code: str, user_id: UUID | 
     return VerifyResult(Outcome.linked, user_id=match.user_id, link=link)
 
 
-def _why_not(conn: psycopg.Connection, phone: str, user_id: UUID | None) -> VerifyResult:
-    states = links.codes_for_phone(conn, phone, user_id)
+def _why_not(conn: psycopg.Connection, phone: str, user_id: UUID | None, at: datetime | None) -> VerifyResult:
+    states = links.codes_for_phone(conn, phone, user_id, at)
     if not states:
         return VerifyResult(Outcome.no_pending)
     if any(not state.expired and state.attempts >= MAX_ATTEMPTS for state in states):
@@ -223,15 +231,18 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
     """Handle a WhatsApp ``VERIFY`` message once: the outcome is recorded on the message in the same
     transaction, and a redelivery returns that outcome without spending another attempt.
 
+    The code's expiry is judged when the message was stored, not when this runs: a VERIFY sent while its
+    code was live is not refused because its task waited in a backlog or retried through an outage.
+
     Returns None when the message does not exist.
     """
     with transaction() as conn:
-        exists, recorded = links.lock_inbound_outcome(conn, message_id)
-        if not exists:
+        locked = links.lock_inbound_outcome(conn, message_id)
+        if locked is None:
             return None
-        if recorded is not None:
-            return VerifyResult.from_json(recorded)
-        result = check_code(conn, phone, parse_verify(text) or "")
+        if locked.outcome is not None:
+            return VerifyResult.from_json(locked.outcome)
+        result = check_code(conn, phone, parse_verify(text) or "", at=locked.received_at)
         links.record_inbound_outcome(conn, message_id, result.to_json())
         return result
 

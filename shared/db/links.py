@@ -46,9 +46,11 @@ RETURNING expires_at
 # UPDATE serialises concurrent guesses, and PostgreSQL re-checks ``attempts < max`` on the updated row, so
 # no number of parallel guesses can get more than ``max`` comparisons. With a user id, only that user's
 # code is claimed (a host that says whose code it submits), otherwise every user's code for the phone.
+# Live at ``at``, when the code was presented (a WhatsApp VERIFY's arrival), or now when not given.
 _CLAIM_ATTEMPT = """
 UPDATE verification_codes SET attempts = attempts + 1
-WHERE phone = %(phone)s AND attempts < %(max_attempts)s AND expires_at > now()
+WHERE phone = %(phone)s AND attempts < %(max_attempts)s
+    AND expires_at > COALESCE(%(at)s::timestamptz, now())
     AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 RETURNING user_id, code_hash, attempts
 """
@@ -66,7 +68,7 @@ SELECT user_id, code_hash FROM verification_codes
 WHERE phone = %(phone)s AND user_id <> %(user_id)s AND expires_at > now()
 """
 _CODES_FOR_PHONE = """
-SELECT user_id, attempts, expires_at <= now() AS expired
+SELECT user_id, attempts, expires_at <= COALESCE(%(at)s::timestamptz, now()) AS expired
 FROM verification_codes WHERE phone = %(phone)s AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 ORDER BY created_at DESC
 """
@@ -155,21 +157,27 @@ def other_live_codes(conn: psycopg.Connection, user_id: UUID, phone: str) -> lis
 
 
 def claim_attempts(
-    conn: psycopg.Connection, phone: str, max_attempts: int, user_id: UUID | None = None
+    conn: psycopg.Connection,
+    phone: str,
+    max_attempts: int,
+    user_id: UUID | None = None,
+    at: datetime | None = None,
 ) -> list[ClaimedCode]:
-    """Spend an attempt on every live code for ``phone`` (only ``user_id``'s, when given) and return them."""
+    """Spend an attempt on every code for ``phone`` live at ``at`` (default now; only ``user_id``'s, when
+    given) and return them."""
+    params = {"phone": phone, "max_attempts": max_attempts, "user_id": user_id, "at": at}
     with wrap_errors():
-        rows = conn.execute(
-            _CLAIM_ATTEMPT, {"phone": phone, "max_attempts": max_attempts, "user_id": user_id}
-        ).fetchall()
+        rows = conn.execute(_CLAIM_ATTEMPT, params).fetchall()
     return [ClaimedCode(row["user_id"], bytes(row["code_hash"]), row["attempts"]) for row in rows]
 
 
-def codes_for_phone(conn: psycopg.Connection, phone: str, user_id: UUID | None = None) -> list[CodeState]:
-    """Every code pending for the phone (only ``user_id``'s, when given), newest first, with whether it has
-    expired (DB time)."""
+def codes_for_phone(
+    conn: psycopg.Connection, phone: str, user_id: UUID | None = None, at: datetime | None = None
+) -> list[CodeState]:
+    """Every code pending for the phone (only ``user_id``'s, when given), newest first, with whether it had
+    expired at ``at`` (DB time; default now)."""
     with wrap_errors():
-        rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone, "user_id": user_id}).fetchall()
+        rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone, "user_id": user_id, "at": at}).fetchall()
     return [CodeState(**row) for row in rows]
 
 
@@ -200,7 +208,7 @@ def delete_expired_codes(conn: psycopg.Connection, grace_seconds: int = 3600) ->
 # spends the attempt and links the phone. A redelivered task finds the outcome and only re-sends the reply,
 # so it can neither burn a second attempt nor link twice. FOR UPDATE serialises two concurrent deliveries.
 _LOCK_INBOUND_OUTCOME = """
-SELECT payload -> '_verify_outcome' AS outcome FROM messages
+SELECT created_at, payload -> '_verify_outcome' AS outcome FROM messages
 WHERE id = %(id)s AND direction = 'in' FOR UPDATE
 """
 _RECORD_INBOUND_OUTCOME = """
@@ -210,13 +218,22 @@ WHERE id = %(id)s
 """
 
 
-def lock_inbound_outcome(conn: psycopg.Connection, message_id: int) -> tuple[bool, dict | None]:
-    """Lock the inbound message row; return (exists, the outcome already recorded for it or None)."""
+@dataclass(frozen=True)
+class LockedInbound:
+    """An inbound message locked for its VERIFY: when it was stored (the code's expiry is judged then) and
+    the outcome already recorded for it, if any."""
+
+    received_at: datetime
+    outcome: dict | None
+
+
+def lock_inbound_outcome(conn: psycopg.Connection, message_id: int) -> LockedInbound | None:
+    """Lock the inbound message row; None when there is none."""
     with wrap_errors():
         row = conn.execute(_LOCK_INBOUND_OUTCOME, {"id": message_id}).fetchone()
     if row is None:
-        return False, None
-    return True, row["outcome"]
+        return None
+    return LockedInbound(received_at=row["created_at"], outcome=row["outcome"])
 
 
 def record_inbound_outcome(conn: psycopg.Connection, message_id: int, outcome: dict) -> None:

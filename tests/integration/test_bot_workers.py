@@ -115,6 +115,40 @@ def test_wrong_expired_locked_and_missing_codes_get_clear_replies(
     assert replies(db)[-1] == "Send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
 
 
+def test_a_verify_sent_in_time_links_though_its_check_runs_after_the_code_expired(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # The verify task retried through an outage (or waited in a backlog) past the code's 10 minutes: the
+    # code was right and live when the message came in, so the user is linked, not told it expired.
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    message_id = store_inbound(db, f"VERIFY {code}")
+    db.execute(
+        "UPDATE verification_codes SET created_at = now() - interval '12 minutes',"
+        " expires_at = now() - interval '2 minutes'"
+    )
+    db.execute("UPDATE messages SET created_at = now() - interval '3 minutes' WHERE id = %s", (message_id,))
+    verify_worker.check_code(message_id)
+    assert replies(db) == ["✅ WhatsApp linked to your account"]
+    assert db.execute("SELECT user_id FROM user_links WHERE phone = %s", (PHONE,)).fetchone()["user_id"] == (
+        user_id
+    )
+
+
+def test_a_verify_sent_after_the_code_expired_is_told_so(clean: None, db: psycopg.Connection) -> None:
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    message_id = store_inbound(db, f"VERIFY {code}")
+    db.execute(
+        "UPDATE verification_codes SET created_at = now() - interval '12 minutes',"
+        " expires_at = now() - interval '2 minutes'"
+    )
+    db.execute("UPDATE messages SET created_at = now() - interval '1 minute' WHERE id = %s", (message_id,))
+    verify_worker.check_code(message_id)
+    assert replies(db)[-1].startswith("⌛ This code has expired")
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+
+
 def test_verify_from_a_number_linked_to_someone_else(clean: None, db: psycopg.Connection) -> None:
     owner, other = uuid.uuid4(), uuid.uuid4()
     # Both asked for a code for the same number before either verified.
