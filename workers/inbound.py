@@ -17,7 +17,8 @@ follow arrival order even when two router processes take two messages of a conve
 Safe to run twice: the message row's ``routed_at`` is set only after the decision's effects are done, and
 every effect is idempotent (the handler job carries the dedupe key ``handle:<message id>``, replies have
 idempotency keys, the rate-limit window counts a message id once). So a route redelivered after the
-store committed but before the handler was enqueued decides again and enqueues it, exactly once.
+store committed but before the handler was enqueued enqueues it, exactly once: the handler the message was
+dispatched to, not one decided again (its job may be queued already).
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def _dispatch(
     # its dispatch is known: from now on this message holds its conversation's turn until it is answered
     # (shared/db/turns.py). routed_at is still set only after the publish, since flows.step reads a
     # routed message without a ``handle:`` key as "no handler" (shared/flows/service.py); and a route
-    # redelivered in between finds the message not routed, decides again and republishes the handler
-    # job under the same dedupe key.
+    # redelivered in between finds the message not routed and republishes this handler's job under the
+    # same dedupe key.
     turns.mark_dispatched(conn, facts.message_id, handler)
     return verdict, handler
 
@@ -425,10 +426,20 @@ def _decide(
     verdict: InboundVerdict | None = None,
 ) -> RouteOutcome:
     """Decide a stored message's route and do its effects: every outcome, from ``facts`` (read again when
-    not given) and the rate-limit ``verdict`` (counted when not given)."""
+    not given) and the rate-limit ``verdict`` (counted when not given). A message an earlier run already
+    dispatched keeps that decision."""
     if facts is None:
         with transaction() as conn:
-            facts = _read_facts(conn, message_id)
+            handler = turns.dispatched_to(conn, message_id)
+            if handler is None:
+                facts = _read_facts(conn, message_id)
+        if handler is not None:
+            # Its handler's task may be queued already (published under the dedupe key, the run then died
+            # before marking the message routed): deciding again could name another handler (WAPIPE_MODE
+            # changed, the sender linked since), recorded while the first one answers, or count the message
+            # afresh in a later minute and tell the sender they type too fast on top of that answer.
+            return _dispatch_after_commit(message_id, handler)
+    assert facts is not None
     action = _uncounted_action(facts, settings)
     if action is None:
         if verdict is None:
@@ -453,14 +464,17 @@ def _decide(
     elif action == "unreadable":
         queue_reply(message_id, UNREADABLE_TEXT, key="unreadable")
     elif action == "handler":
-        handler = _handler(facts, settings)
-        # Recorded before publishing, as in _dispatch.
-        with transaction() as conn:
-            turns.mark_dispatched(conn, message_id, handler)
-        get_publisher().publish([_handler_job(message_id, handler)])
-        return RouteOutcome(message_id, "handler", handler)
+        return _dispatch_after_commit(message_id, _handler(facts, settings))
     # not_a_message, from_opted_out and handoff: stored, nothing more to do.
     return RouteOutcome(message_id, action)
+
+
+def _dispatch_after_commit(message_id: int, handler: str) -> RouteOutcome:
+    # Recorded before publishing, as in _dispatch.
+    with transaction() as conn:
+        turns.mark_dispatched(conn, message_id, handler)
+    get_publisher().publish([_handler_job(message_id, handler)])
+    return RouteOutcome(message_id, "handler", handler)
 
 
 def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:

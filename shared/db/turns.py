@@ -54,6 +54,7 @@ _MARK_DISPATCHED = """
 UPDATE messages SET dispatched_at = now(), dispatched_to = %(handler)s
 WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL
 """
+_DISPATCHED_TO = "SELECT dispatched_to FROM messages WHERE id = %(id)s AND direction = 'in'"
 _RELEASE = """
 UPDATE messages SET dispatched_at = NULL
 WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND dispatched_at IS NOT NULL
@@ -124,6 +125,13 @@ def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> 
     """The router is about to publish the message's ``handler`` task: from now on it holds the turn."""
     with wrap_errors():
         conn.execute(_MARK_DISPATCHED, {"id": message_id, "handler": handler})
+
+
+def dispatched_to(conn: psycopg.Connection, message_id: int) -> str | None:
+    """The handler task the router dispatched the message to; None when it dispatched it to none."""
+    with wrap_errors():
+        row = conn.execute(_DISPATCHED_TO, {"id": message_id}).fetchone()
+    return row["dispatched_to"] if row is not None else None
 
 
 def release(conn: psycopg.Connection, message_id: int) -> bool:

@@ -219,7 +219,7 @@ def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handle
 
     mark = ordering.retrying_key(stored["id"])
     with monkeypatch.context() as outage:
-        outage.setattr(inbound_worker, "_read_facts", unavailable)
+        outage.setattr(inbound_worker.turns, "dispatched_to", unavailable)
         with delivered(route_task, "inbound", {"event": first_event}, 1), pytest.raises(Retry):
             route_task.run(event=first_event)
         assert float(redis_client.get(mark)) == handler_due  # not brought forward to the route's retry

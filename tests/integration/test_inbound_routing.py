@@ -18,7 +18,7 @@ from shared.db.pool import connection
 from shared.settings import Settings, load_settings
 from shared.wire.events import InboundMessage
 from shared.wire.meta import parse_webhook
-from workers import inbound
+from workers import inbound, ordering
 from workers.inbound import RATE_LIMIT_TEXT, UNREADABLE_TEXT, route
 
 BUSINESS = "+14155238886"
@@ -107,6 +107,45 @@ def test_a_route_redelivered_after_the_publish_enqueues_nothing_more(db, redis_c
     assert (again.message_id, again.action) == (first.message_id, "handler")
     assert queued(redis_client, "commands") == [("commands.handle", {"message_id": first.message_id})]
     assert db.execute("SELECT routed_at FROM messages").fetchone()["routed_at"] is not None
+
+
+def test_a_route_redelivered_after_a_change_of_mode_keeps_the_handler_it_dispatched_to(
+    db, redis_client
+) -> None:
+    payload = event("hello")
+    first = route(payload, load_settings(mode="assistant"))
+    # The first delivery died after publishing ai.reply, before marking the message routed; the worker
+    # came back with WAPIPE_MODE=menu.
+    db.execute("UPDATE messages SET routed_at = NULL")
+    menu = load_settings(mode="menu")
+
+    again = route(payload, menu)
+    later = route(event("hi"), menu)
+
+    assert (again.message_id, again.handler) == (first.message_id, "ai.reply")
+    assert queued(redis_client, "ai") == [("ai.reply", {"message_id": first.message_id})]
+    assert queued(redis_client, "flows") == [("flows.step", {"message_id": later.message_id})]
+    row = db.execute("SELECT dispatched_to FROM messages WHERE id = %s", (first.message_id,)).fetchone()
+    assert row["dispatched_to"] == "ai.reply"
+    # So the menu's answer to the later message waits for the assistant's to the first.
+    assert ordering.read_turn(later.message_id, "flows.step").waiting_for == first.message_id
+
+
+def test_a_route_redelivered_after_its_dispatch_sends_no_rate_limit_notice(db, redis_client) -> None:
+    settings = load_settings()
+    payload = event("hello")
+    first = route(payload, settings)
+    db.execute("UPDATE messages SET routed_at = NULL")
+    # Redelivered after the sender's minute was over and filled again by messages sent since.
+    redis_client.delete(*redis_client.keys("ratelimit:in:*"))
+    for _ in range(settings.rate_limit_per_minute):
+        route(event("more"), settings)
+
+    again = route(payload, settings)
+
+    assert (again.message_id, again.action, again.handler) == (first.message_id, "handler", "commands.handle")
+    notices = db.execute("SELECT count(*) AS n FROM messages WHERE body = %s", (RATE_LIMIT_TEXT,)).fetchone()
+    assert notices["n"] == 0
 
 
 def test_the_handler_job_is_deduplicated_even_if_routing_runs_twice_before_marking(db, redis_client) -> None:
