@@ -231,8 +231,9 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
     """Handle a WhatsApp ``VERIFY`` message once: the outcome is recorded on the message in the same
     transaction, and a redelivery returns that outcome without spending another attempt.
 
-    The code's expiry is judged when the message was stored, not when this runs: a VERIFY sent while its
-    code was live is not refused because its task waited in a backlog or retried through an outage.
+    The codes are taken as they were when the message was stored, not when this runs: a VERIFY sent while
+    its code was live is not refused because its task waited in a backlog or retried through an outage,
+    and one sent before a new code was issued spends none of that code's attempts.
 
     Returns None when the message does not exist.
     """

@@ -46,10 +46,12 @@ RETURNING expires_at
 # UPDATE serialises concurrent guesses, and PostgreSQL re-checks ``attempts < max`` on the updated row, so
 # no number of parallel guesses can get more than ``max`` comparisons. With a user id, only that user's
 # code is claimed (a host that says whose code it submits), otherwise every user's code for the phone.
-# Live at ``at``, when the code was presented (a WhatsApp VERIFY's arrival), or now when not given.
+# Live at ``at``, when the code was presented (a WhatsApp VERIFY's arrival): issued by then and not expired
+# (a code issued after a message came in is none the message can hold); unexpired now when not given.
 _CLAIM_ATTEMPT = """
 UPDATE verification_codes SET attempts = attempts + 1
 WHERE phone = %(phone)s AND attempts < %(max_attempts)s
+    AND (%(at)s::timestamptz IS NULL OR created_at <= %(at)s::timestamptz)
     AND expires_at > COALESCE(%(at)s::timestamptz, now())
     AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
 RETURNING user_id, code_hash, attempts
@@ -70,6 +72,7 @@ WHERE phone = %(phone)s AND user_id <> %(user_id)s AND expires_at > now()
 _CODES_FOR_PHONE = """
 SELECT user_id, attempts, expires_at <= COALESCE(%(at)s::timestamptz, now()) AS expired
 FROM verification_codes WHERE phone = %(phone)s AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+    AND (%(at)s::timestamptz IS NULL OR created_at <= %(at)s::timestamptz)
 ORDER BY created_at DESC
 """
 _DELETE_CODES_FOR_PHONE = "DELETE FROM verification_codes WHERE phone = %(phone)s"
@@ -163,8 +166,8 @@ def claim_attempts(
     user_id: UUID | None = None,
     at: datetime | None = None,
 ) -> list[ClaimedCode]:
-    """Spend an attempt on every code for ``phone`` live at ``at`` (default now; only ``user_id``'s, when
-    given) and return them."""
+    """Spend an attempt on every code for ``phone`` live at ``at`` (issued by then and not expired; default
+    now), only ``user_id``'s when given, and return them."""
     params = {"phone": phone, "max_attempts": max_attempts, "user_id": user_id, "at": at}
     with wrap_errors():
         rows = conn.execute(_CLAIM_ATTEMPT, params).fetchall()
@@ -174,8 +177,8 @@ def claim_attempts(
 def codes_for_phone(
     conn: psycopg.Connection, phone: str, user_id: UUID | None = None, at: datetime | None = None
 ) -> list[CodeState]:
-    """Every code pending for the phone (only ``user_id``'s, when given), newest first, with whether it had
-    expired at ``at`` (DB time; default now)."""
+    """Every code pending for the phone at ``at`` (DB time; default now), only ``user_id``'s when given,
+    newest first, with whether it had expired by then."""
     with wrap_errors():
         rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone, "user_id": user_id, "at": at}).fetchall()
     return [CodeState(**row) for row in rows]

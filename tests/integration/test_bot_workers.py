@@ -149,6 +149,25 @@ def test_a_verify_sent_after_the_code_expired_is_told_so(clean: None, db: psycop
     assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
 
 
+def test_verifies_that_came_in_before_a_new_code_spend_none_of_its_attempts(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # Answered late (a backlog, an outage), the user sent their code again and again, then asked for a new
+    # one: those earlier messages cannot hold the new code, and must not lock it before it is sent.
+    user_id = uuid.uuid4()
+    old = issue(user_id)
+    early = [store_inbound(db, f"VERIFY {old}") for _ in range(verification.MAX_ATTEMPTS)]
+    db.execute("UPDATE messages SET created_at = now() - interval '1 minute'")
+    new = issue(user_id)
+    for message_id in early:
+        verify_worker.check_code(message_id)
+    assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 0
+    assert all(reply.startswith("There is no pending code for this number.") for reply in replies(db))
+
+    verify_worker.check_code(store_inbound(db, f"VERIFY {new}"))
+    assert replies(db)[-1] == "✅ WhatsApp linked to your account"
+
+
 def test_verify_from_a_number_linked_to_someone_else(clean: None, db: psycopg.Connection) -> None:
     owner, other = uuid.uuid4(), uuid.uuid4()
     # Both asked for a code for the same number before either verified.
