@@ -38,10 +38,15 @@ FOR UPDATE
 """
 _FIND_FOR_UPDATE = f"SELECT {_COLUMNS} {_MATCH}"
 # Fill an identifier we did not know yet, unless another contact already holds it (then they stay two
-# rows rather than failing the message). A message routed late does not move the window back.
+# rows rather than failing the message). A message routed late does not move the window back. A phone
+# other than the contact's, on a message found by its business-scoped id, is the user's new number
+# (WhatsApp's "change number" keeps that id): replies go there, not to the old number, which may be someone
+# else's by now, and the old number's link no longer answers for it. Unless another contact holds it, or
+# the message was sent before the contact's last one (routed late, it does not move the number back).
 _REFRESH_SET = f"""
 UPDATE contacts c SET
-    phone = CASE WHEN c.phone IS NULL AND %(phone)s::text IS NOT NULL
+    phone = CASE WHEN %(phone)s::text IS NOT NULL AND c.phone IS DISTINCT FROM %(phone)s
+                  AND (c.phone IS NULL OR c.last_inbound_at IS NULL OR {WROTE_AT} >= c.last_inbound_at)
                   AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.phone = %(phone)s)
              THEN %(phone)s ELSE c.phone END,
     bsuid = CASE WHEN c.bsuid IS NULL AND %(bsuid)s::text IS NOT NULL

@@ -211,20 +211,43 @@ def test_two_first_messages_of_a_new_sender_racing_share_one_contact_and_convers
     assert (count(db, "contacts"), count(db, "conversations"), count(db, "messages")) == (1, 1, 2)
 
 
-def test_a_sender_known_by_business_scoped_id_gets_its_phone_filled_in(db, redis_client) -> None:
-    def meta_event(text: str, phone: str | None) -> dict[str, Any]:
-        message = InboundMessage(
-            provider="meta",
-            provider_message_id=f"wamid.{uuid.uuid4().hex}",
-            business_number="106540352242922",
-            sender_phone=phone,
-            sender_bsuid="US.13491208655302741918",
-            text=text,
-        )
-        return message.model_dump(mode="json")
+def bsuid_event(text: str, phone: str | None, sent_at: int | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {} if sent_at is None else {"sent_at": sent_at}
+    message = InboundMessage(
+        provider="meta",
+        provider_message_id=f"wamid.{uuid.uuid4().hex}",
+        business_number="106540352242922",
+        sender_phone=phone,
+        sender_bsuid="US.13491208655302741918",
+        text=text,
+        **fields,
+    )
+    return message.model_dump(mode="json")
 
-    assert route(meta_event("hello", None), load_settings()).action == "handler"
-    assert route(meta_event("again", "+15551234567"), load_settings()).action == "handler"
+
+def test_a_sender_who_changed_number_is_answered_on_the_new_one(db, redis_client) -> None:
+    # WhatsApp's "change number" keeps the business-scoped id: the old number may be someone else's now,
+    # so the replies go to the number the messages come from, and the old number's link no longer holds.
+    user_id = uuid.uuid4()
+    db.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+    db.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, %s)", (user_id, "+15551234567"))
+    before = int(time.time()) - 60
+    assert route(bsuid_event("/status", "+15551234567", before), load_settings()).action == "handler"
+
+    outcome = route(bsuid_event("hello", "+447700900123"), load_settings())
+    # Sent before the change, routed after it: it does not move the number back.
+    late = route(bsuid_event("older", "+15551234567", before), load_settings())
+
+    contacts = db.execute("SELECT phone, bsuid FROM contacts").fetchall()
+    assert contacts == [{"phone": "+447700900123", "bsuid": "US.13491208655302741918"}]
+    assert outcome.handler == "commands.handle"  # unlinked: told how to link the new number
+    assert late.message_id is not None
+    assert count(db, "contacts") == 1
+
+
+def test_a_sender_known_by_business_scoped_id_gets_its_phone_filled_in(db, redis_client) -> None:
+    assert route(bsuid_event("hello", None), load_settings()).action == "handler"
+    assert route(bsuid_event("again", "+15551234567"), load_settings()).action == "handler"
 
     contacts = db.execute("SELECT phone, bsuid FROM contacts").fetchall()
     assert contacts == [{"phone": "+15551234567", "bsuid": "US.13491208655302741918"}]
