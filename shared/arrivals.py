@@ -130,8 +130,8 @@ redis.call('EXPIRE', line, line_ttl)
 
 
 def line_key(provider: str, business_number: str, sender: str) -> str:
-    """The key of a conversation's line: one per provider, business number and sender (phone, or the
-    business-scoped id when there is none), as the router's conversations are (shared/db/inbound_store.py)."""
+    """The key of a conversation's line: one per provider, business number and sender, as the router's
+    conversations are (shared/db/inbound_store.py)."""
     digest = hashlib.blake2b(f"{provider}\x00{business_number}\x00{sender}".encode(), digest_size=16)
     return f"arrivals:{digest.hexdigest()}"
 
@@ -142,8 +142,10 @@ def retrying_key(line: str) -> str:
 
 
 def line_of(message: InboundMessage) -> str:
-    """The key of ``message``'s conversation's line."""
-    sender = message.sender_phone or message.sender_bsuid or ""
+    """The key of ``message``'s conversation's line. The sender is the business-scoped id when there is
+    one: Meta sends it with every message of a user with a username, their phone only with some (the
+    router finds the contact by either), so keyed by phone first their messages would be in two lines."""
+    sender = message.sender_bsuid or message.sender_phone or ""
     return line_key(message.provider.value, message.business_number, sender)
 
 

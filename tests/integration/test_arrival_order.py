@@ -119,6 +119,29 @@ class RouteRun:
         return SimpleNamespace(apply_async=lambda: self.waits.append(options))
 
 
+def test_a_sender_whose_phone_comes_and_goes_keeps_one_line(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    # A WhatsApp user with a username: Meta sends their phone with some messages and not with others, but
+    # always their business-scoped id; the router stores both in one conversation, so in arrival order.
+    def from_user(text: str, phone: str | None) -> InboundMessage:
+        return InboundMessage(
+            provider="meta",
+            provider_message_id=f"wamid.{text}",
+            business_number="106540352242922",
+            sender_phone=phone,
+            sender_bsuid="US.13491208655302741918",
+            text=text,
+        )
+
+    first, second = from_user("first", PHONE), from_user("second", None)
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish([route_job(first), route_job(second)])
+    run = RouteRun()
+    with pytest.raises(Retry):
+        _take_place(run, second)
+    assert len(run.waits) == 1
+
+
 def test_the_next_in_line_looks_again_soon_and_one_further_back_later(
     clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
 ) -> None:
