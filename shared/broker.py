@@ -68,7 +68,8 @@ to its owner: the sweep drops it with nothing put back.
 A worker that stalls longer than a lease (a long GC pause, a starved CPU) may find its messages put back
 while it lives: another worker then runs the task too, which every task allows (see above). Its own late
 ack, reject or put-back of such a message leaves it alone when another process owns it now (same delivery
-tag, taken again): only the worker that holds it settles it. The fetch writes one ``HSET`` and two ``SADD``
+tag, taken again): only the worker that holds it settles it; the late one only drops the tag from its own
+held set (a sweep of the earlier release leaves it there). The fetch writes one ``HSET`` and two ``SADD``
 for the owner, the ack one ``HDEL`` and one ``SREM``; the ack is one Lua call, as kombu's was one pipeline.
 
 Selected by ``broker_transport`` in :func:`shared.queues.celery_config`; the URL stays ``redis://``. Not
@@ -180,12 +181,18 @@ return {from - 1, item, recorded}
 # A settle of this process's own (an ack, a reject without requeue): drop the message from ``unacked``
 # unless another process owns it now. A process paused past its lease may find its messages reclaimed
 # and taken again by another worker (same delivery tag): its late ack must not erase that worker's record.
-# A message without an owner (taken before owners were recorded) is settled as kombu would.
+# A message without an owner (taken before owners were recorded) is settled as kombu would. One another
+# process owns now leaves this process's held set all the same: it no longer holds it, and a tag left there
+# (put back by a sweep of the release before the held sets, which dropped only the owner hash entry) would
+# stay until this process dies, making the sweeps' count of records no held set names come out short.
 # KEYS: unacked hash, its index, the owner hash, this process's held set. ARGV: the delivery tag, this
 #   process's owner id.
 _SETTLE = """
 local owner = redis.call('HGET', KEYS[3], ARGV[1])
-if owner and owner ~= ARGV[2] then return 0 end
+if owner and owner ~= ARGV[2] then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return 0
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -492,6 +499,12 @@ def _held_by_another(owner: bytes | None) -> bool:
     return owner is not None and bytes_to_str(owner) != _owner.id
 
 
+def _let_go(pipe: Any, tag: str) -> None:
+    # Drop from this process's held set a tag another process owns now (see _SETTLE: why it must not stay).
+    pipe.multi()
+    pipe.srem(held_key(_owner.id), tag)
+
+
 @dataclass(frozen=True)
 class Debt:
     """A message this process must put back on its queue once Redis answers again."""
@@ -554,7 +567,9 @@ def _pay(channel: kombu_redis.Channel, key: str, debt: Debt, pipe: Any) -> None:
     if tag is None:
         return  # the fetch never ran: its message is still on its queue
     if _held_by_another(pipe.hget(OWNER_HASH, tag)):
-        return  # reclaimed while Redis was away from us, and taken again: that worker has it now
+        # Reclaimed while Redis was away from us, and taken again: that worker has it now, not we.
+        _let_go(pipe, tag)
+        return
     held = pipe.hget(channel.unacked_key, tag)
     pipe.multi()
     pipe.zrem(channel.unacked_index_key, tag).hdel(channel.unacked_key, tag).hdel(OWNER_HASH, tag)
@@ -624,6 +639,7 @@ class QoS(kombu_redis.QoS):
         def restore(pipe: Any) -> None:
             owner = pipe.hget(OWNER_HASH, tag)
             if mine_only and _held_by_another(owner):
+                _let_go(pipe, tag)
                 return
             held = pipe.hget(self.unacked_key, tag)
             pipe.multi()

@@ -285,6 +285,12 @@ class Holder:
                 return line.removeprefix(prefix).strip()
         raise AssertionError(f"the holder exited without answering {prefix!r}")
 
+    def leave(self) -> None:
+        """Stop as a worker shutting down does: its channel closes, putting back what it holds."""
+        self._in.close()
+        assert self.process.wait(timeout=30) == 0
+        self._out.close()
+
     def kill(self) -> None:
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
@@ -574,6 +580,54 @@ def test_what_the_earlier_releases_sweep_put_back_is_not_put_back_again(
         assert sweep(connection) == 0
     assert state(server) == (2, 0)
     assert known_owners(server) == set()
+
+
+@pytest.mark.parametrize("late", ["ack", "close"])
+def test_a_late_settle_of_a_message_another_worker_holds_now_drops_it_from_the_late_workers_held_set(
+    server: PrivateRedis, holders: Callable[[PrivateRedis, int], Holder], late: str
+) -> None:
+    """A rolling deploy: the earlier release's sweep puts back what a worker of this release held while it
+    stalled (dropping the owner hash entry, not the held set), and another worker takes it. The stalled
+    worker wakes and acks late, or shuts down (its close puts back what it holds): either leaves the new
+    holder's record, and must drop the tag from its own held set. Left there, the sweeps' count of records
+    no held set names came out short by it for as long as the stalled worker lived, and what a worker of
+    the earlier release killed meanwhile held was never adopted: it waited for the visibility timeout (an
+    hour) instead of a lease."""
+    with connect(server) as connection:
+        publish(connection, {"n": 0})
+    stalled = holders(server, 1)
+    lease_lapses(server, stalled.owner)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    with connect(server) as connection:
+        (tag,) = owners(server)
+        client.hdel(broker.OWNER_HASH, tag)  # the earlier release's sweep, then its put-back
+        connection.default_channel.qos.restore_by_tag(tag)
+        (message,) = receive(connection)
+        assert owners(server) == {tag: broker.owner_id()}
+
+        if late == "ack":
+            stalled.ack_next()
+            client.set(broker.lease_key(stalled.owner), "1", ex=broker.LEASE_SECONDS)  # awake: it renews
+        else:
+            stalled.leave()
+            # Within the lease it renewed before it left, its held set is not a sweep's to clear.
+            client.set(broker.lease_key(stalled.owner), "1", ex=broker.LEASE_SECONDS)
+        assert owners(server) == {tag: broker.owner_id()}
+        assert client.smembers(broker.held_key(stalled.owner)) == set()
+
+        publish(connection, {"n": 1})
+        old = holders(server, 1)
+        as_an_earlier_release_left_them(server, old.owner)
+        old.kill()
+        lease_lapses(server, old.owner)
+        # This process lives: its lease, which the take renews only when due (it may have renewed on an
+        # earlier test's server a moment ago).
+        client.set(broker.lease_key(broker.owner_id()), "1", ex=broker.LEASE_SECONDS)
+        assert sweep(connection) == 1
+        assert state(server) == (1, 1)
+        message.ack()
+    assert records(server) == {}
+    client.close()
 
 
 def test_a_worker_whose_prefetch_is_full_keeps_renewing_its_lease(
