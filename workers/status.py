@@ -1,9 +1,8 @@
 """``status.apply``: a delivery receipt moves its message's status forward, never back.
 
 ``queued < sent < delivered < read``; ``failed`` and ``undelivered`` are final and keep the provider's
-error code, but never undo a delivery: after ``delivered`` or ``read`` they are only recorded. Every
-receipt is appended to the message's timeline (``message_events``) whatever its order, so a ``read`` that
-overtook ``delivered`` leaves the status at ``read`` and both in the timeline.
+error code. Every receipt is appended to the message's timeline (``message_events``) whatever its order,
+so a ``read`` that overtook ``delivered`` leaves the status at ``read`` and both in the timeline.
 
 A receipt can arrive before our own row knows the provider's id (the provider answers the send, the
 callback races our UPDATE): an unknown id is retried a few times with a growing countdown, then logged and

@@ -286,17 +286,13 @@ def settle(
 
 OUTCOME_UNKNOWN = OutcomeUnknown.CODE
 _SENT_RANK = STATUS_RANK[DeliveryStatus.sent]
-_DELIVERED_RANK = STATUS_RANK[DeliveryStatus.delivered]
 
 
 # Find, move forward and append to the timeline in one statement. Only our outbound messages take
 # receipts: an inbound message's provider id (a provider's mix-up, a forged id) finds nothing. The UPDATE
 # re-checks its WHERE on the locked row (READ COMMITTED), so two receipts racing each other can only ever
-# leave the higher-ranked status; a status with no rank (NULL) moves nothing and is only recorded. A
-# failure is final, but does not undo a delivery: once the recipient's phone has the message (delivered,
-# read), a failure receipt after it (out of order, or the provider's mistake) is only recorded, or the
-# API's caller would read "failed" and send the message again. Every receipt is appended, whatever its
-# order.
+# leave the higher-ranked status; a status with no rank (NULL) moves nothing and is only recorded. Every
+# receipt is appended, whatever its order.
 #
 # When the provider id names no message, the receipt may still name ours (``our_id``, echoed from the send:
 # shared/wire/events.py OUR_ID_PREFIX): a send whose answer was lost, failed as outcome_unknown, or still
@@ -333,7 +329,6 @@ WITH known AS (
         error_message = COALESCE(%(error_message)s, m.error_message),
         updated_at = now()
     FROM known WHERE m.id = known.id AND {rank_sql("m.status")} < %(rank)s::int
-      AND NOT (%(failure)s AND {rank_sql("m.status")} >= {_DELIVERED_RANK})
     RETURNING m.id
 ), found AS (
     SELECT id FROM known UNION ALL SELECT id FROM adopted
