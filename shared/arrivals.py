@@ -53,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import redis
@@ -70,13 +71,19 @@ LINE_TTL_SECONDS = 24 * 3600
 # At most this many earlier entries come back from one look at the line.
 LOOK_AHEAD = 20
 
-# KEYS[1]: the line; ARGV[1]: this message's entry (its dedupe key). The entries ahead of it, oldest first
-# (at most LOOK_AHEAD); none when it has no entry. Its score goes back as Redis wrote it, so no digit is
-# lost to Lua's 14-digit number formatting.
+# KEYS: the lines the message may be in, in turn; ARGV[1]: this message's entry (its dedupe key). The
+# number of the first line that holds the entry, then the entries ahead of it there, oldest first (at most
+# LOOK_AHEAD); nothing when no line holds it.
 _AHEAD = f"""
-local mine = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not mine then return {{}} end
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
+for i, line in ipairs(KEYS) do
+  local mine = redis.call('ZSCORE', line, ARGV[1])
+  if mine then
+    local ahead = redis.call('ZRANGEBYSCORE', line, '-inf', '(' .. mine, 'LIMIT', 0, {LOOK_AHEAD})
+    table.insert(ahead, 1, i)
+    return ahead
+  end
+end
+return {{}}
 """
 # KEYS[1]: the line, KEYS[2]: its retrying marks; ARGV[1]: this message's entry, ARGV[2]: a time (epoch
 # seconds), ARGV[3]: now (epoch seconds, as text), ARGV[4]: how long a mark due now must last (whole
@@ -149,6 +156,16 @@ def line_of(message: InboundMessage) -> str:
     return line_key(message.provider.value, message.business_number, sender)
 
 
+def lines_of(message: InboundMessage) -> tuple[str, ...]:
+    """The lines ``message``'s entry may be in: its line, then, when it has a business-scoped id and a
+    phone, the phone's, where an ingress of an earlier release (keyed by the phone first) put it. Its route
+    task may be one such an ingress queued (a rolling deploy, or the backlog one leaves)."""
+    line = line_of(message)
+    if message.sender_bsuid and message.sender_phone:
+        return line, line_key(message.provider.value, message.business_number, message.sender_phone)
+    return (line,)
+
+
 class Line:
     """Reads and leaves the lines; one per Redis client (thread-safe, as the client is)."""
 
@@ -161,12 +178,30 @@ class Line:
     def ahead(self, line: str, entry: str) -> tuple[str, ...]:
         """The entries (dedupe keys) of the messages that arrived before ``entry`` in ``line`` and are not
         stored yet, oldest first, at most :data:`LOOK_AHEAD`."""
-        return tuple(bytes_to_str(item) for item in self._ahead(keys=[line], args=[entry]))
+        return self.place((line,), entry).ahead
+
+    def place(self, lines: Sequence[str], entry: str) -> Place:
+        """The first of ``lines`` that holds ``entry``, and the entries ahead of it there (as
+        :meth:`ahead`); no line and none ahead when none holds it. One round trip."""
+        found = self._ahead(keys=list(lines), args=[entry])
+        if not found:
+            return Place(None, ())
+        return Place(lines[int(found[0]) - 1], tuple(bytes_to_str(item) for item in found[1:]))
 
     def leave(self, line: str, *entries: str) -> None:
         """Take these entries out of the line: their messages are stored."""
         if entries:
             self._client.zrem(line, *entries)
+
+    def leave_all(self, lines: Sequence[str], entry: str) -> None:
+        """Take ``entry`` out of every one of ``lines`` (its message is stored), in one round trip."""
+        if len(lines) == 1:
+            self._client.zrem(lines[0], entry)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for line in lines:
+            pipe.zrem(line, entry)
+        pipe.execute()
 
     def drop_ahead(self, line: str, entry: str, now: float | None = None) -> Dropped:
         """Take every entry ahead of ``entry`` out of the line, stored or not, unless one of them is
@@ -187,6 +222,13 @@ class Line:
         now = time.time() if now is None else now
         lasts = max(1, math.ceil(due - now + GIVE_UP_AFTER_SECONDS + MARK_MARGIN_SECONDS))
         return bool(self._retrying(keys=[line, retrying_key(line)], args=[entry, repr(due), lasts]))
+
+
+class Place(NamedTuple):
+    """Where :meth:`Line.place` found an entry: its line (None when in none) and the entries ahead of it."""
+
+    line: str | None
+    ahead: tuple[str, ...]
 
 
 class Dropped(NamedTuple):

@@ -35,7 +35,7 @@ import redis
 from celery import Task
 
 from shared import arrivals, verification
-from shared.arrivals import line_of
+from shared.arrivals import lines_of
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger
@@ -565,7 +565,10 @@ def _mark_retrying(request: Any, due: float) -> None:
     if inbound is None:
         return
     try:
-        _line().retrying(line_of(inbound), inbound.dedupe_key, due)
+        # Only the line that holds the entry is marked.
+        for line in lines_of(inbound):
+            if _line().retrying(line, inbound.dedupe_key, due):
+                break
     except redis.RedisError as exc:
         log.warning("could not mark the arrival line's entry as retrying", error_type=type(exc).__name__)
 
@@ -583,10 +586,14 @@ def _take_place(task: Task, inbound: InboundMessage) -> None:
     request = task.request
     if request.called_directly or request.is_eager:
         return
-    line, entry = line_of(inbound), inbound.dedupe_key
+    entry = inbound.dedupe_key
+    line, ahead = _line().place(lines_of(inbound), entry)
+    if line is None:
+        return  # no entry: it waits for nothing
     waits = ordering.waits_of(task)
-    for _ in range(_MAX_LOOKS):
-        ahead = _line().ahead(line, entry)
+    for look in range(_MAX_LOOKS):
+        if look:
+            ahead = _line().ahead(line, entry)
         if not ahead:
             return
         if waits >= _LOOK_UP_AFTER_WAITS:
@@ -652,7 +659,7 @@ def _leave_line(inbound: InboundMessage) -> None:
     """Take the stored message out of its line. Best effort: a later message's router that finds the entry
     looks the message up, and drops it as stored (:func:`_take_place`)."""
     try:
-        _line().leave(line_of(inbound), inbound.dedupe_key)
+        _line().leave_all(lines_of(inbound), inbound.dedupe_key)
     except redis.RedisError as exc:
         log.warning("could not leave the arrival line", error_type=type(exc).__name__)
 

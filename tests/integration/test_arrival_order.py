@@ -23,7 +23,7 @@ import structlog
 from celery.exceptions import Retry
 
 from ingress.enqueue import route_job, status_job
-from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_of
+from shared.arrivals import GIVE_UP_AFTER_SECONDS, Line, line_key, line_of
 from shared.queues import Job, Publisher
 from shared.wire.events import DeliveryStatus, InboundMessage, StatusUpdate
 from tests.integration.test_conversation_order import PHONE, message
@@ -140,6 +140,38 @@ def test_a_sender_whose_phone_comes_and_goes_keeps_one_line(
     with pytest.raises(Retry):
         _take_place(run, second)
     assert len(run.waits) == 1
+
+
+def test_messages_an_earlier_release_lined_up_by_phone_keep_their_order(
+    clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
+) -> None:
+    # Queued by an ingress of the release before lines were keyed by the business-scoped id first (a
+    # rolling deploy, or a backlog it left): their entries are in the phone's line.
+    def from_user(text: str) -> InboundMessage:
+        return InboundMessage(
+            provider="meta",
+            provider_message_id=f"wamid.{text}",
+            business_number="106540352242922",
+            sender_phone=PHONE,
+            sender_bsuid="US.13491208655302741918",
+            text=text,
+        )
+
+    def earlier_release_job(of: InboundMessage) -> Job:
+        phone_line = line_key(of.provider.value, of.business_number, PHONE)
+        return Job("inbound.route", {"event": of.model_dump(mode="json")}, of.dedupe_key, phone_line)
+
+    first, second = from_user("first"), from_user("second")
+    Publisher(test_servers["WAPIPE_REDIS_URL"]).publish(
+        [earlier_release_job(first), earlier_release_job(second)]
+    )
+    run = RouteRun()
+    with pytest.raises(Retry):
+        _take_place(run, second)
+    assert len(run.waits) == 1
+
+    route(first.model_dump(mode="json"), inbound=first)  # stored: it leaves the phone's line too
+    _take_place(RouteRun(), second)
 
 
 def test_the_next_in_line_looks_again_soon_and_one_further_back_later(
