@@ -352,11 +352,11 @@ def get_publisher() -> Publisher:
     global _publisher, _publisher_pid
     with _publisher_lock:
         if _publisher is None or _publisher_pid != os.getpid():
-            from shared.settings import get_settings
+            from shared.settings import SettingsError, get_settings
 
             url = get_settings().redis_url
             if not url:
-                raise RuntimeError("WAPIPE_REDIS_URL is not set: start `wapipe up`, or set WAPIPE_REDIS_URL")
+                raise SettingsError("WAPIPE_REDIS_URL is not set: start `wapipe up`, or set WAPIPE_REDIS_URL")
             _publisher = Publisher(url)
             _publisher_pid = os.getpid()
         return _publisher

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.db.errors import unavailable
-from shared.settings import get_settings
+from shared.settings import SettingsError, get_settings
 
 _lock = threading.Lock()
 _pool: ConnectionPool | None = None
@@ -64,7 +64,9 @@ def _connect_kwargs(url: str) -> dict[str, object]:
 def database_url() -> str:
     url = get_settings().database_url
     if not url:
-        raise RuntimeError(
+        # A SettingsError, which the CLI says in one line: a newcomer's `wapipe seed-demo` with no
+        # `wapipe up` running met a RuntimeError's traceback.
+        raise SettingsError(
             "WAPIPE_DATABASE_URL is not set and no embedded database was found: "
             "start `wapipe up`, or set WAPIPE_DATABASE_URL"
         )

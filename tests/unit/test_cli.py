@@ -68,3 +68,30 @@ def test_dlq_list_limit_below_one_is_a_usage_error(tmp_path: Path, limit: str) -
     assert "--limit" in result.stderr
     assert "Traceback" not in result.stderr
     assert "no pending dead letters" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "variable"),
+    [
+        (["migrate"], {}, "WAPIPE_DATABASE_URL"),
+        (["dlq", "list"], {}, "WAPIPE_DATABASE_URL"),
+        (["seed-demo"], {}, "WAPIPE_DATABASE_URL"),
+        # A replay checks for the broker before it reads the letter.
+        (
+            ["dlq", "replay", "1"],
+            {"WAPIPE_DATABASE_URL": "postgresql://wp@127.0.0.1:1/wapipe"},
+            "WAPIPE_REDIS_URL",
+        ),
+    ],
+)
+def test_a_server_url_neither_set_nor_found_exits_2_naming_it(
+    tmp_path: Path, command: list[str], env: dict[str, str], variable: str
+) -> None:
+    # No `wapipe up` running in the data folder (say, after `wapipe down`) and no URL set: a newcomer's
+    # first `wapipe seed-demo` ended in a RuntimeError's traceback.
+    result = wapipe(tmp_path, *command, **env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wapipe: {variable} is not set"), last
+    assert "wapipe up" in last
