@@ -12,6 +12,7 @@ import importlib.util
 import itertools
 import os
 import pwd
+import shutil
 import stat
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from shared.embedded.processes import (
 DATABASE_NAME = "wapipe"
 # The unprivileged account PostgreSQL runs as when wapipe runs as root.
 POSTGRES_SYSTEM_USER = "wapipe-postgres"
+# Where initdb builds a new PGDATA, beside it, before it is renamed into place.
+_INIT_PREFIX = ".postgres-init-"
 
 
 def tool_path(name: str) -> str:
@@ -119,11 +122,19 @@ def run_as(account: pwd.struct_passwd | None, argv: list[str], cwd: Path, timeou
 
 
 def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> None:
-    """initdb once: password (scram) logins over TCP on 127.0.0.1 only, no Unix socket at all."""
-    pgdata.mkdir(mode=0o700, exist_ok=True)
+    """initdb once: password (scram) logins over TCP on 127.0.0.1 only, no Unix socket at all.
+
+    Into a folder beside PGDATA, renamed to it once initdb has finished: an initdb cut short (a Ctrl-C
+    during the first ``wapipe up`` kills it) left a PGDATA with PG_VERSION but no databases or password,
+    which every later start took for a made one and could never log in to. What such a run left beside
+    it is removed first (we hold the data folder's lock, so no other initdb is using it).
+    """
+    for unfinished in pgdata.parent.glob(f"{_INIT_PREFIX}*"):
+        shutil.rmtree(unfinished, ignore_errors=True)
+    building = Path(tempfile.mkdtemp(prefix=_INIT_PREFIX, dir=pgdata.parent))
     if account is not None:
-        os.chown(pgdata, account.pw_uid, account.pw_gid)
-    pgdata.chmod(0o700)
+        os.chown(building, account.pw_uid, account.pw_gid)
+    building.chmod(0o700)
     # initdb wants an empty PGDATA, so the one-off password file sits beside it (mode 0600).
     with tempfile.NamedTemporaryFile("w", dir=pgdata.parent, prefix=".pgpass", delete=False) as pwfile:
         pwfile.write(password + "\n")
@@ -136,7 +147,7 @@ def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> Non
             [
                 tool_path("initdb"),
                 "-D",
-                str(pgdata),
+                str(building),
                 "-U",
                 "postgres",
                 f"--pwfile={pw_path}",
@@ -151,11 +162,18 @@ def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> Non
                 "-c",
                 "unix_socket_directories=",
             ],
-            cwd=pgdata,
+            cwd=building,
             timeout=120,
         )
     finally:
         pw_path.unlink(missing_ok=True)
+    try:
+        # Replaces an empty PGDATA folder (an earlier release made one before initdb), never a full one.
+        os.rename(building, pgdata)
+    except OSError as exc:
+        raise EmbeddedError(
+            f"{pgdata} holds files but no PG_VERSION ({exc.strerror}); move it away and start again"
+        ) from None
 
 
 def _server_dir(proc: psutil.Process) -> Path | None:

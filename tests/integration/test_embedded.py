@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -357,3 +359,45 @@ def test_an_embedded_postgres_killed_under_up_is_started_again_with_its_data(
     assert embedded.discover(data_dir) == servers
     with psycopg.connect(servers.database_url or "") as conn:
         assert conn.execute("SELECT note FROM acknowledged").fetchall() == [("committed",)]
+
+
+_START_POSTGRES = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    "from shared import embedded\n"
+    "embedded.start(sys.argv[1], redis=False)\n"
+)
+
+
+def test_a_first_start_interrupted_during_initdb_leaves_nothing_the_next_start_trips_on(
+    data_dir: Path,
+) -> None:
+    # Ctrl-C during the first `wapipe up` kills initdb part way (subprocess.run kills its child on
+    # KeyboardInterrupt). Its half-made PGDATA had PG_VERSION, so every later start took it for a made
+    # one, started it, and could not connect: "database "postgres" does not exist", for good.
+    first = subprocess.Popen([sys.executable, "-c", _START_POSTGRES, str(data_dir)], start_new_session=True)
+    try:
+        interrupted = False
+        for _ in range(3000):
+            initdb = [
+                child
+                for child in psutil.Process(first.pid).children(recursive=True)
+                if child.name() == "initdb"
+            ]
+            if initdb and list(data_dir.glob("**/PG_VERSION")):
+                first.send_signal(signal.SIGINT)
+                interrupted = True
+                break
+            if first.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert interrupted, "initdb was never seen running with PG_VERSION written"
+        assert first.wait(30) != 0
+    finally:
+        first.kill()
+        first.wait()
+
+    servers = embedded.start(data_dir, redis=False)
+    with psycopg.connect(servers.database_url or "") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert sorted(path.name for path in data_dir.iterdir() if "postgres" in path.name) == ["postgres"]
