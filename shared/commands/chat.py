@@ -134,18 +134,41 @@ def meta_request(sender: str, business: str, name: str, text: str) -> tuple[byte
     return body, {"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
 
 
-def listen(redis_url: str, number: str, show: Callable[[str], None], ready: threading.Event) -> None:
+def subscribe(redis_url: str) -> redis.client.PubSub | None:
+    """The console provider's channel, subscribed to; None (said on stderr) when Redis cannot be reached.
+
+    Subscribed here, before the chat starts, rather than in the thread that listens: a failure there ended
+    that thread in a traceback, and the chat went on without a word about its replies.
+    """
+    pubsub = redis.Redis.from_url(redis_url, socket_connect_timeout=5).pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(CHANNEL)
+    except redis.RedisError as exc:
+        # The error's type only: its text names the server's address.
+        print(
+            f"wapipe chat: Redis could not be reached ({type(exc).__name__}); replies will not be shown",
+            file=sys.stderr,
+        )
+        return None
+    return pubsub
+
+
+def listen(pubsub: redis.client.PubSub, number: str, show: Callable[[str], None]) -> None:
     """Print each console-provider message addressed to ``number`` (runs in a daemon thread)."""
-    pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(CHANNEL)
-    ready.set()
-    for message in pubsub.listen():
-        try:
-            event: dict[str, Any] = json.loads(message["data"])
-        except (TypeError, ValueError):
-            continue
-        if event.get("to") == number:
-            show(str(event.get("text") or ""))
+    try:
+        for message in pubsub.listen():
+            try:
+                event: dict[str, Any] = json.loads(message["data"])
+            except (TypeError, ValueError):
+                continue
+            if event.get("to") == number:
+                show(str(event.get("text") or ""))
+    except redis.RedisError as exc:
+        print(
+            f"\nwapipe chat: lost Redis ({type(exc).__name__}); replies will no longer be shown",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,11 +200,10 @@ def run(args: argparse.Namespace) -> int:
             if interactive:
                 print("you> ", end="", flush=True)
 
-    if settings.redis_url:
-        ready = threading.Event()
-        threading.Thread(target=listen, args=(settings.redis_url, sender, show, ready), daemon=True).start()
-        ready.wait(5)
-    else:
+    pubsub = subscribe(settings.redis_url) if settings.redis_url else None
+    if pubsub is not None:
+        threading.Thread(target=listen, args=(pubsub, sender, show), daemon=True).start()
+    elif not settings.redis_url:
         print(
             "wapipe chat: no Redis URL (is `wapipe up` running?); replies will not be shown", file=sys.stderr
         )

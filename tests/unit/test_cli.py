@@ -95,3 +95,44 @@ def test_a_server_url_neither_set_nor_found_exits_2_naming_it(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"wapipe: {variable} is not set"), last
     assert "wapipe up" in last
+
+
+def test_chat_with_redis_unreachable_says_replies_will_not_be_shown(tmp_path: Path) -> None:
+    # The thread that subscribes to the console provider's replies died with a traceback, and the chat
+    # went on without a word about it.
+    redis_port, ingress_port = closed_port(), closed_port()
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
+    environ.update(
+        WAPIPE_DATA_DIR=str(tmp_path),
+        WAPIPE_REDIS_URL=f"redis://:Hunter2Secret@127.0.0.1:{redis_port}/0",
+        TWILIO_AUTH_TOKEN="dev-token",
+    )
+    ingress = f"http://127.0.0.1:{ingress_port}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shared.cli",
+            "chat",
+            "--from",
+            "+15551234567",
+            "--url",
+            ingress,
+            "--wait",
+            "0",
+        ],
+        env=environ,
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr
+    assert "wapipe chat: Redis could not be reached (ConnectionError); replies will not be shown" in (
+        result.stderr.splitlines()
+    ), result.stderr
+    assert "Hunter2Secret" not in result.stdout + result.stderr
+    # The message itself still went its way, and failing to reach the ingress is said as before.
+    assert f"could not reach {ingress}" in result.stderr
+    assert result.returncode == 1
