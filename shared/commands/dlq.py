@@ -56,6 +56,7 @@ import psycopg
 import redis
 from pydantic import ValidationError
 
+from shared.commands.arguments import at_least_one
 from shared.db import dead_letters, messages
 from shared.db.errors import DatabaseError, Duplicate
 from shared.db.pool import transaction
@@ -77,23 +78,13 @@ PAGE = 200
 ERROR_WIDTH = 60
 
 
-def _at_least_one(text: str) -> int:
-    # A negative limit reached the SQL as an error with a traceback, and 0 printed "no pending dead
-    # letters", which an operator would believe.
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="show pending dead letters")
+    # A negative limit reached the SQL as an error with a traceback, and 0 printed "no pending dead
+    # letters", which an operator would believe.
     listing.add_argument(
-        "--limit", type=_at_least_one, default=100, help="show at most this many, 1 or more (default 100)"
+        "--limit", type=at_least_one, default=100, help="show at most this many, 1 or more (default 100)"
     )
     replay = actions.add_parser("replay", help="replay dead letters by id, or --all pending ones")
     replay.add_argument("ids", nargs="*", type=int, metavar="ID")

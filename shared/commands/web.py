@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 
+from shared.commands.arguments import at_least_one, from_environment, port_number
 from shared.embedded import resolve_data_dir
 
 HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with gunicorn."
@@ -16,12 +17,15 @@ HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("PORT", "8000")), help="default $PORT or 8000"
+        "--port",
+        type=port_number,
+        default=from_environment(parser, "PORT", 8000, port_number),
+        help="default $PORT or 8000",
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "2")),
+        type=at_least_one,
+        default=from_environment(parser, "WEB_CONCURRENCY", 2, at_least_one),
         help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
     )
 

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from shared.commands.arguments import at_least_one
 from shared.queues import QUEUES, SLOW_QUEUES
 
 HELP = "Run a Celery worker consuming the given queues (one pool per queue group; see deploy/README.md)."
@@ -25,7 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-Q", "--queues", type=_queues, default=list(QUEUES), help="comma-separated queues (default: all)"
     )
-    parser.add_argument("--concurrency", "-c", type=int, default=None, help="pool size (default: CPU count)")
+    # 0 quietly meant the CPU count.
+    parser.add_argument(
+        "--concurrency", "-c", type=at_least_one, default=None, help="pool size (default: CPU count)"
+    )
     parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
     parser.add_argument("--loglevel", "-l", default=None, help="default $WAPIPE_LOG_LEVEL")
 

@@ -136,3 +136,31 @@ def test_chat_with_redis_unreachable_says_replies_will_not_be_shown(tmp_path: Pa
     # The message itself still went its way, and failing to reach the ingress is said as before.
     assert f"could not reach {ingress}" in result.stderr
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        # gunicorn with no workers listens and answers nothing: every webhook hangs until it times out.
+        (["web", "--workers", "0"], {}, "--workers"),
+        (["up", "--web-workers", "0"], {}, "--web-workers"),
+        (["worker", "--concurrency", "0"], {}, "--concurrency"),
+        # Out of range, `wapipe up` said the port "is taken".
+        (["up", "--port", "70000"], {}, "--port"),
+        (["up", "--port", "0"], {}, "--port"),
+        (["web", "--port", "-1"], {}, "--port"),
+        # Read from the platform's variables, a bad one was a ValueError's traceback.
+        (["web"], {"PORT": "http"}, "$PORT"),
+        (["web"], {"WEB_CONCURRENCY": "two"}, "$WEB_CONCURRENCY"),
+        (["web"], {"WEB_CONCURRENCY": "0"}, "$WEB_CONCURRENCY"),
+    ],
+)
+def test_a_port_or_worker_count_out_of_range_is_a_usage_error(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    result = wapipe(tmp_path, *args, **env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wapipe {args[0]}: error: "), last
+    assert named in last, last

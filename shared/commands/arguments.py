@@ -1,0 +1,44 @@
+"""Argument types the commands share: a bad number is a usage error naming its flag (or variable), never a
+traceback or a server started with it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+
+def at_least_one(text: str) -> int:
+    """A whole number, 1 or more (a pool size, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port to listen on, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (1 to 65535)")
+    return value
+
+
+def from_environment(
+    parser: argparse.ArgumentParser, variable: str, default: int, kind: Callable[[str], int]
+) -> int:
+    """The default of a flag that a platform sets through ``variable`` ($PORT, $WEB_CONCURRENCY), checked
+    as the flag is, and named when it is wrong: the user set the variable, not the flag."""
+    text = os.environ.get(variable)
+    if text is None:
+        return default
+    try:
+        return kind(text)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"${variable}: {exc}")
