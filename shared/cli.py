@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 # SQLSTATE classes of a server that cannot be reached or will not let us in: connection (08), login (28),
 # no such database (3D), shutting down (57P).
 _UNREACHABLE_STATES = ("08", "28", "3D", "57P")
+_UNDEFINED_TABLE = "42P01"
 
 
 def database_failure(exc: Exception) -> str:
@@ -80,7 +81,12 @@ def database_failure(exc: Exception) -> str:
             f"the database failed ({type(cause).__name__}){where}; check that PostgreSQL is reachable at"
             " WAPIPE_DATABASE_URL with the given credentials"
         )
-    return f"the database refused a statement{where}: {state} {scrub(cause.diag.message_primary or '')}"
+    said = f"the database refused a statement{where}: {state} {scrub(cause.diag.message_primary or '')}"
+    if state == _UNDEFINED_TABLE and not where:
+        # Outside a migration, a missing table is most often a database never migrated (a new one, or
+        # WAPIPE_DATABASE_URL pointed at another): say what to do about it.
+        said += "; has `wapipe migrate` been run on this database?"
+    return said
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ def test_a_statement_the_database_refuses_says_its_sqlstate_and_message(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("wapipe: the database refused a statement: 42P01 "), last
     assert "dead_letters" in last
+    # What to do about it, for whoever has not run it yet.
+    assert last.endswith("; has `wapipe migrate` been run on this database?"), last
 
 
 def test_a_failed_migration_is_named(tmp_path: Path, empty_database: str) -> None:
@@ -51,6 +53,7 @@ def test_a_failed_migration_is_named(tmp_path: Path, empty_database: str) -> Non
         migrate(empty_database, folder)
 
     assert "migration 0002_broken" in raised.value.__notes__
-    assert database_failure(raised.value).startswith(
-        "the database refused a statement in migration 0002_broken: 42P01 "
-    )
+    said = database_failure(raised.value)
+    assert said.startswith("the database refused a statement in migration 0002_broken: 42P01 ")
+    # Inside a migration a missing table is the migration's own fault: no hint to run the migrations.
+    assert "wapipe migrate" not in said
