@@ -165,8 +165,8 @@ def banner(local_url: str, folder: Path, settings: Settings, *, custom_dir: bool
         # Every other command finds this run's servers through the same data folder.
         lines.append(f"  export WAPIPE_DATA_DIR={folder}")
     lines += [
-        f"  {prog} chat --from +15551234567   # talk to the bot as a WhatsApp user",
-        f"  {prog} seed-demo                  # demo users, workspaces and projects to link and use",
+        f"  {prog} seed-demo                  # a demo user and projects, +15551234567 linked to it",
+        f"  {prog} chat --from +15551234567   # talk to the bot as that WhatsApp user",
         "",
         "Ctrl-C stops wapipe."
         + (" The embedded servers keep running; `wapipe down` stops them." if embedded_used else ""),
