@@ -228,6 +228,18 @@ def watch_embedded(folder: Path, *, postgres: bool, redis: bool) -> Callable[[],
     return watch
 
 
+def broker_unreachable(url: str) -> str | None:
+    """Why Redis at ``url`` cannot be used (the error's type: its text names the server), None when it
+    answers."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        return type(exc).__name__
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     folder = embedded.resolve_data_dir(args.data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -284,6 +296,16 @@ def _run_locked(args: argparse.Namespace, folder: Path) -> int:
     get_settings.cache_clear()
     settings = get_settings()  # a bad setting stops us here, naming the variable
 
+    # The database is checked by the migrations below; the broker is checked here, or every process would
+    # start on a Redis it cannot reach.
+    unreachable = broker_unreachable(settings.redis_url or "")
+    if unreachable is not None:
+        print(
+            f"wapipe up: Redis could not be reached ({unreachable}); check that it runs at"
+            " WAPIPE_REDIS_URL with the given password",
+            file=sys.stderr,
+        )
+        return 1
     applied = migrate(settings.database_url or "")
     print(
         f"wapipe up: migrations {'applied: ' + ', '.join(applied) if applied else 'up to date'}", flush=True
