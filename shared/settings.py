@@ -12,12 +12,14 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import phonenumbers
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url as parse_redis_url
 
 
 class SettingsError(Exception):
@@ -229,6 +231,27 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "is malformed (not a PostgreSQL URL or key=value string libpq can parse; check that"
                     " special characters in the password are percent-encoded)"
+                ) from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _parsable_redis_url(cls, value: str | None) -> str | None:
+        # Parsed as redis-py will, where a malformed URL was a ValueError's traceback in every process that
+        # needed the broker. A path that is no database number, which redis-py passes over (database 0),
+        # is refused too: the broker's own parser would read it otherwise. The value is not shown: it
+        # holds the password.
+        if value:
+            try:
+                parse_redis_url(value)
+                parts = urlsplit(value)
+                database = parts.path.strip("/")
+                if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+                    raise ValueError(database)
+            except ValueError:
+                raise ValueError(
+                    "is malformed (not a redis://, rediss:// or unix:// URL, with a database number if"
+                    " any; check that special characters in the password are percent-encoded)"
                 ) from None
         return value
 

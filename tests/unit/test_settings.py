@@ -89,6 +89,35 @@ def test_wellformed_database_urls_are_kept_as_given(monkeypatch: pytest.MonkeyPa
     assert load_settings().database_url == url
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "cache.internal.example:6379",  # no scheme
+        "http://:S3cretPass@cache.internal.example:6379/0",
+        "redis://:S3cretPass@cache.internal.example:6379/zero",  # not a database number
+    ],
+)
+def test_malformed_redis_url_is_named_without_showing_it(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # Accepted at start, it was a ValueError's traceback in the CLI (`dlq replay`, `chat`) and in every
+    # worker and request that needed the broker.
+    monkeypatch.setenv("WAPIPE_REDIS_URL", url)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "WAPIPE_REDIS_URL" in message
+    for part in ("S3cret", "Pass", "cache.internal", "zero"):
+        assert part not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379", "rediss://:p%40ss@cache.example:6380/2", "unix:///run/redis.sock?db=1"],
+)
+def test_wellformed_redis_urls_are_kept_as_given(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("WAPIPE_REDIS_URL", url)
+    assert load_settings().redis_url == url
+
+
 def test_log_level_is_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WAPIPE_LOG_LEVEL", "debug")
     assert load_settings().log_level == "DEBUG"
