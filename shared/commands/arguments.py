@@ -6,6 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def at_least_one(text: str) -> int:
@@ -31,8 +34,8 @@ def port_number(text: str) -> int:
 
 
 def from_environment(
-    parser: argparse.ArgumentParser, variable: str, default: int, kind: Callable[[str], int]
-) -> int:
+    parser: argparse.ArgumentParser, variable: str, default: T, kind: Callable[[str], T]
+) -> T:
     """The default of a flag that a platform sets through ``variable`` ($PORT, $WEB_CONCURRENCY), checked
     as the flag is, and named when it is wrong: the user set the variable, not the flag."""
     text = os.environ.get(variable)
@@ -42,3 +45,14 @@ def from_environment(
         return kind(text)
     except argparse.ArgumentTypeError as exc:
         parser.error(f"${variable}: {exc}")
+
+
+def gunicorn_worker_class(text: str) -> str:
+    """A worker class gunicorn can load (``gthread``, ``sync``, or a dotted path to one installed)."""
+    from gunicorn.util import load_class
+
+    try:
+        load_class(text, default="gthread", section="gunicorn.workers")
+    except Exception:  # gunicorn wraps whatever the import raised in a RuntimeError holding a traceback
+        raise argparse.ArgumentTypeError(f"{text!r} is not a gunicorn worker class installed here") from None
+    return text

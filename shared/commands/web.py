@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 
-from shared.commands.arguments import at_least_one, from_environment, port_number
+from shared.commands.arguments import at_least_one, from_environment, gunicorn_worker_class, port_number
 from shared.embedded import resolve_data_dir
 
 HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with gunicorn."
@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=from_environment(parser, "WEB_CONCURRENCY", 2, at_least_one),
         help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
     )
+    # Read by ingress/gunicorn_conf.py, and checked here, where a bad one is named: gunicorn said "invalid
+    # literal for int()" or a traceback, and `wapipe up` restarted the web process with it again and again.
+    from_environment(parser, "WAPIPE_WEB_THREADS", 8, at_least_one)
+    from_environment(parser, "WAPIPE_WEB_WORKER_CLASS", "gthread", gunicorn_worker_class)
 
 
 def prometheus_dir() -> str:

@@ -153,6 +153,11 @@ def test_chat_with_redis_unreachable_says_replies_will_not_be_shown(tmp_path: Pa
         (["web"], {"PORT": "http"}, "$PORT"),
         (["web"], {"WEB_CONCURRENCY": "two"}, "$WEB_CONCURRENCY"),
         (["web"], {"WEB_CONCURRENCY": "0"}, "$WEB_CONCURRENCY"),
+        # Read by ingress/gunicorn_conf.py, gunicorn said "invalid literal for int()" without the variable,
+        # or a traceback, and under `wapipe up` the web process was restarted with it again and again.
+        (["web"], {"WAPIPE_WEB_THREADS": "eight"}, "$WAPIPE_WEB_THREADS"),
+        (["web"], {"WAPIPE_WEB_THREADS": "0"}, "$WAPIPE_WEB_THREADS"),
+        (["web"], {"WAPIPE_WEB_WORKER_CLASS": "gthreads"}, "$WAPIPE_WEB_WORKER_CLASS"),
     ],
 )
 def test_a_port_or_worker_count_out_of_range_is_a_usage_error(
