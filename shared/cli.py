@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except (psycopg.Error, DatabaseError) as exc:
         print(f"wapipe: {database_failure(exc)}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.filename is None:  # not a file's: a socket's or a process's, whose traceback says more
+            raise
+        # A data folder that cannot be used (under a file, not writable, a volume not mounted): the
+        # system's words and the path say it all.
+        print(f"wapipe: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

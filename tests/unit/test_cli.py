@@ -169,3 +169,18 @@ def test_a_port_or_worker_count_out_of_range_is_a_usage_error(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"wapipe {args[0]}: error: "), last
     assert named in last, last
+
+
+@pytest.mark.parametrize("command", [["seed-demo"], ["up", "--port", "1"], ["down"]])
+def test_a_data_folder_that_cannot_be_used_is_named_in_one_line(tmp_path: Path, command: list[str]) -> None:
+    # WAPIPE_DATA_DIR under a file (a typo, a volume not mounted): every command, each of which looks for
+    # a running `wapipe up` there first, ended in a NotADirectoryError's traceback.
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = wapipe(tmp_path, *command, WAPIPE_DATA_DIR=str(not_a_folder / "var"))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wapipe: "), last
+    assert str(not_a_folder) in last, last
+    assert "Not a directory" in last, last
