@@ -33,18 +33,19 @@ def port_number(text: str) -> int:
     return value
 
 
-def from_environment(
-    parser: argparse.ArgumentParser, variable: str, default: T, kind: Callable[[str], T]
-) -> T:
-    """The default of a flag that a platform sets through ``variable`` ($PORT, $WEB_CONCURRENCY), checked
-    as the flag is, and named when it is wrong: the user set the variable, not the flag."""
+def from_environment(variable: str, default: T, kind: Callable[[str], T]) -> T:
+    """A value a platform or the operator sets through ``variable`` ($PORT, $WEB_CONCURRENCY, ...), checked
+    as its flag is; a bad one is a :class:`SettingsError` naming the variable (the CLI says it in one line,
+    exit 2). Read only when used: ``wapipe up`` passes the web process its port as a flag."""
+    from shared.settings import SettingsError
+
     text = os.environ.get(variable)
     if text is None:
         return default
     try:
         return kind(text)
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"${variable}: {exc}")
+        raise SettingsError(f"${variable}: {exc}") from None
 
 
 def gunicorn_worker_class(text: str) -> str:

@@ -261,9 +261,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, folder: Path) -> int:
+    from shared.commands.web import check_gunicorn_environment
     from shared.db.migrate import migrate
     from shared.settings import get_settings
 
+    # Checked before anything starts: the web process would refuse it at each of its restarts.
+    check_gunicorn_environment()
     if not port_is_free(args.port):
         print(
             f"wapipe up: port {args.port} on 127.0.0.1 is taken; choose another with --port", file=sys.stderr

@@ -16,22 +16,21 @@ HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port",
-        type=port_number,
-        default=from_environment(parser, "PORT", 8000, port_number),
-        help="default $PORT or 8000",
-    )
+    parser.add_argument("--port", type=port_number, default=None, help="default $PORT or 8000")
     parser.add_argument(
         "--workers",
         type=at_least_one,
-        default=from_environment(parser, "WEB_CONCURRENCY", 2, at_least_one),
+        default=None,
         help="gunicorn worker processes (default $WEB_CONCURRENCY or 2)",
     )
-    # Read by ingress/gunicorn_conf.py, and checked here, where a bad one is named: gunicorn said "invalid
-    # literal for int()" or a traceback, and `wapipe up` restarted the web process with it again and again.
-    from_environment(parser, "WAPIPE_WEB_THREADS", 8, at_least_one)
-    from_environment(parser, "WAPIPE_WEB_WORKER_CLASS", "gthread", gunicorn_worker_class)
+
+
+def check_gunicorn_environment() -> None:
+    """The variables ingress/gunicorn_conf.py reads, checked here, where a bad one is named: gunicorn said
+    "invalid literal for int()" or printed a traceback, and `wapipe up` restarted the web process with it
+    again and again."""
+    from_environment("WAPIPE_WEB_THREADS", 8, at_least_one)
+    from_environment("WAPIPE_WEB_WORKER_CLASS", "gthread", gunicorn_worker_class)
 
 
 def prometheus_dir() -> str:
@@ -76,9 +75,14 @@ def run(args: argparse.Namespace) -> int:
     from shared.settings import get_settings
 
     get_settings()  # a bad setting fails here, naming the variable, not in every gunicorn worker
+    port = args.port if args.port is not None else from_environment("PORT", 8000, port_number)
+    workers = (
+        args.workers if args.workers is not None else from_environment("WEB_CONCURRENCY", 2, at_least_one)
+    )
+    check_gunicorn_environment()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prometheus_dir()
-    argv = gunicorn_argv(args.host, args.port, args.workers)
+    argv = gunicorn_argv(args.host, port, workers)
     sys.stdout.flush()
     os.execv(argv[0], argv)  # noqa: S606 - argv is built here from validated arguments
     return 0  # not reached

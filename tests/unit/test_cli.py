@@ -149,15 +149,6 @@ def test_chat_with_redis_unreachable_says_replies_will_not_be_shown(tmp_path: Pa
         (["up", "--port", "70000"], {}, "--port"),
         (["up", "--port", "0"], {}, "--port"),
         (["web", "--port", "-1"], {}, "--port"),
-        # Read from the platform's variables, a bad one was a ValueError's traceback.
-        (["web"], {"PORT": "http"}, "$PORT"),
-        (["web"], {"WEB_CONCURRENCY": "two"}, "$WEB_CONCURRENCY"),
-        (["web"], {"WEB_CONCURRENCY": "0"}, "$WEB_CONCURRENCY"),
-        # Read by ingress/gunicorn_conf.py, gunicorn said "invalid literal for int()" without the variable,
-        # or a traceback, and under `wapipe up` the web process was restarted with it again and again.
-        (["web"], {"WAPIPE_WEB_THREADS": "eight"}, "$WAPIPE_WEB_THREADS"),
-        (["web"], {"WAPIPE_WEB_THREADS": "0"}, "$WAPIPE_WEB_THREADS"),
-        (["web"], {"WAPIPE_WEB_WORKER_CLASS": "gthreads"}, "$WAPIPE_WEB_WORKER_CLASS"),
     ],
 )
 def test_a_port_or_worker_count_out_of_range_is_a_usage_error(
@@ -184,3 +175,30 @@ def test_a_data_folder_that_cannot_be_used_is_named_in_one_line(tmp_path: Path, 
     assert last.startswith("wapipe: "), last
     assert str(not_a_folder) in last, last
     assert "Not a directory" in last, last
+
+
+@pytest.mark.parametrize(
+    ("command", "env"),
+    [
+        # Read from the platform's variables, a bad one was a ValueError's traceback.
+        (["web"], {"PORT": "http"}),
+        (["web"], {"WEB_CONCURRENCY": "two"}),
+        (["web"], {"WEB_CONCURRENCY": "0"}),
+        # Read by ingress/gunicorn_conf.py, gunicorn said "invalid literal for int()" without the variable,
+        # or a traceback, and under `wapipe up` the web process was restarted with it again and again.
+        (["web"], {"WAPIPE_WEB_THREADS": "eight"}),
+        (["web"], {"WAPIPE_WEB_THREADS": "0"}),
+        (["web"], {"WAPIPE_WEB_WORKER_CLASS": "gthreads"}),
+        (["up", "--port", "1"], {"WAPIPE_WEB_THREADS": "eight"}),
+        (["up", "--port", "1"], {"WAPIPE_WEB_WORKER_CLASS": "gthreads"}),
+    ],
+)
+def test_a_bad_web_variable_exits_2_naming_it(
+    tmp_path: Path, command: list[str], env: dict[str, str]
+) -> None:
+    [(variable, _)] = env.items()
+    result = wapipe(tmp_path, *command, **env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wapipe: ${variable}: "), last
