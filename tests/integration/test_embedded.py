@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -369,6 +370,15 @@ _START_POSTGRES = (
 )
 
 
+def _runs_initdb(pid: int) -> bool:
+    """Whether ``pid`` has an initdb among its descendants (initdb's own children come and go meanwhile)."""
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "initdb":
+                return True
+    return False
+
+
 def test_a_first_start_interrupted_during_initdb_leaves_nothing_the_next_start_trips_on(
     data_dir: Path,
 ) -> None:
@@ -379,12 +389,7 @@ def test_a_first_start_interrupted_during_initdb_leaves_nothing_the_next_start_t
     try:
         interrupted = False
         for _ in range(3000):
-            initdb = [
-                child
-                for child in psutil.Process(first.pid).children(recursive=True)
-                if child.name() == "initdb"
-            ]
-            if initdb and list(data_dir.glob("**/PG_VERSION")):
+            if _runs_initdb(first.pid) and list(data_dir.glob("**/PG_VERSION")):
                 first.send_signal(signal.SIGINT)
                 interrupted = True
                 break
