@@ -26,6 +26,7 @@ from ingress.errors import api_error
 from ingress.metrics import DUPLICATES, SIGNATURE_FAILURES, WEBHOOKS
 from ingress.publishing import publish
 from ingress.state import SETTINGS_KEY, current_settings
+from ingress.webhook_checks import unsigned_refusal
 from shared.logging import get_logger
 from shared.providers.twilio.signature import HEADER, SETTINGS_HEADER, Verifier
 from shared.wire.events import InboundMessage
@@ -107,15 +108,9 @@ def receive() -> Any:
 
 def _unsigned_refusal() -> Response | None:
     """The 403 for a request that carries no signature, or one we cannot check; None otherwise."""
-    if current_app.extensions[VERIFIER_KEY] is None:
-        return _forbidden(
-            api_error(
-                403, "signature_unverifiable", "TWILIO_AUTH_TOKEN is not set: signatures cannot be verified"
-            )
-        )
-    if not request.headers.get(HEADER):
-        return _forbidden(api_error(403, "signature_missing", f"missing {HEADER} header"))
-    return None
+    verifiable = current_app.extensions[VERIFIER_KEY] is not None
+    refusal = unsigned_refusal(verifiable, "TWILIO_AUTH_TOKEN", HEADER)
+    return _forbidden(refusal) if refusal is not None else None
 
 
 def _size_refusal() -> Response | None:

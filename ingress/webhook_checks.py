@@ -31,7 +31,7 @@ def signature_refusal(
     not the read of up to ``WAPIPE_MAX_BODY_BYTES``."""
     if current_settings().insecure_skip_signatures:
         return None
-    refusal = _unsigned_refusal(secrets, variable, header) or _mismatch_refusal(
+    refusal = unsigned_refusal(bool(secrets), variable, header) or _mismatch_refusal(
         provider, secrets, header, is_valid
     )
     if refusal is not None:
@@ -40,8 +40,11 @@ def signature_refusal(
     return refusal
 
 
-def _unsigned_refusal(secrets: Sequence[str], variable: str, header: str) -> Response | None:
-    if not secrets:
+def unsigned_refusal(verifiable: bool, variable: str, header: str) -> Response | None:
+    """The 403 (not counted) for a request with no ``header``, or that nothing can check (``verifiable``
+    false: the environment ``variable`` is not set); None otherwise. Every webhook makes these checks
+    before it reads its body."""
+    if not verifiable:
         return api_error(
             403, "signature_unverifiable", f"{variable} is not set: signatures cannot be verified"
         )
