@@ -114,15 +114,21 @@ def apologise(inbound_id: int) -> int | None:
     included. A handler that stores its reply at the same moment as another run of it gives up can cost
     the user one needless apology, never a lost reply.
     """
+    if reanswered(inbound_id):
+        return None  # answered after all: nothing to apologise for
+    return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
+
+
+def reanswered(inbound_id: int) -> bool:
+    """Whether inbound ``inbound_id`` has its reply stored already (by an earlier run of its handler); if so,
+    :func:`answer` it again: with its key taken that stores nothing, but marks the message handled and
+    enqueues the reply's send again, should the run that stored it have died before either (notify.send
+    sends it once regardless)."""
     with connection() as conn:
         reply = messages.find_outbound_by_key(conn, reply_key(inbound_id))
     if reply is not None:
-        # Answered after all: nothing to apologise for. With its key taken, answer() stores nothing; it marks
-        # the message handled and enqueues the reply's send again, should the run that stored it have died
-        # before either (notify.send sends it once regardless).
-        answer(inbound_id, "(already answered)")
-        return None
-    return answer(inbound_id, APOLOGY, key=APOLOGY_KEY)
+        answer(inbound_id, ALREADY_ANSWERED)
+    return reply is not None
 
 
 def _sendable(payload: dict[str, Any]) -> dict[str, Any]:

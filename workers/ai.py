@@ -25,7 +25,7 @@ from shared.logging import get_logger
 from shared.providers import get_sender
 from shared.providers.base import MarksRead, Sender, SendError
 from shared.queues import Job, get_publisher, notify_jobs
-from shared.replies import ALREADY_ANSWERED, answer, answer_as_bot, hand_over, reply_key
+from shared.replies import answer, answer_as_bot, hand_over, reanswered, reply_key
 from shared.sessions import Sessions
 from shared.settings import Settings, get_settings
 from workers import stage_task
@@ -45,7 +45,10 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     """Parse inbound ``message_id`` and enqueue its persistence; return what happened (for logs/tests):
     ``"done"`` (already stored or answered), ``"not_linked"``, ``"no_project"``, ``"no_items"`` or
     ``"parsed"``."""
-    if proposals.id_for_message(message_id) is not None or _answered_before(message_id):
+    # A run before this one may have answered it (asked for a link or a project, found no task): parsed
+    # again, the text would make a proposal under the answer's taken key, which its sender is never told
+    # of (the answer ended the message's turn, so their /project may have come in between).
+    if proposals.id_for_message(message_id) is not None or reanswered(message_id):
         return "done"
     settings = settings or get_settings()
     record = get_inbound(message_id)
@@ -80,20 +83,6 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     get_publisher().publish([job])
     log.info("proposal parsed", message_id=message_id, parser=parser, items=len(proposal.items))
     return "parsed"
-
-
-def _answered_before(message_id: int) -> bool:
-    """Whether a run before this one answered the message (asked for a link or a project, found no task), in
-    which case its send is enqueued again, should that run have died before: notify.send sends it once.
-    Parsed again, the text would make a proposal under the answer's taken key, which its sender is never
-    told of: the answer ended the message's turn, so their /project may have come in between."""
-    with connection() as conn:
-        existing = messages.find_outbound_by_key(conn, reply_key(message_id))
-    if existing is not None:
-        # answer(), not the send alone, as commands.handle does: it stores nothing new, enqueues the send
-        # again and marks the message handled, should its reply have been stored without that mark.
-        answer(message_id, ALREADY_ANSWERED)
-    return existing is not None
 
 
 def _may_use(user_id: UUID, project_id: str) -> bool:
