@@ -131,10 +131,9 @@ def _init(pgdata: Path, account: pwd.struct_passwd | None, password: str) -> Non
     """
     for unfinished in pgdata.parent.glob(f"{_INIT_PREFIX}*"):
         shutil.rmtree(unfinished, ignore_errors=True)
-    building = Path(tempfile.mkdtemp(prefix=_INIT_PREFIX, dir=pgdata.parent))
+    building = Path(tempfile.mkdtemp(prefix=_INIT_PREFIX, dir=pgdata.parent))  # 0700, as initdb wants
     if account is not None:
         os.chown(building, account.pw_uid, account.pw_gid)
-    building.chmod(0o700)
     # initdb wants an empty PGDATA, so the one-off password file sits beside it (mode 0600).
     with tempfile.NamedTemporaryFile("w", dir=pgdata.parent, prefix=".pgpass", delete=False) as pwfile:
         pwfile.write(password + "\n")
