@@ -200,13 +200,12 @@ def run(args: argparse.Namespace) -> int:
             if interactive:
                 print("you> ", end="", flush=True)
 
-    pubsub = subscribe(settings.redis_url) if settings.redis_url else None
-    if pubsub is not None:
-        threading.Thread(target=listen, args=(pubsub, sender, show), daemon=True).start()
-    elif not settings.redis_url:
+    if not settings.redis_url:
         print(
             "wapipe chat: no Redis URL (is `wapipe up` running?); replies will not be shown", file=sys.stderr
         )
+    elif (pubsub := subscribe(settings.redis_url)) is not None:  # None: it said why
+        threading.Thread(target=listen, args=(pubsub, sender, show), daemon=True).start()
     if interactive:
         print(f"Chatting with {target} as {sender} ({args.provider}). Ctrl-D to quit.")
     with httpx.Client(timeout=10) as client:
