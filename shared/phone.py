@@ -79,9 +79,8 @@ def _normalize(raw: str, region: str, strict: bool) -> str:
     # WhatsApp ids (wa_id) are E.164 digits without the plus.
     if text.isdigit() and len(text) > 10:
         text = "+" + text
-    parsed = _parsed(text, region)
-    valid = phonenumbers.is_valid_number if strict else phonenumbers.is_possible_number
-    if not valid(parsed):
+    parsed, valid = _read(text, region)
+    if not valid and (strict or not phonenumbers.is_possible_number(parsed)):
         raise InvalidPhone("not a valid phone number for its country")
     number = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     # A plan's possible lengths may run past E.164's 15 digits, which providers address (German national
@@ -90,22 +89,33 @@ def _normalize(raw: str, region: str, strict: bool) -> str:
         raise InvalidPhone("not a phone number: longer than the 15 digits E.164 allows")
     # phonenumbers reads a trunk prefix off an international number too, while what is left is possible:
     # "000000" in DE is +4900000, which reads back as +490000, then +49000. Stored, such a number would be
-    # another one at each lookup; it is no one's (a plan calls it invalid, so only strict=False gets here).
-    if phonenumbers.format_number(_parsed(number, region), phonenumbers.PhoneNumberFormat.E164) != number:
+    # another one at each lookup; it is no one's. Only a number its plan calls invalid does this (a valid
+    # one reads back as itself), so only those are read again: parsing is the dearest step here.
+    if (
+        not valid
+        and phonenumbers.format_number(_read(number, region)[0], phonenumbers.PhoneNumberFormat.E164)
+        != number
+    ):
         raise InvalidPhone("not a phone number: its E.164 form reads as another number")
     return number
 
 
-def _parsed(text: str, region: str) -> phonenumbers.PhoneNumber:
+def _read(text: str, region: str) -> tuple[phonenumbers.PhoneNumber, bool]:
+    """The number ``text`` is, in its plan's form (:func:`_plan_form`), and whether the plan calls it
+    valid."""
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhone(f"not a phone number: {exc}") from None
-    return _plan_form(parsed) or parsed
+    if phonenumbers.is_valid_number(parsed):
+        return parsed, True
+    plan = _plan_form(parsed)
+    return (plan, True) if plan is not None else (parsed, False)
 
 
 def _plan_form(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | None:
-    """The numbering plan's form of a mobile that WhatsApp still writes the old way; None for any other.
+    """The numbering plan's valid form of ``parsed``, a number the plan calls invalid, when it is a mobile
+    that WhatsApp still writes the old way; None for any other.
 
     WhatsApp ids keep forms the plans dropped: Mexican mobiles as +52 1 and ten digits (Mexico dropped the
     1 in 2019), Brazilian mobiles registered before the ninth digit without it (+55, area, eight digits
@@ -115,8 +125,6 @@ def _plan_form(parsed: phonenumbers.PhoneNumber) -> phonenumbers.PhoneNumber | N
     kept. Only a number the plan calls invalid, whose plan form is valid, is rewritten: a Brazilian
     landline (area, then 2 to 5) is left alone.
     """
-    if phonenumbers.is_valid_number(parsed):
-        return None
     national = str(parsed.national_number)
     if parsed.country_code == 52 and len(national) == 11 and national.startswith("1"):
         plan = national[1:]
