@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 
@@ -17,20 +19,27 @@ OPENAI_KEY = "sk-test1234567890abcdefghij"
 CODE = "482913"
 
 
-@pytest.fixture(params=["json", "console"])
-def captured(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
-    """Everything logged during the test, in either output format."""
+@contextlib.contextmanager
+def logging_to_text(level: str, fmt: str) -> Iterator[io.StringIO]:
+    """Everything logged inside, as ``configure_logging(level, fmt)`` writes it; the old setup after."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_config = structlog.get_config()
     stream = io.StringIO()
-    configure_logging("DEBUG", request.param, stream=stream)
+    configure_logging(level, fmt, stream=stream)
     try:
         yield stream
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         structlog.configure(**saved_config)
+
+
+@pytest.fixture(params=["json", "console"])
+def captured(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """Everything logged during the test, in either output format."""
+    with logging_to_text("DEBUG", request.param) as stream:
+        yield stream
 
 
 def test_mask_phone_keeps_last_four_digits() -> None:
@@ -805,3 +814,16 @@ def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) 
 )
 def test_verify_words_without_a_code_stay_readable(text: str) -> None:
     assert scrub(text) == text
+
+
+def test_a_line_below_the_level_is_dropped_and_the_rest_carry_level_logger_and_time() -> None:
+    with logging_to_text("INFO", "json") as stream:
+        log = get_logger("wapipe.test")
+        log.debug("too fine", phone=PHONE)
+        log.info("kept", phone=PHONE)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["kept"]
+    assert lines[0]["level"] == "info"
+    assert lines[0]["logger"] == "wapipe.test"
+    assert lines[0]["timestamp"].endswith("Z")
+    assert lines[0]["phone"] == mask_phone(PHONE)
