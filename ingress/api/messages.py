@@ -19,7 +19,6 @@ they chose it. Logs mask it.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -205,12 +204,10 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     # one that was lost.
     if filed.unqueued is not None:
         _unqueued(stored, filed.unqueued, keyed=key is not None)
-    # Per request, so debug (the caller has the id; GET shows the timeline). Guarded because structlog runs
-    # its whole processor chain even for a line the level then drops.
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "api message accepted", message_id=stored.id, to=mask_phone(to), type=message_type, new=stored.new
-        )
+    # Per request, so debug (the caller has the id; GET shows the timeline).
+    log.debug(
+        "api message accepted", message_id=stored.id, to=mask_phone(to), type=message_type, new=stored.new
+    )
     return Accepted(stored.id, status, to, stored.new)
 
 
