@@ -78,16 +78,22 @@ _APOLOGISED_ONLY = """(
 )"""
 # The step's own message is also there when it is handled but _APOLOGISED_ONLY (its keys are the
 # step's own message's).
+# When the user sent a message: the provider's time (inbound.route keeps it in payload.sent_at), never
+# later than the router stored it (a provider's clock ahead of ours). A form's timeout is judged by it, not
+# by when a step gets to the message: a backlog (workers down) must not time out an answer sent in time.
+_SENT_AT = "LEAST(created_at, COALESCE((payload->>'sent_at')::timestamptz, created_at))"
 _PENDING_INBOUND = f"""
-SELECT id, body, payload, created_at, routed_at,
+SELECT id, body, payload, created_at, routed_at, {_SENT_AT} AS sent_at,
        created_at < now() - make_interval(secs => %(grace_seconds)s) AS past_grace
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'
   AND id > %(after_id)s AND id <= %(upto_id)s
   AND (handled_at IS NULL OR (id = %(upto_id)s AND {_APOLOGISED_ONLY}))
-  AND (created_at >= now() - make_interval(secs => %(max_age_seconds)s) OR id = %(upto_id)s)
+  AND (%(max_age_seconds)s::float8 IS NULL OR id = %(upto_id)s
+       OR created_at >= now() - make_interval(secs => %(max_age_seconds)s::float8))
 ORDER BY id
 """  # noqa: S608 - constant subquery, no input
+_SENT_AT_OF = f"SELECT {_SENT_AT} AS sent_at FROM messages WHERE id = %(id)s AND direction = 'in'"  # noqa: S608 - constant expression, no input
 _IS_APOLOGISED_ONLY = f"SELECT {_APOLOGISED_ONLY} AS owed"
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
 _IS_HANDLED = "SELECT handled_at IS NOT NULL AS handled FROM messages WHERE id = %(id)s"
@@ -195,14 +201,15 @@ def pending_inbound(
     after_id: int,
     upto_id: int,
     *,
-    max_age_seconds: float,
+    max_age_seconds: float | None,
     grace_seconds: float,
     reply_keys: ReplyKeys,
 ) -> list[Row]:
     """Unhandled inbound messages after ``after_id`` up to ``upto_id``, those stored more than
-    ``max_age_seconds`` ago left out (``upto_id`` itself always in, and also when handled, if only by an
-    apology: ``reply_keys`` are its reply's and its apology's); ``past_grace``: stored more than
-    ``grace_seconds`` ago. Both ages by the database's clock."""
+    ``max_age_seconds`` ago left out unless it is None (``upto_id`` itself always in, and also when
+    handled, if only by an apology: ``reply_keys`` are its reply's and its apology's); ``past_grace``:
+    stored more than ``grace_seconds`` ago. Both ages by the database's clock. ``sent_at``: when the user
+    sent it (:data:`_SENT_AT`)."""
     params = {
         "conversation_id": conversation_id,
         "after_id": after_id,
@@ -212,6 +219,12 @@ def pending_inbound(
         **reply_keys._asdict(),
     }
     return conn.execute(_PENDING_INBOUND, params).fetchall()
+
+
+def sent_at(conn: psycopg.Connection, message_id: int) -> datetime | None:
+    """When the user sent inbound ``message_id`` (:data:`_SENT_AT`); None when it is no longer stored."""
+    row = conn.execute(_SENT_AT_OF, {"id": message_id}).fetchone()
+    return row["sent_at"] if row else None
 
 
 def apologised_only(conn: psycopg.Connection, reply_keys: ReplyKeys) -> bool:

@@ -51,20 +51,26 @@ Ordering and exactly-once across several ``flows`` worker processes:
   like the session TTL's below, is measured by the database, whose clock stamped ``created_at``: a worker
   whose clock runs fast would otherwise pass over a message still being routed and answer the next first.
 - When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
-  it; then only messages younger than the session TTL and not handled are considered, and a step whose
-  own message is handled does nothing.
+  it, unless a form's note keeps it (below); then only messages younger than the session TTL and not
+  handled are considered, and a step whose own message is handled does nothing. With the last handled id
+  known, every later message is considered, however long ago it was stored.
 - A flow state left in the user's own session by a version that kept one per user (keyed by phone) is
   carried over, so a form under way at a deploy goes on: by the conversation its cursor (the last message
   it answered) belongs to, while that conversation has no state of its own and none of its messages after
   the cursor was answered; once one is, it is never taken up again. Any other conversation of the user
   starts at the menu, as does this one when the cursor is not its.
 - A form does not expire silently. Each save of a state with a form under way also writes, in the same
-  guarded step, a note of it (``flows:form:conversation:<id>``, :data:`FORM_NOTE_KEY`) that outlives the
-  session by as long as the conversation stays open (``WAPIPE_CONVERSATION_IDLE_MINUTES``); a save with
-  no form under way deletes it. The first message to find the state expired and the note there was
-  written to answer a question no longer asked (a "2" for a choice would start the menu's option 2): it
-  is not read, its sender is told the form timed out and nothing of it was kept, and shown the menu
-  (:func:`shared.flows.engine.timed_out`). The note goes with that answer's save, so it is told once.
+  guarded step, a note of it (``flows:form:conversation:<id>``, :data:`FORM_NOTE_KEY`), the state itself
+  included, that outlives the session by as long as the conversation stays open
+  (``WAPIPE_CONVERSATION_IDLE_MINUTES``); a save with no form under way deletes it.
+- A form times out by the user's clock, not the workers': an answer sent longer than the session TTL
+  after the answer before it (each message's ``sent_at``, the provider's time, no later than when it was
+  stored: :func:`shared.flows.repository.sent_at`) was written to a question no longer asked (a "2" for
+  a choice would start the menu's option 2): it is not read, its sender is told the form timed out and
+  nothing of it was kept, and shown the menu (:func:`shared.flows.engine.timed_out`), which ends the
+  form, so it is told once. An answer sent in time goes on with the form even when a backlog (workers
+  down) held it past the session's expiry: the state is then taken from the note. (A note left by a
+  version that kept no state in it still times its form out at the first message to find it.)
   An operator clearing the user's sessions (``DELETE /api/v1/sessions/<phone>``) clears the notes of the
   conversations whose state it clears (:func:`form_note_key`): their forms did not time out.
 """
@@ -87,7 +93,7 @@ import redis
 
 from shared import verification
 from shared.flows import engine, repository
-from shared.flows.pack import Pack
+from shared.flows.pack import Flow, Pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
 from shared.logging import get_logger
@@ -110,6 +116,9 @@ FORM_NOTE_KEY = "flows:form:conversation:{conversation_id}"
 # Besides the engine's state, the flow state keeps the last handled message id and the reply to it.
 CURSOR_FIELD = "last_message_id"
 REPLY_FIELD = "reply"
+# The form note keeps the whole flow state too, so that a form whose session expired during a backlog
+# goes on (module docstring).
+NOTE_STATE_FIELD = "state"
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
 # Release or extend the lock only while it is still ours (a holder that outlived its lease must not
@@ -247,7 +256,15 @@ def _process_locked(
     sessions = Sessions(redis_client)
     session = sessions.load(session_key(target))
     state = session.get(SESSION_KEY) or _carried_over(conn, sessions, target)
-    lapsed = None if state else _lapsed_form(redis_client, target)
+    lapsed = None
+    if not state:
+        note = _noted_form(redis_client, target)
+        if note is not None and isinstance(note.get(NOTE_STATE_FIELD), dict):
+            # The session expired by the workers' clock, which says nothing of when the user answered (a
+            # backlog): the form goes on from its noted state, the answers' sent times judge (_lapsed).
+            state = note[NOTE_STATE_FIELD]
+        else:
+            lapsed = note  # noted by a version that kept no state: the form is gone
     cursor = state.get(CURSOR_FIELD)
     keys = reply_keys(target.message_id)
     if isinstance(cursor, int):
@@ -267,7 +284,8 @@ def _process_locked(
         target.conversation_id,
         cursor if isinstance(cursor, int) else 0,
         target.message_id,
-        max_age_seconds=get_settings().session_ttl_seconds,
+        # Known where the flow stopped, every later message is the flow's, however long a backlog held it.
+        max_age_seconds=None if isinstance(cursor, int) else get_settings().session_ttl_seconds,
         grace_seconds=UNROUTED_GRACE.total_seconds(),
         reply_keys=keys,
     )
@@ -278,6 +296,7 @@ def _process_locked(
         log.info("flows.step_already_handled", message_id=target.message_id)
         return 0
     handled = 0
+    last_sent = repository.sent_at(conn, cursor) if isinstance(cursor, int) else None
     for row in rows:
         if row["id"] != target.message_id:
             verdict = _earlier_message(row, redis_client)
@@ -297,8 +316,11 @@ def _process_locked(
             repository.mark_handled(conn, row["id"])
             conn.commit()
             continue
-        outcome = _respond(row, target, conn, pack, state, lapsed, now)
+        outcome = _respond(
+            row, target, conn, pack, state, lapsed or _lapsed(pack, state, last_sent, row), now
+        )
         lapsed = None  # told once, with the first answer after the form's state expired
+        last_sent = row["sent_at"]
         conn.commit()
         state = {
             **outcome.state,
@@ -358,24 +380,43 @@ def form_note_key(conversation_id: int | str) -> str:
     return FORM_NOTE_KEY.format(conversation_id=conversation_id)
 
 
-def _lapsed_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | None:
-    """The form under way when the conversation's flow state expired (its ``flow`` id and ``title``), if
-    one was: read only when the state is gone."""
+def _noted_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | None:
+    """The note of the form under way when the conversation's flow state expired (its ``flow`` id,
+    ``title`` and the ``state`` itself), if one was: read only when the state is gone."""
     raw = redis_client.get(form_note_key(target.conversation_id))
     return json.loads(raw) if raw is not None else None
+
+
+def _form_under_way(pack: Pack, state: dict[str, Any]) -> Flow | None:
+    return pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
+
+
+def _lapsed(
+    pack: Pack, state: dict[str, Any], last_sent: datetime | None, row: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The form under way in ``state`` (as a note has it) when the user sent ``row`` longer than the
+    session's TTL after the answer before it (sent at ``last_sent``): timed out for the user, whenever the
+    step got to it."""
+    flow = _form_under_way(pack, state)
+    if flow is None or last_sent is None:
+        return None
+    if row["sent_at"] - last_sent <= timedelta(seconds=get_settings().session_ttl_seconds):
+        return None
+    return {"flow": flow.id, "title": flow.title}
 
 
 def _form_note(pack: Pack, target: Target, state: dict[str, Any]) -> Beside:
     """The note saved with ``state``: of its form under way, or the note's deletion when none is."""
     key = form_note_key(target.conversation_id)
-    flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
+    flow = _form_under_way(pack, state)
     if flow is None:
         return Beside(key)
     settings = get_settings()
     # A message after the conversation closes (idle that long) opens a new one, with no state and no
     # note: past that the note is of no use. The session's TTL on top keeps it past the session's end.
     ttl = settings.conversation_idle_minutes * 60 + settings.session_ttl_seconds
-    return Beside(key, json.dumps({"flow": flow.id, "title": flow.title}), ttl)
+    note = {"flow": flow.id, "title": flow.title, NOTE_STATE_FIELD: state}
+    return Beside(key, json.dumps(note, separators=(",", ":")), ttl)
 
 
 def _ttl_minutes() -> int:

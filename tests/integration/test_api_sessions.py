@@ -147,7 +147,14 @@ def test_a_user_cleared_mid_form_is_not_told_next_that_the_form_timed_out(
         reply = cleared.send("2", conversation_id)
         assert "timed out" not in reply
         assert "Which order?" in reply  # the menu's option 2, the form being gone
-    # Another user's form, its state expired: still told, once, that it timed out.
+    # Another user's form, its state expired: still told, once, that it timed out. Its "1" was sent 31
+    # minutes ago (the timeout is judged by when the user sent each message).
+    db.execute(
+        "UPDATE messages SET created_at = created_at - interval '31 minutes',"
+        " payload = jsonb_build_object('sent_at', now() - interval '31 minutes')"
+        " WHERE conversation_id = %s AND direction = 'in'",
+        (untouched.conversation_id,),
+    )
     Sessions(redis_client).clear(session_key(Target(0, untouched.conversation_id, None, untouched.phone)))
     assert redis_client.exists(FORM_NOTE_KEY.format(conversation_id=untouched.conversation_id))
     assert "*Report a defect* form timed out" in untouched.send("2")
