@@ -68,11 +68,44 @@ def menu_text(pack: Pack, preface: str | None = None) -> Outcome:
     return Outcome(idle(pack), f"{head}\n{numbered}", _list(head, pack.pack.menu_button, rows))
 
 
-def timed_out(pack: Pack, form: Mapping[str, Any], *, minutes: int) -> Outcome:
-    """The menu, prefaced by the pack's notice that ``form`` (its ``title``) timed out: the answer that
-    came after it was meant for a question no longer asked, so it is not read at all."""
+def timed_out(
+    pack: Pack,
+    form: Mapping[str, Any],
+    *,
+    minutes: int,
+    answer: Answer | None = None,
+    ctx: FlowContext | None = None,
+) -> Outcome:
+    """The pack's notice that ``form`` (its ``title``) timed out, then the menu.
+
+    The answer that came after it was meant for a question no longer asked, so it is not read as a menu
+    choice: a "2" for the form's second choice must not start the menu's option 2, nor a typed label a
+    flow of the same title. A menu word ("hi", "menu") or a cancel word gets the menu all the same. Only a
+    row tapped in a menu list (its id ``menu:<flow>``, which no form question sends) is unambiguous: that
+    flow starts, after the notice, with no second tap needed.
+    """
     notice = render(pack.pack.form_timed_out, {"flow_title": form.get("title") or "", "minutes": minutes})
-    return menu_text(pack, preface=notice)
+    picked = _tapped_flow(pack, answer) if answer is not None and ctx is not None else None
+    if picked is None:
+        return menu_text(pack, preface=notice)
+    assert ctx is not None
+    started = _start(pack, picked, ctx)
+    return Outcome(started.state, f"{notice}\n\n{started.text}", _prefaced(started.payload, notice))
+
+
+def _tapped_flow(pack: Pack, answer: Answer) -> Flow | None:
+    """The flow of the menu row the answer tapped, if it is one."""
+    if not (answer.reply_id and answer.reply_id.startswith(MENU_ID_PREFIX)):
+        return None
+    return _picked_flow(pack, Answer("", answer.reply_id))
+
+
+def _prefaced(payload: dict[str, Any] | None, preface: str) -> dict[str, Any] | None:
+    """The interactive ``payload`` with ``preface`` before its body, as its plain text has it."""
+    if payload is None:
+        return None
+    interactive = payload["interactive"]
+    return {**payload, "interactive": {**interactive, "body": f"{preface}\n\n{interactive['body']}"}}
 
 
 def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -145,11 +178,10 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
 
     if folded in pack.pack.cancel_words:
         return menu_text(pack, preface=render(pack.pack.cancelled, {"flow_title": flow.title}))
-    if answer.reply_id and answer.reply_id.startswith(MENU_ID_PREFIX):
-        # A tap on an earlier menu message switches to that flow, as the user evidently wants.
-        picked = _picked_flow(pack, answer)
-        if picked is not None:
-            return _start(pack, picked, ctx)
+    # A tap on an earlier menu message switches to that flow, as the user evidently wants.
+    picked = _tapped_flow(pack, answer)
+    if picked is not None:
+        return _start(pack, picked, ctx)
 
     step = flow.steps[state["step"]]
     try:

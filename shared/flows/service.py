@@ -68,9 +68,10 @@ Ordering and exactly-once across several ``flows`` worker processes:
   stored: :func:`shared.flows.repository.sent_at`) was written to a question no longer asked (a "2" for
   a choice would start the menu's option 2): it is not read, its sender is told the form timed out and
   nothing of it was kept, and shown the menu (:func:`shared.flows.engine.timed_out`), which ends the
-  form, so it is told once. An answer sent in time goes on with the form even when a backlog (workers
-  down) held it past the session's expiry: the state is then taken from the note. (A note left by a
-  version that kept no state in it still times its form out at the first message to find it.)
+  form, so it is told once. A tap on a menu row, which answers no form question, starts its flow after
+  the notice. An answer sent in time goes on with the form even when a backlog (workers down) held it
+  past the session's expiry: the state is then taken from the note. (A note left by a version that kept
+  no state in it still times its form out at the first message to find it.)
   An operator clearing the user's sessions (``DELETE /api/v1/sessions/<phone>``) clears the notes of the
   conversations whose state it clears (:func:`form_note_key`): their forms did not time out.
 """
@@ -346,10 +347,8 @@ def _respond(
     now: datetime | None,
 ) -> engine.Outcome:
     """The flow's answer to the message ``row``: the engine's step from ``state``, or, when a form
-    ``lapsed``, the notice that it timed out and the menu, the message not read."""
-    if lapsed is not None:
-        log.info("flows.form_timed_out", conversation_id=target.conversation_id, flow=lapsed.get("flow"))
-        return engine.timed_out(pack, lapsed, minutes=_ttl_minutes())
+    ``lapsed``, the notice that it timed out and the menu, the message not read as an answer nor as a
+    menu choice, unless it is a tap on the menu (:func:`shared.flows.engine.timed_out`)."""
     answer = Answer(row["body"] or "", reply_id_from(row["payload"]))
     ctx = FlowContext(
         conn=conn,
@@ -359,6 +358,9 @@ def _respond(
         # The database's clock, as the records the flow compares it with (created_at, due_at) use.
         now=now or repository.db_now(conn),
     )
+    if lapsed is not None:
+        log.info("flows.form_timed_out", conversation_id=target.conversation_id, flow=lapsed.get("flow"))
+        return engine.timed_out(pack, lapsed, minutes=_ttl_minutes(), answer=answer, ctx=ctx)
     engine_state = {key: value for key, value in state.items() if key not in (CURSOR_FIELD, REPLY_FIELD)}
     return engine.advance(pack, engine_state, answer, ctx)
 
@@ -388,6 +390,7 @@ def _noted_form(redis_client: redis.Redis, target: Target) -> dict[str, Any] | N
 
 
 def _form_under_way(pack: Pack, state: dict[str, Any]) -> Flow | None:
+    """The pack's flow whose form ``state`` is in, if any (a finished or cancelled one is idle)."""
     return pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
 
 

@@ -340,6 +340,28 @@ def test_an_answer_to_a_form_that_timed_out_is_told_so_and_not_read_as_a_menu_ch
     assert "Which order?" in user.replies()[-1]
 
 
+def test_a_tap_on_the_menu_after_a_form_timed_out_starts_the_flow_tapped(user: User) -> None:
+    """A row tapped in the menu list is a menu choice whatever question was asked before: the notice,
+    then the flow tapped, with no second tap needed."""
+    _half_a_defect_report(user, minutes_ago=31)
+    Sessions(user.redis).clear(session_key(user.target))
+    assert user.step(user.store("Order status", reply_id="menu:order_status")) == 1
+    reply = user.replies()[-1]
+    assert reply.startswith("⏱️ Your *Report a defect* form timed out after 30 minutes")
+    assert "Which order? Send its number" in reply
+    assert user.flow["flow"] == "order_status"
+
+
+@pytest.mark.parametrize("word", ["hi", "menu", "cancel"])
+def test_a_menu_word_after_a_form_timed_out_gets_the_menu(user: User, word: str) -> None:
+    _half_a_defect_report(user, minutes_ago=31)
+    assert user.step(user.store(word)) == 1
+    reply = user.replies()[-1]
+    assert "*Report a defect* form timed out" in reply
+    assert "1. Report a defect" in reply
+    assert user.flow["flow"] is None
+
+
 @pytest.mark.parametrize("ending", [["cancel"], ["ORD-12345", "1", "1", "Scratched"]])
 def test_a_form_cancelled_or_finished_is_not_reported_as_timed_out(user: User, ending: list[str]) -> None:
     user.step(user.store("1"))
