@@ -10,14 +10,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.flows import repository, sla
+from shared.flows.pack import DEFAULT_TEXTS, Meta, render
 from shared.flows.registry import FlowContext, Rejected, action, lookup
 
 
-def when(moment: datetime | None) -> str:
-    """A time as the user reads it: ``2026-05-10 14:00 UTC``."""
+def _texts(ctx: FlowContext) -> Meta:
+    """The pack's texts, in whose words these lookups and actions answer."""
+    return ctx.texts or DEFAULT_TEXTS
+
+
+def _not_found(text: str, value: str) -> Rejected:
+    """The refusal of ``value``, not found: the pack's ``text`` with it as {value}."""
+    return Rejected(render(text, {"value": value}))
+
+
+def when(moment: datetime | None, texts: Meta = DEFAULT_TEXTS) -> str:
+    """A time as the user reads it: ``2026-05-10 14:00 UTC`` (the pack's ``not_set`` when there is none)."""
     if moment is None:
-        return "not set"
+        return render(texts.not_set, {})
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _remaining(ctx: FlowContext, due_at: datetime) -> str:
+    texts = _texts(ctx)
+    return sla.describe_remaining(due_at, ctx.now, left=texts.time_left, overdue=texts.overdue_by)
 
 
 @lookup(
@@ -28,18 +44,18 @@ def order_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[
     """The order numbered ``value`` must exist; provides its status and SLA state for templates."""
     order = repository.get_order(ctx.conn, value)
     if order is None:
-        raise Rejected(f"Order {value} was not found. Please check the number and send it again.")
+        raise _not_found(_texts(ctx).order_not_found, value)
     expected = order["expected_date"]
     return {
         "customer": order["customer"],
         "product": order["product"] or "-",
         "order_status": order["status"],
         "progress": order["progress"],
-        "expected_date": expected.isoformat() if expected else "not set",
+        "expected_date": expected.isoformat() if expected else render(_texts(ctx).not_set, {}),
         "sla_status": sla.order_state(
             order["status"], order["progress"], order["created_at"], order["sla_due_at"], ctx.now
         ),
-        "sla_due": when(order["sla_due_at"]),
+        "sla_due": when(order["sla_due_at"], _texts(ctx)),
     }
 
 
@@ -47,7 +63,7 @@ def order_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[
 def machine_exists(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
     machine = repository.get_machine(ctx.conn, value)
     if machine is None:
-        raise Rejected(f"Machine {value} was not found. Please check the id on the machine's plate.")
+        raise _not_found(_texts(ctx).machine_not_found, value)
     return {"machine_name": machine["name"], "machine_line": machine["line"] or "-"}
 
 
@@ -59,13 +75,13 @@ def ticket_sla(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[st
     """
     record = repository.senders_record(ctx.conn, value, ctx.contact_id)
     if record is None or record["due_at"] is None:
-        raise Rejected(f"Ticket {value} was not found. Please check the reference and send it again.")
+        raise _not_found(_texts(ctx).ticket_not_found, value)
     return {
         "ticket_kind": record["kind"],
         "ticket_status": record["status"],
         "sla_state": sla.ticket_state(record["created_at"], record["due_at"], ctx.now),
-        "time_remaining": sla.describe_remaining(record["due_at"], ctx.now),
-        "due": when(record["due_at"]),
+        "time_remaining": _remaining(ctx, record["due_at"]),
+        "due": when(record["due_at"], _texts(ctx)),
     }
 
 
@@ -100,12 +116,12 @@ def _store(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]
     return record, created
 
 
-def _record_values(record: Mapping[str, Any]) -> dict[str, Any]:
+def _record_values(ctx: FlowContext, record: Mapping[str, Any]) -> dict[str, Any]:
     due_at = record["due_at"]
     window = (due_at - record["created_at"]) if due_at else None
     return {
         "reference": record["reference"],
-        "due": when(due_at),
+        "due": when(due_at, _texts(ctx)),
         "sla_hours": int(window.total_seconds() // 3600) if window else "-",
     }
 
@@ -119,7 +135,7 @@ def create_record(ctx: FlowContext, data: Mapping[str, Any], options: Mapping[st
     """
     with ctx.conn.transaction():
         record, _ = _store(ctx, data, options)
-    return _record_values(record)
+    return _record_values(ctx, record)
 
 
 @action("create_defect_report", provides=("reference", "due", "sla_hours"))
@@ -133,7 +149,7 @@ def create_defect_report(
         record, created = _store(ctx, data, options)
         if created and data.get(order_field):
             repository.hold_order(ctx.conn, str(data[order_field]))
-    return _record_values(record)
+    return _record_values(ctx, record)
 
 
 @action("list_open_tickets", provides=("tickets", "ticket_count"))
@@ -152,7 +168,7 @@ def list_open_tickets(
         line = f"• {record['reference']} ({detail})"
         if record["due_at"] is not None:
             line += f": {sla.ticket_state(record['created_at'], record['due_at'], ctx.now)}, "
-            line += sla.describe_remaining(record["due_at"], ctx.now)
+            line += _remaining(ctx, record["due_at"])
         lines.append(line)
     empty = str(options.get("empty", "You have no open tickets."))
     return {"tickets": "\n".join(lines) if lines else empty, "ticket_count": len(records)}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.flows import registry
-from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step
+from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step, render
 from shared.flows.registry import FlowContext, Rejected
 from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, validate
 from shared.flows.words import keyword
@@ -39,16 +39,6 @@ class Outcome:
     state: dict[str, Any]
     text: str
     payload: dict[str, Any] | None = None
-
-
-class _Values(dict):
-    # A template never fails at run time over a value a lookup did not return: it renders empty.
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    return template.format_map(_Values(values))
 
 
 def idle(pack: Pack) -> dict[str, Any]:
@@ -89,7 +79,7 @@ def timed_out(
     if picked is None:
         return menu_text(pack, preface=notice)
     assert ctx is not None
-    started = _start(pack, picked, ctx)
+    started = _start(pack, picked, _in_words_of(pack, ctx))
     return Outcome(started.state, f"{notice}\n\n{started.text}", _prefaced(started.payload, notice))
 
 
@@ -106,6 +96,11 @@ def _prefaced(payload: dict[str, Any] | None, preface: str) -> dict[str, Any] | 
         return None
     interactive = payload["interactive"]
     return {**payload, "interactive": {**interactive, "body": f"{preface}\n\n{interactive['body']}"}}
+
+
+def _in_words_of(pack: Pack, ctx: FlowContext) -> FlowContext:
+    """``ctx`` with the pack's texts, which the lookups and actions answer in."""
+    return dataclasses.replace(ctx, texts=pack.pack)
 
 
 def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any]:
@@ -165,6 +160,7 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
 def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: FlowContext) -> Outcome:
     """Apply one answer to the state: start a flow, take a form's answer, finish it, or show the menu."""
     state = dict(state or {})
+    ctx = _in_words_of(pack, ctx)
     folded = keyword(answer.text)
     flow = pack.flow(state.get("flow") or "") if state.get("pack") == pack.name else None
 
@@ -185,7 +181,7 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
 
     step = flow.steps[state["step"]]
     try:
-        value = validate(step, answer)
+        value = validate(step, answer, pack.pack)
     except Invalid as problem:
         return _reprompt(pack, flow, state, problem.message)
     found: dict[str, Any] = {}

@@ -17,6 +17,7 @@ import math
 import re
 import string
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -45,11 +46,30 @@ MAX_ROW_TITLE = 24
 MAX_BUTTON_TITLE = 20
 MAX_ROW_DESCRIPTION = 72
 # The values each [pack] text that is a template may name: {flow_title}, the form's title, and {minutes},
-# the session's time to live. The engine renders them (shared/flows/engine.py).
+# the session's time to live, rendered by the engine (shared/flows/engine.py); the values of what a wrong
+# answer is told, rendered by shared/flows/validators.py ({number} is `number_whole` or `number_decimal`);
+# {value}, the answer a shipped lookup did not find, and {time}, a time left or overdue (``5h 20m``),
+# rendered by shared/flows/builtin.py.
 PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "form_timed_out": frozenset({"flow_title", "minutes"}),
     "cancelled": frozenset({"flow_title"}),
     "not_understood": frozenset(),
+    "choice_invalid": frozenset({"count"}),
+    "regex_invalid_example": frozenset({"example"}),
+    "regex_invalid": frozenset(),
+    "number_between": frozenset({"number", "min", "max"}),
+    "number_at_least": frozenset({"number", "min"}),
+    "number_at_most": frozenset({"number", "max"}),
+    "number_invalid": frozenset({"number"}),
+    "number_whole": frozenset(),
+    "number_decimal": frozenset(),
+    "text_length_invalid": frozenset({"min_length", "max_length"}),
+    "order_not_found": frozenset({"value"}),
+    "machine_not_found": frozenset({"value"}),
+    "ticket_not_found": frozenset({"value"}),
+    "not_set": frozenset(),
+    "time_left": frozenset({"time"}),
+    "overdue_by": frozenset({"time"}),
 }
 
 
@@ -168,6 +188,27 @@ class Meta(_Strict):
     # Before the menu, to a cancel word sent during a form, and to an answer the menu does not know.
     cancelled: str = "OK, cancelled."
     not_understood: str = "Sorry, I didn't get that."
+    # To an answer a step does not accept (unless the step has an `error` of its own): a choice (the
+    # numbered choices follow), a regex step with or without an `example`, a number (in `min` and `max`),
+    # a text (in `min_length` and `max_length`).
+    choice_invalid: str = "Please reply with a number from 1 to {count}:"
+    regex_invalid_example: str = "That doesn't look right. Please send it like {example}."
+    regex_invalid: str = "That doesn't look right. Please check it and send it again."
+    number_between: str = "Please send {number} from {min} to {max}."
+    number_at_least: str = "Please send {number} of at least {min}."
+    number_at_most: str = "Please send {number} of at most {max}."
+    number_invalid: str = "Please send {number}."
+    number_whole: str = "a whole number"
+    number_decimal: str = "a number"
+    text_length_invalid: str = "Please send a text of {min_length} to {max_length} characters."
+    # The shipped lookups' words (shared/flows/builtin.py): an order, machine or ticket not found, a date
+    # not set, and an SLA's time left or overdue.
+    order_not_found: str = "Order {value} was not found. Please check the number and send it again."
+    machine_not_found: str = "Machine {value} was not found. Please check the id on the machine's plate."
+    ticket_not_found: str = "Ticket {value} was not found. Please check the reference and send it again."
+    not_set: str = "not set"
+    time_left: str = "{time} left"
+    overdue_by: str = "overdue by {time}"
     menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
     cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
 
@@ -191,6 +232,22 @@ class Meta(_Strict):
         # The engine compares them with the answer folded the same way: a word written "Cancelar" in the
         # pack would otherwise match nothing anyone sends, and no form could be left.
         return [keyword(word) for word in words]
+
+
+# The English texts, for what runs without a pack's (a validator called on its own, a lookup's context
+# built outside the engine).
+DEFAULT_TEXTS = Meta(name="default")
+
+
+class _Values(dict):
+    # A template never fails at run time over a value a lookup did not return: it renders empty.
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(template: str, values: Mapping[str, Any]) -> str:
+    """A pack's template with ``values`` (``{{`` and ``}}`` for braces of its own)."""
+    return template.format_map(_Values(values))
 
 
 class Pack(_Strict):

@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+if TYPE_CHECKING:
+    from shared.flows.pack import Meta
 
 
 class Rejected(Exception):
@@ -40,6 +43,8 @@ class FlowContext:
     message_id: int | None  # the inbound message that completed the form (idempotency key of effects)
     now: datetime
     flow: str = ""  # the flow's id in its pack, e.g. "report_defect"
+    # The pack's texts, in whose words a lookup or action answers (the engine sets them); English if None.
+    texts: Meta | None = None
 
 
 Values = Mapping[str, Any]

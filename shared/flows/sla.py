@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from shared.flows.pack import render
+
 WARNING_FRACTION = 0.25
 # Maintenance tickets: how long the shop floor has to fix a machine, by the urgency reported.
 MAINTENANCE_SLA = {"High": timedelta(hours=24), "Medium": timedelta(hours=72), "Low": timedelta(hours=168)}
@@ -35,10 +37,13 @@ def order_state(
     return {"OK": "on track", "WARNING": "at risk", "BREACHED": "breached"}[state]
 
 
-def describe_remaining(due_at: datetime, now: datetime) -> str:
-    """``5h 20m left`` / ``overdue by 2d 3h``, rounded down to minutes."""
+def describe_remaining(
+    due_at: datetime, now: datetime, *, left: str = "{time} left", overdue: str = "overdue by {time}"
+) -> str:
+    """``5h 20m left`` / ``overdue by 2d 3h``, rounded down to minutes; ``left`` and ``overdue`` are the
+    pack's templates for them (its ``time_left`` and ``overdue_by``)."""
     delta = due_at - now
-    overdue = delta.total_seconds() < 0
+    late = delta.total_seconds() < 0
     minutes = int(abs(delta.total_seconds()) // 60)
     days, minutes = divmod(minutes, 24 * 60)
     hours, minutes = divmod(minutes, 60)
@@ -48,4 +53,4 @@ def describe_remaining(due_at: datetime, now: datetime) -> str:
         text = f"{hours}h {minutes}m"
     else:
         text = f"{minutes}m"
-    return f"overdue by {text}" if overdue else f"{text} left"
+    return render(overdue if late else left, {"time": text})

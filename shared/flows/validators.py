@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared.flows.pack import Step
+from shared.flows.pack import DEFAULT_TEXTS, Meta, Step, render
 
 
 @dataclass(frozen=True)
@@ -41,28 +41,33 @@ def _numbered(labels: list[str]) -> str:
     return "\n".join(f"{number}. {label}" for number, label in enumerate(labels, start=1))
 
 
-def allowed(step: Step) -> str:
-    """One sentence saying what a valid answer looks like."""
+def allowed(step: Step, texts: Meta = DEFAULT_TEXTS) -> str:
+    """One sentence saying what a valid answer looks like, in the words of the pack's ``texts``."""
     if step.error:
         return step.error
     if step.kind == "choice":
-        return f"Please reply with a number from 1 to {len(step.choices)}:\n{_numbered(step.choices)}"
+        return f"{render(texts.choice_invalid, {'count': len(step.choices)})}\n{_numbered(step.choices)}"
     if step.kind == "regex":
         # Never the pattern itself: "ORD-\d+" means nothing to the person typing; a pack whose step has
         # no example should give it an error text that says what is wanted.
         if step.example:
-            return f"That doesn't look right. Please send it like {step.example}."
-        return "That doesn't look right. Please check it and send it again."
+            return render(texts.regex_invalid_example, {"example": step.example})
+        return render(texts.regex_invalid, {})
     if step.kind == "number":
-        kind = "a whole number" if step.integer else "a number"
+        values = {
+            "number": render(texts.number_whole if step.integer else texts.number_decimal, {}),
+            "min": _fmt(step.min) if step.min is not None else "",
+            "max": _fmt(step.max) if step.max is not None else "",
+        }
         if step.min is not None and step.max is not None:
-            return f"Please send {kind} from {_fmt(step.min)} to {_fmt(step.max)}."
+            return render(texts.number_between, values)
         if step.min is not None:
-            return f"Please send {kind} of at least {_fmt(step.min)}."
+            return render(texts.number_at_least, values)
         if step.max is not None:
-            return f"Please send {kind} of at most {_fmt(step.max)}."
-        return f"Please send {kind}."
-    return f"Please send a text of {step.min_length} to {step.max_length} characters."
+            return render(texts.number_at_most, values)
+        return render(texts.number_invalid, values)
+    values = {"min_length": step.min_length, "max_length": step.max_length}
+    return render(texts.text_length_invalid, values)
 
 
 def _fmt(number: float) -> str:
@@ -89,24 +94,25 @@ def match_choice(labels: list[str], answer: Answer, id_of: list[str]) -> int | N
     return None
 
 
-def validate(step: Step, answer: Answer) -> str | int | float:
-    """The normalised value of a valid answer; raise :class:`Invalid` otherwise."""
+def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | int | float:
+    """The normalised value of a valid answer; raise :class:`Invalid` otherwise, saying what is allowed
+    in the words of the pack's ``texts``."""
     text = answer.clean
     if step.kind == "choice":
         ids = [choice_id(step.name, number) for number in range(1, len(step.choices) + 1)]
         index = match_choice(step.choices, answer, ids)
         if index is None:
-            raise Invalid(allowed(step))
+            raise Invalid(allowed(step, texts))
         return step.choices[index]
     if step.kind == "regex":
         if not step.compiled.fullmatch(text):
-            raise Invalid(allowed(step))
+            raise Invalid(allowed(step, texts))
         return {"upper": text.upper(), "lower": text.lower(), "keep": text}[step.case]
     if step.kind == "number":
-        return _number(step, text)
+        return _number(step, text, texts)
     stripped = answer.text.strip()
     if not step.min_length <= len(stripped) <= step.max_length:
-        raise Invalid(allowed(step))
+        raise Invalid(allowed(step, texts))
     return stripped
 
 
@@ -116,14 +122,14 @@ def validate(step: Step, answer: Answer) -> str | int | float:
 _NUMBER = re.compile(r"^[+-]?\d{1,15}(?:[.,]\d{1,15})?$")
 
 
-def _number(step: Step, text: str) -> int | float:
+def _number(step: Step, text: str, texts: Meta) -> int | float:
     if not _NUMBER.match(text):
-        raise Invalid(allowed(step))
+        raise Invalid(allowed(step, texts))
     value: int | float = float(text.replace(",", "."))
     if step.integer:
         if not float(value).is_integer():
-            raise Invalid(allowed(step))
+            raise Invalid(allowed(step, texts))
         value = int(value)
     if (step.min is not None and value < step.min) or (step.max is not None and value > step.max):
-        raise Invalid(allowed(step))
+        raise Invalid(allowed(step, texts))
     return value

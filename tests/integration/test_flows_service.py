@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -14,7 +15,7 @@ import pytest
 import redis
 
 from shared.flows import builtin, registry, repository
-from shared.flows.pack import Pack, load_pack, parse_pack
+from shared.flows.pack import PACKS_DIR, Pack, load_pack, parse_pack
 from shared.flows.registry import FlowContext
 from shared.flows.seed import seed_shopfloor
 from shared.flows.service import FORM_NOTE_KEY, LOCK_KEY, LOCK_SECONDS, Busy, Target, process, session_key
@@ -692,3 +693,26 @@ def test_a_step_whose_lock_was_taken_over_while_it_ran_neither_saves_nor_replies
     assert not user.handled(report)
     assert user.redis.get(user.lock) == b"another-worker"
     assert user.redis.pttl(user.lock) > 2.5 * SHORT_LEASE * 1000  # not renewed to our lease either
+
+
+def _shopfloor_with(texts: str) -> Pack:
+    """The shop-floor pack with ``texts`` (TOML lines) added to its [pack] table."""
+    text = (PACKS_DIR / "shopfloor.toml").read_text(encoding="utf-8")
+    return parse_pack(text.replace("[pack]\n", f"[pack]\n{texts}\n", 1))
+
+
+def test_what_a_lookup_finds_or_refuses_is_told_in_the_packs_own_words(user: User) -> None:
+    pack = _shopfloor_with(
+        'order_not_found = "No encuentro el pedido {value}. Revisa el número."\n'
+        'time_left = "quedan {time}"\n'
+        'overdue_by = "vencido hace {time}"'
+    )
+    user.step(user.store("2"), pack=pack)  # Order status: which order?
+    user.step(user.store("ORD-99999"), pack=pack)
+    assert user.replies()[-1].startswith("⚠️ No encuentro el pedido ORD-99999. Revisa el número.\n")
+    user.step(user.store("cancel"), pack=pack)
+    for text in ("5", "MAINT-555", "5", "MAINT-557"):  # SLA status of a ticket: 20 h left, then breached
+        user.step(user.store(text), pack=pack)
+    assert re.search(r"quedan (19h 59m|20h 0m) \(due ", user.replies()[-3])
+    assert "vencido hace 6h" in user.replies()[-1]
+    assert "left" not in user.replies()[-3]

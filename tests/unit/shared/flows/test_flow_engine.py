@@ -125,3 +125,16 @@ def test_a_pack_without_these_texts_answers_in_english() -> None:
     state, _ = _send(pack, {}, "1")
     assert _send(pack, state, "Cancelar")[1].startswith("OK, cancelled.\n")
     assert _send(pack, {"pack": "taller", "flow": None}, "quizá")[1].startswith("Sorry, I didn't get that.\n")
+
+
+def test_a_wrong_choice_is_told_in_the_packs_own_words() -> None:
+    pack = parse_pack(
+        SPANISH.replace(
+            'greeting = "¡Hola!"', 'greeting = "¡Hola!"\nchoice_invalid = "Responde del 1 al {count}:"'
+        )
+    )
+    state, _ = _send(pack, {}, "1")
+    state, text = _send(pack, state, "quizá")
+    assert state["step"] == 0
+    assert text.startswith("⚠️ Responde del 1 al 2:\n1. Baja\n2. Alta\n")
+    assert "Please" not in text

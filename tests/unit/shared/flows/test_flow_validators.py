@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.flows import sla
-from shared.flows.pack import Step
+from shared.flows.pack import Meta, Step
 from shared.flows.validators import Answer, Invalid, allowed, validate
 
 CHOICE = Step(name="severity", prompt="?", kind="choice", choices=["Low", "Medium", "High"])
@@ -87,6 +87,51 @@ def test_free_text_length_limit() -> None:
     for bad in ("", "   ", "x" * 11):
         with pytest.raises(Invalid, match="1 to 10 characters"):
             validate(TEXT, Answer(bad))
+
+
+SPANISH = Meta(
+    name="taller",
+    regex_invalid_example="No parece correcto. Envíalo como {example}.",
+    regex_invalid="No parece correcto. Revísalo y envíalo otra vez.",
+    number_between="Envía {number} entre {min} y {max}.",
+    number_at_least="Envía {number} de al menos {min}.",
+    number_at_most="Envía {number} de como mucho {max}.",
+    number_invalid="Envía {number}.",
+    number_whole="un número entero",
+    number_decimal="un número",
+    text_length_invalid="Envía un texto de {min_length} a {max_length} caracteres.",
+)
+
+
+@pytest.mark.parametrize(
+    ("step", "answer", "told"),
+    [
+        (ORDER, "12345", "No parece correcto. Envíalo como ORD-12345."),
+        (
+            Step(name="c", prompt="?", kind="regex", pattern="X"),
+            "Y",
+            "No parece correcto. Revísalo y envíalo otra vez.",
+        ),
+        (QTY, "11", "Envía un número entero entre 1 y 10."),
+        (
+            Step(name="kg", prompt="?", kind="number", min=0.5, integer=False),
+            "0",
+            "Envía un número de al menos 0.5.",
+        ),
+        (Step(name="n", prompt="?", kind="number", max=3), "4", "Envía un número entero de como mucho 3."),
+        (Step(name="n", prompt="?", kind="number"), "x", "Envía un número entero."),
+        (TEXT, "x" * 11, "Envía un texto de 1 a 10 caracteres."),
+    ],
+)
+def test_a_wrong_answer_is_told_in_the_packs_words(step: Step, answer: str, told: str) -> None:
+    with pytest.raises(Invalid) as caught:
+        validate(step, Answer(answer), SPANISH)
+    assert caught.value.message == told
+
+
+def test_a_steps_own_error_text_wins_over_the_packs() -> None:
+    own = Step(name="o", prompt="?", kind="regex", pattern="X", error="Solo X.")
+    assert allowed(own, SPANISH) == "Solo X."
 
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
