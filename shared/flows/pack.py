@@ -32,8 +32,10 @@ from pydantic import (
 )
 
 from shared.flows import registry
+from shared.flows.toml_lines import Path as KeyPath
 from shared.flows.toml_lines import key_lines, line_of
 from shared.flows.words import keyword
+from shared.logging import get_logger
 
 PACKS_DIR = Path(__file__).with_name("packs")
 
@@ -177,7 +179,6 @@ class Meta(_Strict):
     greeting: str = "👋 Hello!"
     menu_prompt: str = "What would you like to do? Reply with a number:"
     menu_button: str = Field(default="Options", max_length=MAX_BUTTON_TITLE)
-    menu_hint: str = "Send *menu* at any time to see the options again."
     cancel_hint: str = "(send *cancel* to go back to the menu)"
     # Before the menu, to the first message of a conversation whose form was left unanswered past the
     # session's time to live (shared/flows/service.py): that message answered a question no longer asked.
@@ -344,6 +345,27 @@ def _describe(location: tuple[str | int, ...]) -> str:
     return text
 
 
+# [pack] keys that once existed and did nothing: a pack setting one still loads, its author told so.
+# menu_hint was never shown; each action's `reply` says "Send *menu* ..." itself, in the pack's words (and
+# not after a hand-off, whose chat the bot no longer answers).
+_RETIRED_PACK_KEYS = {"menu_hint": "it is not shown: end the action replies with such a hint instead"}
+
+
+def _drop_retired(document: dict[str, Any], lines: dict[KeyPath, int], source: str) -> None:
+    meta = document.get("pack")
+    if not isinstance(meta, dict):
+        return
+    for key, instead in _RETIRED_PACK_KEYS.items():
+        if key in meta:
+            del meta[key]
+            line = line_of(lines, ("pack", key))
+            where = f"{source}:{line}" if line else source
+            # A logger made here, not at import: the pack is loaded once per process, at start.
+            get_logger(__name__).warning(
+                "flows.pack_key_unused", key=f"pack.{key}", where=where, instead=instead
+            )
+
+
 def parse_pack(text: str, source: str = "<pack>") -> Pack:
     """Validate pack text; raise :class:`PackError` naming the line of each problem."""
     registry.ensure_builtins()
@@ -353,6 +375,7 @@ def parse_pack(text: str, source: str = "<pack>") -> Pack:
         found = re.search(r"line (\d+)", str(exc))
         raise PackError(source, [(int(found.group(1)) if found else None, str(exc))]) from None
     lines = key_lines(text)
+    _drop_retired(document, lines, source)
     try:
         pack = Pack.model_validate(document)
     except ValidationError as exc:

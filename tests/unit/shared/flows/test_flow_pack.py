@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog
 
 from shared.flows.pack import PackError, get_pack, load_pack, parse_pack, resolve
 
@@ -186,3 +187,15 @@ def test_a_validator_or_lookup_text_naming_an_unknown_value_names_its_line(
         parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{line}'), "tiny.toml")
     assert f"tiny.toml:3: pack.{field}" in str(caught.value)
     assert unknown in str(caught.value)
+
+
+def test_a_pack_setting_the_unused_menu_hint_is_told_so_and_still_loads() -> None:
+    """menu_hint was never shown to anyone (each action's reply says "Send *menu* ..." in its own words):
+    an author who set it hears, at start and with its line, that it does nothing, and the pack loads."""
+    text = GOOD.replace('name = "tiny"', 'name = "tiny"\nmenu_hint = "Send *menu* again."')
+    with structlog.testing.capture_logs() as logs:
+        pack = parse_pack(text, "tiny.toml")
+    assert pack.name == "tiny"
+    warned = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [(entry["key"], entry["where"]) for entry in warned] == [("pack.menu_hint", "tiny.toml:3")]
+    assert not hasattr(pack.pack, "menu_hint")
