@@ -42,11 +42,12 @@ _FIND_FOR_UPDATE = f"SELECT {_COLUMNS} {_MATCH}"
 # other than the contact's, on a message found by its business-scoped id, is the user's new number
 # (WhatsApp's "change number" keeps that id): replies go there, not to the old number, which may be someone
 # else's by now, and the old number's link no longer answers for it. Unless another contact holds it, or
-# the message was sent before the contact's last one (routed late, it does not move the number back).
+# the message was not sent after the contact's last one (routed late, it does not move the number back).
+# Providers give seconds, so the same second says nothing about which came first: the number stays.
 _REFRESH_SET = f"""
 UPDATE contacts c SET
     phone = CASE WHEN %(phone)s::text IS NOT NULL AND c.phone IS DISTINCT FROM %(phone)s
-                  AND (c.phone IS NULL OR c.last_inbound_at IS NULL OR {WROTE_AT} >= c.last_inbound_at)
+                  AND (c.phone IS NULL OR c.last_inbound_at IS NULL OR {WROTE_AT} > c.last_inbound_at)
                   AND NOT EXISTS (SELECT 1 FROM contacts o WHERE o.phone = %(phone)s)
              THEN %(phone)s ELSE c.phone END,
     bsuid = CASE WHEN c.bsuid IS NULL AND %(bsuid)s::text IS NOT NULL

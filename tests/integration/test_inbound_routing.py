@@ -245,6 +245,22 @@ def test_a_sender_who_changed_number_is_answered_on_the_new_one(db, redis_client
     assert count(db, "contacts") == 1
 
 
+def test_a_late_message_from_the_old_number_sent_in_the_same_second_does_not_move_it_back(
+    db, redis_client
+) -> None:
+    # Providers give seconds: the message from the new number and a late-routed one from the old number
+    # may carry the same second. Nothing says the old one came later, so the number stays where it moved.
+    moved_at = int(time.time()) - 5
+    route(bsuid_event("hello", "+15551234567", moved_at - 60), load_settings())
+    route(bsuid_event("from my new number", "+447700900123", moved_at), load_settings())
+
+    late = route(bsuid_event("sent that second", "+15551234567", moved_at), load_settings())
+
+    assert late.message_id is not None
+    contacts = db.execute("SELECT phone, bsuid FROM contacts").fetchall()
+    assert contacts == [{"phone": "+447700900123", "bsuid": "US.13491208655302741918"}]
+
+
 def test_a_sender_known_by_business_scoped_id_gets_its_phone_filled_in(db, redis_client) -> None:
     assert route(bsuid_event("hello", None), load_settings()).action == "handler"
     assert route(bsuid_event("again", "+15551234567"), load_settings()).action == "handler"
