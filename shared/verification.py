@@ -67,6 +67,8 @@ class Outcome(StrEnum):
     expired = "expired"
     locked = "locked"
     no_pending = "no_pending"
+    # A VERIFY message that came in before the code pending now was issued (only with ``at``).
+    replaced = "replaced"
     phone_taken = "phone_taken"
     bad_format = "bad_format"
 
@@ -212,6 +214,10 @@ def check_code(
 
 
 def _why_not(conn: psycopg.Connection, phone: str, user_id: UUID | None, at: datetime | None) -> VerifyResult:
+    # The code was replaced after the message came in (or first issued then): "no pending code" would
+    # send the user, who holds that newer code, to ask for yet another one.
+    if at is not None and links.code_issued_after(conn, phone, at, user_id):
+        return VerifyResult(Outcome.replaced)
     states = links.codes_for_phone(conn, phone, user_id, at)
     if not states:
         return VerifyResult(Outcome.no_pending)
@@ -265,6 +271,11 @@ def reply_text(result: VerifyResult) -> str:
             return (
                 "There is no pending code for this number. Get a code in the app for this WhatsApp "
                 "number, then send VERIFY followed by the code."
+            )
+        case Outcome.replaced:
+            return (
+                "🔁 A newer code was issued after this message. Send VERIFY followed by the newest code "
+                "from the app."
             )
         case Outcome.phone_taken:
             return "⚠️ This number is already linked to another account."

@@ -75,6 +75,14 @@ FROM verification_codes WHERE phone = %(phone)s AND (%(user_id)s::uuid IS NULL O
     AND (%(at)s::timestamptz IS NULL OR created_at <= %(at)s::timestamptz)
 ORDER BY created_at DESC
 """
+# Whether a code for the phone was issued after ``at`` (a VERIFY's arrival): one the message could not hold,
+# which replaced the user's code of then or came after a message sent without one.
+_CODE_ISSUED_AFTER = """
+SELECT EXISTS (
+    SELECT 1 FROM verification_codes WHERE phone = %(phone)s AND created_at > %(at)s::timestamptz
+        AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+) AS issued
+"""
 _DELETE_CODES_FOR_PHONE = "DELETE FROM verification_codes WHERE phone = %(phone)s"
 _DELETE_CODE = "DELETE FROM verification_codes WHERE user_id = %(user_id)s"
 _GET_CODE = """
@@ -182,6 +190,15 @@ def codes_for_phone(
     with wrap_errors():
         rows = conn.execute(_CODES_FOR_PHONE, {"phone": phone, "user_id": user_id, "at": at}).fetchall()
     return [CodeState(**row) for row in rows]
+
+
+def code_issued_after(
+    conn: psycopg.Connection, phone: str, at: datetime, user_id: UUID | None = None
+) -> bool:
+    """Whether a code for ``phone`` (only ``user_id``'s when given) was issued after ``at`` (DB time)."""
+    with wrap_errors():
+        row = conn.execute(_CODE_ISSUED_AFTER, {"phone": phone, "at": at, "user_id": user_id}).fetchone()
+    return bool(row and row["issued"])
 
 
 def get_code(conn: psycopg.Connection, user_id: UUID) -> dict | None:

@@ -162,7 +162,11 @@ def test_verifies_that_came_in_before_a_new_code_spend_none_of_its_attempts(
     for message_id in early:
         verify_worker.check_code(message_id)
     assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 0
-    assert all(reply.startswith("There is no pending code for this number.") for reply in replies(db))
+    # Not "no pending code" (there was one, and the user holds a newer one): told to send the newest.
+    newer = (
+        "🔁 A newer code was issued after this message. Send VERIFY followed by the newest code from the app."
+    )
+    assert replies(db) == [newer] * verification.MAX_ATTEMPTS
 
     verify_worker.check_code(store_inbound(db, f"VERIFY {new}"))
     assert replies(db)[-1] == "✅ WhatsApp linked to your account"
