@@ -649,6 +649,9 @@ OPERATIONS: dict[str, Operation] = {
         "links",
         "A user's linked (or pending) number",
         {200: Reply("Linked or pending.", LinkState), 404: NOT_FOUND, 422: INVALID_PARAM},
+        description="A link answers only for the WhatsApp account that verified it. It ends, and the user"
+        " verifies again, when a message shows the number is another account's now (a recycled number:"
+        " another Meta business-scoped user id) or the account moved to another number.",
         path_params={"user_id": "The host application's user UUID."},
         api_key=True,
     ),

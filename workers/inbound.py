@@ -226,7 +226,8 @@ def _store_new(
         raise _ConcurrentDuplicate
     else:
         # The contact or the conversation was created by a concurrent transaction (two first messages of
-        # a new sender): the general path, statement by statement, in this transaction.
+        # a new sender), or a number changes hands (shared/db/inbound_store.py): the general path,
+        # statement by statement, in this transaction.
         facts = _read_facts(conn, _insert(conn, inbound, event, columns))
     verdict, handler = _dispatch(conn, facts, settings)
     return _Stored(facts.message_id, facts, verdict, handler)

@@ -10,7 +10,9 @@ takes its id: the stores of one contact stay serialised in id order (shared/db/t
 
 What the statement cannot do alone it reports instead of guessing, and the caller takes the general path
 (shared/db/contacts.py, conversations.py, messages.py) in the same transaction: when a contact or a live
-conversation was created by a transaction that committed after this statement's snapshot was taken.
+conversation was created by a transaction that committed after this statement's snapshot was taken, and
+when a number changes hands (the sender's contact has another number, or another WhatsApp account's
+contact holds the message's), which unlinks numbers (:func:`shared.db.contacts.upsert_from_inbound`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from shared.db.errors import wrap_errors
 # inserts of a new contact or conversation run only when the update found none (NOT EXISTS on its
 # RETURNING); one that conflicts with a row committed after the snapshot (two first messages of a new
 # sender racing) returns nothing, and the caller's general path, statement by statement, sees that row.
+# A number changing hands leaves known_contact empty too (REFRESH_KNOWN), and the insert then conflicts on
+# the sender's business-scoped id or on the number: nothing is stored, for the general path.
 _STORE = f"""
 WITH existing AS (
     SELECT id, routed_at FROM messages

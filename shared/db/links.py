@@ -29,6 +29,7 @@ ON CONFLICT (user_id) DO UPDATE SET phone = EXCLUDED.phone,
 RETURNING user_id, phone, linked_at
 """
 _UNLINK = "DELETE FROM user_links WHERE user_id = %(user_id)s"
+_UNLINK_PHONE = "DELETE FROM user_links WHERE phone = %(phone)s RETURNING user_id"
 
 # --- verification_codes ------------------------------------------------------------------------------
 
@@ -140,6 +141,13 @@ def link_phone(conn: psycopg.Connection, user_id: UUID, phone: str) -> Link:
 def unlink(conn: psycopg.Connection, user_id: UUID) -> bool:
     with wrap_errors():
         return conn.execute(_UNLINK, {"user_id": user_id}).rowcount > 0
+
+
+def unlink_phone(conn: psycopg.Connection, phone: str) -> UUID | None:
+    """Remove the number's link, whoever's it is; the user it was linked to, if any."""
+    with wrap_errors():
+        row = conn.execute(_UNLINK_PHONE, {"phone": phone}).fetchone()
+    return row["user_id"] if row else None
 
 
 def replace_code(

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 
+from shared.db import messages
 from shared.db.pool import connection
 from shared.settings import Settings, load_settings
 from shared.wire.events import InboundMessage
@@ -211,14 +212,21 @@ def test_two_first_messages_of_a_new_sender_racing_share_one_contact_and_convers
     assert (count(db, "contacts"), count(db, "conversations"), count(db, "messages")) == (1, 1, 2)
 
 
-def bsuid_event(text: str, phone: str | None, sent_at: int | None = None) -> dict[str, Any]:
+BSUID = "US.13491208655302741918"
+# Another WhatsApp account's business-scoped id: whoever has a number after it was recycled or moved.
+OTHER_BSUID = "US.77700000000000000042"
+
+
+def bsuid_event(
+    text: str, phone: str | None, sent_at: int | None = None, bsuid: str = BSUID
+) -> dict[str, Any]:
     fields: dict[str, Any] = {} if sent_at is None else {"sent_at": sent_at}
     message = InboundMessage(
         provider="meta",
         provider_message_id=f"wamid.{uuid.uuid4().hex}",
         business_number="106540352242922",
         sender_phone=phone,
-        sender_bsuid="US.13491208655302741918",
+        sender_bsuid=bsuid,
         text=text,
         **fields,
     )
@@ -243,6 +251,118 @@ def test_a_sender_who_changed_number_is_answered_on_the_new_one(db, redis_client
     assert outcome.handler == "commands.handle"  # unlinked: told how to link the new number
     assert late.message_id is not None
     assert count(db, "contacts") == 1
+
+
+def link(db: psycopg.Connection, phone: str) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    db.execute("INSERT INTO users (id) VALUES (%s)", (user_id,))
+    db.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, %s)", (user_id, phone))
+    return user_id
+
+
+def contacts_by_bsuid(db: psycopg.Connection) -> dict[str, str | None]:
+    return {row["bsuid"]: row["phone"] for row in db.execute("SELECT bsuid, phone FROM contacts").fetchall()}
+
+
+def test_a_recycled_number_does_not_act_as_its_old_owners_link(db, redis_client) -> None:
+    # The number now belongs to another WhatsApp account (another business-scoped id): that newcomer is
+    # not the linked user, and is told how to link instead of writing into the old user's workspace.
+    link(db, "+15551234567")
+    before = int(time.time()) - 60
+    assert route(bsuid_event("Need a login page", "+15551234567", before), load_settings()).handler == (
+        "ai.parse_proposal"
+    )
+
+    newcomer = route(bsuid_event("Need a login page", "+15551234567", bsuid=OTHER_BSUID), load_settings())
+
+    assert newcomer.handler == "commands.handle"
+    record = messages.get_inbound(newcomer.message_id)
+    assert (record.bsuid, record.phone, record.user_id) == (OTHER_BSUID, "+15551234567", None)
+    # The old account keeps its contact, without the number it no longer has; the number's link is gone
+    # (the number is the newcomer's to VERIFY), and the old owner's later messages are theirs, unlinked.
+    assert contacts_by_bsuid(db) == {BSUID: None, OTHER_BSUID: "+15551234567"}
+    assert count(db, "user_links") == 0
+    assert route(bsuid_event("Need a login page", None), load_settings()).handler == "commands.handle"
+
+
+def test_a_number_taken_over_from_another_account_unlinks_both_numbers(db, redis_client) -> None:
+    # A known user moves (WhatsApp's change number, same business-scoped id) onto a number another account
+    # had: the contact takes the number, and neither number's link answers for anyone until verified.
+    link(db, "+15551234567")
+    link(db, "+447700900123")
+    before = int(time.time()) - 60
+    route(bsuid_event("hello", "+15551234567", before), load_settings())
+    route(bsuid_event("hello", "+447700900123", before, bsuid=OTHER_BSUID), load_settings())
+
+    moved = route(bsuid_event("Need a login page", "+447700900123"), load_settings())
+
+    assert moved.handler == "commands.handle"
+    assert contacts_by_bsuid(db) == {BSUID: "+447700900123", OTHER_BSUID: None}
+    assert count(db, "user_links") == 0
+    assert messages.get_inbound(moved.message_id).bsuid == BSUID
+
+
+def test_a_late_message_of_a_numbers_old_owner_does_not_take_it_back(db, redis_client) -> None:
+    # Sent before the newcomer's first message, routed after it: the number stays the newcomer's, and the
+    # old owner's message is stored under the old owner's contact, unlinked.
+    link(db, "+15551234567")
+    before = int(time.time()) - 60
+    route(bsuid_event("hello", "+15551234567", before - 60), load_settings())
+    route(bsuid_event("hello", "+15551234567", bsuid=OTHER_BSUID), load_settings())
+    link(db, "+15551234567")  # the newcomer verified the number for their own user
+
+    late = route(bsuid_event("Need a login page", "+15551234567", before), load_settings())
+
+    assert late.handler == "commands.handle"
+    assert contacts_by_bsuid(db) == {BSUID: None, OTHER_BSUID: "+15551234567"}
+    assert messages.get_inbound(late.message_id).bsuid == BSUID
+    assert count(db, "user_links") == 1
+
+
+def test_a_late_message_from_a_new_account_leaves_the_number_with_its_holder(db, redis_client) -> None:
+    link(db, "+15551234567")
+    route(bsuid_event("hello", "+15551234567"), load_settings())
+
+    late = route(
+        bsuid_event("older", "+15551234567", int(time.time()) - 60, bsuid=OTHER_BSUID), load_settings()
+    )
+
+    assert late.handler == "commands.handle"
+    assert contacts_by_bsuid(db) == {BSUID: "+15551234567", OTHER_BSUID: None}
+    assert count(db, "user_links") == 1
+
+
+def test_two_first_messages_of_a_numbers_new_owner_racing_share_one_contact(db, redis_client) -> None:
+    link(db, "+15551234567")
+    route(bsuid_event("hello", "+15551234567", int(time.time()) - 60), load_settings())
+    first_payload = bsuid_event("hello", "+15551234567", bsuid=OTHER_BSUID)
+    second_payload = bsuid_event("/help", "+15551234567", bsuid=OTHER_BSUID)
+    with ThreadPoolExecutor(1) as pool:
+        with connection() as holder, holder.transaction():
+            first = inbound._store_and_dispatch(
+                holder, InboundMessage.model_validate(first_payload), first_payload, load_settings()
+            )
+            second = pool.submit(route, second_payload, load_settings())
+            time.sleep(0.3)  # let the second route reach the number and wait on the first's commit
+            assert not second.done()
+        outcome = second.result(timeout=10)
+    assert first is not None
+    assert (outcome.action, outcome.handler) == ("handler", "commands.handle")
+    assert contacts_by_bsuid(db) == {BSUID: None, OTHER_BSUID: "+15551234567"}
+    assert count(db, "messages") == 3
+    assert count(db, "user_links") == 0
+
+
+def test_a_phone_only_contact_gets_the_business_scoped_id_it_writes_with(db, redis_client) -> None:
+    # Known by phone alone (before Meta sent the ids, or from Twilio): nothing says it is another account.
+    user_id = link(db, "+15551234567")
+    route(event("hello", phone="+15551234567"), load_settings())
+
+    outcome = route(bsuid_event("Need a login page", "+15551234567"), load_settings())
+
+    assert outcome.handler == "ai.parse_proposal"
+    assert contacts_by_bsuid(db) == {BSUID: "+15551234567"}
+    assert messages.get_inbound(outcome.message_id).user_id == user_id
 
 
 def test_a_late_message_from_the_old_number_sent_in_the_same_second_does_not_move_it_back(
