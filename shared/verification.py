@@ -69,6 +69,8 @@ class Outcome(StrEnum):
     no_pending = "no_pending"
     # A VERIFY message that came in before the code pending now was issued (only with ``at``).
     replaced = "replaced"
+    # A VERIFY message from a number its sender no longer has when it is checked (moved, or recycled).
+    number_changed = "number_changed"
     phone_taken = "phone_taken"
     bad_format = "bad_format"
 
@@ -234,8 +236,8 @@ def verify_phone(phone: str, code: str, user_id: UUID | None = None) -> VerifyRe
 
 
 def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResult | None:
-    """Handle a WhatsApp ``VERIFY`` message once: the outcome is recorded on the message in the same
-    transaction, and a redelivery returns that outcome without spending another attempt.
+    """Handle a WhatsApp ``VERIFY`` message sent from ``phone`` once: the outcome is recorded on the
+    message in the same transaction, and a redelivery returns that outcome without spending another attempt.
 
     The codes are taken as they were when the message was stored, not when this runs: a VERIFY sent while
     its code was live is not refused because its task waited in a backlog or retried through an outage,
@@ -249,7 +251,13 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
             return None
         if locked.outcome is not None:
             return VerifyResult.from_json(locked.outcome)
-        result = check_code(conn, phone, parse_verify(text) or "", at=locked.received_at)
+        if locked.contact_phone != phone:
+            # The sender's WhatsApp account left the number since (a later message moved it, or another
+            # account took the number, which unlinked it): a link to it would answer for its next owner,
+            # and the contact's number now is not the one the code was sent for. Nothing is spent.
+            result = VerifyResult(Outcome.number_changed)
+        else:
+            result = check_code(conn, phone, parse_verify(text) or "", at=locked.received_at)
         links.record_inbound_outcome(conn, message_id, result.to_json())
         return result
 
@@ -276,6 +284,11 @@ def reply_text(result: VerifyResult) -> str:
             return (
                 "🔁 A newer code was issued after this message. Send VERIFY followed by the newest code "
                 "from the app."
+            )
+        case Outcome.number_changed:
+            return (
+                "⚠️ This code came from a number this WhatsApp account no longer uses. Ask for a new code "
+                "in the app for this number, then send VERIFY followed by the code."
             )
         case Outcome.phone_taken:
             return "⚠️ This number is already linked to another account."

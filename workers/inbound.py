@@ -235,6 +235,11 @@ def _store_new(
 
 def _message_columns(inbound: InboundMessage) -> dict[str, Any]:
     payload: dict[str, Any] = {"sent_at": inbound.sent_at.isoformat()}
+    sender_phone = contact_phone(inbound.sender_phone)
+    if sender_phone:
+        # The number it came from, which its contact may not have by the time a handler reads it (the
+        # sender moved, or the number went to another account): a VERIFY is for this number.
+        payload["sender_phone"] = sender_phone
     if inbound.reply is not None:
         payload["reply"] = inbound.reply.model_dump(mode="json")
     if inbound.context_message_id:

@@ -23,9 +23,10 @@ log = get_logger(__name__)
 def check_code(message_id: int) -> int | None:
     """Check the code in inbound message ``message_id`` and queue the reply; return the reply's id."""
     record = get_inbound(message_id)
-    if record.phone is None:
+    # The code is for the number the message came from, not the one its contact has by now.
+    if record.sent_from is None:
         return answer(message_id, NO_PHONE_TEXT)
-    result = verify_inbound(message_id, record.phone, record.body)
+    result = verify_inbound(message_id, record.sent_from, record.body)
     if result is None:
         log.warning("verify: inbound message not found")
         return None

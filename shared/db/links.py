@@ -235,6 +235,12 @@ def delete_expired_codes(conn: psycopg.Connection, grace_seconds: int = 3600) ->
 # The verify worker records what a VERIFY message did on the message itself, in the same transaction that
 # spends the attempt and links the phone. A redelivered task finds the outcome and only re-sends the reply,
 # so it can neither burn a second attempt nor link twice. FOR UPDATE serialises two concurrent deliveries.
+# The sender's contact is held first (FOR SHARE, taken in the router's order: contact, then message), so
+# its number cannot change hands between the check and the link (shared/db/contacts.py unlinks then).
+_LOCK_SENDER = """
+SELECT c.phone FROM messages me JOIN contacts c ON c.id = me.contact_id
+WHERE me.id = %(id)s AND me.direction = 'in' FOR SHARE OF c
+"""
 _LOCK_INBOUND_OUTCOME = """
 SELECT created_at, payload -> '_verify_outcome' AS outcome FROM messages
 WHERE id = %(id)s AND direction = 'in' FOR UPDATE
@@ -253,15 +259,17 @@ class LockedInbound:
 
     received_at: datetime
     outcome: dict | None
+    contact_phone: str | None  # the number its sender's contact has now, held until the transaction ends
 
 
 def lock_inbound_outcome(conn: psycopg.Connection, message_id: int) -> LockedInbound | None:
-    """Lock the inbound message row; None when there is none."""
+    """Lock the inbound message row, and its contact's for share; None when there is none."""
     with wrap_errors():
+        sender = conn.execute(_LOCK_SENDER, {"id": message_id}).fetchone()
         row = conn.execute(_LOCK_INBOUND_OUTCOME, {"id": message_id}).fetchone()
-    if row is None:
+    if sender is None or row is None:
         return None
-    return LockedInbound(received_at=row["created_at"], outcome=row["outcome"])
+    return LockedInbound(received_at=row["created_at"], outcome=row["outcome"], contact_phone=sender["phone"])
 
 
 def record_inbound_outcome(conn: psycopg.Connection, message_id: int, outcome: dict) -> None:

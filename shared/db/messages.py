@@ -87,6 +87,12 @@ class InboundRecord:
         """The key sessions use: the E.164 phone, else the business-scoped id."""
         return self.phone or self.bsuid or f"contact:{self.contact_id}"
 
+    @property
+    def sent_from(self) -> str | None:
+        """The number (E.164) the message came from, kept with it; for one stored without it (an earlier
+        release, or a sender known by business-scoped id alone), its contact's number."""
+        return self.payload.get("sender_phone") or self.phone
+
 
 def insert_inbound(
     conn: psycopg.Connection,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from typing import Any
 
@@ -16,9 +17,11 @@ from shared.commands.seed_demo import seed
 from shared.db.errors import NotFound
 from shared.db.pool import connection, transaction
 from shared.sessions import Sessions
-from tests.integration.test_inbound_routing import queued
+from shared.settings import load_settings
+from tests.integration.test_inbound_routing import bsuid_event, queued
 from workers import commands as commands_worker
 from workers import verify as verify_worker
+from workers.inbound import route
 
 PHONE = "+14155550123"
 _sids = itertools.count(1)
@@ -170,6 +173,32 @@ def test_verifies_that_came_in_before_a_new_code_spend_none_of_its_attempts(
 
     verify_worker.check_code(store_inbound(db, f"VERIFY {new}"))
     assert replies(db)[-1] == "✅ WhatsApp linked to your account"
+
+
+def test_a_verify_checked_after_its_sender_changed_number_links_neither_number(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # The VERIFY came from the old number; before its check ran, the same WhatsApp account wrote from a new
+    # one. Its code is for the old number, which the account no longer has (a link would answer for its
+    # next owner), and checked against the new number it would spend that number's attempts: neither.
+    user_id = uuid.uuid4()
+    code = issue(user_id, "+15551234567")
+    before = int(time.time()) - 60
+    sent = route(bsuid_event(f"VERIFY {code}", "+15551234567", before), load_settings())
+    assert sent.handler == "verify.check_code"
+    issue(uuid.uuid4(), "+447700900123")  # someone's code for the new number
+    route(bsuid_event("hello", "+447700900123"), load_settings())
+
+    verify_worker.check_code(sent.message_id)
+    verify_worker.check_code(sent.message_id)  # redelivered: the same answer, once
+
+    assert replies(db) == [
+        "⚠️ This code came from a number this WhatsApp account no longer uses. Ask for a new code in the"
+        " app for this number, then send VERIFY followed by the code."
+    ]
+    assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
+    attempts = db.execute("SELECT phone, attempts FROM verification_codes ORDER BY phone").fetchall()
+    assert [row["attempts"] for row in attempts] == [0, 0]
 
 
 def test_verify_from_a_number_linked_to_someone_else(clean: None, db: psycopg.Connection) -> None:
