@@ -506,7 +506,9 @@ class RouteTask(WapipeTask):
     A route that fails after its message is stored (the handler's task could not be published, the
     message not marked routed) is retried with the message already holding its turn (shared/db/turns.py),
     and no handler task yet to mark it retrying: so its retry marks the message as a handler's does, and a
-    route that fails for good releases the turn as a handler does (workers/ordering.py). Unless a run of
+    route that fails for good releases the turn as a handler does (workers/ordering.py), the message then
+    recorded as routed to no handler (not routed, it would hold the turn as long): ``wapipe dlq replay`` of
+    the route's letter routes it again (shared/commands/dlq.py). Unless a run of
     the route published the handler's task already (it failed after that, marking the message routed):
     the turn and the retrying mark are then the handler's, which may be queued or retrying still."""
 
@@ -527,7 +529,7 @@ class RouteTask(WapipeTask):
             _leave_line(inbound)
         stored = _stored_by(self.request)
         if stored is not None and not _handler_published(stored):
-            ordering.give_up_turn(stored, exc)
+            ordering.give_up_turn(stored, exc, routing=True)
 
 
 def _handler_published(message_id: int) -> bool:

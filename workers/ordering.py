@@ -454,9 +454,11 @@ class StageTask(WapipeTask):
             give_up_turn(message_id, exc)
 
 
-def give_up_turn(message_id: int, exc: BaseException) -> None:
-    """The task answering (or routing) inbound message ``message_id`` failed for good with ``exc``: clear
-    its retrying mark and release its turn, so its conversation's later messages go ahead at once."""
+def give_up_turn(message_id: int, exc: BaseException, *, routing: bool = False) -> None:
+    """The task answering (or, with ``routing``, routing) inbound message ``message_id`` failed for good
+    with ``exc``: clear its retrying mark and release its turn, so its conversation's later messages go
+    ahead at once. A message its router gave up on is not routed yet, which holds the turn as a dispatch
+    does: it is recorded as routed with no handler (shared/db/turns.py ``give_up_route``)."""
     try:
         get_publisher().redis.delete(retrying_key(message_id))
     except redis.RedisError as error:  # best effort: the mark lapses anyway
@@ -467,7 +469,7 @@ def give_up_turn(message_id: int, exc: BaseException) -> None:
         )
     try:
         with transaction() as conn:
-            released = turns.release(conn, message_id)
+            released = (turns.give_up_route if routing else turns.release)(conn, message_id)
     except Exception as error:  # best effort: the stale grace releases it anyway
         log.warning(
             "could not release the turn of a failed handler",

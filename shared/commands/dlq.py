@@ -29,7 +29,10 @@ so such a letter is refused, and stays pending, unless ``--force``:
 An ``inbound.route`` letter (the router gave up on an event, perhaps before storing it) is refused alike,
 unless ``--force``, judged by its stored message or else by when the event was sent: replayed, an old event
 would be stored as a new message after the ones its sender wrote since, answered, and would reopen the
-contact's 24-hour window as if they had just written.
+contact's 24-hour window as if they had just written. A message the router stored before it gave up was
+recorded as routed to no handler, so as not to hold its conversation's turn (workers/inbound.py
+``RouteTask``): replayed, the letter makes it unrouted again, in the transaction that marks it replayed, and
+the route finishes it.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
 doubled WhatsApp message cannot be recalled. (A receipt naming the send by our id settles it and closes its
@@ -57,7 +60,7 @@ import redis
 from pydantic import ValidationError
 
 from shared.commands.arguments import at_least_one
-from shared.db import dead_letters, messages
+from shared.db import dead_letters, messages, turns
 from shared.db.errors import DatabaseError, Duplicate
 from shared.db.pool import transaction
 from shared.logging import mask_phone, scrub
@@ -224,6 +227,7 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
         letter = dead_letters.mark_replayed(conn, letter_id)
         if letter is None:
             return Replayed(letter_id, "already_replayed")
+        reopened = _reopen_route(conn, letter) if letter.task_name == ROUTE_TASK else None
         message_id = letter.message_id if letter.task_name == NOTIFY_TASK else None
         if message_id is not None and not messages.requeue_failed(conn, message_id):
             # Sent or queued since (someone resent it): enqueueing could only send it twice.
@@ -233,16 +237,30 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
     try:
         publisher.publish([Job(letter.task_name, dict(letter.payload))])
     except (redis.RedisError, OSError) as exc:
-        return _reopened(letter, exc)
+        return _reopened(letter, exc, reopened)
     target = f"message {letter.message_id}" if letter.message_id is not None else "payload"
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
 
 
-def _reopened(letter: dead_letters.DeadLetter, error: Exception) -> Replayed:
+def _reopen_route(conn: psycopg.Connection, letter: dead_letters.DeadLetter) -> int | None:
+    """The message the router's letter gave up on, made unrouted again so the replayed route finishes it
+    (a router that gives up records it as routed to no handler: workers/inbound.py ``RouteTask``); None
+    when it was not stored, or is answered or owed an answer."""
+    try:
+        inbound = InboundMessage.model_validate(letter.payload["event"])
+    except (KeyError, TypeError, ValidationError):
+        return None  # not an event: the task finds that out and says so
+    return turns.reopen_route(conn, inbound.provider.value, inbound.provider_message_id)
+
+
+def _reopened(
+    letter: dead_letters.DeadLetter, error: Exception, route_message: int | None = None
+) -> Replayed:
     """The letter was marked replayed but its task could not be enqueued: mark it pending again, so it is
     listed, alerted on and replayed later, rather than closed with nothing done. What the replay already
     did stands and is harmless: a message queued again is re-enqueued by notify.sweep, an apology moved
-    aside stays aside.
+    aside stays aside; but the message of a router's letter (``route_message``), made unrouted to be
+    routed again, is given up on again, as its router did, or it would hold its conversation's turn.
 
     A publish that timed out may have landed all the same: its task may have run and failed again at once,
     leaving a new pending letter for the same task and message, and the unique index
@@ -253,6 +271,8 @@ def _reopened(letter: dead_letters.DeadLetter, error: Exception) -> Replayed:
     try:
         with transaction() as conn:
             dead_letters.reopen(conn, letter_id)
+            if route_message is not None:
+                turns.give_up_route(conn, route_message)
     except Duplicate:
         return _failed_again(letter, cause)
     except (DatabaseError, psycopg.Error) as failure:

@@ -60,6 +60,24 @@ UPDATE messages SET dispatched_at = NULL
 WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND dispatched_at IS NOT NULL
 RETURNING id
 """
+# The router gave up on the message for good before publishing its handler's task: recorded as routed with
+# no handler (stored only), which is what a later message's turn check and the flows' drain read as "not
+# owed an answer". Its dispatched_to stays: a replay of the router's dead letter keeps that decision.
+_GIVE_UP_ROUTE = """
+UPDATE messages SET dispatched_at = NULL, routed_at = now()
+WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND routed_at IS NULL
+RETURNING id
+"""
+# A replay of the router's dead letter routes the message again: routed_at unset, as before its router gave
+# up, so the route finishes instead of stopping at a duplicate. Only a message left stored only and
+# unanswered; should one routed normally match (no handler: rate-limited, handed off...), the replayed route
+# decides it again, and every effect of that decision is idempotent (workers/inbound.py).
+_REOPEN_ROUTE = """
+UPDATE messages SET routed_at = NULL
+WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s AND direction = 'in'
+  AND handled_at IS NULL AND dispatched_at IS NULL AND routed_at IS NOT NULL
+RETURNING id
+"""
 # Whether ``{p}`` is an earlier inbound message of ``me``'s conversation that may hold its turn: not
 # handled, and dispatched or not routed yet (the predicate of the partial index messages_turn, repeated so
 # the planner can use it), and not left to ``me``'s own stage (``own_stage``, see ahead_of).
@@ -138,6 +156,22 @@ def release(conn: psycopg.Connection, message_id: int) -> bool:
     """The handler gave up on the message for good: it stops holding the turn. True if it held it."""
     with wrap_errors():
         return conn.execute(_RELEASE, {"id": message_id}).fetchone() is not None
+
+
+def give_up_route(conn: psycopg.Connection, message_id: int) -> bool:
+    """The router gave up on the stored message for good, its handler's task unpublished: it stops holding
+    the turn (dispatched or not routed, it would hold it until :data:`STALE_AFTER`). True if it held it."""
+    with wrap_errors():
+        return conn.execute(_GIVE_UP_ROUTE, {"id": message_id}).fetchone() is not None
+
+
+def reopen_route(conn: psycopg.Connection, provider: str, provider_message_id: str) -> int | None:
+    """Undo :func:`give_up_route` for a replay of the router's dead letter: the id of the message to be
+    routed again, None when there is none to reopen (not stored, or owed or given an answer)."""
+    params = {"provider": provider, "provider_message_id": provider_message_id}
+    with wrap_errors():
+        row = conn.execute(_REOPEN_ROUTE, params).fetchone()
+    return row["id"] if row is not None else None
 
 
 def ahead_of(conn: psycopg.Connection, message_id: int, own_stage: str | None = None) -> Turn:

@@ -24,18 +24,27 @@ from celery.exceptions import Retry
 
 from ingress.enqueue import route_job
 from shared.arrivals import GIVE_UP_AFTER_SECONDS, MARK_MARGIN_SECONDS, Line, line_of, retrying_key
+from shared.commands.dlq import replay
 from shared.db.errors import Unavailable
 from shared.db.turns import STALE_AFTER
 from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher
+from shared.wire.events import InboundMessage, MessageType
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
 from tests.integration.test_conversation_order import conversation, event, inbound, message, replies
+from tests.integration.test_inbound_routing import queued as queued_jobs
 from workers import inbound as inbound_worker
 from workers import ordering
 from workers.commands import handle_task
 from workers.inbound import _take_place, route, route_task
+from workers.signals import record_give_up
 
 # Nothing listens there: a worker given this database sees PostgreSQL down.
 DOWN_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/wapipe"
+
+
+def message_of_type(kind: str) -> InboundMessage:
+    """A Twilio message of type ``kind`` from the conversation's sender (as :func:`message` makes)."""
+    return message("").model_copy(update={"type": MessageType(kind), "text": None})
 
 
 # --- the line's retrying marks -------------------------------------------------------------------------
@@ -181,6 +190,49 @@ def test_a_route_that_fails_after_storing_keeps_its_message_turn(
             route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
     assert redis_client.exists(ordering.retrying_key(stored["id"])) == 0
     assert ordering.check_turn(later.message_id) is True  # marked while it waited: it goes at once
+
+
+@pytest.mark.parametrize("fails_at", ["publish", "decide"])
+def test_a_route_that_fails_for_good_lets_the_next_message_go_at_once_and_stays_replayable(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    fails_at: str,
+) -> None:
+    """The route stored the message, then failed for good at once (an unexpected error, not an outage):
+    its handler's task never published, or the reply of an outcome decided after the commit never queued.
+    The conversation's next message is answered at once, not after the 5-minute grace; and the letter the
+    route left, replayed, routes the message it gave up on."""
+    first = message("/help") if fails_at == "publish" else message_of_type("unknown")
+    first_event = first.model_dump(mode="json")
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as bug:
+        if fails_at == "publish":
+            bug.setattr(Publisher, "publish", broken)
+        else:
+            bug.setattr(inbound_worker, "queue_reply", broken)
+        with delivered(route_task, "inbound", {"event": first_event}, 0):
+            with pytest.raises(RuntimeError) as failure:
+                route_task.run(event=first_event)
+            route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
+            record_give_up(route_task, "task-id", failure.value, (), {"event": first_event}, apologise=False)
+    [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in'")
+
+    later = route(event("/status"))
+    assert later.message_id is not None
+    assert ordering.check_turn(later.message_id) is True
+
+    [letter] = db.execute("SELECT id FROM dead_letters WHERE task_name = 'inbound.route'")
+    redis_client.delete("inbound", "commands")
+    assert replay(letter["id"], force=True).result == "replayed"
+    assert queued_jobs(redis_client, "inbound") == [("inbound.route", {"event": first_event})]
+    replayed = route(first_event)
+    assert replayed.message_id == stored["id"]
+    assert replayed.action == ("handler" if fails_at == "publish" else "unreadable")
 
 
 def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handler_its_turn(
