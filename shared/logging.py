@@ -558,6 +558,30 @@ def scrub(value: Any) -> Any:
     return _scrub(value, _PLAIN, set())
 
 
+def redact_verify_codes(value: Any) -> Any:
+    """``value`` (text, or JSON: dicts and lists of them) with the code of every ``VERIFY 123456`` in its
+    text replaced by ``[redacted]``, found as the logs find it (:data:`_SECRET_VALUE`), and nothing else
+    changed: what a stored copy of a user's message keeps once its code is checked (shared/verification.py).
+    """
+    if isinstance(value, str):
+        return _redact_codes(value)
+    if isinstance(value, Mapping):
+        return {key: redact_verify_codes(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_verify_codes(item) for item in value]
+    return value
+
+
+def _redact_codes(text: str) -> str:
+    parts: list[str] = []
+    written = 0
+    for match in _SECRET_VALUE.finditer(text):
+        if match["code"] is not None:
+            parts += (text[written : match.start("code")], REDACTED)
+            written = match.end("code")
+    return "".join(parts) + text[written:] if parts else text
+
+
 _FORMATTER_META = ("_record", "_from_structlog")
 
 

@@ -30,7 +30,7 @@ from uuid import UUID
 
 import psycopg
 
-from shared.db import links, users
+from shared.db import links, messages, users
 from shared.db.errors import Duplicate
 from shared.db.pool import transaction
 from shared.logging import get_logger
@@ -243,6 +243,9 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
     its code was live is not refused because its task waited in a backlog or retried through an outage,
     and one sent before a new code was issued spends none of that code's attempts.
 
+    The code the message holds is redacted in the transaction that records its outcome (codes are stored
+    hashed only): a redelivery or a replay answers with the outcome, and needs the code no more.
+
     Returns None when the message does not exist.
     """
     with transaction() as conn:
@@ -250,6 +253,7 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
         if locked is None:
             return None
         if locked.outcome is not None:
+            messages.redact_verify_code(conn, message_id)  # checked by a release that kept it
             return VerifyResult.from_json(locked.outcome)
         if locked.contact_phone != phone:
             # The sender's WhatsApp account left the number since (a later message moved it, or another
@@ -259,7 +263,15 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
         else:
             result = check_code(conn, phone, parse_verify(text) or "", at=locked.received_at)
         links.record_inbound_outcome(conn, message_id, result.to_json())
+        messages.redact_verify_code(conn, message_id)
         return result
+
+
+def forget_code(message_id: int) -> None:
+    """Redact the code in inbound message ``message_id`` without checking it (its sender has no phone
+    number to check it for): the message keeps no copy of it."""
+    with transaction() as conn:
+        messages.redact_verify_code(conn, message_id)
 
 
 def reply_text(result: VerifyResult) -> str:

@@ -38,7 +38,7 @@ from shared import arrivals, verification
 from shared.arrivals import lines_of
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
-from shared.logging import get_logger
+from shared.logging import get_logger, redact_verify_codes
 from shared.phone import contact_phone
 from shared.queues import Job, get_publisher, handler_key
 from shared.ratelimit import InboundVerdict, RateLimiter
@@ -200,7 +200,7 @@ def _store_new(
         profile_name=inbound.profile_name,
         sent_at=inbound.sent_at,
         event_key=inbound.dedupe_key,
-        event=event,
+        event=_as_logged(inbound, event),
         **columns,
     )
     if stored.existing_id is not None:
@@ -231,6 +231,15 @@ def _store_new(
         facts = _read_facts(conn, _insert(conn, inbound, event, columns))
     verdict, handler = _dispatch(conn, facts, settings)
     return _Stored(facts.message_id, facts, verdict, handler)
+
+
+def _as_logged(inbound: InboundMessage, event: dict[str, Any]) -> dict[str, Any]:
+    """The event as the raw log (``webhook_events``) keeps it: a VERIFY's code redacted, as the logs redact
+    it. Codes are stored hashed only; the verify stage reads the code from the message's body, and redacts
+    that once it has checked it (shared/verification.py)."""
+    if not verification.is_verify_code(collapse(inbound.answer_text)):
+        return event
+    return redact_verify_codes(event)
 
 
 def _message_columns(inbound: InboundMessage) -> dict[str, Any]:
@@ -278,7 +287,7 @@ def _insert(
     if message_id is None:
         raise _ConcurrentDuplicate  # as in _store_new
     messages.log_webhook_event(
-        conn, provider=provider, event_key=inbound.dedupe_key, kind="message", body=event
+        conn, provider=provider, event_key=inbound.dedupe_key, kind="message", body=_as_logged(inbound, event)
     )
     return message_id
 

@@ -25,7 +25,7 @@ from celery import Task, signals
 from shared import replies
 from shared.db import dead_letters
 from shared.db.pool import transaction
-from shared.logging import configure_logging, get_logger, scrub
+from shared.logging import configure_logging, get_logger, redact_verify_codes, scrub
 from shared.settings import get_settings
 from workers.ordering import StageTask, message_id_of
 
@@ -117,7 +117,10 @@ def record_give_up(
                 conn,
                 task_name=task.name,
                 message_id=message_id,
-                payload=_kwargs_of(task, args, kwargs),
+                # What a replay publishes: a VERIFY's code redacted (codes are stored hashed only). A
+                # route replayed without it stores the message as a VERIFY no more, so its sender is
+                # asked for the code again; one it stored before giving up keeps the code until checked.
+                payload=redact_verify_codes(_kwargs_of(task, args, kwargs)),
                 # The operator reads this in `wapipe dlq list`: no phone number or secret in it.
                 error=scrub(f"{error_type}: {exc}"),
                 attempts=(task.request.retries or 0) + 1,

@@ -3,7 +3,8 @@ pending code it is, and the sender is told what happened (linked, wrong, expired
 
 Safe to run twice: the outcome is recorded on the inbound message in the transaction that spends the
 attempt (``shared.verification.verify_inbound``), and the reply has the idempotency key
-``reply:<message id>``, so a redelivery re-sends nothing and burns no attempt.
+``reply:<message id>``, so a redelivery re-sends nothing and burns no attempt. That transaction also
+redacts the code in the stored message (codes are stored hashed only), which the outcome makes needless.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from shared.bot.commands import NO_PHONE_TEXT
 from shared.db.messages import get_inbound
 from shared.logging import get_logger
 from shared.replies import answer
-from shared.verification import reply_text, verify_inbound
+from shared.verification import forget_code, reply_text, verify_inbound
 from workers import stage_task
 
 log = get_logger(__name__)
@@ -25,6 +26,7 @@ def check_code(message_id: int) -> int | None:
     record = get_inbound(message_id)
     # The code is for the number the message came from, not the one its contact has by now.
     if record.sent_from is None:
+        forget_code(message_id)
         return answer(message_id, NO_PHONE_TEXT)
     result = verify_inbound(message_id, record.sent_from, record.body)
     if result is None:

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from shared.db.errors import NotFound, wrap_errors
 from shared.db.pool import connection
+from shared.logging import redact_verify_codes
 from shared.wire.events import STATUS_RANK
 
 # notify.send's claim: the provider call is in flight (see workers/notify.py). Ranked with 'queued', so a
@@ -120,6 +121,26 @@ def insert_inbound(
     with wrap_errors():
         row = conn.execute(_INSERT_INBOUND, params).fetchone()
     return row["id"] if row else None
+
+
+_INBOUND_TEXT = "SELECT body, payload FROM messages WHERE id = %(id)s AND direction = 'in'"
+_REWRITE_INBOUND_TEXT = """
+UPDATE messages SET body = %(body)s, payload = %(payload)s, updated_at = now()
+WHERE id = %(id)s AND direction = 'in'
+"""
+
+
+def redact_verify_code(conn: psycopg.Connection, message_id: int) -> None:
+    """Replace the code of the ``VERIFY 123456`` in inbound message ``message_id`` (its text, and its typed
+    content) with ``[redacted]``, as the logs redact it. Codes are stored hashed only: once the verify stage
+    has checked the code, no copy of it is kept. Call it with the message's row locked."""
+    with wrap_errors():
+        row = conn.execute(_INBOUND_TEXT, {"id": message_id}).fetchone()
+        if row is None:
+            return
+        body, payload = redact_verify_codes(row["body"]), redact_verify_codes(row["payload"])
+        if (body, payload) != (row["body"], row["payload"]):
+            conn.execute(_REWRITE_INBOUND_TEXT, {"id": message_id, "body": body, "payload": Jsonb(payload)})
 
 
 def log_webhook_event(

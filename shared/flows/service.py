@@ -109,6 +109,8 @@ LOCK_SECONDS = 30
 # A step's lock is renewed no longer than this: Celery stops a task at its time limit (shared/queues.py).
 MAX_HOLD_SECONDS = TASK_TIME_LIMIT_SECONDS
 UNROUTED_GRACE = timedelta(minutes=5)
+# The task the router sends a VERIFY to (workers/inbound.py pick_handler).
+VERIFY_TASK = "verify.check_code"
 # The dedupe key inbound.route sets when it enqueues a message's handler (workers/inbound.py).
 LOCK_KEY = "flows:lock:conversation:{conversation_id}"
 SESSION_KEY = "flow"
@@ -449,7 +451,9 @@ def _lost(message_id: int, target: Target) -> Busy:
 
 def _earlier_message(row: dict[str, Any], redis_client: redis.Redis) -> str:
     """``handle`` an earlier message of the conversation, ``skip`` it (not the flow's), or ``wait``."""
-    if verification.is_verify_code(row["body"]):  # the router sends it to verify.check_code, in every mode
+    # The router sends a VERIFY to verify.check_code, in every mode; once checked its code is redacted, and
+    # only its dispatch still says what it is.
+    if row["dispatched_to"] == VERIFY_TASK or verification.is_verify_code(row["body"]):
         return "skip"
     if row["routed_at"] is None:
         # past_grace is the database's verdict (repository.pending_inbound), not this worker's clock's.

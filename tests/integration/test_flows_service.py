@@ -134,6 +134,17 @@ def test_messages_the_router_only_stored_are_skipped(user: User) -> None:
     assert len(user.replies()) == 2
 
 
+def test_a_verify_whose_code_was_checked_is_still_skipped(user: User) -> None:
+    """Once the verify stage has checked a VERIFY, its stored code is redacted: a step behind it, before
+    the verify stage marks it answered, must still leave it to that stage, not read it as a menu answer."""
+    verify = user.store("VERIFY [redacted]")
+    user.db.execute("UPDATE messages SET dispatched_to = 'verify.check_code' WHERE id = %s", (verify,))
+    answer = user.store("1")
+    assert user.step(answer) == 1
+    keys = user.db.execute("SELECT idempotency_key FROM messages WHERE direction = 'out'").fetchall()
+    assert [row["idempotency_key"] for row in keys] == [f"reply:{answer}"]
+
+
 def test_an_earlier_message_not_yet_routed_makes_the_step_wait(user: User) -> None:
     first = user.store("1", routed=False)
     second = user.store("ORD-12345")

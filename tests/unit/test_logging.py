@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from shared.logging import REDACTED, configure_logging, get_logger, mask_phone, scrub
+from shared.logging import REDACTED, configure_logging, get_logger, mask_phone, redact_verify_codes, scrub
 
 PHONE = "+15551234567"
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
@@ -827,3 +827,18 @@ def test_a_line_below_the_level_is_dropped_and_the_rest_carry_level_logger_and_t
     assert lines[0]["logger"] == "wapipe.test"
     assert lines[0]["timestamp"].endswith("Z")
     assert lines[0]["phone"] == mask_phone(PHONE)
+
+
+def test_redact_verify_codes_changes_the_codes_only() -> None:
+    """What a stored copy of a VERIFY keeps: the code redacted as a log line's is, nothing else touched."""
+    event = {
+        "text": "verify: 123-456",
+        "raw": {"Body": "VERIFY １２３４５６", "From": "whatsapp:+15551234567", "NumMedia": 0},
+        "notes": ["token=abc VERIFY 654321", "order 123456"],
+    }
+    assert redact_verify_codes(event) == {
+        "text": f"verify: {REDACTED}",
+        "raw": {"Body": f"VERIFY {REDACTED}", "From": "whatsapp:+15551234567", "NumMedia": 0},
+        "notes": [f"token=abc VERIFY {REDACTED}", "order 123456"],
+    }
+    assert redact_verify_codes(None) is None
