@@ -18,6 +18,7 @@ import redis
 from psycopg.types.json import Jsonb
 
 from shared.commands.dlq import replay
+from shared.queues import Publisher
 from shared.settings import load_settings
 from tests.integration.test_inbound_routing import event, queued
 from workers.inbound import route
@@ -122,3 +123,26 @@ def test_an_event_already_stored_is_judged_by_its_stored_message(db, redis_clien
     result = replay(letter).result
 
     assert result == ("refused" if ago > timedelta(days=1) else "replayed")
+
+
+def test_a_replay_that_cannot_be_enqueued_leaves_the_message_given_up_on(
+    db, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route stored the message and gave up on it (recorded as routed to no handler, so it holds no
+    turn). Its replay makes it unrouted again to be routed; when the task cannot be enqueued, the letter
+    stays pending and the message goes back to given up on, not left holding its conversation's turn."""
+    stored = sent_ago("/help", timedelta(minutes=1))
+    message_id = route(stored, load_settings()).message_id
+    db.execute("UPDATE messages SET routed_at = now(), dispatched_at = NULL WHERE id = %s", (message_id,))
+    letter = route_letter(db, stored)
+
+    def refused(self: Publisher, jobs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(Publisher, "publish", refused)
+        assert replay(letter).result == "not_enqueued"
+
+    assert pending(db, letter)
+    row = db.execute("SELECT routed_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert row["routed_at"] is not None
