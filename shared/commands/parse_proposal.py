@@ -32,7 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offline", action="store_true", help="use the offline parser even when a model is set"
     )
-    parser.add_argument("text", nargs="*", metavar="TEXT", help="the message (several words are joined)")
+    parser.add_argument(
+        "text", nargs="*", metavar="TEXT", help="the message (several words are joined); none or '-': stdin"
+    )
+    # run() needs it to refuse an empty TEXT at a terminal as argparse refuses a bad argument.
+    parser.set_defaults(usage_error=parser.error)
+
+
+def _read_stdin(args: argparse.Namespace, *, explicit: bool) -> str:
+    """The message from standard input. With no TEXT at a terminal, a usage error: reading would wait,
+    without a word, for a Ctrl-D the user does not know is expected. ``-`` asks for it: then say how it
+    ends."""
+    if sys.stdin.isatty():
+        if not explicit:
+            args.usage_error("give the message as TEXT, or pipe it to standard input (or '-' to type it)")
+        print("reading the message from standard input; end it with Ctrl-D", file=sys.stderr, flush=True)
+    return sys.stdin.read()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     text = " ".join(args.text)
     if text in ("", "-"):
-        text = sys.stdin.read()
+        text = _read_stdin(args, explicit=text == "-")
     today = args.today or dt.date.today()
     try:
         if args.offline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import sys
 
@@ -74,3 +75,35 @@ def test_text_without_work_items_exits_1_and_says_why() -> None:
     done = _wapipe("--today", "2026-01-27", "Friday")
     assert done.returncode == 1
     assert "no work item found" in done.stderr
+
+
+def test_no_text_at_a_terminal_says_what_it_expects_instead_of_waiting() -> None:
+    # With no TEXT it read standard input, which at a terminal waited without a word for a Ctrl-D.
+    env = {k: v for k, v in os.environ.items() if k not in {"OPENAI_API_KEY", "WAPIPE_AI"}}
+    terminal, user_side = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "parse-proposal", "--offline"],
+            stdin=user_side,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,  # it waited for good
+            check=False,
+        )
+    finally:
+        os.close(user_side)
+        os.close(terminal)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: wapipe parse-proposal"), done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "TEXT" in last, last
+    assert "standard input" in last, last
+
+
+def test_no_text_reads_piped_standard_input() -> None:
+    done = _wapipe("--offline", "--today", "2026-03-06", stdin="Add cookie banner (2h)")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["items"][0]["estimatedHours"] == 2
