@@ -12,6 +12,10 @@ outcome).
   UPDATE that marks it only matches pending letters.
   A letter whose task names a queue this release does not know is reported (``unknown task``, exit code
   1) and left pending, untouched, for an operator to discard; ``--all`` goes on with the rest.
+  Ctrl-C or SIGTERM stops a replay between letters, never inside one: the letter in hand is finished
+  (replayed with its task enqueued, or left pending), the rest are left untouched, and one line on stderr
+  says how many were done, exit code 128 + the signal's number. Killed inside a letter, it would have
+  left the letter marked replayed, committed, with its task never enqueued.
 
 A handler stage's letter (verify, commands, flows, ai, persist) does its work again and its sender gets
 the stage's real reply, under the reply's usual key ``reply:<message id>``: the apology they were sent
@@ -52,7 +56,10 @@ is fixed, and must not sweep up a send that may have gone out.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -124,14 +131,23 @@ def run(args: argparse.Namespace) -> int:
     if args.all == bool(args.ids):
         print("wapipe dlq replay: give dead letter ids or --all (not both)", file=sys.stderr)
         return 2
-    ids = args.ids or _all_pending_ids()
-    named = bool(args.ids)
+    with stop_signals_held() as stop:
+        return replay_letters(args.ids, force=args.force, stop=stop)
+
+
+def replay_letters(ids: list[int], *, force: bool, stop: StopRequest) -> int:
+    """Replay the named letters, or every pending one when ``ids`` is empty; checks ``stop`` between
+    letters."""
+    named = bool(ids)
+    ids = ids or _all_pending_ids()
     outcomes = []
     for letter_id in ids:
+        if stop.signum is not None:
+            return _interrupted(stop.signum, done=len(outcomes), total=len(ids))
         # Each said as it happens: a failure further on (the database gone) must not take with it the
         # report of the letters already replayed.
         try:
-            outcome = replay(letter_id, force=args.force, named=named)
+            outcome = replay(letter_id, force=force, named=named)
         except DatabaseError as exc:
             outcome = Replayed(
                 letter_id, "not_enqueued", f"the database failed ({type(exc).__name__}); try again"
@@ -143,6 +159,48 @@ def run(args: argparse.Namespace) -> int:
     # failed_again: the task ran, but a letter for its message is pending again.
     failed = ("unknown", "unknown_task", "refused", "discarded", "not_enqueued", "failed_again")
     return 1 if any(outcome.result in failed for outcome in outcomes) else 0
+
+
+@dataclass
+class StopRequest:
+    """The stop signal received while held (None while none was)."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM noted for the block instead of acted on, so a replay stops between letters.
+
+    A letter's replay commits the letter as replayed, then enqueues its task: stopped in between (a
+    KeyboardInterrupt, or SIGTERM's default of dying at once), the letter shows replayed and its task was
+    never enqueued, and no later replay would do it (a send's message at least is queued again, which
+    notify.sweep enqueues; a handler's or the router's work is lost). The letter in hand is bounded by
+    the database's and the broker's timeouts (the publisher's 2 s), so the stop is not long in coming.
+    """
+    stop = StopRequest()
+
+    def note(signum: int, _frame: object) -> None:
+        stop.signum = signum
+
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(signum: int, *, done: int, total: int) -> int:
+    left = total - done
+    print(
+        f"wapipe dlq replay: interrupted ({signal.Signals(signum).name}) after {done} of {total} dead"
+        f" letters (each said above); the other {left} {'is' if left == 1 else 'are'} untouched: run it"
+        " again to replay them",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 128 + signum
 
 
 def list_letters(limit: int) -> int:

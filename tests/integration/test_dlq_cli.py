@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from shared.providers.twilio.client import TwilioSender
 from shared.queues import QUEUES, Job, Publisher, get_publisher
 from shared.replies import queue_reply
 from shared.settings import Settings, load_settings
+from tests.fakes.silent_server import SilentServer
 from tests.fakes.twilio_api import ACCOUNT_SID, AUTH_TOKEN, WHATSAPP_NUMBER, FakeTwilioAPI
 from tests.integration.test_inbound_routing import event, queued
 from tests.integration.test_notify_unknown_outcome import SidlessTwilio
@@ -400,3 +402,83 @@ def test_a_replay_whose_task_landed_and_failed_again_says_so(
     assert code == 1  # a letter for the message is still pending
     assert letters(db)[0]["replayed_at"] is not None  # its task did run: closed, the new one is pending
     assert again["replayed_at"] is None
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_replay_interrupted_while_it_enqueues_leaves_each_letter_to_be_replayed_once(
+    db, redis_client, dead: list[int], signum: signal.Signals
+) -> None:
+    # Ctrl-C (or a SIGTERM) while a letter's job was on its way to the broker ended the command there: the
+    # letter was marked replayed, in a transaction already committed, and its job was never enqueued.
+    with SilentServer() as broker:
+        env = {**os.environ, "WAPIPE_REDIS_URL": f"redis://127.0.0.1:{broker.port}/0"}
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "dlq", "replay", "--all"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert broker.wait_for_request(timeout=60), "the replay never reached the broker"
+            replay.send_signal(signum)  # while it waits on the broker's answer for the first letter
+            out, err = replay.communicate(timeout=60)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+                replay.wait()
+
+    # The first letter's job could not be enqueued: it is pending again, as the second one still is.
+    assert all(letter["replayed_at"] is None for letter in letters(db))
+    assert replay.returncode == 128 + signum, (replay.returncode, out, err)
+    assert "Traceback" not in err
+    [said] = err.strip().splitlines()
+    assert said.startswith("wapipe dlq replay: interrupted"), said
+    assert "1 of 2" in said, said
+
+    again = wapipe("replay", "--all")
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert all(letter["replayed_at"] is not None for letter in letters(db))
+    # The first attempt had queued the first message again (notify.sweep enqueues a queued message whose
+    # job is overdue), so the second only closes its letter; the other's job is enqueued once.
+    assert f"message {dead[0]} is queued" in again.stdout
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[1]})]
+    statuses = db.execute("SELECT status FROM messages WHERE id = ANY(%s)", (dead,)).fetchall()
+    assert [row["status"] for row in statuses] == ["queued", "queued"]
+
+
+class InterruptedWhilePublishing:
+    """The operator's Ctrl-C arrives while the job is being enqueued (the real publisher enqueues it)."""
+
+    def __init__(self, real: Publisher) -> None:
+        self._real = real
+        self.redis = real.redis
+
+    def publish(self, jobs: Iterable[Job]) -> list[bool]:
+        os.kill(os.getpid(), signal.SIGINT)
+        return self._real.publish(jobs)
+
+
+def test_an_interrupt_while_a_letter_is_replayed_finishes_that_letter_and_stops(
+    db, redis_client, dead: list[int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(dlq, "get_publisher", lambda: InterruptedWhilePublishing(get_publisher()))
+
+    try:
+        code = dlq.run(argparse.Namespace(action="replay", ids=[], all=True, force=False))
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt ended the replay in the middle of a letter")
+
+    assert code == 128 + signal.SIGINT
+    captured = capsys.readouterr()
+    first, second = letters(db)
+    assert f"dead letter {first['id']}: replayed" in captured.out
+    assert f"dead letter {second['id']}:" not in captured.out
+    [said] = captured.err.strip().splitlines()
+    assert "1 of 2" in said, said
+    # The letter in hand was replayed, its job enqueued once; the next one was left for the next replay.
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": dead[0]})]
+    assert first["replayed_at"] is not None
+    assert second["replayed_at"] is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the command's handling undone
