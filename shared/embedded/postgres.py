@@ -58,20 +58,43 @@ def server_account() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(POSTGRES_SYSTEM_USER)
     except KeyError:
-        subprocess.run(  # noqa: S603 - fixed argv
-            [
-                "/usr/sbin/useradd",
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                POSTGRES_SYSTEM_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        _create_account()
         return pwd.getpwnam(POSTGRES_SYSTEM_USER)
+
+
+def _create_account() -> None:
+    """Create the PostgreSQL account with the ``useradd`` found on PATH. Without one (Alpine, distroless
+    and other slim images), or when it fails (a read-only /etc), an :class:`EmbeddedError` says what the
+    operator can do instead, in one line."""
+    why = (
+        f"PostgreSQL will not run as root, so wapipe runs it as the system user {POSTGRES_SYSTEM_USER},"
+        " which does not exist"
+    )
+    instead = (
+        f"create the system user {POSTGRES_SYSTEM_USER} yourself (busybox: adduser -S -D -H"
+        f" {POSTGRES_SYSTEM_USER}), run wapipe up as another user, or set WAPIPE_DATABASE_URL to a"
+        " PostgreSQL of your own"
+    )
+    useradd = shutil.which("useradd")
+    if useradd is None:
+        raise EmbeddedError(f"{why}, and there is no useradd on PATH to create it: {instead}")
+    result = subprocess.run(  # noqa: S603 - fixed arguments, root's own useradd
+        [
+            useradd,
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            POSTGRES_SYSTEM_USER,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        said = " ".join(result.stderr.split()) or f"exit {result.returncode}"
+        raise EmbeddedError(f"{why}, and useradd could not create it ({said}): {instead}")
 
 
 def _let_account_reach(path: Path) -> None:

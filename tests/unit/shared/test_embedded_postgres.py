@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import socket
 import stat
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +68,93 @@ def test_a_reachable_path_is_left_alone_and_unmentioned(
 
     assert capsys.readouterr().err == ""
     assert _mode(tree) == 0o701
+
+
+# `wapipe up` with this module's account name replaced by one no machine has, so that the account is
+# created (or not) under a name of the test's own.
+UP_AS = (
+    "import sys; from shared.embedded import postgres; postgres.POSTGRES_SYSTEM_USER = sys.argv[1];"
+    " from shared.cli import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _up_as_root(account: str, data_dir: Path, path: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
+    env["PATH"] = path
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            UP_AS,
+            account,
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(_free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _path_without_useradd(*first: Path) -> str:
+    kept = [
+        folder for folder in os.environ["PATH"].split(os.pathsep) if not (Path(folder) / "useradd").exists()
+    ]
+    return os.pathsep.join([*map(str, first), *kept])
+
+
+@pytest.fixture
+def missing_account() -> str:
+    """A system account name nobody has; the tests that use it are about what root does without it."""
+    if os.geteuid() != 0:
+        pytest.skip("the PostgreSQL account is made only when wapipe runs as root")
+    name = f"wapipe-test-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)
+    return name
+
+
+def test_up_as_root_without_useradd_says_what_to_do_in_one_line(tmp_path: Path, missing_account: str) -> None:
+    # Alpine, distroless and other slim images have no useradd: `wapipe up` as root ended in
+    # "No such file or directory: /usr/sbin/useradd", which said nothing of why or what to do.
+    result = _up_as_root(missing_account, tmp_path / "var", _path_without_useradd())
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [said] = result.stderr.strip().splitlines()
+    assert said.startswith("wapipe up: PostgreSQL will not run as root"), said
+    assert f"create the system user {missing_account}" in said, said
+    assert "no useradd" in said, said
+    assert "WAPIPE_DATABASE_URL" in said, said
+    with pytest.raises(KeyError):
+        pwd.getpwnam(missing_account)
+
+
+def test_up_as_root_whose_useradd_fails_says_why_in_one_line(tmp_path: Path, missing_account: str) -> None:
+    # A useradd that cannot write /etc/passwd (a read-only root filesystem, a locked file) ended the
+    # command in a CalledProcessError's traceback.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    useradd = tools / "useradd"
+    useradd.write_text("#!/bin/sh\necho 'useradd: cannot lock /etc/passwd; try again later.' >&2\nexit 1\n")
+    useradd.chmod(0o755)
+
+    result = _up_as_root(missing_account, tmp_path / "var", _path_without_useradd(tools))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    [said] = result.stderr.strip().splitlines()
+    assert said.startswith("wapipe up: PostgreSQL will not run as root"), said
+    assert "useradd: cannot lock /etc/passwd" in said, said
+    assert f"create the system user {missing_account}" in said, said
