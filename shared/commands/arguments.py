@@ -11,6 +11,16 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def add_data_dir(parser: argparse.ArgumentParser, *, default: object = None) -> None:
+    """``--data-dir``, for every command that uses the servers of a ``wapipe up`` (the CLI finds their URLs
+    in that folder when none is set): one started with ``--data-dir X`` is reached by every other command
+    given ``--data-dir X``, as by $WAPIPE_DATA_DIR. Without it on all of them, the rest looked in ./var (or
+    refused the option), and found no servers, or another ``wapipe up``'s."""
+    parser.add_argument(
+        "--data-dir", default=default, help="data folder of `wapipe up` (default $WAPIPE_DATA_DIR or ./var)"
+    )
+
+
 def at_least_one(text: str) -> int:
     """A whole number, 1 or more (a pool size, a limit)."""
     try:

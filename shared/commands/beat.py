@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from shared.commands.arguments import add_data_dir
 from shared.embedded import resolve_data_dir
 
 HELP = "Run Celery beat (expire codes, close idle conversations, retention, dead-letter alerts). Run one."
@@ -13,6 +14,7 @@ HELP = "Run Celery beat (expire codes, close idle conversations, retention, dead
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loglevel", "-l", default=None, help="default $WAPIPE_LOG_LEVEL")
+    add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import httpx
 import redis
 
 from shared import embedded
+from shared.commands.arguments import add_data_dir
 from shared.phone import InvalidPhone, normalize
 
 HELP = "Chat with the running service from the terminal, as a WhatsApp user: signed webhooks in, replies out."
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=["twilio", "meta"], default="twilio")
     parser.add_argument("--url", default=None, help="ingress URL (default: the running `wapipe up`'s)")
     parser.add_argument("--name", default="Chat User", help="your WhatsApp profile name")
-    parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+    add_data_dir(parser)
     parser.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies after EOF")
 
 

@@ -66,7 +66,7 @@ import psycopg
 import redis
 from pydantic import ValidationError
 
-from shared.commands.arguments import at_least_one
+from shared.commands.arguments import add_data_dir, at_least_one
 from shared.db import dead_letters, messages, turns
 from shared.db.errors import DatabaseError, Duplicate
 from shared.db.pool import transaction
@@ -89,6 +89,7 @@ ERROR_WIDTH = 60
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_dir(parser)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="show pending dead letters")
     # A negative limit reached the SQL as an error with a traceback, and 0 printed "no pending dead
@@ -121,6 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="why it is not replayed (e.g. 'delivered per the Twilio log'); stored with the letter, so"
         " whoever reads it later knows why nothing was done",
     )
+    # Also after the action (`wapipe dlq list --data-dir X`); SUPPRESS: not given there, the one given
+    # before it (or its default) stands.
+    for action in (listing, replay, discard):
+        add_data_dir(action, default=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,12 +10,13 @@ import argparse
 import sys
 
 from shared import embedded
+from shared.commands.arguments import add_data_dir
 
 HELP = "Stop the embedded servers of the data folder (their data stays; the next `wapipe up` reuses it)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+    add_data_dir(parser)
     parser.add_argument(
         "--force", action="store_true", help="stop the servers even while `wapipe up` runs on this folder"
     )

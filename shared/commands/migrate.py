@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from shared.commands.arguments import add_data_dir
 from shared.db.migrate import migrate
 from shared.db.pool import database_url
 
@@ -11,7 +12,7 @@ HELP = "Apply pending database migrations (each once; safe to run concurrently).
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from datetime import date, timedelta
 
 import psycopg
 
+from shared.commands.arguments import add_data_dir
 from shared.db import links, users
 from shared.db import workspaces as repo
 from shared.db.errors import Duplicate
@@ -114,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--phone", default=DEMO_PHONE, help=f"WhatsApp number to link to the demo user (default {DEMO_PHONE})"
     )
     parser.add_argument("--flows", choices=["shopfloor"], help="also create a flow pack's demo data")
+    add_data_dir(parser)
 
 
 def run(args: argparse.Namespace) -> int:

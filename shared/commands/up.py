@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from shared import embedded
-from shared.commands.arguments import at_least_one, port_number
+from shared.commands.arguments import add_data_dir, at_least_one, port_number
 from shared.embedded.processes import port_is_free
 from shared.settings import Settings
 from shared.supervisor import ChildSpec, Supervisor
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=port_number, default=8000, help="ingress port on 127.0.0.1 (default 8000)"
     )
-    parser.add_argument("--data-dir", default=None, help="data folder (default $WAPIPE_DATA_DIR or ./var)")
+    add_data_dir(parser)
     parser.add_argument(
         "--web-workers", type=at_least_one, default=2, help="gunicorn worker processes (default 2)"
     )

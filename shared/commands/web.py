@@ -8,7 +8,13 @@ import os
 import shutil
 import sys
 
-from shared.commands.arguments import at_least_one, from_environment, gunicorn_worker_class, port_number
+from shared.commands.arguments import (
+    add_data_dir,
+    at_least_one,
+    from_environment,
+    gunicorn_worker_class,
+    port_number,
+)
 from shared.embedded import resolve_data_dir
 
 HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with gunicorn."
@@ -16,6 +22,7 @@ HELP = "Serve the ingress (webhooks, REST API, /healthz, /readyz, /metrics) with
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add_data_dir(parser)
     parser.add_argument("--port", type=port_number, default=None, help="default $PORT or 8000")
     parser.add_argument(
         "--workers",

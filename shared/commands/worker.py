@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from shared.commands.arguments import at_least_one
+from shared.commands.arguments import add_data_dir, at_least_one
 from shared.queues import QUEUES, SLOW_QUEUES
 
 HELP = "Run a Celery worker consuming the given queues (one pool per queue group; see deploy/README.md)."
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pool", choices=["prefork", "threads"], default="prefork")
     parser.add_argument("--loglevel", "-l", default=None, help="default $WAPIPE_LOG_LEVEL")
+    add_data_dir(parser)
 
 
 def celery_argv(queues: list[str], concurrency: int | None, pool: str, loglevel: str) -> list[str]:

@@ -406,3 +406,43 @@ def test_a_first_start_interrupted_during_initdb_leaves_nothing_the_next_start_t
     with psycopg.connect(servers.database_url or "") as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert sorted(path.name for path in data_dir.iterdir() if "postgres" in path.name) == ["postgres"]
+
+
+def test_every_command_reaches_the_servers_of_the_data_folder_it_is_given(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Only up, down and chat took --data-dir: the others refused it, so the servers of a
+    # `wapipe up --data-dir X` were reached only through $WAPIPE_DATA_DIR, and with it pointing at another
+    # folder (or unset: ./var) they talked to nothing, or to another `wapipe up`'s servers.
+    servers = embedded.start(data_dir)
+    assert servers.database_url
+    assert servers.redis_url
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
+    env["WAPIPE_DATA_DIR"] = str(tmp_path / "another")
+
+    def wapipe(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    given = str(data_dir)
+    assert wapipe("migrate", "--data-dir", given).stdout.startswith("applied ")
+    wapipe("seed-demo", "--data-dir", given)
+    with psycopg.connect(servers.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM workspaces").fetchone() == (1,)
+        conn.execute(
+            "INSERT INTO dead_letters (task_name, payload, error, attempts)"
+            " VALUES ('maintenance.retention', '{}', 'x', 1)"
+        )
+    # Before or after the action.
+    assert "maintenance.retention" in wapipe("dlq", "--data-dir", given, "list").stdout
+    assert "maintenance.retention" in wapipe("dlq", "list", "--data-dir", given).stdout
+    wapipe("dlq", "replay", "--all", "--data-dir", given)
+    assert redis.Redis.from_url(servers.redis_url).llen("maintenance") == 1

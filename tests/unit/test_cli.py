@@ -202,3 +202,31 @@ def test_a_bad_web_variable_exits_2_naming_it(
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"wapipe: ${variable}: "), last
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["migrate"],
+        ["seed-demo"],
+        ["dlq", "list"],
+        ["dlq", "replay", "--all"],
+        ["web"],
+        ["worker"],
+        ["beat"],
+        ["chat", "--from", "+15551234567"],
+        ["up", "--port", "1"],
+        ["down"],
+    ],
+)
+def test_every_command_that_uses_the_servers_takes_data_dir(tmp_path: Path, command: list[str]) -> None:
+    # Only up, down and chat took it: `wapipe migrate --data-dir X` was a usage error, so the servers of a
+    # `wapipe up --data-dir X` were reached only through $WAPIPE_DATA_DIR. Given a folder under a file,
+    # each says so: the folder given is the one used (test_embedded.py runs them on real servers).
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = wapipe(tmp_path, *command, "--data-dir", str(not_a_folder / "var"))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"wapipe: Not a directory: {not_a_folder / 'var' / 'servers.json'}", last
