@@ -6,14 +6,17 @@ delivery naming none is a 400 (see :func:`shared.wire.kapso.parse_delivery`). A 
 (``X-Webhook-Batch: true`` / ``{"batch": true, "data": [...]}``) fans out to one canonical event per item,
 all enqueued in one atomic publish with per-message dedupe keys.
 ``X-Idempotency-Key`` additionally marks the whole delivery as done once it is enqueued, so a redelivery
-is acknowledged without even re-parsing. Kapso wants its 200 within 10 seconds: this is a few Redis
-round trips at most.
+is acknowledged without even re-parsing. The header is not signed, so the mark is of the key *and* a digest
+of the signed body: a captured delivery replayed under the keys of deliveries still to come marks only
+that pairing, and the real deliveries (other bodies) are processed as usual. Kapso wants its 200 within
+10 seconds: this is a few Redis round trips at most.
 https://docs.kapso.ai/docs/platform/webhooks/overview
 https://docs.kapso.ai/docs/platform/webhooks/security
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import redis
@@ -41,8 +44,9 @@ DELIVERY_TTL_SECONDS = 7 * 24 * 3600
 MAX_IDEMPOTENCY_KEY = 200
 
 
-def delivery_key(idempotency_key: str) -> str:
-    return f"seen-delivery:{PROVIDER}:{idempotency_key}"
+def delivery_key(idempotency_key: str, raw: bytes) -> str:
+    """The Redis key marking a delivery done: Kapso's redelivery repeats both the key and the body."""
+    return f"seen-delivery:{PROVIDER}:{idempotency_key}:{hashlib.sha256(raw).hexdigest()}"
 
 
 @bp.post("")
@@ -54,7 +58,7 @@ def receive() -> Any:
     raw = request.get_data(cache=True)
 
     idempotency_key = (request.headers.get(IDEMPOTENCY_HEADER) or "").strip()[:MAX_IDEMPOTENCY_KEY]
-    if idempotency_key and _delivery_seen(idempotency_key):
+    if idempotency_key and _delivery_seen(delivery_key(idempotency_key, raw)):
         WEBHOOKS.labels(PROVIDER, "unknown", "duplicate").inc()
         DUPLICATES.labels(PROVIDER).inc()
         return jsonify({"status": "ok", "duplicate": True})
@@ -77,7 +81,7 @@ def receive() -> Any:
 
     outcome = enqueue_events(PROVIDER, parsed.messages, parsed.statuses)
     if idempotency_key:
-        _mark_delivery(idempotency_key)
+        _mark_delivery(delivery_key(idempotency_key, raw))
     # Per webhook, so debug: wapipe_webhooks_received counts every outcome.
     log.debug(
         "kapso.webhook_accepted",
@@ -96,7 +100,7 @@ def _delivery_seen(key: str) -> bool:
     if publisher is None:
         return False
     try:
-        return bool(publisher.redis.exists(delivery_key(key)))
+        return bool(publisher.redis.exists(key))
     except redis.RedisError as exc:
         log.warning("kapso.idempotency_check_failed", error_type=type(exc).__name__)
         return False  # per-message dedupe still guards the publish that follows
@@ -108,7 +112,7 @@ def _mark_delivery(key: str) -> None:
     if publisher is None:
         return
     try:
-        publisher.redis.set(delivery_key(key), "1", ex=DELIVERY_TTL_SECONDS)
+        publisher.redis.set(key, "1", ex=DELIVERY_TTL_SECONDS)
     except redis.RedisError as exc:
         # The events are enqueued; a redelivery is still deduped message by message.
         log.warning("kapso.idempotency_mark_failed", error_type=type(exc).__name__)

@@ -540,7 +540,9 @@ OPERATIONS: dict[str, Operation] = {
             Param(
                 "X-Idempotency-Key",
                 "header",
-                "Marks the whole delivery; a redelivery is acknowledged without re-parsing.",
+                "Marks the whole delivery together with a digest of its signed body: a redelivery (same"
+                " key, same body) is acknowledged without re-parsing; another body under the same key is"
+                " processed (the header is not signed).",
             ),
         ),
         body=Body({"anyOf": [KapsoEvent, KapsoBatch]}),

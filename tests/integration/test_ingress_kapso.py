@@ -84,8 +84,7 @@ def test_a_redelivery_with_the_same_idempotency_key_is_acknowledged_only(
 ) -> None:
     body = raw("message_received")
     assert post(client, body, "whatsapp.message.received", idempotency_key="same").status_code == 200
-    # Even a different payload under the same delivery key is not processed again.
-    second = post(client, raw("message_received_image"), "whatsapp.message.received", idempotency_key="same")
+    second = post(client, body, "whatsapp.message.received", idempotency_key="same")
     assert second.status_code == 200
     assert second.get_json() == {"status": "ok", "duplicate": True}
     assert len(queued(redis_client, "inbound")) == 1
@@ -142,6 +141,21 @@ def test_a_forged_request_does_not_burn_the_idempotency_key(
     )
     assert post(client, body, "whatsapp.message.received", idempotency_key="k").status_code == 200
     assert len(queued(redis_client, "inbound")) == 1
+
+
+def test_a_replayed_delivery_with_chosen_keys_cannot_suppress_the_real_ones(
+    client: FlaskClient, redis_client: redis.Redis
+) -> None:
+    # X-Idempotency-Key is not signed: whoever holds one captured delivery can replay it under the keys
+    # of deliveries still to come. The real delivery carrying such a key must still be enqueued.
+    captured = raw("message_received")
+    for key in ("future-1", "future-2"):
+        assert post(client, captured, "whatsapp.message.received", idempotency_key=key).status_code == 200
+    real_body = raw("message_received_image")
+    real = post(client, real_body, "whatsapp.message.received", idempotency_key="future-1")
+    assert real.status_code == 200
+    assert real.get_json() == {"status": "ok"}
+    assert [e["type"] for e in queued(redis_client, "inbound")] == ["text", "image"]
 
 
 def test_without_a_secret_nothing_is_accepted(redis_client: redis.Redis) -> None:
