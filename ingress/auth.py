@@ -4,6 +4,9 @@ Each call a key lets through is logged once (``api.request``), and every line lo
 carries ``caller_key``: the key's position in ``WAPIPE_API_KEYS``, 1 for the first. The position and
 never the key, nor a hash of it: a short key's hash is as good as the key to whoever reads the log. So
 an operator rotating a key sees when its callers have moved to the new one.
+
+Idempotency keys are the caller's own (:func:`caller_scope`): two services holding different keys may both
+number their requests "order-1" without one's message standing for the other's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ HEADER = "X-API-Key"
 KEYS_KEY = "wapipe.api_keys"
 # Not ``api_key``: the log scrubber drops the value of any field whose name looks like a secret's.
 CALLER_FIELD = "caller_key"
+# Hex digits of a caller's scope: 64 bits, so a handful of keys never share one. Like any digest of a key
+# it lets whoever reads the messages table test guesses at a short key; it is never logged, and API keys
+# are long random strings (deploy/README.md).
+SCOPE_CHARS = 16
 
 log = get_logger(__name__)
 
@@ -69,10 +76,26 @@ def require_api_key(view: View) -> View:
         if not position:
             return api_error(401, "unauthorized", f"invalid {HEADER}")
         g.wapipe_caller_key = position
+        g.wapipe_caller_scope = _scope(given)
         g.wapipe_caller_tokens = structlog.contextvars.bind_contextvars(**{CALLER_FIELD: position})
         return view(*args, **kwargs)
 
     return checked  # type: ignore[return-value]
+
+
+def caller_scope() -> str:
+    """A stable short id of the API key this request came with, for names the caller chooses (its
+    idempotency keys) to be its own. A digest of the key, not its position in ``WAPIPE_API_KEYS``: the
+    scope must outlive a reordering of that list, as a stored key does. Never the key itself, which must
+    not reach the database; the scope is not logged either. Only inside a :func:`require_api_key` view."""
+    scope: str = g.wapipe_caller_scope
+    return scope
+
+
+def _scope(key: str) -> str:
+    # Domain-separated, so the scope is no digest the key is ever compared or stored by elsewhere.
+    seed = b"wapipe idempotency scope\x00" + key.encode("utf-8", "replace")
+    return hashlib.sha256(seed).hexdigest()[:SCOPE_CHARS]
 
 
 def register(app: Flask) -> None:

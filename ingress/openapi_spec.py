@@ -385,7 +385,8 @@ SCAN_CURSOR = Param(
 IDEMPOTENCY_KEY = Param(
     "Idempotency-Key",
     "header",
-    "The same key with the same request answers the first message again (200); with another, 409.",
+    "The same key with the same request answers the first message again (200); with another, 409."
+    " Keys are scoped to the caller's X-API-Key: another key's caller may use the same one freely.",
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
 )
 

@@ -8,7 +8,10 @@
   retried, failed with its reason) shows in ``GET /api/v1/messages/{id}``.
 - Idempotency: the ``Idempotency-Key`` header or the ``idempotency_key`` field. The same key with the same
   request (compared as a hash of its canonical form) answers ``200`` with the first message; with a
-  different request, ``409``. Keys are namespaced (``api:<key>``) so they never meet reply keys.
+  different request, ``409``. A key is the caller's own: stored as ``api@<scope>:<key>``, the scope a
+  short digest of the caller's API key (:func:`ingress.auth.caller_scope`), so two services never share
+  one, nor meet reply keys. Keys an earlier release stored unscoped (``api:<key>``) still answer with
+  their message, to whichever caller retries them after an upgrade.
 - ``POST /api/whatsapp/notify`` ``{to, message}``: the text-only endpoint existing callers use, answering
   ``{"success": true, "data": {"messageId", "to"}}`` or ``{"success": false, "error": {...}}``.
 
@@ -29,7 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 from ingress.api.common import iso, message_error
 from ingress.api.group_store import GroupStore
-from ingress.auth import require_api_key
+from ingress.auth import caller_scope, require_api_key
 from ingress.errors import api_error, handle_http_exception, handle_unexpected
 from ingress.per_app import per_app
 from ingress.publishing import publish, unavailable
@@ -53,7 +56,9 @@ bp = Blueprint("messages", __name__)
 M = TypeVar("M", bound=BaseModel)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-KEY_PREFIX = "api:"
+# Not "api:" + anything: every key of that form may be a caller's unscoped key from an earlier release.
+SCOPED_KEY_PREFIX = "api@"
+LEGACY_KEY_PREFIX = "api:"
 # A message whose notify.send could not be enqueued (Redis down) is failed with this code, so it is
 # reported rather than stuck; the same idempotency key sent again queues it anew.
 QUEUE_UNAVAILABLE = "queue_unavailable"
@@ -169,7 +174,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
     to = _recipient(send.to, settings.default_region)
     message_type, body, payload = _checked_content(send, to, settings)
     request_hash = send.request_hash(to)
-    stored_key = KEY_PREFIX + (key or uuid.uuid4().hex)
+    stored_key = f"{SCOPED_KEY_PREFIX}{caller_scope()}:{key or uuid.uuid4().hex}"
 
     filed = _group_store().accept(
         NewOutbound(
@@ -180,6 +185,7 @@ def accept(send: SendRequest, key: str | None) -> Accepted:
             body=body,
             payload=payload,
             request_hash=request_hash,
+            legacy_key=LEGACY_KEY_PREFIX + key if key is not None else None,
         )
     )
     stored, status = filed.stored, filed.stored.status

@@ -7,7 +7,8 @@ autocommit: a single round trip and a single commit per accept, where the API us
 
 A contact created here has no inbound time (no open window), a message is inserted at most once per
 idempotency key, and a taken key answers with the first message's id, status and request hash so the
-API can replay it or refuse a different body.
+API can replay it or refuse a different body. A message may also name the key an earlier release stored
+the same request under (``legacy_key``): a row stored under it is answered in its place.
 The statement takes many messages at once, so concurrent requests can share one round trip and one commit.
 """
 
@@ -37,13 +38,19 @@ from shared.db.pool import autocommit
 _ACCEPT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(messages)s::jsonb) AS i (
-        n int, phone text, key text, provider text, type text, body text, payload jsonb, request_hash text
+        n int, phone text, key text, legacy_key text, provider text, type text, body text, payload jsonb,
+        request_hash text
     )
+), legacy AS (
+    SELECT i.n, m.id, m.status, m.request_hash, m.error_code
+    FROM input i JOIN messages m ON m.idempotency_key = i.legacy_key AND m.direction = 'out'
+), fresh AS (
+    SELECT * FROM input WHERE n NOT IN (SELECT n FROM legacy)
 ), known AS (
-    SELECT id, phone FROM contacts WHERE phone = ANY (ARRAY(SELECT phone FROM input))
+    SELECT id, phone FROM contacts WHERE phone = ANY (ARRAY(SELECT phone FROM fresh))
 ), created AS (
     INSERT INTO contacts (phone)
-    SELECT DISTINCT phone FROM input WHERE phone NOT IN (SELECT phone FROM known)
+    SELECT DISTINCT phone FROM fresh WHERE phone NOT IN (SELECT phone FROM known)
     ORDER BY phone
     ON CONFLICT (phone) DO NOTHING
     RETURNING id, phone
@@ -53,7 +60,7 @@ WITH input AS (
     INSERT INTO messages (contact_id, direction, provider, idempotency_key, request_hash, type, body,
                           payload, status)
     SELECT c.id, 'out', i.provider, i.key, i.request_hash, i.type, i.body, i.payload, 'queued'
-    FROM input i JOIN contact c ON c.phone = i.phone
+    FROM fresh i JOIN contact c ON c.phone = i.phone
     ORDER BY i.key
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id, idempotency_key
@@ -61,11 +68,13 @@ WITH input AS (
     INSERT INTO message_events (message_id, status) SELECT id, 'queued' FROM inserted
 )
 SELECT i.n, s.id, true AS new, 'queued' AS status, i.request_hash, NULL::text AS error_code
-FROM input i JOIN inserted s ON s.idempotency_key = i.key
+FROM fresh i JOIN inserted s ON s.idempotency_key = i.key
 UNION ALL
 SELECT i.n, m.id, false, m.status, m.request_hash, m.error_code
-FROM input i JOIN messages m ON m.idempotency_key = i.key AND m.direction = 'out'
+FROM fresh i JOIN messages m ON m.idempotency_key = i.key AND m.direction = 'out'
 WHERE NOT EXISTS (SELECT FROM inserted s WHERE s.idempotency_key = i.key)
+UNION ALL
+SELECT n, id, false, status, request_hash, error_code FROM legacy
 """
 # Only while still 'queued': a notify batch may already have claimed the committed row (it picks any due
 # queued message), and failing a message in flight would let a retry with its key requeue it: two sends.
@@ -95,6 +104,9 @@ class NewOutbound:
     body: str | None
     payload: dict[str, Any]
     request_hash: str
+    # The key an earlier release stored this request under, when it had one: its row, if any, is the answer
+    # (no row is ever inserted under it any more, so it cannot be taken meanwhile).
+    legacy_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,7 @@ def _params(messages: Sequence[NewOutbound]) -> dict[str, Any]:
             "n": n,
             "phone": m.phone,
             "key": m.idempotency_key,
+            "legacy_key": m.legacy_key,
             "provider": m.provider,
             "type": m.type,
             "body": m.body,

@@ -4,6 +4,7 @@ once with its job queued; WhatsApp limits, bad numbers and types the provider ca
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -121,7 +122,7 @@ def test_each_type_is_accepted_stored_queued_and_enqueued(
     assert row["body"] == body
     if payload is not None:
         assert row["payload"] == payload
-    assert row["idempotency_key"].startswith("api:")
+    assert row["idempotency_key"].startswith("api@")
     events = db.execute("SELECT status FROM message_events WHERE message_id = %s", (row["id"],)).fetchall()
     assert [e["status"] for e in events] == ["queued"]
     assert queued(redis_client, "notify") == [("notify.send", {"message_id": row["id"]})]
@@ -406,7 +407,51 @@ def test_same_key_same_body_is_the_same_message_and_another_body_is_a_409(
     assert fresh.status_code == 202
     assert fresh.get_json()["id"] != first.get_json()["id"]
     assert len(stored(db)) == 2
-    assert stored(db)[0]["idempotency_key"] == "api:ticket-42"
+    assert re.fullmatch(r"api@[0-9a-f]{16}:ticket-42", stored(db)[0]["idempotency_key"])
+
+
+def test_two_api_keys_using_the_same_idempotency_key_each_get_their_own_message(db, redis_client) -> None:
+    # Two services, two WAPIPE_API_KEYS entries, both numbering their requests "order-1".
+    two = create_app(load_settings(api_keys="billing-key,shipping-key", default_region="CO")).test_client()
+    body = {"to": CO_MOBILE, "type": "text", "text": "Order #1"}
+
+    def as_caller(api_key: str, text: str) -> Any:
+        headers = {"X-API-Key": api_key, "Idempotency-Key": "order-1"}
+        return two.post("/api/v1/messages", json={**body, "text": text}, headers=headers)
+
+    billing = as_caller("billing-key", "Order #1 is paid")
+    shipping = as_caller("shipping-key", "Order #1 has shipped")
+    same_as_billing = as_caller("shipping-key", "Order #1 is paid")
+    billing_again = as_caller("billing-key", "Order #1 is paid")
+
+    assert (billing.status_code, shipping.status_code) == (202, 202)
+    assert shipping.get_json()["id"] != billing.get_json()["id"]
+    # Each caller's key is its own: shipping's "order-1" already stands for its first message (409), and
+    # billing's replay is billing's own message.
+    assert same_as_billing.status_code == 409
+    assert (billing_again.status_code, billing_again.get_json()) == (200, billing.get_json())
+    rows = stored(db)
+    assert [row["body"] for row in rows] == ["Order #1 is paid", "Order #1 has shipped"]
+    # The stored key names the caller by a short digest, never by its API key.
+    assert not any("billing-key" in row["idempotency_key"] for row in rows)
+    assert not any("shipping-key" in row["idempotency_key"] for row in rows)
+
+
+def test_a_key_stored_before_keys_were_scoped_still_answers_with_its_message(
+    client: FlaskClient, db, redis_client
+) -> None:
+    body = {"to": CO_MOBILE, "type": "text", "text": "Ticket #9"}
+    first = post(client, body, {"Idempotency-Key": "ticket-9"})
+    # As an earlier release stored it: "api:<key>", whoever the caller.
+    legacy = "UPDATE messages SET idempotency_key = 'api:ticket-9' WHERE id = %s"
+    db.execute(legacy, (first.get_json()["id"],))
+
+    again = post(client, body, {"Idempotency-Key": "ticket-9"})
+    other = post(client, {**body, "text": "Ticket #10"}, {"Idempotency-Key": "ticket-9"})
+
+    assert (again.status_code, again.get_json()) == (200, first.get_json())
+    assert other.status_code == 409
+    assert len(stored(db)) == 1
 
 
 def test_without_a_key_each_call_is_a_new_message(client: FlaskClient, db) -> None:
