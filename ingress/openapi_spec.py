@@ -683,6 +683,14 @@ OPERATIONS: dict[str, Operation] = {
             Param("phone", "query", "Only this contact's number (any usual format)."),
         ),
         api_key=True,
+        description="Pages by conversation id, newest first; a conversation keeps its place when new"
+        " messages arrive. Following next_cursor from a first page shows each conversation there when that"
+        " page was read once (while it still matches the filters). An id is taken when a conversation is"
+        " stored, not when its transaction commits, so one can become visible after a newer one was listed:"
+        " a later traversal shows it at or near the top. A client keeping a copy in step therefore does not"
+        " stop at the first conversation it already has: it reads on until started_at is a few minutes"
+        " older than the newest started_at of its previous read (started_at is when the short transaction"
+        " storing it began).",
     ),
     "GET /api/v1/conversations/{conversation_id}/messages": Operation(
         "conversations",

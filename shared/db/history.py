@@ -6,8 +6,11 @@ caller has scrolled and rows arriving meanwhile never shift or repeat entries. O
 when a row is inserted, not when it commits, so at the live end of a list a row can become visible after
 a later one has (a message stored in a transaction still open when its reply committed). A client that
 follows a conversation as it happens reads again from a cursor a little behind its last one (the OpenAPI
-description of the messages listing says so). Writes on the inbound path live in ``conversations.py`` /
-``messages.py``; this module only adds the API's close.
+description of the messages listing says so); likewise a conversation can become visible after a newer
+one was listed, so a client keeping a copy reads back past the first one it knows (the conversations
+listing's description). Ordering by ``last_message_at`` instead would be worse: a conversation touched
+between two pages would jump ahead of the cursor and be missed although it was there all along. Writes
+on the inbound path live in ``conversations.py`` / ``messages.py``; this module only adds the API's close.
 """
 
 from __future__ import annotations
