@@ -15,6 +15,9 @@ from psycopg.types.json import Jsonb
 from shared.db.errors import Duplicate, wrap_errors
 
 Row = dict[str, Any]
+# The handler task the router dispatches a menu message to (workers/inbound.py pick_handler), as
+# messages.dispatched_to records it.
+FLOW_TASK = "flows.step"
 
 
 class ReplyKeys(NamedTuple):
@@ -64,11 +67,16 @@ FROM conversations c JOIN contacts k ON k.id = c.contact_id
 WHERE c.id = %(conversation_id)s
 """
 # The inbound messages a step answers, oldest first: those not yet handled after the last one the
-# conversation's flow handled (or, when that is unknown, those young enough to belong to the live
-# session), up to the step's own, which is there however old, unless it is handled too (a task
-# redelivered after its session expired must not replay its step on an empty state).
-# Ages are measured with the database's now(), the clock that stamped created_at: a worker whose own clock
-# runs fast or slow must neither pass over a message the router is still deciding on nor wait too long.
+# conversation's flow handled, up to the step's own, which is there however old, unless it is handled too
+# (a task redelivered after its session expired must not replay its step on an empty state). Where the
+# flow stopped is the cursor of its state when the step has one; else (the session expired with no form
+# under way, or the conversation's first message) the database's record of it: the latest earlier message
+# dispatched to the flow (``dispatched_to``, shared/db/turns.py) and handled. Never an age: a backlog
+# (flows workers down) of any length holds messages that are all still owed their answer, in order, and
+# an earlier message the flow passed over (its routing stuck) stays passed over.
+# The unrouted grace is measured with the database's now(), the clock that stamped created_at: a worker
+# whose own clock runs fast or slow must neither pass over a message the router is still deciding on nor
+# wait too long.
 # Whether a message was answered only by the apology of a run that gave up on it (shared/replies.py
 # apologise, under ``%(apology_key)s``): handled, yet its own reply (``%(reply_key)s``) is still owed, which a
 # replay of its dead letter (``wapipe dlq replay``) is there to send.
@@ -87,10 +95,13 @@ SELECT id, body, payload, created_at, routed_at, dispatched_to, {_SENT_AT} AS se
        created_at < now() - make_interval(secs => %(grace_seconds)s) AS past_grace
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'
-  AND id > %(after_id)s AND id <= %(upto_id)s
+  AND id > COALESCE(%(after_id)s::bigint, (
+      SELECT max(f.id) FROM messages f
+      WHERE f.conversation_id = %(conversation_id)s AND f.direction = 'in' AND f.id < %(upto_id)s
+        AND f.dispatched_to = %(flow_task)s AND f.handled_at IS NOT NULL
+  ), 0)
+  AND id <= %(upto_id)s
   AND (handled_at IS NULL OR (id = %(upto_id)s AND {_APOLOGISED_ONLY}))
-  AND (%(max_age_seconds)s::float8 IS NULL OR id = %(upto_id)s
-       OR created_at >= now() - make_interval(secs => %(max_age_seconds)s::float8))
 ORDER BY id
 """  # noqa: S608 - constant subquery, no input
 _SENT_AT_OF = f"SELECT {_SENT_AT} AS sent_at FROM messages WHERE id = %(id)s AND direction = 'in'"  # noqa: S608 - constant expression, no input
@@ -198,23 +209,22 @@ def conversation_state(conn: psycopg.Connection, conversation_id: int) -> Row | 
 def pending_inbound(
     conn: psycopg.Connection,
     conversation_id: int,
-    after_id: int,
+    after_id: int | None,
     upto_id: int,
     *,
-    max_age_seconds: float | None,
     grace_seconds: float,
     reply_keys: ReplyKeys,
 ) -> list[Row]:
-    """Unhandled inbound messages after ``after_id`` up to ``upto_id``, those stored more than
-    ``max_age_seconds`` ago left out unless it is None (``upto_id`` itself always in, and also when
-    handled, if only by an apology: ``reply_keys`` are its reply's and its apology's); ``past_grace``:
-    stored more than ``grace_seconds`` ago. Both ages by the database's clock. ``sent_at``: when the user
-    sent it (:data:`_SENT_AT`)."""
+    """Unhandled inbound messages after ``after_id`` up to ``upto_id``; with ``after_id`` None, after the
+    last earlier message the flow handled (:data:`_PENDING_INBOUND`). ``upto_id`` itself is always in, and
+    also when handled, if only by an apology (``reply_keys`` are its reply's and its apology's).
+    ``past_grace``: stored more than ``grace_seconds`` ago, by the database's clock. ``sent_at``: when the
+    user sent it (:data:`_SENT_AT`)."""
     params = {
         "conversation_id": conversation_id,
         "after_id": after_id,
         "upto_id": upto_id,
-        "max_age_seconds": max_age_seconds,
+        "flow_task": FLOW_TASK,
         "grace_seconds": grace_seconds,
         **reply_keys._asdict(),
     }

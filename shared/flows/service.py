@@ -47,13 +47,18 @@ Ordering and exactly-once across several ``flows`` worker processes:
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
   (rate-limited, from an opted-out user, in a handed-off conversation) have no such key and are skipped.
   An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
-  (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good). That age,
-  like the session TTL's below, is measured by the database, whose clock stamped ``created_at``: a worker
-  whose clock runs fast would otherwise pass over a message still being routed and answer the next first.
-- When the session has expired (30 minutes idle: the form is abandoned) the last handled id is gone with
-  it, unless a form's note keeps it (below); then only messages younger than the session TTL and not
-  handled are considered, and a step whose own message is handled does nothing. With the last handled id
-  known, every later message is considered, however long ago it was stored.
+  (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good). That age is
+  measured by the database, whose clock stamped ``created_at``: a worker whose clock runs fast would
+  otherwise pass over a message still being routed and answer the next first.
+- When the session has expired (30 minutes idle) the last handled id is gone with it, unless a form's
+  note keeps it (below). Where the flow stopped is then the database's to say: the latest earlier message
+  of the conversation dispatched to the flow (``dispatched_to``) and handled. Every later message not
+  handled is considered, and a step whose own message is handled does nothing. Known either way, no
+  message is left out for its age: the session expires by the workers' clock, which says nothing of when
+  the user wrote, so a backlog of any length (flows workers down for an hour while the user sent "hi",
+  then "2") is answered in full and in order, whichever task runs first, and an earlier message a drain
+  passed over stays passed over. A step stopped between its save and its mark whose session expired
+  before its task came again answers its message afresh: still one reply (its key, ``reply:<id>``).
 - A flow state left in the user's own session by a version that kept one per user (keyed by phone) is
   carried over, so a form under way at a deploy goes on: by the conversation its cursor (the last message
   it answered) belongs to, while that conversation has no state of its own and none of its messages after
@@ -285,10 +290,10 @@ def _process_locked(
     rows = repository.pending_inbound(
         conn,
         target.conversation_id,
-        cursor if isinstance(cursor, int) else 0,
+        # With no cursor, the database knows where the flow stopped: every later message is the flow's,
+        # however long a backlog held it.
+        cursor if isinstance(cursor, int) else None,
         target.message_id,
-        # Known where the flow stopped, every later message is the flow's, however long a backlog held it.
-        max_age_seconds=None if isinstance(cursor, int) else get_settings().session_ttl_seconds,
         grace_seconds=UNROUTED_GRACE.total_seconds(),
         reply_keys=keys,
     )

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import redis
 
+from shared.db import turns
 from shared.flows import builtin, registry, repository
 from shared.flows.pack import PACKS_DIR, Pack, load_pack, parse_pack
 from shared.flows.registry import FlowContext
@@ -22,7 +23,9 @@ from shared.flows.service import FORM_NOTE_KEY, LOCK_KEY, LOCK_SECONDS, Busy, Ta
 from shared.queues import handler_key
 from shared.replies import queue_reply
 from shared.sessions import Selection, Sessions
+from shared.settings import Mode
 from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
+from workers.inbound import pick_handler
 
 PHONE = "+15550100001"
 
@@ -41,6 +44,8 @@ class User:
             self.db, self.contact_id, self.conversation_id, text, routed=routed, reply_id=reply_id
         )
         if dispatched:
+            handler = pick_handler(text, linked=False, mode=Mode.menu)
+            turns.mark_dispatched(self.db, message_id, handler)
             self.redis.set(handler_key(message_id), 1)
         return message_id
 
@@ -249,14 +254,57 @@ def test_a_worker_whose_clock_runs_slow_skips_an_unrouted_message_past_the_grace
     assert len(user.replies()) == 1
 
 
-def test_a_worker_whose_clock_runs_slow_does_not_answer_messages_older_than_the_session(user: User) -> None:
-    # With the session gone, only messages younger than its TTL (by the database's clock) are answered.
-    stale = user.store("1")
-    stored_ago(user, stale, 31)
+@pytest.mark.parametrize("answered_before", [False, True], ids=["new conversation", "idle at the menu"])
+def test_menu_messages_a_backlog_held_past_the_session_are_all_answered_in_order(
+    user: User, answered_before: bool
+) -> None:
+    """No form under way, the session expired, and the flows workers down for 40 minutes while the user
+    sent "hi", then "2": the later one's task runs first. Both are answered, oldest first, once."""
+    if answered_before:
+        earlier = user.store("hi")
+        sent_ago(user, earlier, 120)
+        user.step(earlier)
+        Sessions(user.redis).clear(session_key(user.target))  # what 30 minutes without a message does
+    hi, two = user.store("hi"), user.store("2")
+    sent_ago(user, hi, 40)
+    sent_ago(user, two, 39)
+    assert user.step(two) == 2
+    assert user.step(hi) == 0
+    assert user.step(two) == 0
+    replies = user.replies()[1:] if answered_before else user.replies()
+    assert len(replies) == 2
+    assert "1. Report a defect" in replies[0]
+    assert "Which order?" in replies[1]
+    assert user.handled(hi)
+    assert user.handled(two)
+
+
+def test_a_message_passed_over_is_not_answered_by_a_drain_after_the_session_expired(user: User) -> None:
+    """The flow answered a later message while this one's routing was stuck: once routed, it is not
+    answered in a drain either, though the session (and the cursor in it) has expired meanwhile."""
+    lost = user.store("1", routed=False)
+    stored_ago(user, lost, 6)
     hi = user.store("hi")
-    assert user.step(hi, now=datetime.now(UTC) - timedelta(minutes=10)) == 1
-    assert not user.handled(stale)
+    assert user.step(hi) == 1
+    user.db.execute("UPDATE messages SET routed_at = now() WHERE id = %s", (lost,))
+    Sessions(user.redis).clear(session_key(user.target))
+    two = user.store("2")
+    assert user.step(two) == 1
+    assert not user.handled(lost)
+    assert "Which order?" in user.replies()[-1]
+
+
+def test_a_closed_conversations_unanswered_message_is_not_answered_in_the_next_one(user: User) -> None:
+    old = user.store("1")
+    sent_ago(user, old, 40)
+    user.db.execute(
+        "UPDATE conversations SET status = 'closed', closed_at = now() WHERE id = %s", (user.conversation_id,)
+    )
+    user.conversation_id = add_conversation(user.db, user.contact_id, "+15550009999")
+    assert user.step(user.store("hi")) == 1
     assert len(user.replies()) == 1
+    assert "1. Report a defect" in user.replies()[0]
+    assert not user.handled(old)
 
 
 def test_busy_while_another_worker_holds_the_conversations_lock(user: User) -> None:
