@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Frozen(BaseModel):
@@ -145,6 +145,39 @@ class Reply(Frozen):
     title: str | None = None
 
 
+class Location(Frozen):
+    """A location the user shared: a dropped pin, or a place with its name and address.
+
+    Coordinates are finite and in range, since they are stored as JSON (jsonb has no NaN) and read by
+    people: a pair that is not a place is no location (:meth:`parsed`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    name: str | None = None
+    address: str | None = None
+    url: str | None = None
+
+    @classmethod
+    def parsed(cls, fields: Any) -> Location | None:
+        """The location a provider's fields describe; None when they are not an object or name no usable
+        coordinates (the message is still stored, as a location without one, its raw payload kept)."""
+        if not isinstance(fields, Mapping):
+            return None
+        texts = {key: _text(fields.get(key)) for key in ("name", "address", "url")}
+        try:
+            return cls(latitude=fields.get("latitude"), longitude=fields.get("longitude"), **texts)
+        except ValidationError:
+            return None
+
+
+def _text(value: Any) -> str | None:
+    # An optional text the provider may send empty (Twilio's Label) or in another shape: absent, then.
+    return value if isinstance(value, str) and value else None
+
+
 INBOUND_KEY_PREFIX = "seen:"
 
 
@@ -170,6 +203,7 @@ class InboundMessage(Frozen):
     text: str | None = None
     media: list[Media] = Field(default_factory=list)
     reply: Reply | None = None
+    location: Location | None = None  # type location, when it named usable coordinates
     context_message_id: str | None = None  # the message this one answers, when quoted
     sent_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     raw: dict[str, Any] = Field(default_factory=dict)

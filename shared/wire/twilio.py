@@ -29,6 +29,7 @@ from shared.phone import provider_number
 from shared.wire.events import (
     DeliveryStatus,
     InboundMessage,
+    Location,
     Media,
     MessageType,
     Provider,
@@ -196,6 +197,7 @@ def parse_inbound(params: Mapping[str, Any], *, region: str = "US") -> InboundMe
         text=text,
         media=media,
         reply=reply,
+        location=_location(msg) if message_type is MessageType.location else None,
         context_message_id=msg.original_replied_message_sid or None,
         raw=raw,
     )
@@ -244,6 +246,12 @@ def _media(raw: Mapping[str, Any], num_media: str | None) -> list[Media]:
         if url:
             media.append(Media(url=str(url), mime_type=_opt_str(raw.get(f"MediaContentType{index}"))))
     return media
+
+
+def _location(msg: TwilioInbound) -> Location | None:
+    # Twilio's Label is the place's name (Meta's location.name); a dropped pin has neither it nor Address.
+    fields = {"latitude": msg.latitude, "longitude": msg.longitude, "name": msg.label, "address": msg.address}
+    return Location.parsed(fields)
 
 
 def _message_type(msg: TwilioInbound, media: list[Media]) -> MessageType:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from shared.wire.events import InboundMessage, Media, MessageType, Provider, Reply
+from shared.wire.events import InboundMessage, Location, Media, MessageType, Provider, Reply
 from shared.wire.meta.base import MetaError, MetaModel, log, provider_phone, unix_time
 
 _MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
@@ -115,7 +115,7 @@ class Message(MetaModel):
     voice: MediaObject | None = None
     document: MediaObject | None = None
     sticker: MediaObject | None = None
-    location: dict[str, Any] | None = None
+    location: dict[str, Any] | None = None  # Location.parsed: unusable coordinates cost only themselves
     contacts: list[dict[str, Any]] | None = None
     reaction: Reaction | None = None
     interactive: Interactive | None = None
@@ -178,6 +178,7 @@ def inbound_from_message(
     text: str | None = None
     media: list[Media] = []
     reply: Reply | None = None
+    location: Location | None = None
     context_id = msg.context.id if msg.context else None
 
     if message_type is MessageType.text and msg.text is not None:
@@ -199,6 +200,8 @@ def inbound_from_message(
     elif message_type is MessageType.reaction and msg.reaction is not None:
         text = msg.reaction.emoji
         context_id = msg.reaction.message_id
+    elif message_type is MessageType.location:
+        location = Location.parsed(msg.location)
     elif message_type is MessageType.interactive and msg.interactive is not None:
         tapped = msg.interactive.button_reply or msg.interactive.list_reply
         if tapped is not None:
@@ -225,6 +228,7 @@ def inbound_from_message(
         text=text,
         media=media,
         reply=reply,
+        location=location,
         context_message_id=context_id,
         sent_at=unix_time(msg.timestamp),
         raw=raw,

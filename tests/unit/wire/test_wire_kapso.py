@@ -41,6 +41,15 @@ def test_received_image_uses_kapso_media_url() -> None:
     assert media.media_id == "1479537139650973"
 
 
+def test_received_location_is_typed_as_from_meta() -> None:
+    [message] = parse_delivery(load("message_received_location"), "whatsapp.message.received").messages
+    assert message.type is MessageType.location
+    assert message.location is not None
+    assert (message.location.latitude, message.location.longitude) == (4.6097, -74.0817)
+    assert (message.location.name, message.location.address) == ("Oficina", "Cra 7 #32-16, Bogotá")
+    assert message.location.url is None
+
+
 def test_received_without_any_phone_number_uses_the_business_scoped_id() -> None:
     [message] = parse_delivery(load("message_received_no_phone"), "whatsapp.message.received").messages
     assert message.sender_phone is None

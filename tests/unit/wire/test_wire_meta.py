@@ -85,6 +85,43 @@ def test_location_and_contacts_are_typed_and_kept_raw() -> None:
     assert contacts.raw["contacts"][0]["name"]["formatted_name"] == "José Pérez"
 
 
+def test_location_carries_its_coordinates_and_place() -> None:
+    message = only_message("location")
+    assert message.location is not None
+    assert message.location.latitude == pytest.approx(37.483307)
+    assert message.location.longitude == pytest.approx(-122.148981)
+    assert message.location.name == "Main Office"
+    assert message.location.address == "1 Hacker Way, Menlo Park, CA 94025"
+    assert message.location.url == "https://www.meta.com"
+    # The event survives the JSON trip the queue gives it.
+    assert InboundMessage.model_validate(message.model_dump(mode="json")) == message
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        {"latitude": "north", "longitude": 1},
+        {"latitude": 91, "longitude": 0},
+        {"longitude": 1.5},
+    ],
+)
+def test_a_location_without_usable_coordinates_is_still_a_location_message(location: Any) -> None:
+    payload = load("location")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["location"] = location
+    [message] = parse_webhook(payload).messages
+    assert message.type is MessageType.location
+    assert message.location is None
+    assert message.raw["location"] == location
+
+
+def test_a_location_that_is_not_an_object_is_a_malformed_message_as_before() -> None:
+    payload = load("location")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["location"] = "not an object"
+    [message] = parse_webhook(payload).messages
+    assert message.type is MessageType.unknown
+    assert message.location is None
+
+
 def test_reaction_points_at_the_reacted_message() -> None:
     message = only_message("reaction")
     assert message.type is MessageType.reaction

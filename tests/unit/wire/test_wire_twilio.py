@@ -51,12 +51,26 @@ def test_button_tap_is_a_reply_quoting_our_message() -> None:
     assert event.context_message_id == "SM99998888777766665555444433332222"
 
 
-def test_location_keeps_coordinates_in_raw() -> None:
+def test_location_is_typed_and_kept_raw() -> None:
     event = parse(load("inbound_location.txt"), region="CO")
     assert isinstance(event, InboundMessage)
     assert event.type is MessageType.location
     assert event.sender_phone == "+573103055424"
     assert event.raw["Latitude"] == "4.6097"
+    assert event.location is not None
+    assert (event.location.latitude, event.location.longitude) == (4.6097, -74.0817)
+    assert event.location.name == "Oficina"
+    assert event.location.address == "Cra 7 #32-16, Bogotá"
+    assert InboundMessage.model_validate(event.model_dump(mode="json")) == event
+
+
+@pytest.mark.parametrize(("latitude", "longitude"), [("nan", "1"), ("4.6", "inf"), ("", "-74"), ("95", "0")])
+def test_location_with_unusable_coordinates_is_kept_without_them(latitude: str, longitude: str) -> None:
+    params = {**load("inbound_location.txt"), "Latitude": latitude, "Longitude": longitude}
+    event = parse(params, region="CO")
+    assert isinstance(event, InboundMessage)
+    assert event.type is MessageType.location
+    assert event.location is None
 
 
 @pytest.mark.parametrize(
