@@ -6,6 +6,7 @@ never see a provider's own format. Events travel as JSON dicts (``model_dump(mod
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -173,6 +174,56 @@ class Location(Frozen):
             return None
 
 
+class FlowReply(Frozen):
+    """A WhatsApp Flow the user submitted: Meta's ``interactive.nfm_reply`` (Kapso's too), whose
+    ``response_json`` is a JSON string of the Flow's answers
+    (https://developers.facebook.com/docs/whatsapp/flows/reference/responsemsgwebhook).
+
+    ``response`` is that string parsed, when it is a JSON object; None when it is not (then the reply is
+    still stored and answered, its raw payload kept): a Flow's answers are the business's own design, so
+    a malformed one must not cost the message.
+    """
+
+    name: str | None = None  # "flow", or "address_message" for an address form
+    body: str | None = None  # what the chat showed, "Sent"
+    response: dict[str, Any] | None = None
+
+    @classmethod
+    def parsed(cls, fields: Mapping[str, Any]) -> FlowReply:
+        response = _json_object(fields.get("response_json"))
+        return cls(name=_text(fields.get("name")), body=_text(fields.get("body")), response=response)
+
+
+# A Flow's answers are a form's fields, a level or two deep. Far deeper ones could not travel: the
+# queue's JSON dump stops at a few hundred levels (after the webhook had its 200), the parser at ~1,000.
+_FLOW_RESPONSE_DEPTH = 32
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return None
+    if not isinstance(value, dict) or not _shallow(value, _FLOW_RESPONSE_DEPTH):
+        return None
+    return value
+
+
+def _shallow(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests no more than ``limit`` objects or arrays deep (a loop: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
+
+
 def _text(value: Any) -> str | None:
     # An optional text the provider may send empty (Twilio's Label) or in another shape: absent, then.
     return value if isinstance(value, str) and value else None
@@ -204,6 +255,7 @@ class InboundMessage(Frozen):
     media: list[Media] = Field(default_factory=list)
     reply: Reply | None = None
     location: Location | None = None  # type location, when it named usable coordinates
+    flow_reply: FlowReply | None = None  # type interactive: a submitted WhatsApp Flow
     context_message_id: str | None = None  # the message this one answers, when quoted
     sent_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     raw: dict[str, Any] = Field(default_factory=dict)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from shared.wire.events import InboundMessage, Location, Media, MessageType, Provider, Reply
+from shared.wire.events import FlowReply, InboundMessage, Location, Media, MessageType, Provider, Reply
 from shared.wire.meta.base import MetaError, MetaModel, log, provider_phone, unix_time
 
 _MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
@@ -179,6 +179,7 @@ def inbound_from_message(
     media: list[Media] = []
     reply: Reply | None = None
     location: Location | None = None
+    flow_reply: FlowReply | None = None
     context_id = msg.context.id if msg.context else None
 
     if message_type is MessageType.text and msg.text is not None:
@@ -206,6 +207,8 @@ def inbound_from_message(
         tapped = msg.interactive.button_reply or msg.interactive.list_reply
         if tapped is not None:
             reply = Reply(id=tapped.id, title=tapped.title)
+        elif msg.interactive.nfm_reply is not None:
+            flow_reply = FlowReply.parsed(msg.interactive.nfm_reply)
     elif message_type is MessageType.button and msg.button is not None:
         reply = Reply(id=msg.button.payload or msg.button.text or "", title=msg.button.text)
     elif message_type is MessageType.order and msg.order is not None:
@@ -229,6 +232,7 @@ def inbound_from_message(
         media=media,
         reply=reply,
         location=location,
+        flow_reply=flow_reply,
         context_message_id=context_id,
         sent_at=unix_time(msg.timestamp),
         raw=raw,

@@ -50,6 +50,22 @@ def test_received_location_is_typed_as_from_meta() -> None:
     assert message.location.url is None
 
 
+def test_received_flow_reply_carries_its_answers() -> None:
+    payload = load("message_received")
+    payload["message"]["type"] = "interactive"
+    payload["message"]["interactive"] = {
+        "type": "nfm_reply",
+        "nfm_reply": {
+            "name": "flow",
+            "body": "Sent",
+            "response_json": '{"flow_token": "t-1", "rating": "5"}',
+        },
+    }
+    [message] = parse_delivery(payload, "whatsapp.message.received").messages
+    assert message.flow_reply is not None
+    assert message.flow_reply.response == {"flow_token": "t-1", "rating": "5"}
+
+
 def test_received_without_any_phone_number_uses_the_business_scoped_id() -> None:
     [message] = parse_delivery(load("message_received_no_phone"), "whatsapp.message.received").messages
     assert message.sender_phone is None

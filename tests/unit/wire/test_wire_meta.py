@@ -122,6 +122,36 @@ def test_a_location_that_is_not_an_object_is_a_malformed_message_as_before() -> 
     assert message.location is None
 
 
+def test_flow_reply_carries_the_parsed_answers() -> None:
+    message = only_message("interactive_flow_reply")
+    assert message.type is MessageType.interactive
+    assert message.flow_reply is not None
+    assert message.flow_reply.name == "flow"
+    assert message.flow_reply.response == {
+        "flow_token": "booking-42",
+        "date": "2026-12-09",
+        "party_size": "4",
+        "notes": "Mesa junto a la ventana",
+    }
+    assert message.reply is None
+    assert InboundMessage.model_validate(message.model_dump(mode="json")) == message
+
+
+@pytest.mark.parametrize(
+    "response_json",
+    ["{not json", '["a", "list"]', "", None, 42, "[" * 100_000, '{"a":' * 300 + "1" + "}" * 300],
+)
+def test_flow_reply_with_unreadable_answers_is_kept_without_them(response_json: Any) -> None:
+    payload = load("interactive_flow_reply")
+    nfm = payload["entry"][0]["changes"][0]["value"]["messages"][0]["interactive"]["nfm_reply"]
+    nfm["response_json"] = response_json
+    [message] = parse_webhook(payload).messages
+    assert message.type is MessageType.interactive
+    assert message.flow_reply is not None
+    assert message.flow_reply.response is None
+    assert message.raw["interactive"]["nfm_reply"]["response_json"] == response_json
+
+
 def test_reaction_points_at_the_reacted_message() -> None:
     message = only_message("reaction")
     assert message.type is MessageType.reaction
