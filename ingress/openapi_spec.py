@@ -236,6 +236,28 @@ class HistoryMedia(_Out):
     )
 
 
+class HistoryLocation(_Out):
+    """A location the user shared: the coordinates, and the place's name, address and link when the
+    provider gave them (Twilio's Label is the name)."""
+
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+    url: str | None = None
+
+
+class HistoryFlowReply(_Out):
+    """A WhatsApp Flow the user submitted (Meta's and Kapso's ``nfm_reply``)."""
+
+    name: str | None = Field(description='"flow", or "address_message" for an address form.')
+    body: str | None = Field(description='What the chat showed for it, usually "Sent".')
+    response: dict[str, Any] | None = Field(
+        description="The Flow's answers (its response_json, parsed), with the flow_token the Flow was sent "
+        "with; null when the provider's response_json was not a JSON object."
+    )
+
+
 class HistoryMessage(_Out):
     id: int
     direction: Literal["in", "out"]
@@ -245,6 +267,13 @@ class HistoryMessage(_Out):
     body: str | None
     media: list[HistoryMedia] | None = Field(
         description="An inbound message's media files; null for a message without any."
+    )
+    location: HistoryLocation | None = Field(
+        description="A shared location (type location); null for any other message, or a location whose "
+        "coordinates were unusable."
+    )
+    flow_reply: HistoryFlowReply | None = Field(
+        description="A submitted WhatsApp Flow (type interactive); null for any other message."
     )
     status: str
     error: MessageError | None

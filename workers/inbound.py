@@ -253,6 +253,12 @@ def _message_columns(inbound: InboundMessage) -> dict[str, Any]:
         payload["reply"] = inbound.reply.model_dump(mode="json")
     if inbound.context_message_id:
         payload["context_message_id"] = inbound.context_message_id
+    # What a location or a Flow reply says lives only here (neither has a body): the history API shows
+    # it, the assistant reads it (shared/db/history.py, shared/ai/assistant.py).
+    if inbound.location is not None:
+        payload["location"] = inbound.location.model_dump(mode="json", exclude_none=True)
+    if inbound.flow_reply is not None:
+        payload["flow_reply"] = inbound.flow_reply.model_dump(mode="json")
     return {
         "type": inbound.type.value,
         "body": inbound.answer_text or None,

@@ -27,7 +27,7 @@ from shared.db import history
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
 from shared.phone import InvalidPhone, normalize
-from shared.wire.events import Media, Provider
+from shared.wire.events import FlowReply, Location, Media, Provider
 
 log = get_logger(__name__)
 
@@ -42,6 +42,8 @@ STATUSES = ("open", "handoff", "closed")
 MEDIA_FIELDS = tuple(Media.model_fields)
 STORED_MEDIA_FIELDS = ("size", "sha256", "mime_type")
 MEDIA_ERROR_FIELDS = ("code", "message")
+LOCATION_FIELDS = tuple(Location.model_fields)
+FLOW_REPLY_FIELDS = tuple(FlowReply.model_fields)
 
 
 def _conversation(row: history.ConversationRow) -> dict[str, Any]:
@@ -71,6 +73,8 @@ def _message(row: history.MessageRow) -> dict[str, Any]:
         "type": row.type,
         "body": row.body,
         "media": _media(row.media),
+        "location": _picked(row.location, LOCATION_FIELDS) if isinstance(row.location, dict) else None,
+        "flow_reply": _flow_reply(row.flow_reply),
         "status": row.status,
         "error": message_error(row.error_code, row.error_message),
         "created_at": iso(row.created_at),
@@ -90,6 +94,12 @@ def _media_entry(entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(entry.get(name), dict):
             view[name] = _picked(entry[name], fields)
     return view
+
+
+def _flow_reply(entry: Any) -> dict[str, Any] | None:
+    if not isinstance(entry, dict):
+        return None
+    return {name: entry.get(name) for name in FLOW_REPLY_FIELDS}
 
 
 def _picked(entry: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:

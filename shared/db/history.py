@@ -37,9 +37,13 @@ ORDER BY c.id DESC
 LIMIT %(limit)s
 """
 _EXISTS = "SELECT 1 FROM conversations WHERE id = %(id)s"
+# A location's place and a Flow reply's answers are in an inbound message's payload (workers/inbound.py);
+# an outbound payload holds what we sent, never these.
 _LIST_MESSAGES = """
 SELECT id, direction, provider, provider_message_id, type, body, media, status, error_code,
-       error_message, created_at, updated_at
+       error_message, created_at, updated_at,
+       CASE WHEN direction = 'in' THEN payload -> 'location' END AS location,
+       CASE WHEN direction = 'in' THEN payload -> 'flow_reply' END AS flow_reply
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND id > %(after)s
 ORDER BY id
@@ -83,6 +87,8 @@ class MessageRow:
     error_message: str | None
     created_at: datetime
     updated_at: datetime
+    location: Any  # the payload's JSON as stored; the API picks its fields
+    flow_reply: Any
 
 
 def list_conversations(

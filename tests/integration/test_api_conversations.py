@@ -3,6 +3,11 @@ check on every read/maintenance view (conversations, stats, sessions, assistant 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
 import psycopg
 import pytest
 import structlog
@@ -12,7 +17,11 @@ from ingress import create_app
 from ingress.api import conversations as conversations_api
 from shared.db import conversations, history
 from shared.settings import load_settings
+from shared.wire import kapso, twilio
+from shared.wire.events import InboundMessage
+from shared.wire.meta import parse_webhook
 from tests.integration import history_seed as seed
+from workers.inbound import route
 
 KEY = {"X-API-Key": "views-test-key"}
 
@@ -315,3 +324,112 @@ def test_closing_an_unknown_conversation_is_404(client: FlaskClient) -> None:
     response = client.post("/api/v1/conversations/424242/close", headers=KEY)
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+def _routed_history(client: FlaskClient, db: psycopg.Connection, events: list[InboundMessage]) -> list[dict]:
+    """Route the events as inbound.route does in production, then read their conversation's history."""
+    settings = load_settings(default_region="CO")
+    for event in events:
+        route(event.model_dump(mode="json"), settings)
+    [conversation] = {row["conversation_id"] for row in db.execute("SELECT conversation_id FROM messages")}
+    response = client.get(f"/api/v1/conversations/{conversation}/messages", headers=KEY)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["data"]
+
+
+@pytest.mark.parametrize(
+    ("provider", "location"),
+    [
+        (
+            "meta",
+            {
+                "latitude": 37.483307,
+                "longitude": -122.148981,
+                "name": "Main Office",
+                "address": "1 Hacker Way, Menlo Park, CA 94025",
+                "url": "https://www.meta.com",
+            },
+        ),
+        (
+            "twilio",
+            {"latitude": 4.6097, "longitude": -74.0817, "name": "Oficina", "address": "Cra 7 #32-16, Bogotá"},
+        ),
+        (
+            "kapso",
+            {"latitude": 4.6097, "longitude": -74.0817, "name": "Oficina", "address": "Cra 7 #32-16, Bogotá"},
+        ),
+    ],
+)
+def test_history_shows_a_shared_location_whichever_provider_delivered_it(
+    client: FlaskClient, db: psycopg.Connection, redis_client: Any, provider: str, location: dict[str, Any]
+) -> None:
+    event = {"meta": _meta_event, "twilio": _twilio_event, "kapso": _kapso_event}[provider]("location")
+    [message] = _routed_history(client, db, [event])
+    assert (message["type"], message["body"]) == ("location", None)
+    assert message["location"] == location
+    assert message["flow_reply"] is None
+
+
+def test_history_shows_a_flow_replys_answers_and_not_its_raw_payload(
+    client: FlaskClient, db: psycopg.Connection, redis_client: Any
+) -> None:
+    good = _meta_event("interactive_flow_reply")
+    payload = _meta_payload("interactive_flow_reply")
+    raw = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    raw["id"] += "-malformed"
+    raw["interactive"]["nfm_reply"]["response_json"] = '{"flow_token": "booking-42", "date":'
+    [malformed] = parse_webhook(payload).messages
+
+    first, second = _routed_history(client, db, [good, malformed])
+
+    assert first["type"] == "interactive"
+    assert first["flow_reply"] == {
+        "name": "flow",
+        "body": "Sent",
+        "response": {
+            "flow_token": "booking-42",
+            "date": "2026-12-09",
+            "party_size": "4",
+            "notes": "Mesa junto a la ventana",
+        },
+    }
+    assert first["location"] is None
+    # Answers that were not JSON: the message is stored and listed all the same, with no answers.
+    assert second["flow_reply"] == {"name": "flow", "body": "Sent", "response": None}
+
+
+def test_history_of_a_message_of_the_release_before_has_no_location(
+    client: FlaskClient, db: psycopg.Connection, redis_client: Any
+) -> None:
+    # Queued by the previous release: a location event without the location field.
+    event = _meta_event("location").model_dump(mode="json")
+    del event["location"]
+    route(event, load_settings())
+    [conversation] = {row["conversation_id"] for row in db.execute("SELECT conversation_id FROM messages")}
+    [message] = client.get(f"/api/v1/conversations/{conversation}/messages", headers=KEY).get_json()["data"]
+    assert (message["type"], message["location"], message["flow_reply"]) == ("location", None, None)
+
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _meta_payload(name: str) -> dict[str, Any]:
+    return json.loads((DATA / "meta" / f"{name}.json").read_bytes())
+
+
+def _meta_event(name: str) -> InboundMessage:
+    [message] = parse_webhook(_meta_payload(name)).messages
+    return message
+
+
+def _twilio_event(name: str) -> InboundMessage:
+    params = dict(parse_qsl((DATA / "twilio" / f"inbound_{name}.txt").read_text(), keep_blank_values=True))
+    message = twilio.parse(params, region="CO")
+    assert isinstance(message, InboundMessage)
+    return message
+
+
+def _kapso_event(name: str) -> InboundMessage:
+    body = json.loads((DATA / "kapso" / f"message_received_{name}.json").read_bytes())
+    [message] = kapso.parse_delivery(body, kapso.RECEIVED).messages
+    return message
