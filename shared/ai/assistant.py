@@ -19,6 +19,7 @@ conversation's history, or the rule-based assistant when there is no model or it
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -109,11 +110,34 @@ def history(
         if not content:
             if message.direction == "out":
                 continue  # nothing we said in words (a reaction, a template without text)
-            content = f"[{message.type}]"  # a photo or voice note alone: say that one came
+            # A photo or voice note alone: say that one came. A location or a Flow's answers: what they say.
+            content = _described(message) or f"[{message.type}]"
         if len(content) > MAX_HISTORY_MESSAGE_CHARS:
             content = content[: MAX_HISTORY_MESSAGE_CHARS - 1] + "…"
         chat.append({"role": "user" if message.direction == "in" else "assistant", "content": content})
     return chat
+
+
+def _described(message: chat_context.ContextMessage) -> str | None:
+    """A location or a submitted Flow in words the model can read; None for another message."""
+    if isinstance(message.location, dict):
+        return describe_location(message.location)
+    if isinstance(message.flow_reply, dict):
+        answers = message.flow_reply.get("response")
+        if not isinstance(answers, dict):
+            return "[form submitted]"
+        # flow_token is ours, sent with the Flow to tell its replies apart: nothing the user answered.
+        shown = {key: value for key, value in answers.items() if key != "flow_token"}
+        return f"[form answers: {json.dumps(shown, ensure_ascii=False)}]"
+    return None
+
+
+def describe_location(location: dict[str, Any]) -> str:
+    """``[location: Acme HQ, 1 Main St (40.7128, -74.006)]``: the place's name and address when it has them,
+    then its coordinates as the user's phone gave them."""
+    place = ", ".join(str(location[key]) for key in ("name", "address") if location.get(key))
+    where = f"({location.get('latitude')}, {location.get('longitude')})"
+    return f"[location: {place} {where}]" if place else f"[location: {where}]"
 
 
 def ask_model(

@@ -7,6 +7,7 @@ notify paths (``messages.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -16,7 +17,10 @@ from shared.db.errors import wrap_errors
 # directions; outbound messages the user never received (failed, undelivered) are left out. Newest first
 # here, so LIMIT keeps the last ones; the caller reverses them.
 _RECENT = """
-SELECT id, direction, type, body FROM messages
+SELECT id, direction, type, body,
+       CASE WHEN direction = 'in' THEN payload -> 'location' END AS location,
+       CASE WHEN direction = 'in' THEN payload -> 'flow_reply' END AS flow_reply
+FROM messages
 WHERE conversation_id = %(conversation_id)s AND id <= %(upto_id)s
   AND NOT (direction = 'out' AND status IN ('failed', 'undelivered'))
 ORDER BY id DESC
@@ -31,6 +35,8 @@ class ContextMessage:
     direction: str  # in | out
     type: str
     body: str | None
+    location: Any = None  # an inbound location's place, as workers/inbound.py stored it
+    flow_reply: Any = None  # an inbound Flow reply's answers, likewise
 
 
 def recent_messages(

@@ -5,8 +5,10 @@ records what the real ``openai`` SDK sent it; then routing per business number a
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -23,6 +25,8 @@ from shared.providers.meta.client import MetaSender
 from shared.providers.twilio.client import TwilioSender
 from shared.queues import Job, Publisher
 from shared.settings import Settings, load_settings
+from shared.wire.events import InboundMessage
+from shared.wire.meta import parse_webhook
 from tests.fakes.meta_graph import FakeGraph
 from tests.fakes.openai_api import FakeOpenAI
 from tests.fakes.twilio_api import FakeTwilioAPI
@@ -35,6 +39,7 @@ API_KEY = "assistant-test-key"
 _ids = itertools.count(1)
 
 OFFLINE = load_settings(ai="offline")
+META_DATA = Path(__file__).resolve().parents[1] / "data" / "meta"
 
 
 def model_settings(fake: FakeOpenAI, **overrides: Any) -> Settings:
@@ -190,6 +195,38 @@ def test_a_number_without_config_uses_the_defaults(clean: None, db: psycopg.Conn
         {"role": "user", "content": "What time do you open?"},
     ]
     assert reply_row(db, message_id)["payload"]["generated_by"] == "gpt-test"
+
+
+def test_the_model_reads_a_shared_location_and_a_flows_answers_as_text(
+    clean: None, db: psycopg.Connection, redis_client: redis.Redis
+) -> None:
+    # Stored as the router stores them, from Meta's own payloads.
+    settings = load_settings(mode="assistant")
+    flow = meta_message("interactive_flow_reply")
+    route(flow.model_dump(mode="json"), settings)
+    location = meta_message("location")
+    message_id = route(location.model_dump(mode="json"), settings).message_id
+    assert message_id is not None
+
+    with FakeOpenAI() as fake:
+        fake.reply("Thanks, we see you at Main Office.")
+        ai_worker.reply_message(message_id, model_settings(fake))
+
+    form, place = [m["content"] for m in fake.completions()[0].body["messages"][1:]]
+    assert place == "[location: Main Office, 1 Hacker Way, Menlo Park, CA 94025 (37.483307, -122.148981)]"
+    # The user's answers, without the flow_token we sent the Flow with (in the order jsonb keeps them).
+    assert form.startswith("[form answers: {")
+    assert form.endswith("}]")
+    answers = json.loads(form.removeprefix("[form answers: ").removesuffix("]"))
+    assert answers == {"date": "2026-12-09", "party_size": "4", "notes": "Mesa junto a la ventana"}
+
+
+def meta_message(name: str) -> InboundMessage:
+    payload = json.loads(
+        (Path(__file__).resolve().parents[1] / "data" / "meta" / f"{name}.json").read_bytes()
+    )
+    [message] = parse_webhook(payload).messages
+    return message
 
 
 def test_a_redelivered_task_makes_one_reply_and_one_model_call(
