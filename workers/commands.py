@@ -49,7 +49,7 @@ def handle(message_id: int, sessions: Sessions | None = None, task: Task | None 
         ai.parse_message(message_id, sessions)
         return None
     user = ChatUser(record.user_key, record.user_id, has_phone=record.phone is not None)
-    text = respond(record.body or "", user, sessions)
+    text = respond(record.body or "", user, sessions, record.type)
     return answer(message_id, text)
 
 

@@ -21,6 +21,7 @@ from shared.db import workspaces as repo
 from shared.db.pool import connection
 from shared.db.workspaces import Project, Workspace
 from shared.sessions import Selection, Sessions
+from shared.wire.events import MessageType
 
 HELP_TEXT = (
     "Commands:\n"
@@ -52,6 +53,13 @@ NO_PHONE_TEXT = (
 CHOOSE_PROJECT = (
     "📁 Choose a project first: send /project <name> (or /list projects to see them), "
     "then send your message again."
+)
+
+# A shared location from a linked user: the bot reads text only (the help alone would not say why the
+# place was not used).
+LOCATION_TEXT = (
+    "📍 I can't use a shared location: I only read text. Describe the work in a message, with the "
+    "address written in it, and it becomes a proposal (send /help for the commands)."
 )
 
 TASK_LIST_LIMIT = 20
@@ -102,10 +110,13 @@ class _Context:
         return found[0] if found else None
 
 
-def respond(text: str, user: ChatUser, sessions: Sessions) -> str:
-    """The bot's answer to ``text`` from ``user`` (linking instructions when the number is not linked)."""
+def respond(text: str, user: ChatUser, sessions: Sessions, message_type: str = MessageType.text) -> str:
+    """The bot's answer to ``text`` from ``user`` (linking instructions when the number is not linked);
+    ``message_type``: the stored message's type."""
     if user.user_id is None:
         return LINKING_INSTRUCTIONS if user.has_phone else NO_PHONE_TEXT
+    if message_type == MessageType.location:
+        return LOCATION_TEXT
     words = (text or "").strip().split(maxsplit=1)
     command = words[0].casefold() if words else ""
     argument = words[1].strip() if len(words) > 1 else ""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import psycopg
 import pytest
@@ -13,17 +15,20 @@ import redis
 
 from shared import replies as replies_module
 from shared import verification
+from shared.bot.commands import LOCATION_TEXT
 from shared.commands.seed_demo import seed
 from shared.db.errors import NotFound
 from shared.db.pool import connection, transaction
 from shared.sessions import Sessions
 from shared.settings import load_settings
+from shared.wire import twilio
 from tests.integration.test_inbound_routing import bsuid_event, queued
 from workers import commands as commands_worker
 from workers import verify as verify_worker
 from workers.inbound import route
 
 PHONE = "+14155550123"
+TWILIO_DATA = Path(__file__).resolve().parents[1] / "data" / "twilio"
 _sids = itertools.count(1)
 
 
@@ -254,6 +259,26 @@ def test_free_text_routed_before_its_verify_was_handled_still_becomes_a_proposal
     assert len(replies(db)) == answered
     assert [task for task, _ in queued(redis_client, "persist")] == ["persist.save_proposal"]
     assert queued(redis_client, "persist")[0][1]["message_id"] == message_id
+
+
+def test_a_shared_location_is_told_the_bot_reads_text_not_given_the_command_list(
+    clean: None, db: psycopg.Connection, sessions: Sessions, redis_client: redis.Redis
+) -> None:
+    seed(PHONE)
+    commands_worker.handle(store_inbound(db, "/project mobile"), sessions)
+    params = dict(parse_qsl((TWILIO_DATA / "inbound_location.txt").read_text(), keep_blank_values=True))
+    params["From"] = f"whatsapp:{PHONE}"
+    event = twilio.parse(params)
+    outcome = route(event.model_dump(mode="json"), load_settings())
+    assert outcome.handler == "commands.handle"
+
+    commands_worker.handle(outcome.message_id, sessions)
+
+    assert replies(db)[-1] == LOCATION_TEXT
+    assert not queued(redis_client, "persist")  # no proposal made of it
+    # Text from the same user is read as before.
+    commands_worker.handle(store_inbound(db, "/status"), sessions)
+    assert "Mobile App" in replies(db)[-1]
 
 
 def notify_jobs(redis_client: redis.Redis) -> list[tuple[str, dict[str, Any]]]:
