@@ -180,6 +180,9 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
         return _start(pack, picked, ctx)
 
     step = flow.steps[state["step"]]
+    if answer.location:
+        notice = render(pack.pack.location_not_an_answer, {})
+        return _reprompt(pack, flow, state, f"{notice} {allowed(step, pack.pack)}")
     try:
         value = validate(step, answer, pack.pack)
     except Invalid as problem:

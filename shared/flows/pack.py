@@ -66,6 +66,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "number_whole": frozenset(),
     "number_decimal": frozenset(),
     "text_length_invalid": frozenset({"min_length", "max_length"}),
+    "location_not_an_answer": frozenset(),
     "order_not_found": frozenset({"value"}),
     "machine_not_found": frozenset({"value"}),
     "ticket_not_found": frozenset({"value"}),
@@ -202,6 +203,9 @@ class Meta(_Strict):
     number_whole: str = "a whole number"
     number_decimal: str = "a number"
     text_length_invalid: str = "Please send a text of {min_length} to {max_length} characters."
+    # Before what the step accepts, to a location shared in answer to a form's question: no step takes one,
+    # and read as its (empty) text it could pass for an optional answer, the place lost.
+    location_not_an_answer: str = "📍 A shared location can't answer this question."
     # The shipped lookups' words (shared/flows/builtin.py): an order, machine or ticket not found, a date
     # not set, and an SLA's time left or overdue.
     order_not_found: str = "Order {value} was not found. Please check the number and send it again."

@@ -91,7 +91,7 @@ _APOLOGISED_ONLY = """(
 # by when a step gets to the message: a backlog (workers down) must not time out an answer sent in time.
 _SENT_AT = "LEAST(created_at, COALESCE((payload->>'sent_at')::timestamptz, created_at))"
 _PENDING_INBOUND = f"""
-SELECT id, body, payload, created_at, routed_at, dispatched_to, {_SENT_AT} AS sent_at,
+SELECT id, type, body, payload, created_at, routed_at, dispatched_to, {_SENT_AT} AS sent_at,
        created_at < now() - make_interval(secs => %(grace_seconds)s) AS past_grace
 FROM messages
 WHERE conversation_id = %(conversation_id)s AND direction = 'in'

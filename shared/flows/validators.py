@@ -18,6 +18,7 @@ class Answer:
 
     text: str
     reply_id: str | None = None
+    location: bool = False  # a shared location: no text, and nothing a step accepts
 
     @property
     def clean(self) -> str:

@@ -34,19 +34,21 @@ def add_inbound(
     db: psycopg.Connection,
     contact_id: int,
     conversation_id: int,
-    body: str,
+    body: str | None,
     *,
     reply_id: str | None = None,
     routed: bool = True,
+    type: str = "text",
+    payload: dict[str, Any] | None = None,
 ) -> int:
     """Store an inbound message (a tapped button keeps its id in payload.reply, as inbound.route does)."""
-    payload: dict[str, Any] = {}
+    payload = dict(payload or {})
     if reply_id:
         payload["reply"] = {"id": reply_id, "title": body}
     row = db.execute(
-        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, body,"
-        " payload, status, routed_at) VALUES (%s, %s, 'in', 'twilio', %s, %s, %s, 'received',"
+        "INSERT INTO messages (conversation_id, contact_id, direction, provider, provider_message_id, type,"
+        " body, payload, status, routed_at) VALUES (%s, %s, 'in', 'twilio', %s, %s, %s, %s, 'received',"
         " CASE WHEN %s THEN now() END) RETURNING id",
-        (conversation_id, contact_id, f"SM{uuid.uuid4().hex}", body, Jsonb(payload), routed),
+        (conversation_id, contact_id, f"SM{uuid.uuid4().hex}", type, body, Jsonb(payload), routed),
     ).fetchone()
     return row["id"]

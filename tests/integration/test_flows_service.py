@@ -775,3 +775,58 @@ def test_what_a_lookup_finds_or_refuses_is_told_in_the_packs_own_words(user: Use
     assert re.search(r"quedan (19h 59m|20h 0m) \(due ", user.replies()[-3])
     assert "vencido hace 6h" in user.replies()[-1]
     assert "left" not in user.replies()[-3]
+
+
+# As inbound.route stores a shared location: no body, the place in the payload.
+LOCATION = {"latitude": 4.6097, "longitude": -74.0817, "name": "Planta 2"}
+
+OPTIONAL_NOTE = """\
+[pack]
+name = "notes"
+
+[[flows]]
+id = "note"
+title = "Leave a note"
+
+  [[flows.steps]]
+  name = "note"
+  prompt = "Anything to add? (optional)"
+  kind = "text"
+  min_length = 0
+
+  [flows.action]
+  name = "reply"
+  reply = "Noted: '{note}'."
+"""
+
+
+def test_a_shared_location_is_not_taken_as_a_forms_answer_and_the_question_is_asked_again(
+    user: User,
+) -> None:
+    user.step(user.store("1"))  # Report a defect: its first question
+    asked = user.flow
+    location = add_inbound(
+        user.db, user.contact_id, user.conversation_id, None, type="location", payload={"location": LOCATION}
+    )
+    user.redis.set(handler_key(location), 1)
+    user.step(location)
+
+    assert user.replies()[-1].startswith("⚠️ 📍 A shared location can't answer this question.")
+    assert user.flow["step"] == asked["step"]
+    assert user.flow["answers"] == asked["answers"]
+
+
+def test_a_shared_location_is_no_empty_answer_to_an_optional_text(user: User) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    location = add_inbound(
+        user.db, user.contact_id, user.conversation_id, None, type="location", payload={"location": LOCATION}
+    )
+    user.redis.set(handler_key(location), 1)
+    user.step(location, pack=pack)
+
+    # Before: the form took it as an empty note and finished, the place lost ("Noted: ''.").
+    assert "Noted" not in user.replies()[-1]
+    assert user.flow["flow"] == "note"
+    user.step(user.store("by the press"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'by the press'."
