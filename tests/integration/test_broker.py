@@ -47,6 +47,10 @@ def server() -> Iterator[PrivateRedis]:
 @pytest.fixture(autouse=True)
 def no_debts() -> Iterator[None]:
     broker._debts.clear()
+    # Each test has a Redis of its own, so this process starts as a new owner there, as a process does:
+    # one renewed on the last test's server within LEASE_RENEW_SECONDS would not set its lease on this
+    # one, and a sweep here took what it had just received for a dead owner's.
+    broker._new_owner()
     yield
     broker._debts.clear()
 
