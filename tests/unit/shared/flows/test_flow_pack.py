@@ -154,11 +154,12 @@ def test_a_timed_out_notice_naming_an_unknown_value_names_its_line() -> None:
     [
         ('cancelled = "{flow_title} cancelled at {step}"', "cancelled", "{step}"),
         ('not_understood = "Sorry, {flow_title}?"', "not_understood", "{flow_title}"),
+        ('choice_invalid = "Del 1 al {max}:"', "choice_invalid", "{max}"),
+        ('number_between = "Entre {min} y {hasta}"', "number_between", "{hasta}"),
+        ('order_not_found = "Pedido {order_number}?"', "order_not_found", "{order_number}"),
     ],
 )
-def test_a_cancel_or_not_understood_text_naming_an_unknown_value_names_its_line(
-    line: str, field: str, unknown: str
-) -> None:
+def test_a_pack_text_naming_an_unknown_value_names_its_line(line: str, field: str, unknown: str) -> None:
     with pytest.raises(PackError) as caught:
         parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{line}'), "tiny.toml")
     assert f"tiny.toml:3: pack.{field}" in str(caught.value)
@@ -170,23 +171,6 @@ def test_a_stray_brace_in_a_pack_text_is_found_when_the_pack_loads() -> None:
         parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nnot_understood = "Sorry :-{"'), "tiny.toml")
     assert "tiny.toml:3: pack.not_understood" in str(caught.value)
     assert "{{" in str(caught.value)  # how to write a brace of its own
-
-
-@pytest.mark.parametrize(
-    ("line", "field", "unknown"),
-    [
-        ('choice_invalid = "Del 1 al {max}:"', "choice_invalid", "{max}"),
-        ('number_between = "Entre {min} y {hasta}"', "number_between", "{hasta}"),
-        ('order_not_found = "Pedido {order_number}?"', "order_not_found", "{order_number}"),
-    ],
-)
-def test_a_validator_or_lookup_text_naming_an_unknown_value_names_its_line(
-    line: str, field: str, unknown: str
-) -> None:
-    with pytest.raises(PackError) as caught:
-        parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{line}'), "tiny.toml")
-    assert f"tiny.toml:3: pack.{field}" in str(caught.value)
-    assert unknown in str(caught.value)
 
 
 def test_a_pack_setting_the_unused_menu_hint_is_told_so_and_still_loads() -> None:
