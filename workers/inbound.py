@@ -121,7 +121,18 @@ def route(
     outcome = _decide(stored.message_id, settings, stored.facts, stored.verdict)
     with transaction() as conn:
         messages.mark_routed(conn, outcome.message_id)
+        if outcome.handler is None:
+            _forget_unchecked_code(conn, outcome.message_id)
     return _routed(outcome)
+
+
+def _forget_unchecked_code(conn: psycopg.Connection, message_id: int) -> None:
+    """Redact the code of a VERIFY routed to no handler (its sender over the rate limit or opted out, its
+    conversation handed to a person): the verify stage, which redacts a code once checked, never sees it.
+    Codes are stored hashed only; the raw event log never had it (:func:`_as_logged`). In the transaction
+    that marks it routed: a route retried before that still finds the code, should it dispatch it then."""
+    if verification.is_verify_code(collapse(messages.get_inbound(message_id, conn).body)):
+        messages.redact_verify_code(conn, message_id)
 
 
 def _routed(outcome: RouteOutcome) -> RouteOutcome:

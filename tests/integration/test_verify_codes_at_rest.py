@@ -88,3 +88,23 @@ def test_a_route_that_gives_up_on_a_verify_keeps_no_code_in_its_dead_letter(
     [letter] = db.execute("SELECT payload FROM dead_letters WHERE task_name = 'inbound.route'")
     assert letter["payload"]["event"]["text"] == "verify: [redacted]"
     assert tables_holding(db, "731-904") == []
+
+
+@pytest.mark.parametrize("held_by", ["rate_limited", "handoff", "from_opted_out"])
+def test_a_verify_no_handler_answers_keeps_no_code(clean: None, db: psycopg.Connection, held_by: str) -> None:
+    # The router answers it with no handler (the sender types too fast, a person has the conversation, the
+    # sender opted out): the verify stage never checks the code, so nothing else would ever redact it.
+    settings = load_settings(rate_limit_per_minute=1)
+    route(event("hello"), settings)
+    if held_by == "handoff":
+        db.execute("UPDATE conversations SET status = 'handoff'")
+    elif held_by == "from_opted_out":
+        db.execute("UPDATE contacts SET opted_out = true, opted_out_at = now()")
+    code = issue(uuid.uuid4(), PHONE)
+
+    outcome = route(event(f"VERIFY {code}"), settings)
+
+    assert outcome.action == held_by
+    assert tables_holding(db, code) == []
+    body = db.execute("SELECT body FROM messages WHERE id = %s", (outcome.message_id,)).fetchone()["body"]
+    assert body == "VERIFY [redacted]"
