@@ -323,7 +323,8 @@ def _reopened(
     listed, alerted on and replayed later, rather than closed with nothing done. What the replay already
     did stands and is harmless: a message queued again is re-enqueued by notify.sweep, an apology moved
     aside stays aside; but the message of a router's letter (``route_message``), made unrouted to be
-    routed again, is given up on again, as its router did, or it would hold its conversation's turn.
+    routed again, is given up on again, as its router did, or it would hold its conversation's turn
+    (unless a route has dispatched it since: the publish landed, and that dispatch's turn is its handler's).
 
     A publish that timed out may have landed all the same: its task may have run and failed again at once,
     leaving a new pending letter for the same task and message, and the unique index
@@ -335,7 +336,7 @@ def _reopened(
         with transaction() as conn:
             dead_letters.reopen(conn, letter_id)
             if route_message is not None:
-                turns.give_up_route(conn, route_message)
+                turns.undo_reopen(conn, route_message)
     except Duplicate:
         return _failed_again(letter, cause)
     except (DatabaseError, psycopg.Error) as failure:

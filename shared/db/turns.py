@@ -78,6 +78,14 @@ WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s 
   AND handled_at IS NULL AND dispatched_at IS NULL AND routed_at IS NOT NULL
 RETURNING id
 """
+# A replay of the router's letter whose route could not be enqueued gives the message up again, as its router
+# had: routed with no handler. Unless the route was enqueued after all (a publish that timed out may have
+# landed) and has dispatched the message since: that dispatch holds the turn for a handler about to answer it.
+_UNDO_REOPEN = """
+UPDATE messages SET routed_at = now()
+WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND routed_at IS NULL AND dispatched_at IS NULL
+RETURNING id
+"""
 # Whether ``{p}`` is an earlier inbound message of ``me``'s conversation that may hold its turn: not
 # handled, and dispatched or not routed yet (the predicate of the partial index messages_turn, repeated so
 # the planner can use it), and not left to ``me``'s own stage (``own_stage``, see ahead_of).
@@ -172,6 +180,13 @@ def reopen_route(conn: psycopg.Connection, provider: str, provider_message_id: s
     with wrap_errors():
         row = conn.execute(_REOPEN_ROUTE, params).fetchone()
     return row["id"] if row is not None else None
+
+
+def undo_reopen(conn: psycopg.Connection, message_id: int) -> bool:
+    """Undo :func:`reopen_route` when the replay's route could not be enqueued: the message is given up on
+    again, unless a route has dispatched it since. True if it was given up on."""
+    with wrap_errors():
+        return conn.execute(_UNDO_REOPEN, {"id": message_id}).fetchone() is not None
 
 
 def ahead_of(conn: psycopg.Connection, message_id: int, own_stage: str | None = None) -> Turn:

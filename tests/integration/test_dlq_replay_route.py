@@ -18,6 +18,8 @@ import redis
 from psycopg.types.json import Jsonb
 
 from shared.commands.dlq import replay
+from shared.db import turns
+from shared.db.pool import transaction
 from shared.queues import Publisher
 from shared.settings import load_settings
 from tests.integration.test_inbound_routing import event, queued
@@ -146,3 +148,29 @@ def test_a_replay_that_cannot_be_enqueued_leaves_the_message_given_up_on(
     assert pending(db, letter)
     row = db.execute("SELECT routed_at FROM messages WHERE id = %s", (message_id,)).fetchone()
     assert row["routed_at"] is not None
+
+
+def test_a_replay_whose_publish_timed_out_yet_landed_leaves_the_dispatch_its_turn(
+    db, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish of the replayed route timed out, yet the job landed and a router has dispatched the
+    message to its handler since. Reopening the letter must not also give the message up again: that would
+    take the turn from a handler about to answer it, and a later message could be answered first."""
+    stored = sent_ago("/help", timedelta(minutes=1))
+    message_id = route(stored, load_settings()).message_id
+    db.execute("UPDATE messages SET routed_at = now(), dispatched_at = NULL WHERE id = %s", (message_id,))
+    letter = route_letter(db, stored)
+    real_publish = Publisher.publish
+
+    def landed_then_timed_out(self: Publisher, jobs: Any) -> None:
+        real_publish(self, jobs)
+        with transaction() as conn:  # the replayed route, run at once by a router
+            turns.mark_dispatched(conn, message_id, "commands.handle")
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    with monkeypatch.context() as slow:
+        slow.setattr(Publisher, "publish", landed_then_timed_out)
+        assert replay(letter).result == "not_enqueued"
+
+    row = db.execute("SELECT routed_at, dispatched_at FROM messages WHERE id = %s", (message_id,)).fetchone()
+    assert row["dispatched_at"] is not None  # it holds its conversation's turn until its handler answers
