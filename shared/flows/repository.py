@@ -104,7 +104,9 @@ WHERE conversation_id = %(conversation_id)s AND direction = 'in'
   AND (handled_at IS NULL OR (id = %(upto_id)s AND {_APOLOGISED_ONLY}))
 ORDER BY id
 """  # noqa: S608 - constant subquery, no input
-_SENT_AT_OF = f"SELECT {_SENT_AT} AS sent_at FROM messages WHERE id = %(id)s AND direction = 'in'"  # noqa: S608 - constant expression, no input
+_ANSWERED = f"""
+SELECT {_SENT_AT} AS sent_at, handled_at AS answered_at FROM messages WHERE id = %(id)s AND direction = 'in'
+"""  # noqa: S608 - constant expression, no input
 _IS_APOLOGISED_ONLY = f"SELECT {_APOLOGISED_ONLY} AS owed"
 _MARK_HANDLED = "UPDATE messages SET handled_at = now() WHERE id = %(id)s AND handled_at IS NULL"
 _IS_HANDLED = "SELECT handled_at IS NOT NULL AS handled FROM messages WHERE id = %(id)s"
@@ -231,10 +233,19 @@ def pending_inbound(
     return conn.execute(_PENDING_INBOUND, params).fetchall()
 
 
-def sent_at(conn: psycopg.Connection, message_id: int) -> datetime | None:
-    """When the user sent inbound ``message_id`` (:data:`_SENT_AT`); None when it is no longer stored."""
-    row = conn.execute(_SENT_AT_OF, {"id": message_id}).fetchone()
-    return row["sent_at"] if row else None
+class Answered(NamedTuple):
+    """When the user sent an answer (:data:`_SENT_AT`), and when the flow answered it (its next question
+    asked; None while it is not), both by the database's clock."""
+
+    sent_at: datetime
+    answered_at: datetime | None
+
+
+def answered(conn: psycopg.Connection, message_id: int) -> Answered | None:
+    """When the user sent inbound ``message_id`` and when the flow answered it; None when it is no longer
+    stored."""
+    row = conn.execute(_ANSWERED, {"id": message_id}).fetchone()
+    return Answered(row["sent_at"], row["answered_at"]) if row else None
 
 
 def apologised_only(conn: psycopg.Connection, reply_keys: ReplyKeys) -> bool:

@@ -69,14 +69,16 @@ Ordering and exactly-once across several ``flows`` worker processes:
   included, that outlives the session by as long as the conversation stays open
   (``WAPIPE_CONVERSATION_IDLE_MINUTES``); a save with no form under way deletes it.
 - A form times out by the user's clock, not the workers': an answer sent longer than the session TTL
-  after the answer before it (each message's ``sent_at``, the provider's time, no later than when it was
-  stored: :func:`shared.flows.repository.sent_at`) was written to a question no longer asked (a "2" for
-  a choice would start the menu's option 2): it is not read, its sender is told the form timed out and
-  nothing of it was kept, and shown the menu (:func:`shared.flows.engine.timed_out`), which ends the
-  form, so it is told once. A tap on a menu row, which answers no form question, starts its flow after
-  the notice. An answer sent in time goes on with the form even when a backlog (workers down) held it
-  past the session's expiry: the state is then taken from the note. (A note left by a version that kept
-  no state in it still times its form out at the first message to find it.)
+  after the answer before it, or after the question the user then got, when a backlog held that answer
+  and so asked the question late (each message's ``sent_at``, the provider's time, no later than when it
+  was stored, and its ``handled_at``: :func:`shared.flows.repository.answered`), was written to a question
+  no longer asked (a "2" for a choice would start the menu's option 2): it is not read, its sender is
+  told the form timed out and nothing of it was kept, and shown the menu
+  (:func:`shared.flows.engine.timed_out`), which ends the form, so it is told once. A tap on a menu row,
+  which answers no form question, starts its flow after the notice. An answer sent in time goes on with
+  the form even when a backlog (workers down) held it past the session's expiry: the state is then taken
+  from the note. (A note left by a version that kept no state in it still times its form out at the
+  first message to find it.)
   An operator clearing the user's sessions (``DELETE /api/v1/sessions/<phone>``) clears the notes of the
   conversations whose state it clears (:func:`form_note_key`): their forms did not time out.
 """
@@ -304,7 +306,7 @@ def _process_locked(
         log.info("flows.step_already_handled", message_id=target.message_id)
         return 0
     handled = 0
-    last_sent = repository.sent_at(conn, cursor) if isinstance(cursor, int) else None
+    last = repository.answered(conn, cursor) if isinstance(cursor, int) else None
     for row in rows:
         if row["id"] != target.message_id:
             verdict = _earlier_message(row, redis_client)
@@ -324,11 +326,10 @@ def _process_locked(
             repository.mark_handled(conn, row["id"])
             conn.commit()
             continue
-        outcome = _respond(
-            row, target, conn, pack, state, lapsed or _lapsed(pack, state, last_sent, row), now
-        )
+        outcome = _respond(row, target, conn, pack, state, lapsed or _lapsed(pack, state, last, row), now)
         lapsed = None  # told once, with the first answer after the form's state expired
-        last_sent = row["sent_at"]
+        # Answered below, after every later row was sent: those the user wrote without its question.
+        last = repository.Answered(row["sent_at"], None)
         conn.commit()
         state = {
             **outcome.state,
@@ -402,15 +403,20 @@ def _form_under_way(pack: Pack, state: dict[str, Any]) -> Flow | None:
 
 
 def _lapsed(
-    pack: Pack, state: dict[str, Any], last_sent: datetime | None, row: dict[str, Any]
+    pack: Pack, state: dict[str, Any], last: repository.Answered | None, row: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The form under way in ``state`` (as a note has it) when the user sent ``row`` longer than the
-    session's TTL after the answer before it (sent at ``last_sent``): timed out for the user, whenever the
-    step got to it."""
+    session's TTL after the form last heard from them or they from it (``last``: the answer before, and
+    when its question was asked): timed out for the user, whenever the step got to it."""
     flow = _form_under_way(pack, state)
-    if flow is None or last_sent is None:
+    if flow is None or last is None:
         return None
-    if row["sent_at"] - last_sent <= timedelta(seconds=get_settings().session_ttl_seconds):
+    since = last.sent_at
+    if last.answered_at is not None and last.answered_at <= row["sent_at"]:
+        # The user had the question since it was asked: a backlog that held the answer before it (and so
+        # the question) must not count against them.
+        since = max(since, last.answered_at)
+    if row["sent_at"] - since <= timedelta(seconds=get_settings().session_ttl_seconds):
         return None
     return {"flow": flow.id, "title": flow.title}
 

@@ -147,10 +147,11 @@ def test_a_user_cleared_mid_form_is_not_told_next_that_the_form_timed_out(
         reply = cleared.send("2", conversation_id)
         assert "timed out" not in reply
         assert "Which order?" in reply  # the menu's option 2, the form being gone
-    # Another user's form, its state expired: still told, once, that it timed out. Its "1" was sent 31
-    # minutes ago (the timeout is judged by when the user sent each message).
+    # Another user's form, its state expired: still told, once, that it timed out. Its "1" was sent and
+    # answered 31 minutes ago (the timeout is judged by when the user sent each message).
     db.execute(
         "UPDATE messages SET created_at = created_at - interval '31 minutes',"
+        " handled_at = handled_at - interval '31 minutes',"
         " payload = jsonb_build_object('sent_at', now() - interval '31 minutes')"
         " WHERE conversation_id = %s AND direction = 'in'",
         (untouched.conversation_id,),

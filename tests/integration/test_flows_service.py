@@ -178,12 +178,22 @@ def sent_ago(user: User, message_id: int, minutes: float) -> None:
     )
 
 
-def _half_a_defect_report(user: User, minutes_ago: float) -> None:
-    """Report a defect, order ORD-12345, sent ``minutes_ago``: the form now asks for the defect type."""
+def answered_ago(user: User, message_id: int, minutes: float) -> None:
+    """Backdate when the flow answered a message (its next question), by the database's clock."""
+    user.db.execute(
+        "UPDATE messages SET handled_at = now() - make_interval(mins => %s) WHERE id = %s",
+        (minutes, message_id),
+    )
+
+
+def _half_a_defect_report(user: User, minutes_ago: float, *, asked_ago: float | None = None) -> None:
+    """Report a defect, order ORD-12345, sent ``minutes_ago``: the form now asks for the defect type,
+    asked ``asked_ago`` (when the answers were sent, unless a backlog held them)."""
     for text in ("1", "ORD-12345"):
         message_id = user.store(text)
         sent_ago(user, message_id, minutes_ago)
         user.step(message_id)
+        answered_ago(user, message_id, minutes_ago if asked_ago is None else asked_ago)
 
 
 def test_an_answer_sent_in_time_is_read_though_a_backlog_outlived_the_session(user: User) -> None:
@@ -194,6 +204,19 @@ def test_an_answer_sent_in_time_is_read_though_a_backlog_outlived_the_session(us
     sent_ago(user, answer, 35)
     Sessions(user.redis).clear(session_key(user.target))  # the session's TTL ran out during the outage
     assert user.step(answer) == 1
+    reply = user.replies()[-1]
+    assert "timed out" not in reply
+    assert "How severe is it?" in reply
+    assert user.flow["answers"] == {"order_number": "ORD-12345", "defect_type": "Return"}
+
+
+def test_an_answer_to_a_question_a_backlog_delayed_is_read_though_the_last_answer_is_older(
+    user: User,
+) -> None:
+    """The user answered 40 minutes ago; a backlog held that answer, so its next question was asked only
+    now, and the user answers it at once: the form did not time out, whatever the last answer's age."""
+    _half_a_defect_report(user, minutes_ago=40, asked_ago=0)
+    assert user.step(user.store("2")) == 1  # Return
     reply = user.replies()[-1]
     assert "timed out" not in reply
     assert "How severe is it?" in reply
@@ -377,6 +400,7 @@ def test_an_expired_session_starts_over_at_the_menu(user: User) -> None:
     one = user.store("1")
     sent_ago(user, one, 31)
     user.step(one)
+    answered_ago(user, one, 31)
     Sessions(user.redis).clear(session_key(user.target))  # what 30 minutes without a message does
     outcome_id = user.store("ORD-12345")
     assert user.step(outcome_id) == 1
