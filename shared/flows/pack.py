@@ -74,6 +74,22 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "time_left": frozenset({"time"}),
     "overdue_by": frozenset({"time"}),
 }
+# Each of those values as its renderer gives it (a number or a text): each [pack] text is rendered with
+# them once as it loads, so that a format or conversion its value cannot take ({min:.0f}, {min} being a
+# text such as "1.5") stops the pack at start, not the reply to a user's first wrong answer.
+_SAMPLE_VALUES: dict[str, Any] = {
+    "flow_title": "Report a defect",
+    "minutes": 30,
+    "count": 3,
+    "example": "ORD-12345",
+    "number": "a number",
+    "min": "1",
+    "max": "10",
+    "min_length": 1,
+    "max_length": 500,
+    "value": "ORD-12345",
+    "time": "5h 20m",
+}
 
 
 class PackError(Exception):
@@ -229,6 +245,10 @@ class Meta(_Strict):
         if unknown:
             allowed = f"only {_braced(known)} are known here" if known else "no {values} are known here"
             raise ValueError(f"{_braced(unknown)}: {allowed}")
+        try:
+            render(template, {name: _SAMPLE_VALUES[name] for name in known})
+        except (ValueError, TypeError, AttributeError, LookupError) as problem:
+            raise ValueError(f"a format its values cannot take: {problem}") from None
         return template
 
     @field_validator("menu_words", "cancel_words")

@@ -8,6 +8,7 @@ import pytest
 import structlog
 
 from shared.flows.pack import PackError, get_pack, load_pack, parse_pack, resolve
+from shared.flows.validators import Answer, Invalid, validate
 
 GOOD = """\
 [pack]
@@ -183,3 +184,29 @@ def test_a_pack_setting_the_unused_menu_hint_is_told_so_and_still_loads() -> Non
     warned = [entry for entry in logs if entry["log_level"] == "warning"]
     assert [(entry["key"], entry["where"]) for entry in warned] == [("pack.menu_hint", "tiny.toml:3")]
     assert not hasattr(pack.pack, "menu_hint")
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('number_between = "De {min:.0f} a {max:.0f}."', "number_between"),
+        ('choice_invalid = "Del 1 al {count!z}:"', "choice_invalid"),
+        ('time_left = "{time.days} left"', "time_left"),
+        ('form_timed_out = "{flow_title:d} ended"', "form_timed_out"),
+    ],
+)
+def test_a_pack_text_its_values_cannot_fill_in_is_refused_when_the_pack_loads(line: str, field: str) -> None:
+    """A format its value cannot take ({min} is text) loaded, then stopped the reply to the first wrong
+    answer: the user was never told what to send."""
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{line}'), "tiny.toml")
+    assert f"tiny.toml:3: pack.{field}" in str(caught.value)
+
+
+def test_a_pack_text_formatting_its_values_as_they_are_loads_and_renders() -> None:
+    texts = 'number_between = "Send {number} in [{min:>3}, {max:<3}]."\nform_timed_out = "{minutes:d} min."'
+    pack = parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{texts}'), "tiny.toml")
+    step = pack.flows[0].steps[0]
+    with pytest.raises(Invalid) as caught:
+        validate(step, Answer("eleven", None), pack.pack)
+    assert caught.value.message == "Send a whole number in [  1, 10 ]."
