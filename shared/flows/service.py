@@ -74,11 +74,13 @@ Ordering and exactly-once across several ``flows`` worker processes:
   was stored, and its ``handled_at``: :func:`shared.flows.repository.answered`), was written to a question
   no longer asked (a "2" for a choice would start the menu's option 2): it is not read, its sender is
   told the form timed out and nothing of it was kept, and shown the menu
-  (:func:`shared.flows.engine.timed_out`), which ends the form, so it is told once. A tap on a menu row,
-  which answers no form question, starts its flow after the notice. An answer sent in time goes on with
-  the form even when a backlog (workers down) held it past the session's expiry: the state is then taken
-  from the note. (A note left by a version that kept no state in it still times its form out at the
-  first message to find it.)
+  (:func:`shared.flows.engine.timed_out`), which ends the form. So is each message the user sent before
+  that notice was given (a backlog: "2", then "2" again for want of an answer), which answered the form's
+  question as well (:data:`TIMED_OUT_FIELD`); the first sent after it is read as the menu's. A tap on a
+  menu row, which answers no form question, starts its flow after the notice. An answer sent in time
+  goes on with the form even when a backlog (workers down) held it past the session's expiry: the state
+  is then taken from the note. (A note left by a version that kept no state in it still times its form
+  out at the first message to find it.)
   An operator clearing the user's sessions (``DELETE /api/v1/sessions/<phone>``) clears the notes of the
   conversations whose state it clears (:func:`form_note_key`): their forms did not time out.
 """
@@ -129,6 +131,9 @@ REPLY_FIELD = "reply"
 # The form note keeps the whole flow state too, so that a form whose session expired during a backlog
 # goes on (module docstring).
 NOTE_STATE_FIELD = "state"
+# Kept in the menu's state after a form's timeout notice: that form (``flow``, ``title``), for the messages
+# the user sent before the notice reached them, which answered its question too (module docstring).
+TIMED_OUT_FIELD = "timed_out"
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
 # Release or extend the lock only while it is still ours (a holder that outlived its lease must not
@@ -326,7 +331,8 @@ def _process_locked(
             repository.mark_handled(conn, row["id"])
             conn.commit()
             continue
-        outcome = _respond(row, target, conn, pack, state, lapsed or _lapsed(pack, state, last, row), now)
+        form_lapsed = lapsed or _lapsed(pack, state, last, row) or _told_timed_out(pack, state, last, row)
+        outcome = _respond(row, target, conn, pack, state, form_lapsed, now)
         lapsed = None  # told once, with the first answer after the form's state expired
         # Answered below, after every later row was sent: those the user wrote without its question.
         last = repository.Answered(row["sent_at"], None)
@@ -336,6 +342,8 @@ def _process_locked(
             CURSOR_FIELD: row["id"],
             REPLY_FIELD: {"text": outcome.text, "payload": outcome.payload},
         }
+        if form_lapsed is not None and _form_under_way(pack, state) is None:
+            state[TIMED_OUT_FIELD] = {"flow": form_lapsed.get("flow"), "title": form_lapsed.get("title")}
         session = {**session, SESSION_KEY: state}
         note = _form_note(pack, target, state)
         if not sessions.save(session_key(target), session, while_held=lock.claim, beside=note):
@@ -419,6 +427,20 @@ def _lapsed(
     if row["sent_at"] - since <= timedelta(seconds=get_settings().session_ttl_seconds):
         return None
     return {"flow": flow.id, "title": flow.title}
+
+
+def _told_timed_out(
+    pack: Pack, state: dict[str, Any], last: repository.Answered | None, row: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The form whose timeout the menu in ``state`` was told with, when the user sent ``row`` before that
+    notice was (``last``: the message it answered, and when): written to the form's question, not to the
+    menu, it is no menu choice either."""
+    told = state.get(TIMED_OUT_FIELD)
+    if not isinstance(told, dict) or _form_under_way(pack, state) is not None or last is None:
+        return None
+    if last.answered_at is not None and last.answered_at <= row["sent_at"]:
+        return None
+    return told
 
 
 def _form_note(pack: Pack, target: Target, state: dict[str, Any]) -> Beside:

@@ -424,6 +424,30 @@ def test_an_answer_to_a_form_that_timed_out_is_told_so_and_not_read_as_a_menu_ch
     assert "Which order?" in user.replies()[-1]
 
 
+@pytest.mark.parametrize("later_task_first", [False, True], ids=["in order", "later task first"])
+def test_answers_a_backlog_held_after_one_that_timed_out_are_not_read_as_menu_choices(
+    user: User, later_task_first: bool
+) -> None:
+    """The form timed out; the workers being down, the user sent "2" (Return) and, hearing nothing, "2"
+    again. Both were written to the form's question, before the notice: neither may start the menu's
+    option 2 (Order status). A message sent after the notice is a menu choice again."""
+    _half_a_defect_report(user, minutes_ago=45)
+    first, again = user.store("2"), user.store("2")
+    sent_ago(user, first, 5)
+    sent_ago(user, again, 4)
+    if later_task_first:
+        assert user.step(again) == 2
+    else:
+        assert user.step(first) == 1
+        assert user.step(again) == 1
+    replies = user.replies()[-2:]
+    assert all("*Report a defect* form timed out" in reply for reply in replies)
+    assert all("Which order?" not in reply for reply in replies)
+    assert user.flow["flow"] is None
+    user.step(user.store("2"))  # sent after the notice: a menu choice
+    assert "Which order?" in user.replies()[-1]
+
+
 def test_a_tap_on_the_menu_after_a_form_timed_out_starts_the_flow_tapped(user: User) -> None:
     """A row tapped in the menu list is a menu choice whatever question was asked before: the notice,
     then the flow tapped, with no second tap needed."""
