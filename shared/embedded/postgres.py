@@ -38,6 +38,9 @@ from shared.embedded.processes import (
 DATABASE_NAME = "wapipe"
 # The unprivileged account PostgreSQL runs as when wapipe runs as root.
 POSTGRES_SYSTEM_USER = "wapipe-postgres"
+# Where useradd is looked for when PATH has none: root's cron (PATH=/usr/bin:/bin) and `su` without `-`
+# leave sbin off PATH, and the account was made there all the same while useradd's path was fixed.
+USERADD_FOLDERS: tuple[str, ...] = ("/usr/sbin", "/sbin")
 # Where initdb builds a new PGDATA, beside it, before it is renamed into place.
 _INIT_PREFIX = ".postgres-init-"
 
@@ -63,9 +66,9 @@ def server_account() -> pwd.struct_passwd | None:
 
 
 def _create_account() -> None:
-    """Create the PostgreSQL account with the ``useradd`` found on PATH. Without one (Alpine, distroless
-    and other slim images), or when it fails (a read-only /etc), an :class:`EmbeddedError` says what the
-    operator can do instead, in one line."""
+    """Create the PostgreSQL account with the ``useradd`` found on PATH, or in sbin when PATH lacks it
+    (:data:`USERADD_FOLDERS`). Without one (Alpine, distroless and other slim images), or when it fails
+    (a read-only /etc), an :class:`EmbeddedError` says what the operator can do instead, in one line."""
     why = (
         f"PostgreSQL will not run as root, so wapipe runs it as the system user {POSTGRES_SYSTEM_USER},"
         " which does not exist"
@@ -75,9 +78,10 @@ def _create_account() -> None:
         f" {POSTGRES_SYSTEM_USER}), run wapipe up as another user, or set WAPIPE_DATABASE_URL to a"
         " PostgreSQL of your own"
     )
-    useradd = shutil.which("useradd")
+    useradd = shutil.which("useradd") or shutil.which("useradd", path=os.pathsep.join(USERADD_FOLDERS))
     if useradd is None:
-        raise EmbeddedError(f"{why}, and there is no useradd on PATH to create it: {instead}")
+        where = ", ".join(["PATH", *USERADD_FOLDERS])
+        raise EmbeddedError(f"{why}, and there is no useradd (in {where}) to create it: {instead}")
     result = subprocess.run(  # noqa: S603 - fixed arguments, root's own useradd
         [
             useradd,

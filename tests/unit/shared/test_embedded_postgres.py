@@ -71,10 +71,12 @@ def test_a_reachable_path_is_left_alone_and_unmentioned(
 
 
 # `wapipe up` with this module's account name replaced by one no machine has, so that the account is
-# created (or not) under a name of the test's own.
+# created (or not) under a name of the test's own, and the folders useradd is looked for in when PATH
+# lacks it replaced by the test's (none: the machine's own useradd must not run).
 UP_AS = (
-    "import sys; from shared.embedded import postgres; postgres.POSTGRES_SYSTEM_USER = sys.argv[1];"
-    " from shared.cli import main; sys.exit(main(sys.argv[2:]))"
+    "import os, sys; from shared.embedded import postgres; postgres.POSTGRES_SYSTEM_USER = sys.argv[1];"
+    " postgres.USERADD_FOLDERS = tuple(filter(None, sys.argv[2].split(os.pathsep)));"
+    " from shared.cli import main; sys.exit(main(sys.argv[3:]))"
 )
 
 
@@ -84,7 +86,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _up_as_root(account: str, data_dir: Path, path: str) -> subprocess.CompletedProcess[str]:
+def _up_as_root(
+    account: str, data_dir: Path, path: str, *, useradd_folders: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("WAPIPE_")}
     env["PATH"] = path
     return subprocess.run(
@@ -93,6 +97,7 @@ def _up_as_root(account: str, data_dir: Path, path: str) -> subprocess.Completed
             "-c",
             UP_AS,
             account,
+            os.pathsep.join(map(str, useradd_folders)),
             "up",
             "--data-dir",
             str(data_dir),
@@ -158,3 +163,19 @@ def test_up_as_root_whose_useradd_fails_says_why_in_one_line(tmp_path: Path, mis
     assert said.startswith("wapipe up: PostgreSQL will not run as root"), said
     assert "useradd: cannot lock /etc/passwd" in said, said
     assert f"create the system user {missing_account}" in said, said
+
+
+def test_up_as_root_finds_useradd_in_sbin_when_path_lacks_it(tmp_path: Path, missing_account: str) -> None:
+    # Root's cron (PATH=/usr/bin:/bin) and `su` without `-` have no sbin on PATH: the account was
+    # created all the same before useradd was looked up on PATH only, then it was "no useradd on PATH".
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    useradd = sbin / "useradd"
+    useradd.write_text("#!/bin/sh\necho 'useradd from sbin ran' >&2\nexit 1\n")  # creates no one
+    useradd.chmod(0o755)
+
+    result = _up_as_root(missing_account, tmp_path / "var", _path_without_useradd(), useradd_folders=(sbin,))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    [said] = result.stderr.strip().splitlines()
+    assert "useradd from sbin ran" in said, said
