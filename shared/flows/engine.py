@@ -157,6 +157,16 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
     return pack.flows[index] if index is not None else None
 
 
+def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
+    """Why a message with no text of its own answers no question (a location, a submitted WhatsApp
+    Flow), in the pack's words; None for one that may."""
+    if answer.location:
+        return render(pack.pack.location_not_an_answer, {})
+    if answer.flow_reply:
+        return render(pack.pack.flow_reply_not_an_answer, {})
+    return None
+
+
 def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: FlowContext) -> Outcome:
     """Apply one answer to the state: start a flow, take a form's answer, finish it, or show the menu."""
     state = dict(state or {})
@@ -180,8 +190,8 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
         return _start(pack, picked, ctx)
 
     step = flow.steps[state["step"]]
-    if answer.location:
-        notice = render(pack.pack.location_not_an_answer, {})
+    notice = _not_an_answer(pack, answer)
+    if notice is not None:
         return _reprompt(pack, flow, state, f"{notice} {allowed(step, pack.pack)}")
     try:
         value = validate(step, answer, pack.pack)

@@ -67,6 +67,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "number_decimal": frozenset(),
     "text_length_invalid": frozenset({"min_length", "max_length"}),
     "location_not_an_answer": frozenset(),
+    "flow_reply_not_an_answer": frozenset(),
     "order_not_found": frozenset({"value"}),
     "machine_not_found": frozenset({"value"}),
     "ticket_not_found": frozenset({"value"}),
@@ -222,6 +223,9 @@ class Meta(_Strict):
     # Before what the step accepts, to a location shared in answer to a form's question: no step takes one,
     # and read as its (empty) text it could pass for an optional answer, the place lost.
     location_not_an_answer: str = "📍 A shared location can't answer this question."
+    # Likewise to a WhatsApp Flow submitted meanwhile (one a template's button opened): its answers are
+    # that Flow's, and read as its (empty) text it too could pass for an optional answer.
+    flow_reply_not_an_answer: str = "📋 A form sent in WhatsApp can't answer this question."
     # The shipped lookups' words (shared/flows/builtin.py): an order, machine or ticket not found, a date
     # not set, and an SLA's time left or overdue.
     order_not_found: str = "Order {value} was not found. Please check the number and send it again."

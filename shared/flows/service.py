@@ -365,7 +365,13 @@ def _respond(
     """The flow's answer to the message ``row``: the engine's step from ``state``, or, when a form
     ``lapsed``, the notice that it timed out and the menu, the message not read as an answer nor as a
     menu choice, unless it is a tap on the menu (:func:`shared.flows.engine.timed_out`)."""
-    answer = Answer(row["body"] or "", reply_id_from(row["payload"]), location=row["type"] == "location")
+    answer = Answer(
+        row["body"] or "",
+        reply_id_from(row["payload"]),
+        location=row["type"] == "location",
+        # As inbound.route stores one (workers/inbound.py); a reply routed by the release before has no key.
+        flow_reply=isinstance(row["payload"], dict) and "flow_reply" in row["payload"],
+    )
     ctx = FlowContext(
         conn=conn,
         contact_id=target.contact_id,

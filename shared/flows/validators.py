@@ -19,6 +19,7 @@ class Answer:
     text: str
     reply_id: str | None = None
     location: bool = False  # a shared location: no text, and nothing a step accepts
+    flow_reply: bool = False  # a submitted WhatsApp Flow: its own answers, none of them this step's
 
     @property
     def clean(self) -> str:

@@ -878,3 +878,29 @@ def test_a_shared_location_is_no_empty_answer_to_an_optional_text(user: User) ->
     assert user.flow["flow"] == "note"
     user.step(user.store("by the press"), pack=pack)
     assert user.replies()[-1] == "Noted: 'by the press'."
+
+
+# As inbound.route stores a submitted WhatsApp Flow (a template's Flow button): no body, the Flow's own
+# answers in the payload, none of them an answer to the menu form's question.
+FLOW_REPLY = {"name": "flow", "body": "Sent", "response": {"flow_token": "t-1", "rating": "5"}}
+
+
+def test_a_submitted_whatsapp_flow_is_no_empty_answer_to_an_optional_text(user: User) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    submitted = add_inbound(
+        user.db,
+        user.contact_id,
+        user.conversation_id,
+        None,
+        type="interactive",
+        payload={"flow_reply": FLOW_REPLY},
+    )
+    user.redis.set(handler_key(submitted), 1)
+    user.step(submitted, pack=pack)
+
+    # Before: the form took it as an empty note and finished ("Noted: ''."), the Flow's answers not its own.
+    assert user.replies()[-1].startswith("⚠️ 📋 A form sent in WhatsApp can't answer this question.")
+    assert user.flow["flow"] == "note"
+    user.step(user.store("by the press"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'by the press'."
