@@ -13,6 +13,7 @@ import sys
 import psycopg
 
 from shared.db.errors import DatabaseError
+from shared.db.pool import close_pool
 from shared.logging import scrub
 from shared.settings import SettingsError
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wapipe: {exc}", file=sys.stderr)
         return 2
     except (psycopg.Error, DatabaseError) as exc:
+        # The pool's threads go on trying to connect, and each failure logs a warning: stopped first, so
+        # the line that says what failed is the last one, not followed by the next attempt's.
+        close_pool(timeout=1.0)
         print(f"wapipe: {database_failure(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:

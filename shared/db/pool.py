@@ -95,11 +95,12 @@ def get_pool() -> ConnectionPool:
         return _pool
 
 
-def close_pool() -> None:
+def close_pool(timeout: float = 5.0) -> None:
+    """Close this process's pool, waiting up to ``timeout`` seconds for its connection attempts to end."""
     global _pool
     with _lock:
         if _pool is not None and _pool_pid == os.getpid():
-            _pool.close()
+            _pool.close(timeout=timeout)
         _pool = None
 
 
