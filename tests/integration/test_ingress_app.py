@@ -305,6 +305,9 @@ def gunicorn_server(tmp_path: Path) -> Iterator[str]:
     # Each worker is replaced after 12 requests, so the counts are spread over many processes, most
     # of them gone by the time /metrics is scraped.
     argv = [sys.executable, "-m", "gunicorn", "-c", "python:ingress.gunicorn_conf", "--workers", "2"]
+    # A worker forked by --max-requests just as the test ends can miss the stop signal; the arbiter then
+    # waits out the graceful timeout (20 s, seen in a full run) before killing it. Nothing here drains.
+    argv += ["--graceful-timeout", "2"]
     proc = subprocess.Popen(
         [*argv, "--bind", f"127.0.0.1:{port}", "--max-requests", "12", "ingress:create_app()"],
         env=env,
