@@ -121,7 +121,7 @@ def route(
     outcome = _decide(stored.message_id, settings, stored.facts, stored.verdict)
     with transaction() as conn:
         messages.mark_routed(conn, outcome.message_id)
-        if outcome.handler is None:
+        if outcome.handler is None and _is_verify(inbound):
             _forget_unchecked_code(conn, outcome.message_id)
     return _routed(outcome)
 
@@ -131,8 +131,13 @@ def _forget_unchecked_code(conn: psycopg.Connection, message_id: int) -> None:
     conversation handed to a person): the verify stage, which redacts a code once checked, never sees it.
     Codes are stored hashed only; the raw event log never had it (:func:`_as_logged`). In the transaction
     that marks it routed: a route retried before that still finds the code, should it dispatch it then."""
-    if verification.is_verify_code(collapse(messages.get_inbound(message_id, conn).body)):
-        messages.redact_verify_code(conn, message_id)
+    messages.redact_verify_code(conn, message_id)
+
+
+def _is_verify(inbound: InboundMessage) -> bool:
+    """Whether the message is a ``VERIFY 123456``, read as the router reads its stored body (its text,
+    whitespace collapsed), without reading it back."""
+    return verification.is_verify_code(collapse(inbound.answer_text))
 
 
 def _routed(outcome: RouteOutcome) -> RouteOutcome:
@@ -248,7 +253,7 @@ def _as_logged(inbound: InboundMessage, event: dict[str, Any]) -> dict[str, Any]
     """The event as the raw log (``webhook_events``) keeps it: a VERIFY's code redacted, as the logs redact
     it. Codes are stored hashed only; the verify stage reads the code from the message's body, and redacts
     that once it has checked it (shared/verification.py)."""
-    if not verification.is_verify_code(collapse(inbound.answer_text)):
+    if not _is_verify(inbound):
         return event
     return redact_verify_codes(event)
 
