@@ -15,8 +15,8 @@
 - ``POST /api/whatsapp/notify`` ``{to, message}``: the text-only endpoint existing callers use, answering
   ``{"success": true, "data": {"messageId", "to"}}`` or ``{"success": false, "error": {...}}``.
 
-Every route needs an ``X-API-Key`` from ``WAPIPE_API_KEYS``. The recipient is shown in full to the caller:
-they chose it. Logs mask it.
+Every route needs an ``X-API-Key`` from ``WAPIPE_API_KEYS``. The recipient is shown in full: every key is
+trusted with every contact's messages (README, ``WAPIPE_API_KEYS``), whichever key sent one. Logs mask it.
 """
 
 from __future__ import annotations
