@@ -159,11 +159,15 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
 
 def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
     """Why a message with no text of its own answers no question (a location, a submitted WhatsApp
-    Flow), in the pack's words; None for one that may."""
+    Flow, media without a caption), in the pack's words; None for one that may."""
     if answer.location:
         return render(pack.pack.location_not_an_answer, {})
     if answer.flow_reply:
         return render(pack.pack.flow_reply_not_an_answer, {})
+    if answer.media and not answer.clean:
+        # Read as its empty text it would pass for an optional answer, the user's photo dropped unsaid.
+        # A caption is the user's words about it: that is the answer.
+        return render(pack.pack.media_not_an_answer, {})
     return None
 
 

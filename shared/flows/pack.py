@@ -68,6 +68,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "text_length_invalid": frozenset({"min_length", "max_length"}),
     "location_not_an_answer": frozenset(),
     "flow_reply_not_an_answer": frozenset(),
+    "media_not_an_answer": frozenset(),
     "order_not_found": frozenset({"value"}),
     "machine_not_found": frozenset({"value"}),
     "ticket_not_found": frozenset({"value"}),
@@ -226,6 +227,9 @@ class Meta(_Strict):
     # Likewise to a WhatsApp Flow submitted meanwhile (one a template's button opened): its answers are
     # that Flow's, and read as its (empty) text it too could pass for an optional answer.
     flow_reply_not_an_answer: str = "📋 A form sent in WhatsApp can't answer this question."
+    # Likewise to a photo, video, voice note, sticker or document sent without a caption: no step reads
+    # one, and as its (empty) text it too could pass for an optional answer, sent and silently dropped.
+    media_not_an_answer: str = "📎 A photo, video, voice note, sticker or file can't answer this question."
     # The shipped lookups' words (shared/flows/builtin.py): an order, machine or ticket not found, a date
     # not set, and an SLA's time left or overdue.
     order_not_found: str = "Order {value} was not found. Please check the number and send it again."

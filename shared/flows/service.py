@@ -111,6 +111,7 @@ from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_key
 from shared.replies import APOLOGY_KEY, reply_key
 from shared.sessions import Beside, Sessions
 from shared.settings import get_settings
+from shared.wire.events import MessageType
 
 log = get_logger(__name__)
 
@@ -134,6 +135,11 @@ NOTE_STATE_FIELD = "state"
 # Kept in the menu's state after a form's timeout notice: that form (``flow``, ``title``), for the messages
 # the user sent before the notice reached them, which answered its question too (module docstring).
 TIMED_OUT_FIELD = "timed_out"
+# The stored types of a message whose body is only its caption (workers/inbound.py): with none, it has
+# no text to answer a step with (shared/flows/engine.py).
+MEDIA_TYPES = frozenset(
+    {MessageType.image, MessageType.video, MessageType.audio, MessageType.document, MessageType.sticker}
+)
 ReplyFn = Callable[..., Any]  # queue_reply(inbound_id, text, *, payload=None)
 
 # Release or extend the lock only while it is still ours (a holder that outlived its lease must not
@@ -371,6 +377,7 @@ def _respond(
         location=row["type"] == "location",
         # As inbound.route stores one (workers/inbound.py); a reply routed by the release before has no key.
         flow_reply=isinstance(row["payload"], dict) and "flow_reply" in row["payload"],
+        media=row["type"] in MEDIA_TYPES,
     )
     ctx = FlowContext(
         conn=conn,

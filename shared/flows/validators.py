@@ -20,6 +20,7 @@ class Answer:
     reply_id: str | None = None
     location: bool = False  # a shared location: no text, and nothing a step accepts
     flow_reply: bool = False  # a submitted WhatsApp Flow: its own answers, none of them this step's
+    media: bool = False  # a photo, video, voice note, sticker or document; its caption, if any, is the text
 
     @property
     def clean(self) -> str:

@@ -904,3 +904,54 @@ def test_a_submitted_whatsapp_flow_is_no_empty_answer_to_an_optional_text(user: 
     assert user.flow["flow"] == "note"
     user.step(user.store("by the press"), pack=pack)
     assert user.replies()[-1] == "Noted: 'by the press'."
+
+
+def _media(user: User, kind: str, caption: str | None = None) -> int:
+    """A photo, sticker, voice note, video or document as inbound.route stores one: its caption, if any,
+    is its body (a voice note or sticker has none)."""
+    media_id = add_inbound(user.db, user.contact_id, user.conversation_id, caption, type=kind)
+    user.redis.set(handler_key(media_id), 1)
+    return media_id
+
+
+@pytest.mark.parametrize("kind", ["image", "sticker", "audio", "video", "document"])
+def test_media_without_a_caption_is_no_empty_answer_to_an_optional_text(user: User, kind: str) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    user.step(_media(user, kind), pack=pack)
+
+    # Before: the form took it as an empty note and finished ("Noted: ''."), the user's media ignored.
+    assert user.replies()[-1].startswith("⚠️ 📎 A photo, video, voice note, sticker or file can't answer")
+    assert user.flow["flow"] == "note"
+    assert user.flow["answers"] == {}
+    user.step(user.store("by the press"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'by the press'."
+
+
+def test_media_without_a_caption_to_a_required_step_is_told_the_same(user: User) -> None:
+    user.step(user.store("1"))  # Report a defect: which order?
+    asked = user.flow
+    user.step(_media(user, "image"))
+
+    # Before: "That doesn't look right. Please send it like ORD-12345.", as if the photo were mistyped.
+    assert user.replies()[-1].startswith(
+        "⚠️ 📎 A photo, video, voice note, sticker or file can't answer this question."
+        " That doesn't look right. Please send it like ORD-12345."
+    )
+    assert user.flow["step"] == asked["step"]
+    assert user.flow["answers"] == asked["answers"]
+
+
+def test_the_caption_of_a_photo_is_its_answer(user: User) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    user.step(_media(user, "image", caption="crack by the press"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'crack by the press'."
+
+
+def test_media_without_a_caption_is_told_in_the_packs_own_words(user: User) -> None:
+    spanish = 'name = "notes"\nmedia_not_an_answer = "📎 Escribe tu respuesta."'
+    pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
+    user.step(user.store("1"), pack=pack)
+    user.step(_media(user, "audio"), pack=pack)
+    assert user.replies()[-1].startswith("⚠️ 📎 Escribe tu respuesta.")
