@@ -13,6 +13,8 @@ Every reply has a plain-text body that works everywhere (numbered options) and, 
 offered, an interactive payload (``{"type": "interactive", "interactive": {"kind": "list", ...}}``,
 the shape of :class:`shared.providers.base.Interactive`, ``kind`` "list" or "buttons") that providers
 supporting it (Meta, Kapso) send as a list or reply buttons; their tapped ids come back as answers.
+A reply whose body, once rendered, is longer than WhatsApp takes in an interactive message has no
+payload: it goes as its plain text, whose numbered options are answered by typing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step, render
 from shared.flows.registry import FlowContext, Rejected
 from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, validate
 from shared.flows.words import keyword
+from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
 
 MENU_ID_PREFIX = "menu:"
 MAX_BUTTONS = 3
@@ -95,7 +98,7 @@ def _prefaced(payload: dict[str, Any] | None, preface: str) -> dict[str, Any] | 
     if payload is None:
         return None
     interactive = payload["interactive"]
-    return {**payload, "interactive": {**interactive, "body": f"{preface}\n\n{interactive['body']}"}}
+    return _interactive({**interactive, "body": f"{preface}\n\n{interactive['body']}"})
 
 
 def _in_words_of(pack: Pack, ctx: FlowContext) -> FlowContext:
@@ -103,16 +106,28 @@ def _in_words_of(pack: Pack, ctx: FlowContext) -> FlowContext:
     return dataclasses.replace(ctx, texts=pack.pack)
 
 
-def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any]:
-    # The shape of shared.providers.base.Interactive, stored as the outbound message's payload.
-    interactive = {"kind": "list", "body": body, "button_text": button, "sections": [{"rows": rows}]}
+def _interactive(interactive: dict[str, Any]) -> dict[str, Any] | None:
+    """The payload of a reply sent as ``interactive`` (the shape of shared.providers.base.Interactive), or
+    None when its body is longer than WhatsApp takes in one.
+
+    A prompt fits at load, but rendered it may not: the answers and lookups filled in, the flow's title, a
+    notice or an error text put before it. The Meta sender refuses such a body for good (body_too_long),
+    and the user would get nothing, the form stuck. Sent as its plain text, its options are numbered, and
+    a typed number or label answers as a tap would.
+    """
+    if len(interactive["body"]) > INTERACTIVE_BODY_MAX:
+        return None
     return {"type": "interactive", "interactive": interactive}
 
 
-def _choice_payload(step: Step, body: str, button: str) -> dict[str, Any]:
+def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any] | None:
+    return _interactive({"kind": "list", "body": body, "button_text": button, "sections": [{"rows": rows}]})
+
+
+def _choice_payload(step: Step, body: str, button: str) -> dict[str, Any] | None:
     options = [{"id": choice_id(step.name, n), "title": label} for n, label in enumerate(step.choices, 1)]
     if len(options) <= MAX_BUTTONS and all(len(label) <= MAX_BUTTON_TITLE for label in step.choices):
-        return {"type": "interactive", "interactive": {"kind": "buttons", "body": body, "buttons": options}}
+        return _interactive({"kind": "buttons", "body": body, "buttons": options})
     return _list(body, button, options)
 
 

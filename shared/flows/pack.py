@@ -36,6 +36,7 @@ from shared.flows.toml_lines import Path as KeyPath
 from shared.flows.toml_lines import key_lines, line_of
 from shared.flows.words import keyword
 from shared.logging import get_logger
+from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
 
 PACKS_DIR = Path(__file__).with_name("packs")
 
@@ -114,7 +115,8 @@ class Step(_Strict):
     """One question of a form, and what counts as a valid answer."""
 
     name: Identifier
-    prompt: str = Field(min_length=1, max_length=1024)
+    # At most an interactive message's body; rendered longer, it goes as plain text (shared/flows/engine.py).
+    prompt: str = Field(min_length=1, max_length=INTERACTIVE_BODY_MAX)
     kind: Literal["choice", "regex", "number", "text"]
     error: str | None = None  # shown instead of the generated "please answer ..." text
     lookup: str | None = None

@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
-from shared.flows.engine import advance, timed_out
+from shared.flows.engine import Outcome, advance, menu_text, timed_out
 from shared.flows.pack import Pack, parse_pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
+from shared.providers.base import OutboundMessage
+from shared.providers.meta.client import build_payload
+from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
 
 # Capitalised words, as they would read in the pack's own language: a choice step and the "reply" action
 # touch no database, so the context needs no connection.
@@ -138,3 +141,89 @@ def test_a_wrong_choice_is_told_in_the_packs_own_words() -> None:
     assert state["step"] == 0
     assert text.startswith("⚠️ Responde del 1 al 2:\n1. Baja\n2. Alta\n")
     assert "Please" not in text
+
+
+# A choice whose prompt repeats an earlier free-text answer: a prompt well within WhatsApp's 1,024
+# characters at load can render past them.
+REPEATED = """\
+[pack]
+name = "workshop"
+
+[[flows]]
+id = "defect"
+title = "Defect"
+
+  [[flows.steps]]
+  name = "place"
+  prompt = "Where is it?"
+  kind = "text"
+  max_length = 2000
+
+  [[flows.steps]]
+  name = "severity"
+  prompt = "{place}: how severe is it?"
+  kind = "choice"
+  choices = ["Low", "High"]
+
+  [flows.action]
+  name = "reply"
+  reply = "Noted: {severity}."
+"""
+
+
+def _advanced(pack: Pack, state: dict[str, Any], text: str) -> Outcome:
+    ctx = FlowContext(conn=None, contact_id=1, conversation_id=1, message_id=1, now=datetime.now(UTC))  # type: ignore[arg-type]
+    return advance(pack, state, Answer(text), ctx)
+
+
+def _sent_by_meta(outcome: Outcome) -> dict[str, Any]:
+    """The Cloud API request the reply becomes: the one the Meta sender makes, or its SendError."""
+    kind = outcome.payload["type"] if outcome.payload else "text"
+    message = OutboundMessage.from_record(
+        id=1, to="+15550100001", type=kind, body=outcome.text, payload=outcome.payload or {}, from_number=None
+    )
+    return build_payload(message)
+
+
+def test_a_prompt_rendered_past_whatsapps_body_limit_is_sent_as_its_plain_text() -> None:
+    pack = parse_pack(REPEATED)
+    state = _advanced(pack, {}, "1").state
+    asked = _advanced(pack, state, "by the press " * 90)  # 1,170 characters
+
+    # Before: reply buttons with a body of 1,189 characters, which the Meta sender refused for good
+    # (body_too_long): the user got nothing, the form stuck at a question never asked.
+    assert asked.payload is None
+    assert _sent_by_meta(asked)["type"] == "text"
+    assert "\n1. Low\n2. High\n" in asked.text
+    assert _advanced(pack, asked.state, "2").text == "Noted: High."
+
+
+def test_a_prompt_within_whatsapps_body_limit_keeps_its_buttons() -> None:
+    pack = parse_pack(REPEATED)
+    state = _advanced(pack, {}, "1").state
+    asked = _advanced(pack, state, "by the press")
+    assert asked.payload is not None
+    assert _sent_by_meta(asked)["interactive"]["action"]["buttons"][1]["reply"]["title"] == "High"
+
+
+def test_a_first_prompt_of_the_full_length_with_its_flows_title_is_sent_as_its_plain_text() -> None:
+    longest = f'prompt = "{"W" * INTERACTIVE_BODY_MAX}"\n  kind = "choice"\n  choices = ["Line 1", "Line 2"]'
+    pack = parse_pack(
+        REPEATED.replace('prompt = "Where is it?"\n  kind = "text"\n  max_length = 2000', longest)
+    )
+    started = _advanced(pack, {}, "1")  # "*Defect*" before the prompt: 1,033 characters
+    assert started.payload is None
+    assert _sent_by_meta(started)["type"] == "text"
+    assert "\n1. Line 1\n2. Line 2\n" in started.text
+
+
+def test_a_menu_whose_notice_takes_it_past_whatsapps_body_limit_is_sent_as_its_plain_text() -> None:
+    pack = parse_pack(
+        REPEATED.replace('name = "workshop"', f'name = "workshop"\nmenu_prompt = "{"M" * 950}"')
+    )
+    assert _sent_by_meta(menu_text(pack, preface="Hello!"))["type"] == "interactive"
+
+    told = timed_out(pack, {"flow": "defect", "title": "Defect"}, minutes=30)
+    assert told.payload is None
+    assert _sent_by_meta(told)["type"] == "text"
+    assert told.text.endswith("\n1. Defect")
