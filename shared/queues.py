@@ -127,11 +127,22 @@ class Job:
     line: str | None = None
 
 
+# What a dedupe key holds when its job was forgone (:meth:`Publisher.forgo`) rather than published ("1").
+FORGONE = b"forgone"
+
+
 def handler_key(message_id: int) -> str:
     """The dedupe key of an inbound message's handler job (workers/inbound.py): set, in the publish itself,
-    once that job is queued, so it also says whether the router handed the message to a handler (read by
-    the flows' drain and by a route that gives up)."""
+    once that job is queued, so it also says whether the router handed the message to a handler
+    (:func:`handler_published`); or set by a route that gave the message up, so that no run of it can
+    publish that job after (:meth:`Publisher.forgo`, workers/ordering.py ``give_up_turn``)."""
     return f"handle:{message_id}"
+
+
+def handler_published(client: redis.Redis, message_id: int) -> bool:
+    """Whether inbound message ``message_id``'s handler job was published (read by the flows' drain): its
+    :func:`handler_key` set by the publish, not forgone by a route that gave the message up."""
+    return client.get(handler_key(message_id)) not in (None, FORGONE)
 
 
 # Sending stored outbound messages (workers/notify.py). One Celery task pull per message costs more CPU
@@ -190,6 +201,14 @@ return result
 """
 
 
+# KEYS[1]: a dedupe key; ARGV[1]: FORGONE. Deleted only while it says its job was forgone: a key its publish
+# set stays, or that job could be published twice.
+_UNFORGO = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class Publisher:
     """Writes Celery task messages straight to their Redis lists; thread-safe, one per process."""
 
@@ -200,6 +219,7 @@ class Publisher:
             redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
         )
         self._script = self._redis.register_script(_PUBLISH)
+        self._unforgo_script = self._redis.register_script(_UNFORGO)
         self._origin = f"{os.getpid()}@{socket.gethostname()}"
         self._templates: dict[str, list[str]] = {}
         self._local = threading.local()
@@ -225,6 +245,16 @@ class Publisher:
             messages.append(self.message(job.task, job.kwargs))
         result = self._run_script(keys, [self.DEDUPE_TTL_SECONDS, arrivals.LINE_TTL_SECONDS, *messages])
         return [bool(flag) for flag in result]
+
+    def forgo(self, dedupe_key: str) -> bool:
+        """Set ``dedupe_key`` as publishing its job would, without publishing it: from now on that job is
+        not published (:meth:`publish` finds the key set) until :meth:`unforgo`. In one step with any
+        publish under the key: False when the job was published first (or forgone already)."""
+        return bool(self._redis.set(dedupe_key, FORGONE, nx=True, ex=self.DEDUPE_TTL_SECONDS))
+
+    def unforgo(self, dedupe_key: str) -> None:
+        """Undo :meth:`forgo`: the job may be published again. A key its publish set is left as it is."""
+        self._unforgo_script(keys=[dedupe_key], args=[FORGONE])
 
     def _run_script(self, keys: list[str], args: list[Any]) -> Any:
         """The publish script's EVALSHA, on a connection of this thread's own.

@@ -540,8 +540,10 @@ class RouteTask(WapipeTask):
     route that fails for good releases the turn as a handler does (workers/ordering.py), the message then
     recorded as routed to no handler (not routed, it would hold the turn as long): ``wapipe dlq replay`` of
     the route's letter routes it again (shared/commands/dlq.py). Unless a run of
-    the route published the handler's task already (it failed after that, marking the message routed):
-    the turn and the retrying mark are then the handler's, which may be queued or retrying still."""
+    the route published the handler's task already (it failed after that, marking the message routed), or
+    another run of the route publishes it as this one gives up: the turn and the retrying mark are then
+    the handler's, which may be queued or retrying still. Which of the two is settled in one step with the
+    publish (workers/ordering.py ``give_up_turn``)."""
 
     def retry(self, *args: Any, **options: Any) -> Any:
         due = ordering.retry_due_at(self, options)
@@ -559,23 +561,8 @@ class RouteTask(WapipeTask):
         if inbound is not None:
             _leave_line(inbound)
         stored = _stored_by(self.request)
-        if stored is not None and not _handler_published(stored):
+        if stored is not None:
             ordering.give_up_turn(stored, exc, routing=True)
-
-
-def _handler_published(message_id: int) -> bool:
-    """Whether a run of the route published the message's handler task. True when Redis cannot tell: a turn
-    held for nothing is released by the stale grace, but one released under a live handler lets a later
-    message be answered first."""
-    try:
-        return bool(get_publisher().redis.exists(handler_key(message_id)))
-    except redis.RedisError as exc:
-        log.warning(
-            "could not tell whether a failed route published its handler; keeping its turn",
-            message_id=message_id,
-            error_type=type(exc).__name__,
-        )
-        return True
 
 
 # Where a route task's request keeps the id of the message its run stored (or found stored), for its retry

@@ -82,6 +82,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+import psycopg
 import redis
 from celery import Task
 from celery.exceptions import Retry
@@ -91,7 +92,7 @@ from shared import arrivals
 from shared.db import turns
 from shared.db.pool import connection, transaction
 from shared.logging import get_logger
-from shared.queues import get_publisher
+from shared.queues import get_publisher, handler_key
 from workers.base import WapipeTask
 
 log = get_logger(__name__)
@@ -457,19 +458,26 @@ class StageTask(WapipeTask):
 def give_up_turn(message_id: int, exc: BaseException, *, routing: bool = False) -> None:
     """The task answering (or, with ``routing``, routing) inbound message ``message_id`` failed for good
     with ``exc``: clear its retrying mark and release its turn, so its conversation's later messages go
-    ahead at once. A message its router gave up on is not routed yet, which holds the turn as a dispatch
-    does: it is recorded as routed with no handler (shared/db/turns.py ``give_up_route``)."""
-    try:
-        get_publisher().redis.delete(retrying_key(message_id))
-    except redis.RedisError as error:  # best effort: the mark lapses anyway
-        log.warning(
-            "could not clear the retrying mark of a failed handler",
-            message_id=message_id,
-            error_type=type(error).__name__,
-        )
+    ahead at once.
+
+    A message its router gave up on is not routed yet, which holds the turn as a dispatch does: it is
+    recorded as routed with no handler (shared/db/turns.py ``give_up_route``), unless a run of the route
+    published its handler's task: an earlier run that failed after it, or another run of the route going
+    on at this moment (a wait or a retry whose publish timed out yet landed, beside the delivery it was to
+    replace), its dispatch the very one being cleared. The turn and the retrying mark are then that
+    handler's. The give-up takes the handler's dedupe key before it commits (:func:`_forgo_handler`),
+    which tells the two apart in one step: a task published before keeps the key, and the give-up rolls
+    back; none is published after."""
+    if not routing:
+        _clear_retrying_mark(message_id)
     try:
         with transaction() as conn:
-            released = (turns.give_up_route if routing else turns.release)(conn, message_id)
+            if routing:
+                released = turns.give_up_route(conn, message_id) and _forgo_handler(message_id)
+                if not released:
+                    raise psycopg.Rollback  # routed already, or its handler's turn stands
+            else:
+                released = turns.release(conn, message_id)
     except Exception as error:  # best effort: the stale grace releases it anyway
         log.warning(
             "could not release the turn of a failed handler",
@@ -478,8 +486,37 @@ def give_up_turn(message_id: int, exc: BaseException, *, routing: bool = False) 
         )
         return
     if released:
+        if routing:
+            _clear_retrying_mark(message_id)
         log.warning(
             "handler gave up on a message; later messages of its conversation go ahead",
             message_id=message_id,
             error_type=type(exc).__name__,
         )
+
+
+def _clear_retrying_mark(message_id: int) -> None:
+    try:
+        get_publisher().redis.delete(retrying_key(message_id))
+    except redis.RedisError as error:  # best effort: the mark lapses anyway
+        log.warning(
+            "could not clear the retrying mark of a failed handler",
+            message_id=message_id,
+            error_type=type(error).__name__,
+        )
+
+
+def _forgo_handler(message_id: int) -> bool:
+    """Take inbound message ``message_id``'s handler key for the route giving it up: True when no handler's
+    task was published, and now none will be. False when one was, or when Redis cannot tell: a turn held
+    for nothing is released by the stale grace, but one released under a live handler lets a later message
+    be answered first."""
+    try:
+        return get_publisher().forgo(handler_key(message_id))
+    except redis.RedisError as error:
+        log.warning(
+            "could not tell whether a failed route published its handler; keeping its turn",
+            message_id=message_id,
+            error_type=type(error).__name__,
+        )
+        return False

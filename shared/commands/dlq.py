@@ -36,7 +36,8 @@ would be stored as a new message after the ones its sender wrote since, answered
 contact's 24-hour window as if they had just written. A message the router stored before it gave up was
 recorded as routed to no handler, so as not to hold its conversation's turn (workers/inbound.py
 ``RouteTask``): replayed, the letter makes it unrouted again, in the transaction that marks it replayed, and
-the route finishes it.
+frees its handler's key, which the router took so that no handler of it is published after the give-up; the
+route finishes it.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
 doubled WhatsApp message cannot be recalled. (A receipt naming the send by our id settles it and closes its
@@ -74,7 +75,7 @@ from shared.logging import mask_phone, scrub
 from shared.phone import contact_phone
 from shared.policy import WINDOW
 from shared.providers.base import OutcomeUnknown
-from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, queue_for
+from shared.queues import HANDLER_QUEUES, NOTIFY_TASK, Job, get_publisher, handler_key, queue_for
 from shared.replies import APOLOGY, APOLOGY_KEY, reply_key
 from shared.wire.events import InboundMessage
 
@@ -298,6 +299,10 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
             return Replayed(letter_id, "not_failed", f"message {message_id} is {status}; marked replayed")
     # After the commit, so the task finds the message queued (and a handler's apology moved aside).
     try:
+        if reopened is not None:
+            # Its router took the handler's key in giving it up (workers/ordering.py give_up_turn): the
+            # replayed route must be able to publish that handler's task.
+            publisher.unforgo(handler_key(reopened))
         publisher.publish([Job(letter.task_name, dict(letter.payload))])
     except (redis.RedisError, OSError) as exc:
         return _reopened(letter, exc, reopened)

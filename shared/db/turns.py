@@ -168,7 +168,9 @@ def release(conn: psycopg.Connection, message_id: int) -> bool:
 
 def give_up_route(conn: psycopg.Connection, message_id: int) -> bool:
     """The router gave up on the stored message for good, its handler's task unpublished: it stops holding
-    the turn (dispatched or not routed, it would hold it until :data:`STALE_AFTER`). True if it held it."""
+    the turn (dispatched or not routed, it would hold it until :data:`STALE_AFTER`). True if it held it.
+    Committed only once no run of the route can publish that task any more (workers/ordering.py
+    ``give_up_turn``): the dispatch it clears may be another run's, whose publish is under way."""
     with wrap_errors():
         return conn.execute(_GIVE_UP_ROUTE, {"id": message_id}).fetchone() is not None
 

@@ -45,7 +45,8 @@ Ordering and exactly-once across several ``flows`` worker processes:
 - Which earlier messages are the flow's: those the router (workers/inbound.py) dispatched to a handler,
   i.e. whose ``handle:<message id>`` dedupe key it set when publishing, and that no other handler has
   answered (``handled_at``; a ``VERIFY 123456`` goes to the verify stage). Messages it only stored
-  (rate-limited, from an opted-out user, in a handed-off conversation) have no such key and are skipped.
+  (rate-limited, from an opted-out user, in a handed-off conversation) have no such key and are skipped,
+  as are those it gave up on, whose key it took instead (shared/queues.py ``handler_published``).
   An earlier message the router has not decided on yet (``routed_at`` unset) makes the step wait
   (:class:`Busy`), unless it is older than ``UNROUTED_GRACE`` (its routing failed for good). That age is
   measured by the database, whose clock stamped ``created_at``: a worker whose clock runs fast would
@@ -107,7 +108,7 @@ from shared.flows.pack import Flow, Pack
 from shared.flows.registry import FlowContext
 from shared.flows.validators import Answer
 from shared.logging import get_logger
-from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_key
+from shared.queues import TASK_TIME_LIMIT_SECONDS, handler_published
 from shared.replies import APOLOGY_KEY, reply_key
 from shared.sessions import Beside, Sessions
 from shared.settings import get_settings
@@ -504,7 +505,7 @@ def _earlier_message(row: dict[str, Any], redis_client: redis.Redis) -> str:
     if row["routed_at"] is None:
         # past_grace is the database's verdict (repository.pending_inbound), not this worker's clock's.
         return "skip" if row["past_grace"] else "wait"
-    if not redis_client.exists(handler_key(row["id"])):
+    if not handler_published(redis_client, row["id"]):
         return "skip"
     return "handle"
 

@@ -25,9 +25,11 @@ from celery.exceptions import Retry
 from ingress.enqueue import route_job
 from shared.arrivals import GIVE_UP_AFTER_SECONDS, MARK_MARGIN_SECONDS, Line, line_of, retrying_key
 from shared.commands.dlq import replay
+from shared.db import messages, turns
 from shared.db.errors import Unavailable
+from shared.db.pool import transaction
 from shared.db.turns import STALE_AFTER
-from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher
+from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher, get_publisher, handler_key
 from shared.wire.events import InboundMessage, MessageType
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
 from tests.integration.test_conversation_order import conversation, event, inbound, message, replies
@@ -233,6 +235,8 @@ def test_a_route_that_fails_for_good_lets_the_next_message_go_at_once_and_stays_
     replayed = route(first_event)
     assert replayed.message_id == stored["id"]
     assert replayed.action == ("handler" if fails_at == "publish" else "unreadable")
+    if fails_at == "publish":  # the key its router took in giving up does not stop its handler now
+        assert queued_jobs(redis_client, "commands") == [("commands.handle", {"message_id": stored["id"]})]
 
 
 def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handler_its_turn(
@@ -285,6 +289,68 @@ def test_a_route_failing_for_good_after_publishing_its_handler_leaves_the_handle
     assert row["dispatched_at"] is not None  # still the handler's turn
     for _ in range(2):  # however many times it looks
         assert ordering.check_turn(later.message_id) is False
+
+
+@pytest.mark.parametrize("published", ["as_it_gives_up", "after_it_gave_up"])
+def test_a_route_failing_for_good_while_another_run_routes_its_message_leaves_no_handler_out_of_turn(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    published: str,
+) -> None:
+    """Two runs of one route at once (a wait or a retry whose publish timed out yet landed, beside the
+    delivery it was to replace): one fails for good, its handler's task unpublished, while the other has
+    dispatched the message and publishes that task as the first gives the message up, or just after. A
+    handler's task published must find its message holding the turn: else a later message is answered
+    before it. Published as the route gives up, it keeps the turn; after, it is not published at all."""
+    first = message("/help")
+    first_event = first.model_dump(mode="json")
+
+    def refused(self: Publisher, jobs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    with delivered(route_task, "inbound", {"event": first_event}, OUTAGE_MAX_RETRIES):
+        with monkeypatch.context() as outage:
+            outage.setattr(Publisher, "publish", refused)
+            with pytest.raises(redis.ConnectionError) as failure:
+                route_task.run(event=first_event)
+        [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in' AND dispatched_at IS NOT NULL")
+        later = route(event("/status"))
+        assert later.message_id is not None
+        # The other run: the message dispatched (again), the publish of its handler's task next.
+        handler_job = Job(
+            "commands.handle", {"message_id": stored["id"]}, dedupe_key=handler_key(stored["id"])
+        )
+        with transaction() as conn:
+            turns.mark_dispatched(conn, stored["id"], handler_job.task)
+        outcome: list[bool] = []
+        real_give_up = turns.give_up_route
+
+        def published_meanwhile(conn: psycopg.Connection, message_id: int) -> bool:
+            outcome.extend(get_publisher().publish([handler_job]))
+            return real_give_up(conn, message_id)
+
+        with monkeypatch.context() as race:
+            if published == "as_it_gives_up":
+                race.setattr(turns, "give_up_route", published_meanwhile)
+            route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
+    if published == "after_it_gave_up":
+        outcome.extend(get_publisher().publish([handler_job]))
+    with transaction() as conn:  # the other run finishes: the message marked routed
+        messages.mark_routed(conn, stored["id"])
+
+    row = db.execute("SELECT dispatched_at FROM messages WHERE id = %s", (stored["id"],)).fetchone()
+    its_handler = [job for job in queued_jobs(redis_client, "commands") if job[1] == handler_job.kwargs]
+    if published == "as_it_gives_up":
+        assert outcome == [True]
+        assert its_handler == [(handler_job.task, handler_job.kwargs)]
+        assert row["dispatched_at"] is not None  # its handler's turn, until it answers
+        assert ordering.check_turn(later.message_id) is False
+    else:
+        assert outcome == [False]  # the route that gave up took its key: the task is never published
+        assert its_handler == []
+        assert ordering.check_turn(later.message_id) is True
 
 
 def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(

@@ -20,7 +20,7 @@ from shared.flows.pack import PACKS_DIR, Pack, load_pack, parse_pack
 from shared.flows.registry import FlowContext
 from shared.flows.seed import seed_shopfloor
 from shared.flows.service import FORM_NOTE_KEY, LOCK_KEY, LOCK_SECONDS, Busy, Target, process, session_key
-from shared.queues import handler_key
+from shared.queues import FORGONE, handler_key
 from shared.replies import queue_reply
 from shared.sessions import Selection, Sessions
 from shared.settings import Mode
@@ -135,6 +135,21 @@ def test_messages_the_router_only_stored_are_skipped(user: User) -> None:
     assert user.step(first) == 0
     assert user.step(rate_limited) == 0
     assert user.step(verify) == 0
+    assert user.flow["answers"] == {"order_number": "ORD-12345"}
+    assert len(user.replies()) == 2
+
+
+def test_a_message_whose_route_gave_up_is_skipped(user: User) -> None:
+    """A route that failed for good before publishing its handler's task took that task's key, so that no
+    other run of the route publishes it after (workers/ordering.py give_up_turn). The key is set, yet no
+    handler was given the message: it is not the flow's to answer (its dead letter, replayed, routes it)."""
+    first = user.store("1")
+    given_up = user.store("ORD-12346", dispatched=False)
+    user.db.execute("UPDATE messages SET dispatched_to = 'flows.step' WHERE id = %s", (given_up,))
+    user.redis.set(handler_key(given_up), FORGONE)
+    answer = user.store("ORD-12345")
+    assert user.step(answer) == 2
+    assert user.step(first) == 0
     assert user.flow["answers"] == {"order_number": "ORD-12345"}
     assert len(user.replies()) == 2
 
