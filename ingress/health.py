@@ -10,7 +10,9 @@ still 200, with ``"status": "degraded"`` and the PostgreSQL check's result; with
 
 ``/readyz`` needs no API key, so a failed check says only the error's type
 (``unreachable: OperationalError``): the driver's text names internal hosts, ports and databases. (A
-malformed URL, whose error would quote the password, is refused at start by shared/settings.py.)
+malformed URL, whose error would quote the password, is refused at start by shared/settings.py.) For the
+same reason anyone can loop on it, and each check opens a PostgreSQL connection: each process runs one
+check at a time and answers with its result for :data:`READY_MAX_AGE_SECONDS` (see :class:`_LastCheck`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import redis
 from flask import Blueprint, jsonify
 
+from ingress.per_app import per_app
 from ingress.state import current_publisher, current_settings
 from shared.logging import get_logger
 
@@ -34,6 +39,53 @@ log = get_logger(__name__)
 bp = Blueprint("health", __name__)
 
 CHECK_TIMEOUT_SECONDS = 2
+# How long a process answers /readyz with its last check's result. Each check opens a PostgreSQL
+# connection (a backend process and a login) and anyone may call /readyz: reused for a second, a probe
+# loop costs PostgreSQL at most one connection a second per web process instead of one per call (which
+# ran past max_connections and starved the workers and the API), while a load balancer probing every few
+# seconds still sees every change.
+READY_MAX_AGE_SECONDS = 1.0
+LAST_CHECK_KEY = "wapipe.readyz_last_check"
+
+
+@dataclass(frozen=True)
+class _Readiness:
+    status: str
+    code: int
+    checks: dict[str, str]
+
+
+class _LastCheck:
+    """The latest readiness check of one process, and the lock that lets one check run at a time.
+
+    A caller arriving while a check runs gets the previous result, not a wait: the check may wait up to
+    its bound on each server, and callers queued behind it would hold request threads webhooks need.
+    Only callers with no previous result to give wait for the running check.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # The result and when it was made, in one attribute so a reader never pairs one with another's time.
+        self._last: tuple[_Readiness, float] | None = None
+
+    def get(self, check: Callable[[], _Readiness]) -> _Readiness:
+        last = self._last
+        if last is not None and time.monotonic() - last[1] < READY_MAX_AGE_SECONDS:
+            return last[0]
+        if last is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(blocking=False):
+            return last[0]
+        try:
+            # Another caller's check may have finished while this one waited for the lock.
+            latest = self._last
+            if latest is not None and time.monotonic() - latest[1] < READY_MAX_AGE_SECONDS:
+                return latest[0]
+            result = check()
+            self._last = (result, time.monotonic())
+            return result
+        finally:
+            self._lock.release()
 
 
 @bp.get("/healthz")
@@ -43,19 +95,23 @@ def healthz() -> Any:
 
 @bp.get("/readyz")
 def readyz() -> Any:
-    checks = {"postgres": _check_postgres(), "redis": _check_redis()}
-    if checks["redis"] != "ok":
-        status, code = "unavailable", 503
-        log.warning("ingress.not_ready", **checks)
-    elif checks["postgres"] != "ok":
-        # Still ready for webhooks; the API's database calls answer 503 until PostgreSQL is back.
-        status, code = "degraded", 200
-        log.warning("ingress.degraded", **checks)
-    else:
-        status, code = "ready", 200
-    response = jsonify({"status": status, "checks": checks})
-    response.status_code = code
+    readiness = per_app(LAST_CHECK_KEY, _LastCheck).get(_check)
+    response = jsonify({"status": readiness.status, "checks": readiness.checks})
+    response.status_code = readiness.code
     return response
+
+
+def _check() -> _Readiness:
+    checks = {"postgres": _check_postgres(), "redis": _check_redis()}
+    # Logged here, once per check: the probes answered from its result would repeat the same line.
+    if checks["redis"] != "ok":
+        log.warning("ingress.not_ready", **checks)
+        return _Readiness("unavailable", 503, checks)
+    if checks["postgres"] != "ok":
+        # Still ready for webhooks; the API's database calls answer 503 until PostgreSQL is back.
+        log.warning("ingress.degraded", **checks)
+        return _Readiness("degraded", 200, checks)
+    return _Readiness("ready", 200, checks)
 
 
 def _check_postgres() -> str:

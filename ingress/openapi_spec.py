@@ -479,6 +479,7 @@ OPERATIONS: dict[str, Operation] = {
             ),
             503: Reply("Redis does not respond; checks says so, with the error's type only.", Readiness),
         },
+        description="Each web process checks at most once a second: an answer may be about a second old.",
     ),
     "GET /metrics": Operation(
         "health",

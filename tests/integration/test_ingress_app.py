@@ -22,13 +22,14 @@ import pytest
 import redis
 import structlog
 from flask import Flask, jsonify, request
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ingress import create_app
+from ingress import create_app, health
 from ingress.auth import require_api_key
 from shared.logging import configure_logging
 from shared.settings import load_settings
 from tests.fakes.stalling_postgres import StallingPostgres
+from tests.fakes.tcp_proxy import TCPProxy
 
 
 def closed_port() -> int:
@@ -119,6 +120,89 @@ def test_readyz_answers_when_postgres_lets_the_login_through_then_never_answers(
     assert answers == [
         (200, {"status": "degraded", "checks": {"postgres": "unreachable: timed out", "redis": "ok"}})
     ]
+
+
+def _readyz(app: Flask) -> tuple[int, dict[str, object]]:
+    response = app.test_client().get("/readyz")
+    return response.status_code, response.get_json()
+
+
+def test_readyz_probes_within_its_window_open_one_postgres_connection(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /readyz needs no key: each probe opened a PostgreSQL connection of its own (a backend process and a
+    # login), so anyone looping on it could exhaust max_connections and starve the workers and the API.
+    # The window is widened so that a slow machine's probes all fall in it.
+    monkeypatch.setattr(health, "READY_MAX_AGE_SECONDS", 60.0)
+    database_url = os.environ["WAPIPE_DATABASE_URL"]
+    given = conninfo_to_dict(database_url)
+    with TCPProxy(str(given.get("host", "127.0.0.1")), int(given.get("port", 5432))) as proxy:
+        app = create_app(
+            load_settings(database_url=make_conninfo(database_url, host="127.0.0.1", port=str(proxy.port)))
+        )
+        together = threading.Barrier(8)
+
+        def probe() -> tuple[int, dict[str, object]]:
+            together.wait()
+            return _readyz(app)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda _: probe(), range(8)))
+        answers += [_readyz(app) for _ in range(5)]
+    ready = (200, {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})
+    assert answers == [ready] * 13
+    assert proxy.connections == 1
+
+
+def test_readyz_sees_redis_gone_once_its_last_answer_is_older_than_the_window(
+    test_servers: dict[str, str], redis_client: redis.Redis
+) -> None:
+    kwargs = redis_client.connection_pool.connection_kwargs
+    with TCPProxy(str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))) as proxy:
+        app = create_app(load_settings(redis_url=f"redis://127.0.0.1:{proxy.port}/{kwargs.get('db', 0)}"))
+        assert _readyz(app) == (200, {"status": "ready", "checks": {"postgres": "ok", "redis": "ok"}})
+        proxy.close()
+        time.sleep(health.READY_MAX_AGE_SECONDS)
+        assert _readyz(app) == (
+            503,
+            {"status": "unavailable", "checks": {"postgres": "ok", "redis": "unreachable: ConnectionError"}},
+        )
+
+
+def test_readyz_logs_a_failed_check_once_not_once_per_probe(
+    app_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # During an outage a probe loop wrote one warning per probe, burying the rest of the log.
+    monkeypatch.setattr(health, "READY_MAX_AGE_SECONDS", 60.0)  # every probe in one window, however slow
+    app = create_app(load_settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0"))
+    configure_logging("INFO", "json", stream=app_log)  # the app's own pipeline, into a buffer
+    assert {_readyz(app)[0] for _ in range(5)} == {503}
+    lines = [json.loads(line) for line in app_log.getvalue().splitlines()]
+    assert [line["event"] for line in lines if line["event"].startswith("ingress.")] == ["ingress.not_ready"]
+
+
+def test_readyz_answers_the_last_result_at_once_while_a_check_is_held(redis_client: redis.Redis) -> None:
+    # One check at a time per process; the others must not queue behind it, holding request threads that
+    # webhooks need for as long as PostgreSQL (behind PgBouncer) keeps the check waiting.
+    database_url = os.environ["WAPIPE_DATABASE_URL"]
+    given = conninfo_to_dict(database_url)
+    timed_out = (200, {"status": "degraded", "checks": {"postgres": "unreachable: timed out", "redis": "ok"}})
+    with StallingPostgres(str(given.get("host", "127.0.0.1")), int(given.get("port", 5432))) as proxy:
+        app = create_app(load_settings(database_url=proxy.url(database_url)))
+        assert _readyz(app) == timed_out  # the previous result
+        held_before = proxy.held
+        time.sleep(health.READY_MAX_AGE_SECONDS)
+        checked: list[tuple[int, dict[str, object]]] = []
+        checking = threading.Thread(target=lambda: checked.append(_readyz(app)), daemon=True)
+        checking.start()
+        while proxy.held == held_before and checking.is_alive():  # until its query is being held
+            time.sleep(0.01)
+        assert checking.is_alive()
+        assert _readyz(app) == timed_out
+        assert checking.is_alive(), "the second probe waited for the running check"
+        # A guard, not a measure: far above the check's bound, only so a hang fails instead of blocking.
+        checking.join(timeout=30)
+    assert checked == [timed_out]
 
 
 def test_app_creation_connects_to_nothing() -> None:
