@@ -4,7 +4,7 @@
 web process restarted). ``/readyz`` answers 200 while Redis responds: the webhooks, what an instance is
 for, need only Redis (events are queued, and the workers retry through a PostgreSQL outage), so an
 outage of PostgreSQL alone must not take every replica out of the load balancer, where providers' webhooks
-would be refused and lost (Twilio does not retry a 5xx or a timeout). With PostgreSQL down the answer is
+would be refused and lost (Twilio retries a 5xx for 15 s at most). With PostgreSQL down the answer is
 still 200, with ``"status": "degraded"`` and the PostgreSQL check's result; with Redis down it is 503
 (``"unavailable"``). Either way ``checks`` says what each server answered, each check bounded in time.
 

@@ -2,10 +2,12 @@
 
 The order matters: a request without a signature, or with a body larger than any Twilio sends, is refused
 before its body is read; the signature is checked before anything is read as an event (a forged request
-costs the parse of a form of at most 128 KB and one HMAC, and is counted); then the payload becomes one
+costs the parse of a form of at most 128 KB and two HMACs, and is counted); then the payload becomes one
 canonical event, which is published with its dedupe key (one Redis round trip; a Twilio retry of a
 ``MessageSid`` already enqueued is acknowledged without a second job), and Twilio gets an empty TwiML
-answer: replies go out later through the ``notify`` worker, never in this response.
+answer: replies go out later through the ``notify`` worker, never in this response. Twilio retries a 503
+(Redis unreachable) or a timeout only as the webhook URL's fragment asks, within 15 s
+(:data:`shared.providers.twilio.signature.RETRY_FRAGMENT`, deploy/README.md).
 https://www.twilio.com/docs/usage/webhooks/webhooks-security
 https://www.twilio.com/docs/messaging/twiml
 """

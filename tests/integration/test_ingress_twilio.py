@@ -213,6 +213,29 @@ def test_query_string_and_default_port_variants(redis_client: redis.Redis) -> No
     assert redis_client.llen("inbound") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "query"),
+    [("inbound_text.txt", ""), ("status_delivered.txt", "?wapipe_message=42")],
+    ids=["message", "status"],
+)
+def test_a_signature_over_the_url_with_our_retry_fragment_is_accepted_and_another_fragment_is_not(
+    client: FlaskClient, redis_client: redis.Redis, name: str, query: str
+) -> None:
+    # Our webhook URLs carry Twilio's retry overrides as a fragment, which never reaches us: a signature
+    # over the URL we saw or over it with exactly that fragment is Twilio's; any other fragment is not.
+    raw = body(name)
+    path = "/webhooks/twilio" + query
+    url = PUBLIC_URL + path
+    assert post(client, raw, signed_headers(raw, url=url + "#rc=1"), path).status_code == 403
+    assert post(client, raw, signed_headers(raw, url=url + "#rc=5&rp=5xx,ct"), path).status_code == 403
+    assert redis_client.dbsize() == 0
+
+    assert post(client, raw, signed_headers(raw, url=url + "#rc=5&rp=5xx,ct,rt"), path).status_code == 200
+    assert post(client, raw, signed_headers(raw, url=url), path).status_code == 200
+    queue = "inbound" if name.startswith("inbound") else "status"
+    assert redis_client.llen(queue) == 1  # the second is Twilio's retry of the first: a duplicate
+
+
 def test_no_auth_token_refuses_everything(redis_client: redis.Redis) -> None:
     client = make_app(twilio_auth_token=None).test_client()
     raw = body("inbound_text.txt")

@@ -118,8 +118,10 @@ def test_twilio_201_stores_sent_with_the_sm_sid(db, redis_client, fake_twilio) -
         "From": f"whatsapp:{WHATSAPP_NUMBER}",
         "To": f"whatsapp:{PHONE}",
         "Body": "Hi Ana!",
-        # Our message id in the callback: its receipts name it even should this answer be lost.
-        "StatusCallback": f"https://bot.example.com/webhooks/twilio?wapipe_message={message_id}",
+        # Our message id in the callback: its receipts name it even should this answer be lost. The
+        # fragment asks Twilio to retry a receipt our ingress could not take (a 5xx, a timeout).
+        "StatusCallback": f"https://bot.example.com/webhooks/twilio?wapipe_message={message_id}"
+        "#rc=5&rp=5xx,ct,rt",
     }
     row = message(db, message_id)
     assert row["status"] == "sent"

@@ -83,8 +83,9 @@ def sent(api: FlaskClient, settings: Settings, fake: FakeTwilioAPI, content: dic
     message_id = response.get_json()["id"]
     assert dispatch(message_id, settings=settings, sender=TwilioSender(settings)) == "sent"
     [created] = fake.created()
-    # The callback names our message, so its receipts can settle it should this answer be lost.
-    assert created.form["StatusCallback"] == f"{CALLBACK}?wapipe_message={message_id}"
+    # The callback names our message, so its receipts can settle it should this answer be lost, and asks
+    # Twilio to retry a receipt the ingress could not take.
+    assert created.form["StatusCallback"] == f"{CALLBACK}?wapipe_message={message_id}#rc=5&rp=5xx,ct,rt"
     return created
 
 

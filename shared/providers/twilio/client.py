@@ -86,6 +86,7 @@ from shared.providers.base import (
     retry_after_seconds,
     unsupported,
 )
+from shared.providers.twilio.signature import RETRY_FRAGMENT
 from shared.settings import Settings
 from shared.wire.twilio import OUR_ID_PARAM
 
@@ -235,8 +236,11 @@ class TwilioSender:
             "to": _whatsapp(message.to),
             **content,
             # Our message id in the callback's URL (signed by Twilio with it): should the answer to this
-            # call be lost, its receipts still name the message (workers/status.py).
-            "status_callback": f"{self._status_callback}?{urlencode({OUR_ID_PARAM: message.id})}",
+            # call be lost, its receipts still name the message (workers/status.py). The fragment asks
+            # Twilio to retry a receipt the ingress could not take (RETRY_FRAGMENT).
+            "status_callback": (
+                f"{self._status_callback}?{urlencode({OUR_ID_PARAM: message.id})}{RETRY_FRAGMENT}"
+            ),
         }
 
     def _create(self, params: dict[str, Any]) -> Any:

@@ -15,6 +15,11 @@ of random requests), including its quirks:
 - ``X-Twilio-Webhooks-Signature-Settings: algorithm=HMAC_SHA256`` switches the digest; an unknown
   algorithm never validates.
 
+One addition: our webhook URLs carry Twilio's retry overrides as a fragment (:data:`RETRY_FRAGMENT`),
+which never reaches the server. Twilio's validators check the URL the server saw, without it; should
+Twilio sign the URL as configured, a signature over the URL plus exactly that fragment is accepted too
+(a second HMAC, only when the first fails). Any other fragment is not ours and never validates.
+
 What makes it cheaper: the URL is built from ``WAPIPE_PUBLIC_URL`` (never the Host header, so it holds
 behind a TLS-terminating proxy) and the HMAC state after absorbing the key and each variant of that base
 URL is computed once, so a request only copies two prepared states and feeds them the path and the
@@ -32,6 +37,14 @@ from urllib.parse import parse_qs, urlparse
 
 HEADER = "X-Twilio-Signature"
 SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+# Twilio's connection overrides for a webhook, carried in its URL's fragment
+# (https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides): by default Twilio retries a
+# webhook once, and only when it cannot connect. rc=5 is the most retries allowed; rp asks for them on a
+# 5xx (our 503 while the queue is unreachable), a failed connection and a read timeout. Every attempt
+# falls within the total time tt, at most and by default 15,000 ms. A retried delivery is deduplicated
+# by the ingress (its message or receipt has a dedupe key), so retrying one we may have taken is safe.
+RETRY_FRAGMENT = "#rc=5&rp=5xx,ct,rt"
 
 _DIGESTS: dict[str, Callable[..., Any]] = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 _DEFAULT_ALGORITHM = "HMAC_SHA1"
@@ -128,7 +141,7 @@ class Verifier:
         settings_header: str | None = None,
     ) -> bool:
         """A form-encoded POST: the URL plus every parameter is signed."""
-        return self._check(path_and_query + params_string(params), signature, settings_header)
+        return self._check(path_and_query, params_string(params), signature, settings_header)
 
     def is_valid_body(
         self,
@@ -147,24 +160,34 @@ class Verifier:
         if given:
             if not hmac.compare_digest(body_sha256(body).encode(), given[0].encode()):
                 # Still compute the signature: the answer should not come sooner for a bad body hash.
-                self._check(path_and_query, signature, settings_header)
+                self._check(path_and_query, "", signature, settings_header)
                 return False
         elif body:
             return False
-        return self._check(path_and_query, signature, settings_header)
+        return self._check(path_and_query, "", signature, settings_header)
 
-    def _check(self, signed_suffix: str, signature: str | None, settings_header: str | None) -> bool:
+    def _check(
+        self, path_and_query: str, params: str, signature: str | None, settings_header: str | None
+    ) -> bool:
+        """Whether ``signature`` signs the URL (``path_and_query`` after a prepared base) then ``params``,
+        with or without our :data:`RETRY_FRAGMENT` after the URL."""
         if not signature:
             return False
         states = self._prepared.get(algorithm_from_header(settings_header))
         if states is None:
             return False
         given = signature.encode()
-        suffix = signed_suffix.encode()
-        valid = False
-        for prepared in states:
-            mac = prepared.copy()
-            mac.update(suffix)
-            # No early exit: every variant (and token) is always computed and compared.
-            valid |= hmac.compare_digest(base64.b64encode(mac.digest()), given)
-        return valid
+        if _signs(states, (path_and_query + params).encode(), given):
+            return True
+        return _signs(states, (path_and_query + RETRY_FRAGMENT + params).encode(), given)
+
+
+def _signs(states: tuple[Any, ...], suffix: bytes, given: bytes) -> bool:
+    """Whether ``given`` is the signature of a prepared state (a token and URL variant) fed ``suffix``."""
+    valid = False
+    for prepared in states:
+        mac = prepared.copy()
+        mac.update(suffix)
+        # No early exit: every variant (and token) is always computed and compared.
+        valid |= hmac.compare_digest(base64.b64encode(mac.digest()), given)
+    return valid
