@@ -181,6 +181,75 @@ def test_the_longest_message_twilio_sends_is_accepted(
     assert event["text"] == params["Body"]
 
 
+@pytest.mark.parametrize("signed", [False, True], ids=["forged", "signed"])
+def test_a_form_of_more_fields_than_twilio_sends_is_refused_unparsed(
+    client: FlaskClient, redis_client: redis.Redis, parsed_forms: list[int], signed: bool
+) -> None:
+    # Within the byte limit, but 25,000 distinct tiny fields: parsing and sorting them for the signature
+    # cost ~55 ms of CPU before the 403.
+    raw = body("inbound_text.txt") + "".join(f"&{index:x}" for index in range(25_000))
+    assert len(raw) < twilio_route.MAX_BODY_BYTES
+    headers = signed_headers(raw) if signed else {"X-Twilio-Signature": "forged"}
+
+    response = post(client, raw, headers)
+
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "request_entity_too_large"
+    assert "fields" in response.get_json()["error"]["message"]
+    assert parsed_forms == []
+    assert redis_client.dbsize() == 0
+
+
+def largest_webhook() -> dict[str, str]:
+    """A WhatsApp message with every field Twilio may send at its longest: ten media items, a referral from
+    an ad, a quoted message, a location, a button, the sender's and recipient's geography, and the longest
+    text (https://www.twilio.com/docs/messaging/guides/webhook-request)."""
+    params = dict(parse_qsl(body("inbound_media.txt"), keep_blank_values=True))
+    sid, account = params["MessageSid"], params["AccountSid"]
+    media = f"https://api.twilio.com/2010-04-01/Accounts/{account}/Messages/{sid}/Media/ME{'0' * 32}"
+    params |= {"NumMedia": "10", "MessagingServiceSid": "MG" + "0" * 32, "Body": "\U0001f600" * 4096}
+    for index in range(10):
+        params |= {f"MediaUrl{index}": media, f"MediaContentType{index}": "application/vnd.ms-excel"}
+    # Far longer than WhatsApp allows (a profile name is at most 25 characters, a button's text 20), each
+    # character six bytes once percent-encoded.
+    params |= {
+        name: "\u00e9" * 256
+        for name in (
+            "ReferralHeadline", "ReferralSourceId", "ReferralSourceType", "ReferralSourceUrl",
+            "ReferralMediaId", "ReferralMediaContentType", "ReferralMediaUrl", "ReferralCtwaClid",
+            "ButtonText", "ButtonPayload", "ListId", "ListTitle", "Address", "Label", "ProfileName",
+        )
+    }  # fmt: skip
+    params |= {name: "\u00e9" * 1024 for name in ("ReferralBody", "ChannelMetadata", "InteractiveData")}
+    params |= {
+        "ReferralNumMedia": "1",
+        "OriginalRepliedMessageSender": "whatsapp:+14155238886",
+        "OriginalRepliedMessageSid": "SM" + "1" * 32,
+        "Forwarded": "true",
+        "FrequentlyForwarded": "true",
+        "Latitude": "4.6097",
+        "Longitude": "-74.0817",
+        **{f"{end}{part}": "San Francisco" for end in ("From", "To") for part in ("City", "State", "Zip")},
+        "FromCountry": "US",
+        "ToCountry": "US",
+    }
+    return params
+
+
+def test_the_largest_webhook_twilio_sends_is_accepted(
+    client: FlaskClient, redis_client: redis.Redis, parsed_forms: list[int]
+) -> None:
+    params = largest_webhook()
+    raw = urlencode(params)
+
+    response = post(client, raw, signed_headers(raw))
+
+    assert response.status_code == 200
+    assert parsed_forms == [len(raw)]
+    [event] = queued_events(redis_client, "inbound")
+    assert len(event["media"]) == 10
+
+
 def test_signature_by_another_token_or_for_another_body_is_refused(
     client: FlaskClient, redis_client: redis.Redis
 ) -> None:
