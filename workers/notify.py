@@ -74,6 +74,9 @@ delivery toward the provider is at-most-once when the outcome is unknown:
   ``notify.sweep`` (meant for beat, every minute) does the same for any claim past the lease, and
   re-enqueues queued messages whose job was lost. Should a worker outlive its lease after all, the
   statement that clears the marks finds its rows taken back and it withdraws those sends.
+- A settle moves only the rows its batch's claim still holds (``sending_claim``, the claim's transaction
+  id, cleared when the batch or the sweep settles the row): run again after its answer was lost, or by a
+  worker past its lease, it leaves alone a row another batch has claimed since, whose outcome stands.
 """
 
 from __future__ import annotations
@@ -300,6 +303,7 @@ class _Outcomes:
 
     own_id: int
     settings: Settings
+    claim: int  # the batch's sending_claim: its settles move only the rows this claim still holds
     sent: list[tuple[int, str, str]] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
     dead: list[tuple[int, int, SendError]] = field(default_factory=list)  # (id, attempts, error)
@@ -389,10 +393,16 @@ def _settle(outcomes: _Outcomes) -> None:
     failed = [*outcomes.failed, *((i, e.code, e.message) for i, _, e in outcomes.dead)]
     if not outcomes.dead:  # the usual batch: one statement, atomic on its own
         with autocommit_connection() as conn:
-            sending.settle(conn, sent=outcomes.sent, failed=failed, released=outcomes.released)
+            sending.settle(
+                conn, claim=outcomes.claim, sent=outcomes.sent, failed=failed, released=outcomes.released
+            )
         return
     with transaction() as conn:  # dead letters are written with the failures they record
-        failed_now = set(sending.settle(conn, sent=outcomes.sent, failed=failed, released=outcomes.released))
+        failed_now = set(
+            sending.settle(
+                conn, claim=outcomes.claim, sent=outcomes.sent, failed=failed, released=outcomes.released
+            )
+        )
         for message_id, attempts, error in outcomes.dead:
             if message_id in failed_now:
                 _dead_letter(conn, message_id, attempts, str(error))
@@ -401,7 +411,7 @@ def _settle(outcomes: _Outcomes) -> None:
 # The batch's last settle keeps trying for half the lease through a database restart or failover: given
 # up, the delivered messages it records would end as "outcome unknown" dead letters, inviting a replay that
 # sends them twice (five tries gave up after ~7 s). Past the lease it changes nothing: the sweep has taken
-# the rows, and a settle moves only rows still 'sending'.
+# the rows, and a settle moves only the rows its claim still holds.
 SETTLE_PATIENCE_SECONDS = SEND_LEASE_SECONDS / 2
 
 
@@ -417,7 +427,7 @@ def _calling(sends: list[_Send], provider: str) -> set[int]:
 
 def _not_calling(sends: list[_Send]) -> set[int]:
     """Of these sends, the ids marked unsent again (:func:`shared.db.sending.not_calling`)."""
-    claims = [(s.record.id, s.record.unsent_claim or 0, s.record.claimed_by or 0) for s in sends]
+    claims = [(s.record.id, s.record.unsent_claim or 0) for s in sends]
     with autocommit_connection() as conn:
         return sending.not_calling(conn, claims)
 
@@ -448,7 +458,7 @@ def _send_later(message_id: int, countdown: float) -> None:
 def _send_batch(batch: list[OutboundRecord], settings: Settings, sender: Sender) -> _Outcomes:
     """Check, pace and send the claimed batch, writing the outcomes a chunk at a time as they come; the
     outcomes of the last chunk, not yet written."""
-    outcomes = _Outcomes(batch[0].id, settings)
+    outcomes = _Outcomes(batch[0].id, settings, batch[0].sending_claim or 0)
     to_send: list[_Send] = []
     for record in batch:
         from_number = record.business_number if record.conversation_provider == sender.name else None
@@ -729,17 +739,18 @@ class _Pacer:
         if not cleared:
             return
         try:
-            marked = await asyncio.to_thread(_not_calling, cleared)
+            await asyncio.to_thread(_not_calling, cleared)
         except (Unavailable, psycopg.Error) as exc:
             # The statement may have run all the same (an answer lost after its commit): then a send still
             # taken as cleared would go to the provider marked unsent, and be sent again should the worker
-            # die. Each is cleared again before its booking instead; one the statement did not mark is then
-            # withdrawn, and becomes outcome unknown past the lease: never sent twice.
+            # die.
             log.warning("could not mark waiting sends unsent again", error_type=type(exc).__name__)
-            marked = {send.record.id for send in cleared}
+        # Each is cleared again before its booking, marked or not, and one found unmarked then is withdrawn:
+        # its claim no longer holds it (the worker outlived its lease, and the sweep failed it or another
+        # batch claimed it since), or the statement failed before marking it (the sweep then fails it as
+        # outcome unknown past the lease). Taken as still cleared, it would go to the provider unchecked.
         for send in cleared:
-            if send.record.id in marked:
-                send.calling = False
+            send.calling = False
 
     def _pad(self, now: float) -> float:
         """Time to keep free after the next booking's slots: the typical (median) recent round trip to

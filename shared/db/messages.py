@@ -194,7 +194,8 @@ OUTBOUND_COLUMNS = """
 m.id, m.conversation_id, m.contact_id, m.provider, m.provider_message_id, m.idempotency_key, m.type,
 m.body, m.payload, m.status, m.error_code, m.error_message, m.attempts, m.bypass_opt_out, m.created_at,
 m.updated_at, c.phone, c.bsuid, c.opted_out, v.provider AS conversation_provider,
-v.business_number, c.last_inbound_at, now() AS read_at, m.send_after, m.claimed_by, m.unsent_claim
+v.business_number, c.last_inbound_at, now() AS read_at, m.send_after, m.claimed_by, m.unsent_claim,
+m.sending_claim
 """
 _GET_OUTBOUND = f"""
 SELECT {OUTBOUND_COLUMNS}
@@ -245,6 +246,8 @@ class OutboundRecord:
     claimed_by: int | None = None  # whose notify.send task made the current 'sending' claim
     # The batch claim holding it, while its send is not yet booked for the provider call (0008's comment).
     unsent_claim: int | None = None
+    # The batch claim holding it while 'sending', booked or not: what its settle matches (0017's comment).
+    sending_claim: int | None = None
 
 
 def _outbound(row: dict[str, Any]) -> OutboundRecord:
@@ -284,13 +287,14 @@ def requeue_failed(conn: psycopg.Connection, message_id: int, *, only_code: str 
 _ABANDONED = f"""
 WITH returned AS (
     UPDATE messages SET status = 'queued', attempts = GREATEST(attempts - 1, 0), unsent_claim = NULL,
-        updated_at = now()
+        sending_claim = NULL, updated_at = now()
     WHERE status = '{SENDING}' AND direction = 'out' AND unsent_claim IS NOT NULL
       AND updated_at < now() - make_interval(secs => %(lease)s)
       AND (%(claimer)s::bigint IS NULL OR claimed_by = %(claimer)s::bigint OR id = %(claimer)s::bigint)
     RETURNING id
 ), done AS (
-    UPDATE messages SET status = 'failed', error_code = %(code)s, error_message = %(text)s, updated_at = now()
+    UPDATE messages SET status = 'failed', error_code = %(code)s, error_message = %(text)s,
+        sending_claim = NULL, updated_at = now()
     WHERE status = '{SENDING}' AND direction = 'out' AND unsent_claim IS NULL
       AND updated_at < now() - make_interval(secs => %(lease)s)
       AND (%(claimer)s::bigint IS NULL OR claimed_by = %(claimer)s::bigint OR id = %(claimer)s::bigint)

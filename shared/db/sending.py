@@ -16,7 +16,7 @@ ping when the connection sat idle, see shared/db/pool.py).
 
 The rules are those of :mod:`shared.db.messages` (which holds the single-message statements and the
 status ranks): the claim moves rows out of ``queued`` under a row lock, so two claimers never get one
-row, and a status only ever moves forward.
+row, a batch's settle moves only the rows its claim still holds, and a status only ever moves forward.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ WITH own_state AS (
     FROM messages WHERE id = %(id)s AND direction = 'out'
 ), own AS (
     UPDATE messages SET status = '{SENDING}', attempts = attempts + 1, updated_at = now(),
-        claimed_by = id, send_after = NULL, unsent_claim = txid_current()
+        claimed_by = id, send_after = NULL, unsent_claim = txid_current(), sending_claim = txid_current()
     WHERE id = %(id)s AND direction = 'out' AND status = 'queued'
       AND (send_after IS NULL OR send_after <= now()) AND NOT {_EARLIER_PENDING}
     RETURNING *
@@ -94,7 +94,7 @@ WITH own_state AS (
     FOR UPDATE SKIP LOCKED
 ), others AS (
     UPDATE messages m SET status = '{SENDING}', attempts = m.attempts + 1, updated_at = now(),
-        claimed_by = %(id)s, send_after = NULL, unsent_claim = txid_current()
+        claimed_by = %(id)s, send_after = NULL, unsent_claim = txid_current(), sending_claim = txid_current()
     FROM picked WHERE m.id = picked.id
     RETURNING m.*
 ), claimed AS (
@@ -120,7 +120,8 @@ class Claim:
 
 def claim(conn: psycopg.Connection, message_id: int, more: int) -> Claim | None:
     """Claim the message, if queued and due, and up to ``more`` other due queued ones (``queued ->
-    sending``, one attempt more each, ``claimed_by`` = ``message_id``). None: no such outbound message."""
+    sending``, one attempt more each, ``claimed_by`` = ``message_id``, ``unsent_claim`` and
+    ``sending_claim`` = this claim's transaction id). None: no such outbound message."""
     with wrap_errors():
         rows = conn.execute(_CLAIM, {"id": message_id, "more": max(0, more)}).fetchall()
     if not rows:
@@ -188,29 +189,24 @@ def calling(
 
 # A send taken for a booking that did not reach it (the slots ran out, or the number is blocked) is no
 # nearer the provider than before, so its mark goes back on while it waits for the next booking: a worker
-# dying meanwhile leaves it provably unsent, to be sent again, instead of outcome unknown. The row is this
-# batch's alone while the mark is off: only its own settle, or the sweep past the lease (which fails it),
-# moves a 'sending' row with no mark, and the send is still waiting, so neither has. The claimer check is
-# a second lock on that door.
+# dying meanwhile leaves it provably unsent, to be sent again, instead of outcome unknown. The mark goes
+# back on only where the claim still holds the row: a worker that outlived its lease may find the row
+# failed by the sweep (outcome unknown), or back in the queue and claimed by another batch, which may have
+# booked it already; marking that claim's row would let the sweep send it a second time.
 _NOT_CALLING = f"""
 UPDATE messages m SET unsent_claim = v.claim
-FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[], %(claimers)s::bigint[]) AS v(id, claim, claimer)
-WHERE m.id = v.id AND m.unsent_claim IS NULL AND m.status = '{SENDING}' AND m.claimed_by = v.claimer
+FROM unnest(%(ids)s::bigint[], %(claims)s::bigint[]) AS v(id, claim)
+WHERE m.id = v.id AND m.sending_claim = v.claim AND m.unsent_claim IS NULL AND m.status = '{SENDING}'
 RETURNING m.id
 """  # noqa: S608 - constant status, no input
 
 
-def not_calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int, int]]) -> set[int]:
-    """These (message id, claim, claimed_by) sends, cleared by :func:`calling`, were not booked after all:
-    mark them unsent again. The ids marked."""
+def not_calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int]]) -> set[int]:
+    """These (message id, claim) sends, cleared by :func:`calling`, were not booked after all: mark them
+    unsent again. The ids marked: the others are no longer their claim's to send."""
     with wrap_errors():
         rows = conn.execute(
-            _NOT_CALLING,
-            {
-                "ids": [c[0] for c in claims],
-                "claims": [c[1] for c in claims],
-                "claimers": [c[2] for c in claims],
-            },
+            _NOT_CALLING, {"ids": [c[0] for c in claims], "claims": [c[1] for c in claims]}
         ).fetchall()
     return {row["id"] for row in rows}
 
@@ -220,30 +216,40 @@ def not_calling(conn: psycopg.Connection, claims: Sequence[tuple[int, int, int]]
 # Every outcome kind in one statement; each CTE touches only the ids of its own kind (disjoint: a message
 # has one outcome). A message never put to the provider (a pacing wait) gives its attempt back and keeps
 # its last error; one that was tried records this error and a 'retrying' event. Returns the ids failed
-# now (a row no longer in 'sending', say settled by the sweep, is left alone).
+# now.
+#
+# Each moves only a row the batch's own claim still holds ('sending' under its sending_claim), and ends
+# that claim (sending_claim NULL). The same statement may run again after its first run committed (a retry
+# after a lost answer, a chunk written again with the next), and a worker may outlive its lease: by then
+# the row may be settled, or back in the queue and claimed by another batch that is sending it. Matching
+# 'sending' alone, this batch would put that claim's row back in the queue (the other batch's outcome then
+# found nothing to settle and a third batch sent it again) or record its own outcome over it. Ending the
+# claim keeps a worker of the release before 0017, whose claim sets no sending_claim, from taking over a
+# token this batch would match again.
 _SETTLE = f"""
 WITH sent AS (
     UPDATE messages m SET status = 'sent', provider = v.provider, provider_message_id = v.provider_message_id,
-        error_code = NULL, error_message = NULL, updated_at = now()
+        error_code = NULL, error_message = NULL, updated_at = now(), sending_claim = NULL
     FROM unnest(%(sent_ids)s::bigint[], %(sent_providers)s::text[], %(sent_provider_ids)s::text[])
         AS v(id, provider, provider_message_id)
-    WHERE m.id = v.id AND m.status = '{SENDING}'
+    WHERE m.id = v.id AND m.status = '{SENDING}' AND m.sending_claim = %(claim)s::bigint
     RETURNING m.id
 ), failed AS (
-    UPDATE messages m SET status = 'failed', error_code = v.code, error_message = v.text, updated_at = now()
+    UPDATE messages m SET status = 'failed', error_code = v.code, error_message = v.text, updated_at = now(),
+        sending_claim = NULL
     FROM unnest(%(failed_ids)s::bigint[], %(failed_codes)s::text[], %(failed_texts)s::text[])
         AS v(id, code, text)
-    WHERE m.id = v.id AND m.status IN ('queued', '{SENDING}')
+    WHERE m.id = v.id AND m.status = '{SENDING}' AND m.sending_claim = %(claim)s::bigint
     RETURNING m.id, v.code, v.text
 ), released AS (
     UPDATE messages m SET status = 'queued',
         attempts = m.attempts - CASE WHEN v.tried THEN 0 ELSE 1 END,
         error_code = CASE WHEN v.tried THEN v.code ELSE m.error_code END,
         error_message = CASE WHEN v.tried THEN v.text ELSE m.error_message END,
-        send_after = now() + make_interval(secs => v.delay), updated_at = now()
+        send_after = now() + make_interval(secs => v.delay), updated_at = now(), sending_claim = NULL
     FROM unnest(%(released_ids)s::bigint[], %(released_delays)s::float8[], %(released_tried)s::boolean[],
                 %(released_codes)s::text[], %(released_texts)s::text[]) AS v(id, delay, tried, code, text)
-    WHERE m.id = v.id AND m.status = '{SENDING}'
+    WHERE m.id = v.id AND m.status = '{SENDING}' AND m.sending_claim = %(claim)s::bigint
     RETURNING m.id, v.tried, v.code, v.text
 ), events AS (
     INSERT INTO message_events (message_id, status, error_code, detail)
@@ -258,13 +264,16 @@ SELECT id FROM failed
 def settle(
     conn: psycopg.Connection,
     *,
+    claim: int,
     sent: Sequence[tuple[int, str, str]] = (),
     failed: Sequence[tuple[int, str, str]] = (),
     released: Sequence[Release] = (),
 ) -> list[int]:
     """Record a batch's outcomes in one statement: ``sent`` (id, provider, provider id), ``failed`` (id,
-    code, reason; final), ``released`` (back to queued). Returns the ids failed now."""
+    code, reason; final), ``released`` (back to queued), each only where ``claim`` (the batch's
+    ``sending_claim``) still holds the row. Returns the ids failed now."""
     params = {
+        "claim": claim,
         "sent_ids": [s[0] for s in sent],
         "sent_providers": [s[1] for s in sent],
         "sent_provider_ids": [s[2] for s in sent],

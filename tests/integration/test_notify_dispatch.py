@@ -5,6 +5,7 @@ worker); the one-statement settle records every outcome with its timeline event.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import concurrent.futures
 import json
@@ -366,12 +367,14 @@ def test_a_worker_past_its_lease_withdraws_the_sends_taken_back_from_it(db, redi
 
 def test_settle_records_every_kind_of_outcome_in_one_statement(db, redis_client) -> None:
     sent, failed, retried, paced, elsewhere = replies(5)
-    db.execute("UPDATE messages SET status = 'sending', attempts = 1 WHERE direction = 'out'")
+    with autocommit_connection() as conn:
+        [claim] = {record.sending_claim for record in sending.claim(conn, sent, 10).batch}
     db.execute("UPDATE messages SET status = 'failed' WHERE id = %s", (elsewhere,))
 
     with autocommit_connection() as conn:
         failed_now = sending.settle(
             conn,
+            claim=claim,
             sent=[(sent, "console", "console-1")],
             failed=[(failed, "21211", "invalid number"), (elsewhere, "x", "already settled")],
             released=[Release(retried, 30.0, True, "503", "unavailable"), Release(paced, 2.0, False)],
@@ -550,7 +553,7 @@ def test_a_settle_outlasts_a_database_restart(db, redis_client, monkeypatch) -> 
     with autocommit_connection() as conn:
         [record] = sending.claim(conn, own, 0).batch
         sending.calling(conn, [(record.id, record.unsent_claim)])
-    outcomes = notify._Outcomes(own, load_settings())
+    outcomes = notify._Outcomes(own, load_settings(), record.sending_claim)
     outcomes.add(record, SendResult(provider="console", provider_message_id="console-1"))
     settle, failures = sending.settle, []
 
@@ -565,3 +568,120 @@ def test_a_settle_outlasts_a_database_restart(db, redis_client, monkeypatch) -> 
     assert outcomes.settle() == "sent"  # the batch's last settle
 
     assert message(db, own)["status"] == "sent"
+
+
+# --- a settle moves only the rows its own claim still holds ----------------------------------------------
+
+
+def test_a_settle_run_again_after_its_answer_was_lost_leaves_the_next_claim_alone(
+    db, redis_client, monkeypatch
+) -> None:
+    for settle_with_retries in (notify._settle, notify._settle_patiently):
+        monkeypatch.setattr(settle_with_retries.retry, "wait", tenacity.wait_none())
+    settings = load_settings()
+    own = a_reply_to("+15553200000")
+    with autocommit_connection() as conn:
+        [first] = sending.claim(conn, own, 0).batch
+        assert sending.calling(conn, [(own, first.unsent_claim)], "console") == {own}
+    # Batch 1's provider call failed for now: the message goes back to the queue, due at once.
+    batch_1 = notify._Outcomes(own, settings, first.sending_claim)
+    batch_1.add(first, Release(own, 0.0, True, "20500", "server error"))
+    real_settle, later_claims = sending.settle, []
+
+    def answer_lost_once(conn, **outcomes):
+        failed_now = real_settle(conn, **outcomes)
+        if later_claims:
+            return failed_now
+        # Committed, but the answer never came back. Meanwhile batch 2 claims the message, due again, and
+        # puts it to the provider; then batch 1's settle runs its statement again.
+        with autocommit_connection() as other:
+            [again] = sending.claim(other, own, 0).batch
+            assert sending.calling(other, [(own, again.unsent_claim)], "console") == {own}
+        later_claims.append(again)
+        raise Unavailable("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(sending, "settle", answer_lost_once)
+    assert isinstance(batch_1.settle(), Release)
+    [second] = later_claims
+    # Batch 2's provider took the message.
+    batch_2 = notify._Outcomes(own, settings, second.sending_claim)
+    batch_2.add(second, SendResult(provider="console", provider_message_id="console-2"))
+    assert batch_2.settle() == "sent"
+
+    row = message(db, own)
+    assert (row["status"], row["provider_message_id"]) == ("sent", "console-2")
+    assert statuses(db, own) == ["queued", "retrying", "sent"]
+    # No third batch finds it to send again.
+    with autocommit_connection() as conn:
+        assert sending.claim(conn, own, 0).batch == []
+
+
+def test_a_worker_past_its_lease_settles_none_of_what_a_later_claim_holds(db, redis_client) -> None:
+    settings = load_settings()
+    own = a_reply_to("+15553200000")
+    with autocommit_connection() as conn:
+        [stalled] = sending.claim(conn, own, 0).batch
+    past_the_lease(db)
+    assert notify.sweep()["returned"] == 1
+    # Its job comes back and the same task claims the message anew (claimed_by is the same), and puts it
+    # to the provider.
+    with autocommit_connection() as conn:
+        [again] = sending.claim(conn, own, 0).batch
+        assert sending.calling(conn, [(own, again.unsent_claim)], "console") == {own}
+    assert again.claimed_by == stalled.claimed_by
+
+    # The stalled worker wakes: its send waited too long for a pacing slot, and goes back to the queue.
+    late = notify._Outcomes(own, settings, stalled.sending_claim)
+    late.add(stalled, Release(own, 0.0, False, "pacing"))
+    late.settle()
+
+    row = message(db, own)
+    assert (row["status"], row["attempts"]) == ("sending", 1)
+    current = notify._Outcomes(own, settings, again.sending_claim)
+    current.add(again, SendResult(provider="console", provider_message_id="console-2"))
+    assert current.settle() == "sent"
+    assert message(db, own)["provider_message_id"] == "console-2"
+
+
+def test_a_send_its_claim_no_longer_holds_is_not_sent_after_a_wait(db, redis_client) -> None:
+    settings = load_settings()
+    sender = ConsoleSender(redis_client)
+    own = a_reply_to("+15553200000")
+    with autocommit_connection() as conn:
+        [record] = sending.claim(conn, own, 0).batch
+    send = notify._Send(
+        record, notify._outbound_message(record, None), notify._pace_key(settings, sender.name, None)
+    )
+    pacer = notify._Pacer(None, RateLimiter(redis_client), settings)  # type: ignore[arg-type]
+
+    async def booked_then_waiting() -> list:
+        # Cleared for a booking that did not reach it; the worker then stalls past the lease, and the
+        # sweep fails the message (its outcome is unknown). When the wait ends it must not go out.
+        assert await pacer._still_held([send], sender.name) == [send]
+        past_the_lease(db)
+        notify.sweep()
+        await pacer._not_calling([send])
+        return await pacer._still_held([send], sender.name)
+
+    assert asyncio.run(booked_then_waiting()) == []
+    assert message(db, own)["error_code"] == "outcome_unknown"
+
+
+def test_a_settle_run_again_leaves_alone_a_claim_made_by_a_worker_of_the_release_before(
+    db, redis_client
+) -> None:
+    own = a_reply_to("+15553200000")
+    with autocommit_connection() as conn:
+        [first] = sending.claim(conn, own, 0).batch
+        sending.settle(conn, claim=first.sending_claim, released=[Release(own, 0.0, False, "pacing")])
+    # During a deploy, a worker of the release before claims it: its claim sets no sending_claim.
+    db.execute(
+        "UPDATE messages SET status = 'sending', attempts = attempts + 1, claimed_by = id,"
+        " unsent_claim = txid_current(), updated_at = now() WHERE id = %s",
+        (own,),
+    )
+
+    with autocommit_connection() as conn:
+        sending.settle(conn, claim=first.sending_claim, released=[Release(own, 0.0, False, "pacing")])
+
+    assert (message(db, own)["status"], message(db, own)["attempts"]) == ("sending", 1)

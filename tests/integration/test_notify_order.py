@@ -100,8 +100,9 @@ def test_an_earlier_message_put_back_to_wait_for_pacing_still_goes_first(db, red
     # What a batch does with a send that found no pacing slot in time, or could not book one (Redis away):
     # back to the queue, due a moment later, its attempt given back. It never reached the provider.
     with autocommit_connection() as conn:
-        assert [record.id for record in sending.claim(conn, first, 0).batch] == [first]
-        sending.settle(conn, released=[Release(first, 2.0, False, "pacing")])
+        [record] = sending.claim(conn, first, 0).batch
+        assert record.id == first
+        sending.settle(conn, claim=record.sending_claim, released=[Release(first, 2.0, False, "pacing")])
     assert status_and_attempts(db, first) == ("queued", 0)
 
     # The second one's job, running meanwhile, would have it reach Ana first.

@@ -153,8 +153,8 @@ def test_a_receipt_retried_through_an_outage_still_waits_for_its_provider_id(
     wait_for(lambda: looked_for_an_unknown_id(worker.lines()), what="the receipt's first look for its id")
 
     # notify records the provider's answer, with the statements its batch uses.
-    sending.claim(db, message_id, 0)
-    sending.settle(db, sent=[(message_id, "console", sid)])
+    [record] = sending.claim(db, message_id, 0).batch
+    sending.settle(db, claim=record.sending_claim, sent=[(message_id, "console", sid)])
 
     wait_for(lambda: message(db, message_id)["status"] == "delivered", what="the receipt applied")
     assert statuses(db, message_id) == ["queued", "sent", "delivered"]

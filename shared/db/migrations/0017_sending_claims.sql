@@ -1,0 +1,13 @@
+-- A notify batch settles only the rows its own claim still holds (shared/db/sending.py). It matched any
+-- row still 'sending', so a settle run again after its answer was lost (a retry, the next chunk), or by a
+-- worker that outlived its lease, put back in the queue or settled a row another claim had taken since,
+-- whose send was then lost or made a second time. Neither existing column tells claims apart:
+-- claimed_by repeats when the same task claims its message again, and unsent_claim is cleared once the
+-- send is booked for the provider call.
+--
+-- sending_claim: the transaction id of the claim holding this message while 'sending' (the same for every
+--   row of one batch), booked or not; cleared when its batch or the sweep settles it. NULL for rows
+--   claimed before this migration or by a worker of the release before it (which settles by status alone,
+--   as before, until it stops).
+-- Nullable, no default: added without rewriting the table.
+ALTER TABLE messages ADD COLUMN sending_claim bigint;
