@@ -559,6 +559,18 @@ def _outbound_message(record: OutboundRecord, from_number: str | None) -> Outbou
         fields = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
         log.error("stored outbound message cannot be read", message_id=record.id, fields=fields)
         return "invalid_message", f"the stored message cannot be read ({', '.join(fields)})"
+    except Exception as exc:
+        # Any other shape the conversion cannot take, such as a payload that is no JSON object (a list, a
+        # string: AttributeError). Only the conversion is inside the try, so an error elsewhere still
+        # fails the task. Its type alone is logged: the text may quote the stored values.
+        payload_type = type(record.payload).__name__
+        log.error(
+            "stored outbound message cannot be read",
+            message_id=record.id,
+            error_type=type(exc).__name__,
+            payload_type=payload_type,
+        )
+        return "invalid_message", f"the stored message cannot be read (payload: {payload_type})"
 
 
 def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:

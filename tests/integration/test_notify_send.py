@@ -304,3 +304,24 @@ def test_a_stored_message_that_cannot_be_read_fails_alone_and_its_batch_goes_out
     row = message(db, broken)
     assert (row["status"], row["error_code"]) == ("failed", "invalid_message")
     assert message(db, other)["status"] == "sent"
+
+
+@pytest.mark.parametrize("payload", ['["media"]', '"a picture"', "7"])
+def test_a_stored_payload_that_is_no_json_object_fails_alone_and_its_batch_goes_out(
+    db, redis_client, payload: str
+) -> None:
+    # Its batch used to fail whole on it, every claimed row left 'sending' until the sweep queued them all
+    # again, and so on for ever.
+    broken = a_reply("Here is the picture")
+    db.execute("UPDATE messages SET payload = %s::jsonb WHERE id = %s", (payload, broken))
+    others = [
+        queue_reply(route(event("hello", phone=f"+1555123450{index}"), load_settings()).message_id, "Welcome")
+        for index in range(3)
+    ]
+
+    assert dispatch(broken, sender=ConsoleSender(redis_client)) == "failed"
+
+    row = message(db, broken)
+    assert (row["status"], row["error_code"]) == ("failed", "invalid_message")
+    assert statuses(db, broken) == ["queued", "failed"]
+    assert [message(db, i)["status"] for i in others] == ["sent"] * 3
