@@ -27,7 +27,7 @@ from typing import Any
 from shared.flows import registry
 from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step, render
 from shared.flows.registry import FlowContext, Rejected
-from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, validate
+from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, numbered, validate
 from shared.flows.words import keyword
 from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
 
@@ -139,8 +139,7 @@ def _ask(pack: Pack, flow: Flow, state: dict[str, Any], header: str | None = Non
     payload = None
     text = body
     if step.kind == "choice":
-        numbered = "\n".join(f"{n}. {label}" for n, label in enumerate(step.choices, start=1))
-        text = f"{body}\n{numbered}"
+        text = f"{body}\n{numbered(step.choices)}"
         payload = _choice_payload(step, body, pack.pack.menu_button)
     return Outcome(state, f"{text}\n{pack.pack.cancel_hint}", payload)
 
@@ -221,7 +220,12 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
         try:
             found = dict(registry.LOOKUPS[step.lookup].fn(ctx, value, dict(state["answers"])))
         except Rejected as rejected:
-            return _reprompt(pack, flow, state, rejected.message)
+            # The lookup's words say why the answer was refused, not what to send: a choice's choices
+            # follow them, as they follow a wrong choice's (allowed).
+            problem = (
+                f"{rejected.message}\n{numbered(step.choices)}" if step.kind == "choice" else rejected.message
+            )
+            return _reprompt(pack, flow, state, problem)
     state = {
         **state,
         "answers": {**state["answers"], step.name: value},

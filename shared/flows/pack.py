@@ -118,7 +118,8 @@ class Step(_Strict):
     # At most an interactive message's body; rendered longer, it goes as plain text (shared/flows/engine.py).
     prompt: str = Field(min_length=1, max_length=INTERACTIVE_BODY_MAX)
     kind: Literal["choice", "regex", "number", "text"]
-    error: str | None = None  # shown instead of the generated "please answer ..." text
+    # Shown to a wrong answer instead of the pack's generated text; a choice's numbered choices follow it.
+    error: str | None = None
     lookup: str | None = None
     # kind = "choice"
     choices: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ROW_TITLE)]] = Field(

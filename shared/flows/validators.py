@@ -40,16 +40,21 @@ def choice_id(step_name: str, index: int) -> str:
     return f"{step_name}:{index}"
 
 
-def _numbered(labels: list[str]) -> str:
+def numbered(labels: list[str]) -> str:
+    """The choices as the plain text of a question lists them, one a line: ``1. Low``."""
     return "\n".join(f"{number}. {label}" for number, label in enumerate(labels, start=1))
 
 
 def allowed(step: Step, texts: Meta = DEFAULT_TEXTS) -> str:
-    """One sentence saying what a valid answer looks like, in the words of the pack's ``texts``."""
+    """One sentence saying what a valid answer looks like, in the words of the pack's ``texts``: a step's
+    own ``error`` text if it has one, and for a choice its numbered choices after it."""
+    if step.kind == "choice":
+        # After a step's own error text too: it says what the question is about, not what to send, and a
+        # re-prompt sent as plain text (Twilio, or too long for buttons) has no buttons to show the choices.
+        head = step.error or render(texts.choice_invalid, {"count": len(step.choices)})
+        return f"{head}\n{numbered(step.choices)}"
     if step.error:
         return step.error
-    if step.kind == "choice":
-        return f"{render(texts.choice_invalid, {'count': len(step.choices)})}\n{_numbered(step.choices)}"
     if step.kind == "regex":
         # Never the pattern itself: "ORD-\d+" means nothing to the person typing; a pack whose step has
         # no example should give it an error text that says what is wanted.

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from shared.flows import registry
 from shared.flows.engine import Outcome, advance, menu_text, timed_out
 from shared.flows.pack import Pack, parse_pack
-from shared.flows.registry import FlowContext
+from shared.flows.registry import FlowContext, Rejected
 from shared.flows.validators import Answer
 from shared.providers.base import OutboundMessage
 from shared.providers.meta.client import build_payload
@@ -227,3 +229,54 @@ def test_a_menu_whose_notice_takes_it_past_whatsapps_body_limit_is_sent_as_its_p
     assert told.payload is None
     assert _sent_by_meta(told)["type"] == "text"
     assert told.text.endswith("\n1. Defect")
+
+
+# The choice with an `error` text of its own, which says what the question is about rather than what to send.
+OWN_ERROR = REPEATED.replace(
+    'choices = ["Low", "High"]', 'choices = ["Low", "High"]\n  error = "Tell us how severe it is."'
+)
+
+
+def test_a_wrong_choice_told_a_steps_own_error_text_is_shown_the_choices_again() -> None:
+    pack = parse_pack(OWN_ERROR)
+    state = _advanced(pack, {}, "1").state
+    asked = _advanced(pack, state, "by the press")
+    told = _advanced(pack, asked.state, "very")
+
+    # Before: "⚠️ Tell us how severe it is." and the cancel hint alone, which is all a provider sending
+    # plain text (Twilio) sends: nothing said the answer is 1 or 2.
+    assert told.text.startswith("⚠️ Tell us how severe it is.\n1. Low\n2. High\n")
+    assert told.payload is not None
+    assert _advanced(pack, told.state, "2").text == "Noted: High."
+
+
+def test_a_steps_own_error_text_too_long_for_buttons_is_sent_with_its_choices() -> None:
+    wordy = "Tell us how severe it is. " * 40  # 1,040 characters
+    pack = parse_pack(OWN_ERROR.replace("Tell us how severe it is.", wordy))
+    state = _advanced(pack, {}, "1").state
+    told = _advanced(pack, _advanced(pack, state, "by the press").state, "very")
+
+    # Before: sent as plain text (too long for an interactive body) without the choices the buttons held.
+    assert told.payload is None
+    assert _sent_by_meta(told)["type"] == "text"
+    assert "\n1. Low\n2. High\n" in told.text
+
+
+@registry.lookup("severity_open")
+def _severity_open(ctx: FlowContext, value: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    if value == "Low":
+        raise Rejected("Low-severity reports are closed this week.")
+    return {}
+
+
+def test_a_choice_a_lookup_rejects_is_shown_the_choices_again() -> None:
+    pack = parse_pack(
+        REPEATED.replace('choices = ["Low", "High"]', 'choices = ["Low", "High"]\n  lookup = "severity_open"')
+    )
+    state = _advanced(pack, {}, "1").state
+    told = _advanced(pack, _advanced(pack, state, "by the press").state, "1")
+
+    # Before: the lookup's words and the cancel hint alone, in plain text nothing to say what to send.
+    assert told.text.startswith("⚠️ Low-severity reports are closed this week.\n1. Low\n2. High\n")
+    assert told.state["step"] == 1
+    assert _advanced(pack, told.state, "High").text == "Noted: High."
