@@ -173,7 +173,8 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
 
 def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
     """Why a message with no text of its own answers no question (a location, a submitted WhatsApp
-    Flow, media without a caption), in the pack's words; None for one that may."""
+    Flow, media without a caption, a shared contact or any other kind of message with no text nor tap),
+    in the pack's words; None for one that may."""
     if answer.location:
         return render(pack.pack.location_not_an_answer, {})
     if answer.flow_reply:
@@ -182,6 +183,10 @@ def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
         # Read as its empty text it would pass for an optional answer, the user's photo dropped unsaid.
         # A caption is the user's words about it: that is the answer.
         return render(pack.pack.media_not_an_answer, {})
+    if not answer.text_message and not answer.clean and not answer.reply_id:
+        # A shared contact card, an order sent without a note, a tap that did not parse: as its empty text
+        # it too would pass for an optional answer. Only a text message can be an empty one.
+        return render(pack.pack.no_text_not_an_answer, {})
     return None
 
 

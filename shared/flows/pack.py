@@ -70,6 +70,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "location_not_an_answer": frozenset(),
     "flow_reply_not_an_answer": frozenset(),
     "media_not_an_answer": frozenset(),
+    "no_text_not_an_answer": frozenset(),
     "order_not_found": frozenset({"value"}),
     "machine_not_found": frozenset({"value"}),
     "ticket_not_found": frozenset({"value"}),
@@ -233,6 +234,11 @@ class Meta(_Strict):
     # Likewise to a photo, video, voice note, sticker or document sent without a caption: no step reads
     # one, and as its (empty) text it too could pass for an optional answer, sent and silently dropped.
     media_not_an_answer: str = "📎 A photo, video, voice note, sticker or file can't answer this question."
+    # Likewise to any other kind of message with no text of its own and no tap: a shared contact card, an
+    # order (a cart) sent without a note, a reply whose tap did not parse.
+    no_text_not_an_answer: str = (
+        "💬 A shared contact or another message without text can't answer this question."
+    )
     # The shipped lookups' words (shared/flows/builtin.py): an order, machine or ticket not found, a date
     # not set, and an SLA's time left or overdue.
     order_not_found: str = "Order {value} was not found. Please check the number and send it again."

@@ -379,6 +379,9 @@ def _respond(
         # As inbound.route stores one (workers/inbound.py); a reply routed by the release before has no key.
         flow_reply=isinstance(row["payload"], dict) and "flow_reply" in row["payload"],
         media=row["type"] in MEDIA_TYPES,
+        # Reactions and WhatsApp's notices are never dispatched, nor a type the router cannot read
+        # (workers/inbound.py): a shared contact, an order or a tap reaches a step, with no text of its own.
+        text_message=row["type"] == MessageType.text,
     )
     ctx = FlowContext(
         conn=conn,

@@ -21,6 +21,9 @@ class Answer:
     location: bool = False  # a shared location: no text, and nothing a step accepts
     flow_reply: bool = False  # a submitted WhatsApp Flow: its own answers, none of them this step's
     media: bool = False  # a photo, video, voice note, sticker or document; its caption, if any, is the text
+    # False for any other kind of message than a text (a shared contact, an order, a tap): only its text
+    # (a caption, an order's note, a tapped title) or its tapped id can answer.
+    text_message: bool = True
 
     @property
     def clean(self) -> str:

@@ -970,3 +970,69 @@ def test_media_without_a_caption_is_told_in_the_packs_own_words(user: User) -> N
     user.step(user.store("1"), pack=pack)
     user.step(_media(user, "audio"), pack=pack)
     assert user.replies()[-1].startswith("⚠️ 📎 Escribe tu respuesta.")
+
+
+def _textless(user: User, kind: str) -> int:
+    """A message of another kind than a text, media or location as inbound.route stores one that has no
+    text of its own: a shared contact card, an order (a cart) sent without a note, an interactive reply or
+    template button whose tap did not parse (neither has a tapped id)."""
+    message_id = add_inbound(user.db, user.contact_id, user.conversation_id, None, type=kind)
+    user.redis.set(handler_key(message_id), 1)
+    return message_id
+
+
+@pytest.mark.parametrize("kind", ["contacts", "order", "interactive", "button"])
+def test_a_message_with_no_text_is_no_empty_answer_to_an_optional_text(user: User, kind: str) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    user.step(_textless(user, kind), pack=pack)
+
+    # Before: the form took it as an empty note and finished ("Noted: ''."), the contact card ignored.
+    assert user.replies()[-1].startswith(
+        "⚠️ 💬 A shared contact or another message without text can't answer this question."
+    )
+    assert user.flow["flow"] == "note"
+    assert user.flow["answers"] == {}
+    user.step(user.store("by the press"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'by the press'."
+
+
+def test_a_shared_contact_to_a_required_step_is_told_it_cant_answer(user: User) -> None:
+    user.step(user.store("1"))  # Report a defect: which order?
+    asked = user.flow
+    user.step(_textless(user, "contacts"))
+
+    # Before: "That doesn't look right. Please send it like ORD-12345.", as if the card were mistyped.
+    assert user.replies()[-1].startswith(
+        "⚠️ 💬 A shared contact or another message without text can't answer this question."
+        " That doesn't look right. Please send it like ORD-12345."
+    )
+    assert user.flow["step"] == asked["step"]
+
+
+def test_a_message_with_no_text_is_told_in_the_packs_own_words(user: User) -> None:
+    spanish = 'name = "notes"\nno_text_not_an_answer = "💬 Escribe tu respuesta."'
+    pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
+    user.step(user.store("1"), pack=pack)
+    user.step(_textless(user, "contacts"), pack=pack)
+    assert user.replies()[-1].startswith("⚠️ 💬 Escribe tu respuesta.")
+
+
+def test_the_note_sent_with_an_order_is_its_answer(user: User) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    order = add_inbound(user.db, user.contact_id, user.conversation_id, "two of these", type="order")
+    user.redis.set(handler_key(order), 1)
+    user.step(order, pack=pack)
+    assert user.replies()[-1] == "Noted: 'two of these'."
+
+
+def test_a_tapped_button_is_still_a_choice(user: User) -> None:
+    user.step(user.store("1"))
+    user.step(user.store("ORD-12345"))  # What type of defect?
+    tapped = add_inbound(
+        user.db, user.contact_id, user.conversation_id, None, type="interactive", reply_id="defect_type:2"
+    )
+    user.redis.set(handler_key(tapped), 1)
+    user.step(tapped)
+    assert user.flow["answers"]["defect_type"] == "Return"

@@ -68,7 +68,7 @@ def test_a_capitalised_menu_word_of_the_pack_greets() -> None:
 def test_a_pack_word_of_punctuation_alone_is_not_matched_by_an_empty_answer() -> None:
     pack = parse_pack(SPANISH.replace('cancel_words = ["Cancelar", "Menú"]', 'cancel_words = ["#"]'))
     state, _ = _send(pack, {}, "1")
-    state, text = _send(pack, state, "")  # a photo without a caption
+    state, text = _send(pack, state, "")  # an answer with no text at all
     assert state["flow"] == "urgencia"
     assert "1 to 2" in text
     state, _ = _send(pack, state, "#")
