@@ -67,6 +67,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "number_whole": frozenset(),
     "number_decimal": frozenset(),
     "text_length_invalid": frozenset({"min_length", "max_length"}),
+    "text_optional_invalid": frozenset({"max_length", "skip_word"}),
     "location_not_an_answer": frozenset(),
     "flow_reply_not_an_answer": frozenset(),
     "media_not_an_answer": frozenset(),
@@ -91,6 +92,7 @@ _SAMPLE_VALUES: dict[str, Any] = {
     "max": "10",
     "min_length": 1,
     "max_length": 500,
+    "skip_word": "skip",
     "value": "ORD-12345",
     "time": "5h 20m",
 }
@@ -134,7 +136,7 @@ class Step(_Strict):
     min: float | None = None
     max: float | None = None
     integer: bool = True
-    # kind = "text"
+    # kind = "text"; min_length = 0 makes it optional, left empty by one of the pack's skip_words
     min_length: int = Field(default=1, ge=0)
     max_length: int = Field(default=500, ge=1, le=4096)
 
@@ -214,7 +216,8 @@ class Meta(_Strict):
     not_understood: str = "Sorry, I didn't get that."
     # To an answer a step does not accept (unless the step has an `error` of its own): a choice (the
     # numbered choices follow), a regex step with or without an `example`, a number (in `min` and `max`),
-    # a text (in `min_length` and `max_length`).
+    # a text (in `min_length` and `max_length`), or an optional text (`min_length` = 0), which names the
+    # first of the `skip_words` instead of asking for a text of 0 characters, which nobody can send.
     choice_invalid: str = "Please reply with a number from 1 to {count}:"
     regex_invalid_example: str = "That doesn't look right. Please send it like {example}."
     regex_invalid: str = "That doesn't look right. Please check it and send it again."
@@ -225,6 +228,9 @@ class Meta(_Strict):
     number_whole: str = "a whole number"
     number_decimal: str = "a number"
     text_length_invalid: str = "Please send a text of {min_length} to {max_length} characters."
+    text_optional_invalid: str = (
+        "Please send a text of at most {max_length} characters, or *{skip_word}* to skip this question."
+    )
     # Before what the step accepts, to a location shared in answer to a form's question: no step takes one,
     # and read as its (empty) text it could pass for an optional answer, the place lost.
     location_not_an_answer: str = "📍 A shared location can't answer this question."
@@ -249,6 +255,9 @@ class Meta(_Strict):
     overdue_by: str = "overdue by {time}"
     menu_words: list[str] = Field(default_factory=lambda: ["hi", "hello", "menu", "start"])
     cancel_words: list[str] = Field(default_factory=lambda: ["cancel", "menu", "0"])
+    # What leaves an optional text step (`min_length` = 0) empty: WhatsApp sends no empty text, so without
+    # one such a step could not be skipped. At least one, for its re-prompt to name.
+    skip_words: list[str] = Field(default_factory=lambda: ["skip"], min_length=1)
 
     @field_validator(*PACK_TEXT_VALUES)
     @classmethod
@@ -268,7 +277,7 @@ class Meta(_Strict):
             raise ValueError(f"a format its values cannot take: {problem}") from None
         return template
 
-    @field_validator("menu_words", "cancel_words")
+    @field_validator("menu_words", "cancel_words", "skip_words")
     @classmethod
     def _folded(cls, words: list[str]) -> list[str]:
         # The engine compares them with the answer folded the same way: a word written "Cancelar" in the
@@ -318,8 +327,15 @@ def placeholders(template: str) -> set[str]:
 
 
 def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
-    """What pydantic cannot see: duplicate names and placeholders nothing provides."""
+    """What pydantic cannot see: duplicate names, placeholders nothing provides, and answers or skip words
+    the engine would read as a cancel word."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
+    for word in pack.pack.skip_words:
+        if word in pack.pack.cancel_words:
+            # The engine reads a cancel word first: sent to skip a question, it would leave the form.
+            problems.append(
+                (("pack", "skip_words"), f"{word!r} is a cancel word, so it could skip no question")
+            )
     seen_flows: set[str] = set()
     for f_index, flow in enumerate(pack.flows):
         where: tuple[str | int, ...] = ("flows", f_index)

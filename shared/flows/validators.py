@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 from shared.flows.pack import DEFAULT_TEXTS, Meta, Step, render
+from shared.flows.words import keyword
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ def allowed(step: Step, texts: Meta = DEFAULT_TEXTS) -> str:
         if step.max is not None:
             return render(texts.number_at_most, values)
         return render(texts.number_invalid, values)
+    if step.min_length == 0:
+        # Not "a text of 0 to 500 characters": nobody can send an empty one, a skip word is how.
+        values = {"max_length": step.max_length, "skip_word": texts.skip_words[0]}
+        return render(texts.text_optional_invalid, values)
     values = {"min_length": step.min_length, "max_length": step.max_length}
     return render(texts.text_length_invalid, values)
 
@@ -121,6 +126,9 @@ def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | i
         return {"upper": text.upper(), "lower": text.lower(), "keep": text}[step.case]
     if step.kind == "number":
         return _number(step, text, texts)
+    if step.min_length == 0 and keyword(answer.text) in texts.skip_words:
+        # WhatsApp sends no empty text: a skip word is how an optional text is left empty.
+        return ""
     stripped = answer.text.strip()
     if not step.min_length <= len(stripped) <= step.max_length:
         raise Invalid(allowed(step, texts))

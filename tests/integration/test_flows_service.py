@@ -1036,3 +1036,18 @@ def test_a_tapped_button_is_still_a_choice(user: User) -> None:
     user.redis.set(handler_key(tapped), 1)
     user.step(tapped)
     assert user.flow["answers"]["defect_type"] == "Return"
+
+
+def test_an_optional_text_is_skipped_by_the_skip_word_it_is_told_of(user: User) -> None:
+    pack = parse_pack(OPTIONAL_NOTE)
+    user.step(user.store("1"), pack=pack)
+    user.step(_media(user, "audio"), pack=pack)
+
+    # Before: "... can't answer this question. Please send a text of 0 to 500 characters.", and no
+    # message skipped the note: WhatsApp sends no empty text, and a photo is no answer (b07f51e).
+    told = user.replies()[-1]
+    assert "Please send a text of at most 500 characters, or *skip* to skip this question." in told
+    assert "0 to 500" not in told
+    user.step(user.store("Skip"), pack=pack)
+    assert user.replies()[-1] == "Noted: ''."
+    assert user.flow["flow"] is None

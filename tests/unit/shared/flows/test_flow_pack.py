@@ -210,3 +210,20 @@ def test_a_pack_text_formatting_its_values_as_they_are_loads_and_renders() -> No
     with pytest.raises(Invalid) as caught:
         validate(step, Answer("eleven", None), pack.pack)
     assert caught.value.message == "Send a whole number in [  1, 10 ]."
+
+
+def test_a_skip_word_that_is_also_a_cancel_word_is_refused() -> None:
+    # The engine reads a cancel word first: the user sending it to skip a question would lose the form.
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nskip_words = ["0", "Pass"]'), "tiny.toml")
+    assert "tiny.toml:3: pack.skip_words" in str(caught.value)
+    assert "'0' is a cancel word" in str(caught.value)
+    pack = parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nskip_words = ["Pass"]'))
+    assert pack.pack.skip_words == ["pass"]
+
+
+def test_a_pack_with_no_skip_word_is_refused() -> None:
+    # An optional text step could then never be skipped, and its re-prompt would have no word to name.
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nskip_words = []'), "tiny.toml")
+    assert "tiny.toml:3: pack.skip_words: List should have at least 1 item" in str(caught.value)

@@ -152,3 +152,37 @@ def test_order_sla_on_track_at_risk_breached_and_done() -> None:
     assert sla.order_state("IN PRODUCTION", 50, created, created + timedelta(days=10), NOW) == "at risk"
     assert sla.order_state("IN PRODUCTION", 50, created, created + timedelta(days=8), NOW) == "breached"
     assert sla.order_state("COMPLETED", 100, created, created + timedelta(days=8), NOW) == "on track"
+
+
+OPTIONAL = Step(name="note", prompt="Anything to add? (optional)", kind="text", min_length=0, max_length=10)
+
+
+@pytest.mark.parametrize("word", ["skip", "Skip", "*SKIP*", " skip! "])
+def test_the_skip_word_leaves_an_optional_text_empty(word: str) -> None:
+    # Before: stored as the note itself; WhatsApp sends no empty text, so nothing left the step empty.
+    assert validate(OPTIONAL, Answer(word)) == ""
+
+
+def test_an_optional_text_is_told_how_to_skip_it_not_to_send_0_characters() -> None:
+    with pytest.raises(Invalid) as caught:
+        validate(OPTIONAL, Answer("x" * 11))
+    # Before: "Please send a text of 0 to 10 characters.", which nobody can send.
+    assert (
+        caught.value.message
+        == "Please send a text of at most 10 characters, or *skip* to skip this question."
+    )
+
+
+def test_the_skip_word_is_a_required_texts_answer() -> None:
+    assert validate(TEXT, Answer("skip")) == "skip"
+
+
+def test_an_optional_text_is_skipped_and_told_so_in_the_packs_own_words() -> None:
+    texts = Meta(
+        name="taller",
+        skip_words=["Omitir"],
+        text_optional_invalid="Envía hasta {max_length} caracteres, o *{skip_word}* para saltarla.",
+    )
+    assert validate(OPTIONAL, Answer("omitir"), texts) == ""
+    assert validate(OPTIONAL, Answer("skip"), texts) == "skip"
+    assert allowed(OPTIONAL, texts) == "Envía hasta 10 caracteres, o *omitir* para saltarla."
