@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.flows import registry
-from shared.flows.pack import MAX_BUTTON_TITLE, Flow, Pack, Step, render
+from shared.flows.pack import Flow, Pack, Step, render
 from shared.flows.registry import FlowContext, Rejected
 from shared.flows.validators import Answer, Invalid, allowed, choice_id, match_choice, numbered, validate
 from shared.flows.words import keyword
-from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
+from shared.wire.outbound_api import BUTTON_TITLE_MAX, BUTTONS_MAX, INTERACTIVE_BODY_MAX
 
 MENU_ID_PREFIX = "menu:"
-MAX_BUTTONS = 3
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def _list(body: str, button: str, rows: list[dict[str, str]]) -> dict[str, Any] 
 
 def _choice_payload(step: Step, body: str, button: str) -> dict[str, Any] | None:
     options = [{"id": choice_id(step.name, n), "title": label} for n, label in enumerate(step.choices, 1)]
-    if len(options) <= MAX_BUTTONS and all(len(label) <= MAX_BUTTON_TITLE for label in step.choices):
+    if len(options) <= BUTTONS_MAX and all(len(label) <= BUTTON_TITLE_MAX for label in step.choices):
         return _interactive({"kind": "buttons", "body": body, "buttons": options})
     return _list(body, button, options)
 

@@ -36,18 +36,20 @@ from shared.flows.toml_lines import Path as KeyPath
 from shared.flows.toml_lines import key_lines, line_of
 from shared.flows.words import keyword
 from shared.logging import get_logger
-from shared.wire.outbound_api import INTERACTIVE_BODY_MAX
+from shared.wire.outbound_api import (
+    INTERACTIVE_BODY_MAX,
+    LIST_BUTTON_MAX,
+    ROW_DESCRIPTION_MAX,
+    ROW_TITLE_MAX,
+    ROWS_MAX,
+)
 
 PACKS_DIR = Path(__file__).with_name("packs")
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
-# WhatsApp's limits for interactive messages: list rows <= 10, row titles <= 24 characters, reply button
-# titles <= 20 characters, row descriptions <= 72.
-# https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-list-messages
-MAX_MENU_ROWS = 10
-MAX_ROW_TITLE = 24
-MAX_BUTTON_TITLE = 20
-MAX_ROW_DESCRIPTION = 72
+# WhatsApp's limits (shared/wire/outbound_api.py) bound what the menu and the choices are sent as: a
+# flow is a menu row (its title and description), a choice a row or reply button (shared/flows/engine.py),
+# `menu_button` the list's opening button.
 # The values each [pack] text that is a template may name: {flow_title}, the form's title, and {minutes},
 # the session's time to live, rendered by the engine (shared/flows/engine.py); the values of what a wrong
 # answer is told, rendered by shared/flows/validators.py ({number} is `number_whole` or `number_decimal`);
@@ -125,8 +127,8 @@ class Step(_Strict):
     error: str | None = None
     lookup: str | None = None
     # kind = "choice"
-    choices: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_ROW_TITLE)]] = Field(
-        default_factory=list, max_length=MAX_MENU_ROWS
+    choices: list[Annotated[str, StringConstraints(min_length=1, max_length=ROW_TITLE_MAX)]] = Field(
+        default_factory=list, max_length=ROWS_MAX
     )
     # kind = "regex": matched in full, case-insensitively; `case` normalises the stored value
     pattern: str | None = None
@@ -191,8 +193,8 @@ class Flow(_Strict):
     """One menu option: its form (possibly empty) and its final action."""
 
     id: Identifier
-    title: str = Field(min_length=1, max_length=MAX_ROW_TITLE)
-    description: str | None = Field(default=None, max_length=MAX_ROW_DESCRIPTION)
+    title: str = Field(min_length=1, max_length=ROW_TITLE_MAX)
+    description: str | None = Field(default=None, max_length=ROW_DESCRIPTION_MAX)
     steps: list[Step] = Field(default_factory=list)
     action: Action
 
@@ -203,7 +205,7 @@ class Meta(_Strict):
     name: Identifier
     greeting: str = "👋 Hello!"
     menu_prompt: str = "What would you like to do? Reply with a number:"
-    menu_button: str = Field(default="Options", max_length=MAX_BUTTON_TITLE)
+    menu_button: str = Field(default="Options", max_length=LIST_BUTTON_MAX)
     cancel_hint: str = "(send *cancel* to go back to the menu)"
     # Before the menu, to the first message of a conversation whose form was left unanswered past the
     # session's time to live (shared/flows/service.py): that message answered a question no longer asked.
@@ -303,7 +305,7 @@ def render(template: str, values: Mapping[str, Any]) -> str:
 
 class Pack(_Strict):
     pack: Meta
-    flows: list[Flow] = Field(min_length=1, max_length=MAX_MENU_ROWS)
+    flows: list[Flow] = Field(min_length=1, max_length=ROWS_MAX)
 
     @property
     def name(self) -> str:

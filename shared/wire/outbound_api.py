@@ -11,6 +11,8 @@ text body 4096 characters; media caption 1024; interactive body 1024, header and
 1 to 3, titles 20, ids 256 and unique; lists: the opening button 20, up to 10 sections and 10 rows in all,
 row title 24, description 72, id 200 and unique, section title 24 (required when there are several).
 Media go by https URL only (WhatsApp fetches them; a plain-http or local URL would leak or fail).
+These constants are the one definition of those limits: the Meta sender (shared/providers/meta/client.py)
+and the flow packs and engine (shared/flows/) import them.
 """
 
 from __future__ import annotations

@@ -42,15 +42,17 @@ from shared.providers.base import (
 from shared.settings import Settings
 from shared.wire.events import our_id_tag
 
-log = get_logger(__name__)
+# WhatsApp's limits, defined once beside the notify API's request, which checks them too.
+from shared.wire.outbound_api import (
+    BUTTON_TITLE_MAX,
+    BUTTONS_MAX,
+    INTERACTIVE_BODY_MAX,
+    ROW_TITLE_MAX,
+    ROWS_MAX,
+    TEXT_MAX,
+)
 
-# WhatsApp limits (https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-messages).
-TEXT_MAX = 4096
-INTERACTIVE_BODY_MAX = 1024
-BUTTONS_MAX = 3
-BUTTON_TITLE_MAX = 20
-LIST_ROWS_MAX = 10
-ROW_TITLE_MAX = 24
+log = get_logger(__name__)
 
 # Throughput and pacing: back off and retry (https://developers.facebook.com/docs/whatsapp/cloud-api/overview).
 THROTTLED = frozenset({4, 80007, 130429, 131056})
@@ -351,8 +353,8 @@ def _interactive(message: OutboundMessage) -> dict[str, Any]:
         }
         return out
     rows = [row for section in spec.sections for row in section.rows]
-    if not 1 <= len(rows) <= LIST_ROWS_MAX:
-        raise SendError("too_many_rows", f"a list needs 1 to {LIST_ROWS_MAX} rows", permanent=True)
+    if not 1 <= len(rows) <= ROWS_MAX:
+        raise SendError("too_many_rows", f"a list needs 1 to {ROWS_MAX} rows", permanent=True)
     for row in rows:
         if len(row.title) > ROW_TITLE_MAX:
             raise SendError(
