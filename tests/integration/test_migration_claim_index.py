@@ -61,7 +61,7 @@ def test_at_0014_with_messages_the_claim_then_takes_the_due_ones_past_those_back
         due = _queued(conn, None)
         assert REPLACED in _indexes(conn)
 
-        assert migrate(url) == [VERSION]
+        assert migrate(url)[0] == VERSION  # and any later migration
 
         indexes = _indexes(conn)
         assert indexes[INDEX] is True
@@ -84,7 +84,7 @@ def test_a_build_of_it_that_failed_is_done_again(tmp_path: Path) -> None:
         conn.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = %s::regclass", (INDEX,))
         assert _indexes(conn)[INDEX] is False
 
-        assert migrate(url) == [VERSION]
+        assert migrate(url)[0] == VERSION  # and any later migration
 
         indexes = _indexes(conn)
         assert indexes[INDEX] is True
