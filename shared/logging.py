@@ -60,12 +60,18 @@ _PLUS = _written_or_encoded(r"\+", "2B")
 _SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
 
 
+# A backslash escape, as repr() or JSON writes it, or doubled: Celery logs a task's JSON body as the repr of
+# its bytes (``b'{"text": "VERIFY\\n123456"}'``), where each of JSON's escapes (``\n``, ``\u00a0``) has two.
+_BACKSLASH = r"\\{1,2}"
+
+
 def _written_or_escaped(*code_points: int) -> str:
-    r"""Characters as written or backslash-escaped, as repr() (``\xa0``) or JSON (``\u00a0``) writes them."""
+    r"""Characters as written or backslash-escaped, as repr() (``\xa0``) or JSON (``\u00a0``) writes them,
+    the backslash maybe doubled (_BACKSLASH)."""
     written = "".join(rf"\u{code_point:04x}" for code_point in code_points)
     escaped = [f"u{code_point:04x}" for code_point in code_points]
     escaped += [f"x{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
-    return rf"(?:[{written}]|\\(?:{'|'.join(escaped)}))"
+    return rf"(?:[{written}]|{_BACKSLASH}(?:{'|'.join(escaped)}))"
 
 
 # A form body encodes a space as + (``Body=call+me+at+555+123+4567``), but only there: elsewhere a + between
@@ -231,7 +237,8 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 # - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys;
 # - the code of a ``VERIFY 123456`` quoted in free text (Celery logs the body of a task it does not know, an
 #   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py:
-#   any run of spaces, hyphens and, before the code, colons), also as a repr or JSON escapes them (``\n``).
+#   any run of spaces, hyphens and, before the code, colons), also as a repr or JSON escapes them (``\n``),
+#   or a repr of JSON (``\\n``, see _BACKSLASH).
 #   Separators and digits are apart, so the possessive runs never backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
@@ -240,7 +247,8 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    r"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|\\[nrt])*+(?P<code>\d(?:(?:[\s\-+]|\\[nrt])*+\d){5})(?!\d)"
+    rf"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|{_BACKSLASH}[nrt])*+"
+    rf"(?P<code>\d(?:(?:[\s\-+]|{_BACKSLASH}[nrt])*+\d){{5}})(?!\d)"
     r")",
     re.I,
 )

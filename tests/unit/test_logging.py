@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -10,8 +11,14 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
+from celery.app.trace import trace_task_ret
+from celery.concurrency.base import BasePool
+from celery.worker.consumer import consumer as celery_consumer
+from kombu import Message
 
 from shared.logging import REDACTED, configure_logging, get_logger, mask_phone, redact_verify_codes, scrub
+from shared.queues import Publisher
+from shared.wire.events import InboundMessage, Provider
 
 PHONE = "+15551234567"
 TWILIO_TOKEN = "0123456789abcdef0123456789abcdef"
@@ -796,6 +803,9 @@ def test_percent_encoded_text_without_secrets_stays_readable(text: str) -> None:
         ("verify-123  456", "verify-[redacted]"),
         ("{'text': 'VERIFY\\n123456'}", "{'text': 'VERIFY\\n[redacted]'}"),
         ('{"text": "verify:\\t123\\t456"}', '{"text": "verify:\\t[redacted]"}'),
+        # Celery logs a task's body as the repr of its JSON bytes, which doubles each escape.
+        (r"""b'{"text": "VERIFY\\n123456"}'""", r"""b'{"text": "VERIFY\\n[redacted]"}'"""),
+        (r"""b'{"text": "verify:\\t123\\r\\n456"}'""", r"""b'{"text": "verify:\\t[redacted]"}'"""),
     ],
 )
 def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) -> None:
@@ -814,6 +824,73 @@ def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) 
 )
 def test_verify_words_without_a_code_stay_readable(text: str) -> None:
     assert scrub(text) == text
+
+
+def _celery_logs_a_route_message(text: str) -> None:
+    """Log the body of an ``inbound.route`` message that carries ``text`` as a Celery worker does.
+
+    The message is the one the ingress publishes (``Publisher.message``); the worker logs its JSON body as
+    the repr of its bytes, truncated to 1,024 characters: the pool's debug line for every task, and the
+    consumer's error line, at any level, for a task it does not know (a mixed-version deploy).
+    """
+    event = InboundMessage(
+        provider=Provider.twilio,
+        provider_message_id="SM0123456789abcdef0123456789abcdef",
+        business_number="+14155550100",
+        sender_phone=PHONE,
+        text=text,
+        raw={"Body": text},
+    ).model_dump(mode="json")
+    # redis-py connects on first command: building a message needs no server.
+    envelope = json.loads(Publisher("redis://127.0.0.1:1/0").message("inbound.route", {"event": event}))
+    body = base64.b64decode(envelope["body"])
+    headers = envelope["headers"]
+    # The arguments the worker's request hands its pool (celery/worker/request.py, execute_using_pool).
+    args = (headers["task"], headers["id"], headers, body, envelope["content-type"], "utf-8")
+    BasePool(limit=1).apply_async(trace_task_ret, args=args)
+    message = Message(body=body, headers=headers, delivery_info=envelope["properties"]["delivery_info"])
+    celery_consumer.logger.error(
+        celery_consumer.UNKNOWN_TASK_ERROR,
+        KeyError(headers["task"]),
+        celery_consumer.dump_body(message, body),
+        message.headers,
+        message.delivery_info,
+    )
+
+
+@pytest.mark.parametrize("separator", ["\n", "\t"])
+def test_a_code_in_a_task_body_celery_logs_is_redacted(captured: io.StringIO, separator: str) -> None:
+    _celery_logs_a_route_message(f"VERIFY{separator}{CODE}")
+    out = captured.getvalue()
+    assert "TaskPool: Apply" in out
+    assert "Received unregistered task" in out
+    assert out.count(REDACTED) >= 2
+    assert CODE not in out
+
+
+def test_a_phone_in_a_task_body_celery_logs_is_masked(captured: io.StringIO) -> None:
+    # The body's JSON escapes the accent and the no-break spaces (``\u00a0``), and its repr doubles each.
+    _celery_logs_a_route_message("ll\u00e1mame al +57\u00a0310\u00a0305\u00a05424")
+    out = captured.getvalue()
+    assert "Received unregistered task" in out
+    # Twice in each of the two lines: the message's text and its raw Body.
+    assert out.count("+********5424") == 4
+    for leak in ("u00a0310", "u00a0305", "u00a05424"):
+        assert leak not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # A JSON body's escapes, doubled by the repr of its bytes (how Celery logs a task's body).
+        (r"""b'{"text": "call me\\n4155550123"}'""", r"""b'{"text": "call me\\n******0123"}'"""),
+        (r"""b'"+1\\u00a0415\\u00a0555\\u20110123"'""", r"""b'"+*******0123"'"""),
+        (r"""b'"Tel:\\u00a014155550123"'""", r"""b'"Tel:\\u00a0*******0123"'"""),
+        (r"""b'"+33\\u202f6\\u202f12\\u202f34\\u202f56\\u202f78"'""", r"""b'"+*******5678"'"""),
+    ],
+)
+def test_phones_with_doubled_escapes_are_masked(text: str, masked: str) -> None:
+    assert scrub(text) == masked
 
 
 def test_a_line_below_the_level_is_dropped_and_the_rest_carry_level_logger_and_time() -> None:
