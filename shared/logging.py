@@ -12,7 +12,7 @@ import itertools
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -65,13 +65,20 @@ _SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
 _BACKSLASH = r"\\{1,2}"
 
 
+def _escapes(code_points: Iterable[int]) -> str:
+    r"""What follows the backslash of these characters escaped, as repr() (``xa0``) or JSON (``u00a0``)
+    writes them."""
+    code_points = list(code_points)
+    escaped = [f"u{code_point:04x}" for code_point in code_points]
+    escaped += [f"x{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
+    return "|".join(escaped)
+
+
 def _written_or_escaped(*code_points: int) -> str:
     r"""Characters as written or backslash-escaped, as repr() (``\xa0``) or JSON (``\u00a0``) writes them,
     the backslash maybe doubled (_BACKSLASH)."""
     written = "".join(rf"\u{code_point:04x}" for code_point in code_points)
-    escaped = [f"u{code_point:04x}" for code_point in code_points]
-    escaped += [f"x{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
-    return rf"(?:[{written}]|{_BACKSLASH}(?:{'|'.join(escaped)}))"
+    return rf"(?:[{written}]|{_BACKSLASH}(?:{_escapes(code_points)}))"
 
 
 # A form body encodes a space as + (``Body=call+me+at+555+123+4567``), but only there: elsewhere a + between
@@ -223,6 +230,12 @@ _NON_DIGIT = re.compile(r"\D")
 # An escaped separator inside a matched number, whose hex digits are none of the number's.
 _ESCAPED_CHAR = re.compile(r"%(?:25)?[0-9A-F]{2}|\\(?:x[0-9A-F]{2}|u[0-9A-F]{4})", re.I)
 _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signature|credential|auth)", re.I)
+# Whitespace as \s takes it: what str.isspace() calls whitespace, of which none lies past U+3000.
+_WHITESPACE = [code_point for code_point in range(0x3001) if chr(code_point).isspace()]
+# That whitespace escaped: repr() and JSON write a tab, a line break and a carriage return short (JSON a form
+# feed too), the rest as \xNN or \uNNNN.
+_ESCAPED_WHITESPACE = rf"{_BACKSLASH}(?:[tnrf]|{_escapes(_WHITESPACE)})"
+
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
 #   since a token is often sent as the user name alone (``https://TOKEN@host``); "://" is kept. It runs to
@@ -237,9 +250,10 @@ _SECRET_KEY = re.compile(r"(secret|token|passw|api[_-]?key|authorization|signatu
 # - Bearer tokens, Twilio auth tokens/SIDs (32 hex) and OpenAI-style keys;
 # - the code of a ``VERIFY 123456`` quoted in free text (Celery logs the body of a task it does not know, an
 #   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py:
-#   any run of spaces, hyphens and, before the code, colons), also as a repr or JSON escapes them (``\n``),
-#   or a repr of JSON (``\\n``, see _BACKSLASH).
-#   Separators and digits are apart, so the possessive runs never backtrack.
+#   any run of whitespace (its \s: no-break and typographic spaces too), hyphens and, before the code,
+#   colons), also as a repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles
+#   those (``\\u00a0``, see _BACKSLASH). Separators and digits are apart, so the possessive runs never
+#   backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
@@ -247,8 +261,8 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    rf"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|{_BACKSLASH}[nrt])*+"
-    rf"(?P<code>\d(?:(?:[\s\-+]|{_BACKSLASH}[nrt])*+\d){{5}})(?!\d)"
+    rf"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|{_ESCAPED_WHITESPACE})*+"
+    rf"(?P<code>\d(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+\d){{5}})(?!\d)"
     r")",
     re.I,
 )

@@ -18,6 +18,7 @@ from kombu import Message
 
 from shared.logging import REDACTED, configure_logging, get_logger, mask_phone, redact_verify_codes, scrub
 from shared.queues import Publisher
+from shared.verification import parse_verify
 from shared.wire.events import InboundMessage, Provider
 
 PHONE = "+15551234567"
@@ -812,6 +813,46 @@ def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) 
     assert scrub(text) == scrubbed
 
 
+# Every character the verify stage takes between a VERIFY's digits (shared/verification.py): hyphens and
+# every kind of whitespace, no-break and typographic spaces included.
+_VERIFY_SEPARATORS = [
+    chr(code_point)
+    for code_point in range(0x3001)
+    if parse_verify(f"VERIFY{chr(code_point)}482{chr(code_point)}913") == "482913"
+]
+
+
+def _verify_forms(separator: str) -> dict[str, str]:
+    """A VERIFY typed with ``separator``, as each kind of log text writes it."""
+    text = f"VERIFY{separator}482{separator}913"
+    return {
+        "written": text,
+        # repr() escapes line breaks and no-break and typographic spaces (``\xa0``, ``\u2003``).
+        "repr": repr(text),
+        # A JSON body escapes every non-ASCII character (``\u00a0``).
+        "json": json.dumps({"text": text}),
+        # Celery logs a task's body as the repr of its JSON bytes, where each of those escapes is doubled.
+        "repr of json bytes": repr(json.dumps({"text": text}).encode()),
+    }
+
+
+@pytest.mark.parametrize("form", ["written", "repr", "json", "repr of json bytes"])
+@pytest.mark.parametrize("separator", _VERIFY_SEPARATORS, ids=lambda separator: f"U+{ord(separator):04X}")
+def test_a_code_typed_with_any_separator_the_verify_stage_takes_is_redacted(
+    separator: str, form: str
+) -> None:
+    text = _verify_forms(separator)[form]
+    scrubbed = scrub(text)
+    assert REDACTED in scrubbed
+    assert "482" not in scrubbed
+    assert "913" not in scrubbed
+
+
+def test_the_verify_stage_takes_typographic_spaces_between_the_digits() -> None:
+    # The list above is read from the verify stage itself: it must hold what users send.
+    assert {" ", "-", "\t", "\n", "\u00a0", "\u2003", "\u2009", "\u3000"} <= set(_VERIFY_SEPARATORS)
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -858,7 +899,7 @@ def _celery_logs_a_route_message(text: str) -> None:
     )
 
 
-@pytest.mark.parametrize("separator", ["\n", "\t"])
+@pytest.mark.parametrize("separator", ["\n", "\t", "\u00a0", "\u2009"])
 def test_a_code_in_a_task_body_celery_logs_is_redacted(captured: io.StringIO, separator: str) -> None:
     _celery_logs_a_route_message(f"VERIFY{separator}{CODE}")
     out = captured.getvalue()
