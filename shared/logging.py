@@ -65,31 +65,42 @@ _SLASH = rf"(?(slash_cue){_written_or_encoded('/', '2F')}|(?!))"
 _BACKSLASH = r"\\{1,2}"
 
 
+def _written(code_points: Iterable[int]) -> str:
+    """These characters, as the inside of a character set."""
+    return "".join(rf"\u{code_point:04x}" for code_point in code_points)
+
+
 def _escapes(code_points: Iterable[int]) -> str:
     r"""What follows the backslash of these characters escaped, as repr() (``xa0``) or JSON (``u00a0``)
     writes them."""
     code_points = list(code_points)
-    escaped = [f"u{code_point:04x}" for code_point in code_points]
-    escaped += [f"x{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
-    return "|".join(escaped)
+    # Grouped by escape letter: text after a backslash that is no such escape (``\"``, ``\n``) fails once,
+    # at the letter, not once per escape.
+    escapes = "u(?:" + "|".join(f"{code_point:04x}" for code_point in code_points) + ")"
+    short = [f"{code_point:02x}" for code_point in code_points if code_point <= 0xFF]
+    return escapes + ("|x(?:" + "|".join(short) + ")" if short else "")
 
 
-def _written_or_escaped(*code_points: int) -> str:
+def _written_or_escaped(code_points: Iterable[int]) -> str:
     r"""Characters as written or backslash-escaped, as repr() (``\xa0``) or JSON (``\u00a0``) writes them,
     the backslash maybe doubled (_BACKSLASH)."""
-    written = "".join(rf"\u{code_point:04x}" for code_point in code_points)
-    return rf"(?:[{written}]|{_BACKSLASH}(?:{_escapes(code_points)}))"
+    code_points = list(code_points)
+    return rf"(?:[{_written(code_points)}]|{_BACKSLASH}(?:{_escapes(code_points)}))"
 
 
 # A form body encodes a space as + (``Body=call+me+at+555+123+4567``), but only there: elsewhere a + between
 # numbers is a sum (``1024+2048+4096``), so it splits a number only in a run with the form_cue (see
 # _phone_shape). Contacts apps copy a number with no-break spaces (U+00A0, U+202F) and hyphens (U+2010, the
-# no-break U+2011); word processors turn a dash into an en dash (U+2013).
+# no-break U+2011); word processors turn a dash into an en dash (U+2013). Typesetting groups digits with
+# thin or figure spaces (U+2009, U+2007), CJK input methods type an ideographic space (U+3000): every space
+# of Unicode (its category Zs) splits a number as the ASCII one does.
+_UNICODE_SPACES = (0x00A0, 0x1680, *range(0x2000, 0x200B), 0x202F, 0x205F, 0x3000)
+_UNICODE_DASHES = (0x2010, 0x2011, 0x2013)
 _FORM_SPACE = r"(?(form_cue)\+|(?!))"
-_SPACE = rf"(?:{_written_or_encoded(' ', '20')}|{_FORM_SPACE}|{_written_or_escaped(0x00A0, 0x202F)})"
+_SPACE = rf"(?:{_written_or_encoded(' ', '20')}|{_FORM_SPACE}|{_written_or_escaped(_UNICODE_SPACES)})"
 # A stray double space between groups (``+1 415  555  0123``), as typed or as a template justifies text.
 _SPACES = rf"(?:{_SPACE}{{1,2}})"
-_DASH = rf"(?:-|{_written_or_escaped(0x2010, 0x2011, 0x2013)})"
+_DASH = rf"(?:-|{_written_or_escaped(_UNICODE_DASHES)})"
 # People type a dash with a space on either side (``415 - 555 - 0123``). A dot takes no space: so spaced, it
 # ends a sentence (``sent 1234. 5678 more``). Each form is spelt one way only, so no text splits two ways.
 _GAP = rf"(?:{_SPACES}(?:{_DASH}{_SPACES}?)?|{_DASH}{_SPACES}?|\.|{_SLASH})"
@@ -104,7 +115,7 @@ _BRACKET_PAIRS = ((r"\(", r"\)"), ("%28", "%29"), ("%2528", "%2529"))
 
 
 # Between a trunk prefix (1-2 digits) and its area code (1-3): one separator as written, of those in _GAP.
-_TRUNK_SEPARATOR = r"[ .\-\u00a0\u202f\u2010\u2011\u2013]"
+_TRUNK_SEPARATOR = rf"[ .\-{_written(_UNICODE_SPACES + _UNICODE_DASHES)}]"
 _TRUNK_AND_AREA = ((1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3))
 
 
@@ -126,7 +137,7 @@ _PHONE_OPEN = "(?:" + "|".join(_opening_bracket(*pair) for pair in _BRACKET_PAIR
 _PHONE_CLOSE = "(?:" + "|".join(_closing_bracket(*pair) for pair in _BRACKET_PAIRS) + ")"
 # Every form above starts with one of these characters: at the end of a run (most numbers in a log line are
 # too short for a phone) one test rules out all the forms, which are many.
-_SEPARATOR_START = r"[ +%.\-/\\()\u00a0\u202f\u2010\u2011\u2013]"
+_SEPARATOR_START = rf"[ +%.\-/\\(){_written(_UNICODE_SPACES + _UNICODE_DASHES)}]"
 _PHONE_SEPARATOR = rf"(?={_SEPARATOR_START})(?:{_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_GAP}?|{_GAP})"
 _TIGHT_SEPARATOR = (
     rf"(?={_SEPARATOR_START})(?:{_TIGHT_GAP}?{_PHONE_OPEN}|{_PHONE_CLOSE}{_TIGHT_GAP}?|{_TIGHT_GAP})"

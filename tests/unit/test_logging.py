@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
@@ -405,6 +406,33 @@ def test_ip_addresses_and_versions_stay_readable(text: str) -> None:
 )
 def test_phones_written_with_typographic_spaces_and_dashes_are_masked(text: str, masked: str) -> None:
     assert mask_phone(text) == masked
+
+
+# Every space of Unicode's space separators (Zs) but the ASCII one: typesetting groups digits with a thin
+# (U+2009) or figure space (U+2007), CJK input methods type an ideographic one (U+3000).
+_UNICODE_SPACES = [
+    chr(code_point) for code_point in range(0x80, 0x3001) if unicodedata.category(chr(code_point)) == "Zs"
+]
+
+
+@pytest.mark.parametrize("space", _UNICODE_SPACES, ids=lambda space: f"U+{ord(space):04X}")
+def test_phones_grouped_with_any_unicode_space_are_masked(space: str) -> None:
+    number = f"+1{space}555{space}123{space}4567"
+    assert mask_phone(f"call {number} now") == "call +*******4567 now"
+    assert mask_phone(f"call (555){space}123-4567") == "call ******4567"
+    # Escaped by a repr or a JSON body, and doubled by the repr of that body's bytes.
+    for text in (repr(number), json.dumps(number), repr(json.dumps(number).encode())):
+        assert "+*******4567" in mask_phone(text)
+
+
+def test_a_phone_grouped_with_thin_spaces_in_a_task_body_celery_logs_is_masked(captured: io.StringIO) -> None:
+    _celery_logs_a_route_message("call +1\u2009415\u2009555\u20090101 or +1\u2007415\u2007555\u20070102")
+    out = captured.getvalue()
+    # In both lines, pool and consumer (the pool's may cut the raw Body off at its 1,024 characters).
+    assert out.count("+*******0101") >= 2
+    assert out.count("+*******0102") >= 2
+    for leak in ("u2009415", "u2009555", "u2007415", "u2007555"):
+        assert leak not in out
 
 
 def test_phones_after_an_escaped_line_break_are_masked() -> None:
