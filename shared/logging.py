@@ -247,6 +247,25 @@ _WHITESPACE = [code_point for code_point in range(0x3001) if chr(code_point).iss
 # feed too), the rest as \xNN or \uNNNN.
 _ESCAPED_WHITESPACE = rf"{_BACKSLASH}(?:[tnrf]|{_escapes(_WHITESPACE)})"
 
+
+def _escaped_decimal_digits() -> str:
+    r"""The decimal digits of every script past ASCII, as JSON escapes them (``u0661``): those of the Basic
+    Multilingual Plane, whose every character JSON writes as one escape."""
+    last_hex_digits: dict[str, str] = {}
+    for code_point in range(0x80, 0x10000):
+        if chr(code_point).isdecimal():
+            escaped = f"{code_point:04x}"
+            last_hex_digits[escaped[:3]] = last_hex_digits.get(escaped[:3], "") + escaped[3]
+    # Grouped by row of 16 code points, a character set of the last hex digit in each: a script's ten digits
+    # lie in one or two rows.
+    return "u(?:" + "|".join(f"{row}[{last}]" for row, last in last_hex_digits.items()) + ")"
+
+
+# A digit of a VERIFY's code, as \d takes it: the verify stage reads a code typed on an Arabic, Persian,
+# Hindi or CJK keyboard (shared/verification.py, ascii_digits), and a JSON body escapes those digits, each
+# escape telling its digit.
+_CODE_DIGIT = rf"(?:\d|{_BACKSLASH}{_escaped_decimal_digits()})"
+
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
 #   since a token is often sent as the user name alone (``https://TOKEN@host``); "://" is kept. It runs to
@@ -263,8 +282,8 @@ _ESCAPED_WHITESPACE = rf"{_BACKSLASH}(?:[tnrf]|{_escapes(_WHITESPACE)})"
 #   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py:
 #   any run of whitespace (its \s: no-break and typographic spaces too), hyphens and, before the code,
 #   colons), also as a repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles
-#   those (``\\u00a0``, see _BACKSLASH). Separators and digits are apart, so the possessive runs never
-#   backtrack.
+#   those (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT).
+#   Separators and digits are apart, so the possessive runs never backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
@@ -273,7 +292,7 @@ _SECRET_VALUE = re.compile(
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
     rf"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|{_ESCAPED_WHITESPACE})*+"
-    rf"(?P<code>\d(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+\d){{5}})(?!\d)"
+    rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{5}})(?!{_CODE_DIGIT})"
     r")",
     re.I,
 )

@@ -850,9 +850,8 @@ _VERIFY_SEPARATORS = [
 ]
 
 
-def _verify_forms(separator: str) -> dict[str, str]:
-    """A VERIFY typed with ``separator``, as each kind of log text writes it."""
-    text = f"VERIFY{separator}482{separator}913"
+def _as_logged(text: str) -> dict[str, str]:
+    """``text`` as each kind of log text writes it."""
     return {
         "written": text,
         # repr() escapes line breaks and no-break and typographic spaces (``\xa0``, ``\u2003``).
@@ -869,7 +868,7 @@ def _verify_forms(separator: str) -> dict[str, str]:
 def test_a_code_typed_with_any_separator_the_verify_stage_takes_is_redacted(
     separator: str, form: str
 ) -> None:
-    text = _verify_forms(separator)[form]
+    text = _as_logged(f"VERIFY{separator}482{separator}913")[form]
     scrubbed = scrub(text)
     assert REDACTED in scrubbed
     assert "482" not in scrubbed
@@ -879,6 +878,27 @@ def test_a_code_typed_with_any_separator_the_verify_stage_takes_is_redacted(
 def test_the_verify_stage_takes_typographic_spaces_between_the_digits() -> None:
     # The list above is read from the verify stage itself: it must hold what users send.
     assert {" ", "-", "\t", "\n", "\u00a0", "\u2003", "\u2009", "\u3000"} <= set(_VERIFY_SEPARATORS)
+
+
+# A code typed on an Arabic, Persian, Hindi or CJK keyboard, which the verify stage reads as its ASCII digits.
+_CODES_IN_OTHER_SCRIPTS = [
+    "\u0664\u0668\u0662\u0669\u0661\u0663",
+    "\u06f4\u06f8\u06f2\u06f9\u06f1\u06f3",
+    "\u096a\u096e\u0968\u096f\u0967\u0969",
+    "\uff14\uff18\uff12\uff19\uff11\uff13",
+]
+
+
+@pytest.mark.parametrize("form", ["json", "repr of json bytes"])
+@pytest.mark.parametrize("code", _CODES_IN_OTHER_SCRIPTS)
+def test_a_code_in_another_script_escaped_by_a_json_body_is_redacted(code: str, form: str) -> None:
+    assert parse_verify(f"VERIFY {code}") == CODE
+    text = _as_logged(f"VERIFY {code}")[form]
+    scrubbed = scrub(text)
+    assert REDACTED in scrubbed
+    # JSON writes each digit past ASCII as its code point (``\u0664``): the escape tells the digit.
+    for digit in code:
+        assert f"{ord(digit):04x}" not in scrubbed
 
 
 @pytest.mark.parametrize(
@@ -935,6 +955,18 @@ def test_a_code_in_a_task_body_celery_logs_is_redacted(captured: io.StringIO, se
     assert "Received unregistered task" in out
     assert out.count(REDACTED) >= 2
     assert CODE not in out
+
+
+@pytest.mark.parametrize("code", _CODES_IN_OTHER_SCRIPTS)
+def test_a_code_in_another_script_in_a_task_body_celery_logs_is_redacted(
+    captured: io.StringIO, code: str
+) -> None:
+    _celery_logs_a_route_message(f"VERIFY {code}")
+    out = captured.getvalue()
+    assert "Received unregistered task" in out
+    assert out.count(REDACTED) >= 2
+    for digit in code:
+        assert f"{ord(digit):04x}" not in out
 
 
 def test_a_phone_in_a_task_body_celery_logs_is_masked(captured: io.StringIO) -> None:
