@@ -45,12 +45,23 @@ _FILLER = wordset(
     we i you our my is there approx around roughly overall altogether hours hour horas hora minutes mins
     min days day dias dia asap urgent urgente no yes si sure vale listo ready finished terminado done
     with con before antes after despues until hasta same mismo misma as como well bien
+    good morning afternoon evening night team everyone everybody guys folks y'all hope hoping you're youre
+    are doing going great fine nice have lovely weekend cheers regards best buenos buenas buen dias tardes
+    noches equipo saludos espero esperamos esten estes estan estas tengan tengas feliz abrazo chicos gente
     """
+)
+# A greeting, and whom it greets, before the task ("Good morning team, fix login"): a greeting alone is
+# filler, but one with no comma after it would otherwise open the title.
+_GREETING = (
+    r"(?:hi|hey|hello|hiya|hola|buenas|saludos|good\s+(?:morning|afternoon|evening|day)|"
+    r"buen(?:os|as)?\s+(?:dias?|tardes|noches))"
+    r"(?:\s+(?:team|all|everyone|everybody|guys|folks|y'all|equipo|a\s+todos|todos|chicos|gente))?"
 )
 
 _LEADIN = re.compile(
     r"^(?:(?:please|pls|plz|kindly|por\s+favor|also|then|and|plus|y|e|luego|tambien|ademas|ok(?:ay)?|so|"
-    r"hey|hi|hola|(?:we|i|you)\s+(?:really\s+|also\s+)?(?:need|have|must|should|want|would\s+like|'d\s+like)"
+    + _GREETING
+    + r"|(?:we|i|you)\s+(?:really\s+|also\s+)?(?:need|have|must|should|want|would\s+like|'d\s+like)"
     r"(?:\s+to)?|needs?\s+to|have\s+to|has\s+to|must|should|let'?s|can\s+you|could\s+you|would\s+you|"
     r"can\s+we|could\s+we|we'?ll|i'?ll|we\s+will|i\s+will|remember\s+to|don'?t\s+forget\s+to|"
     r"make\s+sure\s+to|try\s+to|going\s+to|gonna|(?:nosotros\s+)?necesitamos|necesito|necesitan?|"
@@ -58,6 +69,14 @@ _LEADIN = re.compile(
     r"podrias|puedes|pueden|podemos|vamos\s+a|voy\s+a|recuerda|no\s+olvides|favor\s+de|to\s*-?\s*do|"
     r"todo(?=\s*:)|tasks?(?=\s*:)|tareas?(?=\s*:))(?![\w'])[\s,:]*)+"
 )
+# A question asks about work, it does not name any ("what's the status of login?"); a request put as one
+# starts with "can you" / "puedes" instead and stays a task.
+_QUESTION = re.compile(
+    r"^[¿\s]*(?:what|what's|whats|how|how's|hows|when|where|why|who|which|whose|is|isn't|are|aren't|was|"
+    r"were|does|doesn't|did|didn't|any|anything|(?:do|have)\s+(?:you|we|they|i)|que|como|cuando|donde|"
+    r"por\s+que|quien|quienes|cual|cuales|cuanto|cuanta|cuantos|cuantas|hay|ya|esta|estan)(?![\w'])"
+)
+
 _TRAILING_WORDS = wordset(
     "by on in for at to of with before until para en de del el la por con antes hasta and y the a an "
     "due deadline around about approx please pls thanks gracias too also tambien"
@@ -132,6 +151,12 @@ def _words(folded: str) -> list[str]:
 def _is_filler(folded: str) -> bool:
     """True when nothing but filler, numbers and symbols is left: the piece is not a work item."""
     return all(word in _FILLER or word.isdigit() or len(word) < 2 for word in _words(folded))
+
+
+def _is_question(sentence: str) -> bool:
+    """A question about the work (not a request put as one), which names no work item."""
+    asked = sentence.rstrip().endswith("?") or sentence.lstrip().startswith("¿")
+    return asked and bool(_QUESTION.match(fold(sentence)))
 
 
 def _sentences(text: str) -> list[str]:
@@ -478,6 +503,8 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
     message_scope = _Scope()
     drafts: list[_Draft] = []
     for sentence in _sentences(text):
+        if _is_question(sentence):
+            continue
         pieces = _pieces(sentence, today, spanish)
         sentence_drafts: list[_Draft] = []
         verb = ""

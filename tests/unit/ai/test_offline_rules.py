@@ -531,3 +531,50 @@ def test_confidence_is_higher_with_more_detail() -> None:
     bare = parse_offline("Refactor the auth module", dt.date(2026, 1, 27)).confidence
     detailed = parse_offline("Refactor the auth module by Friday, 3 hours", dt.date(2026, 1, 27)).confidence
     assert 0 <= bare < detailed <= 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "good morning",
+        "Good afternoon!",
+        "Hi team, hope you're well!",
+        "Hello everyone, hope you are all doing well. Have a nice day!",
+        "what's the status of login?",
+        "How is the signup going?",
+        "Is the login page done?",
+        "Buenos días",
+        "Hola equipo, espero que estén bien",
+        "Buenas tardes a todos, saludos",
+        "¿Cómo va el login?",
+        "¿Qué tal el registro?",
+    ],
+)
+def test_greetings_pleasantries_and_questions_are_no_work_item(text: str) -> None:
+    # They were saved as items ("Good morning", "Team" and "Hope you're well"), while "hi" and "thanks!"
+    # were refused: the sender is told no task was found, as for "hi".
+    with pytest.raises(ProposalError) as info:
+        parse_offline(text, dt.date(2026, 1, 27))
+    assert "no work item found" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "titles"),
+    [
+        ("Hi team, please add a login page by Friday", ["Add a login page"]),
+        ("Good morning team! Fix the login bug, 2h", ["Fix the login bug"]),
+        ("Good morning fix the login bug", ["Fix the login bug"]),
+        ("Hi all, hope you're well. Add signup and write docs", ["Add signup", "Write docs"]),
+        ("What's the status of login? Also add signup", ["Add signup"]),
+        ("Can you add a login page?", ["Add a login page"]),
+        ("Hola equipo, espero que estén bien. Arreglar el login", ["Arreglar el login"]),
+        ("Buenos días equipo, agregar el registro para el viernes", ["Agregar el registro"]),
+        ("¿Cómo va el login? Agregar el registro", ["Agregar el registro"]),
+        ("¿Puedes agregar el registro?", ["Agregar el registro"]),
+        ("Plan the team offsite", ["Plan the team offsite"]),
+        ("Fix the morning report", ["Fix the morning report"]),
+    ],
+)
+def test_a_task_after_a_greeting_or_question_keeps_only_the_task(text: str, titles: list[str]) -> None:
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == titles
