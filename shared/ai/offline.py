@@ -108,7 +108,8 @@ _FEATURE = re.compile(
 class _Note:
     """One date, effort or priority found in a sentence (offsets relative to the sentence)."""
 
-    kind: str  # "date" | "effort" | "priority"
+    # "unread": an amount or date no item can hold ("0h", "31/02"), kept out of titles and reported.
+    kind: str  # "date" | "effort" | "priority" | "unread"
     start: int
     end: int
     value: Any
@@ -226,6 +227,9 @@ def _find_notes(sentence: str, folded: str, today: dt.date) -> list[_Note]:
         notes.append(_Note("date", d.start, d.end, d.value))
     taken = [(n.start, n.end) for n in notes]
     for e in find_efforts(folded, taken):
+        if e.hours is None:
+            notes.append(_Note("unread", e.start, e.end, sentence[e.start : e.end]))
+            continue
         notes.append(_Note("effort", e.start, e.end, e.hours, each=e.each, total=e.total))
     taken = [(n.start, n.end) for n in notes]
     for p in find_priorities(folded, taken):
@@ -491,6 +495,21 @@ def _confidence(drafts: list[_Draft], text: str) -> float:
     return round(min(0.95, max(0.1, score)), 2)
 
 
+_MAX_LEFT_OUT = 3
+_MAX_LEFT_OUT_CHARS = 40
+
+
+def _left_out(unread: list[str], spanish: bool) -> str:
+    """The summary's note of the amounts and dates read but left out ("0h", "due 31/02"): taken out of the
+    titles, they would otherwise be lost without a word, and the sender can correct them in the review."""
+    quoted = [f"“{' '.join(text.split())[:_MAX_LEFT_OUT_CHARS]}”" for text in unread[:_MAX_LEFT_OUT]]
+    if not quoted:
+        return ""
+    more = ", …" if len(unread) > _MAX_LEFT_OUT else ""
+    lead = "; no entendido, no incluido: " if spanish else "; not understood, left out: "
+    return lead + ", ".join(quoted) + more
+
+
 def parse_offline(text: str, today: dt.date) -> Proposal:
     """Turn free text into a :class:`Proposal`; raise :class:`ProposalError` when it names no work item."""
     if not isinstance(text, str):
@@ -502,10 +521,12 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
     spanish = is_spanish(text)
     message_scope = _Scope()
     drafts: list[_Draft] = []
+    unread: list[str] = []
     for sentence in _sentences(text):
         if _is_question(sentence):
             continue
         pieces = _pieces(sentence, today, spanish)
+        unread.extend(n.value for piece in pieces for n in piece.notes if n.kind == "unread")
         sentence_drafts: list[_Draft] = []
         verb = ""
         for piece in pieces:
@@ -550,7 +571,7 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
     hours = [i.estimated_hours for i in items]
     total = round(sum(h for h in hours if h is not None), 2) if all(h is not None for h in hours) else None
     return Proposal(
-        summary=_summary(items, total, spanish),
+        summary=_summary(items, total, spanish) + _left_out(unread, spanish),
         items=items,
         totalEstimatedHours=total,
         confidence=_confidence(drafts, text),

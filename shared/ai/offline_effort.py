@@ -3,6 +3,10 @@
 Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos), hours (h, hr, hrs,
 hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
+Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title),
+"2h30" is 2 hours 30 minutes, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash
+does: no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still
+found, with no hours, so that it is taken out of the title and reported rather than kept as title text.
 A trailing "each" / "cada uno" marks an amount every item gets; "total" / "en total" (or a leading
 "should take" / "llevará") marks an amount for the whole message. "in N days" is a due date, not effort:
 :mod:`shared.ai.offline_dates` claims it first.
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from shared.ai.proposal import MAX_ITEM_HOURS
 
 HOURS_PER_DAY = 8.0
 
@@ -44,7 +50,8 @@ _NUM = r"(\d+(?:[.,]\d+)?|\d+/\d+|" + _NUM_WORDS + r")"
 _UNITS = {
     "minutes": r"min(?:ute)?s?\.?|minutos?|m(?=[\s,.;)]|$)",
     "hours": r"h(?:ou)?rs?\.?|hours?|horas?|hs\.?|h",
-    "days": r"days?|dias?|jornadas?",
+    # A bare "d" only where no other word follows ("1d", "2d, ...", "1d and ..."): "3d viewer" is no amount.
+    "days": r"days?|dias?|jornadas?|d(?=\s*(?:$|[^\w\s]|(?:and|y|e|each|total|cada)(?![\w])))",
     "weeks": r"weeks?|wks?|semanas?",
 }
 _UNIT = r"(" + "|".join(_UNITS.values()) + r")"
@@ -58,12 +65,14 @@ _AMOUNT = _NUM + r"\s*-?\s*" + _UNIT
 _SPECIAL = (
     r"(?P<half_day>(?:a\s+)?half\s*(?:a\s+|-\s*)?day|medio\s+dia|media\s+jornada)|"
     r"(?P<and_half>(?:(?:an?|one|1|una)\s+)?(?:hour|hora)\s+(?:and\s+a\s+half|y\s+media))|"
-    r"(?P<half_hour>(?:a\s+)?half\s+(?:an\s+)?hour|media\s+hora)"
+    r"(?P<half_hour>(?:a\s+)?half\s+(?:an\s+)?hour|media\s+hora)|"
+    r"(?P<hours_minutes>\d{1,5}\s*h[0-5]\d)"
 )
 _PATTERN = re.compile(
     r"(?<![\w#-])"
     + _LEAD
     + _HEDGE
+    + r"-?"
     + r"(?:"
     + _SPECIAL
     + r"|(?P<amounts>"
@@ -89,7 +98,7 @@ _TOTAL = re.compile(
 class EffortMatch:
     start: int
     end: int
-    hours: float
+    hours: float | None  # None: an amount no item can hold (0h, 99999h), reported instead of kept
     each: bool = False
     total: bool = False
 
@@ -118,6 +127,9 @@ def _hours(m: re.Match[str]) -> float:
         return 0.5
     if m["and_half"]:
         return 1.5
+    if m["hours_minutes"]:
+        hours, minutes = re.fullmatch(r"(\d+)\s*h(\d\d)", m["hours_minutes"]).groups()  # type: ignore[union-attr]
+        return int(hours) + int(minutes) / 60
     total = 0.0
     for part in _ONE_AMOUNT.finditer(m["amounts"]):
         total += _number(part[1]) * _unit_hours(part[2])
@@ -125,21 +137,20 @@ def _hours(m: re.Match[str]) -> float:
 
 
 def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> list[EffortMatch]:
-    """Every effort amount in ``folded`` that does not overlap ``taken`` spans (dates found first)."""
+    """Every effort amount in ``folded`` that does not overlap ``taken`` spans (dates found first); one no
+    item can hold has ``hours`` None."""
     taken = taken or []
     found: list[EffortMatch] = []
     for m in _PATTERN.finditer(folded):
         if any(m.start() < end and start < m.end() for start, end in taken):
             continue
         hours = round(_hours(m), 4)
-        if hours <= 0 or hours > 10_000:
-            continue
         text = m.group(0)
         found.append(
             EffortMatch(
                 m.start(),
                 m.end(),
-                hours,
+                hours if 0 < hours <= MAX_ITEM_HOURS else None,
                 each=bool(_EACH.search(text)),
                 total=bool(_TOTAL.search(text)),
             )

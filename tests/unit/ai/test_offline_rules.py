@@ -578,3 +578,47 @@ def test_greetings_pleasantries_and_questions_are_no_work_item(text: str) -> Non
 def test_a_task_after_a_greeting_or_question_keeps_only_the_task(text: str, titles: list[str]) -> None:
     proposal = parse_offline(text, dt.date(2026, 1, 27))
     assert [item.title for item in proposal.items] == titles
+
+
+@pytest.mark.parametrize(
+    ("text", "hours"),
+    [
+        ("Fix login 1d", 8),
+        ("Fix login (2d) and add signup (1d)", 24),
+        ("Fix login, 1 d", 8),
+        ("Fix login 2h30", 2.5),
+        ("Fix login (1h45)", 1.75),
+        ("Fix login -3h", 3),
+        ("Fix login, 2h30m", 2.5),
+    ],
+)
+def test_short_forms_of_an_amount_are_read(text: str, hours: float) -> None:
+    # "1d" and "2h30" stayed in the title with no hours: a day is 8 hours, "2h30" is 2 hours 30 minutes,
+    # and the dash of "-3h" attaches the amount as a spaced one does ("Fix login - 3h").
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert proposal.items[0].title == "Fix login"
+    assert proposal.total_estimated_hours == pytest.approx(hours)
+
+
+def test_a_d_that_is_no_amount_stays_in_the_title() -> None:
+    proposal = parse_offline("Build the 3d viewer and add 2d charts", dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == ["Build the 3d viewer", "Add 2d charts"]
+    assert proposal.total_estimated_hours is None
+
+
+@pytest.mark.parametrize(
+    ("text", "title", "unread"),
+    [
+        ("Fix login 0h", "Fix login", "0h"),
+        ("Fix login, 0 hours", "Fix login", "0 hours"),
+        ("Fix login 99999h", "Fix login", "99999h"),
+        ("Arreglar el login, 0 horas", "Arreglar el login", "0 horas"),
+    ],
+)
+def test_an_amount_no_item_can_hold_is_left_out_and_reported(text: str, title: str, unread: str) -> None:
+    # It stayed in the title ("Fix login 0h", or an item "Fix 0h" of its own) and the sender was told
+    # nothing; the confirmation's summary now names what was left out.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [title]
+    assert proposal.items[0].estimated_hours is None
+    assert f"“{unread}”" in proposal.summary
