@@ -221,9 +221,12 @@ def _overlaps(pos: int, spans: list[tuple[int, int]]) -> bool:
     return any(start <= pos < end for start, end in spans)
 
 
-def _find_notes(sentence: str, folded: str, today: dt.date) -> list[_Note]:
+def _find_notes(sentence: str, folded: str, today: dt.date, spanish: bool) -> list[_Note]:
     notes: list[_Note] = []
-    for d in find_dates(folded, today):
+    for d in find_dates(folded, today, day_first=spanish):
+        if d.value is None:
+            notes.append(_Note("unread", d.start, d.end, sentence[d.start : d.end]))
+            continue
         notes.append(_Note("date", d.start, d.end, d.value))
     taken = [(n.start, n.end) for n in notes]
     for e in find_efforts(folded, taken):
@@ -304,7 +307,7 @@ def _clean_title(text: str) -> str:
 
 def _pieces(sentence: str, today: dt.date, spanish: bool) -> list[_Piece]:
     folded = fold(sentence)
-    notes = _find_notes(sentence, folded, today)
+    notes = _find_notes(sentence, folded, today, spanish)
     note_spans = [(n.start, n.end) for n in notes]
     protected = note_spans + _bracket_spans(sentence)
     bounds: list[tuple[int, int, bool]] = []  # start, end, forced-not-item

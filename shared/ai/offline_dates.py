@@ -3,7 +3,11 @@
 Rules (``shared/data/proposals-dev.md``): today/hoy; tomorrow/mañana (+1); "in N days"/"en N días" (+N);
 a weekday name, with or without by/on/next/para el/el/Deadline:, is its next occurrence strictly after
 today; end of month/fin de mes is the month's last day; an ISO date as written; "Dec 15"/"15 de
-diciembre" is that day this year, or next year once it has passed. Patterns run on folded text
+diciembre" is that day this year, or next year once it has passed. "12/25" / "25/12" (the spec is
+silent on them) are read where a number past 12 tells day from month, or in Spanish, which writes the day
+first; "03/04" in English is March 4 or April 3, so it is not guessed. A deadline written as a date that is
+no day an item can be due on ("due 31/02", "by 2026-02-29", "due 03/04" in English, "due yesterday") is
+still found, with no value, so that it is taken out of the title and reported. Patterns run on folded text
 (lower-case, no accents) and each match's span includes its lead-in words ("by", "para el", ...), so
 removing the span from a title leaves no dangling preposition.
 """
@@ -14,6 +18,7 @@ import calendar
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Final
 
 WEEKDAYS = {
     "monday": 0, "mon": 0, "lunes": 0,
@@ -71,11 +76,25 @@ _DAY = r"(\d{1,2})(?:st|nd|rd|th|º|o)?"
 _YEAR = r"(\d{4})"
 
 
+# What a rule returns for a deadline that is no day (see the module docstring); None is "no date here".
+NO_DAY: Final = "no day"
+
+# Words that make what follows a deadline: after one, a date that is no day is reported, not left alone.
+_DEADLINE_WORD = re.compile(
+    r"\b(?:by|due|before|until|till|for|than|deadline|date|para|antes|hasta|tardar|fecha|plazo|entrega)\b"
+)
+
+
 @dataclass(frozen=True)
 class DateMatch:
     start: int
     end: int
-    value: dt.date
+    value: dt.date | None  # None: a deadline that is no day (NO_DAY), reported instead of kept
+
+
+def _after_deadline_word(m: re.Match[str]) -> bool:
+    """Whether the match's lead-in (what comes before its first group) says "deadline"."""
+    return bool(_DEADLINE_WORD.search(m.string, m.start(), m.start(1)))
 
 
 def _weekday(today: dt.date, weekday: int) -> dt.date:
@@ -83,14 +102,14 @@ def _weekday(today: dt.date, weekday: int) -> dt.date:
     return today + dt.timedelta(days=(weekday - today.weekday()) % 7 or 7)
 
 
-def _month_day(today: dt.date, month: int, day: int, year: str | None) -> dt.date | None:
+def _month_day(today: dt.date, month: int, day: int, year: str | None) -> dt.date | str:
     try:
         if year:
             return dt.date(int(year), month, day)
         found = dt.date(today.year, month, day)
         return found if found >= today else dt.date(today.year + 1, month, day)
     except ValueError:
-        return None
+        return NO_DAY
 
 
 def _number(word: str) -> int:
@@ -104,31 +123,33 @@ def _end_of_week(today: dt.date) -> dt.date:
 _RULES: list[tuple[re.Pattern[str], object]] = []
 
 
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![\w-])" + _LEAD + "(?:" + pattern + r")(?![\w])" + _TIME_OF_DAY)
+
+
 def _rule(pattern: str):  # type: ignore[no-untyped-def]
     def register(func):  # type: ignore[no-untyped-def]
-        _RULES.append(
-            (re.compile(r"(?<![\w-])" + _LEAD + "(?:" + pattern + r")(?![\w])" + _TIME_OF_DAY), func)
-        )
+        _RULES.append((_compile(pattern), func))
         return func
 
     return register
 
 
 @_rule(r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})")
-def _iso(m: re.Match[str], today: dt.date) -> dt.date | None:
+def _iso(m: re.Match[str], today: dt.date) -> dt.date | str:
     try:
         return dt.date(int(m[1]), int(m[2]), int(m[3]))
     except ValueError:
-        return None
+        return NO_DAY
 
 
 @_rule(_MONTH + r"\s+" + _DAY + r"(?:,?\s+" + _YEAR + r")?")
-def _month_then_day(m: re.Match[str], today: dt.date) -> dt.date | None:
+def _month_then_day(m: re.Match[str], today: dt.date) -> dt.date | str:
     return _month_day(today, MONTHS[m[1]], int(m[2]), m[3])
 
 
 @_rule(_DAY + r"\s+(?:of\s+|de\s+)?" + _MONTH + r"(?:,?\s+(?:de\s+|del\s+)?" + _YEAR + r")?")
-def _day_then_month(m: re.Match[str], today: dt.date) -> dt.date | None:
+def _day_then_month(m: re.Match[str], today: dt.date) -> dt.date | str:
     return _month_day(today, MONTHS[m[2]], int(m[1]), m[3])
 
 
@@ -146,6 +167,13 @@ def _today(m: re.Match[str], today: dt.date) -> dt.date:
 @_rule(r"(?:tomorrow|tmrw|tmr|(?<!\bla\s)(?<!\besta\s)manana)")
 def _tomorrow(m: re.Match[str], today: dt.date) -> dt.date:
     return today + dt.timedelta(days=1)
+
+
+@_rule(r"((?:the\s+)?day\s+before\s+yesterday|yesterday|anteayer|antier|ayer)(?!')")
+def _yesterday(m: re.Match[str], today: dt.date) -> str | None:
+    # As a deadline ("due yesterday", "para ayer") it is past; in a title ("what we shipped yesterday") it
+    # is the title's.
+    return NO_DAY if _after_deadline_word(m) else None
 
 
 @_rule(
@@ -187,17 +215,47 @@ def _weekday_rule(m: re.Match[str], today: dt.date) -> dt.date | None:
     return _weekday(today, WEEKDAYS[name])
 
 
-def find_dates(folded: str, today: dt.date) -> list[DateMatch]:
-    """Every due date in ``folded`` (non-overlapping, earlier rules win), with spans incl. lead-ins."""
+# Day and month, or month and day, with a year or not: "12/25", "25/12/2026". Not a fraction or a ratio
+# of an amount ("1/2 day", "3/4 de los tests"), nor part of a longer run of slashes or a version.
+_SLASHED = _compile(
+    r"(?<![/.])(\d{1,2})/(\d{1,2})(?:/(\d{4}|\d{2}))?(?!/)"
+    r"(?!\s*(?:\d|h|hrs?|hours?|horas?|hs|m|mins?|minutes?|minutos?|d|days?|dias?|weeks?|semanas?|of|de)(?!\w))"
+)
+# Where a slashed date with no deadline word before it must end its phrase: "3/4 of the tests" is none.
+_PHRASE_END = re.compile(r"\s*(?:$|[^\w\s]|\d|(?:and|y|e|at|a)(?!\w))")
+
+
+def _slashed(m: re.Match[str], today: dt.date, day_first: bool) -> dt.date | str | None:
+    deadline = _after_deadline_word(m)
+    if not deadline and not _PHRASE_END.match(m.string, m.end()):
+        return None
+    first, second = int(m[1]), int(m[2])
+    year = m[3] if not m[3] or len(m[3]) == 4 else "20" + m[3]
+    day_then_month = _month_day(today, second, first, year)
+    month_then_day = _month_day(today, first, second, year)
+    days = {d for d in (day_then_month, month_then_day) if isinstance(d, dt.date)}
+    if len(days) == 1:
+        return days.pop()
+    if days and day_first:
+        return day_then_month
+    return NO_DAY if deadline else None
+
+
+def find_dates(folded: str, today: dt.date, *, day_first: bool = False) -> list[DateMatch]:
+    """Every due date in ``folded`` (non-overlapping, earlier rules win), with spans incl. lead-ins.
+
+    ``day_first``: "03/04" is April 3 (Spanish), not left unread as March 4 or April 3.
+    """
     found: list[DateMatch] = []
     taken: list[tuple[int, int]] = []
-    for pattern, func in _RULES:
+    rules = [*_RULES, (_SLASHED, lambda m, today: _slashed(m, today, day_first))]
+    for pattern, func in rules:
         for m in pattern.finditer(folded):
             if any(m.start() < end and start < m.end() for start, end in taken):
                 continue
             value = func(m, today)  # type: ignore[operator]
             if value is None:
                 continue
-            found.append(DateMatch(m.start(), m.end(), value))
+            found.append(DateMatch(m.start(), m.end(), value if isinstance(value, dt.date) else None))
             taken.append((m.start(), m.end()))
     return sorted(found, key=lambda d: d.start)

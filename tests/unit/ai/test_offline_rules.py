@@ -622,3 +622,50 @@ def test_an_amount_no_item_can_hold_is_left_out_and_reported(text: str, title: s
     assert [item.title for item in proposal.items] == [title]
     assert proposal.items[0].estimated_hours is None
     assert f"“{unread}”" in proposal.summary
+
+
+@pytest.mark.parametrize(
+    ("text", "due"),
+    [
+        ("Fix login 12/25", "2026-12-25"),
+        ("Fix login by 25/12", "2026-12-25"),
+        ("Fix login due 1/15/2027", "2027-01-15"),
+        ("Arreglar el login para el 03/04", "2026-04-03"),
+        ("Arreglar el login, 15/01", "2027-01-15"),
+    ],
+)
+def test_a_date_written_with_slashes_is_read(text: str, due: str) -> None:
+    # It stayed in the title with no due date. Day and month are told apart by a number past 12; when
+    # both could be either, Spanish writes the day first.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert proposal.items[0].title in {"Fix login", "Arreglar el login"}
+    assert proposal.items[0].due_date == dt.date.fromisoformat(due)
+
+
+@pytest.mark.parametrize(
+    ("text", "unread"),
+    [
+        ("Fix login due 31/02", "due 31/02"),
+        ("Fix login by 2026-02-29", "by 2026-02-29"),
+        ("Fix login due yesterday", "due yesterday"),
+        ("Fix login by 03/04", "by 03/04"),
+        ("Fix login by Feb 30", "by Feb 30"),
+        ("Arreglar el login para ayer", "para ayer"),
+    ],
+)
+def test_a_deadline_that_is_no_day_is_left_out_and_reported(text: str, unread: str) -> None:
+    # An impossible date, one already past, or 03/04 in English (March 4 or April 3?) stayed in the title
+    # and the sender was told nothing.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert proposal.items[0].title in {"Fix login", "Arreglar el login"}
+    assert proposal.items[0].due_date is None
+    assert f"“{unread}”" in proposal.summary
+
+
+@pytest.mark.parametrize(
+    "text", ["Fix 3/4 of the failing tests", "Review what we shipped yesterday", "Add 1/2 day of tests"]
+)
+def test_numbers_with_a_slash_and_yesterday_in_a_title_stay_there(text: str) -> None:
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert proposal.items[0].due_date is None
+    assert "left out" not in proposal.summary
