@@ -58,11 +58,21 @@ _GREETING = (
     r"(?:\s+(?:team|all|everyone|everybody|guys|folks|y'all|equipo|a\s+todos|todos|chicos|gente))?"
 )
 
+# A request put as a question ("Is it possible to add dark mode?"): a task, its asking left out of the title.
+_ASKING = (
+    r"(?:is|would)\s+it\s+be\s+possible\s+to|is\s+it\s+possible\s+to|any\s+chance\s+(?:you|we)\s+"
+    r"(?:can|could)|(?:do|does)\s+(?:you|we|anyone)\s+have\s+time\s+to|do\s+you\s+mind|"
+    r"(?:es|seria)\s+posible|se\s+puede|se\s+podria"
+)
+_ASKING_FIRST = re.compile(r"^[¿\s]*(?:" + _ASKING + r")(?![\w'])")
+
 _LEADIN = re.compile(
     r"^(?:(?:please|pls|plz|kindly|por\s+favor|also|then|and|plus|y|e|luego|tambien|ademas|ok(?:ay)?|so|"
     + _GREETING
     + r"|(?:we|i|you)\s+(?:really\s+|also\s+)?(?:need|have|must|should|want|would\s+like|'d\s+like)"
     r"(?:\s+to)?|needs?\s+to|have\s+to|has\s+to|must|should|let'?s|can\s+you|could\s+you|would\s+you|"
+    + _ASKING
+    + r"|"
     r"can\s+we|could\s+we|we'?ll|i'?ll|we\s+will|i\s+will|remember\s+to|don'?t\s+forget\s+to|"
     r"make\s+sure\s+to|try\s+to|going\s+to|gonna|(?:nosotros\s+)?necesitamos|necesito|necesitan?|"
     r"hay\s+que|tenemos\s+que|tengo\s+que|tienes\s+que|(?:me|nos)\s+gustaria|quiero|queremos|quisiera|"
@@ -157,7 +167,8 @@ def _is_filler(folded: str) -> bool:
 def _is_question(sentence: str) -> bool:
     """A question about the work (not a request put as one), which names no work item."""
     asked = sentence.rstrip().endswith("?") or sentence.lstrip().startswith("¿")
-    return asked and bool(_QUESTION.match(fold(sentence)))
+    folded = fold(sentence)
+    return asked and bool(_QUESTION.match(folded)) and not _ASKING_FIRST.match(folded)
 
 
 def _sentences(text: str) -> list[str]:
