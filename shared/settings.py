@@ -350,8 +350,10 @@ class Settings(BaseSettings):
         return self.media_dir or self.data_dir / "media"
 
     @property
-    def links_base_url(self) -> str:
-        return self.app_url or self.public_url
+    def links_base_url(self) -> str | None:
+        """Base of the host application's pages the bot links to (``WAPIPE_APP_URL``); None when unset.
+        Never the public URL: those pages (a proposal's review) are the host application's, not wapipe's."""
+        return self.app_url
 
 
 def load_settings(**overrides: Any) -> Settings:

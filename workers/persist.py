@@ -1,4 +1,5 @@
-"""Queue ``persist``: store a parsed proposal once, then tell the user with a link to it.
+"""Queue ``persist``: store a parsed proposal once, then tell the user (with a link to it when the host
+application's URL is set).
 
 :func:`save_proposal` is the plain function the task runs. Saving is idempotent on the source message and
 the reply's idempotency key is ``reply:<message id>``, so a redelivered task stores and sends nothing new.
@@ -33,7 +34,8 @@ def _hours(value: float) -> str:
 
 
 def reply_text(proposal_id: UUID, proposal: Proposal, settings: Settings) -> str:
-    """The WhatsApp confirmation: item count, hours, summary, the items, and the link to review it."""
+    """The WhatsApp confirmation: item count, hours, summary, the items, and the link to review it when
+    ``WAPIPE_APP_URL`` is set."""
     count = len(proposal.items)
     head = f"✅ Proposal saved: {count} item" + ("s" if count != 1 else "")
     if proposal.total_estimated_hours is not None:
@@ -50,7 +52,9 @@ def reply_text(proposal_id: UUID, proposal: Proposal, settings: Settings) -> str
         lines.append(f"{position}. " + " · ".join(details))
     if count > MAX_LISTED_ITEMS:
         lines.append(f"… and {count - MAX_LISTED_ITEMS} more")
-    lines.append(f"Review it: {settings.links_base_url}/proposals/{proposal_id}")
+    # The review page is the host application's: with no WAPIPE_APP_URL there is nowhere to link to.
+    if settings.links_base_url is not None:
+        lines.append(f"Review it: {settings.links_base_url}/proposals/{proposal_id}")
     return "\n".join(lines)
 
 

@@ -152,6 +152,23 @@ def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
     assert len(replies(db)) == 1
 
 
+def test_without_an_app_url_the_confirmation_has_no_link(
+    clean: None, db: psycopg.Connection, sessions: Sessions
+) -> None:
+    # The review page belongs to the host application: a link on wapipe's own public URL answered 404.
+    seed(PHONE)
+    project_id = _project(db)
+    message_id = store_inbound(db, TEXT)
+    persist_worker.save_proposal(
+        message_id, VALID_PROPOSAL, "offline", str(project_id), settings=load_settings(ai="offline")
+    )
+
+    (reply,) = replies(db)
+    assert reply.startswith("✅ Proposal saved")
+    assert "/proposals/" not in reply
+    assert "http" not in reply
+
+
 def test_an_invalid_proposal_dict_is_dropped_and_its_sender_told_to_send_it_again(
     clean: None, db: psycopg.Connection
 ) -> None:
