@@ -16,7 +16,7 @@ from uuid import UUID
 
 import psycopg
 
-from shared.bot.matching import best_matches, namesake, namesake_numbers
+from shared.bot.matching import Found, find, namesake_numbers
 from shared.db import workspaces as repo
 from shared.db.pool import connection
 from shared.db.workspaces import Project, Workspace
@@ -156,11 +156,10 @@ def _workspace(ctx: _Context, argument: str) -> str:
         return _bullets("Your workspaces:", mine, lambda ws: ws.name, current) + (
             "\n\nSwitch with /workspace <name>."
         )
-    found = _matches(argument, mine, _name)
-    if not found:
-        return f'No workspace matches "{_echo(argument)}".\n\n' + _bullets(
-            "Your workspaces:", mine, _name, current
-        )
+    matched = find(argument, mine, _name)
+    if not matched.sure:
+        return _no_match("workspace", argument, matched) + _bullets("Your workspaces:", mine, _name, current)
+    found = matched.items
     if len(found) > 1:
         return _bullets(f'Several workspaces match "{_echo(argument)}":', found, _name, None) + _narrow_hint(
             "/workspace", found
@@ -182,9 +181,10 @@ def _project(ctx: _Context, argument: str) -> str:
     if not projects:
         return _project_list(ctx, workspace, projects)
     label = _project_label(ctx, workspace)
-    found = _matches(argument, projects, _name)
-    if not found:
-        return f'No project matches "{_echo(argument)}".\n\n' + _project_list(ctx, workspace, projects)
+    matched = find(argument, projects, _name)
+    if not matched.sure:
+        return _no_match("project", argument, matched) + _project_list(ctx, workspace, projects)
+    found = matched.items
     if len(found) > 1:
         return _bullets(f'Several projects match "{_echo(argument)}":', found, label, None) + _narrow_hint(
             "/project", found
@@ -255,11 +255,13 @@ def _bullets(title: str, items: list, name: Callable, current: object | None) ->
     return "\n".join([title, *_within_budget(lines)])
 
 
-def _matches(argument: str, items: list, name: Callable) -> list:
-    """The items ``argument`` names (see :func:`best_matches`); among several with exactly the same name,
-    the one its number picks ("/workspace Demo #2", as the lists number them)."""
-    picked = namesake(argument, items, name)
-    return [picked] if picked is not None else best_matches(argument, items, name)
+def _no_match(kind: str, argument: str, matched: Found) -> str:
+    """The opening of the answer to a name that chooses nothing: a single guess is offered, never taken
+    (a wrong project would file the user's proposals in it)."""
+    text = f'No {kind} matches "{_echo(argument)}".'
+    if len(matched.items) == 1:
+        text += f" Did you mean {_clipped(matched.items[0].name, NAME_MAX)}?"
+    return text + "\n\n"
 
 
 def _narrow_hint(command: str, found: list) -> str:

@@ -1,42 +1,69 @@
-"""Forgiving name matching for ``/project mobile`` and ``/workspace demo``: case-insensitive, by exact
-name, prefix, word prefix, substring, then similarity (difflib) so small typos still find the name.
+"""Name matching for ``/project mobile`` and ``/workspace demo``, conservative because a wrong project
+files proposals in the wrong place.
+
+Names are compared ignoring case, accents, emoji and punctuation ("🚀 Launch" is "launch"). In order:
+an exact name; a unique name that starts with the query or has a word that does ("mobile", "app" for
+"Mobile App"); a name only similar to the query (difflib, so "webiste" still finds "Website Redesign"),
+when it is close enough and clearly closer than any other. Anything less (a query inside a word, a
+fainter likeness) chooses nothing: it is offered back as a guess.
 """
 
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-# Score tiers: a better kind of match always beats a worse one; within the similarity tier, names
-# closer than this to the best are shown as choices rather than guessed between.
-_EXACT, _PREFIX, _WORD_PREFIX, _SUBSTRING = 100.0, 80.0, 70.0, 60.0
-_SIMILAR_MAX, _SIMILAR_MIN_RATIO, _SIMILAR_TIE = 50.0, 0.6, 2.5
+# Score tiers: a better kind of match always beats a worse one. Similarity scores ratio * _SIMILAR_MAX.
+_EXACT, _PREFIX, _SUBSTRING = 100.0, 80.0, 60.0
+_SIMILAR_MAX = 50.0
+# A similar name is chosen from _SIMILAR_SURE_RATIO ("webiste" -> "website" is 0.86), and only when the
+# runner-up is _SIMILAR_LEAD_RATIO behind; from _SIMILAR_MIN_RATIO it is only offered ("sprint" is 0.6 of
+# "site", far from a typo of it).
+_SIMILAR_MIN_RATIO, _SIMILAR_SURE_RATIO, _SIMILAR_LEAD_RATIO = 0.7, 0.8, 0.1
 # No one has ten thousand workspaces or projects of one name.
 _NAMESAKE_DIGITS = 4
 
 
-def _fold(text: str) -> str:
-    return " ".join(text.casefold().split())
+@dataclass(frozen=True)
+class Found(Generic[T]):
+    """What a query names. ``sure``: ``items`` are the names it gives (one: that item; several: the user
+    must say which). Not sure: ``items`` are only guesses, none to be chosen (maybe none at all)."""
+
+    items: list[T] = field(default_factory=list)
+    sure: bool = False
+
+
+def fold(text: str) -> str:
+    """``text`` as names are compared: its words of letters and digits, lower case, without accents (so
+    without emoji and punctuation too); a name of symbols alone ("🚀") stays itself, in lower case."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    kept = "".join(
+        ch if ch.isalnum() else " " for ch in decomposed if not unicodedata.category(ch).startswith("M")
+    )
+    return " ".join(kept.split()) or " ".join(text.casefold().split())
 
 
 def score(query: str, name: str) -> float:
-    """How well ``query`` names ``name`` (0: not at all)."""
-    q, n = _fold(query), _fold(name)
+    """How well ``query`` names ``name`` (0: not at all), in tiers: exact, a prefix of the name or of one
+    of its words, anywhere inside it, then similarity."""
+    return _score(fold(query), fold(name))
+
+
+def _score(q: str, n: str) -> float:
     if not q:
         return 0.0
     if q == n:
         return _EXACT
-    if n.startswith(q):
+    if (" " + n).find(" " + q) >= 0:
         return _PREFIX
-    words = n.split()
-    if any(word.startswith(q) for word in words):
-        return _WORD_PREFIX
     if q in n:
         return _SUBSTRING
-    ratio = max(_similarity(q, candidate) for candidate in [n, *words])
+    ratio = max(_similarity(q, candidate) for candidate in [n, *n.split()])
     return ratio * _SIMILAR_MAX if ratio >= _SIMILAR_MIN_RATIO else 0.0
 
 
@@ -50,37 +77,73 @@ def _similarity(query: str, name: str) -> float:
     return matcher.ratio()
 
 
-def best_matches(query: str, items: Sequence[T], name: Callable[[T], str]) -> list[T]:
-    """The item ``query`` names: one item when clear, several when ambiguous, none when nothing fits."""
-    scored = [(score(query, name(item)), item) for item in items]
+def find(query: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
+    """The items ``query`` names (see :class:`Found`), ``"<name> #<n>"`` picking among namesakes."""
+    picked = namesake(query, items, name)
+    if picked is not None:
+        return Found([picked], sure=True)
+    folded = fold(query)
+    found = _find(folded, items, name)
+    head = _numbered_head(query)
+    if head is None or (found.sure and any(fold(name(item)) == folded for item in found.items)):
+        return found  # no number, or the number is part of a name ("Sprint #2")
+    # A number no namesake has ("Mobile App #3" with one Mobile App): the name without it is only offered,
+    # never chosen, or the number the user meant would be quietly ignored.
+    named = _find(fold(head), items, name)
+    return Found(named.items, sure=named.sure and len(named.items) > 1)
+
+
+def _find(q: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
+    scored = [(_score(q, fold(name(item))), item) for item in items]
     scored = [(value, item) for value, item in scored if value > 0]
     if not scored:
-        return []
+        return Found()
     top = max(value for value, _ in scored)
-    margin = _SIMILAR_TIE if top <= _SIMILAR_MAX else 0.0
-    return [item for value, item in scored if value >= top - margin]
+    if top >= _PREFIX:
+        return Found([item for value, item in scored if value == top], sure=True)
+    if top == _SUBSTRING:
+        return Found([item for value, item in scored if value == top])
+    close = [item for value, item in scored if value > top - _SIMILAR_LEAD_RATIO * _SIMILAR_MAX]
+    return Found(close, sure=top >= _SIMILAR_SURE_RATIO * _SIMILAR_MAX)
+
+
+def best_matches(query: str, items: Sequence[T], name: Callable[[T], str]) -> list[T]:
+    """The items ``query`` surely names: one when clear, several when ambiguous, none when it names none
+    surely (its guesses are :func:`find`'s)."""
+    found = find(query, items, name)
+    return found.items if found.sure else []
+
+
+def _numbered_head(query: str) -> str | None:
+    """The name in ``"<name> #<n>"``, else None."""
+    head, _, number = query.strip().rpartition("#")
+    head, number = head.strip(), number.strip()
+    if not number.isdecimal() or len(number) > _NAMESAKE_DIGITS or not head:
+        return None
+    return head
 
 
 def namesake(query: str, items: Sequence[T], name: Callable[[T], str]) -> T | None:
-    """The item ``"<name> #<n>"`` picks: the n-th, in ``items``' order, of several items with exactly that
-    name (two workspaces called "Demo"), which no more of the name could ever tell apart; else None. A
-    ``#`` rather than a bare number: "Sprint 2" may be a name of its own."""
-    head, _, number = query.strip().rpartition("#")
-    head, number = head.strip(), number.strip()
+    """The item ``"<name> #<n>"`` picks: the n-th, in ``items``' order, of several items with that name as
+    :func:`fold` compares names (two workspaces called "Demo"), which no more of the name could ever tell
+    apart; else None. A ``#`` rather than a bare number: "Sprint 2" may be a name of its own."""
     # Only a short number can pick a namesake: int() refuses a run of over 4,300 digits, a ValueError that
     # failed the command instead of answering that nothing matches.
-    if not number.isdecimal() or len(number) > _NAMESAKE_DIGITS or not head:
+    head = _numbered_head(query)
+    if head is None:
         return None
-    same = [item for item in items if _fold(name(item)) == _fold(head)]
+    number = query.strip().rpartition("#")[2].strip()
+    same = [item for item in items if fold(name(item)) == fold(head)]
     index = int(number) - 1
     return same[index] if len(same) > 1 and 0 <= index < len(same) else None
 
 
 def namesake_numbers(items: Sequence[T], name: Callable[[T], str]) -> dict[int, int]:
-    """Items that share their exact name with another: position in ``items`` -> n, for :func:`namesake`."""
+    """Items that share their name, as :func:`fold` compares names, with another: position in ``items``
+    -> n, for :func:`namesake`."""
     seen: dict[str, list[int]] = {}
     for position, item in enumerate(items):
-        seen.setdefault(_fold(name(item)), []).append(position)
+        seen.setdefault(fold(name(item)), []).append(position)
     return {
         position: n
         for positions in seen.values()

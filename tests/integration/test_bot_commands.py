@@ -84,6 +84,38 @@ def test_no_match_says_so(demo: Sessions) -> None:
     assert "• Mobile App" in reply
 
 
+def test_a_name_no_project_has_selects_none(demo: Sessions) -> None:
+    # "sprint" is as close to "site" as a typo once had to be: a proposal would have gone to Marketing Site.
+    reply = say(demo, "/project sprint")
+    assert reply.startswith('No project matches "sprint".')
+    assert "• Marketing Site" in reply
+    assert "project_id" not in demo.load(PHONE)
+
+
+def test_a_name_only_close_to_a_project_is_offered_not_chosen(demo: Sessions) -> None:
+    reply = say(demo, "/project mobility")
+    assert reply.startswith('No project matches "mobility". Did you mean Mobile App?')
+    assert "project_id" not in demo.load(PHONE)
+
+
+def test_an_exact_name_wins_whatever_its_case_accents_and_emoji(demo: Sessions) -> None:
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for name in ("Launch Plan", "🚀 Launch", "Diseño"):
+            repo.upsert_project(conn, workspace.id, name)
+
+    assert say(demo, "/project launch").startswith("✅ Project: 🚀 Launch")
+    assert say(demo, "/project LAUNCH PLAN").startswith("✅ Project: Launch Plan")
+    assert say(demo, "/project diseno").startswith("✅ Project: Diseño")
+
+
+def test_an_unknown_number_after_a_name_selects_nothing(demo: Sessions) -> None:
+    # "#3" numbers one of several projects of one name: with one Mobile App there is no third.
+    reply = say(demo, "/project Mobile App #3")
+    assert reply.startswith('No project matches "Mobile App #3". Did you mean Mobile App?')
+    assert "project_id" not in demo.load(PHONE)
+
+
 def test_list_tasks_needs_a_project(demo: Sessions) -> None:
     assert say(demo, "/list tasks") == "Choose a project first with /project <name>."
     say(demo, "/project mobile app")
@@ -149,7 +181,11 @@ def test_clear_forgets_the_selection(demo: Sessions) -> None:
         ("redesign", ["Website Redesign"]),
         ("m", ["Mobile App", "Marketing Site"]),
         ("markting", ["Marketing Site"]),
+        ("mobile-app", ["Mobile App"]),
         ("xyz", []),
+        ("sprint", []),
+        ("site", ["Marketing Site"]),
+        ("ebsite", []),
     ],
 )
 def test_best_matches(query: str, expected: list[str]) -> None:
