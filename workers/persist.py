@@ -14,8 +14,9 @@ from pydantic import ValidationError
 
 from shared.ai.proposal import Proposal
 from shared.bot.commands import CHOOSE_PROJECT
-from shared.db import proposals
+from shared.db import proposals, workspaces
 from shared.db.messages import get_inbound
+from shared.db.pool import connection
 from shared.logging import get_logger
 from shared.queues import get_publisher
 from shared.replies import answer, apologise
@@ -29,26 +30,45 @@ log = get_logger(__name__)
 MAX_LISTED_ITEMS = 10
 
 
+# An item line holds the user's own words, in their language: its figures are marked with symbols, not
+# English words, so that no line mixes two languages; the header's fixed words are English, as every other
+# reply of the bot is.
+_DUE = "📅"
+_PRIORITY_MARKS = {"high": "❗", "low": "🔽"}
+# A long project name would push the items out of sight on a phone.
+PROJECT_NAME_MAX = 80
+
+
 def _hours(value: float) -> str:
     return f"{round(value, 2):g}h"
 
 
-def reply_text(proposal_id: UUID, proposal: Proposal, settings: Settings) -> str:
-    """The WhatsApp confirmation: item count, hours, summary, the items, and the link to review it when
-    ``WAPIPE_APP_URL`` is set."""
+def reply_text(
+    proposal_id: UUID, proposal: Proposal, settings: Settings, project_name: str | None = None
+) -> str:
+    """The WhatsApp confirmation: the project, the item count and total (each said once: for one item its
+    line says it all), the items, and the link to review it when ``WAPIPE_APP_URL`` is set.
+
+    The proposal's summary is not repeated: it restates the same figures (in the message's language, the
+    offline parser's or the model's own wording), and is kept for the host application."""
     count = len(proposal.items)
-    head = f"✅ Proposal saved: {count} item" + ("s" if count != 1 else "")
-    if proposal.total_estimated_hours is not None:
-        head += f", {_hours(proposal.total_estimated_hours)} total"
-    lines = [head, proposal.summary]
+    head = "✅ Proposal saved"
+    if project_name:
+        head += f" to {_clipped(project_name, PROJECT_NAME_MAX)}"
+    if count > 1:
+        head += f": {count} items"
+        # Only a total of every item: a sum of some would not add up with the lines below.
+        if proposal.total_estimated_hours is not None:
+            head += f", {_hours(proposal.total_estimated_hours)} total"
+    lines = [head]
     for position, item in enumerate(proposal.items[:MAX_LISTED_ITEMS], start=1):
         details = [item.title]
         if item.estimated_hours is not None:
             details.append(_hours(item.estimated_hours))
         if item.due_date is not None:
-            details.append(f"due {item.due_date.isoformat()}")
-        if item.priority != "medium":
-            details.append(item.priority)
+            details.append(f"{_DUE} {item.due_date.isoformat()}")
+        if item.priority in _PRIORITY_MARKS:
+            details.append(_PRIORITY_MARKS[item.priority])
         lines.append(f"{position}. " + " · ".join(details))
     if count > MAX_LISTED_ITEMS:
         lines.append(f"… and {count - MAX_LISTED_ITEMS} more")
@@ -56,6 +76,10 @@ def reply_text(proposal_id: UUID, proposal: Proposal, settings: Settings) -> str
     if settings.links_base_url is not None:
         lines.append(f"Review it: {settings.links_base_url}/proposals/{proposal_id}")
     return "\n".join(lines)
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def save_proposal(
@@ -105,16 +129,31 @@ def save_proposal(
         return None
     # A rerun after a crash between the save and the answer may hold another parse of the message (the ai
     # stage ran twice: another model answer, or the offline parser): the user is told what was stored.
-    confirmed = model if saved.created else _stored_or(saved.id, model)
-    answer(message_id, reply_text(saved.id, confirmed, settings))
+    if saved.created:
+        confirmed, confirmed_project = model, project_id
+    else:
+        stored = proposals.get(saved.id)
+        confirmed = _stored_or(saved.id, stored, model)
+        confirmed_project = stored["project_id"] if stored is not None else project_id
+    name = _project_name(record.user_id, confirmed_project)
+    answer(message_id, reply_text(saved.id, confirmed, settings, name))
     log.info("proposal saved", message_id=message_id, proposal_id=str(saved.id), new=saved.created)
     return saved.id
 
 
-def _stored_or(proposal_id: UUID, fallback: Proposal) -> Proposal:
-    """The proposal as stored under ``proposal_id``; ``fallback`` when it is gone or no longer validates
-    (stored by another release), since a confirmation is better than none."""
-    row = proposals.get(proposal_id)
+def _project_name(user_id: UUID | None, project_id: UUID | str | None) -> str | None:
+    """The name of the project the proposal went to, None when its user may no longer use it (the
+    confirmation then names none rather than a project they cannot see)."""
+    if user_id is None or project_id is None:
+        return None
+    with connection() as conn:
+        project = workspaces.usable_project(conn, user_id, project_id)
+    return project.name if project is not None else None
+
+
+def _stored_or(proposal_id: UUID, row: dict[str, Any] | None, fallback: Proposal) -> Proposal:
+    """The proposal as stored (``row``, from :func:`proposals.get`); ``fallback`` when it is gone or no
+    longer validates (stored by another release), since a confirmation is better than none."""
     if row is None:
         return fallback
     items = [

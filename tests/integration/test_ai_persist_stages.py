@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 import redis
 
+from shared.ai.offline import parse_offline
 from shared.ai.proposal import Proposal
 from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.db import proposals
@@ -138,8 +140,8 @@ def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
     assert float(row["total_estimated_hours"]) == 8
     assert db.execute("SELECT count(*) AS n FROM proposal_items").fetchone()["n"] == 2
     (reply,) = replies(db)
-    assert reply.startswith("✅ Proposal saved: 2 items, 8h total")
-    assert "\n1. Add login page · 4h · due 20" in reply
+    assert reply.startswith("✅ Proposal saved to Marketing Site: 2 items, 8h total")
+    assert "\n1. Add login page · 4h · 📅 20" in reply
     assert reply.endswith(f"https://app.example.com/proposals/{proposal_id}")
     assert [j["task"] for j in _queued(redis_client, "notify")] == ["notify.send"]
 
@@ -167,6 +169,67 @@ def test_without_an_app_url_the_confirmation_has_no_link(
     assert reply.startswith("✅ Proposal saved")
     assert "/proposals/" not in reply
     assert "http" not in reply
+
+
+def _confirm(db: psycopg.Connection, text: str) -> tuple[str, str]:
+    """The confirmation of ``text`` parsed offline into the first demo project, and that project's name."""
+    seed(PHONE)
+    project = db.execute("SELECT id, name FROM projects ORDER BY name LIMIT 1").fetchone()
+    message_id = store_inbound(db, text)
+    proposal = parse_offline(text, dt.date(2026, 12, 7)).to_json_dict()
+    persist_worker.save_proposal(message_id, proposal, "offline", str(project["id"]), settings=OFFLINE)
+    (reply,) = replies(db)
+    return reply, project["name"]
+
+
+def test_the_confirmation_names_the_project_and_each_figure_once(clean: None, db: psycopg.Connection) -> None:
+    # The header's figures came again on the next line (the proposal's summary), and no project was named.
+    reply, project = _confirm(db, "Fix the login bug and write the release notes by Friday, 2h each")
+
+    assert reply.splitlines()[:3] == [
+        f"✅ Proposal saved to {project}: 2 items, 4h total",
+        "1. Fix the login bug · 2h · 📅 2026-12-11",
+        "2. Write the release notes · 2h · 📅 2026-12-11",
+    ]
+    assert reply.count("4h") == 1
+    assert "2 items" not in reply.split("\n", 1)[1]
+
+
+def test_a_single_items_confirmation_says_its_hours_once(clean: None, db: psycopg.Connection) -> None:
+    reply, project = _confirm(db, "Fix the login bug by Friday, 2h")
+
+    assert reply.splitlines()[:2] == [
+        f"✅ Proposal saved to {project}",
+        "1. Fix the login bug · 2h · 📅 2026-12-11",
+    ]
+
+
+def test_the_confirmation_gives_no_total_the_items_do_not_add_up_to(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # The second line said "0.75h estimated" under a header with no total: one item has no estimate.
+    reply, project = _confirm(db, "Call the client tomorrow\nand then update the spreadsheet 45 min")
+
+    assert reply.splitlines()[:3] == [
+        f"✅ Proposal saved to {project}: 2 items",
+        "1. Call the client · 📅 2026-12-08",
+        "2. Update the spreadsheet · 0.75h",
+    ]
+    assert "estimated" not in reply
+
+
+def test_a_spanish_proposal_is_confirmed_in_one_language_a_line(clean: None, db: psycopg.Connection) -> None:
+    # The English header was followed by the Spanish summary; an item line's own words are the user's, so
+    # its figures are marked with symbols, not English words.
+    text = "Llamar al cliente mañana y actualizar la hoja de cálculo, 2 horas cada una, prioridad alta"
+    reply, project = _confirm(db, text)
+
+    assert reply.splitlines()[:3] == [
+        f"✅ Proposal saved to {project}: 2 items, 4h total",
+        "1. Llamar al cliente · 2h · 📅 2026-12-08 · ❗",
+        "2. Actualizar la hoja de cálculo · 2h · ❗",
+    ]
+    assert "tareas" not in reply
 
 
 def test_an_invalid_proposal_dict_is_dropped_and_its_sender_told_to_send_it_again(
@@ -204,8 +267,8 @@ def test_a_rerun_confirms_the_stored_proposal_not_its_own_parse(
 
     assert again == saved.id
     (reply,) = replies(db)
-    assert reply.startswith("✅ Proposal saved: 1 item, 4h total")
-    assert "\n1. Build login · 4h · due 2026-01-30" in reply
+    assert reply.startswith("✅ Proposal saved to Marketing Site\n")
+    assert "\n1. Build login · 4h · 📅 2026-01-30" in reply
     assert "another parse" not in reply
 
 
@@ -233,7 +296,7 @@ def test_control_characters_in_the_models_answer_are_not_stored(
     assert db.execute("SELECT summary FROM proposals").fetchone()["summary"] == "2 items, 8h"
     first = db.execute("SELECT title, description FROM proposal_items WHERE position = 1").fetchone()
     assert first == {"title": "Add login page", "description": "For the app"}
-    assert replies(db)[0].startswith("✅ Proposal saved: 2 items")
+    assert replies(db)[0].startswith("✅ Proposal saved to Marketing Site: 2 items")
 
 
 def test_a_models_answer_of_control_characters_only_falls_back_to_offline(
@@ -272,7 +335,7 @@ def test_real_workers_turn_a_message_into_a_proposal_once(
     publisher = Publisher(test_servers["WAPIPE_REDIS_URL"])
     publisher.publish([Job("ai.parse_proposal", {"message_id": message_id})])
     reply = wait_for(lambda: replies(db), what="the proposal reply")
-    assert reply[0].startswith("✅ Proposal saved: 2 items, 8h total")
+    assert reply[0].startswith("✅ Proposal saved to Marketing Site: 2 items, 8h total")
 
     # The same task delivered again (a redelivery after a lost ack): nothing new is stored or sent.
     publisher.publish([Job("ai.parse_proposal", {"message_id": message_id})])

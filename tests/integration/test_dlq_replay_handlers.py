@@ -132,7 +132,7 @@ def test_a_replayed_proposal_is_saved_and_confirmed(
     assert proposal_count(db) == 1
     [apology, confirmation] = replies(db)
     assert apology == give_up.APOLOGY
-    assert confirmation.startswith("✅ Proposal saved: 2 items")
+    assert confirmation.startswith("✅ Proposal saved to Marketing Site: 2 items")
 
 
 def given_up_step(

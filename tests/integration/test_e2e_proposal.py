@@ -118,7 +118,7 @@ def test_link_verify_project_then_free_text_becomes_one_proposal_and_one_reply(
 
         proposal = wait_for(lambda: proposal_for(db, sid), timeout=60, what="the stored proposal")
         (reply,) = link_reply(bot, proposal["id"])
-        assert reply.startswith("✅ Proposal saved: 2 items, 8h total")
+        assert reply.startswith("✅ Proposal saved to Mobile App: 2 items, 8h total")
         assert "Add login page" in reply
         assert "Add user dashboard" in reply
 

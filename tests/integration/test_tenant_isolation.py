@@ -111,7 +111,7 @@ def test_the_chosen_project_gets_one_proposal(
     (job,) = _queued(redis_client, "persist")
     proposal_id = save(job, sessions)
     assert proposal_projects(db) == [project_id]
-    assert reply_to(db, message_id).startswith("✅ Proposal saved: 2 items")
+    assert reply_to(db, message_id).startswith("✅ Proposal saved to Mobile App: 2 items")
     # Redelivered: the same proposal, nothing new.
     assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "done"
     assert save(job, sessions) == proposal_id
