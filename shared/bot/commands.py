@@ -62,6 +62,10 @@ LOCATION_TEXT = (
     "address written in it, and it becomes a proposal (send /help for the commands)."
 )
 
+# What a command starts with: "/", or the full-width "／" (U+FF0F) some keyboards (Japanese, Chinese) type
+# for it.
+COMMAND_MARKS = ("/", "／")
+
 TASK_LIST_LIMIT = 20
 # Twilio refuses a WhatsApp body over 1,600 characters (Meta over 4,096), for good: a longer reply would
 # never reach the user. Lists stop within LIST_BUDGET with a count of the rest, names and titles are cut at
@@ -110,6 +114,11 @@ class _Context:
         return found[0] if found else None
 
 
+def is_command(text: str) -> bool:
+    """Whether ``text`` is a slash command (for the commands stage, not a proposal)."""
+    return text.startswith(COMMAND_MARKS)
+
+
 def respond(text: str, user: ChatUser, sessions: Sessions, message_type: str = MessageType.text) -> str:
     """The bot's answer to ``text`` from ``user`` (linking instructions when the number is not linked);
     ``message_type``: the stored message's type."""
@@ -118,11 +127,11 @@ def respond(text: str, user: ChatUser, sessions: Sessions, message_type: str = M
     if message_type == MessageType.location:
         return LOCATION_TEXT
     words = (text or "").strip().split(maxsplit=1)
-    command = words[0].casefold() if words else ""
+    command = "/" + words[0][1:].casefold() if words and is_command(words[0]) else ""
     argument = words[1].strip() if len(words) > 1 else ""
     handler = _COMMANDS.get(command)
     if handler is None:
-        if command.startswith("/"):
+        if command:
             return f"I don't know {_echo(words[0])}.\n\n{HELP_TEXT}"
         return HELP_TEXT
     with connection() as conn:

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 import redis
 
-from shared.bot.commands import HELP_TEXT, LINKING_INSTRUCTIONS, ChatUser, respond
+from shared.bot.commands import HELP_TEXT, LINKING_INSTRUCTIONS, ChatUser, is_command, respond
 from shared.bot.matching import best_matches
 from shared.commands.seed_demo import DEMO_USER_ID, seed
 from shared.db import workspaces as repo
@@ -64,6 +64,14 @@ def test_ambiguous_project_lists_the_choices(demo: Sessions) -> None:
     assert "• Mobile App" in reply
     assert "Website Redesign" not in reply
     assert "project_id" not in demo.load(PHONE)
+
+
+def test_a_full_width_slash_starts_a_command(demo: Sessions) -> None:
+    # Some keyboards (Japanese, Chinese) type "／" (U+FF0F) for "/".
+    assert is_command("／project mobile")
+    assert say(demo, "／project mobile").startswith("✅ Project: Mobile App")
+    assert say(demo, "／DANCE").startswith("I don't know ／DANCE.")
+    assert not is_command("project ／ mobile")
 
 
 def test_project_without_argument_lists_projects(demo: Sessions) -> None:
