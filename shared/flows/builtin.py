@@ -152,11 +152,15 @@ def create_defect_report(
     return _record_values(ctx, record)
 
 
-@action("list_open_tickets", provides=("tickets", "ticket_count"))
+@action("list_open_tickets", provides=("tickets", "ticket_count"), counts="ticket_count")
 def list_open_tickets(
     ctx: FlowContext, data: Mapping[str, Any], options: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The asking contact's open records, newest first, one line each (with SLA state when they have one)."""
+    """The asking contact's open records, newest first, one line each (with SLA state when they have one).
+
+    With none, the flow's ``reply_empty`` answers; a flow without one gets the ``empty`` option as
+    ``{tickets}`` under its reply's heading.
+    """
     records = (
         repository.open_records(ctx.conn, ctx.contact_id, int(options.get("limit", 10)))
         if ctx.contact_id

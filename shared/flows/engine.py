@@ -158,9 +158,12 @@ def _start(pack: Pack, flow: Flow, ctx: FlowContext) -> Outcome:
 
 def _finish(pack: Pack, flow: Flow, state: dict[str, Any], ctx: FlowContext) -> Outcome:
     action = flow.action
-    function = registry.ACTIONS[action.name].fn
-    values = function(dataclasses.replace(ctx, flow=flow.id), dict(state["answers"]), action.options)
-    text = render(action.reply, {**state["answers"], **state["found"], **values, "flow_title": flow.title})
+    registered = registry.ACTIONS[action.name]
+    values = registered.fn(dataclasses.replace(ctx, flow=flow.id), dict(state["answers"]), action.options)
+    reply = action.reply
+    if action.reply_empty is not None and registered.counts and not values.get(registered.counts):
+        reply = action.reply_empty
+    text = render(reply, {**state["answers"], **state["found"], **values, "flow_title": flow.title})
     return Outcome(idle(pack), text)
 
 

@@ -2,7 +2,8 @@
 
 A pack is data: the menu is the list of ``[[flows]]`` in file order; each flow has ``[[flows.steps]]``
 (a prompt plus a validator: ``choice``, ``regex``, ``number`` or ``text``, and optionally a registered
-``lookup``) and one ``[flows.action]`` (a registered final action and the ``reply`` template). See
+``lookup``) and one ``[flows.action]`` (a registered final action and the ``reply`` template, and for
+an action that counts what it found, optionally ``reply_empty`` for when it found nothing). See
 ``packs/shopfloor.toml`` for a complete, commented example.
 
 Every problem is reported with the line of the pack file it is on (``shopfloor.toml:42: ...``): TOML
@@ -176,6 +177,9 @@ class Action(BaseModel):
 
     name: str
     reply: str = Field(min_length=1, max_length=4096)
+    # The reply instead when the action found nothing (what it `counts` is 0): "You have no open tickets."
+    # said once, not under a heading counting none of them.
+    reply_empty: str | None = Field(default=None, min_length=1, max_length=4096)
 
     @field_validator("name")
     @classmethod
@@ -369,10 +373,20 @@ def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
             known.add(step.name)
             if step.lookup:
                 known |= registry.LOOKUPS[step.lookup].provides
-        known |= registry.ACTIONS[flow.action.name].provides
-        for name in sorted(placeholders(flow.action.reply) - known):
+        finishing = registry.ACTIONS[flow.action.name]
+        known |= finishing.provides
+        replies = {"reply": flow.action.reply, "reply_empty": flow.action.reply_empty}
+        for key, reply in replies.items():
+            for name in sorted(placeholders(reply or "") - known):
+                problems.append(
+                    ((*where, "action", key), f"{{{name}}} is not provided by a step or the action")
+                )
+        if flow.action.reply_empty is not None and finishing.counts is None:
             problems.append(
-                ((*where, "action", "reply"), f"{{{name}}} is not provided by a step or the action")
+                (
+                    (*where, "action", "reply_empty"),
+                    f"action {finishing.name!r} counts nothing, so this reply is never sent",
+                )
             )
     return problems
 

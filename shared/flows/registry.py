@@ -7,7 +7,8 @@ the loader checks every name against these registries, so a typo fails at start 
   later prompts and the reply template can use them) or raises :class:`Rejected` with a message for the
   user, who is asked the same question again.
 - An action runs when a form is complete (or at once for a flow without steps). It returns values for
-  the reply template (``{reference}`` ...).
+  the reply template (``{reference}`` ...). One that lists what it found names the value counting it
+  (``counts``): when that is 0, the flow's ``reply_empty``, if it has one, is the reply instead.
 
 Both receive a :class:`FlowContext` (database connection, who is asking, the source message, the time).
 """
@@ -57,17 +58,27 @@ class Registered:
     name: str
     fn: Callable[..., Values]
     provides: frozenset[str]  # names this function adds to the template values
+    counts: str | None = None  # the provided value counting what an action found (0: reply_empty)
 
 
 LOOKUPS: dict[str, Registered] = {}
 ACTIONS: dict[str, Registered] = {}
 
 
-def _register(table: dict[str, Registered], kind: str, name: str, provides: tuple[str, ...]) -> Callable:
+def _register(
+    table: dict[str, Registered],
+    kind: str,
+    name: str,
+    provides: tuple[str, ...],
+    counts: str | None = None,
+) -> Callable:
+    if counts is not None and counts not in provides:
+        raise ValueError(f"{kind} {name!r} counts {counts!r}, which it does not provide")
+
     def decorator(fn: Callable[..., Values]) -> Callable[..., Values]:
         if name in table and table[name].fn is not fn:
             raise ValueError(f"{kind} {name!r} is registered twice")
-        table[name] = Registered(name, fn, frozenset(provides))
+        table[name] = Registered(name, fn, frozenset(provides), counts)
         return fn
 
     return decorator
@@ -78,12 +89,13 @@ def lookup(name: str, *, provides: tuple[str, ...] = ()) -> Callable:
     return _register(LOOKUPS, "lookup", name, provides)
 
 
-def action(name: str, *, provides: tuple[str, ...] = ()) -> Callable:
+def action(name: str, *, provides: tuple[str, ...] = (), counts: str | None = None) -> Callable:
     """Register ``fn(ctx, data, options) -> values`` as final action ``name``.
 
-    ``options`` is the action table of the pack (minus ``name`` and ``reply``), e.g. ``kind``, ``prefix``.
+    ``options`` is the action table of the pack (minus ``name``, ``reply`` and ``reply_empty``), e.g.
+    ``kind``, ``prefix``. ``counts``: the provided value counting what it found, for ``reply_empty``.
     """
-    return _register(ACTIONS, "action", name, provides)
+    return _register(ACTIONS, "action", name, provides, counts)
 
 
 def ensure_builtins() -> None:

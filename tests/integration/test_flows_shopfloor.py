@@ -216,6 +216,14 @@ def test_my_open_tickets_lists_only_mine(chat: Chat, db: psycopg.Connection, pac
     assert "MAINT-20260501120001" not in listing
 
 
+def test_my_open_tickets_with_none_says_so_once(chat: Chat) -> None:
+    reply = chat.send("4").text
+    assert reply.startswith("📋 You have no open tickets.")
+    assert "(0)" not in reply
+    assert reply.count("no open tickets") == 1
+    assert reply.endswith("Send *menu* for more options.")
+
+
 @pytest.mark.parametrize(
     ("reference", "state"), [("MAINT-555", "OK"), ("MAINT-556", "WARNING"), ("MAINT-557", "BREACHED")]
 )

@@ -227,3 +227,20 @@ def test_a_pack_with_no_skip_word_is_refused() -> None:
     with pytest.raises(PackError) as caught:
         parse_pack(GOOD.replace('name = "tiny"', 'name = "tiny"\nskip_words = []'), "tiny.toml")
     assert "tiny.toml:3: pack.skip_words: List should have at least 1 item" in str(caught.value)
+
+
+def test_a_reply_for_nothing_found_needs_an_action_that_counts_what_it_found() -> None:
+    reply = 'reply = "You asked for {qty}."'
+    text = GOOD.replace(reply, f'{reply}\n  reply_empty = "None."')
+    with pytest.raises(PackError) as caught:
+        parse_pack(text, source="tiny.toml")
+    assert "tiny.toml:18: flows[0].action.reply_empty: action 'reply' counts nothing" in str(caught.value)
+
+
+def test_a_reply_for_nothing_found_names_only_values_the_flow_provides() -> None:
+    text = GOOD.replace('name = "reply"', 'name = "list_open_tickets"').replace(
+        'reply = "You asked for {qty}."', 'reply = "{tickets}"\n  reply_empty = "None for {who}."'
+    )
+    with pytest.raises(PackError) as caught:
+        parse_pack(text, source="tiny.toml")
+    assert "tiny.toml:18: flows[0].action.reply_empty: {who} is not provided" in str(caught.value)
