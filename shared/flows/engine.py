@@ -76,7 +76,9 @@ def timed_out(
     row tapped in a menu list (its id ``menu:<flow>``, which no form question sends) is unambiguous: that
     flow starts, after the notice, with no second tap needed.
     """
-    notice = render(pack.pack.form_timed_out, {"flow_title": form.get("title") or "", "minutes": minutes})
+    unit = pack.pack.minutes_one if minutes == 1 else pack.pack.minutes_many
+    values = {"flow_title": form.get("title") or "", "minutes": minutes}
+    notice = render(pack.pack.form_timed_out, {**values, "duration": render(unit, values)})
     picked = _tapped_flow(pack, answer) if answer is not None and ctx is not None else None
     if picked is None:
         return menu_text(pack, preface=notice)

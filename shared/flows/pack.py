@@ -51,13 +51,17 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_
 # WhatsApp's limits (shared/wire/outbound_api.py) bound what the menu and the choices are sent as: a
 # flow is a menu row (its title and description), a choice a row or reply button (shared/flows/engine.py),
 # `menu_button` the list's opening button.
-# The values each [pack] text that is a template may name: {flow_title}, the form's title, and {minutes},
-# the session's time to live, rendered by the engine (shared/flows/engine.py); the values of what a wrong
-# answer is told, rendered by shared/flows/validators.py ({number} is `number_whole` or `number_decimal`);
+# The values each [pack] text that is a template may name: {flow_title}, the form's title, {minutes}, the
+# session's time to live in minutes (a number), and {duration}, those minutes with their unit
+# (`minutes_one` for 1, else `minutes_many`, themselves rendered with {minutes}), rendered by the engine
+# (shared/flows/engine.py); the values of what a wrong answer is told, rendered by
+# shared/flows/validators.py ({number} is `number_whole` or `number_decimal`);
 # {value}, the answer a shipped lookup did not find, and {time}, a time left or overdue (``5h 20m``),
 # rendered by shared/flows/builtin.py.
 PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
-    "form_timed_out": frozenset({"flow_title", "minutes"}),
+    "form_timed_out": frozenset({"flow_title", "minutes", "duration"}),
+    "minutes_one": frozenset({"minutes"}),
+    "minutes_many": frozenset({"minutes"}),
     "cancelled": frozenset({"flow_title"}),
     "not_understood": frozenset(),
     "choice_invalid": frozenset({"count"}),
@@ -88,6 +92,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
 _SAMPLE_VALUES: dict[str, Any] = {
     "flow_title": "Report a defect",
     "minutes": 30,
+    "duration": "30 minutes",
     "count": 3,
     "example": "ORD-12345",
     "number": "a number",
@@ -214,9 +219,13 @@ class Meta(_Strict):
     # Before the menu, to the first message of a conversation whose form was left unanswered past the
     # session's time to live (shared/flows/service.py): that message answered a question no longer asked.
     form_timed_out: str = (
-        "⏱️ Your *{flow_title}* form timed out after {minutes} minutes without an answer, so nothing was"
+        "⏱️ Your *{flow_title}* form timed out after {duration} without an answer, so nothing was"
         " submitted and its answers were not kept."
     )
+    # Its {duration}: a session's TTL under 90 s is 1 minute, which "{minutes} minutes" misspoke. A pack
+    # whose form_timed_out names {minutes} itself keeps its own words around the number.
+    minutes_one: str = "1 minute"
+    minutes_many: str = "{minutes} minutes"
     # Before the menu, to a cancel word sent during a form, and to an answer the menu does not know.
     cancelled: str = "OK, cancelled."
     not_understood: str = "Sorry, I didn't get that."

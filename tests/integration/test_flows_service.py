@@ -6,7 +6,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from shared.flows.service import FORM_NOTE_KEY, LOCK_KEY, LOCK_SECONDS, Busy, Ta
 from shared.queues import FORGONE, handler_key
 from shared.replies import queue_reply
 from shared.sessions import Selection, Sessions
-from shared.settings import Mode
+from shared.settings import Mode, get_settings
 from tests.integration.flows_support import add_conversation, add_inbound, make_conversation
 from workers.inbound import pick_handler
 
@@ -262,6 +262,24 @@ def test_an_answer_sent_after_the_session_is_timed_out_though_its_state_was_stil
     assert user.step(user.store("2")) == 1
     assert "*Report a defect* form timed out after 30 minutes" in user.replies()[-1]
     assert user.flow["flow"] is None
+
+
+@pytest.fixture
+def one_minute_sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """WAPIPE_SESSION_TTL=60 for the test, the settings read again before it and after."""
+    monkeypatch.setenv("WAPIPE_SESSION_TTL", "60")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.mark.usefixtures("one_minute_sessions")
+def test_a_form_timed_out_after_one_minute_says_so_in_the_singular(user: User) -> None:
+    _half_a_defect_report(user, minutes_ago=2)
+    Sessions(user.redis).clear(session_key(user.target))
+    assert user.step(user.store("2")) == 1
+    assert "*Report a defect* form timed out after 1 minute without an answer" in user.replies()[-1]
 
 
 def test_an_unrouted_message_older_than_the_grace_is_skipped(user: User) -> None:

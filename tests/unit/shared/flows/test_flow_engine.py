@@ -86,6 +86,25 @@ def test_a_long_answer_of_punctuation_between_words_is_read_at_once() -> None:
     assert "1 to 2" in text
 
 
+@pytest.mark.parametrize(
+    ("minutes", "said"), [(1, "after 1 minute without"), (30, "after 30 minutes without")]
+)
+def test_a_form_timed_out_says_its_minutes_in_the_singular_or_the_plural(minutes: int, said: str) -> None:
+    outcome = timed_out(parse_pack(SPANISH), {"flow": "urgencia", "title": "Urgencia"}, minutes=minutes)
+    assert said in outcome.text
+
+
+@pytest.mark.parametrize(("minutes", "said"), [(1, "en 1 minuto."), (5, "en 5 minutos.")])
+def test_a_form_timed_out_says_its_minutes_in_the_packs_own_words(minutes: int, said: str) -> None:
+    texts = (
+        'form_timed_out = "⏱️ *{flow_title}*: sin respuesta en {duration}."\n'
+        'minutes_one = "{minutes} minuto"\nminutes_many = "{minutes} minutos"'
+    )
+    pack = parse_pack(SPANISH.replace('greeting = "¡Hola!"', f'greeting = "¡Hola!"\n{texts}'))
+    outcome = timed_out(pack, {"flow": "urgencia", "title": "Urgencia"}, minutes=minutes)
+    assert outcome.text.startswith(f"⏱️ *Urgencia*: sin respuesta {said}\n")
+
+
 def test_a_timed_out_form_is_told_in_the_packs_own_words_before_its_menu() -> None:
     pack = parse_pack(
         SPANISH.replace(
