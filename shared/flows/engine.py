@@ -171,7 +171,7 @@ def _finish(pack: Pack, flow: Flow, state: dict[str, Any], ctx: FlowContext) -> 
 
 def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
     ids = [MENU_ID_PREFIX + flow.id for flow in pack.flows]
-    index = match_choice([flow.title for flow in pack.flows], answer, ids)
+    index = match_choice([flow.title for flow in pack.flows], answer, ids, pack.pack.number_words)
     return pack.flows[index] if index is not None else None
 
 

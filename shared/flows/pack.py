@@ -208,6 +208,9 @@ class Flow(_Strict):
     action: Action
 
 
+_ENGLISH_NUMBERS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
 class Meta(_Strict):
     """The ``[pack]`` table: name, the bot's own texts and the words that open the menu or leave a form."""
 
@@ -273,6 +276,10 @@ class Meta(_Strict):
     # What leaves an optional text step (`min_length` = 0) empty: WhatsApp sends no empty text, so without
     # one such a step could not be skipped. At least one, for its re-prompt to name.
     skip_words: list[str] = Field(default_factory=lambda: ["skip"], min_length=1)
+    # The numbers as words, the first one 1: the menu and a choice take them as the typed number, as
+    # people write "two" for 2. In the pack's language (none of them a menu or cancel word: those are read
+    # first); only those of the numbers shown count, so "seven" picks nothing of six.
+    number_words: list[str] = Field(default_factory=lambda: list(_ENGLISH_NUMBERS))
 
     @field_validator(*PACK_TEXT_VALUES)
     @classmethod
@@ -292,7 +299,7 @@ class Meta(_Strict):
             raise ValueError(f"a format its values cannot take: {problem}") from None
         return template
 
-    @field_validator("menu_words", "cancel_words", "skip_words")
+    @field_validator("menu_words", "cancel_words", "skip_words", "number_words")
     @classmethod
     def _folded(cls, words: list[str]) -> list[str]:
         # The engine compares them with the answer folded the same way: a word written "Cancelar" in the
@@ -342,8 +349,8 @@ def placeholders(template: str) -> set[str]:
 
 
 def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
-    """What pydantic cannot see: duplicate names, placeholders nothing provides, and answers or skip words
-    the engine would read as a cancel word."""
+    """What pydantic cannot see: duplicate names, placeholders nothing provides, and answers, skip words or
+    number words the engine would read as something else."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for word in pack.pack.skip_words:
         if word in pack.pack.cancel_words:
@@ -351,6 +358,7 @@ def _check_references(pack: Pack) -> list[tuple[tuple[str | int, ...], str]]:
             problems.append(
                 (("pack", "skip_words"), f"{word!r} is a cancel word, so it could skip no question")
             )
+    problems += [(("pack", "number_words"), problem) for problem in _misread_numbers(pack.pack)]
     seen_flows: set[str] = set()
     for f_index, flow in enumerate(pack.flows):
         where: tuple[str | int, ...] = ("flows", f_index)
@@ -418,6 +426,22 @@ def _unanswerable(step: Step, cancel_words: list[str]) -> list[str]:
         for word in numbers
         if low <= float(word) <= high and not (step.integer and not float(word).is_integer())
     ]
+
+
+def _misread_numbers(meta: Meta) -> list[str]:
+    """Why some of the pack's number words would not be read as their numbers: a cancel word leaves the
+    form it was meant to answer (read first), a menu word picks a menu option instead of greeting, and a
+    word given twice stands for only the first of its numbers."""
+    problems = []
+    for number, word in enumerate(meta.number_words, start=1):
+        if word in meta.cancel_words:
+            problems.append(f"{word!r} is a cancel word, so it could pick no choice")
+        if word in meta.menu_words:
+            problems.append(f"{word!r} is a menu word, so it would pick option {number} instead of greeting")
+        first = meta.number_words.index(word) + 1
+        if first != number:
+            problems.append(f"{word!r} is number {first} and {number}")
+    return problems
 
 
 def _describe(location: tuple[str | int, ...]) -> str:

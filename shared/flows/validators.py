@@ -7,6 +7,7 @@ its title as the body too; both are accepted, exactly like the typed number or l
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.flows.pack import DEFAULT_TEXTS, Meta, Step, render
@@ -91,10 +92,19 @@ def _fmt(number: float) -> str:
 
 
 _CHOICE_DIGITS = 3  # no menu has a thousand choices
+# The number as people also type it: copied with the dot or bracket of a numbered line ("2." of "2. Order
+# status", "2)"), or as "#2". \d is any decimal digit, as isdecimal below; a short run, for the same reason.
+_TYPED_NUMBER = re.compile(rf"#?(\d{{1,{_CHOICE_DIGITS}}})[.)]?")
 
 
-def match_choice(labels: list[str], answer: Answer, id_of: list[str]) -> int | None:
-    """The 0-based index the answer picks: a tapped id, the number, or the label (any case)."""
+def match_choice(
+    labels: list[str],
+    answer: Answer,
+    id_of: list[str],
+    number_words: Sequence[str] = DEFAULT_TEXTS.number_words,
+) -> int | None:
+    """The 0-based index the answer picks: a tapped id, the number, the label (any case), then the number
+    typed as ``2.``, ``2)`` or ``#2``, or as one of the pack's ``number_words``."""
     if answer.reply_id and answer.reply_id in id_of:
         return id_of.index(answer.reply_id)
     text = answer.clean
@@ -107,7 +117,13 @@ def match_choice(labels: list[str], answer: Answer, id_of: list[str]) -> int | N
     for index, label in enumerate(labels):
         if " ".join(label.split()).casefold() == folded:
             return index
-    return None
+    # After the labels: a choice labelled "Two" is that choice, whatever its number.
+    typed = _TYPED_NUMBER.fullmatch(text)
+    if typed and 1 <= int(typed.group(1)) <= len(labels):
+        return int(typed.group(1)) - 1
+    word = keyword(text)
+    shown = list(number_words[: len(labels)])
+    return shown.index(word) if word in shown else None
 
 
 def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | int | float:
@@ -116,7 +132,7 @@ def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | i
     text = answer.clean
     if step.kind == "choice":
         ids = [choice_id(step.name, number) for number in range(1, len(step.choices) + 1)]
-        index = match_choice(step.choices, answer, ids)
+        index = match_choice(step.choices, answer, ids, texts.number_words)
         if index is None:
             raise Invalid(allowed(step, texts))
         return step.choices[index]

@@ -194,6 +194,26 @@ def test_maintenance_ticket_sla_by_urgency(
     assert record["data"] == {"machine_id": "MACH-001", "issue_type": "Bearing", "urgency": urgency}
 
 
+@pytest.mark.parametrize(
+    ("typed", "asked"), [("2.", "Which order?"), ("#3", "Which machine?"), ("five", "Which ticket?")]
+)
+def test_a_menu_option_typed_as_people_type_numbers_starts_it(chat: Chat, typed: str, asked: str) -> None:
+    chat.send("hi")
+    assert asked in chat.send(typed).text
+
+
+def test_a_number_word_past_the_menus_options_is_not_understood(chat: Chat) -> None:
+    chat.send("hi")
+    assert chat.send("seven").text.startswith("Sorry, I didn't get that.")
+    assert chat.state == {"pack": "shopfloor", "flow": None}
+
+
+def test_a_choice_typed_as_a_word_or_with_its_dot_is_taken(chat: Chat) -> None:
+    for answer in ("1)", "ORD-12345", "two", "3."):
+        chat.send(answer)
+    assert chat.state["answers"] == {"order_number": "ORD-12345", "defect_type": "Return", "severity": "High"}
+
+
 def test_four_issue_types_are_offered_as_a_list(chat: Chat) -> None:
     chat.send("3")
     assert "Machine MACH-999 was not found" in chat.send("MACH-999").text

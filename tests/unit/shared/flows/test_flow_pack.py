@@ -244,3 +244,17 @@ def test_a_reply_for_nothing_found_names_only_values_the_flow_provides() -> None
     with pytest.raises(PackError) as caught:
         parse_pack(text, source="tiny.toml")
     assert "tiny.toml:18: flows[0].action.reply_empty: {who} is not provided" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "told"),
+    [
+        ('number_words = ["one", "two"]\ncancel_words = ["cancel", "Two"]', "'two' is a cancel word"),
+        ('number_words = ["uno", "dos"]\nmenu_words = ["hola", "uno"]', "'uno' is a menu word"),
+        ('number_words = ["uno", "Uno"]', "'uno' is number 1 and 2"),
+    ],
+)
+def test_a_number_word_the_engine_would_read_otherwise_is_refused(setting: str, told: str) -> None:
+    with pytest.raises(PackError) as caught:
+        parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{setting}'), "tiny.toml")
+    assert f"tiny.toml:3: pack.number_words: {told}" in str(caught.value)

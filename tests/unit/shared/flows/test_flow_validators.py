@@ -44,6 +44,38 @@ def test_a_choice_typed_with_native_digits_is_that_choice() -> None:
     assert validate(CHOICE, Answer("３")) == "High"  # full-width 3
 
 
+@pytest.mark.parametrize("text", ["2.", "2)", "#2", " 2 ", "two", "Two", "TWO.", "*two*", "two 🙏"])
+def test_a_choice_typed_as_people_type_numbers_is_that_choice(text: str) -> None:
+    assert validate(CHOICE, Answer(text)) == "Medium"
+
+
+@pytest.mark.parametrize("text", ["four", "zero", "4.", "#0", "0)", "2.5", "-2", "2..", "##2", "twoo"])
+def test_a_number_the_choices_do_not_show_or_no_number_is_still_refused(text: str) -> None:
+    with pytest.raises(Invalid, match="1 to 3"):
+        validate(CHOICE, Answer(text))
+
+
+def test_a_choice_labelled_as_a_number_word_is_its_label_first() -> None:
+    counts = Step(name="count", prompt="?", kind="choice", choices=["Two", "Four"])
+    assert validate(counts, Answer("two")) == "Two"
+    assert validate(counts, Answer("2.")) == "Four"
+
+
+def test_a_choice_takes_the_number_words_of_the_packs_language() -> None:
+    spanish = Meta(name="taller", number_words=["Uno", "Dos", "Tres"])
+    assert validate(CHOICE, Answer("dos"), spanish) == "Medium"
+    with pytest.raises(Invalid):
+        validate(CHOICE, Answer("two"), spanish)
+
+
+@pytest.mark.parametrize("text", ["#2", "2.", "2)", "two"])
+def test_a_number_or_regex_steps_answer_is_not_read_as_a_typed_choice(text: str) -> None:
+    digit = Step(name="digit", prompt="?", kind="regex", pattern=r"\d", example="2")
+    for step in (QTY, digit):
+        with pytest.raises(Invalid):
+            validate(step, Answer(text))
+
+
 def test_a_tapped_id_of_another_step_is_not_a_choice() -> None:
     with pytest.raises(Invalid):
         validate(CHOICE, Answer("", "defect_type:1"))
