@@ -1,7 +1,8 @@
 """The console provider: outbound with no accounts, so the whole pipeline works on a laptop.
 
-Each message is printed as one line (recipient masked) and published as JSON on the Redis channel
-:data:`CHANNEL`, which ``wapipe chat`` subscribes to to show the bot's replies. It is stored like any other
+Each message is printed as one line, scrubbed as a log line is (recipient masked, and any number or secret
+its text quotes), and published whole as JSON on the Redis channel :data:`CHANNEL`, which ``wapipe chat``
+subscribes to to show the bot's replies as the user would read them. It is stored like any other
 message (status ``sent``, a generated ``console-<uuid>`` id); it does not enforce the 24-hour window.
 """
 
@@ -14,7 +15,7 @@ from typing import TextIO
 
 import redis
 
-from shared.logging import mask_phone
+from shared.logging import mask_phone, scrub
 from shared.providers.base import OutboundMessage, SendError, SendResult
 
 CHANNEL = "wapipe:console:outbound"
@@ -32,8 +33,10 @@ class ConsoleSender:
         if not text and message.interactive is not None:
             text = message.interactive.body
         stream = self._stream or sys.stdout
-        # One readable line; the body is what the user would read on their phone, so it is shown.
-        print(f"[console] -> {mask_phone(message.to)} ({message.type}): {text}", file=stream, flush=True)
+        # One readable line, which lands in the process's log: the body (an API caller's text, a user's
+        # words echoed back) may quote a number or a secret link, so it is scrubbed like any log line.
+        shown = scrub(text)
+        print(f"[console] -> {mask_phone(message.to)} ({message.type}): {shown}", file=stream, flush=True)
         event = {
             "message_id": message.id,
             "to": message.to,

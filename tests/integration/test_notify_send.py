@@ -107,6 +107,29 @@ def test_console_provider_stores_sent_and_publishes_on_the_channel(db, redis_cli
     pubsub.close()
 
 
+def test_console_line_masks_numbers_and_secrets_in_the_body_but_chat_gets_it_whole(
+    db, redis_client, capsys
+) -> None:
+    # An API text (or a user's text the bot echoes) may quote a number or a secret link: the printed line
+    # is a log line and is scrubbed as one; `wapipe chat` reads the channel and shows the real reply.
+    text = "Call +14155550199 or pay at https://pay.example.com/p?token=sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+    message_id = a_reply(text)
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(CHANNEL)
+    pubsub.get_message(timeout=1)  # the subscription confirmation
+
+    assert dispatch(message_id, sender=ConsoleSender(redis_client)) == "sent"
+
+    printed = capsys.readouterr().out
+    assert "[console]" in printed
+    assert "4155550199" not in printed
+    assert "sk_live_4eC39HqLyjWDarjtT1zdp7dc" not in printed
+    # Still readable: the number's last digits show.
+    assert "Call +*******0199 or pay" in printed
+    assert json.loads(pubsub.get_message(timeout=5)["data"])["text"] == text
+    pubsub.close()
+
+
 def test_twilio_201_stores_sent_with_the_sm_sid(db, redis_client, fake_twilio) -> None:
     message_id = a_reply("Hi Ana!")
     settings = twilio_settings(fake_twilio)
