@@ -3,28 +3,87 @@
 ``json.loads`` of a few kilobytes of ``[[[[...`` raises ``RecursionError`` (not ``ValueError``), and a
 body nested a few hundred levels deep parses but makes pydantic's serializer fail when the event is
 enqueued: both were 500s. No provider payload or API body nests anywhere near :data:`MAX_DEPTH`, so a
-deeper one is refused as malformed (400/422) before anything reads it.
+deeper one is refused as malformed (400/422) before anything reads it. Nor does any carry a number of more
+than :data:`MAX_NUMBER_DIGITS` digits, so a longer one is refused as well (past 4,300 digits ``int()``
+raises anyway, with a text no caller should have to read).
+
+:func:`request_object` reads the API's bodies: each way a body can fail to be a JSON object (the
+Content-Type, its syntax, its depth, a number's length, its type) is told apart, so the 422 says which.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from flask import Request
 from flask.json.provider import DefaultJSONProvider
 
 MAX_DEPTH = 64
+MAX_NUMBER_DIGITS = 100
+JSON_CONTENT_TYPE = "application/json"
+
+
+class TooDeep(ValueError):
+    """The JSON nests deeper than allowed."""
+
+
+class NumberTooLong(ValueError):
+    """A number in the JSON has more digits than allowed."""
+
+
+class NotAnObject(ValueError):
+    """A request body that is no JSON object; its text says why, to follow ``body: `` in a 422."""
 
 
 def loads(data: str | bytes | bytearray, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON like :func:`json.loads`; raise ``ValueError`` when it nests deeper than ``max_depth``."""
-    import json
-
+    """Parse JSON like :func:`json.loads`; raise :class:`TooDeep` when it nests deeper than ``max_depth``
+    and :class:`NumberTooLong` for a number longer than :data:`MAX_NUMBER_DIGITS` (both ``ValueError``)."""
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_int=_bounded_int, parse_float=_bounded_float)
     except RecursionError:
-        raise ValueError(f"JSON nested deeper than {max_depth} levels") from None
+        raise TooDeep(f"JSON nested deeper than {max_depth} levels") from None
     if _may_nest_deeper(data, max_depth) and _deeper_than(value, max_depth):
-        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+        raise TooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    _check_length(literal)
+    return int(literal)
+
+
+def _bounded_float(literal: str) -> float:
+    _check_length(literal)
+    return float(literal)
+
+
+def _check_length(literal: str) -> None:
+    # The literal as written: sign, point and exponent count too, which matters nothing at this length.
+    if len(literal) > MAX_NUMBER_DIGITS:
+        raise NumberTooLong(f"a number longer than {MAX_NUMBER_DIGITS} digits ({len(literal)} characters)")
+
+
+def request_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object; :class:`NotAnObject` saying what is wrong when it is none."""
+    if not request.is_json:
+        raise NotAnObject(f"Content-Type must be {JSON_CONTENT_TYPE}")
+    # May raise werkzeug's 413 (MAX_CONTENT_LENGTH), answered as such.
+    data = request.get_data(cache=True)
+    if not data.strip():
+        raise NotAnObject("empty; a JSON object is expected")
+    try:
+        value = loads(data)
+    except TooDeep:
+        raise NotAnObject(f"nested deeper than {MAX_DEPTH} levels") from None
+    except NumberTooLong as exc:
+        raise NotAnObject(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise NotAnObject(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except ValueError:  # UnicodeDecodeError: bytes that are no UTF-8 (or UTF-16/32) text
+        raise NotAnObject("not valid JSON: not UTF-8 text") from None
+    if not isinstance(value, dict):
+        raise NotAnObject("must be a JSON object")
     return value
 
 

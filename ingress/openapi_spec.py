@@ -22,6 +22,7 @@ from ingress.api.assistant_configs import AssistantConfigBody
 from ingress.api.common import BIGINT_MAX, DEFAULT_LIMIT, MAX_LIMIT
 from ingress.api.conversations import STATUSES
 from ingress.api.links import CreateLinkBody, VerifyLinkBody
+from ingress.json_body import MAX_DEPTH, MAX_NUMBER_DIGITS
 from shared.wire import kapso, meta
 from shared.wire.events import Provider
 from shared.wire.outbound_api import IDEMPOTENCY_KEY_MAX, LegacyNotifyRequest, SendRequest
@@ -420,9 +421,13 @@ IDEMPOTENCY_KEY = Param(
 )
 
 INVALID_PARAM = fail("validation_error: a query or path parameter is malformed; the message names it.")
-INVALID_BODY = fail(
-    "validation_error: the body is not a JSON object or breaks a limit; the message names it."
+# Each way a body can fail to be a JSON object, as ingress.json_body.request_object tells them apart.
+NO_JSON_OBJECT = (
+    "the body is no JSON object (its message says which: Content-Type must be application/json, not valid"
+    f" JSON, nested deeper than {MAX_DEPTH} levels, a number longer than {MAX_NUMBER_DIGITS} digits, or"
+    " must be a JSON object)"
 )
+INVALID_BODY = fail(f"validation_error: {NO_JSON_OBJECT}, or a field breaks a limit; the message names it.")
 NOT_FOUND = fail("not_found: nothing with that id.")
 QUEUE_DOWN = fail(
     "queue_unavailable: Redis cannot be reached; nothing was acknowledged. Retry after Retry-After."
@@ -595,7 +600,8 @@ OPERATIONS: dict[str, Operation] = {
             ),
             409: fail("idempotency_conflict: the key was used for a different request."),
             422: fail(
-                "validation_error (a field breaks WhatsApp's limits; error.field names it), invalid_phone,"
+                f"validation_error (a field breaks WhatsApp's limits, or {NO_JSON_OBJECT}: error.field is"
+                " body), invalid_phone,"
                 " unsupported_type (the active provider cannot send it), unsupported_content (Twilio cannot"
                 " carry a field as given) or invalid_parameter (a template parameter WhatsApp refuses);"
                 " error.field names the field for each."
@@ -625,7 +631,7 @@ OPERATIONS: dict[str, Operation] = {
         {
             200: Reply("Stored and queued.", LegacyAccepted),
             409: fail("idempotency_conflict: the Idempotency-Key was used for a different request."),
-            422: fail("validation_error or invalid_phone."),
+            422: fail(f"validation_error (a field, or {NO_JSON_OBJECT}) or invalid_phone."),
             503: Reply(MESSAGE_QUEUE_DOWN.description, headers=RETRY_AFTER, error=True),
         },
         description="Kept for existing callers; every answer carries success.",

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ingress.api.common import InvalidParam, handle_invalid_params, iso
 from ingress.auth import require_api_key
 from ingress.errors import api_error
+from ingress.json_body import NotAnObject, request_object
 from ingress.state import current_settings
 from shared.db import assistant_configs
 from shared.db.pool import connection, transaction
@@ -84,9 +85,10 @@ def get_config(number: str) -> Response:
 @require_api_key
 def put_config(number: str) -> Response:
     business_number = _business_number(number)
-    data = request.get_json(silent=True)
-    if data is None:
-        return api_error(422, "validation_error", "body: must be a JSON object")
+    try:
+        data = request_object(request)
+    except NotAnObject as exc:
+        return api_error(422, "validation_error", f"body: {exc}")
     try:
         # The parsed body, not the raw bytes: pydantic's JSON parser refuses a lone surrogate (\ud800) as
         # "Invalid JSON" for the whole body, where the Storable check names the field.

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingress.auth import require_api_key
 from ingress.errors import api_error
+from ingress.json_body import NotAnObject, request_object
 from ingress.state import current_settings
 from shared import verification
 from shared.db import links
@@ -65,9 +66,10 @@ def _invalid(field: str, message: str) -> _Invalid:
 
 
 def _body(model: type[Body]) -> Body:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise _Invalid(api_error(422, "validation_error", "body: must be a JSON object"))
+    try:
+        data = request_object(request)
+    except NotAnObject as exc:
+        raise _invalid("body", str(exc)) from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:

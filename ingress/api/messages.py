@@ -34,6 +34,7 @@ from ingress.api.common import iso, message_error
 from ingress.api.group_store import GroupStore
 from ingress.auth import caller_scope, require_api_key
 from ingress.errors import api_error, handle_http_exception, handle_unexpected
+from ingress.json_body import NotAnObject, request_object
 from ingress.per_app import per_app
 from ingress.publishing import publish, unavailable
 from ingress.state import PUBLISHER_KEY, current_settings
@@ -302,10 +303,10 @@ def _mark_unqueued(message_id: int) -> bool:
 
 
 def _json_body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise _Refused(422, "validation_error", "body: must be a JSON object", "body")
-    return data
+    try:
+        return request_object(request)
+    except NotAnObject as exc:
+        raise _Refused(422, "validation_error", f"body: {exc}", "body") from None
 
 
 def _idempotency_key(field: str | None) -> str | None:

@@ -106,7 +106,15 @@ def test_put_rejects_invalid_values_with_422_naming_the_field(
 def test_put_rejects_a_body_that_is_not_json_and_a_malformed_number(client: FlaskClient) -> None:
     not_json = client.put(URL + "+14155238886", headers=KEY, data="system_prompt=x")
     assert not_json.status_code == 422
-    assert not_json.get_json()["error"]["message"].startswith("body:")
+    assert not_json.get_json()["error"]["message"] == "body: Content-Type must be application/json"
+    for raw, says in (
+        (b'{"system_prompt": ', "body: not valid JSON"),
+        (b'["system_prompt"]', "body: must be a JSON object"),
+        (b'{"max_tokens": ' + b"9" * 5_000 + b"}", "body: a number longer than"),
+    ):
+        response = client.put(URL + "+14155238886", headers=KEY, data=raw, content_type="application/json")
+        assert response.status_code == 422
+        assert response.get_json()["error"]["message"].startswith(says)
     # "١٢٣٤٥٦٧٨٩٠": Arabic-Indic digits, a phone_number_id no message can ever carry.
     for number in ("shop-one", "+1", "+999999999999999999", "١٢٣٤٥٦٧٨٩٠"):
         response = client.get(URL + number, headers=KEY)

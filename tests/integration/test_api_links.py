@@ -92,6 +92,24 @@ def test_create_rejects_bad_bodies_with_422_naming_the_field(
     assert db.execute("SELECT count(*) AS n FROM verification_codes").fetchone()["n"] == 0
 
 
+@pytest.mark.parametrize(
+    ("raw", "content_type", "says"),
+    [
+        (b'{"user_id": ', "application/json", "body: not valid JSON"),
+        (b"[" * 5_000 + b"]" * 5_000, "application/json", "body: nested deeper than"),
+        (b'{"phone": ' + b"1" * 5_000 + b"}", "application/json", "body: a number longer than"),
+        (b'{"user_id": "x", "phone": "+14155550123"}', None, "body: Content-Type must be application/json"),
+    ],
+)
+def test_create_says_why_a_body_is_no_json_object(
+    client: FlaskClient, raw: bytes, content_type: str | None, says: str
+) -> None:
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post("/api/v1/links", data=raw, headers=headers)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["message"].startswith(says)
+
+
 def test_phone_linked_to_another_user_is_409(client: FlaskClient) -> None:
     code = create(client)["code"]
     assert (

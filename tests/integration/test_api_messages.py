@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 
 from ingress import create_app
 from ingress.api.group_store import GroupStore
+from ingress.json_body import MAX_DEPTH, MAX_NUMBER_DIGITS
 from shared.db import messages, outbound_api, pool
 from shared.db.errors import Unavailable
 from shared.settings import get_settings, load_settings
@@ -553,6 +554,34 @@ def test_a_lone_surrogate_sent_as_a_json_escape_is_a_422_naming_the_field(
     error = response.get_json()["error"]
     assert (error["field"], error["code"]) == (field, "validation_error")
     assert "lone surrogate" in error["message"]
+    assert stored(db) == []
+
+
+TEXT_BODY = b'{"to": "+573103055424", "type": "text", "text": "hi"}'
+# A body that is no JSON object, and what the 422 must say about it: each says what is wrong.
+UNREADABLE_BODIES = [
+    (b'{"to": "+573103055424", "type": ', "application/json", "body: not valid JSON: Expecting value"),
+    (b"\xff\xfe{}", "application/json", "body: not valid JSON"),
+    (b"", "application/json", "body: empty; a JSON object is expected"),
+    (b"[" * 5_000 + b"]" * 5_000, "application/json", f"body: nested deeper than {MAX_DEPTH} levels"),
+    (b'{"to": ' + b"1" * 5_000 + b"}", "application/json", f"body: a number longer than {MAX_NUMBER_DIGITS}"),
+    (TEXT_BODY, None, "body: Content-Type must be application/json"),
+    (TEXT_BODY, "text/plain", "body: Content-Type must be application/json"),
+    (b'["+573103055424", "hi"]', "application/json", "body: must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/messages", "/api/whatsapp/notify"])
+@pytest.mark.parametrize(("raw", "content_type", "says"), UNREADABLE_BODIES, ids=lambda v: None)
+def test_a_body_that_is_no_json_object_is_a_422_saying_what_is_wrong(
+    client: FlaskClient, db, path: str, raw: bytes, content_type: str | None, says: str
+) -> None:
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    response = client.post(path, data=raw, headers=headers)
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert (error["code"], error["field"]) == ("validation_error", "body")
+    assert error["message"].startswith(says), error["message"]
     assert stored(db) == []
 
 

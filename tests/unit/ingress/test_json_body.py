@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ingress.json_body import MAX_DEPTH, loads
+from ingress.json_body import MAX_DEPTH, MAX_NUMBER_DIGITS, NumberTooLong, TooDeep, loads
 
 
 def nested(depth: int) -> str:
@@ -35,3 +35,17 @@ def test_brackets_inside_strings_do_not_make_a_shallow_body_deep() -> None:
 def test_many_sibling_containers_are_not_depth() -> None:
     body = json.dumps([[i] for i in range(MAX_DEPTH * 3)])
     assert len(loads(body)) == MAX_DEPTH * 3
+
+
+@pytest.mark.parametrize("digit", ["7", "7.5"])
+def test_a_number_at_the_length_limit_parses_and_a_longer_one_is_refused(digit: str) -> None:
+    at_limit = "1" * (MAX_NUMBER_DIGITS - len(digit)) + digit
+    assert loads(f'{{"n": {at_limit}}}')["n"] == json.loads(at_limit)
+    # 5,000 digits: past what int() converts, which raised its own, unrelated ValueError.
+    with pytest.raises(NumberTooLong, match=f"longer than {MAX_NUMBER_DIGITS} digits"):
+        loads(f'{{"n": {"1" * 5_000}{digit}}}'.encode())
+
+
+def test_too_deep_is_its_own_error() -> None:
+    with pytest.raises(TooDeep):
+        loads(nested(5_000))
