@@ -1,4 +1,5 @@
-"""Every 4xx/5xx as JSON: ``{"error": {"code": "...", "message": "..."}}``.
+"""Every 4xx/5xx as JSON: ``{"error": {"code": "...", "message": "..."}}``, with ``"field"`` naming the body
+field, query parameter or path parameter at fault when there is one.
 
 Covers our own errors (:func:`api_error`), werkzeug's (404, 405 with its ``Allow`` header, 413 from
 ``MAX_CONTENT_LENGTH``, 400 from an unreadable form or JSON body), PostgreSQL being unreachable (a 503
@@ -28,9 +29,20 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
-def api_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """A JSON error response; ``code`` is a stable snake_case word clients can branch on."""
-    response = jsonify({"error": {"code": code, "message": message}})
+def api_error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    field: str | None = None,
+) -> Response:
+    """A JSON error response; ``code`` is a stable snake_case word clients can branch on, ``field`` the
+    part of the request at fault (a body field or a query or path parameter, by the name it is sent as)."""
+    error = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    response = jsonify({"error": error})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value

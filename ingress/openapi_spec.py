@@ -92,7 +92,11 @@ class _Out(BaseModel):
 class ErrorDetail(_Out):
     code: str = Field(description="A stable snake_case word to branch on, e.g. validation_error, not_found.")
     message: str = Field(description="What went wrong, for a person; names the field or parameter at fault.")
-    field: str | None = Field(default=None, description="The request field at fault, when there is one.")
+    field: str | None = Field(
+        default=None,
+        description="The body field, query parameter or path parameter at fault (as the request names it),"
+        " when there is one.",
+    )
 
 
 class ErrorBody(_Out):
@@ -420,7 +424,9 @@ IDEMPOTENCY_KEY = Param(
     {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
 )
 
-INVALID_PARAM = fail("validation_error: a query or path parameter is malformed; the message names it.")
+INVALID_PARAM = fail(
+    "validation_error: a query or path parameter is malformed; the message and error.field name it."
+)
 # Each way a body can fail to be a JSON object, as ingress.json_body.request_object tells them apart.
 NO_JSON_OBJECT = (
     "the body is no JSON object (its message says which: Content-Type must be application/json, not valid"

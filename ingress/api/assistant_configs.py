@@ -88,7 +88,7 @@ def put_config(number: str) -> Response:
     try:
         data = request_object(request)
     except NotAnObject as exc:
-        return api_error(422, "validation_error", f"body: {exc}")
+        return api_error(422, "validation_error", f"body: {exc}", field="body")
     try:
         # The parsed body, not the raw bytes: pydantic's JSON parser refuses a lone surrogate (\ud800) as
         # "Invalid JSON" for the whole body, where the Storable check names the field.
@@ -96,7 +96,7 @@ def put_config(number: str) -> Response:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"
-        return api_error(422, "validation_error", f"{field}: {error['msg']}")
+        return api_error(422, "validation_error", f"{field}: {error['msg']}", field=field)
     with transaction() as conn:
         config = assistant_configs.upsert(conn, business_number, **body.model_dump())
     log.info("assistant config saved", business_number=mask_phone(business_number))

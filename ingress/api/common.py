@@ -33,10 +33,11 @@ class InvalidParam(Exception):
 
 
 def handle_invalid_params(blueprint: Blueprint) -> None:
-    """Answer :class:`InvalidParam` raised in the blueprint's views with a 422 JSON error."""
+    """Answer :class:`InvalidParam` raised in the blueprint's views with a 422 JSON error naming it in
+    ``field``, as body errors do."""
 
     def _respond(exc: InvalidParam) -> Response:
-        return api_error(422, "validation_error", str(exc))
+        return api_error(422, "validation_error", str(exc), field=exc.name)
 
     blueprint.register_error_handler(InvalidParam, _respond)
 

@@ -62,7 +62,7 @@ class _Invalid(Exception):
 
 
 def _invalid(field: str, message: str) -> _Invalid:
-    return _Invalid(api_error(422, "validation_error", f"{field}: {message}"))
+    return _Invalid(api_error(422, "validation_error", f"{field}: {message}", field=field))
 
 
 def _body(model: type[Body]) -> Body:
@@ -139,7 +139,6 @@ _VERIFY_ERRORS: dict[Outcome, tuple[int, str, str]] = {
     Outcome.locked: (429, "code_locked", "Too many wrong attempts; ask for a new code"),
     Outcome.no_pending: (404, "no_pending_code", "No pending code for this phone number"),
     Outcome.phone_taken: (409, "phone_taken", PhoneTaken.message),
-    Outcome.bad_format: (422, "validation_error", "code: must be 6 digits"),
 }
 
 
@@ -149,6 +148,8 @@ def verify_link() -> Any:
     body = _body(VerifyLinkBody)
     phone = _phone(body.phone)
     result = verification.verify_phone(phone, body.code.strip(), body.user_id)
+    if result.outcome is Outcome.bad_format:
+        raise _invalid("code", "must be 6 digits")
     if result.outcome is not Outcome.linked:
         status, code, message = _VERIFY_ERRORS[result.outcome]
         if result.outcome is Outcome.wrong_code:

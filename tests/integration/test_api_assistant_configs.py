@@ -100,6 +100,7 @@ def test_put_rejects_invalid_values_with_422_naming_the_field(
     error = response.get_json()["error"]
     assert error["code"] == "validation_error"
     assert error["message"].startswith(f"{field}:")
+    assert error["field"] == field
     assert db.execute("SELECT count(*) AS n FROM assistant_configs").fetchone()["n"] == 0
 
 
@@ -115,8 +116,10 @@ def test_put_rejects_a_body_that_is_not_json_and_a_malformed_number(client: Flas
         response = client.put(URL + "+14155238886", headers=KEY, data=raw, content_type="application/json")
         assert response.status_code == 422
         assert response.get_json()["error"]["message"].startswith(says)
+        assert response.get_json()["error"]["field"] == "body"
     # "١٢٣٤٥٦٧٨٩٠": Arabic-Indic digits, a phone_number_id no message can ever carry.
     for number in ("shop-one", "+1", "+999999999999999999", "١٢٣٤٥٦٧٨٩٠"):
         response = client.get(URL + number, headers=KEY)
         assert response.status_code == 422, number
         assert response.get_json()["error"]["message"].startswith("number:")
+        assert response.get_json()["error"]["field"] == "number"

@@ -189,6 +189,8 @@ def test_invalid_query_parameters_are_422_naming_the_parameter(
     error = response.get_json()["error"]
     assert error["code"] == "validation_error"
     assert error["message"].startswith(f"{parameter}:")
+    # Named in error.field too, as a body field is: a client branches on one key for both.
+    assert error["field"] == parameter
 
 
 def test_the_largest_bigint_is_a_cursor_and_one_more_is_not(
@@ -201,6 +203,7 @@ def test_the_largest_bigint_is_a_cursor_and_one_more_is_not(
         beyond = client.get(f"{path}?cursor={2**63}", headers=KEY)
         assert beyond.status_code == 422, path
         assert beyond.get_json()["error"]["message"].startswith("cursor:")
+        assert beyond.get_json()["error"]["field"] == "cursor"
 
 
 def test_history_has_both_directions_oldest_first_with_status(

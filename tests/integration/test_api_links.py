@@ -89,6 +89,7 @@ def test_create_rejects_bad_bodies_with_422_naming_the_field(
     error = response.get_json()["error"]
     assert error["code"] == "validation_error"
     assert error["message"].startswith(f"{field}:")
+    assert error["field"] == field
     assert db.execute("SELECT count(*) AS n FROM verification_codes").fetchone()["n"] == 0
 
 
@@ -108,6 +109,7 @@ def test_create_says_why_a_body_is_no_json_object(
     response = client.post("/api/v1/links", data=raw, headers=headers)
     assert response.status_code == 422
     assert response.get_json()["error"]["message"].startswith(says)
+    assert response.get_json()["error"]["field"] == "body"
 
 
 def test_phone_linked_to_another_user_is_409(client: FlaskClient) -> None:
@@ -154,6 +156,7 @@ def test_verify_errors(client: FlaskClient, db: psycopg.Connection) -> None:
     malformed = client.post("/api/v1/links/verify", json={"phone": PHONE, "code": "12ab56"}, headers=AUTH)
     assert malformed.status_code == 422
     assert malformed.get_json()["error"]["message"].startswith("code:")
+    assert malformed.get_json()["error"]["field"] == "code"
 
     code = create(client)["code"]
     db.execute("UPDATE verification_codes SET expires_at = now() - interval '1 second'")
@@ -188,6 +191,7 @@ def test_non_uuid_path_is_422(client: FlaskClient) -> None:
     ):
         assert response.status_code == 422
         assert response.get_json()["error"]["message"].startswith("user_id:")
+        assert response.get_json()["error"]["field"] == "user_id"
 
 
 def test_a_link_removed_the_moment_it_is_made_still_answers_linked(
@@ -307,4 +311,5 @@ def test_verify_user_id_must_be_a_uuid(client: FlaskClient, db: psycopg.Connecti
     )
     assert response.status_code == 422
     assert response.get_json()["error"]["message"].startswith("user_id:")
+    assert response.get_json()["error"]["field"] == "user_id"
     assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 0

@@ -165,6 +165,7 @@ def test_invalid_phone_or_paging_is_422(client: FlaskClient) -> None:
     bad_phone = client.delete("/api/v1/sessions/not-a-phone", headers=KEY)
     assert bad_phone.status_code == 422
     assert bad_phone.get_json()["error"]["message"].startswith("phone:")
+    assert bad_phone.get_json()["error"]["field"] == "phone"
     # A SCAN cursor is unsigned 64-bit; thousands of digits were a 500 in int() itself.
     for query, name in (
         ("limit=0", "limit"),
@@ -176,6 +177,7 @@ def test_invalid_phone_or_paging_is_422(client: FlaskClient) -> None:
         response = client.get(f"/api/v1/sessions?{query}", headers=KEY)
         assert response.status_code == 422
         assert response.get_json()["error"]["message"].startswith(f"{name}:")
+        assert response.get_json()["error"]["field"] == name
 
 
 def test_an_unreachable_redis_is_503_not_500(clean: None) -> None:
