@@ -271,3 +271,28 @@ def test_deeply_nested_api_bodies_are_4xx(client: FlaskClient, app: Flask, clean
             assert error["code"] == "validation_error", where
             assert error["message"].startswith("body:"), where
             assert error.get("field", "body") == "body", where
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/webhooks/twilio/", 404, "not_found"),
+        ("POST", "/webhooks/meta/extra", 404, "not_found"),
+        ("POST", "/webhooks/whatsapp", 404, "not_found"),
+        ("GET", "/api/v1/no-such-area", 404, "not_found"),
+        ("PUT", "/webhooks/meta", 405, "method_not_allowed"),
+        ("GET", "/webhooks/kapso", 405, "method_not_allowed"),
+        ("DELETE", "/api/v1/messages", 405, "method_not_allowed"),
+        ("PATCH", "/api/v1/links/verify", 405, "method_not_allowed"),
+    ],
+)
+def test_an_unknown_route_or_method_is_a_json_error_like_the_apis_others(
+    client: FlaskClient, redis_client: redis.Redis, method: str, path: str, status: int, code: str
+) -> None:
+    # Flask's own answers here are HTML; the house rule is a 4xx with the API's JSON error everywhere.
+    response = client.open(path, method=method, data=b"{}", content_type=JSON)
+    assert _assert_json_error(response, {status}) == code
+    assert response.mimetype == "application/json"
+    if status == 405:
+        assert "POST" in response.headers["Allow"]
+    _assert_nothing_enqueued(redis_client)
