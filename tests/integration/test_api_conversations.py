@@ -329,6 +329,24 @@ def test_closing_an_unknown_conversation_is_404(client: FlaskClient) -> None:
     assert response.get_json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/conversations/99999999999999999999999/messages"),
+        ("POST", "/api/v1/conversations/99999999999999999999999/close"),
+        ("GET", "/api/v1/messages/99999999999999999999999"),
+        ("GET", "/api/v1/messages/9223372036854775808"),
+    ],
+)
+def test_an_id_past_the_largest_a_row_can_have_is_404_not_500(
+    client: FlaskClient, method: str, path: str
+) -> None:
+    # Past bigint, the id is sent to PostgreSQL as a numeric, which no row equals: as for any unknown id.
+    response = client.open(path, method=method, headers=KEY)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
 def _routed_history(client: FlaskClient, db: psycopg.Connection, events: list[InboundMessage]) -> list[dict]:
     """Route the events as inbound.route does in production, then read their conversation's history."""
     settings = load_settings(default_region="CO")
