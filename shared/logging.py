@@ -281,8 +281,9 @@ _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}{_escaped_decimal_digits()})"
 # - the code of a ``VERIFY 123456`` quoted in free text (Celery logs the body of a task it does not know, an
 #   error may quote a message), typed with the separators the verify stage accepts (shared/verification.py:
 #   any run of whitespace (its \s: no-break and typographic spaces too), hyphens and, before the code,
-#   colons), also as a repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles
-#   those (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT).
+#   colons and WhatsApp's formatting marks, ``*VERIFY* 123456``; the Spanish "verificar" too), also as a
+#   repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles those
+#   (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT).
 #   Separators and digits are apart, so the possessive runs never backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
@@ -291,7 +292,7 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    rf"|(?<![a-z])verify(?![a-z])(?:[\s:+\-]|{_ESCAPED_WHITESPACE})*+"
+    rf"|(?<![a-z])(?:verify|verificar)(?![a-z])(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
     rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{5}})(?!{_CODE_DIGIT})"
     r")",
     re.I,

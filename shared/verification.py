@@ -49,10 +49,23 @@ MAX_DRAWS = 64
 _DEVELOPMENT_KEY = b"wapipe-development-key:set-WAPIPE_SECRET_KEY-in-production"
 _warned = False
 
+# The word, and its Spanish (and Portuguese) form: the bot already takes Spanish opt-out and opt-in words
+# (shared/settings.py), and "Verificar 123456" is what a Spanish speaker types. The log scrubber's pattern
+# (shared/logging.py) takes the same words and marks.
+_VERIFY_WORDS = ("verify", "verificar")
+# WhatsApp's formatting marks (bold, italic, strikethrough, monospace), which a user may put around the
+# message, the word or the code.
+_FORMATTING_MARKS = "*_~`"
 # "VERIFY 123456", any case, any spacing (also "verify: 123 456" or "VERIFY 123-456", which people type
-# from a copied code). Possessive (*+): the separator and the code both take whitespace, and with
-# backtracking between them (and a trailing \s*) "verify", a few thousand spaces and an "x" took minutes.
-_VERIFY = re.compile(r"^\s*+verify(?![a-z])[\s:]*+(?P<code>[\d\s\-]*+)$", re.IGNORECASE)
+# from a copied code), written as a sentence ("VERIFY 123456.") or formatted ("*VERIFY 123456*"): marks
+# and punctuation around it are no part of the code. Possessive (*+): the separator, the code and what
+# ends the message all take whitespace, and with backtracking between them "verify", a few thousand
+# spaces and an "x" took minutes.
+_VERIFY = re.compile(
+    rf"^[\s{_FORMATTING_MARKS}]*+(?:{'|'.join(_VERIFY_WORDS)})(?![a-z])[\s:{_FORMATTING_MARKS}]*+"
+    rf"(?P<code>[\d\s\-]*+)[\s{_FORMATTING_MARKS}.,;:!?…。．！？]*+$",
+    re.IGNORECASE,
+)
 
 
 class PhoneTaken(Exception):

@@ -61,6 +61,35 @@ def test_a_checked_verify_leaves_its_code_in_no_table(
     assert body == "VERIFY [redacted]"
 
 
+@pytest.mark.parametrize(
+    "written",
+    [
+        "VERIFY {code}.",
+        "*VERIFY {code}*",
+        "_verify {code}_",
+        "~VERIFY {code}~",
+        "```VERIFY {code}```",
+        "*VERIFY* {code}",
+        "Verificar {code}",
+    ],
+)
+def test_a_verify_written_naturally_links_and_leaves_its_code_in_no_table(
+    clean: None, db: psycopg.Connection, written: str
+) -> None:
+    # Before, the router took these for ordinary text: the not-linked greeting asked the sender for the
+    # very "VERIFY 123456" they had sent, and the code stayed in the message and the raw event log.
+    code = issue(uuid.uuid4(), PHONE)
+    outcome = route(event(written.format(code=code)), load_settings())
+    assert outcome.handler == "verify.check_code"
+    assert outcome.message_id is not None
+    assert tables_holding(db, code) == ["messages"]
+
+    verify_worker.check_code(outcome.message_id)
+
+    assert replies(db) == ["✅ WhatsApp linked to your account"]
+    assert tables_holding(db, code) == []
+
+
 def test_a_verify_from_a_sender_without_a_phone_keeps_no_code(clean: None, db: psycopg.Connection) -> None:
     message = InboundMessage(
         provider="meta",
@@ -84,10 +113,16 @@ def test_a_route_that_gives_up_on_a_verify_keeps_no_code_in_its_dead_letter(
 ) -> None:
     given: dict[str, Any] = {"event": event("verify: 731-904")}
     record_give_up(route_task, "task-id", RuntimeError("boom"), (), given, apologise=False)
+    given = {"event": event("*VERIFY* 731904.")}
+    record_give_up(route_task, "task-id", RuntimeError("boom"), (), given, apologise=False)
 
-    [letter] = db.execute("SELECT payload FROM dead_letters WHERE task_name = 'inbound.route'")
-    assert letter["payload"]["event"]["text"] == "verify: [redacted]"
+    letters = db.execute("SELECT payload FROM dead_letters WHERE task_name = 'inbound.route' ORDER BY id")
+    assert [letter["payload"]["event"]["text"] for letter in letters] == [
+        "verify: [redacted]",
+        "*VERIFY* [redacted].",
+    ]
     assert tables_holding(db, "731-904") == []
+    assert tables_holding(db, "731904") == []
 
 
 @pytest.mark.parametrize("held_by", ["rate_limited", "handoff", "from_opted_out"])

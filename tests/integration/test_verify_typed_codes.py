@@ -63,6 +63,25 @@ def test_a_code_that_is_not_six_digits_spends_no_attempt(
         ("verify: 123456", "123456"),
         ("VERIFY 123-456", "123456"),
         ("VERIFY ²²²²²²", None),
+        # Written naturally: a full stop or an exclamation mark after it, or WhatsApp's formatting around
+        # it (bold, italic, strikethrough, monospace).
+        ("VERIFY 556623.", "556623"),
+        ("verify 556623!", "556623"),
+        ("VERIFY 556623 .", "556623"),
+        ("*VERIFY 556623*", "556623"),
+        ("_VERIFY 556623_", "556623"),
+        ("~VERIFY 556623~", "556623"),
+        ("```VERIFY 556623```", "556623"),
+        ("`VERIFY 556623`", "556623"),
+        ("*VERIFY* 556623", "556623"),
+        ("VERIFY *556623*.", "556623"),
+        # The bot's other language (its Spanish opt-out and opt-in words): "verificar", which Portuguese
+        # speakers write too.
+        ("Verificar 556623", "556623"),
+        ("VERIFICAR: 556-623", "556623"),
+        ("verifications 556623", None),
+        ("VERIFY 556623.5", None),
+        ("VERIFY 556623 thanks", None),
     ],
 )
 def test_parse_verify_gives_ascii_digits(text: str, code: str | None) -> None:
@@ -75,6 +94,10 @@ def test_a_long_run_of_spaces_is_read_at_once() -> None:
     # made 4,000 spaces and an "x" take over a minute (cubic), and 50,000 hours, holding a worker.
     assert verification.parse_verify("verify" + " " * 50_000 + "x") is None
     assert verification.parse_verify("verify" + " \n" * 25_000 + "123456") == "123456"
+    # The formatting marks and the punctuation after the code take spaces too.
+    assert verification.parse_verify("*verify" + " *" * 25_000 + "x") is None
+    assert verification.parse_verify("verify 123456" + " ." * 25_000 + "x") is None
+    assert verification.parse_verify("verify 123456" + " !" * 25_000) == "123456"
 
 
 def test_a_copied_verify_is_left_to_the_verify_stage_by_the_menu_bot(

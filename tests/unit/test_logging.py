@@ -841,6 +841,34 @@ def test_a_verification_code_in_free_text_is_redacted(text: str, scrubbed: str) 
     assert scrub(text) == scrubbed
 
 
+# Each way the verify stage takes a code written naturally (shared/verification.py): punctuation after it,
+# WhatsApp's formatting marks around it or around the word, the Spanish word.
+_VERIFY_WRITTEN_NATURALLY = [
+    "VERIFY 482913.",
+    "*VERIFY 482913*",
+    "_VERIFY 482913_",
+    "~VERIFY 482913~",
+    "```VERIFY 482913```",
+    "*VERIFY* 482913",
+    "_verify_: 482913!",
+    "VERIFY *482913*",
+    "~VERIFY~ `482 913`",
+    "Verificar 482913",
+    "*VERIFICAR* 482-913.",
+]
+
+
+@pytest.mark.parametrize("form", ["written", "repr", "json", "repr of json bytes"])
+@pytest.mark.parametrize("text", _VERIFY_WRITTEN_NATURALLY)
+def test_a_code_written_naturally_is_redacted(text: str, form: str) -> None:
+    assert parse_verify(text) == "482913"
+    scrubbed = scrub(_as_logged(text)[form])
+    assert REDACTED in scrubbed
+    assert "482" not in scrubbed
+    assert "913" not in scrubbed
+    assert redact_verify_codes(text).count(REDACTED) == 1
+
+
 # Every character the verify stage takes between a VERIFY's digits (shared/verification.py): hyphens and
 # every kind of whitespace, no-break and typographic spaces included.
 _VERIFY_SEPARATORS = [

@@ -21,6 +21,12 @@ from workers.inbound import pick_handler
         "VERIFY123456",
         "VERIFY ١٢٣٤٥٦",
         "VERIFY １２３４５６",
+        # Written naturally, with a full stop or WhatsApp's formatting around it, or in Spanish:
+        "VERIFY 123456.",
+        "*VERIFY 123456*",
+        "_verify 123456_",
+        "```VERIFY 123456```",
+        "Verificar 123456",
     ],
 )
 @pytest.mark.parametrize("mode", list(Mode))
