@@ -283,8 +283,11 @@ _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}{_escaped_decimal_digits()})"
 #   any run of whitespace (its \s: no-break and typographic spaces too), hyphens and, before the code,
 #   colons and WhatsApp's formatting marks, ``*VERIFY* 123456``; the Spanish "verificar" too), also as a
 #   repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles those
-#   (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT).
-#   Separators and digits are apart, so the possessive runs never backtrack.
+#   (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT). A code of
+#   the wrong length is redacted too, from 3 digits on: the verify stage answers it, and a mistyped code
+#   holds all but one of the code's digits, or all of them and one more (fewer than 3 tell little, and
+#   "verify 2 items" stays readable). Separators and digits are apart, so the possessive runs never
+#   backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
@@ -293,7 +296,7 @@ _SECRET_VALUE = re.compile(
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
     rf"|(?<![a-z])(?:verify|verificar)(?![a-z])(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
-    rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{5}})(?!{_CODE_DIGIT})"
+    rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{2,}}+)"
     r")",
     re.I,
 )

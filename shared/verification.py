@@ -153,9 +153,11 @@ def parse_verify(text: str | None) -> str | None:
 
 
 def is_verify_code(text: str | None) -> bool:
-    """Whether the verify stage answers this message: a VERIFY with a 6-digit code. The router's rule
-    (workers/inbound.py), and the flows' for skipping such messages (shared/flows/service.py)."""
-    return bool(parse_verify(text))
+    """Whether the verify stage answers this message: a VERIFY, with a 6-digit code or a mistyped one (the
+    stage tells the sender a code has 6 digits; as free text a linked user's mistyped code became a
+    proposal). The router's rule (workers/inbound.py), and the flows' for skipping such messages
+    (shared/flows/service.py)."""
+    return parse_verify(text) is not None
 
 
 def issue_code(conn: psycopg.Connection, user_id: UUID, phone: str) -> IssuedCode:
@@ -287,6 +289,12 @@ def forget_code(message_id: int) -> None:
         messages.redact_verify_code(conn, message_id)
 
 
+# The answer to a VERIFY whose code is not 6 digits (a digit missed or one too many), or has none.
+BAD_FORMAT_TEXT = (
+    "A code has 6 digits: send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
+)
+
+
 def reply_text(result: VerifyResult) -> str:
     """What the WhatsApp user is told about their VERIFY message."""
     how = "Ask for a new code in the app, then send VERIFY followed by the code."
@@ -318,4 +326,4 @@ def reply_text(result: VerifyResult) -> str:
         case Outcome.phone_taken:
             return "⚠️ This number is already linked to another account."
         case _:
-            return "Send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
+            return BAD_FORMAT_TEXT

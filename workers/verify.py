@@ -1,5 +1,6 @@
 """Queue ``verify``: a WhatsApp ``VERIFY 123456`` message links the sender's phone to the user whose
-pending code it is, and the sender is told what happened (linked, wrong, expired, locked, no code).
+pending code it is, and the sender is told what happened (linked, wrong, expired, locked, no code, or
+not 6 digits: a mistyped code is answered here too, never taken for free text).
 
 Safe to run twice: the outcome is recorded on the inbound message in the transaction that spends the
 attempt (``shared.verification.verify_inbound``), and the reply has the idempotency key

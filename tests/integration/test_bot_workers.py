@@ -120,7 +120,7 @@ def test_wrong_expired_locked_and_missing_codes_get_clear_replies(
     assert db.execute("SELECT count(*) AS n FROM user_links").fetchone()["n"] == 0
 
     verify_worker.check_code(store_inbound(db, "VERIFY 12"))
-    assert replies(db)[-1] == "Send VERIFY followed by the 6-digit code from the app, e.g. VERIFY 123456."
+    assert replies(db)[-1] == verification.BAD_FORMAT_TEXT
 
 
 def test_a_verify_sent_in_time_links_though_its_check_runs_after_the_code_expired(

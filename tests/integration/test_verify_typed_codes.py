@@ -15,9 +15,13 @@ from shared.flows.seed import seed_shopfloor
 from shared.flows.service import Target, process
 from shared.queues import handler_key
 from shared.replies import queue_reply
+from shared.settings import load_settings
 from tests.integration.flows_support import add_inbound, make_conversation
 from tests.integration.test_bot_workers import PHONE, issue, replies, store_inbound
+from tests.integration.test_inbound_routing import event
+from tests.integration.test_verify_codes_at_rest import tables_holding
 from workers import verify as verify_worker
+from workers.inbound import route
 
 ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 PERSIAN = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
@@ -118,3 +122,28 @@ def test_a_copied_verify_is_left_to_the_verify_stage_by_the_menu_bot(
     )
     handled = db.execute("SELECT id FROM messages WHERE handled_at IS NOT NULL ORDER BY id").fetchall()
     assert [row["id"] for row in handled] == [ids[0], ids[2]]
+
+
+@pytest.mark.parametrize("text", ["VERIFY 98765", "verify 9876543", "*VERIFY 98 765*."])
+@pytest.mark.parametrize("linked", [True, False])
+def test_a_verify_with_a_code_of_the_wrong_length_is_told_a_code_has_six_digits(
+    clean: None, db: psycopg.Connection, text: str, linked: bool
+) -> None:
+    # Before, it was free text: a linked user's mistyped code became a proposal titled "VERIFY 12345", and
+    # its digits (all but one of a code's) stayed in the message and the raw event log.
+    user_id = uuid.uuid4()
+    issue(user_id)
+    if linked:
+        db.execute("INSERT INTO user_links (user_id, phone) VALUES (%s, %s)", (user_id, PHONE))
+    digits = "".join(char for char in text if char.isdigit())
+    outcome = route(event(text, phone=PHONE), load_settings(mode="project"))
+    assert outcome.handler == "verify.check_code"
+    assert outcome.message_id is not None
+
+    verify_worker.check_code(outcome.message_id)
+
+    assert replies(db) == [verification.BAD_FORMAT_TEXT]
+    assert "6 digits" in verification.BAD_FORMAT_TEXT
+    assert db.execute("SELECT attempts FROM verification_codes").fetchone()["attempts"] == 0
+    assert db.execute("SELECT count(*) AS n FROM proposals").fetchone()["n"] == 0
+    assert tables_holding(db, digits[:5]) == []

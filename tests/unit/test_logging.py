@@ -933,14 +933,31 @@ def test_a_code_in_another_script_escaped_by_a_json_body_is_redacted(code: str, 
     "text",
     [
         "verify 3 items",
+        "verify 12 of them",
         "verified 123456 rows",
-        "verify 1234567 is not a code",
-        "verify 123 - 4567 neither",
-        "reverify 12",
+        "reverify 123456",
+        "verifying 12345",
     ],
 )
 def test_verify_words_without_a_code_stay_readable(text: str) -> None:
     assert scrub(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # A mistyped code holds all but one of the code's digits, or all of them and one more: the verify
+        # stage answers it (a code has 6 digits), and it is redacted as a code is.
+        ("VERIFY 12345", "VERIFY [redacted]"),
+        ("verify 1234567 is not a code", "verify [redacted] is not a code"),
+        ("verify 123 - 4567 neither", "verify [redacted] neither"),
+        ("{'text': '*VERIFY* 123'}", "{'text': '*VERIFY* [redacted]'}"),
+        (r"""b'{"text": "VERIFY\\n12345"}'""", r"""b'{"text": "VERIFY\\n[redacted]"}'"""),
+    ],
+)
+def test_a_near_code_is_redacted(text: str, scrubbed: str) -> None:
+    assert scrub(text) == scrubbed
+    assert redact_verify_codes(text) == scrubbed
 
 
 def _celery_logs_a_route_message(text: str) -> None:

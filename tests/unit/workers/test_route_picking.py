@@ -34,11 +34,18 @@ def test_verify_codes_go_to_verify_in_every_mode(text: str, mode: Mode) -> None:
     assert pick_handler(text, linked=False, mode=mode) == "verify.check_code"
 
 
-@pytest.mark.parametrize(
-    "text", ["VERIFY 12345", "VERIFY 1234567", "verify me", "please VERIFY 123456", "VERIFY ²²²²²²"]
-)
+@pytest.mark.parametrize("text", ["verify me", "please VERIFY 123456", "VERIFY ²²²²²²", "verifying 12345"])
 def test_not_quite_a_verify_code_is_not_sent_to_verify(text: str) -> None:
     assert pick_handler(text, linked=True, mode=Mode.project) != "verify.check_code"
+
+
+@pytest.mark.parametrize("text", ["VERIFY 12345", "verify 1234567", "VERIFY 123 45.", "VERIFY"])
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("linked", [True, False])
+def test_a_verify_with_a_code_of_the_wrong_length_goes_to_verify(text: str, mode: Mode, linked: bool) -> None:
+    # The verify stage tells the sender a code has 6 digits. Before, it was free text: a linked user's
+    # mistyped code became a proposal titled "VERIFY 12345", or went to the assistant.
+    assert pick_handler(text, linked=linked, mode=mode) == "verify.check_code"
 
 
 def test_project_mode_commands_and_unlinked_senders_go_to_commands() -> None:
