@@ -86,6 +86,8 @@ class Outcome(StrEnum):
     number_changed = "number_changed"
     phone_taken = "phone_taken"
     bad_format = "bad_format"
+    # A VERIFY with no code pending, from the user the number is linked to (only with a WhatsApp VERIFY).
+    already_linked = "already_linked"
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,12 @@ def verify_inbound(message_id: int, phone: str, text: str | None) -> VerifyResul
             result = VerifyResult(Outcome.number_changed)
         else:
             result = check_code(conn, phone, parse_verify(text) or "", at=locked.received_at)
+            if result.outcome is Outcome.no_pending and links.get_link_by_phone(conn, phone) is not None:
+                # Its sender is the linked user: a link answers for the contact that has its number (the
+                # router's rule), and that contact has this number now (its row held above). "No pending
+                # code, get one in the app" would send them for a code they do not need. Whose account it
+                # is goes unsaid, and a number not linked is answered as before.
+                result = VerifyResult(Outcome.already_linked)
         links.record_inbound_outcome(conn, message_id, result.to_json())
         messages.redact_verify_code(conn, message_id)
         return result
@@ -325,5 +333,7 @@ def reply_text(result: VerifyResult) -> str:
             )
         case Outcome.phone_taken:
             return "⚠️ This number is already linked to another account."
+        case Outcome.already_linked:
+            return "✅ This number is already linked to your account."
         case _:
             return BAD_FORMAT_TEXT

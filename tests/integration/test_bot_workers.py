@@ -217,6 +217,26 @@ def test_verify_from_a_number_linked_to_someone_else(clean: None, db: psycopg.Co
     assert replies(db) == ["⚠️ This number is already linked to another account."]
 
 
+def test_a_verify_from_the_linked_user_is_told_the_number_is_linked_already(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # Before, a linked user who sent their code again (or any code) was told there was no pending code
+    # and to get one in the app: a code they do not need.
+    user_id = uuid.uuid4()
+    code = issue(user_id)
+    verify_worker.check_code(store_inbound(db, f"VERIFY {code}"))
+    verify_worker.check_code(store_inbound(db, f"VERIFY {code}"))
+    verify_worker.check_code(store_inbound(db, f"VERIFY {wrong(code)}"))
+    assert replies(db) == [
+        "✅ WhatsApp linked to your account",
+        "✅ This number is already linked to your account.",
+        "✅ This number is already linked to your account.",
+    ]
+    # Only the sender's own link is spoken of: another number, linked to no one, has no pending code.
+    verify_worker.check_code(store_inbound(db, f"VERIFY {code}", phone="+14155550999"))
+    assert replies(db)[-1].startswith("There is no pending code for this number.")
+
+
 @pytest.fixture
 def sessions(redis_client: redis.Redis) -> Sessions:
     return Sessions(redis_client, ttl_seconds=1800)
