@@ -164,6 +164,8 @@ class _Facts:
     conversation_status: str
     linked: bool  # the sender's phone is linked to a user of the host application
     assistant_number: bool  # the number it came in on has its own assistant config
+    # Stored by an earlier run of the route, which dispatched it to no handler (read again to decide).
+    stored_earlier: bool = False
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ def _insert(
     return message_id
 
 
-def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
+def _read_facts(conn: psycopg.Connection, message_id: int, stored_earlier: bool = False) -> _Facts:
     record = messages.get_inbound(message_id, conn)
     contact = contacts.get(conn, record.contact_id)
     conversation = conversations.get(conn, record.conversation_id)
@@ -331,6 +333,7 @@ def _read_facts(conn: psycopg.Connection, message_id: int) -> _Facts:
         conversation_status=conversation.status,
         linked=record.user_id is not None,
         assistant_number=assistant_configs.get(conn, record.business_number) is not None,
+        stored_earlier=stored_earlier,
     )
 
 
@@ -373,7 +376,8 @@ def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
     said = _said(facts)
     if said & _keywords(settings.opt_out_words):
         return "opted_out"
-    if said & _keywords(settings.opt_in_words):
+    opting_in = bool(said & _keywords(settings.opt_in_words))
+    if opting_in and facts.opted_out:
         return "opted_in"
     if facts.opted_out:
         # They asked for no messages: keep what they write, answer nothing until they send START.
@@ -382,6 +386,15 @@ def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
         # A person answers this conversation: the bot says nothing, not even that they type too fast, and
         # the message does not count toward a limit that is the bot's.
         return "handoff"
+    if opting_in and facts.stored_earlier:
+        # Stored by an earlier run and dispatched to no handler: a subscribed sender's START is dispatched
+        # with its store (unless over the rate limit: its notice is then skipped, as this path is a rare
+        # redelivery), so this one came while its sender was opted out. It opted them in, or another START
+        # did since: either way nothing is answered twice, the statement that opts in changing nothing.
+        return "opted_in"
+    # START from a subscribed sender is an ordinary message, as the opt-in words are ordinary words: the
+    # shop-floor pack's menu word, the help in project mode. Taken for an opt-in it changed nothing and
+    # was answered by no one. (Twilio's own STOP/START handling is for SMS; on WhatsApp it is ours.)
     return None
 
 
@@ -469,7 +482,7 @@ def _decide(
         with transaction() as conn:
             handler = turns.dispatched_to(conn, message_id)
             if handler is None:
-                facts = _read_facts(conn, message_id)
+                facts = _read_facts(conn, message_id, stored_earlier=True)
         if handler is not None:
             # Its handler's task may be queued already (published under the dedupe key, the run then died
             # before marking the message routed): deciding again could name another handler (WAPIPE_MODE
@@ -490,8 +503,8 @@ def _decide(
         notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
         confirm_opt_out(message_id, notice, key="opt-out")
     elif action == "opted_in":
-        # Likewise: confirmed by the message that opted the contact back in, not by a START from a contact
-        # subscribed already (routed later, or at the same moment as the one that did).
+        # Likewise: confirmed by the message that opted the contact back in, not by a START stored while the
+        # contact was opted out and routed after (or at the same moment as) the one that did.
         confirmation = OPT_IN_TEXT_ES if _SPANISH_OPT_IN in _said(facts) else OPT_IN_TEXT
         confirm_opt_in(message_id, confirmation, key="opt-in")
     elif action == "rate_limited":

@@ -521,7 +521,37 @@ def test_a_start_from_a_contact_subscribed_already_gets_no_second_confirmation(d
     route(event("START"), settings)
     again = route(event("start"), settings)
 
-    assert again.action == "opted_in"
+    # Subscribed again by the first START: the second is an ordinary message for the handler to answer.
+    assert (again.action, again.handler) == ("handler", "commands.handle")
+    replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
+    assert [reply["body"] for reply in replies][1:] == [inbound.OPT_IN_TEXT]
+
+
+@pytest.mark.parametrize(
+    ("mode", "handler"), [("project", "commands.handle"), ("menu", "flows.step"), ("assistant", "ai.reply")]
+)
+def test_a_start_from_a_contact_never_opted_out_is_an_ordinary_message(
+    db, redis_client, mode: str, handler: str
+) -> None:
+    # Before, it was taken for an opt-in that changed nothing, and got no answer at all: in menu mode the
+    # shop-floor pack's menu word "start" showed no menu, in project mode no help came.
+    outcome = route(event("start"), load_settings(mode=mode))
+
+    assert (outcome.action, outcome.handler) == ("handler", handler)
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+
+
+def test_a_start_stored_while_opted_out_opts_in_though_another_start_did_first(db, redis_client) -> None:
+    # Both stored while the contact was opted out (their routes died after the store), then routed again,
+    # the second after the first opted the contact back in: both were opt-ins when sent.
+    settings = load_settings()
+    route(event("STOP"), settings)
+    first, second = event("START"), event("start")
+    store(first, settings)
+    store(second, settings)
+
+    assert route(first, settings).action == "opted_in"
+    assert route(second, settings).action == "opted_in"
     replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
     assert [reply["body"] for reply in replies][1:] == [inbound.OPT_IN_TEXT]
 
