@@ -36,6 +36,7 @@ from celery import Task
 
 from shared import arrivals, verification
 from shared.arrivals import lines_of
+from shared.bot.commands import is_command
 from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger, redact_verify_codes
@@ -537,7 +538,7 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
         return "ai.reply"
     # Project mode: commands, and the linking instructions for numbers not linked yet; free text from a
     # linked user becomes a proposal. A message with no text (a photo alone) gets the commands' help.
-    if text.startswith("/") or not linked or not text:
+    if is_command(text) or not linked or not text:
         return "commands.handle"
     return "ai.parse_proposal"
 

@@ -54,6 +54,12 @@ def test_project_mode_commands_and_unlinked_senders_go_to_commands() -> None:
     assert pick_handler("", linked=True, mode=Mode.project) == "commands.handle"
 
 
+def test_a_command_typed_with_a_full_width_slash_goes_to_commands() -> None:
+    # Some keyboards type "／" (U+FF0F); the commands read it as "/", but the router sent it to the
+    # proposal parser, which saved "／project mobile" as a proposal.
+    assert pick_handler("／project mobile", linked=True, mode=Mode.project) == "commands.handle"
+
+
 def test_project_mode_free_text_from_a_linked_user_becomes_a_proposal() -> None:
     assert pick_handler("Need a login page by Friday", linked=True, mode=Mode.project) == "ai.parse_proposal"
 
