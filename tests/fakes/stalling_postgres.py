@@ -13,22 +13,18 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Self
 
 from psycopg.conninfo import make_conninfo
+
+from tests.fakes.tcp_proxy import TCPProxy
 
 # ReadyForQuery: 'Z', length 5 (https://www.postgresql.org/docs/current/protocol-message-formats.html).
 READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
 
 
-class StallingPostgres:
+class StallingPostgres(TCPProxy):
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
-        self._upstream = (upstream_host, upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._closed = False
+        super().__init__(upstream_host, upstream_port)
         self.held = 0  # bytes held back after login, over every connection
 
     def url(self, database_url: str) -> str:
@@ -37,49 +33,10 @@ class StallingPostgres:
             database_url, host="127.0.0.1", port=str(self.port), sslmode="disable", gssencmode="disable"
         )
 
-    def __enter__(self) -> Self:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            sockets, self._sockets = self._sockets, []
-        self._listener.close()
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def _keep(self, sock: socket.socket) -> bool:
-        with self._lock:
-            if self._closed:
-                sock.close()
-                return False
-            self._sockets.append(sock)
-            return True
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            if not self._keep(client):
-                return
-            try:
-                server = socket.create_connection(self._upstream)
-            except OSError:
-                client.close()
-                continue
-            if not self._keep(server):
-                return
-            logged_in = threading.Event()
-            threading.Thread(target=self._to_client, args=(server, client, logged_in), daemon=True).start()
-            threading.Thread(target=self._to_server, args=(client, server, logged_in), daemon=True).start()
+    def _join(self, client: socket.socket, server: socket.socket) -> None:
+        logged_in = threading.Event()
+        threading.Thread(target=self._to_client, args=(server, client, logged_in), daemon=True).start()
+        threading.Thread(target=self._to_server, args=(client, server, logged_in), daemon=True).start()
 
     def _to_client(self, server: socket.socket, client: socket.socket, logged_in: threading.Event) -> None:
         seen = b""

@@ -64,8 +64,12 @@ class TCPProxy:
                 continue
             if not self._keep(server):
                 return
-            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+            self._join(client, server)
+
+    def _join(self, client: socket.socket, server: socket.socket) -> None:
+        """Pass the bytes of a new connection both ways (a subclass may pass them otherwise)."""
+        threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
