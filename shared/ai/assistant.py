@@ -29,7 +29,7 @@ import psycopg
 
 from shared.ai.clean_text import storable_text
 from shared.ai.offline_assistant import Intent, intent_of, offline_reply
-from shared.ai.openai_parser import OFFLINE, answer_text, create_completion, make_client
+from shared.ai.openai_parser import OFFLINE, answer_text, create_completion, first_choice, make_client
 from shared.db import assistant_configs, chat_context
 from shared.db.messages import InboundRecord
 from shared.logging import get_logger
@@ -171,8 +171,9 @@ def ask_model(
 
 
 def _finish_reason(completion: Any) -> str | None:
-    """Why the model stopped; called once :func:`answer_text` found the first choice a message."""
-    return getattr(completion.choices[0], "finish_reason", None)
+    """Why the model stopped; None when the completion has no choice to say it (called once
+    :func:`answer_text` found the completion well formed)."""
+    return getattr(first_choice(completion), "finish_reason", None)
 
 
 def _whole_sentences(cut: str) -> str:

@@ -232,15 +232,27 @@ def _process_client(pid: int, key: str, base_url: str | None, timeout: float) ->
     )
 
 
-def first_message(completion: Any) -> Any | None:
-    """The first choice's message of a chat completion; None when it has none. A 200 whose body is not a
+def first_choice(completion: Any) -> Any | None:
+    """The first choice of a chat completion; None when it has none: ``choices`` empty, null or missing,
+    as OpenAI-compatible gateways answer when the model produced nothing. A 200 whose body is not a
     completion (a proxy's error page: the SDK then hands back its text) raises :class:`MalformedAnswer`,
     as a body that is not JSON at all raises ``ValueError`` in the SDK, so the callers fall back as for any
     unusable answer."""
     try:
         choices = completion.choices
-        return choices[0].message if choices else None
+        return choices[0] if choices else None
     except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        raise MalformedAnswer(f"not a chat completion ({type(exc).__name__})") from None
+
+
+def first_message(completion: Any) -> Any | None:
+    """The first choice's message of a chat completion; None when it has none (see :func:`first_choice`)."""
+    choice = first_choice(completion)
+    if choice is None:
+        return None
+    try:
+        return choice.message
+    except AttributeError as exc:
         raise MalformedAnswer(f"not a chat completion ({type(exc).__name__})") from None
 
 

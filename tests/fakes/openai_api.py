@@ -103,6 +103,11 @@ class FakeOpenAI(FakeServer):
         body = json.dumps({"id": "chatcmpl-odd", "object": "chat.completion", "choices": [choice]})
         self.answer_raw(body.encode(), "application/json")
 
+    def answer_json(self, body: Any) -> None:
+        """The next request gets a 200 with ``body`` as JSON, whatever its keys: a completion without
+        choices, as OpenAI-compatible gateways send."""
+        self.answer_raw(json.dumps(body).encode(), "application/json")
+
     def completions(self) -> list[Received]:
         return [r for r in self.received if r.path.endswith("/chat/completions")]
 

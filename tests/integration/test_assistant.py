@@ -373,6 +373,22 @@ def test_an_answer_of_the_wrong_shape_falls_back_to_offline(
     assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
 
 
+@pytest.mark.parametrize(
+    "body", [{"choices": []}, {"choices": None}, {}], ids=["empty choices", "null choices", "no choices key"]
+)
+def test_an_answer_without_choices_falls_back_to_offline(
+    clean: None, db: psycopg.Connection, body: dict[str, Any]
+) -> None:
+    # OpenAI-compatible gateways (OPENAI_BASE_URL) send a 200 so when the model produced nothing: a task
+    # failing on it would send the apology, and fail the same way for every message after.
+    message_id = say(db, conversation(db), "in", "menu")
+    with FakeOpenAI() as fake:
+        fake.answer_json({"id": "chatcmpl-none", "object": "chat.completion", **body})
+        assert ai_worker.reply_message(message_id, model_settings(fake)) == "offline"
+    assert len(fake.completions()) == 1
+    assert reply_row(db, message_id)["body"] == TEXTS["en"]["menu"]
+
+
 def test_control_characters_are_taken_out_of_the_models_reply(clean: None, db: psycopg.Connection) -> None:
     # PostgreSQL refuses text holding NUL, and WhatsApp shows the other control characters as boxes.
     message_id = say(db, conversation(db), "in", "What time do you open?")

@@ -240,6 +240,20 @@ def test_an_answer_of_the_wrong_shape_falls_back_to_offline(fake: FakeOpenAI, me
     assert len(fake.completions()) == 1
 
 
+NO_CHOICES = [{"choices": []}, {"choices": None}, {}]
+NO_CHOICES_IDS = ["empty choices", "null choices", "no choices key"]
+
+
+@pytest.mark.parametrize("body", NO_CHOICES, ids=NO_CHOICES_IDS)
+def test_a_completion_without_choices_falls_back_to_offline(fake: FakeOpenAI, body: dict[str, Any]) -> None:
+    # OpenAI-compatible gateways (OPENAI_BASE_URL) answer so when the model produced nothing.
+    fake.answer_json({"id": "chatcmpl-none", "object": "chat.completion", **body})
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake))
+    assert parser == OFFLINE
+    assert [i.title for i in proposal.items] == ["Add login page", "Add user dashboard"]
+    assert len(fake.completions()) == 1
+
+
 def test_the_answer_is_bounded_to_what_the_largest_proposal_needs(fake: FakeOpenAI) -> None:
     # Without max_tokens a model that goes on generating is billed for all of it, past any timeout of ours.
     parse_proposal(TEXT, TODAY, _settings(fake))
