@@ -155,7 +155,9 @@ def ask_model(
         settings.ai_timeout_seconds,
         model=config.model,
         messages=messages,
-        max_tokens=config.max_tokens,
+        # max_completion_tokens, not max_tokens: o-series models refuse max_tokens with a 400, and the
+        # SDK documents it as deprecated (the number's max_tokens setting is the same bound).
+        max_completion_tokens=config.max_tokens,
         temperature=config.temperature,
     )
     text = storable_text(answer_text(completion)).strip()

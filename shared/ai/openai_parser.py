@@ -344,7 +344,8 @@ def parse_with_model(
             ],
             response_format=response_format(),
             temperature=0,
-            max_tokens=MAX_ANSWER_TOKENS,
+            # Not max_tokens, which o-series models refuse with a 400 and the SDK documents as deprecated.
+            max_completion_tokens=MAX_ANSWER_TOKENS,
         )
     except ValueError as exc:  # a 200 whose body is not JSON: the SDK's json.loads failed
         raise MalformedAnswer("not JSON") from exc

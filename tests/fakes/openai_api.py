@@ -76,6 +76,9 @@ class FakeOpenAI(FakeServer):
         # Called in the server's thread while a chat completion request waits for its answer: what a
         # test looks at "during the model call" (it should record, not raise).
         self.while_answering: Callable[[], None] | None = None
+        # Request parameters the model refuses, each with the error code it refuses them with (see
+        # :meth:`refuse`); checked before any scripted answer, which a refused request does not use.
+        self.refused: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -89,6 +92,13 @@ class FakeOpenAI(FakeServer):
     def fail(self, status: int, retry_after: float | str | None = None, code: str | None = None) -> None:
         """The next request gets ``status`` with an OpenAI-shaped error body (its ``code``, if given)."""
         self._script.append(Scripted(status, None, retry_after_header(retry_after), code=code))
+
+    def refuse(self, parameter: str, code: str = "unsupported_parameter") -> None:
+        """From now on a request that sends ``parameter`` gets the 400 OpenAI answers a model that does not
+        take it with (https://platform.openai.com/docs/guides/error-codes): a reasoning model refuses
+        ``max_tokens`` (``unsupported_parameter``) and a ``temperature`` (``unsupported_parameter``, or
+        ``unsupported_value`` for one other than the default)."""
+        self.refused[parameter] = code
 
     def answer_raw(self, body: bytes, content_type: str) -> None:
         """The next request gets a 200 with this body, completion or not (a proxy's page, a cut answer)."""
@@ -119,6 +129,10 @@ class FakeOpenAI(FakeServer):
             return json_reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         if self.while_answering is not None:
             self.while_answering()
+        refused = next((name for name in self.refused if body.get(name) is not None), None)
+        if refused is not None:
+            self.received.append(Received("POST", request.path, headers, body, 400))
+            return json_reply(400, _refusal(refused, self.refused[refused], body[refused]))
         answer: Scripted = self._scripted() or Scripted(200, self.content)
         self.received.append(Received("POST", request.path, headers, body, answer.status))
         if answer.raw is not None:
@@ -143,3 +157,16 @@ class FakeOpenAI(FakeServer):
             "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
         }
         return json_reply(200, completion, answer.headers)
+
+
+def _refusal(parameter: str, code: str, value: Any) -> dict[str, Any]:
+    """OpenAI's error body for a request parameter the model does not take, as it words it."""
+    if code == "unsupported_value":
+        message = (
+            f"Unsupported value: '{parameter}' does not support {value} with this model. "
+            "Only the default (1) value is supported."
+        )
+    else:
+        message = f"Unsupported parameter: '{parameter}' is not supported with this model."
+    error = {"message": message, "type": "invalid_request_error", "param": parameter, "code": code}
+    return {"error": error}

@@ -258,7 +258,18 @@ def test_the_answer_is_bounded_to_what_the_largest_proposal_needs(fake: FakeOpen
     # Without max_tokens a model that goes on generating is billed for all of it, past any timeout of ours.
     parse_proposal(TEXT, TODAY, _settings(fake))
     (request,) = fake.completions()
-    assert request.body["max_tokens"] == openai_parser.MAX_ANSWER_TOKENS
+    assert request.body["max_completion_tokens"] == openai_parser.MAX_ANSWER_TOKENS
+    assert "max_tokens" not in request.body
+
+
+def test_a_reasoning_model_is_asked_with_max_completion_tokens(fake: FakeOpenAI) -> None:
+    # o-series models refuse max_tokens with a 400 (not retried): every proposal came from the offline parser.
+    fake.refuse("max_tokens")
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="o3-mini"))
+    assert parser == "o3-mini"
+    assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
+    (request,) = fake.completions()
+    assert request.body["max_completion_tokens"] == openai_parser.MAX_ANSWER_TOKENS
 
 
 def test_a_read_timeout_is_retried_once_then_the_offline_parser_answers(fake: FakeOpenAI) -> None:
