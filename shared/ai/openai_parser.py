@@ -144,13 +144,54 @@ class _StopAfterTimeouts:
         return self.timeouts >= MAX_TIMEOUTS
 
 
+# Parameters a model may do without: a reasoning model refuses any temperature but its default
+# (https://platform.openai.com/docs/guides/reasoning), and answers at its default when none is sent.
+OPTIONAL_PARAMETERS = frozenset({"temperature"})
+# The codes of OpenAI's 400 for a parameter the model does not take, the parameter named in ``param``
+# (https://platform.openai.com/docs/guides/error-codes); another code (invalid_value: out of range) is the
+# request's fault, which asking again without it would hide.
+_REFUSAL_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
+# (base URL, model) and a parameter it refused, for this process: a set's add and lookup are atomic, and
+# it grows only by the models configured that refuse one.
+_refused_parameters: set[tuple[tuple[str, str], str]] = set()
+
+
+def _refused_parameter(exc: openai.BadRequestError, request: Mapping[str, Any]) -> str | None:
+    """The parameter of :data:`OPTIONAL_PARAMETERS` that ``exc`` says the model does not take, if it is one
+    ``request`` sent; None for any other 400."""
+    if exc.code in _REFUSAL_CODES and exc.param in OPTIONAL_PARAMETERS and exc.param in request:
+        return exc.param
+    return None
+
+
 def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: Any) -> Any:
     """One chat completion (``request`` as ``chat.completions.create`` takes it) under the one retry
     policy: 429 honouring ``Retry-After``, 5xx, timeouts (once) and connection errors, at most
     :data:`MAX_ATTEMPTS` attempts within :data:`MODEL_BUDGET_SECONDS`, each attempt's timeout
     ``timeout_seconds`` or half what is left of the budget. Raises the SDK's error when every attempt
-    failed."""
-    budget = MODEL_BUDGET_SECONDS
+    failed.
+
+    A parameter of :data:`OPTIONAL_PARAMETERS` the model refuses (a reasoning model's 400 for a
+    temperature) is left out, for this call, asked again once within the same budget, and for the model's
+    later calls in this process, so each model pays for the refusal once."""
+    started = time.monotonic()
+    served = (str(client.base_url), str(request.get("model")))
+    request = {name: value for name, value in request.items() if (served, name) not in _refused_parameters}
+    try:
+        return _attempts(client, timeout_seconds, started, request)
+    except openai.BadRequestError as exc:
+        refused = _refused_parameter(exc, request)
+        if refused is None:
+            raise
+        _refused_parameters.add((served, refused))
+        log.info("ai.parameter_refused", model=request.get("model"), parameter=refused, code=exc.code)
+        request.pop(refused)
+        return _attempts(client, timeout_seconds, started, request)
+
+
+def _attempts(client: openai.OpenAI, timeout_seconds: float, started: float, request: dict[str, Any]) -> Any:
+    """``request``'s attempts under the retry policy, within what is left of the budget since ``started``."""
+    budget = MODEL_BUDGET_SECONDS - (time.monotonic() - started)
     retrying = Retrying(
         retry=retry_if_exception(_retryable),
         wait=_wait,

@@ -290,6 +290,29 @@ def test_a_reasoning_model_is_asked_with_max_completion_tokens(clean: None, db: 
     assert reply_row(db, message_id)["body"] == "We open at 8."
 
 
+@pytest.mark.parametrize("code", ["unsupported_value", "unsupported_parameter"])
+def test_a_model_refusing_the_temperature_is_asked_again_without_it_and_then_never_with_it(
+    clean: None, db: psycopg.Connection, code: str
+) -> None:
+    # Reasoning models refuse any temperature but their default with a 400 (not retried): every reply on a
+    # number configured with one came from the offline assistant.
+    model = f"o3-mini-{code}"
+    put_config(BUSINESS, system_prompt="You are Bella.", model=model, temperature=0.3)
+    convo = conversation(db)
+    first = say(db, convo, "in", "What time do you open?")
+    with FakeOpenAI() as fake:
+        fake.refuse("temperature", code)
+        fake.content = "We open at 8."
+        settings = model_settings(fake)
+        assert ai_worker.reply_message(first, settings) == model
+        second = say(db, convo, "in", "And on Sundays?")
+        assert ai_worker.reply_message(second, settings) == model
+    sent = [(call.status, "temperature" in call.body) for call in fake.completions()]
+    assert sent == [(400, True), (200, False), (200, False)]
+    assert reply_row(db, first)["body"] == reply_row(db, second)["body"] == "We open at 8."
+    assert outbound_count(db) == 2
+
+
 # --- model failing: the offline assistant answers, recorded as offline --------------------------------
 
 

@@ -272,6 +272,43 @@ def test_a_reasoning_model_is_asked_with_max_completion_tokens(fake: FakeOpenAI)
     assert request.body["max_completion_tokens"] == openai_parser.MAX_ANSWER_TOKENS
 
 
+@pytest.mark.parametrize("code", ["unsupported_value", "unsupported_parameter"])
+def test_a_model_refusing_the_temperature_is_asked_again_without_it_and_then_never_with_it(
+    fake: FakeOpenAI, code: str
+) -> None:
+    # Reasoning models refuse a temperature of 0 (any but their default) with a 400, which is not retried.
+    fake.refuse("temperature", code)
+    settings = _settings(fake, ai_model=f"o1-{code}")
+    for _ in range(2):
+        proposal, parser = parse_proposal(TEXT, TODAY, settings)
+        assert parser == f"o1-{code}"
+        assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
+    sent = [(request.status, "temperature" in request.body) for request in fake.completions()]
+    assert sent == [(400, True), (200, False), (200, False)]
+
+
+def test_a_model_refusing_another_parameter_too_is_asked_twice_then_the_offline_parser_answers(
+    fake: FakeOpenAI,
+) -> None:
+    # Only the temperature is left out on a refusal, once: a model refusing structured outputs as well
+    # gets no third request.
+    fake.refuse("temperature")
+    fake.refuse("response_format")
+    proposal, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="o1-strict"))
+    assert parser == OFFLINE
+    assert proposal.total_estimated_hours == 8
+    sent = [(request.status, "temperature" in request.body) for request in fake.completions()]
+    assert sent == [(400, True), (400, False)]
+
+
+def test_a_400_naming_the_temperature_for_another_reason_is_not_retried(fake: FakeOpenAI) -> None:
+    # A temperature out of range (a gateway's own limit) is the caller's to fix, not the model's to refuse.
+    fake.refuse("temperature", "invalid_value")
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="kimi-range"))
+    assert parser == OFFLINE
+    assert [request.status for request in fake.completions()] == [400]
+
+
 def test_a_read_timeout_is_retried_once_then_the_offline_parser_answers(fake: FakeOpenAI) -> None:
     # A timed-out request may still be generating (and billed) on the server: a third one would pay again.
     asked: list[int] = []
