@@ -5,11 +5,13 @@ a weekday name, with or without by/on/next/para el/el/Deadline:, is its next occ
 today; end of month/fin de mes is the month's last day; an ISO date as written; "Dec 15"/"15 de
 diciembre" is that day this year, or next year once it has passed. "12/25" / "25/12" (the spec is
 silent on them) are read where a number past 12 tells day from month, or in Spanish, which writes the day
-first; "03/04" in English is March 4 or April 3, so it is not guessed. A deadline written as a date that is
-no day an item can be due on ("due 31/02", "by 2026-02-29", "due 03/04" in English, "due yesterday") is
-still found, with no value, so that it is taken out of the title and reported. Patterns run on folded text
-(lower-case, no accents) and each match's span includes its lead-in words ("by", "para el", ...), so
-removing the span from a title leaves no dangling preposition.
+first; "03/04" in English is March 4 or April 3, so it is not guessed. A pair the message's language
+writes the other way round ("16/9" in English) is read only after a deadline word ("by 25/12"), and one
+after "ratio" / "aspect" / "of" never: those are ratios and names ("aspect ratio to 16/9"). A deadline
+written as a date that is no day an item can be due on ("due 31/02", "by 2026-02-29", "due 03/04" in
+English, "due yesterday") is still found, with no value, so that it is taken out of the title and reported.
+Patterns run on folded text (lower-case, no accents) and each match's span includes its lead-in words
+("by", "para el", ...), so removing the span from a title leaves no dangling preposition.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ _YEAR = r"(\d{4})"
 NO_DAY: Final = "no day"
 
 # Words that make what follows a deadline: after one, a date that is no day is reported, not left alone.
-_DEADLINE_WORD = re.compile(
-    r"\b(?:by|due|before|until|till|for|than|deadline|date|para|antes|hasta|tardar|fecha|plazo|entrega)\b"
-)
+_DEADLINE_WORDS = "due|before|until|till|than|deadline|date|para|antes|hasta|tardar|fecha|plazo|entrega"
+_DEADLINE_WORD = re.compile(r"\b(?:by|for|" + _DEADLINE_WORDS + r")\b")
+# "for" also says what a thing is for ("the layout for 16/9 screens"): too weak to read a pair the message's
+# way does not ("16/9" in English) as a date.
+_STRONG_DEADLINE_WORD = re.compile(r"\b(?:by|" + _DEADLINE_WORDS + r")\b")
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,9 @@ class DateMatch:
     value: dt.date | None  # None: a deadline that is no day (NO_DAY), reported instead of kept
 
 
-def _after_deadline_word(m: re.Match[str]) -> bool:
+def _after_deadline_word(m: re.Match[str], words: re.Pattern[str] = _DEADLINE_WORD) -> bool:
     """Whether the match's lead-in (what comes before its first group) says "deadline"."""
-    return bool(_DEADLINE_WORD.search(m.string, m.start(), m.start(1)))
+    return bool(words.search(m.string, m.start(), m.start(1)))
 
 
 def _weekday(today: dt.date, weekday: int) -> dt.date:
@@ -223,9 +227,21 @@ _SLASHED = _compile(
 )
 # Where a slashed date with no deadline word before it must end its phrase: "3/4 of the tests" is none.
 _PHRASE_END = re.compile(r"\s*(?:$|[^\w\s]|\d|(?:and|y|e|at|a)(?!\w))")
+# A pair near one of these is a ratio ("aspect ratio to 16/9", "la proporción a 4/3"), and one right after
+# "of" / "de" names what the title is about ("the notes of 12/15"): no deadline either way.
+_RATIO_WORDS = frozenset({"ratio", "aspect", "aspecto", "proporcion", "relacion", "split", "scale", "escala"})
+_OF_WORDS = frozenset({"of", "de"})
+
+
+def _words_before(text: str, end: int, count: int) -> list[str]:
+    return re.findall(r"[a-z]+", text[max(0, end - 40) : end])[-count:]
 
 
 def _slashed(m: re.Match[str], today: dt.date, day_first: bool) -> dt.date | str | None:
+    if _RATIO_WORDS.intersection(_words_before(m.string, m.start(1), 3)):
+        return None
+    if _OF_WORDS.intersection(_words_before(m.string, m.start(), 1)):
+        return None
     deadline = _after_deadline_word(m)
     if not deadline and not _PHRASE_END.match(m.string, m.end()):
         return None
@@ -233,9 +249,14 @@ def _slashed(m: re.Match[str], today: dt.date, day_first: bool) -> dt.date | str
     year = m[3] if not m[3] or len(m[3]) == 4 else "20" + m[3]
     day_then_month = _month_day(today, second, first, year)
     month_then_day = _month_day(today, first, second, year)
+    as_written = day_then_month if day_first else month_then_day
     days = {d for d in (day_then_month, month_then_day) if isinstance(d, dt.date)}
     if len(days) == 1:
-        return days.pop()
+        # Read the other way round ("16/9" in English) a pair is as often a ratio as a date: only a deadline
+        # ("by 25/12") makes it one.
+        if isinstance(as_written, dt.date) or _after_deadline_word(m, _STRONG_DEADLINE_WORD):
+            return days.pop()
+        return None
     if days and day_first:
         return day_then_month
     return NO_DAY if deadline else None

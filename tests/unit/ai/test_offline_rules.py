@@ -674,3 +674,26 @@ def test_numbers_with_a_slash_and_yesterday_in_a_title_stay_there(text: str) -> 
     proposal = parse_offline(text, dt.date(2026, 1, 27))
     assert proposal.items[0].due_date is None
     assert "left out" not in proposal.summary
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Set aspect ratio to 16/9",
+        "Cambiar la proporción a 4/3",
+        "Use a ratio of 4/3",
+        "Fix the layout for 16/9 screens",
+        "Resize the video to 1920/1080",
+        "Do a 50/50 split",
+        "Send the notes of 12/15",
+        "Cambiar la relación de aspecto a 16/9",
+    ],
+)
+def test_a_ratio_written_with_a_slash_stays_in_the_title(text: str) -> None:
+    # "16/9" was read as 16 September: a pair that is no day in the message's reading (month first in
+    # English, day first in Spanish) is read the other way only as a deadline at the end of its phrase
+    # ("by 25/12"), and one after "ratio", "aspect" or "of" is the title's.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [text]
+    assert proposal.items[0].due_date is None
+    assert "left out" not in proposal.summary
