@@ -3,13 +3,13 @@
 Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos), hours (h, hr, hrs,
 hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
-Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title),
-"2h30" is 2 hours 30 minutes, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash
-does: no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still
-found, with no hours, so that it is taken out of the title and reported rather than kept as title text.
-A trailing "each" / "cada uno" marks an amount every item gets; "total" / "en total" (or a leading
-"should take" / "llevará") marks an amount for the whole message. "in N days" is a due date, not effort:
-:mod:`shared.ai.offline_dates` claims it first.
+Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title, and not
+after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes, and a dash
+stuck to an amount ("Fix login -3h") attaches it as a spaced dash does: no effort is negative. An amount no
+item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no hours, so that it is taken out of
+the title and reported rather than kept as title text. A trailing "each" / "cada uno" marks an amount every
+item gets; "total" / "en total" (or a leading "should take" / "llevará") marks an amount for the whole
+message. "in N days" is a due date, not effort: :mod:`shared.ai.offline_dates` claims it first.
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ _PATTERN = re.compile(
     + r"(?![\w])"
 )
 _ONE_AMOUNT = re.compile(_AMOUNT)
+# Lower-case text cannot tell "3d" (days) from "3D": after one of these it is the dimension ("render in 3d",
+# "convert to 2d", "visor de 3d"); elsewhere ("Fix login 1d") a day.
+_DIMENSION_AFTER = frozenset({"in", "into", "to", "as", "en", "a", "al", "de"})
 _EACH = re.compile(r"\b(?:each|apiece|per\s+(?:item|task)|cada|c/u)\b|(?:por|para)\s+(?:tarea|item)")
 _TOTAL = re.compile(
     r"\b(?:total|overall|altogether|combined|en\s+conjunto)\b|^(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|"
@@ -136,6 +139,14 @@ def _hours(m: re.Match[str]) -> float:
     return total
 
 
+def _is_dimension(m: re.Match[str]) -> bool:
+    """Whether the match is a bare "Nd" after a word that makes it a dimension (see ``_DIMENSION_AFTER``)."""
+    if not m["amounts"] or not any(part[2] == "d" for part in _ONE_AMOUNT.finditer(m["amounts"])):
+        return False
+    before = re.findall(r"[a-z]+", m.string[max(0, m.start("amounts") - 20) : m.start("amounts")])
+    return bool(before) and before[-1] in _DIMENSION_AFTER
+
+
 def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> list[EffortMatch]:
     """Every effort amount in ``folded`` that does not overlap ``taken`` spans (dates found first); one no
     item can hold has ``hours`` None."""
@@ -143,6 +154,8 @@ def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> lis
     found: list[EffortMatch] = []
     for m in _PATTERN.finditer(folded):
         if any(m.start() < end and start < m.end() for start, end in taken):
+            continue
+        if _is_dimension(m):
             continue
         hours = round(_hours(m), 4)
         text = m.group(0)

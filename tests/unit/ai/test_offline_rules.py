@@ -612,6 +612,25 @@ def test_a_d_that_is_no_amount_stays_in_the_title() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("Render in 3d.", "Render in 3d"),
+        ("Show the map in 2d", "Show the map in 2d"),
+        ("Convert the logo to 3d", "Convert the logo to 3d"),
+        ("Export the scene as 3d", "Export the scene as 3d"),
+        ("Mostrar el mapa en 3d", "Mostrar el mapa en 3d"),
+        ("Crear el visor de 3d", "Crear el visor de 3d"),
+    ],
+)
+def test_a_d_after_in_or_to_is_a_dimension_not_days(text: str, title: str) -> None:
+    # "Render in 3d." was 24 hours of effort: the parser sees lower case only, so "3d" after a preposition
+    # is the dimension; "Fix login 1d" is still a day.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [title]
+    assert proposal.total_estimated_hours is None
+
+
+@pytest.mark.parametrize(
     ("text", "title", "unread"),
     [
         ("Fix login 0h", "Fix login", "0h"),
