@@ -9,9 +9,10 @@ first; "03/04" in English is March 4 or April 3, so it is not guessed. A pair th
 writes the other way round ("16/9" in English) is read only after a deadline word ("by 25/12"), and one
 after "ratio" / "aspect" / "of" never: those are ratios and names ("aspect ratio to 16/9"). A deadline
 written as a date that is no day an item can be due on ("due 31/02", "by 2026-02-29", "due 03/04" in
-English, "due yesterday") is still found, with no value, so that it is taken out of the title and reported.
-Patterns run on folded text (lower-case, no accents) and each match's span includes its lead-in words
-("by", "para el", ...), so removing the span from a title leaves no dangling preposition.
+English, "due yesterday", "by 2020-01-01": before today) is still found, with no value, so that it is taken
+out of the title and reported. Patterns run on folded text (lower-case, no accents) and each match's span
+includes its lead-in words ("by", "para el", ...), so removing the span from a title leaves no dangling
+preposition.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ _STRONG_DEADLINE_WORD = re.compile(r"\b(?:by|" + _DEADLINE_WORDS + r")\b")
 class DateMatch:
     start: int
     end: int
-    value: dt.date | None  # None: a deadline that is no day (NO_DAY), reported instead of kept
+    value: dt.date | None  # None: a deadline that is no day or is past (NO_DAY), reported instead of kept
 
 
 def _after_deadline_word(m: re.Match[str], words: re.Pattern[str] = _DEADLINE_WORD) -> bool:
@@ -275,6 +276,10 @@ def find_dates(folded: str, today: dt.date, *, day_first: bool = False) -> list[
             if any(m.start() < end and start < m.end() for start, end in taken):
                 continue
             value = func(m, today)  # type: ignore[operator]
+            if isinstance(value, dt.date) and value < today:
+                # Only a date with its year can be past ("by 2020-01-01"): after a deadline word surely a
+                # typo, reported as "due yesterday" is; elsewhere the title's ("the 2020-01-01 release").
+                value = NO_DAY if _after_deadline_word(m) else None
             if value is None:
                 continue
             found.append(DateMatch(m.start(), m.end(), value if isinstance(value, dt.date) else None))

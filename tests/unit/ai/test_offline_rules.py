@@ -675,6 +675,11 @@ def test_a_date_written_with_slashes_is_read(text: str, due: str) -> None:
         ("Fix login by 03/04", "by 03/04"),
         ("Fix login by Feb 30", "by Feb 30"),
         ("Arreglar el login para ayer", "para ayer"),
+        # Before today (2026-01-27), as "yesterday" is: surely a typo.
+        ("Fix login by 2020-01-01", "by 2020-01-01"),
+        ("Fix login due 1/15/2026", "due 1/15/2026"),
+        ("Fix login by Jan 20, 2026", "by Jan 20, 2026"),
+        ("Arreglar el login para el 2025-12-01", "para el 2025-12-01"),
     ],
 )
 def test_a_deadline_that_is_no_day_is_left_out_and_reported(text: str, unread: str) -> None:
@@ -687,7 +692,13 @@ def test_a_deadline_that_is_no_day_is_left_out_and_reported(text: str, unread: s
 
 
 @pytest.mark.parametrize(
-    "text", ["Fix 3/4 of the failing tests", "Review what we shipped yesterday", "Add 1/2 day of tests"]
+    "text",
+    [
+        "Fix 3/4 of the failing tests",
+        "Review what we shipped yesterday",
+        "Add 1/2 day of tests",
+        "Review the 2020-01-01 release notes",
+    ],
 )
 def test_numbers_with_a_slash_and_yesterday_in_a_title_stay_there(text: str) -> None:
     proposal = parse_offline(text, dt.date(2026, 1, 27))
