@@ -181,8 +181,10 @@ def _yesterday(m: re.Match[str], today: dt.date) -> str | None:
     return NO_DAY if _after_deadline_word(m) else None
 
 
+# A range ("in 2-3 days") is due at its upper bound, as an amount's range is read (offline_effort).
 @_rule(
     r"(?:in|en|within|dentro\s+de)\s+(?:the\s+next\s+|los\s+proximos\s+)?"
+    + r"(?:\d{1,3}(?:[-–—]|\s+(?:to|a)\s+))?"
     + _NUM
     + r"\s+(days?|dias?|weeks?|semanas?)"
 )

@@ -4,12 +4,13 @@ Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos),
 hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
 Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title, and not
-after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes, and a dash
-stuck to an amount ("Fix login -3h") attaches it as a spaced dash does: no effort is negative. An amount no
-item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no hours, so that it is taken out of
-the title and reported rather than kept as title text. A trailing "each" / "cada uno" marks an amount every
-item gets; "total" / "en total" (or a leading "should take" / "llevará") marks an amount for the whole
-message. "in N days" is a due date, not effort: :mod:`shared.ai.offline_dates` claims it first.
+after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes, a range
+("2-3h") its upper bound, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash does:
+no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no
+hours, so that it is taken out of the title and reported rather than kept as title text. A trailing "each" /
+"cada uno" marks an amount every item gets; "total" / "en total" (or a leading "should take" / "llevará")
+marks an amount for the whole message. "in N days" is a due date, not effort: :mod:`shared.ai.offline_dates`
+claims it first.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ _TAIL = (
     r"(?:for\s+)?each(?:\s+(?:one|item|task))?|apiece|per\s+(?:item|task)|cada\s+un[oa]|"
     r"(?:por|para)\s+(?:cada\s+)?(?:tarea|item|una|uno)|c/u))*"
 )
-_AMOUNT = _NUM + r"\s*-?\s*" + _UNIT
+# A range ("2-3h", "2 to 3 hours", "2 a 3 horas") is read as its upper bound, the number the unit follows:
+# proposals-dev.md has no ranges, and the larger amount is the safe estimate. A spaced dash is no range
+# ("Fix issue 42 - 3h" is 3 hours): it attaches an amount to an item.
+_RANGE_FROM = r"(?:\d+(?:[.,]\d+)?(?:\s*(?:" + "|".join(_UNITS.values()) + r"))?(?:[-–—]|\s+(?:to|a)\s+))?"
+_AMOUNT = _RANGE_FROM + _NUM + r"\s*-?\s*" + _UNIT
 _SPECIAL = (
     r"(?P<half_day>(?:a\s+)?half\s*(?:a\s+|-\s*)?day|medio\s+dia|media\s+jornada)|"
     r"(?P<and_half>(?:(?:an?|one|1|una)\s+)?(?:hour|hora)\s+(?:and\s+a\s+half|y\s+media))|"
