@@ -128,6 +128,7 @@ class _Note:
     bracketed: bool = False
     leading: bool = False
     keep_text: bool = False
+    text: str = ""  # an amount's words, for the summary when no item can hold its hours
 
 
 @dataclass
@@ -244,7 +245,8 @@ def _find_notes(sentence: str, folded: str, today: dt.date, spanish: bool) -> li
         if e.hours is None:
             notes.append(_Note("unread", e.start, e.end, sentence[e.start : e.end]))
             continue
-        notes.append(_Note("effort", e.start, e.end, e.hours, each=e.each, total=e.total))
+        text = sentence[e.start : e.end]
+        notes.append(_Note("effort", e.start, e.end, e.hours, each=e.each, total=e.total, text=text))
     taken = [(n.start, n.end) for n in notes]
     for p in find_priorities(folded, taken):
         notes.append(_Note("priority", p.start, p.end, p.level))
@@ -405,35 +407,44 @@ def _holdable(hours: float) -> float | None:
     return hours if round(hours, 2) > 0 and hours <= MAX_ITEM_HOURS else None
 
 
-def _resolve_own(draft: _Draft) -> None:
-    efforts = [n.value for n in draft.notes if n.kind == "effort"]
+def _resolve_own(draft: _Draft) -> list[_Note]:
+    """Set the item's own hours, date and priority; return the amounts it cannot hold, to be reported."""
+    efforts = [n for n in draft.notes if n.kind == "effort"]
+    dropped: list[_Note] = []
     if efforts:
-        draft.hours = _holdable(round(sum(efforts), 2))
+        draft.hours = _holdable(round(sum(n.value for n in efforts), 2))
+        if draft.hours is None:
+            dropped = efforts
     dates = [n.value for n in draft.notes if n.kind == "date"]
     if dates:
         draft.due = dates[0]
     levels = [n.value for n in draft.notes if n.kind == "priority"]
     if levels:
         draft.priority = "high" if "high" in levels else levels[0]
+    return dropped
 
 
-def _apply_scope(scope: _Scope, drafts: list[_Draft]) -> None:
-    """Fill what items lack from a sentence- or message-wide note: date, priority, "each", totals."""
+def _apply_scope(scope: _Scope, drafts: list[_Draft]) -> list[_Note]:
+    """Fill what items lack from a sentence- or message-wide note: date, priority, "each", totals; return
+    the amounts no item can hold, to be reported."""
     if not drafts:
-        return
+        return []
+    dropped: list[_Note] = []
     dates = [n.value for n in scope.notes if n.kind == "date"]
     levels = [n.value for n in scope.notes if n.kind == "priority"]
-    each = [n.value for n in scope.notes if n.kind == "effort" and n.each]
-    totals = [n.value for n in scope.notes if n.kind == "effort" and not n.each]
+    each = [n for n in scope.notes if n.kind == "effort" and n.each]
+    totals = [n for n in scope.notes if n.kind == "effort" and not n.each]
     for draft in drafts:
         if dates and draft.due is None:
             draft.due = dates[0]
         if levels and draft.priority is None:
             draft.priority = "high" if "high" in levels else levels[0]
         if each and draft.hours is None:
-            draft.hours = _holdable(each[0])
+            draft.hours = _holdable(each[0].value)
+            if draft.hours is None:
+                dropped = each[:1]
     if totals:
-        total = round(sum(totals), 2)
+        total = round(sum(n.value for n in totals), 2)
         missing = [d for d in drafts if d.hours is None]
         known = sum(d.hours for d in drafts if d.hours is not None)
         remainder = total if len(missing) == len(drafts) else total - known
@@ -442,6 +453,9 @@ def _apply_scope(scope: _Scope, drafts: list[_Draft]) -> None:
             share = _holdable(round(remainder / len(missing), 4))
             for draft in missing:
                 draft.hours = share
+            if share is None:
+                dropped.extend(totals)
+    return dropped
 
 
 def _title_with_verb(draft_title: str, verb: str) -> str:
@@ -561,16 +575,18 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
             continue
         sentence_scope = _Scope()
         _attach(pieces, sentence_drafts, sentence_scope)
+        # Hours no item can hold (two amounts past MAX_ITEM_HOURS, a tenth of a minute) are reported
+        # with the amounts read but left out, not dropped without a word.
         for draft in sentence_drafts:
-            _resolve_own(draft)
-        _apply_scope(sentence_scope, sentence_drafts)
+            unread.extend(n.text for n in _resolve_own(draft))
+        unread.extend(n.text for n in _apply_scope(sentence_scope, sentence_drafts))
         drafts.extend(sentence_drafts)
     if not drafts:
         raise ProposalError(
             "no work item found: name what to do, e.g. “Add login page and user dashboard by Friday, 8 hours”"
         )
     drafts = drafts[:MAX_ITEMS]
-    _apply_scope(message_scope, drafts)
+    unread.extend(n.text for n in _apply_scope(message_scope, drafts))
     items = [
         ProposalItem(
             type=_item_type(d.title),

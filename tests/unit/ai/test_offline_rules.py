@@ -460,6 +460,22 @@ def test_an_items_hours_a_proposal_cannot_hold_are_left_unstated(text: str, titl
     assert proposal.items[0].estimated_hours is None
 
 
+@pytest.mark.parametrize(
+    ("text", "unread"),
+    [
+        ("Fix login 6000 hours, 6000 hours", "6000 hours"),
+        ("Fix login (0.1 min)", "0.1 min"),
+        ("Fix login and fix logout, 0.001 hours each", "0.001 hours each"),
+        ("Arreglar el login 6000 horas, 6000 horas", "6000 horas"),
+    ],
+)
+def test_an_items_hours_a_proposal_cannot_hold_are_reported(text: str, unread: str) -> None:
+    # They were dropped without a word, unlike "0h" or "99999h": the summary now names them.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert proposal.items[0].estimated_hours is None
+    assert f"“{unread}”" in proposal.summary
+
+
 # Two readings each: a lead-in that is two others in a row, or spaces that go before a colon or after it.
 AMBIGUOUS_LEAD_INS = ["para el ", "hasta el ", "el próximo ", "a más tardar el ", "due on "]
 SPACED_LEAD_INS = ["deadline", "due date", "fecha", "plazo", "entrega", "total", "effort", "esfuerzo"]
