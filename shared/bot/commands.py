@@ -10,6 +10,7 @@ workspace they have left.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
@@ -62,10 +63,6 @@ LOCATION_TEXT = (
     "address written in it, and it becomes a proposal (send /help for the commands)."
 )
 
-# What a command starts with: "/", or the full-width "／" (U+FF0F) some keyboards (Japanese, Chinese) type
-# for it.
-COMMAND_MARKS = ("/", "／")
-
 TASK_LIST_LIMIT = 20
 # Twilio refuses a WhatsApp body over 1,600 characters (Meta over 4,096), for good: a longer reply would
 # never reach the user. Lists stop within LIST_BUDGET with a count of the rest, names and titles are cut at
@@ -115,8 +112,15 @@ class _Context:
 
 
 def is_command(text: str) -> bool:
-    """Whether ``text`` is a slash command (for the commands stage, not a proposal)."""
-    return text.startswith(COMMAND_MARKS)
+    """Whether ``text`` is a slash command (for the commands stage, not a proposal): it starts with "/" as
+    :func:`_command_word` reads it, so "／" too (the only other character NFKC makes "/")."""
+    return _command_word(text[:1]) == "/"
+
+
+def _command_word(word: str) -> str:
+    """``word`` as commands are looked up: in any case, and as NFKC, since a full-width keyboard (Japanese,
+    Chinese) types "／ｈｅｌｐ" for "/help", the letters as well as the slash."""
+    return unicodedata.normalize("NFKC", word).casefold()
 
 
 def respond(text: str, user: ChatUser, sessions: Sessions, message_type: str = MessageType.text) -> str:
@@ -127,7 +131,7 @@ def respond(text: str, user: ChatUser, sessions: Sessions, message_type: str = M
     if message_type == MessageType.location:
         return LOCATION_TEXT
     words = (text or "").strip().split(maxsplit=1)
-    command = "/" + words[0][1:].casefold() if words and is_command(words[0]) else ""
+    command = _command_word(words[0]) if words and is_command(words[0]) else ""
     argument = words[1].strip() if len(words) > 1 else ""
     handler = _COMMANDS.get(command)
     if handler is None:
@@ -220,7 +224,7 @@ def _project_list(ctx: _Context, workspace: Workspace | None, projects: list[Pro
 
 
 def _list(ctx: _Context, argument: str) -> str:
-    what = argument.casefold()
+    what = _command_word(argument)  # a keyword, typed on the command's keyboard ("／ｌｉｓｔ　ｔａｓｋｓ")
     if what in {"projects", "project", "p"}:
         return _project(ctx, "")
     if what in {"tasks", "task", "t"}:

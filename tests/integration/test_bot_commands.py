@@ -74,6 +74,17 @@ def test_a_full_width_slash_starts_a_command(demo: Sessions) -> None:
     assert not is_command("project ／ mobile")
 
 
+def test_a_command_typed_on_a_full_width_keyboard_is_understood(demo: Sessions) -> None:
+    # Such a keyboard types the letters full-width too (and its space, U+3000): the command word reads as
+    # its NFKC form, the argument as the user typed it, names folding it as they match.
+    assert is_command("／ｈｅｌｐ")
+    assert say(demo, "／ｈｅｌｐ") == HELP_TEXT
+    assert say(demo, "/ＳＴＡＴＵＳ").startswith("Workspace: Demo Workspace")
+    assert say(demo, "／ｐｒｏｊｅｃｔ　ｍｏｂｉｌｅ").startswith("✅ Project: Mobile App")
+    assert say(demo, "／ｌｉｓｔ　ｔａｓｋｓ").startswith("Tasks in Mobile App:")
+    assert say(demo, "／ＤＡＮＣＥ").startswith("I don't know ／ＤＡＮＣＥ.")
+
+
 def test_project_without_argument_lists_projects(demo: Sessions) -> None:
     say(demo, "/project marketing")
     reply = say(demo, "/project")
