@@ -1,11 +1,12 @@
 """Name matching for ``/project mobile`` and ``/workspace demo``, conservative because a wrong project
 files proposals in the wrong place.
 
-Names are compared ignoring case, accents, emoji and punctuation ("🚀 Launch" is "launch"). In order:
-an exact name; a unique name that starts with the query or has a word that does ("mobile", "app" for
-"Mobile App"); a name only similar to the query (difflib, so "webiste" still finds "Website Redesign"),
-when it is close enough and clearly closer than any other. Anything less (a query inside a word, a
-fainter likeness) chooses nothing: it is offered back as a guess.
+In order: a name exactly as written, in any case ("C#", never "C++"); then, names compared ignoring case,
+accents, emoji and punctuation ("🚀 Launch" is "launch", "C#" and "C++" are both "c"): an exact name; a
+unique name that starts with the query or has a word that does ("mobile", "app" for "Mobile App"); a
+name only similar to the query (difflib, so "webiste" still finds "Website Redesign"), when it is close
+enough and clearly closer than any other. Anything less (a query inside a word, a fainter likeness)
+chooses nothing: it is offered back as a guess.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Found(Generic[T]):
 
     items: list[T] = field(default_factory=list)
     sure: bool = False
+
+
+def _caseless(text: str) -> str:
+    """``text`` as a name exactly as written is compared: in any case, whitespace runs as one space, and
+    NFKC, so a full-width keyboard's "Ｃ＃" is "C#"; punctuation and emoji count, unlike in :func:`fold`."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def fold(text: str) -> str:
@@ -78,7 +85,13 @@ def _similarity(query: str, name: str) -> float:
 
 
 def find(query: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
-    """The items ``query`` names (see :class:`Found`), ``"<name> #<n>"`` picking among namesakes."""
+    """The items ``query`` names (see :class:`Found`): those it names exactly as written, else as
+    :func:`fold` compares names, ``"<name> #<n>"`` picking among namesakes."""
+    # Before any folding, which makes distinct names one: "C#" would list "C++" beside it.
+    written = _caseless(query)
+    exact = [item for item in items if written and _caseless(name(item)) == written]
+    if exact:
+        return Found(exact, sure=True)
     picked = namesake(query, items, name)
     if picked is not None:
         return Found([picked], sure=True)

@@ -128,6 +128,24 @@ def test_an_exact_name_wins_whatever_its_case_accents_and_emoji(demo: Sessions) 
     assert say(demo, "/project diseno").startswith("✅ Project: Diseño")
 
 
+def test_a_name_written_exactly_wins_over_those_it_is_like_without_punctuation_and_emoji(
+    demo: Sessions,
+) -> None:
+    # Compared without punctuation and emoji, "C++" and "C#" are both "c": a name exactly as written (in
+    # any case, full-width or not) is chosen first; a query that only folds alike still lists both.
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for name in ("C++", "C#", "Launch", "🚀 Launch"):
+            repo.upsert_project(conn, workspace.id, name)
+
+    assert say(demo, "/project C#").startswith("✅ Project: C#\n")
+    assert say(demo, "/project c++").startswith("✅ Project: C++\n")
+    assert say(demo, "/project Ｃ＃").startswith("✅ Project: C#\n")
+    assert say(demo, "/project 🚀  launch").startswith("✅ Project: 🚀 Launch\n")
+    assert say(demo, "/project LAUNCH").startswith("✅ Project: Launch\n")
+    assert say(demo, "/project c").startswith('Several projects match "c":')
+
+
 def test_an_unknown_number_after_a_name_selects_nothing(demo: Sessions) -> None:
     # "#3" numbers one of several projects of one name: with one Mobile App there is no third.
     reply = say(demo, "/project Mobile App #3")

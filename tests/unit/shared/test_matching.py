@@ -1,4 +1,5 @@
-"""shared.bot.matching: a long text is not compared character by character with every name."""
+"""shared.bot.matching: a name written exactly is chosen first; a long text is not compared character by
+character with every name."""
 
 from __future__ import annotations
 
@@ -7,6 +8,27 @@ import difflib
 import pytest
 
 from shared.bot.matching import best_matches, score
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("C#", ["C#"]),
+        ("c++", ["C++"]),
+        ("Ｃ＃", ["C#"]),
+        ("🚀 Launch", ["🚀 Launch"]),
+        (" launch ", ["Launch"]),
+        ("c", ["C++", "C#"]),
+        ("c #2", ["C#"]),
+        ("", []),
+    ],
+)
+def test_a_name_written_exactly_is_chosen_before_names_alike_without_punctuation(
+    query: str, expected: list[str]
+) -> None:
+    # Without punctuation and emoji "C++" and "C#" are both "c", "🚀 Launch" is "launch".
+    names = ["C++", "C#", "Launch", "🚀 Launch"]
+    assert best_matches(query, names, str) == expected
 
 
 def test_a_text_far_longer_than_any_name_is_not_compared_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
