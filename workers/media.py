@@ -423,14 +423,18 @@ class _Fetcher:
 
 
 def _raise_for_status(response: httpx.Response, *, credentialed: bool) -> None:
-    """Refuse what is gone for good; leave for a retry what an outage or our credentials could explain.
+    """Let only a 2xx through; refuse what is gone for good; leave for a retry what an outage or our
+    credentials could explain.
 
-    A 401/403 from the host our credentials went to means the credentials (an expired Meta token, a
-    rotated Twilio auth token), not the media: Meta keeps media 30 days and Twilio until it is deleted, so
-    it waits for the fix, and the task keeps it as a dead letter if retries run out first.
+    A 3xx reaching here is one with nowhere to follow (no ``Location``, or a 300 or 304, which httpx does
+    not take for redirects; :meth:`_Fetcher._open` follows the others): its body is not the sender's file,
+    so it is refused like a 4xx. A 401/403 from the host our credentials went to means the credentials (an
+    expired Meta token, a rotated Twilio auth token), not the media: Meta keeps media 30 days and Twilio
+    until it is deleted, so it waits for the fix, and the task keeps it as a dead letter if retries run out
+    first.
     """
     status = response.status_code
-    if status < 400:
+    if response.is_success:
         return
     if status == 429 or status >= 500:
         raise MediaUnavailable(f"the provider answered HTTP {status}")

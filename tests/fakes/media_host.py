@@ -21,6 +21,7 @@ class Served:
     redirect_to: str | None = None
     auth: str | None = None  # the Authorization header required, if any
     trickle: float | None = None  # seconds to wait before each kilobyte, for a server slow to send
+    status: int = 200  # another status sent with the body (a redirect without a Location)
 
 
 @dataclass
@@ -58,9 +59,8 @@ class MediaHost(FakeServer):
         headers = {"Content-Type": served.content_type}
         if served.declare_length:
             headers["Content-Length"] = str(len(served.data))
-        return Reply(
-            200, served.data if served.trickle is None else _slowly(served.data, served.trickle), headers
-        )
+        body = served.data if served.trickle is None else _slowly(served.data, served.trickle)
+        return Reply(served.status, body, headers)
 
 
 def _slowly(data: bytes, pause: float) -> Iterator[bytes]:

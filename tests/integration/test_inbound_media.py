@@ -339,6 +339,24 @@ def test_a_redirect_off_the_provider_hosts_is_not_followed(
         assert internal.requests == []
 
 
+@pytest.mark.parametrize("status", [302, 304, 300])
+def test_a_redirect_with_nowhere_to_go_is_not_stored_as_the_media(
+    db, redis_client, host: MediaHost, tmp_path: Path, status: int
+) -> None:
+    # A 3xx without a Location has no next hop: its body (an error page, or anything) is not the file.
+    url = host.serve(
+        "/2010-04-01/Accounts/AC/Messages/MM/Media/ME1", JPEG, "image/jpeg", auth=BASIC, status=status
+    )
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+    fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+    [entry] = media_column(db, message_id)
+    assert "stored" not in entry
+    assert entry["fetch_error"]["code"] == f"http_{status}"
+    assert files(tmp_path) == []
+
+
 def test_the_kapso_key_stays_behind_when_a_redirect_leaves_the_kapso_api(
     db, redis_client, host: MediaHost, tmp_path: Path
 ) -> None:
