@@ -10,10 +10,11 @@ every message that carries media.
 
 Each file is checked before and while it is read: its MIME type against :data:`ALLOWED_MIME_TYPES`
 (WhatsApp's own media types), its size against ``WAPIPE_MEDIA_MAX_BYTES`` (the declared length first,
-then the bytes as they stream, aborting above the limit). It is stored content-addressed under
-``WAPIPE_MEDIA_DIR`` (``<sha256[:2]>/<sha256><ext>``, written to a temporary name then renamed, so a
-reader never sees half a file), and the message's ``media`` entry gets ``stored: {path, size, sha256,
-mime_type}`` or ``fetch_error: {code, message}`` when it was refused.
+then the bytes as they stream, aborting above the limit; asked for uncompressed, and inflated a piece at a
+time when a server compresses it anyway, so the limit holds in the worker's memory too). It is stored
+content-addressed under ``WAPIPE_MEDIA_DIR`` (``<sha256[:2]>/<sha256><ext>``, written to a temporary name
+then renamed, so a reader never sees half a file), and the message's ``media`` entry gets ``stored: {path,
+size, sha256, mime_type}`` or ``fetch_error: {code, message}`` when it was refused.
 
 Only the provider's own hosts are asked, over https (:func:`media_hosts`: its API, the media hosts it hands
 out or redirects to, the API URLs the settings name, and ``WAPIPE_MEDIA_HOSTS``), so a forged webhook cannot
@@ -35,6 +36,7 @@ import json
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +94,10 @@ PART_PREFIX = ".part-"
 # A media lookup's answer (Graph's media object, Kapso's) is a few hundred bytes of JSON: one far longer is
 # a broken or hostile endpoint, not read into the worker's memory.
 LOOKUP_MAX_BYTES = 64 * 1024
+# Media are asked for uncompressed (photos, audio and video are compressed already): httpx inflates each
+# chunk the socket gives whole, so 64 kB of gzip would become 64 MB in memory before the size check. A
+# server that compresses anyway is inflated here, at most this many bytes at a time.
+DECODE_CHUNK_BYTES = 64 * 1024
 
 # Where each provider's media may come from: an https host, "*.domain" for its subdomains, or a host with
 # a path prefix. The API hosts (and the API URLs the settings name) get the credentials; the rest do not.
@@ -345,7 +351,7 @@ class _Fetcher:
         them) and refused past :data:`LOOKUP_MAX_BYTES`."""
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
+        for chunk in _decoded(response):
             self._check_deadline()
             size += len(chunk)
             if size > LOOKUP_MAX_BYTES:
@@ -360,8 +366,9 @@ class _Fetcher:
         for _ in range(MAX_REDIRECTS + 1):
             if not self._hosts.allows(url):
                 raise MediaRefused("host_not_allowed", f"{_where(url)} is not a {self._provider} media host")
+            headers = {"Accept-Encoding": "identity", **self._hosts.credentials_for(url)}
             request = self._client.build_request(
-                "GET", url, params=params, headers=self._hosts.credentials_for(url), timeout=self._timeout()
+                "GET", url, params=params, headers=headers, timeout=self._timeout()
             )
             response = self._client.send(request, stream=True)
             if response.next_request is None:
@@ -401,7 +408,7 @@ class _Fetcher:
                     with os.fdopen(handle, "wb") as out:
                         # As the bytes arrive (not in fixed chunks), so the deadline is checked while a
                         # slow server trickles them.
-                        for chunk in response.iter_bytes():
+                        for chunk in _decoded(response):
                             self._check_deadline()
                             size += len(chunk)
                             if size > limit:
@@ -420,6 +427,41 @@ class _Fetcher:
         except httpx.HTTPError as exc:
             raise MediaUnavailable(f"media download failed: {type(exc).__name__}") from None
         return {"path": str(target.resolve()), "size": size, "sha256": sha256, "mime_type": mime}
+
+
+def _decoded(response: httpx.Response) -> Iterator[bytes]:
+    """The body as the sender's file has it, read as the bytes arrive: inflated here when a server
+    compressed it though we asked it not to, at most :data:`DECODE_CHUNK_BYTES` at a time, so the caller's
+    size limit holds in memory too. Empty pieces are yielded as well, so the caller checks its deadline
+    while a stream inflates to nothing."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        yield from response.iter_raw()
+        return
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise MediaRefused("encoding_not_accepted", f"sent with Content-Encoding {encoding!r}")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib header, told apart by zlib
+    try:
+        for raw in response.iter_raw():
+            yield from _inflate(inflater, raw)
+            if inflater.eof:
+                return  # what follows the compressed stream is not part of the file
+        yield from _inflate(inflater, b"")  # what zlib still holds of the last bytes
+    except zlib.error:
+        raise MediaRefused("bad_encoding", f"its {encoding} encoding is broken") from None
+    if not inflater.eof:
+        raise MediaRefused("bad_encoding", f"its {encoding} encoding ends early")
+
+
+def _inflate(inflater: Any, raw: bytes) -> Iterator[bytes]:
+    """``raw`` inflated, :data:`DECODE_CHUNK_BYTES` at most at a time."""
+    while True:
+        piece = inflater.decompress(raw, DECODE_CHUNK_BYTES)
+        yield piece
+        raw = inflater.unconsumed_tail
+        # A full piece may leave output inside zlib though no input is left: ask again until one is short.
+        if inflater.eof or (not raw and len(piece) < DECODE_CHUNK_BYTES):
+            return
 
 
 def _raise_for_status(response: httpx.Response, *, credentialed: bool) -> None:

@@ -1,14 +1,16 @@
 """A fake media host on 127.0.0.1 (Twilio's ``MediaUrl``s, a CDN, Kapso's ``media_url``s): serves files at
 paths, records every request with its headers, and can answer without a ``Content-Length`` (the body
-ends when the connection closes), send it slowly, or redirect elsewhere, so size limits, the download
-deadline and credential handling are tested against real HTTP."""
+ends when the connection closes), send it slowly, gzip it (when the client accepts gzip, or whatever it
+said), or redirect elsewhere, so size limits, the download deadline and credential handling are tested
+against real HTTP."""
 
 from __future__ import annotations
 
+import gzip
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tests.fakes.http_server import FakeServer, Incoming, Reply
 
@@ -22,6 +24,14 @@ class Served:
     auth: str | None = None  # the Authorization header required, if any
     trickle: float | None = None  # seconds to wait before each kilobyte, for a server slow to send
     status: int = 200  # another status sent with the body (a redirect without a Location)
+    # Sent gzipped (Content-Encoding: gzip): "accepted" when the request's Accept-Encoding allows it, as web
+    # servers do; "always" whatever it said, as a server that ignores it does.
+    gzip: Literal["accepted", "always"] | None = None
+    gzipped: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.gzip is not None:
+            self.gzipped = gzip.compress(self.data)
 
 
 @dataclass
@@ -57,10 +67,20 @@ class MediaHost(FakeServer):
         if served.redirect_to is not None:
             return Reply(307, headers={"Location": served.redirect_to})
         headers = {"Content-Type": served.content_type}
+        data = served.data
+        if served.gzip == "always" or (served.gzip == "accepted" and _accepts_gzip(request)):
+            headers["Content-Encoding"] = "gzip"
+            data = served.gzipped
         if served.declare_length:
-            headers["Content-Length"] = str(len(served.data))
-        body = served.data if served.trickle is None else _slowly(served.data, served.trickle)
+            headers["Content-Length"] = str(len(data))
+        body = data if served.trickle is None else _slowly(data, served.trickle)
         return Reply(served.status, body, headers)
+
+
+def _accepts_gzip(request: Incoming) -> bool:
+    accepted = request.lower_headers().get("accept-encoding", "")
+    codings = {part.split(";")[0].strip().lower() for part in accepted.split(",")}
+    return bool(codings & {"gzip", "*"})
 
 
 def _slowly(data: bytes, pause: float) -> Iterator[bytes]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tracemalloc
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -355,6 +356,66 @@ def test_a_redirect_with_nowhere_to_go_is_not_stored_as_the_media(
     assert "stored" not in entry
     assert entry["fetch_error"]["code"] == f"http_{status}"
     assert files(tmp_path) == []
+
+
+def peak_memory(call: Callable[[], object]) -> int:
+    """The most memory Python held at once, in bytes, while ``call`` ran (its exceptions are let through)."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("gzip", ["accepted", "always"])
+def test_media_is_asked_for_uncompressed_and_stored_as_the_sender_sent_it(
+    db, redis_client, host: MediaHost, tmp_path: Path, gzip: str
+) -> None:
+    url = host.serve("/media/photo", JPEG, "image/jpeg", auth=BASIC, gzip=gzip)
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+
+    fetch_media(message_id, settings=twilio_settings(host, tmp_path))
+
+    # Before: httpx asked for gzip, so a server compressed whatever it sent.
+    assert host.requests[0].headers["Accept-Encoding"] == "identity"
+    # One that compresses anyway is decoded: the file is the photo, not its gzip.
+    [entry] = media_column(db, message_id)
+    assert Path(entry["stored"]["path"]).read_bytes() == JPEG
+
+
+def test_a_compressed_answer_is_not_inflated_in_memory_past_the_size_limit(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    # 64 MiB of zeros gzip to 64 kB: httpx inflated each chunk the socket gave whole, so the worker held
+    # tens of megabytes before the limit was even checked. A server that ignores Accept-Encoding sends it.
+    url = host.serve("/media/bomb", bytes(64 * 1024 * 1024), "image/jpeg", auth=BASIC, gzip="always")
+    message_id = stored_message(inbound("twilio", Media(url=url, mime_type="image/jpeg")))
+    settings = twilio_settings(host, tmp_path, media_max_bytes=1024 * 1024)
+
+    peak = peak_memory(lambda: fetch_media(message_id, settings=settings))
+
+    assert media_column(db, message_id)[0]["fetch_error"]["code"] == "too_large"
+    assert files(tmp_path) == []
+    assert peak < 8 * 1024 * 1024
+
+
+def test_a_compressed_media_lookup_is_not_inflated_in_memory_past_its_limit(
+    db, redis_client, host: MediaHost, tmp_path: Path
+) -> None:
+    lookup = json.dumps({"url": host.url + "/files/a.jpg", "mime_type": "image/jpeg"}).encode()
+    padded = lookup + b" " * (64 * 1024 * 1024)
+    host.serve("/m-bomb", padded, "application/json", auth=f"Bearer {TOKEN}", gzip="always")
+    message_id = stored_message(inbound("meta", Media(media_id="m-bomb", mime_type="image/jpeg")))
+    settings = load_settings(meta_access_token=TOKEN, meta_graph_url=host.url, media_dir=tmp_path)
+
+    def fetch() -> None:
+        with pytest.raises(MediaUnavailable):
+            fetch_media(message_id, settings=settings)
+
+    assert peak_memory(fetch) < 8 * 1024 * 1024
+    assert "stored" not in media_column(db, message_id)[0]
 
 
 def test_the_kapso_key_stays_behind_when_a_redirect_leaves_the_kapso_api(
