@@ -8,7 +8,8 @@ mark that it was dispatched. After the commit the handler's job is published wit
 the message is marked routed. Reactions and WhatsApp's system notices (never answered nor counted),
 opt-out words, an opted-out sender, a conversation handed to a person, a rate-limited message and one we
 cannot read are stored the same way and acted on after the commit (their replies read the stored
-message).
+message). A message's media are downloaded (``inbound.fetch_media``) unless its sender opted out or is
+over the rate limit; a handed-off conversation's are, since a person reads them.
 
 Before it stores anything, a route task waits for the messages that reached the ingress before its own in
 the same conversation to be stored (shared/arrivals.py): ids, and so the order the handlers answer in,
@@ -70,6 +71,12 @@ RATE_LIMIT_TEXT = (
 )
 UNREADABLE_TEXT = "Sorry, I can't read this kind of message. Please send it as text, a photo or a document."
 
+# Outcomes whose media are not downloaded: the sender asked for no messages, or sends faster than the bot
+# answers. Their files would take WAPIPE_MEDIA_DIR's room (one sender posting 16 MB files in a loop could
+# fill the disk) for messages nobody reads; the message keeps what the provider sent (a media id or URL).
+# A handed-off conversation's media are downloaded: a person reads them.
+_MEDIA_NOT_FETCHED = frozenset({"opted_out", "from_opted_out", "rate_limited"})
+
 # Events that arrive as messages but say nothing to answer: a reaction to one of ours (or its removal),
 # WhatsApp's own notices (the user changed number). Stored, never dispatched, not counted toward the
 # sender's limit: a handler would read the emoji or the notice as typed text.
@@ -112,14 +119,17 @@ def route(
         if stored is None:
             log.info("duplicate inbound message ignored", provider=inbound.provider)
             return RouteOutcome(None, "duplicate")
-        _publish_stored(inbound, stored)
         if stored.handler is not None:
+            _publish_stored(inbound, stored)
             with autocommit(conn):  # one statement: no BEGIN and COMMIT round trips
                 messages.mark_routed(conn, stored.message_id)
             return _routed(RouteOutcome(stored.message_id, "handler", stored.handler))
     # The rarer outcomes, and a redelivered route finishing what an earlier run began, are decided after
-    # the commit (their effects queue replies that read the stored message).
+    # the commit (their effects queue replies that read the stored message); the media fetch, when the
+    # outcome wants it, is published before the message is marked routed, so a redelivery publishes it.
     outcome = _decide(stored.message_id, settings, stored.facts, stored.verdict)
+    if inbound.media and outcome.action not in _MEDIA_NOT_FETCHED:
+        get_publisher().publish([_media_job(stored.message_id)])
     with transaction() as conn:
         messages.mark_routed(conn, outcome.message_id)
         if outcome.handler is None and _is_verify(inbound):
@@ -432,20 +442,16 @@ def _counted_action(facts: _Facts, verdict: InboundVerdict) -> str:
 
 
 def _publish_stored(inbound: InboundMessage, stored: _Stored) -> None:
-    """The jobs of the storing transaction, in one atomic publish: the media fetch (before routing:
-    provider media links expire within minutes, workers/media.py) and the handler it dispatched to."""
-    jobs = []
-    if inbound.media:
-        jobs.append(
-            Job(
-                "inbound.fetch_media",
-                {"message_id": stored.message_id},
-                dedupe_key=f"media:{stored.message_id}",
-            )
-        )
-    if stored.handler is not None:
-        jobs.append(_handler_job(stored.message_id, stored.handler))
+    """The jobs of a message the storing transaction dispatched, in one atomic publish: the media fetch
+    (ahead of the handler: provider media links expire within minutes, workers/media.py) and the handler."""
+    assert stored.handler is not None
+    jobs = [_media_job(stored.message_id)] if inbound.media else []
+    jobs.append(_handler_job(stored.message_id, stored.handler))
     get_publisher().publish(jobs)
+
+
+def _media_job(message_id: int) -> Job:
+    return Job("inbound.fetch_media", {"message_id": message_id}, dedupe_key=f"media:{message_id}")
 
 
 def _handler_job(message_id: int, handler: str) -> Job:

@@ -6,7 +6,8 @@ Twilio's ``MediaUrl`` needs HTTP basic auth with the account SID and auth token
 (https://www.twilio.com/docs/messaging/api/media-resource); Kapso gives a ``media_url`` it hosts, or a
 media id its Meta-compatible proxy resolves with the ``X-API-Key``
 (https://docs.kapso.ai/api/meta/whatsapp/media/get-media-url). ``inbound.route`` enqueues this task for
-every message that carries media.
+every message that carries media, except one from an opted-out sender or over the sender's rate limit
+(workers/inbound.py ``_MEDIA_NOT_FETCHED``): that message keeps only what the provider sent.
 
 Each file is checked before and while it is read: its MIME type against :data:`ALLOWED_MIME_TYPES`
 (WhatsApp's own media types), its size against ``WAPIPE_MEDIA_MAX_BYTES`` (the declared length first,

@@ -103,6 +103,59 @@ def test_route_enqueues_the_download_for_messages_with_media(db, redis_client) -
     assert queued(redis_client, "inbound") == [("inbound.fetch_media", {"message_id": message_id})]
 
 
+def said(text: str) -> dict:
+    """A text from the sender of :func:`inbound`'s Meta messages, to the same number."""
+    return InboundMessage(
+        provider="meta",
+        provider_message_id=f"wamid.{uuid.uuid4().hex}",
+        business_number="1234567890",
+        sender_phone="+14155550123",
+        text=text,
+    ).model_dump(mode="json")
+
+
+def test_media_of_a_rate_limited_message_is_not_downloaded(db, redis_client) -> None:
+    # One sender posting file after file would otherwise fill WAPIPE_MEDIA_DIR: the limit gated only the
+    # answer, not the download.
+    settings = load_settings(rate_limit_per_minute=1)
+    assert route(said("hello"), settings).action == "handler"
+    photo = inbound("meta", Media(media_id="m-1", mime_type="image/jpeg"))
+
+    outcome = route(photo, settings)
+    db.execute("UPDATE messages SET routed_at = NULL WHERE id = %s", (outcome.message_id,))
+    route(photo, settings)  # redelivered: decided again, still over the limit
+
+    assert outcome.action == "rate_limited"
+    assert queued(redis_client, "inbound") == []
+    # What the provider sent is kept: the media id, to fetch from Meta while it keeps the file.
+    assert media_column(db, outcome.message_id) == [{"media_id": "m-1", "mime_type": "image/jpeg"}]
+
+
+@pytest.mark.parametrize("text", ["STOP", ""], ids=["the opt-out itself", "after opting out"])
+def test_media_from_an_opted_out_sender_is_not_downloaded(db, redis_client, text: str) -> None:
+    if not text:
+        assert route(said("STOP"), load_settings()).action == "opted_out"
+    photo = InboundMessage.model_validate(inbound("meta", Media(media_id="m-1", mime_type="image/jpeg")))
+    if text:
+        photo = photo.model_copy(update={"text": text})  # a photo captioned STOP
+
+    outcome = route(photo.model_dump(mode="json"), load_settings())
+
+    assert outcome.action in ("opted_out", "from_opted_out")
+    assert queued(redis_client, "inbound") == []
+    assert media_column(db, outcome.message_id) == [{"media_id": "m-1", "mime_type": "image/jpeg"}]
+
+
+def test_media_sent_to_a_person_handling_the_conversation_is_downloaded(db, redis_client) -> None:
+    route(said("hello"), load_settings())
+    db.execute("UPDATE conversations SET status = 'handoff'")
+
+    outcome = route(inbound("meta", Media(media_id="m-1", mime_type="image/jpeg")), load_settings())
+
+    assert outcome.action == "handoff"
+    assert queued(redis_client, "inbound") == [("inbound.fetch_media", {"message_id": outcome.message_id})]
+
+
 def test_meta_media_is_resolved_then_downloaded_with_the_bearer_token(
     db, redis_client, graph: FakeGraph, tmp_path: Path
 ) -> None:
