@@ -11,7 +11,10 @@
 - delete raw webhook events older than ``WAPIPE_WEBHOOK_RETENTION_DAYS`` (default 30);
 - report dead letters waiting for an operator (a warning with the count and the oldest one's age);
 - remove the temporary files of media downloads whose worker was killed mid-download (``.part-*`` in
-  ``WAPIPE_MEDIA_DIR``), which nothing else ever removes.
+  ``WAPIPE_MEDIA_DIR``), which nothing else ever removes;
+- delete stored media files not stored again for ``WAPIPE_MEDIA_RETENTION_DAYS`` (default 30, as raw webhook
+  events), judged by the file's mtime: a file is content-addressed and may be several messages', and each
+  store writes it anew (workers/media.py), so a recent message's file is never old.
 
 Every job is a plain function (what the tests call) that is idempotent: a second run finds nothing left to
 do. Jobs that delete or update many rows work in batches, each its own short transaction. The schedule is
@@ -62,6 +65,7 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "maintenance.remove_stale_downloads",
         "schedule": timedelta(hours=1),
     },
+    "purge-media": {"task": "maintenance.purge_media", "schedule": timedelta(hours=1)},
     # Fails sends left 'sending' by a dead worker and re-enqueues queued messages whose job was lost.
     "sweep-outbound": {"task": "notify.sweep", "schedule": timedelta(minutes=1)},
 }
@@ -184,6 +188,60 @@ def _stale_downloads(folder: Path, cutoff: float) -> Iterator[tuple[Path, int]]:
             yield Path(entry.path), stat.st_size
 
 
+def purge_media(folder: Path | None = None, retention_days: int | None = None) -> int:
+    """Delete the stored media files in ``folder`` (``WAPIPE_MEDIA_DIR``) last stored more than
+    ``retention_days`` (``WAPIPE_MEDIA_RETENTION_DAYS``) ago; return how many. The messages keep their
+    record of the file (its size and digest) and what the provider sent."""
+    folder = folder or get_settings().media_path
+    days = retention_days or get_settings().media_retention_days
+    cutoff = time.time() - timedelta(days=days).total_seconds()
+    deadline = time.monotonic() + RUN_BUDGET_SECONDS
+    deleted = freed = 0
+    done = True
+    for path in _stored_media(folder):
+        if time.monotonic() >= deadline:
+            done = False
+            break
+        try:
+            # Read right before the unlink: a store of the same content since the listing renamed a new
+            # file into place (a recent mtime), which must stay.
+            stat = path.stat(follow_symlinks=False)
+            if stat.st_mtime >= cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue  # deleted meanwhile, by another run
+        deleted += 1
+        freed += stat.st_size
+    log.info("old media deleted", deleted=deleted, freed_bytes=freed, retention_days=days)
+    if not done:
+        log.warning("old media left for the next run", budget_seconds=RUN_BUDGET_SECONDS)
+    return deleted
+
+
+def _stored_media(folder: Path) -> Iterator[Path]:
+    """Each stored file of ``folder``: ``<sha256[:2]>/<sha256><ext>`` as workers/media.py names them."""
+    try:
+        shards = [entry for entry in os.scandir(folder) if _is_shard(entry)]
+    except FileNotFoundError:
+        return  # no media downloaded yet
+    for shard in shards:
+        try:
+            entries = list(os.scandir(shard.path))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(shard.name) and entry.is_file(follow_symlinks=False):
+                yield Path(entry.path)
+
+
+def _is_shard(entry: os.DirEntry[str]) -> bool:
+    name = entry.name
+    return (
+        len(name) == 2 and all(c in "0123456789abcdef" for c in name) and entry.is_dir(follow_symlinks=False)
+    )
+
+
 @celery.task(name="maintenance.close_idle_conversations", bind=True, acks_late=True, ignore_result=True)
 def close_idle_conversations_task(self: Any) -> None:
     close_idle_conversations()
@@ -212,3 +270,8 @@ def report_dead_letters_task(self: Any) -> None:
 @celery.task(name="maintenance.remove_stale_downloads", bind=True, acks_late=True, ignore_result=True)
 def remove_stale_downloads_task(self: Any) -> None:
     remove_stale_downloads()
+
+
+@celery.task(name="maintenance.purge_media", bind=True, acks_late=True, ignore_result=True)
+def purge_media_task(self: Any) -> None:
+    purge_media()

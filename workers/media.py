@@ -15,7 +15,8 @@ then the bytes as they stream, aborting above the limit; asked for uncompressed,
 time when a server compresses it anyway, so the limit holds in the worker's memory too). It is stored
 content-addressed under ``WAPIPE_MEDIA_DIR`` (``<sha256[:2]>/<sha256><ext>``, written to a temporary name
 then renamed, so a reader never sees half a file), and the message's ``media`` entry gets ``stored: {path,
-size, sha256, mime_type}`` or ``fetch_error: {code, message}`` when it was refused.
+size, sha256, mime_type}`` or ``fetch_error: {code, message}`` when it was refused. A file is kept
+``WAPIPE_MEDIA_RETENTION_DAYS`` after it was last stored, then deleted (maintenance.purge_media).
 
 Only the provider's own hosts are asked, over https (:func:`media_hosts`: its API, the media hosts it hands
 out or redirects to, the API URLs the settings name, and ``WAPIPE_MEDIA_HOSTS``), so a forged webhook cannot
@@ -421,6 +422,9 @@ class _Fetcher:
                     sha256 = digest.hexdigest()
                     target = folder / sha256[:2] / f"{sha256}{EXTENSIONS[mime]}"
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    # Replaced even when present (another message sent the same bytes): the file just
+                    # written has a fresh mtime, which maintenance.purge_media judges retention by, so a
+                    # recent message never loses a file an older one stored first.
                     os.replace(temporary, target)
                 except BaseException:
                     Path(temporary).unlink(missing_ok=True)

@@ -14,7 +14,19 @@ import structlog
 
 from shared.db import maintenance as queries
 from shared.db.turns import HORIZON
+from shared.settings import load_settings
+from shared.wire.events import Media
+from tests.fakes.media_host import MediaHost
+from tests.integration.test_inbound_media import (
+    BASIC,
+    JPEG,
+    inbound,
+    media_column,
+    stored_message,
+    twilio_settings,
+)
 from workers import celery, maintenance, media
+from workers.media import fetch_media
 
 
 def _contact(db: psycopg.Connection, phone: str) -> int:
@@ -172,6 +184,7 @@ def test_beat_schedules_every_job_on_registered_tasks() -> None:
     assert tasks == {
         "maintenance.close_idle_conversations",
         "maintenance.purge_expired_codes",
+        "maintenance.purge_media",
         "maintenance.purge_webhook_events",
         "maintenance.release_lost_turns",
         "maintenance.remove_stale_downloads",
@@ -315,3 +328,59 @@ def test_downloads_left_by_a_killed_worker_are_removed_once_no_download_can_be_w
 
 def test_no_media_folder_yet_is_nothing_to_remove(tmp_path: Path) -> None:
     assert maintenance.remove_stale_downloads(tmp_path / "media") == 0
+
+
+def _stored_name(sha256: str) -> str:
+    return f"{sha256[:2]}/{sha256}.jpg"
+
+
+def test_stored_media_older_than_the_retention_are_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = timedelta(days=1)
+    old = [_file(tmp_path / _stored_name(f"{n:02x}" + "0" * 62), 1000, 31 * day) for n in (1, 2)]
+    recent = _file(tmp_path / _stored_name("03" + "0" * 62), 10, 29 * day)
+    writing = _file(tmp_path / f"{media.PART_PREFIX}now", 10, timedelta(minutes=1))
+    other = _file(tmp_path / "notes.txt", 10, 400 * day)
+
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(maintenance, "log", structlog.get_logger(maintenance.__name__))
+        assert maintenance.purge_media(tmp_path, retention_days=30) == 2
+    assert maintenance.purge_media(tmp_path, retention_days=30) == 0
+
+    # Before: nothing ever deleted a stored file, and WAPIPE_MEDIA_DIR grew for good.
+    assert [path.exists() for path in old] == [False, False]
+    assert [path.exists() for path in (recent, writing, other)] == [True, True, True]
+    [line] = [entry for entry in logs if entry["event"] == "old media deleted"]
+    assert (line["deleted"], line["freed_bytes"], line["retention_days"]) == (2, 2000, 30)
+
+
+def test_media_retention_defaults_to_the_raw_events_retention() -> None:
+    assert load_settings().media_retention_days == load_settings().webhook_retention_days == 30
+    assert load_settings(media_retention_days=7).media_retention_days == 7
+
+
+def test_a_file_stored_again_by_a_recent_message_outlives_the_older_one(
+    db: psycopg.Connection, redis_client, tmp_path: Path
+) -> None:
+    # Files are content-addressed: the photo of a message past the retention may be a recent message's
+    # too. Storing it again makes it recent, so the later message keeps its file.
+    with MediaHost() as host:
+        shared = host.serve("/media/shared", JPEG, "image/jpeg", auth=BASIC)
+        alone = host.serve("/media/alone", JPEG[::-1], "image/jpeg", auth=BASIC)
+        settings = twilio_settings(host, tmp_path)
+        first, only_old = (stored_message(inbound("twilio", Media(url=url))) for url in (shared, alone))
+        for message_id in (first, only_old):
+            fetch_media(message_id, settings=settings)
+        paths = [Path(media_column(db, m)[0]["stored"]["path"]) for m in (first, only_old)]
+        then = time.time() - timedelta(days=40).total_seconds()
+        for path in paths:
+            os.utime(path, (then, then))
+        later = stored_message(inbound("twilio", Media(url=shared)))
+        fetch_media(later, settings=settings)
+
+    assert maintenance.purge_media(tmp_path, retention_days=30) == 1
+
+    assert Path(media_column(db, later)[0]["stored"]["path"]) == paths[0]
+    assert paths[0].read_bytes() == JPEG
+    assert not paths[1].exists()
