@@ -278,7 +278,8 @@ class Meta(_Strict):
     skip_words: list[str] = Field(default_factory=lambda: ["skip"], min_length=1)
     # The numbers as words, the first one 1: the menu and a choice take them as the typed number, as
     # people write "two" for 2. In the pack's language (none of them a menu or cancel word: those are read
-    # first); only those of the numbers shown count, so "seven" picks nothing of six.
+    # first); only those of the numbers shown count, so "seven" picks nothing of six, and none where a
+    # label of the choices or menu has one as a word of its own ("Three or more"), which it could mean.
     number_words: list[str] = Field(default_factory=lambda: list(_ENGLISH_NUMBERS))
 
     @field_validator(*PACK_TEXT_VALUES)

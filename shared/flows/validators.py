@@ -104,7 +104,8 @@ def match_choice(
     number_words: Sequence[str] = DEFAULT_TEXTS.number_words,
 ) -> int | None:
     """The 0-based index the answer picks: a tapped id, the number, the label (any case), then the number
-    typed as ``2.``, ``2)`` or ``#2``, or as one of the pack's ``number_words``."""
+    typed as ``2.``, ``2)`` or ``#2``, the label with punctuation or emoji around it, and last one of the
+    pack's ``number_words``, unless a label names one."""
     if answer.reply_id and answer.reply_id in id_of:
         return id_of.index(answer.reply_id)
     text = answer.clean
@@ -122,8 +123,26 @@ def match_choice(
     if typed and 1 <= int(typed.group(1)) <= len(labels):
         return int(typed.group(1)) - 1
     word = keyword(text)
+    # Folded as a cancel word is: "*Two*" or "two 🙏" is the choice labelled "Two", not choice 2.
+    folded_labels = [keyword(label) for label in labels]
+    if word in folded_labels:
+        return folded_labels.index(word)
+    if _names_a_number_word(folded_labels, number_words):
+        # Choices such as "None", "One", "Two", "Three or more": "three" would pick "Two", the third,
+        # which the user did not name. Where no label names one, a number word names only a position.
+        return None
     shown = list(number_words[: len(labels)])
     return shown.index(word) if word in shown else None
+
+
+def _names_a_number_word(folded_labels: list[str], number_words: Sequence[str]) -> bool:
+    """Whether a label has one of the number words as a word of its own ("Three or more", "Two-tone"),
+    any of them, not only those of the numbers shown: "ten" of "Ten or more" could mean that label."""
+    return any(
+        re.search(rf"(?<!\w){re.escape(word)}(?!\w)", label)
+        for label in folded_labels
+        for word in number_words
+    )
 
 
 def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | int | float:

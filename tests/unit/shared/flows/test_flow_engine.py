@@ -75,6 +75,18 @@ def test_a_pack_word_of_punctuation_alone_is_not_matched_by_an_empty_answer() ->
     assert state == {"pack": "taller", "flow": None}
 
 
+def test_a_number_word_picks_no_menu_option_where_a_title_names_a_number() -> None:
+    titled = SPANISH.replace('title = "Urgencia"', 'title = "Dos minutos"').replace(
+        'greeting = "¡Hola!"', 'greeting = "¡Hola!"\nnumber_words = ["uno", "dos"]'
+    )
+    pack = parse_pack(titled + SPANISH[SPANISH.index("[[flows]]") :].replace("urgencia", "otra"))
+    # Before: "dos" started the second option ("Urgencia"), not "Dos minutos", which the user named.
+    state, text = _send(pack, {"pack": "taller", "flow": None}, "dos")
+    assert state == {"pack": "taller", "flow": None}
+    assert "1. Dos minutos" in text
+    assert _send(pack, {"pack": "taller", "flow": None}, "Dos minutos")[0]["flow"] == "urgencia"
+
+
 @pytest.mark.timeout(10)
 def test_a_long_answer_of_punctuation_between_words_is_read_at_once() -> None:
     # The strip of punctuation around a word was tried from every character of such a run to its end:

@@ -61,6 +61,37 @@ def test_a_choice_labelled_as_a_number_word_is_its_label_first() -> None:
     assert validate(counts, Answer("2.")) == "Four"
 
 
+# A step of a pack of the release before number words: its labels are numbers themselves.
+HOW_MANY = Step(name="how_many", prompt="?", kind="choice", choices=["None", "One", "Two", "Three or more"])
+
+
+@pytest.mark.parametrize("text", ["three", "four", "Four!", "five"])
+def test_a_number_word_is_not_read_where_the_choices_are_numbers_themselves(text: str) -> None:
+    # Before: "three" stored "Two" (choice 3) and "four" stored "Three or more" (choice 4), neither
+    # the choice the user named; before number words were read, both were asked again.
+    with pytest.raises(Invalid, match="1 to 4"):
+        validate(HOW_MANY, Answer(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [("one", "One"), ("*Two*", "Two"), ("two 🙏", "Two"), ("three or more!", "Three or more"), ("3", "Two")],
+)
+def test_a_label_that_is_a_number_word_is_its_label_and_digits_still_count(text: str, stored: str) -> None:
+    # Before: "*Two*" and "two 🙏" stored "One", the choice numbered two.
+    assert validate(HOW_MANY, Answer(text)) == stored
+
+
+@pytest.mark.parametrize(
+    "labels", [["Low", "Two-tone"], ["Under ten", "Ten or more"], ["A", "Pick two", "B"]]
+)
+def test_a_number_word_is_not_read_where_a_label_names_a_number_word_anywhere(labels: list[str]) -> None:
+    step = Step(name="pick", prompt="?", kind="choice", choices=labels)
+    for text in ("one", "two", "three"):
+        with pytest.raises(Invalid):
+            validate(step, Answer(text))
+
+
 def test_a_choice_takes_the_number_words_of_the_packs_language() -> None:
     spanish = Meta(name="taller", number_words=["Uno", "Dos", "Tres"])
     assert validate(CHOICE, Answer("dos"), spanish) == "Medium"
