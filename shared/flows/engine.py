@@ -178,7 +178,7 @@ def _picked_flow(pack: Pack, answer: Answer) -> Flow | None:
 def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
     """Why a message with no text of its own answers no question (a location, a submitted WhatsApp
     Flow, media without a caption, a shared contact or any other kind of message with no text nor tap),
-    in the pack's words; None for one that may."""
+    in the pack's words ("" when it has none for it); None for one that may."""
     if answer.location:
         return render(pack.pack.location_not_an_answer, {})
     if answer.flow_reply:
@@ -186,12 +186,18 @@ def _not_an_answer(pack: Pack, answer: Answer) -> str | None:
     if answer.media and not answer.clean:
         # Read as its empty text it would pass for an optional answer, the user's photo dropped unsaid.
         # A caption is the user's words about it: that is the answer.
-        return render(pack.pack.media_not_an_answer, {})
+        return _notice(pack, "media_not_an_answer")
     if not answer.text_message and not answer.clean and not answer.reply_id:
         # A shared contact card, an order sent without a note, a tap that did not parse: as its empty text
         # it too would pass for an optional answer. Only a text message can be an empty one.
-        return render(pack.pack.no_text_not_an_answer, {})
+        return _notice(pack, "no_text_not_an_answer")
     return None
+
+
+def _notice(pack: Pack, key: str) -> str:
+    """The pack's text ``key``, or none for a pack in its own words written before it (Meta.left_english):
+    what the step takes, in those words, is told alone, not after an English sentence."""
+    return "" if pack.pack.left_english(key) else render(getattr(pack.pack, key), {})
 
 
 def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: FlowContext) -> Outcome:
@@ -219,7 +225,9 @@ def advance(pack: Pack, state: Mapping[str, Any] | None, answer: Answer, ctx: Fl
     step = flow.steps[state["step"]]
     notice = _not_an_answer(pack, answer)
     if notice is not None:
-        return _reprompt(pack, flow, state, f"{notice} {allowed(step, pack.pack)}")
+        return _reprompt(
+            pack, flow, state, " ".join(part for part in (notice, allowed(step, pack.pack)) if part)
+        )
     try:
         value = validate(step, answer, pack.pack)
     except Invalid as problem:

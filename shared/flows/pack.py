@@ -86,6 +86,34 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "time_left": frozenset({"time"}),
     "overdue_by": frozenset({"time"}),
 }
+# The [pack] texts a wrong answer was told in the release before the keys below: a pack that sets any of
+# them words its wrong answers itself, most likely in another language than the English defaults.
+_WRONG_ANSWER_TEXTS = frozenset(
+    {
+        "choice_invalid",
+        "regex_invalid_example",
+        "regex_invalid",
+        "number_between",
+        "number_at_least",
+        "number_at_most",
+        "number_invalid",
+        "number_whole",
+        "number_decimal",
+        "text_length_invalid",
+        "location_not_an_answer",
+        "flow_reply_not_an_answer",
+    }
+)
+# The [pack] keys added since, each with an English default that such a pack, written before them, leaves
+# as it is: told at load, one warning each (parse_pack), and not said to its users where a text of its own
+# can stand instead (Meta.left_english).
+UPGRADE_KEYS = (
+    "text_optional_invalid",
+    "skip_words",
+    "media_not_an_answer",
+    "no_text_not_an_answer",
+    "number_words",
+)
 # Each of those values as its renderer gives it (a number or a text): each [pack] text is rendered with
 # them once as it loads, so that a format or conversion its value cannot take ({min:.0f}, {min} being a
 # text such as "1.5") stops the pack at start, not the reply to a user's first wrong answer.
@@ -307,6 +335,11 @@ class Meta(_Strict):
         # pack would otherwise match nothing anyone sends, and no form could be left.
         return [keyword(word) for word in words]
 
+    def left_english(self, key: str) -> bool:
+        """Whether this pack words its wrong answers itself yet leaves ``key``, one of the UPGRADE_KEYS, at
+        its English default: a pack in another language written before that key existed."""
+        return key not in self.model_fields_set and bool(self.model_fields_set & _WRONG_ANSWER_TEXTS)
+
 
 # The English texts, for what runs without a pack's (a validator called on its own, a lookup's context
 # built outside the engine).
@@ -473,6 +506,16 @@ def _drop_retired(document: dict[str, Any], lines: dict[KeyPath, int], source: s
             )
 
 
+def _warn_left_english(meta: Meta, lines: dict[KeyPath, int], source: str) -> None:
+    """One warning per key added since the pack was written that it leaves in English, though it words its
+    wrong answers itself: its users would be told English beside its own words, or not told at all."""
+    line = line_of(lines, ("pack",))
+    where = f"{source}:{line}" if line else source
+    for key in UPGRADE_KEYS:
+        if meta.left_english(key):
+            get_logger(__name__).warning("flows.pack_key_left_english", key=f"pack.{key}", where=where)
+
+
 def parse_pack(text: str, source: str = "<pack>") -> Pack:
     """Validate pack text; raise :class:`PackError` naming the line of each problem."""
     registry.ensure_builtins()
@@ -497,6 +540,7 @@ def parse_pack(text: str, source: str = "<pack>") -> Pack:
             source,
             [(line_of(lines, where), f"{_describe(where)}: {message}") for where, message in references],
         )
+    _warn_left_english(pack.pack, lines, source)
     return pack
 
 

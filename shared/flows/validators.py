@@ -79,7 +79,10 @@ def allowed(step: Step, texts: Meta = DEFAULT_TEXTS) -> str:
         if step.max is not None:
             return render(texts.number_at_most, values)
         return render(texts.number_invalid, values)
-    if step.min_length == 0:
+    # A pack that words text_length_invalid itself, written before text_optional_invalid, keeps its own
+    # words ("0 to 500", as then), not an English text naming an English skip word its prompts never do.
+    own_length_text = "text_length_invalid" in texts.model_fields_set
+    if step.min_length == 0 and not (own_length_text and texts.left_english("text_optional_invalid")):
         # Not "a text of 0 to 500 characters": nobody can send an empty one, a skip word is how.
         values = {"max_length": step.max_length, "skip_word": texts.skip_words[0]}
         return render(texts.text_optional_invalid, values)

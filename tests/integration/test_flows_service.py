@@ -1056,6 +1056,24 @@ def test_a_tapped_button_is_still_a_choice(user: User) -> None:
     assert user.flow["answers"]["defect_type"] == "Return"
 
 
+def test_a_translated_pack_of_the_release_before_answers_media_to_an_optional_text_in_its_words(
+    user: User,
+) -> None:
+    spanish = (
+        'name = "notes"\ntext_length_invalid = "Envía un texto de {min_length} a {max_length} caracteres."'
+    )
+    pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
+    user.step(user.store("1"), pack=pack)
+    user.step(_media(user, "image"), pack=pack)
+
+    # Before: "⚠️ 📎 A photo, video, voice note, sticker or file can't answer this question. Please send a
+    # text of at most 500 characters, or *skip* to skip this question.", all in English.
+    assert user.replies()[-1].startswith("⚠️ Envía un texto de 0 a 500 caracteres.\n")
+    assert user.flow["answers"] == {}
+    user.step(user.store("junto a la prensa"), pack=pack)
+    assert user.replies()[-1] == "Noted: 'junto a la prensa'."
+
+
 def test_an_optional_text_is_skipped_by_the_skip_word_it_is_told_of(user: User) -> None:
     pack = parse_pack(OPTIONAL_NOTE)
     user.step(user.store("1"), pack=pack)

@@ -311,3 +311,45 @@ def test_a_choice_a_lookup_rejects_is_shown_the_choices_again() -> None:
     assert told.text.startswith("⚠️ Low-severity reports are closed this week.\n1. Low\n2. High\n")
     assert told.state["step"] == 1
     assert _advanced(pack, told.state, "High").text == "Noted: High."
+
+
+# A Spanish pack of the release before media_not_an_answer, no_text_not_an_answer, text_optional_invalid,
+# skip_words and number_words: it words a wrong answer itself.
+OWN_WORDS = SPANISH.replace(
+    'greeting = "¡Hola!"', 'greeting = "¡Hola!"\nchoice_invalid = "Responde del 1 al {count}:"'
+)
+
+
+def _advanced_by(pack: Pack, state: dict[str, Any], answer: Answer) -> Outcome:
+    ctx = FlowContext(conn=None, contact_id=1, conversation_id=1, message_id=1, now=datetime.now(UTC))  # type: ignore[arg-type]
+    return advance(pack, state, answer, ctx)
+
+
+@pytest.mark.parametrize(
+    "answer", [Answer("", media=True), Answer("", text_message=False)], ids=["media", "contact"]
+)
+def test_a_pack_in_its_own_words_is_told_no_english_notice_it_does_not_set(answer: Answer) -> None:
+    pack = parse_pack(OWN_WORDS)
+    state, _ = _send(pack, {}, "1")
+    told = _advanced_by(pack, state, answer)
+
+    # Before: "⚠️ 📎 A photo, video, voice note, sticker or file can't answer this question. Responde ...",
+    # English before the pack's own words.
+    assert told.text.startswith("⚠️ Responde del 1 al 2:\n1. Baja\n2. Alta\n")
+    assert told.state["step"] == 0
+
+
+def test_a_pack_in_its_own_words_that_sets_the_notice_is_told_it() -> None:
+    pack = parse_pack(
+        OWN_WORDS.replace("[[flows]]", 'media_not_an_answer = "📎 Una foto no vale."\n\n[[flows]]', 1)
+    )
+    state, _ = _send(pack, {}, "1")
+    told = _advanced_by(pack, state, Answer("", media=True))
+    assert told.text.startswith("⚠️ 📎 Una foto no vale. Responde del 1 al 2:\n")
+
+
+def test_a_pack_in_english_is_still_told_the_notice() -> None:
+    pack = parse_pack(SPANISH)  # sets no text for a wrong answer: those are English
+    state, _ = _send(pack, {}, "1")
+    told = _advanced_by(pack, state, Answer("", media=True))
+    assert told.text.startswith("⚠️ 📎 A photo, video, voice note, sticker or file can't answer")

@@ -258,3 +258,39 @@ def test_a_number_word_the_engine_would_read_otherwise_is_refused(setting: str, 
     with pytest.raises(PackError) as caught:
         parse_pack(GOOD.replace('name = "tiny"', f'name = "tiny"\n{setting}'), "tiny.toml")
     assert f"tiny.toml:3: pack.number_words: {told}" in str(caught.value)
+
+
+NEW_KEYS = [
+    "text_optional_invalid",
+    "skip_words",
+    "media_not_an_answer",
+    "no_text_not_an_answer",
+    "number_words",
+]
+
+
+def _warned(text: str) -> list[tuple[str, str]]:
+    with structlog.testing.capture_logs() as logs:
+        parse_pack(text, "tiny.toml")
+    return [(entry["key"], entry["where"]) for entry in logs if entry["log_level"] == "warning"]
+
+
+def test_a_pack_in_its_own_words_leaving_a_new_text_in_english_is_told_each_at_load() -> None:
+    spanish = 'name = "tiny"\ntext_length_invalid = "Envía de {min_length} a {max_length} caracteres."'
+    # Before: nothing said, and its users were told the English defaults of these keys.
+    assert _warned(GOOD.replace('name = "tiny"', spanish)) == [
+        (f"pack.{key}", "tiny.toml:1") for key in NEW_KEYS
+    ]
+
+
+def test_a_pack_setting_the_new_texts_or_no_text_for_a_wrong_answer_is_told_nothing() -> None:
+    every = (
+        'name = "tiny"\nnumber_between = "De {min} a {max}."\ntext_optional_invalid = "Hasta {max_length}."\n'
+        'skip_words = ["omitir"]\nmedia_not_an_answer = "📎"\nno_text_not_an_answer = "💬"\n'
+        'number_words = ["uno"]'
+    )
+    assert _warned(GOOD.replace('name = "tiny"', every)) == []
+    assert _warned(GOOD.replace('name = "tiny"', 'name = "tiny"\ngreeting = "¡Hola!"')) == []
+    with structlog.testing.capture_logs() as logs:
+        load_pack("shopfloor")
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []

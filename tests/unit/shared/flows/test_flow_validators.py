@@ -249,3 +249,13 @@ def test_an_optional_text_is_skipped_and_told_so_in_the_packs_own_words() -> Non
     assert validate(OPTIONAL, Answer("omitir"), texts) == ""
     assert validate(OPTIONAL, Answer("skip"), texts) == "skip"
     assert allowed(OPTIONAL, texts) == "Envía hasta 10 caracteres, o *omitir* para saltarla."
+
+
+def test_a_pack_that_translated_the_length_text_but_has_no_optional_one_keeps_its_own_words() -> None:
+    # A pack of the release before text_optional_invalid, in Spanish, as it was written then.
+    texts = Meta(
+        name="taller", text_length_invalid="Envía un texto de {min_length} a {max_length} caracteres."
+    )
+    # Before: "Please send a text of at most 10 characters, or *skip* to skip this question.", in English.
+    assert allowed(OPTIONAL, texts) == "Envía un texto de 0 a 10 caracteres."
+    assert allowed(TEXT, texts) == "Envía un texto de 1 a 10 caracteres."
