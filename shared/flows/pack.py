@@ -157,7 +157,8 @@ class Step(_Strict):
     # At most an interactive message's body; rendered longer, it goes as plain text (shared/flows/engine.py).
     prompt: str = Field(min_length=1, max_length=INTERACTIVE_BODY_MAX)
     kind: Literal["choice", "regex", "number", "text"]
-    # Shown to a wrong answer instead of the pack's generated text; a choice's numbered choices follow it.
+    # Shown to a wrong answer instead of the pack's generated text; a choice's numbered choices follow it,
+    # unless it lists them itself exactly as the bot numbers them ("1. Low\n2. High").
     error: str | None = None
     lookup: str | None = None
     # kind = "choice"

@@ -57,6 +57,10 @@ def allowed(step: Step, texts: Meta = DEFAULT_TEXTS) -> str:
         # After a step's own error text too: it says what the question is about, not what to send, and a
         # re-prompt sent as plain text (Twilio, or too long for buttons) has no buttons to show the choices.
         head = step.error or render(texts.choice_invalid, {"count": len(step.choices)})
+        if numbered(step.choices) in head:
+            # An error text written before, listing the choices itself as the bot numbers them: once is
+            # enough. Listed any other way, they are shown twice (the pack's header says to drop them).
+            return head
         return f"{head}\n{numbered(step.choices)}"
     if step.error:
         return step.error

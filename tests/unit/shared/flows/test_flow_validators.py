@@ -259,3 +259,16 @@ def test_a_pack_that_translated_the_length_text_but_has_no_optional_one_keeps_it
     # Before: "Please send a text of at most 10 characters, or *skip* to skip this question.", in English.
     assert allowed(OPTIONAL, texts) == "Envía un texto de 0 a 10 caracteres."
     assert allowed(TEXT, texts) == "Envía un texto de 1 a 10 caracteres."
+
+
+def test_a_choices_own_error_text_listing_the_choices_is_not_followed_by_them_again() -> None:
+    # A pack of the release before 9a6f8e7, whose error text listed the choices as the bot numbers them.
+    listed = Step(
+        name="nivel", prompt="?", kind="choice", choices=["Bajo", "Alto"], error="Elige:\n1. Bajo\n2. Alto"
+    )
+    # Before: "Elige:\n1. Bajo\n2. Alto\n1. Bajo\n2. Alto".
+    assert allowed(listed) == "Elige:\n1. Bajo\n2. Alto"
+    worded = Step(
+        name="nivel", prompt="?", kind="choice", choices=["Bajo", "Alto"], error="¿Qué tan urgente?"
+    )
+    assert allowed(worded) == "¿Qué tan urgente?\n1. Bajo\n2. Alto"
