@@ -89,7 +89,7 @@ class RouteOutcome:
 
     message_id: int | None
     # duplicate | not_a_message | opted_out | opted_in | from_opted_out | handoff | rate_limited | unreadable
-    # | handler
+    # | handler | given_up (another run of the route gave the message up meanwhile: _dispatch_after_commit)
     action: str
     handler: str | None = None
 
@@ -132,7 +132,8 @@ def route(
         get_publisher().publish([_media_job(stored.message_id)])
     with transaction() as conn:
         messages.mark_routed(conn, outcome.message_id)
-        if outcome.handler is None and _is_verify(inbound):
+        # A message given up keeps its code: a replay of the letter of the run that gave it up routes it.
+        if outcome.handler is None and outcome.action != "given_up" and _is_verify(inbound):
             _forget_unchecked_code(conn, outcome.message_id)
     return _routed(outcome)
 
@@ -529,7 +530,13 @@ def _decide(
 def _dispatch_after_commit(message_id: int, handler: str) -> RouteOutcome:
     # Recorded before publishing, as in _dispatch.
     with transaction() as conn:
-        turns.mark_dispatched(conn, message_id, handler)
+        marked = turns.mark_dispatched(conn, message_id, handler)
+    if not marked:
+        # Another run of the route gave the message up since this one found it unrouted (or its handler,
+        # published by an earlier run, answered it already). That run took the handler's key, which
+        # refuses the publish: dispatched again, the message would hold its turn with no handler to
+        # answer it. A replay of that run's letter routes it (shared/commands/dlq.py).
+        return RouteOutcome(message_id, "given_up")
     get_publisher().publish([_handler_job(message_id, handler)])
     return RouteOutcome(message_id, "handler", handler)
 

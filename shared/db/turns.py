@@ -50,9 +50,13 @@ STALE_AFTER = timedelta(minutes=5)
 # horizon would hide a message still retrying, and a later one would go first.
 HORIZON = timedelta(seconds=outage_retry_span_seconds()) + STALE_AFTER
 
+# Only a message not routed yet: one its router gave up on is routed (_GIVE_UP_ROUTE), its handler's key
+# taken so that no task of it is published, and dispatched again it would hold its turn with no handler to
+# answer it. A route deciding it as the give-up commits waits for the give-up's row lock, then sees it routed.
 _MARK_DISPATCHED = """
 UPDATE messages SET dispatched_at = now(), dispatched_to = %(handler)s
-WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL
+WHERE id = %(id)s AND direction = 'in' AND handled_at IS NULL AND routed_at IS NULL
+RETURNING id
 """
 _DISPATCHED_TO = "SELECT dispatched_to FROM messages WHERE id = %(id)s AND direction = 'in'"
 _RELEASE = """
@@ -147,10 +151,12 @@ class Turn:
     one_stage: bool = field(default=False, compare=False)
 
 
-def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> None:
-    """The router is about to publish the message's ``handler`` task: from now on it holds the turn."""
+def mark_dispatched(conn: psycopg.Connection, message_id: int, handler: str) -> bool:
+    """The router is about to publish the message's ``handler`` task: from now on it holds the turn. False
+    when it was not marked, the task then not to be published: the message is answered already, or routed
+    (a run of its route gave it up: :func:`give_up_route`)."""
     with wrap_errors():
-        conn.execute(_MARK_DISPATCHED, {"id": message_id, "handler": handler})
+        return conn.execute(_MARK_DISPATCHED, {"id": message_id, "handler": handler}).fetchone() is not None
 
 
 def dispatched_to(conn: psycopg.Connection, message_id: int) -> str | None:

@@ -30,6 +30,7 @@ from shared.db.errors import Unavailable
 from shared.db.pool import transaction
 from shared.db.turns import STALE_AFTER
 from shared.queues import OUTAGE_MAX_RETRIES, Job, Publisher, get_publisher, handler_key
+from shared.settings import get_settings
 from shared.wire.events import InboundMessage, MessageType
 from tests.integration.test_arrival_order import RouteRun, line_entries, routed_event, stored_order, waits
 from tests.integration.test_conversation_order import conversation, event, inbound, message, replies
@@ -303,7 +304,9 @@ def test_a_route_failing_for_good_while_another_run_routes_its_message_leaves_no
     delivery it was to replace): one fails for good, its handler's task unpublished, while the other has
     dispatched the message and publishes that task as the first gives the message up, or just after. A
     handler's task published must find its message holding the turn: else a later message is answered
-    before it. Published as the route gives up, it keeps the turn; after, it is not published at all."""
+    before it. Published as the route gives up, it keeps the turn; after, it is not published at all, and
+    a run that decides the message after the give-up (a redelivery that found it stored but not routed
+    yet) does not dispatch it again: it would hold the turn with no handler to answer it."""
     first = message("/help")
     first_event = first.model_dump(mode="json")
 
@@ -337,6 +340,9 @@ def test_a_route_failing_for_good_while_another_run_routes_its_message_leaves_no
             route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
     if published == "after_it_gave_up":
         outcome.extend(get_publisher().publish([handler_job]))
+        # A third run, which found the message stored and not routed before the give-up committed.
+        decided = inbound_worker._decide(stored["id"], get_settings())
+        assert (decided.action, decided.handler) == ("given_up", None)
     with transaction() as conn:  # the other run finishes: the message marked routed
         messages.mark_routed(conn, stored["id"])
 
@@ -350,6 +356,7 @@ def test_a_route_failing_for_good_while_another_run_routes_its_message_leaves_no
     else:
         assert outcome == [False]  # the route that gave up took its key: the task is never published
         assert its_handler == []
+        assert row["dispatched_at"] is None  # given up: it holds no turn, and a replay routes it
         assert ordering.check_turn(later.message_id) is True
 
 

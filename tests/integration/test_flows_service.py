@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from shared.db import turns
+from shared.db import messages, turns
 from shared.flows import builtin, registry, repository
 from shared.flows.pack import PACKS_DIR, Pack, load_pack, parse_pack
 from shared.flows.registry import FlowContext
@@ -41,12 +41,14 @@ class User:
     ) -> int:
         """Store a message as inbound.route would; ``dispatched``: it enqueued a handler for it."""
         message_id = add_inbound(
-            self.db, self.contact_id, self.conversation_id, text, routed=routed, reply_id=reply_id
+            self.db, self.contact_id, self.conversation_id, text, routed=False, reply_id=reply_id
         )
-        if dispatched:
+        if dispatched:  # before it is routed, as the router dispatches
             handler = pick_handler(text, linked=False, mode=Mode.menu)
             turns.mark_dispatched(self.db, message_id, handler)
             self.redis.set(handler_key(message_id), 1)
+        if routed:
+            messages.mark_routed(self.db, message_id)
         return message_id
 
     @property
