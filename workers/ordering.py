@@ -468,23 +468,11 @@ def give_up_turn(message_id: int, exc: BaseException, *, routing: bool = False) 
     handler's. The give-up takes the handler's dedupe key before it commits (:func:`_forgo_handler`),
     which tells the two apart in one step: a task published before keeps the key, and the give-up rolls
     back; none is published after."""
-    if not routing:
+    if routing:
+        released = _give_up_route(message_id)
+    else:
         _clear_retrying_mark(message_id)
-    try:
-        with transaction() as conn:
-            if routing:
-                released = turns.give_up_route(conn, message_id) and _forgo_handler(message_id)
-                if not released:
-                    raise psycopg.Rollback  # routed already, or its handler's turn stands
-            else:
-                released = turns.release(conn, message_id)
-    except Exception as error:  # best effort: the stale grace releases it anyway
-        log.warning(
-            "could not release the turn of a failed handler",
-            message_id=message_id,
-            error_type=type(error).__name__,
-        )
-        return
+        released = _release(message_id)
     if released:
         if routing:
             _clear_retrying_mark(message_id)
@@ -493,6 +481,50 @@ def give_up_turn(message_id: int, exc: BaseException, *, routing: bool = False) 
             message_id=message_id,
             error_type=type(exc).__name__,
         )
+
+
+def _release(message_id: int) -> bool:
+    """Release the turn of the message its handler gave up on. True if it held it."""
+    try:
+        with transaction() as conn:
+            return turns.release(conn, message_id)
+    except Exception as error:  # best effort: the stale grace releases it anyway
+        _could_not_release(message_id, error)
+        return False
+
+
+def _give_up_route(message_id: int) -> bool:
+    """Record the message its router gave up on as routed to no handler, with its handler's key taken
+    (:func:`give_up_turn`). True if it was given up (committed)."""
+    # Whether the forgo took the handler's key; None when it may have, its answer lost.
+    took_key: bool | None = False
+    try:
+        with transaction() as conn:
+            if turns.give_up_route(conn, message_id):
+                took_key = None  # from here on, even should the forgo raise
+                took_key = _forgo_handler(message_id)
+            if not took_key:
+                raise psycopg.Rollback  # routed already, or its handler's turn stands (or may)
+    except Exception as error:  # best effort: the stale grace releases it anyway
+        _could_not_release(message_id, error)
+        released = False
+    else:
+        released = took_key is True
+    if took_key is not False and not released:
+        # A key taken for a give-up that did not commit would stay "forgone" for the key's 7 days: the
+        # message left dispatched and unrouted, no run of its route could publish its handler. Should the
+        # commit have landed all the same (its answer lost), the message is routed, and no later run of
+        # the route dispatches it again (turns.mark_dispatched).
+        _unforgo_handler(message_id)
+    return released
+
+
+def _could_not_release(message_id: int, error: BaseException) -> None:
+    log.warning(
+        "could not release the turn of a failed handler",
+        message_id=message_id,
+        error_type=type(error).__name__,
+    )
 
 
 def _clear_retrying_mark(message_id: int) -> None:
@@ -506,11 +538,11 @@ def _clear_retrying_mark(message_id: int) -> None:
         )
 
 
-def _forgo_handler(message_id: int) -> bool:
+def _forgo_handler(message_id: int) -> bool | None:
     """Take inbound message ``message_id``'s handler key for the route giving it up: True when no handler's
-    task was published, and now none will be. False when one was, or when Redis cannot tell: a turn held
-    for nothing is released by the stale grace, but one released under a live handler lets a later message
-    be answered first."""
+    task was published, and now none will be. False when one was. None when Redis cannot tell (the key
+    may have been taken all the same): the turn is kept, as a turn held for nothing is released by the
+    stale grace, but one released under a live handler lets a later message be answered first."""
     try:
         return get_publisher().forgo(handler_key(message_id))
     except redis.RedisError as error:
@@ -519,4 +551,16 @@ def _forgo_handler(message_id: int) -> bool:
             message_id=message_id,
             error_type=type(error).__name__,
         )
-        return False
+        return None
+
+
+def _unforgo_handler(message_id: int) -> None:
+    """Free the handler key a give-up that did not commit may have taken (only while it says forgone)."""
+    try:
+        get_publisher().unforgo(handler_key(message_id))
+    except redis.RedisError as error:  # best effort: a replay of the route's letter frees it too
+        log.warning(
+            "could not free the handler key of a route that gave up; a replay of its letter frees it",
+            message_id=message_id,
+            error_type=type(error).__name__,
+        )

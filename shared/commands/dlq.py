@@ -37,7 +37,8 @@ contact's 24-hour window as if they had just written. A message the router store
 recorded as routed to no handler, so as not to hold its conversation's turn (workers/inbound.py
 ``RouteTask``): replayed, the letter makes it unrouted again, in the transaction that marks it replayed, and
 frees its handler's key, which the router took so that no handler of it is published after the give-up; the
-route finishes it.
+route finishes it. The key is freed too for a message left dispatched and unrouted (a give-up that took it
+but did not commit), which is not reopened: its route publishes the handler it was dispatched to.
 
 Check the provider's log before replaying an ``outcome_unknown`` letter: it may have been delivered, and a
 doubled WhatsApp message cannot be recalled. (A receipt naming the send by our id settles it and closes its
@@ -291,7 +292,7 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
         letter = dead_letters.mark_replayed(conn, letter_id)
         if letter is None:
             return Replayed(letter_id, "already_replayed")
-        reopened = _reopen_route(conn, letter) if letter.task_name == ROUTE_TASK else None
+        reopened, unanswered = _reopen_route(conn, letter) if letter.task_name == ROUTE_TASK else (None, None)
         message_id = letter.message_id if letter.task_name == NOTIFY_TASK else None
         if message_id is not None and not messages.requeue_failed(conn, message_id):
             # Sent or queued since (someone resent it): enqueueing could only send it twice.
@@ -299,10 +300,12 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
             return Replayed(letter_id, "not_failed", f"message {message_id} is {status}; marked replayed")
     # After the commit, so the task finds the message queued (and a handler's apology moved aside).
     try:
-        if reopened is not None:
-            # Its router took the handler's key in giving it up (workers/ordering.py give_up_turn): the
-            # replayed route must be able to publish that handler's task.
-            publisher.unforgo(handler_key(reopened))
+        if unanswered is not None:
+            # Its router took the handler's key in giving it up (workers/ordering.py give_up_turn), or a
+            # give-up that did not commit may have left it taken, the message still dispatched and so not
+            # reopened: the replayed route must be able to publish that handler's task. Only a key still
+            # "forgone" is freed: one its publish set stays.
+            publisher.unforgo(handler_key(unanswered))
         publisher.publish([Job(letter.task_name, dict(letter.payload))])
     except (redis.RedisError, OSError) as exc:
         return _reopened(letter, exc, reopened)
@@ -310,15 +313,19 @@ def replay(letter_id: int, *, force: bool = False, named: bool = True) -> Replay
     return Replayed(letter_id, "replayed", f"{letter.task_name} enqueued for {target}")
 
 
-def _reopen_route(conn: psycopg.Connection, letter: dead_letters.DeadLetter) -> int | None:
+def _reopen_route(conn: psycopg.Connection, letter: dead_letters.DeadLetter) -> tuple[int | None, int | None]:
     """The message the router's letter gave up on, made unrouted again so the replayed route finishes it
-    (a router that gives up records it as routed to no handler: workers/inbound.py ``RouteTask``); None
-    when it was not stored, or is answered or owed an answer."""
+    (a router that gives up records it as routed to no handler: workers/inbound.py ``RouteTask``), None
+    when it was not stored, or is answered or owed an answer; and the stored message no handler answered
+    (reopened or not), whose handler's key the replay frees."""
     try:
         inbound = InboundMessage.model_validate(letter.payload["event"])
     except (KeyError, TypeError, ValidationError):
-        return None  # not an event: the task finds that out and says so
-    return turns.reopen_route(conn, inbound.provider.value, inbound.provider_message_id)
+        return None, None  # not an event: the task finds that out and says so
+    provider, provider_message_id = inbound.provider.value, inbound.provider_message_id
+    reopened = turns.reopen_route(conn, provider, provider_message_id)
+    unanswered = reopened if reopened is not None else turns.unanswered(conn, provider, provider_message_id)
+    return reopened, unanswered
 
 
 def _reopened(

@@ -82,6 +82,13 @@ WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s 
   AND handled_at IS NULL AND dispatched_at IS NULL AND routed_at IS NOT NULL
 RETURNING id
 """
+# The stored message of the router's letter that no handler answered, reopened or not: the replay frees its
+# handler's key, which a give-up that did not commit may have left taken with the message still dispatched.
+_UNANSWERED = """
+SELECT id FROM messages
+WHERE provider = %(provider)s AND provider_message_id = %(provider_message_id)s AND direction = 'in'
+  AND handled_at IS NULL
+"""
 # A replay of the router's letter whose route could not be enqueued gives the message up again, as its router
 # had: routed with no handler. Unless the route was enqueued after all (a publish that timed out may have
 # landed) and has dispatched the message since: that dispatch holds the turn for a handler about to answer it.
@@ -187,6 +194,14 @@ def reopen_route(conn: psycopg.Connection, provider: str, provider_message_id: s
     params = {"provider": provider, "provider_message_id": provider_message_id}
     with wrap_errors():
         row = conn.execute(_REOPEN_ROUTE, params).fetchone()
+    return row["id"] if row is not None else None
+
+
+def unanswered(conn: psycopg.Connection, provider: str, provider_message_id: str) -> int | None:
+    """The id of the stored inbound message no handler answered; None when there is none."""
+    params = {"provider": provider, "provider_message_id": provider_message_id}
+    with wrap_errors():
+        row = conn.execute(_UNANSWERED, params).fetchone()
     return row["id"] if row is not None else None
 
 

@@ -360,6 +360,56 @@ def test_a_route_failing_for_good_while_another_run_routes_its_message_leaves_no
         assert ordering.check_turn(later.message_id) is True
 
 
+@pytest.mark.parametrize("fails", ["forgo_answer_lost", "commit"])
+def test_a_route_give_up_that_does_not_commit_leaves_its_handler_key_free(
+    clean: None,
+    db: psycopg.Connection,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    fails: str,
+) -> None:
+    """The route fails for good and its give-up takes the handler's key, but does not commit: the answer to
+    that SET was lost (a timeout after it landed), or the commit after it failed. The message stays
+    dispatched and unrouted; the key must not stay "forgone" (for days), or no run of its route could
+    publish its handler: the next one publishes it, and it is answered."""
+    first = message("/help")
+    first_event = first.model_dump(mode="json")
+
+    def refused(self: Publisher, jobs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    backends: list[int] = []
+    real_give_up, real_forgo = turns.give_up_route, Publisher.forgo
+
+    def give_up_on_its_backend(conn: psycopg.Connection, message_id: int) -> bool:
+        backends.append(conn.info.backend_pid)
+        return real_give_up(conn, message_id)
+
+    def forgo_then_fail(self: Publisher, dedupe_key: str) -> bool:
+        taken = real_forgo(self, dedupe_key)
+        if fails == "forgo_answer_lost":
+            raise redis.TimeoutError("Timeout reading from socket")
+        # The give-up's connection is lost before its COMMIT.
+        db.execute("SELECT pg_terminate_backend(%s, 5000)", (backends[-1],))
+        return taken
+
+    with delivered(route_task, "inbound", {"event": first_event}, OUTAGE_MAX_RETRIES):
+        with monkeypatch.context() as outage:
+            outage.setattr(Publisher, "publish", refused)
+            with pytest.raises(redis.ConnectionError) as failure:
+                route_task.run(event=first_event)
+        with monkeypatch.context() as broken:
+            broken.setattr(turns, "give_up_route", give_up_on_its_backend)
+            broken.setattr(Publisher, "forgo", forgo_then_fail)
+            route_task.on_failure(failure.value, "task-id", (), {"event": first_event}, None)
+    [stored] = db.execute("SELECT id FROM messages WHERE direction = 'in' AND routed_at IS NULL")
+    assert redis_client.get(handler_key(stored["id"])) is None
+
+    redis_client.delete("commands")
+    assert route(first_event).action == "handler"  # the route redelivered
+    assert queued_jobs(redis_client, "commands") == [("commands.handle", {"message_id": stored["id"]})]
+
+
 def test_a_failed_route_retries_marked_as_retrying_and_not_counting_its_wait(
     clean: None, redis_client: redis.Redis, test_servers: dict[str, str]
 ) -> None:

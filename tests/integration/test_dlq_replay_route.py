@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from shared.commands.dlq import replay
 from shared.db import turns
 from shared.db.pool import transaction
-from shared.queues import Publisher
+from shared.queues import FORGONE, Publisher, handler_key
 from shared.settings import load_settings
 from tests.integration.test_inbound_routing import event, queued
 from workers.inbound import route
@@ -174,3 +174,43 @@ def test_a_replay_whose_publish_timed_out_yet_landed_leaves_the_dispatch_its_tur
 
     row = db.execute("SELECT routed_at, dispatched_at FROM messages WHERE id = %s", (message_id,)).fetchone()
     assert row["dispatched_at"] is not None  # it holds its conversation's turn until its handler answers
+
+
+def test_a_replay_frees_the_handler_key_of_a_give_up_that_did_not_commit(
+    db, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route stored and dispatched the message, could not publish its handler and gave up for good; its
+    give-up took the handler's key but did not commit, and the key could not be freed. The message stays
+    dispatched and unrouted, nothing to reopen: the replay must free the key all the same, or its route
+    finds the handler's task refused and the message is never answered while the replay says replayed."""
+    stored = sent_ago("/help", timedelta(minutes=1))
+
+    def refused(self: Publisher, jobs: Any) -> None:
+        raise redis.ConnectionError("Connection refused")
+
+    with monkeypatch.context() as outage:
+        outage.setattr(Publisher, "publish", refused)
+        with pytest.raises(redis.ConnectionError):
+            route(stored, load_settings())
+    [row] = db.execute("SELECT id FROM messages WHERE dispatched_at IS NOT NULL AND routed_at IS NULL")
+    redis_client.set(handler_key(row["id"]), FORGONE)
+    letter = route_letter(db, stored)
+
+    assert replay(letter).result == "replayed"
+    assert route(stored, load_settings()).action == "handler"  # the replayed route
+    assert queued(redis_client, "commands") == [("commands.handle", {"message_id": row["id"]})]
+
+
+def test_a_replay_leaves_the_key_of_a_published_handler(db, redis_client: redis.Redis) -> None:
+    # Freeing the key of a task published would let the replayed route publish it twice.
+    stored = sent_ago("/help", timedelta(minutes=1))
+    message_id = route(stored, load_settings()).message_id
+    assert message_id is not None
+    db.execute("UPDATE messages SET routed_at = NULL WHERE id = %s", (message_id,))
+    redis_client.delete("commands")
+    letter = route_letter(db, stored)
+
+    assert replay(letter).result == "replayed"
+    route(stored, load_settings())
+    assert redis_client.get(handler_key(message_id)) == b"1"
+    assert queued(redis_client, "commands") == []
