@@ -545,6 +545,13 @@ def _outbound_message(record: OutboundRecord, from_number: str | None) -> Outbou
     """The message to send, or why the stored row cannot be one (final): a payload this version's models
     cannot read, written by another version or by hand, must fail alone rather than fail its whole batch
     and, put back in the queue with the rest, every batch that claims it after."""
+    if not isinstance(record.payload, dict):
+        # A JSON list, string or number (the conversion reads it with .get). Checked rather than caught
+        # from the conversion, where a bug of ours would fail every message it touches for good, unretried.
+        # Its type alone is logged: the value may quote what was stored.
+        payload_type = type(record.payload).__name__
+        log.error("stored outbound message cannot be read", message_id=record.id, payload_type=payload_type)
+        return "invalid_message", f"the stored message cannot be read (payload: {payload_type})"
     try:
         return OutboundMessage.from_record(
             id=record.id,
@@ -559,18 +566,6 @@ def _outbound_message(record: OutboundRecord, from_number: str | None) -> Outbou
         fields = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
         log.error("stored outbound message cannot be read", message_id=record.id, fields=fields)
         return "invalid_message", f"the stored message cannot be read ({', '.join(fields)})"
-    except Exception as exc:
-        # Any other shape the conversion cannot take, such as a payload that is no JSON object (a list, a
-        # string: AttributeError). Only the conversion is inside the try, so an error elsewhere still
-        # fails the task. Its type alone is logged: the text may quote the stored values.
-        payload_type = type(record.payload).__name__
-        log.error(
-            "stored outbound message cannot be read",
-            message_id=record.id,
-            error_type=type(exc).__name__,
-            payload_type=payload_type,
-        )
-        return "invalid_message", f"the stored message cannot be read (payload: {payload_type})"
 
 
 def _refusal(record: OutboundRecord, provider: str) -> tuple[str, str] | None:

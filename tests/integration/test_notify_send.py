@@ -348,3 +348,23 @@ def test_a_stored_payload_that_is_no_json_object_fails_alone_and_its_batch_goes_
     assert (row["status"], row["error_code"]) == ("failed", "invalid_message")
     assert statuses(db, broken) == ["queued", "failed"]
     assert [message(db, i)["status"] for i in others] == ["sent"] * 3
+
+
+def test_a_bug_reading_a_stored_message_fails_the_task_not_the_message_for_good(
+    db, redis_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug of this version in the conversion (a validator raising, say), not a malformed row: failed as
+    # invalid_message, every message it touches would be lost for good, where the task's failure leaves
+    # them to be sent again once the bug is fixed.
+    message_id = a_reply()
+
+    def buggy(cls: type, **fields: object) -> None:
+        raise KeyError("kind")
+
+    monkeypatch.setattr(notify.OutboundMessage, "from_record", classmethod(buggy))
+    with pytest.raises(KeyError):
+        dispatch(message_id, sender=ConsoleSender(redis_client))
+
+    row = message(db, message_id)
+    assert row["status"] != "failed"
+    assert row["error_code"] is None
