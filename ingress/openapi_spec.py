@@ -490,7 +490,11 @@ OPERATIONS: dict[str, Operation] = {
             ),
             503: Reply("Redis does not respond; checks says so, with the error's type only.", Readiness),
         },
-        description="Each web process checks at most once a second: an answer may be about a second old.",
+        description=(
+            "Each web process checks at most once a second, and a probe that arrives while a check runs (up"
+            " to 2 s on PostgreSQL plus 2 s on Redis) gets the previous result: an answer may be a few"
+            " seconds old."
+        ),
     ),
     "GET /metrics": Operation(
         "health",
