@@ -201,7 +201,8 @@ def test_item_level_garbage_is_acknowledged_but_nothing_is_enqueued(
     app: Flask, client: FlaskClient, redis_client: redis.Redis
 ) -> None:
     """A well-formed envelope whose items are unusable (no message id, no business number, wrong types) is
-    answered 200: retrying cannot repair it, and a 4xx would make Meta and Kapso redeliver it for days.
+    answered 200: retrying cannot repair it, and a 4xx would make Meta redeliver it for days and Kapso
+    for about a minute (deploy/README.md, "Redis").
     Nothing is enqueued for those items, and the good message beside them still is (one odd contact or
     status used to drop the whole Meta ``value``, good message included, behind a 200)."""
     meta = json.loads(meta_body("wamid.good"))
