@@ -2,7 +2,7 @@
 
 The ingress acknowledges an event only once it is on the broker (ARCHITECTURE.md, guarantees): when
 Redis cannot be reached the request is aborted with a 503 and a ``Retry-After``, never a 2xx. Whether it
-comes again is the provider's: Meta retries for days, Kapso for a few minutes, Twilio only as the webhook
+comes again is the provider's: Meta retries for days, Kapso for about a minute, Twilio only as the webhook
 URL's fragment asks and within 15 s (shared/providers/twilio/signature.py, ``RETRY_FRAGMENT``).
 
 Group commit (:mod:`shared.group_commit`): with gunicorn's threaded workers several requests of one
