@@ -8,8 +8,10 @@ mark that it was dispatched. After the commit the handler's job is published wit
 the message is marked routed. Reactions and WhatsApp's system notices (never answered nor counted),
 opt-out words, an opted-out sender, a conversation handed to a person, a rate-limited message and one we
 cannot read are stored the same way and acted on after the commit (their replies read the stored
-message). A message's media are downloaded (``inbound.fetch_media``) unless its sender opted out or is
-over the rate limit; a handed-off conversation's are, since a person reads them.
+message); an opt-out or opt-in changes the contact in the storing transaction already, so the next
+message of the conversation is stored as this one leaves the contact. A message's media are downloaded
+(``inbound.fetch_media``) unless its sender opted out or is over the rate limit; a handed-off
+conversation's are, since a person reads them.
 
 Before it stores anything, a route task waits for the messages that reached the ingress before its own in
 the same conversation to be stored (shared/arrivals.py): ids, and so the order the handlers answer in,
@@ -38,13 +40,13 @@ from celery import Task
 from shared import arrivals, verification
 from shared.arrivals import lines_of
 from shared.bot.commands import is_command
-from shared.db import assistant_configs, contacts, conversations, inbound_store, messages, turns
+from shared.db import answers, assistant_configs, contacts, conversations, inbound_store, messages, turns
 from shared.db.pool import autocommit, connection, transaction
 from shared.logging import get_logger, redact_verify_codes
 from shared.phone import contact_phone
 from shared.queues import Job, get_publisher, handler_key
 from shared.ratelimit import InboundVerdict, RateLimiter
-from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply
+from shared.replies import confirm_opt_in, confirm_opt_out, queue_reply, reply_key
 from shared.settings import Mode, Settings, get_settings
 from shared.wire.events import InboundMessage, MessageType, inbound_key_parts
 from shared.words import trimmed
@@ -359,7 +361,10 @@ def _dispatch(
 ) -> tuple[InboundVerdict | None, str | None]:
     """In the storing transaction: the rate-limit verdict and, when the message goes to a handler, that
     handler, marked dispatched. The other outcomes' effects are :func:`_decide`'s, after the commit."""
-    if _uncounted_action(facts, settings) is not None:
+    action = _uncounted_action(facts, settings)
+    if action is not None:
+        if action in _OPTING_KEYS:
+            _opt_sender(conn, facts, action, settings)
         return None, None
     # Counted inside the transaction so that the dispatch can be in it too (after the commit it would
     # need a transaction of its own). The window counts a message id once, so a redelivered route
@@ -379,6 +384,36 @@ def _dispatch(
     # same dedupe key.
     turns.mark_dispatched(conn, facts.message_id, handler)
     return verdict, handler
+
+
+# The opting outcomes, and the key each one's confirmation is stored under.
+_OPTING_KEYS = {"opted_out": "opt-out", "opted_in": "opt-in"}
+
+
+def _opt_sender(conn: psycopg.Connection, facts: _Facts, action: str, settings: Settings) -> None:
+    """In the storing transaction: opt the sender out (a STOP) or back in (a START while opted out), storing
+    the confirmation, only when this message changes the contact; :func:`_decide` publishes its send.
+
+    Here, not when the message is decided: the store holds the contact's row, and the conversation's next
+    message is stored only once this one is (shared/arrivals.py), so it reads the contact as this message
+    leaves it. Opted out when decided, a STOP left a START stored in between read as from a subscribed
+    contact, routed as an ordinary message, and the user who sent START opted out."""
+    answers.store_opting_reply(
+        conn,
+        facts.message_id,
+        opted_out=action == "opted_out",
+        key=reply_key(facts.message_id, _OPTING_KEYS[action]),
+        provider=settings.active_provider.value,
+        body=_confirmation(facts, action),
+        in_transaction=True,
+    )
+
+
+def _confirmation(facts: _Facts, action: str) -> str:
+    """The text that confirms an opt-out or an opt-in, in Spanish for the Spanish word."""
+    if action == "opted_out":
+        return OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
+    return OPT_IN_TEXT_ES if _SPANISH_OPT_IN in _said(facts) else OPT_IN_TEXT
 
 
 def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
@@ -401,8 +436,8 @@ def _uncounted_action(facts: _Facts, settings: Settings) -> str | None:
     if opting_in and facts.stored_earlier:
         # Stored by an earlier run and dispatched to no handler: a subscribed sender's START is dispatched
         # with its store (unless over the rate limit: its notice is then skipped, as this path is a rare
-        # redelivery), so this one came while its sender was opted out. It opted them in, or another START
-        # did since: either way nothing is answered twice, the statement that opts in changing nothing.
+        # redelivery), so this one came while its sender was opted out, and its store opted them in (read
+        # again, the contact is subscribed). Its confirmation, stored then, is found under its key.
         return "opted_in"
     # START from a subscribed sender is an ordinary message, as the opt-in words are ordinary words: the
     # shop-floor pack's menu word, the help in project mode. Taken for an opt-in it changed nothing and
@@ -505,16 +540,15 @@ def _decide(
         action = _counted_action(facts, verdict)
 
     if action == "opted_out":
-        # Confirmed by the message that opted the contact out, decided by the statement that does it: a
-        # contact opted out before this message came (an earlier STOP, or one routed at the same moment)
-        # had that one confirmed, and each STOP has its own reply key, so confirming again would repeat it.
-        notice = OPT_OUT_TEXT_ES if _SPANISH_OPT_OUT in _said(facts) else OPT_OUT_TEXT
-        confirm_opt_out(message_id, notice, key="opt-out")
+        # Confirmed by the message that opted the contact out: its storing transaction did, and stored the
+        # confirmation (_opt_sender), which this finds under its key and sends. A contact opted out before
+        # this message was stored (an earlier STOP) had that one confirmed, and each STOP has its own reply
+        # key, so nothing is stored now. (A STOP stored by a version that opted out only here is opted out
+        # now, by the same statement.)
+        confirm_opt_out(message_id, _confirmation(facts, action), key="opt-out")
     elif action == "opted_in":
-        # Likewise: confirmed by the message that opted the contact back in, not by a START stored while the
-        # contact was opted out and routed after (or at the same moment as) the one that did.
-        confirmation = OPT_IN_TEXT_ES if _SPANISH_OPT_IN in _said(facts) else OPT_IN_TEXT
-        confirm_opt_in(message_id, confirmation, key="opt-in")
+        # Likewise: confirmed by the message that opted the contact back in when it was stored.
+        confirm_opt_in(message_id, _confirmation(facts, action), key="opt-in")
     elif action == "rate_limited":
         assert verdict is not None
         if verdict.send_notice:

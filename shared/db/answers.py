@@ -12,6 +12,7 @@ the reply is durable when :func:`store_reply` returns, so ``notify.send`` may be
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,14 +162,24 @@ def store_opting_reply(
     key: str,
     provider: str,
     body: str,
+    in_transaction: bool = False,
 ) -> tuple[int, bool] | None:
     """Opt the sender of inbound ``inbound_id`` out (``opted_out``) or back in and store the text reply that
     confirms it, as :func:`store_reply` does, in one statement: the reply only when that statement changed
     the contact, so of two STOPs (or STARTs) stored at once one is confirmed. None when nothing was stored;
     the stored reply's id when ``key`` was taken (a redelivered route). A STOP's confirmation is sent
-    although its contact opted out: the one message they still receive."""
+    although its contact opted out: the one message they still receive.
+
+    ``in_transaction``: run in the caller's open transaction (the router's storing one, so the change
+    commits with the message), which commits it; ``conn`` need not be idle then."""
     params = _reply_params(inbound_id, key, provider, "text", body, {}, bypass_opt_out=opted_out)
-    return _store(conn, _STORE_IF_OPTING_CHANGED, params | {"opted_out": opted_out}, may_skip=True)
+    return _store(
+        conn,
+        _STORE_IF_OPTING_CHANGED,
+        params | {"opted_out": opted_out},
+        may_skip=True,
+        in_transaction=in_transaction,
+    )
 
 
 def store_handoff_reply(
@@ -211,10 +222,16 @@ def _reply_params(
 
 
 def _store(
-    conn: psycopg.Connection, statement: str, params: dict[str, Any], *, may_skip: bool
+    conn: psycopg.Connection,
+    statement: str,
+    params: dict[str, Any],
+    *,
+    may_skip: bool,
+    in_transaction: bool = False,
 ) -> tuple[int, bool] | None:
-    """Run one of the store statements above; ``may_skip``: its guard may store nothing."""
-    with wrap_errors(), autocommit(conn):
+    """Run one of the store statements above; ``may_skip``: its guard may store nothing;
+    ``in_transaction``: in the caller's open transaction rather than in autocommit."""
+    with wrap_errors(), contextlib.nullcontext(conn) if in_transaction else autocommit(conn):
         row = conn.execute(statement, params).fetchone()
         if row is None or not row["found"]:
             raise NotFound(f"inbound message {params['inbound_id']}")

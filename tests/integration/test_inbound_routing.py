@@ -509,7 +509,12 @@ def test_two_starts_routed_at_once_get_one_confirmation(db, redis_client) -> Non
     route(event("STOP"), settings)
     outcomes = route_at_once([event("START"), event("start!")], settings)
 
-    assert [outcome.action for outcome in outcomes] == ["opted_in", "opted_in"]
+    # The first opted the contact back in as it was stored, so the second came from a subscribed contact:
+    # an ordinary message for the handler to answer, as a START sent later is.
+    assert [(outcome.action, outcome.handler) for outcome in outcomes] == [
+        ("opted_in", None),
+        ("handler", "commands.handle"),
+    ]
     replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
     assert [reply["body"] for reply in replies] == [replies[0]["body"], inbound.OPT_IN_TEXT]
     assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
@@ -541,19 +546,41 @@ def test_a_start_from_a_contact_never_opted_out_is_an_ordinary_message(
     assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
 
 
-def test_a_start_stored_while_opted_out_opts_in_though_another_start_did_first(db, redis_client) -> None:
-    # Both stored while the contact was opted out (their routes died after the store), then routed again,
-    # the second after the first opted the contact back in: both were opt-ins when sent.
+def test_a_start_redelivered_after_its_store_opted_in_still_sends_its_confirmation(db, redis_client) -> None:
     settings = load_settings()
     route(event("STOP"), settings)
-    first, second = event("START"), event("start")
-    store(first, settings)
-    store(second, settings)
+    payload = event("START")
+    # The first delivery's store opted the contact back in and stored the confirmation; it died before
+    # publishing the confirmation's send and marking the message routed.
+    message_id = store(payload, settings)
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
+    redis_client.delete("notify")
 
-    assert route(first, settings).action == "opted_in"
-    assert route(second, settings).action == "opted_in"
+    assert route(payload, settings).action == "opted_in"
+    replies = db.execute("SELECT id, body, idempotency_key FROM messages WHERE direction = 'out' ORDER BY id")
+    opt_in = replies.fetchall()[1:]
+    assert [(row["body"], row["idempotency_key"]) for row in opt_in] == [
+        (inbound.OPT_IN_TEXT, f"reply:{message_id}:opt-in")
+    ]
+    assert queued(redis_client, "notify") == [("notify.send", {"message_id": opt_in[0]["id"]})]
+
+
+def test_a_start_stored_before_the_stop_ahead_of_it_was_routed_opts_back_in(db, redis_client) -> None:
+    # STOP then START in quick succession: START is stored once STOP is (arrival order), but may be before
+    # STOP's route has decided. Before, STOP opted out only when decided, so START was stored from a
+    # subscribed contact, dispatched as an ordinary message, and STOP then left the user opted out.
+    settings = load_settings()
+    stop, start = event("STOP"), event("START")
+    store(stop, settings)
+    store(start, settings)
+
+    assert route(stop, settings).action == "opted_out"
+    assert route(start, settings).action == "opted_in"
+    assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
     replies = db.execute("SELECT body FROM messages WHERE direction = 'out' ORDER BY id").fetchall()
-    assert [reply["body"] for reply in replies][1:] == [inbound.OPT_IN_TEXT]
+    assert [reply["body"] for reply in replies] == [inbound.OPT_OUT_TEXT, inbound.OPT_IN_TEXT]
+    assert [task for task, _ in queued(redis_client, "notify")] == ["notify.send", "notify.send"]
+    assert queued(redis_client, "commands") == []
 
 
 def test_a_stop_redelivered_after_opting_out_still_sends_its_confirmation(db, redis_client) -> None:
