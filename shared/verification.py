@@ -146,19 +146,23 @@ def ascii_digits(text: str) -> str:
 
 def parse_verify(text: str | None) -> str | None:
     """The code in a ``VERIFY 123456`` message, in ASCII digits: "" when not 6 digits, None when it is not
-    a VERIFY."""
+    a VERIFY. A message with no digit is none: "Verificar" alone is an everyday Spanish and Portuguese verb
+    (a menu form's answer, a question to the assistant), and "verify?" asks how, it sends no code."""
     match = _VERIFY.match(text or "")
     if match is None:
         return None
     digits = re.sub(r"\D", "", match.group("code"))  # \d, \D: any script's decimal digits
+    if not digits:
+        return None
     return ascii_digits(digits) if len(digits) == CODE_DIGITS else ""
 
 
 def is_verify_code(text: str | None) -> bool:
     """Whether the verify stage answers this message: a VERIFY, with a 6-digit code or a mistyped one (the
     stage tells the sender a code has 6 digits; as free text a linked user's mistyped code became a
-    proposal). The router's rule (workers/inbound.py), and the flows' for skipping such messages
-    (shared/flows/service.py)."""
+    proposal), in every mode: a message that is the word and digits only is a code, whatever the mode. The
+    word without a digit is an ordinary message (:func:`parse_verify`). The router's rule
+    (workers/inbound.py), and the flows' for skipping such messages (shared/flows/service.py)."""
     return parse_verify(text) is not None
 
 

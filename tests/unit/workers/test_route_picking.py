@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.settings import Mode
+from shared.verification import parse_verify
 from workers.inbound import pick_handler
 
 
@@ -39,13 +40,28 @@ def test_not_quite_a_verify_code_is_not_sent_to_verify(text: str) -> None:
     assert pick_handler(text, linked=True, mode=Mode.project) != "verify.check_code"
 
 
-@pytest.mark.parametrize("text", ["VERIFY 12345", "verify 1234567", "VERIFY 123 45.", "VERIFY"])
+@pytest.mark.parametrize(
+    "text", ["VERIFY 12345", "verify 1234567", "VERIFY 123 45.", "verify 1", "Verificar 12"]
+)
 @pytest.mark.parametrize("mode", list(Mode))
 @pytest.mark.parametrize("linked", [True, False])
 def test_a_verify_with_a_code_of_the_wrong_length_goes_to_verify(text: str, mode: Mode, linked: bool) -> None:
     # The verify stage tells the sender a code has 6 digits. Before, it was free text: a linked user's
     # mistyped code became a proposal titled "VERIFY 12345", or went to the assistant.
     assert pick_handler(text, linked=linked, mode=mode) == "verify.check_code"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Verificar", "verificar.", "verify", "Verify?", "VERIFY!", "*Verificar*", "verify: -", "VERIFY ²"],
+)
+@pytest.mark.parametrize("mode", list(Mode))
+@pytest.mark.parametrize("linked", [True, False])
+def test_the_verify_word_without_a_digit_is_an_ordinary_message(text: str, mode: Mode, linked: bool) -> None:
+    # "Verificar" is an everyday Spanish and Portuguese verb: taken for a VERIFY, a menu form's answer or a
+    # question to the assistant was lost, answered with "a code has 6 digits".
+    assert parse_verify(text) is None
+    assert pick_handler(text, linked=linked, mode=mode) != "verify.check_code"
 
 
 def test_project_mode_commands_and_unlinked_senders_go_to_commands() -> None:
