@@ -246,6 +246,13 @@ _WHITESPACE = [code_point for code_point in range(0x3001) if chr(code_point).iss
 # That whitespace escaped: repr() and JSON write a tab, a line break and a carriage return short (JSON a form
 # feed too), the rest as \xNN or \uNNNN.
 _ESCAPED_WHITESPACE = rf"{_BACKSLASH}(?:[tnrf]|{_escapes(_WHITESPACE)})"
+# Right after such an escape: most end in a letter (``\n``, ``\u202f``) that no word must touch, but the
+# escaped character is whitespace. One look-behind per width, as Python's must each have one.
+_AFTER_ESCAPED_WHITESPACE = (
+    r"(?<=\\[tnrf])"
+    rf"|(?<=\\u(?:{'|'.join(f'{code_point:04x}' for code_point in _WHITESPACE)}))"
+    rf"|(?<=\\x(?:{'|'.join(f'{code_point:02x}' for code_point in _WHITESPACE if code_point <= 0xFF)}))"
+)
 
 
 def _escaped_decimal_digits() -> str:
@@ -261,10 +268,28 @@ def _escaped_decimal_digits() -> str:
     return "u(?:" + "|".join(f"{row}[{last}]" for row, last in last_hex_digits.items()) + ")"
 
 
+def _escaped_astral_decimal_digits() -> str:
+    r"""The decimal digits past the Basic Multilingual Plane (mathematical bold ``𝟒``, Adlam...), as JSON
+    escapes them: a surrogate pair (``ud835\udfd2``), each backslash maybe doubled (_BACKSLASH). All lie in
+    the plane after it."""
+    low_rows: dict[str, dict[str, str]] = {}
+    for code_point in range(0x10000, 0x20000):
+        if chr(code_point).isdecimal():
+            offset = code_point - 0x10000
+            high, low = f"{0xD800 + (offset >> 10):04x}", f"{0xDC00 + (offset & 0x3FF):04x}"
+            rows = low_rows.setdefault(high, {})
+            rows[low[:3]] = rows.get(low[:3], "") + low[3]
+    pairs = (
+        f"{high}{_BACKSLASH}u(?:" + "|".join(f"{row}[{last}]" for row, last in rows.items()) + ")"
+        for high, rows in low_rows.items()
+    )
+    return "u(?:" + "|".join(pairs) + ")"
+
+
 # A digit of a VERIFY's code, as \d takes it: the verify stage reads a code typed on an Arabic, Persian,
 # Hindi or CJK keyboard (shared/verification.py, ascii_digits), and a JSON body escapes those digits, each
-# escape telling its digit.
-_CODE_DIGIT = rf"(?:\d|{_BACKSLASH}{_escaped_decimal_digits()})"
+# escape telling its digit; one past the BMP as a surrogate pair.
+_CODE_DIGIT = rf"(?:\d|{_BACKSLASH}(?:{_escaped_decimal_digits()}|{_escaped_astral_decimal_digits()}))"
 
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
@@ -283,7 +308,8 @@ _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}{_escaped_decimal_digits()})"
 #   any run of whitespace (its \s: no-break and typographic spaces too), hyphens and, before the code,
 #   colons and WhatsApp's formatting marks, ``*VERIFY* 123456``; the Spanish "verificar" too), also as a
 #   repr or JSON escapes them (``\n``, ``\xa0``, ``\u2009``) or a repr of JSON doubles those
-#   (``\\u00a0``, see _BACKSLASH); its digits are any script's, escaped or not (_CODE_DIGIT). A code of
+#   (``\\u00a0``, see _BACKSLASH), the word read right after such an escape too (``\nVERIFY``); its
+#   digits are any script's, escaped or not, past the BMP as surrogate pairs (_CODE_DIGIT). A code of
 #   the wrong length is redacted too, from 3 digits on: the verify stage answers it, and a mistyped code
 #   holds all but one of the code's digits, or all of them and one more (fewer than 3 tell little, and
 #   "verify 2 items" stays readable). Separators and digits are apart, so the possessive runs never
@@ -295,7 +321,8 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    rf"|(?<![a-z])(?:verify|verificar)(?![a-z])(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
+    rf"|(?:(?<![a-z])|{_AFTER_ESCAPED_WHITESPACE})(?:verify|verificar)(?![a-z])"
+    rf"(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
     rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{2,}}+)"
     r")",
     re.I,

@@ -56,13 +56,23 @@ _VERIFY_WORDS = ("verify", "verificar")
 # WhatsApp's formatting marks (bold, italic, strikethrough, monospace), which a user may put around the
 # message, the word or the code.
 _FORMATTING_MARKS = "*_~`"
+
+
+def _ascii_letters(word: str) -> str:
+    r"""A pattern for ``word`` in any case of its ASCII letters only, even under re.I: there the Turkish
+    capital "İ" (and the dotless "ı") is an "i" too, which a JSON body writes as ``\u0130``, and the log
+    scrubber (shared/logging.py) cannot read that as the word: the code was logged whole."""
+    return "(?-i:" + "".join(f"[{letter}{letter.upper()}]" for letter in word) + ")"
+
+
 # "VERIFY 123456", any case, any spacing (also "verify: 123 456" or "VERIFY 123-456", which people type
 # from a copied code), written as a sentence ("VERIFY 123456.") or formatted ("*VERIFY 123456*"): marks
 # and punctuation around it are no part of the code. Possessive (*+): the separator, the code and what
 # ends the message all take whitespace, and with backtracking between them "verify", a few thousand
 # spaces and an "x" took minutes.
 _VERIFY = re.compile(
-    rf"^[\s{_FORMATTING_MARKS}]*+(?:{'|'.join(_VERIFY_WORDS)})(?![a-z])[\s:{_FORMATTING_MARKS}]*+"
+    rf"^[\s{_FORMATTING_MARKS}]*+(?:{'|'.join(map(_ascii_letters, _VERIFY_WORDS))})(?![a-z])"
+    rf"[\s:{_FORMATTING_MARKS}]*+"
     rf"(?P<code>[\d\s\-]*+)[\s{_FORMATTING_MARKS}.,;:!?…。．！？]*+$",
     re.IGNORECASE,
 )

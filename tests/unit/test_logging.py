@@ -929,6 +929,66 @@ def test_a_code_in_another_script_escaped_by_a_json_body_is_redacted(code: str, 
         assert f"{ord(digit):04x}" not in scrubbed
 
 
+# A code the verify stage takes, typed so that a JSON body (Celery's task-body lines) escapes what touches it:
+# a line break, tab or narrow no-break space before the word, whose escape ends in a letter (``\n``,
+# ``\u202f``), and digits past the Basic Multilingual Plane (mathematical bold, double-struck), which JSON
+# writes as surrogate pairs (``\ud835\udfd2``).
+_CODE_AS_BOLD_DIGITS = "".join(chr(0x1D7CE + int(digit)) for digit in CODE)
+_CODE_AS_DOUBLE_STRUCK_DIGITS = "".join(chr(0x1D7D8 + int(digit)) for digit in CODE)
+_VERIFY_ESCAPED_BY_JSON = [
+    f"\nVERIFY {CODE}",
+    f"\tverify: {CODE}",
+    f"\u202fVERIFY {CODE}",
+    f"\u3000*Verificar* {CODE}",
+    f"VERIFY {_CODE_AS_BOLD_DIGITS}",
+    f"\nverify {_CODE_AS_DOUBLE_STRUCK_DIGITS}",
+]
+
+
+@pytest.mark.parametrize("form", ["written", "repr", "json", "repr of json bytes"])
+@pytest.mark.parametrize("text", _VERIFY_ESCAPED_BY_JSON, ids=ascii)
+def test_a_code_whose_neighbours_json_escapes_is_redacted(text: str, form: str) -> None:
+    assert parse_verify(text) == CODE
+    scrubbed = scrub(_as_logged(text)[form])
+    assert REDACTED in scrubbed
+    assert "482" not in scrubbed
+    assert "913" not in scrubbed
+    # A digit past the BMP is escaped as a surrogate pair, whose low half tells the digit.
+    for digit in text[-len(CODE) :]:
+        if ord(digit) > 0xFFFF:
+            assert _low_surrogate(digit) not in scrubbed
+
+
+def _low_surrogate(char: str) -> str:
+    """The second half of the surrogate pair JSON writes ``char`` (past the BMP) as: ``dfd2``."""
+    return f"{0xDC00 + ((ord(char) - 0x10000) & 0x3FF):04x}"
+
+
+@pytest.mark.parametrize(
+    "text", [f"VER\u0130FY {CODE}", f"ver\u0131fy {CODE}", f"VER\u0130F\u0130CAR {CODE}"]
+)
+def test_the_verify_word_is_read_in_ascii_letters_only(text: str) -> None:
+    # Read with re.I, the Turkish capital \u0130 (and the dotless \u0131) was the word's "i", but a JSON body
+    # writes it as an escape the log scrubber cannot read as the word: the code was logged whole.
+    assert parse_verify(text) is None
+
+
+@pytest.mark.parametrize(
+    "text", [f"\nVERIFY {CODE}", f"\u202fVERIFY {CODE}", f"VERIFY {_CODE_AS_BOLD_DIGITS}"]
+)
+def test_a_code_json_escapes_around_in_a_task_body_celery_logs_is_redacted(
+    captured: io.StringIO, text: str
+) -> None:
+    _celery_logs_a_route_message(text)
+    out = captured.getvalue()
+    assert "TaskPool: Apply" in out
+    assert "Received unregistered task" in out
+    assert out.count(REDACTED) >= 2
+    assert CODE not in out
+    for digit in _CODE_AS_BOLD_DIGITS:
+        assert _low_surrogate(digit) not in out
+
+
 @pytest.mark.parametrize(
     "text",
     [
