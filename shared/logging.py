@@ -246,12 +246,24 @@ _WHITESPACE = [code_point for code_point in range(0x3001) if chr(code_point).iss
 # That whitespace escaped: repr() and JSON write a tab, a line break and a carriage return short (JSON a form
 # feed too), the rest as \xNN or \uNNNN.
 _ESCAPED_WHITESPACE = rf"{_BACKSLASH}(?:[tnrf]|{_escapes(_WHITESPACE)})"
-# Right after such an escape: most end in a letter (``\n``, ``\u202f``) that no word must touch, but the
-# escaped character is whitespace. One look-behind per width, as Python's must each have one.
-_AFTER_ESCAPED_WHITESPACE = (
-    r"(?<=\\[tnrf])"
-    rf"|(?<=\\u(?:{'|'.join(f'{code_point:04x}' for code_point in _WHITESPACE)}))"
-    rf"|(?<=\\x(?:{'|'.join(f'{code_point:02x}' for code_point in _WHITESPACE if code_point <= 0xFF)}))"
+
+
+def _after_escaped_whitespace(then: str = "") -> str:
+    r"""Right after such an escape (and ``then``): most end in a letter (``\n``, ``\u202f``) that no word
+    must touch, but the escaped character is whitespace. One look-behind per width, as Python's must each
+    have one."""
+    short = "|".join(f"{code_point:02x}" for code_point in _WHITESPACE if code_point <= 0xFF)
+    return (
+        rf"(?<=\\[tnrf]{then})"
+        rf"|(?<=\\u(?:{'|'.join(f'{code_point:04x}' for code_point in _WHITESPACE)}){then})"
+        rf"|(?<=\\x(?:{short}){then})"
+    )
+
+
+# Where the word of a VERIFY may start: not inside a word or an identifier (``phone_verify_1234567``). A
+# ``_`` before it is WhatsApp's italic mark only when no letter or digit is glued to it (``_VERIFY 123456_``).
+_VERIFY_WORD_START = (
+    rf"(?:(?<![a-z_])|(?<=_)(?<![a-z0-9]_)|{_after_escaped_whitespace()}|{_after_escaped_whitespace('_')})"
 )
 
 
@@ -290,6 +302,8 @@ def _escaped_astral_decimal_digits() -> str:
 # Hindi or CJK keyboard (shared/verification.py, ascii_digits), and a JSON body escapes those digits, each
 # escape telling its digit; one past the BMP as a surrogate pair.
 _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}(?:{_escaped_decimal_digits()}|{_escaped_astral_decimal_digits()}))"
+# What may come between a code's digits.
+_CODE_SEPARATOR = rf"(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+"
 
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
@@ -312,8 +326,12 @@ _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}(?:{_escaped_decimal_digits()}|{_escaped_astr
 #   digits are any script's, escaped or not, past the BMP as surrogate pairs (_CODE_DIGIT). A code of
 #   the wrong length is redacted too, from 3 digits on: the verify stage answers it, and a mistyped code
 #   holds all but one of the code's digits, or all of them and one more (fewer than 3 tell little, and
-#   "verify 2 items" stays readable). Separators and digits are apart, so the possessive runs never
-#   backtrack.
+#   "verify 2 items" stays readable). Ordinary text keeps its figures: 3 or 4 digits the sentence goes on
+#   after ("please verify 150 units", "verify-001 failed": a VERIFY message ends at its code, and so few
+#   digits tell little), the word inside an identifier or a file name (``phone_verify_1234567``,
+#   ``verify_20261207.log``, whose digits the phone mask may have starred first), digits glued to a letter
+#   or an identifier's ``_`` (a UUID, ``1234567_retry``; an italic mark ``_`` after the code is no glue).
+#   Separators and digits are apart, so the possessive runs never backtrack.
 # This runs on every line: the look-ahead passes over, with one character test, each position where no
 # alternative can start (on most text, several times faster than trying each in turn).
 _SECRET_VALUE = re.compile(
@@ -321,9 +339,10 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    rf"|(?:(?<![a-z])|{_AFTER_ESCAPED_WHITESPACE})(?:verify|verificar)(?![a-z])"
-    rf"(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
-    rf"(?P<code>{_CODE_DIGIT}(?:(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+{_CODE_DIGIT}){{2,}}+)"
+    rf"|{_VERIFY_WORD_START}(?:verify|verificar)(?![a-z]|_[\d*])(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
+    rf"(?P<code>{_CODE_DIGIT}(?:{_CODE_SEPARATOR}{_CODE_DIGIT}){{4,}}+"
+    rf"|{_CODE_DIGIT}(?:{_CODE_SEPARATOR}{_CODE_DIGIT}){{2,3}}+(?!{_CODE_SEPARATOR}{_CODE_DIGIT})(?!\s*+[a-z]))"
+    r"(?![a-z]|_++[a-z0-9])"
     r")",
     re.I,
 )

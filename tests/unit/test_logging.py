@@ -1006,6 +1006,32 @@ def test_verify_words_without_a_code_stay_readable(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "scrubbed"),
     [
+        # A few digits the sentence goes on after: a quantity, an item's number, no VERIFY message.
+        ("please verify 150 units", "please verify 150 units"),
+        ("verify-001 failed", "verify-001 failed"),
+        ("Verificar 2024 pedidos", "Verificar 2024 pedidos"),
+        # The word inside an identifier or a file name, the digits glued to letters (a UUID, a hex id).
+        ("phone_verify_1234567", "phone_verify_1234567"),
+        # 8 digits after an identifier's "_" are a phone to the phone mask, but no code.
+        ("verify_20261207.log", "verify_****1207.log"),
+        (
+            "task verify 123e4567-e89b-12d3-a456-426614174000 failed",
+            "task verify 123e4567-e89b-12d3-a456-426614174000 failed",
+        ),
+        ("verify 1234567abc", "verify 1234567abc"),
+        ("verify 1234567_retry", "verify 1234567_retry"),
+        ("preverify 123456", "preverify 123456"),
+    ],
+)
+def test_ordinary_text_around_the_verify_word_stays_readable(text: str, scrubbed: str) -> None:
+    # Before, each lost its digits to "[redacted]" ("verify_20261207.log" became "verify_****[redacted].log").
+    assert scrub(text) == scrubbed
+    assert redact_verify_codes(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
         # A mistyped code holds all but one of the code's digits, or all of them and one more: the verify
         # stage answers it (a code has 6 digits), and it is redacted as a code is.
         ("VERIFY 12345", "VERIFY [redacted]"),
