@@ -28,6 +28,7 @@ from workers.ai import NOT_LINKED
 log = get_logger(__name__)
 
 MAX_LISTED_ITEMS = 10
+MAX_LISTED_LEFT_OUT = 3
 
 
 # An item line holds the user's own words, in their language: its figures are marked with symbols, not
@@ -47,7 +48,8 @@ def reply_text(
     proposal_id: UUID, proposal: Proposal, settings: Settings, project_name: str | None = None
 ) -> str:
     """The WhatsApp confirmation: the project, the item count and total (each said once: for one item its
-    line says it all), the items, and the link to review it when ``WAPIPE_APP_URL`` is set.
+    line says it all), the items, what the parser read but left out, and the link to review it when
+    ``WAPIPE_APP_URL`` is set.
 
     The proposal's summary is not repeated: it restates the same figures (in the message's language, the
     offline parser's or the model's own wording), and is kept for the host application."""
@@ -72,6 +74,12 @@ def reply_text(
         lines.append(f"{position}. " + " · ".join(details))
     if count > MAX_LISTED_ITEMS:
         lines.append(f"… and {count - MAX_LISTED_ITEMS} more")
+    # A deadline that is no day ("due 31/02") or hours no item can hold is in no line above: without this
+    # one the sender would not know it was dropped. Quoted, the sender's words under English fixed words.
+    if proposal.left_out:
+        quoted = ", ".join(f"“{text}”" for text in proposal.left_out[:MAX_LISTED_LEFT_OUT])
+        more = ", …" if len(proposal.left_out) > MAX_LISTED_LEFT_OUT else ""
+        lines.append(f"Not understood, left out: {quoted}{more}")
     # The review page is the host application's: with no WAPIPE_APP_URL there is nowhere to link to.
     if settings.links_base_url is not None:
         lines.append(f"Review it: {settings.links_base_url}/proposals/{proposal_id}")

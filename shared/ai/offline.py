@@ -27,7 +27,15 @@ from shared.ai.offline_dates import find_dates
 from shared.ai.offline_effort import find_efforts
 from shared.ai.offline_priority import find_priorities
 from shared.ai.offline_text import fold, is_spanish, starts_with_verb, verb_phrase, wordset
-from shared.ai.proposal import MAX_ITEM_HOURS, MAX_ITEMS, Proposal, ProposalError, ProposalItem
+from shared.ai.proposal import (
+    MAX_ITEM_HOURS,
+    MAX_ITEMS,
+    MAX_LEFT_OUT,
+    MAX_LEFT_OUT_CHARS,
+    Proposal,
+    ProposalError,
+    ProposalItem,
+)
 from shared.words import trimmed
 
 MAX_INPUT_CHARS = 10_000
@@ -128,7 +136,7 @@ class _Note:
     bracketed: bool = False
     leading: bool = False
     keep_text: bool = False
-    text: str = ""  # an amount's words, for the summary when no item can hold its hours
+    text: str = ""  # an amount's words, reported as left out when no item can hold its hours
 
 
 @dataclass
@@ -523,17 +531,22 @@ def _confidence(drafts: list[_Draft], text: str) -> float:
     return round(min(0.95, max(0.1, score)), 2)
 
 
-_MAX_LEFT_OUT = 3
-_MAX_LEFT_OUT_CHARS = 40
+_MAX_QUOTED = 3
 
 
-def _left_out(unread: list[str], spanish: bool) -> str:
-    """The summary's note of the amounts and dates read but left out ("0h", "due 31/02"): taken out of the
-    titles, they would otherwise be lost without a word, and the sender can correct them in the review."""
-    quoted = [f"“{' '.join(text.split())[:_MAX_LEFT_OUT_CHARS]}”" for text in unread[:_MAX_LEFT_OUT]]
+def _left_out_texts(unread: list[str]) -> tuple[str, ...]:
+    """The amounts and dates read but left out ("0h", "due 31/02"), as the sender wrote them: taken out of
+    the titles, they would otherwise be lost without a word, and the sender can correct them in the review."""
+    clipped = (" ".join(text.split())[:MAX_LEFT_OUT_CHARS].strip() for text in unread)
+    return tuple(text for text in clipped if text)[:MAX_LEFT_OUT]
+
+
+def _left_out(left_out: tuple[str, ...], spanish: bool) -> str:
+    """The summary's note of what was left out, for the host application (the confirmation says it too)."""
+    quoted = [f"“{text}”" for text in left_out[:_MAX_QUOTED]]
     if not quoted:
         return ""
-    more = ", …" if len(unread) > _MAX_LEFT_OUT else ""
+    more = ", …" if len(left_out) > _MAX_QUOTED else ""
     lead = "; no entendido, no incluido: " if spanish else "; not understood, left out: "
     return lead + ", ".join(quoted) + more
 
@@ -600,9 +613,11 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
     ]
     hours = [i.estimated_hours for i in items]
     total = round(sum(h for h in hours if h is not None), 2) if all(h is not None for h in hours) else None
+    left_out = _left_out_texts(unread)
     return Proposal(
-        summary=_summary(items, total, spanish) + _left_out(unread, spanish),
+        summary=_summary(items, total, spanish) + _left_out(left_out, spanish),
         items=items,
         totalEstimatedHours=total,
         confidence=_confidence(drafts, text),
+        leftOut=left_out,
     )

@@ -1,15 +1,16 @@
 """The proposal a free-text message becomes: the same shape from the offline parser and from the model.
 
 JSON keys are camelCase exactly as the host application reads them (``estimatedHours``, ``dueDate``,
-``totalEstimatedHours``). Validation is strict so that a model's bad answer (a missing key, a negative
-estimate, a date that is not ISO, an unknown priority) is rejected and the offline parser answers instead.
+``totalEstimatedHours``; ``leftOut`` only when the offline parser left something out). Validation is
+strict so that a model's bad answer (a missing key, a negative estimate, a date that is not ISO, an unknown
+priority) is rejected and the offline parser answers instead.
 Control characters are taken out of the texts (:mod:`shared.ai.clean_text`): PostgreSQL refuses NUL.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
@@ -21,6 +22,8 @@ ItemType = Literal["task", "bug", "feature", "meeting", "research", "docs"]
 MAX_ITEMS = 25
 MAX_TITLE = 120
 MAX_ITEM_HOURS = 10_000
+MAX_LEFT_OUT = 10
+MAX_LEFT_OUT_CHARS = 40
 
 
 def _number(value: float | None) -> float | int | None:
@@ -63,7 +66,9 @@ class ProposalItem(BaseModel):
 
 
 class Proposal(BaseModel):
-    """A summary, the items, the total of their hours (only when every item has hours) and a confidence."""
+    """A summary, the items, the total of their hours (only when every item has hours), a confidence, and
+    the sender's words the offline parser read but left out ("due 31/02", "0h"), for the confirmation to
+    name: the model's answer has none."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -71,6 +76,9 @@ class Proposal(BaseModel):
     items: list[ProposalItem] = Field(min_length=1, max_length=MAX_ITEMS)
     total_estimated_hours: float | None = Field(default=None, alias="totalEstimatedHours", ge=0)
     confidence: float = Field(ge=0, le=1)
+    left_out: tuple[Annotated[str, Field(min_length=1, max_length=MAX_LEFT_OUT_CHARS)], ...] = Field(
+        default=(), alias="leftOut", max_length=MAX_LEFT_OUT
+    )
 
     @field_validator("summary")
     @classmethod
@@ -79,6 +87,12 @@ class Proposal(BaseModel):
         if not value.strip():
             raise ValueError("summary is blank")
         return value
+
+    @field_validator("left_out")
+    @classmethod
+    def _clean_left_out(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = (" ".join(storable_text(text).split()) for text in value)
+        return tuple(text for text in cleaned if text)
 
     @model_validator(mode="after")
     def _total_is_the_sum(self) -> Proposal:
@@ -97,8 +111,14 @@ class Proposal(BaseModel):
         return _number(value)
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The proposal with the public camelCase keys and ISO dates, ready for json.dumps."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The proposal with the public camelCase keys and ISO dates, ready for json.dumps.
+
+        ``leftOut`` only when something was left out: the proposal of every other message keeps the four
+        keys a release without it reads (its persist task refuses unknown keys)."""
+        out = self.model_dump(mode="json", by_alias=True)
+        if not out["leftOut"]:
+            del out["leftOut"]
+        return out
 
 
 def json_schema_for_model() -> dict[str, Any]:

@@ -232,6 +232,24 @@ def test_a_spanish_proposal_is_confirmed_in_one_language_a_line(clean: None, db:
     assert "tareas" not in reply
 
 
+def test_the_confirmation_says_what_the_parser_left_out(clean: None, db: psycopg.Connection) -> None:
+    # "due 31/02" is no day: the parser takes it out of the title and notes it in the summary, which the
+    # confirmation no longer sends, so the deadline was dropped and the sender told nothing.
+    reply, project = _confirm(db, "Fix login due 31/02")
+
+    assert reply.splitlines()[:3] == [
+        f"✅ Proposal saved to {project}",
+        "1. Fix login",
+        "Not understood, left out: “due 31/02”",
+    ]
+
+
+def test_a_confirmation_with_nothing_left_out_has_no_such_line(clean: None, db: psycopg.Connection) -> None:
+    reply, _ = _confirm(db, "Fix login by Friday, 2h")
+
+    assert "left out" not in reply
+
+
 def test_an_invalid_proposal_dict_is_dropped_and_its_sender_told_to_send_it_again(
     clean: None, db: psycopg.Connection
 ) -> None:

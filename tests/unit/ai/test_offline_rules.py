@@ -738,6 +738,20 @@ def test_a_deadline_that_is_no_day_is_left_out_and_reported(text: str, unread: s
     assert f"“{unread}”" in proposal.summary
 
 
+def test_what_is_left_out_is_carried_beside_the_proposal() -> None:
+    # Only the summary named it, and the confirmation no longer sends the summary: the sender was told
+    # nothing. The notes travel in their own key, which a proposal with nothing left out does not have.
+    proposal = parse_offline("Fix login due 31/02 and deploy, 0h", dt.date(2026, 1, 27))
+    assert proposal.left_out == ("due 31/02", "0h")
+    as_json = proposal.to_json_dict()
+    assert as_json["leftOut"] == ["due 31/02", "0h"]
+    assert Proposal.model_validate(as_json).left_out == ("due 31/02", "0h")
+
+    plain = parse_offline("Fix login by Friday", dt.date(2026, 1, 27))
+    assert plain.left_out == ()
+    assert "leftOut" not in plain.to_json_dict()
+
+
 @pytest.mark.parametrize(
     "text",
     [
