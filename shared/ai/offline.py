@@ -67,20 +67,25 @@ _GREETING = (
 )
 
 # A request put as a question ("Is it possible to add dark mode?"): a task, its asking left out of the title.
+# "What about" / "how about" suggest work only before an action or "a" thing ("what about adding dark mode",
+# "how about an export"); before "the" they ask how it goes ("what about the login page?").
 _ASKING = (
     r"(?:is|would)\s+it\s+be\s+possible\s+to|is\s+it\s+possible\s+to|any\s+chance\s+(?:you|we)\s+"
     r"(?:can|could)|(?:do|does)\s+(?:you|we|anyone)\s+have\s+time\s+to|do\s+you\s+mind|"
-    r"(?:es|seria)\s+posible|se\s+puede|se\s+podria"
+    r"(?:are|is)\s+(?:you|we|anyone|someone)\s+able\s+to|(?:would|will|could)\s+(?:you|we)\s+be\s+able\s+to|"
+    r"is\s+there\s+(?:a|any)\s+(?:way|chance)\s+to|"
+    r"(?:what|how)\s+about(?:\s+(?:an?|some)(?=\s)|(?=\s+[a-z]+ing(?![\w'])))|"
+    r"(?:es|seria)\s+posible|se\s+puede|se\s+podria|(?:hay|habria)\s+que|hay\s+(?:forma|manera|modo)\s+de"
 )
 _ASKING_FIRST = re.compile(r"^[¿\s]*(?:" + _ASKING + r")(?![\w'])")
 
 _LEADIN = re.compile(
-    r"^(?:(?:please|pls|plz|kindly|por\s+favor|also|then|and|plus|y|e|luego|tambien|ademas|ok(?:ay)?|so|"
+    r"^(?:(?:"
+    + _ASKING
+    + r"|please|pls|plz|kindly|por\s+favor|also|then|and|plus|y|e|luego|tambien|ademas|ok(?:ay)?|so|"
     + _GREETING
     + r"|(?:we|i|you)\s+(?:really\s+|also\s+)?(?:need|have|must|should|want|would\s+like|'d\s+like)"
     r"(?:\s+to)?|needs?\s+to|have\s+to|has\s+to|must|should|let'?s|can\s+you|could\s+you|would\s+you|"
-    + _ASKING
-    + r"|"
     r"can\s+we|could\s+we|we'?ll|i'?ll|we\s+will|i\s+will|remember\s+to|don'?t\s+forget\s+to|"
     r"make\s+sure\s+to|try\s+to|going\s+to|gonna|(?:nosotros\s+)?necesitamos|necesito|necesitan?|"
     r"hay\s+que|tenemos\s+que|tengo\s+que|tienes\s+que|(?:me|nos)\s+gustaria|quiero|queremos|quisiera|"

@@ -564,6 +564,8 @@ def test_confidence_is_higher_with_more_detail() -> None:
         "Buenas tardes a todos, saludos",
         "¿Cómo va el login?",
         "¿Qué tal el registro?",
+        "What about the login page?",
+        "How about the signup?",
     ],
 )
 def test_greetings_pleasantries_and_questions_are_no_work_item(text: str) -> None:
@@ -592,6 +594,16 @@ def test_greetings_pleasantries_and_questions_are_no_work_item(text: str) -> Non
         ("Any chance you could add signup?", ["Add signup"]),
         ("Do you have time to write the docs?", ["Write the docs"]),
         ("¿Es posible agregar el registro?", ["Agregar el registro"]),
+        # Refused as questions about the work, by their first word.
+        ("¿Hay que arreglar el login?", ["Arreglar el login"]),
+        ("¿Habría que arreglar el login?", ["Arreglar el login"]),
+        ("¿Hay forma de exportar a CSV?", ["Exportar a CSV"]),
+        ("What about adding dark mode?", ["Adding dark mode"]),
+        ("How about an export to CSV?", ["Export to CSV"]),
+        ("Are you able to fix the login page?", ["Fix the login page"]),
+        ("Are we able to add signup?", ["Add signup"]),
+        ("Would you be able to fix the login page?", ["Fix the login page"]),
+        ("Is there a way to export to CSV?", ["Export to CSV"]),
         ("Plan the team offsite", ["Plan the team offsite"]),
         ("Fix the morning report", ["Fix the morning report"]),
     ],
