@@ -4,13 +4,13 @@ Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos),
 hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
 Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title, and not
-after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes, a range
-("2-3h") its upper bound, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash does:
-no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no
-hours, so that it is taken out of the title and reported rather than kept as title text. A trailing "each" /
-"cada uno" marks an amount every item gets; "total" / "en total" (or a leading "should take" / "llevará")
-marks an amount for the whole message. "in N days" is a due date, not effort: :mod:`shared.ai.offline_dates`
-claims it first.
+after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes (but "at 10h30"
+is a time of day), a range ("2-3h") its upper bound, and a dash stuck to an amount ("Fix login -3h") attaches
+it as a spaced dash does: no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``)
+is still found, with no hours, so that it is taken out of the title and reported rather than kept as title
+text. A trailing "each" / "cada uno" marks an amount every item gets; "total" / "en total" (or a leading
+"should take" / "llevará") marks an amount for the whole message. "in N days" is a due date, not effort:
+:mod:`shared.ai.offline_dates` claims it first.
 """
 
 from __future__ import annotations
@@ -144,6 +144,19 @@ def _hours(m: re.Match[str]) -> float:
     return total
 
 
+# "2h30" after one of these is a time of day ("at 10h30", "a las 10h30", "@ 9h15"), not hours of work: the
+# deadline's when a date comes first (offline_dates), else the title's.
+_TIME_OF_DAY_BEFORE = re.compile(r"(?:(?<![\w])(?:at|by|a|las?)|@)\s*$")
+
+
+def _is_time_of_day(m: re.Match[str]) -> bool:
+    if not m["hours_minutes"]:
+        return False
+    return bool(
+        _TIME_OF_DAY_BEFORE.search(m.string, max(0, m.start("hours_minutes") - 12), m.start("hours_minutes"))
+    )
+
+
 def _is_dimension(m: re.Match[str]) -> bool:
     """Whether the match is a bare "Nd" after a word that makes it a dimension (see ``_DIMENSION_AFTER``)."""
     if not m["amounts"] or not any(part[2] == "d" for part in _ONE_AMOUNT.finditer(m["amounts"])):
@@ -160,7 +173,7 @@ def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> lis
     for m in _PATTERN.finditer(folded):
         if any(m.start() < end and start < m.end() for start, end in taken):
             continue
-        if _is_dimension(m):
+        if _is_dimension(m) or _is_time_of_day(m):
             continue
         hours = round(_hours(m), 4)
         text = m.group(0)

@@ -634,6 +634,29 @@ def test_short_forms_of_an_amount_are_read(text: str, hours: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "title", "due"),
+    [
+        ("Fix login by Friday at 10h30", "Fix login", "2026-01-30"),
+        ("Fix login tomorrow at 9h15", "Fix login", "2026-01-28"),
+        ("Fix login at 10h30", "Fix login at 10h30", None),
+        ("Call the client @ 14h00", "Call the client @ 14h00", None),
+        (
+            "Reunión con el cliente a las 10h30 para revisar el login",
+            "Reunión con el cliente a las 10h30 para revisar el login",
+            None,
+        ),
+    ],
+)
+def test_a_time_of_day_written_nhmm_is_no_effort(text: str, title: str, due: str | None) -> None:
+    # "at 10h30" was read as 10.5 hours of work (and "a las" left dangling in the title): after "at",
+    # "a las", "@" it is a time of day, the deadline's when a date comes before it, else the title's.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [title]
+    assert proposal.items[0].estimated_hours is None
+    assert proposal.items[0].due_date == (dt.date.fromisoformat(due) if due else None)
+
+
+@pytest.mark.parametrize(
     ("text", "hours"),
     [
         ("Fix login 2-3h", 3),
