@@ -4,13 +4,13 @@ Rules (``shared/data/proposals-dev.md``): minutes (min, mins, minutes, minutos),
 hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day / medio día = 4 hours.
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
 Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title, and not
-after "in" / "to" / "en" / "de" ..., so "render in 3d" does too), "2h30" is 2 hours 30 minutes (but "at 10h30"
-is a time of day), a range ("2-3h") its upper bound, and a dash stuck to an amount ("Fix login -3h") attaches
-it as a spaced dash does: no effort is negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``)
-is still found, with no hours, so that it is taken out of the title and reported rather than kept as title
-text. A trailing "each" / "cada uno" marks an amount every item gets; "total" / "en total" (or a leading
-"should take" / "llevará") marks an amount for the whole message. "in N days" is a due date, not effort:
-:mod:`shared.ai.offline_dates` claims it first.
+after "in" / "to" / "en" / "de" ..., so "render in 3d" does too, nor right after its verb or "it": "Add 3d",
+"Make it 3d"), "2h30" is 2 hours 30 minutes (but "at 10h30" is a time of day), a range ("2-3h") its upper
+bound, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash does: no effort is
+negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no hours, so that
+it is taken out of the title and reported rather than kept as title text. A trailing "each" / "cada uno" marks
+an amount every item gets; "total" / "en total" (or a leading "should take" / "llevará") marks an amount for
+the whole message. "in N days" is a due date, not effort: :mod:`shared.ai.offline_dates` claims it first.
 """
 
 from __future__ import annotations
@@ -95,6 +95,12 @@ _ONE_AMOUNT = re.compile(_AMOUNT)
 # Lower-case text cannot tell "3d" (days) from "3D": after one of these it is the dimension ("render in 3d",
 # "convert to 2d", "visor de 3d"); elsewhere ("Fix login 1d") a day.
 _DIMENSION_AFTER = frozenset({"in", "into", "to", "as", "en", "a", "al", "de"})
+# Nor is a bare "3d" right after its verb or "it" days: it is what the verb acts on ("Add 3d", "Support 2d and
+# 3d rendering", "Make it 3d"). Only after a title ("Fix login 1d"), a separator (", 2d", "(2d)", "-2d") or a
+# lead-in or hedge ("takes 2d", "about 2d") is it an estimate.
+_OBJECT_PRONOUNS = frozenset({"it", "them", "this", "that", "lo", "la", "los", "las"})
+_COURTESY = frozenset({"please", "pls", "plz", "kindly", "also", "just", "so", "por", "favor", "tambien"})
+_CLAUSE_START = re.compile(r"[,;:(\[\-–—]|(?<![\w])(?:and|y|e|then|luego|plus)(?![\w])")
 _EACH = re.compile(r"\b(?:each|apiece|per\s+(?:item|task)|cada|c/u)\b|(?:por|para)\s+(?:tarea|item)")
 _TOTAL = re.compile(
     r"\b(?:total|overall|altogether|combined|en\s+conjunto)\b|^(?:(?:it\s*(?:'|’)?ll|it\s+will|will|should|"
@@ -158,11 +164,18 @@ def _is_time_of_day(m: re.Match[str]) -> bool:
 
 
 def _is_dimension(m: re.Match[str]) -> bool:
-    """Whether the match is a bare "Nd" after a word that makes it a dimension (see ``_DIMENSION_AFTER``)."""
+    """Whether the match is a bare "Nd" that names a dimension, not days (see ``_DIMENSION_AFTER`` and
+    ``_OBJECT_PRONOUNS``)."""
     if not m["amounts"] or not any(part[2] == "d" for part in _ONE_AMOUNT.finditer(m["amounts"])):
         return False
     before = re.findall(r"[a-z]+", m.string[max(0, m.start("amounts") - 20) : m.start("amounts")])
-    return bool(before) and before[-1] in _DIMENSION_AFTER
+    if before and before[-1] in _DIMENSION_AFTER:
+        return True
+    if m.start() < m.start("amounts"):
+        return False  # its own lead-in, hedge or stuck dash says estimate
+    clause_start = max((c.end() for c in _CLAUSE_START.finditer(m.string, 0, m.start())), default=0)
+    words = [w for w in re.findall(r"[a-z']+", m.string[clause_start : m.start()]) if w not in _COURTESY]
+    return bool(words) and (len(words) < 2 or words[-1] in _OBJECT_PRONOUNS)
 
 
 def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> list[EffortMatch]:

@@ -713,6 +713,45 @@ def test_a_d_after_in_or_to_is_a_dimension_not_days(text: str, title: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("text", "titles"),
+    [
+        # "and" shares the verb, as in "add login page and user dashboard".
+        ("Support 2d and 3d rendering", ["Support 2d", "Support 3d rendering"]),
+        ("Add 3d", ["Add 3d"]),
+        ("Add 3d.", ["Add 3d"]),
+        ("Render 3d", ["Render 3d"]),
+        ("Make it 3d", ["Make it 3d"]),
+        ("Hi team, add 3d", ["Add 3d"]),
+        ("Please add 3d", ["Add 3d"]),
+    ],
+)
+def test_a_d_that_is_the_object_of_its_verb_is_a_dimension_not_days(text: str, titles: list[str]) -> None:
+    # "Add 3d" was an item "Add" of 24 hours, "Support 2d and 3d rendering" one "Support" of 16: a bare
+    # "Nd" right after the verb (or "it") is what the verb acts on. After a title ("Fix login 1d") or a
+    # separator (", 2d", "- 2d", "(2d)") it is still days.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == titles
+    assert all(item.estimated_hours is None for item in proposal.items)
+
+
+@pytest.mark.parametrize(
+    ("text", "titles", "hours"),
+    [
+        ("Fix login 1d and add signup 2d", ["Fix login", "Add signup"], 24),
+        ("Add signup, 2d", ["Add signup"], 16),
+        ("Add signup - 2d", ["Add signup"], 16),
+        ("Add signup (2d)", ["Add signup"], 16),
+        ("Deploy -1d", ["Deploy"], 8),
+        ("Deploy, about 1d", ["Deploy"], 8),
+    ],
+)
+def test_a_d_after_a_title_or_separator_is_still_days(text: str, titles: list[str], hours: float) -> None:
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == titles
+    assert proposal.total_estimated_hours == pytest.approx(hours)
+
+
+@pytest.mark.parametrize(
     ("text", "title", "unread"),
     [
         ("Fix login 0h", "Fix login", "0h"),
