@@ -64,7 +64,8 @@ _TAIL = (
 )
 # A range ("2-3h", "2 to 3 hours", "2 a 3 horas") is read as its upper bound, the number the unit follows:
 # proposals-dev.md has no ranges, and the larger amount is the safe estimate. A spaced dash is no range
-# ("Fix issue 42 - 3h" is 3 hours): it attaches an amount to an item.
+# ("Fix issue 42 - 3h" is 3 hours): it attaches an amount to an item. One that does not rise, or follows
+# "from", is a change ("from 10 to 5 min"), no estimate at all (``_is_change``).
 _RANGE_FROM = r"(?:\d+(?:[.,]\d+)?(?:\s*(?:" + "|".join(_UNITS.values()) + r"))?(?:[-–—]|\s+(?:to|a)\s+))?"
 _AMOUNT = _RANGE_FROM + _NUM + r"\s*-?\s*" + _UNIT
 _SPECIAL = (
@@ -92,6 +93,11 @@ _PATTERN = re.compile(
     + r"(?![\w])"
 )
 _ONE_AMOUNT = re.compile(_AMOUNT)
+# A range's first amount (its unit, when it has one, before the dash or "to"), to compare with its second.
+_RANGE_START = re.compile(
+    r"(\d+(?:[.,]\d+)?)(?:\s*(" + "|".join(_UNITS.values()) + r"))?(?:[-–—]|\s+(?:to|a)\s+)"
+)
+_FROM_BEFORE = re.compile(r"(?<![\w])(?:from|desde)\s*$")
 # Lower-case text cannot tell "3d" (days) from "3D": after one of these it is the dimension ("render in 3d",
 # "convert to 2d", "visor de 3d"); elsewhere ("Fix login 1d") a day.
 _DIMENSION_AFTER = frozenset({"in", "into", "to", "as", "en", "a", "al", "de"})
@@ -178,6 +184,23 @@ def _is_dimension(m: re.Match[str]) -> bool:
     return bool(words) and (len(words) < 2 or words[-1] in _OBJECT_PRONOUNS)
 
 
+def _is_change(m: re.Match[str]) -> bool:
+    """Whether the match is a change from one amount to another, no estimate: a "range" whose first amount
+    is not the smaller ("from 10 to 5 min"), or one after "from" / "desde" ("from 5 to 10 min")."""
+    if not m["amounts"]:
+        return False
+    start = _RANGE_START.match(m["amounts"])
+    if start is None:
+        return False
+    if _FROM_BEFORE.search(m.string, max(0, m.start() - 8), m.start()):
+        return True
+    upper = _ONE_AMOUNT.match(m["amounts"])
+    if upper is None:
+        return False
+    lower = _number(start[1]) * _unit_hours(start[2] or upper[2])
+    return lower >= _number(upper[1]) * _unit_hours(upper[2])
+
+
 def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> list[EffortMatch]:
     """Every effort amount in ``folded`` that does not overlap ``taken`` spans (dates found first); one no
     item can hold has ``hours`` None."""
@@ -186,7 +209,7 @@ def find_efforts(folded: str, taken: list[tuple[int, int]] | None = None) -> lis
     for m in _PATTERN.finditer(folded):
         if any(m.start() < end and start < m.end() for start, end in taken):
             continue
-        if _is_dimension(m) or _is_time_of_day(m):
+        if _is_dimension(m) or _is_time_of_day(m) or _is_change(m):
             continue
         hours = round(_hours(m), 4)
         text = m.group(0)

@@ -678,6 +678,23 @@ def test_a_range_of_hours_is_read_as_its_upper_bound(text: str, hours: float) ->
     assert proposal.total_estimated_hours == pytest.approx(hours)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Reduce load time from 10 to 5 min",
+        "Increase the timeout from 5 to 10 min",
+        "Reducir el tiempo de carga de 10 a 5 min",
+        "Cut the build from 20-15 min",
+    ],
+)
+def test_a_change_from_one_amount_to_another_is_no_estimate(text: str) -> None:
+    # "Reduce load time from 10 to 5 min" was 5 minutes of effort titled "Reduce load time from": a range
+    # runs from a smaller amount to a larger one, and "from N to M" says what changes, not how long.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [text]
+    assert proposal.items[0].estimated_hours is None
+
+
 @pytest.mark.parametrize("text", ["Fix login in 2-3 days", "Arreglar el login en 2 a 3 días"])
 def test_a_range_of_days_to_a_deadline_is_due_at_its_upper_bound(text: str) -> None:
     # "in N days" is a due date, so its range is one too, not effort.
