@@ -789,7 +789,8 @@ def test_an_amount_no_item_can_hold_is_left_out_and_reported(text: str, title: s
 @pytest.mark.parametrize(
     ("text", "due"),
     [
-        ("Fix login 12/25", "2026-12-25"),
+        ("Fix login by 12/25", "2026-12-25"),
+        ("Fix login, 12/25", "2026-12-25"),
         ("Fix login by 25/12", "2026-12-25"),
         ("Fix login due 1/15/2027", "2027-01-15"),
         ("Arreglar el login para el 03/04", "2026-04-03"),
@@ -868,6 +869,12 @@ def test_numbers_with_a_slash_and_yesterday_in_a_title_stay_there(text: str) -> 
         "Resize the video to 1920/1080",
         "Do a 50/50 split",
         "Send the notes of 12/15",
+        # With no deadline word before it, or a separator attaching it, a pair is as likely no date.
+        "Offer support 24/7",
+        "Make the hero image 16/9",
+        "Finish chapter 5/20",
+        "Fix login 12/25",
+        "Terminar el capítulo 5/20",
         "Cambiar la relación de aspecto a 16/9",
     ],
 )
