@@ -942,37 +942,50 @@ def test_a_submitted_whatsapp_flow_is_no_empty_answer_to_an_optional_text(user: 
 
 
 def _media(user: User, kind: str, caption: str | None = None) -> int:
-    """A photo, sticker, voice note, video or document as inbound.route stores one: its caption, if any,
-    is its body (a voice note or sticker has none)."""
+    """A message of ``kind`` as inbound.route stores one: a photo, sticker, voice note, video or document,
+    its caption, if any, its body (a voice note or sticker has none); or one that has no text of its own:
+    a shared contact card, an order (a cart) sent without a note, an interactive reply or template button
+    whose tap did not parse (neither has a tapped id)."""
     media_id = add_inbound(user.db, user.contact_id, user.conversation_id, caption, type=kind)
     user.redis.set(handler_key(media_id), 1)
     return media_id
 
 
-@pytest.mark.parametrize("kind", ["image", "sticker", "audio", "video", "document"])
-def test_media_without_a_caption_is_no_empty_answer_to_an_optional_text(user: User, kind: str) -> None:
+MEDIA_NOTICE = "⚠️ 📎 A photo, video, voice note, sticker or file can't answer this question."
+NO_TEXT_NOTICE = "⚠️ 💬 A shared contact or another message without text can't answer this question."
+NOT_AN_ANSWER = [
+    *((kind, MEDIA_NOTICE) for kind in ("image", "sticker", "audio", "video", "document")),
+    *((kind, NO_TEXT_NOTICE) for kind in ("contacts", "order", "interactive", "button")),
+]
+
+
+@pytest.mark.parametrize(("kind", "notice"), NOT_AN_ANSWER)
+def test_a_message_with_no_text_is_no_empty_answer_to_an_optional_text(
+    user: User, kind: str, notice: str
+) -> None:
     pack = parse_pack(OPTIONAL_NOTE)
     user.step(user.store("1"), pack=pack)
     user.step(_media(user, kind), pack=pack)
 
-    # Before: the form took it as an empty note and finished ("Noted: ''."), the user's media ignored.
-    assert user.replies()[-1].startswith("⚠️ 📎 A photo, video, voice note, sticker or file can't answer")
+    # Before: the form took it as an empty note and finished ("Noted: ''."), the user's media or card
+    # ignored.
+    assert user.replies()[-1].startswith(notice)
     assert user.flow["flow"] == "note"
     assert user.flow["answers"] == {}
     user.step(user.store("by the press"), pack=pack)
     assert user.replies()[-1] == "Noted: 'by the press'."
 
 
-def test_media_without_a_caption_to_a_required_step_is_told_the_same(user: User) -> None:
+@pytest.mark.parametrize(("kind", "notice"), [NOT_AN_ANSWER[0], NOT_AN_ANSWER[-4]])
+def test_a_message_with_no_text_to_a_required_step_is_told_the_same(
+    user: User, kind: str, notice: str
+) -> None:
     user.step(user.store("1"))  # Report a defect: which order?
     asked = user.flow
-    user.step(_media(user, "image"))
+    user.step(_media(user, kind))
 
-    # Before: "That doesn't look right. Please send it like ORD-12345.", as if the photo were mistyped.
-    assert user.replies()[-1].startswith(
-        "⚠️ 📎 A photo, video, voice note, sticker or file can't answer this question."
-        " That doesn't look right. Please send it like ORD-12345."
-    )
+    # Before: "That doesn't look right. Please send it like ORD-12345.", as if it were mistyped.
+    assert user.replies()[-1].startswith(f"{notice} That doesn't look right. Please send it like ORD-12345.")
     assert user.flow["step"] == asked["step"]
     assert user.flow["answers"] == asked["answers"]
 
@@ -992,49 +1005,11 @@ def test_media_without_a_caption_is_told_in_the_packs_own_words(user: User) -> N
     assert user.replies()[-1].startswith("⚠️ 📎 Escribe tu respuesta.")
 
 
-def _textless(user: User, kind: str) -> int:
-    """A message of another kind than a text, media or location as inbound.route stores one that has no
-    text of its own: a shared contact card, an order (a cart) sent without a note, an interactive reply or
-    template button whose tap did not parse (neither has a tapped id)."""
-    message_id = add_inbound(user.db, user.contact_id, user.conversation_id, None, type=kind)
-    user.redis.set(handler_key(message_id), 1)
-    return message_id
-
-
-@pytest.mark.parametrize("kind", ["contacts", "order", "interactive", "button"])
-def test_a_message_with_no_text_is_no_empty_answer_to_an_optional_text(user: User, kind: str) -> None:
-    pack = parse_pack(OPTIONAL_NOTE)
-    user.step(user.store("1"), pack=pack)
-    user.step(_textless(user, kind), pack=pack)
-
-    # Before: the form took it as an empty note and finished ("Noted: ''."), the contact card ignored.
-    assert user.replies()[-1].startswith(
-        "⚠️ 💬 A shared contact or another message without text can't answer this question."
-    )
-    assert user.flow["flow"] == "note"
-    assert user.flow["answers"] == {}
-    user.step(user.store("by the press"), pack=pack)
-    assert user.replies()[-1] == "Noted: 'by the press'."
-
-
-def test_a_shared_contact_to_a_required_step_is_told_it_cant_answer(user: User) -> None:
-    user.step(user.store("1"))  # Report a defect: which order?
-    asked = user.flow
-    user.step(_textless(user, "contacts"))
-
-    # Before: "That doesn't look right. Please send it like ORD-12345.", as if the card were mistyped.
-    assert user.replies()[-1].startswith(
-        "⚠️ 💬 A shared contact or another message without text can't answer this question."
-        " That doesn't look right. Please send it like ORD-12345."
-    )
-    assert user.flow["step"] == asked["step"]
-
-
 def test_a_message_with_no_text_is_told_in_the_packs_own_words(user: User) -> None:
     spanish = 'name = "notes"\nno_text_not_an_answer = "💬 Escribe tu respuesta."'
     pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
     user.step(user.store("1"), pack=pack)
-    user.step(_textless(user, "contacts"), pack=pack)
+    user.step(_media(user, "contacts"), pack=pack)
     assert user.replies()[-1].startswith("⚠️ 💬 Escribe tu respuesta.")
 
 
