@@ -2,7 +2,8 @@
 files proposals in the wrong place.
 
 In order: a name exactly as written, in any case ("C#", never "C++"); then, names compared ignoring case,
-accents, emoji and punctuation ("🚀 Launch" is "launch", "C#" and "C++" are both "c"): an exact name; a
+accents, emoji and punctuation ("🚀 Launch" is "launch"), save the symbols that make names differ ("C#",
+"C++", "Node.js" keep theirs): an exact name; a
 unique name that starts with the query or has a word that does ("mobile", "app" for "Mobile App"); a
 name only similar to the query (difflib, so "webiste" still finds "Website Redesign"), when it is close
 enough and clearly closer than any other. Anything less (a query inside a word, a fainter likeness)
@@ -12,6 +13,7 @@ chooses nothing: it is offered back as a guess.
 from __future__ import annotations
 
 import difflib
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ _SIMILAR_MAX = 50.0
 _SIMILAR_MIN_RATIO, _SIMILAR_SURE_RATIO, _SIMILAR_LEAD_RATIO = 0.7, 0.8, 0.1
 # No one has ten thousand workspaces or projects of one name.
 _NAMESAKE_DIGITS = 4
+# A word as fold keeps it: letters and digits, with the symbols that tell names apart when they end it
+# ("C#", "C++") or join it ("Node.js", "ASP.NET"). Without them "C++" was "c", as "C#" is, and chose it;
+# a "#" before a word ("Sprint #2") numbers rather than names, and stays out.
+_WORD = re.compile(r"[^\W_]+(?:\.[^\W_]+)*[+#]*")
 
 
 @dataclass(frozen=True)
@@ -47,12 +53,11 @@ def _caseless(text: str) -> str:
 
 def fold(text: str) -> str:
     """``text`` as names are compared: its words of letters and digits, lower case, without accents (so
-    without emoji and punctuation too); a name of symbols alone ("🚀") stays itself, in lower case."""
+    without emoji and punctuation too, save a word's own "#", "+" and "." as in "C#", "C++", "Node.js");
+    a name of symbols alone ("🚀") stays itself, in lower case."""
     decomposed = unicodedata.normalize("NFKD", text.casefold())
-    kept = "".join(
-        ch if ch.isalnum() else " " for ch in decomposed if not unicodedata.category(ch).startswith("M")
-    )
-    return " ".join(kept.split()) or " ".join(text.casefold().split())
+    unmarked = "".join(ch for ch in decomposed if not unicodedata.category(ch).startswith("M"))
+    return " ".join(_WORD.findall(unmarked)) or " ".join(text.casefold().split())
 
 
 def score(query: str, name: str) -> float:

@@ -131,8 +131,8 @@ def test_an_exact_name_wins_whatever_its_case_accents_and_emoji(demo: Sessions) 
 def test_a_name_written_exactly_wins_over_those_it_is_like_without_punctuation_and_emoji(
     demo: Sessions,
 ) -> None:
-    # Compared without punctuation and emoji, "C++" and "C#" are both "c": a name exactly as written (in
-    # any case, full-width or not) is chosen first; a query that only folds alike still lists both.
+    # Compared without emoji, "🚀 Launch" is "launch": a name exactly as written (in any case, full-width
+    # or not) is chosen first; a query that starts both "C++" and "C#" lists both.
     with transaction() as conn:
         [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
         for name in ("C++", "C#", "Launch", "🚀 Launch"):
@@ -144,6 +144,17 @@ def test_a_name_written_exactly_wins_over_those_it_is_like_without_punctuation_a
     assert say(demo, "/project 🚀  launch").startswith("✅ Project: 🚀 Launch\n")
     assert say(demo, "/project LAUNCH").startswith("✅ Project: Launch\n")
     assert say(demo, "/project c").startswith('Several projects match "c":')
+
+
+def test_a_name_that_starts_with_symbols_is_not_taken_for_one_without_them(demo: Sessions) -> None:
+    # "C++" and "C#" differ only in their symbols: compared without them, "/project C++" chose "C#".
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for name in ("C#", "C++ Tools"):
+            repo.upsert_project(conn, workspace.id, name)
+
+    assert say(demo, "/project C++").startswith("✅ Project: C++ Tools\n")
+    assert say(demo, "/project c#").startswith("✅ Project: C#\n")
 
 
 def test_an_unknown_number_after_a_name_selects_nothing(demo: Sessions) -> None:

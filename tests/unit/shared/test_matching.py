@@ -19,15 +19,32 @@ from shared.bot.matching import best_matches, score
         ("🚀 Launch", ["🚀 Launch"]),
         (" launch ", ["Launch"]),
         ("c", ["C++", "C#"]),
-        ("c #2", ["C#"]),
+        # Not namesakes: "#2" numbers names that differ in nothing but case, accents and emoji.
+        ("c #2", ["C++", "C#"]),
         ("", []),
     ],
 )
 def test_a_name_written_exactly_is_chosen_before_names_alike_without_punctuation(
     query: str, expected: list[str]
 ) -> None:
-    # Without punctuation and emoji "C++" and "C#" are both "c", "🚀 Launch" is "launch".
+    # Without emoji "🚀 Launch" is "launch"; "c" starts both "C++" and "C#".
     names = ["C++", "C#", "Launch", "🚀 Launch"]
+    assert best_matches(query, names, str) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("C++", ["C++ Tools"]),
+        ("c#", ["C#"]),
+        ("node.js", ["Node.js API"]),
+        ("node", ["Node.js API", "Node JS"]),
+        ("sprint 2", ["Sprint #2"]),
+    ],
+)
+def test_the_symbols_that_tell_names_apart_are_compared(query: str, expected: list[str]) -> None:
+    # "C++" and "C#" differ only in their symbols: compared without them, "C++" chose "C#".
+    names = ["C#", "C++ Tools", "Node.js API", "Node JS", "Sprint #2"]
     assert best_matches(query, names, str) == expected
 
 
