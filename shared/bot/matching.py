@@ -7,7 +7,8 @@ accents, emoji and punctuation ("🚀 Launch" is "launch"), save the symbols tha
 unique name that starts with the query or has a word that does ("mobile", "app" for "Mobile App"); a
 name only similar to the query (difflib, so "webiste" still finds "Website Redesign"), when it is close
 enough and clearly closer than any other. Anything less (a query inside a word, a fainter likeness)
-chooses nothing: it is offered back as a guess.
+chooses nothing: it is offered back as a guess. A query of emoji alone ("📱"), which folds to nothing of
+a name, names the names with that emoji ("📱 Mobile").
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ _NAMESAKE_DIGITS = 4
 # ("C#", "C++") or join it ("Node.js", "ASP.NET"). Without them "C++" was "c", as "C#" is, and chose it;
 # a "#" before a word ("Sprint #2") numbers rather than names, and stays out.
 _WORD = re.compile(r"[^\W_]+(?:\.[^\W_]+)*[+#]*")
+# What an emoji is made of: symbols, skin tones, joiners (ZWJ) and variation selectors.
+_EMOJI_PARTS = frozenset({"So", "Sk", "Cf", "Mn"})
+# The emoji variation selector, which one keyboard sends and another leaves out ("❤️" and "❤").
+_EMOJI_STYLE = "\ufe0f"
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,11 @@ def find(query: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
     picked = namesake(query, items, name)
     if picked is not None:
         return Found([picked], sure=True)
+    if _emoji_only(written):
+        # Folded, "📱 Mobile" is "mobile": nothing of it is left for "📱" to match.
+        emoji = written.replace(_EMOJI_STYLE, "")
+        holding = [item for item in items if emoji in _caseless(name(item)).replace(_EMOJI_STYLE, "")]
+        return Found(holding, sure=bool(holding))
     folded = fold(query)
     found = _find(folded, items, name)
     head = _numbered_head(query)
@@ -109,6 +119,12 @@ def find(query: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
     # never chosen, or the number the user meant would be quietly ignored.
     named = _find(fold(head), items, name)
     return Found(named.items, sure=named.sure and len(named.items) > 1)
+
+
+def _emoji_only(text: str) -> bool:
+    """Whether ``text`` is emoji and spaces alone ("📱", "👍🏽 ❤️")."""
+    parts = [unicodedata.category(ch) for ch in text if not ch.isspace()]
+    return "So" in parts and _EMOJI_PARTS.issuperset(parts)
 
 
 def _find(q: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:

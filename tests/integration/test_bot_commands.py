@@ -157,6 +157,18 @@ def test_a_name_that_starts_with_symbols_is_not_taken_for_one_without_them(demo:
     assert say(demo, "/project c#").startswith("✅ Project: C#\n")
 
 
+def test_an_emoji_alone_finds_the_project_with_it(demo: Sessions) -> None:
+    # Compared without emoji, "📱" named nothing: "📱 Mobile" is "mobile", like the other Mobile projects.
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for name in ("📱 Mobile", "🚀 Launch", "Rocket 🚀"):
+            repo.upsert_project(conn, workspace.id, name)
+
+    assert say(demo, "/project 📱").startswith("✅ Project: 📱 Mobile\n")
+    assert say(demo, "/project 🚀").startswith('Several projects match "🚀":')
+    assert say(demo, "/project 🎉").startswith('No project matches "🎉"')
+
+
 def test_an_unknown_number_after_a_name_selects_nothing(demo: Sessions) -> None:
     # "#3" numbers one of several projects of one name: with one Mobile App there is no third.
     reply = say(demo, "/project Mobile App #3")

@@ -48,6 +48,21 @@ def test_the_symbols_that_tell_names_apart_are_compared(query: str, expected: li
     assert best_matches(query, names, str) == expected
 
 
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("📱", ["📱 Mobile"]),
+        (" ❤️ ", ["Team ❤ Fans"]),
+        ("🚀", ["🚀 Launch", "Rocket 🚀"]),
+        ("🎉", []),
+    ],
+)
+def test_a_query_of_emoji_alone_finds_the_names_with_that_emoji(query: str, expected: list[str]) -> None:
+    # Compared without emoji, "📱" named nothing: "📱 Mobile" is "mobile".
+    names = ["📱 Mobile", "Mobile Web", "🚀 Launch", "Rocket 🚀", "Team ❤ Fans"]
+    assert best_matches(query, names, str) == expected
+
+
 def test_a_text_far_longer_than_any_name_is_not_compared_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
     # difflib's full ratio is quadratic in the text: a 4,096-character message compared with every name and
     # word of 300 projects held a commands worker for seconds. Its cheap upper bounds rule such texts out.
