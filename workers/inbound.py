@@ -509,7 +509,9 @@ def _limiter(client: redis.Redis) -> RateLimiter:
 def _handler(facts: _Facts, settings: Settings) -> str:
     # A number with its own assistant config is an assistant whatever WAPIPE_MODE says (issue 5).
     mode = Mode.assistant if facts.assistant_number else settings.mode
-    return pick_handler(facts.text, linked=facts.linked, mode=mode)
+    # Only a subscribed sender's opt-in word gets here (an opted-out one's opts them in before).
+    opting_in = bool(_said(facts) & _keywords(settings.opt_in_words))
+    return pick_handler(facts.text, linked=facts.linked, mode=mode, opting_in=opting_in)
 
 
 def _decide(
@@ -575,8 +577,9 @@ def _dispatch_after_commit(message_id: int, handler: str) -> RouteOutcome:
     return RouteOutcome(message_id, "handler", handler)
 
 
-def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
-    """The task that answers a message (INTERFACES.md, "Routing in inbound.route")."""
+def pick_handler(text: str, *, linked: bool, mode: Mode, opting_in: bool = False) -> str:
+    """The task that answers a message (INTERFACES.md, "Routing in inbound.route"); ``opting_in``: the
+    message is an opt-in word (START) from a subscribed sender."""
     if verification.is_verify_code(text):  # the very rule the verify stage reads the code by
         return "verify.check_code"
     if mode is Mode.menu:
@@ -584,8 +587,9 @@ def pick_handler(text: str, *, linked: bool, mode: Mode) -> str:
     if mode is Mode.assistant:
         return "ai.reply"
     # Project mode: commands, and the linking instructions for numbers not linked yet; free text from a
-    # linked user becomes a proposal. A message with no text (a photo alone) gets the commands' help.
-    if is_command(text) or not linked or not text:
+    # linked user becomes a proposal. A message with no text (a photo alone) gets the commands' help, as
+    # does START from a subscribed sender: it asks to begin, it names no work ("1. START" as a proposal).
+    if is_command(text) or not linked or not text or opting_in:
         return "commands.handle"
     return "ai.parse_proposal"
 

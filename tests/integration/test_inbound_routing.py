@@ -546,6 +546,16 @@ def test_a_start_from_a_contact_never_opted_out_is_an_ordinary_message(
     assert db.execute("SELECT opted_out FROM contacts").fetchone()["opted_out"] is False
 
 
+def test_a_start_from_a_subscribed_linked_user_in_project_mode_gets_the_help(db, redis_client) -> None:
+    # Linked, free text is a proposal: START was parsed into a proposal "1. START" instead of the help.
+    link(db, "+15551234567")
+    project = load_settings(mode="project")
+
+    assert route(event("START"), project).handler == "commands.handle"
+    assert route(event("Start!"), project).handler == "commands.handle"
+    assert route(event("Start the login page"), project).handler == "ai.parse_proposal"
+
+
 def test_a_start_redelivered_after_its_store_opted_in_still_sends_its_confirmation(db, redis_client) -> None:
     settings = load_settings()
     route(event("STOP"), settings)
