@@ -178,6 +178,17 @@ def _is_filler(folded: str) -> bool:
     return all(word in _FILLER or word.isdigit() or len(word) < 2 for word in _words(folded))
 
 
+# Asking for help and nothing more ("Hello, can you help?") names no work: "help" is filler only when the
+# whole sentence is, so "Can you help with the login bug?" stays a task and "Fix login and help" keeps it.
+_ASKING_FOR_HELP = wordset("help can could me us")
+
+
+def _only_asks_for_help(sentence: str) -> bool:
+    """A sentence of greetings, thanks and "can you help" alone, which names no work item."""
+    words = _words(fold(sentence))
+    return "help" in words and all(_is_filler(word) or word in _ASKING_FOR_HELP for word in words)
+
+
 def _is_question(sentence: str) -> bool:
     """A question about the work (not a request put as one), which names no work item."""
     asked = sentence.rstrip().endswith("?") or sentence.lstrip().startswith("¿")
@@ -569,7 +580,7 @@ def parse_offline(text: str, today: dt.date) -> Proposal:
     drafts: list[_Draft] = []
     unread: list[str] = []
     for sentence in _sentences(text):
-        if _is_question(sentence):
+        if _is_question(sentence) or _only_asks_for_help(sentence):
             continue
         pieces = _pieces(sentence, today, spanish)
         unread.extend(n.value for piece in pieces for n in piece.notes if n.kind == "unread")

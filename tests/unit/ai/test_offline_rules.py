@@ -577,6 +577,21 @@ def test_greetings_pleasantries_and_questions_are_no_work_item(text: str) -> Non
 
 
 @pytest.mark.parametrize(
+    "text", ["Hello, can you help?", "Hi team, can you help me please? Thanks!", "Could you help us?"]
+)
+def test_asking_for_help_and_nothing_more_is_no_work_item(text: str) -> None:
+    # Became a task titled "Help": the lead-in and the greeting left out, "help" was all there was.
+    with pytest.raises(ProposalError) as info:
+        parse_offline(text, dt.date(2026, 1, 27))
+    assert "no work item found" in str(info.value)
+
+
+def test_asking_for_help_with_something_is_a_task() -> None:
+    proposal = parse_offline("Can you help with the login bug?", dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == ["Help with the login bug"]
+
+
+@pytest.mark.parametrize(
     ("text", "titles"),
     [
         ("Hi team, please add a login page by Friday", ["Add a login page"]),
