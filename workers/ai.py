@@ -33,7 +33,9 @@ from workers import stage_task
 log = get_logger(__name__)
 
 NOT_LINKED = "🔗 Link your WhatsApp to your account first: ask the app for a code and send VERIFY <code>."
-NO_ITEMS = "🤔 I could not find a task in that: {reason}"
+# The parser's reason says what was not found and what to send: led in by "I could not find a task", it
+# said so twice.
+NO_ITEMS = "🤔 {reason}"
 
 
 def message_day(record: InboundRecord) -> dt.date:
@@ -69,7 +71,8 @@ def parse_message(message_id: int, sessions: Sessions | None = None, settings: S
     try:
         proposal, parser = parse_proposal(record.body or "", message_day(record), settings)
     except ProposalError as exc:
-        answer(message_id, NO_ITEMS.format(reason=exc))
+        reason = str(exc)
+        answer(message_id, NO_ITEMS.format(reason=reason[:1].upper() + reason[1:]))
         return "no_items"
     job = Job(
         "persist.save_proposal",

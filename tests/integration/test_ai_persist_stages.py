@@ -111,7 +111,9 @@ def test_text_without_items_gets_a_clear_reply(
     sessions.select(PHONE, DEMO_USER_ID, workspace_id=None, project_id=str(_project(db)))
     message_id = store_inbound(db, "🙂 Friday")
     assert ai_worker.parse_message(message_id, sessions, OFFLINE) == "no_items"
-    assert replies(db)[0].startswith("🤔 I could not find a task in that")
+    # Said once: it read "I could not find a task in that: no work item found: name what to do, ...".
+    assert replies(db)[0].startswith("🤔 No work item found: name what to do, e.g. ")
+    assert "could not find" not in replies(db)[0]
 
 
 def test_parse_then_persist_stores_rows_and_queues_the_reply_with_the_link(
