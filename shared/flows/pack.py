@@ -75,6 +75,7 @@ PACK_TEXT_VALUES: dict[str, frozenset[str]] = {
     "number_decimal": frozenset(),
     "text_length_invalid": frozenset({"min_length", "max_length"}),
     "text_optional_invalid": frozenset({"max_length", "skip_word"}),
+    "text_required": frozenset(),
     "location_not_an_answer": frozenset(),
     "flow_reply_not_an_answer": frozenset(),
     "media_not_an_answer": frozenset(),
@@ -113,6 +114,7 @@ UPGRADE_KEYS = (
     "media_not_an_answer",
     "no_text_not_an_answer",
     "number_words",
+    "text_required",
 )
 # Each of those values as its renderer gives it (a number or a text): each [pack] text is rendered with
 # them once as it loads, so that a format or conversion its value cannot take ({min:.0f}, {min} being a
@@ -278,6 +280,9 @@ class Meta(_Strict):
     text_optional_invalid: str = (
         "Please send a text of at most {max_length} characters, or *{skip_word}* to skip this question."
     )
+    # Before what the step accepts, to a skip word sent to a text question that is not optional: taken
+    # as the answer, the word "skip" was saved for a question that needs one.
+    text_required: str = "This question needs an answer, it can't be skipped."
     # Before what the step accepts, to a location shared in answer to a form's question: no step takes one,
     # and read as its (empty) text it could pass for an optional answer, the place lost.
     location_not_an_answer: str = "📍 A shared location can't answer this question."

@@ -168,9 +168,14 @@ def validate(step: Step, answer: Answer, texts: Meta = DEFAULT_TEXTS) -> str | i
         return {"upper": text.upper(), "lower": text.lower(), "keep": text}[step.case]
     if step.kind == "number":
         return _number(step, text, texts)
-    if step.min_length == 0 and keyword(answer.text) in texts.skip_words:
-        # WhatsApp sends no empty text: a skip word is how an optional text is left empty.
-        return ""
+    if keyword(answer.text) in texts.skip_words:
+        if step.min_length == 0:
+            # WhatsApp sends no empty text: a skip word is how an optional text is left empty.
+            return ""
+        # A required question asked to be skipped: told so, not the word saved as its answer. A pack in its
+        # own words written before text_required is told only what the step takes, not an English sentence.
+        required = "" if texts.left_english("text_required") else render(texts.text_required, {})
+        raise Invalid(" ".join(part for part in (required, allowed(step, texts)) if part))
     stripped = answer.text.strip()
     if not step.min_length <= len(stripped) <= step.max_length:
         raise Invalid(allowed(step, texts))

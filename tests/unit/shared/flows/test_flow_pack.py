@@ -266,6 +266,7 @@ NEW_KEYS = [
     "media_not_an_answer",
     "no_text_not_an_answer",
     "number_words",
+    "text_required",
 ]
 
 
@@ -287,7 +288,7 @@ def test_a_pack_setting_the_new_texts_or_no_text_for_a_wrong_answer_is_told_noth
     every = (
         'name = "tiny"\nnumber_between = "De {min} a {max}."\ntext_optional_invalid = "Hasta {max_length}."\n'
         'skip_words = ["omitir"]\nmedia_not_an_answer = "📎"\nno_text_not_an_answer = "💬"\n'
-        'number_words = ["uno"]'
+        'number_words = ["uno"]\ntext_required = "Esta pregunta no se puede omitir."'
     )
     assert _warned(GOOD.replace('name = "tiny"', every)) == []
     assert _warned(GOOD.replace('name = "tiny"', 'name = "tiny"\ngreeting = "¡Hola!"')) == []

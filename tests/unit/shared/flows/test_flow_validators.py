@@ -236,8 +236,33 @@ def test_an_optional_text_is_told_how_to_skip_it_not_to_send_0_characters() -> N
     )
 
 
-def test_the_skip_word_is_a_required_texts_answer() -> None:
-    assert validate(TEXT, Answer("skip")) == "skip"
+@pytest.mark.parametrize("word", ["skip", "*Skip*"])
+def test_a_skip_word_on_a_required_text_is_told_the_question_needs_an_answer(word: str) -> None:
+    # It was saved as the answer "skip".
+    with pytest.raises(Invalid) as info:
+        validate(TEXT, Answer(word))
+    assert info.value.message == (
+        "This question needs an answer, it can't be skipped. Please send a text of 1 to 10 characters."
+    )
+
+
+def test_a_skip_word_on_a_required_text_is_told_so_in_the_packs_own_words() -> None:
+    texts = Meta(name="taller", skip_words=["Omitir"], text_required="Esta pregunta no se puede omitir.")
+    with pytest.raises(Invalid) as info:
+        validate(TEXT, Answer("omitir"), texts)
+    assert info.value.message == "Esta pregunta no se puede omitir. Please send a text of 1 to 10 characters."
+    # Not one of this pack's skip words: an answer like any other.
+    assert validate(TEXT, Answer("skip"), texts) == "skip"
+
+
+def test_a_pack_in_its_own_words_without_the_required_text_is_told_only_what_the_step_takes() -> None:
+    # A pack of a release before text_required, in Spanish: no English sentence in front of its own.
+    texts = Meta(
+        name="taller", text_length_invalid="Envía un texto de {min_length} a {max_length} caracteres."
+    )
+    with pytest.raises(Invalid) as info:
+        validate(TEXT, Answer("skip"), texts)
+    assert info.value.message == "Envía un texto de 1 a 10 caracteres."
 
 
 def test_an_optional_text_is_skipped_and_told_so_in_the_packs_own_words() -> None:
