@@ -111,8 +111,8 @@ def match_choice(
     number_words: Sequence[str] = DEFAULT_TEXTS.number_words,
 ) -> int | None:
     """The 0-based index the answer picks: a tapped id, the number, the label (any case), then the number
-    typed as ``2.``, ``2)`` or ``#2``, the label with punctuation or emoji around it, and last one of the
-    pack's ``number_words``, unless a label names one."""
+    typed as ``2.``, ``2)`` or ``#2``, the label with punctuation or emoji around it when no other label
+    is the same without them, and last one of the pack's ``number_words``, unless a label names one."""
     if answer.reply_id and answer.reply_id in id_of:
         return id_of.index(answer.reply_id)
     text = answer.clean
@@ -132,8 +132,12 @@ def match_choice(
     word = keyword(text)
     # Folded as a cancel word is: "*Two*" or "two 🙏" is the choice labelled "Two", not choice 2.
     folded_labels = [keyword(label) for label in labels]
-    if word in folded_labels:
+    if folded_labels.count(word) == 1:
         return folded_labels.index(word)
+    if word in folded_labels:
+        # Labels that differ only in what is stripped ("O+" and "O-" are both "o", "C++" and "C#" "c"):
+        # "O-." names neither more than the other, so it is asked again rather than given to the first.
+        return None
     if _names_a_number_word(folded_labels, number_words):
         # Choices such as "None", "One", "Two", "Three or more": "three" would pick "Two", the third,
         # which the user did not name. Where no label names one, a number word names only a position.

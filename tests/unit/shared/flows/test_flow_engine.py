@@ -87,6 +87,18 @@ def test_a_number_word_picks_no_menu_option_where_a_title_names_a_number() -> No
     assert _send(pack, {"pack": "taller", "flow": None}, "Dos minutos")[0]["flow"] == "urgencia"
 
 
+def test_menu_titles_alike_once_stripped_are_asked_again_not_given_to_the_first() -> None:
+    titled = SPANISH.replace('title = "Urgencia"', 'title = "C++"')
+    pack = parse_pack(
+        titled + SPANISH[SPANISH.index("[[flows]]") :].replace("urgencia", "otra").replace("Urgencia", "C#")
+    )
+    # Before: "C#!" started "C++", the first title that is "c" once stripped of its symbols.
+    state, text = _send(pack, {"pack": "taller", "flow": None}, "C#!")
+    assert state == {"pack": "taller", "flow": None}
+    assert "2. C#" in text
+    assert _send(pack, {"pack": "taller", "flow": None}, "c#")[0]["flow"] == "otra"
+
+
 @pytest.mark.timeout(10)
 def test_a_long_answer_of_punctuation_between_words_is_read_at_once() -> None:
     # The strip of punctuation around a word was tried from every character of such a run to its end:

@@ -92,6 +92,31 @@ def test_a_number_word_is_not_read_where_a_label_names_a_number_word_anywhere(la
             validate(step, Answer(text))
 
 
+BLOOD = Step(
+    name="blood", prompt="?", kind="choice", choices=["A+", "A-", "B+", "B-", "AB+", "AB-", "O+", "O-"]
+)
+
+
+@pytest.mark.parametrize("text", ["O-.", "*O-*", "o- 🙏", "AB-!"])
+def test_labels_alike_once_stripped_are_asked_again_not_given_to_the_first(text: str) -> None:
+    # Before: stripped of punctuation, "O-" and "O+" are both "o", so "O-." stored "O+", "AB-!" "AB+".
+    with pytest.raises(Invalid, match="1 to 8"):
+        validate(BLOOD, Answer(text))
+
+
+@pytest.mark.parametrize(("text", "stored"), [("O-", "O-"), ("o-", "O-"), ("ab+", "AB+"), ("8", "O-")])
+def test_labels_alike_once_stripped_are_still_chosen_as_written(text: str, stored: str) -> None:
+    assert validate(BLOOD, Answer(text)) == stored
+
+
+def test_a_stripped_label_alike_no_other_is_still_its_choice() -> None:
+    languages = Step(name="lang", prompt="?", kind="choice", choices=["C++", "C#", "Go"])
+    with pytest.raises(Invalid):
+        validate(languages, Answer("C#!"))  # before: "C++", the first label stripped to "c"
+    assert validate(languages, Answer("C#")) == "C#"
+    assert validate(languages, Answer("*go*")) == "Go"
+
+
 def test_a_choice_takes_the_number_words_of_the_packs_language() -> None:
     spanish = Meta(name="taller", number_words=["Uno", "Dos", "Tres"])
     assert validate(CHOICE, Answer("dos"), spanish) == "Medium"
