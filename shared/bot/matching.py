@@ -8,7 +8,7 @@ unique name that starts with the query or has a word that does ("mobile", "app" 
 name only similar to the query (difflib, so "webiste" still finds "Website Redesign"), when it is close
 enough and clearly closer than any other. Anything less (a query inside a word, a fainter likeness)
 chooses nothing: it is offered back as a guess. A query of emoji alone ("📱"), which folds to nothing of
-a name, names the names with that emoji ("📱 Mobile").
+a name, names the names with that emoji ("📱 Mobile"), each emoji whole: "💻" only offers "👨‍💻 Dev".
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ _WORD = re.compile(r"[^\W_]+(?:\.[^\W_]+)*[+#]*")
 _EMOJI_PARTS = frozenset({"So", "Sk", "Cf", "Mn"})
 # The emoji variation selector, which one keyboard sends and another leaves out ("❤️" and "❤").
 _EMOJI_STYLE = "\ufe0f"
+# What makes several emoji characters one emoji: the zero-width joiner ("👨‍💻"), the skin tones ("👍🏽"),
+# the tags of a subdivision flag, and the regional letters a country flag ("🇵🇹") is a pair of.
+_JOINER = "\u200d"
+_SKIN_TONES = ("\U0001f3fb", "\U0001f3ff")
+_TAGS = ("\U000e0020", "\U000e007f")
+_FLAG_LETTERS = ("\U0001f1e6", "\U0001f1ff")
 
 
 @dataclass(frozen=True)
@@ -107,9 +113,13 @@ def find(query: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:
         return Found([picked], sure=True)
     if _emoji_only(written):
         # Folded, "📱 Mobile" is "mobile": nothing of it is left for "📱" to match.
-        emoji = written.replace(_EMOJI_STYLE, "")
-        holding = [item for item in items if emoji in _caseless(name(item)).replace(_EMOJI_STYLE, "")]
-        return Found(holding, sure=bool(holding))
+        sent = _emoji_units(written)
+        holding = [item for item in items if set(sent) <= set(_emoji_units(name(item)))]
+        if holding:
+            return Found(holding, sure=True)
+        # "💻" is inside "👨‍💻", another emoji ("technologist"): such a name is only offered, never chosen.
+        emoji = "".join(sent)
+        return Found([item for item in items if emoji in "".join(_emoji_units(name(item)))])
     folded = fold(query)
     found = _find(folded, items, name)
     head = _numbered_head(query)
@@ -125,6 +135,32 @@ def _emoji_only(text: str) -> bool:
     """Whether ``text`` is emoji and spaces alone ("📱", "👍🏽 ❤️")."""
     parts = [unicodedata.category(ch) for ch in text if not ch.isspace()]
     return "So" in parts and _EMOJI_PARTS.issuperset(parts)
+
+
+def _emoji_units(text: str) -> list[str]:
+    """The emoji of ``text``, each whole: one joined by ZWJ ("👨‍💻"), with a skin tone ("👍🏽"), a keycap or
+    tags, or a flag's pair of letters, is one emoji, not those it is made of; without the variation
+    selector ("❤️" is "❤"). Any other character is a unit of its own; spaces are left out."""
+    units: list[str] = []
+    for ch in _caseless(text).replace(_EMOJI_STYLE, ""):
+        if ch.isspace():
+            units.append("")  # what follows a space starts anew
+        elif units and units[-1] and (units[-1].endswith(_JOINER) or _extends(units[-1], ch)):
+            units[-1] += ch
+        else:
+            units.append(ch)
+    return [unit for unit in units if unit]
+
+
+def _extends(unit: str, ch: str) -> bool:
+    """Whether ``ch`` belongs to the emoji ``unit`` ends: a joiner, a skin tone, a mark such as the keycap,
+    a tag, or the second letter of a flag."""
+    if ch == _JOINER or _SKIN_TONES[0] <= ch <= _SKIN_TONES[1] or _TAGS[0] <= ch <= _TAGS[1]:
+        return True
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return True
+    flag = _FLAG_LETTERS[0] <= ch <= _FLAG_LETTERS[1]
+    return flag and len(unit) == 1 and _FLAG_LETTERS[0] <= unit <= _FLAG_LETTERS[1]
 
 
 def _find(q: str, items: Sequence[T], name: Callable[[T], str]) -> Found[T]:

@@ -169,6 +169,18 @@ def test_an_emoji_alone_finds_the_project_with_it(demo: Sessions) -> None:
     assert say(demo, "/project 🎉").startswith('No project matches "🎉"')
 
 
+def test_an_emoji_inside_a_joined_emoji_chooses_no_project(demo: Sessions) -> None:
+    # Before: "💻" was found inside "👨‍💻" and chose "👨‍💻 Dev", another emoji than the one sent.
+    with transaction() as conn:
+        [workspace] = repo.workspaces_for_user(conn, DEMO_USER_ID)
+        for name in ("👨\u200d💻 Dev", "❤️\u200d🔥 Love"):
+            repo.upsert_project(conn, workspace.id, name)
+
+    assert say(demo, "/project 💻").startswith('No project matches "💻". Did you mean 👨\u200d💻 Dev?')
+    assert say(demo, "/project ❤️").startswith('No project matches "❤️". Did you mean ❤️\u200d🔥 Love?')
+    assert say(demo, "/project 👨\u200d💻").startswith("✅ Project: 👨\u200d💻 Dev\n")
+
+
 def test_an_unknown_number_after_a_name_selects_nothing(demo: Sessions) -> None:
     # "#3" numbers one of several projects of one name: with one Mobile App there is no third.
     reply = say(demo, "/project Mobile App #3")

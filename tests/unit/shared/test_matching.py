@@ -7,7 +7,7 @@ import difflib
 
 import pytest
 
-from shared.bot.matching import best_matches, score
+from shared.bot.matching import best_matches, find, score
 
 
 @pytest.mark.parametrize(
@@ -61,6 +61,27 @@ def test_a_query_of_emoji_alone_finds_the_names_with_that_emoji(query: str, expe
     # Compared without emoji, "📱" named nothing: "📱 Mobile" is "mobile".
     names = ["📱 Mobile", "Mobile Web", "🚀 Launch", "Rocket 🚀", "Team ❤ Fans"]
     assert best_matches(query, names, str) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "chosen", "offered"),
+    [
+        ("💻", [], ["👨\u200d💻 Dev"]),
+        ("❤️", ["Team ❤ Fans"], ["❤️\u200d🔥 Love"]),
+        ("❤️", [], ["❤️\u200d🔥 Love"]),
+        ("👍", [], ["👍🏽 Thanks"]),
+        ("👍🏽", ["👍🏽 Thanks"], []),
+        ("👨\u200d💻", ["👨\u200d💻 Dev"], []),
+    ],
+)
+def test_an_emoji_inside_another_emoji_is_only_offered(
+    query: str, chosen: list[str], offered: list[str]
+) -> None:
+    # Before: "💻" chose "👨‍💻 Dev" and "❤️" "❤️‍🔥 Love": a joined emoji or one with a skin tone is
+    # one emoji of its own, not the emoji it is made of.
+    names = ["Mobile", *chosen, *offered]
+    found = find(query, names, str)
+    assert (found.items, found.sure) == ((chosen, True) if chosen else (offered, False))
 
 
 def test_a_text_far_longer_than_any_name_is_not_compared_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
