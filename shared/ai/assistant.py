@@ -9,7 +9,8 @@ conversation's history, or the rule-based assistant when there is no model or it
   (https://platform.openai.com/docs/api-reference/chat/create).
 - One HTTP call is retried by tenacity on 429 (honouring ``Retry-After``), 5xx, timeouts (once) and
   connection errors, the same policy as the proposal parser (:mod:`shared.ai.openai_parser`), which also
-  asks a model that refuses the temperature (a reasoning model) again without it; when every
+  asks a model that refuses the temperature (a reasoning model) again without it, and a server that does
+  not know ``max_completion_tokens`` (an older Azure api-version) again with ``max_tokens``; when every
   attempt fails, or the answer is empty, the rule-based assistant (:mod:`shared.ai.offline_assistant`)
   answers. An answer cut at ``max_tokens`` is sent up to its last whole sentence.
 - A request for a person is honoured without asking the model: handing off changes the conversation's

@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -151,17 +152,61 @@ OPTIONAL_PARAMETERS = frozenset({"temperature"})
 # (https://platform.openai.com/docs/guides/error-codes); another code (invalid_value: out of range) is the
 # request's fault, which asking again without it would hide.
 _REFUSAL_CODES = frozenset({"unsupported_value", "unsupported_parameter"})
+# A parameter some OpenAI-compatible servers do not know, and the older name they take it by: older Azure
+# api-versions answer max_completion_tokens with a 400, pydantic servers with a 422, where max_tokens is the
+# same bound (https://platform.openai.com/docs/api-reference/chat/create).
+RENAMED_PARAMETERS = {"max_completion_tokens": "max_tokens"}
+_NOT_KNOWN_STATUSES = frozenset({400, 422})
 # (base URL, model) and a parameter it refused, for this process: a set's add and lookup are atomic, and
 # it grows only by the models configured that refuse one.
 _refused_parameters: set[tuple[tuple[str, str], str]] = set()
 
 
-def _refused_parameter(exc: openai.BadRequestError, request: Mapping[str, Any]) -> str | None:
-    """The parameter of :data:`OPTIONAL_PARAMETERS` that ``exc`` says the model does not take, if it is one
-    ``request`` sent; None for any other 400."""
-    if exc.code in _REFUSAL_CODES and exc.param in OPTIONAL_PARAMETERS and exc.param in request:
-        return exc.param
-    return None
+def _refused_parameter(exc: openai.APIStatusError, request: Mapping[str, Any]) -> str | None:
+    """The parameter of :data:`OPTIONAL_PARAMETERS` or :data:`RENAMED_PARAMETERS` that ``exc`` says the
+    model does not take, if it is one ``request`` sent; None for any other error."""
+    if (
+        isinstance(exc, openai.BadRequestError)
+        and exc.code in _REFUSAL_CODES
+        and exc.param in OPTIONAL_PARAMETERS
+    ):
+        return exc.param if exc.param in request else None
+    if exc.status_code not in _NOT_KNOWN_STATUSES:
+        return None
+    return next((name for name in RENAMED_PARAMETERS if name in request and _names(exc, name)), None)
+
+
+def _names(exc: openai.APIStatusError, parameter: str) -> bool:
+    """Whether ``exc``'s error is about ``parameter``: its ``param`` (OpenAI's shape, with a refusal's code
+    or none), else, when it has none, its message (Azure's "Unrecognized request argument supplied: ...")
+    or a pydantic error's ``loc`` (a 422's ``detail``). Another field that names it (the request echoed
+    back) does not count."""
+    error = exc.body if isinstance(exc.body, Mapping) else {}
+    if error.get("param") is not None:
+        return error["param"] == parameter and (exc.code is None or exc.code in _REFUSAL_CODES)
+    message = error.get("message")
+    if isinstance(message, str):
+        return re.search(rf"\b{re.escape(parameter)}\b", message) is not None
+    details = error.get("detail")
+    if not isinstance(details, list):
+        return False
+    return any(
+        isinstance(detail, Mapping)
+        and isinstance(detail.get("loc"), list)
+        and detail["loc"][-1:] == [parameter]
+        for detail in details
+    )
+
+
+def _as_served(served: tuple[str, str], request: Mapping[str, Any]) -> dict[str, Any]:
+    """``request`` without the parameters this model refused, the renamed ones under their older name."""
+    sent: dict[str, Any] = {}
+    for name, value in request.items():
+        if (served, name) not in _refused_parameters:
+            sent[name] = value
+        elif name in RENAMED_PARAMETERS:
+            sent[RENAMED_PARAMETERS[name]] = value
+    return sent
 
 
 def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: Any) -> Any:
@@ -173,20 +218,29 @@ def create_completion(client: openai.OpenAI, timeout_seconds: float, **request: 
 
     A parameter of :data:`OPTIONAL_PARAMETERS` the model refuses (a reasoning model's 400 for a
     temperature) is left out, for this call, asked again once within the same budget, and for the model's
-    later calls in this process, so each model pays for the refusal once."""
+    later calls in this process, so each model pays for the refusal once. One of
+    :data:`RENAMED_PARAMETERS` a server does not know is sent under its older name the same way, and
+    remembered only once the older name was taken. One such refusal per call: the refusal comes before
+    any answer, so at most two requests and never a reply twice."""
     started = time.monotonic()
     served = (str(client.base_url), str(request.get("model")))
-    request = {name: value for name, value in request.items() if (served, name) not in _refused_parameters}
+    sent = _as_served(served, request)
     try:
-        return _attempts(client, timeout_seconds, started, request)
-    except openai.BadRequestError as exc:
-        refused = _refused_parameter(exc, request)
+        return _attempts(client, timeout_seconds, started, sent)
+    except openai.APIStatusError as exc:
+        refused = _refused_parameter(exc, sent)
         if refused is None:
             raise
-        _refused_parameters.add((served, refused))
         log.info("ai.parameter_refused", model=request.get("model"), parameter=refused, code=exc.code)
-        request.pop(refused)
-        return _attempts(client, timeout_seconds, started, request)
+        value = sent.pop(refused)
+        if refused not in RENAMED_PARAMETERS:
+            _refused_parameters.add((served, refused))
+            return _attempts(client, timeout_seconds, started, sent)
+        sent[RENAMED_PARAMETERS[refused]] = value
+        # Remembered only when taken: a server refusing the older name too tries the newer one next time.
+        completion = _attempts(client, timeout_seconds, started, sent)
+        _refused_parameters.add((served, refused))
+        return completion
 
 
 def _attempts(client: openai.OpenAI, timeout_seconds: float, started: float, request: dict[str, Any]) -> Any:

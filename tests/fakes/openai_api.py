@@ -79,6 +79,9 @@ class FakeOpenAI(FakeServer):
         # Request parameters the model refuses, each with the error code it refuses them with (see
         # :meth:`refuse`); checked before any scripted answer, which a refused request does not use.
         self.refused: dict[str, str] = {}
+        # Request parameters the server does not know, each with the status it answers them with (see
+        # :meth:`refuse_unknown`); checked like :attr:`refused`.
+        self.unknown: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -99,6 +102,12 @@ class FakeOpenAI(FakeServer):
         ``max_tokens`` (``unsupported_parameter``) and a ``temperature`` (``unsupported_parameter``, or
         ``unsupported_value`` for one other than the default)."""
         self.refused[parameter] = code
+
+    def refuse_unknown(self, parameter: str, status: int = 400) -> None:
+        """From now on a request that sends ``parameter`` gets what a server that does not know it answers:
+        a 400 without ``param``, naming it in the message (an older Azure api-version's "Unrecognized
+        request argument supplied"), or a 422 listing it as an extra field (a FastAPI/pydantic server)."""
+        self.unknown[parameter] = status
 
     def answer_raw(self, body: bytes, content_type: str) -> None:
         """The next request gets a 200 with this body, completion or not (a proxy's page, a cut answer)."""
@@ -129,6 +138,10 @@ class FakeOpenAI(FakeServer):
             return json_reply(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
         if self.while_answering is not None:
             self.while_answering()
+        unknown = next((name for name in self.unknown if name in body), None)
+        if unknown is not None:
+            self.received.append(Received("POST", request.path, headers, body, self.unknown[unknown]))
+            return json_reply(self.unknown[unknown], _unknown(unknown, self.unknown[unknown], body[unknown]))
         refused = next((name for name in self.refused if body.get(name) is not None), None)
         if refused is not None:
             self.received.append(Received("POST", request.path, headers, body, 400))
@@ -170,3 +183,16 @@ def _refusal(parameter: str, code: str, value: Any) -> dict[str, Any]:
         message = f"Unsupported parameter: '{parameter}' is not supported with this model."
     error = {"message": message, "type": "invalid_request_error", "param": parameter, "code": code}
     return {"error": error}
+
+
+def _unknown(parameter: str, status: int, value: Any) -> dict[str, Any]:
+    """The error body of a server that does not know a request parameter: Azure's 400, a pydantic 422."""
+    if status == 422:
+        extra = {
+            "type": "extra_forbidden",
+            "loc": ["body", parameter],
+            "msg": "Extra inputs are not permitted",
+        }
+        return {"detail": [{**extra, "input": value}]}
+    message = f"Unrecognized request argument supplied: {parameter}"
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}

@@ -290,6 +290,29 @@ def test_a_reasoning_model_is_asked_with_max_completion_tokens(clean: None, db: 
     assert reply_row(db, message_id)["body"] == "We open at 8."
 
 
+def test_a_server_not_knowing_max_completion_tokens_is_asked_with_max_tokens_and_then_never_with_it(
+    clean: None, db: psycopg.Connection
+) -> None:
+    # An older Azure api-version answers max_completion_tokens with a 400: every reply came from offline.
+    put_config(BUSINESS, system_prompt="You are Bella.", model="gpt-4o-azure-old", max_tokens=200)
+    convo = conversation(db)
+    first = say(db, convo, "in", "What time do you open?")
+    with FakeOpenAI() as fake:
+        fake.refuse_unknown("max_completion_tokens")
+        fake.content = "We open at 8."
+        settings = model_settings(fake)
+        assert ai_worker.reply_message(first, settings) == "gpt-4o-azure-old"
+        second = say(db, convo, "in", "And on Sundays?")
+        assert ai_worker.reply_message(second, settings) == "gpt-4o-azure-old"
+    sent = [
+        (call.status, call.body.get("max_completion_tokens"), call.body.get("max_tokens"))
+        for call in fake.completions()
+    ]
+    assert sent == [(400, 200, None), (200, None, 200), (200, None, 200)]
+    assert reply_row(db, first)["body"] == reply_row(db, second)["body"] == "We open at 8."
+    assert outbound_count(db) == 2
+
+
 @pytest.mark.parametrize("code", ["unsupported_value", "unsupported_parameter"])
 def test_a_model_refusing_the_temperature_is_asked_again_without_it_and_then_never_with_it(
     clean: None, db: psycopg.Connection, code: str

@@ -272,6 +272,61 @@ def test_a_reasoning_model_is_asked_with_max_completion_tokens(fake: FakeOpenAI)
     assert request.body["max_completion_tokens"] == openai_parser.MAX_ANSWER_TOKENS
 
 
+def _bounds_sent(fake: FakeOpenAI) -> list[tuple[int, str]]:
+    """Each request's status and the name its answer bound was sent under."""
+    return [
+        (request.status, "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens")
+        for request in fake.completions()
+    ]
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_server_not_knowing_max_completion_tokens_is_asked_with_max_tokens_and_then_never_with_it(
+    fake: FakeOpenAI, status: int
+) -> None:
+    # An older Azure api-version (400) or a pydantic server (422) refused it: every proposal came offline.
+    fake.refuse_unknown("max_completion_tokens", status)
+    settings = _settings(fake, ai_model=f"gpt-4o-azure-{status}")
+    for _ in range(2):
+        proposal, parser = parse_proposal(TEXT, TODAY, settings)
+        assert parser == f"gpt-4o-azure-{status}"
+        assert proposal.to_json_dict()["items"][0]["title"] == VALID_PROPOSAL["items"][0]["title"]
+    assert _bounds_sent(fake) == [(status, "max_completion_tokens"), (200, "max_tokens"), (200, "max_tokens")]
+    assert fake.completions()[1].body["max_tokens"] == openai_parser.MAX_ANSWER_TOKENS
+
+
+def test_a_refusal_naming_max_completion_tokens_in_param_is_asked_with_max_tokens(fake: FakeOpenAI) -> None:
+    fake.refuse("max_completion_tokens")
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="compatible-param"))
+    assert parser == "compatible-param"
+    assert _bounds_sent(fake) == [(400, "max_completion_tokens"), (200, "max_tokens")]
+
+
+def test_a_server_refusing_both_bounds_is_asked_twice_and_not_remembered(fake: FakeOpenAI) -> None:
+    # max_tokens refused as well: two requests, the offline parser, and the next call tries the new name.
+    fake.refuse_unknown("max_completion_tokens")
+    fake.refuse_unknown("max_tokens")
+    settings = _settings(fake, ai_model="knows-neither")
+    for _ in range(2):
+        assert parse_proposal(TEXT, TODAY, settings)[1] == OFFLINE
+    assert _bounds_sent(fake) == [(400, "max_completion_tokens"), (400, "max_tokens")] * 2
+
+
+def test_a_max_completion_tokens_out_of_range_is_not_asked_with_max_tokens(fake: FakeOpenAI) -> None:
+    # A bound past what the model allows is the request's fault, under either name.
+    fake.refuse("max_completion_tokens", "invalid_value")
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="small-window"))
+    assert parser == OFFLINE
+    assert _bounds_sent(fake) == [(400, "max_completion_tokens")]
+
+
+def test_a_400_naming_another_parameter_is_not_asked_with_max_tokens(fake: FakeOpenAI) -> None:
+    fake.refuse_unknown("response_format")
+    _, parser = parse_proposal(TEXT, TODAY, _settings(fake, ai_model="no-structured-outputs"))
+    assert parser == OFFLINE
+    assert _bounds_sent(fake) == [(400, "max_completion_tokens")]
+
+
 @pytest.mark.parametrize("code", ["unsupported_value", "unsupported_parameter"])
 def test_a_model_refusing_the_temperature_is_asked_again_without_it_and_then_never_with_it(
     fake: FakeOpenAI, code: str
