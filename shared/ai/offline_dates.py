@@ -4,16 +4,16 @@ Rules (``shared/data/proposals-dev.md``): today/hoy; tomorrow/mañana (+1); "in 
 weekday name, with or without by/on/next/para el/el/Deadline:, is its next occurrence strictly after today;
 end of month/fin de mes is the month's last day; an ISO date as written; "Dec 15"/"15 de diciembre" is that
 day this year, or next year once it has passed. "12/25" / "25/12" (the spec is silent on them) are read only
-after a deadline word ("by 12/25") or a separator that attaches them to an item ("Fix login, 12/25"):
-elsewhere they are as often no date ("support 24/7", "chapter 5/20"). They are read where a number past 12
-tells day from month, or in Spanish, which writes the day first; "03/04" in English is March 4 or April 3, so
-it is not guessed. A pair the message's language writes the other way round ("16/9" in English) is read only
-after a deadline word ("by 25/12"), and one after "ratio" / "aspect" / "of" never: those are ratios and names
-("aspect ratio to 16/9"). A deadline written as a date that is no day an item can be due on ("due 31/02", "by
-2026-02-29", "due 03/04" in English, "due yesterday", "by 2020-01-01": before today) is still found, with no
-value, so that it is taken out of the title and reported. Patterns run on folded text (lower-case, no accents)
-and each match's span includes its lead-in words ("by", "para el", ...), so removing the span from a title
-leaves no dangling preposition.
+after a deadline word ("by 12/25"), "on" / "el" ("Deploy on 12/25") or a separator that attaches them to an
+item ("Fix login, 12/25", "Fix login 12/25, 2h"): elsewhere they are as often no date ("support 24/7",
+"chapter 5/20"). They are read where a number past 12 tells day from month, or in Spanish, which writes the
+day first; "03/04" in English is March 4 or April 3, so it is not guessed. A pair the message's language
+writes the other way round ("16/9" in English) is read only after a deadline word ("by 25/12"), and one after
+"ratio" / "aspect" / "of" never: those are ratios and names ("aspect ratio to 16/9"). A deadline written as a
+date that is no day an item can be due on ("due 31/02", "by 2026-02-29", "due 03/04" in English, "due
+yesterday", "by 2020-01-01": before today) is still found, with no value, so that it is taken out of the title
+and reported. Patterns run on folded text (lower-case, no accents) and each match's span includes its lead-in
+words ("by", "para el", ...), so removing the span from a title leaves no dangling preposition.
 """
 
 from __future__ import annotations
@@ -235,6 +235,10 @@ _PHRASE_END = re.compile(r"\s*(?:$|[^\w\s]|\d|(?:and|y|e|at|a)(?!\w))")
 # And what must come right before it: a separator that attaches it to the item ("Fix login, 12/25",
 # "(12/25)"). A pair in the middle of words is as often no date: "support 24/7", "chapter 5/20".
 _ATTACHED = re.compile(r"[,;:(\[\-–—]\s*$")
+# Or a separator right after it ("Fix login 12/25, 2h"), or "on" / "el" naming a day before it ("Deploy on
+# 12/25", "Entregar el 20/12"): "support 24/7, ..." stays a ratio, read the other way round (see below).
+_ATTACHED_AFTER = re.compile(r"\s*[,;:)\]\-–—]")
+_DAY_WORD = re.compile(r"\b(?:on|el)\b")
 # A pair near one of these is a ratio ("aspect ratio to 16/9", "la proporción a 4/3"), and one right after
 # "of" / "de" names what the title is about ("the notes of 12/15"): no deadline either way.
 _RATIO_WORDS = frozenset({"ratio", "aspect", "aspecto", "proporcion", "relacion", "split", "scale", "escala"})
@@ -251,9 +255,12 @@ def _slashed(m: re.Match[str], today: dt.date, day_first: bool) -> dt.date | str
     if _OF_WORDS.intersection(_words_before(m.string, m.start(), 1)):
         return None
     deadline = _after_deadline_word(m)
-    if not deadline and not (
-        _PHRASE_END.match(m.string, m.end()) and _ATTACHED.search(m.string, max(0, m.start() - 4), m.start())
-    ):
+    attached = (
+        _ATTACHED.search(m.string, max(0, m.start() - 4), m.start())
+        or _ATTACHED_AFTER.match(m.string, m.end())
+        or _after_deadline_word(m, _DAY_WORD)
+    )
+    if not deadline and not (_PHRASE_END.match(m.string, m.end()) and attached):
         return None
     first, second = int(m[1]), int(m[2])
     year = m[3] if not m[3] or len(m[3]) == 4 else "20" + m[3]

@@ -821,6 +821,27 @@ def test_a_date_written_with_slashes_is_read(text: str, due: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "title", "due", "hours"),
+    [
+        ("Deploy on 12/25", "Deploy", "2026-12-25", None),
+        ("Pagar factura el 15/12", "Pagar factura", "2026-12-15", None),
+        ("Entregar el 20/12", "Entregar", "2026-12-20", None),
+        ("Entregar para el 20/12", "Entregar", "2026-12-20", None),
+        ("Fix login 12/25, 2h", "Fix login", "2026-12-25", 2.0),
+    ],
+)
+def test_a_slashed_date_after_on_or_el_or_before_a_separator_is_read(
+    text: str, title: str, due: str, hours: float | None
+) -> None:
+    # They stayed in the title with no due date and nothing reported: "on" / "el" name a day as a deadline
+    # word does, and a separator after the pair ("12/25, 2h") attaches it to the item as one before does.
+    proposal = parse_offline(text, dt.date(2026, 1, 27))
+    assert [item.title for item in proposal.items] == [title]
+    assert proposal.items[0].due_date == dt.date.fromisoformat(due)
+    assert proposal.items[0].estimated_hours == hours
+
+
+@pytest.mark.parametrize(
     ("text", "unread"),
     [
         ("Fix login due 31/02", "due 31/02"),
