@@ -70,10 +70,10 @@ _LEAD = (
     r"el\s+dia|this|next|proximo|este|esta)\s+){0,8}"
 )
 # A time of day after a date is part of the deadline, not of the title ("tomorrow at 3pm", "by Friday at
-# 10h30").
+# 10h30", "tomorrow @ 9h").
 _TIME_OF_DAY = (
     r"(?:\s+(?:(?:in|por|en|a|de)\s+)?(?:the\s+|la\s+)?(?:morning|afternoon|evening|manana|tarde|noche)"
-    r"|\s+(?:at|a\s+las?|by)\s+\d{1,2}(?:[:h]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.|h|hs)?(?![\w]))?"
+    r"|(?:\s+(?:at|a\s+las?|by)\s+|\s*@\s*)\d{1,2}(?:[:h]\d{2})?\s*(?:am|pm|a\.m\.|p\.m\.|h|hs)?(?![\w]))?"
 )
 _NUM = r"(\d{1,3}|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")"
 _MONTH = r"(" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"

@@ -5,8 +5,8 @@ hour(s), hora(s)), days of work (day(s), día(s); one day = 8 hours), half a day
 Hedges (about, around, roughly, approx., ~, unas, unos, aproximadamente) are part of the span and ignored.
 Short forms users write: "1d" is a day (only where no word follows, so "3d viewer" stays a title, and not
 after "in" / "to" / "en" / "de" ..., so "render in 3d" does too, nor right after its verb or "it": "Add 3d",
-"Make it 3d"), "2h30" is 2 hours 30 minutes (but "at 10h30" is a time of day), a range ("2-3h") its upper
-bound, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash does: no effort is
+"Make it 3d"), "2h30" is 2 hours 30 minutes (but "at 10h30" or "at 9h" is a time of day), a range ("2-3h") its
+upper bound, and a dash stuck to an amount ("Fix login -3h") attaches it as a spaced dash does: no effort is
 negative. An amount no item can hold (0h, more than ``MAX_ITEM_HOURS``) is still found, with no hours, so that
 it is taken out of the title and reported rather than kept as title text. A trailing "each" / "cada uno" marks
 an amount every item gets; "total" / "en total" (or a leading "should take" / "llevará") marks an amount for
@@ -159,14 +159,20 @@ def _hours(m: re.Match[str]) -> float:
 # "2h30" after one of these is a time of day ("at 10h30", "a las 10h30", "@ 9h15"), not hours of work: the
 # deadline's when a date comes first (offline_dates), else the title's.
 _TIME_OF_DAY_BEFORE = re.compile(r"(?:(?<![\w])(?:at|by|a|las?)|@)\s*$")
+# So is a bare hour ("9h", "10h") right after "at", "a las" or "@" ("Call client at 9h", "Reunión a las
+# 10h"); after "by" or "a" alone it stays an amount ("de 2 a 3h" is a range).
+_BARE_HOUR = re.compile(r"(\d{1,2})h")
+_BARE_HOUR_BEFORE = re.compile(r"(?:(?<![\w])(?:at|a\s+las?)|@)\s*$")
 
 
 def _is_time_of_day(m: re.Match[str]) -> bool:
-    if not m["hours_minutes"]:
+    if m["hours_minutes"]:
+        group, before = "hours_minutes", _TIME_OF_DAY_BEFORE
+    elif m["amounts"] and (hour := _BARE_HOUR.fullmatch(m["amounts"])) and int(hour[1]) <= 24:
+        group, before = "amounts", _BARE_HOUR_BEFORE
+    else:
         return False
-    return bool(
-        _TIME_OF_DAY_BEFORE.search(m.string, max(0, m.start("hours_minutes") - 12), m.start("hours_minutes"))
-    )
+    return bool(before.search(m.string, max(0, m.start(group) - 12), m.start(group)))
 
 
 def _is_dimension(m: re.Match[str]) -> bool:

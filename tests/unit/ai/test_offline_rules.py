@@ -655,6 +655,11 @@ def test_short_forms_of_an_amount_are_read(text: str, hours: float) -> None:
         ("Fix login tomorrow at 9h15", "Fix login", "2026-01-28"),
         ("Fix login at 10h30", "Fix login at 10h30", None),
         ("Call the client @ 14h00", "Call the client @ 14h00", None),
+        ("Call client at 9h", "Call client at 9h", None),
+        ("Call client @ 9h", "Call client @ 9h", None),
+        ("Reunión a las 10h", "Reunión a las 10h", None),
+        ("Fix login by Friday at 9h", "Fix login", "2026-01-30"),
+        ("Fix login tomorrow @ 9h", "Fix login", "2026-01-28"),
         (
             "Reunión con el cliente a las 10h30 para revisar el login",
             "Reunión con el cliente a las 10h30 para revisar el login",
@@ -663,8 +668,9 @@ def test_short_forms_of_an_amount_are_read(text: str, hours: float) -> None:
     ],
 )
 def test_a_time_of_day_written_nhmm_is_no_effort(text: str, title: str, due: str | None) -> None:
-    # "at 10h30" was read as 10.5 hours of work (and "a las" left dangling in the title): after "at",
-    # "a las", "@" it is a time of day, the deadline's when a date comes before it, else the title's.
+    # "at 10h30" (and "at 9h") was read as 10.5 (9) hours of work, and "a las" left dangling in the title:
+    # after "at", "a las", "@" it is a time of day, the deadline's when a date comes before it, else the
+    # title's.
     proposal = parse_offline(text, dt.date(2026, 1, 27))
     assert [item.title for item in proposal.items] == [title]
     assert proposal.items[0].estimated_hours is None
