@@ -150,10 +150,10 @@ class Settings(BaseSettings):
 
     # Inbound media (workers/media.py): downloaded into this folder (default <data_dir>/media), each file at
     # most this many bytes (WhatsApp's own cap for most media is 16 MB), deleted by maintenance this many
-    # days after it was last stored (by default as long as raw webhook events are kept).
+    # days after it was last stored (by default as long as raw webhook events are kept; 0 keeps it for good).
     media_dir: Path | None = _env("WAPIPE_MEDIA_DIR", default=None)
     media_max_bytes: int = _env("WAPIPE_MEDIA_MAX_BYTES", default=16 * 1024 * 1024, gt=0)
-    media_retention_days: int = _env("WAPIPE_MEDIA_RETENTION_DAYS", default=30, gt=0)
+    media_retention_days: int = _env("WAPIPE_MEDIA_RETENTION_DAYS", default=30, ge=0)
     # Places media may also be downloaded from, besides the providers' own hosts (a Kapso storage host):
     # "host" (https), "*.domain" (its subdomains, https), or an http(s) URL prefix.
     media_hosts: Annotated[list[str], NoDecode] = _env("WAPIPE_MEDIA_HOSTS", default_factory=list)

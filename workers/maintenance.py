@@ -13,8 +13,8 @@
 - remove the temporary files of media downloads whose worker was killed mid-download (``.part-*`` in
   ``WAPIPE_MEDIA_DIR``), which nothing else ever removes;
 - delete stored media files not stored again for ``WAPIPE_MEDIA_RETENTION_DAYS`` (default 30, as raw webhook
-  events), judged by the file's mtime: a file is content-addressed and may be several messages', and each
-  store writes it anew (workers/media.py), so a recent message's file is never old.
+  events; 0 keeps them for good), judged by the file's mtime: a file is content-addressed and may be several
+  messages', and each store writes it anew (workers/media.py), so a recent message's file is never old.
 
 Every job is a plain function (what the tests call) that is idempotent: a second run finds nothing left to
 do. Jobs that delete or update many rows work in batches, each its own short transaction. The schedule is
@@ -191,9 +191,11 @@ def _stale_downloads(folder: Path, cutoff: float) -> Iterator[tuple[Path, int]]:
 def purge_media(folder: Path | None = None, retention_days: int | None = None) -> int:
     """Delete the stored media files in ``folder`` (``WAPIPE_MEDIA_DIR``) last stored more than
     ``retention_days`` (``WAPIPE_MEDIA_RETENTION_DAYS``) ago; return how many. The messages keep their
-    record of the file (its size and digest) and what the provider sent."""
+    record of the file (its size and digest) and what the provider sent. A retention of 0 keeps every file."""
     folder = folder or get_settings().media_path
-    days = retention_days or get_settings().media_retention_days
+    days = get_settings().media_retention_days if retention_days is None else retention_days
+    if days == 0:
+        return 0
     cutoff = time.time() - timedelta(days=days).total_seconds()
     deadline = time.monotonic() + RUN_BUDGET_SECONDS
     deleted = freed = 0

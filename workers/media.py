@@ -16,7 +16,8 @@ time when a server compresses it anyway, so the limit holds in the worker's memo
 content-addressed under ``WAPIPE_MEDIA_DIR`` (``<sha256[:2]>/<sha256><ext>``, written to a temporary name
 then renamed, so a reader never sees half a file), and the message's ``media`` entry gets ``stored: {path,
 size, sha256, mime_type}`` or ``fetch_error: {code, message}`` when it was refused. A file is kept
-``WAPIPE_MEDIA_RETENTION_DAYS`` after it was last stored, then deleted (maintenance.purge_media).
+``WAPIPE_MEDIA_RETENTION_DAYS`` after it was last stored, then deleted (maintenance.purge_media; 0 keeps it
+for good).
 
 Only the provider's own hosts are asked, over https (:func:`media_hosts`: its API, the media hosts it hands
 out or redirects to, the API URLs the settings name, and ``WAPIPE_MEDIA_HOSTS``), so a forged webhook cannot

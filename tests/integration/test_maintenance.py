@@ -14,7 +14,7 @@ import structlog
 
 from shared.db import maintenance as queries
 from shared.db.turns import HORIZON
-from shared.settings import load_settings
+from shared.settings import get_settings, load_settings
 from shared.wire.events import Media
 from tests.fakes.media_host import MediaHost
 from tests.integration.test_inbound_media import (
@@ -353,6 +353,21 @@ def test_stored_media_older_than_the_retention_are_deleted(
     assert [path.exists() for path in (recent, writing, other)] == [True, True, True]
     [line] = [entry for entry in logs if entry["event"] == "old media deleted"]
     assert (line["deleted"], line["freed_bytes"], line["retention_days"]) == (2, 2000, 30)
+
+
+def test_a_retention_of_0_keeps_media_for_good(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ages = (timedelta(days=400), timedelta())
+    kept = [_file(tmp_path / _stored_name(f"{n:02x}" + "0" * 62), 10, age) for n, age in enumerate(ages, 4)]
+    monkeypatch.setenv("WAPIPE_MEDIA_RETENTION_DAYS", "0")
+    get_settings.cache_clear()
+    try:
+        # Before: the settings refused 0, and 0 given here fell back to them.
+        assert maintenance.purge_media(tmp_path) == 0
+        assert maintenance.purge_media(tmp_path, retention_days=0) == 0
+    finally:
+        get_settings.cache_clear()
+
+    assert [path.exists() for path in kept] == [True, True]
 
 
 def test_media_retention_defaults_to_the_raw_events_retention() -> None:

@@ -44,6 +44,7 @@ def no_provider_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("WAPIPE_DB_POOL_SIZE", "0"),
         ("WAPIPE_LOG_LEVEL", "verbose"),  # failed later, in logging or Celery, without the variable's name
         ("WAPIPE_LOG_LEVEL", ""),
+        ("WAPIPE_MEDIA_RETENTION_DAYS", "-1"),
     ],
 )
 def test_invalid_value_names_its_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
@@ -138,6 +139,12 @@ def test_pool_size_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().db_pool_size == 8
     monkeypatch.setenv("WAPIPE_DB_POOL_SIZE", "3")
     assert load_settings().db_pool_size == 3
+
+
+def test_media_can_be_kept_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused before: a deployment that must keep its media had no setting to say so.
+    monkeypatch.setenv("WAPIPE_MEDIA_RETENTION_DAYS", "0")
+    assert load_settings().media_retention_days == 0
 
 
 def test_twilio_provider_without_credentials_names_each_missing_variable(
