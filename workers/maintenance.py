@@ -14,7 +14,8 @@
   ``WAPIPE_MEDIA_DIR``), which nothing else ever removes;
 - delete stored media files not stored again for ``WAPIPE_MEDIA_RETENTION_DAYS`` (default 30, as raw webhook
   events; 0 keeps them for good), judged by the file's mtime: a file is content-addressed and may be several
-  messages', and each store writes it anew (workers/media.py), so a recent message's file is never old.
+  messages', and each store writes it anew (workers/media.py), so a recent message's file is never old. A
+  file is renamed aside before it is deleted, so a store landing meanwhile keeps its file.
 
 Every job is a plain function (what the tests call) that is idempotent: a second run finds nothing left to
 do. Jobs that delete or update many rows work in batches, each its own short transaction. The schedule is
@@ -24,6 +25,7 @@ applied to the Celery app when this module is imported, which beat does through 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -51,6 +53,9 @@ RUN_BUDGET_SECONDS = 60.0
 # gives one file DOWNLOAD_SECONDS plus a read's timeout), so a .part file unwritten for an hour is no live
 # download's. The margin also covers the clocks of machines sharing a network folder disagreeing by minutes.
 STALE_DOWNLOAD_AGE = timedelta(hours=1)
+# purge_media renames a stored file to ``<prefix><random>-<its name>`` beside it before deleting it: a name
+# workers/media.py never stores to, so nothing replaces the file there.
+ASIDE_PREFIX = ".purging-"
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "close-idle-conversations": {
@@ -194,35 +199,57 @@ def purge_media(folder: Path | None = None, retention_days: int | None = None) -
     record of the file (its size and digest) and what the provider sent. A retention of 0 keeps every file."""
     folder = folder or get_settings().media_path
     days = get_settings().media_retention_days if retention_days is None else retention_days
-    if days == 0:
-        return 0
-    cutoff = time.time() - timedelta(days=days).total_seconds()
+    # With 0 no file is old, and each a killed run left aside is put back, not forgotten there.
+    cutoff = time.time() - timedelta(days=days).total_seconds() if days else float("-inf")
     deadline = time.monotonic() + RUN_BUDGET_SECONDS
     deleted = freed = 0
     done = True
-    for path in _stored_media(folder):
+    for path, aside in _stored_media(folder):
         if time.monotonic() >= deadline:
             done = False
             break
-        try:
-            # Read right before the unlink: a store of the same content since the listing renamed a new
-            # file into place (a recent mtime), which must stay.
-            stat = path.stat(follow_symlinks=False)
-            if stat.st_mtime >= cutoff:
-                continue
-            path.unlink()
-        except FileNotFoundError:
-            continue  # deleted meanwhile, by another run
-        deleted += 1
-        freed += stat.st_size
+        if aside is None:
+            try:
+                if path.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                # A message storing the same bytes may replace the file at any moment (os.replace in
+                # workers/media.py), also between that read and an unlink of the name, which would then
+                # delete the file just stored for it. Renamed aside, the file can no longer be replaced: its
+                # age, read again, is the age of what is deleted.
+                aside = path.with_name(f"{ASIDE_PREFIX}{secrets.token_hex(8)}-{path.name}")
+                path.rename(aside)
+            except FileNotFoundError:
+                continue  # deleted meanwhile, by another run
+        size = _settle(aside, path, cutoff)
+        if size is not None:
+            deleted += 1
+            freed += size
     log.info("old media deleted", deleted=deleted, freed_bytes=freed, retention_days=days)
     if not done:
         log.warning("old media left for the next run", budget_seconds=RUN_BUDGET_SECONDS)
     return deleted
 
 
-def _stored_media(folder: Path) -> Iterator[Path]:
-    """Each stored file of ``folder``: ``<sha256[:2]>/<sha256><ext>`` as workers/media.py names them."""
+def _settle(aside: Path, path: Path, cutoff: float) -> int | None:
+    """Delete ``aside``, the stored file ``path`` renamed aside, if it was last stored before ``cutoff``
+    and return its size; else (stored again before it was renamed) put it back."""
+    try:
+        stat = aside.stat(follow_symlinks=False)
+        if stat.st_mtime < cutoff:
+            aside.unlink()
+            return stat.st_size
+        # Whatever was stored at ``path`` since has the same bytes (the name is their digest) and is as
+        # recent, so replacing it loses nothing.
+        os.replace(aside, path)
+    except FileNotFoundError:
+        pass  # settled meanwhile, by another run
+    return None
+
+
+def _stored_media(folder: Path) -> Iterator[tuple[Path, Path | None]]:
+    """Each stored file of ``folder``: ``<sha256[:2]>/<sha256><ext>`` as workers/media.py names them, with
+    None; and each a purge renamed aside and left there (its worker killed), as its stored path and where
+    it is."""
     try:
         shards = [entry for entry in os.scandir(folder) if _is_shard(entry)]
     except FileNotFoundError:
@@ -233,8 +260,13 @@ def _stored_media(folder: Path) -> Iterator[Path]:
         except FileNotFoundError:
             continue
         for entry in entries:
-            if entry.name.startswith(shard.name) and entry.is_file(follow_symlinks=False):
-                yield Path(entry.path)
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.startswith(shard.name):
+                yield Path(entry.path), None
+            elif entry.name.startswith(ASIDE_PREFIX):
+                stored_name = entry.name.removeprefix(ASIDE_PREFIX).partition("-")[2]
+                yield Path(shard.path, stored_name), Path(entry.path)
 
 
 def _is_shard(entry: os.DirEntry[str]) -> bool:

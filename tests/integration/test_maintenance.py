@@ -7,6 +7,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -399,3 +400,73 @@ def test_a_file_stored_again_by_a_recent_message_outlives_the_older_one(
     assert Path(media_column(db, later)[0]["stored"]["path"]) == paths[0]
     assert paths[0].read_bytes() == JPEG
     assert not paths[1].exists()
+
+
+@pytest.mark.parametrize(
+    ("step", "deleted"),
+    [
+        ("stat", 0),  # the store lands after the purge read the old file's age: that file is gone
+        ("rename", 1),  # after the purge renamed the old file aside: it is deleted, the new one stays
+    ],
+)
+def test_a_file_stored_again_while_the_purge_deletes_it_is_kept(
+    db: psycopg.Connection,
+    redis_client,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    deleted: int,
+) -> None:
+    # A message storing the same bytes replaces the file (workers/media.py) at any moment of the purge: the
+    # purge must not delete the file that message was just given.
+    with MediaHost() as host:
+        photo = host.serve("/media/photo", JPEG, "image/jpeg", auth=BASIC)
+        settings = twilio_settings(host, tmp_path)
+        first = stored_message(inbound("twilio", Media(url=photo)))
+        fetch_media(first, settings=settings)
+        path = Path(media_column(db, first)[0]["stored"]["path"])
+        then = time.time() - timedelta(days=40).total_seconds()
+        os.utime(path, (then, then))
+        later = stored_message(inbound("twilio", Media(url=photo)))
+        purge_step = getattr(Path, step)
+
+        def store_later_right_after(self: Path, *args: Any, **kwargs: Any) -> Any:
+            done = purge_step(self, *args, **kwargs)
+            if self == path:
+                monkeypatch.setattr(Path, step, purge_step)
+                fetch_media(later, settings=settings)
+            return done
+
+        monkeypatch.setattr(Path, step, store_later_right_after)
+        assert maintenance.purge_media(tmp_path, retention_days=30) == deleted
+        monkeypatch.setattr(Path, step, purge_step)
+
+    # Before: the purge unlinked the name, and with it the file just stored for the later message.
+    assert Path(media_column(db, later)[0]["stored"]["path"]) == path
+    assert path.read_bytes() == JPEG
+    assert path.stat().st_mtime > time.time() - timedelta(days=1).total_seconds()
+    assert [entry.name for entry in path.parent.iterdir()] == [path.name]
+
+
+def test_a_file_a_killed_purge_left_aside_is_deleted_or_put_back(tmp_path: Path) -> None:
+    # A purge renames a file aside before it reads its age again: killed in between, it leaves the file
+    # there, maybe stored again just before (to be put back) or old (to be deleted).
+    day = timedelta(days=1)
+    recent, old = (tmp_path / _stored_name(f"{n:02x}" + "0" * 62) for n in (6, 7))
+    _file(recent.with_name(f"{maintenance.ASIDE_PREFIX}1a2b-{recent.name}"), 10, day)
+    _file(old.with_name(f"{maintenance.ASIDE_PREFIX}3c4d-{old.name}"), 1000, 31 * day)
+
+    assert maintenance.purge_media(tmp_path, retention_days=30) == 1
+    assert maintenance.purge_media(tmp_path, retention_days=30) == 0
+
+    assert [entry.name for entry in recent.parent.iterdir()] == [recent.name]
+    assert list(old.parent.iterdir()) == []
+
+
+def test_a_file_a_killed_purge_left_aside_is_put_back_when_media_are_kept_for_good(tmp_path: Path) -> None:
+    stored = tmp_path / _stored_name("08" + "0" * 62)
+    _file(stored.with_name(f"{maintenance.ASIDE_PREFIX}5e6f-{stored.name}"), 10, timedelta(days=400))
+
+    assert maintenance.purge_media(tmp_path, retention_days=0) == 0
+
+    assert [entry.name for entry in stored.parent.iterdir()] == [stored.name]
