@@ -304,6 +304,11 @@ def _escaped_astral_decimal_digits() -> str:
 _CODE_DIGIT = rf"(?:\d|{_BACKSLASH}(?:{_escaped_decimal_digits()}|{_escaped_astral_decimal_digits()}))"
 # What may come between a code's digits.
 _CODE_SEPARATOR = rf"(?:[\s\-+]|{_ESCAPED_WHITESPACE})*+"
+# Right after the word, an identifier or a file name it begins (``verify_20261207.log``, whose first digits
+# the phone mask may have starred, ``verify_482913_retry``): a "_", digits, and then a letter, or a letter or
+# digit past a "_", "." or "-". A "_" with digits alone, or with WhatsApp's marks and punctuation after them,
+# is an italic mark: the verify stage takes ``VERIFY_482913``, ``verify_*482913*`` and ``_VERIFY_482913_``.
+_IDENTIFIER_AFTER_THE_WORD = r"_\**+\d[\d*\-]*+[_.\-]*+[a-z0-9]"
 
 # Secrets that end up inside free text (an HTTP client's error quotes the URL it called):
 # - a URL's credentials: the whole userinfo (``https://user:password@host``, ``redis://:password@host``),
@@ -339,7 +344,8 @@ _SECRET_VALUE = re.compile(
     r"(?P<url>://)[^\s/?#\"']+(?=@)"
     r"|(?P<param>[?&;](?P<name>[\w.\-]{1,64})=)"
     r"|Bearer\s+[\w.\-]+|sk-[\w\-]{8,}|\b[0-9a-f]{32}\b"
-    rf"|{_VERIFY_WORD_START}(?:verify|verificar)(?![a-z]|_[\d*])(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
+    rf"|{_VERIFY_WORD_START}(?:verify|verificar)(?![a-z]|{_IDENTIFIER_AFTER_THE_WORD})"
+    rf"(?:[\s:+\-*_~`]|{_ESCAPED_WHITESPACE})*+"
     rf"(?P<code>{_CODE_DIGIT}(?:{_CODE_SEPARATOR}{_CODE_DIGIT}){{4,}}+"
     rf"|{_CODE_DIGIT}(?:{_CODE_SEPARATOR}{_CODE_DIGIT}){{2,3}}+(?!{_CODE_SEPARATOR}{_CODE_DIGIT})(?!\s*+[a-z]))"
     r"(?![a-z]|_++[a-z0-9])"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import logging
 import unicodedata
@@ -855,6 +856,10 @@ _VERIFY_WRITTEN_NATURALLY = [
     "~VERIFY~ `482 913`",
     "Verificar 482913",
     "*VERIFICAR* 482-913.",
+    # An italic mark glued to the word or the code reads like an identifier's "_", but is none.
+    "VERIFY_482913",
+    "verify_*482913*",
+    "_VERIFY_482913_",
 ]
 
 
@@ -1027,6 +1032,42 @@ def test_ordinary_text_around_the_verify_word_stays_readable(text: str, scrubbed
     # Before, each lost its digits to "[redacted]" ("verify_20261207.log" became "verify_****[redacted].log").
     assert scrub(text) == scrubbed
     assert redact_verify_codes(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["verify_482913.log", "verify_482913_retry", "VERIFY_482913_2", "verify_482913-abc", "verify_4829.5"],
+)
+def test_the_verify_word_and_digits_in_an_identifier_stay_readable(text: str) -> None:
+    # Letters or an identifier's "_" and more after the digits: the verify stage takes no such message.
+    assert parse_verify(text) is None
+    assert scrub(text) == text
+    assert redact_verify_codes(text) == text
+
+
+# The pieces of a VERIFY glued by WhatsApp's marks where an identifier has its "_": each message built from
+# them that the verify stage takes (with any code, mistyped ones too) must lose its digits in every log form.
+_MARKS_AROUND = ["", "_", "*", "_*", "~_"]
+_WORDS = ["VERIFY", "verify", "Verificar"]
+_MARKS_AFTER_THE_WORD = ["_", "__", "_*", "*_", "_*_", "_ ", ":_", "_~", "_`"]
+_CODES = ["482913", "482 913", "482-913", "48291", "4829137"]
+_ENDS = ["", "_", "__", "*", "*_", "_*", ".", "_.", "-", "!", " ", "_ "]
+
+
+def test_every_underscored_code_the_verify_stage_takes_is_redacted() -> None:
+    texts = [
+        "".join(parts)
+        for parts in itertools.product(_MARKS_AROUND, _WORDS, _MARKS_AFTER_THE_WORD, _CODES, _ENDS)
+    ]
+    taken = [text for text in texts if parse_verify(text) is not None]
+    # The verify stage takes most of them: a change in how it reads marks cannot leave this test empty.
+    assert len(taken) > len(texts) // 2
+    for text in taken:
+        for form, logged in _as_logged(text).items():
+            scrubbed = scrub(logged)
+            assert "482" not in scrubbed, (text, form, scrubbed)
+            assert "913" not in scrubbed, (text, form, scrubbed)
+        assert redact_verify_codes(text).count(REDACTED) == 1, text
 
 
 @pytest.mark.parametrize(
