@@ -997,20 +997,21 @@ def test_the_caption_of_a_photo_is_its_answer(user: User) -> None:
     assert user.replies()[-1] == "Noted: 'crack by the press'."
 
 
-def test_media_without_a_caption_is_told_in_the_packs_own_words(user: User) -> None:
-    spanish = 'name = "notes"\nmedia_not_an_answer = "📎 Escribe tu respuesta."'
+@pytest.mark.parametrize(
+    ("key", "kind", "told"),
+    [
+        ("media_not_an_answer", "audio", "📎 Escribe tu respuesta."),
+        ("no_text_not_an_answer", "contacts", "💬 Escribe tu respuesta."),
+    ],
+)
+def test_a_message_with_no_text_is_told_in_the_packs_own_words(
+    user: User, key: str, kind: str, told: str
+) -> None:
+    spanish = f'name = "notes"\n{key} = "{told}"'
     pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
     user.step(user.store("1"), pack=pack)
-    user.step(_media(user, "audio"), pack=pack)
-    assert user.replies()[-1].startswith("⚠️ 📎 Escribe tu respuesta.")
-
-
-def test_a_message_with_no_text_is_told_in_the_packs_own_words(user: User) -> None:
-    spanish = 'name = "notes"\nno_text_not_an_answer = "💬 Escribe tu respuesta."'
-    pack = parse_pack(OPTIONAL_NOTE.replace('name = "notes"', spanish, 1))
-    user.step(user.store("1"), pack=pack)
-    user.step(_media(user, "contacts"), pack=pack)
-    assert user.replies()[-1].startswith("⚠️ 💬 Escribe tu respuesta.")
+    user.step(_media(user, kind), pack=pack)
+    assert user.replies()[-1].startswith(f"⚠️ {told}")
 
 
 def test_the_note_sent_with_an_order_is_its_answer(user: User) -> None:
